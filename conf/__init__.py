@@ -1,0 +1,1 @@
+"""Default configuration files shipped with pymailsys (main.cf, master.cf, aliases)."""

@@ -1,0 +1,1 @@
+"""pymailsys daemons: one module per long-running service started by master."""

@@ -1,0 +1,309 @@
+"""The internal protocol: attribute lists over Unix stream sockets.
+
+Grammar of one message (request or reply)::
+
+    message   = *attribute terminator
+    attribute = name NUL length value      ; name: 1*(printable ASCII but NUL)
+    length    = varint                      ; base-128, low 7 bits first
+    value     = length OCTETs               ; any bytes, NUL included
+    terminator = NUL                        ; an empty name ends the list
+
+A name may repeat (recipients travel as repeated ``rcpt`` attributes). Values
+are bytes; ``AttrList`` converts them on read (``text``, ``number``, ``all``).
+
+One connection carries many requests. A client may pipeline: it sends requests
+without waiting, and the server answers them in the order they came, even
+though it may work on several at once (``serve_pipelined``). ``AttrClient`` is
+the asyncio client: one long-lived connection, reopened when it breaks, with
+requests pipelined over it. ``SyncAttrClient`` is the blocking client for
+commands.
+
+Refuses: a name over 256 bytes, a value over ``MAX_VALUE`` bytes, a connection
+that ends mid-message (``ProtocolError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pymailsys.records import encode_varint
+
+MAX_NAME = 256
+MAX_VALUE = 1 << 30
+
+AttrValue = str | bytes | int
+
+
+class ProtocolError(Exception):
+    """The peer broke the attribute protocol or went away mid-message."""
+
+
+class AttrList:
+    """A received attribute list: ordered (name, value) pairs with typed getters."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, bytes]]) -> None:
+        self.pairs = pairs
+
+    def raw(self, name: str, default: bytes | None = None) -> bytes | None:
+        for n, v in self.pairs:
+            if n == name:
+                return v
+        return default
+
+    def text(self, name: str, default: str = "") -> str:
+        v = self.raw(name)
+        return default if v is None else v.decode("utf-8", "surrogateescape")
+
+    def number(self, name: str, default: int = 0) -> int:
+        v = self.raw(name)
+        if v is None:
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise ProtocolError(f"attribute {name}: not a number: {v!r}") from None
+
+    def all(self, name: str) -> list[str]:
+        return [v.decode("utf-8", "surrogateescape") for n, v in self.pairs if n == name]
+
+    def __contains__(self, name: object) -> bool:
+        return any(n == name for n, _ in self.pairs)
+
+    def __repr__(self) -> str:
+        return f"AttrList({self.pairs!r})"
+
+
+def _as_bytes(value: AttrValue) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int):
+        return str(value).encode()
+    return value.encode("utf-8", "surrogateescape")
+
+
+def encode(attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> bytes:
+    """Encode one attribute list, terminator included."""
+    items = attrs.items() if isinstance(attrs, dict) else attrs
+    out = bytearray()
+    for name, value in items:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                data = _as_bytes(v)
+                out += name.encode() + b"\0" + encode_varint(len(data)) + data
+            continue
+        data = _as_bytes(value)
+        out += name.encode() + b"\0" + encode_varint(len(data)) + data
+    out += b"\0"
+    return bytes(out)
+
+
+async def _read_varint(reader: asyncio.StreamReader) -> int:
+    n = shift = 0
+    while True:
+        b = (await reader.readexactly(1))[0]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n
+        shift += 7
+        if shift > 35:
+            raise ProtocolError("bad length")
+
+
+async def read_attrs(reader: asyncio.StreamReader) -> AttrList | None:
+    """Read one attribute list; None on a clean end of stream before it starts."""
+    pairs: list[tuple[str, bytes]] = []
+    first = True
+    try:
+        while True:
+            name_bytes = await reader.readuntil(b"\0")
+            if first and not name_bytes:
+                return None
+            first = False
+            if name_bytes == b"\0":
+                return AttrList(pairs)
+            if len(name_bytes) > MAX_NAME:
+                raise ProtocolError("attribute name too long")
+            length = await _read_varint(reader)
+            if length > MAX_VALUE:
+                raise ProtocolError("attribute value too long")
+            value = await reader.readexactly(length) if length else b""
+            pairs.append((name_bytes[:-1].decode("ascii", "replace"), value))
+    except asyncio.IncompleteReadError as e:
+        if first and not e.partial:
+            return None
+        raise ProtocolError("connection closed in mid-message") from None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError("attribute name too long") from None
+
+
+Handler = Callable[[AttrList], Awaitable[Iterable[tuple[str, AttrValue]] | dict[str, Any]]]
+
+
+async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          handler: Handler) -> None:
+    """Serve requests on one connection: handle them concurrently, reply in order."""
+    pending: collections.deque[asyncio.Task[Any]] = collections.deque()
+    wake = asyncio.Event()
+    done_reading = False
+
+    async def replier() -> None:
+        while True:
+            while not pending:
+                if done_reading:
+                    return
+                wake.clear()
+                await wake.wait()
+            task = pending.popleft()
+            reply = await task
+            writer.write(encode(reply))
+            if not pending:
+                await writer.drain()
+
+    reply_task = asyncio.ensure_future(replier())
+    try:
+        while True:
+            request = await read_attrs(reader)
+            if request is None:
+                break
+            pending.append(asyncio.ensure_future(handler(request)))
+            wake.set()
+    except (ProtocolError, ConnectionError):
+        pass
+    finally:
+        done_reading = True
+        wake.set()
+        try:
+            await reply_task
+        except (ConnectionError, ProtocolError):
+            pass
+        writer.close()
+
+
+class AttrClient:
+    """A long-lived, pipelined asyncio client for one Unix socket path."""
+
+    def __init__(self, path: str, timeout: float = 3600.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiting: collections.deque[asyncio.Future[AttrList]] = collections.deque()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+
+    async def _ensure_connected(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is None or self._writer.is_closing():
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    self.path, limit=1 << 20)
+                self._reader_task = asyncio.ensure_future(self._read_replies(self._reader))
+            return self._writer
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        error: BaseException = ProtocolError(f"{self.path}: connection closed")
+        try:
+            while True:
+                reply = await read_attrs(reader)
+                if reply is None:
+                    break
+                if not self._waiting:
+                    raise ProtocolError(f"{self.path}: unexpected reply")
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_result(reply)
+        except (ProtocolError, ConnectionError) as e:
+            error = e
+        self._fail_all(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(ProtocolError(str(error)))
+
+    async def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+        """Send one request and wait for its reply. Raises ProtocolError or OSError."""
+        writer = await self._ensure_connected()
+        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        writer.write(encode(attrs))
+        try:
+            await writer.drain()
+            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+        except (TimeoutError, ConnectionError) as e:
+            self._fail_all(e)
+            raise ProtocolError(f"{self.path}: {e or 'timeout'}") from None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class SyncAttrClient:
+    """A blocking client: one connection, one request at a time (for commands)."""
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self._buf = bytearray()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ProtocolError("connection closed in mid-message")
+        self._buf += chunk
+
+    def _take_until_nul(self) -> bytes:
+        while True:
+            i = self._buf.find(b"\0")
+            if i >= 0:
+                out = bytes(self._buf[:i])
+                del self._buf[:i + 1]
+                return out
+            self._fill()
+
+    def _take(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def read(self) -> AttrList:
+        pairs: list[tuple[str, bytes]] = []
+        while True:
+            name = self._take_until_nul()
+            if not name:
+                return AttrList(pairs)
+            n = shift = 0
+            while True:
+                b = self._take(1)[0]
+                n |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    break
+                shift += 7
+            pairs.append((name.decode("ascii", "replace"), self._take(n)))
+
+    def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+        self.sock.sendall(encode(attrs))
+        return self.read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> SyncAttrClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

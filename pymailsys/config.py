@@ -1,0 +1,343 @@
+"""main.cf: reading, expansion and typed access to parameters.
+
+Takes a configuration directory (``-c dir``, else ``$MAIL_CONFIG``, else
+``/etc/pymailsys``) and reads ``main.cf`` in Postfix's syntax: ``name = value``,
+blanks around ``=`` and at the end ignored, ``#`` comment lines and blank lines
+ignored, a line that starts with white space continues the one before, the last
+definition wins.
+
+Values are expanded at use, never at read time: ``$name``, ``${name}``,
+``$(name)``, ``${name?value}``, ``${name?{value}}``, ``${name:value}``,
+``${name:{value}}``, ``${name?{v1}:{v2}}``, ``${{a} op {b} ? {v1} : {v2}}`` with
+op one of ``== != < <= > >=`` (numeric when both sides are digits) and
+``<level <=level >level >=level`` (compatibility levels), and ``$$`` for ``$``.
+An undefined name expands to the empty string.
+
+Promises: ``get`` returns the expanded value of a parameter declared in
+``params.PARAMS`` (from main.cf, ``-o`` overrides, or the built-in default) and
+refuses undeclared names; ``get_int``/``get_bool``/``get_time``/``get_size``/
+``get_list`` convert or raise ``ConfigError`` naming the parameter.
+A malformed main.cf line raises ``ConfigError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+from pymailsys import params
+
+DEFAULT_CONFIG_DIR = "/etc/pymailsys"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_]+")
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and line when there is one."""
+
+
+class UnknownParameter(KeyError):
+    """Code asked for a parameter that params.PARAMS does not declare."""
+
+
+def resolve_config_dir(cli_value: str | None = None) -> str:
+    """The configuration directory: -c value, else MAIL_CONFIG, else the default."""
+    return cli_value or os.environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIR
+
+
+def parse_main_cf(path: str) -> tuple[dict[str, str], dict[str, int]]:
+    """Parse main.cf into (values, line numbers). Missing file: empty config."""
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return values, lines
+    except OSError as e:
+        raise ConfigError(f"open {path}: {e.strerror}") from e
+    for lineno, logical in logical_lines(text, path):
+        name, sep, value = logical.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ConfigError(f'{path}, line {lineno}: missing \'=\' after parameter name: "{name}"')
+        if not name or not _NAME_RE.fullmatch(name):
+            raise ConfigError(f'{path}, line {lineno}: bad parameter name: "{name}"')
+        values[name] = value.strip()
+        lines[name] = lineno
+    return values, lines
+
+
+def logical_lines(text: str, path: str) -> Iterable[tuple[int, str]]:
+    """Postfix's logical lines: comments dropped, indented lines joined to the one before."""
+    current: list[str] = []
+    start = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0].isspace():
+            if not current:
+                raise ConfigError(f"{path}, line {lineno}: text before the first parameter: \"{stripped}\"")
+            current.append(stripped)
+            continue
+        if current:
+            yield start, " ".join(current)
+        current, start = [stripped], lineno
+    if current:
+        yield start, " ".join(current)
+
+
+def split_list(value: str) -> list[str]:
+    """Split a list value on commas and white space, keeping {braced groups} whole."""
+    out: list[str] = []
+    depth = 0
+    word: list[str] = []
+    for ch in value:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if depth == 0 and (ch == "," or ch.isspace()):
+            if word:
+                out.append("".join(word))
+                word = []
+            continue
+        word.append(ch)
+    if word:
+        out.append("".join(word))
+    return out
+
+
+def parse_time(value: str, unit: str = "s", name: str = "") -> int:
+    v = value.strip()
+    m = re.fullmatch(r"(\d+)([smhdw]?)", v)
+    if not m:
+        raise ConfigError(f'invalid time value for parameter "{name}": "{value}"')
+    return int(m.group(1)) * _TIME_UNITS[m.group(2) or unit]
+
+
+class Config:
+    """One loaded configuration: main.cf values plus overrides, expanded at use."""
+
+    def __init__(self, config_dir: str, values: Mapping[str, str],
+                 lines: Mapping[str, int] | None = None) -> None:
+        self.config_dir = config_dir
+        self.main_cf = os.path.join(config_dir, "main.cf")
+        self._values = dict(values)
+        self._lines = dict(lines or {})
+        self._cache: dict[str, str] = {}
+
+    # raw access -----------------------------------------------------------
+    def explicit(self) -> dict[str, str]:
+        """Parameters set in main.cf (or overrides), unexpanded, in file order."""
+        return dict(self._values)
+
+    def is_set(self, name: str) -> bool:
+        return name in self._values
+
+    def raw(self, name: str) -> str | None:
+        """Unexpanded value: explicit, else the built-in default, else None."""
+        if name in self._values:
+            return self._values[name]
+        if name in params.PARAMS:
+            return params.default_of(name)
+        return None
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> Config:
+        values = dict(self._values)
+        values.update(overrides)
+        return Config(self.config_dir, values, self._lines)
+
+    # expanded access ------------------------------------------------------
+    def get(self, name: str) -> str:
+        if name not in params.PARAMS and name not in self._values:
+            raise UnknownParameter(name)
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = self.expand(self.raw(name) or "", _seen=(name,))
+            self._cache[name] = cached
+        return cached
+
+    def get_int(self, name: str) -> int:
+        value = self.get(name)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f'{self._where(name)}bad numerical configuration: {name} = {value}') from None
+
+    def get_size(self, name: str) -> int:
+        value = self.get(name)
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ConfigError(f'{self._where(name)}bad numerical configuration: {name} = {value}')
+        return int(m.group(1))
+
+    def get_bool(self, name: str) -> bool:
+        value = self.get(name).lower()
+        if value in ("yes", "true", "1"):
+            return True
+        if value in ("no", "false", "0"):
+            return False
+        raise ConfigError(f'{self._where(name)}bad boolean configuration: {name} = {value}')
+
+    def get_time(self, name: str) -> int:
+        unit = params.PARAMS[name].unit if name in params.PARAMS else "s"
+        try:
+            return parse_time(self.get(name), unit, name)
+        except ConfigError as e:
+            raise ConfigError(self._where(name) + str(e)) from None
+
+    def get_list(self, name: str) -> list[str]:
+        return split_list(self.get(name))
+
+    def _where(self, name: str) -> str:
+        line = self._lines.get(name)
+        return f"{self.main_cf}, line {line}: " if line else ""
+
+    # expansion ------------------------------------------------------------
+    def expand(self, text: str, _seen: tuple[str, ...] = ()) -> str:
+        """Expand $name references in text (Postfix's mac_expand)."""
+        if "$" not in text:
+            return text
+        out: list[str] = []
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            if ch != "$":
+                j = text.find("$", i)
+                if j < 0:
+                    j = n
+                out.append(text[i:j])
+                i = j
+                continue
+            if i + 1 >= n:
+                out.append("$")
+                break
+            nxt = text[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+            elif nxt in "{(":
+                close = _matching(text, i + 1)
+                if close < 0:
+                    raise ConfigError(f'unmatched "{nxt}" in "{text}"')
+                out.append(self._expand_braced(text[i + 2:close], _seen))
+                i = close + 1
+            else:
+                m = _NAME_RE.match(text, i + 1)
+                if not m:
+                    out.append("$")
+                    i += 1
+                    continue
+                out.append(self._lookup_expanded(m.group(0), _seen))
+                i = m.end()
+        return "".join(out)
+
+    def _lookup_expanded(self, name: str, seen: tuple[str, ...]) -> str:
+        if name in seen:
+            raise ConfigError(f"recursive parameter expansion: {' -> '.join(seen + (name,))}")
+        raw = self.raw(name)
+        if raw is None:
+            return ""
+        return self.expand(raw, seen + (name,))
+
+    def _expand_braced(self, inner: str, seen: tuple[str, ...]) -> str:
+        if inner.startswith("{"):
+            return self._expand_conditional(inner, seen)
+        m = _NAME_RE.match(inner)
+        if not m:
+            raise ConfigError(f'bad parameter reference "${{{inner}}}"')
+        name = m.group(0)
+        rest = inner[m.end():]
+        if not rest:
+            return self._lookup_expanded(name, seen)
+        op, arg = rest[0], rest[1:]
+        value = self._lookup_expanded(name, seen)
+        if op == "?":
+            if arg.startswith("{"):
+                first_end = _matching(arg, 0)
+                then = arg[1:first_end]
+                tail = arg[first_end + 1:].strip()
+                if tail.startswith(":"):
+                    other = _unbrace(tail[1:].strip())
+                    return self.expand(then if value else other, seen)
+                return self.expand(then, seen) if value else ""
+            return self.expand(arg, seen) if value else ""
+        if op == ":":
+            return "" if value else self.expand(_unbrace(arg), seen)
+        raise ConfigError(f'bad parameter reference "${{{inner}}}"')
+
+    def _expand_conditional(self, inner: str, seen: tuple[str, ...]) -> str:
+        end_a = _matching(inner, 0)
+        left = self.expand(inner[1:end_a], seen).strip()
+        rest = inner[end_a + 1:].lstrip()
+        m = re.match(r"(==|!=|<=level|>=level|<level|>level|<=|>=|<|>)\s*", rest)
+        if not m:
+            raise ConfigError(f'bad comparison in "${{{inner}}}"')
+        op = m.group(1)
+        rest = rest[m.end():]
+        end_b = _matching(rest, 0)
+        right = self.expand(rest[1:end_b], seen).strip()
+        rest = rest[end_b + 1:].strip()
+        if not rest.startswith("?"):
+            raise ConfigError(f'missing "?" in "${{{inner}}}"')
+        rest = rest[1:].strip()
+        end_t = _matching(rest, 0)
+        then = rest[1:end_t]
+        rest = rest[end_t + 1:].strip()
+        other = _unbrace(rest[1:].strip()) if rest.startswith(":") else ""
+        return self.expand(then if _compare(left, op, right) else other, seen)
+
+
+def _matching(text: str, open_at: int) -> int:
+    """Index of the bracket closing the one at open_at, or -1."""
+    opener = text[open_at]
+    closer = "}" if opener == "{" else ")"
+    depth = 0
+    for j in range(open_at, len(text)):
+        if text[j] == opener:
+            depth += 1
+        elif text[j] == closer:
+            depth -= 1
+            if depth == 0:
+                return j
+    return -1
+
+
+def _unbrace(text: str) -> str:
+    text = text.strip()
+    if text.startswith("{") and _matching(text, 0) == len(text) - 1:
+        return text[1:-1]
+    return text
+
+
+def _level(value: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", value) or ["0"]
+    return tuple(int(p) for p in parts)
+
+
+def _compare(left: str, op: str, right: str) -> bool:
+    if op.endswith("level"):
+        a, b = _level(left), _level(right)
+        op = op[:-5]
+    elif left.isdigit() and right.isdigit():
+        a, b = int(left), int(right)  # type: ignore[assignment]
+    else:
+        a, b = left, right  # type: ignore[assignment]
+    return {
+        "==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b,
+    }[op]
+
+
+def load(config_dir: str | None = None, overrides: Mapping[str, str] | None = None) -> Config:
+    """Load main.cf from config_dir (resolved as -c / MAIL_CONFIG / default)."""
+    directory = resolve_config_dir(config_dir)
+    values, lines = parse_main_cf(os.path.join(directory, "main.cf"))
+    values.setdefault("config_directory", directory)
+    if overrides:
+        values.update(overrides)
+    return Config(directory, values, lines)

@@ -1,0 +1,126 @@
+"""Logging in Postfix's formats, to syslog or to maillog_file.
+
+``init(config, program)`` sets the tag ``$syslog_name/program`` (so
+``postfix/smtpd``); after it, ``info``, ``warning``, ``error``, ``fatal`` and
+``panic`` write one line each, the latter four with Postfix's ``warning:``,
+``error:``, ``fatal:``, ``panic:`` prefixes. With ``maillog_file`` set, lines go
+to that file as ``Mmm dd hh:mm:ss host tag[pid]: text``, each line written with
+one ``write`` on an O_APPEND descriptor so that concurrent processes do not
+interleave; otherwise to syslog, facility ``syslog_facility``, with the pid.
+
+``fatal`` logs and exits the process with status 1 (master restarts a daemon);
+``panic`` does the same for a broken invariant. Commands pass ``stderr=True`` to
+also print ``program: text`` on standard error, as Postfix's commands do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+import time
+from typing import NoReturn
+
+_FACILITIES = {
+    "mail": syslog.LOG_MAIL, "daemon": syslog.LOG_DAEMON, "user": syslog.LOG_USER,
+    **{f"local{i}": getattr(syslog, f"LOG_LOCAL{i}") for i in range(8)},
+}
+
+
+class _State:
+    tag = "postfix"
+    program = "postfix"
+    host = "localhost"
+    fd: int | None = None
+    use_syslog = False
+    stderr = False
+    pid_suffix = ""
+
+
+_state = _State()
+
+
+def init(config, program: str, stderr: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Configure logging for this process from main.cf."""
+    name = config.get("syslog_name") or "postfix"
+    _state.program = program
+    _state.tag = f"{name}/{program}"
+    _state.host = config.get("myhostname").split(".")[0]
+    _state.stderr = stderr
+    path = config.get("maillog_file")
+    if _state.fd is not None:
+        os.close(_state.fd)
+        _state.fd = None
+    if path:
+        if path == "/dev/stdout":
+            _state.fd = os.dup(1)
+        else:
+            _state.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _state.use_syslog = False
+    else:
+        facility = _FACILITIES.get(config.get("syslog_facility").lower(), syslog.LOG_MAIL)
+        syslog.openlog(_state.tag, syslog.LOG_PID | syslog.LOG_NDELAY, facility)
+        _state.use_syslog = True
+
+
+def init_stderr_only(program: str) -> None:
+    """Before a configuration is loaded: messages go to standard error only."""
+    _state.program = program
+    _state.stderr = True
+    _state.use_syslog = False
+
+
+def tag() -> str:
+    return _state.tag
+
+
+def _emit(priority: int, text: str) -> None:
+    if _state.fd is not None:
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
+        line = f"{stamp} {_state.host} {_state.tag}[{os.getpid()}]: {text}\n"
+        try:
+            os.write(_state.fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+    elif _state.use_syslog:
+        syslog.syslog(priority, text)
+    if _state.stderr and priority != syslog.LOG_INFO:
+        sys.stderr.write(f"{_state.program}: {text}\n")
+        sys.stderr.flush()
+
+
+def info(text: str) -> None:
+    _emit(syslog.LOG_INFO, text)
+
+
+def warning(text: str) -> None:
+    _emit(syslog.LOG_WARNING, "warning: " + text)
+
+
+def error(text: str) -> None:
+    _emit(syslog.LOG_ERR, "error: " + text)
+
+
+def fatal(text: str, status: int = 1) -> NoReturn:
+    _emit(syslog.LOG_CRIT, "fatal: " + text)
+    sys.exit(status)
+
+
+def panic(text: str) -> NoReturn:
+    _emit(syslog.LOG_CRIT, "panic: " + text)
+    sys.exit(2)
+
+
+def format_delay(seconds: float) -> str:
+    """Postfix's delay format: >= 10 integer, >= 1 one decimal, < 1 two significant digits."""
+    if seconds >= 10:
+        return str(int(seconds))
+    if seconds >= 1:
+        return f"{seconds:.1f}".rstrip("0").rstrip(".")
+    if seconds <= 0:
+        return "0"
+    text = f"{seconds:.2g}" if seconds >= 0.01 else f"{seconds:.2f}"
+    if "e" in text:
+        text = f"{seconds:.2f}"
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return text or "0"

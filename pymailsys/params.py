@@ -1,0 +1,239 @@
+"""The parameter table: every main.cf parameter pymailsys knows, declared once.
+
+Each entry gives the parameter's name, its built-in default (as ``postconf -d``
+prints it, ``$name`` references unexpanded), its kind and a one-line meaning.
+Nothing else in the code invents a default: ``Config.get`` refuses a name that
+is not declared here (``UnknownParameter``), and a test checks that every name
+the code reads is in this table.
+
+A few defaults depend on the machine (``myhostname``, ``mydomain``): they are
+computed once, on first use, by ``system_default``.
+
+Kinds: ``str``, ``int``, ``bool`` (yes/no), ``time`` (number with an optional
+s/m/h/d/w suffix; the table gives the default unit), ``size`` (bytes), ``list``
+(comma and/or whitespace separated).
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: str
+    kind: str = "str"
+    doc: str = ""
+    unit: str = "s"  # default unit for kind == "time"
+
+
+def _p(name: str, default: str, kind: str = "str", doc: str = "", unit: str = "s") -> Param:
+    return Param(name, default, kind, doc, unit)
+
+
+_TABLE: list[Param] = [
+    # identity and locations
+    _p("mail_name", "Postfix", doc="mail system name used in the SMTP greeting and Received headers"),
+    _p("mail_version", "", doc="version string (computed)"),
+    _p("myhostname", "", doc="this host's fully-qualified name (computed from the system)"),
+    _p("mydomain", "", doc="this host's domain: myhostname minus its first label (computed)"),
+    _p("myorigin", "$myhostname", doc="domain appended to unqualified addresses"),
+    _p("mydestination", "$myhostname, localhost.$mydomain, localhost", "list",
+       "domains delivered by the local transport"),
+    _p("config_directory", "/etc/pymailsys", doc="directory holding main.cf and master.cf"),
+    _p("queue_directory", "/var/spool/pymailsys", doc="the spool: queues, sockets, pid files"),
+    _p("data_directory", "/var/lib/pymailsys", doc="writable data owned by mail_owner"),
+    _p("daemon_directory", "/usr/libexec/pymailsys", doc="kept for compatibility; daemons are Python modules"),
+    _p("command_directory", "/usr/sbin", doc="where the administrative commands live"),
+    _p("sendmail_path", "/usr/sbin/sendmail", doc="the sendmail command"),
+    _p("newaliases_path", "/usr/bin/newaliases", doc="the newaliases command"),
+    _p("mailq_path", "/usr/bin/mailq", doc="the mailq command"),
+    _p("compatibility_level", "3.6", doc="backwards-compatibility level (pymailsys starts modern)"),
+    _p("process_id_directory", "pid", doc="lock and pid files, relative to queue_directory"),
+    _p("import_environment", "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C", "list",
+       "environment variables passed to daemons"),
+    # privileges
+    _p("mail_owner", "postfix", doc="owner of the spool and of unprivileged daemons"),
+    _p("setgid_group", "postdrop", doc="group for submission and queue-listing access"),
+    _p("default_privs", "nobody", doc="rights for deliveries to commands and files as no one in particular"),
+    _p("authorized_submit_users", "static:anyone", doc="local users allowed to submit with sendmail"),
+    _p("authorized_mailq_users", "static:anyone", doc="local users allowed to list the queue"),
+    _p("authorized_flush_users", "static:anyone", doc="local users allowed to flush the queue"),
+    _p("local_login_sender_maps", "static:*", doc="which envelope senders a local user may use"),
+    # logging
+    _p("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}",
+       doc="the first part of the log tag"),
+    _p("multi_instance_name", "", doc="instance name"),
+    _p("syslog_facility", "mail", doc="syslog facility"),
+    _p("maillog_file", "", doc="log to this file instead of syslog"),
+    _p("maillog_file_prefixes", "/var, /dev/stdout", "list", "allowed maillog_file prefixes"),
+    # master
+    _p("default_process_limit", "100", "int", "default maxproc for master.cf services"),
+    _p("max_use", "100", "int", "connections a daemon serves before it exits"),
+    _p("max_idle", "100s", "time", "seconds an idle daemon waits before it exits"),
+    _p("service_throttle_time", "60s", "time", "pause before restarting a service that fails at start"),
+    _p("daemon_timeout", "18000s", "time", "how long a daemon may take for one request"),
+    _p("ipc_timeout", "3600s", "time", "time limit on internal communication"),
+    _p("ipc_idle", "5s", "time", "idle time before an internal client disconnects"),
+    # network
+    _p("inet_interfaces", "all", "list", "addresses the mail system listens on"),
+    _p("inet_protocols", "all", "list", "ipv4, ipv6 or all"),
+    _p("proxy_interfaces", "", "list", "addresses the system receives mail on through a proxy"),
+    _p("mynetworks", "", "list", "trusted client networks (empty: from mynetworks_style)"),
+    _p("mynetworks_style", "${{$compatibility_level} <level {2} ? {subnet} : {host}}",
+       doc="host, subnet or class"),
+    # queue
+    _p("hash_queue_names", "deferred, defer", "list", "queues with hashed subdirectories"),
+    _p("hash_queue_depth", "1", "int", "levels of hashed subdirectories"),
+    _p("enable_long_queue_ids", "no", "bool", "use long, non-repeating queue IDs"),
+    _p("queue_run_delay", "300s", "time", "how often qmgr scans the deferred queue"),
+    _p("minimal_backoff_time", "300s", "time", "least time between delivery attempts"),
+    _p("maximal_backoff_time", "4000s", "time", "most time between delivery attempts"),
+    _p("maximal_queue_lifetime", "5d", "time", "time a message may stay queued", "d"),
+    _p("bounce_queue_lifetime", "5d", "time", "time a bounce may stay queued", "d"),
+    _p("delay_warning_time", "0h", "time", "when to warn the sender of delayed mail", "h"),
+    _p("qmgr_message_active_limit", "20000", "int", "messages in the active queue"),
+    _p("qmgr_message_recipient_limit", "20000", "int", "in-memory recipients"),
+    _p("default_destination_concurrency_limit", "20", "int", "parallel deliveries per destination"),
+    _p("local_destination_concurrency_limit", "2", "int", "parallel local deliveries per recipient"),
+    _p("default_destination_recipient_limit", "50", "int", "recipients per delivery request"),
+    _p("local_destination_recipient_limit", "1", "int", "recipients per local delivery request"),
+    _p("initial_destination_concurrency", "5", "int", "starting concurrency per destination"),
+    _p("queue_minfree", "0", "size", "free space the queue file system must keep"),
+    _p("duplicate_filter_limit", "1000", "int", "recipients remembered for duplicate removal"),
+    # resolution
+    _p("local_transport", "local:$myhostname", doc="transport for mydestination domains"),
+    _p("default_transport", "smtp", doc="transport for all other domains"),
+    _p("relay_transport", "relay", doc="transport for relay_domains"),
+    _p("virtual_transport", "virtual", doc="transport for virtual_mailbox_domains"),
+    _p("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", "list",
+       "domains this system relays to"),
+    _p("relayhost", "", doc="next hop for non-local mail"),
+    _p("virtual_alias_domains", "$virtual_alias_maps", "list", "virtual alias domains"),
+    _p("virtual_alias_maps", "$virtual_maps", "list", "virtual alias tables"),
+    _p("virtual_maps", "", "list", "obsolete name of virtual_alias_maps"),
+    _p("virtual_mailbox_domains", "$virtual_mailbox_maps", "list", "virtual mailbox domains"),
+    _p("virtual_mailbox_maps", "", "list", "virtual mailbox tables"),
+    _p("transport_maps", "", "list", "per-address transport tables"),
+    _p("append_dot_mydomain", "${{$compatibility_level} <level {1} ? {yes} : {no}}", "bool",
+       "append .$mydomain to user@host"),
+    _p("swap_bangpath", "yes", "bool", "rewrite a!b to b@a"),
+    _p("allow_percent_hack", "yes", "bool", "rewrite u%d@local to u@d"),
+    _p("recipient_delimiter", "", doc="separator between user and extension"),
+    # smtpd
+    _p("smtpd_banner", "$myhostname ESMTP $mail_name", doc="the text after 220 in the greeting"),
+    _p("smtpd_relay_restrictions", "${{$compatibility_level} <level {1} ? {} : "
+       "{permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}", "list",
+       "relay control at RCPT TO"),
+    _p("smtpd_recipient_restrictions", "", "list", "restrictions at RCPT TO"),
+    _p("smtpd_client_restrictions", "", "list", "restrictions on the client"),
+    _p("smtpd_helo_restrictions", "", "list", "restrictions on HELO/EHLO"),
+    _p("smtpd_sender_restrictions", "", "list", "restrictions at MAIL FROM"),
+    _p("smtpd_data_restrictions", "", "list", "restrictions at DATA"),
+    _p("smtpd_end_of_data_restrictions", "", "list", "restrictions after the message"),
+    _p("smtpd_delay_reject", "yes", "bool", "apply client/helo/sender restrictions at RCPT"),
+    _p("smtpd_helo_required", "no", "bool", "require HELO/EHLO before MAIL"),
+    _p("smtpd_recipient_limit", "1000", "int", "recipients per message"),
+    _p("smtpd_timeout", "300s", "time", "idle timeout for SMTP clients"),
+    _p("smtpd_error_sleep_time", "1s", "time", "pause after an error reply"),
+    _p("smtpd_soft_error_limit", "10", "int", "errors before slowing down"),
+    _p("smtpd_hard_error_limit", "20", "int", "errors before disconnecting"),
+    _p("smtpd_forbid_bare_newline", "normalize", doc="how bare LF in DATA is treated"),
+    _p("smtpd_forbid_bare_newline_exclusions", "$mynetworks", "list",
+       "clients exempt from smtpd_forbid_bare_newline"),
+    _p("smtpd_forbid_unauth_pipelining", "yes", "bool", "disconnect on illegal pipelining"),
+    _p("smtpd_discard_ehlo_keywords", "", "list", "EHLO keywords not announced"),
+    _p("disable_vrfy_command", "no", "bool", "refuse VRFY"),
+    _p("smtpd_client_connection_count_limit", "50", "int", "simultaneous connections per client"),
+    _p("message_size_limit", "10240000", "size", "largest message accepted"),
+    _p("header_size_limit", "102400", "size", "largest header"),
+    _p("line_length_limit", "2048", "int", "longest line kept whole in a queue file"),
+    _p("hopcount_limit", "50", "int", "Received: headers before a message is refused"),
+    _p("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps", "list",
+       "tables of valid local recipients"),
+    _p("unknown_local_recipient_reject_code", "550", "int", "reply for unknown local recipients"),
+    _p("smtputf8_enable", "${{$compatibility_level} <level {1} ? {no} : {yes}}", "bool",
+       "announce SMTPUTF8"),
+    # cleanup
+    _p("always_add_missing_headers", "no", "bool", "add From/Date/Message-ID for remote clients too"),
+    _p("local_header_rewrite_clients", "permit_inet_interfaces", "list",
+       "clients whose headers are rewritten as local"),
+    _p("message_drop_headers", "bcc, content-length, resent-bcc, return-path", "list",
+       "headers removed from messages"),
+    _p("always_bcc", "", doc="address that receives a copy of every message"),
+    _p("header_checks", "", "list", "tables of header checks"),
+    _p("body_checks", "", "list", "tables of body checks"),
+    # local
+    _p("alias_maps", "hash:/etc/aliases", "list", "alias tables used by local"),
+    _p("alias_database", "hash:/etc/aliases", "list", "alias tables newaliases builds"),
+    _p("home_mailbox", "", doc="mailbox relative to home (/ at the end: Maildir)"),
+    _p("mail_spool_directory", "/var/mail", doc="mbox spool (/ at the end: Maildir)"),
+    _p("mailbox_command", "", doc="command that delivers to mailboxes"),
+    _p("mailbox_transport", "", doc="transport that delivers to mailboxes"),
+    _p("forward_path", "$home/.forward${recipient_delimiter}${extension}, $home/.forward", "list",
+       ".forward file search path"),
+    _p("allow_mail_to_commands", "alias, forward", "list", "where |command destinations are allowed"),
+    _p("allow_mail_to_files", "alias, forward", "list", "where /file destinations are allowed"),
+    _p("mailbox_size_limit", "51200000", "size", "largest mailbox or maildir file"),
+    _p("command_time_limit", "1000s", "time", "time limit for command delivery"),
+    _p("mailbox_delivery_lock", "fcntl, dotlock", "list", "mbox locking methods"),
+    _p("deliver_lock_attempts", "20", "int", "attempts to lock a mailbox"),
+    _p("deliver_lock_delay", "1s", "time", "pause between lock attempts"),
+    _p("stale_lock_time", "500s", "time", "age after which a dotlock is removed"),
+    _p("allow_min_user", "no", "bool", "allow addresses that start with -"),
+    _p("biff", "yes", "bool", "notify the comsat service"),
+    _p("strict_mailbox_ownership", "yes", "bool", "defer delivery to a mailbox not owned by the user"),
+    # bounces
+    _p("notify_classes", "resource, software", "list", "problems reported to postmaster"),
+    _p("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
+    _p("2bounce_notice_recipient", "postmaster", doc="receives undeliverable bounces"),
+    _p("bounce_size_limit", "50000", "size", "most of the original message in a bounce"),
+    # pickup and submission
+    _p("pickup_service_name", "pickup", doc="the pickup service"),
+    _p("cleanup_service_name", "cleanup", doc="the cleanup service"),
+    _p("queue_service_name", "qmgr", doc="the queue manager service"),
+    _p("showq_service_name", "showq", doc="the queue listing service"),
+    _p("bounce_service_name", "bounce", doc="the bounce service"),
+]
+
+PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}
+
+
+@functools.cache
+def _system_hostname() -> str:
+    name = socket.gethostname()
+    if "." not in name:
+        try:
+            fqdn = socket.getfqdn(name)
+        except OSError:
+            fqdn = name
+        if "." in fqdn and not fqdn.startswith("localhost"):
+            name = fqdn
+    if "." not in name:
+        name = name + ".localdomain"
+    return name.lower()
+
+
+def system_default(name: str) -> str | None:
+    """Machine-dependent defaults, or None when the table's default applies."""
+    from pymailsys import MAIL_VERSION
+
+    if name == "myhostname":
+        return _system_hostname()
+    if name == "mydomain":
+        host = _system_hostname()
+        return host.split(".", 1)[1] if "." in host else "localdomain"
+    if name == "mail_version":
+        return MAIL_VERSION
+    return None
+
+
+def default_of(name: str) -> str:
+    """The unexpanded built-in default of a declared parameter."""
+    computed = system_default(name)
+    if computed is not None:
+        return computed
+    return PARAMS[name].default

@@ -1,0 +1,224 @@
+"""The spool: queue names, directory layout, queue IDs and queue-file paths.
+
+Takes a queue_directory and the hashing parameters; promises Postfix's layout:
+the queue subdirectories with Postfix's owners and modes (``SPOOL_DIRS``), queue
+IDs in Postfix's short or long format, and the path of a queue file in a
+(possibly hashed) queue. ``create_queue_file`` makes a new file the way
+Postfix's mail_queue_enter does: O_EXCL under a temporary name, fstat for the
+inode, rename to the queue ID (retrying on collision), so the name is unique
+while the file exists.
+
+Completeness: a queue file is complete when its mode has the owner execute bit
+(``MODE_COMPLETE``, 0700); cleanup creates files 0600 and fchmods them to 0700
+after the final record and before the fsync. Readers skip incomplete files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+INCOMING = "incoming"
+ACTIVE = "active"
+DEFERRED = "deferred"
+HOLD = "hold"
+CORRUPT = "corrupt"
+MAILDROP = "maildrop"
+BOUNCE = "bounce"
+DEFER = "defer"
+TRACE = "trace"
+SAVED = "saved"
+FLUSH = "flush"
+PUBLIC = "public"
+PRIVATE = "private"
+PID = "pid"
+
+MESSAGE_QUEUES = (INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT, MAILDROP, SAVED)
+LOG_QUEUES = (BOUNCE, DEFER, TRACE)
+
+MODE_WRITING = 0o600
+MODE_COMPLETE = 0o700
+MAILDROP_WRITING = 0o644
+MAILDROP_COMPLETE = 0o744
+
+
+@dataclass(frozen=True)
+class SpoolDir:
+    name: str
+    owner: str  # "root" or "mail_owner"
+    group: str  # "root", "mail_owner" or "setgid_group"
+    mode: int
+
+
+# Postfix's postfix-files, for the queue directory.
+SPOOL_DIRS: tuple[SpoolDir, ...] = (
+    SpoolDir(PID, "root", "root", 0o755),
+    SpoolDir(MAILDROP, "mail_owner", "setgid_group", 0o1733),
+    SpoolDir(INCOMING, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(ACTIVE, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(DEFERRED, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(HOLD, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(CORRUPT, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(BOUNCE, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(DEFER, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(TRACE, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(FLUSH, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(SAVED, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(PRIVATE, "mail_owner", "mail_owner", 0o700),
+    SpoolDir(PUBLIC, "mail_owner", "setgid_group", 0o710),
+)
+
+_SHORT_ID_RE = re.compile(r"^[0-9A-F]{6,}$")
+_LONG_ID_RE = re.compile(r"^[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz]{10,}z[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz]+$")
+_ID_CHARS_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+BASE52 = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"
+BASE51 = BASE52[:51]
+
+
+def valid_queue_id(name: str) -> bool:
+    """True for names Postfix accepts as queue IDs (alphanumerics and underscore)."""
+    return bool(_ID_CHARS_RE.match(name)) and len(name) <= 100
+
+
+def _encode(n: int, digits: str, width: int) -> str:
+    base = len(digits)
+    out = []
+    while n:
+        n, r = divmod(n, base)
+        out.append(digits[r])
+    s = "".join(reversed(out)) or "0"
+    return s.rjust(width, "0")
+
+
+def short_queue_id(usec: int, inode: int) -> str:
+    return f"{usec:05X}{inode:X}"
+
+
+def long_queue_id(sec: int, usec: int, inode: int) -> str:
+    return _encode(sec, BASE52, 6) + _encode(usec, BASE52, 4) + "z" + _encode(inode, BASE51, 1)
+
+
+def hash_prefix(queue_id: str, depth: int) -> list[str]:
+    """The hashed subdirectory names for a queue ID (Postfix's mail_queue_dir)."""
+    if depth <= 0:
+        return []
+    if _LONG_ID_RE.match(queue_id):
+        usec_part = queue_id[6:10]
+        usec = 0
+        for ch in usec_part:
+            usec = usec * 52 + BASE52.index(ch)
+        key = f"{usec:05X}"
+    else:
+        key = queue_id
+    return [key[i] if i < len(key) else "_" for i in range(depth)]
+
+
+class Spool:
+    """Paths in one queue_directory, with the hashing settings applied."""
+
+    def __init__(self, queue_directory: str, hash_queue_names: list[str] | None = None,
+                 hash_queue_depth: int = 1, long_ids: bool = False) -> None:
+        self.root = queue_directory
+        self.hashed = set(hash_queue_names if hash_queue_names is not None else (DEFERRED, DEFER))
+        self.depth = hash_queue_depth
+        self.long_ids = long_ids
+
+    @classmethod
+    def from_config(cls, config) -> Spool:  # type: ignore[no-untyped-def]
+        return cls(config.get("queue_directory"), config.get_list("hash_queue_names"),
+                   config.get_int("hash_queue_depth"), config.get_bool("enable_long_queue_ids"))
+
+    def dir(self, queue: str) -> str:
+        return os.path.join(self.root, queue)
+
+    def path(self, queue: str, queue_id: str) -> str:
+        parts = [self.root, queue]
+        if queue in self.hashed:
+            parts.extend(hash_prefix(queue_id, self.depth))
+        parts.append(queue_id)
+        return os.path.join(*parts)
+
+    def socket_path(self, private: bool, service: str) -> str:
+        return os.path.join(self.root, PRIVATE if private else PUBLIC, service)
+
+    def public(self, service: str) -> str:
+        return os.path.join(self.root, PUBLIC, service)
+
+    def private(self, service: str) -> str:
+        return os.path.join(self.root, PRIVATE, service)
+
+    def ensure_hash_dirs(self, queue: str, queue_id: str) -> None:
+        if queue in self.hashed and self.depth > 0:
+            os.makedirs(os.path.dirname(self.path(queue, queue_id)), mode=0o700, exist_ok=True)
+
+    def move(self, queue_id: str, src: str, dst: str) -> str:
+        """Rename a queue file (or status log) between queues; returns the new path."""
+        new = self.path(dst, queue_id)
+        try:
+            os.rename(self.path(src, queue_id), new)
+        except FileNotFoundError:
+            if dst in self.hashed:
+                self.ensure_hash_dirs(dst, queue_id)
+                os.rename(self.path(src, queue_id), new)
+            else:
+                raise
+        return new
+
+    def scan(self, queue: str) -> list[str]:
+        """Queue IDs present in a queue (hashed subdirectories included)."""
+        base = self.dir(queue)
+        out: list[str] = []
+        if queue in self.hashed and self.depth > 0:
+            for _dirpath, _dirnames, filenames in os.walk(base):
+                out.extend(f for f in filenames if valid_queue_id(f))
+            return out
+        try:
+            with os.scandir(base) as it:
+                for entry in it:
+                    if valid_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
+                        out.append(entry.name)
+        except FileNotFoundError:
+            pass
+        return out
+
+    def find(self, queue_id: str, queues: tuple[str, ...] = (INCOMING, ACTIVE, DEFERRED, HOLD,
+                                                             MAILDROP)) -> tuple[str, str] | None:
+        """(queue, path) of a queue ID, searching queues in order."""
+        for q in queues:
+            p = self.path(q, queue_id)
+            if os.path.exists(p):
+                return q, p
+        return None
+
+    def create_queue_file(self, queue: str, mode: int = MODE_WRITING) -> tuple[str, str, int]:
+        """Create a new, empty queue file: (queue_id, path, fd). The fd is open for writing."""
+        directory = self.dir(queue)
+        pid = os.getpid()
+        while True:
+            now = time.time()
+            sec = int(now)
+            usec = int((now - sec) * 1_000_000)
+            temp = os.path.join(directory, f"{usec}.{pid}")
+            try:
+                fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+            except FileExistsError:
+                continue
+            inode = os.fstat(fd).st_ino
+            while True:
+                queue_id = long_queue_id(sec, usec, inode) if self.long_ids else short_queue_id(usec, inode)
+                final = self.path(queue, queue_id)
+                if queue in self.hashed:
+                    self.ensure_hash_dirs(queue, queue_id)
+                if not os.path.exists(final):
+                    os.rename(temp, final)
+                    return queue_id, final, fd
+                now = time.time()
+                sec = int(now)
+                usec = int((now - sec) * 1_000_000)
+
+
+def is_complete(mode: int) -> bool:
+    return (mode & 0o700) == MODE_COMPLETE

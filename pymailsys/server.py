@@ -1,0 +1,331 @@
+"""The one server skeleton every daemon stands on.
+
+A daemon module supplies a program name and callbacks, then calls ``run``. The
+skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
+
+* arguments from master: ``-c config_dir``, ``-n service_name``, ``-t
+  transport_type`` (inet, unix, fifo, pass), ``-o name=value`` (repeatable),
+  ``-u`` (unprivileged: drop to mail_owner when started as root), ``-s count``
+  (number of listening descriptors, default 1), ``-v``, ``-l``/``-z`` (accepted);
+* configuration (main.cf plus the ``-o`` overrides) and logging;
+* the privilege drop: started as root with ``-u``, the process becomes
+  mail_owner with supplementary groups cleared (never root after that);
+  without ``-u`` (local, virtual) it stays root and switches per delivery;
+  started as non-root it stays that user;
+* the accept loop on the descriptors master handed over: fd 6 and up are the
+  listeners, fd 5 is the status pipe (the child writes ``A`` when it can take a
+  client and ``B`` when it cannot), fd 4 is the lifeline (end of file there
+  means master is gone or reloading: stop accepting, finish, exit);
+* max_use (clients served before exiting when idle), max_idle (seconds without a
+  client before exiting, unless ``resident``), SIGTERM (exit now).
+
+Stream services get ``serve(reader, writer, ctx)`` once per client. Trigger
+services (``on_trigger``) get every byte written to their socket or FIFO
+(``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``.
+
+Run by hand (no fd 6), a daemon can listen on a path or host:port given with
+``-L`` for tests and debugging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getopt
+import os
+import pwd
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pymailsys import config as config_mod
+from pymailsys import log
+from pymailsys.queue import Spool
+
+LIFELINE_FD = 4
+STATUS_FD = 5
+LISTEN_FD = 6
+
+STATUS_AVAILABLE = b"A"
+STATUS_BUSY = b"B"
+
+
+@dataclass
+class Context:
+    """What a service callback may use: configuration, spool, identity, stop signal."""
+
+    config: config_mod.Config
+    spool: Spool
+    program: str
+    service: str
+    transport: str
+    args: list[str]
+    verbose: bool = False
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    state: dict = field(default_factory=dict)
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
+Trigger = Callable[[Context, bytes], Awaitable[None]]
+Hook = Callable[[Context], Awaitable[None]]
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    opts, rest = getopt.getopt(argv, "c:n:t:o:us:vlzDSL:")
+    flags: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for opt, value in opts:
+        if opt == "-o":
+            name, sep, val = value.partition("=")
+            if not sep:
+                raise getopt.GetoptError(f"-o {value}: expected name=value")
+            overrides[name.strip()] = val.strip()
+        else:
+            flags[opt] = value
+    return flags, overrides, rest
+
+
+def drop_privileges(config: config_mod.Config) -> None:
+    """Become mail_owner (groups cleared) when root; fatal when that is impossible."""
+    if os.geteuid() != 0:
+        return
+    owner = config.get("mail_owner")
+    try:
+        pw = pwd.getpwnam(owner)
+    except KeyError:
+        log.fatal(f"file {config.main_cf}: parameter mail_owner: unknown user name value: {owner}")
+    if pw.pw_uid == 0:
+        log.fatal(f"file {config.main_cf}: parameter mail_owner: user {owner} has privileged user ID")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+class _Runner:
+    def __init__(self, ctx: Context, serve: Serve | None, on_trigger: Trigger | None,
+                 resident: bool, client_limit: int) -> None:
+        self.ctx = ctx
+        self.serve = serve
+        self.on_trigger = on_trigger
+        self.resident = resident
+        self.client_limit = client_limit
+        self.active = 0
+        self.uses = 0
+        self.max_use = ctx.config.get_int("max_use")
+        self.max_idle = ctx.config.get_time("max_idle")
+        self.idle_since = asyncio.get_running_loop().time()
+        self.status_fd = STATUS_FD if _fd_open(STATUS_FD) else None
+        self.last_status = b""
+        self.servers: list[asyncio.AbstractServer] = []
+        self.fifo_fds: list[int] = []
+        self.done = asyncio.Event()
+
+    def report(self) -> None:
+        if self.status_fd is None:
+            return
+        busy = self.active >= self.client_limit or self.ctx.stopping.is_set()
+        status = STATUS_BUSY if busy else STATUS_AVAILABLE
+        if status != self.last_status:
+            try:
+                os.write(self.status_fd, status)
+                self.last_status = status
+            except OSError:
+                self.status_fd = None
+
+    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        self.uses += 1
+        self.report()
+        try:
+            if self.serve is not None:
+                await self.serve(reader, writer, self.ctx)
+            else:
+                while data := await reader.read(1024):
+                    await self._trigger(data)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception as e:  # a bug in one client's handling: log it, keep serving others
+            log.error(f"{self.ctx.program}: unexpected error: {e!r}")
+            import traceback
+            for line in traceback.format_exc().splitlines():
+                log.error(line)
+        finally:
+            self.active -= 1
+            if not writer.is_closing():
+                writer.close()
+            if self.active == 0:
+                self.idle_since = asyncio.get_running_loop().time()
+            if self.max_use and self.uses >= self.max_use and not self.resident:
+                self.begin_stop()
+            self.report()
+            if self.ctx.stopping.is_set() and self.active == 0:
+                self.done.set()
+
+    async def _trigger(self, data: bytes) -> None:
+        if self.on_trigger is not None:
+            await self.on_trigger(self.ctx, data)
+
+    def on_fifo(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1024)
+        except BlockingIOError:
+            return
+        if data:
+            asyncio.ensure_future(self._trigger(data))
+
+    def begin_stop(self) -> None:
+        if self.ctx.stopping.is_set():
+            return
+        self.ctx.stopping.set()
+        for srv in self.servers:
+            srv.close()
+        loop = asyncio.get_running_loop()
+        for fd in self.fifo_fds:
+            loop.remove_reader(fd)
+        self.report()
+        if self.active == 0:
+            self.done.set()
+
+    async def idle_watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.ctx.stopping.is_set():
+            await asyncio.sleep(1.0)
+            if (not self.resident and self.active == 0 and self.max_idle
+                    and loop.time() - self.idle_since >= self.max_idle):
+                self.begin_stop()
+
+
+def _listener_sockets(flags: dict[str, str], transport: str) -> list[socket.socket | int]:
+    count = int(flags.get("-s", "1"))
+    out: list[socket.socket | int] = []
+    if "-L" in flags:
+        where = flags["-L"]
+        if transport == "inet":
+            host, _, port = where.rpartition(":")
+            sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)), reuse_port=False)
+        else:
+            try:
+                os.unlink(where)
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(where)
+            sock.listen(100)
+        out.append(sock)
+        return out
+    for fd in range(LISTEN_FD, LISTEN_FD + count):
+        if not _fd_open(fd):
+            break
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.set_blocking(fd, False)
+            out.append(fd)
+        else:
+            out.append(socket.socket(fileno=fd))
+    return out
+
+
+def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None = None,
+        on_start: Hook | None = None, on_stop: Hook | None = None, resident: bool = False,
+        client_limit: int = 1000, argv: list[str] | None = None) -> None:
+    """Parse master's arguments, set up, and run the service until told to stop."""
+    log.init_stderr_only(program)
+    try:
+        flags, overrides, rest = parse_args(sys.argv[1:] if argv is None else argv)
+    except getopt.GetoptError as e:
+        log.fatal(str(e))
+    try:
+        cfg = config_mod.load(flags.get("-c"), overrides)
+        log.init(cfg, program)
+    except config_mod.ConfigError as e:
+        log.fatal(str(e))
+    transport = flags.get("-t", "unix")
+    service = flags.get("-n", program)
+    listeners = _listener_sockets(flags, transport)
+    if "-u" in flags:
+        drop_privileges(cfg)
+    ctx = Context(cfg, Spool.from_config(cfg), program, service, transport, rest,
+                  verbose="-v" in flags)
+    try:
+        _use_fast_loop()
+        asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
+                          client_limit))
+    except KeyboardInterrupt:
+        pass
+
+
+def _use_fast_loop() -> None:
+    if os.environ.get("PYMAILSYS_NO_UVLOOP"):
+        return
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve | None,
+                on_trigger: Trigger | None, on_start: Hook | None, on_stop: Hook | None,
+                resident: bool, client_limit: int) -> None:
+    loop = asyncio.get_running_loop()
+    ctx.stopping = asyncio.Event()
+    runner = _Runner(ctx, serve, on_trigger, resident, client_limit)
+    def terminate() -> None:
+        runner.begin_stop()
+        runner.active = 0
+        runner.done.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, terminate)
+    if on_start is not None:
+        await on_start(ctx)
+    for item in listeners:
+        if isinstance(item, int):
+            runner.fifo_fds.append(item)
+            loop.add_reader(item, runner.on_fifo, item)
+        elif item.family == socket.AF_UNIX:
+            runner.servers.append(await asyncio.start_unix_server(
+                runner.on_client, sock=item, limit=1 << 20))
+        else:
+            runner.servers.append(await asyncio.start_server(
+                runner.on_client, sock=item, limit=1 << 20))
+    if _fd_open(LIFELINE_FD):
+        os.set_blocking(LIFELINE_FD, False)
+
+        def lifeline() -> None:
+            try:
+                if os.read(LIFELINE_FD, 64):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            loop.remove_reader(LIFELINE_FD)
+            runner.begin_stop()
+
+        loop.add_reader(LIFELINE_FD, lifeline)
+    runner.report()
+    watcher = asyncio.ensure_future(runner.idle_watch())
+    await runner.done.wait()
+    if runner.active:
+        try:
+            await asyncio.wait_for(_drain(runner), timeout=30)
+        except TimeoutError:
+            pass
+    watcher.cancel()
+    if on_stop is not None:
+        await on_stop(ctx)
+
+
+async def _drain(runner: _Runner) -> None:
+    while runner.active:
+        await asyncio.sleep(0.05)

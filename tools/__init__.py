@@ -1,0 +1,1 @@
+"""pymailsys commands: one module per administrative or submission command."""
