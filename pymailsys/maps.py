@@ -1,0 +1,336 @@
+"""Lookup tables: one registry of ``type:name`` tables, and lists of them.
+
+``open_table("hash:/etc/aliases")`` returns a ``Table`` whose ``lookup(key)``
+has Postfix's three outcomes: a string (found), ``None`` (not found), or a
+``TableError`` raised (the table could not answer: the caller defers, it never
+treats this as not found). Tables are opened once per process and cached;
+indexed files are reopened when postmap/postalias replaced them.
+
+``Maps(config, "alias_maps")`` is a parameter's list of tables searched in
+order (Postfix's maps_find): the first table that finds the key wins.
+
+Registered types here: ``hash``, ``btree``, ``lmdb`` (all indexed with lmdb in
+``name.lmdb``, keys folded to lower case, stored with a trailing NUL),
+``texthash``, ``inline``, ``static``, ``unix:passwd.byname``, ``proxy:`` (a
+prefix that is accepted and dropped: tables are read in-process). Other types
+register themselves with ``@register("type")``; an unknown type raises
+``TableError`` naming it.
+
+Source files (``parse_source``): ``key value`` lines, ``#`` comments and blank
+lines ignored, leading whitespace continues a line, ``"quoted keys"``. Alias
+files (``parse_alias_source``): ``name: value, value``, names folded to lower
+case. Both name the file and line in their errors.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pymailsys import config as config_mod
+
+
+class TableError(Exception):
+    """A table could not be opened or could not answer a lookup."""
+
+
+class Table:
+    """One lookup table. Subclasses implement lookup()."""
+
+    fold = True  # fold keys to lower case before lookup
+
+    def __init__(self, type_name: str, name: str) -> None:
+        self.type = type_name
+        self.name = name
+
+    @property
+    def spec(self) -> str:
+        return f"{self.type}:{self.name}"
+
+    def lookup(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Table {self.spec}>"
+
+
+Factory = Callable[[str, str], Table]
+REGISTRY: dict[str, Factory] = {}
+_cache: dict[str, Table] = {}
+
+
+def register(*type_names: str) -> Callable[[Factory], Factory]:
+    def deco(factory: Factory) -> Factory:
+        for t in type_names:
+            REGISTRY[t] = factory
+        return factory
+    return deco
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    type_name, sep, name = spec.partition(":")
+    if not sep or not type_name:
+        raise TableError(f"table {spec}: need type:name")
+    return type_name, name
+
+
+def open_table(spec: str) -> Table:
+    """The table named by type:name (cached per process)."""
+    spec = spec.strip()
+    table = _cache.get(spec)
+    if table is not None:
+        return table
+    type_name, name = split_spec(spec)
+    if type_name == "proxy":
+        table = open_table(name)
+    else:
+        factory = REGISTRY.get(type_name)
+        if factory is None:
+            raise TableError(f"unsupported dictionary type: {type_name}")
+        table = factory(type_name, name)
+    _cache[spec] = table
+    return table
+
+
+class Maps:
+    """A list of tables from a parameter value, searched in order."""
+
+    def __init__(self, config: config_mod.Config | None, param: str | None = None,
+                 specs: list[str] | None = None) -> None:
+        if specs is None:
+            assert config is not None and param is not None
+            specs = config.get_list(param)
+        self.param = param or ""
+        self.specs = [s for s in specs if s]
+        self.tables = [open_table(s) for s in self.specs]
+
+    def __bool__(self) -> bool:
+        return bool(self.tables)
+
+    def find(self, key: str) -> str | None:
+        """First table that finds key; TableError if a table fails first."""
+        for table in self.tables:
+            k = key.lower() if table.fold else key
+            value = table.lookup(k)
+            if value is not None:
+                return value
+        return None
+
+
+# --- source files -------------------------------------------------------------
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    current: list[str] = []
+    start = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and current:
+            current.append(line.strip())
+            continue
+        if current:
+            yield start, " ".join(current)
+        current, start = [line.strip()], lineno
+    if current:
+        yield start, " ".join(current)
+
+
+def parse_source(text: str, path: str) -> list[tuple[int, str, str]]:
+    """postmap source: (line, key, value); a key may be "quoted" to hold spaces."""
+    out = []
+    for lineno, line in _logical_lines(text):
+        if line.startswith('"'):
+            end = line.find('"', 1)
+            if end < 0:
+                raise TableError(f"{path}, line {lineno}: unbalanced quote in key")
+            key, value = line[1:end], line[end + 1:].strip()
+        else:
+            key, _, value = line.partition(" ")
+            if "\t" in key:
+                key, _, rest = key.partition("\t")
+                value = (rest + " " + value).strip()
+            value = value.strip()
+        out.append((lineno, key, value))
+    return out
+
+
+def parse_alias_source(text: str, path: str) -> list[tuple[int, str, str]]:
+    """aliases(5): (line, lower-cased name, value)."""
+    out = []
+    for lineno, line in _logical_lines(text):
+        if line.startswith('"'):
+            end = line.find('"', 1)
+            name, rest = line[1:end], line[end + 1:]
+            if not rest.lstrip().startswith(":"):
+                raise TableError(f"{path}, line {lineno}: missing colon after alias name")
+            value = rest.lstrip()[1:]
+        else:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise TableError(f'{path}, line {lineno}: need "name: value"')
+        name = name.strip()
+        if not name:
+            raise TableError(f"{path}, line {lineno}: empty alias name")
+        out.append((lineno, name.lower(), value.strip()))
+    return out
+
+
+# --- table types ---------------------------------------------------------------
+
+class StaticTable(Table):
+    fold = False
+
+    def lookup(self, key: str) -> str | None:
+        value = self.name
+        if value.startswith("{") and value.endswith("}"):
+            value = value[1:-1].strip()
+        return value
+
+
+class InlineTable(Table):
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        body = name.strip()
+        if not (body.startswith("{") and body.endswith("}")):
+            raise TableError(f"inline:{name}: need {{ key=value, ... }}")
+        self.data: dict[str, str] = {}
+        for item in config_mod.split_list(body[1:-1]):
+            item = item.strip()
+            if item.startswith("{") and item.endswith("}"):
+                item = item[1:-1].strip()
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise TableError(f'inline:{name}: missing "=" in "{item}"')
+            self.data[key.strip().lower()] = value.strip()
+
+    def lookup(self, key: str) -> str | None:
+        return self.data.get(key)
+
+
+class TextHashTable(Table):
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        try:
+            with open(name, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as e:
+            raise TableError(f"open {name}: {e.strerror}") from e
+        self.data = {k.lower(): v for _, k, v in parse_source(text, name)}
+
+    def lookup(self, key: str) -> str | None:
+        return self.data.get(key)
+
+
+class PasswdTable(Table):
+    fold = False
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        if name != "passwd.byname":
+            raise TableError(f"unix:{name}: unknown table (only passwd.byname)")
+
+    def lookup(self, key: str) -> str | None:
+        try:
+            pw = pwd.getpwnam(key)
+        except KeyError:
+            return None
+        return ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,
+                                         pw.pw_gecos, pw.pw_dir, pw.pw_shell))
+
+
+class LmdbTable(Table):
+    """hash:, btree:, lmdb: tables: name.lmdb built by postmap/postalias."""
+
+    RECHECK = 1.0
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        self.path = name + ".lmdb"
+        self.env: Any = None
+        self.ident: tuple[int, int] | None = None
+        self.checked = 0.0
+        self._open()
+
+    def _open(self) -> None:
+        import lmdb
+
+        try:
+            st = os.stat(self.path)
+            env = lmdb.open(self.path, subdir=False, readonly=True, lock=False, max_dbs=0)
+        except (OSError, lmdb.Error) as e:
+            raise TableError(f"open database {self.path}: {e}") from e
+        if self.env is not None:
+            self.env.close()
+        self.env = env
+        self.ident = (st.st_dev, st.st_ino)
+        self.checked = time.monotonic()
+
+    def _maybe_reopen(self) -> None:
+        now = time.monotonic()
+        if now - self.checked < self.RECHECK:
+            return
+        self.checked = now
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != self.ident:
+            self._open()
+
+    def lookup(self, key: str) -> str | None:
+        import lmdb
+
+        self._maybe_reopen()
+        assert self.env is not None
+        k = key.encode("utf-8", "surrogateescape")
+        try:
+            with self.env.begin() as txn:
+                value = txn.get(k + b"\0")
+                if value is None:
+                    value = txn.get(k)
+        except lmdb.Error as e:
+            raise TableError(f"{self.spec}: lookup error: {e}") from e
+        if value is None:
+            return None
+        return bytes(value).rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+
+def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
+               nul: bool = True, mode: int | None = None) -> None:
+    """Build path atomically (temporary file, then rename) from key/value pairs."""
+    import lmdb
+
+    size = sum(len(k) + len(v) + 64 for k, v in items)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    env = lmdb.open(tmp, subdir=False, map_size=max(1 << 20, size * 4), lock=False,
+                    metasync=False, sync=False)
+    with env.begin(write=True) as txn:
+        for key, value in items:
+            k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
+            v = value.encode("utf-8", "surrogateescape")
+            if nul:
+                k, v = k + b"\0", v + b"\0"
+            txn.put(k, v)
+    env.sync(True)
+    env.close()
+    try:
+        os.unlink(tmp + "-lock")
+    except FileNotFoundError:
+        pass
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+register("static")(StaticTable)
+register("inline")(InlineTable)
+register("texthash")(TextHashTable)
+register("unix")(PasswdTable)
+register("hash", "btree", "lmdb")(LmdbTable)

@@ -1,0 +1,87 @@
+"""Service names, attribute names and the request/reply contracts between processes.
+
+Every internal conversation is an attribute list (``pymailsys.attr``) over a
+Unix stream socket under queue_directory: ``public/NAME`` or ``private/NAME``.
+This module is the one place that names them; the contracts below are what
+each server promises its clients.
+
+cleanup (``public/cleanup``), one request per message::
+
+    request: origin        "smtpd" | "pickup" | "bounce" | "local" (who submits)
+             sender        envelope sender, "" for <>
+             rcpt          repeated: envelope recipients, in order
+             orcpt         repeated, optional: original recipients (same order)
+             content       the message: header, empty line, body; lines end in
+                           LF (smtpd has already removed CR and dot-stuffing)
+             client_name, client_addr, client_port, helo_name, protocol
+                           (smtpd: for Received: and the A records)
+             uid           (pickup: submitting user, for Received: and From:)
+             full_name     (pickup: sender full name, -F)
+             rewrite_context  "local" | "remote"
+             flags         int, CLEANUP_FLAG_* below
+             encoding      "7bit" | "8bitmime" (BODY=)
+             notify, envid, ret   (DSN parameters, optional)
+             orig_id       (pickup: the maildrop file's name, for postsuper -r)
+    reply:   status        0 = queued; else the SMTP reply code (451, 552, 554)
+             dsn           "2.0.0" | "4.3.0" | "5.3.4" | ...
+             reason        text for the client ("Error: queue file write error")
+             queue_id      set when status is 0
+
+    cleanup writes the queue file in incoming/, fsyncs it, and only then
+    replies status 0. Then it triggers qmgr (``public/qmgr``, byte ``I``).
+
+qmgr (``public/qmgr``): a trigger service; bytes as in ``pymailsys.trigger``.
+
+local (``private/local``), one request per recipient (delivery request)::
+
+    request: queue_name, queue_id   where the queue file is (normally active)
+             data_offset            offset of the first record after M
+             content_size           for the log's size
+             arrival_time           float seconds, from the T record
+             active_time            float seconds, when qmgr took the file
+             sender                 "" for <>
+             nexthop                the resolved nexthop (local: myhostname)
+             rcpt                   the recipient address
+             orig_rcpt              original recipient (O record), may be ""
+             rcpt_offset            offset of its R record (for done marks)
+             dsn_notify, dsn_orcpt  optional
+             flags                  int
+    reply:   status    "sent" | "deferred" | "bounced"
+             dsn       "2.0.0", "4.2.0", "5.1.1", ...
+             reason    "delivered to mailbox", "delivered to maildir", ...
+
+    The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself;
+    qmgr marks the recipient done (R -> D in place) for sent and bounced, keeps
+    it for deferred, and appends bounced/deferred reasons to bounce/ID, defer/ID.
+
+showq (``public/showq``): request ``{request: "list", format: "text" | "json"}``,
+reply ``{status: 0, listing: <bytes, the whole mailq text or JSON lines>}``.
+
+pickup (``public/pickup``): a trigger service (``W``).
+"""
+
+from __future__ import annotations
+
+CLEANUP = "cleanup"
+QMGR = "qmgr"
+PICKUP = "pickup"
+SHOWQ = "showq"
+LOCAL = "local"
+BOUNCE = "bounce"
+VIRTUAL = "virtual"
+SMTP = "smtp"
+
+# cleanup flags
+CLEANUP_FLAG_NONE = 0
+CLEANUP_FLAG_BOUNCE = 1 << 0  # bounce unrecoverable mail instead of keeping it
+CLEANUP_FLAG_FILTER = 1 << 1  # header/body checks apply
+CLEANUP_FLAG_HOLD = 1 << 2  # place the message on hold
+CLEANUP_FLAG_MAP_OK = 1 << 5  # canonical/virtual mapping applies
+
+# delivery results
+STATUS_SENT = "sent"
+STATUS_DEFERRED = "deferred"
+STATUS_BOUNCED = "bounced"
+
+# cleanup reply codes
+CLEANUP_OK = 0
