@@ -1,0 +1,245 @@
+"""Queue files: building them (cleanup) and reading them (qmgr, agents, tools).
+
+``QueueFileBuilder`` assembles a whole queue file in memory in Postfix's record
+order (C T A A [F] S A... per recipient [A] [O] R, M, N/L content lines, X,
+extracted records, E) and computes the fixed-width C record's fields: content
+size, data offset (first record after M), recipient count, qmgr flags, content
+length, SMTPUTF8 flags. The caller writes the bytes, fchmods the file to
+``queue.MODE_COMPLETE`` and fsyncs it before anyone is told it exists.
+
+``read_envelope`` parses a file's envelope and extracted records into an
+``Envelope`` (sender, recipients with the offsets of their R records and done
+state, arrival time, named attributes, data offset). It refuses
+(``QueueFileError``) a file with a malformed or unknown record, no final E, no
+C record first, or no sender. ``content_lines`` yields the message text, joining
+L continuation records. ``mark_done`` rewrites one recipient's type byte
+R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pymailsys import records as r
+
+
+class QueueFileError(Exception):
+    """A queue file that is not complete or not well formed."""
+
+
+@dataclass
+class Recipient:
+    address: str
+    orig: str = ""
+    offset: int = 0
+    done: bool = False
+    notify: int = 0
+    dsn_orcpt: str = ""
+
+
+@dataclass
+class Envelope:
+    queue_id: str
+    path: str
+    sizes: list[int]
+    arrival: float
+    sender: str
+    full_name: str = ""
+    recipients: list[Recipient] = field(default_factory=list)
+    attrs: dict[str, str] = field(default_factory=dict)
+    data_offset: int = 0
+    xtra_offset: int = 0
+    warn_time: int = 0
+    file_size: int = 0
+
+    @property
+    def content_size(self) -> int:
+        return self.sizes[0] if self.sizes else 0
+
+    @property
+    def message_size(self) -> int:
+        """The size Postfix reports (size=, mailq): content length if known."""
+        if len(self.sizes) >= 5 and self.sizes[4] > 0:
+            return self.sizes[4]
+        return self.content_size
+
+    def pending(self) -> list[Recipient]:
+        return [rc for rc in self.recipients if not rc.done]
+
+
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", "surrogateescape")
+
+
+class QueueFileBuilder:
+    """Collect envelope, content and extracted records; ``build`` returns the bytes."""
+
+    def __init__(self, arrival: float) -> None:
+        self.arrival = arrival
+        self._head: list[bytes] = []
+        self._content: list[bytes] = []
+        self._extracted: list[bytes] = []
+        self._rcpt_count = 0
+        self._content_length = 0
+        self.qmgr_flags = 0
+        self.smtputf8 = 0
+        sec = int(arrival)
+        usec = int((arrival - sec) * 1_000_000)
+        self._head.append(r.encode_record(r.REC_TYPE_TIME, f"{sec} {usec}".encode()))
+        self.attr("create_time", str(sec))
+
+    def attr(self, name: str, value: str) -> None:
+        self._head.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode(
+            "utf-8", "surrogateescape")))
+
+    def full_name(self, name: str) -> None:
+        self._head.append(r.encode_record(r.REC_TYPE_FULL, name.encode("utf-8", "surrogateescape")))
+
+    def sender(self, address: str) -> None:
+        self._head.append(r.encode_record(r.REC_TYPE_FROM, address.encode("utf-8", "surrogateescape")))
+
+    def recipient(self, address: str, orig: str = "", notify: int = 0, dsn_orcpt: str = "") -> None:
+        if dsn_orcpt:
+            self.attr("dsn_orig_rcpt", dsn_orcpt)
+        if notify:
+            self.attr("notify_flags", str(notify))
+        if orig:
+            self._head.append(r.encode_record(r.REC_TYPE_ORCP, orig.encode("utf-8", "surrogateescape")))
+        self._head.append(r.encode_record(r.REC_TYPE_RCPT, address.encode("utf-8", "surrogateescape")))
+        self._rcpt_count += 1
+
+    def line(self, text: bytes, limit: int = 2048) -> None:
+        """One line of message content, without its line terminator."""
+        self._content.append(r.text_records(text, limit))
+        self._content_length += len(text) + 2
+
+    def extracted_attr(self, name: str, value: str) -> None:
+        self._extracted.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode()))
+
+    def build(self) -> bytes:
+        head = b"".join(self._head)
+        mesg = r.encode_record(r.REC_TYPE_MESG, b"")
+        data_offset = r.SIZE_RECORD_LENGTH + 2 + len(head) + len(mesg)
+        content = b"".join(self._content)
+        content_size = len(content)
+        size_rec = r.message_size_record(content_size, data_offset, self._rcpt_count,
+                                         self.qmgr_flags, self._content_length, self.smtputf8)
+        assert len(size_rec) == r.SIZE_RECORD_LENGTH + 2
+        return b"".join([
+            size_rec, head, mesg, content,
+            r.encode_record(r.REC_TYPE_XTRA, b""),
+            b"".join(self._extracted),
+            r.encode_record(r.REC_TYPE_END, b""),
+        ])
+
+
+def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Envelope:
+    """Parse envelope and extracted records of a whole queue file held in memory."""
+    env = Envelope(queue_id=queue_id, path=path, sizes=[], arrival=0.0, sender="",
+                   file_size=len(data))
+    have_sender = False
+    pending_orig = ""
+    pending_notify = 0
+    pending_orcpt = ""
+    try:
+        records = r.iter_records(data)
+        first = True
+        for offset, rtype, payload in records:
+            if first:
+                if rtype != r.REC_TYPE_SIZE:
+                    raise QueueFileError("first record is not a size record")
+                env.sizes = r.parse_size_record(payload)
+                first = False
+                continue
+            if rtype == r.REC_TYPE_TIME:
+                parts = payload.split()
+                env.arrival = float(parts[0]) + (float(parts[1]) / 1e6 if len(parts) > 1 else 0)
+            elif rtype == r.REC_TYPE_FULL:
+                env.full_name = _text(payload)
+            elif rtype == r.REC_TYPE_FROM:
+                env.sender = _text(payload)
+                have_sender = True
+            elif rtype == r.REC_TYPE_ATTR:
+                name, _, value = _text(payload).partition("=")
+                if name == "dsn_orig_rcpt":
+                    pending_orcpt = value
+                elif name == "notify_flags":
+                    pending_notify = int(value or 0)
+                else:
+                    env.attrs[name] = value
+            elif rtype == r.REC_TYPE_ORCP:
+                pending_orig = _text(payload)
+            elif rtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
+                env.recipients.append(Recipient(_text(payload), pending_orig, offset,
+                                                rtype != r.REC_TYPE_RCPT, pending_notify,
+                                                pending_orcpt))
+                pending_orig, pending_notify, pending_orcpt = "", 0, ""
+            elif rtype == r.REC_TYPE_WARN:
+                env.warn_time = int(payload.strip() or 0)
+            elif rtype == r.REC_TYPE_MESG:
+                env.data_offset = offset + 2
+                if len(env.sizes) >= 2 and env.sizes[1] > 0:
+                    env.data_offset = env.sizes[1]
+                xtra = env.data_offset + env.sizes[0]
+                while data[xtra:xtra + 1] in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
+                    xtra = r.decode_record(data, xtra)[2]
+                if xtra > len(data) or data[xtra:xtra + 1] != r.REC_TYPE_XTRA:
+                    raise QueueFileError("content size does not point at the extracted records")
+                env.xtra_offset = xtra
+                records = r.iter_records(data, xtra)
+                for _offset, xtype, xpayload in records:
+                    if xtype == r.REC_TYPE_END:
+                        break
+                    if xtype == r.REC_TYPE_ATTR:
+                        name, _, value = _text(xpayload).partition("=")
+                        env.attrs[name] = value
+                    elif xtype == r.REC_TYPE_RCPT:
+                        env.recipients.append(Recipient(_text(xpayload), "", _offset))
+                else:
+                    raise QueueFileError("no end-of-message record")
+                break
+        else:
+            raise QueueFileError("no message content record")
+    except (r.RecordError, ValueError, IndexError) as e:
+        raise QueueFileError(str(e)) from None
+    if not have_sender:
+        raise QueueFileError("no sender record")
+    return env
+
+
+def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
+    with open(path, "rb") as f:
+        data = f.read()
+    return read_envelope_bytes(data, queue_id or os.path.basename(path), path)
+
+
+def content_lines(data: bytes | memoryview, env: Envelope) -> Iterator[bytes]:
+    """The message lines (no terminators), from the data offset to the X record."""
+    end = env.xtra_offset or (env.data_offset + env.content_size)
+    partial: list[bytes] = []
+    for _offset, rtype, payload in r.iter_records(data[:end], env.data_offset):
+        if rtype == r.REC_TYPE_CONT:
+            partial.append(payload)
+        elif rtype == r.REC_TYPE_NORM:
+            if partial:
+                partial.append(payload)
+                yield b"".join(partial)
+                partial = []
+            else:
+                yield payload
+        elif rtype == r.REC_TYPE_PTR or rtype == r.REC_TYPE_DTXT:
+            continue
+    if partial:
+        yield b"".join(partial)
+
+
+def message_text(data: bytes | memoryview, env: Envelope, eol: bytes = b"\n") -> bytes:
+    """The whole message as bytes, each line ended with eol."""
+    return b"".join(line + eol for line in content_lines(data, env))
+
+
+def mark_done(fd: int, offset: int) -> None:
+    """Mark the recipient whose R record starts at offset as done."""
+    os.pwrite(fd, r.REC_TYPE_DONE, offset)
