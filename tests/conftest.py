@@ -1,0 +1,60 @@
+"""Shared fixtures: real instances on free loopback ports, root-only marks, tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from harness import IS_ROOT, Instance
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root (CI runs the suite as root)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def require_tool(path: str) -> str:
+    """The tool's path; in CI a missing tool fails the test instead of skipping it."""
+    found = shutil.which(path) or (path if os.path.exists(path) else None)
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail(f"{path} is not installed (scripts/check installs it as root)")
+    pytest.skip(f"{path} is not installed")
+
+
+@pytest.fixture
+def new_instance() -> Iterator[list[Instance]]:
+    """Make instances with new_instance(...); all are stopped and removed afterwards."""
+    made: list[Instance] = []
+
+    class Factory(list):
+        def __call__(self, **kwargs: object) -> Instance:
+            inst = Instance(**kwargs)  # type: ignore[arg-type]
+            made.append(inst)
+            return inst
+
+    yield Factory()  # type: ignore[misc]
+    for inst in made:
+        inst.cleanup()
+
+
+@pytest.fixture
+def instance(new_instance) -> Instance:  # type: ignore[no-untyped-def]
+    """A started instance with Maildir delivery for the current user."""
+    inst = new_instance(maildir=True)
+    inst.start()
+    return inst
+
+
+@pytest.fixture
+def mbox_instance(new_instance) -> Instance:  # type: ignore[no-untyped-def]
+    inst = new_instance(maildir=False)
+    inst.start()
+    return inst

@@ -1,0 +1,260 @@
+"""Test harness: a real, throw-away pymailsys instance on a free loopback port.
+
+``Instance(tmpdir)`` writes an instance with ``pymailsys.tools.instance create``
+(the same code the quick start uses) under a fresh directory: etc/ (main.cf,
+master.cf, aliases), spool/, data/, mail/ (mailboxes), log/maillog. Extra
+main.cf settings are appended (a later definition wins). ``start()`` runs
+``postfix -c etc start`` and waits until smtpd answers; ``stop()`` runs
+``postfix stop`` and then kills anything that still runs with this instance's
+configuration directory on its command line, so a failed test leaves nothing
+behind.
+
+Everything is driven through real commands and sockets: the tools run as
+subprocesses (``tool``), mail goes in over SMTP (``smtp``), and assertions read
+the mailbox files, the queue directories and the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+PYTHON = sys.executable
+ME = pwd.getpwuid(os.getuid()).pw_name
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> object:
+    """Poll predicate until it returns something true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Instance:
+    def __init__(self, base: Path | str | None = None, *, maildir: bool = True,
+                 settings: dict[str, str] | None = None, port: int | None = None) -> None:
+        if base is None:
+            base = tempfile.mkdtemp(prefix="pymailsys-test-", dir="/tmp")
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self.port = port or free_port()
+        self.maildir = maildir
+        self.config_dir = self.base / "etc"
+        self.queue_dir = self.base / "spool"
+        self.mail_dir = self.base / "mail"
+        self.log_path = self.base / "log" / "maillog"
+        self.running = False
+        result = subprocess.run(
+            [PYTHON, "-m", "pymailsys.tools.instance", "create", str(self.base),
+             "--port", str(self.port), "--host", "127.0.0.1"] + (["--maildir"] if maildir else []),
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"instance create failed: {result.stderr}{result.stdout}")
+        self.mail_dir.mkdir(exist_ok=True)
+        os.chmod(self.mail_dir, 0o1777)
+        if settings:
+            self.set(**settings)
+
+    # configuration -----------------------------------------------------------
+    def set(self, **settings: str) -> None:
+        """Append main.cf settings (a later definition wins)."""
+        with open(self.config_dir / "main.cf", "a") as f:
+            for name, value in settings.items():
+                f.write(f"{name} = {value}\n")
+
+    def write(self, relative: str, text: str) -> Path:
+        path = self.base / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    # commands ----------------------------------------------------------------
+    def tool(self, name: str, *args: str, input: str | bytes | None = None,
+             user: str | None = None, check: bool = False, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run one of our commands (python -m pymailsys.tools.NAME -c etc ARGS)."""
+        module = {"mailq": "sendmail", "newaliases": "sendmail", "postalias": "postmap"}.get(name, name)
+        argv = [PYTHON, "-m", f"pymailsys.tools.{module}"]
+        if name in ("mailq", "newaliases"):
+            argv = [PYTHON, "-c",
+                    f"import sys; from pymailsys.tools.sendmail import {name}_main as m; "
+                    f"sys.argv[0] = '{name}'; sys.exit(m())"]
+        elif name == "postalias":
+            argv = [PYTHON, "-c",
+                    "import sys; from pymailsys.tools.postmap import postalias_main as m; "
+                    "sys.argv[0] = 'postalias'; sys.exit(m())"]
+        argv += ["-c", str(self.config_dir)] if name not in ("sendmail", "mailq") else []
+        if name in ("sendmail", "mailq"):
+            argv += ["-C", str(self.config_dir)]
+        argv += list(args)
+        if user is not None and user != ME:
+            argv = ["runuser", "-u", user, "--"] + argv
+        full_env = dict(os.environ)
+        full_env["MAIL_CONFIG"] = str(self.config_dir)
+        if env:
+            full_env.update(env)
+        text = not isinstance(input, bytes)
+        result = subprocess.run(argv, input=input, capture_output=True, text=text,
+                                timeout=timeout, env=full_env, cwd="/")
+        if check and result.returncode != 0:
+            raise AssertionError(f"{name} {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.tool("postfix", *args, check=check)
+
+    def start(self, wait_smtp: bool = True) -> None:
+        self.postfix("start")
+        self.running = True
+        if wait_smtp:
+            wait_until(self._smtp_ready, 30, what=f"smtpd on port {self.port}")
+
+    def _smtp_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.settimeout(10)
+                return s.recv(512).startswith(b"220")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.running:
+            self.postfix("stop", check=False)
+            self.running = False
+        self.kill_leftovers()
+
+    def pids(self) -> list[int]:
+        """Processes whose command line names this instance's config directory."""
+        out = []
+        marker = str(self.config_dir).encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if marker in cmdline and int(entry) != os.getpid():
+                out.append(int(entry))
+        return out
+
+    def kill_leftovers(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # SMTP --------------------------------------------------------------------
+    def smtp(self, timeout: float = 30) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.example", timeout=timeout)
+
+    def send(self, sender: str, recipients: list[str] | str, message: bytes | str) -> str:
+        """Send one message; returns the queue ID from the 250 reply."""
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        with self.smtp() as client:
+            client.ehlo()
+            client.mail(sender)
+            for rcpt in recipients:
+                code, text = client.rcpt(rcpt)
+                if code != 250:
+                    raise AssertionError(f"RCPT {rcpt}: {code} {text!r}")
+            code, text = client.data(message)
+            if code != 250:
+                raise AssertionError(f"DATA: {code} {text!r}")
+        m = re.search(rb"queued as (\w+)", text)
+        assert m, text
+        return m.group(1).decode()
+
+    # what a user would look at -------------------------------------------------
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 30, count: int = 1) -> list[str]:
+        rx = re.compile(pattern)
+
+        def found() -> list[str]:
+            lines = [line for line in self.log().splitlines() if rx.search(line)]
+            return lines if len(lines) >= count else []
+
+        return wait_until(found, timeout, what=f"log line /{pattern}/ x{count}")  # type: ignore[return-value]
+
+    def maildir(self, user: str = ME) -> Path:
+        return self.mail_dir / user
+
+    def maildir_messages(self, user: str = ME) -> list[bytes]:
+        new = self.maildir(user) / "new"
+        if not new.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir())]
+
+    def wait_maildir(self, count: int, user: str = ME, timeout: float = 60) -> list[bytes]:
+        def enough() -> list[bytes]:
+            msgs = self.maildir_messages(user)
+            return msgs if len(msgs) >= count else []
+
+        return wait_until(enough, timeout, what=f"{count} messages in {user}'s Maildir")  # type: ignore[return-value]
+
+    def mbox(self, user: str = ME) -> bytes:
+        try:
+            return (self.mail_dir / user).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return b""
+
+    def queue_ids(self, queue: str) -> list[str]:
+        base = self.queue_dir / queue
+        out = []
+        for _dirpath, _dirs, files in os.walk(base):
+            out.extend(files)
+        return sorted(out)
+
+    def queue_empty(self) -> bool:
+        return not any(self.queue_ids(q) for q in ("incoming", "active", "deferred", "maildrop"))
+
+
+@contextlib.contextmanager
+def running_instance(**kwargs: object) -> Iterator[Instance]:
+    inst = Instance(**kwargs)  # type: ignore[arg-type]
+    try:
+        inst.start()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None or os.path.exists(program)

@@ -1,0 +1,56 @@
+"""Golden tests for the record codec and the attribute protocol framing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pymailsys import attr, records
+
+
+def test_varint_low_bits_first() -> None:
+    assert records.encode_varint(0) == b"\x00"
+    assert records.encode_varint(127) == b"\x7f"
+    assert records.encode_varint(128) == b"\x80\x01"
+    assert records.encode_varint(300) == b"\xac\x02"
+
+
+def test_record_roundtrip_and_refusals() -> None:
+    data = records.encode_record(b"N", b"hello\0world") + records.encode_record(b"E", b"")
+    assert list(records.iter_records(data)) == [(0, b"N", b"hello\0world"), (13, b"E", b"")]
+    with pytest.raises(records.RecordError):
+        list(records.iter_records(b"Z\x00"))
+    with pytest.raises(records.RecordError):
+        list(records.iter_records(b"N\x05abc"))
+    with pytest.raises(records.RecordError):
+        list(records.iter_records(records.encode_record(b"N", b"x" * 10), max_length=5))
+
+
+def test_attr_encoding_is_stable() -> None:
+    assert attr.encode([("a", "b"), ("rcpt", ["x", "y"]), ("n", 5)]) == (
+        b"a\0\x01b" b"rcpt\0\x01x" b"rcpt\0\x01y" b"n\0\x015" b"\0")
+
+
+def test_attr_pipelined_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "sock")
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        delay = request.number("delay")
+        await asyncio.sleep(delay / 1000)
+        return {"echo": request.raw("value") or b"", "n": request.number("n")}
+
+    async def main() -> list[tuple[bytes, int]]:
+        server = await asyncio.start_unix_server(
+            lambda r, w: attr.serve_pipelined(r, w, handler), path=path)
+        client = attr.AttrClient(path)
+        # later requests finish first; replies must still come back in order
+        replies = await asyncio.gather(*[
+            client.request({"value": bytes([i, 0, 255]), "n": i, "delay": 20 - i})
+            for i in range(20)])
+        await client.close()
+        server.close()
+        return [(r.raw("echo") or b"", r.number("n")) for r in replies]
+
+    out = asyncio.run(main())
+    assert out == [(bytes([i, 0, 255]), i) for i in range(20)]
