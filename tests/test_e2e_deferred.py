@@ -1,0 +1,34 @@
+"""Deferred mail survives a stop and start, and is delivered once the problem is gone."""
+
+from __future__ import annotations
+
+import os
+
+from harness import ME, Instance, wait_until
+
+RCPT = f"{ME}@localhost"
+
+
+def test_deferred_survives_restart_and_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    spool = inst.base / "broken"
+    spool.write_text("not a directory\n")  # every mailbox under it fails: a temporary error
+    inst.set(mail_spool_directory=f"{spool}/")
+    inst.start()
+    queue_id = inst.send("alice@example.org", RCPT, b"Subject: later\r\n\r\ndeliver me later\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{RCPT}>.*status=deferred")
+    wait_until(lambda: queue_id in inst.queue_ids("deferred"), 30, what="the file in deferred/")
+
+    inst.stop()
+    assert queue_id in inst.queue_ids("deferred")
+
+    spool.unlink()
+    spool.mkdir()
+    os.chmod(spool, 0o1777)
+    inst.start()
+    inst.postfix("flush")
+    inst.wait_log(rf"{queue_id}: to=<{RCPT}>.*status=sent")
+    new = spool / ME / "new"
+    (path,) = list(new.iterdir())
+    assert path.read_bytes().endswith(b"Subject: later\n\ndeliver me later\n")
+    wait_until(inst.queue_empty, 30, what="an empty queue")

@@ -1,0 +1,87 @@
+"""Privilege separation, checked in /proc and on disk (root only, as CI runs)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from harness import Instance, wait_until
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def local_user() -> Iterator[str]:
+    name = "pmt" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def _daemons(inst: Instance) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for pid in inst.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        for arg in argv:
+            if arg.startswith(b"pymailsys.daemons."):
+                found.setdefault(arg.decode().rsplit(".", 1)[1], []).append(pid)
+    return found
+
+
+def test_each_daemon_runs_as_the_design_says(instance: Instance, local_user: str) -> None:
+    owner = pwd.getpwnam("postfix")
+    instance.send("a@example.org", f"{local_user}@localhost", b"Subject: uid check\r\n\r\nhi\r\n")
+    wait_until(lambda: instance.maildir_messages(local_user), 60, what="delivery")
+    daemons = _daemons(instance)
+    for name in ("master", "smtpd", "cleanup", "qmgr", "local"):
+        assert name in daemons, (name, daemons)
+    for name, pids in daemons.items():
+        for pid in pids:
+            st = _status(pid)
+            uids = st["Uid"].split()
+            if name in ("master", "local", "virtual"):
+                assert uids[0] == "0" and uids[1] == "0", (name, st["Uid"])
+            else:
+                assert set(uids) == {str(owner.pw_uid)}, (name, st["Uid"])
+                assert st["Groups"] == "", (name, st["Groups"])
+
+
+def test_local_writes_as_the_recipient(instance: Instance, local_user: str) -> None:
+    pw = pwd.getpwnam(local_user)
+    instance.send("a@example.org", f"{local_user}@localhost", b"Subject: owner\r\n\r\nhi\r\n")
+    wait_until(lambda: instance.maildir_messages(local_user), 60, what="delivery")
+    new = instance.maildir(local_user) / "new"
+    (path,) = list(new.iterdir())
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
+    assert os.stat(instance.maildir(local_user)).st_uid == pw.pw_uid
+
+
+def test_symlinked_mbox_is_refused(mbox_instance: Instance, local_user: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inst = mbox_instance
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    os.symlink(target, inst.mail_dir / local_user)
+    queue_id = inst.send("a@example.org", f"{local_user}@localhost", b"Subject: link\r\n\r\nhi\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{local_user}@localhost>.*status=(deferred|bounced)")
+    assert target.read_bytes() == b""
