@@ -123,6 +123,10 @@ _TABLE: list[Param] = [
     _p("swap_bangpath", "yes", "bool", "rewrite a!b to b@a"),
     _p("allow_percent_hack", "yes", "bool", "rewrite u%d@local to u@d"),
     _p("recipient_delimiter", "", doc="separator between user and extension"),
+    _p("parent_domain_matches_subdomains", "debug_peer_list,fast_flush_domains,mynetworks,"
+       "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
+       "list", "tables where a domain also matches its subdomains"),
+    _p("default_database_type", "hash", doc="table type when postmap/postalias get none"),
     # smtpd
     _p("smtpd_banner", "$myhostname ESMTP $mail_name", doc="the text after 220 in the greeting"),
     _p("smtpd_relay_restrictions", "${{$compatibility_level} <level {1} ? {} : "
@@ -196,6 +200,9 @@ _TABLE: list[Param] = [
     _p("cleanup_service_name", "cleanup", doc="the cleanup service"),
     _p("queue_service_name", "qmgr", doc="the queue manager service"),
     _p("showq_service_name", "showq", doc="the queue listing service"),
+    _p("empty_address_recipient", "MAILER-DAEMON", doc="how mailq shows the null sender"),
+    _p("empty_address_local_login_sender_maps_lookup_key", "<>",
+       doc="local_login_sender_maps pattern for the null sender"),
     _p("bounce_service_name", "bounce", doc="the bounce service"),
 ]
 
