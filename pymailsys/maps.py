@@ -41,6 +41,7 @@ class Table:
     """One lookup table. Subclasses implement lookup()."""
 
     fold = True  # fold keys to lower case before lookup
+    fixed = True  # a fixed-key table (Postfix's DICT_FLAG_FIXED), not a pattern table
 
     def __init__(self, type_name: str, name: str) -> None:
         self.type = type_name
@@ -110,9 +111,16 @@ class Maps:
     def __bool__(self) -> bool:
         return bool(self.tables)
 
-    def find(self, key: str) -> str | None:
-        """First table that finds key; TableError if a table fails first."""
+    def find(self, key: str, partial: bool = False) -> str | None:
+        """First table that finds key; TableError if a table fails first.
+
+        ``partial`` is Postfix's PARTIAL lookup flag: the key is a derived
+        one (a parent domain, a shortened IP address, ``@domain``...), and
+        only fixed-key tables are asked, never regexp, pcre or cidr tables.
+        """
         for table in self.tables:
+            if partial and not table.fixed:
+                continue
             k = key.lower() if table.fold else key
             value = table.lookup(k)
             if value is not None:
@@ -122,59 +130,114 @@ class Maps:
 
 # --- source files -------------------------------------------------------------
 
-def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    current: list[str] = []
+Warn = Callable[[str], None]
+
+
+def _default_warn(text: str) -> None:
+    from pymailsys import log
+
+    log.warning(text)
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Postfix's readllines(): (first line number, logical line).
+
+    Blank lines and lines whose first non-blank character is ``#`` are
+    skipped; a line that starts with white space is appended, as it is, to
+    the logical line before it (so "a" + "  b" gives "a  b").
+    """
+    current: str | None = None
     start = 0
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
             continue
-        if line[0].isspace() and current:
-            current.append(line.strip())
+        if line[0].isspace() and current is not None:
+            current += line.rstrip()
             continue
-        if current:
-            yield start, " ".join(current)
-        current, start = [line.strip()], lineno
-    if current:
-        yield start, " ".join(current)
+        if current is not None:
+            yield start, current
+        current, start = line.strip(), lineno
+    if current is not None:
+        yield start, current
 
 
-def parse_source(text: str, path: str) -> list[tuple[int, str, str]]:
-    """postmap source: (line, key, value); a key may be "quoted" to hold spaces."""
+_logical_lines = logical_lines
+
+
+def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
+    """postmap source: (line, key, value); key is the first word, value the rest.
+
+    A line without a value is skipped with Postfix's warning
+    ``PATH, line N: expected format: key whitespace value``. Double quotes
+    are not special (as in Postfix's postmap).
+    """
+    warn = warn or _default_warn
     out = []
-    for lineno, line in _logical_lines(text):
-        if line.startswith('"'):
-            end = line.find('"', 1)
-            if end < 0:
-                raise TableError(f"{path}, line {lineno}: unbalanced quote in key")
-            key, value = line[1:end], line[end + 1:].strip()
-        else:
-            key, _, value = line.partition(" ")
-            if "\t" in key:
-                key, _, rest = key.partition("\t")
-                value = (rest + " " + value).strip()
-            value = value.strip()
-        out.append((lineno, key, value))
+    for lineno, line in logical_lines(text):
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            warn(f"{path}, line {lineno}: expected format: key whitespace value")
+            continue
+        out.append((lineno, parts[0], parts[1].strip()))
     return out
 
 
-def parse_alias_source(text: str, path: str) -> list[tuple[int, str, str]]:
-    """aliases(5): (line, lower-cased name, value)."""
+def _normalize_alias_value(value: str) -> str:
+    """Comma-separated destinations, each stripped, joined with ", " (quotes kept)."""
+    items: list[str] = []
+    word: list[str] = []
+    quoted = False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            items.append("".join(word))
+            word = []
+            continue
+        word.append(ch)
+    items.append("".join(word))
+    cleaned = []
+    for item in items:
+        item = item.strip()
+        if item and '"' not in item:
+            item = " ".join(item.split())
+        if item:
+            cleaned.append(item)
+    return ", ".join(cleaned)
+
+
+def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
+    """aliases(5): (line, lower-cased name, value).
+
+    ``name: value, value``; the name may be "double quoted" (quotes removed);
+    a line without a colon is skipped with ``PATH, line N: need name:value
+    pair``. Values are normalised as postalias does: destinations separated
+    by ", ".
+    """
+    warn = warn or _default_warn
     out = []
-    for lineno, line in _logical_lines(text):
+    for lineno, line in logical_lines(text):
         if line.startswith('"'):
             end = line.find('"', 1)
-            name, rest = line[1:end], line[end + 1:]
-            if not rest.lstrip().startswith(":"):
-                raise TableError(f"{path}, line {lineno}: missing colon after alias name")
-            value = rest.lstrip()[1:]
+            if end < 0:
+                warn(f"{path}, line {lineno}: need name:value pair")
+                continue
+            name, rest = line[1:end], line[end + 1:].lstrip()
+            if not rest.startswith(":"):
+                warn(f"{path}, line {lineno}: need name:value pair")
+                continue
+            value = rest[1:]
         else:
             name, sep, value = line.partition(":")
             if not sep:
-                raise TableError(f'{path}, line {lineno}: need "name: value"')
+                warn(f"{path}, line {lineno}: need name:value pair")
+                continue
         name = name.strip()
         if not name:
-            raise TableError(f"{path}, line {lineno}: empty alias name")
-        out.append((lineno, name.lower(), value.strip()))
+            warn(f"{path}, line {lineno}: need name:value pair")
+            continue
+        out.append((lineno, name.lower(), _normalize_alias_value(value)))
     return out
 
 
@@ -218,7 +281,9 @@ class TextHashTable(Table):
                 text = f.read()
         except OSError as e:
             raise TableError(f"open {name}: {e.strerror}") from e
-        self.data = {k.lower(): v for _, k, v in parse_source(text, name)}
+        self.data: dict[str, str] = {}
+        for _, k, v in parse_source(text, name):
+            self.data.setdefault(k.lower(), v)
 
     def lookup(self, key: str) -> str | None:
         return self.data.get(key)
@@ -329,8 +394,105 @@ def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
     os.rename(tmp, path)
 
 
+def split_composite(type_name: str, name: str) -> list[str]:
+    """The member tables of unionmap:{a, b} or pipemap:{a, b}."""
+    body = name.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise TableError(f"{type_name}:{name}: need {type_name}:{{type:name, ...}}")
+    specs = [s.strip() for s in config_mod.split_list(body[1:-1]) if s.strip()]
+    specs = [s[1:-1].strip() if s.startswith("{") and s.endswith("}") else s for s in specs]
+    if not specs:
+        raise TableError(f"{type_name}:{name}: empty table list")
+    return specs
+
+
+def _member_lookup(table: Table, key: str) -> str | None:
+    return table.lookup(key.lower() if table.fold else key)
+
+
+class UnionTable(Table):
+    """unionmap:{a, b, ...}: every member's result, comma-joined; not found if none."""
+
+    fold = False
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        self.members = [open_table(s) for s in split_composite(type_name, name)]
+        self.fixed = all(t.fixed for t in self.members)
+
+    def lookup(self, key: str) -> str | None:
+        found = [v for v in (_member_lookup(t, key) for t in self.members) if v is not None]
+        return ",".join(found) if found else None
+
+
+class PipeTable(Table):
+    """pipemap:{a, b, ...}: each member's result is the next member's key."""
+
+    fold = False
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        self.members = [open_table(s) for s in split_composite(type_name, name)]
+        self.fixed = all(t.fixed for t in self.members)
+
+    def lookup(self, key: str) -> str | None:
+        value: str | None = key
+        for table in self.members:
+            assert value is not None
+            value = _member_lookup(table, value)
+            if value is None:
+                return None
+        return value
+
+
+class RandTable(Table):
+    """randmap:{a, b, ...}: one of the values at random, whatever the key."""
+
+    fold = False
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        body = name.strip()
+        if not (body.startswith("{") and body.endswith("}")):
+            raise TableError(f"randmap:{name}: need randmap:{{value, ...}}")
+        self.values = [v[1:-1].strip() if v.startswith("{") else v
+                       for v in config_mod.split_list(body[1:-1])]
+        if not self.values:
+            raise TableError(f"randmap:{name}: empty value list")
+
+    def lookup(self, key: str) -> str | None:
+        import random
+
+        return random.choice(self.values)
+
+
+class FailTable(Table):
+    """fail:name: every lookup fails (a table error), for tests and placeholders."""
+
+    def lookup(self, key: str) -> str | None:
+        raise TableError(f"fail:{self.name}: table lookup failed")
+
+
+class EnvironTable(Table):
+    """environ:name: the process environment."""
+
+    fold = False
+
+    def lookup(self, key: str) -> str | None:
+        return os.environ.get(key)
+
+
+register("unionmap")(UnionTable)
+register("pipemap")(PipeTable)
+register("randmap")(RandTable)
+register("fail")(FailTable)
+register("environ")(EnvironTable)
 register("static")(StaticTable)
 register("inline")(InlineTable)
 register("texthash")(TextHashTable)
 register("unix")(PasswdTable)
 register("hash", "btree", "lmdb")(LmdbTable)
+
+# Pattern and address tables live in their own modules; importing them registers them.
+from pymailsys import maps_cidr as _maps_cidr  # noqa: E402,F401
+from pymailsys import maps_regexp as _maps_regexp  # noqa: E402,F401
