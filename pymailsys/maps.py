@@ -17,7 +17,8 @@ register themselves with ``@register("type")``; an unknown type raises
 ``TableError`` naming it.
 
 Source files (``parse_source``): ``key value`` lines, ``#`` comments and blank
-lines ignored, leading whitespace continues a line, ``"quoted keys"``. Alias
+lines ignored, leading whitespace continues a line, ``"quoted keys"`` (kept
+with their quotes, as Postfix's postmap does). Alias
 files (``parse_alias_source``): ``name: value, value``, names folded to lower
 case. Both name the file and line in their errors.
 """
@@ -169,13 +170,18 @@ def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[i
     """postmap source: (line, key, value); key is the first word, value the rest.
 
     A line without a value is skipped with Postfix's warning
-    ``PATH, line N: expected format: key whitespace value``. Double quotes
-    are not special (as in Postfix's postmap).
+    ``PATH, line N: expected format: key whitespace value``. A key that
+    starts with a double quote runs to the closing quote and keeps its quotes
+    (``"a b" c`` has the key ``"a b"``), as in Postfix's postmap.
     """
     warn = warn or _default_warn
     out = []
     for lineno, line in logical_lines(text):
-        parts = line.split(None, 1)
+        if line.startswith('"') and line.find('"', 1) > 0:
+            end = line.find('"', 1) + 1
+            parts = [line[:end]] + ([line[end:]] if line[end:].strip() else [])
+        else:
+            parts = line.split(None, 1)
         if len(parts) < 2:
             warn(f"{path}, line {lineno}: expected format: key whitespace value")
             continue
@@ -325,7 +331,9 @@ class LmdbTable(Table):
         try:
             st = os.stat(self.path)
             env = lmdb.open(self.path, subdir=False, readonly=True, lock=False, max_dbs=0)
-        except (OSError, lmdb.Error) as e:
+        except OSError as e:
+            raise TableError(f"open database {self.path}: {e.strerror}") from e
+        except lmdb.Error as e:
             raise TableError(f"open database {self.path}: {e}") from e
         if self.env is not None:
             self.env.close()
