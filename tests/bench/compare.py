@@ -1,0 +1,1032 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: pymailsys against Debian's Postfix on this machine.
+
+Usage (as root, from the repository):
+
+    python3 tests/bench/compare.py [--messages 5000] [--sessions 10] [--size 2048]
+                                   [--rounds 2] [--latency 50] [--json out.json]
+                                   [--systems postfix,pymailsys] [--keep]
+
+What it does, in one run:
+
+- installs Debian's ``postfix`` package if /usr/sbin/postfix or smtp-source is
+  missing (debconf "No configuration": the system instance stays unconfigured);
+- creates a throw-away local account ``benchuser`` (removed at the end);
+- writes a throw-away Postfix instance (own config_directory, queue_directory,
+  data_directory, maillog_file under a temp dir; minimal master.cf without
+  chroot; smtpd on a free 127.0.0.1 port; ``mail_spool_directory = DIR/mail/``
+  so that mail for benchuser@localhost lands in the Maildir DIR/mail/benchuser/)
+  and a throw-away pymailsys instance configured the same way
+  (``python3 -m pymailsys.tools.instance create``, as tests/harness.py does);
+- for each round and each system in turn (Postfix, pymailsys, Postfix, ...,
+  so that drift of the machine cancels) starts the system inside its own
+  cgroup, drives it with the same ``/usr/sbin/smtp-source`` load, measures,
+  and stops it again.
+
+Figures per run:
+
+- accepted/s: messages / wall time of smtp-source;
+- delivered/s: messages / time from the start of smtp-source until
+  Maildir/new holds them all and the queue (incoming, active, deferred,
+  maildrop, hold) is empty;
+- CPU ms per message (reported as CPU seconds per 1,000 messages, user and
+  system): from the cgroup's ``cpu.stat`` (cgroup v2) or ``cpuacct`` (v1), over
+  the same interval, for every process of the system including exited ones;
+  without cgroups, the process tree of the master (live times plus the
+  cumulative times of reaped children);
+- PSS (proportional set size, /proc/PID/smaps_rollup) summed over every
+  process of the system: idle after start, peak and mean under load, idle
+  after the load;
+- latency: ``--latency`` single messages sent one at a time with smtplib;
+  from connect until the file appears in Maildir/new (inotify), median and
+  90th percentile; also the time until the 250 reply to DATA.
+
+Output: a plain-text report on stdout and, with --json, the same as JSON
+(every run, the medians per system, the ratios pymailsys/Postfix and the
+issue's targets).
+
+Safety: talks only to 127.0.0.1, never to port 25, never touches the system
+Postfix (/etc/postfix) or another instance: Debian's commands are always
+called by full path with ``-c DIR``. Every wait is bounded and fails with a
+message that names what was awaited (and the tail of the system's log). Both
+instances are stopped, their cgroups killed and removed, and the temp dir
+deleted, also on failure or Ctrl-C (``--keep`` keeps the temp dir).
+
+Scenarios: ``--scenario local`` (Maildir delivery to one account) is the one
+implemented. ``relay`` (relay every message to smtp-sink on another loopback
+port) is reserved: see ``Scenario`` and ``relay_settings`` below; it needs the
+pymailsys smtp client first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import pwd
+import select
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+# Debian's commands by full path: our own `postfix` console script may shadow them on PATH.
+PF_POSTFIX = "/usr/sbin/postfix"
+PF_POSTCONF = "/usr/sbin/postconf"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+BENCH_USER = "benchuser"
+BENCH_GECOS = "pymailsys benchmark (throw-away)"
+LOOPBACK = "127.0.0.1"
+SENDER = "sender@example.org"
+RECIPIENT_DOMAIN = "localhost"
+QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message says which and why."""
+
+
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], *, check: bool = True, timeout: float = 120,
+        env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                env=env, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(argv)}: no exit after {timeout}s") from exc
+    if check and result.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {result.returncode}:\n"
+                         f"{result.stdout}{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port = int(s.getsockname()[1])
+    if port == 25:
+        return free_port()
+    return port
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.05, detail: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- setup
+def ensure_postfix_package() -> None:
+    """Install Debian's postfix (smtp-source, smtp-sink come with it) if missing."""
+    if all(os.access(p, os.X_OK) for p in (PF_POSTFIX, SMTP_SOURCE, SMTP_SINK)):
+        return
+    note("installing Debian's postfix package (debconf: No configuration)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select No configuration\n",
+        env=env)
+    run(["apt-get", "update", "-q"], env=env, timeout=600, check=False)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postfix"], env=env, timeout=900)
+    if not all(os.access(p, os.X_OK) for p in (PF_POSTFIX, SMTP_SOURCE)):
+        raise BenchError("apt-get install postfix did not provide /usr/sbin/postfix and smtp-source")
+
+
+@dataclass
+class Account:
+    name: str
+    uid: int
+    gid: int
+    created: bool
+
+
+def ensure_account(home: Path) -> Account:
+    """The throw-away recipient account; one left over by an earlier run is reused."""
+    try:
+        pw = pwd.getpwnam(BENCH_USER)
+    except KeyError:
+        run(["useradd", "--system", "--no-create-home", "--home-dir", str(home),
+             "--shell", "/usr/sbin/nologin", "--comment", BENCH_GECOS, BENCH_USER])
+        pw = pwd.getpwnam(BENCH_USER)
+        return Account(BENCH_USER, pw.pw_uid, pw.pw_gid, True)
+    ours = pw.pw_gecos == BENCH_GECOS
+    if ours:
+        run(["usermod", "--home", str(home), BENCH_USER], check=False)
+    return Account(BENCH_USER, pw.pw_uid, pw.pw_gid, ours)
+
+
+def remove_account(account: Account) -> None:
+    if account.created:
+        run(["userdel", account.name], check=False)
+
+
+# --------------------------------------------------------------------------- cgroups
+class ProcessGroup:
+    """All processes of one system, for CPU accounting, PSS and killing leftovers.
+
+    cgroup v2 (a child of the unified hierarchy) when available, else a cgroup
+    v1 cpuacct group, else the process tree under the master's pid.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path: Path | None = None
+        self.kind = "tree"
+        self.root_pid: int | None = None
+        for base, kind in ((Path("/sys/fs/cgroup/unified"), "v2"), (Path("/sys/fs/cgroup"), "v2"),
+                           (Path("/sys/fs/cgroup/cpuacct"), "v1")):
+            marker = "cgroup.controllers" if kind == "v2" else "cpuacct.usage"
+            if not (base / marker).exists() or not os.access(base, os.W_OK):
+                continue
+            path = base / name
+            try:
+                if path.exists():
+                    self._kill_path(path, kind)
+                    path.rmdir()
+                path.mkdir()
+            except OSError:
+                continue
+            self.path, self.kind = path, kind
+            break
+
+    def enter(self) -> None:
+        """preexec_fn: move the calling (forked) process into the group."""
+        if self.path is not None:
+            with open(self.path / "cgroup.procs", "w") as f:
+                f.write("0")
+
+    def pids(self) -> list[int]:
+        if self.path is not None:
+            with open(self.path / "cgroup.procs") as f:
+                return [int(line) for line in f if line.strip()]
+        if self.root_pid is None:
+            return []
+        return process_tree(self.root_pid)
+
+    def cpu(self) -> tuple[float, float]:
+        """Cumulative (user, system) CPU seconds of every process ever in the group."""
+        if self.path is not None and self.kind == "v2":
+            stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+            return int(stat["user_usec"]) / 1e6, int(stat["system_usec"]) / 1e6
+        if self.path is not None:
+            tick = os.sysconf("SC_CLK_TCK")
+            stat = dict(line.split() for line in (self.path / "cpuacct.stat").read_text().splitlines())
+            total = int((self.path / "cpuacct.usage").read_text()) / 1e9
+            user, system = int(stat["user"]) / tick, int(stat["system"]) / tick
+            # cpuacct.usage is exact; split it in the ratio of the tick-based figures.
+            share = user / (user + system) if user + system else 0.5
+            return total * share, total * (1 - share)
+        user = system = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.pids():
+            fields = proc_stat(pid)
+            if fields:
+                user += (int(fields[11]) + int(fields[13])) / tick
+                system += (int(fields[12]) + int(fields[14])) / tick
+        return user, system
+
+    def kill(self) -> None:
+        if self.path is not None:
+            self._kill_path(self.path, self.kind)
+        else:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _kill_path(path: Path, kind: str) -> None:
+        if kind == "v2" and (path / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                (path / "cgroup.kill").write_text("1")
+        for _ in range(50):
+            try:
+                pids = [int(x) for x in (path / "cgroup.procs").read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def remove(self) -> None:
+        if self.path is None:
+            return
+        self.kill()
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        note(f"warning: could not remove cgroup {self.path}")
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = proc_stat(int(entry))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if proc_stat(pid) is None:
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def pss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+# --------------------------------------------------------------------------- inotify
+class NewFileWatch:
+    """Tells when a file appears in a directory (inotify; polling as a fallback)."""
+
+    IN_CREATE = 0x100
+    IN_MOVED_TO = 0x80
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fd = -1
+        self.known: set[str] = set()
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd >= 0 and libc.inotify_add_watch(fd, str(directory).encode(),
+                                                  self.IN_CREATE | self.IN_MOVED_TO) >= 0:
+                self.fd = fd
+            elif fd >= 0:
+                os.close(fd)
+        except (OSError, AttributeError):
+            self.fd = -1
+        self.drain()
+
+    def drain(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.fd, 65536):
+                    pass
+        else:
+            self.known = set(os.listdir(self.directory))
+
+    def wait(self, timeout: float) -> bool:
+        """True when a new file appeared since the last drain (consumes the event)."""
+        deadline = time.monotonic() + timeout
+        if self.fd >= 0:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                ready, _, _ = select.select([self.fd], [], [], left)
+                if not ready:
+                    return False
+                data = b""
+                with contextlib.suppress(BlockingIOError):
+                    data = os.read(self.fd, 65536)
+                offset = 0
+                while offset + 16 <= len(data):
+                    _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                    offset += 16 + length
+                    if mask & (self.IN_CREATE | self.IN_MOVED_TO):
+                        return True
+        while time.monotonic() < deadline:
+            names = set(os.listdir(self.directory))
+            if names - self.known:
+                self.known = names
+                return True
+            time.sleep(0.0005)
+        return False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# --------------------------------------------------------------------------- systems
+class System:
+    """One mail system under test: a throw-away instance under base/."""
+
+    label = "?"
+
+    def __init__(self, base: Path, account: Account) -> None:
+        self.base = base
+        self.account = account
+        self.port = free_port()
+        self.config_dir = base / "etc"
+        self.queue_dir = base / "spool"
+        self.data_dir = base / "data"
+        self.mail_dir = base / "mail"
+        self.log_path = base / "log" / "maillog"
+        self.group = ProcessGroup(f"pymailsys-bench-{self.label}-{os.getpid()}")
+        self.running = False
+
+    # to be supplied by each system
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def start_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def stop_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    # common
+    @property
+    def maildir(self) -> Path:
+        return self.mail_dir / self.account.name
+
+    def reset_mailbox(self) -> None:
+        """An empty Maildir owned by the recipient (same starting point for both systems)."""
+        shutil.rmtree(self.maildir, ignore_errors=True)
+        self.mail_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.mail_dir, 0o1777)
+        for sub in ("", "tmp", "new", "cur"):
+            path = self.maildir / sub
+            path.mkdir(exist_ok=True)
+            os.chown(path, self.account.uid, self.account.gid)
+            os.chmod(path, 0o700)
+
+    def delivered(self) -> int:
+        try:
+            return len(os.listdir(self.maildir / "new"))
+        except FileNotFoundError:
+            return 0
+
+    def queued(self) -> int:
+        count = 0
+        for queue in QUEUES:
+            for _dirpath, _dirs, files in os.walk(self.queue_dir / queue):
+                count += len(files)
+        return count
+
+    def deferred(self) -> int:
+        return sum(len(files) for _d, _s, files in os.walk(self.queue_dir / "deferred"))
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"({self.log_path} not readable)"
+        return f"--- last lines of {self.log_path}:\n" + "\n".join(text[-lines:])
+
+    def smtp_ready(self) -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=2) as s:
+                s.settimeout(10)
+                return s.recv(512).startswith(b"220")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        note(f"{self.label}: starting on {LOOPBACK}:{self.port}")
+        result = subprocess.run(self.start_command(), capture_output=True, text=True, timeout=120,
+                                preexec_fn=self.group.enter, env=self.env(), cwd="/")
+        if result.returncode != 0:
+            raise BenchError(f"{self.label}: start failed ({result.returncode}):\n"
+                             f"{result.stdout}{result.stderr}\n{self.log_tail()}")
+        self.running = True
+        wait_until(self.smtp_ready, 60, f"{self.label} smtpd on port {self.port}",
+                   interval=0.1, detail=self.log_tail)
+        self.group.root_pid = self.master_pid()
+
+    def stop(self) -> None:
+        if self.running:
+            with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
+                run(self.stop_command(), check=False, timeout=60, env=self.env(), cwd="/")
+            self.running = False
+            with contextlib.suppress(BenchError):
+                wait_until(lambda: not self.group.pids(), 15, f"{self.label} processes to exit",
+                           interval=0.1)
+        self.group.kill()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MAIL_CONFIG"] = str(self.config_dir)
+        return env
+
+    def clear_queue(self) -> None:
+        for queue in QUEUES:
+            for dirpath, _dirs, files in os.walk(self.queue_dir / queue):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, name))
+
+    def destroy(self) -> None:
+        self.stop()
+        self.group.remove()
+
+    def version(self) -> str:
+        return ""
+
+
+MASTER_CF_POSTFIX = """\
+# Minimal master.cf for the benchmark: no chroot, smtpd on one loopback port.
+{listen} inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def common_settings(system: System) -> dict[str, str]:
+    """main.cf settings both systems get, so that they do the same work."""
+    return {
+        "queue_directory": str(system.queue_dir),
+        "data_directory": str(system.data_dir),
+        "mail_owner": "postfix",
+        "myhostname": "bench.localdomain",
+        "mydomain": "localdomain",
+        "myorigin": "$myhostname",
+        "mydestination": "$myhostname, localhost",
+        "inet_interfaces": LOOPBACK,
+        "mynetworks": "127.0.0.0/8",
+        "alias_maps": "",
+        "alias_database": "",
+        "mail_spool_directory": f"{system.mail_dir}/",
+        "home_mailbox": "",
+        "maillog_file": str(system.log_path),
+        "maillog_file_prefixes": str(system.base),
+        "biff": "no",
+    }
+
+
+class PostfixSystem(System):
+    label = "postfix"
+
+    def create(self) -> None:
+        for path in (self.config_dir, self.log_path.parent, self.queue_dir, self.data_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o755)
+        settings = {
+            "compatibility_level": "3.6",
+            **common_settings(self),
+            "inet_protocols": "ipv4",
+            "local_recipient_maps": "proxy:unix:passwd.byname",
+            "smtpd_error_sleep_time": "0",
+            "append_dot_mydomain": "no",
+            "readme_directory": "no",
+        }
+        (self.config_dir / "main.cf").write_text(
+            "# Throw-away Postfix instance for tests/bench/compare.py\n"
+            + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        (self.config_dir / "master.cf").write_text(
+            MASTER_CF_POSTFIX.format(listen=f"{LOOPBACK}:{self.port}"))
+        for name in ("dynamicmaps.cf", "postfix-files"):
+            if Path("/etc/postfix", name).exists():
+                shutil.copy(Path("/etc/postfix", name), self.config_dir / name)
+        for name in ("dynamicmaps.cf.d", "postfix-files.d"):
+            if Path("/etc/postfix", name).is_dir():
+                shutil.copytree(Path("/etc/postfix", name), self.config_dir / name,
+                                dirs_exist_ok=True)
+        self.log_path.touch()
+        # queue and data directories, owners and modes: Postfix's own post-install.
+        run([PF_POSTFIX, "-c", str(self.config_dir), "set-permissions"], check=False, env=self.env())
+        check = run([PF_POSTFIX, "-c", str(self.config_dir), "check"], check=False, env=self.env())
+        if check.returncode != 0:
+            raise BenchError(f"postfix check failed:\n{check.stdout}{check.stderr}\n{self.log_tail()}")
+
+    def start_command(self) -> list[str]:
+        return [PF_POSTFIX, "-c", str(self.config_dir), "start"]
+
+    def stop_command(self) -> list[str]:
+        return [PF_POSTFIX, "-c", str(self.config_dir), "stop"]
+
+    def version(self) -> str:
+        result = run([PF_POSTCONF, "-d", "-h", "mail_version"], check=False)
+        return f"Postfix {result.stdout.strip()}"
+
+
+class PymailsysSystem(System):
+    label = "pymailsys"
+
+    def create(self) -> None:
+        result = run([PYTHON, "-m", "pymailsys.tools.instance", "create", str(self.base),
+                      "--port", str(self.port), "--host", LOOPBACK, "--maildir"],
+                     check=False, cwd=str(REPO))
+        if result.returncode != 0:
+            raise BenchError("pymailsys: `python3 -m pymailsys.tools.instance create` failed "
+                             f"(is the pipeline in place?):\n{result.stdout}{result.stderr}")
+        settings = common_settings(self)
+        with open(self.config_dir / "main.cf", "a") as f:
+            f.write("# tests/bench/compare.py: same settings as the Postfix peer\n")
+            for name, value in settings.items():
+                f.write(f"{name} = {value}\n")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tool("postfix", "set-permissions", check=False)
+        check = self.tool("postfix", "check", check=False)
+        if check.returncode != 0:
+            note(f"pymailsys: postfix check exited {check.returncode}: {check.stderr.strip()}")
+
+    def tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run([PYTHON, "-m", f"pymailsys.tools.{name}", "-c", str(self.config_dir), *args],
+                   check=check, env=self.env(), cwd="/")
+
+    def start_command(self) -> list[str]:
+        return [PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "start"]
+
+    def stop_command(self) -> list[str]:
+        return [PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "stop"]
+
+    def version(self) -> str:
+        result = run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], check=False)
+        return f"pymailsys {result.stdout.strip()}"
+
+
+SYSTEMS: dict[str, type[System]] = {"postfix": PostfixSystem, "pymailsys": PymailsysSystem}
+
+
+# --------------------------------------------------------------------------- scenarios
+@dataclass
+class Scenario:
+    """What the load is addressed to, and how to tell it has all arrived.
+
+    ``local``: every message to benchuser@localhost, delivered to its Maildir.
+    ``relay`` (reserved): every message to an address in a relayed domain,
+    delivered by the system's smtp client to /usr/sbin/smtp-sink on another
+    loopback port; done when smtp-sink has counted them all and the queue is
+    empty. To add it: a ``relay_settings`` per system (relayhost =
+    [127.0.0.1]:SINKPORT, relay_domains), an smtp-sink started per run, and a
+    ``delivered`` that reads its count.
+    """
+
+    name: str
+    recipient: str
+
+
+def scenario(name: str) -> Scenario:
+    if name == "local":
+        return Scenario("local", f"{BENCH_USER}@{RECIPIENT_DOMAIN}")
+    raise BenchError(f"scenario {name!r} is not implemented yet (pymailsys has no smtp client); "
+                     "use --scenario local")
+
+
+# --------------------------------------------------------------------------- measuring
+@dataclass
+class RunResult:
+    system: str
+    round: int
+    messages: int
+    accept_seconds: float = 0.0
+    deliver_seconds: float = 0.0
+    accepted_per_s: float = 0.0
+    delivered_per_s: float = 0.0
+    cpu_user_s: float = 0.0
+    cpu_system_s: float = 0.0
+    cpu_s_per_1000: float = 0.0
+    processes_idle: int = 0
+    processes_load_peak: int = 0
+    pss_idle_mb: float = 0.0
+    pss_load_peak_mb: float = 0.0
+    pss_load_mean_mb: float = 0.0
+    pss_after_mb: float = 0.0
+    latency_median_ms: float = 0.0
+    latency_p90_ms: float = 0.0
+    accept_latency_median_ms: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def message_body(size: int) -> bytes:
+    line = b"x" * 70 + b"\r\n"
+    body = (line * (size // len(line) + 1))[:size]
+    return body
+
+
+def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: Scenario) -> None:
+    n = args.messages
+    argv = [SMTP_SOURCE, "-s", str(args.sessions), "-m", str(n), "-l", str(args.size),
+            "-f", SENDER, "-t", scen.recipient, "-M", "client.example"]
+    if args.reuse_connections:
+        argv.append("-d")
+    argv.append(f"{LOOPBACK}:{system.port}")
+    pss_samples: list[int] = []
+    procs_peak = 0
+    cpu0 = system.group.cpu()
+    t0 = time.monotonic()
+    source = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd="/")
+    accept_done: float | None = None
+    delivered_at: float | None = None
+    last_progress, last_count = t0, -1
+    next_sample = t0
+    try:
+        while True:
+            now = time.monotonic()
+            if accept_done is None and source.poll() is not None:
+                accept_done = now
+                out, err = source.communicate()
+                if source.returncode != 0:
+                    raise BenchError(f"{system.label}: smtp-source exited {source.returncode}: "
+                                     f"{(out + err).strip()[-2000:]}\n{system.log_tail()}")
+            count = system.delivered()
+            if count != last_count:
+                last_count, last_progress = count, now
+            if count >= n and accept_done is not None and system.queued() == 0:
+                delivered_at = now
+                break
+            if now >= next_sample:
+                pids = system.group.pids()
+                procs_peak = max(procs_peak, len(pids))
+                pss_samples.append(pss_bytes(pids))
+                next_sample = now + args.sample_interval
+            if now - last_progress > args.stall_timeout:
+                raise BenchError(f"{system.label}: no delivery progress for {args.stall_timeout:.0f}s "
+                                 f"({count}/{n} in Maildir, {system.queued()} queued, "
+                                 f"{system.deferred()} deferred)\n{system.log_tail()}")
+            time.sleep(0.02)
+    finally:
+        if source.poll() is None:
+            source.kill()
+            source.wait()
+    cpu1 = system.group.cpu()
+    assert accept_done is not None and delivered_at is not None
+    result.accept_seconds = accept_done - t0
+    result.deliver_seconds = delivered_at - t0
+    result.accepted_per_s = n / result.accept_seconds
+    result.delivered_per_s = n / result.deliver_seconds
+    result.cpu_user_s = cpu1[0] - cpu0[0]
+    result.cpu_system_s = cpu1[1] - cpu0[1]
+    result.cpu_s_per_1000 = (result.cpu_user_s + result.cpu_system_s) * 1000 / n
+    result.processes_load_peak = procs_peak
+    if pss_samples:
+        result.pss_load_peak_mb = max(pss_samples) / 2**20
+        result.pss_load_mean_mb = statistics.mean(pss_samples) / 2**20
+
+
+def latency_run(system: System, result: RunResult, count: int, size: int, scen: Scenario) -> None:
+    if count <= 0:
+        return
+    body = (b"From: <" + SENDER.encode() + b">\r\nTo: <" + scen.recipient.encode()
+            + b">\r\nSubject: latency probe\r\n\r\n" + message_body(size))
+    watch = NewFileWatch(system.maildir / "new")
+    total, accepted = [], []
+    try:
+        for i in range(count):
+            watch.drain()
+            t0 = time.perf_counter()
+            client = smtplib.SMTP(LOOPBACK, system.port, local_hostname="client.example", timeout=30)
+            try:
+                client.ehlo()
+                client.mail(SENDER)
+                code, text = client.rcpt(scen.recipient)
+                if code != 250:
+                    raise BenchError(f"{system.label}: RCPT answered {code} {text!r}")
+                code, text = client.data(body)
+                t_accept = time.perf_counter()
+                if code != 250:
+                    raise BenchError(f"{system.label}: DATA answered {code} {text!r}")
+                if not watch.wait(30):
+                    raise BenchError(f"{system.label}: latency probe {i + 1} not in "
+                                     f"{system.maildir / 'new'} after 30s\n{system.log_tail()}")
+                t1 = time.perf_counter()
+                client.quit()
+            finally:
+                with contextlib.suppress(Exception):
+                    client.close()
+            total.append((t1 - t0) * 1000)
+            accepted.append((t_accept - t0) * 1000)
+            time.sleep(0.02)
+    finally:
+        watch.close()
+    result.latencies_ms = [round(x, 3) for x in total]
+    result.latency_median_ms = statistics.median(total)
+    result.latency_p90_ms = sorted(total)[max(0, int(len(total) * 0.9) - 1)]
+    result.accept_latency_median_ms = statistics.median(accepted)
+
+
+def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario) -> RunResult:
+    result = RunResult(system.label, rnd, args.messages)
+    system.clear_queue()
+    system.reset_mailbox()
+    system.start()
+    try:
+        time.sleep(args.settle)
+        pids = system.group.pids()
+        result.processes_idle = len(pids)
+        result.pss_idle_mb = pss_bytes(pids) / 2**20
+        note(f"{system.label}: round {rnd}: {args.messages} messages, {args.sessions} sessions, "
+             f"{args.size} bytes")
+        load_run(system, result, args, scen)
+        time.sleep(1.0)
+        result.pss_after_mb = pss_bytes(system.group.pids()) / 2**20
+        latency_run(system, result, args.latency, args.size, scen)
+    finally:
+        system.stop()
+    note(f"{system.label}: round {rnd}: accepted {result.accepted_per_s:.0f}/s, delivered "
+         f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s/1000, PSS load "
+         f"{result.pss_load_peak_mb:.1f} MB, latency {result.latency_median_ms:.1f} ms")
+    return result
+
+
+# --------------------------------------------------------------------------- report
+METRICS: list[tuple[str, str, str, bool]] = [
+    # key, label, format, higher is better
+    ("accepted_per_s", "accepted (msg/s)", "{:.0f}", True),
+    ("delivered_per_s", "delivered end to end (msg/s)", "{:.0f}", True),
+    ("latency_median_ms", "latency median, connect -> Maildir/new (ms)", "{:.1f}", False),
+    ("latency_p90_ms", "latency 90th percentile (ms)", "{:.1f}", False),
+    ("accept_latency_median_ms", "latency median, connect -> 250 (ms)", "{:.1f}", False),
+    ("cpu_s_per_1000", "CPU s per 1,000 messages (all processes)", "{:.2f}", False),
+    ("cpu_user_s", "  of which user (s, whole run)", "{:.2f}", False),
+    ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}", False),
+    ("pss_idle_mb", "PSS idle after start (MB)", "{:.1f}", False),
+    ("pss_load_peak_mb", "PSS under load, peak (MB)", "{:.1f}", False),
+    ("pss_load_mean_mb", "PSS under load, mean (MB)", "{:.1f}", False),
+    ("pss_after_mb", "PSS idle after load (MB)", "{:.1f}", False),
+    ("processes_idle", "processes idle", "{:.0f}", False),
+    ("processes_load_peak", "processes under load, peak", "{:.0f}", False),
+]
+
+
+def summarize(runs: list[RunResult]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in SYSTEMS:
+        mine = [r for r in runs if r.system == name]
+        if mine:
+            out[name] = {key: statistics.median(getattr(r, key) for r in mine)
+                         for key, *_ in METRICS}
+    return out
+
+
+def targets(ratios: dict[str, float], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The issue's targets (figures, not pass/fail tests)."""
+    out: dict[str, Any] = {}
+    if "delivered_per_s" in ratios:
+        out["delivered rate >= 0.5 x Postfix (now), goal 1.0 x"] = ratios["delivered_per_s"] >= 0.5
+        out["latency median <= 2 x Postfix"] = ratios["latency_median_ms"] <= 2.0
+        out["CPU per message <= 2 x Postfix"] = ratios["cpu_s_per_1000"] <= 2.0
+    if "pymailsys" in summary:
+        out["PSS under load <= 150 MB"] = summary["pymailsys"]["pss_load_peak_mb"] <= 150
+    return out
+
+
+def report(runs: list[RunResult], summary: dict[str, dict[str, float]],
+           ratios: dict[str, float], goals: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"pymailsys vs Postfix on {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']}",
+        f"load: {meta['params']['messages']} messages of {meta['params']['size']} bytes over "
+        f"{meta['params']['sessions']} smtp-source sessions"
+        f"{' (connections reused)' if meta['params']['reuse_connections'] else ''}, "
+        f"scenario {meta['params']['scenario']}, {meta['params']['rounds']} round(s); "
+        f"latency: {meta['params']['latency']} single messages",
+        f"cpu accounting: {meta['cpu_accounting']}",
+        "; ".join(meta["versions"].values()),
+        "",
+        "runs (in order):",
+    ]
+    for r in runs:
+        lines.append(f"  {r.system:<9} round {r.round}: accepted {r.accepted_per_s:7.0f}/s  "
+                     f"delivered {r.delivered_per_s:7.0f}/s  CPU {r.cpu_s_per_1000:6.2f} s/1000  "
+                     f"PSS {r.pss_load_peak_mb:6.1f} MB  latency {r.latency_median_ms:6.1f} ms")
+    names = list(summary)
+    lines += ["", "medians over rounds:",
+              f"  {'':<46}" + "".join(f"{n:>12}" for n in names)
+              + (f"{'ratio':>10}" if ratios else "")]
+    for key, label, fmt, _hib in METRICS:
+        row = f"  {label:<46}" + "".join(f"{fmt.format(summary[n][key]):>12}" for n in names)
+        if key in ratios:
+            row += f"{ratios[key]:>9.2f}x"
+        lines.append(row)
+    if ratios:
+        lines.append("  (ratio = pymailsys / Postfix)")
+    if goals:
+        lines += ["", "issue 6 targets:"]
+        lines += [f"  [{'met' if ok else 'NOT met'}] {what}" for what, ok in goals.items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=5000, help="messages per load run (5000)")
+    p.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions (10)")
+    p.add_argument("--size", type=int, default=2048, help="message payload bytes (2048)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds; each runs every system once (2)")
+    p.add_argument("--latency", type=int, default=50, help="single-message latency probes per run (50)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--systems", default="postfix,pymailsys",
+                   help="comma-separated, in run order (postfix,pymailsys)")
+    p.add_argument("--scenario", default="local", choices=["local", "relay"],
+                   help="local: Maildir delivery (relay: reserved, not implemented yet)")
+    p.add_argument("--reuse-connections", action="store_true",
+                   help="smtp-source -d: several messages per connection")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds idle after start before measuring")
+    p.add_argument("--stall-timeout", type=float, default=60.0,
+                   help="give up when no message arrives for this many seconds (60)")
+    p.add_argument("--sample-interval", type=float, default=0.25, help="PSS sampling interval (s)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
+    args = p.parse_args(argv)
+    args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for name in args.system_list:
+        if name not in SYSTEMS:
+            p.error(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
+    if args.messages <= 0 or args.sessions <= 0 or args.rounds <= 0:
+        p.error("--messages, --sessions and --rounds must be positive")
+    return args
+
+
+@contextlib.contextmanager
+def interrupt_as_exception() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise KeyboardInterrupt so that the cleanup below runs."""
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("compare.py: run as root (it installs Debian's postfix, creates a throw-away "
+              "account and starts both systems with their own privileges)", file=sys.stderr)
+        return 2
+    scen = scenario(args.scenario)
+    ensure_postfix_package()
+    top = Path(tempfile.mkdtemp(prefix="pymailsys-bench-", dir=args.tmpdir))
+    os.chmod(top, 0o755)
+    account: Account | None = None
+    systems: list[System] = []
+    runs: list[RunResult] = []
+    status = 1
+    with interrupt_as_exception():
+        try:
+            (top / "home").mkdir()
+            account = ensure_account(top / "home" / BENCH_USER)
+            for name in args.system_list:
+                base = top / name
+                base.mkdir()
+                os.chmod(base, 0o755)
+                system = SYSTEMS[name](base, account)
+                systems.append(system)
+                note(f"{name}: creating instance in {base}")
+                system.create()
+            for rnd in range(1, args.rounds + 1):
+                for system in systems:
+                    runs.append(one_run(system, rnd, args, scen))
+            summary = summarize(runs)
+            ratios: dict[str, float] = {}
+            if "postfix" in summary and "pymailsys" in summary:
+                ratios = {key: summary["pymailsys"][key] / summary["postfix"][key]
+                          for key, *_ in METRICS if summary["postfix"][key]}
+            goals = targets(ratios, summary)
+            meta = {
+                "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                         "python": platform.python_version()},
+                "params": {k: getattr(args, k) for k in
+                           ("messages", "sessions", "size", "rounds", "latency", "scenario",
+                            "reuse_connections")},
+                "cpu_accounting": systems[0].group.kind if systems else "",
+                "versions": {s.label: s.version() for s in systems},
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            print(report(runs, summary, ratios, goals, meta))
+            if args.json:
+                args.json.write_text(json.dumps({
+                    **meta, "runs": [vars(r) for r in runs], "summary": summary,
+                    "ratios": ratios, "targets": goals,
+                    "relay": None,  # the relay-to-smtp-sink scenario, once pymailsys has smtp
+                }, indent=2) + "\n")
+                note(f"wrote {args.json}")
+            status = 0
+        except BenchError as exc:
+            print(f"compare.py: {exc}", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            print(f"compare.py: interrupted ({exc}); cleaning up", file=sys.stderr)
+            status = 130
+        finally:
+            for system in systems:
+                with contextlib.suppress(Exception):
+                    system.destroy()
+            if account is not None:
+                remove_account(account)
+            if args.keep:
+                note(f"kept {top}")
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
