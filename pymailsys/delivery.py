@@ -1,0 +1,233 @@
+"""The delivery-agent interface shared by local (and later virtual, smtp, lmtp).
+
+qmgr sends one delivery request per recipient (for local; per batch later)
+as an attribute list (``services.py`` names the attributes). This module turns
+the list into a ``DeliveryRequest``, gives an agent the message content, and
+turns the agent's ``DeliveryResult`` back into the reply and into Postfix's log
+line::
+
+    QUEUEID: to=<rcpt>, orig_to=<orig>, relay=local, delay=0.12,
+        delays=a/b/c/d, dsn=2.0.0, status=sent (delivered to mailbox)
+
+``delays``: a = before the active queue (active_time - arrival), b = in the
+active queue before the agent started, c = connection setup, d = transfer.
+
+A result is one of three values, never free text: ``sent``, ``deferred`` (a
+temporary failure: the recipient stays in the queue) or ``bounced`` (final).
+An agent module supplies ``deliver(request) -> DeliveryResult``.
+
+``request_attrs`` is the other side: qmgr builds the common part of a request
+once per message (``message_attrs``) and adds the recipient part per request,
+so nothing is re-parsed per recipient.
+
+``open_content`` opens the queue file named by a request, takes a shared flock
+(qmgr holds an exclusive one only while it picks the file up), and returns the
+message lines from the data offset up to the X record. It refuses a file that
+is gone or locked exclusively (``ContentError``: the caller defers).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pymailsys import log
+from pymailsys import records as r
+from pymailsys.attr import AttrList, AttrValue
+from pymailsys.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+
+
+class ContentError(Exception):
+    """The queue file named by a request could not be read."""
+
+
+@dataclass
+class DeliveryRequest:
+    queue_name: str
+    queue_id: str
+    data_offset: int
+    content_size: int
+    arrival_time: float
+    active_time: float
+    sender: str
+    nexthop: str
+    rcpt: str
+    orig_rcpt: str
+    rcpt_offset: int
+    dsn_notify: int = 0
+    dsn_orcpt: str = ""
+    flags: int = 0
+    start_time: float = 0.0
+
+    @classmethod
+    def from_attrs(cls, attrs: AttrList) -> DeliveryRequest:
+        return cls(
+            queue_name=attrs.text("queue_name"),
+            queue_id=attrs.text("queue_id"),
+            data_offset=attrs.number("data_offset"),
+            content_size=attrs.number("content_size"),
+            arrival_time=float(attrs.text("arrival_time") or 0),
+            active_time=float(attrs.text("active_time") or 0),
+            sender=attrs.text("sender"),
+            nexthop=attrs.text("nexthop"),
+            rcpt=attrs.text("rcpt"),
+            orig_rcpt=attrs.text("orig_rcpt"),
+            rcpt_offset=attrs.number("rcpt_offset"),
+            dsn_notify=attrs.number("dsn_notify"),
+            dsn_orcpt=attrs.text("dsn_orcpt"),
+            flags=attrs.number("flags"),
+            start_time=time.time(),
+        )
+
+
+def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
+                  arrival_time: float, active_time: float, sender: str,
+                  flags: int = 0) -> list[tuple[str, AttrValue]]:
+    """The part of a request that is the same for every recipient of one message."""
+    return [("queue_name", queue_name), ("queue_id", queue_id), ("data_offset", data_offset),
+            ("content_size", content_size), ("arrival_time", f"{arrival_time:.6f}"),
+            ("active_time", f"{active_time:.6f}"), ("sender", sender), ("flags", flags)]
+
+
+def request_attrs(common: list[tuple[str, AttrValue]], nexthop: str, rcpt: str, orig_rcpt: str,
+                  rcpt_offset: int, dsn_notify: int = 0,
+                  dsn_orcpt: str = "") -> list[tuple[str, AttrValue]]:
+    out = list(common)
+    out += [("nexthop", nexthop), ("rcpt", rcpt), ("orig_rcpt", orig_rcpt),
+            ("rcpt_offset", rcpt_offset)]
+    if dsn_notify:
+        out.append(("dsn_notify", dsn_notify))
+    if dsn_orcpt:
+        out.append(("dsn_orcpt", dsn_orcpt))
+    return out
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: str
+    dsn: str
+    reason: str
+
+    @classmethod
+    def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
+        return cls(STATUS_SENT, dsn, reason)
+
+    @classmethod
+    def deferred(cls, reason: str, dsn: str = "4.3.0") -> DeliveryResult:
+        return cls(STATUS_DEFERRED, dsn, reason)
+
+    @classmethod
+    def bounced(cls, reason: str, dsn: str = "5.3.0") -> DeliveryResult:
+        return cls(STATUS_BOUNCED, dsn, reason)
+
+    @classmethod
+    def from_attrs(cls, attrs: AttrList) -> DeliveryResult:
+        status = attrs.text("status")
+        if status not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):
+            return cls.deferred(f"unknown delivery status {status!r}")
+        return cls(status, attrs.text("dsn"), attrs.text("reason"))
+
+    @property
+    def final(self) -> bool:
+        return self.status != STATUS_DEFERRED
+
+    def reply(self) -> dict[str, str]:
+        return {"status": self.status, "dsn": self.dsn, "reason": self.reason}
+
+
+def log_line(queue_id: str, rcpt: str, orig_rcpt: str, relay: str, arrival: float,
+             active: float, start: float, result: DeliveryResult, now: float | None = None,
+             conn: float = 0.0) -> str:
+    """Postfix's per-recipient delivery log line (without the tag)."""
+    if now is None:
+        now = time.time()
+    fmt = log.format_delay
+    a = max(active - arrival, 0.0) if active else 0.0
+    b = max(start - active, 0.0) if active else 0.0
+    d = max(now - start - conn, 0.0)
+    orig = f", orig_to=<{orig_rcpt}>" if orig_rcpt and orig_rcpt != rcpt else ""
+    return (f"{queue_id}: to=<{rcpt}>{orig}, relay={relay}, delay={fmt(max(now - arrival, 0.0))}, "
+            f"delays={fmt(a)}/{fmt(b)}/{fmt(conn)}/{fmt(d)}, dsn={result.dsn}, "
+            f"status={result.status} ({result.reason})")
+
+
+def log_result(request: DeliveryRequest, relay: str, result: DeliveryResult) -> None:
+    log.info(log_line(request.queue_id, request.rcpt, request.orig_rcpt, relay,
+                      request.arrival_time, request.active_time, request.start_time, result))
+
+
+def content_from_bytes(data: bytes) -> list[bytes]:
+    """Message lines (no terminators) from records starting at the data offset, up to X."""
+    lines: list[bytes] = []
+    partial: list[bytes] = []
+    try:
+        for _offset, rtype, payload in r.iter_records(data):
+            if rtype == r.REC_TYPE_NORM:
+                if partial:
+                    partial.append(payload)
+                    lines.append(b"".join(partial))
+                    partial = []
+                else:
+                    lines.append(payload)
+            elif rtype == r.REC_TYPE_CONT:
+                partial.append(payload)
+            elif rtype == r.REC_TYPE_XTRA:
+                break
+            elif rtype in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
+                continue
+            else:
+                raise ContentError(f"unexpected record type {rtype!r} in message content")
+        else:
+            raise ContentError("message content ends without an extracted-information record")
+    except r.RecordError as e:
+        raise ContentError(str(e)) from None
+    if partial:
+        lines.append(b"".join(partial))
+    return lines
+
+
+class QueueContent:
+    """An open, shared-locked queue file and its message lines; close() releases it."""
+
+    def __init__(self, path: str, data_offset: int, content_size: int = 0) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise ContentError(f"open queue file {path}: {e.strerror}") from None
+        try:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                raise ContentError(f"lock queue file {path}: {e.strerror}") from None
+            size = os.fstat(self.fd).st_size
+            if data_offset <= 0 or data_offset >= size:
+                raise ContentError(f"queue file {path}: bad data offset {data_offset}")
+            data = os.pread(self.fd, size - data_offset, data_offset)
+            self.lines = content_from_bytes(data)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> QueueContent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def header_lines(lines: Iterable[bytes]) -> list[bytes]:
+    """The header lines of a message (up to the first empty line)."""
+    out = []
+    for line in lines:
+        if not line:
+            break
+        out.append(line)
+    return out

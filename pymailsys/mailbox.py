@@ -1,0 +1,404 @@
+"""Mailbox writers: mbox files and Maildir directories (local; virtual later).
+
+Takes the bytes to store and a destination; promises Postfix's formats and
+safety rules, and classifies every failure as ``MailboxError(dsn, text)``
+(``dsn`` 4.x.x: try again later; 5.x.x: final). The caller chooses the rights:
+it calls these functions with the recipient's effective uid and gid already in
+place (``privileges.as_user``).
+
+mbox (``deliver_mbox``):
+  * the message is ``From SENDER  asctime`` (``MAILER-DAEMON`` for ``<>``), the
+    prepended headers, the message with lines that start with ``From `` quoted
+    as ``>From ``, and one empty line (``mbox_text``);
+  * the file is never opened through a symbolic link (lstat, then O_NOFOLLOW),
+    must be a regular file with one hard link, and the descriptor must be the
+    file lstat saw; a new file is created with O_EXCL, mode 0600;
+    ``expect_uid`` refuses a file owned by someone else (4.2.0, as
+    strict_mailbox_ownership); ``chown_to`` gives a file created here to the
+    recipient (when root creates it in a spool directory);
+  * locks from ``mailbox_delivery_lock``: ``dotlock`` (``PATH.lock`` made with
+    O_EXCL before the open, removed when older than stale_lock_time) and
+    ``fcntl`` or ``flock`` on the open file; retried ``attempts`` times
+    ``delay`` seconds apart; a lock that cannot be had defers (4.2.0);
+  * the append is fsynced; on any write error the file is truncated back to its
+    old size and the error is reported.
+
+Maildir (``deliver_maildir``): tmp/, new/, cur/ are made 0700 when missing;
+the message (no From_ line, no quoting) is written to tmp/, fsynced, then
+hard-linked into new/ as ``TIME.V<dev hex>I<inode hex>M<usec>.HOST`` and the
+tmp/ name removed. Errors default to 4.2.0 (Postfix: a Maildir problem is
+temporary).
+
+Crash idempotence (``key`` and ``marker``): a redelivery of the same queue
+file, recipient and destination after a crash must not store a second copy.
+The tmp/ name is then derived from the key (queue ID, arrival time in
+microseconds, recipient offset, destination), and a marker named by the key
+is created, holding the final name, after the tmp/ file is fsynced and before
+it is linked into new/. On a delivery with a key:
+
+  * no marker: any tmp/ file of that name is debris of an attempt that never
+    reached new/ (the marker comes first): remove it and deliver afresh;
+  * marker, tmp/ file with two links: the earlier attempt linked it; remove
+    the tmp/ name, report success, write nothing;
+  * marker, tmp/ file with one link: the earlier attempt stopped between the
+    marker and the link: the file is complete (fsynced before the marker):
+    link it now;
+  * marker, no tmp/ file: the earlier attempt finished; report success.
+
+So a copy is stored exactly once whatever the moment of a kill -9. A power
+failure can lose a marker that was not synced: then the mail may come twice,
+never zero times. Markers live outside the Maildir (the caller's directory,
+``MarkerStore``) and are removed by the agent once the queue file is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import stat
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+
+MAILER_DAEMON = "MAILER-DAEMON"
+
+
+class MailboxError(Exception):
+    """A delivery to a mailbox failed: dsn (4.x.x temporary, 5.x.x final) and text."""
+
+    def __init__(self, dsn: str, text: str) -> None:
+        super().__init__(text)
+        self.dsn = dsn
+        self.text = text
+
+    @property
+    def temporary(self) -> bool:
+        return self.dsn.startswith("4")
+
+
+def errno_dsn(err: int | None, default: str) -> str:
+    """Postfix's mbox_dsn: the enhanced status for a file-system error."""
+    if err in (errno.EAGAIN, errno.ESTALE):
+        return "4.2.0"
+    if err == errno.ENOSPC:
+        return "4.3.0"
+    if err in (errno.EDQUOT, errno.EFBIG):
+        return "5.2.2"
+    return default
+
+
+# --- the text that goes in ----------------------------------------------------
+
+def from_line(sender: str, when: float | None = None) -> bytes:
+    stamp = time.asctime(time.localtime(time.time() if when is None else when))
+    return f"From {sender or MAILER_DAEMON}  {stamp}\n".encode("utf-8", "surrogateescape")
+
+
+def prepended_headers(sender: str, orig_rcpt: str | None, delivered_to: str | None) -> bytes:
+    """Return-Path, X-Original-To, Delivered-To (Postfix's mail_copy order)."""
+    out = [f"Return-Path: <{sender}>\n"]
+    if orig_rcpt is not None:
+        out.append(f"X-Original-To: {orig_rcpt}\n")
+    if delivered_to is not None:
+        out.append(f"Delivered-To: {delivered_to.lower()}\n")
+    return "".join(out).encode("utf-8", "surrogateescape")
+
+
+def mbox_text(from_: bytes, headers: bytes, lines: Iterable[bytes]) -> bytes:
+    """From_ line, headers, the message with >From quoting, one empty line."""
+    body = [from_, headers]
+    for line in lines:
+        if line.startswith(b"From "):
+            body.append(b">" + line + b"\n")
+        else:
+            body.append(line + b"\n")
+    body.append(b"\n")
+    return b"".join(body)
+
+
+def plain_text(headers: bytes, lines: Iterable[bytes]) -> bytes:
+    """Headers and the message as it is (Maildir, commands without From_)."""
+    return headers + b"".join(line + b"\n" for line in lines)
+
+
+# --- mbox ------------------------------------------------------------------------
+
+def _os_error(e: OSError, default: str, what: str) -> MailboxError:
+    return MailboxError(errno_dsn(e.errno, default), f"{what}: {e.strerror}")
+
+
+@contextlib.contextmanager
+def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
+            stale: float = 500.0) -> Iterator[None]:
+    lock = path + ".lock"
+    for attempt in range(max(attempts, 1)):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            try:
+                if time.time() - os.lstat(lock).st_mtime > stale:
+                    os.unlink(lock)
+                    continue
+            except FileNotFoundError:
+                continue
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+            continue
+        except OSError as e:
+            raise _os_error(e, "5.2.0", f"unable to create lock file {lock}") from None
+        os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+        return
+    raise MailboxError("4.2.0", f"unable to create lock file {lock}: file exists")
+
+
+def _kernel_lock(fd: int, method: str, attempts: int, delay: float) -> None:
+    for attempt in range(max(attempts, 1)):
+        try:
+            if method == "flock":
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise _os_error(e, "4.2.0", "unable to lock for exclusive access") from None
+        if attempt + 1 < attempts:
+            time.sleep(delay)
+    raise MailboxError("4.2.0", "unable to lock for exclusive access: Resource temporarily unavailable")
+
+
+def open_mailbox(path: str, expect_uid: int | None = None,
+                 chown_to: tuple[int, int] | None = None) -> int:
+    """Open (or create) a mailbox file for appending with Postfix's safety checks."""
+    try:
+        before: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        before = None
+    except OSError as e:
+        raise _os_error(e, "5.2.0", f"cannot access mailbox {path}") from None
+    if before is not None:
+        if stat.S_ISLNK(before.st_mode):
+            raise MailboxError("5.2.0", f"cannot open file {path}: file is a symbolic link")
+        if not stat.S_ISREG(before.st_mode):
+            raise MailboxError("5.2.0", f"cannot open file {path}: file is not a regular file")
+        if before.st_nlink != 1:
+            raise MailboxError("5.2.0", f"cannot open file {path}: file has {before.st_nlink} hard links")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
+        after = os.fstat(fd)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_nlink != 1 \
+                or not stat.S_ISREG(after.st_mode):
+            os.close(fd)
+            raise MailboxError("4.2.0", f"cannot open file {path}: file status changed unexpectedly")
+        if expect_uid is not None and after.st_uid != expect_uid:
+            os.close(fd)
+            raise MailboxError("4.2.0", f"cannot open file {path}: file is owned by uid "
+                               f"{after.st_uid}, not {expect_uid}")
+        os.set_blocking(fd, True)
+        return fd
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise _os_error(e, "5.2.0", f"cannot create file {path}") from None
+    if chown_to is not None:
+        try:
+            os.fchown(fd, chown_to[0], chown_to[1])
+        except OSError as e:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise _os_error(e, "4.2.0", f"cannot change ownership of {path}") from None
+    return fd
+
+
+def deliver_mbox(path: str, data: bytes, *, expect_uid: int | None = None,
+                 chown_to: tuple[int, int] | None = None,
+                 locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
+                 attempts: int = 20, delay: float = 1.0, stale: float = 500.0) -> None:
+    """Append data (already in mbox form) to the mailbox at path."""
+    methods = [m.strip().lower() for m in locks]
+    with contextlib.ExitStack() as stack:
+        if "dotlock" in methods:
+            stack.enter_context(dotlock(path, attempts, delay, stale))
+        fd = open_mailbox(path, expect_uid, chown_to)
+        stack.callback(os.close, fd)
+        for method in methods:
+            if method in ("fcntl", "flock"):
+                _kernel_lock(fd, method, attempts, delay)
+        size = os.fstat(fd).st_size
+        if size_limit and size + len(data) > size_limit:
+            raise MailboxError("5.2.2", "error writing message: File too large")
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise _os_error(e, "5.2.0", "error writing message") from None
+
+
+# --- Maildir ---------------------------------------------------------------------
+
+def _hostname(host: str | None) -> str:
+    name = host or socket.gethostname()
+    return name.replace("/", "\\057").replace(":", "\\072")
+
+
+class MarkerStore:
+    """Delivery markers for crash-idempotent Maildir delivery (see the module docstring).
+
+    ``wrap`` is a context-manager factory put around every marker operation
+    (local uses it to act as itself, not as the recipient).
+    """
+
+    def __init__(self, directory: str,
+                 wrap: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+        self.directory = directory
+        self.wrap = wrap or contextlib.nullcontext
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, key)
+
+    def get(self, key: str) -> str | None:
+        with self.wrap():
+            try:
+                with open(self.path(key), "rb") as f:
+                    return f.read().decode("utf-8", "surrogateescape")
+            except FileNotFoundError:
+                return None
+
+    def put(self, key: str, value: str) -> None:
+        with self.wrap():
+            tmp = self.path(key) + ".new"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, value.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path(key))
+
+    def keys(self) -> list[str]:
+        with self.wrap():
+            try:
+                return [n for n in os.listdir(self.directory) if not n.endswith(".new")]
+            except FileNotFoundError:
+                return []
+
+    def remove(self, key: str) -> None:
+        with self.wrap(), contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(key))
+
+
+def delivery_key(queue_id: str, arrival: float, rcpt_offset: int, destination: str) -> str:
+    """A name that identifies one delivery of one queue-file recipient to one place."""
+    crc = zlib.crc32(destination.encode("utf-8", "surrogateescape"))
+    return f"{queue_id}.{int(round(arrival * 1_000_000))}.{rcpt_offset}.{crc:08x}"
+
+
+_counter = 0
+
+
+def make_maildir(maildir: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        path = os.path.join(maildir, sub)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise _os_error(e, "4.2.0", f"create maildir file {path}") from None
+
+
+def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: str | None = None,
+                    marker: MarkerStore | None = None, size_limit: int = 0) -> str:
+    """Store data as one new message in maildir; returns the path of the new/ file."""
+    global _counter
+    host = _hostname(host)
+    if size_limit and len(data) > size_limit:
+        raise MailboxError("5.2.2", "error writing message: File too large")
+    make_maildir(maildir)
+    tmpdir = os.path.join(maildir, "tmp")
+    newdir = os.path.join(maildir, "new")
+    use_marker = key is not None and marker is not None
+    if use_marker:
+        assert key is not None and marker is not None
+        tmp = os.path.join(tmpdir, f"{key}.{host}")
+        done = marker.get(key)
+        if done is not None:
+            return _finish_marked(tmp, os.path.join(newdir, done))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    else:
+        _counter += 1
+        tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+    now = time.time()
+    name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
+    final = os.path.join(newdir, name)
+    if use_marker:
+        assert key is not None and marker is not None
+        try:
+            marker.put(key, name)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
+    try:
+        os.link(tmp, final)
+    except OSError as e:
+        if not use_marker:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return final
+
+
+def _finish_marked(tmp: str, final: str) -> str:
+    """Complete or confirm an earlier attempt that reached its marker."""
+    try:
+        st = os.lstat(tmp)
+    except FileNotFoundError:
+        return final  # finished earlier
+    if st.st_nlink < 2:
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return final

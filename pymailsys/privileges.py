@@ -1,0 +1,121 @@
+"""Switching to a user for one delivery, and back (local, virtual).
+
+``as_user(uid, gid)`` is a context manager: when the process runs as root it
+sets the supplementary groups to the recipient's primary group only, then the
+effective gid and uid; on exit it restores root and the saved groups. When the
+process does not run as root it does nothing (the caller has already checked
+that the recipient is the current user). Python threads share credentials, so
+callers never keep a thread running around a switch, and never ``await``
+inside the block (another task would run with the recipient's rights).
+
+``user_ids(config)`` resolves ``default_privs`` (Postfix: the rights for
+deliveries to commands and files on behalf of no user in particular); it
+refuses a privileged (uid 0) value. ``subprocess_ids`` gives the keyword
+arguments for running a child process as a user (set in the child, so the
+parent never switches).
+
+SECURITY: uid 0 never stands for a delivery to a command or file: callers map it
+to default_privs (Postfix does the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pymailsys import config as config_mod
+
+
+class PrivilegeError(Exception):
+    """A user or group could not be resolved or switched to."""
+
+
+@dataclass(frozen=True)
+class UserIds:
+    name: str
+    uid: int
+    gid: int
+    home: str = "/"
+    shell: str = "/bin/sh"
+
+    @classmethod
+    def from_pw(cls, pw: pwd.struct_passwd) -> UserIds:
+        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def current_user() -> UserIds:
+    uid = os.geteuid()
+    try:
+        return UserIds.from_pw(pwd.getpwuid(uid))
+    except KeyError:
+        return UserIds(str(uid), uid, os.getegid())
+
+
+def default_privs(config: config_mod.Config) -> UserIds:
+    """The default_privs account; PrivilegeError when unknown or privileged."""
+    name = config.get("default_privs")
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise PrivilegeError(f"unknown default_privs user: {name}") from None
+    if pw.pw_uid == 0:
+        raise PrivilegeError(f"default_privs user {name} has privileged user ID")
+    return UserIds.from_pw(pw)
+
+
+@contextlib.contextmanager
+def as_user(uid: int, gid: int) -> Iterator[None]:
+    """Run the block with effective uid/gid of a user (root only; else a no-op)."""
+    if os.geteuid() != 0 or uid == 0:
+        yield
+        return
+    saved_groups = os.getgroups()
+    try:
+        os.setgroups([gid])
+        os.setegid(gid)
+        os.seteuid(uid)
+    except OSError as e:
+        _restore(saved_groups)
+        raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {e.strerror}") from None
+    try:
+        yield
+    finally:
+        _restore(saved_groups)
+
+
+def _restore(groups: list[int]) -> None:
+    os.seteuid(0)
+    os.setegid(0)
+    os.setgroups(groups)
+
+
+@contextlib.contextmanager
+def as_self() -> Iterator[None]:
+    """Inside ``as_user``: act as the process itself (root) for the block, then switch back."""
+    euid, egid = os.geteuid(), os.getegid()
+    if euid == 0 or os.getuid() != 0:
+        yield
+        return
+    groups = os.getgroups()
+    os.seteuid(0)
+    os.setegid(0)
+    try:
+        yield
+    finally:
+        os.setgroups(groups)
+        os.setegid(egid)
+        os.seteuid(euid)
+
+
+def subprocess_ids(user: UserIds) -> dict[str, object]:
+    """Keyword arguments for subprocess/asyncio: run the child as user (root only)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}

@@ -1,0 +1,239 @@
+"""mbox and Maildir writing: formats, locks, refusals, crash idempotence; status logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from pymailsys import mailbox, status_log
+from pymailsys.delivery import DeliveryResult, content_from_bytes, log_line
+from pymailsys.records import encode_record, text_records
+
+
+def _mbox_data(lines: list[bytes], sender: str = "alice@example.org") -> bytes:
+    return mailbox.mbox_text(mailbox.from_line(sender), mailbox.prepended_headers(
+        sender, "Bob@example.com", "bob@example.com"), lines)
+
+
+def test_mbox_format_and_from_quoting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = tmp_path / "bob"
+    lines = [b"Subject: hi", b"", b"From me", b"From: not a header here", b">From already", b"end"]
+    mailbox.deliver_mbox(str(box), _mbox_data(lines), locks=["fcntl", "dotlock"])
+    data = box.read_bytes()
+    assert re.match(rb"From alice@example\.org  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\n", data)
+    rest = data.split(b"\n", 1)[1]
+    assert rest == (b"Return-Path: <alice@example.org>\n"
+                    b"X-Original-To: Bob@example.com\n"
+                    b"Delivered-To: bob@example.com\n"
+                    b"Subject: hi\n\n>From me\nFrom: not a header here\n>From already\nend\n\n")
+    assert os.stat(box).st_mode & 0o777 == 0o600
+    assert not os.path.exists(str(box) + ".lock")
+
+
+def test_mbox_null_sender_is_mailer_daemon() -> None:
+    assert mailbox.from_line("").startswith(b"From MAILER-DAEMON  ")
+
+
+def test_mbox_appends(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = str(tmp_path / "bob")
+    mailbox.deliver_mbox(box, _mbox_data([b"one"]))
+    mailbox.deliver_mbox(box, _mbox_data([b"two"]))
+    data = open(box, "rb").read()
+    assert data.count(b"\nFrom alice") + data.startswith(b"From alice") == 2
+    assert data.index(b"one\n") < data.index(b"two\n")
+
+
+def test_mbox_refuses_symlink(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    os.symlink(target, tmp_path / "bob")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(tmp_path / "bob"), _mbox_data([b"x"]))
+    assert "symbolic link" in e.value.text
+    assert target.read_bytes() == b""
+
+
+def test_mbox_refuses_dangling_symlink(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    os.symlink(tmp_path / "nowhere", tmp_path / "bob")
+    with pytest.raises(mailbox.MailboxError):
+        mailbox.deliver_mbox(str(tmp_path / "bob"), _mbox_data([b"x"]))
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_mbox_refuses_hard_link_and_non_regular(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "other").write_bytes(b"")
+    os.link(tmp_path / "other", tmp_path / "bob")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(tmp_path / "bob"), _mbox_data([b"x"]))
+    assert "2 hard links" in e.value.text
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(tmp_path / "dir"), _mbox_data([b"x"]))
+    assert "not a regular file" in e.value.text
+
+
+def test_mbox_wrong_owner_defers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = tmp_path / "bob"
+    box.write_bytes(b"")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(box), _mbox_data([b"x"]), expect_uid=os.getuid() + 1)
+    assert e.value.temporary
+
+
+def test_mbox_dotlock_held_defers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = tmp_path / "bob"
+    (tmp_path / "bob.lock").write_bytes(b"")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(box), _mbox_data([b"x"]), attempts=2, delay=0.01)
+    assert e.value.dsn == "4.2.0"
+    assert not box.exists()
+
+
+def test_mbox_stale_dotlock_is_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lock = tmp_path / "bob.lock"
+    lock.write_bytes(b"")
+    old = time.time() - 1000
+    os.utime(lock, (old, old))
+    mailbox.deliver_mbox(str(tmp_path / "bob"), _mbox_data([b"x"]), stale=500)
+    assert (tmp_path / "bob").exists()
+
+
+def test_mbox_fcntl_lock_waits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import fcntl
+    import multiprocessing
+
+    box = tmp_path / "bob"
+    box.write_bytes(b"")
+    ready = multiprocessing.Event()
+    release = multiprocessing.Event()
+
+    def holder() -> None:
+        fd = os.open(box, os.O_WRONLY)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        ready.set()
+        release.wait(10)
+        os.close(fd)
+
+    p = multiprocessing.Process(target=holder)
+    p.start()
+    ready.wait(10)
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(box), _mbox_data([b"x"]), locks=["fcntl"], attempts=2, delay=0.01)
+    assert e.value.temporary
+    threading.Timer(0.2, release.set).start()
+    mailbox.deliver_mbox(str(box), _mbox_data([b"x"]), locks=["fcntl"], attempts=50, delay=0.05)
+    p.join(10)
+    assert box.read_bytes().endswith(b"x\n\n")
+
+
+def test_mbox_size_limit_bounces_and_keeps_old_content(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = tmp_path / "bob"
+    mailbox.deliver_mbox(str(box), _mbox_data([b"small"]))
+    before = box.read_bytes()
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(box), _mbox_data([b"x" * 5000]), size_limit=len(before) + 100)
+    assert e.value.dsn == "5.2.2"
+    assert box.read_bytes() == before
+
+
+def test_maildir_naming_and_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md = str(tmp_path / "Maildir")
+    data = mailbox.plain_text(mailbox.prepended_headers("a@b", "c@d", "c@d"), [b"Subject: s", b"",
+                                                                              b"From x"])
+    final = mailbox.deliver_maildir(md, data, host="mx.example")
+    st = os.stat(final)
+    assert re.fullmatch(rf"\d+\.V{st.st_dev:x}I{st.st_ino:x}M\d+\.mx\.example", os.path.basename(final))
+    assert os.path.dirname(final) == os.path.join(md, "new")
+    assert open(final, "rb").read() == (b"Return-Path: <a@b>\nX-Original-To: c@d\nDelivered-To: c@d\n"
+                                        b"Subject: s\n\nFrom x\n")
+    assert os.listdir(os.path.join(md, "tmp")) == []
+    for sub in ("tmp", "new", "cur"):
+        assert os.stat(os.path.join(md, sub)).st_mode & 0o777 == 0o700
+    assert st.st_mode & 0o777 == 0o600
+
+
+def test_maildir_under_a_file_is_temporary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_maildir(str(tmp_path / "file" / "Maildir"), b"x\n")
+    assert e.value.dsn == "4.2.0"
+
+
+def _marked(tmp_path):  # type: ignore[no-untyped-def]
+    md = str(tmp_path / "Maildir")
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    os.makedirs(store.directory)
+    key = mailbox.delivery_key("3F2A11C0D7E", 1700000000.123456, 211, md)
+    return md, store, key
+
+
+def test_maildir_redelivery_after_success_writes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md, store, key = _marked(tmp_path)
+    first = mailbox.deliver_maildir(md, b"one\n", key=key, marker=store)
+    again = mailbox.deliver_maildir(md, b"one\n", key=key, marker=store)
+    assert again == first
+    assert len(os.listdir(os.path.join(md, "new"))) == 1
+    assert os.listdir(os.path.join(md, "tmp")) == []
+    other = mailbox.delivery_key("3F2A11C0D7E", 1700000000.123456, 300, md)
+    mailbox.deliver_maildir(md, b"two\n", key=other, marker=store)
+    assert len(os.listdir(os.path.join(md, "new"))) == 2
+
+
+def test_maildir_crash_after_link_before_tmp_unlink(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md, store, key = _marked(tmp_path)
+    final = mailbox.deliver_maildir(md, b"one\n", key=key, marker=store)
+    tmp = os.path.join(md, "tmp", f"{key}.{mailbox._hostname(None)}")
+    os.link(final, tmp)  # as if killed between link() and unlink()
+    assert mailbox.deliver_maildir(md, b"one\n", key=key, marker=store) == final
+    assert os.listdir(os.path.join(md, "new")) == [os.path.basename(final)]
+    assert os.listdir(os.path.join(md, "tmp")) == []
+
+
+def test_maildir_crash_after_marker_before_link(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md, store, key = _marked(tmp_path)
+    final = mailbox.deliver_maildir(md, b"one\n", key=key, marker=store)
+    tmp = os.path.join(md, "tmp", f"{key}.{mailbox._hostname(None)}")
+    os.rename(final, tmp)  # as if killed after the marker, before link()
+    assert mailbox.deliver_maildir(md, b"one\n", key=key, marker=store) == final
+    assert open(final, "rb").read() == b"one\n"
+    assert os.listdir(os.path.join(md, "tmp")) == []
+
+
+def test_maildir_crash_before_marker_redelivers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md, store, key = _marked(tmp_path)
+    mailbox.make_maildir(md)
+    tmp = os.path.join(md, "tmp", f"{key}.{mailbox._hostname(None)}")
+    with open(tmp, "wb") as f:
+        f.write(b"half")  # killed while writing: no marker yet
+    final = mailbox.deliver_maildir(md, b"whole\n", key=key, marker=store)
+    assert open(final, "rb").read() == b"whole\n"
+    assert len(os.listdir(os.path.join(md, "new"))) == 1
+    assert os.listdir(os.path.join(md, "tmp")) == []
+
+
+def test_status_log_format_and_torn_tail(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "ID")
+    status_log.append(path, status_log.Entry("bob@example.com", "4.3.0", "delayed",
+                                             "mail transport\nunavailable", offset=211))
+    text = open(path).read()
+    assert text == ("recipient=bob@example.com\noffset=211\nnotify_flags=0\nstatus=4.3.0\n"
+                    "action=delayed\nreason=mail transport unavailable\n\n")
+    with open(path, "a") as f:
+        f.write("recipient=torn@example.com\nstatus=4.")
+    (entry,) = status_log.read(path)
+    assert (entry.recipient, entry.offset, entry.reason) == ("bob@example.com", 211,
+                                                             "mail transport unavailable")
+
+
+def test_content_records_and_log_line() -> None:
+    data = (text_records(b"Subject: x") + text_records(b"") + text_records(b"a" * 5000, 2048)
+            + encode_record(b"X", b"") + encode_record(b"E", b""))
+    assert content_from_bytes(data) == [b"Subject: x", b"", b"a" * 5000]
+    line = log_line("ABC", "bob@h", "Bob@h", "local", 100.0, 100.5, 100.6,
+                    DeliveryResult.sent("delivered to maildir"), now=100.72)
+    assert line == ("ABC: to=<bob@h>, orig_to=<Bob@h>, relay=local, delay=0.72, "
+                    "delays=0.5/0.1/0/0.12, dsn=2.0.0, status=sent (delivered to maildir)")
