@@ -1,0 +1,340 @@
+"""postconf - show and edit main.cf parameters.
+
+SYNOPSIS
+    postconf [-dhHnx] [-c config_dir] [parameter ...]
+    postconf [-c config_dir] -e name=value ...      (also: plain name=value)
+    postconf [-c config_dir] -X name ...
+    postconf [-c config_dir] -# name ...
+    postconf -m
+    postconf [-f] [-c config_dir] -M [service[/type] ...]
+
+DESCRIPTION
+    Without options, every parameter declared in ``pymailsys.params`` as
+    ``name = value`` in name order, the value as main.cf sets it or else the
+    built-in default, unexpanded (``name =`` when empty). With names, just
+    those (``postconf: warning: NAME: unknown parameter`` for others).
+
+    -n    only parameters set in main.cf (and config_directory when -c is given)
+    -d    built-in defaults (machine-dependent ones computed), not main.cf
+    -x    expand ``$name`` references in the values
+    -h    values only;  -H  names only
+    -e    edit main.cf: each ``name=value`` replaces every line that sets name
+          (continuation lines included), or is appended; comments and other
+          lines are kept; the file is rewritten under a temporary name and
+          renamed into place. Arguments containing ``=`` imply -e.
+    -X    remove the lines that set each name;  -#  comment them out
+    -m    the supported lookup table types (``maps.REGISTRY``)
+    -M    master.cf services in Postfix's normalised one-line form
+          (``-f``: ``-o`` options folded onto their own lines); names select
+          ``service`` or ``service/type``
+    -c    configuration directory (else $MAIL_CONFIG, else /etc/pymailsys)
+
+DIAGNOSTICS
+    ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` for a
+    main.cf name that is neither declared nor referenced as ``$foo`` in another
+    value (the name is kept: an administrator's main.cf always loads).
+    ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line or
+    a failed edit.
+
+CONFIGURATION PARAMETERS
+    Every parameter in pymailsys.params (that table is what -d prints).
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import re
+import sys
+import tempfile
+
+from pymailsys import config as config_mod
+from pymailsys import log, maps, params
+
+_REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
+
+
+def _line(name: str, value: str, mode: str) -> str:
+    if mode == "h":
+        return value
+    if mode == "H":
+        return name
+    return f"{name} = {value}" if value else f"{name} ="
+
+
+def _referenced(values: dict[str, str]) -> set[str]:
+    used: set[str] = set()
+    for value in values.values():
+        used.update(_REF_RE.findall(value))
+    return used
+
+
+def _warn_unused(cfg: config_mod.Config) -> None:
+    values = cfg.explicit()
+    used = _referenced(values)
+    for name, value in values.items():
+        if name not in params.PARAMS and name not in used:
+            log.warning(f"{cfg.main_cf}: unused parameter: {name}={value}")
+
+
+def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: bool,
+          expand: bool, mode: str) -> int:
+    explicit = cfg.explicit()
+    known = set(params.PARAMS) | (_referenced(explicit) & set(explicit))
+    default_cfg = config_mod.Config(cfg.config_dir, {})
+    source = default_cfg if defaults else cfg
+    if names:
+        selected = []
+        for name in names:
+            if name in known:
+                selected.append(name)
+            else:
+                log.warning(f"{name}: unknown parameter")
+    elif nondefault:
+        selected = sorted(n for n in explicit if n in known)
+    else:
+        selected = sorted(known)
+    out = []
+    for name in selected:
+        if defaults:
+            value = params.default_of(name) if name in params.PARAMS else ""
+        else:
+            value = source.raw(name) or ""
+        if expand:
+            try:
+                value = source.expand(value)
+            except config_mod.ConfigError as e:
+                log.fatal(str(e))
+        out.append(_line(name, value, mode) + "\n")
+    sys.stdout.write("".join(out))
+    return 0
+
+
+# --- editing main.cf -----------------------------------------------------------
+
+def _physical_entries(lines: list[str]) -> list[tuple[str | None, int, int]]:
+    """(parameter name or None, first index, end index) for each run of lines."""
+    out: list[tuple[str | None, int, int]] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or line[0].isspace():
+            out.append((None, i, i + 1))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
+                and not lines[j].strip().startswith("#"):
+            j += 1
+        name = stripped.partition("=")[0].strip()
+        out.append((name, i, j))
+        i = j
+    return out
+
+
+def _rewrite(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix=".main.cf.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if st is not None:
+            os.chmod(tmp, st.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        else:
+            os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        log.fatal(f"open {path}: {e.strerror}")
+
+
+def edit_main_cf(path: str, edits: dict[str, str | None], comment: bool = False) -> None:
+    """Set (value), remove (None) or comment out (comment=True) parameters in main.cf."""
+    lines = _read_lines(path)
+    out: list[str] = []
+    for name, start, end in _physical_entries(lines):
+        chunk = lines[start:end]
+        if name is not None and name in edits:
+            if comment:
+                out.extend("#" + line for line in chunk)
+                continue
+            value = edits[name]
+            if value is not None:
+                out.append(f"{name} = {value}")
+            continue
+        out.extend(chunk)
+    if not comment:
+        present = {name for name, _, _ in _physical_entries(lines)}
+        for name, value in edits.items():
+            if value is not None and name not in present:
+                out.append(f"{name} = {value}")
+    _rewrite(path, "".join(line + "\n" for line in out))
+
+
+# --- master.cf -----------------------------------------------------------------
+
+def _master_tokens(text: str) -> list[str]:
+    tokens: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        if text[i] == "{":
+            depth, j = 0, i
+            while j < n:
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            tokens.append(text[i:j + 1])
+            i = j + 1
+            continue
+        j = i
+        while j < n and not text[j].isspace():
+            j += 1
+        tokens.append(text[i:j])
+        i = j
+    return tokens
+
+
+def _master_entries(path: str) -> list[tuple[str, str, list[str], list[str]]]:
+    """(service, type, fields 3-7, command words normalised) per master.cf entry."""
+    entries: list[tuple[str, str, list[str], list[str]]] = []
+    for lineno, logical in maps.logical_lines("\n".join(_read_lines(path))):
+        tokens = _master_tokens(logical)
+        if len(tokens) < 8:
+            log.fatal(f"file {path}: line {lineno}: bad field count")
+        words: list[str] = []
+        args = tokens[7:]
+        i = 0
+        while i < len(args):
+            word = args[i]
+            if word == "-o" and i + 1 < len(args):
+                value = args[i + 1]
+                if value.startswith("{"):
+                    inner = value[1:-1].strip()
+                    name, _, val = inner.partition("=")
+                    value = "{" + f"{name.strip()}={val.strip()}" + "}"
+                words += ["-o", value]
+                i += 2
+                continue
+            if word.startswith("{"):
+                word = word[1:-1].strip()
+            words.append(word)
+            i += 1
+        entry = (tokens[0], tokens[1], tokens[2:7], words)
+        entries = [e for e in entries if (e[0], e[1]) != (entry[0], entry[1])]
+        entries.append(entry)
+    return entries
+
+
+def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> int:
+    path = os.path.join(cfg.config_dir, "master.cf")
+    if not os.path.exists(path):
+        log.warning(f"open {path}: No such file or directory")
+        return 0
+    entries = _master_entries(path)
+    out = []
+    matched = set()
+    for service, type_name, fields, words in entries:
+        if selectors:
+            hit = [s for s in selectors if s in (service, f"{service}/{type_name}")]
+            if not hit:
+                continue
+            matched.update(hit)
+        head = f"{service:<10} {type_name:<5} " + " ".join(f"{f:<7}" for f in fields) + " "
+        if not fold:
+            out.append(head + " ".join(words) + "\n")
+            continue
+        parts = []
+        command: list[str] = []
+        i = 0
+        while i < len(words):
+            if words[i] == "-o" and i + 1 < len(words):
+                parts.append(f"    -o {words[i + 1]}")
+                i += 2
+                continue
+            command.append(words[i])
+            i += 1
+        out.append(head + " ".join(command) + "\n")
+        out.extend(p + "\n" for p in parts)
+    for s in selectors:
+        if s not in matched:
+            log.warning(f'unmatched request: "{s}"')
+    sys.stdout.write("".join(out))
+    return 0
+
+
+# --- main ------------------------------------------------------------------------
+
+def run(argv: list[str]) -> int:
+    log.init_stderr_only("postconf")
+    try:
+        opts, args = getopt.gnu_getopt(argv, "c:dehHmMnxX#fv")
+    except getopt.GetoptError as e:
+        sys.stderr.write(f"postconf: {e.msg}\n")
+        log.fatal("usage: postconf [-dhHmMnx] [-c config_dir] [-e|-X|-#] [name...]")
+    flags = {o for o, _ in opts}
+    config_dir = next((a for o, a in opts if o == "-c"), None)
+    if "-m" in flags:
+        sys.stdout.write("".join(t + "\n" for t in sorted(set(maps.REGISTRY) | {"proxy"})))
+        return 0
+    if "-d" in flags and "-n" in flags:
+        log.fatal("specify one of -d -n")
+    try:
+        cfg = config_mod.load(config_dir)
+    except config_mod.ConfigError as e:
+        log.fatal(str(e))
+    if "-X" in flags or "-#" in flags:
+        if not args:
+            log.fatal("missing parameter name")
+        edit_main_cf(cfg.main_cf, dict.fromkeys(args), comment="-#" in flags)
+        return 0
+    if "-e" in flags or (args and all("=" in a for a in args)):
+        edits: dict[str, str | None] = {}
+        for arg in args:
+            name, sep, value = arg.partition("=")
+            if not sep:
+                log.fatal(f"missing '=' after attribute name: \"{arg.strip()}\"")
+            edits[name.strip()] = value.strip()
+        edit_main_cf(cfg.main_cf, edits)
+        return 0
+    _warn_unused(cfg)
+    if "-M" in flags:
+        return _show_master(cfg, args, "-f" in flags)
+    mode = "h" if "-h" in flags else "H" if "-H" in flags else ""
+    return _show(cfg, args, "-d" in flags, "-n" in flags, "-x" in flags, mode)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
