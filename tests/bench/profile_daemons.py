@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Profile every pymailsys daemon under the benchmark's load, with py-spy.
+
+Usage (as root, from the repository):
+
+    python3 tests/bench/profile_daemons.py [--messages 5000] [--sessions 10] [--size 2048]
+                                           [--rate 200] [--top 15] [--out bench-profile]
+
+It builds the same throw-away pymailsys instance as tests/bench/compare.py
+(same main.cf settings, account ``benchuser``, Maildir delivery), starts it in
+its own cgroup, warms it up with a few messages (so that the daemons master
+spawns on demand exist), then runs ``py-spy record --subprocesses`` on the
+master (which follows every child, including those spawned during the run)
+while ``/usr/sbin/smtp-source`` sends the load, and stops py-spy when the
+Maildir holds every message and the queue is empty.
+
+It writes to --out (created; kept after the run):
+
+- ``pyspy.raw``: py-spy's collapsed stacks (``--format raw``), one line per
+  stack with its sample count; feed it to flamegraph.pl or speedscope;
+- ``profile.txt``: per daemon (grouped by the ``pymailsys.daemons.NAME``
+  module on each process's command line): samples, and the top functions by
+  self time (the frame on CPU) and by inclusive time (anywhere on the stack);
+  the same is printed on stdout.
+
+py-spy is installed with pip when missing. It samples without stopping the
+processes (``--nonblocking``) unless --blocking is given. Samples count only
+time on CPU (idle threads are left out), so the tables show where CPU goes.
+The file name is not ``profile.py`` on purpose: that would shadow the
+standard library's ``profile`` module for anything run from this directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare  # noqa: E402  (the benchmark's instance and load code)
+
+PROCESS_FRAME = re.compile(r'^process (\d+):"(.*)"$')
+DAEMON_RE = re.compile(r"pymailsys[./]daemons[./](\w+)")
+LINE_RE = re.compile(r"^(.*) \(([^()]*?)(?::\d+)?\)$")
+
+
+def ensure_py_spy() -> str:
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    compare.note("installing py-spy with pip")
+    compare.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], timeout=600)
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(found, os.X_OK):
+        raise compare.BenchError("pip install py-spy did not provide a py-spy command")
+    return found
+
+
+def daemon_name(cmdline: str) -> str:
+    m = DAEMON_RE.search(cmdline)
+    if m:
+        return m.group(1)
+    return cmdline.split()[0].rsplit("/", 1)[-1] if cmdline else "?"
+
+
+def short_frame(frame: str) -> str:
+    """'func (path/to/file.py:123)' -> 'func (file.py)', so that lines of one function add up."""
+    m = LINE_RE.match(frame)
+    if not m:
+        return frame
+    name, where = m.groups()
+    where = where.rsplit("/", 1)[-1]
+    return f"{name} ({where})"
+
+
+def parse_raw(text: str) -> dict[str, dict[str, collections.Counter[str]]]:
+    """Per daemon: 'total' samples, 'self' and 'inclusive' counters of functions."""
+    out: dict[str, dict[str, collections.Counter[str]]] = {}
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        owner, start = "?", 0
+        for i, frame in enumerate(frames):
+            m = PROCESS_FRAME.match(frame)
+            if m:
+                owner, start = daemon_name(m.group(2)), i + 1
+        code = [short_frame(f) for f in frames[start:]]
+        if not code:
+            continue
+        entry = out.setdefault(owner, {"total": collections.Counter(), "self": collections.Counter(),
+                                       "inclusive": collections.Counter()})
+        entry["total"]["samples"] += count
+        entry["self"][code[-1]] += count
+        for frame in set(code):
+            entry["inclusive"][frame] += count
+    return out
+
+
+def format_profile(profile: dict[str, dict[str, collections.Counter[str]]], top: int,
+                   rate: int) -> str:
+    lines = []
+    order = sorted(profile, key=lambda d: -profile[d]["total"]["samples"])
+    grand = sum(profile[d]["total"]["samples"] for d in order) or 1
+    lines.append(f"samples at {rate}/s per process (1 sample ~ {1000 / rate:.0f} ms CPU):")
+    for name in order:
+        total = profile[name]["total"]["samples"]
+        lines.append(f"  {name:<12} {total:7d} samples  {100 * total / grand:5.1f}%  "
+                     f"~{total / rate:.1f} s CPU")
+    for name in order:
+        total = profile[name]["total"]["samples"] or 1
+        lines += ["", f"== {name}: {profile[name]['total']['samples']} samples"]
+        lines.append(f"   top {top} by self time:")
+        for func, count in profile[name]["self"].most_common(top):
+            lines.append(f"   {100 * count / total:5.1f}%  {func}")
+        lines.append(f"   top {top} by inclusive time:")
+        for func, count in profile[name]["inclusive"].most_common(top):
+            lines.append(f"   {100 * count / total:5.1f}%  {func}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
+    p.add_argument("--top", type=int, default=15, help="functions per table (15)")
+    p.add_argument("--out", type=Path, default=Path("bench-profile"),
+                   help="output directory (bench-profile)")
+    p.add_argument("--blocking", action="store_true", help="let py-spy pause processes to sample")
+    p.add_argument("--reuse-connections", action="store_true", help="smtp-source -d")
+    p.add_argument("--stall-timeout", type=float, default=60.0)
+    p.add_argument("--keep", action="store_true", help="keep the instance's temp dir")
+    args = p.parse_args(argv)
+    args.sample_interval = 0.5
+    if os.geteuid() != 0:
+        print("profile_daemons.py: run as root (py-spy attaches to daemons of other users)",
+              file=sys.stderr)
+        return 2
+    compare.ensure_postfix_package()
+    py_spy = ensure_py_spy()
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw_path = args.out / "pyspy.raw"
+    top = Path(tempfile.mkdtemp(prefix="pymailsys-profile-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    account = None
+    system = None
+    spy = None
+    status = 1
+    scen = compare.scenario("local")
+    with compare.interrupt_as_exception():
+        try:
+            (top / "home").mkdir()
+            account = compare.ensure_account(top / "home" / compare.BENCH_USER)
+            (top / "pymailsys").mkdir()
+            os.chmod(top / "pymailsys", 0o755)
+            system = compare.PymailsysSystem(top / "pymailsys", account)
+            system.create()
+            system.reset_mailbox()
+            system.start()
+            # Warm up, so that the on-demand daemons exist (py-spy follows new ones too).
+            warm = argparse.Namespace(**{**vars(args), "messages": 20, "sessions": 2})
+            compare.load_run(system, compare.RunResult(system.label, 0, 20), warm, scen)
+            system.reset_mailbox()
+            master = system.master_pid()
+            if master is None:
+                raise compare.BenchError("pymailsys: no pid in pid/master.pid")
+            spy_argv = [py_spy, "record", "--subprocesses", "-p", str(master), "-r", str(args.rate),
+                        "--format", "raw", "-o", str(raw_path)]
+            if not args.blocking:
+                spy_argv.append("--nonblocking")
+            compare.note(f"profiling: {' '.join(spy_argv)}")
+            spy = subprocess.Popen(spy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+            time.sleep(1.0)
+            if spy.poll() is not None:
+                raise compare.BenchError(f"py-spy exited at once: {spy.communicate()[0]}")
+            result = compare.RunResult(system.label, 1, args.messages)
+            compare.load_run(system, result, args, scen)
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy_out = spy.communicate(timeout=60)[0]
+            except subprocess.TimeoutExpired as exc:
+                raise compare.BenchError("py-spy did not stop within 60s of SIGINT") from exc
+            spy = None
+            if not raw_path.exists():
+                raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
+            profile = parse_raw(raw_path.read_text(errors="replace"))
+            text = (f"pymailsys under smtp-source load, profiled with py-spy: {args.messages} "
+                    f"messages of {args.size} bytes over {args.sessions} sessions\n"
+                    f"under profiling: accepted {result.accepted_per_s:.0f}/s, delivered "
+                    f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
+                    f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
+                    + format_profile(profile, args.top, args.rate))
+            (args.out / "profile.txt").write_text(text + "\n")
+            print(text)
+            compare.note(f"wrote {args.out / 'profile.txt'} and {raw_path}")
+            status = 0
+        except compare.BenchError as exc:
+            print(f"profile_daemons.py: {exc}", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            print(f"profile_daemons.py: interrupted ({exc}); cleaning up", file=sys.stderr)
+            status = 130
+        finally:
+            if spy is not None and spy.poll() is None:
+                spy.kill()
+                spy.wait()
+            if system is not None:
+                with contextlib.suppress(Exception):
+                    system.destroy()
+            if account is not None:
+                compare.remove_account(account)
+            if args.keep:
+                compare.note(f"kept {top}")
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
