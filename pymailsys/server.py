@@ -48,6 +48,8 @@ LIFELINE_FD = 4
 STATUS_FD = 5
 LISTEN_FD = 6
 
+_INHERITED: set[int] = set()  # of LIFELINE_FD, STATUS_FD: those master handed over
+
 STATUS_AVAILABLE = b"A"
 STATUS_BUSY = b"B"
 
@@ -124,7 +126,7 @@ class _Runner:
         self.max_use = ctx.config.get_int("max_use")
         self.max_idle = ctx.config.get_time("max_idle")
         self.idle_since = asyncio.get_running_loop().time()
-        self.status_fd = STATUS_FD if _fd_open(STATUS_FD) else None
+        self.status_fd = STATUS_FD if STATUS_FD in _INHERITED else None
         self.last_status = b""
         self.servers: list[asyncio.AbstractServer] = []
         self.fifo_fds: list[int] = []
@@ -251,6 +253,10 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     transport = flags.get("-t", "unix")
     service = flags.get("-n", program)
     listeners = _listener_sockets(flags, transport)
+    # Decide before the event loop opens descriptors of its own (which may be 4 and 5):
+    # run by hand (-L) there is no master, so no lifeline and no status pipe.
+    if "-L" not in flags:
+        _INHERITED.update(fd for fd in (LIFELINE_FD, STATUS_FD) if _fd_open(fd))
     if "-u" in flags:
         drop_privileges(cfg)
     ctx = Context(cfg, Spool.from_config(cfg), program, service, transport, rest,
@@ -298,7 +304,7 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
         else:
             runner.servers.append(await asyncio.start_server(
                 runner.on_client, sock=item, limit=1 << 20))
-    if _fd_open(LIFELINE_FD):
+    if LIFELINE_FD in _INHERITED:
         os.set_blocking(LIFELINE_FD, False)
 
         def lifeline() -> None:
