@@ -170,6 +170,10 @@ _TABLE: list[Param] = [
     _p("always_bcc", "", doc="address that receives a copy of every message"),
     _p("header_checks", "", "list", "tables of header checks"),
     _p("body_checks", "", "list", "tables of body checks"),
+    _p("append_at_myorigin", "yes", "bool", "append @$myorigin to addresses without a domain"),
+    _p("remote_header_rewrite_domain", "", doc="domain appended to incomplete addresses in remote mail"),
+    _p("header_from_format", "standard", doc="format of the From: header cleanup adds (standard, obsolete)"),
+    _p("enable_original_recipient", "yes", "bool", "keep original recipient (O) records"),
     # local
     _p("alias_maps", "hash:/etc/aliases", "list", "alias tables used by local"),
     _p("alias_database", "hash:/etc/aliases", "list", "alias tables newaliases builds"),

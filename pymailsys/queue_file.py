@@ -115,24 +115,35 @@ class QueueFileBuilder:
         self._content.append(r.text_records(text, limit))
         self._content_length += len(text) + 2
 
+    def record(self, rec_type: bytes, payload: bytes) -> None:
+        """Any other envelope record, in call order (e.g. W, V, pre-encoded by the caller)."""
+        self._head.append(r.encode_record(rec_type, payload))
+
+    def content_records(self, records: bytes, content_length: int) -> None:
+        """Content already framed as N/L records, and its share of the content length."""
+        self._content.append(records)
+        self._content_length += content_length
+
     def extracted_attr(self, name: str, value: str) -> None:
         self._extracted.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode()))
 
     def build(self) -> bytes:
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """The file as a list of byte strings (for os.writev: the content is not copied)."""
         head = b"".join(self._head)
         mesg = r.encode_record(r.REC_TYPE_MESG, b"")
         data_offset = r.SIZE_RECORD_LENGTH + 2 + len(head) + len(mesg)
-        content = b"".join(self._content)
-        content_size = len(content)
+        content_size = sum(map(len, self._content))
         size_rec = r.message_size_record(content_size, data_offset, self._rcpt_count,
                                          self.qmgr_flags, self._content_length, self.smtputf8)
         assert len(size_rec) == r.SIZE_RECORD_LENGTH + 2
-        return b"".join([
-            size_rec, head, mesg, content,
-            r.encode_record(r.REC_TYPE_XTRA, b""),
-            b"".join(self._extracted),
-            r.encode_record(r.REC_TYPE_END, b""),
-        ])
+        return [
+            size_rec, head, mesg, *self._content,
+            r.encode_record(r.REC_TYPE_XTRA, b"") + b"".join(self._extracted)
+            + r.encode_record(r.REC_TYPE_END, b""),
+        ]
 
 
 def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Envelope:

@@ -1,0 +1,337 @@
+"""cleanup - canonicalize and enqueue Internet mail (Postfix's cleanup(8)).
+
+SYNOPSIS
+    python3 -m pymailsys.daemons.cleanup [generic daemon options]
+    (started by master from master.cf: ``cleanup unix n - n - 0 cleanup``)
+
+DESCRIPTION
+    The only writer of queue files. It serves ``public/cleanup`` with the
+    request/reply contract in ``pymailsys.services`` (one attribute list per
+    message; clients keep one connection open and pipeline requests, which are
+    handled concurrently and answered in order). For each message it:
+
+    * rewrites the envelope sender and recipients in the local context
+      (``pymailsys.rewrite``: source routes, bang paths, the percent hack,
+      ``@$myorigin``); a sender of MAILER-DAEMON@$myorigin becomes <>; an
+      empty recipient becomes $empty_address_recipient; duplicate recipients
+      are removed (the first duplicate_filter_limit are remembered);
+    * prepends the Received: header of its origin (smtpd, pickup with the
+      submitting uid, bounce/local), counts Received: headers against
+      hopcount_limit, drops message_drop_headers, and adds a missing
+      Message-Id:, Date: and From: for local submissions (rewrite_context
+      local) or with always_add_missing_headers (``cleanup_headers``);
+    * writes the queue file in incoming/ in Postfix's record order (hold/ with
+      CLEANUP_FLAG_HOLD), marks it complete (0700) and fsyncs it, grouped with
+      the other files of the same event-loop turn (``cleanup_queue``), and
+      answers status 0 only after the fsync that covers its own file returned;
+    * then wakes qmgr (``I`` on public/qmgr), once per batch, on a connection
+      that stays open.
+
+DIAGNOSTICS
+    Replies (status, dsn, reason): 0 2.0.0 queued; 451 4.3.0 "Error: queue
+    file write error" (the file is removed, never acknowledged); 452 4.3.1
+    "Error: Insufficient system storage" (queue_minfree); 550 5.1.0 "Error: no
+    recipients specified"; 552 5.3.4 "Error: message file too big" (the queue
+    file would exceed message_size_limit); 554 5.4.0 "Error: too many hops".
+    Logs as Postfix's cleanup: ``QUEUEID: message-id=<...>`` (``<>`` when
+    none), ``warning: QUEUEID: message rejected: hopcount exceeded``,
+    ``warning: QUEUEID: queue file size limit exceeded``, ``warning: QUEUEID:
+    write queue file: ...``.
+
+SECURITY
+    Runs as mail_owner, never root; trusts the content of requests only as
+    data. Files are created 0600 and become 0700 when complete.
+
+CONFIGURATION PARAMETERS
+    myhostname, myorigin, mydomain, mail_name, append_at_myorigin,
+    append_dot_mydomain, swap_bangpath, allow_percent_hack,
+    empty_address_recipient, duplicate_filter_limit, hopcount_limit,
+    message_drop_headers, always_add_missing_headers, header_from_format,
+    line_length_limit, message_size_limit, queue_minfree, delay_warning_time,
+    enable_original_recipient, enable_long_queue_ids, queue_service_name.
+    All are read once at start-up; a reload restarts the process.
+
+SEE ALSO
+    pymailsys.services (the contract), cleanup_headers, cleanup_queue,
+    pymailsys.rewrite, pymailsys.queue_file (record order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from pymailsys.daemons import cleanup_headers as hdr
+from pymailsys.daemons.cleanup_queue import QmgrTrigger, QueueWriter
+
+from pymailsys import attr, log, server, services
+from pymailsys import queue as q
+from pymailsys import records as r
+from pymailsys.queue_file import QueueFileBuilder
+from pymailsys.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
+
+PROGRAM = "cleanup"
+
+DSN_NOTIFY = {"NEVER": 1, "SUCCESS": 2, "FAILURE": 4, "DELAY": 8}
+DSN_RET = {"FULL": 1, "HDRS": 2}
+
+
+def _reply(status: int, dsn: str, text: str) -> dict[str, Any]:
+    return {"status": status, "dsn": dsn, "reason": f"Error: {text}"}
+
+
+ERR_WRITE = (451, "4.3.0", "queue file write error")
+ERR_STORAGE = (452, "4.3.1", "Insufficient system storage")
+ERR_NORCPT = (550, "5.1.0", "no recipients specified")
+ERR_SIZE = (552, "5.3.4", "message file too big")
+ERR_HOPS = (554, "5.4.0", "too many hops")
+ERR_PROTO = (451, "4.3.0", "internal protocol error")
+
+
+class Settings:
+    """The parameters cleanup reads, read once."""
+
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        self.myhostname = config.get("myhostname")
+        self.mail_name = config.get("mail_name")
+        self.local = RewriteContext.from_config(config, CONTEXT_LOCAL)
+        self.empty_rcpt = config.get("empty_address_recipient") or "MAILER-DAEMON"
+        self.mailer_daemon = rewrite_address("MAILER-DAEMON", self.local).lower()
+        self.dup_limit = config.get_int("duplicate_filter_limit")
+        self.hop_limit = config.get_int("hopcount_limit")
+        self.drop = frozenset(n.lower().encode() for n in config.get_list("message_drop_headers"))
+        self.always_add = config.get_bool("always_add_missing_headers")
+        self.hfrom_standard = config.get("header_from_format").strip().lower() != "obsolete"
+        self.line_limit = max(config.get_int("line_length_limit"), 1)
+        self.size_limit = config.get_size("message_size_limit")
+        self.minfree = config.get_size("queue_minfree")
+        self.delay_warning = config.get_time("delay_warning_time")
+        self.keep_orcpt = config.get_bool("enable_original_recipient")
+        self.long_ids = config.get_bool("enable_long_queue_ids")
+        self.qmgr_service = config.get("queue_service_name")
+
+
+def _notify_value(text: str) -> int:
+    text = text.strip()
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    value = 0
+    for word in text.replace(",", " ").split():
+        value |= DSN_NOTIFY.get(word.upper(), 0)
+    return value
+
+
+class Cleanup:
+    """The service: one ``handle`` call per request."""
+
+    def __init__(self, ctx: server.Context, *, grouped: bool = True,
+                 persistent_trigger: bool = True) -> None:
+        self.ctx = ctx
+        self.s = Settings(ctx.config)
+        self.writer = QueueWriter(ctx.spool, grouped=grouped)
+        self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
+        self._space_checked = 0.0
+        self._space_ok = True
+
+    # -- envelope -----------------------------------------------------------
+
+    def _sender(self, sender: str) -> str:
+        clean = rewrite_address(sender, self.s.local)
+        if clean and clean.lower() == self.s.mailer_daemon:
+            return ""
+        return clean
+
+    def _recipients(self, req: attr.AttrList) -> list[tuple[str, str, int, str]]:
+        """(recipient, original, notify, dsn_orcpt) after rewriting and duplicate removal."""
+        rcpts = req.all("rcpt")
+        origs = req.all("orcpt")
+        notifies = req.all("notify")
+        dsn_orcpts = req.all("dsn_orcpt")
+        n = len(rcpts)
+        if len(origs) != n:
+            origs = rcpts
+        if len(notifies) == n:
+            notify_of = [_notify_value(v) for v in notifies]
+        else:
+            one = _notify_value(notifies[0]) if notifies else 0
+            notify_of = [one] * n
+        if len(dsn_orcpts) != n:
+            dsn_orcpts = [""] * n
+        seen: set[tuple[str, int, str, str]] = set()
+        limit = self.s.dup_limit
+        out = []
+        local = self.s.local
+        for raw, orig, notify, dsn_orcpt in zip(rcpts, origs, notify_of, dsn_orcpts, strict=True):
+            clean = rewrite_address(raw or self.s.empty_rcpt, local)
+            key = (dsn_orcpt, notify, orig, clean)
+            if key in seen:
+                continue
+            if len(seen) < limit:
+                seen.add(key)
+            out.append((clean, orig if self.s.keep_orcpt else "", notify, dsn_orcpt))
+        return out
+
+    def _space(self) -> bool:
+        if self.s.minfree <= 0:
+            return True
+        now = time.monotonic()
+        if now - self._space_checked >= 1.0:
+            self._space_checked = now
+            try:
+                st = os.statvfs(self.ctx.spool.dir(q.INCOMING))
+                self._space_ok = st.f_bavail * st.f_frsize >= self.s.minfree
+            except OSError:
+                self._space_ok = True
+        return self._space_ok
+
+    # -- one message --------------------------------------------------------
+
+    def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
+            QueueFileBuilder, hdr.HeaderOutcome]:
+        """Build the queue file for one request (pure but for the clock it is given)."""
+        s = self.s
+        origin = req.text("origin")
+        context = req.text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
+                                                  else CONTEXT_LOCAL)
+        sender = self._sender(req.text("sender"))
+        recipients = self._recipients(req)
+        full_name = req.text("full_name")
+        date = hdr.mail_date(now)
+
+        b = QueueFileBuilder(now)
+        b.attr("rewrite_context", context)
+        if origin == "smtpd":
+            envid = req.text("envid")
+            if envid:
+                b.attr("dsn_envid", envid)
+            ret = req.text("ret").strip()
+            if ret:
+                b.attr("dsn_ret", ret if ret.isdigit() else str(DSN_RET.get(ret.upper(), 0)))
+        elif origin in ("bounce", "local"):
+            b.attr("log_message_origin", "local")
+        if full_name:
+            b.full_name(full_name)
+        b.sender(sender)
+        encoding = req.text("encoding")
+        if encoding:
+            b.attr("encoding", encoding)
+        raw_rcpts = req.all("rcpt")
+        if origin == "smtpd":
+            name = req.text("client_name") or "unknown"
+            addr = req.text("client_addr")
+            port = req.text("client_port")
+            helo = req.text("helo_name")
+            proto = req.text("protocol") or "SMTP"
+            rfc_addr = f"IPv6:{addr}" if ":" in addr else addr
+            b.attr("log_client_name", name)
+            b.attr("log_client_address", rfc_addr)
+            b.attr("log_client_port", port)
+            b.attr("log_message_origin", f"{name}[{addr}]")
+            if helo:
+                b.attr("log_helo_name", helo)
+            b.attr("log_protocol_name", proto)
+            b.attr("client_name", name)
+            b.attr("reverse_client_name", req.text("reverse_client_name") or name)
+            b.attr("client_address", addr)
+            b.attr("client_port", port)
+            if helo:
+                b.attr("helo_name", helo)
+            b.attr("protocol_name", proto)
+            b.attr("client_address_type", "10" if ":" in addr else "2")
+            received = hdr.received_smtpd(helo, name, addr, proto, s.myhostname, s.mail_name,
+                                          queue_id, raw_rcpts[0] if len(raw_rcpts) == 1 else None,
+                                          date)
+        elif origin == "pickup":
+            received = hdr.received_pickup(s.myhostname, s.mail_name, req.number("uid"),
+                                           queue_id, date)
+        else:
+            received = hdr.received_local(s.myhostname, s.mail_name, queue_id, date)
+        if s.delay_warning > 0 and sender:
+            b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
+        for clean, orig, notify, dsn_orcpt in recipients:
+            b.recipient(clean, orig, notify, dsn_orcpt)
+
+        job = hdr.HeaderJob(queue_id=queue_id, myhostname=s.myhostname, created=now, date=date,
+                            sender=sender, full_name=full_name,
+                            add_missing=context == CONTEXT_LOCAL or s.always_add,
+                            long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard)
+        outcome = hdr.process(req.raw("content") or b"", received, job, s.drop, s.line_limit)
+        b.content_records(b"".join(outcome.records), outcome.content_length)
+        return b, outcome
+
+    async def handle(self, req: attr.AttrList) -> dict[str, Any]:
+        s = self.s
+        if not req.all("rcpt"):
+            return _reply(*ERR_NORCPT)
+        if not self._space():
+            return _reply(*ERR_STORAGE)
+        try:
+            queue_id, path, fd = self.writer.create()
+        except OSError as e:
+            log.warning(f"{PROGRAM}: create file {self.ctx.spool.dir(q.INCOMING)}: {e.strerror}")
+            return _reply(*ERR_WRITE)
+        try:
+            content = req.raw("content") or b""
+            if s.size_limit and len(content) > s.size_limit:
+                self.writer.discard(fd, path)
+                log.warning(f"{queue_id}: queue file size limit exceeded")
+                return _reply(*ERR_SIZE)
+            builder, outcome = self.assemble(req, queue_id, time.time())
+            parts = builder.parts()
+        except attr.ProtocolError as e:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: message rejected: {e}")
+            return _reply(*ERR_PROTO)
+        except BaseException:
+            self.writer.discard(fd, path)
+            raise
+        for mid in outcome.message_ids:
+            log.info(f"{queue_id}: message-id={mid}")
+        if outcome.hop_count >= s.hop_limit:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: message rejected: hopcount exceeded")
+            return _reply(*ERR_HOPS)
+        if s.size_limit and sum(map(len, parts)) > s.size_limit:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: queue file size limit exceeded")
+            return _reply(*ERR_SIZE)
+        hold = bool(req.number("flags") & services.CLEANUP_FLAG_HOLD)
+        try:
+            await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING)
+        except OSError as e:
+            log.warning(f"{queue_id}: write queue file: {e.strerror}")
+            return _reply(*ERR_WRITE)
+        if not hold:
+            self.qmgr.kick()
+        return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
+
+
+async def _start(ctx: server.Context) -> None:
+    grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
+    persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
+    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
+
+
+async def _stop(ctx: server.Context) -> None:
+    service: Cleanup | None = ctx.state.get("cleanup")
+    if service is not None:
+        await service.qmgr.close()
+        service.writer.close()
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                ctx: server.Context) -> None:
+    service: Cleanup = ctx.state["cleanup"]
+    await attr.serve_pipelined(reader, writer, service.handle)
+
+
+def main(argv: list[str] | None = None) -> None:
+    server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""cleanup's message content work: the primary header block, added headers, records.
+
+Takes the message ``content`` (header, empty line, body; lines end in LF), the
+Received: header lines this cleanup prepends, and the per-message facts
+(``HeaderJob``); returns a ``HeaderOutcome`` with the queue-file content
+records (N/L records, Postfix's record framing, long lines split at
+line_length_limit) and what the header pass learned: the Received: count, the
+``message-id=`` log values, the lines that were added.
+
+What it does, as Postfix 3.7's cleanup_message.c does:
+
+* the primary header block is the lines from the top up to the first empty
+  line or the first line that is neither a header (``name:``) nor a
+  continuation of one; the body starts there, untouched;
+* every Received: header is counted (ours first) before any is dropped;
+* headers named in message_drop_headers are removed (case-insensitive);
+* every Message-Id: value is reported for the ``QUEUEID: message-id=...`` log;
+* with ``add_missing`` (local submissions, or always_add_missing_headers) the
+  missing ``(Resent-)Message-Id: <YYYYMMDDhhmmss.QUEUEID@myhostname>`` (UTC of
+  file creation; long queue IDs ``<QUEUEID@myhostname>``), ``(Resent-)Date:``
+  (``mail_date``: local time) and ``(Resent-)From:`` are appended after the
+  last header, the Resent- forms once a Resent- header was seen;
+  ``message-id=<>`` is reported when no Message-Id: remains known.
+
+Refuses nothing itself: the caller compares ``hop_count`` with hopcount_limit
+and the file size with message_size_limit. Pure: no I/O, no configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from pymailsys import records as r
+from pymailsys.rewrite import quote_822_local
+
+_HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",
+                                            b"reply-to", b"sender", b"to"))
+# One-byte record headers for short N records: b"N" + length.
+_N_HEAD = [r.REC_TYPE_NORM + bytes((n,)) for n in range(128)]
+_PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
+
+
+def mail_date(when: float) -> str:
+    """Postfix 3.7's mail_date(): ``Sat, 22 Aug 2026 16:28:33 +1000 (AEST)``, %e day."""
+    t = int(when)
+    lt = time.localtime(t)
+    gmt = time.gmtime(t)
+    off = (lt.tm_hour - gmt.tm_hour) * 60 + lt.tm_min - gmt.tm_min
+    if lt.tm_year < gmt.tm_year:
+        off -= 1440
+    elif lt.tm_year > gmt.tm_year:
+        off += 1440
+    elif lt.tm_yday < gmt.tm_yday:
+        off -= 1440
+    elif lt.tm_yday > gmt.tm_yday:
+        off += 1440
+    hours = int(off / 60)  # C division truncates toward zero
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[lt.tm_wday]
+    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+             "Dec")[lt.tm_mon - 1]
+    return (f"{days}, {lt.tm_mday:2d} {month} {lt.tm_year} "
+            f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
+            f"{hours:+03d}{abs(off) % 60:02d} ({time.strftime('%Z', lt)})")
+
+
+def received_smtpd(helo: str, name: str, addr: str, protocol: str, myhostname: str,
+                   mail_name: str, queue_id: str, rcpt: str | None, date: str) -> list[str]:
+    """smtpd's Received: header; ``for <rcpt>`` only when there is exactly one recipient."""
+    name = name or "unknown"
+    rfc_addr = f"IPv6:{addr}" if ":" in addr else addr
+    by = f"\tby {myhostname} ({mail_name})"
+    if protocol:
+        by += f" with {protocol}"
+    by += f" id {queue_id}"
+    first = f"Received: from {helo or name} ({name} [{rfc_addr}])"
+    if rcpt is not None:
+        return [first, by, f"\tfor <{quote_822_local(rcpt)}>; {date}"]
+    return [first, by + ";", f"\t{date}"]
+
+
+def received_pickup(myhostname: str, mail_name: str, uid: int, queue_id: str,
+                    date: str) -> list[str]:
+    """pickup's Received: header."""
+    return [f"Received: by {myhostname} ({mail_name}, from userid {uid})",
+            f"\tid {queue_id}; {date}"]
+
+
+def received_local(myhostname: str, mail_name: str, queue_id: str, date: str) -> list[str]:
+    """The Received: header of mail that Postfix itself posts (bounces, forwarding)."""
+    return [f"Received: by {myhostname} ({mail_name})", f"\tid {queue_id}; {date}"]
+
+
+def phrase(full_name: str) -> str:
+    """A full name as an RFC 5322 phrase (quoted when needed, RFC 2047 when not ASCII)."""
+    text = " ".join(full_name.replace("\x7f", " ").translate(
+        {c: " " for c in range(32)}).split())
+    if not text:
+        return ""
+    if not text.isascii():
+        raw = text.encode("utf-8", "surrogateescape")
+        enc = "".join(chr(b) if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122) else
+                      "_" if b == 32 else f"={b:02X}" for b in raw)
+        return f"=?utf-8?q?{enc}?="
+    if _PHRASE_SPECIALS.intersection(text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def from_header(resent: str, sender: str, full_name: str, hfrom_standard: bool = True) -> list[str]:
+    """The added From: header, folded as cleanup_fold_header does."""
+    addr = quote_822_local(sender or "MAILER-DAEMON")
+    name = phrase(full_name) if sender else ""
+    if not name:
+        return [f"{resent}From: {addr}"]
+    if hfrom_standard:
+        parts = [f"{resent}From: {name}", f"<{addr}>"]
+    else:
+        parts = [f"{resent}From: {addr}", f"({name})"]
+    if len(parts[0]) + 1 + len(parts[1]) < 70:
+        return [parts[0] + " " + parts[1]]
+    return [parts[0], "\t" + parts[1]]
+
+
+@dataclass
+class HeaderJob:
+    """Per-message facts the header pass needs."""
+
+    queue_id: str
+    myhostname: str
+    created: float  # queue file creation time (Message-Id)
+    date: str  # mail_date of the arrival time (Date:)
+    sender: str  # rewritten envelope sender, "" for <>
+    full_name: str = ""
+    add_missing: bool = False
+    long_queue_ids: bool = False
+    hfrom_standard: bool = True
+
+
+@dataclass
+class HeaderOutcome:
+    records: list[bytes]  # the content records, in order (join them)
+    content_length: int  # sum over lines of len(line) + 2 (C record field 5)
+    hop_count: int = 0
+    message_ids: list[str] = field(default_factory=list)  # values to log, in order
+    added: list[str] = field(default_factory=list)  # header lines added (not Received)
+
+
+def encode_lines(lines: list[bytes], limit: int) -> tuple[bytes, int]:
+    """N/L records for lines without terminators: (records, content_length share)."""
+    out: list[bytes] = []
+    append = out.append
+    head = _N_HEAD
+    total = 0
+    for line in lines:
+        n = len(line)
+        total += n
+        if n < 128:
+            append(head[n])
+            append(line)
+        else:
+            append(r.text_records(line, limit))
+    return b"".join(out), total + 2 * len(lines)
+
+
+def split_lines(content: bytes) -> list[bytes]:
+    """The lines of LF-terminated content (a last line without LF counts too)."""
+    if not content:
+        return []
+    lines = content.split(b"\n")
+    if content.endswith(b"\n"):
+        lines.pop()
+    return lines
+
+
+def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset[bytes],
+            line_limit: int) -> HeaderOutcome:
+    """Run the header pass over content and return the content records."""
+    out = HeaderOutcome(records=[], content_length=0)
+    header_lines: list[bytes] = [s.encode("utf-8", "surrogateescape") for s in received]
+    seen: set[bytes] = set()
+    resent = False
+    # Our own Received: header counts as the first hop.
+    out.hop_count = 1
+    seen.add(b"received")
+
+    lines = split_lines(content)
+    current: list[bytes] = []
+    current_name = b""
+
+    def flush() -> None:
+        nonlocal resent
+        if not current:
+            return
+        name = current_name
+        seen.add(name)
+        if name == b"received":
+            out.hop_count += 1
+        elif name == b"message-id":
+            colon = current[0].find(b":")
+            value = b"".join([current[0][colon + 1:], *current[1:]]).lstrip(b" \t")
+            out.message_ids.append(value.decode("utf-8", "surrogateescape"))
+        if name in _RESENT:
+            resent = True
+        if name not in drop:
+            header_lines.extend(current)
+
+    body_start = len(lines)
+    match = _HEADER_NAME.match
+    for i, line in enumerate(lines):
+        if not line:
+            body_start = i
+            break
+        first = line[0]
+        if first == 0x20 or first == 0x09:
+            if not current:
+                body_start = i
+                break
+            current.append(line)
+        else:
+            m = match(line)
+            if m is None:
+                body_start = i
+                break
+            flush()
+            current = [line]
+            current_name = m.group(1).lower()
+    flush()
+
+    if job.add_missing:
+        prefix = "Resent-" if resent else ""
+        mid_name = b"resent-message-id" if resent else b"message-id"
+        if mid_name not in seen:
+            if job.long_queue_ids:
+                mid = f"{job.queue_id}@{job.myhostname}"
+            else:
+                stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(int(job.created)))
+                mid = f"{stamp}.{job.queue_id}@{job.myhostname}"
+            out.added.append(f"{prefix}Message-Id: <{mid}>")
+            if resent:
+                seen.add(b"resent-message-id")
+            else:
+                out.message_ids.append(f"<{mid}>")
+                seen.add(b"message-id")
+        if (b"resent-date" if resent else b"date") not in seen:
+            out.added.append(f"{prefix}Date: {job.date}")
+        if (b"resent-from" if resent else b"from") not in seen:
+            out.added.extend(from_header(prefix, job.sender, job.full_name, job.hfrom_standard))
+    if b"message-id" not in seen:
+        out.message_ids.append("<>")
+    header_lines.extend(s.encode("utf-8", "surrogateescape") for s in out.added)
+
+    records = out.records
+    length = 0
+    for line in header_lines:
+        n = len(line)
+        records.append(_N_HEAD[n] + line if n < 128 else r.text_records(line, line_limit))
+        length += n + 2
+    body, body_length = encode_lines(lines[body_start:], line_limit)
+    if body:
+        records.append(body)
+    out.content_length = length + body_length
+    return out

@@ -1,0 +1,221 @@
+"""cleanup's queue writing: grouped fsync, and the qmgr wake-up on one connection.
+
+``QueueWriter.create()`` makes a new file in incoming/ (``Spool.create_queue_file``:
+O_EXCL, fstat, rename to the queue ID) and returns (queue_id, path, fd).
+``await QueueWriter.commit(fd, path, parts, queue)`` writes the parts with
+``os.writev`` (looping on short writes), fchmods the file to MODE_COMPLETE
+(0700), moves it to ``queue`` when that is not incoming (hold), and then waits
+for the fsync that covers this file. fsyncs are grouped: the files committed in
+one event-loop turn are fsynced together, each in a worker thread so that the
+kernel merges them into one journal commit; every caller resumes only after
+the fsync of its *own* file returned. The event loop never blocks on fsync.
+
+Promises: ``commit`` returns only when the file is written, complete, in its
+final place and fsynced. On any error it closes and unlinks the file and
+raises ``OSError``; a failed fsync is never retried. ``discard(fd, path)``
+removes a file that will not be committed.
+
+``QmgrTrigger.kick()`` asks for one ``I`` (scan incoming) wake-up; the kicks of
+one event-loop turn become one byte written on a connection to public/qmgr
+that stays open (the trigger server reads bytes until end of file, so each
+byte is one wake-up). A broken or refused connection is reopened on the next
+kick; a qmgr that is not running is not an error (its timer catches up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from pymailsys import log, trigger
+from pymailsys import queue as q
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while n and views:
+            first = len(views[0])
+            if n >= first:
+                n -= first
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class QueueWriter:
+    """Creates queue files and commits them with grouped fsyncs."""
+
+    def __init__(self, spool: q.Spool, threads: int = 16, grouped: bool = True) -> None:
+        self.spool = spool
+        self.grouped = grouped
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync")
+        self._batch: list[tuple[int, asyncio.Future[None]]] = []
+        self._scheduled = False
+        self.batches = 0
+        self.files = 0
+
+    def create(self) -> tuple[str, str, int]:
+        return self.spool.create_queue_file(q.INCOMING)
+
+    @staticmethod
+    def discard(fd: int, path: str) -> None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning(f"remove {path}: {e.strerror}")
+
+    async def commit(self, fd: int, path: str, parts: list[bytes],
+                     queue: str = q.INCOMING) -> str:
+        """Write, mark complete, place, fsync; the file's final path."""
+        try:
+            _write_all(fd, parts)
+            os.fchmod(fd, q.MODE_COMPLETE)
+            if queue != q.INCOMING:
+                queue_id = os.path.basename(path)
+                new = self.spool.path(queue, queue_id)
+                self.spool.ensure_hash_dirs(queue, queue_id)
+                os.rename(path, new)
+                path = new
+        except OSError:
+            self.discard(fd, path)
+            raise
+        loop = asyncio.get_running_loop()
+        if not self.grouped:  # the baseline: one fsync at a time, on the event loop
+            try:
+                _fsync_close(fd)
+            except OSError:
+                self._unlink(path)
+                raise
+            return path
+        fut: asyncio.Future[None] = loop.create_future()
+        self._batch.append((fd, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        try:
+            await fut
+        except OSError:
+            self._unlink(path)
+            raise
+        return path
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        self.batches += 1
+        self.files += len(batch)
+        loop = asyncio.get_running_loop()
+        for fd, fut in batch:
+            job = loop.run_in_executor(self._pool, _fsync_close, fd)
+            job.add_done_callback(functools.partial(_settle, fut))
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning(f"remove {path}: {e.strerror}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _settle(fut: asyncio.Future[None], job: asyncio.Future[None]) -> None:
+    if fut.done():
+        return
+    exc = job.exception()
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+class QmgrTrigger:
+    """One ``I`` per event-loop turn on a long-lived connection to public/qmgr."""
+
+    def __init__(self, path: str, persistent: bool = True) -> None:
+        self.path = path
+        self.persistent = persistent
+        self._writer: asyncio.StreamWriter | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._wanted = False
+        self._sending = False
+        self.sent = 0
+
+    def kick(self) -> None:
+        if self._wanted:
+            return
+        self._wanted = True
+        if not self._sending:
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        if not self._sending:
+            self._sending = True
+            asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._wanted:
+                self._wanted = False
+                if not self.persistent:
+                    if await trigger.async_trigger(self.path, trigger.SCAN_INCOMING):
+                        self.sent += 1
+                    continue
+                writer = await self._connection()
+                if writer is None:
+                    continue
+                writer.write(trigger.SCAN_INCOMING)
+                self.sent += 1
+        finally:
+            self._sending = False
+
+    async def _connection(self) -> asyncio.StreamWriter | None:
+        if self._writer is not None and not self._writer.is_closing():
+            return self._writer
+        try:
+            reader, self._writer = await asyncio.open_unix_connection(self.path)
+        except OSError:
+            self._writer = None
+            return None
+        self._watch = asyncio.ensure_future(self._watch_eof(reader, self._writer))
+        return self._writer
+
+    async def _watch_eof(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """qmgr never writes; end of file or an error means it went away: reconnect next time."""
+        try:
+            await reader.read(1)
+        except (OSError, asyncio.CancelledError):
+            pass
+        writer.close()
+        if self._writer is writer:
+            self._writer = None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._watch is not None:
+            self._watch.cancel()

@@ -1,0 +1,220 @@
+"""Address rewriting as Postfix's trivial-rewrite does it (the "rewrite" half, not "resolve").
+
+Takes an address in internal form (unquoted: ``john doe@example.com``, ``""``
+for the null address) and a ``RewriteContext`` (the parameter values of one
+rewriting context), and returns the rewritten address in internal form. The
+steps are Postfix's ``rewrite_tree`` (trivial-rewrite/rewrite.c), in order:
+
+1. the empty address stays empty; a lone ``@`` becomes empty;
+2. a source route is stripped: ``@a,@b:user@c`` -> ``user@c``;
+3. an address without ``@``: with ``swap_bangpath``, ``host!user`` ->
+   ``user@host`` (first ``!``); else with ``allow_percent_hack``,
+   ``user%host`` -> ``user@host`` (last ``%``); else, with
+   ``append_at_myorigin`` and a non-empty origin, ``user`` -> ``user@origin``;
+4. with ``append_dot_mydomain`` and a non-empty domain, ``user@host`` (host
+   without a dot and not a ``[literal]``) -> ``user@host.domain``;
+5. one trailing dot is stripped from the domain (``user@host.`` -> ``user@host``).
+
+``!``, ``%`` and ``@`` inside a quoted local part do not count, exactly as
+Postfix's quote-then-tokenize does. The percent hack for ``user%host@local``
+is *not* here: Postfix does that when it resolves a local address (resolve.c).
+
+Contexts (``RewriteContext.from_config``): ``local`` uses ``$myorigin`` and
+``$mydomain``; ``remote`` uses ``$remote_header_rewrite_domain`` for both
+(empty: nothing is appended). Envelope addresses are always rewritten in the
+local context (Postfix's cleanup_addr.c); the remote context is for headers.
+
+Pure functions, no I/O, no configuration reads after ``from_config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTEXT_LOCAL = "local"
+CONTEXT_REMOTE = "remote"
+
+# RFC 822 specials that make a local part need quoting (quote_822_local.c).
+_NEEDS_QUOTE = frozenset('()<>@,;:\\"[] ')
+# Characters that end an atom when tokenizing the external form (tok822).
+_TOKEN_SPECIALS = frozenset('()<>@,;:\\".[]!%')
+# Characters that never occur in a plain "user@domain" address.
+_NOT_SIMPLE = frozenset('"\\()<>,;:[] !%\t\r\n')
+
+
+@dataclass(frozen=True)
+class RewriteContext:
+    """The parameter values one rewriting context uses."""
+
+    origin: str  # appended to addresses without @ (empty: nothing)
+    domain: str  # appended to host names without a dot (with append_dot_mydomain)
+    swap_bangpath: bool = True
+    percent_hack: bool = True
+    append_at_myorigin: bool = True
+    append_dot_mydomain: bool = False
+
+    @classmethod
+    def from_config(cls, config, context: str = CONTEXT_LOCAL) -> RewriteContext:  # type: ignore[no-untyped-def]
+        if context == CONTEXT_REMOTE:
+            origin = domain = config.get("remote_header_rewrite_domain")
+        else:
+            origin, domain = config.get("myorigin"), config.get("mydomain")
+        return cls(origin=origin, domain=domain,
+                   swap_bangpath=config.get_bool("swap_bangpath"),
+                   percent_hack=config.get_bool("allow_percent_hack"),
+                   append_at_myorigin=config.get_bool("append_at_myorigin"),
+                   append_dot_mydomain=config.get_bool("append_dot_mydomain"))
+
+
+def _local_part_bounds(addr: str) -> tuple[int, int]:
+    """(start, end) of the local part: after a source route, before the last @."""
+    start = 0
+    if addr.startswith("@"):
+        colon = addr.find(":")
+        if colon >= 0:
+            start = colon + 1
+    end = addr.rfind("@", start)
+    return start, (len(addr) if end < 0 else end)
+
+
+def is_822_dot_string(local: str) -> bool:
+    """True when a local part needs no quoting (Postfix's is_822_dot_string, 8-bit clean)."""
+    if not local or local[0] == "." or local[-1] == "." or ".." in local:
+        return False
+    for ch in local:
+        if ch in _NEEDS_QUOTE or ord(ch) < 32 or ord(ch) == 127:
+            return False
+    return True
+
+
+def quote_822_local(addr: str) -> str:
+    """External form: quote the local part when it is not a dot-string."""
+    start, end = _local_part_bounds(addr)
+    local = addr[start:end]
+    if is_822_dot_string(local):
+        return addr
+    quoted = "".join("\\" + ch if ch in '"\\\r' else ch for ch in local)
+    return f'{addr[:start]}"{quoted}"{addr[end:]}'
+
+
+def unquote_822_local(addr: str) -> str:
+    """Internal form: remove the quoting of the local part."""
+    start = 0
+    if addr.startswith("@"):
+        colon = addr.find(":")
+        if colon >= 0:
+            start = colon + 1
+    end = addr.rfind("@", start)
+    if end < 0:
+        end = len(addr)
+    if '"' not in addr[start:end] and "\\" not in addr[start:end]:
+        return addr
+    out: list[str] = [addr[:start]]
+    in_quote = False
+    i = start
+    while i < end:
+        ch = addr[i]
+        if ch == '"':
+            in_quote = not in_quote
+        elif ch == "\\" and i + 1 < end:
+            i += 1
+            out.append(addr[i])
+        else:
+            out.append(ch)
+        i += 1
+    out.append(addr[end:])
+    return "".join(out)
+
+
+def _tokenize(text: str) -> list[str]:
+    """tok822-style tokens of an external-form address: atoms, "quoted", [literal], specials."""
+    tokens: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            tokens.append(text[i:j + 1])
+            i = j + 1
+        elif ch == "[":
+            j = text.find("]", i)
+            j = n - 1 if j < 0 else j
+            tokens.append(text[i:j + 1])
+            i = j + 1
+        elif ch in _TOKEN_SPECIALS:
+            tokens.append(ch)
+            i += 1
+        elif ch in " \t":
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _TOKEN_SPECIALS and text[j] not in " \t":
+                j += 1
+            tokens.append(text[i:j])
+            i = j
+    return tokens
+
+
+def _rfind(tokens: list[str], tok: str) -> int:
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] == tok:
+            return i
+    return -1
+
+
+def rewrite_tokens(tokens: list[str], ctx: RewriteContext) -> list[str]:
+    """Postfix's rewrite_tree on a token list (external form)."""
+    if not tokens or tokens == ['""']:
+        return tokens
+    if tokens == ["@"]:
+        return ['""']
+    if tokens[0] == "@" and ":" in tokens:
+        colon = tokens.index(":")
+        if colon != len(tokens) - 1:
+            tokens = tokens[colon + 1:]
+    if "@" not in tokens:
+        if ctx.swap_bangpath and "!" in tokens:
+            bang = tokens.index("!")
+            tokens = tokens[bang + 1:] + ["@"] + tokens[:bang]
+        elif ctx.percent_hack and "%" in tokens:
+            pct = _rfind(tokens, "%")
+            tokens = tokens[:pct] + ["@"] + tokens[pct + 1:]
+        elif ctx.append_at_myorigin and ctx.origin:
+            tokens = tokens + ["@"] + _tokenize(ctx.origin)
+    if ctx.append_dot_mydomain and ctx.domain:
+        at = _rfind(tokens, "@")
+        if at >= 0 and at != len(tokens) - 1:
+            rest = tokens[at + 1:]
+            if "." not in rest and not any(t.startswith("[") for t in rest):
+                tokens = tokens + ["."] + _tokenize(ctx.domain)
+    if len(tokens) >= 2 and tokens[-1] == "." and tokens[-2] not in (".", "@"):
+        tokens = tokens[:-1]
+    return tokens
+
+
+def rewrite_external(addr: str, ctx: RewriteContext) -> str:
+    """Rewrite an address in external (quoted) form."""
+    return "".join(rewrite_tokens(_tokenize(addr), ctx))
+
+
+def rewrite_address(addr: str, ctx: RewriteContext) -> str:
+    """Rewrite an address in internal form; the result is in internal form."""
+    if not addr:
+        return addr
+    # Fast paths for the common shapes; the same result as the general path.
+    if not ctx.append_dot_mydomain and addr[-1] != "." and not _NOT_SIMPLE.intersection(addr):
+        at = addr.rfind("@")
+        if at > 0 and addr[0] != "@" and addr.find("@") == at and _plain_local(addr[:at]):
+            return addr
+        if at < 0 and _plain_local(addr):
+            return f"{addr}@{ctx.origin}" if ctx.append_at_myorigin and ctx.origin else addr
+    result = rewrite_external(quote_822_local(addr), ctx)
+    if result == '""':
+        return ""
+    return unquote_822_local(result)
+
+
+def _plain_local(local: str) -> bool:
+    return bool(local) and local[0] != "." and local[-1] != "." and ".." not in local
