@@ -46,6 +46,8 @@ _POSIX_CLASSES = {
     "cntrl": r"\x00-\x1f\x7f", "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
 }
 
+_PCRE_CLASS_RE = re.compile(r"\[:(" + "|".join(_POSIX_CLASSES) + r"):\]")
+
 
 def posix_to_python(pattern: str, extended: bool = True) -> str:
     """Translate a POSIX (GNU) regular expression into Python's re syntax."""
@@ -244,6 +246,7 @@ class RegexpTable(Table):
             else:
                 self._warn(lineno, f'unknown regexp option "{f}": skipping this rule')
                 raise _SkipRule
+        source = _PCRE_CLASS_RE.sub(lambda m: _POSIX_CLASSES[m.group(1)], source)
         if dollar_end and not flags & re.MULTILINE:
             source = re.sub(r"(?<!\\)\$", r"\\Z", source)
         if anchored:
