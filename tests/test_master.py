@@ -1,0 +1,282 @@
+"""master with real processes: listeners, on-demand children, restarts, wake-ups, reload, stop.
+
+Services are the test daemons in tests/pmsfixtures (a master.cf command with a
+dot is a full module name) next to the real ones where a test says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import IS_ROOT, ME, Instance, wait_until
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(autouse=True)
+def fixture_daemons_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+
+
+def make(new_instance, master: str, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    inst = new_instance(maildir=True, settings=settings or None)
+    inst.write("etc/master.cf", master)
+    return inst
+
+
+def master_pid(inst: Instance) -> int:
+    return int((inst.queue_dir / "pid" / "master.pid").read_text())
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode() for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def service_pids(inst: Instance, service: str) -> list[int]:
+    out = []
+    for pid in inst.pids():
+        args = cmdline(pid)
+        if "-n" in args and args[args.index("-n") + 1] == service:
+            out.append(pid)
+    return out
+
+
+def echo_unix(inst: Instance, service: str) -> tuple[int, str]:
+    """Connect to an echo service: (pid of the child that answered, its args)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(20)
+        s.connect(str(inst.queue_dir / "public" / service))
+        return _greeting(s)
+
+
+def echo_inet(port: int) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        return _greeting(s)
+
+
+def _greeting(s: socket.socket) -> tuple[int, str]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    m = re.match(rb"pid=(\d+) service=\S+ args=(.*)\n", data)
+    assert m, data
+    s.sendall(b"ping\n")
+    assert s.recv(16) == b"ping\n"
+    return int(m.group(1)), m.group(2).decode()
+
+
+ECHO = ("echo      unix  n       -       n       -       2       pmsfixtures.echo\n"
+        "{port}   inet  n       -       n       -       -       pmsfixtures.echo\n")
+
+
+def test_start_status_pid_file_and_children(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf", ECHO.format(port=inst.port))
+    inst.start(wait_smtp=False)
+    pid = master_pid(inst)
+    status = inst.postfix("status")
+    assert f"the Postfix mail system is running: PID: {pid}" in status.stderr
+    text = (inst.queue_dir / "pid" / "master.pid").read_text()
+    assert text == f"{pid:>32}\n"
+    with open(inst.queue_dir / "pid" / "master.pid") as f, pytest.raises(BlockingIOError):
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert cmdline(pid)[1:3] == ["-m", "pymailsys.daemons.master"]
+    inst.wait_log(rf"postfix/master\[{pid}\]: daemon started -- version \S+, "
+                  rf"configuration {re.escape(str(inst.config_dir))}$")
+    child, _args = echo_unix(inst, "echo")
+    args = cmdline(child)
+    assert args[1:3] == ["-m", "pmsfixtures.echo"]
+    assert args[3:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u"]
+    inet_child, _ = echo_inet(inst.port)  # a bare port binds inet_interfaces (127.0.0.1)
+    assert cmdline(inet_child)[3:] == ["-c", str(inst.config_dir), "-n", str(inst.port), "-t",
+                                      "inet", "-u"]
+    with open(f"/proc/{child}/status") as f:
+        uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+    if IS_ROOT:
+        assert uid == pwd.getpwnam("postfix").pw_uid
+        assert "not running as root" not in inst.log()
+    else:
+        assert uid == os.getuid()
+        inst.wait_log(rf"postfix/master\[{pid}\]: warning: not running as root: "
+                      rf"all services run as user {ME}")
+    mode = os.stat(inst.queue_dir / "public" / "echo").st_mode & 0o777
+    assert mode == 0o666
+
+
+def test_killed_child_is_restarted_on_next_connection(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf", ECHO.format(port=inst.port))
+    inst.start(wait_smtp=False)
+    first, _ = echo_unix(inst, "echo")
+    os.kill(first, signal.SIGKILL)
+    inst.wait_log(rf"postfix/master\[\d+\]: warning: process /\S+/pmsfixtures.echo pid {first} "
+                  r"killed by signal 9")
+    second, _ = echo_unix(inst, "echo")
+    assert second != first
+    assert "bad command startup" not in inst.log()
+
+
+def test_bad_command_startup_throttles(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "", service_throttle_time="2s")
+    inst.write("etc/master.cf",
+               "broken unix n - n - - pmsfixtures.echo exit\n" + ECHO.format(port=inst.port))
+    inst.start(wait_smtp=False)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(inst.queue_dir / "public" / "broken"))
+        inst.wait_log(r"warning: process /\S+/pmsfixtures.echo pid \d+ exit status 1")
+        inst.wait_log(r"warning: /\S+/pmsfixtures.echo: bad command startup -- throttling")
+        # After service_throttle_time master tries again (the client still waits).
+        inst.wait_log(r"bad command startup -- throttling", count=2)
+    # Other services are not affected.
+    echo_unix(inst, "echo")
+    assert master_pid(inst) in inst.pids()
+
+
+def test_stock_master_cf_with_unknown_services_starts(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = new_instance(maildir=True)
+    with open(inst.config_dir / "master.cf", "a") as f:
+        f.write("echo unix n - n - - pmsfixtures.echo\n")
+    inst.start(wait_smtp=False)
+    for service, module in [("tlsmgr/unix", "tlsmgr"), ("anvil/unix", "anvil"),
+                            ("scache/unix", "scache"), ("maildrop/unix", "pipe"),
+                            ("rewrite/unix", "trivial_rewrite"), ("postlog/unix-dgram", "postlogd")]:
+        inst.wait_log(rf"postfix/master\[\d+\]: warning: file {re.escape(str(inst.config_dir))}"
+                      rf"/master.cf: line \d+: service {re.escape(service)}: no daemon module "
+                      rf"pymailsys.daemons.{module} -- service disabled")
+    assert not (inst.queue_dir / "private" / "anvil").exists()
+    assert inst.postfix("status").returncode == 0
+    echo_unix(inst, "echo")
+
+
+TRIGGERS = ("trig      unix  n       -       n       1       1       pmsfixtures.triggerlog\n"
+            "fifotrig  fifo  n       -       n       1       1       pmsfixtures.triggerlog\n"
+            "later     unix  n       -       n       1?      1       pmsfixtures.triggerlog\n")
+
+
+def test_wakeup_services_start_at_once_and_are_woken(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, TRIGGERS)
+    inst.start(wait_smtp=False)
+    inst.wait_log(r"postfix/triggerlog\[\d+\]: trigger 'W' on trig$", count=2)
+    inst.wait_log(r"postfix/triggerlog\[\d+\]: trigger 'W' on fifotrig$", count=2)
+    fifo = inst.queue_dir / "public" / "fifotrig"
+    assert os.stat(fifo).st_mode & 0o777 == 0o622
+    # "1?" wakes up only after first use: nothing runs until a client came.
+    assert service_pids(inst, "later") == []
+    assert "on later" not in inst.log()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(inst.queue_dir / "public" / "later"))
+        s.sendall(b"I")
+    inst.wait_log(r"trigger 'I' on later$")
+    inst.wait_log(r"trigger 'W' on later$")
+
+
+def test_wakeup_service_is_kept_running(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, TRIGGERS)
+    inst.start(wait_smtp=False)
+    running: list[int] = wait_until(lambda: service_pids(inst, "trig"),  # type: ignore[assignment]
+                                    what="trig running")
+    first = running[0]
+    inst.wait_log(rf"postfix/triggerlog\[{first}\]: trigger 'W' on trig$")  # started up
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(lambda: [p for p in service_pids(inst, "trig") if p != first],
+                        what="trig restarted")
+    assert second
+
+
+def test_reload_rereads_configuration(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf", "echo unix n - n - - pmsfixtures.echo one\n"
+                                "gone unix n - n - - pmsfixtures.echo\n")
+    inst.start(wait_smtp=False)
+    assert echo_unix(inst, "echo")[1] == "one"
+    assert echo_unix(inst, "gone")
+    old_master = master_pid(inst)
+    inst.write("etc/master.cf", "echo unix n - n - - pmsfixtures.echo two\n"
+                                "added unix n - n - - pmsfixtures.echo\n"
+                                f"{inst.port} inet n - n - - pmsfixtures.echo\n")
+    result = inst.postfix("reload")
+    assert "refreshing the Postfix mail system" in result.stderr
+    inst.wait_log(rf"postfix/master\[{old_master}\]: reload -- version \S+, configuration "
+                  rf"{re.escape(str(inst.config_dir))}$")
+    wait_until(lambda: echo_unix(inst, "echo")[1] == "two", what="new generation serving")
+    assert echo_unix(inst, "added")
+    assert echo_inet(inst.port)
+
+    def refused() -> bool:
+        try:
+            echo_unix(inst, "gone")
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        return False
+
+    wait_until(refused, what="removed service closed")
+    assert master_pid(inst) == old_master
+
+
+def test_stop_leaves_no_processes(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, TRIGGERS)
+    inst.write("etc/master.cf", TRIGGERS + ECHO.format(port=inst.port))
+    inst.start(wait_smtp=False)
+    with socket.socket(socket.AF_UNIX) as busy:
+        busy.connect(str(inst.queue_dir / "public" / "echo"))
+        busy.recv(100)
+        echo_inet(inst.port)
+        assert len(inst.pids()) >= 4
+        pid = master_pid(inst)
+        result = inst.postfix("stop")
+        assert "stopping the Postfix mail system" in result.stderr
+        assert inst.pids() == []
+    inst.running = False
+    inst.wait_log(rf"postfix/master\[{pid}\]: terminating on signal 15$")
+    assert inst.postfix("status", check=False).returncode == 1
+
+
+def test_start_fg_runs_master_in_the_foreground(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, TRIGGERS)
+    env = dict(os.environ, MAIL_CONFIG=str(inst.config_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "pymailsys.tools.postfix", "start-fg"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: inst.postfix("status", check=False).returncode == 0, what="master up")
+        assert master_pid(inst) == proc.pid  # postfix became master
+        inst.wait_log(r"trigger 'W' on trig$")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        wait_until(lambda: inst.pids() == [], what="children gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_master_uses_no_cpu_when_idle(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf", ECHO.format(port=inst.port))
+    inst.start(wait_smtp=False)
+    pid = master_pid(inst)
+
+    def cpu_ticks() -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    before = cpu_ticks()
+    time.sleep(1.0)
+    # A busy loop would burn ~100 ticks in a second; an idle select burns none.
+    assert cpu_ticks() - before <= 5
