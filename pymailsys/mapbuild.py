@@ -55,7 +55,14 @@ import fcntl
 import os
 from collections.abc import Callable, Iterable, Iterator
 
+import lmdb  # imported before any privilege change: the source owner may not read site-packages
+
 from pymailsys import maps
+
+try:  # newer py-lmdb imports this lazily inside lmdb.open(); load it while we can
+    import lmdb._envid  # noqa: F401
+except ImportError:
+    pass
 
 INDEXED_TYPES = ("hash", "btree", "lmdb")
 
@@ -156,8 +163,6 @@ def _dedupe(entries: Iterable[tuple[str, str]], fold: bool, dup: str, db_path: s
 
 def read_lmdb(path: str) -> dict[str, str]:
     """All key/value pairs of an lmdb table file (NULs stripped); {} when absent."""
-    import lmdb
-
     if not os.path.exists(path):
         return {}
     try:
