@@ -1,0 +1,381 @@
+"""cleanup: the real daemon, started standalone (-L) on a temporary spool.
+
+Requests go in over public/cleanup with the library's attribute clients; the
+assertions read what a user would check: the reply, the queue file (mode,
+pymailsys's reader, and Debian's own /usr/sbin/postcat), the log lines, and the
+qmgr wake-up that arrives on public/qmgr (served by the skeleton's trigger mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+from harness import wait_until
+
+from pymailsys import config as config_mod
+from pymailsys import server
+from pymailsys.attr import AttrClient, SyncAttrClient
+from pymailsys.queue import Spool
+from pymailsys.queue_file import read_envelope, read_envelope_bytes
+
+POSTCAT = "/usr/sbin/postcat"
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden" / "cleanup_smtpd.queue"
+SPOOL_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "public",
+              "private", "pid", "bounce", "defer", "trace", "saved", "flush")
+
+
+@dataclass
+class Setup:
+    base: Path
+    etc: Path
+    spool: Path
+    pfetc: Path
+    log: Path
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def socket(self) -> str:
+        return str(self.spool / "public" / "cleanup")
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def incoming(self, queue_id: str) -> Path:
+        return self.spool / "incoming" / queue_id
+
+    def postcat(self, path: Path) -> str:
+        out = subprocess.run([require_tool(POSTCAT), "-c", str(self.pfetc), str(path)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+def _write_config(base: Path, extra: str = "") -> Setup:
+    etc, spool, pfetc = base / "etc", base / "spool", base / "pfetc"
+    for d in (etc, pfetc):
+        d.mkdir()
+    for name in SPOOL_DIRS:
+        (spool / name).mkdir(parents=True)
+    (pfetc / "main.cf").write_text("")
+    log = base / "maillog"
+    (etc / "main.cf").write_text(
+        f"queue_directory = {spool}\n"
+        "myhostname = mx.example.com\n"
+        "mydomain = example.com\n"
+        "myorigin = $myhostname\n"
+        f"maillog_file = {log}\n"
+        "message_size_limit = 100000\n" + extra)
+    return Setup(base, etc, spool, pfetc, log, [])
+
+
+def _start(setup: Setup, *args: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    setup.procs.append(proc)
+
+
+@pytest.fixture(scope="module")
+def cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    setup = _write_config(tmp_path_factory.mktemp("cleanup"))
+    qmgr = str(setup.spool / "public" / "qmgr")
+    _start(setup, str(HERE / "pmsfixtures" / "triggerlog.py"), "-c", str(setup.etc), "-n", "qmgr",
+           "-L", qmgr)
+    wait_until(lambda: os.path.exists(qmgr), timeout=30, what="qmgr trigger socket")
+    _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket,
+           env={"TZ": "Australia/Sydney"})
+
+    def ready() -> bool:
+        try:
+            SyncAttrClient(setup.socket, timeout=5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(ready, timeout=30, what="cleanup socket")
+    yield setup
+    for proc in setup.procs:
+        proc.terminate()
+    for proc in setup.procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _smtpd_request(**over: object) -> dict[str, object]:
+    req: dict[str, object] = {
+        "origin": "smtpd", "sender": "alice@example.org", "rcpt": ["bob@example.com"],
+        "content": (b"From: Alice <alice@example.org>\nTo: bob@example.com\n"
+                    b"Subject: test\nDate: Sat, 22 Aug 2026 16:28:33 +1000\n"
+                    b"Message-ID: <m1@example.org>\n\nbody line\n"),
+        "client_name": "client.example.org", "client_addr": "192.0.2.1",
+        "client_port": "40000", "helo_name": "helo.example.org", "protocol": "ESMTP",
+        "rewrite_context": "remote", "flags": 0, "encoding": "",
+    }
+    req.update(over)
+    return req
+
+
+def _pickup_request(**over: object) -> dict[str, object]:
+    req: dict[str, object] = {
+        "origin": "pickup", "sender": "alice", "rcpt": ["bob"], "uid": 1000,
+        "full_name": "Alice Example", "rewrite_context": "local", "flags": 0,
+        "content": b"Subject: local test\n\nhello\n",
+    }
+    req.update(over)
+    return req
+
+
+def _send(setup: Setup, req: dict[str, object]) -> dict[str, str]:
+    with SyncAttrClient(setup.socket) as client:
+        reply = client.request(req)
+    return {n: v.decode() for n, v in reply.pairs}
+
+
+def _content(postcat_out: str) -> str:
+    return postcat_out.split("*** MESSAGE CONTENTS", 1)[1].split("\n", 1)[1].split(
+        "*** HEADER EXTRACTED", 1)[0]
+
+
+def test_pickup_gets_received_message_id_date_from(cleanup: Setup) -> None:
+    reply = _send(cleanup, _pickup_request(rcpt=["bob", "bob", "carol@example.net"]))
+    assert reply["status"] == "0" and reply["dsn"] == "2.0.0"
+    qid = reply["queue_id"]
+    path = cleanup.incoming(qid)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    env = read_envelope(str(path))
+    assert env.sender == "alice@mx.example.com"
+    assert [r.address for r in env.recipients] == ["bob@mx.example.com", "carol@example.net"]
+    assert env.full_name == "Alice Example"
+    assert env.attrs["rewrite_context"] == "local"
+
+    out = cleanup.postcat(path)
+    assert "sender: alice@mx.example.com\n" in out
+    assert "sender_fullname: Alice Example\n" in out
+    assert "recipient: bob@mx.example.com\n" in out and "original_recipient: bob\n" in out
+    assert out.count("\nrecipient: ") == 2
+    text = _content(out)
+    lines = text.splitlines()
+    assert lines[0] == "Received: by mx.example.com (Postfix, from userid 1000)"
+    assert re.fullmatch(rf"\tid {qid}; \w\w\w, [ \d]\d \w\w\w \d{{4}} \d\d:\d\d:\d\d "
+                        r"\+1[01]00 \(AE[SD]T\)", lines[1])
+    assert lines[2] == "Subject: local test"
+    assert re.fullmatch(rf"Message-Id: <\d{{14}}\.{qid}@mx\.example\.com>", lines[3])
+    assert lines[4].startswith("Date: ") and lines[4][6:] == lines[1].split("; ", 1)[1]
+    assert lines[5] == "From: Alice Example <alice@mx.example.com>"
+    assert lines[6:] == ["", "hello"]
+    mid = lines[3].split(": ", 1)[1]
+    assert "postfix/cleanup[" in cleanup.log_text()
+    assert f"]: {qid}: message-id={mid}\n" in cleanup.log_text()
+
+
+def test_smtpd_keeps_headers_and_prepends_received(cleanup: Setup) -> None:
+    reply = _send(cleanup, _smtpd_request(content=(
+        b"From: Alice <alice@example.org>\nTo: bob@example.com\nBcc: hidden@example.org\n"
+        b"Return-Path: <x@y>\nSubject: test\n  folded\nDate: Sat, 22 Aug 2026 16:28:33 +1000\n"
+        b"Message-ID: <m1@example.org>\n\nbody line\nBcc: stays in the body\n")))
+    assert reply["status"] == "0"
+    qid = reply["queue_id"]
+    out = cleanup.postcat(cleanup.incoming(qid))
+    assert "sender: alice@example.org\n" in out
+    for rec in ("log_client_name=client.example.org", "log_client_address=192.0.2.1",
+                "log_client_port=40000", "log_message_origin=client.example.org[192.0.2.1]",
+                "log_helo_name=helo.example.org", "log_protocol_name=ESMTP",
+                "client_address=192.0.2.1", "rewrite_context=remote"):
+        assert f"named_attribute: {rec}\n" in out
+    lines = _content(out).splitlines()
+    assert lines[0] == "Received: from helo.example.org (client.example.org [192.0.2.1])"
+    assert lines[1] == f"\tby mx.example.com (Postfix) with ESMTP id {qid}"
+    assert re.fullmatch(r"\tfor <bob@example\.com>; .* \(AE[SD]T\)", lines[2])
+    assert lines[3:] == ["From: Alice <alice@example.org>", "To: bob@example.com",
+                         "Subject: test", "  folded", "Date: Sat, 22 Aug 2026 16:28:33 +1000",
+                         "Message-ID: <m1@example.org>", "", "body line",
+                         "Bcc: stays in the body"]
+    assert f"{qid}: message-id=<m1@example.org>\n" in cleanup.log_text()
+
+
+def test_smtpd_several_recipients_and_no_message_id(cleanup: Setup) -> None:
+    reply = _send(cleanup, _smtpd_request(
+        rcpt=["bob@example.com", "carol@example.com", "bob@example.com"],
+        client_addr="2001:db8::1", protocol="SMTP", content=b"Subject: x\n\nno ids here\n"))
+    assert reply["status"] == "0"
+    qid = reply["queue_id"]
+    path = cleanup.incoming(qid)
+    env = read_envelope(str(path))
+    assert [r.address for r in env.recipients] == ["bob@example.com", "carol@example.com"]
+    out = cleanup.postcat(path)
+    assert "named_attribute: log_client_address=IPv6:2001:db8::1\n" in out
+    lines = _content(out).splitlines()
+    assert lines[0] == "Received: from helo.example.org (client.example.org [IPv6:2001:db8::1])"
+    assert lines[1] == f"\tby mx.example.com (Postfix) with SMTP id {qid};"
+    assert re.fullmatch(r"\t\w\w\w, .* \(AE[SD]T\)", lines[2])
+    # remote submission: nothing added
+    assert lines[3:] == ["Subject: x", "", "no ids here"]
+    assert f"{qid}: message-id=<>\n" in cleanup.log_text()
+
+
+def test_envelope_rewriting(cleanup: Setup) -> None:
+    reply = _send(cleanup, _pickup_request(
+        sender="MAILER-DAEMON", rcpt=["host.example!user", "joe%other.example", "@r1,@r2:x@y.example",
+                                      "dot@end.example."]))
+    env = read_envelope(str(cleanup.incoming(reply["queue_id"])))
+    assert env.sender == ""
+    assert [r.address for r in env.recipients] == [
+        "user@host.example", "joe@other.example", "x@y.example", "dot@end.example"]
+    assert [r.orig for r in env.recipients][0] == "host.example!user"
+    out = cleanup.postcat(cleanup.incoming(reply["queue_id"]))
+    assert "sender: \n" in out
+    assert "\nFrom: MAILER-DAEMON\n" in _content(out)
+
+
+def test_too_big_is_refused_and_leaves_no_file(cleanup: Setup) -> None:
+    before = set(os.listdir(cleanup.spool / "incoming"))
+    reply = _send(cleanup, _smtpd_request(content=b"Subject: big\n\n" + b"x" * 99 + b"\n" * 1000
+                                          + b"y" * 1000 * 150))
+    assert (reply["status"], reply["dsn"], reply["reason"]) == (
+        "552", "5.3.4", "Error: message file too big")
+    assert "queue_id" not in reply
+    assert set(os.listdir(cleanup.spool / "incoming")) == before
+    assert re.search(r"warning: [0-9A-F]+: queue file size limit exceeded", cleanup.log_text())
+
+
+def test_too_many_hops(cleanup: Setup) -> None:
+    before = set(os.listdir(cleanup.spool / "incoming"))
+    hops = b"".join(b"Received: from h%d by x; Sat, 22 Aug 2026 16:28:33 +1000\n" % i
+                    for i in range(49))
+    reply = _send(cleanup, _smtpd_request(content=hops + b"Subject: loop\n\nbody\n"))
+    assert (reply["status"], reply["dsn"], reply["reason"]) == (
+        "554", "5.4.0", "Error: too many hops")
+    assert set(os.listdir(cleanup.spool / "incoming")) == before
+    assert re.search(r"warning: [0-9A-F]+: message rejected: hopcount exceeded", cleanup.log_text())
+    # one hop fewer passes
+    reply = _send(cleanup, _smtpd_request(content=hops[hops.index(b"\n") + 1:] + b"\nbody\n"))
+    assert reply["status"] == "0"
+
+
+def test_hold_flag_puts_the_file_in_hold(cleanup: Setup) -> None:
+    reply = _send(cleanup, _smtpd_request(flags=4))
+    qid = reply["queue_id"]
+    assert not cleanup.incoming(qid).exists()
+    held = cleanup.spool / "hold" / qid
+    assert stat.S_IMODE(held.stat().st_mode) == 0o700
+    assert "recipient: bob@example.com\n" in cleanup.postcat(held)
+
+
+def test_no_recipients(cleanup: Setup) -> None:
+    reply = _send(cleanup, _smtpd_request(rcpt=[]))
+    assert (reply["status"], reply["dsn"]) == ("550", "5.1.0")
+
+
+def test_long_lines_are_split_into_records(cleanup: Setup) -> None:
+    long_line = b"z" * 5000
+    reply = _send(cleanup, _smtpd_request(content=b"Subject: long\n\n" + long_line + b"\nend\n"))
+    path = cleanup.incoming(reply["queue_id"])
+    assert long_line.decode() + "\nend\n" in cleanup.postcat(path)
+    data = path.read_bytes()
+    assert data.count(b"L\x80\x10" + b"z" * 2048) == 2  # two full 2048-byte L records
+
+
+def test_twenty_pipelined_requests_on_one_connection(cleanup: Setup) -> None:
+    async def run() -> list[dict[str, str]]:
+        client = AttrClient(cleanup.socket)
+        try:
+            replies = await asyncio.gather(*[
+                client.request(_smtpd_request(content=f"Subject: n{i}\n\nmessage {i}\n".encode()))
+                for i in range(20)])
+        finally:
+            await client.close()
+        return [{n: v.decode() for n, v in r.pairs} for r in replies]
+
+    replies = asyncio.run(run())
+    ids = [r["queue_id"] for r in replies]
+    assert all(r["status"] == "0" for r in replies)
+    assert len(set(ids)) == 20
+    for i, qid in enumerate(ids):  # each reply belongs to its own request
+        data = cleanup.incoming(qid).read_bytes()
+        assert f"Subject: n{i}".encode() in data and f"message {i}".encode() in data
+        assert read_envelope_bytes(data).sender == "alice@example.org"
+
+
+def test_qmgr_is_woken_on_public_qmgr(cleanup: Setup) -> None:
+    _send(cleanup, _smtpd_request())
+    wait_until(lambda: "postfix/triggerlog[" in cleanup.log_text()
+               and "trigger 'I' on qmgr" in cleanup.log_text(), timeout=30,
+               what="qmgr trigger")
+
+
+# -- pure parts -----------------------------------------------------------------
+
+
+def _with_tz(tz: str) -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = tz
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.fixture
+def sydney() -> Iterator[None]:
+    yield from _with_tz("Australia/Sydney")
+
+
+def test_mail_date_is_postfix_format(sydney: None) -> None:
+    from pymailsys.daemons.cleanup_headers import mail_date
+
+    assert mail_date(1787380113) == "Sat, 22 Aug 2026 16:28:33 +1000 (AEST)"
+    assert mail_date(1788220800) == "Tue,  1 Sep 2026 10:00:00 +1000 (AEST)"
+    assert mail_date(1798722000) == "Fri,  1 Jan 2027 00:00:00 +1100 (AEDT)"
+
+
+def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
+    """For fixed inputs (queue ID, clock, time zone) the file is byte for byte the same."""
+    from pymailsys.daemons.cleanup import Cleanup
+
+    from pymailsys.attr import AttrList
+
+    setup = _write_config(tmp_path)
+    cfg = config_mod.load(str(setup.etc))
+    ctx = server.Context(cfg, Spool.from_config(cfg), "cleanup", "cleanup", "unix", [])
+    service = Cleanup(ctx)
+    try:
+        req = _smtpd_request(rcpt=["bob@example.com", "carol"], notify=["SUCCESS,FAILURE", "0"],
+                             envid="env-1", ret="HDRS", encoding="8bitmime")
+        pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
+                 for name, value in req.items()
+                 for v in (value if isinstance(value, list) else [value])]
+        builder, outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
+        data = builder.build()
+    finally:
+        service.writer.close()
+    assert outcome.message_ids == ["<m1@example.org>"]
+    if os.environ.get("PYMAILSYS_REGOLD"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_bytes(data)
+    assert data == GOLDEN.read_bytes()
+    path = tmp_path / "4A1B2C3D4E5"
+    path.write_bytes(data)
+    out = setup.postcat(path)
+    assert "named_attribute: dsn_envid=env-1\nnamed_attribute: dsn_ret=2\nsender: alice@example.org\n" in out
+    assert "named_attribute: notify_flags=6\noriginal_recipient: bob@example.com\n" in out
+    assert "recipient: carol@mx.example.com\n" in out
+    assert "\tfor" not in out

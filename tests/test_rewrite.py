@@ -1,0 +1,62 @@
+"""pymailsys.rewrite: Postfix's trivial-rewrite "rewrite" step, address by address."""
+
+from __future__ import annotations
+
+import pytest
+
+from pymailsys.rewrite import (
+    RewriteContext,
+    quote_822_local,
+    rewrite_address,
+    unquote_822_local,
+)
+
+LOCAL = RewriteContext(origin="mx.example.com", domain="example.com")
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("", ""),
+    ("user", "user@mx.example.com"),
+    ("user@host", "user@host"),
+    ("user@host.example", "user@host.example"),
+    ("host!user", "user@host"),
+    ("a!b!c", "b!c@a"),
+    ("user%host", "user@host"),
+    ("a%b%c", "a%b@c"),
+    ("u%d@local.example", "u%d@local.example"),  # that one is resolve's business
+    ("@r1,@r2:user@dom.example", "user@dom.example"),
+    ("user@dom.example.", "user@dom.example"),
+    ("user@.", "user@."),
+    ("user@dom..", "user@dom.."),
+    ("john doe", "john doe@mx.example.com"),
+    ("a!b@c", "a!b@c"),
+    ("user@[192.0.2.1]", "user@[192.0.2.1]"),
+    ("MAILER-DAEMON", "MAILER-DAEMON@mx.example.com"),
+])
+def test_local_context(given: str, expected: str) -> None:
+    assert rewrite_address(given, LOCAL) == expected
+
+
+def test_switches() -> None:
+    off = RewriteContext(origin="mx.example.com", domain="example.com", swap_bangpath=False,
+                         percent_hack=False)
+    assert rewrite_address("host!user", off) == "host!user@mx.example.com"
+    assert rewrite_address("user%host", off) == "user%host@mx.example.com"
+    no_origin = RewriteContext(origin="", domain="")
+    assert rewrite_address("user", no_origin) == "user"
+    assert rewrite_address("user", RewriteContext("o.example", "", append_at_myorigin=False)) == "user"
+    dot = RewriteContext(origin="mx", domain="example.com", append_dot_mydomain=True)
+    assert rewrite_address("user", dot) == "user@mx.example.com"
+    assert rewrite_address("user@host", dot) == "user@host.example.com"
+    assert rewrite_address("user@host.x", dot) == "user@host.x"
+    assert rewrite_address("user@[1.2.3.4]", dot) == "user@[1.2.3.4]"
+
+
+def test_quoted_local_parts() -> None:
+    assert quote_822_local("john doe@x") == '"john doe"@x'
+    assert quote_822_local('a"b@x') == '"a\\"b"@x'
+    assert quote_822_local("plain.user@x") == "plain.user@x"
+    assert unquote_822_local('"john doe"@x') == "john doe@x"
+    assert unquote_822_local('"a\\"b"@x') == 'a"b@x'
+    # a ! or % inside a quoted local part is not a route
+    assert rewrite_address("a b!c", LOCAL) == "a b!c@mx.example.com"
