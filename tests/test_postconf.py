@@ -1,0 +1,182 @@
+"""postconf, run as a command: show, defaults, expansion, edits, master.cf."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pymailsys import params
+
+POSTCONF = [sys.executable, "-m", "pymailsys.tools.postconf"]
+
+
+def postconf(conf, *args, env=None):
+    return subprocess.run([*POSTCONF, "-c", str(conf), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.fixture
+def conf(tmp_path):
+    (tmp_path / "main.cf").write_text(
+        "# head\nmyhostname = mx.example.com\nmydomain = $myhostname\n"
+        "foo = bar\nrelayhost = [relay]:25 # not a comment\n\n#tail\n")
+    return tmp_path
+
+
+def test_queries_and_unknown(conf):
+    p = postconf(conf, "mydomain", "nosuch", "relayhost")
+    assert p.returncode == 0
+    assert p.stdout == "mydomain = $myhostname\nrelayhost = [relay]:25 # not a comment\n"
+    assert "postconf: warning: nosuch: unknown parameter" in p.stderr
+    assert f"postconf: warning: {conf}/main.cf: unused parameter: foo=bar" in p.stderr
+
+
+def test_expand_and_values_only(conf):
+    assert postconf(conf, "-x", "mydomain").stdout == "mydomain = mx.example.com\n"
+    assert postconf(conf, "-h", "mydomain").stdout == "$myhostname\n"
+    assert postconf(conf, "-xh", "myorigin").stdout == "mx.example.com\n"
+    assert postconf(conf, "-H", "mydomain").stdout == "mydomain\n"
+    assert postconf(conf, "relay_transport", "recipient_delimiter").stdout == (
+        "relay_transport = relay\nrecipient_delimiter =\n")
+
+
+def test_nondefault(conf):
+    p = postconf(conf, "-n")
+    assert p.stdout == (f"config_directory = {conf}\nmydomain = $myhostname\n"
+                        "myhostname = mx.example.com\nrelayhost = [relay]:25 # not a comment\n")
+
+
+def test_all_sorted(conf):
+    lines = postconf(conf).stdout.splitlines()
+    names = [line.split(" =")[0] for line in lines]
+    assert names == sorted(names)
+    assert set(params.PARAMS) <= set(names)
+    assert "myhostname = mx.example.com" in lines
+
+
+def test_mail_config_env(conf):
+    env = dict(os.environ, MAIL_CONFIG=str(conf))
+    p = subprocess.run([*POSTCONF, "-h", "myhostname"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.stdout == "mx.example.com\n"
+
+
+def test_defaults(conf):
+    p = postconf(conf, "-d", "myhostname", "myorigin", "relayhost")
+    lines = p.stdout.splitlines()
+    assert lines[1:] == ["myorigin = $myhostname", "relayhost ="]
+    assert lines[0].startswith("myhostname = ") and "." in lines[0]
+    assert postconf(conf, "-d", "-n").returncode == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/postconf"), reason="no Debian postconf")
+def test_defaults_layout_matches_postfix(tmp_path):
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "master.cf").write_text("")
+    ours = postconf(tmp_path, "-d").stdout.splitlines()
+    theirs = subprocess.run(["/usr/sbin/postconf", "-c", str(tmp_path), "-d"],
+                            capture_output=True, text=True, timeout=60).stdout.splitlines()
+    theirs_by_name = {line.split(" =")[0]: line for line in theirs}
+    # Same "name = value" / "name =" layout, same order; same text where the
+    # default is meant to be Postfix's (these differ on purpose).
+    different = {"config_directory", "queue_directory", "data_directory", "daemon_directory",
+                 "mail_version", "compatibility_level", "alias_maps", "import_environment",
+                 "mynetworks", "myhostname", "mydomain", "smtpd_forbid_bare_newline",
+                 "smtpd_forbid_unauth_pipelining", "smtpd_hard_error_limit",
+                 "smtpd_junk_command_limit", "smtpd_timeout"}
+    shared = [line for line in ours if line.split(" =")[0] in theirs_by_name]
+    assert len(shared) > 100
+    for line in shared:
+        name = line.split(" =")[0]
+        if name not in different:
+            assert line == theirs_by_name[name]
+
+
+def test_edit_replaces_and_appends(conf):
+    main_cf = conf / "main.cf"
+    main_cf.write_text("# head\nfoo = a\n  b\nbar=1\n\n#tail\nfoo = again\n")
+    os.chmod(main_cf, 0o640)
+    assert postconf(conf, "-e", "foo=new", "relayhost = [x]:25").returncode == 0
+    assert main_cf.read_text() == ("# head\nfoo = new\nbar=1\n\n#tail\nfoo = new\n"
+                                   "relayhost = [x]:25\n")
+    assert (os.stat(main_cf).st_mode & 0o777) == 0o640
+    assert postconf(conf, "bar=2", "relayhost=").returncode == 0  # -e implied
+    assert main_cf.read_text() == ("# head\nfoo = new\nbar = 2\n\n#tail\nfoo = new\n"
+                                   "relayhost = \n")
+    p = postconf(conf, "-e", "nonsense")
+    assert (p.returncode, p.stderr) == (
+        1, "postconf: fatal: missing '=' after attribute name: \"nonsense\"\n")
+    assert [f for f in os.listdir(conf) if f.startswith(".main.cf")] == []
+
+
+def test_remove_and_comment_out(conf):
+    main_cf = conf / "main.cf"
+    main_cf.write_text("# head\nfoo = a\n  b\nbar=1\nbaz = 2\n")
+    postconf(conf, "-#", "foo", "baz")
+    assert main_cf.read_text() == "# head\n#foo = a\n#  b\nbar=1\n#baz = 2\n"
+    postconf(conf, "-X", "bar")
+    assert main_cf.read_text() == "# head\n#foo = a\n#  b\n#baz = 2\n"
+
+
+def test_table_types(conf):
+    types = postconf(conf, "-m").stdout.split()
+    for t in ("hash", "btree", "lmdb", "regexp", "pcre", "cidr", "texthash", "inline",
+              "static", "unionmap", "pipemap", "proxy", "unix"):
+        assert t in types
+    assert types == sorted(types)
+
+
+MASTER_CF = """smtp      inet  n       -       y       -       -       smtpd
+  -o syslog_name=postfix/x
+  -o { smtpd_foo = a b }
+pickup    unix  n       -       y       60      1       pickup
+relay     unix  -       -       y       -       -       smtp -o smtp_fallback_relay=
+#x
+submission inet n - y 60? 0 smtpd {a b}
+"""
+
+# What Debian's postconf 3.7 prints for MASTER_CF.
+MASTER_M = """\
+smtp       inet  n       -       y       -       -       smtpd -o syslog_name=postfix/x -o {smtpd_foo=a b}
+pickup     unix  n       -       y       60      1       pickup
+relay      unix  -       -       y       -       -       smtp -o smtp_fallback_relay=
+submission inet  n       -       y       60?     0       smtpd a b
+"""
+MASTER_MF = """\
+smtp       inet  n       -       y       -       -       smtpd
+    -o syslog_name=postfix/x
+    -o {smtpd_foo=a b}
+pickup     unix  n       -       y       60      1       pickup
+relay      unix  -       -       y       -       -       smtp
+    -o smtp_fallback_relay=
+submission inet  n       -       y       60?     0       smtpd a b
+"""
+
+
+def test_master_cf(conf):
+    (conf / "master.cf").write_text(MASTER_CF)
+    assert postconf(conf, "-M").stdout == MASTER_M
+    assert postconf(conf, "-Mf").stdout == MASTER_MF
+    p = postconf(conf, "-M", "smtp", "pickup/unix", "nosuch")
+    assert p.stdout == "".join(MASTER_M.splitlines(True)[:2])
+    assert 'postconf: warning: unmatched request: "nosuch"' in p.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/postconf"), reason="no Debian postconf")
+def test_master_cf_matches_postfix(tmp_path):
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "master.cf").write_text(MASTER_CF)
+    for flags in ("-M", "-Mf"):
+        theirs = subprocess.run(["/usr/sbin/postconf", "-c", str(tmp_path), flags],
+                                capture_output=True, text=True, timeout=60).stdout
+        assert postconf(tmp_path, flags).stdout == theirs
+
+
+def test_malformed_main_cf(tmp_path):
+    (tmp_path / "main.cf").write_text("good = 1\nthis line is bad\n")
+    p = postconf(tmp_path, "-n")
+    assert p.returncode == 1
+    assert f"{tmp_path}/main.cf, line 2" in p.stderr
