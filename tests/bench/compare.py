@@ -67,6 +67,7 @@ import json
 import os
 import platform
 import pwd
+import resource
 import select
 import shutil
 import signal
@@ -314,6 +315,22 @@ def process_tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its waited-for children (smtp-source)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def pss_bytes(pids: list[int]) -> int:
@@ -690,6 +707,9 @@ class RunResult:
     cpu_user_s: float = 0.0
     cpu_system_s: float = 0.0
     cpu_s_per_1000: float = 0.0
+    client_cpu_s: float = 0.0
+    bench_cpu_s: float = 0.0
+    other_cpu_s: float = 0.0
     processes_idle: int = 0
     processes_load_peak: int = 0
     pss_idle_mb: float = 0.0
@@ -718,6 +738,7 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
     pss_samples: list[int] = []
     procs_peak = 0
     cpu0 = system.group.cpu()
+    own0, busy0 = own_cpu(), machine_busy()
     t0 = time.monotonic()
     source = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd="/")
@@ -749,12 +770,13 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
                 raise BenchError(f"{system.label}: no delivery progress for {args.stall_timeout:.0f}s "
                                  f"({count}/{n} in Maildir, {system.queued()} queued, "
                                  f"{system.deferred()} deferred)\n{system.log_tail()}")
-            time.sleep(0.02)
+            time.sleep(0.05)
     finally:
         if source.poll() is None:
             source.kill()
             source.wait()
     cpu1 = system.group.cpu()
+    own1, busy1 = own_cpu(), machine_busy()
     assert accept_done is not None and delivered_at is not None
     result.accept_seconds = accept_done - t0
     result.deliver_seconds = delivered_at - t0
@@ -764,6 +786,10 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
     result.cpu_system_s = cpu1[1] - cpu0[1]
     result.cpu_s_per_1000 = (result.cpu_user_s + result.cpu_system_s) * 1000 / n
     result.processes_load_peak = procs_peak
+    result.bench_cpu_s = own1[0] - own0[0]
+    result.client_cpu_s = own1[1] - own0[1]
+    result.other_cpu_s = max(0.0, (busy1 - busy0) - (result.cpu_user_s + result.cpu_system_s)
+                             - result.bench_cpu_s - result.client_cpu_s)
     if pss_samples:
         result.pss_load_peak_mb = max(pss_samples) / 2**20
         result.pss_load_mean_mb = statistics.mean(pss_samples) / 2**20
@@ -830,7 +856,8 @@ def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario) 
         system.stop()
     note(f"{system.label}: round {rnd}: accepted {result.accepted_per_s:.0f}/s, delivered "
          f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s/1000, PSS load "
-         f"{result.pss_load_peak_mb:.1f} MB, latency {result.latency_median_ms:.1f} ms")
+         f"{result.pss_load_peak_mb:.1f} MB, latency {result.latency_median_ms:.1f} ms, "
+         f"other load {result.other_cpu_s:.1f} s CPU")
     return result
 
 
@@ -845,6 +872,9 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("cpu_s_per_1000", "CPU s per 1,000 messages (all processes)", "{:.2f}", False),
     ("cpu_user_s", "  of which user (s, whole run)", "{:.2f}", False),
     ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}", False),
+    ("client_cpu_s", "  smtp-source CPU (s, whole run)", "{:.2f}", False),
+    ("bench_cpu_s", "  this script's CPU while polling (s)", "{:.2f}", False),
+    ("other_cpu_s", "  other CPU on the machine (kernel threads, others; s)", "{:.2f}", False),
     ("pss_idle_mb", "PSS idle after start (MB)", "{:.1f}", False),
     ("pss_load_peak_mb", "PSS under load, peak (MB)", "{:.1f}", False),
     ("pss_load_mean_mb", "PSS under load, mean (MB)", "{:.1f}", False),
