@@ -460,10 +460,16 @@ class Master:
                             f"no daemon module {module} -- service disabled")
                 continue
             maxproc = default_limit if entry.maxproc is None else entry.maxproc
-            if entry.type == "inet":
-                spec: tuple = ("inet", entry.name, tuple(inet_bind_addresses(entry, cfg)))
-            else:
-                spec = (entry.type, entry.socket_name(queue_directory))
+            try:
+                if entry.type == "inet":
+                    spec: tuple = ("inet", entry.name, tuple(inet_bind_addresses(entry, cfg)))
+                else:
+                    spec = (entry.type, entry.socket_name(queue_directory))
+            except ConfigError as e:
+                if fatal:
+                    raise
+                log.error(f"{e} -- service {entry.name}/{entry.type} disabled")
+                continue
             wanted.append((entry, module, maxproc, spec))
         # Close the listeners that are not carried over, before binding new ones.
         keep_specs = {spec for _e, _m, _p, spec in wanted}
@@ -517,20 +523,32 @@ class Master:
         except StartupError as e:
             self.report_init(f"fatal: {e}")
             log.fatal(str(e))
+        except Exception as e:
+            self.report_init(f"fatal: {e!r}")
+            _log_traceback()
+            log.fatal(f"initialization failed: {e!r}")
         self.report_init("ok")
         while not self.terminating:
-            self.update_watches()
-            timeout = self.next_timeout()
             try:
-                events = self.sel.select(timeout)
-            except InterruptedError:
-                events = []
-            for key, _mask in events:
-                callback: Callable[[], None] = key.data
-                callback()
-            self.reap()
-            self.run_timers()
+                self.step()
+            except Exception:  # a bug must not take the whole mail system down
+                _log_traceback()
+                time.sleep(0.1)
         return self.shutdown()
+
+    def step(self) -> None:
+        """One turn of the loop: wait for an event or a timer, then handle it."""
+        self.update_watches()
+        timeout = self.next_timeout()
+        try:
+            events = self.sel.select(timeout)
+        except InterruptedError:
+            events = []
+        for key, _mask in events:
+            callback: Callable[[], None] = key.data
+            callback()
+        self.reap()
+        self.run_timers()
 
     def report_init(self, text: str) -> None:
         if self.init_fd is None:
@@ -850,6 +868,13 @@ class Master:
                     break
         except OSError:
             pass
+
+
+def _log_traceback() -> None:
+    import traceback
+
+    for line in traceback.format_exc().splitlines():
+        log.error(line)
 
 
 def _readable(fds: list[int]) -> bool:
