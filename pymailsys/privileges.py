@@ -71,14 +71,17 @@ def default_privs(config: config_mod.Config) -> UserIds:
 
 
 @contextlib.contextmanager
-def as_user(uid: int, gid: int) -> Iterator[None]:
-    """Run the block with effective uid/gid of a user (root only; else a no-op)."""
+def as_user(uid: int, gid: int, groups: list[int] | None = None) -> Iterator[None]:
+    """Run the block with effective uid/gid of a user (root only; else a no-op).
+
+    ``groups`` are the supplementary groups during the block (default: gid only).
+    """
     if os.geteuid() != 0 or uid == 0:
         yield
         return
     saved_groups = os.getgroups()
     try:
-        os.setgroups([gid])
+        os.setgroups(groups if groups is not None else [gid])
         os.setegid(gid)
         os.seteuid(uid)
     except OSError as e:

@@ -1,0 +1,655 @@
+"""qmgr: the queue manager.
+
+NAME
+    qmgr - move mail from the queue to the delivery agents
+
+SYNOPSIS
+    python3 -m pymailsys.daemons.qmgr [generic daemon options]
+    (master.cf: ``qmgr unix n - n 300 1 qmgr``)
+
+DESCRIPTION
+    qmgr is a resident trigger server on ``public/qmgr``. At start it moves
+    every file in active/ back to incoming/ (crash recovery), then scans
+    incoming/ and deferred/. Trigger bytes: ``I`` scan incoming, ``D`` scan
+    deferred, ``A`` ignore deferred time stamps on the next deferred scan,
+    ``F`` forget dead destinations (none are tracked yet), ``W`` wake up: scan
+    incoming, and deferred once every ``queue_run_delay`` (also on its own
+    timer).
+
+    A scan takes every complete file (mode 0700) not already in the active
+    queue: from deferred/ only files whose mtime (the next try) has come,
+    unless ``A``; from incoming/ files whose mtime is not in the future (a
+    file found locked is put back with mtime now + 60 s). At most
+    ``qmgr_message_active_limit`` messages are active at once.
+
+    Per message: rename into active/, open, ``flock`` exclusive and
+    non-blocking (held by someone else: ``ID: skipped, still being
+    delivered``, retried in 60 s), read the envelope once (a malformed file
+    goes to corrupt/ with ``warning: saving corrupt file``), downgrade the lock
+    to shared (delivery agents take shared locks), remove an old defer log and
+    log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
+    recipient is resolved (``pymailsys.resolve``) and handed to the agent
+    that serves ``private/TRANSPORT``; a transport without a socket there
+    (not built or not running) defers the recipient with ``mail transport
+    unavailable`` (4.3.0), transport ``error`` bounces with its nexthop text.
+
+    Delivery requests follow ``pymailsys.services``: one per recipient for
+    local (local_destination_recipient_limit 1), pipelined over a few
+    long-lived connections per transport (``AGENT_CONNECTIONS``: master starts
+    one agent process per connection), with the message's common attributes
+    built once. Concurrency: ``<transport>_destination_concurrency_limit`` (or
+    the default) requests in flight per destination (per recipient for local)
+    and ``default_process_limit`` per transport.
+
+    Replies: sent and bounced mark the recipient done in place (R -> D);
+    bounced appends to bounce/ID, deferred to defer/ID (Postfix's status-log
+    format, ``pymailsys.status_log``). A broken agent connection defers the
+    recipient (``unknown mail transport error``) and qmgr logs the line.
+
+    When every request is answered: a bounce log is turned into one
+    non-delivery notification (``nondelivery``: a DSN through public/cleanup,
+    sender <>, logged ``ID: sender non-delivery notification: NEWID``; a
+    failed bounce (sender <>) goes to ``2bounce_notice_recipient`` or is
+    dropped; a failing notification keeps the message and its bounce log for
+    the next run). Then, no recipient left: unlink the file and its logs,
+    ``ID: removed``; recipients deferred: past ``maximal_queue_lifetime``
+    (``bounce_queue_lifetime`` for <>) they bounce with their defer reasons
+    (``status=expired, returned to sender``), else the file moves to deferred/
+    with mtime now + clamp(now - arrival, minimal_backoff_time,
+    maximal_backoff_time).
+
+    The bounce service lives here, behind ``nondelivery`` (there is no
+    daemons/bounce.py yet): agents do not write status logs themselves.
+    Delay warnings (``delay_warning_time``) are not sent yet.
+
+SECURITY
+    qmgr runs as mail_owner (master.cf ``-u``); it reads queue files and talks
+    to agents over private/, it never touches mailboxes.
+
+CONFIGURATION PARAMETERS
+    queue_run_delay, minimal_backoff_time, maximal_backoff_time,
+    maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
+    default_process_limit, default_destination_concurrency_limit,
+    local_destination_concurrency_limit, default_destination_recipient_limit,
+    local_destination_recipient_limit, 2bounce_notice_recipient, myhostname,
+    myorigin, hash_queue_depth, hash_queue_names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pymailsys import log, params, server, status_log
+from pymailsys import queue as q
+from pymailsys.attr import AttrClient, AttrValue, ProtocolError
+from pymailsys.delivery import DeliveryResult, log_line, message_attrs, request_attrs
+from pymailsys.queue_file import Envelope, QueueFileError, Recipient, mark_done, read_envelope_bytes
+from pymailsys.services import (
+    CLEANUP,
+    CLEANUP_FLAG_MAP_OK,
+    CLEANUP_OK,
+    STATUS_BOUNCED,
+    STATUS_DEFERRED,
+)
+
+PROGRAM = "qmgr"
+LOCKED_RETRY = 60.0
+AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
+TRANSPORT_UNAVAILABLE = "mail transport unavailable"
+TRANSPORT_ERROR = "unknown mail transport error"
+
+
+@dataclass
+class Route:
+    transport: str
+    nexthop: str
+    error: str = ""  # set when resolution failed: defer with this text
+
+
+def route(config, address: str) -> Route:  # type: ignore[no-untyped-def]
+    """Where a recipient goes (the one place qmgr asks the resolver)."""
+    from pymailsys import resolve
+
+    r = resolve.resolve(config, address)
+    if r.failed:
+        return Route(r.transport, r.nexthop, r.error or "address resolver failure")
+    return Route(r.transport, r.nexthop)
+
+
+@dataclass
+class Message:
+    queue_id: str
+    path: str
+    fd: int
+    env: Envelope
+    active_time: float
+    common: list[tuple[str, AttrValue]]
+    deferred: int = 0
+    sent: int = 0
+    bounced: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Limiter:
+    """Named semaphores that exist only while someone uses them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], list] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: tuple[str, str], limit: int) -> AsyncIterator[None]:
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = [asyncio.Semaphore(max(limit, 1)), 0]
+            self.entries[key] = entry
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.entries[key]
+
+
+class AgentPool:
+    """A few long-lived pipelined connections to one transport's socket."""
+
+    def __init__(self, path: str, size: int, timeout: float) -> None:
+        self.clients = [AttrClient(path, timeout) for _ in range(size)]
+        self.load = [0] * size
+
+    async def request(self, attrs: list[tuple[str, AttrValue]]):  # type: ignore[no-untyped-def]
+        i = min(range(len(self.clients)), key=self.load.__getitem__)
+        self.load[i] += 1
+        try:
+            return await self.clients[i].request(attrs)
+        finally:
+            self.load[i] -= 1
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+
+
+class Qmgr:
+    def __init__(self, ctx: server.Context) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.config = cfg
+        self.spool = ctx.spool
+        self.queue_run_delay = cfg.get_time("queue_run_delay")
+        self.min_backoff = cfg.get_time("minimal_backoff_time")
+        self.max_backoff = cfg.get_time("maximal_backoff_time")
+        self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
+        self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
+        self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
+        self.process_limit = max(cfg.get_int("default_process_limit"), 1)
+        self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
+        self.active: dict[str, Message] = {}
+        self.slot_free = asyncio.Event()
+        self.limiter = Limiter()
+        self.pools: dict[str, AgentPool] = {}
+        self.transport_sems: dict[str, asyncio.Semaphore] = {}
+        self.cleanup = AttrClient(self.spool.public(CLEANUP), timeout=300)
+        self.want_incoming = False
+        self.want_deferred = False
+        self.ignore_time = False
+        self.wake = asyncio.Event()
+        self.last_deferred_scan = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._limits: dict[str, tuple[int, int]] = {}
+
+    # --- parameters per transport ---------------------------------------------------
+
+    def limits(self, transport: str) -> tuple[int, int]:
+        """(recipients per request, concurrency per destination) for a transport."""
+        cached = self._limits.get(transport)
+        if cached is not None:
+            return cached
+        rcpt = self._transport_int(transport, "destination_recipient_limit")
+        conc = self._transport_int(transport, "destination_concurrency_limit")
+        self._limits[transport] = (rcpt, conc)
+        return rcpt, conc
+
+    def _transport_int(self, transport: str, suffix: str) -> int:
+        name = f"{transport}_{suffix}"
+        if self.config.is_set(name) or name in params.PARAMS:
+            return self.config.get_int(name)
+        return self.config.get_int(f"default_{suffix}")
+
+    def pool(self, transport: str) -> AgentPool:
+        p = self.pools.get(transport)
+        if p is None:
+            p = AgentPool(self.spool.private(transport), AGENT_CONNECTIONS, self.ipc_timeout)
+            self.pools[transport] = p
+            self.transport_sems[transport] = asyncio.Semaphore(self.process_limit)
+        return p
+
+    # --- start, triggers, scans ---------------------------------------------------------
+
+    def recover(self) -> None:
+        for queue_id in self.spool.scan(q.ACTIVE):
+            try:
+                self.spool.move(queue_id, q.ACTIVE, q.INCOMING)
+            except OSError as e:
+                log.warning(f"{queue_id}: cannot move from active to incoming: {e.strerror}")
+
+    def trigger(self, data: bytes) -> None:
+        for byte in data:
+            ch = chr(byte)
+            if ch == "I":
+                self.want_incoming = True
+            elif ch == "D":
+                self.want_deferred = True
+            elif ch == "A":
+                self.ignore_time = True
+            elif ch == "F":
+                pass  # no dead destinations are remembered yet
+            elif ch == "W":
+                self.want_incoming = True
+                if time.time() - self.last_deferred_scan >= self.queue_run_delay:
+                    self.want_deferred = True
+        self.wake.set()
+
+    async def scanner(self) -> None:
+        while not self.ctx.stopping.is_set():
+            await self.wake.wait()
+            self.wake.clear()
+            if self.want_incoming:
+                self.want_incoming = False
+                await self.scan(q.INCOMING)
+            if self.want_deferred:
+                self.want_deferred = False
+                ignore = self.ignore_time
+                self.ignore_time = False
+                self.last_deferred_scan = time.time()
+                await self.scan(q.DEFERRED, ignore)
+
+    async def timer(self) -> None:
+        while not self.ctx.stopping.is_set():
+            await asyncio.sleep(max(self.queue_run_delay, 1))
+            self.trigger(b"W")
+
+    def candidates(self, queue: str, ignore_time: bool) -> list[str]:
+        """Complete files in a queue that are due, oldest first."""
+        now = time.time()
+        out: list[tuple[float, str]] = []
+        base = self.spool.dir(queue)
+        dirs = [base]
+        if queue in self.spool.hashed and self.spool.depth > 0:
+            dirs = [dirpath for dirpath, _d, _f in os.walk(base)]
+        for directory in dirs:
+            try:
+                it = os.scandir(directory)
+            except FileNotFoundError:
+                continue
+            with it:
+                for entry in it:
+                    name = entry.name
+                    if name in self.active or not q.valid_queue_id(name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode):
+                        continue
+                    if queue == q.DEFERRED and not ignore_time and st.st_mtime > now:
+                        continue
+                    if queue == q.INCOMING and st.st_mtime > now + 1:
+                        continue
+                    out.append((st.st_mtime, name))
+        out.sort()
+        return [name for _m, name in out]
+
+    async def scan(self, queue: str, ignore_time: bool = False) -> None:
+        for queue_id in self.candidates(queue, ignore_time):
+            while len(self.active) >= self.active_limit:
+                self.slot_free.clear()
+                await self.slot_free.wait()
+            if queue_id in self.active or self.ctx.stopping.is_set():
+                continue
+            self.take(queue_id, queue)
+
+    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error(f"qmgr: unexpected error: {exc!r}")
+
+    # --- one message ------------------------------------------------------------------
+
+    def take(self, queue_id: str, queue: str) -> None:
+        """Move a file into the active queue and start its deliveries."""
+        try:
+            path = self.spool.move(queue_id, queue, q.ACTIVE)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning(f"{queue_id}: cannot move from {queue} to active: {e.strerror}")
+            return
+        now = time.time()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:
+            log.warning(f"{queue_id}: open {path}: {e.strerror}")
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.info(f"{queue_id}: skipped, still being delivered")
+            self.put_back_locked(queue_id)
+            return
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+            env = read_envelope_bytes(data, queue_id, path)
+        except (QueueFileError, OSError) as e:
+            os.close(fd)
+            self.corrupt(queue_id, str(e))
+            return
+        del data
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        status_log.remove(self.spool, q.DEFER, queue_id)
+        pending = env.pending()
+        log.info(f"{queue_id}: from=<{env.sender}>, size={env.message_size}, "
+                 f"nrcpt={len(pending)} (queue active)")
+        common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
+                               env.arrival, now, env.sender)
+        msg = Message(queue_id, path, fd, env, now, common)
+        self.active[queue_id] = msg
+        self.spawn(self.run_message(msg, pending))
+
+    def put_back_locked(self, queue_id: str) -> None:
+        try:
+            path = self.spool.move(queue_id, q.ACTIVE, q.INCOMING)
+            later = time.time() + LOCKED_RETRY
+            os.utime(path, (later, later))
+        except OSError as e:
+            log.warning(f"{queue_id}: cannot move back to incoming: {e.strerror}")
+            return
+        asyncio.get_running_loop().call_later(LOCKED_RETRY + 1, self.trigger, b"I")
+
+    def corrupt(self, queue_id: str, why: str) -> None:
+        log.warning(f"{queue_id}: {why}")
+        log.warning(f'saving corrupt file "{queue_id}" from queue "{q.ACTIVE}" to queue '
+                    f'"{q.CORRUPT}"')
+        try:
+            self.spool.move(queue_id, q.ACTIVE, q.CORRUPT)
+        except OSError as e:
+            log.warning(f"{queue_id}: cannot move to corrupt: {e.strerror}")
+
+    async def run_message(self, msg: Message, pending: list[Recipient]) -> None:
+        try:
+            if pending:
+                await asyncio.gather(*(self.deliver(msg, rc) for rc in pending))
+            await self.finish(msg)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(msg.fd)
+            self.active.pop(msg.queue_id, None)
+            self.slot_free.set()
+
+    async def deliver(self, msg: Message, rc: Recipient) -> None:
+        try:
+            where = route(self.config, rc.address)
+        except Exception as e:  # the resolver's tables: defer, never bounce
+            where = Route("", "", f"address resolver failure: {e}")
+        start = time.time()
+        if where.error:
+            self.record(msg, rc, DeliveryResult.deferred(where.error), "none", start)
+            return
+        if where.transport == "error":
+            dsn, _, text = where.nexthop.partition(" ")
+            if not (dsn[:1] in "45" and dsn.count(".") == 2):
+                dsn, text = "5.0.0", where.nexthop
+            result = (DeliveryResult.deferred if dsn[0] == "4" else DeliveryResult.bounced)(
+                text, dsn)
+            self.record(msg, rc, result, "none", start)
+            return
+        if not os.path.exists(self.spool.private(where.transport)):
+            self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none", start)
+            return
+        rcpt_limit, concurrency = self.limits(where.transport)
+        dest = rc.address.lower() if rcpt_limit == 1 else where.nexthop.lower()
+        pool = self.pool(where.transport)
+        attrs = request_attrs(msg.common, where.nexthop, rc.address, rc.orig, rc.offset,
+                              rc.notify, rc.dsn_orcpt)
+        async with self.limiter.slot((where.transport, dest), concurrency), \
+                self.transport_sems[where.transport]:
+            try:
+                reply = await pool.request(attrs)
+            except (ProtocolError, OSError) as e:
+                if self.ctx.verbose:
+                    log.info(f"{msg.queue_id}: {where.transport}: {e}")
+                self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
+                return
+        self.record(msg, rc, DeliveryResult.from_attrs(reply), None, start)
+
+    def record(self, msg: Message, rc: Recipient, result: DeliveryResult, relay: str | None,
+               start: float) -> None:
+        """Act on one result; relay set means qmgr logs the line (the agent did not)."""
+        if relay is not None:
+            log.info(log_line(msg.queue_id, rc.address, rc.orig, relay, msg.env.arrival,
+                              msg.active_time, start, result))
+        if result.status == STATUS_DEFERRED:
+            msg.deferred += 1
+            self._append(q.DEFER, msg, rc, result, status_log.ACTION_DELAYED)
+            return
+        if result.status == STATUS_BOUNCED:
+            msg.bounced += 1
+            self._append(q.BOUNCE, msg, rc, result, status_log.ACTION_FAILED)
+        else:
+            msg.sent += 1
+        try:
+            mark_done(msg.fd, rc.offset)
+        except OSError as e:
+            log.warning(f"{msg.queue_id}: cannot mark recipient {rc.address} done: {e.strerror}")
+        rc.done = True
+
+    def _append(self, queue: str, msg: Message, rc: Recipient, result: DeliveryResult,
+                action: str) -> None:
+        entry = status_log.Entry(rc.address, result.dsn, action, result.reason,
+                                 original_recipient=rc.orig, offset=rc.offset,
+                                 dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
+        try:
+            status_log.append_queue(self.spool, queue, msg.queue_id, entry)
+        except OSError as e:
+            log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
+
+    async def finish(self, msg: Message) -> None:
+        queue_id = msg.queue_id
+        now = time.time()
+        env = msg.env
+        bounce_path = self.spool.path(q.BOUNCE, queue_id)
+        if os.path.exists(bounce_path):
+            entries = status_log.read(bounce_path)
+            if not await self.nondelivery(msg, entries, expired=False):
+                self.defer_message(msg, now)
+                return
+            status_log.remove(self.spool, q.BOUNCE, queue_id)
+        if any(not rc.done for rc in env.recipients):
+            lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
+            if now - env.arrival < lifetime:
+                self.defer_message(msg, now)
+                return
+            log.info(f"{queue_id}: from=<{env.sender}>, status=expired, returned to sender")
+            entries = status_log.read(self.spool.path(q.DEFER, queue_id))
+            if not entries:
+                entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,
+                                            "message expired", rc.orig, rc.offset)
+                           for rc in env.recipients if not rc.done]
+            if not await self.nondelivery(msg, entries, expired=True):
+                self.defer_message(msg, now)
+                return
+        for queue in (q.DEFER, q.BOUNCE):
+            status_log.remove(self.spool, queue, queue_id)
+        try:
+            os.unlink(msg.path)
+        except FileNotFoundError:
+            pass
+        log.info(f"{queue_id}: removed")
+
+    def defer_message(self, msg: Message, now: float) -> None:
+        delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
+        try:
+            path = self.spool.move(msg.queue_id, q.ACTIVE, q.DEFERRED)
+            os.utime(path, (now, now + delay))
+        except OSError as e:
+            log.warning(f"{msg.queue_id}: cannot move to deferred: {e.strerror}")
+
+    # --- non-delivery notifications (the bounce service, for now) ----------------------------
+
+    async def nondelivery(self, msg: Message, entries: list[status_log.Entry],
+                          expired: bool) -> bool:
+        """Send one DSN for entries; True when done (sent or deliberately dropped)."""
+        env = msg.env
+        if not entries:
+            return True
+        double_bounce = "double-bounce@" + self.config.get("myorigin")
+        if env.sender == "":
+            notice = self.config.get("2bounce_notice_recipient")
+            if not notice:
+                log.info(f"{msg.queue_id}: discarding undeliverable bounce (sender <>)")
+                return True
+            sender, rcpt, kind = double_bounce, notice, "postmaster"
+        elif env.sender.lower() == double_bounce.lower():
+            log.info(f"{msg.queue_id}: discarding undeliverable postmaster notification")
+            return True
+        else:
+            sender, rcpt, kind = "", env.sender, "sender"
+        try:
+            headers = self.original_headers(msg)
+        except (OSError, QueueFileError) as e:
+            log.warning(f"{msg.queue_id}: cannot read original headers: {e}")
+            headers = []
+        content = nondelivery_message(self.config, msg.queue_id, env, entries, headers, rcpt,
+                                      expired)
+        try:
+            reply = await self.cleanup.request({
+                "origin": "bounce", "sender": sender, "rcpt": [rcpt], "content": content,
+                "rewrite_context": "local", "flags": CLEANUP_FLAG_MAP_OK})
+        except (ProtocolError, OSError) as e:
+            log.warning(f"{msg.queue_id}: {kind} non-delivery notification: cleanup: {e}")
+            return False
+        if reply.number("status", -1) != CLEANUP_OK:
+            log.warning(f"{msg.queue_id}: {kind} non-delivery notification: "
+                        f"{reply.text('dsn')} {reply.text('reason')}")
+            return False
+        log.info(f"{msg.queue_id}: {kind} non-delivery notification: {reply.text('queue_id')}")
+        return True
+
+    def original_headers(self, msg: Message) -> list[bytes]:
+        from pymailsys.delivery import content_from_bytes
+
+        size = os.fstat(msg.fd).st_size
+        data = os.pread(msg.fd, size - msg.env.data_offset, msg.env.data_offset)
+        out = []
+        for line in content_from_bytes(data):
+            if not line:
+                break
+            out.append(line)
+        return out
+
+
+def nondelivery_message(config, queue_id: str, env: Envelope,  # type: ignore[no-untyped-def]
+                        entries: list[status_log.Entry], headers: list[bytes], to: str,
+                        expired: bool) -> bytes:
+    """A minimal RFC 3464 report in Postfix's words, with the original headers."""
+    host = config.get("myhostname")
+    now = time.time()
+    date = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(now))
+    arrival = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(env.arrival))
+    boundary = f"{queue_id}.{int(now)}/{host}"
+    lines = [
+        f"From: MAILER-DAEMON@{host} (Mail Delivery System)",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"To: {to}",
+        f"Date: {date}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status;\n\tboundary="{boundary}"',
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        f"This is the mail system at host {host}.",
+        "",
+        "I'm sorry to have to inform you that your message could not",
+        "be delivered to one or more recipients. It's attached below.",
+        "",
+        "For further assistance, please send mail to postmaster.",
+        "",
+        "If you do so, please include this problem report. You can",
+        "delete your own text from the attached returned message.",
+        "",
+        "                   The mail system",
+        "",
+    ]
+    for e in entries:
+        why = e.reason
+        if expired:
+            why = f"delivery temporarily suspended: {why}" if not why.startswith("delivery") else why
+        lines.append(f"<{e.recipient}>: {why}")
+    lines += ["", f"--{boundary}", "Content-Description: Delivery report",
+              "Content-Type: message/delivery-status", "",
+              f"Reporting-MTA: dns; {host}", f"X-Postfix-Queue-ID: {queue_id}",
+              f"X-Postfix-Sender: rfc822; {env.sender}", f"Arrival-Date: {arrival}"]
+    for e in entries:
+        lines += ["", f"Final-Recipient: rfc822; {e.recipient}"]
+        if e.original_recipient:
+            lines.append(f"Original-Recipient: rfc822;{e.original_recipient}")
+        lines += ["Action: failed", f"Status: {e.status}",
+                  f"Diagnostic-Code: X-Postfix; {e.reason}"]
+    lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
+              "Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: 8bit", ""]
+    text = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
+    text += b"".join(h + b"\n" for h in headers)
+    text += f"\n--{boundary}--\n".encode()
+    return text
+
+
+async def _on_trigger(ctx: server.Context, data: bytes) -> None:
+    ctx.state["qmgr"].trigger(data)
+
+
+async def _on_start(ctx: server.Context) -> None:
+    mgr = Qmgr(ctx)
+    ctx.state["qmgr"] = mgr
+    mgr.recover()
+    ctx.state["scanner"] = asyncio.ensure_future(mgr.scanner())
+    ctx.state["timer"] = asyncio.ensure_future(mgr.timer())
+    mgr.trigger(b"ID")  # everything in incoming; deferred mail whose time has come
+
+
+async def _on_stop(ctx: server.Context) -> None:
+    for name in ("scanner", "timer"):
+        task = ctx.state.get(name)
+        if task is not None:
+            task.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    server.run(PROGRAM, on_trigger=_on_trigger, on_start=_on_start, on_stop=_on_stop,
+               resident=True, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
