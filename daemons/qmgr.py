@@ -115,8 +115,16 @@ class Route:
 
 def route(config, address: str) -> Route:  # type: ignore[no-untyped-def]
     """Where a recipient goes (the one place qmgr asks the resolver)."""
-    from pymailsys import resolve
-
+    try:
+        from pymailsys import resolve
+    except ImportError:  # until the resolver lands: local or default transport only
+        local, at, domain = address.rpartition("@")
+        mydest = {d.lower() for d in config.get_list("mydestination")}
+        if not at or domain.lower().rstrip(".") in mydest:
+            transport, _, nexthop = config.get("local_transport").partition(":")
+            return Route(transport, nexthop or config.get("myhostname"))
+        transport, _, nexthop = config.get("default_transport").partition(":")
+        return Route(transport, nexthop or domain.lower())
     r = resolve.resolve(config, address)
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
