@@ -1,0 +1,283 @@
+"""Network address lists: mynetworks, inet_interfaces, and the host's own addresses.
+
+NAME
+    netaddr - match client addresses against Postfix address lists
+
+SYNOPSIS
+    nets = netaddr.mynetworks(config)          # an AddressList, built once
+    nets.match("127.0.0.1", "localhost")       # True / False, TableError
+    netaddr.AddressList(["10.0.0.0/8", "!10.1.0.0/16", "[::1]/128"])
+    netaddr.interface_addresses(config)        # inet_interfaces + proxy_interfaces
+
+DESCRIPTION
+    An ``AddressList`` holds Postfix's address-list patterns, tried left to
+    right; the first pattern that matches decides:
+
+    * ``a.b.c.d`` and ``a.b.c.d/n`` (IPv4 CIDR); ``[v6]``, ``[v6]/n`` and the
+      same without brackets (IPv6); IPv4-mapped IPv6 clients match IPv4
+      patterns. A CIDR with host bits set is refused (as Postfix does).
+    * ``!pattern`` negates: a match there means "not in the list".
+    * ``/file/name``: the file's patterns (white space or commas, ``#``
+      comments), inserted in place.
+    * ``type:table``: the client address is looked up, then the client name;
+      found means match (the value is ignored). A table error raises
+      ``maps.TableError``: the caller defers, it never treats it as no match.
+    * anything else is a host name: it matches the client name and, because
+      mynetworks is in Postfix's default parent_domain_matches_subdomains,
+      the name's subdomains; ``.domain`` matches subdomains only.
+
+    ``mynetworks(config)``: the parameter when set, otherwise computed from
+    ``mynetworks_style``: ``host`` (each interface address, /32 or /128),
+    ``subnet`` (each interface's subnet), ``class`` (the class A/B/C net of
+    each IPv4 interface address; IPv6 as subnet).
+
+    ``interface_addresses(config)``: the addresses of ``inet_interfaces``
+    (``all``: every interface; ``loopback-only``: 127.0.0.1 and ::1) plus
+    ``proxy_interfaces``, as normalized IP strings; resolve.py uses them to
+    recognise ``user@[ip]`` as local.
+
+REFUSES
+    A malformed pattern raises ``ValueError`` naming it (a configuration
+    error: the daemon reports it and exits).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable
+
+from pymailsys import config as config_mod
+from pymailsys import maps
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An IP address from a client string (brackets, IPv6 scope and ipv6: prefix allowed)."""
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        t = t[1:-1]
+    if t[:5].lower() == "ipv6:":
+        t = t[5:]
+    t = t.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(t)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_network(pattern: str) -> IPNetwork | None:
+    """A network from a CIDR or address pattern, None if it is not one (a name)."""
+    p = pattern
+    prefix = ""
+    if p.startswith("["):
+        end = p.find("]")
+        if end < 0:
+            raise ValueError(f'missing "]" in "{pattern}"')
+        addr, rest = p[1:end], p[end + 1:]
+        if rest and not rest.startswith("/"):
+            raise ValueError(f'bad address pattern: "{pattern}"')
+        prefix = rest
+    else:
+        addr, sep, plen = p.partition("/")
+        prefix = sep + plen
+        if ":" not in addr and not all(c.isdigit() or c == "." for c in addr):
+            return None
+        if not addr:
+            return None
+    try:
+        net = ipaddress.ip_network(addr + prefix, strict=True)
+    except ValueError as e:
+        raise ValueError(f'bad net/mask pattern: "{pattern}": {e}') from None
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None \
+            and net.prefixlen >= 96:
+        v4 = net.network_address.ipv4_mapped
+        return ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}")
+    return net
+
+
+class AddressList:
+    """Postfix's address list (namadr_list): ordered patterns, first match decides."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.items: list[tuple[bool, str, object]] = []
+        for pattern in patterns:
+            self._add(pattern)
+
+    def _add(self, pattern: str) -> None:
+        negate = False
+        while pattern.startswith("!"):
+            negate = not negate
+            pattern = pattern[1:]
+        if not pattern:
+            raise ValueError("empty pattern after '!'")
+        if pattern.startswith("/"):
+            for sub in _read_pattern_file(pattern):
+                before = len(self.items)
+                self._add(sub)
+                if negate:
+                    n, k, v = self.items[before]
+                    self.items[before] = (not n, k, v)
+            return
+        if ":" in pattern and not pattern.startswith("[") and _looks_like_table(pattern):
+            self.items.append((negate, "table", maps.open_table(pattern)))
+            return
+        net = parse_network(pattern)
+        if net is not None:
+            self.items.append((negate, "net", net))
+        else:
+            self.items.append((negate, "name", pattern.lower()))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def match(self, addr: str, name: str = "") -> bool:
+        """True when the client (address, name) is in the list; TableError on lookup failure."""
+        ip = parse_address(addr)
+        lname = name.lower().rstrip(".")
+        for negate, kind, value in self.items:
+            if kind == "net":
+                hit = ip is not None and ip.version == value.version and ip in value  # type: ignore[attr-defined,operator]
+            elif kind == "name":
+                pat = str(value)
+                if not lname or lname == "unknown":
+                    hit = False
+                elif pat.startswith("."):
+                    hit = lname.endswith(pat)
+                else:
+                    hit = lname == pat or lname.endswith("." + pat)
+            else:
+                table = value
+                assert isinstance(table, maps.Table)
+                hit = table.lookup(str(ip) if ip is not None else addr) is not None
+                if not hit and lname:
+                    hit = table.lookup(lname) is not None
+            if hit:
+                return not negate
+        return False
+
+    def __repr__(self) -> str:
+        return f"AddressList({self.items!r})"
+
+
+def _looks_like_table(pattern: str) -> bool:
+    type_name = pattern.split(":", 1)[0]
+    return type_name.isalnum() and not type_name.isdigit() and \
+        not all(c in "0123456789abcdefABCDEF" for c in type_name)
+
+
+def _read_pattern_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"open {path}: {e.strerror}") from None
+    out: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        out.extend(config_mod.split_list(line))
+    return out
+
+
+# --- the host's own interfaces -------------------------------------------------
+
+_SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
+
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def local_interfaces() -> list[IPInterface]:
+    """Each configured interface address with its prefix (address/prefix, host bits kept)."""
+    out: list[IPInterface] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, ifname in socket.if_nameindex():
+            req = struct.pack("256s", ifname.encode()[:15])
+            try:
+                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, req)[20:24])
+                mask = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, req)[20:24])
+            except OSError:
+                continue
+            out.append(ipaddress.ip_interface(f"{addr}/{mask}"))
+    finally:
+        sock.close()
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                hexaddr, plen = fields[0], int(fields[2], 16)
+                text = ":".join(hexaddr[i:i + 4] for i in range(0, 32, 4))
+                out.append(ipaddress.ip_interface(f"{ipaddress.IPv6Address(text)}/{plen}"))
+    except OSError:
+        pass
+    return out
+
+
+def mynetworks_patterns(config: config_mod.Config) -> list[str]:
+    """The mynetworks patterns: the parameter when set, else computed from mynetworks_style."""
+    if config.is_set("mynetworks") or config.get("mynetworks"):
+        return config.get_list("mynetworks")
+    style = config.get("mynetworks_style").strip().lower()
+    if style not in ("host", "subnet", "class"):
+        raise ValueError(f"unknown mynetworks_style value: {style}")
+    seen: list[str] = []
+    for iface in local_interfaces():
+        ip = iface.ip
+        if style == "host":
+            net = ipaddress.ip_network(ip)
+        elif style == "class" and ip.version == 4:
+            first = int(str(ip).split(".")[0])
+            plen = 8 if first < 128 else 16 if first < 192 else 24
+            net = ipaddress.ip_network(f"{ip}/{plen}", strict=False)
+        else:
+            net = iface.network
+        text = str(net) if net.version == 4 else f"[{net.network_address}]/{net.prefixlen}"
+        if text not in seen:
+            seen.append(text)
+    seen.sort(key=lambda t: t.startswith("["))
+    return seen
+
+
+def mynetworks(config: config_mod.Config) -> AddressList:
+    return AddressList(mynetworks_patterns(config))
+
+
+def interface_addresses(config: config_mod.Config) -> set[str]:
+    """Normalized IP strings of inet_interfaces plus proxy_interfaces."""
+    out: set[str] = set()
+    names = config.get_list("inet_interfaces") + config.get_list("proxy_interfaces")
+    for name in names:
+        low = name.lower()
+        if low == "all":
+            out.update(str(i.ip) for i in local_interfaces())
+        elif low == "loopback-only":
+            out.update(("127.0.0.1", "::1"))
+        else:
+            ip = parse_address(name)
+            if ip is not None:
+                out.add(str(ip))
+                continue
+            try:
+                for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP):
+                    a = parse_address(str(info[4][0]))
+                    if a is not None:
+                        out.add(str(a))
+            except OSError:
+                pass
+    return out
+
+
+def is_loopback(addr: str) -> bool:
+    ip = parse_address(addr)
+    return ip is not None and ip.is_loopback

@@ -1,0 +1,284 @@
+"""Address resolution: Postfix's trivial-rewrite resolve, as a library.
+
+NAME
+    resolve - classify an address and find its transport and next hop
+
+SYNOPSIS
+    r = resolve.resolve(config, "user@example.com")
+    r.class_, r.transport, r.nexthop, r.recipient, r.flags
+    resolve.Resolver(config).resolve(address)       # the same, explicit
+
+DESCRIPTION
+    Takes an envelope address in internal (unquoted) form and returns a
+    ``Resolved``. Used by smtpd (reject_unauth_destination, the local
+    recipient check) and by qmgr (where to deliver); it knows nothing of
+    either. Rules, as Postfix's resolve_addr():
+
+    * A source route ``@a,@b:user@domain`` is dropped (ROUTED unless local).
+    * Trailing dots of the domain are dropped. A local domain (below) is
+      stripped; when what remains has ``@``, ``%`` (allow_percent_hack) or
+      ``!`` (swap_bangpath: ``a!b`` becomes ``b@a``) it is resolved again.
+      An address without a domain is local.
+    * Class, checked in this order on the final domain:
+      ``local`` (mydestination, or ``[ip]`` of inet_interfaces /
+      proxy_interfaces), ``alias`` (virtual_alias_domains: transport
+      ``error``, nexthop ``5.1.1 User unknown in virtual alias table``),
+      ``virtual`` (virtual_mailbox_domains), ``relay`` (relay_domains,
+      subdomains included), ``default``.
+    * Transport and nexthop from local_transport / virtual_transport /
+      relay_transport / default_transport (``transport:nexthop``); without
+      a nexthop there: local uses $myhostname, relay and default use
+      $relayhost when set, else the domain; virtual uses the domain.
+    * transport_maps (not for class alias): ``user+ext@domain``,
+      ``user@domain``, ``domain``, ``.parent`` ..., ``*``. A value
+      ``transport:nexthop`` replaces what it gives; an empty part keeps the
+      default transport / uses the recipient domain.
+    * ``recipient`` is ``localpart@domain``; without a domain
+      ``@$myhostname`` is appended (for a stripped local domain, that one).
+    * ``flags``: ROUTED when a non-local result still has ``@ % !`` in its
+      localpart or came through a source route; FAIL when a table could not
+      answer (the caller defers; ``error`` says why).
+
+    Domain lists (mydestination and friends) take Postfix's patterns: a
+    name, ``.name`` (subdomains), ``!pattern``, ``/file``, ``type:table``
+    (the domain is the key; tables open at first use, so a missing one
+    fails lookups, not start-up). relay_domains also matches subdomains of a bare
+    name (parent_domain_matches_subdomains).
+
+REFUSES
+    Nothing: a malformed address resolves as best it can, like Postfix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pymailsys import addr_lookup, maps, netaddr
+from pymailsys import config as config_mod
+
+CLASS_LOCAL = "local"
+CLASS_ALIAS = "alias"
+CLASS_VIRTUAL = "virtual"
+CLASS_RELAY = "relay"
+CLASS_DEFAULT = "default"
+
+FLAG_ROUTED = 1 << 0
+FLAG_FAIL = 1 << 1
+
+ALIAS_NEXTHOP = "5.1.1 User unknown in virtual alias table"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    class_: str
+    transport: str
+    nexthop: str
+    recipient: str
+    flags: int = 0
+    error: str = ""
+
+    @property
+    def routed(self) -> bool:
+        return bool(self.flags & FLAG_ROUTED)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.flags & FLAG_FAIL)
+
+
+class DomainList:
+    """Postfix's domain list (match_list of domain names)."""
+
+    def __init__(self, patterns: list[str], parent_matches: bool = False) -> None:
+        self.parent_matches = parent_matches
+        self.items: list[tuple[bool, str, object]] = []
+        for p in patterns:
+            self._add(p)
+
+    def _add(self, pattern: str) -> None:
+        negate = False
+        while pattern.startswith("!"):
+            negate, pattern = not negate, pattern[1:]
+        if pattern.startswith("/"):
+            try:
+                with open(pattern, encoding="utf-8", errors="surrogateescape") as f:
+                    words = [w for line in f for w in
+                             config_mod.split_list(line.split("#", 1)[0])]
+            except OSError as e:
+                raise maps.TableError(f"open {pattern}: {e.strerror}") from None
+            for w in words:
+                self._add(("!" if negate else "") + w)
+            return
+        if ":" in pattern and not pattern.startswith("["):
+            self.items.append((negate, "table", pattern))  # opened at first use
+        else:
+            self.items.append((negate, "name", pattern.lower().rstrip(".")))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def match(self, domain: str) -> bool:
+        """True when domain is in the list; TableError when a table cannot answer."""
+        d = domain.lower()
+        for negate, kind, value in self.items:
+            if kind == "name":
+                pat = str(value)
+                if pat.startswith("."):
+                    hit = d.endswith(pat)
+                else:
+                    hit = d == pat or (self.parent_matches and d.endswith("." + pat))
+            else:
+                table = maps.open_table(str(value))
+                hit = table.lookup(d) is not None
+                if not hit and self.parent_matches:
+                    labels = d.split(".")
+                    for i in range(1, len(labels)):
+                        parent = ".".join(labels[i:])
+                        if table.lookup("." + parent) is not None:
+                            hit = True
+                            break
+            if hit:
+                return not negate
+        return False
+
+
+def _split_transport(spec: str) -> tuple[str, str]:
+    transport, _, nexthop = spec.partition(":")
+    return transport.strip(), nexthop.strip()
+
+
+class Resolver:
+    """Resolution rules of one configuration, lists and tables opened once."""
+
+    def __init__(self, config: config_mod.Config) -> None:
+        self.config = config
+        self.myhostname = config.get("myhostname")
+        self.mydestination = DomainList(config.get_list("mydestination"))
+        self.alias_domains = DomainList(config.get_list("virtual_alias_domains"))
+        self.virtual_domains = DomainList(config.get_list("virtual_mailbox_domains"))
+        self.relay_domains = DomainList(config.get_list("relay_domains"), parent_matches=True)
+        self._interfaces: set[str] | None = None
+        self.percent_hack = config.get_bool("allow_percent_hack")
+        self.swap_bangpath = config.get_bool("swap_bangpath")
+        self.relayhost = config.get("relayhost").strip()
+        self.local_transport = _split_transport(config.get("local_transport"))
+        self.virtual_transport = _split_transport(config.get("virtual_transport"))
+        self.relay_transport = _split_transport(config.get("relay_transport"))
+        self.default_transport = _split_transport(config.get("default_transport"))
+        self._transport_maps: maps.Maps | None = None
+        self.delimiter = config.get("recipient_delimiter")
+
+    @property
+    def interfaces(self) -> set[str]:
+        if self._interfaces is None:
+            self._interfaces = netaddr.interface_addresses(self.config)
+        return self._interfaces
+
+    def is_local_domain(self, domain: str) -> bool:
+        """mydestination or an [ip] literal of our interfaces. TableError on lookup failure."""
+        if not domain:
+            return True
+        if domain.startswith("[") and domain.endswith("]"):
+            ip = netaddr.parse_address(domain)
+            return ip is not None and str(ip) in self.interfaces
+        return self.mydestination.match(domain)
+
+    def resolve(self, address: str) -> Resolved:
+        try:
+            return self._resolve(address)
+        except maps.TableError as e:
+            return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL, str(e))
+
+    def _resolve(self, address: str) -> Resolved:
+        flags = 0
+        addr = address
+        saved_domain = ""
+        rerouted = False
+        if addr.startswith("@"):
+            colon = addr.find(":")
+            if colon > 0:
+                addr = addr[colon + 1:]
+                rerouted = True
+        for _ in range(20):
+            local, at, domain = addr.rpartition("@")
+            if not at:
+                local, domain = addr, ""
+            domain = domain.rstrip(".")
+            if domain and not self.is_local_domain(domain):
+                break
+            if domain:
+                saved_domain = domain
+            if "@" in local:
+                addr, rerouted = local, True
+                continue
+            if self.percent_hack and "%" in local:
+                i = local.rfind("%")
+                addr, rerouted = local[:i] + "@" + local[i + 1:], True
+                continue
+            if self.swap_bangpath and "!" in local:
+                host, _, user = local.partition("!")
+                if host and user:
+                    addr, rerouted = f"{user}@{host}", True
+                    continue
+            addr, domain = local, ""
+            break
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            local, domain = addr, ""
+        domain = domain.rstrip(".")
+        if not domain:
+            recipient = f"{local}@{saved_domain or self.myhostname}" if local else ""
+            return self._finish(CLASS_LOCAL, self.local_transport, self.myhostname,
+                                recipient, local, saved_domain or self.myhostname, flags)
+        if self.alias_domains.match(domain):
+            class_, (transport, nexthop) = CLASS_ALIAS, ("error", ALIAS_NEXTHOP)
+        elif self.virtual_domains.match(domain):
+            class_, (transport, nexthop) = CLASS_VIRTUAL, self.virtual_transport
+            nexthop = nexthop or domain
+        elif self.relay_domains.match(domain):
+            class_, (transport, nexthop) = CLASS_RELAY, self.relay_transport
+            nexthop = nexthop or self.relayhost or domain
+        else:
+            class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport
+            nexthop = nexthop or self.relayhost or domain
+        if rerouted or any(c in local for c in "@%!"):
+            flags |= FLAG_ROUTED
+        recipient = f"{local}@{domain}"
+        return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
+
+    def _finish(self, class_: str, spec: tuple[str, str], nexthop: str, recipient: str,
+                local: str, domain: str, flags: int) -> Resolved:
+        transport = spec[0]
+        if class_ == CLASS_LOCAL:
+            nexthop = spec[1] or self.myhostname
+        if class_ != CLASS_ALIAS and self.config.get("transport_maps"):
+            found = self._transport_lookup(local, domain)
+            if found is not None:
+                t, _, n = found.partition(":")
+                transport = t.strip() or transport
+                nexthop = n.strip() or domain
+        return Resolved(class_, transport, nexthop, recipient, flags)
+
+    def _transport_lookup(self, local: str, domain: str) -> str | None:
+        if self._transport_maps is None:
+            self._transport_maps = maps.Maps(self.config, "transport_maps")
+        return addr_lookup.lookup_transport(
+            self._transport_maps, f"{local}@{domain}", self.delimiter,
+            addr_lookup.parent_style(self.config, "transport_maps"))
+
+
+_resolvers: dict[int, tuple[config_mod.Config, Resolver]] = {}
+
+
+def resolver_for(config: config_mod.Config) -> Resolver:
+    """The Resolver of this configuration object (built on first use)."""
+    entry = _resolvers.get(id(config))
+    if entry is None or entry[0] is not config:
+        entry = (config, Resolver(config))
+        _resolvers[id(config)] = entry
+    return entry[1]
+
+
+def resolve(config: config_mod.Config, address: str) -> Resolved:
+    """Resolve one address with this configuration (see the module docstring)."""
+    return resolver_for(config).resolve(address)

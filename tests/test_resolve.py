@@ -1,0 +1,93 @@
+"""pymailsys.resolve: address classes, transports and next hops as Postfix's trivial-rewrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pymailsys import config, resolve
+
+
+def cfg(**values: str) -> config.Config:
+    base = {"myhostname": "mx.example", "mydestination": "$myhostname, localhost",
+            "inet_interfaces": "loopback-only"}
+    base.update(values)
+    return config.Config("/nonexistent", base)
+
+
+def test_classes_in_order() -> None:
+    c = cfg(relay_domains="relay.example", virtual_alias_domains="va.example",
+            virtual_mailbox_domains="vm.example")
+    r = resolve.resolve(c, "root@mx.example")
+    assert (r.class_, r.transport, r.nexthop, r.recipient) == ("local", "local", "mx.example",
+                                                                "root@mx.example")
+    r = resolve.resolve(c, "u@va.example")
+    assert (r.class_, r.transport, r.nexthop) == ("alias", "error",
+                                                  "5.1.1 User unknown in virtual alias table")
+    r = resolve.resolve(c, "u@vm.example")
+    assert (r.class_, r.transport, r.nexthop) == ("virtual", "virtual", "vm.example")
+    r = resolve.resolve(c, "u@sub.relay.example")  # relay_domains matches subdomains
+    assert (r.class_, r.transport, r.nexthop) == ("relay", "relay", "sub.relay.example")
+    r = resolve.resolve(c, "u@elsewhere.example")
+    assert (r.class_, r.transport, r.nexthop, r.flags) == ("default", "smtp", "elsewhere.example", 0)
+
+
+def test_bare_localpart_trailing_dot_and_case() -> None:
+    c = cfg()
+    assert resolve.resolve(c, "root").recipient == "root@mx.example"
+    r = resolve.resolve(c, "root@MX.Example.")
+    assert r.class_ == "local" and r.recipient == "root@MX.Example"
+
+
+def test_ip_literal_of_our_interfaces_is_local() -> None:
+    c = cfg()
+    assert resolve.resolve(c, "root@[127.0.0.1]").class_ == "local"
+    assert resolve.resolve(c, "root@[192.0.2.200]").class_ == "default"
+
+
+def test_routed_addresses() -> None:
+    c = cfg(relay_domains="relay.example")
+    r = resolve.resolve(c, "u%elsewhere.example@mx.example")  # percent hack on a local domain
+    assert r.class_ == "default" and r.recipient == "u@elsewhere.example" and r.routed
+    r = resolve.resolve(c, "u%x@relay.example")  # sender-specified routing via a relay domain
+    assert r.class_ == "relay" and r.routed
+    r = resolve.resolve(c, "u@x.example@mx.example")
+    assert r.class_ == "default" and r.routed
+    r = resolve.resolve(c, "x.example!u")
+    assert r.recipient == "u@x.example" and r.routed
+    r = resolve.resolve(c, "@a,@b:root@mx.example")  # source route dropped
+    assert r.class_ == "local" and not r.routed
+    assert resolve.resolve(c, "@a:u@relay.example").routed
+    r = resolve.resolve(cfg(allow_percent_hack="no"), "u%x@mx.example")
+    assert r.class_ == "local" and r.recipient == "u%x@mx.example"
+
+
+def test_transports_relayhost_and_transport_maps(tmp_path: Path) -> None:
+    c = cfg(relayhost="[smarthost.example]", relay_domains="relay.example",
+            default_transport="smtp:[fallback.example]",
+            transport_maps="inline:{t.example=smtp:[192.0.2.1]:2525, "
+                           "n.example=lmtp:, .p.example=relay:}")
+    assert resolve.resolve(c, "u@relay.example").nexthop == "[smarthost.example]"
+    assert resolve.resolve(c, "u@other.example").nexthop == "[fallback.example]"
+    r = resolve.resolve(c, "u@t.example")
+    assert (r.transport, r.nexthop) == ("smtp", "[192.0.2.1]:2525")
+    r = resolve.resolve(c, "u@n.example")
+    assert (r.transport, r.nexthop) == ("lmtp", "n.example")
+    r = resolve.resolve(c, "u@a.p.example")
+    assert (r.transport, r.nexthop) == ("relay", "a.p.example")
+
+
+def test_domain_lists_tables_files_negation(tmp_path: Path) -> None:
+    f = tmp_path / "domains"
+    f.write_text("file.example # comment\n")
+    c = cfg(mydestination=f"!no.example, .sub.example, {f}, inline:{{tab.example=1}}")
+    assert resolve.resolve(c, "u@file.example").class_ == "local"
+    assert resolve.resolve(c, "u@a.sub.example").class_ == "local"
+    assert resolve.resolve(c, "u@sub.example").class_ == "default"
+    assert resolve.resolve(c, "u@tab.example").class_ == "local"
+    assert resolve.resolve(c, "u@no.example").class_ == "default"
+
+
+def test_table_failure_is_flagged_not_not_found() -> None:
+    c = cfg(mydestination="hash:/nonexistent/table")
+    r = resolve.resolve(c, "u@x.example")
+    assert r.failed and "nonexistent" in r.error
