@@ -1,0 +1,359 @@
+"""qmgr with the real cleanup and local daemons, run standalone (``-L``) on a throw-away spool.
+
+``Standalone`` starts cleanup, qmgr and local by hand (no master, no smtpd),
+puts queue files into incoming/ the way cleanup does (QueueFileBuilder, fchmod
+0700, fsync) or submits through public/cleanup, and checks what a user would:
+mailbox bytes, log lines, queue directories, status logs.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from harness import wait_until
+
+from pymailsys import status_log, trigger
+from pymailsys.daemons.qmgr import TRANSPORT_ERROR
+from pymailsys.queue import Spool
+from pymailsys.queue_file import QueueFileBuilder, read_envelope
+
+ME = pwd.getpwuid(os.getuid()).pw_name
+SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local"}
+
+
+class Standalone:
+    def __init__(self, base: Path | None = None, maildir: bool = True, **settings: str) -> None:
+        self.base = Path(base or tempfile.mkdtemp(prefix="pymailsys-qmgr-", dir="/tmp"))
+        os.chmod(self.base, 0o755)
+        for sub in ("etc", "mail", "log"):
+            (self.base / sub).mkdir(exist_ok=True)
+        os.chmod(self.base / "mail", 0o1777)
+        self.etc = self.base / "etc"
+        self.spool_dir = self.base / "spool"
+        self.mail = self.base / "mail"
+        self.log_path = self.base / "log" / "maillog"
+        (self.etc / "aliases").write_text("postmaster: root\n")
+        values = {
+            "queue_directory": str(self.spool_dir),
+            "data_directory": str(self.base / "data"),
+            "mail_spool_directory": f"{self.mail}{'/' if maildir else ''}",
+            "maillog_file": str(self.log_path),
+            "maillog_file_prefixes": str(self.base),
+            "myhostname": "test.example",
+            "mydestination": "$myhostname, localhost",
+            "alias_maps": f"texthash:{self.etc / 'aliases'}",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+        }
+        values.update(settings)
+        self.set(**values)
+        from pymailsys import config, spool_setup
+
+        spool_setup.create_missing(config.load(str(self.etc)))
+        self.spool = Spool(str(self.spool_dir))
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def set(self, **values: str) -> None:
+        with open(self.etc / "main.cf", "a") as f:
+            for k, v in values.items():
+                f.write(f"{k} = {v}\n")
+
+    def start(self, *names: str) -> None:
+        for name in names or ("cleanup", "local", "qmgr"):
+            sock = self.spool_dir / SOCKETS[name]
+            if sock.exists():
+                sock.unlink()
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"pymailsys.daemons.{name}", "-c", str(self.etc),
+                 "-n", name, "-L", str(sock)],
+                stdout=subprocess.DEVNULL, stderr=open(self.base / "log" / f"{name}.err", "ab"))
+            wait_until(sock.exists, 20, what=f"{name} socket")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(20)
+        if sig == signal.SIGKILL:
+            (self.spool_dir / SOCKETS[name]).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+    def queue(self, sender: str, rcpts: list[str], text: bytes, kick: bool = True) -> str:
+        b = QueueFileBuilder(time.time())
+        b.sender(sender)
+        for r in rcpts:
+            b.recipient(r, orig=r)
+        for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
+            b.line(line)
+        qid, path, fd = self.spool.create_queue_file("incoming")
+        os.write(fd, b.build())
+        os.fchmod(fd, 0o700)
+        os.fsync(fd)
+        os.close(fd)
+        if kick:
+            self.trigger(b"I")
+        return qid
+
+    def trigger(self, data: bytes) -> bool:
+        return trigger.send_trigger(str(self.spool_dir / "public" / "qmgr"), data)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 30, count: int = 1) -> list[str]:
+        rx = re.compile(pattern)
+
+        def found() -> list[str]:
+            lines = [line for line in self.log().splitlines() if rx.search(line)]
+            return lines if len(lines) >= count else []
+
+        return wait_until(found, timeout, what=f"/{pattern}/ x{count}")  # type: ignore[return-value]
+
+    def maildir_messages(self, user: str = ME) -> list[bytes]:
+        new = self.mail / user / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+
+    def queue_ids(self, queue: str) -> list[str]:
+        out: list[str] = []
+        for _d, _s, files in os.walk(self.spool_dir / queue):
+            out.extend(files)
+        return out
+
+    def queue_empty(self) -> bool:
+        return not any(self.queue_ids(q) for q in ("incoming", "active", "deferred"))
+
+    def cleanup(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait(10)
+        self.procs.clear()
+        subprocess.run(["rm", "-rf", str(self.base)], check=False)
+
+
+@pytest.fixture
+def system():  # type: ignore[no-untyped-def]
+    made: list[Standalone] = []
+
+    def make(**kwargs: object) -> Standalone:
+        s = Standalone(**kwargs)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.cleanup()
+
+
+BODY = b"Subject: hello\nFrom: a@example.org\n\nline one\nFrom here\n.dot\n"
+
+
+def test_delivery_to_maildir_exact_bytes_and_removal(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: removed")
+    (msg,) = s.maildir_messages()
+    assert msg == (f"Return-Path: <alice@example.org>\nX-Original-To: {ME}@localhost\n"
+                   f"Delivered-To: {ME}@localhost\n").encode() + BODY
+    log = s.log()
+    assert re.search(rf"postfix/qmgr\[\d+\]: {qid}: from=<alice@example\.org>, size=\d+, nrcpt=1 "
+                     r"\(queue active\)", log)
+    assert re.search(rf"postfix/local\[\d+\]: {qid}: to=<{ME}@localhost>, relay=local, "
+                     r"delay=[\d.]+, delays=[\d.]+/[\d.]+/0/[\d.]+, dsn=2\.0\.0, "
+                     r"status=sent \(delivered to maildir\)", log)
+    assert s.queue_empty()
+
+
+def test_unavailable_transport_defers_with_status_log_and_backoff(system) -> None:  # type: ignore[no-untyped-def]
+    s = system(minimal_backoff_time="300s", maximal_backoff_time="4000s")
+    s.start("qmgr")
+    qid = s.queue("alice@example.org", ["bob@remote.example", f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<bob@remote\.example>, relay=none, .*dsn=4\.3\.0, "
+               r"status=deferred \(mail transport unavailable\)")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=none, .*status=deferred \(mail transport unavailable\)")
+    path = s.spool_dir / "deferred" / qid[0] / qid
+    wait_until(path.exists, 20, what="hashed deferred file")
+    assert 290 < os.stat(path).st_mtime - time.time() <= 300
+    entries = status_log.read(str(s.spool_dir / "defer" / qid[0] / qid))
+    assert [e.recipient for e in entries] == ["bob@remote.example", f"{ME}@localhost"]
+    assert entries[0].action == "delayed" and entries[0].status == "4.3.0"
+    env = read_envelope(str(path))
+    assert entries[0].offset == env.recipients[0].offset
+    assert not any(r.done for r in env.recipients)
+
+
+def test_deferred_mail_survives_restart_and_is_delivered(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    broken = s.base / "broken"
+    broken.write_text("not a directory\n")
+    s.set(mail_spool_directory=f"{broken}/")
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*dsn=4\.2\.0, status=deferred \(maildir delivery failed")
+    wait_until(lambda: qid in s.queue_ids("deferred"), 20, what="deferred file")
+    s.stop()
+    assert qid in s.queue_ids("deferred")
+    broken.unlink()
+    broken.mkdir()
+    os.chmod(broken, 0o1777)
+    s.start()
+    s.trigger(b"AD")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+    s.wait_log(rf"{qid}: removed")
+    (path,) = list((broken / ME / "new").iterdir())
+    assert path.read_bytes().endswith(BODY)
+    assert not s.queue_ids("defer")
+
+
+def test_bounce_sends_dsn_through_cleanup(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    qid = s.queue("alice@example.org", ["nosuchuser@localhost", f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<nosuchuser@localhost>, relay=local, .*dsn=5\.1\.1, "
+               r'status=bounced \(unknown user: "nosuchuser"\)')
+    (line,) = s.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    new_id = line.rsplit(" ", 1)[1]
+    s.wait_log(rf"{qid}: removed")
+    # the DSN goes to alice@example.org: remote, so it waits in deferred/
+    s.wait_log(rf"{new_id}: from=<>, size=\d+, nrcpt=1 \(queue active\)")
+    s.wait_log(rf"{new_id}: to=<alice@example\.org>, relay=none, .*status=deferred")
+    wait_until(lambda: new_id in s.queue_ids("deferred"), 20, what="DSN deferred")
+    (path,) = [p for p in (s.spool_dir / "deferred").rglob(new_id)]
+    data = path.read_bytes()
+    assert b"Subject: Undelivered Mail Returned to Sender" in data
+    assert b"MAILER-DAEMON@test.example (Mail Delivery System)" in data
+    assert b"<nosuchuser@localhost>: unknown user: \"nosuchuser\"" in data
+    assert b"Subject: hello" in data  # the original headers
+    assert read_envelope(str(path)).sender == ""
+    assert len(s.maildir_messages()) == 1
+
+
+def test_failed_bounce_goes_to_2bounce_recipient(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.set(**{"2bounce_notice_recipient": f"{ME}@localhost"})
+    s.start()
+    qid = s.queue("", ["nosuchuser@localhost"], BODY)
+    s.wait_log(rf"{qid}: postmaster non-delivery notification: \w+")
+    wait_until(lambda: s.maildir_messages(), 30, what="postmaster copy")
+    (msg,) = s.maildir_messages()
+    assert b"Undelivered Mail Returned to Sender" in msg
+    assert msg.startswith(b"Return-Path: <double-bounce@test.example>\n")
+
+
+def test_bounce_of_a_bounce_without_2bounce_recipient_is_dropped(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.set(**{"2bounce_notice_recipient": ""})
+    s.start()
+    qid = s.queue("", ["nosuchuser@localhost"], BODY)
+    s.wait_log(rf"{qid}: discarding undeliverable bounce")
+    s.wait_log(rf"{qid}: removed")
+    assert "non-delivery notification" not in s.log()
+
+
+def test_expired_mail_is_returned(system) -> None:  # type: ignore[no-untyped-def]
+    s = system(maximal_queue_lifetime="0")
+    s.start()
+    qid = s.queue("alice@example.org", ["bob@remote.example"], BODY)
+    s.wait_log(rf"{qid}: from=<alice@example\.org>, status=expired, returned to sender")
+    s.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    s.wait_log(rf"{qid}: removed")
+
+
+def test_corrupt_and_incomplete_files(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    bad = s.spool_dir / "incoming" / "ABCDEF12345"
+    bad.write_bytes(b"C\x05hello garbage")
+    os.chmod(bad, 0o700)
+    half = s.spool_dir / "incoming" / "ABCDEF99999"
+    half.write_bytes(b"")
+    os.chmod(half, 0o600)
+    s.trigger(b"I")
+    s.wait_log(r'warning: saving corrupt file "ABCDEF12345" from queue "active" to queue "corrupt"')
+    assert (s.spool_dir / "corrupt" / "ABCDEF12345").exists()
+    time.sleep(0.5)
+    assert half.exists()
+    assert "ABCDEF99999" not in s.log()
+
+
+def test_locked_file_is_skipped_and_put_back(system) -> None:  # type: ignore[no-untyped-def]
+    import fcntl
+
+    s = system()
+    s.start("qmgr")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    fd = os.open(s.spool.path("incoming", qid), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a delivery agent of an earlier qmgr is still at work
+    try:
+        s.trigger(b"I")
+        s.wait_log(rf"{qid}: skipped, still being delivered")
+        path = s.spool.path("incoming", qid)
+        wait_until(lambda: os.path.exists(path), 10, what="file back in incoming")
+        assert os.stat(path).st_mtime > time.time() + 30
+    finally:
+        os.close(fd)
+
+
+def test_recovery_moves_active_back(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    s.spool.move(qid, "incoming", "active")
+    s.start()
+    s.wait_log(rf"{qid}: removed")
+    assert len(s.maildir_messages()) == 1
+
+
+def test_crash_qmgr_and_local_under_load(system) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 qmgr, then local, during a 500-message run: all delivered, no duplicates."""
+    s = system()
+    s.start()
+    total = 500
+    tokens = [f"crash-{i:03d}" for i in range(total)]
+    for i, token in enumerate(tokens):
+        s.queue("load@example.org", [f"{ME}@localhost"], f"Subject: {token}\n\n{token}\n".encode(),
+                kick=(i % 50 == 49))
+    wait_until(lambda: len(s.maildir_messages()) >= 150, 120, interval=0.02, what="150 delivered")
+    s.kill("qmgr")
+    s.start("qmgr")
+    wait_until(lambda: len(s.maildir_messages()) >= 300, 120, interval=0.02, what="300 delivered")
+    s.kill("local")
+    s.start("local")
+    s.trigger(b"FADI")
+
+    def subjects() -> list[str]:
+        out = []
+        for msg in s.maildir_messages():
+            m = re.search(rb"^Subject: (crash-\d+)$", msg, re.M)
+            if m:
+                out.append(m.group(1).decode())
+        return out
+
+    def done() -> bool:
+        s.trigger(b"AD")
+        return set(tokens) <= set(subjects())
+
+    wait_until(done, 180, interval=1.0, what="every message delivered")
+    got = subjects()
+    duplicates = len(got) - len(set(got))
+    log = s.log()
+    sent_lines = len(re.findall(r"status=sent \(delivered to maildir\)", log))
+    transport_errors = log.count(TRANSPORT_ERROR)
+    print(f"\nstandalone crash test: queued={total} delivered={len(set(got))} "
+          f"duplicates={duplicates} agent-sent-lines={sent_lines} "
+          f"requests-lost-with-local={transport_errors} skipped-locked={log.count('skipped, still')}")
+    assert duplicates == 0
+    wait_until(s.queue_empty, 60, what="empty queue")
