@@ -22,10 +22,10 @@ import pytest
 from harness import wait_until
 
 from pymailsys import status_log, trigger
-from pymailsys.daemons.qmgr import TRANSPORT_ERROR
 from pymailsys.queue import Spool
 from pymailsys.queue_file import QueueFileBuilder, read_envelope
 
+TRANSPORT_ERROR = "unknown mail transport error"
 ME = pwd.getpwuid(os.getuid()).pw_name
 SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local"}
 
