@@ -38,7 +38,8 @@ Figures per run:
   process of the system: idle after start, peak and mean under load, idle
   after the load;
 - latency: ``--latency`` single messages sent one at a time with smtplib;
-  from connect until the file appears in Maildir/new (inotify), median and
+  from connect until the file appears in Maildir/new (inotify; for relay:
+  until smtp-sink counts it), median and
   90th percentile; also the time until the 250 reply to DATA.
 
 Output: a plain-text report on stdout and, with --json, the same as JSON
@@ -52,10 +53,11 @@ message that names what was awaited (and the tail of the system's log). Both
 instances are stopped, their cgroups killed and removed, and the temp dir
 deleted, also on failure or Ctrl-C (``--keep`` keeps the temp dir).
 
-Scenarios: ``--scenario local`` (Maildir delivery to one account) is the one
-implemented. ``relay`` (relay every message to smtp-sink on another loopback
-port) is reserved: see ``Scenario`` and ``relay_settings`` below; it needs the
-pymailsys smtp client first.
+Scenarios (see ``Scenario``): ``--scenario local`` (default) delivers every
+message to benchuser's Maildir; ``--scenario relay`` relays every message
+through the system's smtp client to Debian's smtp-sink on another loopback
+port (arrival = smtp-sink's counter). pymailsys has no smtp client yet: run
+the relay scenario with ``--systems postfix`` until it has.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ import json
 import os
 import platform
 import pwd
+import re
 import resource
 import select
 import shutil
@@ -140,6 +143,95 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
             extra = f"\n{detail()}" if detail else ""
             raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- scenarios
+@dataclass
+class Scenario:
+    """What the load is addressed to, and where it must arrive.
+
+    ``local``: every message to benchuser@localhost, delivered by the local
+    agent to the Maildir DIR/mail/benchuser/; arrival = a file in its new/.
+    ``relay``: every message to benchuser@relay.example, which is not local,
+    so the system's smtp client relays it (``relayhost = [127.0.0.1]:PORT``)
+    to Debian's /usr/sbin/smtp-sink on another loopback port, one sink per
+    system, started for each run; arrival = smtp-sink's message counter.
+    The relay scenario needs an smtp client in pymailsys (not there yet:
+    run it with ``--systems postfix`` until it is).
+    """
+
+    name: str
+    recipient: str
+
+    def settings(self, system: System) -> dict[str, str]:
+        if self.name == "relay" and system.sink is not None:
+            return {"relayhost": f"[{LOOPBACK}]:{system.sink.port}"}
+        return {}
+
+
+def scenario(name: str) -> Scenario:
+    if name == "local":
+        return Scenario("local", f"{BENCH_USER}@{RECIPIENT_DOMAIN}")
+    if name == "relay":
+        return Scenario("relay", f"{BENCH_USER}@relay.example")
+    raise BenchError(f"unknown scenario {name!r}")
+
+
+class Sink:
+    """Debian's smtp-sink on a free loopback port, counting the messages it receives."""
+
+    COUNTER = re.compile(rb"mesg=(\d+)")
+
+    def __init__(self, base: Path) -> None:
+        self.port = free_port()
+        self.out_path = base / "smtp-sink.out"
+        self.proc: subprocess.Popen | None = None
+        self.offset = 0
+        self.messages = 0
+
+    def start(self) -> None:
+        self.offset = self.messages = 0
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [SMTP_SINK, "-c", "-h", "sink.example", "-u", "postfix",
+                 f"{LOOPBACK}:{self.port}", "256"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"smtp-sink exited {self.proc.returncode}: "
+                                 f"{self.out_path.read_text(errors='replace')[-500:]}")
+            with contextlib.suppress(OSError), \
+                    socket.create_connection((LOOPBACK, self.port), timeout=2) as s:
+                s.settimeout(5)
+                return s.recv(512).startswith(b"220")
+            return False
+
+        wait_until(ready, 20, f"smtp-sink on port {self.port}", interval=0.05)
+        self.count()
+
+    def count(self) -> int:
+        """Messages received since start() ('.' answered)."""
+        with open(self.out_path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        found = self.COUNTER.findall(data)
+        if found:
+            self.messages = int(found[-1])
+        cut = data.rfind(b"\r")
+        if cut >= 0:
+            self.offset += cut + 1
+        return self.messages
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
 
 
 # --------------------------------------------------------------------------- setup
@@ -412,15 +504,40 @@ class NewFileWatch:
             self.fd = -1
 
 
+class SinkWatch:
+    """NewFileWatch's interface over smtp-sink's counter (relay scenario)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.seen = sink.count()
+
+    def drain(self) -> None:
+        self.seen = self.sink.count()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sink.count() > self.seen:
+                self.seen = self.sink.messages
+                return True
+            time.sleep(0.0005)
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- systems
 class System:
     """One mail system under test: a throw-away instance under base/."""
 
     label = "?"
 
-    def __init__(self, base: Path, account: Account) -> None:
+    def __init__(self, base: Path, account: Account, scen: Scenario) -> None:
         self.base = base
         self.account = account
+        self.scenario = scen
+        self.sink = Sink(base) if scen.name == "relay" else None
         self.port = free_port()
         self.config_dir = base / "etc"
         self.queue_dir = base / "spool"
@@ -463,6 +580,9 @@ class System:
             os.chmod(path, 0o700)
 
     def delivered(self) -> int:
+        """Messages arrived at the far end: in Maildir/new, or counted by smtp-sink."""
+        if self.sink is not None:
+            return self.sink.count()
         try:
             return len(os.listdir(self.maildir / "new"))
         except FileNotFoundError:
@@ -494,6 +614,8 @@ class System:
             return False
 
     def start(self) -> None:
+        if self.sink is not None:
+            self.sink.start()
         note(f"{self.label}: starting on {LOOPBACK}:{self.port}")
         result = subprocess.run(self.start_command(), capture_output=True, text=True, timeout=120,
                                 preexec_fn=self.group.enter, env=self.env(), cwd="/")
@@ -514,6 +636,8 @@ class System:
                 wait_until(lambda: not self.group.pids(), 15, f"{self.label} processes to exit",
                            interval=0.1)
         self.group.kill()
+        if self.sink is not None:
+            self.sink.stop()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -594,6 +718,7 @@ class PostfixSystem(System):
         settings = {
             "compatibility_level": "3.6",
             **common_settings(self),
+            **self.scenario.settings(self),
             "inet_protocols": "ipv4",
             "local_recipient_maps": "proxy:unix:passwd.byname",
             "smtpd_error_sleep_time": "0",
@@ -640,7 +765,7 @@ class PymailsysSystem(System):
         if result.returncode != 0:
             raise BenchError("pymailsys: `python3 -m pymailsys.tools.instance create` failed "
                              f"(is the pipeline in place?):\n{result.stdout}{result.stderr}")
-        settings = common_settings(self)
+        settings = {**common_settings(self), **self.scenario.settings(self)}
         with open(self.config_dir / "main.cf", "a") as f:
             f.write("# tests/bench/compare.py: same settings as the Postfix peer\n")
             for name, value in settings.items():
@@ -667,31 +792,6 @@ class PymailsysSystem(System):
 
 
 SYSTEMS: dict[str, type[System]] = {"postfix": PostfixSystem, "pymailsys": PymailsysSystem}
-
-
-# --------------------------------------------------------------------------- scenarios
-@dataclass
-class Scenario:
-    """What the load is addressed to, and how to tell it has all arrived.
-
-    ``local``: every message to benchuser@localhost, delivered to its Maildir.
-    ``relay`` (reserved): every message to an address in a relayed domain,
-    delivered by the system's smtp client to /usr/sbin/smtp-sink on another
-    loopback port; done when smtp-sink has counted them all and the queue is
-    empty. To add it: a ``relay_settings`` per system (relayhost =
-    [127.0.0.1]:SINKPORT, relay_domains), an smtp-sink started per run, and a
-    ``delivered`` that reads its count.
-    """
-
-    name: str
-    recipient: str
-
-
-def scenario(name: str) -> Scenario:
-    if name == "local":
-        return Scenario("local", f"{BENCH_USER}@{RECIPIENT_DOMAIN}")
-    raise BenchError(f"scenario {name!r} is not implemented yet (pymailsys has no smtp client); "
-                     "use --scenario local")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -800,7 +900,8 @@ def latency_run(system: System, result: RunResult, count: int, size: int, scen: 
         return
     body = (b"From: <" + SENDER.encode() + b">\r\nTo: <" + scen.recipient.encode()
             + b">\r\nSubject: latency probe\r\n\r\n" + message_body(size))
-    watch = NewFileWatch(system.maildir / "new")
+    watch: NewFileWatch | SinkWatch = (SinkWatch(system.sink) if system.sink is not None
+                                        else NewFileWatch(system.maildir / "new"))
     total, accepted = [], []
     try:
         for i in range(count):
@@ -818,8 +919,8 @@ def latency_run(system: System, result: RunResult, count: int, size: int, scen: 
                 if code != 250:
                     raise BenchError(f"{system.label}: DATA answered {code} {text!r}")
                 if not watch.wait(30):
-                    raise BenchError(f"{system.label}: latency probe {i + 1} not in "
-                                     f"{system.maildir / 'new'} after 30s\n{system.log_tail()}")
+                    raise BenchError(f"{system.label}: latency probe {i + 1} not delivered "
+                                     f"after 30s\n{system.log_tail()}")
                 t1 = time.perf_counter()
                 client.quit()
             finally:
@@ -866,7 +967,7 @@ METRICS: list[tuple[str, str, str, bool]] = [
     # key, label, format, higher is better
     ("accepted_per_s", "accepted (msg/s)", "{:.0f}", True),
     ("delivered_per_s", "delivered end to end (msg/s)", "{:.0f}", True),
-    ("latency_median_ms", "latency median, connect -> Maildir/new (ms)", "{:.1f}", False),
+    ("latency_median_ms", "latency median, connect -> delivered (ms)", "{:.1f}", False),
     ("latency_p90_ms", "latency 90th percentile (ms)", "{:.1f}", False),
     ("accept_latency_median_ms", "latency median, connect -> 250 (ms)", "{:.1f}", False),
     ("cpu_s_per_1000", "CPU s per 1,000 messages (all processes)", "{:.2f}", False),
@@ -874,7 +975,7 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}", False),
     ("client_cpu_s", "  smtp-source CPU (s, whole run)", "{:.2f}", False),
     ("bench_cpu_s", "  this script's CPU while polling (s)", "{:.2f}", False),
-    ("other_cpu_s", "  other CPU on the machine (kernel threads, others; s)", "{:.2f}", False),
+    ("other_cpu_s", "  other CPU on the machine (s)", "{:.2f}", False),
     ("pss_idle_mb", "PSS idle after start (MB)", "{:.1f}", False),
     ("pss_load_peak_mb", "PSS under load, peak (MB)", "{:.1f}", False),
     ("pss_load_mean_mb", "PSS under load, mean (MB)", "{:.1f}", False),
@@ -954,7 +1055,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", default="postfix,pymailsys",
                    help="comma-separated, in run order (postfix,pymailsys)")
     p.add_argument("--scenario", default="local", choices=["local", "relay"],
-                   help="local: Maildir delivery (relay: reserved, not implemented yet)")
+                   help="local: Maildir delivery to benchuser (default); relay: to smtp-sink "
+                        "through the system's smtp client")
     p.add_argument("--reuse-connections", action="store_true",
                    help="smtp-source -d: several messages per connection")
     p.add_argument("--settle", type=float, default=2.0, help="seconds idle after start before measuring")
@@ -1008,7 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = top / name
                 base.mkdir()
                 os.chmod(base, 0o755)
-                system = SYSTEMS[name](base, account)
+                system = SYSTEMS[name](base, account, scen)
                 systems.append(system)
                 note(f"{name}: creating instance in {base}")
                 system.create()
@@ -1036,7 +1138,6 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(json.dumps({
                     **meta, "runs": [vars(r) for r in runs], "summary": summary,
                     "ratios": ratios, "targets": goals,
-                    "relay": None,  # the relay-to-smtp-sink scenario, once pymailsys has smtp
                 }, indent=2) + "\n")
                 note(f"wrote {args.json}")
             status = 0
