@@ -280,3 +280,15 @@ def test_master_uses_no_cpu_when_idle(new_instance) -> None:  # type: ignore[no-
     time.sleep(1.0)
     # A busy loop would burn ~100 ticks in a second; an idle select burns none.
     assert cpu_ticks() - before <= 5
+
+
+def test_reload_with_a_broken_master_cf_keeps_the_old_configuration(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = make(new_instance, "echo unix n - n - - pmsfixtures.echo one\n")
+    inst.start(wait_smtp=False)
+    pid = master_pid(inst)
+    inst.write("etc/master.cf", "echo unix n - n - - pmsfixtures.echo two\nbroken unix\n")
+    inst.postfix("reload")
+    inst.wait_log(rf"postfix/master\[{pid}\]: error: file {re.escape(str(inst.config_dir))}"
+                  r"/master.cf: line 2: bad field count -- configuration not reloaded$")
+    assert echo_unix(inst, "echo")[1] == "one"
+    assert inst.postfix("status").returncode == 0
