@@ -1,0 +1,322 @@
+"""pickup - local mail pickup: maildrop files and live submissions to cleanup.
+
+SYNOPSIS
+    pickup [generic daemon options]     (master.cf: pickup unix n - n 60 1 pickup)
+
+DESCRIPTION
+    pickup listens on ``public/pickup``. What a client writes first decides
+    what the connection is:
+
+    * an upper-case trigger byte (``W``, from master's wakeup timer, from
+      ``postqueue -f``, from sendmail after a maildrop write): pickup scans
+      ``maildrop/``. It also scans once at start-up.
+    * the byte ``s`` followed by one attribute list: a live submission from
+      sendmail (``pymailsys.submission`` describes the request and reply).
+      The submitter's uid comes from the kernel (SO_PEERCRED).
+
+    For every complete maildrop file (regular, one link, mode 0744 / owner
+    bits rwx) pickup reads the records strictly (``submission.parse_maildrop``),
+    takes the submitter's uid from the file owner (never from the content),
+    applies authorized_submit_users and local_login_sender_maps, and hands
+    the message to cleanup (origin ``pickup``). The file is removed only
+    after cleanup replied that the message is queued. A file written by
+    mail_owner without o+r (``postsuper -r``) is requeued mail: its sender
+    stands, and the log line names ``orig_id=``.
+
+    A malformed file is moved to ``corrupt/`` with a warning; the other
+    files still go through. A file cleanup cannot take now (cleanup down,
+    4xx) stays for the next scan.
+
+    Log lines as Postfix's pickup: ``QUEUEID: uid=1000 from=<user>`` (and
+    ``orig_id=OLDID`` for requeued mail).
+
+SECURITY
+    Runs as mail_owner. Maildrop files are hostile input: bounded record
+    lengths, only the record types Postfix's pickup allows, one sender and
+    at least one recipient required, no symlinks, no hard links.
+
+CONFIGURATION PARAMETERS
+    authorized_submit_users, local_login_sender_maps, line_length_limit,
+    message_size_limit, mail_owner, cleanup_service_name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import stat
+from typing import Any
+
+from pymailsys import attr, log, maps, queue, server, services
+from pymailsys import submission as sm
+from pymailsys.server import Context
+
+CLEANUP_FLAGS = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER
+                 | services.CLEANUP_FLAG_MAP_OK)
+
+
+class Pickup:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.line_limit = max(cfg.get_int("line_length_limit"), 2048)
+        self.size_limit = cfg.get_size("message_size_limit")
+        self.cleanup = attr.AttrClient(ctx.spool.public(cfg.get("cleanup_service_name")))
+        try:
+            self.owner_uid = pwd.getpwnam(cfg.get("mail_owner")).pw_uid
+        except KeyError:
+            self.owner_uid = os.getuid()
+        if os.getuid() != 0 and os.getuid() != self.owner_uid:
+            self.owner_uid = os.getuid()  # unprivileged instance: everything runs as us
+        self.scanning = False
+        self.again = False
+
+    # --- cleanup hand-off -------------------------------------------------------
+    async def to_cleanup(self, sub: sm.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
+        req: list[tuple[str, Any]] = [
+            ("origin", "pickup"), ("sender", sub.sender),
+        ]
+        req += [("rcpt", a) for a in sub.all_recipients()]
+        if orig_id and any(sub.orig_recipients):
+            req += [("orcpt", o) for o in sub.orig_recipients]
+        req += [("content", sub.content()), ("uid", uid),
+                ("rewrite_context", sub.rewrite_context or "local"),
+                ("flags", CLEANUP_FLAGS)]
+        if sub.full_name:
+            req.append(("full_name", sub.full_name))
+        if sub.encoding:
+            req.append(("encoding", "8bitmime" if sub.encoding == "8bit" else sub.encoding))
+        if sub.notify:
+            req.append(("notify", sub.notify))
+        if sub.envid:
+            req.append(("envid", sub.envid))
+        if sub.ret:
+            req.append(("ret", sub.ret))
+        if orig_id:
+            req.append(("orig_id", orig_id))
+        return await self.cleanup.request(req)
+
+    def check_access(self, uid: int, sender: str) -> tuple[int, str]:
+        """(sysexits status, reason) for this submitter and sender."""
+        cfg = self.ctx.config
+        try:
+            refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+        except maps.TableError as e:
+            return sm.EX_TEMPFAIL, f"authorized_submit_users lookup error: {e}"
+        if refused is not None:
+            return sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail"
+        try:
+            if not sm.login_sender_ok(cfg, uid, sender):
+                return sm.EX_NOPERM, f"not authorized to use sender='{sender}'"
+        except maps.TableError:
+            return sm.EX_TEMPFAIL, (f"local_login_sender_maps table lookup error for "
+                                    f"'{cfg.get('local_login_sender_maps')}'")
+        return sm.EX_OK, ""
+
+    # --- live submissions ----------------------------------------------------------
+    async def submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            uid = sm.peer_uid(sock)
+        except (OSError, AttributeError) as e:
+            log.warning(f"cannot get submitter credentials: {e}")
+            return
+        try:
+            req = await attr.read_attrs(reader)
+        except attr.ProtocolError as e:
+            log.warning(f"uid={uid}: malformed submission: {e}")
+            return
+        if req is None:
+            return
+        reply = await self.handle_submission(req, uid)
+        writer.write(attr.encode(reply))
+        await writer.drain()
+
+    async def handle_submission(self, req: attr.AttrList, uid: int) -> dict[str, Any]:
+        try:
+            sub = sm.from_attrs(req, self.size_limit, self.line_limit)
+        except sm.SubmissionError as e:
+            log.warning(f"uid={uid}: malformed submission: {e}")
+            return {"status": sm.EX_SOFTWARE, "reason": f"malformed submission: {e}"}
+        status, reason = self.check_access(uid, sub.sender)
+        if status:
+            if status == sm.EX_NOPERM:
+                log.warning(f"uid={uid}: {reason}")
+            return {"status": status, "reason": reason}
+        try:
+            reply = await self.to_cleanup(sub, uid)
+        except (attr.ProtocolError, OSError) as e:
+            log.warning(f"connect to cleanup service: {e}")
+            return {"status": sm.EX_TEMPFAIL, "reason": "queue file write error"}
+        code = reply.number("status", 451)
+        if code != services.CLEANUP_OK:
+            reason = reply.text("reason") or "queue file write error"
+            return {"status": sm.EX_TEMPFAIL if code < 500 else sm.EX_UNAVAILABLE,
+                    "reason": reason}
+        queue_id = reply.text("queue_id")
+        log.info(f"{queue_id}: uid={uid} from=<{sub.sender}>")
+        return {"status": 0, "queue_id": queue_id}
+
+    # --- maildrop -------------------------------------------------------------------
+    async def scan(self) -> None:
+        """Scan maildrop until a pass removes nothing (coalesces concurrent requests)."""
+        if self.scanning:
+            self.again = True
+            return
+        self.scanning = True
+        try:
+            while True:
+                self.again = False
+                removed = await self.scan_once()
+                if not removed and not self.again:
+                    break
+        finally:
+            self.scanning = False
+
+    async def scan_once(self) -> int:
+        spool = self.ctx.spool
+        removed = 0
+        for name in sorted(spool.scan(queue.MAILDROP)):
+            if self.ctx.stopping.is_set():
+                break
+            result = await self.pickup_file(name, spool.path(queue.MAILDROP, name))
+            if result == "removed":
+                removed += 1
+            elif result == "stop":
+                break
+        return removed
+
+    def set_aside(self, name: str, path: str, uid: int, why: str) -> None:
+        log.warning(f"{path}: uid={uid}: {why} -- file moved to {queue.CORRUPT}/")
+        try:
+            self.ctx.spool.move(name, queue.MAILDROP, queue.CORRUPT)
+        except OSError as e:
+            log.warning(f"rename {path} to {queue.CORRUPT}/: {e.strerror}; removing it")
+            self.remove(path)
+
+    @staticmethod
+    def remove(path: str) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.warning(f"remove {path}: {e.strerror}")
+            return False
+
+    async def pickup_file(self, name: str, path: str) -> str:
+        """'removed', 'kept', 'skipped' or 'stop' (cleanup is unavailable)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "skipped"
+        if not stat.S_ISREG(st.st_mode) or not queue.is_complete(st.st_mode):
+            return "skipped"
+        if st.st_nlink > 1:
+            log.warning(f"{path}: uid {st.st_uid}: file has {st.st_nlink} links")
+            return "skipped"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return "skipped"
+        except OSError as e:
+            log.warning(f"open input file {path}: {e.strerror}")
+            return "skipped"
+        try:
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                return "skipped"
+            limit = (self.size_limit * 2 + (1 << 20)) if self.size_limit else 0
+            if limit and fst.st_size > limit:
+                self.set_aside(name, path, fst.st_uid, "message file too big")
+                return "kept"
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        uid = fst.st_uid
+        requeued = uid == self.owner_uid and not (fst.st_mode & stat.S_IROTH)
+        try:
+            sub = sm.parse_maildrop(data, self.line_limit, requeued)
+        except sm.SubmissionError as e:
+            self.set_aside(name, path, uid, str(e))
+            return "kept"
+        if not sub.all_recipients():
+            if not requeued:
+                log.warning(f"{path}: uid={uid}: no recipients")
+            return "removed" if self.remove(path) else "kept"
+        if not requeued:
+            status, reason = self.check_access(uid, sub.sender)
+            if status == sm.EX_TEMPFAIL:
+                log.warning(f"{path}: uid={uid}: {reason}")
+                return "kept"
+            if status:
+                log.warning(f"{path}: uid={uid}: {reason} -- message discarded")
+                return "removed" if self.remove(path) else "kept"
+        try:
+            reply = await self.to_cleanup(sub, uid, name if requeued else "")
+        except (attr.ProtocolError, OSError) as e:
+            log.warning(f"connect to cleanup service: {e}")
+            return "stop"
+        code = reply.number("status", 451)
+        if code != services.CLEANUP_OK:
+            reason = reply.text("reason")
+            log.warning(f"{path}: error writing queue file: {code} {reason}")
+            if code >= 500:
+                return "removed" if self.remove(path) else "kept"
+            return "stop"
+        queue_id = reply.text("queue_id")
+        if requeued:
+            log.info(f"{queue_id}: uid={uid} from=<{sub.sender}> orig_id={name}")
+        else:
+            log.info(f"{queue_id}: uid={uid} from=<{sub.sender}>")
+        return "removed" if self.remove(path) else "kept"
+
+
+def _pickup(ctx: Context) -> Pickup:
+    p = ctx.state.get("pickup")
+    if p is None:
+        p = ctx.state["pickup"] = Pickup(ctx)
+    return p  # type: ignore[no-any-return]
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: Context) -> None:
+    p = _pickup(ctx)
+    first = await reader.read(1)
+    if not first:
+        return
+    if first == sm.SUBMIT_MAGIC:
+        await p.submit(reader, writer)
+        return
+    # a trigger: the rest of the bytes (bounded), then a scan
+    try:
+        await asyncio.wait_for(reader.read(1024), timeout=1.0)
+    except TimeoutError:
+        pass
+    writer.close()
+    asyncio.ensure_future(p.scan())
+
+
+async def on_trigger(ctx: Context, data: bytes) -> None:
+    await _pickup(ctx).scan()
+
+
+async def on_start(ctx: Context) -> None:
+    asyncio.ensure_future(_pickup(ctx).scan())
+
+
+async def on_stop(ctx: Context) -> None:
+    p = ctx.state.get("pickup")
+    if p is not None:
+        await p.cleanup.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    server.run("pickup", serve=serve, on_trigger=on_trigger, on_start=on_start,
+               on_stop=on_stop, resident=True, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The queue listing: what showq reads from the spool, and mailq's two layouts.
+
+``scan_queue(spool, ...)`` walks maildrop, active, incoming, deferred and hold
+(Postfix's showq order, directory order inside a queue) and returns one
+``QueuedMessage`` per readable, complete queue file, read the way Postfix's
+showq reads it: arrival time from the first T record (else the file mtime),
+size from the first field of the C record (maildrop files: the file size),
+the sender (the null sender shown as ``empty_address_recipient``), then the
+recipients of the defer and bounce logs with their reasons, then the file's
+pending R recipients not already listed. Addresses are quoted as RFC 5322
+local parts where needed and made printable. A file that cannot be read is
+skipped; a damaged one ends at the damage, as in Postfix.
+
+``format_text`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
+byte (the format strings of Postfix's showq_compat.c: headings, ID with ``*``
+active, ``!`` hold and ``#`` forced expiry marks, size, asctime cut to 20
+characters, right-aligned ``(reason)`` lines when the reason changes, blank
+line between messages, ``-- N Kbytes in M Requests.`` or ``Mail queue is
+empty``). ``format_json`` renders ``postqueue -j`` (showq_json.c): one JSON
+object per line with Postfix's field names and its string escaping.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pymailsys import queue, status_log
+from pymailsys import records as r
+
+SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
+MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
+
+S_STRING_FORMAT = "%-11s %7s %-20s %s\n"
+S_SENDER_FORMAT = "%-11s %7ld %20.20s %s\n"
+S_HEADINGS = ("-Queue ID-", "--Size--", "----Arrival Time----", "-Sender/Recipient-------")
+L_STRING_FORMAT = "%-17s %8s %-19s %s\n"
+L_SENDER_FORMAT = "%-17s %8ld %19.19s %s\n"
+L_HEADINGS = ("----Queue ID-----", "--Size--", "---Arrival Time----", "--Sender/Recipient------")
+
+
+@dataclass
+class Rcpt:
+    orig: str
+    address: str
+    log_class: str = ""
+    why: str = ""
+
+
+@dataclass
+class QueuedMessage:
+    queue_name: str
+    queue_id: str
+    arrival: int
+    size: int
+    forced_expire: bool
+    sender: str
+    recipients: list[Rcpt] = field(default_factory=list)
+
+
+_SPECIALS = set('()<>@,;:\\".[] ')
+
+
+def quote_822_local(addr: str) -> str:
+    """Quote the local part of an address when RFC 5322 requires it."""
+    local, at, domain = addr.rpartition("@")
+    if not at:
+        local, domain = addr, ""
+    needs = bool(local) and (
+        any(c in _SPECIALS and c != "." or ord(c) < 32 or ord(c) == 127 for c in local)
+        or local.startswith(".") or local.endswith(".") or ".." in local)
+    if needs:
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{local}@{domain}" if at else local
+
+
+def printable(text: str, repl: str = "?") -> str:
+    return "".join(repl if (ord(c) < 32 or ord(c) == 127 or 0xDC80 <= ord(c) <= 0xDCFF) else c
+                   for c in text)
+
+
+def _show_addr(addr: str, empty: str) -> str:
+    return printable(quote_822_local(addr or empty))
+
+
+def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
+                 st: os.stat_result, empty_addr: str = "MAILER-DAEMON") -> QueuedMessage | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    arrival = 0
+    size = st.st_size
+    size_ok = False
+    msg: QueuedMessage | None = None
+    seen: set[str] = set()
+    orig: str | None = None
+    offset = 0
+    end = len(data)
+    while offset < end:
+        try:
+            rtype, payload, nxt = r.decode_record(data, offset)
+        except r.RecordError:
+            break
+        text = payload.decode("utf-8", "surrogateescape")
+        if rtype == r.REC_TYPE_TIME:
+            if arrival == 0:
+                try:
+                    arrival = int(text.split()[0])
+                except (ValueError, IndexError):
+                    arrival = 0
+        elif rtype == r.REC_TYPE_SIZE:
+            if not size_ok and queue_name != queue.MAILDROP:
+                fields = text.split()
+                if fields and all(c in "0123456789 " for c in text) and int(fields[0]) >= 0:
+                    size = int(fields[0])
+                    size_ok = True
+        elif rtype == r.REC_TYPE_FROM:
+            if msg is not None:
+                break  # duplicate sender: skip the remainder
+            msg = QueuedMessage(queue_name, queue_id, arrival if arrival > 0 else int(st.st_mtime),
+                                size, bool(st.st_mode & MODE_EXPIRE), _show_addr(text, empty_addr))
+            for log_class in (queue.DEFER, queue.BOUNCE):
+                for entry in status_log.read(spool.path(log_class, queue_id)):
+                    seen.add(entry.recipient)
+                    msg.recipients.append(Rcpt(entry.original_recipient, entry.recipient,
+                                               log_class, entry.reason))
+        elif rtype == r.REC_TYPE_ORCP:
+            if msg is None:
+                break
+            orig = printable(quote_822_local(text))
+        elif rtype == r.REC_TYPE_RCPT:
+            if msg is None:
+                break
+            shown = _show_addr(text, empty_addr)
+            if shown not in seen:
+                msg.recipients.append(Rcpt(orig if orig is not None else shown, shown))
+            orig = None
+        elif rtype in (r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
+            orig = None
+        elif rtype == r.REC_TYPE_MESG:
+            if size_ok:
+                nxt = nxt + size
+        elif rtype == r.REC_TYPE_END:
+            break
+        offset = nxt
+    return msg
+
+
+def _ready(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and (st.st_mode & 0o700) == 0o700
+
+
+def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
+               queues: Iterable[str] = SHOWQ_QUEUES) -> list[QueuedMessage]:
+    out: list[QueuedMessage] = []
+    for queue_name in queues:
+        for queue_id in spool.scan(queue_name):
+            path = spool.path(queue_name, queue_id)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not _ready(st):
+                continue
+            msg = read_message(spool, queue_name, queue_id, path, st, empty_addr)
+            if msg is not None:
+                out.append(msg)
+    return out
+
+
+def format_text(messages: list[QueuedMessage], long_ids: bool = False) -> str:
+    string_fmt = L_STRING_FORMAT if long_ids else S_STRING_FORMAT
+    sender_fmt = L_SENDER_FORMAT if long_ids else S_SENDER_FORMAT
+    out: list[str] = []
+    total = 0
+    for n, msg in enumerate(messages):
+        if n > 0:
+            out.append("\n")
+        else:
+            out.append(string_fmt % (L_HEADINGS if long_ids else S_HEADINGS))
+        ident = msg.queue_id
+        if msg.queue_name == queue.ACTIVE:
+            ident += "*"
+        elif msg.queue_name == queue.HOLD:
+            ident += "!"
+        if msg.forced_expire:
+            ident += "#"
+        out.append(sender_fmt % (ident, msg.size, time.asctime(time.localtime(msg.arrival)),
+                                 msg.sender))
+        saved = ""
+        for rc in msg.recipients:
+            if rc.why != saved:
+                saved = rc.why
+                show = saved or "reason unavailable"
+                out.append(" " * max(76 - len(show), 0) + f"({show})\n")
+            out.append(string_fmt % ("", "", "", rc.address))
+        total += msg.size
+    if not messages:
+        out.append("Mail queue is empty\n")
+    else:
+        count = len(messages)
+        out.append(f"\n-- {total // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}.\n")
+    return "".join(out)
+
+
+def quote_for_json(text: str) -> str:
+    out = []
+    for c in text:
+        o = ord(c)
+        if o < 32 or o == 127:
+            out.append({"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+                        "\t": "\\t"}.get(c, f"\\u{o:04X}"))
+        elif c in ('\\', '"'):
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return printable("".join(out))
+
+
+def format_json(messages: list[QueuedMessage]) -> str:
+    out = []
+    q = quote_for_json
+    for msg in messages:
+        parts = [
+            "{",
+            f'"queue_name": "{q(msg.queue_name)}", ',
+            f'"queue_id": "{q(msg.queue_id)}", ',
+            f'"arrival_time": {msg.arrival}, ',
+            f'"message_size": {msg.size}, ',
+            f'"forced_expire": {"true" if msg.forced_expire else "false"}, ',
+            f'"sender": "{q(msg.sender)}", ',
+            '"recipients": [',
+        ]
+        rcpts = []
+        for rc in msg.recipients:
+            item = f'{{"orig_address": "{q(rc.orig)}", "address": "{q(rc.address)}"'
+            if rc.why:
+                key = {"defer": "delay_reason", "bounce": "bounce_reason"}.get(
+                    rc.log_class, "other_reason")
+                item += f', "{key}": "{q(rc.why)}"'
+            rcpts.append(item + "}")
+        parts.append(", ".join(rcpts))
+        parts.append("]}\n")
+        out.append("".join(parts))
+    return "".join(out)
+
+
+def listing(spool: queue.Spool, fmt: str, long_ids: bool = False,
+            empty_addr: str = "MAILER-DAEMON") -> str:
+    messages = scan_queue(spool, empty_addr)
+    return format_json(messages) if fmt == "json" else format_text(messages, long_ids)

@@ -1,0 +1,74 @@
+"""Helpers for the queue-administration tests: a spool with hand-built queue files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pymailsys import queue, status_log
+from pymailsys.queue_file import QueueFileBuilder, mark_done, read_envelope_bytes
+
+PYTHON = sys.executable
+
+
+def make_spool(base: Path, **settings: str) -> tuple[Path, Path]:
+    """(config_dir, queue_dir) with every queue directory and a main.cf."""
+    etc = base / "etc"
+    spool = base / "spool"
+    etc.mkdir(parents=True, exist_ok=True)
+    for d in queue.SPOOL_DIRS:
+        (spool / d.name).mkdir(parents=True, exist_ok=True)
+        os.chmod(spool / d.name, d.mode)
+    lines = [f"queue_directory = {spool}", f"maillog_file = {base / 'maillog'}"]
+    lines += [f"{k} = {v}" for k, v in settings.items()]
+    (etc / "main.cf").write_text("\n".join(lines) + "\n")
+    return etc, spool
+
+
+def queue_file(spool: Path, qname: str, sender: str, rcpts: list[str], body: list[bytes],
+               arrival: float = 1795594109.5, done: int = 0, queue_id: str | None = None) -> str:
+    """Write one complete queue file in qname; returns its queue ID."""
+    sp = queue.Spool(str(spool))
+    b = QueueFileBuilder(arrival)
+    b.attr("rewrite_context", "local")
+    b.sender(sender)
+    for r in rcpts:
+        b.recipient(r)
+    for line in body:
+        b.line(line)
+    data = b.build()
+    qid, path, fd = sp.create_queue_file(qname)
+    if queue_id:
+        os.rename(path, sp.path(qname, queue_id))
+        qid, path = queue_id, sp.path(qname, queue_id)
+    os.write(fd, data)
+    env = read_envelope_bytes(data)
+    for rc in env.recipients[:done]:
+        mark_done(fd, rc.offset)
+    os.fchmod(fd, queue.MODE_COMPLETE)
+    os.close(fd)
+    os.utime(path, (arrival, arrival))
+    return qid
+
+
+def defer_reason(spool: Path, queue_id: str, rcpt: str, reason: str) -> None:
+    status_log.append_queue(queue.Spool(str(spool)), queue.DEFER, queue_id, status_log.Entry(
+        recipient=rcpt, status="4.4.1", action="delayed", reason=reason, original_recipient=rcpt))
+
+
+def tool(name: str, *args: str, input: bytes | None = None,
+         user: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv = [PYTHON, "-m", f"pymailsys.tools.{name}", *args]
+    if name == "mailq":
+        argv = [PYTHON, "-c", "import sys; from pymailsys.tools.sendmail import mailq_main as m; "
+                "sys.exit(m())", *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    full_env = dict(os.environ)
+    full_env.pop("MAIL_CONFIG", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(argv, input=input, capture_output=True, env=full_env, cwd="/",
+                          timeout=60)

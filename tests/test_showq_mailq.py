@@ -1,0 +1,158 @@
+"""mailq / postqueue -p and -j, and the showq daemon: Postfix's layout byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+from harness import IS_ROOT, Instance, wait_until
+from qf_helpers import defer_reason, make_spool, queue_file, tool
+
+from pymailsys import queue
+from pymailsys.showq_format import format_text, scan_queue
+
+ARRIVAL = 1795594109.5
+
+
+def populated(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    etc, spool = make_spool(tmp_path)
+    ids = {
+        "active": queue_file(spool, "active", "alice@example.org", ["bob@example.net"],
+                             [b"Subject: a", b"", b"x" * 900]),
+        "deferred": queue_file(spool, "deferred", "", ["c1@example.net", "c2@example.net",
+                                                       "c3@example.net"],
+                               [b"Subject: d", b"", b"y" * 3000], done=0),
+        "hold": queue_file(spool, "hold", "held@example.org", ["h@example.net"],
+                           [b"Subject: h", b"", b"z"]),
+        "incoming": queue_file(spool, "incoming", "in@example.org", ["done@example.net",
+                                                                     "todo@example.net"],
+                               [b"Subject: i", b"", b"i"], done=1),
+    }
+    defer_reason(spool, ids["deferred"], "c1@example.net",
+                 "connect to example.net[192.0.2.1]:25: Connection refused")
+    defer_reason(spool, ids["deferred"], "c2@example.net",
+                 "connect to example.net[192.0.2.1]:25: Connection refused")
+    return etc, spool, ids
+
+
+def test_layout(tmp_path: Path) -> None:
+    etc, spool, ids = populated(tmp_path)
+    text = format_text(scan_queue(queue.Spool(str(spool))))
+    stamp = time.asctime(time.localtime(int(ARRIVAL)))[:20]
+    lines = text.splitlines()
+    assert lines[0] == "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+    # Postfix's order: maildrop, active, incoming, deferred, hold
+    assert lines[1].startswith(f"{ids['active'] + '*':<11} ")
+    assert lines[1].endswith(f"{stamp} alice@example.org")
+    blocks = text.split("\n\n")
+    assert blocks[1].startswith(ids["incoming"] + " ")
+    assert "done@example.net" not in blocks[1] and "todo@example.net" in blocks[1]
+    deferred = blocks[2].splitlines()
+    assert deferred[0].endswith(" MAILER-DAEMON")
+    reason = "(connect to example.net[192.0.2.1]:25: Connection refused)"
+    assert deferred[1] == " " * (78 - len(reason)) + reason
+    assert deferred[2] == " " * 41 + "c1@example.net"
+    assert deferred[3] == " " * 41 + "c2@example.net"
+    assert deferred[4] == " " * 58 + "(reason unavailable)"
+    assert deferred[5] == " " * 41 + "c3@example.net"
+    assert blocks[3].startswith(ids["hold"] + "!")
+    assert text.endswith(" Requests.\n")
+    assert text.splitlines()[-1].startswith("-- ")
+
+
+def test_empty_queue(tmp_path: Path) -> None:
+    etc, _spool = make_spool(tmp_path)
+    out = tool("postqueue", "-c", str(etc), "-p")
+    assert out.stdout == b"Mail queue is empty\n"
+    if IS_ROOT:
+        assert out.returncode == 0
+        assert (b"postqueue: warning: Mail system is down -- accessing queue directly "
+                b"(Connect to the Postfix showq service: No such file or directory)") in out.stderr
+
+
+@pytest.mark.root
+def test_direct_listing_matches_debian_postqueue(tmp_path: Path) -> None:
+    """Debian's postqueue reads the same spool (showq as postfix) and prints the same bytes."""
+    debian = require_tool("/usr/sbin/postqueue")
+    require_tool("/usr/lib/postfix/sbin/showq")
+    etc, spool, _ids = populated(tmp_path)
+    os.chmod(tmp_path, 0o755)
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    (pf / "main.cf").write_text(f"queue_directory = {spool}\n")
+    pw = pwd.getpwnam("postfix")
+    for dirpath, _dirs, files in os.walk(spool):
+        os.chown(dirpath, pw.pw_uid, -1)
+        for f in files:
+            os.chown(os.path.join(dirpath, f), pw.pw_uid, -1)
+    theirs = subprocess.run([debian, "-c", str(pf), "-p"], capture_output=True)
+    ours = tool("postqueue", "-c", str(etc), "-p")
+    assert theirs.returncode == ours.returncode == 0
+    assert ours.stdout == theirs.stdout
+    mailq = tool("mailq", "-C", str(etc))
+    assert mailq.stdout == theirs.stdout
+
+
+def test_json_lines(tmp_path: Path) -> None:
+    etc, _spool, ids = populated(tmp_path)
+    out = tool("postqueue", "-c", str(etc), "-j")
+    if not IS_ROOT:
+        pytest.skip("direct access needs root")
+    objs = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert [o["queue_name"] for o in objs] == ["active", "incoming", "deferred", "hold"]
+    d = objs[2]
+    assert d["queue_id"] == ids["deferred"] and d["sender"] == "MAILER-DAEMON"
+    assert d["arrival_time"] == int(ARRIVAL) and d["forced_expire"] is False
+    assert d["recipients"][0] == {
+        "orig_address": "c1@example.net", "address": "c1@example.net",
+        "delay_reason": "connect to example.net[192.0.2.1]:25: Connection refused"}
+    assert d["recipients"][2] == {"orig_address": "c3@example.net", "address": "c3@example.net"}
+
+
+def test_usage_and_down_for_users(tmp_path: Path) -> None:
+    etc, _spool = make_spool(tmp_path)
+    out = tool("postqueue", "-c", str(etc))
+    assert out.returncode == 64
+    assert b"postqueue: fatal: usage: postqueue -f | postqueue -i queueid" in out.stderr
+    out = tool("postqueue", "-c", str(etc), "-f")
+    assert out.returncode == 69
+    assert b"Cannot flush mail queue - mail system is down" in out.stderr
+
+
+@pytest.mark.root
+def test_mailq_same_for_root_and_user_through_showq(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.start(wait_smtp=False)
+    open_public(inst)
+    wait_until(lambda: (inst.queue_dir / "public" / "showq").exists(), 30, what="showq socket")
+    spool = inst.queue_dir
+    qid = queue_file(spool, "hold", "alice@example.org", ["bob@example.net"], [b"S: x", b"", b"y"])
+    owner = os.stat(spool / "incoming").st_uid
+    os.chown(spool / "hold" / qid, owner, -1)
+    root = inst.tool("mailq")
+    user = inst.tool("mailq", user=throwaway_user)
+    assert root.returncode == 0, root.stderr
+    assert user.returncode == 0, user.stderr
+    assert root.stdout == user.stdout
+    assert f"{qid}!" in root.stdout
+    assert root.stderr == ""  # through showq, not the direct fallback
+    j = inst.tool("postqueue", "-j", user=throwaway_user)
+    assert json.loads(j.stdout.splitlines()[0])["queue_id"] == qid
+    inst.stop()
+    down = inst.tool("mailq", user=throwaway_user)
+    assert down.returncode == 69
+    assert "Queue report unavailable - mail system is down" in down.stderr
+
+
+def open_public(inst: Instance) -> None:
+    """Let users reach public/ (design.md: sendmail and mailq work without setgid)."""
+    os.chmod(inst.queue_dir / "public", 0o711)
+    os.chmod(inst.queue_dir, 0o755)
+
+

@@ -1,0 +1,76 @@
+"""postdrop - Postfix mail posting utility (the record-stream form of sendmail).
+
+SYNOPSIS
+    postdrop [-rv] [-c config_dir]
+
+DESCRIPTION
+    Reads one message in queue-file record form on standard input (what
+    Postfix's sendmail pipes into postdrop: envelope A F S R records, M,
+    content N/L records, X, extracted R records, E), checks it as pickup
+    does (``submission.parse_maildrop``: allowed record types only, bounded
+    lengths, a sender and at least one recipient), and hands it to the mail
+    system exactly as sendmail does: live over public/pickup, else as a
+    maildrop file. No setgid privileges are involved; pickup takes the
+    submitter's uid from the kernel or from the file owner.
+
+DIAGNOSTICS
+    ``postdrop: fatal: uid=N: malformed input`` and exit 1, as Postfix;
+    ``User NAME(N) is not allowed to submit mail`` (exit 1).
+
+CONFIGURATION PARAMETERS
+    authorized_submit_users, local_login_sender_maps, line_length_limit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from pymailsys.tools import sendmail
+
+from pymailsys import config as config_mod
+from pymailsys import log
+from pymailsys import submission as sm
+
+
+@click.command(context_settings={"help_option_names": []})
+@click.option("-c", "config_dir")
+@click.option("-r", "record_protocol", is_flag=True)
+@click.option("-v", "verbose", count=True)
+def cli(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
+    try:
+        cfg = config_mod.load(config_dir)
+        log.init(cfg, "postdrop", stderr=True)
+    except (config_mod.ConfigError, OSError) as e:
+        log.fatal(str(e))
+    uid = os.getuid()
+    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    if refused is not None:
+        log.fatal(f"User {refused}({uid}) is not allowed to submit mail")
+    data = sys.stdin.buffer.read()
+    if not data:
+        sys.exit(0)  # request canceled
+    try:
+        sub = sm.parse_maildrop(data, max(cfg.get_int("line_length_limit"), 2048))
+    except sm.SubmissionError as e:
+        log.fatal(f"uid={uid}: malformed input: {e}")
+    if not sub.all_recipients():
+        log.fatal(f"uid={uid}: malformed input: no recipients")
+    sendmail.hand_off(cfg, sub, uid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    log.init_stderr_only("postdrop")
+    try:
+        cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="postdrop",
+                 standalone_mode=False)
+    except click.UsageError:
+        log.fatal("usage: postdrop [-rv] [-c config_dir]")
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""postqueue - mail queue control for users.
+
+SYNOPSIS
+    postqueue [-v] [-c config_dir] -f | -i queue_id | -j | -p | -s site
+
+DESCRIPTION
+    -p  the queue listing in Postfix's mailq layout (``showq_format``);
+    -j  the same as JSON lines (Postfix's field names).
+        Both ask the showq service over public/showq. When it is down, root
+        reads the queue directly after ``warning: Mail system is down --
+        accessing queue directly``; other users get ``Queue report
+        unavailable - mail system is down`` and exit 69.
+    -f  flush: triggers F A D I to qmgr and W to pickup.
+    -i  deliver one deferred message now: it moves from deferred/ to
+        incoming/ with its time stamps reset, then qmgr is triggered (this
+        needs the spool's owner or root: there is no flush daemon yet).
+    -s  fast flush (ETRN) for a site: there is no fast-flush service, which
+        Postfix reports for a site not in fast_flush_domains (the default):
+        ``Flush service is not configured for destination "site"``, exit 69.
+
+DIAGNOSTICS
+    Exit 64 usage, 69 mail system down, 77 not allowed (authorized_mailq_users,
+    authorized_flush_users), 70 malformed showq reply.
+
+CONFIGURATION PARAMETERS
+    authorized_mailq_users, authorized_flush_users, showq_service_name,
+    queue_service_name, pickup_service_name, enable_long_queue_ids.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import re
+import sys
+from typing import NoReturn
+
+import click
+
+from pymailsys import attr, log, queue, showq_format, trigger
+from pymailsys import config as config_mod
+from pymailsys import submission as sm
+
+USAGE = ("usage: postqueue -f | postqueue -i queueid | postqueue -j | postqueue -p "
+         "| postqueue -s site")
+
+
+def fatal(status: int, text: str) -> NoReturn:
+    log.fatal(text, status)
+
+
+def _owner_uid(cfg: config_mod.Config) -> int:
+    try:
+        return pwd.getpwnam(cfg.get("mail_owner")).pw_uid
+    except KeyError:
+        return -1
+
+
+def _check_acl(cfg: config_mod.Config, param: str, what: str) -> None:
+    uid = os.getuid()
+    if uid == 0 or uid == _owner_uid(cfg):
+        return
+    refused = sm.user_acl(cfg, param, uid)
+    if refused is not None:
+        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to {what}")
+
+
+def _write(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        pass
+
+
+def show_queue(cfg: config_mod.Config, fmt: str) -> None:
+    """postqueue -p (fmt "text") or -j (fmt "json")."""
+    _check_acl(cfg, "authorized_mailq_users", "view the mail queue")
+    spool = queue.Spool.from_config(cfg)
+    service = cfg.get("showq_service_name")
+    mail_name = cfg.get("mail_name")
+    try:
+        client = attr.SyncAttrClient(spool.public(service), timeout=cfg.get_time("ipc_timeout"))
+    except OSError as e:
+        why = f"Connect to the {mail_name} {service} service: {os.strerror(e.errno or 0)}"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            fatal(sm.EX_SOFTWARE, why)
+        if os.geteuid() != 0:
+            fatal(sm.EX_UNAVAILABLE, f"Queue report unavailable - mail system is down ({why})")
+        log.warning(f"Mail system is down -- accessing queue directly ({why})")
+        text = showq_format.listing(spool, fmt, cfg.get_bool("enable_long_queue_ids"),
+                                    cfg.get("empty_address_recipient"))
+        _write(text.encode("utf-8", "surrogateescape"))
+        return
+    try:
+        with client:
+            reply = client.request({"request": "list", "format": fmt})
+    except (attr.ProtocolError, OSError):
+        fatal(sm.EX_SOFTWARE, "malformed showq server response")
+    if reply.number("status", 1) != 0 or "listing" not in reply:
+        fatal(sm.EX_SOFTWARE, "malformed showq server response")
+    _write(reply.raw("listing") or b"")
+
+
+def flush_queue(cfg: config_mod.Config) -> None:
+    _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
+    spool = queue.Spool.from_config(cfg)
+    qmgr = spool.public(cfg.get("queue_service_name"))
+    if not trigger.send_trigger(qmgr, trigger.FORGET + trigger.SCAN_ALL
+                                + trigger.SCAN_DEFERRED + trigger.SCAN_INCOMING):
+        fatal(sm.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
+    if not trigger.send_trigger(spool.public(cfg.get("pickup_service_name")), trigger.WAKEUP):
+        fatal(sm.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
+
+
+def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
+    _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
+    spool = queue.Spool.from_config(cfg)
+    path = spool.path(queue.DEFERRED, queue_id)
+    if not os.path.exists(path):
+        if not os.access(spool.dir(queue.DEFERRED), os.X_OK):
+            fatal(sm.EX_UNAVAILABLE, "Cannot flush queue ID - the flush service is not available")
+        return  # as Postfix's flush service: nothing to do
+    try:
+        os.utime(path, (0, 0))
+        spool.move(queue_id, queue.DEFERRED, queue.INCOMING)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        fatal(sm.EX_UNAVAILABLE, f"Cannot flush queue ID {queue_id}: {e.strerror}")
+    trigger.send_trigger(spool.public(cfg.get("queue_service_name")), trigger.SCAN_INCOMING)
+
+
+_HOST_RE = re.compile(r"^(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def flush_site(cfg: config_mod.Config, site: str) -> None:
+    _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
+    fatal(sm.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
+
+
+def _valid_site(site: str) -> bool:
+    if site.startswith("["):
+        return site.endswith("]") and len(site) > 2
+    return bool(_HOST_RE.match(site))
+
+
+def _shorten(text: str) -> str:
+    return f"{text[:100]}{'...' if len(text) > 100 else ''}"
+
+
+def main_with(cfg: config_mod.Config, args: list[str]) -> int:
+    """Run with an already loaded configuration (sendmail -q, -bp, ...)."""
+    try:
+        cli.main(args=args, prog_name="postqueue", standalone_mode=False, obj=cfg)
+    except click.UsageError:
+        fatal(sm.EX_USAGE, USAGE)
+    return 0
+
+
+@click.command(context_settings={"help_option_names": []})
+@click.option("-c", "config_dir")
+@click.option("-f", "flush", is_flag=True)
+@click.option("-i", "queue_id")
+@click.option("-j", "json_list", is_flag=True)
+@click.option("-p", "mailq", is_flag=True)
+@click.option("-s", "site")
+@click.option("-v", "verbose", count=True)
+@click.argument("extra", nargs=-1)
+@click.pass_context
+def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str | None,
+        json_list: bool, mailq: bool, site: str | None, verbose: int,
+        extra: tuple[str, ...]) -> None:
+    cfg = ctx.obj
+    if cfg is None:
+        log.init_stderr_only("postqueue")
+        try:
+            cfg = config_mod.load(config_dir)
+            log.init(cfg, "postqueue", stderr=True)
+        except (config_mod.ConfigError, OSError) as e:
+            fatal(sm.EX_UNAVAILABLE, str(e))
+    modes = [m for m in (flush, queue_id is not None, json_list, mailq, site is not None) if m]
+    if len(modes) != 1 or extra:
+        fatal(sm.EX_USAGE, USAGE)
+    if site is not None and not _valid_site(site):
+        fatal(sm.EX_USAGE, f'Cannot flush mail queue - invalid destination: "{_shorten(site)}"')
+    if queue_id is not None and not queue.valid_queue_id(queue_id):
+        fatal(sm.EX_USAGE, f'Cannot flush queue ID - invalid name: "{_shorten(queue_id)}"')
+    try:
+        os.chdir(cfg.get("queue_directory"))
+    except OSError as e:
+        fatal(sm.EX_UNAVAILABLE, f"chdir {cfg.get('queue_directory')}: {e.strerror}")
+    if mailq or json_list:
+        show_queue(cfg, "json" if json_list else "text")
+    elif flush:
+        flush_queue(cfg)
+    elif queue_id is not None:
+        flush_file(cfg, queue_id)
+    elif site is not None:
+        flush_site(cfg, site)
+
+
+def main(argv: list[str] | None = None) -> int:
+    log.init_stderr_only("postqueue")
+    try:
+        cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="postqueue",
+                 standalone_mode=False)
+    except click.UsageError:
+        fatal(sm.EX_USAGE, USAGE)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""sendmail, mailq, newaliases - Postfix to Sendmail compatibility interface.
+
+SYNOPSIS
+    sendmail [option ...] [recipient ...]
+    mailq                        (= postqueue -p, also sendmail -bp)
+    newaliases                   (= postalias $alias_database, also sendmail -bi / -I)
+
+DESCRIPTION
+    sendmail reads a message on standard input until end of file, or until a
+    line with a lone "." unless -i / -oi is given. When the first line ends in
+    CRLF, CR is removed from every line. Leading "From " lines are skipped.
+
+    The message goes to the running mail system over public/pickup (see
+    ``pymailsys.submission``): pickup learns our uid from the kernel, checks
+    authorized_submit_users and local_login_sender_maps, and replies after
+    cleanup has queued the message. When the system is down (no socket,
+    connection refused, or pickup answers "try later"), sendmail writes the
+    message to maildrop/ instead (mode 0744 when complete, owned by us) and
+    exits 0; pickup takes it in once the system runs.
+
+    Options as Postfix's sendmail: -t (recipients from To/Cc/Bcc, or from the
+    Resent- headers when there are any; Bcc headers removed), -i/-oi, -f/-r
+    sender, -F full name, -N dsn, -R full|hdrs, -V envid, -B 7BIT|8BITMIME,
+    -C config, -G, -bm (default), -bp, -bi/-I, -bs (SMTP dialogue on standard
+    input and output, handled in this process so that it stays a plain local
+    submission), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
+    -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported);
+    -c, -x, -m, -n (refused as Postfix), -oX, -L, -A, -e, -h, -p, -U, -O are
+    accepted and ignored. -bv is not supported (exit 69).
+
+DIAGNOSTICS
+    Exit status from sysexits.h as Postfix's sendmail: 64 usage errors (also
+    "No recipient addresses found in message header"), 65 input errors,
+    69 unavailable, 75 temporary failure, 77 not allowed.
+
+SECURITY
+    Runs with the user's privileges only; no setuid or setgid.
+
+CONFIGURATION PARAMETERS
+    authorized_submit_users, local_login_sender_maps, alias_database,
+    message_size_limit, line_length_limit, pickup_service_name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import NoReturn
+
+import click
+
+from pymailsys import attr, log, queue, trigger
+from pymailsys import config as config_mod
+from pymailsys import submission as sm
+
+PROGRAM = "sendmail"
+
+
+def fatal(status: int, text: str) -> NoReturn:
+    log.fatal(text, status)
+
+
+def load_config(config_dir: str | None, program: str) -> config_mod.Config:
+    log.init_stderr_only(program)
+    if config_dir and os.path.basename(config_dir) == "main.cf":
+        config_dir = os.path.dirname(config_dir)
+    if config_dir:
+        os.environ["MAIL_CONFIG"] = config_dir
+    try:
+        cfg = config_mod.load(config_dir)
+        log.init(cfg, program, stderr=True)
+    except (config_mod.ConfigError, OSError) as e:
+        fatal(sm.EX_CONFIG, str(e))
+    return cfg
+
+
+# --- enqueue ------------------------------------------------------------------------
+
+def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None,
+            recipients: list[str], extract: bool, dot_rule: bool, encoding: str,
+            envid: str, ret: int, notify: int, rewrite_context: str,
+            stdin=None) -> str:  # type: ignore[no-untyped-def]
+    """Submit one message; returns the queue ID (or maildrop file name)."""
+    uid = os.getuid()
+    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    if refused is not None:
+        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+    if sender is not None:
+        env_sender = sm.parse_sender(sender)
+    else:
+        login = sm.login_name(uid)
+        if login is None:
+            fatal(sm.EX_OSERR, f"no login name found for user ID {uid}")
+        env_sender = login
+    if full_name is None:
+        full_name = sm.default_full_name(uid)
+    rcpts: list[str] = []
+    for arg in recipients:
+        rcpts.extend(sm.parse_address_list(arg) or [arg.strip()])
+    rcpts = [r for r in rcpts if r]
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    try:
+        lines = sm.read_message(stream, dot_rule)
+    except OSError as e:
+        fatal(sm.EX_DATAERR, f"{env_sender}({uid}): error reading input: {e.strerror}")
+    extracted: list[str] = []
+    if extract:
+        extracted, lines = sm.header_recipients(lines)
+    if not rcpts and not extracted:
+        if extract:
+            fatal(sm.EX_USAGE, f"{env_sender}({uid}): No recipient addresses found in message header")
+        fatal(sm.EX_USAGE, f"{env_sender}({uid}): Recipient addresses must be specified on"
+              " the command line or via the -t option")
+    sub = sm.Submission(sender=env_sender, recipients=rcpts, extracted=extracted, lines=lines,
+                        full_name=full_name, encoding=encoding, envid=envid, ret=ret,
+                        notify=notify, rewrite_context=rewrite_context)
+    limit = cfg.get_size("message_size_limit")
+    if limit and sum(len(x) + 1 for x in lines) > limit:
+        fatal(sm.EX_TEMPFAIL, f"{env_sender}({uid}): error writing queue file: File too large")
+    return hand_off(cfg, sub, uid)
+
+
+def hand_off(cfg: config_mod.Config, sub: sm.Submission, uid: int) -> str:
+    """Live submission over public/pickup, else a maildrop file."""
+    spool = queue.Spool.from_config(cfg)
+    path = spool.public(cfg.get("pickup_service_name"))
+    try:
+        reply = sm.submit_stream(path, sub)
+    except sm.SystemDown:
+        reply = None
+    except (attr.ProtocolError, OSError) as e:
+        log.warning(f"submission to {path} failed: {e}; using the maildrop queue")
+        reply = None
+    if reply is not None:
+        status = reply.number("status", sm.EX_SOFTWARE)
+        if status == 0:
+            return reply.text("queue_id")
+        if status != sm.EX_TEMPFAIL:
+            fatal(status, f"{sub.sender}({uid}): {reply.text('reason')}")
+    return drop(cfg, spool, sub, uid)
+
+
+def drop(cfg: config_mod.Config, spool: queue.Spool, sub: sm.Submission, uid: int) -> str:
+    try:
+        if not sm.login_sender_ok(cfg, uid, sub.sender):
+            fatal(sm.EX_NOPERM, f"{sub.sender}({uid}): not authorized to use sender='{sub.sender}'")
+    except sm.maps.TableError:
+        pass  # pickup decides when the table answers again
+    try:
+        queue_id = sm.write_maildrop(spool, sub, cfg.get_int("line_length_limit"))
+    except OSError as e:
+        fatal(sm.EX_TEMPFAIL, f"{sub.sender}({uid}): error writing queue file: "
+              f"{e.strerror or e}")
+    trigger.send_trigger(spool.public(cfg.get("pickup_service_name")), trigger.WAKEUP)
+    return queue_id
+
+
+# --- -bs: SMTP on standard input/output --------------------------------------------------
+
+def smtp_stdio(cfg: config_mod.Config, rfile, wfile) -> int:  # type: ignore[no-untyped-def]
+    """A minimal SMTP server on stdio for sendmail -bs; each message is a local submission."""
+    uid = os.getuid()
+    hostname = cfg.get("myhostname")
+
+    def reply(text: str) -> None:
+        wfile.write(text.encode() + b"\r\n")
+        wfile.flush()
+
+    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    if refused is not None:
+        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+    reply(f"220 {cfg.expand(cfg.get('smtpd_banner'))}")
+    sender: str | None = None
+    rcpts: list[str] = []
+    helo = False
+    while True:
+        raw = rfile.readline()
+        if not raw:
+            return 0
+        line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if verb in ("HELO", "EHLO"):
+            if not arg.strip():
+                reply(f"501 Syntax: {verb} hostname")
+                continue
+            helo = True
+            sender, rcpts = None, []
+            if verb == "EHLO":
+                reply(f"250-{hostname}")
+                reply("250-PIPELINING")
+                reply("250-8BITMIME")
+                reply("250 DSN")
+            else:
+                reply(f"250 {hostname}")
+        elif verb == "MAIL":
+            if not helo:
+                reply("503 5.5.1 Error: send HELO/EHLO first")
+            elif sender is not None:
+                reply("503 5.5.1 Error: nested MAIL command")
+            elif not arg.upper().startswith("FROM:"):
+                reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+            else:
+                sender = _smtp_path(arg[5:])
+                reply("250 2.1.0 Ok")
+        elif verb == "RCPT":
+            if sender is None:
+                reply("503 5.5.1 Error: need MAIL command")
+            elif not arg.upper().startswith("TO:") or not _smtp_path(arg[3:]):
+                reply("501 5.5.4 Syntax: RCPT TO:<address>")
+            else:
+                rcpts.append(_smtp_path(arg[3:]))
+                reply("250 2.1.5 Ok")
+        elif verb == "DATA":
+            if sender is None:
+                reply("503 5.5.1 Error: need MAIL command")
+                continue
+            if not rcpts:
+                reply("554 5.5.1 Error: no valid recipients")
+                continue
+            reply("354 End data with <CR><LF>.<CR><LF>")
+            lines: list[bytes] = []
+            while True:
+                data = rfile.readline()
+                if not data:
+                    return 0
+                text = data.rstrip(b"\n").rstrip(b"\r")
+                if text == b".":
+                    break
+                lines.append(text[1:] if text.startswith(b".") else text)
+            sub = sm.Submission(sender=sender, recipients=rcpts, lines=lines,
+                                full_name=sm.default_full_name(uid))
+            try:
+                queue_id = hand_off(cfg, sub, uid)
+            except SystemExit as e:
+                reply("451 4.3.0 Error: queue file write error" if e.code == sm.EX_TEMPFAIL
+                      else "554 5.7.1 Error: not accepted")
+            else:
+                reply(f"250 2.0.0 Ok: queued as {queue_id}")
+            sender, rcpts = None, []
+        elif verb == "RSET":
+            sender, rcpts = None, []
+            reply("250 2.0.0 Ok")
+        elif verb == "NOOP":
+            reply("250 2.0.0 Ok")
+        elif verb == "VRFY":
+            reply("502 5.5.1 VRFY command is disabled")
+        elif verb == "QUIT":
+            reply("221 2.0.0 Bye")
+            return 0
+        else:
+            reply("502 5.5.2 Error: command not recognized")
+
+
+def _smtp_path(text: str) -> str:
+    t = text.strip()
+    if t.startswith("<"):
+        end = t.find(">")
+        return t[1:end] if end > 0 else t[1:]
+    return t.split(" ", 1)[0]
+
+
+# --- other modes ---------------------------------------------------------------------
+
+def run_mailq(cfg: config_mod.Config, verbose: int = 0) -> NoReturn:
+    from pymailsys.tools import postqueue
+
+    log.init(cfg, "postqueue", stderr=True)
+    postqueue.show_queue(cfg, "text")
+    sys.exit(0)
+
+
+def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoReturn:
+    from pymailsys import mapbuild
+
+    specs = [alias_map] if alias_map else cfg.get_list("alias_database")
+    if not specs:
+        sys.exit(0)
+    log.init(cfg, "postalias", stderr=True)
+    for spec in specs:
+        try:
+            mapbuild.build_aliases(spec)
+        except (mapbuild.BuildError, OSError) as e:
+            fatal(1, str(e))
+    sys.exit(0)
+
+
+def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
+    from pymailsys.tools import postqueue
+
+    log.init(cfg, "postqueue", stderr=True)
+    sys.exit(postqueue.main_with(cfg, list(args)))
+
+
+# --- command line ----------------------------------------------------------------------
+
+MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MODE_IGNORE = range(7)
+
+
+def _dsn_notify(value: str) -> int:
+    mask = 0
+    for word in value.lower().replace(",", " ").split():
+        bit = {"never": sm.DSN_NOTIFY_NEVER, "success": sm.DSN_NOTIFY_SUCCESS,
+               "failure": sm.DSN_NOTIFY_FAILURE, "delay": sm.DSN_NOTIFY_DELAY}.get(word)
+        if bit is None:
+            return 0
+        mask |= bit
+    if mask & sm.DSN_NOTIFY_NEVER and mask != sm.DSN_NOTIFY_NEVER:
+        return 0
+    return mask
+
+
+@click.command(context_settings={"help_option_names": [], "allow_interspersed_args": True})
+@click.option("-t", "extract", is_flag=True)
+@click.option("-i", "no_dot", is_flag=True)
+@click.option("-o", "oflags", multiple=True)
+@click.option("-f", "sender")
+@click.option("-r", "rsender")
+@click.option("-F", "full_name")
+@click.option("-N", "notify")
+@click.option("-R", "ret")
+@click.option("-V", "envid")
+@click.option("-B", "body")
+@click.option("-b", "bflags", multiple=True)
+@click.option("-C", "config_dir")
+@click.option("-q", "qopt", is_flag=False, flag_value="", default=None)
+@click.option("-X", "xflags", multiple=True)
+@click.option("-O", "oopts", multiple=True)
+@click.option("-L", "syslog_label")
+@click.option("-A", "aflag")
+@click.option("-e", "eflag")
+@click.option("-h", "hflag")
+@click.option("-p", "pflag")
+@click.option("-m", "mflag", is_flag=True)
+@click.option("-c", "cflag", is_flag=True)
+@click.option("-x", "xflag", is_flag=True)
+@click.option("-n", "nflag", is_flag=True)
+@click.option("-U", "uflag", is_flag=True)
+@click.option("-G", "gateway", is_flag=True)
+@click.option("-I", "init_aliases", is_flag=True)
+@click.option("-v", "verbose", count=True)
+@click.argument("recipients", nargs=-1)
+@click.pass_context
+def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...],
+        sender: str | None, rsender: str | None, full_name: str | None, notify: str | None,
+        ret: str | None, envid: str | None, body: str | None, bflags: tuple[str, ...],
+        config_dir: str | None, qopt: str | None, xflags: tuple[str, ...],
+        oopts: tuple[str, ...], syslog_label: str | None, aflag: str | None,
+        eflag: str | None, hflag: str | None, pflag: str | None, mflag: bool,
+        cflag: bool, xflag: bool, nflag: bool, uflag: bool, gateway: bool,
+        init_aliases: bool, verbose: int, recipients: tuple[str, ...]) -> None:
+    program = ctx.obj or PROGRAM
+    cfg = load_config(config_dir, "sendmail")
+    mode = {"mailq": MODE_MAILQ, "newaliases": MODE_NEWALIAS}.get(program, MODE_ENQUEUE)
+    dot_rule = True
+    encoding = ""
+    alias_map = None
+    if nflag:
+        fatal(sm.EX_USAGE, "-n option not supported")
+    if body is not None:
+        if body == "8BITMIME":
+            encoding = "8bit"
+        elif body == "7BIT":
+            encoding = "7bit"
+        else:
+            fatal(sm.EX_USAGE, "-B option needs 8BITMIME or 7BIT")
+    if init_aliases:
+        mode = MODE_NEWALIAS
+    dsn_notify = 0
+    if notify is not None:
+        dsn_notify = _dsn_notify(notify)
+        if not dsn_notify:
+            log.warning(f"bad -N option value: '{notify}' -- ignored")
+    dsn_ret = 0
+    if ret is not None:
+        dsn_ret = {"full": sm.DSN_RET_FULL, "hdrs": sm.DSN_RET_HDRS}.get(ret.lower(), 0)
+        if not dsn_ret:
+            log.warning("bad -R option value -- ignored")
+    dsn_envid = ""
+    if envid is not None:
+        if len(envid) > 100:
+            log.warning("too long -V option value -- ignored")
+        elif not all(c.isprintable() or c == "\t" for c in envid):
+            log.warning("bad syntax in -V option value -- ignored")
+        else:
+            dsn_envid = envid
+    for x in xflags:
+        fatal(sm.EX_USAGE, f"unsupported: -X{x[:1]}")
+    verify = False
+    for b in bflags:
+        c = b[:1]
+        if c in ("d", "l"):
+            mode = MODE_DAEMON
+        elif c in ("h", "H"):
+            mode = MODE_IGNORE
+        elif c == "i":
+            mode = MODE_NEWALIAS
+        elif c == "m":
+            mode = MODE_ENQUEUE
+        elif c == "p":
+            mode = MODE_MAILQ
+        elif c == "s":
+            mode = MODE_USER
+        elif c == "v":
+            verify = True
+        else:
+            fatal(sm.EX_USAGE, f"unsupported: -b{c}")
+    for o in oflags:
+        if o.startswith("A"):
+            if len(o) == 1:
+                fatal(sm.EX_USAGE, "-oA requires pathname")
+            alias_map = o[1:]
+        elif o.startswith("i"):
+            dot_rule = False
+    if no_dot:
+        dot_rule = False
+    env_sender = sender if sender is not None else rsender
+    site = qid = None
+    if qopt is not None:
+        if qopt == "":
+            if mode != MODE_DAEMON:
+                mode = MODE_FLUSHQ
+        elif qopt[0].isdigit():
+            if mode != MODE_DAEMON:
+                sys.exit(0)
+        elif qopt[0] == "R":
+            site = qopt[1:]
+            if not site:
+                fatal(sm.EX_USAGE, "specify: -qRsitename")
+        elif qopt[0] == "I":
+            qid = qopt[1:]
+            if not qid:
+                fatal(sm.EX_USAGE, "specify: -qIqueueid")
+        else:
+            fatal(sm.EX_USAGE, f"-q{qopt[0]} is not implemented")
+    if extract and mode != MODE_ENQUEUE:
+        fatal(sm.EX_USAGE, "-t can be used only in delivery mode")
+    if site and mode != MODE_ENQUEUE:
+        fatal(sm.EX_USAGE, "-qR can be used only in delivery mode")
+    if qid and mode != MODE_ENQUEUE:
+        fatal(sm.EX_USAGE, "-qI can be used only in delivery mode")
+    if verify:
+        if extract:
+            fatal(sm.EX_USAGE, "-t option cannot be used with -bv")
+        fatal(sm.EX_UNAVAILABLE, "-bv (address verification) is not supported")
+
+    if mode == MODE_ENQUEUE:
+        if site:
+            if recipients:
+                fatal(sm.EX_USAGE, "flush site requires no recipient")
+            run_postqueue(cfg, "-s", site)
+        if qid:
+            if recipients:
+                fatal(sm.EX_USAGE, "flush queue_id requires no recipient")
+            run_postqueue(cfg, "-i", qid)
+        enqueue(cfg, sender=env_sender, full_name=full_name, recipients=list(recipients),
+                extract=extract, dot_rule=dot_rule, encoding=encoding, envid=dsn_envid,
+                ret=dsn_ret, notify=dsn_notify,
+                rewrite_context="remote" if gateway else "local")
+        sys.exit(0)
+    if mode == MODE_MAILQ:
+        if recipients:
+            fatal(sm.EX_USAGE, "display queue mode requires no recipient")
+        run_mailq(cfg, verbose)
+    if mode == MODE_FLUSHQ:
+        if recipients:
+            fatal(sm.EX_USAGE, "flush queue mode requires no recipient")
+        run_postqueue(cfg, "-f")
+    if mode == MODE_DAEMON:
+        if recipients:
+            fatal(sm.EX_USAGE, "daemon mode requires no recipient")
+        result = subprocess.run([sys.executable, "-m", "pymailsys.tools.postfix", "-c",
+                                 cfg.config_dir, "start"], check=False)
+        sys.exit(1 if result.returncode else 0)
+    if mode == MODE_NEWALIAS:
+        if recipients:
+            fatal(sm.EX_USAGE, "alias initialization mode requires no recipient")
+        run_newaliases(cfg, alias_map)
+    if mode == MODE_USER:
+        if recipients:
+            fatal(sm.EX_USAGE, "stand-alone mode requires no recipient")
+        sys.exit(smtp_stdio(cfg, sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(0)
+
+
+def _run(program: str, argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    log.init_stderr_only(program)
+    try:
+        cli.main(args=args, prog_name=program, standalone_mode=False, obj=program)
+    except click.UsageError as e:
+        sys.stderr.write(f"{program}: fatal: usage: {program} [options] ({e.format_message()})\n")
+        return sm.EX_USAGE
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except (TimeoutError, BrokenPipeError):
+        return sm.EX_TEMPFAIL
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    name = os.path.basename(sys.argv[0]) if argv is None else PROGRAM
+    if name not in ("mailq", "newaliases"):
+        name = PROGRAM
+    return _run(name, argv)
+
+
+def mailq_main(argv: list[str] | None = None) -> int:
+    return _run("mailq", argv)
+
+
+def newaliases_main(argv: list[str] | None = None) -> int:
+    return _run("newaliases", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
