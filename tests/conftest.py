@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -58,3 +59,21 @@ def mbox_instance(new_instance) -> Instance:  # type: ignore[no-untyped-def]
     inst = new_instance(maildir=False)
     inst.start()
     return inst
+
+
+@pytest.fixture
+def throwaway_user() -> Iterator[str]:
+    """A throw-away local account (root only): created with useradd, deleted afterwards."""
+    import subprocess
+    import uuid
+
+    name = "pmt" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", name], check=True)
+    try:
+        probe = subprocess.run(["runuser", "-u", name, "--", sys.executable, "-c",
+                                "import pymailsys"], capture_output=True, cwd="/")
+        if probe.returncode != 0:
+            pytest.skip(f"{sys.executable} with pymailsys is not usable by other users")
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False)
