@@ -238,13 +238,21 @@ def _listener_sockets(flags: dict[str, str], transport: str) -> list[socket.sock
 
 def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None = None,
         on_start: Hook | None = None, on_stop: Hook | None = None, resident: bool = False,
-        client_limit: int = 1000, argv: list[str] | None = None) -> None:
-    """Parse master's arguments, set up, and run the service until told to stop."""
+        client_limit: int = 1000, argv: list[str] | None = None,
+        pre_init: Callable[[config_mod.Config], object] | None = None) -> None:
+    """Parse master's arguments, set up, and run the service until told to stop.
+
+    ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
+    privilege drop, e.g. to open lookup tables that mail_owner cannot read;
+    what it returns is in ``ctx.state["pre_init"]``.
+    """
     log.init_stderr_only(program)
     try:
         flags, overrides, rest = parse_args(sys.argv[1:] if argv is None else argv)
     except getopt.GetoptError as e:
         log.fatal(str(e))
+    overrides.setdefault("service_name", flags.get("-n", program))
+    overrides.setdefault("process_name", program)
     try:
         cfg = config_mod.load(flags.get("-c"), overrides)
         log.init(cfg, program)
@@ -257,10 +265,13 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     # run by hand (-L) there is no master, so no lifeline and no status pipe.
     if "-L" not in flags:
         _INHERITED.update(fd for fd in (LIFELINE_FD, STATUS_FD) if _fd_open(fd))
+    prepared = pre_init(cfg) if pre_init is not None else None
     if "-u" in flags:
         drop_privileges(cfg)
     ctx = Context(cfg, Spool.from_config(cfg), program, service, transport, rest,
                   verbose="-v" in flags)
+    if pre_init is not None:
+        ctx.state["pre_init"] = prepared
     try:
         _use_fast_loop()
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,

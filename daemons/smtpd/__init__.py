@@ -1,0 +1,106 @@
+"""smtpd - the SMTP server.
+
+NAME
+    smtpd - Postfix-compatible SMTP server
+
+SYNOPSIS
+    python3 -m pymailsys.daemons.smtpd [generic daemon options]   (from master.cf)
+    python3 -m pymailsys.daemons.smtpd -c DIR -t inet -L 127.0.0.1:2525   (by hand)
+
+DESCRIPTION
+    Accepts SMTP connections on the socket master hands over and passes each
+    message to cleanup (``public/$cleanup_service_name``) over one long-lived,
+    pipelined attribute connection per process (pymailsys.attr.AttrClient),
+    following the cleanup contract in pymailsys.services. A client gets
+    ``250 2.0.0 Ok: queued as ID`` only after cleanup replied status 0, that
+    is, after the queue file is fsynced.
+
+    Layout: ``session`` is the protocol (an aiosmtpd.smtp.SMTP subclass with
+    Postfix's replies, driven on the skeleton's streams), ``stream`` reads
+    command lines and DATA in bulk, ``handler`` is the glue to the
+    restrictions (pymailsys.restrictions) and to cleanup.
+
+    Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN;
+    AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
+    gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
+
+SECURITY
+    Runs as mail_owner (``-u``). DATA ends only at <CR><LF>.<CR><LF>
+    (smtpd_forbid_bare_newline, CVE-2023-51764); smtpd_forbid_unauth_pipelining
+    disconnects clients that send ahead where RFC 2920 does not allow it.
+    No DNS lookups for loopback clients.
+
+DIAGNOSTICS
+    Postfix's log lines: ``connect from NAME[ADDR]``, ``ID: client=NAME[ADDR]``,
+    ``NOQUEUE: reject: RCPT from NAME[ADDR]: REPLY; from=<s> to=<r>
+    proto=ESMTP helo=<h>``, ``lost connection after CMD from NAME[ADDR]``,
+    ``timeout after CMD from NAME[ADDR]``, ``too many errors after CMD from
+    NAME[ADDR]``, ``disconnect from NAME[ADDR] ehlo=1 mail=1 ... commands=N``.
+    A restriction list that cannot be parsed, or relay control missing from
+    both smtpd_relay_restrictions and smtpd_recipient_restrictions, is fatal
+    at start-up.
+
+CONFIGURATION PARAMETERS
+    smtpd_banner, myhostname, mail_name, message_size_limit,
+    smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
+    smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
+    smtpd_junk_command_limit, smtpd_helo_required, smtpd_delay_reject,
+    smtpd_client_restrictions, smtpd_helo_restrictions,
+    smtpd_sender_restrictions, smtpd_relay_restrictions,
+    smtpd_recipient_restrictions, smtpd_data_restrictions,
+    smtpd_end_of_data_restrictions, smtpd_reject_unlisted_recipient,
+    smtpd_reject_unlisted_sender, local_recipient_maps, mynetworks,
+    mynetworks_style, smtpd_forbid_bare_newline,
+    smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,
+    smtpd_discard_ehlo_keywords, disable_vrfy_command, smtputf8_enable,
+    smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
+    cleanup_service_name, ipc_timeout; the reply codes reject_code, defer_code,
+    relay_domains_reject_code, access_map_reject_code, access_map_defer_code,
+    unknown_local_recipient_reject_code, non_fqdn_reject_code,
+    invalid_hostname_reject_code.
+
+SEE ALSO
+    pymailsys.restrictions, pymailsys.resolve, pymailsys.netaddr, Postfix smtpd(8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pymailsys.daemons.smtpd.handler import Smtpd
+from pymailsys.daemons.smtpd.session import Session
+
+from pymailsys import config as config_mod
+from pymailsys import log, maps, server
+
+PROGRAM = "smtpd"
+
+
+def _pre_init(config: config_mod.Config) -> Smtpd:
+    """Before the privilege drop: parse the restrictions and open their tables."""
+    try:
+        smtpd = Smtpd(config)
+    except (ValueError, maps.TableError, config_mod.ConfigError) as e:
+        log.fatal(str(e))
+    smtpd.engine.preopen()
+    return smtpd
+
+
+async def _start(ctx: server.Context) -> None:
+    ctx.state["smtpd"] = ctx.state["pre_init"]
+
+
+async def _stop(ctx: server.Context) -> None:
+    smtpd: Smtpd | None = ctx.state.get("smtpd")
+    if smtpd is not None:
+        await smtpd.close()
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                ctx: server.Context) -> None:
+    await Session(ctx.state["smtpd"], reader, writer).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    server.run(PROGRAM, serve=serve, pre_init=_pre_init, on_start=_start, on_stop=_stop,
+               argv=argv)

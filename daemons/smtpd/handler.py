@@ -1,0 +1,152 @@
+"""smtpd's per-process state and its glue to the restrictions and to cleanup.
+
+``Smtpd(config)`` is built once per process (the skeleton's on_start): the
+parameters smtpd reads, the pre-formatted greeting and EHLO reply, the
+restriction Engine (start-up fatal on a bad list: ``ValueError``), and ONE
+AttrClient to public/cleanup shared by all sessions. ``queue()`` sends one
+cleanup request (pymailsys.services contract) and returns the SMTP reply.
+``client_name()`` gives the client's name: ``localhost`` for loopback
+addresses without a lookup, else a forward-confirmed reverse lookup when
+smtpd_peername_lookup is on, else ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass, field
+
+from pymailsys import attr, log, netaddr, restrictions, services
+from pymailsys import config as config_mod
+
+QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
+
+
+@dataclass
+class Envelope:
+    """One mail transaction."""
+
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    orig_recipients: list[str] = field(default_factory=list)
+    body: str = "7bit"
+    size: int = 0
+    ret: str = ""
+    envid: str = ""
+    smtputf8: bool = False
+
+
+class Smtpd:
+    def __init__(self, config: config_mod.Config) -> None:
+        self.config = config
+        self.myhostname = config.get("myhostname")
+        self.banner = f"220 {config.get('smtpd_banner')}\r\n".encode("utf-8", "surrogateescape")
+        self.size_limit = config.get_size("message_size_limit")
+        self.rcpt_limit = config.get_int("smtpd_recipient_limit")
+        self.rcpt_overshoot = config.get_int("smtpd_recipient_overshoot_limit")
+        self.timeout = float(config.get_time("smtpd_timeout"))
+        self.error_sleep = float(config.get_time("smtpd_error_sleep_time"))
+        self.soft_limit = config.get_int("smtpd_soft_error_limit")
+        self.hard_limit = config.get_int("smtpd_hard_error_limit")
+        self.junk_limit = config.get_int("smtpd_junk_command_limit")
+        self.helo_required = config.get_bool("smtpd_helo_required")
+        self.vrfy_disabled = config.get_bool("disable_vrfy_command")
+        self.smtputf8 = config.get_bool("smtputf8_enable")
+        self.strict_rfc821 = config.get_bool("strict_rfc821_envelopes")
+        self.peername_lookup = config.get_bool("smtpd_peername_lookup")
+        self.delay_reject = config.get_bool("smtpd_delay_reject")
+        self.forbid_unauth_pipelining = config.get_bool("smtpd_forbid_unauth_pipelining")
+        mode = config.get("smtpd_forbid_bare_newline").strip().lower()
+        if mode in ("yes", "true"):
+            mode = "normalize"
+        if mode not in ("no", "false", "normalize", "reject", "note"):
+            raise ValueError(f"invalid smtpd_forbid_bare_newline value: {mode}")
+        self.bare_newline = mode
+        self.bare_newline_exclusions = netaddr.AddressList(
+            config.get_list("smtpd_forbid_bare_newline_exclusions"))
+        self.engine = restrictions.Engine(config)
+        self.engine.check_relay_config()
+        self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
+        self.ehlo_reply = self._ehlo_reply()
+        path = os.path.join(config.get("queue_directory"), "public",
+                            config.get("cleanup_service_name"))
+        self.cleanup = attr.AttrClient(path, timeout=float(config.get_time("ipc_timeout")))
+
+    def _ehlo_reply(self) -> bytes:
+        discard = {k.lower() for k in self.config.get_list("smtpd_discard_ehlo_keywords")}
+        words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]
+        if not self.vrfy_disabled:
+            words.append("VRFY")
+        words += ["ETRN", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+        if self.smtputf8:
+            words.append("SMTPUTF8")
+        words = [w for w in words if w.split()[0].lower() not in discard]
+        lines = [self.myhostname] + words
+        out = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+        return ("\r\n".join(out) + "\r\n").encode()
+
+    async def close(self) -> None:
+        await self.cleanup.close()
+
+    async def client_name(self, addr: str) -> str:
+        if netaddr.is_loopback(addr):
+            return "localhost"
+        if not self.peername_lookup:
+            return "unknown"
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(10):
+                name, _ = await loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
+                infos = await loop.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+        except (OSError, TimeoutError, UnicodeError):
+            return "unknown"
+        want = netaddr.parse_address(addr)
+        for info in infos:
+            if netaddr.parse_address(str(info[4][0])) == want:
+                return name.lower()
+        return "unknown"
+
+    async def rewrite_context(self, req: restrictions.Request) -> str:
+        if not self.local_rewrite:
+            return "remote"
+        try:
+            result = await self.engine.run_entries(self.local_rewrite, req)
+        except Exception as e:  # a table problem must not cost the message
+            log.warning(f"local_header_rewrite_clients: {e}")
+            return "remote"
+        return "local" if result is not None and result.action == restrictions.OK else "remote"
+
+    async def queue(self, env: Envelope, content: bytes, req: restrictions.Request,
+                    context: str) -> tuple[str, str]:
+        """Hand the message to cleanup: (SMTP reply, queue ID or "")."""
+        request: list[tuple[str, attr.AttrValue]] = [
+            ("origin", "smtpd"), ("sender", env.sender)]
+        request += [("rcpt", r) for r in env.recipients]
+        request += [("orcpt", o) for o in env.orig_recipients]
+        request += [
+            ("content", content),
+            ("client_name", req.client_name), ("client_addr", req.client_addr),
+            ("client_port", req.client_port), ("helo_name", req.helo),
+            ("protocol", req.protocol), ("rewrite_context", context),
+            ("flags", services.CLEANUP_FLAG_FILTER | services.CLEANUP_FLAG_MAP_OK),
+            ("encoding", env.body),
+        ]
+        if env.ret:
+            request.append(("ret", env.ret))
+        if env.envid:
+            request.append(("envid", env.envid))
+        try:
+            reply = await self.cleanup.request(request)
+        except (attr.ProtocolError, OSError) as e:
+            log.warning(f"connect to cleanup service {self.cleanup.path}: {e}")
+            return QUEUE_WRITE_ERROR, ""
+        status = reply.number("status", -1)
+        if status == services.CLEANUP_OK:
+            queue_id = reply.text("queue_id")
+            return f"250 2.0.0 Ok: queued as {queue_id}", queue_id
+        if status < 400 or status > 599:
+            return QUEUE_WRITE_ERROR, ""
+        dsn = reply.text("dsn") or ("4.3.0" if status < 500 else "5.3.0")
+        reason = reply.text("reason") or "Error: queue file write error"
+        return f"{status} {dsn} {reason}", ""

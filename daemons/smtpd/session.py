@@ -1,0 +1,540 @@
+"""One SMTP session: Postfix's command protocol on aiosmtpd's engine.
+
+``Session(smtpd, reader, writer).run()`` speaks SMTP with one client on the
+streams the server skeleton accepted, until QUIT, a hang-up, a timeout or too
+many errors, and logs what Postfix logs.
+
+The class extends ``aiosmtpd.smtp.SMTP`` and keeps its shape (one
+``smtp_VERB`` method per command, ``push`` for replies, envelope and session
+state on the object), but replaces the parts that do not fit here:
+
+* ``__init__``: aiosmtpd's constructor inspects the class and handler on
+  every connection (about 80 us) and builds a StreamReader of its own; the
+  verb table is built once per class instead, and the skeleton's streams are
+  used as they are (no second protocol object on the transport).
+* the command loop (``_handle_client``): Postfix's replies, error counting
+  (smtpd_soft/hard_error_limit, error sleep), junk-command limit, the
+  smtpd_forbid_unauth_pipelining check, per-command counters for the
+  ``disconnect from`` line, no debug logging;
+* DATA: read in bulk by ``stream.InputBuffer.read_data`` (end only at
+  <CR><LF>.<CR><LF>), not line by line;
+* address parsing: Postfix's rules (``<>`` optional unless
+  strict_rfc821_envelopes, source routes dropped, quoted local parts).
+
+Replies are Postfix's, byte for byte (checked against Postfix 3.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from aiosmtpd.smtp import SMTP
+from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
+from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
+
+from pymailsys import log, restrictions
+
+LINE_LIMIT = 4096
+
+# Postfix's command table order, for the "disconnect from" line.
+COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop", "vrfy",
+           "etrn", "quit", "unknown")
+# RFC 2920: these may only be the last command of a pipelined group.
+LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
+                           "STARTTLS", "AUTH", "ETRN"))
+JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
+
+Verb = Callable[["Session", str], Awaitable[bool]]
+
+
+class Hangup(Exception):
+    """The session ends here (QUIT, 421, protocol violation)."""
+
+
+def _find_close(text: str) -> int:
+    """Index of the '>' that closes a path starting at text[0] == '<', or -1."""
+    quoted = False
+    i = 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return i
+        elif c == "<" and not quoted:
+            return -1
+        i += 1
+    return -1
+
+
+def _valid_address(addr: str) -> bool:
+    quoted = False
+    escaped = False
+    for c in addr:
+        if escaped:
+            escaped = False
+            continue
+        if c == "\\":
+            escaped = True
+            continue
+        if c == '"':
+            quoted = not quoted
+            continue
+        if quoted:
+            continue
+        if c in " \t<>()," or ord(c) < 32 or c == "\x7f":
+            return False
+    return not quoted
+
+
+def internal_form(addr: str) -> str:
+    """Unquote a quoted local part: "a b"@c -> a b@c (Postfix's internal form)."""
+    if '"' not in addr and "\\" not in addr:
+        return addr
+    out = []
+    escaped = False
+    for c in addr:
+        if escaped:
+            out.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c != '"':
+            out.append(c)
+    return "".join(out)
+
+
+def parse_path(arg: str, keyword: str, strict: bool) -> tuple[str, str, list[str]] | None:
+    """'FROM:<a@b> SIZE=1' -> (given address, internal address, params); None: bad syntax.
+
+    Raises ValueError when the keyword itself is missing (a syntax error of
+    the command, not of the address).
+    """
+    if arg[:len(keyword)].upper() != keyword:
+        raise ValueError(keyword)
+    rest = arg[len(keyword):].lstrip()
+    if rest.startswith("<"):
+        close = _find_close(rest)
+        if close < 0:
+            return None
+        given = rest[1:close]
+        tail = rest[close + 1:]
+        if tail and not tail[0].isspace():
+            return None
+    else:
+        if strict or not rest:
+            return None
+        given, _, tail = rest.partition(" ")
+    addr = given
+    if addr.startswith("@"):
+        colon = addr.find(":")
+        if colon < 0:
+            return None
+        addr = addr[colon + 1:]
+    if not _valid_address(addr):
+        return None
+    return given, internal_form(addr), tail.split()
+
+
+class Session(SMTP):
+    _verbs: ClassVar[dict[str, Verb]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._verbs = _verb_table(cls)
+
+    def __init__(self, smtpd: Smtpd, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        # Deliberately not SMTP.__init__: see the module docstring.
+        self.smtpd = smtpd
+        self._writer = writer
+        self.input = InputBuffer(reader, smtpd.timeout)
+        peer = writer.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            addr, port = str(peer[0]), str(peer[1])
+        else:
+            addr, port = "127.0.0.1", "0"
+        self.req = restrictions.Request(client_addr=addr, client_port=port)
+        self.env: Envelope | None = None
+        self.counts: dict[str, list[int]] = {}
+        self.error_count = 0
+        self.junk = 0
+        self.where = "CONNECT"
+        self.esmtp = False
+        self.rcpt_overshoot = 0
+        self.rcpt_tried = 0
+        self.bare_lf_exempt: bool | None = None
+
+    # --- output ------------------------------------------------------------------
+    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
+        self._writer.write(data + b"\r\n")
+        if not self.input.pending():
+            await self._writer.drain()
+
+    async def reply_error(self, text: str) -> bool:
+        """An error reply: counted, and delayed once the soft limit is reached."""
+        self.error_count += 1
+        if self.error_count >= self.smtpd.soft_limit and self.smtpd.error_sleep:
+            await asyncio.sleep(self.smtpd.error_sleep)
+        await self.push(text)
+        return False
+
+    # --- the session --------------------------------------------------------------
+    @property
+    def client(self) -> str:
+        return self.req.client
+
+    async def run(self) -> None:
+        smtpd = self.smtpd
+        self.req.client_name = await smtpd.client_name(self.req.client_addr)
+        log.info(f"connect from {self.client}")
+        try:
+            self._writer.write(smtpd.banner)
+            await self._handle_client()
+        except ConnectionLost as e:
+            if self.where == "DATA":
+                log.info(f"lost connection after DATA ({e.bytes_read} bytes) from {self.client}")
+            else:
+                log.info(f"lost connection after {self.where} from {self.client}")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info(f"lost connection after {self.where} from {self.client}")
+        except TimeoutError:
+            log.info(f"timeout after {self.where} from {self.client}")
+            try:
+                self._writer.write(
+                    f"421 4.4.2 {smtpd.myhostname} Error: timeout exceeded\r\n".encode())
+            except (ConnectionError, RuntimeError):
+                pass
+        except Hangup:
+            pass
+        finally:
+            log.info(f"disconnect from {self.client}{self._stats()}")
+            try:
+                if not self._writer.is_closing():
+                    self._writer.close()
+            except (ConnectionError, RuntimeError):
+                pass
+
+    def _stats(self) -> str:
+        parts = []
+        ok_all = total_all = 0
+        for name in COUNTED:
+            c = self.counts.get(name)
+            if not c:
+                continue
+            ok, total = c
+            ok_all += ok
+            total_all += total
+            parts.append(f" {name}={ok}" if ok == total else f" {name}={ok}/{total}")
+        if total_all:
+            parts.append(f" commands={ok_all}" if ok_all == total_all
+                         else f" commands={ok_all}/{total_all}")
+        return "".join(parts)
+
+    def _count(self, name: str, ok: bool) -> None:
+        c = self.counts.get(name)
+        if c is None:
+            c = self.counts[name] = [0, 0]
+        c[1] += 1
+        if ok:
+            c[0] += 1
+
+    async def _handle_client(self) -> None:
+        smtpd = self.smtpd
+        verbs = self._verbs
+        while True:
+            if self.error_count >= smtpd.hard_limit:
+                log.info(f"too many errors after {self.where} from {self.client}")
+                await self.push(f"421 4.7.0 {smtpd.myhostname} Error: too many errors")
+                raise Hangup
+            line = await self.input.readline(LINE_LIMIT)
+            if self.input.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
+                log.info(f"NOQUEUE: reject: {self.where} from {self.client}: bare <LF> received; "
+                         f"{self._proto_helo()}")
+                await self.push(f"550 5.5.2 {smtpd.myhostname} Error: bare <LF> received")
+                raise Hangup
+            verb_b, _, arg_b = line.partition(b" ")
+            verb = verb_b.upper().decode("ascii", "replace")
+            method = verbs.get(verb)
+            if not verb:
+                await self.reply_error("500 5.5.2 Error: bad syntax")
+                continue
+            if method is None:
+                self.where = "UNKNOWN"
+                self._count("unknown", False)
+                await self.reply_error("500 5.5.2 Error: command not recognized")
+                continue
+            if (smtpd.forbid_unauth_pipelining and self.input.pending()
+                    and (not self.esmtp or verb in LAST_IN_GROUP)):
+                nxt = self.input.peek_line().decode("utf-8", "replace")
+                log.info(f"improper command pipelining after {verb} from {self.client}: {nxt}")
+                self.where = verb
+                await self.push("554 5.5.0 Error: SMTP protocol synchronization")
+                raise Hangup
+            if verb in JUNK:
+                self.junk += 1
+                if self.junk > smtpd.junk_limit:
+                    self.error_count += 1
+            self.where = verb
+            arg = arg_b.decode("utf-8", "surrogateescape").strip()
+            ok = False
+            try:
+                ok = await method(self, arg)
+            finally:
+                if verb != "QUIT":
+                    self._count(verb.lower(), ok)
+
+    def _bare_lf_exempt(self) -> bool:
+        if self.bare_lf_exempt is None:
+            try:
+                self.bare_lf_exempt = self.smtpd.bare_newline_exclusions.match(
+                    self.req.client_addr, self.req.client_name)
+            except Exception as e:  # a table error: do not exempt
+                log.warning(f"smtpd_forbid_bare_newline_exclusions: {e}")
+                self.bare_lf_exempt = False
+        return self.bare_lf_exempt
+
+    def _proto_helo(self) -> str:
+        text = f"proto={self.req.protocol}"
+        if self.req.helo:
+            text += f" helo=<{self.req.helo}>"
+        return text
+
+    def _log_reject(self, stage: str, reply: str, rcpt: str | None = None) -> None:
+        env = f"from=<{self.req.sender}> " if self.req.sender is not None else ""
+        to = f"to=<{rcpt}> " if rcpt is not None else ""
+        log.info(f"NOQUEUE: reject: {stage} from {self.client}: {reply}; {env}{to}"
+                 f"{self._proto_helo()}")
+
+    def _reset(self) -> None:
+        self.env = None
+        self.req.sender = None
+        self.req.recipient = ""
+        self.rcpt_overshoot = 0
+        self.rcpt_tried = 0
+
+    # --- commands --------------------------------------------------------------
+    async def smtp_HELO(self, arg: str) -> bool:  # type: ignore[override]
+        return await self._helo(arg, esmtp=False)
+
+    async def smtp_EHLO(self, arg: str) -> bool:  # type: ignore[override]
+        return await self._helo(arg, esmtp=True)
+
+    async def _helo(self, arg: str, esmtp: bool) -> bool:
+        if not arg:
+            return await self.reply_error(f"501 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        self._reset()
+        self.req.helo = arg
+        self.esmtp = esmtp
+        self.req.protocol = "ESMTP" if esmtp else "SMTP"
+        if not self.smtpd.delay_reject:
+            result = await self.smtpd.engine.check_helo(self.req)
+            if result is not None and result.reply is not None:
+                self.req.helo = ""
+                self._log_reject("EHLO" if esmtp else "HELO", str(result.reply))
+                return await self.reply_error(str(result.reply))
+        if esmtp:
+            self._writer.write(self.smtpd.ehlo_reply)
+            if not self.input.pending():
+                await self._writer.drain()
+        else:
+            await self.push(f"250 {self.smtpd.myhostname}")
+        return True
+
+    async def smtp_MAIL(self, arg: str) -> bool:  # type: ignore[override]
+        smtpd = self.smtpd
+        if smtpd.helo_required and not self.req.helo:
+            return await self.reply_error("503 5.5.1 Error: send HELO/EHLO first")
+        if self.env is not None:
+            return await self.reply_error("503 5.5.1 Error: nested MAIL command")
+        try:
+            parsed = parse_path(arg, "FROM:", smtpd.strict_rfc821)
+        except ValueError:
+            return await self.reply_error("501 5.5.4 Syntax: MAIL FROM:<address>")
+        if parsed is None:
+            if not arg[5:].strip():
+                return await self.reply_error("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return await self.reply_error("501 5.1.7 Bad sender address syntax")
+        _, sender, params = parsed
+        env = Envelope(sender=sender)
+        for param in params:
+            name, _, value = param.partition("=")
+            uname = name.upper()
+            if uname == "SIZE" and value.isdigit():
+                env.size = int(value)
+            elif uname == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
+                env.body = value.lower()
+            elif uname == "SMTPUTF8" and not value and smtpd.smtputf8:
+                env.smtputf8 = True
+            elif uname == "RET" and value.upper() in ("FULL", "HDRS"):
+                env.ret = value.upper()
+            elif uname == "ENVID" and value:
+                env.envid = value
+            elif uname == "AUTH" and value:
+                pass
+            else:
+                return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
+        if smtpd.size_limit and env.size > smtpd.size_limit:
+            return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
+        self.req.sender = sender
+        if not smtpd.delay_reject:
+            engine = smtpd.engine
+            result = await engine.check_client(self.req)
+            if result is None:
+                result = await engine.check_sender(self.req)
+            if result is not None and result.reply is not None:
+                self._log_reject("MAIL", str(result.reply))
+                self.req.sender = None
+                return await self.reply_error(str(result.reply))
+        self.env = env
+        await self.push("250 2.1.0 Ok")
+        return True
+
+    async def smtp_RCPT(self, arg: str) -> bool:  # type: ignore[override]
+        smtpd = self.smtpd
+        env = self.env
+        if env is None:
+            return await self.reply_error("503 5.5.1 Error: need MAIL command")
+        try:
+            parsed = parse_path(arg, "TO:", smtpd.strict_rfc821)
+        except ValueError:
+            return await self.reply_error("501 5.5.4 Syntax: RCPT TO:<address>")
+        if parsed is None or not parsed[1]:
+            if parsed is None and not arg[3:].strip():
+                return await self.reply_error("501 5.5.4 Syntax: RCPT TO:<address>")
+            if parsed is not None:
+                log.warning(f"Illegal address syntax from {self.client} in RCPT command: "
+                            f"<{parsed[0]}>")
+            return await self.reply_error("501 5.1.3 Bad recipient address syntax")
+        given, rcpt, params = parsed
+        for param in params:
+            name, _, value = param.partition("=")
+            uname = name.upper()
+            if uname not in ("NOTIFY", "ORCPT") or not value:
+                return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
+        if smtpd.rcpt_limit and len(env.recipients) >= smtpd.rcpt_limit:
+            self.rcpt_overshoot += 1
+            if self.rcpt_overshoot <= smtpd.rcpt_overshoot:
+                await self.push("452 4.5.3 Error: too many recipients")
+                return True
+            return await self.reply_error("452 4.5.3 Error: too many recipients")
+        self.rcpt_tried += 1
+        self.req.recipient = rcpt
+        result = await smtpd.engine.check_rcpt(self.req)
+        if result is not None and result.reply is not None:
+            reply = str(result.reply)
+            self._log_reject("RCPT", reply, rcpt)
+            return await self.reply_error(reply)
+        env.recipients.append(rcpt)
+        env.orig_recipients.append(given)
+        await self.push("250 2.1.5 Ok")
+        return True
+
+    async def smtp_DATA(self, arg: str) -> bool:  # type: ignore[override]
+        smtpd = self.smtpd
+        env = self.env
+        if env is None or not env.recipients:
+            if env is None:
+                return await self.reply_error("503 5.5.1 Error: need RCPT command")
+            return await self.reply_error("554 5.5.1 Error: no valid recipients")
+        if arg:
+            return await self.reply_error("501 5.5.4 Syntax: DATA")
+        result = await smtpd.engine.check_data(self.req)
+        if result is not None and result.reply is not None:
+            self._log_reject("DATA", str(result.reply))
+            return await self.reply_error(str(result.reply))
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = await self.input.read_data(smtpd.size_limit)
+        self.where = "END-OF-MESSAGE"
+        if data.too_big:
+            self._reset()
+            return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
+        if data.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
+            rcpts = env.recipients
+            self._log_reject("END-OF-MESSAGE", "bare <LF> received",
+                             rcpts[0] if len(rcpts) == 1 else None)
+            self._reset()
+            return await self.reply_error(
+                f"550 5.5.2 {smtpd.myhostname} Error: bare <LF> received")
+        result = await smtpd.engine.check_end_of_data(self.req)
+        if result is not None and result.reply is not None:
+            self._log_reject("END-OF-MESSAGE", str(result.reply))
+            self._reset()
+            return await self.reply_error(str(result.reply))
+        context = await smtpd.rewrite_context(self.req)
+        reply, queue_id = await smtpd.queue(env, data.content, self.req, context)
+        self._reset()
+        if not queue_id:
+            return await self.reply_error(reply)
+        log.info(f"{queue_id}: client={self.client}")
+        self.error_count = 0
+        self.junk = 0
+        await self.push(reply)
+        return True
+
+    async def smtp_RSET(self, arg: str) -> bool:  # type: ignore[override]
+        if arg:
+            return await self.reply_error("501 5.5.4 Syntax: RSET")
+        self._reset()
+        await self.push("250 2.0.0 Ok")
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> bool:  # type: ignore[override]
+        await self.push("250 2.0.0 Ok")
+        return True
+
+    async def smtp_QUIT(self, arg: str) -> bool:  # type: ignore[override]
+        self._count("quit", True)
+        self._writer.write(b"221 2.0.0 Bye\r\n")
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            pass
+        raise Hangup
+
+    async def smtp_VRFY(self, arg: str) -> bool:  # type: ignore[override]
+        if self.smtpd.vrfy_disabled:
+            return await self.reply_error("502 5.5.1 VRFY command is disabled")
+        if not arg:
+            return await self.reply_error("501 5.5.4 Syntax: VRFY address")
+        addr = arg[1:-1] if arg.startswith("<") and arg.endswith(">") else arg
+        addr = internal_form(addr)
+        reply = self.smtpd.engine.unlisted(self.req, addr, restrictions.STAGE_RECIPIENT)
+        if reply is not None:
+            self._log_reject("VRFY", str(reply), addr)
+            return await self.reply_error(str(reply))
+        await self.push(f"252 2.0.0 {arg}")
+        return True
+
+    async def smtp_ETRN(self, arg: str) -> bool:  # type: ignore[override]
+        if not self.req.helo:
+            return await self.reply_error("503 Error: send HELO/EHLO first")
+        if self.env is not None:
+            return await self.reply_error("503 Error: MAIL transaction in progress")
+        if not arg:
+            return await self.reply_error("500 Syntax: ETRN domain")
+        log.warning(f"reject: ETRN {arg}... from {self.client}")
+        return await self.reply_error(f"459 <{arg}>: service unavailable")
+
+    async def smtp_AUTH(self, arg: str) -> bool:  # type: ignore[override]
+        return await self.reply_error("503 5.5.1 Error: authentication not enabled")
+
+    async def smtp_STARTTLS(self, arg: str) -> bool:  # type: ignore[override]
+        return await self.reply_error("502 5.5.1 Error: command not implemented")
+
+
+def _verb_table(cls: type) -> dict[str, Verb]:
+    # Only the verbs this module implements: aiosmtpd's own (HELP, EXPN, ...)
+    # are not Postfix commands and answer "command not recognized".
+    names = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "ETRN",
+             "AUTH", "STARTTLS")
+    return {name: getattr(cls, f"smtp_{name}") for name in names}
+
+
+Session._verbs = _verb_table(Session)

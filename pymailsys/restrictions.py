@@ -1,0 +1,671 @@
+"""The SMTP access restriction chain: one engine for every smtpd_*_restrictions list.
+
+NAME
+    restrictions - evaluate Postfix restriction lists
+
+SYNOPSIS
+    engine = restrictions.Engine(config)       # parses every list once (ValueError on junk)
+    result = await engine.check_rcpt(request)  # Result(action, reply) or None
+    result = await engine.evaluate("smtpd_client_restrictions", request)
+    reply = engine.unlisted_recipient(request) # the implicit local-recipient check
+
+DESCRIPTION
+    A list is evaluated left to right. Each restriction answers OK (permit),
+    REJECT, DEFER or DUNNO; the first non-DUNNO answer ends *that* list, and
+    the next list still runs (Postfix semantics). ``check_rcpt`` runs, with
+    smtpd_delay_reject=yes, client, helo and sender lists, then
+    smtpd_relay_restrictions, then smtpd_recipient_restrictions; then, if
+    nothing rejected, the implicit reject_unlisted_recipient check
+    (smtpd_reject_unlisted_recipient).
+
+    Restrictions implemented: permit, reject, defer, permit_mynetworks,
+    permit_inet_interfaces, permit_sasl_authenticated (never matches: no
+    AUTH yet), permit_auth_destination, reject_unauth_destination,
+    defer_unauth_destination, reject_unlisted_recipient,
+    reject_unlisted_sender, reject_non_fqdn_sender, reject_non_fqdn_recipient,
+    reject_non_fqdn_helo_hostname, reject_invalid_helo_hostname,
+    check_client_access, check_helo_access, check_sender_access,
+    check_recipient_access (access(5) actions OK, REJECT [text],
+    DEFER [text], DUNNO, NNN [text], all-numeric = OK, or a list of
+    restrictions; other actions are logged as unsupported and treated as
+    DUNNO). New restrictions register with ``@restriction("name")`` (add
+    ``takes_arg=True`` for ``name type:table``); a check may be a coroutine
+    (policy servers, DNS lists).
+
+    Replies are Postfix's, e.g. ``554 5.7.1 <r>: Relay access denied`` and
+    ``550 5.1.1 <r>: Recipient address rejected: User unknown in local
+    recipient table``. A table that cannot answer gives ``451 4.3.0 <key>:
+    Temporary lookup failure`` (never "not found").
+
+    ``check_relay_config`` raises ``ValueError`` with Postfix's fatal text
+    when neither the relay nor the recipient list can reject relaying.
+
+REFUSES
+    An unknown restriction name: ``ValueError`` at Engine() (start-up fatal).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from pymailsys import addr_lookup, log, maps, netaddr, resolve
+from pymailsys import config as config_mod
+
+OK = "OK"
+REJECT = "REJECT"
+DEFER = "DEFER"
+DUNNO = "DUNNO"
+
+STAGE_CLIENT = "client"
+STAGE_HELO = "helo"
+STAGE_SENDER = "sender"
+STAGE_RECIPIENT = "recipient"
+STAGE_DATA = "data"
+
+_STAGE_TEXT = {
+    STAGE_CLIENT: "Client host rejected",
+    STAGE_HELO: "Helo command rejected",
+    STAGE_SENDER: "Sender address rejected",
+    STAGE_RECIPIENT: "Recipient address rejected",
+    STAGE_DATA: "Data command rejected",
+}
+
+LIST_STAGES = {
+    "smtpd_client_restrictions": STAGE_CLIENT,
+    "smtpd_helo_restrictions": STAGE_HELO,
+    "smtpd_sender_restrictions": STAGE_SENDER,
+    "smtpd_relay_restrictions": STAGE_RECIPIENT,
+    "smtpd_recipient_restrictions": STAGE_RECIPIENT,
+    "smtpd_data_restrictions": STAGE_DATA,
+    "smtpd_end_of_data_restrictions": STAGE_DATA,
+}
+
+_DSN_RE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply as a value: code, enhanced status, text."""
+
+    code: int
+    dsn: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.dsn} {self.text}"
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
+@dataclass(frozen=True)
+class Result:
+    action: str  # OK, REJECT or DEFER (DUNNO is never returned from a list)
+    reply: Reply | None = None
+
+
+@dataclass
+class Request:
+    """What the restrictions see of one SMTP session and command."""
+
+    client_addr: str
+    client_name: str = "unknown"
+    client_port: str = ""
+    helo: str = ""
+    sender: str | None = None  # None: no MAIL yet; "" the null sender
+    recipient: str = ""
+    protocol: str = "SMTP"
+    sasl_username: str = ""
+    stage: str = STAGE_CLIENT
+    cache: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def client(self) -> str:
+        return f"{self.client_name}[{self.client_addr}]"
+
+
+Outcome: TypeAlias = "Result | None | Awaitable[Result | None]"
+Check = Callable[["Engine", Request, "_Entry"], Outcome]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    func: Check
+    takes_arg: bool
+    relay_guard: bool  # counts as "can reject relaying" for the start-up check
+
+
+REGISTRY: dict[str, _Spec] = {}
+
+
+def restriction(name: str, *, takes_arg: bool = False,
+                relay_guard: bool = False) -> Callable[[Check], Check]:
+    def deco(func: Check) -> Check:
+        REGISTRY[name] = _Spec(func, takes_arg, relay_guard)
+        return func
+    return deco
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    spec: _Spec
+    arg: str = ""
+    table: _LazyMaps | None = None
+
+
+def _is_fqdn(name: str) -> bool:
+    n = name.rstrip(".")
+    if n.startswith("[") and n.endswith("]"):
+        return True
+    return "." in n
+
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
+
+
+def valid_hostname(name: str) -> bool:
+    """Postfix's valid_hostname(), loosely: labels of letters, digits, - and _; or [ip]."""
+    n = name.rstrip(".")
+    if n.startswith("[") and n.endswith("]"):
+        return netaddr.parse_address(n) is not None
+    if not n or len(n) > 255:
+        return False
+    if netaddr.parse_address(n) is not None:
+        return True
+    labels = n.split(".")
+    if all(label.isdigit() for label in labels):
+        return False
+    return all(0 < len(label) <= 63 and _LABEL_RE.match(label) for label in labels)
+
+
+class Engine:
+    """Every restriction list of one configuration, parsed once."""
+
+    def __init__(self, config: config_mod.Config) -> None:
+        self.config = config
+        self.reject_code = config.get_int("reject_code")
+        self.defer_code = config.get_int("defer_code")
+        self.relay_code = config.get_int("relay_domains_reject_code")
+        self.access_reject_code = config.get_int("access_map_reject_code")
+        self.access_defer_code = config.get_int("access_map_defer_code")
+        self.non_fqdn_code = config.get_int("non_fqdn_reject_code")
+        self.invalid_hostname_code = config.get_int("invalid_hostname_reject_code")
+        self.unknown_local_code = config.get_int("unknown_local_recipient_reject_code")
+        self.unknown_alias_code = config.get_int("unknown_virtual_alias_reject_code")
+        self.unknown_mailbox_code = config.get_int("unknown_virtual_mailbox_reject_code")
+        self.null_key = config.get("smtpd_null_access_lookup_key")
+        self.delimiter = config.get("recipient_delimiter")
+        self.delay_reject = config.get_bool("smtpd_delay_reject")
+        self.reject_unlisted_rcpt = config.get_bool("smtpd_reject_unlisted_recipient")
+        self.reject_unlisted_sender = config.get_bool("smtpd_reject_unlisted_sender")
+        self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")
+        self.resolver = resolve.resolver_for(config)
+        self.mynetworks = netaddr.mynetworks(config)
+        self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
+        self.lists: dict[str, list[_Entry]] = {
+            name: self.parse(config.get_list(name)) for name in LIST_STAGES
+        }
+
+    def preopen(self) -> None:
+        """Open every table now (before a privilege drop); failures stay for lookup time."""
+        for param in ("local_recipient_maps", "virtual_alias_maps", "virtual_mailbox_maps"):
+            try:
+                self._maps(param)
+            except maps.TableError:
+                self._lazy_maps.pop(param, None)
+        for entries in self.lists.values():
+            for entry in entries:
+                if entry.table is not None:
+                    try:
+                        entry.table.get()
+                    except maps.TableError:
+                        pass
+
+    # --- parsing -------------------------------------------------------------
+    def parse(self, words: list[str]) -> list[_Entry]:
+        out: list[_Entry] = []
+        i = 0
+        while i < len(words):
+            name = words[i]
+            i += 1
+            spec = REGISTRY.get(name.lower())
+            if spec is None:
+                if ":" in name:
+                    raise ValueError(f'restriction "{name}": table without a check_*_access '
+                                     "restriction before it")
+                raise ValueError(f'unknown smtpd restriction: "{name}"')
+            if not spec.takes_arg:
+                out.append(_Entry(name.lower(), spec))
+                continue
+            if i >= len(words):
+                raise ValueError(f'restriction "{name}" requires a table argument')
+            arg = words[i]
+            i += 1
+            out.append(_Entry(name.lower(), spec, arg, _LazyMaps(arg)))
+        return out
+
+    def check_relay_config(self) -> None:
+        """Postfix's start-up fatal when relaying is not restricted."""
+        for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions"):
+            if any(e.spec.relay_guard for e in self.lists[name]):
+                return
+        raise ValueError(
+            "in parameter smtpd_relay_restrictions or smtpd_recipient_restrictions, specify "
+            "at least one working instance of: reject_unauth_destination, "
+            "defer_unauth_destination, reject, defer, defer_if_permit or check_relay_domains")
+
+    # --- evaluation ------------------------------------------------------------
+    async def evaluate(self, list_name: str, req: Request) -> Result | None:
+        """Run one list: the first OK/REJECT/DEFER, or None when all said DUNNO."""
+        entries = self.lists[list_name]
+        if not entries:
+            return None
+        saved = req.stage
+        req.stage = LIST_STAGES[list_name]
+        try:
+            return await self.run_entries(entries, req)
+        finally:
+            req.stage = saved
+
+    async def run_entries(self, entries: list[_Entry], req: Request) -> Result | None:
+        for entry in entries:
+            outcome = entry.spec.func(self, req, entry)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is not None:
+                return outcome  # type: ignore[return-value]
+        return None
+
+    async def check_client(self, req: Request) -> Result | None:
+        return await self._first_reject(req, ("smtpd_client_restrictions",))
+
+    async def check_helo(self, req: Request) -> Result | None:
+        return await self._first_reject(req, ("smtpd_helo_restrictions",))
+
+    async def check_sender(self, req: Request) -> Result | None:
+        return await self._first_reject(req, ("smtpd_sender_restrictions",))
+
+    async def check_rcpt(self, req: Request) -> Result | None:
+        """RCPT TO: (delayed client/helo/sender), relay, recipient lists, then unlisted."""
+        names: tuple[str, ...] = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+        if self.delay_reject:
+            names = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
+                     "smtpd_sender_restrictions") + names
+        result = await self._first_reject(req, names)
+        if result is not None:
+            return result
+        if self.reject_unlisted_sender and req.sender:
+            reply = self.unlisted(req, req.sender, STAGE_SENDER)
+            if reply is not None:
+                return Result(DEFER if reply.temporary else REJECT, reply)
+        if self.reject_unlisted_rcpt:
+            reply = self.unlisted(req, req.recipient, STAGE_RECIPIENT)
+            if reply is not None:
+                return Result(DEFER if reply.temporary else REJECT, reply)
+        return None
+
+    async def check_data(self, req: Request) -> Result | None:
+        return await self._first_reject(req, ("smtpd_data_restrictions",))
+
+    async def check_end_of_data(self, req: Request) -> Result | None:
+        return await self._first_reject(req, ("smtpd_end_of_data_restrictions",))
+
+    async def _first_reject(self, req: Request, names: tuple[str, ...]) -> Result | None:
+        for name in names:
+            if name in ("smtpd_helo_restrictions",) and not req.helo and not self.lists[name]:
+                continue
+            if name == "smtpd_sender_restrictions" and req.sender is None:
+                continue
+            result = await self.evaluate(name, req)
+            if result is not None and result.action != OK:
+                return result
+        return None
+
+    # --- replies -----------------------------------------------------------------
+    def reply(self, code: int, dsn: str, req: Request, text: str, key: str | None = None,
+              stage: str | None = None) -> Reply:
+        stage = stage or req.stage
+        if key is None:
+            key = self.stage_key(req, stage)
+        return Reply(code, dsn, f"<{key}>: {_STAGE_TEXT[stage]}: {text}")
+
+    @staticmethod
+    def stage_key(req: Request, stage: str) -> str:
+        if stage == STAGE_CLIENT:
+            return req.client
+        if stage == STAGE_HELO:
+            return req.helo
+        if stage == STAGE_SENDER:
+            return req.sender or ""
+        if stage == STAGE_DATA:
+            return "DATA"
+        return req.recipient
+
+    def lookup_failure(self, key: str) -> Result:
+        return Result(DEFER, Reply(451, "4.3.0", f"<{key}>: Temporary lookup failure"))
+
+    # --- the unlisted recipient / sender check -------------------------------------
+    def _maps(self, param: str) -> maps.Maps:
+        cached = self._lazy_maps.get(param)
+        if cached is None:
+            try:
+                cached = maps.Maps(self.config, param)
+            except maps.TableError as e:
+                cached = e
+            self._lazy_maps[param] = cached
+        if isinstance(cached, maps.TableError):
+            raise cached
+        return cached
+
+    def unlisted(self, req: Request, address: str, stage: str) -> Reply | None:
+        """Reject reply when address is in one of our domains but unknown; None when fine."""
+        if not address:
+            return None
+        r = self.resolver.resolve(address)
+        if r.failed:
+            log.warning(f"{r.error}")
+            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
+        try:
+            if r.class_ == resolve.CLASS_LOCAL:
+                if not self.config.get_list("local_recipient_maps"):
+                    return None
+                table = self._maps("local_recipient_maps")
+                if not r.recipient.rpartition("@")[0]:
+                    return None
+                if addr_lookup.lookup_address(table, r.recipient.lower(), True,
+                                              self.delimiter) is not None:
+                    return None
+                code, what = self.unknown_local_code, "local recipient table"
+            elif r.class_ == resolve.CLASS_ALIAS:
+                if addr_lookup.lookup_address(self._maps("virtual_alias_maps"), r.recipient.lower(),
+                                              False, self.delimiter) is not None:
+                    return None
+                code, what = self.unknown_alias_code, "virtual alias table"
+            elif r.class_ == resolve.CLASS_VIRTUAL:
+                for param in ("virtual_alias_maps", "virtual_mailbox_maps"):
+                    if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(), False,
+                                                  self.delimiter) is not None:
+                        return None
+                code, what = self.unknown_mailbox_code, "virtual mailbox table"
+            else:
+                return None
+        except maps.TableError as e:
+            log.warning(f"{e}")
+            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
+        dsn = "5.1.0" if stage == STAGE_SENDER else "5.1.1"
+        if code < 500:
+            dsn = "4" + dsn[1:]
+        return self.reply(code, dsn, req, f"User unknown in {what}", key=address, stage=stage)
+
+    def access_result(self, value: str, req: Request, key: str, stage: str) -> Outcome:
+        """Interpret an access(5) table value."""
+        word, _, rest = value.strip().partition(" ")
+        rest = rest.strip()
+        upper = word.upper()
+        if upper == "OK" or (word.isdigit() and not rest and not value.strip().startswith(("4", "5"))):
+            return Result(OK)
+        if word.isdigit() and len(word) == 3 and word[0] in "245":
+            code = int(word)
+            if word[0] == "2":
+                return Result(OK)
+            dsn = "4.7.1" if word[0] == "4" else "5.7.1"
+            d, _, after = rest.partition(" ")
+            m = _DSN_RE.match(d)
+            if m and m.group(1) == word[0]:
+                dsn, rest = d, after.strip()
+            text = rest or "Access denied"
+            return Result(DEFER if word[0] == "4" else REJECT,
+                          self.reply(code, dsn, req, text, key=key, stage=stage))
+        if upper == "REJECT":
+            return Result(REJECT, self.reply(self.access_reject_code, "5.7.1", req,
+                                             rest or "Access denied", key=key, stage=stage))
+        if upper in ("DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
+            return Result(DEFER, self.reply(self.access_defer_code, "4.7.1", req,
+                                            rest or "Access denied", key=key, stage=stage))
+        if upper == "DUNNO":
+            return None
+        words = config_mod.split_list(value)
+        if words and words[0].lower() in REGISTRY:
+            try:
+                entries = self.parse(words)
+            except ValueError as e:
+                log.warning(f"access table value {value!r}: {e}")
+                return None
+            return self.run_entries(entries, req)
+        log.warning(f"access table action not supported: {word}")
+        return None
+
+
+class _LazyMaps:
+    """A table opened at first use, so a missing table defers mail instead of killing smtpd."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._maps: maps.Maps | None = None
+
+    def get(self) -> maps.Maps:
+        if self._maps is None:
+            self._maps = maps.Maps(None, specs=[self.spec])
+        return self._maps
+
+    def find(self, key: str, partial: bool = False) -> str | None:
+        return self.get().find(key, partial)
+
+    def __bool__(self) -> bool:
+        return True
+
+
+# --- the restrictions ------------------------------------------------------------
+
+@restriction("permit")
+def _permit(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return Result(OK)
+
+
+@restriction("reject", relay_guard=True)
+def _reject(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return Result(REJECT, engine.reply(engine.reject_code, "5.7.1", req, "Access denied"))
+
+
+@restriction("defer", relay_guard=True)
+def _defer(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return Result(DEFER, engine.reply(engine.defer_code, "4.7.1", req, "Access denied"))
+
+
+@restriction("permit_mynetworks")
+def _permit_mynetworks(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    try:
+        return Result(OK) if engine.mynetworks.match(req.client_addr, req.client_name) else None
+    except maps.TableError as e:
+        log.warning(str(e))
+        return engine.lookup_failure(req.client)
+
+
+@restriction("permit_inet_interfaces")
+def _permit_inet_interfaces(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    ip = netaddr.parse_address(req.client_addr)
+    return Result(OK) if ip is not None and str(ip) in engine.resolver.interfaces else None
+
+
+@restriction("permit_sasl_authenticated")
+def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return Result(OK) if req.sasl_username else None
+
+
+def _auth_destination(engine: Engine, req: Request) -> bool | Result:
+    """True when the recipient is ours (final or relay) and not routed."""
+    r = engine.resolver.resolve(req.recipient)
+    if r.failed:
+        log.warning(r.error)
+        return engine.lookup_failure(req.recipient)
+    return r.class_ != resolve.CLASS_DEFAULT and not r.routed
+
+
+@restriction("permit_auth_destination")
+def _permit_auth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if req.stage != STAGE_RECIPIENT:
+        return None
+    ok = _auth_destination(engine, req)
+    if isinstance(ok, Result):
+        return ok
+    return Result(OK) if ok else None
+
+
+@restriction("reject_unauth_destination", relay_guard=True)
+def _reject_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if req.stage != STAGE_RECIPIENT:
+        return None
+    ok = _auth_destination(engine, req)
+    if isinstance(ok, Result):
+        return ok
+    if ok:
+        return None
+    return Result(REJECT, Reply(engine.relay_code, "5.7.1",
+                                f"<{req.recipient}>: Relay access denied"))
+
+
+@restriction("defer_unauth_destination", relay_guard=True)
+def _defer_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if req.stage != STAGE_RECIPIENT:
+        return None
+    ok = _auth_destination(engine, req)
+    if isinstance(ok, Result):
+        return ok
+    if ok:
+        return None
+    code = 400 + engine.relay_code % 100
+    return Result(DEFER, Reply(code, "4.7.1", f"<{req.recipient}>: Relay access denied"))
+
+
+@restriction("reject_unlisted_recipient")
+def _reject_unlisted_recipient(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if not req.recipient:
+        return None
+    reply = engine.unlisted(req, req.recipient, STAGE_RECIPIENT)
+    return None if reply is None else Result(DEFER if reply.temporary else REJECT, reply)
+
+
+@restriction("reject_unlisted_sender")
+def _reject_unlisted_sender(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if not req.sender:
+        return None
+    reply = engine.unlisted(req, req.sender, STAGE_SENDER)
+    return None if reply is None else Result(DEFER if reply.temporary else REJECT, reply)
+
+
+def _non_fqdn_address(engine: Engine, req: Request, address: str, stage: str) -> Result | None:
+    if not address:
+        return None
+    domain = address.rpartition("@")[2] if "@" in address else ""
+    if domain and _is_fqdn(domain):
+        return None
+    code = engine.non_fqdn_code
+    return Result(DEFER if code < 500 else REJECT,
+                  engine.reply(code, "4.5.2" if code < 500 else "5.5.2", req,
+                               "need fully-qualified address", key=address, stage=stage))
+
+
+@restriction("reject_non_fqdn_sender")
+def _reject_non_fqdn_sender(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return _non_fqdn_address(engine, req, req.sender or "", STAGE_SENDER)
+
+
+@restriction("reject_non_fqdn_recipient")
+def _reject_non_fqdn_recipient(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if req.stage != STAGE_RECIPIENT:
+        return None
+    return _non_fqdn_address(engine, req, req.recipient, STAGE_RECIPIENT)
+
+
+@restriction("reject_non_fqdn_helo_hostname")
+@restriction("reject_non_fqdn_hostname")
+def _reject_non_fqdn_helo(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if not req.helo:
+        return None
+    if not valid_hostname(req.helo):
+        return None  # reject_invalid_helo_hostname's business
+    if _is_fqdn(req.helo):
+        return None
+    code = engine.non_fqdn_code
+    return Result(REJECT if code >= 500 else DEFER,
+                  engine.reply(code, "5.5.2" if code >= 500 else "4.5.2", req,
+                               "need fully-qualified hostname", key=req.helo, stage=STAGE_HELO))
+
+
+@restriction("reject_invalid_helo_hostname")
+@restriction("reject_invalid_hostname")
+def _reject_invalid_helo(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    if not req.helo or valid_hostname(req.helo):
+        return None
+    code = engine.invalid_hostname_code
+    return Result(REJECT if code >= 500 else DEFER,
+                  engine.reply(code, "5.5.2" if code >= 500 else "4.5.2", req, "Invalid name",
+                               key=req.helo, stage=STAGE_HELO))
+
+
+def _access(engine: Engine, req: Request, entry: _Entry, keyfunc: Callable[[], str | None],
+            reply_key: str, stage: str) -> Outcome:
+    try:
+        value = keyfunc()
+    except maps.TableError as e:
+        log.warning(f"{entry.arg}: {e}")
+        return engine.lookup_failure(reply_key)
+    if value is None:
+        return None
+    return engine.access_result(value, req, reply_key, stage)
+
+
+@restriction("check_client_access", takes_arg=True)
+def _check_client_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    table = entry.table
+    assert table is not None
+    name = "" if req.client_name == "unknown" else req.client_name
+    return _access(engine, req, entry,
+                   lambda: addr_lookup.lookup_client(table, name, req.client_addr,
+                                                     engine.access_parent_style),
+                   req.client, STAGE_CLIENT)
+
+
+@restriction("check_helo_access", takes_arg=True)
+def _check_helo_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    table = entry.table
+    assert table is not None
+    if not req.helo:
+        return None
+    return _access(engine, req, entry,
+                   lambda: addr_lookup.lookup_domain(table, req.helo, engine.access_parent_style),
+                   req.helo, STAGE_HELO)
+
+
+@restriction("check_sender_access", takes_arg=True)
+def _check_sender_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    table = entry.table
+    assert table is not None
+    if req.sender is None:
+        return None
+    sender = req.sender
+
+    def find() -> str | None:
+        if not sender:
+            return table.find(engine.null_key)
+        return addr_lookup.lookup_mail_access(table, sender, engine.delimiter,
+                                              engine.access_parent_style)
+    return _access(engine, req, entry, find, sender, STAGE_SENDER)
+
+
+@restriction("check_recipient_access", takes_arg=True)
+def _check_recipient_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    table = entry.table
+    assert table is not None
+    if req.stage != STAGE_RECIPIENT or not req.recipient:
+        return None
+    return _access(engine, req, entry,
+                   lambda: addr_lookup.lookup_mail_access(table, req.recipient, engine.delimiter,
+                                                          engine.access_parent_style),
+                   req.recipient, STAGE_RECIPIENT)

@@ -1,0 +1,98 @@
+"""Helpers for smtpd protocol tests: smtpd sessions in-process, a fake cleanup peer.
+
+The fake cleanup is a test double for the cleanup daemon: it listens on
+``public/cleanup`` of a temporary queue directory and speaks the
+pymailsys.services cleanup contract with pymailsys.attr, recording requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymailsys import attr, config
+from pymailsys.daemons.smtpd.handler import Smtpd
+from pymailsys.daemons.smtpd.session import Session
+
+
+@dataclass
+class FakeCleanup:
+    requests: list[attr.AttrList] = field(default_factory=list)
+    status: int = 0
+    ids: itertools.count = field(default_factory=lambda: itertools.count(0xA0000))
+
+    async def handle(self, req: attr.AttrList) -> dict[str, object]:
+        self.requests.append(req)
+        if self.status:
+            return {"status": self.status, "dsn": "4.3.0", "reason": "Error: internal error"}
+        return {"status": 0, "dsn": "2.0.0", "queue_id": f"{next(self.ids):X}"}
+
+
+def make_config(tmp: Path, **values: str) -> config.Config:
+    base = {"queue_directory": str(tmp), "myhostname": "mx.example",
+            "mydestination": "$myhostname, localhost", "alias_maps": "",
+            "inet_interfaces": "loopback-only", "smtpd_error_sleep_time": "0",
+            "maillog_file": str(tmp / "maillog")}
+    base.update(values)
+    return config.Config(str(tmp), base)
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def reply(self) -> str:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 10)
+            if not line:
+                lines.append("<EOF>")
+                break
+            lines.append(line.decode().rstrip("\r\n"))
+            if len(line) >= 4 and line[3:4] == b" ":
+                break
+        return "\n".join(lines)
+
+    async def cmd(self, data: str | bytes) -> str:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        return await self.reply()
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(), 10) == b""
+
+
+@asynccontextmanager
+async def smtpd_server(tmp: Path, cleanup_up: bool = True,
+                       **values: str) -> AsyncIterator[tuple[FakeCleanup, Client, Path]]:
+    """A fake cleanup on tmp/public/cleanup, an smtpd on a free port, and one connected client."""
+    os.makedirs(tmp / "public", exist_ok=True)
+    fake = FakeCleanup()
+    cleanup_srv = await asyncio.start_unix_server(
+        lambda r, w: attr.serve_pipelined(r, w, fake.handle), str(tmp / "public" / "cleanup"))
+    if not cleanup_up:
+        cleanup_srv.close()
+        os.unlink(tmp / "public" / "cleanup")
+    from pymailsys import log
+    cfg = make_config(tmp, **values)
+    log.init(cfg, "smtpd")
+    smtpd = Smtpd(cfg)
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await Session(smtpd, r, w).run()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = Client(reader, writer)
+    try:
+        yield fake, client, tmp / "maillog"
+    finally:
+        writer.close()
+        srv.close()
+        cleanup_srv.close()
+        await smtpd.close()
