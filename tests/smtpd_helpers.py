@@ -15,9 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pymailsys import attr, config
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
+
+from pymailsys import attr, config
 
 
 @dataclass
