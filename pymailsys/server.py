@@ -333,7 +333,7 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
     runner.report()
     watcher = asyncio.ensure_future(runner.idle_watch())
     await runner.done.wait()
-    if runner.active:
+    if runner.active > 0:
         try:
             await asyncio.wait_for(_drain(runner), timeout=30)
         except TimeoutError:
@@ -344,5 +344,5 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
 
 
 async def _drain(runner: _Runner) -> None:
-    while runner.active:
+    while runner.active > 0:
         await asyncio.sleep(0.05)
