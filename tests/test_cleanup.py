@@ -379,3 +379,31 @@ def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
     assert "named_attribute: notify_flags=6\noriginal_recipient: bob@example.com\n" in out
     assert "recipient: carol@mx.example.com\n" in out
     assert "\tfor" not in out
+
+
+@pytest.mark.root
+def test_write_error_is_451_and_leaves_no_file(tmp_path: Path) -> None:
+    """A full queue file system: the write fails, the client gets 451, the file is gone."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(spool)], check=True)
+    setup: Setup | None = None
+    try:
+        setup = _write_config(tmp_path, "message_size_limit = 10240000\n")
+        _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket)
+        wait_until(lambda: os.path.exists(setup.socket), timeout=30, what="cleanup socket")
+        time.sleep(0.2)
+        reply = _send(setup, _smtpd_request(content=b"Subject: big\n\n" + b"x" * 100 * 5000))
+        assert (reply["status"], reply["dsn"], reply["reason"]) == (
+            "451", "4.3.0", "Error: queue file write error")
+        assert os.listdir(setup.spool / "incoming") == []
+        assert re.search(r"warning: [0-9A-F]+: write queue file: No space left on device",
+                         setup.log_text())
+        # the next message that fits is accepted
+        assert _send(setup, _smtpd_request())["status"] == "0"
+    finally:
+        if setup is not None:
+            for proc in setup.procs:
+                proc.terminate()
+                proc.wait(timeout=10)
+        subprocess.run(["umount", str(spool)], check=False)

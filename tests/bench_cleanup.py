@@ -1,0 +1,117 @@
+"""Benchmark: cleanup requests per second on one pipelined connection.
+
+Usage: python3 tests/bench_cleanup.py [--messages N] [--window W] [--mode MODE]...
+
+Starts the real cleanup daemon standalone (-L) on a temporary spool on the same
+file system as the working tree (a real disk, so fsync costs what it costs),
+plus a trigger server on public/qmgr, and pushes N smtpd-style requests
+(about 1.5 KB each) over one AttrClient connection with at most W requests in
+flight. Modes: ``grouped`` (the default daemon), ``ungrouped`` (one fsync at
+a time on the event loop), ``trigger-per-batch`` (a new qmgr connection per
+batch instead of one kept open). Prints requests/s and cleanup's CPU seconds.
+Timing only; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pymailsys.attr import AttrClient, SyncAttrClient
+
+HERE = Path(__file__).parent
+MODES = {
+    "grouped": {},
+    "ungrouped": {"PYMAILSYS_CLEANUP_UNGROUPED": "1"},
+    "trigger-per-batch": {"PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH": "1"},
+}
+BODY = b"".join(b"line %d of a typical message body, some text to make it look real\n" % i
+                for i in range(20))
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _push(path: str, n: int, window: int) -> float:
+    client = AttrClient(path)
+    sem = asyncio.Semaphore(window)
+
+    async def one(i: int) -> None:
+        async with sem:
+            reply = await client.request({
+                "origin": "smtpd", "sender": "alice@example.org", "rcpt": ["bob@example.com"],
+                "content": b"From: alice@example.org\nTo: bob@example.com\nSubject: %d\n"
+                           b"Message-ID: <%d@example.org>\n\n" % (i, i) + BODY,
+                "client_name": "c.example", "client_addr": "192.0.2.1", "client_port": "1",
+                "helo_name": "c.example", "protocol": "ESMTP", "rewrite_context": "remote"})
+            assert reply.number("status") == 0, reply
+
+    start = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(n)])
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return elapsed
+
+
+def run(mode: str, n: int, window: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix="bench-cleanup-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        spool = base / "spool"
+        for d in ("incoming", "hold", "public", "private", "active", "deferred"):
+            (spool / d).mkdir(parents=True)
+        (base / "etc").mkdir()
+        (base / "etc" / "main.cf").write_text(
+            f"queue_directory = {spool}\nmyhostname = mx.example.com\n"
+            f"maillog_file = {base}/maillog\n")
+        qmgr = spool / "public" / "qmgr"
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "pmsfixtures" / "triggerlog.py"),
+                                       "-c", str(base / "etc"), "-n", "qmgr", "-L", str(qmgr)]))
+        sock = str(spool / "public" / "cleanup")
+        cleanup = subprocess.Popen([sys.executable, "-m", "pymailsys.daemons.cleanup",
+                                    "-c", str(base / "etc"), "-L", sock],
+                                   env={**os.environ, **MODES[mode]})
+        procs.append(cleanup)
+        for _ in range(300):
+            try:
+                SyncAttrClient(sock).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        cpu0 = _cpu(cleanup.pid)
+        elapsed = asyncio.run(_push(sock, n, window))
+        cpu = _cpu(cleanup.pid) - cpu0
+        time.sleep(0.3)
+        triggers = (base / "maillog").read_text().count("trigger 'I'")
+        print(f"{mode:18s} n={n} window={window:3d}: {n / elapsed:7.0f} req/s, "
+              f"cleanup CPU {cpu / n * 1e3:.3f} ms/msg, qmgr wake-ups {triggers}")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--window", type=int, action="append")
+    ap.add_argument("--mode", action="append", choices=sorted(MODES))
+    args = ap.parse_args()
+    for window in args.window or [1, 20, 100]:
+        for mode in args.mode or ["ungrouped", "grouped", "trigger-per-batch"]:
+            run(mode, args.messages, window)
+
+
+if __name__ == "__main__":
+    main()
