@@ -1,0 +1,68 @@
+"""postsuper: -h/-H/-d/-r on single IDs, ALL and stdin lists; busy files are skipped."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+from qf_helpers import make_spool, queue_file, tool
+
+from pymailsys import queue
+
+pytestmark = pytest.mark.root
+
+
+def ids(spool: Path, qname: str) -> list[str]:
+    return sorted(f for _d, _s, fs in os.walk(spool / qname) for f in fs)
+
+
+def test_single_ids(tmp_path: Path) -> None:
+    etc, spool = make_spool(tmp_path)
+    a = queue_file(spool, "deferred", "a@x", ["r@y"], [b"x"])
+    out = tool("postsuper", "-c", str(etc), "-h", a)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.decode().splitlines() == [f"postsuper: {a}: placed on hold",
+                                                "postsuper: Placed on hold: 1 message"]
+    assert ids(spool, "hold") == [a]
+    out = tool("postsuper", "-c", str(etc), "-H", a)
+    assert f"postsuper: {a}: released from hold" in out.stderr.decode()
+    assert ids(spool, "deferred") == [a] and Path(queue.Spool(str(spool)).path("deferred", a)).exists()
+    out = tool("postsuper", "-c", str(etc), "-r", a)
+    assert "Requeued: 1 message" in out.stderr.decode()
+    assert ids(spool, "maildrop") == [a]
+    out = tool("postsuper", "-c", str(etc), "-d", a)
+    assert out.stderr.decode().splitlines() == [f"postsuper: {a}: removed",
+                                                "postsuper: Deleted: 1 message"]
+    assert ids(spool, "maildrop") == []
+    log = (tmp_path / "maillog").read_text()
+    assert f"postfix/postsuper[" in log and f"{a}: removed" in log
+
+
+def test_all_stdin_and_queue_names(tmp_path: Path) -> None:
+    etc, spool = make_spool(tmp_path)
+    d = [queue_file(spool, "deferred", "a@x", ["r@y"], [b"x"]) for _ in range(3)]
+    act = queue_file(spool, "active", "a@x", ["r@y"], [b"x"])
+    out = tool("postsuper", "-c", str(etc), "-h", "ALL", "deferred")
+    assert "Placed on hold: 3 messages" in out.stderr.decode()
+    assert ids(spool, "hold") == sorted(d) and ids(spool, "active") == [act]
+    out = tool("postsuper", "-c", str(etc), "-H", "-", input=f"{d[0]}\n{d[1]}\n".encode())
+    assert "Released from hold: 2 messages" in out.stderr.decode()
+    out = tool("postsuper", "-c", str(etc), "-d", "ALL")
+    assert "Deleted: 4 messages" in out.stderr.decode()
+    assert not any(ids(spool, q) for q in ("hold", "deferred", "active"))
+
+
+def test_busy_file_is_skipped(tmp_path: Path) -> None:
+    etc, spool = make_spool(tmp_path)
+    a = queue_file(spool, "active", "a@x", ["r@y"], [b"x"])
+    fd = os.open(queue.Spool(str(spool)).path("active", a), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        out = tool("postsuper", "-c", str(etc), "-d", a)
+    finally:
+        os.close(fd)
+    assert f"{a}: skipped, still being delivered" in out.stderr.decode()
+    assert "Deleted: 0 messages" in out.stderr.decode()
+    assert ids(spool, "active") == [a]
