@@ -37,7 +37,7 @@ def test_single_ids(tmp_path: Path) -> None:
                                                 "postsuper: Deleted: 1 message"]
     assert ids(spool, "maildrop") == []
     log = (tmp_path / "maillog").read_text()
-    assert f"postfix/postsuper[" in log and f"{a}: removed" in log
+    assert "postfix/postsuper[" in log and f"{a}: removed" in log
 
 
 def test_all_stdin_and_queue_names(tmp_path: Path) -> None:
