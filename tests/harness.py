@@ -64,7 +64,7 @@ class Instance:
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
         self.port = port or free_port()
-        self.maildir = maildir
+        self.use_maildir = maildir
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "spool"
         self.mail_dir = self.base / "mail"
