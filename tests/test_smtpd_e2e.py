@@ -1,0 +1,140 @@
+"""smtpd end to end: a real instance (master, smtpd, cleanup, qmgr, local), real clients."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import subprocess
+import time
+
+from conftest import require_tool
+from harness import ME, Instance
+
+
+def maildir_messages(inst: Instance, count: int, timeout: float = 60) -> list[bytes]:
+    """The messages in our Maildir once there are at least count of them."""
+    new = inst.mail_dir / ME / "new"
+    deadline = time.monotonic() + timeout
+    while True:
+        msgs = [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        if len(msgs) >= count:
+            return msgs
+        assert time.monotonic() < deadline, f"timed out waiting for {count} messages"
+        time.sleep(0.05)
+
+
+def session(inst: Instance, steps: list[bytes]) -> list[str]:
+    """Send each step, wait for its complete reply; the replies, in order."""
+    out = []
+    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def reply() -> str:
+            lines: list[str] = []
+            while True:
+                line = f.readline()
+                if not line:
+                    return "\n".join(lines + ["<EOF>"])
+                lines.append(line.decode().rstrip("\r\n"))
+                if line[3:4] == b" ":
+                    return "\n".join(lines)
+
+        out.append(reply())
+        for step in steps:
+            s.sendall(step)
+            out.append(reply())
+    return out
+
+
+def test_unknown_user_and_relay_control(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = new_instance(settings={"mynetworks": "192.0.2.0/24"})  # the client 127.0.0.1 is outside
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        c.mail("alice@example.org")
+        assert c.rcpt("nosuchuser@localhost") == (
+            550, b"5.1.1 <nosuchuser@localhost>: Recipient address rejected: "
+                 b"User unknown in local recipient table")
+        assert c.rcpt("bob@foreign.example") == (454, b"4.7.1 <bob@foreign.example>: "
+                                                      b"Relay access denied")
+        assert c.rcpt(f"{ME}@localhost")[0] == 250
+    inst.wait_log(r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 454 4\.7\.1 "
+                  r"<bob@foreign\.example>: Relay access denied; from=<alice@example\.org> "
+                  r"to=<bob@foreign\.example> proto=ESMTP helo=<client\.example>")
+    inst.set(smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination")
+    inst.postfix("reload")
+    deadline = time.monotonic() + 30
+    while True:  # old smtpd processes may serve a connection or two until they notice
+        with inst.smtp() as c:
+            c.ehlo()
+            c.mail("alice@example.org")
+            code, text = c.rcpt("bob@foreign.example")
+        if code == 554 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (code, text) == (554, b"5.7.1 <bob@foreign.example>: Relay access denied")
+
+
+def test_inside_mynetworks_relays(instance: Instance) -> None:
+    with instance.smtp() as c:
+        c.ehlo()
+        c.mail("alice@example.org")
+        assert c.rcpt("bob@foreign.example") == (250, b"2.1.5 Ok")
+
+
+def test_smtplib_delivery_and_logs(instance: Instance) -> None:
+    queue_id = instance.send("alice@example.org", f"{ME}@localhost",
+                             b"Subject: hello\r\n\r\n.leading dot\r\n8bit \xc3\xa9\r\n")
+    msgs = maildir_messages(instance, 1)
+    assert b"\n.leading dot\n8bit \xc3\xa9\n" in msgs[0]
+    instance.wait_log(rf"smtpd\[\d+\]: {queue_id}: client=localhost\[127\.0\.0\.1\]")
+    instance.wait_log(r"smtpd\[\d+\]: connect from localhost\[127\.0\.0\.1\]")
+    instance.wait_log(r"smtpd\[\d+\]: disconnect from localhost\[127\.0\.0\.1\] ehlo=1 mail=1 "
+                      r"rcpt=1 data=1 quit=1 commands=5")
+
+
+def test_smuggling_never_makes_a_second_message(instance: Instance) -> None:
+    for n, fake_end in enumerate([b"\n.\n", b"\r.\n", b"\n.\r\n", b"\r\n.\r"]):
+        replies = session(instance, [
+            b"EHLO client.example\r\n", b"MAIL FROM:<alice@example.org>\r\n",
+            f"RCPT TO:<{ME}@localhost>\r\n".encode(), b"DATA\r\n",
+            f"Subject: first {n}\r\n\r\nbody".encode() + fake_end +
+            f"MAIL FROM:<evil@example.net>\r\nRCPT TO:<{ME}@localhost>\r\nDATA\r\n"
+            f"Subject: smuggled {n}\r\n\r\nsecond\r\n.\r\n".encode(),
+            b"QUIT\r\n"])
+        assert replies[4].startswith("354 "), replies
+        assert replies[5].startswith("250 2.0.0 Ok: queued as "), replies
+        assert replies[6] == "221 2.0.0 Bye"
+    maildir_messages(instance, 4)
+    time.sleep(1)
+    msgs = maildir_messages(instance, 4)
+    assert len(msgs) == 4
+    assert all(b"Subject: smuggled" not in m.split(b"\n\n", 1)[0] for m in msgs)
+    assert "evil@example.net" not in "\n".join(
+        line for line in instance.log().splitlines() if "qmgr" in line)
+
+
+def test_swaks(instance: Instance) -> None:
+    swaks = require_tool("swaks")
+    result = subprocess.run([swaks, "--server", "127.0.0.1", "--port", str(instance.port),
+                             "--from", "alice@example.org", "--to", f"{ME}@localhost",
+                             "--helo", "swaks.example", "--pipeline",
+                             "--body", "hello from swaks"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  250 2.0.0 Ok: queued as" in result.stdout
+    msgs = maildir_messages(instance, 1)
+    assert b"hello from swaks" in msgs[0]
+    result = subprocess.run([swaks, "--server", "127.0.0.1", "--port", str(instance.port),
+                             "--from", "alice@example.org", "--to", "nosuchuser@localhost",
+                             "--helo", "swaks.example"], capture_output=True, text=True,
+                            timeout=60)
+    assert ("<** 550 5.1.1 <nosuchuser@localhost>: Recipient address rejected: User unknown "
+            "in local recipient table") in result.stdout
+
+
+def test_pipelined_smtplib_session_many_messages(instance: Instance) -> None:
+    with smtplib.SMTP("127.0.0.1", instance.port, local_hostname="client.example") as c:
+        for i in range(5):
+            c.sendmail("alice@example.org", [f"{ME}@localhost"], f"Subject: m{i}\r\n\r\nx\r\n")
+    assert len(maildir_messages(instance, 5)) == 5
