@@ -326,6 +326,9 @@ async def _stop(ctx: server.Context) -> None:
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 ctx: server.Context) -> None:
     service: Cleanup = ctx.state["cleanup"]
+    if not server.peer_is_mail_system(writer, ctx.config):
+        log.warning(f"{PROGRAM}: refused a connection from an unprivileged local user")
+        return
     await attr.serve_pipelined(reader, writer, service.handle)
 
 

@@ -118,7 +118,7 @@ class Pickup:
     async def submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:
-            uid = sm.peer_uid(sock)
+            uid = server.peer_uid(sock)
         except (OSError, AttributeError) as e:
             log.warning(f"cannot get submitter credentials: {e}")
             return

@@ -52,11 +52,18 @@ def init(config, program: str, stderr: bool = False) -> None:  # type: ignore[no
         os.close(_state.fd)
         _state.fd = None
     if path:
-        if path == "/dev/stdout":
-            _state.fd = os.dup(1)
-        else:
-            _state.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _state.use_syslog = False
+        try:
+            if path == "/dev/stdout":
+                _state.fd = os.dup(1)
+            else:
+                _state.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            # An unprivileged command (sendmail run by a user) may not write the
+            # mail system's log; Postfix hands such lines to postlogd. Until we
+            # have one, such a command logs to syslog.
+            syslog.openlog(_state.tag, syslog.LOG_PID, syslog.LOG_MAIL)
+            _state.use_syslog = True
     else:
         facility = _FACILITIES.get(config.get("syslog_facility").lower(), syslog.LOG_MAIL)
         syslog.openlog(_state.tag, syslog.LOG_PID | syslog.LOG_NDELAY, facility)

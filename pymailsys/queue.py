@@ -67,7 +67,9 @@ SPOOL_DIRS: tuple[SpoolDir, ...] = (
     SpoolDir(FLUSH, "mail_owner", "mail_owner", 0o700),
     SpoolDir(SAVED, "mail_owner", "mail_owner", 0o700),
     SpoolDir(PRIVATE, "mail_owner", "mail_owner", 0o700),
-    SpoolDir(PUBLIC, "mail_owner", "setgid_group", 0o710),
+    # Postfix: 0710 with setgid postdrop/postqueue. pymailsys has no setgid programs:
+    # public/ is searchable by everyone and each public service checks SO_PEERCRED.
+    SpoolDir(PUBLIC, "mail_owner", "setgid_group", 0o711),
 )
 
 _SHORT_ID_RE = re.compile(r"^[0-9A-F]{6,}$")

@@ -36,6 +36,7 @@ import pwd
 import signal
 import socket
 import stat
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,31 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str], list[st
         else:
             flags[opt] = value
     return flags, overrides, rest
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix stream socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def peer_is_mail_system(writer: asyncio.StreamWriter, config: config_mod.Config) -> bool:
+    """True when a Unix-socket client runs as root or mail_owner (or as us, unprivileged).
+
+    public/ is open to every local user (sendmail needs no setgid), so a service
+    there that trusts what it is told (cleanup: origin, uid) must check this.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return True
+    uid = peer_uid(sock)
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        return uid == pwd.getpwnam(config.get("mail_owner")).pw_uid
+    except KeyError:
+        return False
 
 
 def drop_privileges(config: config_mod.Config) -> None:

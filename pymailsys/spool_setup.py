@@ -12,7 +12,8 @@ SYNOPSIS
 DESCRIPTION
     The tree is queue_directory with the subdirectories of
     ``pymailsys.queue.SPOOL_DIRS`` (Postfix's owners and modes: pid root 0755,
-    maildrop mail_owner:setgid_group 1733, public mail_owner:setgid_group 0710,
+    maildrop mail_owner:setgid_group 1733, public mail_owner:setgid_group 0711
+    (no setgid programs here: each public service checks SO_PEERCRED),
     the queues mail_owner 0700), the top directory root 0755, and
     data_directory mail_owner 0700.
 

@@ -56,8 +56,6 @@ from __future__ import annotations
 import email.utils
 import os
 import pwd
-import socket
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -411,13 +409,6 @@ def login_sender_ok(config: Config, uid: int, sender: str) -> bool:
             if pattern.lower() == stripped.lower():
                 return True
     return False
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a Unix stream socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 # --- message input (sendmail) -----------------------------------------------------
