@@ -1064,6 +1064,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="give up when no message arrives for this many seconds (60)")
     p.add_argument("--sample-interval", type=float, default=0.25, help="PSS sampling interval (s)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="re-run a failed run this many times; failures are listed in the report (1)")
     p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
     args = p.parse_args(argv)
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -1114,9 +1116,21 @@ def main(argv: list[str] | None = None) -> int:
                 systems.append(system)
                 note(f"{name}: creating instance in {base}")
                 system.create()
+            failures: list[dict[str, Any]] = []
             for rnd in range(1, args.rounds + 1):
                 for system in systems:
-                    runs.append(one_run(system, rnd, args, scen))
+                    for attempt in range(args.retries + 1):
+                        try:
+                            runs.append(one_run(system, rnd, args, scen))
+                            break
+                        except BenchError as exc:
+                            failures.append({"system": system.label, "round": rnd,
+                                             "attempt": attempt + 1, "error": str(exc)})
+                            if attempt == args.retries:
+                                raise
+                            note(f"{system.label}: round {rnd} failed, retrying: "
+                                 f"{str(exc).splitlines()[0]}")
+                            system.stop()
             summary = summarize(runs)
             ratios: dict[str, float] = {}
             if "postfix" in summary and "pymailsys" in summary:
@@ -1133,10 +1147,16 @@ def main(argv: list[str] | None = None) -> int:
                 "versions": {s.label: s.version() for s in systems},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            print(report(runs, summary, ratios, goals, meta))
+            text = report(runs, summary, ratios, goals, meta)
+            if failures:
+                text += "\n\nfailed runs (retried):\n" + "\n".join(
+                    f"  {f['system']} round {f['round']} attempt {f['attempt']}: "
+                    f"{f['error'].splitlines()[0]}" for f in failures)
+            print(text)
             if args.json:
                 args.json.write_text(json.dumps({
-                    **meta, "runs": [vars(r) for r in runs], "summary": summary,
+                    **meta, "runs": [vars(r) for r in runs], "failed_runs": failures,
+                    "summary": summary,
                     "ratios": ratios, "targets": goals,
                 }, indent=2) + "\n")
                 note(f"wrote {args.json}")

@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,64 @@ def short_frame(frame: str) -> str:
     return f"{name} ({where})"
 
 
+class CpuByDaemon:
+    """Samples utime+stime of every process in the system's group while the load runs.
+
+    Per daemon name: CPU seconds used during the run by every process seen
+    (exited ones up to their last sample, so a slight undercount) and how
+    many processes there were; this is CPU only, unlike py-spy's samples.
+    """
+
+    def __init__(self, system: compare.System, interval: float = 0.2) -> None:
+        self.system = system
+        self.interval = interval
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.name: dict[int, str] = {}
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.started = False
+
+    def sample(self) -> None:
+        for pid in self.system.group.pids():
+            fields = compare.proc_stat(pid)
+            if not fields:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self.tick
+            if pid not in self.name:
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    self.name[pid] = daemon_name(cmdline.decode(errors="replace"))
+                # A process born during the run counts from zero, one alive before from now.
+                self.first[pid] = cpu if self.started else 0.0
+            self.last[pid] = cpu
+
+    def loop(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> CpuByDaemon:
+        self.started = True
+        self.sample()
+        self.started = False
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self.sample()
+
+    def totals(self) -> dict[str, tuple[float, int]]:
+        out: dict[str, tuple[float, int]] = {}
+        for pid, last in self.last.items():
+            name = self.name.get(pid, "?")
+            cpu, count = out.get(name, (0.0, 0))
+            out[name] = (cpu + last - self.first.get(pid, 0.0), count + 1)
+        return out
+
+
 def parse_raw(text: str) -> dict[str, dict[str, collections.Counter[str]]]:
     """Per daemon: 'total' samples, 'self' and 'inclusive' counters of functions."""
     out: dict[str, dict[str, collections.Counter[str]]] = {}
@@ -101,30 +160,45 @@ def parse_raw(text: str) -> dict[str, dict[str, collections.Counter[str]]]:
         if not code:
             continue
         entry = out.setdefault(owner, {"total": collections.Counter(), "self": collections.Counter(),
-                                       "inclusive": collections.Counter()})
+                                       "inclusive": collections.Counter(),
+                                       "lines": collections.Counter()})
         entry["total"]["samples"] += count
         entry["self"][code[-1]] += count
+        entry["lines"][frames[-1]] += count
         for frame in set(code):
             entry["inclusive"][frame] += count
     return out
 
 
 def format_profile(profile: dict[str, dict[str, collections.Counter[str]]], top: int,
-                   rate: int) -> str:
+                   rate: int, cpu: dict[str, tuple[float, int]] | None = None,
+                   messages: int = 0) -> str:
     lines = []
     order = sorted(profile, key=lambda d: -profile[d]["total"]["samples"])
     grand = sum(profile[d]["total"]["samples"] for d in order) or 1
-    lines.append(f"samples at {rate}/s per process (1 sample ~ {1000 / rate:.0f} ms CPU):")
+    if cpu:
+        lines.append("CPU by daemon during the load (from /proc, all its processes):")
+        for name, (seconds, count) in sorted(cpu.items(), key=lambda kv: -kv[1][0]):
+            per = f"  {1000 * seconds / messages:5.2f} ms/message" if messages else ""
+            lines.append(f"  {name:<12} {seconds:7.2f} s CPU{per}  {count:4d} process(es)")
+        lines.append("")
+    if not profile:
+        return "\n".join(lines)
+    lines.append(f"py-spy samples at {rate}/s per process (1 sample = {1000 / rate:.0f} ms on CPU "
+                 "or blocked in a system call such as fsync; idle waits left out):")
     for name in order:
         total = profile[name]["total"]["samples"]
         lines.append(f"  {name:<12} {total:7d} samples  {100 * total / grand:5.1f}%  "
-                     f"~{total / rate:.1f} s CPU")
+                     f"~{total / rate:.1f} s active")
     for name in order:
         total = profile[name]["total"]["samples"] or 1
         lines += ["", f"== {name}: {profile[name]['total']['samples']} samples"]
         lines.append(f"   top {top} by self time:")
         for func, count in profile[name]["self"].most_common(top):
             lines.append(f"   {100 * count / total:5.1f}%  {func}")
+        lines.append(f"   top {top} lines by self time:")
+        for where, count in profile[name]["lines"].most_common(top):
+            lines.append(f"   {100 * count / total:5.1f}%  {where}")
         lines.append(f"   top {top} by inclusive time:")
         for func, count in profile[name]["inclusive"].most_common(top):
             lines.append(f"   {100 * count / total:5.1f}%  {func}")
@@ -144,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-connections", action="store_true", help="smtp-source -d")
     p.add_argument("--stall-timeout", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the instance's temp dir")
+    p.add_argument("--system", choices=["pymailsys", "postfix"], default="pymailsys",
+                   help="postfix: only the CPU-by-daemon table, for comparison (no py-spy)")
     args = p.parse_args(argv)
     args.sample_interval = 0.5
     if os.geteuid() != 0:
@@ -151,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     compare.ensure_postfix_package()
-    py_spy = ensure_py_spy()
+    py_spy = ensure_py_spy() if args.system == "pymailsys" else ""
     args.out.mkdir(parents=True, exist_ok=True)
     raw_path = args.out / "pyspy.raw"
     top = Path(tempfile.mkdtemp(prefix="pymailsys-profile-", dir="/tmp"))
@@ -165,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             (top / "home").mkdir()
             account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-            (top / "pymailsys").mkdir()
-            os.chmod(top / "pymailsys", 0o755)
-            system = compare.PymailsysSystem(top / "pymailsys", account)
+            (top / args.system).mkdir()
+            os.chmod(top / args.system, 0o755)
+            system = compare.SYSTEMS[args.system](top / args.system, account, scen)
             system.create()
             system.reset_mailbox()
             system.start()
@@ -176,38 +252,43 @@ def main(argv: list[str] | None = None) -> int:
             compare.load_run(system, compare.RunResult(system.label, 0, 20), warm, scen)
             system.reset_mailbox()
             master = system.master_pid()
-            if master is None:
+            if master is None and py_spy:
                 raise compare.BenchError("pymailsys: no pid in pid/master.pid")
             spy_argv = [py_spy, "record", "--subprocesses", "-p", str(master), "-r", str(args.rate),
                         "--format", "raw", "-o", str(raw_path)]
             if not args.blocking:
                 spy_argv.append("--nonblocking")
-            compare.note(f"profiling: {' '.join(spy_argv)}")
-            spy = subprocess.Popen(spy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
-            time.sleep(1.0)
-            if spy.poll() is not None:
-                raise compare.BenchError(f"py-spy exited at once: {spy.communicate()[0]}")
+            if py_spy:
+                compare.note(f"profiling: {' '.join(spy_argv)}")
+                spy = subprocess.Popen(spy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+                time.sleep(1.0)
+                if spy.poll() is not None:
+                    raise compare.BenchError(f"py-spy exited at once: {spy.communicate()[0]}")
             result = compare.RunResult(system.label, 1, args.messages)
-            compare.load_run(system, result, args, scen)
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy_out = spy.communicate(timeout=60)[0]
-            except subprocess.TimeoutExpired as exc:
-                raise compare.BenchError("py-spy did not stop within 60s of SIGINT") from exc
-            spy = None
-            if not raw_path.exists():
-                raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
-            profile = parse_raw(raw_path.read_text(errors="replace"))
-            text = (f"pymailsys under smtp-source load, profiled with py-spy: {args.messages} "
+            with CpuByDaemon(system) as cpu_by_daemon:
+                compare.load_run(system, result, args, scen)
+            profile: dict[str, dict[str, collections.Counter[str]]] = {}
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy_out = spy.communicate(timeout=60)[0]
+                except subprocess.TimeoutExpired as exc:
+                    raise compare.BenchError("py-spy did not stop within 60s of SIGINT") from exc
+                spy = None
+                if not raw_path.exists():
+                    raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
+                profile = parse_raw(raw_path.read_text(errors="replace"))
+            text = (f"{args.system} under smtp-source load{' (py-spy)' if py_spy else ''}: {args.messages} "
                     f"messages of {args.size} bytes over {args.sessions} sessions\n"
                     f"under profiling: accepted {result.accepted_per_s:.0f}/s, delivered "
                     f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
                     f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
-                    + format_profile(profile, args.top, args.rate))
+                    + format_profile(profile, args.top, args.rate, cpu_by_daemon.totals(),
+                                     args.messages))
             (args.out / "profile.txt").write_text(text + "\n")
             print(text)
-            compare.note(f"wrote {args.out / 'profile.txt'} and {raw_path}")
+            compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
             status = 0
         except compare.BenchError as exc:
             print(f"profile_daemons.py: {exc}", file=sys.stderr)
