@@ -165,6 +165,13 @@ class LocalAgent:
 
     async def handle(self, attrs: AttrList) -> dict[str, str]:
         try:
+            return await self._handle(attrs)
+        except Exception as e:  # a bug must not stall the pipelined connection
+            log.error(f"local: unexpected error: {e!r}")
+            return DeliveryResult.deferred("local delivery agent error").reply()
+
+    async def _handle(self, attrs: AttrList) -> dict[str, str]:
+        try:
             req = DeliveryRequest.from_attrs(attrs)
         except (ProtocolError, ValueError) as e:
             log.warning(f"bad delivery request: {e}")
@@ -366,7 +373,7 @@ class LocalAgent:
         except OSError as e:
             return DeliveryResult.deferred(f"cannot execute command \"{command}\": {e.strerror}")
         try:
-            output, _ = await asyncio.wait_for(proc.communicate(data), self.command_time_limit)
+            output = await asyncio.wait_for(_converse(proc, data), self.command_time_limit)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -497,6 +504,26 @@ class LocalAgent:
                 self.markers.remove(key)
                 removed += 1
         return removed
+
+
+async def _converse(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
+    """Feed data to a command and collect its output; a command may stop reading early."""
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    async def feed() -> None:
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # the command exited or closed its input (uvloop: RuntimeError)
+        finally:
+            with contextlib.suppress(Exception):
+                stdin.close()
+
+    _, output = await asyncio.gather(feed(), stdout.read())
+    await proc.wait()
+    return output
 
 
 def split_alias_value(value: str) -> list[str]:

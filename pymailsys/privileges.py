@@ -118,7 +118,19 @@ def as_self() -> Iterator[None]:
 
 
 def subprocess_ids(user: UserIds) -> dict[str, object]:
-    """Keyword arguments for subprocess/asyncio: run the child as user (root only)."""
+    """Keyword arguments for subprocess/asyncio: run the child as user (root only).
+
+    A ``preexec_fn`` that clears the groups and sets gid, then uid, in the child:
+    uvloop refuses the ``user``/``group``/``extra_groups`` arguments, and the
+    callers keep no threads (the usual objection to preexec_fn).
+    """
     if os.geteuid() != 0:
         return {}
-    return {"user": user.uid, "group": user.gid, "extra_groups": []}
+    uid, gid = user.uid, user.gid
+
+    def become() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return {"preexec_fn": become}

@@ -41,7 +41,7 @@ class Standalone:
         self.spool_dir = self.base / "spool"
         self.mail = self.base / "mail"
         self.log_path = self.base / "log" / "maillog"
-        (self.etc / "aliases").write_text("postmaster: root\n")
+        self.aliases("postmaster: root\n")
         values = {
             "queue_directory": str(self.spool_dir),
             "data_directory": str(self.base / "data"),
@@ -50,7 +50,7 @@ class Standalone:
             "maillog_file_prefixes": str(self.base),
             "myhostname": "test.example",
             "mydestination": "$myhostname, localhost",
-            "alias_maps": f"texthash:{self.etc / 'aliases'}",
+            "alias_maps": f"hash:{self.etc / 'aliases'}",
             "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
         }
@@ -61,6 +61,13 @@ class Standalone:
         spool_setup.create_missing(config.load(str(self.etc)))
         self.spool = Spool(str(self.spool_dir))
         self.procs: dict[str, subprocess.Popen] = {}
+
+    def aliases(self, text: str) -> None:
+        """Write etc/aliases and index it as postalias does."""
+        from pymailsys.instance import build_aliases_db
+
+        (self.etc / "aliases").write_text(text)
+        build_aliases_db(str(self.etc / "aliases"))
 
     def set(self, **values: str) -> None:
         with open(self.etc / "main.cf", "a") as f:
@@ -144,8 +151,8 @@ class Standalone:
         subprocess.run(["rm", "-rf", str(self.base)], check=False)
 
 
-@pytest.fixture
-def system():  # type: ignore[no-untyped-def]
+def standalone_systems():  # type: ignore[no-untyped-def]
+    """A factory of Standalone systems, all removed afterwards (body of the fixtures)."""
     made: list[Standalone] = []
 
     def make(**kwargs: object) -> Standalone:
@@ -156,6 +163,11 @@ def system():  # type: ignore[no-untyped-def]
     yield make
     for s in made:
         s.cleanup()
+
+
+@pytest.fixture
+def system():  # type: ignore[no-untyped-def]
+    yield from standalone_systems()
 
 
 BODY = b"Subject: hello\nFrom: a@example.org\n\nline one\nFrom here\n.dot\n"

@@ -1,0 +1,243 @@
+"""local: mailbox formats, aliases (addresses, commands, files), loops, errors, privileges.
+
+Runs the real cleanup, qmgr and local standalone (see test_qmgr.Standalone);
+root-only tests create a throw-away account with useradd.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from harness import wait_until
+from test_qmgr import BODY, ME, Standalone, standalone_systems
+
+from pymailsys.attr import SyncAttrClient
+from pymailsys.delivery import message_attrs, request_attrs
+from pymailsys.queue_file import read_envelope
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def system():  # type: ignore[no-untyped-def]
+    yield from standalone_systems()
+
+
+def _shared_dir() -> str:
+    """A directory everyone may write (default_privs and test users must reach it)."""
+    path = f"/tmp/pymailsys-local-{uuid.uuid4().hex[:8]}"
+    os.mkdir(path)
+    os.chmod(path, 0o1777)
+    return path
+
+
+def test_mbox_exact_bytes(system) -> None:  # type: ignore[no-untyped-def]
+    s = system(maildir=False)
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent \(delivered to mailbox\)")
+    qid2 = s.queue("", [f"{ME}@localhost"], b"Subject: two\n\nsecond\n")
+    s.wait_log(rf"{qid2}: removed")
+    box = (s.mail / ME).read_bytes()
+    first, second = re.split(rb"\n(?=From MAILER-DAEMON  )", box)
+    head, rest = first.split(b"\n", 1)
+    assert re.fullmatch(rb"From alice@example\.org  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", head)
+    assert rest == (f"Return-Path: <alice@example.org>\nX-Original-To: {ME}@localhost\n"
+                    f"Delivered-To: {ME}@localhost\n").encode() + BODY.replace(
+                        b"\nFrom here", b"\n>From here")  # its blank line went to the split
+    assert second.split(b"\n", 1)[1].startswith(b"Return-Path: <>\n")
+    assert box.endswith(b"second\n\n")
+    assert os.stat(s.mail / ME).st_mode & 0o777 == 0o600
+
+
+def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    text = f"Delivered-To: {ME}@localhost\nSubject: loop\n\nx\n".encode()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], text)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*dsn=5\.4\.6, status=bounced "
+               rf"\(mail forwarding loop for {ME}@localhost\)")
+    assert s.maildir_messages() == []
+
+
+def test_recipient_delimiter_extension(system) -> None:  # type: ignore[no-untyped-def]
+    s = system(recipient_delimiter="+")
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME.upper()}+Box@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME.upper()}\+Box@localhost>, .*status=sent \(delivered to maildir\)")
+    (msg,) = s.maildir_messages()
+    assert f"Delivered-To: {ME}+box@localhost\n".encode() in msg
+
+
+def test_alias_to_addresses_forwards_through_cleanup(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.aliases(f"team: {ME}@localhost, other@remote.example\n")
+    s.start()
+    qid = s.queue("alice@example.org", ["team@localhost"], BODY)
+    (line,) = s.wait_log(rf"{qid}: to=<team@localhost>, relay=local, .*dsn=2\.0\.0, "
+                         r"status=sent \(forwarded as \w+\)")
+    new_id = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
+    s.wait_log(rf"{new_id}: from=<alice@example\.org>, size=\d+, nrcpt=2 \(queue active\)")
+    s.wait_log(rf"{new_id}: to=<{ME}@localhost>, relay=local, .*status=sent")
+    (msg,) = s.maildir_messages()
+    assert msg.startswith(b"Return-Path: <alice@example.org>\n")
+    assert b"Delivered-To: team@localhost\n" in msg
+    assert msg.endswith(b"\nline one\nFrom here\n.dot\n")
+
+
+def test_alias_self_reference_and_file(system) -> None:  # type: ignore[no-untyped-def]
+    shared = _shared_dir()
+    try:
+        s = system()
+        s.aliases(f"{ME}: {ME}, {shared}/archive\n")
+        s.start()
+        qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to file: {shared}/archive\)")
+        s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+        archive = open(f"{shared}/archive", "rb").read()
+        assert archive.startswith(b"From alice@example.org  ")
+        assert b"\n>From here\n" in archive
+        if IS_ROOT:
+            assert os.stat(f"{shared}/archive").st_uid == pwd.getpwnam("nobody").pw_uid
+        assert len(s.maildir_messages()) == 1
+    finally:
+        subprocess.run(["rm", "-rf", shared], check=False)
+
+
+def test_alias_commands_exit_codes(system) -> None:  # type: ignore[no-untyped-def]
+    shared = _shared_dir()
+    try:
+        s = system()
+        s.aliases(
+            f'ok: "|cat > {shared}/out; id -u > {shared}/uid"\n'
+            "tempfail: |/bin/sh -c 'exit 75'\n"
+            'fail: "|echo something broke; exit 1"\n'
+            'dsn: "|echo 5.1.1 no such mailbox here; exit 67"\n')
+        s.start()
+        qid = s.queue("alice@example.org", ["ok@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<ok@localhost>, .*status=sent \(delivered to command: cat > ")
+        out = open(f"{shared}/out", "rb").read()
+        assert out.startswith(b"From alice@example.org  ")
+        assert b"\nReturn-Path: <alice@example.org>\nX-Original-To: ok@localhost\n" \
+               b"Delivered-To: ok@localhost\n" in out
+        assert out.endswith(BODY)  # no >From quoting for commands
+        expected_uid = pwd.getpwnam("nobody").pw_uid if IS_ROOT else os.getuid()
+        assert open(f"{shared}/uid").read().strip() == str(expected_uid)
+        qid = s.queue("alice@example.org", ["tempfail@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<tempfail@localhost>, .*dsn=4\.3\.0, status=deferred "
+                   r"\(Command died with status 75")
+        qid = s.queue("alice@example.org", ["fail@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<fail@localhost>, .*dsn=5\.3\.0, status=bounced \(Command died "
+                   r'with status 1: "echo something broke; exit 1"\. Command output: something broke\)')
+        qid = s.queue("alice@example.org", ["dsn@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<dsn@localhost>, .*dsn=5\.1\.1, status=bounced "
+                   r"\(5\.1\.1 no such mailbox here\)")
+    finally:
+        subprocess.run(["rm", "-rf", shared], check=False)
+
+
+def test_alias_table_error_defers(system) -> None:  # type: ignore[no-untyped-def]
+    s = system(alias_maps="hash:/nonexistent/aliases")
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*dsn=4\.3\.0, status=deferred "
+               r"\(alias database unavailable\)")
+    assert s.maildir_messages() == []
+
+
+def test_unknown_user_bounces(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start("local", "qmgr")
+    qid = s.queue("alice@example.org", ["no-such-user-x@localhost"], BODY)
+    s.wait_log(rf'{qid}: to=<no-such-user-x@localhost>, .*dsn=5\.1\.1, status=bounced '
+               r'\(unknown user: "no-such-user-x"\)')
+
+
+def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-untyped-def]
+    """What a redelivery after a crash looks like to local: the same queue file and recipient."""
+    s = system()
+    s.start("local")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    path = s.spool.move(qid, "incoming", "active")
+    env = read_envelope(path)
+    rc = env.recipients[0]
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    attrs = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    with SyncAttrClient(str(s.spool_dir / "private" / "local")) as client:
+        first = client.request(attrs)
+        second = client.request(attrs)
+    assert first.text("status") == second.text("status") == "sent"
+    assert len(s.maildir_messages()) == 1
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)", count=2)
+
+
+# --- privileges (root) ---------------------------------------------------------------
+
+@pytest.fixture
+def local_user() -> Iterator[str]:
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    name = "pml" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+@pytest.mark.root
+def test_maildir_written_as_the_recipient(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    pw = pwd.getpwnam(local_user)
+    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to maildir\)")
+    (path,) = list((s.mail / local_user / "new").iterdir())
+    for p in (path, s.mail / local_user, s.mail / local_user / "tmp"):
+        st = os.stat(p)
+        assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid), p
+
+
+@pytest.mark.root
+def test_mbox_written_as_the_recipient_and_symlink_refused(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+    s = system(maildir=False)
+    s.start()
+    pw = pwd.getpwnam(local_user)
+    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
+    st = os.stat(s.mail / local_user)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, pw.pw_gid, 0o600)
+    os.unlink(s.mail / local_user)
+    target = s.base / "target"
+    target.write_bytes(b"")
+    os.symlink(target, s.mail / local_user)
+    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=bounced \(cannot update mailbox "
+               r".*file is a symbolic link\)")
+    assert target.read_bytes() == b""
+
+
+@pytest.mark.root
+def test_group_writable_spool_root_creates_and_chowns(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+    s = system(maildir=False)
+    os.chmod(s.mail, 0o755)  # like a root-owned /var/mail without group write
+    s.start()
+    pw = pwd.getpwnam(local_user)
+    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
+    st = os.stat(s.mail / local_user)
+    assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
+    wait_until(lambda: not (s.mail / f"{local_user}.lock").exists(), 5, what="dotlock removed")
+
+
+def test_standalone_is_importable() -> None:
+    assert Standalone is not None
