@@ -276,27 +276,29 @@ class MarkerStore:
         return os.path.join(self.directory, key)
 
     def get(self, key: str) -> str | None:
+        """The final name recorded under key; None when there is no (complete) marker."""
         with self.wrap():
             try:
                 with open(self.path(key), "rb") as f:
-                    return f.read().decode("utf-8", "surrogateescape")
+                    value = f.read().decode("utf-8", "surrogateescape")
             except FileNotFoundError:
                 return None
+        # empty: killed between open() and write(), before the link: no delivery yet
+        return value or None
 
     def put(self, key: str, value: str) -> None:
         with self.wrap():
-            tmp = self.path(key) + ".new"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.path(key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
             try:
                 os.write(fd, value.encode("utf-8", "surrogateescape"))
             finally:
                 os.close(fd)
-            os.rename(tmp, self.path(key))
 
     def keys(self) -> list[str]:
         with self.wrap():
             try:
-                return [n for n in os.listdir(self.directory) if not n.endswith(".new")]
+                return os.listdir(self.directory)
             except FileNotFoundError:
                 return []
 

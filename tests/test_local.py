@@ -241,3 +241,15 @@ def test_group_writable_spool_root_creates_and_chowns(system, local_user: str) -
 
 def test_standalone_is_importable() -> None:
     assert Standalone is not None
+
+
+def test_delivery_markers_are_removed_once_the_queue_file_is_gone(system) -> None:  # type: ignore[no-untyped-def]
+    s = system()
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: removed")
+    markers = s.base / "data" / "local-markers"
+    assert [p.name.split(".")[0] for p in markers.iterdir()] == [qid]
+    s.kill("local", 15)
+    s.start("local")  # collects at start, then every minute
+    wait_until(lambda: not list(markers.iterdir()), 20, what="markers collected")
