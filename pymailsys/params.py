@@ -17,7 +17,9 @@ s/m/h/d/w suffix; the table gives the default unit), ``size`` (bytes), ``list``
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import sys
 from dataclasses import dataclass
 
 
@@ -259,6 +261,9 @@ def system_default(name: str) -> str | None:
         return host.split(".", 1)[1] if "." in host else "localdomain"
     if name == "mail_version":
         return MAIL_VERSION
+    if name == "process_name":
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "postfix"
+        return program[:-3] if program.endswith(".py") else program
     return None
 
 
