@@ -545,6 +545,7 @@ class System:
         self.mail_dir = base / "mail"
         self.log_path = base / "log" / "maillog"
         self.group = ProcessGroup(f"pymailsys-bench-{self.label}-{os.getpid()}")
+        self.extra: dict[str, str] = {}  # --set SYSTEM:name=value (experiments)
         self.running = False
 
     # to be supplied by each system
@@ -724,6 +725,7 @@ class PostfixSystem(System):
             "smtpd_error_sleep_time": "0",
             "append_dot_mydomain": "no",
             "readme_directory": "no",
+            **self.extra,
         }
         (self.config_dir / "main.cf").write_text(
             "# Throw-away Postfix instance for tests/bench/compare.py\n"
@@ -765,7 +767,7 @@ class PymailsysSystem(System):
         if result.returncode != 0:
             raise BenchError("pymailsys: `python3 -m pymailsys.tools.instance create` failed "
                              f"(is the pipeline in place?):\n{result.stdout}{result.stderr}")
-        settings = {**common_settings(self), **self.scenario.settings(self)}
+        settings = {**common_settings(self), **self.scenario.settings(self), **self.extra}
         with open(self.config_dir / "main.cf", "a") as f:
             f.write("# tests/bench/compare.py: same settings as the Postfix peer\n")
             for name, value in settings.items():
@@ -1016,7 +1018,8 @@ def report(runs: list[RunResult], summary: dict[str, dict[str, float]],
         f"{' (connections reused)' if meta['params']['reuse_connections'] else ''}, "
         f"scenario {meta['params']['scenario']}, {meta['params']['rounds']} round(s); "
         f"latency: {meta['params']['latency']} single messages",
-        f"cpu accounting: {meta['cpu_accounting']}",
+        f"cpu accounting: {meta['cpu_accounting']}"
+        + (f"; extra settings: {', '.join(meta['params']['set'])}" if meta["params"]["set"] else ""),
         "; ".join(meta["versions"].values()),
         "",
         "runs (in order):",
@@ -1064,11 +1067,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="give up when no message arrives for this many seconds (60)")
     p.add_argument("--sample-interval", type=float, default=0.25, help="PSS sampling interval (s)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--set", action="append", default=[], metavar="SYSTEM:NAME=VALUE",
+                   help="extra main.cf setting for one system, for experiments "
+                        "(e.g. pymailsys:max_use=1000); shown in the report")
     p.add_argument("--retries", type=int, default=1,
                    help="re-run a failed run this many times; failures are listed in the report (1)")
     p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
     args = p.parse_args(argv)
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.extra_settings = []
+    for item in args.set:
+        m = re.fullmatch(r"(\w+):(\w+)\s*=\s*(.*)", item)
+        if not m or m.group(1) not in SYSTEMS:
+            p.error(f"--set {item!r}: expected SYSTEM:NAME=VALUE with SYSTEM in {', '.join(SYSTEMS)}")
+        args.extra_settings.append((m.group(1), m.group(2), m.group(3)))
     for name in args.system_list:
         if name not in SYSTEMS:
             p.error(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
@@ -1113,6 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
                 base.mkdir()
                 os.chmod(base, 0o755)
                 system = SYSTEMS[name](base, account, scen)
+                system.extra = {k: v for sysname, k, v in args.extra_settings if sysname == name}
                 systems.append(system)
                 note(f"{name}: creating instance in {base}")
                 system.create()
@@ -1142,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
                          "python": platform.python_version()},
                 "params": {k: getattr(args, k) for k in
                            ("messages", "sessions", "size", "rounds", "latency", "scenario",
-                            "reuse_connections")},
+                            "reuse_connections", "set")},
                 "cpu_accounting": systems[0].group.kind if systems else "",
                 "versions": {s.label: s.version() for s in systems},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -95,8 +95,8 @@ class CpuByDaemon:
     def __init__(self, system: compare.System, interval: float = 0.2) -> None:
         self.system = system
         self.interval = interval
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
+        self.first: dict[int, tuple[float, float]] = {}
+        self.last: dict[int, tuple[float, float]] = {}
         self.name: dict[int, str] = {}
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -108,13 +108,13 @@ class CpuByDaemon:
             fields = compare.proc_stat(pid)
             if not fields:
                 continue
-            cpu = (int(fields[11]) + int(fields[12])) / self.tick
+            cpu = (int(fields[11]) / self.tick, int(fields[12]) / self.tick)
             if pid not in self.name:
                 with contextlib.suppress(OSError):
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                     self.name[pid] = daemon_name(cmdline.decode(errors="replace"))
                 # A process born during the run counts from zero, one alive before from now.
-                self.first[pid] = cpu if self.started else 0.0
+                self.first[pid] = cpu if self.started else (0.0, 0.0)
             self.last[pid] = cpu
 
     def loop(self) -> None:
@@ -133,12 +133,14 @@ class CpuByDaemon:
         self.thread.join()
         self.sample()
 
-    def totals(self) -> dict[str, tuple[float, int]]:
-        out: dict[str, tuple[float, int]] = {}
-        for pid, last in self.last.items():
+    def totals(self) -> dict[str, tuple[float, float, int]]:
+        """Per daemon: (user seconds, system seconds, processes)."""
+        out: dict[str, tuple[float, float, int]] = {}
+        for pid, (user, system) in self.last.items():
             name = self.name.get(pid, "?")
-            cpu, count = out.get(name, (0.0, 0))
-            out[name] = (cpu + last - self.first.get(pid, 0.0), count + 1)
+            first = self.first.get(pid, (0.0, 0.0))
+            u, s, count = out.get(name, (0.0, 0.0, 0))
+            out[name] = (u + user - first[0], s + system - first[1], count + 1)
         return out
 
 
@@ -171,16 +173,18 @@ def parse_raw(text: str) -> dict[str, dict[str, collections.Counter[str]]]:
 
 
 def format_profile(profile: dict[str, dict[str, collections.Counter[str]]], top: int,
-                   rate: int, cpu: dict[str, tuple[float, int]] | None = None,
+                   rate: int, cpu: dict[str, tuple[float, float, int]] | None = None,
                    messages: int = 0) -> str:
     lines = []
     order = sorted(profile, key=lambda d: -profile[d]["total"]["samples"])
     grand = sum(profile[d]["total"]["samples"] for d in order) or 1
     if cpu:
         lines.append("CPU by daemon during the load (from /proc, all its processes):")
-        for name, (seconds, count) in sorted(cpu.items(), key=lambda kv: -kv[1][0]):
+        for name, (user, system, count) in sorted(cpu.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+            seconds = user + system
             per = f"  {1000 * seconds / messages:5.2f} ms/message" if messages else ""
-            lines.append(f"  {name:<12} {seconds:7.2f} s CPU{per}  {count:4d} process(es)")
+            lines.append(f"  {name:<16} {seconds:7.2f} s CPU (user {user:6.2f}, system {system:6.2f})"
+                         f"{per}  {count:4d} process(es)")
         lines.append("")
     if not profile:
         return "\n".join(lines)
