@@ -382,6 +382,20 @@ class ProcessGroup:
         note(f"warning: could not remove cgroup {self.path}")
 
 
+def sweep_stale_groups() -> None:
+    """Kill and remove the cgroups of earlier runs that died without cleaning up (kill -9)."""
+    for base, kind in ((Path("/sys/fs/cgroup/unified"), "v2"), (Path("/sys/fs/cgroup"), "v2"),
+                       (Path("/sys/fs/cgroup/cpuacct"), "v1")):
+        for path in base.glob("pymailsys-bench-*-*") if base.is_dir() else []:
+            owner = path.name.rsplit("-", 1)[-1]
+            if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+                continue
+            note(f"removing the stale cgroup {path} of a run that died")
+            ProcessGroup._kill_path(path, kind)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 def proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (index 0 = state)."""
     try:
@@ -1110,6 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scen = scenario(args.scenario)
     ensure_postfix_package()
+    sweep_stale_groups()
     top = Path(tempfile.mkdtemp(prefix="pymailsys-bench-", dir=args.tmpdir))
     os.chmod(top, 0o755)
     account: Account | None = None
