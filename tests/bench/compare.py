@@ -1084,8 +1084,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SYSTEM:NAME=VALUE",
                    help="extra main.cf setting for one system, for experiments "
                         "(e.g. pymailsys:max_use=1000); shown in the report")
-    p.add_argument("--retries", type=int, default=1,
-                   help="re-run a failed run this many times; failures are listed in the report (1)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="re-run a failed run this many times; failures are listed in the report (2)")
     p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
     args = p.parse_args(argv)
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
