@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-connections", action="store_true", help="smtp-source -d")
     p.add_argument("--stall-timeout", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the instance's temp dir")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra main.cf setting for the profiled system (experiments)")
     p.add_argument("--system", choices=["pymailsys", "postfix"], default="pymailsys",
                    help="postfix: only the CPU-by-daemon table, for comparison (no py-spy)")
     args = p.parse_args(argv)
@@ -248,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
             (top / args.system).mkdir()
             os.chmod(top / args.system, 0o755)
             system = compare.SYSTEMS[args.system](top / args.system, account, scen)
+            for item in args.set:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise compare.BenchError(f"--set {item!r}: expected NAME=VALUE")
+                system.extra[name.strip()] = value.strip()
             system.create()
             system.reset_mailbox()
             system.start()
@@ -284,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
                 profile = parse_raw(raw_path.read_text(errors="replace"))
             text = (f"{args.system} under smtp-source load{' (py-spy)' if py_spy else ''}: {args.messages} "
-                    f"messages of {args.size} bytes over {args.sessions} sessions\n"
+                    f"messages of {args.size} bytes over {args.sessions} sessions"
+                    + (f"; settings: {', '.join(args.set)}" if args.set else "") + "\n"
                     f"under profiling: accepted {result.accepted_per_s:.0f}/s, delivered "
                     f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
                     f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
