@@ -119,15 +119,12 @@ def panic(text: str) -> NoReturn:
 
 
 def format_delay(seconds: float) -> str:
-    """Postfix's delay format: >= 10 integer, >= 1 one decimal, < 1 two significant digits."""
+    """Postfix's delay format: >= 10 whole seconds, >= 1 one decimal, < 1 at most two decimals.
+
+    Trailing zeros are dropped: 12.7 -> "12", 1.25 -> "1.2", 0.018 -> "0.02", 0.004 -> "0".
+    """
     if seconds >= 10:
         return str(int(seconds))
-    if seconds >= 1:
-        return f"{seconds:.1f}".rstrip("0").rstrip(".")
-    if seconds <= 0:
-        return "0"
-    text = f"{seconds:.2g}" if seconds >= 0.01 else f"{seconds:.2f}"
-    if "e" in text:
-        text = f"{seconds:.2f}"
-    text = text.rstrip("0").rstrip(".") if "." in text else text
+    places = 1 if seconds >= 1 else 2
+    text = f"{max(seconds, 0.0):.{places}f}".rstrip("0").rstrip(".")
     return text or "0"

@@ -54,3 +54,10 @@ def test_attr_pipelined_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-
 
     out = asyncio.run(main())
     assert out == [(bytes([i, 0, 255]), i) for i in range(20)]
+
+
+def test_delay_format_matches_postfix() -> None:
+    from pymailsys.log import format_delay
+
+    assert [format_delay(x) for x in (0, 0.004, 0.011, 0.018, 0.33, 1.25, 12.7)] == [
+        "0", "0", "0.01", "0.02", "0.33", "1.2", "12"]
