@@ -10,6 +10,11 @@ from collections.abc import Iterator
 import pytest
 from harness import IS_ROOT, Instance
 
+# Commands run as `python -m pymailsys...` put the working directory first on
+# sys.path; from the checkout's top, its pymailsys/ (the library alone) would
+# shadow the installed package. Tests and the commands they start run from here.
+os.chdir(os.path.dirname(os.path.abspath(__file__)))
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IS_ROOT:
