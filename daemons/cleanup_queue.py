@@ -29,7 +29,7 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from pymailsys import log, trigger
+from pymailsys import log, server, trigger
 from pymailsys import queue as q
 
 
@@ -174,7 +174,7 @@ class QmgrTrigger:
     def _start(self) -> None:
         if not self._sending:
             self._sending = True
-            asyncio.ensure_future(self._send())
+            server.background(self._send())
 
     async def _send(self) -> None:
         try:

@@ -296,7 +296,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
     except TimeoutError:
         pass
     writer.close()
-    asyncio.ensure_future(p.scan())
+    server.background(p.scan())
 
 
 async def on_trigger(ctx: Context, data: bytes) -> None:
@@ -304,7 +304,7 @@ async def on_trigger(ctx: Context, data: bytes) -> None:
 
 
 async def on_start(ctx: Context) -> None:
-    asyncio.ensure_future(_pickup(ctx).scan())
+    server.background(_pickup(ctx).scan())
 
 
 async def on_stop(ctx: Context) -> None:

@@ -16,8 +16,15 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   listeners, fd 5 is the status pipe (the child writes ``A`` when it can take a
   client and ``B`` when it cannot), fd 4 is the lifeline (end of file there
   means master is gone or reloading: stop accepting, finish, exit);
-* max_use (clients served before exiting when idle), max_idle (seconds without a
-  client before exiting, unless ``resident``), SIGTERM (exit now).
+* client_limit: the process takes at most this many clients at once; at the
+  limit it stops accepting (so master starts another process for the next one)
+  and reports ``B``. A client counts from the moment it is accepted.
+* max_use: a one-client-at-a-time server (client_limit 1, e.g. local) exits
+  after serving max_use clients. Event-driven servers that take many clients at
+  once (smtpd, cleanup) are long-lived and ignore it, as Postfix's long-lived
+  daemons do: restarting a Python process every 100 SMTP connections would cost
+  more CPU than the mail itself. max_idle (seconds without a client before
+  exiting, unless ``resident``) applies to all; SIGTERM exits now.
 
 Stream services get ``serve(reader, writer, ctx)`` once per client. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
@@ -90,6 +97,21 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str], list[st
     return flags, overrides, rest
 
 
+_BACKGROUND: set[asyncio.Future[object]] = set()
+
+
+def background(coro: Awaitable[object]) -> asyncio.Future[object]:
+    """Run coro as a task that is not garbage-collected before it ends.
+
+    The event loop keeps only weak references to tasks: a task nobody holds
+    may vanish mid-way. Fire-and-forget work goes through here.
+    """
+    task = asyncio.ensure_future(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a Unix stream socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -154,9 +176,13 @@ class _Runner:
         self.idle_since = asyncio.get_running_loop().time()
         self.status_fd = STATUS_FD if STATUS_FD in _INHERITED else None
         self.last_status = b""
-        self.servers: list[asyncio.AbstractServer] = []
+        self.listen_socks: list[socket.socket] = []
+        self.accepting = False
         self.fifo_fds: list[int] = []
         self.done = asyncio.Event()
+        # Event-driven daemons that serve many clients at once are long-lived, like
+        # Postfix's qmgr: max_use recycles only one-client-at-a-time servers.
+        self.recycle = not resident and client_limit == 1 and self.max_use > 0
 
     def report(self) -> None:
         if self.status_fd is None:
@@ -170,10 +196,70 @@ class _Runner:
             except OSError:
                 self.status_fd = None
 
-    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
-        self.uses += 1
+    # accepting ------------------------------------------------------------
+    def start_accepting(self) -> None:
+        if self.accepting or self.ctx.stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self.listen_socks:
+            loop.add_reader(sock.fileno(), self.accept, sock)
+        self.accepting = True
+
+    def pause_accepting(self) -> None:
+        if not self.accepting:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self.listen_socks:
+            loop.remove_reader(sock.fileno())
+        self.accepting = False
+
+    def accept(self, sock: socket.socket) -> None:
+        """Take new clients while below client_limit; each counts as active at once."""
+        for _ in range(32):
+            if self.ctx.stopping.is_set() or self.active >= self.client_limit:
+                self.pause_accepting()
+                break
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                log.warning(f"{self.ctx.program}: accept: {e.strerror}")
+                break
+            conn.setblocking(False)
+            self.active += 1
+            self.uses += 1
+            background(self.serve_socket(conn))
+            if self.recycle and self.uses >= self.max_use:
+                self.begin_stop()
+                break
         self.report()
+
+    async def serve_socket(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+        except OSError:
+            conn.close()
+            self.client_done()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self.on_client(reader, writer)
+
+    def client_done(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle_since = asyncio.get_running_loop().time()
+        if self.ctx.stopping.is_set():
+            if self.active <= 0:
+                self.done.set()
+        elif self.active < self.client_limit:
+            self.start_accepting()
+        self.report()
+
+    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if self.serve is not None:
                 await self.serve(reader, writer, self.ctx)
@@ -188,16 +274,9 @@ class _Runner:
             for line in traceback.format_exc().splitlines():
                 log.error(line)
         finally:
-            self.active -= 1
             if not writer.is_closing():
                 writer.close()
-            if self.active == 0:
-                self.idle_since = asyncio.get_running_loop().time()
-            if self.max_use and self.uses >= self.max_use and not self.resident:
-                self.begin_stop()
-            self.report()
-            if self.ctx.stopping.is_set() and self.active == 0:
-                self.done.set()
+            self.client_done()
 
     async def _trigger(self, data: bytes) -> None:
         if self.on_trigger is not None:
@@ -209,14 +288,16 @@ class _Runner:
         except BlockingIOError:
             return
         if data:
-            asyncio.ensure_future(self._trigger(data))
+            background(self._trigger(data))
 
     def begin_stop(self) -> None:
         if self.ctx.stopping.is_set():
             return
         self.ctx.stopping.set()
-        for srv in self.servers:
-            srv.close()
+        self.pause_accepting()
+        for sock in self.listen_socks:
+            sock.close()  # our copy: master and other children keep theirs
+        self.listen_socks = []
         loop = asyncio.get_running_loop()
         for fd in self.fifo_fds:
             loop.remove_reader(fd)
@@ -291,6 +372,9 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     # run by hand (-L) there is no master, so no lifeline and no status pipe.
     if "-L" not in flags:
         _INHERITED.update(fd for fd in (LIFELINE_FD, STATUS_FD) if _fd_open(fd))
+    else:
+        # no master to start another process for the next client: take them all
+        client_limit = max(client_limit, 1000)
     prepared = pre_init(cfg) if pre_init is not None else None
     if "-u" in flags:
         drop_privileges(cfg)
@@ -335,12 +419,10 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
         if isinstance(item, int):
             runner.fifo_fds.append(item)
             loop.add_reader(item, runner.on_fifo, item)
-        elif item.family == socket.AF_UNIX:
-            runner.servers.append(await asyncio.start_unix_server(
-                runner.on_client, sock=item, limit=1 << 20))
         else:
-            runner.servers.append(await asyncio.start_server(
-                runner.on_client, sock=item, limit=1 << 20))
+            item.setblocking(False)
+            runner.listen_socks.append(item)
+    runner.start_accepting()
     if LIFELINE_FD in _INHERITED:
         os.set_blocking(LIFELINE_FD, False)
 
