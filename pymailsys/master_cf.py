@@ -32,6 +32,8 @@ DESCRIPTION
       at use, like main.cf values.
     * A later entry with the same service name and type replaces the earlier
       one (it keeps the later entry's position).
+    * ``ServiceEntry.columns`` keeps the private..maxproc columns as written
+      (``-`` included), for ``postconf -M``, which prints them unresolved.
 
 DIAGNOSTICS
     A malformed entry raises ``config.ConfigError`` whose text names the file
@@ -68,6 +70,7 @@ class ServiceEntry:
     maxproc: int | None = None
     command: str = ""
     args: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # private..maxproc as written
     path: str = ""  # the file it came from
     line: int = 0   # the line its entry starts on
 
@@ -192,7 +195,8 @@ def parse_entry(text: str, path: str = "master.cf", line: int = 0) -> ServiceEnt
     name, kind, private, unpriv, chroot, wakeup, maxproc, command = fields
     if kind not in TYPES:
         raise ConfigError(f'{where}: invalid type field "{kind}" in "{text}"')
-    entry = ServiceEntry(name=name, type=kind, path=path, line=line)
+    entry = ServiceEntry(name=name, type=kind, path=path, line=line,
+                         columns=[private, unpriv, chroot, wakeup, maxproc])
     entry.private = _flag(private, "private", True, where, text)
     entry.unpriv = _flag(unpriv, "unprivileged", True, where, text)
     entry.chroot = _flag(chroot, "chroot", False, where, text)

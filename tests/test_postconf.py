@@ -132,6 +132,7 @@ def test_table_types(conf):
 MASTER_CF = """smtp      inet  n       -       y       -       -       smtpd
   -o syslog_name=postfix/x
   -o { smtpd_foo = a b }
+  -o { smtpd_bar = c }
 pickup    unix  n       -       y       60      1       pickup
 relay     unix  -       -       y       -       -       smtp -o smtp_fallback_relay=
 #x
@@ -140,7 +141,7 @@ submission inet n - y 60? 0 smtpd {a b}
 
 # What Debian's postconf 3.7 prints for MASTER_CF.
 MASTER_M = """\
-smtp       inet  n       -       y       -       -       smtpd -o syslog_name=postfix/x -o {smtpd_foo=a b}
+smtp       inet  n       -       y       -       -       smtpd -o syslog_name=postfix/x -o {smtpd_foo=a b} -o smtpd_bar=c
 pickup     unix  n       -       y       60      1       pickup
 relay      unix  -       -       y       -       -       smtp -o smtp_fallback_relay=
 submission inet  n       -       y       60?     0       smtpd a b
@@ -149,6 +150,7 @@ MASTER_MF = """\
 smtp       inet  n       -       y       -       -       smtpd
     -o syslog_name=postfix/x
     -o {smtpd_foo=a b}
+    -o smtpd_bar=c
 pickup     unix  n       -       y       60      1       pickup
 relay      unix  -       -       y       -       -       smtp
     -o smtp_fallback_relay=
@@ -173,6 +175,13 @@ def test_master_cf_matches_postfix(tmp_path):
         theirs = subprocess.run(["/usr/sbin/postconf", "-c", str(tmp_path), flags],
                                 capture_output=True, text=True, timeout=60).stdout
         assert postconf(tmp_path, flags).stdout == theirs
+
+
+def test_malformed_master_cf_is_fatal(conf):
+    (conf / "master.cf").write_text("smtp inet n - y - - smtpd\nfoo bar n - - - - x\n")
+    p = postconf(conf, "-M")
+    assert p.returncode == 1
+    assert f'file {conf}/master.cf: line 2: invalid type field "bar"' in p.stderr
 
 
 def test_malformed_main_cf(tmp_path):

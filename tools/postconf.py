@@ -33,8 +33,9 @@ DIAGNOSTICS
     ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` for a
     main.cf name that is neither declared nor referenced as ``$foo`` in another
     value (the name is kept: an administrator's main.cf always loads).
-    ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line or
-    a failed edit.
+    ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
+    a malformed master.cf entry (``pymailsys.master_cf`` parses it, with the
+    same checks as master) or a failed edit.
 
 CONFIGURATION PARAMETERS
     Every parameter in pymailsys.params (that table is what -d prints).
@@ -49,7 +50,7 @@ import sys
 import tempfile
 
 from pymailsys import config as config_mod
-from pymailsys import log, maps, params
+from pymailsys import log, maps, master_cf, params
 
 _REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
 
@@ -195,95 +196,48 @@ def edit_main_cf(path: str, edits: dict[str, str | None], comment: bool = False)
 
 # --- master.cf -----------------------------------------------------------------
 
-def _master_tokens(text: str) -> list[str]:
-    tokens: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text[i].isspace():
-            i += 1
-            continue
-        if text[i] == "{":
-            depth, j = 0, i
-            while j < n:
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            tokens.append(text[i:j + 1])
-            i = j + 1
-            continue
-        j = i
-        while j < n and not text[j].isspace():
-            j += 1
-        tokens.append(text[i:j])
-        i = j
-    return tokens
-
-
-def _master_entries(path: str) -> list[tuple[str, str, list[str], list[str]]]:
-    """(service, type, fields 3-7, command words normalised) per master.cf entry."""
-    entries: list[tuple[str, str, list[str], list[str]]] = []
-    for lineno, logical in maps.logical_lines("\n".join(_read_lines(path))):
-        tokens = _master_tokens(logical)
-        if len(tokens) < 8:
-            log.fatal(f"file {path}: line {lineno}: bad field count")
-        words: list[str] = []
-        args = tokens[7:]
-        i = 0
-        while i < len(args):
-            word = args[i]
-            if word == "-o" and i + 1 < len(args):
-                value = args[i + 1]
-                if value.startswith("{"):
-                    inner = value[1:-1].strip()
-                    name, _, val = inner.partition("=")
-                    value = "{" + f"{name.strip()}={val.strip()}" + "}"
-                words += ["-o", value]
-                i += 2
-                continue
-            if word.startswith("{"):
-                word = word[1:-1].strip()
-            words.append(word)
-            i += 1
-        entry = (tokens[0], tokens[1], tokens[2:7], words)
-        entries = [e for e in entries if (e[0], e[1]) != (entry[0], entry[1])]
-        entries.append(entry)
-    return entries
-
-
 def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> int:
     path = os.path.join(cfg.config_dir, "master.cf")
     if not os.path.exists(path):
         log.warning(f"open {path}: No such file or directory")
         return 0
-    entries = _master_entries(path)
+    try:
+        entries = master_cf.parse_file(path)
+    except config_mod.ConfigError as e:
+        log.fatal(str(e))
     out = []
     matched = set()
-    for service, type_name, fields, words in entries:
+    for entry in entries:
         if selectors:
-            hit = [s for s in selectors if s in (service, f"{service}/{type_name}")]
+            hit = [s for s in selectors if s in (entry.name, f"{entry.name}/{entry.type}")]
             if not hit:
                 continue
             matched.update(hit)
-        head = f"{service:<10} {type_name:<5} " + " ".join(f"{f:<7}" for f in fields) + " "
-        if not fold:
-            out.append(head + " ".join(words) + "\n")
-            continue
-        parts = []
-        command: list[str] = []
+        head = (f"{entry.name:<10} {entry.type:<5} "
+                + " ".join(f"{f:<7}" for f in entry.columns) + " ")
+        # In order; an -o setting that contains white space is printed in braces.
+        words = [entry.command]
+        options: list[str] = []
+        command = [entry.command]
+        args = entry.args
         i = 0
-        while i < len(words):
-            if words[i] == "-o" and i + 1 < len(words):
-                parts.append(f"    -o {words[i + 1]}")
+        while i < len(args):
+            if args[i] == "-o" and i + 1 < len(args):
+                value = args[i + 1]
+                if any(ch.isspace() for ch in value):
+                    value = f"{{{value}}}"
+                words += ["-o", value]
+                options.append(f"    -o {value}\n")
                 i += 2
                 continue
-            command.append(words[i])
+            words.append(args[i])
+            command.append(args[i])
             i += 1
-        out.append(head + " ".join(command) + "\n")
-        out.extend(p + "\n" for p in parts)
+        if fold:
+            out.append(head + " ".join(command) + "\n")
+            out.extend(options)
+        else:
+            out.append(head + " ".join(words) + "\n")
     for s in selectors:
         if s not in matched:
             log.warning(f'unmatched request: "{s}"')
