@@ -72,9 +72,9 @@ DESCRIPTION
     logs ``terminating on signal 15``, terminates all children, waits up to
     3 s, kills what is left and exits 0.
 
-    The pid file ``queue_directory/pid/master.pid`` holds the pid right
-    aligned in 32 columns plus a newline and stays flock()ed exclusively
-    while master runs; ``master -t`` exits 0 when the file is absent or not
+    The pid file ``queue_directory/pid/master.pid`` (``pymailsys.pidfile``)
+    holds the pid right aligned in 32 columns plus a newline and stays
+    flock()ed exclusively while master runs; ``master -t`` exits 0 when the file is absent or not
     locked (master not running), 1 otherwise.
 
 OPTIONS
@@ -100,7 +100,6 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import errno
-import fcntl
 import getopt
 import importlib.util
 import os
@@ -116,7 +115,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from pymailsys import MAIL_VERSION, log, master_cf
+from pymailsys import MAIL_VERSION, log, master_cf, pidfile
 from pymailsys import config as config_mod
 from pymailsys.config import Config, ConfigError
 from pymailsys.master_cf import ServiceEntry
@@ -127,7 +126,6 @@ STATUS_FD = 5
 LISTEN_FD = 6
 LIMIT_WARNING_INTERVAL = 1000.0
 STOP_GRACE = 3.0
-PID_WIDTH = 32
 
 
 class StartupError(Exception):
@@ -147,30 +145,6 @@ def module_exists(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def pid_file_path(cfg: Config) -> str:
-    return os.path.join(cfg.get("queue_directory"), cfg.get("process_id_directory"), "master.pid")
-
-
-def running_pid(path: str) -> int | None:
-    """The pid of a running master (its pid file is locked), or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else -1
-        except OSError:
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -428,17 +402,9 @@ class Master:
     def lock_pid_file(self, cfg: Config) -> None:
         rel = os.path.join(cfg.get("process_id_directory"), "master.pid")
         try:
-            fd = os.open(rel, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            self.fatal(f"open lock file {rel}: cannot open file: {e.strerror}")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            self.fatal(f"open lock file {rel}: unable to set exclusive lock: {e.strerror}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid():>{PID_WIDTH}}\n".encode(), 0)
-        self.pid_fd = fd
+            self.pid_fd = pidfile.lock(rel, os.getpid())
+        except pidfile.PidFileError as e:
+            self.fatal(str(e))
 
     def new_generation(self) -> None:
         if self.lifeline_w >= 0:
@@ -979,7 +945,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             sys.stderr.write(f"postfix/master: fatal: {e}\n")
             return 1
-        return 0 if running_pid(pid_file_path(cfg)) is None else 1
+        return 0 if pidfile.master_pid(cfg) is None else 1
     if "-w" in flags:
         return start_detached(config_dir)
     return Master(config_dir).run()

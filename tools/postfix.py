@@ -59,7 +59,7 @@ import time
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, master_cf, spool_setup, trigger
+from pymailsys import log, master_cf, pidfile, spool_setup, trigger
 from pymailsys.config import Config, ConfigError
 
 MASTER_MODULE = "pymailsys.daemons.master"
@@ -112,29 +112,6 @@ def _die(text: str, status: int = 1) -> None:
     sys.exit(status)
 
 
-def master_pid(cfg: Config) -> int | None:
-    """The pid of the running master (pid file present and locked), else None."""
-    import fcntl
-
-    path = os.path.join(cfg.get("queue_directory"), cfg.get("process_id_directory"), "master.pid")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else -1
-        except OSError:
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def check_fatal(cfg: Config, script: Script) -> None:
     """What must be right before master may start: the tree, master.cf."""
     try:
@@ -179,7 +156,7 @@ def _signal_master(script: Script, pid: int, sig: int) -> None:
 
 
 def do_start(cfg: Config, script: Script, foreground: bool) -> None:
-    if master_pid(cfg) is not None:
+    if pidfile.master_pid(cfg) is not None:
         script.fatal("the Postfix mail system is already running")
     check_fatal(cfg, script)
     check_warn(cfg, script)
@@ -194,7 +171,7 @@ def do_start(cfg: Config, script: Script, foreground: bool) -> None:
 
 
 def do_stop(cfg: Config, script: Script) -> None:
-    pid = master_pid(cfg)
+    pid = pidfile.master_pid(cfg)
     if pid is None:
         script.fatal("the Postfix mail system is not running")
         return
@@ -203,13 +180,13 @@ def do_stop(cfg: Config, script: Script) -> None:
     deadline = time.monotonic() + STOP_WAIT
     next_note = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        if master_pid(cfg) is None:
+        if pidfile.master_pid(cfg) is None:
             return
         if time.monotonic() >= next_note:
             script.info("waiting for the Postfix mail system to terminate")
             next_note += 1.0
         time.sleep(0.05)
-    if master_pid(cfg) is None:
+    if pidfile.master_pid(cfg) is None:
         return
     script.warning("stopping the Postfix mail system with force")
     try:
@@ -223,7 +200,7 @@ def do_flush(cfg: Config, script: Script) -> None:
     if importlib.util.find_spec(POSTQUEUE_MODULE) is not None:
         result = subprocess.run([sys.executable, "-m", POSTQUEUE_MODULE, "-c", cfg.config_dir, "-f"])
         sys.exit(result.returncode)
-    if master_pid(cfg) is None:
+    if pidfile.master_pid(cfg) is None:
         script.fatal("Cannot flush mail queue - mail system is down", 69)
     queue_directory = cfg.get("queue_directory")
     qmgr = os.path.join(queue_directory, "public", cfg.get("queue_service_name"))
@@ -285,7 +262,7 @@ def run(command: str, cfg: Config, script: Script) -> None:
     elif command == "stop":
         do_stop(cfg, script)
     elif command in ("abort", "reload"):
-        pid = master_pid(cfg)
+        pid = pidfile.master_pid(cfg)
         if pid is None:
             script.fatal("the Postfix mail system is not running")
             return
@@ -296,7 +273,7 @@ def run(command: str, cfg: Config, script: Script) -> None:
             script.info("refreshing the Postfix mail system")
             _signal_master(script, pid, signal.SIGHUP)
     elif command == "status":
-        pid = master_pid(cfg)
+        pid = pidfile.master_pid(cfg)
         if pid is None:
             script.info("the Postfix mail system is not running")
             sys.exit(1)
