@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -68,17 +70,24 @@ def mbox_instance(new_instance) -> Instance:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def throwaway_user() -> Iterator[str]:
-    """A throw-away local account (root only): created with useradd, deleted afterwards."""
-    import subprocess
-    import uuid
-
+    """A throw-away local account (root only): no home directory, no login shell,
+    created with useradd and deleted (with its group) afterwards."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
     name = "pmt" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", name], check=True)
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
     try:
-        probe = subprocess.run(["runuser", "-u", name, "--", sys.executable, "-c",
-                                "import pymailsys"], capture_output=True, cwd="/")
-        if probe.returncode != 0:
-            pytest.skip(f"{sys.executable} with pymailsys is not usable by other users")
         yield name
     finally:
         subprocess.run(["userdel", name], check=False)
+
+
+@pytest.fixture
+def python_user(throwaway_user: str) -> str:
+    """throwaway_user, when it can run sys.executable with pymailsys (skips otherwise)."""
+    probe = subprocess.run(["runuser", "-u", throwaway_user, "--", sys.executable, "-c",
+                            "import pymailsys"], capture_output=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"{sys.executable} with pymailsys is not usable by other users")
+    return throwaway_user

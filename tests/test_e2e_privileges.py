@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from harness import Instance, wait_until
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def local_user() -> Iterator[str]:
-    name = "pmt" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False)
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -48,10 +34,10 @@ def _daemons(inst: Instance) -> dict[str, list[int]]:
     return found
 
 
-def test_each_daemon_runs_as_the_design_says(instance: Instance, local_user: str) -> None:
+def test_each_daemon_runs_as_the_design_says(instance: Instance, throwaway_user: str) -> None:
     owner = pwd.getpwnam("postfix")
-    instance.send("a@example.org", f"{local_user}@localhost", b"Subject: uid check\r\n\r\nhi\r\n")
-    wait_until(lambda: instance.maildir_messages(local_user), 60, what="delivery")
+    instance.send("a@example.org", f"{throwaway_user}@localhost", b"Subject: uid check\r\n\r\nhi\r\n")
+    wait_until(lambda: instance.maildir_messages(throwaway_user), 60, what="delivery")
     daemons = _daemons(instance)
     for name in ("master", "smtpd", "cleanup", "qmgr", "local"):
         assert name in daemons, (name, daemons)
@@ -66,22 +52,22 @@ def test_each_daemon_runs_as_the_design_says(instance: Instance, local_user: str
                 assert st["Groups"] == "", (name, st["Groups"])
 
 
-def test_local_writes_as_the_recipient(instance: Instance, local_user: str) -> None:
-    pw = pwd.getpwnam(local_user)
-    instance.send("a@example.org", f"{local_user}@localhost", b"Subject: owner\r\n\r\nhi\r\n")
-    wait_until(lambda: instance.maildir_messages(local_user), 60, what="delivery")
-    new = instance.maildir(local_user) / "new"
+def test_local_writes_as_the_recipient(instance: Instance, throwaway_user: str) -> None:
+    pw = pwd.getpwnam(throwaway_user)
+    instance.send("a@example.org", f"{throwaway_user}@localhost", b"Subject: owner\r\n\r\nhi\r\n")
+    wait_until(lambda: instance.maildir_messages(throwaway_user), 60, what="delivery")
+    new = instance.maildir(throwaway_user) / "new"
     (path,) = list(new.iterdir())
     st = os.stat(path)
     assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
-    assert os.stat(instance.maildir(local_user)).st_uid == pw.pw_uid
+    assert os.stat(instance.maildir(throwaway_user)).st_uid == pw.pw_uid
 
 
-def test_symlinked_mbox_is_refused(mbox_instance: Instance, local_user: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_symlinked_mbox_is_refused(mbox_instance: Instance, throwaway_user: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     inst = mbox_instance
     target = tmp_path / "target"
     target.write_bytes(b"")
-    os.symlink(target, inst.mail_dir / local_user)
-    queue_id = inst.send("a@example.org", f"{local_user}@localhost", b"Subject: link\r\n\r\nhi\r\n")
-    inst.wait_log(rf"{queue_id}: to=<{local_user}@localhost>.*status=(deferred|bounced)")
+    os.symlink(target, inst.mail_dir / throwaway_user)
+    queue_id = inst.send("a@example.org", f"{throwaway_user}@localhost", b"Subject: link\r\n\r\nhi\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{throwaway_user}@localhost>.*status=(deferred|bounced)")
     assert target.read_bytes() == b""

@@ -32,19 +32,19 @@ def test_maildrop_while_down_and_malformed_file(new_instance) -> None:  # type: 
     wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="empty maildrop")
 
 
-def test_user_submits_live_with_any_sender(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
+def test_user_submits_live_with_any_sender(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
     inst.start(wait_smtp=False)
     os.chmod(inst.queue_dir / "public", 0o711)  # design.md: public/ reachable without setgid
     wait_until(lambda: (inst.queue_dir / "public" / "pickup").exists(), 30, what="pickup socket")
-    uid = pwd.getpwnam(throwaway_user).pw_uid
+    uid = pwd.getpwnam(python_user).pw_uid
     r = inst.tool("sendmail", "-f", "other@example.org", "-i", f"{ME}@localhost",
-                  input=msg("from a user"), user=throwaway_user)
+                  input=msg("from a user"), user=python_user)
     assert r.returncode == 0, r.stderr
     inst.wait_log(rf"postfix/pickup\[\d+\]: \w+: uid={uid} from=<other@example.org>")
     assert not os.listdir(inst.queue_dir / "maildrop")  # live, not through the maildrop
-    r = inst.tool("sendmail", "-t", input=msg("mail style"), user=throwaway_user)
+    r = inst.tool("sendmail", "-t", input=msg("mail style"), user=python_user)
     assert r.returncode == 0, r.stderr
-    inst.wait_log(rf"uid={uid} from=<{throwaway_user}>")
+    inst.wait_log(rf"uid={uid} from=<{python_user}>")
 
 
