@@ -55,6 +55,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+def cmdline(pid: int) -> list[str]:
+    """The arguments of a running process ([] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
 class Instance:
     def __init__(self, base: Path | str | None = None, *, maildir: bool = True,
                  settings: dict[str, str] | None = None, port: int | None = None) -> None:
@@ -152,19 +161,19 @@ class Instance:
 
     def pids(self) -> list[int]:
         """Processes whose command line names this instance's config directory."""
-        out = []
-        marker = str(self.config_dir).encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-            except OSError:
-                continue
-            if marker in cmdline and int(entry) != os.getpid():
-                out.append(int(entry))
-        return out
+        marker = str(self.config_dir)
+        return [int(entry) for entry in os.listdir("/proc")
+                if entry.isdigit() and int(entry) != os.getpid()
+                and any(marker in arg for arg in cmdline(int(entry)))]
+
+    def daemons(self) -> dict[str, list[int]]:
+        """This instance's processes by daemon (``master``, ``smtpd``, ``qmgr``, ...)."""
+        found: dict[str, list[int]] = {}
+        for pid in self.pids():
+            for arg in cmdline(pid):
+                if arg.startswith("pymailsys.daemons."):
+                    found.setdefault(arg.rsplit(".", 1)[1], []).append(pid)
+        return found
 
     def kill_leftovers(self) -> None:
         for pid in self.pids():

@@ -15,19 +15,6 @@ SESSIONS = 10
 PER_SESSION = 50
 
 
-def _daemon_pids(inst: Instance, name: str) -> list[int]:
-    out = []
-    for pid in inst.pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if f"pymailsys.daemons.{name}".encode() in argv:
-            out.append(pid)
-    return out
-
-
 def test_kill_qmgr_and_local_under_load(instance: Instance) -> None:
     accepted: list[str] = []
     lock = threading.Lock()
@@ -55,12 +42,12 @@ def test_kill_qmgr_and_local_under_load(instance: Instance) -> None:
     killed = {"qmgr": 0, "local": 0}
     wait_until(lambda: len(accepted) >= 150 or not any(t.is_alive() for t in threads), 120,
                what="150 accepted messages")
-    for pid in _daemon_pids(instance, "qmgr"):
+    for pid in instance.daemons().get("qmgr", []):
         os.kill(pid, signal.SIGKILL)
         killed["qmgr"] += 1
     wait_until(lambda: len(accepted) >= 300 or not any(t.is_alive() for t in threads), 120,
                what="300 accepted messages")
-    for pid in _daemon_pids(instance, "local"):
+    for pid in instance.daemons().get("local", []):
         os.kill(pid, signal.SIGKILL)
         killed["local"] += 1
     for t in threads:

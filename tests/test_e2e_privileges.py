@@ -20,25 +20,11 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
-def _daemons(inst: Instance) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {}
-    for pid in inst.pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        for arg in argv:
-            if arg.startswith(b"pymailsys.daemons."):
-                found.setdefault(arg.decode().rsplit(".", 1)[1], []).append(pid)
-    return found
-
-
 def test_each_daemon_runs_as_the_design_says(instance: Instance, throwaway_user: str) -> None:
     owner = pwd.getpwnam("postfix")
     instance.send("a@example.org", f"{throwaway_user}@localhost", b"Subject: uid check\r\n\r\nhi\r\n")
     wait_until(lambda: instance.maildir_messages(throwaway_user), 60, what="delivery")
-    daemons = _daemons(instance)
+    daemons = instance.daemons()
     for name in ("master", "smtpd", "cleanup", "qmgr", "local"):
         assert name in daemons, (name, daemons)
     for name, pids in daemons.items():

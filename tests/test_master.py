@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from harness import IS_ROOT, ME, Instance, wait_until
+from harness import IS_ROOT, ME, Instance, cmdline, wait_until
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,14 +35,6 @@ def make(new_instance, master: str, **settings: str) -> Instance:  # type: ignor
 
 def master_pid(inst: Instance) -> int:
     return int((inst.queue_dir / "pid" / "master.pid").read_text())
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode() for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 def service_pids(inst: Instance, service: str) -> list[int]:
