@@ -66,6 +66,7 @@ SEE ALSO
 from __future__ import annotations
 
 import asyncio
+import os
 
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
@@ -78,12 +79,25 @@ PROGRAM = "smtpd"
 
 def _pre_init(config: config_mod.Config) -> Smtpd:
     """Before the privilege drop: parse the restrictions and open their tables."""
+    _preload_fast_loop()
     try:
         smtpd = Smtpd(config)
     except (ValueError, maps.TableError, config_mod.ConfigError) as e:
         log.fatal(str(e))
     smtpd.engine.preopen()
     return smtpd
+
+
+def _preload_fast_loop() -> None:
+    """Import uvloop while we can: server.run picks it up after the privilege drop,
+    when mail_owner may no longer be able to read the interpreter's site-packages
+    (the import then fails quietly and the slower default loop runs)."""
+    if os.environ.get("PYMAILSYS_NO_UVLOOP"):
+        return
+    try:
+        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
 
 
 async def _start(ctx: server.Context) -> None:
