@@ -34,6 +34,7 @@ import sys
 import time
 
 import click
+from pymailsys.tools import command
 
 from pymailsys import config as config_mod
 from pymailsys import log, queue
@@ -314,15 +315,8 @@ def cli(body: bool, config_dir: str | None, dec: bool, env: bool, fname: bool, h
 
 
 def main(argv: list[str] | None = None) -> int:
-    log.init_stderr_only("postcat")
-    try:
-        cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="postcat",
-                 standalone_mode=False)
-    except click.UsageError:
-        log.fatal("usage: postcat [-bdefhoqv] [-c config_dir] [-s offset] [files...]")
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    return 0
+    return command.run(cli, "postcat",
+                       "usage: postcat [-bdefhoqv] [-c config_dir] [-s offset] [files...]", argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import os
 import sys
 
 import click
-from pymailsys.tools import sendmail
+from pymailsys.tools import command, sendmail
 
 from pymailsys import config as config_mod
 from pymailsys import log
@@ -61,15 +61,7 @@ def cli(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log.init_stderr_only("postdrop")
-    try:
-        cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="postdrop",
-                 standalone_mode=False)
-    except click.UsageError:
-        log.fatal("usage: postdrop [-rv] [-c config_dir]")
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    return 0
+    return command.run(cli, "postdrop", "usage: postdrop [-rv] [-c config_dir]", argv)
 
 
 if __name__ == "__main__":

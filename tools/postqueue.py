@@ -37,6 +37,7 @@ import sys
 from typing import NoReturn
 
 import click
+from pymailsys.tools import command
 
 from pymailsys import attr, log, queue, showq_format, trigger
 from pymailsys import config as config_mod
@@ -203,15 +204,7 @@ def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    log.init_stderr_only("postqueue")
-    try:
-        cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="postqueue",
-                 standalone_mode=False)
-    except click.UsageError:
-        fatal(sm.EX_USAGE, USAGE)
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    return 0
+    return command.run(cli, "postqueue", USAGE, argv, status=sm.EX_USAGE)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import sys
 import time
 
 import click
+from pymailsys.tools import command
 
 from pymailsys import config as config_mod
 from pymailsys import log, queue
@@ -58,6 +59,11 @@ DEFAULT_QUEUES = (queue.DEFER, queue.BOUNCE, queue.MAILDROP, queue.INCOMING, que
 LOG_QUEUES = (queue.BOUNCE, queue.DEFER, queue.TRACE)
 MAX_TEMP_AGE = 7 * 86400
 MODE_EXPIRE = 0o010
+USAGE = ("usage: postsuper [-c config_dir] [-d queue_id (delete)] "
+         "[-e queue_id (expire)] [-f queue_id (expire and/or un-hold)] "
+         "[-h queue_id (hold)] [-H queue_id (un-hold)] "
+         "[-p (purge temporary files)] [-r queue_id (requeue)] "
+         "[-s (structure fix)] [-S (redundant structure fix)][-v (verbose)] [queue...]")
 
 
 def say(text: str) -> None:
@@ -425,19 +431,7 @@ def cli(ctx: click.Context, config_dir: str | None, delete: tuple[str, ...],
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    log.init_stderr_only("postsuper")
-    try:
-        cli.main(args=args, prog_name="postsuper", standalone_mode=False,
-                 obj=_ordered_actions(args))
-    except click.UsageError:
-        log.fatal("usage: postsuper [-c config_dir] [-d queue_id (delete)] "
-                  "[-e queue_id (expire)] [-f queue_id (expire and/or un-hold)] "
-                  "[-h queue_id (hold)] [-H queue_id (un-hold)] "
-                  "[-p (purge temporary files)] [-r queue_id (requeue)] "
-                  "[-s (structure fix)] [-S (redundant structure fix)][-v (verbose)] [queue...]")
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    return 0
+    return command.run(cli, "postsuper", USAGE, args, obj=_ordered_actions(args))
 
 
 if __name__ == "__main__":
