@@ -15,7 +15,7 @@ DESCRIPTION
     ``250 2.0.0 Ok: queued as ID`` only after cleanup replied status 0, that
     is, after the queue file is fsynced.
 
-    Layout: ``session`` is the protocol (an aiosmtpd.smtp.SMTP subclass with
+    Layout: ``session`` is the protocol (aiosmtpd.smtp.SMTP's shape with
     Postfix's replies, driven on the skeleton's streams), ``stream`` reads
     command lines and DATA in bulk, ``handler`` is the glue to the
     restrictions (pymailsys.restrictions) and to cleanup.
