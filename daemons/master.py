@@ -103,7 +103,6 @@ import errno
 import getopt
 import importlib.util
 import os
-import pwd
 import select
 import selectors
 import signal
@@ -115,7 +114,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from pymailsys import MAIL_VERSION, log, master_cf, pidfile
+from pymailsys import MAIL_VERSION, log, master_cf, pidfile, spool_setup
 from pymailsys import config as config_mod
 from pymailsys.config import Config, ConfigError
 from pymailsys.master_cf import ServiceEntry
@@ -395,7 +394,7 @@ class Master:
             self.fatal(str(e) if isinstance(e, ConfigError) else (e.strerror or str(e)))
         log.info(f"daemon started -- version {MAIL_VERSION}, configuration {self.config_dir}")
         if os.geteuid() != 0:
-            user = _user_name(os.geteuid())
+            user = spool_setup.user_name(os.geteuid())
             log.warning(f"not running as root: all services run as user {user} "
                         f"(uid {os.geteuid()}); mail_owner and the unpriv column have no effect")
 
@@ -862,13 +861,6 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # ---------------------------------------------------------------------------

@@ -35,11 +35,12 @@ DIAGNOSTICS
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import re
 from importlib import resources
+
+from pymailsys import spool_setup
 
 SMTP_INET_RE = re.compile(r"^(?P<name>\S+)(?P<gap>\s+)inet(?P<rest>\s.*?\s(?P<cmd>smtpd)(\s.*)?)$")
 
@@ -86,10 +87,7 @@ def main_cf_text(directory: str, host: str, maildir: bool) -> str:
     ]
     if os.geteuid() != 0:
         user = pwd.getpwuid(os.geteuid()).pw_name
-        try:
-            group = grp.getgrgid(os.getegid()).gr_name
-        except KeyError:
-            group = str(os.getegid())
+        group = spool_setup.group_name(os.getegid())
         lines += [
             "# Started by a non-root user: every process runs as this user.",
             f"mail_owner = {user}",

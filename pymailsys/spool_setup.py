@@ -66,8 +66,8 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
     if os.geteuid() != 0:
         uid = os.geteuid()
         gid = os.getegid()
-        user = _user(uid)
-        group = _group(gid)
+        user = user_name(uid)
+        group = group_name(gid)
         return {"root": (uid, user), "root_group": (gid, group), "mail_owner": (uid, user),
                 "mail_owner_group": (gid, group), "setgid_group": (gid, group)}
     owner = config.get("mail_owner")
@@ -89,18 +89,20 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
         raise SetupError(f"file {config.main_cf}: parameter setgid_group: "
                          f"group {group} has privileged group ID")
     return {"root": (0, "root"), "root_group": (0, "root"), "mail_owner": (pw.pw_uid, owner),
-            "mail_owner_group": (pw.pw_gid, _group(pw.pw_gid)),
+            "mail_owner_group": (pw.pw_gid, group_name(pw.pw_gid)),
             "setgid_group": (gr.gr_gid, group)}
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The user name of uid, or the number when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _group(gid: int) -> str:
+def group_name(gid: int) -> str:
+    """The group name of gid, or the number when it has none."""
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
