@@ -38,6 +38,14 @@ def require_tool(path: str) -> str:
 
 
 @pytest.fixture
+def pmsfixtures_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons that master starts can import tests/pmsfixtures (echo services and the like)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
 def new_instance() -> Iterator[list[Instance]]:
     """Make instances with new_instance(...); all are stopped and removed afterwards."""
     made: list[Instance] = []

@@ -19,12 +19,7 @@ import time
 import pytest
 from harness import IS_ROOT, ME, Instance, cmdline, wait_until
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(autouse=True)
-def fixture_daemons_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("pmsfixtures_importable")
 
 
 def make(new_instance, master: str, **settings: str) -> Instance:  # type: ignore[no-untyped-def]

@@ -14,12 +14,7 @@ from harness import IS_ROOT, ME, Instance
 
 from pymailsys.queue import SPOOL_DIRS
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(autouse=True)
-def fixture_daemons_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("pmsfixtures_importable")
 
 
 ECHO = "echo unix n - n - - pmsfixtures.echo\n"
