@@ -80,6 +80,18 @@ def postcat(data: bytes, path: str, flags: int, verbose: bool, out: list[bytes],
     def label(rtype: bytes) -> bytes:
         return r.REC_TYPES.get(rtype, "unknown").encode()
 
+    jumps = 0
+
+    def follow(pointer: bytes) -> int:
+        """Where a pointer record points (0: nowhere); too many jumps are fatal."""
+        nonlocal jumps
+        target = _ptr(pointer)
+        if target:
+            jumps += 1
+            if jumps > 100000:
+                log.fatal("bad pointer record, or input is not seekable")
+        return target
+
     offset = start_offset
     if start_offset == 0 and data:
         if data[0:1] not in [bytes([c]) for c in ENVELOPE_TYPES]:
@@ -91,7 +103,6 @@ def postcat(data: bytes, path: str, flags: int, verbose: bool, out: list[bytes],
     do_print = flags & PRINT_ENV
     prev_type = b""
     size_seen = False
-    jumps = 0
     end = len(data)
     while offset < end:
         try:
@@ -104,12 +115,7 @@ def postcat(data: bytes, path: str, flags: int, verbose: bool, out: list[bytes],
             if rtype == r.REC_TYPE_DTXT:
                 continue
             if rtype == r.REC_TYPE_PTR:
-                target = _ptr(payload)
-                if target:
-                    jumps += 1
-                    if jumps > 100000:
-                        log.fatal("bad pointer record, or input is not seekable")
-                    offset = target
+                offset = follow(payload) or offset
                 continue
         if rtype in (r.REC_TYPE_CONT, r.REC_TYPE_NORM):
             if (state == ST_HEADER and flags & (PRINT_HEADER | PRINT_BODY)
@@ -151,12 +157,7 @@ def postcat(data: bytes, path: str, flags: int, verbose: bool, out: list[bytes],
             if do_print:
                 out.append(prefix(here, rtype) + label(rtype) + b": " + payload + b"\n")
             if not flags & RAW:
-                target = _ptr(payload)
-                if target:
-                    jumps += 1
-                    if jumps > 100000:
-                        log.fatal("bad pointer record, or input is not seekable")
-                    offset = target
+                offset = follow(payload) or offset
             continue
         elif rtype == r.REC_TYPE_SIZE:
             if do_print:
