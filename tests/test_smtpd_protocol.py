@@ -157,3 +157,24 @@ def test_lost_connection_is_logged(tmp_path: Path) -> None:
         assert "lost connection after DATA (5 bytes) from localhost[127.0.0.1]" in log
         assert "disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=0/1 commands=3/4" in log
     run(go())
+
+
+def test_smtpd_timeout_per_read(tmp_path: Path) -> None:
+    """smtpd_timeout bounds each wait for input, not the session: slow but steady
+    clients go on; a client that stops gets Postfix's 421 and log line."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_timeout="1s") as (fake, c, maillog):
+            assert await c.reply() == "220 mx.example ESMTP Postfix"
+            for cmd in ("EHLO client.example\r\n", "NOOP\r\n", "NOOP\r\n", "NOOP\r\n"):
+                await asyncio.sleep(0.4)  # together more than smtpd_timeout
+                assert (await c.cmd(cmd)).splitlines()[-1] in ("250 SMTPUTF8", "250 2.0.0 Ok")
+            assert await c.cmd("MAIL FROM:<a@b.c>\r\n") == "250 2.1.0 Ok"
+            assert await c.reply() == "421 4.4.2 mx.example Error: timeout exceeded"
+            assert await c.closed()
+        await asyncio.sleep(0.05)
+        log = maillog.read_text()
+        assert "postfix/smtpd[" in log
+        assert "]: timeout after MAIL from localhost[127.0.0.1]\n" in log
+        assert ("]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 noop=3 commands=5\n"
+                in log)
+    run(go())

@@ -215,6 +215,7 @@ class Session:
         except Hangup:
             pass
         finally:
+            self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
             try:
                 if not self._writer.is_closing():

@@ -69,7 +69,8 @@ class Data:
 class InputBuffer:
     """A client's unread input."""
 
-    __slots__ = ("reader", "buf", "pos", "bare_lf", "timeout")
+    __slots__ = ("reader", "buf", "pos", "bare_lf", "timeout", "deadline", "timer", "task",
+                 "expired")
 
     def __init__(self, reader: asyncio.StreamReader, timeout: float = 0.0) -> None:
         self.reader = reader
@@ -77,12 +78,54 @@ class InputBuffer:
         self.pos = 0
         self.bare_lf = False
         self.timeout = timeout  # per read; TimeoutError when it passes
+        self.deadline = 0.0  # while a read waits: when it times out
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[object] | None = None
+        self.expired = False
 
     async def _read(self) -> bytes:
+        """One read of up to CHUNK bytes; TimeoutError after ``timeout`` seconds.
+
+        Instead of a timer per read (asyncio.timeout: an object, a timer armed
+        and cancelled, per command), one timer per session is armed at the
+        first read and, when it fires early, re-armed for the current read's
+        deadline. The owner calls ``close()`` to drop it.
+        """
         if not self.timeout:
             return await self.reader.read(CHUNK)
-        async with asyncio.timeout(self.timeout):
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.timeout
+        if self.timer is None:
+            self.task = asyncio.current_task()
+            self.timer = loop.call_at(self.deadline, self._on_timer)
+        try:
             return await self.reader.read(CHUNK)
+        except asyncio.CancelledError:
+            if self.expired and self.task is not None:
+                self.expired = False
+                self.task.uncancel()
+                raise TimeoutError from None
+            raise
+        finally:
+            self.deadline = 0.0
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if not self.deadline or self.task is None:
+            return  # no read waits: the next one re-arms
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.deadline:
+            self.expired = True
+            self.task.cancel()
+        else:
+            self.timer = loop.call_at(self.deadline, self._on_timer)
+
+    def close(self) -> None:
+        """Drop the timer (it would keep this buffer alive until it fires)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.task = None
 
     def pending(self) -> bool:
         return len(self.buf) > self.pos
