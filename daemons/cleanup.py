@@ -306,7 +306,7 @@ class Cleanup:
             log.warning(f"{queue_id}: write queue file: {e.strerror}")
             return _reply(*ERR_WRITE)
         if not hold:
-            self.qmgr.kick()
+            self.qmgr.kick(queue_id)
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
 

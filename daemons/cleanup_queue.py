@@ -15,11 +15,16 @@ final place and fsynced. On any error it closes and unlinks the file and
 raises ``OSError``; a failed fsync is never retried. ``discard(fd, path)``
 removes a file that will not be committed.
 
-``QmgrTrigger.kick()`` asks for one ``I`` (scan incoming) wake-up; the kicks of
-one event-loop turn become one byte written on a connection to public/qmgr
-that stays open (the trigger server reads bytes until end of file, so each
-byte is one wake-up). A broken or refused connection is reopened on the next
-kick; a qmgr that is not running is not an error (its timer catches up).
+``QmgrTrigger.kick(queue_id)`` tells qmgr about one new file in incoming/; the
+kicks of one event-loop turn become one write on a connection to public/qmgr
+that stays open (the trigger server reads bytes until end of file). Each file
+is named as ``<HEX>``, the queue ID in lower-case hex (``named_ids``): qmgr
+then takes the file without scanning incoming/. The record uses no byte that
+is a trigger request (``I`` ``W`` ``D`` ``A`` ``F``), so plain trigger bytes from
+postqueue and master keep working on the same socket, and a record that a
+read cuts in two only makes qmgr scan incoming/ instead. ``kick()`` without
+an ID sends a plain ``I``. A broken or refused connection is reopened on the
+next kick; a qmgr that is not running is not an error (its timer catches up).
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
             else:
                 views[0] = views[0][n:]
                 n = 0
+
+
+def named_ids(queue_ids: list[str]) -> bytes:
+    """Trigger records that name new queue files: ``<HEX>`` per queue ID."""
+    return b"".join(b"<" + qid.encode("ascii").hex().encode("ascii") + b">"
+                    for qid in queue_ids)
 
 
 def _fsync_close(fd: int) -> None:
@@ -162,9 +173,15 @@ class QmgrTrigger:
         self._watch: asyncio.Task[None] | None = None
         self._wanted = False
         self._sending = False
+        self._ids: list[str] = []
+        self._plain = False
         self.sent = 0
 
-    def kick(self) -> None:
+    def kick(self, queue_id: str | None = None) -> None:
+        if queue_id is None or not self.persistent:
+            self._plain = True
+        else:
+            self._ids.append(queue_id)
         if self._wanted:
             return
         self._wanted = True
@@ -180,6 +197,8 @@ class QmgrTrigger:
         try:
             while self._wanted:
                 self._wanted = False
+                ids, self._ids = self._ids, []
+                plain, self._plain = self._plain, False
                 if not self.persistent:
                     if await trigger.async_trigger(self.path, trigger.SCAN_INCOMING):
                         self.sent += 1
@@ -187,7 +206,7 @@ class QmgrTrigger:
                 writer = await self._connection()
                 if writer is None:
                     continue
-                writer.write(trigger.SCAN_INCOMING)
+                writer.write((trigger.SCAN_INCOMING if plain else b"") + named_ids(ids))
                 self.sent += 1
         finally:
             self._sending = False

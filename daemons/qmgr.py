@@ -10,7 +10,10 @@ SYNOPSIS
 DESCRIPTION
     qmgr is a resident trigger server on ``public/qmgr``. At start it moves
     every file in active/ back to incoming/ (crash recovery), then scans
-    incoming/ and deferred/. Trigger bytes: ``I`` scan incoming, ``D`` scan
+    incoming/ and deferred/. cleanup names each new file in its trigger as
+    ``<HEX>`` (the queue ID in lower-case hex, ``cleanup_queue.named_ids``):
+    qmgr takes those files without scanning incoming/ (a record cut off or
+    damaged in transit falls back to a scan). Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
     ``F`` forget dead destinations (none are tracked yet), ``W`` wake up: scan
     incoming, and deferred once every ``queue_run_delay`` (also on its own
@@ -81,9 +84,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pymailsys import log, params, server, status_log
@@ -139,6 +145,7 @@ class Message:
     env: Envelope
     active_time: float
     common: list[tuple[str, AttrValue]]
+    fresh: bool = False  # named by cleanup's trigger: no status logs can exist yet
     deferred: int = 0
     sent: int = 0
     bounced: int = 0
@@ -167,24 +174,67 @@ class Limiter:
                 del self.entries[key]
 
 
-class AgentPool:
-    """A few long-lived pipelined connections to one transport's socket."""
+class _Conn:
+    __slots__ = ("client", "load", "last_used")
 
-    def __init__(self, path: str, size: int, timeout: float) -> None:
-        self.clients = [AttrClient(path, timeout) for _ in range(size)]
-        self.load = [0] * size
+    def __init__(self, client: AttrClient) -> None:
+        self.client = client
+        self.load = 0
+        self.last_used = time.monotonic()
+
+
+class AgentPool:
+    """Long-lived pipelined connections to one transport's socket, one per busy agent.
+
+    A request goes to the least-loaded connection; when every connection is busy
+    and there are fewer than ``limit``, a new one is opened (master starts one
+    agent process per connection for one-client agents such as local), so the
+    number of agents working in parallel follows the concurrency qmgr wants.
+    ``reap`` closes connections beyond ``keep`` that stayed idle.
+    """
+
+    def __init__(self, path: str, limit: int, timeout: float,
+                 keep: int = AGENT_CONNECTIONS) -> None:
+        self.path = path
+        self.limit = max(limit, 1)
+        self.timeout = timeout
+        self.keep = max(min(keep, self.limit), 1)
+        self.conns: list[_Conn] = []
+
+    def _pick(self) -> _Conn:
+        best: _Conn | None = None
+        for c in self.conns:
+            if best is None or c.load < best.load:
+                best = c
+                if c.load == 0:
+                    break
+        if best is None or (best.load > 0 and len(self.conns) < self.limit):
+            best = _Conn(AttrClient(self.path, self.timeout))
+            self.conns.append(best)
+        return best
 
     async def request(self, attrs: list[tuple[str, AttrValue]]):  # type: ignore[no-untyped-def]
-        i = min(range(len(self.clients)), key=self.load.__getitem__)
-        self.load[i] += 1
+        conn = self._pick()
+        conn.load += 1
         try:
-            return await self.clients[i].request(attrs)
+            return await conn.client.request(attrs)
         finally:
-            self.load[i] -= 1
+            conn.load -= 1
+            conn.last_used = time.monotonic()
+
+    async def reap(self, idle: float) -> None:
+        """Close connections beyond ``keep`` that have been idle for ``idle`` seconds."""
+        now = time.monotonic()
+        for c in list(self.conns):
+            if len(self.conns) <= self.keep:
+                break
+            if c.load == 0 and now - c.last_used >= idle:
+                self.conns.remove(c)
+                await c.client.close()
 
     async def close(self) -> None:
-        for c in self.clients:
-            await c.close()
+        for c in self.conns:
+            await c.client.close()
 
 
 class Qmgr:
@@ -214,6 +264,13 @@ class Qmgr:
         self.last_deferred_scan = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
         self._limits: dict[str, tuple[int, int]] = {}
+        self.max_idle = float(cfg.get_time("max_idle"))
+        # queue IDs named by cleanup after its trigger byte, not yet taken
+        self.named: deque[str] = deque()
+        self.partial = b""  # an ID cut off at the end of a trigger read
+        # close() of an unlinked file frees its blocks: slow, and off the event loop
+        self.closer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="close")
+        self.recently_removed: deque[str] = deque(maxlen=4096)
 
     # --- parameters per transport ---------------------------------------------------
 
@@ -236,7 +293,7 @@ class Qmgr:
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
         if p is None:
-            p = AgentPool(self.spool.private(transport), AGENT_CONNECTIONS, self.ipc_timeout)
+            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout)
             self.pools[transport] = p
             self.transport_sems[transport] = asyncio.Semaphore(self.process_limit)
         return p
@@ -251,6 +308,8 @@ class Qmgr:
                 log.warning(f"{queue_id}: cannot move from active to incoming: {e.strerror}")
 
     def trigger(self, data: bytes) -> None:
+        if self.partial or b"<" in data:
+            data = self._named_ids(data)
         for byte in data:
             ch = chr(byte)
             if ch == "I":
@@ -267,10 +326,82 @@ class Qmgr:
                     self.want_deferred = True
         self.wake.set()
 
+    def _named_ids(self, data: bytes) -> bytes:
+        """Take ``<HEX>`` queue-ID records (``cleanup_queue.named_ids``) out of trigger bytes.
+
+        Trigger reads carry no connection identity and may cut a record in two: the
+        cut-off head waits for its tail (hex digits and ``>``); a record that cannot be
+        completed makes qmgr scan incoming/ instead. Other bytes are returned as they are.
+        """
+        if self.partial:
+            tail = _RECORD_TAIL.match(data)
+            assert tail is not None
+            if tail.group(2) or len(tail.group(1)) < len(data):
+                if tail.group(2):
+                    data = self.partial + data
+                else:  # something else came first: the record's tail is lost
+                    self.want_incoming = True
+                self.partial = b""
+            elif len(self.partial) + len(data) <= 256:
+                self.partial += data
+                return b""
+            else:
+                self.partial = b""
+                self.want_incoming = True
+                return b""
+        rest = bytearray()
+        pos = 0
+        for m in _RECORD.finditer(data):
+            rest += data[pos:m.start()]
+            pos = m.end()
+            if not m.group(2):
+                if m.end() == len(data) and len(m.group(0)) <= 256:
+                    self.partial = m.group(0)
+                else:
+                    self.want_incoming = True  # a damaged record: look for the file
+                continue
+            queue_id = _unhex(m.group(1))
+            if queue_id is None:
+                self.want_incoming = True
+            else:
+                self.named.append(queue_id)
+        rest += data[pos:]
+        if len(self.named) > self.active_limit:
+            self.named.clear()
+            self.want_incoming = True
+        if self.named:
+            self.wake.set()
+        return bytes(rest)
+
+    def take_named(self) -> None:
+        """Take the files cleanup named, as far as the active limit allows."""
+        while self.named and len(self.active) < self.active_limit:
+            queue_id = self.named.popleft()
+            if queue_id in self.active or not q.valid_queue_id(queue_id):
+                continue
+            path = self.spool.path(q.INCOMING, queue_id)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if queue_id not in self.recently_removed:
+                    self.want_incoming = True  # not a file we know: scan instead
+                continue
+            if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode) \
+                    or st.st_mtime > time.time() + 1:
+                self.want_incoming = True
+                continue
+            self.take(queue_id, q.INCOMING, fresh=True)
+
     async def scanner(self) -> None:
         while not self.ctx.stopping.is_set():
             await self.wake.wait()
             self.wake.clear()
+            if self.named:
+                self.take_named()
+                if self.named:  # active limit reached: continue when a slot frees
+                    self.slot_free.clear()
+                    await self.slot_free.wait()
+                    self.wake.set()
             if self.want_incoming:
                 self.want_incoming = False
                 await self.scan(q.INCOMING)
@@ -285,6 +416,14 @@ class Qmgr:
         while not self.ctx.stopping.is_set():
             await asyncio.sleep(max(self.queue_run_delay, 1))
             self.trigger(b"W")
+
+    async def reaper(self) -> None:
+        """Let agent processes that qmgr no longer needs go (their max_idle applies)."""
+        idle = max(self.max_idle, 1.0)
+        while not self.ctx.stopping.is_set():
+            await asyncio.sleep(min(idle, 60.0))
+            for p in list(self.pools.values()):
+                await p.reap(idle)
 
     def candidates(self, queue: str, ignore_time: bool) -> list[str]:
         """Complete files in a queue that are due, oldest first."""
@@ -340,7 +479,7 @@ class Qmgr:
 
     # --- one message ------------------------------------------------------------------
 
-    def take(self, queue_id: str, queue: str) -> None:
+    def take(self, queue_id: str, queue: str, fresh: bool = False) -> None:
         """Move a file into the active queue and start its deliveries."""
         try:
             path = self.spool.move(queue_id, queue, q.ACTIVE)
@@ -371,13 +510,14 @@ class Qmgr:
             return
         del data
         fcntl.flock(fd, fcntl.LOCK_SH)
-        status_log.remove(self.spool, q.DEFER, queue_id)
+        if not fresh:
+            status_log.remove(self.spool, q.DEFER, queue_id)
         pending = env.pending()
         log.info(f"{queue_id}: from=<{env.sender}>, size={env.message_size}, "
                  f"nrcpt={len(pending)} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
                                env.arrival, now, env.sender)
-        msg = Message(queue_id, path, fd, env, now, common)
+        msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
         self.spawn(self.run_message(msg, pending))
 
@@ -401,13 +541,17 @@ class Qmgr:
             log.warning(f"{queue_id}: cannot move to corrupt: {e.strerror}")
 
     async def run_message(self, msg: Message, pending: list[Recipient]) -> None:
+        removed = False
         try:
-            if pending:
+            if len(pending) == 1:
+                await self.deliver(msg, pending[0])
+            elif pending:
                 await asyncio.gather(*(self.deliver(msg, rc) for rc in pending))
-            await self.finish(msg)
+            removed = await self.finish(msg)
         finally:
-            with contextlib.suppress(OSError):
-                os.close(msg.fd)
+            if not removed:
+                with contextlib.suppress(OSError):
+                    os.close(msg.fd)
             self.active.pop(msg.queue_id, None)
             self.slot_free.set()
 
@@ -478,22 +622,27 @@ class Qmgr:
         except OSError as e:
             log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
 
-    async def finish(self, msg: Message) -> None:
+    async def finish(self, msg: Message) -> bool:
+        """Remove, defer or bounce a message; True when the file is being removed
+        (its descriptor then belongs to the remover)."""
         queue_id = msg.queue_id
         now = time.time()
         env = msg.env
+        if msg.fresh and not msg.deferred and not msg.bounced and msg.sent:
+            self.remove(msg)  # the common case: no status logs can exist
+            return True
         bounce_path = self.spool.path(q.BOUNCE, queue_id)
         if os.path.exists(bounce_path):
             entries = status_log.read(bounce_path)
             if not await self.nondelivery(msg, entries, expired=False):
                 self.defer_message(msg, now)
-                return
+                return False
             status_log.remove(self.spool, q.BOUNCE, queue_id)
         if any(not rc.done for rc in env.recipients):
             lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
             if now - env.arrival < lifetime:
                 self.defer_message(msg, now)
-                return
+                return False
             log.info(f"{queue_id}: from=<{env.sender}>, status=expired, returned to sender")
             entries = status_log.read(self.spool.path(q.DEFER, queue_id))
             if not entries:
@@ -502,14 +651,16 @@ class Qmgr:
                            for rc in env.recipients if not rc.done]
             if not await self.nondelivery(msg, entries, expired=True):
                 self.defer_message(msg, now)
-                return
+                return False
         for queue in (q.DEFER, q.BOUNCE):
             status_log.remove(self.spool, queue, queue_id)
-        try:
-            os.unlink(msg.path)
-        except FileNotFoundError:
-            pass
-        log.info(f"{queue_id}: removed")
+        self.remove(msg)
+        return True
+
+    def remove(self, msg: Message) -> None:
+        """Unlink the queue file and close it in a worker thread, then log ``removed``."""
+        self.recently_removed.append(msg.queue_id)
+        self.closer.submit(_unlink_close, msg.path, msg.fd, msg.queue_id)
 
     def defer_message(self, msg: Message, now: float) -> None:
         delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
@@ -571,6 +722,32 @@ class Qmgr:
                 break
             out.append(line)
         return out
+
+
+_RECORD = re.compile(rb"<([0-9a-f]*)(>?)")
+_RECORD_TAIL = re.compile(rb"([0-9a-f]*)(>?)")
+
+
+def _unhex(data: bytes) -> str | None:
+    try:
+        text = bytes.fromhex(data.decode("ascii")).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return text if q.valid_queue_id(text) else None
+
+
+def _unlink_close(path: str, fd: int, queue_id: str) -> None:
+    """Worker thread: no fsync needed (a crash before the unlink may repeat a delivery,
+    and local recognises its own earlier Maildir write)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning(f"{queue_id}: remove {path}: {e.strerror}")
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    log.info(f"{queue_id}: removed")
 
 
 def nondelivery_message(config, queue_id: str, env: Envelope,  # type: ignore[no-untyped-def]
@@ -644,14 +821,18 @@ async def _on_start(ctx: server.Context) -> None:
     mgr.recover()
     ctx.state["scanner"] = asyncio.ensure_future(mgr.scanner())
     ctx.state["timer"] = asyncio.ensure_future(mgr.timer())
+    ctx.state["reaper"] = asyncio.ensure_future(mgr.reaper())
     mgr.trigger(b"ID")  # everything in incoming; deferred mail whose time has come
 
 
 async def _on_stop(ctx: server.Context) -> None:
-    for name in ("scanner", "timer"):
+    for name in ("scanner", "timer", "reaper"):
         task = ctx.state.get(name)
         if task is not None:
             task.cancel()
+    mgr = ctx.state.get("qmgr")
+    if mgr is not None:
+        mgr.closer.shutdown(wait=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -311,10 +311,34 @@ def test_twenty_pipelined_requests_on_one_connection(cleanup: Setup) -> None:
 
 
 def test_qmgr_is_woken_on_public_qmgr(cleanup: Setup) -> None:
-    _send(cleanup, _smtpd_request())
+    """The trigger names the new file: ``<queue ID in lower-case hex>``, no plain letters."""
+    reply = _send(cleanup, _smtpd_request())
+    record = "<" + reply["queue_id"].encode().hex() + ">"
     wait_until(lambda: "postfix/triggerlog[" in cleanup.log_text()
-               and "trigger 'I' on qmgr" in cleanup.log_text(), timeout=30,
-               what="qmgr trigger")
+               and record in cleanup.log_text(), timeout=30, what="qmgr trigger")
+    assert set(record[1:-1]) <= set("0123456789abcdef")
+
+
+def test_named_ids_survive_a_cut_and_plain_bytes() -> None:
+    """qmgr takes named IDs from trigger reads cut anywhere; plain bytes still count."""
+    from pymailsys.daemons.cleanup_queue import named_ids
+    from pymailsys.daemons.qmgr import Qmgr
+
+    ids = ["4ZxQ2BcD3Fz1", "3F2A11C0D7E"]
+    data = named_ids(ids)
+    assert not set(data) & set(b"IWDAF")
+    for cut in range(len(data) + 1):
+        mgr = Qmgr.__new__(Qmgr)
+        mgr.partial, mgr.named, mgr.active_limit = b"", __import__("collections").deque(), 100
+        mgr.want_incoming = False
+        mgr.wake = __import__("asyncio").Event()
+        assert mgr._named_ids(data[:cut]) == b""
+        assert mgr._named_ids(data[cut:] + b"W") == b"W"
+        assert list(mgr.named) == ids and not mgr.want_incoming
+    # a record interrupted by another client's bytes: those still count, and qmgr scans
+    mgr._named_ids(data[:5])
+    rest = mgr._named_ids(b"AD")
+    assert mgr.want_incoming and rest == b"AD"
 
 
 # -- pure parts -----------------------------------------------------------------

@@ -369,3 +369,46 @@ def test_crash_qmgr_and_local_under_load(system) -> None:  # type: ignore[no-unt
           f"requests-lost-with-local={transport_errors} skipped-locked={log.count('skipped, still')}")
     assert duplicates == 0
     wait_until(s.queue_empty, 60, what="empty queue")
+
+
+def test_agent_pool_opens_a_connection_per_busy_agent(tmp_path: Path) -> None:
+    """Requests go to an idle connection; all busy: a new one, up to the limit."""
+    import asyncio
+
+    from pymailsys.daemons.qmgr import AgentPool
+
+    from pymailsys.attr import serve_pipelined
+
+    async def run() -> tuple[int, int, list[int]]:
+        path = str(tmp_path / "agent")
+        clients: list[int] = []
+        busy = 0
+        peak = 0
+
+        async def handler(attrs):  # type: ignore[no-untyped-def]
+            nonlocal busy, peak
+            busy += 1
+            peak = max(peak, busy)
+            await asyncio.sleep(0.05)
+            busy -= 1
+            return {"status": 0}
+
+        async def serve(reader, writer):  # type: ignore[no-untyped-def]
+            clients.append(1)
+            await serve_pipelined(reader, writer, handler)
+
+        srv = await asyncio.start_unix_server(serve, path)
+        pool = AgentPool(path, limit=3, timeout=10, keep=1)
+        await asyncio.gather(*(pool.request([("x", "1")]) for _ in range(6)))
+        opened = len(pool.conns)
+        loads = [c.load for c in pool.conns]
+        await pool.reap(0)
+        left = len(pool.conns)
+        await pool.close()
+        srv.close()
+        return opened, left, [peak, len(clients)] + loads
+
+    opened, left, info = asyncio.run(run())
+    assert opened == 3, info  # never more than the limit
+    assert info[1] == 3, info  # three agents, requests spread over them
+    assert left == 1  # idle connections beyond "keep" are closed
