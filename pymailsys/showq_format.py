@@ -151,10 +151,6 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
     return msg
 
 
-def _ready(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and (st.st_mode & 0o700) == 0o700
-
-
 def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
                queues: Iterable[str] = SHOWQ_QUEUES) -> list[QueuedMessage]:
     out: list[QueuedMessage] = []
@@ -165,7 +161,7 @@ def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
                 st = os.lstat(path)
             except OSError:
                 continue
-            if not _ready(st):
+            if not stat.S_ISREG(st.st_mode) or not queue.is_complete(st.st_mode):
                 continue
             msg = read_message(spool, queue_name, queue_id, path, st, empty_addr)
             if msg is not None:

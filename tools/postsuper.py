@@ -74,7 +74,8 @@ def say(text: str) -> None:
 
 
 def ready(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and (st.st_mode & 0o700) == 0o700
+    """A complete message file (queue.is_complete), not one still being written."""
+    return stat.S_ISREG(st.st_mode) and queue.is_complete(st.st_mode)
 
 
 class Locked(Exception):
