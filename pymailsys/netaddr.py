@@ -44,6 +44,7 @@ REFUSES
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import socket
 import struct
@@ -56,8 +57,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress | None:
-    """An IP address from a client string (brackets, IPv6 scope and ipv6: prefix allowed)."""
+    """An IP address from a client string (brackets, IPv6 scope and ipv6: prefix allowed).
+
+    Cached: the same client address is parsed for every check of a session
+    (mynetworks once per RCPT); the answers are immutable.
+    """
     t = text.strip()
     if t.startswith("[") and t.endswith("]"):
         t = t[1:-1]

@@ -167,6 +167,7 @@ class Resolver:
         self.default_transport = _split_transport(config.get("default_transport"))
         self._transport_maps: maps.Maps | None = None
         self.delimiter = config.get("recipient_delimiter")
+        self.has_transport_maps = bool(config.get("transport_maps"))
 
     @property
     def interfaces(self) -> set[str]:
@@ -251,7 +252,7 @@ class Resolver:
         transport = spec[0]
         if class_ == CLASS_LOCAL:
             nexthop = spec[1] or self.myhostname
-        if class_ != CLASS_ALIAS and self.config.get("transport_maps"):
+        if class_ != CLASS_ALIAS and self.has_transport_maps:
             found = self._transport_lookup(local, domain)
             if found is not None:
                 t, _, n = found.partition(":")

@@ -46,7 +46,6 @@ REFUSES
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -204,6 +203,7 @@ class Engine:
         self.delay_reject = config.get_bool("smtpd_delay_reject")
         self.reject_unlisted_rcpt = config.get_bool("smtpd_reject_unlisted_recipient")
         self.reject_unlisted_sender = config.get_bool("smtpd_reject_unlisted_sender")
+        self.local_recipient_maps = bool(config.get_list("local_recipient_maps"))
         self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")
         self.resolver = resolve.resolver_for(config)
         self.mynetworks = netaddr.mynetworks(config)
@@ -276,10 +276,13 @@ class Engine:
     async def run_entries(self, entries: list[_Entry], req: Request) -> Result | None:
         for entry in entries:
             outcome = entry.spec.func(self, req, entry)
-            if inspect.isawaitable(outcome):
+            if outcome is None:
+                continue
+            if not isinstance(outcome, Result):  # a coroutine (policy, DNS, nested list)
                 outcome = await outcome
-            if outcome is not None:
-                return outcome  # type: ignore[return-value]
+                if outcome is None:
+                    continue
+            return outcome
         return None
 
     async def check_client(self, req: Request) -> Result | None:
@@ -373,7 +376,7 @@ class Engine:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         try:
             if r.class_ == resolve.CLASS_LOCAL:
-                if not self.config.get_list("local_recipient_maps"):
+                if not self.local_recipient_maps:
                     return None
                 table = self._maps("local_recipient_maps")
                 if not r.recipient.rpartition("@")[0]:
