@@ -176,6 +176,14 @@ class Session:
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
         self._writer.write(data + b"\r\n")
         if not self.input.pending():
+            await self._drain()
+
+    async def _drain(self) -> None:
+        # StreamWriter.drain() only waits while the transport's buffer is over its
+        # high-water mark and only raises once the connection is closing: with
+        # the reply already in the kernel (the usual case) it has nothing to do.
+        transport = self._writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
             await self._writer.drain()
 
     async def reply_error(self, text: str) -> bool:
@@ -344,7 +352,7 @@ class Session:
         if esmtp:
             self._writer.write(self.smtpd.ehlo_reply)
             if not self.input.pending():
-                await self._writer.drain()
+                await self._drain()
         else:
             await self.push(f"250 {self.smtpd.myhostname}")
         return True
