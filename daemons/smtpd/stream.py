@@ -70,7 +70,7 @@ class InputBuffer:
     """A client's unread input."""
 
     __slots__ = ("reader", "buf", "pos", "bare_lf", "timeout", "deadline", "timer", "task",
-                 "expired")
+                 "expired", "loop")
 
     def __init__(self, reader: asyncio.StreamReader, timeout: float = 0.0) -> None:
         self.reader = reader
@@ -82,6 +82,7 @@ class InputBuffer:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[object] | None = None
         self.expired = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def _read(self) -> bytes:
         """One read of up to CHUNK bytes; TimeoutError after ``timeout`` seconds.
@@ -93,10 +94,12 @@ class InputBuffer:
         """
         if not self.timeout:
             return await self.reader.read(CHUNK)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.timeout
         if self.timer is None:
-            self.task = asyncio.current_task()
+            self.task = asyncio.current_task(loop)
             self.timer = loop.call_at(self.deadline, self._on_timer)
         try:
             return await self.reader.read(CHUNK)
@@ -113,7 +116,8 @@ class InputBuffer:
         self.timer = None
         if not self.deadline or self.task is None:
             return  # no read waits: the next one re-arms
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         if loop.time() >= self.deadline:
             self.expired = True
             self.task.cancel()
