@@ -34,7 +34,9 @@ class _State:
     fd: int | None = None
     use_syslog = False
     stderr = False
-    pid_suffix = ""
+    prefix = "localhost postfix[0]: "  # "host tag[pid]: ", fixed per process
+    stamp = ""
+    stamp_second = -1
 
 
 _state = _State()
@@ -47,6 +49,7 @@ def init(config, program: str, stderr: bool = False) -> None:  # type: ignore[no
     _state.tag = f"{name}/{program}"
     _state.host = config.get("myhostname").split(".")[0]
     _state.stderr = stderr
+    _state.prefix = f"{_state.host} {_state.tag}[{os.getpid()}]: "
     path = config.get("maillog_file")
     if _state.fd is not None:
         os.close(_state.fd)
@@ -83,8 +86,11 @@ def tag() -> str:
 
 def _emit(priority: int, text: str) -> None:
     if _state.fd is not None:
-        stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
-        line = f"{stamp} {_state.host} {_state.tag}[{os.getpid()}]: {text}\n"
+        now = int(time.time())
+        if now != _state.stamp_second:
+            _state.stamp_second = now
+            _state.stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
+        line = f"{_state.stamp} {_state.prefix}{text}\n"
         try:
             os.write(_state.fd, line.encode("utf-8", "replace"))
         except OSError:

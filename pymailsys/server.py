@@ -376,6 +376,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         # no master to start another process for the next client: take them all
         client_limit = max(client_limit, 1000)
     prepared = pre_init(cfg) if pre_init is not None else None
+    _use_fast_loop()  # before the privilege drop: the interpreter's files may be root's alone
     if "-u" in flags:
         drop_privileges(cfg)
     ctx = Context(cfg, Spool.from_config(cfg), program, service, transport, rest,
@@ -383,7 +384,6 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     if pre_init is not None:
         ctx.state["pre_init"] = prepared
     try:
-        _use_fast_loop()
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
                           client_limit))
     except KeyboardInterrupt:

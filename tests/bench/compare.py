@@ -11,7 +11,7 @@ What it does, in one run:
 
 - installs Debian's ``postfix`` package if /usr/sbin/postfix or smtp-source is
   missing (debconf "No configuration": the system instance stays unconfigured);
-- creates a throw-away local account ``benchuser`` (removed at the end);
+- creates a throw-away local account ``benchNNNNN`` (one per run, so runs never share it) (removed at the end);
 - writes a throw-away Postfix instance (own config_directory, queue_directory,
   data_directory, maillog_file under a temp dir; minimal master.cf without
   chroot; smtpd on a free 127.0.0.1 port; ``mail_spool_directory = DIR/mail/``
@@ -94,7 +94,7 @@ PF_POSTFIX = "/usr/sbin/postfix"
 PF_POSTCONF = "/usr/sbin/postconf"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
-BENCH_USER = "benchuser"
+BENCH_USER = f"bench{os.getpid() % 100000}"  # per run: concurrent runs must not share an account
 BENCH_GECOS = "pymailsys benchmark (throw-away)"
 LOOPBACK = "127.0.0.1"
 SENDER = "sender@example.org"
