@@ -129,10 +129,10 @@ class Cleanup:
     """The service: one ``handle`` call per request."""
 
     def __init__(self, ctx: server.Context, *, grouped: bool = True,
-                 persistent_trigger: bool = True) -> None:
+                 persistent_trigger: bool = True, fsync_threads: int = 1) -> None:
         self.ctx = ctx
         self.s = Settings(ctx.config)
-        self.writer = QueueWriter(ctx.spool, grouped=grouped)
+        self.writer = QueueWriter(ctx.spool, threads=fsync_threads, grouped=grouped)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
         self._space_checked = 0.0
         self._space_ok = True
@@ -313,7 +313,9 @@ class Cleanup:
 async def _start(ctx: server.Context) -> None:
     grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
     persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
-    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
+    threads = int(os.environ.get("PYMAILSYS_CLEANUP_FSYNC_THREADS") or 1)  # experiments
+    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent,
+                                   fsync_threads=threads)
 
 
 async def _stop(ctx: server.Context) -> None:

@@ -86,11 +86,12 @@ import fcntl
 import os
 import re
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 from pymailsys import log, params, server, status_log
 from pymailsys import queue as q
@@ -269,7 +270,10 @@ class Qmgr:
         self.named: deque[str] = deque()
         self.partial = b""  # an ID cut off at the end of a trigger read
         # close() of an unlinked file frees its blocks: slow, and off the event loop
-        self.closer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="close")
+        self.closer: SimpleQueue[tuple[str, int, str] | None] = SimpleQueue()
+        self.closer_thread = threading.Thread(target=_closer, args=(self.closer,),
+                                              name="close", daemon=True)
+        self.closer_thread.start()
         self.recently_removed: deque[str] = deque(maxlen=4096)
 
     # --- parameters per transport ---------------------------------------------------
@@ -660,7 +664,7 @@ class Qmgr:
     def remove(self, msg: Message) -> None:
         """Unlink the queue file and close it in a worker thread, then log ``removed``."""
         self.recently_removed.append(msg.queue_id)
-        self.closer.submit(_unlink_close, msg.path, msg.fd, msg.queue_id)
+        self.closer.put((msg.path, msg.fd, msg.queue_id))
 
     def defer_message(self, msg: Message, now: float) -> None:
         delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
@@ -734,6 +738,11 @@ def _unhex(data: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return text if q.valid_queue_id(text) else None
+
+
+def _closer(jobs: SimpleQueue[tuple[str, int, str] | None]) -> None:
+    while (job := jobs.get()) is not None:
+        _unlink_close(*job)
 
 
 def _unlink_close(path: str, fd: int, queue_id: str) -> None:
@@ -832,7 +841,8 @@ async def _on_stop(ctx: server.Context) -> None:
             task.cancel()
     mgr = ctx.state.get("qmgr")
     if mgr is not None:
-        mgr.closer.shutdown(wait=True)
+        mgr.closer.put(None)
+        mgr.closer_thread.join()
 
 
 def main(argv: list[str] | None = None) -> None:

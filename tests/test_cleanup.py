@@ -431,3 +431,33 @@ def test_write_error_is_451_and_leaves_no_file(tmp_path: Path) -> None:
                 proc.terminate()
                 proc.wait(timeout=10)
         subprocess.run(["umount", str(spool)], check=False)
+
+
+def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
+    """Many commits at once: each returns with its file complete, in place and written."""
+    import asyncio
+
+    from pymailsys.daemons.cleanup_queue import QueueWriter
+
+    from pymailsys import queue as q
+
+    (tmp_path / q.INCOMING).mkdir()
+    (tmp_path / q.HOLD).mkdir()
+    spool = q.Spool(str(tmp_path))
+
+    async def run() -> list[str]:
+        writer = QueueWriter(spool)
+        try:
+            async def one(n: int) -> str:
+                _qid, path, fd = writer.create()
+                return await writer.commit(fd, path, [b"file %d\n" % n],
+                                           q.HOLD if n == 0 else q.INCOMING)
+            return await asyncio.gather(*(one(n) for n in range(20)))
+        finally:
+            writer.close()
+
+    paths = asyncio.run(run())
+    assert "/hold/" in paths[0] and all("/incoming/" in p for p in paths[1:])
+    for n, p in enumerate(paths):
+        assert Path(p).read_bytes() == b"file %d\n" % n
+        assert q.is_complete(os.stat(p).st_mode)
