@@ -49,6 +49,8 @@ So a copy is stored exactly once whatever the moment of a kill -9. A power
 failure can lose a marker that was not synced: then the mail may come twice,
 never zero times. Markers live outside the Maildir (the caller's directory,
 ``MarkerStore``) and are removed by the agent once the queue file is gone.
+A missing tmp/ or new/ is made when the create or the link finds it missing
+(as Postfix does), not checked before every delivery.
 """
 
 from __future__ import annotations
@@ -325,6 +327,21 @@ def make_maildir(maildir: str) -> None:
             raise _os_error(e, "4.2.0", f"create maildir file {path}") from None
 
 
+def _create(tmp: str, maildir: str) -> int:
+    """O_EXCL create in tmp/; a missing Maildir is made on the way (as Postfix does)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(tmp, flags, 0o600)
+    except FileNotFoundError:
+        make_maildir(maildir)
+    except OSError as e:
+        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+    try:
+        return os.open(tmp, flags, 0o600)
+    except OSError as e:
+        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+
+
 def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: str | None = None,
                     marker: MarkerStore | None = None, size_limit: int = 0) -> str:
     """Store data as one new message in maildir; returns the path of the new/ file."""
@@ -332,7 +349,6 @@ def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: 
     host = _hostname(host)
     if size_limit and len(data) > size_limit:
         raise MailboxError("5.2.2", "error writing message: File too large")
-    make_maildir(maildir)
     tmpdir = os.path.join(maildir, "tmp")
     newdir = os.path.join(maildir, "new")
     use_marker = key is not None and marker is not None
@@ -342,15 +358,12 @@ def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: 
         done = marker.get(key)
         if done is not None:
             return _finish_marked(tmp, os.path.join(newdir, done))
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(tmp)
     else:
         _counter += 1
         tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as e:
-        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+    fd = _create(tmp, maildir)
     try:
         try:
             view = memoryview(data)
@@ -377,7 +390,11 @@ def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: 
                 os.unlink(tmp)
             raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
     try:
-        os.link(tmp, final)
+        try:
+            os.link(tmp, final)
+        except FileNotFoundError:
+            make_maildir(maildir)
+            os.link(tmp, final)
     except OSError as e:
         if not use_marker:
             with contextlib.suppress(OSError):
@@ -396,7 +413,11 @@ def _finish_marked(tmp: str, final: str) -> str:
         return final  # finished earlier
     if st.st_nlink < 2:
         try:
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:
+                make_maildir(os.path.dirname(os.path.dirname(final)))
+                os.link(tmp, final)
         except FileExistsError:
             pass
         except OSError as e:

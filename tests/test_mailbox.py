@@ -156,6 +156,17 @@ def test_maildir_naming_and_bytes(tmp_path) -> None:  # type: ignore[no-untyped-
     assert st.st_mode & 0o777 == 0o600
 
 
+def test_maildir_parts_are_made_when_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md = tmp_path / "Maildir"
+    (md / "tmp").mkdir(parents=True)  # new/ and cur/ missing: made at the link
+    final = mailbox.deliver_maildir(str(md), b"one\n")
+    assert open(final, "rb").read() == b"one\n"
+    assert sorted(os.listdir(md)) == ["cur", "new", "tmp"]
+    os.rmdir(md / "tmp")  # tmp/ missing: made at the create
+    mailbox.deliver_maildir(str(md), b"two\n")
+    assert len(os.listdir(md / "new")) == 2 and os.listdir(md / "tmp") == []
+
+
 def test_maildir_under_a_file_is_temporary(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(mailbox.MailboxError) as e:
