@@ -37,12 +37,16 @@ DESCRIPTION
     unavailable`` (4.3.0), transport ``error`` bounces with its nexthop text.
 
     Delivery requests follow ``pymailsys.services``: one per recipient for
-    local (local_destination_recipient_limit 1), pipelined over a few
-    long-lived connections per transport (``AGENT_CONNECTIONS``: master starts
-    one agent process per connection), with the message's common attributes
-    built once. Concurrency: ``<transport>_destination_concurrency_limit`` (or
-    the default) requests in flight per destination (per recipient for local)
-    and ``default_process_limit`` per transport.
+    local (local_destination_recipient_limit 1), over long-lived pipelined
+    connections per transport (``AgentPool``: master starts one agent process
+    per connection for one-client agents such as local), with the message's
+    common attributes built once. Each request goes to the least-loaded
+    connection; when all are busy another is opened, up to
+    ``default_process_limit``, so there are as many agents working as requests
+    in flight; connections beyond ``AGENT_CONNECTIONS`` that stay idle for
+    ``max_idle`` are closed. Concurrency: ``<transport>_destination_concurrency_limit``
+    (or the default) requests in flight per destination (per recipient for
+    local) and ``default_process_limit`` per transport.
 
     Replies: sent and bounced mark the recipient done in place (R -> D);
     bounced appends to bounce/ID, deferred to defer/ID (Postfix's status-log
@@ -55,7 +59,9 @@ DESCRIPTION
     failed bounce (sender <>) goes to ``2bounce_notice_recipient`` or is
     dropped; a failing notification keeps the message and its bounce log for
     the next run). Then, no recipient left: unlink the file and its logs,
-    ``ID: removed``; recipients deferred: past ``maximal_queue_lifetime``
+    ``ID: removed`` (the unlink and the close, which frees the blocks, run in
+    a worker thread, without fsync: a crash before them repeats a delivery,
+    which local recognises); recipients deferred: past ``maximal_queue_lifetime``
     (``bounce_queue_lifetime`` for <>) they bounce with their defer reasons
     (``status=expired, returned to sender``), else the file moves to deferred/
     with mtime now + clamp(now - arrival, minimal_backoff_time,
