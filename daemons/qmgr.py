@@ -54,11 +54,9 @@ DESCRIPTION
     recipient (``unknown mail transport error``) and qmgr logs the line.
 
     When every request is answered: a bounce log is turned into one
-    non-delivery notification (``nondelivery``: a DSN through public/cleanup,
-    sender <>, logged ``ID: sender non-delivery notification: NEWID``; a
-    failed bounce (sender <>) goes to ``2bounce_notice_recipient`` or is
-    dropped; a failing notification keeps the message and its bounce log for
-    the next run). Then, no recipient left: unlink the file and its logs,
+    non-delivery notification by the bounce service (``nondelivery`` asks
+    private/bounce, which writes the DSN through public/cleanup; a failing
+    notification keeps the message and its bounce log for the next run). Then, no recipient left: unlink the file and its logs,
     ``ID: removed`` (the unlink and the close, which frees the blocks, run in
     a worker thread, without fsync: a crash before them repeats a delivery,
     which local recognises); recipients deferred: past ``maximal_queue_lifetime``
@@ -67,8 +65,7 @@ DESCRIPTION
     with mtime now + clamp(now - arrival, minimal_backoff_time,
     maximal_backoff_time).
 
-    The bounce service lives here, behind ``nondelivery`` (there is no
-    daemons/bounce.py yet): agents do not write status logs themselves.
+    Agents do not write status logs themselves: qmgr does, from their replies.
     Delay warnings (``delay_warning_time``) are not sent yet.
 
 SECURITY
@@ -104,13 +101,7 @@ from pymailsys import queue as q
 from pymailsys.attr import AttrClient, AttrValue, ProtocolError
 from pymailsys.delivery import DeliveryResult, log_line, message_attrs, request_attrs
 from pymailsys.queue_file import Envelope, QueueFileError, Recipient, mark_done, read_envelope_bytes
-from pymailsys.services import (
-    CLEANUP,
-    CLEANUP_FLAG_MAP_OK,
-    CLEANUP_OK,
-    STATUS_BOUNCED,
-    STATUS_DEFERRED,
-)
+from pymailsys.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
 
 PROGRAM = "qmgr"
 LOCKED_RETRY = 60.0
@@ -263,7 +254,7 @@ class Qmgr:
         self.limiter = Limiter()
         self.pools: dict[str, AgentPool] = {}
         self.transport_sems: dict[str, asyncio.Semaphore] = {}
-        self.cleanup = AttrClient(self.spool.public(CLEANUP), timeout=300)
+        self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300)
         self.want_incoming = False
         self.want_deferred = False
         self.ignore_time = False
@@ -680,58 +671,22 @@ class Qmgr:
         except OSError as e:
             log.warning(f"{msg.queue_id}: cannot move to deferred: {e.strerror}")
 
-    # --- non-delivery notifications (the bounce service, for now) ----------------------------
+    # --- non-delivery notifications: the bounce service ------------------------------
 
     async def nondelivery(self, msg: Message, entries: list[status_log.Entry],
                           expired: bool) -> bool:
-        """Send one DSN for entries; True when done (sent or deliberately dropped)."""
-        env = msg.env
+        """Ask private/bounce to return entries to the sender; True when done
+        (a notification queued, or deliberately dropped), False to retry later."""
         if not entries:
             return True
-        double_bounce = "double-bounce@" + self.config.get("myorigin")
-        if env.sender == "":
-            notice = self.config.get("2bounce_notice_recipient")
-            if not notice:
-                log.info(f"{msg.queue_id}: discarding undeliverable bounce (sender <>)")
-                return True
-            sender, rcpt, kind = double_bounce, notice, "postmaster"
-        elif env.sender.lower() == double_bounce.lower():
-            log.info(f"{msg.queue_id}: discarding undeliverable postmaster notification")
-            return True
-        else:
-            sender, rcpt, kind = "", env.sender, "sender"
         try:
-            headers = self.original_headers(msg)
-        except (OSError, QueueFileError) as e:
-            log.warning(f"{msg.queue_id}: cannot read original headers: {e}")
-            headers = []
-        content = nondelivery_message(self.config, msg.queue_id, env, entries, headers, rcpt,
-                                      expired)
-        try:
-            reply = await self.cleanup.request({
-                "origin": "bounce", "sender": sender, "rcpt": [rcpt], "content": content,
-                "rewrite_context": "local", "flags": CLEANUP_FLAG_MAP_OK})
+            reply = await self.bounce.request({
+                "request": "flush", "queue_id": msg.queue_id, "queue_name": q.ACTIVE,
+                "log": "defer" if expired else "bounce", "expired": int(expired)})
         except (ProtocolError, OSError) as e:
-            log.warning(f"{msg.queue_id}: {kind} non-delivery notification: cleanup: {e}")
+            log.warning(f"{msg.queue_id}: bounce service: {e}")
             return False
-        if reply.number("status", -1) != CLEANUP_OK:
-            log.warning(f"{msg.queue_id}: {kind} non-delivery notification: "
-                        f"{reply.text('dsn')} {reply.text('reason')}")
-            return False
-        log.info(f"{msg.queue_id}: {kind} non-delivery notification: {reply.text('queue_id')}")
-        return True
-
-    def original_headers(self, msg: Message) -> list[bytes]:
-        from pymailsys.delivery import content_from_bytes
-
-        size = os.fstat(msg.fd).st_size
-        data = os.pread(msg.fd, size - msg.env.data_offset, msg.env.data_offset)
-        out = []
-        for line in content_from_bytes(data):
-            if not line:
-                break
-            out.append(line)
-        return out
+        return reply.number("status", -1) == 0
 
 
 _RECORD = re.compile(rb"<([0-9a-f]*)(>?)")
@@ -763,67 +718,6 @@ def _unlink_close(path: str, fd: int, queue_id: str) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
     log.info(f"{queue_id}: removed")
-
-
-def nondelivery_message(config, queue_id: str, env: Envelope,  # type: ignore[no-untyped-def]
-                        entries: list[status_log.Entry], headers: list[bytes], to: str,
-                        expired: bool) -> bytes:
-    """A minimal RFC 3464 report in Postfix's words, with the original headers."""
-    host = config.get("myhostname")
-    now = time.time()
-    date = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(now))
-    arrival = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(env.arrival))
-    boundary = f"{queue_id}.{int(now)}/{host}"
-    lines = [
-        f"From: MAILER-DAEMON@{host} (Mail Delivery System)",
-        "Subject: Undelivered Mail Returned to Sender",
-        f"To: {to}",
-        f"Date: {date}",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status;\n\tboundary="{boundary}"',
-        "Content-Transfer-Encoding: 8bit",
-        "",
-        "This is a MIME-encapsulated message.",
-        "",
-        f"--{boundary}",
-        "Content-Description: Notification",
-        "Content-Type: text/plain; charset=utf-8",
-        "",
-        f"This is the mail system at host {host}.",
-        "",
-        "I'm sorry to have to inform you that your message could not",
-        "be delivered to one or more recipients. It's attached below.",
-        "",
-        "For further assistance, please send mail to postmaster.",
-        "",
-        "If you do so, please include this problem report. You can",
-        "delete your own text from the attached returned message.",
-        "",
-        "                   The mail system",
-        "",
-    ]
-    for e in entries:
-        why = e.reason
-        if expired:
-            why = f"delivery temporarily suspended: {why}" if not why.startswith("delivery") else why
-        lines.append(f"<{e.recipient}>: {why}")
-    lines += ["", f"--{boundary}", "Content-Description: Delivery report",
-              "Content-Type: message/delivery-status", "",
-              f"Reporting-MTA: dns; {host}", f"X-Postfix-Queue-ID: {queue_id}",
-              f"X-Postfix-Sender: rfc822; {env.sender}", f"Arrival-Date: {arrival}"]
-    for e in entries:
-        lines += ["", f"Final-Recipient: rfc822; {e.recipient}"]
-        if e.original_recipient:
-            lines.append(f"Original-Recipient: rfc822;{e.original_recipient}")
-        lines += ["Action: failed", f"Status: {e.status}",
-                  f"Diagnostic-Code: X-Postfix; {e.reason}"]
-    lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
-              "Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: 8bit", ""]
-    text = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
-    text += b"".join(h + b"\n" for h in headers)
-    text += f"\n--{boundary}--\n".encode()
-    return text
 
 
 async def _on_trigger(ctx: server.Context, data: bytes) -> None:

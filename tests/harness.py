@@ -118,9 +118,9 @@ class Instance:
             argv = [PYTHON, "-c",
                     "import sys; from pymailsys.tools.postmap import postalias_main as m; "
                     "sys.argv[0] = 'postalias'; sys.exit(m())"]
-        argv += ["-c", str(self.config_dir)] if name not in ("sendmail", "mailq") else []
-        if name in ("sendmail", "mailq"):
-            argv += ["-C", str(self.config_dir)]
+        # sendmail and its aliases take Postfix's sendmail flag -C; the others take -c
+        sendmail_like = name in ("sendmail", "mailq", "newaliases")
+        argv += ["-C" if sendmail_like else "-c", str(self.config_dir)]
         argv += list(args)
         if user is not None and user != ME:
             argv = ["runuser", "-u", user, "--"] + argv

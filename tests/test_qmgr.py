@@ -27,7 +27,8 @@ from pymailsys.queue_file import QueueFileBuilder, read_envelope
 
 TRANSPORT_ERROR = "unknown mail transport error"
 ME = pwd.getpwuid(os.getuid()).pw_name
-SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local"}
+SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local",
+           "bounce": "private/bounce"}
 
 
 class Standalone:
@@ -75,7 +76,7 @@ class Standalone:
                 f.write(f"{k} = {v}\n")
 
     def start(self, *names: str) -> None:
-        for name in names or ("cleanup", "local", "qmgr"):
+        for name in names or ("cleanup", "local", "bounce", "qmgr"):
             sock = self.spool_dir / SOCKETS[name]
             if sock.exists():
                 sock.unlink()
