@@ -11,7 +11,8 @@ behind.
 
 Everything is driven through real commands and sockets: the tools run as
 subprocesses (``tool``), mail goes in over SMTP (``smtp``), and assertions read
-the mailbox files, the queue directories and the log.
+the mailbox files, the queue directories and the log (``MailView``, which
+test_qmgr's standalone daemons share).
 """
 
 from __future__ import annotations
@@ -64,7 +65,49 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-class Instance:
+class MailView:
+    """What a user would look at: the log, Maildirs, queue directories.
+
+    Shared by ``Instance`` and test_qmgr's ``Standalone``; a class that mixes it in
+    sets ``log_path``, ``mail_dir`` (mail_spool_directory) and ``queue_dir``.
+    """
+
+    log_path: Path
+    mail_dir: Path
+    queue_dir: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 30, count: int = 1) -> list[str]:
+        rx = re.compile(pattern)
+
+        def found() -> list[str]:
+            lines = [line for line in self.log().splitlines() if rx.search(line)]
+            return lines if len(lines) >= count else []
+
+        return wait_until(found, timeout, what=f"log line /{pattern}/ x{count}")  # type: ignore[return-value]
+
+    def maildir(self, user: str = ME) -> Path:
+        return self.mail_dir / user
+
+    def maildir_messages(self, user: str = ME) -> list[bytes]:
+        new = self.maildir(user) / "new"
+        if not new.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir())]
+
+    def queue_ids(self, queue: str) -> list[str]:
+        out = []
+        for _dirpath, _dirs, files in os.walk(self.queue_dir / queue):
+            out.extend(files)
+        return sorted(out)
+
+
+class Instance(MailView):
     def __init__(self, base: Path | str | None = None, *, maildir: bool = True,
                  settings: dict[str, str] | None = None, port: int | None = None) -> None:
         if base is None:
@@ -206,31 +249,7 @@ class Instance:
         assert m, text
         return m.group(1).decode()
 
-    # what a user would look at -------------------------------------------------
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_log(self, pattern: str, timeout: float = 30, count: int = 1) -> list[str]:
-        rx = re.compile(pattern)
-
-        def found() -> list[str]:
-            lines = [line for line in self.log().splitlines() if rx.search(line)]
-            return lines if len(lines) >= count else []
-
-        return wait_until(found, timeout, what=f"log line /{pattern}/ x{count}")  # type: ignore[return-value]
-
-    def maildir(self, user: str = ME) -> Path:
-        return self.mail_dir / user
-
-    def maildir_messages(self, user: str = ME) -> list[bytes]:
-        new = self.maildir(user) / "new"
-        if not new.is_dir():
-            return []
-        return [p.read_bytes() for p in sorted(new.iterdir())]
-
+    # what a user would look at (and MailView's) ------------------------------------
     def wait_maildir(self, count: int, user: str = ME, timeout: float = 60) -> list[bytes]:
         def enough() -> list[bytes]:
             msgs = self.maildir_messages(user)
@@ -243,13 +262,6 @@ class Instance:
             return (self.mail_dir / user).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             return b""
-
-    def queue_ids(self, queue: str) -> list[str]:
-        base = self.queue_dir / queue
-        out = []
-        for _dirpath, _dirs, files in os.walk(base):
-            out.extend(files)
-        return sorted(out)
 
     def queue_empty(self) -> bool:
         return not any(self.queue_ids(q) for q in ("incoming", "active", "deferred", "maildrop"))

@@ -45,7 +45,7 @@ def test_mbox_exact_bytes(system) -> None:  # type: ignore[no-untyped-def]
     s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent \(delivered to mailbox\)")
     qid2 = s.queue("", [f"{ME}@localhost"], b"Subject: two\n\nsecond\n")
     s.wait_log(rf"{qid2}: removed")
-    box = (s.mail / ME).read_bytes()
+    box = (s.mail_dir / ME).read_bytes()
     first, second = re.split(rb"\n(?=From MAILER-DAEMON  )", box)
     head, rest = first.split(b"\n", 1)
     assert re.fullmatch(rb"From alice@example\.org  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", head)
@@ -54,7 +54,7 @@ def test_mbox_exact_bytes(system) -> None:  # type: ignore[no-untyped-def]
                         b"\nFrom here", b"\n>From here")  # its blank line went to the split
     assert second.split(b"\n", 1)[1].startswith(b"Return-Path: <>\n")
     assert box.endswith(b"second\n\n")
-    assert os.stat(s.mail / ME).st_mode & 0o777 == 0o600
+    assert os.stat(s.mail_dir / ME).st_mode & 0o777 == 0o600
 
 
 def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]
@@ -171,7 +171,7 @@ def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-
     common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
                            time.time(), env.sender)
     attrs = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
-    with SyncAttrClient(str(s.spool_dir / "private" / "local")) as client:
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
         first = client.request(attrs)
         second = client.request(attrs)
     assert first.text("status") == second.text("status") == "sent"
@@ -201,8 +201,8 @@ def test_maildir_written_as_the_recipient(system, local_user: str) -> None:  # t
     pw = pwd.getpwnam(local_user)
     qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
     s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to maildir\)")
-    (path,) = list((s.mail / local_user / "new").iterdir())
-    for p in (path, s.mail / local_user, s.mail / local_user / "tmp"):
+    (path,) = list((s.mail_dir / local_user / "new").iterdir())
+    for p in (path, s.mail_dir / local_user, s.mail_dir / local_user / "tmp"):
         st = os.stat(p)
         assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid), p
 
@@ -214,12 +214,12 @@ def test_mbox_written_as_the_recipient_and_symlink_refused(system, local_user: s
     pw = pwd.getpwnam(local_user)
     qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
     s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
-    st = os.stat(s.mail / local_user)
+    st = os.stat(s.mail_dir / local_user)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, pw.pw_gid, 0o600)
-    os.unlink(s.mail / local_user)
+    os.unlink(s.mail_dir / local_user)
     target = s.base / "target"
     target.write_bytes(b"")
-    os.symlink(target, s.mail / local_user)
+    os.symlink(target, s.mail_dir / local_user)
     qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
     s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=bounced \(cannot update mailbox "
                r".*file is a symbolic link\)")
@@ -229,14 +229,14 @@ def test_mbox_written_as_the_recipient_and_symlink_refused(system, local_user: s
 @pytest.mark.root
 def test_group_writable_spool_root_creates_and_chowns(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system(maildir=False)
-    os.chmod(s.mail, 0o755)  # like a root-owned /var/mail without group write
+    os.chmod(s.mail_dir, 0o755)  # like a root-owned /var/mail without group write
     s.start()
     pw = pwd.getpwnam(local_user)
     qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
     s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
-    st = os.stat(s.mail / local_user)
+    st = os.stat(s.mail_dir / local_user)
     assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
-    wait_until(lambda: not (s.mail / f"{local_user}.lock").exists(), 5, what="dotlock removed")
+    wait_until(lambda: not (s.mail_dir / f"{local_user}.lock").exists(), 5, what="dotlock removed")
 
 
 def test_standalone_is_importable() -> None:

@@ -9,7 +9,6 @@ mailbox bytes, log lines, queue directories, status logs.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import signal
 import subprocess
@@ -19,19 +18,18 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import wait_until
+from harness import ME, MailView, wait_until
 
 from pymailsys import status_log, trigger
 from pymailsys.queue import Spool
 from pymailsys.queue_file import QueueFileBuilder, read_envelope
 
 TRANSPORT_ERROR = "unknown mail transport error"
-ME = pwd.getpwuid(os.getuid()).pw_name
 SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local",
            "bounce": "private/bounce"}
 
 
-class Standalone:
+class Standalone(MailView):
     def __init__(self, base: Path | None = None, maildir: bool = True, **settings: str) -> None:
         self.base = Path(base or tempfile.mkdtemp(prefix="pymailsys-qmgr-", dir="/tmp"))
         os.chmod(self.base, 0o755)
@@ -39,14 +37,14 @@ class Standalone:
             (self.base / sub).mkdir(exist_ok=True)
         os.chmod(self.base / "mail", 0o1777)
         self.etc = self.base / "etc"
-        self.spool_dir = self.base / "spool"
-        self.mail = self.base / "mail"
+        self.queue_dir = self.base / "spool"
+        self.mail_dir = self.base / "mail"
         self.log_path = self.base / "log" / "maillog"
         self.aliases("postmaster: root\n")
         values = {
-            "queue_directory": str(self.spool_dir),
+            "queue_directory": str(self.queue_dir),
             "data_directory": str(self.base / "data"),
-            "mail_spool_directory": f"{self.mail}{'/' if maildir else ''}",
+            "mail_spool_directory": f"{self.mail_dir}{'/' if maildir else ''}",
             "maillog_file": str(self.log_path),
             "maillog_file_prefixes": str(self.base),
             "myhostname": "test.example",
@@ -60,7 +58,7 @@ class Standalone:
         from pymailsys import config, spool_setup
 
         spool_setup.create_missing(config.load(str(self.etc)))
-        self.spool = Spool(str(self.spool_dir))
+        self.spool = Spool(str(self.queue_dir))
         self.procs: dict[str, subprocess.Popen] = {}
 
     def aliases(self, text: str) -> None:
@@ -77,7 +75,7 @@ class Standalone:
 
     def start(self, *names: str) -> None:
         for name in names or ("cleanup", "local", "bounce", "qmgr"):
-            sock = self.spool_dir / SOCKETS[name]
+            sock = self.queue_dir / SOCKETS[name]
             if sock.exists():
                 sock.unlink()
             self.procs[name] = subprocess.Popen(
@@ -91,7 +89,7 @@ class Standalone:
         proc.send_signal(sig)
         proc.wait(20)
         if sig == signal.SIGKILL:
-            (self.spool_dir / SOCKETS[name]).unlink(missing_ok=True)
+            (self.queue_dir / SOCKETS[name]).unlink(missing_ok=True)
 
     def stop(self) -> None:
         for name in list(self.procs):
@@ -114,32 +112,7 @@ class Standalone:
         return qid
 
     def trigger(self, data: bytes) -> bool:
-        return trigger.send_trigger(str(self.spool_dir / "public" / "qmgr"), data)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_log(self, pattern: str, timeout: float = 30, count: int = 1) -> list[str]:
-        rx = re.compile(pattern)
-
-        def found() -> list[str]:
-            lines = [line for line in self.log().splitlines() if rx.search(line)]
-            return lines if len(lines) >= count else []
-
-        return wait_until(found, timeout, what=f"/{pattern}/ x{count}")  # type: ignore[return-value]
-
-    def maildir_messages(self, user: str = ME) -> list[bytes]:
-        new = self.mail / user / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
-
-    def queue_ids(self, queue: str) -> list[str]:
-        out: list[str] = []
-        for _d, _s, files in os.walk(self.spool_dir / queue):
-            out.extend(files)
-        return out
+        return trigger.send_trigger(str(self.queue_dir / "public" / "qmgr"), data)
 
     def queue_empty(self) -> bool:
         return not any(self.queue_ids(q) for q in ("incoming", "active", "deferred"))
@@ -198,10 +171,10 @@ def test_unavailable_transport_defers_with_status_log_and_backoff(system) -> Non
     s.wait_log(rf"{qid}: to=<bob@remote\.example>, relay=none, .*dsn=4\.3\.0, "
                r"status=deferred \(mail transport unavailable\)")
     s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=none, .*status=deferred \(mail transport unavailable\)")
-    path = s.spool_dir / "deferred" / qid[0] / qid
+    path = s.queue_dir / "deferred" / qid[0] / qid
     wait_until(path.exists, 20, what="hashed deferred file")
     assert 290 < os.stat(path).st_mtime - time.time() <= 300
-    entries = status_log.read(str(s.spool_dir / "defer" / qid[0] / qid))
+    entries = status_log.read(str(s.queue_dir / "defer" / qid[0] / qid))
     assert [e.recipient for e in entries] == ["bob@remote.example", f"{ME}@localhost"]
     assert entries[0].action == "delayed" and entries[0].status == "4.3.0"
     env = read_envelope(str(path))
@@ -245,7 +218,7 @@ def test_bounce_sends_dsn_through_cleanup(system) -> None:  # type: ignore[no-un
     s.wait_log(rf"{new_id}: from=<>, size=\d+, nrcpt=1 \(queue active\)")
     s.wait_log(rf"{new_id}: to=<alice@example\.org>, relay=none, .*status=deferred")
     wait_until(lambda: new_id in s.queue_ids("deferred"), 20, what="DSN deferred")
-    (path,) = [p for p in (s.spool_dir / "deferred").rglob(new_id)]
+    (path,) = [p for p in (s.queue_dir / "deferred").rglob(new_id)]
     data = path.read_bytes()
     assert b"Subject: Undelivered Mail Returned to Sender" in data
     assert b"MAILER-DAEMON@test.example (Mail Delivery System)" in data
@@ -289,15 +262,15 @@ def test_expired_mail_is_returned(system) -> None:  # type: ignore[no-untyped-de
 def test_corrupt_and_incomplete_files(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()
-    bad = s.spool_dir / "incoming" / "ABCDEF12345"
+    bad = s.queue_dir / "incoming" / "ABCDEF12345"
     bad.write_bytes(b"C\x05hello garbage")
     os.chmod(bad, 0o700)
-    half = s.spool_dir / "incoming" / "ABCDEF99999"
+    half = s.queue_dir / "incoming" / "ABCDEF99999"
     half.write_bytes(b"")
     os.chmod(half, 0o600)
     s.trigger(b"I")
     s.wait_log(r'warning: saving corrupt file "ABCDEF12345" from queue "active" to queue "corrupt"')
-    assert (s.spool_dir / "corrupt" / "ABCDEF12345").exists()
+    assert (s.queue_dir / "corrupt" / "ABCDEF12345").exists()
     time.sleep(0.5)
     assert half.exists()
     assert "ABCDEF99999" not in s.log()
