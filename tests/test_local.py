@@ -1,7 +1,7 @@
 """local: mailbox formats, aliases (addresses, commands, files), loops, errors, privileges.
 
 Runs the real cleanup, qmgr and local standalone (see test_qmgr.Standalone);
-root-only tests create a throw-away account with useradd.
+root-only tests use conftest's ``throwaway_user`` account.
 """
 
 from __future__ import annotations
@@ -12,17 +12,14 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from harness import wait_until
+from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
 from pymailsys.attr import SyncAttrClient
 from pymailsys.delivery import message_attrs, request_attrs
 from pymailsys.queue_file import read_envelope
-
-IS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture
@@ -181,62 +178,49 @@ def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-
 
 # --- privileges (root) ---------------------------------------------------------------
 
-@pytest.fixture
-def local_user() -> Iterator[str]:
-    if not IS_ROOT:
-        pytest.skip("needs root")
-    name = "pml" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False)
-
-
 @pytest.mark.root
-def test_maildir_written_as_the_recipient(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+def test_maildir_written_as_the_recipient(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()
-    pw = pwd.getpwnam(local_user)
-    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
-    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to maildir\)")
-    (path,) = list((s.mail_dir / local_user / "new").iterdir())
-    for p in (path, s.mail_dir / local_user, s.mail_dir / local_user / "tmp"):
+    pw = pwd.getpwnam(throwaway_user)
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=sent \(delivered to maildir\)")
+    (path,) = list((s.mail_dir / throwaway_user / "new").iterdir())
+    for p in (path, s.mail_dir / throwaway_user, s.mail_dir / throwaway_user / "tmp"):
         st = os.stat(p)
         assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid), p
 
 
 @pytest.mark.root
-def test_mbox_written_as_the_recipient_and_symlink_refused(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+def test_mbox_written_as_the_recipient_and_symlink_refused(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system(maildir=False)
     s.start()
-    pw = pwd.getpwnam(local_user)
-    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
-    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
-    st = os.stat(s.mail_dir / local_user)
+    pw = pwd.getpwnam(throwaway_user)
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=sent \(delivered to mailbox\)")
+    st = os.stat(s.mail_dir / throwaway_user)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, pw.pw_gid, 0o600)
-    os.unlink(s.mail_dir / local_user)
+    os.unlink(s.mail_dir / throwaway_user)
     target = s.base / "target"
     target.write_bytes(b"")
-    os.symlink(target, s.mail_dir / local_user)
-    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
-    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=bounced \(cannot update mailbox "
+    os.symlink(target, s.mail_dir / throwaway_user)
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=bounced \(cannot update mailbox "
                r".*file is a symbolic link\)")
     assert target.read_bytes() == b""
 
 
 @pytest.mark.root
-def test_group_writable_spool_root_creates_and_chowns(system, local_user: str) -> None:  # type: ignore[no-untyped-def]
+def test_group_writable_spool_root_creates_and_chowns(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system(maildir=False)
     os.chmod(s.mail_dir, 0o755)  # like a root-owned /var/mail without group write
     s.start()
-    pw = pwd.getpwnam(local_user)
-    qid = s.queue("alice@example.org", [f"{local_user}@localhost"], BODY)
-    s.wait_log(rf"{qid}: to=<{local_user}@localhost>, .*status=sent \(delivered to mailbox\)")
-    st = os.stat(s.mail_dir / local_user)
+    pw = pwd.getpwnam(throwaway_user)
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=sent \(delivered to mailbox\)")
+    st = os.stat(s.mail_dir / throwaway_user)
     assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
-    wait_until(lambda: not (s.mail_dir / f"{local_user}.lock").exists(), 5, what="dotlock removed")
+    wait_until(lambda: not (s.mail_dir / f"{throwaway_user}.lock").exists(), 5, what="dotlock removed")
 
 
 def test_standalone_is_importable() -> None:
