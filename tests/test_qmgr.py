@@ -280,11 +280,13 @@ def test_locked_file_is_skipped_and_put_back(system) -> None:  # type: ignore[no
     import fcntl
 
     s = system()
-    s.start("qmgr")
+    # Queued and locked while qmgr is stopped, so no scan of qmgr's can take the file
+    # before the lock is held.
     qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
     fd = os.open(s.spool.path("incoming", qid), os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_SH)  # a delivery agent of an earlier qmgr is still at work
     try:
+        s.start("qmgr")
         s.trigger(b"I")
         s.wait_log(rf"{qid}: skipped, still being delivered")
         path = s.spool.path("incoming", qid)
