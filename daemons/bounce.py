@@ -92,7 +92,7 @@ class Bounce:
             data = f.read()
         env = read_envelope_bytes(data, queue_id, path)
         headers: list[bytes] = []
-        for line in content_lines(data, env):
+        for line in content_lines(data, env.data_offset):
             if not line:
                 break
             headers.append(line)

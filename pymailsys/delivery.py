@@ -22,8 +22,9 @@ so nothing is re-parsed per recipient.
 
 ``open_content`` opens the queue file named by a request, takes a shared flock
 (qmgr holds an exclusive one only while it picks the file up), and returns the
-message lines from the data offset up to the X record. It refuses a file that
-is gone or locked exclusively (``ContentError``: the caller defers).
+message lines from the data offset up to the X record (``queue_file.content_lines``).
+It refuses a file that is gone, locked exclusively or malformed (``ContentError``:
+the caller defers).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys import records as r
 from pymailsys.attr import AttrList, AttrValue
+from pymailsys.queue_file import QueueFileError, content_lines
 from pymailsys.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 
 
@@ -159,36 +160,6 @@ def log_result(request: DeliveryRequest, relay: str, result: DeliveryResult) -> 
                       request.arrival_time, request.active_time, request.start_time, result))
 
 
-def content_from_bytes(data: bytes) -> list[bytes]:
-    """Message lines (no terminators) from records starting at the data offset, up to X."""
-    lines: list[bytes] = []
-    partial: list[bytes] = []
-    try:
-        for _offset, rtype, payload in r.iter_records(data):
-            if rtype == r.REC_TYPE_NORM:
-                if partial:
-                    partial.append(payload)
-                    lines.append(b"".join(partial))
-                    partial = []
-                else:
-                    lines.append(payload)
-            elif rtype == r.REC_TYPE_CONT:
-                partial.append(payload)
-            elif rtype == r.REC_TYPE_XTRA:
-                break
-            elif rtype in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
-                continue
-            else:
-                raise ContentError(f"unexpected record type {rtype!r} in message content")
-        else:
-            raise ContentError("message content ends without an extracted-information record")
-    except r.RecordError as e:
-        raise ContentError(str(e)) from None
-    if partial:
-        lines.append(b"".join(partial))
-    return lines
-
-
 class QueueContent:
     """An open, shared-locked queue file and its message lines; close() releases it."""
 
@@ -206,7 +177,10 @@ class QueueContent:
             if data_offset <= 0 or data_offset >= size:
                 raise ContentError(f"queue file {path}: bad data offset {data_offset}")
             data = os.pread(self.fd, size - data_offset, data_offset)
-            self.lines = content_from_bytes(data)
+            try:
+                self.lines = list(content_lines(data))
+            except QueueFileError as e:
+                raise ContentError(str(e)) from None
         except BaseException:
             os.close(self.fd)
             raise

@@ -12,7 +12,7 @@ length, SMTPUTF8 flags. The caller writes the bytes, fchmods the file to
 state, arrival time, named attributes, data offset). It refuses
 (``QueueFileError``) a file with a malformed or unknown record, no final E, no
 C record first, or no sender. ``content_lines`` yields the message text, joining
-L continuation records. ``mark_done`` rewrites one recipient's type byte
+L continuation records (and refuses content that is not N/L records up to X). ``mark_done`` rewrites one recipient's type byte
 R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one).
 """
 
@@ -226,29 +226,43 @@ def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
     return read_envelope_bytes(data, queue_id or os.path.basename(path), path)
 
 
-def content_lines(data: bytes | memoryview, env: Envelope) -> Iterator[bytes]:
-    """The message lines (no terminators), from the data offset to the X record."""
-    end = env.xtra_offset or (env.data_offset + env.content_size)
+def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:
+    """The message lines (no terminators), from the records at offset up to the X record.
+
+    offset is the data offset (``Envelope.data_offset``), or 0 when data starts
+    there. L records are joined to the N record that ends them; p and w records
+    are skipped. ``QueueFileError`` for any other record, a damaged record, or
+    content that ends without an X record.
+    """
     partial: list[bytes] = []
-    for _offset, rtype, payload in r.iter_records(data[:end], env.data_offset):
-        if rtype == r.REC_TYPE_CONT:
-            partial.append(payload)
-        elif rtype == r.REC_TYPE_NORM:
-            if partial:
+    try:
+        for _offset, rtype, payload in r.iter_records(data, offset):
+            if rtype == r.REC_TYPE_NORM:
+                if partial:
+                    partial.append(payload)
+                    yield b"".join(partial)
+                    partial = []
+                else:
+                    yield payload
+            elif rtype == r.REC_TYPE_CONT:
                 partial.append(payload)
-                yield b"".join(partial)
-                partial = []
+            elif rtype == r.REC_TYPE_XTRA:
+                break
+            elif rtype == r.REC_TYPE_PTR or rtype == r.REC_TYPE_DTXT:
+                continue
             else:
-                yield payload
-        elif rtype == r.REC_TYPE_PTR or rtype == r.REC_TYPE_DTXT:
-            continue
+                raise QueueFileError(f"unexpected record type {rtype!r} in message content")
+        else:
+            raise QueueFileError("message content ends without an extracted-information record")
+    except r.RecordError as e:
+        raise QueueFileError(str(e)) from None
     if partial:
         yield b"".join(partial)
 
 
 def message_text(data: bytes | memoryview, env: Envelope, eol: bytes = b"\n") -> bytes:
     """The whole message as bytes, each line ended with eol."""
-    return b"".join(line + eol for line in content_lines(data, env))
+    return b"".join(line + eol for line in content_lines(data, env.data_offset))
 
 
 def mark_done(fd: int, offset: int) -> None:

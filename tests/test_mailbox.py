@@ -10,7 +10,8 @@ import time
 import pytest
 
 from pymailsys import mailbox, status_log
-from pymailsys.delivery import DeliveryResult, content_from_bytes, log_line
+from pymailsys.delivery import DeliveryResult, log_line
+from pymailsys.queue_file import content_lines
 from pymailsys.records import encode_record, text_records
 
 
@@ -243,7 +244,7 @@ def test_status_log_format_and_torn_tail(tmp_path) -> None:  # type: ignore[no-u
 def test_content_records_and_log_line() -> None:
     data = (text_records(b"Subject: x") + text_records(b"") + text_records(b"a" * 5000, 2048)
             + encode_record(b"X", b"") + encode_record(b"E", b""))
-    assert content_from_bytes(data) == [b"Subject: x", b"", b"a" * 5000]
+    assert list(content_lines(data)) == [b"Subject: x", b"", b"a" * 5000]
     line = log_line("ABC", "bob@h", "Bob@h", "local", 100.0, 100.5, 100.6,
                     DeliveryResult.sent("delivered to maildir"), now=100.72)
     assert line == ("ABC: to=<bob@h>, orig_to=<Bob@h>, relay=local, delay=0.72, "
