@@ -16,7 +16,7 @@ prefix that is accepted and dropped: tables are read in-process). Other types
 register themselves with ``@register("type")``; an unknown type raises
 ``TableError`` naming it.
 
-Source files (``parse_source``): ``key value`` lines, ``#`` comments and blank
+Source files (``read_source`` reads one, ``parse_source`` parses it): ``key value`` lines, ``#`` comments and blank
 lines ignored, leading whitespace continues a line, ``"quoted keys"`` (kept
 with their quotes, as Postfix's postmap does). Alias
 files (``parse_alias_source``): ``name: value, value``, names folded to lower
@@ -138,6 +138,16 @@ def _default_warn(text: str) -> None:
     from pymailsys import log
 
     log.warning(text)
+
+
+def read_source(name: str) -> str:
+    """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
+    the table is opened; ``TableError("open NAME: reason")`` when it cannot be read."""
+    try:
+        with open(name, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as e:
+        raise TableError(f"open {name}: {e.strerror}") from e
 
 
 def logical_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -282,11 +292,7 @@ class InlineTable(Table):
 class TextHashTable(Table):
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
-        try:
-            with open(name, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError as e:
-            raise TableError(f"open {name}: {e.strerror}") from e
+        text = read_source(name)
         self.data: dict[str, str] = {}
         for _, k, v in parse_source(text, name):
             self.data.setdefault(k.lower(), v)

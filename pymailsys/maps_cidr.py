@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.maps import Table, TableError, logical_lines, register
+from pymailsys.maps import Table, logical_lines, read_source, register
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,11 +62,7 @@ class CidrTable(Table):
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
-        try:
-            with open(name, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError as e:
-            raise TableError(f"open {name}: {e.strerror}") from e
+        text = read_source(name)
         self.rules: list[_Rule] = []
         open_ifs: list[int] = []
         for lineno, line in logical_lines(text):

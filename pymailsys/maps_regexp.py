@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.maps import Table, TableError, logical_lines, register
+from pymailsys.maps import Table, logical_lines, read_source, register
 
 _POSIX_CLASSES = {
     "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",
@@ -130,11 +130,7 @@ class RegexpTable(Table):
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
         self.kind = "pcre" if type_name == "pcre" else "regexp"
-        try:
-            with open(name, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError as e:
-            raise TableError(f"open {name}: {e.strerror}") from e
+        text = read_source(name)
         self.rules: list[_Rule] = []
         self._load(text)
 
