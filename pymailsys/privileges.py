@@ -8,9 +8,11 @@ that the recipient is the current user). Python threads share credentials, so
 callers never keep a thread running around a switch, and never ``await``
 inside the block (another task would run with the recipient's rights).
 
-``user_ids(config)`` resolves ``default_privs`` (Postfix: the rights for
-deliveries to commands and files on behalf of no user in particular); it
-refuses a privileged (uid 0) value. ``subprocess_ids`` gives the keyword
+``default_privs(config)`` resolves ``default_privs`` (Postfix: the rights for
+deliveries to commands and files on behalf of no user in particular) and
+``mail_owner(config)`` the owner of the queue and the daemons (the server
+skeleton's privilege drop, the spool layout); both refuse a privileged (uid 0)
+value. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
 parent never switches).
 
@@ -56,6 +58,21 @@ def current_user() -> UserIds:
         return UserIds.from_pw(pwd.getpwuid(uid))
     except KeyError:
         return UserIds(str(uid), uid, os.getegid())
+
+
+def mail_owner(config: config_mod.Config) -> UserIds:
+    """The mail_owner account (queue and daemon owner); PrivilegeError when unknown or
+    privileged, in Postfix's words."""
+    name = config.get("mail_owner")
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise PrivilegeError(f"file {config.main_cf}: parameter mail_owner: "
+                             f"unknown user name value: {name}") from None
+    if pw.pw_uid == 0:
+        raise PrivilegeError(f"file {config.main_cf}: parameter mail_owner: "
+                             f"user {name} has privileged user ID")
+    return UserIds.from_pw(pw)
 
 
 def default_privs(config: config_mod.Config) -> UserIds:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import getopt
 import os
-import pwd
 import signal
 import socket
 import stat
@@ -49,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pymailsys import config as config_mod
-from pymailsys import log
+from pymailsys import log, privileges
 from pymailsys.queue import Spool
 
 LIFELINE_FD = 4
@@ -132,8 +131,8 @@ def peer_is_mail_system(writer: asyncio.StreamWriter, config: config_mod.Config)
     if uid in (0, os.geteuid()):
         return True
     try:
-        return uid == pwd.getpwnam(config.get("mail_owner")).pw_uid
-    except KeyError:
+        return uid == privileges.mail_owner(config).uid
+    except privileges.PrivilegeError:
         return False
 
 
@@ -141,16 +140,13 @@ def drop_privileges(config: config_mod.Config) -> None:
     """Become mail_owner (groups cleared) when root; fatal when that is impossible."""
     if os.geteuid() != 0:
         return
-    owner = config.get("mail_owner")
     try:
-        pw = pwd.getpwnam(owner)
-    except KeyError:
-        log.fatal(f"file {config.main_cf}: parameter mail_owner: unknown user name value: {owner}")
-    if pw.pw_uid == 0:
-        log.fatal(f"file {config.main_cf}: parameter mail_owner: user {owner} has privileged user ID")
+        owner = privileges.mail_owner(config)
+    except privileges.PrivilegeError as e:
+        log.fatal(str(e))
     os.setgroups([])
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
+    os.setgid(owner.gid)
+    os.setuid(owner.uid)
 
 
 def _fd_open(fd: int) -> bool:

@@ -43,6 +43,7 @@ import pwd
 import stat
 from dataclasses import dataclass
 
+from pymailsys import privileges
 from pymailsys.config import Config
 from pymailsys.queue import SPOOL_DIRS
 
@@ -70,15 +71,10 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
         group = group_name(gid)
         return {"root": (uid, user), "root_group": (gid, group), "mail_owner": (uid, user),
                 "mail_owner_group": (gid, group), "setgid_group": (gid, group)}
-    owner = config.get("mail_owner")
     try:
-        pw = pwd.getpwnam(owner)
-    except KeyError:
-        raise SetupError(f"file {config.main_cf}: parameter mail_owner: "
-                         f"unknown user name value: {owner}") from None
-    if pw.pw_uid == 0:
-        raise SetupError(f"file {config.main_cf}: parameter mail_owner: "
-                         f"user {owner} has privileged user ID")
+        owner = privileges.mail_owner(config)
+    except privileges.PrivilegeError as e:
+        raise SetupError(str(e)) from None
     group = config.get("setgid_group")
     try:
         gr = grp.getgrnam(group)
@@ -88,8 +84,8 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
     if gr.gr_gid == 0:
         raise SetupError(f"file {config.main_cf}: parameter setgid_group: "
                          f"group {group} has privileged group ID")
-    return {"root": (0, "root"), "root_group": (0, "root"), "mail_owner": (pw.pw_uid, owner),
-            "mail_owner_group": (pw.pw_gid, group_name(pw.pw_gid)),
+    return {"root": (0, "root"), "root_group": (0, "root"), "mail_owner": (owner.uid, owner.name),
+            "mail_owner_group": (owner.gid, group_name(owner.gid)),
             "setgid_group": (gr.gr_gid, group)}
 
 
