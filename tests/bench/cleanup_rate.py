@@ -1,6 +1,6 @@
 """Benchmark: cleanup requests per second on one pipelined connection.
 
-Usage: python3 tests/bench_cleanup.py [--messages N] [--window W] [--mode MODE]...
+Usage: python3 tests/bench/cleanup_rate.py [--messages N] [--window W] [--mode MODE]...
 
 Starts the real cleanup daemon standalone (-L) on a temporary spool on the same
 file system as the working tree (a real disk, so fsync costs what it costs),
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pymailsys.attr import AttrClient, SyncAttrClient
 
-HERE = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 MODES = {
     "grouped": {},
     "ungrouped": {"PYMAILSYS_CLEANUP_UNGROUPED": "1"},
@@ -75,7 +75,7 @@ def run(mode: str, n: int, window: int) -> None:
             f"queue_directory = {spool}\nmyhostname = mx.example.com\n"
             f"maillog_file = {base}/maillog\n")
         qmgr = spool / "public" / "qmgr"
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "pmsfixtures" / "triggerlog.py"),
+        procs.append(subprocess.Popen([sys.executable, str(TESTS / "pmsfixtures" / "triggerlog.py"),
                                        "-c", str(base / "etc"), "-n", "qmgr", "-L", str(qmgr)]))
         sock = str(spool / "public" / "cleanup")
         cleanup = subprocess.Popen([sys.executable, "-m", "pymailsys.daemons.cleanup",
