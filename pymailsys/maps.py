@@ -173,8 +173,6 @@ def logical_lines(text: str) -> Iterator[tuple[int, str]]:
         yield start, current
 
 
-_logical_lines = logical_lines
-
 
 def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
     """postmap source: (line, key, value); key is the first word, value the rest.

@@ -260,11 +260,6 @@ def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:
         yield b"".join(partial)
 
 
-def message_text(data: bytes | memoryview, env: Envelope, eol: bytes = b"\n") -> bytes:
-    """The whole message as bytes, each line ended with eol."""
-    return b"".join(line + eol for line in content_lines(data, env.data_offset))
-
-
 def mark_done(fd: int, offset: int) -> None:
     """Mark the recipient whose R record starts at offset as done."""
     os.pwrite(fd, r.REC_TYPE_DONE, offset)
