@@ -321,7 +321,7 @@ def test_qmgr_is_woken_on_public_qmgr(cleanup: Setup) -> None:
 
 def test_named_ids_survive_a_cut_and_plain_bytes() -> None:
     """qmgr takes named IDs from trigger reads cut anywhere; plain bytes still count."""
-    from pymailsys.daemons.cleanup_queue import named_ids
+    from pymailsys.daemons.cleanup.writer import named_ids
     from pymailsys.daemons.qmgr import Qmgr
 
     ids = ["4ZxQ2BcD3Fz1", "3F2A11C0D7E"]
@@ -364,7 +364,7 @@ def sydney() -> Iterator[None]:
 
 
 def test_mail_date_is_postfix_format(sydney: None) -> None:
-    from pymailsys.daemons.cleanup_headers import mail_date
+    from pymailsys.daemons.cleanup.headers import mail_date
 
     assert mail_date(1787380113) == "Sat, 22 Aug 2026 16:28:33 +1000 (AEST)"
     assert mail_date(1788220800) == "Tue,  1 Sep 2026 10:00:00 +1000 (AEST)"
@@ -437,7 +437,7 @@ def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
     """Many commits at once: each returns with its file complete, in place and written."""
     import asyncio
 
-    from pymailsys.daemons.cleanup_queue import QueueWriter
+    from pymailsys.daemons.cleanup.writer import QueueWriter
 
     from pymailsys import queue as q
 

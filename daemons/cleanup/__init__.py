@@ -19,10 +19,10 @@ DESCRIPTION
       submitting uid, bounce/local), counts Received: headers against
       hopcount_limit, drops message_drop_headers, and adds a missing
       Message-Id:, Date: and From: for local submissions (rewrite_context
-      local) or with always_add_missing_headers (``cleanup_headers``);
+      local) or with always_add_missing_headers (``headers``);
     * writes the queue file in incoming/ in Postfix's record order (hold/ with
       CLEANUP_FLAG_HOLD), marks it complete (0700) and fsyncs it, grouped with
-      the other files of the same event-loop turn (``cleanup_queue``), and
+      the other files of the same event-loop turn (``writer``), and
       answers status 0 only after the fsync that covers its own file returned;
     * then wakes qmgr (``I`` on public/qmgr), once per batch, on a connection
       that stays open.
@@ -52,7 +52,7 @@ CONFIGURATION PARAMETERS
     All are read once at start-up; a reload restarts the process.
 
 SEE ALSO
-    pymailsys.services (the contract), cleanup_headers, cleanup_queue,
+    pymailsys.services (the contract), the headers and writer modules,
     pymailsys.rewrite, pymailsys.queue_file (record order).
 """
 
@@ -63,8 +63,8 @@ import os
 import time
 from typing import Any
 
-from pymailsys.daemons import cleanup_headers as hdr
-from pymailsys.daemons.cleanup_queue import QmgrTrigger, QueueWriter
+from pymailsys.daemons.cleanup import headers as hdr
+from pymailsys.daemons.cleanup.writer import QmgrTrigger, QueueWriter
 
 from pymailsys import attr, log, server, services
 from pymailsys import queue as q
@@ -337,6 +337,3 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 def main(argv: list[str] | None = None) -> None:
     server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv)
 
-
-if __name__ == "__main__":
-    main()
