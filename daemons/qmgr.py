@@ -11,7 +11,7 @@ DESCRIPTION
     qmgr is a resident trigger server on ``public/qmgr``. At start it moves
     every file in active/ back to incoming/ (crash recovery), then scans
     incoming/ and deferred/. cleanup names each new file in its trigger as
-    ``<HEX>`` (the queue ID in lower-case hex, ``cleanup_queue.named_ids``):
+    ``<HEX>`` (the queue ID in lower-case hex, ``pymailsys.trigger.encode_named_ids``):
     qmgr takes those files without scanning incoming/ (a record cut off or
     damaged in transit falls back to a scan). Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
@@ -87,7 +87,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import stat
 import threading
 import time
@@ -96,7 +95,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 
-from pymailsys import log, params, server, status_log
+from pymailsys import log, params, server, status_log, trigger
 from pymailsys import queue as q
 from pymailsys.attr import AttrClient, AttrValue, ProtocolError
 from pymailsys.delivery import DeliveryResult, log_line, message_attrs, request_attrs
@@ -265,7 +264,7 @@ class Qmgr:
         self.max_idle = float(cfg.get_time("max_idle"))
         # queue IDs named by cleanup after its trigger byte, not yet taken
         self.named: deque[str] = deque()
-        self.partial = b""  # an ID cut off at the end of a trigger read
+        self.id_reader = trigger.NamedIdReader()
         # close() of an unlinked file frees its blocks: slow, and off the event loop
         self.closer: SimpleQueue[tuple[str, int, str] | None] = SimpleQueue()
         self.closer_thread = threading.Thread(target=_closer, args=(self.closer,),
@@ -309,7 +308,7 @@ class Qmgr:
                 log.warning(f"{queue_id}: cannot move from active to incoming: {e.strerror}")
 
     def trigger(self, data: bytes) -> None:
-        if self.partial or b"<" in data:
+        if self.id_reader.partial or b"<" in data:
             data = self._named_ids(data)
         for byte in data:
             ch = chr(byte)
@@ -328,51 +327,17 @@ class Qmgr:
         self.wake.set()
 
     def _named_ids(self, data: bytes) -> bytes:
-        """Take ``<HEX>`` queue-ID records (``cleanup_queue.named_ids``) out of trigger bytes.
-
-        Trigger reads carry no connection identity and may cut a record in two: the
-        cut-off head waits for its tail (hex digits and ``>``); a record that cannot be
-        completed makes qmgr scan incoming/ instead. Other bytes are returned as they are.
-        """
-        if self.partial:
-            tail = _RECORD_TAIL.match(data)
-            assert tail is not None
-            if tail.group(2) or len(tail.group(1)) < len(data):
-                if tail.group(2):
-                    data = self.partial + data
-                else:  # something else came first: the record's tail is lost
-                    self.want_incoming = True
-                self.partial = b""
-            elif len(self.partial) + len(data) <= 256:
-                self.partial += data
-                return b""
-            else:
-                self.partial = b""
-                self.want_incoming = True
-                return b""
-        rest = bytearray()
-        pos = 0
-        for m in _RECORD.finditer(data):
-            rest += data[pos:m.start()]
-            pos = m.end()
-            if not m.group(2):
-                if m.end() == len(data) and len(m.group(0)) <= 256:
-                    self.partial = m.group(0)
-                else:
-                    self.want_incoming = True  # a damaged record: look for the file
-                continue
-            queue_id = _unhex(m.group(1))
-            if queue_id is None:
-                self.want_incoming = True
-            else:
-                self.named.append(queue_id)
-        rest += data[pos:]
+        """Take the queue IDs cleanup named out of trigger bytes; return the rest."""
+        rest, ids, damaged = self.id_reader.feed(data)
+        if damaged:
+            self.want_incoming = True  # a damaged record: look for the file
+        self.named.extend(ids)
         if len(self.named) > self.active_limit:
             self.named.clear()
             self.want_incoming = True
         if self.named:
             self.wake.set()
-        return bytes(rest)
+        return rest
 
     def take_named(self) -> None:
         """Take the files cleanup named, as far as the active limit allows."""
@@ -687,18 +652,6 @@ class Qmgr:
             log.warning(f"{msg.queue_id}: bounce service: {e}")
             return False
         return reply.number("status", -1) == 0
-
-
-_RECORD = re.compile(rb"<([0-9a-f]*)(>?)")
-_RECORD_TAIL = re.compile(rb"([0-9a-f]*)(>?)")
-
-
-def _unhex(data: bytes) -> str | None:
-    try:
-        text = bytes.fromhex(data.decode("ascii")).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return text if q.valid_queue_id(text) else None
 
 
 def _closer(jobs: SimpleQueue[tuple[str, int, str] | None]) -> None:

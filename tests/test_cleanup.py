@@ -321,24 +321,22 @@ def test_qmgr_is_woken_on_public_qmgr(cleanup: Setup) -> None:
 
 def test_named_ids_survive_a_cut_and_plain_bytes() -> None:
     """qmgr takes named IDs from trigger reads cut anywhere; plain bytes still count."""
-    from pymailsys.daemons.cleanup.writer import named_ids
-    from pymailsys.daemons.qmgr import Qmgr
+    from pymailsys.trigger import NamedIdReader, encode_named_ids
 
     ids = ["4ZxQ2BcD3Fz1", "3F2A11C0D7E"]
-    data = named_ids(ids)
+    data = encode_named_ids(ids)
     assert not set(data) & set(b"IWDAF")
     for cut in range(len(data) + 1):
-        mgr = Qmgr.__new__(Qmgr)
-        mgr.partial, mgr.named, mgr.active_limit = b"", __import__("collections").deque(), 100
-        mgr.want_incoming = False
-        mgr.wake = __import__("asyncio").Event()
-        assert mgr._named_ids(data[:cut]) == b""
-        assert mgr._named_ids(data[cut:] + b"W") == b"W"
-        assert list(mgr.named) == ids and not mgr.want_incoming
-    # a record interrupted by another client's bytes: those still count, and qmgr scans
-    mgr._named_ids(data[:5])
-    rest = mgr._named_ids(b"AD")
-    assert mgr.want_incoming and rest == b"AD"
+        reader = NamedIdReader()
+        rest1, ids1, bad1 = reader.feed(data[:cut])
+        rest2, ids2, bad2 = reader.feed(data[cut:] + b"W")
+        assert (rest1, rest2) == (b"", b"W")
+        assert ids1 + ids2 == ids and not bad1 and not bad2
+    # a record interrupted by another client's bytes: those still count, and it is damaged
+    reader = NamedIdReader()
+    reader.feed(data[:5])
+    rest, found, damaged = reader.feed(b"AD")
+    assert damaged and rest == b"AD" and found == []
 
 
 # -- pure parts -----------------------------------------------------------------

@@ -21,7 +21,8 @@ removes a file that will not be committed.
 ``QmgrTrigger.kick(queue_id)`` tells qmgr about one new file in incoming/; the
 kicks of one event-loop turn become one write on a connection to public/qmgr
 that stays open (the trigger server reads bytes until end of file). Each file
-is named as ``<HEX>``, the queue ID in lower-case hex (``named_ids``): qmgr
+is named as ``<HEX>``, the queue ID in lower-case hex
+(``pymailsys.trigger.encode_named_ids``): qmgr
 then takes the file without scanning incoming/. The record uses no byte that
 is a trigger request (``I`` ``W`` ``D`` ``A`` ``F``), so plain trigger bytes from
 postqueue and master keep working on the same socket, and a record that a
@@ -55,12 +56,6 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
             else:
                 views[0] = views[0][n:]
                 n = 0
-
-
-def named_ids(queue_ids: list[str]) -> bytes:
-    """Trigger records that name new queue files: ``<HEX>`` per queue ID."""
-    return b"".join(b"<" + qid.encode("ascii").hex().encode("ascii") + b">"
-                    for qid in queue_ids)
 
 
 def _fsync_close(fd: int) -> None:
@@ -307,7 +302,7 @@ class QmgrTrigger:
                 writer = await self._connection()
                 if writer is None:
                     continue
-                writer.write((trigger.SCAN_INCOMING if plain else b"") + named_ids(ids))
+                writer.write((trigger.SCAN_INCOMING if plain else b"") + trigger.encode_named_ids(ids))
                 self.sent += 1
         finally:
             self._sending = False
