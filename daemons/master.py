@@ -436,6 +436,10 @@ class Master:
                 log.error(f"{e} -- service {entry.name}/{entry.type} disabled")
                 continue
             wanted.append((entry, module, maxproc, spec))
+        chrooted = [f"{e.name}/{e.type}" for e, _m, _p, _s in wanted if e.chroot]
+        if chrooted:
+            log.warning(f"{os.path.join(cfg.config_dir, 'master.cf')}: the chroot column is not "
+                        f"supported yet; these services run without chroot: {', '.join(chrooted)}")
         # Close the listeners that are not carried over, before binding new ones.
         keep_specs = {spec for _e, _m, _p, spec in wanted}
         for svc in old.values():
