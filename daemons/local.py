@@ -24,12 +24,24 @@ DESCRIPTION
        value is a comma list of addresses (re-submitted through
        ``public/cleanup`` as one new message with the same envelope sender and
        content and a ``Delivered-To:`` header; an address that names the alias
-       itself goes to the mailbox), ``|command``, ``/file`` (``/dir/`` =
+       itself goes to the user: its .forward, then the mailbox; ``\\user`` to the
+       mailbox directly), ``|command``, ``/file`` (``/dir/`` =
        Maildir) and ``:include:/path`` (one level of the same syntax, read as
        default_privs; commands and files from includes only when
        ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``).
        A table that cannot answer defers the mail (4.3.0);
-    3. ``.forward`` files are not read yet (``forward_path``);
+    3. the account's ``.forward``: the first ``forward_path`` entry that exists
+       (``$home``, ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
+       ``$extension``, ``$recipient_delimiter``, ``${name?value}``,
+       ``${name:value}``; an entry naming an undefined one is skipped; values
+       pass ``forward_expansion_filter``), looked up and read as the user. As
+       Postfix, a file that is not a regular file, is owned by neither the user
+       nor root, or is world-writable is ignored with a warning; one that names
+       nobody (empty, comments only) means no forwarding. Its contents are an
+       alias value (origin ``forward`` for allow_mail_to_commands/_files);
+       commands, files and includes run with the user's rights (uid 0:
+       default_privs); an address naming the user itself, or ``\\user``, goes
+       to the mailbox (loop guard); forwarded copies carry ``Delivered-To:``;
     4. the mailbox of the UNIX account: ``home_mailbox`` (relative to the home
        directory; ``/`` at the end = Maildir), else ``mail_spool_directory/USER``
        (``/`` at the end of the directory = Maildir). An unknown account bounces
@@ -59,14 +71,16 @@ SECURITY
     effective uid and gid (in the spool directory: a world-writable directory
     gives the recipient's ids, a group-writable one the recipient's uid and
     the directory's group, otherwise root creates the file and gives it to the
-    recipient); commands and files from aliases run as ``default_privs``;
+    recipient); commands and files from aliases run as ``default_privs``,
+    those from .forward files as the recipient;
     uid 0 never runs a command or writes a file on an alias's behalf. Mailbox
     files are never opened through symbolic links, must be regular files with
     one link, and are created with O_EXCL mode 0600. Run as another user, local
     defers mail for every account but its own.
 
 CONFIGURATION PARAMETERS
-    alias_maps, recipient_delimiter, home_mailbox, mail_spool_directory,
+    alias_maps, recipient_delimiter, forward_path, forward_expansion_filter,
+    home_mailbox, mail_spool_directory,
     mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
     command_time_limit, allow_mail_to_commands, allow_mail_to_files,
@@ -130,6 +144,9 @@ class LocalAgent:
         self.spool = ctx.spool
         self.delimiters = cfg.get("recipient_delimiter")
         self.home_mailbox = cfg.get("home_mailbox")
+        # raw: $home, $user, $extension... are the recipient's, expanded per delivery
+        self.forward_path = cfg.raw("forward_path") or ""
+        self.forward_filter = set(cfg.get("forward_expansion_filter"))
         self.spool_dir = cfg.get("mail_spool_directory")
         self.locks = cfg.get_list("mailbox_delivery_lock")
         self.lock_attempts = cfg.get_int("deliver_lock_attempts")
@@ -226,7 +243,17 @@ class LocalAgent:
                 return self._done(req, DeliveryResult.deferred("alias database unavailable"))
         if value is not None:
             return await self.deliver_alias(req, rcpt, value, lines)
-        return self._done(req, self.deliver_mailbox(req, rcpt, lines))
+        return await self.deliver_user(req, rcpt, lines)
+
+    async def deliver_user(self, req: DeliveryRequest, rcpt: Recipient, lines: list[bytes],
+                           forward: bool = True) -> DeliveryResult:
+        """The account's .forward file if it has one (unless forward is false), else its
+        mailbox; the result is logged."""
+        if forward and self.forward_path:
+            result = await self.deliver_forward(req, rcpt, lines)
+            if result is not None:
+                return result
+        return self._done(req, await self.deliver_mailbox(req, rcpt, lines))
 
     def _done(self, req: DeliveryRequest, result: DeliveryResult) -> DeliveryResult:
         self._log(req, result)
@@ -235,47 +262,62 @@ class LocalAgent:
     # --- aliases ----------------------------------------------------------------
 
     async def deliver_alias(self, req: DeliveryRequest, rcpt: Recipient, value: str,
-                            lines: list[bytes], origin: str = "alias",
-                            depth: int = 0) -> DeliveryResult:
+                            lines: list[bytes], origin: str = "alias", depth: int = 0,
+                            rights: privileges.UserIds | None = None) -> DeliveryResult:
+        """Expand an alias value (or .forward or :include: contents). ``rights``: the user
+        whose rights commands, files and includes get (None: default_privs, as for an
+        alias); ``origin`` (alias, forward, include) is checked against
+        allow_mail_to_commands/_files."""
         addresses: list[str] = []
         results: list[DeliveryResult] = []
+        skip_forward = origin != "alias"
         for item in split_alias_value(value):
             if item.startswith("|"):
                 if origin not in self.allow_commands:
                     results.append(self._done(req, DeliveryResult.bounced(
                         "mail to command is restricted", "5.7.1")))
                     continue
-                results.append(self._done(req, await self.deliver_command(req, rcpt, item[1:],
-                                                                         lines)))
+                results.append(self._done(req, await self.deliver_command(
+                    req, rcpt, item[1:], lines, rights)))
             elif item.startswith("/"):
                 if origin not in self.allow_files:
                     results.append(self._done(req, DeliveryResult.bounced(
                         "mail to file is restricted", "5.7.1")))
                     continue
-                results.append(self._done(req, self.deliver_file(req, item, lines)))
+                results.append(self._done(req, self.deliver_file(req, item, lines, rights)))
             elif item.lower().startswith(":include:"):
                 if depth >= 10:
                     results.append(self._done(req, DeliveryResult.bounced(
                         f"alias database loop for {rcpt.user}", "5.4.6")))
                     continue
                 results.append(await self.deliver_include(req, rcpt, item[9:].strip(), lines,
-                                                          depth))
+                                                          depth, rights))
             elif item:
                 addresses.append(item)
         self_reference = False
         forward: list[str] = []
         for addr in addresses:
+            # \user: that user's mailbox, no further alias or .forward expansion
+            backslash = addr.startswith("\\")
+            addr = addr.lstrip("\\")
+            if not addr:
+                continue
             local, at, domain = addr.rpartition("@")
             if not at:
                 local, domain = addr, ""
             if local.lower() == rcpt.user and (not domain or domain.lower() in self.destinations):
-                self_reference = True
+                self_reference = True  # loop guard: the user's own mailbox
+                if backslash or origin != "alias":
+                    skip_forward = True
             else:
                 forward.append(addr)
         if forward:
             results.append(self._done(req, await self.forward(req, forward, lines)))
         if self_reference:
-            results.append(self._done(req, self.deliver_mailbox(req, rcpt, lines)))
+            # from an alias, the user's .forward still applies (Postfix's alias "joe: joe,
+            # ..." keeps a copy for joe); from a .forward or with \user, the mailbox
+            results.append(await self.deliver_user(req, rcpt, lines,
+                                                   forward=not skip_forward))
         if not results:
             return DeliveryResult.sent("alias expanded to nothing")
         for status in (STATUS_DEFERRED, STATUS_BOUNCED):
@@ -285,9 +327,10 @@ class LocalAgent:
         return results[-1]
 
     async def deliver_include(self, req: DeliveryRequest, rcpt: Recipient, path: str,
-                              lines: list[bytes], depth: int) -> DeliveryResult:
+                              lines: list[bytes], depth: int,
+                              rights: privileges.UserIds | None = None) -> DeliveryResult:
         try:
-            ids = self.file_user()
+            ids = self.file_user(rights)
             with privileges.as_user(ids.uid, ids.gid):
                 st = os.stat(path)
                 with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -305,13 +348,92 @@ class LocalAgent:
                 "5.3.5"))
         value = ", ".join(line.strip() for line in text.splitlines()
                           if line.strip() and not line.lstrip().startswith("#"))
-        return await self.deliver_alias(req, rcpt, value, lines, "include", depth + 1)
+        return await self.deliver_alias(req, rcpt, value, lines, "include", depth + 1, rights)
 
-    def file_user(self) -> privileges.UserIds:
-        """The rights for commands and files on behalf of an alias."""
-        if self.root:
+    def file_user(self, rights: privileges.UserIds | None = None) -> privileges.UserIds:
+        """The rights for commands and files: an alias's (rights None) are default_privs;
+        a user's (.forward, mailbox_command) are the user's, except that uid 0 becomes
+        default_privs too."""
+        if not self.root:
+            return self.me
+        if rights is None or rights.uid == 0:
             return privileges.default_privs(self.config)
-        return self.me
+        return rights
+
+    # --- .forward ---------------------------------------------------------------------
+
+    def expansion_attrs(self, rcpt: Recipient, pw: pwd.struct_passwd) -> dict[str, str]:
+        """Postfix's local_expand attributes (an undefined one is absent)."""
+        attrs = {"user": pw.pw_name, "home": pw.pw_dir, "shell": pw.pw_shell,
+                 "local": rcpt.localpart, "recipient": rcpt.address}
+        if rcpt.domain:
+            attrs["domain"] = rcpt.domain
+        extension = rcpt.extension
+        if extension and "/" in extension:
+            log.warning(f"address with illegal extension: {rcpt.address}")
+            extension = ""
+        if extension:
+            attrs["extension"] = extension
+            attrs["recipient_delimiter"] = rcpt.localpart[len(rcpt.user)]
+        elif self.delimiters:
+            attrs["recipient_delimiter"] = self.delimiters[0]
+        return attrs
+
+    async def deliver_forward(self, req: DeliveryRequest, rcpt: Recipient,
+                              lines: list[bytes]) -> DeliveryResult | None:
+        """Deliver per the user's .forward file (the first forward_path entry that exists);
+        None when there is none, it is unsafe (a warning, as Postfix) or it names nobody:
+        then the mailbox gets the mail."""
+        try:
+            pw = pwd.getpwnam(rcpt.user)
+        except KeyError:
+            return None  # the mailbox delivery reports the unknown user
+        if not self.root and pw.pw_uid != self.me.uid:
+            return None  # the mailbox delivery defers
+        attrs = self.expansion_attrs(rcpt, pw)
+        found: tuple[str, os.stat_result] | None = None
+        try:
+            with privileges.as_user(pw.pw_uid, pw.pw_gid):
+                for entry in re.split(r"[,\s]+", self.forward_path):
+                    path = local_expand(entry, attrs, self.forward_filter) if entry else None
+                    if not path:
+                        continue
+                    try:
+                        found = path, os.lstat(path)
+                        break
+                    except OSError:
+                        continue
+                if found is None:
+                    return None
+                path, st = found
+                if not stat.S_ISREG(st.st_mode):
+                    log.warning(f"file {path} is not a regular file")
+                    return None
+                if st.st_uid not in (0, pw.pw_uid):
+                    log.warning(f"file {path} has bad owner uid {st.st_uid}")
+                    return None
+                if st.st_mode & stat.S_IWOTH:
+                    log.warning(f"file {path} is world writable")
+                    return None
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError as e:
+                    log.warning(f"cannot open file {path}: {e.strerror}")
+                    return None
+                with os.fdopen(fd, "rb") as f:
+                    fst = os.fstat(f.fileno())
+                    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                        log.warning(f"file {path} changed while it was opened")
+                        return None
+                    text = f.read(1 << 20).decode("utf-8", "surrogateescape")
+        except privileges.PrivilegeError as e:
+            return self._done(req, DeliveryResult.deferred(str(e)))
+        value = ", ".join(line.strip() for line in text.splitlines()
+                          if line.strip() and not line.lstrip().startswith("#"))
+        if not split_alias_value(value):
+            return None  # an empty .forward: no forwarding
+        return await self.deliver_alias(req, rcpt, value, lines, "forward",
+                                        rights=privileges.UserIds.from_pw(pw))
 
     # --- forwarding ---------------------------------------------------------------
 
@@ -341,14 +463,16 @@ class LocalAgent:
         return (mailbox.from_line(req.sender) if from_line else b"") + headers
 
     async def deliver_command(self, req: DeliveryRequest, rcpt: Recipient, command: str,
-                              lines: list[bytes]) -> DeliveryResult:
+                              lines: list[bytes],
+                              rights: privileges.UserIds | None = None) -> DeliveryResult:
         command = command.strip()
         if command.startswith('"') and command.endswith('"'):
             command = command[1:-1]
         try:
-            ids = self.file_user()
+            ids = self.file_user(rights)
         except privileges.PrivilegeError as e:
             return DeliveryResult.deferred(str(e))
+        home_of = rights or ids  # HOME and SHELL: the user's, even when uid 0 runs as nobody
         data = self._prefix(req, True) + b"".join(line + b"\n" for line in lines)
         if any(ch in SHELL_METACHARS for ch in command):
             argv = ["/bin/sh", "-c", command]
@@ -357,7 +481,8 @@ class LocalAgent:
         if not argv:
             return DeliveryResult.bounced("empty command", "5.3.5")
         env = {
-            "PATH": "/usr/bin:/bin", "SHELL": ids.shell or "/bin/sh", "HOME": ids.home or "/",
+            "PATH": "/usr/bin:/bin", "SHELL": home_of.shell or "/bin/sh",
+            "HOME": home_of.home or "/",
             "USER": rcpt.user, "LOGNAME": rcpt.user, "LOCAL": rcpt.localpart,
             "EXTENSION": rcpt.extension, "DOMAIN": rcpt.domain, "RECIPIENT": req.rcpt,
             "SENDER": req.sender, "ORIGINAL_RECIPIENT": req.orig_rcpt or req.rcpt,
@@ -400,9 +525,10 @@ class LocalAgent:
             return DeliveryResult.deferred(reason, "4.3.0")
         return DeliveryResult.bounced(reason, "5.3.0")
 
-    def deliver_file(self, req: DeliveryRequest, path: str, lines: list[bytes]) -> DeliveryResult:
+    def deliver_file(self, req: DeliveryRequest, path: str, lines: list[bytes],
+                     rights: privileges.UserIds | None = None) -> DeliveryResult:
         try:
-            ids = self.file_user()
+            ids = self.file_user(rights)
         except privileges.PrivilegeError as e:
             return DeliveryResult.deferred(str(e))
         try:
@@ -428,8 +554,8 @@ class LocalAgent:
 
     # --- the mailbox ----------------------------------------------------------------
 
-    def deliver_mailbox(self, req: DeliveryRequest, rcpt: Recipient,
-                        lines: list[bytes]) -> DeliveryResult:
+    async def deliver_mailbox(self, req: DeliveryRequest, rcpt: Recipient,
+                              lines: list[bytes]) -> DeliveryResult:
         try:
             pw = pwd.getpwnam(rcpt.user)
         except KeyError:
@@ -437,6 +563,10 @@ class LocalAgent:
         if not self.root and pw.pw_uid != self.me.uid:
             return DeliveryResult.deferred(
                 f"cannot deliver to user {pw.pw_name}: the mail system runs as {self.me.name}")
+        return self.write_mailbox(req, rcpt, pw, lines)
+
+    def write_mailbox(self, req: DeliveryRequest, rcpt: Recipient, pw: pwd.struct_passwd,
+                      lines: list[bytes]) -> DeliveryResult:
         if self.home_mailbox:
             path = os.path.join(pw.pw_dir, self.home_mailbox)
             maildir = self.home_mailbox.endswith("/")
@@ -524,6 +654,75 @@ async def _converse(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
     _, output = await asyncio.gather(feed(), stdout.read())
     await proc.wait()
     return output
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def local_expand(text: str, attrs: dict[str, str], allowed: set[str]) -> str | None:
+    """Postfix's local_expand: $name, ${name}, $(name), ${name?value}, ${name:value}, $$.
+
+    Attribute values have characters outside ``allowed`` replaced with ``_``
+    (forward_expansion_filter). A plain reference to an undefined attribute makes
+    the result None (a forward_path entry is then skipped), and so does a syntax
+    error.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "$":
+            out.append(ch)
+            i += 1
+            continue
+        if i + 1 < n and text[i + 1] == "$":
+            out.append("$")
+            i += 2
+            continue
+        if i + 1 < n and text[i + 1] in "{(":
+            close = "}" if text[i + 1] == "{" else ")"
+            depth, j = 0, i + 1
+            while j < n:
+                if text[j] == text[i + 1]:
+                    depth += 1
+                elif text[j] == close:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j >= n:
+                return None
+            inner = text[i + 2:j]
+            i = j + 1
+            m = _NAME_RE.match(inner)
+            if not m:
+                return None
+            name, rest = m.group(0), inner[m.end():]
+            value = attrs.get(name)
+            if rest[:1] in ("?", ":"):
+                branch = rest[1:]
+                if branch.startswith("{") and branch.endswith("}"):
+                    branch = branch[1:-1]
+                if (value is not None) == (rest[0] == "?"):
+                    sub = local_expand(branch, attrs, allowed)
+                    if sub is None:
+                        return None
+                    out.append(sub)
+                continue
+            if rest:
+                return None
+        else:
+            m = _NAME_RE.match(text, i + 1)
+            if not m:
+                out.append("$")
+                i += 1
+                continue
+            name, value = m.group(0), attrs.get(m.group(0))
+            i = m.end()
+        if value is None:
+            return None
+        out.append("".join(c if c in allowed else "_" for c in value))
+    return "".join(out)
 
 
 def split_alias_value(value: str) -> list[str]:
