@@ -42,11 +42,14 @@ DESCRIPTION
        commands, files and includes run with the user's rights (uid 0:
        default_privs); an address naming the user itself, or ``\\user``, goes
        to the mailbox (loop guard); forwarded copies carry ``Delivered-To:``;
-    4. the mailbox of the UNIX account: ``home_mailbox`` (relative to the home
+    4. the mailbox of the UNIX account: ``mailbox_command`` (no ``$name``
+       expansion, as Postfix; run as the user like a .forward command, same
+       environment and exit codes), else ``home_mailbox`` (relative to the home
        directory; ``/`` at the end = Maildir), else ``mail_spool_directory/USER``
        (``/`` at the end of the directory = Maildir). An unknown account bounces
-       with 5.1.1 ``unknown user: "name"``. mailbox_command, mailbox_transport,
-       fallback_transport and luser_relay are not supported yet.
+       with 5.1.1 ``unknown user: "name"``. mailbox_command_maps,
+       mailbox_transport, fallback_transport and luser_relay are not supported
+       yet.
 
     Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
     ``Delivered-To:``, the message with ``>From `` quoting and an empty last
@@ -72,7 +75,7 @@ SECURITY
     gives the recipient's ids, a group-writable one the recipient's uid and
     the directory's group, otherwise root creates the file and gives it to the
     recipient); commands and files from aliases run as ``default_privs``,
-    those from .forward files as the recipient;
+    those from .forward files and mailbox_command as the recipient;
     uid 0 never runs a command or writes a file on an alias's behalf. Mailbox
     files are never opened through symbolic links, must be regular files with
     one link, and are created with O_EXCL mode 0600. Run as another user, local
@@ -80,7 +83,7 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     alias_maps, recipient_delimiter, forward_path, forward_expansion_filter,
-    home_mailbox, mail_spool_directory,
+    mailbox_command, home_mailbox, mail_spool_directory,
     mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
     command_time_limit, allow_mail_to_commands, allow_mail_to_files,
@@ -147,6 +150,7 @@ class LocalAgent:
         # raw: $home, $user, $extension... are the recipient's, expanded per delivery
         self.forward_path = cfg.raw("forward_path") or ""
         self.forward_filter = set(cfg.get("forward_expansion_filter"))
+        self.mailbox_command = cfg.raw("mailbox_command") or ""
         self.spool_dir = cfg.get("mail_spool_directory")
         self.locks = cfg.get_list("mailbox_delivery_lock")
         self.lock_attempts = cfg.get_int("deliver_lock_attempts")
@@ -563,6 +567,9 @@ class LocalAgent:
         if not self.root and pw.pw_uid != self.me.uid:
             return DeliveryResult.deferred(
                 f"cannot deliver to user {pw.pw_name}: the mail system runs as {self.me.name}")
+        if self.mailbox_command:  # as Postfix: no $name expansion, the shell's $HOME etc.
+            return await self.deliver_command(req, rcpt, self.mailbox_command, lines,
+                                              privileges.UserIds.from_pw(pw))
         return self.write_mailbox(req, rcpt, pw, lines)
 
     def write_mailbox(self, req: DeliveryRequest, rcpt: Recipient, pw: pwd.struct_passwd,

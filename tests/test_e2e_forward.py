@@ -1,4 +1,4 @@
-"""End to end: .forward files and home_mailbox on a real instance (root only).
+"""End to end: .forward files and mailbox_command on a real instance (root only).
 
 Each test makes accounts with home directories under the instance's directory
 (mode 0755, so local as the user and mail_owner can reach them), writes their
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import IS_ROOT, Instance
+from harness import IS_ROOT, Instance, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -163,6 +163,32 @@ def test_unsafe_forward_is_ignored_with_a_warning(inst: Instance, make_user) -> 
     inst.wait_log(rf"warning: file {path} has bad owner uid {pwd.getpwnam(bob).pw_uid}")
     inst.wait_log(rf"{qid}: to=<{alice}@localhost>, .*status=sent \(delivered to maildir\)")
     assert inst.maildir_messages(bob) == []
+
+
+def test_mailbox_command(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
+    alice, home = make_user()
+    pw = pwd.getpwnam(alice)
+    inst.set(mailbox_command='/bin/sh -c \'cat > "$HOME/delivered"; echo "$USER $RECIPIENT" '
+                             '> "$HOME/env"\'')
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
+                  r"\(delivered to command: /bin/sh -c ")
+    wait_until(lambda: (home / "env").exists(), 10, what="the command's env file")
+    out = (home / "delivered").read_bytes()
+    assert out.startswith(b"From sender@example.org  ") and out.endswith(b"\n\nhello\n")
+    assert (home / "env").read_text().strip() == f"{alice} {alice}@localhost"
+    assert os.stat(home / "delivered").st_uid == pw.pw_uid
+    assert inst.maildir_messages(alice) == []
+
+
+def test_mailbox_command_tempfail_defers(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
+    alice, _ = make_user()
+    inst.set(mailbox_command="/bin/sh -c 'exit 75'")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, .*dsn=4\.3\.0, status=deferred "
+                  r"\(Command died with status 75")
 
 
 def test_home_mailbox_mbox(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
