@@ -520,14 +520,23 @@ def _permit_auth_destination(engine: Engine, req: Request, entry: _Entry) -> Res
     return Result(OK) if ok else None
 
 
-@restriction("reject_unauth_destination", relay_guard=True)
-def _reject_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+def _unauthorized(engine: Engine, req: Request) -> Result | bool:
+    """At RCPT: a lookup Result to return as it is, or whether the recipient is one
+    this system may not relay to (not a local, virtual or relay domain, or routed)."""
     if req.stage != STAGE_RECIPIENT:
-        return None
+        return False
     ok = _auth_destination(engine, req)
     if isinstance(ok, Result):
         return ok
-    if ok:
+    return not ok
+
+
+@restriction("reject_unauth_destination", relay_guard=True)
+def _reject_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    denied = _unauthorized(engine, req)
+    if isinstance(denied, Result):
+        return denied
+    if not denied:
         return None
     return Result(REJECT, Reply(engine.relay_code, "5.7.1",
                                 f"<{req.recipient}>: Relay access denied"))
@@ -535,12 +544,10 @@ def _reject_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> R
 
 @restriction("defer_unauth_destination", relay_guard=True)
 def _defer_unauth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
-    if req.stage != STAGE_RECIPIENT:
-        return None
-    ok = _auth_destination(engine, req)
-    if isinstance(ok, Result):
-        return ok
-    if ok:
+    denied = _unauthorized(engine, req)
+    if isinstance(denied, Result):
+        return denied
+    if not denied:
         return None
     code = 400 + engine.relay_code % 100
     return Result(DEFER, Reply(code, "4.7.1", f"<{req.recipient}>: Relay access denied"))
