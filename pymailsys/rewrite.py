@@ -218,3 +218,212 @@ def rewrite_address(addr: str, ctx: RewriteContext) -> str:
 
 def _plain_local(local: str) -> bool:
     return bool(local) and local[0] != "." and local[-1] != "." and ".." not in local
+
+
+# -- address headers ----------------------------------------------------------
+#
+# Postfix's cleanup parses an address header (tok822_parse), rewrites every
+# address in it, and when one changed re-serializes the whole list with one
+# address per line (cleanup then folds those lines). The model here:
+#
+# * tokens: atoms, "quoted strings", (comments, nested), [domain literals], and
+#   the operators ()<>@,;:.[]; white space and line breaks separate tokens;
+# * a ``:`` outside <> followed later by a ``;`` opens a group; its name is
+#   everything since the previous ``,``;
+# * ``phrase <route-addr>``: the address is what is inside <> (comments there
+#   stay inside, behind it); the phrase is kept as written (unfolded) -- Postfix
+#   re-spaces it (``B. Goode`` -> ``B.Goode``), this keeps display names intact;
+#   words after the ``>`` are further addresses (a comma is added);
+# * otherwise the words of a list element are addresses; two words in a row
+#   without an operator between are two addresses (Postfix adds the missing
+#   comma); the element's comments move behind its last address;
+# * output spacing as tok822_externalize: a space before ``<``, after ``:`` of
+#   a group, and between two non-operators; a newline after each ``,``.
+#
+# An unterminated quoted string, comment or domain literal, or a ``<`` without
+# ``>``, makes the header unparsable: it is then left alone.
+
+_HDR_OPS = frozenset("()<>@,;:.[]")
+_WORDS = frozenset(("atom", "qstr", "domlit"))
+_NON_OPS = frozenset(("atom", "qstr", "domlit", "comment", "addr", "phrase"))
+
+
+class _Unparsable(Exception):
+    pass
+
+
+def _scan_header(text: str) -> list[tuple[str, str, int, int]]:
+    """(kind, text, start, end) tokens; kind is atom/qstr/comment/domlit or the operator."""
+    out: list[tuple[str, str, int, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t\r\n":
+            i += 1
+            continue
+        start = i
+        if ch == "(":
+            level, i = 1, i + 1
+            while i < n and level:
+                c = text[i]
+                if c == "\\":
+                    i += 1
+                elif c == "(":
+                    level += 1
+                elif c == ")":
+                    level -= 1
+                i += 1
+            if level:
+                raise _Unparsable
+            kind = "comment"
+        elif ch in '"[':
+            close = '"' if ch == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+            if i >= n:
+                raise _Unparsable
+            i += 1
+            kind = "qstr" if ch == '"' else "domlit"
+        elif ch in _HDR_OPS:
+            i += 1
+            kind = ch
+        else:
+            while i < n and text[i] not in _HDR_OPS and text[i] not in ' \t\r\n"':
+                i += 2 if text[i] == "\\" else 1
+            i = min(i, n)
+            kind = "atom"
+        out.append((kind, text[start:i], start, i))
+    return out
+
+
+def _join_tokens(tokens: list[tuple[str, str, int, int]]) -> str:
+    """External form of an address's tokens (a space only between two words)."""
+    parts: list[str] = []
+    prev = ""
+    for kind, text, _, _ in tokens:
+        if prev in _WORDS and kind in _WORDS:
+            parts.append(" ")
+        parts.append(text)
+        prev = kind
+    return "".join(parts)
+
+
+def _elements(text: str, tokens: list[tuple[str, str, int, int]]) -> list[list[str]]:
+    """The parse: a list of [kind, text] (kind "addr" for an address to rewrite)."""
+    out: list[list[str]] = []
+    depth = 0
+    semis = [i for i, t in enumerate(tokens) if t[0] == ";"]
+    seg: list[tuple[str, str, int, int]] = []
+    in_group = False
+
+    def phrase(part: list[tuple[str, str, int, int]]) -> None:
+        if part:
+            raw = text[part[0][2]:part[-1][3]].replace("\r", "").replace("\n", "")
+            out.append(["phrase", raw])
+
+    def plain(part: list[tuple[str, str, int, int]]) -> None:
+        # Words are addresses (a missing comma between two words is added);
+        # the comments move behind the last one, in their order.
+        current: list[tuple[str, str, int, int]] = []
+        prev = ""
+        for tok in part:
+            if tok[0] == "comment":
+                continue
+            if prev in _WORDS and tok[0] in _WORDS and current:
+                out.append(["addr", _join_tokens(current)])
+                out.append([",", ","])
+                current = []
+            current.append(tok)
+            prev = tok[0]
+        if current:
+            out.append(["addr", _join_tokens(current)])
+        out.extend(["comment", t[1]] for t in part if t[0] == "comment")
+
+    def finish() -> None:
+        rest = list(seg)
+        seg.clear()
+        while rest:
+            kinds = [t[0] for t in rest]
+            if "<" not in kinds:
+                if ">" in kinds:
+                    raise _Unparsable
+                if any(k != "comment" for k in kinds) and out and out[-1][0] == ">":
+                    out.append([",", ","])
+                plain(rest)
+                return
+            lt = kinds.index("<")
+            if ">" not in kinds[lt:]:
+                raise _Unparsable
+            gt = kinds.index(">", lt)
+            if ">" in kinds[:lt]:
+                raise _Unparsable
+            phrase(rest[:lt])
+            inner = rest[lt + 1:gt]
+            out.append(["<", "<"])
+            addr = [t for t in inner if t[0] != "comment"]
+            if addr:
+                out.append(["addr", _join_tokens(addr)])
+            # comments inside <> stay there, behind the address
+            out.extend(["comment", t[1]] for t in inner if t[0] == "comment")
+            out.append([">", ">"])
+            rest = rest[gt + 1:]
+
+    for i, tok in enumerate(tokens):
+        kind = tok[0]
+        if kind == "<":
+            depth += 1
+        elif kind == ">":
+            depth = max(depth - 1, 0)
+        if depth == 0 and kind == ",":
+            finish()
+            out.append([",", ","])
+        elif (depth == 0 and kind == ":" and not in_group
+              and any(s > i for s in semis)):
+            phrase(seg)
+            seg.clear()
+            out.append(["group", ":"])
+            in_group = True
+        elif depth == 0 and kind == ";":
+            finish()
+            out.append([";", ";"])
+            in_group = False
+        else:
+            seg.append(tok)
+    finish()
+    return out
+
+
+def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
+    """Rewrite every address in an address header's value (after ``Name:``).
+
+    Returns the new value with a newline after each comma (one address per
+    line, for the caller's folding), or None when no address changed or the
+    value is unparsable (the header is then kept as it was).
+    """
+    try:
+        elements = _elements(value, _scan_header(value))
+    except _Unparsable:
+        return None
+    changed = False
+    for element in elements:
+        if element[0] != "addr":
+            continue
+        before = element[1]
+        after = rewrite_external(before, ctx)
+        changed |= after != before
+        element[1] = quote_822_local(unquote_822_local(after))
+    if not changed:
+        return None
+    parts: list[str] = []
+    for i, (kind, text) in enumerate(elements):
+        parts.append(text)
+        if kind == ",":
+            parts.append("\n")
+            continue
+        if i + 1 == len(elements):
+            break
+        nxt = elements[i + 1][0]
+        if kind == "group" or nxt == "<" or (kind in _NON_OPS and nxt in _NON_OPS):
+            parts.append(" ")
+    return "".join(parts)

@@ -459,3 +459,98 @@ def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
     for n, p in enumerate(paths):
         assert Path(p).read_bytes() == b"file %d\n" % n
         assert q.is_complete(os.stat(p).st_mode)
+
+
+# -- header address rewriting ---------------------------------------------------------------
+
+REWRITE_HEADERS = (
+    b"From: \"Doe, Jane\" <jane> (the boss)\n"
+    b"To: bob, Alice <alice>\n"
+    b"Cc: Friends: carol, dave@other.example;, undisclosed-recipients:;\n"
+    b"Reply-To:   kept@example.net  (spacing as written)\n"
+    b"Resent-To: <@relay.example:erin@dest.example>\n"
+    b"Errors-To: \"unterminated <x>\n"
+    b"X-Not-Address: frank\n"
+    b"Subject: mail for bob\n")
+
+
+def test_local_submission_rewrites_address_headers(cleanup: Setup) -> None:
+    """Local context: each address as the envelope, display names, comments, groups kept."""
+    reply = _send(cleanup, _pickup_request(content=REWRITE_HEADERS + b"\nTo: body is not headers\n"))
+    assert reply["status"] == "0"
+    lines = _content(cleanup.postcat(cleanup.incoming(reply["queue_id"]))).splitlines()
+    assert lines[2:11] == [
+        'From: "Doe, Jane" <jane@mx.example.com>(the boss)',  # tok822 spacing
+        "To: bob@mx.example.com, Alice <alice@mx.example.com>",
+        "Cc: Friends: carol@mx.example.com, dave@other.example;,",
+        "\tundisclosed-recipients: ;",  # folded at 70 columns, a space after a group's colon
+        "Reply-To:   kept@example.net  (spacing as written)",  # nothing changed: untouched
+        "Resent-To: <erin@dest.example>",  # source route stripped
+        'Errors-To: "unterminated <x>',  # unparsable: left alone
+        "X-Not-Address: frank",
+        "Subject: mail for bob"]
+    assert lines[-2:] == ["", "To: body is not headers"]
+
+
+def test_rewritten_long_header_is_folded_as_postfix(cleanup: Setup) -> None:
+    to = ", ".join(f"user{n}" for n in range(1, 8)).encode()
+    reply = _send(cleanup, _pickup_request(content=b"To: " + to + b"\nSubject: s\n\nx\n"))
+    lines = _content(cleanup.postcat(cleanup.incoming(reply["queue_id"]))).splitlines()
+    assert lines[2:6] == [
+        "To: user1@mx.example.com, user2@mx.example.com, user3@mx.example.com,",
+        "\tuser4@mx.example.com, user5@mx.example.com, user6@mx.example.com,",
+        "\tuser7@mx.example.com",
+        "Subject: s"]
+
+
+def test_folded_input_header_is_unfolded_and_refolded(cleanup: Setup) -> None:
+    reply = _send(cleanup, _pickup_request(
+        content=b"Cc: Alice\n  Example <alice>,\n\tbob (Bob)\nSubject: s\n\nx\n"))
+    lines = _content(cleanup.postcat(cleanup.incoming(reply["queue_id"]))).splitlines()
+    assert lines[2:4] == [
+        "Cc: Alice  Example <alice@mx.example.com>, bob@mx.example.com (Bob)", "Subject: s"]
+
+
+def test_remote_client_headers_untouched_without_remote_domain(cleanup: Setup) -> None:
+    content = b"From: Someone <someone>\nTo: bob, Alice <alice>\nSubject: s\n\nx\n"
+    reply = _send(cleanup, _smtpd_request(content=content))
+    lines = _content(cleanup.postcat(cleanup.incoming(reply["queue_id"]))).splitlines()
+    assert lines[3:] == content.decode().splitlines()
+
+
+def test_smtpd_client_in_local_context_gets_headers_rewritten(cleanup: Setup) -> None:
+    reply = _send(cleanup, _smtpd_request(
+        rewrite_context="local", content=b"From: Someone <someone>\nTo: bob\n\nx\n"))
+    lines = _content(cleanup.postcat(cleanup.incoming(reply["queue_id"]))).splitlines()
+    assert lines[3:5] == ["From: Someone <someone@mx.example.com>", "To: bob@mx.example.com"]
+
+
+def test_remote_header_rewrite_domain(tmp_path: Path) -> None:
+    """Remote context with remote_header_rewrite_domain: only that domain is appended."""
+    setup = _write_config(tmp_path, "remote_header_rewrite_domain = remote.example\n"
+                                    "message_drop_headers = content-length\n")
+    try:
+        _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket)
+
+        def ready() -> bool:
+            try:
+                SyncAttrClient(setup.socket, timeout=5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=30, what="cleanup socket")
+        reply = _send(setup, _smtpd_request(
+            sender="someone", rcpt=["bob"],
+            content=b"From: Someone <someone>\nTo: bob, carol@example.org\nBcc: hidden\n\nx\n"))
+        assert reply["status"] == "0"
+        out = setup.postcat(setup.incoming(reply["queue_id"]))
+        assert "sender: someone@mx.example.com\n" in out  # the envelope stays local
+        lines = _content(out).splitlines()
+        assert lines[3:6] == ["From: Someone <someone@remote.example>",
+                              "To: bob@remote.example, carol@example.org",
+                              "Bcc: hidden@remote.example"]
+    finally:
+        for proc in setup.procs:
+            proc.terminate()
+            proc.wait(timeout=10)

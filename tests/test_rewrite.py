@@ -8,6 +8,7 @@ from pymailsys.rewrite import (
     RewriteContext,
     quote_822_local,
     rewrite_address,
+    rewrite_header_value,
     unquote_822_local,
 )
 
@@ -60,3 +61,42 @@ def test_quoted_local_parts() -> None:
     assert unquote_822_local('"a\\"b"@x') == 'a"b@x'
     # a ! or % inside a quoted local part is not a route
     assert rewrite_address("a b!c", LOCAL) == "a b!c@mx.example.com"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    # one address per line (cleanup folds them); display names and quoting kept
+    (" bob, Alice <alice>", "bob@mx.example.com,\nAlice <alice@mx.example.com>"),
+    (' "Doe, Jane" <jane>', '"Doe, Jane" <jane@mx.example.com>'),
+    (" Johnny B. Goode <j>", "Johnny B. Goode <j@mx.example.com>"),
+    (" =?utf-8?q?J=C3=B6rg?= <jorg>", "=?utf-8?q?J=C3=B6rg?= <jorg@mx.example.com>"),
+    # groups: a space after the colon, addresses inside rewritten
+    (" Team: a, b@x.example;", "Team: a@mx.example.com,\nb@x.example;"),
+    # comments: behind the address (tok822 spacing: none after ">")
+    (" (c) bob", "bob@mx.example.com (c)"),
+    (" a (c) b (d)", "a@mx.example.com,\nb@mx.example.com (c) (d)"),  # missing comma added
+    (" Alice <alice> (work)", "Alice <alice@mx.example.com>(work)"),
+    (" <alice (inside)>", "<alice@mx.example.com (inside)>"),
+    # the envelope rules: source routes, bang paths, percent hack, quoting
+    (" <@r1,@r2:u@dest.example>", "<u@dest.example>"),
+    (" host.example!user", "user@host.example"),
+    (' "john doe"', '"john doe"@mx.example.com'),
+    (" a\n\tb", "a@mx.example.com,\nb@mx.example.com"),  # folded input
+])
+def test_header_value_rewritten(value: str, expected: str) -> None:
+    assert rewrite_header_value(value, LOCAL) == expected
+
+
+@pytest.mark.parametrize("value", [
+    " bob@example.org", "  Alice   <alice@example.org>  (as written)", " <>",
+    " undisclosed-recipients:;", "",
+    # unparsable: left alone
+    ' "unterminated <a>', " (open comment a", " a <b", " a> b", " [1.2.3.4",
+])
+def test_header_value_unchanged_or_unparsable(value: str) -> None:
+    assert rewrite_header_value(value, LOCAL) is None
+
+
+def test_header_value_remote_context() -> None:
+    remote = RewriteContext(origin="remote.example", domain="remote.example")
+    assert rewrite_header_value(" bob", remote) == "bob@remote.example"
+    assert rewrite_header_value(" bob", RewriteContext(origin="", domain="")) is None

@@ -15,6 +15,11 @@ DESCRIPTION
       ``@$myorigin``); a sender of MAILER-DAEMON@$myorigin becomes <>; an
       empty recipient becomes $empty_address_recipient; duplicate recipients
       are removed (the first duplicate_filter_limit are remembered);
+    * rewrites the addresses in the primary header block's address headers
+      (From:, To:, Cc:, Resent-*, ...) in the message's rewrite_context: local
+      as the envelope; remote only with remote_header_rewrite_domain (empty:
+      headers untouched); a changed header is re-serialized and folded as
+      Postfix does (``headers``);
     * prepends the Received: header of its origin (smtpd, pickup with the
       submitting uid, bounce/local), counts Received: headers against
       hopcount_limit, drops message_drop_headers, and adds a missing
@@ -45,8 +50,8 @@ SECURITY
 CONFIGURATION PARAMETERS
     myhostname, myorigin, mydomain, mail_name, append_at_myorigin,
     append_dot_mydomain, swap_bangpath, allow_percent_hack,
-    empty_address_recipient, duplicate_filter_limit, hopcount_limit,
-    message_drop_headers, always_add_missing_headers, header_from_format,
+    remote_header_rewrite_domain, empty_address_recipient, duplicate_filter_limit,
+    hopcount_limit, message_drop_headers, always_add_missing_headers, header_from_format,
     line_length_limit, message_size_limit, queue_minfree, delay_warning_time,
     enable_original_recipient, enable_long_queue_ids, queue_service_name.
     All are read once at start-up; a reload restarts the process.
@@ -97,6 +102,9 @@ class Settings:
         self.myhostname = config.get("myhostname")
         self.mail_name = config.get("mail_name")
         self.local = RewriteContext.from_config(config, CONTEXT_LOCAL)
+        remote = RewriteContext.from_config(config, CONTEXT_REMOTE)
+        # Remote mail's headers are rewritten only with a remote_header_rewrite_domain.
+        self.remote: RewriteContext | None = remote if remote.origin else None
         self.empty_rcpt = config.get("empty_address_recipient") or "MAILER-DAEMON"
         self.mailer_daemon = rewrite_address("MAILER-DAEMON", self.local).lower()
         self.dup_limit = config.get_int("duplicate_filter_limit")
@@ -258,7 +266,8 @@ class Cleanup:
         job = hdr.HeaderJob(queue_id=queue_id, myhostname=s.myhostname, created=now, date=date,
                             sender=sender, full_name=full_name,
                             add_missing=context == CONTEXT_LOCAL or s.always_add,
-                            long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard)
+                            long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard,
+                            header_rewrite=s.local if context == CONTEXT_LOCAL else s.remote)
         outcome = hdr.process(req.raw("content") or b"", received, job, s.drop, s.line_limit)
         b.content_records(b"".join(outcome.records), outcome.content_length)
         return b, outcome

@@ -14,6 +14,12 @@ What it does, as Postfix 3.7's cleanup_message.c does:
   continuation of one; the body starts there, untouched;
 * every Received: header is counted (ours first) before any is dropped;
 * headers named in message_drop_headers are removed (case-insensitive);
+* with a ``header_rewrite`` context, each address in an address header
+  (``ADDRESS_HEADERS``) is rewritten as an envelope address
+  (``pymailsys.rewrite.rewrite_header_value``); when one changed, the header
+  is re-emitted as ``Name: addr,`` one address per line, joined while the line
+  stays under 70 columns, continuation lines starting with a TAB
+  (cleanup_fold_header); otherwise, or when unparsable, it is kept as it was;
 * every Message-Id: value is reported for the ``QUEUEID: message-id=...`` log;
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
   missing ``(Resent-)Message-Id: <YYYYMMDDhhmmss.QUEUEID@myhostname>`` (UTC of
@@ -33,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from pymailsys import records as r
-from pymailsys.rewrite import quote_822_local
+from pymailsys.rewrite import RewriteContext, quote_822_local, rewrite_header_value
 
 _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",
@@ -41,6 +47,11 @@ _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"
 # One-byte record headers for short N records: b"N" + length.
 _N_HEAD = [r.REC_TYPE_NORM + bytes((n,)) for n in range(128)]
 _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
+# The headers whose addresses cleanup rewrites (Postfix's HDR_OPT_SENDER/RECIP).
+ADDRESS_HEADERS = frozenset(n.encode() for n in (
+    "from", "sender", "reply-to", "to", "cc", "bcc", "errors-to", "return-receipt-to",
+    "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc", "resent-reply-to",
+    "disposition-notification-to"))
 
 
 def mail_date(when: float) -> str:
@@ -137,6 +148,8 @@ class HeaderJob:
     add_missing: bool = False
     long_queue_ids: bool = False
     hfrom_standard: bool = True
+    # The header rewriting context: None leaves address headers untouched.
+    header_rewrite: RewriteContext | None = None
 
 
 @dataclass
@@ -175,6 +188,35 @@ def split_lines(content: bytes) -> list[bytes]:
     return lines
 
 
+def fold_address_list(header: str) -> list[str]:
+    """cleanup_fold_header: one address per input line, joined while under 70 columns.
+
+    ``header`` is ``Name: value`` with a newline after each comma; continuation
+    lines get a leading TAB (cleanup_out_header).
+    """
+    lines: list[str] = []
+    for piece in header.split("\n"):
+        if lines and len(lines[-1]) + 1 + len(piece) < 70:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return [lines[0]] + [ln if ln[:1] in (" ", "\t") else "\t" + ln for ln in lines[1:]]
+
+
+def rewrite_address_header(lines: list[bytes], name_end: int,
+                           ctx: RewriteContext) -> list[bytes] | None:
+    """The lines of a rewritten address header, or None when it stays as it was."""
+    first = lines[0]
+    colon = first.find(b":", name_end)
+    value = b"\n".join([first[colon + 1:], *lines[1:]]).decode("utf-8", "surrogateescape")
+    new = rewrite_header_value(value, ctx)
+    if new is None:
+        return None
+    name = first[:name_end].decode("utf-8", "surrogateescape")
+    return [line.encode("utf-8", "surrogateescape")
+            for line in fold_address_list(f"{name}: {new}")]
+
+
 def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset[bytes],
             line_limit: int) -> HeaderOutcome:
     """Run the header pass over content and return the content records."""
@@ -189,6 +231,8 @@ def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset
     lines = split_lines(content)
     current: list[bytes] = []
     current_name = b""
+    name_end = 0
+    rewrite_ctx = job.header_rewrite
 
     def flush() -> None:
         nonlocal resent
@@ -205,6 +249,11 @@ def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset
         if name in _RESENT:
             resent = True
         if name not in drop:
+            if rewrite_ctx is not None and name in ADDRESS_HEADERS:
+                new = rewrite_address_header(current, name_end, rewrite_ctx)
+                if new is not None:
+                    header_lines.extend(new)
+                    return
             header_lines.extend(current)
 
     body_start = len(lines)
@@ -227,6 +276,7 @@ def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset
             flush()
             current = [line]
             current_name = m.group(1).lower()
+            name_end = m.end(1)
     flush()
 
     if job.add_missing:
