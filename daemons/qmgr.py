@@ -78,7 +78,8 @@ CONFIGURATION PARAMETERS
     default_process_limit, default_destination_concurrency_limit,
     local_destination_concurrency_limit, default_destination_recipient_limit,
     local_destination_recipient_limit, 2bounce_notice_recipient, myhostname,
-    myorigin, hash_queue_depth, hash_queue_names.
+    myorigin, hash_queue_depth, hash_queue_names, allow_min_user (no: recipients
+    starting with "-" bounce with 5.1.3 before any agent sees them).
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ class Qmgr:
         self.max_backoff = cfg.get_time("maximal_backoff_time")
         self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
+        self.allow_min_user = cfg.get_bool("allow_min_user")
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
         self.process_limit = max(cfg.get_int("default_process_limit"), 1)
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
@@ -522,6 +524,12 @@ class Qmgr:
             self.slot_free.set()
 
     async def deliver(self, msg: Message, rc: Recipient) -> None:
+        if rc.address.startswith("-") and not self.allow_min_user:
+            # As Postfix's qmgr: no agent or command ever sees an address that a
+            # careless pipe command would take for an option.
+            self.record(msg, rc, DeliveryResult.bounced("bad address syntax", "5.1.3"), "none",
+                        time.time())
+            return
         try:
             where = route(self.config, rc.address)
         except Exception as e:  # the resolver's tables: defer, never bounce

@@ -205,6 +205,19 @@ def test_deferred_mail_survives_restart_and_is_delivered(system) -> None:  # typ
     assert not s.queue_ids("defer")
 
 
+def test_recipient_starting_with_dash_never_reaches_an_agent(system) -> None:  # type: ignore[no-untyped-def]
+    """allow_min_user = no: qmgr bounces "-x" itself (a pipe command could take it for an option)."""
+    s = system()
+    s.start()
+    qid = s.queue("alice@example.org", ["-oQ/tmp/x@localhost", f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<-oQ/tmp/x@localhost>, relay=none, .*dsn=5\.1\.3, "
+               r"status=bounced \(bad address syntax\)")
+    s.wait_log(rf"{qid}: removed")
+    assert "-oQ/tmp/x" not in "\n".join(
+        line for line in s.log().splitlines() if "postfix/local[" in line)
+    assert len(s.maildir_messages()) == 1
+
+
 def test_bounce_sends_dsn_through_cleanup(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()
