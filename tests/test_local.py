@@ -237,3 +237,22 @@ def test_delivery_markers_are_removed_once_the_queue_file_is_gone(system) -> Non
     s.kill("local", 15)
     s.start("local")  # collects at start, then every minute
     wait_until(lambda: not list(markers.iterdir()), 20, what="markers collected")
+
+
+def test_forward_path_expansion_as_postfix_local_expand() -> None:
+    from pymailsys.daemons.local import local_expand
+
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+=./")
+    attrs = {"home": "/home/bob", "user": "bob", "recipient_delimiter": "+"}
+    default = "$home/.forward${recipient_delimiter}${extension}"
+    # no extension: the entry refers to an undefined attribute and is skipped
+    assert local_expand(default, attrs, allowed) is None
+    assert local_expand("$home/.forward", attrs, allowed) == "/home/bob/.forward"
+    assert local_expand(default, {**attrs, "extension": "lists"}, allowed) == (
+        "/home/bob/.forward+lists")
+    assert local_expand("${extension?+$extension}x", attrs, allowed) == "x"
+    assert local_expand("${extension:none}", attrs, allowed) == "none"
+    assert local_expand("$$HOME", attrs, allowed) == "$HOME"
+    # characters outside forward_expansion_filter become "_"
+    assert local_expand("/x/$extension", {"extension": "a b;c"}, allowed) == "/x/a_b_c"
+    assert local_expand("${broken", attrs, allowed) is None
