@@ -28,7 +28,8 @@ cleanup (``public/cleanup``), one request per message::
              queue_id      set when status is 0
 
     cleanup writes the queue file in incoming/, fsyncs it, and only then
-    replies status 0. Then it triggers qmgr (``public/qmgr``, byte ``I``).
+    replies status 0. Then it triggers qmgr on ``public/qmgr``, naming the new
+    files (``pymailsys.trigger.encode_named_ids``; a plain ``I`` when it cannot).
 
 qmgr (``public/qmgr``): a trigger service; bytes as in ``pymailsys.trigger``.
 
@@ -57,7 +58,18 @@ local (``private/local``), one request per recipient (delivery request)::
 showq (``public/showq``): request ``{request: "list", format: "text" | "json"}``,
 reply ``{status: 0, listing: <bytes, the whole mailq text or JSON lines>}``.
 
-pickup (``public/pickup``): a trigger service (``W``).
+pickup (``public/pickup``): a trigger service (``W``), and the submission
+service for sendmail: a connection starting with ``s`` carries one
+submission (``pymailsys.submission``); the submitter's uid comes from
+SO_PEERCRED.
+
+bounce (``private/bounce``), one request per message whose failed recipients
+go back to the sender::
+
+    request: request "flush", queue_id, queue_name, log ("bounce" | "defer"),
+             expired (0 | 1)
+    reply:   status 0 (notification queued or deliberately dropped) | -1 (retry),
+             queue_id of the notification
 """
 
 from __future__ import annotations
