@@ -46,11 +46,13 @@ import fcntl
 import os
 import time
 
-from pymailsys import attr, log, server, status_log
-from pymailsys import queue as q
-from pymailsys.attr import AttrClient, AttrList, ProtocolError
-from pymailsys.queue_file import Envelope, QueueFileError, content_lines, read_envelope_bytes
-from pymailsys.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
+from pymailsys import log, server
+from pymailsys.ipc import attr
+from pymailsys.ipc.attr import AttrClient, AttrList, ProtocolError
+from pymailsys.ipc.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
+from pymailsys.queue import spool as q
+from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import Envelope, QueueFileError, content_lines, read_envelope_bytes
 
 PROGRAM = "bounce"
 

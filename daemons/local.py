@@ -9,7 +9,7 @@ SYNOPSIS
 
 DESCRIPTION
     local serves ``private/local`` with the delivery-request contract of
-    ``pymailsys.services``: one request per recipient, pipelined on a long-lived
+    ``pymailsys.ipc.services``: one request per recipient, pipelined on a long-lived
     connection from qmgr, one reply (sent, deferred or bounced) per request, and
     one Postfix log line per delivery. The message is read from the queue file
     named in the request (under a shared lock), from the data offset on; the
@@ -63,7 +63,7 @@ DESCRIPTION
     decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and death by a signal defer;
     any other status bounces with the command's output.
 
-    Maildir deliveries are crash-idempotent (``pymailsys.mailbox``): markers
+    Maildir deliveries are crash-idempotent (``pymailsys.delivery.mailbox``): markers
     under ``$data_directory/local-markers`` record which (queue file,
     recipient, Maildir) deliveries reached their final step; they are
     removed once the queue file is gone.
@@ -102,10 +102,9 @@ import signal
 import stat
 from dataclasses import dataclass
 
-from pymailsys import log, mailbox, privileges, server
-from pymailsys import queue as queue_mod
-from pymailsys.attr import AttrClient, AttrList, ProtocolError, serve_pipelined
-from pymailsys.delivery import (
+from pymailsys import log, privileges, server
+from pymailsys.delivery import mailbox
+from pymailsys.delivery.agent import (
     ContentError,
     DeliveryRequest,
     DeliveryResult,
@@ -113,14 +112,16 @@ from pymailsys.delivery import (
     header_lines,
     log_line,
 )
-from pymailsys.maps import Maps, TableError
-from pymailsys.services import (
+from pymailsys.ipc.attr import AttrClient, AttrList, ProtocolError, serve_pipelined
+from pymailsys.ipc.services import (
     CLEANUP,
     CLEANUP_FLAG_MAP_OK,
     CLEANUP_OK,
     STATUS_BOUNCED,
     STATUS_DEFERRED,
 )
+from pymailsys.maps import Maps, TableError
+from pymailsys.queue import spool as queue_mod
 
 PROGRAM = "local"
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")

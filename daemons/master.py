@@ -7,7 +7,7 @@ SYNOPSIS
     python3 -m pymailsys.daemons.master [-c config_dir] [-d|-s] [-t] [-w] [-v]
 
 DESCRIPTION
-    master reads main.cf and master.cf (``pymailsys.master_cf``), creates the
+    master reads main.cf and master.cf (``pymailsys.config.master_cf``), creates the
     listening endpoint of every service and starts service processes on
     demand, as Postfix's master does.
 
@@ -114,10 +114,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from pymailsys import MAIL_VERSION, log, master_cf, pidfile, spool_setup
+from pymailsys import MAIL_VERSION, log, pidfile
 from pymailsys import config as config_mod
-from pymailsys.config import Config, ConfigError
-from pymailsys.master_cf import ServiceEntry
+from pymailsys.config import Config, ConfigError, master_cf
+from pymailsys.config.master_cf import ServiceEntry
+from pymailsys.queue import setup as spool_setup
 
 PROGRAM = "master"
 LIFELINE_FD = 4

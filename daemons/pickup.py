@@ -48,8 +48,10 @@ import pwd
 import stat
 from typing import Any
 
-from pymailsys import attr, log, maps, queue, server, services
+from pymailsys import log, maps, server
 from pymailsys import submission as sm
+from pymailsys.ipc import attr, services
+from pymailsys.queue import spool as queue
 from pymailsys.server import Context
 
 CLEANUP_FLAGS = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER

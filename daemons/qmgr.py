@@ -11,7 +11,7 @@ DESCRIPTION
     qmgr is a resident trigger server on ``public/qmgr``. At start it moves
     every file in active/ back to incoming/ (crash recovery), then scans
     incoming/ and deferred/. cleanup names each new file in its trigger as
-    ``<HEX>`` (the queue ID in lower-case hex, ``pymailsys.trigger.encode_named_ids``):
+    ``<HEX>`` (the queue ID in lower-case hex, ``pymailsys.ipc.trigger.encode_named_ids``):
     qmgr takes those files without scanning incoming/ (a record cut off or
     damaged in transit falls back to a scan). Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
@@ -31,12 +31,12 @@ DESCRIPTION
     goes to corrupt/ with ``warning: saving corrupt file``), downgrade the lock
     to shared (delivery agents take shared locks), remove an old defer log and
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
-    recipient is resolved (``pymailsys.resolve``) and handed to the agent
+    recipient is resolved (``pymailsys.address.resolve``) and handed to the agent
     that serves ``private/TRANSPORT``; a transport without a socket there
     (not built or not running) defers the recipient with ``mail transport
     unavailable`` (4.3.0), transport ``error`` bounces with its nexthop text.
 
-    Delivery requests follow ``pymailsys.services``: one per recipient for
+    Delivery requests follow ``pymailsys.ipc.services``: one per recipient for
     local (local_destination_recipient_limit 1), over long-lived pipelined
     connections per transport (``AgentPool``: master starts one agent process
     per connection for one-client agents such as local), with the message's
@@ -50,7 +50,7 @@ DESCRIPTION
 
     Replies: sent and bounced mark the recipient done in place (R -> D);
     bounced appends to bounce/ID, deferred to defer/ID (Postfix's status-log
-    format, ``pymailsys.status_log``). A broken agent connection defers the
+    format, ``pymailsys.queue.status_log``). A broken agent connection defers the
     recipient (``unknown mail transport error``) and qmgr logs the line.
 
     When every request is answered: a bounce log is turned into one
@@ -96,12 +96,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 
-from pymailsys import log, params, server, status_log, trigger
-from pymailsys import queue as q
-from pymailsys.attr import AttrClient, AttrValue, ProtocolError
-from pymailsys.delivery import DeliveryResult, log_line, message_attrs, request_attrs
-from pymailsys.queue_file import Envelope, QueueFileError, Recipient, mark_done, read_envelope_bytes
-from pymailsys.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
+from pymailsys import log, server
+from pymailsys.config import params
+from pymailsys.delivery.agent import DeliveryResult, log_line, message_attrs, request_attrs
+from pymailsys.ipc import trigger
+from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
+from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
+from pymailsys.queue import spool as q
+from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import (
+    Envelope,
+    QueueFileError,
+    Recipient,
+    mark_done,
+    read_envelope_bytes,
+)
 
 PROGRAM = "qmgr"
 LOCKED_RETRY = 60.0
@@ -120,7 +129,7 @@ class Route:
 def route(config, address: str) -> Route:  # type: ignore[no-untyped-def]
     """Where a recipient goes (the one place qmgr asks the resolver)."""
     try:
-        from pymailsys import resolve
+        from pymailsys.address import resolve
     except ImportError:  # until the resolver lands: local or default transport only
         local, at, domain = address.rpartition("@")
         mydest = {d.lower() for d in config.get_list("mydestination")}

@@ -10,7 +10,7 @@ DESCRIPTION
         request: request "list", format "text" | "json"
         reply:   status 0, listing <the whole mailq text or JSON lines>
 
-    The listing is built by ``pymailsys.showq_format`` from maildrop,
+    The listing is built by ``pymailsys.queue.listing`` from maildrop,
     active, incoming, deferred and hold, in Postfix's layout; postqueue's
     direct mode (root, system down) uses the same code, so both print the
     same bytes.
@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pymailsys import attr, server, showq_format
+from pymailsys import server
+from pymailsys.ipc import attr
+from pymailsys.queue import listing as showq_format
 from pymailsys.server import Context
 
 

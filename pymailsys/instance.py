@@ -40,7 +40,7 @@ import pwd
 import re
 from importlib import resources
 
-from pymailsys import spool_setup
+from pymailsys.queue import setup as spool_setup
 
 SMTP_INET_RE = re.compile(r"^(?P<name>\S+)(?P<gap>\s+)inet(?P<rest>\s.*?\s(?P<cmd>smtpd)(\s.*)?)$")
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import config as config_mod
 from pymailsys import log, privileges
-from pymailsys.queue import Spool
+from pymailsys.queue.spool import Spool
 
 LIFELINE_FD = 4
 STATUS_FD = 5

@@ -12,7 +12,7 @@ DESCRIPTION
     1. **Stream** (the system runs): sendmail connects to ``public/pickup``,
        writes the single byte ``s`` (``SUBMIT_MAGIC``; a trigger would be an
        upper-case byte such as ``W``) and then one attribute list
-       (``pymailsys.attr``)::
+       (``pymailsys.ipc.attr``)::
 
            request  "submit"
            sender, full_name, rcpt (repeated), xrcpt (repeated: from -t),
@@ -61,9 +61,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from pymailsys import attr, maps, queue
-from pymailsys import records as r
+from pymailsys import maps
 from pymailsys.config import Config
+from pymailsys.ipc import attr
+from pymailsys.queue import records as r
+from pymailsys.queue import spool as queue
 
 # sysexits.h
 EX_OK = 0

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pymailsys import queue, status_log
-from pymailsys.queue_file import QueueFileBuilder, mark_done, read_envelope_bytes
+from pymailsys.queue import spool as queue
+from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import QueueFileBuilder, mark_done, read_envelope_bytes
 
 PYTHON = sys.executable
 

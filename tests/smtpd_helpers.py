@@ -2,7 +2,7 @@
 
 The fake cleanup is a test double for the cleanup daemon: it listens on
 ``public/cleanup`` of a temporary queue directory and speaks the
-pymailsys.services cleanup contract with pymailsys.attr, recording requests.
+pymailsys.ipc.services cleanup contract with pymailsys.ipc.attr, recording requests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
 
-from pymailsys import attr, config
+from pymailsys import config
+from pymailsys.ipc import attr
 
 
 @dataclass

@@ -25,9 +25,9 @@ from harness import wait_until
 
 from pymailsys import config as config_mod
 from pymailsys import server
-from pymailsys.attr import AttrClient, SyncAttrClient
-from pymailsys.queue import Spool
-from pymailsys.queue_file import read_envelope, read_envelope_bytes
+from pymailsys.ipc.attr import AttrClient, SyncAttrClient
+from pymailsys.queue.queue_file import read_envelope, read_envelope_bytes
+from pymailsys.queue.spool import Spool
 
 POSTCAT = "/usr/sbin/postcat"
 HERE = Path(__file__).parent
@@ -321,7 +321,7 @@ def test_qmgr_is_woken_on_public_qmgr(cleanup: Setup) -> None:
 
 def test_named_ids_survive_a_cut_and_plain_bytes() -> None:
     """qmgr takes named IDs from trigger reads cut anywhere; plain bytes still count."""
-    from pymailsys.trigger import NamedIdReader, encode_named_ids
+    from pymailsys.ipc.trigger import NamedIdReader, encode_named_ids
 
     ids = ["4ZxQ2BcD3Fz1", "3F2A11C0D7E"]
     data = encode_named_ids(ids)
@@ -373,7 +373,7 @@ def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
     """For fixed inputs (queue ID, clock, time zone) the file is byte for byte the same."""
     from pymailsys.daemons.cleanup import Cleanup
 
-    from pymailsys.attr import AttrList
+    from pymailsys.ipc.attr import AttrList
 
     setup = _write_config(tmp_path)
     cfg = config_mod.load(str(setup.etc))
@@ -437,7 +437,7 @@ def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
 
     from pymailsys.daemons.cleanup.writer import QueueWriter
 
-    from pymailsys import queue as q
+    from pymailsys.queue import spool as q
 
     (tmp_path / q.INCOMING).mkdir()
     (tmp_path / q.HOLD).mkdir()

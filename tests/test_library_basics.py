@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from pymailsys import attr, records
+from pymailsys.ipc import attr
+from pymailsys.queue import records
 
 
 def test_varint_low_bits_first() -> None:

@@ -17,9 +17,9 @@ import pytest
 from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
-from pymailsys.attr import SyncAttrClient
-from pymailsys.delivery import message_attrs, request_attrs
-from pymailsys.queue_file import read_envelope
+from pymailsys.delivery.agent import message_attrs, request_attrs
+from pymailsys.ipc.attr import SyncAttrClient
+from pymailsys.queue.queue_file import read_envelope
 
 
 @pytest.fixture

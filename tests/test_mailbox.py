@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from pymailsys import mailbox, status_log
-from pymailsys.delivery import DeliveryResult, log_line
-from pymailsys.queue_file import content_lines
-from pymailsys.records import encode_record, text_records
+from pymailsys.delivery import mailbox
+from pymailsys.delivery.agent import DeliveryResult, log_line
+from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import content_lines
+from pymailsys.queue.records import encode_record, text_records
 
 
 def _mbox_data(lines: list[bytes], sender: str = "alice@example.org") -> bytes:

@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from pymailsys import addr_lookup, log, maps
+from pymailsys import log, maps
+from pymailsys.maps import search as addr_lookup
 
 POSTFIX_POSTMAP = "/usr/sbin/postmap"
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pymailsys import instance, master_cf
-from pymailsys.config import ConfigError
+from pymailsys import instance
+from pymailsys.config import ConfigError, master_cf
 
 HEADER = "# service type  private unpriv  chroot  wakeup  maxproc command + args\n"
 

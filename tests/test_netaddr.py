@@ -1,4 +1,4 @@
-"""pymailsys.netaddr: mynetworks patterns and their matching, as Postfix's address lists."""
+"""pymailsys.address.networks: mynetworks patterns and their matching, as Postfix's address lists."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pymailsys import config, netaddr
+from pymailsys import config
+from pymailsys.address import networks as netaddr
 
 
 def test_cidr_ipv4_ipv6_and_mapped() -> None:

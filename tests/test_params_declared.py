@@ -12,7 +12,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from pymailsys import params
+from pymailsys.config import params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("pymailsys", "daemons", "tools")

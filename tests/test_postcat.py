@@ -8,7 +8,7 @@ import pytest
 from conftest import require_tool
 from qf_helpers import make_spool, queue_file, tool
 
-from pymailsys.queue_file import QueueFileBuilder
+from pymailsys.queue.queue_file import QueueFileBuilder
 
 DEBIAN_POSTCAT = "/usr/sbin/postcat"
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pymailsys import params
+from pymailsys.config import params
 
 POSTCONF = [sys.executable, "-m", "pymailsys.tools.postconf"]
 

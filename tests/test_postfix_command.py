@@ -12,7 +12,7 @@ import sys
 import pytest
 from harness import IS_ROOT, ME, Instance
 
-from pymailsys.queue import SPOOL_DIRS
+from pymailsys.queue.spool import SPOOL_DIRS
 
 pytestmark = pytest.mark.usefixtures("pmsfixtures_importable")
 

@@ -153,7 +153,8 @@ def test_postalias(conf):
 
 
 def test_library_build_aliases(conf):
-    from pymailsys import mapbuild, maps
+    from pymailsys import maps
+    from pymailsys.maps import build as mapbuild
 
     src = conf / "aliases"
     src.write_text("postmaster: root\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from qf_helpers import make_spool, queue_file, tool
 
-from pymailsys import queue
+from pymailsys.queue import spool as queue
 
 pytestmark = pytest.mark.root
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from harness import ME, MailView, wait_until
 
-from pymailsys import status_log, trigger
-from pymailsys.queue import Spool
-from pymailsys.queue_file import QueueFileBuilder, read_envelope
+from pymailsys.ipc import trigger
+from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import QueueFileBuilder, read_envelope
+from pymailsys.queue.spool import Spool
 
 TRANSPORT_ERROR = "unknown mail transport error"
 SOCKETS = {"cleanup": "public/cleanup", "qmgr": "public/qmgr", "local": "private/local",
@@ -55,7 +56,8 @@ class Standalone(MailView):
         }
         values.update(settings)
         self.set(**values)
-        from pymailsys import config, spool_setup
+        from pymailsys import config
+        from pymailsys.queue import setup as spool_setup
 
         spool_setup.create_missing(config.load(str(self.etc)))
         self.spool = Spool(str(self.queue_dir))
@@ -366,7 +368,7 @@ def test_agent_pool_opens_a_connection_per_busy_agent(tmp_path: Path) -> None:
 
     from pymailsys.daemons.qmgr import AgentPool
 
-    from pymailsys.attr import serve_pipelined
+    from pymailsys.ipc.attr import serve_pipelined
 
     async def run() -> tuple[int, int, list[int]]:
         path = str(tmp_path / "agent")

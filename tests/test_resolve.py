@@ -1,10 +1,11 @@
-"""pymailsys.resolve: address classes, transports and next hops as Postfix's trivial-rewrite."""
+"""pymailsys.address.resolve: address classes, transports and next hops as Postfix's trivial-rewrite."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pymailsys import config, resolve
+from pymailsys import config
+from pymailsys.address import resolve
 
 
 def cfg(**values: str) -> config.Config:

@@ -1,4 +1,4 @@
-"""pymailsys.restrictions: list semantics, Postfix's replies, access tables, the start-up check."""
+"""pymailsys.smtp.restrictions: list semantics, Postfix's replies, access tables, the start-up check."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pymailsys import config, restrictions
-from pymailsys.restrictions import DEFER, OK, REJECT, Request
+from pymailsys import config
+from pymailsys.smtp import restrictions
+from pymailsys.smtp.restrictions import DEFER, OK, REJECT, Request
 
 
 def engine(**values: str) -> restrictions.Engine:

@@ -1,10 +1,10 @@
-"""pymailsys.rewrite: Postfix's trivial-rewrite "rewrite" step, address by address."""
+"""pymailsys.address.rewrite: Postfix's trivial-rewrite "rewrite" step, address by address."""
 
 from __future__ import annotations
 
 import pytest
 
-from pymailsys.rewrite import (
+from pymailsys.address.rewrite import (
     RewriteContext,
     quote_822_local,
     rewrite_address,

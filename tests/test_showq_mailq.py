@@ -14,8 +14,8 @@ from conftest import require_tool
 from harness import IS_ROOT, Instance, wait_until
 from qf_helpers import defer_reason, make_spool, queue_file, tool
 
-from pymailsys import queue
-from pymailsys.showq_format import format_text, scan_queue
+from pymailsys.queue import spool as queue
+from pymailsys.queue.listing import format_text, scan_queue
 
 ARRIVAL = 1795594109.5
 

@@ -37,8 +37,9 @@ import click
 from pymailsys.tools import command
 
 from pymailsys import config as config_mod
-from pymailsys import log, queue
-from pymailsys import records as r
+from pymailsys import log
+from pymailsys.queue import records as r
+from pymailsys.queue import spool as queue
 
 PRINT_ENV, PRINT_HEADER, PRINT_BODY = 1, 2, 4
 PRINT_ALL = PRINT_ENV | PRINT_HEADER | PRINT_BODY

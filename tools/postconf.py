@@ -9,7 +9,7 @@ SYNOPSIS
     postconf [-f] [-c config_dir] -M [service[/type] ...]
 
 DESCRIPTION
-    Without options, every parameter declared in ``pymailsys.params`` as
+    Without options, every parameter declared in ``pymailsys.config.params`` as
     ``name = value`` in name order, the value as main.cf sets it or else the
     built-in default, unexpanded (``name =`` when empty). With names, just
     those (``postconf: warning: NAME: unknown parameter`` for others).
@@ -34,11 +34,11 @@ DIAGNOSTICS
     main.cf name that is neither declared nor referenced as ``$foo`` in another
     value (the name is kept: an administrator's main.cf always loads).
     ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
-    a malformed master.cf entry (``pymailsys.master_cf`` parses it, with the
+    a malformed master.cf entry (``pymailsys.config.master_cf`` parses it, with the
     same checks as master) or a failed edit.
 
 CONFIGURATION PARAMETERS
-    Every parameter in pymailsys.params (that table is what -d prints).
+    Every parameter in pymailsys.config.params (that table is what -d prints).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ import sys
 import tempfile
 
 from pymailsys import config as config_mod
-from pymailsys import log, maps, master_cf, params
+from pymailsys import log, maps
+from pymailsys.config import master_cf, params
 
 _REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
 

@@ -59,8 +59,10 @@ import time
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, master_cf, pidfile, spool_setup, trigger
-from pymailsys.config import Config, ConfigError
+from pymailsys import log, pidfile
+from pymailsys.config import Config, ConfigError, master_cf
+from pymailsys.ipc import trigger
+from pymailsys.queue import setup as spool_setup
 
 MASTER_MODULE = "pymailsys.daemons.master"
 POSTQUEUE_MODULE = "pymailsys.tools.postqueue"

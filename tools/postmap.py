@@ -9,7 +9,7 @@ DESCRIPTION
     source (postmap: ``key whitespace value`` lines; postalias: aliases(5)
     ``name: value, ...`` with names folded to lower case, plus the ``@`` entry).
     A type-less file gets main.cf's default_database_type. The build logic is
-    in ``pymailsys.mapbuild`` (build_table, build_aliases), which newaliases
+    in ``pymailsys.maps.build`` (build_table, build_aliases), which newaliases
     shares.
 
     -N / -n     store keys and values with / without a trailing NUL (default: with)
@@ -47,7 +47,8 @@ import getopt
 import sys
 
 from pymailsys import config as config_mod
-from pymailsys import log, mapbuild, maps
+from pymailsys import log, maps
+from pymailsys.maps import build as mapbuild
 
 _OPTS = "Nbc:d:fFhimnopq:rsuUvw"
 

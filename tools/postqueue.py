@@ -39,9 +39,12 @@ from typing import NoReturn
 import click
 from pymailsys.tools import command
 
-from pymailsys import attr, log, queue, showq_format, trigger
 from pymailsys import config as config_mod
+from pymailsys import log
 from pymailsys import submission as sm
+from pymailsys.ipc import attr, trigger
+from pymailsys.queue import listing as showq_format
+from pymailsys.queue import spool as queue
 
 USAGE = ("usage: postqueue -f | postqueue -i queueid | postqueue -j | postqueue -p "
          "| postqueue -s site")

@@ -50,7 +50,8 @@ import click
 from pymailsys.tools import command
 
 from pymailsys import config as config_mod
-from pymailsys import log, queue
+from pymailsys import log
+from pymailsys.queue import spool as queue
 
 MESSAGE_QUEUES = (queue.MAILDROP, queue.INCOMING, queue.ACTIVE, queue.DEFERRED, queue.HOLD)
 KNOWN_QUEUES = MESSAGE_QUEUES + (queue.TRACE, queue.DEFER, queue.BOUNCE, queue.FLUSH)

@@ -50,9 +50,11 @@ from typing import NoReturn
 
 import click
 
-from pymailsys import attr, log, queue, trigger
 from pymailsys import config as config_mod
+from pymailsys import log
 from pymailsys import submission as sm
+from pymailsys.ipc import attr, trigger
+from pymailsys.queue import spool as queue
 
 PROGRAM = "sendmail"
 
@@ -272,7 +274,7 @@ def run_mailq(cfg: config_mod.Config, verbose: int = 0) -> NoReturn:
 
 
 def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoReturn:
-    from pymailsys import mapbuild
+    from pymailsys.maps import build as mapbuild
 
     specs = [alias_map] if alias_map else cfg.get_list("alias_database")
     if not specs:

@@ -6,12 +6,12 @@ SYNOPSIS
 
 DESCRIPTION
     The only writer of queue files. It serves ``public/cleanup`` with the
-    request/reply contract in ``pymailsys.services`` (one attribute list per
+    request/reply contract in ``pymailsys.ipc.services`` (one attribute list per
     message; clients keep one connection open and pipeline requests, which are
     handled concurrently and answered in order). For each message it:
 
     * rewrites the envelope sender and recipients in the local context
-      (``pymailsys.rewrite``: source routes, bang paths, the percent hack,
+      (``pymailsys.address.rewrite``: source routes, bang paths, the percent hack,
       ``@$myorigin``); a sender of MAILER-DAEMON@$myorigin becomes <>; an
       empty recipient becomes $empty_address_recipient; duplicate recipients
       are removed (the first duplicate_filter_limit are remembered);
@@ -57,8 +57,8 @@ CONFIGURATION PARAMETERS
     All are read once at start-up; a reload restarts the process.
 
 SEE ALSO
-    pymailsys.services (the contract), the headers and writer modules,
-    pymailsys.rewrite, pymailsys.queue_file (record order).
+    pymailsys.ipc.services (the contract), the headers and writer modules,
+    pymailsys.address.rewrite, pymailsys.queue.queue_file (record order).
 """
 
 from __future__ import annotations
@@ -71,11 +71,12 @@ from typing import Any
 from pymailsys.daemons.cleanup import headers as hdr
 from pymailsys.daemons.cleanup.writer import QmgrTrigger, QueueWriter
 
-from pymailsys import attr, log, server, services
-from pymailsys import queue as q
-from pymailsys import records as r
-from pymailsys.queue_file import QueueFileBuilder
-from pymailsys.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
+from pymailsys import log, server
+from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
+from pymailsys.ipc import attr, services
+from pymailsys.queue import records as r
+from pymailsys.queue import spool as q
+from pymailsys.queue.queue_file import QueueFileBuilder
 
 PROGRAM = "cleanup"
 

@@ -16,7 +16,7 @@ What it does, as Postfix 3.7's cleanup_message.c does:
 * headers named in message_drop_headers are removed (case-insensitive);
 * with a ``header_rewrite`` context, each address in an address header
   (``ADDRESS_HEADERS``) is rewritten as an envelope address
-  (``pymailsys.rewrite.rewrite_header_value``); when one changed, the header
+  (``pymailsys.address.rewrite.rewrite_header_value``); when one changed, the header
   is re-emitted as ``Name: addr,`` one address per line, joined while the line
   stays under 70 columns, continuation lines starting with a TAB
   (cleanup_fold_header); otherwise, or when unparsable, it is kept as it was;
@@ -38,8 +38,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from pymailsys import records as r
-from pymailsys.rewrite import RewriteContext, quote_822_local, rewrite_header_value
+from pymailsys.address.rewrite import RewriteContext, quote_822_local, rewrite_header_value
+from pymailsys.queue import records as r
 
 _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",

@@ -22,7 +22,7 @@ removes a file that will not be committed.
 kicks of one event-loop turn become one write on a connection to public/qmgr
 that stays open (the trigger server reads bytes until end of file). Each file
 is named as ``<HEX>``, the queue ID in lower-case hex
-(``pymailsys.trigger.encode_named_ids``): qmgr
+(``pymailsys.ipc.trigger.encode_named_ids``): qmgr
 then takes the file without scanning incoming/. The record uses no byte that
 is a trigger request (``I`` ``W`` ``D`` ``A`` ``F``), so plain trigger bytes from
 postqueue and master keep working on the same socket, and a record that a
@@ -40,8 +40,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from pymailsys import log, server, trigger
-from pymailsys import queue as q
+from pymailsys import log, server
+from pymailsys.ipc import trigger
+from pymailsys.queue import spool as q
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:

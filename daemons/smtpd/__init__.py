@@ -10,15 +10,15 @@ SYNOPSIS
 DESCRIPTION
     Accepts SMTP connections on the socket master hands over and passes each
     message to cleanup (``public/$cleanup_service_name``) over one long-lived,
-    pipelined attribute connection per process (pymailsys.attr.AttrClient),
-    following the cleanup contract in pymailsys.services. A client gets
+    pipelined attribute connection per process (pymailsys.ipc.attr.AttrClient),
+    following the cleanup contract in pymailsys.ipc.services. A client gets
     ``250 2.0.0 Ok: queued as ID`` only after cleanup replied status 0, that
     is, after the queue file is fsynced.
 
     Layout: ``session`` is the protocol (aiosmtpd.smtp.SMTP's shape with
     Postfix's replies, driven on the skeleton's streams), ``stream`` reads
     command lines and DATA in bulk, ``handler`` is the glue to the
-    restrictions (pymailsys.restrictions) and to cleanup.
+    restrictions (pymailsys.smtp.restrictions) and to cleanup.
 
     Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN;
     AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
@@ -60,7 +60,7 @@ CONFIGURATION PARAMETERS
     invalid_hostname_reject_code.
 
 SEE ALSO
-    pymailsys.restrictions, pymailsys.resolve, pymailsys.netaddr, Postfix smtpd(8).
+    pymailsys.smtp.restrictions, pymailsys.address.resolve, pymailsys.address.networks, Postfix smtpd(8).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 parameters smtpd reads, the pre-formatted greeting and EHLO reply, the
 restriction Engine (start-up fatal on a bad list: ``ValueError``), and ONE
 AttrClient to public/cleanup shared by all sessions. ``queue()`` sends one
-cleanup request (pymailsys.services contract) and returns the SMTP reply.
+cleanup request (pymailsys.ipc.services contract) and returns the SMTP reply.
 ``client_name()`` gives the client's name: ``localhost`` for loopback
 addresses without a lookup, else a forward-confirmed reverse lookup when
 smtpd_peername_lookup is on, else ``unknown``.
@@ -17,8 +17,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from pymailsys import attr, log, netaddr, restrictions, services
 from pymailsys import config as config_mod
+from pymailsys import log
+from pymailsys.address import networks as netaddr
+from pymailsys.ipc import attr, services
+from pymailsys.smtp import restrictions
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 

@@ -35,7 +35,8 @@ from typing import ClassVar
 from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
-from pymailsys import log, restrictions
+from pymailsys import log
+from pymailsys.smtp import restrictions
 
 LINE_LIMIT = 4096
 

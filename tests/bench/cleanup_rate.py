@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pymailsys.attr import AttrClient, SyncAttrClient
+from pymailsys.ipc.attr import AttrClient, SyncAttrClient
 
 TESTS = Path(__file__).resolve().parents[1]
 MODES = {

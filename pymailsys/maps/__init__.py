@@ -28,55 +28,22 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from pymailsys import config as config_mod
+from pymailsys.maps.base import (
+    REGISTRY,
+    Table,
+    TableError,
+    Warn,
+    default_warn,
+    logical_lines,
+    read_source,
+    register,
+    split_spec,
+)
 
-
-class TableError(Exception):
-    """A table could not be opened or could not answer a lookup."""
-
-
-class Table:
-    """One lookup table. Subclasses implement lookup()."""
-
-    fold = True  # fold keys to lower case before lookup
-    fixed = True  # a fixed-key table (Postfix's DICT_FLAG_FIXED), not a pattern table
-
-    def __init__(self, type_name: str, name: str) -> None:
-        self.type = type_name
-        self.name = name
-
-    @property
-    def spec(self) -> str:
-        return f"{self.type}:{self.name}"
-
-    def lookup(self, key: str) -> str | None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<Table {self.spec}>"
-
-
-Factory = Callable[[str, str], Table]
-REGISTRY: dict[str, Factory] = {}
 _cache: dict[str, Table] = {}
-
-
-def register(*type_names: str) -> Callable[[Factory], Factory]:
-    def deco(factory: Factory) -> Factory:
-        for t in type_names:
-            REGISTRY[t] = factory
-        return factory
-    return deco
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    type_name, sep, name = spec.partition(":")
-    if not sep or not type_name:
-        raise TableError(f"table {spec}: need type:name")
-    return type_name, name
 
 
 def open_table(spec: str) -> Table:
@@ -129,51 +96,6 @@ class Maps:
         return None
 
 
-# --- source files -------------------------------------------------------------
-
-Warn = Callable[[str], None]
-
-
-def _default_warn(text: str) -> None:
-    from pymailsys import log
-
-    log.warning(text)
-
-
-def read_source(name: str) -> str:
-    """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
-    the table is opened; ``TableError("open NAME: reason")`` when it cannot be read."""
-    try:
-        with open(name, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
-    except OSError as e:
-        raise TableError(f"open {name}: {e.strerror}") from e
-
-
-def logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """Postfix's readllines(): (first line number, logical line).
-
-    Blank lines and lines whose first non-blank character is ``#`` are
-    skipped; a line that starts with white space is appended, as it is, to
-    the logical line before it (so "a" + "  b" gives "a  b").
-    """
-    current: str | None = None
-    start = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0].isspace() and current is not None:
-            current += line.rstrip()
-            continue
-        if current is not None:
-            yield start, current
-        current, start = line.strip(), lineno
-    if current is not None:
-        yield start, current
-
-
-
 def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
     """postmap source: (line, key, value); key is the first word, value the rest.
 
@@ -182,7 +104,7 @@ def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[i
     starts with a double quote runs to the closing quote and keeps its quotes
     (``"a b" c`` has the key ``"a b"``), as in Postfix's postmap.
     """
-    warn = warn or _default_warn
+    warn = warn or default_warn
     out = []
     for lineno, line in logical_lines(text):
         if line.startswith('"') and line.find('"', 1) > 0:
@@ -229,7 +151,7 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
     pair``. Values are normalised as postalias does: destinations separated
     by ", ".
     """
-    warn = warn or _default_warn
+    warn = warn or default_warn
     out = []
     for lineno, line in logical_lines(text):
         if line.startswith('"'):
@@ -549,5 +471,5 @@ register("unix")(PasswdTable)
 register("hash", "btree", "lmdb")(LmdbTable)
 
 # Pattern and address tables live in their own modules; importing them registers them.
-from pymailsys import maps_cidr as _maps_cidr  # noqa: E402,F401
-from pymailsys import maps_regexp as _maps_regexp  # noqa: E402,F401
+from pymailsys.maps import cidr as _maps_cidr  # noqa: E402,F401
+from pymailsys.maps import regexp as _maps_regexp  # noqa: E402,F401

@@ -11,7 +11,7 @@ SYNOPSIS
 
 DESCRIPTION
     The tree is queue_directory with the subdirectories of
-    ``pymailsys.queue.SPOOL_DIRS`` (Postfix's owners and modes: pid root 0755,
+    ``pymailsys.queue.spool.SPOOL_DIRS`` (Postfix's owners and modes: pid root 0755,
     maildrop mail_owner:setgid_group 1733, public mail_owner:setgid_group 0711
     (no setgid programs here: each public service checks SO_PEERCRED),
     the queues mail_owner 0700), the top directory root 0755, and
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from pymailsys import privileges
 from pymailsys.config import Config
-from pymailsys.queue import SPOOL_DIRS
+from pymailsys.queue.spool import SPOOL_DIRS
 
 
 class SetupError(Exception):

@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from pymailsys import params
+from pymailsys.config import params
 
 DEFAULT_CONFIG_DIR = "/etc/pymailsys"
 

@@ -53,8 +53,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pymailsys import addr_lookup, maps, netaddr
 from pymailsys import config as config_mod
+from pymailsys import maps
+from pymailsys.address import networks as netaddr
+from pymailsys.maps import search as addr_lookup
 
 CLASS_LOCAL = "local"
 CLASS_ALIAS = "alias"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from pymailsys.queue import Spool
+from pymailsys.queue.spool import Spool
 
 ACTION_DELAYED = "delayed"
 ACTION_FAILED = "failed"

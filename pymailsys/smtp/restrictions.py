@@ -51,8 +51,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from pymailsys import addr_lookup, log, maps, netaddr, resolve
 from pymailsys import config as config_mod
+from pymailsys import log, maps
+from pymailsys.address import networks as netaddr
+from pymailsys.address import resolve
+from pymailsys.maps import search as addr_lookup
 
 OK = "OK"
 REJECT = "REJECT"

@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.maps import Table, logical_lines, read_source, register
+from pymailsys.maps.base import Table, logical_lines, read_source, register
 
 _POSIX_CLASSES = {
     "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",

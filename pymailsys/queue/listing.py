@@ -28,8 +28,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pymailsys import queue, status_log
-from pymailsys import records as r
+from pymailsys.queue import records as r
+from pymailsys.queue import spool as queue
+from pymailsys.queue import status_log
 
 SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
 MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from pymailsys.records import encode_varint
+from pymailsys.queue.records import encode_varint
 
 MAX_NAME = 256
 MAX_VALUE = 1 << 30

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pymailsys import records as r
+from pymailsys.queue import records as r
 
 
 class QueueFileError(Exception):

@@ -1,6 +1,6 @@
 """Service names, attribute names and the request/reply contracts between processes.
 
-Every internal conversation is an attribute list (``pymailsys.attr``) over a
+Every internal conversation is an attribute list (``pymailsys.ipc.attr``) over a
 Unix stream socket under queue_directory: ``public/NAME`` or ``private/NAME``.
 This module is the one place that names them; the contracts below are what
 each server promises its clients.
@@ -29,9 +29,9 @@ cleanup (``public/cleanup``), one request per message::
 
     cleanup writes the queue file in incoming/, fsyncs it, and only then
     replies status 0. Then it triggers qmgr on ``public/qmgr``, naming the new
-    files (``pymailsys.trigger.encode_named_ids``; a plain ``I`` when it cannot).
+    files (``pymailsys.ipc.trigger.encode_named_ids``; a plain ``I`` when it cannot).
 
-qmgr (``public/qmgr``): a trigger service; bytes as in ``pymailsys.trigger``.
+qmgr (``public/qmgr``): a trigger service; bytes as in ``pymailsys.ipc.trigger``.
 
 local (``private/local``), one request per recipient (delivery request)::
 

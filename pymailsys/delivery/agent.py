@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.attr import AttrList, AttrValue
-from pymailsys.queue_file import QueueFileError, content_lines
-from pymailsys.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+from pymailsys.ipc.attr import AttrList, AttrValue
+from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+from pymailsys.queue.queue_file import QueueFileError, content_lines
 
 
 class ContentError(Exception):

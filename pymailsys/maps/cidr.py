@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.maps import Table, logical_lines, read_source, register
+from pymailsys.maps.base import Table, logical_lines, read_source, register
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -1,0 +1,7 @@
+"""Addresses: Postfix's trivial-rewrite and the network lists it consults.
+
+Contract: rewriting addresses into canonical form (``rewrite``), resolving them
+to a transport, next hop and address class (``resolve``), and matching client
+addresses against mynetworks-style lists (``networks``). Depends on
+``pymailsys.maps`` and below.
+"""

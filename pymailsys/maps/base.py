@@ -1,0 +1,102 @@
+"""The lookup-table contract every table type implements, and the registry it joins.
+
+``Table`` is one table: ``lookup(key)`` returns a string (found), ``None`` (not
+found) or raises ``TableError`` (the table could not answer; callers defer, they
+never treat this as not found). ``register("type")`` adds a factory for a table
+type; ``pymailsys.maps`` opens tables through that registry. ``read_source`` and
+``logical_lines`` read the source files of the text-based types (Postfix's
+readllines(): comments and blank lines skipped, a line starting with white space
+continues the one before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from pymailsys import log
+
+
+class TableError(Exception):
+    """A table could not be opened or could not answer a lookup."""
+
+
+class Table:
+    """One lookup table. Subclasses implement lookup()."""
+
+    fold = True  # fold keys to lower case before lookup
+    fixed = True  # a fixed-key table (Postfix's DICT_FLAG_FIXED), not a pattern table
+
+    def __init__(self, type_name: str, name: str) -> None:
+        self.type = type_name
+        self.name = name
+
+    @property
+    def spec(self) -> str:
+        return f"{self.type}:{self.name}"
+
+    def lookup(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Table {self.spec}>"
+
+
+Factory = Callable[[str, str], Table]
+REGISTRY: dict[str, Factory] = {}
+
+
+def register(*type_names: str) -> Callable[[Factory], Factory]:
+    def deco(factory: Factory) -> Factory:
+        for t in type_names:
+            REGISTRY[t] = factory
+        return factory
+    return deco
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    type_name, sep, name = spec.partition(":")
+    if not sep or not type_name:
+        raise TableError(f"table {spec}: need type:name")
+    return type_name, name
+
+
+# --- source files -------------------------------------------------------------
+
+Warn = Callable[[str], None]
+
+
+def default_warn(text: str) -> None:
+    log.warning(text)
+
+
+def read_source(name: str) -> str:
+    """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
+    the table is opened; ``TableError("open NAME: reason")`` when it cannot be read."""
+    try:
+        with open(name, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as e:
+        raise TableError(f"open {name}: {e.strerror}") from e
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Postfix's readllines(): (first line number, logical line).
+
+    Blank lines and lines whose first non-blank character is ``#`` are
+    skipped; a line that starts with white space is appended, as it is, to
+    the logical line before it (so "a" + "  b" gives "a  b").
+    """
+    current: str | None = None
+    start = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0].isspace() and current is not None:
+            current += line.rstrip()
+            continue
+        if current is not None:
+            yield start, current
+        current, start = line.strip(), lineno
+    if current is not None:
+        yield start, current

@@ -1,0 +1,5 @@
+"""SMTP policy shared by the SMTP server and client.
+
+Contract: the access-restriction chain that every smtpd_*_restrictions list
+runs through, with Postfix's replies. Depends on ``pymailsys.address`` and below.
+"""
