@@ -97,7 +97,8 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 
 from pymailsys import log, server
-from pymailsys.config import params
+from pymailsys.address import resolve
+from pymailsys.config import Config, params
 from pymailsys.delivery.agent import DeliveryResult, log_line, message_attrs, request_attrs
 from pymailsys.ipc import trigger
 from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
@@ -126,18 +127,8 @@ class Route:
     error: str = ""  # set when resolution failed: defer with this text
 
 
-def route(config, address: str) -> Route:  # type: ignore[no-untyped-def]
+def route(config: Config, address: str) -> Route:
     """Where a recipient goes (the one place qmgr asks the resolver)."""
-    try:
-        from pymailsys.address import resolve
-    except ImportError:  # until the resolver lands: local or default transport only
-        local, at, domain = address.rpartition("@")
-        mydest = {d.lower() for d in config.get_list("mydestination")}
-        if not at or domain.lower().rstrip(".") in mydest:
-            transport, _, nexthop = config.get("local_transport").partition(":")
-            return Route(transport, nexthop or config.get("myhostname"))
-        transport, _, nexthop = config.get("default_transport").partition(":")
-        return Route(transport, nexthop or domain.lower())
     r = resolve.resolve(config, address)
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
