@@ -11,11 +11,11 @@ DESCRIPTION
       ``postqueue -f``, from sendmail after a maildrop write): pickup scans
       ``maildrop/``. It also scans once at start-up.
     * the byte ``s`` followed by one attribute list: a live submission from
-      sendmail (``pymailsys.submission`` describes the request and reply).
+      sendmail (``pymailsys.submission.protocol`` describes the request and reply).
       The submitter's uid comes from the kernel (SO_PEERCRED).
 
     For every complete maildrop file (regular, one link, mode 0744 / owner
-    bits rwx) pickup reads the records strictly (``submission.parse_maildrop``),
+    bits rwx) pickup reads the records strictly (``queue.maildrop.parse_maildrop``),
     takes the submitter's uid from the file owner (never from the content),
     applies authorized_submit_users and local_login_sender_maps, and hands
     the message to cleanup (origin ``pickup``). The file is removed only
@@ -49,10 +49,11 @@ import stat
 from typing import Any
 
 from pymailsys import log, maps, server
-from pymailsys import submission as sm
 from pymailsys.ipc import attr, services
+from pymailsys.queue import maildrop
 from pymailsys.queue import spool as queue
 from pymailsys.server import Context
+from pymailsys.submission import access, protocol
 
 CLEANUP_FLAGS = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER
                  | services.CLEANUP_FLAG_MAP_OK)
@@ -75,7 +76,7 @@ class Pickup:
         self.again = False
 
     # --- cleanup hand-off -------------------------------------------------------
-    async def to_cleanup(self, sub: sm.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
+    async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
         req: list[tuple[str, Any]] = [
             ("origin", "pickup"), ("sender", sub.sender),
         ]
@@ -103,18 +104,18 @@ class Pickup:
         """(sysexits status, reason) for this submitter and sender."""
         cfg = self.ctx.config
         try:
-            refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+            refused = access.user_acl(cfg, "authorized_submit_users", uid)
         except maps.TableError as e:
-            return sm.EX_TEMPFAIL, f"authorized_submit_users lookup error: {e}"
+            return os.EX_TEMPFAIL, f"authorized_submit_users lookup error: {e}"
         if refused is not None:
-            return sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail"
+            return os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail"
         try:
-            if not sm.login_sender_ok(cfg, uid, sender):
-                return sm.EX_NOPERM, f"not authorized to use sender='{sender}'"
+            if not access.login_sender_ok(cfg, uid, sender):
+                return os.EX_NOPERM, f"not authorized to use sender='{sender}'"
         except maps.TableError:
-            return sm.EX_TEMPFAIL, (f"local_login_sender_maps table lookup error for "
+            return os.EX_TEMPFAIL, (f"local_login_sender_maps table lookup error for "
                                     f"'{cfg.get('local_login_sender_maps')}'")
-        return sm.EX_OK, ""
+        return os.EX_OK, ""
 
     # --- live submissions ----------------------------------------------------------
     async def submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,24 +138,24 @@ class Pickup:
 
     async def handle_submission(self, req: attr.AttrList, uid: int) -> dict[str, Any]:
         try:
-            sub = sm.from_attrs(req, self.size_limit, self.line_limit)
-        except sm.SubmissionError as e:
+            sub = protocol.from_attrs(req, self.size_limit, self.line_limit)
+        except maildrop.SubmissionError as e:
             log.warning(f"uid={uid}: malformed submission: {e}")
-            return {"status": sm.EX_SOFTWARE, "reason": f"malformed submission: {e}"}
+            return {"status": os.EX_SOFTWARE, "reason": f"malformed submission: {e}"}
         status, reason = self.check_access(uid, sub.sender)
         if status:
-            if status == sm.EX_NOPERM:
+            if status == os.EX_NOPERM:
                 log.warning(f"uid={uid}: {reason}")
             return {"status": status, "reason": reason}
         try:
             reply = await self.to_cleanup(sub, uid)
         except (attr.ProtocolError, OSError) as e:
             log.warning(f"connect to cleanup service: {e}")
-            return {"status": sm.EX_TEMPFAIL, "reason": "queue file write error"}
+            return {"status": os.EX_TEMPFAIL, "reason": "queue file write error"}
         code = reply.number("status", 451)
         if code != services.CLEANUP_OK:
             reason = reply.text("reason") or "queue file write error"
-            return {"status": sm.EX_TEMPFAIL if code < 500 else sm.EX_UNAVAILABLE,
+            return {"status": os.EX_TEMPFAIL if code < 500 else os.EX_UNAVAILABLE,
                     "reason": reason}
         queue_id = reply.text("queue_id")
         log.info(f"{queue_id}: uid={uid} from=<{sub.sender}>")
@@ -241,8 +242,8 @@ class Pickup:
         uid = fst.st_uid
         requeued = uid == self.owner_uid and not (fst.st_mode & stat.S_IROTH)
         try:
-            sub = sm.parse_maildrop(data, self.line_limit, requeued)
-        except sm.SubmissionError as e:
+            sub = maildrop.parse_maildrop(data, self.line_limit, requeued)
+        except maildrop.SubmissionError as e:
             self.set_aside(name, path, uid, str(e))
             return "kept"
         if not sub.all_recipients():
@@ -251,7 +252,7 @@ class Pickup:
             return "removed" if self.remove(path) else "kept"
         if not requeued:
             status, reason = self.check_access(uid, sub.sender)
-            if status == sm.EX_TEMPFAIL:
+            if status == os.EX_TEMPFAIL:
                 log.warning(f"{path}: uid={uid}: {reason}")
                 return "kept"
             if status:
@@ -289,7 +290,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
     first = await reader.read(1)
     if not first:
         return
-    if first == sm.SUBMIT_MAGIC:
+    if first == protocol.SUBMIT_MAGIC:
         await p.submit(reader, writer)
         return
     # a trigger: the rest of the bytes (bounded), then a scan

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qf_helpers import make_spool, tool
 
-from pymailsys import submission as sm
+from pymailsys.queue import maildrop
 
 
 def maildrop_files(spool: Path) -> list[Path]:
@@ -25,7 +25,7 @@ def test_down_system_gets_a_maildrop_file(tmp_path: Path) -> None:
     [path] = maildrop_files(spool)
     st = path.stat()
     assert stat.S_IMODE(st.st_mode) == 0o744 and st.st_uid == os.getuid()
-    sub = sm.parse_maildrop(path.read_bytes())
+    sub = maildrop.parse_maildrop(path.read_bytes())
     assert sub.sender == "me@example.org" and sub.full_name == "Me Myself"
     assert sub.extracted == ["a@example.com", "b@example.com", "secret@example.com"]
     assert sub.lines == [b"Subject: hi", b"To: a@example.com, B <b@example.com>", b"", b"body"]
@@ -36,7 +36,7 @@ def test_dot_rule_off_with_i_and_command_line_recipients(tmp_path: Path) -> None
     out = tool("sendmail", "-C", str(etc), "-oi", "x@example.com, Y <y@example.com>",
                input=b"Subject: s\n\n.\nafter\n")
     assert out.returncode == 0, out.stderr
-    sub = sm.parse_maildrop(maildrop_files(spool)[0].read_bytes())
+    sub = maildrop.parse_maildrop(maildrop_files(spool)[0].read_bytes())
     assert sub.recipients == ["x@example.com", "y@example.com"]
     assert sub.lines == [b"Subject: s", b"", b".", b"after"]
 
@@ -61,12 +61,12 @@ def test_exit_codes(tmp_path: Path) -> None:
 
 
 def test_strict_maildrop_reader_refuses_junk() -> None:
-    good = sm.Submission(sender="u", recipients=["r@example.com"], lines=[b"x"]).to_records()
-    assert sm.parse_maildrop(good).recipients == ["r@example.com"]
+    good = maildrop.Submission(sender="u", recipients=["r@example.com"], lines=[b"x"]).to_records()
+    assert maildrop.parse_maildrop(good).recipients == ["r@example.com"]
     for bad in (good[:-2], b"Z\x00" + good, good.replace(b"S\x01u", b"S\x01u" + b"S\x01v"),
                 good.replace(b"R\x0dr@example.com", b"R\x0dr@exa\nple.com")):
         try:
-            sm.parse_maildrop(bad)
-        except sm.SubmissionError:
+            maildrop.parse_maildrop(bad)
+        except maildrop.SubmissionError:
             continue
         raise AssertionError(f"accepted {bad!r}")

@@ -7,7 +7,7 @@ DESCRIPTION
     Reads one message in queue-file record form on standard input (what
     Postfix's sendmail pipes into postdrop: envelope A F S R records, M,
     content N/L records, X, extracted R records, E), checks it as pickup
-    does (``submission.parse_maildrop``: allowed record types only, bounded
+    does (``queue.maildrop.parse_maildrop``: allowed record types only, bounded
     lengths, a sender and at least one recipient), and hands it to the mail
     system exactly as sendmail does: live over public/pickup, else as a
     maildrop file. No setgid privileges are involved; pickup takes the
@@ -27,11 +27,12 @@ import os
 import sys
 
 import click
-from pymailsys.tools import command, sendmail
+from pymailsys.tools import command
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys import submission as sm
+from pymailsys.queue import maildrop
+from pymailsys.submission import access, handoff
 
 
 @click.command(context_settings={"help_option_names": []})
@@ -45,19 +46,22 @@ def cli(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
     except (config_mod.ConfigError, OSError) as e:
         log.fatal(str(e))
     uid = os.getuid()
-    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
         log.fatal(f"User {refused}({uid}) is not allowed to submit mail")
     data = sys.stdin.buffer.read()
     if not data:
         sys.exit(0)  # request canceled
     try:
-        sub = sm.parse_maildrop(data, max(cfg.get_int("line_length_limit"), 2048))
-    except sm.SubmissionError as e:
+        sub = maildrop.parse_maildrop(data, max(cfg.get_int("line_length_limit"), 2048))
+    except maildrop.SubmissionError as e:
         log.fatal(f"uid={uid}: malformed input: {e}")
     if not sub.all_recipients():
         log.fatal(f"uid={uid}: malformed input: no recipients")
-    sendmail.hand_off(cfg, sub, uid)
+    try:
+        handoff.hand_off(cfg, sub, uid)
+    except handoff.Refused as e:
+        log.fatal(f"{sub.sender}({uid}): {e.reason}", e.status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,10 +41,10 @@ from pymailsys.tools import command
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys import submission as sm
 from pymailsys.ipc import attr, trigger
 from pymailsys.queue import listing as showq_format
 from pymailsys.queue import spool as queue
+from pymailsys.submission import access
 
 USAGE = ("usage: postqueue -f | postqueue -i queueid | postqueue -j | postqueue -p "
          "| postqueue -s site")
@@ -65,9 +65,9 @@ def _check_acl(cfg: config_mod.Config, param: str, what: str) -> None:
     uid = os.getuid()
     if uid == 0 or uid == _owner_uid(cfg):
         return
-    refused = sm.user_acl(cfg, param, uid)
+    refused = access.user_acl(cfg, param, uid)
     if refused is not None:
-        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to {what}")
+        fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to {what}")
 
 
 def _write(data: bytes) -> None:
@@ -89,9 +89,9 @@ def show_queue(cfg: config_mod.Config, fmt: str) -> None:
     except OSError as e:
         why = f"Connect to the {mail_name} {service} service: {os.strerror(e.errno or 0)}"
         if e.errno in (errno.EACCES, errno.EPERM):
-            fatal(sm.EX_SOFTWARE, why)
+            fatal(os.EX_SOFTWARE, why)
         if os.geteuid() != 0:
-            fatal(sm.EX_UNAVAILABLE, f"Queue report unavailable - mail system is down ({why})")
+            fatal(os.EX_UNAVAILABLE, f"Queue report unavailable - mail system is down ({why})")
         log.warning(f"Mail system is down -- accessing queue directly ({why})")
         text = showq_format.listing(spool, fmt, cfg.get_bool("enable_long_queue_ids"),
                                     cfg.get("empty_address_recipient"))
@@ -101,9 +101,9 @@ def show_queue(cfg: config_mod.Config, fmt: str) -> None:
         with client:
             reply = client.request({"request": "list", "format": fmt})
     except (attr.ProtocolError, OSError):
-        fatal(sm.EX_SOFTWARE, "malformed showq server response")
+        fatal(os.EX_SOFTWARE, "malformed showq server response")
     if reply.number("status", 1) != 0 or "listing" not in reply:
-        fatal(sm.EX_SOFTWARE, "malformed showq server response")
+        fatal(os.EX_SOFTWARE, "malformed showq server response")
     _write(reply.raw("listing") or b"")
 
 
@@ -113,9 +113,9 @@ def flush_queue(cfg: config_mod.Config) -> None:
     qmgr = spool.public(cfg.get("queue_service_name"))
     if not trigger.send_trigger(qmgr, trigger.FORGET + trigger.SCAN_ALL
                                 + trigger.SCAN_DEFERRED + trigger.SCAN_INCOMING):
-        fatal(sm.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
+        fatal(os.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
     if not trigger.send_trigger(spool.public(cfg.get("pickup_service_name")), trigger.WAKEUP):
-        fatal(sm.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
+        fatal(os.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
 
 
 def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
@@ -124,7 +124,7 @@ def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
     path = spool.path(queue.DEFERRED, queue_id)
     if not os.path.exists(path):
         if not os.access(spool.dir(queue.DEFERRED), os.X_OK):
-            fatal(sm.EX_UNAVAILABLE, "Cannot flush queue ID - the flush service is not available")
+            fatal(os.EX_UNAVAILABLE, "Cannot flush queue ID - the flush service is not available")
         return  # as Postfix's flush service: nothing to do
     try:
         os.utime(path, (0, 0))
@@ -132,7 +132,7 @@ def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        fatal(sm.EX_UNAVAILABLE, f"Cannot flush queue ID {queue_id}: {e.strerror}")
+        fatal(os.EX_UNAVAILABLE, f"Cannot flush queue ID {queue_id}: {e.strerror}")
     trigger.send_trigger(spool.public(cfg.get("queue_service_name")), trigger.SCAN_INCOMING)
 
 
@@ -142,7 +142,7 @@ _HOST_RE = re.compile(r"^(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9
 
 def flush_site(cfg: config_mod.Config, site: str) -> None:
     _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
-    fatal(sm.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
+    fatal(os.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
 
 
 def _valid_site(site: str) -> bool:
@@ -160,7 +160,7 @@ def main_with(cfg: config_mod.Config, args: list[str]) -> int:
     try:
         cli.main(args=args, prog_name="postqueue", standalone_mode=False, obj=cfg)
     except click.UsageError:
-        fatal(sm.EX_USAGE, USAGE)
+        fatal(os.EX_USAGE, USAGE)
     return 0
 
 
@@ -184,18 +184,18 @@ def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str |
             cfg = config_mod.load(config_dir)
             log.init(cfg, "postqueue", stderr=True)
         except (config_mod.ConfigError, OSError) as e:
-            fatal(sm.EX_UNAVAILABLE, str(e))
+            fatal(os.EX_UNAVAILABLE, str(e))
     modes = [m for m in (flush, queue_id is not None, json_list, mailq, site is not None) if m]
     if len(modes) != 1 or extra:
-        fatal(sm.EX_USAGE, USAGE)
+        fatal(os.EX_USAGE, USAGE)
     if site is not None and not _valid_site(site):
-        fatal(sm.EX_USAGE, f'Cannot flush mail queue - invalid destination: "{_shorten(site)}"')
+        fatal(os.EX_USAGE, f'Cannot flush mail queue - invalid destination: "{_shorten(site)}"')
     if queue_id is not None and not queue.valid_queue_id(queue_id):
-        fatal(sm.EX_USAGE, f'Cannot flush queue ID - invalid name: "{_shorten(queue_id)}"')
+        fatal(os.EX_USAGE, f'Cannot flush queue ID - invalid name: "{_shorten(queue_id)}"')
     try:
         os.chdir(cfg.get("queue_directory"))
     except OSError as e:
-        fatal(sm.EX_UNAVAILABLE, f"chdir {cfg.get('queue_directory')}: {e.strerror}")
+        fatal(os.EX_UNAVAILABLE, f"chdir {cfg.get('queue_directory')}: {e.strerror}")
     if mailq or json_list:
         show_queue(cfg, "json" if json_list else "text")
     elif flush:
@@ -207,7 +207,7 @@ def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    return command.run(cli, "postqueue", USAGE, argv, status=sm.EX_USAGE)
+    return command.run(cli, "postqueue", USAGE, argv, status=os.EX_USAGE)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ DESCRIPTION
     line with a lone "." unless -i / -oi is given. When the first line ends in
     CRLF, CR is removed from every line. Leading "From " lines are skipped.
 
-    The message goes to the running mail system over public/pickup (see
-    ``pymailsys.submission``): pickup learns our uid from the kernel, checks
-    authorized_submit_users and local_login_sender_maps, and replies after
+    The message goes to the running mail system over public/pickup
+    (``pymailsys.submission.handoff``): pickup learns our uid from the
+    kernel, checks authorized_submit_users and local_login_sender_maps, and replies after
     cleanup has queued the message. When the system is down (no socket,
     connection refused, or pickup answers "try later"), sendmail writes the
     message to maildrop/ instead (mode 0744 when complete, owned by us) and
@@ -52,9 +52,8 @@ import click
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys import submission as sm
-from pymailsys.ipc import attr, trigger
-from pymailsys.queue import spool as queue
+from pymailsys.queue import maildrop
+from pymailsys.submission import access, handoff, login, message
 
 PROGRAM = "sendmail"
 
@@ -73,7 +72,7 @@ def load_config(config_dir: str | None, program: str) -> config_mod.Config:
         cfg = config_mod.load(config_dir)
         log.init(cfg, program, stderr=True)
     except (config_mod.ConfigError, OSError) as e:
-        fatal(sm.EX_CONFIG, str(e))
+        fatal(os.EX_CONFIG, str(e))
     return cfg
 
 
@@ -85,77 +84,50 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
             stdin=None) -> str:  # type: ignore[no-untyped-def]
     """Submit one message; returns the queue ID (or maildrop file name)."""
     uid = os.getuid()
-    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
-        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+        fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
     if sender is not None:
-        env_sender = sm.parse_sender(sender)
+        env_sender = message.parse_sender(sender)
     else:
-        login = sm.login_name(uid)
-        if login is None:
-            fatal(sm.EX_OSERR, f"no login name found for user ID {uid}")
-        env_sender = login
+        name = login.login_name(uid)
+        if name is None:
+            fatal(os.EX_OSERR, f"no login name found for user ID {uid}")
+        env_sender = name
     if full_name is None:
-        full_name = sm.default_full_name(uid)
+        full_name = login.default_full_name(uid)
     rcpts: list[str] = []
     for arg in recipients:
-        rcpts.extend(sm.parse_address_list(arg) or [arg.strip()])
+        rcpts.extend(message.parse_address_list(arg) or [arg.strip()])
     rcpts = [r for r in rcpts if r]
     stream = stdin if stdin is not None else sys.stdin.buffer
     try:
-        lines = sm.read_message(stream, dot_rule)
+        lines = message.read_message(stream, dot_rule)
     except OSError as e:
-        fatal(sm.EX_DATAERR, f"{env_sender}({uid}): error reading input: {e.strerror}")
+        fatal(os.EX_DATAERR, f"{env_sender}({uid}): error reading input: {e.strerror}")
     extracted: list[str] = []
     if extract:
-        extracted, lines = sm.header_recipients(lines)
+        extracted, lines = message.header_recipients(lines)
     if not rcpts and not extracted:
         if extract:
-            fatal(sm.EX_USAGE, f"{env_sender}({uid}): No recipient addresses found in message header")
-        fatal(sm.EX_USAGE, f"{env_sender}({uid}): Recipient addresses must be specified on"
+            fatal(os.EX_USAGE, f"{env_sender}({uid}): No recipient addresses found in message header")
+        fatal(os.EX_USAGE, f"{env_sender}({uid}): Recipient addresses must be specified on"
               " the command line or via the -t option")
-    sub = sm.Submission(sender=env_sender, recipients=rcpts, extracted=extracted, lines=lines,
+    sub = maildrop.Submission(sender=env_sender, recipients=rcpts, extracted=extracted, lines=lines,
                         full_name=full_name, encoding=encoding, envid=envid, ret=ret,
                         notify=notify, rewrite_context=rewrite_context)
     limit = cfg.get_size("message_size_limit")
     if limit and sum(len(x) + 1 for x in lines) > limit:
-        fatal(sm.EX_TEMPFAIL, f"{env_sender}({uid}): error writing queue file: File too large")
+        fatal(os.EX_TEMPFAIL, f"{env_sender}({uid}): error writing queue file: File too large")
     return hand_off(cfg, sub, uid)
 
 
-def hand_off(cfg: config_mod.Config, sub: sm.Submission, uid: int) -> str:
-    """Live submission over public/pickup, else a maildrop file."""
-    spool = queue.Spool.from_config(cfg)
-    path = spool.public(cfg.get("pickup_service_name"))
+def hand_off(cfg: config_mod.Config, sub: maildrop.Submission, uid: int) -> str:
+    """Live submission over public/pickup, else a maildrop file; exits when refused."""
     try:
-        reply = sm.submit_stream(path, sub)
-    except sm.SystemDown:
-        reply = None
-    except (attr.ProtocolError, OSError) as e:
-        log.warning(f"submission to {path} failed: {e}; using the maildrop queue")
-        reply = None
-    if reply is not None:
-        status = reply.number("status", sm.EX_SOFTWARE)
-        if status == 0:
-            return reply.text("queue_id")
-        if status != sm.EX_TEMPFAIL:
-            fatal(status, f"{sub.sender}({uid}): {reply.text('reason')}")
-    return drop(cfg, spool, sub, uid)
-
-
-def drop(cfg: config_mod.Config, spool: queue.Spool, sub: sm.Submission, uid: int) -> str:
-    try:
-        if not sm.login_sender_ok(cfg, uid, sub.sender):
-            fatal(sm.EX_NOPERM, f"{sub.sender}({uid}): not authorized to use sender='{sub.sender}'")
-    except sm.maps.TableError:
-        pass  # pickup decides when the table answers again
-    try:
-        queue_id = sm.write_maildrop(spool, sub, cfg.get_int("line_length_limit"))
-    except OSError as e:
-        fatal(sm.EX_TEMPFAIL, f"{sub.sender}({uid}): error writing queue file: "
-              f"{e.strerror or e}")
-    trigger.send_trigger(spool.public(cfg.get("pickup_service_name")), trigger.WAKEUP)
-    return queue_id
+        return handoff.hand_off(cfg, sub, uid)
+    except handoff.Refused as e:
+        fatal(e.status, f"{sub.sender}({uid}): {e.reason}")
 
 
 # --- -bs: SMTP on standard input/output --------------------------------------------------
@@ -169,9 +141,9 @@ def smtp_stdio(cfg: config_mod.Config, rfile, wfile) -> int:  # type: ignore[no-
         wfile.write(text.encode() + b"\r\n")
         wfile.flush()
 
-    refused = sm.user_acl(cfg, "authorized_submit_users", uid)
+    refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
-        fatal(sm.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+        fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
     reply(f"220 {cfg.expand(cfg.get('smtpd_banner'))}")
     sender: str | None = None
     rcpts: list[str] = []
@@ -231,12 +203,12 @@ def smtp_stdio(cfg: config_mod.Config, rfile, wfile) -> int:  # type: ignore[no-
                 if text == b".":
                     break
                 lines.append(text[1:] if text.startswith(b".") else text)
-            sub = sm.Submission(sender=sender, recipients=rcpts, lines=lines,
-                                full_name=sm.default_full_name(uid))
+            sub = maildrop.Submission(sender=sender, recipients=rcpts, lines=lines,
+                                full_name=login.default_full_name(uid))
             try:
                 queue_id = hand_off(cfg, sub, uid)
             except SystemExit as e:
-                reply("451 4.3.0 Error: queue file write error" if e.code == sm.EX_TEMPFAIL
+                reply("451 4.3.0 Error: queue file write error" if e.code == os.EX_TEMPFAIL
                       else "554 5.7.1 Error: not accepted")
             else:
                 reply(f"250 2.0.0 Ok: queued as {queue_id}")
@@ -303,12 +275,12 @@ MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MO
 def _dsn_notify(value: str) -> int:
     mask = 0
     for word in value.lower().replace(",", " ").split():
-        bit = {"never": sm.DSN_NOTIFY_NEVER, "success": sm.DSN_NOTIFY_SUCCESS,
-               "failure": sm.DSN_NOTIFY_FAILURE, "delay": sm.DSN_NOTIFY_DELAY}.get(word)
+        bit = {"never": maildrop.DSN_NOTIFY_NEVER, "success": maildrop.DSN_NOTIFY_SUCCESS,
+               "failure": maildrop.DSN_NOTIFY_FAILURE, "delay": maildrop.DSN_NOTIFY_DELAY}.get(word)
         if bit is None:
             return 0
         mask |= bit
-    if mask & sm.DSN_NOTIFY_NEVER and mask != sm.DSN_NOTIFY_NEVER:
+    if mask & maildrop.DSN_NOTIFY_NEVER and mask != maildrop.DSN_NOTIFY_NEVER:
         return 0
     return mask
 
@@ -359,14 +331,14 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     encoding = ""
     alias_map = None
     if nflag:
-        fatal(sm.EX_USAGE, "-n option not supported")
+        fatal(os.EX_USAGE, "-n option not supported")
     if body is not None:
         if body == "8BITMIME":
             encoding = "8bit"
         elif body == "7BIT":
             encoding = "7bit"
         else:
-            fatal(sm.EX_USAGE, "-B option needs 8BITMIME or 7BIT")
+            fatal(os.EX_USAGE, "-B option needs 8BITMIME or 7BIT")
     if init_aliases:
         mode = MODE_NEWALIAS
     dsn_notify = 0
@@ -376,7 +348,7 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
             log.warning(f"bad -N option value: '{notify}' -- ignored")
     dsn_ret = 0
     if ret is not None:
-        dsn_ret = {"full": sm.DSN_RET_FULL, "hdrs": sm.DSN_RET_HDRS}.get(ret.lower(), 0)
+        dsn_ret = {"full": maildrop.DSN_RET_FULL, "hdrs": maildrop.DSN_RET_HDRS}.get(ret.lower(), 0)
         if not dsn_ret:
             log.warning("bad -R option value -- ignored")
     dsn_envid = ""
@@ -388,7 +360,7 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         else:
             dsn_envid = envid
     for x in xflags:
-        fatal(sm.EX_USAGE, f"unsupported: -X{x[:1]}")
+        fatal(os.EX_USAGE, f"unsupported: -X{x[:1]}")
     verify = False
     for b in bflags:
         c = b[:1]
@@ -407,11 +379,11 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         elif c == "v":
             verify = True
         else:
-            fatal(sm.EX_USAGE, f"unsupported: -b{c}")
+            fatal(os.EX_USAGE, f"unsupported: -b{c}")
     for o in oflags:
         if o.startswith("A"):
             if len(o) == 1:
-                fatal(sm.EX_USAGE, "-oA requires pathname")
+                fatal(os.EX_USAGE, "-oA requires pathname")
             alias_map = o[1:]
         elif o.startswith("i"):
             dot_rule = False
@@ -429,32 +401,32 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         elif qopt[0] == "R":
             site = qopt[1:]
             if not site:
-                fatal(sm.EX_USAGE, "specify: -qRsitename")
+                fatal(os.EX_USAGE, "specify: -qRsitename")
         elif qopt[0] == "I":
             qid = qopt[1:]
             if not qid:
-                fatal(sm.EX_USAGE, "specify: -qIqueueid")
+                fatal(os.EX_USAGE, "specify: -qIqueueid")
         else:
-            fatal(sm.EX_USAGE, f"-q{qopt[0]} is not implemented")
+            fatal(os.EX_USAGE, f"-q{qopt[0]} is not implemented")
     if extract and mode != MODE_ENQUEUE:
-        fatal(sm.EX_USAGE, "-t can be used only in delivery mode")
+        fatal(os.EX_USAGE, "-t can be used only in delivery mode")
     if site and mode != MODE_ENQUEUE:
-        fatal(sm.EX_USAGE, "-qR can be used only in delivery mode")
+        fatal(os.EX_USAGE, "-qR can be used only in delivery mode")
     if qid and mode != MODE_ENQUEUE:
-        fatal(sm.EX_USAGE, "-qI can be used only in delivery mode")
+        fatal(os.EX_USAGE, "-qI can be used only in delivery mode")
     if verify:
         if extract:
-            fatal(sm.EX_USAGE, "-t option cannot be used with -bv")
-        fatal(sm.EX_UNAVAILABLE, "-bv (address verification) is not supported")
+            fatal(os.EX_USAGE, "-t option cannot be used with -bv")
+        fatal(os.EX_UNAVAILABLE, "-bv (address verification) is not supported")
 
     if mode == MODE_ENQUEUE:
         if site:
             if recipients:
-                fatal(sm.EX_USAGE, "flush site requires no recipient")
+                fatal(os.EX_USAGE, "flush site requires no recipient")
             run_postqueue(cfg, "-s", site)
         if qid:
             if recipients:
-                fatal(sm.EX_USAGE, "flush queue_id requires no recipient")
+                fatal(os.EX_USAGE, "flush queue_id requires no recipient")
             run_postqueue(cfg, "-i", qid)
         enqueue(cfg, sender=env_sender, full_name=full_name, recipients=list(recipients),
                 extract=extract, dot_rule=dot_rule, encoding=encoding, envid=dsn_envid,
@@ -463,25 +435,25 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         sys.exit(0)
     if mode == MODE_MAILQ:
         if recipients:
-            fatal(sm.EX_USAGE, "display queue mode requires no recipient")
+            fatal(os.EX_USAGE, "display queue mode requires no recipient")
         run_mailq(cfg, verbose)
     if mode == MODE_FLUSHQ:
         if recipients:
-            fatal(sm.EX_USAGE, "flush queue mode requires no recipient")
+            fatal(os.EX_USAGE, "flush queue mode requires no recipient")
         run_postqueue(cfg, "-f")
     if mode == MODE_DAEMON:
         if recipients:
-            fatal(sm.EX_USAGE, "daemon mode requires no recipient")
+            fatal(os.EX_USAGE, "daemon mode requires no recipient")
         result = subprocess.run([sys.executable, "-m", "pymailsys.tools.postfix", "-c",
                                  cfg.config_dir, "start"], check=False)
         sys.exit(1 if result.returncode else 0)
     if mode == MODE_NEWALIAS:
         if recipients:
-            fatal(sm.EX_USAGE, "alias initialization mode requires no recipient")
+            fatal(os.EX_USAGE, "alias initialization mode requires no recipient")
         run_newaliases(cfg, alias_map)
     if mode == MODE_USER:
         if recipients:
-            fatal(sm.EX_USAGE, "stand-alone mode requires no recipient")
+            fatal(os.EX_USAGE, "stand-alone mode requires no recipient")
         sys.exit(smtp_stdio(cfg, sys.stdin.buffer, sys.stdout.buffer))
     sys.exit(0)
 
@@ -493,11 +465,11 @@ def _run(program: str, argv: list[str] | None = None) -> int:
         cli.main(args=args, prog_name=program, standalone_mode=False, obj=program)
     except click.UsageError as e:
         sys.stderr.write(f"{program}: fatal: usage: {program} [options] ({e.format_message()})\n")
-        return sm.EX_USAGE
+        return os.EX_USAGE
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except (TimeoutError, BrokenPipeError):
-        return sm.EX_TEMPFAIL
+        return os.EX_TEMPFAIL
     return 0
 
 

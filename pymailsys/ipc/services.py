@@ -60,7 +60,7 @@ reply ``{status: 0, listing: <bytes, the whole mailq text or JSON lines>}``.
 
 pickup (``public/pickup``): a trigger service (``W``), and the submission
 service for sendmail: a connection starting with ``s`` carries one
-submission (``pymailsys.submission``); the submitter's uid comes from
+submission (``pymailsys.submission.protocol``); the submitter's uid comes from
 SO_PEERCRED.
 
 bounce (``private/bounce``), one request per message whose failed recipients

@@ -1,0 +1,282 @@
+"""maildrop - the record file a local submission leaves in maildrop/.
+
+NAME
+    maildrop - Postfix's postdrop file format: write it, read it strictly
+
+DESCRIPTION
+    A local user's message is a ``Submission`` (envelope sender, full name,
+    recipients, recipients extracted from headers by ``sendmail -t``,
+    message lines, DSN and encoding options). When the mail system is down
+    it waits in ``maildrop/`` as the records Postfix's postdrop writes::
+
+        T  arrival time
+        A  named attributes (envelope_id, ret_flags, rewrite_context,
+           encoding, notify_flags before each recipient)
+        N  full name, S sender, R recipients
+        M  then content: N (line), L (line continued)
+        X  then the extracted R records
+        E  end
+
+    ``Submission.to_records`` encodes that form; ``write_maildrop`` stores it
+    under a new queue ID, mode 0644 while written and 0744 (complete) after
+    the fsync; the file owner is the submitter.
+
+    ``parse_maildrop`` is the strict reader pickup and postdrop apply to files
+    any local user could have written: only the record types Postfix's
+    pickup allows in each section, each record no longer than a bound,
+    exactly one sender, at most MAX_RECIPIENTS recipients, a final E.
+    Anything else raises ``SubmissionError``. Times inside the file are
+    ignored (the file's mtime and owner are what count). A whole queue file
+    (after ``postsuper -r``) reads the same way; its client attributes are
+    dropped.
+
+SECURITY
+    Nothing in the file is trusted: the uid comes from the file owner; record
+    types, lengths and counts are bounded; named attributes are limited to
+    the DSN/encoding/rewrite set postdrop writes; no envelope value carries
+    a null or a line break.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pymailsys.queue import records as r
+from pymailsys.queue import spool as queue
+
+# named attributes (Postfix mail_proto.h)
+ATTR_ENVID = "envelope_id"
+ATTR_RET = "ret_flags"
+ATTR_NOTIFY = "notify_flags"
+ATTR_RWR = "rewrite_context"
+ATTR_ENCODING = "encoding"
+ATTR_TRACE = "trace_flags"
+
+DSN_RET_FULL = 1
+DSN_RET_HDRS = 2
+DSN_NOTIFY_NEVER = 1
+DSN_NOTIFY_SUCCESS = 2
+DSN_NOTIFY_FAILURE = 4
+DSN_NOTIFY_DELAY = 8
+
+# what Postfix's pickup accepts per section (rec_type.h), PTR/padding handled apart
+ENVELOPE_TYPES = b"MCTcFILSDRO/WVA>K<ion"
+CONTENT_TYPES = b"XLNw"
+EXTRACT_TYPES = b"EDRO/PreAFIL>Kon"
+MAX_RECIPIENTS = 10000
+
+
+class SubmissionError(Exception):
+    """A malformed submission (maildrop file or request)."""
+
+
+@dataclass
+class Submission:
+    sender: str
+    recipients: list[str] = field(default_factory=list)
+    extracted: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    full_name: str = ""
+    encoding: str = ""
+    envid: str = ""
+    ret: int = 0
+    notify: int = 0
+    rewrite_context: str = "local"
+    orig_recipients: list[str] = field(default_factory=list)
+
+    def all_recipients(self) -> list[str]:
+        return self.recipients + self.extracted
+
+    def content(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines)
+
+    def to_records(self, arrival: float | None = None, line_limit: int = 2048) -> bytes:
+        """The maildrop file form."""
+        now = time.time() if arrival is None else arrival
+        sec = int(now)
+        out = [r.encode_record(r.REC_TYPE_TIME, f"{sec} {int((now - sec) * 1e6)}".encode())]
+
+        def a(name: str, value: str) -> None:
+            out.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode(
+                "utf-8", "surrogateescape")))
+
+        def rec(rtype: bytes, text: str) -> None:
+            out.append(r.encode_record(rtype, text.encode("utf-8", "surrogateescape")))
+
+        if self.envid:
+            a(ATTR_ENVID, self.envid)
+        if self.ret:
+            a(ATTR_RET, str(self.ret))
+        a(ATTR_RWR, self.rewrite_context or "local")
+        if self.full_name:
+            rec(r.REC_TYPE_FULL, self.full_name)
+        rec(r.REC_TYPE_FROM, self.sender)
+        if self.encoding:
+            a(ATTR_ENCODING, self.encoding)
+        for rcpt in self.recipients:
+            if self.notify:
+                a(ATTR_NOTIFY, str(self.notify))
+            rec(r.REC_TYPE_RCPT, rcpt)
+        out.append(r.encode_record(r.REC_TYPE_MESG, b""))
+        for line in self.lines:
+            out.append(r.text_records(line, line_limit))
+        out.append(r.encode_record(r.REC_TYPE_XTRA, b""))
+        for rcpt in self.extracted:
+            if self.notify:
+                a(ATTR_NOTIFY, str(self.notify))
+            rec(r.REC_TYPE_RCPT, rcpt)
+        out.append(r.encode_record(r.REC_TYPE_END, b""))
+        return b"".join(out)
+
+
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", "surrogateescape")
+
+
+def check_envelope_text(rtype: bytes, payload: bytes) -> None:
+    """SubmissionError when an envelope value carries a null or a line break."""
+    if b"\r" in payload or b"\n" in payload or b"\0" in payload:
+        raise SubmissionError(
+            f"null or line break in '{r.REC_TYPES.get(rtype, '?')}' record")
+
+
+def iter_following_pointers(data: bytes, max_length: int) -> Iterable[tuple[bytes, bytes]]:
+    """(type, payload) in logical order: p records followed, w padding skipped."""
+    offset = 0
+    jumps = 0
+    end = len(data)
+    while offset < end:
+        rtype, payload, nxt = r.decode_record(data, offset, max_length)
+        if rtype == r.REC_TYPE_PTR:
+            try:
+                target = int(payload.strip() or b"0")
+            except ValueError:
+                raise SubmissionError("malformed pointer record") from None
+            if target > 0:
+                jumps += 1
+                if jumps > 10000 or target >= end:
+                    raise SubmissionError("bad pointer record")
+                offset = target
+            else:
+                offset = nxt
+            continue
+        if rtype == r.REC_TYPE_DTXT:
+            offset = nxt
+            continue
+        yield rtype, payload
+        if rtype == r.REC_TYPE_END:
+            return
+        offset = nxt
+
+
+def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) -> Submission:
+    """A maildrop file (postdrop format, or a whole queue file after postsuper -r)."""
+    max_length = max(line_limit, 2048)
+    sub = Submission(sender="")
+    senders = 0
+    section = 0  # 0 envelope, 1 content, 2 extracted
+    allowed = (ENVELOPE_TYPES, CONTENT_TYPES, EXTRACT_TYPES)
+    partial: list[bytes] = []
+    notify = 0
+    orig = ""
+    ended = False
+    try:
+        for rtype, payload in iter_following_pointers(data, max_length):
+            if rtype not in allowed[section]:
+                raise SubmissionError(
+                    f"unexpected or malformed record type {rtype[0]}")
+            if section == 1:
+                if rtype == r.REC_TYPE_XTRA:
+                    if partial:
+                        sub.lines.append(b"".join(partial))
+                        partial = []
+                    section = 2
+                elif rtype == r.REC_TYPE_CONT:
+                    partial.append(payload)
+                elif rtype == r.REC_TYPE_NORM:
+                    partial.append(payload)
+                    sub.lines.append(b"".join(partial))
+                    partial = []
+                if len(sub.lines) > 10_000_000:
+                    raise SubmissionError("too many lines")
+                continue
+            if rtype == r.REC_TYPE_MESG:
+                if section != 0:
+                    raise SubmissionError("unexpected message content record")
+                section = 1
+                continue
+            if rtype == r.REC_TYPE_END:
+                ended = True
+                break
+            check_envelope_text(rtype, payload)
+            if rtype == r.REC_TYPE_FROM:
+                senders += 1
+                if senders > 1:
+                    raise SubmissionError("duplicate sender record")
+                sub.sender = _text(payload)
+            elif rtype == r.REC_TYPE_FULL:
+                sub.full_name = _text(payload)
+            elif rtype == r.REC_TYPE_ORCP:
+                orig = _text(payload)
+            elif rtype == r.REC_TYPE_RCPT:
+                (sub.recipients if section == 0 else sub.extracted).append(_text(payload))
+                sub.orig_recipients.append(orig)
+                orig = ""
+                if len(sub.all_recipients()) > MAX_RECIPIENTS:
+                    raise SubmissionError("too many recipients")
+            elif rtype in (r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
+                orig = ""
+            elif rtype == r.REC_TYPE_ATTR:
+                name, sep, value = _text(payload).partition("=")
+                if not sep:
+                    continue
+                if name == ATTR_NOTIFY:
+                    notify = int(value) if value.isdigit() else 0
+                    sub.notify = sub.notify or notify
+                elif name == ATTR_ENVID:
+                    sub.envid = value
+                elif name == ATTR_RET:
+                    sub.ret = int(value) if value.isdigit() else 0
+                elif name == ATTR_ENCODING and value in ("7bit", "8bit", ""):
+                    sub.encoding = value
+                elif name == ATTR_RWR and value in ("local", "remote"):
+                    sub.rewrite_context = value
+                # other named attributes (client info of a requeued file) are dropped
+    except r.RecordError as e:
+        raise SubmissionError(str(e)) from None
+    if not ended:
+        raise SubmissionError("no end-of-message record")
+    if senders == 0:
+        raise SubmissionError("no envelope sender")
+    if section != 2:
+        raise SubmissionError("no message content")
+    return sub
+
+
+def write_maildrop(spool: queue.Spool, sub: Submission, line_limit: int = 2048) -> str:
+    """Write a complete maildrop file (0644 while written, 0744 after fsync)."""
+    old = os.umask(0o022)
+    try:
+        queue_id, path, fd = spool.create_queue_file(queue.MAILDROP, queue.MAILDROP_WRITING)
+    finally:
+        os.umask(old)
+    try:
+        data = sub.to_records(line_limit=line_limit)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fchmod(fd, queue.MAILDROP_COMPLETE)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    return queue_id

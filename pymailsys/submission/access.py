@@ -1,0 +1,84 @@
+"""access - may this local user submit, list, flush, or use this sender?
+
+``user_acl(config, param, uid)`` applies one of Postfix's authorized_*_users
+lists (authorized_submit_users, authorized_mailq_users,
+authorized_flush_users) to the login name of ``uid``, as Postfix's
+check_user_acl_byuid: patterns are names, ``!name``, ``/file`` and
+``type:table``; the first match decides; no match refuses; ``static:``
+anything allows all. It returns None when allowed, else the name refused.
+
+``login_sender_ok(config, uid, sender)`` applies local_login_sender_maps
+(``*``, ``@domain``, the empty-address key, addresses with the recipient
+delimiter extension stripped).
+
+A table that cannot answer raises ``maps.TableError``: the caller defers or
+refuses, never allows.
+"""
+
+from __future__ import annotations
+
+from pymailsys import maps
+from pymailsys.config import Config
+from pymailsys.submission.login import login_name
+
+
+def user_acl(config: Config, param: str, uid: int) -> str | None:
+    """None when uid may (Postfix check_user_acl_byuid), else the user name refused."""
+    acl = config.get(param).strip()
+    if acl.startswith("static:"):
+        return None
+    name = login_name(uid) or "unknown"
+    for pattern in config.get_list(param):
+        negate = pattern.startswith("!")
+        if negate:
+            pattern = pattern[1:]
+        matched = False
+        if pattern.startswith("/"):
+            try:
+                with open(pattern) as f:
+                    words = f.read().split()
+            except OSError:
+                words = []
+            matched = name.lower() in (w.lower() for w in words)
+        elif ":" in pattern:
+            matched = maps.Maps(None, specs=[pattern]).find(name) is not None
+        else:
+            matched = pattern.lower() == name.lower()
+        if matched:
+            return name if negate else None
+    return name
+
+
+def login_sender_ok(config: Config, uid: int, sender: str) -> bool:
+    """local_login_sender_maps: may this user use this envelope sender?
+
+    Raises maps.TableError when a table cannot answer (the caller defers).
+    """
+    specs = config.get_list("local_login_sender_maps")
+    user = login_name(uid) or f"uid:{uid}"
+    patterns = maps.Maps(None, specs=specs).find(user)
+    if patterns is None:
+        return False
+    delim = config.get("recipient_delimiter")
+    null_key = config.get("empty_address_local_login_sender_maps_lookup_key")
+    for pattern in patterns.replace(",", " ").split():
+        if pattern.startswith("@"):
+            at = sender.rfind("@")
+            if at >= 0 and sender[at:].lower() == pattern.lower():
+                return True
+        elif pattern == "*":
+            return True
+        elif pattern.lower() == null_key.lower():
+            if sender == "":
+                return True
+        else:
+            local, sep, domain = sender.rpartition("@") if "@" in sender else (sender, "", "")
+            if delim and local:
+                for d in delim:
+                    if d in local:
+                        local = local.split(d, 1)[0]
+                        break
+            stripped = f"{local}@{domain}" if sep else local
+            if pattern.lower() == stripped.lower():
+                return True
+    return False
