@@ -67,13 +67,19 @@ def test_layout(tmp_path: Path) -> None:
 
 
 def test_empty_queue(tmp_path: Path) -> None:
+    """With the system down, root lists the queue directly; any other user is refused,
+    as Postfix's postqueue refuses (only the superuser may bypass showq)."""
     etc, _spool = make_spool(tmp_path)
     out = tool("postqueue", "-c", str(etc), "-p")
-    assert out.stdout == b"Mail queue is empty\n"
     if IS_ROOT:
         assert out.returncode == 0
+        assert out.stdout == b"Mail queue is empty\n"
         assert (b"postqueue: warning: Mail system is down -- accessing queue directly "
                 b"(Connect to the Postfix showq service: No such file or directory)") in out.stderr
+    else:
+        assert out.returncode == 69
+        assert out.stdout == b""
+        assert b"postqueue: fatal: Queue report unavailable - mail system is down" in out.stderr
 
 
 @pytest.mark.root
