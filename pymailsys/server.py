@@ -49,16 +49,16 @@ from dataclasses import dataclass, field
 
 from pymailsys import config as config_mod
 from pymailsys import log, privileges
+from pymailsys.ipc.master_status import (
+    LIFELINE_FD,
+    LISTEN_FD,
+    STATUS_AVAILABLE,
+    STATUS_BUSY,
+    STATUS_FD,
+)
 from pymailsys.queue.spool import Spool
 
-LIFELINE_FD = 4
-STATUS_FD = 5
-LISTEN_FD = 6
-
 _INHERITED: set[int] = set()  # of LIFELINE_FD, STATUS_FD: those master handed over
-
-STATUS_AVAILABLE = b"A"
-STATUS_BUSY = b"B"
 
 
 @dataclass

@@ -1,0 +1,175 @@
+"""Services and their child processes: what a child is, how it is started, its status pipe.
+
+Contract: a master.cf command names a Python module (``module_for``):
+``pymailsys.daemons.COMMAND`` (a ``-`` becomes ``_``, so ``trivial-rewrite``
+is ``pymailsys.daemons.trivial_rewrite``); a command containing a dot is taken
+as a full module name (third-party services, test fixtures).
+
+``spawn`` starts one child of a service as::
+
+    python3 -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z]
+            [-s COUNT] ARGS-FROM-MASTER.CF
+
+with the descriptors of ``pymailsys.ipc.master_status`` (lifeline, status
+pipe, listeners), fds 0 and 1 /dev/null and fd 2 master's stderr relay; every
+other descriptor is closed. Each child gets a status pipe of its own (the
+child cannot tell): the one-byte status protocol carries no process ID, and a
+private pipe is what lets master know exactly which child is available, even
+after one was killed halfway. ``child_env`` filters the environment by
+``import_environment``, keeps ``PYTHON*`` and ``PYMAILSYS_*`` so that the
+interpreter runs the same code, and sets ``MAIL_CONFIG`` and ``GENERATION``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from pymailsys.daemons.master.listeners import Listener
+
+from pymailsys.config import Config
+from pymailsys.config.master_cf import ServiceEntry
+from pymailsys.ipc.master_status import (
+    LIFELINE_FD,
+    LISTEN_FD,
+    STATUS_AVAILABLE,
+    STATUS_BUSY,
+    STATUS_FD,
+)
+
+LIMIT_WARNING_INTERVAL = 1000.0
+
+
+def module_for(command: str) -> str:
+    """The Python module that implements a master.cf command."""
+    base = os.path.basename(command)
+    if "." in base:
+        return base
+    return "pymailsys.daemons." + base.replace("-", "_")
+
+
+def module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class Service:
+    """One master.cf service as master runs it: its listeners and its children."""
+
+    entry: ServiceEntry
+    module: str
+    maxproc: int
+    spec: tuple
+    listeners: list[Listener] = field(default_factory=list)
+    children: dict[int, Child] = field(default_factory=dict)
+    throttle_until: float = 0.0
+    next_wakeup: float | None = None
+    used: bool = False
+    watching: bool = False
+    last_limit_warning: float = -LIMIT_WARNING_INTERVAL
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def at_limit(self) -> bool:
+        return self.maxproc > 0 and len(self.children) >= self.maxproc
+
+
+@dataclass
+class Child:
+    """One running child process and the read end of its status pipe."""
+
+    pid: int
+    service: Service
+    generation: int
+    status_fd: int
+    available: bool = True
+    reported: bool = False
+
+    def read_status(self) -> bool:
+        """Take the status bytes waiting on the pipe; False at end of file."""
+        try:
+            data = os.read(self.status_fd, 256)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        for byte in data:
+            if byte == STATUS_AVAILABLE[0]:
+                self.available = True
+                self.reported = True
+            elif byte == STATUS_BUSY[0]:
+                self.available = False
+                self.reported = True
+        return True
+
+
+def child_argv(svc: Service, config_dir: str) -> list[str]:
+    entry = svc.entry
+    argv = [sys.executable, "-m", svc.module, "-c", config_dir,
+            "-n", entry.name, "-t", entry.type]
+    if entry.unpriv:
+        argv.append("-u")
+    if svc.maxproc == 1:
+        argv.append("-l")
+    elif svc.maxproc == 0:
+        argv.append("-z")
+    if len(svc.listeners) > 1:
+        argv += ["-s", str(len(svc.listeners))]
+    return argv + entry.args
+
+
+def child_env(cfg: Config, config_dir: str, generation: int) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in cfg.get_list("import_environment"):
+        name, sep, value = item.partition("=")
+        if sep:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    for name, value in os.environ.items():
+        if name.startswith(("PYTHON", "PYMAILSYS_")):
+            env[name] = value
+    env["MAIL_CONFIG"] = config_dir
+    env["GENERATION"] = f"{generation:o}"
+    return env
+
+
+def spawn(svc: Service, argv: list[str], env: dict[str, str], *, devnull: int,
+          stderr_w: int, lifeline_r: int) -> tuple[int, int]:
+    """Start one child of svc: (pid, non-blocking read end of its status pipe); OSError."""
+    status_r, status_w = os.pipe()
+    targets = [(devnull, 0), (devnull, 1), (stderr_w, 2),
+               (lifeline_r, LIFELINE_FD), (status_w, STATUS_FD)]
+    targets += [(lst.fd, LISTEN_FD + i) for i, lst in enumerate(svc.listeners)]
+    # Two steps through descriptors above every source and target, so that no
+    # dup2 overwrites a source still to be copied.
+    base = max(max(src for src, _ in targets), LISTEN_FD + len(svc.listeners)) + 1
+    actions: list[tuple] = []
+    for i, (src, _dst) in enumerate(targets):
+        actions.append((os.POSIX_SPAWN_DUP2, src, base + i))
+    for i, (_src, dst) in enumerate(targets):
+        actions.append((os.POSIX_SPAWN_DUP2, base + i, dst))
+    for i in range(len(targets)):
+        actions.append((os.POSIX_SPAWN_CLOSE, base + i))
+    try:
+        pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions,
+                             setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM,
+                                        signal.SIGINT, signal.SIGCHLD),
+                             setsigmask=())
+    except OSError:
+        os.close(status_r)
+        os.close(status_w)
+        raise
+    os.close(status_w)
+    os.set_blocking(status_r, False)
+    return pid, status_r

@@ -1,0 +1,121 @@
+"""Configuration (re)loading: main.cf and master.cf into the set of running services.
+
+Contract: ``load_configuration(config_dir)`` reads both files or raises ConfigError/OSError.
+``build_services(cfg, entries, old, fatal, release)`` turns master.cf entries
+into ``Service`` objects, carrying over from ``old`` what did not change:
+
+* a listener whose address (``spec``) is unchanged is handed over, not
+  re-created, so clients never see a closed port during a reload; listeners
+  no longer wanted are closed (via ``release``) before new ones are bound;
+* children of a service that still exists stay attached to it (they belong to
+  the old generation and exit when their lifeline closes);
+* a service whose daemon module does not exist is left out with a warning,
+  so that a stock Postfix master.cf (tlsmgr, anvil, scache, pipe) starts;
+* at start-up (``fatal``) a bad address or a failed bind is an error; on
+  reload it disables only that service.
+
+The chroot column is not supported yet: one warning names the services that
+asked for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from pymailsys.daemons.master.children import Service, module_exists, module_for
+from pymailsys.daemons.master.listeners import inet_bind_addresses, make_listeners
+
+from pymailsys import config as config_mod
+from pymailsys import log
+from pymailsys.config import Config, ConfigError, master_cf
+from pymailsys.config.master_cf import ServiceEntry
+
+Services = dict[tuple[str, str], Service]
+
+
+def load_configuration(config_dir: str) -> tuple[Config, list[ServiceEntry]]:
+    cfg = config_mod.load(config_dir)
+    entries = master_cf.parse_file(os.path.join(config_dir, "master.cf"))
+    return cfg, entries
+
+
+def close_listeners(svc: Service, release: Callable[[Service], None]) -> None:
+    """Stop watching svc's listeners (``release``) and close them."""
+    release(svc)
+    for lst in svc.listeners:
+        lst.close()
+    svc.listeners = []
+
+
+def build_services(cfg: Config, entries: list[ServiceEntry], old: Services, fatal: bool,
+                   release: Callable[[Service], None]) -> Services:
+    """Services for entries, reusing old listeners whose address did not change.
+
+    ``release(svc)`` stops master from watching svc's listeners before they
+    are closed or handed over.
+    """
+    default_limit = cfg.get_int("default_process_limit")
+    queue_directory = cfg.get("queue_directory")
+    wanted: list[tuple[ServiceEntry, str, int, tuple]] = []
+    for entry in entries:
+        module = module_for(entry.command)
+        if not module_exists(module):
+            log.warning(f"{entry.where()}: service {entry.name}/{entry.type}: "
+                        f"no daemon module {module} -- service disabled")
+            continue
+        maxproc = default_limit if entry.maxproc is None else entry.maxproc
+        try:
+            if entry.type == "inet":
+                spec: tuple = ("inet", entry.name, tuple(inet_bind_addresses(entry, cfg)))
+            else:
+                spec = (entry.type, entry.socket_name(queue_directory))
+        except ConfigError as e:
+            if fatal:
+                raise
+            log.error(f"{e} -- service {entry.name}/{entry.type} disabled")
+            continue
+        wanted.append((entry, module, maxproc, spec))
+    chrooted = [f"{e.name}/{e.type}" for e, _m, _p, _s in wanted if e.chroot]
+    if chrooted:
+        log.warning(f"{os.path.join(cfg.config_dir, 'master.cf')}: the chroot column is not "
+                    f"supported yet; these services run without chroot: {', '.join(chrooted)}")
+    # Close the listeners that are not carried over, before binding new ones.
+    keep_specs = {spec for _e, _m, _p, spec in wanted}
+    for svc in old.values():
+        if svc.spec not in keep_specs:
+            close_listeners(svc, release)
+    reusable = {svc.spec: svc for svc in old.values() if svc.listeners}
+    new: Services = {}
+    now = time.monotonic()
+    for entry, module, maxproc, spec in wanted:
+        svc = Service(entry, module, maxproc, spec)
+        prev = reusable.pop(spec, None)
+        if prev is not None:
+            release(prev)
+            svc.listeners, prev.listeners = prev.listeners, []
+        else:
+            try:
+                svc.listeners = make_listeners(entry, cfg, maxproc)
+            except (ConfigError, OSError) as e:
+                text = str(e) if isinstance(e, ConfigError) else (e.strerror or str(e))
+                if fatal:
+                    for s in new.values():
+                        close_listeners(s, release)
+                    raise ConfigError(text) from None
+                log.error(f"{text} -- service {entry.name}/{entry.type} disabled")
+                continue
+        same = old.get(entry.key)
+        if same is not None:
+            svc.children = same.children
+            same.children = {}
+            for child in svc.children.values():
+                child.service = svc
+            svc.used = same.used
+        if entry.wakeup > 0:
+            svc.next_wakeup = now + entry.wakeup if entry.wakeup_after_use else now
+        new[entry.key] = svc
+    for svc in reusable.values():
+        close_listeners(svc, release)
+    return new

@@ -1,0 +1,426 @@
+"""The master's event loop: demand-started children, wake-ups, exits, signals, stop.
+
+Contract: ``Master(config_dir, init_fd).run()`` initializes (configuration,
+log, chdir to queue_directory, the pid file lock, listeners), reports ``ok``
+or ``fatal: ...`` on ``init_fd`` when given (``master -w``), then serves
+until SIGTERM/SIGINT and returns the exit status.
+
+Demand: master watches a service's listener only while the service has no
+available child of the current generation, is below its process limit
+(maxproc, 0 = unlimited) and is not throttled; when the listener becomes
+readable it starts one child, which counts as available until it reports
+otherwise. At the limit it logs ``service "NAME" (NAME) has reached its
+process limit "N": new clients may experience noticeable delays`` at most
+once per 1000 s.
+
+Wake-ups: a service with wakeup N > 0 gets a ``W`` trigger every N seconds
+(connect + write for sockets, a write to the FIFO), the first one at
+start-up; when its last process exits it is triggered (and so restarted) at
+once. ``N?`` services are woken only after they have been used. A wake-up
+never blocks master.
+
+Exits: ``warning: process PATH pid N exit status S`` or ``... killed by
+signal S`` (PATH is ``$daemon_directory/COMMAND``, as Postfix shows it); a
+child that fails before it ever reported its status gives ``warning: PATH:
+bad command startup -- throttling`` and no new process of that service for
+``service_throttle_time``.
+
+Signals arrive through a wake-up pipe (``signal.set_wakeup_fd``) and are
+handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
+stop (terminate all children, wait up to 3 s, kill what is left).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
+
+from pymailsys.daemons.master import children
+from pymailsys.daemons.master.children import LIMIT_WARNING_INTERVAL, Child, Service
+from pymailsys.daemons.master.reload import Services, build_services, load_configuration
+from pymailsys.daemons.master.stderr_relay import StderrRelay, readable
+
+from pymailsys import MAIL_VERSION, log, pidfile
+from pymailsys import config as config_mod
+from pymailsys.config import Config, ConfigError
+from pymailsys.queue import setup as spool_setup
+
+PROGRAM = "master"
+STOP_GRACE = 3.0
+
+
+class StartupError(Exception):
+    """A fatal problem while master initializes (reported to ``-w`` waiters)."""
+
+
+class Master:
+    """One running master: configuration, listeners, children, event loop."""
+
+    def __init__(self, config_dir: str | None, init_fd: int | None = None) -> None:
+        self.config_dir = os.path.abspath(config_mod.resolve_config_dir(config_dir))
+        self.init_fd = init_fd
+        self.cfg: Config | None = None
+        self.services: Services = {}
+        self.children: dict[int, Child] = {}
+        self.sel = selectors.DefaultSelector()
+        self.generation = 0
+        self.lifeline_r = -1
+        self.lifeline_w = -1
+        self.stderr: StderrRelay | None = None
+        self.devnull = -1
+        self.pid_fd = -1
+        self.wake_r = -1
+        self.wake_w = -1
+        self.terminating = False
+        self.daemon_directory = ""
+
+    # -- start-up ------------------------------------------------------------
+    def fatal(self, text: str) -> NoReturn:
+        raise StartupError(text)
+
+    def initialize(self) -> None:
+        log.init_stderr_only(PROGRAM)
+        try:
+            cfg, entries = load_configuration(self.config_dir)
+            log.init(cfg, PROGRAM)
+        except ConfigError as e:
+            self.fatal(str(e))
+        except OSError as e:
+            self.fatal(f"open log file: {e.strerror}")
+        self.cfg = cfg
+        self.daemon_directory = cfg.get("daemon_directory")
+        queue_directory = cfg.get("queue_directory")
+        try:
+            os.chdir(queue_directory)
+        except OSError as e:
+            self.fatal(f"chdir {queue_directory}: {e.strerror}")
+        self.lock_pid_file(cfg)
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.stderr = StderrRelay()
+        self.sel.register(self.stderr.read_fd, selectors.EVENT_READ, self.stderr.on_readable)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self.on_signal_pipe)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, _ignore_signal)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.new_generation()
+        try:
+            self.services = build_services(cfg, entries, {}, True, self.unwatch)
+        except (ConfigError, OSError) as e:
+            self.fatal(str(e) if isinstance(e, ConfigError) else (e.strerror or str(e)))
+        log.info(f"daemon started -- version {MAIL_VERSION}, configuration {self.config_dir}")
+        if os.geteuid() != 0:
+            user = spool_setup.user_name(os.geteuid())
+            log.warning(f"not running as root: all services run as user {user} "
+                        f"(uid {os.geteuid()}); mail_owner and the unpriv column have no effect")
+
+    def lock_pid_file(self, cfg: Config) -> None:
+        rel = os.path.join(cfg.get("process_id_directory"), "master.pid")
+        try:
+            self.pid_fd = pidfile.lock(rel, os.getpid())
+        except pidfile.PidFileError as e:
+            self.fatal(str(e))
+
+    def new_generation(self) -> None:
+        if self.lifeline_w >= 0:
+            os.close(self.lifeline_w)
+            os.close(self.lifeline_r)
+        self.generation += 1
+        self.lifeline_r, self.lifeline_w = os.pipe()
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.initialize()
+        except StartupError as e:
+            self.report_init(f"fatal: {e}")
+            log.fatal(str(e))
+        except Exception as e:
+            self.report_init(f"fatal: {e!r}")
+            _log_traceback()
+            log.fatal(f"initialization failed: {e!r}")
+        self.report_init("ok")
+        while not self.terminating:
+            try:
+                self.step()
+            except Exception:  # a bug must not take the whole mail system down
+                _log_traceback()
+                time.sleep(0.1)
+        return self.shutdown()
+
+    def step(self) -> None:
+        """One turn of the loop: wait for an event or a timer, then handle it."""
+        self.update_watches()
+        timeout = self.next_timeout()
+        try:
+            events = self.sel.select(timeout)
+        except InterruptedError:
+            events = []
+        for key, _mask in events:
+            callback: Callable[[], None] = key.data
+            callback()
+        self.reap()
+        self.run_timers()
+
+    def report_init(self, text: str) -> None:
+        if self.init_fd is None:
+            return
+        try:
+            os.write(self.init_fd, text.encode("utf-8", "replace"))
+            os.close(self.init_fd)
+        except OSError:
+            pass
+        self.init_fd = None
+
+    def current(self, svc: Service) -> list[Child]:
+        return [c for c in svc.children.values() if c.generation == self.generation]
+
+    def update_watches(self) -> None:
+        now = time.monotonic()
+        for svc in self.services.values():
+            avail = any(c.available for c in self.current(svc))
+            want = (bool(svc.listeners) and not avail and not svc.at_limit()
+                    and now >= svc.throttle_until)
+            if want and not svc.watching:
+                for lst in svc.listeners:
+                    self.sel.register(lst.fd, selectors.EVENT_READ,
+                                      lambda s=svc: self.on_listener(s))
+                svc.watching = True
+            elif not want and svc.watching:
+                self.unwatch(svc)
+            settled = all(c.generation == self.generation for c in svc.children.values())
+            if (not avail and svc.at_limit() and settled
+                    and now - svc.last_limit_warning >= LIMIT_WARNING_INTERVAL):
+                if readable([lst.fd for lst in svc.listeners]):
+                    svc.last_limit_warning = now
+                    log.warning(f'service "{svc.name}" ({svc.name}) has reached its process limit '
+                                f'"{svc.maxproc}": new clients may experience noticeable delays')
+
+    def unwatch(self, svc: Service) -> None:
+        if not svc.watching:
+            return
+        for lst in svc.listeners:
+            try:
+                self.sel.unregister(lst.fd)
+            except (KeyError, ValueError):
+                pass
+        svc.watching = False
+
+    def next_timeout(self) -> float | None:
+        now = time.monotonic()
+        times = []
+        for svc in self.services.values():
+            if svc.next_wakeup is not None:
+                times.append(svc.next_wakeup)
+            if svc.throttle_until > now:
+                times.append(svc.throttle_until)
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        for svc in self.services.values():
+            if svc.next_wakeup is None or svc.next_wakeup > now:
+                continue
+            svc.next_wakeup = now + svc.entry.wakeup
+            if svc.entry.wakeup_after_use and not svc.used:
+                continue
+            self.wakeup(svc)
+
+    def wakeup(self, svc: Service) -> None:
+        """Send a W trigger without ever blocking master."""
+        if not svc.listeners:
+            return
+        lst = svc.listeners[0]
+        try:
+            if svc.entry.type == "fifo":
+                os.write(lst.fd, b"W")
+            elif svc.entry.type == "unix-dgram" and lst.path:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                    s.setblocking(False)
+                    s.sendto(b"W", lst.path)
+            elif svc.entry.type in ("unix", "pass") and lst.path:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.setblocking(False)
+                    s.connect(lst.path)
+                    s.send(b"W")
+        except OSError:
+            pass  # backlog or buffer full: the service has work queued anyway
+
+    # -- events --------------------------------------------------------------
+    def on_listener(self, svc: Service) -> None:
+        if (svc is not self.services.get(svc.entry.key) or svc.at_limit()
+                or any(c.available for c in self.current(svc))
+                or time.monotonic() < svc.throttle_until):
+            self.unwatch(svc)
+            return
+        self.spawn(svc)
+
+    def spawn(self, svc: Service) -> None:
+        assert self.cfg is not None and self.stderr is not None
+        argv = children.child_argv(svc, self.config_dir)
+        env = children.child_env(self.cfg, self.config_dir, self.generation)
+        try:
+            pid, status_r = children.spawn(svc, argv, env, devnull=self.devnull,
+                                           stderr_w=self.stderr.write_fd,
+                                           lifeline_r=self.lifeline_r)
+        except OSError as e:
+            log.warning(f"{self.path_of(svc)}: fork: {e.strerror} -- throttling")
+            self.throttle(svc)
+            return
+        child = Child(pid, svc, self.generation, status_r)
+        svc.children[pid] = child
+        svc.used = True
+        self.children[pid] = child
+        self.sel.register(status_r, selectors.EVENT_READ, lambda c=child: self.on_status(c))
+        self.unwatch(svc)
+
+    def path_of(self, svc: Service) -> str:
+        return os.path.join(self.daemon_directory, svc.entry.command)
+
+    def throttle(self, svc: Service) -> None:
+        assert self.cfg is not None
+        try:
+            delay = self.cfg.get_time("service_throttle_time")
+        except ConfigError:
+            delay = 60
+        svc.throttle_until = time.monotonic() + delay
+        self.unwatch(svc)
+
+    def on_status(self, child: Child) -> None:
+        if child.status_fd >= 0 and not child.read_status():
+            self.close_status(child)
+
+    def close_status(self, child: Child) -> None:
+        if child.status_fd < 0:
+            return
+        try:
+            self.sel.unregister(child.status_fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(child.status_fd)
+        child.status_fd = -1
+
+    def on_signal_pipe(self) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if not self.terminating:
+                    log.info(f"terminating on signal {signum}")
+                self.terminating = True
+            elif signum == signal.SIGHUP:
+                self.reload()
+            # SIGCHLD: reap() runs after every event
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self.on_status(child)  # the last status bytes, if any
+            self.close_status(child)
+            svc = child.service
+            svc.children.pop(pid, None)
+            path = self.path_of(svc)
+            failed = False
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
+                log.warning(f"process {path} pid {pid} exit status {os.WEXITSTATUS(status)}")
+                failed = True
+            elif os.WIFSIGNALED(status):
+                if not self.terminating:
+                    log.warning(f"process {path} pid {pid} killed by signal {os.WTERMSIG(status)}")
+                failed = True
+            if self.terminating or svc is not self.services.get(svc.entry.key):
+                continue
+            if failed and not child.reported:
+                log.warning(f"{path}: bad command startup -- throttling")
+                self.throttle(svc)
+            if (svc.entry.wakeup > 0 and not svc.entry.wakeup_after_use
+                    and not self.current(svc)):
+                svc.next_wakeup = time.monotonic()
+
+    # -- reload and stop -----------------------------------------------------
+    def reload(self) -> None:
+        try:
+            cfg, entries = load_configuration(self.config_dir)
+        except (ConfigError, OSError) as e:
+            log.error(f"{e} -- configuration not reloaded")
+            return
+        try:
+            log.init(cfg, PROGRAM)
+        except OSError as e:
+            log.error(f"open log file: {e.strerror}")
+        self.cfg = cfg
+        self.daemon_directory = cfg.get("daemon_directory")
+        log.info(f"reload -- version {MAIL_VERSION}, configuration {self.config_dir}")
+        self.new_generation()
+        old = self.services
+        try:
+            new = build_services(cfg, entries, old, False, self.unwatch)
+        except (ConfigError, OSError) as e:
+            log.error(f"{e} -- configuration not reloaded")
+            return
+        for key, svc in old.items():
+            if key not in new:
+                for pid in list(svc.children):
+                    _kill(pid, signal.SIGTERM)
+        self.services = new
+
+    def shutdown(self) -> int:
+        for svc in self.services.values():
+            self.unwatch(svc)
+        if self.lifeline_w >= 0:
+            os.close(self.lifeline_w)
+            self.lifeline_w = -1
+        for pid in list(self.children):
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            if self.children:
+                time.sleep(0.05)
+        for pid in list(self.children):
+            _kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 1.0
+        while self.children and time.monotonic() < end:
+            self.reap()
+            if self.children:
+                time.sleep(0.02)
+        if self.stderr is not None:
+            self.stderr.drain()
+        return 0
+
+
+def _log_traceback() -> None:
+    for line in traceback.format_exc().splitlines():
+        log.error(line)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Python-level no-op: set_wakeup_fd delivers the signal number to the loop."""
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
