@@ -240,7 +240,7 @@ def test_delivery_markers_are_removed_once_the_queue_file_is_gone(system) -> Non
 
 
 def test_forward_path_expansion_as_postfix_local_expand() -> None:
-    from pymailsys.daemons.local import local_expand
+    from pymailsys.daemons.local.forward import local_expand
 
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+=./")
     attrs = {"home": "/home/bob", "user": "bob", "recipient_delimiter": "+"}

@@ -1,0 +1,142 @@
+"""local: the local delivery agent.
+
+NAME
+    local - deliver mail to local accounts, aliases, commands and files
+
+SYNOPSIS
+    python3 -m pymailsys.daemons.local [generic daemon options]
+    (master.cf: ``local unix - n n - - local``)
+
+DESCRIPTION
+    local serves ``private/local`` with the delivery-request contract of
+    ``pymailsys.ipc.services``: one request per recipient, pipelined on a long-lived
+    connection from qmgr, one reply (sent, deferred or bounced) per request, and
+    one Postfix log line per delivery. The message is read from the queue file
+    named in the request (under a shared lock), from the data offset on; the
+    envelope travels in the request and is not re-read.
+
+    Per recipient (local part lower-cased, ``recipient_delimiter`` splitting
+    ``user+extension``):
+
+    1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
+       5.4.6 ``mail forwarding loop for ADDR``;
+    2. ``alias_maps`` is searched for ``user+extension``, then ``user``. An alias
+       value is a comma list of addresses (re-submitted through
+       ``public/cleanup`` as one new message with the same envelope sender and
+       content and a ``Delivered-To:`` header; an address that names the alias
+       itself goes to the user: its .forward, then the mailbox; ``\\user`` to the
+       mailbox directly), ``|command``, ``/file`` (``/dir/`` =
+       Maildir) and ``:include:/path`` (one level of the same syntax, read as
+       default_privs; commands and files from includes only when
+       ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``).
+       A table that cannot answer defers the mail (4.3.0);
+    3. the account's ``.forward``: the first ``forward_path`` entry that exists
+       (``$home``, ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
+       ``$extension``, ``$recipient_delimiter``, ``${name?value}``,
+       ``${name:value}``; an entry naming an undefined one is skipped; values
+       pass ``forward_expansion_filter``), looked up and read as the user. As
+       Postfix, a file that is not a regular file, is owned by neither the user
+       nor root, or is world-writable is ignored with a warning; one that names
+       nobody (empty, comments only) means no forwarding. Its contents are an
+       alias value (origin ``forward`` for allow_mail_to_commands/_files);
+       commands, files and includes run with the user's rights (uid 0:
+       default_privs); an address naming the user itself, or ``\\user``, goes
+       to the mailbox (loop guard); forwarded copies carry ``Delivered-To:``;
+    4. the mailbox of the UNIX account: ``mailbox_command`` (no ``$name``
+       expansion, as Postfix; run as the user like a .forward command, same
+       environment and exit codes), else ``home_mailbox`` (relative to the home
+       directory; ``/`` at the end = Maildir), else ``mail_spool_directory/USER``
+       (``/`` at the end of the directory = Maildir). An unknown account bounces
+       with 5.1.1 ``unknown user: "name"``. mailbox_command_maps,
+       mailbox_transport, fallback_transport and luser_relay are not supported
+       yet.
+
+    Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
+    ``Delivered-To:``, the message with ``>From `` quoting and an empty last
+    line; Maildir the same headers without the From_ line and quoting; commands
+    the From_ line and headers, no quoting.
+
+    Commands run through ``/bin/sh -c`` only when they contain shell
+    metacharacters, with SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
+    RECIPIENT SENDER ORIGINAL_RECIPIENT PATH in the environment, killed after
+    ``command_time_limit``. Exit 0 is success; output starting with ``X.Y.Z``
+    decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and death by a signal defer;
+    any other status bounces with the command's output.
+
+    Maildir deliveries are crash-idempotent (``pymailsys.delivery.mailbox``): markers
+    under ``$data_directory/local-markers`` record which (queue file,
+    recipient, Maildir) deliveries reached their final step; they are
+    removed once the queue file is gone.
+
+SECURITY
+    local runs as root when the system runs as root (master.cf unprivileged
+    column ``n``). Mailbox and Maildir writes happen with the recipient's
+    effective uid and gid (in the spool directory: a world-writable directory
+    gives the recipient's ids, a group-writable one the recipient's uid and
+    the directory's group, otherwise root creates the file and gives it to the
+    recipient); commands and files from aliases run as ``default_privs``,
+    those from .forward files and mailbox_command as the recipient;
+    uid 0 never runs a command or writes a file on an alias's behalf. Mailbox
+    files are never opened through symbolic links, must be regular files with
+    one link, and are created with O_EXCL mode 0600. Run as another user, local
+    defers mail for every account but its own.
+
+CONFIGURATION PARAMETERS
+    alias_maps, recipient_delimiter, forward_path, forward_expansion_filter,
+    mailbox_command, home_mailbox, mail_spool_directory,
+    mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
+    stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
+    command_time_limit, allow_mail_to_commands, allow_mail_to_files,
+    default_privs, myhostname, mydestination, data_directory.
+
+MODULES
+    agent (state, dispatch, logging), alias (alias values, :include:,
+    re-submission), forward (.forward, forward_path expansion), mailbox (the
+    account's mailbox, mailbox_command), command (|command), file (/file,
+    /dir/), results (the one failure-to-result mapping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pymailsys.daemons.local.agent import LocalAgent
+
+from pymailsys import log, server
+from pymailsys.ipc.attr import serve_pipelined
+
+PROGRAM = "local"
+MARKER_GC_INTERVAL = 60.0
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: server.Context) -> None:
+    agent: LocalAgent = ctx.state["agent"]
+    await serve_pipelined(reader, writer, agent.handle)
+
+
+async def _start(ctx: server.Context) -> None:
+    agent = LocalAgent(ctx)
+    ctx.state["agent"] = agent
+
+    async def gc() -> None:
+        while not ctx.stopping.is_set():
+            try:
+                agent.collect_markers()
+            except OSError as e:
+                log.warning(f"delivery markers: {e}")
+            await asyncio.sleep(MARKER_GC_INTERVAL)
+
+    ctx.state["gc"] = asyncio.ensure_future(gc())
+
+
+async def _stop(ctx: server.Context) -> None:
+    task = ctx.state.get("gc")
+    if task is not None:
+        task.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.umask(0o077)
+    server.run(PROGRAM, serve=_serve, on_start=_start, on_stop=_stop, client_limit=1, argv=argv)

@@ -1,0 +1,117 @@
+"""Delivery to a command (``|command`` in an alias or .forward, and mailbox_command).
+
+Takes the command text and the rights it runs with (``LocalAgent.file_user``);
+promises Postfix's pipe-to-command semantics: ``/bin/sh -c`` only when the
+command contains shell metacharacters (else split on white space and executed
+directly), the environment SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
+RECIPIENT SENDER ORIGINAL_RECIPIENT PATH (plus TZ and LANG when set), the
+From_ line and prepended headers before the message (no >From quoting), a new
+session killed as a whole after ``command_time_limit``. Exit 0 is success;
+output starting with ``X.Y.Z`` decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and
+death by a signal defer; any other status bounces with the command's output
+(at most 1000 bytes of it in the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from typing import TYPE_CHECKING
+
+from pymailsys.daemons.local import results
+
+from pymailsys import privileges
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+
+if TYPE_CHECKING:
+    from pymailsys.daemons.local.agent import LocalAgent, Recipient
+
+SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
+EX_OSERR = 71
+EX_TEMPFAIL = 75
+_DSN_RE = re.compile(rb"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, command: str,
+                  lines: list[bytes],
+                  rights: privileges.UserIds | None = None) -> DeliveryResult:
+    command = command.strip()
+    if command.startswith('"') and command.endswith('"'):
+        command = command[1:-1]
+    try:
+        ids = agent.file_user(rights)
+    except privileges.PrivilegeError as e:
+        return results.failure(e)
+    home_of = rights or ids  # HOME and SHELL: the user's, even when uid 0 runs as nobody
+    data = agent.prepended(req, True) + b"".join(line + b"\n" for line in lines)
+    if any(ch in SHELL_METACHARS for ch in command):
+        argv = ["/bin/sh", "-c", command]
+    else:
+        argv = command.split()
+    if not argv:
+        return DeliveryResult.bounced("empty command", "5.3.5")
+    env = {
+        "PATH": "/usr/bin:/bin", "SHELL": home_of.shell or "/bin/sh",
+        "HOME": home_of.home or "/",
+        "USER": rcpt.user, "LOGNAME": rcpt.user, "LOCAL": rcpt.localpart,
+        "EXTENSION": rcpt.extension, "DOMAIN": rcpt.domain, "RECIPIENT": req.rcpt,
+        "SENDER": req.sender, "ORIGINAL_RECIPIENT": req.orig_rcpt or req.rcpt,
+    }
+    for name in ("TZ", "LANG"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env, cwd="/", start_new_session=True,
+            **privileges.subprocess_ids(ids))  # type: ignore[arg-type]
+    except OSError as e:
+        return DeliveryResult.deferred(f"cannot execute command \"{command}\": {e.strerror}")
+    try:
+        output = await asyncio.wait_for(_converse(proc, data), agent.command_time_limit)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return DeliveryResult.deferred(f'Command time limit exceeded: "{command}"')
+    status = proc.returncode or 0
+    text = output[:1000].decode("utf-8", "replace").strip().replace("\n", " ")
+    detail = f". Command output: {text}" if text else ""
+    if status == 0:
+        return DeliveryResult.sent(f"delivered to command: {command}")
+    m = _DSN_RE.match(output)
+    if status < 0:
+        return DeliveryResult.deferred(f'Command died with signal {-status}: "{command}"'
+                                       + detail)
+    if m is not None:
+        dsn = m.group(1).decode()
+        if dsn.startswith("2"):
+            return DeliveryResult.sent(f"delivered to command: {command}", dsn)
+        return results.from_dsn(dsn, text)
+    reason = f'Command died with status {status}: "{command}"' + detail
+    if status in (EX_TEMPFAIL, EX_OSERR):
+        return DeliveryResult.deferred(reason, "4.3.0")
+    return DeliveryResult.bounced(reason, "5.3.0")
+
+
+async def _converse(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
+    """Feed data to a command and collect its output; a command may stop reading early."""
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    async def feed() -> None:
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # the command exited or closed its input (uvloop: RuntimeError)
+        finally:
+            with contextlib.suppress(Exception):
+                stdin.close()
+
+    _, output = await asyncio.gather(feed(), stdout.read())
+    await proc.wait()
+    return output

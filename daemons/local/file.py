@@ -1,0 +1,42 @@
+"""Delivery to a file named in an alias, .forward or :include: (``/path``, ``/dir/``).
+
+Takes the path and the rights to write with (``LocalAgent.file_user``: never
+uid 0); promises an mbox append with Postfix's locking and safety rules, or a
+Maildir delivery when the path ends in ``/`` (``pymailsys.delivery.mailbox``),
+done entirely with those rights; failures map through ``results.failure``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pymailsys.daemons.local import results
+
+from pymailsys import privileges
+from pymailsys.delivery import mailbox
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+
+if TYPE_CHECKING:
+    from pymailsys.daemons.local.agent import LocalAgent
+
+
+def deliver(agent: LocalAgent, req: DeliveryRequest, path: str, lines: list[bytes],
+            rights: privileges.UserIds | None = None) -> DeliveryResult:
+    try:
+        ids = agent.file_user(rights)
+        with privileges.as_user(ids.uid, ids.gid):
+            if path.endswith("/"):
+                data = mailbox.plain_text(agent.prepended(req, False), lines)
+                mailbox.deliver_maildir(path, data, host=agent.hostname,
+                                        size_limit=agent.size_limit)
+                return DeliveryResult.sent("delivered to maildir")
+            data = mailbox.mbox_text(mailbox.from_line(req.sender),
+                                     agent.prepended(req, False), lines)
+            mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
+                                 attempts=agent.lock_attempts, delay=agent.lock_delay,
+                                 stale=agent.stale)
+    except mailbox.MailboxError as e:
+        return results.failure(e, f"cannot append message to file {path}: ")
+    except privileges.PrivilegeError as e:
+        return results.failure(e)
+    return DeliveryResult.sent(f"delivered to file: {path}")
