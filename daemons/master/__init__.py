@@ -19,9 +19,10 @@ DESCRIPTION
     supervisor    the event loop: demand, wake-ups, exits, signals, stop
     daemonize     ``-w``: detach and report how initialization went
 
-    A service whose daemon module cannot be found is logged with a warning
-    and left out (no listener is created), so a stock Postfix master.cf with
-    tlsmgr, anvil, scache or pipe services starts. Children get the
+    Services whose daemon pymailsys does not have yet are left out (no
+    listener is created) and named in one warning at every start and reload,
+    so a stock Postfix master.cf with tlsmgr, anvil, scache or pipe services
+    starts. Children get the
     descriptors of ``pymailsys.ipc.master_status``.
 
     Signals: SIGHUP reloads (main.cf and master.cf re-read, the old lifeline

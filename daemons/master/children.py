@@ -41,14 +41,20 @@ from pymailsys.ipc.master_status import (
 )
 
 LIMIT_WARNING_INTERVAL = 1000.0
+DAEMON_PACKAGE = "pymailsys.daemons."
+
+
+def names_full_module(command: str) -> bool:
+    """True when a master.cf command names a module outside pymailsys.daemons."""
+    return "." in os.path.basename(command)
 
 
 def module_for(command: str) -> str:
     """The Python module that implements a master.cf command."""
     base = os.path.basename(command)
-    if "." in base:
+    if names_full_module(command):
         return base
-    return "pymailsys.daemons." + base.replace("-", "_")
+    return DAEMON_PACKAGE + base.replace("-", "_")
 
 
 def module_exists(module: str) -> bool:

@@ -9,8 +9,11 @@ into ``Service`` objects, carrying over from ``old`` what did not change:
   no longer wanted are closed (via ``release``) before new ones are bound;
 * children of a service that still exists stay attached to it (they belong to
   the old generation and exit when their lifeline closes);
-* a service whose daemon module does not exist is left out with a warning,
-  so that a stock Postfix master.cf (tlsmgr, anvil, scache, pipe) starts;
+* services whose pymailsys daemon does not exist yet are left out, named in
+  one warning per start or reload (``services not available yet, left out:
+  tlsmgr, anvil, ...``), so that a stock Postfix master.cf starts; a command
+  naming a full module (with a dot) that cannot be found is a mistake in
+  master.cf and gets a warning of its own naming the line;
 * at start-up (``fatal``) a bad address or a failed bind is an error; on
   reload it disables only that service.
 
@@ -24,7 +27,12 @@ import os
 import time
 from collections.abc import Callable
 
-from pymailsys.daemons.master.children import Service, module_exists, module_for
+from pymailsys.daemons.master.children import (
+    Service,
+    module_exists,
+    module_for,
+    names_full_module,
+)
 from pymailsys.daemons.master.listeners import inet_bind_addresses, make_listeners
 
 from pymailsys import config as config_mod
@@ -59,11 +67,16 @@ def build_services(cfg: Config, entries: list[ServiceEntry], old: Services, fata
     default_limit = cfg.get_int("default_process_limit")
     queue_directory = cfg.get("queue_directory")
     wanted: list[tuple[ServiceEntry, str, int, tuple]] = []
+    left_out: list[str] = []
     for entry in entries:
         module = module_for(entry.command)
         if not module_exists(module):
-            log.warning(f"{entry.where()}: service {entry.name}/{entry.type}: "
-                        f"no daemon module {module} -- service disabled")
+            if not names_full_module(entry.command):
+                if entry.name not in left_out:
+                    left_out.append(entry.name)
+            else:
+                log.warning(f"{entry.where()}: service {entry.name}/{entry.type}: "
+                            f"no module {module} -- service disabled")
             continue
         maxproc = default_limit if entry.maxproc is None else entry.maxproc
         try:
@@ -77,6 +90,8 @@ def build_services(cfg: Config, entries: list[ServiceEntry], old: Services, fata
             log.error(f"{e} -- service {entry.name}/{entry.type} disabled")
             continue
         wanted.append((entry, module, maxproc, spec))
+    if left_out:
+        log.warning(f"services not available yet, left out: {', '.join(left_out)}")
     chrooted = [f"{e.name}/{e.type}" for e, _m, _p, _s in wanted if e.chroot]
     if chrooted:
         log.warning(f"{os.path.join(cfg.config_dir, 'master.cf')}: the chroot column is not "
