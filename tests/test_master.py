@@ -83,15 +83,15 @@ def test_start_status_pid_file_and_children(new_instance) -> None:  # type: igno
     assert text == f"{pid:>32}\n"
     with open(inst.queue_dir / "pid" / "master.pid") as f, pytest.raises(BlockingIOError):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    assert cmdline(pid)[1:3] == ["-m", "pymailsys.daemons.master"]
+    assert cmdline(pid)[1:4] == ["-P", "-m", "pymailsys.daemons.master"]
     inst.wait_log(rf"postfix/master\[{pid}\]: daemon started -- version \S+, "
                   rf"configuration {re.escape(str(inst.config_dir))}$")
     child, _args = echo_unix(inst, "echo")
     args = cmdline(child)
-    assert args[1:3] == ["-m", "pmsfixtures.echo"]
-    assert args[3:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u"]
+    assert args[1:4] == ["-P", "-m", "pmsfixtures.echo"]
+    assert args[4:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u"]
     inet_child, _ = echo_inet(inst.port)  # a bare port binds inet_interfaces (127.0.0.1)
-    assert cmdline(inet_child)[3:] == ["-c", str(inst.config_dir), "-n", str(inst.port), "-t",
+    assert cmdline(inet_child)[4:] == ["-c", str(inst.config_dir), "-n", str(inst.port), "-t",
                                       "inet", "-u"]
     with open(f"/proc/{child}/status") as f:
         uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
@@ -287,3 +287,26 @@ def test_reload_with_a_broken_master_cf_keeps_the_old_configuration(new_instance
                   r"/master.cf: line 2: bad field count -- configuration not reloaded$")
     assert echo_unix(inst, "echo")[1] == "one"
     assert inst.postfix("status").returncode == 0
+
+
+def test_a_pymailsys_folder_where_postfix_start_runs_shadows_nothing(new_instance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An administrator's checkout (or any folder named pymailsys) in the current directory."""
+    inst = new_instance(maildir=True)
+    shadow = tmp_path / "pymailsys"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('shadowed by the current directory')\n")
+    os.chmod(tmp_path, 0o755)
+    postfix = os.path.join(os.path.dirname(sys.executable), "postfix")
+    result = subprocess.run([postfix, "-c", str(inst.config_dir), "start"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    inst.running = True
+    queue_id = inst.send("alice@example.org", f"{ME}@localhost",
+                         b"Subject: not shadowed\r\n\r\nhello\r\n")
+    (delivered,) = inst.wait_maildir(1)
+    assert b"Subject: not shadowed" in delivered
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, .*status=sent")
+    assert "shadowed" not in inst.log().replace("not shadowed", "")
+    for pid in inst.pids():
+        assert os.readlink(f"/proc/{pid}/cwd") == str(inst.queue_dir)
+        assert cmdline(pid)[1:3] == ["-P", "-m"]

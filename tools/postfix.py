@@ -59,7 +59,7 @@ import time
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, pidfile
+from pymailsys import log, module_argv, pidfile
 from pymailsys.config import Config, ConfigError, master_cf
 from pymailsys.ipc import trigger
 from pymailsys.queue import setup as spool_setup
@@ -145,7 +145,7 @@ def check_warn(cfg: Config, script: Script) -> None:
 
 
 def _master_argv(config_dir: str, *flags: str) -> list[str]:
-    return [sys.executable, "-m", MASTER_MODULE, "-c", config_dir, *flags]
+    return module_argv(MASTER_MODULE, "-c", config_dir, *flags)
 
 
 def _signal_master(script: Script, pid: int, sig: int) -> None:
@@ -200,7 +200,7 @@ def do_stop(cfg: Config, script: Script) -> None:
 
 def do_flush(cfg: Config, script: Script) -> None:
     if importlib.util.find_spec(POSTQUEUE_MODULE) is not None:
-        result = subprocess.run([sys.executable, "-m", POSTQUEUE_MODULE, "-c", cfg.config_dir, "-f"])
+        result = subprocess.run(module_argv(POSTQUEUE_MODULE, "-c", cfg.config_dir, "-f"))
         sys.exit(result.returncode)
     if pidfile.master_pid(cfg) is None:
         script.fatal("Cannot flush mail queue - mail system is down", 69)

@@ -51,7 +51,7 @@ from typing import NoReturn
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log
+from pymailsys import log, module_argv
 from pymailsys.queue import maildrop
 from pymailsys.submission import access, handoff, login, message
 
@@ -444,8 +444,8 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     if mode == MODE_DAEMON:
         if recipients:
             fatal(os.EX_USAGE, "daemon mode requires no recipient")
-        result = subprocess.run([sys.executable, "-m", "pymailsys.tools.postfix", "-c",
-                                 cfg.config_dir, "start"], check=False)
+        result = subprocess.run(module_argv("pymailsys.tools.postfix", "-c", cfg.config_dir,
+                                            "start"), check=False)
         sys.exit(1 if result.returncode else 0)
     if mode == MODE_NEWALIAS:
         if recipients:

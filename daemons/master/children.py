@@ -7,10 +7,12 @@ as a full module name (third-party services, test fixtures).
 
 ``spawn`` starts one child of a service as::
 
-    python3 -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z]
+    python3 -P -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z]
             [-s COUNT] ARGS-FROM-MASTER.CF
 
-with the descriptors of ``pymailsys.ipc.master_status`` (lifeline, status
+in master's working directory, queue_directory, and with Python's safe-path
+mode (``-P``), so that no directory a child starts in can shadow the
+installed package; with the descriptors of ``pymailsys.ipc.master_status`` (lifeline, status
 pipe, listeners), fds 0 and 1 /dev/null and fd 2 master's stderr relay; every
 other descriptor is closed. Each child gets a status pipe of its own (the
 child cannot tell): the one-byte status protocol carries no process ID, and a
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 from pymailsys.daemons.master.listeners import Listener
 
+from pymailsys import module_argv
 from pymailsys.config import Config
 from pymailsys.config.master_cf import ServiceEntry
 from pymailsys.ipc.master_status import (
@@ -121,8 +124,7 @@ class Child:
 
 def child_argv(svc: Service, config_dir: str) -> list[str]:
     entry = svc.entry
-    argv = [sys.executable, "-m", svc.module, "-c", config_dir,
-            "-n", entry.name, "-t", entry.type]
+    argv = module_argv(svc.module, "-c", config_dir, "-n", entry.name, "-t", entry.type)
     if entry.unpriv:
         argv.append("-u")
     if svc.maxproc == 1:

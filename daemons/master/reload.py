@@ -72,8 +72,9 @@ def build_services(cfg: Config, entries: list[ServiceEntry], old: Services, fata
         module = module_for(entry.command)
         if not module_exists(module):
             if not names_full_module(entry.command):
-                if entry.name not in left_out:
-                    left_out.append(entry.name)
+                # "smtp" alone would hide that smtp/inet (smtpd) does run
+                shared = sum(1 for e in entries if e.name == entry.name) > 1
+                left_out.append(f"{entry.name}/{entry.type}" if shared else entry.name)
             else:
                 log.warning(f"{entry.where()}: service {entry.name}/{entry.type}: "
                             f"no module {module} -- service disabled")
