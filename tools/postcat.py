@@ -34,10 +34,9 @@ import sys
 import time
 
 import click
-from pymailsys.tools import command
 
+from pymailsys import cli, log
 from pymailsys import config as config_mod
-from pymailsys import log
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
 
@@ -251,9 +250,9 @@ def _ptr(payload: bytes) -> int:
 @click.option("-s", "skip")
 @click.option("-v", "verbose", count=True)
 @click.argument("files", nargs=-1)
-def cli(body: bool, config_dir: str | None, dec: bool, env: bool, fname: bool, header: bool,
-        offsets: bool, search: bool, raw: bool, skip: str | None, verbose: int,
-        files: tuple[str, ...]) -> None:
+def command(body: bool, config_dir: str | None, dec: bool, env: bool, fname: bool, header: bool,
+            offsets: bool, search: bool, raw: bool, skip: str | None, verbose: int,
+            files: tuple[str, ...]) -> None:
     flags = (PRINT_BODY if body else 0) | (PRINT_ENV if env else 0) | \
         (PRINT_HEADER if header else 0) | (PRINT_DEC if dec else 0) | \
         (PRINT_PATH if fname else 0) | (PRINT_OFFSET if offsets else 0) | (RAW if raw else 0)
@@ -317,7 +316,7 @@ def cli(body: bool, config_dir: str | None, dec: bool, env: bool, fname: bool, h
 
 
 def main(argv: list[str] | None = None) -> int:
-    return command.run(cli, "postcat",
+    return cli.run(command, "postcat",
                        "usage: postcat [-bdefhoqv] [-c config_dir] [-s offset] [files...]", argv)
 
 

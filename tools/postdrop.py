@@ -27,10 +27,9 @@ import os
 import sys
 
 import click
-from pymailsys.tools import command
 
+from pymailsys import cli, log
 from pymailsys import config as config_mod
-from pymailsys import log
 from pymailsys.queue import maildrop
 from pymailsys.submission import access, handoff
 
@@ -39,7 +38,7 @@ from pymailsys.submission import access, handoff
 @click.option("-c", "config_dir")
 @click.option("-r", "record_protocol", is_flag=True)
 @click.option("-v", "verbose", count=True)
-def cli(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
+def command(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
     try:
         cfg = config_mod.load(config_dir)
         log.init(cfg, "postdrop", stderr=True)
@@ -65,7 +64,7 @@ def cli(config_dir: str | None, record_protocol: bool, verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return command.run(cli, "postdrop", "usage: postdrop [-rv] [-c config_dir]", argv)
+    return cli.run(command, "postdrop", "usage: postdrop [-rv] [-c config_dir]", argv)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,9 @@ import sys
 from typing import NoReturn
 
 import click
-from pymailsys.tools import command
 
+from pymailsys import cli, log
 from pymailsys import config as config_mod
-from pymailsys import log
 from pymailsys.ipc import attr, trigger
 from pymailsys.queue import listing as showq_format
 from pymailsys.queue import spool as queue
@@ -155,15 +154,6 @@ def _shorten(text: str) -> str:
     return f"{text[:100]}{'...' if len(text) > 100 else ''}"
 
 
-def main_with(cfg: config_mod.Config, args: list[str]) -> int:
-    """Run with an already loaded configuration (sendmail -q, -bp, ...)."""
-    try:
-        cli.main(args=args, prog_name="postqueue", standalone_mode=False, obj=cfg)
-    except click.UsageError:
-        fatal(os.EX_USAGE, USAGE)
-    return 0
-
-
 @click.command(context_settings={"help_option_names": []})
 @click.option("-c", "config_dir")
 @click.option("-f", "flush", is_flag=True)
@@ -173,18 +163,13 @@ def main_with(cfg: config_mod.Config, args: list[str]) -> int:
 @click.option("-s", "site")
 @click.option("-v", "verbose", count=True)
 @click.argument("extra", nargs=-1)
-@click.pass_context
-def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str | None,
-        json_list: bool, mailq: bool, site: str | None, verbose: int,
-        extra: tuple[str, ...]) -> None:
-    cfg = ctx.obj
-    if cfg is None:
-        log.init_stderr_only("postqueue")
-        try:
-            cfg = config_mod.load(config_dir)
-            log.init(cfg, "postqueue", stderr=True)
-        except (config_mod.ConfigError, OSError) as e:
-            fatal(os.EX_UNAVAILABLE, str(e))
+def command(config_dir: str | None, flush: bool, queue_id: str | None, json_list: bool,
+            mailq: bool, site: str | None, verbose: int, extra: tuple[str, ...]) -> None:
+    try:
+        cfg = config_mod.load(config_dir)
+        log.init(cfg, "postqueue", stderr=True)
+    except (config_mod.ConfigError, OSError) as e:
+        fatal(os.EX_UNAVAILABLE, str(e))
     modes = [m for m in (flush, queue_id is not None, json_list, mailq, site is not None) if m]
     if len(modes) != 1 or extra:
         fatal(os.EX_USAGE, USAGE)
@@ -207,7 +192,7 @@ def cli(ctx: click.Context, config_dir: str | None, flush: bool, queue_id: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    return command.run(cli, "postqueue", USAGE, argv, status=os.EX_USAGE)
+    return cli.run(command, "postqueue", USAGE, argv, status=os.EX_USAGE)
 
 
 if __name__ == "__main__":

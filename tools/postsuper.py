@@ -47,10 +47,9 @@ import sys
 import time
 
 import click
-from pymailsys.tools import command
 
+from pymailsys import cli, log
 from pymailsys import config as config_mod
-from pymailsys import log
 from pymailsys.queue import spool as queue
 
 MESSAGE_QUEUES = (queue.MAILDROP, queue.INCOMING, queue.ACTIVE, queue.DEFERRED, queue.HOLD)
@@ -371,10 +370,10 @@ def _ordered_actions(args: list[str]) -> list[tuple[str, str]]:
 @click.option("-v", "verbose", count=True)
 @click.argument("queues", nargs=-1)
 @click.pass_context
-def cli(ctx: click.Context, config_dir: str | None, delete: tuple[str, ...],
-        expire: tuple[str, ...], exp_rel: tuple[str, ...], hold: tuple[str, ...],
-        release: tuple[str, ...], requeue: tuple[str, ...], purge: bool, structure: bool,
-        structure_red: bool, verbose: int, queues: tuple[str, ...]) -> None:
+def command(ctx: click.Context, config_dir: str | None, delete: tuple[str, ...],
+            expire: tuple[str, ...], exp_rel: tuple[str, ...], hold: tuple[str, ...],
+            release: tuple[str, ...], requeue: tuple[str, ...], purge: bool, structure: bool,
+            structure_red: bool, verbose: int, queues: tuple[str, ...]) -> None:
     if config_dir is not None and not config_dir.startswith("/"):
         log.fatal("-c requires absolute pathname")
     try:
@@ -433,7 +432,7 @@ def cli(ctx: click.Context, config_dir: str | None, delete: tuple[str, ...],
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    return command.run(cli, "postsuper", USAGE, args, obj=_ordered_actions(args))
+    return cli.run(command, "postsuper", USAGE, args, obj=_ordered_actions(args))
 
 
 if __name__ == "__main__":

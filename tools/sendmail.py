@@ -238,11 +238,7 @@ def _smtp_path(text: str) -> str:
 # --- other modes ---------------------------------------------------------------------
 
 def run_mailq(cfg: config_mod.Config, verbose: int = 0) -> NoReturn:
-    from pymailsys.tools import postqueue
-
-    log.init(cfg, "postqueue", stderr=True)
-    postqueue.show_queue(cfg, "text")
-    sys.exit(0)
+    run_postqueue(cfg, "-p")
 
 
 def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoReturn:
@@ -261,10 +257,12 @@ def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoRe
 
 
 def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
-    from pymailsys.tools import postqueue
-
-    log.init(cfg, "postqueue", stderr=True)
-    sys.exit(postqueue.main_with(cfg, list(args)))
+    """mailq, -bp, -q, -qR and -qI run postqueue in our place, as Postfix's sendmail does."""
+    argv = [sys.executable, "-m", "pymailsys.tools.postqueue", "-c", cfg.config_dir, *args]
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as e:
+        fatal(os.EX_OSERR, f"execv {sys.executable}: {e.strerror}")
 
 
 # --- command line ----------------------------------------------------------------------

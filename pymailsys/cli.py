@@ -1,9 +1,9 @@
-"""command - run a click command the way Postfix's commands behave.
+"""cli - the command-line plumbing every command shares.
 
 SYNOPSIS
-    from pymailsys.tools import command
+    from pymailsys import cli
     def main(argv=None) -> int:
-        return command.run(cli, "postcat", USAGE, argv)
+        return cli.run(command, "postcat", USAGE, argv)
 
 DESCRIPTION
     ``run`` sends messages to standard error as PROGRAM (no configuration is
