@@ -70,3 +70,22 @@ def test_strict_maildrop_reader_refuses_junk() -> None:
         except maildrop.SubmissionError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_queue_modes_run_postqueue(tmp_path: Path) -> None:
+    """-bp, mailq and -q are postqueue's answers (sendmail runs postqueue, as Postfix's does)."""
+    etc, _spool = make_spool(tmp_path)
+    flush = tool("sendmail", "-C", str(etc), "-q")
+    assert flush.returncode == 69, flush.stderr
+    assert b"postqueue: fatal: Cannot flush mail queue - mail system is down" in flush.stderr
+    for listing in (tool("sendmail", "-C", str(etc), "-bp"), tool("mailq", "-C", str(etc))):
+        if os.geteuid() == 0:
+            assert listing.returncode == 0, listing.stderr
+            assert listing.stdout == b"Mail queue is empty\n"
+            assert b"postqueue: warning: Mail system is down" in listing.stderr
+        else:
+            assert listing.returncode == 69
+            assert b"Queue report unavailable - mail system is down" in listing.stderr
+    bad = tool("sendmail", "-C", str(etc), "-qIno/such")
+    assert bad.returncode == 64
+    assert b'postqueue: fatal: Cannot flush queue ID - invalid name: "no/such"' in bad.stderr
