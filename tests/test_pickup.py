@@ -20,15 +20,15 @@ def test_maildrop_while_down_and_malformed_file(new_instance) -> None:  # type: 
     inst: Instance = new_instance(maildir=True)
     inst.postfix("check", check=False)
     assert inst.tool("sendmail", "-t", input=msg("first")).returncode == 0
-    bad = inst.queue_dir / "maildrop" / "BADFILE1"
+    bad = inst.queue_dir / "maildrop" / "BADF11E01"
     bad.write_bytes(b"T\x0c1 2\x00garbage-not-records")
     os.chmod(bad, 0o744)
     assert inst.tool("sendmail", "-t", input=msg("second")).returncode == 0
     assert len(os.listdir(inst.queue_dir / "maildrop")) == 3
     inst.start(wait_smtp=False)
     inst.wait_log(r"postfix/pickup\[\d+\]: \w+: uid=0 from=<root>", count=2)
-    inst.wait_log(r"warning: .*BADFILE1: uid=0: .* -- file moved to corrupt/")
-    assert (inst.queue_dir / "corrupt" / "BADFILE1").exists()
+    inst.wait_log(r"warning: .*BADF11E01: uid=0: .* -- file moved to corrupt/")
+    assert (inst.queue_dir / "corrupt" / "BADF11E01").exists()
     wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="empty maildrop")
 
 

@@ -70,7 +70,13 @@ DESCRIPTION
 
 SECURITY
     local runs as root when the system runs as root (master.cf unprivileged
-    column ``n``). Mailbox and Maildir writes happen with the recipient's
+    column ``n``), and trusts neither qmgr's requests nor the queue
+    directories (mail_owner's): every request field is checked before use
+    (``DeliveryRequest.checked``: queue name and ID formats, ranges, no control
+    characters in addresses), a bad request is refused with a warning and a
+    deferral, and the queue file is opened relative to the queue directory
+    without following a symbolic link anywhere, as a regular complete file with
+    one link (``Spool.open_queue_file``). Mailbox and Maildir writes happen with the recipient's
     effective uid and gid (in the spool directory: a world-writable directory
     gives the recipient's ids, a group-writable one the recipient's uid and
     the directory's group, otherwise root creates the file and gives it to the

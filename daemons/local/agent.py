@@ -104,7 +104,12 @@ class LocalAgent:
             return DeliveryResult.deferred("bad delivery request").reply()
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
-            content = QueueContent(path, req.data_offset, req.content_size)
+            fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
+        except queue_mod.QueueAccessError as e:
+            log.warning(f"{req.queue_id}: {e}")
+            return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()
+        try:
+            content = QueueContent(path, req.data_offset, req.content_size, fd=fd)
         except ContentError as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()

@@ -30,7 +30,9 @@ the caller defers).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,7 +40,15 @@ from dataclasses import dataclass
 from pymailsys import log
 from pymailsys.ipc.attr import AttrList, AttrValue
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+from pymailsys.queue import spool
 from pymailsys.queue.queue_file import QueueFileError, content_lines
+
+MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_limit
+MAX_TIME = 1 << 40  # seconds since the epoch
+MAX_ADDRESS_LENGTH = 4096
+DSN_NOTIFY_MASK = 0xF  # NEVER, SUCCESS, FAILURE, DELAY (Postfix dsn_mask.h)
+DEL_REQ_FLAG_MASK = 0xFFFF  # Postfix's DEL_REQ_FLAG_* bits
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ContentError(Exception):
@@ -81,7 +91,46 @@ class DeliveryRequest:
             dsn_orcpt=attrs.text("dsn_orcpt"),
             flags=attrs.number("flags"),
             start_time=time.time(),
-        )
+        ).checked()
+
+    def checked(self) -> DeliveryRequest:
+        """Refuse (ValueError) a request whose fields are out of their range.
+
+        A delivery agent may run as root and the request comes from qmgr
+        (mail_owner): every field is checked before it is used, as Postfix's
+        deliver_request_get and mail_open_ok do, and more: queue name and ID as
+        ``spool.valid_queue_name``/``valid_queue_id``; offsets and sizes
+        non-negative and bounded; times finite; addresses bounded and free of
+        control characters (they go into headers and log lines); flags and
+        dsn_notify within their bit masks.
+        """
+        if not spool.valid_queue_name(self.queue_name):
+            raise ValueError(f"malformed queue name: {self.queue_name!r}")
+        if not spool.valid_queue_id(self.queue_id):
+            raise ValueError(f"malformed queue id: {self.queue_id!r}")
+        for name in ("data_offset", "content_size", "rcpt_offset"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_OFFSET:
+                raise ValueError(f"{name} out of range: {value}")
+        if self.data_offset == 0:
+            raise ValueError("data_offset out of range: 0")
+        for name in ("arrival_time", "active_time"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= MAX_TIME):
+                raise ValueError(f"{name} out of range: {value}")
+        if not self.rcpt:
+            raise ValueError("empty recipient")
+        for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):
+            value = getattr(self, name)
+            if len(value) > MAX_ADDRESS_LENGTH:
+                raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
+            if _CONTROL_RE.search(value):
+                raise ValueError(f"{name} contains control characters: {value!r}")
+        if not 0 <= self.dsn_notify <= DSN_NOTIFY_MASK:
+            raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
+        if not 0 <= self.flags <= DEL_REQ_FLAG_MASK:
+            raise ValueError(f"flags out of range: {self.flags}")
+        return self
 
 
 def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
@@ -163,11 +212,16 @@ def log_result(request: DeliveryRequest, relay: str, result: DeliveryResult) -> 
 class QueueContent:
     """An open, shared-locked queue file and its message lines; close() releases it."""
 
-    def __init__(self, path: str, data_offset: int, content_size: int = 0) -> None:
-        try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise ContentError(f"open queue file {path}: {e.strerror}") from None
+    def __init__(self, path: str, data_offset: int, content_size: int = 0,
+                 fd: int | None = None) -> None:
+        """``fd``: the queue file already open (``Spool.open_queue_file``); it is owned
+        from here on."""
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as e:
+                raise ContentError(f"open queue file {path}: {e.strerror}") from None
+        self.fd = fd
         try:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

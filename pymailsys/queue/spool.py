@@ -3,7 +3,10 @@
 Takes a queue_directory and the hashing parameters; promises Postfix's layout:
 the queue subdirectories with Postfix's owners and modes (``SPOOL_DIRS``), queue
 IDs in Postfix's short or long format, and the path of a queue file in a
-(possibly hashed) queue. ``create_queue_file`` makes a new file the way
+(possibly hashed) queue. ``valid_queue_name`` and ``valid_queue_id`` accept
+only Postfix's queue names and the two queue-ID formats; ``open_queue_file``
+is how a process that trusts neither its request nor the queue directories
+(a root delivery agent) opens a queue file. ``create_queue_file`` makes a new file the way
 Postfix's mail_queue_enter does: O_EXCL under a temporary name, fstat for the
 inode, rename to the queue ID (retrying on collision), so the name is unique
 while the file exists.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 
@@ -72,17 +76,33 @@ SPOOL_DIRS: tuple[SpoolDir, ...] = (
     SpoolDir(PUBLIC, "mail_owner", "setgid_group", 0o711),
 )
 
-_SHORT_ID_RE = re.compile(r"^[0-9A-F]{6,}$")
-_LONG_ID_RE = re.compile(r"^[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz]{10,}z[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz]+$")
-_ID_CHARS_RE = re.compile(r"^[A-Za-z0-9_]+$")
-
 BASE52 = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"
 BASE51 = BASE52[:51]
 
+# Postfix's two formats: short = 5 hex digits of microseconds + the inode in hex
+# (64 bits: at most 16 digits); long = 6 base-52 digits of seconds, 4 of
+# microseconds, "z", the inode in base 51 (64 bits: at most 12 digits).
+_SHORT_ID_RE = re.compile(r"[0-9A-F]{6,21}")
+_LONG_ID_RE = re.compile(f"[{BASE52}]{{10}}z[{BASE51}]{{1,12}}")
+
+# Postfix's queue names (mail_queue.h); pid/, public/ and private/ hold no queue files.
+QUEUE_NAMES = frozenset((INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT, MAILDROP, BOUNCE, DEFER,
+                         TRACE, SAVED, FLUSH))
+
+
+class QueueAccessError(Exception):
+    """A queue file may not be opened: a malformed queue name or ID, an unsafe file, or
+    an error from the file system (the text says which)."""
+
+
+def valid_queue_name(name: str) -> bool:
+    """True for the fixed set of Postfix queue names."""
+    return name in QUEUE_NAMES
+
 
 def valid_queue_id(name: str) -> bool:
-    """True for names Postfix accepts as queue IDs (alphanumerics and underscore)."""
-    return bool(_ID_CHARS_RE.match(name)) and len(name) <= 100
+    """True for a queue ID in Postfix's short or long format (alphabet and length)."""
+    return bool(_SHORT_ID_RE.fullmatch(name) or _LONG_ID_RE.fullmatch(name))
 
 
 def _encode(n: int, digits: str, width: int) -> str:
@@ -107,7 +127,7 @@ def hash_prefix(queue_id: str, depth: int) -> list[str]:
     """The hashed subdirectory names for a queue ID (Postfix's mail_queue_dir)."""
     if depth <= 0:
         return []
-    if _LONG_ID_RE.match(queue_id):
+    if _LONG_ID_RE.fullmatch(queue_id):
         usec_part = queue_id[6:10]
         usec = 0
         for ch in usec_part:
@@ -142,6 +162,49 @@ class Spool:
             parts.extend(hash_prefix(queue_id, self.depth))
         parts.append(queue_id)
         return os.path.join(*parts)
+
+    def open_queue_file(self, queue: str, queue_id: str) -> int:
+        """Open a complete queue file read-only, as Postfix's mail_open_ok allows it.
+
+        For a process that trusts neither the request naming the file nor the
+        directories below queue_directory (a root agent: mail_owner owns them):
+        the name must be a queue name and the ID a queue ID; every directory below
+        queue_directory and the file are opened relative to the one above with
+        O_NOFOLLOW (a symbolic link anywhere is refused), the file with
+        O_NONBLOCK (a FIFO cannot hang the caller); it must be a regular file
+        with one link and the complete mode. Returns the descriptor; raises
+        QueueAccessError otherwise.
+        """
+        if not valid_queue_name(queue):
+            raise QueueAccessError(f"malformed queue name: {queue!r}")
+        if not valid_queue_id(queue_id):
+            raise QueueAccessError(f"malformed queue id: {queue_id!r}")
+        parts = [queue]
+        if queue in self.hashed:
+            parts.extend(hash_prefix(queue_id, self.depth))
+        try:
+            dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise QueueAccessError(f"open {self.root}: {e.strerror}") from None
+        try:
+            for part in parts:
+                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = fd
+            fd = os.open(queue_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                         dir_fd=dir_fd)
+        except OSError as e:
+            raise QueueAccessError(f"open {queue}/{queue_id}: {e.strerror}") from None
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        problem = ("not a regular file" if not stat.S_ISREG(st.st_mode)
+                   else f"file has {st.st_nlink} links" if st.st_nlink != 1
+                   else "file is not complete" if not is_complete(st.st_mode) else "")
+        if problem:
+            os.close(fd)
+            raise QueueAccessError(f"{queue}/{queue_id}: uid {st.st_uid}: {problem}")
+        return fd
 
     def socket_path(self, private: bool, service: str) -> str:
         return os.path.join(self.root, PRIVATE if private else PUBLIC, service)

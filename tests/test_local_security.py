@@ -1,0 +1,144 @@
+"""local (root) against a less privileged process: crafted delivery requests, a hostile
+data_directory, hostile :include: and .forward files.
+
+Runs the real local daemon standalone (test_qmgr's ``Standalone``) and talks to
+``private/local`` with the library's attribute client, the way qmgr (mail_owner)
+does; checks replies, log lines and what exists on disk afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from harness import ME
+from test_qmgr import BODY, Standalone, standalone_systems
+
+from pymailsys.delivery.agent import DeliveryRequest, message_attrs, request_attrs
+from pymailsys.ipc.attr import AttrList, SyncAttrClient
+from pymailsys.queue import spool
+from pymailsys.queue.queue_file import read_envelope
+
+
+@pytest.fixture
+def system():  # type: ignore[no-untyped-def]
+    yield from standalone_systems()
+
+
+@pytest.fixture
+def outside() -> object:
+    """A root-only directory outside the spool, as the attacker's target."""
+    path = Path(tempfile.mkdtemp(prefix="pymailsys-target-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_queue_names_and_ids_are_postfix_formats() -> None:
+    assert spool.valid_queue_name("active") and spool.valid_queue_name("deferred")
+    for bad in ("/etc", "..", "active/..", "", "pid", "public", "private", "Active"):
+        assert not spool.valid_queue_name(bad), bad
+    short = spool.short_queue_id(999_999, 2**64 - 1)
+    long = spool.long_queue_id(int(time.time()), 999_999, 2**64 - 1)
+    assert spool.valid_queue_id(short) and spool.valid_queue_id(long)
+    assert spool.valid_queue_id(spool.short_queue_id(0, 1))
+    for bad in ("../../x", "ABC", "abcdef12", "3F2A11C0D7E/", "3F2A11C0D7E\n", "",
+                "A" * 22, "4ZxQ2BcD3F", "4ZxQ2BcD3Fz" + "1" * 13, "4ZxQ2BcD3Fzz", "_3F2A11C"):
+        assert not spool.valid_queue_id(bad), bad
+
+
+def _request(**fields: object) -> AttrList:
+    base = dict(queue_name="active", queue_id="3F2A11C0D7E", data_offset=100, content_size=10,
+                arrival_time="1.0", active_time="2.0", sender="a@b", nexthop="h",
+                rcpt="c@d", orig_rcpt="c@d", rcpt_offset=50, flags=0)
+    base.update(fields)
+    return AttrList([(k, str(v).encode()) for k, v in base.items()])
+
+
+def test_every_request_field_is_checked() -> None:
+    assert DeliveryRequest.from_attrs(_request()).queue_id == "3F2A11C0D7E"
+    for bad in ({"queue_name": "/etc"}, {"queue_id": "../../x"}, {"data_offset": -1},
+                {"data_offset": 0}, {"rcpt_offset": 2**41}, {"content_size": -5},
+                {"arrival_time": "nan"}, {"active_time": "1e400"}, {"arrival_time": "-1"},
+                {"rcpt": ""}, {"rcpt": "a@b\nX-Injected: 1"}, {"sender": "x\x00y"},
+                {"orig_rcpt": "o" * 5000}, {"dsn_notify": 16}, {"flags": -1},
+                {"flags": 1 << 16}, {"nexthop": "h\r"}):
+        with pytest.raises(ValueError):
+            DeliveryRequest.from_attrs(_request(**bad))
+
+
+def _ask(s: Standalone, attrs: list) -> str:  # type: ignore[type-arg]
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        return client.request(attrs).text("status")
+
+
+def _planted(s: Standalone, outside: Path) -> tuple[str, list]:  # type: ignore[type-arg]
+    """A genuine queue file copied to the attacker's directory, and a request for it."""
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    env = read_envelope(str(s.queue_dir / "incoming" / qid))
+    evil = outside / "evil"
+    evil.mkdir()
+    shutil.copy2(s.queue_dir / "incoming" / qid, evil / qid)
+    os.unlink(s.queue_dir / "incoming" / qid)
+    rc = env.recipients[0]
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    return qid, request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+
+
+def _with(attrs: list, **changes: str) -> list:  # type: ignore[type-arg]
+    return [(k, changes.get(k, v)) for k, v in attrs]
+
+
+@pytest.mark.root
+def test_crafted_queue_name_and_id_are_refused(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """The issue's attack: an absolute queue_name and a queue_id with ../ ."""
+    s = system()
+    s.start("local")
+    qid, attrs = _planted(s, outside)
+    target = outside / "root-only"
+    target.mkdir(mode=0o700)
+    depth = "../" * 12
+    assert _ask(s, _with(attrs, queue_name=str(outside / "evil"))) == "deferred"
+    s.wait_log(rf"warning: bad delivery request: malformed queue name: '{outside}/evil'")
+    assert _ask(s, _with(attrs, queue_id=f"{depth}{target}/x")) == "deferred"
+    s.wait_log(r"warning: bad delivery request: malformed queue id: '\.\./")
+    assert _ask(s, _with(attrs, queue_name=str(outside / "evil"),
+                         queue_id=f"{depth}{target}/x")) == "deferred"
+    assert _ask(s, _with(attrs, rcpt=f"{ME}@localhost\nX-Evil: 1")) == "deferred"
+    s.wait_log(r"warning: bad delivery request: rcpt contains control characters")
+    assert list(target.iterdir()) == []
+    assert s.maildir_messages() == []
+    assert f"{qid}: to=" not in s.log()
+
+
+@pytest.mark.root
+def test_symlinks_and_links_in_the_queue_are_refused(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """A valid name that leads out of the queue: a symlinked file, a symlinked hash
+    directory, a hard link to a file elsewhere; a FIFO does not hang local."""
+    s = system()
+    s.start("local")
+    qid, attrs = _planted(s, outside)
+    evil_file = outside / "evil" / qid
+    active = s.queue_dir / "active" / qid
+    os.symlink(evil_file, active)
+    assert _ask(s, attrs) == "deferred"
+    s.wait_log(rf"warning: {qid}: open active/{qid}: Too many levels of symbolic links")
+    active.unlink()
+    os.link(evil_file, active)
+    assert _ask(s, attrs) == "deferred"
+    s.wait_log(rf"warning: {qid}: active/{qid}: uid 0: file has 2 links")
+    active.unlink()
+    os.mkfifo(active, 0o700)
+    assert _ask(s, attrs) == "deferred"
+    s.wait_log(rf"warning: {qid}: active/{qid}: uid 0: not a regular file")
+    active.unlink()
+    hashed = s.queue_dir / "deferred" / spool.hash_prefix(qid, 1)[0]
+    shutil.rmtree(hashed, ignore_errors=True)
+    os.symlink(outside / "evil", hashed)
+    assert _ask(s, _with(attrs, queue_name="deferred")) == "deferred"
+    s.wait_log(rf"warning: {qid}: open deferred/{qid}: Not a directory")
+    assert s.maildir_messages() == []
