@@ -52,6 +52,7 @@ class RewriteContext:
     percent_hack: bool = True
     append_at_myorigin: bool = True
     append_dot_mydomain: bool = False
+    header_token_limit: int = 10240  # header_address_token_limit (0: no limit)
 
     @classmethod
     def from_config(cls, config, context: str = CONTEXT_LOCAL) -> RewriteContext:  # type: ignore[no-untyped-def]
@@ -63,7 +64,8 @@ class RewriteContext:
                    swap_bangpath=config.get_bool("swap_bangpath"),
                    percent_hack=config.get_bool("allow_percent_hack"),
                    append_at_myorigin=config.get_bool("append_at_myorigin"),
-                   append_dot_mydomain=config.get_bool("append_dot_mydomain"))
+                   append_dot_mydomain=config.get_bool("append_dot_mydomain"),
+                   header_token_limit=config.get_int("header_address_token_limit"))
 
 
 def _local_part_bounds(addr: str) -> tuple[int, int]:
@@ -252,8 +254,11 @@ class _Unparsable(Exception):
     pass
 
 
-def _scan_header(text: str) -> list[tuple[str, str, int, int]]:
-    """(kind, text, start, end) tokens; kind is atom/qstr/comment/domlit or the operator."""
+def _scan_header(text: str, limit: int = 0) -> tuple[list[tuple[str, str, int, int]], bool]:
+    """(kind, text, start, end) tokens; kind is atom/qstr/comment/domlit or the operator.
+
+    With a limit, at most that many tokens; the flag says whether more were dropped.
+    """
     out: list[tuple[str, str, int, int]] = []
     i, n = 0, len(text)
     while i < n:
@@ -261,6 +266,8 @@ def _scan_header(text: str) -> list[tuple[str, str, int, int]]:
         if ch in " \t\r\n":
             i += 1
             continue
+        if limit and len(out) >= limit:
+            return out, True
         start = i
         if ch == "(":
             level, i = 1, i + 1
@@ -294,7 +301,7 @@ def _scan_header(text: str) -> list[tuple[str, str, int, int]]:
             i = min(i, n)
             kind = "atom"
         out.append((kind, text[start:i], start, i))
-    return out
+    return out, False
 
 
 def _join_tokens(tokens: list[tuple[str, str, int, int]]) -> str:
@@ -309,11 +316,16 @@ def _join_tokens(tokens: list[tuple[str, str, int, int]]) -> str:
     return "".join(parts)
 
 
-def _elements(text: str, tokens: list[tuple[str, str, int, int]]) -> list[list[str]]:
-    """The parse: a list of [kind, text] (kind "addr" for an address to rewrite)."""
+def _elements(text: str, tokens: list[tuple[str, str, int, int]],
+              truncated: bool = False) -> list[list[str]]:
+    """The parse: a list of [kind, text] (kind "addr" for an address to rewrite).
+
+    In a truncated token list a ``<`` left open at the end is part of a
+    plain address (``<b`` -> ``"<b"@domain``), as Postfix's parser makes it.
+    """
     out: list[list[str]] = []
     depth = 0
-    semis = [i for i, t in enumerate(tokens) if t[0] == ";"]
+    last_semi = max((i for i, t in enumerate(tokens) if t[0] == ";"), default=-1)
     seg: list[tuple[str, str, int, int]] = []
     in_group = False
 
@@ -341,24 +353,35 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]]) -> list[list[s
         out.extend(["comment", t[1]] for t in part if t[0] == "comment")
 
     def finish() -> None:
+        # One pass over the element: each "phrase <addr>" is found by scanning
+        # forward from where the previous one ended (never by re-slicing what
+        # is left, which made <a><a><a>... quadratic).
         rest = list(seg)
         seg.clear()
-        while rest:
-            kinds = [t[0] for t in rest]
-            if "<" not in kinds:
-                if ">" in kinds:
+        pos, n = 0, len(rest)
+        while pos < n:
+            lt = pos
+            while lt < n and rest[lt][0] != "<":
+                if rest[lt][0] == ">":
                     raise _Unparsable
-                if any(k != "comment" for k in kinds) and out and out[-1][0] == ">":
+                lt += 1
+            if lt == n:
+                tail = rest[pos:]
+                if any(t[0] != "comment" for t in tail) and out and out[-1][0] == ">":
                     out.append([",", ","])
-                plain(rest)
+                plain(tail)
                 return
-            lt = kinds.index("<")
-            if ">" not in kinds[lt:]:
-                raise _Unparsable
-            gt = kinds.index(">", lt)
-            if ">" in kinds[:lt]:
-                raise _Unparsable
-            phrase(rest[:lt])
+            gt = lt + 1
+            while gt < n and rest[gt][0] != ">":
+                gt += 1
+            if gt == n:
+                if not truncated:
+                    raise _Unparsable
+                if out and out[-1][0] == ">":
+                    out.append([",", ","])
+                plain(rest[pos:])
+                return
+            phrase(rest[pos:lt])
             inner = rest[lt + 1:gt]
             out.append(["<", "<"])
             addr = [t for t in inner if t[0] != "comment"]
@@ -367,7 +390,7 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]]) -> list[list[s
             # comments inside <> stay there, behind the address
             out.extend(["comment", t[1]] for t in inner if t[0] == "comment")
             out.append([">", ">"])
-            rest = rest[gt + 1:]
+            pos = gt + 1
 
     for i, tok in enumerate(tokens):
         kind = tok[0]
@@ -379,7 +402,7 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]]) -> list[list[s
             finish()
             out.append([",", ","])
         elif (depth == 0 and kind == ":" and not in_group
-              and any(s > i for s in semis)):
+              and last_semi > i):
             phrase(seg)
             seg.clear()
             out.append(["group", ":"])
@@ -399,13 +422,17 @@ def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
 
     Returns the new value with a newline after each comma (one address per
     line, for the caller's folding), or None when no address changed or the
-    value is unparsable (the header is then kept as it was).
+    value is unparsable (the header is then kept as it was). Tokens beyond
+    ``ctx.header_token_limit`` (header_address_token_limit) are dropped, as
+    Postfix's cleanup drops them; the header is then always re-written. The
+    work is linear in the length of the value.
     """
     try:
-        elements = _elements(value, _scan_header(value))
+        tokens, truncated = _scan_header(value, ctx.header_token_limit)
+        elements = _elements(value, tokens, truncated)
     except _Unparsable:
         return None
-    changed = False
+    changed = truncated
     for element in elements:
         if element[0] != "addr":
             continue

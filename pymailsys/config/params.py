@@ -156,6 +156,8 @@ _TABLE: list[Param] = [
     _p("smtpd_client_connection_count_limit", "50", "int", "simultaneous connections per client"),
     _p("message_size_limit", "10240000", "size", "largest message accepted"),
     _p("header_size_limit", "102400", "size", "largest header"),
+    _p("header_address_token_limit", "10240", "int",
+       "tokens of an address header that cleanup parses; the rest are dropped"),
     _p("line_length_limit", "2048", "int", "longest line kept whole in a queue file"),
     _p("hopcount_limit", "50", "int", "Received: headers before a message is refused"),
     _p("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps", "list",
