@@ -38,8 +38,9 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from pymailsys.address.rewrite import RewriteContext, quote_822_local, rewrite_header_value
+from pymailsys.address.rewrite import RewriteContext, rewrite_header_value
 from pymailsys.queue import records as r
+from pymailsys.rfc822 import quote_822_local
 
 _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",

@@ -20,8 +20,8 @@ imports (ssl, email, attrs: about 20 ms and a few MB):
   ``disconnect from`` line, no debug logging;
 * DATA: read in bulk by ``stream.InputBuffer.read_data`` (end only at
   <CR><LF>.<CR><LF>), not line by line;
-* address parsing: Postfix's rules (``<>`` optional unless
-  strict_rfc821_envelopes, source routes dropped, quoted local parts).
+* address parsing: ``pymailsys.smtp.path`` (Postfix's rules: ``<>`` optional
+  unless strict_rfc821_envelopes, source routes dropped, quoted local parts).
 
 Replies are Postfix's, byte for byte (checked against Postfix 3.7).
 """
@@ -37,6 +37,7 @@ from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
 from pymailsys import log
 from pymailsys.smtp import restrictions
+from pymailsys.smtp.path import extract_address, parse_path
 
 LINE_LIMIT = 4096
 
@@ -53,94 +54,6 @@ Verb = Callable[["Session", str], Awaitable[bool]]
 
 class Hangup(Exception):
     """The session ends here (QUIT, 421, protocol violation)."""
-
-
-def _find_close(text: str) -> int:
-    """Index of the '>' that closes a path starting at text[0] == '<', or -1."""
-    quoted = False
-    i = 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        elif c == ">" and not quoted:
-            return i
-        elif c == "<" and not quoted:
-            return -1
-        i += 1
-    return -1
-
-
-def _valid_address(addr: str) -> bool:
-    quoted = False
-    escaped = False
-    for c in addr:
-        if escaped:
-            escaped = False
-            continue
-        if c == "\\":
-            escaped = True
-            continue
-        if c == '"':
-            quoted = not quoted
-            continue
-        if quoted:
-            continue
-        if c in " \t<>()," or ord(c) < 32 or c == "\x7f":
-            return False
-    return not quoted
-
-
-def internal_form(addr: str) -> str:
-    """Unquote a quoted local part: "a b"@c -> a b@c (Postfix's internal form)."""
-    if '"' not in addr and "\\" not in addr:
-        return addr
-    out = []
-    escaped = False
-    for c in addr:
-        if escaped:
-            out.append(c)
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif c != '"':
-            out.append(c)
-    return "".join(out)
-
-
-def parse_path(arg: str, keyword: str, strict: bool) -> tuple[str, str, list[str]] | None:
-    """'FROM:<a@b> SIZE=1' -> (given address, internal address, params); None: bad syntax.
-
-    Raises ValueError when the keyword itself is missing (a syntax error of
-    the command, not of the address).
-    """
-    if arg[:len(keyword)].upper() != keyword:
-        raise ValueError(keyword)
-    rest = arg[len(keyword):].lstrip()
-    if rest.startswith("<"):
-        close = _find_close(rest)
-        if close < 0:
-            return None
-        given = rest[1:close]
-        tail = rest[close + 1:]
-        if tail and not tail[0].isspace():
-            return None
-    else:
-        if strict or not rest:
-            return None
-        given, _, tail = rest.partition(" ")
-    addr = given
-    if addr.startswith("@"):
-        colon = addr.find(":")
-        if colon < 0:
-            return None
-        addr = addr[colon + 1:]
-    if not _valid_address(addr):
-        return None
-    return given, internal_form(addr), tail.split()
 
 
 class Session:
@@ -514,8 +427,9 @@ class Session:
             return await self.reply_error("502 5.5.1 VRFY command is disabled")
         if not arg:
             return await self.reply_error("501 5.5.4 Syntax: VRFY address")
-        addr = arg[1:-1] if arg.startswith("<") and arg.endswith(">") else arg
-        addr = internal_form(addr)
+        addr = extract_address(arg, False)
+        if not addr:
+            return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         reply = self.smtpd.engine.unlisted(self.req, addr, restrictions.STAGE_RECIPIENT)
         if reply is not None:
             self._log_reject("VRFY", str(reply), addr)

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pymailsys.rfc822 import WORDS, Token, Unparsable, quote_822_local, scan, unquote_822_local
+
 CONTEXT_LOCAL = "local"
 CONTEXT_REMOTE = "remote"
 
-# RFC 822 specials that make a local part need quoting (quote_822_local.c).
-_NEEDS_QUOTE = frozenset('()<>@,;:\\"[] ')
 # Characters that end an atom when tokenizing the external form (tok822).
 _TOKEN_SPECIALS = frozenset('()<>@,;:\\".[]!%')
 # Characters that never occur in a plain "user@domain" address.
@@ -66,66 +66,6 @@ class RewriteContext:
                    append_at_myorigin=config.get_bool("append_at_myorigin"),
                    append_dot_mydomain=config.get_bool("append_dot_mydomain"),
                    header_token_limit=config.get_int("header_address_token_limit"))
-
-
-def _local_part_bounds(addr: str) -> tuple[int, int]:
-    """(start, end) of the local part: after a source route, before the last @."""
-    start = 0
-    if addr.startswith("@"):
-        colon = addr.find(":")
-        if colon >= 0:
-            start = colon + 1
-    end = addr.rfind("@", start)
-    return start, (len(addr) if end < 0 else end)
-
-
-def is_822_dot_string(local: str) -> bool:
-    """True when a local part needs no quoting (Postfix's is_822_dot_string, 8-bit clean)."""
-    if not local or local[0] == "." or local[-1] == "." or ".." in local:
-        return False
-    for ch in local:
-        if ch in _NEEDS_QUOTE or ord(ch) < 32 or ord(ch) == 127:
-            return False
-    return True
-
-
-def quote_822_local(addr: str) -> str:
-    """External form: quote the local part when it is not a dot-string."""
-    start, end = _local_part_bounds(addr)
-    local = addr[start:end]
-    if is_822_dot_string(local):
-        return addr
-    quoted = "".join("\\" + ch if ch in '"\\\r' else ch for ch in local)
-    return f'{addr[:start]}"{quoted}"{addr[end:]}'
-
-
-def unquote_822_local(addr: str) -> str:
-    """Internal form: remove the quoting of the local part."""
-    start = 0
-    if addr.startswith("@"):
-        colon = addr.find(":")
-        if colon >= 0:
-            start = colon + 1
-    end = addr.rfind("@", start)
-    if end < 0:
-        end = len(addr)
-    if '"' not in addr[start:end] and "\\" not in addr[start:end]:
-        return addr
-    out: list[str] = [addr[:start]]
-    in_quote = False
-    i = start
-    while i < end:
-        ch = addr[i]
-        if ch == '"':
-            in_quote = not in_quote
-        elif ch == "\\" and i + 1 < end:
-            i += 1
-            out.append(addr[i])
-        else:
-            out.append(ch)
-        i += 1
-    out.append(addr[end:])
-    return "".join(out)
 
 
 def _tokenize(text: str) -> list[str]:
@@ -245,78 +185,22 @@ def _plain_local(local: str) -> bool:
 # An unterminated quoted string, comment or domain literal, or a ``<`` without
 # ``>``, makes the header unparsable: it is then left alone.
 
-_HDR_OPS = frozenset("()<>@,;:.[]")
-_WORDS = frozenset(("atom", "qstr", "domlit"))
 _NON_OPS = frozenset(("atom", "qstr", "domlit", "comment", "addr", "phrase"))
 
 
-class _Unparsable(Exception):
-    pass
-
-
-def _scan_header(text: str, limit: int = 0) -> tuple[list[tuple[str, str, int, int]], bool]:
-    """(kind, text, start, end) tokens; kind is atom/qstr/comment/domlit or the operator.
-
-    With a limit, at most that many tokens; the flag says whether more were dropped.
-    """
-    out: list[tuple[str, str, int, int]] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in " \t\r\n":
-            i += 1
-            continue
-        if limit and len(out) >= limit:
-            return out, True
-        start = i
-        if ch == "(":
-            level, i = 1, i + 1
-            while i < n and level:
-                c = text[i]
-                if c == "\\":
-                    i += 1
-                elif c == "(":
-                    level += 1
-                elif c == ")":
-                    level -= 1
-                i += 1
-            if level:
-                raise _Unparsable
-            kind = "comment"
-        elif ch in '"[':
-            close = '"' if ch == '"' else "]"
-            i += 1
-            while i < n and text[i] != close:
-                i += 2 if text[i] == "\\" else 1
-            if i >= n:
-                raise _Unparsable
-            i += 1
-            kind = "qstr" if ch == '"' else "domlit"
-        elif ch in _HDR_OPS:
-            i += 1
-            kind = ch
-        else:
-            while i < n and text[i] not in _HDR_OPS and text[i] not in ' \t\r\n"':
-                i += 2 if text[i] == "\\" else 1
-            i = min(i, n)
-            kind = "atom"
-        out.append((kind, text[start:i], start, i))
-    return out, False
-
-
-def _join_tokens(tokens: list[tuple[str, str, int, int]]) -> str:
+def _join_tokens(tokens: list[Token]) -> str:
     """External form of an address's tokens (a space only between two words)."""
     parts: list[str] = []
     prev = ""
     for kind, text, _, _ in tokens:
-        if prev in _WORDS and kind in _WORDS:
+        if prev in WORDS and kind in WORDS:
             parts.append(" ")
         parts.append(text)
         prev = kind
     return "".join(parts)
 
 
-def _elements(text: str, tokens: list[tuple[str, str, int, int]],
+def _elements(text: str, tokens: list[Token],
               truncated: bool = False) -> list[list[str]]:
     """The parse: a list of [kind, text] (kind "addr" for an address to rewrite).
 
@@ -326,23 +210,23 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]],
     out: list[list[str]] = []
     depth = 0
     last_semi = max((i for i, t in enumerate(tokens) if t[0] == ";"), default=-1)
-    seg: list[tuple[str, str, int, int]] = []
+    seg: list[Token] = []
     in_group = False
 
-    def phrase(part: list[tuple[str, str, int, int]]) -> None:
+    def phrase(part: list[Token]) -> None:
         if part:
             raw = text[part[0][2]:part[-1][3]].replace("\r", "").replace("\n", "")
             out.append(["phrase", raw])
 
-    def plain(part: list[tuple[str, str, int, int]]) -> None:
+    def plain(part: list[Token]) -> None:
         # Words are addresses (a missing comma between two words is added);
         # the comments move behind the last one, in their order.
-        current: list[tuple[str, str, int, int]] = []
+        current: list[Token] = []
         prev = ""
         for tok in part:
             if tok[0] == "comment":
                 continue
-            if prev in _WORDS and tok[0] in _WORDS and current:
+            if prev in WORDS and tok[0] in WORDS and current:
                 out.append(["addr", _join_tokens(current)])
                 out.append([",", ","])
                 current = []
@@ -363,7 +247,7 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]],
             lt = pos
             while lt < n and rest[lt][0] != "<":
                 if rest[lt][0] == ">":
-                    raise _Unparsable
+                    raise Unparsable
                 lt += 1
             if lt == n:
                 tail = rest[pos:]
@@ -376,7 +260,7 @@ def _elements(text: str, tokens: list[tuple[str, str, int, int]],
                 gt += 1
             if gt == n:
                 if not truncated:
-                    raise _Unparsable
+                    raise Unparsable
                 if out and out[-1][0] == ">":
                     out.append([",", ","])
                 plain(rest[pos:])
@@ -428,9 +312,9 @@ def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
     work is linear in the length of the value.
     """
     try:
-        tokens, truncated = _scan_header(value, ctx.header_token_limit)
+        tokens, truncated = scan(value, ctx.header_token_limit)
         elements = _elements(value, tokens, truncated)
-    except _Unparsable:
+    except Unparsable:
         return None
     changed = truncated
     for element in elements:

@@ -8,7 +8,7 @@ size from the first field of the C record (maildrop files: the file size),
 the sender (the null sender shown as ``empty_address_recipient``), then the
 recipients of the defer and bounce logs with their reasons, then the file's
 pending R recipients not already listed. Addresses are quoted as RFC 5322
-local parts where needed and made printable. A file that cannot be read is
+local parts where needed (``rfc822.quote_822_local``) and made printable. A file that cannot be read is
 skipped; a damaged one ends at the damage, as in Postfix.
 
 ``format_text`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
 from pymailsys.queue import status_log
+from pymailsys.rfc822 import quote_822_local
 
 SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
 MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
@@ -60,22 +61,6 @@ class QueuedMessage:
     forced_expire: bool
     sender: str
     recipients: list[Rcpt] = field(default_factory=list)
-
-
-_SPECIALS = set('()<>@,;:\\".[] ')
-
-
-def quote_822_local(addr: str) -> str:
-    """Quote the local part of an address when RFC 5322 requires it."""
-    local, at, domain = addr.rpartition("@")
-    if not at:
-        local, domain = addr, ""
-    needs = bool(local) and (
-        any(c in _SPECIALS and c != "." or ord(c) < 32 or ord(c) == 127 for c in local)
-        or local.startswith(".") or local.endswith(".") or ".." in local)
-    if needs:
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{local}@{domain}" if at else local
 
 
 def printable(text: str, repl: str = "?") -> str:
