@@ -18,6 +18,7 @@ import pytest
 from harness import ME
 from test_qmgr import BODY, Standalone, standalone_systems
 
+from pymailsys import config, privileges
 from pymailsys.delivery.agent import DeliveryRequest, message_attrs, request_attrs
 from pymailsys.ipc.attr import AttrList, SyncAttrClient
 from pymailsys.queue import spool
@@ -142,3 +143,33 @@ def test_symlinks_and_links_in_the_queue_are_refused(system, outside: Path) -> N
     assert _ask(s, _with(attrs, queue_name="deferred")) == "deferred"
     s.wait_log(rf"warning: {qid}: open deferred/{qid}: Not a directory")
     assert s.maildir_messages() == []
+
+
+@pytest.mark.root
+def test_symlinked_marker_directory_removes_nothing_outside(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #11.2: mail_owner replaces data_directory/local-markers with a symbolic link
+    to a root-owned directory; local's marker collection must not delete anything there."""
+    s = system()
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: removed")
+    owner = privileges.mail_owner(config.load(str(s.etc)))
+    markers = s.base / "data" / "local-markers"
+    (marker,) = markers.iterdir()
+    assert (markers.stat().st_uid, marker.stat().st_uid) == (owner.uid, owner.uid)
+    victims = outside / "victims"
+    outside.chmod(0o755)
+    victims.mkdir(mode=0o755)
+    names = ["important.conf", "3F2A11C0D7E.1700000000123456.211.0badf00d"]
+    for name in names:
+        (victims / name).write_text("keep me\n")
+    shutil.rmtree(markers)
+    os.symlink(victims, markers)
+    s.kill("local", 15)
+    s.start("local")  # collects at start
+    s.wait_log(r"warning: delivery markers: \[Errno 13\] Permission denied")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=deferred \(maildir delivery failed: "
+               r"cannot record delivery marker")
+    assert sorted(p.name for p in victims.iterdir()) == sorted(names)
+    assert len(s.maildir_messages()) == 1

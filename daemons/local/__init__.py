@@ -66,7 +66,10 @@ DESCRIPTION
     Maildir deliveries are crash-idempotent (``pymailsys.delivery.mailbox``): markers
     under ``$data_directory/local-markers`` record which (queue file,
     recipient, Maildir) deliveries reached their final step; they are
-    removed once the queue file is gone.
+    removed once the queue file is gone. data_directory belongs to
+    mail_owner, so local reads, writes and removes markers with mail_owner's
+    effective ids (never as root), and removes only names that start with a
+    queue ID.
 
 SECURITY
     local runs as root when the system runs as root (master.cf unprivileged

@@ -1,7 +1,9 @@
 """The local agent's state and its dispatch: one request in, one logged result out.
 
 ``LocalAgent`` holds the settings read once from main.cf, the alias tables,
-the cleanup client and the Maildir delivery markers. ``handle`` turns one
+the cleanup client and the Maildir delivery markers (kept as mail_owner in
+``$data_directory/local-markers``: that directory is mail_owner's, so root
+never creates, reads or removes anything in it). ``handle`` turns one
 delivery request into one reply and never raises (a bug defers the recipient
 instead of stalling qmgr's pipelined connection). ``deliver`` runs Postfix's
 order for one recipient: the Delivered-To loop check, ``alias_maps``
@@ -13,7 +15,9 @@ alias member.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pymailsys.daemons.local import alias, forward
@@ -81,11 +85,21 @@ class LocalAgent:
         self.markers: mailbox.MarkerStore | None = None
         marker_dir = os.path.join(cfg.get("data_directory"), "local-markers")
         try:
-            os.makedirs(marker_dir, mode=0o700, exist_ok=True)
-            self.markers = mailbox.MarkerStore(marker_dir, privileges.as_self)
-        except OSError as e:
-            log.warning(f"mkdir {marker_dir}: {e.strerror}; Maildir redelivery after a crash "
-                        f"may store a second copy")
+            # kept as data_directory's owner: root never works in mail_owner's directory
+            self.marker_owner = privileges.mail_owner(cfg) if self.root else self.me
+            markers = mailbox.MarkerStore(marker_dir, self.as_marker_owner)
+            markers.create()
+            self.markers = markers
+        except (OSError, privileges.PrivilegeError) as e:
+            log.warning(f"delivery markers in {marker_dir}: {e}; Maildir redelivery after a "
+                        f"crash may store a second copy")
+
+    @contextlib.contextmanager
+    def as_marker_owner(self) -> Iterator[None]:
+        """Act as mail_owner for marker work, from root or from a recipient's rights."""
+        with privileges.as_self(), privileges.as_user(self.marker_owner.uid,
+                                                      self.marker_owner.gid):
+            yield
 
     # --- the service ------------------------------------------------------------
 
@@ -196,6 +210,8 @@ class LocalAgent:
         queues = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
         for key in self.markers.keys():
             queue_id = key.split(".", 1)[0]
+            if not queue_mod.valid_queue_id(queue_id):
+                continue  # not a marker: not ours to remove
             if self.spool.find(queue_id, queues) is None:
                 self.markers.remove(key)
                 removed += 1

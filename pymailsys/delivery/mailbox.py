@@ -48,7 +48,8 @@ it is linked into new/. On a delivery with a key:
 So a copy is stored exactly once whatever the moment of a kill -9. A power
 failure can lose a marker that was not synced: then the mail may come twice,
 never zero times. Markers live outside the Maildir (the caller's directory,
-``MarkerStore``) and are removed by the agent once the queue file is gone.
+``MarkerStore``, kept with the caller's choice of rights) and are removed by
+the agent once the queue file is gone.
 A missing tmp/ or new/ is made when the create or the link finds it missing
 (as Postfix does), not checked before every delivery.
 """
@@ -265,14 +266,23 @@ def _hostname(host: str | None) -> str:
 class MarkerStore:
     """Delivery markers for crash-idempotent Maildir delivery (see the module docstring).
 
-    ``wrap`` is a context-manager factory put around every marker operation
-    (local uses it to act as itself, not as the recipient).
+    ``wrap`` is a context-manager factory put around every marker operation:
+    the rights the markers are kept with (local: mail_owner, the owner of
+    data_directory, whatever rights the delivery itself runs with). A marker's
+    value is only trusted as a plain file name (no ``/``, no leading dot);
+    anything else counts as no marker.
     """
 
     def __init__(self, directory: str,
                  wrap: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         self.directory = directory
         self.wrap = wrap or contextlib.nullcontext
+
+    def create(self) -> None:
+        """Make the directory if it is missing and check that it can be used (OSError)."""
+        with self.wrap():
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.listdir(self.directory)
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, key)
@@ -281,12 +291,19 @@ class MarkerStore:
         """The final name recorded under key; None when there is no (complete) marker."""
         with self.wrap():
             try:
-                with open(self.path(key), "rb") as f:
-                    value = f.read().decode("utf-8", "surrogateescape")
-            except FileNotFoundError:
-                return None
+                fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                return None  # none, or not one this store made (then put() fails)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return None
+                value = os.read(fd, 256).decode("utf-8", "surrogateescape")
+            finally:
+                os.close(fd)
         # empty: killed between open() and write(), before the link: no delivery yet
-        return value or None
+        if not value or "/" in value or value.startswith(".") or "\0" in value:
+            return None
+        return value
 
     def put(self, key: str, value: str) -> None:
         with self.wrap():
