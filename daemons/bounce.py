@@ -207,7 +207,7 @@ async def _stop(ctx: server.Context) -> None:
 
 async def serve(reader, writer, ctx: server.Context) -> None:  # type: ignore[no-untyped-def]
     service: Bounce = ctx.state["bounce"]
-    await attr.serve_pipelined(reader, writer, service.handle)
+    await attr.serve_pipelined(reader, writer, service.handle, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

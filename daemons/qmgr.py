@@ -65,6 +65,11 @@ DESCRIPTION
     with mtime now + clamp(now - arrival, minimal_backoff_time,
     maximal_backoff_time).
 
+    Stopping: on ``postfix reload`` qmgr takes no new message, waits up to
+    10 s for the replies of deliveries in flight, and exits; on SIGTERM it
+    exits at once. The next qmgr moves what is left in active/ back to
+    incoming/.
+
     Agents do not write status logs themselves: qmgr does, from their replies.
     Delay warnings (``delay_warning_time``) are not sent yet.
 
@@ -114,6 +119,7 @@ from pymailsys.queue.queue_file import (
 )
 
 PROGRAM = "qmgr"
+STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
@@ -696,11 +702,17 @@ async def _on_start(ctx: server.Context) -> None:
 
 
 async def _on_stop(ctx: server.Context) -> None:
+    """Take no new message; unless terminated, give the deliveries in flight
+    STOP_DRAIN seconds to answer (so their results are recorded), then go:
+    what is left in active/ the next qmgr recovers. qmgr is one process
+    (maxproc 1): after a reload the new one starts when this one has exited."""
     for name in ("scanner", "timer", "reaper"):
         task = ctx.state.get(name)
         if task is not None:
             task.cancel()
     mgr = ctx.state.get("qmgr")
+    if mgr is not None and mgr.tasks and not ctx.terminated:
+        await asyncio.wait(set(mgr.tasks), timeout=STOP_DRAIN)
     if mgr is not None:
         mgr.closer.put(None)
         mgr.closer_thread.join()

@@ -52,7 +52,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
     async def handler(req: attr.AttrList) -> dict[str, Any]:
         return await handle(ctx, req)
 
-    await attr.serve_pipelined(reader, writer, handler)
+    await attr.serve_pipelined(reader, writer, handler, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

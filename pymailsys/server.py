@@ -19,6 +19,13 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
 * client_limit: the process takes at most this many clients at once; at the
   limit it stops accepting (so master starts another process for the next one)
   and reports ``B``. A client counts from the moment it is accepted.
+* going away (lifeline end of file, max_use, max_idle): stop accepting, close
+  the listeners, finish the clients being served and exit. Trigger
+  connections are closed at once; attribute-protocol services pass
+  ``ctx.stopping`` to ``pymailsys.ipc.attr.serve_pipelined``, which closes a
+  connection once its requests are answered, so an idle connection from
+  another process never keeps a stopping server alive (its client
+  reconnects, to a process of the new generation).
 * max_use: a one-client-at-a-time server (client_limit 1, e.g. local) exits
   after serving max_use clients. Event-driven servers that take many clients at
   once (smtpd, cleanup) are long-lived and ignore it, as Postfix's long-lived
@@ -73,6 +80,7 @@ class Context:
     args: list[str]
     verbose: bool = False
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    terminated: bool = False  # SIGTERM: on_stop must not linger (master kills in 3 s)
     state: dict = field(default_factory=dict)
 
 
@@ -260,8 +268,7 @@ class _Runner:
             if self.serve is not None:
                 await self.serve(reader, writer, self.ctx)
             else:
-                while data := await reader.read(1024):
-                    await self._trigger(data)
+                await self._read_triggers(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception as e:  # a bug in one client's handling: log it, keep serving others
@@ -273,6 +280,21 @@ class _Runner:
             if not writer.is_closing():
                 writer.close()
             self.client_done()
+
+    async def _read_triggers(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        """Triggers until the client hangs up, or until we stop: a trigger
+        connection (cleanup keeps one open to qmgr) never keeps us alive."""
+        async def close_on_stop() -> None:
+            await self.ctx.stopping.wait()
+            writer.close()
+
+        closer = background(close_on_stop())
+        try:
+            while data := await reader.read(1024):
+                await self._trigger(data)
+        finally:
+            closer.cancel()
 
     async def _trigger(self, data: bytes) -> None:
         if self.on_trigger is not None:
@@ -403,6 +425,7 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
     ctx.stopping = asyncio.Event()
     runner = _Runner(ctx, serve, on_trigger, resident, client_limit)
     def terminate() -> None:
+        ctx.terminated = True
         runner.begin_stop()
         runner.active = 0
         runner.done.set()

@@ -57,6 +57,45 @@ def test_attr_pipelined_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-
     assert out == [(bytes([i, 0, 255]), i) for i in range(20)]
 
 
+def test_attr_server_going_away_answers_then_closes_and_the_client_reconnects(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A stopping server answers what it holds, then closes the connection; it is not
+    kept alive by an idle client, and the client's next request opens a new one."""
+    path = str(tmp_path / "sock")
+    stopping = asyncio.Event()
+    release = asyncio.Event()
+    connections: list[asyncio.Task[None]] = []
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        if request.number("wait"):
+            await release.wait()
+        return {"n": request.number("n")}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = not connections
+        connections.append(asyncio.current_task())  # type: ignore[arg-type]
+        await attr.serve_pipelined(r, w, handler, stopping if first else None)
+
+    async def main() -> tuple[int, int, bool, int]:
+        server = await asyncio.start_unix_server(serve, path=path)
+        client = attr.AttrClient(path)
+        held = asyncio.ensure_future(client.request({"n": 1, "wait": 1}))
+        while not connections:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.sleep(0.05)
+        still_open = not connections[0].done()  # a request in hand: finish it first
+        release.set()
+        first = (await held).number("n")
+        await asyncio.wait_for(connections[0], 10)  # then the idle connection goes
+        second = (await client.request({"n": 2})).number("n")
+        await client.close()
+        server.close()
+        return first, second, still_open, len(connections)
+
+    assert asyncio.run(main()) == (1, 2, True, 2)
+
+
 def test_delay_format_matches_postfix() -> None:
     from pymailsys.log import format_delay
 

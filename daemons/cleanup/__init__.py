@@ -341,7 +341,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if not server.peer_is_mail_system(writer, ctx.config):
         log.warning(f"{PROGRAM}: refused a connection from an unprivileged local user")
         return
-    await attr.serve_pipelined(reader, writer, service.handle)
+    await attr.serve_pipelined(reader, writer, service.handle, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

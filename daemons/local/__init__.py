@@ -122,7 +122,7 @@ MARKER_GC_INTERVAL = 60.0
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: LocalAgent = ctx.state["agent"]
-    await serve_pipelined(reader, writer, agent.handle)
+    await serve_pipelined(reader, writer, agent.handle, ctx.stopping)
 
 
 async def _start(ctx: server.Context) -> None:

@@ -101,6 +101,8 @@ class Child:
     status_fd: int
     available: bool = True
     reported: bool = False
+    deadline: float | None = None  # of the old generation: when master steps in
+    terminated: bool = False  # SIGTERM sent at the deadline; SIGKILL at the next
 
     def read_status(self) -> bool:
         """Take the status bytes waiting on the pipe; False at end of file."""

@@ -28,6 +28,14 @@ bad command startup -- throttling`` and no new process of that service for
 Signals arrive through a wake-up pipe (``signal.set_wakeup_fd``) and are
 handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
 stop (terminate all children, wait up to 3 s, kill what is left).
+
+Reload starts a new generation: the old lifeline is closed, so every child
+of the old generation stops accepting, finishes what it holds and exits
+(qmgr at once, leaving active/ to the new qmgr); listeners stay with master.
+A child of the old generation still running ``OLD_GENERATION_GRACE`` (60 s)
+after the reload gets SIGTERM, and SIGKILL 3 s later. The process limit
+counts old children too, so a singleton such as qmgr (maxproc 1) starts
+anew only when the old one has gone.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from pymailsys.queue import setup as spool_setup
 
 PROGRAM = "master"
 STOP_GRACE = 3.0
+OLD_GENERATION_GRACE = 60.0
 
 
 class StartupError(Exception):
@@ -223,12 +232,16 @@ class Master:
                 times.append(svc.next_wakeup)
             if svc.throttle_until > now:
                 times.append(svc.throttle_until)
+        times += [c.deadline for c in self.children.values() if c.deadline is not None]
         if not times:
             return None
         return max(0.0, min(times) - now)
 
     def run_timers(self) -> None:
         now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.deadline is not None and child.deadline <= now:
+                self.end_old_child(child, now)
         for svc in self.services.values():
             if svc.next_wakeup is None or svc.next_wakeup > now:
                 continue
@@ -236,6 +249,18 @@ class Master:
             if svc.entry.wakeup_after_use and not svc.used:
                 continue
             self.wakeup(svc)
+
+    def end_old_child(self, child: Child, now: float) -> None:
+        """A child of an old generation outstayed its grace: SIGTERM, then SIGKILL."""
+        if child.terminated:
+            _kill(child.pid, signal.SIGKILL)
+            child.deadline = None
+            return
+        log.warning(f"process {self.path_of(child.service)} pid {child.pid} still running "
+                    f"{OLD_GENERATION_GRACE:.0f}s after reload -- terminating")
+        _kill(child.pid, signal.SIGTERM)
+        child.terminated = True
+        child.deadline = now + STOP_GRACE
 
     def wakeup(self, svc: Service) -> None:
         """Send a W trigger without ever blocking master."""
@@ -384,6 +409,10 @@ class Master:
                 for pid in list(svc.children):
                     _kill(pid, signal.SIGTERM)
         self.services = new
+        deadline = time.monotonic() + OLD_GENERATION_GRACE
+        for child in self.children.values():
+            if child.generation < self.generation and child.deadline is None:
+                child.deadline = deadline
 
     def shutdown(self) -> int:
         for svc in self.services.values():

@@ -146,13 +146,23 @@ Handler = Callable[[AttrList], Awaitable[Iterable[tuple[str, AttrValue]] | dict[
 
 
 async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          handler: Handler) -> None:
-    """Serve requests on one connection: handle them concurrently, reply in order."""
+                          handler: Handler, stopping: asyncio.Event | None = None) -> None:
+    """Serve requests on one connection: handle them concurrently, reply in order.
+
+    Once ``stopping`` is set (the server is going away) the connection is
+    closed as soon as every request read so far has its reply: an idle
+    client connection never keeps a stopping server alive. The client sees
+    end of file and reconnects (``AttrClient`` does) for its next request.
+    """
     pending: collections.deque[asyncio.Task[Any]] = collections.deque()
     wake = asyncio.Event()
     done_reading = False
+    unanswered = 0
+    answered = asyncio.Event()
+    answered.set()
 
     async def replier() -> None:
+        nonlocal unanswered
         while True:
             while not pending:
                 if done_reading:
@@ -162,15 +172,30 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             task = pending.popleft()
             reply = await task
             writer.write(encode(reply))
+            unanswered -= 1
             if not pending:
                 await writer.drain()
+                if unanswered == 0:
+                    answered.set()
+
+    async def close_when_answered(stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        while True:
+            await answered.wait()
+            await asyncio.sleep(0)  # a request read in this turn of the loop counts too
+            if answered.is_set():
+                break
+        writer.close()  # our reader then sees end of file
 
     reply_task = asyncio.ensure_future(replier())
+    closer = asyncio.ensure_future(close_when_answered(stopping)) if stopping else None
     try:
         while True:
             request = await read_attrs(reader)
             if request is None:
                 break
+            unanswered += 1
+            answered.clear()
             pending.append(asyncio.ensure_future(handler(request)))
             wake.set()
     except (ProtocolError, ConnectionError):
@@ -182,6 +207,8 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             await reply_task
         except (ConnectionError, ProtocolError):
             pass
+        if closer is not None:
+            closer.cancel()
         writer.close()
 
 

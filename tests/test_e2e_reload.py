@@ -1,0 +1,59 @@
+"""postfix reload with mail in the system: the old generation goes, mail keeps flowing.
+
+After a bounce the daemons hold connections to each other (qmgr to local and
+bounce, bounce to cleanup, cleanup to qmgr). A reload must still let every old
+process finish and exit, and the new qmgr must start and deliver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from harness import ME, Instance, wait_until
+
+BOUNCE = b"Subject: please bounce\r\n\r\nbody\r\n"
+
+
+def _children(inst: Instance) -> set[int]:
+    """The running daemons of the instance, master excluded."""
+    return {pid for name, pids in inst.daemons().items() if name != "master" for pid in pids}
+
+
+def _bounce(inst: Instance, dsn_count: int) -> None:
+    queue_id = inst.send(f"{ME}@localhost", "bouncer@localhost", BOUNCE)
+    inst.wait_log(rf"postfix/bounce\[\d+\]: {queue_id}: sender non-delivery notification")
+    inst.wait_log(rf"{queue_id}: removed")
+    inst.wait_maildir(dsn_count)
+
+
+def _reload_and_wait_for_the_old_generation(inst: Instance) -> float:
+    old = _children(inst)
+    assert old
+    started = time.monotonic()
+    inst.postfix("reload")
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old), 60,
+               what=f"the old generation {sorted(old)} to exit")
+    elapsed = time.monotonic() - started
+    print(f"old generation ({len(old)} processes) exited {elapsed:.2f} s after reload")
+    return elapsed
+
+
+def test_reload_after_a_bounce_keeps_mail_flowing(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\nbouncer: |/bin/false\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    _bounce(inst, 1)
+    _reload_and_wait_for_the_old_generation(inst)
+    queue_id = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: after reload\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, .*status=sent")
+    _bounce(inst, 3)
+    _reload_and_wait_for_the_old_generation(inst)
+    queue_id = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: second\r\n\r\ny\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, .*status=sent")
+    subjects = [re.search(rb"\nSubject: ([^\n]*)", m).group(1)  # type: ignore[union-attr]
+                for m in inst.wait_maildir(4)]
+    assert subjects.count(b"after reload") == 1 and subjects.count(b"second") == 1
+    assert "killed by signal" not in inst.log()
