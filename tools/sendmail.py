@@ -258,7 +258,7 @@ def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoRe
 
 def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
     """mailq, -bp, -q, -qR and -qI run postqueue in our place, as Postfix's sendmail does."""
-    argv = [sys.executable, "-m", "pymailsys.tools.postqueue", "-c", cfg.config_dir, *args]
+    argv = module_argv("pymailsys.tools.postqueue", "-c", cfg.config_dir, *args)
     try:
         os.execv(sys.executable, argv)
     except OSError as e:
