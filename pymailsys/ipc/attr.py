@@ -18,8 +18,16 @@ the asyncio client: one long-lived connection, reopened when it breaks, with
 requests pipelined over it. ``SyncAttrClient`` is the blocking client for
 commands.
 
-Refuses: a name over 256 bytes, a value over ``MAX_VALUE`` bytes, a connection
-that ends mid-message (``ProtocolError``).
+Refuses (``ProtocolError``): a name over 256 bytes, a connection that ends
+mid-message, a length that is not a base-128 number within
+``records.VARINT_MAX_SHIFT`` (the one varint codec, shared with the queue file
+records). A reader takes ``Limits``: at most so many attributes, bytes per
+value and bytes per list (``LimitExceeded``, a ProtocolError, names the limit;
+an oversized value is refused from its length, before any of it is read), and
+an optional deadline for the whole list (``RequestTimeout``). Services that
+any local user can reach (pickup, showq) pass tight limits and ipc_timeout;
+``DEFAULT_LIMITS`` (``MAX_VALUE`` per value and per list) is for peers of the
+mail system itself.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ import asyncio
 import collections
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from pymailsys.queue.records import encode_varint
+from pymailsys.queue.records import RecordError, VarintIncomplete, decode_varint, encode_varint
 
 MAX_NAME = 256
 MAX_VALUE = 1 << 30
@@ -40,6 +49,37 @@ AttrValue = str | bytes | int
 
 class ProtocolError(Exception):
     """The peer broke the attribute protocol or went away mid-message."""
+
+
+class LimitExceeded(ProtocolError):
+    """A list with more attributes, or longer values, than the reader allows."""
+
+
+class RequestTimeout(ProtocolError):
+    """The list did not arrive whole within the reader's deadline."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one attribute list may hold: attributes, bytes per value, bytes in all."""
+
+    attrs: int = 1_000_000
+    value: int = MAX_VALUE
+    total: int = MAX_VALUE
+
+    def check(self, count: int, name: str, length: int, total: int) -> None:
+        """LimitExceeded when attribute number ``count`` (``length`` bytes, the list
+        ``total`` bytes so far with it) is one too many."""
+        if count > self.attrs:
+            raise LimitExceeded(f"more than {self.attrs} attributes")
+        if length > self.value:
+            raise LimitExceeded(f"attribute {name}: {length} bytes, over the limit of "
+                                f"{self.value}")
+        if total > self.total:
+            raise LimitExceeded(f"request of more than {self.total} bytes")
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class AttrList:
@@ -103,21 +143,34 @@ def encode(attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> bytes:
     return bytes(out)
 
 
-async def _read_varint(reader: asyncio.StreamReader) -> int:
-    n = shift = 0
+async def _read_length(reader: asyncio.StreamReader) -> int:
+    data = bytearray()
     while True:
-        b = (await reader.readexactly(1))[0]
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n
-        shift += 7
-        if shift > 35:
-            raise ProtocolError("bad length")
+        data += await reader.readexactly(1)
+        try:
+            return decode_varint(data)[0]
+        except VarintIncomplete:
+            continue
+        except RecordError:
+            raise ProtocolError("bad length") from None
 
 
-async def read_attrs(reader: asyncio.StreamReader) -> AttrList | None:
-    """Read one attribute list; None on a clean end of stream before it starts."""
+async def read_attrs(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMITS,
+                     timeout: float | None = None) -> AttrList | None:
+    """Read one attribute list; None on a clean end of stream before it starts.
+
+    ``timeout`` bounds the whole list, the wait for its first byte included.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_list(reader, limits)
+    except TimeoutError:
+        raise RequestTimeout(f"no complete request within {timeout:g}s") from None
+
+
+async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList | None:
     pairs: list[tuple[str, bytes]] = []
+    total = 0
     first = True
     try:
         while True:
@@ -129,11 +182,12 @@ async def read_attrs(reader: asyncio.StreamReader) -> AttrList | None:
                 return AttrList(pairs)
             if len(name_bytes) > MAX_NAME:
                 raise ProtocolError("attribute name too long")
-            length = await _read_varint(reader)
-            if length > MAX_VALUE:
-                raise ProtocolError("attribute value too long")
+            name = name_bytes[:-1].decode("ascii", "replace")
+            length = await _read_length(reader)
+            total += len(name_bytes) + length
+            limits.check(len(pairs) + 1, name, length, total)
             value = await reader.readexactly(length) if length else b""
-            pairs.append((name_bytes[:-1].decode("ascii", "replace"), value))
+            pairs.append((name, value))
     except asyncio.IncompleteReadError as e:
         if first and not e.partial:
             return None
@@ -279,10 +333,18 @@ class AttrClient:
 class SyncAttrClient:
     """A blocking client: one connection, one request at a time (for commands)."""
 
-    def __init__(self, path: str, timeout: float = 60.0) -> None:
+    def __init__(self, path: str, timeout: float = 60.0,
+                 connect_timeout: float | None = None) -> None:
+        """Connect within ``connect_timeout`` (default ``timeout``); each later send
+        or receive waits at most ``timeout``."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        try:
+            self.sock.settimeout(timeout if connect_timeout is None else connect_timeout)
+            self.sock.connect(path)
+            self.sock.settimeout(timeout)
+        except BaseException:
+            self.sock.close()
+            raise
         self._buf = bytearray()
 
     def _fill(self) -> None:
@@ -298,6 +360,8 @@ class SyncAttrClient:
                 out = bytes(self._buf[:i])
                 del self._buf[:i + 1]
                 return out
+            if len(self._buf) > MAX_NAME:
+                raise ProtocolError("attribute name too long")
             self._fill()
 
     def _take(self, n: int) -> bytes:
@@ -307,20 +371,29 @@ class SyncAttrClient:
         del self._buf[:n]
         return out
 
-    def read(self) -> AttrList:
-        pairs: list[tuple[str, bytes]] = []
+    def _take_length(self) -> int:
+        data = bytearray()
         while True:
-            name = self._take_until_nul()
-            if not name:
+            data += self._take(1)
+            try:
+                return decode_varint(data)[0]
+            except VarintIncomplete:
+                continue
+            except RecordError:
+                raise ProtocolError("bad length") from None
+
+    def read(self, limits: Limits = DEFAULT_LIMITS) -> AttrList:
+        pairs: list[tuple[str, bytes]] = []
+        total = 0
+        while True:
+            name_bytes = self._take_until_nul()
+            if not name_bytes:
                 return AttrList(pairs)
-            n = shift = 0
-            while True:
-                b = self._take(1)[0]
-                n |= (b & 0x7F) << shift
-                if not b & 0x80:
-                    break
-                shift += 7
-            pairs.append((name.decode("ascii", "replace"), self._take(n)))
+            name = name_bytes.decode("ascii", "replace")
+            length = self._take_length()
+            total += len(name_bytes) + 1 + length
+            limits.check(len(pairs) + 1, name, length, total)
+            pairs.append((name, self._take(length)))
 
     def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
         self.sock.sendall(encode(attrs))

@@ -9,7 +9,9 @@ file written here reads in Postfix's ``postcat`` and the other way round.
 Promises: ``encode_record`` and ``iter_records`` are exact inverses;
 ``iter_records`` refuses (``RecordError``) a record type outside ``REC_TYPES``,
 a payload over ``max_length`` and a truncated record, and never reads past the
-end. ``message_size_record`` formats the fixed-width ``C`` record that is
+end. ``encode_varint``/``decode_varint`` are the one base-128 codec, with its
+length limit, that the attribute protocol (``pymailsys.ipc.attr``) uses too.
+``message_size_record`` formats the fixed-width ``C`` record that is
 rewritten in place once the sizes are known.
 """
 
@@ -96,7 +98,15 @@ class RecordError(ValueError):
     """A malformed, unknown, oversized or truncated record."""
 
 
+VARINT_MAX_SHIFT = 35  # at most six bytes: lengths below 2**42
+
+
+class VarintIncomplete(RecordError):
+    """The data ends inside a base-128 number (more bytes may complete it)."""
+
+
 def encode_varint(n: int) -> bytes:
+    """``n`` as a base-128 number: low seven bits first, high bit on all but the last byte."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -106,6 +116,27 @@ def encode_varint(n: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
+    """The base-128 number at ``pos`` and the offset after it.
+
+    ``VarintIncomplete`` when the data ends inside the number; ``RecordError``
+    when it runs past ``VARINT_MAX_SHIFT`` (the one limit every reader shares).
+    """
+    value = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise VarintIncomplete("truncated base-128 length")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > VARINT_MAX_SHIFT:
+            raise RecordError("base-128 length too long")
 
 
 def encode_record(rec_type: bytes, payload: bytes) -> bytes:
@@ -121,20 +152,12 @@ def decode_record(data: bytes | memoryview, offset: int,
     rec_type = bytes(data[offset:offset + 1])
     if rec_type not in REC_TYPES:
         raise RecordError(f"unknown record type {rec_type!r} at offset {offset}")
-    pos = offset + 1
-    length = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise RecordError(f"truncated record length at offset {offset}")
-        byte = data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 35:
-            raise RecordError(f"bad record length at offset {offset}")
+    try:
+        length, pos = decode_varint(data, offset + 1)
+    except VarintIncomplete:
+        raise RecordError(f"truncated record length at offset {offset}") from None
+    except RecordError:
+        raise RecordError(f"bad record length at offset {offset}") from None
     if length > max_length:
         raise RecordError(f"record at offset {offset} is too long: {length} bytes")
     if pos + length > end:
