@@ -34,10 +34,18 @@ SECURITY
     Runs as mail_owner. Maildrop files are hostile input: bounded record
     lengths, only the record types Postfix's pickup allows, one sender and
     at least one recipient required, no symlinks, no hard links.
+    Connections are hostile too: a user other than root, mail_owner or
+    pickup's own uid holds at most ``peers.PER_UID_CONNECTIONS`` connections
+    (``TOTAL_CONNECTIONS`` for all users); one over the limit is answered
+    EX_TEMPFAIL at once, so that sendmail writes to maildrop/ instead of
+    waiting. The first byte must come, and a submission must arrive whole,
+    within ipc_timeout; a submission holds at most MAX_RECIPIENTS
+    recipients and content up to message_size_limit (``request_limits``),
+    refused from the announced length before it is read.
 
 CONFIGURATION PARAMETERS
     authorized_submit_users, local_login_sender_maps, line_length_limit,
-    message_size_limit, mail_owner, cleanup_service_name.
+    message_size_limit, ipc_timeout, mail_owner, cleanup_service_name.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import stat
 from typing import Any
 
 from pymailsys import log, maps, server
-from pymailsys.ipc import attr, services
+from pymailsys.ipc import attr, peers, services
 from pymailsys.queue import maildrop
 from pymailsys.queue import spool as queue
 from pymailsys.server import Context
@@ -74,6 +82,7 @@ class Pickup:
             self.owner_uid = os.getuid()  # unprivileged instance: everything runs as us
         self.scanning = False
         self.again = False
+        self.slots = peers.PeerSlots()
 
     # --- cleanup hand-off -------------------------------------------------------
     async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
@@ -118,15 +127,17 @@ class Pickup:
         return os.EX_OK, ""
 
     # --- live submissions ----------------------------------------------------------
-    async def submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
+    def request_limits(self) -> attr.Limits:
+        """A submission: the content up to message_size_limit, the envelope beside it."""
+        content = self.size_limit or attr.MAX_VALUE
+        return attr.Limits(attrs=maildrop.MAX_RECIPIENTS + 32, value=content,
+                           total=content + (4 << 20))
+
+    async def submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     uid: int) -> None:
         try:
-            uid = server.peer_uid(sock)
-        except (OSError, AttributeError) as e:
-            log.warning(f"cannot get submitter credentials: {e}")
-            return
-        try:
-            req = await attr.read_attrs(reader)
+            req = await attr.read_attrs(reader, self.request_limits(),
+                                        self.ctx.config.get_time("ipc_timeout"))
         except attr.ProtocolError as e:
             log.warning(f"uid={uid}: malformed submission: {e}")
             return
@@ -287,11 +298,39 @@ def _pickup(ctx: Context) -> Pickup:
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: Context) -> None:
     p = _pickup(ctx)
-    first = await reader.read(1)
+    try:
+        uid = server.peer_uid(writer.get_extra_info("socket"))
+    except (OSError, AttributeError) as e:
+        log.warning(f"cannot get client credentials: {e}")
+        return
+    trusted = access.trusted_peer(ctx.config, uid)
+    if not trusted and not p.slots.take(uid):
+        if p.slots.first_refusal(uid):
+            log.warning(f"uid={uid}: too many connections to {ctx.service} (at most "
+                        f"{p.slots.per_uid} per user, {p.slots.total} in all)")
+        writer.write(attr.encode({"status": os.EX_TEMPFAIL,
+                                  "reason": "too many connections, try again later"}))
+        await writer.drain()
+        return
+    try:
+        await serve_client(p, reader, writer, uid)
+    finally:
+        if not trusted:
+            p.slots.give_back(uid)
+
+
+async def serve_client(p: Pickup, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       uid: int) -> None:
+    timeout = p.ctx.config.get_time("ipc_timeout")
+    try:
+        first = await asyncio.wait_for(reader.read(1), timeout)
+    except TimeoutError:
+        log.warning(f"uid={uid}: nothing sent within ipc_timeout ({timeout}s)")
+        return
     if not first:
         return
     if first == protocol.SUBMIT_MAGIC:
-        await p.submit(reader, writer)
+        await p.submit(reader, writer, uid)
         return
     # a trigger: the rest of the bytes (bounded), then a scan
     try:

@@ -75,10 +75,15 @@ DESCRIPTION
 
 SECURITY
     qmgr runs as mail_owner (master.cf ``-u``); it reads queue files and talks
-    to agents over private/, it never touches mailboxes.
+    to agents over private/, it never touches mailboxes. public/qmgr is open
+    to every local user: a peer (SO_PEERCRED) other than root, mail_owner or
+    qmgr's own uid is a flush request, refused unless authorized_flush_users
+    allows it, limited to one read of request letters within
+    ``peers.USER_TRIGGER_TIMEOUT`` and to ``peers.PER_UID_CONNECTIONS``
+    connections at once.
 
 CONFIGURATION PARAMETERS
-    queue_run_delay, minimal_backoff_time, maximal_backoff_time,
+    authorized_flush_users, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
     default_process_limit, default_destination_concurrency_limit,
     local_destination_concurrency_limit, default_destination_recipient_limit,
@@ -101,11 +106,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 
-from pymailsys import log, server
+from pymailsys import log, maps, server
 from pymailsys.address import resolve
 from pymailsys.config import Config, params
 from pymailsys.delivery.agent import DeliveryResult, log_line, message_attrs, request_attrs
-from pymailsys.ipc import trigger
+from pymailsys.ipc import peers, trigger
 from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
 from pymailsys.queue import spool as q
@@ -117,6 +122,7 @@ from pymailsys.queue.queue_file import (
     mark_done,
     read_envelope_bytes,
 )
+from pymailsys.submission import access
 
 PROGRAM = "qmgr"
 STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
@@ -691,6 +697,40 @@ async def _on_trigger(ctx: server.Context, data: bytes) -> None:
     ctx.state["qmgr"].trigger(data)
 
 
+USER_REQUESTS = frozenset(b"WIDAF")
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: server.Context) -> None:
+    """public/qmgr: the mail system's triggers as they come; anyone else is a flush
+    request that authorized_flush_users must allow (request letters only, one read)."""
+    uid = server.peer_uid(writer.get_extra_info("socket"))
+    if access.trusted_peer(ctx.config, uid):
+        while data := await reader.read(1024):
+            await _on_trigger(ctx, data)
+        return
+    try:
+        refused = access.service_acl(ctx.config, "authorized_flush_users", uid)
+    except maps.TableError as e:
+        log.warning(f"uid={uid}: authorized_flush_users lookup error: {e}")
+        return
+    if refused is not None:
+        log.warning(f"uid={uid}: User {refused}({uid}) is not allowed to flush the mail queue")
+        return
+    slots: peers.PeerSlots = ctx.state.setdefault("slots", peers.PeerSlots())
+    if not slots.take(uid):
+        if slots.first_refusal(uid):
+            log.warning(f"uid={uid}: too many connections to {ctx.service}")
+        return
+    try:
+        data = await asyncio.wait_for(reader.read(64), peers.USER_TRIGGER_TIMEOUT)
+    except TimeoutError:
+        return
+    finally:
+        slots.give_back(uid)
+    await _on_trigger(ctx, bytes(b for b in data if b in USER_REQUESTS))
+
+
 async def _on_start(ctx: server.Context) -> None:
     mgr = Qmgr(ctx)
     ctx.state["qmgr"] = mgr
@@ -719,8 +759,8 @@ async def _on_stop(ctx: server.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    server.run(PROGRAM, on_trigger=_on_trigger, on_start=_on_start, on_stop=_on_stop,
-               resident=True, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_trigger=_on_trigger, on_start=_on_start,
+               on_stop=_on_stop, resident=True, argv=argv)
 
 
 if __name__ == "__main__":

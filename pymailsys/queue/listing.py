@@ -8,8 +8,12 @@ size from the first field of the C record (maildrop files: the file size),
 the sender (the null sender shown as ``empty_address_recipient``), then the
 recipients of the defer and bounce logs with their reasons, then the file's
 pending R recipients not already listed. Addresses are quoted as RFC 5322
-local parts where needed (``rfc822.quote_822_local``) and made printable. A file that cannot be read is
-skipped; a damaged one ends at the damage, as in Postfix.
+local parts where needed (``rfc822.quote_822_local``) and made printable. A
+file that cannot be read is skipped; a damaged one ends at the damage, as in
+Postfix. Files in maildrop/ belong to their users: a file is opened without
+following links or waiting on a FIFO, judged by what was opened (a complete
+regular file), and read up to a bound (``max_size``); ``deadline`` bounds a
+whole scan.
 
 ``format_text`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
 byte (the format strings of Postfix's showq_compat.c: headings, ID with ``*``
@@ -35,6 +39,7 @@ from pymailsys.rfc822 import quote_822_local
 
 SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
 MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
+MAX_FILE_READ = 2 * 10240000 + (1 << 20)  # bytes read of one file (default message_size_limit)
 
 S_STRING_FORMAT = "%-11s %7s %-20s %s\n"
 S_SENDER_FORMAT = "%-11s %7ld %20.20s %s\n"
@@ -72,13 +77,43 @@ def _show_addr(addr: str, empty: str) -> str:
     return printable(quote_822_local(addr or empty))
 
 
-def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
-                 st: os.stat_result, empty_addr: str = "MAILER-DAEMON") -> QueuedMessage | None:
+def read_queue_file(path: str, max_size: int) -> tuple[bytes, os.stat_result] | None:
+    """The first ``max_size`` bytes of a complete regular queue file, and its status.
+
+    Never follows a symbolic link, never waits on a FIFO or device (O_NONBLOCK),
+    and judges the file it opened (fstat), not the name: a user may swap a
+    maildrop file between the check and the open.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not queue.is_complete(st.st_mode):
+            return None
+        chunks = []
+        left = max_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks), st
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
+                 empty_addr: str = "MAILER-DAEMON",
+                 max_size: int = MAX_FILE_READ) -> QueuedMessage | None:
+    found = read_queue_file(path, max_size)
+    if found is None:
+        return None
+    data, st = found
     arrival = 0
     size = st.st_size
     size_ok = False
@@ -138,18 +173,16 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
 
 
 def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
-               queues: Iterable[str] = SHOWQ_QUEUES) -> list[QueuedMessage]:
+               queues: Iterable[str] = SHOWQ_QUEUES, max_size: int = MAX_FILE_READ,
+               deadline: float | None = None) -> list[QueuedMessage]:
+    """Every listable message; TimeoutError once time.monotonic() passes ``deadline``."""
     out: list[QueuedMessage] = []
     for queue_name in queues:
         for queue_id in spool.scan(queue_name):
-            path = spool.path(queue_name, queue_id)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode) or not queue.is_complete(st.st_mode):
-                continue
-            msg = read_message(spool, queue_name, queue_id, path, st, empty_addr)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("queue listing took too long")
+            msg = read_message(spool, queue_name, queue_id, spool.path(queue_name, queue_id),
+                               empty_addr, max_size)
             if msg is not None:
                 out.append(msg)
     return out
@@ -233,6 +266,7 @@ def format_json(messages: list[QueuedMessage]) -> str:
 
 
 def listing(spool: queue.Spool, fmt: str, long_ids: bool = False,
-            empty_addr: str = "MAILER-DAEMON") -> str:
-    messages = scan_queue(spool, empty_addr)
+            empty_addr: str = "MAILER-DAEMON", max_size: int = MAX_FILE_READ,
+            deadline: float | None = None) -> str:
+    messages = scan_queue(spool, empty_addr, max_size=max_size, deadline=deadline)
     return format_json(messages) if fmt == "json" else format_text(messages, long_ids)

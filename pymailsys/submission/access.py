@@ -11,13 +11,22 @@ anything allows all. It returns None when allowed, else the name refused.
 (``*``, ``@domain``, the empty-address key, addresses with the recipient
 delimiter extension stripped).
 
+``mail_system_uid(config, uid)`` is True for root and mail_owner, whom
+Postfix's postqueue and its services never refuse; ``trusted_peer`` adds the
+service's own uid (an unprivileged instance). ``service_acl(config, param,
+uid)`` is the check a public service (showq, qmgr's flush trigger) applies
+to its peer's SO_PEERCRED uid: a trusted peer always may, anyone else as
+``user_acl``.
+
 A table that cannot answer raises ``maps.TableError``: the caller defers or
 refuses, never allows.
 """
 
 from __future__ import annotations
 
-from pymailsys import maps
+import os
+
+from pymailsys import maps, privileges
 from pymailsys.config import Config
 from pymailsys.submission.login import login_name
 
@@ -47,6 +56,28 @@ def user_acl(config: Config, param: str, uid: int) -> str | None:
         if matched:
             return name if negate else None
     return name
+
+
+def mail_system_uid(config: Config, uid: int) -> bool:
+    """root or mail_owner."""
+    if uid == 0:
+        return True
+    try:
+        return uid == privileges.mail_owner(config).uid
+    except privileges.PrivilegeError:
+        return False
+
+
+def trusted_peer(config: Config, uid: int) -> bool:
+    """A public service's peer that is the mail system: root, mail_owner, or our own uid."""
+    return uid == os.geteuid() or mail_system_uid(config, uid)
+
+
+def service_acl(config: Config, param: str, uid: int) -> str | None:
+    """user_acl for a public service's peer; a trusted peer always may."""
+    if trusted_peer(config, uid):
+        return None
+    return user_acl(config, param, uid)
 
 
 def login_sender_ok(config: Config, uid: int, sender: str) -> bool:

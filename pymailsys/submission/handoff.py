@@ -1,8 +1,10 @@
 """handoff - give a local submission to the mail system, as sendmail does.
 
 ``hand_off(config, sub, uid)`` submits live over public/pickup
-(``protocol``); when nobody listens there, the connection fails, or pickup
-answers "try later" (EX_TEMPFAIL), it writes a maildrop file instead
+(``protocol``); when nobody listens there, pickup does not take the
+connection within CONNECT_TIMEOUT, the connection fails, or pickup answers
+"try later" (EX_TEMPFAIL, also when this user holds too many connections),
+it writes a maildrop file instead
 (``queue.maildrop.write_maildrop``, owned by the caller) and wakes pickup.
 It returns the queue ID (or the maildrop file name) and raises ``Refused``
 with a sysexits.h status and the reason for the user when the message was
@@ -27,6 +29,8 @@ from pymailsys.queue.maildrop import Submission, write_maildrop
 from pymailsys.submission.access import login_sender_ok
 from pymailsys.submission.protocol import SUBMIT_MAGIC, to_attrs
 
+CONNECT_TIMEOUT = 5.0  # seconds for pickup to take the connection before maildrop is used
+
 
 class SystemDown(Exception):
     """The pickup socket is absent or refuses connections."""
@@ -42,10 +46,12 @@ class Refused(Exception):
 
 
 def submit_stream(path: str, sub: Submission, timeout: float = 3600.0) -> attr.AttrList:
-    """Submit over public/pickup; SystemDown when nobody listens there."""
+    """Submit over public/pickup; SystemDown when nobody listens there or takes the
+    connection within CONNECT_TIMEOUT (pickup saturated)."""
     try:
-        client = attr.SyncAttrClient(path, timeout=timeout)
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError) as e:
+        client = attr.SyncAttrClient(path, timeout=timeout, connect_timeout=CONNECT_TIMEOUT)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError,
+            TimeoutError) as e:
         raise SystemDown(str(e)) from e
     with client:
         client.sock.sendall(SUBMIT_MAGIC)
@@ -57,7 +63,7 @@ def hand_off(config: Config, sub: Submission, uid: int) -> str:
     spool = queue.Spool.from_config(config)
     path = spool.public(config.get("pickup_service_name"))
     try:
-        reply = submit_stream(path, sub)
+        reply = submit_stream(path, sub, config.get_time("ipc_timeout"))
     except SystemDown:
         reply = None
     except (attr.ProtocolError, OSError) as e:
