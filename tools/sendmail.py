@@ -21,9 +21,9 @@ DESCRIPTION
     Options as Postfix's sendmail: -t (recipients from To/Cc/Bcc, or from the
     Resent- headers when there are any; Bcc headers removed), -i/-oi, -f/-r
     sender, -F full name, -N dsn, -R full|hdrs, -V envid, -B 7BIT|8BITMIME,
-    -C config, -G, -bm (default), -bp, -bi/-I, -bs (SMTP dialogue on standard
-    input and output, handled in this process so that it stays a plain local
-    submission), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
+    -C config, -G, -bm (default), -bp, -bi/-I, -bs (smtpd in stand-alone
+    mode, ``smtpd -S``, on standard input and output; each message a local
+    submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
     -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported);
     -c, -x, -m, -n (refused as Postfix), -oX, -L, -A, -e, -h, -p, -U, -O are
     accepted and ignored. -bv is not supported (exit 69).
@@ -132,107 +132,19 @@ def hand_off(cfg: config_mod.Config, sub: maildrop.Submission, uid: int) -> str:
 
 # --- -bs: SMTP on standard input/output --------------------------------------------------
 
-def smtp_stdio(cfg: config_mod.Config, rfile, wfile) -> int:  # type: ignore[no-untyped-def]
-    """A minimal SMTP server on stdio for sendmail -bs; each message is a local submission."""
+def run_smtpd_standalone(cfg: config_mod.Config) -> NoReturn:
+    """-bs runs smtpd in stand-alone mode on our standard input and output, as
+    Postfix's sendmail runs ``smtpd -S``: the same protocol, checks and replies as
+    the SMTP service, each message a local submission by this user."""
     uid = os.getuid()
-    hostname = cfg.get("myhostname")
-
-    def reply(text: str) -> None:
-        wfile.write(text.encode() + b"\r\n")
-        wfile.flush()
-
     refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
         fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
-    reply(f"220 {cfg.expand(cfg.get('smtpd_banner'))}")
-    sender: str | None = None
-    rcpts: list[str] = []
-    helo = False
-    while True:
-        raw = rfile.readline()
-        if not raw:
-            return 0
-        line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        verb, _, arg = line.partition(" ")
-        verb = verb.upper()
-        if verb in ("HELO", "EHLO"):
-            if not arg.strip():
-                reply(f"501 Syntax: {verb} hostname")
-                continue
-            helo = True
-            sender, rcpts = None, []
-            if verb == "EHLO":
-                reply(f"250-{hostname}")
-                reply("250-PIPELINING")
-                reply("250-8BITMIME")
-                reply("250 DSN")
-            else:
-                reply(f"250 {hostname}")
-        elif verb == "MAIL":
-            if not helo:
-                reply("503 5.5.1 Error: send HELO/EHLO first")
-            elif sender is not None:
-                reply("503 5.5.1 Error: nested MAIL command")
-            elif not arg.upper().startswith("FROM:"):
-                reply("501 5.5.4 Syntax: MAIL FROM:<address>")
-            else:
-                sender = _smtp_path(arg[5:])
-                reply("250 2.1.0 Ok")
-        elif verb == "RCPT":
-            if sender is None:
-                reply("503 5.5.1 Error: need MAIL command")
-            elif not arg.upper().startswith("TO:") or not _smtp_path(arg[3:]):
-                reply("501 5.5.4 Syntax: RCPT TO:<address>")
-            else:
-                rcpts.append(_smtp_path(arg[3:]))
-                reply("250 2.1.5 Ok")
-        elif verb == "DATA":
-            if sender is None:
-                reply("503 5.5.1 Error: need MAIL command")
-                continue
-            if not rcpts:
-                reply("554 5.5.1 Error: no valid recipients")
-                continue
-            reply("354 End data with <CR><LF>.<CR><LF>")
-            lines: list[bytes] = []
-            while True:
-                data = rfile.readline()
-                if not data:
-                    return 0
-                text = data.rstrip(b"\n").rstrip(b"\r")
-                if text == b".":
-                    break
-                lines.append(text[1:] if text.startswith(b".") else text)
-            sub = maildrop.Submission(sender=sender, recipients=rcpts, lines=lines,
-                                full_name=login.default_full_name(uid))
-            try:
-                queue_id = hand_off(cfg, sub, uid)
-            except SystemExit as e:
-                reply("451 4.3.0 Error: queue file write error" if e.code == os.EX_TEMPFAIL
-                      else "554 5.7.1 Error: not accepted")
-            else:
-                reply(f"250 2.0.0 Ok: queued as {queue_id}")
-            sender, rcpts = None, []
-        elif verb == "RSET":
-            sender, rcpts = None, []
-            reply("250 2.0.0 Ok")
-        elif verb == "NOOP":
-            reply("250 2.0.0 Ok")
-        elif verb == "VRFY":
-            reply("502 5.5.1 VRFY command is disabled")
-        elif verb == "QUIT":
-            reply("221 2.0.0 Bye")
-            return 0
-        else:
-            reply("502 5.5.2 Error: command not recognized")
-
-
-def _smtp_path(text: str) -> str:
-    t = text.strip()
-    if t.startswith("<"):
-        end = t.find(">")
-        return t[1:end] if end > 0 else t[1:]
-    return t.split(" ", 1)[0]
+    argv = module_argv("pymailsys.daemons.smtpd", "-S", "-c", cfg.config_dir)
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as e:
+        fatal(os.EX_OSERR, f"execv {sys.executable}: {e.strerror}")
 
 
 # --- other modes ---------------------------------------------------------------------
@@ -452,7 +364,7 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     if mode == MODE_USER:
         if recipients:
             fatal(os.EX_USAGE, "stand-alone mode requires no recipient")
-        sys.exit(smtp_stdio(cfg, sys.stdin.buffer, sys.stdout.buffer))
+        run_smtpd_standalone(cfg)
     sys.exit(0)
 
 

@@ -6,6 +6,7 @@ NAME
 SYNOPSIS
     python3 -m pymailsys.daemons.smtpd [generic daemon options]   (from master.cf)
     python3 -m pymailsys.daemons.smtpd -c DIR -t inet -L 127.0.0.1:2525   (by hand)
+    python3 -m pymailsys.daemons.smtpd -S [-c DIR]   (stand-alone: sendmail -bs)
 
 DESCRIPTION
     Accepts SMTP connections on the socket master hands over and passes each
@@ -19,6 +20,13 @@ DESCRIPTION
     Postfix's replies, driven on the skeleton's streams), ``stream`` reads
     command lines and DATA in bulk, ``handler`` is the glue to the
     restrictions (pymailsys.smtp.restrictions) and to cleanup.
+
+    Stand-alone mode (``-S``, what ``sendmail -bs`` runs, as Postfix's
+    sendmail runs ``smtpd -S``): one session on standard input and output,
+    with the caller's privileges, the client being ``localhost[127.0.0.1]``.
+    Each message is a local submission by the caller (``LocalSubmission``:
+    live over public/pickup, which takes the uid from the kernel, else a
+    maildrop file, as sendmail does) instead of a cleanup request.
 
     Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN;
     AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
@@ -67,12 +75,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
-from pymailsys.daemons.smtpd.handler import Smtpd
+from pymailsys.daemons.smtpd.handler import QUEUE_WRITE_ERROR, Envelope, Smtpd
 from pymailsys.daemons.smtpd.session import Session
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, server
+from pymailsys.queue import maildrop
+from pymailsys.smtp import restrictions
+from pymailsys.submission import handoff, login
 
 PROGRAM = "smtpd"
 
@@ -115,6 +127,67 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await Session(ctx.state["smtpd"], reader, writer).run()
 
 
+# --- stand-alone mode (smtpd -S, sendmail -bs) ------------------------------------------
+
+class LocalSubmission(Smtpd):
+    """smtpd -S: the queue backend is a local submission by the calling user."""
+
+    async def queue(self, env: Envelope, content: bytes, req: restrictions.Request,
+                    context: str) -> tuple[str, str]:
+        uid = os.getuid()
+        lines = content.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        sub = maildrop.Submission(
+            sender=env.sender, recipients=list(env.recipients), lines=lines,
+            full_name=login.default_full_name(uid), envid=env.envid,
+            encoding="8bit" if env.body == "8bitmime" else "7bit" if env.body == "7bit" else "",
+            ret={"FULL": maildrop.DSN_RET_FULL, "HDRS": maildrop.DSN_RET_HDRS}.get(env.ret, 0))
+        try:
+            queue_id = await asyncio.to_thread(handoff.hand_off, self.config, sub, uid)
+        except handoff.Refused as e:
+            if e.status == os.EX_TEMPFAIL:
+                return f"451 4.3.0 Error: {e.reason}", ""
+            dsn = "5.7.1" if e.status == os.EX_NOPERM else "5.3.0"
+            return f"554 {dsn} Error: {e.reason}", ""
+        except OSError as e:
+            log.warning(f"local submission failed: {e}")
+            return QUEUE_WRITE_ERROR, ""
+        return f"250 2.0.0 Ok: queued as {queue_id}", queue_id
+
+
+def standalone(argv: list[str]) -> None:
+    """One SMTP session on standard input and output, as the calling user."""
+    log.init_stderr_only(PROGRAM)
+    flags, overrides, _rest = server.parse_args(argv)
+    try:
+        config = config_mod.load(flags.get("-c"), overrides)
+        if config.get("maillog_file") == "/dev/stdout":  # stdout is the SMTP stream
+            config = config_mod.load(flags.get("-c"), {**overrides, "maillog_file": "/dev/stderr"})
+        log.init(config, PROGRAM)
+        smtpd = LocalSubmission(config)
+    except (ValueError, maps.TableError, config_mod.ConfigError, OSError) as e:
+        log.fatal(str(e))
+    asyncio.run(_stdio_session(smtpd))
+
+
+async def _stdio_session(smtpd: Smtpd) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        sys.stdout)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    try:
+        await Session(smtpd, reader, writer).run()
+    finally:
+        await smtpd.close()
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if "-S" in args:
+        standalone(args)
+        return
     server.run(PROGRAM, serve=serve, pre_init=_pre_init, on_start=_start, on_stop=_stop,
                argv=argv)

@@ -1,0 +1,103 @@
+"""sendmail -bs is smtpd in stand-alone mode (smtpd -S) on standard input and output:
+smtpd's replies and address checks, and each message a local submission by the
+calling user (pickup learns the uid from the kernel)."""
+
+from __future__ import annotations
+
+import pwd
+import re
+import subprocess
+import sys
+
+import pytest
+from harness import ME, Instance, wait_until
+
+
+class StdioSmtp:
+    """Drive ``sendmail -bs`` one command at a time (no pipelining)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd="/")
+
+    def reply(self) -> str:
+        assert self.proc.stdout is not None
+        lines = []
+        while True:
+            line = self.proc.stdout.readline().decode()
+            assert line, f"sendmail -bs ended; replies so far: {lines}"
+            lines.append(line.rstrip("\r\n"))
+            if re.match(r"\d{3} ", line):
+                return "\n".join(lines)
+
+    def send(self, line: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\r\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=60)
+
+
+def bs_argv(inst: Instance, user: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "pymailsys.tools.sendmail", "-C", str(inst.config_dir), "-bs"]
+    return ["runuser", "-u", user, "--", *argv] if user else argv
+
+
+def converse(inst: Instance, user: str | None, sender: str) -> tuple[list[str], int]:
+    smtp = StdioSmtp(bs_argv(inst, user))
+    try:
+        replies = [smtp.reply()]
+        for line in ("EHLO client.example", "FROB x", f"MAIL FROM:<{sender}>",
+                     "RCPT TO:<bad address@>", f"RCPT TO:<{ME}@localhost>", "DATA"):
+            replies.append(smtp.send(line))
+        assert smtp.proc.stdin is not None
+        smtp.proc.stdin.write(b"Subject: via -bs\r\n\r\n..dot-stuffed\r\nbody\r\n.\r\n")
+        smtp.proc.stdin.flush()
+        replies.append(smtp.reply())
+        replies.append(smtp.send("QUIT"))
+    finally:
+        status = smtp.close()
+    return replies, status
+
+
+def check_conversation(replies: list[str]) -> None:
+    banner, ehlo, unknown, mail, bad_rcpt, rcpt, data, queued, quit_ = replies
+    assert banner.startswith("220 ")
+    assert ehlo.startswith("250-") and "\n250 " in ehlo
+    assert unknown == "500 5.5.2 Error: command not recognized"
+    assert mail == "250 2.1.0 Ok"
+    assert bad_rcpt.startswith("501 5.1.3 Bad recipient address syntax")
+    assert rcpt == "250 2.1.5 Ok"
+    assert data.startswith("354 ")
+    assert re.match(r"250 2\.0\.0 Ok: queued as \w+$", queued), queued
+    assert quit_ == "221 2.0.0 Bye"
+
+
+def test_sendmail_bs_is_smtpd_and_submits_as_the_caller(instance: Instance) -> None:
+    uid = pwd.getpwnam(ME).pw_uid
+    replies, status = converse(instance, None, f"{ME}@localhost")
+    assert status == 0
+    check_conversation(replies)
+    msgs = instance.wait_maildir(1)
+    assert msgs[0].endswith(b"\n.dot-stuffed\nbody\n")
+    assert re.search(rf"Received: by \S+ \(Postfix, from userid {uid}\)".encode(), msgs[0])
+    instance.wait_log(rf"postfix/pickup\[\d+\]: \w+: uid={uid} from=<{ME}@localhost>")
+
+
+@pytest.mark.root
+def test_sendmail_bs_as_a_user(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    uid = pwd.getpwnam(python_user).pw_uid
+    replies, status = converse(inst, python_user, f"{python_user}@localhost")
+    assert status == 0
+    check_conversation(replies)
+    [msg] = inst.wait_maildir(1)
+    assert msg.startswith(f"Return-Path: <{python_user}@localhost>\n".encode())
+    assert re.search(rf"Received: by \S+ \(Postfix, from userid {uid}\)".encode(), msg)
+    inst.wait_log(rf"postfix/pickup\[\d+\]: \w+: uid={uid} from=<{python_user}@localhost>")
+    wait_until(lambda: inst.queue_empty(), 30, what="an empty queue")
