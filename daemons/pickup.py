@@ -305,11 +305,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
         return
     trusted = access.trusted_peer(ctx.config, uid)
     if not trusted and not p.slots.take(uid):
-        if p.slots.first_refusal(uid):
-            log.warning(f"uid={uid}: too many connections to {ctx.service} (at most "
-                        f"{p.slots.per_uid} per user, {p.slots.total} in all)")
-        writer.write(attr.encode({"status": os.EX_TEMPFAIL,
-                                  "reason": "too many connections, try again later"}))
+        writer.write(attr.encode(p.slots.refusal(uid, ctx.service)))
         await writer.drain()
         return
     try:

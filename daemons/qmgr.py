@@ -719,8 +719,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         return
     slots: peers.PeerSlots = ctx.state.setdefault("slots", peers.PeerSlots())
     if not slots.take(uid):
-        if slots.first_refusal(uid):
-            log.warning(f"uid={uid}: too many connections to {ctx.service}")
+        slots.refusal(uid, ctx.service)
         return
     try:
         data = await asyncio.wait_for(reader.read(64), peers.USER_TRIGGER_TIMEOUT)

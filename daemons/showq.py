@@ -92,11 +92,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
     slots: peers.PeerSlots = ctx.state.setdefault("slots", peers.PeerSlots())
     trusted = access.trusted_peer(ctx.config, uid)
     if not trusted and not slots.take(uid):
-        if slots.first_refusal(uid):
-            log.warning(f"uid={uid}: too many connections to {ctx.service} (at most "
-                        f"{slots.per_uid} per user, {slots.total} in all)")
-        writer.write(attr.encode({"status": os.EX_TEMPFAIL,
-                                  "reason": "too many connections, try again later"}))
+        writer.write(attr.encode(slots.refusal(uid, ctx.service)))
         await writer.drain()
         return
     timeout = ctx.config.get_time("ipc_timeout")

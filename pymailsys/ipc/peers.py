@@ -5,15 +5,20 @@ user. ``PeerSlots(per_uid, total)`` gives each connection a slot: ``take(uid)``
 is False when that uid already holds ``per_uid`` slots or the service holds
 ``total``; ``give_back(uid)`` when the connection ends. One user therefore
 never holds every slot, and a client over a limit is answered at once rather
-than left waiting behind the others. ``first_refusal(uid)`` is True once per
-burst of refusals for a uid, so that the log names a user who hits the limit
-without repeating a line per connection.
+than left waiting behind the others. ``refusal(uid, service)`` is that
+answer (EX_TEMPFAIL, "try again later") and logs the user once per burst of
+refusals, not once per connection.
 
 Trusted peers (root, mail_owner, the service's own uid) are the caller's
 business: it does not ask for a slot for them.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
+
+from pymailsys import log
 
 PER_UID_CONNECTIONS = 10
 TOTAL_CONNECTIONS = 100
@@ -52,3 +57,10 @@ class PeerSlots:
             return False
         self.refused.add(uid)
         return True
+
+    def refusal(self, uid: int, service: str) -> dict[str, Any]:
+        """The reply to a connection over the limit (logged once per burst)."""
+        if self.first_refusal(uid):
+            log.warning(f"uid={uid}: too many connections to {service} (at most "
+                        f"{self.per_uid} per user, {self.total} in all)")
+        return {"status": os.EX_TEMPFAIL, "reason": "too many connections, try again later"}
