@@ -706,8 +706,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     request that authorized_flush_users must allow (request letters only, one read)."""
     uid = server.peer_uid(writer.get_extra_info("socket"))
     if access.trusted_peer(ctx.config, uid):
-        while data := await reader.read(1024):
-            await _on_trigger(ctx, data)
+        await server.read_triggers(reader, writer, ctx, lambda data: _on_trigger(ctx, data))
         return
     try:
         refused = access.service_acl(ctx.config, "authorized_flush_users", uid)

@@ -119,6 +119,22 @@ def background(coro: Awaitable[object]) -> asyncio.Future[object]:
     return task
 
 
+async def read_triggers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        ctx: Context, handle: Callable[[bytes], Awaitable[None]]) -> None:
+    """Triggers until the client hangs up, or until we stop: a trigger
+    connection (cleanup keeps one open to qmgr) never keeps us alive."""
+    async def close_on_stop() -> None:
+        await ctx.stopping.wait()
+        writer.close()
+
+    closer = background(close_on_stop())
+    try:
+        while data := await reader.read(1024):
+            await handle(data)
+    finally:
+        closer.cancel()
+
+
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a Unix stream socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -283,18 +299,7 @@ class _Runner:
 
     async def _read_triggers(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        """Triggers until the client hangs up, or until we stop: a trigger
-        connection (cleanup keeps one open to qmgr) never keeps us alive."""
-        async def close_on_stop() -> None:
-            await self.ctx.stopping.wait()
-            writer.close()
-
-        closer = background(close_on_stop())
-        try:
-            while data := await reader.read(1024):
-                await self._trigger(data)
-        finally:
-            closer.cancel()
+        await read_triggers(reader, writer, self.ctx, self._trigger)
 
     async def _trigger(self, data: bytes) -> None:
         if self.on_trigger is not None:
