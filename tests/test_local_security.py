@@ -173,3 +173,89 @@ def test_symlinked_marker_directory_removes_nothing_outside(system, outside: Pat
                r"cannot record delivery marker")
     assert sorted(p.name for p in victims.iterdir()) == sorted(names)
     assert len(s.maildir_messages()) == 1
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.root
+def test_hostile_include_files_fail_promptly_and_small(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #11.6: a 512 MB sparse :include: file, a FIFO, a relative path."""
+    outside.chmod(0o755)  # default_privs reads the include files
+    sparse = outside / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(512 << 20)
+    sparse.chmod(0o644)
+    fifo = outside / "fifo"
+    os.mkfifo(fifo, 0o644)
+    s = system()
+    s.aliases(f"big: :include:{sparse}\npipe: :include:{fifo}\nrel: :include:lists/x\n")
+    s.start()
+    for name, reason in (("big", rf"cannot open include file {sparse}: mail system "
+                                 r"configuration error: larger than 4194304 bytes"),
+                         ("pipe", rf"cannot open include file {fifo}: mail system "
+                                  r"configuration error: not a regular file"),
+                         ("rel", r"mail system configuration error: include file lists/x "
+                                 r"is not an absolute path")):
+        qid = s.queue("alice@example.org", [f"{name}@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<{name}@localhost>, relay=local, .*dsn=5\.3\.5, "
+                   rf"status=bounced \({reason}\)")
+    assert _vm_hwm_kib(s.procs["local"].pid) < 256 * 1024
+    assert s.maildir_messages() == []
+
+
+@pytest.mark.root
+def test_hostile_forward_files_are_ignored_with_a_warning(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """A .forward that is a huge sparse file or a FIFO: a warning, the mailbox gets the mail."""
+    outside.chmod(0o755)
+    forward = outside / f"{ME}.forward"
+    with open(forward, "wb") as f:
+        f.truncate(512 << 20)
+    s = system(forward_path=f"{outside}/$user.forward")
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"warning: file {forward} is larger than 4194304 bytes")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+    forward.unlink()
+    os.mkfifo(forward, 0o644)
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"warning: file {forward} is not a regular file")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+    assert _vm_hwm_kib(s.procs["local"].pid) < 256 * 1024
+    assert len(s.maildir_messages()) == 2
+
+
+@pytest.mark.root
+def test_alias_table_source_that_is_a_fifo_defers(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """A texthash alias table whose source is a FIFO: local starts, warns, and defers."""
+    fifo = outside / "aliases"
+    os.mkfifo(fifo, 0o644)
+    s = system(alias_maps=f"texthash:{fifo}")
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"warning: alias_maps: .*open {fifo}: not a regular file")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=deferred \(alias database unavailable\)")
+
+
+def test_bounded_read_refuses_what_is_not_a_small_regular_file(tmp_path: Path) -> None:
+    from pymailsys.bounded_read import FileRefused, read_bounded
+
+    small = tmp_path / "small"
+    small.write_bytes(b"a" * 100)
+    data, st = read_bounded(str(small), 100, 5)
+    assert data == b"a" * 100 and st.st_size == 100
+    with pytest.raises(FileRefused, match="larger than 99 bytes"):
+        read_bounded(str(small), 99, 5)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(FileRefused, match="not a regular file"):
+        read_bounded(str(tmp_path / "fifo"), 100, 5)
+    with pytest.raises(FileRefused, match="not a regular file"):
+        read_bounded(str(tmp_path), 100, 5)
+    (tmp_path / "link").symlink_to(small)
+    assert read_bounded(str(tmp_path / "link"), 100, 5)[0] == data
+    with pytest.raises(OSError):
+        read_bounded(str(tmp_path / "link"), 100, 5, follow_links=False)

@@ -8,7 +8,10 @@ result per member and one combined result (``results.worst``):
   through ``file``, each only when its origin (alias, forward, include) is in
   allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1);
 * ``:include:/path`` is read with the same rights and expanded as one more
-  level (at most 10: a deeper nesting bounces as an alias loop);
+  level (at most 10: a deeper nesting bounces as an alias loop); the path
+  must be absolute and name a regular file of at most FILE_SIZE_LIMIT bytes,
+  read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
+  bounce as a configuration error, 5.3.5; a slow read defers);
 * addresses are re-submitted together through ``public/cleanup`` as one new
   message with the same envelope sender and content and a ``Delivered-To:``
   header (``resubmit``); an address that names the user itself goes to the
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 from pymailsys.daemons.local import command, file, results
 
 from pymailsys import log, privileges
+from pymailsys.bounded_read import FileRefused, read_bounded
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
 from pymailsys.ipc.attr import ProtocolError
 from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
 MAX_DEPTH = 10
+FILE_SIZE_LIMIT = 1 << 22  # bytes of an :include: or .forward file
+FILE_READ_TIMEOUT = 30.0  # seconds to read one
 
 
 def split_alias_value(value: str) -> list[str]:
@@ -126,14 +132,17 @@ async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value
 async def include(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
                   lines: list[bytes], depth: int,
                   rights: privileges.UserIds | None = None) -> DeliveryResult:
-    """Expand an :include: file, read with the rights of its alias or .forward."""
+    """Expand an :include: file, read with the rights of its alias or .forward: an
+    absolute path to a regular file of at most FILE_SIZE_LIMIT bytes (``read_file``)."""
+    if not path.startswith("/"):
+        return agent.done(req, DeliveryResult.bounced(
+            f"mail system configuration error: include file {path} is not an absolute path",
+            "5.3.5"))
     try:
         ids = agent.file_user(rights)
         with privileges.as_user(ids.uid, ids.gid):
-            st = os.stat(path)
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-    except (privileges.PrivilegeError, OSError) as e:
+            text, st = read_file(path)
+    except (privileges.PrivilegeError, OSError, FileRefused) as e:
         return agent.done(req, results.failure(e, f"cannot open include file {path}: "))
     if st.st_mode & stat.S_IWOTH:
         return agent.done(req, DeliveryResult.bounced(
@@ -141,6 +150,13 @@ async def include(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path
             "5.3.5"))
     return await expand(agent, req, rcpt, value_of_lines(text), lines, "include", depth + 1,
                         rights)
+
+
+def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result]:
+    """An :include: or .forward file's text and stat, as ``bounded_read`` reads it (raises
+    OSError, FileRefused, TimeoutError). Called with the reader's rights in place."""
+    data, st = read_bounded(path, FILE_SIZE_LIMIT, FILE_READ_TIMEOUT, follow_links)
+    return data.decode("utf-8", "surrogateescape"), st
 
 
 async def resubmit(agent: LocalAgent, req: DeliveryRequest, addresses: list[str],

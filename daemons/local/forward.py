@@ -5,9 +5,12 @@ first ``forward_path`` entry that exists (``local_expand``: ``$home``,
 ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
 ``$extension``, ``$recipient_delimiter``, ``${name?value}``,
 ``${name:value}``; an entry naming an undefined attribute is skipped; values
-pass ``forward_expansion_filter``), looked up and read as the user. A file
-that is not a regular file, is owned by neither the user nor root, or is
-world-writable is ignored with a warning; one that names nobody (empty,
+pass ``forward_expansion_filter``), looked up and read as the user
+(``alias.read_file``: never through a symbolic link, never blocking, at most
+``alias.FILE_SIZE_LIMIT`` bytes, within ``alias.FILE_READ_TIMEOUT``; a read
+that runs out of time defers). A file that is not a regular file, is larger than that, is
+owned by neither the user nor root, or is world-writable is ignored with a
+warning; one that names nobody (empty,
 comments only) means no forwarding. The contents expand as an alias value
 (``alias``, origin ``forward``) with the user's rights. ``deliver`` returns
 None when the mailbox should get the mail instead.
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 from pymailsys.daemons.local import alias, results
 
 from pymailsys import log, privileges
+from pymailsys.bounded_read import FileRefused
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
 
 if TYPE_CHECKING:
@@ -77,9 +81,19 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
                     continue
             if found is None:
                 return None
-            path, st = found
-            if not stat.S_ISREG(st.st_mode):
+            path, lst = found
+            if not stat.S_ISREG(lst.st_mode):
                 log.warning(f"file {path} is not a regular file")
+                return None
+            try:
+                text, st = alias.read_file(path, follow_links=False)
+            except FileRefused as e:
+                log.warning(f"file {path} is {e}")
+                return None
+            except TimeoutError as e:
+                return agent.done(req, results.failure(e, f"cannot read file {path}: "))
+            except OSError as e:
+                log.warning(f"cannot open file {path}: {e.strerror}")
                 return None
             if st.st_uid not in (0, pw.pw_uid):
                 log.warning(f"file {path} has bad owner uid {st.st_uid}")
@@ -87,17 +101,6 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
             if st.st_mode & stat.S_IWOTH:
                 log.warning(f"file {path} is world writable")
                 return None
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError as e:
-                log.warning(f"cannot open file {path}: {e.strerror}")
-                return None
-            with os.fdopen(fd, "rb") as f:
-                fst = os.fstat(f.fileno())
-                if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                    log.warning(f"file {path} changed while it was opened")
-                    return None
-                text = f.read(1 << 20).decode("utf-8", "surrogateescape")
     except privileges.PrivilegeError as e:
         return agent.done(req, results.failure(e))
     value = alias.value_of_lines(text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 
 from pymailsys import privileges
+from pymailsys.bounded_read import FileRefused
 from pymailsys.delivery.agent import DeliveryResult
 from pymailsys.delivery.mailbox import MailboxError, errno_dsn
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED
@@ -31,12 +32,16 @@ def from_dsn(dsn: str, reason: str) -> DeliveryResult:
 def failure(error: Exception, what: str = "") -> DeliveryResult:
     """The result for an exception raised by a delivery path; ``what`` prefixes the text.
 
-    A missing file (ENOENT) is final (5.3.5: a configuration names something
-    that is not there, as Postfix's :include: handling); other file-system
-    errors use Postfix's mbox_dsn classification, defaulting to 4.3.0.
+    A missing file (ENOENT) and a file ``bounded_read`` refuses (not a regular
+    file, too large) are final (5.3.5: a configuration names something that is
+    not there or not usable, as Postfix's :include: handling); other
+    file-system errors, a read time limit included, use Postfix's mbox_dsn
+    classification, defaulting to 4.3.0.
     """
     if isinstance(error, MailboxError):
         dsn, text = error.dsn, error.text
+    elif isinstance(error, FileRefused):
+        dsn, text = "5.3.5", f"mail system configuration error: {error}"
     elif isinstance(error, privileges.PrivilegeError):
         dsn, text = "4.3.0", str(error)
     elif isinstance(error, OSError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from pymailsys import log
+from pymailsys.bounded_read import FileRefused, read_bounded
 
 
 class TableError(Exception):
@@ -69,14 +70,23 @@ def default_warn(text: str) -> None:
     log.warning(text)
 
 
+SOURCE_SIZE_LIMIT = 1 << 26  # bytes of a table's source file
+SOURCE_READ_TIMEOUT = 60.0  # seconds
+
+
 def read_source(name: str) -> str:
     """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
-    the table is opened; ``TableError("open NAME: reason")`` when it cannot be read."""
+    the table is opened, as ``bounded_read`` reads (a regular file of at most
+    SOURCE_SIZE_LIMIT bytes, a FIFO never blocks); ``TableError("open NAME: reason")``
+    when it cannot be read."""
     try:
-        with open(name, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
+        data, _ = read_bounded(name, SOURCE_SIZE_LIMIT, SOURCE_READ_TIMEOUT)
+    except (FileRefused, TimeoutError) as e:
+        raise TableError(f"open {name}: {e}") from e
     except OSError as e:
         raise TableError(f"open {name}: {e.strerror}") from e
+    # as a text-mode open() read it before: universal newlines
+    return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def logical_lines(text: str) -> Iterator[tuple[int, str]]:
