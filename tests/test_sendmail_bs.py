@@ -101,3 +101,22 @@ def test_sendmail_bs_as_a_user(new_instance, python_user) -> None:  # type: igno
     assert re.search(rf"Received: by \S+ \(Postfix, from userid {uid}\)".encode(), msg)
     inst.wait_log(rf"postfix/pickup\[\d+\]: \w+: uid={uid} from=<{python_user}@localhost>")
     wait_until(lambda: inst.queue_empty(), 30, what="an empty queue")
+
+
+def test_sendmail_bs_reads_and_writes_plain_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Standard input and output need not be pipes: a file, or /dev/null."""
+    from qf_helpers import make_spool
+
+    etc, _spool = make_spool(tmp_path)
+    argv = [sys.executable, "-m", "pymailsys.tools.sendmail", "-C", str(etc), "-bs"]
+    (tmp_path / "in").write_bytes(b"HELO client.example\r\n")
+    with open(tmp_path / "in", "rb") as stdin, open(tmp_path / "out", "wb") as stdout:
+        done = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                              timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "out").read_bytes().split(b"\r\n")
+    assert lines[0].startswith(b"220 ") and lines[1].startswith(b"250 ")
+    empty = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                           cwd="/")
+    assert empty.returncode == 0 and empty.stdout.startswith(b"220 "), empty.stderr
+    assert b"Traceback" not in empty.stderr

@@ -94,7 +94,10 @@ def show_queue(cfg: config_mod.Config, fmt: str) -> None:
             reply = client.request({"request": "list", "format": fmt})
     except (attr.ProtocolError, OSError):
         fatal(os.EX_SOFTWARE, "malformed showq server response")
-    if reply.number("status", 1) != 0 or "listing" not in reply:
+    status = reply.raw("status")
+    if status in (str(os.EX_NOPERM).encode(), str(os.EX_TEMPFAIL).encode()) and "reason" in reply:
+        fatal(int(status), reply.text("reason"))  # showq's own refusal
+    if status != b"0" or "listing" not in reply:
         fatal(os.EX_SOFTWARE, "malformed showq server response")
     _write(reply.raw("listing") or b"")
 

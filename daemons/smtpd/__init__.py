@@ -74,8 +74,13 @@ SEE ALSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import stat
 import sys
+import threading
+from typing import Any
 
 from pymailsys.daemons.smtpd.handler import QUEUE_WRITE_ERROR, Envelope, Smtpd
 from pymailsys.daemons.smtpd.session import Session
@@ -173,15 +178,47 @@ def standalone(argv: list[str]) -> None:
 
 async def _stdio_session(smtpd: Smtpd) -> None:
     loop = asyncio.get_running_loop()
+    pumps: list[threading.Thread] = []
     reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                        sys.stdout)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 _event_capable(sys.stdin.fileno(), True, pumps))
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, _event_capable(sys.stdout.fileno(), False, pumps))
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
         await Session(smtpd, reader, writer).run()
     finally:
         await smtpd.close()
+        transport.close()
+        for pump in pumps:
+            if pump.name == "stdout":  # what the session wrote must reach the file
+                await asyncio.to_thread(pump.join, 30)
+
+
+def _event_capable(fd: int, reading: bool, pumps: list[threading.Thread]) -> Any:
+    """``fd`` when the event loop can watch it (pipe, socket, terminal); for
+    anything else (a file, /dev/null), one end of a socket pair that a thread
+    copies to or from it."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd):
+        return os.fdopen(fd, "rb" if reading else "wb", buffering=0, closefd=False)
+    ours, theirs = socket.socketpair()
+
+    def copy_in() -> None:
+        with theirs, contextlib.suppress(OSError):  # the session may end before the input
+            while chunk := os.read(fd, 65536):
+                theirs.sendall(chunk)
+
+    def copy_out() -> None:
+        with theirs, contextlib.suppress(OSError):
+            while chunk := theirs.recv(65536):
+                os.write(fd, chunk)
+
+    pump = threading.Thread(target=copy_in if reading else copy_out, daemon=True,
+                            name="stdin" if reading else "stdout")
+    pump.start()
+    pumps.append(pump)
+    return ours
 
 
 def main(argv: list[str] | None = None) -> None:
