@@ -12,6 +12,7 @@ import pwd
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -310,3 +311,31 @@ def test_a_pymailsys_folder_where_postfix_start_runs_shadows_nothing(new_instanc
     for pid in inst.pids():
         assert os.readlink(f"/proc/{pid}/cwd") == str(inst.queue_dir)
         assert cmdline(pid)[1:3] == ["-P", "-m"]
+
+
+@pytest.mark.root
+def test_sockets_and_fifos_are_made_with_mail_owner_rights(new_instance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Links planted in public/ and private/ (mail_owner's) do not steer root."""
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf", ECHO.format(port=inst.port) + TRIGGERS)
+    postfix = pwd.getpwnam("postfix")
+    inst.postfix("check")  # makes the queue directories
+    targets = {}
+    for name in ("echo", "fifotrig"):
+        target = tmp_path / f"root-{name}"
+        target.write_text("root's own\n")
+        os.chmod(target, 0o600)
+        targets[name] = target
+        (inst.queue_dir / "public" / name).symlink_to(target)
+    inst.start(wait_smtp=False)
+    for name, target in targets.items():
+        st = os.stat(target)
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o600)
+        assert target.read_text() == "root's own\n"
+        made = os.lstat(inst.queue_dir / "public" / name)
+        assert (made.st_uid, made.st_gid) == (postfix.pw_uid, postfix.pw_gid)
+    assert stat.S_ISSOCK(os.lstat(inst.queue_dir / "public" / "echo").st_mode)
+    assert os.lstat(inst.queue_dir / "public" / "echo").st_mode & 0o777 == 0o666
+    assert stat.S_ISFIFO(os.lstat(inst.queue_dir / "public" / "fifotrig").st_mode)
+    assert os.lstat(inst.queue_dir / "public" / "fifotrig").st_mode & 0o777 == 0o622
+    echo_unix(inst, "echo")

@@ -8,7 +8,14 @@ and ::, ``loopback-only`` = 127.0.0.1 and ::1), limited by ``inet_protocols``.
 unix and pass services are Unix stream sockets ``public/NAME`` or
 ``private/NAME`` under queue_directory, mode 0666 (the directory is the gate);
 unix-dgram the same with datagram sockets; fifo services are FIFOs mode 0622
-opened O_RDWR|O_NONBLOCK. ``inet_bind_addresses`` is what a service would bind,
+opened O_RDWR|O_NONBLOCK|O_NOFOLLOW and fstat-checked (a FIFO, ours).
+
+SECURITY: public/ and private/ belong to mail_owner, so master (root) removes,
+creates and sets up sockets and FIFOs there with mail_owner's effective uid
+and gid, as Postfix's master does: a link mail_owner plants there gets no
+more than mail_owner's rights. Whatever is at a socket's path is removed
+(not followed) and made anew; a socket gets its mode from the umask at bind
+time, never through a chmod by name. ``inet_bind_addresses`` is what a service would bind,
 so that reload can tell whether a listener can be carried over.
 """
 
@@ -20,7 +27,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from pymailsys import log
+from pymailsys import log, privileges
 from pymailsys.config import Config, ConfigError
 from pymailsys.config.master_cf import ServiceEntry
 
@@ -133,31 +140,62 @@ def make_listeners(entry: ServiceEntry, cfg: Config, maxproc: int) -> list[Liste
             raise ConfigError(f"{entry.where()}: service {entry.name}: no addresses to listen on")
         return out
     path = entry.socket_name(cfg.get("queue_directory"))
-    if entry.type == "fifo":
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISFIFO(st.st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        if not os.path.exists(path):
-            os.mkfifo(path, 0o622)
-        os.chmod(path, 0o622)
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        return [Listener(fd, path, path=path)]
-    kind = socket.SOCK_DGRAM if entry.type == "unix-dgram" else socket.SOCK_STREAM
+    owner = _socket_owner(cfg)
+    # public/ and private/ belong to mail_owner: work there with its rights only,
+    # so that a link planted there cannot steer root (no threads run in master)
+    with privileges.as_user(owner.uid, owner.gid):
+        if entry.type == "fifo":
+            return [_make_fifo(path)]
+        return [_make_unix_socket(path, entry.type, backlog)]
+
+
+def _socket_owner(cfg: Config) -> privileges.UserIds:
+    if not privileges.running_as_root():
+        return privileges.current_user()
     try:
-        os.unlink(path)
+        return privileges.mail_owner(cfg)
+    except privileges.PrivilegeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)  # never follows a link: removes the link itself
     except FileNotFoundError:
         pass
+
+
+def _make_fifo(path: str) -> Listener:
+    """A new FIFO at path, opened without following links and checked to be ours."""
+    try:
+        _unlink(path)
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as e:
+        raise OSError(e.errno, f"open fifo {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(errno.EPERM, f"open fifo {path}: not a FIFO of ours -- replaced while "
+                                   f"being created")
+    os.fchmod(fd, 0o622)
+    return Listener(fd, path, path=path)
+
+
+def _make_unix_socket(path: str, kind_name: str, backlog: int) -> Listener:
+    """A new Unix socket at path, mode 0666 from the start (no chmod by name)."""
+    kind = socket.SOCK_DGRAM if kind_name == "unix-dgram" else socket.SOCK_STREAM
+    _unlink(path)
     sock = socket.socket(socket.AF_UNIX, kind)
+    old_umask = os.umask(0o111)
     try:
         sock.bind(path)
-        os.chmod(path, 0o666)
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
         sock.close()
         raise OSError(e.errno, f"bind {path}: {e.strerror}") from None
-    return [Listener(sock.fileno(), path, obj=sock, path=path)]
+    finally:
+        os.umask(old_umask)
+    return Listener(sock.fileno(), path, obj=sock, path=path)
