@@ -259,3 +259,26 @@ def test_bounded_read_refuses_what_is_not_a_small_regular_file(tmp_path: Path) -
     assert read_bounded(str(tmp_path / "link"), 100, 5)[0] == data
     with pytest.raises(OSError):
         read_bounded(str(tmp_path / "link"), 100, 5, follow_links=False)
+
+
+def test_non_finite_times_are_refused_without_a_traceback(system) -> None:  # type: ignore[no-untyped-def]
+    """Issue #11.13, local's side: a NaN or infinite time in a request (from a queue file
+    with such a T record) is refused with a warning; the connection goes on serving."""
+    s = system()
+    s.start("local")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    path = s.spool.move(qid, "incoming", "active")
+    env = read_envelope(path)
+    rc = env.recipients[0]
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    good = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        for bad in ("nan", "inf", "-inf", "1e400"):
+            assert client.request(_with(good, arrival_time=bad)).text("status") == "deferred"
+        assert client.request(_with(good, active_time="nan")).text("status") == "deferred"
+        assert client.request(good).text("status") == "sent"
+    s.wait_log(r"warning: bad delivery request: arrival_time out of range: nan")
+    s.wait_log(r"warning: bad delivery request: active_time out of range: nan")
+    assert "Traceback" not in (s.base / "log" / "local.err").read_text()
+    assert len(s.maildir_messages()) == 1
