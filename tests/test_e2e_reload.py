@@ -57,3 +57,32 @@ def test_reload_after_a_bounce_keeps_mail_flowing(new_instance) -> None:  # type
                 for m in inst.wait_maildir(4)]
     assert subjects.count(b"after reload") == 1 and subjects.count(b"second") == 1
     assert "killed by signal" not in inst.log()
+
+
+def test_reload_during_a_delivery_records_it_once(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The old qmgr waits for the delivery in flight, records it, then goes."""
+    inst: Instance = new_instance(maildir=True)
+    shared = inst.base / "cmd"  # the command runs as default_privs
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    gate = shared / "gate"
+    started = shared / "started"
+    os.mkfifo(gate)
+    os.chmod(gate, 0o666)
+    inst.write("etc/aliases", f"postmaster: {ME}\n"
+                              f'slow: "|touch {started}; read line < {gate}"\n')
+    inst.tool("newaliases", check=True)
+    inst.start()
+    queue_id = inst.send(f"{ME}@localhost", "slow@localhost", b"Subject: slow\r\n\r\nz\r\n")
+    wait_until(started.exists, 60, what="the delivery command to start")
+    old = _children(inst)
+    inst.postfix("reload")
+    inst.wait_log(r"postfix/master\[\d+\]: reload")
+    with open(gate, "w") as f:  # let the command finish after the reload
+        f.write("go\n")
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old), 60,
+               what="the old generation to exit")
+    inst.wait_log(rf"{queue_id}: removed")
+    assert len(re.findall(rf"{queue_id}: to=<slow@localhost>.*status=sent", inst.log())) == 1
+    queue_id = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: next\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, .*status=sent")

@@ -339,3 +339,39 @@ def test_sockets_and_fifos_are_made_with_mail_owner_rights(new_instance, tmp_pat
     assert stat.S_ISFIFO(os.lstat(inst.queue_dir / "public" / "fifotrig").st_mode)
     assert os.lstat(inst.queue_dir / "public" / "fifotrig").st_mode & 0o777 == 0o622
     echo_unix(inst, "echo")
+
+
+@pytest.mark.root
+def test_wakeups_connect_with_mail_owner_rights(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A wake-up socket that mail_owner replaced by a link to root's socket: root is not used."""
+    inst = make(new_instance, "")
+    inst.write("etc/master.cf",
+               "w1 unix n - n 1 1 pmsfixtures.triggerlog\n"
+               "w2 unix n - n 1 1 pmsfixtures.triggerlog\n")
+    inst.start(wait_smtp=False)
+    inst.wait_log(r"trigger 'W' on w2")
+    private = inst.base / "root-only"  # the instance's base is open to mail_owner
+    private.mkdir(mode=0o700)
+    shared = inst.base / "shared"
+    shared.mkdir(mode=0o755)
+    root_sock = socket.socket(socket.AF_UNIX)
+    root_sock.bind(str(private / "sock"))
+    root_sock.listen(10)
+    root_sock.setblocking(False)
+    probe = socket.socket(socket.AF_UNIX)
+    probe.bind(str(shared / "sock"))
+    os.chmod(shared / "sock", 0o666)
+    probe.listen(10)
+    probe.settimeout(30)
+    # mail_owner's move: both wake-up paths now lead elsewhere; w1 is woken before w2
+    for name, target in (("w1", private / "sock"), ("w2", shared / "sock")):
+        link = inst.queue_dir / "public" / name
+        os.unlink(link)
+        link.symlink_to(target)
+    for _ in range(2):  # two whole rounds of wake-ups after the links were planted
+        conn, _ = probe.accept()
+        conn.close()
+    with pytest.raises(BlockingIOError):
+        root_sock.accept()
+    root_sock.close()
+    probe.close()

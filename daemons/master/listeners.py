@@ -140,7 +140,7 @@ def make_listeners(entry: ServiceEntry, cfg: Config, maxproc: int) -> list[Liste
             raise ConfigError(f"{entry.where()}: service {entry.name}: no addresses to listen on")
         return out
     path = entry.socket_name(cfg.get("queue_directory"))
-    owner = _socket_owner(cfg)
+    owner = endpoint_owner(cfg)
     # public/ and private/ belong to mail_owner: work there with its rights only,
     # so that a link planted there cannot steer root (no threads run in master)
     with privileges.as_user(owner.uid, owner.gid):
@@ -149,7 +149,8 @@ def make_listeners(entry: ServiceEntry, cfg: Config, maxproc: int) -> list[Liste
         return [_make_unix_socket(path, entry.type, backlog)]
 
 
-def _socket_owner(cfg: Config) -> privileges.UserIds:
+def endpoint_owner(cfg: Config) -> privileges.UserIds:
+    """Whose rights master uses in public/ and private/: mail_owner when root, else itself."""
     if not privileges.running_as_root():
         return privileges.current_user()
     try:

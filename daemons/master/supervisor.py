@@ -17,7 +17,8 @@ Wake-ups: a service with wakeup N > 0 gets a ``W`` trigger every N seconds
 (connect + write for sockets, a write to the FIFO), the first one at
 start-up; when its last process exits it is triggered (and so restarted) at
 once. ``N?`` services are woken only after they have been used. A wake-up
-never blocks master.
+never blocks master, and connects with mail_owner's rights, as the
+listeners are made.
 
 Exits: ``warning: process PATH pid N exit status S`` or ``... killed by
 signal S`` (PATH is ``$daemon_directory/COMMAND``, as Postfix shows it); a
@@ -51,10 +52,11 @@ from typing import NoReturn
 
 from pymailsys.daemons.master import children
 from pymailsys.daemons.master.children import LIMIT_WARNING_INTERVAL, Child, Service
+from pymailsys.daemons.master.listeners import endpoint_owner
 from pymailsys.daemons.master.reload import Services, build_services, load_configuration
 from pymailsys.daemons.master.stderr_relay import StderrRelay, readable
 
-from pymailsys import MAIL_VERSION, log, pidfile
+from pymailsys import MAIL_VERSION, log, pidfile, privileges
 from pymailsys import config as config_mod
 from pymailsys.config import Config, ConfigError
 from pymailsys.queue import setup as spool_setup
@@ -75,6 +77,7 @@ class Master:
         self.config_dir = os.path.abspath(config_mod.resolve_config_dir(config_dir))
         self.init_fd = init_fd
         self.cfg: Config | None = None
+        self.owner: privileges.UserIds | None = None  # whose rights in public/, private/
         self.services: Services = {}
         self.children: dict[int, Child] = {}
         self.sel = selectors.DefaultSelector()
@@ -103,6 +106,10 @@ class Master:
         except OSError as e:
             self.fatal(f"open log file: {e.strerror}")
         self.cfg = cfg
+        try:
+            self.owner = endpoint_owner(cfg)
+        except ConfigError as e:
+            self.fatal(str(e))
         self.daemon_directory = cfg.get("daemon_directory")
         queue_directory = cfg.get("queue_directory")
         try:
@@ -267,20 +274,15 @@ class Master:
         if not svc.listeners:
             return
         lst = svc.listeners[0]
-        try:
-            if svc.entry.type == "fifo":
+        if svc.entry.type == "fifo":
+            try:
                 os.write(lst.fd, b"W")
-            elif svc.entry.type == "unix-dgram" and lst.path:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                    s.setblocking(False)
-                    s.sendto(b"W", lst.path)
-            elif svc.entry.type in ("unix", "pass") and lst.path:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.setblocking(False)
-                    s.connect(lst.path)
-                    s.send(b"W")
-        except OSError:
-            pass  # backlog or buffer full: the service has work queued anyway
+            except OSError:
+                pass  # buffer full: the service has work queued anyway
+            return
+        assert self.owner is not None
+        with privileges.as_user(self.owner.uid, self.owner.gid):  # no link steers root
+            _wake_socket(svc.entry.type, lst.path)
 
     # -- events --------------------------------------------------------------
     def on_listener(self, svc: Service) -> None:
@@ -391,10 +393,16 @@ class Master:
             log.error(f"{e} -- configuration not reloaded")
             return
         try:
+            owner = endpoint_owner(cfg)
+        except ConfigError as e:
+            log.error(f"{e} -- configuration not reloaded")
+            return
+        try:
             log.init(cfg, PROGRAM)
         except OSError as e:
             log.error(f"open log file: {e.strerror}")
         self.cfg = cfg
+        self.owner = owner
         self.daemon_directory = cfg.get("daemon_directory")
         log.info(f"reload -- version {MAIL_VERSION}, configuration {self.config_dir}")
         self.new_generation()
@@ -442,6 +450,23 @@ class Master:
 def _log_traceback() -> None:
     for line in traceback.format_exc().splitlines():
         log.error(line)
+
+
+def _wake_socket(kind: str, path: str | None) -> None:
+    """Connect and write ``W`` (stream) or send it (datagram), never blocking."""
+    if not path:
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM if kind == "unix-dgram"
+                           else socket.SOCK_STREAM) as s:
+            s.setblocking(False)
+            if kind == "unix-dgram":
+                s.sendto(b"W", path)
+            else:
+                s.connect(path)
+                s.send(b"W")
+    except OSError:
+        pass  # backlog or buffer full: the service has work queued anyway
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
