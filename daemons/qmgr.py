@@ -31,13 +31,19 @@ DESCRIPTION
     goes to corrupt/ with ``warning: saving corrupt file``), downgrade the lock
     to shared (delivery agents take shared locks), remove an old defer log and
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
-    recipient is resolved (``pymailsys.address.resolve``) and handed to the agent
-    that serves ``private/TRANSPORT``; a transport without a socket there
-    (not built or not running) defers the recipient with ``mail transport
-    unavailable`` (4.3.0), transport ``error`` bounces with its nexthop text.
+    recipient is resolved (``pymailsys.address.resolve``, with the sender for
+    sender_dependent_relayhost_maps) and handed to the agent that serves
+    ``private/TRANSPORT``; a transport without a socket there (not built or
+    not running) defers the recipient with ``mail transport unavailable``
+    (4.3.0). qmgr plays Postfix's error and discard agents itself: transport
+    ``error`` bounces with its nexthop text (``4.X.Y text`` defers), transport
+    ``discard`` is ``status=sent`` with the nexthop as the reason.
 
-    Delivery requests follow ``pymailsys.ipc.services``: one per recipient for
-    local (local_destination_recipient_limit 1), over long-lived pipelined
+    Delivery requests follow ``pymailsys.ipc.services``: recipients of one
+    message for the same (transport, nexthop) travel together, at most
+    ``<transport>_destination_recipient_limit`` per request (one per
+    recipient for local: local_destination_recipient_limit 1; smtp and lmtp
+    take up to 50 in one request and one SMTP transaction), over long-lived pipelined
     connections per transport (``AgentPool``: master starts one agent process
     per connection for one-client agents such as local), with the message's
     common attributes built once. Each request goes to the least-loaded
@@ -109,7 +115,14 @@ from queue import SimpleQueue
 from pymailsys import log, maps, server
 from pymailsys.address import resolve
 from pymailsys.config import Config, params
-from pymailsys.delivery.agent import DeliveryResult, log_line, message_attrs, request_attrs
+from pymailsys.delivery.agent import (
+    DeliveryResult,
+    batch_request_attrs,
+    log_line,
+    message_attrs,
+    request_attrs,
+    results_from_attrs,
+)
 from pymailsys.ipc import peers, trigger
 from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
@@ -130,6 +143,8 @@ LOCKED_RETRY = 60.0
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
+ERROR_TRANSPORT = "error"
+DISCARD_TRANSPORT = "discard"
 
 
 @dataclass
@@ -139,12 +154,26 @@ class Route:
     error: str = ""  # set when resolution failed: defer with this text
 
 
-def route(config: Config, address: str) -> Route:
+def route(config: Config, address: str, sender: str = "") -> Route:
     """Where a recipient goes (the one place qmgr asks the resolver)."""
-    r = resolve.resolve(config, address)
+    r = resolve.resolve(config, address, sender)
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
     return Route(r.transport, r.nexthop)
+
+
+def internal_result(where: Route) -> DeliveryResult:
+    """The result of Postfix's error and discard agents, which qmgr plays itself.
+
+    error: the nexthop is ``X.Y.Z text`` (or just text: 5.0.0); a 4.X.Y defers.
+    discard: sent, with the nexthop (or "discarded") as the reason.
+    """
+    if where.transport == DISCARD_TRANSPORT:
+        return DeliveryResult.sent(where.nexthop or "discarded", "2.0.0")
+    dsn, _, text = where.nexthop.partition(" ")
+    if not (dsn[:1] in ("4", "5") and dsn.count(".") == 2):
+        dsn, text = "5.0.0", where.nexthop
+    return (DeliveryResult.deferred if dsn[0] == "4" else DeliveryResult.bounced)(text, dsn)
 
 
 @dataclass
@@ -496,7 +525,8 @@ class Qmgr:
         log.info(f"{queue_id}: from=<{env.sender}>, size={env.message_size}, "
                  f"nrcpt={len(pending)} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
-                               env.arrival, now, env.sender)
+                               env.arrival, now, env.sender,
+                               encoding=env.attrs.get("encoding", ""))
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
         self.spawn(self.run_message(msg, pending))
@@ -523,10 +553,11 @@ class Qmgr:
     async def run_message(self, msg: Message, pending: list[Recipient]) -> None:
         removed = False
         try:
-            if len(pending) == 1:
-                await self.deliver(msg, pending[0])
-            elif pending:
-                await asyncio.gather(*(self.deliver(msg, rc) for rc in pending))
+            batches = self.batches(msg, pending)
+            if len(batches) == 1:
+                await self.deliver(msg, *batches[0])
+            elif batches:
+                await asyncio.gather(*(self.deliver(msg, *b) for b in batches))
             removed = await self.finish(msg)
         finally:
             if not removed:
@@ -535,37 +566,66 @@ class Qmgr:
             self.active.pop(msg.queue_id, None)
             self.slot_free.set()
 
-    async def deliver(self, msg: Message, rc: Recipient) -> None:
+    def batches(self, msg: Message,
+                pending: list[Recipient]) -> list[tuple[Route, list[Recipient]]]:
+        """Route each recipient; those qmgr answers itself are recorded here, the rest are
+        grouped per (transport, nexthop) into requests of at most the transport's
+        destination recipient limit."""
+        groups: dict[tuple[str, str], list[Recipient]] = {}
+        routes: dict[tuple[str, str], Route] = {}
+        out: list[tuple[Route, list[Recipient]]] = []
+        for rc in pending:
+            where = self.route_of(msg, rc)
+            if where is None:
+                continue
+            key = (where.transport, where.nexthop)
+            rcpt_limit = max(self.limits(where.transport)[0], 1)
+            group = groups.setdefault(key, [])
+            routes[key] = where
+            group.append(rc)
+            if len(group) >= rcpt_limit:
+                out.append((where, group))
+                groups[key] = []
+        out += [(routes[key], group) for key, group in groups.items() if group]
+        return out
+
+    def route_of(self, msg: Message, rc: Recipient) -> Route | None:
+        """Where a recipient goes, or None when qmgr has recorded its result itself
+        (allow_min_user, resolver failure, the error and discard transports, a
+        transport that is not running)."""
+        start = time.time()
         if rc.address.startswith("-") and not self.allow_min_user:
             # As Postfix's qmgr: no agent or command ever sees an address that a
             # careless pipe command would take for an option.
             self.record(msg, rc, DeliveryResult.bounced("bad address syntax", "5.1.3"), "none",
-                        time.time())
-            return
+                        start)
+            return None
         try:
-            where = route(self.config, rc.address)
+            where = route(self.config, rc.address, msg.env.sender)
         except Exception as e:  # the resolver's tables: defer, never bounce
             where = Route("", "", f"address resolver failure: {e}")
-        start = time.time()
         if where.error:
             self.record(msg, rc, DeliveryResult.deferred(where.error), "none", start)
-            return
-        if where.transport == "error":
-            dsn, _, text = where.nexthop.partition(" ")
-            if not (dsn[:1] in "45" and dsn.count(".") == 2):
-                dsn, text = "5.0.0", where.nexthop
-            result = (DeliveryResult.deferred if dsn[0] == "4" else DeliveryResult.bounced)(
-                text, dsn)
-            self.record(msg, rc, result, "none", start)
-            return
+            return None
+        if where.transport in (ERROR_TRANSPORT, DISCARD_TRANSPORT):
+            self.record(msg, rc, internal_result(where), "none", start)
+            return None
         if not os.path.exists(self.spool.private(where.transport)):
             self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none", start)
-            return
+            return None
+        return where
+
+    async def deliver(self, msg: Message, where: Route, rcpts: list[Recipient]) -> None:
+        start = time.time()
         rcpt_limit, concurrency = self.limits(where.transport)
-        dest = rc.address.lower() if rcpt_limit == 1 else where.nexthop.lower()
+        dest = rcpts[0].address.lower() if rcpt_limit == 1 else where.nexthop.lower()
         pool = self.pool(where.transport)
-        attrs = request_attrs(msg.common, where.nexthop, rc.address, rc.orig, rc.offset,
-                              rc.notify, rc.dsn_orcpt)
+        if len(rcpts) == 1:
+            rc = rcpts[0]
+            attrs = request_attrs(msg.common, where.nexthop, rc.address, rc.orig, rc.offset,
+                                  rc.notify, rc.dsn_orcpt)
+        else:
+            attrs = batch_request_attrs(msg.common, where.nexthop, rcpts)
         async with self.limiter.slot((where.transport, dest), concurrency), \
                 self.transport_sems[where.transport]:
             try:
@@ -573,9 +633,12 @@ class Qmgr:
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {where.transport}: {e}")
-                self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
+                for rc in rcpts:
+                    self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
                 return
-        self.record(msg, rc, DeliveryResult.from_attrs(reply), None, start)
+        results = results_from_attrs(reply, len(rcpts), DeliveryResult.deferred(TRANSPORT_ERROR))
+        for rc, result in zip(rcpts, results, strict=True):
+            self.record(msg, rc, result, None, start)
 
     def record(self, msg: Message, rc: Recipient, result: DeliveryResult, relay: str | None,
                start: float) -> None:

@@ -4,7 +4,7 @@ NAME
     resolve - classify an address and find its transport and next hop
 
 SYNOPSIS
-    r = resolve.resolve(config, "user@example.com")
+    r = resolve.resolve(config, "user@example.com"[, sender])
     r.class_, r.transport, r.nexthop, r.recipient, r.flags
     resolve.Resolver(config).resolve(address)       # the same, explicit
 
@@ -27,8 +27,11 @@ DESCRIPTION
       subdomains included), ``default``.
     * Transport and nexthop from local_transport / virtual_transport /
       relay_transport / default_transport (``transport:nexthop``); without
-      a nexthop there: local uses $myhostname, relay and default use
-      $relayhost when set, else the domain; virtual uses the domain.
+      a nexthop there: local uses $myhostname, relay and default use the
+      sender's sender_dependent_relayhost_maps entry (keys: the sender,
+      then ``@domain``; the null sender: empty_address_relayhost_maps_lookup_key)
+      when a sender is given and has one, else $relayhost when set, else the
+      domain; virtual uses the domain.
     * transport_maps (not for class alias): ``user+ext@domain``,
       ``user@domain``, ``domain``, ``.parent`` ..., ``*``. A value
       ``transport:nexthop`` replaces what it gives; an empty part keeps the
@@ -170,6 +173,8 @@ class Resolver:
         self._transport_maps: maps.Maps | None = None
         self.delimiter = config.get("recipient_delimiter")
         self.has_transport_maps = bool(config.get("transport_maps"))
+        self.has_sender_relayhosts = bool(config.get("sender_dependent_relayhost_maps"))
+        self._sender_relayhosts: maps.Maps | None = None
 
     @property
     def interfaces(self) -> set[str]:
@@ -186,13 +191,29 @@ class Resolver:
             return ip is not None and str(ip) in self.interfaces
         return self.mydestination.match(domain)
 
-    def resolve(self, address: str) -> Resolved:
+    def resolve(self, address: str, sender: str | None = None) -> Resolved:
         try:
-            return self._resolve(address)
+            return self._resolve(address, sender)
         except maps.TableError as e:
             return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL, str(e))
 
-    def _resolve(self, address: str) -> Resolved:
+    def relayhost_for(self, sender: str | None) -> str:
+        """The sender's sender_dependent_relayhost_maps entry, else relayhost."""
+        if sender is None or not self.has_sender_relayhosts:
+            return self.relayhost
+        if self._sender_relayhosts is None:
+            self._sender_relayhosts = maps.Maps(self.config, "sender_dependent_relayhost_maps")
+        if not sender:
+            keys = [(self.config.get("empty_address_relayhost_maps_lookup_key"), False)]
+        else:
+            keys = [(sender, False), ("@" + sender.rpartition("@")[2], True)]
+        for key, partial in keys:
+            found = self._sender_relayhosts.find(key, partial)
+            if found is not None and found.strip():
+                return found.strip()
+        return self.relayhost
+
+    def _resolve(self, address: str, sender: str | None = None) -> Resolved:
         flags = 0
         addr = address
         saved_domain = ""
@@ -240,10 +261,10 @@ class Resolver:
             nexthop = nexthop or domain
         elif self.relay_domains.match(domain):
             class_, (transport, nexthop) = CLASS_RELAY, self.relay_transport
-            nexthop = nexthop or self.relayhost or domain
+            nexthop = nexthop or self.relayhost_for(sender) or domain
         else:
             class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport
-            nexthop = nexthop or self.relayhost or domain
+            nexthop = nexthop or self.relayhost_for(sender) or domain
         if rerouted or any(c in local for c in "@%!"):
             flags |= FLAG_ROUTED
         recipient = f"{local}@{domain}"
@@ -282,6 +303,6 @@ def resolver_for(config: config_mod.Config) -> Resolver:
     return entry[1]
 
 
-def resolve(config: config_mod.Config, address: str) -> Resolved:
+def resolve(config: config_mod.Config, address: str, sender: str | None = None) -> Resolved:
     """Resolve one address with this configuration (see the module docstring)."""
-    return resolver_for(config).resolve(address)
+    return resolver_for(config).resolve(address, sender)

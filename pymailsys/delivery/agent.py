@@ -18,7 +18,12 @@ An agent module supplies ``deliver(request) -> DeliveryResult``.
 
 ``request_attrs`` is the other side: qmgr builds the common part of a request
 once per message (``message_attrs``) and adds the recipient part per request,
-so nothing is re-parsed per recipient.
+so nothing is re-parsed per recipient. A request may carry several
+recipients (``batch_request_attrs``; agents whose transport has a
+destination recipient limit above 1, such as smtp and lmtp): the recipient
+attributes repeat, all five for each recipient, in order
+(``request_recipients``), and the reply repeats status, dsn and reason in
+the same order (``batch_reply``, ``results_from_attrs``).
 
 ``open_content`` opens the queue file named by a request, takes a shared flock
 (qmgr holds an exclusive one only while it picks the file up), and returns the
@@ -38,10 +43,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.ipc.attr import AttrList, AttrValue
+from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool
-from pymailsys.queue.queue_file import QueueFileError, content_lines
+from pymailsys.queue.queue_file import QueueFileError, Recipient, content_lines
 
 MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_limit
 MAX_TIME = 1 << 40  # seconds since the epoch
@@ -135,11 +140,15 @@ class DeliveryRequest:
 
 def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
                   arrival_time: float, active_time: float, sender: str,
-                  flags: int = 0) -> list[tuple[str, AttrValue]]:
+                  flags: int = 0, encoding: str = "") -> list[tuple[str, AttrValue]]:
     """The part of a request that is the same for every recipient of one message."""
-    return [("queue_name", queue_name), ("queue_id", queue_id), ("data_offset", data_offset),
-            ("content_size", content_size), ("arrival_time", f"{arrival_time:.6f}"),
-            ("active_time", f"{active_time:.6f}"), ("sender", sender), ("flags", flags)]
+    out: list[tuple[str, AttrValue]] = [
+        ("queue_name", queue_name), ("queue_id", queue_id), ("data_offset", data_offset),
+        ("content_size", content_size), ("arrival_time", f"{arrival_time:.6f}"),
+        ("active_time", f"{active_time:.6f}"), ("sender", sender), ("flags", flags)]
+    if encoding:
+        out.append(("encoding", encoding))
+    return out
 
 
 def request_attrs(common: list[tuple[str, AttrValue]], nexthop: str, rcpt: str, orig_rcpt: str,
@@ -153,6 +162,31 @@ def request_attrs(common: list[tuple[str, AttrValue]], nexthop: str, rcpt: str, 
     if dsn_orcpt:
         out.append(("dsn_orcpt", dsn_orcpt))
     return out
+
+
+def batch_request_attrs(common: list[tuple[str, AttrValue]], nexthop: str,
+                        recipients: list[Recipient]) -> list[tuple[str, AttrValue]]:
+    """A request for several recipients of one message to one nexthop."""
+    out = list(common)
+    out.append(("nexthop", nexthop))
+    for rc in recipients:
+        out += [("rcpt", rc.address), ("orig_rcpt", rc.orig), ("rcpt_offset", rc.offset),
+                ("dsn_notify", rc.notify), ("dsn_orcpt", rc.dsn_orcpt)]
+    return out
+
+
+def request_recipients(attrs: AttrList) -> list[Recipient]:
+    """The recipients of a (batch) request, in order; ProtocolError when they do not line up."""
+    columns = [attrs.all(name) for name in
+               ("rcpt", "orig_rcpt", "rcpt_offset", "dsn_notify", "dsn_orcpt")]
+    count = len(columns[0])
+    if count == 0 or any(len(c) != count for c in columns):
+        raise ProtocolError("recipient attributes do not line up")
+    try:
+        return [Recipient(a, o, int(off), False, int(n or 0), orcpt)
+                for a, o, off, n, orcpt in zip(*columns, strict=True)]
+    except ValueError:
+        raise ProtocolError("recipient offset or notify flags not a number") from None
 
 
 @dataclass(frozen=True)
@@ -188,10 +222,34 @@ class DeliveryResult:
         return {"status": self.status, "dsn": self.dsn, "reason": self.reason}
 
 
+def batch_reply(results: list[DeliveryResult]) -> list[tuple[str, AttrValue]]:
+    """The reply to a batch request: status, dsn, reason per recipient, in order."""
+    out: list[tuple[str, AttrValue]] = []
+    for r in results:
+        out += [("status", r.status), ("dsn", r.dsn), ("reason", r.reason)]
+    return out
+
+
+def results_from_attrs(attrs: AttrList, count: int,
+                       missing: DeliveryResult) -> list[DeliveryResult]:
+    """The results of a request for count recipients; ``missing`` for any the reply lacks."""
+    statuses, dsns, reasons = attrs.all("status"), attrs.all("dsn"), attrs.all("reason")
+    out = []
+    for i in range(count):
+        if i >= len(statuses) or i >= len(dsns) or i >= len(reasons):
+            out.append(missing)
+        elif statuses[i] not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):
+            out.append(DeliveryResult.deferred(f"unknown delivery status {statuses[i]!r}"))
+        else:
+            out.append(DeliveryResult(statuses[i], dsns[i], reasons[i]))
+    return out
+
+
 def log_line(queue_id: str, rcpt: str, orig_rcpt: str, relay: str, arrival: float,
              active: float, start: float, result: DeliveryResult, now: float | None = None,
-             conn: float = 0.0) -> str:
-    """Postfix's per-recipient delivery log line (without the tag)."""
+             conn: float = 0.0, conn_use: int = 0) -> str:
+    """Postfix's per-recipient delivery log line (without the tag); ``conn_use`` (> 1)
+    says which use of a cached connection carried it."""
     if now is None:
         now = time.time()
     fmt = log.format_delay
@@ -199,7 +257,9 @@ def log_line(queue_id: str, rcpt: str, orig_rcpt: str, relay: str, arrival: floa
     b = max(start - active, 0.0) if active else 0.0
     d = max(now - start - conn, 0.0)
     orig = f", orig_to=<{orig_rcpt}>" if orig_rcpt and orig_rcpt != rcpt else ""
-    return (f"{queue_id}: to=<{rcpt}>{orig}, relay={relay}, delay={fmt(max(now - arrival, 0.0))}, "
+    use = f", conn_use={conn_use}" if conn_use > 1 else ""
+    return (f"{queue_id}: to=<{rcpt}>{orig}, relay={relay}{use}, "
+            f"delay={fmt(max(now - arrival, 0.0))}, "
             f"delays={fmt(a)}/{fmt(b)}/{fmt(conn)}/{fmt(d)}, dsn={result.dsn}, "
             f"status={result.status} ({result.reason})")
 

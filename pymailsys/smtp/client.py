@@ -1,0 +1,417 @@
+"""The SMTP and LMTP client protocol: one session with one server.
+
+NAME
+    client - speak SMTP or LMTP to one server, as Postfix's smtp(8) does
+
+SYNOPSIS
+    session = await client.connect(peer, settings)      # greeting read
+    await session.hello()                               # EHLO/LHLO, HELO fallback
+    outcome = await session.send(envelope, lines)       # one mail transaction
+    await session.reset() / await session.quit()
+
+DESCRIPTION
+    ``connect`` opens a TCP connection (``Peer.port`` > 0) or a Unix socket
+    (``Peer.path``) within the connect timeout and reads the greeting.
+    ``hello`` sends EHLO (LHLO for LMTP) and remembers the extensions; an
+    SMTP server that rejects EHLO gets HELO instead. ``send`` runs one
+    transaction: MAIL FROM (SIZE=, BODY=8BITMIME when the server offers
+    them), one RCPT TO per recipient, DATA, the message, and the end of
+    data; with PIPELINING the commands up to DATA go out in one write. A
+    message larger than the server's SIZE is not sent (5.3.4). The message
+    is given as an iterable of lines without terminators; it is written in
+    bounded chunks with CRLF endings and dot-stuffing, each chunk within the
+    data transfer timeout, so memory does not grow with the message.
+
+    Every wait has its timeout (``Timeouts``: Postfix's smtp_*_timeout
+    parameters). A reply is a value: code, enhanced status (from the text,
+    or derived from the code) and text with control characters replaced.
+
+    Failures are classified where they happen:
+
+    * ``SessionError`` - the session is unusable (connect failure, timeout,
+      lost connection, greeting or HELO rejected, MAIL FROM rejected). Its
+      ``reply`` is the server's answer if there was one; ``retry_other``
+      says whether another server of the same destination may do better
+      (Postfix: a broken connection, a 4xx, or a 5xx greeting when
+      smtp_skip_5xx_greeting is on); ``text`` is Postfix's reason
+      ("connect to H[A]:P: Connection refused", "host H[A] said: ... (in
+      reply to MAIL FROM command)", "conversation with H[A] timed out while
+      ...", "lost connection with H[A] while ...").
+    * ``Outcome`` - per recipient, the server's answer (RCPT TO, or for
+      LMTP the per-recipient reply after the end of data; otherwise the
+      end-of-data reply) and Postfix's reason text.
+
+REFUSES
+    A reply line longer than ``MAX_REPLY_LINE`` or a reply of more than
+    ``MAX_REPLY_LINES`` lines (the session fails as a protocol error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pymailsys.address.rewrite import quote_822_local
+from pymailsys.queue.listing import printable
+
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 100
+CHUNK = 64 * 1024
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Postfix's client timeouts, seconds (0 = no limit, as lmtp_connect_timeout)."""
+
+    connect: float = 30
+    helo: float = 300
+    mail: float = 300
+    rcpt: float = 300
+    data_init: float = 120
+    data_xfer: float = 180
+    data_done: float = 600
+    quit: float = 300
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One server: its name, address and port, or a Unix socket path."""
+
+    name: str
+    addr: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def label(self) -> str:
+        """``name[addr]`` as in Postfix's reasons."""
+        return f"{self.name}[{self.path or self.addr}]"
+
+    @property
+    def relay(self) -> str:
+        """``name[addr]:port`` as in Postfix's relay= (no port for a Unix socket)."""
+        return self.label if self.path else f"{self.label}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    lines: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The lines joined with spaces, control characters replaced."""
+        return printable(" ".join(t for t in self.lines if t))
+
+    @property
+    def dsn(self) -> str:
+        m = _ENHANCED.match(self.text)
+        if m and m.group(1) == str(self.code)[0]:
+            return m.group(0)
+        return f"{str(self.code)[0]}.0.0"
+
+    @property
+    def kind(self) -> int:
+        return self.code // 100
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class SessionError(Exception):
+    """The session with this server failed; see the module docstring."""
+
+    def __init__(self, text: str, reply: Reply | None = None, retry_other: bool = True,
+                 dsn: str = "") -> None:
+        super().__init__(text)
+        self.text = text
+        self.reply = reply
+        self.retry_other = retry_other
+        self._dsn = dsn
+
+    @property
+    def dsn(self) -> str:
+        if self._dsn:
+            return self._dsn
+        return self.reply.dsn if self.reply is not None else "4.4.2"
+
+    @property
+    def permanent(self) -> bool:
+        return self.dsn.startswith("5")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: list[str]
+    size: int = 0
+    eight_bit: bool = False
+
+
+@dataclass
+class Outcome:
+    """Per recipient of one transaction: the deciding reply and Postfix's reason text."""
+
+    replies: list[Reply | None] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    helo_name: str
+    lmtp: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    skip_5xx_greeting: bool = True
+
+
+class Session:
+    """An open connection whose greeting has been read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
+                 settings: Settings) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.settings = settings
+        self.timeouts = settings.timeouts
+        self.extensions: dict[str, str] = {}
+        self.uses = 0
+        self.broken = False
+        self.opened = time.monotonic()
+
+    # --- low level ---------------------------------------------------------------
+
+    async def _wait(self, coro, timeout: float, stage: str):  # type: ignore[no-untyped-def]
+        try:
+            if timeout > 0:
+                return await asyncio.wait_for(coro, timeout)
+            return await coro
+        except TimeoutError:
+            self.broken = True
+            raise SessionError(f"conversation with {self.peer.label} timed out while {stage}",
+                               dsn="4.4.2") from None
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            self.broken = True
+            raise SessionError(f"lost connection with {self.peer.label} while {stage}",
+                               dsn="4.4.2") from None
+
+    async def _read_reply(self) -> Reply:
+        lines: list[str] = []
+        code = 0
+        while True:
+            try:
+                raw = await self.reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                raise ConnectionError("reply line too long") from None
+            if len(raw) > MAX_REPLY_LINE or len(lines) >= MAX_REPLY_LINES:
+                raise ConnectionError("reply too long")
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+                raise ConnectionError("malformed reply")
+            code = int(line[:3])
+            lines.append(line[4:])
+            if len(line) == 3 or line[3] == " ":
+                return Reply(code, tuple(lines))
+
+    async def reply(self, timeout: float, stage: str) -> Reply:
+        return await self._wait(self._read_reply(), timeout, stage)  # type: ignore[no-any-return]
+
+    async def _write(self, data: bytes, timeout: float, stage: str) -> None:
+        self.writer.write(data)
+        await self._wait(self.writer.drain(), timeout, stage)
+
+    def said(self, reply: Reply, command: str) -> str:
+        return f"host {self.peer.label} said: {reply} (in reply to {command} command)"
+
+    # --- the protocol ------------------------------------------------------------
+
+    async def hello(self) -> None:
+        t = self.timeouts
+        verb = "LHLO" if self.settings.lmtp else "EHLO"
+        name = self.settings.helo_name
+        await self._write(f"{verb} {name}\r\n".encode(), t.helo,
+                          f"performing the {verb} handshake")
+        reply = await self.reply(t.helo, f"performing the {verb} handshake")
+        if reply.kind == 2:
+            self.extensions = _extensions(reply)
+            return
+        if self.settings.lmtp or reply.code == 421:
+            raise SessionError(self.said(reply, verb), reply)
+        await self._write(f"HELO {name}\r\n".encode(), t.helo, "performing the HELO handshake")
+        reply = await self.reply(t.helo, "performing the HELO handshake")
+        if reply.kind != 2:
+            raise SessionError(self.said(reply, "HELO"), reply)
+        self.extensions = {}
+
+    def size_limit(self) -> int:
+        value = self.extensions.get("SIZE", "")
+        return int(value) if value.isdigit() else 0
+
+    async def send(self, env: Envelope, lines: Iterable[bytes]) -> Outcome:
+        """One mail transaction; SessionError when it cannot start or the session broke."""
+        t = self.timeouts
+        limit = self.size_limit()
+        if limit and env.size > limit:
+            raise SessionError(f"message size {env.size} exceeds size limit {limit} of server "
+                               f"{self.peer.label}", retry_other=False, dsn="5.3.4")
+        self.uses += 1
+        mail = f"MAIL FROM:<{quote_822_local(env.sender) if env.sender else ''}>"
+        if "SIZE" in self.extensions:
+            mail += f" SIZE={env.size}"
+        if env.eight_bit and "8BITMIME" in self.extensions:
+            mail += " BODY=8BITMIME"
+        commands = [mail] + [f"RCPT TO:<{quote_822_local(r)}>" for r in env.recipients]
+        pipelining = "PIPELINING" in self.extensions
+        if pipelining:
+            data = "".join(c + "\r\n" for c in commands) + "DATA\r\n"
+            await self._write(data.encode("utf-8", "surrogateescape"), t.mail,
+                              "sending MAIL FROM")
+        outcome = Outcome()
+        accepted = 0
+        for i, command in enumerate(commands):
+            is_mail = i == 0
+            stage = "MAIL FROM" if is_mail else "RCPT TO"
+            timeout = t.mail if is_mail else t.rcpt
+            if not pipelining:
+                await self._write(command.encode("utf-8", "surrogateescape") + b"\r\n", timeout,
+                                  f"sending {stage}")
+            reply = await self.reply(timeout, f"receiving the {stage} reply" if pipelining
+                                     else f"sending {stage}")
+            if is_mail:
+                if reply.kind != 2:
+                    if pipelining:
+                        await self._drain_replies(len(commands))
+                    raise SessionError(self.said(reply, "MAIL FROM"), reply,
+                                       retry_other=reply.kind == 4)
+                continue
+            outcome.replies.append(reply)
+            outcome.reasons.append(self.said(reply, "RCPT TO") if reply.kind != 2 else "")
+            if reply.kind == 2:
+                accepted += 1
+        if not pipelining and accepted:
+            await self._write(b"DATA\r\n", t.data_init, "sending DATA command")
+        if pipelining or accepted:
+            reply = await self.reply(t.data_init, "sending DATA command")
+            if reply.kind != 3:
+                if accepted:
+                    self._fail_accepted(outcome, reply, self.said(reply, "DATA"))
+                return outcome
+        if not accepted:
+            return outcome
+        await self._send_content(lines)
+        await self._end_of_data(outcome)
+        return outcome
+
+    async def _drain_replies(self, count: int) -> None:
+        """After a rejected MAIL FROM in a pipeline: read the RCPT and DATA replies."""
+        for _ in range(count):
+            await self.reply(self.timeouts.rcpt, "receiving the RCPT TO reply")
+
+    def _fail_accepted(self, outcome: Outcome, reply: Reply, reason: str) -> None:
+        for i, r in enumerate(outcome.replies):
+            if r is not None and r.kind == 2:
+                outcome.replies[i] = reply
+                outcome.reasons[i] = reason
+
+    async def _send_content(self, lines: Iterable[bytes]) -> None:
+        stage = "sending message body"
+        timeout = self.timeouts.data_xfer
+        buf = bytearray()
+        for line in lines:
+            if line[:1] == b".":
+                buf += b"."
+            buf += line
+            buf += b"\r\n"
+            if len(buf) >= CHUNK:
+                await self._write(bytes(buf), timeout, stage)
+                buf.clear()
+        buf += b".\r\n"
+        await self._write(bytes(buf), timeout, stage)
+
+    async def _end_of_data(self, outcome: Outcome) -> None:
+        stage = "sending end of data -- message may be sent more than once"
+        accepted = [i for i, r in enumerate(outcome.replies) if r is not None and r.kind == 2]
+        for n, i in enumerate(accepted if self.settings.lmtp else accepted[:1]):
+            try:
+                reply = await self.reply(self.timeouts.data_done, stage)
+            except SessionError as e:
+                for j in accepted[n:]:
+                    outcome.replies[j] = None
+                    outcome.reasons[j] = e.text
+                raise
+            reason = self.said(reply, "end of DATA")
+            if not self.settings.lmtp:
+                self._fail_accepted(outcome, reply, reason if reply.kind != 2 else str(reply))
+                return
+            outcome.replies[i] = reply
+            outcome.reasons[i] = reason if reply.kind != 2 else str(reply)
+
+    async def reset(self) -> bool:
+        """RSET, so that the connection can be cached; False when it is no longer usable."""
+        if self.broken:
+            return False
+        try:
+            await self._write(b"RSET\r\n", self.timeouts.helo, "sending RSET")
+            return (await self.reply(self.timeouts.helo, "sending RSET")).kind == 2
+        except SessionError:
+            return False
+
+    async def quit(self) -> None:
+        if not self.broken:
+            try:
+                await self._write(b"QUIT\r\n", self.timeouts.quit, "sending QUIT")
+                await self.reply(self.timeouts.quit, "sending QUIT")
+            except SessionError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        self.broken = True
+        self.writer.close()
+
+
+def _extensions(reply: Reply) -> dict[str, str]:
+    """EHLO keywords from the reply (the first 'line' is the server's name)."""
+    out: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, value = line.strip().partition(" ")
+        out[keyword.upper()] = value.strip()
+    return out
+
+
+async def connect(peer: Peer, settings: Settings) -> Session:
+    """Open the connection and read the greeting; SessionError on failure."""
+    timeout = settings.timeouts.connect or None
+    where = peer.path if peer.path else f"{peer.label}:{peer.port}"
+    try:
+        if peer.path:
+            opener = asyncio.open_unix_connection(peer.path, limit=MAX_REPLY_LINE * 2)
+        else:
+            opener = asyncio.open_connection(peer.addr, peer.port, limit=MAX_REPLY_LINE * 2)
+        reader, writer = await asyncio.wait_for(opener, timeout)
+    except TimeoutError:
+        raise SessionError(f"connect to {where}: Connection timed out", dsn="4.4.1") from None
+    except OSError as e:
+        raise SessionError(f"connect to {where}: {e.strerror or e}", dsn="4.4.1") from None
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    session = Session(reader, writer, peer, settings)
+    try:
+        greeting = await session.reply(settings.timeouts.helo,
+                                       "receiving the initial server greeting")
+    except SessionError:
+        session.close()
+        raise
+    if greeting.kind != 2:
+        session.close()
+        retry = greeting.kind == 4 or settings.skip_5xx_greeting
+        raise SessionError(f"host {peer.label} refused to talk to me: {greeting}", greeting,
+                           retry_other=retry)
+    return session

@@ -1,0 +1,126 @@
+"""DNS lookups for the SMTP client, with dnspython's asyncio resolver.
+
+NAME
+    dns - MX and address lookups with Postfix's three outcomes
+
+SYNOPSIS
+    hosts = await dns.mx_hosts("example.com")     # [(preference, name)], [] = no MX
+    addrs = await dns.host_addresses("mx.example.com", families)
+
+DESCRIPTION
+    The resolver reads /etc/resolv.conf as Postfix does (dnspython's
+    ``dns.asyncresolver.Resolver``, made once per process; in a network
+    namespace ``ip netns exec`` puts that namespace's resolv.conf there).
+
+    ``mx_hosts`` returns the MX records sorted by preference, records of
+    equal preference in random order (as Postfix shuffles them), ``[]`` when
+    the name exists but has no MX records, and ``[(pref, "")]`` for a null
+    MX (RFC 7505: a single record whose exchange is the root). Raises
+    ``DnsError``: ``permanent`` for a name that does not exist (NXDOMAIN,
+    5.4.4), temporary for everything else (SERVFAIL, timeouts, no servers:
+    4.4.3), with Postfix's text ``Host or domain name not found. Name service
+    error for name=N type=T: Host not found[, try again]``.
+
+    ``host_addresses`` returns the IPv4 and/or IPv6 addresses of a name
+    (``families``: "ipv4", "ipv6"), IPv4 first; ``[]`` when the name has
+    none of them; an address literal is returned as itself. Errors as above.
+
+REFUSES
+    Nothing: every answer is taken as the resolver gives it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+NOT_FOUND = "Host not found"
+TRY_AGAIN = "Host not found, try again"
+
+_resolver: dns.asyncresolver.Resolver | None = None
+
+
+class DnsError(Exception):
+    """A lookup failed: permanent (the name does not exist) or temporary."""
+
+    def __init__(self, name: str, rtype: str, permanent: bool) -> None:
+        self.name = name
+        self.rtype = rtype
+        self.permanent = permanent
+        self.text = (f"Host or domain name not found. Name service error for name={name} "
+                     f"type={rtype}: {NOT_FOUND if permanent else TRY_AGAIN}")
+        super().__init__(self.text)
+
+    @property
+    def dsn(self) -> str:
+        return "5.4.4" if self.permanent else "4.4.3"
+
+
+def resolver() -> dns.asyncresolver.Resolver:
+    """The process's resolver, configured from /etc/resolv.conf on first use."""
+    global _resolver
+    if _resolver is None:
+        try:
+            _resolver = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            _resolver = dns.asyncresolver.Resolver(configure=False)
+    return _resolver
+
+
+async def _query(name: str, rtype: str) -> list:  # type: ignore[type-arg]
+    """The records of one type; [] when the name exists without them."""
+    try:
+        answer = await resolver().resolve(name, rtype, search=False)
+    except dns.resolver.NXDOMAIN:
+        raise DnsError(name, rtype, permanent=True) from None
+    except dns.resolver.NoAnswer:
+        return []
+    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.NoResolverConfiguration,
+            dns.exception.DNSException):
+        raise DnsError(name, rtype, permanent=False) from None
+    return list(answer)
+
+
+async def mx_hosts(domain: str) -> list[tuple[int, str]]:
+    """MX records by preference, equal preferences shuffled; see the module docstring."""
+    records = await _query(domain, "MX")
+    by_pref: dict[int, list[str]] = {}
+    for rr in records:
+        name = rr.exchange.to_text(omit_final_dot=True)
+        by_pref.setdefault(int(rr.preference), []).append("" if name in ("", ".") else name)
+    out: list[tuple[int, str]] = []
+    for pref in sorted(by_pref):
+        names = by_pref[pref]
+        random.shuffle(names)
+        out += [(pref, n) for n in names]
+    return out
+
+
+def is_null_mx(hosts: list[tuple[int, str]]) -> bool:
+    return len(hosts) == 1 and hosts[0][1] == ""
+
+
+async def host_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6")) -> list[str]:
+    """The addresses of a host name (or the literal itself); see the module docstring."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    out: list[str] = []
+    error: DnsError | None = None
+    for family, rtype in (("ipv4", "A"), ("ipv6", "AAAA")):
+        if family not in families:
+            continue
+        try:
+            out += [rr.address for rr in await _query(host, rtype)]
+        except DnsError as e:
+            if e.permanent:
+                raise
+            error = e
+    if not out and error is not None:
+        raise error
+    return out

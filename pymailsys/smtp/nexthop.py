@@ -1,0 +1,170 @@
+"""From a delivery request's nexthop to the servers to try, in order.
+
+NAME
+    nexthop - parse a nexthop and look up its servers (MX, A/AAAA)
+
+SYNOPSIS
+    dest = nexthop.parse("[relay.example]:587", lmtp=False, default_port=25)
+    peers = await nexthop.servers(dest, policy)
+
+DESCRIPTION
+    ``parse`` takes Postfix's nexthop forms: ``domain`` (MX lookup),
+    ``domain:port``, ``[host]`` and ``[host]:port`` (no MX lookup),
+    an optional ``inet:`` prefix, and for LMTP ``unix:/path`` (LMTP never
+    looks up MX records). A missing port is the protocol's (smtp_tcp_port,
+    lmtp_tcp_port).
+
+    ``servers`` returns ``Peer``s for ``pymailsys.smtp.client``: for a
+    domain, the addresses of its MX hosts by preference (``dns.mx_hosts``),
+    or of the domain itself when it has no MX record; at most
+    ``Policy.address_limit`` addresses (smtp_mx_address_limit, 0 = no limit).
+    When one of the MX hosts is this machine (its name is myhostname or one
+    of its addresses is ours), only MX hosts of better preference are kept;
+    when none is left: ``RouteError`` "mail for D loops back to myself"
+    (5.4.6). A null MX: ``RouteError`` "Domain D does not accept mail
+    (nullMX)" (5.1.0). A failed lookup: ``RouteError`` with the DNS text and
+    4.4.3 or 5.4.4 (``dns.DnsError``). An MX host that does not resolve is
+    skipped; when none resolves, its error is the route's.
+
+REFUSES
+    A nexthop with an empty host or a port that is not a number or a known
+    service name (``RouteError``, 5.4.4 for an empty host, 4.3.5 otherwise:
+    a configuration error defers).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from pymailsys.smtp import dns
+from pymailsys.smtp.client import Peer
+
+
+class RouteError(Exception):
+    def __init__(self, text: str, dsn: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.dsn = dsn
+
+    @property
+    def permanent(self) -> bool:
+        return self.dsn.startswith("5")
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str = ""
+    port: int = 0
+    use_mx: bool = True
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    families: tuple[str, ...] = ("ipv4", "ipv6")
+    address_limit: int = 5
+    myhostname: str = ""
+    own_addresses: frozenset[str] = field(default_factory=frozenset)
+
+
+def port_number(port: str) -> int:
+    """A port number or service name (``smtp``); RouteError when it is neither."""
+    if port.isdigit():
+        return int(port)
+    try:
+        return socket.getservbyname(port, "tcp")
+    except OSError:
+        raise RouteError(f"unknown service: {port}/tcp", "4.3.5") from None
+
+
+def parse(nexthop: str, lmtp: bool, default_port: int) -> Destination:
+    text = nexthop.strip()
+    if text.startswith("unix:"):
+        if not lmtp or not text[5:]:
+            raise RouteError(f"bad nexthop: {nexthop}", "4.3.5")
+        return Destination(path=text[5:], use_mx=False)
+    if text.startswith("inet:"):
+        text = text[5:]
+    use_mx = not lmtp
+    port = default_port
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close:
+            raise RouteError(f"bad nexthop: {nexthop}", "4.3.5")
+        use_mx = False
+        if rest.startswith(":"):
+            port = port_number(rest[1:])
+        elif rest:
+            raise RouteError(f"bad nexthop: {nexthop}", "4.3.5")
+    else:
+        host, colon, rest = text.rpartition(":") if text.count(":") == 1 else ("", "", text)
+        if colon:
+            port = port_number(rest)
+        else:
+            host = rest
+    if host.lower().startswith("ipv6:"):
+        host = host[5:]
+    if not host:
+        raise RouteError(f"bad nexthop: {nexthop}", "5.4.4")
+    return Destination(host=host.rstrip(".").lower(), port=port, use_mx=use_mx)
+
+
+async def servers(dest: Destination, policy: Policy) -> list[Peer]:
+    """The servers to try for a destination, best first; see the module docstring."""
+    if dest.path:
+        return [Peer(policy.myhostname, path=dest.path)]
+    hosts: list[tuple[int, str]] = []
+    if dest.use_mx:
+        try:
+            hosts = await dns.mx_hosts(dest.host)
+        except dns.DnsError as e:
+            raise RouteError(e.text, e.dsn) from None
+        if dns.is_null_mx(hosts):
+            raise RouteError(f"Domain {dest.host} does not accept mail (nullMX)", "5.1.0")
+    if not hosts:
+        try:
+            addrs = await dns.host_addresses(dest.host, policy.families)
+        except dns.DnsError as e:
+            raise RouteError(e.text, e.dsn) from None
+        if not addrs:
+            raise RouteError(f"Host or domain name not found. Name service error for "
+                             f"name={dest.host} type=A: Host found but no data record of "
+                             f"requested type", "5.4.4")
+        return _limit([Peer(dest.host, a, dest.port) for a in addrs], policy.address_limit)
+    peers: list[Peer] = []
+    error: dns.DnsError | None = None
+    own_pref: int | None = None
+    for pref, host in hosts:
+        if own_pref is not None and pref >= own_pref:
+            break
+        try:
+            addrs = await dns.host_addresses(host, policy.families)
+        except dns.DnsError as e:
+            error = e
+            continue
+        if host.lower() == policy.myhostname.lower() or any(
+                a in policy.own_addresses for a in addrs):
+            own_pref = pref
+            peers = [p for p in peers if _pref_of(p, hosts) < pref]
+            continue
+        peers += [Peer(host, a, dest.port) for a in addrs]
+    if own_pref is not None and not peers:
+        raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
+    if not peers:
+        if error is not None:
+            raise RouteError(error.text, error.dsn)
+        raise RouteError(f"Host or domain name not found. Name service error for "
+                         f"name={dest.host} type=MX: no usable MX host", "4.4.3")
+    return _limit(peers, policy.address_limit)
+
+
+def _pref_of(peer: Peer, hosts: list[tuple[int, str]]) -> int:
+    for pref, host in hosts:
+        if host == peer.name:
+            return pref
+    return 0
+
+
+def _limit(peers: list[Peer], limit: int) -> list[Peer]:
+    return peers[:limit] if limit > 0 else peers
