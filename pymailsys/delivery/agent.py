@@ -22,7 +22,8 @@ so nothing is re-parsed per recipient. A request may carry several
 recipients (``batch_request_attrs``; agents whose transport has a
 destination recipient limit above 1, such as smtp and lmtp): the recipient
 attributes repeat, all five for each recipient, in order
-(``request_recipients``), and the reply repeats status, dsn and reason in
+(``request_recipients``; orig_rcpt, dsn_notify and dsn_orcpt may be left
+out for all), and the reply repeats status, dsn and reason in
 the same order (``batch_reply``, ``results_from_attrs``).
 
 ``open_content`` opens the queue file named by a request, takes a shared flock
@@ -180,6 +181,9 @@ def request_recipients(attrs: AttrList) -> list[Recipient]:
     columns = [attrs.all(name) for name in
                ("rcpt", "orig_rcpt", "rcpt_offset", "dsn_notify", "dsn_orcpt")]
     count = len(columns[0])
+    for i in (1, 3, 4):  # optional: absent for every recipient means the default
+        if not columns[i]:
+            columns[i] = ["0" if i == 3 else ""] * count
     if count == 0 or any(len(c) != count for c in columns):
         raise ProtocolError("recipient attributes do not line up")
     try:

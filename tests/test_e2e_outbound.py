@@ -1,0 +1,248 @@
+"""Outbound delivery: the smtp agent against real SMTP peers on loopback.
+
+Peers: Postfix's smtp-sink (Debian's postfix package; it dumps each transaction
+with its envelope as X-Mail-Args / X-Rcpt-Args headers, and answers 4xx or 5xx
+at chosen commands) and an aiosmtpd server run by the test.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import require_tool
+from harness import IS_ROOT, ME, Instance, free_port, wait_until
+
+LOCAL = f"{ME}@localhost"
+BODY_8BIT = "Grüße aus Köln\r\n.leading dot\r\n".encode()
+
+
+class Sink:
+    """A running smtp-sink on 127.0.0.1:port that dumps every transaction to a file."""
+
+    def __init__(self, port: int, *options: str) -> None:
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="sink-"))
+        os.chmod(self.dir, 0o1777)
+        self.options = options
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *options: str) -> None:
+        argv = [require_tool("/usr/sbin/smtp-sink")]
+        if IS_ROOT:
+            argv += ["-u", "nobody"]
+        argv += [*(options or self.options), "-d", f"{self.dir}/%H%M%S.",
+                 f"127.0.0.1:{self.port}", "10"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        wait_until(self._listening, 10, what="smtp-sink listening")
+
+    def _listening(self) -> bool:
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                return s.recv(100).startswith(b"220")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def dumps(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.dir.iterdir()) if p.is_file()]
+
+    def wait_dumps(self, count: int) -> list[bytes]:
+        def enough() -> list[bytes]:
+            d = self.dumps()
+            return d if len(d) >= count else []
+        return wait_until(enough, 30, what=f"{count} transactions at smtp-sink")  # type: ignore[return-value]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink(free_port())
+    yield s
+    s.stop()
+
+
+def relay_to(inst: Instance, port: int, **settings: str) -> None:
+    inst.set(relayhost=f"[127.0.0.1]:{port}", **settings)
+
+
+def test_relayhost_envelope_8bit_and_recipients_in_one_transaction(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start()
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    rcpts = ["a@remote.example", "b@remote.example", "c@other.example"]
+    message = (b"From: Alice <alice@example.org>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+               b"X-Raw: \xc3\xa4\r\n\r\n" + BODY_8BIT)
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", rcpts, message, mail_options=["BODY=8BITMIME"])
+    (dump,) = sink.wait_dumps(1)
+    head, _, body = dump.partition(b"\n\n")
+    assert re.search(rb"^X-Mail-Args: <alice@example.org> BODY=8BITMIME$", head, re.M)
+    assert re.findall(rb"^X-Rcpt-Args: <(.*)>$", head, re.M) == [r.encode() for r in rcpts]
+    assert b"\nX-Raw: \xc3\xa4\n" in head  # 8-bit header intact
+    # the peer undoes dot-stuffing and ends its dump with an empty line
+    assert body == BODY_8BIT.replace(b"\r\n", b"\n") + b"\n"
+    for r in rcpts:
+        inst.wait_log(rf"postfix/smtp\[\d+\]: \w+: to=<{re.escape(r)}>, "
+                      rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, delay=[\d.]+, "
+                      rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 2\.0\.0 Ok\)")
+    wait_until(inst.queue_empty, 30, what="an empty queue")
+
+
+def test_cached_connection_is_reused(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start()
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port, smtp_connection_cache_time_limit="60s")
+    inst.start()
+    for i in range(3):
+        queue_id = inst.send("alice@example.org", f"r{i}@remote.example",
+                             f"Subject: {i}\r\n\r\nm{i}\r\n")
+        use = f", conn_use={i + 1}" if i else ""
+        inst.wait_log(rf"{queue_id}: to=<r{i}@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                      rf"{sink.port}{use}, delay=.*status=sent")
+    sink.wait_dumps(3)
+
+
+def test_4xx_defers_with_reason_in_mailq_then_flush_delivers(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start("-r", "RCPT")
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    queue_id = inst.send("alice@example.org", "later@remote.example", b"Subject: x\r\n\r\nx\r\n")
+    reason = (r"host 127\.0\.0\.1\[127\.0\.0\.1\] said: 450 4\.3\.0 Error: command failed "
+              r"\(in reply to RCPT TO command\)")
+    inst.wait_log(rf"{queue_id}: to=<later@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*dsn=4\.3\.0, status=deferred \({reason}\)")
+    wait_until(lambda: queue_id in inst.queue_ids("deferred"), 30, what="the file in deferred/")
+    listing = inst.tool("mailq", check=True).stdout
+    assert queue_id in listing and "(host 127.0.0.1[127.0.0.1] said: 450 4.3.0 Error:" in listing
+    sink.stop()
+    sink.start()
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"{queue_id}: to=<later@remote.example>, .*status=sent")
+    wait_until(inst.queue_empty, 30, what="an empty queue")
+
+
+@pytest.mark.parametrize("stage, command", [("RCPT", "RCPT TO"), (".", "end of DATA")])
+def test_5xx_bounces_to_sender_with_a_dsn(new_instance, sink, stage, command) -> None:  # type: ignore[no-untyped-def]
+    sink.start("-f", stage)
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    queue_id = inst.send(LOCAL, "nobody@remote.example",
+                         b"Subject: doomed\r\nMessage-ID: <d1@example.org>\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<nobody@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*dsn=5\.3\.0, status=bounced \(host 127\.0\.0\.1\[127\.0\.0\.1\] "
+                  rf"said: 500 5\.3\.0 Error: command failed \(in reply to {command} command\)\)")
+    (dsn,) = inst.wait_maildir(1)
+    msg = email.message_from_bytes(dsn, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    parts = list(msg.iter_parts())
+    status = parts[1]
+    assert status.get_content_type() == "message/delivery-status"
+    fields = status.as_string()
+    assert "Final-Recipient: rfc822; nobody@remote.example" in fields
+    assert "Action: failed" in fields and "Status: 5.3.0" in fields
+    assert "Remote-MTA: dns; 127.0.0.1" in fields or "Diagnostic-Code" in fields
+    assert b"Message-ID: <d1@example.org>" in dsn
+    wait_until(inst.queue_empty, 30, what="an empty queue")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.envelopes: list[tuple[str, list[str], bytes, list[str]]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos),
+                               envelope.original_content, list(envelope.mail_options)))
+        return "250 2.0.0 Ok: queued as AIOSMTPD1"
+
+
+@pytest.fixture
+def aiosmtpd_peer() -> Iterator[tuple[Controller, _Recorder]]:
+    recorder = _Recorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port(),
+                            server_hostname="peer.example", data_size_limit=100_000)
+    controller.start()
+    yield controller, recorder
+    controller.stop()
+
+
+def test_aiosmtpd_peer_and_size_limit(new_instance, aiosmtpd_peer) -> None:  # type: ignore[no-untyped-def]
+    controller, recorder = aiosmtpd_peer
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"inline:{{ big.example=relay:[127.0.0.1]:{controller.port}, "
+                            f"small.example=smtp:[127.0.0.1]:{controller.port} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, ["x@small.example", "y@small.example"],
+                         b"Subject: hi\r\n\r\nsmall\r\n")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: {queue_id}: to=<x@small.example>, relay=127\.0\.0\.1"
+                  rf"\[127\.0\.0\.1\]:{controller.port}, .*status=sent \(250 2\.0\.0 Ok: "
+                  rf"queued as AIOSMTPD1\)")
+    (sender, rcpts, content, options) = recorder.envelopes[0]
+    assert (sender, rcpts) == (LOCAL, ["x@small.example", "y@small.example"])
+    assert content.endswith(b"\r\n\r\nsmall\r\n") and b"Subject: hi\r\n" in content
+    assert any(o.startswith("SIZE=") for o in options)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 120
+    queue_id = inst.send(LOCAL, "z@big.example", big)
+    inst.wait_log(rf"{queue_id}: to=<z@big.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{controller.port}, .*dsn=5\.3\.4, status=bounced \(message size \d+ exceeds "
+                  rf"size limit 100000 of server 127\.0\.0\.1\[127\.0\.0\.1\]\)")
+    assert len(recorder.envelopes) == 1
+
+
+def test_unreachable_relayhost_defers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    port = free_port()  # nothing listens there
+    relay_to(inst, port)
+    inst.start()
+    queue_id = inst.send("alice@example.org", "x@remote.example", b"Subject: x\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<x@remote.example>, relay=none, .*dsn=4\.4\.1, "
+                  rf"status=deferred \(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{port}: "
+                  rf"Connection refused\)")
+
+
+def test_error_and_discard_transports(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(transport_maps="inline:{ {gone.example=error:5.1.2 no such domain}, "
+                            "void.example=discard:, {later.example=error:4.3.2 not now} }")
+    inst.start()
+    queue_id = inst.send("alice@example.org",
+                         ["a@gone.example", "b@void.example", "c@later.example"],
+                         b"Subject: x\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<a@gone.example>, relay=none, .*dsn=5\.1\.2, "
+                  rf"status=bounced \(no such domain\)")
+    inst.wait_log(rf"{queue_id}: to=<b@void.example>, relay=none, .*dsn=2\.0\.0, "
+                  rf"status=sent \(void.example\)")
+    inst.wait_log(rf"{queue_id}: to=<c@later.example>, relay=none, .*dsn=4\.3\.2, "
+                  rf"status=deferred \(not now\)")
+
+
+def test_sender_dependent_relayhost(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start()
+    inst: Instance = new_instance()
+    dead = free_port()
+    inst.set(relayhost=f"[127.0.0.1]:{dead}",
+             sender_dependent_relayhost_maps=f"inline:{{ @special.example=[127.0.0.1]:{sink.port} }}")
+    inst.start()
+    queue_id = inst.send("bob@special.example", "x@remote.example", b"Subject: x\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<x@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*status=sent")
+    other = inst.send("carol@example.org", "y@remote.example", b"Subject: y\r\n\r\ny\r\n")
+    inst.wait_log(rf"{other}: to=<y@remote.example>, relay=none, .*status=deferred "
+                  rf"\(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused\)")
