@@ -47,9 +47,14 @@ DESCRIPTION
        environment and exit codes), else ``home_mailbox`` (relative to the home
        directory; ``/`` at the end = Maildir), else ``mail_spool_directory/USER``
        (``/`` at the end of the directory = Maildir). An unknown account bounces
-       with 5.1.1 ``unknown user: "name"``. mailbox_command_maps,
-       mailbox_transport, fallback_transport and luser_relay are not supported
-       yet.
+       with 5.1.1 ``unknown user: "name"``. With ``mailbox_transport`` set,
+       the recipient goes to that transport instead (``transport:nexthop``,
+       e.g. ``lmtp:unix:/run/dovecot/lmtp``), whether or not it is a UNIX
+       account; with ``fallback_transport`` set, an unknown account goes
+       there instead of bouncing. As Postfix's deliver_pass, the request
+       goes over ``private/TRANSPORT``; that agent logs the delivery and its
+       reply is local's. mailbox_command_maps and luser_relay are not
+       supported yet.
 
     Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
     ``Delivered-To:``, the message with ``>From `` quoting and an empty last
@@ -96,6 +101,7 @@ CONFIGURATION PARAMETERS
     mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
     command_time_limit, allow_mail_to_commands, allow_mail_to_files,
+    mailbox_transport, fallback_transport, ipc_timeout,
     default_privs, myhostname, mydestination, data_directory.
 
 MODULES

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ from pymailsys.delivery.agent import (
     QueueContent,
     header_lines,
     log_line,
+    message_attrs,
+    request_attrs,
 )
 from pymailsys.ipc.attr import AttrClient, AttrList, ProtocolError
 from pymailsys.ipc.services import CLEANUP
@@ -82,6 +85,10 @@ class LocalAgent:
             self.alias_error = str(e)
             log.warning(f"alias_maps: {e}")
         self.cleanup = AttrClient(self.spool.public(CLEANUP), timeout=300)
+        self.mailbox_transport = cfg.get("mailbox_transport").strip()
+        self.fallback_transport = cfg.get("fallback_transport").strip()
+        self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
+        self.transports: dict[str, AttrClient] = {}
         self.markers: mailbox.MarkerStore | None = None
         marker_dir = os.path.join(cfg.get("data_directory"), "local-markers")
         try:
@@ -198,7 +205,30 @@ class LocalAgent:
             result = await forward.deliver(self, req, rcpt, lines)
             if result is not None:
                 return result
+        if self.mailbox_transport:
+            return await self.pass_to(self.mailbox_transport, req)
+        if self.fallback_transport and not _is_account(rcpt.user):
+            return await self.pass_to(self.fallback_transport, req)
         return self.done(req, await user_mailbox.deliver(self, req, rcpt, lines))
+
+    async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
+        """Hand the recipient to another delivery agent (Postfix's deliver_pass): its
+        reply is the result, and it has logged the delivery; failing to reach it defers."""
+        transport, _, nexthop = spec.partition(":")
+        client = self.transports.get(transport)
+        if client is None:
+            client = AttrClient(self.spool.private(transport), timeout=self.ipc_timeout)
+            self.transports[transport] = client
+        common = message_attrs(req.queue_name, req.queue_id, req.data_offset,
+                               req.content_size, req.arrival_time, req.active_time,
+                               req.sender, req.flags)
+        attrs = request_attrs(common, nexthop or req.nexthop, req.rcpt, req.orig_rcpt,
+                              req.rcpt_offset, req.dsn_notify, req.dsn_orcpt)
+        try:
+            reply = await client.request(attrs)
+        except (ProtocolError, OSError):
+            return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
+        return DeliveryResult.from_attrs(reply)
 
     # --- markers ----------------------------------------------------------------------
 
@@ -216,3 +246,11 @@ class LocalAgent:
                 self.markers.remove(key)
                 removed += 1
         return removed
+
+
+def _is_account(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True

@@ -248,6 +248,7 @@ _TABLE: list[Param] = [
        "recipients per lmtp delivery request"),
     _p("lmtp_destination_concurrency_limit", "$default_destination_concurrency_limit", "int",
        "parallel lmtp deliveries per destination"),
+    _p("fallback_transport", "", doc="transport for local recipients without a UNIX account"),
     _p("sender_dependent_relayhost_maps", "", "list",
        "per-sender relayhost tables (sender, then @domain, then the <> key)"),
     _p("empty_address_relayhost_maps_lookup_key", "<>",

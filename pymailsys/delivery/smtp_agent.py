@@ -1,0 +1,384 @@
+"""The SMTP/LMTP delivery agent shared by the smtp and lmtp daemons.
+
+NAME
+    smtp_agent - deliver mail to other mail servers over SMTP or LMTP
+
+SYNOPSIS
+    server.run("smtp" | "lmtp", serve=smtp_agent.serve, on_start=smtp_agent.start,
+               on_stop=smtp_agent.stop)     # pymailsys.daemons.smtp, pymailsys.daemons.lmtp
+
+DESCRIPTION
+    One client engine, two services, as Postfix's smtp(8) binary is also its
+    lmtp(8): the program name (the master.cf command ``smtp`` or ``lmtp``,
+    whose modules run the server skeleton under their name) or a service named ``lmtp``
+    chooses the protocol and the parameter prefix (``smtp_*`` or ``lmtp_*``;
+    ``smtp_helo_timeout`` is ``lmtp_lhlo_timeout``). It lives in the library
+    because two daemons share it and a daemon never imports another.
+
+    It serves the delivery-agent contract of ``pymailsys.ipc.services``
+    (``pymailsys.delivery.agent``): a request names the queue file and
+    carries up to ``<transport>_destination_recipient_limit`` recipients of
+    one message for one nexthop. The nexthop is resolved into servers
+    (``pymailsys.smtp.nexthop``: MX by preference, A/AAAA, ``[host]:port``,
+    ``unix:/path`` for LMTP; then ``smtp_fallback_relay``), and they are
+    tried in order (``pymailsys.smtp.client``): a server that cannot be
+    reached, answers 4xx to the greeting, HELO or MAIL FROM, or breaks the
+    connection makes way for the next, within smtp_mx_session_limit sessions
+    that got past the greeting. Per recipient: 2xx sent, 4xx deferred, 5xx
+    bounced; a message larger than the server's SIZE bounces (5.3.4). When
+    no server took the mail, every recipient gets the last error (5xx:
+    bounced, else deferred).
+
+    A connection that delivered is kept (after RSET) for the same nexthop
+    for smtp_connection_cache_time_limit seconds of idleness and reused for
+    the next request until smtp_connection_reuse_time_limit has passed since
+    it was opened; the log line of a delivery over a reused connection
+    carries ``conn_use=N``.
+
+    One log line per recipient, as Postfix writes it::
+
+        ID: to=<r>, relay=host[addr]:port, conn_use=2, delay=0.5,
+            delays=0.01/0/0.2/0.3, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as X)
+
+SECURITY
+    Runs as mail_owner (``-u``). The request comes from qmgr over private/;
+    its queue name and ID are checked before a file is opened. Server
+    replies reach the log with control characters replaced, and have bounded
+    length.
+
+CONFIGURATION PARAMETERS
+    smtp_helo_name (lmtp_lhlo_name), smtp_tcp_port, smtp_connect_timeout,
+    smtp_helo_timeout, smtp_mail_timeout, smtp_rcpt_timeout,
+    smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
+    smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
+    smtp_mx_session_limit, smtp_fallback_relay,
+    smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit (each
+    also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
+    myhostname.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymailsys import log
+from pymailsys.address import networks
+from pymailsys.config import Config
+from pymailsys.delivery.agent import (
+    ContentError,
+    DeliveryResult,
+    QueueContent,
+    batch_reply,
+    log_line,
+    request_recipients,
+)
+from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
+from pymailsys.queue import spool as q
+from pymailsys.queue.queue_file import Recipient
+from pymailsys.smtp import client, nexthop
+
+CACHE_SWEEP = 1.0
+
+
+def param_name(protocol: str, suffix: str) -> str:
+    """The parameter of this protocol: ``smtp_<suffix>``, or its ``lmtp_`` name."""
+    if protocol == "lmtp":
+        suffix = {"helo_timeout": "lhlo_timeout", "helo_name": "lhlo_name"}.get(suffix, suffix)
+    return f"{protocol}_{suffix}"
+
+
+@dataclass
+class Request:
+    queue_name: str
+    queue_id: str
+    data_offset: int
+    content_size: int
+    arrival_time: float
+    active_time: float
+    sender: str
+    nexthop: str
+    eight_bit: bool
+    recipients: list[Recipient]
+    start_time: float
+
+    @classmethod
+    def from_attrs(cls, attrs: AttrList) -> Request:
+        queue_name, queue_id = attrs.text("queue_name"), attrs.text("queue_id")
+        if queue_name not in (q.ACTIVE, q.INCOMING, q.DEFERRED, q.HOLD) or \
+                not q.valid_queue_id(queue_id):
+            raise ProtocolError(f"bad queue file name {queue_name}/{queue_id}")
+        return cls(queue_name, queue_id, attrs.number("data_offset"),
+                   attrs.number("content_size"), float(attrs.text("arrival_time") or 0),
+                   float(attrs.text("active_time") or 0), attrs.text("sender"),
+                   attrs.text("nexthop"), attrs.text("encoding").lower() == "8bitmime",
+                   request_recipients(attrs), time.time())
+
+
+@dataclass
+class _Cached:
+    session: client.Session
+    opened: float
+    idle_since: float
+
+
+class Agent:
+    def __init__(self, config: Config, spool: q.Spool, protocol: str) -> None:
+        self.config = config
+        self.spool = spool
+        self.protocol = protocol
+        self.lmtp = protocol == "lmtp"
+
+        def get(suffix: str) -> str:
+            return config.get(param_name(protocol, suffix))
+
+        def seconds(suffix: str) -> float:
+            return float(config.get_time(param_name(protocol, suffix)))
+
+        self.settings = client.Settings(
+            helo_name=get("helo_name"), lmtp=self.lmtp,
+            timeouts=client.Timeouts(
+                connect=seconds("connect_timeout"), helo=seconds("helo_timeout"),
+                mail=seconds("mail_timeout"), rcpt=seconds("rcpt_timeout"),
+                data_init=seconds("data_init_timeout"), data_xfer=seconds("data_xfer_timeout"),
+                data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
+            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")))
+        self.default_port = nexthop.port_number(get("tcp_port"))
+        self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
+        self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
+        self.cache_idle = seconds("connection_cache_time_limit")
+        self.reuse_limit = seconds("connection_reuse_time_limit")
+        protocols = {p.lower() for p in config.get_list("inet_protocols")}
+        families = ("ipv4", "ipv6") if "all" in protocols else tuple(
+            f for f in ("ipv4", "ipv6") if f in protocols)
+        self.policy = nexthop.Policy(
+            families=families or ("ipv4",),
+            address_limit=config.get_int(param_name(protocol, "mx_address_limit")),
+            myhostname=config.get("myhostname"),
+            own_addresses=frozenset(networks.interface_addresses(config)))
+        self.cache: dict[str, list[_Cached]] = {}
+
+    # --- the service -------------------------------------------------------------
+
+    async def handle(self, attrs: AttrList) -> list[tuple[str, AttrValue]]:
+        try:
+            req = Request.from_attrs(attrs)
+        except (ProtocolError, ValueError) as e:
+            log.warning(f"bad delivery request: {e}")
+            count = max(len(attrs.all("rcpt")), 1)
+            return batch_reply([DeliveryResult.deferred("bad delivery request")] * count)
+        try:
+            results = await self.deliver(req)
+        except Exception as e:  # a bug must not stall the pipelined connection
+            log.error(f"{self.protocol}: unexpected error: {e!r}")
+            results = [DeliveryResult.deferred(f"{self.protocol} delivery agent error")
+                       ] * len(req.recipients)
+        return batch_reply(results)
+
+    async def deliver(self, req: Request) -> list[DeliveryResult]:
+        path = self.spool.path(req.queue_name, req.queue_id)
+        try:
+            content = QueueContent(path, req.data_offset, req.content_size)
+        except ContentError as e:
+            log.warning(f"{req.queue_id}: {e}")
+            return self.finish(req, [DeliveryResult.deferred("cannot read queue file")] *
+                               len(req.recipients), ["none"] * len(req.recipients))
+        with content:
+            return await self.transfer(req, content.lines)
+
+    async def transfer(self, req: Request, lines: list[bytes]) -> list[DeliveryResult]:
+        """Try the destination's servers in order until one took the mail."""
+        count = len(req.recipients)
+        results: list[DeliveryResult | None] = [None] * count
+        relays = ["none"] * count
+        uses = [0] * count
+        conn_time = 0.0
+        try:
+            dest = nexthop.parse(req.nexthop, self.lmtp, self.default_port)
+        except nexthop.RouteError as e:
+            return self.finish(req, [_route_result(e)] * count, relays)
+        last: client.SessionError | nexthop.RouteError | None = None
+        last_relay = "none"
+        sessions = 0
+        async with contextlib.aclosing(self.sessions(req.nexthop, dest)) as attempts:
+            async for peer, session, error in attempts:
+                if error is not None:
+                    last = error
+                    last_relay = peer.relay if peer is not None and getattr(
+                        error, "reply", None) is not None else "none"
+                    if isinstance(error, client.SessionError) and not error.retry_other:
+                        break
+                    continue
+                assert session is not None and peer is not None
+                sessions += 1
+                conn_time = conn_time or (time.time() - req.start_time)
+                pending = [i for i in range(count) if results[i] is None]
+                env = client.Envelope(req.sender, [req.recipients[i].address for i in pending],
+                                      req.content_size, req.eight_bit)
+                try:
+                    outcome = await session.send(env, lines)
+                except client.SessionError as e:
+                    last, last_relay = e, peer.relay
+                    await self.release(req.nexthop, session, keep=False)
+                    if not e.retry_other:
+                        break
+                    if self.session_limit and sessions >= self.session_limit:
+                        break
+                    continue
+                for n, i in enumerate(pending):
+                    reply = outcome.replies[n]
+                    relays[i], uses[i] = peer.relay, session.uses
+                    if reply is None:
+                        results[i] = DeliveryResult.deferred(outcome.reasons[n], "4.4.2")
+                    elif reply.kind == 2:
+                        results[i] = DeliveryResult.sent(outcome.reasons[n], reply.dsn)
+                    elif reply.kind == 5:
+                        results[i] = DeliveryResult.bounced(outcome.reasons[n], reply.dsn)
+                    else:
+                        results[i] = DeliveryResult.deferred(outcome.reasons[n], reply.dsn)
+                await self.release(req.nexthop, session, keep=True)
+                break
+        final: list[DeliveryResult] = []
+        for i in range(count):
+            result = results[i]
+            if result is None:
+                result, relays[i] = _failure(last), last_relay
+            final.append(result)
+        return self.finish(req, final, relays, uses, conn_time)
+
+    def finish(self, req: Request, results: list[DeliveryResult], relays: list[str],
+               uses: list[int] | None = None, conn_time: float = 0.0) -> list[DeliveryResult]:
+        now = time.time()
+        for i, (rc, result) in enumerate(zip(req.recipients, results, strict=True)):
+            log.info(log_line(req.queue_id, rc.address, rc.orig, relays[i], req.arrival_time,
+                              req.active_time, req.start_time, result, now, conn_time,
+                              uses[i] if uses else 0))
+        return results
+
+    # --- servers, sessions and the connection cache ------------------------------
+
+    async def sessions(self, key: str, dest: nexthop.Destination):  # type: ignore[no-untyped-def]
+        """Yield (peer, session, None) for each usable session, best server first, or
+        (None, None, error) for a server or lookup that failed."""
+        cached = self.take_cached(key)
+        if cached is not None:
+            yield cached.peer, cached, None
+        try:
+            peers = await nexthop.servers(dest, self.policy)
+        except nexthop.RouteError as e:
+            peers = []
+            yield None, None, e
+            if e.permanent or not self.fallback:
+                return
+        for relay in self.fallback:
+            try:
+                fallback = nexthop.parse(relay, self.lmtp, self.default_port)
+                peers += await nexthop.servers(fallback, self.policy)
+            except nexthop.RouteError as e:
+                log.warning(f"smtp_fallback_relay {relay}: {e.text}")
+        for peer in peers:
+            try:
+                session = await client.connect(peer, self.settings)
+            except client.SessionError as e:
+                yield peer, None, e
+                continue
+            try:
+                await session.hello()
+            except client.SessionError as e:
+                session.close()
+                yield peer, None, e
+                continue
+            yield peer, session, None
+
+    def take_cached(self, key: str) -> client.Session | None:
+        entries = self.cache.get(key)
+        while entries:
+            entry = entries.pop()
+            if not entry.session.broken:
+                return entry.session
+        return None
+
+    async def release(self, key: str, session: client.Session, keep: bool) -> None:
+        """Return a session to the cache (after RSET) or close it."""
+        opened = session.opened
+        if keep and time.monotonic() - opened < self.reuse_limit and self.cache_idle > 0 \
+                and await session.reset():
+            self.cache.setdefault(key, []).append(_Cached(session, opened, time.monotonic()))
+            return
+        if keep:
+            await session.quit()
+        else:
+            session.close()
+
+    async def sweep(self) -> None:
+        """Close cached connections idle for longer than the cache time limit."""
+        now = time.monotonic()
+        for key in list(self.cache):
+            keep = []
+            for entry in self.cache[key]:
+                if now - entry.idle_since >= self.cache_idle or entry.session.broken:
+                    await entry.session.quit()
+                else:
+                    keep.append(entry)
+            if keep:
+                self.cache[key] = keep
+            else:
+                del self.cache[key]
+
+    async def close_all(self) -> None:
+        for entries in self.cache.values():
+            for entry in entries:
+                await entry.session.quit()
+        self.cache.clear()
+
+
+def _route_result(e: nexthop.RouteError) -> DeliveryResult:
+    return (DeliveryResult.bounced if e.permanent else DeliveryResult.deferred)(e.text, e.dsn)
+
+
+def _failure(error: client.SessionError | nexthop.RouteError | None) -> DeliveryResult:
+    if error is None:
+        return DeliveryResult.deferred("no server to deliver to", "4.4.1")
+    if isinstance(error, nexthop.RouteError):
+        return _route_result(error)
+    if error.permanent:
+        return DeliveryResult.bounced(error.text, error.dsn)
+    return DeliveryResult.deferred(error.text, error.dsn if error.dsn[0] == "4" else "4.4.2")
+
+
+def protocol_of(program: str, service: str) -> str:
+    return "lmtp" if "lmtp" in (program, service) else "smtp"
+
+
+# The server skeleton's callbacks (pymailsys.server, which sits above this layer;
+# ``ctx`` is its Context).
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: Any) -> None:
+    agent: Agent = ctx.state["agent"]
+    await serve_pipelined(reader, writer, agent.handle)
+
+
+async def start(ctx: Any) -> None:
+    os.umask(0o077)
+    agent = Agent(ctx.config, ctx.spool, protocol_of(ctx.program, ctx.service))
+    ctx.state["agent"] = agent
+
+    async def sweeper() -> None:
+        while not ctx.stopping.is_set():
+            await asyncio.sleep(CACHE_SWEEP)
+            await agent.sweep()
+
+    ctx.state["sweeper"] = asyncio.ensure_future(sweeper())
+
+
+async def stop(ctx: Any) -> None:
+    task = ctx.state.get("sweeper")
+    if task is not None:
+        task.cancel()
+    agent: Agent | None = ctx.state.get("agent")
+    if agent is not None:
+        await agent.close_all()

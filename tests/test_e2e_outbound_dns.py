@@ -1,0 +1,116 @@
+"""Outbound delivery routed by DNS, in a network namespace of its own (root).
+
+The test creates a network namespace with its own /etc/netns/NAME/resolv.conf
+(``ip netns exec`` mounts it over /etc/resolv.conf, which the smtp agent reads
+as Postfix does), starts a real DNS server in it (Debian's dnsmasq, serving
+the test zone from its command line: MX, A, a null MX, a domain whose
+forwarder does not answer, so that dnsmasq replies SERVFAIL) and smtp-sink
+peers on the namespace's loopback addresses, port 25. The pymailsys instance
+runs inside the namespace; mail goes in with the sendmail command, over the
+instance's Unix sockets, which do not depend on the network namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import require_tool
+from harness import PYTHON, Instance, wait_until
+
+pytestmark = pytest.mark.root
+
+MX1, MX2, AHOST, SELF = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.1"
+
+
+class Netns:
+    def __init__(self) -> None:
+        self.name = f"pms-{uuid.uuid4().hex[:8]}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.etc = f"/etc/netns/{self.name}"
+        os.makedirs(self.etc)
+        with open(f"{self.etc}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        self.run(["ip", "link", "set", "lo", "up"])
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(argv), check=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.argv(argv), stdout=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def listening(self, addr: str, port: int) -> bool:
+        probe = (f"import socket; s = socket.create_connection(('{addr}', {port}), 2); "
+                 f"s.settimeout(5); assert s.recv(3)")
+        return subprocess.run(self.argv([PYTHON, "-c", probe]), capture_output=True).returncode == 0
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    require_tool("/usr/sbin/dnsmasq")
+    ns = Netns()
+    try:
+        ns.spawn(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
+                  "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
+                  "--mx-host=mx.test,mx1.mx.test,10", "--mx-host=mx.test,mx2.mx.test,20",
+                  f"--host-record=mx1.mx.test,{MX1}", f"--host-record=mx2.mx.test,{MX2}",
+                  f"--host-record=amx.test,{AHOST}",
+                  "--mx-host=self.test,me.self.test,10", "--mx-host=self.test,mx2.mx.test,20",
+                  f"--host-record=me.self.test,{SELF}",
+                  "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
+                  "--server=/fail.test/127.0.0.99"])  # nobody answers there: SERVFAIL
+        sink = require_tool("/usr/sbin/smtp-sink")
+        for addr in (MX2, AHOST):  # MX1 has nothing listening: connection refused
+            ns.spawn([sink, "-u", "nobody", f"{addr}:25", "10"])
+        for addr in (MX2, AHOST):
+            wait_until(lambda a=addr: ns.listening(a, 25), 30,  # type: ignore[misc]
+                       what=f"smtp-sink on {addr}")
+        yield ns
+    finally:
+        ns.close()
+
+
+def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(inet_protocols="ipv4", maximal_queue_lifetime="1h")
+    netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
+              cwd="/")
+    inst.running = True
+    rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
+             "f@self.test"]
+    inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
+              input="Subject: dns\n\nrouted by DNS\n", check=True)
+    # MX by preference: mx1 refuses, mx2 takes it
+    inst.wait_log(r"to=<a@mx\.test>, relay=mx2\.mx\.test\[127\.0\.0\.11\]:25, .*status=sent")
+    # no MX: the A record
+    inst.wait_log(r"to=<b@amx\.test>, relay=amx\.test\[127\.0\.0\.12\]:25, .*status=sent")
+    inst.wait_log(r"to=<c@null\.test>, relay=none, .*dsn=5\.1\.0, status=bounced "
+                  r"\(Domain null\.test does not accept mail \(nullMX\)\)")
+    inst.wait_log(r"to=<d@fail\.test>, relay=none, .*dsn=4\.4\.3, status=deferred \(Host or "
+                  r"domain name not found\. Name service error for name=fail\.test type=MX: "
+                  r"Host not found, try again\)")
+    inst.wait_log(r"to=<e@nonexistent\.test>, relay=none, .*dsn=5\.4\.4, status=bounced \(Host "
+                  r"or domain name not found\. Name service error for name=nonexistent\.test "
+                  r"type=MX: Host not found\)")
+    # we are the best MX of self.test: only better MX hosts would do, and there are none
+    inst.wait_log(r"to=<f@self\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
+                  r"\(mail for self\.test loops back to myself\)")

@@ -1,0 +1,35 @@
+"""Nexthop forms of the smtp and lmtp agents (pymailsys.smtp.nexthop.parse)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pymailsys.smtp.nexthop import Destination, RouteError, parse
+
+
+@pytest.mark.parametrize("text, lmtp, expected", [
+    ("example.com", False, Destination("example.com", 25, True)),
+    ("Example.COM.", False, Destination("example.com", 25, True)),
+    ("example.com:2525", False, Destination("example.com", 2525, True)),
+    ("[mail.example.com]", False, Destination("mail.example.com", 25, False)),
+    ("[127.0.0.1]:587", False, Destination("127.0.0.1", 587, False)),
+    ("inet:[127.0.0.1]:smtp", False, Destination("127.0.0.1", 25, False)),
+    ("[ipv6:::1]:26", False, Destination("::1", 26, False)),
+    ("mailstore.example", True, Destination("mailstore.example", 24, False)),
+    ("inet:127.0.0.1:2424", True, Destination("127.0.0.1", 2424, False)),
+    ("unix:/run/dovecot/lmtp", True, Destination(path="/run/dovecot/lmtp", use_mx=False)),
+])
+def test_nexthop_forms(text: str, lmtp: bool, expected: Destination) -> None:
+    assert parse(text, lmtp, 24 if lmtp else 25) == expected
+
+
+@pytest.mark.parametrize("text, lmtp", [
+    ("unix:/tmp/sock", False),  # unix: is LMTP's only
+    ("[host", False),
+    ("[host]x", False),
+    ("example.com:nosuchservice", False),
+    ("", False),
+])
+def test_bad_nexthops_are_refused(text: str, lmtp: bool) -> None:
+    with pytest.raises(RouteError):
+        parse(text, lmtp, 25)
