@@ -42,7 +42,9 @@ DESCRIPTION
 
 SECURITY
     Runs as mail_owner (``-u``). The request comes from qmgr over private/;
-    its queue name and ID are checked before a file is opened. Server
+    every field of it is checked as local checks its own
+    (``DeliveryRequest.checked``) and the queue file is opened with
+    ``Spool.open_queue_file``. Server
     replies reach the log with control characters replaced, and have bounded
     length.
 
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -71,6 +74,7 @@ from pymailsys.address import networks
 from pymailsys.config import Config
 from pymailsys.delivery.agent import (
     ContentError,
+    DeliveryRequest,
     DeliveryResult,
     QueueContent,
     batch_reply,
@@ -108,15 +112,18 @@ class Request:
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> Request:
-        queue_name, queue_id = attrs.text("queue_name"), attrs.text("queue_id")
-        if queue_name not in (q.ACTIVE, q.INCOMING, q.DEFERRED, q.HOLD) or \
-                not q.valid_queue_id(queue_id):
-            raise ProtocolError(f"bad queue file name {queue_name}/{queue_id}")
-        return cls(queue_name, queue_id, attrs.number("data_offset"),
-                   attrs.number("content_size"), float(attrs.text("arrival_time") or 0),
-                   float(attrs.text("active_time") or 0), attrs.text("sender"),
-                   attrs.text("nexthop"), attrs.text("encoding").lower() == "8bitmime",
-                   request_recipients(attrs), time.time())
+        """Parse and check a request (ValueError, ProtocolError): the message's fields and
+        every recipient's pass ``DeliveryRequest.checked``, as local's do."""
+        first = DeliveryRequest.from_attrs(attrs)
+        recipients = request_recipients(attrs)
+        for rc in recipients:
+            dataclasses.replace(first, rcpt=rc.address, orig_rcpt=rc.orig,
+                                rcpt_offset=rc.offset, dsn_notify=rc.notify,
+                                dsn_orcpt=rc.dsn_orcpt).checked()
+        return cls(first.queue_name, first.queue_id, first.data_offset, first.content_size,
+                   first.arrival_time, first.active_time, first.sender, first.nexthop,
+                   attrs.text("encoding").lower() == "8bitmime", recipients,
+                   first.start_time)
 
 
 @dataclass
@@ -182,8 +189,9 @@ class Agent:
     async def deliver(self, req: Request) -> list[DeliveryResult]:
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
-            content = QueueContent(path, req.data_offset, req.content_size)
-        except ContentError as e:
+            fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
+            content = QueueContent(path, req.data_offset, req.content_size, fd=fd)
+        except (q.QueueAccessError, ContentError) as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.finish(req, [DeliveryResult.deferred("cannot read queue file")] *
                                len(req.recipients), ["none"] * len(req.recipients))

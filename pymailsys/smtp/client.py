@@ -55,8 +55,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pymailsys.address.rewrite import quote_822_local
 from pymailsys.queue.listing import printable
+from pymailsys.rfc822 import quote_822_local
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100

@@ -56,8 +56,7 @@ deleted, also on failure or Ctrl-C (``--keep`` keeps the temp dir).
 Scenarios (see ``Scenario``): ``--scenario local`` (default) delivers every
 message to benchuser's Maildir; ``--scenario relay`` relays every message
 through the system's smtp client to Debian's smtp-sink on another loopback
-port (arrival = smtp-sink's counter). pymailsys has no smtp client yet: run
-the relay scenario with ``--systems postfix`` until it has.
+port (arrival = smtp-sink's counter).
 """
 
 from __future__ import annotations
@@ -156,8 +155,6 @@ class Scenario:
     so the system's smtp client relays it (``relayhost = [127.0.0.1]:PORT``)
     to Debian's /usr/sbin/smtp-sink on another loopback port, one sink per
     system, started for each run; arrival = smtp-sink's message counter.
-    The relay scenario needs an smtp client in pymailsys (not there yet:
-    run it with ``--systems postfix`` until it is).
     """
 
     name: str
