@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,21 @@ PYTHON = sys.executable
 
 
 def make_spool(base: Path, **settings: str) -> tuple[Path, Path]:
-    """(config_dir, queue_dir) with every queue directory and a main.cf."""
+    """(config_dir, queue_dir) with every queue directory and a main.cf.
+
+    As root the queue directories belong to mail_owner (as in a real spool: the
+    queue tools work there as mail_owner) and ``queue_file`` hands it its files."""
     etc = base / "etc"
     spool = base / "spool"
     etc.mkdir(parents=True, exist_ok=True)
     for d in queue.SPOOL_DIRS:
         (spool / d.name).mkdir(parents=True, exist_ok=True)
         os.chmod(spool / d.name, d.mode)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(settings.get("mail_owner", "postfix"))
+        for d in queue.SPOOL_DIRS:
+            if d.owner == "mail_owner":
+                os.chown(spool / d.name, owner.pw_uid, owner.pw_gid)
     lines = [f"queue_directory = {spool}", f"maillog_file = {base / 'maillog'}"]
     lines += [f"{k} = {v}" for k, v in settings.items()]
     (etc / "main.cf").write_text("\n".join(lines) + "\n")
@@ -51,12 +60,24 @@ def queue_file(spool: Path, qname: str, sender: str, rcpts: list[str], body: lis
     os.fchmod(fd, queue.MODE_COMPLETE)
     os.close(fd)
     os.utime(path, (arrival, arrival))
+    match_owner(spool, qname)
     return qid
+
+
+def match_owner(spool: Path, qname: str) -> None:
+    """As root: everything under spool/qname belongs to that directory's owner."""
+    if os.geteuid() != 0:
+        return
+    top = os.stat(spool / qname)
+    for dirpath, dirnames, filenames in os.walk(spool / qname):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), top.st_uid, top.st_gid)
 
 
 def defer_reason(spool: Path, queue_id: str, rcpt: str, reason: str) -> None:
     status_log.append_queue(queue.Spool(str(spool)), queue.DEFER, queue_id, status_log.Entry(
         recipient=rcpt, status="4.4.1", action="delayed", reason=reason, original_recipient=rcpt))
+    match_owner(spool, queue.DEFER)
 
 
 def tool(name: str, *args: str, input: bytes | None = None,

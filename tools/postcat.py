@@ -24,6 +24,11 @@ DIAGNOSTICS
 
 CONFIGURATION PARAMETERS
     queue_directory, hash_queue_names, hash_queue_depth.
+
+SECURITY
+    With -q (usually as root) a queue file is opened below queue_directory
+    without following a symbolic link in any directory or the file, and it
+    must be a regular file with one link: mail_owner writes those directories.
 """
 
 from __future__ import annotations
@@ -237,6 +242,21 @@ def _ptr(payload: bytes) -> int:
         log.fatal("bad pointer record, or input is not seekable")
 
 
+def open_in_queues(spool: queue.Spool, queue_id: str) -> tuple[str, int]:
+    """(path shown, descriptor) of the queue file in the first SEARCH_QUEUES queue that
+    has it, opened without following links (``Spool.open_queue_file``): root runs
+    this in directories that mail_owner (and in maildrop/, any user) can write."""
+    for qname in SEARCH_QUEUES:
+        try:
+            fd = spool.open_queue_file(qname, queue_id, complete=False)
+        except queue.QueueFileMissing:
+            continue
+        except queue.QueueAccessError as e:
+            log.fatal(f"open queue file {queue_id}: {e}")
+        return os.path.relpath(spool.path(qname, queue_id), "."), fd
+    log.fatal(f"open queue file {queue_id}: No such file or directory")
+
+
 @click.command(context_settings={"help_option_names": []})
 @click.option("-b", "body", is_flag=True)
 @click.option("-c", "config_dir")
@@ -268,7 +288,7 @@ def command(body: bool, config_dir: str | None, dec: bool, env: bool, fname: boo
         log.init(cfg, "postcat", stderr=True)
     except (config_mod.ConfigError, OSError) as e:
         log.fatal(str(e))
-    todo: list[tuple[str, str]] = []  # (shown path, path to open)
+    todo: list[tuple[str, str | int]] = []  # (shown path, path or open descriptor)
     if not files:
         todo.append(("stdin", "-"))
     elif search:
@@ -277,18 +297,11 @@ def command(body: bool, config_dir: str | None, dec: bool, env: bool, fname: boo
             os.chdir(qdir)
         except OSError as e:
             log.fatal(f"chdir {qdir}: {e.strerror}")
-        spool = queue.Spool(".", cfg.get_list("hash_queue_names"), cfg.get_int("hash_queue_depth"),
-                            cfg.get_bool("enable_long_queue_ids"))
+        spool = queue.Spool.from_config(cfg, root=".")
         for qid in files:
             if not queue.valid_queue_id(qid):
                 log.fatal(f"bad mail queue ID: {qid}")
-            for qname in SEARCH_QUEUES:
-                rel = os.path.relpath(spool.path(qname, qid), ".")
-                if os.path.exists(rel):
-                    todo.append((rel, rel))
-                    break
-            else:
-                log.fatal(f"open queue file {qid}: No such file or directory")
+            todo.append(open_in_queues(spool, qid))
     else:
         todo = [(f, f) for f in files]
     for shown, path in todo:

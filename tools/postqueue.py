@@ -18,6 +18,11 @@ DESCRIPTION
         Postfix reports for a site not in fast_flush_domains (the default):
         ``Flush service is not configured for destination "site"``, exit 69.
 
+SECURITY
+    Root works in the queue directories (mail_owner's) only as mail_owner:
+    the direct listing (as Postfix runs showq stand-alone) and -i drop root's
+    rights for good first, so a link planted there reaches nothing of root's.
+
 DIAGNOSTICS
     Exit 64 usage, 69 mail system down, 77 not allowed (authorized_mailq_users,
     authorized_flush_users), 70 malformed showq reply.
@@ -37,7 +42,7 @@ from typing import NoReturn
 
 import click
 
-from pymailsys import cli, log
+from pymailsys import cli, log, server
 from pymailsys import config as config_mod
 from pymailsys.ipc import attr, trigger
 from pymailsys.queue import listing as showq_format
@@ -85,7 +90,9 @@ def show_queue(cfg: config_mod.Config, fmt: str) -> None:
         if os.geteuid() != 0:
             fatal(os.EX_UNAVAILABLE, f"Queue report unavailable - mail system is down ({why})")
         log.warning(f"Mail system is down -- accessing queue directly ({why})")
-        text = showq_format.listing(spool, fmt, cfg.get_bool("enable_long_queue_ids"),
+        server.drop_privileges(cfg)  # as Postfix's stand-alone showq
+        text = showq_format.listing(queue.Spool.from_config(cfg, root="."), fmt,
+                                    cfg.get_bool("enable_long_queue_ids"),
                                     cfg.get("empty_address_recipient"))
         _write(text.encode("utf-8", "surrogateescape"))
         return
@@ -115,14 +122,15 @@ def flush_queue(cfg: config_mod.Config) -> None:
 
 def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
     _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
-    spool = queue.Spool.from_config(cfg)
+    server.drop_privileges(cfg)  # the move below is mail_owner's work, in its directories
+    spool = queue.Spool.from_config(cfg, root=".")
     path = spool.path(queue.DEFERRED, queue_id)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         if not os.access(spool.dir(queue.DEFERRED), os.X_OK):
             fatal(os.EX_UNAVAILABLE, "Cannot flush queue ID - the flush service is not available")
         return  # as Postfix's flush service: nothing to do
     try:
-        os.utime(path, (0, 0))
+        os.utime(path, (0, 0), follow_symlinks=False)
         spool.move(queue_id, queue.DEFERRED, queue.INCOMING)
     except FileNotFoundError:
         return

@@ -31,7 +31,13 @@ DESCRIPTION
 
 SECURITY
     Reserved for the superuser (or, for an unprivileged instance, the owner
-    of its queue directory). Started as root, it works as mail_owner.
+    of its queue directory). Started as root, it changes to queue_directory
+    and then becomes mail_owner (groups cleared) for good, as Postfix's
+    postsuper does, whoever owns the queue directories: mail_owner can write
+    them, so nothing there may steer root (a planted symbolic link to a file
+    or a hashed subdirectory reaches only what mail_owner may touch). Paths
+    are relative to queue_directory, whose parents mail_owner may not be able
+    to search.
 
 CONFIGURATION PARAMETERS
     queue_directory, hash_queue_names, hash_queue_depth, mail_owner.
@@ -41,14 +47,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pwd
 import stat
 import sys
 import time
 
 import click
 
-from pymailsys import cli, log
+from pymailsys import cli, log, server
 from pymailsys import config as config_mod
 from pymailsys.queue import spool as queue
 
@@ -85,7 +90,7 @@ class Locked(Exception):
 class Super:
     def __init__(self, cfg: config_mod.Config, queues: list[str]) -> None:
         self.cfg = cfg
-        self.spool = queue.Spool.from_config(cfg)
+        self.spool = queue.Spool.from_config(cfg, root=".")  # the caller chdir'ed there
         self.queues = queues
         self.counts = {"deleted": 0, "requeued": 0, "held": 0, "released": 0, "expired": 0}
 
@@ -390,15 +395,9 @@ def command(ctx: click.Context, config_dir: str | None, delete: tuple[str, ...],
     if uid != 0 and uid != qdir_owner:
         log.fatal("use of this command is reserved for the superuser")
     os.chdir(qdir)
-    if uid == 0:
-        try:
-            pw = pwd.getpwnam(cfg.get("mail_owner"))
-        except KeyError:
-            log.fatal(f"unknown mail_owner user: {cfg.get('mail_owner')}")
-        if os.stat(os.path.join(qdir, queue.INCOMING)).st_uid == pw.pw_uid:
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
+    # As Postfix's postsuper: all queue work as mail_owner, whoever owns the
+    # directories, so that a link mail_owner plants there cannot steer root.
+    server.drop_privileges(cfg)
     for q in queues:
         if q not in KNOWN_QUEUES:
             log.fatal(f"invalid directory name: {q}")

@@ -12,8 +12,9 @@ local parts where needed (``rfc822.quote_822_local``) and made printable. A
 file that cannot be read is skipped; a damaged one ends at the damage, as in
 Postfix. Files in maildrop/ belong to their users: a file is opened without
 following links or waiting on a FIFO, judged by what was opened (a complete
-regular file), and read up to a bound (``max_size``); ``deadline`` bounds a
-whole scan.
+regular file), and read up to a bound (``max_size``); the defer and bounce
+logs the same way (mail_owner writes them; root lists the queue when the
+system is down); ``deadline`` bounds a whole scan.
 
 ``format_text`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
 byte (the format strings of Postfix's showq_compat.c: headings, ID with ``*``
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pymailsys.bounded_read import FileRefused, read_bounded
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
 from pymailsys.queue import status_log
@@ -40,6 +42,7 @@ from pymailsys.rfc822 import quote_822_local
 SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
 MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
 MAX_FILE_READ = 2 * 10240000 + (1 << 20)  # bytes read of one file (default message_size_limit)
+STATUS_LOG_TIMEOUT = 10.0  # seconds to read one defer or bounce log
 
 S_STRING_FORMAT = "%-11s %7s %-20s %s\n"
 S_SENDER_FORMAT = "%-11s %7ld %20.20s %s\n"
@@ -107,6 +110,16 @@ def read_queue_file(path: str, max_size: int) -> tuple[bytes, os.stat_result] | 
         os.close(fd)
 
 
+def read_status_log(path: str, max_size: int) -> list[status_log.Entry]:
+    """The entries of a defer or bounce log, read as queue files are (no links, regular
+    files only, bounded); [] when it cannot be read, as Postfix's showq skips it."""
+    try:
+        data, _st = read_bounded(path, max_size, STATUS_LOG_TIMEOUT, follow_links=False)
+    except (OSError, FileRefused, TimeoutError):
+        return []
+    return status_log.parse(data)
+
+
 def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
                  empty_addr: str = "MAILER-DAEMON",
                  max_size: int = MAX_FILE_READ) -> QueuedMessage | None:
@@ -146,7 +159,7 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
             msg = QueuedMessage(queue_name, queue_id, arrival if arrival > 0 else int(st.st_mtime),
                                 size, bool(st.st_mode & MODE_EXPIRE), _show_addr(text, empty_addr))
             for log_class in (queue.DEFER, queue.BOUNCE):
-                for entry in status_log.read(spool.path(log_class, queue_id)):
+                for entry in read_status_log(spool.path(log_class, queue_id), max_size):
                     seen.add(entry.recipient)
                     msg.recipients.append(Rcpt(entry.original_recipient, entry.recipient,
                                                log_class, entry.reason))

@@ -18,6 +18,7 @@ after the final record and before the fsync. Readers skip incomplete files.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -95,6 +96,10 @@ class QueueAccessError(Exception):
     an error from the file system (the text says which)."""
 
 
+class QueueFileMissing(QueueAccessError):
+    """The queue file (or a directory on its way) does not exist."""
+
+
 def valid_queue_name(name: str) -> bool:
     """True for the fixed set of Postfix queue names."""
     return name in QUEUE_NAMES
@@ -149,8 +154,11 @@ class Spool:
         self.long_ids = long_ids
 
     @classmethod
-    def from_config(cls, config) -> Spool:  # type: ignore[no-untyped-def]
-        return cls(config.get("queue_directory"), config.get_list("hash_queue_names"),
+    def from_config(cls, config, root: str | None = None) -> Spool:  # type: ignore[no-untyped-def]
+        """The spool of config's queue_directory; ``root`` names it otherwise (``"."``
+        for a process that chdir'ed there and then gave up the rights to its parents)."""
+        return cls(root if root is not None else config.get("queue_directory"),
+                   config.get_list("hash_queue_names"),
                    config.get_int("hash_queue_depth"), config.get_bool("enable_long_queue_ids"))
 
     def dir(self, queue: str) -> str:
@@ -163,7 +171,7 @@ class Spool:
         parts.append(queue_id)
         return os.path.join(*parts)
 
-    def open_queue_file(self, queue: str, queue_id: str) -> int:
+    def open_queue_file(self, queue: str, queue_id: str, complete: bool = True) -> int:
         """Open a complete queue file read-only, as Postfix's mail_open_ok allows it.
 
         For a process that trusts neither the request naming the file nor the
@@ -172,8 +180,9 @@ class Spool:
         queue_directory and the file are opened relative to the one above with
         O_NOFOLLOW (a symbolic link anywhere is refused), the file with
         O_NONBLOCK (a FIFO cannot hang the caller); it must be a regular file
-        with one link and the complete mode. Returns the descriptor; raises
-        QueueAccessError otherwise.
+        with one link and (unless ``complete`` is false: postcat shows files being
+        written) the complete mode. Returns the descriptor; raises QueueFileMissing
+        when it is not there, QueueAccessError otherwise.
         """
         if not valid_queue_name(queue):
             raise QueueAccessError(f"malformed queue name: {queue!r}")
@@ -194,13 +203,15 @@ class Spool:
             fd = os.open(queue_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
                          dir_fd=dir_fd)
         except OSError as e:
-            raise QueueAccessError(f"open {queue}/{queue_id}: {e.strerror}") from None
+            error = QueueFileMissing if e.errno == errno.ENOENT else QueueAccessError
+            raise error(f"open {queue}/{queue_id}: {e.strerror}") from None
         finally:
             os.close(dir_fd)
         st = os.fstat(fd)
         problem = ("not a regular file" if not stat.S_ISREG(st.st_mode)
                    else f"file has {st.st_nlink} links" if st.st_nlink != 1
-                   else "file is not complete" if not is_complete(st.st_mode) else "")
+                   else "file is not complete" if complete and not is_complete(st.st_mode)
+                   else "")
         if problem:
             os.close(fd)
             raise QueueAccessError(f"{queue}/{queue_id}: uid {st.st_uid}: {problem}")
