@@ -23,6 +23,13 @@ DESCRIPTION
     file is absent, unreadable or not locked; the pid in it when it is
     locked (-1 when the locked file does not hold a number yet).
 
+SECURITY
+    Both open the file without following a symbolic link (O_NOFOLLOW) or
+    waiting on a FIFO (O_NONBLOCK), and accept only a regular file: master
+    runs as root, and ``postfix status`` or ``stop`` should not hang or
+    write through a link should the pid directory ever be writable by
+    another account (``postfix check`` warns about its owner and mode).
+
 DIAGNOSTICS
     ``lock`` raises ``PidFileError`` with Postfix's texts: ``open lock file
     PATH: cannot open file: REASON`` or ``open lock file PATH: unable to set
@@ -34,8 +41,10 @@ SEE ALSO
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 
 from pymailsys.config import Config
 
@@ -56,10 +65,19 @@ def master_pid(cfg: Config) -> int | None:
     return holder(master_pid_path(cfg))
 
 
+def _open(path: str, flags: int) -> int:
+    """Open a pid file without following a link or waiting on a FIFO; regular files only."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
 def lock(path: str, pid: int) -> int:
     """Create or open ``path``, lock it exclusively (no wait), write ``pid``; the open fd."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(path, os.O_RDWR | os.O_CREAT)
     except OSError as e:
         raise PidFileError(f"open lock file {path}: cannot open file: {e.strerror}") from e
     try:
@@ -76,7 +94,7 @@ def lock(path: str, pid: int) -> int:
 def holder(path: str) -> int | None:
     """The pid of the process that holds the lock on ``path``, or None when none does."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open(path, os.O_RDONLY)
     except OSError:
         return None
     try:

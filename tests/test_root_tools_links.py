@@ -158,3 +158,40 @@ def test_postcat_q_refuses_a_linked_queue_file(tmp_path: Path) -> None:
     plant(spool / "deferred" / "B", target, pwd.getpwnam("postfix"))
     out = tool("postcat", "-c", str(etc), "-q", other)
     assert out.returncode == 1 and SECRET not in out.stdout
+
+
+def test_set_permissions_refuses_a_linked_queue_directory(tmp_path: Path) -> None:
+    """queue_directory wrongly mail_owner's: a link planted in place of maildrop/ is
+    refused by postfix set-permissions, and the directory it names keeps its mode."""
+    etc, spool = make_spool(tmp_path)
+    root = RootThings(tmp_path)
+    with open(etc / "main.cf", "a") as f:
+        f.write(f"data_directory = {tmp_path / 'data'}\n")
+    owner = pwd.getpwnam("postfix")
+    os.chown(spool, owner.pw_uid, owner.pw_gid)
+    os.rmdir(spool / "maildrop")
+    plant(spool / "maildrop", root.dir, owner)
+    out = tool("postfix", "-c", str(etc), "set-permissions")
+    assert out.returncode == 1
+    assert f"fatal: not a directory: {spool / 'maildrop'}: owner and mode left alone" \
+        in out.stderr.decode()
+    assert root.untouched()
+    assert os.stat(spool).st_uid == 0  # what comes before the link is fixed
+
+
+def test_pid_file_is_not_opened_through_a_link(tmp_path: Path) -> None:
+    """master's pid file: locking and reading it never follow a link or wait on a FIFO."""
+    from pymailsys import pidfile
+
+    root = RootThings(tmp_path)
+    link = tmp_path / "master.pid"
+    plant(link, root.file, pwd.getpwnam("postfix"))
+    with pytest.raises(pidfile.PidFileError, match="cannot open file"):
+        pidfile.lock(str(link), 12345)
+    assert pidfile.holder(str(link)) is None
+    fifo = tmp_path / "fifo.pid"
+    os.mkfifo(fifo)
+    with pytest.raises(pidfile.PidFileError, match="not a regular file"):
+        pidfile.lock(str(fifo), 12345)
+    assert pidfile.holder(str(fifo)) is None
+    assert root.untouched()

@@ -30,6 +30,12 @@ DESCRIPTION
     be 0700): PATH``. ``fix`` sets owners and modes (``postfix
     set-permissions``).
 
+SECURITY
+    Run as root. Owners and modes are set through a descriptor opened with
+    O_NOFOLLOW, so a symbolic link in place of a directory (which mail_owner
+    can plant when queue_directory is wrongly its own) is refused with
+    ``not a directory: PATH``, and root's files elsewhere are never changed.
+
 DIAGNOSTICS
     ``SetupError`` for an unknown mail_owner or setgid_group, a mail_owner
     with uid 0, or a directory that cannot be made (texts as Postfix's).
@@ -37,6 +43,7 @@ DIAGNOSTICS
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -133,11 +140,23 @@ def _make(exp: Expected) -> None:
 
 
 def _apply(exp: Expected) -> None:
-    st = os.lstat(exp.path)
-    if (st.st_uid, st.st_gid) != (exp.uid, exp.gid) and os.geteuid() == 0:
-        os.lchown(exp.path, exp.uid, exp.gid)
-    if stat.S_IMODE(st.st_mode) != exp.mode:
-        os.chmod(exp.path, exp.mode)
+    """Set owner and mode through a descriptor of the directory itself: a symbolic
+    link put in its place (mail_owner writes a wrongly owned queue_directory) is
+    refused, never followed to whatever it names."""
+    try:
+        fd = os.open(exp.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SetupError(f"not a directory: {exp.path}: owner and mode left alone") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (exp.uid, exp.gid) and os.geteuid() == 0:
+            os.fchown(fd, exp.uid, exp.gid)
+        if stat.S_IMODE(st.st_mode) != exp.mode:
+            os.fchmod(fd, exp.mode)
+    finally:
+        os.close(fd)
 
 
 def create_missing(config: Config) -> list[str]:
