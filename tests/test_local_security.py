@@ -20,7 +20,7 @@ from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys import config, privileges
 from pymailsys.delivery.agent import DeliveryRequest, message_attrs, request_attrs
-from pymailsys.ipc.attr import AttrList, SyncAttrClient
+from pymailsys.ipc.attr import AttrList, ProtocolError, SyncAttrClient
 from pymailsys.queue import spool
 from pymailsys.queue.queue_file import read_envelope
 
@@ -281,4 +281,26 @@ def test_non_finite_times_are_refused_without_a_traceback(system) -> None:  # ty
     s.wait_log(r"warning: bad delivery request: arrival_time out of range: nan")
     s.wait_log(r"warning: bad delivery request: active_time out of range: nan")
     assert "Traceback" not in (s.base / "log" / "local.err").read_text()
+    assert len(s.maildir_messages()) == 1
+
+
+def test_oversized_request_closes_the_connection_and_local_goes_on(system) -> None:  # type: ignore[no-untyped-def]
+    """A delivery request beyond REQUEST_LIMITS is not read into memory: the connection
+    is closed (qmgr defers); the next connection is served."""
+    s = system()
+    s.start("local")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    path = s.spool.move(qid, "incoming", "active")
+    env = read_envelope(path)
+    rc = env.recipients[0]
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    good = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    sock = str(s.queue_dir / "private" / "local")
+    with SyncAttrClient(sock) as client, pytest.raises((ProtocolError, OSError)):
+        client.request(_with(good, sender="x" * (1 << 20)))
+    with SyncAttrClient(sock) as client, pytest.raises((ProtocolError, OSError)):
+        client.request(good + [(f"extra{i}", "1") for i in range(100)])
+    with SyncAttrClient(sock) as client:
+        assert client.request(good).text("status") == "sent"
     assert len(s.maildir_messages()) == 1

@@ -118,7 +118,8 @@ import os
 
 from pymailsys.daemons.local.agent import LocalAgent
 
-from pymailsys import log, server
+from pymailsys import log, privileges, server
+from pymailsys.delivery.agent import MAX_PENDING, REQUEST_LIMITS
 from pymailsys.ipc.attr import serve_pipelined
 
 PROGRAM = "local"
@@ -128,7 +129,8 @@ MARKER_GC_INTERVAL = 60.0
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: LocalAgent = ctx.state["agent"]
-    await serve_pipelined(reader, writer, agent.handle, ctx.stopping)
+    await serve_pipelined(reader, writer, agent.handle, ctx.stopping, limits=REQUEST_LIMITS,
+                          max_pending=MAX_PENDING)
 
 
 async def _start(ctx: server.Context) -> None:
@@ -139,7 +141,7 @@ async def _start(ctx: server.Context) -> None:
         while not ctx.stopping.is_set():
             try:
                 agent.collect_markers()
-            except OSError as e:
+            except (OSError, privileges.PrivilegeError) as e:
                 log.warning(f"delivery markers: {e}")
             await asyncio.sleep(MARKER_GC_INTERVAL)
 

@@ -35,8 +35,6 @@ def deliver(agent: LocalAgent, req: DeliveryRequest, path: str, lines: list[byte
             mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
                                  stale=agent.stale)
-    except mailbox.MailboxError as e:
+    except (mailbox.MailboxError, privileges.PrivilegeError) as e:
         return results.failure(e, f"cannot append message to file {path}: ")
-    except privileges.PrivilegeError as e:
-        return results.failure(e)
     return DeliveryResult.sent(f"delivered to file: {path}")

@@ -49,7 +49,7 @@ def failure(error: Exception, what: str = "") -> DeliveryResult:
         dsn, text = errno_dsn(error.errno, default), error.strerror or str(error)
     else:
         dsn, text = "4.3.0", str(error)
-    return from_dsn(dsn, f"{what}{text}" if what else text)
+    return from_dsn(dsn, what + text)
 
 
 def worst(results: list[DeliveryResult]) -> DeliveryResult:

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
+from pymailsys.ipc.attr import AttrList, AttrValue, Limits, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool
 from pymailsys.queue.queue_file import QueueFileError, Recipient, content_lines
@@ -54,6 +54,9 @@ MAX_TIME = 1 << 40  # seconds since the epoch
 MAX_ADDRESS_LENGTH = 4096
 DSN_NOTIFY_MASK = 0xF  # NEVER, SUCCESS, FAILURE, DELAY (Postfix dsn_mask.h)
 DEL_REQ_FLAG_MASK = 0xFFFF  # Postfix's DEL_REQ_FLAG_* bits
+# what one delivery request may hold on the wire (read before any field is checked)
+REQUEST_LIMITS = Limits(attrs=64, value=MAX_ADDRESS_LENGTH, total=1 << 16)
+MAX_PENDING = 100  # unanswered requests on one connection before reading pauses
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 

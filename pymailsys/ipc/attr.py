@@ -200,8 +200,13 @@ Handler = Callable[[AttrList], Awaitable[Iterable[tuple[str, AttrValue]] | dict[
 
 
 async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          handler: Handler, stopping: asyncio.Event | None = None) -> None:
+                          handler: Handler, stopping: asyncio.Event | None = None,
+                          limits: Limits = DEFAULT_LIMITS,
+                          max_pending: int | None = None) -> None:
     """Serve requests on one connection: handle them concurrently, reply in order.
+
+    ``limits`` bounds each request; with ``max_pending``, no further request is
+    read while that many are unanswered (until they all are).
 
     Once ``stopping`` is set (the server is going away) the connection is
     closed as soon as every request read so far has its reply: an idle
@@ -245,7 +250,9 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     closer = asyncio.ensure_future(close_when_answered(stopping)) if stopping else None
     try:
         while True:
-            request = await read_attrs(reader)
+            if max_pending is not None and unanswered >= max_pending:
+                await answered.wait()
+            request = await read_attrs(reader, limits)
             if request is None:
                 break
             unanswered += 1
