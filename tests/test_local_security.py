@@ -19,7 +19,12 @@ from harness import ME
 from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys import config, privileges
-from pymailsys.delivery.agent import DeliveryRequest, message_attrs, request_attrs
+from pymailsys.delivery.agent import (
+    DeliveryRequest,
+    batch_request_attrs,
+    message_attrs,
+    request_attrs,
+)
 from pymailsys.ipc.attr import AttrList, ProtocolError, SyncAttrClient
 from pymailsys.queue import spool
 from pymailsys.queue.queue_file import read_envelope
@@ -304,3 +309,21 @@ def test_oversized_request_closes_the_connection_and_local_goes_on(system) -> No
     with SyncAttrClient(sock) as client:
         assert client.request(good).text("status") == "sent"
     assert len(s.maildir_messages()) == 1
+
+
+def test_a_request_for_several_recipients_is_refused(system) -> None:  # type: ignore[no-untyped-def]
+    """local delivers one recipient per request (local_destination_recipient_limit 1): a
+    batch is refused with a warning, never delivered to its first recipient only."""
+    s = system()
+    s.start("local")
+    qid = s.queue("alice@example.org", [f"{ME}@localhost", "other@localhost"], BODY,
+                  kick=False)
+    path = s.spool.move(qid, "incoming", "active")
+    env = read_envelope(path)
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    batch = batch_request_attrs(common, "test.example", env.recipients)
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        assert client.request(batch).text("status") == "deferred"
+    s.wait_log(r"warning: bad delivery request: 2 recipients: local delivers one per request")
+    assert s.maildir_messages() == []

@@ -119,6 +119,9 @@ class LocalAgent:
 
     async def _handle(self, attrs: AttrList) -> dict[str, str]:
         try:
+            count = len(attrs.all("rcpt"))
+            if count > 1:  # local_destination_recipient_limit must stay 1
+                raise ValueError(f"{count} recipients: local delivers one per request")
             req = DeliveryRequest.from_attrs(attrs)
         except (ProtocolError, ValueError) as e:
             log.warning(f"bad delivery request: {e}")
