@@ -26,9 +26,10 @@ DESCRIPTION
     descriptors of ``pymailsys.ipc.master_status``.
 
     Signals: SIGHUP reloads (main.cf and master.cf re-read, the old lifeline
-    closed so old children exit when idle, listeners created or closed as
-    the services changed, children of removed services terminated; a broken
-    new configuration is logged and the old one kept); SIGTERM (and SIGINT)
+    closed so old children finish what they hold and exit, those still
+    running 60 s later terminated; listeners created or closed as the
+    services changed, children of removed services terminated; a broken new
+    configuration is logged and the old one kept); SIGTERM (and SIGINT)
     logs ``terminating on signal 15``, terminates all children, waits up to
     3 s, kills what is left and exits 0.
 

@@ -4,7 +4,9 @@ Contract: ``StderrRelay`` owns a pipe; children get ``write_fd`` as fd 2.
 ``on_readable`` logs every complete line as ``warning: daemon stderr: TEXT``
 (a Python traceback before a daemon's own logging is set up is not lost); a
 line longer than 4096 bytes is logged in pieces, so a child cannot make
-master's buffer grow without bound. ``drain`` logs what is left at shutdown.
+master's buffer grow without bound; control characters are shown as ``?``
+(a child cannot forge or garble log lines). ``drain`` logs what is left at
+shutdown.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import select
 
 from pymailsys import log
+from pymailsys.queue.listing import printable
 
 MAX_LINE = 4096
 
@@ -34,7 +37,7 @@ class StderrRelay:
             lines.append(self.buf)
             self.buf = b""
         for line in lines:
-            text = line.decode("utf-8", "replace").rstrip()
+            text = printable(line.decode("utf-8", "replace").rstrip())
             if text:
                 log.warning(f"daemon stderr: {text}")
 
