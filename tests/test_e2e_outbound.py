@@ -104,6 +104,24 @@ def test_relayhost_envelope_8bit_and_recipients_in_one_transaction(new_instance,
     wait_until(inst.queue_empty, 30, what="an empty queue")
 
 
+def test_helo_fallback_without_esmtp(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start("-f", "EHLO")  # EHLO rejected with 500; -f also turns PIPELINING off
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", ["a@remote.example", "b@remote.example"],
+                        b"Subject: plain\r\n\r\n" + BODY_8BIT, mail_options=["BODY=8BITMIME"])
+    (dump,) = sink.wait_dumps(1)
+    head, _, body = dump.partition(b"\n\n")
+    assert b"\nX-Client-Proto: SMTP\n" in head  # HELO, not EHLO
+    assert re.search(rb"^X-Mail-Args: <alice@example.org>$", head, re.M)  # no ESMTP parameters
+    assert re.findall(rb"^X-Rcpt-Args: <(.*)>$", head, re.M) == [b"a@remote.example",
+                                                                  b"b@remote.example"]
+    assert body == BODY_8BIT.replace(b"\r\n", b"\n") + b"\n"
+
+
 def test_cached_connection_is_reused(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
     sink.start()
     inst: Instance = new_instance()

@@ -72,6 +72,7 @@ def netns() -> Iterator[Netns]:
         ns.spawn(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
                   "--mx-host=mx.test,mx1.mx.test,10", "--mx-host=mx.test,mx2.mx.test,20",
+                  "--mx-host=deadmx.test,mx1.mx.test,10",
                   f"--host-record=mx1.mx.test,{MX1}", f"--host-record=mx2.mx.test,{MX2}",
                   f"--host-record=amx.test,{AHOST}",
                   "--mx-host=self.test,me.self.test,10", "--mx-host=self.test,mx2.mx.test,20",
@@ -114,3 +115,15 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     # we are the best MX of self.test: only better MX hosts would do, and there are none
     inst.wait_log(r"to=<f@self\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for self\.test loops back to myself\)")
+
+
+def test_fallback_relay_when_every_mx_is_down(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(inet_protocols="ipv4", smtp_fallback_relay=f"[{AHOST}]:25")
+    netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
+              cwd="/")
+    inst.running = True
+    inst.tool("sendmail", "-f", "alice@example.org", "h@deadmx.test",
+              input="Subject: fallback\n\nvia the fallback relay\n", check=True)
+    inst.wait_log(r"to=<h@deadmx\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
+                  r".*status=sent")
