@@ -78,21 +78,31 @@ DESCRIPTION
 
 SECURITY
     local runs as root when the system runs as root (master.cf unprivileged
-    column ``n``), and trusts neither qmgr's requests nor the queue
-    directories (mail_owner's): every request field is checked before use
-    (``DeliveryRequest.checked``: queue name and ID formats, ranges, no control
-    characters in addresses), a bad request is refused with a warning and a
-    deferral, and the queue file is opened relative to the queue directory
-    without following a symbolic link anywhere, as a regular complete file with
-    one link (``Spool.open_queue_file``). Mailbox and Maildir writes happen with the recipient's
-    effective uid and gid (in the spool directory: a world-writable directory
-    gives the recipient's ids, a group-writable one the recipient's uid and
-    the directory's group, otherwise root creates the file and gives it to the
+    column ``n``), and trusts neither qmgr's requests nor the directories
+    mail_owner owns:
+
+    * a request is read within ``REQUEST_LIMITS`` (at most ``MAX_PENDING``
+      unanswered on a connection); every field is checked before use
+      (``DeliveryRequest.checked``: queue name and ID formats, ranges, finite
+      times, no control characters in addresses; one recipient per request);
+      a bad request is refused with a warning and a deferral;
+    * the queue file is opened relative to the queue directory without
+      following a symbolic link anywhere, as a regular complete file with one
+      link (``Spool.open_queue_file``);
+    * delivery markers in data_directory are handled as mail_owner;
+    * .forward and :include: files and alias table sources are read as
+      ``pymailsys.bounded_read`` reads: regular files only, bounded in size
+      and time, never blocking on a FIFO.
+
+    Mailbox and Maildir writes happen with the recipient's effective uid and
+    gid (in the spool directory: a world-writable directory gives the
+    recipient's ids, a group-writable one the recipient's uid and the
+    directory's group, otherwise root creates the file and gives it to the
     recipient); commands and files from aliases run as ``default_privs``,
-    those from .forward files and mailbox_command as the recipient;
-    uid 0 never runs a command or writes a file on an alias's behalf. Mailbox
-    files are never opened through symbolic links, must be regular files with
-    one link, and are created with O_EXCL mode 0600. Run as another user, local
+    those from .forward files and mailbox_command as the recipient; uid 0
+    never runs a command or writes a file on an alias's behalf. Mailbox files
+    are never opened through symbolic links, must be regular files with one
+    link, and are created with O_EXCL mode 0600. Run as another user, local
     defers mail for every account but its own.
 
 CONFIGURATION PARAMETERS
