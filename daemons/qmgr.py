@@ -162,6 +162,10 @@ def route(config: Config, address: str, sender: str = "") -> Route:
     return Route(r.transport, r.nexthop)
 
 
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
 def internal_result(where: Route) -> DeliveryResult:
     """The result of Postfix's error and discard agents, which qmgr plays itself.
 
@@ -526,7 +530,9 @@ class Qmgr:
                  f"nrcpt={len(pending)} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
                                env.arrival, now, env.sender,
-                               encoding=env.attrs.get("encoding", ""))
+                               encoding=env.attrs.get("encoding", ""),
+                               dsn_envid=env.attrs.get("dsn_envid", ""),
+                               dsn_ret=_number(env.attrs.get("dsn_ret", "")))
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
         self.spawn(self.run_message(msg, pending))

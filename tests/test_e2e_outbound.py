@@ -62,6 +62,8 @@ class Sink:
         return [p.read_bytes() for p in sorted(self.dir.iterdir()) if p.is_file()]
 
     def wait_dumps(self, count: int) -> list[bytes]:
+        """The dumps once there are count of them; call it after the log says the
+        deliveries were sent (smtp-sink fills a dump while the transaction runs)."""
         def enough() -> list[bytes]:
             d = self.dumps()
             return d if len(d) >= count else []
@@ -90,17 +92,17 @@ def test_relayhost_envelope_8bit_and_recipients_in_one_transaction(new_instance,
     with inst.smtp() as client:
         client.ehlo()
         client.sendmail("alice@example.org", rcpts, message, mail_options=["BODY=8BITMIME"])
-    (dump,) = sink.wait_dumps(1)
-    head, _, body = dump.partition(b"\n\n")
-    assert re.search(rb"^X-Mail-Args: <alice@example.org> BODY=8BITMIME$", head, re.M)
-    assert re.findall(rb"^X-Rcpt-Args: <(.*)>$", head, re.M) == [r.encode() for r in rcpts]
-    assert b"\nX-Raw: \xc3\xa4\n" in head  # 8-bit header intact
-    # the peer undoes dot-stuffing and ends its dump with an empty line
-    assert body == BODY_8BIT.replace(b"\r\n", b"\n") + b"\n"
     for r in rcpts:
         inst.wait_log(rf"postfix/smtp\[\d+\]: \w+: to=<{re.escape(r)}>, "
                       rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, delay=[\d.]+, "
                       rf"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 2\.0\.0 Ok\)")
+    (dump,) = sink.wait_dumps(1)
+    head, _, body = dump.partition(b"\n\n")
+    assert re.search(rb"^X-Mail-Args: <alice@example.org> BODY=8BITMIME$", head, re.M)
+    assert re.findall(rb"^X-Rcpt-Args: <([^>]*)>", head, re.M) == [r.encode() for r in rcpts]
+    assert b"\nX-Raw: \xc3\xa4\n" in head  # 8-bit header intact
+    # the peer undoes dot-stuffing and ends its dump with an empty line
+    assert body == BODY_8BIT.replace(b"\r\n", b"\n") + b"\n"
     wait_until(inst.queue_empty, 30, what="an empty queue")
 
 
@@ -113,13 +115,34 @@ def test_helo_fallback_without_esmtp(new_instance, sink) -> None:  # type: ignor
         client.ehlo()
         client.sendmail("alice@example.org", ["a@remote.example", "b@remote.example"],
                         b"Subject: plain\r\n\r\n" + BODY_8BIT, mail_options=["BODY=8BITMIME"])
+    inst.wait_log(r"to=<b@remote\.example>, .*status=sent")
     (dump,) = sink.wait_dumps(1)
     head, _, body = dump.partition(b"\n\n")
     assert b"\nX-Client-Proto: SMTP\n" in head  # HELO, not EHLO
     assert re.search(rb"^X-Mail-Args: <alice@example.org>$", head, re.M)  # no ESMTP parameters
-    assert re.findall(rb"^X-Rcpt-Args: <(.*)>$", head, re.M) == [b"a@remote.example",
-                                                                  b"b@remote.example"]
+    assert re.findall(rb"^X-Rcpt-Args: <([^>]*)>", head, re.M) == [b"a@remote.example",
+                                                                   b"b@remote.example"]
     assert body == BODY_8BIT.replace(b"\r\n", b"\n") + b"\n"
+
+
+def test_dsn_parameters_are_passed_on(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start()  # smtp-sink offers DSN
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    inst.tool("sendmail", "-f", "alice@example.org", "-N", "success,failure",
+              "r@remote.example", input="Subject: dsn\n\nx\n", check=True)
+    inst.wait_log(r"to=<r@remote\.example>, .*status=sent")
+    (dump,) = sink.wait_dumps(1)
+    assert re.search(rb"^X-Rcpt-Args: <r@remote.example> ORCPT=rfc822;r@remote.example "
+                     rb"NOTIFY=SUCCESS,FAILURE$", dump, re.M)
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", ["s@remote.example"], b"Subject: ret\r\n\r\nx\r\n",
+                        mail_options=["RET=HDRS", "ENVID=env1"])
+    inst.wait_log(r"to=<s@remote\.example>, .*status=sent")
+    (dump,) = [d for d in sink.wait_dumps(2) if b"<s@remote.example>" in d]
+    assert re.search(rb"^X-Mail-Args: <alice@example.org> ENVID=env1 RET=HDRS$", dump, re.M)
 
 
 def test_cached_connection_is_reused(new_instance, sink) -> None:  # type: ignore[no-untyped-def]

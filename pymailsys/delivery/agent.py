@@ -144,14 +144,20 @@ class DeliveryRequest:
 
 def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
                   arrival_time: float, active_time: float, sender: str,
-                  flags: int = 0, encoding: str = "") -> list[tuple[str, AttrValue]]:
-    """The part of a request that is the same for every recipient of one message."""
+                  flags: int = 0, encoding: str = "", dsn_envid: str = "",
+                  dsn_ret: int = 0) -> list[tuple[str, AttrValue]]:
+    """The part of a request that is the same for every recipient of one message
+    (``encoding``, ``dsn_envid`` and ``dsn_ret`` only when set)."""
     out: list[tuple[str, AttrValue]] = [
         ("queue_name", queue_name), ("queue_id", queue_id), ("data_offset", data_offset),
         ("content_size", content_size), ("arrival_time", f"{arrival_time:.6f}"),
         ("active_time", f"{active_time:.6f}"), ("sender", sender), ("flags", flags)]
     if encoding:
         out.append(("encoding", encoding))
+    if dsn_envid:
+        out.append(("dsn_envid", dsn_envid))
+    if dsn_ret:
+        out.append(("dsn_ret", dsn_ret))
     return out
 
 

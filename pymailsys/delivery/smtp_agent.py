@@ -84,9 +84,12 @@ from pymailsys.delivery.agent import (
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
+from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import client, nexthop
 
 CACHE_SWEEP = 1.0
+MAX_ENVID = 100  # RFC 3461
+DSN_RET_NAMES = {1: "FULL", 2: "HDRS"}  # Postfix's dsn_ret values
 
 
 def param_name(protocol: str, suffix: str) -> str:
@@ -109,6 +112,8 @@ class Request:
     eight_bit: bool
     recipients: list[Recipient]
     start_time: float
+    dsn_envid: str = ""
+    dsn_ret: str = ""  # "FULL", "HDRS" or ""
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> Request:
@@ -120,10 +125,14 @@ class Request:
             dataclasses.replace(first, rcpt=rc.address, orig_rcpt=rc.orig,
                                 rcpt_offset=rc.offset, dsn_notify=rc.notify,
                                 dsn_orcpt=rc.dsn_orcpt).checked()
+        envid = attrs.text("dsn_envid")
+        if len(envid) > MAX_ENVID:
+            raise ValueError(f"dsn_envid longer than {MAX_ENVID} characters")
         return cls(first.queue_name, first.queue_id, first.data_offset, first.content_size,
                    first.arrival_time, first.active_time, first.sender, first.nexthop,
                    attrs.text("encoding").lower() == "8bitmime", recipients,
-                   first.start_time)
+                   first.start_time, envid,
+                   DSN_RET_NAMES.get(attrs.number("dsn_ret"), ""))
 
 
 @dataclass
@@ -225,8 +234,11 @@ class Agent:
                 sessions += 1
                 conn_time = conn_time or (time.time() - req.start_time)
                 pending = [i for i in range(count) if results[i] is None]
-                env = client.Envelope(req.sender, [req.recipients[i].address for i in pending],
-                                      req.content_size, req.eight_bit)
+                env = client.Envelope(
+                    req.sender, [req.recipients[i].address for i in pending], req.content_size,
+                    req.eight_bit, req.dsn_ret, req.dsn_envid,
+                    [_orcpt(req.recipients[i]) for i in pending],
+                    [req.recipients[i].notify for i in pending])
                 try:
                     outcome = await session.send(env, lines)
                 except client.SessionError as e:
@@ -342,6 +354,13 @@ class Agent:
             for entry in entries:
                 await entry.session.quit()
         self.cache.clear()
+
+
+def _orcpt(rc: Recipient) -> str:
+    """ORCPT as Postfix sends it: the recorded one, else rfc822; and the original address."""
+    if rc.dsn_orcpt:
+        return rc.dsn_orcpt
+    return f"rfc822;{quote_822_local(rc.orig)}" if rc.orig else ""
 
 
 def _route_result(e: nexthop.RouteError) -> DeliveryResult:

@@ -14,8 +14,9 @@ DESCRIPTION
     (``Peer.path``) within the connect timeout and reads the greeting.
     ``hello`` sends EHLO (LHLO for LMTP) and remembers the extensions; an
     SMTP server that rejects EHLO gets HELO instead. ``send`` runs one
-    transaction: MAIL FROM (SIZE=, BODY=8BITMIME when the server offers
-    them), one RCPT TO per recipient, DATA, the message, and the end of
+    transaction: MAIL FROM (SIZE=, BODY=8BITMIME, and ENVID= and RET= when
+    the server offers them), one RCPT TO per recipient (ORCPT= and NOTIFY=
+    to a server that offers DSN), DATA, the message, and the end of
     data; with PIPELINING the commands up to DATA go out in one write. A
     message larger than the server's SIZE is not sent (5.3.4). The message
     is given as an iterable of lines without terminators; it is written in
@@ -148,10 +149,18 @@ class SessionError(Exception):
 
 @dataclass(frozen=True)
 class Envelope:
+    """One transaction's envelope; the DSN fields go out only to a server that offers
+    DSN: ``ret`` "FULL" or "HDRS", ``envid``, and per recipient (in the order of
+    ``recipients``, or empty) ``orcpts`` ("rfc822;addr") and ``notifies`` (bit masks)."""
+
     sender: str
     recipients: list[str]
     size: int = 0
     eight_bit: bool = False
+    ret: str = ""
+    envid: str = ""
+    orcpts: list[str] = field(default_factory=list)
+    notifies: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -266,7 +275,19 @@ class Session:
             mail += f" SIZE={env.size}"
         if env.eight_bit and "8BITMIME" in self.extensions:
             mail += " BODY=8BITMIME"
-        commands = [mail] + [f"RCPT TO:<{quote_822_local(r)}>" for r in env.recipients]
+        dsn = "DSN" in self.extensions
+        if dsn and env.envid:
+            mail += f" ENVID={xtext(env.envid)}"
+        if dsn and env.ret:
+            mail += f" RET={env.ret}"
+        commands = [mail]
+        for i, rcpt in enumerate(env.recipients):
+            command = f"RCPT TO:<{quote_822_local(rcpt)}>"
+            if dsn and i < len(env.orcpts) and env.orcpts[i]:
+                command += f" ORCPT={xtext(env.orcpts[i])}"
+            if dsn and i < len(env.notifies) and env.notifies[i]:
+                command += f" NOTIFY={notify_names(env.notifies[i])}"
+            commands.append(command)
         pipelining = "PIPELINING" in self.extensions
         if pipelining:
             data = "".join(c + "\r\n" for c in commands) + "DATA\r\n"
@@ -374,6 +395,21 @@ class Session:
     def close(self) -> None:
         self.broken = True
         self.writer.close()
+
+
+_NOTIFY_NAMES = ((1, "NEVER"), (2, "SUCCESS"), (4, "FAILURE"), (8, "DELAY"))
+
+
+def notify_names(mask: int) -> str:
+    """A DSN NOTIFY bit mask (Postfix's dsn_mask.h) as the RCPT TO parameter value."""
+    return ",".join(name for bit, name in _NOTIFY_NAMES if mask & bit)
+
+
+def xtext(text: str) -> str:
+    """RFC 3461 xtext: bytes outside ! to ~, and + and =, as +XX."""
+    return "".join(ch if 33 <= ord(ch) <= 126 and ch not in "+=" else
+                   "".join(f"+{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+                   for ch in text)
 
 
 def _extensions(reply: Reply) -> dict[str, str]:
