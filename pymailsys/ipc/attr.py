@@ -18,6 +18,16 @@ the asyncio client: one long-lived connection, reopened when it breaks, with
 requests pipelined over it. ``SyncAttrClient`` is the blocking client for
 commands.
 
+Streamed requests (``serve_streamed``, ``AttrClient.stream``, ``AttrPool``):
+a request whose ``more`` attribute is non-zero continues in follow-up lists
+on the same connection, each with ``more`` again, the last one without it.
+The server hands the follow-ups to the request's handler as it reads them
+(``FollowUps``: at most one list waits, so a slow handler slows the sender
+down instead of filling memory) and sends the one reply after the last
+follow-up was read. A client streams on a connection that nobody else uses
+until the last list is written (``AttrPool`` keeps a connection per
+concurrent stream and shares the others for plain requests).
+
 Refuses (``ProtocolError``): a name over 256 bytes, a connection that ends
 mid-message, a length that is not a base-128 number within
 ``records.VARINT_MAX_SHIFT`` (the one varint codec, shared with the queue file
@@ -196,7 +206,56 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
         raise ProtocolError("attribute name too long") from None
 
 
-Handler = Callable[[AttrList], Awaitable[Iterable[tuple[str, AttrValue]] | dict[str, Any]]]
+Reply = Iterable[tuple[str, AttrValue]] | dict[str, Any]
+Handler = Callable[[AttrList], Awaitable[Reply]]
+StreamHandler = Callable[[AttrList, "FollowUps | None"], Awaitable[Reply]]
+MORE = "more"
+
+
+def continues(attrs: AttrList) -> bool:
+    """Whether a list of a streamed request is followed by another."""
+    flag = attrs.raw(MORE)
+    return flag is not None and flag not in (b"", b"0")
+
+
+class FollowUps:
+    """The follow-up lists of one streamed request, in the order they arrive."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[AttrList | None] = asyncio.Queue(maxsize=1)
+        self.ended = asyncio.Event()  # the last list was read, or the connection failed
+        self._broken = False
+        self._abandoned = False
+
+    async def get(self) -> AttrList | None:
+        """The next list; None after the last. ProtocolError when the connection broke."""
+        item = await self._queue.get()
+        if item is None and self._broken:
+            raise ProtocolError("connection closed in mid-stream")
+        return item
+
+    async def _put(self, item: AttrList, last: bool) -> None:
+        if not self._abandoned:
+            await self._queue.put(item)
+            if last:
+                await self._queue.put(None)
+        if last:
+            self.ended.set()
+
+    def _drop_pending(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def abandon_when_done(self, _handler: asyncio.Future[Any]) -> None:
+        """The handler is done: whatever still comes is read and dropped."""
+        self._abandoned = True
+        self._drop_pending()
+
+    def _fail(self) -> None:
+        self._broken = True
+        self._drop_pending()
+        self._queue.put_nowait(None)
+        self.ended.set()
 
 
 async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -213,9 +272,37 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     client connection never keeps a stopping server alive. The client sees
     end of file and reconnects (``AttrClient`` does) for its next request.
     """
-    pending: collections.deque[asyncio.Task[Any]] = collections.deque()
+    await _serve(reader, writer, lambda request, _follow: handler(request), False, stopping,
+                 limits, max_pending)
+
+
+async def serve_streamed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         handler: StreamHandler, stopping: asyncio.Event | None = None,
+                         limits: Limits = DEFAULT_LIMITS,
+                         max_pending: int | None = None) -> None:
+    """``serve_pipelined`` for a service whose requests may continue in follow-ups.
+
+    The handler gets the request and its ``FollowUps`` (None when the request
+    is one list); the reply goes out only after the last follow-up was read.
+    ``limits`` bounds each list, the request and every follow-up alike.
+    """
+    await _serve(reader, writer, handler, True, stopping, limits, max_pending)
+
+
+async def _reply_after(task: asyncio.Future[Reply], follow: FollowUps) -> Reply:
+    try:
+        return await task
+    finally:
+        await follow.ended.wait()
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 handler: StreamHandler, streamed: bool, stopping: asyncio.Event | None,
+                 limits: Limits, max_pending: int | None) -> None:
+    pending: collections.deque[asyncio.Future[Any]] = collections.deque()
     wake = asyncio.Event()
     done_reading = False
+    follow: FollowUps | None = None
     unanswered = 0
     answered = asyncio.Event()
     answered.set()
@@ -257,11 +344,29 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 break
             unanswered += 1
             answered.clear()
-            pending.append(asyncio.ensure_future(handler(request)))
+            if not (streamed and continues(request)):
+                pending.append(asyncio.ensure_future(handler(request, None)))
+                wake.set()
+                continue
+            follow = FollowUps()
+            task = asyncio.ensure_future(handler(request, follow))
+            task.add_done_callback(follow.abandon_when_done)
+            pending.append(asyncio.ensure_future(_reply_after(task, follow)))
             wake.set()
+            while True:
+                part = await read_attrs(reader, limits)
+                if part is None:
+                    raise ProtocolError("connection closed in mid-stream")
+                last = not continues(part)
+                await follow._put(part, last)
+                if last:
+                    break
+            follow = None
     except (ProtocolError, ConnectionError):
         pass
     finally:
+        if follow is not None:
+            follow._fail()
         done_reading = True
         wake.set()
         try:
@@ -331,10 +436,134 @@ class AttrClient:
             self._fail_all(e)
             raise ProtocolError(f"{self.path}: {e or 'timeout'}") from None
 
+    async def stream(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> RequestStream:
+        """Send the first list of a streamed request (it must carry ``more``).
+
+        The caller keeps this connection to itself until ``RequestStream.finish``
+        or ``abort``. Raises ProtocolError or OSError.
+        """
+        writer = await self._ensure_connected()
+        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        stream = RequestStream(self, writer, fut)
+        await stream.send(attrs)
+        return stream
+
     async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting
+
+
+class RequestStream:
+    """One streamed request in progress on an AttrClient's connection."""
+
+    def __init__(self, client: AttrClient, writer: asyncio.StreamWriter,
+                 reply: asyncio.Future[AttrList]) -> None:
+        self.client = client
+        self.writer = writer
+        self.reply = reply
+        self.open = True
+        self.on_release: Callable[[], None] | None = None
+        # A reply that is never awaited (abort, a broken stream) must not be reported.
+        reply.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def send(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> None:
+        """One more list; waits while the connection's send buffer is full."""
+        if self.writer.is_closing():
+            raise ProtocolError(f"{self.client.path}: connection closed in mid-stream")
+        self.writer.write(encode(attrs))
+        try:
+            await self.writer.drain()
+        except ConnectionError as e:
+            self.client._fail_all(e)
+            raise ProtocolError(f"{self.client.path}: {e}") from None
+
+    async def finish(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+        """The last list (without ``more``), then the request's reply."""
+        try:
+            await self.send(attrs)
+        finally:
+            self._release()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.reply), self.client.timeout)
+        except TimeoutError as e:
+            self.client._fail_all(e)
+            raise ProtocolError(f"{self.client.path}: timeout") from None
+
+    def abort(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> None:
+        """End the stream with ``attrs`` without waiting for the reply (never blocks)."""
+        if self.open and not self.writer.is_closing():
+            self.writer.write(encode(attrs))
+        self._release()
+
+    def _release(self) -> None:
+        if self.open:
+            self.open = False
+            if self.on_release is not None:
+                self.on_release()
+
+
+class AttrPool:
+    """Connections to one Unix socket path: shared for requests, one per open stream.
+
+    ``request`` pipelines on the first connection that no stream holds;
+    ``stream`` takes a connection of its own (opening one when all are held)
+    until the stream's last list is written. Beyond ``keep_idle`` idle
+    connections, a connection is closed once its stream's reply arrived.
+    """
+
+    def __init__(self, path: str, timeout: float = 3600.0, keep_idle: int = 4) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.keep_idle = keep_idle
+        self._clients: list[AttrClient] = []
+        self._held: set[AttrClient] = set()
+
+    def _free(self) -> AttrClient:
+        for client in self._clients:
+            if client not in self._held:
+                return client
+        client = AttrClient(self.path, self.timeout)
+        self._clients.append(client)
+        return client
+
+    async def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+        return await self._free().request(attrs)
+
+    async def stream(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> RequestStream:
+        """A streamed request on a connection of its own (``AttrClient.stream``)."""
+        client = self._free()
+        self._held.add(client)
+        try:
+            stream = await client.stream(attrs)
+        except BaseException:
+            self._held.discard(client)
+            raise
+        stream.on_release = lambda: self._held.discard(client)
+        stream.reply.add_done_callback(lambda _f: self._trim(client))
+        return stream
+
+    def _trim(self, client: AttrClient) -> None:
+        if client in self._held or not client.idle or client not in self._clients:
+            return
+        idle = sum(1 for c in self._clients if c not in self._held and c.idle)
+        if idle > self.keep_idle:
+            self._clients.remove(client)
+            client.close_now()
+
+    async def close(self) -> None:
+        for client in self._clients:
+            client.close_now()
+        self._clients.clear()
+        self._held.clear()
 
 
 class SyncAttrClient:
