@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from harness import wait_until
 
 from pymailsys import config as config_mod
 from pymailsys import server
-from pymailsys.ipc.attr import AttrClient, SyncAttrClient
-from pymailsys.queue.queue_file import read_envelope, read_envelope_bytes
+from pymailsys.ipc.attr import AttrClient, SyncAttrClient, encode
+from pymailsys.queue.queue_file import content_lines, read_envelope, read_envelope_bytes
 from pymailsys.queue.spool import Spool
 
 POSTCAT = "/usr/sbin/postcat"
@@ -385,8 +386,7 @@ def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
         pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
                  for name, value in req.items()
                  for v in (value if isinstance(value, list) else [value])]
-        builder, outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
-        data = builder.build()
+        data, outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
     finally:
         service.writer.close()
     assert outcome.message_ids == ["<m1@example.org>"]
@@ -554,3 +554,135 @@ def test_remote_header_rewrite_domain(tmp_path: Path) -> None:
         for proc in setup.procs:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+# -- streamed requests (content in follow-up lists) -------------------------------------------
+
+STREAM_CONTENT = (b"From: Alice <alice@example.org>\nSubject: streamed\n\tcontinued\n"
+                  b"Message-ID: <s1@example.org>\n\n" + b"w" * 5000 + b"\nshort\n\n"
+                  + b"".join(b"line %d\n" % i for i in range(3000)) + b"v" * 4096 + b"\nlast")
+
+
+def _stream(setup: Setup, first: dict[str, object], pieces: list[bytes],
+            last: dict[str, object] | None = None) -> dict[str, str]:
+    """A streamed request: first list (more=1), the pieces, then ``last`` or an end."""
+    with SyncAttrClient(setup.socket) as client:
+        client.sock.sendall(encode({**first, "more": 1}))
+        for piece in pieces:
+            client.sock.sendall(encode({"content": piece, "more": 1}))
+        client.sock.sendall(encode(last if last is not None else {"content": b""}))
+        reply = client.read()
+    return {n: v.decode() for n, v in reply.pairs}
+
+
+def _cut(data: bytes, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    pieces = []
+    while data:
+        n = rnd.choice((1, 2, 7, 100, 2047, 2048, 2049, 6000))
+        pieces.append(data[:n])
+        data = data[n:]
+    return pieces
+
+
+def test_streamed_content_makes_the_same_file(cleanup: Setup) -> None:
+    """Pieces cut anywhere (mid-line, inside long lines) give the records of one whole request."""
+    whole = _send(cleanup, _smtpd_request(content=STREAM_CONTENT))
+    expected = cleanup.incoming(whole["queue_id"]).read_bytes()
+    for seed in range(3):
+        pieces = _cut(STREAM_CONTENT, seed)
+        reply = _stream(cleanup, _smtpd_request(content=pieces[0]), pieces[1:])
+        assert reply["status"] == "0"
+        path = cleanup.incoming(reply["queue_id"])
+        got = path.read_bytes()
+        # The same but for the queue ID and the time stamps of the two arrivals.
+        env_a, env_b = read_envelope_bytes(expected), read_envelope_bytes(got)
+        del env_a.sizes[1], env_b.sizes[1]  # the data offset: the T record's width varies
+        assert env_a.sizes == env_b.sizes
+        def body(data: bytes, env: object) -> list[bytes]:
+            return list(content_lines(data, env.data_offset))[3:]  # type: ignore[attr-defined]
+        assert body(got, env_b) == body(expected, env_a)
+        assert _content(cleanup.postcat(path)).endswith("v" * 4096 + "\nlast\n")
+
+
+def test_withdrawn_or_broken_stream_leaves_no_file(cleanup: Setup) -> None:
+    before = set(os.listdir(cleanup.spool / "incoming"))
+    reply = _stream(cleanup, _smtpd_request(content=b"Subject: x\n\n"), [b"a" * 70000],
+                    last={"abort": 1})
+    assert reply["status"] == "451"
+    with SyncAttrClient(cleanup.socket) as client:  # the client goes away mid-stream
+        client.sock.sendall(encode({**_smtpd_request(content=b"Subject: y\n\n"), "more": 1}))
+        client.sock.sendall(encode({"content": b"b" * 70000, "more": 1}))
+    wait_until(lambda: set(os.listdir(cleanup.spool / "incoming")) == before, timeout=30,
+               what="no new queue file")
+    assert _send(cleanup, _smtpd_request())["status"] == "0"
+
+
+def test_streamed_too_big_is_refused(cleanup: Setup) -> None:
+    before = set(os.listdir(cleanup.spool / "incoming"))
+    reply = _stream(cleanup, _smtpd_request(content=b"Subject: big\n\n"), [b"y" * 60000] * 3)
+    assert (reply["status"], reply["dsn"]) == ("552", "5.3.4")
+    assert set(os.listdir(cleanup.spool / "incoming")) == before
+
+
+# -- header limits and content cleaning (in process: the same code as the daemon) ------------
+
+@pytest.fixture
+def service_with(tmp_path: Path) -> Iterator[Callable[..., tuple[bytes, list[bytes]]]]:
+    """Run one request through cleanup's assembly with extra main.cf lines: (file, lines)."""
+    from pymailsys.daemons.cleanup import Cleanup
+
+    from pymailsys.ipc.attr import AttrList
+
+    services: list[Cleanup] = []
+
+    def run(content: bytes, extra: str = "") -> tuple[bytes, list[bytes]]:
+        base = tmp_path / f"s{len(services)}"
+        base.mkdir()
+        setup = _write_config(base, extra)
+        cfg = config_mod.load(str(setup.etc))
+        service = Cleanup(server.Context(cfg, Spool.from_config(cfg), "cleanup", "cleanup",
+                                         "unix", []))
+        services.append(service)
+        req = _smtpd_request(content=content)
+        pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
+                 for name, value in req.items()
+                 for v in (value if isinstance(value, list) else [value])]
+        data, _outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
+        env = read_envelope_bytes(data)
+        return data, list(content_lines(data, env.data_offset))[3:]  # after our Received:
+
+    yield run
+    for service in services:
+        service.writer.close()
+
+
+def test_header_longer_than_header_size_limit_is_truncated(service_with) -> None:  # type: ignore[no-untyped-def]
+    long_to = b"To: " + b", ".join(b"user%d@example.org" % i for i in range(40))
+    folded = b"X-Folded: start\n" + b"".join(b"\tcontinuation %d\n" % i for i in range(20))
+    content = (b"Subject: s\n" + long_to + b"\n" + folded + b"X-After: kept\n\nbody\n")
+    _data, lines = service_with(content, "header_size_limit = 100\nline_length_limit = 60\n")
+    # To: is one long line: the 60-byte pieces that start before 100 bytes are kept.
+    assert lines[1] == long_to[:120]
+    # X-Folded: lines are kept while the header is under 100 bytes, later ones dropped.
+    kept = [ln for ln in lines if ln.startswith(b"\tcontinuation")]
+    assert kept and len(kept) < 20 and lines[2] == b"X-Folded: start"
+    assert sum(len(ln) + 1 for ln in [b"X-Folded: start", *kept[:-1]]) < 100
+    assert lines[-3:] == [b"X-After: kept", b"", b"body"]
+    _data, lines = service_with(content)  # the default limit keeps everything
+    assert lines[:-3] == content.split(b"\n")[:-4]
+
+
+def test_stray_cr_in_content_becomes_a_space(service_with) -> None:  # type: ignore[no-untyped-def]
+    content = b"Subject: a\rb\nX-Tail: end\r\n\nbody\rline\nlast\r\n"
+    _data, lines = service_with(content)
+    assert lines == [b"Subject: a b", b"X-Tail: end ", b"", b"body line", b"last "]
+    _data, lines = service_with(content, "cleanup_replace_stray_cr_lf = no\n")
+    assert lines == [b"Subject: a\rb", b"X-Tail: end\r", b"", b"body\rline", b"last\r"]
+
+
+def test_header_block_ends_at_a_line_that_is_not_a_header(service_with) -> None:  # type: ignore[no-untyped-def]
+    content = b"Subject: s\nnot a header line\nFrom: looks@like.a.header\n\nbody\n"
+    data, lines = service_with(content)
+    assert lines == [b"Subject: s", b"not a header line", b"From: looks@like.a.header", b"",
+                     b"body"]

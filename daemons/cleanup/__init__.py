@@ -69,7 +69,7 @@ import time
 from typing import Any
 
 from pymailsys.daemons.cleanup import headers as hdr
-from pymailsys.daemons.cleanup.writer import QmgrTrigger, QueueWriter
+from pymailsys.daemons.cleanup.writer import ContentFile, QmgrTrigger, QueueWriter
 
 from pymailsys import log, server
 from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
@@ -94,6 +94,7 @@ ERR_NORCPT = (550, "5.1.0", "no recipients specified")
 ERR_SIZE = (552, "5.3.4", "message file too big")
 ERR_HOPS = (554, "5.4.0", "too many hops")
 ERR_PROTO = (451, "4.3.0", "internal protocol error")
+ERR_ABORTED = (451, "4.3.0", "message aborted by the client")
 
 
 class Settings:
@@ -114,6 +115,8 @@ class Settings:
         self.always_add = config.get_bool("always_add_missing_headers")
         self.hfrom_standard = config.get("header_from_format").strip().lower() != "obsolete"
         self.line_limit = max(config.get_int("line_length_limit"), 1)
+        self.header_limit = config.get_size("header_size_limit")
+        self.replace_stray_cr = config.get_bool("cleanup_replace_stray_cr_lf")
         self.size_limit = config.get_size("message_size_limit")
         self.minfree = config.get_size("queue_minfree")
         self.delay_warning = config.get_time("delay_warning_time")
@@ -138,10 +141,10 @@ class Cleanup:
     """The service: one ``handle`` call per request."""
 
     def __init__(self, ctx: server.Context, *, grouped: bool = True,
-                 persistent_trigger: bool = True, fsync_threads: int = 1) -> None:
+                 persistent_trigger: bool = True) -> None:
         self.ctx = ctx
         self.s = Settings(ctx.config)
-        self.writer = QueueWriter(ctx.spool, threads=fsync_threads, grouped=grouped)
+        self.writer = QueueWriter(ctx.spool, grouped=grouped)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
         self._space_checked = 0.0
         self._space_ok = True
@@ -199,9 +202,9 @@ class Cleanup:
 
     # -- one message --------------------------------------------------------
 
-    def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
-            QueueFileBuilder, hdr.HeaderOutcome]:
-        """Build the queue file for one request (pure but for the clock it is given)."""
+    def envelope(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
+            QueueFileBuilder, hdr.ContentPass]:
+        """The queue file's envelope records and the content pass for one request."""
         s = self.s
         origin = req.text("origin")
         context = req.text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
@@ -269,11 +272,22 @@ class Cleanup:
                             add_missing=context == CONTEXT_LOCAL or s.always_add,
                             long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard,
                             header_rewrite=s.local if context == CONTEXT_LOCAL else s.remote)
-        outcome = hdr.process(req.raw("content") or b"", received, job, s.drop, s.line_limit)
-        b.content_records(b"".join(outcome.records), outcome.content_length)
-        return b, outcome
+        content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
+                                  s.replace_stray_cr)
+        return b, content
 
-    async def handle(self, req: attr.AttrList) -> dict[str, Any]:
+    def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
+            bytes, hdr.HeaderOutcome]:
+        """The whole queue file for a one-list request (pure but for the clock it is given)."""
+        builder, content = self.envelope(req, queue_id, now)
+        records = content.feed(req.raw("content") or b"") + content.end()
+        envelope = builder.envelope()
+        body = b"".join(records)
+        size_rec = builder.size_record(envelope, len(body), content.outcome.content_length)
+        return size_rec + envelope + body + builder.trailer(), content.outcome
+
+    async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
+        """One message: ``req`` and, for a streamed one, its follow-ups (services.py)."""
         s = self.s
         if not req.all("rcpt"):
             return _reply(*ERR_NORCPT)
@@ -285,17 +299,38 @@ class Cleanup:
             log.warning(f"{PROGRAM}: create file {self.ctx.spool.dir(q.INCOMING)}: {e.strerror}")
             return _reply(*ERR_WRITE)
         try:
-            content = req.raw("content") or b""
-            if s.size_limit and len(content) > s.size_limit:
+            builder, content = self.envelope(req, queue_id, time.time())
+            envelope = builder.envelope()
+            out = ContentFile(fd, envelope)
+            received = 0
+            part: attr.AttrList | None = req
+            while part is not None:
+                if part.raw("abort") is not None:  # the client refused the message after all
+                    self.writer.discard(fd, path)
+                    return _reply(*ERR_ABORTED)
+                chunk = part.raw("content") or b""
+                received += len(chunk)
+                if s.size_limit and received > s.size_limit:
+                    out.too_big = True
+                if not out.too_big:
+                    out.add(content.feed(chunk))
+                part = await more.get() if more is not None else None
+            if out.too_big:
                 self.writer.discard(fd, path)
                 log.warning(f"{queue_id}: queue file size limit exceeded")
                 return _reply(*ERR_SIZE)
-            builder, outcome = self.assemble(req, queue_id, time.time())
-            parts = builder.parts()
+            out.add(content.end())
+            outcome = content.outcome
+            size_rec = builder.size_record(envelope, out.content_size, outcome.content_length)
+            parts = out.finish(size_rec, builder.trailer())
         except attr.ProtocolError as e:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: message rejected: {e}")
             return _reply(*ERR_PROTO)
+        except OSError as e:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: write queue file: {e.strerror}")
+            return _reply(*ERR_WRITE)
         except BaseException:
             self.writer.discard(fd, path)
             raise
@@ -305,7 +340,7 @@ class Cleanup:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: message rejected: hopcount exceeded")
             return _reply(*ERR_HOPS)
-        if s.size_limit and sum(map(len, parts)) > s.size_limit:
+        if s.size_limit and out.file_size > s.size_limit:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: queue file size limit exceeded")
             return _reply(*ERR_SIZE)
@@ -323,9 +358,7 @@ class Cleanup:
 async def _start(ctx: server.Context) -> None:
     grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
     persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
-    threads = int(os.environ.get("PYMAILSYS_CLEANUP_FSYNC_THREADS") or 1)  # experiments
-    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent,
-                                   fsync_threads=threads)
+    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
 
 
 async def _stop(ctx: server.Context) -> None:
@@ -341,7 +374,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if not server.peer_is_mail_system(writer, ctx.config):
         log.warning(f"{PROGRAM}: refused a connection from an unprivileged local user")
         return
-    await attr.serve_pipelined(reader, writer, service.handle, ctx.stopping)
+    await attr.serve_streamed(reader, writer, service.handle, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

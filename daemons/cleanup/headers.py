@@ -1,17 +1,23 @@
 """cleanup's message content work: the primary header block, added headers, records.
 
-Takes the message ``content`` (header, empty line, body; lines end in LF), the
-Received: header lines this cleanup prepends, and the per-message facts
-(``HeaderJob``); returns a ``HeaderOutcome`` with the queue-file content
-records (N/L records, Postfix's record framing, long lines split at
-line_length_limit) and what the header pass learned: the Received: count, the
-``message-id=`` log values, the lines that were added.
+Takes the message content (header, empty line, body; lines end in LF) in
+pieces of any size as it arrives (``ContentPass``), the Received: header lines
+this cleanup prepends, and the per-message facts (``HeaderJob``); gives back
+the queue-file content records (N/L records, Postfix's record framing, long
+lines split at line_length_limit) as soon as they are known, and a
+``HeaderOutcome``: the Received: count, the ``message-id=`` log values, the
+lines that were added, the content length.
 
 What it does, as Postfix 3.7's cleanup_message.c does:
 
 * the primary header block is the lines from the top up to the first empty
   line or the first line that is neither a header (``name:``) nor a
   continuation of one; the body starts there, untouched;
+* a header longer than header_size_limit is truncated (the lines, or pieces
+  of line_length_limit, that start past the limit are dropped); each header
+  is passed on as soon as the next line shows it complete, so only one
+  header is ever held;
+* with cleanup_replace_stray_cr_lf each stray CR becomes a space;
 * every Received: header is counted (ours first) before any is dropped;
 * headers named in message_drop_headers are removed (case-insensitive);
 * with a ``header_rewrite`` context, each address in an address header
@@ -155,8 +161,7 @@ class HeaderJob:
 
 @dataclass
 class HeaderOutcome:
-    records: list[bytes]  # the content records, in order (join them)
-    content_length: int  # sum over lines of len(line) + 2 (C record field 5)
+    content_length: int = 0  # sum over lines of len(line) + 2 (C record field 5)
     hop_count: int = 0
     message_ids: list[str] = field(default_factory=list)  # values to log, in order
     added: list[str] = field(default_factory=list)  # header lines added (not Received)
@@ -177,16 +182,6 @@ def encode_lines(lines: list[bytes], limit: int) -> tuple[bytes, int]:
         else:
             append(r.text_records(line, limit))
     return b"".join(out), total + 2 * len(lines)
-
-
-def split_lines(content: bytes) -> list[bytes]:
-    """The lines of LF-terminated content (a last line without LF counts too)."""
-    if not content:
-        return []
-    lines = content.split(b"\n")
-    if content.endswith(b"\n"):
-        lines.pop()
-    return lines
 
 
 def fold_address_list(header: str) -> list[str]:
@@ -218,99 +213,207 @@ def rewrite_address_header(lines: list[bytes], name_end: int,
             for line in fold_address_list(f"{name}: {new}")]
 
 
-def process(content: bytes, received: list[str], job: HeaderJob, drop: frozenset[bytes],
-            line_limit: int) -> HeaderOutcome:
-    """Run the header pass over content and return the content records."""
-    out = HeaderOutcome(records=[], content_length=0)
-    header_lines: list[bytes] = [s.encode("utf-8", "surrogateescape") for s in received]
-    seen: set[bytes] = set()
-    resent = False
-    # Our own Received: header counts as the first hop.
-    out.hop_count = 1
-    seen.add(b"received")
+class ContentPass:
+    """The message content, fed in pieces of any size, as queue-file content records.
 
-    lines = split_lines(content)
-    current: list[bytes] = []
-    current_name = b""
-    name_end = 0
-    rewrite_ctx = job.header_rewrite
+    ``feed(data)`` and ``end()`` return the records that are ready, in file
+    order; ``outcome`` holds what the header pass learned. Memory stays
+    bounded whatever the input: one unfinished line is kept only up to
+    line_length_limit (longer lines leave as L records), and one header up
+    to ``header_limit`` bytes (a longer header is truncated: the text after
+    the limit is dropped, as Postfix's mime_state does). With
+    ``replace_stray_cr`` every CR in the content becomes a space
+    (cleanup_replace_stray_cr_lf; content lines end in LF, so every CR left
+    is a stray one).
+    """
 
-    def flush() -> None:
-        nonlocal resent
-        if not current:
+    def __init__(self, received: list[str], job: HeaderJob, drop: frozenset[bytes],
+                 line_limit: int, header_limit: int, replace_stray_cr: bool = True) -> None:
+        self.job = job
+        self.drop = drop
+        self.line_limit = max(line_limit, 1)
+        self.header_limit = max(header_limit, 1)
+        self.replace_stray_cr = replace_stray_cr
+        self.outcome = HeaderOutcome(hop_count=1)  # our own Received: is the first hop
+        self.seen: set[bytes] = {b"received"}
+        self.resent = False
+        self.in_headers = True
+        self.ready: list[bytes] = []  # records not yet handed out
+        self.partial = b""  # the unfinished last line of the input so far
+        self.continued = False  # L records of the unfinished line were handed out already
+        self.current: list[bytes] = []  # the lines of the header being collected
+        self.current_len = 0
+        self.current_name = b""
+        self.name_end = 0
+        self.mid_line = False  # the header's last line has not ended yet
+        self._emit_header([line.encode("utf-8", "surrogateescape") for line in received])
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.replace_stray_cr and b"\r" in data:
+            data = data.replace(b"\r", b" ")
+        if self.partial:
+            data = self.partial + data
+            self.partial = b""
+        if self.in_headers:
+            data = self._headers(data)
+        if data:
+            self._body(data)
+        return self._take()
+
+    def end(self) -> list[bytes]:
+        if self.in_headers:
+            rest, self.partial = self.partial, b""
+            if rest and not self._head_piece(rest, True):
+                self._body(rest)
+            if self.in_headers:
+                self._end_headers()
+        if self.partial or self.continued:
+            self._emit_body_line(self.partial)
+            self.partial = b""
+        return self._take()
+
+    def _take(self) -> list[bytes]:
+        out, self.ready = self.ready, []
+        return out
+
+    # -- the primary header block --------------------------------------------------------
+
+    def _headers(self, data: bytes) -> bytes:
+        """Take header lines from data; the rest (the body's start) is returned."""
+        limit = self.line_limit
+        pos = 0
+        n = len(data)
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            end = n if nl < 0 else nl
+            while end - pos > limit:  # a long line goes in pieces, as L records would
+                if not self._head_piece(data[pos:pos + limit], False):
+                    return data[pos:]
+                pos += limit
+            if nl < 0:
+                self.partial = data[pos:]
+                return b""
+            if not self._head_piece(data[pos:nl], True):
+                return data[pos:]
+            pos = nl + 1
+        return b""
+
+    def _head_piece(self, piece: bytes, ends_line: bool) -> bool:
+        """One piece of a header line; False when the header block ended before it."""
+        if self.mid_line:
+            if self.current_len < self.header_limit:
+                self.current[-1] += piece
+                self.current_len += len(piece)
+        elif piece[:1] in (b" ", b"\t"):
+            if not self.current:
+                self._end_headers()
+                return False
+            if self.current_len < self.header_limit:
+                self.current.append(piece)
+                self.current_len += len(piece) + 1
+        else:
+            m = _HEADER_NAME.match(piece) if piece else None
+            if m is None:
+                self._end_headers()
+                return False
+            self._flush_header()
+            self.current = [piece]
+            self.current_len = len(piece)
+            self.current_name = m.group(1).lower()
+            self.name_end = m.end(1)
+        self.mid_line = not ends_line
+        return True
+
+    def _flush_header(self) -> None:
+        lines, self.current = self.current, []
+        if not lines:
             return
-        name = current_name
-        seen.add(name)
+        name = self.current_name
+        out = self.outcome
+        self.seen.add(name)
         if name == b"received":
             out.hop_count += 1
         elif name == b"message-id":
-            colon = current[0].find(b":")
-            value = b"".join([current[0][colon + 1:], *current[1:]]).lstrip(b" \t")
+            colon = lines[0].find(b":")
+            value = b"".join([lines[0][colon + 1:], *lines[1:]]).lstrip(b" \t")
             out.message_ids.append(value.decode("utf-8", "surrogateescape"))
         if name in _RESENT:
-            resent = True
-        if name not in drop:
-            if rewrite_ctx is not None and name in ADDRESS_HEADERS:
-                new = rewrite_address_header(current, name_end, rewrite_ctx)
-                if new is not None:
-                    header_lines.extend(new)
-                    return
-            header_lines.extend(current)
+            self.resent = True
+        if name in self.drop:
+            return
+        rewrite_ctx = self.job.header_rewrite
+        if rewrite_ctx is not None and name in ADDRESS_HEADERS:
+            new = rewrite_address_header(lines, self.name_end, rewrite_ctx)
+            if new is not None:
+                lines = new
+        self._emit_header(lines)
 
-    body_start = len(lines)
-    match = _HEADER_NAME.match
-    for i, line in enumerate(lines):
-        if not line:
-            body_start = i
-            break
-        first = line[0]
-        if first == 0x20 or first == 0x09:
-            if not current:
-                body_start = i
-                break
-            current.append(line)
-        else:
-            m = match(line)
-            if m is None:
-                body_start = i
-                break
-            flush()
-            current = [line]
-            current_name = m.group(1).lower()
-            name_end = m.end(1)
-    flush()
+    def _end_headers(self) -> None:
+        self._flush_header()
+        self.in_headers = False
+        self.mid_line = False
+        job = self.job
+        out = self.outcome
+        seen = self.seen
+        if job.add_missing:
+            resent = self.resent
+            prefix = "Resent-" if resent else ""
+            mid_name = b"resent-message-id" if resent else b"message-id"
+            if mid_name not in seen:
+                if job.long_queue_ids:
+                    mid = f"{job.queue_id}@{job.myhostname}"
+                else:
+                    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(int(job.created)))
+                    mid = f"{stamp}.{job.queue_id}@{job.myhostname}"
+                out.added.append(f"{prefix}Message-Id: <{mid}>")
+                if resent:
+                    seen.add(b"resent-message-id")
+                else:
+                    out.message_ids.append(f"<{mid}>")
+                    seen.add(b"message-id")
+            if (b"resent-date" if resent else b"date") not in seen:
+                out.added.append(f"{prefix}Date: {job.date}")
+            if (b"resent-from" if resent else b"from") not in seen:
+                out.added.extend(from_header(prefix, job.sender, job.full_name, job.hfrom_standard))
+        if b"message-id" not in seen:
+            out.message_ids.append("<>")
+        self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
 
-    if job.add_missing:
-        prefix = "Resent-" if resent else ""
-        mid_name = b"resent-message-id" if resent else b"message-id"
-        if mid_name not in seen:
-            if job.long_queue_ids:
-                mid = f"{job.queue_id}@{job.myhostname}"
-            else:
-                stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(int(job.created)))
-                mid = f"{stamp}.{job.queue_id}@{job.myhostname}"
-            out.added.append(f"{prefix}Message-Id: <{mid}>")
-            if resent:
-                seen.add(b"resent-message-id")
-            else:
-                out.message_ids.append(f"<{mid}>")
-                seen.add(b"message-id")
-        if (b"resent-date" if resent else b"date") not in seen:
-            out.added.append(f"{prefix}Date: {job.date}")
-        if (b"resent-from" if resent else b"from") not in seen:
-            out.added.extend(from_header(prefix, job.sender, job.full_name, job.hfrom_standard))
-    if b"message-id" not in seen:
-        out.message_ids.append("<>")
-    header_lines.extend(s.encode("utf-8", "surrogateescape") for s in out.added)
+    def _emit_header(self, lines: list[bytes]) -> None:
+        ready = self.ready
+        limit = self.line_limit
+        length = 0
+        for line in lines:
+            n = len(line)
+            ready.append(_N_HEAD[n] + line if n < 128 else r.text_records(line, limit))
+            length += n + 2
+        self.outcome.content_length += length
 
-    records = out.records
-    length = 0
-    for line in header_lines:
-        n = len(line)
-        records.append(_N_HEAD[n] + line if n < 128 else r.text_records(line, line_limit))
-        length += n + 2
-    body, body_length = encode_lines(lines[body_start:], line_limit)
-    if body:
-        records.append(body)
-    out.content_length = length + body_length
-    return out
+    # -- the body ----------------------------------------------------------------------------
+
+    def _body(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        last = lines.pop()
+        if lines:
+            if self.continued:
+                self.continued = False
+                self._emit_body_line(lines[0])
+                del lines[0]
+            records, length = encode_lines(lines, self.line_limit)
+            if records:
+                self.ready.append(records)
+            self.outcome.content_length += length
+        limit = self.line_limit
+        if len(last) > limit:  # an unfinished long line: its full pieces leave now
+            keep = (len(last) - 1) % limit + 1
+            head = last[:-keep]
+            self.ready.extend(r.encode_record(r.REC_TYPE_CONT, head[i:i + limit])
+                              for i in range(0, len(head), limit))
+            self.outcome.content_length += len(head)
+            self.continued = True
+            last = last[-keep:]
+        self.partial = last
+
+    def _emit_body_line(self, line: bytes) -> None:
+        self.ready.append(r.text_records(line, self.line_limit))
+        self.outcome.content_length += len(line) + 2

@@ -11,7 +11,13 @@ all of them at once (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, a hint that
 lets the kernel put them in one journal commit), then fsyncs and closes each;
 every caller resumes only after the fsync of its *own* file returned (one
 wake-up of the event loop per round). The event loop never blocks on fsync.
-(``threads > 1``: the older way, one fsync per worker thread, for comparison.)
+
+``ContentFile(fd, envelope)`` collects a file's records as a message streams
+in: they stay in memory up to ``FLUSH_AT`` bytes and are then written out, so
+a big message never sits whole in memory; a placeholder of the C record's
+fixed width goes first and ``finish`` writes the real one over it (or puts it
+in place when nothing was written yet: the usual small message costs one
+writev at commit).
 
 Promises: ``commit`` returns only when the file is written, complete, in its
 final place and fsynced. On any error it closes and unlinks the file and
@@ -35,14 +41,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from pymailsys import log, server
 from pymailsys.ipc import trigger
+from pymailsys.queue import records as r
 from pymailsys.queue import spool as q
+
+FLUSH_AT = 256 * 1024
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
@@ -149,20 +156,51 @@ def _settle_all(results: list[tuple[asyncio.Future[None], OSError | None]]) -> N
             fut.set_exception(error)
 
 
+class ContentFile:
+    """The records of one queue file as its content arrives (see the module docstring)."""
+
+    def __init__(self, fd: int, envelope: bytes) -> None:
+        self.fd = fd
+        self.parts: list[bytes] = [r.message_size_record(0, 0, 0), envelope]
+        self.buffered = sum(map(len, self.parts))
+        self.written = 0
+        self.content_size = 0
+        self.too_big = False
+
+    def add(self, records: list[bytes]) -> None:
+        """Content records, in file order; written out once FLUSH_AT bytes wait."""
+        size = sum(map(len, records))
+        self.parts += records
+        self.content_size += size
+        self.buffered += size
+        if self.buffered >= FLUSH_AT:
+            _write_all(self.fd, self.parts)
+            self.written += self.buffered
+            self.parts = []
+            self.buffered = 0
+
+    def finish(self, size_record: bytes, trailer: bytes) -> list[bytes]:
+        """Put the real C record in place; the parts still to be written (commit)."""
+        if self.written:
+            os.pwrite(self.fd, size_record, 0)
+        else:
+            self.parts[0] = size_record
+        self.parts.append(trailer)
+        self.buffered += len(trailer)
+        return self.parts
+
+    @property
+    def file_size(self) -> int:
+        return self.written + self.buffered
+
+
 class QueueWriter:
     """Creates queue files and commits them with grouped fsyncs."""
 
-    def __init__(self, spool: q.Spool, threads: int = 1, grouped: bool = True) -> None:
+    def __init__(self, spool: q.Spool, grouped: bool = True) -> None:
         self.spool = spool
         self.grouped = grouped
-        self._syncer: _Syncer | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        if not grouped:
-            pass
-        elif threads <= 1:
-            self._syncer = _Syncer()
-        else:
-            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync")
+        self._syncer = _Syncer() if grouped else None
         self._batch: list[tuple[int, asyncio.Future[None]]] = []
         self._scheduled = False
         self.batches = 0
@@ -226,13 +264,8 @@ class QueueWriter:
             return
         self.batches += 1
         self.files += len(batch)
-        loop = asyncio.get_running_loop()
-        if self._syncer is not None:
-            self._syncer.submit(loop, batch)
-            return
-        for fd, fut in batch:
-            job = loop.run_in_executor(self._pool, _fsync_close, fd)
-            job.add_done_callback(functools.partial(_settle, fut))
+        assert self._syncer is not None
+        self._syncer.submit(asyncio.get_running_loop(), batch)
 
     @staticmethod
     def _unlink(path: str) -> None:
@@ -246,18 +279,6 @@ class QueueWriter:
     def close(self) -> None:
         if self._syncer is not None:
             self._syncer.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
-def _settle(fut: asyncio.Future[None], job: asyncio.Future[None]) -> None:
-    if fut.done():
-        return
-    exc = job.exception()
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
 
 
 class QmgrTrigger:

@@ -158,6 +158,8 @@ _TABLE: list[Param] = [
     _p("header_size_limit", "102400", "size", "largest header"),
     _p("header_address_token_limit", "10240", "int",
        "tokens of an address header that cleanup parses; the rest are dropped"),
+    _p("cleanup_replace_stray_cr_lf", "yes", "bool",
+       "replace stray CR and LF characters in message content with a space"),
     _p("line_length_limit", "2048", "int", "longest line kept whole in a queue file"),
     _p("hopcount_limit", "50", "int", "Received: headers before a message is refused"),
     _p("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps", "list",

@@ -5,14 +5,22 @@ Unix stream socket under queue_directory: ``public/NAME`` or ``private/NAME``.
 This module is the one place that names them; the contracts below are what
 each server promises its clients.
 
-cleanup (``public/cleanup``), one request per message::
+cleanup (``public/cleanup``), one request per message, streamed
+(``pymailsys.ipc.attr.serve_streamed``)::
 
     request: origin        "smtpd" | "pickup" | "bounce" | "local" (who submits)
              sender        envelope sender, "" for <>
              rcpt          repeated: envelope recipients, in order
              orcpt         repeated, optional: original recipients (same order)
              content       the message: header, empty line, body; lines end in
-                           LF (smtpd has already removed CR and dot-stuffing)
+                           LF (smtpd has already removed CR and dot-stuffing);
+                           or its first piece, when ``more`` follows
+             more          1: the content continues in follow-up lists
+                           ``{content: piece, more: 1}``, the last one without
+                           ``more``; pieces are any size up to CONTENT_CHUNK and
+                           may end mid-line. A follow-up ``{abort: 1}`` instead
+                           ends the message unqueued (the client refused it
+                           after DATA); its reply is 451 and nobody reads it.
              client_name, client_addr, client_port, helo_name, protocol
                            (smtpd: for Received: and the A records)
              uid           (pickup: submitting user, for Received: and From:)
@@ -27,8 +35,9 @@ cleanup (``public/cleanup``), one request per message::
              reason        text for the client ("Error: queue file write error")
              queue_id      set when status is 0
 
-    cleanup writes the queue file in incoming/, fsyncs it, and only then
-    replies status 0. Then it triggers qmgr on ``public/qmgr``, naming the new
+    cleanup writes the records to the queue file in incoming/ as the pieces
+    arrive (memory per message stays bounded), fsyncs it after the last one,
+    and only then replies status 0. Then it triggers qmgr on ``public/qmgr``, naming the new
     files (``pymailsys.ipc.trigger.encode_named_ids``; a plain ``I`` when it cannot).
 
 qmgr (``public/qmgr``): a trigger service; bytes as in ``pymailsys.ipc.trigger``.
@@ -97,3 +106,5 @@ STATUS_BOUNCED = "bounced"
 
 # cleanup reply codes
 CLEANUP_OK = 0
+# the largest content piece a client sends cleanup in one list
+CONTENT_CHUNK = 64 * 1024

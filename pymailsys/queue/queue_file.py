@@ -5,7 +5,10 @@ order (C T A A [F] S A... per recipient [A] [O] R, M, N/L content lines, X,
 extracted records, E) and computes the fixed-width C record's fields: content
 size, data offset (first record after M), recipient count, qmgr flags, content
 length, SMTPUTF8 flags. The caller writes the bytes, fchmods the file to
-``queue.MODE_COMPLETE`` and fsyncs it before anyone is told it exists.
+``queue.MODE_COMPLETE`` and fsyncs it before anyone is told it exists. A
+writer that streams the content to the file itself takes the pieces instead:
+``envelope()``, ``size_record()`` (fixed width: it may be written last, over
+a placeholder of the same length) and ``trailer()``.
 
 ``read_envelope`` parses a file's envelope and extracted records into an
 ``Envelope`` (sender, recipients with the offsets of their R records and done
@@ -119,31 +122,34 @@ class QueueFileBuilder:
         """Any other envelope record, in call order (e.g. W, V, pre-encoded by the caller)."""
         self._head.append(r.encode_record(rec_type, payload))
 
-    def content_records(self, records: bytes, content_length: int) -> None:
-        """Content already framed as N/L records, and its share of the content length."""
-        self._content.append(records)
-        self._content_length += content_length
-
     def extracted_attr(self, name: str, value: str) -> None:
         self._extracted.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode()))
 
     def build(self) -> bytes:
         return b"".join(self.parts())
 
+    def envelope(self) -> bytes:
+        """The records after the C record, up to and including M (the data offset follows)."""
+        return b"".join(self._head) + r.encode_record(r.REC_TYPE_MESG, b"")
+
+    def size_record(self, envelope: bytes, content_size: int, content_length: int) -> bytes:
+        """The fixed-width C record for content written elsewhere (a streaming writer)."""
+        data_offset = r.SIZE_RECORD_LENGTH + 2 + len(envelope)
+        size_rec = r.message_size_record(content_size, data_offset, self._rcpt_count,
+                                         self.qmgr_flags, content_length, self.smtputf8)
+        assert len(size_rec) == r.SIZE_RECORD_LENGTH + 2
+        return size_rec
+
+    def trailer(self) -> bytes:
+        """X, the extracted records, E: what follows the content."""
+        return (r.encode_record(r.REC_TYPE_XTRA, b"") + b"".join(self._extracted)
+                + r.encode_record(r.REC_TYPE_END, b""))
+
     def parts(self) -> list[bytes]:
         """The file as a list of byte strings (for os.writev: the content is not copied)."""
-        head = b"".join(self._head)
-        mesg = r.encode_record(r.REC_TYPE_MESG, b"")
-        data_offset = r.SIZE_RECORD_LENGTH + 2 + len(head) + len(mesg)
-        content_size = sum(map(len, self._content))
-        size_rec = r.message_size_record(content_size, data_offset, self._rcpt_count,
-                                         self.qmgr_flags, self._content_length, self.smtputf8)
-        assert len(size_rec) == r.SIZE_RECORD_LENGTH + 2
-        return [
-            size_rec, head, mesg, *self._content,
-            r.encode_record(r.REC_TYPE_XTRA, b"") + b"".join(self._extracted)
-            + r.encode_record(r.REC_TYPE_END, b""),
-        ]
+        envelope = self.envelope()
+        size_rec = self.size_record(envelope, sum(map(len, self._content)), self._content_length)
+        return [size_rec, envelope, *self._content, self.trailer()]
 
 
 def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Envelope:
