@@ -26,9 +26,22 @@ from pymailsys.ipc import attr
 class FakeCleanup:
     requests: list[attr.AttrList] = field(default_factory=list)
     status: int = 0
+    streamed: int = 0  # requests that came in more than one list
+    aborted: int = 0  # streamed requests the client withdrew
     ids: itertools.count = field(default_factory=lambda: itertools.count(0xA0000))
 
-    async def handle(self, req: attr.AttrList) -> dict[str, object]:
+    async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, object]:
+        """Record the request, a streamed one with its content joined (and None if aborted)."""
+        if more is not None:
+            self.streamed += 1
+            pieces = [req.raw("content") or b""]
+            while (part := await more.get()) is not None:
+                if "abort" in part:
+                    self.aborted += 1
+                    return {"status": 451, "dsn": "4.3.0", "reason": "Error: aborted"}
+                pieces.append(part.raw("content") or b"")
+            pairs = [(n, v) for n, v in req.pairs if n not in ("content", attr.MORE)]
+            req = attr.AttrList(pairs + [("content", b"".join(pieces))])
         self.requests.append(req)
         if self.status:
             return {"status": self.status, "dsn": "4.3.0", "reason": "Error: internal error"}
@@ -75,7 +88,7 @@ async def smtpd_server(tmp: Path, cleanup_up: bool = True,
     os.makedirs(tmp / "public", exist_ok=True)
     fake = FakeCleanup()
     cleanup_srv = await asyncio.start_unix_server(
-        lambda r, w: attr.serve_pipelined(r, w, fake.handle), str(tmp / "public" / "cleanup"))
+        lambda r, w: attr.serve_streamed(r, w, fake.handle), str(tmp / "public" / "cleanup"))
     if not cleanup_up:
         cleanup_srv.close()
         os.unlink(tmp / "public" / "cleanup")

@@ -3,8 +3,9 @@
 ``Smtpd(config)`` is built once per process (the skeleton's on_start): the
 parameters smtpd reads, the pre-formatted greeting and EHLO reply, the
 restriction Engine (start-up fatal on a bad list: ``ValueError``), and ONE
-AttrClient to public/cleanup shared by all sessions. ``queue()`` sends one
-cleanup request (pymailsys.ipc.services contract) and returns the SMTP reply.
+AttrPool to public/cleanup shared by all sessions. ``new_message()`` starts
+a ``Message``: its content goes to cleanup as DATA arrives (pymailsys.ipc.services
+contract), and its end gives the SMTP reply.
 ``client_name()`` gives the client's name: ``localhost`` for loopback
 addresses without a lookup, else a forward-confirmed reverse lookup when
 smtpd_peername_lookup is on, else ``unknown``.
@@ -74,7 +75,7 @@ class Smtpd:
         self.ehlo_reply = self._ehlo_reply()
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))
-        self.cleanup = attr.AttrClient(path, timeout=float(config.get_time("ipc_timeout")))
+        self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
 
     def _ehlo_reply(self) -> bytes:
         discard = {k.lower() for k in self.config.get_list("smtpd_discard_ehlo_keywords")}
@@ -120,18 +121,42 @@ class Smtpd:
             return "remote"
         return "local" if result is not None and result.action == restrictions.OK else "remote"
 
-    async def queue(self, env: Envelope, content: bytes, req: restrictions.Request,
-                    context: str) -> tuple[str, str]:
-        """Hand the message to cleanup: (SMTP reply, queue ID or "")."""
-        request: list[tuple[str, attr.AttrValue]] = [
-            ("origin", "smtpd"), ("sender", env.sender)]
+    def new_message(self, env: Envelope, req: restrictions.Request, context: str) -> Message:
+        return Message(self, env, req, context)
+
+
+class Message:
+    """One message on its way to cleanup (the pymailsys.ipc.services cleanup contract).
+
+    ``feed(piece)`` passes content on as DATA arrives: the first piece opens a
+    streamed request on a connection of its own, with the envelope; a message
+    that ends before any piece was fed goes as one request on the shared
+    connection. ``finish(rest)`` sends the rest and returns (SMTP reply, queue
+    ID or ""); ``abort()`` withdraws a message the client will not get
+    queued (cleanup removes its file); it never blocks.
+    """
+
+    __slots__ = ("smtpd", "env", "req", "context", "stream", "failed")
+
+    def __init__(self, smtpd: Smtpd, env: Envelope, req: restrictions.Request,
+                 context: str) -> None:
+        self.smtpd = smtpd
+        self.env = env
+        self.req = req
+        self.context = context
+        self.stream: attr.RequestStream | None = None
+        self.failed = False  # cleanup could not be reached: the rest is dropped
+
+    def _envelope(self) -> list[tuple[str, attr.AttrValue]]:
+        env = self.env
+        req = self.req
+        request: list[tuple[str, attr.AttrValue]] = [("origin", "smtpd"), ("sender", env.sender)]
         request += [("rcpt", r) for r in env.recipients]
         request += [("orcpt", o) for o in env.orig_recipients]
         request += [
-            ("content", content),
             ("client_name", req.client_name), ("client_addr", req.client_addr),
             ("client_port", req.client_port), ("helo_name", req.helo),
-            ("protocol", req.protocol), ("rewrite_context", context),
+            ("protocol", req.protocol), ("rewrite_context", self.context),
             ("flags", services.CLEANUP_FLAG_FILTER | services.CLEANUP_FLAG_MAP_OK),
             ("encoding", env.body),
         ]
@@ -139,10 +164,33 @@ class Smtpd:
             request.append(("ret", env.ret))
         if env.envid:
             request.append(("envid", env.envid))
+        return request
+
+    async def feed(self, piece: bytes) -> None:
+        if self.failed:
+            return
         try:
-            reply = await self.cleanup.request(request)
+            if self.stream is None:
+                self.stream = await self.smtpd.cleanup.stream(
+                    self._envelope() + [("content", piece), (attr.MORE, 1)])
+            else:
+                await self.stream.send([("content", piece), (attr.MORE, 1)])
         except (attr.ProtocolError, OSError) as e:
-            log.warning(f"connect to cleanup service {self.cleanup.path}: {e}")
+            log.warning(f"connect to cleanup service {self.smtpd.cleanup.path}: {e}")
+            self.abort()
+            self.failed = True
+
+    async def finish(self, rest: bytes) -> tuple[str, str]:
+        """Hand over the rest of the message: (SMTP reply, queue ID or "")."""
+        if self.failed:
+            return QUEUE_WRITE_ERROR, ""
+        try:
+            if self.stream is None:
+                reply = await self.smtpd.cleanup.request(self._envelope() + [("content", rest)])
+            else:
+                reply = await self.stream.finish([("content", rest)])
+        except (attr.ProtocolError, OSError) as e:
+            log.warning(f"connect to cleanup service {self.smtpd.cleanup.path}: {e}")
             return QUEUE_WRITE_ERROR, ""
         status = reply.number("status", -1)
         if status == services.CLEANUP_OK:
@@ -153,3 +201,8 @@ class Smtpd:
         dsn = reply.text("dsn") or ("4.3.0" if status < 500 else "5.3.0")
         reason = reply.text("reason") or "Error: queue file write error"
         return f"{status} {dsn} {reason}", ""
+
+    def abort(self) -> None:
+        if self.stream is not None:
+            self.stream.abort([("abort", 1)])
+            self.stream = None

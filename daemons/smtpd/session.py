@@ -19,7 +19,8 @@ imports (ssl, email, attrs: about 20 ms and a few MB):
   smtpd_forbid_unauth_pipelining check, per-command counters for the
   ``disconnect from`` line, no debug logging;
 * DATA: read in bulk by ``stream.InputBuffer.read_data`` (end only at
-  <CR><LF>.<CR><LF>), not line by line;
+  <CR><LF>.<CR><LF>), not line by line, and passed on to cleanup in
+  bounded pieces as it arrives (``handler.Message``);
 * address parsing: ``pymailsys.smtp.path`` (Postfix's rules: ``<>`` optional
   unless strict_rfc821_envelopes, source routes dropped, quoted local parts).
 
@@ -374,12 +375,19 @@ class Session:
             self._log_reject("DATA", str(result.reply))
             return await self.reply_error(str(result.reply))
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data = await self.input.read_data(smtpd.size_limit)
+        message = smtpd.new_message(env, self.req, await smtpd.rewrite_context(self.req))
+        try:
+            data = await self.input.read_data(smtpd.size_limit, message.feed)
+        except BaseException:
+            message.abort()
+            raise
         self.where = "END-OF-MESSAGE"
         if data.too_big:
+            message.abort()
             self._reset()
             return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
         if data.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
+            message.abort()
             rcpts = env.recipients
             self._log_reject("END-OF-MESSAGE", "bare <LF> received",
                              rcpts[0] if len(rcpts) == 1 else None)
@@ -388,11 +396,11 @@ class Session:
                 f"550 5.5.2 {smtpd.myhostname} Error: bare <LF> received")
         result = await smtpd.engine.check_end_of_data(self.req)
         if result is not None and result.reply is not None:
+            message.abort()
             self._log_reject("END-OF-MESSAGE", str(result.reply))
             self._reset()
             return await self.reply_error(str(result.reply))
-        context = await smtpd.rewrite_context(self.req)
-        reply, queue_id = await smtpd.queue(env, data.content, self.req, context)
+        reply, queue_id = await message.finish(data.content)
         self._reset()
         if not queue_id:
             return await self.reply_error(reply)

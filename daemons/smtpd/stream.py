@@ -7,7 +7,8 @@ SYNOPSIS
     buf = InputBuffer(reader)
     line = await buf.readline(limit)        # one command line, terminator stripped
     buf.pending()                           # more input already here (pipelining check)
-    data = await buf.read_data(size_limit)  # DATA up to <CR><LF>.<CR><LF>
+    data = await buf.read_data(size_limit, sink)  # DATA up to <CR><LF>.<CR><LF>,
+                                            # passed on to sink in bounded pieces
 
 DESCRIPTION
     The session owns its buffer (instead of asyncio's line reader) so that it
@@ -29,6 +30,9 @@ DESCRIPTION
     * <CR><LF> becomes <LF>; a bare <CR> stays as it is; one leading "." is
       removed from lines that start with "." (dot-stuffing); 8-bit bytes and
       long lines pass unchanged;
+    * content is not held whole: once STREAM_AT bytes wait, the complete
+      lines among them (or, inside a longer line, its part so far) go to the
+      sink, so a session holds at most about STREAM_AT + CHUNK bytes of DATA;
     * beyond ``size_limit`` bytes the content is discarded while reading goes
       on to the end of data (``Data.too_big``), so the client gets its 552 in
       step with the protocol;
@@ -44,10 +48,13 @@ REFUSES
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 CHUNK = 65536
+STREAM_AT = 65536  # DATA bytes that wait before a piece goes on
 _END = b"\r\n.\r\n"
+Sink = Callable[[bytes], Awaitable[None]]
 
 
 class ConnectionLost(asyncio.IncompleteReadError):
@@ -180,51 +187,101 @@ class InputBuffer:
                 return
             self.pos = len(self.buf)
 
-    async def read_data(self, size_limit: int) -> Data:
-        """Read DATA through <CR><LF>.<CR><LF> (see the module docstring)."""
-        # acc starts with the <CR><LF> that ended the DATA command line.
+    async def read_data(self, size_limit: int, sink: Sink | None = None,
+                        stream_at: int = STREAM_AT) -> Data:
+        """Read DATA through <CR><LF>.<CR><LF> (see the module docstring).
+
+        Content is handed to ``sink`` in pieces as it arrives, once ``stream_at``
+        bytes wait (a piece ends at a line end, or mid-line inside a line
+        longer than that); ``Data.content`` is the rest. Without a sink the
+        pieces are kept and joined (tests, small tools).
+        """
+        kept: list[bytes] = []
+        if sink is None:
+            async def keep(piece: bytes) -> None:
+                kept.append(piece)
+            sink = keep
+        # acc starts with the line end before its first content byte (``lead``
+        # bytes: at first the <CR><LF> that ended the DATA command line), or
+        # with no lead when a long line was cut in the middle.
         acc = bytearray(b"\r\n")
         acc += self.buf[self.pos:]
         self.buf.clear()
         self.pos = 0
+        lead = 2
         search_from = 0
-        dropped = 0  # bytes discarded because the message is too big
+        size = 0  # content bytes received before acc[lead:]
         too_big = False
         bare_lf = False
         while True:
             idx = acc.find(_END, search_from)
             if idx >= 0:
                 break
-            if size_limit and len(acc) > size_limit + 2:
-                too_big = True
-                bare_lf = bare_lf or _has_bare_lf(acc[:-4])
-                keep = acc[-4:]
-                dropped += len(acc) - 4
-                acc = bytearray(keep)
+            if len(acc) >= stream_at:
+                if size_limit and size + len(acc) - lead > size_limit:
+                    too_big = True
+                if too_big:  # discard, but keep what may be the start of the end
+                    drop = len(acc) - 4
+                    if drop > lead:
+                        size += drop - lead
+                        del acc[:drop]
+                        lead = 0
+                elif (where := _cut(acc, lead)) is not None:
+                    cut, piece_end = where
+                    piece = bytes(acc[:piece_end])
+                    bare_lf = bare_lf or _has_bare_lf(piece)
+                    size += piece_end - lead
+                    await sink(_normalize(piece, lead))
+                    lead = piece_end - cut
+                    del acc[:cut]
             search_from = max(0, len(acc) - 4)
             chunk = await self._read()
             if not chunk:
-                raise ConnectionLost(dropped + len(acc) - 2)
+                raise ConnectionLost(size + len(acc) - lead)
             acc += chunk
         self.buf += acc[idx + 5:]
         del acc[idx + 2:]
-        size = dropped + len(acc) - 2
-        if size_limit and size > size_limit:
-            too_big = True
-        bare_lf = bare_lf or _has_bare_lf(acc)
-        if too_big:
+        size += len(acc) - lead
+        if too_big or (size_limit and size > size_limit):
             return Data(b"", size, True, bare_lf)
-        return Data(_normalize(acc), size, False, bare_lf)
+        bare_lf = bare_lf or _has_bare_lf(acc)
+        rest = _normalize(bytes(acc), lead)
+        if kept:
+            kept.append(rest)
+            rest = b"".join(kept)
+        return Data(rest, size, False, bare_lf)
+
+
+def _cut(acc: bytearray, lead: int) -> tuple[int, int] | None:
+    """Where to cut a long acc: (start of what stays, end of the piece that goes).
+
+    After the last line end: the piece ends with that line end, and what stays
+    starts with it (the next piece's lead, so that <CR><LF>.<CR><LF> is still
+    seen whole). With no line end (one long line), in the middle: what stays
+    keeps a trailing <CR>, which may begin a <CR><LF>. None while the line
+    is too short to tell: its start must go with the piece (for
+    dot-stuffing), and "." or ".<CR>" after a <CR><LF> lead may still become
+    the end of data.
+    """
+    nl = acc.rfind(b"\n", lead)
+    if nl >= 0:
+        cut = nl - 1 if nl > 0 and acc[nl - 1] == 13 else nl
+        return cut, nl + 1
+    if len(acc) - lead < 3:
+        return None
+    end = len(acc) - 1 if acc[-1] == 13 else len(acc)
+    return end, end
 
 
 def _has_bare_lf(data: bytes | bytearray) -> bool:
     return data.count(b"\n") != data.count(b"\r\n")
 
 
-def _normalize(acc: bytearray) -> bytes:
-    """acc = <CR><LF> + raw lines (each ending in <CR><LF> or <LF>): LF lines, unstuffed."""
-    text = bytes(acc).replace(b"\r\n", b"\n")
-    # text starts with "\n" (the virtual line end before the first line).
+def _normalize(raw: bytes, lead: int) -> bytes:
+    """Raw DATA lines (each ending in <CR><LF> or <LF>, the last maybe unfinished),
+    after ``lead`` bytes of line end (0: they continue a line): LF lines, unstuffed."""
+    # A virtual first byte: "\n" when the text starts a line, else one that is not.
+    text = (b"\n" + raw[lead:] if lead else b"x" + raw).replace(b"\r\n", b"\n")
     if b"\n.\n" in text:
         while b"\n.\n" in text:  # lone dots that did not end the data: dropped
             text = text.replace(b"\n.\n", b"\n")
