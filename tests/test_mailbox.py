@@ -6,6 +6,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,9 +17,14 @@ from pymailsys.queue.queue_file import content_lines
 from pymailsys.queue.records import encode_record, text_records
 
 
+def _text(lines: list[bytes]) -> list[bytes]:
+    """Message text as the delivery agent hands it on: LF-terminated lines in chunks."""
+    return [b"".join(line + b"\n" for line in lines)]
+
+
 def _mbox_data(lines: list[bytes], sender: str = "alice@example.org") -> bytes:
-    return mailbox.mbox_text(mailbox.from_line(sender), mailbox.prepended_headers(
-        sender, "Bob@example.com", "bob@example.com"), lines)
+    return b"".join(mailbox.mbox_text(mailbox.from_line(sender), mailbox.prepended_headers(
+        sender, "Bob@example.com", "bob@example.com"), _text(lines)))
 
 
 def test_mbox_format_and_from_quoting(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -144,8 +150,8 @@ def test_mbox_size_limit_bounces_and_keeps_old_content(tmp_path) -> None:  # typ
 
 def test_maildir_naming_and_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     md = str(tmp_path / "Maildir")
-    data = mailbox.plain_text(mailbox.prepended_headers("a@b", "c@d", "c@d"), [b"Subject: s", b"",
-                                                                              b"From x"])
+    data = mailbox.plain_text(mailbox.prepended_headers("a@b", "c@d", "c@d"),
+                              _text([b"Subject: s", b"", b"From x"]))
     final = mailbox.deliver_maildir(md, data, host="mx.example")
     st = os.stat(final)
     assert re.fullmatch(rf"\d+\.V{st.st_dev:x}I{st.st_ino:x}M\d+\.mx\.example", os.path.basename(final))
@@ -250,3 +256,41 @@ def test_content_records_and_log_line() -> None:
                     DeliveryResult.sent("delivered to maildir"), now=100.72)
     assert line == ("ABC: to=<bob@h>, orig_to=<Bob@h>, relay=local, delay=0.72, "
                     "delays=0.5/0.1/0/0.12, dsn=2.0.0, status=sent (delivered to maildir)")
+
+
+def test_from_quoting_sees_line_starts_across_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    chunks = [b"From a\nx\n", b"From b\nFrom c\n", b"yy", b"From not a line start\n"]
+    assert b"".join(mailbox.from_quoted(chunks)) == (
+        b">From a\nx\n>From b\n>From c\nyyFrom not a line start\n")
+
+
+def test_chunked_writes_stop_at_the_size_limit_and_leave_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A message given in chunks is checked against the limit as it is written."""
+    box = tmp_path / "bob"
+    mailbox.deliver_mbox(str(box), _mbox_data([b"small"]))
+    before = box.read_bytes()
+    chunks = [b"x" * 1000 + b"\n"] * 50
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_mbox(str(box), iter(chunks), size_limit=len(before) + 20_000)
+    assert e.value.dsn == "5.2.2" and box.read_bytes() == before
+    md = tmp_path / "Maildir"
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_maildir(str(md), iter(chunks), size_limit=20_000)
+    assert e.value.dsn == "5.2.2"
+    assert os.listdir(md / "tmp") == [] and os.listdir(md / "new") == []
+    final = mailbox.deliver_maildir(str(md), iter(chunks))
+    assert open(final, "rb").read() == b"".join(chunks)
+
+
+def test_an_error_reading_the_chunks_truncates_the_mbox_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    box = tmp_path / "bob"
+    mailbox.deliver_mbox(str(box), _mbox_data([b"first"]))
+    before = box.read_bytes()
+
+    def broken() -> Iterator[bytes]:
+        yield b"From x  Thu Jan  1 00:00:00 2026\n" + b"y" * 70000 + b"\n"
+        raise ValueError("queue file went bad")
+
+    with pytest.raises(ValueError):
+        mailbox.deliver_mbox(str(box), broken())
+    assert box.read_bytes() == before

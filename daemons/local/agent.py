@@ -31,12 +31,11 @@ from pymailsys.delivery.agent import (
     DeliveryRequest,
     DeliveryResult,
     QueueContent,
-    header_lines,
     log_line,
     message_attrs,
     request_attrs,
 )
-from pymailsys.ipc.attr import AttrClient, AttrList, ProtocolError
+from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, ProtocolError
 from pymailsys.ipc.services import CLEANUP
 from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
@@ -84,7 +83,7 @@ class LocalAgent:
             self.aliases = None
             self.alias_error = str(e)
             log.warning(f"alias_maps: {e}")
-        self.cleanup = AttrClient(self.spool.public(CLEANUP), timeout=300)
+        self.cleanup = AttrPool(self.spool.public(CLEANUP), timeout=300)
         self.mailbox_transport = cfg.get("mailbox_transport").strip()
         self.fallback_transport = cfg.get("fallback_transport").strip()
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
@@ -133,12 +132,16 @@ class LocalAgent:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()
         try:
-            content = QueueContent(path, req.data_offset, req.content_size, fd=fd)
+            content = QueueContent(path, req.data_offset, fd=fd)
         except ContentError as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()
         with content:
-            result = await self.deliver(req, content.lines)
+            try:
+                result = await self.deliver(req, content)
+            except ContentError as e:
+                log.warning(f"{req.queue_id}: {e}")
+                result = self.done(req, DeliveryResult.deferred("cannot read queue file"))
         return result.reply()
 
     def done(self, req: DeliveryRequest, result: DeliveryResult) -> DeliveryResult:
@@ -177,10 +180,10 @@ class LocalAgent:
 
     # --- Postfix's order -------------------------------------------------------------
 
-    async def deliver(self, req: DeliveryRequest, lines: list[bytes]) -> DeliveryResult:
+    async def deliver(self, req: DeliveryRequest, content: QueueContent) -> DeliveryResult:
         rcpt = self.parse_recipient(req.rcpt)
         loop_key = req.rcpt.lower().encode("utf-8", "surrogateescape")
-        for h in header_lines(lines):
+        for h in content.header_lines():
             if h[:13].lower() == b"delivered-to:" and h[13:].strip().lower() == loop_key:
                 return self.done(req, DeliveryResult.bounced(
                     f"mail forwarding loop for {req.rcpt}", "5.4.6"))
@@ -197,22 +200,22 @@ class LocalAgent:
                 log.warning(f"alias_maps lookup of {rcpt.user}: {e}")
                 return self.done(req, DeliveryResult.deferred("alias database unavailable"))
         if value is not None:
-            return await alias.expand(self, req, rcpt, value, lines)
-        return await self.deliver_user(req, rcpt, lines)
+            return await alias.expand(self, req, rcpt, value, content)
+        return await self.deliver_user(req, rcpt, content)
 
-    async def deliver_user(self, req: DeliveryRequest, rcpt: Recipient, lines: list[bytes],
+    async def deliver_user(self, req: DeliveryRequest, rcpt: Recipient, content: QueueContent,
                            use_forward: bool = True) -> DeliveryResult:
         """The account's .forward file if it has one (unless use_forward is false), else
         its mailbox; the result is logged."""
         if use_forward and self.forward_path:
-            result = await forward.deliver(self, req, rcpt, lines)
+            result = await forward.deliver(self, req, rcpt, content)
             if result is not None:
                 return result
         if self.mailbox_transport:
             return await self.pass_to(self.mailbox_transport, req)
         if self.fallback_transport and not _is_account(rcpt.user):
             return await self.pass_to(self.fallback_transport, req)
-        return self.done(req, await user_mailbox.deliver(self, req, rcpt, lines))
+        return self.done(req, await user_mailbox.deliver(self, req, rcpt, content))
 
     async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
         """Hand the recipient to another delivery agent (Postfix's deliver_pass): its

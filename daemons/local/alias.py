@@ -29,8 +29,9 @@ from pymailsys.daemons.local import command, file, results
 
 from pymailsys import log, privileges
 from pymailsys.bounded_read import FileRefused, read_bounded
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
-from pymailsys.ipc.attr import ProtocolError
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
+from pymailsys.delivery.mailbox import plain_text
+from pymailsys.ipc.attr import AttrValue, ProtocolError, request_streamed
 from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def value_of_lines(text: str) -> str:
 
 
 async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value: str,
-                 lines: list[bytes], origin: str = "alias", depth: int = 0,
+                 content: QueueContent, origin: str = "alias", depth: int = 0,
                  rights: privileges.UserIds | None = None) -> DeliveryResult:
     """Expand an alias value (or .forward or :include: contents). ``rights``: the user
     whose rights commands, files and includes get (None: default_privs, as for an
@@ -85,19 +86,19 @@ async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value
                     "mail to command is restricted", "5.7.1")))
                 continue
             done.append(agent.done(req, await command.deliver(
-                agent, req, rcpt, item[1:], lines, rights)))
+                agent, req, rcpt, item[1:], content, rights)))
         elif item.startswith("/"):
             if origin not in agent.allow_files:
                 done.append(agent.done(req, DeliveryResult.bounced(
                     "mail to file is restricted", "5.7.1")))
                 continue
-            done.append(agent.done(req, file.deliver(agent, req, item, lines, rights)))
+            done.append(agent.done(req, file.deliver(agent, req, item, content, rights)))
         elif item.lower().startswith(":include:"):
             if depth >= MAX_DEPTH:
                 done.append(agent.done(req, DeliveryResult.bounced(
                     f"alias database loop for {rcpt.user}", "5.4.6")))
                 continue
-            done.append(await include(agent, req, rcpt, item[9:].strip(), lines, depth,
+            done.append(await include(agent, req, rcpt, item[9:].strip(), content, depth,
                                       rights))
         elif item:
             addresses.append(item)
@@ -119,18 +120,18 @@ async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value
         else:
             others.append(addr)
     if others:
-        done.append(agent.done(req, await resubmit(agent, req, others, lines)))
+        done.append(agent.done(req, await resubmit(agent, req, others, content)))
     if self_reference:
         # from an alias, the user's .forward still applies (Postfix's alias "joe: joe,
         # ..." keeps a copy for joe); from a .forward or with \user, the mailbox
-        done.append(await agent.deliver_user(req, rcpt, lines, use_forward=not skip_forward))
+        done.append(await agent.deliver_user(req, rcpt, content, use_forward=not skip_forward))
     if not done:
         return DeliveryResult.sent("alias expanded to nothing")
     return results.worst(done)
 
 
 async def include(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
-                  lines: list[bytes], depth: int,
+                  content: QueueContent, depth: int,
                   rights: privileges.UserIds | None = None) -> DeliveryResult:
     """Expand an :include: file, read with the rights of its alias or .forward: an
     absolute path to a regular file of at most FILE_SIZE_LIMIT bytes (``read_file``)."""
@@ -148,7 +149,7 @@ async def include(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path
         return agent.done(req, DeliveryResult.bounced(
             f"mail system configuration error: include file {path} is world writable",
             "5.3.5"))
-    return await expand(agent, req, rcpt, value_of_lines(text), lines, "include", depth + 1,
+    return await expand(agent, req, rcpt, value_of_lines(text), content, "include", depth + 1,
                         rights)
 
 
@@ -160,14 +161,15 @@ def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result
 
 
 async def resubmit(agent: LocalAgent, req: DeliveryRequest, addresses: list[str],
-                   lines: list[bytes]) -> DeliveryResult:
+                   content: QueueContent) -> DeliveryResult:
     """Forward to addresses: one new message through cleanup, with Delivered-To."""
     delivered = f"Delivered-To: {req.rcpt.lower()}\n".encode("utf-8", "surrogateescape")
-    content = delivered + b"".join(line + b"\n" for line in lines)
+    attrs: list[tuple[str, AttrValue]] = [("origin", "local"), ("sender", req.sender)]
+    attrs += [("rcpt", a) for a in addresses]
+    attrs += [("rewrite_context", "local"), ("flags", CLEANUP_FLAG_MAP_OK)]
     try:
-        reply = await agent.cleanup.request({
-            "origin": "local", "sender": req.sender, "rcpt": addresses,
-            "content": content, "rewrite_context": "local", "flags": CLEANUP_FLAG_MAP_OK})
+        reply = await request_streamed(agent.cleanup, attrs, "content",
+                                       plain_text(delivered, content.text()))
     except (ProtocolError, OSError) as e:
         log.warning(f"{req.queue_id}: cleanup service: {e}")
         return DeliveryResult.deferred("mail forwarding failed: cleanup service unavailable")

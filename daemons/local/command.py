@@ -19,24 +19,27 @@ import contextlib
 import os
 import re
 import signal
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import results
 
 from pymailsys import privileges
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
+from pymailsys.delivery.mailbox import plain_text
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
+OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log
 EX_OSERR = 71
 EX_TEMPFAIL = 75
 _DSN_RE = re.compile(rb"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, command: str,
-                  lines: list[bytes],
+                  content: QueueContent,
                   rights: privileges.UserIds | None = None) -> DeliveryResult:
     command = command.strip()
     if command.startswith('"') and command.endswith('"'):
@@ -46,7 +49,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     except privileges.PrivilegeError as e:
         return results.failure(e)
     home_of = rights or ids  # HOME and SHELL: the user's, even when uid 0 runs as nobody
-    data = agent.prepended(req, True) + b"".join(line + b"\n" for line in lines)
+    data = plain_text(agent.prepended(req, True), content.text())
     if any(ch in SHELL_METACHARS for ch in command):
         argv = ["/bin/sh", "-c", command]
     else:
@@ -97,21 +100,30 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     return DeliveryResult.bounced(reason, "5.3.0")
 
 
-async def _converse(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
-    """Feed data to a command and collect its output; a command may stop reading early."""
+async def _converse(proc: asyncio.subprocess.Process, data: Iterable[bytes]) -> bytes:
+    """Feed data to a command a chunk at a time and collect its output (bounded); a
+    command may stop reading early."""
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
 
     async def feed() -> None:
         try:
-            stdin.write(data)
-            await stdin.drain()
+            for chunk in data:
+                stdin.write(chunk)
+                await stdin.drain()
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the command exited or closed its input (uvloop: RuntimeError)
         finally:
             with contextlib.suppress(Exception):
                 stdin.close()
 
-    _, output = await asyncio.gather(feed(), stdout.read())
+    async def first_output() -> bytes:  # the rest is read and dropped
+        kept = bytearray()
+        while chunk := await stdout.read(65536):
+            if len(kept) < OUTPUT_KEPT:
+                kept += chunk[:OUTPUT_KEPT - len(kept)]
+        return bytes(kept)
+
+    _, output = await asyncio.gather(feed(), first_output())
     await proc.wait()
     return output

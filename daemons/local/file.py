@@ -14,24 +14,24 @@ from pymailsys.daemons.local import results
 
 from pymailsys import privileges
 from pymailsys.delivery import mailbox
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent
 
 
-def deliver(agent: LocalAgent, req: DeliveryRequest, path: str, lines: list[bytes],
+def deliver(agent: LocalAgent, req: DeliveryRequest, path: str, content: QueueContent,
             rights: privileges.UserIds | None = None) -> DeliveryResult:
     try:
         ids = agent.file_user(rights)
         with privileges.as_user(ids.uid, ids.gid):
             if path.endswith("/"):
-                data = mailbox.plain_text(agent.prepended(req, False), lines)
+                data = mailbox.plain_text(agent.prepended(req, False), content.text())
                 mailbox.deliver_maildir(path, data, host=agent.hostname,
                                         size_limit=agent.size_limit)
                 return DeliveryResult.sent("delivered to maildir")
             data = mailbox.mbox_text(mailbox.from_line(req.sender),
-                                     agent.prepended(req, False), lines)
+                                     agent.prepended(req, False), content.text())
             mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
                                  stale=agent.stale)

@@ -28,7 +28,7 @@ from pymailsys.daemons.local import alias, results
 
 from pymailsys import log, privileges
 from pymailsys.bounded_read import FileRefused
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
@@ -56,7 +56,7 @@ def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
 
 
 async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
-                  lines: list[bytes]) -> DeliveryResult | None:
+                  content: QueueContent) -> DeliveryResult | None:
     """Deliver per the user's .forward file (the first forward_path entry that exists);
     None when there is none, it is unsafe (a warning, as Postfix) or it names nobody:
     then the mailbox gets the mail."""
@@ -106,7 +106,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     value = alias.value_of_lines(text)
     if not alias.split_alias_value(value):
         return None  # an empty .forward: no forwarding
-    return await alias.expand(agent, req, rcpt, value, lines, "forward",
+    return await alias.expand(agent, req, rcpt, value, content, "forward",
                               rights=privileges.UserIds.from_pw(pw))
 
 

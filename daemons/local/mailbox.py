@@ -25,14 +25,14 @@ from pymailsys.daemons.local import command, results
 
 from pymailsys import privileges
 from pymailsys.delivery import mailbox
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult
+from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
 
 async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
-                  lines: list[bytes]) -> DeliveryResult:
+                  content: QueueContent) -> DeliveryResult:
     try:
         pw = pwd.getpwnam(rcpt.user)
     except KeyError:
@@ -41,13 +41,13 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
         return DeliveryResult.deferred(
             f"cannot deliver to user {pw.pw_name}: the mail system runs as {agent.me.name}")
     if agent.mailbox_command:  # as Postfix: no $name expansion, the shell's $HOME etc.
-        return await command.deliver(agent, req, rcpt, agent.mailbox_command, lines,
+        return await command.deliver(agent, req, rcpt, agent.mailbox_command, content,
                                      privileges.UserIds.from_pw(pw))
-    return write(agent, req, pw, lines)
+    return write(agent, req, pw, content)
 
 
 def write(agent: LocalAgent, req: DeliveryRequest, pw: pwd.struct_passwd,
-          lines: list[bytes]) -> DeliveryResult:
+          content: QueueContent) -> DeliveryResult:
     """Store the message in the account's mbox file or Maildir."""
     if agent.home_mailbox:
         path = os.path.join(pw.pw_dir, agent.home_mailbox)
@@ -64,11 +64,11 @@ def write(agent: LocalAgent, req: DeliveryRequest, pw: pwd.struct_passwd,
             if maildir:
                 key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset,
                                            path)
-                mailbox.deliver_maildir(path, mailbox.plain_text(headers, lines),
+                mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
                                         host=agent.hostname, key=key, marker=agent.markers,
                                         size_limit=agent.size_limit)
                 return DeliveryResult.sent("delivered to maildir")
-            data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, lines)
+            data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
             mailbox.deliver_mbox(path, data, chown_to=chown,
                                  expect_uid=pw.pw_uid if agent.strict_owner else None,
                                  locks=agent.locks, size_limit=agent.size_limit,

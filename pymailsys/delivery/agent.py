@@ -26,11 +26,12 @@ attributes repeat, all five for each recipient, in order
 out for all), and the reply repeats status, dsn and reason in
 the same order (``batch_reply``, ``results_from_attrs``).
 
-``open_content`` opens the queue file named by a request, takes a shared flock
-(qmgr holds an exclusive one only while it picks the file up), and returns the
-message lines from the data offset up to the X record (``queue_file.content_lines``).
-It refuses a file that is gone, locked exclusively or malformed (``ContentError``:
-the caller defers).
+``QueueContent`` opens the queue file named by a request, takes a shared flock
+(qmgr holds an exclusive one only while it picks the file up), and reads the
+message from the data offset up to the X record a block at a time
+(``queue_file.content_records``), as often as the agent delivers it: memory
+does not grow with the message. It refuses a file that is gone, locked
+exclusively or malformed (``ContentError``: the caller defers).
 """
 
 from __future__ import annotations
@@ -40,14 +41,23 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pymailsys import log
 from pymailsys.ipc.attr import AttrList, AttrValue, Limits, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool
-from pymailsys.queue.queue_file import QueueFileError, Recipient, content_lines
+from pymailsys.queue.queue_file import (
+    Envelope,
+    QueueFileError,
+    Recipient,
+    content_records,
+    read_envelope_fd,
+)
+from pymailsys.queue.records import REC_TYPE_NORM
+
+CHUNK = 65536
 
 MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_limit
 MAX_TIME = 1 << 40  # seconds since the epoch
@@ -283,11 +293,18 @@ def log_result(request: DeliveryRequest, relay: str, result: DeliveryResult) -> 
 
 
 class QueueContent:
-    """An open, shared-locked queue file and its message lines; close() releases it."""
+    """An open, shared-locked queue file whose message is read on demand; close() releases it.
 
-    def __init__(self, path: str, data_offset: int, content_size: int = 0,
+    ``text()`` gives the message as LF-terminated lines in chunks of about
+    CHUNK bytes, read from the file each time it is called (one delivery after
+    another, never the whole message in memory); ``header_lines()`` the
+    primary header lines. Both raise ``ContentError`` for a damaged file.
+    """
+
+    def __init__(self, path: str, data_offset: int | None = None,
                  fd: int | None = None) -> None:
-        """``fd``: the queue file already open (``Spool.open_queue_file``); it is owned
+        """data_offset None: read the envelope (``self.envelope``) and take it from there.
+        ``fd``: the queue file already open (``Spool.open_queue_file``); it is owned
         from here on."""
         if fd is None:
             try:
@@ -295,22 +312,86 @@ class QueueContent:
             except OSError as e:
                 raise ContentError(f"open queue file {path}: {e.strerror}") from None
         self.fd = fd
+        self.envelope: Envelope | None = None
         try:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError as e:
                 raise ContentError(f"lock queue file {path}: {e.strerror}") from None
+            if data_offset is None:
+                try:
+                    self.envelope = read_envelope_fd(self.fd, os.path.basename(path), path)
+                except (QueueFileError, OSError, ValueError) as e:
+                    raise ContentError(f"queue file {path}: {e}") from None
+                data_offset = self.envelope.data_offset
             size = os.fstat(self.fd).st_size
             if data_offset <= 0 or data_offset >= size:
                 raise ContentError(f"queue file {path}: bad data offset {data_offset}")
-            data = os.pread(self.fd, size - data_offset, data_offset)
-            try:
-                self.lines = list(content_lines(data))
-            except QueueFileError as e:
-                raise ContentError(str(e)) from None
         except BaseException:
             os.close(self.fd)
             raise
+        self.path = path
+        self.data_offset = data_offset
+
+    def _records(self) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from content_records(self.fd, self.data_offset)
+        except (QueueFileError, OSError) as e:
+            raise ContentError(f"queue file {self.path}: {e}") from None
+
+    def text(self, chunk: int = CHUNK) -> Iterator[bytes]:
+        """The message, lines ending in LF, in chunks that end at a line end or, inside a
+        line longer than a chunk, after one of its L records."""
+        out: list[bytes] = []
+        size = 0
+        norm = REC_TYPE_NORM
+        ends = True
+        for rtype, payload in self._records():
+            out.append(payload)
+            size += len(payload)
+            ends = rtype == norm
+            if ends:
+                out.append(b"\n")
+                size += 1
+            if size >= chunk:
+                yield b"".join(out)
+                out = []
+                size = 0
+        if not ends:  # content that ends inside a line still ends in LF
+            out.append(b"\n")
+        if out:
+            yield b"".join(out)
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The whole message as a list of lines, in memory (the smtp client's transfer
+        still takes it so; everything else reads ``text()``)."""
+        out: list[bytes] = []
+        partial: list[bytes] = []
+        for rtype, payload in self._records():
+            partial.append(payload)
+            if rtype == REC_TYPE_NORM:
+                out.append(b"".join(partial))
+                partial = []
+        if partial:
+            out.append(b"".join(partial))
+        return out
+
+    def header_lines(self, limit: int = 1 << 20) -> Iterator[bytes]:
+        """The primary header lines (a line's first ``limit`` bytes), up to the empty line."""
+        line: list[bytes] = []
+        size = 0
+        for rtype, payload in self._records():
+            if size < limit:
+                line.append(payload)
+                size += len(payload)
+            if rtype == REC_TYPE_NORM:
+                whole = b"".join(line)
+                if not whole:
+                    return
+                yield whole
+                line = []
+                size = 0
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -322,13 +403,3 @@ class QueueContent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def header_lines(lines: Iterable[bytes]) -> list[bytes]:
-    """The header lines of a message (up to the first empty line)."""
-    out = []
-    for line in lines:
-        if not line:
-            break
-        out.append(line)
-    return out

@@ -1,7 +1,8 @@
 """Mailbox writers: mbox files and Maildir directories (local; virtual later).
 
-Takes the bytes to store and a destination; promises Postfix's formats and
-safety rules, and classifies every failure as ``MailboxError(dsn, text)``
+Takes what to store (bytes, or an iterable of chunks that is read once, as
+it is written: a message never has to be whole in memory) and a destination;
+promises Postfix's formats and safety rules, and classifies every failure as ``MailboxError(dsn, text)``
 (``dsn`` 4.x.x: try again later; 5.x.x: final). The caller chooses the rights:
 it calls these functions with the recipient's effective uid and gid already in
 place (``privileges.as_user``).
@@ -20,7 +21,8 @@ mbox (``deliver_mbox``):
     O_EXCL before the open, removed when older than stale_lock_time) and
     ``fcntl`` or ``flock`` on the open file; retried ``attempts`` times
     ``delay`` seconds apart; a lock that cannot be had defers (4.2.0);
-  * the append is fsynced; on any write error the file is truncated back to its
+  * the append is fsynced; on any write error (or an error reading the
+    chunks, or mailbox_size_limit reached) the file is truncated back to its
     old size and the error is reported.
 
 Maildir (``deliver_maildir``): tmp/, new/, cur/ are made 0700 when missing;
@@ -111,21 +113,49 @@ def prepended_headers(sender: str, orig_rcpt: str | None, delivered_to: str | No
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def mbox_text(from_: bytes, headers: bytes, lines: Iterable[bytes]) -> bytes:
-    """From_ line, headers, the message with >From quoting, one empty line."""
-    body = [from_, headers]
-    for line in lines:
-        if line.startswith(b"From "):
-            body.append(b">" + line + b"\n")
-        else:
-            body.append(line + b"\n")
-    body.append(b"\n")
-    return b"".join(body)
+def from_quoted(text: Iterable[bytes]) -> Iterator[bytes]:
+    """Message text chunks with each line that starts with ``From `` quoted as ``>From ``.
+
+    A chunk ends at a line end or after an L record's piece (never inside the
+    first five bytes of a line), so a line start is either a chunk's start
+    after a line end or right after an LF inside a chunk.
+    """
+    at_line_start = True
+    for chunk in text:
+        if not chunk:
+            continue
+        if b"\nFrom " in chunk:
+            chunk = chunk.replace(b"\nFrom ", b"\n>From ")
+        if at_line_start and chunk.startswith(b"From "):
+            chunk = b">" + chunk
+        at_line_start = chunk.endswith(b"\n")
+        yield chunk
 
 
-def plain_text(headers: bytes, lines: Iterable[bytes]) -> bytes:
-    """Headers and the message as it is (Maildir, commands without From_)."""
-    return headers + b"".join(line + b"\n" for line in lines)
+def mbox_text(from_: bytes, headers: bytes, text: Iterable[bytes]) -> Iterator[bytes]:
+    """From_ line, headers, the message text with >From quoting, one empty line."""
+    yield from_ + headers
+    yield from from_quoted(text)
+    yield b"\n"
+
+
+def plain_text(headers: bytes, text: Iterable[bytes]) -> Iterator[bytes]:
+    """Headers and the message text as it is (Maildir, commands without From_)."""
+    yield headers
+    yield from text
+
+
+def _write_chunks(fd: int, data: Iterable[bytes], room: int) -> None:
+    """Write every chunk; MailboxError 5.2.2 before the total passes ``room`` (0: no limit)."""
+    written = 0
+    for chunk in data:
+        written += len(chunk)
+        if room and written > room:
+            raise MailboxError("5.2.2", "error writing message: File too large")
+        view = memoryview(chunk)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
 
 
 # --- mbox ------------------------------------------------------------------------
@@ -227,11 +257,11 @@ def open_mailbox(path: str, expect_uid: int | None = None,
     return fd
 
 
-def deliver_mbox(path: str, data: bytes, *, expect_uid: int | None = None,
+def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | None = None,
                  chown_to: tuple[int, int] | None = None,
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0) -> None:
-    """Append data (already in mbox form) to the mailbox at path."""
+    """Append data (already in mbox form; bytes or chunks) to the mailbox at path."""
     methods = [m.strip().lower() for m in locks]
     with contextlib.ExitStack() as stack:
         if "dotlock" in methods:
@@ -242,18 +272,18 @@ def deliver_mbox(path: str, data: bytes, *, expect_uid: int | None = None,
             if method in ("fcntl", "flock"):
                 _kernel_lock(fd, method, attempts, delay)
         size = os.fstat(fd).st_size
-        if size_limit and size + len(data) > size_limit:
+        if size_limit and size >= size_limit:
             raise MailboxError("5.2.2", "error writing message: File too large")
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_chunks(fd, [data] if isinstance(data, bytes) else data,
+                          size_limit - size if size_limit else 0)
             os.fsync(fd)
-        except OSError as e:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
-            raise _os_error(e, "5.2.0", "error writing message") from None
+            if isinstance(e, OSError):
+                raise _os_error(e, "5.2.0", "error writing message") from None
+            raise
 
 
 # --- Maildir ---------------------------------------------------------------------
@@ -359,13 +389,11 @@ def _create(tmp: str, maildir: str) -> int:
         raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
 
 
-def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: str | None = None,
+def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | None = None, key: str | None = None,
                     marker: MarkerStore | None = None, size_limit: int = 0) -> str:
-    """Store data as one new message in maildir; returns the path of the new/ file."""
+    """Store data (bytes or chunks) as one new message in maildir; the new/ file's path."""
     global _counter
     host = _hostname(host)
-    if size_limit and len(data) > size_limit:
-        raise MailboxError("5.2.2", "error writing message: File too large")
     tmpdir = os.path.join(maildir, "tmp")
     newdir = os.path.join(maildir, "new")
     use_marker = key is not None and marker is not None
@@ -383,18 +411,17 @@ def deliver_maildir(maildir: str, data: bytes, *, host: str | None = None, key: 
     fd = _create(tmp, maildir)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
             os.fsync(fd)
             st = os.fstat(fd)
         finally:
             os.close(fd)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+        if isinstance(e, OSError):
+            raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+        raise
     now = time.time()
     name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
     final = os.path.join(newdir, name)

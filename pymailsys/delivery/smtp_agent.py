@@ -199,7 +199,7 @@ class Agent:
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
             fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
-            content = QueueContent(path, req.data_offset, req.content_size, fd=fd)
+            content = QueueContent(path, req.data_offset, fd=fd)
         except (q.QueueAccessError, ContentError) as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.finish(req, [DeliveryResult.deferred("cannot read queue file")] *

@@ -566,6 +566,27 @@ class AttrPool:
         self._held.clear()
 
 
+async def request_streamed(pool: AttrPool, attrs: list[tuple[str, AttrValue]], name: str,
+                           pieces: Iterable[bytes]) -> AttrList:
+    """A request whose attribute ``name`` is sent in ``pieces``: one plain request when
+    there is only one, else a streamed request (``more``) with a piece per list."""
+    it = iter(pieces)
+    first = next(it, b"")
+    second = next(it, None)
+    if second is None:
+        return await pool.request(attrs + [(name, first)])
+    stream = await pool.stream(attrs + [(name, first), (MORE, 1)])
+    try:
+        piece = second
+        for following in it:
+            await stream.send([(name, piece), (MORE, 1)])
+            piece = following
+    except BaseException:
+        stream.abort([("abort", 1)])
+        raise
+    return await stream.finish([(name, piece)])
+
+
 class SyncAttrClient:
     """A blocking client: one connection, one request at a time (for commands)."""
 

@@ -15,12 +15,15 @@ a placeholder of the same length) and ``trailer()``.
 state, arrival time, named attributes, data offset). It refuses
 (``QueueFileError``) a file with a malformed or unknown record, no final E, no
 C record first, or no sender. ``content_lines`` yields the message text, joining
-L continuation records (and refuses content that is not N/L records up to X). ``mark_done`` rewrites one recipient's type byte
+L continuation records (and refuses content that is not N/L records up to X);
+``content_records`` reads the same from an open file a block at a time, and
+``read_envelope_fd`` the envelope without the content. ``mark_done`` rewrites one recipient's type byte
 R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -230,6 +233,75 @@ def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
     with open(path, "rb") as f:
         data = f.read()
     return read_envelope_bytes(data, queue_id or os.path.basename(path), path)
+
+
+def read_envelope_fd(fd: int, queue_id: str = "", path: str = "") -> Envelope:
+    """``read_envelope_bytes`` on an open file without reading its content.
+
+    The file is mapped, and only the pages of the envelope and extracted
+    records are touched: memory does not grow with the message.
+    """
+    size = os.fstat(fd).st_size
+    if not size:
+        return read_envelope_bytes(b"", queue_id, path)
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
+        return read_envelope_bytes(data, queue_id, path)  # type: ignore[arg-type]
+
+
+def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[bytes, bytes]]:
+    """(type, payload) of the N and L content records from offset up to the X record,
+    read a block at a time with pread (no shared file position), so memory stays
+    bounded whatever the message size. p and w records are skipped; ``QueueFileError``
+    as ``content_lines``."""
+    buf = b""
+    pos = 0
+    at = offset  # file offset of buf's end
+    norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
+    while True:
+        try:
+            rtype, payload, nxt = r.decode_record(buf, pos)
+        except r.RecordError as e:
+            if _record_complete(buf, pos):
+                raise QueueFileError(str(e)) from None
+            more = os.pread(fd, block, at)  # the record goes on in the next block
+            if not more:
+                if pos >= len(buf):
+                    raise QueueFileError(
+                        "message content ends without an extracted-information record") from None
+                raise QueueFileError(f"truncated record at offset {at - (len(buf) - pos)}") from None
+            at += len(more)
+            buf = buf[pos:] + more
+            pos = 0
+            continue
+        pos = nxt
+        if rtype == norm or rtype == cont:
+            yield rtype, payload
+        elif rtype == xtra:
+            return
+        elif rtype != r.REC_TYPE_PTR and rtype != r.REC_TYPE_DTXT:
+            raise QueueFileError(f"unexpected record type {rtype!r} in message content")
+
+
+def _record_complete(buf: bytes, pos: int) -> bool:
+    """Whether buf holds the whole record at pos (a bad length counts as whole: the
+    decoder's complaint stands)."""
+    end = len(buf)
+    if pos >= end:
+        return False
+    i = pos + 1
+    length = shift = 0
+    while True:
+        if i >= end:
+            return False
+        byte = buf[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift > 35:
+            return True
+    return length > r.DEFAULT_MAX_LENGTH or i + length <= end
 
 
 def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:
