@@ -19,11 +19,14 @@ DESCRIPTION
                  queue_id     the notification's queue ID, when one was sent
 
     The service reads the status log (``bounce/ID`` or ``defer/ID``) and the
-    original message's headers from its queue file (a shared lock: qmgr holds
-    the file), writes one RFC 3464 report in Postfix's words (From
+    original message from its queue file (a shared lock: qmgr holds the file),
+    writes one RFC 3464 report in Postfix's words (From
     ``MAILER-DAEMON (Mail Delivery System)``, Subject ``Undelivered Mail
     Returned to Sender``, sender ``<>``) and submits it through
-    ``public/cleanup``. The status log is left for qmgr to remove once the
+    ``public/cleanup``, streamed: the original goes along as it is read, a
+    chunk at a time, whole (message/rfc822) unless RET=HDRS was asked or it
+    is larger than bounce_size_limit, else its headers (text/rfc822-headers).
+    The status log is left for qmgr to remove once the
     reply says 0. A failed bounce (sender ``<>``) goes to
     2bounce_notice_recipient from ``double-bounce@$myorigin``; a failed
     double bounce is dropped with a log line.
@@ -42,17 +45,17 @@ CONFIGURATION PARAMETERS
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
+from collections.abc import Iterator
 
 from pymailsys import log, server
+from pymailsys.delivery.agent import ContentError, QueueContent
 from pymailsys.ipc import attr
-from pymailsys.ipc.attr import AttrClient, AttrList, ProtocolError
+from pymailsys.ipc.attr import AttrList, AttrPool, AttrValue, ProtocolError, request_streamed
 from pymailsys.ipc.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
 from pymailsys.queue import spool as q
 from pymailsys.queue import status_log
-from pymailsys.queue.queue_file import Envelope, QueueFileError, content_lines, read_envelope_bytes
 
 PROGRAM = "bounce"
 
@@ -62,7 +65,7 @@ class Bounce:
         self.ctx = ctx
         self.config = ctx.config
         self.spool = ctx.spool
-        self.cleanup = AttrClient(ctx.spool.public(CLEANUP))
+        self.cleanup = AttrPool(ctx.spool.public(CLEANUP))
         self.size_limit = ctx.config.get_size("bounce_size_limit")
 
     async def handle(self, request: AttrList) -> dict[str, object]:
@@ -77,31 +80,28 @@ class Bounce:
             for e in entries:
                 e.action = status_log.ACTION_FAILED
         try:
-            env, headers = self.original(queue_name, queue_id)
-        except (OSError, QueueFileError) as e:
+            original = QueueContent(self.spool.path(queue_name, queue_id))
+        except ContentError as e:
             log.warning(f"{queue_id}: cannot read the original message: {e}")
             return {"status": -1}
-        if not entries:
-            entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,
-                                        "message expired", rc.orig, rc.offset)
-                       for rc in env.recipients if not rc.done]
-        return await self.notify(queue_id, env, entries, headers, bool(request.number("expired")))
+        with original:
+            env = original.envelope
+            assert env is not None
+            if not entries:
+                entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,
+                                            "message expired", rc.orig, rc.offset)
+                           for rc in env.recipients if not rc.done]
+            try:
+                return await self.notify(queue_id, original, entries,
+                                         bool(request.number("expired")))
+            except ContentError as e:
+                log.warning(f"{queue_id}: cannot read the original message: {e}")
+                return {"status": -1}
 
-    def original(self, queue_name: str, queue_id: str) -> tuple[Envelope, list[bytes]]:
-        path = self.spool.path(queue_name, queue_id)
-        with open(path, "rb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-            data = f.read()
-        env = read_envelope_bytes(data, queue_id, path)
-        headers: list[bytes] = []
-        for line in content_lines(data, env.data_offset):
-            if not line:
-                break
-            headers.append(line)
-        return env, headers
-
-    async def notify(self, queue_id: str, env: Envelope, entries: list[status_log.Entry],
-                     headers: list[bytes], expired: bool) -> dict[str, object]:
+    async def notify(self, queue_id: str, original: QueueContent,
+                     entries: list[status_log.Entry], expired: bool) -> dict[str, object]:
+        env = original.envelope
+        assert env is not None
         double_bounce = "double-bounce@" + self.config.get("myorigin")
         if env.sender == "":
             notice = self.config.get("2bounce_notice_recipient")
@@ -114,12 +114,13 @@ class Bounce:
             return {"status": 0}
         else:
             sender, rcpt, kind = "", env.sender, "sender"
-        content = nondelivery_message(self.config.get("myhostname"), queue_id, env, entries,
-                                      headers, rcpt, expired, self.size_limit)
+        content = nondelivery_message(self.config.get("myhostname"), queue_id, original, entries,
+                                      rcpt, expired, self.size_limit)
+        attrs: list[tuple[str, AttrValue]] = [
+            ("origin", "bounce"), ("sender", sender), ("rcpt", rcpt),
+            ("rewrite_context", "local"), ("flags", CLEANUP_FLAG_MAP_OK)]
         try:
-            reply = await self.cleanup.request({
-                "origin": "bounce", "sender": sender, "rcpt": [rcpt], "content": content,
-                "rewrite_context": "local", "flags": CLEANUP_FLAG_MAP_OK})
+            reply = await request_streamed(self.cleanup, attrs, "content", content)
         except (ProtocolError, OSError) as e:
             log.warning(f"{queue_id}: {kind} non-delivery notification: cleanup: {e}")
             return {"status": -1}
@@ -132,10 +133,15 @@ class Bounce:
         return {"status": 0, "queue_id": new_id}
 
 
-def nondelivery_message(host: str, queue_id: str, env: Envelope,
-                        entries: list[status_log.Entry], headers: list[bytes], to: str,
-                        expired: bool, size_limit: int = 50000) -> bytes:
-    """An RFC 3464 report in Postfix's words, with the original headers."""
+def nondelivery_message(host: str, queue_id: str, original: QueueContent,
+                        entries: list[status_log.Entry], to: str, expired: bool,
+                        size_limit: int = 50000) -> Iterator[bytes]:
+    """An RFC 3464 report in Postfix's words, then the original message: whole
+    (message/rfc822) unless the sender asked for headers (RET=HDRS) or it is larger
+    than size_limit; else its headers (text/rfc822-headers), at most size_limit bytes.
+    The original is read from the queue file as the report goes out, a chunk at a time."""
+    env = original.envelope
+    assert env is not None
     now = time.time()
     date = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(now))
     arrival = time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(env.arrival))
@@ -184,15 +190,24 @@ def nondelivery_message(host: str, queue_id: str, env: Envelope,
             lines.append(f"Original-Recipient: rfc822;{e.original_recipient}")
         lines += ["Action: failed", f"Status: {e.status}",
                   f"Diagnostic-Code: X-Postfix; {e.reason}"]
-    lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
-              "Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: 8bit", ""]
-    text = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
-    attached = b"".join(h + b"\n" for h in headers)
-    if size_limit and len(attached) > size_limit:
-        attached = attached[:size_limit].rsplit(b"\n", 1)[0] + b"\n"
-    text += attached
-    text += f"\n--{boundary}--\n".encode()
-    return text
+    whole = env.attrs.get("dsn_ret") != "2" and not (size_limit and env.message_size > size_limit)
+    if whole:
+        lines += ["", f"--{boundary}", "Content-Description: Undelivered Message",
+                  "Content-Type: message/rfc822", "Content-Transfer-Encoding: 8bit", ""]
+    else:
+        lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
+                  "Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: 8bit", ""]
+    yield "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
+    if whole:
+        yield from original.text()
+    else:
+        attached = bytearray()
+        for header in original.header_lines():
+            if size_limit and len(attached) + len(header) + 1 > size_limit:
+                break
+            attached += header + b"\n"
+        yield bytes(attached)
+    yield f"\n--{boundary}--\n".encode()
 
 
 async def _start(ctx: server.Context) -> None:
