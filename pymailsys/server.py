@@ -85,6 +85,7 @@ class Context:
 
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
+STREAM_LIMIT = 1 << 16  # a client connection's read buffer: reading pauses past twice this
 Trigger = Callable[[Context, bytes], Awaitable[None]]
 Hook = Callable[[Context], Awaitable[None]]
 
@@ -257,7 +258,9 @@ class _Runner:
 
     async def serve_socket(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        # The transport stops reading once 2 * limit bytes wait unread: what a client
+        # sends ahead stays bounded per connection (smtpd DATA, cleanup's content).
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
