@@ -54,6 +54,7 @@ import asyncio
 import os
 import pwd
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 from pymailsys import log, maps, server
@@ -67,13 +68,28 @@ CLEANUP_FLAGS = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER
                  | services.CLEANUP_FLAG_MAP_OK)
 
 
+def _pieces(lines: list[bytes]) -> Iterator[bytes]:
+    """Message lines as LF-terminated text in pieces of about CONTENT_CHUNK bytes."""
+    piece: list[bytes] = []
+    size = 0
+    for line in lines:
+        piece.append(line)
+        size += len(line) + 1
+        if size >= services.CONTENT_CHUNK:
+            yield b"\n".join(piece) + b"\n"
+            piece = []
+            size = 0
+    if piece or not lines:
+        yield b"\n".join(piece) + b"\n" if piece else b""
+
+
 class Pickup:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         cfg = ctx.config
         self.line_limit = max(cfg.get_int("line_length_limit"), 2048)
         self.size_limit = cfg.get_size("message_size_limit")
-        self.cleanup = attr.AttrClient(ctx.spool.public(cfg.get("cleanup_service_name")))
+        self.cleanup = attr.AttrPool(ctx.spool.public(cfg.get("cleanup_service_name")))
         try:
             self.owner_uid = pwd.getpwnam(cfg.get("mail_owner")).pw_uid
         except KeyError:
@@ -86,14 +102,14 @@ class Pickup:
 
     # --- cleanup hand-off -------------------------------------------------------
     async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
+        """Hand a message to cleanup, its content in pieces (services.CONTENT_CHUNK)."""
         req: list[tuple[str, Any]] = [
             ("origin", "pickup"), ("sender", sub.sender),
         ]
         req += [("rcpt", a) for a in sub.all_recipients()]
         if orig_id and any(sub.orig_recipients):
             req += [("orcpt", o) for o in sub.orig_recipients]
-        req += [("content", sub.content()), ("uid", uid),
-                ("rewrite_context", sub.rewrite_context or "local"),
+        req += [("uid", uid), ("rewrite_context", sub.rewrite_context or "local"),
                 ("flags", CLEANUP_FLAGS)]
         if sub.full_name:
             req.append(("full_name", sub.full_name))
@@ -107,7 +123,7 @@ class Pickup:
             req.append(("ret", sub.ret))
         if orig_id:
             req.append(("orig_id", orig_id))
-        return await self.cleanup.request(req)
+        return await attr.request_streamed(self.cleanup, req, "content", _pieces(sub.lines))
 
     def check_access(self, uid: int, sender: str) -> tuple[int, str]:
         """(sysexits status, reason) for this submitter and sender."""
