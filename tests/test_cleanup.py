@@ -625,6 +625,36 @@ def test_streamed_too_big_is_refused(cleanup: Setup) -> None:
     assert set(os.listdir(cleanup.spool / "incoming")) == before
 
 
+def test_stalled_stream_is_dropped_after_ipc_timeout(tmp_path: Path) -> None:
+    """A client that stops in mid-stream does not keep its queue file: after ipc_timeout
+    the message is refused (451) and the file removed."""
+    setup = _write_config(tmp_path, "ipc_timeout = 1s\n")
+    try:
+        _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket)
+
+        def ready() -> bool:
+            try:
+                SyncAttrClient(setup.socket, timeout=5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=30, what="cleanup socket")
+        with SyncAttrClient(setup.socket, timeout=60) as client:
+            client.sock.sendall(encode({**_smtpd_request(content=b"Subject: x\n\n"), "more": 1}))
+            client.sock.sendall(encode({"content": b"a" * 1000 + b"\n", "more": 1}))
+            wait_until(lambda: "timeout reading the content" in setup.log_text(), timeout=30,
+                       what="the stalled stream dropped")
+            assert os.listdir(setup.spool / "incoming") == []
+            client.sock.sendall(encode({"content": b"the rest"}))  # too late
+            reply = client.read()
+        assert reply.text("status") == "451"
+    finally:
+        for proc in setup.procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 # -- header limits and content cleaning (in process: the same code as the daemon) ------------
 
 @pytest.fixture

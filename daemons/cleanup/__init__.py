@@ -6,9 +6,10 @@ SYNOPSIS
 
 DESCRIPTION
     The only writer of queue files. It serves ``public/cleanup`` with the
-    request/reply contract in ``pymailsys.ipc.services`` (one attribute list per
-    message; clients keep one connection open and pipeline requests, which are
-    handled concurrently and answered in order). For each message it:
+    request/reply contract in ``pymailsys.ipc.services`` (one request per
+    message, its content in the request or streamed in follow-up lists;
+    clients keep connections open and pipeline requests, which are handled
+    concurrently and answered in order). For each message it:
 
     * rewrites the envelope sender and recipients in the local context
       (``pymailsys.address.rewrite``: source routes, bang paths, the percent hack,
@@ -24,9 +25,14 @@ DESCRIPTION
       submitting uid, bounce/local), counts Received: headers against
       hopcount_limit, drops message_drop_headers, and adds a missing
       Message-Id:, Date: and From: for local submissions (rewrite_context
-      local) or with always_add_missing_headers (``headers``);
-    * writes the queue file in incoming/ in Postfix's record order (hold/ with
-      CLEANUP_FLAG_HOLD), marks it complete (0700) and fsyncs it, grouped with
+      local) or with always_add_missing_headers (``headers``); truncates a
+      header longer than header_size_limit and, with
+      cleanup_replace_stray_cr_lf, turns each stray CR into a space;
+    * writes the queue file in incoming/ in Postfix's record order as the
+      content arrives (``headers.ContentPass`` holds at most one header and
+      one unfinished line; ``writer.ContentFile`` writes past 256 KB), so
+      memory does not grow with the message (hold/ with
+      CLEANUP_FLAG_HOLD); then marks it complete (0700) and fsyncs it, grouped with
       the other files of the same event-loop turn (``writer``), and
       answers status 0 only after the fsync that covers its own file returned;
     * then wakes qmgr (``I`` on public/qmgr), once per batch, on a connection
@@ -52,7 +58,9 @@ CONFIGURATION PARAMETERS
     append_dot_mydomain, swap_bangpath, allow_percent_hack,
     remote_header_rewrite_domain, empty_address_recipient, duplicate_filter_limit,
     hopcount_limit, message_drop_headers, always_add_missing_headers, header_from_format,
-    line_length_limit, message_size_limit, queue_minfree, delay_warning_time,
+    line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
+    queue_minfree, delay_warning_time, ipc_timeout (the longest wait for the next
+    piece of a streamed message),
     enable_original_recipient, enable_long_queue_ids, queue_service_name.
     All are read once at start-up; a reload restarts the process.
 
@@ -123,6 +131,7 @@ class Settings:
         self.keep_orcpt = config.get_bool("enable_original_recipient")
         self.long_ids = config.get_bool("enable_long_queue_ids")
         self.qmgr_service = config.get("queue_service_name")
+        self.ipc_timeout = float(config.get_time("ipc_timeout"))
 
 
 def _notify_value(text: str) -> int:
@@ -314,7 +323,8 @@ class Cleanup:
                     out.too_big = True
                 if not out.too_big:
                     out.add(content.feed(chunk))
-                part = await more.get() if more is not None else None
+                part = (await asyncio.wait_for(more.get(), s.ipc_timeout)
+                        if more is not None else None)
             if out.too_big:
                 self.writer.discard(fd, path)
                 log.warning(f"{queue_id}: queue file size limit exceeded")
@@ -323,9 +333,9 @@ class Cleanup:
             outcome = content.outcome
             size_rec = builder.size_record(envelope, out.content_size, outcome.content_length)
             parts = out.finish(size_rec, builder.trailer())
-        except attr.ProtocolError as e:
+        except (attr.ProtocolError, TimeoutError) as e:
             self.writer.discard(fd, path)
-            log.warning(f"{queue_id}: message rejected: {e}")
+            log.warning(f"{queue_id}: message rejected: {str(e) or 'timeout reading the content'}")
             return _reply(*ERR_PROTO)
         except OSError as e:
             self.writer.discard(fd, path)
