@@ -94,17 +94,7 @@ def cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     _start(setup, str(HERE / "pmsfixtures" / "triggerlog.py"), "-c", str(setup.etc), "-n", "qmgr",
            "-L", qmgr)
     wait_until(lambda: os.path.exists(qmgr), timeout=30, what="qmgr trigger socket")
-    _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket,
-           env={"TZ": "Australia/Sydney"})
-
-    def ready() -> bool:
-        try:
-            SyncAttrClient(setup.socket, timeout=5).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(ready, timeout=30, what="cleanup socket")
+    _start_cleanup(setup, env={"TZ": "Australia/Sydney"})
     yield setup
     for proc in setup.procs:
         proc.terminate()
@@ -114,6 +104,21 @@ def cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _start_cleanup(setup: Setup, env: dict[str, str] | None = None) -> None:
+    """The cleanup daemon standalone on setup's public/cleanup, once it answers."""
+    _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket,
+           env=env)
+
+    def ready() -> bool:
+        try:
+            SyncAttrClient(setup.socket, timeout=5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(ready, timeout=30, what="cleanup socket")
 
 
 def _smtpd_request(**over: object) -> dict[str, object]:
@@ -530,16 +535,7 @@ def test_remote_header_rewrite_domain(tmp_path: Path) -> None:
     setup = _write_config(tmp_path, "remote_header_rewrite_domain = remote.example\n"
                                     "message_drop_headers = content-length\n")
     try:
-        _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket)
-
-        def ready() -> bool:
-            try:
-                SyncAttrClient(setup.socket, timeout=5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=30, what="cleanup socket")
+        _start_cleanup(setup)
         reply = _send(setup, _smtpd_request(
             sender="someone", rcpt=["bob"],
             content=b"From: Someone <someone>\nTo: bob, carol@example.org\nBcc: hidden\n\nx\n"))
@@ -630,16 +626,7 @@ def test_stalled_stream_is_dropped_after_ipc_timeout(tmp_path: Path) -> None:
     the message is refused (451) and the file removed."""
     setup = _write_config(tmp_path, "ipc_timeout = 1s\n")
     try:
-        _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket)
-
-        def ready() -> bool:
-            try:
-                SyncAttrClient(setup.socket, timeout=5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=30, what="cleanup socket")
+        _start_cleanup(setup)
         with SyncAttrClient(setup.socket, timeout=60) as client:
             client.sock.sendall(encode({**_smtpd_request(content=b"Subject: x\n\n"), "more": 1}))
             client.sock.sendall(encode({"content": b"a" * 1000 + b"\n", "more": 1}))

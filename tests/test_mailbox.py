@@ -294,3 +294,24 @@ def test_an_error_reading_the_chunks_truncates_the_mbox_back(tmp_path) -> None: 
     with pytest.raises(ValueError):
         mailbox.deliver_mbox(str(box), broken())
     assert box.read_bytes() == before
+
+
+def test_content_records_read_in_blocks_of_any_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Records that straddle read blocks come out whole; a file cut short is refused."""
+    from pymailsys.queue.queue_file import QueueFileError, content_records
+
+    lines = [b"Subject: x", b"", b"a" * 5000, b"short", b"b" * 300]
+    content = b"".join(text_records(line, 2048) for line in lines)
+    path = tmp_path / "qf"
+    path.write_bytes(b"head" + content + encode_record(b"X", b"") + encode_record(b"E", b""))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for block in (1, 3, 100, 65536):
+            records = list(content_records(fd, 4, block))
+            joined = b"".join(p + (b"\n" if t == b"N" else b"") for t, p in records)
+            assert joined == b"".join(line + b"\n" for line in lines)
+        os.truncate(path, 4 + len(content) - 10)
+        with pytest.raises(QueueFileError):
+            list(content_records(fd, 4, 100))
+    finally:
+        os.close(fd)

@@ -261,7 +261,7 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
         try:
             rtype, payload, nxt = r.decode_record(buf, pos)
         except r.RecordError as e:
-            if _record_complete(buf, pos):
+            if not e.incomplete:
                 raise QueueFileError(str(e)) from None
             more = os.pread(fd, block, at)  # the record goes on in the next block
             if not more:
@@ -280,28 +280,6 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
             return
         elif rtype != r.REC_TYPE_PTR and rtype != r.REC_TYPE_DTXT:
             raise QueueFileError(f"unexpected record type {rtype!r} in message content")
-
-
-def _record_complete(buf: bytes, pos: int) -> bool:
-    """Whether buf holds the whole record at pos (a bad length counts as whole: the
-    decoder's complaint stands)."""
-    end = len(buf)
-    if pos >= end:
-        return False
-    i = pos + 1
-    length = shift = 0
-    while True:
-        if i >= end:
-            return False
-        byte = buf[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 35:
-            return True
-    return length > r.DEFAULT_MAX_LENGTH or i + length <= end
 
 
 def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:

@@ -95,7 +95,12 @@ DEFAULT_MAX_LENGTH = 1 << 24
 
 
 class RecordError(ValueError):
-    """A malformed, unknown, oversized or truncated record."""
+    """A malformed, unknown, oversized or truncated record (``incomplete``: the data
+    ends inside the record, so more of it may complete the record)."""
+
+    def __init__(self, message: str, incomplete: bool = False) -> None:
+        super().__init__(message)
+        self.incomplete = incomplete
 
 
 VARINT_MAX_SHIFT = 35  # at most six bytes: lengths below 2**42
@@ -103,6 +108,9 @@ VARINT_MAX_SHIFT = 35  # at most six bytes: lengths below 2**42
 
 class VarintIncomplete(RecordError):
     """The data ends inside a base-128 number (more bytes may complete it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, incomplete=True)
 
 
 def encode_varint(n: int) -> bytes:
@@ -148,20 +156,20 @@ def decode_record(data: bytes | memoryview, offset: int,
     """Decode the record at offset: (type, payload, offset of the next record)."""
     end = len(data)
     if offset >= end:
-        raise RecordError("unexpected end of file")
+        raise RecordError("unexpected end of file", incomplete=True)
     rec_type = bytes(data[offset:offset + 1])
     if rec_type not in REC_TYPES:
         raise RecordError(f"unknown record type {rec_type!r} at offset {offset}")
     try:
         length, pos = decode_varint(data, offset + 1)
     except VarintIncomplete:
-        raise RecordError(f"truncated record length at offset {offset}") from None
+        raise RecordError(f"truncated record length at offset {offset}", incomplete=True) from None
     except RecordError:
         raise RecordError(f"bad record length at offset {offset}") from None
     if length > max_length:
         raise RecordError(f"record at offset {offset} is too long: {length} bytes")
     if pos + length > end:
-        raise RecordError(f"truncated record at offset {offset}")
+        raise RecordError(f"truncated record at offset {offset}", incomplete=True)
     return rec_type, bytes(data[pos:pos + length]), pos + length
 
 
