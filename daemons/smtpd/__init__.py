@@ -137,8 +137,30 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 class LocalSubmission(Smtpd):
     """smtpd -S: the queue backend is a local submission by the calling user."""
 
-    async def queue(self, env: Envelope, content: bytes, req: restrictions.Request,
-                    context: str) -> tuple[str, str]:
+    def new_message(self, env: Envelope, req: restrictions.Request,
+                    context: str) -> LocalMessage:
+        return LocalMessage(self.config, env)
+
+
+class LocalMessage:
+    """One message of a stand-alone session: its pieces are gathered (the caller's own
+    process, up to message_size_limit), then handed off as one local submission."""
+
+    def __init__(self, config: config_mod.Config, env: Envelope) -> None:
+        self.config = config
+        self.env = env
+        self.pieces: list[bytes] = []
+
+    async def feed(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+
+    def abort(self) -> None:
+        self.pieces.clear()
+
+    async def finish(self, rest: bytes) -> tuple[str, str]:
+        env = self.env
+        content = b"".join(self.pieces) + rest
+        self.pieces.clear()
         uid = os.getuid()
         lines = content.split(b"\n")
         if lines and lines[-1] == b"":

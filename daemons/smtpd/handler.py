@@ -17,6 +17,7 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pymailsys import config as config_mod
 from pymailsys import log
@@ -121,8 +122,20 @@ class Smtpd:
             return "remote"
         return "local" if result is not None and result.action == restrictions.OK else "remote"
 
-    def new_message(self, env: Envelope, req: restrictions.Request, context: str) -> Message:
+    def new_message(self, env: Envelope, req: restrictions.Request,
+                    context: str) -> QueueMessage:
+        """Where one message's content goes as DATA arrives (stand-alone mode: elsewhere)."""
         return Message(self, env, req, context)
+
+
+class QueueMessage(Protocol):
+    """One message on its way into the queue: content pieces, then the SMTP reply."""
+
+    async def feed(self, piece: bytes) -> None: ...
+
+    async def finish(self, rest: bytes) -> tuple[str, str]: ...
+
+    def abort(self) -> None: ...
 
 
 class Message:
