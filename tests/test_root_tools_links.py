@@ -8,10 +8,13 @@ as root, must leave root's things untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import stat
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,4 +197,45 @@ def test_pid_file_is_not_opened_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(pidfile.PidFileError, match="not a regular file"):
         pidfile.lock(str(fifo), 12345)
     assert pidfile.holder(str(fifo)) is None
+    assert root.untouched()
+
+
+def test_postmap_temporary_file_never_follows_a_link(tmp_path: Path) -> None:
+    """Root builds a table whose (root-owned) source sits in a directory anyone can
+    write, while another process keeps renaming links to root's file over every
+    temporary name there (and the old predictable one): root's file keeps its
+    bytes and mode over 200 builds."""
+    from pymailsys.maps import build
+
+    root = RootThings(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "table").write_text("key value\n")
+    aside = shared / "aside"
+    predictable = f"table.lmdb.tmp.{os.getpid()}"
+    stop = threading.Event()
+
+    def planter() -> None:
+        while not stop.is_set():
+            for name in set(os.listdir(shared)) - {"table", "table.lmdb", "aside"} | {predictable}:
+                with contextlib.suppress(OSError):
+                    os.symlink(root.file, aside)
+                with contextlib.suppress(OSError):
+                    os.rename(aside, shared / name)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=planter)
+    thread.start()
+    try:
+        for _ in range(200):
+            with contextlib.suppress(build.BuildError, OSError):
+                build.build_table(f"hash:{shared / 'table'}")
+            if not root.untouched():
+                break
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
     assert root.untouched()

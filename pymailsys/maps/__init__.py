@@ -25,8 +25,11 @@ case. Both name the file and line in their errors.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
+import tempfile
 import time
 from typing import Any
 
@@ -342,33 +345,49 @@ class LmdbTable(Table):
 
 def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
                nul: bool = True, mode: int | None = None) -> None:
-    """Build path atomically (temporary file, then rename) from key/value pairs."""
+    """Build path atomically (temporary file, then rename) from key/value pairs.
+
+    The table may sit in a directory another account can write (postmap runs as
+    root for a root-owned source, as Postfix's does): the temporary file is new
+    (O_EXCL under an unpredictable name), lmdb writes it through the descriptor
+    (/proc/self/fd), its mode is set with fchmod, and it is renamed into place
+    only while the name still holds it, so no link planted there is followed.
+    """
     import lmdb
 
     size = sum(len(k) + len(v) + 64 for k, v in items)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(path) or ".")
     try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    env = lmdb.open(tmp, subdir=False, map_size=max(1 << 20, size * 4), lock=False,
-                    metasync=False, sync=False)
-    with env.begin(write=True) as txn:
-        for key, value in items:
-            k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
-            v = value.encode("utf-8", "surrogateescape")
-            if nul:
-                k, v = k + b"\0", v + b"\0"
-            txn.put(k, v)
-    env.sync(True)
-    env.close()
-    try:
-        os.unlink(tmp + "-lock")
-    except FileNotFoundError:
-        pass
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.rename(tmp, path)
+        by_fd = f"/proc/self/fd/{fd}"
+        env = lmdb.open(by_fd if os.path.exists(by_fd) else tmp, subdir=False,
+                        map_size=max(1 << 20, size * 4), lock=False, metasync=False, sync=False)
+        with env.begin(write=True) as txn:
+            for key, value in items:
+                k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
+                v = value.encode("utf-8", "surrogateescape")
+                if nul:
+                    k, v = k + b"\0", v + b"\0"
+                txn.put(k, v)
+        env.sync(True)
+        env.close()
+        os.fchmod(fd, mode if mode is not None else 0o644 & ~_umask())
+        ours, there = os.fstat(fd), os.lstat(tmp)
+        if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
+            raise OSError(errno.EEXIST, f"{tmp} was replaced while it was written")
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # removes a link, never what it names
+        raise
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def split_composite(type_name: str, name: str) -> list[str]:
