@@ -239,3 +239,27 @@ def test_postmap_temporary_file_never_follows_a_link(tmp_path: Path) -> None:
         thread.join()
         sys.setswitchinterval(switch)
     assert root.untouched()
+
+
+def test_trigger_never_writes_through_a_link(tmp_path: Path) -> None:
+    """postqueue -f as root wakes qmgr through public/qmgr: a link planted there to
+    root's FIFO (or file) receives nothing."""
+    etc, spool = make_spool(tmp_path)
+    root = RootThings(tmp_path)
+    fifo = tmp_path / "root.fifo"
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        owner = pwd.getpwnam("postfix")
+        plant(spool / "public" / "qmgr", fifo, owner)
+        plant(spool / "public" / "pickup", root.file, owner)
+        out = tool("postqueue", "-c", str(etc), "-f")
+        assert "Cannot flush mail queue - mail system is down" in out.stderr.decode()
+        try:
+            got = os.read(reader, 64)
+        except BlockingIOError:
+            got = b""
+        assert got == b""
+    finally:
+        os.close(reader)
+    assert root.untouched()

@@ -7,6 +7,12 @@ more request bytes and nothing else, as in Postfix: ``W`` wake up, and for qmgr
 running is not an error for the sender (the timer or the next start catches
 up), so both functions return False instead of raising.
 
+The endpoint lives in public/ or private/, which mail_owner writes, and the
+sender may be root (master, ``postfix flush``, ``postqueue -f``): it must be a
+FIFO or a socket itself, never a symbolic link; a FIFO is opened O_NOFOLLOW
+and written only when the descriptor is a FIFO, so a trigger never writes into
+a file or another FIFO that a planted link names.
+
 Named queue files: cleanup tells qmgr which files it just queued with
 ``<HEX>`` records (the queue ID's bytes in lower-case hex, ``encode_named_ids``)
 on its trigger connection, so qmgr need not rescan incoming/. The records use
@@ -34,13 +40,18 @@ FORGET = b"F"
 def send_trigger(path: str, data: bytes, timeout: float = 5.0) -> bool:
     """Blocking trigger; True when the bytes were handed over."""
     try:
-        if stat.S_ISFIFO(os.stat(path).st_mode):
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        mode = os.lstat(path).st_mode
+        if stat.S_ISFIFO(mode):
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             try:
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    return False  # swapped after the lstat
                 os.write(fd, data)
             finally:
                 os.close(fd)
             return True
+        if not stat.S_ISSOCK(mode):
+            return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
@@ -53,8 +64,11 @@ def send_trigger(path: str, data: bytes, timeout: float = 5.0) -> bool:
 async def async_trigger(path: str, data: bytes) -> bool:
     """The same, without blocking the event loop on a socket."""
     try:
-        if stat.S_ISFIFO(os.stat(path).st_mode):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISFIFO(mode):
             return send_trigger(path, data)
+        if not stat.S_ISSOCK(mode):
+            return False
         _, writer = await asyncio.open_unix_connection(path)
         writer.write(data)
         await writer.drain()
