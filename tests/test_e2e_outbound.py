@@ -11,6 +11,7 @@ import email
 import email.policy
 import os
 import re
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -207,10 +208,12 @@ def test_5xx_bounces_to_sender_with_a_dsn(new_instance, sink, stage, command) ->
 class _Recorder:
     def __init__(self) -> None:
         self.envelopes: list[tuple[str, list[str], bytes, list[str]]] = []
+        self.over_tls: list[bool] = []
 
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos),
                                envelope.original_content, list(envelope.mail_options)))
+        self.over_tls.append(session.ssl is not None)
         return "250 2.0.0 Ok: queued as AIOSMTPD1"
 
 
@@ -287,3 +290,37 @@ def test_sender_dependent_relayhost(new_instance, sink) -> None:  # type: ignore
     other = inst.send("carol@example.org", "y@remote.example", b"Subject: y\r\n\r\ny\r\n")
     inst.wait_log(rf"{other}: to=<y@remote.example>, relay=none, .*status=deferred "
                   rf"\(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused\)")
+
+
+def test_tls_encrypt_crosses_in_tls_and_waits_for_a_peer_without_starttls(  # type: ignore[no-untyped-def]
+        new_instance, aiosmtpd_peer, tmp_path) -> None:
+    plain, plain_recorder = aiosmtpd_peer
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=peer.example"],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    recorder = _Recorder()
+    tls_peer = Controller(recorder, hostname="127.0.0.1", port=free_port(),
+                          server_hostname="peer.example", tls_context=context)
+    tls_peer.start()
+    try:
+        inst: Instance = new_instance()
+        inst.set(smtp_tls_security_level="encrypt",
+                 transport_maps=f"inline:{{ tls.example=smtp:[127.0.0.1]:{tls_peer.port}, "
+                                f"plain.example=smtp:[127.0.0.1]:{plain.port} }}")
+        inst.start()
+        queue_id = inst.send(LOCAL, ["x@tls.example", "y@plain.example"],
+                             b"Subject: secret\r\n\r\nfor your eyes only\r\n")
+        inst.wait_log(rf"postfix/smtp\[\d+\]: Untrusted TLS connection established to "
+                      rf"127\.0\.0\.1\[127\.0\.0\.1\]:{tls_peer.port}: TLSv1\.[23] with cipher \S+ "
+                      rf"\(\d+/\d+ bits\)")
+        inst.wait_log(rf"{queue_id}: to=<x@tls.example>, .*status=sent \(250 2\.0\.0 Ok")
+        assert recorder.over_tls == [True]
+        inst.wait_log(rf"{queue_id}: to=<y@plain.example>, relay=none, .*dsn=4\.7\.4, "
+                      rf"status=deferred \(TLS is required, but was not offered by host "
+                      rf"127\.0\.0\.1\[127\.0\.0\.1\]\)")
+        assert plain_recorder.envelopes == []  # nothing crossed in plaintext
+    finally:
+        tls_peer.stop()

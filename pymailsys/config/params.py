@@ -289,6 +289,8 @@ _TABLE: list[Param] = [
     _p("lmtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("smtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
     _p("lmtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
+    _p("smtp_tls_security_level", "", doc="none, may or encrypt (STARTTLS without verification)"),
+    _p("lmtp_tls_security_level", "", doc="none, may or encrypt (STARTTLS without verification)"),
 ]
 
 PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}

@@ -54,7 +54,8 @@ CONFIGURATION PARAMETERS
     smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay,
-    smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit (each
+    smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
+    smtp_tls_security_level (none, may, encrypt; others are refused) (each
     also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
     myhostname.
 """
@@ -88,6 +89,7 @@ from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import client, nexthop
 
 CACHE_SWEEP = 1.0
+TLS_LEVELS = ("none", "may", "encrypt")
 MAX_ENVID = 100  # RFC 3461
 DSN_RET_NAMES = {1: "FULL", 2: "HDRS"}  # Postfix's dsn_ret values
 
@@ -162,7 +164,8 @@ class Agent:
                 mail=seconds("mail_timeout"), rcpt=seconds("rcpt_timeout"),
                 data_init=seconds("data_init_timeout"), data_xfer=seconds("data_xfer_timeout"),
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
-            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")))
+            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
+            tls_level=self.tls_level(config))
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
@@ -177,6 +180,18 @@ class Agent:
             myhostname=config.get("myhostname"),
             own_addresses=frozenset(networks.interface_addresses(config)))
         self.cache: dict[str, list[_Cached]] = {}
+
+    def tls_level(self, config: Config) -> str:
+        """smtp_tls_security_level: none, may and encrypt are obeyed; the levels that
+        verify certificates are refused (every delivery defers, saying so)."""
+        level = config.get(param_name(self.protocol, "tls_security_level")).strip().lower()
+        level = level or "none"
+        self.tls_refused = ""
+        if level not in TLS_LEVELS:
+            self.tls_refused = (f"{param_name(self.protocol, 'tls_security_level')} = {level} "
+                                f"is not supported")
+            log.warning(self.tls_refused)
+        return level
 
     # --- the service -------------------------------------------------------------
 
@@ -214,6 +229,9 @@ class Agent:
         relays = ["none"] * count
         uses = [0] * count
         conn_time = 0.0
+        if self.tls_refused:
+            return self.finish(req, [DeliveryResult.deferred(self.tls_refused, "4.7.5")] * count,
+                               relays)
         try:
             dest = nexthop.parse(req.nexthop, self.lmtp, self.default_port)
         except nexthop.RouteError as e:
@@ -312,6 +330,8 @@ class Agent:
                 session.close()
                 yield peer, None, e
                 continue
+            if session.tls_info:
+                log.info(session.tls_info)
             yield peer, session, None
 
     def take_cached(self, key: str) -> client.Session | None:

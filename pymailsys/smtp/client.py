@@ -23,6 +23,14 @@ DESCRIPTION
     bounded chunks with CRLF endings and dot-stuffing, each chunk within the
     data transfer timeout, so memory does not grow with the message.
 
+    With ``Settings.tls_level`` ``may`` or ``encrypt`` (smtp_tls_security_level),
+    a server that offers STARTTLS gets it after EHLO (no certificate
+    verification at these levels, as in Postfix), then EHLO again;
+    ``encrypt`` fails the session (4.7.4 "TLS is required, but was not
+    offered by host H[A]") before anything is sent in plaintext.
+    ``Session.tls_info`` is Postfix's "Untrusted TLS connection established
+    to ..." text.
+
     Every wait has its timeout (``Timeouts``: Postfix's smtp_*_timeout
     parameters). A reply is a value: code, enhanced status (from the text,
     or derived from the code) and text with control characters replaced.
@@ -52,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -177,6 +186,7 @@ class Settings:
     lmtp: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     skip_5xx_greeting: bool = True
+    tls_level: str = "none"  # "none", "may" or "encrypt" (smtp_tls_security_level)
 
 
 class Session:
@@ -193,6 +203,7 @@ class Session:
         self.uses = 0
         self.broken = False
         self.opened = time.monotonic()
+        self.tls_info = ""  # Postfix's "... TLS connection established to ..." text
 
     # --- low level ---------------------------------------------------------------
 
@@ -249,7 +260,11 @@ class Session:
         reply = await self.reply(t.helo, f"performing the {verb} handshake")
         if reply.kind == 2:
             self.extensions = _extensions(reply)
+            await self._starttls(verb)
             return
+        if self.settings.tls_level == "encrypt":
+            raise SessionError(f"TLS is required, but our {verb} was rejected by host "
+                               f"{self.peer.label}: {reply}", reply, dsn="4.7.5")
         if self.settings.lmtp or reply.code == 421:
             raise SessionError(self.said(reply, verb), reply)
         await self._write(f"HELO {name}\r\n".encode(), t.helo, "performing the HELO handshake")
@@ -257,6 +272,46 @@ class Session:
         if reply.kind != 2:
             raise SessionError(self.said(reply, "HELO"), reply)
         self.extensions = {}
+
+    async def _starttls(self, verb: str) -> None:
+        """STARTTLS and a new EHLO/LHLO, as smtp_tls_security_level asks (no
+        certificate verification: ``may`` and ``encrypt``)."""
+        level = self.settings.tls_level
+        if level == "none" or self.peer.path:
+            return
+        if "STARTTLS" not in self.extensions:
+            if level == "encrypt":
+                raise SessionError(f"TLS is required, but was not offered by host "
+                                   f"{self.peer.label}", dsn="4.7.4")
+            return
+        t = self.timeouts
+        await self._write(b"STARTTLS\r\n", t.helo, "sending STARTTLS")
+        reply = await self.reply(t.helo, "sending STARTTLS")
+        if reply.kind != 2:
+            raise SessionError(self.said(reply, "STARTTLS"), reply, dsn="4.7.5")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            await self._wait(self.writer.start_tls(context, server_hostname=self.peer.name),
+                             t.helo, "performing the TLS handshake")
+        except ssl.SSLError as e:
+            self.broken = True
+            raise SessionError(f"Cannot start TLS: handshake failure with {self.peer.label}: "
+                               f"{e.reason or e}", dsn="4.7.5") from None
+        tls = self.writer.get_extra_info("ssl_object")
+        if tls is not None:
+            cipher = tls.cipher() or ("", "", 0)
+            trust = "Untrusted" if tls.getpeercert(binary_form=True) else "Anonymous"
+            self.tls_info = (f"{trust} TLS connection established to {self.peer.relay}: "
+                             f"{tls.version()} with cipher {cipher[0]} "
+                             f"({cipher[2]}/{cipher[2]} bits)")
+        await self._write(f"{verb} {self.settings.helo_name}\r\n".encode(), t.helo,
+                          f"performing the {verb} handshake")
+        reply = await self.reply(t.helo, f"performing the {verb} handshake")
+        if reply.kind != 2:
+            raise SessionError(self.said(reply, verb), reply)
+        self.extensions = _extensions(reply)
 
     def size_limit(self) -> int:
         value = self.extensions.get("SIZE", "")
