@@ -146,6 +146,23 @@ def test_dsn_parameters_are_passed_on(new_instance, sink) -> None:  # type: igno
     assert re.search(rb"^X-Mail-Args: <alice@example.org> ENVID=env1 RET=HDRS$", dump, re.M)
 
 
+def test_large_message_streams_intact(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """Read from the queue file in chunks: lines split between chunks, and dots at the
+    start of lines anywhere, arrive as they were sent."""
+    sink.start()
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    long_line = b"L" * 150_000
+    body = b"".join(b".dot %d\r\n%s\r\n" % (i, b"x" * (i % 997)) for i in range(3000))
+    body += long_line + b"\r\n.last\r\n"
+    queue_id = inst.send("alice@example.org", "big@remote.example",
+                         b"Subject: big\r\n\r\n" + body)
+    inst.wait_log(rf"{queue_id}: to=<big@remote.example>, .*status=sent")
+    (dump,) = sink.wait_dumps(1)
+    assert dump.partition(b"\n\n")[2] == body.replace(b"\r\n", b"\n") + b"\n"
+
+
 def test_cached_connection_is_reused(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
     sink.start()
     inst: Instance = new_instance()

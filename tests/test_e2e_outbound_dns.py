@@ -25,7 +25,7 @@ from harness import PYTHON, Instance, wait_until
 
 pytestmark = pytest.mark.root
 
-MX1, MX2, AHOST, SELF = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.1"
+MX1, MX2, AHOST, SELF, SOFT = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.1", "127.0.0.13"
 
 
 class Netns:
@@ -73,6 +73,8 @@ def netns() -> Iterator[Netns]:
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
                   "--mx-host=mx.test,mx1.mx.test,10", "--mx-host=mx.test,mx2.mx.test,20",
                   "--mx-host=deadmx.test,mx1.mx.test,10",
+                  "--mx-host=soft.test,mx1.soft.test,10", "--mx-host=soft.test,mx2.mx.test,20",
+                  f"--host-record=mx1.soft.test,{SOFT}",
                   f"--host-record=mx1.mx.test,{MX1}", f"--host-record=mx2.mx.test,{MX2}",
                   f"--host-record=amx.test,{AHOST}",
                   "--mx-host=self.test,me.self.test,10", "--mx-host=self.test,mx2.mx.test,20",
@@ -82,7 +84,8 @@ def netns() -> Iterator[Netns]:
         sink = require_tool("/usr/sbin/smtp-sink")
         for addr in (MX2, AHOST):  # MX1 has nothing listening: connection refused
             ns.spawn([sink, "-u", "nobody", f"{addr}:25", "10"])
-        for addr in (MX2, AHOST):
+        ns.spawn([sink, "-u", "nobody", "-r", "RCPT", f"{SOFT}:25", "10"])  # 450 to RCPT
+        for addr in (MX2, AHOST, SOFT):
             wait_until(lambda a=addr: ns.listening(a, 25), 30,  # type: ignore[misc]
                        what=f"smtp-sink on {addr}")
         yield ns
@@ -97,11 +100,13 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
               cwd="/")
     inst.running = True
     rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
-             "f@self.test"]
+             "f@self.test", "g@soft.test"]
     inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
               input="Subject: dns\n\nrouted by DNS\n", check=True)
     # MX by preference: mx1 refuses, mx2 takes it
     inst.wait_log(r"to=<a@mx\.test>, relay=mx2\.mx\.test\[127\.0\.0\.11\]:25, .*status=sent")
+    # a 4xx to RCPT at the first MX: the second MX gets the recipient
+    inst.wait_log(r"to=<g@soft\.test>, relay=mx2\.mx\.test\[127\.0\.0\.11\]:25, .*status=sent")
     # no MX: the A record
     inst.wait_log(r"to=<b@amx\.test>, relay=amx\.test\[127\.0\.0\.12\]:25, .*status=sent")
     inst.wait_log(r"to=<c@null\.test>, relay=none, .*dsn=5\.1\.0, status=bounced "

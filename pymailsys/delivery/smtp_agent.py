@@ -24,8 +24,8 @@ DESCRIPTION
     tried in order (``pymailsys.smtp.client``): a server that cannot be
     reached, answers 4xx to the greeting, HELO or MAIL FROM, or breaks the
     connection makes way for the next, within smtp_mx_session_limit sessions
-    that got past the greeting. Per recipient: 2xx sent, 4xx deferred, 5xx
-    bounced; a message larger than the server's SIZE bounces (5.3.4). When
+    that got past the greeting. Per recipient: 2xx sent, 5xx bounced, 4xx
+    tried again at the next server (as Postfix does), deferred when none is left; a message larger than the server's SIZE bounces (5.3.4). When
     no server took the mail, every recipient gets the last error (5xx:
     bounced, else deferred).
 
@@ -220,9 +220,9 @@ class Agent:
             return self.finish(req, [DeliveryResult.deferred("cannot read queue file")] *
                                len(req.recipients), ["none"] * len(req.recipients))
         with content:
-            return await self.transfer(req, content.lines)
+            return await self.transfer(req, content)
 
-    async def transfer(self, req: Request, lines: list[bytes]) -> list[DeliveryResult]:
+    async def transfer(self, req: Request, content: QueueContent) -> list[DeliveryResult]:
         """Try the destination's servers in order until one took the mail."""
         count = len(req.recipients)
         results: list[DeliveryResult | None] = [None] * count
@@ -239,6 +239,7 @@ class Agent:
         last: client.SessionError | nexthop.RouteError | None = None
         last_relay = "none"
         sessions = 0
+        soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
         async with contextlib.aclosing(self.sessions(req.nexthop, dest)) as attempts:
             async for peer, session, error in attempts:
                 if error is not None:
@@ -258,7 +259,7 @@ class Agent:
                     [_orcpt(req.recipients[i]) for i in pending],
                     [req.recipients[i].notify for i in pending])
                 try:
-                    outcome = await session.send(env, lines)
+                    outcome = await session.send(env, content.text())
                 except client.SessionError as e:
                     last, last_relay = e, peer.relay
                     await self.release(req.nexthop, session, keep=False)
@@ -270,22 +271,21 @@ class Agent:
                 for n, i in enumerate(pending):
                     reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
-                    if reply is None:
-                        results[i] = DeliveryResult.deferred(outcome.reasons[n], "4.4.2")
-                    elif reply.kind == 2:
-                        results[i] = DeliveryResult.sent(outcome.reasons[n], reply.dsn)
-                    elif reply.kind == 5:
-                        results[i] = DeliveryResult.bounced(outcome.reasons[n], reply.dsn)
+                    result = _result_of(reply, outcome.reasons[n])
+                    if reply is not None and reply.kind == 4:
+                        soft[i] = result  # as Postfix: the next server may take it
                     else:
-                        results[i] = DeliveryResult.deferred(outcome.reasons[n], reply.dsn)
+                        results[i] = result
                 await self.release(req.nexthop, session, keep=True)
-                break
+                if all(r is not None for r in results) or (
+                        self.session_limit and sessions >= self.session_limit):
+                    break
         final: list[DeliveryResult] = []
         for i in range(count):
-            result = results[i]
-            if result is None:
-                result, relays[i] = _failure(last), last_relay
-            final.append(result)
+            found = results[i] or soft.get(i)
+            if found is None:
+                found, relays[i] = _failure(last), last_relay
+            final.append(found)
         return self.finish(req, final, relays, uses, conn_time)
 
     def finish(self, req: Request, results: list[DeliveryResult], relays: list[str],
@@ -374,6 +374,17 @@ class Agent:
             for entry in entries:
                 await entry.session.quit()
         self.cache.clear()
+
+
+def _result_of(reply: client.Reply | None, reason: str) -> DeliveryResult:
+    """A recipient's result from its reply (None: the connection broke mid-transaction)."""
+    if reply is None:
+        return DeliveryResult.deferred(reason, "4.4.2")
+    if reply.kind == 2:
+        return DeliveryResult.sent(reason, reply.dsn)
+    if reply.kind == 5:
+        return DeliveryResult.bounced(reason, reply.dsn)
+    return DeliveryResult.deferred(reason, reply.dsn)
 
 
 def _orcpt(rc: Recipient) -> str:

@@ -6,7 +6,7 @@ NAME
 SYNOPSIS
     session = await client.connect(peer, settings)      # greeting read
     await session.hello()                               # EHLO/LHLO, HELO fallback
-    outcome = await session.send(envelope, lines)       # one mail transaction
+    outcome = await session.send(envelope, text)        # one mail transaction
     await session.reset() / await session.quit()
 
 DESCRIPTION
@@ -19,9 +19,10 @@ DESCRIPTION
     to a server that offers DSN), DATA, the message, and the end of
     data; with PIPELINING the commands up to DATA go out in one write. A
     message larger than the server's SIZE is not sent (5.3.4). The message
-    is given as an iterable of lines without terminators; it is written in
-    bounded chunks with CRLF endings and dot-stuffing, each chunk within the
-    data transfer timeout, so memory does not grow with the message.
+    is given as chunks of LF-terminated lines (``QueueContent.text``, read
+    from the queue file as it goes); each chunk is written with CRLF endings
+    and dot-stuffing within the data transfer timeout, so memory does not
+    grow with the message.
 
     With ``Settings.tls_level`` ``may`` or ``encrypt`` (smtp_tls_security_level),
     a server that offers STARTTLS gets it after EHLO (no certificate
@@ -70,7 +71,6 @@ from pymailsys.rfc822 import quote_822_local
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
-CHUNK = 64 * 1024
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
@@ -317,7 +317,7 @@ class Session:
         value = self.extensions.get("SIZE", "")
         return int(value) if value.isdigit() else 0
 
-    async def send(self, env: Envelope, lines: Iterable[bytes]) -> Outcome:
+    async def send(self, env: Envelope, text: Iterable[bytes]) -> Outcome:
         """One mail transaction; SessionError when it cannot start or the session broke."""
         t = self.timeouts
         limit = self.size_limit()
@@ -380,7 +380,7 @@ class Session:
                 return outcome
         if not accepted:
             return outcome
-        await self._send_content(lines)
+        await self._send_content(text)
         await self._end_of_data(outcome)
         return outcome
 
@@ -395,20 +395,21 @@ class Session:
                 outcome.replies[i] = reply
                 outcome.reasons[i] = reason
 
-    async def _send_content(self, lines: Iterable[bytes]) -> None:
+    async def _send_content(self, text: Iterable[bytes]) -> None:
+        """The message (chunks of LF-terminated lines, a line possibly split between
+        chunks) with CRLF line ends and dot-stuffing, one write per chunk, then the end."""
         stage = "sending message body"
         timeout = self.timeouts.data_xfer
-        buf = bytearray()
-        for line in lines:
-            if line[:1] == b".":
-                buf += b"."
-            buf += line
-            buf += b"\r\n"
-            if len(buf) >= CHUNK:
-                await self._write(bytes(buf), timeout, stage)
-                buf.clear()
-        buf += b".\r\n"
-        await self._write(bytes(buf), timeout, stage)
+        at_line_start = True
+        for chunk in text:
+            if not chunk:
+                continue
+            data = chunk.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+            if at_line_start and data[:1] == b".":
+                data = b"." + data
+            at_line_start = chunk.endswith(b"\n")
+            await self._write(data, timeout, stage)
+        await self._write(b".\r\n" if at_line_start else b"\r\n.\r\n", timeout, stage)
 
     async def _end_of_data(self, outcome: Outcome) -> None:
         stage = "sending end of data -- message may be sent more than once"
