@@ -362,21 +362,6 @@ class QueueContent:
         if out:
             yield b"".join(out)
 
-    @property
-    def lines(self) -> list[bytes]:
-        """The whole message as a list of lines, in memory (the smtp client's transfer
-        still takes it so; everything else reads ``text()``)."""
-        out: list[bytes] = []
-        partial: list[bytes] = []
-        for rtype, payload in self._records():
-            partial.append(payload)
-            if rtype == REC_TYPE_NORM:
-                out.append(b"".join(partial))
-                partial = []
-        if partial:
-            out.append(b"".join(partial))
-        return out
-
     def header_lines(self, limit: int = 1 << 20) -> Iterator[bytes]:
         """The primary header lines (a line's first ``limit`` bytes), up to the empty line."""
         line: list[bytes] = []
