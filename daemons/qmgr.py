@@ -133,7 +133,7 @@ from pymailsys.queue.queue_file import (
     QueueFileError,
     Recipient,
     mark_done,
-    read_envelope_bytes,
+    read_envelope_fd,
 )
 from pymailsys.submission import access
 
@@ -515,13 +515,11 @@ class Qmgr:
             self.put_back_locked(queue_id)
             return
         try:
-            data = os.pread(fd, os.fstat(fd).st_size, 0)
-            env = read_envelope_bytes(data, queue_id, path)
+            env = read_envelope_fd(fd, queue_id, path)
         except (QueueFileError, OSError) as e:
             os.close(fd)
             self.corrupt(queue_id, str(e))
             return
-        del data
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
             status_log.remove(self.spool, q.DEFER, queue_id)
