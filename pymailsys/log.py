@@ -8,6 +8,11 @@ to that file as ``Mmm dd hh:mm:ss host tag[pid]: text``, each line written with
 one ``write`` on an O_APPEND descriptor so that concurrent processes do not
 interleave; otherwise to syslog, facility ``syslog_facility``, with the pid.
 
+Every line is passed through ``printable`` first, as Postfix's msg_output
+does: a control character, an invalid UTF-8 byte (a surrogate escape) or
+another unprintable character becomes ``?``, so nothing a client sent can
+forge a line break or a terminal escape in the log.
+
 ``fatal`` logs and exits the process with status 1 (master restarts a daemon);
 ``panic`` does the same for a broken invariant. Commands pass ``stderr=True`` to
 also print ``program: text`` on standard error, as Postfix's commands do.
@@ -84,7 +89,21 @@ def tag() -> str:
     return _state.tag
 
 
+def printable(text: str, replacement: str = "?") -> str:
+    """Postfix's printable(): every unprintable character replaced.
+
+    Unprintable: ASCII control characters and DEL, surrogate escapes (bytes
+    that were not UTF-8), and what Unicode calls Other or Separator except
+    the space. Used for every log line and for client strings bound for a
+    header (smtpd's HELO name).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else replacement for c in text)
+
+
 def _emit(priority: int, text: str) -> None:
+    text = printable(text)
     if _state.fd is not None:
         now = int(time.time())
         if now != _state.stamp_second:

@@ -68,7 +68,7 @@ class Client:
             if not line:
                 lines.append("<EOF>")
                 break
-            lines.append(line.decode().rstrip("\r\n"))
+            lines.append(line.decode(errors="replace").rstrip("\r\n"))
             if len(line) >= 4 and line[3:4] == b" ":
                 break
         return "\n".join(lines)

@@ -55,6 +55,7 @@ class Smtpd:
         self.soft_limit = config.get_int("smtpd_soft_error_limit")
         self.hard_limit = config.get_int("smtpd_hard_error_limit")
         self.junk_limit = config.get_int("smtpd_junk_command_limit")
+        self.line_limit = max(config.get_int("line_length_limit"), 512)
         self.helo_required = config.get_bool("smtpd_helo_required")
         self.vrfy_disabled = config.get_bool("disable_vrfy_command")
         self.smtputf8 = config.get_bool("smtputf8_enable")

@@ -24,12 +24,31 @@ imports (ssl, email, attrs: about 20 ms and a few MB):
 * address parsing: ``pymailsys.smtp.path`` (Postfix's rules: ``<>`` optional
   unless strict_rfc821_envelopes, source routes dropped, quoted local parts).
 
+What a client sends never raises out of a session, and never reaches a
+header or the log raw:
+
+* a command line ends at its first NUL (Postfix reads commands as C
+  strings): ``RCPT TO:<"a<NUL>b"@x>`` is ``RCPT TO:<"a``, a bad address;
+* with smtputf8_enable, a line that is not UTF-8 gets ``500 5.5.2 Error:
+  bad UTF-8 syntax``; a line over line_length_limit is cut there, the rest
+  skipped, with Postfix's ``request longer than`` warning;
+* the HELO name is kept ``log.printable`` (control characters become
+  ``?``), as Postfix's smtpd keeps it, so Received: shows ``from a?b``;
+* in an envelope address, TAB, CR and LF (possible only inside quotes)
+  become a space, as Postfix's address tokenizer makes them; any other
+  control character makes the address bad syntax (501 5.1.7 / 5.1.3);
+* an unexpected exception ends the session with ``421 4.3.0 HOST Error:
+  internal error`` and one warning line naming it, never a traceback.
+
 Replies are Postfix's, byte for byte (checked against Postfix 3.7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
@@ -39,8 +58,6 @@ from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 from pymailsys import log
 from pymailsys.smtp import restrictions
 from pymailsys.smtp.path import extract_address, parse_path
-
-LINE_LIMIT = 4096
 
 # Postfix's command table order, for the "disconnect from" line.
 COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop", "vrfy",
@@ -55,6 +72,18 @@ Verb = Callable[["Session", str], Awaitable[bool]]
 
 class Hangup(Exception):
     """The session ends here (QUIT, 421, protocol violation)."""
+
+
+_QUOTED_WHITESPACE = str.maketrans("\t\r\n", "   ")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def envelope_address(addr: str) -> str | None:
+    """An address as smtpd passes it on: TAB/CR/LF made spaces; None if it has other controls."""
+    if addr.isprintable():
+        return addr
+    addr = addr.translate(_QUOTED_WHITESPACE)
+    return None if _CONTROL.search(addr) else addr
 
 
 class Session:
@@ -137,6 +166,8 @@ class Session:
                 pass
         except Hangup:
             pass
+        except Exception as e:  # a bug must not cost more than this session
+            self._internal_error(e)
         finally:
             self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
@@ -145,6 +176,17 @@ class Session:
                     self._writer.close()
             except (ConnectionError, RuntimeError):
                 pass
+
+    def _internal_error(self, e: Exception) -> None:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        log.warning(f"internal error after {self.where} from {self.client}: "
+                    f"{type(e).__name__}: {e} ({os.path.basename(frame.filename)}, "
+                    f"line {frame.lineno})")
+        try:
+            self._writer.write(
+                f"421 4.3.0 {self.smtpd.myhostname} Error: internal error\r\n".encode())
+        except (ConnectionError, RuntimeError):
+            pass
 
     def _stats(self) -> str:
         parts = []
@@ -178,18 +220,30 @@ class Session:
                 log.info(f"too many errors after {self.where} from {self.client}")
                 await self.push(f"421 4.7.0 {smtpd.myhostname} Error: too many errors")
                 raise Hangup
-            line = await self.input.readline(LINE_LIMIT)
+            line = await self.input.readline(smtpd.line_limit)
             if self.input.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
                 log.info(f"NOQUEUE: reject: {self.where} from {self.client}: bare <LF> received; "
                          f"{self._proto_helo()}")
                 await self.push(f"550 5.5.2 {smtpd.myhostname} Error: bare <LF> received")
                 raise Hangup
-            verb_b, _, arg_b = line.partition(b" ")
-            verb = verb_b.upper().decode("ascii", "replace")
-            method = verbs.get(verb)
-            if not verb:
+            if len(line) >= smtpd.line_limit:
+                log.warning(f"{self.client}: request longer than {smtpd.line_limit}: "
+                            f"{line[:30].decode('utf-8', 'replace')}...")
+            nul = line.find(b"\0")
+            if nul >= 0:
+                line = line[:nul]
+            if smtpd.smtputf8 and not line.isascii() and not _is_utf8(line):
+                self.where = "UNKNOWN"
+                self._count("unknown", False)
+                await self.reply_error("500 5.5.2 Error: bad UTF-8 syntax")
+                continue
+            words = line.split(None, 1)
+            if not words:
                 await self.reply_error("500 5.5.2 Error: bad syntax")
                 continue
+            verb = words[0].upper().decode("ascii", "replace")
+            arg_b = words[1] if len(words) > 1 else b""
+            method = verbs.get(verb)
             if method is None:
                 self.where = "UNKNOWN"
                 self._count("unknown", False)
@@ -255,7 +309,7 @@ class Session:
         if not arg:
             return await self.reply_error(f"501 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
         self._reset()
-        self.req.helo = arg
+        self.req.helo = log.printable(arg)
         self.esmtp = esmtp
         self.req.protocol = "ESMTP" if esmtp else "SMTP"
         if not self.smtpd.delay_reject:
@@ -286,7 +340,10 @@ class Session:
             if not arg[5:].strip():
                 return await self.reply_error("501 5.5.4 Syntax: MAIL FROM:<address>")
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
-        _, sender, params = parsed
+        _, sender_given, params = parsed
+        sender = envelope_address(sender_given)
+        if sender is None:
+            return await self.reply_error("501 5.1.7 Bad sender address syntax")
         env = Envelope(sender=sender)
         for param in params:
             name, _, value = param.partition("=")
@@ -337,7 +394,11 @@ class Session:
                 log.warning(f"Illegal address syntax from {self.client} in RCPT command: "
                             f"<{parsed[0]}>")
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        given, rcpt, params = parsed
+        given, rcpt_given, params = parsed
+        rcpt = envelope_address(rcpt_given)
+        if rcpt is None:
+            return await self.reply_error("501 5.1.3 Bad recipient address syntax")
+        given = envelope_address(given) or rcpt
         for param in params:
             name, _, value = param.partition("=")
             uname = name.upper()
@@ -436,6 +497,8 @@ class Session:
         if not arg:
             return await self.reply_error("501 5.5.4 Syntax: VRFY address")
         addr = extract_address(arg, False)
+        if addr:
+            addr = envelope_address(addr)
         if not addr:
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         reply = self.smtpd.engine.unlisted(self.req, addr, restrictions.STAGE_RECIPIENT)
@@ -460,6 +523,14 @@ class Session:
 
     async def smtp_STARTTLS(self, arg: str) -> bool:
         return await self.reply_error("502 5.5.1 Error: command not implemented")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _verb_table(cls: type) -> dict[str, Verb]:
