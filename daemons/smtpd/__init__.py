@@ -32,6 +32,13 @@ DESCRIPTION
     AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
     gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
 
+    EHLO offers only what works: PIPELINING, SIZE, VRFY, ENHANCEDSTATUSCODES,
+    8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords. Not DSN: its MAIL
+    and RCPT parameters (RET, ENVID, NOTIFY, ORCPT) get Postfix's ``501 5.7.1
+    DSN support is disabled``; not ETRN: there is no flush service, and the
+    command answers ``459 <domain>: service unavailable`` as Postfix does for
+    a domain outside fast_flush_domains.
+
 SECURITY
     Runs as mail_owner (``-u``). DATA ends only at <CR><LF>.<CR><LF>
     (smtpd_forbid_bare_newline, CVE-2023-51764); smtpd_forbid_unauth_pipelining

@@ -58,6 +58,7 @@ class Smtpd:
         self.line_limit = max(config.get_int("line_length_limit"), 512)
         self.helo_required = config.get_bool("smtpd_helo_required")
         self.vrfy_disabled = config.get_bool("disable_vrfy_command")
+        self.discard_ehlo = {k.lower() for k in config.get_list("smtpd_discard_ehlo_keywords")}
         self.smtputf8 = config.get_bool("smtputf8_enable")
         self.strict_rfc821 = config.get_bool("strict_rfc821_envelopes")
         self.peername_lookup = config.get_bool("smtpd_peername_lookup")
@@ -80,14 +81,16 @@ class Smtpd:
         self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
 
     def _ehlo_reply(self) -> bytes:
-        discard = {k.lower() for k in self.config.get_list("smtpd_discard_ehlo_keywords")}
+        # Only what works: no DSN (NOTIFY, RET and ENVID are not honoured yet) and no
+        # ETRN (there is no flush service; the command answers as Postfix's does for
+        # a domain it does not serve).
         words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]
         if not self.vrfy_disabled:
             words.append("VRFY")
-        words += ["ETRN", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+        words += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if self.smtputf8:
             words.append("SMTPUTF8")
-        words = [w for w in words if w.split()[0].lower() not in discard]
+        words = [w for w in words if w.split()[0].lower() not in self.discard_ehlo]
         lines = [self.myhostname] + words
         out = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
         return ("\r\n".join(out) + "\r\n").encode()

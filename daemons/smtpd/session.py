@@ -66,6 +66,9 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
                            "STARTTLS", "AUTH", "ETRN"))
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
+# DSN is not offered (see handler.Smtpd._ehlo_reply): its parameters get Postfix's
+# reply for smtpd_discard_ehlo_keywords = dsn.
+DSN_DISABLED = "501 5.7.1 DSN support is disabled"
 
 Verb = Callable[["Session", str], Awaitable[bool]]
 
@@ -352,12 +355,11 @@ class Session:
                 env.size = int(value)
             elif uname == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 env.body = value.lower()
-            elif uname == "SMTPUTF8" and not value and smtpd.smtputf8:
+            elif (uname == "SMTPUTF8" and not value and smtpd.smtputf8
+                  and "smtputf8" not in smtpd.discard_ehlo):
                 env.smtputf8 = True
-            elif uname == "RET" and value.upper() in ("FULL", "HDRS"):
-                env.ret = value.upper()
-            elif uname == "ENVID" and value:
-                env.envid = value
+            elif uname in ("RET", "ENVID"):
+                return await self.reply_error(DSN_DISABLED)
             elif uname == "AUTH" and value:
                 pass
             else:
@@ -401,9 +403,9 @@ class Session:
         given = envelope_address(given) or rcpt
         for param in params:
             name, _, value = param.partition("=")
-            uname = name.upper()
-            if uname not in ("NOTIFY", "ORCPT") or not value:
-                return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
+            if name.upper() in ("NOTIFY", "ORCPT"):
+                return await self.reply_error(DSN_DISABLED)
+            return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
         if smtpd.rcpt_limit and len(env.recipients) >= smtpd.rcpt_limit:
             self.rcpt_overshoot += 1
             if self.rcpt_overshoot <= smtpd.rcpt_overshoot:

@@ -150,8 +150,9 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
     """aliases(5): (line, lower-cased name, value).
 
     ``name: value, value``; the name may be "double quoted" (quotes removed);
-    a line without a colon is skipped with ``PATH, line N: need name:value
-    pair``. Values are normalised as postalias does: destinations separated
+    a line without a colon or without a value is skipped with ``PATH, line N:
+    need name:value pair``, as postalias does (so ``name:`` is no alias).
+    Values are normalised as postalias does: destinations separated
     by ", ".
     """
     warn = warn or default_warn
@@ -173,7 +174,7 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
                 warn(f"{path}, line {lineno}: need name:value pair")
                 continue
         name = name.strip()
-        if not name:
+        if not name or not value.strip():
             warn(f"{path}, line {lineno}: need name:value pair")
             continue
         out.append((lineno, name.lower(), _normalize_alias_value(value)))

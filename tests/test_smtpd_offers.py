@@ -1,0 +1,68 @@
+"""smtpd offers only what works: EHLO keywords, DSN parameters, empty aliases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from harness import ME
+from smtpd_helpers import smtpd_server
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_ehlo_offers_neither_dsn_nor_etrn_and_refuses_dsn_parameters(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path) as (fake, c, maillog):
+            await c.reply()
+            words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
+            assert "DSN" not in words and "ETRN" not in words
+            assert await c.cmd("MAIL FROM:<a@b.c> RET=HDRS\r\n") == \
+                "501 5.7.1 DSN support is disabled"
+            assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x\r\n") == \
+                "501 5.7.1 DSN support is disabled"
+            assert await c.cmd("MAIL FROM:<a@b.c> SMTPUTF8\r\n") == "250 2.1.0 Ok"
+            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=NEVER\r\n") == \
+                "501 5.7.1 DSN support is disabled"
+            assert await c.cmd("RCPT TO:<root@mx.example> ORCPT=rfc822;x@y\r\n") == \
+                "501 5.7.1 DSN support is disabled"
+            assert await c.cmd("RCPT TO:<root@mx.example> FOO=1\r\n") == \
+                "555 5.5.4 Unsupported option: FOO=1"
+            assert await c.cmd("RSET\r\n") == "250 2.0.0 Ok"
+            # Postfix's ETRN without fast_flush_domains for that domain
+            assert await c.cmd("ETRN example.com\r\n") == "459 <example.com>: service unavailable"
+    run(go())
+
+
+def test_discarded_smtputf8_is_neither_offered_nor_accepted(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_discard_ehlo_keywords="smtputf8, vrfy") as (
+                fake, c, maillog):
+            await c.reply()
+            words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
+            assert words == ["mx.example", "PIPELINING", "SIZE 10240000",
+                             "ENHANCEDSTATUSCODES", "8BITMIME"]
+            assert await c.cmd("MAIL FROM:<a@b.c> SMTPUTF8\r\n") == \
+                "555 5.5.4 Unsupported option: SMTPUTF8"
+    run(go())
+
+
+def test_alias_without_value_is_an_unknown_recipient(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = new_instance()
+    aliases = inst.config_dir / "aliases"
+    aliases.write_text(f"empty:\nblank:   \nfull: {ME}\n")
+    result = inst.tool("newaliases", check=True)
+    assert f"{aliases}, line 1: need name:value pair" in result.stderr
+    assert f"{aliases}, line 2: need name:value pair" in result.stderr
+    assert inst.tool("postmap", "-q", "empty", f"hash:{aliases}").returncode == 1
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        c.mail("someone@example.org")
+        for name in ("empty", "blank"):
+            assert c.rcpt(f"{name}@localhost") == (
+                550, f"5.1.1 <{name}@localhost>: Recipient address rejected: "
+                     f"User unknown in local recipient table".encode())
+        assert c.rcpt("full@localhost")[0] == 250
