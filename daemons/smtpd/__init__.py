@@ -50,7 +50,8 @@ DIAGNOSTICS
     ``NOQUEUE: reject: RCPT from NAME[ADDR]: REPLY; from=<s> to=<r>
     proto=ESMTP helo=<h>``, ``lost connection after CMD from NAME[ADDR]``,
     ``timeout after CMD from NAME[ADDR]``, ``too many errors after CMD from
-    NAME[ADDR]``, ``disconnect from NAME[ADDR] ehlo=1 mail=1 ... commands=N``.
+    NAME[ADDR]``, ``warning: Connection concurrency limit exceeded: N from
+    NAME[ADDR] for service SVC`` (and the other limits' warnings), ``disconnect from NAME[ADDR] ehlo=1 mail=1 ... commands=N``.
     A restriction list that cannot be parsed, or relay control missing from
     both smtpd_relay_restrictions and smtpd_recipient_restrictions, is fatal
     at start-up.
@@ -69,7 +70,11 @@ CONFIGURATION PARAMETERS
     smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,
     smtpd_discard_ehlo_keywords, disable_vrfy_command, smtputf8_enable,
     smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
-    cleanup_service_name, ipc_timeout; the reply codes reject_code, defer_code,
+    cleanup_service_name, ipc_timeout; the client limits counted by anvil
+    (pymailsys.smtp.limits): smtpd_client_connection_count_limit,
+    smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
+    smtpd_client_recipient_rate_limit, smtpd_client_event_limit_exceptions;
+    the reply codes reject_code, defer_code,
     relay_domains_reject_code, access_map_reject_code, access_map_defer_code,
     unknown_local_recipient_reject_code, non_fqdn_reject_code,
     invalid_hostname_reject_code.

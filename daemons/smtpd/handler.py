@@ -2,7 +2,8 @@
 
 ``Smtpd(config)`` is built once per process (the skeleton's on_start): the
 parameters smtpd reads, the pre-formatted greeting and EHLO reply, the
-restriction Engine (start-up fatal on a bad list: ``ValueError``), and ONE
+restriction Engine (start-up fatal on a bad list: ``ValueError``), the
+client limits (pymailsys.smtp.limits, with ONE anvil client), and ONE
 AttrPool to public/cleanup shared by all sessions. ``new_message()`` starts
 a ``Message``: its content goes to cleanup as DATA arrives (pymailsys.ipc.services
 contract), and its end gives the SMTP reply.
@@ -24,6 +25,7 @@ from pymailsys import log
 from pymailsys.address import networks as netaddr
 from pymailsys.ipc import attr, services
 from pymailsys.smtp import restrictions
+from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 
@@ -75,6 +77,7 @@ class Smtpd:
         self.engine = restrictions.Engine(config)
         self.engine.check_relay_config()
         self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
+        self.limits = ClientLimits(config, self.engine.mynetworks)
         self.ehlo_reply = self._ehlo_reply()
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))
@@ -97,6 +100,7 @@ class Smtpd:
 
     async def close(self) -> None:
         await self.cleanup.close()
+        await self.limits.close()
 
     async def client_name(self, addr: str) -> str:
         if netaddr.is_loopback(addr):

@@ -117,6 +117,7 @@ class Session:
         self.rcpt_overshoot = 0
         self.rcpt_tried = 0
         self.bare_lf_exempt: bool | None = None
+        self.anvil_ident: str | None = None  # set: this session's events go to anvil
 
     # --- output ------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:
@@ -151,6 +152,13 @@ class Session:
         self.req.client_name = await smtpd.client_name(self.req.client_addr)
         log.info(f"connect from {self.client}")
         try:
+            self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
+            if self.anvil_ident is not None:
+                refusal = await smtpd.limits.connect(self.anvil_ident, self.req.client_addr,
+                                                     self.client)
+                if refusal is not None:
+                    await self.push(refusal)
+                    raise Hangup
             self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
@@ -174,6 +182,8 @@ class Session:
         finally:
             self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
+            if self.anvil_ident is not None:
+                await smtpd.limits.disconnect(self.anvil_ident)
             try:
                 if not self._writer.is_closing():
                     self._writer.close()
@@ -202,9 +212,8 @@ class Session:
             ok_all += ok
             total_all += total
             parts.append(f" {name}={ok}" if ok == total else f" {name}={ok}/{total}")
-        if total_all:
-            parts.append(f" commands={ok_all}" if ok_all == total_all
-                         else f" commands={ok_all}/{total_all}")
+        parts.append(f" commands={ok_all}" if ok_all == total_all and total_all
+                     else f" commands={ok_all}/{total_all}")
         return "".join(parts)
 
     def _count(self, name: str, ok: bool) -> None:
@@ -335,6 +344,9 @@ class Session:
             return await self.reply_error("503 5.5.1 Error: send HELO/EHLO first")
         if self.env is not None:
             return await self.reply_error("503 5.5.1 Error: nested MAIL command")
+        refusal = await smtpd.limits.message(self.anvil_ident, self.req.client_addr, self.client)
+        if refusal is not None:
+            return await self.reply_error(refusal)
         try:
             parsed = parse_path(arg, "FROM:", smtpd.strict_rfc821)
         except ValueError:
@@ -385,6 +397,10 @@ class Session:
         env = self.env
         if env is None:
             return await self.reply_error("503 5.5.1 Error: need MAIL command")
+        refusal = await smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
+                                               self.client)
+        if refusal is not None:
+            return await self.reply_error(refusal)
         try:
             parsed = parse_path(arg, "TO:", smtpd.strict_rfc821)
         except ValueError:
@@ -498,6 +514,10 @@ class Session:
             return await self.reply_error("502 5.5.1 VRFY command is disabled")
         if not arg:
             return await self.reply_error("501 5.5.4 Syntax: VRFY address")
+        refusal = await self.smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
+                                                    self.client)
+        if refusal is not None:
+            return await self.reply_error(refusal)
         addr = extract_address(arg, False)
         if addr:
             addr = envelope_address(addr)
