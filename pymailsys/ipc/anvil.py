@@ -79,14 +79,9 @@ class AnvilClient:
     async def disconnect(self, who: str) -> None:
         await self._ask(DISCONNECT, who)
 
-    async def message(self, who: str) -> int | None:
-        """Register a MAIL command: the message rate."""
-        got = await self._ask(MESSAGE, who, "rate")
-        return None if got is None else got[0]
-
-    async def recipient(self, who: str) -> int | None:
-        """Register a RCPT or VRFY command: the recipient rate."""
-        got = await self._ask(RECIPIENT, who, "rate")
+    async def rate(self, event: str, who: str) -> int | None:
+        """Register a MESSAGE (MAIL), RECIPIENT (RCPT, VRFY) or NEWTLS event: its rate."""
+        got = await self._ask(event, who, "rate")
         return None if got is None else got[0]
 
     async def close(self) -> None:

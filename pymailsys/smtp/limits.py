@@ -89,26 +89,24 @@ class ClientLimits:
         await self.anvil.disconnect(ident)
 
     async def message(self, ident: str | None, addr: str, client: str) -> str | None:
-        if ident is None or self.message_limit <= 0:
-            return None
-        assert self.anvil is not None
-        rate = await self.anvil.message(ident)
-        if rate is None or rate <= self.message_limit:
-            return None
-        log.warning(f"Message delivery request rate limit exceeded: {rate} from {client} "
-                    f"for service {self.service}")
-        return f"450 4.7.1 Error: too much mail from {addr}"
+        return await self._rate(ident, anvil.MESSAGE, self.message_limit, client,
+                                "Message delivery request", f"too much mail from {addr}")
 
     async def recipient(self, ident: str | None, addr: str, client: str) -> str | None:
-        if ident is None or self.recipient_limit <= 0:
+        return await self._rate(ident, anvil.RECIPIENT, self.recipient_limit, client,
+                                "Recipient address", f"too many recipients from {addr}")
+
+    async def _rate(self, ident: str | None, event: str, limit: int, client: str,
+                    what: str, error: str) -> str | None:
+        if ident is None or limit <= 0:
             return None
         assert self.anvil is not None
-        rate = await self.anvil.recipient(ident)
-        if rate is None or rate <= self.recipient_limit:
+        rate = await self.anvil.rate(event, ident)
+        if rate is None or rate <= limit:
             return None
-        log.warning(f"Recipient address rate limit exceeded: {rate} from {client} "
+        log.warning(f"{what} rate limit exceeded: {rate} from {client} "
                     f"for service {self.service}")
-        return f"450 4.7.1 Error: too many recipients from {addr}"
+        return f"450 4.7.1 Error: {error}"
 
     async def close(self) -> None:
         if self.anvil is not None:
