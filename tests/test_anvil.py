@@ -135,3 +135,17 @@ def test_anvil_refuses_what_it_does_not_know(new_instance) -> None:  # type: ign
                                                                  f":127.0.0.1"})
             assert (reply.number("status"), reply.number("count")) == (0, 1)
     inst.wait_log(r'postfix/anvil\[\d+\]: warning: unrecognized request: "bogus", ignored')
+
+
+def test_sendmail_bs_is_not_counted(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtpd -S (sendmail -bs) serves the local user on standard input: no anvil, as Postfix."""
+    from test_sendmail_bs import StdioSmtp, bs_argv
+
+    inst = new_instance(settings={**NOT_EXEMPT, "smtpd_client_connection_rate_limit": "1"})
+    inst.start()
+    for _ in range(3):
+        smtp = StdioSmtp(bs_argv(inst, None))
+        assert smtp.reply().startswith("220 ")
+        assert smtp.send("QUIT") == "221 2.0.0 Bye"
+        assert smtp.close() == 0
+    assert "limit exceeded" not in inst.log() and "problem talking" not in inst.log()

@@ -149,6 +149,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 class LocalSubmission(Smtpd):
     """smtpd -S: the queue backend is a local submission by the calling user."""
 
+    stand_alone = True
+
     def new_message(self, env: Envelope, req: restrictions.Request,
                     context: str) -> LocalMessage:
         return LocalMessage(self.config, env)

@@ -45,6 +45,8 @@ class Envelope:
 
 
 class Smtpd:
+    stand_alone = False  # smtpd -S: one session on standard input, no anvil
+
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self.myhostname = config.get("myhostname")
@@ -77,7 +79,7 @@ class Smtpd:
         self.engine = restrictions.Engine(config)
         self.engine.check_relay_config()
         self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
-        self.limits = ClientLimits(config, self.engine.mynetworks)
+        self.limits = ClientLimits(config, self.engine.mynetworks, counted=not self.stand_alone)
         self.ehlo_reply = self._ehlo_reply()
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))

@@ -1,7 +1,9 @@
 """smtpd's client limits: Postfix's smtpd_client_*_limit, counted by anvil.
 
-``ClientLimits(config, mynetworks)`` is built once per smtpd process. When any
-limit is on (smtpd_client_connection_count_limit, default 50;
+``ClientLimits(config, mynetworks)`` is built once per smtpd process (with
+``counted=False`` in stand-alone mode, ``sendmail -bs``: Postfix's smtpd -S
+counts no client either). When any limit is on
+(smtpd_client_connection_count_limit, default 50;
 smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, per anvil_rate_time_unit) it keeps one
 pymailsys.ipc.anvil client, so that counts and rates hold across all smtpd
@@ -38,7 +40,8 @@ from pymailsys.ipc import anvil
 
 
 class ClientLimits:
-    def __init__(self, config: config_mod.Config, mynetworks: netaddr.AddressList) -> None:
+    def __init__(self, config: config_mod.Config, mynetworks: netaddr.AddressList,
+                 counted: bool = True) -> None:
         self.service = config.get("service_name") or "smtp"
         self.myhostname = config.get("myhostname")
         self.count_limit = config.get_int("smtpd_client_connection_count_limit")
@@ -52,8 +55,9 @@ class ClientLimits:
         else:
             self.exceptions = mynetworks
         self.anvil: anvil.AnvilClient | None = None
-        if self.count_limit > 0 or self.rate_limit > 0 or self.message_limit > 0 \
-                or self.recipient_limit > 0:
+        limited = (self.count_limit > 0 or self.rate_limit > 0 or self.message_limit > 0
+                   or self.recipient_limit > 0)
+        if counted and limited:
             self.anvil = anvil.AnvilClient(config.get("queue_directory"),
                                            float(config.get_time("ipc_timeout")))
 
