@@ -15,7 +15,7 @@ import os
 import select
 
 from pymailsys import log
-from pymailsys.queue.listing import printable
+from pymailsys.log import printable
 
 MAX_LINE = 4096
 

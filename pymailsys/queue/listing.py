@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pymailsys.bounded_read import FileRefused, read_bounded
+from pymailsys.log import printable
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
 from pymailsys.queue import status_log
@@ -69,11 +70,6 @@ class QueuedMessage:
     forced_expire: bool
     sender: str
     recipients: list[Rcpt] = field(default_factory=list)
-
-
-def printable(text: str, repl: str = "?") -> str:
-    return "".join(repl if (ord(c) < 32 or ord(c) == 127 or 0xDC80 <= ord(c) <= 0xDCFF) else c
-                   for c in text)
 
 
 def _show_addr(addr: str, empty: str) -> str:

@@ -66,7 +66,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pymailsys.queue.listing import printable
+from pymailsys.log import printable
 from pymailsys.rfc822 import quote_822_local
 
 MAX_REPLY_LINE = 4096
