@@ -33,9 +33,10 @@ DESCRIPTION
     gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
 
     EHLO offers only what works: PIPELINING, SIZE, VRFY, ENHANCEDSTATUSCODES,
-    8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords. Not DSN: its MAIL
-    and RCPT parameters (RET, ENVID, NOTIFY, ORCPT) get Postfix's ``501 5.7.1
-    DSN support is disabled``; not ETRN: there is no flush service, and the
+    8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords. Not DSN, whose
+    NOTIFY is not honoured yet: RCPT's NOTIFY and ORCPT get Postfix's ``501
+    5.7.1 DSN support is disabled`` (MAIL's RET and ENVID are kept and passed
+    on to the next hop, as the smtp client does); not ETRN: there is no flush service, and the
     command answers ``459 <domain>: service unavailable`` as Postfix does for
     a domain outside fast_flush_domains.
 

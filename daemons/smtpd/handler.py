@@ -86,7 +86,7 @@ class Smtpd:
         self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
 
     def _ehlo_reply(self) -> bytes:
-        # Only what works: no DSN (NOTIFY, RET and ENVID are not honoured yet) and no
+        # Only what works: no DSN (NOTIFY is not honoured yet) and no
         # ETRN (there is no flush service; the command answers as Postfix's does for
         # a domain it does not serve).
         words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]

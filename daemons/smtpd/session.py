@@ -66,8 +66,9 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
                            "STARTTLS", "AUTH", "ETRN"))
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
-# DSN is not offered (see handler.Smtpd._ehlo_reply): its parameters get Postfix's
-# reply for smtpd_discard_ehlo_keywords = dsn.
+# DSN is not offered (see handler.Smtpd._ehlo_reply). RET and ENVID are kept with the
+# message and passed on to the next hop; NOTIFY and ORCPT, which nothing would honour,
+# get Postfix's reply for smtpd_discard_ehlo_keywords = dsn.
 DSN_DISABLED = "501 5.7.1 DSN support is disabled"
 
 Verb = Callable[["Session", str], Awaitable[bool]]
@@ -370,8 +371,10 @@ class Session:
             elif (uname == "SMTPUTF8" and not value and smtpd.smtputf8
                   and "smtputf8" not in smtpd.discard_ehlo):
                 env.smtputf8 = True
-            elif uname in ("RET", "ENVID"):
-                return await self.reply_error(DSN_DISABLED)
+            elif uname == "RET" and value.upper() in ("FULL", "HDRS"):
+                env.ret = value.upper()
+            elif uname == "ENVID" and value:
+                env.envid = value
             elif uname == "AUTH" and value:
                 pass
             else:
