@@ -7,7 +7,10 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   transport_type`` (inet, unix, fifo, pass), ``-o name=value`` (repeatable),
   ``-u`` (unprivileged: drop to mail_owner when started as root), ``-s count``
   (number of listening descriptors, default 1), ``-v``, ``-l``/``-z`` (accepted);
-* configuration (main.cf plus the ``-o`` overrides) and logging;
+* configuration (main.cf plus the ``-o`` overrides) and logging; a setting the
+  daemon cannot honour without weakening security (``validate.refusals``,
+  e.g. smtpd with ``smtpd_tls_security_level = encrypt``) is fatal before the
+  service takes a client, so master throttles it and the rest runs on;
 * the privilege drop: started as root with ``-u``, the process becomes
   mail_owner with supplementary groups cleared (never root after that);
   without ``-u`` (local, virtual) it stays root and switches per delivery;
@@ -56,6 +59,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import config as config_mod
 from pymailsys import log, privileges
+from pymailsys.config import validate
 from pymailsys.ipc.master_status import (
     LIFELINE_FD,
     LISTEN_FD,
@@ -389,6 +393,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     try:
         cfg = config_mod.load(flags.get("-c"), overrides)
         log.init(cfg, program)
+        for text in validate.refusals(cfg, program):
+            log.fatal(text)
     except config_mod.ConfigError as e:
         log.fatal(str(e))
     transport = flags.get("-t", "unix")

@@ -23,12 +23,19 @@ DESCRIPTION
                      to terminate``), then SIGKILL its process group
                      (``stopping the Postfix mail system with force``).
     abort            SIGTERM to master, no wait.
-    reload           SIGHUP to master (``refreshing the Postfix mail system``).
+    reload           the configuration checks of ``check`` (a bad value:
+                     fatal, nothing signalled, the running configuration
+                     stays), then SIGHUP to master (``refreshing the Postfix
+                     mail system``).
     status           exit 0 with ``the Postfix mail system is running: PID:
                      N`` or 1 with ``the Postfix mail system is not running``.
-    check            create missing queue directories, verify master.cf and
-                     the owners and modes of the tree (warnings), exit 0; a
-                     fatal problem exits 1.
+    check            create missing queue directories, verify master.cf,
+                     every main.cf value and master.cf ``-o`` override
+                     (``pymailsys.config.validate``: a bad value is fatal,
+                     naming file, line and parameter; a parameter that is
+                     not implemented yet, or a setting that makes a service
+                     refuse to run, is a warning) and the owners and modes of
+                     the tree (warnings), exit 0; a fatal problem exits 1.
     set-permissions  set the owners and modes of the tree.
     flush            ``postqueue -f`` (or, without that command, the triggers
                      ``FADI`` to public/qmgr and ``W`` to public/pickup).
@@ -59,8 +66,8 @@ import time
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, module_argv, pidfile
-from pymailsys.config import Config, ConfigError, master_cf
+from pymailsys import log, maps, module_argv, pidfile
+from pymailsys.config import Config, ConfigError, master_cf, validate
 from pymailsys.ipc import trigger
 from pymailsys.queue import setup as spool_setup
 
@@ -102,11 +109,15 @@ class Script:
         self._say("warning: " + text)
 
     def fatal(self, text: str, status: int = 1) -> None:
+        self.fatal_line(text)
+        sys.exit(status)
+
+    def fatal_line(self, text: str) -> None:
+        """A fatal message without the exit, for reporting several before stopping."""
         if self.logging:
             with contextlib.suppress(SystemExit):  # log.fatal exits; we exit with our status
                 log.fatal(text)
         self._say("fatal: " + text)
-        sys.exit(status)
 
 
 def _die(text: str, status: int = 1) -> None:
@@ -115,19 +126,34 @@ def _die(text: str, status: int = 1) -> None:
 
 
 def check_fatal(cfg: Config, script: Script) -> None:
-    """What must be right before master may start: the tree, master.cf."""
+    """What must be right before master may start: every value, master.cf, the tree."""
+    check_config(cfg, script)
     try:
         spool_setup.create_missing(cfg)
         spool_setup.prepare_maillog(cfg)
     except spool_setup.SetupError as e:
         script.fatal(str(e))
+
+
+def check_config(cfg: Config, script: Script) -> None:
+    """master.cf parses and every value fits the parameter table; warnings for the rest."""
     master_path = os.path.join(cfg.config_dir, "master.cf")
     if not os.path.isfile(master_path):
         script.fatal(f"no {master_path} file found")
     try:
-        master_cf.parse_file(master_path)
+        entries = master_cf.parse_file(master_path)
     except ConfigError as e:
         script.fatal(str(e))
+        return
+    problems = validate.check(cfg, entries, maps.REGISTRY)
+    for problem in problems:
+        if not problem.fatal:
+            script.warning(str(problem))
+    errors = [problem for problem in problems if problem.fatal]
+    for problem in errors:
+        script.fatal_line(str(problem))
+    if errors:
+        sys.exit(1)
 
 
 def check_warn(cfg: Config, script: Script) -> None:
@@ -272,6 +298,7 @@ def run(command: str, cfg: Config, script: Script) -> None:
             script.info("aborting the Postfix mail system")
             _signal_master(script, pid, signal.SIGTERM)
         else:
+            check_config(cfg, script)
             script.info("refreshing the Postfix mail system")
             _signal_master(script, pid, signal.SIGHUP)
     elif command == "status":

@@ -16,8 +16,10 @@ An undefined name expands to the empty string.
 Promises: ``get`` returns the expanded value of a parameter declared in
 ``params.PARAMS`` (from main.cf, ``-o`` overrides, or the built-in default) and
 refuses undeclared names; ``get_int``/``get_bool``/``get_time``/``get_size``/
-``get_list`` convert or raise ``ConfigError`` naming the parameter.
+``get_list`` convert or raise ``ConfigError`` naming the parameter and where it
+was set (``origin``: the main.cf line, or the master.cf entry of an override).
 A malformed main.cf line raises ``ConfigError`` naming the file and line.
+``pymailsys.config.validate`` checks every value against the parameter table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ DEFAULT_CONFIG_DIR = "/etc/pymailsys"
 _NAME_RE = re.compile(r"[A-Za-z0-9_]+")
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*$")
+_INT_RE = re.compile(r"^\s*(-?\d+)\s*$")
 
 
 class ConfigError(Exception):
@@ -116,7 +119,7 @@ def parse_time(value: str, unit: str = "s", name: str = "") -> int:
     v = value.strip()
     m = re.fullmatch(r"(\d+)([smhdw]?)", v)
     if not m:
-        raise ConfigError(f'invalid time value for parameter "{name}": "{value}"')
+        raise ConfigError(f"parameter {name}: bad time value or unit: {value}")
     return int(m.group(1)) * _TIME_UNITS[m.group(2) or unit]
 
 
@@ -124,11 +127,13 @@ class Config:
     """One loaded configuration: main.cf values plus overrides, expanded at use."""
 
     def __init__(self, config_dir: str, values: Mapping[str, str],
-                 lines: Mapping[str, int] | None = None) -> None:
+                 lines: Mapping[str, int] | None = None,
+                 origins: Mapping[str, str] | None = None) -> None:
         self.config_dir = config_dir
         self.main_cf = os.path.join(config_dir, "main.cf")
         self._values = dict(values)
         self._lines = dict(lines or {})
+        self._origins = dict(origins or {})  # where an override came from, e.g. a master.cf line
         self._cache: dict[str, str] = {}
 
     # raw access -----------------------------------------------------------
@@ -147,10 +152,15 @@ class Config:
             return params.default_of(name)
         return None
 
-    def with_overrides(self, overrides: Mapping[str, str]) -> Config:
+    def with_overrides(self, overrides: Mapping[str, str], origin: str = "") -> Config:
+        """This configuration with overrides (set at origin, e.g. ``file F: line N``)."""
         values = dict(self._values)
         values.update(overrides)
-        return Config(self.config_dir, values, self._lines)
+        lines = {name: line for name, line in self._lines.items() if name not in overrides}
+        origins = {name: where for name, where in self._origins.items() if name not in overrides}
+        if origin:
+            origins.update(dict.fromkeys(overrides, origin))
+        return Config(self.config_dir, values, lines, origins)
 
     # expanded access ------------------------------------------------------
     def get(self, name: str) -> str:
@@ -164,10 +174,10 @@ class Config:
 
     def get_int(self, name: str) -> int:
         value = self.get(name)
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f'{self._where(name)}bad numerical configuration: {name} = {value}') from None
+        m = _INT_RE.match(value)
+        if not m:
+            raise ConfigError(f'{self._where(name)}bad numerical configuration: {name} = {value}')
+        return int(m.group(1))
 
     def get_size(self, name: str) -> int:
         value = self.get(name)
@@ -194,9 +204,16 @@ class Config:
     def get_list(self, name: str) -> list[str]:
         return split_list(self.get(name))
 
-    def _where(self, name: str) -> str:
+    def origin(self, name: str) -> str:
+        """Where name was set: ``/etc/pymailsys/main.cf, line 12``, an override's origin, or ''."""
+        if name in self._origins:
+            return self._origins[name]
         line = self._lines.get(name)
-        return f"{self.main_cf}, line {line}: " if line else ""
+        return f"{self.main_cf}, line {line}" if line else ""
+
+    def _where(self, name: str) -> str:
+        origin = self.origin(name)
+        return f"{origin}: " if origin else ""
 
     # expansion ------------------------------------------------------------
     def expand(self, text: str, _seen: tuple[str, ...] = ()) -> str:
@@ -338,6 +355,5 @@ def load(config_dir: str | None = None, overrides: Mapping[str, str] | None = No
     directory = resolve_config_dir(config_dir)
     values, lines = parse_main_cf(os.path.join(directory, "main.cf"))
     values.setdefault("config_directory", directory)
-    if overrides:
-        values.update(overrides)
-    return Config(directory, values, lines)
+    cfg = Config(directory, values, lines)
+    return cfg.with_overrides(overrides) if overrides else cfg

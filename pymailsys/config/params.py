@@ -11,7 +11,17 @@ computed once, on first use, by ``system_default``.
 
 Kinds: ``str``, ``int``, ``bool`` (yes/no), ``time`` (number with an optional
 s/m/h/d/w suffix; the table gives the default unit), ``size`` (bytes), ``list``
-(comma and/or whitespace separated).
+(comma and/or whitespace separated), ``enum`` (one of ``choices``), ``maps`` (a
+list of ``type:name`` lookup tables), ``type`` (a table type), ``level`` (a compatibility level such as
+``3.6``). A ``list`` with ``choices`` takes only those words; ``minimum`` bounds
+an ``int``, ``time`` or ``size``. ``pymailsys.config.validate`` checks every
+value against its entry.
+
+Honesty: ``implemented=False`` marks a parameter that pymailsys declares (so
+that ``postconf`` knows it) but does not act on yet; setting it to anything but
+its default draws a warning at ``postfix check``, ``start`` and ``reload``.
+``refuse`` lists the values (``*``: any non-empty value) that ``service``
+cannot honour without weakening security: that service then refuses to run.
 """
 
 from __future__ import annotations
@@ -30,10 +40,26 @@ class Param:
     kind: str = "str"
     doc: str = ""
     unit: str = "s"  # default unit for kind == "time"
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    implemented: bool = True
+    refuse: tuple[str, ...] = ()  # values that make ``service`` refuse to run
+    service: str = ""
 
 
-def _p(name: str, default: str, kind: str = "str", doc: str = "", unit: str = "s") -> Param:
-    return Param(name, default, kind, doc, unit)
+def _p(name: str, default: str, kind: str = "str", doc: str = "", unit: str = "s", *,
+       choices: tuple[str, ...] = (), minimum: int | None = None, implemented: bool = True,
+       refuse: tuple[str, ...] = (), service: str = "") -> Param:
+    return Param(name, default, kind, doc, unit, choices, minimum, implemented, refuse, service)
+
+
+def _todo(name: str, default: str, kind: str = "str", doc: str = "", unit: str = "s",
+          **extra: object) -> Param:
+    """A parameter declared but not acted on yet: setting it draws a warning."""
+    return _p(name, default, kind, doc, unit, implemented=False, **extra)  # type: ignore[arg-type]
+
+
+_TLS_CLIENT_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
 
 _TABLE: list[Param] = [
@@ -49,11 +75,11 @@ _TABLE: list[Param] = [
     _p("queue_directory", "/var/spool/pymailsys", doc="the spool: queues, sockets, pid files"),
     _p("data_directory", "/var/lib/pymailsys", doc="writable data owned by mail_owner"),
     _p("daemon_directory", "/usr/libexec/pymailsys", doc="kept for compatibility; daemons are Python modules"),
-    _p("command_directory", "/usr/sbin", doc="where the administrative commands live"),
-    _p("sendmail_path", "/usr/sbin/sendmail", doc="the sendmail command"),
-    _p("newaliases_path", "/usr/bin/newaliases", doc="the newaliases command"),
-    _p("mailq_path", "/usr/bin/mailq", doc="the mailq command"),
-    _p("compatibility_level", "3.6", doc="backwards-compatibility level (pymailsys starts modern)"),
+    _todo("command_directory", "/usr/sbin", doc="where the administrative commands live"),
+    _todo("sendmail_path", "/usr/sbin/sendmail", doc="the sendmail command"),
+    _todo("newaliases_path", "/usr/bin/newaliases", doc="the newaliases command"),
+    _todo("mailq_path", "/usr/bin/mailq", doc="the mailq command"),
+    _p("compatibility_level", "3.6", "level", doc="backwards-compatibility level (pymailsys starts modern)"),
     _p("process_id_directory", "pid", doc="lock and pid files, relative to queue_directory"),
     _p("import_environment", "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C", "list",
        "environment variables passed to daemons"),
@@ -61,35 +87,36 @@ _TABLE: list[Param] = [
     _p("mail_owner", "postfix", doc="owner of the spool and of unprivileged daemons"),
     _p("setgid_group", "postdrop", doc="group for submission and queue-listing access"),
     _p("default_privs", "nobody", doc="rights for deliveries to commands and files as no one in particular"),
-    _p("authorized_submit_users", "static:anyone", doc="local users allowed to submit with sendmail"),
-    _p("authorized_mailq_users", "static:anyone", doc="local users allowed to list the queue"),
-    _p("authorized_flush_users", "static:anyone", doc="local users allowed to flush the queue"),
-    _p("local_login_sender_maps", "static:*", doc="which envelope senders a local user may use"),
+    _p("authorized_submit_users", "static:anyone", "maps", doc="local users allowed to submit with sendmail"),
+    _p("authorized_mailq_users", "static:anyone", "maps", doc="local users allowed to list the queue"),
+    _p("authorized_flush_users", "static:anyone", "maps", doc="local users allowed to flush the queue"),
+    _p("local_login_sender_maps", "static:*", "maps", doc="which envelope senders a local user may use"),
     # logging
     _p("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}",
        doc="the first part of the log tag"),
     _p("multi_instance_name", "", doc="instance name"),
-    _p("syslog_facility", "mail", doc="syslog facility"),
+    _p("syslog_facility", "mail", "enum", "syslog facility",
+       choices=("mail", "daemon", "user", *(f"local{i}" for i in range(8)))),
     _p("maillog_file", "", doc="log to this file instead of syslog"),
     _p("maillog_file_prefixes", "/var, /dev/stdout", "list", "allowed maillog_file prefixes"),
     # master
-    _p("default_process_limit", "100", "int", "default maxproc for master.cf services"),
-    _p("max_use", "100", "int", "connections a daemon serves before it exits"),
+    _p("default_process_limit", "100", "int", "default maxproc for master.cf services", minimum=1),
+    _p("max_use", "100", "int", "connections a daemon serves before it exits", minimum=1),
     _p("max_idle", "100s", "time", "seconds an idle daemon waits before it exits"),
     _p("service_throttle_time", "60s", "time", "pause before restarting a service that fails at start"),
-    _p("daemon_timeout", "18000s", "time", "how long a daemon may take for one request"),
+    _todo("daemon_timeout", "18000s", "time", "how long a daemon may take for one request"),
     _p("ipc_timeout", "3600s", "time", "time limit on internal communication"),
-    _p("ipc_idle", "5s", "time", "idle time before an internal client disconnects"),
+    _todo("ipc_idle", "5s", "time", "idle time before an internal client disconnects"),
     # network
     _p("inet_interfaces", "all", "list", "addresses the mail system listens on"),
-    _p("inet_protocols", "all", "list", "ipv4, ipv6 or all"),
+    _p("inet_protocols", "all", "list", "ipv4, ipv6 or all", choices=("ipv4", "ipv6", "all")),
     _p("proxy_interfaces", "", "list", "addresses the system receives mail on through a proxy"),
     _p("mynetworks", "", "list", "trusted client networks (empty: from mynetworks_style)"),
-    _p("mynetworks_style", "${{$compatibility_level} <level {2} ? {subnet} : {host}}",
-       doc="host, subnet or class"),
+    _p("mynetworks_style", "${{$compatibility_level} <level {2} ? {subnet} : {host}}", "enum",
+       "host, subnet or class", choices=("host", "subnet", "class")),
     # queue
     _p("hash_queue_names", "deferred, defer", "list", "queues with hashed subdirectories"),
-    _p("hash_queue_depth", "1", "int", "levels of hashed subdirectories"),
+    _p("hash_queue_depth", "1", "int", "levels of hashed subdirectories", minimum=1),
     _p("enable_long_queue_ids", "no", "bool", "use long, non-repeating queue IDs"),
     _p("queue_run_delay", "300s", "time", "how often qmgr scans the deferred queue"),
     _p("minimal_backoff_time", "300s", "time", "least time between delivery attempts"),
@@ -97,13 +124,13 @@ _TABLE: list[Param] = [
     _p("maximal_queue_lifetime", "5d", "time", "time a message may stay queued", "d"),
     _p("bounce_queue_lifetime", "5d", "time", "time a bounce may stay queued", "d"),
     _p("delay_warning_time", "0h", "time", "when to warn the sender of delayed mail", "h"),
-    _p("qmgr_message_active_limit", "20000", "int", "messages in the active queue"),
-    _p("qmgr_message_recipient_limit", "20000", "int", "in-memory recipients"),
+    _p("qmgr_message_active_limit", "20000", "int", "messages in the active queue", minimum=1),
+    _todo("qmgr_message_recipient_limit", "20000", "int", "in-memory recipients"),
     _p("default_destination_concurrency_limit", "20", "int", "parallel deliveries per destination"),
     _p("local_destination_concurrency_limit", "2", "int", "parallel local deliveries per recipient"),
     _p("default_destination_recipient_limit", "50", "int", "recipients per delivery request"),
     _p("local_destination_recipient_limit", "1", "int", "recipients per local delivery request"),
-    _p("initial_destination_concurrency", "5", "int", "starting concurrency per destination"),
+    _todo("initial_destination_concurrency", "5", "int", "starting concurrency per destination"),
     _p("queue_minfree", "0", "size", "free space the queue file system must keep"),
     _p("duplicate_filter_limit", "1000", "int", "recipients remembered for duplicate removal"),
     # resolution
@@ -114,12 +141,18 @@ _TABLE: list[Param] = [
     _p("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", "list",
        "domains this system relays to"),
     _p("relayhost", "", doc="next hop for non-local mail"),
+    _todo("smtp_tls_security_level", "", "enum", "SMTP client TLS level",
+          choices=("", *_TLS_CLIENT_LEVELS),
+          refuse=("encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"), service="smtp"),
+    _todo("smtp_use_tls", "no", "bool", "use STARTTLS when offered (obsolete: smtp_tls_security_level = may)"),
+    _todo("smtp_enforce_tls", "no", "bool", "require STARTTLS (obsolete: smtp_tls_security_level = encrypt)",
+          refuse=("yes",), service="smtp"),
     _p("virtual_alias_domains", "$virtual_alias_maps", "list", "virtual alias domains"),
-    _p("virtual_alias_maps", "$virtual_maps", "list", "virtual alias tables"),
-    _p("virtual_maps", "", "list", "obsolete name of virtual_alias_maps"),
+    _p("virtual_alias_maps", "$virtual_maps", "maps", "virtual alias tables"),
+    _p("virtual_maps", "", "maps", "obsolete name of virtual_alias_maps"),
     _p("virtual_mailbox_domains", "$virtual_mailbox_maps", "list", "virtual mailbox domains"),
-    _p("virtual_mailbox_maps", "", "list", "virtual mailbox tables"),
-    _p("transport_maps", "", "list", "per-address transport tables"),
+    _p("virtual_mailbox_maps", "", "maps", "virtual mailbox tables"),
+    _p("transport_maps", "", "maps", "per-address transport tables"),
     _p("append_dot_mydomain", "${{$compatibility_level} <level {1} ? {yes} : {no}}", "bool",
        "append .$mydomain to user@host"),
     _p("swap_bangpath", "yes", "bool", "rewrite a!b to b@a"),
@@ -128,7 +161,7 @@ _TABLE: list[Param] = [
     _p("parent_domain_matches_subdomains", "debug_peer_list,fast_flush_domains,mynetworks,"
        "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
        "list", "tables where a domain also matches its subdomains"),
-    _p("default_database_type", "hash", doc="table type when postmap/postalias get none"),
+    _p("default_database_type", "hash", "type", doc="table type when postmap/postalias get none"),
     # smtpd
     _p("smtpd_banner", "$myhostname ESMTP $mail_name", doc="the text after 220 in the greeting"),
     _p("smtpd_relay_restrictions", "${{$compatibility_level} <level {1} ? {} : "
@@ -142,12 +175,13 @@ _TABLE: list[Param] = [
     _p("smtpd_end_of_data_restrictions", "", "list", "restrictions after the message"),
     _p("smtpd_delay_reject", "yes", "bool", "apply client/helo/sender restrictions at RCPT"),
     _p("smtpd_helo_required", "no", "bool", "require HELO/EHLO before MAIL"),
-    _p("smtpd_recipient_limit", "1000", "int", "recipients per message"),
+    _p("smtpd_recipient_limit", "1000", "int", "recipients per message", minimum=1),
     _p("smtpd_timeout", "300s", "time", "idle timeout for SMTP clients"),
     _p("smtpd_error_sleep_time", "1s", "time", "pause after an error reply"),
     _p("smtpd_soft_error_limit", "10", "int", "errors before slowing down"),
     _p("smtpd_hard_error_limit", "20", "int", "errors before disconnecting"),
-    _p("smtpd_forbid_bare_newline", "normalize", doc="how bare LF in DATA is treated"),
+    _p("smtpd_forbid_bare_newline", "normalize", "enum", "how bare LF in DATA is treated",
+       choices=("normalize", "yes", "true", "reject", "note", "no", "false")),
     _p("smtpd_forbid_bare_newline_exclusions", "$mynetworks", "list",
        "clients exempt from smtpd_forbid_bare_newline"),
     _p("smtpd_forbid_unauth_pipelining", "yes", "bool", "disconnect on illegal pipelining"),
@@ -174,7 +208,7 @@ _TABLE: list[Param] = [
        "replace stray CR and LF characters in message content with a space"),
     _p("line_length_limit", "2048", "int", "longest line kept whole in a queue file"),
     _p("hopcount_limit", "50", "int", "Received: headers before a message is refused"),
-    _p("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps", "list",
+    _p("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps", "maps",
        "tables of valid local recipients"),
     _p("unknown_local_recipient_reject_code", "550", "int", "reply for unknown local recipients"),
     _p("smtputf8_enable", "${{$compatibility_level} <level {1} ? {no} : {yes}}", "bool",
@@ -196,46 +230,62 @@ _TABLE: list[Param] = [
     _p("smtpd_recipient_overshoot_limit", "1000", "int", "recipients over the limit before errors count"),
     _p("smtpd_junk_command_limit", "100", "int", "NOOP, VRFY, ETRN, RSET before they count as errors"),
     _p("strict_rfc821_envelopes", "no", "bool", "require <> around MAIL FROM and RCPT TO addresses"),
-    _p("smtpd_sasl_auth_enable", "no", "bool", "offer SMTP AUTH"),
+    _todo("smtpd_sasl_auth_enable", "no", "bool", "offer SMTP AUTH", refuse=("yes",), service="smtpd"),
+    _todo("smtpd_tls_security_level", "", "enum", "SMTP server TLS: none, may or encrypt",
+          choices=("", "none", "may", "encrypt"), refuse=("encrypt",), service="smtpd"),
+    _todo("smtpd_use_tls", "no", "bool", "offer STARTTLS (obsolete: smtpd_tls_security_level = may)"),
+    _todo("smtpd_enforce_tls", "no", "bool", "require STARTTLS (obsolete: smtpd_tls_security_level = encrypt)",
+          refuse=("yes",), service="smtpd"),
+    _todo("smtpd_tls_auth_only", "no", "bool", "offer AUTH only after STARTTLS",
+          refuse=("yes",), service="smtpd"),
+    _todo("smtpd_milters", "", "list", "content filters consulted for SMTP mail", refuse=("*",),
+          service="smtpd"),
+    _todo("non_smtpd_milters", "", "list", "content filters consulted for sendmail mail",
+          refuse=("*",), service="pickup"),
     # cleanup
     _p("always_add_missing_headers", "no", "bool", "add From/Date/Message-ID for remote clients too"),
     _p("local_header_rewrite_clients", "permit_inet_interfaces", "list",
        "clients whose headers are rewritten as local"),
     _p("message_drop_headers", "bcc, content-length, resent-bcc, return-path", "list",
        "headers removed from messages"),
-    _p("always_bcc", "", doc="address that receives a copy of every message"),
-    _p("header_checks", "", "list", "tables of header checks"),
-    _p("body_checks", "", "list", "tables of body checks"),
+    _todo("always_bcc", "", doc="address that receives a copy of every message"),
+    _todo("header_checks", "", "maps", "tables of header checks"),
+    _todo("body_checks", "", "maps", "tables of body checks"),
     _p("append_at_myorigin", "yes", "bool", "append @$myorigin to addresses without a domain"),
     _p("remote_header_rewrite_domain", "", doc="domain appended to incomplete addresses in remote mail"),
-    _p("header_from_format", "standard", doc="format of the From: header cleanup adds (standard, obsolete)"),
+    _p("header_from_format", "standard", "enum", "format of the From: header cleanup adds",
+       choices=("standard", "obsolete")),
     _p("enable_original_recipient", "yes", "bool", "keep original recipient (O) records"),
     # local
-    _p("alias_maps", "hash:/etc/aliases", "list", "alias tables used by local"),
-    _p("alias_database", "hash:/etc/aliases", "list", "alias tables newaliases builds"),
+    _p("alias_maps", "hash:/etc/aliases", "maps", "alias tables used by local"),
+    _p("alias_database", "hash:/etc/aliases", "maps", "alias tables newaliases builds"),
     _p("home_mailbox", "", doc="mailbox relative to home (/ at the end: Maildir)"),
     _p("mail_spool_directory", "/var/mail", doc="mbox spool (/ at the end: Maildir)"),
     _p("mailbox_command", "", doc="command that delivers to mailboxes"),
-    _p("mailbox_transport", "", doc="transport that delivers to mailboxes"),
+    _todo("mailbox_transport", "", doc="transport that delivers to mailboxes"),
     _p("forward_path", "$home/.forward${recipient_delimiter}${extension}, $home/.forward", "list",
        ".forward file search path"),
     _p("forward_expansion_filter",
        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
        doc="characters allowed in $name expansions of forward_path"),
-    _p("allow_mail_to_commands", "alias, forward", "list", "where |command destinations are allowed"),
-    _p("allow_mail_to_files", "alias, forward", "list", "where /file destinations are allowed"),
+    _p("allow_mail_to_commands", "alias, forward", "list", "where |command destinations are allowed",
+       choices=("alias", "forward", "include")),
+    _p("allow_mail_to_files", "alias, forward", "list", "where /file destinations are allowed",
+       choices=("alias", "forward", "include")),
     _p("mailbox_size_limit", "51200000", "size", "largest mailbox or maildir file"),
     _p("command_time_limit", "1000s", "time", "time limit for command delivery"),
-    _p("mailbox_delivery_lock", "fcntl, dotlock", "list", "mbox locking methods"),
+    _p("mailbox_delivery_lock", "fcntl, dotlock", "list", "mbox locking methods",
+       choices=("fcntl", "flock", "dotlock")),
     _p("deliver_lock_attempts", "20", "int", "attempts to lock a mailbox"),
     _p("deliver_lock_delay", "1s", "time", "pause between lock attempts"),
     _p("stale_lock_time", "500s", "time", "age after which a dotlock is removed"),
     _p("allow_min_user", "no", "bool", "allow addresses that start with -"),
-    _p("biff", "yes", "bool", "notify the comsat service"),
+    _todo("biff", "yes", "bool", "notify the comsat service"),
     _p("strict_mailbox_ownership", "yes", "bool", "defer delivery to a mailbox not owned by the user"),
     # bounces
-    _p("notify_classes", "resource, software", "list", "problems reported to postmaster"),
-    _p("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
+    _todo("notify_classes", "resource, software", "list", "problems reported to postmaster",
+          choices=("bounce", "2bounce", "data", "delay", "policy", "protocol", "resource", "software")),
+    _todo("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
     _p("2bounce_notice_recipient", "postmaster", doc="receives undeliverable bounces"),
     _p("bounce_size_limit", "50000", "size", "most of the original message in a bounce"),
     # pickup and submission
@@ -248,7 +298,7 @@ _TABLE: list[Param] = [
     _p("empty_address_recipient", "MAILER-DAEMON", doc="how mailq shows the null sender"),
     _p("empty_address_local_login_sender_maps_lookup_key", "<>",
        doc="local_login_sender_maps pattern for the null sender"),
-    _p("bounce_service_name", "bounce", doc="the bounce service"),
+    _todo("bounce_service_name", "bounce", doc="the bounce service"),
     # outbound: the smtp and lmtp delivery agents (daemons/smtp), qmgr's routing to them
     _p("smtp_destination_recipient_limit", "$default_destination_recipient_limit", "int",
        "recipients per smtp delivery request (and per SMTP transaction)"),

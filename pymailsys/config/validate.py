@@ -1,0 +1,191 @@
+"""Checking a configuration against the parameter table before anything runs on it.
+
+NAME
+    validate - every main.cf value and master.cf override, checked in one place
+
+SYNOPSIS
+    problems = validate.check(cfg, entries, table_types)   # list[Problem]
+    texts = validate.refusals(cfg, program)                 # list[str]
+
+DESCRIPTION
+    ``check`` takes a loaded ``Config``, the master.cf entries (their ``-o``
+    overrides are checked as the service will see them) and the known lookup
+    table types (``maps.REGISTRY``; the config layer cannot import the maps
+    package, so the caller passes them). It returns, in table order:
+
+    * errors (``Problem.fatal``), one per declared parameter whose expanded
+      value does not fit its kind in ``params.PARAMS``, in Postfix's words and
+      naming where the value was set: ``/etc/pymailsys/main.cf, line 12: bad
+      numerical configuration: message_size_limit = 10M``, ``unknown
+      mynetworks mask style value "subnett" in "subnett"``, ``parameter
+      max_idle: bad time value or unit: 10x``, ``invalid max_use parameter
+      value 0 < 1``, ``unsupported dictionary type: foo``; and a maillog_file
+      outside maillog_file_prefixes;
+    * warnings: a parameter marked not implemented set to anything but its
+      default (``parameter header_checks is not implemented yet: ignored``),
+      and a setting that makes a service refuse to run (``smtpd_milters =
+      inet:x:1 is not supported yet: service smtpd will refuse to run``).
+
+    ``postfix check`` and ``postfix start`` print both and stop on an error;
+    ``postfix reload`` and master's reload refuse a configuration with errors.
+
+    ``refusals`` is what a daemon asks at start-up (the server skeleton does):
+    the settings of its configuration, overrides included, that it cannot
+    honour without weakening security, each as ``NAME = VALUE is not supported
+    yet: refusing to run``. The daemon logs that as fatal and exits; master
+    throttles the service and the rest of the system runs on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from pymailsys.config import Config, ConfigError, params, split_list
+from pymailsys.config.master_cf import ServiceEntry
+
+_LEVEL_RE = re.compile(r"\d+(\.\d+){0,2}")
+_CHOICE_LABELS = {"mynetworks_style": "mynetworks mask style"}  # Postfix's wording
+_TRUE = ("yes", "true", "1")
+
+
+@dataclass(frozen=True)
+class Problem:
+    fatal: bool
+    text: str
+    where: str = ""  # "/etc/pymailsys/main.cf, line 12", "file .../master.cf: line 3" or ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}" if self.where else self.text
+
+
+def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
+          table_types: Collection[str] | None = None) -> list[Problem]:
+    """Every problem of cfg and of the master.cf overrides in entries."""
+    problems: list[Problem] = []
+    for param in params.PARAMS.values():
+        problems += _check_param(cfg, param, table_types)
+    problems = _without_echoes(problems)
+    problems += _check_maillog_file(cfg)
+    for entry in entries:
+        for name, value in entry.overrides():
+            if name in params.PARAMS:
+                service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
+                problems += _check_param(service_cfg, params.PARAMS[name], table_types)
+    return problems
+
+
+def _without_echoes(problems: list[Problem]) -> list[Problem]:
+    """Drop a default's complaint that repeats one about a value it expands (``$alias_maps``)."""
+    located = {p.text for p in problems if p.where}
+    return [p for p in problems if p.where or p.text not in located]
+
+
+def refusals(cfg: Config, program: str) -> list[str]:
+    """The settings program cannot honour safely, as fatal log texts."""
+    return [f"{param.name} = {cfg.get(param.name)} is not supported yet: refusing to run"
+            for param in params.PARAMS.values()
+            if param.service == program and _refused(cfg, param)]
+
+
+def _check_param(cfg: Config, param: params.Param,
+                 table_types: Collection[str] | None) -> list[Problem]:
+    where = cfg.origin(param.name)
+    error = value_error(cfg, param, table_types)
+    if error is not None:
+        return [Problem(True, error, where)]
+    if not cfg.is_set(param.name):
+        return []
+    if _refused(cfg, param):
+        return [Problem(False, f"{param.name} = {cfg.get(param.name)} is not supported "
+                               f"yet: service {param.service} will refuse to run", where)]
+    if not param.implemented and not _is_default(cfg, param):
+        return [Problem(False, f"parameter {param.name} is not implemented yet: ignored", where)]
+    return []
+
+
+def value_error(cfg: Config, param: params.Param,
+                table_types: Collection[str] | None = None) -> str | None:
+    """Postfix's complaint about param's value in cfg, or None (``cfg.origin`` says where)."""
+    name = param.name
+    where = cfg.origin(name) + ": "
+    try:
+        value = cfg.get(name)
+        number: int | None = None
+        if param.kind == "int":
+            number = cfg.get_int(name)
+        elif param.kind == "size":
+            number = cfg.get_size(name)
+        elif param.kind == "time":
+            number = cfg.get_time(name)
+        elif param.kind == "bool":
+            cfg.get_bool(name)
+    except ConfigError as e:
+        text = str(e)
+        return text[len(where):] if text.startswith(where) else text
+    if number is not None:
+        minimum = param.minimum if param.minimum is not None else 0
+        if number < minimum:
+            return f"invalid {name} parameter value {number} < {minimum}"
+    if param.choices:
+        words = split_list(value) if param.kind == "list" else [value.strip()]
+        for word in words:
+            if word.lower() not in param.choices:
+                label = _CHOICE_LABELS.get(name, name)
+                return f'unknown {label} value "{word}" in "{value}"'
+    if param.kind == "level" and not _LEVEL_RE.fullmatch(value.strip()):
+        return f'malformed compatibility level syntax: "{value}"'
+    if param.kind == "maps" and table_types is not None:
+        for spec in split_list(value):
+            problem = _table_problem(spec, table_types)
+            if problem:
+                return problem
+    if param.kind == "type" and table_types is not None and value.strip() not in table_types:
+        return f"unsupported dictionary type: {value.strip()}"
+    return None
+
+
+def _table_problem(spec: str, table_types: Collection[str]) -> str | None:
+    if spec.startswith("{") and spec.endswith("}"):
+        spec = spec[1:-1].strip()
+    if ":" not in spec:
+        return f'open dictionary: expecting "type:name" form instead of "{spec}"'
+    type_name, _, rest = spec.partition(":")
+    if type_name == "proxy" and ":" in rest:
+        type_name = rest.partition(":")[0]
+    if type_name not in table_types:
+        return f"unsupported dictionary type: {type_name}"
+    return None
+
+
+def _check_maillog_file(cfg: Config) -> list[Problem]:
+    path = cfg.get("maillog_file").strip()
+    if not path:
+        return []
+    prefixes = cfg.get_list("maillog_file_prefixes")
+    if any(path.startswith(prefix) for prefix in prefixes):
+        return []
+    return [Problem(True, f"maillog_file value '{path}' does not match any prefix in "
+                          "maillog_file_prefixes", cfg.origin("maillog_file"))]
+
+
+def _refused(cfg: Config, param: params.Param) -> bool:
+    if not param.refuse:
+        return False
+    value = cfg.get(param.name).strip().lower()
+    if "*" in param.refuse:
+        return bool(split_list(value))
+    if param.kind == "bool":
+        value = "yes" if value in _TRUE else "no"
+    return value in param.refuse
+
+
+def _is_default(cfg: Config, param: params.Param) -> bool:
+    value = cfg.get(param.name).strip()
+    default = cfg.expand(params.default_of(param.name)).strip()
+    if param.kind == "bool":
+        return (value.lower() in _TRUE) == (default.lower() in _TRUE)
+    if param.kind in ("list", "maps"):
+        return split_list(value) == split_list(default)
+    return value == default

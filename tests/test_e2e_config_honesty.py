@@ -1,0 +1,88 @@
+"""A setting is obeyed or refused: bad values stop check/start/reload, nothing is ignored silently.
+
+Real instances, the real ``postfix`` command: a bad value is fatal at ``postfix
+check`` and ``postfix start`` and makes ``postfix reload`` refuse while the
+running system keeps its configuration and delivers; an unimplemented parameter
+is a warning at check, start and reload; a setting smtpd cannot honour makes
+smtpd (only smtpd) refuse to run while local mail still flows.
+"""
+
+from __future__ import annotations
+
+import re
+
+from harness import ME, Instance
+
+FATAL_SIZE = "bad numerical configuration: message_size_limit = 10M"
+FATAL_STYLE = 'unknown mynetworks mask style value "subnett" in "subnett"'
+
+
+def _main_cf_line(inst: Instance, text: str) -> int:
+    lines = (inst.config_dir / "main.cf").read_text().splitlines()
+    return lines.index(text) + 1
+
+
+def test_check_and_start_name_file_line_and_parameter(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(message_size_limit="10M", mynetworks_style="subnett")
+    main_cf = inst.config_dir / "main.cf"
+    size_line = _main_cf_line(inst, "message_size_limit = 10M")
+    style_line = _main_cf_line(inst, "mynetworks_style = subnett")
+    for command in ("check", "start"):
+        result = inst.postfix(command, check=False)
+        assert result.returncode == 1, result.stderr
+        assert (f"postfix/postfix-script: fatal: {main_cf}, line {size_line}: {FATAL_SIZE}\n"
+                in result.stderr)
+        assert (f"postfix/postfix-script: fatal: {main_cf}, line {style_line}: {FATAL_STYLE}\n"
+                in result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "starting the Postfix mail system" not in inst.log()
+    assert inst.postfix("status", check=False).returncode == 1
+    inst.wait_log(rf"postfix/postfix-script\[\d+\]: fatal: {re.escape(str(main_cf))}, line "
+                  rf"{size_line}: {re.escape(FATAL_SIZE)}", count=2)
+
+
+def test_reload_with_a_bad_value_is_refused_and_mail_keeps_flowing(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    first = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: before\r\n\r\nhi\r\n")
+    inst.wait_log(rf"{first}: to=<{ME}@localhost>.*status=sent")
+    inst.set(message_size_limit="10M")
+    line = _main_cf_line(inst, "message_size_limit = 10M")
+    result = inst.postfix("reload", check=False)
+    assert result.returncode == 1
+    assert f"fatal: {inst.config_dir}/main.cf, line {line}: {FATAL_SIZE}" in result.stderr
+    assert "refreshing the Postfix mail system" not in result.stderr
+    # master was never told: no new generation, and mail still goes in over SMTP and out
+    queue_id = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: after\r\n\r\nstill here\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent")
+    assert len(inst.wait_maildir(2)) == 2
+    assert "reload -- version" not in inst.log()
+
+
+def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.set(header_checks="regexp:/etc/postfix/header_checks")
+    master_cf = inst.config_dir / "master.cf"
+    master = master_cf.read_text()
+    master, n = re.subn(r"(?m)^(pickup\s.*)$", r"\1\n  -o always_bcc=archive@example.org", master)
+    assert n == 1
+    master_cf.write_text(master)
+    pickup_line = master.splitlines().index(next(x for x in master.splitlines()
+                                                 if x.startswith("pickup"))) + 1
+    line = _main_cf_line(inst, "header_checks = regexp:/etc/postfix/header_checks")
+    header_warning = (f"warning: {inst.config_dir}/main.cf, line {line}: parameter header_checks "
+                      "is not implemented yet: ignored")
+    bcc_warning = (f"warning: file {master_cf}: line {pickup_line}: parameter always_bcc is not "
+                   "implemented yet: ignored")
+    for command in ("check", "start", "reload"):
+        result = inst.postfix(command)
+        if command == "start":
+            inst.running = True
+        assert f"postfix/postfix-script: {header_warning}\n" in result.stderr, (command, result.stderr)
+        assert f"postfix/postfix-script: {bcc_warning}\n" in result.stderr, (command, result.stderr)
+    inst.wait_log(rf"postfix/postfix-script\[\d+\]: {re.escape(header_warning)}", count=3)
+    # warnings do not stop anything: mail flows
+    queue_id = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: w\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent")
+
