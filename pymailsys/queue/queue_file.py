@@ -14,7 +14,10 @@ a placeholder of the same length) and ``trailer()``.
 ``Envelope`` (sender, recipients with the offsets of their R records and done
 state, arrival time, named attributes, data offset). It refuses
 (``QueueFileError``) a file with a malformed or unknown record, no final E, no
-C record first, or no sender. ``content_lines`` yields the message text, joining
+C record first, or no sender, and a number that is not plain decimal digits in
+range: the T record must be ``seconds [microseconds]`` (so no NaN, infinity,
+sign, exponent or ``_``), W, notify_flags and the C record's fields likewise.
+``content_lines`` yields the message text, joining
 L continuation records (and refuses content that is not N/L records up to X);
 ``content_records`` reads the same from an open file a block at a time, and
 ``read_envelope_fd`` the envelope without the content. ``mark_done`` rewrites one recipient's type byte
@@ -77,6 +80,29 @@ class Envelope:
 
 def _text(payload: bytes) -> str:
     return payload.decode("utf-8", "surrogateescape")
+
+
+_MAX_NUMBER = 1 << 62  # beyond any time, size or flag word a queue file holds
+
+
+def number(text: bytes | str, what: str) -> int:
+    """A queue file's decimal number: ASCII digits only, bounded; QueueFileError otherwise."""
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    raw = raw.strip(b" ")
+    if not raw or not raw.isdigit() or len(raw) > 19 or int(raw) > _MAX_NUMBER:
+        raise QueueFileError(f"bad {what}: {raw[:40]!r}")
+    return int(raw)
+
+
+def _arrival(payload: bytes) -> float:
+    parts = payload.split()
+    if not 1 <= len(parts) <= 2:
+        raise QueueFileError(f"bad time record: {payload[:40]!r}")
+    seconds = number(parts[0], "time record")
+    micros = number(parts[1], "time record") if len(parts) > 1 else 0
+    if micros >= 1_000_000:
+        raise QueueFileError(f"bad time record: {payload[:40]!r}")
+    return seconds + micros / 1e6
 
 
 class QueueFileBuilder:
@@ -174,8 +200,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                 first = False
                 continue
             if rtype == r.REC_TYPE_TIME:
-                parts = payload.split()
-                env.arrival = float(parts[0]) + (float(parts[1]) / 1e6 if len(parts) > 1 else 0)
+                env.arrival = _arrival(payload)
             elif rtype == r.REC_TYPE_FULL:
                 env.full_name = _text(payload)
             elif rtype == r.REC_TYPE_FROM:
@@ -186,7 +211,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                 if name == "dsn_orig_rcpt":
                     pending_orcpt = value
                 elif name == "notify_flags":
-                    pending_notify = int(value or 0)
+                    pending_notify = number(value, "notify_flags") if value else 0
                 else:
                     env.attrs[name] = value
             elif rtype == r.REC_TYPE_ORCP:
@@ -197,7 +222,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                                                 pending_orcpt))
                 pending_orig, pending_notify, pending_orcpt = "", 0, ""
             elif rtype == r.REC_TYPE_WARN:
-                env.warn_time = int(payload.strip() or 0)
+                env.warn_time = number(payload, "warning time") if payload.strip() else 0
             elif rtype == r.REC_TYPE_MESG:
                 env.data_offset = offset + 2
                 if len(env.sizes) >= 2 and env.sizes[1] > 0:

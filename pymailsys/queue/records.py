@@ -203,11 +203,11 @@ def message_size_record(content_size: int, data_offset: int, rcpt_count: int,
 
 
 def parse_size_record(payload: bytes) -> list[int]:
+    """The C record's fields: plain decimal digits, at most 18 each (RecordError otherwise)."""
     fields = payload.split()
-    try:
-        return [int(x) for x in fields]
-    except ValueError:
-        raise RecordError(f"bad message_size record {payload!r}") from None
+    if not fields or not all(x.isdigit() and len(x) <= 18 for x in fields):
+        raise RecordError(f"bad message_size record {payload[:100]!r}")
+    return [int(x) for x in fields]
 
 
 def text_records(line: bytes, line_length_limit: int = 2048) -> bytes:
