@@ -9,7 +9,10 @@ smtpd (only smtpd) refuse to run while local mail still flows.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 
 from harness import ME, Instance
 
@@ -58,6 +61,14 @@ def test_reload_with_a_bad_value_is_refused_and_mail_keeps_flowing(new_instance)
     inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent")
     assert len(inst.wait_maildir(2)) == 2
     assert "reload -- version" not in inst.log()
+    # SIGHUP straight to master (no postfix command): master checks too and keeps what it runs
+    master_pid = int((inst.queue_dir / "pid" / "master.pid").read_text())
+    os.kill(master_pid, signal.SIGHUP)
+    inst.wait_log(rf"postfix/master\[{master_pid}\]: error: {re.escape(str(inst.config_dir))}/main.cf, "
+                  rf"line {line}: {re.escape(FATAL_SIZE)} -- configuration not reloaded")
+    third = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: third\r\n\r\nyes\r\n")
+    inst.wait_log(rf"{third}: to=<{ME}@localhost>.*status=sent")
+    assert "reload -- version" not in inst.log()
 
 
 def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +97,31 @@ def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -
     queue_id = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: w\r\n\r\nbody\r\n")
     inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent")
 
+
+
+def test_smtpd_refuses_encrypt_while_local_mail_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_tls_security_level="encrypt")
+    line = _main_cf_line(inst, "smtpd_tls_security_level = encrypt")
+    result = inst.postfix("start")
+    inst.running = True
+    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: "
+            "smtpd_tls_security_level = encrypt is not supported yet: service smtpd will refuse "
+            "to run\n") in result.stderr
+    # a client gets no banner: the connection is closed, promptly (not a silent wait)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+            s.settimeout(30)
+            assert s.recv(512) == b""
+    inst.wait_log(r"postfix/smtpd\[\d+\]: fatal: smtpd_tls_security_level = encrypt is not "
+                  r"supported yet: refusing to run")
+    inst.wait_log(r"postfix/master\[\d+\]: warning: \S+smtpd: bad command startup -- throttling")
+    # the rest of the system runs: sendmail mail is delivered locally
+    result = inst.tool("sendmail", "-f", "root@localhost", f"{ME}@localhost",
+                       input="Subject: local\n\nstill delivered\n")
+    assert result.returncode == 0, result.stderr
+    (delivered,) = inst.wait_maildir(1)
+    assert b"still delivered" in delivered
+    # master did not spin: smtpd tried once in this throttle period
+    assert len(re.findall(r"smtpd\[\d+\]: fatal: smtpd_tls_security_level", inst.log())) == 1
+    assert "Traceback" not in inst.log()

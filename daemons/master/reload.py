@@ -1,6 +1,9 @@
 """Configuration (re)loading: main.cf and master.cf into the set of running services.
 
-Contract: ``load_configuration(config_dir)`` reads both files or raises ConfigError/OSError.
+Contract: ``load_configuration(config_dir)`` reads both files and checks every
+value (``pymailsys.config.validate``) or raises ConfigError/OSError naming the
+file, line and parameter, so that a bad configuration never reaches a child: at
+start-up master exits, on reload it keeps the configuration it runs.
 ``build_services(cfg, entries, old, fatal, release)`` turns master.cf entries
 into ``Service`` objects, carrying over from ``old`` what did not change:
 
@@ -36,8 +39,8 @@ from pymailsys.daemons.master.children import (
 from pymailsys.daemons.master.listeners import inet_bind_addresses, make_listeners
 
 from pymailsys import config as config_mod
-from pymailsys import log
-from pymailsys.config import Config, ConfigError, master_cf
+from pymailsys import log, maps
+from pymailsys.config import Config, ConfigError, master_cf, validate
 from pymailsys.config.master_cf import ServiceEntry
 
 Services = dict[tuple[str, str], Service]
@@ -46,6 +49,9 @@ Services = dict[tuple[str, str], Service]
 def load_configuration(config_dir: str) -> tuple[Config, list[ServiceEntry]]:
     cfg = config_mod.load(config_dir)
     entries = master_cf.parse_file(os.path.join(config_dir, "master.cf"))
+    errors = [str(p) for p in validate.check(cfg, entries, maps.REGISTRY) if p.fatal]
+    if errors:
+        raise ConfigError("; ".join(errors))
     return cfg, entries
 
 

@@ -24,7 +24,10 @@ Exits: ``warning: process PATH pid N exit status S`` or ``... killed by
 signal S`` (PATH is ``$daemon_directory/COMMAND``, as Postfix shows it); a
 child that fails before it ever reported its status gives ``warning: PATH:
 bad command startup -- throttling`` and no new process of that service for
-``service_throttle_time``.
+``service_throttle_time``. While a stream service (inet, unix) is throttled
+and has no child to take clients, master accepts and closes its connections
+at once, so that a client (an SMTP client, smtpd connecting to cleanup) sees
+a closed connection and tries again later instead of waiting in silence.
 
 Signals arrive through a wake-up pipe (``signal.set_wakeup_fd``) and are
 handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
@@ -91,6 +94,7 @@ class Master:
         self.wake_w = -1
         self.terminating = False
         self.daemon_directory = ""
+        self.turning_away: set[tuple[str, str]] = set()  # throttled services whose clients are closed
 
     # -- start-up ------------------------------------------------------------
     def fatal(self, text: str) -> NoReturn:
@@ -206,6 +210,16 @@ class Master:
             avail = any(c.available for c in self.current(svc))
             want = (bool(svc.listeners) and not avail and not svc.at_limit()
                     and now >= svc.throttle_until)
+            turn_away = (bool(svc.listeners) and not avail and now < svc.throttle_until
+                         and svc.entry.type in ("inet", "unix"))
+            if turn_away and svc.entry.key not in self.turning_away:
+                self.unwatch(svc)
+                for lst in svc.listeners:
+                    self.sel.register(lst.fd, selectors.EVENT_READ,
+                                      lambda s=svc: self.turn_away(s))
+                self.turning_away.add(svc.entry.key)
+            elif not turn_away and svc.entry.key in self.turning_away:
+                self.unwatch(svc)
             if want and not svc.watching:
                 for lst in svc.listeners:
                     self.sel.register(lst.fd, selectors.EVENT_READ,
@@ -222,8 +236,9 @@ class Master:
                                 f'"{svc.maxproc}": new clients may experience noticeable delays')
 
     def unwatch(self, svc: Service) -> None:
-        if not svc.watching:
+        if not svc.watching and svc.entry.key not in self.turning_away:
             return
+        self.turning_away.discard(svc.entry.key)
         for lst in svc.listeners:
             try:
                 self.sel.unregister(lst.fd)
@@ -311,6 +326,17 @@ class Master:
         self.children[pid] = child
         self.sel.register(status_r, selectors.EVENT_READ, lambda c=child: self.on_status(c))
         self.unwatch(svc)
+
+    def turn_away(self, svc: Service) -> None:
+        """Close the waiting connections of a throttled service (its children cannot start)."""
+        for lst in svc.listeners:
+            with socket.socket(fileno=os.dup(lst.fd)) as sock:
+                for _ in range(64):
+                    try:
+                        conn, _addr = sock.accept()
+                    except OSError:  # nothing waiting (the listener is non-blocking)
+                        break
+                    conn.close()
 
     def path_of(self, svc: Service) -> str:
         return os.path.join(self.daemon_directory, svc.entry.command)
