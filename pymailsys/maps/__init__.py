@@ -274,7 +274,7 @@ class PasswdTable(Table):
             self._revalidate()
         try:
             pw = pwd.getpwnam(key)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL in the key, no such account
             value = None
         else:
             value = ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,

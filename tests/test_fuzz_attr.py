@@ -1,0 +1,99 @@
+"""Fuzz target: the attribute-protocol decoder (pymailsys/ipc/attr.py).
+
+Arbitrary bytes on a stream: every input decodes to attribute lists, a clean
+end, or ProtocolError, never another exception. Declared lengths up to the
+varint's limit are refused or waited for without allocating them: a peer that
+claims a gigabyte and sends ten bytes costs ten bytes.
+
+The suite runs a bounded, derandomized number of examples; a longer run:
+``PYMAILSYS_FUZZ_EXAMPLES=100000 pytest -p no:cacheprovider tests/test_fuzz_attr.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tracemalloc
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pymailsys.ipc import attr
+from pymailsys.queue.records import encode_varint
+
+EXAMPLES = int(os.environ.get("PYMAILSYS_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=EXAMPLES <= 300,
+                suppress_health_check=[HealthCheck.too_slow])
+MAX_LISTS = 10_000  # a bound on the decoding loop, far above what the inputs can hold
+
+
+def decode_stream(data: bytes) -> list[attr.AttrList]:
+    """Every attribute list in data, as a server reads them, then end of stream."""
+
+    async def run() -> list[attr.AttrList]:
+        reader = asyncio.StreamReader(limit=1 << 16)
+        reader.feed_data(data)
+        reader.feed_eof()
+        out: list[attr.AttrList] = []
+        for _ in range(MAX_LISTS):
+            try:
+                got = await attr.read_attrs(reader)
+            except attr.ProtocolError:
+                break
+            if got is None:
+                break
+            out.append(got)
+            for name, value in got.pairs:
+                assert isinstance(name, str) and isinstance(value, bytes)
+                try:
+                    got.number(name)
+                except attr.ProtocolError:
+                    pass
+        return out
+
+    return asyncio.run(run())
+
+
+names = st.one_of(st.sampled_from([b"status", b"queue_id", b"rcpt", b"sender", b"size"]),
+                  st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\0", b"x")))
+lengths = st.one_of(st.integers(0, 40), st.integers(0, 1 << 42))
+attributes = st.builds(lambda n, length, v: n + b"\0" + encode_varint(length) + v,
+                       names, lengths, st.binary(max_size=40))
+messages = st.builds(lambda items, end: b"".join(items) + (b"\0" if end else b""),
+                     st.lists(attributes, max_size=6), st.booleans())
+
+
+def test_round_trip():
+    data = attr.encode({"status": 0, "rcpt": ["a@x", "b@y"], "blob": b"\0\xff"})
+    (got,) = decode_stream(data)
+    assert got.number("status") == 0 and got.all("rcpt") == ["a@x", "b@y"]
+    assert got.raw("blob") == b"\0\xff"
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes(data: bytes) -> None:
+    decode_stream(data)
+
+
+@FUZZ
+@given(st.lists(messages, max_size=5))
+def test_well_formed_framing_with_wild_lengths(parts: list[bytes]) -> None:
+    decode_stream(b"".join(parts))
+
+
+@pytest.mark.parametrize("length", [attr.MAX_VALUE, attr.MAX_VALUE + 1, 1 << 35, (1 << 42) - 1])
+def test_a_declared_huge_length_is_not_allocated(length: int) -> None:
+    data = b"rcpt\0" + encode_varint(length) + b"0123456789"
+    tracemalloc.start()
+    try:
+        assert decode_stream(data) == []
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_an_overlong_varint_is_refused():
+    assert decode_stream(b"rcpt\0" + b"\xff" * 12 + b"\0") == []
