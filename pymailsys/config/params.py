@@ -201,7 +201,7 @@ _TABLE: list[Param] = [
     _p("anvil_rate_time_unit", "60s", "time", "the time unit of anvil's rate counters"),
     _p("anvil_status_update_time", "600s", "time", "how often anvil logs its peak statistics"),
     _p("message_size_limit", "10240000", "size", "largest message accepted"),
-    _p("header_size_limit", "102400", "size", "largest header"),
+    _todo("header_size_limit", "102400", "size", "largest header"),
     _p("header_address_token_limit", "10240", "int",
        "tokens of an address header that cleanup parses; the rest are dropped"),
     _p("cleanup_replace_stray_cr_lf", "yes", "bool",
