@@ -87,9 +87,9 @@ _TABLE: list[Param] = [
     _p("mail_owner", "postfix", doc="owner of the spool and of unprivileged daemons"),
     _p("setgid_group", "postdrop", doc="group for submission and queue-listing access"),
     _p("default_privs", "nobody", doc="rights for deliveries to commands and files as no one in particular"),
-    _p("authorized_submit_users", "static:anyone", "maps", doc="local users allowed to submit with sendmail"),
-    _p("authorized_mailq_users", "static:anyone", "maps", doc="local users allowed to list the queue"),
-    _p("authorized_flush_users", "static:anyone", "maps", doc="local users allowed to flush the queue"),
+    _p("authorized_submit_users", "static:anyone", "list", doc="local users allowed to submit with sendmail"),
+    _p("authorized_mailq_users", "static:anyone", "list", doc="local users allowed to list the queue"),
+    _p("authorized_flush_users", "static:anyone", "list", doc="local users allowed to flush the queue"),
     _p("local_login_sender_maps", "static:*", "maps", doc="which envelope senders a local user may use"),
     # logging
     _p("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}",
