@@ -7,7 +7,8 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   transport_type`` (inet, unix, fifo, pass), ``-o name=value`` (repeatable),
   ``-u`` (unprivileged: drop to mail_owner when started as root), ``-s count``
   (number of listening descriptors, default 1), ``-v``, ``-l``/``-z`` (accepted);
-* configuration (main.cf plus the ``-o`` overrides) and logging; a setting the
+* configuration (main.cf as master checked it, plus the ``-o`` overrides) and
+  logging; a setting the
   daemon cannot honour without weakening security (``validate.refusals``,
   e.g. smtpd with ``smtpd_tls_security_level = encrypt``) is fatal before the
   service takes a client, so master throttles it and the rest runs on;
@@ -391,7 +392,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     overrides.setdefault("service_name", flags.get("-n", program))
     overrides.setdefault("process_name", program)
     try:
-        cfg = config_mod.load(flags.get("-c"), overrides)
+        cfg = config_mod.load(flags.get("-c"), overrides, config_mod.running_text())
         log.init(cfg, program)
         for text in validate.refusals(cfg, program):
             log.fatal(text)

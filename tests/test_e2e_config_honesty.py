@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 
-from harness import ME, Instance
+from harness import ME, Instance, wait_until
 
 FATAL_SIZE = "bad numerical configuration: message_size_limit = 10M"
 FATAL_STYLE = 'unknown mynetworks mask style value "subnett" in "subnett"'
@@ -69,6 +69,21 @@ def test_reload_with_a_bad_value_is_refused_and_mail_keeps_flowing(new_instance)
     third = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: third\r\n\r\nyes\r\n")
     inst.wait_log(rf"{third}: to=<{ME}@localhost>.*status=sent")
     assert "reload -- version" not in inst.log()
+    # Daemons started from now on run on what master checked, not on the bad file.
+    running = (inst.queue_dir / "pid" / "running.main.cf").read_text()
+    assert "10M" not in running and "message_size_limit" not in running
+    for name, pids in inst.daemons().items():
+        if name != "master":
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: set(inst.daemons()) <= {"master", "qmgr", "pickup"}, 30,
+               what="the children to exit")
+    fourth = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: cold\r\n\r\nyes\r\n")
+    inst.wait_log(rf"{fourth}: to=<{ME}@localhost>.*status=sent")
+    assert len(inst.wait_maildir(4)) == 4
+    assert "bad numerical configuration" not in "".join(
+        line for line in inst.log().splitlines(keepends=True) if "postfix-script" not in line
+        and "configuration not reloaded" not in line)
 
 
 def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,12 @@
 Contract: ``load_configuration(config_dir)`` reads both files and checks every
 value (``pymailsys.config.validate``) or raises ConfigError/OSError naming the
 file, line and parameter, so that a bad configuration never reaches a child: at
-start-up master exits, on reload it keeps the configuration it runs.
+start-up master exits, on reload it keeps the configuration it runs. It returns
+main.cf's text too: ``keep_running_copy`` writes it to
+``$queue_directory/$process_id_directory/running.main.cf`` (root's directory,
+written and renamed into place without following links), and master points its
+children there (``$PYMAILSYS_RUNNING_MAIN_CF``), so a child started after a
+refused reload still runs on what master checked.
 ``build_services(cfg, entries, old, fatal, release)`` turns master.cf entries
 into ``Service`` objects, carrying over from ``old`` what did not change:
 
@@ -26,6 +31,7 @@ asked for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -46,13 +52,36 @@ from pymailsys.config.master_cf import ServiceEntry
 Services = dict[tuple[str, str], Service]
 
 
-def load_configuration(config_dir: str) -> tuple[Config, list[ServiceEntry]]:
-    cfg = config_mod.load(config_dir)
+RUNNING_COPY = "running.main.cf"
+
+
+def load_configuration(config_dir: str) -> tuple[Config, list[ServiceEntry], str]:
+    text = config_mod.read_main_cf(os.path.join(config_dir, "main.cf"))
+    cfg = config_mod.load(config_dir, text=text)
     entries = master_cf.parse_file(os.path.join(config_dir, "master.cf"))
     errors = [str(p) for p in validate.check(cfg, entries, maps.REGISTRY) if p.fatal]
     if errors:
         raise ConfigError("; ".join(errors))
-    return cfg, entries
+    return cfg, entries, text
+
+
+def keep_running_copy(cfg: Config, text: str) -> str:
+    """Put the checked main.cf text where children read it; its path, '' when that failed."""
+    directory = os.path.join(cfg.get("queue_directory"), cfg.get("process_id_directory"))
+    path = os.path.join(directory, RUNNING_COPY)
+    tmp = path + ".tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            os.fchmod(fd, 0o644)
+            f.write(text)
+        os.rename(tmp, path)
+    except OSError as e:
+        log.warning(f"{path}: {e.strerror}: daemons will read {cfg.main_cf} themselves")
+        return ""
+    return path
 
 
 def close_listeners(svc: Service, release: Callable[[Service], None]) -> None:

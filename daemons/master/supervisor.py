@@ -56,7 +56,12 @@ from typing import NoReturn
 from pymailsys.daemons.master import children
 from pymailsys.daemons.master.children import LIMIT_WARNING_INTERVAL, Child, Service
 from pymailsys.daemons.master.listeners import endpoint_owner
-from pymailsys.daemons.master.reload import Services, build_services, load_configuration
+from pymailsys.daemons.master.reload import (
+    Services,
+    build_services,
+    keep_running_copy,
+    load_configuration,
+)
 from pymailsys.daemons.master.stderr_relay import StderrRelay, readable
 
 from pymailsys import MAIL_VERSION, log, pidfile, privileges
@@ -94,6 +99,7 @@ class Master:
         self.wake_w = -1
         self.terminating = False
         self.daemon_directory = ""
+        self.running_copy = ""  # the checked main.cf children read (keep_running_copy)
         self.turning_away: set[tuple[str, str]] = set()  # throttled services whose clients are closed
 
     # -- start-up ------------------------------------------------------------
@@ -103,7 +109,7 @@ class Master:
     def initialize(self) -> None:
         log.init_stderr_only(PROGRAM)
         try:
-            cfg, entries = load_configuration(self.config_dir)
+            cfg, entries, text = load_configuration(self.config_dir)
             log.init(cfg, PROGRAM)
         except ConfigError as e:
             self.fatal(str(e))
@@ -121,6 +127,7 @@ class Master:
         except OSError as e:
             self.fatal(f"chdir {queue_directory}: {e.strerror}")
         self.lock_pid_file(cfg)
+        self.running_copy = keep_running_copy(cfg, text)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.stderr = StderrRelay()
         self.sel.register(self.stderr.read_fd, selectors.EVENT_READ, self.stderr.on_readable)
@@ -312,6 +319,9 @@ class Master:
         assert self.cfg is not None and self.stderr is not None
         argv = children.child_argv(svc, self.config_dir)
         env = children.child_env(self.cfg, self.config_dir, self.generation)
+        env.pop(config_mod.RUNNING_COPY_ENV, None)
+        if self.running_copy:
+            env[config_mod.RUNNING_COPY_ENV] = self.running_copy
         try:
             pid, status_r = children.spawn(svc, argv, env, devnull=self.devnull,
                                            stderr_w=self.stderr.write_fd,
@@ -414,7 +424,7 @@ class Master:
     # -- reload and stop -----------------------------------------------------
     def reload(self) -> None:
         try:
-            cfg, entries = load_configuration(self.config_dir)
+            cfg, entries, text = load_configuration(self.config_dir)
         except (ConfigError, OSError) as e:
             log.error(f"{e} -- configuration not reloaded")
             return
@@ -429,6 +439,7 @@ class Master:
             log.error(f"open log file: {e.strerror}")
         self.cfg = cfg
         self.owner = owner
+        self.running_copy = keep_running_copy(cfg, text)
         self.daemon_directory = cfg.get("daemon_directory")
         log.info(f"reload -- version {MAIL_VERSION}, configuration {self.config_dir}")
         self.new_generation()

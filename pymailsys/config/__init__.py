@@ -20,6 +20,11 @@ refuses undeclared names; ``get_int``/``get_bool``/``get_time``/``get_size``/
 was set (``origin``: the main.cf line, or the master.cf entry of an override).
 A malformed main.cf line raises ``ConfigError`` naming the file and line.
 ``pymailsys.config.validate`` checks every value against the parameter table.
+
+Daemons started by master read the copy of main.cf that master checked and runs
+on (``running_text``: the file named by ``$PYMAILSYS_RUNNING_MAIN_CF``, which
+master sets for its children), so an edited main.cf takes effect at ``postfix
+reload`` and a reload that master refused never reaches a new child.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from pymailsys.config import params
 
 DEFAULT_CONFIG_DIR = "/etc/pymailsys"
+RUNNING_COPY_ENV = "PYMAILSYS_RUNNING_MAIN_CF"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_]+")
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -51,17 +57,35 @@ def resolve_config_dir(cli_value: str | None = None) -> str:
     return cli_value or os.environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIR
 
 
-def parse_main_cf(path: str) -> tuple[dict[str, str], dict[str, int]]:
-    """Parse main.cf into (values, line numbers). Missing file: empty config."""
-    values: dict[str, str] = {}
-    lines: dict[str, int] = {}
+def read_main_cf(path: str) -> str:
+    """main.cf's text ('' when there is none); ConfigError when it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
-        return values, lines
+        return ""
     except OSError as e:
         raise ConfigError(f"open {path}: {e.strerror}") from e
+
+
+def running_text() -> str | None:
+    """The text of master's checked copy of main.cf, for its children; None without one."""
+    path = os.environ.get(RUNNING_COPY_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def parse_main_cf(path: str, text: str | None = None) -> tuple[dict[str, str], dict[str, int]]:
+    """Parse main.cf (or its text, named path) into (values, line numbers). Missing: empty."""
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    if text is None:
+        text = read_main_cf(path)
     for lineno, logical in logical_lines(text, path):
         name, sep, value = logical.partition("=")
         name = name.strip()
@@ -350,10 +374,11 @@ def _compare(left: str, op: str, right: str) -> bool:
     }[op]
 
 
-def load(config_dir: str | None = None, overrides: Mapping[str, str] | None = None) -> Config:
-    """Load main.cf from config_dir (resolved as -c / MAIL_CONFIG / default)."""
+def load(config_dir: str | None = None, overrides: Mapping[str, str] | None = None,
+         text: str | None = None) -> Config:
+    """Load main.cf from config_dir (resolved as -c / MAIL_CONFIG / default), or its text."""
     directory = resolve_config_dir(config_dir)
-    values, lines = parse_main_cf(os.path.join(directory, "main.cf"))
+    values, lines = parse_main_cf(os.path.join(directory, "main.cf"), text)
     values.setdefault("config_directory", directory)
     cfg = Config(directory, values, lines)
     return cfg.with_overrides(overrides) if overrides else cfg
