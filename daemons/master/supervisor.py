@@ -24,10 +24,12 @@ Exits: ``warning: process PATH pid N exit status S`` or ``... killed by
 signal S`` (PATH is ``$daemon_directory/COMMAND``, as Postfix shows it); a
 child that fails before it ever reported its status gives ``warning: PATH:
 bad command startup -- throttling`` and no new process of that service for
-``service_throttle_time``. While a stream service (inet, unix) is throttled
-and has no child to take clients, master accepts and closes its connections
-at once, so that a client (an SMTP client, smtpd connecting to cleanup) sees
-a closed connection and tries again later instead of waiting in silence.
+``service_throttle_time``. While an inet service is throttled and has no
+child to take clients, master accepts and closes its connections at once, so
+that a network client (an SMTP client waiting for a banner) sees a closed
+connection and tries again later instead of waiting in silence. Internal
+(unix) clients keep waiting in the backlog: qmgr would otherwise defer mail
+for a whole backoff period over a local that was restarting.
 
 Signals arrive through a wake-up pipe (``signal.set_wakeup_fd``) and are
 handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
@@ -218,7 +220,7 @@ class Master:
             want = (bool(svc.listeners) and not avail and not svc.at_limit()
                     and now >= svc.throttle_until)
             turn_away = (bool(svc.listeners) and not avail and now < svc.throttle_until
-                         and svc.entry.type in ("inet", "unix"))
+                         and svc.entry.type == "inet")
             if turn_away and svc.entry.key not in self.turning_away:
                 self.unwatch(svc)
                 for lst in svc.listeners:
