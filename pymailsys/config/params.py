@@ -141,9 +141,6 @@ _TABLE: list[Param] = [
     _p("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", "list",
        "domains this system relays to"),
     _p("relayhost", "", doc="next hop for non-local mail"),
-    _todo("smtp_tls_security_level", "", "enum", "SMTP client TLS level",
-          choices=("", *_TLS_CLIENT_LEVELS),
-          refuse=("encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"), service="smtp"),
     _todo("smtp_use_tls", "no", "bool", "use STARTTLS when offered (obsolete: smtp_tls_security_level = may)"),
     _todo("smtp_enforce_tls", "no", "bool", "require STARTTLS (obsolete: smtp_tls_security_level = encrypt)",
           refuse=("yes",), service="smtp"),
@@ -351,8 +348,12 @@ _TABLE: list[Param] = [
     _p("lmtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("smtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
     _p("lmtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
-    _p("smtp_tls_security_level", "", doc="none, may or encrypt (STARTTLS without verification)"),
-    _p("lmtp_tls_security_level", "", doc="none, may or encrypt (STARTTLS without verification)"),
+    _p("smtp_tls_security_level", "", "enum", "none, may or encrypt (STARTTLS without verification)",
+       choices=("", *_TLS_CLIENT_LEVELS),
+       refuse=("dane", "dane-only", "fingerprint", "verify", "secure"), service="smtp"),
+    _p("lmtp_tls_security_level", "", "enum", "none, may or encrypt (STARTTLS without verification)",
+       choices=("", *_TLS_CLIENT_LEVELS),
+       refuse=("dane", "dane-only", "fingerprint", "verify", "secure"), service="lmtp"),
 ]
 
 PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}
