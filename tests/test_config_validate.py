@@ -171,3 +171,16 @@ def test_the_table_marks_what_no_code_reads_as_not_implemented():
             unread.append(param.name)
     assert unread == [], ("declared as implemented but read nowhere (mark them _todo in "
                           f"pymailsys/config/params.py): {unread}")
+
+
+def test_what_the_code_reads_is_not_marked_unimplemented():
+    """The other direction: a parameter some daemon, tool or library module reads by name
+    is not marked _todo, or start, check and reload would warn that it is ignored."""
+    code = "\n".join(path.read_text(encoding="utf-8", errors="replace")
+                     for directory in ("pymailsys", "daemons", "tools")
+                     for path in sorted((ROOT / directory).rglob("*.py"))
+                     if "config" not in path.relative_to(ROOT).parts[:2])
+    read = [param.name for param in params.PARAMS.values()
+            if not param.implemented
+            and re.search(rf"get(_\w+)?\(\s*[\"']{re.escape(param.name)}[\"']", code)]
+    assert read == [], f"read by the code but marked _todo in pymailsys/config/params.py: {read}"

@@ -774,7 +774,7 @@ class PymailsysSystem(System):
     def create(self) -> None:
         result = run([PYTHON, "-m", "pymailsys.tools.instance", "create", str(self.base),
                       "--port", str(self.port), "--host", LOOPBACK, "--maildir"],
-                     check=False, cwd=str(REPO))
+                     check=False, cwd="/")  # a checkout in cwd would shadow an installed package
         if result.returncode != 0:
             raise BenchError("pymailsys: `python3 -m pymailsys.tools.instance create` failed "
                              f"(is the pipeline in place?):\n{result.stdout}{result.stderr}")
