@@ -107,3 +107,28 @@ def test_config_dir_resolution(tmp_path, monkeypatch):
     assert config.resolve_config_dir("/x") == "/x"
     monkeypatch.delenv("MAIL_CONFIG")
     assert config.resolve_config_dir(None) == config.DEFAULT_CONFIG_DIR
+
+
+def test_macro_expander_is_mac_expand_with_any_lookup():
+    from pymailsys.config import ConfigError, MacroExpander
+
+    attrs = {"user": "bob", "ext": "", "home": "/h/b ob", "ref": "$user"}
+    plain = MacroExpander(attrs.get, recurse=False)
+    # ${name?x}: x when the value is non-empty; ${name:x}: when undefined or empty
+    assert plain.expand("${user?yes}${ext?no}${nope?no}") == "yes"
+    assert plain.expand("${user:no}${ext:e}${nope:n}") == "en"
+    assert plain.expand("${user?{a}:{b}}${ext?{a}:{b}}") == "ab"
+    assert not plain.undefined
+    assert plain.expand("$ref $$ $(user)") == "$user $ bob"  # values are not re-expanded
+    assert plain.expand("x$nope") == "x" and plain.undefined
+    filtered = MacroExpander(attrs.get, recurse=False, allowed=set("abcdefghijklmnopqrstuvwxyz/"))
+    assert filtered.expand("/x $home") == "/x /h/b_ob"  # the filter applies to values only
+    recursive = MacroExpander(attrs.get)
+    assert recursive.expand("$ref") == "bob"
+    assert recursive.expand("${{$user} == {bob} ? {same} : {other}}") == "same"
+    for bad in ("${user", "${!x}", "${user!x}", "${{a} ~ {b} ? {c}}"):
+        with pytest.raises(ConfigError):
+            plain.expand(bad)
+    loop = MacroExpander({"a": "$b", "b": "$a"}.get)
+    with pytest.raises(ConfigError, match="recursive"):
+        loop.expand("$a")

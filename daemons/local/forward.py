@@ -28,13 +28,11 @@ from pymailsys.daemons.local import alias, results
 
 from pymailsys import log, privileges
 from pymailsys.bounded_read import FileRefused
+from pymailsys.config import ConfigError, MacroExpander
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_]+")
-
 
 def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
                     pw: pwd.struct_passwd) -> dict[str, str]:
@@ -111,66 +109,16 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
 
 
 def local_expand(text: str, attrs: dict[str, str], allowed: set[str]) -> str | None:
-    """Postfix's local_expand: $name, ${name}, $(name), ${name?value}, ${name:value}, $$.
+    """Postfix's local_expand: config's $name engine over the recipient's attributes.
 
     Attribute values have characters outside ``allowed`` replaced with ``_``
     (forward_expansion_filter). A plain reference to an undefined attribute makes
     the result None (a forward_path entry is then skipped), and so does a syntax
     error.
     """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch != "$":
-            out.append(ch)
-            i += 1
-            continue
-        if i + 1 < n and text[i + 1] == "$":
-            out.append("$")
-            i += 2
-            continue
-        if i + 1 < n and text[i + 1] in "{(":
-            close = "}" if text[i + 1] == "{" else ")"
-            depth, j = 0, i + 1
-            while j < n:
-                if text[j] == text[i + 1]:
-                    depth += 1
-                elif text[j] == close:
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= n:
-                return None
-            inner = text[i + 2:j]
-            i = j + 1
-            m = _NAME_RE.match(inner)
-            if not m:
-                return None
-            name, rest = m.group(0), inner[m.end():]
-            value = attrs.get(name)
-            if rest[:1] in ("?", ":"):
-                branch = rest[1:]
-                if branch.startswith("{") and branch.endswith("}"):
-                    branch = branch[1:-1]
-                if (value is not None) == (rest[0] == "?"):
-                    sub = local_expand(branch, attrs, allowed)
-                    if sub is None:
-                        return None
-                    out.append(sub)
-                continue
-            if rest:
-                return None
-        else:
-            m = _NAME_RE.match(text, i + 1)
-            if not m:
-                out.append("$")
-                i += 1
-                continue
-            name, value = m.group(0), attrs.get(m.group(0))
-            i = m.end()
-        if value is None:
-            return None
-        out.append("".join(c if c in allowed else "_" for c in value))
-    return "".join(out)
+    expander = MacroExpander(attrs.get, recurse=False, allowed=allowed)
+    try:
+        result = expander.expand(text)
+    except ConfigError:
+        return None
+    return None if expander.undefined else result

@@ -11,7 +11,9 @@ Values are expanded at use, never at read time: ``$name``, ``${name}``,
 ``${name:{value}}``, ``${name?{v1}:{v2}}``, ``${{a} op {b} ? {v1} : {v2}}`` with
 op one of ``== != < <= > >=`` (numeric when both sides are digits) and
 ``<level <=level >level >=level`` (compatibility levels), and ``$$`` for ``$``.
-An undefined name expands to the empty string.
+An undefined name expands to the empty string. ``MacroExpander`` is that engine
+(Postfix's mac_expand) for any lookup: local's forward_path expansion uses it
+with the recipient's attributes, no recursion and forward_expansion_filter.
 
 Promises: ``get`` returns the expanded value of a parameter declared in
 ``params.PARAMS`` (from main.cf, ``-o`` overrides, or the built-in default) and
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from pymailsys.config import params
 
@@ -192,7 +194,7 @@ class Config:
             raise UnknownParameter(name)
         cached = self._cache.get(name)
         if cached is None:
-            cached = self.expand(self.raw(name) or "", _seen=(name,))
+            cached = MacroExpander(self.raw).expand(self.raw(name) or "", (name,))
             self._cache[name] = cached
         return cached
 
@@ -240,8 +242,39 @@ class Config:
         return f"{origin}: " if origin else ""
 
     # expansion ------------------------------------------------------------
-    def expand(self, text: str, _seen: tuple[str, ...] = ()) -> str:
-        """Expand $name references in text (Postfix's mac_expand)."""
+    def expand(self, text: str) -> str:
+        """Expand $name references in text against this configuration (undefined: empty)."""
+        return MacroExpander(self.raw).expand(text)
+
+
+# --- $name expansion (Postfix's mac_expand) -----------------------------------------
+
+Lookup = Callable[[str], "str | None"]
+
+
+class MacroExpander:
+    """Postfix's mac_expand over one lookup: ``expand(text)`` -> the expanded text.
+
+    ``lookup(name)`` returns a value or None (undefined). With ``recurse``
+    (main.cf), a looked-up value is itself expanded, and a name that refers
+    back to itself is a ``ConfigError``; without it (local_expand), values are
+    taken as they are and, with ``allowed``, every character of a value not in
+    ``allowed`` becomes ``_`` (the expansion filter). ``${name?text}`` gives
+    text when the value is non-empty, ``${name:text}`` when it is undefined or
+    empty; text is expanded in turn. A plain ``$name`` of an undefined name
+    expands to nothing and sets ``undefined`` (local_expand then skips the
+    entry). A syntax error (an unmatched bracket, a bad name, a bad
+    comparison) is a ``ConfigError``.
+    """
+
+    def __init__(self, lookup: Lookup, recurse: bool = True,
+                 allowed: frozenset[str] | set[str] | None = None) -> None:
+        self.lookup = lookup
+        self.recurse = recurse
+        self.allowed = allowed
+        self.undefined = False
+
+    def expand(self, text: str, seen: tuple[str, ...] = ()) -> str:
         if "$" not in text:
             return text
         out: list[str] = []
@@ -266,7 +299,7 @@ class Config:
                 close = _matching(text, i + 1)
                 if close < 0:
                     raise ConfigError(f'unmatched "{nxt}" in "{text}"')
-                out.append(self._expand_braced(text[i + 2:close], _seen))
+                out.append(self._braced(text[i + 2:close], seen))
                 i = close + 1
             else:
                 m = _NAME_RE.match(text, i + 1)
@@ -274,30 +307,38 @@ class Config:
                     out.append("$")
                     i += 1
                     continue
-                out.append(self._lookup_expanded(m.group(0), _seen))
+                out.append(self._value(m.group(0), seen, plain=True))
                 i = m.end()
         return "".join(out)
 
-    def _lookup_expanded(self, name: str, seen: tuple[str, ...]) -> str:
+    def _value(self, name: str, seen: tuple[str, ...], plain: bool = False) -> str:
         if name in seen:
             raise ConfigError(f"recursive parameter expansion: {' -> '.join(seen + (name,))}")
-        raw = self.raw(name)
-        if raw is None:
+        value = self.lookup(name)
+        if value is None:
+            if plain:
+                self.undefined = True
             return ""
-        return self.expand(raw, seen + (name,))
+        if self.recurse:
+            return self.expand(value, seen + (name,))
+        if self.allowed is not None:
+            value = "".join(c if c in self.allowed else "_" for c in value)
+        return value
 
-    def _expand_braced(self, inner: str, seen: tuple[str, ...]) -> str:
+    def _braced(self, inner: str, seen: tuple[str, ...]) -> str:
         if inner.startswith("{"):
-            return self._expand_conditional(inner, seen)
+            return self._conditional(inner, seen)
         m = _NAME_RE.match(inner)
         if not m:
             raise ConfigError(f'bad parameter reference "${{{inner}}}"')
         name = m.group(0)
         rest = inner[m.end():]
         if not rest:
-            return self._lookup_expanded(name, seen)
+            return self._value(name, seen, plain=True)
         op, arg = rest[0], rest[1:]
-        value = self._lookup_expanded(name, seen)
+        if op not in "?:":
+            raise ConfigError(f'bad parameter reference "${{{inner}}}"')
+        value = self._value(name, seen)
         if op == "?":
             if arg.startswith("{"):
                 first_end = _matching(arg, 0)
@@ -308,12 +349,12 @@ class Config:
                     return self.expand(then if value else other, seen)
                 return self.expand(then, seen) if value else ""
             return self.expand(arg, seen) if value else ""
-        if op == ":":
-            return "" if value else self.expand(_unbrace(arg), seen)
-        raise ConfigError(f'bad parameter reference "${{{inner}}}"')
+        return "" if value else self.expand(_unbrace(arg), seen)
 
-    def _expand_conditional(self, inner: str, seen: tuple[str, ...]) -> str:
+    def _conditional(self, inner: str, seen: tuple[str, ...]) -> str:
         end_a = _matching(inner, 0)
+        if end_a < 0:
+            raise ConfigError(f'unmatched "{{" in "${{{inner}}}"')
         left = self.expand(inner[1:end_a], seen).strip()
         rest = inner[end_a + 1:].lstrip()
         m = re.match(r"(==|!=|<=level|>=level|<level|>level|<=|>=|<|>)\s*", rest)
@@ -321,13 +362,17 @@ class Config:
             raise ConfigError(f'bad comparison in "${{{inner}}}"')
         op = m.group(1)
         rest = rest[m.end():]
-        end_b = _matching(rest, 0)
+        end_b = _matching(rest, 0) if rest.startswith("{") else -1
+        if end_b < 0:
+            raise ConfigError(f'bad comparison in "${{{inner}}}"')
         right = self.expand(rest[1:end_b], seen).strip()
         rest = rest[end_b + 1:].strip()
         if not rest.startswith("?"):
             raise ConfigError(f'missing "?" in "${{{inner}}}"')
         rest = rest[1:].strip()
-        end_t = _matching(rest, 0)
+        end_t = _matching(rest, 0) if rest.startswith("{") else -1
+        if end_t < 0:
+            raise ConfigError(f'bad comparison in "${{{inner}}}"')
         then = rest[1:end_t]
         rest = rest[end_t + 1:].strip()
         other = _unbrace(rest[1:].strip()) if rest.startswith(":") else ""
