@@ -18,8 +18,20 @@ def test_syntax(tmp_path):
                          "recipient_delimiter = +\n")
     assert cfg.get("myhostname") == "mx.example.com"
     assert cfg.get("relayhost") == "last"
+    # continuation lines are joined as they are (Postfix 3.7's smtpd greets
+    # with "220 pf.example a    b   c" for "smtpd_banner = $myhostname a\n    b   c")
     cfg = load(tmp_path, "relayhost = a\n  b\n# inside\n   c\n")
-    assert cfg.get("relayhost") == "a b c"
+    assert cfg.get("relayhost") == "a  b   c"
+
+
+def test_logical_lines_as_postfix_readllines():
+    from pymailsys.config.lines import logical_lines
+
+    warned: list[tuple[int, str]] = []
+    text = "  orphan\n more\nkey  a,\t\n\tb  \n# c\n\n  c\r\nk3 v\x0bw\n"
+    assert list(logical_lines(text, lambda n, line: warned.append((n, line)))) == [
+        (3, "key  a,\t\tb    c\r"), (8, "k3 v\x0bw")]
+    assert warned == [(1, "  orphan more")]
 
 
 def test_expansion_forms(tmp_path):

@@ -267,3 +267,13 @@ def test_lmdb_table_reopens_after_rebuild(tmp_tables):
     maps.write_lmdb(path + ".lmdb", [("a", "2")])
     table.checked = 0.0  # skip the once-a-second recheck delay
     assert table.lookup("a") == "2"
+
+
+def test_table_source_continuation_keeps_white_space_as_postfix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Debian's postmap 3.7 -q answers "v1   v2", "a,\t\tb" and "a\r\tb" for these lines
+    source = tmp_path / "t"
+    source.write_bytes(b"key1 v1\n   v2\nkey2  a,\t\n# c\n\n\tb  \nk3 a\r\n\tb\r\n")
+    table = maps.open_table(f"texthash:{source}")
+    assert table.lookup("key1") == "v1   v2"
+    assert table.lookup("key2") == "a,\t\tb"
+    assert table.lookup("k3") == "a\r\tb"

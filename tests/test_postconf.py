@@ -189,3 +189,10 @@ def test_malformed_main_cf(tmp_path):
     p = postconf(tmp_path, "-n")
     assert p.returncode == 1
     assert f"{tmp_path}/main.cf, line 2" in p.stderr
+
+
+def test_values_print_with_one_space_between_words(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Debian's postconf 3.7 prints "mydestination = one, two three four" for this file
+    (tmp_path / "main.cf").write_text("mydestination = one,\n\ttwo   three\n# comment\n   four\n")
+    out = postconf(tmp_path, "-n", "mydestination")
+    assert out.stdout == "mydestination = one, two three four\n"

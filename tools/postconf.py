@@ -57,6 +57,7 @@ _REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
 
 
 def _line(name: str, value: str, mode: str) -> str:
+    value = " ".join(value.split())  # as Postfix's postconf prints: one space between words
     if mode == "h":
         return value
     if mode == "H":

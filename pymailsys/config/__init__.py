@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from pymailsys.config import params
+from pymailsys.config.lines import logical_lines
 
 DEFAULT_CONFIG_DIR = "/etc/pymailsys"
 RUNNING_COPY_ENV = "PYMAILSYS_RUNNING_MAIN_CF"
@@ -62,7 +63,7 @@ def resolve_config_dir(cli_value: str | None = None) -> str:
 def read_main_cf(path: str) -> str:
     """main.cf's text ('' when there is none); ConfigError when it cannot be read."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return f.read()
     except FileNotFoundError:
         return ""
@@ -76,7 +77,7 @@ def running_text() -> str | None:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return f.read()
     except OSError:
         return None
@@ -88,7 +89,10 @@ def parse_main_cf(path: str, text: str | None = None) -> tuple[dict[str, str], d
     lines: dict[str, int] = {}
     if text is None:
         text = read_main_cf(path)
-    for lineno, logical in logical_lines(text, path):
+    def leading_space(lineno: int, line: str) -> None:
+        raise ConfigError(f'{path}, line {lineno}: text before the first parameter: "{line.strip()}"')
+
+    for lineno, logical in logical_lines(text, leading_space):
         name, sep, value = logical.partition("=")
         name = name.strip()
         if not sep:
@@ -98,26 +102,6 @@ def parse_main_cf(path: str, text: str | None = None) -> tuple[dict[str, str], d
         values[name] = value.strip()
         lines[name] = lineno
     return values, lines
-
-
-def logical_lines(text: str, path: str) -> Iterable[tuple[int, str]]:
-    """Postfix's logical lines: comments dropped, indented lines joined to the one before."""
-    current: list[str] = []
-    start = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0].isspace():
-            if not current:
-                raise ConfigError(f"{path}, line {lineno}: text before the first parameter: \"{stripped}\"")
-            current.append(stripped)
-            continue
-        if current:
-            yield start, " ".join(current)
-        current, start = [stripped], lineno
-    if current:
-        yield start, " ".join(current)
 
 
 def split_list(value: str) -> list[str]:

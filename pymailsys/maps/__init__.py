@@ -109,7 +109,7 @@ def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[i
     """
     warn = warn or default_warn
     out = []
-    for lineno, line in logical_lines(text):
+    for lineno, line in logical_lines(text, path):
         if line.startswith('"') and line.find('"', 1) > 0:
             end = line.find('"', 1) + 1
             parts = [line[:end]] + ([line[end:]] if line[end:].strip() else [])
@@ -157,7 +157,7 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
     """
     warn = warn or default_warn
     out = []
-    for lineno, line in logical_lines(text):
+    for lineno, line in logical_lines(text, path):
         if line.startswith('"'):
             end = line.find('"', 1)
             if end < 0:

@@ -5,8 +5,9 @@ found) or raises ``TableError`` (the table could not answer; callers defer, they
 never treat this as not found). ``register("type")`` adds a factory for a table
 type; ``pymailsys.maps`` opens tables through that registry. ``read_source`` and
 ``logical_lines`` read the source files of the text-based types (Postfix's
-readllines(): comments and blank lines skipped, a line starting with white space
-continues the one before it).
+readllines(), the one reader in ``pymailsys.config.lines``: comments and blank
+lines skipped, a line starting with white space continues the one before it,
+its white space kept).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from pymailsys import log
 from pymailsys.bounded_read import FileRefused, read_bounded
+from pymailsys.config import lines
 
 
 class TableError(Exception):
@@ -85,28 +87,15 @@ def read_source(name: str) -> str:
         raise TableError(f"open {name}: {e}") from e
     except OSError as e:
         raise TableError(f"open {name}: {e.strerror}") from e
-    # as a text-mode open() read it before: universal newlines
-    return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    # lines end at LF only (config.lines): a CR stays text, as in Postfix
+    return data.decode("utf-8", "surrogateescape")
 
 
-def logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """Postfix's readllines(): (first line number, logical line).
-
-    Blank lines and lines whose first non-blank character is ``#`` are
-    skipped; a line that starts with white space is appended, as it is, to
-    the logical line before it (so "a" + "  b" gives "a  b").
-    """
-    current: str | None = None
-    start = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0].isspace() and current is not None:
-            current += line.rstrip()
-            continue
-        if current is not None:
-            yield start, current
-        current, start = line.strip(), lineno
-    if current is not None:
-        yield start, current
+def logical_lines(text: str, name: str) -> Iterator[tuple[int, str]]:
+    """The logical lines of table source ``name`` (``config.lines``, Postfix's
+    readllines()); one that would start with white space is skipped with
+    Postfix's warning."""
+    def leading_space(_lineno: int, line: str) -> None:
+        more = "..." if len(line) > 30 else ""
+        default_warn(f'{name}: logical line must not start with whitespace: "{line[:30]}{more}"')
+    return lines.logical_lines(text, leading_space)

@@ -140,7 +140,7 @@ def _locked(path: str) -> Iterator[None]:
 
 def _read_source(path: str) -> tuple[str, os.stat_result]:
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return f.read(), os.fstat(f.fileno())
     except OSError as e:
         raise BuildError(f"open {path}: {e.strerror}") from None

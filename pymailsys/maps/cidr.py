@@ -65,7 +65,7 @@ class CidrTable(Table):
         text = read_source(name)
         self.rules: list[_Rule] = []
         open_ifs: list[int] = []
-        for lineno, line in logical_lines(text):
+        for lineno, line in logical_lines(text, name):
             words = line.split(None, 1)
             word = words[0].lower()
             if word == "endif":

@@ -140,7 +140,7 @@ class RegexpTable(Table):
 
     def _load(self, text: str) -> None:
         open_ifs: list[int] = []
-        for lineno, line in logical_lines(text):
+        for lineno, line in logical_lines(text, self.name):
             word = line.split(None, 1)[0].lower() if line else ""
             if word == "endif":
                 if not open_ifs:

@@ -1,0 +1,53 @@
+"""Logical lines, as Postfix's readllines() reads main.cf and every table source.
+
+``logical_lines(text, warn)`` yields ``(first line number, logical line)``.
+Promises Postfix's rules (util/readlline.c), the same for main.cf, aliases and
+the sources of texthash, cidr, regexp and pcre tables:
+
+* lines end at ``\\n`` only; a CR before it is text, as in Postfix;
+* a line that is empty, white space only, or whose first non-blank character
+  is ``#`` is skipped, and does not end the logical line it sits in;
+* a line that starts with white space continues the logical line before it:
+  it is appended as it is, leading white space included and no newline
+  (``a`` + ``<TAB>b`` gives ``a<TAB>b``); nothing else is trimmed, callers
+  trim what their syntax says (``name = value``, ``key value``);
+* a logical line that would start with white space (continuation text before
+  any other text) is skipped after ``warn(lineno, text)``, Postfix's "logical
+  line must not start with whitespace"; callers may refuse it instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+LeadingSpace = Callable[[int, str], None]
+_BLANK = " \t\r\f\v"
+
+
+def logical_lines(text: str, warn: LeadingSpace | None = None) -> Iterator[tuple[int, str]]:
+    """Postfix's readllines() over text: (first line number, logical line)."""
+    current: list[str] = []
+    start = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        stripped = line.lstrip(_BLANK)
+        if not stripped or stripped[0] == "#":
+            continue
+        if line[0] in _BLANK:
+            if not current:
+                start = lineno
+            current.append(line)
+            continue
+        yield from _finish(start, current, warn)
+        current, start = [line], lineno
+    yield from _finish(start, current, warn)
+
+
+def _finish(start: int, parts: list[str], warn: LeadingSpace | None) -> Iterator[tuple[int, str]]:
+    if not parts:
+        return
+    line = "".join(parts)
+    if line[0] in _BLANK:
+        if warn is not None:
+            warn(start, line)
+        return
+    yield start, line
