@@ -52,12 +52,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import stat
 from collections.abc import Iterator
 from typing import Any
 
-from pymailsys import log, maps, server
+from pymailsys import log, maps, privileges, server
 from pymailsys.ipc import attr, peers, services
 from pymailsys.queue import maildrop
 from pymailsys.queue import spool as queue
@@ -91,8 +90,8 @@ class Pickup:
         self.size_limit = cfg.get_size("message_size_limit")
         self.cleanup = attr.AttrPool(ctx.spool.public(cfg.get("cleanup_service_name")))
         try:
-            self.owner_uid = pwd.getpwnam(cfg.get("mail_owner")).pw_uid
-        except KeyError:
+            self.owner_uid = privileges.mail_owner(cfg).uid
+        except privileges.PrivilegeError:
             self.owner_uid = os.getuid()
         if os.getuid() != 0 and os.getuid() != self.owner_uid:
             self.owner_uid = os.getuid()  # unprivileged instance: everything runs as us

@@ -36,11 +36,10 @@ DIAGNOSTICS
 from __future__ import annotations
 
 import os
-import pwd
 import re
 from importlib import resources
 
-from pymailsys.queue import setup as spool_setup
+from pymailsys import privileges
 
 SMTP_INET_RE = re.compile(r"^(?P<name>\S+)(?P<gap>\s+)inet(?P<rest>\s.*?\s(?P<cmd>smtpd)(\s.*)?)$")
 
@@ -86,8 +85,8 @@ def main_cf_text(directory: str, host: str, maildir: bool) -> str:
         f"alias_database = hash:{aliases}",
     ]
     if os.geteuid() != 0:
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        group = spool_setup.group_name(os.getegid())
+        user = privileges.user_name(os.geteuid())
+        group = privileges.group_name(os.getegid())
         lines += [
             "# Started by a non-root user: every process runs as this user.",
             f"mail_owner = {user}",
@@ -99,7 +98,7 @@ def main_cf_text(directory: str, host: str, maildir: bool) -> str:
 def aliases_text() -> str:
     text = shipped("aliases")
     if os.geteuid() != 0:
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        user = privileges.user_name(os.geteuid())
         text = text.replace("#root:\t\tyou", f"root:\t\t{user}")
     return text
 

@@ -11,8 +11,10 @@ inside the block (another task would run with the recipient's rights).
 ``default_privs(config)`` resolves ``default_privs`` (Postfix: the rights for
 deliveries to commands and files on behalf of no user in particular) and
 ``mail_owner(config)`` the owner of the queue and the daemons (the server
-skeleton's privilege drop, the spool layout); both refuse a privileged (uid 0)
-value. ``subprocess_ids`` gives the keyword
+skeleton's privilege drop, the spool layout, the commands that check it), and
+``setgid_group(config)`` the group of maildrop/ and public/; each refuses an
+unknown or privileged (id 0) value. ``user_name``/``group_name`` name an id.
+These are the one place that resolves the mail system's accounts. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
 parent never switches).
 
@@ -23,6 +25,7 @@ to default_privs (Postfix does the same).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 from collections.abc import Iterator
@@ -73,6 +76,37 @@ def mail_owner(config: config_mod.Config) -> UserIds:
         raise PrivilegeError(f"file {config.main_cf}: parameter mail_owner: "
                              f"user {name} has privileged user ID")
     return UserIds.from_pw(pw)
+
+
+def setgid_group(config: config_mod.Config) -> tuple[int, str]:
+    """(gid, name) of setgid_group (the group of maildrop/ and public/); PrivilegeError
+    when unknown or privileged, in Postfix's words."""
+    name = config.get("setgid_group")
+    try:
+        gr = grp.getgrnam(name)
+    except KeyError:
+        raise PrivilegeError(f"file {config.main_cf}: parameter setgid_group: "
+                             f"unknown group name: {name}") from None
+    if gr.gr_gid == 0:
+        raise PrivilegeError(f"file {config.main_cf}: parameter setgid_group: "
+                             f"group {name} has privileged group ID")
+    return gr.gr_gid, name
+
+
+def user_name(uid: int) -> str:
+    """The user name of uid, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    """The group name of gid, or the number when it has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def default_privs(config: config_mod.Config) -> UserIds:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -66,7 +65,7 @@ import time
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, maps, module_argv, pidfile
+from pymailsys import log, maps, module_argv, pidfile, privileges
 from pymailsys.config import Config, ConfigError, master_cf, validate
 from pymailsys.ipc import trigger
 from pymailsys.queue import setup as spool_setup
@@ -242,8 +241,8 @@ def _allowed(cfg: Config) -> bool:
     if os.geteuid() == 0:
         return True
     try:
-        return pwd.getpwnam(cfg.get("mail_owner")).pw_uid == os.geteuid()
-    except KeyError:
+        return privileges.mail_owner(cfg).uid == os.geteuid()
+    except privileges.PrivilegeError:
         return False
 
 

@@ -69,7 +69,6 @@ from pymailsys.daemons.master.stderr_relay import StderrRelay, readable
 from pymailsys import MAIL_VERSION, log, pidfile, privileges
 from pymailsys import config as config_mod
 from pymailsys.config import Config, ConfigError
-from pymailsys.queue import setup as spool_setup
 
 PROGRAM = "master"
 STOP_GRACE = 3.0
@@ -148,7 +147,7 @@ class Master:
             self.fatal(str(e) if isinstance(e, ConfigError) else (e.strerror or str(e)))
         log.info(f"daemon started -- version {MAIL_VERSION}, configuration {self.config_dir}")
         if os.geteuid() != 0:
-            user = spool_setup.user_name(os.geteuid())
+            user = privileges.user_name(os.geteuid())
             log.warning(f"not running as root: all services run as user {user} "
                         f"(uid {os.geteuid()}); mail_owner and the unpriv column have no effect")
 

@@ -44,9 +44,7 @@ DIAGNOSTICS
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import stat
 from dataclasses import dataclass
 
@@ -74,42 +72,18 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
     if os.geteuid() != 0:
         uid = os.geteuid()
         gid = os.getegid()
-        user = user_name(uid)
-        group = group_name(gid)
+        user = privileges.user_name(uid)
+        group = privileges.group_name(gid)
         return {"root": (uid, user), "root_group": (gid, group), "mail_owner": (uid, user),
                 "mail_owner_group": (gid, group), "setgid_group": (gid, group)}
     try:
         owner = privileges.mail_owner(config)
+        setgid_gid, group = privileges.setgid_group(config)
     except privileges.PrivilegeError as e:
         raise SetupError(str(e)) from None
-    group = config.get("setgid_group")
-    try:
-        gr = grp.getgrnam(group)
-    except KeyError:
-        raise SetupError(f"file {config.main_cf}: parameter setgid_group: "
-                         f"unknown group name: {group}") from None
-    if gr.gr_gid == 0:
-        raise SetupError(f"file {config.main_cf}: parameter setgid_group: "
-                         f"group {group} has privileged group ID")
     return {"root": (0, "root"), "root_group": (0, "root"), "mail_owner": (owner.uid, owner.name),
-            "mail_owner_group": (owner.gid, group_name(owner.gid)),
-            "setgid_group": (gr.gr_gid, group)}
-
-
-def user_name(uid: int) -> str:
-    """The user name of uid, or the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def group_name(gid: int) -> str:
-    """The group name of gid, or the number when it has none."""
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+            "mail_owner_group": (owner.gid, privileges.group_name(owner.gid)),
+            "setgid_group": (setgid_gid, group)}
 
 
 def expected_layout(config: Config) -> list[Expected]:

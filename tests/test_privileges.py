@@ -1,0 +1,49 @@
+"""pymailsys.privileges: the one place that resolves the mail system's accounts."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from pymailsys import config, privileges
+from pymailsys.queue import setup as spool_setup
+
+
+def load(tmp_path: Path, **values: str) -> config.Config:
+    (tmp_path / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    return config.load(str(tmp_path))
+
+
+def test_accounts_resolve_or_are_refused_in_postfix_words(tmp_path: Path) -> None:
+    me, my_group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+    cfg = load(tmp_path, mail_owner=me, setgid_group=my_group)
+    if os.geteuid() != 0:
+        assert privileges.mail_owner(cfg).uid == os.geteuid()
+        assert privileges.setgid_group(cfg) == (os.getegid(), my_group)
+    cfg = load(tmp_path, mail_owner="no-such-user-pms", setgid_group="no-such-group-pms")
+    main_cf = tmp_path / "main.cf"
+    with pytest.raises(privileges.PrivilegeError, match=f"file {main_cf}: parameter mail_owner: "
+                       "unknown user name value: no-such-user-pms"):
+        privileges.mail_owner(cfg)
+    with pytest.raises(privileges.PrivilegeError, match=f"file {main_cf}: parameter setgid_group: "
+                       "unknown group name: no-such-group-pms"):
+        privileges.setgid_group(cfg)
+    cfg = load(tmp_path, mail_owner="root", setgid_group="root")
+    with pytest.raises(privileges.PrivilegeError, match="user root has privileged user ID"):
+        privileges.mail_owner(cfg)
+    with pytest.raises(privileges.PrivilegeError, match="group root has privileged group ID"):
+        privileges.setgid_group(cfg)
+    assert privileges.user_name(0) == "root" and privileges.group_name(0) == "root"
+    assert privileges.user_name(2**31 - 3) == str(2**31 - 3)
+
+
+@pytest.mark.root
+def test_spool_setup_refuses_an_unknown_setgid_group(tmp_path: Path) -> None:
+    cfg = load(tmp_path, queue_directory=str(tmp_path / "q"), data_directory=str(tmp_path / "d"),
+               mail_owner="nobody", setgid_group="no-such-group-pms")
+    with pytest.raises(spool_setup.SetupError, match="parameter setgid_group: unknown group name"):
+        spool_setup.expected_layout(cfg)
