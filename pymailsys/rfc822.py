@@ -24,6 +24,11 @@ is the one place that converts between them and reads external addresses:
 * ``internalize(tokens)``: the internal form of one address's tokens
   (comments dropped, quotes and escapes removed), as Postfix's
   tok822_internalize().
+* ``parse_list(text, tokens)``: an address list as Postfix's tok822_parse
+  reads it (groups, ``phrase <addr>``, comments, missing commas);
+  ``address_list(text)`` its addresses in internal form (alias values,
+  .forward files, sendmail recipients), ``externalize_list(text)`` the list
+  re-spaced as postalias stores it.
 
 Pure functions; no I/O, no configuration.
 """
@@ -35,6 +40,10 @@ _NEEDS_QUOTE = frozenset('()<>@,;:\\"[] ')
 _ESCAPED_IN_QUOTES = frozenset('"\\\r')
 OPERATORS = frozenset("()<>@,;:.[]")
 WORDS = frozenset(("atom", "qstr", "domlit"))
+# tok822_externalize: a space after a word, comment or ">" when a word, comment
+# or "<" follows, and after every comma
+_SPACED = WORDS | {"comment", ">"}
+_SPACE_BEFORE = WORDS | {"comment", "<"}
 
 # (kind, text, start, end): kind is "atom", "qstr", "comment", "domlit" or the
 # operator character itself; text is the token as written.
@@ -173,16 +182,198 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def internalize(tokens: list[Token]) -> str:
-    """The internal form of one address's tokens: comments dropped, quoting removed."""
+def internalize(tokens: list[Token], atoms_as_written: bool = False) -> str:
+    """The internal form of one address's tokens: comments dropped, quoting removed
+    (with ``atoms_as_written``, only that of quoted strings)."""
     parts: list[str] = []
     for kind, text, _, _ in tokens:
         if kind == "comment":
             continue
         if kind == "qstr":
             parts.append(_unescape(text[1:-1]))
-        elif kind == "atom":
+        elif kind == "atom" and not atoms_as_written:
             parts.append(_unescape(text))
         else:
             parts.append(text)
+    return "".join(parts)
+
+
+# -- address lists (tok822_parse) -------------------------------------------------
+#
+# An address list (an address header, an alias value, a sendmail argument) is
+# read as Postfix's tok822_parse reads it. The model:
+#
+# * tokens: atoms, "quoted strings", (comments, nested), [domain literals], and
+#   the operators ()<>@,;:.[]; white space and line breaks separate tokens;
+# * a ``:`` outside <> followed later by a ``;`` opens a group; its name is
+#   everything since the previous ``,``;
+# * ``phrase <route-addr>``: the address is what is inside <> (comments there
+#   stay inside, behind it); the phrase is kept as written (unfolded) -- Postfix
+#   re-spaces it (``B. Goode`` -> ``B.Goode``), this keeps display names intact;
+#   words after the ``>`` are further addresses (a comma is added);
+# * otherwise the words of a list element are addresses; two words in a row
+#   without an operator between are two addresses (Postfix adds the missing
+#   comma); the element's comments move behind its last address;
+#
+# An unterminated quoted string, comment or domain literal, or a ``<`` without
+# ``>``, makes the list unparsable (``Unparsable``); in a list cut by a token
+# limit, a ``<`` left open at the end is part of a plain address instead.
+
+
+def join_tokens(tokens: list[Token]) -> str:
+    """External form of an address's tokens (a space only between two words)."""
+    parts: list[str] = []
+    prev = ""
+    for kind, text, _, _ in tokens:
+        if prev in WORDS and kind in WORDS:
+            parts.append(" ")
+        parts.append(text)
+        prev = kind
+    return "".join(parts)
+
+
+def parse_list(text: str, tokens: list[Token], truncated: bool = False) -> list[list[str]]:
+    """Postfix's tok822_parse of an address list: [kind, text] elements in order.
+
+    Kinds: "addr" (an address, external form), "phrase" (a display name as
+    written), "comment", "group" (the ``:`` that opens a group), and the
+    operators ``<``, ``>``, ``,`` and ``;``. Raises ``Unparsable`` (see below).
+
+    In a truncated token list a ``<`` left open at the end is part of a
+    plain address (``<b`` -> ``"<b"@domain``), as Postfix's parser makes it.
+    """
+    out: list[list[str]] = []
+    depth = 0
+    last_semi = max((i for i, t in enumerate(tokens) if t[0] == ";"), default=-1)
+    seg: list[Token] = []
+    in_group = False
+
+    def phrase(part: list[Token]) -> None:
+        if part:
+            raw = text[part[0][2]:part[-1][3]].replace("\r", "").replace("\n", "")
+            out.append(["phrase", raw])
+
+    def plain(part: list[Token]) -> None:
+        # Words are addresses (a missing comma between two words is added);
+        # the comments move behind the last one, in their order.
+        current: list[Token] = []
+        prev = ""
+        for tok in part:
+            if tok[0] == "comment":
+                continue
+            if prev in WORDS and tok[0] in WORDS and current:
+                out.append(["addr", join_tokens(current)])
+                out.append([",", ","])
+                current = []
+            current.append(tok)
+            prev = tok[0]
+        if current:
+            out.append(["addr", join_tokens(current)])
+        out.extend(["comment", t[1]] for t in part if t[0] == "comment")
+
+    def finish() -> None:
+        # One pass over the element: each "phrase <addr>" is found by scanning
+        # forward from where the previous one ended (never by re-slicing what
+        # is left, which made <a><a><a>... quadratic).
+        rest = list(seg)
+        seg.clear()
+        pos, n = 0, len(rest)
+        while pos < n:
+            lt = pos
+            while lt < n and rest[lt][0] != "<":
+                if rest[lt][0] == ">":
+                    raise Unparsable
+                lt += 1
+            if lt == n:
+                tail = rest[pos:]
+                if any(t[0] != "comment" for t in tail) and out and out[-1][0] == ">":
+                    out.append([",", ","])
+                plain(tail)
+                return
+            gt = lt + 1
+            while gt < n and rest[gt][0] != ">":
+                gt += 1
+            if gt == n:
+                if not truncated:
+                    raise Unparsable
+                if out and out[-1][0] == ">":
+                    out.append([",", ","])
+                plain(rest[pos:])
+                return
+            phrase(rest[pos:lt])
+            inner = rest[lt + 1:gt]
+            out.append(["<", "<"])
+            addr = [t for t in inner if t[0] != "comment"]
+            if addr:
+                out.append(["addr", join_tokens(addr)])
+            # comments inside <> stay there, behind the address
+            out.extend(["comment", t[1]] for t in inner if t[0] == "comment")
+            out.append([">", ">"])
+            pos = gt + 1
+
+    for i, tok in enumerate(tokens):
+        kind = tok[0]
+        if kind == "<":
+            depth += 1
+        elif kind == ">":
+            depth = max(depth - 1, 0)
+        if depth == 0 and kind == ",":
+            finish()
+            out.append([",", ","])
+        elif (depth == 0 and kind == ":" and not in_group
+              and last_semi > i):
+            phrase(seg)
+            seg.clear()
+            out.append(["group", ":"])
+            in_group = True
+        elif depth == 0 and kind == ";":
+            finish()
+            out.append([";", ";"])
+            in_group = False
+        else:
+            seg.append(tok)
+    finish()
+    return out
+
+
+def address_list(text: str) -> list[str]:
+    """The addresses of an address list (an alias value, a .forward line, a sendmail
+    recipient argument or To: header), in order, as Postfix's tok822_parse finds them.
+
+    Display names, comments and group names are not addresses; two words
+    without a comma between them are two addresses (so ``|cmd arg`` is two:
+    a command with white space must be quoted, ``"|cmd arg"``, as Postfix
+    requires). Each address is in internal form with the quotes of quoted
+    strings removed; atoms stay as written, so ``\\user`` keeps the backslash
+    that means "this user's mailbox" to local. An unparsable list (an
+    unterminated quote) is one address, the whole text stripped.
+    """
+    try:
+        tokens, _ = scan(text)
+        elements = parse_list(text, tokens)
+    except Unparsable:
+        return [text.strip()] if text.strip() else []
+    out = []
+    for kind, value in elements:
+        if kind == "addr":
+            out.append(internalize(scan(value)[0], atoms_as_written=True))
+    return [address for address in out if address]
+
+
+def externalize_list(text: str) -> str:
+    """An address list re-spaced as postalias stores it (tok822_externalize): ", "
+    after each comma, one space between two words and before ``<``, none around
+    other operators (``b,c   d`` -> ``b, c d``, ``a@ b . c`` -> ``a@b.c``).
+    An unparsable list is returned stripped, as it is."""
+    try:
+        tokens, _ = scan(text)
+    except Unparsable:
+        return text.strip()
+    parts: list[str] = []
+    prev = ","
+    for kind, token, _, _ in tokens:
+        if parts and (prev == "," or (prev in _SPACED and kind in _SPACE_BEFORE)):
+            parts.append(" ")
+        parts.append(token)
+        prev = kind
     return "".join(parts)

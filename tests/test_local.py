@@ -114,7 +114,7 @@ def test_alias_commands_exit_codes(system) -> None:  # type: ignore[no-untyped-d
         s = system()
         s.aliases(
             f'ok: "|cat > {shared}/out; id -u > {shared}/uid"\n'
-            "tempfail: |/bin/sh -c 'exit 75'\n"
+            "tempfail: \"|/bin/sh -c 'exit 75'\"\n"
             'fail: "|echo something broke; exit 1"\n'
             'dsn: "|echo 5.1.1 no such mailbox here; exit 67"\n')
         s.start()

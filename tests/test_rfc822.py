@@ -51,3 +51,34 @@ def test_scan_and_internalize() -> None:
     for bad in ('"open', "(open", "[open"):
         with pytest.raises(rfc822.Unparsable):
             rfc822.scan(bad)
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    # what Debian's postalias 3.7 stores (postalias -q) for these alias values
+    ("b,c   d", "b, c d"),
+    ('"|cmd  x", e ,  f\n g', '"|cmd  x", e, f g'),
+    ('"x y"@z,"a,b"', '"x y"@z, "a,b"'),
+    ("a@ b . c", "a@b.c"),
+    ("Name <x@y>", "Name <x@y>"),
+    ("a (comment) b", "a (comment) b"),
+    ("g: a, b;", "g:a, b;"),
+    ("a ,, b", "a, , b"),
+    (":include:/path/file, /path/file", ":include:/path/file, /path/file"),
+    ("|/bin/cmd arg", "|/bin/cmd arg"),
+])
+def test_externalize_list_as_postalias(value: str, stored: str) -> None:
+    assert rfc822.externalize_list(value) == stored
+
+
+def test_address_list_as_tok822_parse() -> None:
+    # Postfix 3.7's local delivers "|/bin/sh -c "exit 75"" as the command /bin/sh,
+    # the address -c and the address "exit 75": a command with spaces must be quoted
+    assert rfc822.address_list('|/bin/sh -c "exit 75"') == ["|/bin/sh", "-c", "exit 75"]
+    assert rfc822.address_list('"|/bin/sh -c \'exit 75\'", \\bob') == [
+        "|/bin/sh -c 'exit 75'", "\\bob"]
+    assert rfc822.address_list('"Doe, Jane" <jane@x>, team: a, b (c);, undisclosed:;') == [
+        "jane@x", "a", "b"]
+    assert rfc822.address_list(":include:/etc/list, /var/mail/file") == [
+        ":include:/etc/list", "/var/mail/file"]
+    assert rfc822.address_list(' "open, x') == ['"open, x']
+    assert rfc822.address_list("  ") == []

@@ -51,7 +51,7 @@ from typing import NoReturn
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, module_argv
+from pymailsys import log, module_argv, rfc822
 from pymailsys.queue import maildrop
 from pymailsys.submission import access, handoff, login, message
 
@@ -98,7 +98,7 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
         full_name = login.default_full_name(uid)
     rcpts: list[str] = []
     for arg in recipients:
-        rcpts.extend(message.parse_address_list(arg) or [arg.strip()])
+        rcpts.extend(rfc822.address_list(arg) or [arg.strip()])
     rcpts = [r for r in rcpts if r]
     stream = stdin if stdin is not None else sys.stdin.buffer
     try:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import command, file, results
 
-from pymailsys import log, privileges
+from pymailsys import log, privileges, rfc822
 from pymailsys.bounded_read import FileRefused, read_bounded
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 from pymailsys.delivery.mailbox import plain_text
@@ -40,27 +40,6 @@ if TYPE_CHECKING:
 MAX_DEPTH = 10
 FILE_SIZE_LIMIT = 1 << 22  # bytes of an :include: or .forward file
 FILE_READ_TIMEOUT = 30.0  # seconds to read one
-
-
-def split_alias_value(value: str) -> list[str]:
-    """Split an alias value on commas and white space, keeping "quoted items" whole."""
-    items: list[str] = []
-    current: list[str] = []
-    quote = False
-    for ch in value:
-        if ch == '"':
-            quote = not quote
-            continue
-        if not quote and (ch == "," or ch in " \t\r\n"):
-            if ch == "," or (current and current[0] not in "|"):
-                if current:
-                    items.append("".join(current).strip())
-                    current = []
-                continue
-        current.append(ch)
-    if current:
-        items.append("".join(current).strip())
-    return [i for i in items if i]
 
 
 def value_of_lines(text: str) -> str:
@@ -79,7 +58,7 @@ async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value
     addresses: list[str] = []
     done: list[DeliveryResult] = []
     skip_forward = origin != "alias"
-    for item in split_alias_value(value):
+    for item in rfc822.address_list(value):
         if item.startswith("|"):
             if origin not in agent.allow_commands:
                 done.append(agent.done(req, DeliveryResult.bounced(

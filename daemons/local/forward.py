@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import stat
 from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import alias, results
 
-from pymailsys import log, privileges
+from pymailsys import log, privileges, rfc822
 from pymailsys.bounded_read import FileRefused
-from pymailsys.config import ConfigError, MacroExpander
+from pymailsys.config import ConfigError, MacroExpander, split_list
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     found: tuple[str, os.stat_result] | None = None
     try:
         with privileges.as_user(pw.pw_uid, pw.pw_gid):
-            for entry in re.split(r"[,\s]+", agent.forward_path):
+            for entry in split_list(agent.forward_path):
                 path = local_expand(entry, attrs, agent.forward_filter) if entry else None
                 if not path:
                     continue
@@ -102,7 +101,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     except privileges.PrivilegeError as e:
         return agent.done(req, results.failure(e))
     value = alias.value_of_lines(text)
-    if not alias.split_alias_value(value):
+    if not rfc822.address_list(value):
         return None  # an empty .forward: no forwarding
     return await alias.expand(agent, req, rcpt, value, content, "forward",
                               rights=privileges.UserIds.from_pw(pw))

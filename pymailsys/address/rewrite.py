@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pymailsys.rfc822 import WORDS, Token, Unparsable, quote_822_local, scan, unquote_822_local
+from pymailsys.rfc822 import Unparsable, parse_list, quote_822_local, scan, unquote_822_local
 
 CONTEXT_LOCAL = "local"
 CONTEXT_REMOTE = "remote"
@@ -164,141 +164,13 @@ def _plain_local(local: str) -> bool:
 
 # -- address headers ----------------------------------------------------------
 #
-# Postfix's cleanup parses an address header (tok822_parse), rewrites every
-# address in it, and when one changed re-serializes the whole list with one
-# address per line (cleanup then folds those lines). The model here:
-#
-# * tokens: atoms, "quoted strings", (comments, nested), [domain literals], and
-#   the operators ()<>@,;:.[]; white space and line breaks separate tokens;
-# * a ``:`` outside <> followed later by a ``;`` opens a group; its name is
-#   everything since the previous ``,``;
-# * ``phrase <route-addr>``: the address is what is inside <> (comments there
-#   stay inside, behind it); the phrase is kept as written (unfolded) -- Postfix
-#   re-spaces it (``B. Goode`` -> ``B.Goode``), this keeps display names intact;
-#   words after the ``>`` are further addresses (a comma is added);
-# * otherwise the words of a list element are addresses; two words in a row
-#   without an operator between are two addresses (Postfix adds the missing
-#   comma); the element's comments move behind its last address;
-# * output spacing as tok822_externalize: a space before ``<``, after ``:`` of
-#   a group, and between two non-operators; a newline after each ``,``.
-#
-# An unterminated quoted string, comment or domain literal, or a ``<`` without
-# ``>``, makes the header unparsable: it is then left alone.
+# Postfix's cleanup parses an address header (tok822_parse: rfc822.parse_list),
+# rewrites every address in it, and when one changed re-serializes the whole
+# list with one address per line (cleanup then folds those lines), spaced as
+# tok822_externalize: a space before ``<``, after ``:`` of a group, and between
+# two non-operators; a newline after each ``,``.
 
 _NON_OPS = frozenset(("atom", "qstr", "domlit", "comment", "addr", "phrase"))
-
-
-def _join_tokens(tokens: list[Token]) -> str:
-    """External form of an address's tokens (a space only between two words)."""
-    parts: list[str] = []
-    prev = ""
-    for kind, text, _, _ in tokens:
-        if prev in WORDS and kind in WORDS:
-            parts.append(" ")
-        parts.append(text)
-        prev = kind
-    return "".join(parts)
-
-
-def _elements(text: str, tokens: list[Token],
-              truncated: bool = False) -> list[list[str]]:
-    """The parse: a list of [kind, text] (kind "addr" for an address to rewrite).
-
-    In a truncated token list a ``<`` left open at the end is part of a
-    plain address (``<b`` -> ``"<b"@domain``), as Postfix's parser makes it.
-    """
-    out: list[list[str]] = []
-    depth = 0
-    last_semi = max((i for i, t in enumerate(tokens) if t[0] == ";"), default=-1)
-    seg: list[Token] = []
-    in_group = False
-
-    def phrase(part: list[Token]) -> None:
-        if part:
-            raw = text[part[0][2]:part[-1][3]].replace("\r", "").replace("\n", "")
-            out.append(["phrase", raw])
-
-    def plain(part: list[Token]) -> None:
-        # Words are addresses (a missing comma between two words is added);
-        # the comments move behind the last one, in their order.
-        current: list[Token] = []
-        prev = ""
-        for tok in part:
-            if tok[0] == "comment":
-                continue
-            if prev in WORDS and tok[0] in WORDS and current:
-                out.append(["addr", _join_tokens(current)])
-                out.append([",", ","])
-                current = []
-            current.append(tok)
-            prev = tok[0]
-        if current:
-            out.append(["addr", _join_tokens(current)])
-        out.extend(["comment", t[1]] for t in part if t[0] == "comment")
-
-    def finish() -> None:
-        # One pass over the element: each "phrase <addr>" is found by scanning
-        # forward from where the previous one ended (never by re-slicing what
-        # is left, which made <a><a><a>... quadratic).
-        rest = list(seg)
-        seg.clear()
-        pos, n = 0, len(rest)
-        while pos < n:
-            lt = pos
-            while lt < n and rest[lt][0] != "<":
-                if rest[lt][0] == ">":
-                    raise Unparsable
-                lt += 1
-            if lt == n:
-                tail = rest[pos:]
-                if any(t[0] != "comment" for t in tail) and out and out[-1][0] == ">":
-                    out.append([",", ","])
-                plain(tail)
-                return
-            gt = lt + 1
-            while gt < n and rest[gt][0] != ">":
-                gt += 1
-            if gt == n:
-                if not truncated:
-                    raise Unparsable
-                if out and out[-1][0] == ">":
-                    out.append([",", ","])
-                plain(rest[pos:])
-                return
-            phrase(rest[pos:lt])
-            inner = rest[lt + 1:gt]
-            out.append(["<", "<"])
-            addr = [t for t in inner if t[0] != "comment"]
-            if addr:
-                out.append(["addr", _join_tokens(addr)])
-            # comments inside <> stay there, behind the address
-            out.extend(["comment", t[1]] for t in inner if t[0] == "comment")
-            out.append([">", ">"])
-            pos = gt + 1
-
-    for i, tok in enumerate(tokens):
-        kind = tok[0]
-        if kind == "<":
-            depth += 1
-        elif kind == ">":
-            depth = max(depth - 1, 0)
-        if depth == 0 and kind == ",":
-            finish()
-            out.append([",", ","])
-        elif (depth == 0 and kind == ":" and not in_group
-              and last_semi > i):
-            phrase(seg)
-            seg.clear()
-            out.append(["group", ":"])
-            in_group = True
-        elif depth == 0 and kind == ";":
-            finish()
-            out.append([";", ";"])
-            in_group = False
-        else:
-            seg.append(tok)
-    finish()
-    return out
 
 
 def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
@@ -313,7 +185,7 @@ def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
     """
     try:
         tokens, truncated = scan(value, ctx.header_token_limit)
-        elements = _elements(value, tokens, truncated)
+        elements = parse_list(value, tokens, truncated)
     except Unparsable:
         return None
     changed = truncated

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from pymailsys import config as config_mod
+from pymailsys import rfc822
 from pymailsys.maps.base import (
     REGISTRY,
     Table,
@@ -122,38 +123,14 @@ def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[i
     return out
 
 
-def _normalize_alias_value(value: str) -> str:
-    """Comma-separated destinations, each stripped, joined with ", " (quotes kept)."""
-    items: list[str] = []
-    word: list[str] = []
-    quoted = False
-    for ch in value:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            items.append("".join(word))
-            word = []
-            continue
-        word.append(ch)
-    items.append("".join(word))
-    cleaned = []
-    for item in items:
-        item = item.strip()
-        if item and '"' not in item:
-            item = " ".join(item.split())
-        if item:
-            cleaned.append(item)
-    return ", ".join(cleaned)
-
-
 def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
     """aliases(5): (line, lower-cased name, value).
 
     ``name: value, value``; the name may be "double quoted" (quotes removed);
     a line without a colon or without a value is skipped with ``PATH, line N:
     need name:value pair``, as postalias does (so ``name:`` is no alias).
-    Values are normalised as postalias does: destinations separated
-    by ", ".
+    Values are re-spaced as postalias stores them
+    (``rfc822.externalize_list``: ``b,c   d`` -> ``b, c d``).
     """
     warn = warn or default_warn
     out = []
@@ -177,7 +154,7 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
         if not name or not value.strip():
             warn(f"{path}, line {lineno}: need name:value pair")
             continue
-        out.append((lineno, name.lower(), _normalize_alias_value(value)))
+        out.append((lineno, name.lower(), rfc822.externalize_list(value)))
     return out
 
 

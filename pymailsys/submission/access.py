@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 from pymailsys import maps, privileges
-from pymailsys.config import Config
+from pymailsys.config import Config, split_list
 from pymailsys.submission.login import login_name
 
 
@@ -92,7 +92,7 @@ def login_sender_ok(config: Config, uid: int, sender: str) -> bool:
         return False
     delim = config.get("recipient_delimiter")
     null_key = config.get("empty_address_local_login_sender_maps_lookup_key")
-    for pattern in patterns.replace(",", " ").split():
+    for pattern in split_list(patterns):
         if pattern.startswith("@"):
             at = sender.rfind("@")
             if at >= 0 and sender[at:].lower() == pattern.lower():

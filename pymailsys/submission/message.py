@@ -1,8 +1,8 @@
 """message - sendmail's input: the message on standard input and its addresses.
 
 ``read_message`` reads message lines as Postfix's sendmail does;
-``parse_address_list`` splits a header value or command-line argument into
-addresses; ``header_recipients`` implements ``sendmail -t`` (To/Cc/Bcc, or
+addresses in a header value or command-line argument are
+``rfc822.address_list``'s (Postfix's tok822 rules); ``header_recipients`` implements ``sendmail -t`` (To/Cc/Bcc, or
 the Resent- set when present; Bcc headers removed); ``parse_sender``
 reads the ``-f`` value. Pure functions over bytes and text: no I/O but the
 stream handed in.
@@ -10,8 +10,9 @@ stream handed in.
 
 from __future__ import annotations
 
-import email.utils
 from typing import BinaryIO
+
+from pymailsys import rfc822
 
 
 def read_message(stream: BinaryIO, dot_rule: bool) -> list[bytes]:
@@ -40,13 +41,6 @@ def read_message(stream: BinaryIO, dot_rule: bool) -> list[bytes]:
     return lines
 
 
-def parse_address_list(text: str) -> list[str]:
-    """Addresses in a header value or a command-line argument ("a, b <c>")."""
-    out = []
-    for _name, address in email.utils.getaddresses([text]):
-        if address:
-            out.append(address)
-    return out
 
 
 RCPT_HEADERS = ("to", "cc", "bcc")
@@ -80,7 +74,7 @@ def header_recipients(lines: list[bytes]) -> tuple[list[str], list[bytes]]:
     rcpts: list[str] = []
     for hdr, text, _s, _e in headers:
         if hdr in wanted:
-            rcpts.extend(parse_address_list(text))
+            rcpts.extend(rfc822.address_list(text))
     drop: set[int] = set()
     for hdr, _text, s, e in headers:
         if hdr in ("bcc", "resent-bcc"):
@@ -94,5 +88,5 @@ def parse_sender(text: str) -> str:
     t = text.strip()
     if t in ("", "<>"):
         return ""
-    found = parse_address_list(t)
+    found = rfc822.address_list(t)
     return found[0] if found else t.strip("<>")
