@@ -29,6 +29,7 @@ Pure functions, no I/O, no configuration reads after ``from_config``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pymailsys.rfc822 import Unparsable, parse_list, quote_822_local, scan, unquote_822_local
@@ -36,8 +37,7 @@ from pymailsys.rfc822 import Unparsable, parse_list, quote_822_local, scan, unqu
 CONTEXT_LOCAL = "local"
 CONTEXT_REMOTE = "remote"
 
-# Characters that end an atom when tokenizing the external form (tok822).
-_TOKEN_SPECIALS = frozenset('()<>@,;:\\".[]!%')
+_ROUTE_OPS = re.compile(r"([!%])")
 # Characters that never occur in a plain "user@domain" address.
 _NOT_SIMPLE = frozenset('"\\()<>,;:[] !%\t\r\n')
 
@@ -69,33 +69,18 @@ class RewriteContext:
 
 
 def _tokenize(text: str) -> list[str]:
-    """tok822-style tokens of an external-form address: atoms, "quoted", [literal], specials."""
+    """The tokens rewriting looks at: rfc822.scan's, with ``!`` and ``%`` split out of
+    atoms (the bang path and percent hack operators)."""
+    try:
+        scanned, _ = scan(text)
+    except Unparsable:
+        return [text]
     tokens: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            tokens.append(text[i:j + 1])
-            i = j + 1
-        elif ch == "[":
-            j = text.find("]", i)
-            j = n - 1 if j < 0 else j
-            tokens.append(text[i:j + 1])
-            i = j + 1
-        elif ch in _TOKEN_SPECIALS:
-            tokens.append(ch)
-            i += 1
-        elif ch in " \t":
-            i += 1
+    for kind, token, _, _ in scanned:
+        if kind == "atom" and ("!" in token or "%" in token):
+            tokens.extend(part for part in _ROUTE_OPS.split(token) if part)
         else:
-            j = i
-            while j < n and text[j] not in _TOKEN_SPECIALS and text[j] not in " \t":
-                j += 1
-            tokens.append(text[i:j])
-            i = j
+            tokens.append(token)
     return tokens
 
 
