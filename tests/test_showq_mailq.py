@@ -105,6 +105,33 @@ def test_direct_listing_matches_debian_postqueue(tmp_path: Path) -> None:
     assert mailq.stdout == theirs.stdout
 
 
+@pytest.mark.root
+def test_quoted_addresses_match_debian_postqueue(tmp_path: Path) -> None:
+    """Local parts that need quoting (space, quote, backslash, CR, dots, a source route)
+    are listed as Debian's postqueue lists them (rfc822.quote_822_local, made printable)."""
+    debian = require_tool("/usr/sbin/postqueue")
+    require_tool("/usr/lib/postfix/sbin/showq")
+    etc, spool = make_spool(tmp_path)
+    queue_file(spool, "active", "john doe@example.org",
+               ['a"b@example.net', "a\\b@example.net", "a\rb@example.net", ".x.@example.net",
+                "@r1,@r2:j d@example.net", "plain@example.net"],
+               [b"Subject: q", b"", b"q"])
+    os.chmod(tmp_path, 0o755)
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    (pf / "main.cf").write_text(f"queue_directory = {spool}\n")
+    pw = pwd.getpwnam("postfix")
+    for dirpath, _dirs, files in os.walk(spool):
+        os.chown(dirpath, pw.pw_uid, -1)
+        for f in files:
+            os.chown(os.path.join(dirpath, f), pw.pw_uid, -1)
+    theirs = subprocess.run([debian, "-c", str(pf), "-p"], capture_output=True)
+    ours = tool("postqueue", "-c", str(etc), "-p")
+    assert theirs.returncode == ours.returncode == 0
+    assert b'"john doe"@example.org' in ours.stdout
+    assert ours.stdout == theirs.stdout
+
+
 def test_json_lines(tmp_path: Path) -> None:
     etc, _spool, ids = populated(tmp_path)
     out = tool("postqueue", "-c", str(etc), "-j")
