@@ -33,6 +33,7 @@ from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueConte
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
+
 def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
                     pw: pwd.struct_passwd) -> dict[str, str]:
     """Postfix's local_expand attributes (an undefined one is absent)."""
