@@ -44,12 +44,6 @@ def test_paths_as_postfix(path: str, address: str | None) -> None:
     assert (parsed[1] if parsed else None) == address
 
 
-def test_control_characters_are_refused() -> None:
-    # stricter than Postfix 3.7 (which takes them): they would reach logs and headers
-    for path in ("<a\x01b@x>", "<a\x7fb@x>", '<"a\x01b"@x>', "a\x00@x"):
-        assert parse_path("TO:" + path, "TO:", False) is None, repr(path)
-
-
 def test_strict_rfc821_envelopes() -> None:
     assert parse_path("FROM:<a@b>", "FROM:", True) == ("a@b", "a@b", [])
     for path in ("a@b", "x<a@b>", "<@r1>", "<a,@b>"):
