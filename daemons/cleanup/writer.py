@@ -215,12 +215,7 @@ class QueueWriter:
             os.close(fd)
         except OSError:
             pass
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning(f"remove {path}: {e.strerror}")
+        QueueWriter._unlink(path)
 
     async def commit(self, fd: int, path: str, parts: list[bytes],
                      queue: str = q.INCOMING) -> str:
