@@ -10,16 +10,13 @@ import os
 import pwd
 import re
 import subprocess
-import time
 import uuid
 
 import pytest
 from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
-from pymailsys.delivery.agent import message_attrs, request_attrs
 from pymailsys.ipc.attr import SyncAttrClient
-from pymailsys.queue.queue_file import read_envelope
 
 
 @pytest.fixture
@@ -161,13 +158,7 @@ def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-
     """What a redelivery after a crash looks like to local: the same queue file and recipient."""
     s = system()
     s.start("local")
-    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
-    path = s.spool.move(qid, "incoming", "active")
-    env = read_envelope(path)
-    rc = env.recipients[0]
-    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
-                           time.time(), env.sender)
-    attrs = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    qid, attrs = s.active_request("alice@example.org", f"{ME}@localhost", BODY)
     with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
         first = client.request(attrs)
         second = client.request(attrs)

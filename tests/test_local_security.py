@@ -271,13 +271,7 @@ def test_non_finite_times_are_refused_without_a_traceback(system) -> None:  # ty
     with such a T record) is refused with a warning; the connection goes on serving."""
     s = system()
     s.start("local")
-    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
-    path = s.spool.move(qid, "incoming", "active")
-    env = read_envelope(path)
-    rc = env.recipients[0]
-    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
-                           time.time(), env.sender)
-    good = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    qid, good = s.active_request("alice@example.org", f"{ME}@localhost", BODY)
     with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
         for bad in ("nan", "inf", "-inf", "1e400"):
             assert client.request(_with(good, arrival_time=bad)).text("status") == "deferred"
@@ -294,13 +288,7 @@ def test_oversized_request_closes_the_connection_and_local_goes_on(system) -> No
     is closed (qmgr defers); the next connection is served."""
     s = system()
     s.start("local")
-    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
-    path = s.spool.move(qid, "incoming", "active")
-    env = read_envelope(path)
-    rc = env.recipients[0]
-    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
-                           time.time(), env.sender)
-    good = request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
+    qid, good = s.active_request("alice@example.org", f"{ME}@localhost", BODY)
     sock = str(s.queue_dir / "private" / "local")
     with SyncAttrClient(sock) as client, pytest.raises((ProtocolError, OSError)):
         client.request(_with(good, sender="x" * (1 << 20)))

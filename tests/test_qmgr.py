@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from harness import ME, MailView, wait_until
 
+from pymailsys.delivery.agent import message_attrs, request_attrs
 from pymailsys.ipc import trigger
+from pymailsys.ipc.attr import AttrValue
 from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import QueueFileBuilder, read_envelope
 from pymailsys.queue.spool import Spool
@@ -112,6 +114,16 @@ class Standalone(MailView):
         if kick:
             self.trigger(b"I")
         return qid
+
+    def active_request(self, sender: str, rcpt: str, text: bytes) -> tuple[str, list[tuple[str, AttrValue]]]:
+        """A message queued and moved to active/, and local's delivery request for its
+        one recipient (what qmgr would send)."""
+        qid = self.queue(sender, [rcpt], text, kick=False)
+        env = read_envelope(self.spool.move(qid, "incoming", "active"))
+        rc = env.recipients[0]
+        common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                               time.time(), env.sender)
+        return qid, request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)
 
     def trigger(self, data: bytes) -> bool:
         return trigger.send_trigger(str(self.queue_dir / "public" / "qmgr"), data)
