@@ -1,0 +1,95 @@
+"""virtual: the virtual mailbox delivery agent (Postfix's virtual(8)).
+
+NAME
+    virtual - deliver mail to mailboxes of virtual domains
+
+SYNOPSIS
+    python3 -m pymailsys.daemons.virtual [generic daemon options]
+    (master.cf: ``virtual unix - n n - - virtual``)
+
+DESCRIPTION
+    virtual serves ``private/virtual`` with the delivery-request contract of
+    ``pymailsys.ipc.services`` (one or more recipients per request, up to
+    virtual_destination_recipient_limit; one status per recipient in the
+    reply), for the recipients that trivial-rewrite resolves to the class
+    "virtual mailbox" (virtual_mailbox_domains, routed to virtual_transport).
+
+    Per recipient (the address lower-cased; its extension is not looked up
+    on its own, as Postfix's IGNORE_EXTENSION):
+
+    1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
+       5.4.6 ``mail forwarding loop for ADDR``;
+    2. ``virtual_mailbox_maps`` (Postfix's address search order: ``user@domain``,
+       ``@domain``) names the mailbox relative to ``virtual_mailbox_base``; a
+       name that ends in ``/`` is a Maildir, anything else an mbox file. Not
+       found: bounced, 5.1.1 ``unknown user: "ADDR"``;
+    3. ``virtual_uid_maps`` and ``virtual_gid_maps`` (often ``static:5000``)
+       give the owner; a uid below ``virtual_minimum_uid`` or a gid of 0 or
+       less defers with 4.3.5 ``mail system configuration error`` and the
+       warning ``recipient ADDR: bad uid N in virtual_uid_maps``; a missing
+       entry the same with ``recipient ADDR: not found in virtual_uid_maps``;
+    4. the message is written with that uid and gid as effective ids: mbox
+       with the From_ line, ``>From`` quoting and ``virtual_mailbox_lock``
+       locks; Maildir through tmp/ into new/ (the directories are made when
+       missing). Both prepend ``Return-Path:``, ``X-Original-To:`` and
+       ``Delivered-To:``, and ``virtual_mailbox_limit`` bounds the file.
+
+    A table that cannot answer defers (4.3.5, ``mail system configuration
+    error``), as does a relative virtual_mailbox_base. Every delivery is
+    logged as Postfix logs it: ``QUEUEID: to=<ADDR>, relay=virtual, delay=...,
+    dsn=2.0.0, status=sent (delivered to maildir)``.
+
+SECURITY
+    virtual runs as root when the system does (master.cf unprivileged column
+    ``n``) and trusts nothing qmgr sends: every recipient of a request passes
+    ``DeliveryRequest.checked``, the queue file is opened relative to the
+    queue directory without following links (``Spool.open_queue_file``).
+    Mailboxes are opened and created with the mapped uid and gid as
+    effective ids (never as root: uid 0 is below any virtual_minimum_uid
+    that Postfix accepts, and a mapping to 0 defers); an mbox file is never
+    opened through a symbolic link and must be a regular file with one link;
+    Maildir files are created with O_EXCL and O_NOFOLLOW. Run as another
+    user, virtual defers mail for every uid but its own.
+
+CONFIGURATION PARAMETERS
+    virtual_mailbox_maps, virtual_mailbox_base, virtual_uid_maps,
+    virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
+    virtual_mailbox_lock, deliver_lock_attempts, deliver_lock_delay,
+    stale_lock_time, strict_mailbox_ownership, myhostname.
+
+MODULES
+    agent (settings, per-recipient delivery, logging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pymailsys.daemons.virtual.agent import VirtualAgent
+
+from pymailsys import server
+from pymailsys.delivery.agent import MAX_ADDRESS_LENGTH, MAX_PENDING
+from pymailsys.ipc.attr import Limits, serve_pipelined
+
+PROGRAM = "virtual"
+MAX_RECIPIENTS = 1000  # per request: far above virtual_destination_recipient_limit
+# a request on the wire: the message part and five attributes per recipient
+BATCH_LIMITS = Limits(attrs=32 + 5 * MAX_RECIPIENTS, value=MAX_ADDRESS_LENGTH,
+                      total=(MAX_ADDRESS_LENGTH + 256) * 3 * MAX_RECIPIENTS)
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: server.Context) -> None:
+    agent: VirtualAgent = ctx.state["agent"]
+    await serve_pipelined(reader, writer, agent.handle, ctx.stopping, limits=BATCH_LIMITS,
+                          max_pending=MAX_PENDING)
+
+
+async def _start(ctx: server.Context) -> None:
+    ctx.state["agent"] = VirtualAgent(ctx.config, ctx.spool)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.umask(0o077)
+    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)

@@ -1,0 +1,193 @@
+"""The virtual agent's settings and its delivery of one request.
+
+``VirtualAgent`` reads its parameters and opens its tables once; ``handle``
+turns one delivery request (one or more recipients of one message) into one
+reply with a status per recipient, logs one Postfix line per recipient, and
+never raises (a bug defers the request instead of stalling qmgr's pipelined
+connection). ``deliver_one`` is Postfix's virtual deliver_mailbox for one
+recipient: loop check, mailbox lookup, owner lookup, the write as that owner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pymailsys import log, privileges
+from pymailsys.config import Config
+from pymailsys.delivery import mailbox
+from pymailsys.delivery.agent import (
+    ContentError,
+    DeliveryRequest,
+    DeliveryResult,
+    QueueContent,
+    batch_reply,
+    log_result,
+    request_recipients,
+)
+from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
+from pymailsys.maps import Maps, TableError
+from pymailsys.maps import search as addr_lookup
+from pymailsys.queue.spool import QueueAccessError, Spool
+
+RELAY = "virtual"
+CONFIG_ERROR = "mail system configuration error"
+
+
+class _Defer(Exception):
+    """A recipient's delivery stops here with a deferral (4.3.5) after a warning."""
+
+
+class VirtualAgent:
+    def __init__(self, config: Config, spool: Spool) -> None:
+        self.spool = spool
+        self.base = config.get("virtual_mailbox_base")
+        self.minimum_uid = config.get_int("virtual_minimum_uid")
+        self.size_limit = config.get_size("virtual_mailbox_limit")
+        self.locks = config.get_list("virtual_mailbox_lock")
+        self.lock_attempts = config.get_int("deliver_lock_attempts")
+        self.lock_delay = float(config.get_time("deliver_lock_delay"))
+        self.stale = float(config.get_time("stale_lock_time"))
+        self.strict_owner = config.get_bool("strict_mailbox_ownership")
+        self.hostname = config.get("myhostname")
+        self.root = privileges.running_as_root()
+        self.me = privileges.current_user()
+        self.table_error = ""
+        try:
+            self.mailboxes = Maps(config, "virtual_mailbox_maps")
+            self.uids = Maps(config, "virtual_uid_maps")
+            self.gids = Maps(config, "virtual_gid_maps")
+        except TableError as e:
+            self.table_error = str(e)
+            log.warning(f"virtual: {e}")
+
+    # --- the service ------------------------------------------------------------
+
+    async def handle(self, attrs: AttrList) -> list[tuple[str, AttrValue]]:
+        count = max(len(attrs.all("rcpt")), 1)
+        try:
+            first = DeliveryRequest.from_attrs(attrs)
+            requests = [dataclasses.replace(first, rcpt=rc.address, orig_rcpt=rc.orig,
+                                            rcpt_offset=rc.offset, dsn_notify=rc.notify,
+                                            dsn_orcpt=rc.dsn_orcpt).checked()
+                        for rc in request_recipients(attrs)]
+        except (ProtocolError, ValueError) as e:
+            log.warning(f"bad delivery request: {e}")
+            return batch_reply([DeliveryResult.deferred("bad delivery request")] * count)
+        try:
+            results = self.deliver(first, requests)
+        except Exception as e:  # a bug must not stall the pipelined connection
+            log.error(f"virtual: unexpected error: {e!r}")
+            results = [DeliveryResult.deferred("virtual delivery agent error")] * len(requests)
+        return batch_reply(results)
+
+    def deliver(self, first: DeliveryRequest,
+                requests: list[DeliveryRequest]) -> list[DeliveryResult]:
+        """Every recipient of the request, each result logged."""
+        path = self.spool.path(first.queue_name, first.queue_id)
+        content: QueueContent | None = None
+        try:
+            fd = self.spool.open_queue_file(first.queue_name, first.queue_id)
+            content = QueueContent(path, first.data_offset, fd=fd)
+        except (QueueAccessError, ContentError) as e:
+            log.warning(f"{first.queue_id}: {e}")
+        results = []
+        for req in requests:
+            if content is None:
+                result = DeliveryResult.deferred("cannot read queue file")
+            else:
+                try:
+                    result = self.deliver_one(req, content)
+                except ContentError as e:
+                    log.warning(f"{req.queue_id}: {e}")
+                    result = DeliveryResult.deferred("cannot read queue file")
+            log_result(req, RELAY, result)
+            results.append(result)
+        if content is not None:
+            content.close()
+        return results
+
+    # --- one recipient ------------------------------------------------------------
+
+    def deliver_one(self, req: DeliveryRequest, content: QueueContent) -> DeliveryResult:
+        user = req.rcpt.lower()
+        loop_key = user.encode("utf-8", "surrogateescape")
+        for h in content.header_lines():
+            if h[:13].lower() == b"delivered-to:" and h[13:].strip().lower() == loop_key:
+                return DeliveryResult.bounced(f"mail forwarding loop for {req.rcpt}", "5.4.6")
+        try:
+            if self.table_error:
+                raise _Defer
+            if not self.base.startswith("/"):
+                log.error(f"do not specify relative pathname: virtual_mailbox_base = {self.base}")
+                raise _Defer
+            name = self._find(self.mailboxes, user, "table virtual_mailbox_maps: lookup")
+            if name is None:
+                return DeliveryResult.bounced(f'unknown user: "{user}"', "5.1.1")
+            uid = self._owner_id(self.uids, "virtual_uid_maps", user, self.minimum_uid, "uid")
+            gid = self._owner_id(self.gids, "virtual_gid_maps", user, 1, "gid")
+        except _Defer:
+            return DeliveryResult.deferred(CONFIG_ERROR, "4.3.5")
+        if not self.root and uid != self.me.uid:
+            return DeliveryResult.deferred(
+                f"cannot deliver as uid {uid}: the mail system runs as {self.me.name}")
+        return self.write(req, f"{self.base}/{name}", uid, gid, content)
+
+    def _find(self, maps: Maps, user: str, what: str) -> str | None:
+        """mail_addr_find(..., IGNORE_EXTENSION): ``user@domain``, then ``@domain``."""
+        try:
+            return addr_lookup.lookup_address(maps, user, local_domain=False)
+        except TableError as e:
+            log.warning(f"{what} {user}: {e}")
+            raise _Defer from None
+
+    def _owner_id(self, maps: Maps, param: str, user: str, minimum: int, what: str) -> int:
+        value = self._find(maps, user, f"table {param}: lookup")
+        if value is None:
+            log.warning(f"recipient {user}: not found in {param}")
+            raise _Defer
+        number = _atol(value)
+        if number < minimum:
+            log.warning(f"recipient {user}: bad {what} {value} in {param}")
+            raise _Defer
+        return number
+
+    def write(self, req: DeliveryRequest, path: str, uid: int, gid: int,
+              content: QueueContent) -> DeliveryResult:
+        headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt, req.rcpt)
+        maildir = path.endswith("/")
+        try:
+            with privileges.as_user(uid, gid, [gid]):
+                if maildir:
+                    mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
+                                            host=self.hostname, size_limit=self.size_limit)
+                    return DeliveryResult.sent("delivered to maildir")
+                data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
+                mailbox.deliver_mbox(path, data, expect_uid=uid if self.strict_owner else None,
+                                     locks=self.locks, size_limit=self.size_limit,
+                                     attempts=self.lock_attempts, delay=self.lock_delay,
+                                     stale=self.stale)
+                return DeliveryResult.sent("delivered to mailbox")
+        except mailbox.MailboxError as e:
+            prefix = "maildir delivery failed: " if maildir else \
+                f"delivery failed to mailbox {path}: "
+            return _from_error(e.dsn, prefix + e.text)
+        except privileges.PrivilegeError as e:
+            return DeliveryResult.deferred(str(e))
+
+
+def _atol(text: str) -> int:
+    """C's atol(): the leading decimal number of text, 0 when there is none."""
+    text = text.strip()
+    end = 1 if text[:1] in "+-" else 0
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    try:
+        return int(text[:end])
+    except ValueError:
+        return 0
+
+
+def _from_error(dsn: str, reason: str) -> DeliveryResult:
+    if dsn.startswith("5."):
+        return DeliveryResult.bounced(reason, dsn)
+    return DeliveryResult.deferred(reason, dsn if dsn.startswith("4.") else "4.3.0")

@@ -1,0 +1,133 @@
+"""End to end: the virtual delivery agent (virtual_mailbox_domains, Maildir and mbox).
+
+Mail for a virtual mailbox domain goes in over SMTP and comes out in the files
+virtual_mailbox_maps names under virtual_mailbox_base, owned by the ids
+virtual_uid_maps and virtual_gid_maps give (as root: uid and gid 5000, which no
+account needs to have; as another user: that user's own ids).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from harness import IS_ROOT, Instance
+
+VUID = 5000 if IS_ROOT else os.getuid()
+VGID = 5000 if IS_ROOT else os.getgid()
+
+MESSAGE = (b"From: Carol <carol@example.org>\r\nSubject: virtual\r\n\r\n"
+           b"From the start of a line\r\nbody\r\n")
+
+
+def _virtual(new_instance, **extra: str) -> tuple[Instance, Path]:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    base = inst.base / "vmail"
+    base.mkdir()
+    os.chown(base, VUID, VGID)
+    mailboxes = inst.write("etc/vmailbox", "alice@example.com example.com/alice/\n"
+                                           "bob@example.com   example.com/bob\n"
+                                           "@catchall.example catchall/\n")
+    settings = {
+        "virtual_mailbox_domains": "example.com, catchall.example",
+        "virtual_mailbox_base": str(base),
+        "virtual_mailbox_maps": f"texthash:{mailboxes}",
+        "virtual_uid_maps": f"static:{VUID}",
+        "virtual_gid_maps": f"static:{VGID}",
+        "virtual_minimum_uid": "100" if VUID >= 100 else str(VUID),
+    }
+    settings.update(extra)
+    inst.set(**settings)
+    inst.start()
+    return inst, base
+
+
+def _maildir_files(maildir: Path) -> list[Path]:
+    try:
+        return sorted((maildir / "new").iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def test_maildir_and_mbox_delivery_as_the_mapped_owner(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, base = _virtual(new_instance)
+    queue_id = inst.send("carol@example.org", ["alice@example.com", "Bob@Example.COM"], MESSAGE)
+    line = inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, delay=\S+, "
+                         rf"delays=\S+, dsn=2\.0\.0, status=sent \(delivered to maildir\)")
+    assert line
+    inst.wait_log(rf"{queue_id}: to=<Bob@Example\.COM>, relay=virtual, .*dsn=2\.0\.0, "
+                  rf"status=sent \(delivered to mailbox\)")
+    (delivered,) = _maildir_files(base / "example.com" / "alice")
+    data = delivered.read_bytes()
+    assert data.startswith(b"Return-Path: <carol@example.org>\nX-Original-To: alice@example.com\n"
+                           b"Delivered-To: alice@example.com\n")
+    assert data.endswith(b"\n\nFrom the start of a line\nbody\n")
+    st = delivered.stat()
+    assert (st.st_uid, st.st_gid) == (VUID, VGID)
+    assert st.st_mode & 0o777 == 0o600
+    mbox = base / "example.com" / "bob"
+    text = mbox.read_bytes()
+    assert text.startswith(b"From carol@example.org ")
+    assert b"\nDelivered-To: bob@example.com\n" in text
+    assert text.endswith(b"\n\n>From the start of a line\nbody\n\n")
+    assert (mbox.stat().st_uid, mbox.stat().st_gid) == (VUID, VGID)
+
+
+def test_catchall_domain_entry(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, base = _virtual(new_instance)
+    queue_id = inst.send("carol@example.org", "anyone@catchall.example", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<anyone@catchall\.example>, relay=virtual, .*"
+                  rf"status=sent \(delivered to maildir\)")
+    assert len(_maildir_files(base / "catchall")) == 1
+
+
+def test_unknown_mailbox_is_rejected_at_rcpt(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, _ = _virtual(new_instance)
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail("carol@example.org")
+        code, text = client.rcpt("nobody@example.com")
+    assert code == 550
+    assert text == (b"5.1.1 <nobody@example.com>: Recipient address rejected: "
+                    b"User unknown in virtual mailbox table")
+    inst.wait_log(r"NOQUEUE: reject: RCPT from \S+: 550 5\.1\.1 <nobody@example\.com>: "
+                  r"Recipient address rejected: User unknown in virtual mailbox table;")
+
+
+def test_uid_below_virtual_minimum_uid_defers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, base = _virtual(new_instance, virtual_minimum_uid=str(VUID + 1))
+    queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+    inst.wait_log(rf"warning: recipient alice@example\.com: bad uid {VUID} in virtual_uid_maps")
+    inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*dsn=4\.3\.5, "
+                  rf"status=deferred \(mail system configuration error\)")
+    assert _maildir_files(base / "example.com" / "alice") == []
+
+
+def test_mbox_symlink_is_not_followed(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, base = _virtual(new_instance)
+    target = inst.base / "elsewhere"
+    target.write_bytes(b"")
+    (base / "example.com").mkdir()
+    os.chown(base / "example.com", VUID, VGID)
+    os.symlink(target, base / "example.com" / "bob")
+    queue_id = inst.send("carol@example.org", "bob@example.com", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<bob@example\.com>, relay=virtual, .*status=bounced "
+                  rf"\(delivery failed to mailbox {re.escape(str(base))}/example\.com/bob: "
+                  rf"cannot open file .*: file is a symbolic link\)")
+    assert target.read_bytes() == b""
+
+
+@pytest.mark.root
+def test_delivery_runs_with_the_mapped_ids_not_root(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A Maildir directory only root may write stays untouched: virtual writes as 5000."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    inst, base = _virtual(new_instance)
+    locked = base / "example.com"
+    locked.mkdir(mode=0o755)  # root's: uid 5000 cannot create alice/ in it
+    queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=deferred "
+                  rf"\(maildir delivery failed: .*Permission denied\)")
+    assert not (locked / "alice").exists()
