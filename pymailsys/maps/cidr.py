@@ -10,6 +10,9 @@ Takes a file of rules, read once when the table is opened:
     ...
     endif
 
+A ``!`` may be followed by white space (``! 192.0.2.0/24``); each ``!``
+toggles the match. A rule without a result is skipped with Postfix's warning
+``cidr map /path, line N: no lookup result: skipping this rule``.
 A network with bits set after the prefix (``1.2.3.4/24``) is skipped with
 Postfix's warning ``non-null host address bits in "1.2.3.4/24", perhaps you
 should use "1.2.3.0/24" instead: skipping this rule``. ``#`` lines and blank
@@ -56,6 +59,17 @@ def _parse_network(text: str) -> Network:
     return ipaddress.ip_network(addr + (slash + length if slash else ""), strict=True)
 
 
+def _negations(text: str) -> tuple[bool, str]:
+    """Leading ``!`` marks, white space allowed after each (``! 10.0.0.0/8``): each one
+    toggles the match; returns (negated, the rest)."""
+    negate = False
+    text = text.lstrip()
+    while text.startswith("!"):
+        negate = not negate
+        text = text[1:].lstrip()
+    return negate, text
+
+
 class CidrTable(Table):
     fold = False
     fixed = False
@@ -66,36 +80,36 @@ class CidrTable(Table):
         self.rules: list[_Rule] = []
         open_ifs: list[int] = []
         for lineno, line in logical_lines(text, name):
-            words = line.split(None, 1)
-            word = words[0].lower()
+            word = line.split(None, 1)[0].lower()
             if word == "endif":
                 if not open_ifs:
                     self._warn(lineno, "ignoring ENDIF without matching IF")
                     continue
                 self.rules[open_ifs.pop()].end = len(self.rules)
                 continue
-            if word == "if":
-                if len(words) < 2:
-                    self._warn(lineno, "no address pattern")
-                    continue
-                words = words[1].split(None, 1)
+            is_if = word == "if" and len(line) > 2 and line[2].isspace()
+            negate, rest = _negations(line[2:] if is_if else line)
+            words = rest.split(None, 1)
+            if not words:
+                self._warn(lineno, "no address pattern")
+                continue
+            if is_if:
                 try:
-                    negate, network = self._pattern(lineno, words[0])
+                    network = self._pattern(lineno, words[0])
                 except _SkipRule:
-                    # A broken IF skips its whole block.
-                    open_ifs.append(len(self.rules))
-                    self.rules.append(_Rule(lineno, _NEVER, False))
-                    continue
+                    network = _NEVER  # a broken IF skips its whole block
+                    negate = False
                 open_ifs.append(len(self.rules))
                 self.rules.append(_Rule(lineno, network, negate))
                 continue
             try:
-                negate, network = self._pattern(lineno, words[0])
+                network = self._pattern(lineno, words[0])
             except _SkipRule:
                 continue
             result = words[1].strip() if len(words) > 1 else ""
             if not result:
-                self._warn(lineno, "no replacement text: using empty string")
+                self._warn(lineno, "no lookup result: skipping this rule")
+                continue
             self.rules.append(_Rule(lineno, network, negate, result))
         for index in open_ifs:
             self._warn(self.rules[index].line, "IF has no matching ENDIF")
@@ -104,13 +118,9 @@ class CidrTable(Table):
     def _warn(self, line: int, text: str) -> None:
         log.warning(f"cidr map {self.name}, line {line}: {text}")
 
-    def _pattern(self, lineno: int, text: str) -> tuple[bool, Network]:
-        negate = False
-        while text.startswith("!"):
-            negate = not negate
-            text = text[1:]
+    def _pattern(self, lineno: int, text: str) -> Network:
         try:
-            return negate, _parse_network(text)
+            return _parse_network(text)
         except ValueError:
             pass
         # Tell a pattern with host bits set apart from a malformed one.

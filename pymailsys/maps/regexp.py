@@ -12,15 +12,21 @@ The delimiter is the first character after the optional ``!`` (usually ``/``);
 a backslash before it keeps it in the pattern. ``#`` lines and blank lines are
 ignored and a line that starts with white space continues the line before it.
 
-Flags: regexp starts case-insensitive with extended syntax; ``i`` toggles case
+regexp (POSIX regular expressions, run on Python's ``re``: POSIX classes
+such as ``[[:digit:]]`` and the GNU word anchors ``\\<`` ``\\>`` are
+translated) starts case-insensitive with extended syntax; ``i`` toggles case
 sensitivity, ``x`` toggles extended syntax (POSIX basic syntax when off), ``m``
-toggles multi-line mode. pcre starts case-insensitive; ``i`` toggles it, ``m``
-multi-line, ``s`` dot matches newline, ``x`` extended (verbose) syntax, ``A``
-anchored at the start, ``E`` ``$`` matches only at the very end, ``U``
-ungreedy (refused: Python's re has no such mode), ``X`` accepted and ignored.
-Patterns run on Python's ``re``: POSIX classes such as ``[[:digit:]]`` and the
-GNU word anchors ``\\<`` ``\\>`` are translated; other PCRE-only constructs
-that Python lacks make the rule invalid.
+toggles multi-line mode. A regexp rule may have a second pattern that must not
+match: ``/pattern1/flags!/pattern2/flags result`` (no white space before the
+``!``; ``$n`` refers to the first pattern's groups; not in an ``if``).
+
+pcre runs on PCRE2 itself (the ``pcre2`` binding), so pcre_table(5) syntax
+works as in Postfix: named groups, ``(?-i)``, ``\\Q...\\E``, POSIX classes,
+lookaround. It starts case-insensitive; ``i`` toggles that, ``m``
+multi-line, ``s`` dot matches newline, ``x`` extended syntax, ``A`` anchored
+at the start, ``E`` ``$`` matches only at the very end, ``U`` ungreedy; ``X``
+is ignored with Postfix's warning ``ignoring obsolete regexp option "X"``.
+Keys that are not valid UTF-8 match no pcre rule.
 
 The result may use ``$1``..``$9`` (and ``${n}``, ``$(n)``) for the text of a
 parenthesised group (empty when the group did not take part), and ``$$`` for
@@ -35,7 +41,11 @@ tables: the address search order asks them only with the full key.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import pcre2
 
 from pymailsys import log
 from pymailsys.maps.base import Table, logical_lines, read_source, register
@@ -45,8 +55,6 @@ _POSIX_CLASSES = {
     "space": r" \t\n\r\f\v", "blank": r" \t", "punct": r"!-/:-@\[-`{-~", "xdigit": "0-9A-Fa-f",
     "cntrl": r"\x00-\x1f\x7f", "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
 }
-
-_PCRE_CLASS_RE = re.compile(r"\[:(" + "|".join(_POSIX_CLASSES) + r"):\]")
 
 
 def posix_to_python(pattern: str, extended: bool = True) -> str:
@@ -107,13 +115,31 @@ def posix_to_python(pattern: str, extended: bool = True) -> str:
     return "".join(out)
 
 
+Matcher = Callable[[str], Any]  # a compiled pattern's search (or match): a match or None
+
+# PCRE2 compile options that the pcre2 binding has no flag name for (pcre2.h)
+PCRE2_DOLLAR_ENDONLY = 0x00000010
+PCRE2_UNGREEDY = 0x00040000
+
+
+@dataclass
+class _Compiled:
+    search: Matcher
+    groups: int
+
+
 @dataclass
 class _Rule:
     line: int
-    regex: re.Pattern[str]
+    search: Matcher
     negate: bool
     result: str | None = None  # None: an "if" rule
     end: int = 0  # for "if": index of the rule after the matching endif
+    unless: Matcher | None = None  # regexp's second pattern: the rule matches only when it does not
+
+
+def _never(_key: str) -> None:
+    return None
 
 
 class _SkipRule(Exception):
@@ -151,29 +177,37 @@ class RegexpTable(Table):
             is_if = word == "if" and len(line) > 2 and line[2].isspace()
             body = line[2:].lstrip() if is_if else line
             try:
-                negate, regex, rest = self._pattern(lineno, body)
+                negate, compiled, rest, adjoined = self._pattern(lineno, body)
                 if is_if:
                     if rest:
                         self._warn(lineno, f'ignoring extra text after IF statement: "{rest}"')
                     open_ifs.append(len(self.rules))
-                    self.rules.append(_Rule(lineno, regex, negate))
+                    self.rules.append(_Rule(lineno, compiled.search, negate))
                     continue
-                result = self._check_result(lineno, rest, negate, regex.groups)
+                unless = None
+                if adjoined and not negate:
+                    _, second, rest, _ = self._pattern(lineno, rest[1:], allow_negation=False)
+                    unless = second.search
+                result = self._check_result(lineno, rest, negate, compiled.groups)
             except _SkipRule:
                 if is_if:
                     # Postfix skips the whole block of a broken IF.
                     open_ifs.append(len(self.rules))
-                    self.rules.append(_Rule(lineno, re.compile(r"(?!)"), False))
+                    self.rules.append(_Rule(lineno, _never, False))
                 continue
-            self.rules.append(_Rule(lineno, regex, negate, result))
+            self.rules.append(_Rule(lineno, compiled.search, negate, result, unless=unless))
         for index in open_ifs:
             self._warn(self.rules[index].line, "IF has no matching ENDIF")
             self.rules[index].end = len(self.rules)
 
-    def _pattern(self, lineno: int, text: str) -> tuple[bool, re.Pattern[str], str]:
+    def _pattern(self, lineno: int, text: str,
+                 allow_negation: bool = True) -> tuple[bool, _Compiled, str, bool]:
+        """(negated, compiled pattern, the text after it and its flags, whether that text
+        is a ``!`` right after the flags: regexp's second pattern)."""
         negate = False
         i = 0
-        while i < len(text) and (text[i] == "!" or (negate and text[i].isspace())):
+        while allow_negation and i < len(text) and (
+                text[i] == "!" or (negate and text[i].isspace())):
             if text[i] == "!":
                 negate = not negate
             i += 1
@@ -195,13 +229,15 @@ class RegexpTable(Table):
             source = source.replace("\\" + delim, delim)
         i += 1
         flag_end = i
-        while flag_end < len(text) and not text[flag_end].isspace():
+        while flag_end < len(text) and not text[flag_end].isspace() and not (
+                self.kind == "regexp" and allow_negation and text[flag_end] == "!"):
             flag_end += 1
         flags_text = text[i:flag_end]
-        rest = text[flag_end:].strip()
-        return negate, self._compile(lineno, source, flags_text), rest
+        rest = text[flag_end:]
+        adjoined = rest.startswith("!")
+        return negate, self._compile(lineno, source, flags_text), rest.strip(), adjoined
 
-    def _compile(self, lineno: int, source: str, flags_text: str) -> re.Pattern[str]:
+    def _compile(self, lineno: int, source: str, flags_text: str) -> _Compiled:
         flags = re.IGNORECASE
         if self.kind == "regexp":
             extended = True
@@ -216,42 +252,51 @@ class RegexpTable(Table):
                     self._warn(lineno, f'unknown regexp option "{f}": skipping this rule')
                     raise _SkipRule
             try:
-                return re.compile(posix_to_python(source, extended), flags)
+                regex = re.compile(posix_to_python(source, extended), flags)
             except re.error as e:
                 self._warn(lineno, _posix_error(e))
                 raise _SkipRule from None
-        anchored = dollar_end = False
+            return _Compiled(regex.search, regex.groups)
+        return self._compile_pcre(lineno, source, flags_text)
+
+    def _compile_pcre(self, lineno: int, source: str, flags_text: str) -> _Compiled:
+        options = int(pcre2.IGNORECASE)
+        anchored = False
         for f in flags_text:
             if f == "i":
-                flags ^= re.IGNORECASE
+                options ^= pcre2.IGNORECASE
             elif f == "m":
-                flags |= re.MULTILINE
+                options |= pcre2.MULTILINE
             elif f == "s":
-                flags |= re.DOTALL
+                options |= pcre2.DOTALL
             elif f == "x":
-                flags |= re.VERBOSE
+                options |= pcre2.VERBOSE
             elif f == "A":
                 anchored = True
             elif f == "E":
-                dollar_end = True
-            elif f == "X":
-                pass
+                options |= PCRE2_DOLLAR_ENDONLY
             elif f == "U":
-                self._warn(lineno, 'unsupported regexp option "U": skipping this rule')
-                raise _SkipRule
+                options |= PCRE2_UNGREEDY
+            elif f == "X":
+                self._warn(lineno, 'ignoring obsolete regexp option "X"')
             else:
                 self._warn(lineno, f'unknown regexp option "{f}": skipping this rule')
                 raise _SkipRule
-        source = _PCRE_CLASS_RE.sub(lambda m: _POSIX_CLASSES[m.group(1)], source)
-        if dollar_end and not flags & re.MULTILINE:
-            source = re.sub(r"(?<!\\)\$", r"\\Z", source)
-        if anchored:
-            source = r"\A(?:" + source + ")"
         try:
-            return re.compile(source, flags)
-        except re.error as e:
-            self._warn(lineno, f"error in regex at offset {e.pos}: {e.msg}")
+            regex = pcre2.compile(source, options)
+        except (pcre2.error, UnicodeError) as e:
+            pos = getattr(e, "pos", 0) or 0
+            msg = getattr(e, "msg", str(e)).split("; ", 1)[-1]
+            self._warn(lineno, f"error in regex at offset {pos}: {msg}")
             raise _SkipRule from None
+        method = regex.match if anchored else regex.search
+
+        def search(key: str) -> Any:
+            try:
+                return method(key)
+            except UnicodeError:  # not valid UTF-8: Postfix's PCRE2 matches nothing either
+                return None
+        return _Compiled(search, regex.groups)
 
     def _check_result(self, lineno: int, result: str, negate: bool, groups: int) -> str:
         if not result:
@@ -280,8 +325,10 @@ class RegexpTable(Table):
         rules = self.rules
         while i < len(rules):
             rule = rules[i]
-            m = rule.regex.search(key)
+            m = rule.search(key)
             matched = (m is None) if rule.negate else (m is not None)
+            if matched and rule.unless is not None and rule.unless(key) is not None:
+                matched = False
             if rule.result is None:
                 i = i + 1 if matched else rule.end
                 continue
@@ -296,7 +343,7 @@ class RegexpTable(Table):
 _REF_RE = re.compile(r"\$(?:\$|\{([^}]*)\}|\(([^)]*)\)|([A-Za-z0-9_]+))")
 
 
-def _substitute(result: str, m: re.Match[str]) -> str:
+def _substitute(result: str, m: Any) -> str:
     def repl(ref: re.Match[str]) -> str:
         name = ref.group(1) or ref.group(2) or ref.group(3)
         if name is None:
