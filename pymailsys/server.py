@@ -394,6 +394,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     try:
         cfg = config_mod.load(flags.get("-c"), overrides, config_mod.running_text())
         log.init(cfg, program)
+        for text in cfg.overridden:
+            log.warning(text)
         for text in validate.refusals(cfg, program):
             log.fatal(text)
     except config_mod.ConfigError as e:

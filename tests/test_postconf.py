@@ -196,3 +196,125 @@ def test_values_print_with_one_space_between_words(tmp_path) -> None:  # type: i
     (tmp_path / "main.cf").write_text("mydestination = one,\n\ttwo   three\n# comment\n   four\n")
     out = postconf(tmp_path, "-n", "mydestination")
     assert out.stdout == "mydestination = one, two three four\n"
+
+
+DEBIAN_POSTCONF = "/usr/sbin/postconf"
+have_debian_postconf = pytest.mark.skipif(not os.path.exists(DEBIAN_POSTCONF),
+                                          reason="no Debian postconf")
+
+
+def debian_postconf(conf, *args: str) -> subprocess.CompletedProcess:
+    """Debian's postconf (its messages start ``postconf:``, as when run from $PATH)."""
+    proc = subprocess.run([DEBIAN_POSTCONF, "-c", str(conf), *args], capture_output=True,
+                          text=True, timeout=60)
+    proc.stderr = proc.stderr.replace(f"{DEBIAN_POSTCONF}: ", "postconf: ")
+    return proc
+
+
+MYNETWORKS_CASES = [
+    (),
+    ("-o", "mynetworks_style=subnet"),
+    ("-o", "mynetworks_style=class"),
+    ("-o", "inet_interfaces=127.0.0.1"),
+    ("-o", "inet_interfaces=loopback-only"),
+    ("-o", "inet_protocols=ipv4"),
+]
+
+
+@pytest.mark.parametrize("options", MYNETWORKS_CASES)
+def test_mynetworks_is_computed_from_mynetworks_style(tmp_path, options) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n"
+                                      "smtpd_client_event_limit_exceptions = $mynetworks, 192.0.2.99\n")
+    (tmp_path / "master.cf").write_text("")
+    mine = postconf(tmp_path, *options, "mynetworks")
+    assert mine.returncode == 0, mine.stderr
+    value = mine.stdout.partition(" = ")[2].strip()
+    if "inet_interfaces=127.0.0.1" in options:
+        assert value == "127.0.0.1/32"
+    elif not options:
+        assert "127.0.0.1/32" in value.split()
+    else:
+        assert value  # never empty on a host with a loopback interface
+    # $mynetworks expands to the same value wherever it is used
+    expanded = postconf(tmp_path, *options, "-x", "-h",
+                        "smtpd_client_event_limit_exceptions").stdout.strip()
+    assert expanded == f"{value}, 192.0.2.99"
+    assert postconf(tmp_path, *options, "-x", "-h", "smtpd_forbid_bare_newline_exclusions"
+                    ).stdout.strip() == value
+
+
+@have_debian_postconf
+@pytest.mark.parametrize("options", MYNETWORKS_CASES)
+def test_mynetworks_matches_postfix(tmp_path, options) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
+    (tmp_path / "master.cf").write_text("")
+    theirs = debian_postconf(tmp_path, *options, "mynetworks")
+    assert postconf(tmp_path, *options, "mynetworks").stdout == theirs.stdout
+
+
+def test_duplicate_main_cf_line_warns_overriding_earlier_entry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "main.cf").write_text("myhostname = a.example\nfoo = 1\nmyhostname = b.example\n"
+                                      "  continued\nmyhostname=c\n")
+    p = postconf(tmp_path, "-n", "myhostname")
+    assert p.stdout == "myhostname = c\n"
+    main_cf = tmp_path / "main.cf"
+    assert (f"postconf: warning: {main_cf}, line 3: overriding earlier entry: "
+            f"myhostname=a.example\n") in p.stderr
+    assert (f"postconf: warning: {main_cf}, line 5: overriding earlier entry: "
+            f"myhostname=b.example  continued\n") in p.stderr
+
+
+@have_debian_postconf
+def test_duplicate_warning_matches_postfix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "main.cf").write_text("myhostname = a.example\nmyhostname = b.example\n")
+    (tmp_path / "master.cf").write_text("")
+    theirs = [line for line in debian_postconf(tmp_path, "-n").stderr.splitlines()
+              if "overriding" in line]
+    mine = [line for line in postconf(tmp_path, "-n").stderr.splitlines() if "overriding" in line]
+    assert mine == theirs[:len(mine)] and mine
+
+
+SERVICE_PARAMS_MASTER_CF = """\
+smtp      inet  n       -       y       -       -       smtpd
+relay     unix  -       -       n       -       -       smtp
+        -o syslog_name=postfix/$service_name
+submission inet n       -       y       -       -       smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o { smtpd_client_restrictions = permit_sasl_authenticated, reject }
+  -o milter_macro_daemon_name=ORIGINATING
+"""
+
+SERVICE_PARAMS = """\
+relay/unix/syslog_name = postfix/$service_name
+submission/inet/milter_macro_daemon_name = ORIGINATING
+submission/inet/smtpd_client_restrictions = permit_sasl_authenticated, reject
+submission/inet/smtpd_tls_security_level = encrypt
+submission/inet/syslog_name = postfix/submission
+"""
+
+SERVICE_PARAM_QUERIES = [
+    ("-P",), ("-P", "submission/inet"), ("-P", "submission/inet/syslog_name"),
+    ("-P", "relay/unix", "nosuch"), ("-Ph", "submission/inet/syslog_name"),
+    ("-PH", "submission/inet"), ("-Px", "relay/unix"),
+]
+
+
+def test_service_parameters(conf) -> None:  # type: ignore[no-untyped-def]
+    (conf / "master.cf").write_text(SERVICE_PARAMS_MASTER_CF)
+    assert postconf(conf, "-P").stdout == SERVICE_PARAMS
+    assert postconf(conf, "-P", "relay").stdout == SERVICE_PARAMS.splitlines(True)[0]
+    assert postconf(conf, "-Px", "relay/unix").stdout == "relay/unix/syslog_name = postfix/relay\n"
+    assert postconf(conf, "-Ph", "submission/inet/syslog_name").stdout == "postfix/submission\n"
+    p = postconf(conf, "-P", "nosuch")
+    assert p.stdout == "" and 'postconf: warning: unmatched request: "nosuch"' in p.stderr
+
+
+@have_debian_postconf
+@pytest.mark.parametrize("args", SERVICE_PARAM_QUERIES)
+def test_service_parameters_match_postfix(tmp_path, args) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "master.cf").write_text(SERVICE_PARAMS_MASTER_CF)
+    theirs = debian_postconf(tmp_path, *args)
+    mine = postconf(tmp_path, *args)
+    assert (mine.stdout, mine.stderr) == (theirs.stdout, theirs.stderr)

@@ -1,12 +1,13 @@
 """postconf - show and edit main.cf parameters.
 
 SYNOPSIS
-    postconf [-dhHnx] [-c config_dir] [parameter ...]
+    postconf [-dhHnx] [-c config_dir] [-o name=value] [parameter ...]
     postconf [-c config_dir] -e name=value ...      (also: plain name=value)
     postconf [-c config_dir] -X name ...
     postconf [-c config_dir] -# name ...
     postconf -m
     postconf [-f] [-c config_dir] -M [service[/type] ...]
+    postconf [-hHx] [-c config_dir] -P [service[/type[/name]] ...]
 
 DESCRIPTION
     Without options, every parameter declared in ``pymailsys.config.params`` as
@@ -27,12 +28,19 @@ DESCRIPTION
     -M    master.cf services in Postfix's normalised one-line form
           (``-f``: ``-o`` options folded onto their own lines); names select
           ``service`` or ``service/type``
+    -o    ``name=value``: use this value instead of main.cf's (repeatable)
+    -P    master.cf's ``-o`` settings as ``service/type/name = value`` (master.cf
+          order, names sorted within a service); names select ``service``,
+          ``service/type`` or ``service/type/name``; -x expands them as the
+          service sees them (``$service_name`` included)
     -c    configuration directory (else $MAIL_CONFIG, else /etc/pymailsys)
 
 DIAGNOSTICS
     ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` for a
     main.cf name that is neither declared nor referenced as ``$foo`` in another
     value (the name is kept: an administrator's main.cf always loads).
+    With -n, ``postconf: warning: /dir/main.cf, line N: overriding earlier
+    entry: name=value`` for each main.cf line that sets a name again.
     ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
     a malformed master.cf entry (``pymailsys.config.master_cf`` parses it, with the
     same checks as master) or a failed edit.
@@ -99,10 +107,7 @@ def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: 
         selected = sorted(known)
     out = []
     for name in selected:
-        if defaults:
-            value = params.default_of(name) if name in params.PARAMS else ""
-        else:
-            value = source.raw(name) or ""
+        value = source.raw(name) or ""
         if expand:
             try:
                 value = source.expand(value)
@@ -199,14 +204,9 @@ def edit_main_cf(path: str, edits: dict[str, str | None], comment: bool = False)
 # --- master.cf -----------------------------------------------------------------
 
 def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> int:
-    path = os.path.join(cfg.config_dir, "master.cf")
-    if not os.path.exists(path):
-        log.warning(f"open {path}: No such file or directory")
+    entries = _master_entries(cfg)
+    if entries is None:
         return 0
-    try:
-        entries = master_cf.parse_file(path)
-    except config_mod.ConfigError as e:
-        log.fatal(str(e))
     out = []
     matched = set()
     for entry in entries:
@@ -247,12 +247,59 @@ def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> in
     return 0
 
 
+def _master_entries(cfg: config_mod.Config) -> list[master_cf.ServiceEntry] | None:
+    """master.cf's services; None (after Postfix's warning) when there is no master.cf."""
+    path = os.path.join(cfg.config_dir, "master.cf")
+    if not os.path.exists(path):
+        log.warning(f"open {path}: No such file or directory")
+        return None
+    try:
+        return master_cf.parse_file(path)
+    except config_mod.ConfigError as e:
+        log.fatal(str(e))
+
+
+def _show_service_params(cfg: config_mod.Config, selectors: list[str], expand: bool,
+                         mode: str) -> int:
+    """-P: master.cf's ``-o`` settings as ``service/type/name = value``, in master.cf order,
+    names sorted within a service; selectors ``service``, ``service/type`` or
+    ``service/type/name``."""
+    entries = _master_entries(cfg)
+    if entries is None:
+        return 0
+    out = []
+    matched = set()
+    for entry in entries:
+        overrides = dict(entry.overrides())
+        service_cfg = cfg.with_overrides({**overrides, "service_name": entry.name})
+        for name in sorted(overrides):
+            full = f"{entry.name}/{entry.type}/{name}"
+            if selectors:
+                hit = [s for s in selectors
+                       if s in (entry.name, f"{entry.name}/{entry.type}", full)]
+                if not hit:
+                    continue
+                matched.update(hit)
+            value = overrides[name]
+            if expand:
+                try:
+                    value = service_cfg.expand(value)
+                except config_mod.ConfigError as e:
+                    log.fatal(str(e))
+            out.append(_line(full, value, mode) + "\n")
+    for s in selectors:
+        if s not in matched:
+            log.warning(f'unmatched request: "{s}"')
+    sys.stdout.write("".join(out))
+    return 0
+
+
 # --- main ------------------------------------------------------------------------
 
 def run(argv: list[str]) -> int:
     log.init_stderr_only("postconf")
     try:
-        opts, args = getopt.gnu_getopt(argv, "c:dehHmMnxX#fv")
+        opts, args = getopt.gnu_getopt(argv, "c:dehHmMno:PxX#fv")
     except getopt.GetoptError as e:
         sys.stderr.write(f"postconf: {e.msg}\n")
         log.fatal("usage: postconf [-dhHmMnx] [-c config_dir] [-e|-X|-#] [name...]")
@@ -263,8 +310,15 @@ def run(argv: list[str]) -> int:
         return 0
     if "-d" in flags and "-n" in flags:
         log.fatal("specify one of -d -n")
+    overrides: dict[str, str] = {}
+    for option, value in opts:
+        if option == "-o":
+            name, sep, setting = value.partition("=")
+            if not sep:
+                log.fatal(f"-o option requires parameter=value, not {value}")
+            overrides[name.strip()] = setting.strip()
     try:
-        cfg = config_mod.load(config_dir)
+        cfg = config_mod.load(config_dir, overrides or None)
     except config_mod.ConfigError as e:
         log.fatal(str(e))
     if "-X" in flags or "-#" in flags:
@@ -284,7 +338,12 @@ def run(argv: list[str]) -> int:
     _warn_unused(cfg)
     if "-M" in flags:
         return _show_master(cfg, args, "-f" in flags)
+    if "-n" in flags:
+        for text in cfg.overridden:
+            log.warning(text)
     mode = "h" if "-h" in flags else "H" if "-H" in flags else ""
+    if "-P" in flags:
+        return _show_service_params(cfg, args, "-x" in flags, mode)
     return _show(cfg, args, "-d" in flags, "-n" in flags, "-x" in flags, mode)
 
 

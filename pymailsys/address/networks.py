@@ -26,10 +26,9 @@ DESCRIPTION
       mynetworks is in Postfix's default parent_domain_matches_subdomains,
       the name's subdomains; ``.domain`` matches subdomains only.
 
-    ``mynetworks(config)``: the parameter when set, otherwise computed from
-    ``mynetworks_style``: ``host`` (each interface address, /32 or /128),
-    ``subnet`` (each interface's subnet), ``class`` (the class A/B/C net of
-    each IPv4 interface address; IPv6 as subnet).
+    ``mynetworks(config)``: the parameter; when it is not set, the
+    configuration computes it from ``mynetworks_style``, inet_interfaces and
+    inet_protocols as Postfix does (``pymailsys.config.mynetworks``).
 
     ``interface_addresses(config)``: the addresses of ``inet_interfaces``
     (``all``: every interface; ``loopback-only``: 127.0.0.1 and ::1) plus
@@ -43,15 +42,14 @@ REFUSES
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import ipaddress
 import socket
-import struct
 from collections.abc import Iterable
 
 from pymailsys import config as config_mod
 from pymailsys import maps
+from pymailsys.config.mynetworks import local_interfaces
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -192,67 +190,9 @@ def _read_pattern_file(path: str) -> list[str]:
     return out
 
 
-# --- the host's own interfaces -------------------------------------------------
-
-_SIOCGIFADDR = 0x8915
-_SIOCGIFNETMASK = 0x891B
-
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-def local_interfaces() -> list[IPInterface]:
-    """Each configured interface address with its prefix (address/prefix, host bits kept)."""
-    out: list[IPInterface] = []
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, ifname in socket.if_nameindex():
-            req = struct.pack("256s", ifname.encode()[:15])
-            try:
-                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, req)[20:24])
-                mask = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, req)[20:24])
-            except OSError:
-                continue
-            out.append(ipaddress.ip_interface(f"{addr}/{mask}"))
-    finally:
-        sock.close()
-    try:
-        with open("/proc/net/if_inet6") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                hexaddr, plen = fields[0], int(fields[2], 16)
-                text = ":".join(hexaddr[i:i + 4] for i in range(0, 32, 4))
-                out.append(ipaddress.ip_interface(f"{ipaddress.IPv6Address(text)}/{plen}"))
-    except OSError:
-        pass
-    return out
-
-
 def mynetworks_patterns(config: config_mod.Config) -> list[str]:
-    """The mynetworks patterns: the parameter when set, else computed from mynetworks_style."""
-    if config.is_set("mynetworks") or config.get("mynetworks"):
-        return config.get_list("mynetworks")
-    style = config.get("mynetworks_style").strip().lower()
-    if style not in ("host", "subnet", "class"):
-        raise ValueError(f"unknown mynetworks_style value: {style}")
-    seen: list[str] = []
-    for iface in local_interfaces():
-        ip = iface.ip
-        if style == "host":
-            net = ipaddress.ip_network(ip)
-        elif style == "class" and ip.version == 4:
-            first = int(str(ip).split(".")[0])
-            plen = 8 if first < 128 else 16 if first < 192 else 24
-            net = ipaddress.ip_network(f"{ip}/{plen}", strict=False)
-        else:
-            net = iface.network
-        text = str(net) if net.version == 4 else f"[{net.network_address}]/{net.prefixlen}"
-        if text not in seen:
-            seen.append(text)
-    seen.sort(key=lambda t: t.startswith("["))
-    return seen
+    """The mynetworks patterns (computed from mynetworks_style when unset: ``config``)."""
+    return config.get_list("mynetworks")
 
 
 def mynetworks(config: config_mod.Config) -> AddressList:

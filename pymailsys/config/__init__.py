@@ -4,14 +4,18 @@ Takes a configuration directory (``-c dir``, else ``$MAIL_CONFIG``, else
 ``/etc/pymailsys``) and reads ``main.cf`` in Postfix's syntax: ``name = value``,
 blanks around ``=`` and at the end ignored, ``#`` comment lines and blank lines
 ignored, a line that starts with white space continues the one before, the last
-definition wins.
+definition wins (``Config.overridden`` keeps Postfix's warning for each earlier
+one, which daemons log at start and ``postfix check`` prints).
 
 Values are expanded at use, never at read time: ``$name``, ``${name}``,
 ``$(name)``, ``${name?value}``, ``${name?{value}}``, ``${name:value}``,
 ``${name:{value}}``, ``${name?{v1}:{v2}}``, ``${{a} op {b} ? {v1} : {v2}}`` with
 op one of ``== != < <= > >=`` (numeric when both sides are digits) and
 ``<level <=level >level >=level`` (compatibility levels), and ``$$`` for ``$``.
-An undefined name expands to the empty string. ``MacroExpander`` is that engine
+An undefined name expands to the empty string. An unset ``mynetworks`` is
+computed from mynetworks_style, inet_interfaces and inet_protocols, as
+Postfix computes it (``config.mynetworks``), so ``$mynetworks`` and ``postconf
+mynetworks`` give the networks in force. ``MacroExpander`` is that engine
 (Postfix's mac_expand) for any lookup: local's forward_path expansion uses it
 with the recipient's attributes, no recursion and forward_expansion_filter.
 
@@ -35,7 +39,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 
-from pymailsys.config import params
+from pymailsys.config import mynetworks, params
 from pymailsys.config.lines import logical_lines
 
 DEFAULT_CONFIG_DIR = "/etc/pymailsys"
@@ -83,10 +87,14 @@ def running_text() -> str | None:
         return None
 
 
-def parse_main_cf(path: str, text: str | None = None) -> tuple[dict[str, str], dict[str, int]]:
-    """Parse main.cf (or its text, named path) into (values, line numbers). Missing: empty."""
+def parse_main_cf(path: str, text: str | None = None
+                  ) -> tuple[dict[str, str], dict[str, int], list[str]]:
+    """Parse main.cf (or its text, named path) into (values, line numbers, overridden).
+    Missing: empty. ``overridden`` has Postfix's warning for each name set again
+    (``PATH, line N: overriding earlier entry: name=earlier value``)."""
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
+    overridden: list[str] = []
     if text is None:
         text = read_main_cf(path)
     def leading_space(lineno: int, line: str) -> None:
@@ -99,9 +107,12 @@ def parse_main_cf(path: str, text: str | None = None) -> tuple[dict[str, str], d
             raise ConfigError(f'{path}, line {lineno}: missing \'=\' after parameter name: "{name}"')
         if not name or not _NAME_RE.fullmatch(name):
             raise ConfigError(f'{path}, line {lineno}: bad parameter name: "{name}"')
+        if name in values:
+            overridden.append(f"{path}, line {lineno}: overriding earlier entry: "
+                              f"{name}={values[name]}")
         values[name] = value.strip()
         lines[name] = lineno
-    return values, lines
+    return values, lines, overridden
 
 
 def split_list(value: str) -> list[str]:
@@ -145,6 +156,8 @@ class Config:
         self._lines = dict(lines or {})
         self._origins = dict(origins or {})  # where an override came from, e.g. a master.cf line
         self._cache: dict[str, str] = {}
+        self._computed_mynetworks: str | None = None
+        self.overridden: list[str] = []  # main.cf lines that set a name again (load)
 
     # raw access -----------------------------------------------------------
     def explicit(self) -> dict[str, str]:
@@ -158,9 +171,19 @@ class Config:
         """Unexpanded value: explicit, else the built-in default, else None."""
         if name in self._values:
             return self._values[name]
+        if name == "mynetworks":
+            return self._mynetworks()
         if name in params.PARAMS:
             return params.default_of(name)
         return None
+
+    def _mynetworks(self) -> str:
+        """mynetworks when main.cf leaves it unset: computed as Postfix does, once."""
+        if self._computed_mynetworks is None:
+            self._computed_mynetworks = mynetworks.computed(
+                self.get("mynetworks_style"), self.get_list("inet_interfaces"),
+                self.get_list("inet_protocols"))
+        return self._computed_mynetworks
 
     def with_overrides(self, overrides: Mapping[str, str], origin: str = "") -> Config:
         """This configuration with overrides (set at origin, e.g. ``file F: line N``)."""
@@ -170,7 +193,9 @@ class Config:
         origins = {name: where for name, where in self._origins.items() if name not in overrides}
         if origin:
             origins.update(dict.fromkeys(overrides, origin))
-        return Config(self.config_dir, values, lines, origins)
+        cfg = Config(self.config_dir, values, lines, origins)
+        cfg.overridden = self.overridden
+        return cfg
 
     # expanded access ------------------------------------------------------
     def get(self, name: str) -> str:
@@ -407,7 +432,8 @@ def load(config_dir: str | None = None, overrides: Mapping[str, str] | None = No
          text: str | None = None) -> Config:
     """Load main.cf from config_dir (resolved as -c / MAIL_CONFIG / default), or its text."""
     directory = resolve_config_dir(config_dir)
-    values, lines = parse_main_cf(os.path.join(directory, "main.cf"), text)
+    values, lines, overridden = parse_main_cf(os.path.join(directory, "main.cf"), text)
     values.setdefault("config_directory", directory)
     cfg = Config(directory, values, lines)
+    cfg.overridden = overridden
     return cfg.with_overrides(overrides) if overrides else cfg

@@ -21,7 +21,9 @@ DESCRIPTION
       max_idle: bad time value or unit: 10x``, ``invalid max_use parameter
       value 0 < 1``, ``unsupported dictionary type: foo``; and a maillog_file
       outside maillog_file_prefixes;
-    * warnings: a parameter marked not implemented set to anything but its
+    * warnings: a main.cf line that sets a name again (``/etc/pymailsys/main.cf,
+      line 9: overriding earlier entry: myhostname=a.example``), a parameter
+      marked not implemented set to anything but its
       default (``parameter header_checks is not implemented yet: ignored``),
       and a setting that makes a service refuse to run (``smtpd_milters =
       inet:x:1 is not supported yet: service smtpd will refuse to run``).
@@ -68,6 +70,7 @@ def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
         problems += _check_param(cfg, param, table_types)
     problems = _without_echoes(problems)
     problems += _check_maillog_file(cfg)
+    problems += [Problem(False, text) for text in cfg.overridden]
     for entry in entries:
         for name, value in entry.overrides():
             if name in params.PARAMS:
