@@ -36,6 +36,10 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   daemons do: restarting a Python process every 100 SMTP connections would cost
   more CPU than the mail itself. max_idle (seconds without a client before
   exiting, unless ``resident``) applies to all; SIGTERM exits now.
+* a lookup table whose file was replaced since the process opened it
+  (``maps.changed_table``, checked every second): ``table hash:/path has
+  changed -- restarting``, then the same graceful going away, as Postfix's
+  daemons do, so the next process starts with the new table.
 
 Stream services get ``serve(reader, writer, ctx)`` once per client. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
@@ -59,7 +63,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pymailsys import config as config_mod
-from pymailsys import log, privileges
+from pymailsys import log, maps, privileges
 from pymailsys.config import validate
 from pymailsys.ipc.master_status import (
     LIFELINE_FD,
@@ -342,6 +346,10 @@ class _Runner:
             await asyncio.sleep(1.0)
             if (not self.resident and self.active == 0 and self.max_idle
                     and loop.time() - self.idle_since >= self.max_idle):
+                self.begin_stop()
+            table = maps.changed_table()
+            if table is not None:
+                log.info(f"table {table} has changed -- restarting")
                 self.begin_stop()
 
 

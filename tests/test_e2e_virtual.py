@@ -131,3 +131,25 @@ def test_delivery_runs_with_the_mapped_ids_not_root(new_instance) -> None:  # ty
     inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=deferred "
                   rf"\(maildir delivery failed: .*Permission denied\)")
     assert not (locked / "alice").exists()
+
+
+def test_changed_table_restarts_the_daemons_that_use_it(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """postmap on a hash: table in use: the daemons log Postfix's line and restart on it."""
+    inst, base = _virtual(new_instance)
+    source = inst.write("etc/vhash", "alice@example.com example.com/alice/\n")
+    inst.tool("postmap", str(source), check=True)
+    inst.stop()
+    inst.set(virtual_mailbox_maps=f"hash:{source}")
+    inst.start()
+    first = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+    inst.wait_log(rf"{first}: to=<alice@example\.com>, relay=virtual, .*status=sent")
+    before = set(inst.daemons().get("virtual", []))
+    source.write_text("alice@example.com example.com/alice/\ndave@example.com example.com/dave/\n")
+    inst.tool("postmap", str(source), check=True)
+    for daemon in ("smtpd", "virtual"):  # smtpd has it open for the RCPT check
+        inst.wait_log(rf"postfix/{daemon}\[\d+\]: table hash:{re.escape(str(source))} "
+                      rf"has changed -- restarting")
+    second = inst.send("carol@example.org", "dave@example.com", MESSAGE)
+    inst.wait_log(rf"{second}: to=<dave@example\.com>, relay=virtual, .*status=sent")
+    assert len(_maildir_files(base / "example.com" / "dave")) == 1
+    assert not before & set(inst.daemons().get("virtual", []))

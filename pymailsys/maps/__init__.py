@@ -4,7 +4,9 @@
 has Postfix's three outcomes: a string (found), ``None`` (not found), or a
 ``TableError`` raised (the table could not answer: the caller defers, it never
 treats this as not found). Tables are opened once per process and cached;
-indexed files are reopened when postmap/postalias replaced them.
+indexed files are reopened when postmap/postalias replaced them, and
+``changed_table()`` names the first one replaced since this process opened it
+(the server skeleton then restarts the daemon, as Postfix's do).
 
 ``Maps(config, "alias_maps")`` is a parameter's list of tables searched in
 order (Postfix's maps_find): the first table that finds the key wins.
@@ -66,6 +68,16 @@ def open_table(spec: str) -> Table:
         table = factory(type_name, name)
     _cache[spec] = table
     return table
+
+
+def changed_table() -> str | None:
+    """The first open table whose file has changed since this process opened it
+    (``type:name``), or None: Postfix's dict_changed_name(), which the server
+    skeleton asks between requests to restart the daemon."""
+    for table in _cache.values():
+        if table.changed():
+            return table.spec
+    return None
 
 
 class Maps:
@@ -274,6 +286,7 @@ class LmdbTable(Table):
         self.ident: tuple[int, int] | None = None
         self.checked = 0.0
         self._open()
+        self.first_ident = self.ident
 
     def _open(self) -> None:
         import lmdb
@@ -302,6 +315,13 @@ class LmdbTable(Table):
             return
         if (st.st_dev, st.st_ino) != self.ident:
             self._open()
+
+    def changed(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) != self.first_ident
 
     def lookup(self, key: str) -> str | None:
         import lmdb

@@ -40,6 +40,12 @@ class Table:
     def lookup(self, key: str) -> str | None:
         raise NotImplementedError
 
+    def changed(self) -> bool:
+        """True when the file this table was first opened from has been replaced since
+        (Postfix's dict_changed: the daemon should restart); tables without such a file
+        never change."""
+        return False
+
     def __repr__(self) -> str:
         return f"<Table {self.spec}>"
 
