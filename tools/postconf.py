@@ -208,13 +208,10 @@ def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> in
     if entries is None:
         return 0
     out = []
-    matched = set()
+    selection = _Selection(selectors)
     for entry in entries:
-        if selectors:
-            hit = [s for s in selectors if s in (entry.name, f"{entry.name}/{entry.type}")]
-            if not hit:
-                continue
-            matched.update(hit)
+        if not selection.wants(entry.name, f"{entry.name}/{entry.type}"):
+            continue
         head = (f"{entry.name:<10} {entry.type:<5} "
                 + " ".join(f"{f:<7}" for f in entry.columns) + " ")
         # In order; an -o setting that contains white space is printed in braces.
@@ -240,11 +237,30 @@ def _show_master(cfg: config_mod.Config, selectors: list[str], fold: bool) -> in
             out.extend(options)
         else:
             out.append(head + " ".join(words) + "\n")
-    for s in selectors:
-        if s not in matched:
-            log.warning(f'unmatched request: "{s}"')
+    selection.warn_unmatched()
     sys.stdout.write("".join(out))
     return 0
+
+
+class _Selection:
+    """The master.cf names a -M or -P request asks for (none: all of them)."""
+
+    def __init__(self, selectors: list[str]) -> None:
+        self.selectors = selectors
+        self.matched: set[str] = set()
+
+    def wants(self, *names: str) -> bool:
+        """True when a selector is one of names (each selector that is, counts as matched)."""
+        if not self.selectors:
+            return True
+        hit = [s for s in self.selectors if s in names]
+        self.matched.update(hit)
+        return bool(hit)
+
+    def warn_unmatched(self) -> None:
+        for s in self.selectors:
+            if s not in self.matched:
+                log.warning(f'unmatched request: "{s}"')
 
 
 def _master_entries(cfg: config_mod.Config) -> list[master_cf.ServiceEntry] | None:
@@ -268,18 +284,14 @@ def _show_service_params(cfg: config_mod.Config, selectors: list[str], expand: b
     if entries is None:
         return 0
     out = []
-    matched = set()
+    selection = _Selection(selectors)
     for entry in entries:
         overrides = dict(entry.overrides())
         service_cfg = cfg.with_overrides({**overrides, "service_name": entry.name})
         for name in sorted(overrides):
             full = f"{entry.name}/{entry.type}/{name}"
-            if selectors:
-                hit = [s for s in selectors
-                       if s in (entry.name, f"{entry.name}/{entry.type}", full)]
-                if not hit:
-                    continue
-                matched.update(hit)
+            if not selection.wants(entry.name, f"{entry.name}/{entry.type}", full):
+                continue
             value = overrides[name]
             if expand:
                 try:
@@ -287,9 +299,7 @@ def _show_service_params(cfg: config_mod.Config, selectors: list[str], expand: b
                 except config_mod.ConfigError as e:
                     log.fatal(str(e))
             out.append(_line(full, value, mode) + "\n")
-    for s in selectors:
-        if s not in matched:
-            log.warning(f'unmatched request: "{s}"')
+    selection.warn_unmatched()
     sys.stdout.write("".join(out))
     return 0
 
