@@ -35,7 +35,10 @@ DESCRIPTION
        ``Delivered-To:``, and ``virtual_mailbox_limit`` bounds the file.
 
     A table that cannot answer defers (4.3.5, ``mail system configuration
-    error``), as does a relative virtual_mailbox_base. Every delivery is
+    error``), as does a relative virtual_mailbox_base. A virtual_mailbox_limit
+    (other than 0) below message_size_limit is fatal at start, as in Postfix:
+    ``main.cf configuration error: virtual_mailbox_limit is smaller than
+    message_size_limit``. Every delivery is
     logged as Postfix logs it: ``QUEUEID: to=<ADDR>, relay=virtual, delay=...,
     dsn=2.0.0, status=sent (delivered to maildir)``.
 
@@ -54,7 +57,7 @@ SECURITY
 CONFIGURATION PARAMETERS
     virtual_mailbox_maps, virtual_mailbox_base, virtual_uid_maps,
     virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
-    virtual_mailbox_lock, deliver_lock_attempts, deliver_lock_delay,
+    virtual_mailbox_lock, message_size_limit, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, strict_mailbox_ownership, myhostname.
 
 MODULES
@@ -68,7 +71,7 @@ import os
 
 from pymailsys.daemons.virtual.agent import VirtualAgent
 
-from pymailsys import server
+from pymailsys import log, server
 from pymailsys.delivery.agent import MAX_ADDRESS_LENGTH, MAX_PENDING
 from pymailsys.ipc.attr import Limits, serve_pipelined
 
@@ -87,6 +90,12 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _start(ctx: server.Context) -> None:
+    limit = ctx.config.get_size("virtual_mailbox_limit")
+    message_limit = ctx.config.get_size("message_size_limit")
+    if limit and (limit < message_limit or message_limit == 0):
+        # as Postfix: a mailbox smaller than a message could never take it
+        log.fatal("main.cf configuration error: virtual_mailbox_limit is smaller than "
+                  "message_size_limit")
     ctx.state["agent"] = VirtualAgent(ctx.config, ctx.spool)
 
 
