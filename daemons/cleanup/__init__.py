@@ -266,6 +266,9 @@ class Cleanup:
             received = hdr.received_smtpd(helo, name, addr, proto, s.myhostname, s.mail_name,
                                           queue_id, raw_rcpts[0] if len(raw_rcpts) == 1 else None,
                                           date)
+            # smtpd's access PREPEND headers go above its Received:, one printable line each
+            received = [line for line in req.all("prepend")
+                        if line.isprintable() and ":" in line] + received
         elif origin == "pickup":
             received = hdr.received_pickup(s.myhostname, s.mail_name, req.number("uid"),
                                            queue_id, date)
@@ -354,7 +357,12 @@ class Cleanup:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: queue file size limit exceeded")
             return _reply(*ERR_SIZE)
-        hold = bool(req.number("flags") & services.CLEANUP_FLAG_HOLD)
+        flags = req.number("flags")
+        if flags & services.CLEANUP_FLAG_DISCARD:  # smtpd's access DISCARD: accepted, dropped
+            self.writer.discard(fd, path)
+            return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "",
+                    "queue_id": queue_id}
+        hold = bool(flags & services.CLEANUP_FLAG_HOLD)
         try:
             await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING)
         except OSError as e:

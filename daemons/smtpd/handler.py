@@ -7,16 +7,18 @@ client limits (pymailsys.smtp.limits, with ONE anvil client), and ONE
 AttrPool to public/cleanup shared by all sessions. ``new_message()`` starts
 a ``Message``: its content goes to cleanup as DATA arrives (pymailsys.ipc.services
 contract), and its end gives the SMTP reply.
-``client_name()`` gives the client's name: ``localhost`` for loopback
-addresses without a lookup, else a forward-confirmed reverse lookup when
-smtpd_peername_lookup is on, else ``unknown``.
+``name_client(req)`` sets the client's names: ``localhost`` for loopback
+addresses without a lookup, else a forward-confirmed reverse lookup
+(pymailsys.smtp.dns_client_name) when smtpd_peername_lookup is on, else
+``unknown``. A message carries the access(5) actions its restrictions
+asked for (``req.actions``) to cleanup: HOLD and DISCARD as flags, REDIRECT
+as the envelope recipient (the original kept as orcpt), BCC as extra
+recipients with NOTIFY=NEVER, PREPEND as header lines above Received:.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,7 +26,7 @@ from pymailsys import config as config_mod
 from pymailsys import log
 from pymailsys.address import networks as netaddr
 from pymailsys.ipc import attr, services
-from pymailsys.smtp import restrictions
+from pymailsys.smtp import dns_client_name, restrictions
 from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
@@ -104,23 +106,17 @@ class Smtpd:
         await self.cleanup.close()
         await self.limits.close()
 
-    async def client_name(self, addr: str) -> str:
-        if netaddr.is_loopback(addr):
-            return "localhost"
-        if not self.peername_lookup:
-            return "unknown"
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(10):
-                name, _ = await loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
-                infos = await loop.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-        except (OSError, TimeoutError, UnicodeError):
-            return "unknown"
-        want = netaddr.parse_address(addr)
-        for info in infos:
-            if netaddr.parse_address(str(info[4][0])) == want:
-                return name.lower()
-        return "unknown"
+    async def name_client(self, req: restrictions.Request) -> None:
+        if netaddr.is_loopback(req.client_addr):
+            found = dns_client_name.ClientName("localhost", dns_client_name.OK, "localhost",
+                                               dns_client_name.OK)
+        elif not self.peername_lookup:
+            found = dns_client_name.ClientName()
+        else:
+            found = await dns_client_name.lookup(req.client_addr, timeout=10)
+        req.client_name, req.client_name_status = found.name, found.status
+        req.reverse_client_name = found.reverse_name
+        req.reverse_client_name_status = found.reverse_status
 
     async def rewrite_context(self, req: restrictions.Request) -> str:
         if not self.local_rewrite:
@@ -173,15 +169,27 @@ class Message:
     def _envelope(self) -> list[tuple[str, attr.AttrValue]]:
         env = self.env
         req = self.req
+        actions = req.actions
+        flags = services.CLEANUP_FLAG_FILTER | services.CLEANUP_FLAG_MAP_OK
+        if actions.hold:
+            flags |= services.CLEANUP_FLAG_HOLD
+        if actions.discard:
+            flags |= services.CLEANUP_FLAG_DISCARD
+        rcpts = ([actions.redirect] * len(env.recipients) if actions.redirect
+                 else env.recipients)
         request: list[tuple[str, attr.AttrValue]] = [("origin", "smtpd"), ("sender", env.sender)]
-        request += [("rcpt", r) for r in env.recipients]
-        request += [("orcpt", o) for o in env.orig_recipients]
+        request += [("rcpt", r) for r in rcpts + actions.bcc]
+        request += [("orcpt", o) for o in env.orig_recipients + actions.bcc]
+        if actions.bcc:
+            request += [("notify", "") for _ in rcpts]
+            request += [("notify", "NEVER") for _ in actions.bcc]
+        request += [("prepend", line) for line in actions.prepend]
         request += [
             ("client_name", req.client_name), ("client_addr", req.client_addr),
             ("client_port", req.client_port), ("helo_name", req.helo),
+            ("reverse_client_name", req.reverse_name),
             ("protocol", req.protocol), ("rewrite_context", self.context),
-            ("flags", services.CLEANUP_FLAG_FILTER | services.CLEANUP_FLAG_MAP_OK),
-            ("encoding", env.body),
+            ("flags", flags), ("encoding", env.body),
         ]
         if env.ret:
             request.append(("ret", env.ret))

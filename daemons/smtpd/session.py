@@ -150,7 +150,7 @@ class Session:
 
     async def run(self) -> None:
         smtpd = self.smtpd
-        self.req.client_name = await smtpd.client_name(self.req.client_addr)
+        await smtpd.name_client(self.req)
         log.info(f"connect from {self.client}")
         try:
             self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
@@ -306,6 +306,7 @@ class Session:
 
     def _reset(self) -> None:
         self.env = None
+        self.req.actions.reset()
         self.req.sender = None
         self.req.recipient = ""
         self.rcpt_overshoot = 0

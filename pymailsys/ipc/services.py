@@ -21,8 +21,11 @@ cleanup (``public/cleanup``), one request per message, streamed
                            may end mid-line. A follow-up ``{abort: 1}`` instead
                            ends the message unqueued (the client refused it
                            after DATA); its reply is 451 and nobody reads it.
-             client_name, client_addr, client_port, helo_name, protocol
+             client_name, client_addr, client_port, helo_name, protocol,
+             reverse_client_name
                            (smtpd: for Received: and the A records)
+             prepend       repeated, optional (smtpd: access PREPEND): one
+                           header line each, put above the Received: header
              uid           (pickup: submitting user, for Received: and From:)
              full_name     (pickup: sender full name, -F)
              rewrite_context  "local" | "remote"
@@ -97,6 +100,7 @@ CLEANUP_FLAG_NONE = 0
 CLEANUP_FLAG_BOUNCE = 1 << 0  # bounce unrecoverable mail instead of keeping it
 CLEANUP_FLAG_FILTER = 1 << 1  # header/body checks apply
 CLEANUP_FLAG_HOLD = 1 << 2  # place the message on hold
+CLEANUP_FLAG_DISCARD = 1 << 3  # accept the message, then throw it away (access DISCARD)
 CLEANUP_FLAG_MAP_OK = 1 << 5  # canonical/virtual mapping applies
 
 # delivery results

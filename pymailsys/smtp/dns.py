@@ -6,6 +6,7 @@ NAME
 SYNOPSIS
     hosts = await dns.mx_hosts("example.com")     # [(preference, name)], [] = no MX
     addrs = await dns.host_addresses("mx.example.com", families)
+    records = await dns.query("2.0.0.127.zen.example", "A")  # dnspython rdata, [] = none
 
 DESCRIPTION
     The resolver reads /etc/resolv.conf as Postfix does (dnspython's
@@ -71,8 +72,8 @@ def resolver() -> dns.asyncresolver.Resolver:
     return _resolver
 
 
-async def _query(name: str, rtype: str) -> list:  # type: ignore[type-arg]
-    """The records of one type; [] when the name exists without them."""
+async def query(name: str, rtype: str) -> list:  # type: ignore[type-arg]
+    """The records of one type; [] when the name exists without them; else ``DnsError``."""
     try:
         answer = await resolver().resolve(name, rtype, search=False)
     except dns.resolver.NXDOMAIN:
@@ -87,7 +88,7 @@ async def _query(name: str, rtype: str) -> list:  # type: ignore[type-arg]
 
 async def mx_hosts(domain: str) -> list[tuple[int, str]]:
     """MX records by preference, equal preferences shuffled; see the module docstring."""
-    records = await _query(domain, "MX")
+    records = await query(domain, "MX")
     by_pref: dict[int, list[str]] = {}
     for rr in records:
         name = rr.exchange.to_text(omit_final_dot=True)
@@ -116,7 +117,7 @@ async def host_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6")
         if family not in families:
             continue
         try:
-            out += [rr.address for rr in await _query(host, rtype)]
+            out += [rr.address for rr in await query(host, rtype)]
         except DnsError as e:
             if e.permanent:
                 raise

@@ -56,6 +56,7 @@ from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
 from pymailsys.maps import search as addr_lookup
+from pymailsys.smtp import dnsxl
 
 OK = "OK"
 REJECT = "REJECT"
@@ -68,13 +69,28 @@ STAGE_SENDER = "sender"
 STAGE_RECIPIENT = "recipient"
 STAGE_DATA = "data"
 
-_STAGE_TEXT = {
-    STAGE_CLIENT: "Client host rejected",
-    STAGE_HELO: "Helo command rejected",
-    STAGE_SENDER: "Sender address rejected",
-    STAGE_RECIPIENT: "Recipient address rejected",
-    STAGE_DATA: "Data command rejected",
+_STAGE_CLASS = {
+    STAGE_CLIENT: "Client host",
+    STAGE_HELO: "Helo command",
+    STAGE_SENDER: "Sender address",
+    STAGE_RECIPIENT: "Recipient address",
+    STAGE_DATA: "Data command",
 }
+_STAGE_TEXT = {stage: f"{name} rejected" for stage, name in _STAGE_CLASS.items()}
+
+# Where a check runs, for the log (Postfix's state->where).
+WHERE_HELO = "HELO"
+WHERE_EHLO = "EHLO"
+WHERE_MAIL = "MAIL"
+WHERE_RCPT = "RCPT"
+WHERE_DATA = "DATA"
+WHERE_EOM = "END-OF-MESSAGE"
+
+# Client name lookup outcomes (pymailsys.smtp.dns_client_name).
+NAME_OK = "OK"
+NAME_TEMP = "TEMP"
+NAME_PERM = "PERM"
+NAME_FORGED = "FORGED"
 
 LIST_STAGES = {
     "smtpd_client_restrictions": STAGE_CLIENT,
@@ -112,6 +128,23 @@ class Result:
 
 
 @dataclass
+class MessageActions:
+    """What access(5) actions ask of the message being received (reset with the transaction)."""
+
+    hold: bool = False
+    discard: bool = False
+    redirect: str = ""
+    bcc: list[str] = field(default_factory=list)
+    prepend: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.hold = self.discard = False
+        self.redirect = ""
+        self.bcc = []
+        self.prepend = []
+
+
+@dataclass
 class Request:
     """What the restrictions see of one SMTP session and command."""
 
@@ -125,10 +158,62 @@ class Request:
     sasl_username: str = ""
     stage: str = STAGE_CLIENT
     cache: dict[str, object] = field(default_factory=dict)
+    # NAME_OK/TEMP/PERM/FORGED; "" = OK for a known name, PERM for "unknown"
+    client_name_status: str = ""
+    reverse_client_name: str = ""  # "" = client_name
+    reverse_client_name_status: str = ""
+    where: str = WHERE_RCPT
+    actions: MessageActions = field(default_factory=MessageActions)
+    defer_if_permit: Reply | None = None
+    defer_if_reject: Reply | None = None
 
     @property
     def client(self) -> str:
         return f"{self.client_name}[{self.client_addr}]"
+
+    @property
+    def name_status(self) -> str:
+        if self.client_name_status:
+            return self.client_name_status
+        return NAME_PERM if self.client_name == "unknown" else NAME_OK
+
+    @property
+    def reverse_name(self) -> str:
+        return self.reverse_client_name or self.client_name
+
+    @property
+    def reverse_name_status(self) -> str:
+        return self.reverse_client_name_status or self.name_status
+
+
+def whatsup(req: Request, what: str, text: str) -> None:
+    """Postfix's log_whatsup: ``NOQUEUE: hold: RCPT from c[a]: text; from=<s> to=<r> ...``."""
+    line = f"NOQUEUE: {what}: {req.where} from {req.client}: {text};"
+    if req.sender is not None:
+        line += f" from=<{req.sender}>"
+    if req.recipient:
+        line += f" to=<{req.recipient}>"
+    line += f" proto={req.protocol}"
+    if req.helo:
+        line += f" helo=<{req.helo}>"
+    log.info(log.printable(line))
+
+
+def dsn_split(default: str, text: str) -> tuple[str, str]:
+    """Postfix's dsn_split: an optional leading X.Y.Z detail code, else default."""
+    word, _, rest = text.partition(" ")
+    if _DSN_RE.match(word):
+        return word, rest.strip()
+    return default, text
+
+
+def fix_dsn(code: int, dsn: str) -> str:
+    """The enhanced code's class follows the reply code (4xx: 4.X.Y, 5xx: 5.X.Y)."""
+    return f"{str(code)[0]}{dsn[1:]}"
+
+
+def refusal(reply: Reply) -> Result:
+    return Result(DEFER if reply.temporary else REJECT, reply)
 
 
 Outcome: TypeAlias = "Result | None | Awaitable[Result | None]"
@@ -138,17 +223,18 @@ Check = Callable[["Engine", Request, "_Entry"], Outcome]
 @dataclass(frozen=True)
 class _Spec:
     func: Check
-    takes_arg: bool
+    takes_arg: bool  # a type:table argument
     relay_guard: bool  # counts as "can reject relaying" for the start-up check
+    takes_word: bool = False  # a plain argument (a DNS list domain[=reply filter])
 
 
 REGISTRY: dict[str, _Spec] = {}
 
 
-def restriction(name: str, *, takes_arg: bool = False,
-                relay_guard: bool = False) -> Callable[[Check], Check]:
+def restriction(name: str, *, takes_arg: bool = False, relay_guard: bool = False,
+                takes_word: bool = False) -> Callable[[Check], Check]:
     def deco(func: Check) -> Check:
-        REGISTRY[name] = _Spec(func, takes_arg, relay_guard)
+        REGISTRY[name] = _Spec(func, takes_arg, relay_guard, takes_word)
         return func
     return deco
 
@@ -159,6 +245,7 @@ class _Entry:
     spec: _Spec
     arg: str = ""
     table: _LazyMaps | None = None
+    reply_filter: dnsxl.ReplyFilter | None = None
 
 
 def _is_fqdn(name: str) -> bool:
@@ -201,6 +288,15 @@ class Engine:
         self.unknown_local_code = config.get_int("unknown_local_recipient_reject_code")
         self.unknown_alias_code = config.get_int("unknown_virtual_alias_reject_code")
         self.unknown_mailbox_code = config.get_int("unknown_virtual_mailbox_reject_code")
+        self.rbl_code = config.get_int("maps_rbl_reject_code")
+        self.rbl_template = config.raw("default_rbl_reply") or ""
+        self.rbl_reply_maps = bool(config.get_list("rbl_reply_maps"))
+        self.unknown_client_code = config.get_int("unknown_client_reject_code")
+        self.unknown_hostname_code = config.get_int("unknown_hostname_reject_code")
+        self.unknown_address_code = config.get_int("unknown_address_reject_code")
+        self.unknown_address_tempfail = _tempfail_action(config, "unknown_address_tempfail_action")
+        self.unknown_helo_tempfail = _tempfail_action(config,
+                                                      "unknown_helo_hostname_tempfail_action")
         self.null_key = config.get("smtpd_null_access_lookup_key")
         self.delimiter = config.get("recipient_delimiter")
         self.delay_reject = config.get_bool("smtpd_delay_reject")
@@ -243,13 +339,19 @@ class Engine:
                     raise ValueError(f'restriction "{name}": table without a check_*_access '
                                      "restriction before it")
                 raise ValueError(f'unknown smtpd restriction: "{name}"')
-            if not spec.takes_arg:
+            if not spec.takes_arg and not spec.takes_word:
                 out.append(_Entry(name.lower(), spec))
                 continue
             if i >= len(words):
-                raise ValueError(f'restriction "{name}" requires a table argument')
+                what = "domain name" if spec.takes_word else "a table"
+                raise ValueError(f'restriction "{name}" requires {what} argument')
             arg = words[i]
             i += 1
+            if spec.takes_word:
+                _domain, _, pattern = arg.partition("=")
+                out.append(_Entry(name.lower(), spec, arg, None,
+                                  dnsxl.ReplyFilter.parse(pattern) if pattern else None))
+                continue
             out.append(_Entry(name.lower(), spec, arg, _LazyMaps(arg)))
         return out
 
@@ -278,6 +380,8 @@ class Engine:
 
     async def run_entries(self, entries: list[_Entry], req: Request) -> Result | None:
         for entry in entries:
+            if req.actions.discard:  # DISCARD ends every restriction list
+                return None
             outcome = entry.spec.func(self, req, entry)
             if outcome is None:
                 continue
@@ -289,13 +393,14 @@ class Engine:
         return None
 
     async def check_client(self, req: Request) -> Result | None:
-        return await self._first_reject(req, ("smtpd_client_restrictions",))
+        return await self._check(req, WHERE_MAIL, ("smtpd_client_restrictions",))
 
     async def check_helo(self, req: Request) -> Result | None:
-        return await self._first_reject(req, ("smtpd_helo_restrictions",))
+        where = WHERE_EHLO if req.protocol.upper().startswith("E") else WHERE_HELO
+        return await self._check(req, where, ("smtpd_helo_restrictions",))
 
     async def check_sender(self, req: Request) -> Result | None:
-        return await self._first_reject(req, ("smtpd_sender_restrictions",))
+        return await self._check(req, WHERE_MAIL, ("smtpd_sender_restrictions",))
 
     async def check_rcpt(self, req: Request) -> Result | None:
         """RCPT TO: (delayed client/helo/sender), relay, recipient lists, then unlisted."""
@@ -303,24 +408,41 @@ class Engine:
         if self.delay_reject:
             names = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
                      "smtpd_sender_restrictions") + names
+        return await self._check(req, WHERE_RCPT, names, unlisted=True)
+
+    async def check_data(self, req: Request) -> Result | None:
+        return await self._check(req, WHERE_DATA, ("smtpd_data_restrictions",))
+
+    async def check_end_of_data(self, req: Request) -> Result | None:
+        return await self._check(req, WHERE_EOM, ("smtpd_end_of_data_restrictions",))
+
+    async def _check(self, req: Request, where: str, names: tuple[str, ...],
+                     unlisted: bool = False) -> Result | None:
+        """Run lists, then Postfix's deferred decisions: a 5xx becomes the
+        DEFER_IF_REJECT reply, a pass becomes the DEFER_IF_PERMIT reply."""
+        req.where = where
+        req.defer_if_permit = req.defer_if_reject = None
         result = await self._first_reject(req, names)
-        if result is not None:
+        if result is None and unlisted and not req.actions.discard:
+            result = self._unlisted_checks(req)
+        if result is not None and result.reply is not None:
+            if req.defer_if_reject is not None and not result.reply.temporary:
+                return Result(DEFER, req.defer_if_reject)
             return result
+        if req.defer_if_permit is not None:
+            return Result(DEFER, req.defer_if_permit)
+        return None
+
+    def _unlisted_checks(self, req: Request) -> Result | None:
         if self.reject_unlisted_sender and req.sender:
             reply = self.unlisted(req, req.sender, STAGE_SENDER)
             if reply is not None:
-                return Result(DEFER if reply.temporary else REJECT, reply)
+                return refusal(reply)
         if self.reject_unlisted_rcpt:
             reply = self.unlisted(req, req.recipient, STAGE_RECIPIENT)
             if reply is not None:
-                return Result(DEFER if reply.temporary else REJECT, reply)
+                return refusal(reply)
         return None
-
-    async def check_data(self, req: Request) -> Result | None:
-        return await self._first_reject(req, ("smtpd_data_restrictions",))
-
-    async def check_end_of_data(self, req: Request) -> Result | None:
-        return await self._first_reject(req, ("smtpd_end_of_data_restrictions",))
 
     async def _first_reject(self, req: Request, names: tuple[str, ...]) -> Result | None:
         for name in names:
@@ -331,6 +453,20 @@ class Engine:
             result = await self.evaluate(name, req)
             if result is not None and result.action != OK:
                 return result
+        return None
+
+    def defer_if(self, req: Request, permit: bool, reply: Reply) -> None:
+        """Remember a deferred decision (the first one of each kind counts, as Postfix)."""
+        if permit and req.defer_if_permit is None:
+            req.defer_if_permit = reply
+        elif not permit and req.defer_if_reject is None:
+            req.defer_if_reject = reply
+
+    def tempfail(self, req: Request, action: str, reply: Reply) -> Result | None:
+        """A temporary DNS failure: defer now, or only if nothing else rejects."""
+        if action == "defer":
+            return Result(DEFER, reply)
+        self.defer_if(req, True, reply)
         return None
 
     # --- replies -----------------------------------------------------------------
@@ -409,32 +545,53 @@ class Engine:
             dsn = "4" + dsn[1:]
         return self.reply(code, dsn, req, f"User unknown in {what}", key=address, stage=stage)
 
-    def access_result(self, value: str, req: Request, key: str, stage: str) -> Outcome:
-        """Interpret an access(5) table value."""
+    def access_result(self, value: str, req: Request, key: str, stage: str,
+                      table: str = "") -> Outcome:
+        """Interpret an access(5) table value (Postfix's check_table_result)."""
         word, _, rest = value.strip().partition(" ")
         rest = rest.strip()
         upper = word.upper()
-        if upper == "OK" or (word.isdigit() and not rest and not value.strip().startswith(("4", "5"))):
+        rclass = _STAGE_CLASS[stage]
+        if upper in ("OK", "RELAY") or (word.isdigit() and not rest
+                                         and not value.strip().startswith(("4", "5"))):
             return Result(OK)
         if word.isdigit() and len(word) == 3 and word[0] in "245":
             code = int(word)
             if word[0] == "2":
                 return Result(OK)
-            dsn = "4.7.1" if word[0] == "4" else "5.7.1"
-            d, _, after = rest.partition(" ")
-            m = _DSN_RE.match(d)
-            if m and m.group(1) == word[0]:
-                dsn, rest = d, after.strip()
-            text = rest or "Access denied"
-            return Result(DEFER if word[0] == "4" else REJECT,
-                          self.reply(code, dsn, req, text, key=key, stage=stage))
-        if upper == "REJECT":
-            return Result(REJECT, self.reply(self.access_reject_code, "5.7.1", req,
-                                             rest or "Access denied", key=key, stage=stage))
-        if upper in ("DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
-            return Result(DEFER, self.reply(self.access_defer_code, "4.7.1", req,
-                                            rest or "Access denied", key=key, stage=stage))
+            dsn, text = dsn_split(f"{word[0]}.7.1", rest)
+            if dsn[0] != word[0]:
+                dsn = fix_dsn(code, dsn)
+            return refusal(self.reply(code, dsn, req, text or "Access denied", key=key,
+                                      stage=stage))
+        if upper in ("REJECT", "DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
+            code = self.access_reject_code if upper == "REJECT" else self.access_defer_code
+            dsn, text = dsn_split("5.7.1" if upper == "REJECT" else "4.7.1", rest)
+            default = "Service unavailable" if upper.startswith("DEFER_IF") else "Access denied"
+            reply = self.reply(code, fix_dsn(code, dsn), req, text or default, key=key,
+                               stage=stage)
+            if upper.startswith("DEFER_IF"):
+                self.defer_if(req, upper == "DEFER_IF_PERMIT", reply)
+                return None
+            return refusal(reply)
         if upper == "DUNNO":
+            return None
+        if upper in ("WARN", "INFO"):
+            whatsup(req, upper.lower(), rest)
+            return None
+        if upper in _MESSAGE_ACTIONS:
+            return self._message_action(upper, rest, value, req, key, rclass, table)
+        if upper == "PREPEND":
+            if req.sender is None:
+                log.warning(f"access table {table}: with smtpd_delay_reject=no, action PREPEND "
+                            "is always skipped in Client host or Helo command restrictions")
+            elif req.where == WHERE_EOM:
+                log.warning(f"access table {table}: action PREPEND must be used before "
+                            "smtpd_end_of_data_restrictions")
+            elif not _HEADER_RE.match(rest) or not rest.isprintable():
+                log.warning(f'access table {table} entry "{value}" requires header: text')
+            else:
+                req.actions.prepend.append(rest)
             return None
         words = config_mod.split_list(value)
         if words and words[0].lower() in REGISTRY:
@@ -446,6 +603,101 @@ class Engine:
             return self.run_entries(entries, req)
         log.warning(f"access table action not supported: {word}")
         return None
+
+    def _message_action(self, action: str, arg: str, value: str, req: Request, key: str,
+                        rclass: str, table: str) -> Result | None:
+        """HOLD, DISCARD, REDIRECT, BCC: remembered for the message; FILTER: refused."""
+        if req.sender is None:
+            log.warning(f"access table {table}: with smtpd_delay_reject=no, action {action} "
+                        "is always skipped in Client host or Helo command restrictions")
+            return None
+        actions = req.actions
+        if action == "FILTER":
+            # content_filter routing is not built: refuse the mail rather than ignore it
+            log.warning(f'access table {table} entry "{value}": action FILTER is not '
+                        "supported yet")
+            return Result(DEFER, Reply(451, "4.3.5", "Server configuration error"))
+        if action in ("REDIRECT", "BCC"):
+            if "@" not in arg:
+                log.warning(f'access table {table} entry "{value}" requires user@domain target')
+                return None
+            whatsup(req, action.lower(), f"<{key}>: {rclass} triggers {action} {arg}")
+            if action == "REDIRECT":
+                actions.redirect = arg
+            else:
+                actions.bcc.append(arg)
+            return None
+        if action == "HOLD":
+            if actions.hold:
+                return None
+            whatsup(req, "hold", f"<{key}>: {rclass} {arg or 'triggers HOLD action'}")
+            actions.hold = True
+            return None
+        whatsup(req, "discard", f"<{key}>: {rclass} {arg or 'triggers DISCARD action'}")
+        actions.discard = True
+        return Result(OK)
+
+    # --- DNS lists -------------------------------------------------------------------
+    async def listing(self, req: Request, entry: _Entry, query: str) -> dnsxl.Listing | None | bool:
+        """The list's answer for query: a Listing that passes the entry's reply
+        filter, None (not listed) or False (the DNS could not say; warned)."""
+        cache = req.cache.setdefault("dnsxl", {})
+        assert isinstance(cache, dict)
+        if query not in cache:
+            try:
+                cache[query] = await dnsxl.lookup(query)
+            except dnsxl.dns.DnsError:
+                cache[query] = False
+        found = cache[query]
+        if isinstance(found, dnsxl.Listing) and entry.reply_filter is not None \
+                and not entry.reply_filter.matches(found):
+            return None
+        return found  # type: ignore[no-any-return]
+
+    def rbl_reply(self, req: Request, entry: _Entry, listing: dnsxl.Listing, what: str,
+                  stage: str) -> Result:
+        """Postfix's rbl_reject_reply: rbl_reply_maps or default_rbl_reply, expanded."""
+        domain = entry.arg.partition("=")[0]
+        template = None
+        if self.rbl_reply_maps:
+            try:
+                table = self._maps("rbl_reply_maps")
+                template = table.find(entry.arg)
+                if template is None and entry.arg != domain:
+                    template = table.find(domain)
+            except maps.TableError as e:
+                log.warning(f"rbl_reply_maps: {e}")
+                return Result(DEFER, Reply(451, "4.3.5", "Server configuration error"))
+        values = {"rbl_code": str(self.rbl_code), "rbl_domain": domain,
+                  "rbl_reason": listing.reason, "rbl_txt": listing.reason, "rbl_what": what,
+                  "rbl_class": _STAGE_CLASS[stage], "client_address": req.client_addr,
+                  "client_name": req.client_name, "helo_name": req.helo,
+                  "sender": req.sender or "", "recipient": req.recipient}
+        expander = config_mod.MacroExpander(values.get, recurse=False)
+        try:
+            text = expander.expand(template if template is not None else self.rbl_template)
+        except config_mod.ConfigError:
+            log.warning(f"rbl_reject_reply: bad rbl reply template for domain {entry.arg}: "
+                        f"{template}")
+            text = expander.expand(self.rbl_template)
+        text = log.printable(text)[:510]
+        if not re.match(r"^[45]\d\d ", text):
+            log.warning(f"rbl response code configuration error: {text}")
+            return Result(DEFER, Reply(450, "4.7.1", "Service unavailable"))
+        code = int(text[:3])
+        dsn, rest = dsn_split("4.7.1", text[4:])
+        return refusal(Reply(code, fix_dsn(code, dsn), rest or "Service unavailable"))
+
+
+_MESSAGE_ACTIONS = frozenset(("HOLD", "DISCARD", "REDIRECT", "BCC", "FILTER"))
+_HEADER_RE = re.compile(r"^[!-9;-~]+:")
+
+
+def _tempfail_action(config: config_mod.Config, name: str) -> str:
+    value = config.get(name).strip().lower()
+    if value not in ("defer", "defer_if_permit"):
+        raise ValueError(f"{name}: unknown action \"{value}\"")
+    return value
 
 
 class _LazyMaps:
@@ -631,7 +883,7 @@ def _access(engine: Engine, req: Request, entry: _Entry, keyfunc: Callable[[], s
         return engine.lookup_failure(reply_key)
     if value is None:
         return None
-    return engine.access_result(value, req, reply_key, stage)
+    return engine.access_result(value, req, reply_key, stage, entry.arg)
 
 
 @restriction("check_client_access", takes_arg=True)
@@ -682,3 +934,179 @@ def _check_recipient_access(engine: Engine, req: Request, entry: _Entry) -> Outc
                    lambda: addr_lookup.lookup_mail_access(table, req.recipient, engine.delimiter,
                                                           engine.access_parent_style),
                    req.recipient, STAGE_RECIPIENT)
+
+
+@restriction("defer_if_permit", relay_guard=True)
+@restriction("defer_if_reject")
+def _defer_if(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    key = engine.stage_key(req, req.stage)
+    reply = Reply(engine.defer_code, "4.7.1",
+                  f"<{key}>: {_STAGE_CLASS[req.stage]} rejected: {entry.name} requested")
+    engine.defer_if(req, entry.name == "defer_if_permit", reply)
+    return None
+
+
+# --- DNS-based restrictions (pymailsys.smtp.dnsxl) ---------------------------------
+
+@restriction("reject_rbl_client", takes_word=True)
+@restriction("reject_rbl", takes_word=True)
+async def _reject_rbl_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    ip = netaddr.parse_address(req.client_addr)
+    if ip is None:
+        return None
+    domain = entry.arg.partition("=")[0]
+    found = await engine.listing(req, entry, dnsxl.client_query(str(ip), domain))
+    if not isinstance(found, dnsxl.Listing):  # a DNS failure gives the benefit of the doubt
+        return None
+    return engine.rbl_reply(req, entry, found, req.client_addr, STAGE_CLIENT)
+
+
+@restriction("permit_dnswl_client", takes_word=True)
+async def _permit_dnswl_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    ip = netaddr.parse_address(req.client_addr)
+    if ip is None:
+        return None
+    if req.where == WHERE_RCPT and req.recipient:  # never allow-list relaying
+        ok = _auth_destination(engine, req)
+        if ok is not True:
+            return None
+    domain = entry.arg.partition("=")[0]
+    found = await engine.listing(req, entry, dnsxl.client_query(str(ip), domain))
+    if found is False:
+        engine.defer_if(req, False, Reply(450, "4.7.1", f"<{req.client_addr}>: "
+                                          "Client host rejected: Service unavailable"))
+        return None
+    return Result(OK) if found else None
+
+
+async def _rhsbl(engine: Engine, req: Request, entry: _Entry, what: str,
+                 stage: str) -> Result | None:
+    domain = what.rpartition("@")[2]
+    if not domain or not valid_hostname(domain):
+        return None
+    query = dnsxl.domain_query(domain, entry.arg.partition("=")[0])
+    if query is None:
+        return None
+    found = await engine.listing(req, entry, query)
+    if not isinstance(found, dnsxl.Listing):
+        return None
+    return engine.rbl_reply(req, entry, found, what, stage)
+
+
+@restriction("reject_rhsbl_client", takes_word=True)
+def _reject_rhsbl_client(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    if req.client_name == "unknown":
+        return None
+    return _rhsbl(engine, req, entry, req.client_name, STAGE_CLIENT)
+
+
+@restriction("reject_rhsbl_reverse_client", takes_word=True)
+def _reject_rhsbl_reverse_client(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    if req.reverse_name == "unknown":
+        return None
+    return _rhsbl(engine, req, entry, req.reverse_name, STAGE_CLIENT)
+
+
+@restriction("reject_rhsbl_helo", takes_word=True)
+def _reject_rhsbl_helo(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    return _rhsbl(engine, req, entry, req.helo, STAGE_HELO) if req.helo else None
+
+
+@restriction("reject_rhsbl_sender", takes_word=True)
+def _reject_rhsbl_sender(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    return _rhsbl(engine, req, entry, req.sender, STAGE_SENDER) if req.sender else None
+
+
+@restriction("reject_rhsbl_recipient", takes_word=True)
+def _reject_rhsbl_recipient(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    if req.stage != STAGE_RECIPIENT or not req.recipient:
+        return None
+    return _rhsbl(engine, req, entry, req.recipient, STAGE_RECIPIENT)
+
+
+@restriction("reject_unknown_client_hostname")
+@restriction("reject_unknown_client")
+def _reject_unknown_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    status = req.name_status
+    if status == NAME_OK:
+        return None
+    code = 450 if status == NAME_TEMP else engine.unknown_client_code
+    return refusal(Reply(code, fix_dsn(code, "4.7.25"),
+                         f"Client host rejected: cannot find your hostname, [{req.client_addr}]"))
+
+
+@restriction("reject_unknown_reverse_client_hostname")
+def _reject_unknown_reverse_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    status = req.reverse_name_status
+    if status == NAME_OK:
+        return None
+    code = engine.unknown_client_code if status == NAME_PERM else 450
+    return refusal(Reply(code, fix_dsn(code, "4.7.1"), "Client host rejected: cannot find "
+                         f"your reverse hostname, [{req.client_addr}]"))
+
+
+@restriction("reject_unknown_helo_hostname")
+@restriction("reject_unknown_hostname")
+async def _reject_unknown_helo(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    helo = req.helo
+    if not helo:
+        return None
+    if helo.startswith("["):
+        if netaddr.parse_address(helo) is not None:
+            return None
+        code = engine.invalid_hostname_code
+        return refusal(engine.reply(code, fix_dsn(code, "5.5.2"), req, "invalid ip address",
+                                    key=helo, stage=STAGE_HELO))
+    state = await dnsxl.host_state(helo)
+    if state == dnsxl.OK:
+        return None
+    if state == dnsxl.RETRY:
+        return engine.tempfail(req, engine.unknown_helo_tempfail,
+                               engine.reply(450, "4.7.1", req, "Host not found", key=helo,
+                                            stage=STAGE_HELO))
+    code = engine.unknown_hostname_code
+    return refusal(engine.reply(code, fix_dsn(code, "4.7.1"), req, "Host not found", key=helo,
+                                stage=STAGE_HELO))
+
+
+async def _unknown_domain(engine: Engine, req: Request, address: str, stage: str) -> Result | None:
+    """Postfix's reject_unknown_address: a domain we are not final for without MX or A."""
+    r = engine.resolver.resolve(address)
+    if r.failed:
+        log.warning(r.error)
+        return engine.lookup_failure(address)
+    local, at, domain = r.recipient.rpartition("@")
+    if not at or r.class_ in (resolve.CLASS_LOCAL, resolve.CLASS_ALIAS, resolve.CLASS_VIRTUAL):
+        return None
+    if domain.startswith("[") and domain.endswith("]"):
+        return None
+    sender = stage == STAGE_SENDER
+    state = await dnsxl.mailhost_state(domain)
+    if state == dnsxl.OK:
+        return None
+    if state == dnsxl.NULL_MX:
+        code = 550 if sender else 556
+        return refusal(engine.reply(code, "5.7.27" if sender else "5.1.10", req,
+                                    f"Domain {domain} does not accept mail (nullMX)",
+                                    key=address, stage=stage))
+    dsn = "4.1.8" if sender else "4.1.2"
+    if state == dnsxl.RETRY:
+        return engine.tempfail(req, engine.unknown_address_tempfail,
+                               engine.reply(450, dsn, req, "Domain not found", key=address,
+                                            stage=stage))
+    code = engine.unknown_address_code
+    return refusal(engine.reply(code, fix_dsn(code, dsn), req, "Domain not found", key=address,
+                                stage=stage))
+
+
+@restriction("reject_unknown_sender_domain")
+@restriction("reject_unknown_address")
+def _reject_unknown_sender_domain(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    return _unknown_domain(engine, req, req.sender, STAGE_SENDER) if req.sender else None
+
+
+@restriction("reject_unknown_recipient_domain")
+def _reject_unknown_recipient_domain(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    if req.stage != STAGE_RECIPIENT or not req.recipient:
+        return None
+    return _unknown_domain(engine, req, req.recipient, STAGE_RECIPIENT)
