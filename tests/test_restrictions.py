@@ -161,3 +161,32 @@ def test_passwd_table_caches_until_the_file_changes(tmp_path: Path) -> None:
     os.unlink(table.PATH)
     assert table.lookup("root") == expect
     assert table.lookup("root") == expect
+
+
+def test_dns_list_arguments_and_reply_filters() -> None:
+    from pymailsys.smtp import dnsxl
+    f = dnsxl.ReplyFilter.parse("127.0.[0..2;5].[2;4..5]")
+    assert f.matches(dnsxl.Listing(("127.0.5.4",), ""))
+    assert not f.matches(dnsxl.Listing(("127.0.3.4", "127.0.0.3"), ""))
+    assert dnsxl.client_query("192.0.2.5", "bl.example") == "5.2.0.192.bl.example"
+    assert dnsxl.client_query("2001:db8::1", "bl.example").startswith("1.0.0.0.")
+    assert dnsxl.domain_query("[192.0.2.1]", "rhs.example") is None
+    assert dnsxl.domain_query("host.123", "rhs.example") is None
+    with pytest.raises(ValueError, match="RBL reply error"):
+        engine(smtpd_client_restrictions="reject_rbl_client bl.example=127.0.0.[2..x]")
+    with pytest.raises(ValueError, match="requires domain name argument"):
+        engine(smtpd_client_restrictions="reject_rbl_client")
+
+
+def test_deferred_decisions() -> None:
+    e = engine(smtpd_recipient_restrictions="defer_if_permit, permit_mynetworks, "
+               "reject_unauth_destination")
+    r = rcpt(e, "root@mx.example", addr="10.1.2.3")  # permitted: the deferral stands
+    assert r is not None and str(r.reply) == ("450 4.7.1 <root@mx.example>: Recipient address "
+                                              "rejected: defer_if_permit requested")
+    e = engine(smtpd_relay_restrictions="",
+               smtpd_recipient_restrictions="defer_if_reject, reject_unauth_destination")
+    r = rcpt(e, "x@foreign.example")  # a 5xx becomes the deferral
+    assert r is not None and r.action == DEFER and str(r.reply) == (
+        "450 4.7.1 <x@foreign.example>: Recipient address rejected: defer_if_reject requested")
+    assert rcpt(e, "root@mx.example") is None

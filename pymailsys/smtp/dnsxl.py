@@ -74,7 +74,7 @@ class ReplyFilter:
 
     @classmethod
     def parse(cls, pattern: str) -> ReplyFilter:
-        parts = pattern.split(".")
+        parts = re.split(r"\.(?![^\[]*\])", pattern)  # dots outside [...]
         if len(parts) != 4:
             raise ValueError(f"RBL reply error: bad address pattern: {pattern}")
         octets = []
