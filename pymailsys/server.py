@@ -41,7 +41,9 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   changed -- restarting``, then the same graceful going away, as Postfix's
   daemons do, so the next process starts with the new table.
 
-Stream services get ``serve(reader, writer, ctx)`` once per client. Trigger
+Stream services get ``serve(reader, writer, ctx)`` once per client; a service
+that hands the connection to another program untouched (spawn) gets
+``serve_connection(sock, ctx)`` instead, before anything is read from it. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
 (``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``.
 
@@ -94,6 +96,7 @@ class Context:
 
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
+ServeConnection = Callable[[socket.socket, Context], Awaitable[None]]
 STREAM_LIMIT = 1 << 16  # a client connection's read buffer: reading pauses past twice this
 Trigger = Callable[[Context, bytes], Awaitable[None]]
 Hook = Callable[[Context], Awaitable[None]]
@@ -193,9 +196,11 @@ def _fd_open(fd: int) -> bool:
 
 class _Runner:
     def __init__(self, ctx: Context, serve: Serve | None, on_trigger: Trigger | None,
-                 resident: bool, client_limit: int) -> None:
+                 resident: bool, client_limit: int,
+                 serve_connection: ServeConnection | None = None) -> None:
         self.ctx = ctx
         self.serve = serve
+        self.serve_connection = serve_connection
         self.on_trigger = on_trigger
         self.resident = resident
         self.client_limit = client_limit
@@ -266,6 +271,15 @@ class _Runner:
         self.report()
 
     async def serve_socket(self, conn: socket.socket) -> None:
+        if self.serve_connection is not None:
+            try:
+                await self.serve_connection(conn, self.ctx)
+            except Exception as e:  # a bug in one client's handling: log it, keep serving
+                log.error(f"{self.ctx.program}: unexpected error: {e!r}")
+            finally:
+                conn.close()
+                self.client_done()
+            return
         loop = asyncio.get_running_loop()
         # The transport stops reading once 2 * limit bytes wait unread: what a client
         # sends ahead stays bounded per connection (smtpd DATA, cleanup's content).
@@ -385,7 +399,8 @@ def _listener_sockets(flags: dict[str, str], transport: str) -> list[socket.sock
 def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None = None,
         on_start: Hook | None = None, on_stop: Hook | None = None, resident: bool = False,
         client_limit: int = 1000, argv: list[str] | None = None,
-        pre_init: Callable[[config_mod.Config], object] | None = None) -> None:
+        pre_init: Callable[[config_mod.Config], object] | None = None,
+        serve_connection: ServeConnection | None = None) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -428,7 +443,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
-                          client_limit))
+                          client_limit, serve_connection))
     except KeyboardInterrupt:
         pass
 
@@ -445,10 +460,11 @@ def _use_fast_loop() -> None:
 
 async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve | None,
                 on_trigger: Trigger | None, on_start: Hook | None, on_stop: Hook | None,
-                resident: bool, client_limit: int) -> None:
+                resident: bool, client_limit: int,
+                serve_connection: ServeConnection | None = None) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
-    runner = _Runner(ctx, serve, on_trigger, resident, client_limit)
+    runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()

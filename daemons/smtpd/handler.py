@@ -103,6 +103,7 @@ class Smtpd:
         return ("\r\n".join(out) + "\r\n").encode()
 
     async def close(self) -> None:
+        await self.engine.close()
         await self.cleanup.close()
         await self.limits.close()
 

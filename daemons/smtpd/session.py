@@ -109,6 +109,9 @@ class Session:
         else:
             addr, port = "127.0.0.1", "0"
         self.req = restrictions.Request(client_addr=addr, client_port=port)
+        local = writer.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
         self.env: Envelope | None = None
         self.counts: dict[str, list[int]] = {}
         self.error_count = 0
@@ -307,6 +310,7 @@ class Session:
     def _reset(self) -> None:
         self.env = None
         self.req.actions.reset()
+        self.req.size = self.req.recipient_count = 0
         self.req.sender = None
         self.req.recipient = ""
         self.rcpt_overshoot = 0
@@ -383,6 +387,7 @@ class Session:
         if smtpd.size_limit and env.size > smtpd.size_limit:
             return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
         self.req.sender = sender
+        self.req.size = env.size
         if not smtpd.delay_reject:
             engine = smtpd.engine
             result = await engine.check_client(self.req)
@@ -453,6 +458,7 @@ class Session:
             return await self.reply_error("554 5.5.1 Error: no valid recipients")
         if arg:
             return await self.reply_error("501 5.5.4 Syntax: DATA")
+        self.req.recipient_count = len(env.recipients)
         result = await smtpd.engine.check_data(self.req)
         if result is not None and result.reply is not None:
             self._log_reject("DATA", str(result.reply))

@@ -18,19 +18,38 @@ DESCRIPTION
     nothing rejected, the implicit reject_unlisted_recipient check
     (smtpd_reject_unlisted_recipient).
 
-    Restrictions implemented: permit, reject, defer, permit_mynetworks,
-    permit_inet_interfaces, permit_sasl_authenticated (never matches: no
-    AUTH yet), permit_auth_destination, reject_unauth_destination,
-    defer_unauth_destination, reject_unlisted_recipient,
-    reject_unlisted_sender, reject_non_fqdn_sender, reject_non_fqdn_recipient,
-    reject_non_fqdn_helo_hostname, reject_invalid_helo_hostname,
-    check_client_access, check_helo_access, check_sender_access,
-    check_recipient_access (access(5) actions OK, REJECT [text],
-    DEFER [text], DUNNO, NNN [text], all-numeric = OK, or a list of
-    restrictions; other actions are logged as unsupported and treated as
-    DUNNO). New restrictions register with ``@restriction("name")`` (add
-    ``takes_arg=True`` for ``name type:table``); a check may be a coroutine
-    (policy servers, DNS lists).
+    Restrictions implemented: permit, reject, defer, defer_if_permit,
+    defer_if_reject, permit_mynetworks, permit_inet_interfaces,
+    permit_sasl_authenticated, permit_auth_destination,
+    reject_unauth_destination, defer_unauth_destination,
+    reject_unlisted_recipient, reject_unlisted_sender, reject_non_fqdn_sender,
+    reject_non_fqdn_recipient, reject_non_fqdn_helo_hostname,
+    reject_invalid_helo_hostname, check_client_access, check_helo_access,
+    check_sender_access, check_recipient_access; the DNS ones
+    (pymailsys.smtp.dnsxl): reject_rbl_client, permit_dnswl_client,
+    reject_rhsbl_client, reject_rhsbl_reverse_client, reject_rhsbl_helo,
+    reject_rhsbl_sender, reject_rhsbl_recipient (``domain=127.0.0.[2..4]``
+    reply filters; replies from rbl_reply_maps or default_rbl_reply),
+    reject_unknown_client_hostname, reject_unknown_reverse_client_hostname,
+    reject_unknown_helo_hostname, reject_unknown_sender_domain,
+    reject_unknown_recipient_domain; and check_policy_service
+    (pymailsys.smtp.policy), whose answer is read as an access(5) action.
+
+    access(5) actions: OK/RELAY, REJECT, DEFER, NNN text, DUNNO, a
+    restriction list, WARN and INFO (logged), DEFER_IF_PERMIT and
+    DEFER_IF_REJECT (Postfix's deferred decisions: a pass at the end of the
+    command becomes the first DEFER_IF_PERMIT reply, a 5xx becomes the
+    first DEFER_IF_REJECT reply), HOLD, DISCARD (ends all lists: accepted,
+    then dropped), REDIRECT, BCC and PREPEND (kept in ``req.actions`` for
+    the message, reset with the transaction); each logs Postfix's
+    ``NOQUEUE: hold: RCPT from ...; from=<...> to=<...> proto=... helo=<...>``.
+    FILTER is refused (``451 4.3.5 Server configuration error``): there is
+    no content_filter routing yet. A DNS list that cannot answer is passed
+    over with a warning, as Postfix does; reject_unknown_* after a
+    temporary DNS failure defer (450) unless the rest rejects.
+    New restrictions register with ``@restriction("name")`` (``takes_arg``
+    for ``name type:table``, ``takes_word`` for a plain argument,
+    ``dns_list`` for ``domain[=filter]``); a check may be a coroutine.
 
     Replies are Postfix's, e.g. ``554 5.7.1 <r>: Relay access denied`` and
     ``550 5.1.1 <r>: Recipient address rejected: User unknown in local
@@ -46,17 +65,20 @@ REFUSES
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from pymailsys import MAIL_VERSION, log, maps
 from pymailsys import config as config_mod
-from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
 from pymailsys.maps import search as addr_lookup
-from pymailsys.smtp import dnsxl
+from pymailsys.smtp import dnsxl, policy
 
 OK = "OK"
 REJECT = "REJECT"
@@ -136,8 +158,10 @@ class MessageActions:
     redirect: str = ""
     bcc: list[str] = field(default_factory=list)
     prepend: list[str] = field(default_factory=list)
+    policy_instance: str = ""  # the policy protocol's "instance": one per transaction
 
     def reset(self) -> None:
+        self.policy_instance = ""
         self.hold = self.discard = False
         self.redirect = ""
         self.bcc = []
@@ -163,6 +187,10 @@ class Request:
     reverse_client_name: str = ""  # "" = client_name
     reverse_client_name_status: str = ""
     where: str = WHERE_RCPT
+    server_addr: str = ""
+    server_port: str = ""
+    size: int = 0  # MAIL FROM's SIZE=
+    recipient_count: int = 0  # accepted recipients (DATA, END-OF-MESSAGE)
     actions: MessageActions = field(default_factory=MessageActions)
     defer_if_permit: Reply | None = None
     defer_if_reject: Reply | None = None
@@ -225,16 +253,17 @@ class _Spec:
     func: Check
     takes_arg: bool  # a type:table argument
     relay_guard: bool  # counts as "can reject relaying" for the start-up check
-    takes_word: bool = False  # a plain argument (a DNS list domain[=reply filter])
+    takes_word: bool = False  # a plain argument (a DNS list domain, a policy server)
+    dns_list: bool = False  # the argument is domain[=reply filter]
 
 
 REGISTRY: dict[str, _Spec] = {}
 
 
 def restriction(name: str, *, takes_arg: bool = False, relay_guard: bool = False,
-                takes_word: bool = False) -> Callable[[Check], Check]:
+                takes_word: bool = False, dns_list: bool = False) -> Callable[[Check], Check]:
     def deco(func: Check) -> Check:
-        REGISTRY[name] = _Spec(func, takes_arg, relay_guard, takes_word)
+        REGISTRY[name] = _Spec(func, takes_arg, relay_guard, takes_word or dns_list, dns_list)
         return func
     return deco
 
@@ -307,6 +336,8 @@ class Engine:
         self.resolver = resolve.resolver_for(config)
         self.mynetworks = netaddr.mynetworks(config)
         self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
+        self._policy: dict[str, policy.Client] = {}
+        self.compatibility_level = config.get("compatibility_level")
         self.lists: dict[str, list[_Entry]] = {
             name: self.parse(config.get_list(name)) for name in LIST_STAGES
         }
@@ -325,6 +356,17 @@ class Engine:
                         entry.table.get()
                     except maps.TableError:
                         pass
+
+    def policy_client(self, name: str) -> policy.Client:
+        """One client (kept connections) per policy server name and process."""
+        client = self._policy.get(name)
+        if client is None:
+            client = self._policy[name] = policy.Client(name, self.config)
+        return client
+
+    async def close(self) -> None:
+        for client in self._policy.values():
+            await client.close()
 
     # --- parsing -------------------------------------------------------------
     def parse(self, words: list[str]) -> list[_Entry]:
@@ -347,10 +389,15 @@ class Engine:
                 raise ValueError(f'restriction "{name}" requires {what} argument')
             arg = words[i]
             i += 1
-            if spec.takes_word:
+            if spec.dns_list:
                 _domain, _, pattern = arg.partition("=")
                 out.append(_Entry(name.lower(), spec, arg, None,
                                   dnsxl.ReplyFilter.parse(pattern) if pattern else None))
+                continue
+            if spec.takes_word:
+                if name.lower() == "check_policy_service":
+                    self.policy_client(arg)  # a bad server name is a start-up error
+                out.append(_Entry(name.lower(), spec, arg))
                 continue
             out.append(_Entry(name.lower(), spec, arg, _LazyMaps(arg)))
         return out
@@ -948,8 +995,8 @@ def _defer_if(engine: Engine, req: Request, entry: _Entry) -> Result | None:
 
 # --- DNS-based restrictions (pymailsys.smtp.dnsxl) ---------------------------------
 
-@restriction("reject_rbl_client", takes_word=True)
-@restriction("reject_rbl", takes_word=True)
+@restriction("reject_rbl_client", dns_list=True)
+@restriction("reject_rbl", dns_list=True)
 async def _reject_rbl_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
     ip = netaddr.parse_address(req.client_addr)
     if ip is None:
@@ -961,7 +1008,7 @@ async def _reject_rbl_client(engine: Engine, req: Request, entry: _Entry) -> Res
     return engine.rbl_reply(req, entry, found, req.client_addr, STAGE_CLIENT)
 
 
-@restriction("permit_dnswl_client", takes_word=True)
+@restriction("permit_dnswl_client", dns_list=True)
 async def _permit_dnswl_client(engine: Engine, req: Request, entry: _Entry) -> Result | None:
     ip = netaddr.parse_address(req.client_addr)
     if ip is None:
@@ -993,31 +1040,31 @@ async def _rhsbl(engine: Engine, req: Request, entry: _Entry, what: str,
     return engine.rbl_reply(req, entry, found, what, stage)
 
 
-@restriction("reject_rhsbl_client", takes_word=True)
+@restriction("reject_rhsbl_client", dns_list=True)
 def _reject_rhsbl_client(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     if req.client_name == "unknown":
         return None
     return _rhsbl(engine, req, entry, req.client_name, STAGE_CLIENT)
 
 
-@restriction("reject_rhsbl_reverse_client", takes_word=True)
+@restriction("reject_rhsbl_reverse_client", dns_list=True)
 def _reject_rhsbl_reverse_client(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     if req.reverse_name == "unknown":
         return None
     return _rhsbl(engine, req, entry, req.reverse_name, STAGE_CLIENT)
 
 
-@restriction("reject_rhsbl_helo", takes_word=True)
+@restriction("reject_rhsbl_helo", dns_list=True)
 def _reject_rhsbl_helo(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     return _rhsbl(engine, req, entry, req.helo, STAGE_HELO) if req.helo else None
 
 
-@restriction("reject_rhsbl_sender", takes_word=True)
+@restriction("reject_rhsbl_sender", dns_list=True)
 def _reject_rhsbl_sender(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     return _rhsbl(engine, req, entry, req.sender, STAGE_SENDER) if req.sender else None
 
 
-@restriction("reject_rhsbl_recipient", takes_word=True)
+@restriction("reject_rhsbl_recipient", dns_list=True)
 def _reject_rhsbl_recipient(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     if req.stage != STAGE_RECIPIENT or not req.recipient:
         return None
@@ -1110,3 +1157,43 @@ def _reject_unknown_recipient_domain(engine: Engine, req: Request, entry: _Entry
     if req.stage != STAGE_RECIPIENT or not req.recipient:
         return None
     return _unknown_domain(engine, req, req.recipient, STAGE_RECIPIENT)
+
+
+# --- policy delegation (pymailsys.smtp.policy) --------------------------------------
+
+_instances = itertools.count(1)
+
+
+def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
+    """The attributes Postfix's smtpd sends a policy server, in its order."""
+    if not req.actions.policy_instance:
+        now = time.time()
+        req.actions.policy_instance = (f"{os.getpid():x}.{int(now):x}."
+                                       f"{int(now % 1 * 1e6):x}.{next(_instances):x}")
+    return [
+        ("request", "smtpd_access_policy"), ("protocol_state", req.where),
+        ("protocol_name", req.protocol), ("client_address", req.client_addr),
+        ("client_name", req.client_name), ("client_port", req.client_port),
+        ("reverse_client_name", req.reverse_name), ("server_address", req.server_addr),
+        ("server_port", req.server_port), ("helo_name", req.helo),
+        ("sender", req.sender or ""), ("recipient", req.recipient),
+        ("recipient_count", str(req.recipient_count)), ("queue_id", ""),
+        ("instance", req.actions.policy_instance), ("size", str(req.size)),
+        ("etrn_domain", ""), ("stress", ""), ("sasl_method", ""),
+        ("sasl_username", req.sasl_username), ("sasl_sender", ""), ("ccert_subject", ""),
+        ("ccert_issuer", ""), ("ccert_fingerprint", ""), ("ccert_pubkey_fingerprint", ""),
+        ("encryption_protocol", ""), ("encryption_cipher", ""), ("encryption_keysize", "0"),
+        ("server_name", ""), ("compatibility_level", engine.compatibility_level),
+        ("mail_version", MAIL_VERSION),
+    ]
+
+
+@restriction("check_policy_service", takes_word=True)
+async def _check_policy_service(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    client = engine.policy_client(entry.arg)
+    action = await client.ask(policy_request(engine, req))
+    outcome = engine.access_result(action, req, engine.stage_key(req, req.stage), req.stage,
+                                   entry.arg)
+    if outcome is None or isinstance(outcome, Result):
+        return outcome
+    return await outcome
