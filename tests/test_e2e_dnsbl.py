@@ -52,6 +52,10 @@ def dns_instance() -> Iterator[tuple[Netns, Instance]]:
                   "--host-record=2.0.0.127.bl.test,127.0.0.2",
                   "--txt-record=2.0.0.127.bl.test,Listed for testing",
                   "--host-record=3.0.0.127.bl.test,127.0.0.10",
+                  "--host-record=4.0.0.127.bl.test,127.0.0.2",
+                  "--host-record=4.0.0.127.wl.test,127.0.0.2",
+                  "--host-record=spam.test.rhs.test,127.0.0.2",
+                  "--host-record=spam.test,127.0.0.10",
                   f"--host-record=good.test,{GOOD}", "--host-record=probe.test,127.0.0.1",
                   "--ptr-record=6.0.77.10.in-addr.arpa,forged.test",
                   "--host-record=forged.test,10.77.0.99",
@@ -63,13 +67,17 @@ def dns_instance() -> Iterator[tuple[Netns, Instance]]:
                    30, what="dnsmasq in the namespace")
         inst = Instance()
         helo_access = inst.write("etc/helo_access", "probe.test reject_rbl_client slow.test\n")
+        rbl_replies = inst.write("etc/rbl_replies", "rhs.test $rbl_code 5.7.1 Sender domain "
+                                 "of <$rbl_what> is listed at $rbl_domain\n")
         inst.set(inet_protocols="ipv4", unknown_client_reject_code="550",
                  unknown_address_reject_code="550",
-                 smtpd_client_restrictions="reject_rbl_client bl.test=127.0.0.[2..4], "
-                 "reject_unknown_client_hostname",
+                 rbl_reply_maps=f"texthash:{rbl_replies}",
+                 smtpd_client_restrictions="permit_dnswl_client wl.test, "
+                 "reject_rbl_client bl.test=127.0.0.[2..4], reject_unknown_client_hostname",
                  smtpd_helo_restrictions=f"check_helo_access texthash:{helo_access}, "
                  "reject_unknown_helo_hostname",
-                 smtpd_sender_restrictions="reject_unknown_sender_domain")
+                 smtpd_sender_restrictions="reject_rhsbl_sender rhs.test, "
+                 "reject_unknown_sender_domain")
         ns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
                cwd="/")
         inst.running = True
@@ -104,6 +112,13 @@ def test_listed_client_gets_the_rbl_reply(dns_instance) -> None:  # type: ignore
                   r"helo=<good\.test>")
     # listed, but with a code outside the reply filter: not refused
     assert rcpt_reply(dns_instance, "127.0.0.3")[0] == 250
+    # listed in bl.test too, but permit_dnswl_client comes first
+    assert rcpt_reply(dns_instance, "127.0.0.4")[0] == 250
+
+
+def test_rhsbl_sender_with_rbl_reply_maps(dns_instance) -> None:  # type: ignore[no-untyped-def]
+    assert rcpt_reply(dns_instance, sender="eve@spam.test") == (
+        554, "5.7.1 Sender domain of <eve@spam.test> is listed at rhs.test")
 
 
 def test_rbl_timeout_gives_the_benefit_of_the_doubt(dns_instance) -> None:  # type: ignore[no-untyped-def]

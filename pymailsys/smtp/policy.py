@@ -87,6 +87,7 @@ class Client:
 
     def __init__(self, name: str, config: config_mod.Config) -> None:
         self.name = name
+        self.connections_opened = 0  # for tests and the curious
         self.kind, self.host, self.port = endpoint(name, config.get("queue_directory"))
         self.timeout = float(config.get_time("smtpd_policy_service_timeout"))
         self.max_idle = float(config.get_time("smtpd_policy_service_max_idle"))
@@ -115,8 +116,12 @@ class Client:
                     return await self._exchange(request)
             except TimeoutError:
                 reason = "timeout"
-            except (OSError, PolicyError, asyncio.IncompleteReadError) as e:
-                reason = str(e) or type(e).__name__
+            except OSError as e:
+                reason = e.strerror or str(e)
+            except asyncio.IncompleteReadError:
+                reason = "lost connection"
+            except PolicyError as e:
+                reason = str(e)
         log.warning(f"problem talking to server {self.name}: {reason}")
         return self.default_action
 
@@ -145,6 +150,7 @@ class Client:
                     and not conn.reader.at_eof()):
                 return conn
             conn.close()
+        self.connections_opened += 1
         if self.kind == "inet":
             reader, writer = await asyncio.open_connection(self.host, self.port,
                                                            limit=LINE_LIMIT)
