@@ -114,8 +114,8 @@ def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
     ("smtpd_tls_auth_only = yes", "smtpd"),
     ("smtpd_milters = inet:127.0.0.1:8891", "smtpd"),
     ("non_smtpd_milters = inet:127.0.0.1:8891", "pickup"),
-    ("smtp_tls_security_level = verify", "smtp"),
-    ("smtp_tls_security_level = dane", "smtp"),
+    ("smtp_tls_security_level = dane-only", "smtp"),
+    ("lmtp_tls_security_level = fingerprint", "lmtp"),
     ("smtp_enforce_tls = yes", "smtp"),
 ])
 def test_settings_that_weaken_security_make_their_service_refuse(tmp_path, setting, program):

@@ -324,7 +324,7 @@ def test_tls_encrypt_crosses_in_tls_and_waits_for_a_peer_without_starttls(  # ty
     tls_peer.start()
     try:
         inst: Instance = new_instance()
-        inst.set(smtp_tls_security_level="encrypt",
+        inst.set(smtp_tls_security_level="encrypt", smtp_tls_loglevel="1",
                  transport_maps=f"inline:{{ tls.example=smtp:[127.0.0.1]:{tls_peer.port}, "
                                 f"plain.example=smtp:[127.0.0.1]:{plain.port} }}")
         inst.start()

@@ -59,6 +59,7 @@ def _todo(name: str, default: str, kind: str = "str", doc: str = "", unit: str =
     return _p(name, default, kind, doc, unit, implemented=False, **extra)  # type: ignore[arg-type]
 
 
+_TLS_GRADES = ("export", "low", "medium", "high", "null")
 _TLS_CLIENT_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
 
@@ -390,12 +391,32 @@ _TABLE: list[Param] = [
     _p("lmtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("smtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
     _p("lmtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
-    _p("smtp_tls_security_level", "", "enum", "none, may or encrypt (STARTTLS without verification)",
-       choices=("", *_TLS_CLIENT_LEVELS),
-       refuse=("dane", "dane-only", "fingerprint", "verify", "secure"), service="smtp"),
-    _p("lmtp_tls_security_level", "", "enum", "none, may or encrypt (STARTTLS without verification)",
-       choices=("", *_TLS_CLIENT_LEVELS),
-       refuse=("dane", "dane-only", "fingerprint", "verify", "secure"), service="lmtp"),
+    _p("smtp_tls_security_level", "", "enum", "none, may, encrypt, verify, secure (dane: may)",
+       choices=("", *_TLS_CLIENT_LEVELS), refuse=("dane-only", "fingerprint"), service="smtp"),
+    _p("smtp_tls_policy_maps", "", "maps", "per-nexthop TLS policy: level [match=...] [protocols=...] [ciphers=...]"),
+    _p("smtp_tls_CAfile", "", doc="trusted CA certificates (PEM) for the verify and secure levels"),
+    _p("smtp_tls_CApath", "", doc="directory of trusted CA certificates (c_rehash form)"),
+    _p("smtp_tls_protocols", ">=TLSv1", doc="TLS protocols at level may"),
+    _p("smtp_tls_mandatory_protocols", ">=TLSv1", doc="TLS protocols at level encrypt and above"),
+    _p("smtp_tls_ciphers", "medium", "enum", "cipher grade at level may", choices=_TLS_GRADES),
+    _p("smtp_tls_mandatory_ciphers", "medium", "enum", "cipher grade at level encrypt and above",
+       choices=_TLS_GRADES),
+    _p("smtp_tls_verify_cert_match", "hostname", doc="certificate name patterns at level verify"),
+    _p("smtp_tls_secure_cert_match", "nexthop, dot-nexthop", doc="certificate name patterns at level secure"),
+    _p("smtp_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
+    _p("lmtp_tls_security_level", "", "enum", "none, may, encrypt, verify, secure (dane: may)",
+       choices=("", *_TLS_CLIENT_LEVELS), refuse=("dane-only", "fingerprint"), service="lmtp"),
+    _p("lmtp_tls_policy_maps", "", "maps", "per-nexthop TLS policy: level [match=...] [protocols=...] [ciphers=...]"),
+    _p("lmtp_tls_CAfile", "", doc="trusted CA certificates (PEM) for the verify and secure levels"),
+    _p("lmtp_tls_CApath", "", doc="directory of trusted CA certificates (c_rehash form)"),
+    _p("lmtp_tls_protocols", ">=TLSv1", doc="TLS protocols at level may"),
+    _p("lmtp_tls_mandatory_protocols", ">=TLSv1", doc="TLS protocols at level encrypt and above"),
+    _p("lmtp_tls_ciphers", "medium", "enum", "cipher grade at level may", choices=_TLS_GRADES),
+    _p("lmtp_tls_mandatory_ciphers", "medium", "enum", "cipher grade at level encrypt and above",
+       choices=_TLS_GRADES),
+    _p("lmtp_tls_verify_cert_match", "hostname", doc="certificate name patterns at level verify"),
+    _p("lmtp_tls_secure_cert_match", "nexthop", doc="certificate name patterns at level secure"),
+    _p("lmtp_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
 ]
 
 PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}

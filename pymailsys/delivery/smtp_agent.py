@@ -55,8 +55,11 @@ CONFIGURATION PARAMETERS
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_tls_security_level (none, may, encrypt; others are refused) (each
-    also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
+    smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
+    smtp_tls_CApath, smtp_tls_protocols, smtp_tls_mandatory_protocols,
+    smtp_tls_ciphers, smtp_tls_mandatory_ciphers, smtp_tls_verify_cert_match,
+    smtp_tls_secure_cert_match, smtp_tls_loglevel (``pymailsys.smtp.tls``)
+    (each also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
     myhostname.
 """
 
@@ -86,10 +89,9 @@ from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelin
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
 from pymailsys.rfc822 import quote_822_local
-from pymailsys.smtp import client, nexthop
+from pymailsys.smtp import client, nexthop, tls
 
 CACHE_SWEEP = 1.0
-TLS_LEVELS = ("none", "may", "encrypt")
 MAX_ENVID = 100  # RFC 3461
 DSN_RET_NAMES = {1: "FULL", 2: "HDRS"}  # Postfix's dsn_ret values
 
@@ -164,8 +166,8 @@ class Agent:
                 mail=seconds("mail_timeout"), rcpt=seconds("rcpt_timeout"),
                 data_init=seconds("data_init_timeout"), data_xfer=seconds("data_xfer_timeout"),
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
-            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
-            tls_level=self.tls_level(config))
+            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")))
+        self.tls = tls.ClientTls.from_config(config, protocol)
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
@@ -180,18 +182,6 @@ class Agent:
             myhostname=config.get("myhostname"),
             own_addresses=frozenset(networks.interface_addresses(config)))
         self.cache: dict[str, list[_Cached]] = {}
-
-    def tls_level(self, config: Config) -> str:
-        """smtp_tls_security_level: none, may and encrypt are obeyed; the levels that
-        verify certificates are refused (every delivery defers, saying so)."""
-        level = config.get(param_name(self.protocol, "tls_security_level")).strip().lower()
-        level = level or "none"
-        self.tls_refused = ""
-        if level not in TLS_LEVELS:
-            self.tls_refused = (f"{param_name(self.protocol, 'tls_security_level')} = {level} "
-                                f"is not supported")
-            log.warning(self.tls_refused)
-        return level
 
     # --- the service -------------------------------------------------------------
 
@@ -229,18 +219,19 @@ class Agent:
         relays = ["none"] * count
         uses = [0] * count
         conn_time = 0.0
-        if self.tls_refused:
-            return self.finish(req, [DeliveryResult.deferred(self.tls_refused, "4.7.5")] * count,
-                               relays)
         try:
             dest = nexthop.parse(req.nexthop, self.lmtp, self.default_port)
         except nexthop.RouteError as e:
             return self.finish(req, [_route_result(e)] * count, relays)
+        try:
+            policy = self.tls.policy(req.nexthop)
+        except tls.PolicyError as e:
+            return self.finish(req, [DeliveryResult.deferred(e.text, e.dsn)] * count, relays)
         last: client.SessionError | nexthop.RouteError | None = None
         last_relay = "none"
         sessions = 0
         soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
-        async with contextlib.aclosing(self.sessions(req.nexthop, dest)) as attempts:
+        async with contextlib.aclosing(self.sessions(req.nexthop, dest, policy)) as attempts:
             async for peer, session, error in attempts:
                 if error is not None:
                     last = error
@@ -299,7 +290,8 @@ class Agent:
 
     # --- servers, sessions and the connection cache ------------------------------
 
-    async def sessions(self, key: str, dest: nexthop.Destination):  # type: ignore[no-untyped-def]
+    async def sessions(self, key: str, dest: nexthop.Destination,  # type: ignore[no-untyped-def]
+                       policy: tls.Policy):
         """Yield (peer, session, None) for each usable session, best server first, or
         (None, None, error) for a server or lookup that failed."""
         cached = self.take_cached(key)
@@ -320,7 +312,7 @@ class Agent:
                 log.warning(f"smtp_fallback_relay {relay}: {e.text}")
         for peer in peers:
             try:
-                session = await client.connect(peer, self.settings)
+                session = await client.connect(peer, self.settings, policy, dest.host)
             except client.SessionError as e:
                 yield peer, None, e
                 continue
@@ -330,8 +322,6 @@ class Agent:
                 session.close()
                 yield peer, None, e
                 continue
-            if session.tls_info:
-                log.info(session.tls_info)
             yield peer, session, None
 
     def take_cached(self, key: str) -> client.Session | None:

@@ -24,13 +24,17 @@ DESCRIPTION
     and dot-stuffing within the data transfer timeout, so memory does not
     grow with the message.
 
-    With ``Settings.tls_level`` ``may`` or ``encrypt`` (smtp_tls_security_level),
-    a server that offers STARTTLS gets it after EHLO (no certificate
-    verification at these levels, as in Postfix), then EHLO again;
-    ``encrypt`` fails the session (4.7.4 "TLS is required, but was not
-    offered by host H[A]") before anything is sent in plaintext.
-    ``Session.tls_info`` is Postfix's "Untrusted TLS connection established
-    to ..." text.
+    The connection's ``tls.Policy`` (``pymailsys.smtp.tls``) decides
+    STARTTLS: at ``may`` and above a server that offers it gets it after
+    EHLO, then EHLO again; from ``encrypt`` up a server that does not offer
+    it fails the session (4.7.4 "TLS is required, but was not offered by
+    host H[A]") before anything is sent in plaintext. At ``verify`` and
+    ``secure`` a certificate chain that does not verify fails the session
+    with "Server certificate not trusted", and a certificate whose names do
+    not match the policy's patterns with "Server certificate not verified"
+    (4.7.5, after a polite QUIT), as Postfix. ``Session.tls_info`` is
+    Postfix's "Untrusted/Trusted/Verified TLS connection established to
+    ..." text.
 
     Every wait has its timeout (``Timeouts``: Postfix's smtp_*_timeout
     parameters). A reply is a value: code, enhanced status (from the text,
@@ -66,8 +70,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pymailsys import log
 from pymailsys.log import printable
 from pymailsys.rfc822 import quote_822_local
+from pymailsys.smtp import tls
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
@@ -186,18 +192,20 @@ class Settings:
     lmtp: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     skip_5xx_greeting: bool = True
-    tls_level: str = "none"  # "none", "may" or "encrypt" (smtp_tls_security_level)
 
 
 class Session:
     """An open connection whose greeting has been read."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
-                 settings: Settings) -> None:
+                 settings: Settings, tls_policy: tls.Policy | None = None,
+                 nexthop: str = "") -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
         self.settings = settings
+        self.tls = tls_policy or tls.Policy()
+        self.nexthop = nexthop  # the nexthop domain, for certificate name matching
         self.timeouts = settings.timeouts
         self.extensions: dict[str, str] = {}
         self.uses = 0
@@ -216,6 +224,8 @@ class Session:
             self.broken = True
             raise SessionError(f"conversation with {self.peer.label} timed out while {stage}",
                                dsn="4.4.2") from None
+        except ssl.SSLError:
+            raise  # the TLS handshake's caller classifies it
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             self.broken = True
             raise SessionError(f"lost connection with {self.peer.label} while {stage}",
@@ -262,7 +272,7 @@ class Session:
             self.extensions = _extensions(reply)
             await self._starttls(verb)
             return
-        if self.settings.tls_level == "encrypt":
+        if self.tls.required and not self.peer.path:
             raise SessionError(f"TLS is required, but our {verb} was rejected by host "
                                f"{self.peer.label}: {reply}", reply, dsn="4.7.5")
         if self.settings.lmtp or reply.code == 421:
@@ -274,13 +284,12 @@ class Session:
         self.extensions = {}
 
     async def _starttls(self, verb: str) -> None:
-        """STARTTLS and a new EHLO/LHLO, as smtp_tls_security_level asks (no
-        certificate verification: ``may`` and ``encrypt``)."""
-        level = self.settings.tls_level
+        """STARTTLS and a new EHLO/LHLO, as the TLS policy asks (module docstring)."""
+        level = self.tls.level
         if level == "none" or self.peer.path:
             return
         if "STARTTLS" not in self.extensions:
-            if level == "encrypt":
+            if self.tls.required:
                 raise SessionError(f"TLS is required, but was not offered by host "
                                    f"{self.peer.label}", dsn="4.7.4")
             return
@@ -289,23 +298,34 @@ class Session:
         reply = await self.reply(t.helo, "sending STARTTLS")
         if reply.kind != 2:
             raise SessionError(self.said(reply, "STARTTLS"), reply, dsn="4.7.5")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         try:
-            await self._wait(self.writer.start_tls(context, server_hostname=self.peer.name),
+            await self._wait(self.writer.start_tls(self.tls.context(),
+                                                   server_hostname=self.peer.name),
                              t.helo, "performing the TLS handshake")
+        except ssl.SSLCertVerificationError as e:
+            self.broken = True
+            log.info(f"server certificate verification failed for {self.peer.relay}: "
+                     f"num={e.verify_code}:{e.verify_message}")
+            raise SessionError("Server certificate not trusted", dsn="4.7.5") from None
         except ssl.SSLError as e:
             self.broken = True
-            raise SessionError(f"Cannot start TLS: handshake failure with {self.peer.label}: "
-                               f"{e.reason or e}", dsn="4.7.5") from None
-        tls = self.writer.get_extra_info("ssl_object")
-        if tls is not None:
-            cipher = tls.cipher() or ("", "", 0)
-            trust = "Untrusted" if tls.getpeercert(binary_form=True) else "Anonymous"
-            self.tls_info = (f"{trust} TLS connection established to {self.peer.relay}: "
-                             f"{tls.version()} with cipher {cipher[0]} "
-                             f"({cipher[2]}/{cipher[2]} bits)")
+            if self.tls.loglevel:
+                log.info(f"SSL_connect error to {self.peer.relay}: {e.reason or e}")
+            raise SessionError("Cannot start TLS: handshake failure", dsn="4.7.5") from None
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        matched = False
+        if ssl_object is not None:
+            trust = "Untrusted" if ssl_object.getpeercert(binary_form=True) else "Anonymous"
+            if self.tls.verifies:
+                matched = self.tls.matches(ssl_object.getpeercert() or {}, self.peer.name,
+                                           self.nexthop)
+                trust = "Verified" if matched else "Trusted"
+            self.tls_info = tls.summary(trust, self.peer.relay, ssl_object)
+            if self.tls.loglevel:
+                log.info(self.tls_info)
+        if self.tls.verifies and not matched:
+            await self.quit()
+            raise SessionError("Server certificate not verified", dsn="4.7.5")
         await self._write(f"{verb} {self.settings.helo_name}\r\n".encode(), t.helo,
                           f"performing the {verb} handshake")
         reply = await self.reply(t.helo, f"performing the {verb} handshake")
@@ -477,8 +497,10 @@ def _extensions(reply: Reply) -> dict[str, str]:
     return out
 
 
-async def connect(peer: Peer, settings: Settings) -> Session:
-    """Open the connection and read the greeting; SessionError on failure."""
+async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None = None,
+                  nexthop: str = "") -> Session:
+    """Open the connection and read the greeting; SessionError on failure. ``nexthop``
+    is the destination's domain, which certificate names may have to match."""
     timeout = settings.timeouts.connect or None
     where = peer.path if peer.path else f"{peer.label}:{peer.port}"
     try:
@@ -494,7 +516,7 @@ async def connect(peer: Peer, settings: Settings) -> Session:
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    session = Session(reader, writer, peer, settings)
+    session = Session(reader, writer, peer, settings, tls_policy, nexthop)
     try:
         greeting = await session.reply(settings.timeouts.helo,
                                        "receiving the initial server greeting")

@@ -1,0 +1,337 @@
+"""Client TLS policy: which security level a destination gets, and how its server is judged.
+
+NAME
+    tls - the smtp/lmtp client's TLS policy, as Postfix's smtp_tls_* settings
+
+SYNOPSIS
+    client_tls = tls.ClientTls.from_config(config, "smtp")   # or "lmtp"
+    policy = client_tls.policy("example.com")   # tls.Policy; PolicyError
+    context = policy.context()                  # ssl.SSLContext for start_tls
+    ok = policy.matches(peer_cert, hostname, nexthop_domain)
+    text = tls.summary("Verified", "mx.example.com[192.0.2.1]:25", ssl_object)
+
+DESCRIPTION
+    ``ClientTls.policy`` gives the policy of one nexthop, as Postfix's
+    smtp_tls_sess_alloc: the first of ``<prefix>_tls_policy_maps`` to find
+    the nexthop (verbatim, e.g. ``[relay.example]:587``; a bare domain is
+    also looked up as its parent domains ``.example.com``, ``.com``),
+    otherwise the global ``<prefix>_tls_security_level``. A table entry is
+    ``level [match=name:name...] [protocols=...] [ciphers=...]``.
+
+    Levels: ``none`` (no STARTTLS), ``may`` (STARTTLS when offered, no
+    verification), ``encrypt`` (TLS required, no verification), ``verify``
+    (TLS required, the certificate chain must be trusted - smtp_tls_CAfile,
+    smtp_tls_CApath; the system's CAs are not used, as Postfix with
+    tls_append_default_CA = no - and a DNS name of the certificate must
+    match smtp_tls_verify_cert_match, default ``hostname``) and ``secure``
+    (the same with smtp_tls_secure_cert_match, default ``nexthop,
+    dot-nexthop``). ``dane`` without DNSSEC (pymailsys has no validating
+    resolver) is ``may``, as Postfix's documented fallback when DNSSEC is
+    not available; ``dane-only`` and ``fingerprint`` are refused by the
+    parameter table (the service refuses to run) and, from a policy table,
+    are a configuration problem for that destination.
+
+    Match patterns (``match=`` separated by ``:``): ``hostname`` (the
+    server's name, e.g. the MX host), ``nexthop`` (the nexthop domain),
+    ``dot-nexthop`` (any subdomain of it), a name, or ``.domain`` (any
+    subdomain). A certificate's names are its DNS subjectAltNames, else its
+    CommonName; ``*.example.com`` stands for one label.
+
+    Protocols (``<prefix>_tls_protocols`` at ``may``,
+    ``<prefix>_tls_mandatory_protocols`` above): ``>=TLSv1.2``,
+    ``<=TLSv1.3``, ``!SSLv2, !SSLv3, !TLSv1``, or names to allow, separated
+    by commas, spaces or colons. Ciphers: the grades ``high`` and
+    ``medium`` (Postfix's tls_high_cipherlist and tls_medium_cipherlist
+    without RC4, which OpenSSL 3 no longer has); ``null`` never.
+
+    ``summary`` is Postfix's log line (smtp_tls_loglevel >= 1): ``Untrusted
+    TLS connection established to host[addr]:25: TLSv1.3 with cipher
+    TLS_AES_256_GCM_SHA384 (256/256 bits)``; ``Trusted`` when the chain
+    verified, ``Verified`` when the name matched too, ``Anonymous`` with no
+    certificate. At ``may`` and ``encrypt`` nothing is verified (Python's
+    ssl cannot verify after an unverified handshake), so those say
+    ``Untrusted``.
+
+REFUSES
+    A policy table entry with an unknown level or attribute, a repeated or
+    empty attribute, ``match=`` below ``verify``, or a protocol or cipher
+    grade it cannot express: ``PolicyError`` "client TLS configuration
+    problem" (4.7.5), with Postfix's warning logged; a table that cannot
+    answer: "Temporary lookup error" (4.3.0).
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from pymailsys import log
+from pymailsys.config import Config, split_list
+from pymailsys.maps import Maps, TableError
+
+LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
+VERIFYING = ("verify", "secure")
+_UNSUPPORTED = ("dane-only", "fingerprint")
+
+_VERSIONS = {"SSLv2": 0, "SSLv3": 1, "TLSv1": 2, "TLSv1.1": 3, "TLSv1.2": 4, "TLSv1.3": 5}
+_SSL_VERSIONS = {2: ssl.TLSVersion.TLSv1, 3: ssl.TLSVersion.TLSv1_1, 4: ssl.TLSVersion.TLSv1_2,
+                 5: ssl.TLSVersion.TLSv1_3}
+_GRADES = {"high": "HIGH:!aNULL:!eNULL", "medium": "HIGH:MEDIUM:!aNULL:!eNULL",
+           "low": "HIGH:MEDIUM:!aNULL:!eNULL", "export": "HIGH:MEDIUM:!aNULL:!eNULL"}
+
+
+class PolicyError(Exception):
+    """No usable policy for a destination: defer with ``text`` and ``dsn``."""
+
+    def __init__(self, text: str, dsn: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.dsn = dsn
+
+
+def _bad_policy() -> PolicyError:
+    return PolicyError("client TLS configuration problem", "4.7.5")
+
+
+def protocol_range(spec: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    """The lowest and highest TLS version a protocol list allows (ValueError)."""
+    allowed = set(_VERSIONS.values())
+    included: set[int] = set()
+    for word in spec.replace(":", " ").replace(",", " ").split():
+        for op in (">=", "<=", "!", ""):
+            if word.startswith(op):
+                name = word[len(op):]
+                break
+        if name not in _VERSIONS:
+            raise ValueError(f'invalid TLS protocol "{word}"')
+        number = _VERSIONS[name]
+        if op == ">=":
+            allowed = {v for v in allowed if v >= number}
+        elif op == "<=":
+            allowed = {v for v in allowed if v <= number}
+        elif op == "!":
+            allowed.discard(number)
+        else:
+            included.add(number)
+    if included:
+        allowed &= included
+    usable = sorted(v for v in allowed if v in _SSL_VERSIONS)
+    if not usable:
+        raise ValueError(f'no TLS protocol left in "{spec}"')
+    return _SSL_VERSIONS[usable[0]], _SSL_VERSIONS[usable[-1]]
+
+
+@functools.cache
+def _context(verify: bool, protocols: str, grade: str, ca_file: str,
+             ca_path: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # names are matched by Policy.matches, as Postfix does
+    context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    lowest, highest = protocol_range(protocols)
+    with warnings.catch_warnings():  # TLSv1 and TLSv1.1 are deprecated names; still honoured
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = lowest
+        context.maximum_version = highest
+    context.set_ciphers(_GRADES[grade])
+    if verify and (ca_file or ca_path):
+        context.load_verify_locations(cafile=ca_file or None, capath=ca_path or None)
+    return context
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One destination's TLS policy."""
+
+    level: str = "none"
+    matches_wanted: tuple[str, ...] = ()
+    protocols: str = ""
+    grade: str = "medium"
+    ca_file: str = ""
+    ca_path: str = ""
+    loglevel: int = 0
+
+    @property
+    def required(self) -> bool:
+        return self.level in ("encrypt", *VERIFYING)
+
+    @property
+    def verifies(self) -> bool:
+        return self.level in VERIFYING
+
+    def context(self) -> ssl.SSLContext:
+        """The SSL context for this policy (cached per process)."""
+        return _context(self.verifies, self.protocols, self.grade, self.ca_file, self.ca_path)
+
+    def matches(self, cert: dict[str, Any], hostname: str, nexthop: str) -> bool:
+        """Whether a verified certificate names the server as the match patterns ask."""
+        names = cert_names(cert)
+        for pattern in self.matches_wanted:
+            want = pattern.lower()
+            if want == "hostname":
+                targets = [hostname]
+            elif want == "nexthop":
+                targets = [nexthop]
+            elif want == "dot-nexthop":
+                targets = ["." + nexthop]
+            else:
+                targets = [want]
+            if any(_name_matches(t.lower().rstrip("."), n) for t in targets if t for n in names):
+                return True
+        return False
+
+
+def cert_names(cert: dict[str, Any]) -> list[str]:
+    """The DNS subjectAltNames of a certificate (``getpeercert()``), else its CommonName."""
+    names = [value.lower().rstrip(".") for kind, value in cert.get("subjectAltName", ())
+             if kind == "DNS"]
+    if names:
+        return names
+    return [value.lower() for rdn in cert.get("subject", ()) for key, value in rdn
+            if key == "commonName"]
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("."):
+        return name.endswith(pattern) and len(name) > len(pattern)
+    if name == pattern:
+        return True
+    return name.startswith("*.") and "." in pattern and pattern.split(".", 1)[1] == name[2:]
+
+
+def summary(trust: str, relay: str, tls: ssl.SSLObject) -> str:
+    cipher = tls.cipher() or ("", "", 0)
+    return (f"{trust} TLS connection established to {relay}: {tls.version()} with cipher "
+            f"{cipher[0]} ({cipher[2]}/{cipher[2]} bits)")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The smtp_tls_* (or lmtp_tls_*) settings of one delivery agent."""
+
+    prefix: str
+    level: str
+    verify_match: tuple[str, ...]
+    secure_match: tuple[str, ...]
+    protocols: str
+    mandatory_protocols: str
+    ciphers: str
+    mandatory_ciphers: str
+    ca_file: str
+    ca_path: str
+    loglevel: int
+    policy_maps: Maps | None
+
+    @classmethod
+    def from_config(cls, config: Config, prefix: str) -> ClientTls:
+        def get(suffix: str) -> str:
+            return config.get(f"{prefix}_{suffix}").strip()
+
+        level = get("tls_security_level").lower() or "none"
+        if level == "dane":
+            log.warning(f"{prefix}_tls_security_level = dane: DNSSEC is not available "
+                        f"(no validating resolver): using security level \"may\"")
+            level = "may"
+        maps = Maps(config, None, split_list(get("tls_policy_maps")))
+        return cls(prefix, level,
+                   tuple(split_list(get("tls_verify_cert_match").replace(":", " "))),
+                   tuple(split_list(get("tls_secure_cert_match").replace(":", " "))),
+                   get("tls_protocols"), get("tls_mandatory_protocols"),
+                   get("tls_ciphers").lower(), get("tls_mandatory_ciphers").lower(),
+                   get("tls_CAfile"), get("tls_CApath"),
+                   int(get("tls_loglevel") or 0),
+                   maps if maps else None)
+
+    def policy(self, nexthop: str) -> Policy:
+        """The policy for a request's nexthop; PolicyError (see the module docstring)."""
+        level, protocols, grade = self.level, "", ""
+        matches: tuple[str, ...] = ()
+        found = self._lookup(nexthop.strip().lower())
+        if found is not None:
+            level, matches, protocols, grade = found
+        if level in _UNSUPPORTED:
+            log.warning(f"{self.prefix}_tls_security_level {level} for {nexthop} is not "
+                        f"supported")
+            raise _bad_policy()
+        if not matches:
+            matches = self.verify_match if level == "verify" else self.secure_match \
+                if level == "secure" else ()
+        if not protocols:
+            protocols = self.protocols if level == "may" else self.mandatory_protocols
+        if not grade:
+            grade = self.ciphers if level == "may" else self.mandatory_ciphers
+        policy = Policy(level, tuple(matches), protocols, grade, self.ca_file, self.ca_path,
+                        self.loglevel)
+        if level != "none":
+            try:
+                policy.context()
+            except (ValueError, KeyError, ssl.SSLError, OSError) as e:
+                log.warning(f"{self.prefix} TLS policy for {nexthop}: {e}")
+                raise _bad_policy() from None
+        return policy
+
+    def _lookup(self, site: str) -> tuple[str, tuple[str, ...], str, str] | None:
+        """Postfix's tls_policy_lookup: the nexthop, then (for a bare domain) its parents."""
+        if self.policy_maps is None:
+            return None
+        keys = [site]
+        if not any(c in site for c in "[]:"):
+            keys += ["." + ".".join(site.split(".")[i:]) for i in range(1, site.count(".") + 1)]
+        for key in keys:
+            where = f"{self.prefix}_tls_policy_maps, next-hop destination \"{key}\""
+            try:
+                value = self.policy_maps.find(key, partial=key != site)
+            except TableError:
+                log.warning(f"{where}: policy table lookup error")
+                raise PolicyError("Temporary lookup error", "4.3.0") from None
+            if value is not None:
+                return _parse_entry(value, where)
+        return None
+
+
+def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str]:
+    """One policy table entry: (level, match patterns, protocols, cipher grade)."""
+    words = value.replace(",", " ").split()
+    if not words:
+        log.warning(f"{where}: invalid empty policy")
+        raise _bad_policy()
+    level = words[0].lower()
+    if level not in LEVELS:
+        log.warning(f'{where}: invalid security level "{words[0]}"')
+        raise _bad_policy()
+    if level == "dane":
+        level = "may"
+    if level == "none":
+        for word in words[1:]:
+            log.warning(f'{where}: ignoring attribute "{word}" with TLS disabled')
+        return level, (), "", ""
+    matches: list[str] = []
+    protocols = grade = ""
+    for word in words[1:]:
+        name, eq, val = word.partition("=")
+        name = name.lower()
+        if not eq:
+            log.warning(f'{where}: malformed attribute/value pair "{word}": missing "="')
+            raise _bad_policy()
+        if not val:
+            log.warning(f'{where}: attribute "{name}" has empty value')
+            raise _bad_policy()
+        if name == "match":
+            if level not in VERIFYING:
+                log.warning(f'{where}: attribute "{name}" invalid at security level "{level}"')
+                raise _bad_policy()
+            matches += [m for m in val.split(":") if m]
+        elif name in ("protocols", "ciphers"):
+            if (protocols if name == "protocols" else grade):
+                log.warning(f'{where}: attribute "{name}" is specified multiple times')
+                raise _bad_policy()
+            if name == "protocols":
+                protocols = val
+            else:
+                grade = val.lower()
+        else:
+            log.warning(f'{where}: invalid attribute name: "{name}"')
+            raise _bad_policy()
+    return level, tuple(matches), protocols, grade

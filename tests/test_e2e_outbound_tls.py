@@ -1,0 +1,259 @@
+"""Client TLS: the smtp agent against STARTTLS peers with certificates made by the test.
+
+Peers are aiosmtpd servers offering STARTTLS with certificates from a throw-away CA
+(made with the openssl command): one signed by the CA for peer.example, and one
+self-signed. The CA file lives in the instance's directory, where the smtp daemon
+(mail_owner) can read it. What is asserted is what an administrator checks: the log
+lines, the deferral reasons, and whether the peer received anything.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from harness import ME, Instance, free_port
+
+from pymailsys.maps import Maps
+from pymailsys.smtp import tls
+
+LOCAL = f"{ME}@localhost"
+ADDR = r"127\.0\.0\.1\[127\.0\.0\.1\]"
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+class Pki:
+    """A throw-away CA, a certificate it signed for peer.example, and a self-signed one."""
+
+    def __init__(self, where: Path) -> None:
+        self.dir = where
+        self.ca_key, self.ca = where / "ca.key", where / "ca.pem"
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.ca_key),
+                 "-out", str(self.ca), "-days", "2", "-subj", "/CN=Throw-away Test CA")
+        self.signed = self._leaf("peer", "peer.example", signed=True)
+        self.rogue = self._leaf("rogue", "peer.example", signed=False)
+
+    def _leaf(self, name: str, host: str, signed: bool) -> tuple[Path, Path]:
+        key, cert = self.dir / f"{name}.key", self.dir / f"{name}.pem"
+        ext = self.dir / f"{name}.ext"
+        ext.write_text(f"subjectAltName = DNS:{host}, DNS:*.wild.example\n")
+        if not signed:
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                     "-out", str(cert), "-days", "2", "-subj", f"/CN={host}",
+                     "-addext", f"subjectAltName = DNS:{host}")
+            return key, cert
+        csr = self.dir / f"{name}.csr"
+        _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                 "-out", str(csr), "-subj", f"/CN={host}")
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey",
+                 str(self.ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
+                 "-extfile", str(ext))
+        return key, cert
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.over_tls: list[bool] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        self.over_tls.append(session.ssl is not None)
+        return "250 2.0.0 Ok: queued as TLSPEER1"
+
+
+class Peer:
+    def __init__(self, key_cert: tuple[Path, Path]) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(key_cert[1]), str(key_cert[0]))
+        self.recorder = Recorder()
+        self.port = free_port()
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port,
+                                     server_hostname="peer.example", tls_context=context)
+        self.controller.start()
+
+    @property
+    def nexthop(self) -> str:
+        return f"[127.0.0.1]:{self.port}"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+@pytest.fixture
+def peers(pki: Pki) -> Iterator[dict[str, Peer]]:
+    made = {"signed": Peer(pki.signed), "rogue": Peer(pki.rogue)}
+    yield made
+    for peer in made.values():
+        peer.controller.stop()
+
+
+def instance_with_ca(new_instance, pki: Pki, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    ca = inst.write("etc/tls/ca.pem", pki.ca.read_text())
+    inst.set(smtp_tls_CAfile=str(ca), smtp_tls_loglevel="1", **settings)
+    return inst
+
+
+def test_secure_with_a_policy_match_is_verified(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    peer = peers["signed"]
+    inst = instance_with_ca(
+        new_instance, pki,
+        smtp_tls_policy_maps=f"inline:{{ {{{peer.nexthop} = secure match=nothing.example:"
+                             f"peer.example}} }}",
+        transport_maps=f"inline:{{ ok.example=smtp:{peer.nexthop} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@ok.example", b"Subject: verified\r\n\r\nbody\r\n")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: Verified TLS connection established to "
+                  rf"{ADDR}:{peer.port}: TLSv1\.[23] with cipher \S+ \(\d+/\d+ bits\)")
+    inst.wait_log(rf"{queue_id}: to=<x@ok.example>, .*status=sent \(250 2\.0\.0 Ok: queued "
+                  rf"as TLSPEER1\)")
+    assert peer.recorder.over_tls == [True]
+
+
+def test_verify_defers_an_untrusted_certificate(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    rogue = peers["rogue"]
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="verify",
+                            smtp_tls_verify_cert_match="peer.example",
+                            transport_maps=f"inline:{{ bad.example=smtp:{rogue.nexthop} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@bad.example", b"Subject: untrusted\r\n\r\nbody\r\n")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: server certificate verification failed for "
+                  rf"{ADDR}:{rogue.port}: num=\d+:self.signed certificate")
+    inst.wait_log(rf"{queue_id}: to=<x@bad.example>, relay=none, .*dsn=4\.7\.5, "
+                  rf"status=deferred \(Server certificate not trusted\)")
+    assert rogue.recorder.over_tls == []
+
+
+def test_secure_defers_a_trusted_certificate_for_another_name(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    """The default smtp_tls_secure_cert_match is nexthop, dot-nexthop: the nexthop here
+    is 127.0.0.1, which the certificate for peer.example does not name."""
+    peer = peers["signed"]
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="secure",
+                            transport_maps=f"inline:{{ other.example=smtp:{peer.nexthop} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@other.example", b"Subject: mismatch\r\n\r\nbody\r\n")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: Trusted TLS connection established to "
+                  rf"{ADDR}:{peer.port}: TLSv1\.[23]")
+    inst.wait_log(rf"{queue_id}: to=<x@other.example>, relay=none, .*dsn=4\.7\.5, "
+                  rf"status=deferred \(Server certificate not verified\)")
+    assert peer.recorder.over_tls == []
+
+
+def test_policy_table_levels_protocols_and_errors(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    """Per-destination policies over a global 'verify' that would defer both peers:
+    'encrypt protocols=<=TLSv1.2' crosses in TLS 1.2 to the rogue peer, 'none'
+    crosses in plaintext, and a bad entry defers with Postfix's reason and warning."""
+    signed, rogue = peers["signed"], peers["rogue"]
+    nexthop_plain = f"[127.0.0.1]:{signed.port}"
+    inst = instance_with_ca(
+        new_instance, pki, smtp_tls_security_level="verify",
+        smtp_tls_policy_maps=(f"inline:{{ {{{rogue.nexthop} = encrypt protocols=<=TLSv1.2}}, "
+                              f"{{{nexthop_plain} = none}}, "
+                              "{broken.example = encrypt match=peer.example} }"),
+        transport_maps=(f"inline:{{ old.example=smtp:{rogue.nexthop}, "
+                        f"plain.example=smtp:{nexthop_plain}, "
+                        f"broken.example=smtp:broken.example }}"))
+    inst.start()
+    queue_id = inst.send(LOCAL, ["a@old.example", "b@plain.example", "c@broken.example"],
+                         b"Subject: policies\r\n\r\nbody\r\n")
+    inst.wait_log(rf"Untrusted TLS connection established to {ADDR}:{rogue.port}: TLSv1\.2 "
+                  rf"with cipher")
+    inst.wait_log(rf"{queue_id}: to=<a@old.example>, .*status=sent")
+    inst.wait_log(rf"{queue_id}: to=<b@plain.example>, .*status=sent")
+    assert rogue.recorder.over_tls == [True] and signed.recorder.over_tls == [False]
+    inst.wait_log(r'warning: smtp_tls_policy_maps, next-hop destination "broken.example": '
+                  r'attribute "match" invalid at security level "encrypt"')
+    inst.wait_log(rf"{queue_id}: to=<c@broken.example>, relay=none, .*dsn=4\.7\.5, "
+                  rf"status=deferred \(client TLS configuration problem\)")
+
+
+def test_dane_without_dnssec_is_may(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    rogue = peers["rogue"]
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="dane",
+                            relayhost=rogue.nexthop)
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: dane\r\n\r\nbody\r\n")
+    inst.wait_log(r"warning: smtp_tls_security_level = dane: DNSSEC is not available")
+    inst.wait_log(rf"Untrusted TLS connection established to {ADDR}:{rogue.port}")
+    inst.wait_log(rf"{queue_id}: to=<x@remote.example>, .*status=sent")
+    assert not re.search(r"smtp\[\d+\]: fatal:", inst.log())
+
+
+# --- the policy code in memory --------------------------------------------------------
+
+@pytest.mark.parametrize("spec, lowest, highest", [
+    (">=TLSv1.2", "TLSv1_2", "TLSv1_3"),
+    ("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1", "TLSv1_2", "TLSv1_3"),
+    ("<=TLSv1.2", "TLSv1", "TLSv1_2"),
+    ("TLSv1.3", "TLSv1_3", "TLSv1_3"),
+    (">=TLSv1.2:!TLSv1.3", "TLSv1_2", "TLSv1_2"),
+])
+def test_protocol_lists(spec: str, lowest: str, highest: str) -> None:
+    assert tls.protocol_range(spec) == (ssl.TLSVersion[lowest], ssl.TLSVersion[highest])
+
+
+@pytest.mark.parametrize("spec", ["TLSv9", ">=TLSv1.3:!TLSv1.3", "SSLv3"])
+def test_protocol_lists_refused(spec: str) -> None:
+    with pytest.raises(ValueError):
+        tls.protocol_range(spec)
+
+
+CERT = {"subject": ((("commonName", "cn.example"),),),
+        "subjectAltName": (("DNS", "mx1.example.com"), ("DNS", "*.wild.example.com"),
+                           ("IP Address", "192.0.2.1"))}
+
+
+@pytest.mark.parametrize("patterns, hostname, nexthop, ok", [
+    (("hostname",), "mx1.example.com", "example.com", True),
+    (("hostname",), "MX1.Example.COM", "example.com", True),
+    (("hostname",), "mx2.example.com", "example.com", False),
+    (("nexthop",), "mx2.example.com", "mx1.example.com", True),
+    (("nexthop", "dot-nexthop"), "mx2.example.com", "example.com", True),
+    (("dot-nexthop",), "x", "wild.example.com", True),   # *.wild.example.com
+    (("hostname",), "a.wild.example.com", "", True),
+    (("hostname",), "a.b.wild.example.com", "", False),  # one label only
+    (("cn.example",), "x", "y", False),                  # CN is not used beside SANs
+    (("192.0.2.1",), "192.0.2.1", "", False),           # names only
+    ((".example.com",), "x", "y", True),
+])
+def test_certificate_name_matching(patterns, hostname, nexthop, ok) -> None:  # type: ignore[no-untyped-def]
+    policy = tls.Policy("secure", patterns)
+    assert policy.matches(CERT, hostname, nexthop) is ok
+
+
+def _client_tls(entries: str) -> tls.ClientTls:
+    return tls.ClientTls("smtp", "may", ("hostname",), ("nexthop", "dot-nexthop"),
+                         ">=TLSv1", ">=TLSv1", "medium", "medium", "", "", 0,
+                         Maps(None, None, [f"inline:{{ {entries} }}"]))
+
+
+def test_policy_lookup_order() -> None:
+    client_tls = _client_tls("{example.com = encrypt}, {.example.com = secure match=x.example}, "
+                             "{[relay.example]:587 = none}, {.relay.example = encrypt}")
+    assert client_tls.policy("example.com").level == "encrypt"
+    sub = client_tls.policy("a.b.example.com")
+    assert (sub.level, sub.matches_wanted) == ("secure", ("x.example",))
+    assert client_tls.policy("[relay.example]:587").level == "none"
+    # an explicit [host]:port nexthop is looked up verbatim, without parent domains
+    assert client_tls.policy("[mx.relay.example]:25").level == "may"
+    other = client_tls.policy("other.example")
+    assert (other.level, other.protocols, other.grade) == ("may", ">=TLSv1", "medium")
+
+
+@pytest.mark.parametrize("entry", ["bogus", "verify match=", "may match=x", "encrypt foo=bar",
+                                   "encrypt protocols=TLSv9", "encrypt ciphers=null",
+                                   "encrypt protocols=TLSv1.2 protocols=TLSv1.3",
+                                   "fingerprint match=AA:BB"])
+def test_bad_policy_entries_defer(entry: str) -> None:
+    with pytest.raises(tls.PolicyError) as caught:
+        _client_tls(f"{{bad.example = {entry}}}").policy("bad.example")
+    assert (caught.value.text, caught.value.dsn) == ("client TLS configuration problem", "4.7.5")
