@@ -530,7 +530,8 @@ class Qmgr:
                                env.arrival, now, env.sender,
                                encoding=env.attrs.get("encoding", ""),
                                dsn_envid=env.attrs.get("dsn_envid", ""),
-                               dsn_ret=_number(env.attrs.get("dsn_ret", "")))
+                               dsn_ret=_number(env.attrs.get("dsn_ret", "")),
+                               smtputf8=env.smtputf8)
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
         self.spawn(self.run_message(msg, pending))

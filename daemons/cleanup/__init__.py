@@ -92,6 +92,15 @@ DSN_NOTIFY = {"NEVER": 1, "SUCCESS": 2, "FAILURE": 4, "DELAY": 8}
 DSN_RET = {"FULL": 1, "HDRS": 2}
 
 
+def _size_record(builder: QueueFileBuilder, envelope: bytes, content_size: int,
+                 outcome: hdr.HeaderOutcome) -> bytes:
+    """The C record, with SMTPUTF8_HEADER when SMTPUTF8 was asked for and a header has
+    UTF-8 (Postfix's cleanup notes it only then)."""
+    if builder.smtputf8 and outcome.utf8_headers:
+        builder.smtputf8 |= r.SMTPUTF8_HEADER
+    return builder.size_record(envelope, content_size, outcome.content_length)
+
+
 def _reply(status: int, dsn: str, text: str) -> dict[str, Any]:
     return {"status": status, "dsn": dsn, "reason": f"Error: {text}"}
 
@@ -278,6 +287,11 @@ class Cleanup:
             b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
         for clean, orig, notify, dsn_orcpt in recipients:
             b.recipient(clean, orig, notify, dsn_orcpt)
+        if req.number("smtputf8"):  # the client asked for SMTPUTF8: note where it is needed
+            b.smtputf8 = (r.SMTPUTF8_REQUESTED
+                          | (0 if sender.isascii() else r.SMTPUTF8_SENDER)
+                          | (0 if all(rc[0].isascii() for rc in recipients)
+                             else r.SMTPUTF8_RECIPIENT))
 
         job = hdr.HeaderJob(queue_id=queue_id, myhostname=s.myhostname, created=now, date=date,
                             sender=sender, full_name=full_name,
@@ -295,7 +309,7 @@ class Cleanup:
         records = content.feed(req.raw("content") or b"") + content.end()
         envelope = builder.envelope()
         body = b"".join(records)
-        size_rec = builder.size_record(envelope, len(body), content.outcome.content_length)
+        size_rec = _size_record(builder, envelope, len(body), content.outcome)
         return size_rec + envelope + body + builder.trailer(), content.outcome
 
     async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
@@ -334,7 +348,7 @@ class Cleanup:
                 return _reply(*ERR_SIZE)
             out.add(content.end())
             outcome = content.outcome
-            size_rec = builder.size_record(envelope, out.content_size, outcome.content_length)
+            size_rec = _size_record(builder, envelope, out.content_size, outcome)
             parts = out.finish(size_rec, builder.trailer())
         except (attr.ProtocolError, TimeoutError) as e:
             self.writer.discard(fd, path)

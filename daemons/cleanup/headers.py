@@ -165,6 +165,7 @@ class HeaderOutcome:
     hop_count: int = 0
     message_ids: list[str] = field(default_factory=list)  # values to log, in order
     added: list[str] = field(default_factory=list)  # header lines added (not Received)
+    utf8_headers: bool = False  # a header of the message has non-ASCII bytes
 
 
 def encode_lines(lines: list[bytes], limit: int) -> tuple[bytes, int]:
@@ -331,6 +332,8 @@ class ContentPass:
         name = self.current_name
         out = self.outcome
         self.seen.add(name)
+        if not out.utf8_headers and not all(line.isascii() for line in lines):
+            out.utf8_headers = True
         if name == b"received":
             out.hop_count += 1
         elif name == b"message-id":

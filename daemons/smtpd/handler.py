@@ -192,6 +192,8 @@ class Message:
             ("protocol", req.protocol), ("rewrite_context", self.context),
             ("flags", flags), ("encoding", env.body),
         ]
+        if env.smtputf8:
+            request.append(("smtputf8", 1))
         if env.ret:
             request.append(("ret", env.ret))
         if env.envid:

@@ -155,9 +155,9 @@ class DeliveryRequest:
 def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
                   arrival_time: float, active_time: float, sender: str,
                   flags: int = 0, encoding: str = "", dsn_envid: str = "",
-                  dsn_ret: int = 0) -> list[tuple[str, AttrValue]]:
+                  dsn_ret: int = 0, smtputf8: int = 0) -> list[tuple[str, AttrValue]]:
     """The part of a request that is the same for every recipient of one message
-    (``encoding``, ``dsn_envid`` and ``dsn_ret`` only when set)."""
+    (``encoding``, ``dsn_envid``, ``dsn_ret`` and ``smtputf8`` only when set)."""
     out: list[tuple[str, AttrValue]] = [
         ("queue_name", queue_name), ("queue_id", queue_id), ("data_offset", data_offset),
         ("content_size", content_size), ("arrival_time", f"{arrival_time:.6f}"),
@@ -168,6 +168,8 @@ def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size
         out.append(("dsn_envid", dsn_envid))
     if dsn_ret:
         out.append(("dsn_ret", dsn_ret))
+    if smtputf8:
+        out.append(("smtputf8", smtputf8))
     return out
 
 

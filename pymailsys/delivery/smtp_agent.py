@@ -118,6 +118,7 @@ class Request:
     start_time: float
     dsn_envid: str = ""
     dsn_ret: str = ""  # "FULL", "HDRS" or ""
+    smtputf8: int = 0  # the queue file's SMTPUTF8 flags
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> Request:
@@ -129,6 +130,9 @@ class Request:
             dataclasses.replace(first, rcpt=rc.address, orig_rcpt=rc.orig,
                                 rcpt_offset=rc.offset, dsn_notify=rc.notify,
                                 dsn_orcpt=rc.dsn_orcpt).checked()
+        smtputf8 = attrs.number("smtputf8")
+        if not 0 <= smtputf8 <= 15:
+            raise ValueError(f"smtputf8 flags out of range: {smtputf8}")
         envid = attrs.text("dsn_envid")
         if len(envid) > MAX_ENVID:
             raise ValueError(f"dsn_envid longer than {MAX_ENVID} characters")
@@ -136,7 +140,7 @@ class Request:
                    first.arrival_time, first.active_time, first.sender, first.nexthop,
                    attrs.text("encoding").lower() == "8bitmime", recipients,
                    first.start_time, envid,
-                   DSN_RET_NAMES.get(attrs.number("dsn_ret"), ""))
+                   DSN_RET_NAMES.get(attrs.number("dsn_ret"), ""), smtputf8)
 
 
 @dataclass
@@ -248,7 +252,7 @@ class Agent:
                     req.sender, [req.recipients[i].address for i in pending], req.content_size,
                     req.eight_bit, req.dsn_ret, req.dsn_envid,
                     [_orcpt(req.recipients[i]) for i in pending],
-                    [req.recipients[i].notify for i in pending])
+                    [req.recipients[i].notify for i in pending], req.smtputf8)
                 try:
                     outcome = await session.send(env, content.text())
                 except client.SessionError as e:

@@ -68,6 +68,11 @@ class Envelope:
         return self.sizes[0] if self.sizes else 0
 
     @property
+    def smtputf8(self) -> int:
+        """The SMTPUTF8 flags of the size record (``records.SMTPUTF8_*``)."""
+        return self.sizes[5] if len(self.sizes) >= 6 else 0
+
+    @property
     def message_size(self) -> int:
         """The size Postfix reports (size=, mailq): content length if known."""
         if len(self.sizes) >= 5 and self.sizes[4] > 0:

@@ -192,6 +192,14 @@ SIZE_FIELD_WIDTH = 15
 SIZE_RECORD_LENGTH = 6 * SIZE_FIELD_WIDTH + 5
 
 
+# The SMTPUTF8 field of the size record (Postfix's smtputf8.h): the client asked for
+# SMTPUTF8, and where the message has UTF-8 (cleanup records these only when asked).
+SMTPUTF8_REQUESTED = 1 << 0
+SMTPUTF8_HEADER = 1 << 1
+SMTPUTF8_SENDER = 1 << 2
+SMTPUTF8_RECIPIENT = 1 << 3
+
+
 def message_size_record(content_size: int, data_offset: int, rcpt_count: int,
                         qmgr_flags: int = 0, content_length: int = 0, smtputf8: int = 0) -> bytes:
     """The fixed-width C record: six %15ld fields separated by spaces."""

@@ -18,7 +18,12 @@ DESCRIPTION
     the server offers them), one RCPT TO per recipient (ORCPT= and NOTIFY=
     to a server that offers DSN), DATA, the message, and the end of
     data; with PIPELINING the commands up to DATA go out in one write. A
-    message larger than the server's SIZE is not sent (5.3.4). The message
+    message larger than the server's SIZE is not sent (5.3.4). A message
+    whose client asked for SMTPUTF8 goes with MAIL FROM's SMTPUTF8 to a
+    server that offers it; when the server does not and the message needs
+    it (UTF-8 in the envelope or a header: ``Envelope.smtputf8``, the
+    queue file's flags), it is not sent: "SMTPUTF8 is required, but was not
+    offered by host H[A]" (5.6.7), as Postfix. The message
     is given as chunks of LF-terminated lines (``QueueContent.text``, read
     from the queue file as it goes); each chunk is written with CRLF endings
     and dot-stuffing within the data transfer timeout, so memory does not
@@ -72,6 +77,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import log
 from pymailsys.log import printable
+from pymailsys.queue.records import SMTPUTF8_REQUESTED
 from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import tls
 
@@ -176,6 +182,7 @@ class Envelope:
     envid: str = ""
     orcpts: list[str] = field(default_factory=list)
     notifies: list[int] = field(default_factory=list)
+    smtputf8: int = 0  # the queue file's SMTPUTF8 flags (pymailsys.queue.records)
 
 
 @dataclass
@@ -344,12 +351,19 @@ class Session:
         if limit and env.size > limit:
             raise SessionError(f"message size {env.size} exceeds size limit {limit} of server "
                                f"{self.peer.label}", retry_other=False, dsn="5.3.4")
+        utf8 = "SMTPUTF8" in self.extensions and bool(env.smtputf8 & SMTPUTF8_REQUESTED)
+        if env.smtputf8 & SMTPUTF8_REQUESTED and env.smtputf8 & ~SMTPUTF8_REQUESTED \
+                and not utf8:
+            raise SessionError(f"SMTPUTF8 is required, but was not offered by host "
+                               f"{self.peer.label}", retry_other=False, dsn="5.6.7")
         self.uses += 1
         mail = f"MAIL FROM:<{quote_822_local(env.sender) if env.sender else ''}>"
         if "SIZE" in self.extensions:
             mail += f" SIZE={env.size}"
         if env.eight_bit and "8BITMIME" in self.extensions:
             mail += " BODY=8BITMIME"
+        if utf8:
+            mail += " SMTPUTF8"
         dsn = "DSN" in self.extensions
         if dsn and env.envid:
             mail += f" ENVID={xtext(env.envid)}"
