@@ -49,7 +49,7 @@ class Sink:
         import socket
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                return s.recv(100).startswith(b"220")
+                return s.recv(100)[:3].isdigit()  # a greeting (220, or a refusal)
         except OSError:
             return False
 
@@ -341,3 +341,41 @@ def test_tls_encrypt_crosses_in_tls_and_waits_for_a_peer_without_starttls(  # ty
         assert plain_recorder.envelopes == []  # nothing crossed in plaintext
     finally:
         tls_peer.stop()
+
+
+# (sink options, expected status, dsn, the reason's tail) for a peer failing at one stage
+STAGES = {
+    "connect4": (("-r", "CONNECT"), "deferred", r"4\.3\.0",
+                 r"refused to talk to me: 450 4\.3\.0 Error: command failed"),
+    "connect5": (("-f", "CONNECT"), "deferred", r"4\.3\.0",  # smtp_skip_5xx_greeting
+                 r"refused to talk to me: 500 5\.3\.0 Error: command failed"),
+    "mail4": (("-r", "MAIL"), "deferred", r"4\.3\.0", r"\(in reply to MAIL FROM command\)"),
+    "mail5": (("-f", "MAIL"), "bounced", r"5\.3\.0", r"\(in reply to MAIL FROM command\)"),
+    "data4": (("-r", "DATA"), "deferred", r"4\.3\.0", r"\(in reply to DATA command\)"),
+    "data5": (("-f", "DATA"), "bounced", r"5\.3\.0", r"\(in reply to DATA command\)"),
+    "dot4": (("-r", "."), "deferred", r"4\.3\.0", r"\(in reply to end of DATA command\)"),
+    "hangup": (("-q", "."), "deferred", r"4\.4\.2",
+               r"lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while sending end of data "
+               r"-- message may be sent more than once"),
+}
+
+
+def test_peers_failing_at_each_stage(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtp-sink answering 4xx or 5xx (or hanging up) at each stage of the session: the
+    recipient is deferred or bounced with Postfix's reason and enhanced status."""
+    sinks = {name: Sink(free_port(), *options) for name, (options, *_rest) in STAGES.items()}
+    try:
+        for s in sinks.values():
+            s.start()
+        inst: Instance = new_instance()
+        routes = ", ".join(f"{name}.example=smtp:[127.0.0.1]:{s.port}" for name, s in sinks.items())
+        inst.set(transport_maps=f"inline:{{ {routes} }}")
+        inst.start()
+        ids = {name: inst.send(LOCAL, f"x@{name}.example", b"Subject: stage\r\n\r\nx\r\n")
+               for name in STAGES}
+        for name, (_options, status, dsn, reason) in STAGES.items():
+            inst.wait_log(rf"{ids[name]}: to=<x@{name}\.example>, .*dsn={dsn}, "
+                          rf"status={status} \(.*{reason}\)")
+    finally:
+        for s in sinks.values():
+            s.stop()

@@ -540,6 +540,8 @@ async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None 
     if greeting.kind != 2:
         session.close()
         retry = greeting.kind == 4 or settings.skip_5xx_greeting
+        # smtp_skip_5xx_greeting: a 5xx greeting is a temporary failure, as in Postfix
+        dsn = "4" + greeting.dsn[1:] if greeting.kind == 5 and retry else ""
         raise SessionError(f"host {peer.label} refused to talk to me: {greeting}", greeting,
-                           retry_other=retry)
+                           retry_other=retry, dsn=dsn)
     return session
