@@ -18,7 +18,7 @@ def test_session_replies_and_queueing(tmp_path: Path) -> None:
             assert await c.reply() == "220 mx.example ESMTP Postfix"
             ehlo = await c.cmd("EHLO client.example\r\n")
             assert ehlo.splitlines() == [
-                "250-mx.example", "250-PIPELINING", "250-SIZE 10240000", "250-VRFY",
+                "250-mx.example", "250-PIPELINING", "250-SIZE 10240000", "250-VRFY", "250-ETRN",
                 "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250 SMTPUTF8"]
             assert await c.cmd("RCPT TO:<root>\r\n") == "503 5.5.1 Error: need MAIL command"
             assert await c.cmd("DATA\r\n") == "503 5.5.1 Error: need RCPT command"

@@ -14,9 +14,11 @@ DESCRIPTION
     -i  deliver one deferred message now: it moves from deferred/ to
         incoming/ with its time stamps reset, then qmgr is triggered (this
         needs the spool's owner or root: there is no flush daemon yet).
-    -s  fast flush (ETRN) for a site: there is no fast-flush service, which
-        Postfix reports for a site not in fast_flush_domains (the default):
-        ``Flush service is not configured for destination "site"``, exit 69.
+    -s  fast flush for a site (as ETRN): the flush service moves the site's
+        deferred mail to incoming/ and wakes qmgr. A site not in
+        fast_flush_domains: ``Flush service is not configured for
+        destination "site"``, exit 69; the service down: ``Cannot flush mail
+        queue - mail system is down``, exit 69.
 
 SECURITY
     Root works in the queue directories (mail_owner's) only as mail_owner:
@@ -29,14 +31,14 @@ DIAGNOSTICS
 
 CONFIGURATION PARAMETERS
     authorized_mailq_users, authorized_flush_users, showq_service_name,
-    queue_service_name, pickup_service_name, enable_long_queue_ids.
+    queue_service_name, pickup_service_name, flush_service_name,
+    fast_flush_domains, ipc_timeout, enable_long_queue_ids.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import sys
 from typing import NoReturn
 
@@ -44,7 +46,7 @@ import click
 
 from pymailsys import cli, log, server
 from pymailsys import config as config_mod
-from pymailsys.ipc import attr, trigger
+from pymailsys.ipc import attr, flush, trigger
 from pymailsys.queue import listing as showq_format
 from pymailsys.queue import spool as queue
 from pymailsys.submission import access
@@ -139,19 +141,19 @@ def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
     trigger.send_trigger(spool.public(cfg.get("queue_service_name")), trigger.SCAN_INCOMING)
 
 
-_HOST_RE = re.compile(r"^(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
-
-
 def flush_site(cfg: config_mod.Config, site: str) -> None:
     _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
-    fatal(os.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
-
-
-def _valid_site(site: str) -> bool:
-    if site.startswith("["):
-        return site.endswith("]") and len(site) > 2
-    return bool(_HOST_RE.match(site))
+    spool = queue.Spool.from_config(cfg)
+    status = flush.send_site(spool.public(cfg.get("flush_service_name")), site,
+                             float(cfg.get_time("ipc_timeout")),
+                             enabled=bool(cfg.get_list("fast_flush_domains")))
+    if status == flush.OK:
+        return
+    if status == flush.DENY:
+        fatal(os.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
+    if status == flush.BAD:
+        fatal(os.EX_USAGE, f'Invalid request: "{site}"')
+    fatal(os.EX_UNAVAILABLE, "Cannot flush mail queue - mail system is down")
 
 
 def _shorten(text: str) -> str:
@@ -160,24 +162,24 @@ def _shorten(text: str) -> str:
 
 @click.command(context_settings={"help_option_names": []})
 @click.option("-c", "config_dir")
-@click.option("-f", "flush", is_flag=True)
+@click.option("-f", "flush_all", is_flag=True)
 @click.option("-i", "queue_id")
 @click.option("-j", "json_list", is_flag=True)
 @click.option("-p", "mailq", is_flag=True)
 @click.option("-s", "site")
 @click.option("-v", "verbose", count=True)
 @click.argument("extra", nargs=-1)
-def command(config_dir: str | None, flush: bool, queue_id: str | None, json_list: bool,
+def command(config_dir: str | None, flush_all: bool, queue_id: str | None, json_list: bool,
             mailq: bool, site: str | None, verbose: int, extra: tuple[str, ...]) -> None:
     try:
         cfg = config_mod.load(config_dir)
         log.init(cfg, "postqueue", stderr=True)
     except (config_mod.ConfigError, OSError) as e:
         fatal(os.EX_UNAVAILABLE, str(e))
-    modes = [m for m in (flush, queue_id is not None, json_list, mailq, site is not None) if m]
+    modes = [m for m in (flush_all, queue_id is not None, json_list, mailq, site is not None) if m]
     if len(modes) != 1 or extra:
         fatal(os.EX_USAGE, USAGE)
-    if site is not None and not _valid_site(site):
+    if site is not None and not flush.valid_site(site):
         fatal(os.EX_USAGE, f'Cannot flush mail queue - invalid destination: "{_shorten(site)}"')
     if queue_id is not None and not queue.valid_queue_id(queue_id):
         fatal(os.EX_USAGE, f'Cannot flush queue ID - invalid name: "{_shorten(queue_id)}"')
@@ -187,7 +189,7 @@ def command(config_dir: str | None, flush: bool, queue_id: str | None, json_list
         fatal(os.EX_UNAVAILABLE, f"chdir {cfg.get('queue_directory')}: {e.strerror}")
     if mailq or json_list:
         show_queue(cfg, "json" if json_list else "text")
-    elif flush:
+    elif flush_all:
         flush_queue(cfg)
     elif queue_id is not None:
         flush_file(cfg, queue_id)

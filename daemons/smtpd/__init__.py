@@ -32,13 +32,17 @@ DESCRIPTION
     AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
     gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
 
-    EHLO offers only what works: PIPELINING, SIZE, VRFY, ENHANCEDSTATUSCODES,
-    8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords. Not DSN, whose
-    NOTIFY is not honoured yet: RCPT's NOTIFY and ORCPT get Postfix's ``501
-    5.7.1 DSN support is disabled`` (MAIL's RET and ENVID are kept and passed
-    on to the next hop, as the smtp client does); not ETRN: there is no flush service, and the
-    command answers ``459 <domain>: service unavailable`` as Postfix does for
-    a domain outside fast_flush_domains.
+    EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN,
+    ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords.
+    Not DSN, whose NOTIFY is not honoured yet: RCPT's NOTIFY and ORCPT get
+    Postfix's ``501 5.7.1 DSN support is disabled`` (MAIL's RET and ENVID are
+    kept and passed on to the next hop, as the smtp client does). MAIL's
+    SMTPUTF8 goes to cleanup, which notes where the message needs it. ETRN
+    asks the flush service (``pymailsys.ipc.flush``) to send the site's
+    deferred mail: ``250 Queuing started``, ``459 <site>: service
+    unavailable`` for a site outside fast_flush_domains, ``458 Unable to
+    queue messages`` otherwise, as Postfix (smtpd_etrn_restrictions is not
+    built: the parameter is not declared).
 
 SECURITY
     Runs as mail_owner (``-u``). DATA ends only at <CR><LF>.<CR><LF>
@@ -71,7 +75,8 @@ CONFIGURATION PARAMETERS
     smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,
     smtpd_discard_ehlo_keywords, disable_vrfy_command, smtputf8_enable,
     smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
-    cleanup_service_name, ipc_timeout; the client limits counted by anvil
+    cleanup_service_name, ipc_timeout, fast_flush_domains, flush_service_name;
+    the client limits counted by anvil
     (pymailsys.smtp.limits): smtpd_client_connection_count_limit,
     smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
     smtpd_client_recipient_rate_limit, smtpd_client_event_limit_exceptions;

@@ -25,7 +25,7 @@ from typing import Protocol
 from pymailsys import config as config_mod
 from pymailsys import log
 from pymailsys.address import networks as netaddr
-from pymailsys.ipc import attr, services
+from pymailsys.ipc import attr, flush, services
 from pymailsys.smtp import dns_client_name, restrictions
 from pymailsys.smtp.limits import ClientLimits
 
@@ -86,14 +86,18 @@ class Smtpd:
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))
         self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
+        self.flush = flush.FlushClient(
+            os.path.join(config.get("queue_directory"), "public",
+                         config.get("flush_service_name")),
+            float(config.get_time("ipc_timeout")),
+            enabled=bool(config.get_list("fast_flush_domains")))
 
     def _ehlo_reply(self) -> bytes:
-        # Only what works: no DSN (NOTIFY is not honoured yet) and no
-        # ETRN (there is no flush service; the command answers as Postfix's does for
-        # a domain it does not serve).
+        # Only what works: no DSN (NOTIFY is not honoured yet).
         words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]
         if not self.vrfy_disabled:
             words.append("VRFY")
+        words.append("ETRN")
         words += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if self.smtputf8:
             words.append("SMTPUTF8")
@@ -105,6 +109,7 @@ class Smtpd:
     async def close(self) -> None:
         await self.engine.close()
         await self.cleanup.close()
+        await self.flush.close()
         await self.limits.close()
 
     async def name_client(self, req: restrictions.Request) -> None:

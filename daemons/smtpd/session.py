@@ -56,6 +56,7 @@ from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
 from pymailsys import log
+from pymailsys.ipc import flush
 from pymailsys.smtp import restrictions
 from pymailsys.smtp.path import extract_address, parse_path
 
@@ -545,10 +546,23 @@ class Session:
             return await self.reply_error("503 Error: send HELO/EHLO first")
         if self.env is not None:
             return await self.reply_error("503 Error: MAIL transaction in progress")
-        if not arg:
+        if not arg or len(arg.split()) != 1:
             return await self.reply_error("500 Syntax: ETRN domain")
-        log.warning(f"reject: ETRN {arg}... from {self.client}")
-        return await self.reply_error(f"459 <{arg}>: service unavailable")
+        if self.smtpd.stand_alone:
+            log.warning('do not use ETRN in "sendmail -bs" mode')
+            return await self.reply_error("458 Unable to queue messages")
+        if not flush.valid_site(arg):
+            return await self.reply_error("501 Error: invalid parameter syntax")
+        status = await self.smtpd.flush.send_site(arg)  # the flush service (ipc.flush)
+        if status == flush.OK:
+            await self.push("250 Queuing started")
+            return True
+        if status == flush.DENY:
+            log.info(f"reject: ETRN {arg[:100]}... from {self.client}")
+            return await self.reply_error(f"459 <{arg}>: service unavailable")
+        log.warning(f"bad ETRN {arg[:100]}... from {self.client}" if status == flush.BAD
+                    else "unable to talk to fast flush service")
+        return await self.reply_error("458 Unable to queue messages")
 
     async def smtp_AUTH(self, arg: str) -> bool:
         return await self.reply_error("503 5.5.1 Error: authentication not enabled")

@@ -29,6 +29,11 @@ DESCRIPTION
     no server took the mail, every recipient gets the last error (5xx:
     bounced, else deferred).
 
+    The flush service (``pymailsys.ipc.flush``) hears of each recipient
+    domain of a message that stays deferred, when fast_flush_domains is
+    set, as Postfix's delivery agents tell it (defer_append's flush_add), so
+    that ETRN and ``postqueue -s`` can send that mail at once.
+
     A connection that delivered is kept (after RSET) for the same nexthop
     for smtp_connection_cache_time_limit seconds of idleness and reused for
     the next request until smtp_connection_reuse_time_limit has passed since
@@ -60,7 +65,7 @@ CONFIGURATION PARAMETERS
     smtp_tls_ciphers, smtp_tls_mandatory_ciphers, smtp_tls_verify_cert_match,
     smtp_tls_secure_cert_match, smtp_tls_loglevel (``pymailsys.smtp.tls``)
     (each also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
-    myhostname.
+    myhostname, fast_flush_domains, flush_service_name, ipc_timeout.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ from pymailsys.delivery.agent import (
     log_line,
     request_recipients,
 )
+from pymailsys.ipc import flush, services
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
@@ -186,6 +192,9 @@ class Agent:
             myhostname=config.get("myhostname"),
             own_addresses=frozenset(networks.interface_addresses(config)))
         self.cache: dict[str, list[_Cached]] = {}
+        self.flush = flush.FlushClient(spool.public(config.get("flush_service_name")),
+                                       float(config.get_time("ipc_timeout")),
+                                       enabled=bool(config.get_list("fast_flush_domains")))
 
     # --- the service -------------------------------------------------------------
 
@@ -202,7 +211,19 @@ class Agent:
             log.error(f"{self.protocol}: unexpected error: {e!r}")
             results = [DeliveryResult.deferred(f"{self.protocol} delivery agent error")
                        ] * len(req.recipients)
+        await self.note_deferred(req, results)
         return batch_reply(results)
+
+    async def note_deferred(self, req: Request, results: list[DeliveryResult]) -> None:
+        """Tell the flush service which recipient domains this message now waits for
+        (Postfix's defer_append calls flush_add), so that ETRN and postqueue -s find it."""
+        if not self.flush.enabled:
+            return
+        domains = {rc.address.rpartition("@")[2].lower()
+                   for rc, result in zip(req.recipients, results, strict=True)
+                   if result.status == services.STATUS_DEFERRED and "@" in rc.address}
+        for domain in sorted(d for d in domains if flush.valid_site(d)):
+            await self.flush.add(domain, req.queue_id)
 
     async def deliver(self, req: Request) -> list[DeliveryResult]:
         path = self.spool.path(req.queue_name, req.queue_id)
@@ -434,3 +455,4 @@ async def stop(ctx: Any) -> None:
     agent: Agent | None = ctx.state.get("agent")
     if agent is not None:
         await agent.close_all()
+        await agent.flush.close()
