@@ -63,6 +63,31 @@ _TLS_GRADES = ("export", "low", "medium", "high", "null")
 _TLS_CLIENT_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
 
+def _client_tls(prefix: str, secure_match: str) -> list[Param]:
+    """The smtp_tls_* (or lmtp_tls_*) parameters of the client TLS policy (pymailsys.smtp.tls)."""
+    return [
+        _p(f"{prefix}_tls_security_level", "", "enum",
+           "none, may, encrypt, verify, secure (dane: may)", choices=("", *_TLS_CLIENT_LEVELS),
+           refuse=("dane-only", "fingerprint"), service=prefix),
+        _p(f"{prefix}_tls_policy_maps", "", "maps",
+           "per-nexthop TLS policy: level [match=...] [protocols=...] [ciphers=...]"),
+        _p(f"{prefix}_tls_CAfile", "", doc="trusted CA certificates (PEM) for verify and secure"),
+        _p(f"{prefix}_tls_CApath", "", doc="directory of trusted CA certificates (c_rehash form)"),
+        _p(f"{prefix}_tls_protocols", ">=TLSv1", doc="TLS protocols at level may"),
+        _p(f"{prefix}_tls_mandatory_protocols", ">=TLSv1",
+           doc="TLS protocols at level encrypt and above"),
+        _p(f"{prefix}_tls_ciphers", "medium", "enum", "cipher grade at level may",
+           choices=_TLS_GRADES),
+        _p(f"{prefix}_tls_mandatory_ciphers", "medium", "enum",
+           "cipher grade at level encrypt and above", choices=_TLS_GRADES),
+        _p(f"{prefix}_tls_verify_cert_match", "hostname",
+           doc="certificate name patterns at level verify"),
+        _p(f"{prefix}_tls_secure_cert_match", secure_match,
+           doc="certificate name patterns at level secure"),
+        _p(f"{prefix}_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
+    ]
+
+
 _TABLE: list[Param] = [
     # identity and locations
     _p("mail_name", "Postfix", doc="mail system name used in the SMTP greeting and Received headers"),
@@ -394,32 +419,8 @@ _TABLE: list[Param] = [
     _p("lmtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("smtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
     _p("lmtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
-    _p("smtp_tls_security_level", "", "enum", "none, may, encrypt, verify, secure (dane: may)",
-       choices=("", *_TLS_CLIENT_LEVELS), refuse=("dane-only", "fingerprint"), service="smtp"),
-    _p("smtp_tls_policy_maps", "", "maps", "per-nexthop TLS policy: level [match=...] [protocols=...] [ciphers=...]"),
-    _p("smtp_tls_CAfile", "", doc="trusted CA certificates (PEM) for the verify and secure levels"),
-    _p("smtp_tls_CApath", "", doc="directory of trusted CA certificates (c_rehash form)"),
-    _p("smtp_tls_protocols", ">=TLSv1", doc="TLS protocols at level may"),
-    _p("smtp_tls_mandatory_protocols", ">=TLSv1", doc="TLS protocols at level encrypt and above"),
-    _p("smtp_tls_ciphers", "medium", "enum", "cipher grade at level may", choices=_TLS_GRADES),
-    _p("smtp_tls_mandatory_ciphers", "medium", "enum", "cipher grade at level encrypt and above",
-       choices=_TLS_GRADES),
-    _p("smtp_tls_verify_cert_match", "hostname", doc="certificate name patterns at level verify"),
-    _p("smtp_tls_secure_cert_match", "nexthop, dot-nexthop", doc="certificate name patterns at level secure"),
-    _p("smtp_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
-    _p("lmtp_tls_security_level", "", "enum", "none, may, encrypt, verify, secure (dane: may)",
-       choices=("", *_TLS_CLIENT_LEVELS), refuse=("dane-only", "fingerprint"), service="lmtp"),
-    _p("lmtp_tls_policy_maps", "", "maps", "per-nexthop TLS policy: level [match=...] [protocols=...] [ciphers=...]"),
-    _p("lmtp_tls_CAfile", "", doc="trusted CA certificates (PEM) for the verify and secure levels"),
-    _p("lmtp_tls_CApath", "", doc="directory of trusted CA certificates (c_rehash form)"),
-    _p("lmtp_tls_protocols", ">=TLSv1", doc="TLS protocols at level may"),
-    _p("lmtp_tls_mandatory_protocols", ">=TLSv1", doc="TLS protocols at level encrypt and above"),
-    _p("lmtp_tls_ciphers", "medium", "enum", "cipher grade at level may", choices=_TLS_GRADES),
-    _p("lmtp_tls_mandatory_ciphers", "medium", "enum", "cipher grade at level encrypt and above",
-       choices=_TLS_GRADES),
-    _p("lmtp_tls_verify_cert_match", "hostname", doc="certificate name patterns at level verify"),
-    _p("lmtp_tls_secure_cert_match", "nexthop", doc="certificate name patterns at level secure"),
-    _p("lmtp_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
+    *_client_tls("smtp", "nexthop, dot-nexthop"),
+    *_client_tls("lmtp", "nexthop"),
 ]
 
 PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}
