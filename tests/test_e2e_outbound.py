@@ -11,6 +11,7 @@ import email
 import email.policy
 import os
 import re
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -46,7 +47,6 @@ class Sink:
         wait_until(self._listening, 10, what="smtp-sink listening")
 
     def _listening(self) -> bool:
-        import socket
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
                 return s.recv(100)[:3].isdigit()  # a greeting (220, or a refusal)
@@ -379,3 +379,59 @@ def test_peers_failing_at_each_stage(new_instance) -> None:  # type: ignore[no-u
     finally:
         for s in sinks.values():
             s.stop()
+
+
+def test_servers_that_never_answer(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Two silent peers made with plain sockets that never accept: one whose accept queue
+    is full (listen(0) and one connection already waiting), so that the kernel drops our
+    SYNs and the connect times out; one with room in its queue, so that the connection
+    opens and the greeting never comes. Both defer with Postfix's reasons."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    try:
+        full_port, silent_port = full.getsockname()[1], silent.getsockname()[1]
+        inst: Instance = new_instance()
+        inst.set(smtp_connect_timeout="2s", smtp_helo_timeout="2s",
+                 transport_maps=f"inline:{{ full.example=smtp:[127.0.0.1]:{full_port}, "
+                                f"silent.example=smtp:[127.0.0.1]:{silent_port} }}")
+        inst.start()
+        queue_id = inst.send(LOCAL, ["x@full.example", "y@silent.example"],
+                             b"Subject: hello?\r\n\r\nx\r\n")
+        inst.wait_log(rf"{queue_id}: to=<x@full\.example>, relay=none, .*dsn=4\.4\.1, "
+                      rf"status=deferred \(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{full_port}: "
+                      rf"Connection timed out\)")
+        inst.wait_log(rf"{queue_id}: to=<y@silent\.example>, .*dsn=4\.4\.2, status=deferred "
+                      rf"\(conversation with 127\.0\.0\.1\[127\.0\.0\.1\] timed out while "
+                      rf"receiving the initial server greeting\)")
+    finally:
+        for s in (filler, full, silent):
+            s.close()
+
+
+def test_a_second_pymailsys_instance_as_the_peer(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Relayed to another pymailsys instance, which delivers to its local maildir: the
+    envelope sender arrives as Return-Path, the 8-bit body and headers intact."""
+    peer: Instance = new_instance()
+    peer.set(mydestination="peer.example, localhost", myhostname="peer.example")
+    peer.start()
+    inst: Instance = new_instance()
+    relay_to(inst, peer.port)
+    inst.start()
+    message = b"Subject: hop\r\nX-Raw: \xc3\xa4\r\n\r\n" + BODY_8BIT
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", [f"{ME}@peer.example"], message,
+                        mail_options=["BODY=8BITMIME"])
+    inst.wait_log(rf"to=<{ME}@peer\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{peer.port}, "
+                  rf".*status=sent \(250 2\.0\.0 Ok: queued as \w+\)")
+    peer.wait_log(rf"to=<{ME}@peer\.example>, relay=local, .*status=sent")
+    (got,) = peer.wait_maildir(1)
+    head, _, body = got.partition(b"\n\n")
+    assert head.startswith(b"Return-Path: <alice@example.org>\n")
+    assert b"\nX-Raw: \xc3\xa4\n" in head
+    assert body == BODY_8BIT.replace(b"\r\n", b"\n")

@@ -3,9 +3,9 @@
 The test creates a network namespace with its own /etc/netns/NAME/resolv.conf
 (``ip netns exec`` mounts it over /etc/resolv.conf, which the smtp agent reads
 as Postfix does), starts a real DNS server in it (Debian's dnsmasq, serving
-the test zone from its command line: MX, A, a null MX, a domain whose
+the test zone from its command line: MX, A, AAAA, a null MX, a domain whose
 forwarder does not answer, so that dnsmasq replies SERVFAIL) and smtp-sink
-peers on the namespace's loopback addresses, port 25. The pymailsys instance
+peers on the namespace's loopback addresses (one IPv6), port 25. The pymailsys instance
 runs inside the namespace; mail goes in with the sendmail command, over the
 instance's Unix sockets, which do not depend on the network namespace.
 """
@@ -22,6 +22,7 @@ from netns_helper import Netns
 pytestmark = pytest.mark.root
 
 MX1, MX2, AHOST, SELF, SOFT = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.1", "127.0.0.13"
+V6HOST = "fd00::25"  # on the namespace's loopback: the only address of v6only.test (AAAA)
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def netns() -> Iterator[Netns]:
     require_tool("/usr/sbin/dnsmasq")
     ns = Netns()
     try:
+        ns.run(["ip", "-6", "addr", "add", f"{V6HOST}/128", "dev", "lo"])
         ns.spawn(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
                   "--mx-host=mx.test,mx1.mx.test,10", "--mx-host=mx.test,mx2.mx.test,20",
@@ -36,16 +38,16 @@ def netns() -> Iterator[Netns]:
                   "--mx-host=soft.test,mx1.soft.test,10", "--mx-host=soft.test,mx2.mx.test,20",
                   f"--host-record=mx1.soft.test,{SOFT}",
                   f"--host-record=mx1.mx.test,{MX1}", f"--host-record=mx2.mx.test,{MX2}",
-                  f"--host-record=amx.test,{AHOST}",
+                  f"--host-record=amx.test,{AHOST}", f"--host-record=v6only.test,{V6HOST}",
                   "--mx-host=self.test,me.self.test,10", "--mx-host=self.test,mx2.mx.test,20",
                   f"--host-record=me.self.test,{SELF}",
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
                   "--server=/fail.test/127.0.0.99"])  # nobody answers there: SERVFAIL
         sink = require_tool("/usr/sbin/smtp-sink")
-        for addr in (MX2, AHOST):  # MX1 has nothing listening: connection refused
+        for addr in (MX2, AHOST, f"[{V6HOST}]"):  # MX1 has nothing listening: refused
             ns.spawn([sink, "-u", "nobody", f"{addr}:25", "10"])
         ns.spawn([sink, "-u", "nobody", "-r", "RCPT", f"{SOFT}:25", "10"])  # 450 to RCPT
-        for addr in (MX2, AHOST, SOFT):
+        for addr in (MX2, AHOST, SOFT, V6HOST):
             wait_until(lambda a=addr: ns.listening(a, 25), 30,  # type: ignore[misc]
                        what=f"smtp-sink on {addr}")
         yield ns
@@ -92,3 +94,15 @@ def test_fallback_relay_when_every_mx_is_down(new_instance, netns) -> None:  # t
               input="Subject: fallback\n\nvia the fallback relay\n", check=True)
     inst.wait_log(r"to=<h@deadmx\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
                   r".*status=sent")
+
+
+def test_aaaa_only_destination(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    """No MX and only an AAAA record: delivered over IPv6 with inet_protocols = all."""
+    inst: Instance = new_instance()
+    inst.set(inet_protocols="all")
+    netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
+              cwd="/")
+    inst.running = True
+    inst.tool("sendmail", "-f", "alice@example.org", "v@v6only.test",
+              input="Subject: v6\n\nover IPv6\n", check=True)
+    inst.wait_log(r"to=<v@v6only\.test>, relay=v6only\.test\[fd00::25\]:25, .*status=sent")
