@@ -5,7 +5,8 @@ under a new directory in /tmp: its own queue_directory and data_directory, smtpd
 127.0.0.1:port only, no chroot, its log in DIR/maillog (postlogd), and the domains
 remote.example and other.example delivered by Postfix's virtual(8) into one Maildir,
 DIR/vmail/mail/, with Return-Path: and Delivered-To: carrying the envelope. ``start``
-runs ``postfix -c DIR start`` and waits for the greeting; ``stop`` runs ``postfix -c
+runs ``postfix -c DIR start`` and waits for the greeting; with ``tls_key_cert`` it offers STARTTLS with
+that key and certificate. ``stop`` runs ``postfix -c
 DIR stop`` and removes the directory. It needs root (Postfix's master), as CI runs.
 """
 
@@ -30,6 +31,7 @@ _MASTER_CF = """\
 pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
 rewrite unix - - n - - trivial-rewrite
 bounce unix - - n - 0 bounce
 defer unix - - n - 0 bounce
@@ -52,7 +54,7 @@ postlog unix-dgram n - n - 1 postlogd
 
 
 class PostfixPeer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls_key_cert: tuple[Path, Path] | None = None) -> None:
         self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="postfix-peer-", dir="/tmp"))
         os.chmod(self.dir, 0o755)
@@ -85,7 +87,12 @@ class PostfixPeer:
             "virtual_uid_maps": f"static:{owner.pw_uid}",
             "virtual_gid_maps": f"static:{owner.pw_gid}",
             "smtputf8_enable": "yes",
+            "alias_maps": "",
         }
+        if tls_key_cert is not None:  # STARTTLS offered (smtpd_tls_security_level = may)
+            key, cert = (str(shutil.copy(p, self.etc)) for p in tls_key_cert)
+            main_cf.update(smtpd_tls_security_level="may", smtpd_tls_key_file=key,
+                           smtpd_tls_cert_file=cert, smtpd_tls_loglevel="1")
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
         (self.etc / "master.cf").write_text(_MASTER_CF.format(port=port))
 

@@ -2,7 +2,8 @@
 the envelope, an 8-bit body and 8-bit headers intact, several recipients in one
 transaction, several messages over one cached connection, and the null sender relayed.
 
-Postfix's master needs root: skipped otherwise (CI runs as root).
+Over STARTTLS, at security level secure: the certificate from the test's throw-away CA
+is verified. Postfix's master needs root: skipped otherwise (CI runs as root).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from conftest import require_tool
 from harness import IS_ROOT, Instance, free_port, wait_until
 from postfix_peer import PostfixPeer
+from test_e2e_outbound_tls import Pki
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="Postfix's master needs root")
 
@@ -83,3 +85,28 @@ def test_relayhost_delivery_to_debian_postfix(new_instance, postfix_peer) -> Non
 
 def _connects(peer: PostfixPeer) -> list[str]:
     return re.findall(r"postfix/smtpd\[\d+\]: connect from", peer.log())
+
+
+def test_secure_tls_to_debian_postfix(new_instance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    require_tool("/usr/sbin/postfix")
+    pki = Pki(tmp_path)
+    peer = PostfixPeer(free_port(), tls_key_cert=pki.signed)
+    peer.start()
+    try:
+        inst: Instance = new_instance()
+        ca = inst.write("etc/tls/ca.pem", pki.ca.read_text())
+        nexthop = f"[127.0.0.1]:{peer.port}"
+        inst.set(relayhost=nexthop, smtp_tls_CAfile=str(ca), smtp_tls_loglevel="1",
+                 smtp_tls_policy_maps=f"inline:{{ {{{nexthop} = secure match=peer.example}} }}")
+        inst.start()
+        queue_id = inst.send(SENDER, "t@remote.example", b"Subject: tls\r\n\r\nsecret\r\n")
+        inst.wait_log(rf"postfix/smtp\[\d+\]: Verified TLS connection established to "
+                      rf"127\.0\.0\.1\[127\.0\.0\.1\]:{peer.port}: TLSv1\.[23] with cipher \S+ "
+                      rf"\(\d+/\d+ bits\)")
+        inst.wait_log(rf"{queue_id}: to=<t@remote\.example>, .*status=sent")
+        peer.wait_log(r"postfix/smtpd\[\d+\]: Anonymous TLS connection established from "
+                      r"\S+\[127\.0\.0\.1\]: TLSv1\.[23]")
+        (message,) = wait_until(peer.messages, 60, what="the message in Postfix's Maildir")  # type: ignore[misc]
+        assert message.endswith(b"\n\nsecret\n")
+    finally:
+        peer.stop()
