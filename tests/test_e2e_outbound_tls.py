@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from harness import ME, Instance, free_port
 
 from pymailsys.maps import Maps
@@ -257,3 +258,58 @@ def test_bad_policy_entries_defer(entry: str) -> None:
     with pytest.raises(tls.PolicyError) as caught:
         _client_tls(f"{{bad.example = {entry}}}").policy("bad.example")
     assert (caught.value.text, caught.value.dsn) == ("client TLS configuration problem", "4.7.5")
+
+
+class _RefusingStarttls(SMTP):
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await self.push("454 4.7.0 TLS not available due to local problem")
+
+
+class _RefusingController(Controller):
+    def factory(self) -> SMTP:
+        return _RefusingStarttls(self.handler, **self.SMTP_kwargs)
+
+
+def _starttls_peer(context: ssl.SSLContext, refusing: bool) -> Controller:
+    kind = _RefusingController if refusing else Controller
+    peer = kind(Recorder(), hostname="127.0.0.1", port=free_port(), tls_context=context)
+    peer.start()
+    return peer
+
+
+def test_starttls_refused_or_failing(new_instance, pki) -> None:  # type: ignore[no-untyped-def]
+    """Servers that refuse STARTTLS, and servers whose handshake fails (they speak TLSv1.3
+    only; the policy allows up to TLSv1.2): at level may the mail goes in plaintext (for
+    the failed handshake, on a new connection), at encrypt it waits with Postfix's reasons."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(pki.signed[1]), str(pki.signed[0]))
+    strict = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    strict.load_cert_chain(str(pki.signed[1]), str(pki.signed[0]))
+    strict.minimum_version = ssl.TLSVersion.TLSv1_3
+    # name: (peer, policy)
+    cases = {"r-enc": (_starttls_peer(context, True), "encrypt"),
+             "r-may": (_starttls_peer(context, True), "may"),
+             "s-enc": (_starttls_peer(strict, False), "encrypt protocols=<=TLSv1.2"),
+             "s-may": (_starttls_peer(strict, False), "may protocols=<=TLSv1.2")}
+    try:
+        policies = ", ".join(f"{{[127.0.0.1]:{peer.port} = {policy}}}"
+                             for peer, policy in cases.values())
+        routes = ", ".join(f"{name}.example=smtp:[127.0.0.1]:{peer.port}"
+                           for name, (peer, _) in cases.items())
+        inst = instance_with_ca(new_instance, pki, smtp_tls_policy_maps=f"inline:{{ {policies} }}",
+                                transport_maps=f"inline:{{ {routes} }}")
+        inst.start()
+        queue_id = inst.send(LOCAL, [f"x@{name}.example" for name in cases],
+                             b"Subject: tls?\r\n\r\nbody\r\n")
+        inst.wait_log(rf"{queue_id}: to=<x@r-enc\.example>, .*dsn=4\.7\.0, status=deferred "
+                      rf"\(TLS is required, but host {ADDR} refused to start TLS: 454 4\.7\.0 "
+                      rf"TLS not available due to local problem\)")
+        inst.wait_log(rf"{queue_id}: to=<x@r-may\.example>, .*status=sent")
+        inst.wait_log(rf"{queue_id}: to=<x@s-enc\.example>, relay=none, .*dsn=4\.7\.5, "
+                      rf"status=deferred \(Cannot start TLS: handshake failure\)")
+        inst.wait_log(rf"{queue_id}: to=<x@s-may\.example>, .*status=sent")
+        over_tls = {name: peer.handler.over_tls for name, (peer, _) in cases.items()}
+        assert over_tls == {"r-enc": [], "r-may": [False], "s-enc": [], "s-may": [False]}
+    finally:
+        for peer, _ in cases.values():
+            peer.stop()

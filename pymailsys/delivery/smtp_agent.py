@@ -27,7 +27,10 @@ DESCRIPTION
     that got past the greeting. Per recipient: 2xx sent, 5xx bounced, 4xx
     tried again at the next server (as Postfix does), deferred when none is left; a message larger than the server's SIZE bounces (5.3.4). When
     no server took the mail, every recipient gets the last error (5xx:
-    bounced, else deferred).
+    bounced, else deferred). The TLS policy of the nexthop
+    (``pymailsys.smtp.tls``: smtp_tls_security_level, smtp_tls_policy_maps)
+    applies to each server; a failed TLS handshake at level ``may`` is tried
+    again without TLS on a new connection to the same server, as Postfix.
 
     The flush service (``pymailsys.ipc.flush``) hears of each recipient
     domain of a message that stays deferred, when fast_flush_domains is
@@ -336,18 +339,28 @@ class Agent:
             except nexthop.RouteError as e:
                 log.warning(f"smtp_fallback_relay {relay}: {e.text}")
         for peer in peers:
-            try:
-                session = await client.connect(peer, self.settings, policy, dest.host)
-            except client.SessionError as e:
-                yield peer, None, e
-                continue
-            try:
-                await session.hello()
-            except client.SessionError as e:
-                session.close()
-                yield peer, None, e
+            session, error = await self.open(peer, policy, dest.host)
+            if error is not None and error.tls_failed and policy.level == "may":
+                # as Postfix: after a failed handshake at level may, plaintext to the same server
+                session, error = await self.open(peer, tls.Policy(), dest.host)
+            if error is not None:
+                yield peer, None, error
                 continue
             yield peer, session, None
+
+    async def open(self, peer: client.Peer, policy: tls.Policy, domain: str) -> tuple[
+            client.Session | None, client.SessionError | None]:
+        """A session past the greeting and EHLO (and STARTTLS), or why not."""
+        try:
+            session = await client.connect(peer, self.settings, policy, domain)
+        except client.SessionError as e:
+            return None, e
+        try:
+            await session.hello()
+        except client.SessionError as e:
+            session.close()
+            return None, e
+        return session, None
 
     def take_cached(self, key: str) -> client.Session | None:
         entries = self.cache.get(key)

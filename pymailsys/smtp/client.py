@@ -32,8 +32,13 @@ DESCRIPTION
     The connection's ``tls.Policy`` (``pymailsys.smtp.tls``) decides
     STARTTLS: at ``may`` and above a server that offers it gets it after
     EHLO, then EHLO again; from ``encrypt`` up a server that does not offer
-    it fails the session (4.7.4 "TLS is required, but was not offered by
-    host H[A]") before anything is sent in plaintext. At ``verify`` and
+    it (or that took HELO only) fails the session (4.7.4 "TLS is required,
+    but was not offered by host H[A]") before anything is sent in
+    plaintext, and so does one that refuses STARTTLS ("TLS is required, but
+    host H[A] refused to start TLS: REPLY"); at ``may`` the session then
+    goes on in plaintext. A failed handshake is "Cannot start TLS:
+    handshake failure" (``SessionError.tls_failed``: at ``may`` the caller
+    may try the server again without TLS, as Postfix does). At ``verify`` and
     ``secure`` a certificate chain that does not verify fails the session
     with "Server certificate not trusted", and a certificate whose names do
     not match the policy's patterns with "Server certificate not verified"
@@ -150,12 +155,13 @@ class SessionError(Exception):
     """The session with this server failed; see the module docstring."""
 
     def __init__(self, text: str, reply: Reply | None = None, retry_other: bool = True,
-                 dsn: str = "") -> None:
+                 dsn: str = "", tls_failed: bool = False) -> None:
         super().__init__(text)
         self.text = text
         self.reply = reply
         self.retry_other = retry_other
         self._dsn = dsn
+        self.tls_failed = tls_failed  # the TLS handshake failed: the connection is lost
 
     @property
     def dsn(self) -> str:
@@ -279,9 +285,6 @@ class Session:
             self.extensions = _extensions(reply)
             await self._starttls(verb)
             return
-        if self.tls.required and not self.peer.path:
-            raise SessionError(f"TLS is required, but our {verb} was rejected by host "
-                               f"{self.peer.label}: {reply}", reply, dsn="4.7.5")
         if self.settings.lmtp or reply.code == 421:
             raise SessionError(self.said(reply, verb), reply)
         await self._write(f"HELO {name}\r\n".encode(), t.helo, "performing the HELO handshake")
@@ -289,6 +292,7 @@ class Session:
         if reply.kind != 2:
             raise SessionError(self.said(reply, "HELO"), reply)
         self.extensions = {}
+        await self._starttls("HELO")  # no STARTTLS after HELO: fails when TLS is required
 
     async def _starttls(self, verb: str) -> None:
         """STARTTLS and a new EHLO/LHLO, as the TLS policy asks (module docstring)."""
@@ -304,7 +308,11 @@ class Session:
         await self._write(b"STARTTLS\r\n", t.helo, "sending STARTTLS")
         reply = await self.reply(t.helo, "sending STARTTLS")
         if reply.kind != 2:
-            raise SessionError(self.said(reply, "STARTTLS"), reply, dsn="4.7.5")
+            if self.tls.required:
+                raise SessionError(f"TLS is required, but host {self.peer.label} refused to "
+                                   f"start TLS: {reply}", reply)
+            return  # opportunistic: the session goes on in plaintext, as Postfix's
+
         try:
             await self._wait(self.writer.start_tls(self.tls.context(),
                                                    server_hostname=self.peer.name),
@@ -314,11 +322,13 @@ class Session:
             log.info(f"server certificate verification failed for {self.peer.relay}: "
                      f"num={e.verify_code}:{e.verify_message}")
             raise SessionError("Server certificate not trusted", dsn="4.7.5") from None
-        except ssl.SSLError as e:
+        except (ssl.SSLError, SessionError) as e:  # an alert, a reset or a timeout
             self.broken = True
             if self.tls.loglevel:
-                log.info(f"SSL_connect error to {self.peer.relay}: {e.reason or e}")
-            raise SessionError("Cannot start TLS: handshake failure", dsn="4.7.5") from None
+                why = e.reason or e if isinstance(e, ssl.SSLError) else e.text
+                log.info(f"SSL_connect error to {self.peer.relay}: {why}")
+            raise SessionError("Cannot start TLS: handshake failure", dsn="4.7.5",
+                               tls_failed=True) from None
         ssl_object = self.writer.get_extra_info("ssl_object")
         matched = False
         if ssl_object is not None:
