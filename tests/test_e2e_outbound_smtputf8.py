@@ -83,3 +83,23 @@ def test_smtputf8_passed_on_or_bounced_with_postfix_reason(new_instance, utf8_pe
         client.sendmail(LOCAL, ["raw@ascii.example"], subject, mail_options=["BODY=8BITMIME"])
     inst.wait_log(r"to=<raw@ascii\.example>, .*status=sent")
     assert "Subject: Grüße".encode() in ascii_rec.envelopes[1][3]
+
+
+def test_sendmail_mail_asks_for_smtputf8_by_itself(new_instance, utf8_peers) -> None:  # type: ignore[no-untyped-def]
+    """smtputf8_autodetect_classes (default: sendmail, verify): mail from the sendmail
+    command with UTF-8 asks for SMTPUTF8 without being told, ASCII mail does not."""
+    utf8, utf8_rec = utf8_peers["utf8"]
+    ascii_peer, ascii_rec = utf8_peers["ascii"]
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"inline:{{ utf8.example=smtp:[127.0.0.1]:{utf8.port}, "
+                            f"ascii.example=smtp:[127.0.0.1]:{ascii_peer.port} }}")
+    inst.start()
+    for rcpt in ("jörg@utf8.example", "jörg@ascii.example", "plain@ascii.example"):
+        inst.tool("sendmail", "-f", "alice@example.org", rcpt,
+                  input="Subject: from sendmail\n\nbody\n", check=True)
+    inst.wait_log(r"to=<jörg@utf8\.example>, .*status=sent")
+    assert "SMTPUTF8" in utf8_rec.envelopes[0][2]
+    inst.wait_log(r"to=<jörg@ascii\.example>, .*dsn=5\.6\.7, status=bounced \(SMTPUTF8 is "
+                  r"required, but was not offered by host 127\.0\.0\.1\[127\.0\.0\.1\]\)")
+    inst.wait_log(r"to=<plain@ascii\.example>, .*status=sent")
+    assert "SMTPUTF8" not in ascii_rec.envelopes[0][2]

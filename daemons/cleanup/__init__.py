@@ -61,7 +61,8 @@ CONFIGURATION PARAMETERS
     line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
     queue_minfree, delay_warning_time, ipc_timeout (the longest wait for the next
     piece of a streamed message),
-    enable_original_recipient, enable_long_queue_ids, queue_service_name.
+    enable_original_recipient, enable_long_queue_ids, queue_service_name,
+    smtputf8_enable, smtputf8_autodetect_classes.
     All are read once at start-up; a reload restarts the process.
 
 SEE ALSO
@@ -92,12 +93,20 @@ DSN_NOTIFY = {"NEVER": 1, "SUCCESS": 2, "FAILURE": 4, "DELAY": 8}
 DSN_RET = {"FULL": 1, "HDRS": 2}
 
 
+# the smtputf8_autodetect_classes class of each origin
+_ORIGIN_CLASS = {"pickup": "sendmail", "smtpd": "smtpd", "bounce": "bounce", "local": "forward"}
+
+
 def _size_record(builder: QueueFileBuilder, envelope: bytes, content_size: int,
-                 outcome: hdr.HeaderOutcome) -> bytes:
-    """The C record, with SMTPUTF8_HEADER when SMTPUTF8 was asked for and a header has
-    UTF-8 (Postfix's cleanup notes it only then)."""
-    if builder.smtputf8 and outcome.utf8_headers:
-        builder.smtputf8 |= r.SMTPUTF8_HEADER
+                 outcome: hdr.HeaderOutcome, detect_utf8: bool) -> bytes:
+    """The C record. When cleanup looks for UTF-8 (``Cleanup.detects_utf8``), it notes
+    a header with UTF-8 (SMTPUTF8_HEADER), and a message that has UTF-8 somewhere asks
+    for SMTPUTF8 even if its client did not (autodetection), as Postfix's cleanup."""
+    if detect_utf8:
+        if outcome.utf8_headers:
+            builder.smtputf8 |= r.SMTPUTF8_HEADER
+        if builder.smtputf8:
+            builder.smtputf8 |= r.SMTPUTF8_REQUESTED
     return builder.size_record(envelope, content_size, outcome.content_length)
 
 
@@ -141,6 +150,9 @@ class Settings:
         self.long_ids = config.get_bool("enable_long_queue_ids")
         self.qmgr_service = config.get("queue_service_name")
         self.ipc_timeout = float(config.get_time("ipc_timeout"))
+        self.utf8_autodetect = frozenset(
+            c.lower() for c in config.get_list("smtputf8_autodetect_classes")
+        ) if config.get_bool("smtputf8_enable") else frozenset()
 
 
 def _notify_value(text: str) -> int:
@@ -287,8 +299,8 @@ class Cleanup:
             b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
         for clean, orig, notify, dsn_orcpt in recipients:
             b.recipient(clean, orig, notify, dsn_orcpt)
-        if req.number("smtputf8"):  # the client asked for SMTPUTF8: note where it is needed
-            b.smtputf8 = (r.SMTPUTF8_REQUESTED
+        if self.detects_utf8(req):  # note where the message needs SMTPUTF8
+            b.smtputf8 = ((r.SMTPUTF8_REQUESTED if req.number("smtputf8") else 0)
                           | (0 if sender.isascii() else r.SMTPUTF8_SENDER)
                           | (0 if all(rc[0].isascii() for rc in recipients)
                              else r.SMTPUTF8_RECIPIENT))
@@ -302,6 +314,13 @@ class Cleanup:
                                   s.replace_stray_cr)
         return b, content
 
+    def detects_utf8(self, req: attr.AttrList) -> bool:
+        """Whether cleanup looks for UTF-8 in this message: its client asked for SMTPUTF8,
+        or its origin's class is in smtputf8_autodetect_classes."""
+        detect = self.s.utf8_autodetect
+        return bool(req.number("smtputf8")) or "all" in detect or \
+            _ORIGIN_CLASS.get(req.text("origin"), "") in detect
+
     def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
             bytes, hdr.HeaderOutcome]:
         """The whole queue file for a one-list request (pure but for the clock it is given)."""
@@ -309,7 +328,8 @@ class Cleanup:
         records = content.feed(req.raw("content") or b"") + content.end()
         envelope = builder.envelope()
         body = b"".join(records)
-        size_rec = _size_record(builder, envelope, len(body), content.outcome)
+        size_rec = _size_record(builder, envelope, len(body), content.outcome,
+                                self.detects_utf8(req))
         return size_rec + envelope + body + builder.trailer(), content.outcome
 
     async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
@@ -348,7 +368,8 @@ class Cleanup:
                 return _reply(*ERR_SIZE)
             out.add(content.end())
             outcome = content.outcome
-            size_rec = _size_record(builder, envelope, out.content_size, outcome)
+            size_rec = _size_record(builder, envelope, out.content_size, outcome,
+                                    self.detects_utf8(req))
             parts = out.finish(size_rec, builder.trailer())
         except (attr.ProtocolError, TimeoutError) as e:
             self.writer.discard(fd, path)
