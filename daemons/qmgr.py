@@ -77,7 +77,13 @@ DESCRIPTION
     incoming/.
 
     Agents do not write status logs themselves: qmgr does, from their replies.
-    Delay warnings (``delay_warning_time``) are not sent yet.
+    DSN: a sent recipient with NOTIFY=SUCCESS (unless the next hop took the
+    NOTIFY over, ``passed_on``) goes to the trace log (trace/ID, action
+    delivered, or relayed as the agent says), and finish() asks the bounce
+    service for the success notice (request ``trace``). A message deferred
+    past its delay warning time (the W record cleanup writes when
+    delay_warning_time is set) brings the sender one delay notice (request
+    ``warn``, from defer/ID), after which the W record is set to 0 in place.
 
 SECURITY
     qmgr runs as mail_owner (master.cf ``-u``); it reads queue files and talks
@@ -112,7 +118,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 
-from pymailsys import log, maps, server
+from pymailsys import dsn, log, maps, server
 from pymailsys.address import resolve
 from pymailsys.config import Config, params
 from pymailsys.delivery.agent import (
@@ -132,6 +138,7 @@ from pymailsys.queue.queue_file import (
     Envelope,
     QueueFileError,
     Recipient,
+    clear_warning,
     mark_done,
     read_envelope_fd,
 )
@@ -192,6 +199,7 @@ class Message:
     deferred: int = 0
     sent: int = 0
     bounced: int = 0
+    traced: int = 0  # sent recipients in the trace log (NOTIFY=SUCCESS)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -660,6 +668,10 @@ class Qmgr:
             self._append(q.BOUNCE, msg, rc, result, status_log.ACTION_FAILED)
         else:
             msg.sent += 1
+            if rc.notify & dsn.NOTIFY_SUCCESS and not result.passed_on:
+                msg.traced += 1
+                self._append(q.TRACE, msg, rc, result,
+                             result.action or status_log.ACTION_DELIVERED)
         try:
             mark_done(msg.fd, rc.offset)
         except OSError as e:
@@ -671,6 +683,7 @@ class Qmgr:
         entry = status_log.Entry(rc.address, result.dsn, action, result.reason,
                                  original_recipient=rc.orig, offset=rc.offset,
                                  dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
+        entry.set_remote(result.mta, result.diag)
         try:
             status_log.append_queue(self.spool, queue, msg.queue_id, entry)
         except OSError as e:
@@ -682,7 +695,7 @@ class Qmgr:
         queue_id = msg.queue_id
         now = time.time()
         env = msg.env
-        if msg.fresh and not msg.deferred and not msg.bounced and msg.sent:
+        if msg.fresh and not msg.deferred and not msg.bounced and not msg.traced and msg.sent:
             self.remove(msg)  # the common case: no status logs can exist
             return True
         bounce_path = self.spool.path(q.BOUNCE, queue_id)
@@ -692,9 +705,16 @@ class Qmgr:
                 self.defer_message(msg, now)
                 return False
             status_log.remove(self.spool, q.BOUNCE, queue_id)
+        if os.path.exists(self.spool.path(q.TRACE, queue_id)):
+            if not await self.notify(msg, "trace", q.TRACE):
+                self.defer_message(msg, now)
+                return False
+            status_log.remove(self.spool, q.TRACE, queue_id)
         if any(not rc.done for rc in env.recipients):
             lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
             if now - env.arrival < lifetime:
+                if env.warn_time and now >= env.warn_time and msg.deferred:
+                    await self.delay_warning(msg)
                 self.defer_message(msg, now)
                 return False
             log.info(f"{queue_id}: from=<{env.sender}>, status=expired, returned to sender")
@@ -706,7 +726,7 @@ class Qmgr:
             if not await self.nondelivery(msg, entries, expired=True):
                 self.defer_message(msg, now)
                 return False
-        for queue in (q.DEFER, q.BOUNCE):
+        for queue in (q.DEFER, q.BOUNCE, q.TRACE):
             status_log.remove(self.spool, queue, queue_id)
         self.remove(msg)
         return True
@@ -732,14 +752,29 @@ class Qmgr:
         (a notification queued, or deliberately dropped), False to retry later."""
         if not entries:
             return True
+        return await self.notify(msg, "flush", q.DEFER if expired else q.BOUNCE, expired)
+
+    async def notify(self, msg: Message, request: str, which: str, expired: bool = False) -> bool:
+        """Ask private/bounce for a notice from a status log: ``flush`` (failures),
+        ``warn`` (delays), ``trace`` (successes); True when done (queued, or
+        nothing to send), False to retry later."""
         try:
             reply = await self.bounce.request({
-                "request": "flush", "queue_id": msg.queue_id, "queue_name": q.ACTIVE,
-                "log": "defer" if expired else "bounce", "expired": int(expired)})
+                "request": request, "queue_id": msg.queue_id, "queue_name": q.ACTIVE,
+                "log": which, "expired": int(expired)})
         except (ProtocolError, OSError) as e:
             log.warning(f"{msg.queue_id}: bounce service: {e}")
             return False
         return reply.number("status", -1) == 0
+
+    async def delay_warning(self, msg: Message) -> None:
+        """delay_warning_time has passed: warn the sender of the delayed recipients
+        once (Postfix: the W record is then set to 0), else try again next time."""
+        if await self.notify(msg, "warn", q.DEFER):
+            try:
+                clear_warning(msg.fd, msg.env)
+            except OSError as e:
+                log.warning(f"{msg.queue_id}: cannot update the warning time: {e.strerror}")
 
 
 def _closer(jobs: SimpleQueue[tuple[str, int, str] | None]) -> None:

@@ -386,7 +386,7 @@ def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
     ctx = server.Context(cfg, Spool.from_config(cfg), "cleanup", "cleanup", "unix", [])
     service = Cleanup(ctx)
     try:
-        req = _smtpd_request(rcpt=["bob@example.com", "carol"], notify=["SUCCESS,FAILURE", "0"],
+        req = _smtpd_request(rcpt=["bob@example.com", "carol"], notify=["6", "0"],
                              envid="env-1", ret="HDRS", encoding="8bitmime")
         pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
                  for name, value in req.items()

@@ -248,7 +248,7 @@ def test_bounce_sends_dsn_through_cleanup(system) -> None:  # type: ignore[no-un
     (path,) = [p for p in (s.queue_dir / "deferred").rglob(new_id)]
     data = path.read_bytes()
     assert b"Subject: Undelivered Mail Returned to Sender" in data
-    assert b"MAILER-DAEMON@test.example (Mail Delivery System)" in data
+    assert b"From: Mail Delivery System <MAILER-DAEMON@test.example>" in data
     assert b"<nosuchuser@localhost>: unknown user: \"nosuchuser\"" in data
     assert b"Subject: hello" in data  # the original headers
     assert read_envelope(str(path)).sender == ""
@@ -257,20 +257,19 @@ def test_bounce_sends_dsn_through_cleanup(system) -> None:  # type: ignore[no-un
 
 def test_failed_bounce_goes_to_2bounce_recipient(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
-    s.set(**{"2bounce_notice_recipient": f"{ME}@localhost"})
+    s.set(**{"2bounce_notice_recipient": f"{ME}@localhost", "notify_classes": "2bounce"})
     s.start()
     qid = s.queue("", ["nosuchuser@localhost"], BODY)
     s.wait_log(rf"{qid}: postmaster non-delivery notification: \w+")
     wait_until(lambda: s.maildir_messages(), 30, what="postmaster copy")
     (msg,) = s.maildir_messages()
-    assert b"Undelivered Mail Returned to Sender" in msg
+    assert b"Subject: Postmaster Copy: Undelivered Mail" in msg
     assert msg.startswith(b"Return-Path: <double-bounce@test.example>\n")
 
 
-def test_bounce_of_a_bounce_without_2bounce_recipient_is_dropped(system) -> None:  # type: ignore[no-untyped-def]
+def test_bounce_of_a_bounce_is_dropped_by_default(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
-    s.set(**{"2bounce_notice_recipient": ""})
-    s.start()
+    s.start()  # notify_classes has neither bounce nor 2bounce by default
     qid = s.queue("", ["nosuchuser@localhost"], BODY)
     s.wait_log(rf"{qid}: discarding undeliverable bounce")
     s.wait_log(rf"{qid}: removed")

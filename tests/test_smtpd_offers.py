@@ -13,24 +13,36 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_ehlo_offers_neither_dsn_nor_etrn_and_refuses_what_is_ignored(tmp_path: Path) -> None:
+def test_ehlo_offers_dsn_and_etrn_and_refuses_what_is_ignored(tmp_path: Path) -> None:
     async def go() -> None:
         async with smtpd_server(tmp_path) as (fake, c, maillog):
             await c.reply()
             words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
-            assert "DSN" not in words and "ETRN" in words
-            # kept with the message and passed on to the next hop
+            assert "DSN" in words and "ETRN" in words
             assert await c.cmd("MAIL FROM:<a@b.c> RET=HDRS ENVID=x SMTPUTF8\r\n") == \
                 "250 2.1.0 Ok"
-            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=NEVER\r\n") == \
-                "501 5.7.1 DSN support is disabled"
-            assert await c.cmd("RCPT TO:<root@mx.example> ORCPT=rfc822;x@y\r\n") == \
-                "501 5.7.1 DSN support is disabled"
             assert await c.cmd("RCPT TO:<root@mx.example> FOO=1\r\n") == \
                 "555 5.5.4 Unsupported option: FOO=1"
             assert await c.cmd("RSET\r\n") == "250 2.0.0 Ok"
             # Postfix's ETRN without fast_flush_domains for that domain
             assert await c.cmd("ETRN example.com\r\n") == "459 <example.com>: service unavailable"
+    run(go())
+
+
+def test_discarded_dsn_is_neither_offered_nor_accepted(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_discard_ehlo_keywords="dsn") as (
+                fake, c, maillog):
+            await c.reply()
+            words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
+            assert "DSN" not in words
+            assert await c.cmd("MAIL FROM:<a@b.c> RET=HDRS\r\n") == \
+                "555 5.5.4 Unsupported option: RET=HDRS"
+            assert await c.cmd("MAIL FROM:<a@b.c>\r\n") == "250 2.1.0 Ok"
+            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=NEVER\r\n") == \
+                "501 5.7.1 DSN support is disabled"
+            assert await c.cmd("RCPT TO:<root@mx.example> ORCPT=rfc822;x@y\r\n") == \
+                "501 5.7.1 DSN support is disabled"
     run(go())
 
 
@@ -41,7 +53,7 @@ def test_discarded_smtputf8_is_neither_offered_nor_accepted(tmp_path: Path) -> N
             await c.reply()
             words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
             assert words == ["mx.example", "PIPELINING", "SIZE 10240000", "ETRN",
-                             "ENHANCEDSTATUSCODES", "8BITMIME"]
+                             "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
             assert await c.cmd("MAIL FROM:<a@b.c> SMTPUTF8\r\n") == \
                 "555 5.5.4 Unsupported option: SMTPUTF8"
     run(go())

@@ -19,7 +19,7 @@ def test_session_replies_and_queueing(tmp_path: Path) -> None:
             ehlo = await c.cmd("EHLO client.example\r\n")
             assert ehlo.splitlines() == [
                 "250-mx.example", "250-PIPELINING", "250-SIZE 10240000", "250-VRFY", "250-ETRN",
-                "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250 SMTPUTF8"]
+                "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250-DSN", "250 SMTPUTF8"]
             assert await c.cmd("RCPT TO:<root>\r\n") == "503 5.5.1 Error: need MAIL command"
             assert await c.cmd("DATA\r\n") == "503 5.5.1 Error: need RCPT command"
             assert await c.cmd("MAIL FROM:<a b@c>\r\n") == "501 5.1.7 Bad sender address syntax"

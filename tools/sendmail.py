@@ -51,7 +51,7 @@ from typing import NoReturn
 import click
 
 from pymailsys import config as config_mod
-from pymailsys import log, module_argv, rfc822
+from pymailsys import dsn, log, module_argv, rfc822
 from pymailsys.queue import maildrop
 from pymailsys.submission import access, handoff, login, message
 
@@ -182,19 +182,6 @@ def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
 MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MODE_IGNORE = range(7)
 
 
-def _dsn_notify(value: str) -> int:
-    mask = 0
-    for word in value.lower().replace(",", " ").split():
-        bit = {"never": maildrop.DSN_NOTIFY_NEVER, "success": maildrop.DSN_NOTIFY_SUCCESS,
-               "failure": maildrop.DSN_NOTIFY_FAILURE, "delay": maildrop.DSN_NOTIFY_DELAY}.get(word)
-        if bit is None:
-            return 0
-        mask |= bit
-    if mask & maildrop.DSN_NOTIFY_NEVER and mask != maildrop.DSN_NOTIFY_NEVER:
-        return 0
-    return mask
-
-
 @click.command(context_settings={"help_option_names": [], "allow_interspersed_args": True})
 @click.option("-t", "extract", is_flag=True)
 @click.option("-i", "no_dot", is_flag=True)
@@ -253,19 +240,21 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         mode = MODE_NEWALIAS
     dsn_notify = 0
     if notify is not None:
-        dsn_notify = _dsn_notify(notify)
-        if not dsn_notify:
+        try:
+            dsn_notify = dsn.parse_notify(notify, blanks=True)
+        except ValueError:
             log.warning(f"bad -N option value: '{notify}' -- ignored")
     dsn_ret = 0
     if ret is not None:
-        dsn_ret = {"full": maildrop.DSN_RET_FULL, "hdrs": maildrop.DSN_RET_HDRS}.get(ret.lower(), 0)
-        if not dsn_ret:
+        try:
+            dsn_ret = dsn.parse_ret(ret)
+        except ValueError:
             log.warning("bad -R option value -- ignored")
     dsn_envid = ""
     if envid is not None:
-        if len(envid) > 100:
+        if len(envid) > dsn.ENVID_MAX:
             log.warning("too long -V option value -- ignored")
-        elif not all(c.isprintable() or c == "\t" for c in envid):
+        elif not dsn.valid_envid(envid):
             log.warning("bad syntax in -V option value -- ignored")
         else:
             dsn_envid = envid

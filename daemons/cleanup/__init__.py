@@ -80,7 +80,7 @@ from typing import Any
 from pymailsys.daemons.cleanup import headers as hdr
 from pymailsys.daemons.cleanup.writer import ContentFile, QmgrTrigger, QueueWriter
 
-from pymailsys import log, server
+from pymailsys import dsn, log, server
 from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
 from pymailsys.ipc import attr, services
 from pymailsys.queue import records as r
@@ -88,9 +88,6 @@ from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import QueueFileBuilder
 
 PROGRAM = "cleanup"
-
-DSN_NOTIFY = {"NEVER": 1, "SUCCESS": 2, "FAILURE": 4, "DELAY": 8}
-DSN_RET = {"FULL": 1, "HDRS": 2}
 
 
 # the smtputf8_autodetect_classes class of each origin
@@ -156,15 +153,20 @@ class Settings:
 
 
 def _notify_value(text: str) -> int:
+    """A recipient's NOTIFY bit mask as smtpd and pickup send it (0: none, or not one)."""
+    value = int(text) if text.isdigit() else 0
+    return value if value <= dsn.NOTIFY_MASK else 0
+
+
+def _ret_value(text: str) -> int:
+    """RET as smtpd ("FULL", "HDRS") or pickup (the number) sends it (0: none, or not one)."""
     text = text.strip()
-    if not text:
-        return 0
-    if text.isdigit():
+    if text in (str(dsn.RET_FULL), str(dsn.RET_HDRS)):
         return int(text)
-    value = 0
-    for word in text.replace(",", " ").split():
-        value |= DSN_NOTIFY.get(word.upper(), 0)
-    return value
+    try:
+        return dsn.parse_ret(text) if text else 0
+    except ValueError:
+        return 0
 
 
 class Cleanup:
@@ -246,14 +248,13 @@ class Cleanup:
 
         b = QueueFileBuilder(now)
         b.attr("rewrite_context", context)
-        if origin == "smtpd":
-            envid = req.text("envid")
-            if envid:
-                b.attr("dsn_envid", envid)
-            ret = req.text("ret").strip()
-            if ret:
-                b.attr("dsn_ret", ret if ret.isdigit() else str(DSN_RET.get(ret.upper(), 0)))
-        elif origin in ("bounce", "local"):
+        envid = req.text("envid")
+        if envid and dsn.valid_envid(envid):
+            b.attr("dsn_envid", envid)
+        ret = _ret_value(req.text("ret"))
+        if ret:
+            b.attr("dsn_ret", str(ret))
+        if origin in ("bounce", "local"):
             b.attr("log_message_origin", "local")
         if full_name:
             b.full_name(full_name)

@@ -33,10 +33,12 @@ DESCRIPTION
     gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
 
     EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN,
-    ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, less smtpd_discard_ehlo_keywords.
-    Not DSN, whose NOTIFY is not honoured yet: RCPT's NOTIFY and ORCPT get
-    Postfix's ``501 5.7.1 DSN support is disabled`` (MAIL's RET and ENVID are
-    kept and passed on to the next hop, as the smtp client does). MAIL's
+    ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, less
+    smtpd_discard_ehlo_keywords. DSN (RFC 3461): MAIL takes RET= and ENVID=
+    (kept decoded from xtext), RCPT takes NOTIFY= and ORCPT=
+    (``pymailsys.dsn``; a bad value gets ``501 5.5.4``); with "dsn"
+    discarded, RCPT's NOTIFY and ORCPT get Postfix's ``501 5.7.1 DSN support
+    is disabled``. MAIL's
     SMTPUTF8 goes to cleanup, which notes where the message needs it. ETRN
     asks the flush service (``pymailsys.ipc.flush``) to send the site's
     deferred mail: ``250 Queuing started``, ``459 <site>: service
@@ -105,6 +107,7 @@ from pymailsys.daemons.smtpd.session import Session
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, server
+from pymailsys.dsn import parse_ret
 from pymailsys.queue import maildrop
 from pymailsys.smtp import restrictions
 from pymailsys.submission import handoff, login
@@ -189,7 +192,7 @@ class LocalMessage:
             sender=env.sender, recipients=list(env.recipients), lines=lines,
             full_name=login.default_full_name(uid), envid=env.envid,
             encoding="8bit" if env.body == "8bitmime" else "7bit" if env.body == "7bit" else "",
-            ret={"FULL": maildrop.DSN_RET_FULL, "HDRS": maildrop.DSN_RET_HDRS}.get(env.ret, 0))
+            ret=parse_ret(env.ret) if env.ret else 0)
         try:
             queue_id = await asyncio.to_thread(handoff.hand_off, self.config, sub, uid)
         except handoff.Refused as e:

@@ -41,9 +41,11 @@ class Envelope:
     orig_recipients: list[str] = field(default_factory=list)
     body: str = "7bit"
     size: int = 0
-    ret: str = ""
-    envid: str = ""
+    ret: str = ""  # "FULL", "HDRS" or ""
+    envid: str = ""  # decoded from xtext
     smtputf8: bool = False
+    notifies: list[int] = field(default_factory=list)  # per recipient, as pymailsys.dsn
+    dsn_orcpts: list[str] = field(default_factory=list)  # per recipient, "type;address"
 
 
 class Smtpd:
@@ -93,12 +95,11 @@ class Smtpd:
             enabled=bool(config.get_list("fast_flush_domains")))
 
     def _ehlo_reply(self) -> bytes:
-        # Only what works: no DSN (NOTIFY is not honoured yet).
         words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]
         if not self.vrfy_disabled:
             words.append("VRFY")
         words.append("ETRN")
-        words += ["ENHANCEDSTATUSCODES", "8BITMIME"]
+        words += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
         if self.smtputf8:
             words.append("SMTPUTF8")
         words = [w for w in words if w.split()[0].lower() not in self.discard_ehlo]
@@ -199,6 +200,10 @@ class Message:
         ]
         if env.smtputf8:
             request.append(("smtputf8", 1))
+        if any(env.notifies):
+            request += [("notify", n) for n in env.notifies]
+        if any(env.dsn_orcpts):
+            request += [("dsn_orcpt", o) for o in env.dsn_orcpts]
         if env.ret:
             request.append(("ret", env.ret))
         if env.envid:

@@ -55,7 +55,7 @@ from typing import ClassVar
 from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
-from pymailsys import log
+from pymailsys import dsn, log
 from pymailsys.ipc import flush
 from pymailsys.smtp import restrictions
 from pymailsys.smtp.path import extract_address, parse_path
@@ -67,9 +67,7 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
                            "STARTTLS", "AUTH", "ETRN"))
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
-# DSN is not offered (see handler.Smtpd._ehlo_reply). RET and ENVID are kept with the
-# message and passed on to the next hop; NOTIFY and ORCPT, which nothing would honour,
-# get Postfix's reply for smtpd_discard_ehlo_keywords = dsn.
+# Postfix's reply to a DSN parameter when smtpd_discard_ehlo_keywords has "dsn".
 DSN_DISABLED = "501 5.7.1 DSN support is disabled"
 
 Verb = Callable[["Session", str], Awaitable[bool]]
@@ -377,10 +375,10 @@ class Session:
             elif (uname == "SMTPUTF8" and not value and smtpd.smtputf8
                   and "smtputf8" not in smtpd.discard_ehlo):
                 env.smtputf8 = True
-            elif uname == "RET" and value.upper() in ("FULL", "HDRS"):
-                env.ret = value.upper()
-            elif uname == "ENVID" and value:
-                env.envid = value
+            elif uname in ("RET", "ENVID"):
+                refusal = self._mail_dsn_param(env, uname, value)
+                if refusal:
+                    return await self.reply_error(refusal)
             elif uname == "AUTH" and value:
                 pass
             else:
@@ -401,6 +399,21 @@ class Session:
         self.env = env
         await self.push("250 2.1.0 Ok")
         return True
+
+    def _mail_dsn_param(self, env: Envelope, name: str, value: str) -> str:
+        """Take MAIL's RET or ENVID (ENVID kept decoded); the refusal, or ""."""
+        if "dsn" in self.smtpd.discard_ehlo:
+            return f"555 5.5.4 Unsupported option: {name}={value}"
+        if (env.ret if name == "RET" else env.envid):
+            return f"501 5.5.4 Duplicate {name} parameter"
+        try:
+            if name == "RET":
+                env.ret = dsn.ret_name(dsn.parse_ret(value))
+            else:
+                env.envid = dsn.parse_envid(value)
+        except ValueError:
+            return f"501 5.5.4 Bad {name} parameter syntax"
+        return ""
 
     async def smtp_RCPT(self, arg: str) -> bool:
         smtpd = self.smtpd
@@ -427,11 +440,25 @@ class Session:
         if rcpt is None:
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         given = envelope_address(given) or rcpt
+        notify, orcpt = 0, ""
         for param in params:
             name, _, value = param.partition("=")
-            if name.upper() in ("NOTIFY", "ORCPT"):
+            uname = name.upper()
+            if uname not in ("NOTIFY", "ORCPT"):
+                return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
+            if "dsn" in smtpd.discard_ehlo:
                 return await self.reply_error(DSN_DISABLED)
-            return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
+            try:
+                if uname == "NOTIFY":
+                    if notify:
+                        raise ValueError("twice")
+                    notify = dsn.parse_notify(value)
+                else:
+                    if orcpt:
+                        raise ValueError("twice")
+                    orcpt = dsn.parse_orcpt(value)
+            except ValueError:
+                return await self.reply_error(f"501 5.5.4 Error: Bad {uname} parameter syntax")
         if smtpd.rcpt_limit and len(env.recipients) >= smtpd.rcpt_limit:
             self.rcpt_overshoot += 1
             if self.rcpt_overshoot <= smtpd.rcpt_overshoot:
@@ -447,6 +474,8 @@ class Session:
             return await self.reply_error(reply)
         env.recipients.append(rcpt)
         env.orig_recipients.append(given)
+        env.notifies.append(notify)
+        env.dsn_orcpts.append(orcpt)
         await self.push("250 2.1.5 Ok")
         return True
 

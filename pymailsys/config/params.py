@@ -354,10 +354,12 @@ _TABLE: list[Param] = [
     _todo("biff", "yes", "bool", "notify the comsat service"),
     _p("strict_mailbox_ownership", "yes", "bool", "defer delivery to a mailbox not owned by the user"),
     # bounces
-    _todo("notify_classes", "resource, software", "list", "problems reported to postmaster",
-          choices=("bounce", "2bounce", "data", "delay", "policy", "protocol", "resource", "software")),
-    _todo("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
+    _p("notify_classes", "resource, software", "list", "problems reported to postmaster",
+       choices=("bounce", "2bounce", "data", "delay", "policy", "protocol", "resource", "software")),
+    _p("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
     _p("2bounce_notice_recipient", "postmaster", doc="receives undeliverable bounces"),
+    _p("delay_notice_recipient", "postmaster", doc="receives notices about delayed mail"),
+    _p("double_bounce_sender", "double-bounce", doc="the sender of postmaster notices"),
     _p("bounce_size_limit", "50000", "size", "most of the original message in a bounce"),
     # pickup and submission
     _p("service_name", "", doc="the master.cf service name of the running daemon (read-only)"),

@@ -24,7 +24,8 @@ destination recipient limit above 1, such as smtp and lmtp): the recipient
 attributes repeat, all five for each recipient, in order
 (``request_recipients``; orig_rcpt, dsn_notify and dsn_orcpt may be left
 out for all), and the reply repeats status, dsn and reason in
-the same order (``batch_reply``, ``results_from_attrs``).
+the same order (``batch_reply``, ``results_from_attrs``), with the DSN details
+(action, mta, diag, passed_on) for each when any result has them.
 
 ``QueueContent`` opens the queue file named by a request, takes a shared flock
 (qmgr holds an exclusive one only while it picks the file up), and reads the
@@ -45,6 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pymailsys import log
+from pymailsys.dsn import NOTIFY_MASK
 from pymailsys.ipc.attr import AttrList, AttrValue, Limits, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool
@@ -62,7 +64,6 @@ CHUNK = 65536
 MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_limit
 MAX_TIME = 1 << 40  # seconds since the epoch
 MAX_ADDRESS_LENGTH = 4096
-DSN_NOTIFY_MASK = 0xF  # NEVER, SUCCESS, FAILURE, DELAY (Postfix dsn_mask.h)
 DEL_REQ_FLAG_MASK = 0xFFFF  # Postfix's DEL_REQ_FLAG_* bits
 # what one delivery request may hold on the wire (read before any field is checked)
 REQUEST_LIMITS = Limits(attrs=64, value=MAX_ADDRESS_LENGTH, total=1 << 16)
@@ -145,7 +146,7 @@ class DeliveryRequest:
                 raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
             if _CONTROL_RE.search(value):
                 raise ValueError(f"{name} contains control characters: {value!r}")
-        if not 0 <= self.dsn_notify <= DSN_NOTIFY_MASK:
+        if not 0 <= self.dsn_notify <= NOTIFY_MASK:
             raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
         if not 0 <= self.flags <= DEL_REQ_FLAG_MASK:
             raise ValueError(f"flags out of range: {self.flags}")
@@ -216,9 +217,19 @@ def request_recipients(attrs: AttrList) -> list[Recipient]:
 
 @dataclass(frozen=True)
 class DeliveryResult:
+    """What became of one recipient. The DSN details are optional: ``action`` when
+    not the status's own ("relayed" from smtp), ``mta`` and ``diag`` the remote
+    server's name and reply (Remote-MTA, Diagnostic-Code ``smtp; ...``), and
+    ``passed_on`` when the next hop announced DSN and took over the sender's NOTIFY
+    (RFC 3461 5.2.2: no success notice from here)."""
+
     status: str
     dsn: str
     reason: str
+    action: str = ""
+    mta: str = ""
+    diag: str = ""
+    passed_on: bool = False
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -237,21 +248,37 @@ class DeliveryResult:
         status = attrs.text("status")
         if status not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):
             return cls.deferred(f"unknown delivery status {status!r}")
-        return cls(status, attrs.text("dsn"), attrs.text("reason"))
+        return cls(status, attrs.text("dsn"), attrs.text("reason"), attrs.text("action"),
+                   attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1")
 
     @property
     def final(self) -> bool:
         return self.status != STATUS_DEFERRED
 
+    @property
+    def has_detail(self) -> bool:
+        return bool(self.action or self.mta or self.diag or self.passed_on)
+
+    def detail_attrs(self) -> list[tuple[str, str]]:
+        return [("action", self.action), ("mta", self.mta), ("diag", self.diag),
+                ("passed_on", "1" if self.passed_on else "0")]
+
     def reply(self) -> dict[str, str]:
-        return {"status": self.status, "dsn": self.dsn, "reason": self.reason}
+        out = {"status": self.status, "dsn": self.dsn, "reason": self.reason}
+        if self.has_detail:
+            out.update(self.detail_attrs())
+        return out
 
 
 def batch_reply(results: list[DeliveryResult]) -> list[tuple[str, AttrValue]]:
-    """The reply to a batch request: status, dsn, reason per recipient, in order."""
+    """The reply to a batch request: status, dsn, reason per recipient, in order,
+    and the DSN details for every recipient when any has them."""
+    detail = any(r.has_detail for r in results)
     out: list[tuple[str, AttrValue]] = []
     for r in results:
         out += [("status", r.status), ("dsn", r.dsn), ("reason", r.reason)]
+        if detail:
+            out += r.detail_attrs()
     return out
 
 
@@ -259,6 +286,11 @@ def results_from_attrs(attrs: AttrList, count: int,
                        missing: DeliveryResult) -> list[DeliveryResult]:
     """The results of a request for count recipients; ``missing`` for any the reply lacks."""
     statuses, dsns, reasons = attrs.all("status"), attrs.all("dsn"), attrs.all("reason")
+    actions, mtas, diags, passed = (attrs.all(name) for name in
+                                    ("action", "mta", "diag", "passed_on"))
+    if any(len(d) != count for d in (actions, mtas, diags, passed)):
+        actions = mtas = diags = [""] * count
+        passed = ["0"] * count
     out = []
     for i in range(count):
         if i >= len(statuses) or i >= len(dsns) or i >= len(reasons):
@@ -266,7 +298,8 @@ def results_from_attrs(attrs: AttrList, count: int,
         elif statuses[i] not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):
             out.append(DeliveryResult.deferred(f"unknown delivery status {statuses[i]!r}"))
         else:
-            out.append(DeliveryResult(statuses[i], dsns[i], reasons[i]))
+            out.append(DeliveryResult(statuses[i], dsns[i], reasons[i], actions[i], mtas[i],
+                                      diags[i], passed[i] == "1"))
     return out
 
 

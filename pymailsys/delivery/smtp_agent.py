@@ -93,16 +93,18 @@ from pymailsys.delivery.agent import (
     log_line,
     request_recipients,
 )
+from pymailsys.dsn import ret_name
 from pymailsys.ipc import flush, services
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
+from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
+from pymailsys.queue.status_log import ACTION_RELAYED
 from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import client, nexthop, tls
 
 CACHE_SWEEP = 1.0
 MAX_ENVID = 100  # RFC 3461
-DSN_RET_NAMES = {1: "FULL", 2: "HDRS"}  # Postfix's dsn_ret values
 
 
 def param_name(protocol: str, suffix: str) -> str:
@@ -149,7 +151,7 @@ class Request:
                    first.arrival_time, first.active_time, first.sender, first.nexthop,
                    attrs.text("encoding").lower() == "8bitmime", recipients,
                    first.start_time, envid,
-                   DSN_RET_NAMES.get(attrs.number("dsn_ret"), ""), smtputf8)
+                   ret_name(attrs.number("dsn_ret")), smtputf8)
 
 
 @dataclass
@@ -290,7 +292,8 @@ class Agent:
                 for n, i in enumerate(pending):
                     reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
-                    result = _result_of(reply, outcome.reasons[n])
+                    result = _result_of(reply, outcome.reasons[n], peer.name,
+                                        session.offers_dsn)
                     if reply is not None and reply.kind == 4:
                         soft[i] = result  # as Postfix: the next server may take it
                     else:
@@ -404,15 +407,17 @@ class Agent:
         self.cache.clear()
 
 
-def _result_of(reply: client.Reply | None, reason: str) -> DeliveryResult:
-    """A recipient's result from its reply (None: the connection broke mid-transaction)."""
+def _result_of(reply: client.Reply | None, reason: str, server: str = "",
+               offers_dsn: bool = False) -> DeliveryResult:
+    """A recipient's result from its reply (None: the connection broke mid-transaction),
+    with the DSN details: the server and its reply; a success is "relayed", and a
+    server that announced DSN took the sender's NOTIFY over (as Postfix's smtp)."""
     if reply is None:
         return DeliveryResult.deferred(reason, "4.4.2")
-    if reply.kind == 2:
-        return DeliveryResult.sent(reason, reply.dsn)
-    if reply.kind == 5:
-        return DeliveryResult.bounced(reason, reply.dsn)
-    return DeliveryResult.deferred(reason, reply.dsn)
+    status = {2: STATUS_SENT, 5: STATUS_BOUNCED}.get(reply.kind, STATUS_DEFERRED)
+    return DeliveryResult(status, reply.dsn, reason,
+                          action=ACTION_RELAYED if reply.kind == 2 else "", mta=server,
+                          diag=str(reply), passed_on=reply.kind == 2 and offers_dsn)
 
 
 def _orcpt(rc: Recipient) -> str:
@@ -432,6 +437,8 @@ def _failure(error: client.SessionError | nexthop.RouteError | None) -> Delivery
     if isinstance(error, nexthop.RouteError):
         return _route_result(error)
     if error.permanent:
+        if error.reply is not None:
+            return DeliveryResult(STATUS_BOUNCED, error.dsn, error.text, diag=str(error.reply))
         return DeliveryResult.bounced(error.text, error.dsn)
     return DeliveryResult.deferred(error.text, error.dsn if error.dsn[0] == "4" else "4.4.2")
 

@@ -55,13 +55,6 @@ ATTR_RWR = "rewrite_context"
 ATTR_ENCODING = "encoding"
 ATTR_TRACE = "trace_flags"
 
-DSN_RET_FULL = 1
-DSN_RET_HDRS = 2
-DSN_NOTIFY_NEVER = 1
-DSN_NOTIFY_SUCCESS = 2
-DSN_NOTIFY_FAILURE = 4
-DSN_NOTIFY_DELAY = 8
-
 # what Postfix's pickup accepts per section (rec_type.h), PTR/padding handled apart
 ENVELOPE_TYPES = b"MCTcFILSDRO/WVA>K<ion"
 CONTENT_TYPES = b"XLNw"

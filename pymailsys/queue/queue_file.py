@@ -21,7 +21,8 @@ sign, exponent or ``_``), W, notify_flags and the C record's fields likewise.
 L continuation records (and refuses content that is not N/L records up to X);
 ``content_records`` reads the same from an open file a block at a time, and
 ``read_envelope_fd`` the envelope without the content. ``mark_done`` rewrites one recipient's type byte
-R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one).
+R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one);
+``clear_warning`` sets the W record (delay warning time) to 0 in place.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Envelope:
     data_offset: int = 0
     xtra_offset: int = 0
     warn_time: int = 0
+    warn_offset: int = 0  # where the W record starts (0: none)
+    warn_length: int = 0  # its payload's length
     file_size: int = 0
 
     @property
@@ -228,6 +231,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                 pending_orig, pending_notify, pending_orcpt = "", 0, ""
             elif rtype == r.REC_TYPE_WARN:
                 env.warn_time = number(payload, "warning time") if payload.strip() else 0
+                env.warn_offset, env.warn_length = offset, len(payload)
             elif rtype == r.REC_TYPE_MESG:
                 env.data_offset = offset + 2
                 if len(env.sizes) >= 2 and env.sizes[1] > 0:
@@ -349,3 +353,12 @@ def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:
 def mark_done(fd: int, offset: int) -> None:
     """Mark the recipient whose R record starts at offset as done."""
     os.pwrite(fd, r.REC_TYPE_DONE, offset)
+
+
+def clear_warning(fd: int, env: Envelope) -> None:
+    """Set the delay warning time (W record) to 0 in place, as Postfix's qmgr does once
+    the warning is sent: it is sent once per message."""
+    if env.warn_offset and env.warn_length:
+        payload = f"{0:{env.warn_length}d}".encode()
+        os.pwrite(fd, r.encode_record(r.REC_TYPE_WARN, payload), env.warn_offset)
+    env.warn_time = 0

@@ -12,6 +12,11 @@ line, in this order (absent fields left out)::
     action=delayed
     reason=mail transport unavailable
 
+A remote server's answer adds ``mta_type=dns``, ``mta_mname=host``,
+``diag_type=smtp`` and ``diag_text=550 5.1.1 ...`` (``Entry.set_remote``; they
+are in ``Entry.extra`` once read). The trace log holds the sent recipients
+whose sender asked for a success notice (action delivered or relayed).
+
 ``append`` adds one entry with one write on an O_APPEND descriptor and fsyncs
 it (Postfix: status logs are appended, then fsynced). ``read`` parses a log into
 ``Entry`` values and ignores a torn last entry (a crash in mid-write); showq and
@@ -47,6 +52,14 @@ class Entry:
     dsn_orig_rcpt: str = ""
     notify_flags: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+    def set_remote(self, mta: str, diag: str) -> None:
+        """Record the remote server (Remote-MTA ``dns; name``) and its reply
+        (Diagnostic-Code ``smtp; reply``), when there was one."""
+        if mta:
+            self.extra.update(mta_type="dns", mta_mname=mta)
+        if diag:
+            self.extra.update(diag_type="smtp", diag_text=diag)
 
     def encode(self) -> bytes:
         values: dict[str, str] = {

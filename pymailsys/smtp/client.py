@@ -80,7 +80,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pymailsys import log
+from pymailsys import dsn, log
 from pymailsys.log import printable
 from pymailsys.queue.records import SMTPUTF8_REQUESTED
 from pymailsys.rfc822 import quote_822_local
@@ -350,6 +350,11 @@ class Session:
             raise SessionError(self.said(reply, verb), reply)
         self.extensions = _extensions(reply)
 
+    @property
+    def offers_dsn(self) -> bool:
+        """Whether the server announced DSN (RFC 3461): it then takes NOTIFY and the rest."""
+        return "DSN" in self.extensions
+
     def size_limit(self) -> int:
         value = self.extensions.get("SIZE", "")
         return int(value) if value.isdigit() else 0
@@ -374,18 +379,18 @@ class Session:
             mail += " BODY=8BITMIME"
         if utf8:
             mail += " SMTPUTF8"
-        dsn = "DSN" in self.extensions
-        if dsn and env.envid:
-            mail += f" ENVID={xtext(env.envid)}"
-        if dsn and env.ret:
+        offers_dsn = self.offers_dsn
+        if offers_dsn and env.envid:
+            mail += f" ENVID={dsn.xtext_encode(env.envid)}"
+        if offers_dsn and env.ret:
             mail += f" RET={env.ret}"
         commands = [mail]
         for i, rcpt in enumerate(env.recipients):
             command = f"RCPT TO:<{quote_822_local(rcpt)}>"
-            if dsn and i < len(env.orcpts) and env.orcpts[i]:
-                command += f" ORCPT={xtext(env.orcpts[i])}"
-            if dsn and i < len(env.notifies) and env.notifies[i]:
-                command += f" NOTIFY={notify_names(env.notifies[i])}"
+            if offers_dsn and i < len(env.orcpts) and env.orcpts[i]:
+                command += f" ORCPT={dsn.orcpt_param(env.orcpts[i])}"
+            if offers_dsn and i < len(env.notifies) and env.notifies[i]:
+                command += f" NOTIFY={dsn.notify_names(env.notifies[i])}"
             commands.append(command)
         pipelining = "PIPELINING" in self.extensions
         if pipelining:
@@ -495,21 +500,6 @@ class Session:
     def close(self) -> None:
         self.broken = True
         self.writer.close()
-
-
-_NOTIFY_NAMES = ((1, "NEVER"), (2, "SUCCESS"), (4, "FAILURE"), (8, "DELAY"))
-
-
-def notify_names(mask: int) -> str:
-    """A DSN NOTIFY bit mask (Postfix's dsn_mask.h) as the RCPT TO parameter value."""
-    return ",".join(name for bit, name in _NOTIFY_NAMES if mask & bit)
-
-
-def xtext(text: str) -> str:
-    """RFC 3461 xtext: bytes outside ! to ~, and + and =, as +XX."""
-    return "".join(ch if 33 <= ord(ch) <= 126 and ch not in "+=" else
-                   "".join(f"+{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
-                   for ch in text)
 
 
 def _extensions(reply: Reply) -> dict[str, str]:

@@ -1,0 +1,145 @@
+"""Delivery status notification parameters (RFC 3461): NOTIFY, RET, ENVID, ORCPT.
+
+The one place that parses and formats them, for smtpd (MAIL and RCPT
+parameters), sendmail (-N, -R, -V), cleanup (the queue file's records), the
+smtp client (passing them on) and the bounce service (reporting them).
+
+NOTIFY is a bit mask as in Postfix's dsn_mask.h (``NOTIFY_NEVER`` 1,
+``NOTIFY_SUCCESS`` 2, ``NOTIFY_FAILURE`` 4, ``NOTIFY_DELAY`` 8; 0 means the
+sender asked nothing: failures and delays are reported); RET is ``RET_FULL``
+1 or ``RET_HDRS`` 2 (0: not given). ``parse_notify`` takes the words, case
+blind, separated by commas (sendmail also takes blanks), and refuses
+(ValueError) an unknown word, an empty list and NEVER with anything else.
+
+ENVID and ORCPT travel in xtext (``xtext_encode``/``xtext_decode``) on the
+wire and are kept decoded in the queue, as Postfix keeps them, so each hop
+encodes them exactly once. ``parse_envid`` and ``parse_orcpt`` take the
+parameter values as an SMTP client sends them and return them decoded
+(ORCPT as ``type;address``), refusing (ValueError) bad xtext, control or
+non-ASCII characters and values longer than RFC 3461 allows (100 characters
+for ENVID, 500 for ORCPT).
+"""
+
+from __future__ import annotations
+
+NOTIFY_NEVER = 1
+NOTIFY_SUCCESS = 2
+NOTIFY_FAILURE = 4
+NOTIFY_DELAY = 8
+NOTIFY_MASK = NOTIFY_NEVER | NOTIFY_SUCCESS | NOTIFY_FAILURE | NOTIFY_DELAY
+RET_FULL = 1
+RET_HDRS = 2
+
+ENVID_MAX = 100
+ORCPT_MAX = 500
+
+_NOTIFY_WORDS = (("NEVER", NOTIFY_NEVER), ("SUCCESS", NOTIFY_SUCCESS),
+                 ("FAILURE", NOTIFY_FAILURE), ("DELAY", NOTIFY_DELAY))
+_RET_WORDS = {"FULL": RET_FULL, "HDRS": RET_HDRS}
+
+
+def parse_notify(text: str, blanks: bool = False) -> int:
+    """The bit mask of a NOTIFY value ("SUCCESS,DELAY"); blanks also separate words
+    when ``blanks`` (sendmail -N)."""
+    words = text.replace(",", " ").split() if blanks else text.split(",")
+    mask = 0
+    for word in words:
+        bit = dict(_NOTIFY_WORDS).get(word.strip().upper())
+        if bit is None:
+            raise ValueError(f"bad NOTIFY word: {word!r}")
+        mask |= bit
+    if not mask or (mask & NOTIFY_NEVER and mask != NOTIFY_NEVER):
+        raise ValueError(f"bad NOTIFY value: {text!r}")
+    return mask
+
+
+def notify_names(mask: int) -> str:
+    """A NOTIFY bit mask as the RCPT TO parameter value ("SUCCESS,FAILURE")."""
+    return ",".join(name for name, bit in _NOTIFY_WORDS if mask & bit)
+
+
+def wants(mask: int, bit: int) -> bool:
+    """Whether a recipient with these NOTIFY flags gets a notice of this kind
+    (no flags: failures and delays, as RFC 3461 leaves it to the MTA and Postfix does)."""
+    if not mask:
+        return bit in (NOTIFY_FAILURE, NOTIFY_DELAY)
+    return bool(mask & bit)
+
+
+def parse_ret(text: str) -> int:
+    """RET_FULL or RET_HDRS from "FULL"/"HDRS" (any case); ValueError otherwise."""
+    try:
+        return _RET_WORDS[text.strip().upper()]
+    except KeyError:
+        raise ValueError(f"bad RET value: {text!r}") from None
+
+
+def ret_name(value: int) -> str:
+    """"FULL", "HDRS" or "" for a RET value."""
+    return {RET_FULL: "FULL", RET_HDRS: "HDRS"}.get(value, "")
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 xtext: characters outside ! to ~, and + and =, as +XX (UTF-8 bytes)."""
+    return "".join(ch if 33 <= ord(ch) <= 126 and ch not in "+=" else
+                   "".join(f"+{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+                   for ch in text)
+
+
+def xtext_decode(text: str) -> str:
+    """The text an xtext stands for; ValueError for a character xtext does not allow
+    or a + not followed by two upper-case hex digits."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "+":
+            pair = text[i + 1:i + 3]
+            if len(pair) != 2 or any(c not in "0123456789ABCDEF" for c in pair):
+                raise ValueError(f"bad xtext escape in {text!r}")
+            out.append(int(pair, 16))
+            i += 3
+            continue
+        if not 33 <= ord(ch) <= 126 or ch == "=":
+            raise ValueError(f"bad xtext character in {text!r}")
+        out.append(ord(ch))
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _printable(text: str) -> bool:
+    return all(32 <= ord(ch) <= 126 for ch in text)
+
+
+def parse_envid(value: str) -> str:
+    """The ENVID parameter value (xtext), decoded."""
+    if not value or len(value) > ENVID_MAX:
+        raise ValueError("bad ENVID length")
+    envid = xtext_decode(value)
+    if not _printable(envid):
+        raise ValueError("ENVID is not printable ASCII")
+    return envid
+
+
+def valid_envid(envid: str) -> bool:
+    """Whether a decoded envelope ID (sendmail -V) is acceptable."""
+    return 0 < len(envid) <= ENVID_MAX and _printable(envid)
+
+
+def parse_orcpt(value: str) -> str:
+    """The ORCPT parameter value ("rfc822;" xtext), decoded as ``type;address``."""
+    if len(value) > ORCPT_MAX:
+        raise ValueError("ORCPT too long")
+    addr_type, sep, address = value.partition(";")
+    if not sep or not addr_type or not address or not _printable(addr_type):
+        raise ValueError("bad ORCPT syntax")
+    decoded = xtext_decode(address)
+    if not _printable(decoded):
+        raise ValueError("ORCPT address is not printable ASCII")
+    return f"{addr_type.strip()};{decoded}"
+
+
+def orcpt_param(orcpt: str) -> str:
+    """A stored ``type;address`` as the ORCPT parameter value (the address in xtext)."""
+    addr_type, _, address = orcpt.partition(";")
+    return f"{addr_type};{xtext_encode(address)}"

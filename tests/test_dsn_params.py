@@ -1,0 +1,71 @@
+"""DSN parameters (RFC 3461): the library's parsing, and smtpd taking them at MAIL and RCPT."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from smtpd_helpers import smtpd_server
+
+from pymailsys import dsn
+
+
+def test_notify_words_ret_and_xtext() -> None:
+    assert dsn.parse_notify("success,Delay") == dsn.NOTIFY_SUCCESS | dsn.NOTIFY_DELAY
+    assert dsn.parse_notify("NEVER") == dsn.NOTIFY_NEVER
+    assert dsn.parse_notify("success failure", blanks=True) == 6
+    for bad in ("", "NEVER,SUCCESS", "SOMETIMES", "SUCCESS,,FAILURE", "success failure"):
+        with pytest.raises(ValueError):
+            dsn.parse_notify(bad)
+    assert dsn.notify_names(dsn.NOTIFY_SUCCESS | dsn.NOTIFY_FAILURE) == "SUCCESS,FAILURE"
+    assert dsn.wants(0, dsn.NOTIFY_FAILURE) and dsn.wants(0, dsn.NOTIFY_DELAY)
+    assert not dsn.wants(0, dsn.NOTIFY_SUCCESS) and not dsn.wants(1, dsn.NOTIFY_FAILURE)
+    assert dsn.parse_ret("hdrs") == dsn.RET_HDRS and dsn.ret_name(dsn.RET_FULL) == "FULL"
+    with pytest.raises(ValueError):
+        dsn.parse_ret("SOME")
+    assert dsn.xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert dsn.xtext_decode("a+2Bb+3Dc+20d") == "a+b=c d"
+    for bad in ("a+2", "a+zz", "a b", "a=b", "a+2b"):
+        with pytest.raises(ValueError):
+            dsn.xtext_decode(bad)
+    assert dsn.parse_envid("id+2B1") == "id+1"
+    for bad in ("", "x" * 101, "+0A", "+00"):
+        with pytest.raises(ValueError):
+            dsn.parse_envid(bad)
+    assert dsn.parse_orcpt("rfc822;bob+2Bx@example.org") == "rfc822;bob+x@example.org"
+    assert dsn.orcpt_param("rfc822;bob+x@example.org") == "rfc822;bob+2Bx@example.org"
+    for bad in ("bob@example.org", ";bob", "rfc822;", "rfc822;a+0Db"):
+        with pytest.raises(ValueError):
+            dsn.parse_orcpt(bad)
+
+
+def test_smtpd_takes_dsn_parameters_and_keeps_them_decoded(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path) as (fake, c, maillog):
+            await c.reply()
+            assert "250-DSN" in (await c.cmd("EHLO client.example\r\n")).splitlines()
+            assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x+2By RET=SOME\r\n") == \
+                "501 5.5.4 Bad RET parameter syntax"
+            assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x+zz\r\n") == \
+                "501 5.5.4 Bad ENVID parameter syntax"
+            assert await c.cmd("MAIL FROM:<a@b.c> RET=FULL RET=HDRS\r\n") == \
+                "501 5.5.4 Duplicate RET parameter"
+            assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x+2By RET=hdrs\r\n") == "250 2.1.0 Ok"
+            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=SOMETIMES\r\n") == \
+                "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=NEVER,DELAY\r\n") == \
+                "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+            assert await c.cmd("RCPT TO:<root@mx.example> ORCPT=bob\r\n") == \
+                "501 5.5.4 Error: Bad ORCPT parameter syntax"
+            assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=SUCCESS,DELAY "
+                               "ORCPT=rfc822;Bob+2Bx@mx.example\r\n") == "250 2.1.5 Ok"
+            assert await c.cmd("RCPT TO:<root@localhost>\r\n") == "250 2.1.5 Ok"
+            assert await c.cmd("DATA\r\n") == "354 End data with <CR><LF>.<CR><LF>"
+            assert (await c.cmd("Subject: x\r\n\r\nbody\r\n.\r\n")).startswith("250 2.0.0 Ok")
+            (req,) = fake.requests
+            assert req.all("rcpt") == ["root@mx.example", "root@localhost"]
+            assert req.all("notify") == [str(dsn.NOTIFY_SUCCESS | dsn.NOTIFY_DELAY), "0"]
+            assert req.all("dsn_orcpt") == ["rfc822;Bob+x@mx.example", ""]
+            assert req.text("envid") == "x+y" and req.text("ret") == "HDRS"
+    asyncio.run(go())
