@@ -8,7 +8,7 @@ filled in by ``Template.text``.
 
 ``write(notice, original, entries)`` yields one notification, ready for
 cleanup: headers (From, Subject — the postmaster subject for a postmaster
-copy —, To, Auto-Submitted, MIME), a multipart/report with the text (the
+copy —, To, Auto-Submitted, MIME; cleanup adds Date and Message-Id), a multipart/report with the text (the
 template's, left out of a postmaster copy), one ``<rcpt> (expanded from
 <orig>): reason`` line per recipient, the message/delivery-status part
 (Reporting-MTA, Original-Envelope-Id, X-Postfix-Queue-ID, X-Postfix-Sender,
@@ -155,7 +155,6 @@ def write(notice: Notice, original: QueueContent,
         f"From: Mail Delivery System <MAILER-DAEMON@{notice.origin}>",
         f"Subject: {subject}",
         f"To: {notice.to}",
-        f"Date: {_date(now)}",
         f"Auto-Submitted: {'auto-generated' if notice.postmaster_copy else 'auto-replied'}",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status;\n\tboundary="{boundary}"',
