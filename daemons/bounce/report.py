@@ -7,11 +7,11 @@ $myhostname, $delay_warning_time_hours and $maximal_queue_lifetime_days
 filled in by ``Template.text``.
 
 ``write(notice, original, entries)`` yields one notification, ready for
-cleanup: headers (From, Subject — the postmaster subject for a postmaster
-copy —, To, Auto-Submitted, MIME; cleanup adds Date and Message-Id), a multipart/report with the text (the
-template's, left out of a postmaster copy), one ``<rcpt> (expanded from
-<orig>): reason`` line per recipient, the message/delivery-status part
-(Reporting-MTA, Original-Envelope-Id, X-Postfix-Queue-ID, X-Postfix-Sender,
+cleanup (which adds Date and Message-Id): headers (From, Subject — the
+postmaster subject for a postmaster copy —, To, Auto-Submitted, MIME), a
+multipart/report with the text (the template's, left out of a postmaster
+copy), one ``<rcpt> (expanded from <orig>): reason`` line per recipient,
+the message/delivery-status part (Reporting-MTA, Original-Envelope-Id, X-Postfix-Queue-ID, X-Postfix-Sender,
 Arrival-Date; per recipient Final-Recipient, Original-Recipient, Action,
 Status, Remote-MTA, Diagnostic-Code ``smtp; reply`` or ``X-Postfix;
 reason``, Will-Retry-Until for a delay), then the original: whole
