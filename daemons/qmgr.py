@@ -726,7 +726,7 @@ class Qmgr:
             if not await self.nondelivery(msg, entries, expired=True):
                 self.defer_message(msg, now)
                 return False
-        for queue in (q.DEFER, q.BOUNCE, q.TRACE):
+        for queue in q.LOG_QUEUES:
             status_log.remove(self.spool, queue, queue_id)
         self.remove(msg)
         return True

@@ -69,3 +69,44 @@ def test_smtpd_takes_dsn_parameters_and_keeps_them_decoded(tmp_path: Path) -> No
             assert req.all("dsn_orcpt") == ["rfc822;Bob+x@mx.example", ""]
             assert req.text("envid") == "x+y" and req.text("ret") == "HDRS"
     asyncio.run(go())
+
+
+def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
+    """The bounce service's report: Postfix's "(expanded from <alias>)", the recipients
+    a sender did not ask about left out, long lines wrapped, a large original cut to
+    its headers (bounce_size_limit)."""
+    import email
+    import email.policy
+
+    from pymailsys.daemons.bounce import report
+    from qf_helpers import make_spool, queue_file
+
+    from pymailsys.delivery.agent import QueueContent
+    from pymailsys.queue import status_log
+
+    _, spool = make_spool(tmp_path)
+    body = [b"Subject: big", b""] + [b"x" * 70] * 20
+    qid = queue_file(spool, "active", "alice@example.org", ["bob@example.org"], body)
+    long_reason = "host mx.example[192.0.2.1] said: 550 5.1.1 " + "no such user here " * 6
+    member = status_log.Entry("bob@example.org", "5.1.1", "failed", long_reason,
+                              original_recipient="team@example.org", notify_flags=0)
+    member.set_remote("mx.example", "550 5.1.1 " + "no such user here " * 6)
+    silent = status_log.Entry("carol@example.org", "5.1.1", "failed", "gone",
+                              notify_flags=dsn.NOTIFY_NEVER)
+    entries = report.wanted(report.FAILURE, [member, silent])
+    assert entries == [member]
+    notice = report.Notice(report.FAILURE, qid, "alice@example.org", "mx.example",
+                           "example.org", size_limit=1000)
+    with QueueContent(str(spool / "active" / qid)) as original:
+        raw = b"".join(report.write(notice, original, entries))
+    assert b"\n<bob@example.org> (expanded from <team@example.org>): host" in raw
+    assert all(len(line) <= 79 for line in raw.split(b"\n")[:60] if not line.startswith(b"--"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    status = list(msg.iter_parts())[1].get_payload()
+    (rcpt,) = status[1:]
+    assert rcpt["Original-Recipient"] == "rfc822; team@example.org"
+    assert str(rcpt["Diagnostic-Code"]).startswith("smtp; 550 5.1.1 no such user here")
+    assert rcpt["Remote-MTA"] == "dns; mx.example"
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "text/rfc822-headers"  # over bounce_size_limit
+    assert b"Subject: big" in raw and b"x" * 70 not in raw
