@@ -114,8 +114,9 @@ class Pickup:
             req.append(("full_name", sub.full_name))
         if sub.encoding:
             req.append(("encoding", "8bitmime" if sub.encoding == "8bit" else sub.encoding))
-        if sub.notify:
-            req.append(("notify", sub.notify))
+        notifies = sub.recipient_notifies()
+        if any(notifies):
+            req += [("notify", n) for n in notifies]
         if sub.envid:
             req.append(("envid", sub.envid))
         if sub.ret:

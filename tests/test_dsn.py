@@ -258,3 +258,33 @@ def test_sendmail_dsn_options_are_recorded(new_instance, sink) -> None:  # type:
     assert re.search(rb"^X-Mail-Args: <" + LOCAL.encode() + rb"> ENVID=x\+3Dy RET=FULL$",
                      dump, re.M)
     assert re.search(rb"^X-Rcpt-Args: <r@remote.example> .*NOTIFY=FAILURE,DELAY$", dump, re.M)
+
+
+def test_sendmail_bs_keeps_each_recipients_notify(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """smtpd in stand-alone mode hands its message over as a maildrop file: every
+    recipient keeps its own NOTIFY, and the ENVID and RET of MAIL."""
+    from test_sendmail_bs import StdioSmtp, bs_argv
+
+    sink.start()  # announces DSN
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"inline:{{ remote.example=smtp:[127.0.0.1]:{sink.port} }}")
+    inst.start()
+    smtp = StdioSmtp(bs_argv(inst, None))
+    try:
+        smtp.reply()
+        for line in ("EHLO client.example", f"MAIL FROM:<{LOCAL}> ENVID=bs+2B1 RET=HDRS",
+                     "RCPT TO:<a@remote.example> NOTIFY=SUCCESS",
+                     "RCPT TO:<b@remote.example> NOTIFY=NEVER", "RCPT TO:<c@remote.example>"):
+            assert smtp.send(line).startswith("250")
+        assert smtp.send("DATA").startswith("354")
+        assert smtp.send("Subject: via -bs\r\n\r\nbody\r\n.").startswith("250")
+        smtp.send("QUIT")
+    finally:
+        smtp.close()
+    (dump,) = sink.wait_dumps(1)
+    assert re.search(rb"^X-Mail-Args: <" + LOCAL.encode() + rb"> ENVID=bs\+2B1 RET=HDRS$",
+                     dump, re.M)
+    args = re.findall(rb"^X-Rcpt-Args: <([^>]*)> ?(.*)$", dump, re.M)
+    notify = {rcpt: re.search(rb"NOTIFY=(\S+)", rest) for rcpt, rest in args}
+    assert {k: v.group(1) if v else None for k, v in notify.items()} == {
+        b"a@remote.example": b"SUCCESS", b"b@remote.example": b"NEVER", b"c@remote.example": None}

@@ -110,3 +110,15 @@ def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
     returned = list(msg.iter_parts())[2]
     assert returned.get_content_type() == "text/rfc822-headers"  # over bounce_size_limit
     assert b"Subject: big" in raw and b"x" * 70 not in raw
+
+
+def test_maildrop_file_keeps_each_recipients_notify() -> None:
+    from pymailsys.queue import maildrop
+
+    sub = maildrop.Submission("a@example.org", ["b@example.org", "c@example.org"],
+                              extracted=["d@example.org"], lines=[b"Subject: x", b"", b"y"],
+                              notifies=[dsn.NOTIFY_SUCCESS, 0, dsn.NOTIFY_NEVER])
+    back = maildrop.parse_maildrop(sub.to_records())
+    assert back.recipient_notifies() == [dsn.NOTIFY_SUCCESS, 0, dsn.NOTIFY_NEVER]
+    every = maildrop.Submission("a@example.org", ["b@example.org"], notify=dsn.NOTIFY_DELAY)
+    assert maildrop.parse_maildrop(every.to_records()).recipient_notifies() == [dsn.NOTIFY_DELAY]

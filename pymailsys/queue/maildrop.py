@@ -11,7 +11,7 @@ DESCRIPTION
 
         T  arrival time
         A  named attributes (envelope_id, ret_flags, rewrite_context,
-           encoding, notify_flags before each recipient)
+           encoding, notify_flags before each recipient: its own NOTIFY)
         N  full name, S sender, R recipients
         M  then content: N (line), L (line continued)
         X  then the extracted R records
@@ -76,12 +76,19 @@ class Submission:
     encoding: str = ""
     envid: str = ""
     ret: int = 0
-    notify: int = 0
+    notify: int = 0  # NOTIFY for every recipient without its own in ``notifies``
     rewrite_context: str = "local"
     orig_recipients: list[str] = field(default_factory=list)
+    notifies: list[int] = field(default_factory=list)  # per recipient, in all_recipients order
 
     def all_recipients(self) -> list[str]:
         return self.recipients + self.extracted
+
+    def recipient_notifies(self) -> list[int]:
+        """The NOTIFY flags of each recipient, in all_recipients order."""
+        count = len(self.recipients) + len(self.extracted)
+        return [self.notifies[i] if i < len(self.notifies) else self.notify
+                for i in range(count)]
 
     def content(self) -> bytes:
         return b"".join(line + b"\n" for line in self.lines)
@@ -109,17 +116,18 @@ class Submission:
         rec(r.REC_TYPE_FROM, self.sender)
         if self.encoding:
             a(ATTR_ENCODING, self.encoding)
-        for rcpt in self.recipients:
-            if self.notify:
-                a(ATTR_NOTIFY, str(self.notify))
+        notifies = self.recipient_notifies()
+        for rcpt, notify in zip(self.recipients, notifies, strict=False):
+            if notify:
+                a(ATTR_NOTIFY, str(notify))
             rec(r.REC_TYPE_RCPT, rcpt)
         out.append(r.encode_record(r.REC_TYPE_MESG, b""))
         for line in self.lines:
             out.append(r.text_records(line, line_limit))
         out.append(r.encode_record(r.REC_TYPE_XTRA, b""))
-        for rcpt in self.extracted:
-            if self.notify:
-                a(ATTR_NOTIFY, str(self.notify))
+        for rcpt, notify in zip(self.extracted, notifies[len(self.recipients):], strict=True):
+            if notify:
+                a(ATTR_NOTIFY, str(notify))
             rec(r.REC_TYPE_RCPT, rcpt)
         out.append(r.encode_record(r.REC_TYPE_END, b""))
         return b"".join(out)
@@ -217,7 +225,8 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
             elif rtype == r.REC_TYPE_RCPT:
                 (sub.recipients if section == 0 else sub.extracted).append(_text(payload))
                 sub.orig_recipients.append(orig)
-                orig = ""
+                sub.notifies.append(notify)
+                orig, notify = "", 0
                 if len(sub.all_recipients()) > MAX_RECIPIENTS:
                     raise SubmissionError("too many recipients")
             elif rtype in (r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
@@ -228,7 +237,6 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                     continue
                 if name == ATTR_NOTIFY:
                     notify = int(value) if value.isdigit() else 0
-                    sub.notify = sub.notify or notify
                 elif name == ATTR_ENVID:
                     sub.envid = value
                 elif name == ATTR_RET:

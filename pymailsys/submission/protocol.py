@@ -7,7 +7,9 @@ one attribute list (``pymailsys.ipc.attr``)::
     request  "submit"
     sender, full_name, rcpt (repeated), xrcpt (repeated: from -t),
     content (the message, lines ended by LF), encoding, envid,
-    ret (int), notify (int), rewrite_context ("local" | "remote")
+    ret (int), notify (int), rewrite_context ("local" | "remote"),
+    rcpt_notify (repeated, one per rcpt then xrcpt: each recipient's own
+    NOTIFY, as smtpd -S takes it; when absent, notify is every recipient's)
 
 pickup takes the submitter's uid from the kernel (SO_PEERCRED), never from
 the request, and replies only after cleanup answered::
@@ -25,6 +27,7 @@ than the line limit, content over message_size_limit, too many recipients).
 
 from __future__ import annotations
 
+from pymailsys.dsn import NOTIFY_MASK
 from pymailsys.ipc import attr
 from pymailsys.queue.maildrop import (
     MAX_RECIPIENTS,
@@ -50,6 +53,8 @@ def to_attrs(sub: Submission) -> list[tuple[str, attr.AttrValue]]:
         out.append(("ret", sub.ret))
     if sub.notify:
         out.append(("notify", sub.notify))
+    if sub.notifies:
+        out += [("rcpt_notify", n) for n in sub.recipient_notifies()]
     out.append(("content", sub.content()))
     return out
 
@@ -76,6 +81,14 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
         raise SubmissionError(f"bad encoding: {sub.encoding}")
     if sub.rewrite_context not in ("local", "remote"):
         raise SubmissionError(f"bad rewrite context: {sub.rewrite_context}")
+    try:
+        sub.notifies = [int(n) for n in req.all("rcpt_notify")]
+    except ValueError:
+        raise SubmissionError("bad rcpt_notify") from None
+    if sub.notifies and len(sub.notifies) != len(sub.all_recipients()):
+        raise SubmissionError("rcpt_notify does not match the recipients")
+    if not all(0 <= n <= NOTIFY_MASK for n in [sub.notify, *sub.notifies]):
+        raise SubmissionError("bad notify flags")
     if not sub.all_recipients():
         raise SubmissionError("no recipients")
     if len(sub.all_recipients()) > MAX_RECIPIENTS:
