@@ -183,14 +183,22 @@ def test_delay_warning_is_sent_once(new_instance, sink) -> None:  # type: ignore
     inst.start()
     queue_id = send(inst, LOCAL, "later@remote.example", ("RET=FULL",))
     warned = rf"{queue_id}: sender delay notification: \w+"
-    for runs in range(1, 30):
-        inst.wait_log(rf"{queue_id}: to=<later@remote\.example>, .*status=deferred", count=runs)
-        if re.search(warned, inst.log()):
-            break
+    deferred = rf"{queue_id}: to=<later@remote\.example>, .*status=deferred"
+
+    def retry(runs: int) -> None:
+        """Flush once the file is back in deferred/ (a flush before that would miss it)."""
+        wait_until(lambda: queue_id in inst.queue_ids("deferred"), 30, what="deferred again")
         inst.tool("postqueue", "-f", check=True)
-    for more in range(runs + 1, runs + 3):  # two more tries: no second warning
-        inst.tool("postqueue", "-f", check=True)
-        inst.wait_log(rf"{queue_id}: to=<later@remote\.example>, .*status=deferred", count=more)
+        inst.wait_log(deferred, count=runs)
+
+    inst.wait_log(deferred)
+    runs = 1
+    while not re.search(warned, inst.log()) and runs < 30:
+        runs += 1
+        retry(runs)
+    for _ in range(2):  # two more tries: no second warning
+        runs += 1
+        retry(runs)
     assert len(re.findall(warned, inst.log())) == 1
     (dsn,) = notices(inst, 1)
     assert dsn.subject == "Delayed Mail (still being retried)"
