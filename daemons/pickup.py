@@ -117,6 +117,8 @@ class Pickup:
         notifies = sub.recipient_notifies()
         if any(notifies):
             req += [("notify", n) for n in notifies]
+        if any(sub.dsn_orcpts):
+            req += [("dsn_orcpt", o) for o in sub.recipient_orcpts()]
         if sub.envid:
             req.append(("envid", sub.envid))
         if sub.ret:

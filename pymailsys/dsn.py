@@ -139,6 +139,13 @@ def parse_orcpt(value: str) -> str:
     return f"{addr_type.strip()};{decoded}"
 
 
+def valid_orcpt(orcpt: str) -> bool:
+    """Whether a stored ``type;address`` (decoded) is acceptable."""
+    addr_type, sep, address = orcpt.partition(";")
+    return (bool(sep and addr_type and address) and len(orcpt) <= ORCPT_MAX
+            and _printable(orcpt))
+
+
 def orcpt_param(orcpt: str) -> str:
     """A stored ``type;address`` as the ORCPT parameter value (the address in xtext)."""
     addr_type, _, address = orcpt.partition(";")

@@ -269,8 +269,8 @@ def test_sendmail_dsn_options_are_recorded(new_instance, sink) -> None:  # type:
 
 
 def test_sendmail_bs_keeps_each_recipients_notify(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
-    """smtpd in stand-alone mode hands its message over as a maildrop file: every
-    recipient keeps its own NOTIFY, and the ENVID and RET of MAIL."""
+    """smtpd in stand-alone mode hands its message over as a local submission: every
+    recipient keeps its own NOTIFY and ORCPT, and the ENVID and RET of MAIL."""
     from test_sendmail_bs import StdioSmtp, bs_argv
 
     sink.start()  # announces DSN
@@ -281,7 +281,7 @@ def test_sendmail_bs_keeps_each_recipients_notify(new_instance, sink) -> None:  
     try:
         smtp.reply()
         for line in ("EHLO client.example", f"MAIL FROM:<{LOCAL}> ENVID=bs+2B1 RET=HDRS",
-                     "RCPT TO:<a@remote.example> NOTIFY=SUCCESS",
+                     "RCPT TO:<a@remote.example> NOTIFY=SUCCESS ORCPT=rfc822;List+2Ba@remote.example",
                      "RCPT TO:<b@remote.example> NOTIFY=NEVER", "RCPT TO:<c@remote.example>"):
             assert smtp.send(line).startswith("250")
         assert smtp.send("DATA").startswith("354")
@@ -296,3 +296,5 @@ def test_sendmail_bs_keeps_each_recipients_notify(new_instance, sink) -> None:  
     notify = {rcpt: re.search(rb"NOTIFY=(\S+)", rest) for rcpt, rest in args}
     assert {k: v.group(1) if v else None for k, v in notify.items()} == {
         b"a@remote.example": b"SUCCESS", b"b@remote.example": b"NEVER", b"c@remote.example": None}
+    assert re.search(rb"^X-Rcpt-Args: <a@remote.example> ORCPT=rfc822;List\+2Ba@remote.example ",
+                     dump, re.M)

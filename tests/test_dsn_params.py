@@ -112,13 +112,17 @@ def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
     assert b"Subject: big" in raw and b"x" * 70 not in raw
 
 
-def test_maildrop_file_keeps_each_recipients_notify() -> None:
+def test_maildrop_file_keeps_each_recipients_notify_and_orcpt() -> None:
     from pymailsys.queue import maildrop
 
     sub = maildrop.Submission("a@example.org", ["b@example.org", "c@example.org"],
                               extracted=["d@example.org"], lines=[b"Subject: x", b"", b"y"],
-                              notifies=[dsn.NOTIFY_SUCCESS, 0, dsn.NOTIFY_NEVER])
+                              notifies=[dsn.NOTIFY_SUCCESS, 0, dsn.NOTIFY_NEVER],
+                              dsn_orcpts=["rfc822;list@example.org", "", "rfc822;d@example.org"])
     back = maildrop.parse_maildrop(sub.to_records())
     assert back.recipient_notifies() == [dsn.NOTIFY_SUCCESS, 0, dsn.NOTIFY_NEVER]
+    assert back.recipient_orcpts() == ["rfc822;list@example.org", "", "rfc822;d@example.org"]
+    forged = maildrop.Submission("a@example.org", ["b@example.org"], dsn_orcpts=["no-type"])
+    assert maildrop.parse_maildrop(forged.to_records()).recipient_orcpts() == [""]
     every = maildrop.Submission("a@example.org", ["b@example.org"], notify=dsn.NOTIFY_DELAY)
     assert maildrop.parse_maildrop(every.to_records()).recipient_notifies() == [dsn.NOTIFY_DELAY]

@@ -11,7 +11,8 @@ DESCRIPTION
 
         T  arrival time
         A  named attributes (envelope_id, ret_flags, rewrite_context,
-           encoding, notify_flags before each recipient: its own NOTIFY)
+           encoding; notify_flags and dsn_orig_rcpt before each recipient:
+           its own NOTIFY and ORCPT)
         N  full name, S sender, R recipients
         M  then content: N (line), L (line continued)
         X  then the extracted R records
@@ -44,6 +45,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pymailsys.dsn import valid_orcpt
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
 
@@ -51,6 +53,7 @@ from pymailsys.queue import spool as queue
 ATTR_ENVID = "envelope_id"
 ATTR_RET = "ret_flags"
 ATTR_NOTIFY = "notify_flags"
+ATTR_ORCPT = "dsn_orig_rcpt"
 ATTR_RWR = "rewrite_context"
 ATTR_ENCODING = "encoding"
 ATTR_TRACE = "trace_flags"
@@ -80,9 +83,15 @@ class Submission:
     rewrite_context: str = "local"
     orig_recipients: list[str] = field(default_factory=list)
     notifies: list[int] = field(default_factory=list)  # per recipient, in all_recipients order
+    dsn_orcpts: list[str] = field(default_factory=list)  # ORCPT ("rfc822;addr"), likewise
 
     def all_recipients(self) -> list[str]:
         return self.recipients + self.extracted
+
+    def recipient_orcpts(self) -> list[str]:
+        """The ORCPT of each recipient ("" when none), in all_recipients order."""
+        count = len(self.recipients) + len(self.extracted)
+        return [self.dsn_orcpts[i] if i < len(self.dsn_orcpts) else "" for i in range(count)]
 
     def recipient_notifies(self) -> list[int]:
         """The NOTIFY flags of each recipient, in all_recipients order."""
@@ -116,8 +125,10 @@ class Submission:
         rec(r.REC_TYPE_FROM, self.sender)
         if self.encoding:
             a(ATTR_ENCODING, self.encoding)
-        notifies = self.recipient_notifies()
-        for rcpt, notify in zip(self.recipients, notifies, strict=False):
+        notifies, orcpts = self.recipient_notifies(), self.recipient_orcpts()
+        for rcpt, notify, orcpt in zip(self.recipients, notifies, orcpts, strict=False):
+            if orcpt:
+                a(ATTR_ORCPT, orcpt)
             if notify:
                 a(ATTR_NOTIFY, str(notify))
             rec(r.REC_TYPE_RCPT, rcpt)
@@ -125,7 +136,11 @@ class Submission:
         for line in self.lines:
             out.append(r.text_records(line, line_limit))
         out.append(r.encode_record(r.REC_TYPE_XTRA, b""))
-        for rcpt, notify in zip(self.extracted, notifies[len(self.recipients):], strict=True):
+        first = len(self.recipients)
+        for rcpt, notify, orcpt in zip(self.extracted, notifies[first:], orcpts[first:],
+                                       strict=True):
+            if orcpt:
+                a(ATTR_ORCPT, orcpt)
             if notify:
                 a(ATTR_NOTIFY, str(notify))
             rec(r.REC_TYPE_RCPT, rcpt)
@@ -182,6 +197,7 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
     allowed = (ENVELOPE_TYPES, CONTENT_TYPES, EXTRACT_TYPES)
     partial: list[bytes] = []
     notify = 0
+    orcpt = ""
     orig = ""
     ended = False
     try:
@@ -226,7 +242,8 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                 (sub.recipients if section == 0 else sub.extracted).append(_text(payload))
                 sub.orig_recipients.append(orig)
                 sub.notifies.append(notify)
-                orig, notify = "", 0
+                sub.dsn_orcpts.append(orcpt)
+                orig, notify, orcpt = "", 0, ""
                 if len(sub.all_recipients()) > MAX_RECIPIENTS:
                     raise SubmissionError("too many recipients")
             elif rtype in (r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
@@ -237,6 +254,8 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                     continue
                 if name == ATTR_NOTIFY:
                     notify = int(value) if value.isdigit() else 0
+                elif name == ATTR_ORCPT:
+                    orcpt = value if valid_orcpt(value) else ""
                 elif name == ATTR_ENVID:
                     sub.envid = value
                 elif name == ATTR_RET:

@@ -9,7 +9,8 @@ one attribute list (``pymailsys.ipc.attr``)::
     content (the message, lines ended by LF), encoding, envid,
     ret (int), notify (int), rewrite_context ("local" | "remote"),
     rcpt_notify (repeated, one per rcpt then xrcpt: each recipient's own
-    NOTIFY, as smtpd -S takes it; when absent, notify is every recipient's)
+    NOTIFY, as smtpd -S takes it; when absent, notify is every recipient's),
+    rcpt_orcpt (likewise: each recipient's ORCPT, "rfc822;addr" or "")
 
 pickup takes the submitter's uid from the kernel (SO_PEERCRED), never from
 the request, and replies only after cleanup answered::
@@ -27,7 +28,7 @@ than the line limit, content over message_size_limit, too many recipients).
 
 from __future__ import annotations
 
-from pymailsys.dsn import NOTIFY_MASK
+from pymailsys.dsn import NOTIFY_MASK, valid_orcpt
 from pymailsys.ipc import attr
 from pymailsys.queue.maildrop import (
     MAX_RECIPIENTS,
@@ -55,6 +56,8 @@ def to_attrs(sub: Submission) -> list[tuple[str, attr.AttrValue]]:
         out.append(("notify", sub.notify))
     if sub.notifies:
         out += [("rcpt_notify", n) for n in sub.recipient_notifies()]
+    if any(sub.dsn_orcpts):
+        out += [("rcpt_orcpt", o) for o in sub.recipient_orcpts()]
     out.append(("content", sub.content()))
     return out
 
@@ -89,6 +92,11 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
         raise SubmissionError("rcpt_notify does not match the recipients")
     if not all(0 <= n <= NOTIFY_MASK for n in [sub.notify, *sub.notifies]):
         raise SubmissionError("bad notify flags")
+    sub.dsn_orcpts = req.all("rcpt_orcpt")
+    if sub.dsn_orcpts and len(sub.dsn_orcpts) != len(sub.all_recipients()):
+        raise SubmissionError("rcpt_orcpt does not match the recipients")
+    if not all(o == "" or valid_orcpt(o) for o in sub.dsn_orcpts):
+        raise SubmissionError("bad rcpt_orcpt")
     if not sub.all_recipients():
         raise SubmissionError("no recipients")
     if len(sub.all_recipients()) > MAX_RECIPIENTS:
