@@ -63,9 +63,6 @@ from pymailsys.queue import spool as queue
 from pymailsys.server import Context
 from pymailsys.submission import access, protocol
 
-CLEANUP_FLAGS = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER
-                 | services.CLEANUP_FLAG_MAP_OK)
-
 
 def _pieces(lines: list[bytes]) -> Iterator[bytes]:
     """Message lines as LF-terminated text in pieces of about CONTENT_CHUNK bytes."""
@@ -88,6 +85,7 @@ class Pickup:
         cfg = ctx.config
         self.line_limit = max(cfg.get_int("line_length_limit"), 2048)
         self.size_limit = cfg.get_size("message_size_limit")
+        self.cleanup_flags = services.receive_flags(cfg) | services.CLEANUP_FLAG_BOUNCE
         self.cleanup = attr.AttrPool(ctx.spool.public(cfg.get("cleanup_service_name")))
         try:
             self.owner_uid = privileges.mail_owner(cfg).uid
@@ -109,7 +107,7 @@ class Pickup:
         if orig_id and any(sub.orig_recipients):
             req += [("orcpt", o) for o in sub.orig_recipients]
         req += [("uid", uid), ("rewrite_context", sub.rewrite_context or "local"),
-                ("flags", CLEANUP_FLAGS)]
+                ("flags", self.cleanup_flags)]
         if sub.full_name:
             req.append(("full_name", sub.full_name))
         if sub.encoding:

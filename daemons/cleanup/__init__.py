@@ -28,6 +28,16 @@ DESCRIPTION
       local) or with always_add_missing_headers (``headers``); truncates a
       header longer than header_size_limit and, with
       cleanup_replace_stray_cr_lf, turns each stray CR into a space;
+    * with CLEANUP_FLAG_FILTER (smtpd, pickup; not with receive_override_options
+      = no_header_body_checks), applies header_checks to the primary headers
+      (its own Received: included), mime_header_checks and nested_header_checks
+      to MIME part and attached-message headers, and body_checks to body lines
+      (``pymailsys.content``): REJECT refuses the message with the rule's text
+      (a local submission, CLEANUP_FLAG_BOUNCE, is returned to its sender
+      through the bounce service instead), DISCARD accepts and drops it, HOLD
+      and FILTER (content filters are not routed yet) place it in hold/,
+      REDIRECT marks every envelope recipient done and adds the target in
+      their place, BCC adds a recipient; both as extracted recipients;
     * writes the queue file in incoming/ in Postfix's record order as the
       content arrives (``headers.ContentPass`` holds at most one header and
       one unfinished line; ``writer.ContentFile`` writes past 256 KB), so
@@ -39,7 +49,9 @@ DESCRIPTION
       that stays open.
 
 DIAGNOSTICS
-    Replies (status, dsn, reason): 0 2.0.0 queued; 451 4.3.0 "Error: queue
+    Replies (status, dsn, reason): 0 2.0.0 queued (or discarded); 550 and the
+    REJECT rule's DSN and text ("5.7.1 message content rejected" without
+    one), 451 for a 4.x.x text; 451 4.3.0 "Error: queue
     file write error" (the file is removed, never acknowledged); 452 4.3.1
     "Error: Insufficient system storage" (queue_minfree); 550 5.1.0 "Error: no
     recipients specified"; 552 5.3.4 "Error: message file too big" (the queue
@@ -59,6 +71,8 @@ CONFIGURATION PARAMETERS
     remote_header_rewrite_domain, empty_address_recipient, duplicate_filter_limit,
     hopcount_limit, message_drop_headers, always_add_missing_headers, header_from_format,
     line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
+    header_checks, mime_header_checks, nested_header_checks, body_checks,
+    body_checks_size_limit, mime_nesting_limit,
     queue_minfree, delay_warning_time, ipc_timeout (the longest wait for the next
     piece of a streamed message),
     enable_original_recipient, enable_long_queue_ids, queue_service_name,
@@ -82,9 +96,12 @@ from pymailsys.daemons.cleanup.writer import ContentFile, QmgrTrigger, QueueWrit
 
 from pymailsys import dsn, log, server
 from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
+from pymailsys.content import checks as hbc
+from pymailsys.delivery import agent
 from pymailsys.ipc import attr, services
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as q
+from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import QueueFileBuilder
 
 PROGRAM = "cleanup"
@@ -150,6 +167,11 @@ class Settings:
         self.utf8_autodetect = frozenset(
             c.lower() for c in config.get_list("smtputf8_autodetect_classes")
         ) if config.get_bool("smtputf8_enable") else frozenset()
+        self.checks = hbc.CheckTables.from_config(config)
+        self.mime_nesting_limit = config.get_int("mime_nesting_limit")
+
+
+Rcpt = tuple[str, str, int, str]  # (recipient, original recipient, notify, dsn_orcpt)
 
 
 def _notify_value(text: str) -> int:
@@ -178,6 +200,7 @@ class Cleanup:
         self.s = Settings(ctx.config)
         self.writer = QueueWriter(ctx.spool, grouped=grouped)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
+        self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
         self._space_checked = 0.0
         self._space_ok = True
 
@@ -189,7 +212,7 @@ class Cleanup:
             return ""
         return clean
 
-    def _recipients(self, req: attr.AttrList) -> list[tuple[str, str, int, str]]:
+    def _recipients(self, req: attr.AttrList) -> list[Rcpt]:
         """(recipient, original, notify, dsn_orcpt) after rewriting and duplicate removal."""
         rcpts = req.all("rcpt")
         origs = req.all("orcpt")
@@ -235,8 +258,10 @@ class Cleanup:
     # -- one message --------------------------------------------------------
 
     def envelope(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
-            QueueFileBuilder, hdr.ContentPass]:
-        """The queue file's envelope records and the content pass for one request."""
+            QueueFileBuilder, hdr.ContentPass, list[Rcpt]]:
+        """The queue file's envelope records and the content pass for one request
+        (``content.checks``: the header and body checks' verdicts, when they apply),
+        and the recipients written."""
         s = self.s
         origin = req.text("origin")
         context = req.text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
@@ -263,6 +288,7 @@ class Cleanup:
         if encoding:
             b.attr("encoding", encoding)
         raw_rcpts = req.all("rcpt")
+        where = hbc.Where(queue_id, "local", sender, recipients[0][0] if recipients else None)
         if origin == "smtpd":
             name = req.text("client_name") or "unknown"
             addr = req.text("client_addr")
@@ -285,6 +311,7 @@ class Cleanup:
                 b.attr("helo_name", helo)
             b.attr("protocol_name", proto)
             b.attr("client_address_type", "10" if ":" in addr else "2")
+            where.origin, where.protocol, where.helo = f"{name}[{addr}]", proto, helo
             received = hdr.received_smtpd(helo, name, addr, proto, s.myhostname, s.mail_name,
                                           queue_id, raw_rcpts[0] if len(raw_rcpts) == 1 else None,
                                           date)
@@ -311,9 +338,12 @@ class Cleanup:
                             add_missing=context == CONTEXT_LOCAL or s.always_add,
                             long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard,
                             header_rewrite=s.local if context == CONTEXT_LOCAL else s.remote)
+        checks = None
+        if req.number("flags") & services.CLEANUP_FLAG_FILTER and s.checks.active:
+            checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
-                                  s.replace_stray_cr)
-        return b, content
+                                  s.replace_stray_cr, checks, s.mime_nesting_limit)
+        return b, content, recipients
 
     def detects_utf8(self, req: attr.AttrList) -> bool:
         """Whether cleanup looks for UTF-8 in this message: its client asked for SMTPUTF8,
@@ -325,7 +355,7 @@ class Cleanup:
     def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
             bytes, hdr.HeaderOutcome]:
         """The whole queue file for a one-list request (pure but for the clock it is given)."""
-        builder, content = self.envelope(req, queue_id, now)
+        builder, content, _ = self.envelope(req, queue_id, now)
         records = content.feed(req.raw("content") or b"") + content.end()
         envelope = builder.envelope()
         body = b"".join(records)
@@ -346,7 +376,8 @@ class Cleanup:
             log.warning(f"{PROGRAM}: create file {self.ctx.spool.dir(q.INCOMING)}: {e.strerror}")
             return _reply(*ERR_WRITE)
         try:
-            builder, content = self.envelope(req, queue_id, time.time())
+            arrival = time.time()
+            builder, content, recipients = self.envelope(req, queue_id, arrival)
             envelope = builder.envelope()
             out = ContentFile(fd, envelope)
             received = 0
@@ -369,6 +400,16 @@ class Cleanup:
                 return _reply(*ERR_SIZE)
             out.add(content.end())
             outcome = content.outcome
+            verdict = content.checks
+            patches: list[tuple[int, bytes]] = []
+            # A local submission that the checks reject goes back to its sender (cleanup_bounce).
+            bounce = (verdict is not None and verdict.reject.startswith("5")
+                      and bool(req.number("flags") & services.CLEANUP_FLAG_BOUNCE))
+            if verdict is not None and not bounce:
+                if verdict.failed or verdict.reject or verdict.discard:
+                    self.writer.discard(fd, path)
+                    return self._refused(verdict, queue_id)
+                patches = self._content_actions(builder, verdict, recipients, queue_id)
             size_rec = _size_record(builder, envelope, out.content_size, outcome,
                                     self.detects_utf8(req))
             parts = out.finish(size_rec, builder.trailer())
@@ -398,14 +439,86 @@ class Cleanup:
             self.writer.discard(fd, path)
             return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "",
                     "queue_id": queue_id}
+        if bounce:
+            assert verdict is not None
+            return await self._bounce(fd, path, parts, queue_id, recipients,
+                                      builder.recipient_offsets(), verdict.reject, arrival)
         hold = bool(flags & services.CLEANUP_FLAG_HOLD)
+        hold |= verdict is not None and (verdict.hold or bool(verdict.filter))
         try:
-            await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING)
+            await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING, patches)
         except OSError as e:
             log.warning(f"{queue_id}: write queue file: {e.strerror}")
             return _reply(*ERR_WRITE)
         if not hold:
             self.qmgr.kick(queue_id)
+        return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
+
+
+    # -- header_checks and body_checks ----------------------------------------------------
+
+    @staticmethod
+    def _refused(verdict: hbc.MessageChecks, queue_id: str) -> dict[str, Any]:
+        """The reply for a message the checks rejected, discarded, or could not check."""
+        if verdict.failed:
+            return _reply(*ERR_WRITE)
+        if verdict.reject:
+            dsn, _, text = verdict.reject.partition(" ")
+            return {"status": 451 if dsn[0] == "4" else 550, "dsn": dsn, "reason": text}
+        return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
+
+    def _content_actions(self, builder: QueueFileBuilder, verdict: hbc.MessageChecks,
+                         recipients: list[Rcpt], queue_id: str) -> list[tuple[int, bytes]]:
+        """REDIRECT, BCC and FILTER: extracted recipients, and the envelope's marked done."""
+        patches: list[tuple[int, bytes]] = []
+        if verdict.redirect:
+            target = rewrite_address(verdict.redirect, self.s.local)
+            for (clean, orig, notify, dsn_orcpt), offset in zip(
+                    recipients, builder.recipient_offsets(), strict=True):
+                builder.recipient(target, orig or clean, notify, dsn_orcpt, extracted=True)
+                patches.append((offset, r.REC_TYPE_DONE))
+        for bcc in verdict.bcc:
+            builder.recipient(rewrite_address(bcc, self.s.local), notify=dsn.NOTIFY_NEVER,
+                              extracted=True)
+        if verdict.filter:
+            # qmgr routes no content_filter yet: delivering around the filter would ignore it.
+            log.warning(f"{queue_id}: FILTER {verdict.filter}: content filters are not "
+                        "implemented; the message is placed on hold")
+        return patches
+
+
+    async def _bounce(self, fd: int, path: str, parts: list[bytes], queue_id: str,
+                      recipients: list[Rcpt], offsets: list[int], reason: str,
+                      arrival: float) -> dict[str, Any]:
+        """Return a rejected message to its sender through the bounce service: the file
+        waits in hold/ (where qmgr does not look) with a bounce log naming every recipient,
+        and both are removed once bounce has queued the notification."""
+        try:
+            await self.writer.commit(fd, path, parts, q.HOLD)
+        except OSError as e:
+            log.warning(f"{queue_id}: write queue file: {e.strerror}")
+            return _reply(*ERR_WRITE)
+        dsn, _, text = reason.partition(" ")
+        spool = self.ctx.spool
+        try:
+            for (clean, orig, notify, dsn_orcpt), offset in zip(recipients, offsets, strict=True):
+                status_log.append_queue(spool, q.BOUNCE, queue_id, status_log.Entry(
+                    clean, dsn, status_log.ACTION_FAILED, text, orig, offset, dsn_orcpt, notify))
+            result = agent.DeliveryResult(services.STATUS_BOUNCED, dsn, text)
+            for clean, orig, _, _ in recipients:
+                log.info(agent.log_line(queue_id, clean, orig, "none", arrival, 0.0, arrival,
+                                        result))
+            reply = await self.bounce.request({"request": "flush", "queue_id": queue_id,
+                                               "queue_name": q.HOLD, "log": "bounce"})
+            status = reply.number("status", -1)
+        except (OSError, attr.ProtocolError) as e:
+            log.warning(f"{queue_id}: bounce service: {e}")
+            status = -1
+        finally:
+            status_log.remove(spool, q.BOUNCE, queue_id)
+            QueueWriter.remove(spool.path(q.HOLD, queue_id))
+        if status != 0:
+            return _reply(*ERR_WRITE)
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
 
@@ -419,6 +532,7 @@ async def _stop(ctx: server.Context) -> None:
     service: Cleanup | None = ctx.state.get("cleanup")
     if service is not None:
         await service.qmgr.close()
+        await service.bounce.close()
         service.writer.close()
 
 

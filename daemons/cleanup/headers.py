@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 
 from pymailsys.address.rewrite import RewriteContext, rewrite_header_value
+from pymailsys.content import checks as hbc
+from pymailsys.content.mime import BODY, MimeState
 from pymailsys.queue import records as r
 from pymailsys.rfc822 import quote_822_local
 
@@ -229,8 +231,18 @@ class ContentPass:
     """
 
     def __init__(self, received: list[str], job: HeaderJob, drop: frozenset[bytes],
-                 line_limit: int, header_limit: int, replace_stray_cr: bool = True) -> None:
+                 line_limit: int, header_limit: int, replace_stray_cr: bool = True,
+                 checks: hbc.MessageChecks | None = None, mime_nesting_limit: int = 100) -> None:
         self.job = job
+        self.checks = checks
+        # Lines past the primary header go one by one through the MIME state and the checks.
+        self.mime = (MimeState(mime_nesting_limit)
+                     if checks is not None and checks.tables.mime_aware else None)
+        self.part: list[bytes] = []  # the MIME part or attached-message header being collected
+        self.part_len = 0
+        self.part_mid_line = False
+        self.body_mid_line = False  # the last body piece did not end its line
+        self.separator_pending = False  # the primary header block ended, its empty line is next
         self.drop = drop
         self.line_limit = max(line_limit, 1)
         self.header_limit = max(header_limit, 1)
@@ -247,7 +259,12 @@ class ContentPass:
         self.current_name = b""
         self.name_end = 0
         self.mid_line = False  # the header's last line has not ended yet
-        self._emit_header([line.encode("utf-8", "surrogateescape") for line in received])
+        lines: list[bytes] | None = [line.encode("utf-8", "surrogateescape") for line in received]
+        if checks is not None:
+            prepend, lines = checks.header(hbc.PRIMARY, lines)  # type: ignore[arg-type]
+            self._emit_header(prepend)
+        if lines:
+            self._emit_header(lines)
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.replace_stray_cr and b"\r" in data:
@@ -258,17 +275,29 @@ class ContentPass:
         if self.in_headers:
             data = self._headers(data)
         if data:
-            self._body(data)
+            if self.mime is not None:
+                self._body_checked(data)
+            else:
+                self._body(data)
         return self._take()
 
     def end(self) -> list[bytes]:
         if self.in_headers:
             rest, self.partial = self.partial, b""
             if rest and not self._head_piece(rest, True):
-                self._body(rest)
+                if self.mime is not None:
+                    self._body_checked(rest)
+                else:
+                    self._body(rest)
             if self.in_headers:
                 self._end_headers()
-        if self.partial or self.continued:
+        if self.mime is not None:
+            if self.partial or self.body_mid_line:
+                self._piece(self.partial, True)
+                self.partial = b""
+            if self.part:
+                self._flush_part()
+        elif self.partial or self.continued:
             self._emit_body_line(self.partial)
             self.partial = b""
         return self._take()
@@ -326,10 +355,24 @@ class ContentPass:
         return True
 
     def _flush_header(self) -> None:
+        lines: list[bytes] | None
         lines, self.current = self.current, []
         if not lines:
             return
         name = self.current_name
+        name_end = self.name_end
+        if self.checks is not None:
+            if self.mime is not None:
+                self.mime.header(lines)
+            prepend, lines = self.checks.header(hbc.PRIMARY, lines)
+            self._emit_header(prepend)
+            if lines is None:
+                return
+            m = _HEADER_NAME.match(lines[0])
+            if m is None:  # a REPLACE text is always a header: cannot happen
+                self._emit_header(lines)
+                return
+            name, name_end = m.group(1).lower(), m.end(1)
         out = self.outcome
         self.seen.add(name)
         if not out.utf8_headers and not all(line.isascii() for line in lines):
@@ -346,7 +389,7 @@ class ContentPass:
             return
         rewrite_ctx = self.job.header_rewrite
         if rewrite_ctx is not None and name in ADDRESS_HEADERS:
-            new = rewrite_address_header(lines, self.name_end, rewrite_ctx)
+            new = rewrite_address_header(lines, name_end, rewrite_ctx)
             if new is not None:
                 lines = new
         self._emit_header(lines)
@@ -381,6 +424,9 @@ class ContentPass:
         if b"message-id" not in seen:
             out.message_ids.append("<>")
         self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
+        if self.mime is not None:
+            self.mime.end_headers()
+            self.separator_pending = True
 
     def _emit_header(self, lines: list[bytes]) -> None:
         ready = self.ready
@@ -420,3 +466,88 @@ class ContentPass:
     def _emit_body_line(self, line: bytes) -> None:
         self.ready.append(r.text_records(line, self.line_limit))
         self.outcome.content_length += len(line) + 2
+
+    # -- the body, line by line, with the MIME structure and the content checks ----------
+
+    def _body_checked(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        last = lines.pop()
+        limit = self.line_limit
+        for line in lines:
+            while len(line) > limit:
+                self._piece(line[:limit], False)
+                line = line[limit:]
+            self._piece(line, True)
+        while len(last) > limit:  # an unfinished long line: its full pieces go now
+            self._piece(last[:limit], False)
+            last = last[limit:]
+        self.partial = last
+
+    def _piece(self, piece: bytes, ends_line: bool) -> None:
+        """One line, or one piece of a long line, after the primary header block."""
+        mime = self.mime
+        checks = self.checks
+        assert mime is not None and checks is not None
+        if self.separator_pending:  # the empty line after the primary header block
+            self.separator_pending = False
+            if not piece and ends_line:
+                self._emit_body_line(piece)
+                return
+        if mime.state != BODY:
+            if self._part_piece(piece, ends_line):
+                return
+            self._flush_part()
+            mime.end_headers()
+            checks.new_part()
+            if not piece and ends_line:  # the empty line that ends a header block
+                self._emit_body_line(piece)
+                return
+        if not self.body_mid_line and mime.body_line(piece):
+            checks.new_part()
+        self.body_mid_line = not ends_line
+        prepend, kept = checks.body(piece)
+        for line in prepend:
+            self._emit_body_line(line)
+        if kept is None:
+            return
+        if ends_line:
+            self._emit_body_line(kept)
+        else:
+            self.ready.append(r.encode_record(r.REC_TYPE_CONT, kept))
+            self.outcome.content_length += len(kept)
+
+    def _part_piece(self, piece: bytes, ends_line: bool) -> bool:
+        """A piece of a MIME part's or attached message's header; False: the block ended."""
+        if self.part_mid_line:
+            self._part_add(piece, False)
+        elif piece[:1] in (b" ", b"\t") and self.part:
+            self._part_add(piece, True)
+        elif piece and _HEADER_NAME.match(piece):
+            self._flush_part()
+            self.part, self.part_len = [piece], len(piece)
+        else:
+            return False
+        self.part_mid_line = not ends_line
+        return True
+
+    def _part_add(self, piece: bytes, new_line: bool) -> None:
+        if self.part_len >= self.header_limit:  # truncated, as the primary header block
+            return
+        if new_line:
+            self.part.append(piece)
+            self.part_len += len(piece) + 1
+        else:
+            self.part[-1] += piece
+            self.part_len += len(piece)
+
+    def _flush_part(self) -> None:
+        lines, self.part, self.part_len = self.part, [], 0
+        if not lines:
+            return
+        mime = self.mime
+        checks = self.checks
+        assert mime is not None and checks is not None
+        mime.header(lines)
+        prepend, kept = checks.header(mime.state, lines)
+        for line in [*prepend, *(kept or [])]:
+            self._emit_body_line(line)

@@ -2,8 +2,9 @@
 
 ``QueueWriter.create()`` makes a new file in incoming/ (``Spool.create_queue_file``:
 O_EXCL, fstat, rename to the queue ID) and returns (queue_id, path, fd).
-``await QueueWriter.commit(fd, path, parts, queue)`` writes the parts with
-``os.writev`` (looping on short writes), fchmods the file to MODE_COMPLETE
+``await QueueWriter.commit(fd, path, parts, queue, patches)`` writes the parts with
+``os.writev`` (looping on short writes), writes each (offset, bytes) patch over
+what is there (a recipient marked done), fchmods the file to MODE_COMPLETE
 (0700), moves it to ``queue`` when that is not incoming (hold), and then waits
 for the fsync that covers this file. fsyncs are grouped: one syncing thread
 takes every file committed since its last round, starts the write-back of
@@ -22,7 +23,7 @@ writev at commit).
 Promises: ``commit`` returns only when the file is written, complete, in its
 final place and fsynced. On any error it closes and unlinks the file and
 raises ``OSError``; a failed fsync is never retried. ``discard(fd, path)``
-removes a file that will not be committed.
+removes a file that will not be committed; ``remove(path)`` one that was.
 
 ``QmgrTrigger.kick(queue_id)`` tells qmgr about one new file in incoming/; the
 kicks of one event-loop turn become one write on a connection to public/qmgr
@@ -43,6 +44,7 @@ import asyncio
 import ctypes
 import os
 import threading
+from collections.abc import Sequence
 
 from pymailsys import log, server
 from pymailsys.ipc import trigger
@@ -215,13 +217,15 @@ class QueueWriter:
             os.close(fd)
         except OSError:
             pass
-        QueueWriter._unlink(path)
+        QueueWriter.remove(path)
 
     async def commit(self, fd: int, path: str, parts: list[bytes],
-                     queue: str = q.INCOMING) -> str:
-        """Write, mark complete, place, fsync; the file's final path."""
+                     queue: str = q.INCOMING, patches: Sequence[tuple[int, bytes]] = ()) -> str:
+        """Write, patch (offset, bytes) in place, mark complete, place, fsync; the final path."""
         try:
             _write_all(fd, parts)
+            for offset, data in patches:
+                os.pwrite(fd, data, offset)
             os.fchmod(fd, q.MODE_COMPLETE)
             if queue != q.INCOMING:
                 queue_id = os.path.basename(path)
@@ -237,7 +241,7 @@ class QueueWriter:
             try:
                 _fsync_close(fd)
             except OSError:
-                self._unlink(path)
+                self.remove(path)
                 raise
             return path
         fut: asyncio.Future[None] = loop.create_future()
@@ -248,7 +252,7 @@ class QueueWriter:
         try:
             await fut
         except OSError:
-            self._unlink(path)
+            self.remove(path)
             raise
         return path
 
@@ -263,7 +267,7 @@ class QueueWriter:
         self._syncer.submit(asyncio.get_running_loop(), batch)
 
     @staticmethod
-    def _unlink(path: str) -> None:
+    def remove(path: str) -> None:
         try:
             os.unlink(path)
         except FileNotFoundError:

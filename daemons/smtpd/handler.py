@@ -53,6 +53,7 @@ class Smtpd:
 
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
+        self.cleanup_flags = services.receive_flags(config)
         self.myhostname = config.get("myhostname")
         self.banner = f"220 {config.get('smtpd_banner')}\r\n".encode("utf-8", "surrogateescape")
         self.size_limit = config.get_size("message_size_limit")
@@ -177,7 +178,7 @@ class Message:
         env = self.env
         req = self.req
         actions = req.actions
-        flags = services.CLEANUP_FLAG_FILTER | services.CLEANUP_FLAG_MAP_OK
+        flags = self.smtpd.cleanup_flags
         if actions.hold:
             flags |= services.CLEANUP_FLAG_HOLD
         if actions.discard:

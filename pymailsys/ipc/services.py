@@ -101,7 +101,23 @@ CLEANUP_FLAG_BOUNCE = 1 << 0  # bounce unrecoverable mail instead of keeping it
 CLEANUP_FLAG_FILTER = 1 << 1  # header/body checks apply
 CLEANUP_FLAG_HOLD = 1 << 2  # place the message on hold
 CLEANUP_FLAG_DISCARD = 1 << 3  # accept the message, then throw it away (access DISCARD)
+CLEANUP_FLAG_BCC_OK = 1 << 4  # always_bcc, sender_bcc_maps and recipient_bcc_maps apply
 CLEANUP_FLAG_MAP_OK = 1 << 5  # canonical/virtual mapping applies
+# mail from outside the mail system (smtpd, pickup); bounces and forwarding get MAP_OK only
+CLEANUP_FLAG_MASK_EXTERNAL = CLEANUP_FLAG_FILTER | CLEANUP_FLAG_BCC_OK | CLEANUP_FLAG_MAP_OK
+
+
+def receive_flags(config, flags: int = CLEANUP_FLAG_MASK_EXTERNAL) -> int:  # type: ignore[no-untyped-def]
+    """The cleanup flags of a receiving service (smtpd, pickup) after its
+    receive_override_options (Postfix's input_transp_cleanup): no_address_mappings
+    turns off canonical, virtual alias, masquerading and automatic BCC;
+    no_header_body_checks turns off header_checks and body_checks."""
+    options = config.get_list("receive_override_options")
+    if "no_address_mappings" in options:
+        flags &= ~(CLEANUP_FLAG_BCC_OK | CLEANUP_FLAG_MAP_OK)
+    if "no_header_body_checks" in options:
+        flags &= ~CLEANUP_FLAG_FILTER
+    return flags
 
 # delivery results
 STATUS_SENT = "sent"

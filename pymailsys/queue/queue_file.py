@@ -113,6 +113,10 @@ def _arrival(payload: bytes) -> float:
     return seconds + micros / 1e6
 
 
+def _attr_record(name: str, value: str) -> bytes:
+    return r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode("utf-8", "surrogateescape"))
+
+
 class QueueFileBuilder:
     """Collect envelope, content and extracted records; ``build`` returns the bytes."""
 
@@ -122,6 +126,7 @@ class QueueFileBuilder:
         self._content: list[bytes] = []
         self._extracted: list[bytes] = []
         self._rcpt_count = 0
+        self._rcpt_records: list[int] = []  # indexes of the envelope's R records in _head
         self._content_length = 0
         self.qmgr_flags = 0
         self.smtputf8 = 0
@@ -131,8 +136,7 @@ class QueueFileBuilder:
         self.attr("create_time", str(sec))
 
     def attr(self, name: str, value: str) -> None:
-        self._head.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode(
-            "utf-8", "surrogateescape")))
+        self._head.append(_attr_record(name, value))
 
     def full_name(self, name: str) -> None:
         self._head.append(r.encode_record(r.REC_TYPE_FULL, name.encode("utf-8", "surrogateescape")))
@@ -140,15 +144,33 @@ class QueueFileBuilder:
     def sender(self, address: str) -> None:
         self._head.append(r.encode_record(r.REC_TYPE_FROM, address.encode("utf-8", "surrogateescape")))
 
-    def recipient(self, address: str, orig: str = "", notify: int = 0, dsn_orcpt: str = "") -> None:
+    def recipient(self, address: str, orig: str = "", notify: int = 0, dsn_orcpt: str = "",
+                  extracted: bool = False) -> None:
+        """One recipient: in the envelope, or (``extracted``) after the content."""
+        out = self._extracted if extracted else self._head
         if dsn_orcpt:
-            self.attr("dsn_orig_rcpt", dsn_orcpt)
+            out.append(_attr_record("dsn_orig_rcpt", dsn_orcpt))
         if notify:
-            self.attr("notify_flags", str(notify))
+            out.append(_attr_record("notify_flags", str(notify)))
         if orig:
-            self._head.append(r.encode_record(r.REC_TYPE_ORCP, orig.encode("utf-8", "surrogateescape")))
-        self._head.append(r.encode_record(r.REC_TYPE_RCPT, address.encode("utf-8", "surrogateescape")))
+            out.append(r.encode_record(r.REC_TYPE_ORCP, orig.encode("utf-8", "surrogateescape")))
+        if not extracted:
+            self._rcpt_records.append(len(self._head))
+        out.append(r.encode_record(r.REC_TYPE_RCPT, address.encode("utf-8", "surrogateescape")))
         self._rcpt_count += 1
+
+    def recipient_offsets(self) -> list[int]:
+        """The file offsets of the envelope's R records (to mark them done in place)."""
+        offsets = []
+        position = r.SIZE_RECORD_LENGTH + 2
+        wanted = iter(self._rcpt_records)
+        next_index = next(wanted, -1)
+        for i, record in enumerate(self._head):
+            if i == next_index:
+                offsets.append(position)
+                next_index = next(wanted, -1)
+            position += len(record)
+        return offsets
 
     def line(self, text: bytes, limit: int = 2048) -> None:
         """One line of message content, without its line terminator."""
@@ -248,9 +270,19 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                         break
                     if xtype == r.REC_TYPE_ATTR:
                         name, _, value = _text(xpayload).partition("=")
-                        env.attrs[name] = value
-                    elif xtype == r.REC_TYPE_RCPT:
-                        env.recipients.append(Recipient(_text(xpayload), "", _offset))
+                        if name == "dsn_orig_rcpt":
+                            pending_orcpt = value
+                        elif name == "notify_flags":
+                            pending_notify = number(value, "notify_flags") if value else 0
+                        else:
+                            env.attrs[name] = value
+                    elif xtype == r.REC_TYPE_ORCP:
+                        pending_orig = _text(xpayload)
+                    elif xtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
+                        env.recipients.append(Recipient(_text(xpayload), pending_orig, _offset,
+                                                        xtype != r.REC_TYPE_RCPT, pending_notify,
+                                                        pending_orcpt))
+                        pending_orig, pending_notify, pending_orcpt = "", 0, ""
                 else:
                     raise QueueFileError("no end-of-message record")
                 break

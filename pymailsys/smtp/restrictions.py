@@ -329,7 +329,9 @@ class Engine:
         self.null_key = config.get("smtpd_null_access_lookup_key")
         self.delimiter = config.get("recipient_delimiter")
         self.delay_reject = config.get_bool("smtpd_delay_reject")
-        self.reject_unlisted_rcpt = config.get_bool("smtpd_reject_unlisted_recipient")
+        self.reject_unlisted_rcpt = (config.get_bool("smtpd_reject_unlisted_recipient") and
+                                     "no_unknown_recipient_checks" not in
+                                     config.get_list("receive_override_options"))
         self.reject_unlisted_sender = config.get_bool("smtpd_reject_unlisted_sender")
         self.local_recipient_maps = bool(config.get_list("local_recipient_maps"))
         self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")

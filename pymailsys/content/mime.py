@@ -1,0 +1,88 @@
+"""Which lines of a message are MIME part headers, attached-message headers or body.
+
+Postfix's mime_state, reduced to what the content checks need: the caller
+feeds each header block's complete headers (``header``), says when a header
+block ends (``end_headers``) and hands every line of the body state to
+``body_line``; ``state`` then says whether the next lines are ``BODY``, the
+headers of a multipart part (``MULTIPART``: mime_header_checks) or the
+headers of an attached message (``NESTED``: nested_header_checks).
+
+* ``Content-Type: multipart/...; boundary=B`` opens a multipart body: a body
+  line ``--B`` starts a part (its header block follows), ``--B--`` ends it;
+  a boundary of an enclosing multipart also closes the inner ones;
+* ``Content-Type: message/rfc822`` (or message/global) makes the body, or the
+  part's body, an attached message: a header block first;
+* a header block ends at an empty line or at the first line that is neither
+  a header nor a continuation (the caller decides that and calls
+  ``end_headers``).
+
+Bounded: at most ``nesting_limit`` boundaries are remembered (deeper ones are
+body text), each at most one header long; the work per line is linear in its
+length times the nesting depth.
+"""
+
+from __future__ import annotations
+
+import re
+
+BODY = "body"
+MULTIPART = "multipart"
+NESTED = "nested"
+
+_TYPE = re.compile(rb"[ \t\n]*([!-~]+?)[ \t\n]*(?:;|$)")
+_BOUNDARY = re.compile(rb"""[;\s]boundary[ \t\n]*=[ \t\n]*(?:"([^"]*)"|([^\s;"]+))""", re.I)
+_NESTED_TYPES = (b"message/rfc822", b"message/global")
+
+
+class MimeState:
+    def __init__(self, nesting_limit: int = 100) -> None:
+        self.nesting_limit = max(nesting_limit, 0)
+        self.boundaries: list[bytes] = []
+        self.state = BODY
+        self._nested = False  # the header block in progress announced an attached message
+        self._boundary: bytes | None = None  # ... or a multipart body with this boundary
+
+    def header(self, lines: list[bytes]) -> None:
+        """One complete header of the header block in progress (its lines, no line ends)."""
+        first = lines[0]
+        if not first[:13].lower().startswith(b"content-type"):
+            return
+        name, colon, value = first.partition(b":")
+        if not colon or name.rstrip(b" \t").lower() != b"content-type":
+            return
+        value = b"\n".join([value, *lines[1:]])
+        m = _TYPE.match(value)
+        kind = m.group(1).lower() if m else b""
+        self._nested = kind in _NESTED_TYPES
+        self._boundary = None
+        if kind.startswith(b"multipart/"):
+            b = _BOUNDARY.search(b";" + value)
+            if b is not None:
+                self._boundary = b.group(1) if b.group(1) is not None else b.group(2)
+
+    def end_headers(self) -> None:
+        """The header block in progress ended: what its Content-Type says comes next."""
+        nested, boundary = self._nested, self._boundary
+        self._nested, self._boundary = False, None
+        if nested:
+            self.state = NESTED
+            return
+        self.state = BODY
+        if boundary and len(self.boundaries) < self.nesting_limit:
+            self.boundaries.append(boundary)
+
+    def body_line(self, line: bytes) -> bool:
+        """One body line; True when it is a boundary that starts a part (headers follow)."""
+        if not self.boundaries or not line.startswith(b"--"):
+            return False
+        for depth in range(len(self.boundaries) - 1, -1, -1):
+            b = self.boundaries[depth]
+            if line.startswith(b, 2):
+                rest = line[2 + len(b):]
+                if rest.startswith(b"--"):
+                    del self.boundaries[depth:]
+                    return False
+                del self.boundaries[depth + 1:]
+                self.state = MULTIPART
+                return True
+        return False

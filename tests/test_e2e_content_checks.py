@@ -1,0 +1,176 @@
+"""header_checks, mime_header_checks, nested_header_checks and body_checks on a real instance.
+
+Each test writes a regexp: table as an administrator would, sends mail over SMTP
+(or with sendmail) and checks what a user sees: the reply to DATA, the log lines
+in Postfix's words, the queue (hold/, mailq's ``!``) and the bytes that arrive in
+the Maildir.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from harness import ME, Instance, wait_until
+
+pytestmark = pytest.mark.root  # delivery to the current user's Maildir is checked as root
+
+
+def _instance(new_instance, header: str = "", body: str = "", **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    """A started instance with these tables ({origin} in them: $myorigin)."""
+    inst: Instance = new_instance(maildir=True, settings={"recipient_delimiter": "+", **settings})
+    origin = _origin(inst)
+    if header:
+        header = header.replace("{origin}", origin)
+        inst.set(header_checks=f"regexp:{inst.write('etc/header_checks', header)}")
+    if body:
+        inst.set(body_checks=f"regexp:{inst.write('etc/body_checks', body)}")
+    inst.start()
+    return inst
+
+
+def _origin(inst: Instance) -> str:
+    return str(inst.tool("postconf", "-hx", "myorigin", check=True).stdout.strip())
+
+
+def _data_reply(inst: Instance, rcpt: str, message: str) -> tuple[int, bytes]:
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail("sender@example.org")
+        client.rcpt(rcpt)
+        return client.data(message)
+
+
+def _arrived(inst: Instance, subject: bytes, count: int = 1) -> list[bytes]:
+    def hit() -> list[bytes]:
+        found = [m for m in inst.maildir_messages() if b"\nSubject: " + subject + b"\n" in m]
+        return found if len(found) >= count else []
+
+    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")  # type: ignore[return-value]
+
+
+def test_header_reject_refuses_the_message_at_data(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Subject:.*spam/ REJECT No spam please\n"
+                                          "/^X-Default:/ REJECT\n")
+    rcpt = f"{ME}@{_origin(inst)}"
+    code, text = _data_reply(inst, rcpt, "Subject: buy spam now\n\nbody\n")
+    assert (code, text) == (550, b"5.7.1 No spam please")
+    line = inst.wait_log(r"reject: header Subject: buy spam now")[0]
+    assert re.search(r": [0-9A-F]+: reject: header Subject: buy spam now from "
+                     r"[^ ]+\[127\.0\.0\.1\]; from=<sender@example\.org> to=<" + re.escape(rcpt)
+                     + r"> proto=ESMTP helo=<client\.example>: 5\.7\.1 No spam please$", line), line
+    code, text = _data_reply(inst, rcpt, "X-Default: yes\nSubject: x\n\nbody\n")
+    assert (code, text) == (550, b"5.7.1 message content rejected")
+    assert inst.queue_empty() and not inst.queue_ids("hold")
+    assert not inst.maildir_messages()
+
+
+def test_hold_discard_and_logged_actions(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Subject: hold me/ HOLD waiting for review\n"
+                                          "/^Subject: drop me/ DISCARD not wanted\n"
+                                          "/^Subject: warn me/ WARN looks odd\n"
+                                          "/^Subject: info me/ INFO noted\n")
+    rcpt = f"{ME}@{_origin(inst)}"
+    held = inst.send("sender@example.org", rcpt, "Subject: hold me\n\nbody\n")
+    inst.wait_log(rf"{held}: hold: header Subject: hold me from .*: waiting for review$")
+    assert inst.queue_ids("hold") == [held]
+    listing = inst.tool("mailq", check=True).stdout
+    assert re.search(rf"^{held}!", listing, re.M), listing
+    dropped = inst.send("sender@example.org", rcpt, "Subject: drop me\n\nbody\n")
+    inst.wait_log(rf"{dropped}: discard: header Subject: drop me from .*: not wanted$")
+    inst.send("sender@example.org", rcpt, "Subject: warn me\n\nbody\n")
+    inst.wait_log(r": warning: header Subject: warn me from .*: looks odd$")
+    inst.send("sender@example.org", rcpt, "Subject: info me\n\nbody\n")
+    inst.wait_log(r": info: header Subject: info me from .*: noted$")
+    _arrived(inst, b"warn me")
+    _arrived(inst, b"info me")
+    assert not [m for m in inst.maildir_messages() if b"drop me" in m or b"hold me" in m]
+    assert dropped not in inst.queue_ids("incoming") + inst.queue_ids("active")
+
+
+def test_redirect_bcc_prepend_replace_ignore_change_what_arrives(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header=(
+        "/^Subject: redirect me/ REDIRECT " + ME + "+redirected@{origin}\n"
+        "/^Subject: copy me/ BCC " + ME + "+copy@{origin}\n"
+        "/^Subject: bad target/ REDIRECT nowhere\n"
+        "/^X-Secret:/ IGNORE\n"
+        "/^X-Mailer: (.*)/ REPLACE X-Mailer: hidden ($1)\n"
+        "/^Subject: tag me/ PREPEND X-Tagged: yes\n"), body=(
+        "/^password=/ REPLACE password=<removed>\n"
+        "/^drop this line/ IGNORE\n"))
+    origin = _origin(inst)
+    rcpt = f"{ME}+orig@{origin}"
+    inst.send("sender@example.org", rcpt, "Subject: redirect me\n\nbody\n")
+    [redirected] = _arrived(inst, b"redirect me")
+    assert f"Delivered-To: {ME}+redirected@{origin}\n".encode() in redirected
+    inst.wait_log(rf"to=<{ME}\+redirected@{re.escape(origin)}>, orig_to=<{ME}\+orig@"
+                  rf"{re.escape(origin)}>, .*status=sent")
+    inst.wait_log(r": redirect: header Subject: redirect me from .*: " + ME + r"\+redirected@")
+    inst.send("sender@example.org", rcpt, "Subject: bad target\n\nbody\n")
+    _arrived(inst, b"bad target")
+    inst.wait_log(r'warning: bad REDIRECT target "nowhere" in header_checks map -- need user@domain')
+
+    inst.send("sender@example.org", rcpt, "Subject: copy me\n\nbody\n")
+    copies = _arrived(inst, b"copy me", 2)
+    delivered = sorted(re.search(rb"Delivered-To: (\S+)\n", m).group(1) for m in copies)  # type: ignore[union-attr]
+    assert delivered == sorted([f"{ME}+copy@{origin}".encode(), rcpt.encode()])
+
+    inst.send("sender@example.org", rcpt,
+              "Subject: tag me\nX-Secret: 42\nX-Mailer: Mutt 2.0\n\n"
+              "first\npassword=hunter2\ndrop this line\nlast\n")
+    [msg] = _arrived(inst, b"tag me")
+    head, body = msg.split(b"\n\n", 1)
+    assert b"\nX-Tagged: yes\nSubject: tag me\n" in head + b"\n"
+    assert b"X-Secret" not in head
+    assert b"\nX-Mailer: hidden (Mutt 2.0)" in head
+    assert body == b"first\npassword=<removed>\nlast\n"
+    inst.wait_log(r": replace: body password=hunter2 from .*: password=<removed>$")
+
+
+def test_mime_part_and_attached_message_headers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Content-Type: application\\/x-msdownload/ REJECT "
+                                          "Attachment type not allowed\n"
+                                          "/^Subject: inner spam/ REJECT nested spam\n")
+    rcpt = f"{ME}@{_origin(inst)}"
+    mime = ("MIME-Version: 1.0\nSubject: with attachment\n"
+            "Content-Type: multipart/mixed; boundary=\"XX\"\n\npreamble\n"
+            "--XX\nContent-Type: text/plain\n\nhello\n"
+            "--XX\nContent-Type: application/x-msdownload;\n name=x.exe\n\nTVqQ\n--XX--\n")
+    code, text = _data_reply(inst, rcpt, mime)
+    assert (code, text) == (550, b"5.7.1 Attachment type not allowed")
+    nested = ("MIME-Version: 1.0\nSubject: forwarded\n"
+              "Content-Type: multipart/mixed; boundary=b1\n\n"
+              "--b1\nContent-Type: message/rfc822\n\nSubject: inner spam\nFrom: x@y\n\ninner body\n"
+              "--b1--\n")
+    code, text = _data_reply(inst, rcpt, nested)
+    assert (code, text) == (550, b"5.7.1 nested spam")
+    # the same lines in a body (not a header block) are not headers
+    plain = "Subject: plain\n\nContent-Type: application/x-msdownload\nSubject: inner spam\n"
+    inst.send("sender@example.org", rcpt, plain)
+    _arrived(inst, b"plain")
+
+
+def test_no_header_body_checks_for_a_service(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Subject: spam/ REJECT\n",
+                     receive_override_options="no_header_body_checks")
+    rcpt = f"{ME}@{_origin(inst)}"
+    inst.send("sender@example.org", rcpt, "Subject: spam\n\nbody\n")
+    _arrived(inst, b"spam")
+
+
+def test_sendmail_rejected_message_bounces_to_the_sender(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Subject: local spam/ REJECT No spam please\n")
+    origin = _origin(inst)
+    r = inst.tool("sendmail", "-f", f"{ME}@{origin}", f"{ME}+to@{origin}",
+                  input="Subject: local spam\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    [bounce] = _arrived(inst, b"Undelivered Mail Returned to Sender")
+    assert b"No spam please" in bounce
+    inst.wait_log(r": reject: header Subject: local spam from local; from=<")
+    assert not [m for m in inst.maildir_messages() if b"Delivered-To: " + ME.encode() + b"+to@" in m]
+
+
+def test_smtp_reply_when_the_reject_text_is_temporary(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, header="/^Subject: later/ REJECT 4.7.1 Try again later\n")
+    code, text = _data_reply(inst, f"{ME}@{_origin(inst)}", "Subject: later\n\nx\n")
+    assert (code, text) == (451, b"4.7.1 Try again later")
