@@ -211,14 +211,45 @@ class QueueFileBuilder:
         return [size_rec, envelope, *self._content, self.trailer()]
 
 
+class _RecipientRecords:
+    """The A, O and R/D records that make up recipients, in the envelope or after the content:
+    dsn_orig_rcpt, notify_flags and O apply to the next recipient, other attributes to
+    the message."""
+
+    def __init__(self, env: Envelope) -> None:
+        self.env = env
+        self.orig = ""
+        self.notify = 0
+        self.orcpt = ""
+
+    def take(self, offset: int, rtype: bytes, payload: bytes) -> bool:
+        """Use the record if it is one of those; False when it is not."""
+        if rtype == r.REC_TYPE_ATTR:
+            name, _, value = _text(payload).partition("=")
+            if name == "dsn_orig_rcpt":
+                self.orcpt = value
+            elif name == "notify_flags":
+                self.notify = number(value, "notify_flags") if value else 0
+            else:
+                self.env.attrs[name] = value
+        elif rtype == r.REC_TYPE_ORCP:
+            self.orig = _text(payload)
+        elif rtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
+            self.env.recipients.append(Recipient(_text(payload), self.orig, offset,
+                                                 rtype != r.REC_TYPE_RCPT, self.notify,
+                                                 self.orcpt))
+            self.orig, self.notify, self.orcpt = "", 0, ""
+        else:
+            return False
+        return True
+
+
 def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Envelope:
     """Parse envelope and extracted records of a whole queue file held in memory."""
     env = Envelope(queue_id=queue_id, path=path, sizes=[], arrival=0.0, sender="",
                    file_size=len(data))
     have_sender = False
-    pending_orig = ""
-    pending_notify = 0
-    pending_orcpt = ""
+    recipients = _RecipientRecords(env)
     try:
         records = r.iter_records(data)
         first = True
@@ -236,21 +267,8 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
             elif rtype == r.REC_TYPE_FROM:
                 env.sender = _text(payload)
                 have_sender = True
-            elif rtype == r.REC_TYPE_ATTR:
-                name, _, value = _text(payload).partition("=")
-                if name == "dsn_orig_rcpt":
-                    pending_orcpt = value
-                elif name == "notify_flags":
-                    pending_notify = number(value, "notify_flags") if value else 0
-                else:
-                    env.attrs[name] = value
-            elif rtype == r.REC_TYPE_ORCP:
-                pending_orig = _text(payload)
-            elif rtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
-                env.recipients.append(Recipient(_text(payload), pending_orig, offset,
-                                                rtype != r.REC_TYPE_RCPT, pending_notify,
-                                                pending_orcpt))
-                pending_orig, pending_notify, pending_orcpt = "", 0, ""
+            elif recipients.take(offset, rtype, payload):
+                pass
             elif rtype == r.REC_TYPE_WARN:
                 env.warn_time = number(payload, "warning time") if payload.strip() else 0
                 env.warn_offset, env.warn_length = offset, len(payload)
@@ -265,24 +283,10 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
                     raise QueueFileError("content size does not point at the extracted records")
                 env.xtra_offset = xtra
                 records = r.iter_records(data, xtra)
-                for _offset, xtype, xpayload in records:
+                for xoffset, xtype, xpayload in records:
                     if xtype == r.REC_TYPE_END:
                         break
-                    if xtype == r.REC_TYPE_ATTR:
-                        name, _, value = _text(xpayload).partition("=")
-                        if name == "dsn_orig_rcpt":
-                            pending_orcpt = value
-                        elif name == "notify_flags":
-                            pending_notify = number(value, "notify_flags") if value else 0
-                        else:
-                            env.attrs[name] = value
-                    elif xtype == r.REC_TYPE_ORCP:
-                        pending_orig = _text(xpayload)
-                    elif xtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
-                        env.recipients.append(Recipient(_text(xpayload), pending_orig, _offset,
-                                                        xtype != r.REC_TYPE_RCPT, pending_notify,
-                                                        pending_orcpt))
-                        pending_orig, pending_notify, pending_orcpt = "", 0, ""
+                    recipients.take(xoffset, xtype, xpayload)
                 else:
                     raise QueueFileError("no end-of-message record")
                 break
