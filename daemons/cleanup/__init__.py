@@ -16,10 +16,22 @@ DESCRIPTION
       ``@$myorigin``); a sender of MAILER-DAEMON@$myorigin becomes <>; an
       empty recipient becomes $empty_address_recipient; duplicate recipients
       are removed (the first duplicate_filter_limit are remembered);
+    * with CLEANUP_FLAG_MAP_OK (not with receive_override_options =
+      no_address_mappings), maps them as Postfix's cleanup
+      (``pymailsys.address.mapping``): sender_canonical_maps or
+      recipient_canonical_maps, then canonical_maps (canonical_classes), then
+      masquerade_domains (masquerade_classes, masquerade_exceptions), then each
+      recipient's virtual alias expansion (virtual_alias_maps: recursive, one
+      address to many, the original recipient kept in its O record); a table
+      failure or a virtual alias limit defers the message; with
+      CLEANUP_FLAG_BCC_OK (smtpd, pickup: not bounces or forwarding) adds
+      sender_bcc_maps, recipient_bcc_maps and always_bcc recipients (DSN
+      NOTIFY=NEVER);
     * rewrites the addresses in the primary header block's address headers
       (From:, To:, Cc:, Resent-*, ...) in the message's rewrite_context: local
       as the envelope; remote only with remote_header_rewrite_domain (empty:
-      headers untouched); a changed header is re-serialized and folded as
+      headers untouched), then maps them with the header classes of the
+      canonical maps and masquerading; a changed header is re-serialized and folded as
       Postfix does (``headers``);
     * prepends the Received: header of its origin (smtpd, pickup with the
       submitting uid, bounce/local), counts Received: headers against
@@ -51,7 +63,10 @@ DESCRIPTION
 DIAGNOSTICS
     Replies (status, dsn, reason): 0 2.0.0 queued (or discarded); 550 and the
     REJECT rule's DSN and text ("5.7.1 message content rejected" without
-    one), 451 for a 4.x.x text; 451 4.3.0 "Error: queue
+    one), 451 for a 4.x.x text; 451 4.6.0 "Alias expansion error" (a virtual
+    alias loop or limit, logged ``warning: QUEUEID: unreasonable
+    virtual_alias_maps map nesting for ADDR -- message not accepted, try again
+    later``); 451 4.3.0 "Error: queue
     file write error" (the file is removed, never acknowledged); 452 4.3.1
     "Error: Insufficient system storage" (queue_minfree); 550 5.1.0 "Error: no
     recipients specified"; 552 5.3.4 "Error: message file too big" (the queue
@@ -72,7 +87,12 @@ CONFIGURATION PARAMETERS
     hopcount_limit, message_drop_headers, always_add_missing_headers, header_from_format,
     line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
     header_checks, mime_header_checks, nested_header_checks, body_checks,
-    body_checks_size_limit, mime_nesting_limit,
+    body_checks_size_limit, mime_nesting_limit, canonical_maps, sender_canonical_maps,
+    recipient_canonical_maps, canonical_classes, masquerade_domains,
+    masquerade_exceptions, masquerade_classes, virtual_alias_maps,
+    virtual_alias_recursion_limit, virtual_alias_expansion_limit,
+    propagate_unmatched_extensions, recipient_delimiter, always_bcc, sender_bcc_maps,
+    recipient_bcc_maps,
     queue_minfree, delay_warning_time, ipc_timeout (the longest wait for the next
     piece of a streamed message),
     enable_original_recipient, enable_long_queue_ids, queue_service_name,
@@ -95,6 +115,7 @@ from pymailsys.daemons.cleanup import headers as hdr
 from pymailsys.daemons.cleanup.writer import ContentFile, QmgrTrigger, QueueWriter
 
 from pymailsys import dsn, log, server
+from pymailsys.address import mapping
 from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
 from pymailsys.content import checks as hbc
 from pymailsys.delivery import agent
@@ -168,6 +189,7 @@ class Settings:
             c.lower() for c in config.get_list("smtputf8_autodetect_classes")
         ) if config.get_bool("smtputf8_enable") else frozenset()
         self.checks = hbc.CheckTables.from_config(config)
+        self.mapper = mapping.Mapper(config)
         self.mime_nesting_limit = config.get_int("mime_nesting_limit")
 
 
@@ -191,6 +213,14 @@ def _ret_value(text: str) -> int:
         return 0
 
 
+def _logged(result: tuple[str, list[str]], queue_id: str) -> str:
+    """A mapped address; its warnings (a multi-valued canonical entry) are logged."""
+    address, warnings = result
+    for text in warnings:
+        log.warning(f"{queue_id}: {text}")
+    return address
+
+
 class Cleanup:
     """The service: one ``handle`` call per request."""
 
@@ -206,14 +236,20 @@ class Cleanup:
 
     # -- envelope -----------------------------------------------------------
 
-    def _sender(self, sender: str) -> str:
+    def _sender(self, sender: str, flags: int, queue_id: str) -> str:
         clean = rewrite_address(sender, self.s.local)
         if clean and clean.lower() == self.s.mailer_daemon:
             return ""
+        if clean and flags & services.CLEANUP_FLAG_MAP_OK:
+            clean = _logged(self.s.mapper.sender(clean), queue_id)
         return clean
 
-    def _recipients(self, req: attr.AttrList) -> list[Rcpt]:
-        """(recipient, original, notify, dsn_orcpt) after rewriting and duplicate removal."""
+    def _recipients(self, req: attr.AttrList, sender: str, flags: int,
+                    queue_id: str) -> list[Rcpt]:
+        """(recipient, original, notify, dsn_orcpt) after rewriting, canonical mapping,
+        masquerading and virtual alias expansion (CLEANUP_FLAG_MAP_OK), the automatic
+        BCC recipients (CLEANUP_FLAG_BCC_OK), and duplicate removal. MappingError when
+        a table cannot answer or a limit is reached."""
         rcpts = req.all("rcpt")
         origs = req.all("orcpt")
         notifies = req.all("notify")
@@ -232,14 +268,30 @@ class Cleanup:
         limit = self.s.dup_limit
         out = []
         local = self.s.local
+        mapper = self.s.mapper if flags & services.CLEANUP_FLAG_MAP_OK else None
+        mapped: list[str] = []
+
+        def add(clean: str, orig: str, notify: int, dsn_orcpt: str) -> None:
+            for address in mapper.expand(clean) if mapper is not None else [clean]:
+                key = (dsn_orcpt, notify, orig, address)
+                if key in seen:
+                    continue
+                if len(seen) < limit:
+                    seen.add(key)
+                out.append((address, orig if self.s.keep_orcpt else "", notify, dsn_orcpt))
+
         for raw, orig, notify, dsn_orcpt in zip(rcpts, origs, notify_of, dsn_orcpts, strict=True):
             clean = rewrite_address(raw or self.s.empty_rcpt, local)
-            key = (dsn_orcpt, notify, orig, clean)
-            if key in seen:
-                continue
-            if len(seen) < limit:
-                seen.add(key)
-            out.append((clean, orig if self.s.keep_orcpt else "", notify, dsn_orcpt))
+            if mapper is not None:
+                clean = _logged(mapper.recipient(clean), queue_id)
+            mapped.append(clean)
+            add(clean, orig, notify, dsn_orcpt)
+        if flags & services.CLEANUP_FLAG_BCC_OK:
+            for bcc in self.s.mapper.bcc(sender, mapped):
+                clean = rewrite_address(bcc, local)
+                if mapper is not None:
+                    clean = _logged(mapper.recipient(clean), queue_id)
+                add(clean, clean, dsn.NOTIFY_NEVER, "")
         return out
 
     def _space(self) -> bool:
@@ -266,8 +318,9 @@ class Cleanup:
         origin = req.text("origin")
         context = req.text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
                                                   else CONTEXT_LOCAL)
-        sender = self._sender(req.text("sender"))
-        recipients = self._recipients(req)
+        flags = req.number("flags")
+        sender = self._sender(req.text("sender"), flags, queue_id)
+        recipients = self._recipients(req, sender, flags, queue_id)
         full_name = req.text("full_name")
         date = hdr.mail_date(now)
 
@@ -333,13 +386,21 @@ class Cleanup:
                           | (0 if all(rc[0].isascii() for rc in recipients)
                              else r.SMTPUTF8_RECIPIENT))
 
+        header_rewrite = s.local if context == CONTEXT_LOCAL else s.remote
+        header_map = None
+        if header_rewrite is not None and flags & services.CLEANUP_FLAG_MAP_OK:
+            mapper = s.mapper
+
+            def header_map(addr: str, is_sender: bool) -> str:
+                step = mapper.sender if is_sender else mapper.recipient
+                return _logged(step(addr, mapping.HEADER), queue_id)
         job = hdr.HeaderJob(queue_id=queue_id, myhostname=s.myhostname, created=now, date=date,
                             sender=sender, full_name=full_name,
                             add_missing=context == CONTEXT_LOCAL or s.always_add,
                             long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard,
-                            header_rewrite=s.local if context == CONTEXT_LOCAL else s.remote)
+                            header_rewrite=header_rewrite, header_map=header_map)
         checks = None
-        if req.number("flags") & services.CLEANUP_FLAG_FILTER and s.checks.active:
+        if flags & services.CLEANUP_FLAG_FILTER and s.checks.active:
             checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
                                   s.replace_stray_cr, checks, s.mime_nesting_limit)
@@ -409,7 +470,8 @@ class Cleanup:
                 if verdict.failed or verdict.reject or verdict.discard:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
-                patches = self._content_actions(builder, verdict, recipients, queue_id)
+                patches = self._content_actions(builder, verdict, recipients, queue_id,
+                                                req.number("flags"))
             size_rec = _size_record(builder, envelope, out.content_size, outcome,
                                     self.detects_utf8(req))
             parts = out.finish(size_rec, builder.trailer())
@@ -417,6 +479,12 @@ class Cleanup:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: message rejected: {str(e) or 'timeout reading the content'}")
             return _reply(*ERR_PROTO)
+        except mapping.MappingError as e:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: {e} -- message not accepted, try again later")
+            if e.alias:
+                return {"status": 451, "dsn": "4.6.0", "reason": "Alias expansion error"}
+            return _reply(*ERR_WRITE)
         except OSError as e:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: write queue file: {e.strerror}")
@@ -468,7 +536,8 @@ class Cleanup:
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
     def _content_actions(self, builder: QueueFileBuilder, verdict: hbc.MessageChecks,
-                         recipients: list[Rcpt], queue_id: str) -> list[tuple[int, bytes]]:
+                         recipients: list[Rcpt], queue_id: str,
+                         flags: int) -> list[tuple[int, bytes]]:
         """REDIRECT, BCC and FILTER: extracted recipients, and the envelope's marked done."""
         patches: list[tuple[int, bytes]] = []
         if verdict.redirect:
@@ -478,8 +547,12 @@ class Cleanup:
                 builder.recipient(target, orig or clean, notify, dsn_orcpt, extracted=True)
                 patches.append((offset, r.REC_TYPE_DONE))
         for bcc in verdict.bcc:
-            builder.recipient(rewrite_address(bcc, self.s.local), notify=dsn.NOTIFY_NEVER,
-                              extracted=True)
+            clean = rewrite_address(bcc, self.s.local)
+            if flags & services.CLEANUP_FLAG_MAP_OK:
+                clean = _logged(self.s.mapper.recipient(clean), queue_id)
+            for address in (self.s.mapper.expand(clean) if flags & services.CLEANUP_FLAG_MAP_OK
+                            else [clean]):
+                builder.recipient(address, clean, dsn.NOTIFY_NEVER, extracted=True)
         if verdict.filter:
             # qmgr routes no content_filter yet: delivering around the filter would ignore it.
             log.warning(f"{queue_id}: FILTER {verdict.filter}: content filters are not "

@@ -22,7 +22,9 @@ What it does, as Postfix 3.7's cleanup_message.c does:
 * headers named in message_drop_headers are removed (case-insensitive);
 * with a ``header_rewrite`` context, each address in an address header
   (``ADDRESS_HEADERS``) is rewritten as an envelope address
-  (``pymailsys.address.rewrite.rewrite_header_value``); when one changed, the header
+  (``pymailsys.address.rewrite.rewrite_header_value``), then passed to
+  ``header_map`` (canonical mapping, masquerading: ``SENDER_HEADERS`` as
+  sender addresses, the others as recipients); when one changed, the header
   is re-emitted as ``Name: addr,`` one address per line, joined while the line
   stays under 70 columns, continuation lines starting with a TAB
   (cleanup_fold_header); otherwise, or when unparsable, it is kept as it was;
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pymailsys.address.rewrite import RewriteContext, rewrite_header_value
@@ -60,6 +63,10 @@ _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
 ADDRESS_HEADERS = frozenset(n.encode() for n in (
     "from", "sender", "reply-to", "to", "cc", "bcc", "errors-to", "return-receipt-to",
     "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc", "resent-reply-to",
+    "disposition-notification-to"))
+# Of those, the ones canonical mapping and masquerading treat as sender addresses.
+SENDER_HEADERS = frozenset(n.encode() for n in (
+    "from", "sender", "errors-to", "return-receipt-to", "resent-from", "resent-sender",
     "disposition-notification-to"))
 
 
@@ -159,6 +166,8 @@ class HeaderJob:
     hfrom_standard: bool = True
     # The header rewriting context: None leaves address headers untouched.
     header_rewrite: RewriteContext | None = None
+    # With it, canonical mapping and masquerading: (address, is a sender header) -> address.
+    header_map: Callable[[str, bool], str] | None = None
 
 
 @dataclass
@@ -202,13 +211,13 @@ def fold_address_list(header: str) -> list[str]:
     return [lines[0]] + [ln if ln[:1] in (" ", "\t") else "\t" + ln for ln in lines[1:]]
 
 
-def rewrite_address_header(lines: list[bytes], name_end: int,
-                           ctx: RewriteContext) -> list[bytes] | None:
+def rewrite_address_header(lines: list[bytes], name_end: int, ctx: RewriteContext,
+                           mapper: Callable[[str], str] | None = None) -> list[bytes] | None:
     """The lines of a rewritten address header, or None when it stays as it was."""
     first = lines[0]
     colon = first.find(b":", name_end)
     value = b"\n".join([first[colon + 1:], *lines[1:]]).decode("utf-8", "surrogateescape")
-    new = rewrite_header_value(value, ctx)
+    new = rewrite_header_value(value, ctx, mapper)
     if new is None:
         return None
     name = first[:name_end].decode("utf-8", "surrogateescape")
@@ -389,7 +398,14 @@ class ContentPass:
             return
         rewrite_ctx = self.job.header_rewrite
         if rewrite_ctx is not None and name in ADDRESS_HEADERS:
-            new = rewrite_address_header(lines, name_end, rewrite_ctx)
+            header_map = self.job.header_map
+            mapper = None
+            if header_map is not None:
+                is_sender = name in SENDER_HEADERS
+
+                def mapper(addr: str) -> str:
+                    return header_map(addr, is_sender)
+            new = rewrite_address_header(lines, name_end, rewrite_ctx, mapper)
             if new is not None:
                 lines = new
         self._emit_header(lines)

@@ -30,6 +30,7 @@ Pure functions, no I/O, no configuration reads after ``from_config``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymailsys.rfc822 import Unparsable, parse_list, quote_822_local, scan, unquote_822_local
@@ -158,7 +159,8 @@ def _plain_local(local: str) -> bool:
 _NON_OPS = frozenset(("atom", "qstr", "domlit", "comment", "addr", "phrase"))
 
 
-def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
+def rewrite_header_value(value: str, ctx: RewriteContext,
+                         mapper: Callable[[str], str] | None = None) -> str | None:
     """Rewrite every address in an address header's value (after ``Name:``).
 
     Returns the new value with a newline after each comma (one address per
@@ -166,7 +168,8 @@ def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
     value is unparsable (the header is then kept as it was). Tokens beyond
     ``ctx.header_token_limit`` (header_address_token_limit) are dropped, as
     Postfix's cleanup drops them; the header is then always re-written. The
-    work is linear in the length of the value.
+    work is linear in the length of the value. ``mapper`` (cleanup's canonical
+    mapping and masquerading) then maps each rewritten address in internal form.
     """
     try:
         tokens, truncated = scan(value, ctx.header_token_limit)
@@ -179,8 +182,10 @@ def rewrite_header_value(value: str, ctx: RewriteContext) -> str | None:
             continue
         before = element[1]
         after = rewrite_external(before, ctx)
-        changed |= after != before
-        element[1] = quote_822_local(unquote_822_local(after))
+        internal = unquote_822_local(after)
+        mapped = mapper(internal) if mapper is not None else internal
+        changed |= after != before or mapped != internal
+        element[1] = quote_822_local(mapped)
     if not changed:
         return None
     parts: list[str] = []

@@ -1,0 +1,150 @@
+"""virtual_alias_maps, canonical maps, masquerading and automatic BCC on a real instance.
+
+texthash: tables (read as written, no postmap) map addresses as an administrator
+would; mail goes in over SMTP and with sendmail; the assertions read the RCPT
+replies, the log's ``to=<...>, orig_to=<...>`` lines and the headers of what
+arrives in the Maildir (Return-Path is the envelope sender, Delivered-To the
+final recipient).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from harness import ME, Instance, wait_until
+
+pytestmark = pytest.mark.root  # delivery to the current user's Maildir is checked as root
+
+
+def _start(new_instance, tables: dict[str, str], **settings: str) -> tuple[Instance, str]:  # type: ignore[no-untyped-def]
+    """A started instance; each table's text may name {me} and {origin}."""
+    inst: Instance = new_instance(maildir=True, settings={"recipient_delimiter": "+"})
+    origin = str(inst.tool("postconf", "-hx", "myorigin", check=True).stdout.strip())
+    for param, text in tables.items():
+        path = inst.write(f"etc/{param}", text.format(me=ME, origin=origin))
+        inst.set(**{param: f"texthash:{path}"})
+    inst.set(**{k: v.format(me=ME, origin=origin) for k, v in settings.items()})
+    inst.start()
+    return inst, origin
+
+
+def _arrived(inst: Instance, subject: bytes, count: int = 1) -> list[bytes]:
+    def hit() -> list[bytes]:
+        found = [m for m in inst.maildir_messages() if b"\nSubject: " + subject + b"\n" in m]
+        return found if len(found) >= count else []
+
+    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")  # type: ignore[return-value]
+
+
+def _delivered_to(messages: list[bytes]) -> list[str]:
+    return sorted(re.search(rb"\nDelivered-To: (\S+)\n", m).group(1).decode()  # type: ignore[union-attr]
+                  for m in messages)
+
+
+VIRTUAL = """\
+info@valias.example    {me}+info@{origin}, team@valias.example
+team@valias.example    {me}+team@{origin}
+{me}@localhost         {me}@localhost, {me}+copy@{origin}
+loop1@valias.example   loop2@valias.example
+loop2@valias.example   loop1@valias.example
+@catch.example         {me}+catch@{origin}
+"""
+
+
+def test_virtual_alias_domains_and_maps(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {"virtual_alias_maps": VIRTUAL},
+                          virtual_alias_domains="valias.example, catch.example",
+                          virtual_alias_recursion_limit="20",
+                          propagate_unmatched_extensions="canonical")
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail("sender@example.org")
+        assert client.rcpt("nobody@valias.example") == (
+            550, b"5.1.1 <nobody@valias.example>: Recipient address rejected: "
+                 b"User unknown in virtual alias table")
+    inst.wait_log(r"NOQUEUE: reject: RCPT from .*: 550 5\.1\.1 <nobody@valias\.example>: "
+                  r"Recipient address rejected: User unknown in virtual alias table; "
+                  r"from=<sender@example\.org> to=<nobody@valias\.example> proto=ESMTP")
+
+    # one to many, recursively; the original recipient is kept
+    queue_id = inst.send("sender@example.org", "info@valias.example", "Subject: info\n\nx\n")
+    assert _delivered_to(_arrived(inst, b"info", 2)) == [f"{ME}+info@{origin}",
+                                                         f"{ME}+team@{origin}"]
+    for who in ("info", "team"):
+        inst.wait_log(rf"{queue_id}: to=<{ME}\+{who}@{re.escape(origin)}>, "
+                      r"orig_to=<info@valias\.example>, .*status=sent")
+
+    # an address that maps to itself stops there and keeps its copy
+    inst.send("sender@example.org", f"{ME}@localhost", "Subject: self\n\nx\n")
+    assert _delivered_to(_arrived(inst, b"self", 2)) == [f"{ME}+copy@{origin}", f"{ME}@localhost"]
+
+    # the @domain catch-all
+    inst.send("sender@example.org", "anyone@catch.example", "Subject: catch\n\nx\n")
+    assert _delivered_to(_arrived(inst, b"catch")) == [f"{ME}+catch@{origin}"]
+
+    # a loop: the recursion limit defers the message at DATA, as Postfix
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail("sender@example.org")
+        assert client.rcpt("loop1@valias.example")[0] == 250
+        assert client.data("Subject: loop\n\nx\n") == (451, b"4.6.0 Alias expansion error")
+    inst.wait_log(r"warning: [0-9A-F]+: unreasonable virtual_alias_maps map nesting for "
+                  r"loop1@valias\.example -- message not accepted, try again later")
+
+
+def test_no_address_mappings_for_a_service(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {"virtual_alias_maps": VIRTUAL},
+                          receive_override_options="no_address_mappings")
+    inst.send("sender@example.org", f"{ME}@localhost", "Subject: unmapped\n\nx\n")
+    assert _delivered_to(_arrived(inst, b"unmapped")) == [f"{ME}@localhost"]
+
+
+def test_canonical_maps_envelope_and_headers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {
+        "sender_canonical_maps": "{me}@{origin}  Boss.Person@{origin}\n",
+        "recipient_canonical_maps": "team@{origin}  {me}+team@{origin}\n",
+        "canonical_maps": "@old.example  {me}+old@{origin}\n"})
+    r = inst.tool("sendmail", "-f", ME, "team", "someone@old.example",
+                  input=f"From: {ME}\nTo: team, someone@old.example\nSubject: canon\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    messages = _arrived(inst, b"canon", 2)
+    assert _delivered_to(messages) == [f"{ME}+old@{origin}", f"{ME}+team@{origin}"]
+    for m in messages:
+        head = m.split(b"\n\n", 1)[0]
+        assert f"Return-Path: <Boss.Person@{origin}>".encode() in head
+        assert f"\nFrom: Boss.Person@{origin}\n".encode() in head
+        assert f"\nTo: {ME}+team@{origin}, {ME}+old@{origin}\n".encode() in head
+    inst.wait_log(rf"to=<{ME}\+team@{re.escape(origin)}>, orig_to=<team[^>]*>,.*status=sent")
+
+
+def test_canonical_classes_limit_where_it_applies(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {"canonical_maps": "{me}@{origin}  Boss.Person@{origin}\n"},
+                          canonical_classes="envelope_sender")
+    inst.tool("sendmail", "-f", ME, ME, input=f"From: {ME}\nSubject: classes\n\nx\n", check=True)
+    [m] = _arrived(inst, b"classes")
+    assert f"Return-Path: <Boss.Person@{origin}>".encode() in m
+    assert f"\nFrom: {ME}@{origin}\n".encode() in m
+
+
+def test_masquerade_domains(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {}, masquerade_domains="!keep.example.com, example.com",
+                          masquerade_exceptions="admin")
+    inst.tool("sendmail", "-f", "someone@host.sub.example.com", ME,
+              input="From: someone@host.sub.example.com\nCc: admin@host.example.com, "
+                    "x@a.keep.example.com, y@keep.example.com\nSubject: masq\n\nx\n", check=True)
+    [m] = _arrived(inst, b"masq")
+    head = m.split(b"\n\n", 1)[0]
+    assert b"Return-Path: <someone@example.com>" in head
+    assert b"\nFrom: someone@example.com\n" in head
+    assert b"\nCc: admin@host.example.com, x@a.keep.example.com, y@keep.example.com\n" in head
+
+
+def test_always_bcc_and_bcc_maps(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {
+        "sender_bcc_maps": "sender@example.org  {me}+sbcc@{origin}\n",
+        "recipient_bcc_maps": "{me}@{origin}  {me}+rbcc@{origin}\n"},
+        always_bcc="{me}+archive@{origin}")
+    inst.send("sender@example.org", f"{ME}@{origin}", "Subject: bcc\n\nx\n")
+    assert _delivered_to(_arrived(inst, b"bcc", 4)) == [
+        f"{ME}+archive@{origin}", f"{ME}+rbcc@{origin}", f"{ME}+sbcc@{origin}", f"{ME}@{origin}"]
