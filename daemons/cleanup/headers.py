@@ -252,6 +252,7 @@ class ContentPass:
         self.part_mid_line = False
         self.body_mid_line = False  # the last body piece did not end its line
         self.separator_pending = False  # the primary header block ended, its empty line is next
+        self.plain_rest = False  # the rest of the body needs no line-by-line look
         self.drop = drop
         self.line_limit = max(line_limit, 1)
         self.header_limit = max(header_limit, 1)
@@ -268,12 +269,20 @@ class ContentPass:
         self.current_name = b""
         self.name_end = 0
         self.mid_line = False  # the header's last line has not ended yet
-        lines: list[bytes] | None = [line.encode("utf-8", "surrogateescape") for line in received]
-        if checks is not None:
-            prepend, lines = checks.header(hbc.PRIMARY, lines)  # type: ignore[arg-type]
-            self._emit_header(prepend)
-        if lines:
-            self._emit_header(lines)
+        headers: list[list[bytes]] = []  # the added headers (smtpd's PREPENDs, Received:)
+        for line in received:
+            raw = line.encode("utf-8", "surrogateescape")
+            if headers and raw[:1] in (b" ", b"\t"):
+                headers[-1].append(raw)
+            else:
+                headers.append([raw])
+        for lines in headers:
+            kept: list[bytes] | None = lines
+            if checks is not None:
+                prepend, kept = checks.header(hbc.PRIMARY, lines)
+                self._emit_header(prepend)
+            if kept:
+                self._emit_header(kept)
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.replace_stray_cr and b"\r" in data:
@@ -284,23 +293,17 @@ class ContentPass:
         if self.in_headers:
             data = self._headers(data)
         if data:
-            if self.mime is not None:
-                self._body_checked(data)
-            else:
-                self._body(data)
+            self._body_any(data)
         return self._take()
 
     def end(self) -> list[bytes]:
         if self.in_headers:
             rest, self.partial = self.partial, b""
             if rest and not self._head_piece(rest, True):
-                if self.mime is not None:
-                    self._body_checked(rest)
-                else:
-                    self._body(rest)
+                self._body_any(rest)
             if self.in_headers:
                 self._end_headers()
-        if self.mime is not None:
+        if self.mime is not None and not self.plain_rest:
             if self.partial or self.body_mid_line:
                 self._piece(self.partial, True)
                 self.partial = b""
@@ -484,6 +487,23 @@ class ContentPass:
         self.outcome.content_length += len(line) + 2
 
     # -- the body, line by line, with the MIME structure and the content checks ----------
+
+    def _body_any(self, data: bytes) -> None:
+        """The body, line by line while the MIME structure or body_checks need it; in bulk
+        once nothing can change any more (no multipart open, body_checks done or absent)."""
+        if self.mime is not None and not self.plain_rest:
+            checks = self.checks
+            assert checks is not None
+            mime = self.mime
+            body_done = (checks.tables.body is None or checks.stopped or
+                         0 < checks.tables.body_limit <= checks.body_seen)
+            self.plain_rest = (body_done and mime.state == BODY and not mime.boundaries
+                               and not self.body_mid_line and not self.separator_pending
+                               and not self.part)
+            if not self.plain_rest:
+                self._body_checked(data)
+                return
+        self._body(data)
 
     def _body_checked(self, data: bytes) -> None:
         lines = data.split(b"\n")

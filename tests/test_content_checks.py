@@ -1,0 +1,81 @@
+"""cleanup's content pass with header_checks and body_checks: the MIME classes and the records.
+
+A table that matches nothing must leave every record as the pass without checks
+writes it, whatever the message shape (long lines, multipart, attached
+messages) and however it is cut into pieces; rules then see each line in the
+class Postfix gives it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pymailsys.daemons.cleanup import headers as hdr
+
+from pymailsys import config, log
+from pymailsys.content import checks as hbc
+
+LONG = b"x" * 5000
+MESSAGES = [
+    b"Subject: plain\n\nbody\n" + LONG + b"\nend",
+    b"Subject: mime\nContent-Type: multipart/mixed;\n boundary=\"AB\"\n\npre\n--AB\n"
+    b"Content-Type: text/plain\n\npart one\n" + LONG + b"\n--AB\nContent-Type: message/rfc822\n\n"
+    b"Subject: inner\nContent-Type: multipart/alternative; boundary=in\n\n--in\n"
+    b"Content-Type: text/html\n\n<p>\n--in--\n--AB--\nepilogue\n",
+    b"Content-Type: message/rfc822\n\nSubject: attached\nX-Long: " + LONG + b"\n\ninner body\n",
+]
+
+
+def _records(msg: bytes, step: int, tables: hbc.CheckTables | None,
+             seen: list[str] | None = None) -> bytes:
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    checks = hbc.MessageChecks(tables, hbc.Where("Q", "local", "s", "r")) if tables else None
+    content = hdr.ContentPass(["Received: x"], job, frozenset(), 2048, 102400, True, checks)
+    out = []
+    for i in range(0, len(msg), step):
+        out += content.feed(msg[i:i + step])
+    out += content.end()
+    return b"".join(out)
+
+
+def _tables(tmp_path: Path, header: str, body: str, **more: str) -> hbc.CheckTables:
+    (tmp_path / "h").write_text(header)
+    (tmp_path / "b").write_text(body)
+    values = {"header_checks": f"regexp:{tmp_path}/h", "body_checks": f"regexp:{tmp_path}/b",
+              **more}
+    return hbc.CheckTables.from_config(config.Config("/nonexistent", values))
+
+
+@pytest.mark.parametrize("limit", ["51200", "100", "0"])
+@pytest.mark.parametrize("step", [1, 7, 2048, 2049, 65536])
+@pytest.mark.parametrize("msg", MESSAGES)
+def test_tables_that_match_nothing_change_nothing(tmp_path: Path, msg: bytes, step: int,
+                                                  limit: str) -> None:
+    tables = _tables(tmp_path, "/^X-Nothing:/ REJECT\n", "/^never matches$/ REJECT\n",
+                     body_checks_size_limit=limit)
+    assert _records(msg, step, tables) == _records(msg, 65536, None)
+
+
+def test_each_line_is_checked_in_its_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mh").write_text("/^Content-Type: text\\/html/ WARN mime part\n")
+    tables = _tables(tmp_path, "/^Subject: inner/ WARN nested\n/^Content-Type: text\\/html/ WARN part\n"
+                               "/^Subject: mime/ WARN primary\n",
+                     "/^<p>/ WARN body\n/^Subject:/ WARN body subject\n",
+                     mime_header_checks="regexp:" + str(tmp_path / "mh"))
+    where = hbc.Where("Q", "local", "s", "r")
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    checks = hbc.MessageChecks(tables, where)
+    logged: list[str] = []
+    monkeypatch.setattr(log, "info", logged.append)
+    content = hdr.ContentPass([], job, frozenset(), 2048, 102400, True, checks)
+    content.feed(MESSAGES[1])
+    content.end()
+    assert [line.split(": ", 2)[1:] for line in logged] == [
+        ["warning", "header Subject: mime from local; from=<s> to=<r>: primary"],
+        # nested_header_checks is $header_checks by default
+        ["warning", "header Subject: inner from local; from=<s> to=<r>: nested"],
+        ["warning", "header Content-Type: text/html from local; from=<s> to=<r>: mime part"],
+        ["warning", "body <p> from local; from=<s> to=<r>: body"],
+    ]
+    assert not checks.reject
