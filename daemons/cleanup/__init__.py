@@ -47,7 +47,8 @@ DESCRIPTION
       (``pymailsys.content``): REJECT refuses the message with the rule's text
       (a local submission, CLEANUP_FLAG_BOUNCE, is returned to its sender
       through the bounce service instead), DISCARD accepts and drops it, HOLD
-      and FILTER (content filters are not routed yet) place it in hold/,
+      places it in hold/, FILTER defers it (451 4.3.5: content filters are not
+      routed yet),
       REDIRECT marks every envelope recipient done and adds the target in
       their place, BCC adds a recipient; both as extracted recipients;
     * writes the queue file in incoming/ in Postfix's record order as the
@@ -467,7 +468,7 @@ class Cleanup:
             bounce = (verdict is not None and verdict.reject.startswith("5")
                       and bool(req.number("flags") & services.CLEANUP_FLAG_BOUNCE))
             if verdict is not None and not bounce:
-                if verdict.failed or verdict.reject or verdict.discard:
+                if verdict.failed or verdict.reject or verdict.discard or verdict.filter:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
                 patches = self._content_actions(builder, verdict, recipients, queue_id,
@@ -512,7 +513,7 @@ class Cleanup:
             return await self._bounce(fd, path, parts, queue_id, recipients,
                                       builder.recipient_offsets(), verdict.reject, arrival)
         hold = bool(flags & services.CLEANUP_FLAG_HOLD)
-        hold |= verdict is not None and (verdict.hold or bool(verdict.filter))
+        hold |= verdict is not None and verdict.hold
         try:
             await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING, patches)
         except OSError as e:
@@ -530,6 +531,11 @@ class Cleanup:
         """The reply for a message the checks rejected, discarded, or could not check."""
         if verdict.failed:
             return _reply(*ERR_WRITE)
+        if verdict.filter and not verdict.reject and not verdict.discard:
+            # content_filter routing is not built: refuse the mail rather than deliver it unfiltered
+            log.warning(f"{queue_id}: header/body checks action FILTER {verdict.filter} is not "
+                        "supported yet")
+            return {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
         if verdict.reject:
             dsn, _, text = verdict.reject.partition(" ")
             return {"status": 451 if dsn[0] == "4" else 550, "dsn": dsn, "reason": text}
@@ -538,7 +544,7 @@ class Cleanup:
     def _content_actions(self, builder: QueueFileBuilder, verdict: hbc.MessageChecks,
                          recipients: list[Rcpt], queue_id: str,
                          flags: int) -> list[tuple[int, bytes]]:
-        """REDIRECT, BCC and FILTER: extracted recipients, and the envelope's marked done."""
+        """REDIRECT and BCC: extracted recipients, and the envelope's recipients marked done."""
         patches: list[tuple[int, bytes]] = []
         if verdict.redirect:
             target = rewrite_address(verdict.redirect, self.s.local)
@@ -553,10 +559,6 @@ class Cleanup:
             for address in (self.s.mapper.expand(clean) if flags & services.CLEANUP_FLAG_MAP_OK
                             else [clean]):
                 builder.recipient(address, clean, dsn.NOTIFY_NEVER, extracted=True)
-        if verdict.filter:
-            # qmgr routes no content_filter yet: delivering around the filter would ignore it.
-            log.warning(f"{queue_id}: FILTER {verdict.filter}: content filters are not "
-                        "implemented; the message is placed on hold")
         return patches
 
 
