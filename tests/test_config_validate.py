@@ -97,12 +97,12 @@ def test_master_cf_overrides_are_checked_where_they_are_written(tmp_path):
 
 def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
     found = problems(tmp_path, "biff = yes\nnotify_classes = resource,software\n"
-                               "bounce_notice_recipient = admin\nipc_idle = 5s\n"
+                               "qmgr_message_recipient_limit = 100\nipc_idle = 5s\n"
                                "daemon_timeout = 100s\n")
     assert found == [  # in the table's order
         validate.Problem(False, "parameter daemon_timeout is not implemented yet: ignored",
                          f"{tmp_path}/main.cf, line 5"),
-        validate.Problem(False, "parameter bounce_notice_recipient is not implemented yet: ignored",
+        validate.Problem(False, "parameter qmgr_message_recipient_limit is not implemented yet: ignored",
                          f"{tmp_path}/main.cf, line 3"),
     ]
 
