@@ -41,8 +41,12 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   changed -- restarting``, then the same graceful going away, as Postfix's
   daemons do, so the next process starts with the new table.
 
-Stream services get ``serve(reader, writer, ctx)`` once per client; a service
-that hands the connection to another program untouched (spawn) gets
+Stream services get ``serve(reader, writer, ctx)`` once per client; one
+whose connection needs a protocol object of its own (smtpd: an
+aiosmtpd.smtp.SMTP that STARTTLS re-wires onto the TLS transport) passes
+``protocol(reader, ctx)``, which builds it around the reader, and finds it in
+``serve`` as ``writer.transport.get_protocol()``; a service that hands the
+connection to another program untouched (spawn) gets
 ``serve_connection(sock, ctx)`` instead, before anything is read from it. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
 (``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``.
@@ -98,6 +102,7 @@ class Context:
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
 ServeConnection = Callable[[socket.socket, Context], Awaitable[None]]
 STREAM_LIMIT = 1 << 16  # a client connection's read buffer: reading pauses past twice this
+ProtocolFactory = Callable[[asyncio.StreamReader, Context], asyncio.StreamReaderProtocol]
 Trigger = Callable[[Context, bytes], Awaitable[None]]
 Hook = Callable[[Context], Awaitable[None]]
 
@@ -197,10 +202,12 @@ def _fd_open(fd: int) -> bool:
 class _Runner:
     def __init__(self, ctx: Context, serve: Serve | None, on_trigger: Trigger | None,
                  resident: bool, client_limit: int,
-                 serve_connection: ServeConnection | None = None) -> None:
+                 serve_connection: ServeConnection | None = None,
+                 protocol: ProtocolFactory | None = None) -> None:
         self.ctx = ctx
         self.serve = serve
         self.serve_connection = serve_connection
+        self.protocol = protocol
         self.on_trigger = on_trigger
         self.resident = resident
         self.client_limit = client_limit
@@ -284,7 +291,10 @@ class _Runner:
         # The transport stops reading once 2 * limit bytes wait unread: what a client
         # sends ahead stays bounded per connection (smtpd DATA, cleanup's content).
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        if self.protocol is not None:
+            protocol = self.protocol(reader, self.ctx)
+        else:
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
         except OSError:
@@ -400,7 +410,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         on_start: Hook | None = None, on_stop: Hook | None = None, resident: bool = False,
         client_limit: int = 1000, argv: list[str] | None = None,
         pre_init: Callable[[config_mod.Config], object] | None = None,
-        serve_connection: ServeConnection | None = None) -> None:
+        serve_connection: ServeConnection | None = None,
+        protocol: ProtocolFactory | None = None) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -443,7 +454,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
-                          client_limit, serve_connection))
+                          client_limit, serve_connection, protocol))
     except KeyboardInterrupt:
         pass
 
@@ -461,10 +472,12 @@ def _use_fast_loop() -> None:
 async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve | None,
                 on_trigger: Trigger | None, on_start: Hook | None, on_stop: Hook | None,
                 resident: bool, client_limit: int,
-                serve_connection: ServeConnection | None = None) -> None:
+                serve_connection: ServeConnection | None = None,
+                protocol: ProtocolFactory | None = None) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
-    runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection)
+    runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection,
+                     protocol)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()

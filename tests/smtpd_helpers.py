@@ -18,7 +18,7 @@ from pathlib import Path
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
 
-from pymailsys import config
+from pymailsys import config, server
 from pymailsys.ipc import attr
 
 
@@ -81,6 +81,19 @@ class Client:
         return await asyncio.wait_for(self.reader.read(), 10) == b""
 
 
+async def start_sessions(smtpd: Smtpd, session_class: type[Session] = Session,
+                         host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+    """smtpd sessions on host:port (0: a free one), each the protocol of its connection."""
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> Session:
+        reader = asyncio.StreamReader(limit=server.STREAM_LIMIT)
+        session = session_class(smtpd, reader, lambda r, w: session.run(w))
+        return session
+
+    return await loop.create_server(protocol, host, port)
+
+
 @asynccontextmanager
 async def smtpd_server(tmp: Path, cleanup_up: bool = True,
                        **values: str) -> AsyncIterator[tuple[FakeCleanup, Client, Path]]:
@@ -97,10 +110,7 @@ async def smtpd_server(tmp: Path, cleanup_up: bool = True,
     log.init(cfg, "smtpd")
     smtpd = Smtpd(cfg)
 
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await Session(smtpd, r, w).run()
-
-    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    srv = await start_sessions(smtpd)
     port = srv.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client = Client(reader, writer)

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
-from smtpd_helpers import FakeCleanup, make_config
+from smtpd_helpers import FakeCleanup, make_config, start_sessions
 
 from pymailsys import log
 from pymailsys.ipc import attr
@@ -69,14 +69,17 @@ class Server:
         log.init(cfg, "smtpd")
         self.smtpd = Smtpd(cfg)
 
-        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                await Session(self.smtpd, r, w).run()
-            except Exception:  # what the server skeleton would log as "unexpected error"
-                self.escaped.append(traceback.format_exc())
-                w.close()
+        escaped = self.escaped
 
-        self.srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        class Recorded(Session):
+            async def run(self, writer: asyncio.StreamWriter) -> None:
+                try:
+                    await super().run(writer)
+                except Exception:  # what the server skeleton would log as "unexpected error"
+                    escaped.append(traceback.format_exc())
+                    writer.close()
+
+        self.srv = await start_sessions(self.smtpd, Recorded)
         self.port = self.srv.sockets[0].getsockname()[1]
 
     def stop(self) -> None:

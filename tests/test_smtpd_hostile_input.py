@@ -16,7 +16,7 @@ import pytest
 from harness import ME, Instance
 from pymailsys.daemons.smtpd.handler import Smtpd
 from pymailsys.daemons.smtpd.session import Session
-from smtpd_helpers import Client, make_config, smtpd_server
+from smtpd_helpers import Client, make_config, smtpd_server, start_sessions
 from test_smtpd_e2e import maildir_messages, session
 
 from pymailsys import log
@@ -129,10 +129,7 @@ def test_an_unexpected_exception_ends_the_session_with_421_and_one_warning(
         log.init(cfg, "smtpd")
         smtpd = Smtpd(cfg)
 
-        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await BuggySession(smtpd, r, w).run()
-
-        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        srv = await start_sessions(smtpd, BuggySession)
         c = Client(*await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1]))
         try:
             await c.reply()

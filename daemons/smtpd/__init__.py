@@ -16,8 +16,8 @@ DESCRIPTION
     ``250 2.0.0 Ok: queued as ID`` only after cleanup replied status 0, that
     is, after the queue file is fsynced.
 
-    Layout: ``session`` is the protocol (aiosmtpd.smtp.SMTP's shape with
-    Postfix's replies, driven on the skeleton's streams), ``stream`` reads
+    Layout: ``session`` is the protocol (an aiosmtpd.smtp.SMTP with
+    Postfix's replies, the protocol of each accepted connection), ``stream`` reads
     command lines and DATA in bulk, ``handler`` is the glue to the
     restrictions (pymailsys.smtp.restrictions) and to cleanup.
 
@@ -148,9 +148,15 @@ async def _stop(ctx: server.Context) -> None:
         await smtpd.close()
 
 
+def _session(reader: asyncio.StreamReader, ctx: server.Context) -> Session:
+    return Session(ctx.state["smtpd"], reader)
+
+
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 ctx: server.Context) -> None:
-    await Session(ctx.state["smtpd"], reader, writer).run()
+    session = writer.transport.get_protocol()
+    assert isinstance(session, Session)
+    await session.run(writer)
 
 
 # --- stand-alone mode (smtpd -S, sendmail -bs) ------------------------------------------
@@ -226,13 +232,13 @@ async def _stdio_session(smtpd: Smtpd) -> None:
     loop = asyncio.get_running_loop()
     pumps: list[threading.Thread] = []
     reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 _event_capable(sys.stdin.fileno(), True, pumps))
+    session = Session(smtpd, reader)
+    await loop.connect_read_pipe(lambda: session, _event_capable(sys.stdin.fileno(), True, pumps))
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, _event_capable(sys.stdout.fileno(), False, pumps))
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
-        await Session(smtpd, reader, writer).run()
+        await session.run(writer)
     finally:
         await smtpd.close()
         transport.close()
@@ -273,4 +279,4 @@ def main(argv: list[str] | None = None) -> None:
         standalone(args)
         return
     server.run(PROGRAM, serve=serve, pre_init=_pre_init, on_start=_start, on_stop=_stop,
-               argv=argv)
+               argv=argv, protocol=_session)

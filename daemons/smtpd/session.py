@@ -1,26 +1,34 @@
-"""One SMTP session: Postfix's command protocol in aiosmtpd's shape.
+"""One SMTP session: Postfix's command protocol on aiosmtpd's SMTP protocol.
 
-``Session(smtpd, reader, writer).run()`` speaks SMTP with one client on the
-streams the server skeleton accepted, until QUIT, a hang-up, a timeout or too
-many errors, and logs what Postfix logs.
+``Session(smtpd, reader)`` is the asyncio protocol of one client connection
+(an ``aiosmtpd.smtp.SMTP``); ``await session.run(writer)`` speaks SMTP with
+the client until QUIT, a hang-up, a timeout or too many errors, and logs what
+Postfix logs.
 
-The class keeps the shape of ``aiosmtpd.smtp.SMTP`` (one ``smtp_VERB``
-method per command, ``push`` for replies, envelope and session state on the
-object) without deriving from it, since it replaces every part of it that
-plain SMTP uses; not importing aiosmtpd spares each smtpd process its
-imports (ssl, email, attrs: about 20 ms and a few MB):
+From aiosmtpd it takes the protocol object on the transport (so that
+STARTTLS can move it onto a TLS transport), the verb dispatch table
+(``smtp_VERB`` methods), its per-connection ``Session`` (peer, ssl,
+authentication, PROXY data), the handler hooks (``handle_VERB`` of the
+handler, here ``handler.Smtpd``) and ``push``. It overrides:
 
-* ``__init__``: aiosmtpd's constructor inspects the class and handler on
-  every connection (about 80 us) and builds a StreamReader of its own; the
-  verb table is built once per class instead, and the skeleton's streams are
-  used as they are (no second protocol object on the transport).
+* ``__init__``: aiosmtpd's constructor reflects over the class and the
+  handler at every connection (about 80 us) and builds a StreamReader of its
+  own; what it computes is cached per class, and the skeleton's reader is
+  used (one protocol object per connection, no second reader);
+* ``connection_made``/``connection_lost``/``eof_received``: the server
+  skeleton (or smtpd -S) runs the session as its own task; the end of a
+  connection reaches the command loop through the reader and is logged as
+  Postfix logs it instead of cancelling the task;
 * the command loop (``_handle_client``): Postfix's replies, error counting
   (smtpd_soft/hard_error_limit, error sleep), junk-command limit, the
   smtpd_forbid_unauth_pipelining check, per-command counters for the
-  ``disconnect from`` line, no debug logging;
+  ``disconnect from`` line, timeouts answered ``421 4.4.2`` with Postfix's
+  ``timeout after`` line (``stream.InputBuffer``: one timer per session), no
+  debug logging;
 * DATA: read in bulk by ``stream.InputBuffer.read_data`` (end only at
   <CR><LF>.<CR><LF>), not line by line, and passed on to cleanup in
   bounded pieces as it arrives (``handler.Message``);
+* every verb: Postfix's replies and checks (aiosmtpd's differ in wording);
 * address parsing: ``pymailsys.smtp.path`` (Postfix's rules: ``<>`` optional
   unless strict_rfc821_envelopes, source routes dropped, quoted local parts).
 
@@ -50,8 +58,10 @@ import os
 import re
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Session as SMTPSession
 from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
@@ -89,41 +99,82 @@ def envelope_address(addr: str) -> str | None:
     return None if _CONTROL.search(addr) else addr
 
 
-class Session:
+class Session(SMTP):
     _verbs: ClassVar[dict[str, Verb]] = {}
+    _hooks_by_handler: ClassVar[dict[type, dict[str, Callable[..., Any]]]] = {}
+    session: SMTPSession  # from __init__ on, never None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls._verbs = _verb_table(cls)
 
     def __init__(self, smtpd: Smtpd, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
-        # Deliberately not SMTP.__init__: see the module docstring.
+                 connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                     Awaitable[None]] | None = None) -> None:
+        """``connected(reader, writer)``, if given, runs as a task once the connection
+        is made, as with asyncio.start_server (tests); the skeleton calls run() itself."""
+        # Not SMTP.__init__ (cost: it reflects over class and handler per connection):
+        # the same attributes, with the verb and hook tables cached per class.
+        loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(self, reader, connected, loop=loop)
+        self.loop = loop
+        self._reader = reader
         self.smtpd = smtpd
-        self._writer = writer
+        self.event_handler = smtpd
+        self.hostname = smtpd.myhostname
+        self._handle_hooks = self._hooks_for(type(smtpd))
+        self._smtp_methods = self._verbs
+        self._auth_methods = {}
+        self.session = SMTPSession(loop)
+        self.envelope = None
+        self.transport = None
         self.input = InputBuffer(reader, smtpd.timeout)
-        peer = writer.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            addr, port = str(peer[0]), str(peer[1])
-        else:
-            addr, port = "127.0.0.1", "0"
-        self.req = restrictions.Request(client_addr=addr, client_port=port)
-        local = writer.get_extra_info("sockname")
-        if isinstance(local, tuple) and len(local) >= 2:
-            self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
+        self.req = restrictions.Request(client_addr="127.0.0.1", client_port="0")
         self.env: Envelope | None = None
         self.counts: dict[str, list[int]] = {}
         self.error_count = 0
         self.junk = 0
         self.where = "CONNECT"
-        self.esmtp = False
         self.rcpt_overshoot = 0
         self.rcpt_tried = 0
         self.bare_lf_exempt: bool | None = None
         self.anvil_ident: str | None = None  # set: this session's events go to anvil
 
+    @classmethod
+    def _hooks_for(cls, handler: type) -> dict[str, Callable[..., Any]]:
+        hooks = cls._hooks_by_handler.get(handler)
+        if hooks is None:
+            hooks = cls._hooks_by_handler[handler] = {
+                name[len("handle_"):]: getattr(handler, name)
+                for name in dir(handler) if name.startswith("handle_")}
+        return hooks
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        # Not SMTP's (cost): the hooks are cached per handler class, so they are unbound.
+        hook = self._handle_hooks.get(command)
+        if hook is None:
+            return None
+        return await hook(self.event_handler, self, self.session, self.envelope, *args)
+
+    # --- the connection ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not SMTP's: the skeleton runs the session (run()) as a task of its own.
+        asyncio.StreamReaderProtocol.connection_made(self, transport)
+        self.transport = transport
+        self.session.peer = transport.get_extra_info("peername")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Not SMTP's: the command loop sees the end on its reader and logs it as Postfix.
+        asyncio.StreamReaderProtocol.connection_lost(self, exc)
+        self.transport = None
+
+    def eof_received(self) -> bool | None:
+        # Not SMTP's (which cancels the command loop): the reader sees the end of input.
+        return asyncio.StreamReaderProtocol.eof_received(self)
+
     # --- output ------------------------------------------------------------------
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        # Not SMTP's (cost): no drain while pipelined input waits; UTF-8 kept as given.
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
         self._writer.write(data + b"\r\n")
         if not self.input.pending():
@@ -150,8 +201,19 @@ class Session:
     def client(self) -> str:
         return self.req.client
 
-    async def run(self) -> None:
+    async def run(self, writer: asyncio.StreamWriter) -> None:
+        """The whole session, on ``writer`` (whose transport carries this protocol, or
+        for smtpd -S a pipe of its own)."""
         smtpd = self.smtpd
+        self._writer = writer
+        peer = writer.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.req.client_addr, self.req.client_port = str(peer[0]), str(peer[1])
+        else:
+            self.req.client_addr, self.req.client_port = "127.0.0.1", "0"
+        local = writer.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
         await smtpd.name_client(self.req)
         log.info(f"connect from {self.client}")
         try:
@@ -228,6 +290,7 @@ class Session:
             c[0] += 1
 
     async def _handle_client(self) -> None:
+        # Not SMTP's: Postfix's replies, error counting, pipelining check and timeouts.
         smtpd = self.smtpd
         verbs = self._verbs
         while True:
@@ -265,7 +328,7 @@ class Session:
                 await self.reply_error("500 5.5.2 Error: command not recognized")
                 continue
             if (smtpd.forbid_unauth_pipelining and self.input.pending()
-                    and (not self.esmtp or verb in LAST_IN_GROUP)):
+                    and (not self.session.extended_smtp or verb in LAST_IN_GROUP)):
                 nxt = self.input.peek_line().decode("utf-8", "replace")
                 log.info(f"improper command pipelining after {verb} from {self.client}: {nxt}")
                 self.where = verb
@@ -316,10 +379,12 @@ class Session:
         self.rcpt_tried = 0
 
     # --- commands --------------------------------------------------------------
-    async def smtp_HELO(self, arg: str) -> bool:
+    async def smtp_HELO(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         return await self._helo(arg, esmtp=False)
 
-    async def smtp_EHLO(self, arg: str) -> bool:
+    async def smtp_EHLO(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         return await self._helo(arg, esmtp=True)
 
     async def _helo(self, arg: str, esmtp: bool) -> bool:
@@ -327,7 +392,8 @@ class Session:
             return await self.reply_error(f"501 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
         self._reset()
         self.req.helo = log.printable(arg)
-        self.esmtp = esmtp
+        self.session.extended_smtp = esmtp
+        self.session.host_name = self.req.helo
         self.req.protocol = "ESMTP" if esmtp else "SMTP"
         if not self.smtpd.delay_reject:
             result = await self.smtpd.engine.check_helo(self.req)
@@ -343,7 +409,8 @@ class Session:
             await self.push(f"250 {self.smtpd.myhostname}")
         return True
 
-    async def smtp_MAIL(self, arg: str) -> bool:
+    async def smtp_MAIL(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         smtpd = self.smtpd
         if smtpd.helo_required and not self.req.helo:
             return await self.reply_error("503 5.5.1 Error: send HELO/EHLO first")
@@ -415,7 +482,8 @@ class Session:
             return f"501 5.5.4 Bad {name} parameter syntax"
         return ""
 
-    async def smtp_RCPT(self, arg: str) -> bool:
+    async def smtp_RCPT(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         smtpd = self.smtpd
         env = self.env
         if env is None:
@@ -479,7 +547,8 @@ class Session:
         await self.push("250 2.1.5 Ok")
         return True
 
-    async def smtp_DATA(self, arg: str) -> bool:
+    async def smtp_DATA(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         smtpd = self.smtpd
         env = self.env
         if env is None or not env.recipients:
@@ -529,18 +598,21 @@ class Session:
         await self.push(reply)
         return True
 
-    async def smtp_RSET(self, arg: str) -> bool:
+    async def smtp_RSET(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         if arg:
             return await self.reply_error("501 5.5.4 Syntax: RSET")
         self._reset()
         await self.push("250 2.0.0 Ok")
         return True
 
-    async def smtp_NOOP(self, arg: str) -> bool:
+    async def smtp_NOOP(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         await self.push("250 2.0.0 Ok")
         return True
 
-    async def smtp_QUIT(self, arg: str) -> bool:
+    async def smtp_QUIT(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         self._count("quit", True)
         self._writer.write(b"221 2.0.0 Bye\r\n")
         try:
@@ -549,7 +621,8 @@ class Session:
             pass
         raise Hangup
 
-    async def smtp_VRFY(self, arg: str) -> bool:
+    async def smtp_VRFY(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         if self.smtpd.vrfy_disabled:
             return await self.reply_error("502 5.5.1 VRFY command is disabled")
         if not arg:
@@ -593,10 +666,12 @@ class Session:
                     else "unable to talk to fast flush service")
         return await self.reply_error("458 Unable to queue messages")
 
-    async def smtp_AUTH(self, arg: str) -> bool:
+    async def smtp_AUTH(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         return await self.reply_error("503 5.5.1 Error: authentication not enabled")
 
-    async def smtp_STARTTLS(self, arg: str) -> bool:
+    async def smtp_STARTTLS(self, arg: str) -> bool:  # type: ignore[override]
+        # Not SMTP's: Postfix's replies and checks.
         return await self.reply_error("502 5.5.1 Error: command not implemented")
 
 
