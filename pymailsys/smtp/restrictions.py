@@ -20,7 +20,10 @@ DESCRIPTION
 
     Restrictions implemented: permit, reject, defer, defer_if_permit,
     defer_if_reject, permit_mynetworks, permit_inet_interfaces,
-    permit_sasl_authenticated, permit_auth_destination,
+    permit_sasl_authenticated (the session's SASL login),
+    reject_sender_login_mismatch, reject_authenticated_sender_login_mismatch,
+    reject_unauthenticated_sender_login_mismatch (smtpd_sender_login_maps: the
+    logins that own a sender address), permit_auth_destination,
     reject_unauth_destination, defer_unauth_destination,
     reject_unlisted_recipient, reject_unlisted_sender, reject_non_fqdn_sender,
     reject_non_fqdn_recipient, reject_non_fqdn_helo_hostname,
@@ -346,7 +349,8 @@ class Engine:
 
     def preopen(self) -> None:
         """Open every table now (before a privilege drop); failures stay for lookup time."""
-        for param in ("local_recipient_maps", "virtual_alias_maps", "virtual_mailbox_maps"):
+        for param in ("local_recipient_maps", "virtual_alias_maps", "virtual_mailbox_maps",
+                      "smtpd_sender_login_maps"):
             try:
                 self._maps(param)
             except maps.TableError:
@@ -933,6 +937,61 @@ def _access(engine: Engine, req: Request, entry: _Entry, keyfunc: Callable[[], s
     if value is None:
         return None
     return engine.access_result(value, req, reply_key, stage, entry.arg)
+
+
+def _sender_owners(engine: Engine, req: Request) -> list[str] | Result | None:
+    """The logins smtpd_sender_login_maps gives for the sender (mail_addr_find, on the
+    resolved address), None when it has no owner, a Result when the table fails."""
+    sender = req.sender or ""
+    r = engine.resolver.resolve(sender)
+    address = r.recipient if not r.failed else sender
+    try:
+        value = addr_lookup.lookup_address(engine._maps("smtpd_sender_login_maps"),
+                                           address.lower(), r.class_ == resolve.CLASS_LOCAL,
+                                           engine.delimiter)
+    except maps.TableError as e:
+        log.warning(f"smtpd_sender_login_maps: {e}")
+        return engine.lookup_failure(sender)
+    return None if value is None else [w for w in re.split(r"[,\s]+", value) if w]
+
+
+def _login_mismatch(engine: Engine, req: Request, authenticated: bool,
+                    unauthenticated: bool) -> Result | None:
+    if not req.sender:  # the null sender has no owner
+        return None
+    if req.sasl_username and authenticated:
+        owners = _sender_owners(engine, req)
+        if isinstance(owners, Result):
+            return owners
+        if owners is None or req.sasl_username.lower() not in (o.lower() for o in owners):
+            return Result(REJECT, engine.reply(
+                553, "5.7.1", req, f"not owned by user {req.sasl_username}",
+                key=req.sender, stage=STAGE_SENDER))
+    elif not req.sasl_username and unauthenticated:
+        owners = _sender_owners(engine, req)
+        if isinstance(owners, Result):
+            return owners
+        if owners is not None:
+            return Result(REJECT, engine.reply(553, "5.7.1", req, "not logged in",
+                                               key=req.sender, stage=STAGE_SENDER))
+    return None
+
+
+@restriction("reject_sender_login_mismatch")
+def _reject_sender_login_mismatch(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    return _login_mismatch(engine, req, True, True)
+
+
+@restriction("reject_authenticated_sender_login_mismatch")
+def _reject_authenticated_sender_login_mismatch(engine: Engine, req: Request,
+                                                entry: _Entry) -> Result | None:
+    return _login_mismatch(engine, req, True, False)
+
+
+@restriction("reject_unauthenticated_sender_login_mismatch")
+def _reject_unauthenticated_sender_login_mismatch(engine: Engine, req: Request,
+                                                  entry: _Entry) -> Result | None:
+    return _login_mismatch(engine, req, False, True)
 
 
 @restriction("check_client_access", takes_arg=True)
