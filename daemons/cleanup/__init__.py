@@ -366,9 +366,11 @@ class Cleanup:
             b.attr("protocol_name", proto)
             b.attr("client_address_type", "10" if ":" in addr else "2")
             where.origin, where.protocol, where.helo = f"{name}[{addr}]", proto, helo
-            received = hdr.received_smtpd(helo, name, addr, proto, s.myhostname, s.mail_name,
-                                          queue_id, raw_rcpts[0] if len(raw_rcpts) == 1 else None,
-                                          date)
+            received = hdr.received_smtpd(helo, name, addr, req.text("received_with") or proto,
+                                          s.myhostname, s.mail_name, queue_id,
+                                          raw_rcpts[0] if len(raw_rcpts) == 1 else None, date,
+                                          "\n".join(log.printable(line.strip()) for line in
+                                                    req.text("received_comment").splitlines()))
             # smtpd's access PREPEND headers go above its Received:, one printable line each
             received = [line for line in req.all("prepend")
                         if line.isprintable() and ":" in line] + received

@@ -94,8 +94,10 @@ def mail_date(when: float) -> str:
 
 
 def received_smtpd(helo: str, name: str, addr: str, protocol: str, myhostname: str,
-                   mail_name: str, queue_id: str, rcpt: str | None, date: str) -> list[str]:
-    """smtpd's Received: header; ``for <rcpt>`` only when there is exactly one recipient."""
+                   mail_name: str, queue_id: str, rcpt: str | None, date: str,
+                   comment: str = "") -> list[str]:
+    """smtpd's Received: header; ``for <rcpt>`` only when there is exactly one recipient;
+    ``comment`` (smtpd's TLS and authentication notes) are lines after the first."""
     name = name or "unknown"
     rfc_addr = f"IPv6:{addr}" if ":" in addr else addr
     by = f"\tby {myhostname} ({mail_name})"
@@ -103,6 +105,8 @@ def received_smtpd(helo: str, name: str, addr: str, protocol: str, myhostname: s
         by += f" with {protocol}"
     by += f" id {queue_id}"
     first = f"Received: from {helo or name} ({name} [{rfc_addr}])"
+    if comment:
+        first += "\n\t" + "\n\t".join(line.strip() for line in comment.splitlines())
     if rcpt is not None:
         return [first, by, f"\tfor <{quote_822_local(rcpt)}>; {date}"]
     return [first, by + ";", f"\t{date}"]

@@ -26,6 +26,10 @@ cleanup (``public/cleanup``), one request per message, streamed
                            (smtpd: for Received: and the A records)
              prepend       repeated, optional (smtpd: access PREPEND): one
                            header line each, put above the Received: header
+             received_with, received_comment   (smtpd, optional: Received:'s
+                           "with" when it differs from protocol, ESMTPSA or
+                           UTF8SMTP; comment lines after its first line, the TLS
+                           cipher and the authenticated sender)
              uid           (pickup: submitting user, for Received: and From:)
              full_name     (pickup: sender full name, -F)
              rewrite_context  "local" | "remote"
