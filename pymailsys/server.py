@@ -45,8 +45,11 @@ Stream services get ``serve(reader, writer, ctx)`` once per client; one
 whose connection needs a protocol object of its own (smtpd: an
 aiosmtpd.smtp.SMTP that STARTTLS re-wires onto the TLS transport) passes
 ``protocol(reader, ctx)``, which builds it around the reader, and finds it in
-``serve`` as ``writer.transport.get_protocol()``; a service that hands the
-connection to another program untouched (spawn) gets
+``serve`` as ``writer.transport.get_protocol()``; ``tls(ctx)``, if given and
+not None, is (SSL context, handshake timeout) for TLS from the first byte
+(smtpd's smtps wrapper mode): ``serve`` gets the client once the handshake
+is done, and a failed one is logged and ends the connection; a service that
+hands the connection to another program untouched (spawn) gets
 ``serve_connection(sock, ctx)`` instead, before anything is read from it. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
 (``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``.
@@ -67,6 +70,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, privileges
@@ -79,6 +83,9 @@ from pymailsys.ipc.master_status import (
     STATUS_FD,
 )
 from pymailsys.queue.spool import Spool
+
+if TYPE_CHECKING:
+    import ssl
 
 _INHERITED: set[int] = set()  # of LIFELINE_FD, STATUS_FD: those master handed over
 
@@ -103,6 +110,7 @@ Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitabl
 ServeConnection = Callable[[socket.socket, Context], Awaitable[None]]
 STREAM_LIMIT = 1 << 16  # a client connection's read buffer: reading pauses past twice this
 ProtocolFactory = Callable[[asyncio.StreamReader, Context], asyncio.StreamReaderProtocol]
+AcceptTLS = Callable[[Context], "tuple[ssl.SSLContext, float] | None"]
 Trigger = Callable[[Context, bytes], Awaitable[None]]
 Hook = Callable[[Context], Awaitable[None]]
 
@@ -203,11 +211,12 @@ class _Runner:
     def __init__(self, ctx: Context, serve: Serve | None, on_trigger: Trigger | None,
                  resident: bool, client_limit: int,
                  serve_connection: ServeConnection | None = None,
-                 protocol: ProtocolFactory | None = None) -> None:
+                 protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
         self.ctx = ctx
         self.serve = serve
         self.serve_connection = serve_connection
         self.protocol = protocol
+        self.tls = tls
         self.on_trigger = on_trigger
         self.resident = resident
         self.client_limit = client_limit
@@ -295,9 +304,17 @@ class _Runner:
             protocol = self.protocol(reader, self.ctx)
         else:
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        tls = self.tls(self.ctx) if self.tls is not None else None
         try:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
-        except OSError:
+            if tls is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+            else:
+                peer = conn.getpeername()
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, sock=conn, ssl=tls[0], ssl_handshake_timeout=tls[1])
+        except OSError as e:
+            if tls is not None:
+                log.info(f"SSL_accept error from [{peer[0]}]: {e.strerror or e}")
             conn.close()
             self.client_done()
             return
@@ -411,7 +428,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         client_limit: int = 1000, argv: list[str] | None = None,
         pre_init: Callable[[config_mod.Config], object] | None = None,
         serve_connection: ServeConnection | None = None,
-        protocol: ProtocolFactory | None = None) -> None:
+        protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -454,7 +471,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
-                          client_limit, serve_connection, protocol))
+                          client_limit, serve_connection, protocol, tls))
     except KeyboardInterrupt:
         pass
 
@@ -473,11 +490,11 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
                 on_trigger: Trigger | None, on_start: Hook | None, on_stop: Hook | None,
                 resident: bool, client_limit: int,
                 serve_connection: ServeConnection | None = None,
-                protocol: ProtocolFactory | None = None) -> None:
+                protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
     runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection,
-                     protocol)
+                     protocol, tls)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()
