@@ -279,3 +279,13 @@ def running_instance(**kwargs: object) -> Iterator[Instance]:
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None or os.path.exists(program)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a server a test started (Dovecot, HAProxy): SIGTERM, then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -108,10 +108,7 @@ def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
 
 
 @pytest.mark.parametrize("setting, program", [
-    ("smtpd_tls_security_level = encrypt", "smtpd"),
-    ("smtpd_enforce_tls = yes", "smtpd"),
-    ("smtpd_sasl_auth_enable = yes", "smtpd"),
-    ("smtpd_tls_auth_only = yes", "smtpd"),
+    ("smtpd_tls_req_ccert = yes", "smtpd"),
     ("smtpd_milters = inet:127.0.0.1:8891", "smtpd"),
     ("non_smtpd_milters = inet:127.0.0.1:8891", "pickup"),
     ("smtp_tls_security_level = dane-only", "smtp"),
@@ -133,8 +130,7 @@ def test_settings_that_weaken_security_make_their_service_refuse(tmp_path, setti
 def test_opportunistic_tls_is_only_a_warning(tmp_path):
     found = problems(tmp_path, "smtpd_tls_security_level = may\nsmtp_tls_security_level = may\n")
     assert texts(found, True) == []
-    assert [p.text for p in found] == [  # the smtp client does may; smtpd does no TLS yet
-        "parameter smtpd_tls_security_level is not implemented yet: ignored"]
+    assert [p.text for p in found] == []  # both do may (and smtpd encrypt)
     assert validate.refusals(config.load(str(tmp_path)), "smtpd") == []
 
 
@@ -142,9 +138,9 @@ def test_an_override_refuses_only_its_service(tmp_path):
     (tmp_path / "main.cf").write_text("")
     cfg = config.load(str(tmp_path))
     assert validate.refusals(cfg, "smtpd") == []
-    submission = cfg.with_overrides({"smtpd_tls_security_level": "encrypt"})
+    submission = cfg.with_overrides({"smtpd_milters": "inet:127.0.0.1:8891"})
     assert validate.refusals(submission, "smtpd") == [
-        "smtpd_tls_security_level = encrypt is not supported yet: refusing to run"]
+        "smtpd_milters = inet:127.0.0.1:8891 is not supported yet: refusing to run"]
 
 
 def _code_text() -> str:

@@ -114,21 +114,21 @@ def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -
 
 
 
-def test_smtpd_refuses_encrypt_while_local_mail_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
+def test_smtpd_refuses_milters_while_local_mail_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
-    inst.set(smtpd_tls_security_level="encrypt")
-    line = _main_cf_line(inst, "smtpd_tls_security_level = encrypt")
+    inst.set(smtpd_milters="inet:127.0.0.1:8891")
+    line = _main_cf_line(inst, "smtpd_milters = inet:127.0.0.1:8891")
     result = inst.postfix("start")
     inst.running = True
     assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: "
-            "smtpd_tls_security_level = encrypt is not supported yet: service smtpd will refuse "
+            "smtpd_milters = inet:127.0.0.1:8891 is not supported yet: service smtpd will refuse "
             "to run\n") in result.stderr
     # a client gets no banner: the connection is closed, promptly (not a silent wait)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
             s.settimeout(30)
             assert s.recv(512) == b""
-    inst.wait_log(r"postfix/smtpd\[\d+\]: fatal: smtpd_tls_security_level = encrypt is not "
+    inst.wait_log(r"postfix/smtpd\[\d+\]: fatal: smtpd_milters = inet:127\.0\.0\.1:8891 is not "
                   r"supported yet: refusing to run")
     inst.wait_log(r"postfix/master\[\d+\]: warning: \S+smtpd: bad command startup -- throttling")
     # the rest of the system runs: sendmail mail is delivered locally
@@ -138,5 +138,5 @@ def test_smtpd_refuses_encrypt_while_local_mail_is_delivered(new_instance) -> No
     (delivered,) = inst.wait_maildir(1)
     assert b"still delivered" in delivered
     # master did not spin: smtpd tried once in this throttle period
-    assert len(re.findall(r"smtpd\[\d+\]: fatal: smtpd_tls_security_level", inst.log())) == 1
+    assert len(re.findall(r"smtpd\[\d+\]: fatal: smtpd_milters", inst.log())) == 1
     assert "Traceback" not in inst.log()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from harness import ME, Instance, free_port, wait_until
+from harness import ME, Instance, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -87,12 +87,7 @@ service stats {{
             return ""
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -4,8 +4,9 @@ One smtpd (the real Smtpd and Session, with the fake cleanup of smtpd_helpers)
 runs on a loopback port in a background event loop; each example connects,
 sends command lines (known verbs with arbitrary arguments: NUL, CR, 8-bit,
 overlong; and arbitrary lines), and reads the reply to each. Every line gets an
-SMTP reply (or the connection ends right after a 221/421/5xx goodbye), and no
-exception escapes a session.
+SMTP reply (or the connection ends right after a 221/421/521/554 goodbye), and no
+exception escapes a session. A well-formed BDAT line is followed by its chunk
+(a count over 65536 is sent as 0).
 
 The suite runs a bounded, derandomized number of examples; a longer run:
 ``PYMAILSYS_FUZZ_EXAMPLES=100000 pytest -p no:cacheprovider tests/test_fuzz_smtpd.py``.
@@ -38,7 +39,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize
 VERBS = [b"HELO", b"EHLO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"QUIT",
          b"VRFY", b"EXPN", b"ETRN", b"AUTH", b"STARTTLS", b"BDAT", b"HELP", b"XCLIENT"]
 REPLY_TIMEOUT = 20.0
-GOODBYE = re.compile(rb"^(221|421|554) ")
+GOODBYE = re.compile(rb"^(221|421|521|554) ")
+BDAT = re.compile(rb"(?i)BDAT[ \t]+(\d+)((?:[ \t]+LAST)?)[ \t]*")
 
 
 class Server:
@@ -123,8 +125,13 @@ def test_every_command_line_gets_a_reply(server: Server, lines: list[bytes]) -> 
         assert _reply(f).startswith(b"220 ")
         last = b""
         for line in lines:
+            if m := BDAT.fullmatch(line.split(b"\0")[0]):
+                count = int(m.group(1)) if int(m.group(1)) <= 65536 else 0
+                line = b"BDAT %d%s\r\n" % (count, m.group(2)) + b"x" * count
+            else:
+                line += b"\r\n"
             try:
-                sock.sendall(line + b"\r\n")
+                sock.sendall(line)
                 reply = _reply(f)
             except ConnectionError:
                 reply = b""

@@ -22,7 +22,7 @@ from test_smtpd_e2e import maildir_messages, session
 from pymailsys import log
 
 COMMANDS = [b"HELO", b"EHLO", b"MAIL FROM:", b"RCPT TO:", b"VRFY", b"EXPN", b"NOOP", b"RSET",
-            b"DATA", b"AUTH", b"STARTTLS", b"BDAT", b"ETRN", b"XYZZY", b""]
+            b"DATA", b"AUTH", b"STARTTLS", b"ETRN", b"XYZZY", b""]
 ARGUMENTS = [b"<\"a\0b\"@mx.example>", b"a\0b", b"\0", b"<\"a\rb\"@mx.example>", b"a\rb",
              b"\r", b"<\xe9\xff@mx.example>", b"\xe9", b"\xc3\xa9t\xc3\xa9", b"\x01\x1b[2J",
              b"<" + b"x" * 5000 + b"@mx.example>", b"y" * 10000]
@@ -57,6 +57,22 @@ def test_every_command_with_hostile_arguments_gets_a_reply(tmp_path: Path,
         log = maillog.read_bytes()
         assert b"Traceback" not in log and b"internal error" not in log
         assert not re.search(rb"[\x00-\x08\x0b-\x1f\x7f]", log), "raw control character in the log"
+    run(go())
+
+
+def test_bdat_with_a_hostile_count_ends_the_session_as_in_postfix(tmp_path: Path) -> None:
+    """BDAT's count says how many bytes follow: one that cannot be read means the
+    rest of the stream cannot be told apart, so Postfix says 521 and hangs up."""
+    async def go() -> None:
+        for n, arg in enumerate(ARGUMENTS + [b"99999999999999999999", b"5 FIRST"]):
+            async with smtpd_server(tmp_path / str(n)) as (fake, c, maillog):
+                await c.reply()
+                reply = await c.cmd(b"BDAT " + arg + b"\r\n")
+                if reply == "500 5.5.2 Error: bad UTF-8 syntax":  # refused as a line, first
+                    continue
+                assert reply == "521 5.5.4 Syntax: BDAT count [LAST]", arg
+                assert await c.closed()
+            assert b"Traceback" not in maillog.read_bytes()
     run(go())
 
 

@@ -53,7 +53,7 @@ def test_discarded_smtputf8_is_neither_offered_nor_accepted(tmp_path: Path) -> N
             await c.reply()
             words = [line[4:] for line in (await c.cmd("EHLO client.example\r\n")).splitlines()]
             assert words == ["mx.example", "PIPELINING", "SIZE 10240000", "ETRN",
-                             "ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
+                             "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "CHUNKING"]
             assert await c.cmd("MAIL FROM:<a@b.c> SMTPUTF8\r\n") == \
                 "555 5.5.4 Unsupported option: SMTPUTF8"
     run(go())

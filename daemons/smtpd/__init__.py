@@ -28,12 +28,29 @@ DESCRIPTION
     live over public/pickup, which takes the uid from the kernel, else a
     maildrop file, as sendmail does) instead of a cleanup request.
 
-    Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN;
-    AUTH (503 not enabled), STARTTLS (502 not implemented); anything else
-    gets ``500 5.5.2 Error: command not recognized``, as Postfix does.
+    Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN,
+    STARTTLS, AUTH; anything else gets ``500 5.5.2 Error: command not
+    recognized``, as Postfix does.
 
-    EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN,
-    ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, less
+    TLS (pymailsys.smtp.tls_server): STARTTLS at smtpd_tls_security_level
+    may or encrypt (``530 5.7.0 Must issue a STARTTLS command first`` before
+    it), TLS from the first byte with smtpd_tls_wrappermode (smtps, made by
+    the server skeleton before the session starts). Plaintext pipelined
+    after STARTTLS is dropped unread (CVE-2011-0411).
+
+    SASL (pymailsys.smtp.sasl): smtpd_sasl_auth_enable with smtpd_sasl_type =
+    dovecot; the mechanisms Dovecot's auth server offers, less
+    smtpd_sasl_security_options (after TLS: smtpd_sasl_tls_security_options),
+    none before TLS with smtpd_tls_auth_only (or at level encrypt). The login
+    is what permit_sasl_authenticated and the sender-login restrictions see.
+
+    PROXY protocol: with smtpd_upstream_proxy_protocol = haproxy, a v1 or v2
+    header (aiosmtpd's reader, within smtpd_upstream_proxy_timeout) names the
+    client; a connection without one is dropped with ``warning: haproxy
+    read: ...``.
+
+    EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN, STARTTLS, AUTH,
+    ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING, less
     smtpd_discard_ehlo_keywords. DSN (RFC 3461): MAIL takes RET= and ENVID=
     (kept decoded from xtext), RCPT takes NOTIFY= and ORCPT=
     (``pymailsys.dsn``; a bad value gets ``501 5.5.4``); with "dsn"
@@ -47,13 +64,18 @@ DESCRIPTION
     built: the parameter is not declared).
 
 SECURITY
-    Runs as mail_owner (``-u``). DATA ends only at <CR><LF>.<CR><LF>
+    Runs as mail_owner (``-u``); the TLS key and the sender login tables are
+    opened before the privilege drop. DATA ends only at <CR><LF>.<CR><LF>
     (smtpd_forbid_bare_newline, CVE-2023-51764); smtpd_forbid_unauth_pipelining
     disconnects clients that send ahead where RFC 2920 does not allow it.
     No DNS lookups for loopback clients.
 
 DIAGNOSTICS
-    Postfix's log lines: ``connect from NAME[ADDR]``, ``ID: client=NAME[ADDR]``,
+    Postfix's log lines: ``connect from NAME[ADDR]``, ``ID: client=NAME[ADDR]``
+    (``, sasl_method=M, sasl_username=U`` after AUTH), ``Anonymous TLS
+    connection established from NAME[ADDR]: TLSv1.3 with cipher ...``
+    (smtpd_tls_loglevel 1), ``warning: NAME[ADDR]: SASL M authentication
+    failed: ...``,
     ``NOQUEUE: reject: RCPT from NAME[ADDR]: REPLY; from=<s> to=<r>
     proto=ESMTP helo=<h>``, ``lost connection after CMD from NAME[ADDR]``,
     ``timeout after CMD from NAME[ADDR]``, ``too many errors after CMD from
@@ -77,6 +99,11 @@ CONFIGURATION PARAMETERS
     smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,
     smtpd_discard_ehlo_keywords, disable_vrfy_command, smtputf8_enable,
     smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
+    smtpd_tls_* (see pymailsys.smtp.tls_server), smtpd_sasl_auth_enable,
+    smtpd_sasl_type, smtpd_sasl_path, smtpd_sasl_security_options,
+    smtpd_sasl_tls_security_options, smtpd_sasl_authenticated_header,
+    smtpd_sasl_response_limit, broken_sasl_auth_clients, smtpd_sender_login_maps,
+    smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
     cleanup_service_name, ipc_timeout, fast_flush_domains, flush_service_name;
     the client limits counted by anvil
     (pymailsys.smtp.limits): smtpd_client_connection_count_limit,
@@ -97,6 +124,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 import sys
 import threading
@@ -150,6 +178,12 @@ async def _stop(ctx: server.Context) -> None:
 
 def _session(reader: asyncio.StreamReader, ctx: server.Context) -> Session:
     return Session(ctx.state["smtpd"], reader)
+
+
+def _wrapper_tls(ctx: server.Context) -> tuple[ssl.SSLContext, float] | None:
+    """smtps (smtpd_tls_wrappermode): TLS from the first byte, before the session."""
+    tls = ctx.state["smtpd"].tls
+    return (tls.context, tls.handshake_timeout) if tls.wrappermode and tls.context else None
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -279,4 +313,4 @@ def main(argv: list[str] | None = None) -> None:
         standalone(args)
         return
     server.run(PROGRAM, serve=serve, pre_init=_pre_init, on_start=_start, on_stop=_stop,
-               argv=argv, protocol=_session)
+               argv=argv, protocol=_session, tls=_wrapper_tls)

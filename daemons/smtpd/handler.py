@@ -22,11 +22,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiosmtpd.proxy_protocol import AF, V2_CMD, ProxyData
+
 from pymailsys import config as config_mod
 from pymailsys import log
 from pymailsys.address import networks as netaddr
 from pymailsys.ipc import attr, flush, services
-from pymailsys.smtp import dns_client_name, restrictions
+from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
 from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
@@ -46,6 +48,8 @@ class Envelope:
     smtputf8: bool = False
     notifies: list[int] = field(default_factory=list)  # per recipient, as pymailsys.dsn
     dsn_orcpts: list[str] = field(default_factory=list)  # per recipient, "type;address"
+    received_with: str = ""  # Received: "with" (ESMTPS, UTF8SMTPSA, ...): set at DATA
+    received_comment: str = ""  # Received: lines after "from" (TLS, authenticated sender)
 
 
 class Smtpd:
@@ -85,7 +89,31 @@ class Smtpd:
         self.engine.check_relay_config()
         self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
         self.limits = ClientLimits(config, self.engine.mynetworks, counted=not self.stand_alone)
-        self.ehlo_reply = self._ehlo_reply()
+        # smtpd -S speaks on pipes: no TLS there (its settings are not read)
+        self.tls = tls_server.ServerTLS.off() if self.stand_alone else \
+            tls_server.ServerTLS.from_config(config)
+        self.starttls_offered = self.tls.context is not None and not self.tls.wrappermode \
+            and "starttls" not in self.discard_ehlo
+        self.sasl: sasl.DovecotAuth | None = None
+        if config.get_bool("smtpd_sasl_auth_enable") and not self.stand_alone:
+            self.sasl = self._sasl_server(config)
+        self.sasl_options = config.get_list("smtpd_sasl_security_options")
+        self.sasl_tls_options = config.get_list("smtpd_sasl_tls_security_options")
+        sasl.check_security_options(self.sasl_options + self.sasl_tls_options)
+        self.sasl_authenticated_header = config.get_bool("smtpd_sasl_authenticated_header")
+        self.sasl_response_limit = max(config.get_int("smtpd_sasl_response_limit"), 512)
+        self.broken_sasl_clients = config.get_bool("broken_sasl_auth_clients")
+        proxy = config.get("smtpd_upstream_proxy_protocol").strip().lower()
+        if proxy not in ("", "haproxy"):
+            raise ValueError(f"unsupported smtpd_upstream_proxy_protocol type: {proxy}")
+        if proxy and self.tls.wrappermode:
+            raise ValueError("smtpd_upstream_proxy_protocol with smtpd_tls_wrappermode is not "
+                             "supported yet")
+        self.proxy_timeout = float(config.get_time("smtpd_upstream_proxy_timeout")) \
+            if proxy and not self.stand_alone else 0.0
+        self._ehlo_replies: dict[tuple[bool, tuple[str, ...]], bytes] = {}
+        self.ehlo_reply = self._ehlo_reply(self.starttls_offered)
+        self.ehlo_reply_tls = self._ehlo_reply(False)
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))
         self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
@@ -95,18 +123,51 @@ class Smtpd:
             float(config.get_time("ipc_timeout")),
             enabled=bool(config.get_list("fast_flush_domains")))
 
-    def _ehlo_reply(self) -> bytes:
+    @staticmethod
+    def _sasl_server(config: config_mod.Config) -> sasl.DovecotAuth:
+        kind = config.get("smtpd_sasl_type").strip().lower()
+        if kind != "dovecot":
+            raise ValueError(f"unsupported SASL server implementation: {kind} "
+                             "(smtpd_sasl_type = dovecot is the one there is)")
+        path = config.get("smtpd_sasl_path").strip()
+        if not os.path.isabs(path):
+            path = os.path.join(config.get("queue_directory"), path)
+        return sasl.DovecotAuth(path, float(config.get_time("ipc_timeout")))
+
+    def ehlo_reply_for(self, starttls: bool, mechanisms: list[str]) -> bytes:
+        """The EHLO reply with STARTTLS or not and these AUTH mechanisms (cached)."""
+        key = (starttls, tuple(mechanisms))
+        reply = self._ehlo_replies.get(key)
+        if reply is None:
+            reply = self._ehlo_replies[key] = self._ehlo_reply(starttls, mechanisms)
+        return reply
+
+    def _ehlo_reply(self, starttls: bool, mechanisms: list[str] | tuple[str, ...] = ()) -> bytes:
         words = ["PIPELINING", f"SIZE {self.size_limit}" if self.size_limit else "SIZE"]
         if not self.vrfy_disabled:
             words.append("VRFY")
         words.append("ETRN")
+        if starttls:
+            words.append("STARTTLS")
+        if mechanisms:
+            words.append("AUTH " + " ".join(mechanisms))
+            if self.broken_sasl_clients:
+                words.append("AUTH=" + " ".join(mechanisms))
         words += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN"]
         if self.smtputf8:
             words.append("SMTPUTF8")
-        words = [w for w in words if w.split()[0].lower() not in self.discard_ehlo]
+        words.append("CHUNKING")
+        words = [w for w in words if w.split()[0].split("=")[0].lower() not in self.discard_ehlo]
         lines = [self.myhostname] + words
         out = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
         return ("\r\n".join(out) + "\r\n").encode()
+
+    async def handle_PROXY(self, server: object, session: object, envelope: object,
+                           proxy_data: ProxyData) -> bool:
+        """aiosmtpd's PROXY hook: a header smtpd can use (a TCP client, or a LOCAL or
+        UNKNOWN one, which stands for the proxy itself)."""
+        return proxy_data.command == V2_CMD.LOCAL or proxy_data.family in (
+            AF.INET, AF.INET6, AF.UNSPEC)
 
     async def close(self) -> None:
         await self.engine.close()
@@ -197,6 +258,7 @@ class Message:
             ("client_port", req.client_port), ("helo_name", req.helo),
             ("reverse_client_name", req.reverse_name),
             ("protocol", req.protocol), ("rewrite_context", self.context),
+            ("received_with", env.received_with), ("received_comment", env.received_comment),
             ("flags", flags), ("encoding", env.body),
         ]
         if env.smtputf8:

@@ -54,33 +54,44 @@ Replies are Postfix's, byte for byte (checked against Postfix 3.7).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import ssl
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.proxy_protocol import AF, V2_CMD, get_proxy
+from aiosmtpd.smtp import SMTP, AuthResult
 from aiosmtpd.smtp import Session as SMTPSession
-from pymailsys.daemons.smtpd.handler import Envelope, Smtpd
+from pymailsys.daemons.smtpd.chunks import Chunks
+from pymailsys.daemons.smtpd.handler import Envelope, QueueMessage, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
 from pymailsys import dsn, log
 from pymailsys.ipc import flush
-from pymailsys.smtp import restrictions
+from pymailsys.smtp import restrictions, sasl, tls_server
 from pymailsys.smtp.path import extract_address, parse_path
 
 # Postfix's command table order, for the "disconnect from" line.
-COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop", "vrfy",
-           "etrn", "quit", "unknown")
+COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset", "noop",
+           "vrfy", "etrn", "quit", "unknown")
 # RFC 2920: these may only be the last command of a pipelined group.
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
                            "STARTTLS", "AUTH", "ETRN"))
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
+_BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE)
+# What a client may send before STARTTLS when TLS is required (Postfix's PRE_TLS commands).
+PRE_TLS = frozenset(("HELO", "EHLO", "STARTTLS", "NOOP", "QUIT"))
 # Postfix's reply to a DSN parameter when smtpd_discard_ehlo_keywords has "dsn".
 DSN_DISABLED = "501 5.7.1 DSN support is disabled"
 
 Verb = Callable[["Session", str], Awaitable[bool]]
+
+# aiosmtpd logs through the logging module; smtpd logs Postfix's lines itself.
+logging.getLogger("mail.log").addHandler(logging.NullHandler())
+logging.getLogger("mail.log").propagate = False
 
 
 class Hangup(Exception):
@@ -139,6 +150,9 @@ class Session(SMTP):
         self.rcpt_tried = 0
         self.bare_lf_exempt: bool | None = None
         self.anvil_ident: str | None = None  # set: this session's events go to anvil
+        self.ssl_object: ssl.SSLObject | None = None  # once TLS is on
+        self.sasl_method = ""  # with req.sasl_username, once AUTH succeeded
+        self.chunks: Chunks | None = None  # BDAT: the message in progress
 
     @classmethod
     def _hooks_for(cls, handler: type) -> dict[str, Callable[..., Any]]:
@@ -214,6 +228,8 @@ class Session(SMTP):
         local = writer.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
+        if smtpd.proxy_timeout and not await self._upstream_proxy():
+            return
         await smtpd.name_client(self.req)
         log.info(f"connect from {self.client}")
         try:
@@ -224,6 +240,8 @@ class Session(SMTP):
                 if refusal is not None:
                     await self.push(refusal)
                     raise Hangup
+            if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
+                self._tls_established(writer.get_extra_info("ssl_object"))
             self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
@@ -254,6 +272,26 @@ class Session(SMTP):
                     self._writer.close()
             except (ConnectionError, RuntimeError):
                 pass
+
+    async def _upstream_proxy(self) -> bool:
+        """smtpd_upstream_proxy_protocol = haproxy: the client is the one the PROXY header
+        (v1 or v2, read with aiosmtpd's reader) names; False when there is none in time."""
+        try:
+            async with asyncio.timeout(self.smtpd.proxy_timeout):
+                data = await get_proxy(self._reader)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+            log.warning(f"haproxy read: {'timeout error' if isinstance(e, TimeoutError) else 'lost connection'}")
+            return False
+        if not data.valid or not await self._call_handler_hook("PROXY", data):
+            log.warning(f"haproxy read: {data.error or 'unsupported address family'}")
+            return False
+        self.session.proxy_data = data
+        if data.command != V2_CMD.LOCAL and data.family in (AF.INET, AF.INET6):
+            self.req.client_addr = str(data.src_addr)
+            self.req.client_port = str(data.src_port)
+            self.req.server_addr = str(data.dst_addr)
+            self.req.server_port = str(data.dst_port)
+        return True
 
     def _internal_error(self, e: Exception) -> None:
         frame = traceback.extract_tb(e.__traceback__)[-1]
@@ -327,13 +365,17 @@ class Session(SMTP):
                 self._count("unknown", False)
                 await self.reply_error("500 5.5.2 Error: command not recognized")
                 continue
-            if (smtpd.forbid_unauth_pipelining and self.input.pending()
+            if (smtpd.forbid_unauth_pipelining and self.input.pending() and verb != "BDAT"
                     and (not self.session.extended_smtp or verb in LAST_IN_GROUP)):
                 nxt = self.input.peek_line().decode("utf-8", "replace")
                 log.info(f"improper command pipelining after {verb} from {self.client}: {nxt}")
                 self.where = verb
                 await self.push("554 5.5.0 Error: SMTP protocol synchronization")
                 raise Hangup
+            if smtpd.tls.required and self.ssl_object is None and verb not in PRE_TLS:
+                self._count(verb.lower(), False)
+                await self.reply_error("530 5.7.0 Must issue a STARTTLS command first")
+                continue
             if verb in JUNK:
                 self.junk += 1
                 if self.junk > smtpd.junk_limit:
@@ -370,6 +412,9 @@ class Session(SMTP):
                  f"{self._proto_helo()}")
 
     def _reset(self) -> None:
+        if self.chunks is not None:
+            self.chunks.abort()
+            self.chunks = None
         self.env = None
         self.req.actions.reset()
         self.req.size = self.req.recipient_count = 0
@@ -402,7 +447,14 @@ class Session(SMTP):
                 self._log_reject("EHLO" if esmtp else "HELO", str(result.reply))
                 return await self.reply_error(str(result.reply))
         if esmtp:
-            self._writer.write(self.smtpd.ehlo_reply)
+            smtpd = self.smtpd
+            if smtpd.sasl is not None:
+                self._writer.write(smtpd.ehlo_reply_for(
+                    self.ssl_object is None and smtpd.starttls_offered,
+                    await self._auth_mechanisms()))
+            else:
+                self._writer.write(smtpd.ehlo_reply if self.ssl_object is None
+                                   else smtpd.ehlo_reply_tls)
             if not self.input.pending():
                 await self._drain()
         else:
@@ -488,6 +540,8 @@ class Session(SMTP):
         env = self.env
         if env is None:
             return await self.reply_error("503 5.5.1 Error: need MAIL command")
+        if self.chunks is not None:
+            return await self.reply_error("503 5.5.1 Error: RCPT after BDAT")
         refusal = await smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
                                                self.client)
         if refusal is not None:
@@ -555,6 +609,8 @@ class Session(SMTP):
             if env is None:
                 return await self.reply_error("503 5.5.1 Error: need RCPT command")
             return await self.reply_error("554 5.5.1 Error: no valid recipients")
+        if self.chunks is not None:
+            return await self.reply_error("503 5.5.1 Error: DATA after BDAT")
         if arg:
             return await self.reply_error("501 5.5.4 Syntax: DATA")
         self.req.recipient_count = len(env.recipients)
@@ -562,6 +618,7 @@ class Session(SMTP):
         if result is not None and result.reply is not None:
             self._log_reject("DATA", str(result.reply))
             return await self.reply_error(str(result.reply))
+        self._received_header_parts(env)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         message = smtpd.new_message(env, self.req, await smtpd.rewrite_context(self.req))
         try:
@@ -574,7 +631,14 @@ class Session(SMTP):
             message.abort()
             self._reset()
             return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
-        if data.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
+        return await self._end_of_message(env, message, data.content, data.bare_lf)
+
+    async def _end_of_message(self, env: Envelope, message: QueueMessage, rest: bytes,
+                              bare_lf: bool, size: int | None = None) -> bool:
+        """The checks at the end of a message, then the queue's reply (DATA, BDAT LAST);
+        with ``size`` (BDAT), Postfix's ``Ok: N bytes queued as ID``."""
+        smtpd = self.smtpd
+        if bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
             message.abort()
             rcpts = env.recipients
             self._log_reject("END-OF-MESSAGE", "bare <LF> received",
@@ -588,15 +652,96 @@ class Session(SMTP):
             self._log_reject("END-OF-MESSAGE", str(result.reply))
             self._reset()
             return await self.reply_error(str(result.reply))
-        reply, queue_id = await message.finish(data.content)
+        reply, queue_id = await message.finish(rest)
         self._reset()
         if not queue_id:
             return await self.reply_error(reply)
-        log.info(f"{queue_id}: client={self.client}")
+        if self.req.sasl_username:
+            log.info(f"{queue_id}: client={self.client}, sasl_method={self.sasl_method}, "
+                     f"sasl_username={self.req.sasl_username}")
+        else:
+            log.info(f"{queue_id}: client={self.client}")
         self.error_count = 0
         self.junk = 0
+        if size is not None:
+            reply = f"250 2.0.0 Ok: {size} bytes queued as {queue_id}"
         await self.push(reply)
         return True
+
+    async def smtp_BDAT(self, arg: str) -> bool:
+        """RFC 3030 as Postfix: BDAT count [LAST]; the chunk follows the command line."""
+        smtpd = self.smtpd
+        if "chunking" in smtpd.discard_ehlo:
+            await self.reply_error("521 5.5.1 Error: command not implemented")
+            raise Hangup
+        m = _BDAT_ARGS.fullmatch(arg)
+        if m is None or len(m.group(1)) > 18:
+            await self.reply_error("521 5.5.4 Syntax: BDAT count [LAST]")
+            raise Hangup
+        count, last = int(m.group(1)), m.group(2) is not None
+        chunks = self.chunks
+        env = self.env
+        error = None
+        if chunks is not None and chunks.failed:
+            error = f"551 5.0.0 Discarded {count} bytes after earlier error"
+        elif env is None:
+            error = "503 5.5.1 Error: need RCPT command"
+        elif not env.recipients:
+            error = "554 5.5.1 Error: no valid recipients"
+        elif chunks is None:
+            result = await smtpd.engine.check_data(self.req)
+            if result is not None and result.reply is not None:
+                self._log_reject("DATA", str(result.reply))
+                error = str(result.reply)
+            else:
+                self._received_header_parts(env)
+                chunks = self.chunks = Chunks(smtpd.new_message(
+                    env, self.req, await smtpd.rewrite_context(self.req)), smtpd.size_limit)
+        if error is not None or chunks is None:
+            await self.input.read_exact(count, None)
+            self._chunk_failed(last)
+            return await self.reply_error(error or "451 4.3.0 Error: internal error")
+        try:
+            await self.input.read_exact(count, chunks.feed)
+        except BaseException:
+            self._reset()
+            raise
+        if chunks.too_big:
+            self._chunk_failed(last)
+            return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
+        if not last:
+            await self.push(f"250 2.0.0 Ok: {count} bytes")  # this chunk's, as Postfix
+            return True
+        self.where = "END-OF-MESSAGE"
+        assert env is not None and chunks.message is not None
+        rest, size, bare_lf = chunks.end()
+        self.chunks = None  # the message is the end of message's business now
+        return await self._end_of_message(env, chunks.message, rest, bare_lf, size)
+
+    def _chunk_failed(self, last: bool) -> None:
+        """After a refused chunk, later ones are dropped up to LAST, which ends the mail
+        transaction."""
+        if last:
+            self._reset()
+            return
+        if self.chunks is None:
+            self.chunks = Chunks(None, 0)
+        self.chunks.fail()
+
+    def _received_header_parts(self, env: Envelope) -> None:
+        """Received:'s "with" (RFC 3848: S for TLS, A for AUTH, on ESMTP only) and comments."""
+        proto = self.req.protocol
+        with_ = "UTF8SMTP" if env.smtputf8 else proto
+        if proto == "ESMTP":
+            with_ += ("S" if self.ssl_object is not None else "") + \
+                ("A" if self.req.sasl_username else "")
+        env.received_with = with_
+        comments = []
+        if self.ssl_object is not None and self.smtpd.tls.received_header:
+            comments.append(tls_server.received_comment(self.ssl_object))
+        if self.req.sasl_username and self.smtpd.sasl_authenticated_header:
+            comments.append(f"(Authenticated sender: {_comment_text(self.req.sasl_username)})")
+        env.received_comment = "\n".join(comments)
 
     async def smtp_RSET(self, arg: str) -> bool:  # type: ignore[override]
         # Not SMTP's: Postfix's replies and checks.
@@ -666,13 +811,152 @@ class Session(SMTP):
                     else "unable to talk to fast flush service")
         return await self.reply_error("458 Unable to queue messages")
 
+    async def _auth_mechanisms(self) -> list[str]:
+        """The mechanisms this session may use now (none before TLS with smtpd_tls_auth_only)."""
+        smtpd = self.smtpd
+        if smtpd.sasl is None or "auth" in smtpd.discard_ehlo \
+                or (smtpd.tls.auth_only and self.ssl_object is None):
+            return []
+        try:
+            mechanisms = await smtpd.sasl.mechanisms()
+        except sasl.AuthServerError as e:
+            log.warning(f"SASL: Connect to {smtpd.sasl.path} failed: {e}")
+            return []
+        return sasl.offered(mechanisms, smtpd.sasl_tls_options if self.ssl_object is not None
+                            else smtpd.sasl_options)
+
     async def smtp_AUTH(self, arg: str) -> bool:  # type: ignore[override]
-        # Not SMTP's: Postfix's replies and checks.
-        return await self.reply_error("503 5.5.1 Error: authentication not enabled")
+        # Not SMTP's: Postfix's replies, and Dovecot's auth server behind the mechanisms.
+        smtpd = self.smtpd
+        if smtpd.helo_required and not self.req.helo:
+            return await self.reply_error("503 5.5.1 Error: send HELO/EHLO first")
+        if smtpd.sasl is None or "auth" in smtpd.discard_ehlo:
+            return await self.reply_error("503 5.5.1 Error: authentication not enabled")
+        if self.env is not None:
+            return await self.reply_error("503 5.5.1 Error: MAIL transaction in progress")
+        if smtpd.tls.auth_only and self.ssl_object is None:
+            return await self.reply_error(
+                "504 5.5.4 Encryption required for requested authentication mechanism")
+        if self.req.sasl_username:
+            return await self.reply_error("503 5.5.1 Error: already authenticated")
+        words = arg.split()
+        if not 1 <= len(words) <= 2:
+            return await self.reply_error("501 5.5.4 Syntax: AUTH mechanism")
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if initial == "=":
+            initial = ""
+        result = await self._converse(mechanism, initial)
+        if result.success:
+            self.req.sasl_username = self.session.login_data = str(result.auth_data)
+            self.session.authenticated = True
+            self.session.auth_data = result.auth_data
+            self.sasl_method = mechanism
+            await self.push("235 2.7.0 Authentication successful")
+            return True
+        if result.handled:  # aborted: already answered
+            return False
+        return await self.reply_error(str(result.message))
+
+    async def _converse(self, mechanism: str, initial: str | None) -> AuthResult:
+        """One SASL conversation with Dovecot: 334 challenges until OK or FAIL."""
+        smtpd = self.smtpd
+        assert smtpd.sasl is not None
+        conversation = None
+        if mechanism not in await self._auth_mechanisms():
+            outcome = sasl.Outcome(failed=True, reason="Invalid authentication mechanism")
+        elif initial is not None and not sasl.valid_base64(initial):
+            outcome = sasl.Outcome(failed=True, reason="Invalid base64 data in initial response")
+        else:
+            conversation, outcome = await smtpd.sasl.start(
+                mechanism, initial, self.req.client_addr, self.req.server_addr or "127.0.0.1",
+                secured=self.ssl_object is not None)
+        last_challenge = ""
+        try:
+            while outcome.challenge is not None and conversation is not None:
+                last_challenge = outcome.challenge
+                await self.push(f"334 {outcome.challenge}")
+                line = await self.input.readline(smtpd.sasl_response_limit)
+                response = line.decode("ascii", "replace").strip()
+                if response == "*":
+                    log.warning(f"{self.client}: SASL {mechanism} authentication aborted")
+                    await self.reply_error("501 5.7.0 Authentication aborted")
+                    return AuthResult(success=False, handled=True)
+                if not sasl.valid_base64(response):
+                    outcome = sasl.Outcome(failed=True,
+                                           reason="Invalid base64 data in continued response")
+                    break
+                outcome = await conversation.next(response)
+        finally:
+            if conversation is not None:
+                conversation.close()
+        if not outcome.failed:
+            return AuthResult(success=True, auth_data=outcome.username)
+        reason = outcome.reason or last_challenge
+        user = f", sasl_username={outcome.fail_user}" if outcome.fail_user else ""
+        log.warning(f"{self.client}: SASL {mechanism} authentication failed: "
+                    f"{reason or '(reason unavailable)'}{user}")
+        if outcome.temporary:
+            return AuthResult(success=False, handled=False,
+                              message=f"454 4.7.0 Temporary authentication failure: {reason}")
+        return AuthResult(success=False, handled=False,
+                          message=f"535 5.7.8 Error: authentication failed: {reason}")
 
     async def smtp_STARTTLS(self, arg: str) -> bool:  # type: ignore[override]
-        # Not SMTP's: Postfix's replies and checks.
-        return await self.reply_error("502 5.5.1 Error: command not implemented")
+        # Not SMTP's: Postfix's replies; loop.start_tls instead of a hand-made SSLProtocol.
+        if arg:
+            return await self.reply_error("501 5.5.4 Syntax: STARTTLS")
+        if self.ssl_object is not None:
+            return await self.reply_error("554 5.5.1 Error: TLS already active")
+        if not self.smtpd.starttls_offered:
+            return await self.reply_error("502 5.5.1 Error: command not implemented")
+        self._writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+        self._reset()
+        self.req.helo = ""
+        self.req.protocol = "SMTP"
+        self.session.extended_smtp = False
+        await self._start_tls()
+        return True
+
+    async def _start_tls(self) -> None:
+        """TLS on this connection (after STARTTLS's 220, or at once in wrapper mode).
+
+        Whatever the client sent in plaintext after the STARTTLS line is dropped
+        unread (CVE-2011-0411): nothing in the buffers survives the switch. A
+        failed handshake ends the session, as in Postfix."""
+        self.input.discard()
+        transport = self._writer.transport
+        tls = self.smtpd.tls
+        assert tls.context is not None
+        try:
+            new = await self.loop.start_tls(transport, self, tls.context, server_side=True,
+                                            ssl_handshake_timeout=tls.handshake_timeout)
+        except (OSError, TimeoutError) as e:
+            log.info(f"SSL_accept error from {self.client}: {str(e) or type(e).__name__}")
+            raise ConnectionLost() from None
+        if new is None:
+            raise ConnectionLost()
+        self.transport = new
+        self._writer = asyncio.StreamWriter(new, self, self._reader, self.loop)
+        # as asyncio's StreamWriter.start_tls does (it takes only client-side protocols)
+        self._replace_writer(self._writer)  # type: ignore[attr-defined]
+        self._tls_established(new.get_extra_info("ssl_object"))
+
+    def _tls_established(self, ssl_object: ssl.SSLObject | None) -> None:
+        if ssl_object is None:  # not TLS after all: end here rather than go on in plaintext
+            raise ConnectionLost()
+        self.ssl_object = ssl_object
+        self.session.ssl = {"ssl_object": ssl_object}
+        if self.smtpd.tls.loglevel >= 1:
+            log.info(tls_server.summary(ssl_object, self.client))
+
+
+def _comment_text(text: str) -> str:
+    """Text safe inside a header comment: printable, parentheses balanced or dropped."""
+    text = log.printable(text)
+    if text.count("(") != text.count(")"):
+        text = text.replace("(", "").replace(")", "")
+    return text.replace("\\", "")
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -686,7 +970,7 @@ def _is_utf8(data: bytes) -> bool:
 def _verb_table(cls: type) -> dict[str, Verb]:
     # Only the verbs this module implements: others (HELP, EXPN, ...)
     # are not Postfix commands and answer "command not recognized".
-    names = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "ETRN",
+    names = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "ETRN",
              "AUTH", "STARTTLS")
     return {name: getattr(cls, f"smtp_{name}") for name in names}
 

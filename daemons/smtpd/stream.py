@@ -138,6 +138,24 @@ class InputBuffer:
             self.timer = None
         self.task = None
 
+    async def read_exact(self, count: int, sink: Sink | None) -> None:
+        """The next ``count`` bytes, passed to ``sink`` (None: dropped) in pieces of at
+        most CHUNK as they arrive (a BDAT chunk). ConnectionLost if the client goes."""
+        while count:
+            if self.pos >= len(self.buf):
+                await self._fill()
+            take = min(count, len(self.buf) - self.pos, CHUNK)
+            if sink is not None:
+                await sink(bytes(self.buf[self.pos:self.pos + take]))
+            self.pos += take
+            count -= take
+
+    def discard(self) -> None:
+        """Drop every byte received and not yet read (STARTTLS: plaintext sent ahead)."""
+        self.buf.clear()
+        self.pos = 0
+        self.reader._buffer.clear()  # type: ignore[attr-defined]  # no public way to drop it
+
     def pending(self) -> bool:
         return len(self.buf) > self.pos
 

@@ -1,0 +1,103 @@
+"""smtpd behind a real HAProxy (Debian's haproxy) with the PROXY protocol, v1 and v2:
+the client smtpd logs, checks and names in Received: is the one HAProxy reports.
+
+The client connects from 127.0.0.2 (a loopback address of its own) to HAProxy,
+which connects to smtpd from 127.0.0.1. mynetworks holds only 127.0.0.2, so
+relaying works only if smtpd's restrictions see the original client.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+from harness import ME, Instance, free_port, stop_process, wait_until
+
+CLIENT = "127.0.0.2"
+
+
+class HAProxy:
+    def __init__(self, directory: Path, backend_port: int) -> None:
+        self.v2_port, self.v1_port = free_port(), free_port()
+        cfg = directory / "haproxy.cfg"
+        cfg.write_text(f"""
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+
+frontend smtp_v2
+    bind 127.0.0.1:{self.v2_port}
+    default_backend smtpd_v2
+
+frontend smtp_v1
+    bind 127.0.0.1:{self.v1_port}
+    default_backend smtpd_v1
+
+backend smtpd_v2
+    server s1 127.0.0.1:{backend_port} send-proxy-v2
+
+backend smtpd_v1
+    server s1 127.0.0.1:{backend_port} send-proxy
+""")
+        self.proc = subprocess.Popen([require_tool("/usr/sbin/haproxy"), "-f", str(cfg), "-db"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _listening(self.v2_port) and _listening(self.v1_port), 30,
+                   what="haproxy's listeners")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def proxied(new_instance, tmp_path: Path) -> Iterator[tuple[Instance, HAProxy]]:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_upstream_proxy_protocol="haproxy", mynetworks=f"{CLIENT}/32")
+    inst.start(wait_smtp=False)
+    wait_until(lambda: _listening(inst.port), 30, what="smtpd's port")
+    haproxy = HAProxy(tmp_path, inst.port)
+    try:
+        yield inst, haproxy
+    finally:
+        haproxy.stop()
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_original_client_in_log_restrictions_and_received(proxied, version: str) -> None:  # type: ignore[no-untyped-def]
+    inst, haproxy = proxied
+    port = haproxy.v2_port if version == "v2" else haproxy.v1_port
+    with smtplib.SMTP("127.0.0.1", port, source_address=(CLIENT, 0), timeout=30) as c:
+        c.ehlo("client.example")
+        c.mail("alice@example.org")
+        assert c.rcpt("bob@remote.example") == (250, b"2.1.5 Ok")  # mynetworks: relay
+        assert c.rcpt(f"{ME}@localhost") == (250, b"2.1.5 Ok")
+        c.rset()
+        c.sendmail("alice@example.org", [f"{ME}@localhost"], b"Subject: proxied\r\n\r\nbody\r\n")
+    (msg,) = inst.wait_maildir(1)
+    assert f"Received: from client.example (localhost [{CLIENT}])".encode() in msg
+    inst.wait_log(rf"smtpd\[\d+\]: connect from localhost\[{CLIENT}\]")
+    inst.wait_log(rf"smtpd\[\d+\]: \w+: client=localhost\[{CLIENT}\]")
+    assert "client=localhost[127.0.0.1]" not in inst.log()
+
+
+def test_without_a_proxy_header_the_connection_is_dropped(proxied) -> None:  # type: ignore[no-untyped-def]
+    inst, _ = proxied
+    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+        s.sendall(b"EHLO direct.example\r\n")
+        assert s.recv(512) == b""  # no banner, no reply: not a PROXY header
+    inst.wait_log(r"smtpd\[\d+\]: warning: haproxy read: PROXY unrecognized signature")
+    assert "direct.example" not in inst.log()

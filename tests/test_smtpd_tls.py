@@ -1,0 +1,180 @@
+"""smtpd TLS: STARTTLS and smtps with real clients (smtplib, openssl s_client, swaks)
+against a real instance, with a certificate made by openssl in the test."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+from harness import ME, Instance, free_port
+
+from pymailsys import config
+from pymailsys.smtp import tls_policy, tls_server
+
+
+def make_cert(directory: Path, name: str = "mx.example") -> tuple[Path, Path]:
+    """A self-signed certificate and its key, made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run([require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def tls_instance(new_instance, tmp_path: Path, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    cert, key = make_cert(tmp_path)
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_tls_cert_file=str(cert), smtpd_tls_key_file=str(key), **settings)
+    return inst
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_starttls_with_smtplib_logs_and_received(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="may",
+                        smtpd_tls_loglevel="1", smtpd_tls_received_header="yes")
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo("client.example")
+        assert c.has_extn("starttls")
+        assert c.starttls(context=client_context())[0] == 220
+        c.ehlo("client.example")
+        assert not c.has_extn("starttls")
+        c.sendmail("alice@example.org", [f"{ME}@localhost"], b"Subject: tls\r\n\r\nsecret\r\n")
+    (msg,) = inst.wait_maildir(1)
+    assert b"with ESMTPS id" in msg
+    assert b"(using TLSv1.3 with cipher TLS_" in msg
+    assert b"\n\t(No client certificate requested)\n" in msg
+    inst.wait_log(r"smtpd\[\d+\]: Anonymous TLS connection established from "
+                  r"localhost\[127\.0\.0\.1\]: TLSv1\.3 with cipher TLS_\w+ \(\d+/\d+ bits\)")
+    inst.wait_log(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 mail=1 rcpt=1 "
+                  r"data=1 quit=1 commands=7")
+
+
+def test_starttls_with_openssl_s_client_and_swaks(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # s_client sends its lines as they come: pipelined, which needs no EHLO keyword here
+    inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="may",
+                        smtpd_forbid_unauth_pipelining="no")
+    inst.start()
+    result = subprocess.run(
+        [require_tool("openssl"), "s_client", "-starttls", "smtp", "-crlf", "-quiet",
+         "-connect", f"127.0.0.1:{inst.port}"],
+        input=b"EHLO s-client.example\nNOOP\nQUIT\n", capture_output=True, timeout=60)
+    out = result.stdout.decode()
+    assert "250-PIPELINING" in out and "250 2.0.0 Ok" in out and "221 2.0.0 Bye" in out, out
+    assert "STARTTLS" not in out  # not offered again inside TLS
+    swaks = require_tool("swaks")
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{inst.port}", "--tls", "--from", "bob@example.org",
+         "--to", f"{ME}@localhost", "--header", "Subject: via swaks tls", "--body", "hello"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  220 2.0.0 Ready to start TLS" in result.stdout
+    (msg,) = inst.wait_maildir(1)
+    assert b"Subject: via swaks tls" in msg and b"with ESMTPS id" in msg
+    assert b"(using " not in msg  # smtpd_tls_received_header = no
+    assert "TLS connection established" not in inst.log()  # smtpd_tls_loglevel = 0
+
+
+def test_plaintext_pipelined_behind_starttls_is_discarded(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """CVE-2011-0411: a command sent in the same write as STARTTLS is never executed
+    (with smtpd_forbid_unauth_pipelining, the session would end at once instead)."""
+    inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="may",
+                        smtpd_forbid_unauth_pipelining="no")
+    inst.start()
+    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as raw:
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        raw.sendall(b"EHLO client.example\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\nRSET\r\n")
+        assert f.readline() == b"220 2.0.0 Ready to start TLS\r\n"
+        with client_context().wrap_socket(raw, server_hostname="mx.example") as tls:
+            tls.sendall(b"NOOP\r\n")
+            first = tls.recv(4096)
+            assert first == b"250 2.0.0 Ok\r\n"
+            tls.sendall(b"QUIT\r\n")
+            assert tls.recv(4096) == b"221 2.0.0 Bye\r\n"
+    inst.wait_log(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 starttls=1 noop=1 quit=1 "
+                  r"commands=4")
+    assert "rset=" not in inst.log()
+
+
+def test_encrypt_requires_starttls_before_mail(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="encrypt")
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo("client.example")
+        assert c.has_extn("starttls")
+        assert c.mail("alice@example.org") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        assert c.starttls(context=client_context())[0] == 220
+        c.ehlo("client.example")
+        assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
+        assert c.rcpt(f"{ME}@localhost") == (250, b"2.1.5 Ok")
+        assert c.data(b"Subject: encrypted\r\n\r\nbody\r\n")[0] == 250
+    (msg,) = inst.wait_maildir(1)
+    assert b"with ESMTPS id" in msg
+
+
+def test_smtps_wrappermode_service(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inst = tls_instance(new_instance, tmp_path)
+    port = free_port()
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                         "  -o syslog_name=postfix/smtps\n  -o smtpd_tls_wrappermode=yes\n")
+    inst.start()
+    with smtplib.SMTP_SSL("127.0.0.1", port, context=client_context(), timeout=30) as c:
+        assert c.ehlo("client.example")[0] == 250
+        assert not c.has_extn("starttls")
+        c.sendmail("alice@example.org", [f"{ME}@localhost"], b"Subject: smtps\r\n\r\nbody\r\n")
+    (msg,) = inst.wait_maildir(1)
+    assert b"with ESMTPS id" in msg
+    inst.wait_log(r"postfix/smtps/smtpd\[\d+\]: disconnect from localhost\[127\.0\.0\.1\]")
+
+
+def test_protocol_settings_as_postfix_writes_them() -> None:
+    v = ssl.TLSVersion
+    assert tls_policy.protocol_range(">=TLSv1") == (v.TLSv1, v.TLSv1_3)
+    assert tls_policy.protocol_range(">=TLSv1.2") == (v.TLSv1_2, v.TLSv1_3)
+    assert tls_policy.protocol_range("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1") == (v.TLSv1_2, v.TLSv1_3)
+    assert tls_policy.protocol_range("TLSv1.2 TLSv1.3") == (v.TLSv1_2, v.TLSv1_3)
+    assert tls_policy.protocol_range("<=TLSv1.2") == (v.TLSv1, v.TLSv1_2)
+    with pytest.raises(ValueError, match='unknown protocol "TLSv9"'):
+        tls_policy.protocol_range(">=TLSv9")
+    with pytest.raises(ValueError, match="no TLS protocols left"):
+        tls_policy.protocol_range(">=TLSv1.3, !TLSv1.3")
+
+
+def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    base = {"smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key)}
+    tls = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        **base, "smtpd_tls_security_level": "encrypt", "smtpd_tls_mandatory_protocols": ">=TLSv1.3"}))
+    assert tls.required and tls.context is not None
+    assert tls.context.minimum_version == ssl.TLSVersion.TLSv1_3
+    may = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        **base, "smtpd_use_tls": "yes", "smtpd_tls_protocols": "<=TLSv1.2",
+        "smtpd_tls_exclude_ciphers": "aNULL, RC4, AES256"}))
+    assert may.level == "may" and not may.required and may.context is not None
+    assert may.context.maximum_version == ssl.TLSVersion.TLSv1_2
+    assert not any("AES256" in c["name"] and c["protocol"] != "TLSv1.3"
+                   for c in may.context.get_ciphers())
+    with pytest.raises(ValueError, match="no server certificate"):
+        tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+            "smtpd_tls_security_level": "encrypt"}))
+    with pytest.raises(ValueError, match="cannot load the TLS server certificate"):
+        tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+            "smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(tmp_path / "none")}))
+    off = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {}))
+    assert off.context is None and off.level == "none"
