@@ -10,7 +10,7 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
 * configuration (main.cf as master checked it, plus the ``-o`` overrides) and
   logging; a setting the
   daemon cannot honour without weakening security (``validate.refusals``,
-  e.g. smtpd with ``smtpd_tls_security_level = encrypt``) is fatal before the
+  e.g. smtpd with ``smtpd_milters = inet:...``) is fatal before the
   service takes a client, so master throttles it and the rest runs on;
 * the privilege drop: started as root with ``-u``, the process becomes
   mail_owner with supplementary groups cleared (never root after that);

@@ -8,6 +8,7 @@ relaying works only if smtpd's restrictions see the original client.
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 from harness import ME, Instance, free_port, stop_process, wait_until
+from smtpd_helpers import smtpd_server
 
 CLIENT = "127.0.0.2"
 
@@ -92,6 +94,16 @@ def test_the_original_client_in_log_restrictions_and_received(proxied, version: 
     inst.wait_log(rf"smtpd\[\d+\]: connect from localhost\[{CLIENT}\]")
     inst.wait_log(rf"smtpd\[\d+\]: \w+: client=localhost\[{CLIENT}\]")
     assert "client=localhost[127.0.0.1]" not in inst.log()
+
+
+def test_no_proxy_header_in_time(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_upstream_proxy_protocol="haproxy",
+                                smtpd_upstream_proxy_timeout="1s") as (fake, c, maillog):
+            assert await c.reply() == "<EOF>"  # silence: no banner, closed at the deadline
+        await asyncio.sleep(0.05)
+        assert "warning: haproxy read: timeout error" in maillog.read_text()
+    asyncio.run(go())
 
 
 def test_without_a_proxy_header_the_connection_is_dropped(proxied) -> None:  # type: ignore[no-untyped-def]

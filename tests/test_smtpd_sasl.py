@@ -24,6 +24,8 @@ from conftest import require_tool
 from harness import ME, Instance, free_port, stop_process, wait_until
 from test_smtpd_tls import client_context, make_cert
 
+from pymailsys.smtp import sasl
+
 pytestmark = pytest.mark.root
 
 PASSWORD = "wonderland"
@@ -150,6 +152,41 @@ def test_submission_offers_auth_only_after_starttls_and_relays_for_the_user(subm
                    "--auth-user", "bob", "--auth-password", "builder", "--quit-after", "RCPT")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<~  250 2.1.5 Ok" in result.stdout
+
+
+def test_encrypt_offers_auth_only_after_starttls(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """smtpd_tls_security_level = encrypt implies smtpd_tls_auth_only, as in Postfix."""
+    cert, key = make_cert(tmp_path)
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_tls_cert_file=str(cert), smtpd_tls_key_file=str(key),
+             smtpd_tls_security_level="encrypt", smtpd_sasl_auth_enable="yes",
+             smtpd_sasl_type="dovecot", smtpd_sasl_path="private/auth",
+             smtpd_sasl_security_options="noanonymous, noplaintext",
+             smtpd_sasl_tls_security_options="noanonymous")
+    inst.start()
+    dovecot = DovecotAuth(inst.queue_dir / "private" / "auth")
+    try:
+        with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as c:
+            c.ehlo("mua.example")
+            assert not c.has_extn("auth")
+            c.starttls(context=client_context())
+            c.ehlo("mua.example")
+            assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+            c.login("alice", PASSWORD)
+    finally:
+        inst.stop()
+        dovecot.stop()
+
+
+def test_security_options_filter_the_mechanisms() -> None:
+    mechs = [sasl.Mechanism("PLAIN", frozenset({"plaintext"})),
+             sasl.Mechanism("ANONYMOUS", frozenset({"anonymous"})),
+             sasl.Mechanism("SCRAM-SHA-1", frozenset({"mutual-auth"})),
+             sasl.Mechanism("SECRET", frozenset({"private"}))]
+    assert sasl.offered(mechs, ["noanonymous"]) == ["PLAIN", "SCRAM-SHA-1"]
+    assert sasl.offered(mechs, ["noanonymous", "noplaintext"]) == ["SCRAM-SHA-1"]
+    assert sasl.offered(mechs, ["mutual_auth"]) == ["SCRAM-SHA-1"]
+    assert sasl.offered(mechs, []) == ["PLAIN", "ANONYMOUS", "SCRAM-SHA-1"]
 
 
 def test_a_wrong_password_never_opens_relaying(submission) -> None:  # type: ignore[no-untyped-def]

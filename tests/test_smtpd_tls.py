@@ -175,6 +175,9 @@ def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
             "smtpd_tls_security_level": "encrypt"}))
     with pytest.raises(ValueError, match="cannot load the TLS server certificate"):
         tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
-            "smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(tmp_path / "none")}))
+            "smtpd_tls_security_level": "encrypt", "smtpd_tls_cert_file": str(tmp_path / "no")}))
+    unloadable = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        "smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(tmp_path / "none")}))
+    assert unloadable.context is None and unloadable.level == "none"
     off = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {}))
     assert off.context is None and off.level == "none"

@@ -5,11 +5,13 @@
 the client until QUIT, a hang-up, a timeout or too many errors, and logs what
 Postfix logs.
 
-From aiosmtpd it takes the protocol object on the transport (so that
-STARTTLS can move it onto a TLS transport), the verb dispatch table
-(``smtp_VERB`` methods), its per-connection ``Session`` (peer, ssl,
-authentication, PROXY data), the handler hooks (``handle_VERB`` of the
-handler, here ``handler.Smtpd``) and ``push``. It overrides:
+From aiosmtpd it takes the protocol object on the transport (which
+STARTTLS moves onto the TLS transport with ``loop.start_tls``), the verb
+dispatch table (``smtp_VERB`` methods), its per-connection ``Session``
+(peer, ssl, authentication, PROXY data), ``AuthResult`` for the outcome of
+AUTH, the PROXY protocol reader (``aiosmtpd.proxy_protocol.get_proxy``) and
+the handler hooks (``handle_PROXY`` of ``handler.Smtpd`` judges a header).
+It overrides:
 
 * ``__init__``: aiosmtpd's constructor reflects over the class and the
   handler at every connection (about 80 us) and builds a StreamReader of its
@@ -28,7 +30,13 @@ handler, here ``handler.Smtpd``) and ``push``. It overrides:
 * DATA: read in bulk by ``stream.InputBuffer.read_data`` (end only at
   <CR><LF>.<CR><LF>), not line by line, and passed on to cleanup in
   bounded pieces as it arrives (``handler.Message``);
+* ``push`` (cost): no drain while pipelined input waits;
 * every verb: Postfix's replies and checks (aiosmtpd's differ in wording);
+  STARTTLS drops what was sent after it (CVE-2011-0411) and upgrades with
+  ``loop.start_tls`` (the loop's public API, with smtpd_starttls_timeout as
+  the handshake deadline) instead of aiosmtpd's hand-wired SSLProtocol; AUTH talks to Dovecot (``pymailsys.smtp.sasl``)
+  instead of aiosmtpd's ``auth_MECH`` methods, since the mechanisms are
+  Dovecot's; BDAT (which aiosmtpd lacks) streams its chunks (``chunks``);
 * address parsing: ``pymailsys.smtp.path`` (Postfix's rules: ``<>`` optional
   unless strict_rfc821_envelopes, source routes dropped, quoted local parts).
 
@@ -229,6 +237,7 @@ class Session(SMTP):
         if isinstance(local, tuple) and len(local) >= 2:
             self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
         if smtpd.proxy_timeout and not await self._upstream_proxy():
+            writer.close()
             return
         await smtpd.name_client(self.req)
         log.info(f"connect from {self.client}")

@@ -12,13 +12,15 @@
   mandatory ones (smtpd_tls_mandatory_protocols, smtpd_tls_mandatory_ciphers,
   plus smtpd_tls_mandatory_exclude_ciphers), else smtpd_tls_protocols and
   smtpd_tls_ciphers; smtpd_tls_exclude_ciphers at every level;
-* smtpd_tls_auth_only, smtpd_tls_received_header, smtpd_tls_loglevel,
+* smtpd_tls_auth_only (implied by encrypt, as in Postfix),
+  smtpd_tls_received_header, smtpd_tls_loglevel,
   smtpd_starttls_timeout.
 
 ``context`` is None when TLS is off. A level that requires TLS without a
-usable certificate, an unknown protocol or cipher grade, or a certificate
-that cannot be loaded is ``ValueError`` (smtpd refuses to start); at ``may``
-a missing certificate turns TLS off with Postfix's warning, as Postfix does.
+usable certificate, an unknown protocol or cipher grade is ``ValueError``
+(smtpd refuses to start); at ``may`` a certificate that is missing or cannot
+be loaded turns TLS off with a warning (``disabling TLS support``), as in
+Postfix.
 
 ``summary(ssl_object, client)`` is Postfix's ``Anonymous TLS connection
 established from ...`` line and ``received_comment`` the text that
@@ -71,7 +73,7 @@ class ServerTLS:
                                required=level == "encrypt" or wrappermode)
         loglevel = config.get_int("smtpd_tls_loglevel")
         return cls(level if context is not None else "none", wrappermode, context,
-                   config.get_bool("smtpd_tls_auth_only"),
+                   config.get_bool("smtpd_tls_auth_only") or level == "encrypt",
                    config.get_bool("smtpd_tls_received_header"), loglevel,
                    float(config.get_time("smtpd_starttls_timeout")))
 
@@ -109,7 +111,13 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
             context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as e:
         what = ", ".join(chain_files) if chain_files else f"{cert} / {key}"
-        raise ValueError(f"cannot load the TLS server certificate from {what}: {e}") from None
+        if required:
+            raise ValueError(f"cannot load the TLS server certificate from {what}: {e}") \
+                from None
+        # as Postfix at "may" (Debian's main.cf names a snakeoil pair that may be absent)
+        log.warning(f'cannot load the TLS server certificate from "{what}": {e}: '
+                    "disabling TLS support")
+        return None
     context.options |= ssl.OP_NO_COMPRESSION
     return context
 
