@@ -86,7 +86,7 @@ def test_defaults_layout_matches_postfix(tmp_path):
                  "mail_version", "compatibility_level", "alias_maps", "import_environment",
                  "mynetworks", "myhostname", "mydomain", "smtpd_forbid_bare_newline",
                  "smtpd_forbid_unauth_pipelining", "smtpd_hard_error_limit",
-                 "smtpd_junk_command_limit", "smtpd_timeout"}
+                 "smtpd_junk_command_limit", "smtpd_timeout", "smtpd_starttls_timeout"}
     shared = [line for line in ours if line.split(" =")[0] in theirs_by_name]
     assert len(shared) > 100
     for line in shared:

@@ -179,5 +179,11 @@ def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
     unloadable = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
         "smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(tmp_path / "none")}))
     assert unloadable.context is None and unloadable.level == "none"
+    chain = tmp_path / "chain.pem"  # smtpd_tls_chain_files: key and certificate in one file
+    chain.write_bytes(key.read_bytes() + cert.read_bytes())
+    chained = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        "smtpd_tls_security_level": "may", "smtpd_tls_chain_files": str(chain),
+        "smtpd_tls_ciphers": "high"}))
+    assert chained.context is not None and chained.level == "may"
     off = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {}))
     assert off.context is None and off.level == "none"

@@ -30,6 +30,7 @@ smtpd_tls_received_header adds to Received:.
 from __future__ import annotations
 
 import ssl
+import warnings
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
@@ -98,7 +99,9 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
     grade = config.get("smtpd_tls_mandatory_ciphers" if mandatory else "smtpd_tls_ciphers")
     ciphers = tls_policy.cipher_list(config, grade, excludes)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version, context.maximum_version = low, high
+    with warnings.catch_warnings():  # Postfix's default >=TLSv1 names a deprecated version
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version, context.maximum_version = low, high
     try:
         context.set_ciphers(ciphers)
     except ssl.SSLError as e:
