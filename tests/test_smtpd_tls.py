@@ -14,7 +14,7 @@ from conftest import require_tool
 from harness import ME, Instance, free_port
 
 from pymailsys import config
-from pymailsys.smtp import tls_policy, tls_server
+from pymailsys.smtp import tls_server
 
 
 def make_cert(directory: Path, name: str = "mx.example") -> tuple[Path, Path]:
@@ -143,19 +143,6 @@ def test_smtps_wrappermode_service(new_instance, tmp_path: Path) -> None:  # typ
     inst.wait_log(r"postfix/smtps/smtpd\[\d+\]: disconnect from localhost\[127\.0\.0\.1\]")
 
 
-def test_protocol_settings_as_postfix_writes_them() -> None:
-    v = ssl.TLSVersion
-    assert tls_policy.protocol_range(">=TLSv1") == (v.TLSv1, v.TLSv1_3)
-    assert tls_policy.protocol_range(">=TLSv1.2") == (v.TLSv1_2, v.TLSv1_3)
-    assert tls_policy.protocol_range("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1") == (v.TLSv1_2, v.TLSv1_3)
-    assert tls_policy.protocol_range("TLSv1.2 TLSv1.3") == (v.TLSv1_2, v.TLSv1_3)
-    assert tls_policy.protocol_range("<=TLSv1.2") == (v.TLSv1, v.TLSv1_2)
-    with pytest.raises(ValueError, match='unknown protocol "TLSv9"'):
-        tls_policy.protocol_range(">=TLSv9")
-    with pytest.raises(ValueError, match="no TLS protocols left"):
-        tls_policy.protocol_range(">=TLSv1.3, !TLSv1.3")
-
-
 def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     base = {"smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key)}
@@ -170,6 +157,9 @@ def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
     assert may.context.maximum_version == ssl.TLSVersion.TLSv1_2
     assert not any("AES256" in c["name"] and c["protocol"] != "TLSv1.3"
                    for c in may.context.get_ciphers())
+    with pytest.raises(ValueError, match='invalid TLS protocol ">=TLSv9"'):
+        tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+            **base, "smtpd_tls_security_level": "may", "smtpd_tls_protocols": ">=TLSv9"}))
     with pytest.raises(ValueError, match="no server certificate"):
         tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
             "smtpd_tls_security_level": "encrypt"}))

@@ -8,10 +8,14 @@
   TLS from the first byte) needs a certificate as encrypt does;
 * the certificate: smtpd_tls_chain_files (PEM files each holding a key and its
   chain), else smtpd_tls_cert_file with smtpd_tls_key_file;
-* protocols and ciphers (``pymailsys.smtp.tls_policy``): at ``encrypt`` the
-  mandatory ones (smtpd_tls_mandatory_protocols, smtpd_tls_mandatory_ciphers,
-  plus smtpd_tls_mandatory_exclude_ciphers), else smtpd_tls_protocols and
-  smtpd_tls_ciphers; smtpd_tls_exclude_ciphers at every level;
+* protocols and ciphers: at ``encrypt`` the mandatory ones
+  (smtpd_tls_mandatory_protocols, smtpd_tls_mandatory_ciphers, plus
+  smtpd_tls_mandatory_exclude_ciphers), else smtpd_tls_protocols and
+  smtpd_tls_ciphers; smtpd_tls_exclude_ciphers at every level. A protocols
+  setting is read by the client's parser (``pymailsys.smtp.tls.protocol_range``:
+  ``>=TLSv1.2``, ``!SSLv3``, ``TLSv1.2 TLSv1.3``); a cipher grade is the
+  OpenSSL string of its ``tls_GRADE_cipherlist`` parameter, less the
+  exclusions (``cipher_list``);
 * smtpd_tls_auth_only (implied by encrypt, as in Postfix),
   smtpd_tls_received_header, smtpd_tls_loglevel,
   smtpd_starttls_timeout.
@@ -35,9 +39,12 @@ from dataclasses import dataclass
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys.smtp import tls_policy
+from pymailsys.smtp import tls
 
 LEVELS = ("none", "may", "encrypt")
+GRADES = {"high": "tls_high_cipherlist", "medium": "tls_medium_cipherlist",
+          "low": "tls_low_cipherlist", "export": "tls_export_cipherlist",
+          "null": "tls_null_cipherlist"}
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,13 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
         log.warning("No server certs available. TLS won't be enabled")
         return None
     prefix = "smtpd_tls_mandatory_" if mandatory else "smtpd_tls_"
-    low, high = tls_policy.protocol_range(
+    low, high = tls.protocol_range(
         config.get("smtpd_tls_mandatory_protocols" if mandatory else "smtpd_tls_protocols"))
     excludes = config.get_list("smtpd_tls_exclude_ciphers")
     if mandatory:
         excludes += config.get_list("smtpd_tls_mandatory_exclude_ciphers")
     grade = config.get("smtpd_tls_mandatory_ciphers" if mandatory else "smtpd_tls_ciphers")
-    ciphers = tls_policy.cipher_list(config, grade, excludes)
+    ciphers = cipher_list(config, grade, excludes)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():  # Postfix's default >=TLSv1 names a deprecated version
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -123,6 +130,14 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
         return None
     context.options |= ssl.OP_NO_COMPRESSION
     return context
+
+
+def cipher_list(config: config_mod.Config, grade: str, excludes: list[str]) -> str:
+    """The OpenSSL cipher string of a grade (its tls_GRADE_cipherlist) without ``excludes``."""
+    grade = grade.strip().lower()
+    if grade not in GRADES:
+        raise ValueError(f'invalid TLS cipher grade: "{grade}"')
+    return config.get(GRADES[grade]) + "".join(f":!{name}" for name in excludes)
 
 
 def cipher_text(ssl_object: ssl.SSLObject) -> str:
