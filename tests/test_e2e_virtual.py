@@ -87,6 +87,16 @@ def test_catchall_domain_entry_and_case(new_instance) -> None:  # type: ignore[n
     assert len(_maildir_files(base / "catchall")) == 1
 
 
+def test_address_extension(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """With recipient_delimiter, user+ext@domain finds user@domain's mailbox and owner."""
+    inst, base = _virtual(new_instance, recipient_delimiter="+")
+    queue_id = inst.send("carol@example.org", "alice+lists@example.com", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<alice\+lists@example\.com>, relay=virtual, .*"
+                  rf"status=sent \(delivered to maildir\)")
+    (delivered,) = _maildir_files(base / "example.com" / "alice")
+    assert b"\nDelivered-To: alice+lists@example.com\n" in delivered.read_bytes()
+
+
 def test_unknown_mailbox_is_rejected_at_rcpt(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst, _ = _virtual(new_instance)
     with inst.smtp() as client:

@@ -14,15 +14,17 @@ DESCRIPTION
     reply), for the recipients that trivial-rewrite resolves to the class
     "virtual mailbox" (virtual_mailbox_domains, routed to virtual_transport).
 
-    Per recipient (the address lower-cased; its extension is not looked up
-    on its own, as Postfix's IGNORE_EXTENSION):
+    Per recipient (the address lower-cased; with recipient_delimiter,
+    ``user+ext@domain`` is looked up, then ``user@domain``, as Postfix's
+    mail_addr_find):
 
     1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
        5.4.6 ``mail forwarding loop for ADDR``;
     2. ``virtual_mailbox_maps`` (Postfix's address search order: ``user@domain``,
        ``@domain``) names the mailbox relative to ``virtual_mailbox_base``; a
        name that ends in ``/`` is a Maildir, anything else an mbox file. Not
-       found: bounced, 5.1.1 ``unknown user: "ADDR"``;
+       found: bounced, 5.1.1 ``unknown user: "ADDR"``; the owner tables are
+       searched the same way;
     3. ``virtual_uid_maps`` and ``virtual_gid_maps`` (often ``static:5000``)
        give the owner; a uid below ``virtual_minimum_uid`` or a gid of 0 or
        less defers with 4.3.5 ``mail system configuration error`` and the
@@ -58,7 +60,7 @@ CONFIGURATION PARAMETERS
     virtual_mailbox_maps, virtual_mailbox_base, virtual_uid_maps,
     virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
     virtual_mailbox_lock, message_size_limit, deliver_lock_attempts, deliver_lock_delay,
-    stale_lock_time, strict_mailbox_ownership, myhostname.
+    stale_lock_time, strict_mailbox_ownership, recipient_delimiter, myhostname.
 
 MODULES
     agent (settings, per-recipient delivery, logging).

@@ -49,6 +49,7 @@ class VirtualAgent:
         self.stale = float(config.get_time("stale_lock_time"))
         self.strict_owner = config.get_bool("strict_mailbox_ownership")
         self.hostname = config.get("myhostname")
+        self.delimiter = config.get("recipient_delimiter")
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
         self.table_error = ""
@@ -133,9 +134,10 @@ class VirtualAgent:
         return self.write(req, f"{self.base}/{name}", uid, gid, content)
 
     def _find(self, maps: Maps, user: str, what: str) -> str | None:
-        """mail_addr_find(..., IGNORE_EXTENSION): ``user@domain``, then ``@domain``."""
+        """mail_addr_find(): ``user+ext@domain``, ``user@domain``, then ``@domain``."""
         try:
-            return addr_lookup.lookup_address(maps, user, local_domain=False)
+            return addr_lookup.lookup_address(maps, user, local_domain=False,
+                                              delimiter=self.delimiter)
         except TableError as e:
             log.warning(f"{what} {user}: {e}")
             raise _Defer from None
