@@ -49,6 +49,8 @@ def test_defaults_are_valid(tmp_path):
     ("smtp_tls_security_level = dane-maybe",
      'unknown smtp_tls_security_level value "dane-maybe" in "dane-maybe"'),
     ("mailbox_delivery_lock = fcntl, lockf", 'unknown mailbox_delivery_lock value "lockf" in "fcntl, lockf"'),
+    ("virtual_mailbox_lock = lockf", 'unknown virtual_mailbox_lock value "lockf" in "lockf"'),
+    ("virtual_minimum_uid = 0", "invalid virtual_minimum_uid parameter value 0 < 1"),
     ("syslog_facility = mial", 'unknown syslog_facility value "mial" in "mial"'),
     ("compatibility_level = three", 'malformed compatibility level syntax: "three"'),
     ("alias_maps = hash:/etc/aliases, bdb:/etc/aliases", "unsupported dictionary type: bdb"),
@@ -180,3 +182,10 @@ def test_what_the_code_reads_is_not_marked_unimplemented():
             if not param.implemented
             and re.search(rf"get(_\w+)?\(\s*[\"']{re.escape(param.name)}[\"']", code)]
     assert read == [], f"read by the code but marked _todo in pymailsys/config/params.py: {read}"
+
+
+def test_a_name_set_again_warns_overriding_earlier_entry(tmp_path):
+    found = problems(tmp_path, "myhostname = a.example\nrelayhost =\nmyhostname = b.example\n")
+    assert texts(found, False) == [
+        f"{tmp_path}/main.cf, line 3: overriding earlier entry: myhostname=a.example"]
+    assert texts(found, True) == []

@@ -182,7 +182,7 @@ _TABLE: list[Param] = [
     _p("virtual_mailbox_base", "", doc="directory the virtual_mailbox_maps paths are relative to"),
     _p("virtual_uid_maps", "", "maps", "owner uid of each virtual mailbox"),
     _p("virtual_gid_maps", "", "maps", "owner gid of each virtual mailbox"),
-    _p("virtual_minimum_uid", "100", "int", "lowest uid virtual delivers as"),
+    _p("virtual_minimum_uid", "100", "int", "lowest uid virtual delivers as", minimum=1),
     _p("virtual_mailbox_limit", "51200000", "size", "largest virtual mailbox or maildir file"),
     _p("virtual_mailbox_lock", "fcntl, dotlock", "list", "virtual mbox locking methods",
        choices=("fcntl", "flock", "dotlock")),
