@@ -124,7 +124,9 @@ class VirtualAgent:
             name = self._find(self.mailboxes, user, "table virtual_mailbox_maps: lookup")
             if name is None:
                 return DeliveryResult.bounced(f'unknown user: "{user}"', "5.1.1")
-            uid = self._owner_id(self.uids, "virtual_uid_maps", user, self.minimum_uid, "uid")
+            # never uid 0, whatever a -o override says: root writes nothing here
+            uid = self._owner_id(self.uids, "virtual_uid_maps", user, max(self.minimum_uid, 1),
+                                 "uid")
             gid = self._owner_id(self.gids, "virtual_gid_maps", user, 1, "gid")
         except _Defer:
             return DeliveryResult.deferred(CONFIG_ERROR, "4.3.5")
