@@ -9,6 +9,7 @@ account needs to have; as another user: that user's own ids).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def test_maildir_and_mbox_delivery_as_the_mapped_owner(new_instance) -> None:  #
     st = delivered.stat()
     assert (st.st_uid, st.st_gid) == (VUID, VGID)
     assert st.st_mode & 0o777 == 0o600
+    # the delivery marker (crash idempotence) names the file in new/, kept as mail_owner
+    (marker,) = [m for m in (inst.base / "data" / "virtual-markers").iterdir()
+                 if m.name.startswith(queue_id + ".")]
+    assert marker.read_text() == delivered.name
+    if IS_ROOT:
+        assert marker.stat().st_uid == pwd.getpwnam("postfix").pw_uid
     mbox = base / "example.com" / "bob"
     text = mbox.read_bytes()
     assert text.startswith(b"From carol@example.org ")

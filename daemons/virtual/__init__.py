@@ -33,8 +33,10 @@ DESCRIPTION
     4. the message is written with that uid and gid as effective ids: mbox
        with the From_ line, ``>From`` quoting and ``virtual_mailbox_lock``
        locks; Maildir through tmp/ into new/ (the directories are made when
-       missing). Both prepend ``Return-Path:``, ``X-Original-To:`` and
-       ``Delivered-To:``, and ``virtual_mailbox_limit`` bounds the file.
+       missing; crash-idempotent through delivery markers in
+       ``$data_directory/virtual-markers``, kept as mail_owner). Both prepend
+       ``Return-Path:``, ``X-Original-To:`` and ``Delivered-To:``, and
+       ``virtual_mailbox_limit`` bounds the file.
 
     A table that cannot answer defers (4.3.5, ``mail system configuration
     error``), as does a relative virtual_mailbox_base. A virtual_mailbox_limit
@@ -60,7 +62,8 @@ CONFIGURATION PARAMETERS
     virtual_mailbox_maps, virtual_mailbox_base, virtual_uid_maps,
     virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
     virtual_mailbox_lock, message_size_limit, deliver_lock_attempts, deliver_lock_delay,
-    stale_lock_time, strict_mailbox_ownership, recipient_delimiter, myhostname.
+    stale_lock_time, strict_mailbox_ownership, recipient_delimiter, myhostname,
+    data_directory.
 
 MODULES
     agent (settings, per-recipient delivery, logging).
@@ -73,11 +76,12 @@ import os
 
 from pymailsys.daemons.virtual.agent import VirtualAgent
 
-from pymailsys import log, server
+from pymailsys import log, privileges, server
 from pymailsys.delivery.agent import MAX_ADDRESS_LENGTH, MAX_PENDING
 from pymailsys.ipc.attr import Limits, serve_pipelined
 
 PROGRAM = "virtual"
+MARKER_GC_INTERVAL = 60.0
 MAX_RECIPIENTS = 1000  # per request: far above virtual_destination_recipient_limit
 # a request on the wire: the message part and five attributes per recipient
 BATCH_LIMITS = Limits(attrs=32 + 5 * MAX_RECIPIENTS, value=MAX_ADDRESS_LENGTH,
@@ -98,9 +102,26 @@ async def _start(ctx: server.Context) -> None:
         # as Postfix: a mailbox smaller than a message could never take it
         log.fatal("main.cf configuration error: virtual_mailbox_limit is smaller than "
                   "message_size_limit")
-    ctx.state["agent"] = VirtualAgent(ctx.config, ctx.spool)
+    agent = VirtualAgent(ctx.config, ctx.spool)
+    ctx.state["agent"] = agent
+
+    async def gc() -> None:
+        while not ctx.stopping.is_set():
+            try:
+                agent.collect_markers()
+            except (OSError, privileges.PrivilegeError) as e:
+                log.warning(f"delivery markers: {e}")
+            await asyncio.sleep(MARKER_GC_INTERVAL)
+
+    ctx.state["gc"] = asyncio.ensure_future(gc())
+
+
+async def _stop(ctx: server.Context) -> None:
+    task = ctx.state.get("gc")
+    if task is not None:
+        task.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
-    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_start=_start, on_stop=_stop, client_limit=1, argv=argv)

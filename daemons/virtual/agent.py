@@ -6,11 +6,15 @@ reply with a status per recipient, logs one Postfix line per recipient, and
 never raises (a bug defers the request instead of stalling qmgr's pipelined
 connection). ``deliver_one`` is Postfix's virtual deliver_mailbox for one
 recipient: loop check, mailbox lookup, owner lookup, the write as that owner.
+Maildir deliveries are crash-idempotent as local's are
+(``pymailsys.delivery.mailbox``): markers in ``$data_directory/virtual-markers``,
+handled as mail_owner, removed by ``collect_markers`` once the queue file is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from pymailsys import log, privileges
 from pymailsys.config import Config
@@ -27,6 +31,7 @@ from pymailsys.delivery.agent import (
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
 from pymailsys.maps import Maps, TableError
 from pymailsys.maps import search as addr_lookup
+from pymailsys.queue import spool as queue_mod
 from pymailsys.queue.spool import QueueAccessError, Spool
 
 RELAY = "virtual"
@@ -52,6 +57,17 @@ class VirtualAgent:
         self.delimiter = config.get("recipient_delimiter")
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
+        self.markers: mailbox.MarkerStore | None = None
+        marker_dir = os.path.join(config.get("data_directory"), "virtual-markers")
+        try:
+            # data_directory is mail_owner's: root never works in it
+            owner = privileges.mail_owner(config) if self.root else self.me
+            markers = mailbox.MarkerStore(marker_dir, mailbox.kept_as(owner))
+            markers.create()
+            self.markers = markers
+        except (OSError, privileges.PrivilegeError) as e:
+            log.warning(f"delivery markers in {marker_dir}: {e}; Maildir redelivery after a "
+                        f"crash may store a second copy")
         self.table_error = ""
         try:
             self.mailboxes = Maps(config, "virtual_mailbox_maps")
@@ -162,8 +178,11 @@ class VirtualAgent:
         try:
             with privileges.as_user(uid, gid, [gid]):
                 if maildir:
+                    key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset,
+                                               path)
                     mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
-                                            host=self.hostname, size_limit=self.size_limit)
+                                            host=self.hostname, key=key, marker=self.markers,
+                                            size_limit=self.size_limit)
                     return DeliveryResult.sent("delivered to maildir")
                 data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
                 mailbox.deliver_mbox(path, data, expect_uid=uid if self.strict_owner else None,
@@ -177,6 +196,14 @@ class VirtualAgent:
             return _from_error(e.dsn, prefix + e.text)
         except privileges.PrivilegeError as e:
             return DeliveryResult.deferred(str(e))
+
+
+    def collect_markers(self) -> int:
+        """Remove the delivery markers of queue files that are gone; how many."""
+        if self.markers is None:
+            return 0
+        queues = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
+        return self.markers.collect(lambda queue_id: self.spool.find(queue_id, queues) is not None)
 
 
 def _atol(text: str) -> int:

@@ -69,6 +69,9 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 
+from pymailsys import privileges
+from pymailsys.queue.spool import valid_queue_id
+
 MAILER_DAEMON = "MAILER-DAEMON"
 
 
@@ -354,6 +357,27 @@ class MarkerStore:
     def remove(self, key: str) -> None:
         with self.wrap(), contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(key))
+
+    def collect(self, queued: Callable[[str], bool]) -> int:
+        """Remove the markers whose queue file is gone (``queued(queue_id)`` false); how many.
+        A name that does not start with a queue ID is no marker and is left alone."""
+        removed = 0
+        for key in self.keys():
+            queue_id = key.split(".", 1)[0]
+            if valid_queue_id(queue_id) and not queued(queue_id):
+                self.remove(key)
+                removed += 1
+        return removed
+
+
+def kept_as(owner: privileges.UserIds) -> Callable[[], AbstractContextManager[None]]:
+    """A MarkerStore ``wrap`` that acts as owner (the owner of data_directory), from root
+    or from inside a recipient's ``privileges.as_user``."""
+    @contextlib.contextmanager
+    def wrap() -> Iterator[None]:
+        with privileges.as_self(), privileges.as_user(owner.uid, owner.gid):
+            yield
+    return wrap
 
 
 def delivery_key(queue_id: str, arrival: float, rcpt_offset: int, destination: str) -> str:
