@@ -108,19 +108,21 @@ class VirtualAgent:
         except (QueueAccessError, ContentError) as e:
             log.warning(f"{first.queue_id}: {e}")
         results = []
-        for req in requests:
-            if content is None:
-                result = DeliveryResult.deferred("cannot read queue file")
-            else:
-                try:
-                    result = self.deliver_one(req, content)
-                except ContentError as e:
-                    log.warning(f"{req.queue_id}: {e}")
+        try:
+            for req in requests:
+                if content is None:
                     result = DeliveryResult.deferred("cannot read queue file")
-            log_result(req, RELAY, result)
-            results.append(result)
-        if content is not None:
-            content.close()
+                else:
+                    try:
+                        result = self.deliver_one(req, content)
+                    except ContentError as e:
+                        log.warning(f"{req.queue_id}: {e}")
+                        result = DeliveryResult.deferred("cannot read queue file")
+                log_result(req, RELAY, result)
+                results.append(result)
+        finally:
+            if content is not None:
+                content.close()
         return results
 
     # --- one recipient ------------------------------------------------------------
