@@ -118,6 +118,9 @@ class VirtualAgent:
                     except ContentError as e:
                         log.warning(f"{req.queue_id}: {e}")
                         result = DeliveryResult.deferred("cannot read queue file")
+                    except Exception as e:  # a bug defers this recipient, not those done
+                        log.error(f"virtual: unexpected error: {e!r}")
+                        result = DeliveryResult.deferred("virtual delivery agent error")
                 log_result(req, RELAY, result)
                 results.append(result)
         finally:
