@@ -48,6 +48,9 @@ endif
 /^look(?=ahead)/ lookahead
 /^opt(a)?(b)/ [$1][$2]
 /^dd/ $$1
+|^pipe|x|y pipe-delim
+/^sl\/ash/ escaped-delimiter
+#^hash# a comment, not a rule
 """
 REGEXP = r"""# regexp_table(5): the manual page's examples
 # Disallow sender-specified routing. This is a must if you relay mail
@@ -69,6 +72,9 @@ endif
 /^g/
 /^m(.)(.)/ $2$1
 /^bad(/ x
+|^pipe|x|y pipe-delim
+/^sl\/ash/ escaped-delimiter
+/^a\(b\)c/x basic[$1]
 """
 CIDR = """# cidr_table(5): the manual page's example
 # Rule order matters. Put more specific allowlist entries
@@ -121,6 +127,8 @@ PCRE_ANSWERS = {
     'optb': '[][b]',
     'optab': '[a][b]',
     'dd': '$1',
+    'pipe': None,
+    'sl/ash': 'escaped-delimiter',
     'nothing': None,
 }
 PCRE_WARNINGS = [
@@ -131,6 +139,7 @@ PCRE_WARNINGS = [
     'pcre map {path}, line 23: bad replacement syntax: skipping this rule',
     'pcre map {path}, line 24: $number found in negative match replacement text: skipping this rule',
     'pcre map {path}, line 25: out of range replacement index "1": skipping this rule',
+    'pcre map {path}, line 30: unknown regexp option "|": skipping this rule',
 ]
 REGEXP_ANSWERS = {
     'a%b@c': '550 Sender-specified routing rejected',
@@ -148,12 +157,16 @@ REGEXP_ANSWERS = {
     'k1': None,
     'kk1': None,
     'mab': 'ba',
+    'pipe': None,
+    'sl/ash': 'escaped-delimiter',
+    'abc': 'basic[b]',
     'nothing': None,
 }
 REGEXP_WARNINGS = [
     'regexp map {path}, line 17: out of range replacement index "1": skipping this rule',
     'regexp map {path}, line 18: no replacement text: using empty string',
     'regexp map {path}, line 20: Unmatched ( or \\(',
+    'regexp map {path}, line 21: unknown regexp option "|": skipping this rule',
 ]
 CIDR_ANSWERS = {
     '192.168.1.1': 'OK',
