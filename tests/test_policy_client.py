@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pymailsys import config
 from pymailsys.smtp import policy
 
@@ -66,3 +68,16 @@ def test_bad_replies_and_unreachable_server_give_the_default_action() -> None:
                       smtpd_policy_service_default_action="DEFER try later")
         assert await gone.ask([("request", "smtpd_access_policy")]) == "DEFER try later"
     asyncio.run(run())
+
+
+def test_braced_form_overrides_the_parameters() -> None:
+    cfg = config.Config("/nonexistent", {"queue_directory": "/var/spool/x"})
+    c = policy.Client("{ unix:private/policy, timeout=10s, try_limit=1, "
+                      "{ default_action = 451 4.3.5 Try later, please }, policy_context=x }", cfg)
+    assert (c.host, c.timeout, c.try_limit) == ("/var/spool/x/private/policy", 10.0, 1)
+    assert c.default_action == "451 4.3.5 Try later, please" and c.policy_context == "x"
+    assert c.max_idle == 300.0  # the parameter's default where the braces say nothing
+    for bad in ("{ inet:127.0.0.1:1, colour=blue }", "{ inet:127.0.0.1:1, timeout=soon }",
+                "{ inet:127.0.0.1:1", "inet:nohost"):
+        with pytest.raises(ValueError, match="check_policy_service"):
+            policy.Client(bad, cfg)

@@ -13,7 +13,11 @@ DESCRIPTION
     ``action=...`` (and possibly other attributes, ignored) ended by an empty
     line. The server is ``inet:host:port``, ``unix:/path`` or
     ``unix:private/name`` (relative to queue_directory, as master.cf's
-    policy services are).
+    policy services are), alone or in Postfix's braced form with settings of
+    its own: ``{ inet:host:port, timeout=10s, max_idle=..., max_ttl=...,
+    request_limit=..., try_limit=..., retry_delay=..., { default_action =
+    451 4.3.5 text }, policy_context=... }`` (each overrides the
+    smtpd_policy_service_NAME parameter).
 
     Connections are kept for the next request as Postfix's attr_clnt keeps
     them: closed after smtpd_policy_service_max_idle seconds without use,
@@ -47,6 +51,8 @@ from pymailsys import config as config_mod
 from pymailsys import log
 
 LINE_LIMIT = 4096
+OPTIONS = ("timeout", "max_idle", "max_ttl", "request_limit", "try_limit", "retry_delay",
+           "default_action", "policy_context")
 LINES_LIMIT = 100
 
 
@@ -64,6 +70,44 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """The server and its own settings: ``inet:h:p`` or Postfix's ``{ inet:h:p,
+    timeout=10s, { default_action = 451 4.3.5 text } }``; ValueError on junk."""
+    text = spec.strip()
+    if not text.startswith("{"):
+        return text, {}
+    if not text.endswith("}"):
+        raise ValueError(f"check_policy_service: missing '}}' in {spec}")
+    items = _split_commas(text[1:-1])
+    if not items:
+        raise ValueError(f"check_policy_service: no server name in {spec}")
+    options: dict[str, str] = {}
+    for item in items[1:]:
+        if item.startswith("{") and item.endswith("}"):
+            item = item[1:-1].strip()
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in OPTIONS:
+            raise ValueError(f'check_policy_service: unknown attribute "{item}" in {spec}')
+        options[name] = value
+    return items[0], options
+
+
+def _split_commas(text: str) -> list[str]:
+    """Items separated by commas outside inner { }."""
+    items: list[str] = []
+    depth = 0
+    word: list[str] = []
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            items.append("".join(word).strip())
+            word = []
+        else:
+            word.append(ch)
+    items.append("".join(word).strip())
+    return [item for item in items if item]
 
 
 def endpoint(name: str, queue_directory: str) -> tuple[str, str, int]:
@@ -85,18 +129,26 @@ def endpoint(name: str, queue_directory: str) -> tuple[str, str, int]:
 class Client:
     """One policy server: kept connections, timeouts, retries; see the module docstring."""
 
-    def __init__(self, name: str, config: config_mod.Config) -> None:
-        self.name = name
+    def __init__(self, spec: str, config: config_mod.Config) -> None:
+        self.name, options = parse_spec(spec)
         self.connections_opened = 0  # for tests and the curious
-        self.kind, self.host, self.port = endpoint(name, config.get("queue_directory"))
-        self.timeout = float(config.get_time("smtpd_policy_service_timeout"))
-        self.max_idle = float(config.get_time("smtpd_policy_service_max_idle"))
-        self.max_ttl = float(config.get_time("smtpd_policy_service_max_ttl"))
-        self.request_limit = config.get_int("smtpd_policy_service_request_limit")
-        self.try_limit = max(1, config.get_int("smtpd_policy_service_try_limit"))
-        self.retry_delay = float(config.get_time("smtpd_policy_service_retry_delay"))
-        self.default_action = config.get("smtpd_policy_service_default_action")
-        self.policy_context = config.get("smtpd_policy_service_policy_context")
+        self.kind, self.host, self.port = endpoint(self.name, config.get("queue_directory"))
+
+        def setting(option: str) -> str:
+            return options.get(option) or config.get(f"smtpd_policy_service_{option}")
+
+        try:
+            self.timeout = float(config_mod.parse_time(setting("timeout"), "s", "timeout"))
+            self.max_idle = float(config_mod.parse_time(setting("max_idle"), "s", "max_idle"))
+            self.max_ttl = float(config_mod.parse_time(setting("max_ttl"), "s", "max_ttl"))
+            self.retry_delay = float(config_mod.parse_time(setting("retry_delay"), "s",
+                                                           "retry_delay"))
+            self.request_limit = int(setting("request_limit"))
+            self.try_limit = max(1, int(setting("try_limit")))
+        except (config_mod.ConfigError, ValueError) as e:
+            raise ValueError(f"check_policy_service {self.name}: {e}") from None
+        self.default_action = setting("default_action")
+        self.policy_context = setting("policy_context")
         self._idle: list[_Connection] = []
 
     async def ask(self, attrs: list[tuple[str, str]]) -> str:
