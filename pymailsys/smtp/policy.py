@@ -51,8 +51,17 @@ from pymailsys import config as config_mod
 from pymailsys import log
 
 LINE_LIMIT = 4096
-OPTIONS = ("timeout", "max_idle", "max_ttl", "request_limit", "try_limit", "retry_delay",
-           "default_action", "policy_context")
+# the braced form's settings and the parameters they override
+OPTIONS = {
+    "timeout": "smtpd_policy_service_timeout",
+    "max_idle": "smtpd_policy_service_max_idle",
+    "max_ttl": "smtpd_policy_service_max_ttl",
+    "request_limit": "smtpd_policy_service_request_limit",
+    "try_limit": "smtpd_policy_service_try_limit",
+    "retry_delay": "smtpd_policy_service_retry_delay",
+    "default_action": "smtpd_policy_service_default_action",
+    "policy_context": "smtpd_policy_service_policy_context",
+}
 LINES_LIMIT = 100
 
 
@@ -135,7 +144,7 @@ class Client:
         self.kind, self.host, self.port = endpoint(self.name, config.get("queue_directory"))
 
         def setting(option: str) -> str:
-            return options.get(option) or config.get(f"smtpd_policy_service_{option}")
+            return options.get(option) or config.get(OPTIONS[option])
 
         try:
             self.timeout = float(config_mod.parse_time(setting("timeout"), "s", "timeout"))
