@@ -25,7 +25,7 @@ from typing import Protocol
 from aiosmtpd.proxy_protocol import AF, V2_CMD, ProxyData
 
 from pymailsys import config as config_mod
-from pymailsys import log
+from pymailsys import dsn, log
 from pymailsys.address import networks as netaddr
 from pymailsys.ipc import attr, flush, services
 from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
@@ -249,9 +249,6 @@ class Message:
         request: list[tuple[str, attr.AttrValue]] = [("origin", "smtpd"), ("sender", env.sender)]
         request += [("rcpt", r) for r in rcpts + actions.bcc]
         request += [("orcpt", o) for o in env.orig_recipients + actions.bcc]
-        if actions.bcc:
-            request += [("notify", "") for _ in rcpts]
-            request += [("notify", "NEVER") for _ in actions.bcc]
         request += [("prepend", line) for line in actions.prepend]
         request += [
             ("client_name", req.client_name), ("client_addr", req.client_addr),
@@ -263,10 +260,11 @@ class Message:
         ]
         if env.smtputf8:
             request.append(("smtputf8", 1))
-        if any(env.notifies):
-            request += [("notify", n) for n in env.notifies]
+        if any(env.notifies) or actions.bcc:  # an access BCC copy: NOTIFY=NEVER, as Postfix
+            notifies = env.notifies or [0] * len(rcpts)
+            request += [("notify", n) for n in notifies + [dsn.NOTIFY_NEVER] * len(actions.bcc)]
         if any(env.dsn_orcpts):
-            request += [("dsn_orcpt", o) for o in env.dsn_orcpts]
+            request += [("dsn_orcpt", o) for o in env.dsn_orcpts + [""] * len(actions.bcc)]
         if env.ret:
             request.append(("ret", env.ret))
         if env.envid:
