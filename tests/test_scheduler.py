@@ -1,0 +1,140 @@
+"""pymailsys.queue.scheduler: round-robin, concurrency windows, feedback, dead destinations."""
+
+from __future__ import annotations
+
+import pytest
+
+from pymailsys.queue.scheduler import Policy, Scheduler, parse_feedback
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: Clock | None = None, **policy: object) -> Scheduler[str]:
+    p = Policy(**policy)  # type: ignore[arg-type]
+    return Scheduler(lambda transport: p, backoff=300, clock=clock or Clock())
+
+
+def drain(s: Scheduler[str]) -> list[str]:
+    out = []
+    while (picked := s.next()) is not None:
+        out.append(picked[1])
+    return out
+
+
+def test_destinations_and_transports_take_turns() -> None:
+    s = make(initial=100, concurrency_limit=100)
+    big = s.destination("smtp", "big.example")
+    for i in range(5):
+        s.add(big, f"big{i}")
+    s.add(s.destination("smtp", "small.example"), "small")
+    s.add(s.destination("local", "user"), "local")
+    order = drain(s)
+    # one 5-entry destination does not hold back the others: both come within the first three
+    assert set(order[:3]) == {"big0", "small", "local"}
+    assert sorted(order) == sorted(["big0", "big1", "big2", "big3", "big4", "small", "local"])
+
+
+def test_window_limits_entries_in_flight_and_grows_with_success() -> None:
+    s = make(initial=2, concurrency_limit=4)
+    d = s.destination("smtp", "example.org")
+    for i in range(10):
+        s.add(d, str(i))
+    assert len(drain(s)) == 2
+    s.success(d)  # window 3: two may start (one freed, one more allowed)
+    assert d.window == 3
+    assert len(drain(s)) == 2
+    for _ in range(3):
+        s.success(d)
+    assert d.window == 4  # capped at the limit
+    drain(s)
+    assert d.busy == 4
+
+
+def test_fractional_positive_feedback() -> None:
+    s = make(initial=2, concurrency_limit=20, positive=parse_feedback("1/concurrency"))
+    d = s.destination("smtp", "example.org")
+    for i in range(4):
+        s.add(d, str(i))
+    drain(s)
+    s.success(d)
+    assert d.window == 2  # +1/2 so far
+    drain(s)
+    s.success(d)
+    assert d.window == 3
+
+
+def test_site_failures_shrink_the_window_then_a_failed_cohort_kills_the_destination() -> None:
+    clock = Clock()
+    s = make(clock, initial=4, cohort_limit=1)
+    d = s.destination("smtp", "dead.example")
+    for i in range(10):
+        s.add(d, str(i))
+    assert len(drain(s)) == 4
+    why = "connect to dead.example: Connection timed out"
+    assert s.failure(d, "4.4.1", why) == [] and d.window == 3  # cohort score 1/4
+    assert s.failure(d, "4.4.1", why) == [] and d.window == 2  # 1/4 + 1/3
+    assert not d.dead
+    dropped = s.failure(d, "4.4.1", why)  # + 1/2: a whole cohort failed
+    assert d.dead and dropped == ["4", "5", "6", "7", "8", "9"]
+    assert s.failure(d, "4.4.1", why) == [] and d.busy == 0  # the last one in flight
+    assert d.reason.startswith("connect to")
+    with pytest.raises(ValueError):
+        s.add(d, "late")
+    assert s.destination("smtp", "dead.example").dead  # still within the backoff
+    clock.now += 300
+    again = s.destination("smtp", "dead.example")
+    assert not again.dead and again.window == 1
+    s.add(again, "a")
+    s.add(again, "b")
+    assert drain(s) == ["a"]  # concurrency 1 while it is tried again
+    s.success(again)
+    assert again.window == 4 and drain(s) == ["b"]
+
+
+def test_a_dead_destination_does_not_stop_the_others_and_forget_dead() -> None:
+    s = make(initial=1, cohort_limit=1)
+    dead = s.destination("smtp", "dead.example")
+    s.add(dead, "d1")
+    s.add(dead, "d2")
+    s.add(s.destination("smtp", "ok.example"), "ok1")
+    first = s.next()
+    assert first is not None
+    picked = [first[1]]
+    if first[0] is dead:
+        assert s.failure(dead, "4.4.1", "timeout") == ["d2"]
+    picked += drain(s)
+    assert "ok1" in picked and dead.dead
+    s.forget_dead()
+    d = s.destination("smtp", "dead.example")
+    assert not d.dead
+    s.add(d, "d3")
+    assert drain(s) == ["d3"]
+
+
+def test_process_limit_per_transport_and_prune() -> None:
+    s = make(initial=10, process_limit=2)
+    for name in ("a", "b", "c"):
+        s.add(s.destination("smtp", name), name)
+    s.add(s.destination("local", "u"), "u")
+    assert sorted(drain(s)) == ["a", "b", "u"]
+    smtp_busy = [d for d in s.transports["smtp"].destinations.values() if d.busy]
+    s.success(smtp_busy[0])
+    assert drain(s) == ["c"]
+    for t in list(s.transports.values()):
+        for d in list(t.destinations.values()):
+            while d.busy:
+                s.success(d)
+    s.prune()
+    assert s.transports == {}
+
+
+@pytest.mark.parametrize("text", ["0", "2", "-1", "nan", "1/x", ""])
+def test_bad_feedback_values_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_feedback(text)
