@@ -270,16 +270,29 @@ class DeliveryResult:
         return out
 
 
-def batch_reply(results: list[DeliveryResult]) -> list[tuple[str, AttrValue]]:
+def batch_reply(results: list[DeliveryResult],
+                hop: DeliveryResult | None = None) -> list[tuple[str, AttrValue]]:
     """The reply to a batch request: status, dsn, reason per recipient, in order,
-    and the DSN details for every recipient when any has them."""
+    and the DSN details for every recipient when any has them; ``hop``: the nexthop
+    itself could not be reached (``hop_dsn``, ``hop_reason``)."""
     detail = any(r.has_detail for r in results)
     out: list[tuple[str, AttrValue]] = []
     for r in results:
         out += [("status", r.status), ("dsn", r.dsn), ("reason", r.reason)]
         if detail:
             out += r.detail_attrs()
+    if hop is not None:
+        out += [("hop_dsn", hop.dsn), ("hop_reason", hop.reason)]
     return out
+
+
+def hop_failure(attrs: AttrList) -> DeliveryResult | None:
+    """The reply's word that the whole destination is failing (deferred), or None."""
+    reason = attrs.text("hop_reason")
+    if not reason:
+        return None
+    dsn = attrs.text("hop_dsn")
+    return DeliveryResult.deferred(reason, dsn if dsn.startswith("4.") else "4.4.1")
 
 
 def results_from_attrs(attrs: AttrList, count: int,

@@ -130,6 +130,7 @@ class Request:
     dsn_envid: str = ""
     dsn_ret: str = ""  # "FULL", "HDRS" or ""
     smtputf8: int = 0  # the queue file's SMTPUTF8 flags
+    hop: DeliveryResult | None = None  # set when no server of the nexthop could be reached
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> Request:
@@ -217,7 +218,7 @@ class Agent:
             results = [DeliveryResult.deferred(f"{self.protocol} delivery agent error")
                        ] * len(req.recipients)
         await self.note_deferred(req, results)
-        return batch_reply(results)
+        return batch_reply(results, req.hop)
 
     async def note_deferred(self, req: Request, results: list[DeliveryResult]) -> None:
         """Tell the flush service which recipient domains this message now waits for
@@ -308,6 +309,9 @@ class Agent:
             if found is None:
                 found, relays[i] = _failure(last), last_relay
             final.append(found)
+        if sessions == 0 and not soft and isinstance(last, client.SessionError) \
+                and not final[0].final:
+            req.hop = final[0]  # no server reached: tell qmgr the site is failing
         return self.finish(req, final, relays, uses, conn_time)
 
     def finish(self, req: Request, results: list[DeliveryResult], relays: list[str],

@@ -66,6 +66,14 @@ local (``private/local``), one request per recipient (delivery request)::
     reply:   status    "sent" | "deferred" | "bounced"
              dsn       "2.0.0", "4.2.0", "5.1.1", ...
              reason    "delivered to mailbox", "delivered to maildir", ...
+             hop_dsn, hop_reason   optional, once per reply: the agent could
+                       reach none of the nexthop's servers (connection,
+                       greeting or HELO failed), so the whole destination
+                       is failing, not just these recipients (Postfix's
+                       "hop status"). qmgr takes it as negative
+                       concurrency feedback and may declare the
+                       destination dead; a reply without it is positive
+                       feedback (``pymailsys.queue.scheduler``)
 
     The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself;
     qmgr marks the recipient done (R -> D in place) for sent and bounced, keeps
