@@ -65,6 +65,10 @@ class Envelope:
     warn_offset: int = 0  # where the W record starts (0: none)
     warn_length: int = 0  # its payload's length
     file_size: int = 0
+    # a slice (rcpt_limit): the offset of the first pending recipient left out (0: none),
+    # and how many recipients are pending in the whole file
+    rcpt_more: int = 0
+    rcpt_pending: int = 0
 
     @property
     def content_size(self) -> int:
@@ -216,8 +220,9 @@ class _RecipientRecords:
     dsn_orig_rcpt, notify_flags and O apply to the next recipient, other attributes to
     the message."""
 
-    def __init__(self, env: Envelope) -> None:
+    def __init__(self, env: Envelope, rcpt_from: int = 0, rcpt_limit: int = 0) -> None:
         self.env = env
+        self.rcpt_from, self.rcpt_limit = rcpt_from, rcpt_limit
         self.orig = ""
         self.notify = 0
         self.orcpt = ""
@@ -235,21 +240,27 @@ class _RecipientRecords:
         elif rtype == r.REC_TYPE_ORCP:
             self.orig = _text(payload)
         elif rtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
-            self.env.recipients.append(Recipient(_text(payload), self.orig, offset,
-                                                 rtype != r.REC_TYPE_RCPT, self.notify,
-                                                 self.orcpt))
+            if _in_slice(self.env, rtype, offset, self.rcpt_from, self.rcpt_limit):
+                self.env.recipients.append(Recipient(_text(payload), self.orig, offset,
+                                                     rtype != r.REC_TYPE_RCPT, self.notify,
+                                                     self.orcpt))
             self.orig, self.notify, self.orcpt = "", 0, ""
         else:
             return False
         return True
 
 
-def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Envelope:
-    """Parse envelope and extracted records of a whole queue file held in memory."""
+def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
+                        rcpt_from: int = 0, rcpt_limit: int = 0) -> Envelope:
+    """Parse envelope and extracted records of a whole queue file held in memory.
+
+    ``rcpt_limit`` > 0 reads a slice of the recipients (qmgr with a message of many):
+    only pending ones whose R record is at ``rcpt_from`` or after, at most
+    ``rcpt_limit``; ``rcpt_more`` says where the next slice starts."""
     env = Envelope(queue_id=queue_id, path=path, sizes=[], arrival=0.0, sender="",
                    file_size=len(data))
     have_sender = False
-    recipients = _RecipientRecords(env)
+    recipients = _RecipientRecords(env, rcpt_from, rcpt_limit)
     try:
         records = r.iter_records(data)
         first = True
@@ -299,13 +310,28 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "") -> Enve
     return env
 
 
+def _in_slice(env: Envelope, rtype: bytes, offset: int, start: int, limit: int) -> bool:
+    """Count a pending recipient; True when it belongs in the slice being read."""
+    pending = rtype == r.REC_TYPE_RCPT
+    env.rcpt_pending += pending
+    if limit <= 0:
+        return True
+    if not pending or offset < start:
+        return False
+    if len(env.recipients) >= limit:
+        env.rcpt_more = env.rcpt_more or offset
+        return False
+    return True
+
+
 def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
     with open(path, "rb") as f:
         data = f.read()
     return read_envelope_bytes(data, queue_id or os.path.basename(path), path)
 
 
-def read_envelope_fd(fd: int, queue_id: str = "", path: str = "") -> Envelope:
+def read_envelope_fd(fd: int, queue_id: str = "", path: str = "",
+                     rcpt_from: int = 0, rcpt_limit: int = 0) -> Envelope:
     """``read_envelope_bytes`` on an open file without reading its content.
 
     The file is mapped, and only the pages of the envelope and extracted
@@ -315,7 +341,8 @@ def read_envelope_fd(fd: int, queue_id: str = "", path: str = "") -> Envelope:
     if not size:
         return read_envelope_bytes(b"", queue_id, path)
     with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
-        return read_envelope_bytes(data, queue_id, path)  # type: ignore[arg-type]
+        return read_envelope_bytes(data, queue_id, path,  # type: ignore[arg-type]
+                                   rcpt_from, rcpt_limit)
 
 
 def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[bytes, bytes]]:
