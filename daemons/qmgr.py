@@ -15,7 +15,7 @@ DESCRIPTION
     qmgr takes those files without scanning incoming/ (a record cut off or
     damaged in transit falls back to a scan). Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
-    ``F`` forget dead destinations (none are tracked yet), ``W`` wake up: scan
+    ``F`` forget dead destinations, ``W`` wake up: scan
     incoming, and deferred once every ``queue_run_delay`` (also on its own
     timer).
 
@@ -39,20 +39,41 @@ DESCRIPTION
     ``error`` bounces with its nexthop text (``4.X.Y text`` defers), transport
     ``discard`` is ``status=sent`` with the nexthop as the reason.
 
-    Delivery requests follow ``pymailsys.ipc.services``: recipients of one
-    message for the same (transport, nexthop) travel together, at most
-    ``<transport>_destination_recipient_limit`` per request (one per
-    recipient for local: local_destination_recipient_limit 1; smtp and lmtp
-    take up to 50 in one request and one SMTP transaction), over long-lived pipelined
-    connections per transport (``AgentPool``: master starts one agent process
-    per connection for one-client agents such as local), with the message's
-    common attributes built once. Each request goes to the least-loaded
-    connection; when all are busy another is opened, up to
-    ``default_process_limit``, so there are as many agents working as requests
-    in flight; connections beyond ``AGENT_CONNECTIONS`` that stay idle for
-    ``max_idle`` are closed. Concurrency: ``<transport>_destination_concurrency_limit``
-    (or the default) requests in flight per destination (per recipient for
-    local) and ``default_process_limit`` per transport.
+    Scheduling (``pymailsys.queue.scheduler``, Postfix's SCHEDULING and
+    CONCURRENCY): the recipients of a message are grouped per destination
+    (transport and nexthop; the recipient itself for a transport whose
+    ``<transport>_destination_recipient_limit`` is 1, such as local) into
+    requests of at most that many recipients (smtp and lmtp: 50 in one
+    request and one SMTP transaction), and queued per destination. The
+    dispatcher hands them out round-robin over transports and, within a
+    transport, over destinations, so 1000 messages (or recipients) for one
+    destination do not hold back another. A destination has a concurrency
+    window: ``<transport>_initial_destination_concurrency`` at first, up to
+    ``<transport>_destination_concurrency_limit``, moved by
+    ``..._positive_feedback`` per delivery and ``..._negative_feedback`` per
+    site failure (a reply whose ``hop_reason`` says no server of the nexthop
+    could be reached); after ``..._failed_cohort_limit`` failed cohorts the
+    destination is dead: its waiting recipients, and any that come for it
+    until ``minimal_backoff_time`` has passed, are deferred untried
+    (``status=deferred (delivery temporarily suspended: REASON)``, logged by
+    qmgr). Then it is tried again with a window of 1. ``F`` forgets every
+    dead destination. At most ``default_process_limit`` requests per
+    transport are in flight, over long-lived pipelined connections
+    (``AgentPool``: master starts one agent process per connection for
+    one-client agents such as local), with the message's common attributes
+    built once. Each request goes to the least-loaded connection; when all
+    are busy another is opened, up to ``default_process_limit``;
+    connections beyond ``AGENT_CONNECTIONS`` that stay idle for
+    ``max_idle`` are closed.
+
+    Memory: at most ``qmgr_message_active_limit`` messages are active and
+    at most ``qmgr_message_recipient_limit`` recipients are in memory: a
+    message with more is read in slices (at least
+    ``qmgr_message_recipient_minimum`` recipients at a time), the next slice
+    once every request of the previous one is answered and there is room,
+    and no further message is taken while the recipient limit is reached.
+    A message's next slice also waits while a transport its previous slice
+    went to holds ``<transport>_recipient_limit`` recipients in memory.
 
     Replies: sent and bounced mark the recipient done in place (R -> D);
     bounced appends to bounce/ID, deferred to defer/ID (Postfix's status-log
@@ -97,9 +118,15 @@ SECURITY
 CONFIGURATION PARAMETERS
     authorized_flush_users, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
+    qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
     default_process_limit, default_destination_concurrency_limit,
-    local_destination_concurrency_limit, default_destination_recipient_limit,
-    local_destination_recipient_limit, 2bounce_notice_recipient, myhostname,
+    default_destination_recipient_limit, default_recipient_limit,
+    initial_destination_concurrency,
+    default_destination_concurrency_positive_feedback,
+    default_destination_concurrency_negative_feedback,
+    default_destination_concurrency_failed_cohort_limit,
+    destination_concurrency_feedback_debug (each default_* also as
+    <transport>_*, e.g. local_destination_recipient_limit), 2bounce_notice_recipient, myhostname,
     myorigin, hash_queue_depth, hash_queue_names, allow_min_user (no: recipients
     starting with "-" bounce with 5.1.3 before any agent sees them).
 """
@@ -114,7 +141,6 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 
@@ -124,6 +150,7 @@ from pymailsys.config import Config, params
 from pymailsys.delivery.agent import (
     DeliveryResult,
     batch_request_attrs,
+    hop_failure,
     log_line,
     message_attrs,
     request_attrs,
@@ -132,8 +159,8 @@ from pymailsys.delivery.agent import (
 from pymailsys.ipc import peers, trigger
 from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
+from pymailsys.queue import scheduler, status_log
 from pymailsys.queue import spool as q
-from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import (
     Envelope,
     QueueFileError,
@@ -150,6 +177,7 @@ LOCKED_RETRY = 60.0
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
+SUSPENDED = "delivery temporarily suspended"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
 
@@ -200,29 +228,19 @@ class Message:
     sent: int = 0
     bounced: int = 0
     traced: int = 0  # sent recipients in the trace log (NOTIFY=SUCCESS)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    entries: int = 0  # entries of it in the scheduler or in flight
+    loaded: int = 0  # its recipients in memory (qmgr_message_recipient_limit)
+    transports: set[str] = field(default_factory=set)  # those its last slice went to
 
 
-class Limiter:
-    """Named semaphores that exist only while someone uses them."""
+@dataclass
+class Entry:
+    """A delivery request waiting in the scheduler: recipients of one message for one
+    destination, at most the transport's destination recipient limit."""
 
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], list] = {}
-
-    @contextlib.asynccontextmanager
-    async def slot(self, key: tuple[str, str], limit: int) -> AsyncIterator[None]:
-        entry = self.entries.get(key)
-        if entry is None:
-            entry = [asyncio.Semaphore(max(limit, 1)), 0]
-            self.entries[key] = entry
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self.entries[key]
+    msg: Message
+    nexthop: str
+    rcpts: list[Recipient]
 
 
 class _Conn:
@@ -305,9 +323,18 @@ class Qmgr:
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.active: dict[str, Message] = {}
         self.slot_free = asyncio.Event()
-        self.limiter = Limiter()
         self.pools: dict[str, AgentPool] = {}
-        self.transport_sems: dict[str, asyncio.Semaphore] = {}
+        self.rcpt_limit = max(cfg.get_int("qmgr_message_recipient_limit"), 1)
+        self.rcpt_minimum = max(cfg.get_int("qmgr_message_recipient_minimum"), 1)
+        self.rcpt_loaded = 0
+        self.transport_loaded: dict[str, int] = {}
+        self.hungry: deque[Message] = deque()  # waiting for room to read more recipients
+        self._policies: dict[str, scheduler.Policy] = {}
+        debug = log.info if cfg.get_bool("destination_concurrency_feedback_debug") else None
+        self.sched: scheduler.Scheduler[Entry] = scheduler.Scheduler(
+            self.policy, float(self.min_backoff), debug=debug)
+        self.sched_wake = asyncio.Event()
+        self.policy("")  # a bad default is fatal at start, not at the first delivery
         self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300)
         self.want_incoming = False
         self.want_deferred = False
@@ -330,27 +357,60 @@ class Qmgr:
     # --- parameters per transport ---------------------------------------------------
 
     def limits(self, transport: str) -> tuple[int, int]:
-        """(recipients per request, concurrency per destination) for a transport."""
+        """(recipients per request, in-memory recipients) for a transport."""
         cached = self._limits.get(transport)
+        if cached is None:
+            cached = (max(self._transport_int(transport, "destination_recipient_limit",
+                                              "default_destination_recipient_limit"), 1),
+                      max(self._transport_int(transport, "recipient_limit",
+                                              "default_recipient_limit"), 1))
+            self._limits[transport] = cached
+        return cached
+
+    def policy(self, transport: str) -> scheduler.Policy:
+        """A transport's scheduling parameters (``<transport>_...``, else the defaults);
+        a feedback value Postfix would not take is fatal, as in Postfix."""
+        cached = self._policies.get(transport)
         if cached is not None:
             return cached
-        rcpt = self._transport_int(transport, "destination_recipient_limit")
-        conc = self._transport_int(transport, "destination_concurrency_limit")
-        self._limits[transport] = (rcpt, conc)
-        return rcpt, conc
 
-    def _transport_int(self, transport: str, suffix: str) -> int:
+        def feedback(suffix: str, default: str) -> scheduler.Feedback:
+            name = f"{transport}_{suffix}"
+            if not (self.config.is_set(name) or name in params.PARAMS):
+                name = default
+            try:
+                return scheduler.parse_feedback(self.config.get(name))
+            except ValueError as e:
+                log.fatal(f"{name}: {e}")
+
+        policy = scheduler.Policy(
+            concurrency_limit=max(self._transport_int(
+                transport, "destination_concurrency_limit",
+                "default_destination_concurrency_limit"), 0),
+            initial=max(self._transport_int(transport, "initial_destination_concurrency",
+                                            "initial_destination_concurrency"), 1),
+            positive=feedback("destination_concurrency_positive_feedback",
+                              "default_destination_concurrency_positive_feedback"),
+            negative=feedback("destination_concurrency_negative_feedback",
+                              "default_destination_concurrency_negative_feedback"),
+            cohort_limit=max(self._transport_int(
+                transport, "destination_concurrency_failed_cohort_limit",
+                "default_destination_concurrency_failed_cohort_limit"), 0),
+            process_limit=self.process_limit)
+        self._policies[transport] = policy
+        return policy
+
+    def _transport_int(self, transport: str, suffix: str, default: str) -> int:
         name = f"{transport}_{suffix}"
-        if self.config.is_set(name) or name in params.PARAMS:
+        if transport and (self.config.is_set(name) or name in params.PARAMS):
             return self.config.get_int(name)
-        return self.config.get_int(f"default_{suffix}")
+        return self.config.get_int(default)
 
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
         if p is None:
             p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout)
             self.pools[transport] = p
-            self.transport_sems[transport] = asyncio.Semaphore(self.process_limit)
         return p
 
     # --- start, triggers, scans ---------------------------------------------------------
@@ -374,7 +434,8 @@ class Qmgr:
             elif ch == "A":
                 self.ignore_time = True
             elif ch == "F":
-                pass  # no dead destinations are remembered yet
+                self.sched.forget_dead()
+                self.sched_wake.set()
             elif ch == "W":
                 self.want_incoming = True
                 if time.time() - self.last_deferred_scan >= self.queue_run_delay:
@@ -396,7 +457,7 @@ class Qmgr:
 
     def take_named(self) -> None:
         """Take the files cleanup named, as far as the active limit allows."""
-        while self.named and len(self.active) < self.active_limit:
+        while self.named and self.room():
             queue_id = self.named.popleft()
             if queue_id in self.active or not q.valid_queue_id(queue_id):
                 continue
@@ -445,6 +506,7 @@ class Qmgr:
             await asyncio.sleep(min(idle, 60.0))
             for p in list(self.pools.values()):
                 await p.reap(idle)
+            self.sched.prune()
 
     def candidates(self, queue: str, ignore_time: bool) -> list[str]:
         """Complete files in a queue that are due, oldest first."""
@@ -480,7 +542,7 @@ class Qmgr:
 
     async def scan(self, queue: str, ignore_time: bool = False) -> None:
         for queue_id in self.candidates(queue, ignore_time):
-            while len(self.active) >= self.active_limit:
+            while not self.room():
                 self.slot_free.clear()
                 await self.slot_free.wait()
             if queue_id in self.active or self.ctx.stopping.is_set():
@@ -523,7 +585,7 @@ class Qmgr:
             self.put_back_locked(queue_id)
             return
         try:
-            env = read_envelope_fd(fd, queue_id, path)
+            env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
         except (QueueFileError, OSError) as e:
             os.close(fd)
             self.corrupt(queue_id, str(e))
@@ -531,9 +593,8 @@ class Qmgr:
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
             status_log.remove(self.spool, q.DEFER, queue_id)
-        pending = env.pending()
         log.info(f"{queue_id}: from=<{env.sender}>, size={env.message_size}, "
-                 f"nrcpt={len(pending)} (queue active)")
+                 f"nrcpt={env.rcpt_pending} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
                                env.arrival, now, env.sender,
                                encoding=env.attrs.get("encoding", ""),
@@ -542,7 +603,7 @@ class Qmgr:
                                smtputf8=env.smtputf8)
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
-        self.spawn(self.run_message(msg, pending))
+        self.enqueue(msg, env.recipients)
 
     def put_back_locked(self, queue_id: str) -> None:
         try:
@@ -563,14 +624,125 @@ class Qmgr:
         except OSError as e:
             log.warning(f"{queue_id}: cannot move to corrupt: {e.strerror}")
 
-    async def run_message(self, msg: Message, pending: list[Recipient]) -> None:
+    # --- recipients in slices, entries in the scheduler ------------------------------
+
+    def room(self) -> bool:
+        """Room for one more message: qmgr_message_active_limit and qmgr_message_recipient_limit."""
+        return len(self.active) < self.active_limit and self.rcpt_loaded < self.rcpt_limit
+
+    def slice_size(self) -> int:
+        """How many recipients the next read may bring into memory."""
+        return max(self.rcpt_limit - self.rcpt_loaded, self.rcpt_minimum)
+
+    def enqueue(self, msg: Message, rcpts: list[Recipient]) -> None:
+        """Route a slice of a message's recipients and queue them per destination, in
+        requests of at most the transport's destination recipient limit; those qmgr
+        answers itself (and those for a dead destination) are recorded at once."""
+        self._load(msg, len(rcpts))
+        groups: dict[tuple[str, str], tuple[scheduler.Destination[Entry], Entry]] = {}
+        for rc in rcpts:
+            where = self.route_of(msg, rc)
+            if where is None:
+                self._unload(msg, 1)
+                continue
+            per_request, _ = self.limits(where.transport)
+            name = (rc.address if per_request == 1 else where.nexthop).lower()
+            group = groups.get((where.transport, name))
+            if group is None:
+                dest = self.sched.destination(where.transport, name)
+                if dest.dead:
+                    self.suspend(msg, [rc], dest)
+                    self._unload(msg, 1)
+                    continue
+                group = groups[(where.transport, name)] = (dest, Entry(msg, where.nexthop, []))
+                msg.transports.add(where.transport)
+            group[1].rcpts.append(rc)
+            self.transport_loaded[where.transport] = \
+                self.transport_loaded.get(where.transport, 0) + 1
+            if len(group[1].rcpts) >= per_request:
+                self._queue(*group)
+                del groups[(where.transport, name)]
+        for group in groups.values():
+            self._queue(*group)
+        if groups or msg.entries:
+            self.sched_wake.set()
+        if not msg.entries:
+            self.slice_done(msg)
+
+    def _queue(self, dest: scheduler.Destination[Entry], entry: Entry) -> None:
+        entry.msg.entries += 1
+        self.sched.add(dest, entry)
+
+    def _load(self, msg: Message, count: int) -> None:
+        msg.loaded += count
+        self.rcpt_loaded += count
+
+    def _unload(self, msg: Message, count: int, transport: str = "") -> None:
+        msg.loaded -= count
+        self.rcpt_loaded -= count
+        if transport:
+            self.transport_loaded[transport] -= count
+
+    def suspend(self, msg: Message, rcpts: list[Recipient],
+                dest: scheduler.Destination[Entry]) -> None:
+        """Defer recipients for a dead destination, untried, with its last reason."""
+        start = time.time()
+        result = DeliveryResult.deferred(f"{SUSPENDED}: {dest.reason}", dest.dsn)
+        for rc in rcpts:
+            self.record(msg, rc, result, "none", start)
+
+    def entry_done(self, entry: Entry, transport: str) -> None:
+        msg = entry.msg
+        self._unload(msg, len(entry.rcpts), transport)
+        msg.entries -= 1
+        if msg.entries == 0:
+            self.slice_done(msg)
+        self.feed_hungry()
+
+    def slice_done(self, msg: Message) -> None:
+        """Every entry of the message's slice is answered: read the next slice, or finish."""
+        if msg.env.rcpt_more:
+            if self.slice_room(msg):
+                self.next_slice(msg)
+            else:
+                self.hungry.append(msg)
+            return
+        self.spawn(self.complete(msg))
+
+    def slice_room(self, msg: Message) -> bool:
+        return self.rcpt_loaded < self.rcpt_limit and all(
+            self.transport_loaded.get(t, 0) < self.limits(t)[1] for t in msg.transports)
+
+    def feed_hungry(self) -> None:
+        for _ in range(len(self.hungry)):
+            if self.rcpt_loaded >= self.rcpt_limit:
+                break
+            msg = self.hungry.popleft()
+            if self.slice_room(msg):
+                self.next_slice(msg)
+            else:
+                self.hungry.append(msg)
+        if self.rcpt_loaded < self.rcpt_limit and len(self.active) < self.active_limit:
+            self.slot_free.set()
+
+    def next_slice(self, msg: Message) -> None:
+        try:
+            env = read_envelope_fd(msg.fd, msg.queue_id, msg.path,
+                                   rcpt_from=msg.env.rcpt_more, rcpt_limit=self.slice_size())
+        except (QueueFileError, OSError) as e:  # it was read before: leave it to the next run
+            log.warning(f"{msg.queue_id}: cannot read more recipients: {e}")
+            msg.deferred += 1
+            msg.env.rcpt_more = 0
+            self.spawn(self.complete(msg))
+            return
+        msg.env.recipients = env.recipients
+        msg.env.rcpt_more = env.rcpt_more
+        msg.transports.clear()
+        self.enqueue(msg, env.recipients)
+
+    async def complete(self, msg: Message) -> None:
         removed = False
         try:
-            batches = self.batches(msg, pending)
-            if len(batches) == 1:
-                await self.deliver(msg, *batches[0])
-            elif batches:
-                await asyncio.gather(*(self.deliver(msg, *b) for b in batches))
             removed = await self.finish(msg)
         finally:
             if not removed:
@@ -579,28 +751,15 @@ class Qmgr:
             self.active.pop(msg.queue_id, None)
             self.slot_free.set()
 
-    def batches(self, msg: Message,
-                pending: list[Recipient]) -> list[tuple[Route, list[Recipient]]]:
-        """Route each recipient; those qmgr answers itself are recorded here, the rest are
-        grouped per (transport, nexthop) into requests of at most the transport's
-        destination recipient limit."""
-        groups: dict[tuple[str, str], list[Recipient]] = {}
-        routes: dict[tuple[str, str], Route] = {}
-        out: list[tuple[Route, list[Recipient]]] = []
-        for rc in pending:
-            where = self.route_of(msg, rc)
-            if where is None:
+    async def dispatcher(self) -> None:
+        """Start the deliveries the scheduler allows, as they become allowed."""
+        while not self.ctx.stopping.is_set():
+            picked = self.sched.next()
+            if picked is None:
+                self.sched_wake.clear()
+                await self.sched_wake.wait()
                 continue
-            key = (where.transport, where.nexthop)
-            rcpt_limit = max(self.limits(where.transport)[0], 1)
-            group = groups.setdefault(key, [])
-            routes[key] = where
-            group.append(rc)
-            if len(group) >= rcpt_limit:
-                out.append((where, group))
-                groups[key] = []
-        out += [(routes[key], group) for key, group in groups.items() if group]
-        return out
+            self.spawn(self.deliver(*picked))
 
     def route_of(self, msg: Message, rc: Recipient) -> Route | None:
         """Where a recipient goes, or None when qmgr has recorded its result itself
@@ -628,30 +787,41 @@ class Qmgr:
             return None
         return where
 
-    async def deliver(self, msg: Message, where: Route, rcpts: list[Recipient]) -> None:
+    async def deliver(self, dest: scheduler.Destination[Entry], entry: Entry) -> None:
+        """One delivery request; its reply is recorded per recipient and is the
+        destination's concurrency feedback."""
+        msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
         start = time.time()
-        rcpt_limit, concurrency = self.limits(where.transport)
-        dest = rcpts[0].address.lower() if rcpt_limit == 1 else where.nexthop.lower()
-        pool = self.pool(where.transport)
         if len(rcpts) == 1:
             rc = rcpts[0]
-            attrs = request_attrs(msg.common, where.nexthop, rc.address, rc.orig, rc.offset,
+            attrs = request_attrs(msg.common, entry.nexthop, rc.address, rc.orig, rc.offset,
                                   rc.notify, rc.dsn_orcpt)
         else:
-            attrs = batch_request_attrs(msg.common, where.nexthop, rcpts)
-        async with self.limiter.slot((where.transport, dest), concurrency), \
-                self.transport_sems[where.transport]:
+            attrs = batch_request_attrs(msg.common, entry.nexthop, rcpts)
+        try:
             try:
-                reply = await pool.request(attrs)
+                reply = await self.pool(transport).request(attrs)
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
-                    log.info(f"{msg.queue_id}: {where.transport}: {e}")
+                    log.info(f"{msg.queue_id}: {transport}: {e}")
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
+                self.sched.release(dest)
                 return
-        results = results_from_attrs(reply, len(rcpts), DeliveryResult.deferred(TRANSPORT_ERROR))
-        for rc, result in zip(rcpts, results, strict=True):
-            self.record(msg, rc, result, None, start)
+            results = results_from_attrs(reply, len(rcpts),
+                                         DeliveryResult.deferred(TRANSPORT_ERROR))
+            for rc, result in zip(rcpts, results, strict=True):
+                self.record(msg, rc, result, None, start)
+            hop = hop_failure(reply)
+            if hop is None:
+                self.sched.success(dest)
+                return
+            for waiting in self.sched.failure(dest, hop.dsn, hop.reason):
+                self.suspend(waiting.msg, waiting.rcpts, dest)
+                self.entry_done(waiting, transport)
+        finally:
+            self.entry_done(entry, transport)
+            self.sched_wake.set()
 
     def record(self, msg: Message, rc: Recipient, result: DeliveryResult, relay: str | None,
                start: float) -> None:
@@ -710,7 +880,7 @@ class Qmgr:
                 self.defer_message(msg, now)
                 return False
             status_log.remove(self.spool, q.TRACE, queue_id)
-        if any(not rc.done for rc in env.recipients):
+        if msg.deferred or any(not rc.done for rc in env.recipients):
             lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
             if now - env.arrival < lifetime:
                 if env.warn_time and now >= env.warn_time and msg.deferred:
@@ -839,6 +1009,7 @@ async def _on_start(ctx: server.Context) -> None:
     ctx.state["scanner"] = asyncio.ensure_future(mgr.scanner())
     ctx.state["timer"] = asyncio.ensure_future(mgr.timer())
     ctx.state["reaper"] = asyncio.ensure_future(mgr.reaper())
+    ctx.state["dispatcher"] = asyncio.ensure_future(mgr.dispatcher())
     mgr.trigger(b"ID")  # everything in incoming; deferred mail whose time has come
 
 
@@ -847,7 +1018,7 @@ async def _on_stop(ctx: server.Context) -> None:
     STOP_DRAIN seconds to answer (so their results are recorded), then go:
     what is left in active/ the next qmgr recovers. qmgr is one process
     (maxproc 1): after a reload the new one starts when this one has exited."""
-    for name in ("scanner", "timer", "reaper"):
+    for name in ("scanner", "timer", "reaper", "dispatcher"):
         task = ctx.state.get(name)
         if task is not None:
             task.cancel()

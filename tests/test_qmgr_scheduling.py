@@ -1,0 +1,112 @@
+"""qmgr's scheduler end to end: a dead destination does not hold back a healthy one.
+
+A "dead" peer is a socket on 127.0.0.1 that the test listens on and never
+serves: the kernel completes the connection and the smtp agent waits for a
+greeting that never comes (smtp_helo_timeout, shortened here). The healthy
+peer is Postfix's smtp-sink. The dead destination's backlog is written
+straight into deferred/ with the library's queue-file writer.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from harness import Instance, free_port, wait_until
+from qf_helpers import queue_file
+from test_e2e_outbound import Sink
+
+TIMEOUT = 4  # smtp_helo_timeout for the dead peer
+SUSPENDED = re.compile(r"postfix/qmgr\[\d+\]: (\w+): to=<d\d+@dead\.example>, relay=none, "
+                       r"delay=[\d.]+, delays=[\d./]+, dsn=4\.\d\.\d, "
+                       r"status=deferred \(delivery temporarily suspended: (.+)\)$", re.M)
+TRIED = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<d\d+@dead\.example>, .*status=deferred \((.+)\)$",
+                   re.M)
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[int]:
+    """A port whose connections are accepted by the kernel and never answered."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4096)
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink(free_port())
+    yield s
+    s.stop()
+
+
+def dead_setup(inst: Instance, dead_port: int, healthy_port: int, backlog: int) -> None:
+    inst.set(transport_maps=f"inline:{{ dead.example=smtp:[127.0.0.1]:{dead_port}, "
+                            f"healthy.example=smtp:[127.0.0.1]:{healthy_port} }}",
+             smtp_helo_timeout=f"{TIMEOUT}s", smtp_connect_timeout=f"{TIMEOUT}s")
+    inst.postfix("check")  # creates the spool's directories
+    now = time.time()
+    for i in range(backlog):
+        queue_file(inst.queue_dir, "deferred", "alice@example.org", [f"d{i}@dead.example"],
+                   [b"Subject: backlog", b"", b"x"], arrival=now)
+
+
+@pytest.mark.parametrize("backlog", [0, 1000])
+def test_a_dead_destination_does_not_delay_a_healthy_one(new_instance, sink, silent_peer,  # type: ignore[no-untyped-def]
+                                                        backlog: int) -> None:
+    sink.start()
+    inst: Instance = new_instance()
+    dead_setup(inst, silent_peer, sink.port, backlog)
+    inst.start()
+    if backlog:  # qmgr has taken the backlog and is trying the dead site
+        inst.wait_log(r"to=<d\d+@dead\.example>", timeout=60)
+    started = time.monotonic()
+    queue_id = inst.send("alice@example.org", "h@healthy.example", b"Subject: healthy\r\n\r\nx\r\n")
+    # Head-of-line blocking behind 1000 messages would take 1000 / 20 connections x TIMEOUT
+    # (200 s) at the least: well beyond this wait.
+    inst.wait_log(rf"{queue_id}: to=<h@healthy\.example>, .*status=sent", timeout=60)
+    print(f"\nhealthy message delivered {time.monotonic() - started:.2f} s after submission "
+          f"with {backlog} messages for a dead destination")
+    sink.wait_dumps(1)
+    if not backlog:
+        return
+    # The dead site was tried by one cohort, then declared dead: the rest was deferred
+    # untried, with the reason of the last failure, as Postfix logs it.
+    wait_until(lambda: len(inst.queue_ids("deferred")) == backlog, 120,
+               what="the backlog back in deferred/")
+    log = inst.log()
+    tried = TRIED.findall(log)
+    suspended = SUSPENDED.findall(log)
+    assert 1 <= len(tried) <= 20
+    assert len(suspended) + len(tried) == backlog
+    assert all(reason == suspended[0][1] for _qid, reason in suspended)
+    assert "timed out" in suspended[0][1]
+
+
+def test_postqueue_f_forgets_a_dead_destination(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Dead for minimal_backoff_time (300 s here): only ``postqueue -f`` (its F trigger)
+    lets the mail go as soon as the peer is back."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4096)
+    port = silent.getsockname()[1]
+    sink = Sink(port)
+    try:
+        inst: Instance = new_instance()
+        dead_setup(inst, port, port, 30)
+        inst.start()
+        wait_until(lambda: SUSPENDED.search(inst.log()) and
+                   len(inst.queue_ids("deferred")) == 30, 120, what="the destination dead")
+        silent.close()  # the peer comes back on the same port
+        sink.start()
+        inst.tool("postqueue", "-f", check=True)
+        inst.wait_log(r"to=<d\d+@dead\.example>, relay=127\.0\.0\.1.*status=sent", count=30,
+                      timeout=120)
+        wait_until(inst.queue_empty, 60, what="an empty queue")
+    finally:
+        silent.close()
+        sink.stop()
