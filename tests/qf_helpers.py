@@ -64,6 +64,30 @@ def queue_file(spool: Path, qname: str, sender: str, rcpts: list[str], body: lis
     return qid
 
 
+def queue_files(spool: Path, qname: str, sender: str, rcpts: list[str], body: list[bytes],
+                arrival: float, mtime: float | None = None) -> list[str]:
+    """Write one complete single-recipient queue file per recipient in qname, quickly
+    (a big backlog); mtime (the next try, in deferred/) defaults to arrival."""
+    sp = queue.Spool(str(spool))
+    out = []
+    for rcpt in rcpts:
+        b = QueueFileBuilder(arrival)
+        b.attr("rewrite_context", "local")
+        b.sender(sender)
+        b.recipient(rcpt)
+        for line in body:
+            b.line(line)
+        qid, path, fd = sp.create_queue_file(qname)
+        os.write(fd, b.build())
+        os.fchmod(fd, queue.MODE_COMPLETE)
+        os.close(fd)
+        when = arrival if mtime is None else mtime
+        os.utime(path, (when, when))
+        out.append(qid)
+    match_owner(spool, qname)
+    return out
+
+
 def match_owner(spool: Path, qname: str) -> None:
     """As root: everything under spool/qname belongs to that directory's owner."""
     if os.geteuid() != 0:
