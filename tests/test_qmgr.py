@@ -196,6 +196,30 @@ def test_unavailable_transport_defers_with_status_log_and_backoff(system) -> Non
     assert not any(r.done for r in env.recipients)
 
 
+def test_many_recipients_are_read_in_slices(system) -> None:  # type: ignore[no-untyped-def]
+    """qmgr_message_recipient_limit 10: 60 recipients go through in slices of 10, each
+    recipient once; the deferred half stays pending in the file, the rest is marked done."""
+    s = system(qmgr_message_recipient_limit="10", qmgr_message_recipient_minimum="10",
+               transport_maps="inline:{ gone.example=discard:gone, {later.example=error:4.4.1 "
+                              "try later} }")
+    s.start("qmgr")
+    rcpts = [f"r{i}@{'gone' if i % 2 else 'later'}.example" for i in range(60)]
+    qid = s.queue("alice@example.org", rcpts, BODY)
+    path = s.queue_dir / "deferred" / qid[0] / qid
+    wait_until(path.exists, 30, what="the file in deferred/")
+    log = s.log()
+    assert re.search(rf"{qid}: from=<alice@example\.org>, size=\d+, nrcpt=60 \(queue active\)", log)
+    sent = re.findall(rf"{qid}: to=<(r\d+)@gone\.example>, relay=none, .*status=sent \(gone\)", log)
+    later = re.findall(rf"{qid}: to=<(r\d+)@later\.example>, relay=none, .*dsn=4\.4\.1, "
+                       r"status=deferred \(try later\)", log)
+    assert sorted(sent) == sorted(f"r{i}" for i in range(1, 60, 2))
+    assert sorted(later) == sorted(f"r{i}" for i in range(0, 60, 2))
+    env = read_envelope(str(path))
+    assert [r.address for r in env.recipients if not r.done] == rcpts[::2]
+    entries = status_log.read(str(s.queue_dir / "defer" / qid[0] / qid))
+    assert [e.recipient for e in entries] == rcpts[::2]
+
+
 def test_deferred_mail_survives_restart_and_is_delivered(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     broken = s.base / "broken"
