@@ -383,12 +383,13 @@ class Qmgr:
             except ValueError as e:
                 log.fatal(f"{name}: {e}")
 
+        limit = max(self._transport_int(transport, "destination_concurrency_limit",
+                                        "default_destination_concurrency_limit"), 0)
+        initial = max(self._transport_int(transport, "initial_destination_concurrency",
+                                          "initial_destination_concurrency"), 1)
         policy = scheduler.Policy(
-            concurrency_limit=max(self._transport_int(
-                transport, "destination_concurrency_limit",
-                "default_destination_concurrency_limit"), 0),
-            initial=max(self._transport_int(transport, "initial_destination_concurrency",
-                                            "initial_destination_concurrency"), 1),
+            concurrency_limit=limit,
+            initial=min(initial, limit) if limit else initial,  # as Postfix: within the limit
             positive=feedback("destination_concurrency_positive_feedback",
                               "default_destination_concurrency_positive_feedback"),
             negative=feedback("destination_concurrency_negative_feedback",
@@ -798,6 +799,7 @@ class Qmgr:
                                   rc.notify, rc.dsn_orcpt)
         else:
             attrs = batch_request_attrs(msg.common, entry.nexthop, rcpts)
+        released = False
         try:
             try:
                 reply = await self.pool(transport).request(attrs)
@@ -806,13 +808,13 @@ class Qmgr:
                     log.info(f"{msg.queue_id}: {transport}: {e}")
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
-                self.sched.release(dest)
                 return
             results = results_from_attrs(reply, len(rcpts),
                                          DeliveryResult.deferred(TRANSPORT_ERROR))
             for rc, result in zip(rcpts, results, strict=True):
                 self.record(msg, rc, result, None, start)
             hop = hop_failure(reply)
+            released = True
             if hop is None:
                 self.sched.success(dest)
                 return
@@ -820,6 +822,8 @@ class Qmgr:
                 self.suspend(waiting.msg, waiting.rcpts, dest)
                 self.entry_done(waiting, transport)
         finally:
+            if not released:  # no word on the destination (the agent failed, or qmgr did)
+                self.sched.release(dest)
             self.entry_done(entry, transport)
             self.sched_wake.set()
 
