@@ -98,13 +98,13 @@ def test_master_cf_overrides_are_checked_where_they_are_written(tmp_path):
 
 
 def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
-    found = problems(tmp_path, "biff = yes\nnotify_classes = resource,software\n"
-                               "qmgr_message_recipient_limit = 100\nipc_idle = 5s\n"
+    found = problems(tmp_path, "mailq_path = /usr/bin/mailq\nnotify_classes = resource,software\n"
+                               "biff = no\nipc_idle = 5s\n"
                                "daemon_timeout = 100s\n")
     assert found == [  # in the table's order
         validate.Problem(False, "parameter daemon_timeout is not implemented yet: ignored",
                          f"{tmp_path}/main.cf, line 5"),
-        validate.Problem(False, "parameter qmgr_message_recipient_limit is not implemented yet: ignored",
+        validate.Problem(False, "parameter biff is not implemented yet: ignored",
                          f"{tmp_path}/main.cf, line 3"),
     ]
 
