@@ -854,7 +854,7 @@ class Qmgr:
 
     def _append(self, queue: str, msg: Message, rc: Recipient, result: DeliveryResult,
                 action: str) -> None:
-        entry = status_log.Entry(rc.address, result.dsn, action, result.reason,
+        entry = status_log.Entry(result.rcpt or rc.address, result.dsn, action, result.reason,
                                  original_recipient=rc.orig, offset=rc.offset,
                                  dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
         entry.set_remote(result.mta, result.diag)

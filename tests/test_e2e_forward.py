@@ -74,7 +74,8 @@ def test_forward_to_another_address(inst: Instance, make_user) -> None:  # type:
     (line,) = inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*dsn=2\.0\.0, "
                             r"status=sent \(forwarded as \w+\)")
     new_id = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
-    inst.wait_log(rf"{new_id}: to=<{bob}@localhost>, relay=local, .*status=sent "
+    inst.wait_log(rf"{new_id}: to=<{bob}@localhost>, orig_to=<{alice}@localhost>, relay=local, "
+                  r".*status=sent "
                   r"\(delivered to maildir\)")
     (msg,) = inst.wait_maildir(1, bob)
     assert msg.startswith(b"Return-Path: <sender@example.org>\n")
@@ -109,8 +110,9 @@ def test_forward_backslash_user_keeps_a_copy(inst: Instance, make_user) -> None:
     write_forward(home, f"\\{alice}, {bob}@localhost\n")
     inst.start()
     qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
-    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
-                  r"\(delivered to maildir\)")
+    # "\\alice" is alice@$myorigin, delivered in place under the same queue ID
+    inst.wait_log(rf"{qid}: to=<{alice}@[^>]+>, orig_to=<{alice}@localhost>, relay=local, "
+                  r".*status=sent \(delivered to maildir\)")
     inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
                   r"\(forwarded as \w+\)")
     (own,) = inst.wait_maildir(1, alice)

@@ -70,19 +70,21 @@ def test_recipient_delimiter_extension(system) -> None:  # type: ignore[no-untyp
     assert f"Delivered-To: {ME}+box@localhost\n".encode() in msg
 
 
-def test_alias_to_addresses_forwards_through_cleanup(system) -> None:  # type: ignore[no-untyped-def]
+def test_alias_delivers_local_members_in_place_and_forwards_the_rest(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.aliases(f"team: {ME}@localhost, other@remote.example\n")
     s.start()
     qid = s.queue("alice@example.org", ["team@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, orig_to=<team@localhost>, relay=local, .*"
+               r"dsn=2\.0\.0, status=sent \(delivered to maildir\)")
     (line,) = s.wait_log(rf"{qid}: to=<team@localhost>, relay=local, .*dsn=2\.0\.0, "
                          r"status=sent \(forwarded as \w+\)")
     new_id = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
-    s.wait_log(rf"{new_id}: from=<alice@example\.org>, size=\d+, nrcpt=2 \(queue active\)")
-    s.wait_log(rf"{new_id}: to=<{ME}@localhost>, relay=local, .*status=sent")
+    s.wait_log(rf"{new_id}: from=<alice@example\.org>, size=\d+, nrcpt=1 \(queue active\)")
     (msg,) = s.maildir_messages()
-    assert msg.startswith(b"Return-Path: <alice@example.org>\n")
-    assert b"Delivered-To: team@localhost\n" in msg
+    assert msg.startswith(b"Return-Path: <alice@example.org>\nX-Original-To: team@localhost\n"
+                          b"Delivered-To: team@localhost\n")
+    assert msg.count(b"Delivered-To:") == 1
     assert msg.endswith(b"\nline one\nFrom here\n.dot\n")
 
 
@@ -94,7 +96,9 @@ def test_alias_self_reference_and_file(system) -> None:  # type: ignore[no-untyp
         s.start()
         qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
         s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to file: {shared}/archive\)")
-        s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+        # the member "ME" is ME@myorigin, delivered in place to the mailbox
+        s.wait_log(rf"{qid}: to=<{ME}@test\.example>, orig_to=<{ME}@localhost>, .*"
+                   r"status=sent \(delivered to maildir\)")
         archive = open(f"{shared}/archive", "rb").read()
         assert archive.startswith(b"From alice@example.org  ")
         assert b"\n>From here\n" in archive

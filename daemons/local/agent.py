@@ -18,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from pymailsys.daemons.local import alias, forward
 from pymailsys.daemons.local import mailbox as user_mailbox
 
 from pymailsys import log, privileges, server
+from pymailsys.address.resolve import resolver_for
+from pymailsys.address.rewrite import CONTEXT_LOCAL, RewriteContext
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import (
     ContentError,
@@ -36,7 +38,7 @@ from pymailsys.delivery.agent import (
     request_attrs,
 )
 from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, ProtocolError
-from pymailsys.ipc.services import CLEANUP
+from pymailsys.ipc.services import CLEANUP, STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
 
@@ -48,6 +50,70 @@ class Recipient:
     extension: str
     localpart: str  # user[+extension], lower case
     domain: str
+    delivered: str = ""  # the Delivered-To address (empty: the address itself)
+
+
+@dataclass(frozen=True)
+class Level:
+    """Postfix's per-level delivery attributes, passed down by value as its msg_attr
+    and usr_attr are: a deeper level never changes what a shallower one sees."""
+
+    req: DeliveryRequest  # rcpt: the address at this level; orig_rcpt: as received
+    delivered: str  # Delivered-To (frozen_delivered_to: the request's recipient)
+    sender: str  # the envelope sender of forwarded copies (an owner- alias changes it)
+    level: int = 0
+    exp_type: str = ""  # alias, forward, include ("" for the request's recipient)
+    exp_from: str = ""  # the alias or user being expanded (not looked up again)
+    owner: str = ""  # set: members that are not this user are forwarded, not delivered
+    rights: privileges.UserIds | None = None  # for commands, files (None: default_privs)
+
+    def deeper(self, **changes: object) -> Level:
+        return replace(self, level=self.level + 1, **changes)  # type: ignore[arg-type]
+
+
+class Session:
+    """What one request's expansion shares across its levels: the message, the
+    Delivered-To loop keys, the duplicate filter (Postfix's been_here, remembering at
+    most duplicate_filter_limit keys), the addresses to forward (grouped by
+    Delivered-To and sender, as Postfix's forward_append) and every result."""
+
+    def __init__(self, req: DeliveryRequest, content: QueueContent,
+                 log_result: Callable[[DeliveryRequest, DeliveryResult], DeliveryResult],
+                 loop_keys: set[str], dup_limit: int) -> None:
+        self.req = req
+        self.content = content
+        self.log_result = log_result
+        self.loop_keys = loop_keys
+        self.dup_limit = dup_limit
+        self.seen: set[str] = set()
+        self.forwards: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.results: list[tuple[DeliveryRequest, DeliveryResult]] = []
+
+    def been_here(self, key: str) -> bool:
+        if key in self.seen:
+            return True
+        if len(self.seen) < self.dup_limit:
+            self.seen.add(key)
+        return False
+
+    def done(self, req: DeliveryRequest, result: DeliveryResult) -> None:
+        """Log a result (Postfix's per-recipient line) and keep it."""
+        self.record(req, self.log_result(req, result))
+
+    def record(self, req: DeliveryRequest, result: DeliveryResult) -> None:
+        """Keep a result that is already logged (by another agent)."""
+        self.results.append((req, result))
+
+    def outcome(self) -> DeliveryResult:
+        """The one result for the request's recipient: any deferral, else any bounce,
+        else the last result; ``rcpt`` names the member it concerns (for the status
+        log: "expanded from" the request's original recipient)."""
+        for status in (STATUS_DEFERRED, STATUS_BOUNCED, STATUS_SENT):
+            for req, result in self.results:
+                if result.status == status:
+                    member = req.rcpt if req.rcpt != self.req.rcpt else ""
+                    return replace(result, rcpt=member)
+        return DeliveryResult.sent("delivered")  # nothing new: every target a duplicate
 
 
 class LocalAgent:
@@ -73,7 +139,10 @@ class LocalAgent:
         self.allow_commands = {x.lower() for x in cfg.get_list("allow_mail_to_commands")}
         self.allow_files = {x.lower() for x in cfg.get_list("allow_mail_to_files")}
         self.hostname = cfg.get("myhostname")
-        self.destinations = {d.lower() for d in cfg.get_list("mydestination")}
+        self.service = ctx.service  # a member resolving to this transport is delivered here
+        self.rewrite_context = RewriteContext.from_config(cfg, CONTEXT_LOCAL)
+        self.resolver = resolver_for(cfg)
+        self.dup_limit = cfg.get_int("duplicate_filter_limit")
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
         self.alias_error: str | None = None
@@ -150,7 +219,7 @@ class LocalAgent:
                           req.active_time, req.start_time, result))
         return result
 
-    def parse_recipient(self, address: str) -> Recipient:
+    def parse_recipient(self, address: str, delivered: str = "") -> Recipient:
         local, at, domain = address.rpartition("@")
         if not at:
             local, domain = address, ""
@@ -161,11 +230,12 @@ class LocalAgent:
                 if ch in self.delimiters and i > 0:
                     user, extension = localpart[:i], localpart[i + 1:]
                     break
-        return Recipient(address, user, extension, localpart, domain.lower())
+        return Recipient(address, user, extension, localpart, domain.lower(), delivered)
 
-    def prepended(self, req: DeliveryRequest, from_line: bool) -> bytes:
+    def prepended(self, req: DeliveryRequest, rcpt: Recipient, from_line: bool) -> bytes:
         """The From_ line (optional) and the headers every delivery prepends."""
-        headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt, req.rcpt)
+        headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt,
+                                            rcpt.delivered or req.rcpt)
         return (mailbox.from_line(req.sender) if from_line else b"") + headers
 
     def file_user(self, rights: privileges.UserIds | None = None) -> privileges.UserIds:
@@ -181,41 +251,82 @@ class LocalAgent:
     # --- Postfix's order -------------------------------------------------------------
 
     async def deliver(self, req: DeliveryRequest, content: QueueContent) -> DeliveryResult:
-        rcpt = self.parse_recipient(req.rcpt)
-        loop_key = req.rcpt.lower().encode("utf-8", "surrogateescape")
+        """Deliver one recipient of the request and everything it expands to; the one
+        result for qmgr (``Session.outcome``)."""
+        loop_keys = set()
         for h in content.header_lines():
-            if h[:13].lower() == b"delivered-to:" and h[13:].strip().lower() == loop_key:
-                return self.done(req, DeliveryResult.bounced(
-                    f"mail forwarding loop for {req.rcpt}", "5.4.6"))
-        if self.alias_error is not None:
-            return self.done(req, DeliveryResult.deferred("alias database unavailable"))
-        value = None
-        if self.aliases:
-            try:
-                if rcpt.extension:
-                    value = self.aliases.find(rcpt.localpart)
-                if value is None:
-                    value = self.aliases.find(rcpt.user)
-            except TableError as e:
-                log.warning(f"alias_maps lookup of {rcpt.user}: {e}")
-                return self.done(req, DeliveryResult.deferred("alias database unavailable"))
-        if value is not None:
-            return await alias.expand(self, req, rcpt, value, content)
-        return await self.deliver_user(req, rcpt, content)
+            if h[:13].lower() == b"delivered-to:":
+                loop_keys.add(h[13:].strip().lower().decode("utf-8", "surrogateescape"))
+        session = Session(req, content, self.done, loop_keys, self.dup_limit)
+        await self.deliver_recipient(session, Level(req, req.rcpt, req.sender))
+        await alias.forward_finish(self, session)
+        return session.outcome()
 
-    async def deliver_user(self, req: DeliveryRequest, rcpt: Recipient, content: QueueContent,
-                           use_forward: bool = True) -> DeliveryResult:
-        """The account's .forward file if it has one (unless use_forward is false), else
-        its mailbox; the result is logged."""
-        if use_forward and self.forward_path:
-            result = await forward.deliver(self, req, rcpt, content)
-            if result is not None:
-                return result
+    async def deliver_recipient(self, s: Session, lvl: Level) -> None:
+        """Postfix's deliver_recipient: nesting limit, duplicates, the Delivered-To loop
+        check, then ``deliver_switch``."""
+        lvl = lvl.deeper()
+        address = lvl.req.rcpt
+        if lvl.level > alias.MAX_LEVEL:
+            log.warning(f"recipient nesting limit exceeded for {address}")
+            s.done(lvl.req, DeliveryResult.bounced("recipient nesting limit exceeded", "5.4.6"))
+            return
+        if s.been_here(f"recipient {lvl.level} {address.lower()}"):
+            return
+        if address.lower() in s.loop_keys:
+            s.done(lvl.req, DeliveryResult.bounced(f"mail forwarding loop for {address}",
+                                                   "5.4.6"))
+            return
+        rcpt = self.parse_recipient(address, lvl.delivered)
+        if not rcpt.user:
+            s.done(lvl.req, DeliveryResult.bounced(f'null username in "{address}"', "5.1.3"))
+            return
+        await self.deliver_switch(s, lvl, rcpt)
+
+    async def deliver_switch(self, s: Session, lvl: Level, rcpt: Recipient) -> None:
+        """``\\user``: the mailbox; else alias_maps (``user+extension``, then ``user``);
+        members of a .forward, an :include: or an owner- list that are not this user are
+        forwarded; else the .forward file, else the mailbox."""
+        lvl = lvl.deeper()
+        if rcpt.address.startswith("\\"):
+            plain = rcpt.address[1:]
+            lvl = replace(lvl, req=replace(lvl.req, rcpt=plain))
+            await self.deliver_mailbox(s, lvl, self.parse_recipient(plain, lvl.delivered))
+            return
+        if self.alias_error is not None:
+            s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
+            return
+        names = [rcpt.localpart, rcpt.user] if rcpt.extension else [rcpt.localpart]
+        for name in names:
+            if self.aliases is None or name == lvl.exp_from:
+                continue
+            try:
+                value = self.aliases.find(name)
+            except TableError as e:
+                log.warning(f"alias_maps lookup of {name}: {e}")
+                s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
+                return
+            if value is not None:
+                await alias.deliver_alias(self, s, lvl, name, value)
+                return
+        if (lvl.owner and lvl.owner != rcpt.user) or lvl.exp_type == alias.INCLUDE:
+            alias.indirect(s, lvl)
+            return
+        if self.forward_path and await forward.deliver(self, s, lvl, rcpt):
+            return
+        await self.deliver_mailbox(s, lvl, rcpt)
+
+    async def deliver_mailbox(self, s: Session, lvl: Level, rcpt: Recipient) -> None:
+        """The account's mailbox (once per request), mailbox_transport or, for an
+        unknown account, fallback_transport."""
+        if s.been_here(f"mailbox {rcpt.localpart}"):
+            return
         if self.mailbox_transport:
-            return await self.pass_to(self.mailbox_transport, req)
-        if self.fallback_transport and not _is_account(rcpt.user):
-            return await self.pass_to(self.fallback_transport, req)
-        return self.done(req, await user_mailbox.deliver(self, req, rcpt, content))
+            s.record(lvl.req, await self.pass_to(self.mailbox_transport, lvl.req))
+        elif self.fallback_transport and not _is_account(rcpt.user):
+            s.record(lvl.req, await self.pass_to(self.fallback_transport, lvl.req))
+        else:
+            s.done(lvl.req, await user_mailbox.deliver(self, lvl.req, rcpt, s.content))
 
     async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
         """Hand the recipient to another delivery agent (Postfix's deliver_pass): its

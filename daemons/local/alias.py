@@ -1,45 +1,61 @@
-"""Alias expansion: an alias value, a .forward file's or an :include: file's contents.
+"""Alias expansion in place: an alias value, a .forward file's or an :include: file's contents.
 
-Takes a value (a comma list) and the rights its commands and files get
-(None: default_privs, as for an alias from alias_maps); promises one logged
-result per member and one combined result (``results.worst``):
+Takes one level's attributes (``agent.Level``) and a value (a comma list);
+promises Postfix's local(8) expansion within the request being delivered
+(one queue ID, one logged line per member, ``to=<member>, orig_to=<the
+recipient as received>``):
 
+* ``deliver_alias``: the alias's members get default_privs' rights for
+  commands and files; an ``owner-NAME`` alias makes its address the sender of
+  forwarded copies (and members that are local users are then forwarded too);
+  nesting deeper than ``MAX_LEVEL`` bounces as an alias database loop;
+  a value naming nobody defers (4.3.0) with Postfix's warning;
 * ``|command`` runs through ``command`` and ``/file`` (``/dir/`` = Maildir)
   through ``file``, each only when its origin (alias, forward, include) is in
-  allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1);
-* ``:include:/path`` is read with the same rights and expanded as one more
-  level (at most 10: a deeper nesting bounces as an alias loop); the path
-  must be absolute and name a regular file of at most FILE_SIZE_LIMIT bytes,
-  read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
-  bounce as a configuration error, 5.3.5; a slow read defers);
-* addresses are re-submitted together through ``public/cleanup`` as one new
-  message with the same envelope sender and content and a ``Delivered-To:``
-  header (``resubmit``); an address that names the user itself goes to the
-  user (from an alias: its .forward, then the mailbox; from a .forward or as
-  ``\\user``: the mailbox) instead, which breaks the loop.
+  allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1), each once
+  per request and rights;
+* ``:include:/path`` is read with the same rights and expanded once per request;
+  the path must be absolute and name a regular file of at most FILE_SIZE_LIMIT
+  bytes, read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
+  bounce as a configuration error, 5.3.5; a slow read defers); its members that
+  are not aliases are forwarded;
+* an address is rewritten (myorigin) and resolved as qmgr would: one that
+  resolves to this local transport is delivered here (``agent.deliver_recipient``:
+  its own aliases, .forward and mailbox), any other is forwarded (``indirect``);
+* ``forward_finish``: the forwarded addresses leave as one new message per
+  Delivered-To and sender, through ``public/cleanup``, with a ``Delivered-To:``
+  header, logged once as ``status=sent (forwarded as NEWID)`` for the
+  request's recipient; nothing is forwarded when a delivery of the same
+  request was deferred (the next attempt expands again, as Postfix).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import command, file, results
 
 from pymailsys import log, privileges, rfc822
+from pymailsys.address.rewrite import rewrite_address
 from pymailsys.bounded_read import FileRefused, read_bounded
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 from pymailsys.delivery.mailbox import plain_text
 from pymailsys.ipc.attr import AttrValue, ProtocolError, request_streamed
-from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK
+from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK, STATUS_DEFERRED
+from pymailsys.maps import TableError
 
 if TYPE_CHECKING:
-    from pymailsys.daemons.local.agent import LocalAgent, Recipient
+    from pymailsys.daemons.local.agent import Level, LocalAgent, Session
 
-MAX_DEPTH = 10
+MAX_LEVEL = 100  # Postfix's nesting limit for recipients, aliases and includes
 FILE_SIZE_LIMIT = 1 << 22  # bytes of an :include: or .forward file
 FILE_READ_TIMEOUT = 30.0  # seconds to read one
+ALIAS = "alias"
+FORWARD = "forward"
+INCLUDE = "include"
 
 
 def value_of_lines(text: str) -> str:
@@ -48,88 +64,112 @@ def value_of_lines(text: str) -> str:
                      if line.strip() and not line.lstrip().startswith("#"))
 
 
-async def expand(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, value: str,
-                 content: QueueContent, origin: str = "alias", depth: int = 0,
-                 rights: privileges.UserIds | None = None) -> DeliveryResult:
-    """Expand an alias value (or .forward or :include: contents). ``rights``: the user
-    whose rights commands, files and includes get (None: default_privs, as for an
-    alias); ``origin`` (alias, forward, include) is checked against
-    allow_mail_to_commands/_files."""
-    addresses: list[str] = []
-    done: list[DeliveryResult] = []
-    skip_forward = origin != "alias"
-    for item in rfc822.address_list(value):
-        if item.startswith("|"):
-            if origin not in agent.allow_commands:
-                done.append(agent.done(req, DeliveryResult.bounced(
-                    "mail to command is restricted", "5.7.1")))
-                continue
-            done.append(agent.done(req, await command.deliver(
-                agent, req, rcpt, item[1:], content, rights)))
-        elif item.startswith("/"):
-            if origin not in agent.allow_files:
-                done.append(agent.done(req, DeliveryResult.bounced(
-                    "mail to file is restricted", "5.7.1")))
-                continue
-            done.append(agent.done(req, file.deliver(agent, req, item, content, rights)))
-        elif item.lower().startswith(":include:"):
-            if depth >= MAX_DEPTH:
-                done.append(agent.done(req, DeliveryResult.bounced(
-                    f"alias database loop for {rcpt.user}", "5.4.6")))
-                continue
-            done.append(await include(agent, req, rcpt, item[9:].strip(), content, depth,
-                                      rights))
-        elif item:
-            addresses.append(item)
-    self_reference = False
-    others: list[str] = []
-    for addr in addresses:
-        # \user: that user's mailbox, no further alias or .forward expansion
-        backslash = addr.startswith("\\")
-        addr = addr.lstrip("\\")
-        if not addr:
-            continue
-        local, at, domain = addr.rpartition("@")
-        if not at:
-            local, domain = addr, ""
-        if local.lower() == rcpt.user and (not domain or domain.lower() in agent.destinations):
-            self_reference = True  # loop guard: the user's own mailbox
-            if backslash or origin != "alias":
-                skip_forward = True
-        else:
-            others.append(addr)
-    if others:
-        done.append(agent.done(req, await resubmit(agent, req, others, content)))
-    if self_reference:
-        # from an alias, the user's .forward still applies (Postfix's alias "joe: joe,
-        # ..." keeps a copy for joe); from a .forward or with \user, the mailbox
-        done.append(await agent.deliver_user(req, rcpt, content, use_forward=not skip_forward))
-    if not done:
-        return DeliveryResult.sent("alias expanded to nothing")
-    return results.worst(done)
+async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
+                        value: str) -> None:
+    """Expand the alias ``name`` (found with ``value``) in place."""
+    lvl = lvl.deeper()
+    if lvl.level > MAX_LEVEL:
+        log.warning(f"alias database loop for {name}")
+        s.done(lvl.req, DeliveryResult.bounced(f"alias database loop for {name}", "5.4.6"))
+        return
+    owner, sender = lvl.owner, lvl.sender
+    try:
+        owner_value = agent.aliases.find(f"owner-{name}") if agent.aliases else None
+    except TableError as e:
+        log.warning(f"alias_maps lookup of owner-{name}: {e}")
+        s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
+        return
+    if owner_value is not None:
+        owner = sender = rewrite_address(f"owner-{name}", agent.rewrite_context)
+    member = lvl.deeper(exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
+                        rights=None)
+    if not await expand(agent, s, member, value):
+        log.warning(f"no recipient in alias lookup result for {name}")
+        s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
 
 
-async def include(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
-                  content: QueueContent, depth: int,
-                  rights: privileges.UserIds | None = None) -> DeliveryResult:
+async def expand(agent: LocalAgent, s: Session, lvl: Level, value: str) -> int:
+    """Deliver each member of a value (Postfix's deliver_token_string); how many."""
+    items = rfc822.address_list(value)
+    for item in items:
+        await deliver_token(agent, s, lvl, item)
+    return len(items)
+
+
+async def deliver_token(agent: LocalAgent, s: Session, lvl: Level, item: str) -> None:
+    req, rights = lvl.req, lvl.rights
+    rcpt = agent.parse_recipient(req.rcpt, lvl.delivered)
+    if item.startswith("|"):
+        if lvl.exp_type not in agent.allow_commands:
+            s.done(req, DeliveryResult.bounced("mail to command is restricted", "5.7.1"))
+        elif not s.been_here(f"command {agent.file_user(rights).uid} {item[1:]}"):
+            s.done(req, await command.deliver(agent, req, rcpt, item[1:], s.content, rights))
+    elif item.startswith("/"):
+        if lvl.exp_type not in agent.allow_files:
+            s.done(req, DeliveryResult.bounced("mail to file is restricted", "5.7.1"))
+        elif not s.been_here(f"file {agent.file_user(rights).uid} {item}"):
+            s.done(req, file.deliver(agent, req, rcpt, item, s.content, rights))
+    elif item.lower().startswith(":include:"):
+        await include(agent, s, lvl, item[9:].strip())
+    elif item:
+        await deliver_address(agent, s, lvl, item)
+
+
+async def deliver_address(agent: LocalAgent, s: Session, lvl: Level, address: str) -> None:
+    """Rewrite and resolve a member as cleanup and qmgr would; deliver it here when it
+    resolves to this transport, else forward it (Postfix's deliver_resolve_tree)."""
+    lvl = lvl.deeper()
+    resolved = agent.resolver.resolve(rewrite_address(address, agent.rewrite_context))
+    if resolved.failed:
+        s.done(lvl.req, DeliveryResult.deferred("address resolver failure"))
+        return
+    member = replace(lvl, req=replace(lvl.req, rcpt=resolved.recipient,
+                                      orig_rcpt=lvl.req.orig_rcpt or s.req.rcpt))
+    if resolved.transport == agent.service:
+        await agent.deliver_recipient(s, member)
+    else:
+        indirect(s, member)
+
+
+def indirect(s: Session, lvl: Level) -> None:
+    """Add the level's address to the copy forwarded for its Delivered-To and sender."""
+    address = lvl.req.rcpt
+    if s.been_here(f"indirect {address.lower()}"):
+        return
+    orig = lvl.req.orig_rcpt or s.req.rcpt
+    s.forwards.setdefault((lvl.delivered, lvl.sender), []).append((address, orig))
+
+
+async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
     """Expand an :include: file, read with the rights of its alias or .forward: an
     absolute path to a regular file of at most FILE_SIZE_LIMIT bytes (``read_file``)."""
+    lvl = lvl.deeper()
+    req = lvl.req
+    if lvl.level > MAX_LEVEL:
+        log.warning(f"include nesting limit exceeded for {path}")
+        s.done(req, DeliveryResult.bounced(f"alias database loop for {path}", "5.4.6"))
+        return
     if not path.startswith("/"):
-        return agent.done(req, DeliveryResult.bounced(
+        s.done(req, DeliveryResult.bounced(
             f"mail system configuration error: include file {path} is not an absolute path",
             "5.3.5"))
+        return
     try:
-        ids = agent.file_user(rights)
+        ids = agent.file_user(lvl.rights)
+        if s.been_here(f"include {ids.uid} {path}"):
+            return
         with privileges.as_user(ids.uid, ids.gid):
             text, st = read_file(path)
     except (privileges.PrivilegeError, OSError, FileRefused) as e:
-        return agent.done(req, results.failure(e, f"cannot open include file {path}: "))
+        s.done(req, results.failure(e, f"cannot open include file {path}: "))
+        return
     if st.st_mode & stat.S_IWOTH:
-        return agent.done(req, DeliveryResult.bounced(
+        s.done(req, DeliveryResult.bounced(
             f"mail system configuration error: include file {path} is world writable",
             "5.3.5"))
-    return await expand(agent, req, rcpt, value_of_lines(text), content, "include", depth + 1,
-                        rights)
+        return
+    await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt),
+                 value_of_lines(text))
 
 
 def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result]:
@@ -139,19 +179,33 @@ def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result
     return data.decode("utf-8", "surrogateescape"), st
 
 
-async def resubmit(agent: LocalAgent, req: DeliveryRequest, addresses: list[str],
-                   content: QueueContent) -> DeliveryResult:
-    """Forward to addresses: one new message through cleanup, with Delivered-To."""
-    delivered = f"Delivered-To: {req.rcpt.lower()}\n".encode("utf-8", "surrogateescape")
-    attrs: list[tuple[str, AttrValue]] = [("origin", "local"), ("sender", req.sender)]
-    attrs += [("rcpt", a) for a in addresses]
+async def forward_finish(agent: LocalAgent, s: Session) -> None:
+    """Send the forwarded copies, one per Delivered-To and sender, each logged for the
+    request's recipient; none when a delivery of this request was deferred."""
+    if any(r.status == STATUS_DEFERRED for _, r in s.results):
+        return
+    for (delivered, sender), members in s.forwards.items():
+        result = await resubmit(agent, s.req, delivered, sender, members, s.content)
+        s.done(s.req, result)
+        if not result.final:
+            return
+
+
+async def resubmit(agent: LocalAgent, req: DeliveryRequest, delivered: str, sender: str,
+                   members: list[tuple[str, str]], content: QueueContent) -> DeliveryResult:
+    """Forward to members (address, original recipient): one new message through
+    cleanup, with Delivered-To."""
+    header = f"Delivered-To: {delivered.lower()}\n".encode("utf-8", "surrogateescape")
+    attrs: list[tuple[str, AttrValue]] = [("origin", "local"), ("sender", sender)]
+    attrs += [("rcpt", address) for address, _ in members]
+    attrs += [("orcpt", orig) for _, orig in members]
     attrs += [("rewrite_context", "local"), ("flags", CLEANUP_FLAG_MAP_OK)]
     try:
         reply = await request_streamed(agent.cleanup, attrs, "content",
-                                       plain_text(delivered, content.text()))
+                                       plain_text(header, content.text()))
     except (ProtocolError, OSError) as e:
         log.warning(f"{req.queue_id}: cleanup service: {e}")
-        return DeliveryResult.deferred("mail forwarding failed: cleanup service unavailable")
+        return DeliveryResult.deferred("unable to forward message")
     if reply.number("status", -1) != CLEANUP_OK:
         dsn = reply.text("dsn") or "4.3.0"
         return results.from_dsn("4.3.0" if dsn[:2] == "2." else dsn,

@@ -49,7 +49,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     except privileges.PrivilegeError as e:
         return results.failure(e)
     home_of = rights or ids  # HOME and SHELL: the user's, even when uid 0 runs as nobody
-    data = plain_text(agent.prepended(req, True), content.text())
+    data = plain_text(agent.prepended(req, rcpt, True), content.text())
     if any(ch in SHELL_METACHARS for ch in command):
         argv = ["/bin/sh", "-c", command]
     else:

@@ -17,21 +17,22 @@ from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
-    from pymailsys.daemons.local.agent import LocalAgent
+    from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
 
-def deliver(agent: LocalAgent, req: DeliveryRequest, path: str, content: QueueContent,
+def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
+            content: QueueContent,
             rights: privileges.UserIds | None = None) -> DeliveryResult:
     try:
         ids = agent.file_user(rights)
         with privileges.as_user(ids.uid, ids.gid):
             if path.endswith("/"):
-                data = mailbox.plain_text(agent.prepended(req, False), content.text())
+                data = mailbox.plain_text(agent.prepended(req, rcpt, False), content.text())
                 mailbox.deliver_maildir(path, data, host=agent.hostname,
                                         size_limit=agent.size_limit)
                 return DeliveryResult.sent("delivered to maildir")
             data = mailbox.mbox_text(mailbox.from_line(req.sender),
-                                     agent.prepended(req, False), content.text())
+                                     agent.prepended(req, rcpt, False), content.text())
             mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
                                  stale=agent.stale)

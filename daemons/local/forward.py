@@ -12,8 +12,10 @@ that runs out of time defers). A file that is not a regular file, is larger than
 owned by neither the user nor root, or is world-writable is ignored with a
 warning; one that names nobody (empty,
 comments only) means no forwarding. The contents expand as an alias value
-(``alias``, origin ``forward``) with the user's rights. ``deliver`` returns
-None when the mailbox should get the mail instead.
+(``alias``, origin ``forward``) with the user's rights, in the same request:
+members other than the user leave as the forwarded copy, the user itself (its
+own address or ``\\user``) gets its mailbox. ``deliver`` returns False when
+the mailbox should get the mail instead.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ from pymailsys.daemons.local import alias, results
 from pymailsys import log, privileges, rfc822
 from pymailsys.bounded_read import FileRefused
 from pymailsys.config import ConfigError, MacroExpander, split_list
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 
 if TYPE_CHECKING:
-    from pymailsys.daemons.local.agent import LocalAgent, Recipient
+    from pymailsys.daemons.local.agent import Level, LocalAgent, Recipient, Session
 
 
 def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
@@ -53,17 +54,19 @@ def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
     return attrs
 
 
-async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
-                  content: QueueContent) -> DeliveryResult | None:
+async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) -> bool:
     """Deliver per the user's .forward file (the first forward_path entry that exists);
-    None when there is none, it is unsafe (a warning, as Postfix) or it names nobody:
-    then the mailbox gets the mail."""
+    False when there is none, it is unsafe (a warning, as Postfix) or it names nobody:
+    then the mailbox gets the mail. Its members that are not this user are forwarded;
+    the user itself (or ``\\user``) goes to the mailbox (Postfix's loop guard: the
+    same .forward is not expanded twice in one request)."""
+    req = lvl.req
     try:
         pw = pwd.getpwnam(rcpt.user)
     except KeyError:
-        return None  # the mailbox delivery reports the unknown user
+        return False  # the mailbox delivery reports the unknown user
     if not agent.root and pw.pw_uid != agent.me.uid:
-        return None  # the mailbox delivery defers
+        return False  # the mailbox delivery defers
     attrs = expansion_attrs(agent, rcpt, pw)
     found: tuple[str, os.stat_result] | None = None
     try:
@@ -78,34 +81,41 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
                 except OSError:
                     continue
             if found is None:
-                return None
+                return False
             path, lst = found
+            if s.been_here(f"forward {path}"):
+                return f"forward-done {path}" in s.seen
             if not stat.S_ISREG(lst.st_mode):
                 log.warning(f"file {path} is not a regular file")
-                return None
+                return False
             try:
                 text, st = alias.read_file(path, follow_links=False)
             except FileRefused as e:
                 log.warning(f"file {path} is {e}")
-                return None
+                return False
             except TimeoutError as e:
-                return agent.done(req, results.failure(e, f"cannot read file {path}: "))
+                s.done(req, results.failure(e, f"cannot read file {path}: "))
+                return True
             except OSError as e:
                 log.warning(f"cannot open file {path}: {e.strerror}")
-                return None
+                return False
             if st.st_uid not in (0, pw.pw_uid):
                 log.warning(f"file {path} has bad owner uid {st.st_uid}")
-                return None
+                return False
             if st.st_mode & stat.S_IWOTH:
                 log.warning(f"file {path} is world writable")
-                return None
+                return False
     except privileges.PrivilegeError as e:
-        return agent.done(req, results.failure(e))
+        s.done(req, results.failure(e))
+        return True
     value = alias.value_of_lines(text)
     if not rfc822.address_list(value):
-        return None  # an empty .forward: no forwarding
-    return await alias.expand(agent, req, rcpt, value, content, "forward",
-                              rights=privileges.UserIds.from_pw(pw))
+        return False  # an empty .forward: no forwarding
+    member = lvl.deeper(exp_type=alias.FORWARD, exp_from=rcpt.localpart, owner=rcpt.user,
+                        rights=privileges.UserIds.from_pw(pw))
+    await alias.expand(agent, s, member, value)
+    s.been_here(f"forward-done {path}")
+    return True
 
 
 def local_expand(text: str, attrs: dict[str, str], allowed: set[str]) -> str | None:

@@ -43,10 +43,10 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     if agent.mailbox_command:  # as Postfix: no $name expansion, the shell's $HOME etc.
         return await command.deliver(agent, req, rcpt, agent.mailbox_command, content,
                                      privileges.UserIds.from_pw(pw))
-    return write(agent, req, pw, content)
+    return write(agent, req, rcpt, pw, content)
 
 
-def write(agent: LocalAgent, req: DeliveryRequest, pw: pwd.struct_passwd,
+def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.struct_passwd,
           content: QueueContent) -> DeliveryResult:
     """Store the message in the account's mbox file or Maildir."""
     if agent.home_mailbox:
@@ -58,7 +58,7 @@ def write(agent: LocalAgent, req: DeliveryRequest, pw: pwd.struct_passwd,
         maildir = agent.spool_dir.endswith("/")
         path = os.path.join(agent.spool_dir, pw.pw_name) + ("/" if maildir else "")
         ids, chown = spool_ids(agent, pw, maildir)
-    headers = agent.prepended(req, False)
+    headers = agent.prepended(req, rcpt, False)
     try:
         with privileges.as_user(ids[0], ids[1], ids[2]):
             if maildir:

@@ -230,6 +230,9 @@ class DeliveryResult:
     mta: str = ""
     diag: str = ""
     passed_on: bool = False
+    # the address the result concerns when it is not the request's recipient (local: an
+    # alias or .forward member); the status log names it, expanded from the recipient
+    rcpt: str = ""
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -249,7 +252,8 @@ class DeliveryResult:
         if status not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):
             return cls.deferred(f"unknown delivery status {status!r}")
         return cls(status, attrs.text("dsn"), attrs.text("reason"), attrs.text("action"),
-                   attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1")
+                   attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1",
+                   rcpt=attrs.text("rcpt"))
 
     @property
     def final(self) -> bool:
@@ -267,6 +271,8 @@ class DeliveryResult:
         out = {"status": self.status, "dsn": self.dsn, "reason": self.reason}
         if self.has_detail:
             out.update(self.detail_attrs())
+        if self.rcpt:
+            out["rcpt"] = self.rcpt
         return out
 
 

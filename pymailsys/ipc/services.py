@@ -74,10 +74,13 @@ local (``private/local``), one request per recipient (delivery request)::
                        concurrency feedback and may declare the
                        destination dead; a reply without it is positive
                        feedback (``pymailsys.queue.scheduler``)
+             rcpt      optional: the alias or .forward member the result concerns
+                       (local: the member whose bounce or deferral decided it)
 
     The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself;
     qmgr marks the recipient done (R -> D in place) for sent and bounced, keeps
-    it for deferred, and appends bounced/deferred reasons to bounce/ID, defer/ID.
+    it for deferred, and appends bounced/deferred reasons to bounce/ID, defer/ID
+    (recipient: the reply's ``rcpt`` when given, original_recipient: orig_rcpt).
 
 showq (``public/showq``): request ``{request: "list", format: "text" | "json"}``,
 reply ``{status: 0, listing: <bytes, the whole mailq text or JSON lines>}``.
