@@ -21,15 +21,21 @@ DESCRIPTION
     1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
        5.4.6 ``mail forwarding loop for ADDR``;
     2. ``alias_maps`` is searched for ``user+extension``, then ``user``. An alias
-       value is a comma list of addresses (re-submitted through
-       ``public/cleanup`` as one new message with the same envelope sender and
-       content and a ``Delivered-To:`` header; an address that names the alias
-       itself goes to the user: its .forward, then the mailbox; ``\\user`` to the
-       mailbox directly), ``|command``, ``/file`` (``/dir/`` =
-       Maildir) and ``:include:/path`` (one level of the same syntax, read as
-       default_privs; commands and files from includes only when
+       value is a comma list, expanded in place as Postfix's local(8) does
+       (``alias``): an address is rewritten and resolved; one that resolves to
+       this transport is delivered within the same request and queue ID (its
+       own aliases, .forward, mailbox), logged ``to=<member>, orig_to=<the
+       recipient as received>``; the others leave as one new message through
+       ``public/cleanup`` (per Delivered-To and sender) with a ``Delivered-To:``
+       header, logged ``status=sent (forwarded as NEWID)``. Duplicates are
+       delivered once (duplicate_filter_limit), nesting is limited (100
+       levels), an ``owner-NAME`` alias becomes the sender of the forwarded
+       copy. ``|command``, ``/file`` (``/dir/`` = Maildir) and
+       ``:include:/path`` (read as default_privs; its members that are not
+       aliases are forwarded; commands and files from includes only when
        ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``).
-       A table that cannot answer defers the mail (4.3.0);
+       A table that cannot answer defers the mail (4.3.0). The reply's
+       ``rcpt`` names the member whose bounce or deferral decided the result;
     3. the account's ``.forward``: the first ``forward_path`` entry that exists
        (``$home``, ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
        ``$extension``, ``$recipient_delimiter``, ``${name?value}``,
@@ -41,7 +47,7 @@ DESCRIPTION
        alias value (origin ``forward`` for allow_mail_to_commands/_files);
        commands, files and includes run with the user's rights (uid 0:
        default_privs); an address naming the user itself, or ``\\user``, goes
-       to the mailbox (loop guard); forwarded copies carry ``Delivered-To:``;
+       to the mailbox (loop guard); other addresses are forwarded;
     4. the mailbox of the UNIX account: ``mailbox_command`` (no ``$name``
        expansion, as Postfix; run as the user like a .forward command, same
        environment and exit codes), else ``home_mailbox`` (relative to the home
@@ -112,11 +118,11 @@ CONFIGURATION PARAMETERS
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
     command_time_limit, allow_mail_to_commands, allow_mail_to_files,
     mailbox_transport, fallback_transport, ipc_timeout,
-    default_privs, myhostname, mydestination, data_directory.
+    default_privs, myhostname, myorigin, duplicate_filter_limit, data_directory.
 
 MODULES
     agent (state, dispatch, logging), alias (alias values, :include:,
-    re-submission), forward (.forward, forward_path expansion), mailbox (the
+    forwarding), forward (.forward, forward_path expansion), mailbox (the
     account's mailbox, mailbox_command), command (|command), file (/file,
     /dir/), results (the one failure-to-result mapping).
 """

@@ -6,11 +6,13 @@ the cleanup client and the Maildir delivery markers (kept as mail_owner in
 never creates, reads or removes anything in it). ``handle`` turns one
 delivery request into one reply and never raises (a bug defers the recipient
 instead of stalling qmgr's pipelined connection). ``deliver`` runs Postfix's
-order for one recipient: the Delivered-To loop check, ``alias_maps``
-(``alias``), then the account (``deliver_user``: its ``.forward``
-(``forward``), else its mailbox (``mailbox``)). Every result a path returns
-is logged by ``done``, once per delivery attempt, as Postfix logs one line per
-alias member.
+local(8) for one recipient and everything it expands to, in one ``Session``:
+``deliver_recipient`` (nesting limit, duplicates, the Delivered-To loop
+check), ``deliver_switch`` (``alias_maps`` through ``alias``, forwarding for
+members of .forward, :include: and owner- lists, the ``.forward`` through
+``forward``, else ``deliver_mailbox``). Each level's attributes are a
+``Level`` passed down by value. Every result is logged once
+(``Session.done``), one line per member; the reply is ``Session.outcome``.
 """
 
 from __future__ import annotations

@@ -303,13 +303,17 @@ def hop_failure(attrs: AttrList) -> DeliveryResult | None:
 
 def results_from_attrs(attrs: AttrList, count: int,
                        missing: DeliveryResult) -> list[DeliveryResult]:
-    """The results of a request for count recipients; ``missing`` for any the reply lacks."""
+    """The results of a request for count recipients; ``missing`` for any the reply lacks
+    (``rcpt``, when the reply names one per recipient: the member a result concerns)."""
     statuses, dsns, reasons = attrs.all("status"), attrs.all("dsn"), attrs.all("reason")
     actions, mtas, diags, passed = (attrs.all(name) for name in
                                     ("action", "mta", "diag", "passed_on"))
     if any(len(d) != count for d in (actions, mtas, diags, passed)):
         actions = mtas = diags = [""] * count
         passed = ["0"] * count
+    members = attrs.all("rcpt")
+    if len(members) != count:
+        members = [""] * count
     out = []
     for i in range(count):
         if i >= len(statuses) or i >= len(dsns) or i >= len(reasons):
@@ -318,7 +322,7 @@ def results_from_attrs(attrs: AttrList, count: int,
             out.append(DeliveryResult.deferred(f"unknown delivery status {statuses[i]!r}"))
         else:
             out.append(DeliveryResult(statuses[i], dsns[i], reasons[i], actions[i], mtas[i],
-                                      diags[i], passed[i] == "1"))
+                                      diags[i], passed[i] == "1", rcpt=members[i]))
     return out
 
 
