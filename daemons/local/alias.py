@@ -102,17 +102,26 @@ async def deliver_token(agent: LocalAgent, s: Session, lvl: Level, item: str) ->
     if item.startswith("|"):
         if lvl.exp_type not in agent.allow_commands:
             s.done(req, DeliveryResult.bounced("mail to command is restricted", "5.7.1"))
-        elif not s.been_here(f"command {agent.file_user(rights).uid} {item[1:]}"):
+        elif not s.been_here(f"command {_uid(agent, rights)} {item[1:]}"):
             s.done(req, await command.deliver(agent, req, rcpt, item[1:], s.content, rights))
     elif item.startswith("/"):
         if lvl.exp_type not in agent.allow_files:
             s.done(req, DeliveryResult.bounced("mail to file is restricted", "5.7.1"))
-        elif not s.been_here(f"file {agent.file_user(rights).uid} {item}"):
+        elif not s.been_here(f"file {_uid(agent, rights)} {item}"):
             s.done(req, file.deliver(agent, req, rcpt, item, s.content, rights))
     elif item.lower().startswith(":include:"):
         await include(agent, s, lvl, item[9:].strip())
     elif item:
         await deliver_address(agent, s, lvl, item)
+
+
+def _uid(agent: LocalAgent, rights: privileges.UserIds | None) -> int:
+    """The uid commands and files run with, for duplicate keys (-1: none can be had; the
+    delivery then reports why)."""
+    try:
+        return agent.file_user(rights).uid
+    except privileges.PrivilegeError:
+        return -1
 
 
 async def deliver_address(agent: LocalAgent, s: Session, lvl: Level, address: str) -> None:

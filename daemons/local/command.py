@@ -3,10 +3,16 @@
 Takes the command text and the rights it runs with (``LocalAgent.file_user``);
 promises Postfix's pipe-to-command semantics: ``/bin/sh -c`` only when the
 command contains shell metacharacters (else split on white space and executed
-directly), the environment SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
-RECIPIENT SENDER ORIGINAL_RECIPIENT PATH (plus TZ and LANG when set), the
-From_ line and prepended headers before the message (no >From quoting), a new
-session killed as a whole after ``command_time_limit``. Exit 0 is success;
+directly), in the queue directory (Postfix's local works there and
+command_execution_directory is empty by default) with local's umask (077),
+the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
+(the recipient's user part: an alias's name), SENDER, RECIPIENT, LOCAL, and
+DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
+a user's rights (.forward, mailbox_command: the user's; an alias's command
+gets neither); TZ, MAIL_CONFIG and LANG from local's environment
+(export_environment's default). The From_ line and prepended headers go before
+the message (no >From quoting); the command runs in a new session, killed as a
+whole after ``command_time_limit``. Exit 0 is success;
 output starting with ``X.Y.Z`` decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and
 death by a signal defer; any other status bounces with the command's output
 (at most 1000 bytes of it in the reason).
@@ -31,6 +37,8 @@ from pymailsys.delivery.mailbox import plain_text
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
+EXPORTED = ("TZ", "MAIL_CONFIG", "LANG")  # Postfix's default export_environment
+DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
 OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log
 EX_OSERR = 71
@@ -48,7 +56,6 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         ids = agent.file_user(rights)
     except privileges.PrivilegeError as e:
         return results.failure(e)
-    home_of = rights or ids  # HOME and SHELL: the user's, even when uid 0 runs as nobody
     data = plain_text(agent.prepended(req, rcpt, True), content.text())
     if any(ch in SHELL_METACHARS for ch in command):
         argv = ["/bin/sh", "-c", command]
@@ -56,20 +63,21 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         argv = command.split()
     if not argv:
         return DeliveryResult.bounced("empty command", "5.3.5")
-    env = {
-        "PATH": "/usr/bin:/bin", "SHELL": home_of.shell or "/bin/sh",
-        "HOME": home_of.home or "/",
-        "USER": rcpt.user, "LOGNAME": rcpt.user, "LOCAL": rcpt.localpart,
-        "EXTENSION": rcpt.extension, "DOMAIN": rcpt.domain, "RECIPIENT": req.rcpt,
-        "SENDER": req.sender, "ORIGINAL_RECIPIENT": req.orig_rcpt or req.rcpt,
-    }
-    for name in ("TZ", "LANG"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+    env = {name: os.environ[name] for name in EXPORTED if name in os.environ}
+    env["PATH"] = DEFAULT_PATH
+    if rights is not None:  # a user's (.forward, mailbox_command), even when uid 0 runs as nobody
+        env.update(HOME=rights.home, SHELL=rights.shell)
+    env.update(LOGNAME=rcpt.user, USER=rcpt.user, SENDER=req.sender, RECIPIENT=req.rcpt,
+               LOCAL=rcpt.localpart)
+    for name, value in (("DOMAIN", rcpt.domain), ("EXTENSION", rcpt.extension),
+                        ("ORIGINAL_RECIPIENT", req.orig_rcpt)):
+        if value:
+            env[name] = value
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, cwd="/", start_new_session=True,
+            stderr=asyncio.subprocess.STDOUT, env=env, cwd=agent.spool.root,
+            start_new_session=True,
             **privileges.subprocess_ids(ids))  # type: ignore[arg-type]
     except OSError as e:
         return DeliveryResult.deferred(f"cannot execute command \"{command}\": {e.strerror}")

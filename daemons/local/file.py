@@ -35,7 +35,7 @@ def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
                                      agent.prepended(req, rcpt, False), content.text())
             mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
-                                 stale=agent.stale)
+                                 stale=agent.stale, dotlock_may_fail=True)
     except (mailbox.MailboxError, privileges.PrivilegeError) as e:
         return results.failure(e, f"cannot append message to file {path}: ")
     return DeliveryResult.sent(f"delivered to file: {path}")

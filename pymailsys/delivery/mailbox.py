@@ -69,7 +69,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 
-from pymailsys import privileges
+from pymailsys import log, privileges
 from pymailsys.queue.spool import valid_queue_id
 
 MAILER_DAEMON = "MAILER-DAEMON"
@@ -169,7 +169,12 @@ def _os_error(e: OSError, default: str, what: str) -> MailboxError:
 
 @contextlib.contextmanager
 def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
-            stale: float = 500.0) -> Iterator[None]:
+            stale: float = 500.0, may_fail: bool = False) -> Iterator[None]:
+    """Hold ``PATH.lock``. A lock held by another process past the attempts defers
+    (4.2.0); any other failure to create it (EACCES in a directory the writer cannot
+    write, ...) is a warning when ``may_fail`` (Postfix's MBOX_DOT_LOCK_MAY_FAIL, for
+    deliveries to files named in aliases and .forward) and the kernel locks alone
+    protect the file, else an error."""
     lock = path + ".lock"
     for attempt in range(max(attempts, 1)):
         try:
@@ -185,7 +190,11 @@ def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
                 time.sleep(delay)
             continue
         except OSError as e:
-            raise _os_error(e, "5.2.0", f"unable to create lock file {lock}") from None
+            if not may_fail:
+                raise _os_error(e, "5.2.0", f"unable to create lock file {lock}") from None
+            log.warning(f"unable to create lock file {lock}: {e.strerror}")
+            yield
+            return
         os.close(fd)
         try:
             yield
@@ -194,6 +203,13 @@ def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
                 os.unlink(lock)
         return
     raise MailboxError("4.2.0", f"unable to create lock file {lock}: file exists")
+
+
+def _regular_or_absent(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def _kernel_lock(fd: int, method: str, attempts: int, delay: float) -> None:
@@ -263,12 +279,16 @@ def open_mailbox(path: str, expect_uid: int | None = None,
 def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | None = None,
                  chown_to: tuple[int, int] | None = None,
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
-                 attempts: int = 20, delay: float = 1.0, stale: float = 500.0) -> None:
-    """Append data (already in mbox form; bytes or chunks) to the mailbox at path."""
+                 attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
+                 dotlock_may_fail: bool = False) -> None:
+    """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
+
+    As Postfix's mbox_open, only a regular file (or one not there yet) is
+    dot-locked, so /dev/null never gets a /dev/null.lock."""
     methods = [m.strip().lower() for m in locks]
     with contextlib.ExitStack() as stack:
-        if "dotlock" in methods:
-            stack.enter_context(dotlock(path, attempts, delay, stale))
+        if "dotlock" in methods and _regular_or_absent(path):
+            stack.enter_context(dotlock(path, attempts, delay, stale, dotlock_may_fail))
         fd = open_mailbox(path, expect_uid, chown_to)
         stack.callback(os.close, fd)
         for method in methods:

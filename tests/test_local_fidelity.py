@@ -1,0 +1,81 @@
+"""local: what alias commands and file aliases see, as Debian's Postfix 3.7 gives it.
+
+Measured on Debian's Postfix (an alias ``|/bin/sh -c 'env; pwd; umask; id'``):
+the command runs as default_privs in the queue directory with umask 0077, and
+its environment has PATH=/usr/bin:/bin, USER and LOGNAME (the alias name),
+LOCAL, DOMAIN, RECIPIENT, SENDER, ORIGINAL_RECIPIENT, no HOME and no SHELL
+(the alias has no user), no EXTENSION (none given). A file alias in a
+directory the writer cannot write delivers with a warning about the dot-lock
+(Postfix's MBOX_DOT_LOCK_MAY_FAIL for files named in aliases).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness import IS_ROOT, Instance
+
+BODY = b"Subject: fidelity\r\n\r\nhello\r\n"
+
+
+def _outdir() -> Path:
+    out = Path(tempfile.mkdtemp(prefix="local-fidelity-"))
+    os.chmod(out, 0o1777)  # the command writes as default_privs
+    return out
+
+
+def test_alias_command_environment_directory_and_umask(new_instance) -> None:  # type: ignore[no-untyped-def]
+    out = _outdir()
+    try:
+        inst: Instance = new_instance(maildir=True)
+        inst.write("etc/aliases", f"envtest: \"|/bin/sh -c 'env > {out}/env; pwd > {out}/pwd; "
+                                  f"umask > {out}/umask'\"\n")
+        inst.tool("newaliases", check=True)
+        inst.start()
+        qid = inst.send("sender@example.org", "envtest@localhost", BODY)
+        inst.wait_log(rf"{qid}: to=<envtest@localhost>, relay=local, .*status=sent "
+                      r"\(delivered to command: ")
+        env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines()
+                   if "=" in line)
+        assert {k: env.get(k) for k in ("PATH", "USER", "LOGNAME", "LOCAL", "DOMAIN",
+                                        "RECIPIENT", "SENDER", "ORIGINAL_RECIPIENT")} == {
+            "PATH": "/usr/bin:/bin", "USER": "envtest", "LOGNAME": "envtest",
+            "LOCAL": "envtest", "DOMAIN": "localhost", "RECIPIENT": "envtest@localhost",
+            "SENDER": "sender@example.org", "ORIGINAL_RECIPIENT": "envtest@localhost"}
+        assert "HOME" not in env and "SHELL" not in env and "EXTENSION" not in env
+        assert (out / "pwd").read_text().strip() == os.path.realpath(inst.queue_dir)
+        assert (out / "umask").read_text().strip() == "0077"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_file_alias_delivers_when_the_dotlock_cannot_be_made(new_instance) -> None:  # type: ignore[no-untyped-def]
+    spool = Path(tempfile.mkdtemp(prefix="local-registry-"))
+    registry = spool / "registry"
+    try:
+        registry.write_bytes(b"")
+        registry.chmod(0o600)
+        if IS_ROOT:  # the alias writes as default_privs, who cannot write the directory
+            nobody = pwd.getpwnam("nobody")
+            os.chown(registry, nobody.pw_uid, nobody.pw_gid)
+            spool.chmod(0o755)
+        else:
+            spool.chmod(0o555)
+        inst: Instance = new_instance(maildir=True)
+        inst.write("etc/aliases", f"registry: {registry}\n")
+        inst.tool("newaliases", check=True)
+        inst.start()
+        qid = inst.send("sender@example.org", "registry@localhost", BODY)
+        inst.wait_log(rf"warning: unable to create lock file {registry}\.lock: Permission denied")
+        inst.wait_log(rf"{qid}: to=<registry@localhost>, relay=local, .*dsn=2\.0\.0, "
+                      rf"status=sent \(delivered to file: {registry}\)")
+        data = registry.read_bytes()
+        assert data.startswith(b"From sender@example.org  ") and data.endswith(b"\nhello\n\n")
+        assert not (spool / "registry.lock").exists()
+    finally:
+        spool.chmod(0o755)
+        shutil.rmtree(spool, ignore_errors=True)
