@@ -854,14 +854,15 @@ class Qmgr:
 
     def _append(self, queue: str, msg: Message, rc: Recipient, result: DeliveryResult,
                 action: str) -> None:
-        entry = status_log.Entry(result.rcpt or rc.address, result.dsn, action, result.reason,
-                                 original_recipient=rc.orig, offset=rc.offset,
-                                 dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
-        entry.set_remote(result.mta, result.diag)
-        try:
-            status_log.append_queue(self.spool, queue, msg.queue_id, entry)
-        except OSError as e:
-            log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
+        for address, dsn_code, reason in result.entries(rc.address):  # local: per member
+            entry = status_log.Entry(address, dsn_code, action, reason,
+                                     original_recipient=rc.orig, offset=rc.offset,
+                                     dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
+            entry.set_remote(result.mta, result.diag)
+            try:
+                status_log.append_queue(self.spool, queue, msg.queue_id, entry)
+            except OSError as e:
+                log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
 
     async def finish(self, msg: Message) -> bool:
         """Remove, defer or bounce a message; True when the file is being removed

@@ -20,7 +20,9 @@ from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys import config, privileges
 from pymailsys.delivery.agent import (
+    MAX_MEMBERS,
     DeliveryRequest,
+    DeliveryResult,
     batch_request_attrs,
     message_attrs,
     request_attrs,
@@ -74,6 +76,27 @@ def test_every_request_field_is_checked() -> None:
                 {"flags": 1 << 16}, {"nexthop": "h\r"}):
         with pytest.raises(ValueError):
             DeliveryRequest.from_attrs(_request(**bad))
+
+
+def test_reply_members_are_checked_before_the_status_log() -> None:
+    """qmgr (mail_owner) reads local's reply members into the status logs and bounces:
+    each address bounded and free of control characters, each DSN code of the reply
+    status's class, reasons bounded, at most MAX_MEMBERS; anything else is left out."""
+    def reply(status: str, *members: tuple[str, str, str], rcpt: str = "m@x") -> AttrList:
+        pairs = [("status", status), ("dsn", "5.1.1"), ("reason", "r"), ("rcpt", rcpt)]
+        for address, dsn, reason in members:
+            pairs += [("also_rcpt", address), ("also_dsn", dsn), ("also_reason", reason)]
+        return AttrList([(k, v.encode()) for k, v in pairs])
+
+    good = ("n@x", "5.1.1", 'unknown user: "n"')
+    result = DeliveryResult.from_attrs(reply("bounced", good, ("a\nb@x", "5.1.1", "r"),
+                                             ("o" * 5000, "5.1.1", "r"), ("c@x", "4.1.1", "r"),
+                                             ("d@x", "5.1.1; x", "r"), ("e@x", "5.1.1", "x\ry")))
+    assert result.entries("list@x") == [("m@x", "5.1.1", "r"), good, ("e@x", "5.1.1", "x y")]
+    many = DeliveryResult.from_attrs(reply("bounced", *[good] * (MAX_MEMBERS + 5)))
+    assert len(many.also) == MAX_MEMBERS
+    assert DeliveryResult.from_attrs(reply("sent", good)).also == ()
+    assert DeliveryResult.from_attrs(reply("bounced", rcpt="x\n@y")).entries("l@x")[0][0] == "l@x"
 
 
 def _ask(s: Standalone, attrs: list) -> str:  # type: ignore[type-arg]

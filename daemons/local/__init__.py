@@ -35,7 +35,10 @@ DESCRIPTION
        aliases are forwarded; commands and files from includes only when
        ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``).
        A table that cannot answer defers the mail (4.3.0). The reply's
-       ``rcpt`` names the member whose bounce or deferral decided the result;
+       ``rcpt`` names the member whose bounce or deferral decided the result,
+       ``also_rcpt``/``also_dsn``/``also_reason`` every other member with that
+       status: qmgr appends one status-log entry per member, as Postfix's
+       local does, so a bounce notice lists each unknown member;
     3. the account's ``.forward``: the first ``forward_path`` entry that exists
        (``$home``, ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
        ``$extension``, ``$recipient_delimiter``, ``${name?value}``,

@@ -39,7 +39,7 @@ from pymailsys.delivery.agent import (
     message_attrs,
     request_attrs,
 )
-from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, ProtocolError
+from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, ProtocolError
 from pymailsys.ipc.services import CLEANUP, STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
@@ -108,14 +108,22 @@ class Session:
 
     def outcome(self) -> DeliveryResult:
         """The one result for the request's recipient: any deferral, else any bounce,
-        else the last result; ``rcpt`` names the member it concerns (for the status
-        log: "expanded from" the request's original recipient)."""
+        else the first result; ``rcpt`` names the member it concerns and ``also`` the
+        other members with that status (deferred or bounced): each is a status-log
+        entry "expanded from" the request's original recipient, as Postfix's local
+        appends one per member."""
         for status in (STATUS_DEFERRED, STATUS_BOUNCED, STATUS_SENT):
-            for req, result in self.results:
-                if result.status == status:
-                    member = req.rcpt if req.rcpt != self.req.rcpt else ""
-                    return replace(result, rcpt=member)
+            members = [(req, r) for req, r in self.results if r.status == status]
+            if members:
+                (req, result), *more = members
+                also = () if status == STATUS_SENT else \
+                    tuple((m.rcpt, r.dsn, r.reason) for m, r in more)
+                return replace(result, rcpt=self.member(req), also=also)
         return DeliveryResult.sent("delivered")  # nothing new: every target a duplicate
+
+    def member(self, req: DeliveryRequest) -> str:
+        """The member a result concerns; "" for the request's own recipient."""
+        return req.rcpt if req.rcpt != self.req.rcpt else ""
 
 
 class LocalAgent:
@@ -180,14 +188,14 @@ class LocalAgent:
 
     # --- the service ------------------------------------------------------------
 
-    async def handle(self, attrs: AttrList) -> dict[str, str]:
+    async def handle(self, attrs: AttrList) -> list[tuple[str, AttrValue]]:
         try:
             return await self._handle(attrs)
         except Exception as e:  # a bug must not stall the pipelined connection
             log.error(f"local: unexpected error: {e!r}")
             return DeliveryResult.deferred("local delivery agent error").reply()
 
-    async def _handle(self, attrs: AttrList) -> dict[str, str]:
+    async def _handle(self, attrs: AttrList) -> list[tuple[str, AttrValue]]:
         try:
             count = len(attrs.all("rcpt"))
             if count > 1:  # local_destination_recipient_limit must stay 1

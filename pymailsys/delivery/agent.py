@@ -68,7 +68,11 @@ DEL_REQ_FLAG_MASK = 0xFFFF  # Postfix's DEL_REQ_FLAG_* bits
 # what one delivery request may hold on the wire (read before any field is checked)
 REQUEST_LIMITS = Limits(attrs=64, value=MAX_ADDRESS_LENGTH, total=1 << 16)
 MAX_PENDING = 100  # unanswered requests on one connection before reading pauses
+# a reply's alias members beside its own result: at most this many, each field bounded
+MAX_MEMBERS = 1000
+MAX_REASON_LENGTH = 4096
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DSN_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
 class ContentError(Exception):
@@ -233,6 +237,9 @@ class DeliveryResult:
     # the address the result concerns when it is not the request's recipient (local: an
     # alias or .forward member); the status log names it, expanded from the recipient
     rcpt: str = ""
+    # local: more members with this same status, each (address, dsn, reason): each gets
+    # its own status-log entry, as Postfix's local appends one per member
+    also: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -253,7 +260,7 @@ class DeliveryResult:
             return cls.deferred(f"unknown delivery status {status!r}")
         return cls(status, attrs.text("dsn"), attrs.text("reason"), attrs.text("action"),
                    attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1",
-                   rcpt=attrs.text("rcpt"))
+                   rcpt=_address(attrs.text("rcpt")), also=_members(attrs, status))
 
     @property
     def final(self) -> bool:
@@ -267,13 +274,49 @@ class DeliveryResult:
         return [("action", self.action), ("mta", self.mta), ("diag", self.diag),
                 ("passed_on", "1" if self.passed_on else "0")]
 
-    def reply(self) -> dict[str, str]:
-        out = {"status": self.status, "dsn": self.dsn, "reason": self.reason}
+    def reply(self) -> list[tuple[str, AttrValue]]:
+        out: list[tuple[str, AttrValue]] = [
+            ("status", self.status), ("dsn", self.dsn), ("reason", self.reason)]
         if self.has_detail:
-            out.update(self.detail_attrs())
+            out += self.detail_attrs()
         if self.rcpt:
-            out["rcpt"] = self.rcpt
+            out.append(("rcpt", self.rcpt))
+        for address, dsn, reason in self.also:
+            out += [("also_rcpt", address), ("also_dsn", dsn), ("also_reason", reason)]
         return out
+
+    def entries(self, rcpt: str) -> list[tuple[str, str, str]]:
+        """(address, dsn, reason) of each status-log entry this result makes for the
+        request's recipient ``rcpt``."""
+        return [(self.rcpt or rcpt, self.dsn, self.reason), *self.also]
+
+
+def _address(value: str) -> str:
+    """A member address from a reply, or "" (the request's recipient) when it is too
+    long or holds control characters: it goes into the status log and the bounce."""
+    if len(value) > MAX_ADDRESS_LENGTH or _CONTROL_RE.search(value):
+        return ""
+    return value
+
+
+def _members(attrs: AttrList, status: str) -> tuple[tuple[str, str, str], ...]:
+    """The ``also_*`` members of a reply with ``status`` (deferred or bounced): at most
+    MAX_MEMBERS, each a bounded address free of control characters, a DSN code of that
+    status's class and a bounded reason; none when the columns do not line up."""
+    if status == STATUS_SENT:
+        return ()
+    columns = [attrs.all(name) for name in ("also_rcpt", "also_dsn", "also_reason")]
+    if len({len(c) for c in columns}) != 1:
+        return ()
+    out: list[tuple[str, str, str]] = []
+    for address, dsn, reason in zip(*columns, strict=True):
+        if len(out) == MAX_MEMBERS:
+            break
+        if (not address or _address(address) != address or not _DSN_RE.fullmatch(dsn)
+                or dsn[0] != ("4" if status == STATUS_DEFERRED else "5")):
+            continue
+        out.append((address, dsn, _CONTROL_RE.sub(" ", reason[:MAX_REASON_LENGTH])))
+    return tuple(out)
 
 
 def batch_reply(results: list[DeliveryResult],
@@ -322,7 +365,8 @@ def results_from_attrs(attrs: AttrList, count: int,
             out.append(DeliveryResult.deferred(f"unknown delivery status {statuses[i]!r}"))
         else:
             out.append(DeliveryResult(statuses[i], dsns[i], reasons[i], actions[i], mtas[i],
-                                      diags[i], passed[i] == "1", rcpt=members[i]))
+                                      diags[i], passed[i] == "1", rcpt=_address(members[i]),
+                                      also=_members(attrs, statuses[i]) if count == 1 else ()))
     return out
 
 

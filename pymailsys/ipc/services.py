@@ -76,11 +76,18 @@ local (``private/local``), one request per recipient (delivery request)::
                        feedback (``pymailsys.queue.scheduler``)
              rcpt      optional: the alias or .forward member the result concerns
                        (local: the member whose bounce or deferral decided it)
+             also_rcpt, also_dsn, also_reason
+                       repeated, optional (local, one-recipient replies): more
+                       members with the same status (deferred or bounced); qmgr
+                       keeps at most delivery.agent.MAX_MEMBERS of them, each a
+                       bounded address without control characters and a DSN
+                       code of the status's class
 
     The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself;
     qmgr marks the recipient done (R -> D in place) for sent and bounced, keeps
     it for deferred, and appends bounced/deferred reasons to bounce/ID, defer/ID
-    (recipient: the reply's ``rcpt`` when given, original_recipient: orig_rcpt).
+    (recipient: the reply's ``rcpt`` when given, original_recipient: orig_rcpt; one
+    entry more per ``also_rcpt``).
 
 showq (``public/showq``): request ``{request: "list", format: "text" | "json"}``,
 reply ``{status: 0, listing: <bytes, the whole mailq text or JSON lines>}``.
