@@ -137,12 +137,12 @@ import os
 
 from pymailsys.daemons.local.agent import LocalAgent
 
-from pymailsys import log, privileges, server
+from pymailsys import server
+from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import MAX_PENDING, REQUEST_LIMITS
 from pymailsys.ipc.attr import serve_pipelined
 
 PROGRAM = "local"
-MARKER_GC_INTERVAL = 60.0
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -155,24 +155,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 async def _start(ctx: server.Context) -> None:
     agent = LocalAgent(ctx)
     ctx.state["agent"] = agent
-
-    async def gc() -> None:
-        while not ctx.stopping.is_set():
-            try:
-                agent.collect_markers()
-            except (OSError, privileges.PrivilegeError) as e:
-                log.warning(f"delivery markers: {e}")
-            await asyncio.sleep(MARKER_GC_INTERVAL)
-
-    ctx.state["gc"] = asyncio.ensure_future(gc())
-
-
-async def _stop(ctx: server.Context) -> None:
-    task = ctx.state.get("gc")
-    if task is not None:
-        task.cancel()
+    ctx.state["gc"] = server.background(
+        mailbox.collect_markers(agent.markers, ctx.spool, ctx.stopping))
 
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
-    server.run(PROGRAM, serve=_serve, on_start=_start, on_stop=_stop, client_limit=1, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)

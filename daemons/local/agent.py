@@ -17,10 +17,8 @@ members of .forward, :include: and owner- lists, the ``.forward`` through
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pwd
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pymailsys.daemons.local import alias, forward
@@ -167,24 +165,7 @@ class LocalAgent:
         self.fallback_transport = cfg.get("fallback_transport").strip()
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.transports: dict[str, AttrClient] = {}
-        self.markers: mailbox.MarkerStore | None = None
-        marker_dir = os.path.join(cfg.get("data_directory"), "local-markers")
-        try:
-            # kept as data_directory's owner: root never works in mail_owner's directory
-            self.marker_owner = privileges.mail_owner(cfg) if self.root else self.me
-            markers = mailbox.MarkerStore(marker_dir, self.as_marker_owner)
-            markers.create()
-            self.markers = markers
-        except (OSError, privileges.PrivilegeError) as e:
-            log.warning(f"delivery markers in {marker_dir}: {e}; Maildir redelivery after a "
-                        f"crash may store a second copy")
-
-    @contextlib.contextmanager
-    def as_marker_owner(self) -> Iterator[None]:
-        """Act as mail_owner for marker work, from root or from a recipient's rights."""
-        with privileges.as_self(), privileges.as_user(self.marker_owner.uid,
-                                                      self.marker_owner.gid):
-            yield
+        self.markers = mailbox.open_markers(cfg, "local-markers")
 
     # --- the service ------------------------------------------------------------
 
@@ -356,24 +337,6 @@ class LocalAgent:
         except (ProtocolError, OSError):
             return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
         return DeliveryResult.from_attrs(reply)
-
-    # --- markers ----------------------------------------------------------------------
-
-    def collect_markers(self) -> int:
-        """Remove markers whose queue file no longer exists; returns how many."""
-        if self.markers is None:
-            return 0
-        removed = 0
-        queues = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
-        for key in self.markers.keys():
-            queue_id = key.split(".", 1)[0]
-            if not queue_mod.valid_queue_id(queue_id):
-                continue  # not a marker: not ours to remove
-            if self.spool.find(queue_id, queues) is None:
-                self.markers.remove(key)
-                removed += 1
-        return removed
-
 
 def _is_account(user: str) -> bool:
     try:

@@ -217,6 +217,6 @@ async def resubmit(agent: LocalAgent, req: DeliveryRequest, delivered: str, send
         return DeliveryResult.deferred("unable to forward message")
     if reply.number("status", -1) != CLEANUP_OK:
         dsn = reply.text("dsn") or "4.3.0"
-        return results.from_dsn("4.3.0" if dsn[:2] == "2." else dsn,
+        return DeliveryResult.from_dsn("4.3.0" if dsn[:2] == "2." else dsn,
                                 reply.text("reason") or "cleanup error")
     return DeliveryResult.sent(f"forwarded as {reply.text('queue_id')}")

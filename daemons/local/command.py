@@ -101,7 +101,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         dsn = m.group(1).decode()
         if dsn.startswith("2"):
             return DeliveryResult.sent(f"delivered to command: {command}", dsn)
-        return results.from_dsn(dsn, text)
+        return DeliveryResult.from_dsn(dsn, text)
     reason = f'Command died with status {status}: "{command}"' + detail
     if status in (EX_TEMPFAIL, EX_OSERR):
         return DeliveryResult.deferred(reason, "4.3.0")

@@ -3,10 +3,9 @@
 Takes an exception raised while delivering (``MailboxError`` from the mailbox
 writers, ``PrivilegeError`` from a change of rights, ``OSError`` from the file
 system) or an enhanced status code with its text, and promises a
-``DeliveryResult``: 2.x.x sent, 4.x.x deferred, 5.x.x bounced; anything else
-(an unknown or missing code) defers with 4.3.0, so a failure never turns into
-a bounce by accident. ``worst`` combines the results of one alias expansion as
-Postfix does: any deferral wins, then any bounce, else the last result.
+``DeliveryResult`` (``DeliveryResult.from_dsn``: 2.x.x sent, 4.x.x deferred,
+5.x.x bounced; anything else, an unknown or missing code, defers with 4.3.0,
+so a failure never turns into a bounce by accident).
 """
 
 from __future__ import annotations
@@ -17,16 +16,6 @@ from pymailsys import privileges
 from pymailsys.bounded_read import FileRefused
 from pymailsys.delivery.agent import DeliveryResult
 from pymailsys.delivery.mailbox import MailboxError, errno_dsn
-from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED
-
-
-def from_dsn(dsn: str, reason: str) -> DeliveryResult:
-    """A result from an enhanced status code: its class decides."""
-    if dsn[:2] == "2.":
-        return DeliveryResult.sent(reason, dsn)
-    if dsn[:2] == "5.":
-        return DeliveryResult.bounced(reason, dsn)
-    return DeliveryResult.deferred(reason, dsn if dsn[:2] == "4." else "4.3.0")
 
 
 def failure(error: Exception, what: str = "") -> DeliveryResult:
@@ -49,13 +38,4 @@ def failure(error: Exception, what: str = "") -> DeliveryResult:
         dsn, text = errno_dsn(error.errno, default), error.strerror or str(error)
     else:
         dsn, text = "4.3.0", str(error)
-    return from_dsn(dsn, what + text)
-
-
-def worst(results: list[DeliveryResult]) -> DeliveryResult:
-    """One result for several: a deferral, else a bounce, else the last one."""
-    for status in (STATUS_DEFERRED, STATUS_BOUNCED):
-        for r in results:
-            if r.status == status:
-                return r
-    return results[-1]
+    return DeliveryResult.from_dsn(dsn, what + text)

@@ -76,12 +76,12 @@ import os
 
 from pymailsys.daemons.virtual.agent import VirtualAgent
 
-from pymailsys import log, privileges, server
+from pymailsys import log, server
+from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import MAX_ADDRESS_LENGTH, MAX_PENDING
 from pymailsys.ipc.attr import Limits, serve_pipelined
 
 PROGRAM = "virtual"
-MARKER_GC_INTERVAL = 60.0
 MAX_RECIPIENTS = 1000  # per request: far above virtual_destination_recipient_limit
 # a request on the wire: the message part and five attributes per recipient
 BATCH_LIMITS = Limits(attrs=32 + 5 * MAX_RECIPIENTS, value=MAX_ADDRESS_LENGTH,
@@ -104,24 +104,10 @@ async def _start(ctx: server.Context) -> None:
                   "message_size_limit")
     agent = VirtualAgent(ctx.config, ctx.spool)
     ctx.state["agent"] = agent
-
-    async def gc() -> None:
-        while not ctx.stopping.is_set():
-            try:
-                agent.collect_markers()
-            except (OSError, privileges.PrivilegeError) as e:
-                log.warning(f"delivery markers: {e}")
-            await asyncio.sleep(MARKER_GC_INTERVAL)
-
-    ctx.state["gc"] = asyncio.ensure_future(gc())
-
-
-async def _stop(ctx: server.Context) -> None:
-    task = ctx.state.get("gc")
-    if task is not None:
-        task.cancel()
+    ctx.state["gc"] = server.background(
+        mailbox.collect_markers(agent.markers, ctx.spool, ctx.stopping))
 
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
-    server.run(PROGRAM, serve=_serve, on_start=_start, on_stop=_stop, client_limit=1, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)

@@ -8,13 +8,12 @@ connection). ``deliver_one`` is Postfix's virtual deliver_mailbox for one
 recipient: loop check, mailbox lookup, owner lookup, the write as that owner.
 Maildir deliveries are crash-idempotent as local's are
 (``pymailsys.delivery.mailbox``): markers in ``$data_directory/virtual-markers``,
-handled as mail_owner, removed by ``collect_markers`` once the queue file is gone.
+handled as mail_owner, removed by ``mailbox.collect_markers`` once the queue file is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from pymailsys import log, privileges
 from pymailsys.config import Config
@@ -31,7 +30,6 @@ from pymailsys.delivery.agent import (
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
 from pymailsys.maps import Maps, TableError
 from pymailsys.maps import search as addr_lookup
-from pymailsys.queue import spool as queue_mod
 from pymailsys.queue.spool import QueueAccessError, Spool
 
 RELAY = "virtual"
@@ -57,17 +55,7 @@ class VirtualAgent:
         self.delimiter = config.get("recipient_delimiter")
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
-        self.markers: mailbox.MarkerStore | None = None
-        marker_dir = os.path.join(config.get("data_directory"), "virtual-markers")
-        try:
-            # data_directory is mail_owner's: root never works in it
-            owner = privileges.mail_owner(config) if self.root else self.me
-            markers = mailbox.MarkerStore(marker_dir, mailbox.kept_as(owner))
-            markers.create()
-            self.markers = markers
-        except (OSError, privileges.PrivilegeError) as e:
-            log.warning(f"delivery markers in {marker_dir}: {e}; Maildir redelivery after a "
-                        f"crash may store a second copy")
+        self.markers = mailbox.open_markers(config, "virtual-markers")
         self.table_error = ""
         try:
             self.mailboxes = Maps(config, "virtual_mailbox_maps")
@@ -198,17 +186,9 @@ class VirtualAgent:
         except mailbox.MailboxError as e:
             prefix = "maildir delivery failed: " if maildir else \
                 f"delivery failed to mailbox {path}: "
-            return _from_error(e.dsn, prefix + e.text)
+            return DeliveryResult.from_dsn(e.dsn, prefix + e.text)
         except privileges.PrivilegeError as e:
             return DeliveryResult.deferred(str(e))
-
-
-    def collect_markers(self) -> int:
-        """Remove the delivery markers of queue files that are gone; how many."""
-        if self.markers is None:
-            return 0
-        queues = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
-        return self.markers.collect(lambda queue_id: self.spool.find(queue_id, queues) is not None)
 
 
 def _atol(text: str) -> int:
@@ -221,9 +201,3 @@ def _atol(text: str) -> int:
         return int(text[:end])
     except ValueError:
         return 0
-
-
-def _from_error(dsn: str, reason: str) -> DeliveryResult:
-    if dsn.startswith("5."):
-        return DeliveryResult.bounced(reason, dsn)
-    return DeliveryResult.deferred(reason, dsn if dsn.startswith("4.") else "4.3.0")

@@ -254,6 +254,17 @@ class DeliveryResult:
         return cls(STATUS_BOUNCED, dsn, reason)
 
     @classmethod
+    def from_dsn(cls, dsn: str, reason: str) -> DeliveryResult:
+        """A result from an enhanced status code, its class deciding: 2.x.x sent,
+        5.x.x bounced, anything else deferred (4.3.0 when the code is not 4.x.x), so a
+        failure never turns into a bounce by accident."""
+        if dsn[:2] == "2.":
+            return cls.sent(reason, dsn)
+        if dsn[:2] == "5.":
+            return cls.bounced(reason, dsn)
+        return cls.deferred(reason, dsn if dsn[:2] == "4." else "4.3.0")
+
+    @classmethod
     def from_attrs(cls, attrs: AttrList) -> DeliveryResult:
         status = attrs.text("status")
         if status not in (STATUS_SENT, STATUS_DEFERRED, STATUS_BOUNCED):

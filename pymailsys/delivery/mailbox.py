@@ -50,14 +50,17 @@ it is linked into new/. On a delivery with a key:
 So a copy is stored exactly once whatever the moment of a kill -9. A power
 failure can lose a marker that was not synced: then the mail may come twice,
 never zero times. Markers live outside the Maildir (the caller's directory,
-``MarkerStore``, kept with the caller's choice of rights) and are removed by
-the agent once the queue file is gone.
+``MarkerStore``, kept with the caller's choice of rights; ``open_markers``:
+an agent's directory in data_directory, kept as its owner) and are removed
+once the queue file is gone (``collect_markers``, the agent's background
+task until it stops).
 A missing tmp/ or new/ is made when the create or the link finds it missing
 (as Postfix does), not checked before every delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -70,7 +73,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 
 from pymailsys import log, privileges
-from pymailsys.queue.spool import valid_queue_id
+from pymailsys.config import Config
+from pymailsys.queue import spool as queue_mod
+from pymailsys.queue.spool import Spool, valid_queue_id
 
 MAILER_DAEMON = "MAILER-DAEMON"
 
@@ -398,6 +403,44 @@ def kept_as(owner: privileges.UserIds) -> Callable[[], AbstractContextManager[No
         with privileges.as_self(), privileges.as_user(owner.uid, owner.gid):
             yield
     return wrap
+
+
+MARKER_GC_INTERVAL = 60.0
+# the queues a delivery can come from: a marker of a file in none of them is stale
+MARKER_QUEUES = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
+
+
+def open_markers(config: Config, name: str) -> MarkerStore | None:
+    """An agent's markers in ``$data_directory/name``, kept as data_directory's owner
+    (mail_owner when running as root: root never works in mail_owner's directory);
+    None, with a warning, when the directory cannot be made or used."""
+    directory = os.path.join(config.get("data_directory"), name)
+    try:
+        root = privileges.running_as_root()
+        owner = privileges.mail_owner(config) if root else privileges.current_user()
+        markers = MarkerStore(directory, kept_as(owner))
+        markers.create()
+    except (OSError, privileges.PrivilegeError) as e:
+        log.warning(f"delivery markers in {directory}: {e}; Maildir redelivery after a "
+                    f"crash may store a second copy")
+        return None
+    return markers
+
+
+async def collect_markers(markers: MarkerStore | None, spool: Spool, stopping: asyncio.Event,
+                          interval: float = MARKER_GC_INTERVAL) -> None:
+    """Until ``stopping`` is set: every ``interval`` seconds, remove the markers whose
+    queue file is in none of ``MARKER_QUEUES``; a failure is a warning and the next
+    round tries again."""
+    if markers is None:
+        return
+    while not stopping.is_set():
+        try:
+            markers.collect(lambda queue_id: spool.find(queue_id, MARKER_QUEUES) is not None)
+        except (OSError, privileges.PrivilegeError) as e:
+            log.warning(f"delivery markers: {e}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
 
 
 def delivery_key(queue_id: str, arrival: float, rcpt_offset: int, destination: str) -> str:
