@@ -21,7 +21,9 @@ DESCRIPTION
     the message to cleanup (origin ``pickup``). The file is removed only
     after cleanup replied that the message is queued. A file written by
     mail_owner without o+r (``postsuper -r``) is requeued mail: its sender
-    stands, and the log line names ``orig_id=``.
+    stands, and the log line names ``orig_id=``. A file's content filter
+    records (L) are dropped, requeued or not: every message gets pickup's
+    own content_filter instead (Postfix's pickup, postsuper(1) ``-r``).
 
     A malformed file is moved to ``corrupt/`` with a warning; the other
     files still go through. A file cleanup cannot take now (cleanup down,
@@ -45,7 +47,8 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     authorized_submit_users, local_login_sender_maps, line_length_limit,
-    message_size_limit, ipc_timeout, mail_owner, cleanup_service_name.
+    message_size_limit, ipc_timeout, mail_owner, cleanup_service_name,
+    content_filter (every message, a requeued one too, as Postfix's pickup).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class Pickup:
         self.line_limit = max(cfg.get_int("line_length_limit"), 2048)
         self.size_limit = cfg.get_size("message_size_limit")
         self.cleanup_flags = services.receive_flags(cfg) | services.CLEANUP_FLAG_BOUNCE
+        self.content_filter = cfg.get("content_filter")
         self.cleanup = attr.AttrPool(ctx.spool.public(cfg.get("cleanup_service_name")))
         try:
             self.owner_uid = privileges.mail_owner(cfg).uid
@@ -123,6 +127,8 @@ class Pickup:
             req.append(("ret", sub.ret))
         if orig_id:
             req.append(("orig_id", orig_id))
+        if self.content_filter:  # a requeued file's own L records were dropped (maildrop)
+            req.append(("content_filter", self.content_filter))
         return await attr.request_streamed(self.cleanup, req, "content", _pieces(sub.lines))
 
     def check_access(self, uid: int, sender: str) -> tuple[int, str]:

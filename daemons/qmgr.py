@@ -32,7 +32,11 @@ DESCRIPTION
     to shared (delivery agents take shared locks), remove an old defer log and
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
     recipient is resolved (``pymailsys.address.resolve``, with the sender for
-    sender_dependent_relayhost_maps) and handed to the agent that serves
+    sender_dependent_relayhost_maps) or, when the message has a content
+    filter (the last L record: content_filter or a FILTER action), routed
+    to the filter's transport and nexthop (``filter_route``: an empty
+    nexthop is default_filter_nexthop, else the recipient's domain, else
+    myhostname), and handed to the agent that serves
     ``private/TRANSPORT``; a transport without a socket there (not built or
     not running) defers the recipient with ``mail transport unavailable``
     (4.3.0). qmgr plays Postfix's error and discard agents itself: transport
@@ -127,7 +131,7 @@ CONFIGURATION PARAMETERS
     default_destination_concurrency_failed_cohort_limit,
     destination_concurrency_feedback_debug (each default_* also as
     <transport>_*, e.g. local_destination_recipient_limit), 2bounce_notice_recipient, myhostname,
-    myorigin, hash_queue_depth, hash_queue_names, allow_min_user (no: recipients
+    myorigin, default_filter_nexthop, hash_queue_depth, hash_queue_names, allow_min_user (no: recipients
     starting with "-" bounce with 5.1.3 before any agent sees them).
 """
 
@@ -158,7 +162,7 @@ from pymailsys.delivery.agent import (
 )
 from pymailsys.ipc import peers, trigger
 from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
-from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED
+from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import (
@@ -195,6 +199,19 @@ def route(config: Config, address: str, sender: str = "") -> Route:
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
     return Route(r.transport, r.nexthop)
+
+
+def filter_route(content_filter: str, address: str, default_nexthop: str,
+                 myhostname: str) -> Route:
+    """Where a message with a content filter sends a recipient (Postfix's qmgr: the
+    filter overrides the resolver for every recipient, local ones too): its transport,
+    and its nexthop, or default_filter_nexthop, or the recipient's domain, or myhostname."""
+    split = split_content_filter(content_filter)
+    if split is None:
+        return Route("", "", f"bad content filter: {log.printable(content_filter)[:100]}")
+    transport, nexthop = split
+    domain = address.rpartition("@")[2] if "@" in address else ""
+    return Route(transport, nexthop or default_nexthop or domain or myhostname)
 
 
 def _number(text: str) -> int:
@@ -318,6 +335,7 @@ class Qmgr:
         self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
         self.allow_min_user = cfg.get_bool("allow_min_user")
+        self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
         self.process_limit = max(cfg.get_int("default_process_limit"), 1)
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
@@ -774,7 +792,10 @@ class Qmgr:
                         start)
             return None
         try:
-            where = route(self.config, rc.address, msg.env.sender)
+            if msg.env.content_filter:
+                where = filter_route(msg.env.content_filter, rc.address, *self.filter_nexthop)
+            else:
+                where = route(self.config, rc.address, msg.env.sender)
         except Exception as e:  # the resolver's tables: defer, never bounce
             where = Route("", "", f"address resolver failure: {e}")
         if where.error:

@@ -29,6 +29,7 @@ def inst() -> Instance:
 {ME}+dip@localhost DEFER_IF_PERMIT 4.7.0 Try again later
 {ME}+dir@localhost DEFER_IF_REJECT Not sure yet
 {ME}+filter@localhost FILTER smtp:[127.0.0.1]:10025
+{ME}+nocolon@localhost FILTER scanner
 """)
     second = inst.write("etc/access2", f"{ME}+dir@localhost REJECT Refused\n")
     inst.set(recipient_delimiter="+",
@@ -105,8 +106,15 @@ def test_deferred_decisions_and_filter(inst: Instance) -> None:
         assert c.rcpt(f"{ME}+dir@localhost") == (
             450, f"4.7.1 <{ME}+dir@localhost>: Recipient address rejected: Not sure "
                  "yet".encode())
-        # FILTER (content_filter routing is not built): refused, never ignored
-        assert c.rcpt(f"{ME}+filter@localhost") == (451, b"4.3.5 Server configuration error")
+        # FILTER: kept for the message (test_e2e_content_filter follows it to the filter);
+        # without transport:destination it is skipped with Postfix's warning
+        assert c.rcpt(f"{ME}+filter@localhost")[0] == 250
+        assert c.rcpt(f"{ME}+nocolon@localhost")[0] == 250
         assert c.rcpt(f"{ME}@localhost")[0] == 250
+    inst.wait_log(rf"NOQUEUE: filter: RCPT from localhost\[127\.0\.0\.1\]: <{ME}\+filter@localhost>: "
+                  r"Recipient address triggers FILTER smtp:\[127\.0\.0\.1\]:10025; "
+                  + TAIL.replace(r"(\w+)", "filter"))
+    inst.wait_log(r'warning: access table texthash:\S+ entry "FILTER scanner" requires '
+                  "transport:destination")
     inst.wait_log(r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 450 4\.7\.0 "
                   rf"<{ME}\+dip@localhost>: Recipient address rejected: Try again later; " + TAIL)

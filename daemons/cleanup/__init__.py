@@ -47,10 +47,18 @@ DESCRIPTION
       (``pymailsys.content``): REJECT refuses the message with the rule's text
       (a local submission, CLEANUP_FLAG_BOUNCE, is returned to its sender
       through the bounce service instead), DISCARD accepts and drops it, HOLD
-      places it in hold/, FILTER defers it (451 4.3.5: content filters are not
-      routed yet),
+      places it in hold/, FILTER names the content filter (an L record after
+      the content, logged ``QUEUEID: filter: header ...``; the last one wins),
       REDIRECT marks every envelope recipient done and adds the target in
       their place, BCC adds a recipient; both as extracted recipients;
+    * writes the content filter as Postfix does: the client's
+      ``content_filter`` (smtpd's or pickup's content_filter, master.cf
+      ``-o`` overrides included) as the envelope's L record after the time
+      records, smtpd's access FILTER action and then the header/body checks'
+      FILTER as L records after the content, so that qmgr, which takes the
+      last one, routes every recipient to that ``transport:nexthop``; a value
+      that cannot name a transport is refused (451 4.3.5 "Server
+      configuration error", ``warning: cleanup: bad content filter ...``);
     * writes the queue file in incoming/ in Postfix's record order as the
       content arrives (``headers.ContentPass`` holds at most one header and
       one unfinished line; ``writer.ContentFile`` writes past 256 KB), so
@@ -68,7 +76,8 @@ DIAGNOSTICS
     alias loop or limit, logged ``warning: QUEUEID: unreasonable
     virtual_alias_maps map nesting for ADDR -- message not accepted, try again
     later``); 451 4.3.0 "Error: queue
-    file write error" (the file is removed, never acknowledged); 452 4.3.1
+    file write error" (the file is removed, never acknowledged); 451 4.3.5
+    "Server configuration error" (a content filter that names no transport); 452 4.3.1
     "Error: Insufficient system storage" (queue_minfree); 550 5.1.0 "Error: no
     recipients specified"; 552 5.3.4 "Error: message file too big" (the queue
     file would exceed message_size_limit); 554 5.4.0 "Error: too many hops".
@@ -326,6 +335,10 @@ class Cleanup:
         date = hdr.mail_date(now)
 
         b = QueueFileBuilder(now)
+        if req.text("content_filter"):
+            b.content_filter(req.text("content_filter"))
+        if req.text("filter"):  # smtpd's access FILTER: first after the content
+            b.content_filter(req.text("filter"), extracted=True)
         b.attr("rewrite_context", context)
         envid = req.text("envid")
         if envid and dsn.valid_envid(envid):
@@ -432,6 +445,12 @@ class Cleanup:
         s = self.s
         if not req.all("rcpt"):
             return _reply(*ERR_NORCPT)
+        for name in ("content_filter", "filter"):
+            value = req.text(name)
+            if value and services.split_content_filter(value) is None:
+                log.warning(f"{PROGRAM}: bad content filter from {req.text('origin')}: "
+                            f"{log.printable(value)[:100]} -- message not accepted")
+                return {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
         if not self._space():
             return _reply(*ERR_STORAGE)
         try:
@@ -470,7 +489,7 @@ class Cleanup:
             bounce = (verdict is not None and verdict.reject.startswith("5")
                       and bool(req.number("flags") & services.CLEANUP_FLAG_BOUNCE))
             if verdict is not None and not bounce:
-                if verdict.failed or verdict.reject or verdict.discard or verdict.filter:
+                if verdict.failed or verdict.reject or verdict.discard:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
                 patches = self._content_actions(builder, verdict, recipients, queue_id,
@@ -533,11 +552,6 @@ class Cleanup:
         """The reply for a message the checks rejected, discarded, or could not check."""
         if verdict.failed:
             return _reply(*ERR_WRITE)
-        if verdict.filter and not verdict.reject and not verdict.discard:
-            # content_filter routing is not built: refuse the mail rather than deliver it unfiltered
-            log.warning(f"{queue_id}: header/body checks action FILTER {verdict.filter} is not "
-                        "supported yet")
-            return {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
         if verdict.reject:
             dsn, _, text = verdict.reject.partition(" ")
             return {"status": 451 if dsn[0] == "4" else 550, "dsn": dsn, "reason": text}
@@ -546,8 +560,11 @@ class Cleanup:
     def _content_actions(self, builder: QueueFileBuilder, verdict: hbc.MessageChecks,
                          recipients: list[Rcpt], queue_id: str,
                          flags: int) -> list[tuple[int, bytes]]:
-        """REDIRECT and BCC: extracted recipients, and the envelope's recipients marked done."""
+        """FILTER: the last L record; REDIRECT and BCC: extracted recipients, and the
+        envelope's recipients marked done."""
         patches: list[tuple[int, bytes]] = []
+        if verdict.filter:
+            builder.content_filter(verdict.filter, extracted=True)
         if verdict.redirect:
             target = rewrite_address(verdict.redirect, self.s.local)
             for (clean, orig, notify, dsn_orcpt), offset in zip(

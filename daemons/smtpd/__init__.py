@@ -104,7 +104,8 @@ CONFIGURATION PARAMETERS
     smtpd_sasl_tls_security_options, smtpd_sasl_authenticated_header,
     smtpd_sasl_response_limit, broken_sasl_auth_clients, smtpd_sender_login_maps,
     smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
-    cleanup_service_name, ipc_timeout, fast_flush_domains, flush_service_name;
+    cleanup_service_name, ipc_timeout, fast_flush_domains, flush_service_name,
+    content_filter (sent to cleanup with every message);
     the client limits counted by anvil
     (pymailsys.smtp.limits): smtpd_client_connection_count_limit,
     smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,

@@ -13,7 +13,9 @@ addresses without a lookup, else a forward-confirmed reverse lookup
 ``unknown``. A message carries the access(5) actions its restrictions
 asked for (``req.actions``) to cleanup: HOLD and DISCARD as flags, REDIRECT
 as the envelope recipient (the original kept as orcpt), BCC as extra
-recipients with NOTIFY=NEVER, PREPEND as header lines above Received:.
+recipients with NOTIFY=NEVER, PREPEND as header lines above Received:,
+FILTER as ``filter``; every message carries smtpd's content_filter (as
+Postfix's smtpd sends its REC_TYPE_FILT).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Smtpd:
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self.cleanup_flags = services.receive_flags(config)
+        self.content_filter = config.get("content_filter")
         self.myhostname = config.get("myhostname")
         self.banner = f"220 {config.get('smtpd_banner')}\r\n".encode("utf-8", "surrogateescape")
         self.size_limit = config.get_size("message_size_limit")
@@ -258,6 +261,10 @@ class Message:
             ("received_with", env.received_with), ("received_comment", env.received_comment),
             ("flags", flags), ("encoding", env.body),
         ]
+        if self.smtpd.content_filter:
+            request.append(("content_filter", self.smtpd.content_filter))
+        if actions.filter:
+            request.append(("filter", actions.filter))
         if env.smtputf8:
             request.append(("smtputf8", 1))
         if any(env.notifies) or actions.bcc:  # an access BCC copy: NOTIFY=NEVER, as Postfix

@@ -19,7 +19,8 @@ text after it optional unless said:
 * HOLD [text]: placed in hold/ (logged once);
 * REDIRECT user@domain: every recipient is replaced; no further checks;
 * BCC user@domain: one more recipient (DSN NOTIFY=NEVER);
-* FILTER transport:destination: recorded in ``filter`` for the caller;
+* FILTER transport:destination: recorded in ``filter`` for the caller (the
+  last one wins; one that cannot name a transport is warned and skipped);
 * PREPEND text: a header (``name: value``) or body line before this one;
 * REPLACE text: this header (``name: value``) or body line replaced;
 * IGNORE: this header or body line deleted;
@@ -41,6 +42,7 @@ import re
 from dataclasses import dataclass, field
 
 from pymailsys import log, maps
+from pymailsys.ipc import services
 
 PRIMARY = "primary"
 MULTIPART = "multipart"
@@ -199,7 +201,7 @@ class MessageChecks:
         elif action == "FILTER":
             if not rest:
                 log.warning(f"missing FILTER command argument in {param} map")
-            elif ":" not in rest:
+            elif ":" not in rest or services.split_content_filter(rest) is None:
                 log.warning(f"bad FILTER command {rest} in {param} -- need transport:destination")
             else:
                 self.filter = rest

@@ -37,6 +37,13 @@ cleanup (``public/cleanup``), one request per message, streamed
              encoding      "7bit" | "8bitmime" (BODY=)
              notify, envid, ret   (DSN parameters, optional)
              orig_id       (pickup: the maildrop file's name, for postsuper -r)
+             content_filter  optional (smtpd, pickup: their content_filter):
+                           ``transport[:nexthop]``, the envelope's L record
+             filter        optional (smtpd: the last access FILTER action):
+                           an L record after the content, which wins over it
+                           (a header/body checks FILTER follows and wins again);
+                           either one not ``split_content_filter``-able is
+                           refused (451 4.3.5), never dropped
     reply:   status        0 = queued; else the SMTP reply code (451, 552, 554)
              dsn           "2.0.0" | "4.3.0" | "5.3.4" | ...
              reason        text for the client ("Error: queue file write error")
@@ -116,6 +123,20 @@ LOCAL = "local"
 BOUNCE = "bounce"
 VIRTUAL = "virtual"
 SMTP = "smtp"
+
+
+def split_content_filter(value: str) -> tuple[str, str] | None:
+    """(transport, nexthop) of a content filter ``transport[:nexthop]`` (split at the
+    first colon, as Postfix's qmgr; nexthop may be empty), or None when the transport
+    cannot name a master.cf service under private/ (empty, ``.``, ``..``, a ``/``),
+    or the value has a space or a control character or is longer than 1000."""
+    if len(value) > 1000 or not value.isprintable() or any(c.isspace() for c in value):
+        return None
+    transport, _, nexthop = value.partition(":")
+    if not transport or transport in (".", "..") or "/" in transport:
+        return None
+    return transport, nexthop
+
 
 # cleanup flags
 CLEANUP_FLAG_NONE = 0

@@ -265,6 +265,7 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                 elif name == ATTR_RWR and value in ("local", "remote"):
                     sub.rewrite_context = value
                 # other named attributes (client info of a requeued file) are dropped
+            # L (a requeued file's content filter) is dropped too: pickup sends its own
     except r.RecordError as e:
         raise SubmissionError(str(e)) from None
     if not ended:

@@ -12,7 +12,8 @@ a placeholder of the same length) and ``trailer()``.
 
 ``read_envelope`` parses a file's envelope and extracted records into an
 ``Envelope`` (sender, recipients with the offsets of their R records and done
-state, arrival time, named attributes, data offset). It refuses
+state, arrival time, named attributes, data offset, and the content filter:
+the last ``L`` record outside the content, as Postfix's qmgr reads it). It refuses
 (``QueueFileError``) a file with a malformed or unknown record, no final E, no
 C record first, or no sender, and a number that is not plain decimal digits in
 range: the T record must be ``seconds [microseconds]`` (so no NaN, infinity,
@@ -65,6 +66,7 @@ class Envelope:
     warn_offset: int = 0  # where the W record starts (0: none)
     warn_length: int = 0  # its payload's length
     file_size: int = 0
+    content_filter: str = ""  # transport[:nexthop] from the last L record outside the content
     # a slice (rcpt_limit): the offset of the first pending recipient left out (0: none),
     # and how many recipients are pending in the whole file
     rcpt_more: int = 0
@@ -185,6 +187,13 @@ class QueueFileBuilder:
         """Any other envelope record, in call order (e.g. W, V, pre-encoded by the caller)."""
         self._head.append(r.encode_record(rec_type, payload))
 
+    def content_filter(self, value: str, extracted: bool = False) -> None:
+        """An L record: main.cf's content_filter in the envelope (right after the time
+        records, where Postfix's smtpd and pickup put it), an access or header/body
+        checks FILTER action (``extracted``) after the content, where it wins."""
+        record = r.encode_record(r.REC_TYPE_FILT, value.encode("utf-8", "surrogateescape"))
+        (self._extracted if extracted else self._head).append(record)
+
     def extracted_attr(self, name: str, value: str) -> None:
         self._extracted.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode()))
 
@@ -280,6 +289,8 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                 have_sender = True
             elif recipients.take(offset, rtype, payload):
                 pass
+            elif rtype == r.REC_TYPE_FILT:
+                env.content_filter = _text(payload)
             elif rtype == r.REC_TYPE_WARN:
                 env.warn_time = number(payload, "warning time") if payload.strip() else 0
                 env.warn_offset, env.warn_length = offset, len(payload)
@@ -297,7 +308,10 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                 for xoffset, xtype, xpayload in records:
                     if xtype == r.REC_TYPE_END:
                         break
-                    recipients.take(xoffset, xtype, xpayload)
+                    if xtype == r.REC_TYPE_FILT:
+                        env.content_filter = _text(xpayload)
+                    else:
+                        recipients.take(xoffset, xtype, xpayload)
                 else:
                     raise QueueFileError("no end-of-message record")
                 break

@@ -13,6 +13,12 @@ end. ``encode_varint``/``decode_varint`` are the one base-128 codec, with its
 length limit, that the attribute protocol (``pymailsys.ipc.attr``) uses too.
 ``message_size_record`` formats the fixed-width ``C`` record that is
 rewritten in place once the sizes are known.
+
+``L`` is two record types, told apart by where it stands: in the message
+content a chunk of a long line (REC_TYPE_CONT, ``unterminated_text``); in
+the envelope or the extracted records the content filter
+(REC_TYPE_FILT, ``content_filter``: ``transport:nexthop``, the last one read
+wins), which is how ``postcat`` labels it there.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ REC_TYPES: dict[bytes, str] = {
     b"c": "create_time",
     b"F": "sender_fullname",
     b"I": "content_inspector",
-    b"L": "unterminated_text",
+    b"L": "content_filter",  # outside the content; REC_TYPE_CONT there: unterminated_text
     b"S": "sender",
     b"D": "done_recipient",
     b"/": "canceled_recipient",

@@ -43,11 +43,13 @@ DESCRIPTION
     DEFER_IF_REJECT (Postfix's deferred decisions: a pass at the end of the
     command becomes the first DEFER_IF_PERMIT reply, a 5xx becomes the
     first DEFER_IF_REJECT reply), HOLD, DISCARD (ends all lists: accepted,
-    then dropped), REDIRECT, BCC and PREPEND (kept in ``req.actions`` for
-    the message, reset with the transaction); each logs Postfix's
+    then dropped), REDIRECT, BCC, PREPEND and FILTER ``transport:destination``
+    (the last one wins; cleanup writes it after the content, where it
+    overrides content_filter) kept in ``req.actions`` for the message and
+    reset with the transaction; each logs Postfix's
     ``NOQUEUE: hold: RCPT from ...; from=<...> to=<...> proto=... helo=<...>``.
-    FILTER is refused (``451 4.3.5 Server configuration error``): there is
-    no content_filter routing yet. A DNS list that cannot answer is passed
+    A FILTER without a value or without a colon is warned about and skipped,
+    as Postfix does. A DNS list that cannot answer is passed
     over with a warning, as Postfix does; reject_unknown_* after a
     temporary DNS failure defer (450) unless the rest rejects.
     New restrictions register with ``@restriction("name")`` (``takes_arg``
@@ -80,6 +82,7 @@ from pymailsys import MAIL_VERSION, log, maps
 from pymailsys import config as config_mod
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
+from pymailsys.ipc import services
 from pymailsys.maps import search as addr_lookup
 from pymailsys.smtp import dnsxl, policy
 
@@ -159,6 +162,7 @@ class MessageActions:
     hold: bool = False
     discard: bool = False
     redirect: str = ""
+    filter: str = ""  # FILTER transport:destination
     bcc: list[str] = field(default_factory=list)
     prepend: list[str] = field(default_factory=list)
     policy_instance: str = ""  # the policy protocol's "instance": one per transaction
@@ -166,7 +170,7 @@ class MessageActions:
     def reset(self) -> None:
         self.policy_instance = ""
         self.hold = self.discard = False
-        self.redirect = ""
+        self.redirect = self.filter = ""
         self.bcc = []
         self.prepend = []
 
@@ -659,17 +663,23 @@ class Engine:
 
     def _message_action(self, action: str, arg: str, value: str, req: Request, key: str,
                         rclass: str, table: str) -> Result | None:
-        """HOLD, DISCARD, REDIRECT, BCC: remembered for the message; FILTER: refused."""
+        """HOLD, DISCARD, REDIRECT, BCC, FILTER: remembered for the message."""
         if req.sender is None:
             log.warning(f"access table {table}: with smtpd_delay_reject=no, action {action} "
                         "is always skipped in Client host or Helo command restrictions")
             return None
         actions = req.actions
         if action == "FILTER":
-            # content_filter routing is not built: refuse the mail rather than ignore it
-            log.warning(f'access table {table} entry "{value}": action FILTER is not '
-                        "supported yet")
-            return Result(DEFER, Reply(451, "4.3.5", "Server configuration error"))
+            if not arg:
+                log.warning(f'access table {table} entry "{value}" has FILTER entry without '
+                            "value")
+            elif ":" not in arg or services.split_content_filter(arg) is None:
+                log.warning(f'access table {table} entry "{value}" requires '
+                            "transport:destination")
+            else:
+                whatsup(req, "filter", f"<{key}>: {rclass} triggers FILTER {arg}")
+                actions.filter = arg
+            return None
         if action in ("REDIRECT", "BCC"):
             if "@" not in arg:
                 log.warning(f'access table {table} entry "{value}" requires user@domain target')
