@@ -15,6 +15,7 @@ DEBIAN_POSTCAT = "/usr/sbin/postcat"
 
 def build_sample(path: Path) -> None:
     b = QueueFileBuilder(1795594109.25)
+    b.content_filter("scan:[127.0.0.1]:10025")  # L: content_filter outside the content
     b.attr("rewrite_context", "local")
     b.full_name("Joe User")
     b.sender("joe@example.org")
@@ -25,6 +26,7 @@ def build_sample(path: Path) -> None:
     for line in [b"Subject: test", b"From: joe@example.org", b"X-Long: " + b"a" * 5000,
                  b" folded", b"", b"body line", b"b" * 3000, b"\xe9t\xe9", b"."]:
         b.line(line)
+    b.content_filter("smtp:[127.0.0.1]:10026", extracted=True)
     b.extracted_attr("encoding", "7bit")
     path.write_bytes(b.build())
 
