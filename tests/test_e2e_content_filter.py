@@ -313,9 +313,11 @@ class _Side:
         busy = f"{local}+busy@{domain}"
 
         def filters(queue_id: str) -> list[str]:
+            """The L records, and the labels of the first four records: where L stands."""
             out = self.tool("postcat", "-e", "-q", queue_id)
             return [re.sub(r"\d+$", lambda m: name.get(m.group(), "?"), line)
-                    for line in re.findall(r"^content_filter: .*$", out, re.M)]
+                    for line in re.findall(r"^content_filter: .*$", out, re.M)
+                    ] + re.findall(r"^(\w+):", out, re.M)[:4]
 
         seen: dict[str, object] = {}
         self.send("compare plain", self.rcpt)
@@ -366,5 +368,8 @@ def test_the_same_traffic_through_debian_postfix(setup: Setup) -> None:
     assert ours == theirs, (ours, theirs)
     assert ours["trace headers"] == ["Received", "X-Scanned", "Received"]
     assert ours["filters"] == ["content_filter: scan:[127.0.0.1]:P1",
-                               "content_filter: scan:[127.0.0.1]:P3"]
-    assert ours["filters after postsuper -r"] == ["content_filter: scan:[127.0.0.1]:P1"]
+                               "content_filter: scan:[127.0.0.1]:P3", "message_size",
+                               "message_arrival_time", "create_time", "content_filter"]
+    assert ours["filters after postsuper -r"] == ["content_filter: scan:[127.0.0.1]:P1",
+                                                  "message_size", "content_filter",
+                                                  "message_arrival_time", "create_time"]

@@ -54,7 +54,7 @@ DESCRIPTION
     * writes the content filter as Postfix does: the client's
       ``content_filter`` (smtpd's or pickup's content_filter, master.cf
       ``-o`` overrides included) as the envelope's L record after the time
-      records, smtpd's access FILTER action and then the header/body checks'
+      records (pickup's: before them, where Postfix's pickup writes it), smtpd's access FILTER action and then the header/body checks'
       FILTER as L records after the content, so that qmgr, which takes the
       last one, routes every recipient to that ``transport:nexthop``; a value
       that cannot name a transport is refused (451 4.3.5 "Server
@@ -336,7 +336,7 @@ class Cleanup:
 
         b = QueueFileBuilder(now)
         if req.text("content_filter"):
-            b.content_filter(req.text("content_filter"))
+            b.content_filter(req.text("content_filter"), first=origin == "pickup")
         if req.text("filter"):  # smtpd's access FILTER: first after the content
             b.content_filter(req.text("filter"), extracted=True)
         b.attr("rewrite_context", context)

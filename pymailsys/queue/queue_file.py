@@ -187,12 +187,19 @@ class QueueFileBuilder:
         """Any other envelope record, in call order (e.g. W, V, pre-encoded by the caller)."""
         self._head.append(r.encode_record(rec_type, payload))
 
-    def content_filter(self, value: str, extracted: bool = False) -> None:
-        """An L record: main.cf's content_filter in the envelope (right after the time
-        records, where Postfix's smtpd and pickup put it), an access or header/body
-        checks FILTER action (``extracted``) after the content, where it wins."""
+    def content_filter(self, value: str, extracted: bool = False, first: bool = False) -> None:
+        """An L record: main.cf's content_filter in the envelope (after the time records,
+        where Postfix's smtpd puts it, or ``first``, before them, where its pickup does),
+        or an access or header/body checks FILTER action (``extracted``) after the
+        content, where it wins. Call it before any recipient."""
         record = r.encode_record(r.REC_TYPE_FILT, value.encode("utf-8", "surrogateescape"))
-        (self._extracted if extracted else self._head).append(record)
+        if extracted:
+            self._extracted.append(record)
+        elif first:
+            assert not self._rcpt_records
+            self._head.insert(0, record)
+        else:
+            self._head.append(record)
 
     def extracted_attr(self, name: str, value: str) -> None:
         self._extracted.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode()))
