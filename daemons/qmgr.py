@@ -28,7 +28,9 @@ DESCRIPTION
     Per message: rename into active/, open, ``flock`` exclusive and
     non-blocking (held by someone else: ``ID: skipped, still being
     delivered``, retried in 60 s), read the envelope once (a malformed file
-    goes to corrupt/ with ``warning: saving corrupt file``), downgrade the lock
+    goes to corrupt/ with ``warning: saving corrupt file``; a file that cannot
+    be opened or read for the system's reasons, such as too many open files,
+    goes back to the queue it came from and is retried in 60 s), downgrade the lock
     to shared (delivery agents take shared locks), remove an old defer log and
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
     recipient is resolved (``pymailsys.address.resolve``, with the sender for
@@ -76,6 +78,9 @@ DESCRIPTION
     ``qmgr_message_recipient_minimum`` recipients at a time), the next slice
     once every request of the previous one is answered and there is room,
     and no further message is taken while the recipient limit is reached.
+    Each active message's file stays open: qmgr raises its soft open-file
+    limit to the hard one and takes no more messages than that limit, less
+    ``FD_RESERVE``, allows (logging once that it binds).
     A message's next slice also waits while a transport its previous slice
     went to holds ``<transport>_recipient_limit`` recipients in memory.
 
@@ -141,6 +146,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import resource
 import stat
 import threading
 import time
@@ -178,6 +184,7 @@ from pymailsys.submission import access
 PROGRAM = "qmgr"
 STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
+FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
@@ -337,6 +344,8 @@ class Qmgr:
         self.allow_min_user = cfg.get_bool("allow_min_user")
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
+        self.open_file_budget = _open_file_budget()
+        self.open_file_warned = False
         self.process_limit = max(cfg.get_int("default_process_limit"), 1)
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.active: dict[str, Message] = {}
@@ -595,19 +604,25 @@ class Qmgr:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError as e:
             log.warning(f"{queue_id}: open {path}: {e.strerror}")
+            self.put_back(queue_id, queue)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             log.info(f"{queue_id}: skipped, still being delivered")
-            self.put_back_locked(queue_id)
+            self.put_back(queue_id, q.INCOMING)
             return
         try:
             env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
-        except (QueueFileError, OSError) as e:
+        except QueueFileError as e:
             os.close(fd)
             self.corrupt(queue_id, str(e))
+            return
+        except OSError as e:  # the system's trouble (EMFILE, EIO, ...), not the file's
+            os.close(fd)
+            log.warning(f"{queue_id}: read {path}: {e.strerror}")
+            self.put_back(queue_id, queue)
             return
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
@@ -624,15 +639,17 @@ class Qmgr:
         self.active[queue_id] = msg
         self.enqueue(msg, env.recipients)
 
-    def put_back_locked(self, queue_id: str) -> None:
+    def put_back(self, queue_id: str, queue: str) -> None:
+        """Return a file qmgr could not take to queue, to be tried in LOCKED_RETRY seconds."""
         try:
-            path = self.spool.move(queue_id, q.ACTIVE, q.INCOMING)
+            path = self.spool.move(queue_id, q.ACTIVE, queue)
             later = time.time() + LOCKED_RETRY
             os.utime(path, (later, later))
         except OSError as e:
-            log.warning(f"{queue_id}: cannot move back to incoming: {e.strerror}")
+            log.warning(f"{queue_id}: cannot move back to {queue}: {e.strerror}")
             return
-        asyncio.get_running_loop().call_later(LOCKED_RETRY + 1, self.trigger, b"I")
+        asyncio.get_running_loop().call_later(
+            LOCKED_RETRY + 1, self.trigger, b"I" if queue == q.INCOMING else b"D")
 
     def corrupt(self, queue_id: str, why: str) -> None:
         log.warning(f"{queue_id}: {why}")
@@ -646,7 +663,16 @@ class Qmgr:
     # --- recipients in slices, entries in the scheduler ------------------------------
 
     def room(self) -> bool:
-        """Room for one more message: qmgr_message_active_limit and qmgr_message_recipient_limit."""
+        """Room for one more message: qmgr_message_active_limit and qmgr_message_recipient_limit,
+        and a descriptor for its file (each active message's file stays open)."""
+        if len(self.active) >= self.open_file_budget:
+            if not self.open_file_warned and self.open_file_budget < self.active_limit:
+                self.open_file_warned = True
+                log.warning(f"{len(self.active)} messages active: the open file limit "
+                            f"({self.open_file_budget + FD_RESERVE}) allows no more, although "
+                            f"qmgr_message_active_limit is {self.active_limit}; raise the "
+                            f"limit (ulimit -n) to use it")
+            return False
         return len(self.active) < self.active_limit and self.rcpt_loaded < self.rcpt_limit
 
     def slice_size(self) -> int:
@@ -741,7 +767,7 @@ class Qmgr:
                 self.next_slice(msg)
             else:
                 self.hungry.append(msg)
-        if self.rcpt_loaded < self.rcpt_limit and len(self.active) < self.active_limit:
+        if self.room():
             self.slot_free.set()
 
     def next_slice(self, msg: Message) -> None:
@@ -971,6 +997,21 @@ class Qmgr:
                 clear_warning(msg.fd, msg.env)
             except OSError as e:
                 log.warning(f"{msg.queue_id}: cannot update the warning time: {e.strerror}")
+
+
+def _open_file_budget() -> int:
+    """Raise the soft open-file limit to the hard one (a non-root login often has
+    1024 of 20000 or more) and return how many queue files qmgr may keep open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as e:
+            log.warning(f"cannot raise the open file limit from {soft} to {hard}: {e}")
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(soft - FD_RESERVE, 16)
 
 
 def _closer(jobs: SimpleQueue[tuple[str, int, str] | None]) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from harness import Instance, free_port, wait_until
+from harness import PYTHON, Instance, free_port, wait_until
 from qf_helpers import queue_files
 from test_e2e_outbound import Sink
 
@@ -109,3 +110,29 @@ def test_postqueue_f_forgets_a_dead_destination(new_instance) -> None:  # type: 
         wait_until(inst.queue_empty, 60, what="an empty queue")
     finally:
         sink.stop()
+
+
+def test_a_backlog_beyond_the_open_file_limit_is_delivered_not_corrupted(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """qmgr keeps each active message's file open: under a hard limit of 300 descriptors
+    (a non-root login's soft limit is often 1024) it takes what the limit allows, says
+    so once, and delivers the rest as files close; no file is sent to corrupt/."""
+    sink.start()
+    inst: Instance = new_instance()
+    inst.set(relayhost=f"[127.0.0.1]:{sink.port}")
+    inst.postfix("check")
+    backlog = 400
+    queue_files(inst.queue_dir, "deferred", "alice@example.org",
+                [f"r{i}@remote.example" for i in range(backlog)], [b"Subject: backlog", b"", b"x"],
+                arrival=time.time())
+    subprocess.run(["prlimit", "--nofile=300:300", PYTHON, "-m", "pymailsys.tools.postfix",
+                    "-c", str(inst.config_dir), "start"], check=True, capture_output=True)
+    inst.running = True
+    inst.wait_log(r"to=<r\d+@remote\.example>, relay=127\.0\.0\.1.*status=sent", count=backlog,
+                  timeout=180)
+    wait_until(inst.queue_empty, 60, what="an empty queue")
+    log = inst.log()
+    assert not inst.queue_ids("corrupt")
+    assert "saving corrupt file" not in log
+    assert re.search(r"postfix/qmgr\[\d+\]: warning: \d+ messages active: the open file limit "
+                     r"\(300\) allows no more, although qmgr_message_active_limit is 20000", log)
+    assert len(re.findall(r"warning: \d+ messages active: the open file limit", log)) == 1
