@@ -907,7 +907,11 @@ class Qmgr:
                                      dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
             entry.set_remote(result.mta, result.diag)
             try:
-                status_log.append_queue(self.spool, queue, msg.queue_id, entry)
+                # A lost defer entry loses only the reason mailq shows (the recipient is
+                # still pending), so it is not fsynced on the event loop; bounce and trace
+                # entries, which stand for notices owed once the recipient is done, are.
+                status_log.append_queue(self.spool, queue, msg.queue_id, entry,
+                                        sync=queue != q.DEFER)
             except OSError as e:
                 log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
 
