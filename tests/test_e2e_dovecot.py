@@ -1,4 +1,5 @@
-"""mailbox_transport = lmtp:unix:... to Dovecot's LMTP server; the message read back over IMAP.
+"""mailbox_transport (or mailbox_transport_maps, or fallback_transport_maps for a user that
+is no account) = lmtp:unix:... to Dovecot's LMTP server; the message read back over IMAP.
 
 The test runs its own Dovecot (Debian's dovecot-lmtpd and dovecot-imapd) from
 a configuration under a temporary directory: an LMTP listener on a Unix
@@ -98,11 +99,23 @@ def dovecot() -> Iterator[Dovecot]:
     d.stop()
 
 
-def test_mailbox_transport_lmtp_to_dovecot_read_back_over_imap(new_instance, dovecot) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("setting", ["mailbox_transport", "mailbox_transport_maps",
+                                     "fallback_transport_maps"])
+def test_mailbox_transport_lmtp_to_dovecot_read_back_over_imap(new_instance, dovecot,  # type: ignore[no-untyped-def]
+                                                               setting: str) -> None:
     inst: Instance = new_instance()
-    inst.set(mailbox_transport=f"lmtp:unix:{dovecot.lmtp}")
+    transport = f"lmtp:unix:{dovecot.lmtp}"
+    user = ME
+    if setting == "mailbox_transport":
+        inst.set(mailbox_transport=transport)
+    elif setting == "mailbox_transport_maps":  # the user name is the key
+        inst.set(mailbox_transport_maps=f"inline:{{ {ME}={transport} }}")
+    else:  # a user that is no account: smtpd must let it through
+        user = "ghost"
+        inst.set(fallback_transport_maps=f"inline:{{ ghost={transport} }}",
+                 local_recipient_maps="")
     inst.start()
-    rcpt = f"{ME}@localhost"
+    rcpt = f"{user}@localhost"
     body = "Grüße über LMTP\r\n".encode()
     queue_id = inst.send("alice@example.org", rcpt,
                          b"Subject: into the store\r\nMessage-ID: <dc1@example.org>\r\n\r\n" + body)
@@ -112,7 +125,7 @@ def test_mailbox_transport_lmtp_to_dovecot_read_back_over_imap(new_instance, dov
 
     def fetched() -> bytes:
         with imaplib.IMAP4("127.0.0.1", dovecot.imap_port) as imap:
-            imap.login(ME, PASSWORD)
+            imap.login(user, PASSWORD)
             imap.select("INBOX")
             _typ, data = imap.search(None, "ALL")
             ids = data[0].split()

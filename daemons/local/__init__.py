@@ -51,19 +51,29 @@ DESCRIPTION
        commands, files and includes run with the user's rights (uid 0:
        default_privs); an address naming the user itself, or ``\\user``, goes
        to the mailbox (loop guard); other addresses are forwarded;
-    4. the mailbox of the UNIX account: ``mailbox_command`` (no ``$name``
-       expansion, as Postfix; run as the user like a .forward command, same
-       environment and exit codes), else ``home_mailbox`` (relative to the home
-       directory; ``/`` at the end = Maildir), else ``mail_spool_directory/USER``
-       (``/`` at the end of the directory = Maildir). An unknown account bounces
-       with 5.1.1 ``unknown user: "name"``. With ``mailbox_transport`` set,
-       the recipient goes to that transport instead (``transport:nexthop``,
-       e.g. ``lmtp:unix:/run/dovecot/lmtp``), whether or not it is a UNIX
-       account; with ``fallback_transport`` set, an unknown account goes
-       there instead of bouncing. As Postfix's deliver_pass, the request
-       goes over ``private/TRANSPORT``; that agent logs the delivery and its
-       reply is local's. mailbox_command_maps and luser_relay are not
-       supported yet.
+    4. the mailbox (once per local part): the transport that
+       ``mailbox_transport_maps`` gives for the user name, else
+       ``mailbox_transport`` (``transport:nexthop``, e.g.
+       ``lmtp:unix:/run/dovecot/lmtp``), whether or not the user is a UNIX
+       account: as Postfix's deliver_pass, the request goes over
+       ``private/TRANSPORT``, that agent logs the delivery and its reply is
+       local's. Else, for a UNIX account (``mailbox``): the command
+       ``mailbox_command_maps`` gives for the user name, else
+       ``mailbox_command`` (no ``$name`` expansion, as Postfix; run as the user
+       like a .forward command, same environment and exit codes), else
+       ``home_mailbox`` (relative to the home directory; ``/`` at the end =
+       Maildir), else ``mail_spool_directory/USER`` (``/`` at the end of the
+       directory = Maildir);
+    5. a user that is no account (``unknown``): the transport that
+       ``fallback_transport_maps`` gives for the user name, else
+       ``fallback_transport``, handed on as above; else ``luser_relay``
+       (``$user``, ``$local``, ``$extension``, ``$domain``, ``$recipient``...
+       expanded), delivered in place or forwarded as an alias member is;
+       else ``postmaster`` and ``MAILER-DAEMON`` are discarded with
+       ``required alias not found``; else it bounces with 5.1.1 ``unknown
+       user: "name"``. The per-user tables are asked for the user name only
+       (no domain, no extension), as Postfix asks them; one that cannot
+       answer defers (4.3.0 ``table lookup failure``).
 
     Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
     ``Delivered-To:``, the message with ``>From `` quoting and an empty last
@@ -120,14 +130,16 @@ CONFIGURATION PARAMETERS
     mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
     command_time_limit, allow_mail_to_commands, allow_mail_to_files,
-    mailbox_transport, fallback_transport, ipc_timeout,
+    mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
+    fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
     default_privs, myhostname, myorigin, duplicate_filter_limit, data_directory.
 
 MODULES
     agent (state, dispatch, logging), alias (alias values, :include:,
     forwarding), forward (.forward, forward_path expansion), mailbox (the
-    account's mailbox, mailbox_command), command (|command), file (/file,
-    /dir/), results (the one failure-to-result mapping).
+    account's mailbox, mailbox_command), unknown (fallback transports,
+    luser_relay), command (|command), file (/file, /dir/), results (the one
+    failure-to-result mapping).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pymailsys.daemons.local import alias, forward
+from pymailsys.daemons.local import alias, forward, results, unknown
 from pymailsys.daemons.local import mailbox as user_mailbox
 
 from pymailsys import log, privileges, server
@@ -124,6 +124,37 @@ class Session:
         return req.rcpt if req.rcpt != self.req.rcpt else ""
 
 
+@dataclass
+class UserTable:
+    """One of local(8)'s per-user tables (mailbox_transport_maps, mailbox_command_maps,
+    fallback_transport_maps), asked for the user name as Postfix asks them
+    (``maps_find(table, msg_attr.user)``: no domain, no extension). ``find`` gives the
+    value, None (not found) or TableError, after a warning: a table that cannot be
+    opened or cannot answer defers the mail, never counts as not found."""
+
+    param: str
+    maps: Maps | None
+    error: str = ""
+
+    @classmethod
+    def open(cls, param: str, opener: Callable[[], Maps]) -> UserTable:
+        try:
+            return cls(param, opener())
+        except TableError as e:
+            log.warning(f"{param}: {e}")
+            return cls(param, None, str(e))
+
+    def find(self, user: str) -> str | None:
+        if self.maps is None:
+            log.warning(f"{self.param} lookup of {user}: {self.error}")
+            raise TableError(self.error)
+        try:
+            return self.maps.find(user)
+        except TableError as e:
+            log.warning(f"{self.param} lookup of {user}: {e}")
+            raise
+
+
 class LocalAgent:
     def __init__(self, ctx: server.Context) -> None:
         self.ctx = ctx
@@ -163,6 +194,14 @@ class LocalAgent:
         self.cleanup = AttrPool(self.spool.public(CLEANUP), timeout=300)
         self.mailbox_transport = cfg.get("mailbox_transport").strip()
         self.fallback_transport = cfg.get("fallback_transport").strip()
+        self.mailbox_transport_maps = UserTable.open(
+            "mailbox_transport_maps", lambda: Maps(cfg, "mailbox_transport_maps"))
+        self.mailbox_command_maps = UserTable.open(
+            "mailbox_command_maps", lambda: Maps(cfg, "mailbox_command_maps"))
+        self.fallback_transport_maps = UserTable.open(
+            "fallback_transport_maps", lambda: Maps(cfg, "fallback_transport_maps"))
+        # raw: $user, $local, $extension... are the recipient's, expanded per delivery
+        self.luser_relay = (cfg.raw("luser_relay") or "").strip()
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.transports: dict[str, AttrClient] = {}
         self.markers = mailbox.open_markers(cfg, "local-markers")
@@ -308,16 +347,34 @@ class LocalAgent:
         await self.deliver_mailbox(s, lvl, rcpt)
 
     async def deliver_mailbox(self, s: Session, lvl: Level, rcpt: Recipient) -> None:
-        """The account's mailbox (once per request), mailbox_transport or, for an
-        unknown account, fallback_transport."""
+        """Postfix's deliver_mailbox, once per request and local part: a transport from
+        mailbox_transport_maps or mailbox_transport, for every recipient; else, for a
+        UNIX account, its mailbox (``mailbox``: mailbox_command_maps, mailbox_command,
+        home_mailbox, the spool); else ``unknown``."""
         if s.been_here(f"mailbox {rcpt.localpart}"):
             return
-        if self.mailbox_transport:
-            s.record(lvl.req, await self.pass_to(self.mailbox_transport, lvl.req))
-        elif self.fallback_transport and not _is_account(rcpt.user):
-            s.record(lvl.req, await self.pass_to(self.fallback_transport, lvl.req))
+        if await self.delegate(s, lvl, rcpt, self.mailbox_transport_maps,
+                               self.mailbox_transport):
+            return
+        if not _is_account(rcpt.user):
+            await unknown.deliver(self, s, lvl, rcpt)
         else:
             s.done(lvl.req, await user_mailbox.deliver(self, lvl.req, rcpt, s.content))
+
+    async def delegate(self, s: Session, lvl: Level, rcpt: Recipient, table: UserTable,
+                       transport: str) -> bool:
+        """Hand the recipient to the transport that ``table`` gives for the user name,
+        else to ``transport`` (``pass_to``); False when there is none. A table that
+        cannot answer defers the recipient."""
+        try:
+            transport = table.find(rcpt.user) or transport
+        except TableError:
+            s.done(lvl.req, results.TABLE_FAILURE)
+            return True
+        if not transport:
+            return False
+        s.record(lvl.req, await self.pass_to(transport, lvl.req))
+        return True
 
     async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
         """Hand the recipient to another delivery agent (Postfix's deliver_pass): its

@@ -36,10 +36,13 @@ if TYPE_CHECKING:
 
 
 def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
-                    pw: pwd.struct_passwd) -> dict[str, str]:
-    """Postfix's local_expand attributes (an undefined one is absent)."""
-    attrs = {"user": pw.pw_name, "home": pw.pw_dir, "shell": pw.pw_shell,
-             "local": rcpt.localpart, "recipient": rcpt.address}
+                    pw: pwd.struct_passwd | None) -> dict[str, str]:
+    """Postfix's local_expand attributes (an undefined one is absent: ``home`` and
+    ``shell`` without an account)."""
+    attrs = {"user": pw.pw_name if pw else rcpt.user, "local": rcpt.localpart,
+             "mailbox": rcpt.localpart, "recipient": rcpt.address}
+    if pw:
+        attrs.update(home=pw.pw_dir, shell=pw.pw_shell)
     if rcpt.domain:
         attrs["domain"] = rcpt.domain
     extension = rcpt.extension

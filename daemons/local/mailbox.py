@@ -1,10 +1,12 @@
-"""Delivery to the mailbox of a UNIX account: mailbox_command, home_mailbox, the spool.
+"""Delivery to the mailbox of a UNIX account: mailbox_command(_maps), home_mailbox, the spool.
 
 Takes a recipient whose user part names an account (an unknown one bounces
-with 5.1.1 ``unknown user: "name"``); promises, in Postfix's order,
-``mailbox_command`` (no ``$name`` expansion; run as the user through
-``command``), else ``home_mailbox`` (relative to the home directory; ``/`` at
-the end = Maildir), else ``mail_spool_directory/USER`` (``/`` at the end of
+with 5.1.1 ``unknown user: "name"``); promises, in Postfix's order, the
+command ``mailbox_command_maps`` gives for the user name, else
+``mailbox_command`` (no ``$name`` expansion either way; run as the user
+through ``command``; a table that cannot answer defers, 4.3.0), else
+``home_mailbox`` (relative to the home directory; ``/`` at the end =
+Maildir), else ``mail_spool_directory/USER`` (``/`` at the end of
 the directory = Maildir). Writes happen with the recipient's effective ids;
 in the spool directory with Postfix's rights: a world-writable directory gives
 the recipient's ids, a group-writable one the recipient's uid and the
@@ -26,6 +28,7 @@ from pymailsys.daemons.local import command, results
 from pymailsys import privileges
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
+from pymailsys.maps import TableError
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
@@ -40,8 +43,12 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     if not agent.root and pw.pw_uid != agent.me.uid:
         return DeliveryResult.deferred(
             f"cannot deliver to user {pw.pw_name}: the mail system runs as {agent.me.name}")
-    if agent.mailbox_command:  # as Postfix: no $name expansion, the shell's $HOME etc.
-        return await command.deliver(agent, req, rcpt, agent.mailbox_command, content,
+    try:
+        mailbox_command = agent.mailbox_command_maps.find(rcpt.user) or agent.mailbox_command
+    except TableError:
+        return results.TABLE_FAILURE
+    if mailbox_command:  # as Postfix: no $name expansion, the shell's $HOME etc.
+        return await command.deliver(agent, req, rcpt, mailbox_command, content,
                                      privileges.UserIds.from_pw(pw))
     return write(agent, req, rcpt, pw, content)
 

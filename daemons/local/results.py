@@ -5,7 +5,8 @@ writers, ``PrivilegeError`` from a change of rights, ``OSError`` from the file
 system) or an enhanced status code with its text, and promises a
 ``DeliveryResult`` (``DeliveryResult.from_dsn``: 2.x.x sent, 4.x.x deferred,
 5.x.x bounced; anything else, an unknown or missing code, defers with 4.3.0,
-so a failure never turns into a bounce by accident).
+so a failure never turns into a bounce by accident); ``TABLE_FAILURE`` when a
+per-user table cannot answer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pymailsys import privileges
 from pymailsys.bounded_read import FileRefused
 from pymailsys.delivery.agent import DeliveryResult
 from pymailsys.delivery.mailbox import MailboxError, errno_dsn
+
+# a per-user table (mailbox_transport_maps...) that cannot answer: Postfix's words
+TABLE_FAILURE = DeliveryResult.deferred("table lookup failure", "4.3.0")
 
 
 def failure(error: Exception, what: str = "") -> DeliveryResult:

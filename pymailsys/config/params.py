@@ -434,6 +434,15 @@ _TABLE: list[Param] = [
     _p("mail_spool_directory", "/var/mail", doc="mbox spool (/ at the end: Maildir)"),
     _p("mailbox_command", "", doc="command that delivers to mailboxes"),
     _p("mailbox_transport", "", doc="transport that delivers to mailboxes"),
+    _p("mailbox_transport_maps", "", "maps",
+       "per-user transport for mailbox delivery (key: the user name), before mailbox_transport"),
+    _p("mailbox_command_maps", "", "maps",
+       "per-user mailbox command (key: the user name), before mailbox_command"),
+    _p("fallback_transport_maps", "", "maps",
+       "per-user transport for unknown local users (key: the user name), before "
+       "fallback_transport"),
+    _p("luser_relay", "", doc="catch-all address for unknown local users ($user, $local, "
+       "$extension, $domain, $recipient, $recipient_delimiter expanded per recipient)"),
     _p("forward_path", "$home/.forward${recipient_delimiter}${extension}, $home/.forward", "list",
        ".forward file search path"),
     _p("forward_expansion_filter",
