@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from pymailsys import config, maps
-from pymailsys.config import master_cf, params, validate
+from pymailsys.config import master_cf, params, postfix_names, validate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -189,3 +191,113 @@ def test_a_name_set_again_warns_overriding_earlier_entry(tmp_path):
     assert texts(found, False) == [
         f"{tmp_path}/main.cf, line 3: overriding earlier entry: myhostname=a.example"]
     assert texts(found, True) == []
+
+
+# --- Postfix 3.7 parameters the table leaves out (pymailsys.config.postfix_names) -----------
+
+MASTER = ("smtp unix - - n - - smtp\nrelay unix - - n - - smtp\nlocal unix - n n - - local\n"
+          "bsmtp unix - n n - - pipe\n  flags=Fq. user=bsmtp argv=/bin/true\n"
+          "policy unix - n n - 0 spawn\n  user=nobody argv=/bin/true\n")
+
+
+def test_postfix_parameters_left_out_warn_naming_file_and_line(tmp_path):
+    main = ("luser_relay = admin\n"                    # built-in, not implemented
+            "smtp_send_xforward_command = yes\n"
+            "address_verify_map = btree:/x\n"
+            "lmtp_assume_final = no\n"                  # Postfix's default: nothing to say
+            "disable_dns_lookups = false\n"             # the default, spelled differently
+            "authorized_verp_clients = 10.0.0.1\n"      # legacy, in a Postfix default
+            "relay_destination_rate_delay = 1s\n"       # service-defined, not implemented
+            "relay_initial_destination_concurrency = 2\n"  # service-defined, qmgr reads it
+            "policy_time_limit = 10s\n"                 # spawn reads it
+            "bsmtp_time_limit = 10s\n"                  # pipe: not implemented
+            "relay_time_limit = 10s\n"                  # not a Postfix name for an smtp service
+            "my_own = x\nrelayhost = $my_own\n")        # the administrator's own
+    found = problems(tmp_path, main, MASTER)
+    main_cf = f"{tmp_path}/main.cf"
+    assert texts(found, True) == []
+    assert texts(found, False) == [
+        f"{main_cf}, line {n}: parameter {name} is not implemented yet: ignored"
+        for n, name in [(1, "luser_relay"), (2, "smtp_send_xforward_command"),
+                        (3, "address_verify_map"), (6, "authorized_verp_clients"),
+                        (7, "relay_destination_rate_delay"), (10, "bsmtp_time_limit")]]
+
+
+def test_postfix_parameters_left_out_warn_in_master_cf_overrides(tmp_path):
+    found = problems(tmp_path, "", "smtp inet n - n - - smtpd\n  -o smtpd_reject_footer=call us\n"
+                                   "  -o smtpd_proxy_timeout=100s\n")
+    assert texts(found, False) == [f"file {tmp_path}/master.cf: line 1: parameter "
+                                   "smtpd_reject_footer is not implemented yet: ignored"]
+
+
+@pytest.mark.parametrize("setting, programs", [
+    ("smtpd_etrn_restrictions = permit_mynetworks, reject", ["smtpd"]),
+    ("smtpd_restriction_classes = friends", ["smtpd"]),
+    ("relay_recipient_maps = hash:/etc/pymailsys/relay_recipients", ["smtpd"]),
+    ("resolve_dequoted_address = no", ["smtpd"]),
+    ("smtp_header_checks = regexp:/etc/pymailsys/smtp_header_checks", ["smtp"]),
+    ("lmtp_sasl_auth_enable = yes", ["lmtp"]),
+    ("smtp_tls_scert_verifydepth = 3", ["smtp"]),
+    ("local_command_shell = /usr/sbin/smrsh", ["local"]),
+    ("message_strip_characters = \\0", ["cleanup"]),
+    ("tls_ssl_options = NO_TICKET", ["smtpd", "smtp", "lmtp"]),
+])
+def test_postfix_security_settings_left_out_make_their_services_refuse(tmp_path, setting, programs):
+    found = problems(tmp_path, setting + "\n")
+    name, _, value = (part.strip() for part in setting.partition("="))
+    which = f"service {programs[0]}" if len(programs) == 1 else f"services {', '.join(programs)}"
+    assert texts(found, False) == [f"{tmp_path}/main.cf, line 1: {name} = {value} is not "
+                                   f"supported yet: {which} will refuse to run"]
+    cfg = config.load(str(tmp_path))
+    for program in programs:
+        assert validate.refusals(cfg, program) == [
+            f"{name} = {value} is not supported yet: refusing to run"]
+    others = {"smtpd", "pickup", "smtp", "lmtp", "cleanup", "qmgr", "local"} - set(programs)
+    assert all(validate.refusals(cfg, other) == [] for other in others)
+
+
+def test_refused_settings_at_their_default_are_fine(tmp_path):
+    found = problems(tmp_path, "smtp_tls_scert_verifydepth = 9\nresolve_dequoted_address = yes\n"
+                               "smtpd_forbidden_commands = CONNECT, GET, POST, "
+                               "regexp:{{/^[^A-Z]/ Bogus}}\n")
+    assert found == []
+
+
+def test_a_setting_master_cannot_honour_stops_the_whole_system(tmp_path):
+    found = problems(tmp_path, "master_service_disable = smtp/inet\n")
+    assert texts(found, True) == [f"{tmp_path}/main.cf, line 1: master_service_disable = smtp/inet "
+                                  "is not supported yet: refusing to run"]
+
+
+def test_the_table_declares_each_name_once():
+    names = [p.name for p in params._TABLE]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_refused_postfix_parameters_keep_postfix_defaults():
+    """What the table declares only to refuse it is Postfix's parameter, with Postfix's default."""
+    postfix = postfix_names.builtin()
+    wrong = [p.name for p in params.PARAMS.values()
+             if p.refuse and (p.name not in postfix or postfix[p.name] != p.default)]
+    assert wrong == []
+
+
+def test_the_postfix_names_file_says_how_it_was_made():
+    text = (ROOT / "pymailsys" / "config" / postfix_names.DATA_FILE).read_text()
+    assert text.startswith("# Postfix 3.7.")
+    assert "postconf -c DIR -d" in text.splitlines()[0]
+    table = postfix_names.builtin()
+    assert table["luser_relay"] == "" and table["lmtp_assume_final"] == "no"
+    assert len(table) > 800
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None,
+                    reason="Debian's postfix is not installed")
+def test_the_postfix_names_file_is_what_the_installed_postfix_says():
+    version = subprocess.run(["postconf", "-dh", "mail_version"], capture_output=True, text=True,
+                             timeout=60).stdout.strip()
+    if not version.startswith("3.7."):
+        pytest.skip(f"Postfix {version} is installed, the file is of 3.7")
+    made = subprocess.run([str(ROOT / "scripts" / "postfix-names")], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    assert made == (ROOT / "pymailsys" / "config" / postfix_names.DATA_FILE).read_text()

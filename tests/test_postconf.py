@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -318,3 +319,37 @@ def test_service_parameters_match_postfix(tmp_path, args) -> None:  # type: igno
     theirs = debian_postconf(tmp_path, *args)
     mine = postconf(tmp_path, *args)
     assert (mine.stdout, mine.stderr) == (theirs.stdout, theirs.stderr)
+
+
+POSTFIX_KNOWS = ("luser_relay = admin\nauthorized_verp_clients = 10.0.0.1\n"
+                 "relay_destination_rate_delay = 1s\nmy_class = permit\n"
+                 "smtpd_restriction_classes = my_class\nmine = x\nrelayhost = $mine\n"
+                 "relay_time_limit = 10\nnosuch_destination_rate_delay = 1s\nstray = y\n")
+MASTER_CF = "relay unix - - n - - smtp\nsmtp inet n - n - - smtpd\n"
+
+
+def _unused(stderr: str) -> list[str]:
+    return sorted(line for line in stderr.splitlines() if "unused parameter" in line)
+
+
+def test_unused_only_for_names_postfix_does_not_know_either(tmp_path):
+    (tmp_path / "main.cf").write_text(POSTFIX_KNOWS)
+    (tmp_path / "master.cf").write_text(MASTER_CF)
+    p = postconf(tmp_path, "-n")
+    assert _unused(p.stderr) == [
+        f"postconf: warning: {tmp_path}/main.cf: unused parameter: {setting}"
+        for setting in ("nosuch_destination_rate_delay=1s", "relay_time_limit=10", "stray=y")]
+    assert "luser_relay = admin\n" in p.stdout and "stray" not in p.stdout
+    q = postconf(tmp_path, "-d", "luser_relay", "smtp_send_xforward_command")
+    assert q.stdout == "luser_relay =\nsmtp_send_xforward_command = no\n"
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="Debian's postfix is not installed")
+def test_unused_and_nondefault_as_postfix_says(tmp_path):
+    (tmp_path / "main.cf").write_text(POSTFIX_KNOWS)
+    (tmp_path / "master.cf").write_text(MASTER_CF)
+    ours = postconf(tmp_path, "-n")
+    theirs = subprocess.run(["postconf", "-c", str(tmp_path), "-n"], capture_output=True,
+                            text=True, timeout=60)
+    assert ours.stdout == theirs.stdout
+    assert _unused(ours.stderr) == _unused(theirs.stderr)

@@ -12,8 +12,12 @@ SYNOPSIS
 DESCRIPTION
     Without options, every parameter declared in ``pymailsys.config.params`` as
     ``name = value`` in name order, the value as main.cf sets it or else the
-    built-in default, unexpanded (``name =`` when empty). With names, just
-    those (``postconf: warning: NAME: unknown parameter`` for others).
+    built-in default, unexpanded (``name =`` when empty), and the parameters
+    main.cf sets that Postfix 3.7 knows (``pymailsys.config.postfix_names``) or
+    that are the administrator's own (referred to as ``$name``, or named in
+    smtpd_restriction_classes). With names, just those; a Postfix parameter
+    that pymailsys leaves out shows Postfix's default (``postconf: warning:
+    NAME: unknown parameter`` for a name Postfix does not know either).
 
     -n    only parameters set in main.cf (and config_directory when -c is given)
     -d    built-in defaults (machine-dependent ones computed), not main.cf
@@ -37,8 +41,10 @@ DESCRIPTION
 
 DIAGNOSTICS
     ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` for a
-    main.cf name that is neither declared nor referenced as ``$foo`` in another
-    value (the name is kept: an administrator's main.cf always loads).
+    main.cf name that is neither declared, nor known to Postfix 3.7 (its
+    built-in, legacy and master.cf service-defined names), nor the
+    administrator's own (the name is kept: an administrator's main.cf always
+    loads). ``postfix check`` says which known names pymailsys ignores.
     With -n, ``postconf: warning: /dir/main.cf, line N: overriding earlier
     entry: name=value`` for each main.cf line that sets a name again.
     ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
@@ -53,15 +59,12 @@ from __future__ import annotations
 
 import getopt
 import os
-import re
 import sys
 import tempfile
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps
-from pymailsys.config import master_cf, params
-
-_REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
+from pymailsys.config import master_cf, params, postfix_names
 
 
 def _line(name: str, value: str, mode: str) -> str:
@@ -73,31 +76,43 @@ def _line(name: str, value: str, mode: str) -> str:
     return f"{name} = {value}" if value else f"{name} ="
 
 
-def _referenced(values: dict[str, str]) -> set[str]:
-    used: set[str] = set()
-    for value in values.values():
-        used.update(_REF_RE.findall(value))
-    return used
+def _known(cfg: config_mod.Config, entries: list[master_cf.ServiceEntry]) -> set[str]:
+    """The main.cf names that are no "unused parameter": declared, known to Postfix,
+    or the administrator's own."""
+    explicit = cfg.explicit()
+    own = postfix_names.user_defined(explicit)
+    return set(params.PARAMS) | {
+        name for name in explicit
+        if name in own or postfix_names.default(name, entries) is not None}
 
 
-def _warn_unused(cfg: config_mod.Config) -> None:
-    values = cfg.explicit()
-    used = _referenced(values)
-    for name, value in values.items():
-        if name not in params.PARAMS and name not in used:
+def _warn_unused(cfg: config_mod.Config, entries: list[master_cf.ServiceEntry]) -> None:
+    known = _known(cfg, entries)
+    for name, value in cfg.explicit().items():
+        if name not in known:
             log.warning(f"{cfg.main_cf}: unused parameter: {name}={value}")
+
+
+def _quiet_entries(cfg: config_mod.Config) -> list[master_cf.ServiceEntry]:
+    """master.cf's services for the names they define; none when it is missing or broken
+    (-M and -P say so)."""
+    try:
+        return master_cf.parse_file(os.path.join(cfg.config_dir, "master.cf"))
+    except (OSError, config_mod.ConfigError):
+        return []
 
 
 def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: bool,
           expand: bool, mode: str) -> int:
+    entries = _quiet_entries(cfg)
     explicit = cfg.explicit()
-    known = set(params.PARAMS) | (_referenced(explicit) & set(explicit))
+    known = _known(cfg, entries)
     default_cfg = config_mod.Config(cfg.config_dir, {})
     source = default_cfg if defaults else cfg
     if names:
         selected = []
         for name in names:
-            if name in known:
+            if name in known or postfix_names.default(name, entries) is not None:
                 selected.append(name)
             else:
                 log.warning(f"{name}: unknown parameter")
@@ -107,7 +122,9 @@ def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: 
         selected = sorted(known)
     out = []
     for name in selected:
-        value = source.raw(name) or ""
+        value = source.raw(name)
+        if value is None:
+            value = postfix_names.default(name, entries) or ""
         if expand:
             try:
                 value = source.expand(value)
@@ -345,7 +362,7 @@ def run(argv: list[str]) -> int:
             edits[name.strip()] = value.strip()
         edit_main_cf(cfg.main_cf, edits)
         return 0
-    _warn_unused(cfg)
+    _warn_unused(cfg, _quiet_entries(cfg))
     if "-M" in flags:
         return _show_master(cfg, args, "-f" in flags)
     if "-n" in flags:

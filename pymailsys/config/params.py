@@ -20,8 +20,12 @@ value against its entry.
 Honesty: ``implemented=False`` marks a parameter that pymailsys declares (so
 that ``postconf`` knows it) but does not act on yet; setting it to anything but
 its default draws a warning at ``postfix check``, ``start`` and ``reload``.
-``refuse`` lists the values (``*``: any non-empty value) that ``service``
-cannot honour without weakening security: that service then refuses to run.
+``refuse`` lists the values (``*``: any value but the default) that ``service``
+(one program or several, space-separated; ``master``: the whole system) cannot
+honour without weakening security: that service then refuses to run. The
+Postfix 3.7 parameters this table leaves out (``postfix_names``) warn the same
+way; the ones among them that filter, restrict, authenticate or encrypt are
+declared here, at the end of the table, with ``refuse``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,37 @@ def _todo(name: str, default: str, kind: str = "str", doc: str = "", unit: str =
           **extra: object) -> Param:
     """A parameter declared but not acted on yet: setting it draws a warning."""
     return _p(name, default, kind, doc, unit, implemented=False, **extra)  # type: ignore[arg-type]
+
+
+def _refused(service: str, entries: list[tuple[str, str, str, str]]) -> list[Param]:
+    """Postfix parameters that service cannot honour yet: any value but the default refuses."""
+    return [_todo(name, default, kind, doc, refuse=("*",), service=service)
+            for name, default, kind, doc in entries]
+
+
+def _refused_client(prefix: str) -> list[Param]:
+    """The smtp_* (or lmtp_*) client parameters that filter, authenticate or encrypt."""
+    suffixes = [
+        ("header_checks", "", "maps", "header checks on delivery"),
+        ("mime_header_checks", "", "maps", "MIME header checks on delivery"),
+        ("nested_header_checks", "", "maps", "attached message header checks on delivery"),
+        ("body_checks", "", "maps", "body checks on delivery"),
+        ("dns_reply_filter", "", "maps", "DNS replies dropped before they are used"),
+        ("sasl_auth_enable", "no", "bool", "SMTP AUTH to the server"),
+        ("tls_cert_file", "", "str", "client certificate"),
+        ("tls_chain_files", "", "list", "client keys and certificate chains"),
+        ("tls_dcert_file", "", "str", "DSA client certificate"),
+        ("tls_eccert_file", "", "str", "ECDSA client certificate"),
+        ("tls_exclude_ciphers", "", "list", "ciphers never used"),
+        ("tls_mandatory_exclude_ciphers", "", "list", "ciphers not used when TLS is required"),
+        ("tls_per_site", "", "maps", "per-site TLS policy (obsolete)"),
+        ("tls_scert_verifydepth", "9", "int", "longest server certificate chain"),
+        ("tls_trust_anchor_file", "", "str", "trust anchors at verify and secure"),
+        ("tls_wrappermode", "no", "bool", "TLS from the first byte"),
+        ("tls_block_early_mail_reply", "no", "bool", "refuse replies injected before TLS"),
+    ]
+    return _refused(prefix, [(f"{prefix}_{suffix}", default, kind, doc)
+                             for suffix, default, kind, doc in suffixes])
 
 
 _TLS_GRADES = ("export", "low", "medium", "high", "null")
@@ -537,6 +572,52 @@ _TABLE: list[Param] = [
     _p("lmtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),
     *_client_tls("smtp", "nexthop, dot-nexthop"),
     *_client_tls("lmtp", "nexthop"),
+    # Postfix 3.7 parameters not implemented yet whose absence would weaken security:
+    # each makes its service refuse to run when set to anything but Postfix's default
+    *_refused("smtpd", [
+        ("smtpd_etrn_restrictions", "", "list", "restrictions on ETRN"),
+        ("smtpd_restriction_classes", "", "list", "named restriction lists for access tables"),
+        ("smtpd_milter_maps", "", "maps", "per-client content filters"),
+        ("smtpd_proxy_filter", "", "str", "before-queue content filter"),
+        ("smtpd_client_auth_rate_limit", "0", "int", "AUTH commands per client per time unit"),
+        ("smtpd_client_new_tls_session_rate_limit", "0", "int",
+         "new TLS sessions per client per time unit"),
+        ("smtpd_discard_ehlo_keyword_address_maps", "", "maps", "per-client EHLO keywords not announced"),
+        ("smtpd_dns_reply_filter", "", "maps", "DNS replies dropped before restrictions see them"),
+        ("smtpd_expansion_filter", "\\t\\40!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+         "[\\\\]^_`abcdefghijklmnopqrstuvwxyz{|}~", "str",
+         "characters of client data allowed in DNS list replies"),
+        ("smtpd_forbidden_commands", "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}", "list",
+         "commands that end the session at once"),
+        ("smtpd_per_request_deadline",
+         "${smtpd_per_record_deadline?{$smtpd_per_record_deadline}:{${stress?{yes}:{no}}}}", "bool",
+         "a time limit per request instead of per read"),
+        ("smtpd_tls_dcert_file", "", "str", "DSA server certificate"),
+        ("smtpd_tls_eccert_file", "", "str", "ECDSA server certificate"),
+        ("smtpd_tls_eecdh_grade", "auto", "str", "ECDHE curve grade"),
+        ("relay_recipient_maps", "", "maps", "valid recipients in relay_domains"),
+        ("resolve_dequoted_address", "yes", "bool", "resolve quoted local parts' @ and % as routing"),
+    ]),
+    *_refused_client("smtp"),
+    *_refused_client("lmtp"),
+    _todo("lmtp_enforce_tls", "no", "bool", "require STARTTLS (obsolete)", refuse=("yes",),
+          service="lmtp"),
+    *_refused("smtpd smtp lmtp", [
+        ("tls_ssl_options", "", "list", "OpenSSL options"),
+        ("tls_config_file", "default", "str", "OpenSSL configuration file"),
+        ("tls_config_name", "", "str", "application section of tls_config_file"),
+        ("tls_eecdh_auto_curves", "X25519 X448 prime256v1 secp521r1 secp384r1", "list",
+         "ECDHE curves offered"),
+    ]),
+    _todo("tls_wildcard_matches_multiple_labels", "yes", "bool",
+          "a certificate's *.example.com matches a.b.example.com", refuse=("no",),
+          service="smtp lmtp"),
+    *_refused("local", [("local_command_shell", "", "str", "the restricted shell for commands")]),
+    *_refused("cleanup", [
+        ("message_reject_characters", "", "str", "characters that make cleanup reject a message"),
+        ("message_strip_characters", "", "str", "characters cleanup removes from messages"),
+    ]),
+    *_refused("master", [("master_service_disable", "", "list", "master.cf services not started")]),
 ]
 
 PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}

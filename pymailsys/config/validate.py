@@ -23,10 +23,14 @@ DESCRIPTION
       outside maillog_file_prefixes;
     * warnings: a main.cf line that sets a name again (``/etc/pymailsys/main.cf,
       line 9: overriding earlier entry: myhostname=a.example``), a parameter
-      marked not implemented set to anything but its
-      default (``parameter header_checks is not implemented yet: ignored``),
-      and a setting that makes a service refuse to run (``smtpd_milters =
-      inet:x:1 is not supported yet: service smtpd will refuse to run``).
+      marked not implemented, or one that Postfix 3.7 knows and the table
+      leaves out (``postfix_names``: ``luser_relay``, a master.cf service's
+      ``relay_destination_rate_delay``), set to anything but its default
+      (``parameter luser_relay is not implemented yet: ignored``), and a
+      setting that makes a service refuse to run (``smtpd_milters = inet:x:1
+      is not supported yet: service smtpd will refuse to run``). A setting
+      that master itself cannot honour (``master_service_disable``) is an
+      error: the whole system refuses to run.
 
     ``postfix check`` and ``postfix start`` print both and stop on an error;
     ``postfix reload`` and master's reload refuse a configuration with errors.
@@ -44,12 +48,13 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from pymailsys.config import Config, ConfigError, params, split_list
+from pymailsys.config import Config, ConfigError, MacroExpander, params, postfix_names, split_list
 from pymailsys.config.master_cf import ServiceEntry
 
 _LEVEL_RE = re.compile(r"\d+(\.\d+){0,2}")
 _CHOICE_LABELS = {"mynetworks_style": "mynetworks mask style"}  # Postfix's wording
 _TRUE = ("yes", "true", "1")
+_BOOLEANS = (*_TRUE, "no", "false", "0")
 
 
 @dataclass(frozen=True)
@@ -65,18 +70,53 @@ class Problem:
 def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
           table_types: Collection[str] | None = None) -> list[Problem]:
     """Every problem of cfg and of the master.cf overrides in entries."""
+    entries = list(entries)
     problems: list[Problem] = []
     for param in params.PARAMS.values():
         problems += _check_param(cfg, param, table_types)
     problems = _without_echoes(problems)
     problems += _check_maillog_file(cfg)
     problems += [Problem(False, text) for text in cfg.overridden]
+    problems += _check_postfix_only(cfg, cfg.explicit(), entries)
     for entry in entries:
         for name, value in entry.overrides():
+            service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
             if name in params.PARAMS:
-                service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
                 problems += _check_param(service_cfg, params.PARAMS[name], table_types)
+            else:
+                problems += _check_postfix_only(service_cfg, {name: value}, entries)
     return problems
+
+
+def _check_postfix_only(cfg: Config, settings: dict[str, str],
+                        entries: list[ServiceEntry]) -> list[Problem]:
+    """A warning for each of settings that Postfix knows, the table leaves out and
+    pymailsys does not act on, when it differs from Postfix's default."""
+    problems = []
+    for name, value in settings.items():
+        default = postfix_names.default(name, entries)
+        if name in params.PARAMS or default is None or postfix_names.honoured(name, entries):
+            continue
+        if not _same_value(cfg, value, default, entries):
+            problems.append(Problem(False, f"parameter {name} is not implemented yet: ignored",
+                                    cfg.origin(name)))
+    return problems
+
+
+def _same_value(cfg: Config, value: str, default: str, entries: list[ServiceEntry]) -> bool:
+    """value and Postfix's default mean the same once expanded (names pymailsys does not
+    declare expand to Postfix's defaults)."""
+    def lookup(name: str) -> str | None:
+        found = cfg.raw(name)
+        return found if found is not None else postfix_names.default(name, entries)
+
+    try:
+        value, default = (MacroExpander(lookup).expand(v).strip() for v in (value, default))
+    except ConfigError:
+        return False
+    if value.lower() in _BOOLEANS and default.lower() in _BOOLEANS:
+        return (value.lower() in _TRUE) == (default.lower() in _TRUE)
+    return split_list(value) == split_list(default)
 
 
 def _without_echoes(problems: list[Problem]) -> list[Problem]:
@@ -89,7 +129,7 @@ def refusals(cfg: Config, program: str) -> list[str]:
     """The settings program cannot honour safely, as fatal log texts."""
     return [f"{param.name} = {cfg.get(param.name)} is not supported yet: refusing to run"
             for param in params.PARAMS.values()
-            if param.service == program and _refused(cfg, param)]
+            if program in param.service.split() and _refused(cfg, param)]
 
 
 def _check_param(cfg: Config, param: params.Param,
@@ -101,8 +141,12 @@ def _check_param(cfg: Config, param: params.Param,
     if not cfg.is_set(param.name):
         return []
     if _refused(cfg, param):
-        return [Problem(False, f"{param.name} = {cfg.get(param.name)} is not supported "
-                               f"yet: service {param.service} will refuse to run", where)]
+        setting = f"{param.name} = {cfg.get(param.name)} is not supported yet"
+        services = param.service.split()
+        if "master" in services:
+            return [Problem(True, f"{setting}: refusing to run", where)]
+        which = f"service {services[0]}" if len(services) == 1 else f"services {', '.join(services)}"
+        return [Problem(False, f"{setting}: {which} will refuse to run", where)]
     if not param.implemented and not _is_default(cfg, param):
         return [Problem(False, f"parameter {param.name} is not implemented yet: ignored", where)]
     return []
@@ -176,9 +220,9 @@ def _check_maillog_file(cfg: Config) -> list[Problem]:
 def _refused(cfg: Config, param: params.Param) -> bool:
     if not param.refuse:
         return False
-    value = cfg.get(param.name).strip().lower()
     if "*" in param.refuse:
-        return bool(split_list(value))
+        return not _is_default(cfg, param)
+    value = cfg.get(param.name).strip().lower()
     if param.kind == "bool":
         value = "yes" if value in _TRUE else "no"
     return value in param.refuse
