@@ -120,6 +120,26 @@ def test_secure_with_a_policy_match_is_verified(new_instance, pki, peers) -> Non
     assert peer.recorder.over_tls == [True]
 
 
+@pytest.mark.parametrize("level", ["may", "encrypt"])
+def test_may_and_encrypt_say_trusted_when_the_cafile_verifies_the_chain(
+        new_instance, pki, peers, level) -> None:  # type: ignore[no-untyped-def]
+    """Postfix checks the chain at may and encrypt too, for the log: the peer signed by
+    smtp_tls_CAfile's CA is Trusted, the self-signed one Untrusted; both get the mail."""
+    signed, rogue = peers["signed"], peers["rogue"]
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level=level,
+                            transport_maps=f"inline:{{ ca.example=smtp:{signed.nexthop}, "
+                                           f"self.example=smtp:{rogue.nexthop} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, ["a@ca.example", "b@self.example"], b"Subject: t\r\n\r\nbody\r\n")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: Trusted TLS connection established to "
+                  rf"{ADDR}:{signed.port}: TLSv1\.[23] with cipher \S+ \(\d+/\d+ bits\)")
+    inst.wait_log(rf"postfix/smtp\[\d+\]: Untrusted TLS connection established to "
+                  rf"{ADDR}:{rogue.port}: TLSv1\.[23] with cipher")
+    inst.wait_log(rf"{queue_id}: to=<a@ca.example>, .*status=sent")
+    inst.wait_log(rf"{queue_id}: to=<b@self.example>, .*status=sent")
+    assert signed.recorder.over_tls == [True] and rogue.recorder.over_tls == [True]
+
+
 def test_verify_defers_an_untrusted_certificate(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
     rogue = peers["rogue"]
     inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="verify",

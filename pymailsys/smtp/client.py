@@ -337,6 +337,9 @@ class Session:
                 matched = self.tls.matches(ssl_object.getpeercert() or {}, self.peer.name,
                                            self.nexthop)
                 trust = "Verified" if matched else "Trusted"
+            elif self.tls.loglevel and await tls.chain_trusted(ssl_object, self.tls.ca_file,
+                                                              self.tls.ca_path):
+                trust = "Trusted"
             self.tls_info = tls.summary(trust, self.peer.relay, ssl_object)
             if self.tls.loglevel:
                 log.info(self.tls_info)

@@ -48,9 +48,13 @@ DESCRIPTION
     TLS connection established to host[addr]:25: TLSv1.3 with cipher
     TLS_AES_256_GCM_SHA384 (256/256 bits)``; ``Trusted`` when the chain
     verified, ``Verified`` when the name matched too, ``Anonymous`` with no
-    certificate. At ``may`` and ``encrypt`` nothing is verified (Python's
-    ssl cannot verify after an unverified handshake), so those say
-    ``Untrusted``.
+    certificate. At ``may`` and ``encrypt`` the handshake verifies nothing
+    (a certificate that does not verify must not stop it, and Python's ssl
+    cannot verify without failing the handshake); when the line is logged
+    and smtp_tls_CAfile or smtp_tls_CApath is set, ``chain_trusted`` checks
+    the chain the peer sent afterwards, as Postfix does at those levels,
+    with ``openssl verify`` (those CAs only, purpose sslserver, under
+    VERIFY_TIMEOUT): ``Trusted`` when it verifies, else ``Untrusted``.
 
 REFUSES
     A policy table entry with an unknown level or attribute, a repeated or
@@ -62,8 +66,11 @@ REFUSES
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ssl
+import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -199,6 +206,55 @@ def _name_matches(pattern: str, name: str) -> bool:
     if name == pattern:
         return True
     return name.startswith("*.") and "." in pattern and pattern.split(".", 1)[1] == name[2:]
+
+
+OPENSSL = "openssl"
+VERIFY_TIMEOUT = 10.0  # seconds for openssl verify
+
+
+async def chain_trusted(tls: ssl.SSLObject, ca_file: str, ca_path: str) -> bool:
+    """Whether the certificate chain the peer sent, taken unverified in the handshake,
+    verifies against ca_file and ca_path (False when there are none or it cannot tell)."""
+    chain = _peer_chain(tls)
+    if not chain or not (ca_file or ca_path):
+        return False
+    args = [OPENSSL, "verify", "-purpose", "sslserver", "-no-CAstore",
+            *(["-CAfile", ca_file] if ca_file else ["-no-CAfile"]),
+            *(["-CApath", ca_path] if ca_path else ["-no-CApath"])]
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as untrusted:
+        if len(chain) > 1:
+            untrusted.write("".join(chain[1:]))
+            untrusted.flush()
+            args += ["-untrusted", untrusted.name]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+        except OSError:
+            return False
+        try:
+            await asyncio.wait_for(proc.communicate(chain[0].encode()), VERIFY_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return False
+    return proc.returncode == 0
+
+
+def _peer_chain(tls: ssl.SSLObject) -> list[str]:
+    """The peer's certificates in PEM, leaf first (only the leaf where the ssl module
+    cannot give the chain: before Python 3.13 the chain is a private method)."""
+    get_chain = (getattr(tls, "get_unverified_chain", None)
+                 or getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None))
+    if get_chain is not None:
+        certs = get_chain() or []
+        pems = [c if isinstance(c, str) else ssl.DER_cert_to_PEM_cert(c) if isinstance(c, bytes)
+                else c.public_bytes(1) for c in certs]  # 1: _ssl.ENCODING_PEM
+        if pems:
+            return pems
+    leaf = tls.getpeercert(binary_form=True)
+    return [ssl.DER_cert_to_PEM_cert(leaf)] if leaf else []
 
 
 def summary(trust: str, relay: str, tls: ssl.SSLObject) -> str:
