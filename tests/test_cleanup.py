@@ -368,7 +368,7 @@ def sydney() -> Iterator[None]:
 
 
 def test_mail_date_is_postfix_format(sydney: None) -> None:
-    from pymailsys.daemons.cleanup.headers import mail_date
+    from pymailsys.mail_date import mail_date
 
     assert mail_date(1787380113) == "Sat, 22 Aug 2026 16:28:33 +1000 (AEST)"
     assert mail_date(1788220800) == "Tue,  1 Sep 2026 10:00:00 +1000 (AEST)"

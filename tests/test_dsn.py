@@ -298,3 +298,23 @@ def test_sendmail_bs_keeps_each_recipients_notify(new_instance, sink) -> None:  
         b"a@remote.example": b"SUCCESS", b"b@remote.example": b"NEVER", b"c@remote.example": None}
     assert re.search(rb"^X-Rcpt-Args: <a@remote.example> ORCPT=rfc822;List\+2Ba@remote.example ",
                      dump, re.M)
+
+
+@pytest.mark.parametrize("assume_final, action", [("no", "relayed"), ("yes", "delivered")])
+def test_lmtp_assume_final_makes_a_success_notice_say_delivered(
+        new_instance, sink, assume_final, action) -> None:  # type: ignore[no-untyped-def]
+    sink.start("-L", "-N")  # an LMTP server that does not announce DSN
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"inline:{{ store.example=lmtp:inet:127.0.0.1:{sink.port} }}",
+             lmtp_assume_final=assume_final)
+    inst.start()
+    queue_id = send(inst, LOCAL, "u@store.example", (), ("NOTIFY=SUCCESS",))
+    inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<u@store\.example>, .*status=sent")
+    inst.wait_log(rf"{queue_id}: sender delivery status notification: \w+")
+    (report,) = notices(inst, 1)
+    (rcpt,) = report.recipients
+    assert rcpt["Action"] == action and str(rcpt["Status"]).startswith("2.")
+    assert rcpt["Final-Recipient"] == "rfc822; u@store.example"
+    # Postfix's mail_date(): the day padded with a space, the zone's name in parentheses
+    assert re.search(rb"^Arrival-Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), [ 123]\d [A-Z][a-z]{2} "
+                     rb"\d{4} \d\d:\d\d:\d\d [+-]\d{4} \(\w+\)$", report.raw, re.M), report.raw

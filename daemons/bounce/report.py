@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from pymailsys import dsn
 from pymailsys.delivery.agent import QueueContent
+from pymailsys.mail_date import mail_date
 from pymailsys.queue import status_log
 
 _BOILERPLATE_END = """
@@ -107,10 +108,6 @@ def wanted(template: Template, entries: list[status_log.Entry]) -> list[status_l
     return [e for e in entries if dsn.wants(e.notify_flags, template.notify)]
 
 
-def _date(when: float) -> str:
-    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
-
-
 def _wrap(line: str) -> list[str]:
     return textwrap.wrap(line, 79, subsequent_indent="    ", break_long_words=False,
                          break_on_hyphens=False) or [line]
@@ -138,7 +135,7 @@ def _recipient_fields(notice: Notice, e: status_log.Entry, arrival: float) -> li
     else:
         out += _wrap(f"Diagnostic-Code: X-Postfix; {e.reason}")
     if notice.template is DELAY:
-        out.append(f"Will-Retry-Until: {_date(arrival + notice.lifetime)}")
+        out.append(f"Will-Retry-Until: {mail_date(arrival + notice.lifetime)}")
     return out
 
 
@@ -180,7 +177,7 @@ def write(notice: Notice, original: QueueContent,
     lines.append(f"X-Postfix-Queue-ID: {notice.queue_id}")
     if env.sender:
         lines.append(f"X-Postfix-Sender: rfc822; {env.sender}")
-    lines.append(f"Arrival-Date: {_date(env.arrival)}")
+    lines.append(f"Arrival-Date: {mail_date(env.arrival)}")
     for e in entries:
         lines += _recipient_fields(notice, e, env.arrival)
     ret = notice.ret

@@ -130,6 +130,7 @@ from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteCont
 from pymailsys.content import checks as hbc
 from pymailsys.delivery import agent
 from pymailsys.ipc import attr, services
+from pymailsys.mail_date import mail_date
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as q
 from pymailsys.queue import status_log
@@ -332,7 +333,7 @@ class Cleanup:
         sender = self._sender(req.text("sender"), flags, queue_id)
         recipients = self._recipients(req, sender, flags, queue_id)
         full_name = req.text("full_name")
-        date = hdr.mail_date(now)
+        date = mail_date(now)
 
         b = QueueFileBuilder(now)
         if req.text("content_filter"):

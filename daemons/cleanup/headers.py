@@ -32,7 +32,7 @@ What it does, as Postfix 3.7's cleanup_message.c does:
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
   missing ``(Resent-)Message-Id: <YYYYMMDDhhmmss.QUEUEID@myhostname>`` (UTC of
   file creation; long queue IDs ``<QUEUEID@myhostname>``), ``(Resent-)Date:``
-  (``mail_date``: local time) and ``(Resent-)From:`` are appended after the
+  (``pymailsys.mail_date``: local time) and ``(Resent-)From:`` are appended after the
   last header, the Resent- forms once a Resent- header was seen;
   ``message-id=<>`` is reported when no Message-Id: remains known.
 
@@ -68,29 +68,6 @@ ADDRESS_HEADERS = frozenset(n.encode() for n in (
 SENDER_HEADERS = frozenset(n.encode() for n in (
     "from", "sender", "errors-to", "return-receipt-to", "resent-from", "resent-sender",
     "disposition-notification-to"))
-
-
-def mail_date(when: float) -> str:
-    """Postfix 3.7's mail_date(): ``Sat, 22 Aug 2026 16:28:33 +1000 (AEST)``, %e day."""
-    t = int(when)
-    lt = time.localtime(t)
-    gmt = time.gmtime(t)
-    off = (lt.tm_hour - gmt.tm_hour) * 60 + lt.tm_min - gmt.tm_min
-    if lt.tm_year < gmt.tm_year:
-        off -= 1440
-    elif lt.tm_year > gmt.tm_year:
-        off += 1440
-    elif lt.tm_yday < gmt.tm_yday:
-        off -= 1440
-    elif lt.tm_yday > gmt.tm_yday:
-        off += 1440
-    hours = int(off / 60)  # C division truncates toward zero
-    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[lt.tm_wday]
-    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
-             "Dec")[lt.tm_mon - 1]
-    return (f"{days}, {lt.tm_mday:2d} {month} {lt.tm_year} "
-            f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
-            f"{hours:+03d}{abs(off) % 60:02d} ({time.strftime('%Z', lt)})")
 
 
 def received_smtpd(helo: str, name: str, addr: str, protocol: str, myhostname: str,

@@ -527,6 +527,8 @@ _TABLE: list[Param] = [
        "parallel relay deliveries per destination"),
     _p("lmtp_destination_recipient_limit", "$default_destination_recipient_limit", "int",
        "recipients per lmtp delivery request"),
+    _p("lmtp_assume_final", "no", "bool",
+       "an LMTP server without DSN made the final delivery: NOTIFY=SUCCESS says delivered"),
     _p("lmtp_destination_concurrency_limit", "$default_destination_concurrency_limit", "int",
        "parallel lmtp deliveries per destination"),
     _p("fallback_transport", "", doc="transport for local recipients without a UNIX account"),

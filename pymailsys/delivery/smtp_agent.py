@@ -43,6 +43,11 @@ DESCRIPTION
     it was opened; the log line of a delivery over a reused connection
     carries ``conn_use=N``.
 
+    A success is "relayed" in a delivery status notice (NOTIFY=SUCCESS),
+    except from an LMTP server that announced no DSN when lmtp_assume_final
+    is set: that is the final delivery, "delivered", as Postfix's lmtp. A
+    server that announced DSN takes NOTIFY over and sends its own.
+
     One log line per recipient, as Postfix writes it::
 
         ID: to=<r>, relay=host[addr]:port, conn_use=2, delay=0.5,
@@ -68,7 +73,8 @@ CONFIGURATION PARAMETERS
     smtp_tls_ciphers, smtp_tls_mandatory_ciphers, smtp_tls_verify_cert_match,
     smtp_tls_secure_cert_match, smtp_tls_loglevel (``pymailsys.smtp.tls``)
     (each also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
-    myhostname, fast_flush_domains, flush_service_name, ipc_timeout.
+    myhostname, fast_flush_domains, flush_service_name, ipc_timeout,
+    lmtp_assume_final.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelin
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
-from pymailsys.queue.status_log import ACTION_RELAYED
+from pymailsys.queue.status_log import ACTION_DELIVERED, ACTION_RELAYED
 from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import client, nexthop, tls
 
@@ -168,6 +174,7 @@ class Agent:
         self.spool = spool
         self.protocol = protocol
         self.lmtp = protocol == "lmtp"
+        self.assume_final = self.lmtp and config.get_bool("lmtp_assume_final")
 
         def get(suffix: str) -> str:
             return config.get(param_name(protocol, suffix))
@@ -294,7 +301,7 @@ class Agent:
                     reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
                     result = _result_of(reply, outcome.reasons[n], peer.name,
-                                        session.offers_dsn)
+                                        session.offers_dsn, self.assume_final)
                     if reply is not None and reply.kind == 4:
                         soft[i] = result  # as Postfix: the next server may take it
                     else:
@@ -412,15 +419,17 @@ class Agent:
 
 
 def _result_of(reply: client.Reply | None, reason: str, server: str = "",
-               offers_dsn: bool = False) -> DeliveryResult:
+               offers_dsn: bool = False, assume_final: bool = False) -> DeliveryResult:
     """A recipient's result from its reply (None: the connection broke mid-transaction),
-    with the DSN details: the server and its reply; a success is "relayed", and a
-    server that announced DSN took the sender's NOTIFY over (as Postfix's smtp)."""
+    with the DSN details: the server and its reply; a success is "relayed" ("delivered"
+    with assume_final from a server without DSN), and a server that announced DSN took
+    the sender's NOTIFY over (as Postfix's smtp)."""
     if reply is None:
         return DeliveryResult.deferred(reason, "4.4.2")
     status = {2: STATUS_SENT, 5: STATUS_BOUNCED}.get(reply.kind, STATUS_DEFERRED)
+    success = ACTION_DELIVERED if assume_final and not offers_dsn else ACTION_RELAYED
     return DeliveryResult(status, reply.dsn, reason,
-                          action=ACTION_RELAYED if reply.kind == 2 else "", mta=server,
+                          action=success if reply.kind == 2 else "", mta=server,
                           diag=str(reply), passed_on=reply.kind == 2 and offers_dsn)
 
 

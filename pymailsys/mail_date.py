@@ -1,0 +1,42 @@
+"""Postfix's date format for headers and notices, done one way.
+
+NAME
+    mail_date - ``Sat,  5 Dec 2026 05:00:00 +0000 (UTC)``
+
+SYNOPSIS
+    mail_date(when)     # seconds since the epoch -> local time, Postfix 3.7's mail_date()
+
+DESCRIPTION
+    RFC 5322 date-time as Postfix's mail_date() writes it: the day of the
+    month padded with a space (``%e``), the numeric offset from UTC computed
+    from the local and UTC broken-down times, and the zone's abbreviation in
+    parentheses. cleanup's Date: and Received: headers and the Arrival-Date
+    and Will-Retry-Until of bounce's notices use it.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def mail_date(when: float) -> str:
+    """Postfix 3.7's mail_date(): ``Sat, 22 Aug 2026 16:28:33 +1000 (AEST)``, %e day."""
+    t = int(when)
+    lt = time.localtime(t)
+    gmt = time.gmtime(t)
+    off = (lt.tm_hour - gmt.tm_hour) * 60 + lt.tm_min - gmt.tm_min
+    if lt.tm_year < gmt.tm_year:
+        off -= 1440
+    elif lt.tm_year > gmt.tm_year:
+        off += 1440
+    elif lt.tm_yday < gmt.tm_yday:
+        off -= 1440
+    elif lt.tm_yday > gmt.tm_yday:
+        off += 1440
+    hours = int(off / 60)  # C division truncates toward zero
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[lt.tm_wday]
+    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+             "Dec")[lt.tm_mon - 1]
+    return (f"{days}, {lt.tm_mday:2d} {month} {lt.tm_year} "
+            f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
+            f"{hours:+03d}{abs(off) % 60:02d} ({time.strftime('%Z', lt)})")
