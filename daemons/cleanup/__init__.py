@@ -140,7 +140,8 @@ PROGRAM = "cleanup"
 
 
 # the smtputf8_autodetect_classes class of each origin
-_ORIGIN_CLASS = {"pickup": "sendmail", "smtpd": "smtpd", "bounce": "bounce", "local": "forward"}
+_ORIGIN_CLASS = {"pickup": "sendmail", "smtpd": "smtpd", "bounce": "bounce", "local": "forward",
+                 "notify": "notify"}
 
 
 def _size_record(builder: QueueFileBuilder, envelope: bytes, content_size: int,
@@ -347,7 +348,7 @@ class Cleanup:
         ret = _ret_value(req.text("ret"))
         if ret:
             b.attr("dsn_ret", str(ret))
-        if origin in ("bounce", "local"):
+        if origin in ("bounce", "local", "notify"):
             b.attr("log_message_origin", "local")
         if full_name:
             b.full_name(full_name)

@@ -86,6 +86,8 @@ DIAGNOSTICS
     at start-up.
 
 CONFIGURATION PARAMETERS
+    notify_classes, error_notice_recipient, smtpd_history_flush_threshold
+    (the postmaster's transcripts: ``transcript``),
     smtpd_banner, myhostname, mail_name, message_size_limit,
     smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
     smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiosmtpd.proxy_protocol import AF, V2_CMD, ProxyData
+from pymailsys.daemons.smtpd import transcript
 
 from pymailsys import config as config_mod
 from pymailsys import dsn, log
@@ -120,6 +121,7 @@ class Smtpd:
         path = os.path.join(config.get("queue_directory"), "public",
                             config.get("cleanup_service_name"))
         self.cleanup = attr.AttrPool(path, timeout=float(config.get_time("ipc_timeout")))
+        self.notices = transcript.Notices(config, self.cleanup)
         self.flush = flush.FlushClient(
             os.path.join(config.get("queue_directory"), "public",
                          config.get("flush_service_name")),

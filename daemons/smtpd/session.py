@@ -161,6 +161,7 @@ class Session(SMTP):
         self.ssl_object: ssl.SSLObject | None = None  # once TLS is on
         self.sasl_method = ""  # with req.sasl_username, once AUTH succeeded
         self.chunks: Chunks | None = None  # BDAT: the message in progress
+        self.transcript = smtpd.notices.start()  # notify_classes: the postmaster's copy
 
     @classmethod
     def _hooks_for(cls, handler: type) -> dict[str, Callable[..., Any]]:
@@ -227,7 +228,7 @@ class Session(SMTP):
         """The whole session, on ``writer`` (whose transport carries this protocol, or
         for smtpd -S a pipe of its own)."""
         smtpd = self.smtpd
-        self._writer = writer
+        self._writer = self.transcript.watch(writer)
         peer = writer.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.req.client_addr, self.req.client_port = str(peer[0]), str(peer[1])
@@ -254,13 +255,16 @@ class Session(SMTP):
             self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
+            self.transcript.reason = "lost connection"
             if self.where == "DATA":
                 log.info(f"lost connection after DATA ({e.bytes_read} bytes) from {self.client}")
             else:
                 log.info(f"lost connection after {self.where} from {self.client}")
         except (ConnectionError, asyncio.IncompleteReadError):
+            self.transcript.reason = "lost connection"
             log.info(f"lost connection after {self.where} from {self.client}")
         except TimeoutError:
+            self.transcript.reason = "timeout"
             log.info(f"timeout after {self.where} from {self.client}")
             try:
                 self._writer.write(
@@ -274,6 +278,7 @@ class Session(SMTP):
         finally:
             self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
+            await self.transcript.finish(self.client)
             if self.anvil_ident is not None:
                 await smtpd.limits.disconnect(self.anvil_ident)
             try:
@@ -346,6 +351,7 @@ class Session(SMTP):
                 await self.push(f"421 4.7.0 {smtpd.myhostname} Error: too many errors")
                 raise Hangup
             line = await self.input.readline(smtpd.line_limit)
+            self.transcript.query(line)
             if self.input.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
                 log.info(f"NOQUEUE: reject: {self.where} from {self.client}: bare <LF> received; "
                          f"{self._proto_helo()}")
@@ -415,6 +421,7 @@ class Session(SMTP):
         return text
 
     def _log_reject(self, stage: str, reply: str, rcpt: str | None = None) -> None:
+        self.transcript.rejected()
         env = f"from=<{self.req.sender}> " if self.req.sender is not None else ""
         to = f"to=<{rcpt}> " if rcpt is not None else ""
         log.info(f"NOQUEUE: reject: {stage} from {self.client}: {reply}; {env}{to}"
@@ -949,6 +956,7 @@ class Session(SMTP):
         self._writer = asyncio.StreamWriter(new, self, self._reader, self.loop)
         # as asyncio's StreamWriter.start_tls does (it takes only client-side protocols)
         self._replace_writer(self._writer)  # type: ignore[attr-defined]
+        self.transcript.watch(self._writer)
         self._tls_established(new.get_extra_info("ssl_object"))
 
     def _tls_established(self, ssl_object: ssl.SSLObject | None) -> None:

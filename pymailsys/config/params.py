@@ -503,6 +503,10 @@ _TABLE: list[Param] = [
     _p("bounce_notice_recipient", "postmaster", doc="receives notices about bounces"),
     _p("2bounce_notice_recipient", "postmaster", doc="receives undeliverable bounces"),
     _p("delay_notice_recipient", "postmaster", doc="receives notices about delayed mail"),
+    _p("error_notice_recipient", "postmaster",
+       doc="receives smtpd's transcripts of sessions with errors (notify_classes)"),
+    _p("smtpd_history_flush_threshold", "100", "int",
+       "history lines smtpd keeps for a transcript past an EHLO, RSET or queued message"),
     _p("double_bounce_sender", "double-bounce", doc="the sender of postmaster notices"),
     _p("bounce_size_limit", "50000", "size", "most of the original message in a bounce"),
     # pickup and submission

@@ -8,7 +8,8 @@ each server promises its clients.
 cleanup (``public/cleanup``), one request per message, streamed
 (``pymailsys.ipc.attr.serve_streamed``)::
 
-    request: origin        "smtpd" | "pickup" | "bounce" | "local" (who submits)
+    request: origin        "smtpd" | "pickup" | "bounce" | "local" | "notify"
+                           (who submits; notify: smtpd's postmaster transcripts)
              sender        envelope sender, "" for <>
              rcpt          repeated: envelope recipients, in order
              orcpt         repeated, optional: original recipients (same order)
