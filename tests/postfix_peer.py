@@ -1,13 +1,16 @@
-"""Debian's Postfix as a receiving MTA for the outbound tests: a scratch instance.
+"""Debian's Postfix as a scratch instance: a receiving MTA, or a reference to compare with.
 
 ``PostfixPeer(port)`` writes a configuration of its own (``postconf -c DIR`` sees it)
 under a new directory in /tmp: its own queue_directory and data_directory, smtpd on
-127.0.0.1:port only, no chroot, its log in DIR/maillog (postlogd), and the domains
-remote.example and other.example delivered by Postfix's virtual(8) into one Maildir,
-DIR/vmail/mail/, with Return-Path: and Delivered-To: carrying the envelope. ``start``
-runs ``postfix -c DIR start`` and waits for the greeting; with ``tls_key_cert`` it offers STARTTLS with
-that key and certificate. ``stop`` runs ``postfix -c
-DIR stop`` and removes the directory. It needs root (Postfix's master), as CI runs.
+127.0.0.1:port only, no chroot, its log in DIR/maillog (postlogd, ``log_path``), local
+mail in DIR/mail/ (mail_spool_directory). As a receiving MTA (the default settings) it
+delivers the domains remote.example and other.example by Postfix's virtual(8) into one
+Maildir, DIR/vmail/mail/, with Return-Path: and Delivered-To: carrying the envelope;
+``settings`` replace those (``{"myhostname": ..., "relayhost": ...}``), and ``aliases``
+become its alias table. ``start`` runs ``postfix -c DIR start`` and waits for the
+greeting; with ``tls_key_cert`` it offers STARTTLS with that key and certificate.
+``stop`` runs ``postfix -c DIR stop`` and removes the directory. It needs root
+(Postfix's master), as CI runs.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ postlog unix-dgram n - n - 1 postlogd
 
 
 class PostfixPeer:
-    def __init__(self, port: int, tls_key_cert: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, port: int, tls_key_cert: tuple[Path, Path] | None = None,
+                 settings: dict[str, str] | None = None, aliases: str | None = None) -> None:
         self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="postfix-peer-", dir="/tmp"))
         os.chmod(self.dir, 0o755)
@@ -68,6 +72,23 @@ class PostfixPeer:
         (self.dir / "spool").mkdir()  # postfix start makes what is below it
         (self.dir / "data").mkdir()
         os.chown(self.dir / "data", owner.pw_uid, owner.pw_gid)
+        (self.dir / "mail").mkdir()
+        os.chmod(self.dir / "mail", 0o1777)
+        self.log_path = self.dir / "maillog"
+        if settings is None:  # a receiving MTA for remote.example and other.example
+            settings = {
+                "myhostname": "peer.example",
+                "mydestination": "",
+                "mynetworks": "127.0.0.0/8",
+                "virtual_mailbox_domains": ", ".join(DOMAINS),
+                "virtual_mailbox_base": str(self.vmail),
+                "virtual_mailbox_maps": "static:mail/",
+                "virtual_uid_maps": f"static:{owner.pw_uid}",
+                "virtual_gid_maps": f"static:{owner.pw_gid}",
+                "smtputf8_enable": "yes",
+            }
+        self.myhostname = settings.get("myhostname", "peer.example")
+        tables = f"hash:{self.etc}/aliases" if aliases is not None else ""
         main_cf = {
             "compatibility_level": "3.6",
             "queue_directory": str(self.dir / "spool"),
@@ -76,18 +97,12 @@ class PostfixPeer:
             "setgid_group": "postdrop",
             "inet_interfaces": "127.0.0.1",
             "inet_protocols": "ipv4",
-            "myhostname": "peer.example",
-            "mydestination": "",
-            "mynetworks": "127.0.0.0/8",
-            "maillog_file": str(self.dir / "maillog"),
+            "maillog_file": str(self.log_path),
             "maillog_file_prefixes": str(self.dir),
-            "virtual_mailbox_domains": ", ".join(DOMAINS),
-            "virtual_mailbox_base": str(self.vmail),
-            "virtual_mailbox_maps": "static:mail/",
-            "virtual_uid_maps": f"static:{owner.pw_uid}",
-            "virtual_gid_maps": f"static:{owner.pw_gid}",
-            "smtputf8_enable": "yes",
-            "alias_maps": "",
+            "mail_spool_directory": str(self.dir / "mail") + "/",
+            "alias_maps": tables,
+            "alias_database": tables,
+            **settings,
         }
         if tls_key_cert is not None:  # STARTTLS offered (smtpd_tls_security_level = may)
             key, cert = (str(shutil.copy(p, self.etc)) for p in tls_key_cert)
@@ -95,6 +110,10 @@ class PostfixPeer:
                            smtpd_tls_cert_file=cert, smtpd_tls_loglevel="1")
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
         (self.etc / "master.cf").write_text(_MASTER_CF.format(port=port))
+        if aliases is not None:
+            (self.etc / "aliases").write_text(aliases)
+            subprocess.run(["/usr/sbin/postalias", "-c", str(self.etc), f"{self.etc}/aliases"],
+                           check=True, timeout=60)
 
     def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), *args],
@@ -110,7 +129,7 @@ class PostfixPeer:
     def _greets(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-                return s.recv(100).startswith(b"220 peer.example")
+                return s.recv(100).startswith(f"220 {self.myhostname}".encode())
         except OSError:
             return False
 
@@ -122,8 +141,12 @@ class PostfixPeer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
-        path = self.dir / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def queue_empty(self) -> bool:
+        spool = self.dir / "spool"
+        return not any(files for queue in ("incoming", "active", "deferred", "maildrop")
+                       for _, _, files in os.walk(spool / queue))
 
     def wait_log(self, pattern: str, count: int = 1) -> list[str]:
         def found() -> list[str]:

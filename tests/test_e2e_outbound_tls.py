@@ -140,32 +140,26 @@ def test_may_and_encrypt_say_trusted_when_the_cafile_verifies_the_chain(
     assert signed.recorder.over_tls == [True] and rogue.recorder.over_tls == [True]
 
 
-def test_verify_defers_an_untrusted_certificate(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
-    rogue = peers["rogue"]
-    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="verify",
-                            smtp_tls_verify_cert_match="peer.example",
-                            transport_maps=f"inline:{{ bad.example=smtp:{rogue.nexthop} }}")
+@pytest.mark.parametrize("peer_name, settings, logged, reason", [
+    ("rogue", {"smtp_tls_security_level": "verify", "smtp_tls_verify_cert_match": "peer.example"},
+     r"server certificate verification failed for {addr}: num=\d+:self.signed certificate",
+     "Server certificate not trusted"),
+    # The default smtp_tls_secure_cert_match is nexthop, dot-nexthop: the nexthop here
+    # is 127.0.0.1, which the certificate for peer.example does not name.
+    ("signed", {"smtp_tls_security_level": "secure"},
+     r"Trusted TLS connection established to {addr}: TLSv1\.[23]",
+     "Server certificate not verified"),
+])
+def test_verify_and_secure_defer_what_they_cannot_verify(
+        new_instance, pki, peers, peer_name, settings, logged, reason) -> None:  # type: ignore[no-untyped-def]
+    peer = peers[peer_name]
+    inst = instance_with_ca(new_instance, pki, **settings,
+                            transport_maps=f"inline:{{ x.example=smtp:{peer.nexthop} }}")
     inst.start()
-    queue_id = inst.send(LOCAL, "x@bad.example", b"Subject: untrusted\r\n\r\nbody\r\n")
-    inst.wait_log(rf"postfix/smtp\[\d+\]: server certificate verification failed for "
-                  rf"{ADDR}:{rogue.port}: num=\d+:self.signed certificate")
-    inst.wait_log(rf"{queue_id}: to=<x@bad.example>, relay=none, .*dsn=4\.7\.5, "
-                  rf"status=deferred \(Server certificate not trusted\)")
-    assert rogue.recorder.over_tls == []
-
-
-def test_secure_defers_a_trusted_certificate_for_another_name(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
-    """The default smtp_tls_secure_cert_match is nexthop, dot-nexthop: the nexthop here
-    is 127.0.0.1, which the certificate for peer.example does not name."""
-    peer = peers["signed"]
-    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="secure",
-                            transport_maps=f"inline:{{ other.example=smtp:{peer.nexthop} }}")
-    inst.start()
-    queue_id = inst.send(LOCAL, "x@other.example", b"Subject: mismatch\r\n\r\nbody\r\n")
-    inst.wait_log(rf"postfix/smtp\[\d+\]: Trusted TLS connection established to "
-                  rf"{ADDR}:{peer.port}: TLSv1\.[23]")
-    inst.wait_log(rf"{queue_id}: to=<x@other.example>, relay=none, .*dsn=4\.7\.5, "
-                  rf"status=deferred \(Server certificate not verified\)")
+    queue_id = inst.send(LOCAL, "x@x.example", b"Subject: not verified\r\n\r\nbody\r\n")
+    inst.wait_log(r"postfix/smtp\[\d+\]: " + logged.format(addr=f"{ADDR}:{peer.port}"))
+    inst.wait_log(rf"{queue_id}: to=<x@x\.example>, relay=none, .*dsn=4\.7\.5, "
+                  rf"status=deferred \({reason}\)")
     assert peer.recorder.over_tls == []
 
 

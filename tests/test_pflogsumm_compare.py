@@ -27,81 +27,12 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 from harness import IS_ROOT, Instance, free_port, wait_until
+from postfix_peer import PostfixPeer
 
 pytestmark = pytest.mark.root
 
 COUNTS = ("received", "delivered", "forwarded", "deferred", "bounced", "rejected")
 BODY = b"Subject: pflogsumm comparison\r\n\r\nhello\r\n"
-POSTFIX_MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
-
-class DebianPostfix:
-    """A scratch Debian Postfix under base: etc/, spool/, data/, mail/, maillog."""
-
-    def __init__(self, base: Path, settings: dict[str, str], aliases: str) -> None:
-        self.base = base
-        self.port = free_port()
-        self.etc = base / "etc"
-        self.log_path = base / "maillog"
-        for sub in ("etc", "spool", "data", "mail"):
-            (base / sub).mkdir(parents=True)
-        os.chmod(base, 0o755)
-        os.chmod(base / "mail", 0o1777)
-        shutil.chown(base / "data", "postfix")
-        main = {"compatibility_level": "3.6", "queue_directory": str(base / "spool"),
-                "data_directory": str(base / "data"), "maillog_file": str(self.log_path),
-                "maillog_file_prefixes": str(base), "inet_interfaces": "127.0.0.1",
-                "inet_protocols": "ipv4", "mail_spool_directory": str(base / "mail") + "/",
-                "alias_maps": f"hash:{self.etc}/aliases",
-                "alias_database": f"hash:{self.etc}/aliases", **settings}
-        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
-        (self.etc / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=self.port))
-        (self.etc / "aliases").write_text(aliases)
-        subprocess.run(["/usr/sbin/postalias", "-c", str(self.etc), f"{self.etc}/aliases"],
-                       check=True)
-        started = subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), "start"],
-                                 capture_output=True, text=True)
-        assert started.returncode == 0, started.stderr + started.stdout + self.log()
-        wait_until(self._listening, 30, what="Debian's Postfix smtpd")
-
-    def _listening(self) -> bool:
-        return _answers(self.port)
-
-    def queue_empty(self) -> bool:
-        spool = self.base / "spool"
-        return not any(files for queue in ("incoming", "active", "deferred", "maildrop")
-                       for _, _, files in os.walk(spool / queue))
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), "stop"], check=False,
-                       capture_output=True)
-
-
 @pytest.fixture
 def accounts() -> Iterator[dict[str, str]]:
     """admin and fwd (whose .forward sends to admin), with homes under a temp directory."""
@@ -183,16 +114,19 @@ def test_pflogsumm_counts_equal_debian_postfix(new_instance, accounts, sink_port
                f"list: {admin}, root, nosuchuser, far@remote.example\n")
     settings = {"myhostname": "mx.test.example", "mydestination": "$myhostname, localhost",
                 "relayhost": f"[127.0.0.1]:{sink_port}", "smtputf8_enable": "no"}
-    base = Path(tempfile.mkdtemp(prefix="debian-postfix-"))
-    os.chmod(base, 0o755)  # Postfix's daemons (as postfix) reach data/ and spool/ under it
-    postfix = DebianPostfix(base / "postfix", settings, aliases)
+    postfix = PostfixPeer(free_port(), settings=settings, aliases=aliases)
     try:
+        postfix.start()
         send_traffic(postfix.port, accounts)
         wait_until(lambda: postfix.queue_empty() and "sender non-delivery" in postfix.log(),
                    60, what="Debian's Postfix queue empty")
         wait_until(postfix.queue_empty, 30, what="Debian's Postfix queue empty")
+        expected = grand_totals(postfix.log_path)
+        postfix_log = postfix.log()
     finally:
         postfix.stop()
+    print(f"Debian Postfix: {expected}")
+    assert expected["forwarded"] == 2 and expected["bounced"] == 1, expected
 
     inst: Instance = new_instance(maildir=True)
     inst.set(**settings)
@@ -204,12 +138,5 @@ def test_pflogsumm_counts_equal_debian_postfix(new_instance, accounts, sink_port
                what="pymailsys queue empty")
     wait_until(inst.queue_empty, 30, what="pymailsys queue empty")
     inst.stop()
-
-    try:
-        expected = grand_totals(postfix.log_path)
-        print(f"Debian Postfix: {expected}")
-        assert expected["forwarded"] == 2 and expected["bounced"] == 1, expected
-        got = grand_totals(inst.log_path)
-        assert got == expected, (got, expected, postfix.log(), inst.log())
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    got = grand_totals(inst.log_path)
+    assert got == expected, (got, expected, postfix_log, inst.log())
