@@ -77,8 +77,8 @@ from pymailsys.ipc import services
 from pymailsys.ipc.attr import AttrPool, AttrValue, ProtocolError, request_streamed
 
 SMTPD_CLASSES = frozenset(("bounce", "data", "policy", "protocol", "resource", "software"))
-HISTORY_LIMIT = 1000  # lines, whatever the flush threshold
-LINE_LIMIT = 1000  # characters kept of one line
+HISTORY_LIMIT = 500  # lines, whatever the flush threshold
+LINE_LIMIT = 512  # characters kept of one line (an SMTP command line, RFC 5321)
 _STATUS = re.compile(r"[45]\d\d[ -]([45])\.(\d{1,3})\.(\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
