@@ -325,7 +325,7 @@ POSTFIX_KNOWS = ("luser_relay = admin\nauthorized_verp_clients = 10.0.0.1\n"
                  "relay_destination_rate_delay = 1s\nmy_class = permit\n"
                  "smtpd_restriction_classes = my_class\nmine = x\nrelayhost = $mine\n"
                  "relay_time_limit = 10\nnosuch_destination_rate_delay = 1s\nstray = y\n")
-MASTER_CF = "relay unix - - n - - smtp\nsmtp inet n - n - - smtpd\n"
+RELAY_MASTER_CF = "relay unix - - n - - smtp\nsmtp inet n - n - - smtpd\n"
 
 
 def _unused(stderr: str) -> list[str]:
@@ -334,7 +334,7 @@ def _unused(stderr: str) -> list[str]:
 
 def test_unused_only_for_names_postfix_does_not_know_either(tmp_path):
     (tmp_path / "main.cf").write_text(POSTFIX_KNOWS)
-    (tmp_path / "master.cf").write_text(MASTER_CF)
+    (tmp_path / "master.cf").write_text(RELAY_MASTER_CF)
     p = postconf(tmp_path, "-n")
     assert _unused(p.stderr) == [
         f"postconf: warning: {tmp_path}/main.cf: unused parameter: {setting}"
@@ -347,7 +347,7 @@ def test_unused_only_for_names_postfix_does_not_know_either(tmp_path):
 @pytest.mark.skipif(shutil.which("postconf") is None, reason="Debian's postfix is not installed")
 def test_unused_and_nondefault_as_postfix_says(tmp_path):
     (tmp_path / "main.cf").write_text(POSTFIX_KNOWS)
-    (tmp_path / "master.cf").write_text(MASTER_CF)
+    (tmp_path / "master.cf").write_text(RELAY_MASTER_CF)
     ours = postconf(tmp_path, "-n")
     theirs = subprocess.run(["postconf", "-c", str(tmp_path), "-n"], capture_output=True,
                             text=True, timeout=60)
