@@ -201,10 +201,10 @@ MASTER = ("smtp unix - - n - - smtp\nrelay unix - - n - - smtp\nlocal unix - n n
 
 
 def test_postfix_parameters_left_out_warn_naming_file_and_line(tmp_path):
-    main = ("luser_relay = admin\n"                    # built-in, not implemented
-            "smtp_send_xforward_command = yes\n"
+    main = ("sun_mailtool_compatibility = yes\n"      # built-in, not implemented
+            "fork_attempts = 3\n"
             "address_verify_map = btree:/x\n"
-            "lmtp_assume_final = no\n"                  # Postfix's default: nothing to say
+            "tcp_windowsize = 0\n"                      # Postfix's default: nothing to say
             "disable_dns_lookups = false\n"             # the default, spelled differently
             "authorized_verp_clients = 10.0.0.1\n"      # legacy, in a Postfix default
             "relay_destination_rate_delay = 1s\n"       # service-defined, not implemented
@@ -218,7 +218,7 @@ def test_postfix_parameters_left_out_warn_naming_file_and_line(tmp_path):
     assert texts(found, True) == []
     assert texts(found, False) == [
         f"{main_cf}, line {n}: parameter {name} is not implemented yet: ignored"
-        for n, name in [(1, "luser_relay"), (2, "smtp_send_xforward_command"),
+        for n, name in [(1, "sun_mailtool_compatibility"), (2, "fork_attempts"),
                         (3, "address_verify_map"), (6, "authorized_verp_clients"),
                         (7, "relay_destination_rate_delay"), (10, "bsmtp_time_limit")]]
 

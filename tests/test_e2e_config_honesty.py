@@ -88,7 +88,7 @@ def test_reload_with_a_bad_value_is_refused_and_mail_keeps_flowing(new_instance)
 
 def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
-    inst.set(biff="no", smtp_send_xforward_command="yes")  # declared _todo; a Postfix name left out
+    inst.set(biff="no", sun_mailtool_compatibility="yes")  # declared _todo; a Postfix name left out
     master_cf = inst.config_dir / "master.cf"
     master = master_cf.read_text()
     master, n = re.subn(r"(?m)^(pickup\s.*)$", r"\1\n  -o daemon_timeout=100s", master)
@@ -101,15 +101,15 @@ def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -
                       "is not implemented yet: ignored")
     bcc_warning = (f"warning: file {master_cf}: line {pickup_line}: parameter daemon_timeout is not "
                    "implemented yet: ignored")
-    xforward_warning = (f"warning: {inst.config_dir}/main.cf, line "
-                        f"{_main_cf_line(inst, 'smtp_send_xforward_command = yes')}: parameter "
-                        "smtp_send_xforward_command is not implemented yet: ignored")
+    postfix_warning = (f"warning: {inst.config_dir}/main.cf, line "
+                       f"{_main_cf_line(inst, 'sun_mailtool_compatibility = yes')}: parameter "
+                       "sun_mailtool_compatibility is not implemented yet: ignored")
     for command in ("check", "start", "reload"):
         result = inst.postfix(command)
         if command == "start":
             inst.running = True
         assert f"postfix/postfix-script: {header_warning}\n" in result.stderr, (command, result.stderr)
-        assert f"postfix/postfix-script: {xforward_warning}\n" in result.stderr, (command, result.stderr)
+        assert f"postfix/postfix-script: {postfix_warning}\n" in result.stderr, (command, result.stderr)
         assert f"postfix/postfix-script: {bcc_warning}\n" in result.stderr, (command, result.stderr)
     inst.wait_log(rf"postfix/postfix-script\[\d+\]: {re.escape(header_warning)}", count=3)
     # warnings do not stop anything: mail flows
