@@ -12,10 +12,13 @@ from collections.abc import Iterator
 import pytest
 from harness import IS_ROOT, Instance
 
-# Commands run as `python -m pymailsys...` put the working directory first on
-# sys.path; from the checkout's top, its pymailsys/ (the library alone) would
-# shadow the installed package. Tests and the commands they start run from here.
-os.chdir(os.path.dirname(os.path.abspath(__file__)))
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Commands run as `python -m pymailsys...` put the working directory first on
+    # sys.path; from the checkout's top, its pymailsys/ (the library alone) would
+    # shadow the installed package. Tests and the commands they start run from here
+    # (changed once testpaths is resolved, which is relative to the checkout's top).
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
