@@ -68,3 +68,23 @@ def test_list_members_in_place_duplicates_once_unknown_bounces(new_instance) -> 
                          rb"Original-Recipient: rfc822; ?list@localhost\n", notice), notice
     log = inst.log()
     assert len(re.findall(rf"{qid}: to=<{ME}@", log)) == 1
+
+
+def test_owner_alias_gets_the_bounces_of_list_members(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """With owner-list, the members leave as one copy whose sender is owner-list (as
+    Postfix's local): an unknown member's bounce goes to the owner, not to the sender."""
+    inst = _instance(new_instance, f"list: {ME}, nosuchuser\nowner-list: {ME}\n")
+    qid = inst.send("alice@example.org", "list@localhost", BODY)
+    (line,) = inst.wait_log(rf"{qid}: to=<list@localhost>, relay=local, .*dsn=2\.0\.0, "
+                            r"status=sent \(forwarded as \w+\)")
+    copy = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
+    inst.wait_log(rf"{copy}: from=<owner-list@[^>]+>")
+    inst.wait_log(rf'{copy}: to=<nosuchuser@[^>]+>, orig_to=<list@localhost>, relay=local, '
+                  r'.*dsn=5\.1\.1, status=bounced \(unknown user: "nosuchuser"\)')
+    msgs = inst.wait_maildir(2)
+    (notice,) = [m for m in msgs if b"Undelivered Mail" in m]
+    assert re.search(rb"\nTo: owner-list@", notice), notice
+    (copied,) = [m for m in msgs if b"Undelivered Mail" not in m]
+    assert re.match(rb"Return-Path: <owner-list@[^>]+>\n", copied), copied
+    assert copied.endswith(b"\nhello\n")
+    assert "to=<alice@example.org>" not in inst.log()

@@ -4,7 +4,9 @@ Measured on Debian's Postfix (an alias ``|/bin/sh -c 'env; pwd; umask; id'``):
 the command runs as default_privs in the queue directory with umask 0077, and
 its environment has PATH=/usr/bin:/bin, USER and LOGNAME (the alias name),
 LOCAL, DOMAIN, RECIPIENT, SENDER, ORIGINAL_RECIPIENT, no HOME and no SHELL
-(the alias has no user), no EXTENSION (none given). A file alias in a
+(the alias has no user), no EXTENSION (none given), and the client's
+CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL; every value
+censored by command_expansion_filter. A file alias in a
 directory the writer cannot write delivers with a warning about the dot-lock
 (Postfix's MBOX_DOT_LOCK_MAY_FAIL for files named in aliases).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +52,17 @@ def test_alias_command_environment_directory_and_umask(new_instance) -> None:  #
         assert "HOME" not in env and "SHELL" not in env and "EXTENSION" not in env
         assert (out / "pwd").read_text().strip() == os.path.realpath(inst.queue_dir)
         assert (out / "umask").read_text().strip() == "0077"
+        # the client as smtpd logged it, from the queue file's attributes; no AUTH, no SASL_*
+        (client,) = re.findall(rf"{qid}: client=([^\[]+)\[127\.0\.0\.1\]", inst.log())
+        assert {k: v for k, v in env.items() if k.startswith(("CLIENT_", "SASL_"))} == {
+            "CLIENT_ADDRESS": "127.0.0.1", "CLIENT_HOSTNAME": client,
+            "CLIENT_HELO": "client.example", "CLIENT_PROTOCOL": "ESMTP"}
+        # values pass command_expansion_filter: what a client chose never reaches a shell raw
+        qid = inst.send("o'brien@example.org", "envtest@localhost", BODY)
+        inst.wait_log(rf"{qid}: to=<envtest@localhost>, relay=local, .*status=sent ")
+        env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines()
+                   if "=" in line)
+        assert env["SENDER"] == "o_brien@example.org"
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

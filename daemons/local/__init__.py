@@ -82,7 +82,10 @@ DESCRIPTION
 
     Commands run through ``/bin/sh -c`` only when they contain shell
     metacharacters, with SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
-    RECIPIENT SENDER ORIGINAL_RECIPIENT PATH in the environment, killed after
+    RECIPIENT SENDER ORIGINAL_RECIPIENT, CLIENT_ADDRESS CLIENT_HELO
+    CLIENT_HOSTNAME CLIENT_PROTOCOL SASL_METHOD SASL_SENDER SASL_USERNAME
+    (from the queue file's attributes, when set), all censored by
+    command_expansion_filter, and PATH in the environment, killed after
     ``command_time_limit``. Exit 0 is success; output starting with ``X.Y.Z``
     decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and death by a signal defer;
     any other status bounces with the command's output.
@@ -129,7 +132,7 @@ CONFIGURATION PARAMETERS
     mailbox_command, home_mailbox, mail_spool_directory,
     mailbox_delivery_lock, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, mailbox_size_limit, strict_mailbox_ownership,
-    command_time_limit, allow_mail_to_commands, allow_mail_to_files,
+    command_time_limit, command_expansion_filter, allow_mail_to_commands, allow_mail_to_files,
     mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
     default_privs, myhostname, myorigin, duplicate_filter_limit, data_directory.

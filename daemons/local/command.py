@@ -9,7 +9,12 @@ the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
 (the recipient's user part: an alias's name), SENDER, RECIPIENT, LOCAL, and
 DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
 a user's rights (.forward, mailbox_command: the user's; an alias's command
-gets neither); TZ, MAIL_CONFIG and LANG from local's environment
+gets neither); CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL,
+SASL_METHOD, SASL_SENDER and SASL_USERNAME from the queue file's attributes
+(the client's as smtpd logged them) when set. Every one of those values has
+the characters outside ``command_expansion_filter`` replaced with ``_``, as
+Postfix censors them (a value a client chose never reaches a shell raw); TZ,
+MAIL_CONFIG and LANG come from local's environment unchanged
 (export_environment's default). The From_ line and prepended headers go before
 the message (no >From quoting); the command runs in a new session, killed as a
 whole after ``command_time_limit``. Exit 0 is success;
@@ -38,6 +43,13 @@ if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import LocalAgent, Recipient
 
 EXPORTED = ("TZ", "MAIL_CONFIG", "LANG")  # Postfix's default export_environment
+# Postfix's local exports these from the delivery request, which qmgr fills from the
+# queue file's attributes (the log_ forms: what smtpd logged, XFORWARD included)
+CLIENT_ENVIRONMENT = (("CLIENT_HOSTNAME", "log_client_name"),
+                      ("CLIENT_ADDRESS", "log_client_address"),
+                      ("CLIENT_HELO", "log_helo_name"), ("CLIENT_PROTOCOL", "log_protocol_name"),
+                      ("SASL_METHOD", "sasl_method"), ("SASL_SENDER", "sasl_sender"),
+                      ("SASL_USERNAME", "sasl_username"))
 DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
 OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log
@@ -63,16 +75,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         argv = command.split()
     if not argv:
         return DeliveryResult.bounced("empty command", "5.3.5")
-    env = {name: os.environ[name] for name in EXPORTED if name in os.environ}
-    env["PATH"] = DEFAULT_PATH
-    if rights is not None:  # a user's (.forward, mailbox_command), even when uid 0 runs as nobody
-        env.update(HOME=rights.home, SHELL=rights.shell)
-    env.update(LOGNAME=rcpt.user, USER=rcpt.user, SENDER=req.sender, RECIPIENT=req.rcpt,
-               LOCAL=rcpt.localpart)
-    for name, value in (("DOMAIN", rcpt.domain), ("EXTENSION", rcpt.extension),
-                        ("ORIGINAL_RECIPIENT", req.orig_rcpt)):
-        if value:
-            env[name] = value
+    env = environment(agent, req, rcpt, rights, content)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -106,6 +109,28 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     if status in (EX_TEMPFAIL, EX_OSERR):
         return DeliveryResult.deferred(reason, "4.3.0")
     return DeliveryResult.bounced(reason, "5.3.0")
+
+
+def environment(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
+                rights: privileges.UserIds | None, content: QueueContent) -> dict[str, str]:
+    """The command's environment: Postfix's variables, censored by
+    command_expansion_filter, then PATH and export_environment's names."""
+    env: dict[str, str] = {}
+    if rights is not None:  # a user's (.forward, mailbox_command), even when uid 0 runs as nobody
+        env.update(HOME=rights.home, SHELL=rights.shell)
+    env.update(LOGNAME=rcpt.user, USER=rcpt.user, SENDER=req.sender, RECIPIENT=req.rcpt,
+               LOCAL=rcpt.localpart)
+    attributes = content.attributes()
+    optional = [("DOMAIN", rcpt.domain), ("EXTENSION", rcpt.extension),
+                ("ORIGINAL_RECIPIENT", req.orig_rcpt)]
+    optional += [(name, attributes.get(attr, "")) for name, attr in CLIENT_ENVIRONMENT]
+    env.update((name, value) for name, value in optional if value)
+    allowed = agent.command_filter
+    env = {name: "".join(ch if ch in allowed else "_" for ch in value)
+           for name, value in env.items()}
+    env.update((name, os.environ[name]) for name in EXPORTED if name in os.environ)
+    env["PATH"] = DEFAULT_PATH
+    return env
 
 
 async def _converse(proc: asyncio.subprocess.Process, data: Iterable[bytes]) -> bytes:

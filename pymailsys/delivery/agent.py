@@ -411,7 +411,8 @@ class QueueContent:
     ``text()`` gives the message as LF-terminated lines in chunks of about
     CHUNK bytes, read from the file each time it is called (one delivery after
     another, never the whole message in memory); ``header_lines()`` the
-    primary header lines. Both raise ``ContentError`` for a damaged file.
+    primary header lines; ``attributes()`` the envelope's named attributes.
+    They raise ``ContentError`` for a damaged file.
     """
 
     def __init__(self, path: str, data_offset: int | None = None,
@@ -445,6 +446,21 @@ class QueueContent:
             raise
         self.path = path
         self.data_offset = data_offset
+        self._attributes: dict[str, str] | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """The queue file's named attributes (``client_address``, ``log_helo_name``...),
+        read from its envelope once, without its recipients."""
+        if self.envelope is not None:
+            return self.envelope.attrs
+        if self._attributes is None:
+            try:
+                envelope = read_envelope_fd(self.fd, os.path.basename(self.path), self.path,
+                                            rcpt_limit=1)
+            except (QueueFileError, OSError, ValueError) as e:
+                raise ContentError(f"queue file {self.path}: {e}") from None
+            self._attributes = envelope.attrs
+        return self._attributes
 
     def _records(self) -> Iterator[tuple[bytes, bytes]]:
         try:
