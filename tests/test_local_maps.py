@@ -168,3 +168,17 @@ def test_postmaster_without_alias_is_discarded_with_a_warning(new_instance) -> N
     qid = inst.send("alice@example.org", "ghost@localhost", BODY)  # any other name bounces
     inst.wait_log(rf'{qid}: to=<ghost@localhost>, relay=local, .*dsn=5\.1\.1, '
                   r'status=bounced \(unknown user: "ghost"\)')
+
+
+def test_a_transport_name_that_is_a_path_is_refused(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A transport from a table (a regexp may build it from the recipient) names a service
+    in private/, never a path: local (root) connects to nothing else."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(mailbox_transport_maps=f"inline:{{ {ME}=../public/pickup }}")
+    inst.start()
+    qid = inst.send("alice@example.org", f"{ME}@localhost", BODY)
+    inst.wait_log(rf"postfix/local\[\d+\]: warning: {qid}: invalid transport name: "
+                  r"'\.\./public/pickup'")
+    inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*dsn=4\.3\.5, "
+                  r"status=deferred \(mail system configuration error\)")
+    assert not inst.maildir_messages()

@@ -17,7 +17,9 @@ members of .forward, :include: and owner- lists, the ``.forward`` through
 
 from __future__ import annotations
 
+import os
 import pwd
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -41,6 +43,8 @@ from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, Protoc
 from pymailsys.ipc.services import CLEANUP, STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
+
+_SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a master.cf unix service
 
 
 @dataclass
@@ -379,11 +383,20 @@ class LocalAgent:
 
     async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
         """Hand the recipient to another delivery agent (Postfix's deliver_pass): its
-        reply is the result, and it has logged the delivery; failing to reach it defers."""
+        reply is the result, and it has logged the delivery; failing to reach it defers.
+        The transport must be a plain service name (a table value can come from a
+        regexp over the recipient: no path reaches private/), and only services whose
+        socket exists are kept open, so the open clients stay within master.cf's."""
         transport, _, nexthop = spec.partition(":")
+        if not _SERVICE_NAME_RE.fullmatch(transport):
+            log.warning(f"{req.queue_id}: invalid transport name: {transport!r}")
+            return self.done(req, results.CONFIG_ERROR)
         client = self.transports.get(transport)
         if client is None:
-            client = AttrClient(self.spool.private(transport), timeout=self.ipc_timeout)
+            path = self.spool.private(transport)
+            if not os.path.exists(path):
+                return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
+            client = AttrClient(path, timeout=self.ipc_timeout)
             self.transports[transport] = client
         common = message_attrs(req.queue_name, req.queue_id, req.data_offset,
                                req.content_size, req.arrival_time, req.active_time,
@@ -395,6 +408,7 @@ class LocalAgent:
         except (ProtocolError, OSError):
             return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
         return DeliveryResult.from_attrs(reply)
+
 
 def _is_account(user: str) -> bool:
     try:

@@ -6,7 +6,7 @@ system) or an enhanced status code with its text, and promises a
 ``DeliveryResult`` (``DeliveryResult.from_dsn``: 2.x.x sent, 4.x.x deferred,
 5.x.x bounced; anything else, an unknown or missing code, defers with 4.3.0,
 so a failure never turns into a bounce by accident); ``TABLE_FAILURE`` when a
-per-user table cannot answer.
+per-user table cannot answer, ``CONFIG_ERROR`` when a setting cannot be used.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pymailsys.delivery.mailbox import MailboxError, errno_dsn
 
 # a per-user table (mailbox_transport_maps...) that cannot answer: Postfix's words
 TABLE_FAILURE = DeliveryResult.deferred("table lookup failure", "4.3.0")
+# a setting that cannot be used as it stands (details in a warning)
+CONFIG_ERROR = DeliveryResult.deferred("mail system configuration error", "4.3.5")
 
 
 def failure(error: Exception, what: str = "") -> DeliveryResult:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pymailsys.daemons.local import alias, forward
+from pymailsys.daemons.local import alias, forward, results
 
 from pymailsys import log
 from pymailsys.config import ConfigError, MacroExpander
@@ -50,7 +50,7 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
     if agent.luser_relay:
         address = luser_relay_address(agent, rcpt)
         if address is None:
-            s.done(lvl.req, DeliveryResult.deferred("mail system configuration error", "4.3.5"))
+            s.done(lvl.req, results.CONFIG_ERROR)
         else:
             await alias.deliver_address(agent, s, lvl, address)
         return
