@@ -182,3 +182,19 @@ def test_a_transport_name_that_is_a_path_is_refused(new_instance) -> None:  # ty
     inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*dsn=4\.3\.5, "
                   r"status=deferred \(mail system configuration error\)")
     assert not inst.maildir_messages()
+
+
+def test_luser_relay_recipient_delimiter_is_the_one_in_the_address(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix 2.11 and later: $recipient_delimiter is the delimiter the address has,
+    undefined without one (not recipient_delimiter's first character)."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(local_recipient_maps="", recipient_delimiter="+-",
+             luser_relay=f"{ME}+$recipient_delimiter${{recipient_delimiter:none}}$extension"
+                         "@localhost")
+    inst.start()
+    plain = inst.send("alice@example.org", "ghost@localhost", BODY)
+    dashed = inst.send("alice@example.org", "ghost-x@localhost", BODY)
+    inst.wait_log(rf"{plain}: to=<{ME}\+none@localhost>, orig_to=<ghost@localhost>, "
+                  r"relay=local, .*status=sent")
+    inst.wait_log(rf"{dashed}: to=<{ME}\+-x@localhost>, orig_to=<ghost-x@localhost>, "
+                  r"relay=local, .*status=sent")

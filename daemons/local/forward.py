@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Recipient, Session
 
 
-def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
-                    pw: pwd.struct_passwd | None) -> dict[str, str]:
+def expansion_attrs(rcpt: Recipient, pw: pwd.struct_passwd | None) -> dict[str, str]:
     """Postfix's local_expand attributes (an undefined one is absent: ``home`` and
-    ``shell`` without an account)."""
+    ``shell`` without an account, ``recipient_delimiter`` when the address has
+    none)."""
     attrs = {"user": pw.pw_name if pw else rcpt.user, "local": rcpt.localpart,
              "mailbox": rcpt.localpart, "recipient": rcpt.address}
     if pw:
@@ -51,9 +51,8 @@ def expansion_attrs(agent: LocalAgent, rcpt: Recipient,
         extension = ""
     if extension:
         attrs["extension"] = extension
+    if len(rcpt.localpart) > len(rcpt.user):  # Postfix 2.11 and later: the one found
         attrs["recipient_delimiter"] = rcpt.localpart[len(rcpt.user)]
-    elif agent.delimiters:
-        attrs["recipient_delimiter"] = agent.delimiters[0]
     return attrs
 
 
@@ -70,7 +69,7 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
         return False  # the mailbox delivery reports the unknown user
     if not agent.root and pw.pw_uid != agent.me.uid:
         return False  # the mailbox delivery defers
-    attrs = expansion_attrs(agent, rcpt, pw)
+    attrs = expansion_attrs(rcpt, pw)
     found: tuple[str, os.stat_result] | None = None
     try:
         with privileges.as_user(pw.pw_uid, pw.pw_gid):

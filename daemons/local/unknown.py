@@ -64,7 +64,7 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
 def luser_relay_address(agent: LocalAgent, rcpt: Recipient) -> str | None:
     """luser_relay with the recipient's attributes expanded; None (after a warning) when
     its syntax is broken."""
-    expander = MacroExpander(forward.expansion_attrs(agent, rcpt, None).get, recurse=False)
+    expander = MacroExpander(forward.expansion_attrs(rcpt, None).get, recurse=False)
     try:
         return expander.expand(agent.luser_relay)
     except ConfigError as e:
