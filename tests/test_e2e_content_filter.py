@@ -92,12 +92,14 @@ class Filters:
     def configure(self, etc: Path, extra_master_cf: str = "") -> None:
         """main.cf settings, master.cf services and the tables, under etc."""
         (etc / "clients").write_text(f"127.0.0.2 FILTER scan:[127.0.0.1]:{self.p3}\n")
+        (etc / "eod_clients").write_text(f"127.0.0.3 FILTER scan:[127.0.0.1]:{self.p3}\n")
         (etc / "header_checks").write_text(
             f"/^Subject: scan me/ FILTER scan:[127.0.0.1]:{self.p3}\n")
         with open(etc / "main.cf", "a") as f:
             f.write(f"""\
 content_filter = scan:[127.0.0.1]:{self.p1}
 smtpd_client_restrictions = check_client_access texthash:{etc}/clients
+smtpd_end_of_data_restrictions = check_client_access texthash:{etc}/eod_clients
 header_checks = regexp:{etc}/header_checks
 recipient_delimiter = +
 """)
@@ -109,6 +111,7 @@ scan      unix  -       -       n       -       10      smtp
   -o content_filter=
   -o receive_override_options={OVERRIDES}
   -o smtpd_client_restrictions=
+  -o smtpd_end_of_data_restrictions=
   -o mynetworks=127.0.0.0/8
   -o smtpd_recipient_restrictions=permit_mynetworks,reject
 """ + extra_master_cf)
@@ -143,14 +146,15 @@ def _delivered(inst: Instance, subject: bytes) -> bytes:
     return message  # type: ignore[no-any-return]
 
 
-def _send_from_127_0_0_2(inst: Instance, rcpt: str, subject: bytes) -> str:
-    """Send as the client whose access entry says FILTER; the queue ID."""
-    with smtplib.SMTP("127.0.0.1", inst.port, timeout=30,
-                      source_address=("127.0.0.2", 0)) as c:
+def _send_from_127_0_0_2(inst: Instance, rcpt: str, subject: bytes, body: bytes = b"x\r\n",
+                         source: str = "127.0.0.2") -> str:
+    """Send as the client whose access entry says FILTER (at RCPT; 127.0.0.3: at the
+    end of the message); the queue ID."""
+    with smtplib.SMTP("127.0.0.1", inst.port, timeout=30, source_address=(source, 0)) as c:
         c.ehlo("client.example")
         c.mail(SENDER)
         assert c.rcpt(rcpt)[0] == 250
-        code, text = c.data(b"Subject: " + subject + b"\r\n\r\nx\r\n")
+        code, text = c.data(b"Subject: " + subject + b"\r\n\r\n" + body)
     assert code == 250, text
     return text.decode().rsplit(" ", 1)[1]
 
@@ -224,6 +228,21 @@ def test_access_filter_action_overrides_content_filter(setup: Setup) -> None:
                   rf"to=<{ME}@localhost> proto=ESMTP helo=<client\.example>")
     headers = _passed_other_filter(setup, queue_id, b"by access")
     assert "X-Scanned: yes" not in headers
+
+
+@pytest.mark.parametrize("size", [10, 300_000])
+def test_end_of_data_filter_action(setup: Setup, size: int) -> None:
+    """FILTER from smtpd_end_of_data_restrictions reaches cleanup, also when the
+    content went on to cleanup before the end of the message."""
+    inst = setup.inst
+    subject = f"eod {size}".encode()
+    body = (b"y" * 99 + b"\r\n") * (size // 101 + 1)
+    queue_id = _send_from_127_0_0_2(inst, f"{ME}@localhost", subject, body, "127.0.0.3")
+    inst.wait_log(r": filter: END-OF-MESSAGE from localhost\[127\.0\.0\.3\]: "
+                  r"<localhost\[127\.0\.0\.3\]>: Client host triggers FILTER "
+                  rf"scan:\[127\.0\.0\.1\]:{setup.f.p3}; from=<{SENDER}> to=<{ME}@localhost> "
+                  r"proto=ESMTP helo=<client\.example>")
+    assert "X-Scanned: yes" not in _passed_other_filter(setup, queue_id, subject)
 
 
 def test_header_checks_filter_action(setup: Setup) -> None:

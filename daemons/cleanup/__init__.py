@@ -54,11 +54,14 @@ DESCRIPTION
     * writes the content filter as Postfix does: the client's
       ``content_filter`` (smtpd's or pickup's content_filter, master.cf
       ``-o`` overrides included) as the envelope's L record after the time
-      records (pickup's: before them, where Postfix's pickup writes it), smtpd's access FILTER action and then the header/body checks'
-      FILTER as L records after the content, so that qmgr, which takes the
-      last one, routes every recipient to that ``transport:nexthop``; a value
-      that cannot name a transport is refused (451 4.3.5 "Server
-      configuration error", ``warning: cleanup: bad content filter ...``);
+      records (pickup's: before them, where Postfix's pickup writes it),
+      smtpd's access FILTER action (the request's, or its last follow-up's
+      when smtpd_end_of_data_restrictions gave it) and then the header/body
+      checks' FILTER as L records after the content, so that qmgr, which
+      takes the last one, routes every recipient to that
+      ``transport:nexthop``; a value that cannot name a transport is refused
+      (451 4.3.5 "Server configuration error", ``warning: cleanup: bad
+      content filter ...``);
     * writes the queue file in incoming/ in Postfix's record order as the
       content arrives (``headers.ContentPass`` holds at most one header and
       one unfinished line; ``writer.ContentFile`` writes past 256 KB), so
@@ -168,6 +171,7 @@ ERR_SIZE = (552, "5.3.4", "message file too big")
 ERR_HOPS = (554, "5.4.0", "too many hops")
 ERR_PROTO = (451, "4.3.0", "internal protocol error")
 ERR_ABORTED = (451, "4.3.0", "message aborted by the client")
+FILTER_REFUSED = {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
 
 
 class Settings:
@@ -339,8 +343,6 @@ class Cleanup:
         b = QueueFileBuilder(now)
         if req.text("content_filter"):
             b.content_filter(req.text("content_filter"), first=origin == "pickup")
-        if req.text("filter"):  # smtpd's access FILTER: first after the content
-            b.content_filter(req.text("filter"), extracted=True)
         b.attr("rewrite_context", context)
         envid = req.text("envid")
         if envid and dsn.valid_envid(envid):
@@ -436,6 +438,8 @@ class Cleanup:
         """The whole queue file for a one-list request (pure but for the clock it is given)."""
         builder, content, _ = self.envelope(req, queue_id, now)
         records = content.feed(req.raw("content") or b"") + content.end()
+        if req.text("filter"):
+            builder.content_filter(req.text("filter"), extracted=True)
         envelope = builder.envelope()
         body = b"".join(records)
         size_rec = _size_record(builder, envelope, len(body), content.outcome,
@@ -447,12 +451,8 @@ class Cleanup:
         s = self.s
         if not req.all("rcpt"):
             return _reply(*ERR_NORCPT)
-        for name in ("content_filter", "filter"):
-            value = req.text(name)
-            if value and services.split_content_filter(value) is None:
-                log.warning(f"{PROGRAM}: bad content filter from {req.text('origin')}: "
-                            f"{log.printable(value)[:100]} -- message not accepted")
-                return {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
+        if self._bad_filter(req):
+            return dict(FILTER_REFUSED)
         if not self._space():
             return _reply(*ERR_STORAGE)
         try:
@@ -466,11 +466,16 @@ class Cleanup:
             envelope = builder.envelope()
             out = ContentFile(fd, envelope)
             received = 0
+            smtpd_filter = ""
             part: attr.AttrList | None = req
             while part is not None:
                 if part.raw("abort") is not None:  # the client refused the message after all
                     self.writer.discard(fd, path)
                     return _reply(*ERR_ABORTED)
+                if part is not req and self._bad_filter(part):
+                    self.writer.discard(fd, path)
+                    return dict(FILTER_REFUSED)
+                smtpd_filter = part.text("filter") or smtpd_filter
                 chunk = part.raw("content") or b""
                 received += len(chunk)
                 if s.size_limit and received > s.size_limit:
@@ -484,6 +489,8 @@ class Cleanup:
                 log.warning(f"{queue_id}: queue file size limit exceeded")
                 return _reply(*ERR_SIZE)
             out.add(content.end())
+            if smtpd_filter:  # smtpd's access FILTER: first after the content
+                builder.content_filter(smtpd_filter, extracted=True)
             outcome = content.outcome
             verdict = content.checks
             patches: list[tuple[int, bytes]] = []
@@ -546,6 +553,17 @@ class Cleanup:
             self.qmgr.kick(queue_id)
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
+
+    @staticmethod
+    def _bad_filter(part: attr.AttrList) -> bool:
+        """A content_filter or FILTER that names no transport (warned: refused, not dropped)."""
+        for name in ("content_filter", "filter"):
+            value = part.text(name)
+            if value and services.split_content_filter(value) is None:
+                log.warning(f"{PROGRAM}: bad content filter from {part.text('origin') or 'smtpd'}: "
+                            f"{log.printable(value)[:100]} -- message not accepted")
+                return True
+        return False
 
     # -- header_checks and body_checks ----------------------------------------------------
 

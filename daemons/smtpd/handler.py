@@ -302,7 +302,9 @@ class Message:
             if self.stream is None:
                 reply = await self.smtpd.cleanup.request(self._envelope() + [("content", rest)])
             else:
-                reply = await self.stream.finish([("content", rest)])
+                # a FILTER of smtpd_end_of_data_restrictions came after the envelope
+                end = [("filter", self.req.actions.filter)] if self.req.actions.filter else []
+                reply = await self.stream.finish([("content", rest), *end])
         except (attr.ProtocolError, OSError) as e:
             log.warning(f"connect to cleanup service {self.smtpd.cleanup.path}: {e}")
             return QUEUE_WRITE_ERROR, ""

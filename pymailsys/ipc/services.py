@@ -40,8 +40,10 @@ cleanup (``public/cleanup``), one request per message, streamed
              orig_id       (pickup: the maildrop file's name, for postsuper -r)
              content_filter  optional (smtpd, pickup: their content_filter):
                            ``transport[:nexthop]``, the envelope's L record
-             filter        optional (smtpd: the last access FILTER action):
-                           an L record after the content, which wins over it
+             filter        optional (smtpd: the last access FILTER action;
+                           again in the last follow-up when one came at the end
+                           of the message, which then counts): an L record
+                           after the content, which wins over content_filter
                            (a header/body checks FILTER follows and wins again);
                            either one not ``split_content_filter``-able is
                            refused (451 4.3.5), never dropped
