@@ -5,18 +5,24 @@ SYNOPSIS
 
 DESCRIPTION
     showq answers on ``public/showq``, so that users who cannot read the
-    spool still get a queue listing. One request and one reply per
-    connection (``services.py``)::
+    spool still get a queue listing. One request per connection, answered
+    by a stream of attribute lists (``services.py``)::
 
         request: request "list", format "text" | "json"
-        reply:   status 0, listing <the whole mailq text or JSON lines>
+        reply:   status 0, listing <piece>, more 1
+                 listing <piece>, more 1          (any number)
+                 listing <last piece>             (no "more": the end)
                  or status 77 (EX_NOPERM) and reason, for a user that
-                 authorized_mailq_users refuses
+                 authorized_mailq_users refuses; status 1 and reason for a
+                 request it does not know
 
-    The listing is built by ``pymailsys.queue.listing`` from maildrop,
-    active, incoming, deferred and hold, in Postfix's layout; postqueue's
-    direct mode (root, system down) uses the same code, so both print the
-    same bytes.
+    The listing is read and rendered by ``pymailsys.queue.listing`` from
+    maildrop, active, incoming, deferred and hold, in Postfix's layout, a
+    piece (``listing.CHUNK`` bytes) at a time as the scan goes: the first
+    lines leave before the last queue file is read, and memory does not grow
+    with the queue (the transport's write buffer bounds what waits for a slow
+    reader). postqueue's direct mode (root, system down) uses the same code,
+    so both print the same bytes.
 
 SECURITY
     Runs as mail_owner; reads queue files and status logs only; shows
@@ -51,21 +57,36 @@ from pymailsys.submission import access
 REQUEST_LIMITS = attr.Limits(attrs=8, value=64, total=512)
 
 
-def handle(ctx: Context, req: attr.AttrList, deadline: float) -> dict[str, Any]:
+def bad_request(req: attr.AttrList) -> dict[str, Any] | None:
+    """The reply to a request showq does not serve, else None."""
     if req.text("request", "list") != "list":
         return {"status": 1, "reason": f"unknown request: {req.text('request')}"}
-    fmt = req.text("format", "text")
-    if fmt not in ("text", "json"):
-        return {"status": 1, "reason": f"unknown format: {fmt}"}
+    if req.text("format", "text") not in ("text", "json"):
+        return {"status": 1, "reason": f"unknown format: {req.text('format')}"}
+    return None
+
+
+async def send_listing(writer: asyncio.StreamWriter, ctx: Context, fmt: str,
+                       deadline: float) -> None:
+    """Stream the listing: each piece is written once the next exists (the last one
+    goes without ``more``), waiting for the reader between pieces."""
     cfg = ctx.config
     limit = cfg.get_size("message_size_limit")
-    # synchronous on purpose: a thread pool would import modules after the privilege
-    # drop, when the interpreter's own files may no longer be readable
-    text = showq_format.listing(ctx.spool, fmt, cfg.get_bool("enable_long_queue_ids"),
-                                cfg.get("empty_address_recipient"),
-                                2 * limit + (1 << 20) if limit else showq_format.MAX_FILE_READ,
-                                deadline)
-    return {"status": 0, "listing": text.encode("utf-8", "surrogateescape")}
+    # the scan is synchronous on purpose: a thread pool would import modules after the
+    # privilege drop, when the interpreter's own files may no longer be readable
+    chunks = showq_format.listing_chunks(
+        ctx.spool, fmt, cfg.get_bool("enable_long_queue_ids"), cfg.get("empty_address_recipient"),
+        2 * limit + (1 << 20) if limit else showq_format.MAX_FILE_READ, deadline)
+    head: dict[str, Any] = {"status": 0}
+    pending = b""
+    for n, chunk in enumerate(chunks):
+        if n > 0:
+            writer.write(attr.encode({**head, "listing": pending, "more": 1}))
+            head = {}
+            await writer.drain()
+        pending = chunk
+    writer.write(attr.encode({**head, "listing": pending}))
+    await writer.drain()
 
 
 def refusal(ctx: Context, uid: int) -> dict[str, Any] | None:
@@ -101,8 +122,13 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx:
             req = await attr.read_attrs(reader, REQUEST_LIMITS)
             if req is None:
                 return
-            writer.write(attr.encode(handle(ctx, req, time.monotonic() + timeout)))
-            await writer.drain()
+            reply = bad_request(req)
+            if reply is not None:
+                writer.write(attr.encode(reply))
+                await writer.drain()
+                return
+            await send_listing(writer, ctx, req.text("format", "text"),
+                               time.monotonic() + timeout)
     except attr.ProtocolError as e:
         log.warning(f"uid={uid}: bad request: {e}")
     except TimeoutError:

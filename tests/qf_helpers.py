@@ -6,6 +6,7 @@ import os
 import pwd
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from pymailsys.queue import spool as queue
@@ -64,10 +65,12 @@ def queue_file(spool: Path, qname: str, sender: str, rcpts: list[str], body: lis
     return qid
 
 
-def queue_files(spool: Path, qname: str, sender: str, rcpts: list[str], body: list[bytes],
-                arrival: float, mtime: float | None = None) -> list[str]:
+def queue_files(spool: Path, qname: str, sender: str, rcpts: Iterable[str], body: list[bytes],
+                arrival: float, mtime: float | None = None, reason: str = "") -> list[str]:
     """Write one complete single-recipient queue file per recipient in qname, quickly
-    (a big backlog); mtime (the next try, in deferred/) defaults to arrival."""
+    (a big backlog); mtime (the next try, in deferred/) defaults to arrival. With a
+    ``reason`` each message gets a defer log entry for its recipient, as qmgr writes
+    it (not fsynced: test data)."""
     sp = queue.Spool(str(spool))
     out = []
     for rcpt in rcpts:
@@ -83,8 +86,14 @@ def queue_files(spool: Path, qname: str, sender: str, rcpts: list[str], body: li
         os.close(fd)
         when = arrival if mtime is None else mtime
         os.utime(path, (when, when))
+        if reason:
+            status_log.append_queue(sp, queue.DEFER, qid, status_log.Entry(
+                recipient=rcpt, status="4.4.1", action="delayed", reason=reason,
+                original_recipient=rcpt), sync=False)
         out.append(qid)
     match_owner(spool, qname)
+    if reason:
+        match_owner(spool, queue.DEFER)
     return out
 
 

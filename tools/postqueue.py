@@ -51,6 +51,7 @@ from pymailsys.queue import listing as showq_format
 from pymailsys.queue import spool as queue
 from pymailsys.submission import access
 
+LISTING_LIMITS = attr.Limits(attrs=4, value=1 << 28, total=1 << 28)  # one piece from showq
 USAGE = ("usage: postqueue -f | postqueue -i queueid | postqueue -j | postqueue -p "
          "| postqueue -s site")
 
@@ -69,12 +70,14 @@ def _check_acl(cfg: config_mod.Config, param: str, what: str) -> None:
         fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to {what}")
 
 
-def _write(data: bytes) -> None:
+def _write(data: bytes) -> bool:
+    """Write and flush; False once the reader has gone (``mailq | head``)."""
     try:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     except BrokenPipeError:
-        pass
+        return False
+    return True
 
 
 def show_queue(cfg: config_mod.Config, fmt: str) -> None:
@@ -93,22 +96,30 @@ def show_queue(cfg: config_mod.Config, fmt: str) -> None:
             fatal(os.EX_UNAVAILABLE, f"Queue report unavailable - mail system is down ({why})")
         log.warning(f"Mail system is down -- accessing queue directly ({why})")
         server.drop_privileges(cfg)  # as Postfix's stand-alone showq
-        text = showq_format.listing(queue.Spool.from_config(cfg, root="."), fmt,
-                                    cfg.get_bool("enable_long_queue_ids"),
-                                    cfg.get("empty_address_recipient"))
-        _write(text.encode("utf-8", "surrogateescape"))
+        for chunk in showq_format.listing_chunks(queue.Spool.from_config(cfg, root="."), fmt,
+                                                 cfg.get_bool("enable_long_queue_ids"),
+                                                 cfg.get("empty_address_recipient")):
+            if not _write(chunk):
+                return
         return
     try:
         with client:
             reply = client.request({"request": "list", "format": fmt})
+            status = reply.raw("status")
+            if status in (str(os.EX_NOPERM).encode(), str(os.EX_TEMPFAIL).encode()) \
+                    and "reason" in reply:
+                fatal(int(status), reply.text("reason"))  # showq's own refusal
+            # each piece is printed as it comes: a long queue streams through
+            while status == b"0" and "listing" in reply:
+                if not _write(reply.raw("listing") or b""):
+                    return
+                if not attr.continues(reply):
+                    return
+                reply = client.read(LISTING_LIMITS)
+                status = b"0"
     except (attr.ProtocolError, OSError):
-        fatal(os.EX_SOFTWARE, "malformed showq server response")
-    status = reply.raw("status")
-    if status in (str(os.EX_NOPERM).encode(), str(os.EX_TEMPFAIL).encode()) and "reason" in reply:
-        fatal(int(status), reply.text("reason"))  # showq's own refusal
-    if status != b"0" or "listing" not in reply:
-        fatal(os.EX_SOFTWARE, "malformed showq server response")
-    _write(reply.raw("listing") or b"")
+        pass
+    fatal(os.EX_SOFTWARE, "malformed showq server response")
 
 
 def flush_queue(cfg: config_mod.Config) -> None:

@@ -50,6 +50,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Iterator
 
 import click
 
@@ -214,16 +215,11 @@ class Super:
         self.counts["expired"] += self._act(queue_id, (queue.MAILDROP,), None, act)
 
     # --- everything ------------------------------------------------------------------
-    def files(self, qname: str) -> list[tuple[str, str]]:
-        """(name, path) of every file in a queue, subdirectories included."""
-        base = self.spool.dir(qname)
-        out = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            if qname == queue.MAILDROP:
-                dirnames[:] = []
-            for f in filenames:
-                out.append((f, os.path.join(dirpath, f)))
-        return out
+    def files(self, qname: str) -> Iterator[tuple[str, str]]:
+        """(name, path) of every file in a queue, subdirectories included (not in
+        maildrop/), as the directories are read: no list of a million names."""
+        for entry in queue.walk_files(self.spool.dir(qname), descend=qname != queue.MAILDROP):
+            yield entry.name, entry.path
 
     def mass(self, action: str) -> None:
         for qname in self.queues:

@@ -1,8 +1,9 @@
 """The queue listing: what showq reads from the spool, and mailq's two layouts.
 
 ``scan_queue(spool, ...)`` walks maildrop, active, incoming, deferred and hold
-(Postfix's showq order, directory order inside a queue) and returns one
-``QueuedMessage`` per readable, complete queue file, read the way Postfix's
+(Postfix's showq order, directory order inside a queue) and yields one
+``QueuedMessage`` per readable, complete queue file as it reads it (memory does
+not grow with the queue: a million-message queue streams), read the way Postfix's
 showq reads it: arrival time from the first T record (else the file mtime),
 size from the first field of the C record (maildrop files: the file size),
 the sender (the null sender shown as ``empty_address_recipient``), then the
@@ -16,13 +17,16 @@ regular file), and read up to a bound (``max_size``); the defer and bounce
 logs the same way (mail_owner writes them; root lists the queue when the
 system is down); ``deadline`` bounds a whole scan.
 
-``format_text`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
-byte (the format strings of Postfix's showq_compat.c: headings, ID with ``*``
+``listing_chunks`` is what showq sends and postqueue prints: the listing in
+pieces of about ``CHUNK`` bytes, each produced as the scan reaches it.
+``text_pieces`` renders Postfix's ``postqueue -p`` (mailq) layout byte for
+byte, one piece per message (the format strings of Postfix's showq_compat.c: headings, ID with ``*``
 active, ``!`` hold and ``#`` forced expiry marks, size, asctime cut to 20
 characters, right-aligned ``(reason)`` lines when the reason changes, blank
 line between messages, ``-- N Kbytes in M Requests.`` or ``Mail queue is
-empty``). ``format_json`` renders ``postqueue -j`` (showq_json.c): one JSON
+empty``). ``json_pieces`` renders ``postqueue -j`` (showq_json.c): one JSON
 object per line with Postfix's field names and its string escaping.
+``format_text`` and ``format_json`` join the pieces of a short listing.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pymailsys.bounded_read import FileRefused, read_bounded
@@ -44,6 +48,7 @@ SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, qu
 MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
 MAX_FILE_READ = 2 * 10240000 + (1 << 20)  # bytes read of one file (default message_size_limit)
 STATUS_LOG_TIMEOUT = 10.0  # seconds to read one defer or bounce log
+CHUNK = 1 << 16  # bytes of listing per piece that showq sends
 
 S_STRING_FORMAT = "%-11s %7s %-20s %s\n"
 S_SENDER_FORMAT = "%-11s %7ld %20.20s %s\n"
@@ -183,9 +188,9 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
 
 def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
                queues: Iterable[str] = SHOWQ_QUEUES, max_size: int = MAX_FILE_READ,
-               deadline: float | None = None) -> list[QueuedMessage]:
-    """Every listable message; TimeoutError once time.monotonic() passes ``deadline``."""
-    out: list[QueuedMessage] = []
+               deadline: float | None = None) -> Iterator[QueuedMessage]:
+    """Every listable message, one at a time; TimeoutError once time.monotonic()
+    passes ``deadline``."""
     for queue_name in queues:
         for queue_id in spool.scan(queue_name):
             if deadline is not None and time.monotonic() > deadline:
@@ -193,17 +198,19 @@ def scan_queue(spool: queue.Spool, empty_addr: str = "MAILER-DAEMON",
             msg = read_message(spool, queue_name, queue_id, spool.path(queue_name, queue_id),
                                empty_addr, max_size)
             if msg is not None:
-                out.append(msg)
-    return out
+                yield msg
 
 
-def format_text(messages: list[QueuedMessage], long_ids: bool = False) -> str:
+def text_pieces(messages: Iterable[QueuedMessage], long_ids: bool = False) -> Iterator[str]:
+    """The mailq text: the headings with the first message, one piece per message,
+    then the count line (or ``Mail queue is empty``)."""
     string_fmt = L_STRING_FORMAT if long_ids else S_STRING_FORMAT
     sender_fmt = L_SENDER_FORMAT if long_ids else S_SENDER_FORMAT
-    out: list[str] = []
     total = 0
-    for n, msg in enumerate(messages):
-        if n > 0:
+    count = 0
+    for msg in messages:
+        out: list[str] = []
+        if count > 0:
             out.append("\n")
         else:
             out.append(string_fmt % (L_HEADINGS if long_ids else S_HEADINGS))
@@ -224,12 +231,16 @@ def format_text(messages: list[QueuedMessage], long_ids: bool = False) -> str:
                 out.append(" " * max(76 - len(show), 0) + f"({show})\n")
             out.append(string_fmt % ("", "", "", rc.address))
         total += msg.size
-    if not messages:
-        out.append("Mail queue is empty\n")
+        count += 1
+        yield "".join(out)
+    if not count:
+        yield "Mail queue is empty\n"
     else:
-        count = len(messages)
-        out.append(f"\n-- {total // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}.\n")
-    return "".join(out)
+        yield f"\n-- {total // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}.\n"
+
+
+def format_text(messages: Iterable[QueuedMessage], long_ids: bool = False) -> str:
+    return "".join(text_pieces(messages, long_ids))
 
 
 def quote_for_json(text: str) -> str:
@@ -246,8 +257,8 @@ def quote_for_json(text: str) -> str:
     return printable("".join(out))
 
 
-def format_json(messages: list[QueuedMessage]) -> str:
-    out = []
+def json_pieces(messages: Iterable[QueuedMessage]) -> Iterator[str]:
+    """postqueue -j: one JSON line per message."""
     q = quote_for_json
     for msg in messages:
         parts = [
@@ -270,12 +281,27 @@ def format_json(messages: list[QueuedMessage]) -> str:
             rcpts.append(item + "}")
         parts.append(", ".join(rcpts))
         parts.append("]}\n")
-        out.append("".join(parts))
-    return "".join(out)
+        yield "".join(parts)
 
 
-def listing(spool: queue.Spool, fmt: str, long_ids: bool = False,
-            empty_addr: str = "MAILER-DAEMON", max_size: int = MAX_FILE_READ,
-            deadline: float | None = None) -> str:
+def format_json(messages: Iterable[QueuedMessage]) -> str:
+    return "".join(json_pieces(messages))
+
+
+def listing_chunks(spool: queue.Spool, fmt: str, long_ids: bool = False,
+                   empty_addr: str = "MAILER-DAEMON", max_size: int = MAX_FILE_READ,
+                   deadline: float | None = None) -> Iterator[bytes]:
+    """The listing ("text" or "json") in pieces of about CHUNK bytes, as it is read."""
     messages = scan_queue(spool, empty_addr, max_size=max_size, deadline=deadline)
-    return format_json(messages) if fmt == "json" else format_text(messages, long_ids)
+    pieces = json_pieces(messages) if fmt == "json" else text_pieces(messages, long_ids)
+    buf: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        data = piece.encode("utf-8", "surrogateescape")
+        buf.append(data)
+        size += len(data)
+        if size >= CHUNK:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)

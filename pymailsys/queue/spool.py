@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 INCOMING = "incoming"
@@ -243,22 +244,13 @@ class Spool:
                 raise
         return new
 
-    def scan(self, queue: str) -> list[str]:
-        """Queue IDs present in a queue (hashed subdirectories included)."""
-        base = self.dir(queue)
-        out: list[str] = []
-        if queue in self.hashed and self.depth > 0:
-            for _dirpath, _dirnames, filenames in os.walk(base):
-                out.extend(f for f in filenames if valid_queue_id(f))
-            return out
-        try:
-            with os.scandir(base) as it:
-                for entry in it:
-                    if valid_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
-                        out.append(entry.name)
-        except FileNotFoundError:
-            pass
-        return out
+    def scan(self, queue: str) -> Iterator[str]:
+        """Queue IDs present in a queue (hashed subdirectories included), as the
+        directories are read: a scan holds no list of the queue."""
+        hashed = queue in self.hashed and self.depth > 0
+        for entry in walk_files(self.dir(queue), descend=hashed):
+            if valid_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
+                yield entry.name
 
     def find(self, queue_id: str, queues: tuple[str, ...] = (INCOMING, ACTIVE, DEFERRED, HOLD,
                                                              MAILDROP)) -> tuple[str, str] | None:
@@ -294,6 +286,32 @@ class Spool:
                 now = time.time()
                 sec = int(now)
                 usec = int((now - sec) * 1_000_000)
+
+
+def walk_files(directory: str, descend: bool = True) -> Iterator[os.DirEntry[str]]:
+    """Every entry below ``directory`` that is not a directory (subdirectories too when
+    ``descend``; symbolic links are not followed), yielded as ``os.scandir`` reads it,
+    like Postfix's scan_dir: memory does not grow with the number of files. A
+    directory that cannot be read (missing, vanished, not ours) is empty, as in
+    os.walk."""
+    try:
+        it = os.scandir(directory)
+    except OSError:
+        return
+    with it:
+        while True:
+            try:
+                entry = next(it)
+            except (StopIteration, OSError):
+                return
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield entry
+            elif descend:
+                yield from walk_files(entry.path, descend)
 
 
 def is_complete(mode: int) -> bool:

@@ -1,0 +1,199 @@
+"""Benchmark: the mail system with a very large deferred queue (issue #15 item 3).
+
+Usage: python3 tests/bench/queue_scale.py [--messages 100000] [--active-limit 20000]
+                                          [--phases mailq,flush,requeue,delete]
+
+Starts a throw-away instance (tests/harness.py), writes N single-recipient
+queue files straight into deferred/ with the library's queue-file writer
+(hashed per hash_queue_depth, each with a defer log as qmgr writes it, their
+next try a day away so that qmgr leaves them alone), then measures, one phase
+after the other:
+
+- mailq: ``postqueue -p`` through showq: time to the first line and to the
+  last, the count line, and the peak resident memory (VmHWM) of postqueue
+  (from wait4) and of showq (/proc/PID/status);
+- flush: ``postqueue -f`` with every message for a destination whose port
+  refuses connections (dead after one failed cohort, the rest deferred
+  untried): the time until every message has been through qmgr and is back
+  in deferred/, qmgr's CPU time and VmHWM, and the latency of one local
+  message submitted over SMTP while the flush runs;
+- requeue: ``postsuper -r ALL`` with the mail system stopped (so pickup does
+  not re-inject a million messages): time and VmHWM;
+- delete: ``postsuper -d ALL``: time, VmHWM and its ``Deleted:`` line.
+
+Prints one line per figure. Timing and memory only; nothing here is a
+pass/fail test. Disk: about 5 kB (two inodes) per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from harness import ME, Instance, wait_until  # noqa: E402
+from qf_helpers import queue_files  # noqa: E402
+
+REASON = "connect to 127.0.0.1[127.0.0.1]:1: Connection refused"
+
+
+def refused_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there: connections are refused at once
+    return port
+
+
+def vm(pid: int, field: str) -> int:
+    """A /proc/PID/status field in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class LogTail:
+    """Counts a pattern in the new part of the mail log (no re-reading of old lines)."""
+
+    def __init__(self, inst: Instance, pattern: str) -> None:
+        self.path = inst.log_path
+        self.rx = re.compile(pattern.encode())
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.rest = b""
+        self.count = 0
+
+    def poll(self) -> int:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(64 << 20)
+        self.offset += len(data)
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        self.count += sum(1 for line in lines if self.rx.search(line))
+        return self.count
+
+
+def timed(inst: Instance, argv: list[str]) -> tuple[float, float | None, int, bytes, bytes]:
+    """Run one of our commands: (seconds, seconds to the first output line or None,
+    VmHWM in kB, the last 200 bytes of stdout, stderr)."""
+    cmd = [sys.executable, "-m", f"pymailsys.tools.{argv[0]}", "-c", str(inst.config_dir),
+           *argv[1:]]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    assert proc.stdout is not None and proc.stderr is not None
+    first = None
+    tail = b""
+    while True:
+        chunk = proc.stdout.read1(1 << 16)
+        if not chunk:
+            break
+        if first is None and b"\n" in chunk:
+            first = time.monotonic() - t0
+        tail = (tail + chunk)[-200:]
+    err = proc.stderr.read()
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return time.monotonic() - t0, first, usage.ru_maxrss, tail, err
+
+
+def count_files(inst: Instance, queue: str) -> int:
+    return sum(len(files) for _d, _s, files in os.walk(inst.queue_dir / queue))
+
+
+def phase_mailq(inst: Instance, n: int) -> None:
+    took, first, hwm, tail, err = timed(inst, ["postqueue", "-p"])
+    count = re.findall(rb"-- \d+ Kbytes in \d+ Requests?\.", tail)
+    showq = inst.daemons().get("showq", [])
+    showq_hwm = vm(showq[0], "VmHWM") if showq else 0
+    print(f"mailq {n}: first line {first if first is None else round(first, 3)} s, "
+          f"total {took:.1f} s; postqueue VmHWM {hwm} kB, showq VmHWM {showq_hwm} kB; "
+          f"{count[-1].decode() if count else tail[-80:]!r} {err[-200:]!r}", flush=True)
+
+
+def phase_flush(inst: Instance, n: int) -> None:
+    qmgr = inst.daemons()["qmgr"][0]
+    print(f"qmgr before the flush: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB",
+          flush=True)
+    cpu0 = cpu_seconds(qmgr)
+    back = LogTail(inst, r"postfix/qmgr\[\d+\]: \w+: to=<d\d+@dead\.example>.*status=deferred|"
+                         r"postfix/smtp\[\d+\]: \w+: to=<d\d+@dead\.example>.*status=deferred")
+    t0 = time.monotonic()
+    inst.tool("postqueue", "-f", check=True)
+    wait_until(lambda: back.poll() >= min(n, 1000), 3600, interval=0.5, what="the flush under way")
+    sent = time.monotonic()
+    before = len(inst.maildir_messages())
+    inst.send("alice@example.org", f"{ME}@localhost", b"Subject: healthy\r\n\r\nx\r\n")
+    wait_until(lambda: len(inst.maildir_messages()) > before, 3600, interval=0.1,
+               what="the healthy message")
+    healthy = time.monotonic() - sent
+    print(f"flush {n}: healthy local message delivered {healthy:.2f} s after submission "
+          f"({back.count} messages back in deferred/ by then)", flush=True)
+    wait_until(lambda: back.poll() >= n, 24 * 3600, interval=2, what="every message deferred")
+    took = time.monotonic() - t0
+    print(f"flush {n}: every message through qmgr in {took:.1f} s ({n / took:.0f}/s, "
+          f"qmgr CPU {cpu_seconds(qmgr) - cpu0:.1f} s); qmgr VmHWM {vm(qmgr, 'VmHWM')} kB, "
+          f"VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
+
+
+def phase_postsuper(inst: Instance, n: int, flag: str, what: str) -> None:
+    took, _first, hwm, _out, err = timed(inst, ["postsuper", flag, "ALL"])
+    said = re.findall(rb"postsuper: \w[\w ]*: \d+ messages?", err)
+    print(f"postsuper {flag} ALL {n}: {took:.1f} s, VmHWM {hwm} kB; "
+          f"{said[-1].decode() if said else err[-200:]!r}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--active-limit", type=int, default=20_000)
+    ap.add_argument("--phases", default="mailq,flush,requeue,delete")
+    ap.add_argument("--base", help="instance directory (default: a new one in /tmp)")
+    args = ap.parse_args()
+    phases = args.phases.split(",")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the instance on kill
+    n = args.messages
+    inst = Instance(args.base)
+    try:
+        inst.set(transport_maps=f"inline:{{ dead.example=smtp:[127.0.0.1]:{refused_port()} }}",
+                 qmgr_message_active_limit=str(args.active_limit), queue_run_delay="3600s")
+        inst.postfix("check")
+        t0 = time.monotonic()
+        now = time.time()
+        queue_files(inst.queue_dir, "deferred", "alice@example.org",
+                    (f"d{i}@dead.example" for i in range(n)),
+                    [b"Subject: backlog", b"", b"x" * 60], arrival=now - 3600, mtime=now + 86400,
+                    reason=REASON)
+        print(f"wrote {n} queue files and defer logs in {time.monotonic() - t0:.1f} s", flush=True)
+        inst.start()
+        qmgr = inst.daemons()["qmgr"][0]
+        print(f"qmgr idle: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
+        if "mailq" in phases:
+            phase_mailq(inst, n)
+        if "flush" in phases:
+            phase_flush(inst, n)
+        inst.stop()
+        if "requeue" in phases:
+            phase_postsuper(inst, n, "-r", "Requeued")
+        if "delete" in phases:
+            phase_postsuper(inst, n, "-d", "Deleted")
+    finally:
+        inst.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""A large deferred queue (issue #15 item 3): the listing streams and is complete,
+postsuper -d ALL removes every message. The figures at 10 k to 1 M messages come
+from tests/bench/queue_scale.py; these tests hold no timing."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from pathlib import Path
+
+from harness import Instance
+from qf_helpers import make_spool, queue_files
+
+from pymailsys.ipc import attr
+from pymailsys.queue import listing
+from pymailsys.queue import spool as queue
+
+COUNT = 3000
+REASON = "connect to dead.example[192.0.2.1]:25: Connection refused"
+BODY = [b"Subject: backlog", b"", b"x" * 60]
+
+
+def backlog(queue_dir: Path) -> list[str]:
+    now = time.time()
+    return queue_files(queue_dir, "deferred", "alice@example.org",
+                       (f"d{i}@dead.example" for i in range(COUNT)), BODY,
+                       arrival=now - 3600, mtime=now + 86400, reason=REASON)
+
+
+def test_the_listing_is_read_as_it_is_sent(tmp_path: Path) -> None:
+    """The scan is a generator: the first piece exists before the queue is read to
+    its end, so what is removed after the first piece is not listed."""
+    _etc, spool_dir = make_spool(tmp_path)
+    backlog(spool_dir)
+    spool = queue.Spool(str(spool_dir))
+    assert inspect.isgenerator(spool.scan(queue.DEFERRED))
+    assert inspect.isgenerator(listing.scan_queue(spool))
+    chunks = listing.listing_chunks(spool, "text")
+    first = next(chunks)
+    assert first.startswith(b"-Queue ID-  --Size--")
+    for entry in queue.walk_files(str(spool_dir / "deferred")):
+        Path(entry.path).unlink()
+    rest = b"".join(chunks)
+    listed = int(re.findall(rb"-- \d+ Kbytes in (\d+) Requests\.", rest)[0])
+    assert 0 < listed < COUNT
+    assert len(first) <= listing.CHUNK + 1024
+
+
+def test_mailq_lists_and_postsuper_deletes_a_large_queue(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(queue_run_delay="3600s")
+    inst.postfix("check")
+    ids = backlog(inst.queue_dir)
+    inst.start()
+    out = inst.tool("mailq", check=True, timeout=300).stdout
+    size = int(re.findall(r"^(\w+) +(\d+) ", out, re.M)[0][1])
+    assert out.endswith(f"\n-- {COUNT * size // 1024} Kbytes in {COUNT} Requests.\n"), out[-300:]
+    assert sorted(re.findall(r"^([0-9A-F]+) ", out, re.M)) == sorted(ids)
+    assert out.count(f"({REASON})\n") == COUNT
+    assert len(re.findall(r"^ {41}d\d+@dead\.example$", out, re.M)) == COUNT
+    # showq sent it in pieces, each with "more" but the last
+    with attr.SyncAttrClient(str(inst.queue_dir / "public" / "showq"), timeout=60) as client:
+        reply = client.request({"request": "list", "format": "text"})
+        pieces = [reply]
+        while attr.continues(reply):
+            reply = client.read()
+            pieces.append(reply)
+    assert pieces[0].raw("status") == b"0" and len(pieces) > 1
+    assert b"".join(p.raw("listing") or b"" for p in pieces).decode() == out
+
+    deleted = inst.tool("postsuper", "-d", "ALL", check=True, timeout=300)
+    assert deleted.stderr.endswith(f"postsuper: Deleted: {COUNT} messages\n"), deleted.stderr[-300:]
+    assert inst.queue_ids("deferred") == [] and inst.queue_ids("defer") == []
+    assert inst.tool("mailq", check=True).stdout == "Mail queue is empty\n"
