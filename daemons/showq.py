@@ -11,15 +11,15 @@ DESCRIPTION
         request: request "list", format "text" | "json"
         reply:   status 0, listing <piece>, more 1
                  listing <piece>, more 1          (any number)
-                 listing <last piece>             (no "more": the end)
+                 listing <empty>                  (no "more": the end)
                  or status 77 (EX_NOPERM) and reason, for a user that
                  authorized_mailq_users refuses; status 1 and reason for a
                  request it does not know
 
     The listing is read and rendered by ``pymailsys.queue.listing`` from
     maildrop, active, incoming, deferred and hold, in Postfix's layout, a
-    piece (``listing.CHUNK`` bytes) at a time as the scan goes: the first
-    lines leave before the last queue file is read, and memory does not grow
+    piece (the first message, then ``listing.CHUNK`` bytes) at a time as the
+    scan goes: the first lines leave before the second queue file is read, and memory does not grow
     with the queue (the transport's write buffer bounds what waits for a slow
     reader). postqueue's direct mode (root, system down) uses the same code,
     so both print the same bytes.
@@ -68,8 +68,8 @@ def bad_request(req: attr.AttrList) -> dict[str, Any] | None:
 
 async def send_listing(writer: asyncio.StreamWriter, ctx: Context, fmt: str,
                        deadline: float) -> None:
-    """Stream the listing: each piece is written once the next exists (the last one
-    goes without ``more``), waiting for the reader between pieces."""
+    """Stream the listing, each piece as soon as it is read, waiting for the reader
+    between pieces; an empty piece without ``more`` ends it."""
     cfg = ctx.config
     limit = cfg.get_size("message_size_limit")
     # the scan is synchronous on purpose: a thread pool would import modules after the
@@ -78,14 +78,11 @@ async def send_listing(writer: asyncio.StreamWriter, ctx: Context, fmt: str,
         ctx.spool, fmt, cfg.get_bool("enable_long_queue_ids"), cfg.get("empty_address_recipient"),
         2 * limit + (1 << 20) if limit else showq_format.MAX_FILE_READ, deadline)
     head: dict[str, Any] = {"status": 0}
-    pending = b""
-    for n, chunk in enumerate(chunks):
-        if n > 0:
-            writer.write(attr.encode({**head, "listing": pending, "more": 1}))
-            head = {}
-            await writer.drain()
-        pending = chunk
-    writer.write(attr.encode({**head, "listing": pending}))
+    for chunk in chunks:
+        writer.write(attr.encode({**head, "listing": chunk, "more": 1}))
+        head = {}
+        await writer.drain()
+    writer.write(attr.encode({**head, "listing": b""}))
     await writer.drain()
 
 

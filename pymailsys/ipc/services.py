@@ -101,7 +101,7 @@ local (``private/local``), one request per recipient (delivery request)::
 
 showq (``public/showq``): request ``{request: "list", format: "text" | "json"}``,
 reply ``{status: 0, listing: <bytes>, more: 1}``, then ``{listing: <bytes>, more: 1}``
-any number of times, then ``{listing: <bytes>}``: the mailq text or JSON lines in
+any number of times, then ``{listing: ""}``: the mailq text or JSON lines in
 pieces, streamed as the queue is read.
 
 pickup (``public/pickup``): a trigger service (``W``), and the submission

@@ -291,17 +291,19 @@ def format_json(messages: Iterable[QueuedMessage]) -> str:
 def listing_chunks(spool: queue.Spool, fmt: str, long_ids: bool = False,
                    empty_addr: str = "MAILER-DAEMON", max_size: int = MAX_FILE_READ,
                    deadline: float | None = None) -> Iterator[bytes]:
-    """The listing ("text" or "json") in pieces of about CHUNK bytes, as it is read."""
+    """The listing ("text" or "json") as it is read: the first message at once, then
+    pieces of about CHUNK bytes."""
     messages = scan_queue(spool, empty_addr, max_size=max_size, deadline=deadline)
     pieces = json_pieces(messages) if fmt == "json" else text_pieces(messages, long_ids)
     buf: list[bytes] = []
     size = 0
+    first = True
     for piece in pieces:
         data = piece.encode("utf-8", "surrogateescape")
         buf.append(data)
         size += len(data)
-        if size >= CHUNK:
+        if size >= CHUNK or first:
             yield b"".join(buf)
-            buf, size = [], 0
+            buf, size, first = [], 0, False
     if buf:
         yield b"".join(buf)
