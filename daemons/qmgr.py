@@ -19,11 +19,19 @@ DESCRIPTION
     incoming, and deferred once every ``queue_run_delay`` (also on its own
     timer).
 
-    A scan takes every complete file (mode 0700) not already in the active
+    A scan (``pymailsys.queue.scan``) reads its queue directory as it goes
+    and takes every complete file (mode 0700) not already in the active
     queue: from deferred/ only files whose mtime (the next try) has come,
-    unless ``A``; from incoming/ files whose mtime is not in the future (a
-    file found locked is put back with mtime now + 60 s). At most
-    ``qmgr_message_active_limit`` messages are active at once.
+    unless ``A`` (then each file once: not those that came back during the
+    scan); from incoming/ files whose mtime is not in the future (a file
+    found locked is put back with mtime now + 60 s). At most
+    ``qmgr_message_active_limit`` messages are active at once; while there
+    is room, qmgr admits the files cleanup named first, then one file of the
+    incoming scan and one of the deferred scan in turn (Postfix's
+    qmgr_loop), so mail that arrives during a scan of a million deferred
+    messages waits for one free slot, not for the scan. A scan asked for
+    while one of the same queue runs starts when that one ends (a flush
+    restarts a deferred scan that honours time stamps).
 
     Per message: rename into active/, open, ``flock`` exclusive and
     non-blocking (held by someone else: ``ID: skipped, still being
@@ -179,6 +187,7 @@ from pymailsys.queue.queue_file import (
     mark_done,
     read_envelope_fd,
 )
+from pymailsys.queue.scan import QueueScan
 from pymailsys.submission import access
 
 PROGRAM = "qmgr"
@@ -503,24 +512,47 @@ class Qmgr:
             self.take(queue_id, q.INCOMING, fresh=True)
 
     async def scanner(self) -> None:
+        """Admit messages while there is room (Postfix's qmgr_loop): the files cleanup
+        named first, then one file from the incoming scan and one from the deferred
+        scan in turn, so that new mail is not held back by a long deferred queue."""
+        scans: dict[str, QueueScan | None] = {q.INCOMING: None, q.DEFERRED: None}
+        order = (q.INCOMING, q.DEFERRED)
         while not self.ctx.stopping.is_set():
-            await self.wake.wait()
-            self.wake.clear()
+            self.start_scans(scans)
+            if not self.named and scans[q.INCOMING] is None and scans[q.DEFERRED] is None:
+                await self.wake.wait()
+                self.wake.clear()
+                continue
+            if not self.room():
+                self.slot_free.clear()
+                await self.slot_free.wait()
+                continue
             if self.named:
                 self.take_named()
-                if self.named:  # active limit reached: continue when a slot frees
-                    self.slot_free.clear()
-                    await self.slot_free.wait()
-                    self.wake.set()
-            if self.want_incoming:
-                self.want_incoming = False
-                await self.scan(q.INCOMING)
-            if self.want_deferred:
-                self.want_deferred = False
-                ignore = self.ignore_time
-                self.ignore_time = False
-                self.last_deferred_scan = time.time()
-                await self.scan(q.DEFERRED, ignore)
+            else:
+                for queue in order:
+                    scan = scans[queue]
+                    queue_id = scan.next(self.active) if scan is not None else None
+                    if queue_id is not None:
+                        self.take(queue_id, queue)
+                        break
+                    scans[queue] = None
+                order = order[::-1]
+            await asyncio.sleep(0)  # deliveries and replies run between admissions
+
+    def start_scans(self, scans: dict[str, QueueScan | None]) -> None:
+        """Start the scans asked for. A scan asked for while one of the same queue runs
+        starts when it ends, except that a flush (``A``) restarts a timed deferred scan."""
+        if self.want_incoming and scans[q.INCOMING] is None:
+            self.want_incoming = False
+            scans[q.INCOMING] = QueueScan(self.spool, q.INCOMING)
+        running = scans[q.DEFERRED]
+        if self.want_deferred and (running is None
+                                   or (self.ignore_time and not running.ignore_time)):
+            self.want_deferred = False
+            scans[q.DEFERRED] = QueueScan(self.spool, q.DEFERRED, self.ignore_time)
+            self.ignore_time = False
+            self.last_deferred_scan = time.time()
 
     async def timer(self) -> None:
         while not self.ctx.stopping.is_set():
@@ -535,47 +567,6 @@ class Qmgr:
             for p in list(self.pools.values()):
                 await p.reap(idle)
             self.sched.prune()
-
-    def candidates(self, queue: str, ignore_time: bool) -> list[str]:
-        """Complete files in a queue that are due, oldest first."""
-        now = time.time()
-        out: list[tuple[float, str]] = []
-        base = self.spool.dir(queue)
-        dirs = [base]
-        if queue in self.spool.hashed and self.spool.depth > 0:
-            dirs = [dirpath for dirpath, _d, _f in os.walk(base)]
-        for directory in dirs:
-            try:
-                it = os.scandir(directory)
-            except FileNotFoundError:
-                continue
-            with it:
-                for entry in it:
-                    name = entry.name
-                    if name in self.active or not q.valid_queue_id(name):
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode):
-                        continue
-                    if queue == q.DEFERRED and not ignore_time and st.st_mtime > now:
-                        continue
-                    if queue == q.INCOMING and st.st_mtime > now + 1:
-                        continue
-                    out.append((st.st_mtime, name))
-        out.sort()
-        return [name for _m, name in out]
-
-    async def scan(self, queue: str, ignore_time: bool = False) -> None:
-        for queue_id in self.candidates(queue, ignore_time):
-            while not self.room():
-                self.slot_free.clear()
-                await self.slot_free.wait()
-            if queue_id in self.active or self.ctx.stopping.is_set():
-                continue
-            self.take(queue_id, queue)
 
     def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)

@@ -1,5 +1,6 @@
 """A large deferred queue (issue #15 item 3): the listing streams and is complete,
-postsuper -d ALL removes every message. The figures at 10 k to 1 M messages come
+postsuper -d ALL removes every message, and qmgr admits new mail while it is
+still working through the backlog. The figures at 10 k to 1 M messages come
 from tests/bench/queue_scale.py; these tests hold no timing."""
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import re
 import time
 from pathlib import Path
 
-from harness import Instance
+from harness import ME, Instance
 from qf_helpers import make_spool, queue_files
+from test_qmgr_scheduling import silent_peer  # noqa: F401 (a fixture)
 
 from pymailsys.ipc import attr
 from pymailsys.queue import listing
 from pymailsys.queue import spool as queue
 
 COUNT = 3000
+BACKLOG = 500
 REASON = "connect to dead.example[192.0.2.1]:25: Connection refused"
 BODY = [b"Subject: backlog", b"", b"x" * 60]
 
@@ -42,7 +45,7 @@ def test_the_listing_is_read_as_it_is_sent(tmp_path: Path) -> None:
     for entry in queue.walk_files(str(spool_dir / "deferred")):
         Path(entry.path).unlink()
     rest = b"".join(chunks)
-    listed = int(re.findall(rb"-- \d+ Kbytes in (\d+) Requests\.", rest)[0])
+    listed = int(re.findall(rb"-- \d+ Kbytes in (\d+) Requests?\.", rest)[0])
     assert 0 < listed < COUNT
     assert len(first) <= listing.CHUNK + 1024
 
@@ -73,3 +76,33 @@ def test_mailq_lists_and_postsuper_deletes_a_large_queue(new_instance) -> None: 
     assert deleted.stderr.endswith(f"postsuper: Deleted: {COUNT} messages\n"), deleted.stderr[-300:]
     assert inst.queue_ids("deferred") == [] and inst.queue_ids("defer") == []
     assert inst.tool("mailq", check=True).stdout == "Mail queue is empty\n"
+
+
+def test_new_mail_is_taken_before_the_deferred_scan_ends(new_instance,  # type: ignore[no-untyped-def]
+                                                         silent_peer: int) -> None:  # noqa: F811
+    """500 deferred messages are due when qmgr starts, for a peer that never greets:
+    the active queue (limit 10) fills with them and waits out the greeting timeout.
+    A message submitted meanwhile takes the first free slot, ahead of the rest of
+    the deferred scan (as Postfix's qmgr alternates its incoming and deferred scans):
+    it is delivered before the last of the backlog is taken."""
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"inline:{{ dead.example=smtp:[127.0.0.1]:{silent_peer} }}",
+             smtp_helo_timeout="10s", smtp_connect_timeout="10s",
+             qmgr_message_active_limit="10", queue_run_delay="3600s")
+    inst.postfix("check")
+    now = time.time()
+    queue_files(inst.queue_dir, "deferred", "alice@example.org",
+                (f"d{i}@dead.example" for i in range(BACKLOG)), BODY, arrival=now - 3600,
+                mtime=now - 60, reason=REASON)
+    inst.start()
+    inst.wait_log(r"nrcpt=1 \(queue active\)")
+    queue_id = inst.send("alice@example.org", f"{ME}@localhost", b"Subject: new\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent", timeout=600)
+    inst.wait_log(r"nrcpt=1 \(queue active\)", count=BACKLOG + 1, timeout=600)
+    lines = inst.log().splitlines()
+    delivered = next(i for i, line in enumerate(lines)
+                     if re.search(rf"{queue_id}: to=<{ME}@localhost>.*status=sent", line))
+    taken = [i for i, line in enumerate(lines)
+             if re.search(r"from=<alice@example\.org>, size=\d+, nrcpt=1 \(queue active\)", line)]
+    assert delivered < taken[-1], "the new message waited for the whole deferred scan"
+

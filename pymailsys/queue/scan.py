@@ -1,0 +1,51 @@
+"""qmgr's queue scans: one pass over incoming/ or deferred/, a file at a time.
+
+As Postfix's qmgr_scan: a ``QueueScan`` reads its queue directory (hashed
+subdirectories included) as it goes, with ``spool.walk_files``, so that a
+scan of a million-message queue holds no list of it, and ``next`` hands out
+the next file that may enter the active queue: a complete regular file whose
+name is a queue ID not already active (the caller's ``skip``); from deferred/
+only once its next try (the mtime) has come, unless the scan ignores time
+stamps (``postqueue -f``, qmgr's trigger ``A``): then every file that was
+there when the scan began, and none that came back after it began (a newer
+ctime: a message the flush already tried); from incoming/ any file whose mtime
+is at most a second ahead (qmgr puts a file it found locked back with an mtime
+a minute ahead). Files come in directory order, as in Postfix, not by age.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Container
+
+from pymailsys.queue import spool as q
+
+
+class QueueScan:
+    def __init__(self, spool: q.Spool, queue: str, ignore_time: bool = False) -> None:
+        self.queue = queue
+        self.ignore_time = ignore_time
+        self.started = time.time()
+        self._entries = q.walk_files(spool.dir(queue),
+                                     descend=queue in spool.hashed and spool.depth > 0)
+
+    def next(self, skip: Container[str]) -> str | None:
+        """The queue ID of the next file to take, or None: the pass is over."""
+        for entry in self._entries:
+            name = entry.name
+            if name in skip or not q.valid_queue_id(name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode):
+                continue
+            if self.queue == q.DEFERRED:
+                if st.st_ctime >= self.started if self.ignore_time else st.st_mtime > time.time():
+                    continue
+            elif st.st_mtime > time.time() + 1:
+                continue
+            return name
+        return None
