@@ -533,10 +533,12 @@ class Qmgr:
                 for queue in order:
                     scan = scans[queue]
                     queue_id = scan.next(self.active) if scan is not None else None
-                    if queue_id is not None:
+                    if queue_id is None:
+                        scans[queue] = None
+                        continue
+                    if queue_id:  # else: nothing due among the entries looked at so far
                         self.take(queue_id, queue)
-                        break
-                    scans[queue] = None
+                    break
                 order = order[::-1]
             await asyncio.sleep(0)  # deliveries and replies run between admissions
 

@@ -21,6 +21,8 @@ from collections.abc import Container
 
 from pymailsys.queue import spool as q
 
+LOOK_AT = 256  # directory entries one call of QueueScan.next looks at, at most
+
 
 class QueueScan:
     def __init__(self, spool: q.Spool, queue: str, ignore_time: bool = False) -> None:
@@ -30,9 +32,15 @@ class QueueScan:
         self._entries = q.walk_files(spool.dir(queue),
                                      descend=queue in spool.hashed and spool.depth > 0)
 
-    def next(self, skip: Container[str]) -> str | None:
-        """The queue ID of the next file to take, or None: the pass is over."""
+    def next(self, skip: Container[str], budget: int = LOOK_AT) -> str | None:
+        """The queue ID of the next file to take; "" when ``budget`` entries were looked
+        at without one (the caller lets other work run before it asks again: a pass
+        over a million files that are not due does not hold up qmgr); None when the
+        pass is over."""
         for entry in self._entries:
+            budget -= 1
+            if budget < 0:
+                return ""
             name = entry.name
             if name in skip or not q.valid_queue_id(name):
                 continue
