@@ -34,7 +34,7 @@ PASSWORD = "wonderland"
 class DovecotAuth:
     """Dovecot with only its auth service, listening at ``socket``."""
 
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, extra: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-auth-"))
         os.chmod(self.dir, 0o755)
         self.socket = socket
@@ -50,6 +50,7 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+{extra}
 passdb {{
   driver = passwd-file
   args = {self.dir}/users

@@ -344,6 +344,11 @@ class Cleanup:
         if req.text("content_filter"):
             b.content_filter(req.text("content_filter"), first=origin == "pickup")
         b.attr("rewrite_context", context)
+        if origin == "smtpd":  # as Postfix's smtpd sends them: the login, then AUTH=
+            for name in ("sasl_method", "sasl_username", "sasl_sender"):
+                value = log.printable(req.text(name))
+                if value:
+                    b.attr(name, value)
         envid = req.text("envid")
         if envid and dsn.valid_envid(envid):
             b.attr("dsn_envid", envid)

@@ -41,8 +41,14 @@ DESCRIPTION
     SASL (pymailsys.smtp.sasl): smtpd_sasl_auth_enable with smtpd_sasl_type =
     dovecot; the mechanisms Dovecot's auth server offers, less
     smtpd_sasl_security_options (after TLS: smtpd_sasl_tls_security_options),
-    none before TLS with smtpd_tls_auth_only (or at level encrypt). The login
-    is what permit_sasl_authenticated and the sender-login restrictions see.
+    none before TLS with smtpd_tls_auth_only (or at level encrypt), those
+    smtpd_sasl_mechanism_filter keeps; EHLO announces none to
+    smtpd_sasl_exceptions_networks (AUTH still works there, as in Postfix).
+    The login is what permit_sasl_authenticated and the sender-login
+    restrictions see; it goes to cleanup with MAIL FROM's AUTH= (sasl_method,
+    sasl_username, sasl_sender: named attributes of the queue file, the
+    ``client=`` log line and policy requests, as Postfix). MAIL's AUTH= is
+    refused (555) when SASL is off, as Postfix.
 
     PROXY protocol: with smtpd_upstream_proxy_protocol = haproxy, a v1 or v2
     header (aiosmtpd's reader, within smtpd_upstream_proxy_timeout) names the
@@ -103,7 +109,9 @@ CONFIGURATION PARAMETERS
     smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
     smtpd_tls_* (see pymailsys.smtp.tls_server), smtpd_sasl_auth_enable,
     smtpd_sasl_type, smtpd_sasl_path, smtpd_sasl_security_options,
-    smtpd_sasl_tls_security_options, smtpd_sasl_authenticated_header,
+    smtpd_sasl_tls_security_options, smtpd_sasl_service, smtpd_sasl_local_domain,
+    smtpd_sasl_exceptions_networks, smtpd_sasl_mechanism_filter,
+    smtpd_sasl_authenticated_header,
     smtpd_sasl_response_limit, broken_sasl_auth_clients, smtpd_sender_login_maps,
     smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
     cleanup_service_name, ipc_timeout, fast_flush_domains, flush_service_name,

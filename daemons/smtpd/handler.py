@@ -30,6 +30,7 @@ from pymailsys.daemons.smtpd import transcript
 from pymailsys import config as config_mod
 from pymailsys import dsn, log
 from pymailsys.address import networks as netaddr
+from pymailsys.address.resolve import DomainList
 from pymailsys.ipc import attr, flush, services
 from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
 from pymailsys.smtp.limits import ClientLimits
@@ -101,6 +102,9 @@ class Smtpd:
         self.sasl: sasl.DovecotAuth | None = None
         if config.get_bool("smtpd_sasl_auth_enable") and not self.stand_alone:
             self.sasl = self._sasl_server(config)
+        self.sasl_exceptions = netaddr.AddressList(
+            config.get_list("smtpd_sasl_exceptions_networks"))
+        config.get("smtpd_sasl_local_domain")  # the realm: not sent to Dovecot (sasl.py)
         self.sasl_options = config.get_list("smtpd_sasl_security_options")
         self.sasl_tls_options = config.get_list("smtpd_sasl_tls_security_options")
         sasl.check_security_options(self.sasl_options + self.sasl_tls_options)
@@ -137,7 +141,10 @@ class Smtpd:
         path = config.get("smtpd_sasl_path").strip()
         if not os.path.isabs(path):
             path = os.path.join(config.get("queue_directory"), path)
-        return sasl.DovecotAuth(path, float(config.get_time("ipc_timeout")))
+        mechanism_filter = DomainList(config.get_list("smtpd_sasl_mechanism_filter"))
+        return sasl.DovecotAuth(path, float(config.get_time("ipc_timeout")),
+                                config.get("smtpd_sasl_service").strip() or "smtp",
+                                mechanism_filter.match if mechanism_filter else None)
 
     def ehlo_reply_for(self, starttls: bool, mechanisms: list[str]) -> bytes:
         """The EHLO reply with STARTTLS or not and these AUTH mechanisms (cached)."""
@@ -179,6 +186,8 @@ class Smtpd:
         await self.cleanup.close()
         await self.flush.close()
         await self.limits.close()
+        if self.sasl is not None:
+            self.sasl.close()
 
     async def name_client(self, req: restrictions.Request) -> None:
         if netaddr.is_loopback(req.client_addr):
@@ -267,6 +276,10 @@ class Message:
             request.append(("content_filter", self.smtpd.content_filter))
         if actions.filter:
             request.append(("filter", actions.filter))
+        if req.sasl_method:
+            request += [("sasl_method", req.sasl_method), ("sasl_username", req.sasl_username)]
+        if req.sasl_sender:
+            request.append(("sasl_sender", req.sasl_sender))
         if env.smtputf8:
             request.append(("smtputf8", 1))
         if any(env.notifies) or actions.bcc:  # an access BCC copy: NOTIFY=NEVER, as Postfix

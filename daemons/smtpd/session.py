@@ -77,7 +77,7 @@ from pymailsys.daemons.smtpd.chunks import Chunks
 from pymailsys.daemons.smtpd.handler import Envelope, QueueMessage, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
-from pymailsys import dsn, log
+from pymailsys import dsn, log, maps
 from pymailsys.ipc import flush
 from pymailsys.smtp import restrictions, sasl, tls_server
 from pymailsys.smtp.path import extract_address, parse_path
@@ -159,7 +159,6 @@ class Session(SMTP):
         self.bare_lf_exempt: bool | None = None
         self.anvil_ident: str | None = None  # set: this session's events go to anvil
         self.ssl_object: ssl.SSLObject | None = None  # once TLS is on
-        self.sasl_method = ""  # with req.sasl_username, once AUTH succeeded
         self.chunks: Chunks | None = None  # BDAT: the message in progress
         self.transcript = smtpd.notices.start()  # notify_classes: the postmaster's copy
 
@@ -427,6 +426,13 @@ class Session(SMTP):
         log.info(f"NOQUEUE: reject: {stage} from {self.client}: {reply}; {env}{to}"
                  f"{self._proto_helo()}")
 
+    def _sasl_log(self) -> str:
+        """The SASL part of the ``client=`` line (smtpd_sasl_mail_log), each item when set."""
+        req = self.req
+        return "".join(f", {name}={value}" for name, value in (
+            ("sasl_method", req.sasl_method), ("sasl_username", req.sasl_username),
+            ("sasl_sender", req.sasl_sender)) if value)
+
     def _reset(self) -> None:
         if self.chunks is not None:
             self.chunks.abort()
@@ -435,6 +441,7 @@ class Session(SMTP):
         self.req.actions.reset()
         self.req.size = self.req.recipient_count = 0
         self.req.sender = None
+        self.req.sasl_sender = ""
         self.req.recipient = ""
         self.rcpt_overshoot = 0
         self.rcpt_tried = 0
@@ -467,7 +474,7 @@ class Session(SMTP):
             if smtpd.sasl is not None:
                 self._writer.write(smtpd.ehlo_reply_for(
                     self.ssl_object is None and smtpd.starttls_offered,
-                    await self._auth_mechanisms()))
+                    await self._auth_mechanisms(ehlo=True)))
             else:
                 self._writer.write(smtpd.ehlo_reply if self.ssl_object is None
                                    else smtpd.ehlo_reply_tls)
@@ -500,6 +507,7 @@ class Session(SMTP):
         if sender is None:
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
         env = Envelope(sender=sender)
+        sasl_sender: str | None = None  # AUTH=, as Postfix keeps it: printable, not decoded
         for param in params:
             name, _, value = param.partition("=")
             uname = name.upper()
@@ -514,13 +522,16 @@ class Session(SMTP):
                 refusal = self._mail_dsn_param(env, uname, value)
                 if refusal:
                     return await self.reply_error(refusal)
-            elif uname == "AUTH" and value:
-                pass
+            elif uname == "AUTH" and smtpd.sasl is not None:
+                if sasl_sender is not None:
+                    return await self.reply_error("503 5.5.4 Error: multiple AUTH= options")
+                sasl_sender = "" if value == "<>" else log.printable(value)
             else:
                 return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
         if smtpd.size_limit and env.size > smtpd.size_limit:
             return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
         self.req.sender = sender
+        self.req.sasl_sender = sasl_sender or ""
         self.req.size = env.size
         if not smtpd.delay_reject:
             engine = smtpd.engine
@@ -669,14 +680,11 @@ class Session(SMTP):
             self._reset()
             return await self.reply_error(str(result.reply))
         reply, queue_id = await message.finish(rest)
+        sasl_log = self._sasl_log()
         self._reset()
         if not queue_id:
             return await self.reply_error(reply)
-        if self.req.sasl_username:
-            log.info(f"{queue_id}: client={self.client}, sasl_method={self.sasl_method}, "
-                     f"sasl_username={self.req.sasl_username}")
-        else:
-            log.info(f"{queue_id}: client={self.client}")
+        log.info(f"{queue_id}: client={self.client}{sasl_log}")
         self.error_count = 0
         self.junk = 0
         if size is not None:
@@ -827,12 +835,19 @@ class Session(SMTP):
                     else "unable to talk to fast flush service")
         return await self.reply_error("458 Unable to queue messages")
 
-    async def _auth_mechanisms(self) -> list[str]:
-        """The mechanisms this session may use now (none before TLS with smtpd_tls_auth_only)."""
+    async def _auth_mechanisms(self, ehlo: bool = False) -> list[str]:
+        """The mechanisms this session may use now (none before TLS with smtpd_tls_auth_only);
+        for the EHLO reply, none to smtpd_sasl_exceptions_networks (AUTH still works)."""
         smtpd = self.smtpd
         if smtpd.sasl is None or "auth" in smtpd.discard_ehlo \
                 or (smtpd.tls.auth_only and self.ssl_object is None):
             return []
+        if ehlo and smtpd.sasl_exceptions:
+            try:
+                if smtpd.sasl_exceptions.match(self.req.client_addr, self.req.client_name):
+                    return []
+            except maps.TableError as e:  # as Postfix: not an exception, AUTH is offered
+                log.warning(f"smtpd_sasl_exceptions_networks: {e}")
         try:
             mechanisms = await smtpd.sasl.mechanisms()
         except sasl.AuthServerError as e:
@@ -867,7 +882,7 @@ class Session(SMTP):
             self.req.sasl_username = self.session.login_data = str(result.auth_data)
             self.session.authenticated = True
             self.session.auth_data = result.auth_data
-            self.sasl_method = mechanism
+            self.req.sasl_method = log.printable(mechanism)
             await self.push("235 2.7.0 Authentication successful")
             return True
         if result.handled:  # aborted: already answered

@@ -25,6 +25,9 @@ cleanup (``public/cleanup``), one request per message, streamed
              client_name, client_addr, client_port, helo_name, protocol,
              reverse_client_name
                            (smtpd: for Received: and the A records)
+             sasl_method, sasl_username, sasl_sender   (smtpd, optional: the
+                           AUTH login and MAIL FROM's AUTH=; named attributes of
+                           the queue file, as Postfix's)
              prepend       repeated, optional (smtpd: access PREPEND): one
                            header line each, put above the Received: header
              received_with, received_comment   (smtpd, optional: Received:'s

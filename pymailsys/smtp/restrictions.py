@@ -187,6 +187,8 @@ class Request:
     recipient: str = ""
     protocol: str = "SMTP"
     sasl_username: str = ""
+    sasl_method: str = ""  # with sasl_username, once AUTH succeeded
+    sasl_sender: str = ""  # MAIL FROM's AUTH=, for this transaction
     stage: str = STAGE_CLIENT
     cache: dict[str, object] = field(default_factory=dict)
     # NAME_OK/TEMP/PERM/FORGED; "" = OK for a known name, PERM for "unknown"
@@ -1250,8 +1252,8 @@ def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
         ("sender", req.sender or ""), ("recipient", req.recipient),
         ("recipient_count", str(req.recipient_count)), ("queue_id", ""),
         ("instance", req.actions.policy_instance), ("size", str(req.size)),
-        ("etrn_domain", ""), ("stress", ""), ("sasl_method", ""),
-        ("sasl_username", req.sasl_username), ("sasl_sender", ""), ("ccert_subject", ""),
+        ("etrn_domain", ""), ("stress", ""), ("sasl_method", req.sasl_method),
+        ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender), ("ccert_subject", ""),
         ("ccert_issuer", ""), ("ccert_fingerprint", ""), ("ccert_pubkey_fingerprint", ""),
         ("encryption_protocol", ""), ("encryption_cipher", ""), ("encryption_keysize", "0"),
         ("server_name", ""), ("compatibility_level", engine.compatibility_level),
