@@ -112,7 +112,6 @@ def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
 
 
 @pytest.mark.parametrize("setting, program", [
-    ("smtpd_tls_req_ccert = yes", "smtpd"),
     ("smtpd_milters = inet:127.0.0.1:8891", "smtpd"),
     ("non_smtpd_milters = inet:127.0.0.1:8891", "pickup"),
     ("smtp_tls_security_level = dane-only", "smtp"),

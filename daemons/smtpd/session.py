@@ -251,6 +251,7 @@ class Session(SMTP):
                     raise Hangup
             if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
                 self._tls_established(writer.get_extra_info("ssl_object"))
+                await self._require_client_cert()
             self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
@@ -761,8 +762,8 @@ class Session(SMTP):
                 ("A" if self.req.sasl_username else "")
         env.received_with = with_
         comments = []
-        if self.ssl_object is not None and self.smtpd.tls.received_header:
-            comments.append(tls_server.received_comment(self.ssl_object))
+        if self.req.tls is not None and self.smtpd.tls.received_header:
+            comments.append(tls_server.received_comment(self.req.tls))
         if self.req.sasl_username and self.smtpd.sasl_authenticated_header:
             comments.append(f"(Authenticated sender: {_comment_text(self.req.sasl_username)})")
         env.received_comment = "\n".join(comments)
@@ -973,14 +974,33 @@ class Session(SMTP):
         self._replace_writer(self._writer)  # type: ignore[attr-defined]
         self.transcript.watch(self._writer)
         self._tls_established(new.get_extra_info("ssl_object"))
+        await self._require_client_cert()
 
     def _tls_established(self, ssl_object: ssl.SSLObject | None) -> None:
         if ssl_object is None:  # not TLS after all: end here rather than go on in plaintext
             raise ConnectionLost()
         self.ssl_object = ssl_object
         self.session.ssl = {"ssl_object": ssl_object}
-        if self.smtpd.tls.loglevel >= 1:
-            log.info(tls_server.summary(ssl_object, self.client))
+        tls = self.smtpd.tls
+        peer = self.req.tls = tls.peer(ssl_object)
+        if tls.loglevel >= 2 and peer.cert is not None:
+            log.info(tls_server.cert_line(peer, self.client))
+        if tls.loglevel >= 1:
+            log.info(tls_server.summary(peer, self.client))
+
+    async def _require_client_cert(self) -> None:
+        """smtpd_tls_req_ccert: without a trusted certificate the session ends with 421
+        (after the next command line, as Postfix, unless in wrapper mode)."""
+        peer = self.req.tls
+        if not self.smtpd.tls.req_ccert or peer is None or peer.trusted:
+            return
+        why = "Client certificate not trusted" if peer.cert is not None \
+            else "No client certificate presented"
+        log.info(f"NOQUEUE: abort: TLS from {self.client}: {why}")
+        if not self.smtpd.tls.wrappermode:
+            await self.input.readline(self.smtpd.line_limit)
+        await self.push(f"421 4.7.1 {self.smtpd.myhostname} Error: {why}")
+        raise Hangup
 
 
 def _comment_text(text: str) -> str:

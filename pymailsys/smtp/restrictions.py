@@ -82,9 +82,10 @@ from pymailsys import MAIL_VERSION, log, maps
 from pymailsys import config as config_mod
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
+from pymailsys.dsn import xtext_encode
 from pymailsys.ipc import services
 from pymailsys.maps import search as addr_lookup
-from pymailsys.smtp import dnsxl, policy
+from pymailsys.smtp import dnsxl, policy, tls_server
 
 OK = "OK"
 REJECT = "REJECT"
@@ -96,6 +97,7 @@ STAGE_HELO = "helo"
 STAGE_SENDER = "sender"
 STAGE_RECIPIENT = "recipient"
 STAGE_DATA = "data"
+STAGE_CCERT = "ccert"  # check_ccert_access: the reply names the certificate's CN
 
 _STAGE_CLASS = {
     STAGE_CLIENT: "Client host",
@@ -103,6 +105,7 @@ _STAGE_CLASS = {
     STAGE_SENDER: "Sender address",
     STAGE_RECIPIENT: "Recipient address",
     STAGE_DATA: "Data command",
+    STAGE_CCERT: "Client certificate",
 }
 _STAGE_TEXT = {stage: f"{name} rejected" for stage, name in _STAGE_CLASS.items()}
 
@@ -189,6 +192,8 @@ class Request:
     sasl_username: str = ""
     sasl_method: str = ""  # with sasl_username, once AUTH succeeded
     sasl_sender: str = ""  # MAIL FROM's AUTH=, for this transaction
+    tls: tls_server.SessionTLS | None = None  # once TLS is on
+    queue_id: str = ""  # once the message has one
     stage: str = STAGE_CLIENT
     cache: dict[str, object] = field(default_factory=dict)
     # NAME_OK/TEMP/PERM/FORGED; "" = OK for a known name, PERM for "unknown"
@@ -349,6 +354,9 @@ class Engine:
         self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
         self._policy: dict[str, policy.Client] = {}
         self.compatibility_level = config.get("compatibility_level")
+        self.ask_ccert = config.get_bool("smtpd_tls_ask_ccert") or (
+            config.get_bool("smtpd_tls_req_ccert")
+            and config.get("smtpd_tls_security_level").strip().lower() == "encrypt")
         self.lists: dict[str, list[_Entry]] = {
             name: self.parse(config.get_list(name)) for name in LIST_STAGES
         }
@@ -356,7 +364,7 @@ class Engine:
     def preopen(self) -> None:
         """Open every table now (before a privilege drop); failures stay for lookup time."""
         for param in ("local_recipient_maps", "virtual_alias_maps", "virtual_mailbox_maps",
-                      "smtpd_sender_login_maps"):
+                      "smtpd_sender_login_maps", "relay_clientcerts"):
             try:
                 self._maps(param)
             except maps.TableError:
@@ -1056,6 +1064,50 @@ def _check_recipient_access(engine: Engine, req: Request, entry: _Entry) -> Outc
                    req.recipient, STAGE_RECIPIENT)
 
 
+@restriction("check_ccert_access", takes_arg=True)
+def _check_ccert_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    """The certificate's fingerprint, then its public key's (trusted or not, as Postfix)."""
+    table = entry.table
+    assert table is not None
+    cert = req.tls.cert if req.tls is not None else None
+    if cert is None:
+        if req.tls is not None and not engine.ask_ccert:
+            log.warning('check_ccert_access is requested, but "smtpd_tls_ask_ccert = no"')
+        return None
+    for key in (cert.fingerprint, cert.pubkey_fingerprint):
+        outcome = _access(engine, req, entry, lambda key=key: table.find(key),  # type: ignore[misc]
+                          log.printable(cert.subject_cn), STAGE_CCERT)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+@restriction("permit_tls_clientcerts")
+@restriction("permit_tls_all_clientcerts")
+def _permit_tls_clientcerts(engine: Engine, req: Request, entry: _Entry) -> Result | None:
+    """A trusted certificate (all_clientcerts), or one whose fingerprint or public key
+    fingerprint relay_clientcerts lists, trusted or not."""
+    if req.tls is None:
+        return None
+    cert = req.tls.cert
+    if cert is None:
+        if not engine.ask_ccert:
+            log.warning(f'{entry.name} is requested, but "smtpd_tls_ask_ccert = no"')
+        return None
+    if cert.trusted and entry.name == "permit_tls_all_clientcerts":
+        return Result(OK)
+    try:
+        table = engine._maps("relay_clientcerts")
+        for key in (cert.fingerprint, cert.pubkey_fingerprint):
+            if table.find(key) is not None:
+                return Result(OK)
+    except maps.TableError as e:
+        log.warning(f"relay_clientcerts: lookup error for fingerprint '{cert.fingerprint}', "
+                    f"pkey fingerprint {cert.pubkey_fingerprint}: {e}")
+        return engine.lookup_failure(engine.stage_key(req, req.stage))
+    return None
+
+
 @restriction("defer_if_permit", relay_guard=True)
 @restriction("defer_if_reject")
 def _defer_if(engine: Engine, req: Request, entry: _Entry) -> Result | None:
@@ -1243,6 +1295,11 @@ def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
         now = time.time()
         req.actions.policy_instance = (f"{os.getpid():x}.{int(now):x}."
                                        f"{int(now % 1 * 1e6):x}.{next(_instances):x}")
+    peer = req.tls
+    cert = peer.cert if peer is not None else None
+    # the certificate's names only when it is trusted, in xtext; fingerprints always
+    subject = xtext_encode(cert.subject_cn) if cert is not None and cert.trusted else ""
+    issuer = xtext_encode(cert.issuer_cn) if cert is not None and cert.trusted else ""
     return [
         ("request", "smtpd_access_policy"), ("protocol_state", req.where),
         ("protocol_name", req.protocol), ("client_address", req.client_addr),
@@ -1250,12 +1307,17 @@ def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
         ("reverse_client_name", req.reverse_name), ("server_address", req.server_addr),
         ("server_port", req.server_port), ("helo_name", req.helo),
         ("sender", req.sender or ""), ("recipient", req.recipient),
-        ("recipient_count", str(req.recipient_count)), ("queue_id", ""),
+        ("recipient_count", str(req.recipient_count if req.where in (WHERE_DATA, WHERE_EOM)
+                                else 0)),
+        ("queue_id", req.queue_id),
         ("instance", req.actions.policy_instance), ("size", str(req.size)),
         ("etrn_domain", ""), ("stress", ""), ("sasl_method", req.sasl_method),
-        ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender), ("ccert_subject", ""),
-        ("ccert_issuer", ""), ("ccert_fingerprint", ""), ("ccert_pubkey_fingerprint", ""),
-        ("encryption_protocol", ""), ("encryption_cipher", ""), ("encryption_keysize", "0"),
+        ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender), ("ccert_subject", subject),
+        ("ccert_issuer", issuer), ("ccert_fingerprint", cert.fingerprint if cert else ""),
+        ("ccert_pubkey_fingerprint", cert.pubkey_fingerprint if cert else ""),
+        ("encryption_protocol", peer.protocol if peer else ""),
+        ("encryption_cipher", peer.cipher if peer else ""),
+        ("encryption_keysize", str(peer.bits if peer else 0)),
         ("server_name", ""), ("compatibility_level", engine.compatibility_level),
         ("mail_version", MAIL_VERSION),
     ]

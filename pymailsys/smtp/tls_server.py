@@ -18,7 +18,15 @@
   exclusions (``cipher_list``);
 * smtpd_tls_auth_only (implied by encrypt, as in Postfix),
   smtpd_tls_received_header, smtpd_tls_loglevel,
-  smtpd_starttls_timeout.
+  smtpd_starttls_timeout;
+* client certificates (``pymailsys.smtp.client_cert``): smtpd_tls_ask_ccert
+  asks every client for one; smtpd_tls_req_ccert requires a trusted one, at
+  level encrypt only (elsewhere it draws Postfix's warning ``Can't require
+  client certs unless TLS is required`` and only asks); smtpd_tls_CAfile and
+  smtpd_tls_CApath are what a certificate must verify against to be
+  trusted (the CAfile's names are not sent as the list of acceptable CAs,
+  which Python cannot set); smtpd_tls_fingerprint_digest names the digest
+  of the fingerprints. While asking, aNULL ciphers are excluded, as Postfix.
 
 ``context`` is None when TLS is off. A level that requires TLS without a
 usable certificate, an unknown protocol or cipher grade is ``ValueError``
@@ -26,9 +34,12 @@ usable certificate, an unknown protocol or cipher grade is ``ValueError``
 be loaded turns TLS off with a warning (``disabling TLS support``), as in
 Postfix.
 
-``summary(ssl_object, client)`` is Postfix's ``Anonymous TLS connection
-established from ...`` line and ``received_comment`` the text that
-smtpd_tls_received_header adds to Received:.
+``peer(ssl_object)`` gives what smtpd keeps of a session (``SessionTLS``:
+protocol, cipher, its bits, the client certificate if asked for and sent);
+``summary(peer, client)`` is Postfix's ``Anonymous``/``Untrusted``/
+``Trusted TLS connection established from ...`` line, ``cert_line`` the
+smtpd_tls_loglevel 2 line naming the certificate, and ``received_comment``
+the text that smtpd_tls_received_header adds to Received:.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from dataclasses import dataclass
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys.smtp import tls
+from pymailsys.smtp import client_cert, tls
 
 LEVELS = ("none", "may", "encrypt")
 GRADES = {"high": "tls_high_cipherlist", "medium": "tls_medium_cipherlist",
@@ -56,6 +67,9 @@ class ServerTLS:
     received_header: bool
     loglevel: int
     handshake_timeout: float
+    ask_ccert: bool = False
+    req_ccert: bool = False  # a trusted client certificate or no session (level encrypt)
+    fingerprint_digest: str = "sha256"
 
     @property
     def required(self) -> bool:
@@ -75,18 +89,51 @@ class ServerTLS:
         if level not in LEVELS:
             raise ValueError(f"invalid smtpd_tls_security_level value: {level}")
         wrappermode = config.get_bool("smtpd_tls_wrappermode")
+        req_ccert = config.get_bool("smtpd_tls_req_ccert")
+        if req_ccert and level != "encrypt":
+            log.warning("Can't require client certs unless TLS is required")
+            req_ccert = False
+        ask_ccert = config.get_bool("smtpd_tls_ask_ccert") or req_ccert
+        digest = config.get("smtpd_tls_fingerprint_digest").strip().lower()
+        if digest not in client_cert.DIGESTS:
+            raise ValueError(f"invalid smtpd_tls_fingerprint_digest value: {digest}")
         context = None
         if level != "none" or wrappermode:
             context = _context(config, mandatory=level == "encrypt" or wrappermode,
-                               required=level == "encrypt" or wrappermode)
+                               required=level == "encrypt" or wrappermode, ask_ccert=ask_ccert)
         loglevel = config.get_int("smtpd_tls_loglevel")
         return cls(level if context is not None else "none", wrappermode, context,
                    config.get_bool("smtpd_tls_auth_only") or level == "encrypt",
                    config.get_bool("smtpd_tls_received_header"), loglevel,
-                   float(config.get_time("smtpd_starttls_timeout")))
+                   float(config.get_time("smtpd_starttls_timeout")),
+                   ask_ccert and context is not None, req_ccert and context is not None, digest)
+
+    def peer(self, ssl_object: ssl.SSLObject) -> SessionTLS:
+        """What the session keeps of its TLS: protocol, cipher, the client certificate."""
+        cipher = ssl_object.cipher()
+        cert = client_cert.read(ssl_object, self.fingerprint_digest) if self.ask_ccert \
+            else None
+        return SessionTLS(ssl_object.version() or "", cipher[0] if cipher else "unknown",
+                          cipher[2] if cipher else 0, self.ask_ccert, cert)
 
 
-def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.SSLContext | None:
+@dataclass(frozen=True)
+class SessionTLS:
+    """One session's TLS, as the log, Received:, restrictions and policy requests see it."""
+
+    protocol: str
+    cipher: str
+    bits: int
+    asked: bool  # a client certificate was asked for
+    cert: client_cert.ClientCert | None
+
+    @property
+    def trusted(self) -> bool:
+        return self.cert is not None and self.cert.trusted
+
+
+def _context(config: config_mod.Config, mandatory: bool, required: bool,
+             ask_ccert: bool) -> ssl.SSLContext | None:
     chain_files = config.get_list("smtpd_tls_chain_files")
     cert = config.get("smtpd_tls_cert_file").strip()
     key = config.get("smtpd_tls_key_file").strip() or cert
@@ -103,6 +150,8 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
     excludes = config.get_list("smtpd_tls_exclude_ciphers")
     if mandatory:
         excludes += config.get_list("smtpd_tls_mandatory_exclude_ciphers")
+    if ask_ccert:  # as Postfix: a client certificate needs an authenticated server
+        excludes.append("aNULL")
     grade = config.get("smtpd_tls_mandatory_ciphers" if mandatory else "smtpd_tls_ciphers")
     ciphers = cipher_list(config, grade, excludes)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -129,6 +178,19 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool) -> ssl.
                     "disabling TLS support")
         return None
     context.options |= ssl.OP_NO_COMPRESSION
+    if ask_ccert:
+        cafile = config.get("smtpd_tls_CAfile").strip()
+        capath = config.get("smtpd_tls_CApath").strip()
+        if cafile or capath:
+            try:
+                context.load_verify_locations(cafile or None, capath or None)
+            except (OSError, ssl.SSLError) as e:
+                log.warning(f"cannot load Certification Authority data from "
+                            f"{cafile or capath}: {e}")  # as Postfix: nothing is trusted then
+        try:
+            client_cert.ask(context)
+        except client_cert.Unsupported as e:
+            raise ValueError(f"smtpd_tls_ask_ccert/smtpd_tls_req_ccert: {e}") from None
     return context
 
 
@@ -140,18 +202,40 @@ def cipher_list(config: config_mod.Config, grade: str, excludes: list[str]) -> s
     return config.get(GRADES[grade]) + "".join(f":!{name}" for name in excludes)
 
 
-def cipher_text(ssl_object: ssl.SSLObject) -> str:
+def cipher_text(peer: SessionTLS) -> str:
     """``TLSv1.3 with cipher NAME (256/256 bits)``, as Postfix logs it."""
-    cipher = ssl_object.cipher()
-    name, bits = (cipher[0], cipher[2]) if cipher else ("unknown", 0)
-    return f"{ssl_object.version()} with cipher {name} ({bits}/{bits} bits)"
+    return f"{peer.protocol} with cipher {peer.cipher} ({peer.bits}/{peer.bits} bits)"
 
 
-def summary(ssl_object: ssl.SSLObject, client: str) -> str:
-    """Postfix's log line for a new TLS session (no client certificate is asked for)."""
-    return f"Anonymous TLS connection established from {client}: {cipher_text(ssl_object)}"
+def summary(peer: SessionTLS, client: str) -> str:
+    """Postfix's log line for a new TLS session (tls_log_summary)."""
+    kind = "Anonymous" if peer.cert is None else "Trusted" if peer.trusted else "Untrusted"
+    return f"{kind} TLS connection established from {client}: {cipher_text(peer)}"
 
 
-def received_comment(ssl_object: ssl.SSLObject) -> str:
+def cert_line(peer: SessionTLS, client: str) -> str:
+    """smtpd_tls_loglevel 2: the client certificate's names and fingerprints."""
+    cert = peer.cert
+    assert cert is not None
+    return log.printable(f"{client}: subject_CN={cert.subject_cn}, issuer={cert.issuer_cn}, "
+                         f"fingerprint={cert.fingerprint}, "
+                         f"pkey_fingerprint={cert.pubkey_fingerprint}")
+
+
+def received_comment(peer: SessionTLS) -> str:
     """What smtpd_tls_received_header adds to Received: (after the ``from`` part)."""
-    return f"(using {cipher_text(ssl_object)})\n(No client certificate requested)"
+    cert = peer.cert
+    if cert is not None:
+        verified = "verified OK" if cert.trusted else "not verified"
+        who = f'(Client CN "{_comment_safe(cert.subject_cn)}", Issuer ' \
+              f'"{_comment_safe(cert.issuer_cn)}" ({verified}))'
+    elif peer.asked:
+        who = "(Client did not present a certificate)"
+    else:
+        who = "(No client certificate requested)"
+    return f"(using {cipher_text(peer)})\n{who}"
+
+
+def _comment_safe(text: str) -> str:
+    """Postfix's comment_sanitize, roughly: printable, no quotes, parentheses or backslash."""
+    return log.printable(text).translate(str.maketrans("", "", '"()\\'))
