@@ -36,7 +36,12 @@ DESCRIPTION
     may or encrypt (``530 5.7.0 Must issue a STARTTLS command first`` before
     it), TLS from the first byte with smtpd_tls_wrappermode (smtps, made by
     the server skeleton before the session starts). Plaintext pipelined
-    after STARTTLS is dropped unread (CVE-2011-0411).
+    after STARTTLS is dropped unread (CVE-2011-0411). Client certificates
+    (smtpd_tls_ask_ccert, smtpd_tls_req_ccert at encrypt: ``421 4.7.1 HOST
+    Error: No client certificate presented`` after the next command, as
+    Postfix) feed the Received: comment, check_ccert_access,
+    permit_tls_clientcerts, permit_tls_all_clientcerts and the ccert_*
+    policy attributes.
 
     SASL (pymailsys.smtp.sasl): smtpd_sasl_auth_enable with smtpd_sasl_type =
     dovecot; the mechanisms Dovecot's auth server offers, less
@@ -107,7 +112,7 @@ CONFIGURATION PARAMETERS
     smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,
     smtpd_discard_ehlo_keywords, disable_vrfy_command, smtputf8_enable,
     smtpd_peername_lookup, strict_rfc821_envelopes, local_header_rewrite_clients,
-    smtpd_tls_* (see pymailsys.smtp.tls_server), smtpd_sasl_auth_enable,
+    smtpd_tls_* (see pymailsys.smtp.tls_server), relay_clientcerts, smtpd_sasl_auth_enable,
     smtpd_sasl_type, smtpd_sasl_path, smtpd_sasl_security_options,
     smtpd_sasl_tls_security_options, smtpd_sasl_service, smtpd_sasl_local_domain,
     smtpd_sasl_exceptions_networks, smtpd_sasl_mechanism_filter,

@@ -35,7 +35,12 @@ DESCRIPTION
     reply filters; replies from rbl_reply_maps or default_rbl_reply),
     reject_unknown_client_hostname, reject_unknown_reverse_client_hostname,
     reject_unknown_helo_hostname, reject_unknown_sender_domain,
-    reject_unknown_recipient_domain; and check_policy_service
+    reject_unknown_recipient_domain; the client certificate ones:
+    check_ccert_access (the certificate's fingerprint, then its public key
+    fingerprint; the reply names its CN as ``Client certificate``),
+    permit_tls_clientcerts (a fingerprint in relay_clientcerts, trusted or
+    not), permit_tls_all_clientcerts (any trusted certificate, or a listed
+    one, as Postfix); and check_policy_service
     (pymailsys.smtp.policy), whose answer is read as an access(5) action.
 
     access(5) actions: OK/RELAY, REJECT, DEFER, NNN text, DUNNO, a
