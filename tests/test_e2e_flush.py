@@ -74,7 +74,7 @@ def test_a_site_not_in_fast_flush_domains_is_refused(new_instance, sink) -> None
             459, b"<other.example>: service unavailable")
         assert client.docmd("ETRN", "a/b") == (501, b"Error: invalid parameter syntax")
         assert client.docmd("ETRN") == (500, b"Syntax: ETRN domain")
-    inst.wait_log(r"postfix/smtpd\[\d+\]: reject: ETRN other\.example\.\.\. from "
+    inst.wait_log(r"postfix/smtpd\[\d+\]: warning: reject: ETRN other\.example\.\.\. from "
                   r"localhost\[127\.0\.0\.1\]")
 
 

@@ -87,7 +87,7 @@ def test_no_valid_recipients_and_size_limit(tmp_path: Path) -> None:
             await c.cmd(TRANSACTION[2])
             assert await c.cmd(b"BDAT 600\r\n" + b"x" * 600) == "250 2.0.0 Ok: 600 bytes"
             assert await c.cmd(b"BDAT 600\r\n" + b"y" * 600) == \
-                "552 5.3.4 Message size exceeds fixed limit"
+                "552 5.3.4 Chunk exceeds message size limit"
             assert await c.cmd(b"BDAT 5 LAST\r\nzzzzz") == \
                 "551 5.0.0 Discarded 5 bytes after earlier error"
             assert await c.cmd("MAIL FROM:<a@b.c>\r\n") == "250 2.1.0 Ok"
@@ -139,3 +139,51 @@ def test_smtputf8_mail_is_received_with_utf8smtp(instance: Instance) -> None:
                    "Subject: grüße\r\n\r\nbody\r\n".encode(), mail_options=["SMTPUTF8"])
     (msg,) = instance.wait_maildir(1)
     assert b"with UTF8SMTP id" in msg
+
+
+def test_a_chunk_over_the_size_limit_with_a_real_client(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Raw BDAT on a real instance: Postfix's 552 for the chunk that would take the message
+    over message_size_limit (judged before it is read), the rest discarded up to LAST;
+    a null BDAT request refused; then a message that fits is queued and delivered."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(message_size_limit="2000")
+    inst.start()
+    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := f.readline())[3:4] == b"-":
+                pass
+            return line
+
+        assert reply().startswith(b"220 ")
+        s.sendall(b"EHLO client.example\r\n")
+        assert reply() == b"250 CHUNKING\r\n"
+        s.sendall(b"MAIL FROM:<alice@example.org>\r\n"
+                  + f"RCPT TO:<{ME}@localhost>\r\n".encode()
+                  + b"BDAT 1500\r\n" + b"x" * 1500
+                  + b"BDAT 1000\r\n" + b"y" * 1000
+                  + b"BDAT 10 LAST\r\n" + b"z" * 10)
+        assert reply() == b"250 2.1.0 Ok\r\n"
+        assert reply() == b"250 2.1.5 Ok\r\n"
+        assert reply() == b"250 2.0.0 Ok: 1500 bytes\r\n"
+        assert reply() == b"552 5.3.4 Chunk exceeds message size limit\r\n"
+        assert reply() == b"551 5.0.0 Discarded 10 bytes after earlier error\r\n"
+        body = b"Subject: fits\r\n\r\nsmall\r\n"
+        s.sendall(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
+                  + b"BDAT 0\r\n" + b"BDAT 3 LAST\r\nabc" + b"RSET\r\n"
+                  + b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
+                  + b"BDAT %d LAST\r\n" % len(body) + body)
+        assert reply() == b"250 2.1.0 Ok\r\n"
+        assert reply() == b"250 2.1.5 Ok\r\n"
+        assert reply() == b"551 5.7.1 Null BDAT request\r\n"
+        assert reply() == b"551 5.0.0 Discarded 3 bytes after earlier error\r\n"
+        assert reply() == b"250 2.0.0 Ok\r\n"
+        assert reply() == b"250 2.1.0 Ok\r\n"
+        assert reply() == b"250 2.1.5 Ok\r\n"
+        assert reply().startswith(b"250 2.0.0 Ok: %d bytes queued as " % len(body))
+    (msg,) = inst.wait_maildir(1)
+    assert msg.endswith(b"\nsmall\n")
+    inst.wait_log(r"warning: NOQUEUE: BDAT request from localhost\[127\.0\.0\.1\] exceeds "
+                  r"message size limit")
+    inst.wait_log(r"warning: NOQUEUE: null BDAT request from localhost\[127\.0\.0\.1\]")

@@ -71,8 +71,9 @@ DESCRIPTION
     asks the flush service (``pymailsys.ipc.flush``) to send the site's
     deferred mail: ``250 Queuing started``, ``459 <site>: service
     unavailable`` for a site outside fast_flush_domains, ``458 Unable to
-    queue messages`` otherwise, as Postfix (smtpd_etrn_restrictions is not
-    built: the parameter is not declared).
+    queue messages`` otherwise, as Postfix, once smtpd_etrn_restrictions
+    (after the client and helo lists with smtpd_delay_reject) let it by:
+    ``554 5.7.1 <site>: Etrn command rejected: Access denied``.
 
 SECURITY
     Runs as mail_owner (``-u``); the TLS key and the sender login tables are
@@ -106,7 +107,7 @@ CONFIGURATION PARAMETERS
     smtpd_client_restrictions, smtpd_helo_restrictions,
     smtpd_sender_restrictions, smtpd_relay_restrictions,
     smtpd_recipient_restrictions, smtpd_data_restrictions,
-    smtpd_end_of_data_restrictions, smtpd_reject_unlisted_recipient,
+    smtpd_end_of_data_restrictions, smtpd_etrn_restrictions, smtpd_reject_unlisted_recipient,
     smtpd_reject_unlisted_sender, local_recipient_maps, mynetworks,
     mynetworks_style, smtpd_forbid_bare_newline,
     smtpd_forbid_bare_newline_exclusions, smtpd_forbid_unauth_pipelining,

@@ -659,13 +659,17 @@ class Session(SMTP):
             message.abort()
             self._reset()
             return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
-        return await self._end_of_message(env, message, data.content, data.bare_lf)
+        return await self._end_of_message(env, message, data.content, data.bare_lf,
+                                          received=data.size)
 
     async def _end_of_message(self, env: Envelope, message: QueueMessage, rest: bytes,
-                              bare_lf: bool, size: int | None = None) -> bool:
+                              bare_lf: bool, size: int | None = None,
+                              received: int = 0) -> bool:
         """The checks at the end of a message, then the queue's reply (DATA, BDAT LAST);
-        with ``size`` (BDAT), Postfix's ``Ok: N bytes queued as ID``."""
+        with ``size`` (BDAT), Postfix's ``Ok: N bytes queued as ID``. The policy
+        request's size is now what was received (Postfix's act_size)."""
         smtpd = self.smtpd
+        self.req.size = size if size is not None else received
         if bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
             message.abort()
             rcpts = env.recipients
@@ -707,13 +711,17 @@ class Session(SMTP):
         chunks = self.chunks
         env = self.env
         error = None
-        if chunks is not None and chunks.failed:
+        if count == 0 and not last:
+            log.warning(f"NOQUEUE: null BDAT request from {self.client}")
+            error = "551 5.7.1 Null BDAT request"
+        elif chunks is not None and chunks.failed:
             error = f"551 5.0.0 Discarded {count} bytes after earlier error"
         elif env is None:
             error = "503 5.5.1 Error: need RCPT command"
         elif not env.recipients:
             error = "554 5.5.1 Error: no valid recipients"
         elif chunks is None:
+            self.req.recipient_count = len(env.recipients)
             result = await smtpd.engine.check_data(self.req)
             if result is not None and result.reply is not None:
                 self._log_reject("DATA", str(result.reply))
@@ -722,6 +730,10 @@ class Session(SMTP):
                 self._received_header_parts(env)
                 chunks = self.chunks = Chunks(smtpd.new_message(
                     env, self.req, await smtpd.rewrite_context(self.req)), smtpd.size_limit)
+        if error is None and chunks is not None and smtpd.size_limit \
+                and chunks.size > smtpd.size_limit - count:  # before reading it, as Postfix
+            log.warning(f"NOQUEUE: BDAT request from {self.client} exceeds message size limit")
+            error = "552 5.3.4 Chunk exceeds message size limit"
         if error is not None or chunks is None:
             await self.input.read_exact(count, None)
             self._chunk_failed(last)
@@ -731,9 +743,9 @@ class Session(SMTP):
         except BaseException:
             self._reset()
             raise
-        if chunks.too_big:
+        if chunks.too_big:  # bare <LF>s count 2: the chunk's bytes can still go over
             self._chunk_failed(last)
-            return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
+            return await self.reply_error("552 5.3.4 Chunk exceeds message size limit")
         if not last:
             await self.push(f"250 2.0.0 Ok: {count} bytes")  # this chunk's, as Postfix
             return True
@@ -820,17 +832,27 @@ class Session(SMTP):
             return await self.reply_error("503 Error: MAIL transaction in progress")
         if not arg or len(arg.split()) != 1:
             return await self.reply_error("500 Syntax: ETRN domain")
+        if arg[0] in "@#":  # as Postfix
+            arg = arg[1:]
         if self.smtpd.stand_alone:
             log.warning('do not use ETRN in "sendmail -bs" mode')
             return await self.reply_error("458 Unable to queue messages")
         if not flush.valid_site(arg):
             return await self.reply_error("501 Error: invalid parameter syntax")
+        self.req.etrn_domain = arg
+        try:
+            result = await self.smtpd.engine.check_etrn(self.req)
+        finally:
+            self.req.etrn_domain = ""
+        if result is not None and result.reply is not None:
+            self._log_reject("ETRN", str(result.reply))
+            return await self.reply_error(str(result.reply))
         status = await self.smtpd.flush.send_site(arg)  # the flush service (ipc.flush)
         if status == flush.OK:
             await self.push("250 Queuing started")
             return True
         if status == flush.DENY:
-            log.info(f"reject: ETRN {arg[:100]}... from {self.client}")
+            log.warning(f"reject: ETRN {arg[:100]}... from {self.client}")
             return await self.reply_error(f"459 <{arg}>: service unavailable")
         log.warning(f"bad ETRN {arg[:100]}... from {self.client}" if status == flush.BAD
                     else "unable to talk to fast flush service")

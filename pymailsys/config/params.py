@@ -265,6 +265,7 @@ _TABLE: list[Param] = [
     _p("smtpd_sender_restrictions", "", "list", "restrictions at MAIL FROM"),
     _p("smtpd_data_restrictions", "", "list", "restrictions at DATA"),
     _p("smtpd_end_of_data_restrictions", "", "list", "restrictions after the message"),
+    _p("smtpd_etrn_restrictions", "", "list", "restrictions on the ETRN command"),
     _p("smtpd_delay_reject", "yes", "bool", "apply client/helo/sender restrictions at RCPT"),
     _p("smtpd_helo_required", "no", "bool", "require HELO/EHLO before MAIL"),
     _p("smtpd_recipient_limit", "1000", "int", "recipients per message", minimum=1),

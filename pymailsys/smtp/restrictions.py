@@ -35,7 +35,9 @@ DESCRIPTION
     reply filters; replies from rbl_reply_maps or default_rbl_reply),
     reject_unknown_client_hostname, reject_unknown_reverse_client_hostname,
     reject_unknown_helo_hostname, reject_unknown_sender_domain,
-    reject_unknown_recipient_domain; the client certificate ones:
+    reject_unknown_recipient_domain; check_etrn_access (smtpd_etrn_restrictions,
+    ``check_etrn``: ``554 5.7.1 <site>: Etrn command rejected: Access
+    denied``); the client certificate ones:
     check_ccert_access (the certificate's fingerprint, then its public key
     fingerprint; the reply names its CN as ``Client certificate``),
     permit_tls_clientcerts (a fingerprint in relay_clientcerts, trusted or
@@ -103,6 +105,7 @@ STAGE_SENDER = "sender"
 STAGE_RECIPIENT = "recipient"
 STAGE_DATA = "data"
 STAGE_CCERT = "ccert"  # check_ccert_access: the reply names the certificate's CN
+STAGE_ETRN = "etrn"
 
 _STAGE_CLASS = {
     STAGE_CLIENT: "Client host",
@@ -111,6 +114,7 @@ _STAGE_CLASS = {
     STAGE_RECIPIENT: "Recipient address",
     STAGE_DATA: "Data command",
     STAGE_CCERT: "Client certificate",
+    STAGE_ETRN: "Etrn command",
 }
 _STAGE_TEXT = {stage: f"{name} rejected" for stage, name in _STAGE_CLASS.items()}
 
@@ -121,6 +125,7 @@ WHERE_MAIL = "MAIL"
 WHERE_RCPT = "RCPT"
 WHERE_DATA = "DATA"
 WHERE_EOM = "END-OF-MESSAGE"
+WHERE_ETRN = "ETRN"
 
 # Client name lookup outcomes (pymailsys.smtp.dns_client_name).
 NAME_OK = "OK"
@@ -136,6 +141,7 @@ LIST_STAGES = {
     "smtpd_recipient_restrictions": STAGE_RECIPIENT,
     "smtpd_data_restrictions": STAGE_DATA,
     "smtpd_end_of_data_restrictions": STAGE_DATA,
+    "smtpd_etrn_restrictions": STAGE_ETRN,
 }
 
 _DSN_RE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
@@ -199,6 +205,7 @@ class Request:
     sasl_sender: str = ""  # MAIL FROM's AUTH=, for this transaction
     tls: tls_server.SessionTLS | None = None  # once TLS is on
     queue_id: str = ""  # once the message has one
+    etrn_domain: str = ""  # during ETRN's checks
     stage: str = STAGE_CLIENT
     cache: dict[str, object] = field(default_factory=dict)
     # NAME_OK/TEMP/PERM/FORGED; "" = OK for a known name, PERM for "unknown"
@@ -488,6 +495,13 @@ class Engine:
     async def check_end_of_data(self, req: Request) -> Result | None:
         return await self._check(req, WHERE_EOM, ("smtpd_end_of_data_restrictions",))
 
+    async def check_etrn(self, req: Request) -> Result | None:
+        """ETRN (req.etrn_domain): with smtpd_delay_reject, client and helo lists first."""
+        names: tuple[str, ...] = ("smtpd_etrn_restrictions",)
+        if self.delay_reject:
+            names = ("smtpd_client_restrictions", "smtpd_helo_restrictions") + names
+        return await self._check(req, WHERE_ETRN, names)
+
     async def _check(self, req: Request, where: str, names: tuple[str, ...],
                      unlisted: bool = False) -> Result | None:
         """Run lists, then Postfix's deferred decisions: a 5xx becomes the
@@ -559,6 +573,8 @@ class Engine:
             return req.sender or ""
         if stage == STAGE_DATA:
             return "DATA"
+        if stage == STAGE_ETRN:
+            return req.etrn_domain
         return req.recipient
 
     def lookup_failure(self, key: str) -> Result:
@@ -1113,6 +1129,18 @@ def _permit_tls_clientcerts(engine: Engine, req: Request, entry: _Entry) -> Resu
     return None
 
 
+@restriction("check_etrn_access", takes_arg=True)
+def _check_etrn_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    table = entry.table
+    assert table is not None
+    if not req.etrn_domain:
+        return None
+    return _access(engine, req, entry,
+                   lambda: addr_lookup.lookup_domain(table, req.etrn_domain,
+                                                     engine.access_parent_style),
+                   req.etrn_domain, STAGE_ETRN)
+
+
 @restriction("defer_if_permit", relay_guard=True)
 @restriction("defer_if_reject")
 def _defer_if(engine: Engine, req: Request, entry: _Entry) -> Result | None:
@@ -1316,7 +1344,7 @@ def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
                                 else 0)),
         ("queue_id", req.queue_id),
         ("instance", req.actions.policy_instance), ("size", str(req.size)),
-        ("etrn_domain", ""), ("stress", ""), ("sasl_method", req.sasl_method),
+        ("etrn_domain", req.etrn_domain), ("stress", ""), ("sasl_method", req.sasl_method),
         ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender), ("ccert_subject", subject),
         ("ccert_issuer", issuer), ("ccert_fingerprint", cert.fingerprint if cert else ""),
         ("ccert_pubkey_fingerprint", cert.pubkey_fingerprint if cert else ""),
