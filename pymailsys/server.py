@@ -48,7 +48,11 @@ aiosmtpd.smtp.SMTP that STARTTLS re-wires onto the TLS transport) passes
 ``serve`` as ``writer.transport.get_protocol()``; ``tls(ctx)``, if given and
 not None, is (SSL context, handshake timeout) for TLS from the first byte
 (smtpd's smtps wrapper mode): ``serve`` gets the client once the handshake
-is done, and a failed one is logged and ends the connection; a service that
+is done, and a failed one is logged and ends the connection. The protocol
+object may take part: ``await protocol.before_tls(sock)`` reads what comes
+in plaintext before the handshake (smtpd: a PROXY header; False ends the
+connection), ``await protocol.tls_failed(peer, local, error)`` logs a failed
+handshake its own way; a service that
 hands the connection to another program untouched (spawn) gets
 ``serve_connection(sock, ctx)`` instead, before anything is read from it. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
@@ -305,16 +309,26 @@ class _Runner:
         else:
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         tls = self.tls(self.ctx) if self.tls is not None else None
+        before_tls = getattr(protocol, "before_tls", None)
+        tls_failed = getattr(protocol, "tls_failed", None)
         try:
             if tls is None:
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
             else:
-                peer = conn.getpeername()
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, sock=conn, ssl=tls[0], ssl_handshake_timeout=tls[1])
-        except OSError as e:
-            if tls is not None:
-                log.info(f"SSL_accept error from [{peer[0]}]: {e.strerror or e}")
+                peer, local = conn.getpeername(), conn.getsockname()
+                if before_tls is not None and not await before_tls(conn):
+                    raise ConnectionAbortedError("nothing usable before the TLS handshake")
+                try:
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol, sock=conn, ssl=tls[0], ssl_handshake_timeout=tls[1])
+                except (OSError, asyncio.IncompleteReadError) as e:
+                    if tls_failed is None:
+                        raise
+                    await tls_failed(peer, local, e)
+                    raise ConnectionAbortedError("logged") from None
+        except (OSError, asyncio.IncompleteReadError) as e:
+            if tls is not None and tls_failed is None and before_tls is None:
+                log.info(f"SSL_accept error from [{peer[0]}]: {getattr(e, 'strerror', None) or e}")
             conn.close()
             self.client_done()
             return

@@ -113,3 +113,46 @@ def test_without_a_proxy_header_the_connection_is_dropped(proxied) -> None:  # t
         assert s.recv(512) == b""  # no banner, no reply: not a PROXY header
     inst.wait_log(r"smtpd\[\d+\]: warning: haproxy read: PROXY unrecognized signature")
     assert "direct.example" not in inst.log()
+
+
+def test_haproxy_in_front_of_smtps(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """smtpd_upstream_proxy_protocol with smtpd_tls_wrappermode: the PROXY header comes in
+    plaintext, then the TLS handshake; the client is HAProxy's client."""
+    from test_smtpd_tls import client_context, make_cert
+    cert, key = make_cert(tmp_path)
+    inst: Instance = new_instance(maildir=True)
+    inst.set(mynetworks=f"{CLIENT}/32", smtpd_tls_cert_file=str(cert),
+             smtpd_tls_key_file=str(key), smtpd_tls_loglevel="1")
+    smtps = free_port()
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{smtps} inet n - n - - smtpd\n"
+                         "  -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes\n"
+                         "  -o smtpd_upstream_proxy_protocol=haproxy\n")
+    inst.start()
+    haproxy = HAProxy(tmp_path, smtps)
+    try:
+        for port in (haproxy.v2_port, haproxy.v1_port):
+            with smtplib.SMTP_SSL("127.0.0.1", port, source_address=(CLIENT, 0),
+                                  context=client_context(), timeout=30) as c:
+                c.ehlo("client.example")
+                c.mail("alice@example.org")
+                assert c.rcpt("bob@remote.example") == (250, b"2.1.5 Ok")  # mynetworks
+                c.rset()
+                c.sendmail("alice@example.org", [f"{ME}@localhost"],
+                           b"Subject: proxied smtps\r\n\r\nbody\r\n")
+        msgs = inst.wait_maildir(2)
+        assert all(f"(localhost [{CLIENT}])".encode() in m and b"with ESMTPS id" in m
+                   for m in msgs)
+        inst.wait_log(rf"postfix/smtps/smtpd\[\d+\]: Anonymous TLS connection established "
+                      rf"from localhost\[{CLIENT}\]", count=2)
+        # without a PROXY header: dropped before any TLS
+        with socket.create_connection(("127.0.0.1", smtps), timeout=30) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            try:
+                assert s.recv(512) == b""
+            except ConnectionResetError:  # closed with the hello unread
+                pass
+        inst.wait_log(r"postfix/smtps/smtpd\[\d+\]: warning: haproxy read: "
+                      r"PROXY unrecognized signature")
+    finally:
+        haproxy.stop()

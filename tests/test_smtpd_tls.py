@@ -177,3 +177,24 @@ def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
     assert chained.context is not None and chained.level == "may"
     off = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {}))
     assert off.context is None and off.level == "none"
+
+
+def test_a_failed_smtps_handshake_is_logged_as_postfix(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inst = tls_instance(new_instance, tmp_path)
+    port = free_port()
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                         "  -o syslog_name=postfix/smtps\n  -o smtpd_tls_wrappermode=yes\n")
+    inst.start()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"EHLO plaintext.example\r\n")  # not a TLS client hello
+        s.recv(512)
+    with socket.create_connection(("127.0.0.1", port), timeout=30):
+        pass  # gone before the handshake
+    pfx = r"postfix/smtps/smtpd\[\d+\]: "
+    inst.wait_log(pfx + r"SSL_accept error from localhost\[127\.0\.0\.1\]: -1")
+    inst.wait_log(pfx + r"warning: TLS library problem: .*(WRONG_VERSION_NUMBER|wrong version)")
+    inst.wait_log(pfx + r"SSL_accept error from localhost\[127\.0\.0\.1\]: lost connection")
+    inst.wait_log(pfx + r"lost connection after CONNECT from localhost\[127\.0\.0\.1\]", count=2)
+    inst.wait_log(pfx + r"disconnect from localhost\[127\.0\.0\.1\] commands=0/0", count=2)
+    inst.wait_log(pfx + r"connect from localhost\[127\.0\.0\.1\]", count=2)

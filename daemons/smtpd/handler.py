@@ -114,9 +114,6 @@ class Smtpd:
         proxy = config.get("smtpd_upstream_proxy_protocol").strip().lower()
         if proxy not in ("", "haproxy"):
             raise ValueError(f"unsupported smtpd_upstream_proxy_protocol type: {proxy}")
-        if proxy and self.tls.wrappermode:
-            raise ValueError("smtpd_upstream_proxy_protocol with smtpd_tls_wrappermode is not "
-                             "supported yet")
         self.proxy_timeout = float(config.get_time("smtpd_upstream_proxy_timeout")) \
             if proxy and not self.stand_alone else 0.0
         self._ehlo_replies: dict[tuple[bool, tuple[str, ...]], bytes] = {}

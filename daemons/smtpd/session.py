@@ -65,14 +65,16 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import ssl
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from aiosmtpd.proxy_protocol import AF, V2_CMD, get_proxy
+from aiosmtpd.proxy_protocol import AF, V2_CMD, AsyncReader, get_proxy
 from aiosmtpd.smtp import SMTP, AuthResult
 from aiosmtpd.smtp import Session as SMTPSession
+from pymailsys.daemons.smtpd.before_tls import SocketReader
 from pymailsys.daemons.smtpd.chunks import Chunks
 from pymailsys.daemons.smtpd.handler import Envelope, QueueMessage, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
@@ -161,6 +163,7 @@ class Session(SMTP):
         self.ssl_object: ssl.SSLObject | None = None  # once TLS is on
         self.chunks: Chunks | None = None  # BDAT: the message in progress
         self.transcript = smtpd.notices.start()  # notify_classes: the postmaster's copy
+        self.proxied = False  # the PROXY header was read before the TLS handshake (smtps)
 
     @classmethod
     def _hooks_for(cls, handler: type) -> dict[str, Callable[..., Any]]:
@@ -228,17 +231,11 @@ class Session(SMTP):
         for smtpd -S a pipe of its own)."""
         smtpd = self.smtpd
         self._writer = self.transcript.watch(writer)
-        peer = writer.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.req.client_addr, self.req.client_port = str(peer[0]), str(peer[1])
-        else:
-            self.req.client_addr, self.req.client_port = "127.0.0.1", "0"
-        local = writer.get_extra_info("sockname")
-        if isinstance(local, tuple) and len(local) >= 2:
-            self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
-        if smtpd.proxy_timeout and not await self._upstream_proxy():
-            writer.close()
-            return
+        if not self.proxied:
+            self._addresses(writer.get_extra_info("peername"), writer.get_extra_info("sockname"))
+            if smtpd.proxy_timeout and not await self._upstream_proxy(self._reader):
+                writer.close()
+                return
         await smtpd.name_client(self.req)
         log.info(f"connect from {self.client}")
         try:
@@ -287,12 +284,41 @@ class Session(SMTP):
             except (ConnectionError, RuntimeError):
                 pass
 
-    async def _upstream_proxy(self) -> bool:
+    def _addresses(self, peer: object, local: object) -> None:
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.req.client_addr, self.req.client_port = str(peer[0]), str(peer[1])
+        else:
+            self.req.client_addr, self.req.client_port = "127.0.0.1", "0"
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.req.server_addr, self.req.server_port = str(local[0]), str(local[1])
+
+    # --- smtps: what the server skeleton asks before and after its TLS handshake ----
+    async def before_tls(self, sock: socket.socket) -> bool:
+        """smtps behind HAProxy: the PROXY header comes before the TLS handshake, read
+        exactly off the socket; False: there was none in time (the connection ends)."""
+        if not self.smtpd.proxy_timeout:
+            return True
+        self._addresses(sock.getpeername(), sock.getsockname())
+        reader = SocketReader(sock, self.loop.time() + self.smtpd.proxy_timeout)
+        self.proxied = await self._upstream_proxy(reader)
+        return self.proxied
+
+    async def tls_failed(self, peer: object, local: object, error: Exception) -> None:
+        """A failed smtps handshake, logged as Postfix's smtpd logs it."""
+        if not self.proxied:
+            self._addresses(peer, local)
+        await self.smtpd.name_client(self.req)
+        log.info(f"connect from {self.client}")
+        tls_server.log_accept_error(self.client, error)
+        log.info(f"lost connection after CONNECT from {self.client}")
+        log.info(f"disconnect from {self.client} commands=0/0")
+
+    async def _upstream_proxy(self, reader: AsyncReader) -> bool:
         """smtpd_upstream_proxy_protocol = haproxy: the client is the one the PROXY header
         (v1 or v2, read with aiosmtpd's reader) names; False when there is none in time."""
         try:
             async with asyncio.timeout(self.smtpd.proxy_timeout):
-                data = await get_proxy(self._reader)
+                data = await get_proxy(reader)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
             log.warning(f"haproxy read: {'timeout error' if isinstance(e, TimeoutError) else 'lost connection'}")
             return False
@@ -986,7 +1012,7 @@ class Session(SMTP):
             new = await self.loop.start_tls(transport, self, tls.context, server_side=True,
                                             ssl_handshake_timeout=tls.handshake_timeout)
         except (OSError, TimeoutError) as e:
-            log.info(f"SSL_accept error from {self.client}: {str(e) or type(e).__name__}")
+            tls_server.log_accept_error(self.client, e)
             raise ConnectionLost() from None
         if new is None:
             raise ConnectionLost()

@@ -44,6 +44,7 @@ the text that smtpd_tls_received_header adds to Received:.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import warnings
 from dataclasses import dataclass
@@ -220,6 +221,23 @@ def cert_line(peer: SessionTLS, client: str) -> str:
     return log.printable(f"{client}: subject_CN={cert.subject_cn}, issuer={cert.issuer_cn}, "
                          f"fingerprint={cert.fingerprint}, "
                          f"pkey_fingerprint={cert.pubkey_fingerprint}")
+
+
+def log_accept_error(client: str, error: BaseException) -> None:
+    """Postfix's lines for a failed server handshake: ``SSL_accept error from NAME[ADDR]:
+    lost connection`` (the client went away), ``: Connection timed out``, or ``: -1``
+    and ``warning: TLS library problem: ...`` (OpenSSL refused)."""
+    if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
+                          BrokenPipeError, asyncio.IncompleteReadError)):
+        log.info(f"SSL_accept error from {client}: lost connection")
+    elif isinstance(error, ssl.SSLError):
+        log.info(f"SSL_accept error from {client}: -1")
+        log.warning(f"TLS library problem: {log.printable(str(error))}")
+    elif isinstance(error, TimeoutError) or "taking longer" in str(error):
+        log.info(f"SSL_accept error from {client}: Connection timed out")
+    else:
+        reason = getattr(error, "strerror", None) or str(error) or "lost connection"
+        log.info(f"SSL_accept error from {client}: {log.printable(reason)}")
 
 
 def received_comment(peer: SessionTLS) -> str:
