@@ -14,7 +14,7 @@ from conftest import require_tool
 from harness import ME, Instance, free_port
 
 from pymailsys import config
-from pymailsys.smtp import tls_server
+from pymailsys.smtp import openssl, tls_server
 
 
 def make_cert(directory: Path, name: str = "mx.example") -> tuple[Path, Path]:
@@ -198,3 +198,58 @@ def test_a_failed_smtps_handshake_is_logged_as_postfix(new_instance, tmp_path: P
     inst.wait_log(pfx + r"lost connection after CONNECT from localhost\[127\.0\.0\.1\]", count=2)
     inst.wait_log(pfx + r"disconnect from localhost\[127\.0\.0\.1\] commands=0/0", count=2)
     inst.wait_log(pfx + r"connect from localhost\[127\.0\.0\.1\]", count=2)
+
+
+def _tls_session(ctx: ssl.SSLContext, port: int,
+                 session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
+    """STARTTLS by hand, offering ``session``: the session to resume next time, and whether
+    this one was resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        f = raw.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := f.readline())[3:4] == b"-":
+                pass
+            return line
+
+        reply()
+        raw.sendall(b"EHLO client.example\r\n")
+        reply()
+        raw.sendall(b"STARTTLS\r\n")
+        assert reply().startswith(b"220 ")
+        with ctx.wrap_socket(raw, session=session) as tls:
+            tls.sendall(b"EHLO client.example\r\n")
+            g = tls.makefile("rb")
+            while g.readline()[3:4] == b"-":  # the ticket comes with the reply
+                pass
+            tls.sendall(b"QUIT\r\n")
+            g.readline()
+            assert tls.session is not None
+            return tls.session, tls.session_reused
+
+
+def test_session_resumption_and_its_timeout(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """TLS 1.3 tickets resume a session with the same smtpd; an admin's
+    smtpd_tls_session_cache_database does not make smtpd refuse; a timeout of 0 turns
+    resumption off."""
+    inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="may",
+                        smtpd_tls_session_cache_database="btree:${data_directory}/smtpd_scache")
+    no_resume = free_port()
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{no_resume} inet n - n - - smtpd\n"
+                         "  -o smtpd_tls_session_cache_timeout=0\n")
+    inst.start()
+    ctx = client_context()
+    session, reused = _tls_session(ctx, inst.port)
+    assert not reused
+    _, reused = _tls_session(ctx, inst.port, session)
+    assert reused
+    session, _ = _tls_session(ctx, no_resume)
+    _, reused = _tls_session(ctx, no_resume, session)
+    assert not reused
+    assert "refusing to run" not in inst.log()
+    server = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        "smtpd_tls_cert_file": str(tmp_path / "cert.pem"),
+        "smtpd_tls_key_file": str(tmp_path / "key.pem"), "smtpd_tls_security_level": "may",
+        "smtpd_tls_session_cache_timeout": "2h"})).context
+    assert server is not None and openssl.session_timeout(server) == 7200

@@ -19,7 +19,8 @@
 * smtpd_tls_auth_only (implied by encrypt, as in Postfix),
   smtpd_tls_received_header, smtpd_tls_loglevel,
   smtpd_starttls_timeout;
-* client certificates (``pymailsys.smtp.client_cert``): smtpd_tls_ask_ccert
+* client certificates (``pymailsys.smtp.client_cert``, ``pymailsys.smtp.openssl``):
+  smtpd_tls_ask_ccert
   asks every client for one; smtpd_tls_req_ccert requires a trusted one, at
   level encrypt only (elsewhere it draws Postfix's warning ``Can't require
   client certs unless TLS is required`` and only asks); smtpd_tls_CAfile and
@@ -27,6 +28,17 @@
   trusted (the CAfile's names are not sent as the list of acceptable CAs,
   which Python cannot set); smtpd_tls_fingerprint_digest names the digest
   of the fingerprints. While asking, aNULL ciphers are excluded, as Postfix.
+
+Session resumption: Postfix shares a server session cache between its
+smtpd processes through tlsmgr (smtpd_tls_session_cache_database) and
+issues RFC 5077 session tickets. Python's ssl module cannot share a server
+cache between processes, so smtpd_tls_session_cache_database is accepted
+and not opened: each smtpd process resumes the sessions of its own OpenSSL
+cache and of the tickets it issued (their key is the process's own, which
+Python cannot share either), so a client resumes only with the process it
+met before. smtpd_tls_session_cache_timeout is obeyed (SSL_CTX_set_timeout, through
+``pymailsys.smtp.openssl``: how long a cached session or a ticket resumes);
+0 turns resumption off (no tickets, no cache), as in Postfix.
 
 ``context`` is None when TLS is off. A level that requires TLS without a
 usable certificate, an unknown protocol or cipher grade is ``ValueError``
@@ -51,7 +63,7 @@ from dataclasses import dataclass
 
 from pymailsys import config as config_mod
 from pymailsys import log
-from pymailsys.smtp import client_cert, tls
+from pymailsys.smtp import client_cert, openssl, tls
 
 LEVELS = ("none", "may", "encrypt")
 GRADES = {"high": "tls_high_cipherlist", "medium": "tls_medium_cipherlist",
@@ -179,6 +191,7 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool,
                     "disabling TLS support")
         return None
     context.options |= ssl.OP_NO_COMPRESSION
+    _session_resumption(context, config)
     if ask_ccert:
         cafile = config.get("smtpd_tls_CAfile").strip()
         capath = config.get("smtpd_tls_CApath").strip()
@@ -189,10 +202,25 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool,
                 log.warning(f"cannot load Certification Authority data from "
                             f"{cafile or capath}: {e}")  # as Postfix: nothing is trusted then
         try:
-            client_cert.ask(context)
-        except client_cert.Unsupported as e:
+            openssl.accept_any_certificate(context)
+        except openssl.Unsupported as e:
             raise ValueError(f"smtpd_tls_ask_ccert/smtpd_tls_req_ccert: {e}") from None
     return context
+
+
+def _session_resumption(context: ssl.SSLContext, config: config_mod.Config) -> None:
+    """smtpd_tls_session_cache_timeout: how long a session can be resumed (0: never)."""
+    config.get("smtpd_tls_session_cache_database")  # not opened: see the module docstring
+    timeout = config.get_time("smtpd_tls_session_cache_timeout")
+    try:
+        if timeout > 0:
+            openssl.set_session_timeout(context, timeout)
+        else:
+            context.options |= ssl.OP_NO_TICKET
+            context.num_tickets = 0
+            openssl.session_cache_off(context)
+    except openssl.Unsupported as e:
+        raise ValueError(f"smtpd_tls_session_cache_timeout: {e}") from None
 
 
 def cipher_list(config: config_mod.Config, grade: str, excludes: list[str]) -> str:
