@@ -1,4 +1,5 @@
-"""Helpers for smtpd protocol tests: smtpd sessions in-process, a fake cleanup peer.
+"""Helpers for smtpd protocol tests: smtpd sessions in-process, a fake cleanup peer, and
+a raw client for a real instance (``RawSMTP``).
 
 The fake cleanup is a test double for the cleanup daemon: it listens on
 ``public/cleanup`` of a temporary queue directory and speaks the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -121,3 +123,27 @@ async def smtpd_server(tmp: Path, cleanup_up: bool = True,
         srv.close()
         cleanup_srv.close()
         await smtpd.close()
+
+
+class RawSMTP:
+    """A client that sends bytes as they are (pipelined commands, BDAT chunks) to a real
+    smtpd on ``port`` and reads one reply at a time (the last line of a multi-line one)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.file = self.sock.makefile("rb")
+
+    def __enter__(self) -> RawSMTP:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> bytes:
+        while (line := self.file.readline())[3:4] == b"-":
+            pass
+        return line

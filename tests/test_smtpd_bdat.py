@@ -5,11 +5,10 @@ Postfix), the content as cleanup gets it, limits; one message end to end; and
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from harness import ME, Instance
-from smtpd_helpers import smtpd_server
+from smtpd_helpers import RawSMTP, smtpd_server
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -111,18 +110,12 @@ def test_discarded_chunking_is_not_offered_and_bdat_ends_the_session(tmp_path: P
 
 def test_bdat_message_delivered(instance: Instance) -> None:
     body = b"Subject: chunked\r\n\r\n.not unstuffed\r\nend\r\n"
-    with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            while (line := f.readline())[3:4] == b"-":
-                pass
-            return line
-
+    with RawSMTP(instance.port) as s:
+        reply = s.reply
         assert reply().startswith(b"220 ")
-        s.sendall(b"EHLO client.example\r\n")
+        s.send(b"EHLO client.example\r\n")
         assert reply() == b"250 CHUNKING\r\n"
-        s.sendall(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
+        s.send(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
                   + b"BDAT %d LAST\r\n" % len(body) + body)
         assert reply() == b"250 2.1.0 Ok\r\n"
         assert reply() == b"250 2.1.5 Ok\r\n"
@@ -148,18 +141,12 @@ def test_a_chunk_over_the_size_limit_with_a_real_client(new_instance) -> None:  
     inst: Instance = new_instance(maildir=True)
     inst.set(message_size_limit="2000")
     inst.start()
-    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            while (line := f.readline())[3:4] == b"-":
-                pass
-            return line
-
+    with RawSMTP(inst.port) as s:
+        reply = s.reply
         assert reply().startswith(b"220 ")
-        s.sendall(b"EHLO client.example\r\n")
+        s.send(b"EHLO client.example\r\n")
         assert reply() == b"250 CHUNKING\r\n"
-        s.sendall(b"MAIL FROM:<alice@example.org>\r\n"
+        s.send(b"MAIL FROM:<alice@example.org>\r\n"
                   + f"RCPT TO:<{ME}@localhost>\r\n".encode()
                   + b"BDAT 1500\r\n" + b"x" * 1500
                   + b"BDAT 1000\r\n" + b"y" * 1000
@@ -170,7 +157,7 @@ def test_a_chunk_over_the_size_limit_with_a_real_client(new_instance) -> None:  
         assert reply() == b"552 5.3.4 Chunk exceeds message size limit\r\n"
         assert reply() == b"551 5.0.0 Discarded 10 bytes after earlier error\r\n"
         body = b"Subject: fits\r\n\r\nsmall\r\n"
-        s.sendall(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
+        s.send(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
                   + b"BDAT 0\r\n" + b"BDAT 3 LAST\r\nabc" + b"RSET\r\n"
                   + b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n".encode()
                   + b"BDAT %d LAST\r\n" % len(body) + body)

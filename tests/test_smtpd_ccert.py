@@ -9,6 +9,7 @@ self-signed ones."""
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from conftest import require_tool
 from harness import ME, Instance, free_port
 from policy_recorder import PolicyRecorder
-from test_smtpd_tls import make_cert
+from test_smtpd_tls import make_cert, smtps_service
 
 OPENSSL = "openssl"
 
@@ -99,6 +100,7 @@ def test_client_certificates(new_instance, tmp_path: Path, certs) -> None:  # ty
             f"127.0.0.1:{req_port} inet n - n - - smtpd\n"
             "  -o smtpd_tls_security_level=encrypt -o smtpd_tls_req_ccert=yes "
             "-o smtpd_tls_ask_ccert=no\n")
+        smtps_req = smtps_service(inst, "smtpd_tls_req_ccert=yes", "smtpd_tls_ask_ccert=no")
         inst.start()
 
         # a self-signed certificate that relay_clientcerts lists: relaying, untrusted
@@ -178,6 +180,13 @@ def test_client_certificates(new_instance, tmp_path: Path, certs) -> None:  # ty
             c.starttls(context=with_cert(certs["trusted"]))
             c.ehlo("client.example")
             assert c.mail("a@example.org") == (250, b"2.1.0 Ok")
+        # smtps requires TLS too: 421 instead of the greeting
+        for cert, greeting in ((None, b"421 4.7.1 " + _hostname(inst)
+                                + b" Error: No client certificate presented\r\n"),
+                               (certs["trusted"], b"220 ")):
+            with socket.create_connection(("127.0.0.1", smtps_req), timeout=30) as raw, \
+                    with_cert(cert).wrap_socket(raw) as tls:
+                assert tls.makefile("rb").readline().startswith(greeting)
 
 
 def _hostname(inst: Instance) -> bytes:

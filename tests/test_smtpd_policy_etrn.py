@@ -6,11 +6,11 @@ size received; BDAT reported as DATA, as Postfix; the TLS protocol and cipher)."
 from __future__ import annotations
 
 import smtplib
-import socket
 from pathlib import Path
 
 from harness import ME, Instance, free_port
 from policy_recorder import PolicyRecorder
+from smtpd_helpers import RawSMTP
 from test_smtpd_tls import client_context, make_cert
 
 SITE = "remote.example"
@@ -73,21 +73,14 @@ def test_policy_requests_at_data_and_end_of_message(new_instance, tmp_path: Path
             assert request["encryption_keysize"] in ("128", "256")
             assert request["ccert_fingerprint"] == ""  # not asked for
         # BDAT is DATA to a policy server, as in Postfix
-        with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
-            f = s.makefile("rb")
-
-            def reply() -> bytes:
-                while (line := f.readline())[3:4] == b"-":
-                    pass
-                return line
-
-            reply()
-            s.sendall(b"EHLO client.example\r\n")
-            reply()
-            s.sendall(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n"
+        with RawSMTP(inst.port) as s:
+            s.reply()
+            s.send(b"EHLO client.example\r\n")
+            s.reply()
+            s.send(b"MAIL FROM:<alice@example.org>\r\n" + f"RCPT TO:<{ME}@localhost>\r\n"
                       .encode() + b"BDAT %d LAST\r\n" % len(body) + body)
             for _ in range(3):
-                assert reply().startswith(b"250 ")
+                assert s.reply().startswith(b"250 ")
         bdat, bdat_eom = policy.wait(4)[2:]
         assert (bdat["protocol_state"], bdat["recipient_count"]) == ("DATA", "1")
         assert (bdat_eom["protocol_state"], bdat_eom["size"]) == ("END-OF-MESSAGE",

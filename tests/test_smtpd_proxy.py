@@ -118,16 +118,12 @@ def test_without_a_proxy_header_the_connection_is_dropped(proxied) -> None:  # t
 def test_haproxy_in_front_of_smtps(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """smtpd_upstream_proxy_protocol with smtpd_tls_wrappermode: the PROXY header comes in
     plaintext, then the TLS handshake; the client is HAProxy's client."""
-    from test_smtpd_tls import client_context, make_cert
+    from test_smtpd_tls import client_context, make_cert, smtps_service
     cert, key = make_cert(tmp_path)
     inst: Instance = new_instance(maildir=True)
     inst.set(mynetworks=f"{CLIENT}/32", smtpd_tls_cert_file=str(cert),
              smtpd_tls_key_file=str(key), smtpd_tls_loglevel="1")
-    smtps = free_port()
-    master_cf = inst.config_dir / "master.cf"
-    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{smtps} inet n - n - - smtpd\n"
-                         "  -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes\n"
-                         "  -o smtpd_upstream_proxy_protocol=haproxy\n")
+    smtps = smtps_service(inst, "smtpd_upstream_proxy_protocol=haproxy")
     inst.start()
     haproxy = HAProxy(tmp_path, smtps)
     try:

@@ -208,7 +208,7 @@ def test_a_wrong_password_never_opens_relaying(submission) -> None:  # type: ign
         assert c.docmd("AUTH", "PLAIN")[0] == 334
         assert c.docmd("*") == (501, b"5.7.0 Authentication aborted")
     inst.wait_log(r"warning: localhost\[127\.0\.0\.1\]: SASL PLAIN authentication failed: "
-                  r"\(reason unavailable\)")
+                  r"\(reason unavailable\), sasl_username=alice$")
     inst.wait_log(r"warning: localhost\[127\.0\.0\.1\]: SASL PLAIN authentication aborted")
     result = swaks(port, "--tls", "--auth", "LOGIN", "--auth-user", "alice",
                    "--auth-password", "guess")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 from harness import ME, Instance, free_port
+from smtpd_helpers import RawSMTP
 
 from pymailsys import config
 from pymailsys.smtp import openssl, tls_server
@@ -31,6 +32,16 @@ def tls_instance(new_instance, tmp_path: Path, **settings: str) -> Instance:  # 
     inst: Instance = new_instance(maildir=True)
     inst.set(smtpd_tls_cert_file=str(cert), smtpd_tls_key_file=str(key), **settings)
     return inst
+
+
+def smtps_service(inst: Instance, *options: str) -> int:
+    """An smtps (wrapper mode) service in master.cf, on a free port it returns."""
+    port = free_port()
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                         "  -o syslog_name=postfix/smtps -o smtpd_tls_wrappermode=yes\n"
+                         + "".join(f"  -o {option}\n" for option in options))
+    return port
 
 
 def client_context() -> ssl.SSLContext:
@@ -129,10 +140,7 @@ def test_encrypt_requires_starttls_before_mail(new_instance, tmp_path: Path) -> 
 
 def test_smtps_wrappermode_service(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     inst = tls_instance(new_instance, tmp_path)
-    port = free_port()
-    master_cf = inst.config_dir / "master.cf"
-    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{port} inet n - n - - smtpd\n"
-                         "  -o syslog_name=postfix/smtps\n  -o smtpd_tls_wrappermode=yes\n")
+    port = smtps_service(inst)
     inst.start()
     with smtplib.SMTP_SSL("127.0.0.1", port, context=client_context(), timeout=30) as c:
         assert c.ehlo("client.example")[0] == 250
@@ -181,10 +189,7 @@ def test_the_server_context_follows_the_settings(tmp_path: Path) -> None:
 
 def test_a_failed_smtps_handshake_is_logged_as_postfix(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     inst = tls_instance(new_instance, tmp_path)
-    port = free_port()
-    master_cf = inst.config_dir / "master.cf"
-    master_cf.write_text(master_cf.read_text() + f"127.0.0.1:{port} inet n - n - - smtpd\n"
-                         "  -o syslog_name=postfix/smtps\n  -o smtpd_tls_wrappermode=yes\n")
+    port = smtps_service(inst)
     inst.start()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"EHLO plaintext.example\r\n")  # not a TLS client hello
@@ -204,20 +209,13 @@ def _tls_session(ctx: ssl.SSLContext, port: int,
                  session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
     """STARTTLS by hand, offering ``session``: the session to resume next time, and whether
     this one was resumed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        f = raw.makefile("rb")
-
-        def reply() -> bytes:
-            while (line := f.readline())[3:4] == b"-":
-                pass
-            return line
-
-        reply()
-        raw.sendall(b"EHLO client.example\r\n")
-        reply()
-        raw.sendall(b"STARTTLS\r\n")
-        assert reply().startswith(b"220 ")
-        with ctx.wrap_socket(raw, session=session) as tls:
+    with RawSMTP(port) as raw:
+        raw.reply()
+        raw.send(b"EHLO client.example\r\n")
+        raw.reply()
+        raw.send(b"STARTTLS\r\n")
+        assert raw.reply().startswith(b"220 ")
+        with ctx.wrap_socket(raw.sock, session=session) as tls:
             tls.sendall(b"EHLO client.example\r\n")
             g = tls.makefile("rb")
             while g.readline()[3:4] == b"-":  # the ticket comes with the reply

@@ -973,9 +973,9 @@ class Session(SMTP):
         if not outcome.failed:
             return AuthResult(success=True, auth_data=outcome.username)
         reason = outcome.reason or last_challenge
-        user = f", sasl_username={outcome.fail_user}" if outcome.fail_user else ""
-        log.warning(f"{self.client}: SASL {mechanism} authentication failed: "
-                    f"{reason or '(reason unavailable)'}{user}")
+        log.warning(f"{self.client}: SASL {log.printable(mechanism[:100])} authentication "
+                    f"failed: {reason or '(reason unavailable)'}, "
+                    f"sasl_username={outcome.fail_user[:100] or '(unavailable)'}")
         if outcome.temporary:
             return AuthResult(success=False, handled=False,
                               message=f"454 4.7.0 Temporary authentication failure: {reason}")

@@ -85,8 +85,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from pymailsys import MAIL_VERSION, log, maps
 from pymailsys import config as config_mod
+from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
 from pymailsys.dsn import xtext_encode
@@ -365,10 +365,10 @@ class Engine:
         self.mynetworks = netaddr.mynetworks(config)
         self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
         self._policy: dict[str, policy.Client] = {}
-        self.compatibility_level = config.get("compatibility_level")
         self.ask_ccert = config.get_bool("smtpd_tls_ask_ccert") or (
             config.get_bool("smtpd_tls_req_ccert")
-            and config.get("smtpd_tls_security_level").strip().lower() == "encrypt")
+            and (config.get("smtpd_tls_security_level").strip().lower() == "encrypt"
+                 or config.get_bool("smtpd_tls_wrappermode")))
         self.lists: dict[str, list[_Entry]] = {
             name: self.parse(config.get_list(name)) for name in LIST_STAGES
         }
@@ -1323,7 +1323,7 @@ _instances = itertools.count(1)
 
 
 def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
-    """The attributes Postfix's smtpd sends a policy server, in its order."""
+    """The attributes Postfix 3.7's smtpd sends a policy server, in its order."""
     if not req.actions.policy_instance:
         now = time.time()
         req.actions.policy_instance = (f"{os.getpid():x}.{int(now):x}."
@@ -1345,15 +1345,14 @@ def policy_request(engine: Engine, req: Request) -> list[tuple[str, str]]:
         ("queue_id", req.queue_id),
         ("instance", req.actions.policy_instance), ("size", str(req.size)),
         ("etrn_domain", req.etrn_domain), ("stress", ""), ("sasl_method", req.sasl_method),
-        ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender), ("ccert_subject", subject),
+        ("sasl_username", req.sasl_username), ("sasl_sender", req.sasl_sender),
+        ("ccert_subject", subject),
         ("ccert_issuer", issuer), ("ccert_fingerprint", cert.fingerprint if cert else ""),
         ("ccert_pubkey_fingerprint", cert.pubkey_fingerprint if cert else ""),
         ("encryption_protocol", peer.protocol if peer else ""),
         ("encryption_cipher", peer.cipher if peer else ""),
         ("encryption_keysize", str(peer.bits if peer else 0)),
-        ("server_name", ""), ("compatibility_level", engine.compatibility_level),
-        ("mail_version", MAIL_VERSION),
-    ]
+    ]  # policy_context follows (policy.Client); Postfix 3.7 sends nothing more
 
 
 @restriction("check_policy_service", takes_word=True)

@@ -21,9 +21,10 @@
   smtpd_starttls_timeout;
 * client certificates (``pymailsys.smtp.client_cert``, ``pymailsys.smtp.openssl``):
   smtpd_tls_ask_ccert
-  asks every client for one; smtpd_tls_req_ccert requires a trusted one, at
-  level encrypt only (elsewhere it draws Postfix's warning ``Can't require
-  client certs unless TLS is required`` and only asks); smtpd_tls_CAfile and
+  asks every client for one; smtpd_tls_req_ccert requires a trusted one
+  where TLS is required, at level encrypt or in wrapper mode (elsewhere it
+  draws Postfix's warning ``Can't require client certs unless TLS is
+  required`` and does nothing, as in Postfix); smtpd_tls_CAfile and
   smtpd_tls_CApath are what a certificate must verify against to be
   trusted (the CAfile's names are not sent as the list of acceptable CAs,
   which Python cannot set); smtpd_tls_fingerprint_digest names the digest
@@ -81,7 +82,7 @@ class ServerTLS:
     loglevel: int
     handshake_timeout: float
     ask_ccert: bool = False
-    req_ccert: bool = False  # a trusted client certificate or no session (level encrypt)
+    req_ccert: bool = False  # a trusted client certificate or no session (TLS required)
     fingerprint_digest: str = "sha256"
 
     @property
@@ -103,7 +104,7 @@ class ServerTLS:
             raise ValueError(f"invalid smtpd_tls_security_level value: {level}")
         wrappermode = config.get_bool("smtpd_tls_wrappermode")
         req_ccert = config.get_bool("smtpd_tls_req_ccert")
-        if req_ccert and level != "encrypt":
+        if req_ccert and level != "encrypt" and not wrappermode:  # TLS is not required
             log.warning("Can't require client certs unless TLS is required")
             req_ccert = False
         ask_ccert = config.get_bool("smtpd_tls_ask_ccert") or req_ccert
