@@ -230,7 +230,6 @@ def test_postfix_parameters_left_out_warn_in_master_cf_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("setting, programs", [
-    ("smtpd_etrn_restrictions = permit_mynetworks, reject", ["smtpd"]),
     ("smtpd_restriction_classes = friends", ["smtpd"]),
     ("relay_recipient_maps = hash:/etc/pymailsys/relay_recipients", ["smtpd"]),
     ("resolve_dequoted_address = no", ["smtpd"]),

@@ -595,7 +595,6 @@ _TABLE: list[Param] = [
     # Postfix 3.7 parameters not implemented yet whose absence would weaken security:
     # each makes its service refuse to run when set to anything but Postfix's default
     *_refused("smtpd", [
-        ("smtpd_etrn_restrictions", "", "list", "restrictions on ETRN"),
         ("smtpd_restriction_classes", "", "list", "named restriction lists for access tables"),
         ("smtpd_milter_maps", "", "maps", "per-client content filters"),
         ("smtpd_proxy_filter", "", "str", "before-queue content filter"),
