@@ -251,3 +251,19 @@ def test_session_resumption_and_its_timeout(new_instance, tmp_path: Path) -> Non
         "smtpd_tls_key_file": str(tmp_path / "key.pem"), "smtpd_tls_security_level": "may",
         "smtpd_tls_session_cache_timeout": "2h"})).context
     assert server is not None and openssl.session_timeout(server) == 7200
+
+
+def test_session_timeout_out_of_reach_does_not_stop_tls(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                        capsys) -> None:
+    """Where this Python's ssl internals cannot be reached (another build, another
+    layout) the session timeout is logged as not applied; TLS itself still runs."""
+    cert, key = make_cert(tmp_path)
+
+    def unsupported(context: object, seconds: int) -> None:
+        raise openssl.Unsupported("no SSL_CTX where expected")
+
+    monkeypatch.setattr(openssl, "set_session_timeout", unsupported)
+    server = tls_server.ServerTLS.from_config(config.Config(str(tmp_path), {
+        "smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key),
+        "smtpd_tls_security_level": "may"})).context
+    assert server is not None

@@ -39,7 +39,11 @@ cache and of the tickets it issued (their key is the process's own, which
 Python cannot share either), so a client resumes only with the process it
 met before. smtpd_tls_session_cache_timeout is obeyed (SSL_CTX_set_timeout, through
 ``pymailsys.smtp.openssl``: how long a cached session or a ticket resumes);
-0 turns resumption off (no tickets, no cache), as in Postfix.
+0 turns resumption off (no tickets, no cache), as in Postfix. Where this
+Python's ssl module cannot be reached that way (``openssl.Unsupported``) the
+timeout is logged as not applied and TLS runs on: a session's lifetime is
+not a security setting, so it never stops TLS (client certificates, which
+are, refuse instead).
 
 ``context`` is None when TLS is off. A level that requires TLS without a
 usable certificate, an unknown protocol or cipher grade is ``ValueError``
@@ -221,7 +225,9 @@ def _session_resumption(context: ssl.SSLContext, config: config_mod.Config) -> N
             context.num_tickets = 0
             openssl.session_cache_off(context)
     except openssl.Unsupported as e:
-        raise ValueError(f"smtpd_tls_session_cache_timeout: {e}") from None
+        # session lifetime is not a security setting: TLS must not stop for it
+        log.warning(f"smtpd_tls_session_cache_timeout = {timeout}: {e}; "
+                    f"OpenSSL's own session timeout applies")
 
 
 def cipher_list(config: config_mod.Config, grade: str, excludes: list[str]) -> str:
