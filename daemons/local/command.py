@@ -11,7 +11,8 @@ DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
 a user's rights (.forward, mailbox_command: the user's; an alias's command
 gets neither); CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL,
 SASL_METHOD, SASL_SENDER and SASL_USERNAME from the queue file's attributes
-(the client's as smtpd logged them) when set. Every one of those values has
+(the client's as smtpd logged them; the AUTH login that smtpd hands to cleanup)
+when set. Every one of those values has
 the characters outside ``command_expansion_filter`` replaced with ``_``, as
 Postfix censors them (a value a client chose never reaches a shell raw); TZ,
 MAIL_CONFIG and LANG come from local's environment unchanged
