@@ -32,6 +32,13 @@ DESCRIPTION
       then ``@domain``; the null sender: empty_address_relayhost_maps_lookup_key)
       when a sender is given and has one, else $relayhost when set, else the
       domain; virtual uses the domain.
+    * With helpful_warnings, a domain found in two of the classes' lists is
+      logged at each resolve, as trivial-rewrite does: ``do not list domain D
+      in BOTH mydestination and virtual_alias_domains`` (and for
+      mydestination/virtual_mailbox_domains, virtual_alias_domains/
+      virtual_mailbox_domains, virtual_alias_domains/relay_domains,
+      virtual_mailbox_domains/relay_domains). A domain in both mydestination
+      and relay_domains is local, without a warning, as in Postfix.
     * transport_maps (not for class alias): ``user+ext@domain``,
       ``user@domain``, ``domain``, ``.parent`` ..., ``*``. A value
       ``transport:nexthop`` replaces what it gives; an empty part keeps the
@@ -57,7 +64,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
-from pymailsys import maps
+from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.maps import search as addr_lookup
 
@@ -94,7 +101,8 @@ class Resolved:
 class DomainList:
     """Postfix's domain list (match_list of domain names)."""
 
-    def __init__(self, patterns: list[str], parent_matches: bool = False) -> None:
+    def __init__(self, patterns: list[str], parent_matches: bool = False, name: str = "") -> None:
+        self.name = name  # the parameter it came from, for warnings
         self.parent_matches = parent_matches
         self.items: list[tuple[bool, str, object]] = []
         for p in patterns:
@@ -158,12 +166,16 @@ class Resolver:
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self.myhostname = config.get("myhostname")
-        self.mydestination = DomainList(config.get_list("mydestination"))
-        self.alias_domains = DomainList(config.get_list("virtual_alias_domains"))
-        self.virtual_domains = DomainList(config.get_list("virtual_mailbox_domains"))
-        self.relay_domains = DomainList(config.get_list("relay_domains"), parent_matches=True)
+        self.mydestination = DomainList(config.get_list("mydestination"), name="mydestination")
+        self.alias_domains = DomainList(config.get_list("virtual_alias_domains"),
+                                        name="virtual_alias_domains")
+        self.virtual_domains = DomainList(config.get_list("virtual_mailbox_domains"),
+                                          name="virtual_mailbox_domains")
+        self.relay_domains = DomainList(config.get_list("relay_domains"), parent_matches=True,
+                                        name="relay_domains")
         self._interfaces: set[str] | None = None
         self.percent_hack = config.get_bool("allow_percent_hack")
+        self.helpful_warnings = config.get_bool("helpful_warnings")
         self.swap_bangpath = config.get_bool("swap_bangpath")
         self.relayhost = config.get("relayhost").strip()
         self.local_transport = _split_transport(config.get("local_transport"))
@@ -175,6 +187,8 @@ class Resolver:
         self.has_transport_maps = bool(config.get("transport_maps"))
         self.has_sender_relayhosts = bool(config.get("sender_dependent_relayhost_maps"))
         self._sender_relayhosts: maps.Maps | None = None
+        self._last_query: tuple[str, str | None] | None = None
+        self._nag = False
 
     @property
     def interfaces(self) -> set[str]:
@@ -192,6 +206,10 @@ class Resolver:
         return self.mydestination.match(domain)
 
     def resolve(self, address: str, sender: str | None = None) -> Resolved:
+        # Postfix's resolve client remembers its last answer, so trivial-rewrite
+        # nags once when the same address is resolved again and again.
+        self._nag = self.helpful_warnings and self._last_query != (address, sender)
+        self._last_query = (address, sender)
         try:
             return self._resolve(address, sender)
         except maps.TableError as e:
@@ -251,12 +269,20 @@ class Resolver:
             local, domain = addr, ""
         domain = domain.rstrip(".")
         if not domain:
+            if self._nag:
+                self._warn_listed_twice(saved_domain or self.myhostname, "mydestination",
+                                        [self.alias_domains, self.virtual_domains])
             recipient = f"{local}@{saved_domain or self.myhostname}" if local else ""
             return self._finish(CLASS_LOCAL, self.local_transport, self.myhostname,
                                 recipient, local, saved_domain or self.myhostname, flags)
         if self.alias_domains.match(domain):
+            if self._nag:
+                self._warn_listed_twice(domain, "virtual_alias_domains",
+                                        [self.virtual_domains, self.relay_domains])
             class_, (transport, nexthop) = CLASS_ALIAS, ("error", ALIAS_NEXTHOP)
         elif self.virtual_domains.match(domain):
+            if self._nag:
+                self._warn_listed_twice(domain, "virtual_mailbox_domains", [self.relay_domains])
             class_, (transport, nexthop) = CLASS_VIRTUAL, self.virtual_transport
             nexthop = nexthop or domain
         elif self.relay_domains.match(domain):
@@ -269,6 +295,17 @@ class Resolver:
             flags |= FLAG_ROUTED
         recipient = f"{local}@{domain}"
         return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
+
+    @staticmethod
+    def _warn_listed_twice(domain: str, chosen: str, others: list[DomainList]) -> None:
+        """trivial-rewrite's nag: the class of a domain in two lists is implementation-defined."""
+        for other in others:
+            try:
+                listed = bool(other) and other.match(domain)
+            except maps.TableError:
+                listed = False  # the warning is no reason to fail the resolve
+            if listed:
+                log.warning(f"do not list domain {domain} in BOTH {chosen} and {other.name}")
 
     def _finish(self, class_: str, spec: tuple[str, str], nexthop: str, recipient: str,
                 local: str, domain: str, flags: int) -> Resolved:

@@ -249,6 +249,8 @@ _TABLE: list[Param] = [
        "append .$mydomain to user@host"),
     _p("swap_bangpath", "yes", "bool", "rewrite a!b to b@a"),
     _p("allow_percent_hack", "yes", "bool", "rewrite u%d@local to u@d"),
+    _p("helpful_warnings", "yes", "bool",
+       "warn about a domain listed in two address classes"),
     _p("recipient_delimiter", "", doc="separator between user and extension"),
     _p("parent_domain_matches_subdomains", "debug_peer_list,fast_flush_domains,mynetworks,"
        "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
