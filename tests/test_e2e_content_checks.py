@@ -174,3 +174,17 @@ def test_smtp_reply_when_the_reject_text_is_temporary(new_instance) -> None:  # 
     inst = _instance(new_instance, header="/^Subject: later/ REJECT 4.7.1 Try again later\n")
     code, text = _data_reply(inst, f"{ME}@{_origin(inst)}", "Subject: later\n\nx\n")
     assert (code, text) == (451, b"4.7.1 Try again later")
+
+
+def test_rule_without_a_result_is_a_configuration_error(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """An empty result (a rule with no action) defers the message, with Postfix 3.7's warnings."""
+    inst = _instance(new_instance, header="/^Subject: empty/\n")
+    code, text = _data_reply(inst, f"{ME}@{_origin(inst)}", "Subject: empty here\n\nx\n")
+    assert (code, text) == (451, b"4.3.0 Error: queue file write error")
+    inst.wait_log(r"postfix/cleanup\[\d+\]: warning: [0-9A-F]+: header_checks map lookup problem "
+                  r"-- message not accepted, try again later$")
+    log = inst.log()
+    assert re.search(r"postfix/cleanup\[\d+\]: warning: header_checks lookup of Subject: empty here "
+                     r"returns an empty string result\n.*postfix/cleanup\[\d+\]: warning: "
+                     r"header_checks should return NO RESULT in case of NOT FOUND\n", log), log
+    assert inst.queue_empty() and not inst.maildir_messages()

@@ -51,6 +51,8 @@ endif
 |^pipe|x|y pipe-delim
 /^sl\/ash/ escaped-delimiter
 #^hash# a comment, not a rule
+/^pempty$/
+/^(p*)pdollar$/ $1
 """
 REGEXP = r"""# regexp_table(5): the manual page's examples
 # Disallow sender-specified routing. This is a must if you relay mail
@@ -75,6 +77,7 @@ endif
 |^pipe|x|y pipe-delim
 /^sl\/ash/ escaped-delimiter
 /^a\(b\)c/x basic[$1]
+/^(z*)zdollar$/ $1
 """
 CIDR = """# cidr_table(5): the manual page's example
 # Rule order matters. Put more specific allowlist entries
@@ -130,6 +133,9 @@ PCRE_ANSWERS = {
     'pipe': None,
     'sl/ash': 'escaped-delimiter',
     'nothing': None,
+    'pempty': '',
+    'pdollar': '',
+    'ppdollar': 'p',
 }
 PCRE_WARNINGS = [
     'pcre map {path}, line 17: ignoring obsolete regexp option "X"',
@@ -140,6 +146,12 @@ PCRE_WARNINGS = [
     'pcre map {path}, line 24: $number found in negative match replacement text: skipping this rule',
     'pcre map {path}, line 25: out of range replacement index "1": skipping this rule',
     'pcre map {path}, line 30: unknown regexp option "|": skipping this rule',
+    'pcre map {path}, line 33: no replacement text: using empty string',
+    # an empty result is printed, and warned about
+    'table pcre:{path}: key pempty: empty string result is not allowed',
+    'table pcre:{path} should return NO RESULT in case of NOT FOUND',
+    'table pcre:{path}: key pdollar: empty string result is not allowed',
+    'table pcre:{path} should return NO RESULT in case of NOT FOUND',
 ]
 REGEXP_ANSWERS = {
     'a%b@c': '550 Sender-specified routing rejected',
@@ -161,12 +173,18 @@ REGEXP_ANSWERS = {
     'sl/ash': 'escaped-delimiter',
     'abc': 'basic[b]',
     'nothing': None,
+    'g': '',
+    'zdollar': '',
 }
 REGEXP_WARNINGS = [
     'regexp map {path}, line 17: out of range replacement index "1": skipping this rule',
     'regexp map {path}, line 18: no replacement text: using empty string',
     'regexp map {path}, line 20: Unmatched ( or \\(',
     'regexp map {path}, line 21: unknown regexp option "|": skipping this rule',
+    'table regexp:{path}: key g: empty string result is not allowed',
+    'table regexp:{path} should return NO RESULT in case of NOT FOUND',
+    'table regexp:{path}: key zdollar: empty string result is not allowed',
+    'table regexp:{path} should return NO RESULT in case of NOT FOUND',
 ]
 CIDR_ANSWERS = {
     '192.168.1.1': 'OK',

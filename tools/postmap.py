@@ -21,7 +21,9 @@ DESCRIPTION
                 (default: keep the first and warn ``duplicate entry: "key"``)
     -q key      print the value of key in the first table that has it; exit 0
                 when found, 1 when not. ``-q -`` reads keys from standard input
-                and prints ``key<TAB>value`` for each key found
+                and prints ``key<TAB>value`` for each key found; an empty value
+                (a regexp rule without a result) is printed with Postfix's two
+                warnings (``empty string result is not allowed``)
     -d key      delete key from each table (``-d -``: keys from standard input);
                 exit 0 when a key was deleted, 1 otherwise
     -s          print every entry (``key<TAB>value``; postalias ``key:<TAB>value``)
@@ -60,7 +62,11 @@ def _usage(program: str) -> None:
 
 def _query_table(table: maps.Table, key: str, fold: bool) -> str | None:
     k = key.lower() if (fold and table.fold) else key
-    return table.lookup(k)
+    value = table.lookup(k)
+    if value == "":  # printed all the same, as Postfix's postmap does
+        log.warning(f"table {table.spec}: key {key}: empty string result is not allowed")
+        log.warning(f"table {table.spec} should return NO RESULT in case of NOT FOUND")
+    return value
 
 
 def _open(spec: str, default_type: str) -> maps.Table:

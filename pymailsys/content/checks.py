@@ -174,8 +174,9 @@ class MessageChecks:
         try:
             value = table.find(text)
         except maps.TableError as e:
+            why = "" if isinstance(e, maps.TableConfigError) else f" ({e})"  # else logged
             log.warning(f"{self.where.queue_id}: {param} map lookup problem -- "
-                        f"message not accepted, try again later ({e})")
+                        f"message not accepted, try again later{why}")
             self.failed = str(e)
             self.stopped = True
             return None

@@ -9,7 +9,11 @@ indexed files are reopened when postmap/postalias replaced them, and
 (the server skeleton then restarts the daemon, as Postfix's do).
 
 ``Maps(config, "alias_maps")`` is a parameter's list of tables searched in
-order (Postfix's maps_find): the first table that finds the key wins.
+order (Postfix's maps_find): the first table that finds the key wins. A table
+that answers an empty string (a regexp or pcre rule without a result) is a
+configuration error, as in Postfix: two warnings (``PARAM lookup of KEY
+returns an empty string result``, ``PARAM should return NO RESULT in case of
+NOT FOUND``) and ``TableConfigError`` (a ``TableError``), so the caller defers.
 
 Registered types here: ``hash``, ``btree``, ``lmdb`` (all indexed with lmdb in
 ``name.lmdb``, keys folded to lower case, stored with a trailing NUL),
@@ -36,10 +40,11 @@ import time
 from typing import Any
 
 from pymailsys import config as config_mod
-from pymailsys import rfc822
+from pymailsys import log, rfc822
 from pymailsys.maps.base import (
     REGISTRY,
     Table,
+    TableConfigError,
     TableError,
     Warn,
     default_warn,
@@ -107,6 +112,12 @@ class Maps:
                 continue
             k = key.lower() if table.fold else key
             value = table.lookup(k)
+            if value == "":
+                # a regexp or pcre rule without (or with an empty) result
+                title = self.param or table.spec
+                log.warning(f"{title} lookup of {key} returns an empty string result")
+                log.warning(f"{title} should return NO RESULT in case of NOT FOUND")
+                raise TableConfigError(f"{title} lookup of {key} returns an empty string result")
             if value is not None:
                 return value
         return None

@@ -23,6 +23,11 @@ class TableError(Exception):
     """A table could not be opened or could not answer a lookup."""
 
 
+class TableConfigError(TableError):
+    """A table answered what Postfix calls a configuration error (an empty result);
+    the warnings are already logged."""
+
+
 class Table:
     """One lookup table. Subclasses implement lookup()."""
 
