@@ -972,6 +972,9 @@ def _access(engine: Engine, req: Request, entry: _Entry, keyfunc: Callable[[], s
             reply_key: str, stage: str) -> Outcome:
     try:
         value = keyfunc()
+    except maps.TableConfigError:  # an empty result: Postfix's DICT_ERR_CONFIG, warned already
+        return Result(DEFER, engine.reply(451, "4.3.5", req, "Server configuration error",
+                                          key=reply_key, stage=stage))
     except maps.TableError as e:
         log.warning(f"{entry.arg}: {e}")
         return engine.lookup_failure(reply_key)
