@@ -253,3 +253,27 @@ def test_debian_postmap_still_answers_so(tmp_path, kind: str) -> None:
     got, warned = query([POSTFIX_POSTMAP], tmp_path, spec, list(answers))
     assert got == answers
     assert warned == [w.format(path=path) for w in warnings]
+
+
+# A folded header is one key with newlines in it: POSIX regexp (without the "m"
+# flag, REG_NEWLINE) lets "." match them; with "m", "^" and "$" match at each line.
+NEWLINE_REGEXP = "/^x$/m multi\n/^(.*)$/ all[$1]\n"
+NEWLINE_ANSWERS = {"Received: a\n\tb": "all[Received: a\n\tb]", "x\ny": "multi"}
+
+
+def _query_one(argv: list[str], conf, spec: str, key: str) -> str | None:
+    proc = subprocess.run([*argv, "-c", str(conf), "-q", key, spec], capture_output=True,
+                          text=True, timeout=60)
+    return proc.stdout[:-1] if proc.returncode == 0 else None
+
+
+@pytest.mark.parametrize("postmap", ["ours", "debian"])
+def test_regexp_dot_matches_a_folded_header_newline(tmp_path, postmap: str) -> None:
+    if postmap == "debian" and not os.path.exists(POSTFIX_POSTMAP):
+        pytest.skip("Debian's postfix is not installed")
+    argv = [POSTFIX_POSTMAP] if postmap == "debian" else [sys.executable, "-m",
+                                                          "pymailsys.tools.postmap"]
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "t.regexp").write_text(NEWLINE_REGEXP)
+    got = {k: _query_one(argv, tmp_path, f"regexp:{tmp_path}/t.regexp", k) for k in NEWLINE_ANSWERS}
+    assert got == NEWLINE_ANSWERS

@@ -16,7 +16,9 @@ regexp (POSIX regular expressions, run on Python's ``re``: POSIX classes
 such as ``[[:digit:]]`` and the GNU word anchors ``\\<`` ``\\>`` are
 translated) starts case-insensitive with extended syntax; ``i`` toggles case
 sensitivity, ``x`` toggles extended syntax (POSIX basic syntax when off), ``m``
-toggles multi-line mode. A regexp rule may have a second pattern that must not
+toggles multi-line mode (POSIX's REG_NEWLINE: without it ``.`` matches the
+newline of a folded header, with it ``^`` and ``$`` match at each line and
+``.`` does not match a newline). A regexp rule may have a second pattern that must not
 match: ``/pattern1/flags!/pattern2/flags result`` (no white space before the
 ``!``; ``$n`` refers to the first pattern's groups; not in an ``if``).
 
@@ -240,12 +242,15 @@ class RegexpTable(Table):
     def _compile(self, lineno: int, source: str, flags_text: str) -> _Compiled:
         flags = re.IGNORECASE
         if self.kind == "regexp":
+            # POSIX without REG_NEWLINE: "." matches a newline (a folded header's);
+            # "m" sets REG_NEWLINE: "^" and "$" at every line, "." stops at one.
+            flags |= re.DOTALL
             extended = True
             for f in flags_text:
                 if f == "i":
                     flags ^= re.IGNORECASE
                 elif f == "m":
-                    flags ^= re.MULTILINE
+                    flags ^= re.MULTILINE | re.DOTALL
                 elif f == "x":
                     extended = not extended
                 else:
