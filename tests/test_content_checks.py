@@ -79,3 +79,93 @@ def test_each_line_is_checked_in_its_class(tmp_path: Path, monkeypatch: pytest.M
         ["warning", "body <p> from local; from=<s> to=<r>: body"],
     ]
     assert not checks.reject
+
+
+# Observed with Debian's Postfix 3.7 (cleanup, the three tables each "/^(.*)$/ WARN class"):
+# MIME headers go to mime_header_checks in every header block; an attached message's
+# headers are nested ones whatever its Content-Transfer-Encoding; a multipart/digest
+# part without a Content-Type is a message/rfc822; a part header block that ends at a
+# line which is not a header is followed by body, not by attached headers.
+DIGEST_AND_ATTACHMENTS = b"""\
+From: a@b.example
+Subject: top
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="OUT"
+
+--OUT
+Content-Type: text/plain
+X-Part: one
+
+hello
+--OUT
+Content-Type: message/rfc822
+X-Part: two
+
+Subject: attached
+Content-Type: text/plain
+
+attached body
+--OUT
+Content-Type: message/rfc822
+Content-Transfer-Encoding: base64
+X-Part: three
+
+Subject: attached-b64
+
+body3
+--OUT
+Content-Type: multipart/digest; boundary="DIG"
+X-Part: four
+
+--DIG
+X-Digest-Part: d1
+
+Subject: digest-one
+
+digest body 1
+--DIG
+Content-Type: text/plain
+X-Digest-Part: d2
+
+Subject: not-nested
+--DIG--
+--OUT
+Content-Type: message/rfc822
+X-Part: five
+garbage line
+Subject: after-garbage
+
+--OUT--
+"""
+POSTFIX_CLASSES = [
+    ("primary", "Received: x"), ("primary", "From: a@b.example"), ("primary", "Subject: top"),
+    ("mime", "MIME-Version: 1.0"), ("mime", 'Content-Type: multipart/mixed; boundary="OUT"'),
+    ("mime", "Content-Type: text/plain"), ("mime", "X-Part: one"),
+    ("mime", "Content-Type: message/rfc822"), ("mime", "X-Part: two"),
+    ("nested", "Subject: attached"), ("mime", "Content-Type: text/plain"),
+    ("mime", "Content-Type: message/rfc822"), ("mime", "Content-Transfer-Encoding: base64"),
+    ("mime", "X-Part: three"), ("nested", "Subject: attached-b64"),
+    ("mime", 'Content-Type: multipart/digest; boundary="DIG"'), ("mime", "X-Part: four"),
+    ("mime", "X-Digest-Part: d1"), ("nested", "Subject: digest-one"),
+    ("mime", "Content-Type: text/plain"), ("mime", "X-Digest-Part: d2"),
+    ("mime", "Content-Type: message/rfc822"), ("mime", "X-Part: five"),
+]
+
+
+@pytest.mark.parametrize("step", [1, 5, 65536])
+def test_header_classes_as_postfix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   step: int) -> None:
+    for name in ("primary", "mime", "nested"):
+        (tmp_path / name).write_text(f"/^(.*)$/ WARN {name}\n")
+    tables = hbc.CheckTables.from_config(config.Config("/nonexistent", {
+        "header_checks": f"regexp:{tmp_path}/primary",
+        "mime_header_checks": f"regexp:{tmp_path}/mime",
+        "nested_header_checks": f"regexp:{tmp_path}/nested"}))
+    logged: list[str] = []
+    monkeypatch.setattr(log, "info", logged.append)
+    _records(DIGEST_AND_ATTACHMENTS, step, tables)
+    seen = []
+    for line in logged:
+        text, _, name = line.rpartition(": ")
+        seen.append((name, text.split(": warning: header ", 1)[1].split(" from local;")[0]))
+    assert seen == POSTFIX_CLASSES

@@ -329,7 +329,7 @@ class ContentPass:
                 self.current_len += len(piece)
         elif piece[:1] in (b" ", b"\t"):
             if not self.current:
-                self._end_headers()
+                self._end_headers(blank=False)
                 return False
             if self.current_len < self.header_limit:
                 self.current.append(piece)
@@ -337,7 +337,7 @@ class ContentPass:
         else:
             m = _HEADER_NAME.match(piece) if piece else None
             if m is None:
-                self._end_headers()
+                self._end_headers(blank=not piece)
                 return False
             self._flush_header()
             self.current = [piece]
@@ -394,7 +394,8 @@ class ContentPass:
                 lines = new
         self._emit_header(lines)
 
-    def _end_headers(self) -> None:
+    def _end_headers(self, blank: bool = True) -> None:
+        """The primary header block ended (at an empty line, or the input's end, when blank)."""
         self._flush_header()
         self.in_headers = False
         self.mid_line = False
@@ -425,7 +426,7 @@ class ContentPass:
             out.message_ids.append("<>")
         self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
         if self.mime is not None:
-            self.mime.end_headers()
+            self.mime.end_headers(blank)
             self.separator_pending = True
 
     def _emit_header(self, lines: list[bytes]) -> None:
@@ -514,7 +515,7 @@ class ContentPass:
             if self._part_piece(piece, ends_line):
                 return
             self._flush_part()
-            mime.end_headers()
+            mime.end_headers(blank=not piece and ends_line)
             checks.new_part()
             if not piece and ends_line:  # the empty line that ends a header block
                 self._emit_body_line(piece)

@@ -5,7 +5,10 @@
 ``MessageChecks(tables, where)`` applies them to one message: ``header(kind,
 lines)`` for one complete header (its lines without line ends; ``kind`` is
 ``PRIMARY``, ``MULTIPART`` or ``NESTED``: the lines to write before it, and
-its own lines, None when dropped) and ``body(line)`` for one body line or
+its own lines, None when dropped; as in Postfix's cleanup, a MIME header
+(Content-Type, Content-Transfer-Encoding, Content-Disposition, Content-ID,
+Content-Description, MIME-Version) is a mime_header_checks one in any header
+block) and ``body(line)`` for one body line or
 piece of a long line (likewise). The whole header, folded lines joined with newlines, is one
 lookup key, a FULL lookup of the maps registry (regexp:, pcre: or any table).
 
@@ -52,6 +55,9 @@ _PARAM_OF = {PRIMARY: "header_checks", MULTIPART: "mime_header_checks",
              NESTED: "nested_header_checks"}
 _DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?=\s|$)")
 _IS_HEADER = re.compile(r"[!-9;-~]+[ \t]*:")
+# the headers Postfix's header_opts flags HDR_OPT_MIME
+_MIME_HEADER = re.compile(rb"(?i)(?:content-(?:description|disposition|id|transfer-encoding|type)"
+                          rb"|mime-version)[ \t]*:")
 DEFAULT_REJECT = "5.7.1 message content rejected"
 
 
@@ -134,6 +140,8 @@ class MessageChecks:
 
     def header(self, kind: str, lines: list[bytes]) -> tuple[list[bytes], list[bytes] | None]:
         """(header lines to write before this one, this header's lines or None when IGNOREd)."""
+        if kind != MULTIPART and _MIME_HEADER.match(lines[0]):
+            kind = MULTIPART
         table = self.tables.headers[kind]
         if table is None or self.stopped:
             return [], lines

@@ -11,10 +11,15 @@ headers of an attached message (``NESTED``: nested_header_checks).
   line ``--B`` starts a part (its header block follows), ``--B--`` ends it;
   a boundary of an enclosing multipart also closes the inner ones;
 * ``Content-Type: message/rfc822`` (or message/global) makes the body, or the
-  part's body, an attached message: a header block first;
+  part's body, an attached message: a header block first, whatever its
+  Content-Transfer-Encoding says (Postfix parses the headers of a base64
+  message/rfc822 too);
+* a part of a ``multipart/digest`` without a Content-Type of its own is a
+  message/rfc822 (RFC 2046 5.1.5), other parts are text/plain;
 * a header block ends at an empty line or at the first line that is neither
   a header nor a continuation (the caller decides that and calls
-  ``end_headers``).
+  ``end_headers(blank)``); only one that ended at an empty line can be
+  followed by an attached message's headers, as in Postfix's mime_state.
 
 Bounded: at most ``nesting_limit`` boundaries are remembered (deeper ones are
 body text), each at most one header long; the work per line is linear in its
@@ -38,9 +43,11 @@ class MimeState:
     def __init__(self, nesting_limit: int = 100) -> None:
         self.nesting_limit = max(nesting_limit, 0)
         self.boundaries: list[bytes] = []
+        self._digests: list[bool] = []  # per boundary: a multipart/digest (parts default to message/rfc822)
         self.state = BODY
         self._nested = False  # the header block in progress announced an attached message
         self._boundary: bytes | None = None  # ... or a multipart body with this boundary
+        self._digest = False  # ... that is a multipart/digest
 
     def header(self, lines: list[bytes]) -> None:
         """One complete header of the header block in progress (its lines, no line ends)."""
@@ -55,21 +62,24 @@ class MimeState:
         kind = m.group(1).lower() if m else b""
         self._nested = kind in _NESTED_TYPES
         self._boundary = None
+        self._digest = kind == b"multipart/digest"
         if kind.startswith(b"multipart/"):
             b = _BOUNDARY.search(b";" + value)
             if b is not None:
                 self._boundary = b.group(1) if b.group(1) is not None else b.group(2)
 
-    def end_headers(self) -> None:
-        """The header block in progress ended: what its Content-Type says comes next."""
-        nested, boundary = self._nested, self._boundary
-        self._nested, self._boundary = False, None
-        if nested:
+    def end_headers(self, blank: bool = True) -> None:
+        """The header block in progress ended (at an empty line when blank):
+        what its Content-Type says comes next."""
+        nested, boundary, digest = self._nested, self._boundary, self._digest
+        self._nested, self._boundary, self._digest = False, None, False
+        if nested and blank:
             self.state = NESTED
             return
         self.state = BODY
         if boundary and len(self.boundaries) < self.nesting_limit:
             self.boundaries.append(boundary)
+            self._digests.append(digest)
 
     def body_line(self, line: bytes) -> bool:
         """One body line; True when it is a boundary that starts a part (headers follow)."""
@@ -80,9 +90,10 @@ class MimeState:
             if line.startswith(b, 2):
                 rest = line[2 + len(b):]
                 if rest.startswith(b"--"):
-                    del self.boundaries[depth:]
+                    del self.boundaries[depth:], self._digests[depth:]
                     return False
-                del self.boundaries[depth + 1:]
+                del self.boundaries[depth + 1:], self._digests[depth + 1:]
                 self.state = MULTIPART
+                self._nested = self._digests[depth]  # the part's default Content-Type
                 return True
         return False
