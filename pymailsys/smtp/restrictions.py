@@ -1051,13 +1051,20 @@ def _check_client_access(engine: Engine, req: Request, entry: _Entry) -> Outcome
 
 @restriction("check_helo_access", takes_arg=True)
 def _check_helo_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
+    return _domain_access(engine, req, entry, req.helo, STAGE_HELO)
+
+
+def _domain_access(engine: Engine, req: Request, entry: _Entry, domain: str,
+                   stage: str) -> Outcome:
+    """An access table asked for a domain name (HELO, ETRN) and its parents; nothing
+    to ask without one."""
     table = entry.table
     assert table is not None
-    if not req.helo:
+    if not domain:
         return None
     return _access(engine, req, entry,
-                   lambda: addr_lookup.lookup_domain(table, req.helo, engine.access_parent_style),
-                   req.helo, STAGE_HELO)
+                   lambda: addr_lookup.lookup_domain(table, domain, engine.access_parent_style),
+                   domain, stage)
 
 
 @restriction("check_sender_access", takes_arg=True)
@@ -1134,14 +1141,7 @@ def _permit_tls_clientcerts(engine: Engine, req: Request, entry: _Entry) -> Resu
 
 @restriction("check_etrn_access", takes_arg=True)
 def _check_etrn_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
-    table = entry.table
-    assert table is not None
-    if not req.etrn_domain:
-        return None
-    return _access(engine, req, entry,
-                   lambda: addr_lookup.lookup_domain(table, req.etrn_domain,
-                                                     engine.access_parent_style),
-                   req.etrn_domain, STAGE_ETRN)
+    return _domain_access(engine, req, entry, req.etrn_domain, STAGE_ETRN)
 
 
 @restriction("defer_if_permit", relay_guard=True)
