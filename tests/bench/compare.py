@@ -151,6 +151,7 @@ class Scenario:
 
     ``local``: every message to benchuser@localhost, delivered by the local
     agent to the Maildir DIR/mail/benchuser/; arrival = a file in its new/.
+    ``large``: the same with 10 MB messages (SCENARIO_DEFAULTS), for CPU per MB.
     ``relay``: every message to benchuser@relay.example, which is not local,
     so the system's smtp client relays it (``relayhost = [127.0.0.1]:PORT``)
     to Debian's /usr/sbin/smtp-sink on another loopback port, one sink per
@@ -167,8 +168,8 @@ class Scenario:
 
 
 def scenario(name: str) -> Scenario:
-    if name == "local":
-        return Scenario("local", f"{BENCH_USER}@{RECIPIENT_DOMAIN}")
+    if name in ("local", "large"):
+        return Scenario(name, f"{BENCH_USER}@{RECIPIENT_DOMAIN}")
     if name == "relay":
         return Scenario("relay", f"{BENCH_USER}@relay.example")
     raise BenchError(f"unknown scenario {name!r}")
@@ -420,6 +421,17 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
+def proc_cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """utime+stime seconds of each live process (all its threads), for the cgroup cross-check."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        fields = proc_stat(pid)
+        if fields:
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
     with open("/proc/stat") as f:
@@ -557,6 +569,9 @@ class System:
         self.log_path = base / "log" / "maillog"
         self.group = ProcessGroup(f"pymailsys-bench-{self.label}-{os.getpid()}")
         self.extra: dict[str, str] = {}  # --set SYSTEM:name=value (experiments)
+        self.config_style = "minimal"  # --postfix-config
+        self.tls: dict[str, str] = {}  # stock: Debian's main.cf.tls with a throw-away certificate
+        self.settings: dict[str, str] = {}  # what create() wrote, for the report
         self.running = False
 
     # to be supplied by each system
@@ -670,6 +685,18 @@ class System:
     def version(self) -> str:
         return ""
 
+    def describe_config(self) -> dict[str, Any]:
+        """What the report prints so that a reader can rebuild the instance."""
+        return {"style": self.config_style, "summary": "",
+                "settings": [f"{k} = {v}" for k, v in self.settings.items()]}
+
+    def aliases_copy(self, postalias: list[str]) -> str:
+        """Debian's alias_maps (hash:/etc/aliases), as a copy built in the instance."""
+        aliases = self.config_dir / "aliases"
+        shutil.copy("/etc/aliases" if Path("/etc/aliases").exists() else os.devnull, aliases)
+        run([*postalias, str(aliases)], env=self.env(), cwd="/")
+        return f"hash:{aliases}"
+
 
 MASTER_CF_POSTFIX = """\
 # Minimal master.cf for the benchmark: no chroot, smtpd on one loopback port.
@@ -698,6 +725,25 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def stock_tls_settings(directory: Path) -> dict[str, str]:
+    """Debian's main.cf.tls, with a throw-away self-signed certificate where Debian has
+    ssl-cert's snakeoil one (used as it is when installed)."""
+    cert, key = Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"), Path("/etc/ssl/private/ssl-cert-snakeoil.key")
+    if not (cert.exists() and key.exists()):
+        directory.mkdir(mode=0o755, exist_ok=True)
+        cert, key = directory / "cert.pem", directory / "key.pem"
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=bench.localdomain", "-keyout", str(key), "-out", str(cert)])
+        os.chmod(key, 0o600)
+        os.chmod(cert, 0o644)
+    settings = {"smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key)}
+    for line in Path("/usr/share/postfix/main.cf.tls").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and name.strip() not in settings:
+            settings[name.strip()] = value.strip()
+    return settings
+
+
 def common_settings(system: System) -> dict[str, str]:
     """main.cf settings both systems get, so that they do the same work."""
     return {
@@ -721,13 +767,51 @@ def common_settings(system: System) -> dict[str, str]:
 
 
 class PostfixSystem(System):
+    """Debian's Postfix in a throw-away instance.
+
+    ``minimal`` (the default): compare.py's own main.cf and MASTER_CF_POSTFIX
+    (no chroot, only the services the benchmark uses). ``stock``: what Debian
+    installs for an "Internet Site" - /usr/share/postfix/main.cf.debian, plus
+    main.cf.tls (with a throw-away self-signed certificate standing in for
+    ssl-cert's snakeoil one) and the settings postinst adds (relay
+    restrictions, alias_maps, mynetworks, mailbox_size_limit,
+    recipient_delimiter, inet_protocols) - and Debian's master.cf unchanged
+    (chroot as shipped, set up by Debian's configure-instance.sh as the
+    systemd unit does), with only what the benchmark needs changed: the smtpd
+    port, the paths (queue, data, log, aliases copy), mydestination and the
+    Maildir (mail_spool_directory ending in /).
+    """
+
     label = "postfix"
 
     def create(self) -> None:
         for path in (self.config_dir, self.log_path.parent, self.queue_dir, self.data_dir):
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, 0o755)
-        settings = {
+        for name in ("dynamicmaps.cf", "postfix-files"):
+            if Path("/etc/postfix", name).exists():
+                shutil.copy(Path("/etc/postfix", name), self.config_dir / name)
+        for name in ("dynamicmaps.cf.d", "postfix-files.d"):
+            if Path("/etc/postfix", name).is_dir():
+                shutil.copytree(Path("/etc/postfix", name), self.config_dir / name,
+                                dirs_exist_ok=True)
+        if self.config_style == "stock":
+            self.create_stock()
+        else:
+            self.create_minimal()
+        self.log_path.touch()
+        # queue and data directories, owners and modes: Postfix's own post-install.
+        run([PF_POSTFIX, "-c", str(self.config_dir), "set-permissions"], check=False, env=self.env())
+        if self.config_style == "stock":
+            # The chroot's etc/ files and libraries, as postfix@.service's ExecStartPre.
+            run(["/usr/lib/postfix/configure-instance.sh", "-"], cwd="/", timeout=300,
+                env={**self.env(), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        check = run([PF_POSTFIX, "-c", str(self.config_dir), "check"], check=False, env=self.env())
+        if check.returncode != 0:
+            raise BenchError(f"postfix check failed:\n{check.stdout}{check.stderr}\n{self.log_tail()}")
+
+    def create_minimal(self) -> None:
+        self.settings = {
             "compatibility_level": "3.6",
             **common_settings(self),
             **self.scenario.settings(self),
@@ -740,22 +824,59 @@ class PostfixSystem(System):
         }
         (self.config_dir / "main.cf").write_text(
             "# Throw-away Postfix instance for tests/bench/compare.py\n"
-            + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+            + "".join(f"{k} = {v}\n" for k, v in self.settings.items()))
         (self.config_dir / "master.cf").write_text(
             MASTER_CF_POSTFIX.format(listen=f"{LOOPBACK}:{self.port}"))
-        for name in ("dynamicmaps.cf", "postfix-files"):
-            if Path("/etc/postfix", name).exists():
-                shutil.copy(Path("/etc/postfix", name), self.config_dir / name)
-        for name in ("dynamicmaps.cf.d", "postfix-files.d"):
-            if Path("/etc/postfix", name).is_dir():
-                shutil.copytree(Path("/etc/postfix", name), self.config_dir / name,
-                                dirs_exist_ok=True)
-        self.log_path.touch()
-        # queue and data directories, owners and modes: Postfix's own post-install.
-        run([PF_POSTFIX, "-c", str(self.config_dir), "set-permissions"], check=False, env=self.env())
-        check = run([PF_POSTFIX, "-c", str(self.config_dir), "check"], check=False, env=self.env())
-        if check.returncode != 0:
-            raise BenchError(f"postfix check failed:\n{check.stdout}{check.stderr}\n{self.log_tail()}")
+
+    def create_stock(self) -> None:
+        main_cf = Path("/usr/share/postfix/main.cf.debian").read_text()
+        (self.config_dir / "main.cf").write_text(main_cf)
+        master = Path("/etc/postfix/master.cf")
+        if not master.exists():
+            master = Path("/usr/share/postfix/master.cf.dist")
+        text, found = re.subn(r"(?m)^smtp(\s+inet\s)", f"{LOOPBACK}:{self.port}\\1",
+                              master.read_text())
+        if found != 1:
+            raise BenchError(f"{master}: no single 'smtp inet' line to move to port {self.port}")
+        (self.config_dir / "master.cf").write_text(text)
+        self.master_source = str(master)
+        alias_map = self.aliases_copy(["/usr/sbin/postalias", "-c", str(self.config_dir)])
+        postinst = {  # what Debian's postinst sets for "Internet Site"
+            **self.tls,
+            "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated "
+                                        "defer_unauth_destination",
+            "myhostname": "bench.localdomain",
+            "alias_maps": alias_map,
+            "alias_database": alias_map,
+            "mydestination": "$myhostname, localhost",
+            "relayhost": "",
+            "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+            "mailbox_size_limit": "0",
+            "recipient_delimiter": "+",
+            "inet_interfaces": "all",
+            "inet_protocols": "all",
+        }
+        common = common_settings(self)
+        bench = {  # only what the benchmark needs: paths, the loopback port, Maildir, logging
+            name: common[name] for name in
+            ("queue_directory", "data_directory", "inet_interfaces", "mail_spool_directory",
+             "maillog_file", "maillog_file_prefixes")}
+        self.settings = {**postinst, **bench, **self.scenario.settings(self), **self.extra}
+        run([PF_POSTCONF, "-c", str(self.config_dir), "-e",
+             *(f"{k}={v}" for k, v in self.settings.items())], env=self.env())
+
+    def describe_config(self) -> dict[str, Any]:
+        result = run([PF_POSTCONF, "-c", str(self.config_dir), "-n"], check=False, env=self.env())
+        settings = [line.replace(str(self.base), "DIR").replace(str(self.base.parent), "TOP")
+                    for line in result.stdout.splitlines()]
+        if self.config_style == "stock":
+            summary = (f"main.cf: /usr/share/postfix/main.cf.debian + postinst settings (postconf -n "
+                       f"below, DIR = the instance); master.cf: {self.master_source} with 'smtp inet' "
+                       f"on {LOOPBACK}:{self.port}, chroot as shipped (configure-instance.sh)")
+        else:
+            summary = ("main.cf below (postconf -n, DIR = the instance); master.cf: compare.py's "
+                       "MASTER_CF_POSTFIX (no chroot)")
+        return {"style": self.config_style, "summary": summary, "settings": settings}
 
     def start_command(self) -> list[str]:
         return [PF_POSTFIX, "-c", str(self.config_dir), "start"]
@@ -778,7 +899,18 @@ class PymailsysSystem(System):
         if result.returncode != 0:
             raise BenchError("pymailsys: `python3 -m pymailsys.tools.instance create` failed "
                              f"(is the pipeline in place?):\n{result.stdout}{result.stderr}")
-        settings = {**common_settings(self), **self.scenario.settings(self), **self.extra}
+        settings = {**common_settings(self), **self.scenario.settings(self)}
+        if self.config_style == "stock":
+            # The same work as stock Postfix: an alias lookup per delivery, STARTTLS offered.
+            alias_map = self.aliases_copy([PYTHON, "-c", "from pymailsys.tools.postmap import "
+                                           "postalias_main; postalias_main()",
+                                           "-c", str(self.config_dir)])
+            settings.update({name: value for name, value in self.tls.items()
+                             if name.startswith("smtpd_")})
+            settings.update({"alias_maps": alias_map, "alias_database": alias_map,
+                             "recipient_delimiter": "+", "mailbox_size_limit": "0"})
+        settings.update(self.extra)
+        self.settings = settings
         with open(self.config_dir / "main.cf", "a") as f:
             f.write("# tests/bench/compare.py: same settings as the Postfix peer\n")
             for name, value in settings.items():
@@ -788,6 +920,13 @@ class PymailsysSystem(System):
         check = self.tool("postfix", "check", check=False)
         if check.returncode != 0:
             note(f"pymailsys: postfix check exited {check.returncode}: {check.stderr.strip()}")
+
+    def describe_config(self) -> dict[str, Any]:
+        return {"style": self.config_style,
+                "summary": "`python3 -m pymailsys.tools.instance create DIR --port PORT --host "
+                           f"{LOOPBACK} --maildir`, then these main.cf lines:",
+                "settings": [f"{k} = {v}".replace(str(self.base), "DIR")
+                             .replace(str(self.base.parent), "TOP") for k, v in self.settings.items()]}
 
     def tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run([PYTHON, "-m", f"pymailsys.tools.{name}", "-c", str(self.config_dir), *args],
@@ -833,6 +972,13 @@ class RunResult:
     latency_p90_ms: float = 0.0
     accept_latency_median_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    size: int = 0
+    position: int = 0  # 1 = this system ran first in its round
+    warmup_messages: int = 0
+    cpu_ms_per_mb: float = 0.0
+    cpu_proc_live_s: float = 0.0
+    load_avg_start: float = 0.0
+    other_cpu_cores: float = 0.0
 
 
 def message_body(size: int) -> bytes:
@@ -850,6 +996,8 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
     argv.append(f"{LOOPBACK}:{system.port}")
     pss_samples: list[int] = []
     procs_peak = 0
+    already = system.delivered()  # a warm-up before this load left its messages
+    proc0 = proc_cpu_by_pid(system.group.pids())
     cpu0 = system.group.cpu()
     own0, busy0 = own_cpu(), machine_busy()
     t0 = time.monotonic()
@@ -868,7 +1016,7 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
                 if source.returncode != 0:
                     raise BenchError(f"{system.label}: smtp-source exited {source.returncode}: "
                                      f"{(out + err).strip()[-2000:]}\n{system.log_tail()}")
-            count = system.delivered()
+            count = system.delivered() - already
             if count != last_count:
                 last_count, last_progress = count, now
             if count >= n and accept_done is not None and system.queued() == 0:
@@ -890,6 +1038,7 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
             source.wait()
     cpu1 = system.group.cpu()
     own1, busy1 = own_cpu(), machine_busy()
+    proc1 = proc_cpu_by_pid(system.group.pids())
     assert accept_done is not None and delivered_at is not None
     result.accept_seconds = accept_done - t0
     result.deliver_seconds = delivered_at - t0
@@ -898,11 +1047,15 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
     result.cpu_user_s = cpu1[0] - cpu0[0]
     result.cpu_system_s = cpu1[1] - cpu0[1]
     result.cpu_s_per_1000 = (result.cpu_user_s + result.cpu_system_s) * 1000 / n
+    result.size = args.size
+    result.cpu_ms_per_mb = (result.cpu_user_s + result.cpu_system_s) * 1000 / (n * args.size / 1e6)
+    result.cpu_proc_live_s = sum(cpu - proc0.get(pid, 0.0) for pid, cpu in proc1.items())
     result.processes_load_peak = procs_peak
     result.bench_cpu_s = own1[0] - own0[0]
     result.client_cpu_s = own1[1] - own0[1]
     result.other_cpu_s = max(0.0, (busy1 - busy0) - (result.cpu_user_s + result.cpu_system_s)
                              - result.bench_cpu_s - result.client_cpu_s)
+    result.other_cpu_cores = result.other_cpu_s / result.deliver_seconds
     if pss_samples:
         result.pss_load_peak_mb = max(pss_samples) / 2**20
         result.pss_load_mean_mb = statistics.mean(pss_samples) / 2**20
@@ -950,8 +1103,10 @@ def latency_run(system: System, result: RunResult, count: int, size: int, scen: 
     result.accept_latency_median_ms = statistics.median(accepted)
 
 
-def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario) -> RunResult:
-    result = RunResult(system.label, rnd, args.messages)
+def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario,
+            position: int = 1) -> RunResult:
+    """Start the system, warm it up, measure one load and the latency probes, stop it."""
+    result = RunResult(system.label, rnd, args.messages, position=position)
     system.clear_queue()
     system.reset_mailbox()
     system.start()
@@ -960,8 +1115,16 @@ def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario) 
         pids = system.group.pids()
         result.processes_idle = len(pids)
         result.pss_idle_mb = pss_bytes(pids) / 2**20
+        if args.warmup > 0:
+            # Not counted: Postfix spawns its daemons on demand, pymailsys imports lazily;
+            # both should be measured with processes running and caches filled.
+            note(f"{system.label}: round {rnd}: warm-up, {args.warmup} messages")
+            warm = argparse.Namespace(**{**vars(args), "messages": args.warmup})
+            load_run(system, RunResult(system.label, rnd, args.warmup), warm, scen)
+            result.warmup_messages = args.warmup
         note(f"{system.label}: round {rnd}: {args.messages} messages, {args.sessions} sessions, "
              f"{args.size} bytes")
+        result.load_avg_start = os.getloadavg()[0]
         load_run(system, result, args, scen)
         time.sleep(1.0)
         result.pss_after_mb = pss_bytes(system.group.pids()) / 2**20
@@ -971,106 +1134,202 @@ def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario) 
     note(f"{system.label}: round {rnd}: accepted {result.accepted_per_s:.0f}/s, delivered "
          f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s/1000, PSS load "
          f"{result.pss_load_peak_mb:.1f} MB, latency {result.latency_median_ms:.1f} ms, "
-         f"other load {result.other_cpu_s:.1f} s CPU")
+         f"other load {result.other_cpu_s:.1f} s CPU ({result.other_cpu_cores:.2f} CPUs)")
     return result
 
 
 # --------------------------------------------------------------------------- report
-METRICS: list[tuple[str, str, str, bool]] = [
-    # key, label, format, higher is better
-    ("accepted_per_s", "accepted (msg/s)", "{:.0f}", True),
-    ("delivered_per_s", "delivered end to end (msg/s)", "{:.0f}", True),
-    ("latency_median_ms", "latency median, connect -> delivered (ms)", "{:.1f}", False),
-    ("latency_p90_ms", "latency 90th percentile (ms)", "{:.1f}", False),
-    ("accept_latency_median_ms", "latency median, connect -> 250 (ms)", "{:.1f}", False),
-    ("cpu_s_per_1000", "CPU s per 1,000 messages (all processes)", "{:.2f}", False),
-    ("cpu_user_s", "  of which user (s, whole run)", "{:.2f}", False),
-    ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}", False),
-    ("client_cpu_s", "  smtp-source CPU (s, whole run)", "{:.2f}", False),
-    ("bench_cpu_s", "  this script's CPU while polling (s)", "{:.2f}", False),
-    ("other_cpu_s", "  other CPU on the machine (s)", "{:.2f}", False),
-    ("pss_idle_mb", "PSS idle after start (MB)", "{:.1f}", False),
-    ("pss_load_peak_mb", "PSS under load, peak (MB)", "{:.1f}", False),
-    ("pss_load_mean_mb", "PSS under load, mean (MB)", "{:.1f}", False),
-    ("pss_after_mb", "PSS idle after load (MB)", "{:.1f}", False),
-    ("processes_idle", "processes idle", "{:.0f}", False),
-    ("processes_load_peak", "processes under load, peak", "{:.0f}", False),
+METRICS: list[tuple[str, str, str]] = [
+    # key, label, format
+    ("accepted_per_s", "accepted (msg/s)", "{:.0f}"),
+    ("delivered_per_s", "delivered end to end (msg/s)", "{:.0f}"),
+    ("latency_median_ms", "latency median, connect -> delivered (ms)", "{:.1f}"),
+    ("latency_p90_ms", "latency 90th percentile (ms)", "{:.1f}"),
+    ("accept_latency_median_ms", "latency median, connect -> 250 (ms)", "{:.1f}"),
+    ("cpu_s_per_1000", "CPU s per 1,000 messages (cgroup)", "{:.2f}"),
+    ("cpu_ms_per_mb", "CPU ms per MB of message (cgroup)", "{:.1f}"),
+    ("cpu_user_s", "  of which user (s, whole run)", "{:.2f}"),
+    ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}"),
+    ("cpu_proc_live_s", "  seen in /proc, processes alive at end (s)", "{:.2f}"),
+    ("client_cpu_s", "  smtp-source CPU (s, whole run)", "{:.2f}"),
+    ("bench_cpu_s", "  this script's CPU while polling (s)", "{:.2f}"),
+    ("other_cpu_s", "  other CPU on the machine (s)", "{:.2f}"),
+    ("other_cpu_cores", "  other CPU on the machine (CPUs busy)", "{:.2f}"),
+    ("load_avg_start", "load average (1 min) at the start", "{:.2f}"),
+    ("pss_idle_mb", "PSS idle after start (MB)", "{:.1f}"),
+    ("pss_load_peak_mb", "PSS under load, peak (MB)", "{:.1f}"),
+    ("pss_load_mean_mb", "PSS under load, mean (MB)", "{:.1f}"),
+    ("pss_after_mb", "PSS idle after load (MB)", "{:.1f}"),
+    ("processes_idle", "processes idle", "{:.0f}"),
+    ("processes_load_peak", "processes under load, peak", "{:.0f}"),
 ]
+# Ratios worth reading; the others (whole-run seconds, machine load) only describe the run.
+RATIO_KEYS = ("accepted_per_s", "delivered_per_s", "latency_median_ms", "latency_p90_ms",
+              "accept_latency_median_ms", "cpu_s_per_1000", "cpu_ms_per_mb", "cpu_user_s",
+              "cpu_system_s", "pss_idle_mb", "pss_load_peak_mb", "pss_load_mean_mb",
+              "pss_after_mb", "processes_idle", "processes_load_peak")
 
 
-def summarize(runs: list[RunResult]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+@dataclass
+class Summary:
+    """Per system and metric: median, min and max over the rounds; per metric the
+    median, min and max of the paired ratios pymailsys round i / Postfix round i."""
+
+    median: dict[str, dict[str, float]]
+    low: dict[str, dict[str, float]]
+    high: dict[str, dict[str, float]]
+    ratios: dict[str, dict[str, float]]  # key -> median, min, max, rounds
+
+
+def summarize(runs: list[RunResult]) -> Summary:
+    out = Summary({}, {}, {}, {})
     for name in SYSTEMS:
         mine = [r for r in runs if r.system == name]
-        if mine:
-            out[name] = {key: statistics.median(getattr(r, key) for r in mine)
-                         for key, *_ in METRICS}
+        if not mine:
+            continue
+        for key, *_ in METRICS:
+            values = [float(getattr(r, key)) for r in mine]
+            out.median.setdefault(name, {})[key] = statistics.median(values)
+            out.low.setdefault(name, {})[key] = min(values)
+            out.high.setdefault(name, {})[key] = max(values)
+    by_round: dict[int, dict[str, RunResult]] = {}
+    for r in runs:
+        by_round.setdefault(r.round, {})[r.system] = r
+    pairs = [(rs["pymailsys"], rs["postfix"]) for rs in by_round.values()
+             if "pymailsys" in rs and "postfix" in rs]
+    for key in RATIO_KEYS:
+        ratios = [getattr(ours, key) / getattr(theirs, key) for ours, theirs in pairs
+                  if getattr(theirs, key)]
+        if ratios:
+            out.ratios[key] = {"median": statistics.median(ratios), "min": min(ratios),
+                               "max": max(ratios), "rounds": len(ratios)}
     return out
 
 
-def targets(ratios: dict[str, float], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The issue's targets (figures, not pass/fail tests)."""
-    out: dict[str, Any] = {}
-    if "delivered_per_s" in ratios:
-        out["delivered rate >= 0.5 x Postfix (now), goal 1.0 x"] = ratios["delivered_per_s"] >= 0.5
-        out["latency median <= 2 x Postfix"] = ratios["latency_median_ms"] <= 2.0
-        out["CPU per message <= 2 x Postfix"] = ratios["cpu_s_per_1000"] <= 2.0
-    if "pymailsys" in summary:
-        out["PSS under load <= 150 MB"] = summary["pymailsys"]["pss_load_peak_mb"] <= 150
+def targets(scenario_name: str, summary: Summary) -> dict[str, bool]:
+    """Issue #15's goals for this scenario, on the median paired ratios (figures, not tests)."""
+    goals = {
+        "local": [("delivered_per_s", ">=", 1.25, "goal 1: local delivery rate >= 1.25 x Postfix"),
+                  ("cpu_s_per_1000", "<=", 1.0, "goal 1: CPU per message <= 1.0 x Postfix"),
+                  ("latency_median_ms", "<=", 1.0, "goal 1: latency connect -> Maildir <= 1.0 x Postfix"),
+                  ("pss_load_peak_mb", "<=", 2.0, "goal 1: PSS under load <= 2 x Postfix")],
+        "relay": [("delivered_per_s", ">=", 1.0, "goal 2: relay rate >= 1.0 x Postfix"),
+                  ("cpu_s_per_1000", "<=", 1.0, "goal 2: CPU per relayed message <= 1.0 x Postfix")],
+        "large": [("cpu_ms_per_mb", "<=", 1.0, "goal 4: CPU per byte of a 10 MB message <= 1.0 x Postfix")],
+    }
+    out = {}
+    for key, op, limit, text in goals.get(scenario_name, []):
+        if key in summary.ratios:
+            value = summary.ratios[key]["median"]
+            out[f"{text} (now {value:.2f} x)"] = value >= limit if op == ">=" else value <= limit
     return out
 
 
-def report(runs: list[RunResult], summary: dict[str, dict[str, float]],
-           ratios: dict[str, float], goals: dict[str, Any], meta: dict[str, Any]) -> str:
+def noisy_runs(runs: list[RunResult], threshold: float) -> list[RunResult]:
+    """Runs during which other processes kept more than `threshold` CPUs busy."""
+    return [r for r in runs if r.other_cpu_cores > threshold]
+
+
+def cpu_accounting_text(kind: str) -> str:
+    if kind == "v2":
+        return ("cgroup v2 cpu.stat (user_usec, system_usec) of each system's own cgroup, read "
+                "before and after the load: every process and thread that ran in it counts, "
+                "exited ones too (Postfix's short-lived smtpd/cleanup/local); smtp-source and "
+                "this script are outside it")
+    if kind == "v1":
+        return "cgroup v1 cpuacct of each system's own group (exited processes included)"
+    return ("process tree of the master from /proc (live processes plus reaped children's "
+            "cumulative times; no cgroup available: exited processes may be missed)")
+
+
+def cell(fmt: str, median: float, low: float, high: float) -> str:
+    return f"{fmt.format(median)} [{fmt.format(low)}-{fmt.format(high)}]"
+
+
+def report(runs: list[RunResult], summary: Summary, goals: dict[str, bool],
+           meta: dict[str, Any]) -> str:
+    params = meta["params"]
     lines = [
         f"pymailsys vs Postfix on {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']}",
-        f"load: {meta['params']['messages']} messages of {meta['params']['size']} bytes over "
-        f"{meta['params']['sessions']} smtp-source sessions"
-        f"{' (connections reused)' if meta['params']['reuse_connections'] else ''}, "
-        f"scenario {meta['params']['scenario']}, {meta['params']['rounds']} round(s); "
-        f"latency: {meta['params']['latency']} single messages",
-        f"cpu accounting: {meta['cpu_accounting']}"
-        + (f"; extra settings: {', '.join(meta['params']['set'])}" if meta["params"]["set"] else ""),
+        f"load: {params['messages']} messages of {params['size']} bytes over "
+        f"{params['sessions']} smtp-source sessions"
+        f"{' (connections reused)' if params['reuse_connections'] else ' (new connection per message)'}, "
+        f"scenario {params['scenario']}, {params['rounds']} round(s), each after a warm-up of "
+        f"{params['warmup']} messages (not counted); order alternates per round; "
+        f"latency: {params['latency']} single messages",
+        f"cpu accounting: {cpu_accounting_text(meta['cpu_accounting'])}"
+        + (f"; extra settings: {', '.join(params['set'])}" if params["set"] else ""),
         "; ".join(meta["versions"].values()),
-        "",
-        "runs (in order):",
     ]
+    for label, config in meta.get("configs", {}).items():
+        lines.append(f"{label} configuration ({config['style']}): {config['summary']}")
+        lines += [f"    {setting}" for setting in config["settings"]]
+    noisy = noisy_runs(runs, params["quiet_threshold"])
+    if noisy:
+        lines += ["", f"WARNING: the machine was not quiet: other processes kept more than "
+                      f"{params['quiet_threshold']:.2f} CPUs busy during {len(noisy)} of {len(runs)} "
+                      "runs (" + ", ".join(f"{r.system} round {r.round}: {r.other_cpu_cores:.2f}"
+                                           for r in noisy) + "); rates are not comparable"]
+    lines += ["", "runs (in order):"]
     for r in runs:
         lines.append(f"  {r.system:<9} round {r.round}: accepted {r.accepted_per_s:7.0f}/s  "
                      f"delivered {r.delivered_per_s:7.0f}/s  CPU {r.cpu_s_per_1000:6.2f} s/1000  "
-                     f"PSS {r.pss_load_peak_mb:6.1f} MB  latency {r.latency_median_ms:6.1f} ms")
-    names = list(summary)
-    lines += ["", "medians over rounds:",
-              f"  {'':<46}" + "".join(f"{n:>12}" for n in names)
-              + (f"{'ratio':>10}" if ratios else "")]
-    for key, label, fmt, _hib in METRICS:
-        row = f"  {label:<46}" + "".join(f"{fmt.format(summary[n][key]):>12}" for n in names)
-        if key in ratios:
-            row += f"{ratios[key]:>9.2f}x"
+                     f"PSS {r.pss_load_peak_mb:6.1f} MB  latency {r.latency_median_ms:6.1f} ms  "
+                     f"load {r.load_avg_start:4.1f}  other {r.other_cpu_cores:4.2f} CPUs")
+    names = list(summary.median)
+    lines += ["", f"over {params['rounds']} round(s): median [min-max]; ratio = median of the "
+                  "per-round ratios pymailsys/Postfix [min-max]",
+              f"  {'':<44}" + "".join(f"{n:>24}" for n in names)
+              + (f"{'ratio':>22}" if summary.ratios else "")]
+    for key, label, fmt in METRICS:
+        row = f"  {label:<44}" + "".join(
+            f"{cell(fmt, summary.median[n][key], summary.low[n][key], summary.high[n][key]):>24}"
+            for n in names)
+        if key in summary.ratios:
+            ratio = summary.ratios[key]
+            row += f"{cell('{:.2f}', ratio['median'], ratio['min'], ratio['max']) + 'x':>22}"
         lines.append(row)
-    if ratios:
-        lines.append("  (ratio = pymailsys / Postfix)")
     if goals:
-        lines += ["", "issue 6 targets:"]
+        lines += ["", "issue #15 targets (median paired ratio):"]
         lines += [f"  [{'met' if ok else 'NOT met'}] {what}" for what, ok in goals.items()]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
+# Per scenario: the defaults of --messages, --sessions, --size, --latency, --warmup.
+SCENARIO_DEFAULTS: dict[str, dict[str, int]] = {
+    "local": {"messages": 5000, "sessions": 10, "size": 2048, "latency": 50, "warmup": 300},
+    "relay": {"messages": 5000, "sessions": 10, "size": 2048, "latency": 50, "warmup": 300},
+    "large": {"messages": 20, "sessions": 2, "size": 10_000_000, "latency": 5, "warmup": 2},
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=5000, help="messages per load run (5000)")
-    p.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions (10)")
-    p.add_argument("--size", type=int, default=2048, help="message payload bytes (2048)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds; each runs every system once (2)")
-    p.add_argument("--latency", type=int, default=50, help="single-message latency probes per run (50)")
+    p.add_argument("--messages", type=int, help="messages per measured load run "
+                   "(5000; large: 20)")
+    p.add_argument("--sessions", type=int, help="parallel smtp-source sessions (10; large: 2)")
+    p.add_argument("--size", type=int, help="message length in bytes, smtp-source -l "
+                   "(2048; large: 10000000)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds; each runs every system once, the first system alternating (5)")
+    p.add_argument("--warmup", type=int, help="messages sent to each system before every "
+                   "measured run, not counted (300; large: 2)")
+    p.add_argument("--latency", type=int, help="single-message latency probes per run (50; large: 5)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--postfix-config", choices=["minimal", "stock"], default="minimal",
+                   help="minimal: compare.py's own main.cf and master.cf (no chroot); stock: "
+                        "Debian's master.cf and 'Internet Site' main.cf with only what the "
+                        "benchmark needs changed (see PostfixSystem)")
+    p.add_argument("--quiet-threshold", type=float, default=0.25,
+                   help="warn in the report when other processes kept more than this many CPUs "
+                        "busy during a run (0.25)")
     p.add_argument("--systems", default="postfix,pymailsys",
                    help="comma-separated, in run order (postfix,pymailsys)")
-    p.add_argument("--scenario", default="local", choices=["local", "relay"],
+    p.add_argument("--scenario", default="local", choices=list(SCENARIO_DEFAULTS),
                    help="local: Maildir delivery to benchuser (default); relay: to smtp-sink "
-                        "through the system's smtp client")
+                        "through the system's smtp client; large: local with 10 MB messages")
     p.add_argument("--reuse-connections", action="store_true",
                    help="smtp-source -d: several messages per connection")
     p.add_argument("--settle", type=float, default=2.0, help="seconds idle after start before measuring")
@@ -1085,6 +1344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-run a failed run this many times; failures are listed in the report (2)")
     p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
     args = p.parse_args(argv)
+    for name, value in SCENARIO_DEFAULTS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
     args.extra_settings = []
     for item in args.set:
@@ -1095,8 +1357,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.system_list:
         if name not in SYSTEMS:
             p.error(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
-    if args.messages <= 0 or args.sessions <= 0 or args.rounds <= 0:
-        p.error("--messages, --sessions and --rounds must be positive")
+    if args.messages <= 0 or args.sessions <= 0 or args.rounds <= 0 or args.size <= 0:
+        p.error("--messages, --sessions, --size and --rounds must be positive")
+    if args.warmup < 0 or args.latency < 0:
+        p.error("--warmup and --latency must not be negative")
     return args
 
 
@@ -1132,21 +1396,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             (top / "home").mkdir()
             account = ensure_account(top / "home" / BENCH_USER)
+            tls = stock_tls_settings(top / "tls") if args.postfix_config == "stock" else {}
             for name in args.system_list:
                 base = top / name
                 base.mkdir()
                 os.chmod(base, 0o755)
                 system = SYSTEMS[name](base, account, scen)
                 system.extra = {k: v for sysname, k, v in args.extra_settings if sysname == name}
+                system.config_style = args.postfix_config
+                system.tls = tls
                 systems.append(system)
                 note(f"{name}: creating instance in {base}")
                 system.create()
             failures: list[dict[str, Any]] = []
             for rnd in range(1, args.rounds + 1):
-                for system in systems:
+                # The first system alternates too: what runs second may pay for the first's
+                # writeback, or profit from its warm page cache.
+                order = systems if rnd % 2 else systems[::-1]
+                for position, system in enumerate(order, 1):
                     for attempt in range(args.retries + 1):
                         try:
-                            runs.append(one_run(system, rnd, args, scen))
+                            runs.append(one_run(system, rnd, args, scen, position))
                             break
                         except BenchError as exc:
                             failures.append({"system": system.label, "round": rnd,
@@ -1157,22 +1427,20 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{str(exc).splitlines()[0]}")
                             system.stop()
             summary = summarize(runs)
-            ratios: dict[str, float] = {}
-            if "postfix" in summary and "pymailsys" in summary:
-                ratios = {key: summary["pymailsys"][key] / summary["postfix"][key]
-                          for key, *_ in METRICS if summary["postfix"][key]}
-            goals = targets(ratios, summary)
+            goals = targets(scen.name, summary)
             meta = {
                 "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
                          "python": platform.python_version()},
                 "params": {k: getattr(args, k) for k in
-                           ("messages", "sessions", "size", "rounds", "latency", "scenario",
-                            "reuse_connections", "set")},
+                           ("messages", "sessions", "size", "rounds", "warmup", "latency",
+                            "scenario", "reuse_connections", "set", "postfix_config",
+                            "quiet_threshold")},
                 "cpu_accounting": systems[0].group.kind if systems else "",
                 "versions": {s.label: s.version() for s in systems},
+                "configs": {s.label: s.describe_config() for s in systems},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            text = report(runs, summary, ratios, goals, meta)
+            text = report(runs, summary, goals, meta)
             if failures:
                 text += "\n\nfailed runs (retried):\n" + "\n".join(
                     f"  {f['system']} round {f['round']} attempt {f['attempt']}: "
@@ -1181,8 +1449,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps({
                     **meta, "runs": [vars(r) for r in runs], "failed_runs": failures,
-                    "summary": summary,
-                    "ratios": ratios, "targets": goals,
+                    "summary": summary.median, "min": summary.low, "max": summary.high,
+                    "ratios": {k: v["median"] for k, v in summary.ratios.items()},
+                    "paired_ratios": summary.ratios, "targets": goals,
                 }, indent=2) + "\n")
                 note(f"wrote {args.json}")
             status = 0

@@ -1,0 +1,111 @@
+"""tests/bench/compare.py, the benchmark against Postfix: its report code on canned
+runs (medians, min/max, paired ratios, issue #15 targets, the quiet-machine
+warning), and one end-to-end run of a handful of messages through both systems so
+that CI notices when the harness breaks. No figure is asserted, only the shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+
+BENCH = Path(__file__).resolve().parent / "bench" / "compare.py"
+spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
+assert spec is not None and spec.loader is not None
+compare = importlib.util.module_from_spec(spec)
+sys.modules["bench_compare"] = compare  # dataclasses look their module up by name
+spec.loader.exec_module(compare)
+
+
+def canned(system: str, rnd: int, delivered: float, cpu: float, other: float = 0.05,
+           **more: float) -> object:
+    r = compare.RunResult(system, rnd, 5000, delivered_per_s=delivered, cpu_s_per_1000=cpu,
+                          latency_median_ms=4.0 if system == "postfix" else 5.0,
+                          pss_load_peak_mb=40.0 if system == "postfix" else 130.0,
+                          other_cpu_cores=other, **more)
+    return r
+
+
+RUNS = [
+    canned("postfix", 1, 500, 3.0), canned("pymailsys", 1, 550, 2.7),
+    canned("pymailsys", 2, 400, 3.0, other=0.9), canned("postfix", 2, 500, 2.5),
+    canned("postfix", 3, 600, 2.8), canned("pymailsys", 3, 720, 2.8),
+]
+
+
+def test_summary_has_median_min_max_and_paired_ratios() -> None:
+    summary = compare.summarize(RUNS)
+    assert summary.median["postfix"]["delivered_per_s"] == 500
+    assert summary.low["pymailsys"]["delivered_per_s"] == 400
+    assert summary.high["pymailsys"]["delivered_per_s"] == 720
+    # Paired per round: 550/500, 400/500, 720/600 -> 1.1, 0.8, 1.2, not 550/500.
+    ratio = summary.ratios["delivered_per_s"]
+    assert (round(ratio["min"], 3), round(ratio["median"], 3), round(ratio["max"], 3)) == (0.8, 1.1, 1.2)
+    assert ratio["rounds"] == 3
+    assert "other_cpu_cores" not in summary.ratios  # describes the run, not the systems
+
+
+def test_targets_are_issue_15s_per_scenario() -> None:
+    summary = compare.summarize(RUNS)
+    local = compare.targets("local", summary)
+    assert [text.split(":")[0] for text in local] == ["goal 1"] * 4
+    rate = next(ok for text, ok in local.items() if "rate" in text)
+    assert rate is False  # 1.1 x < 1.25 x
+    assert all(text.startswith("goal 2") for text in compare.targets("relay", summary))
+    large = compare.targets("large", compare.summarize(
+        [canned("postfix", 1, 1, 1, cpu_ms_per_mb=4.0),
+         canned("pymailsys", 1, 1, 1, cpu_ms_per_mb=20.0)]))
+    assert list(large.values()) == [False] and "goal 4" in next(iter(large))
+
+
+def test_report_names_accounting_config_and_noise() -> None:
+    summary = compare.summarize(RUNS)
+    meta = {
+        "host": {"cpus": 2, "kernel": "test"},
+        "params": {"messages": 5000, "size": 2048, "sessions": 10, "reuse_connections": False,
+                   "scenario": "local", "rounds": 3, "warmup": 300, "latency": 50, "set": [],
+                   "quiet_threshold": 0.25},
+        "cpu_accounting": "v2",
+        "versions": {"postfix": "Postfix 3.7.11", "pymailsys": "pymailsys abc"},
+        "configs": {"postfix": {"style": "stock", "summary": "Debian's",
+                                "settings": ["alias_maps = hash:DIR/etc/aliases"]}},
+    }
+    text = compare.report(RUNS, summary, compare.targets("local", summary), meta)
+    assert "cgroup v2 cpu.stat" in text and "exited ones too" in text
+    assert "postfix configuration (stock): Debian's" in text
+    assert "    alias_maps = hash:DIR/etc/aliases" in text
+    warning = next(line for line in text.splitlines() if line.startswith("WARNING"))
+    assert "pymailsys round 2: 0.90" in warning and "1 of 6 runs" in warning
+    row = next(line for line in text.splitlines() if "delivered end to end" in line)
+    assert "500 [500-600]" in row and "550 [400-720]" in row and "1.10 [0.80-1.20]x" in row
+    assert "issue #15 targets" in text and "[NOT met] goal 1: local delivery rate" in text
+
+
+def test_scenario_defaults_fill_what_is_not_given() -> None:
+    large = compare.parse_args(["--scenario", "large"])
+    assert (large.messages, large.size, large.sessions) == (20, 10_000_000, 2)
+    local = compare.parse_args(["--messages", "7"])
+    assert (local.messages, local.size, local.warmup, local.rounds) == (7, 2048, 300, 5)
+
+
+@pytest.mark.root
+def test_a_small_run_through_both_systems(tmp_path: Path) -> None:
+    require_tool(compare.SMTP_SOURCE)
+    out = tmp_path / "bench.json"  # the instances go to /tmp: pytest's tmp_path is 0700
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--messages", "20", "--rounds", "1", "--warmup", "5",
+         "--latency", "2", "--sessions", "4", "--retries", "0", "--json", str(out)],
+        capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert sorted(r["system"] for r in data["runs"]) == ["postfix", "pymailsys"]
+    for run in data["runs"]:
+        assert run["delivered_per_s"] > 0 and run["cpu_user_s"] + run["cpu_system_s"] > 0
+        assert run["warmup_messages"] == 5 and len(run["latencies_ms"]) == 2
+    assert "delivered_per_s" in data["paired_ratios"]
+    assert "issue #15 targets" in result.stdout
