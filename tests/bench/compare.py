@@ -3,25 +3,35 @@
 
 Usage (as root, from the repository):
 
-    python3 tests/bench/compare.py [--messages 5000] [--sessions 10] [--size 2048]
-                                   [--rounds 2] [--latency 50] [--json out.json]
-                                   [--systems postfix,pymailsys] [--keep]
+    python3 tests/bench/compare.py [--scenario local|relay|large] [--rounds 5]
+                                   [--messages 5000] [--sessions 10] [--size 2048]
+                                   [--warmup 300] [--latency 50] [--json out.json]
+                                   [--postfix-config minimal|stock] [--systems postfix,pymailsys]
+                                   [--quiet-threshold 0.25] [--keep]
 
 What it does, in one run:
 
 - installs Debian's ``postfix`` package if /usr/sbin/postfix or smtp-source is
   missing (debconf "No configuration": the system instance stays unconfigured);
-- creates a throw-away local account ``benchNNNNN`` (one per run, so runs never share it) (removed at the end);
+- creates a throw-away local account ``benchNNNNN`` (one per run, so runs never
+  share it; removed at the end);
 - writes a throw-away Postfix instance (own config_directory, queue_directory,
-  data_directory, maillog_file under a temp dir; minimal master.cf without
-  chroot; smtpd on a free 127.0.0.1 port; ``mail_spool_directory = DIR/mail/``
-  so that mail for benchuser@localhost lands in the Maildir DIR/mail/benchuser/)
-  and a throw-away pymailsys instance configured the same way
-  (``python3 -m pymailsys.tools.instance create``, as tests/harness.py does);
-- for each round and each system in turn (Postfix, pymailsys, Postfix, ...,
-  so that drift of the machine cancels) starts the system inside its own
-  cgroup, drives it with the same ``/usr/sbin/smtp-source`` load, measures,
-  and stops it again.
+  data_directory, maillog_file under a temp dir; smtpd on a free 127.0.0.1
+  port; ``mail_spool_directory = DIR/mail/`` so that mail for benchuser@localhost
+  lands in the Maildir DIR/mail/benchuser/) and a throw-away pymailsys instance
+  configured the same way (``python3 -m pymailsys.tools.instance create``, as
+  tests/harness.py does). ``--postfix-config minimal`` (default) is compare.py's
+  own small main.cf and master.cf without chroot; ``stock`` is Debian's
+  master.cf (chroot as shipped) and "Internet Site" main.cf with only the
+  benchmark's paths, port, mydestination and Maildir changed (PostfixSystem);
+  the report prints every setting either side used;
+- runs ``--rounds`` rounds; in each, every system is started in its own
+  cgroup, warmed up with ``--warmup`` messages (not counted: Postfix spawns its
+  daemons on demand, pymailsys imports lazily), driven with the same
+  ``/usr/sbin/smtp-source`` load (a new connection per message unless
+  ``--reuse-connections``), probed for latency, and stopped. The order
+  alternates per round (Postfix first in odd rounds, pymailsys first in even
+  ones), so that neither always runs on the other's writeback or warm cache.
 
 Figures per run:
 
@@ -29,22 +39,30 @@ Figures per run:
 - delivered/s: messages / time from the start of smtp-source until
   Maildir/new holds them all and the queue (incoming, active, deferred,
   maildrop, hold) is empty;
-- CPU ms per message (reported as CPU seconds per 1,000 messages, user and
-  system): from the cgroup's ``cpu.stat`` (cgroup v2) or ``cpuacct`` (v1), over
-  the same interval, for every process of the system including exited ones;
-  without cgroups, the process tree of the master (live times plus the
-  cumulative times of reaped children);
+- CPU (seconds per 1,000 messages and ms per MB of message, user and system):
+  from the system's cgroup ``cpu.stat`` (cgroup v2) or ``cpuacct`` (v1) over the
+  same interval, which counts every process and thread that ran in the group,
+  exited ones included (Postfix's smtpd, cleanup, local... come and go); as a
+  cross-check, the CPU that /proc shows for the processes still alive at the
+  end (what ``ps``/``top`` style measuring sees: Postfix's exited processes are
+  missing from it); without cgroups, the process tree of the master;
+- the machine's other CPU during the run (all CPUs' busy time minus the
+  system's, smtp-source's and this script's) in CPUs, and the load average at
+  the start: a run during which others kept more than ``--quiet-threshold``
+  CPUs busy is named in a WARNING line of the report (the run still counts);
 - PSS (proportional set size, /proc/PID/smaps_rollup) summed over every
   process of the system: idle after start, peak and mean under load, idle
   after the load;
 - latency: ``--latency`` single messages sent one at a time with smtplib;
   from connect until the file appears in Maildir/new (inotify; for relay:
-  until smtp-sink counts it), median and
-  90th percentile; also the time until the 250 reply to DATA.
+  until smtp-sink counts it), median and 90th percentile; also the time until
+  the 250 reply to DATA.
 
-Output: a plain-text report on stdout and, with --json, the same as JSON
-(every run, the medians per system, the ratios pymailsys/Postfix and the
-issue's targets).
+Output: a plain-text report on stdout and, with --json, the same as JSON: every
+run; per system and metric the median, min and max over the rounds; per metric
+the median, min and max of the paired ratios (pymailsys round i / Postfix
+round i, which cancels drift that hits both runs of a round); and issue #15's
+targets for the scenario, judged on the median paired ratio.
 
 Safety: talks only to 127.0.0.1, never to port 25, never touches the system
 Postfix (/etc/postfix) or another instance: Debian's commands are always
@@ -56,7 +74,8 @@ deleted, also on failure or Ctrl-C (``--keep`` keeps the temp dir).
 Scenarios (see ``Scenario``): ``--scenario local`` (default) delivers every
 message to benchuser's Maildir; ``--scenario relay`` relays every message
 through the system's smtp client to Debian's smtp-sink on another loopback
-port (arrival = smtp-sink's counter).
+port (arrival = smtp-sink's counter); ``--scenario large`` is local with 20
+messages of 10 MB over 2 sessions (issue #15 goal 4: CPU per MB).
 """
 
 from __future__ import annotations

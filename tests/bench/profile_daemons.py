@@ -174,7 +174,7 @@ def parse_raw(text: str) -> dict[str, dict[str, collections.Counter[str]]]:
 
 def format_profile(profile: dict[str, dict[str, collections.Counter[str]]], top: int,
                    rate: int, cpu: dict[str, tuple[float, float, int]] | None = None,
-                   messages: int = 0) -> str:
+                   messages: int = 0, size: int = 0) -> str:
     lines = []
     order = sorted(profile, key=lambda d: -profile[d]["total"]["samples"])
     grand = sum(profile[d]["total"]["samples"] for d in order) or 1
@@ -183,6 +183,8 @@ def format_profile(profile: dict[str, dict[str, collections.Counter[str]]], top:
         for name, (user, system, count) in sorted(cpu.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
             seconds = user + system
             per = f"  {1000 * seconds / messages:5.2f} ms/message" if messages else ""
+            if messages and size >= 100_000:
+                per += f"  {1000 * seconds / (messages * size / 1e6):6.2f} ms/MB"
             lines.append(f"  {name:<16} {seconds:7.2f} s CPU (user {user:6.2f}, system {system:6.2f})"
                          f"{per}  {count:4d} process(es)")
         lines.append("")
@@ -259,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             system.reset_mailbox()
             system.start()
             # Warm up, so that the on-demand daemons exist (py-spy follows new ones too).
-            warm = argparse.Namespace(**{**vars(args), "messages": 20, "sessions": 2})
-            compare.load_run(system, compare.RunResult(system.label, 0, 20), warm, scen)
+            warm_messages = 20 if args.size < 1_000_000 else 2
+            warm = argparse.Namespace(**{**vars(args), "messages": warm_messages, "sessions": 2})
+            compare.load_run(system, compare.RunResult(system.label, 0, warm_messages), warm, scen)
             system.reset_mailbox()
             master = system.master_pid()
             if master is None and py_spy:
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
                     f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
                     + format_profile(profile, args.top, args.rate, cpu_by_daemon.totals(),
-                                     args.messages))
+                                     args.messages, args.size))
             (args.out / "profile.txt").write_text(text + "\n")
             print(text)
             compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
