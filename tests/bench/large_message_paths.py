@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""CPU per MB of the per-byte steps a large message takes through pymailsys (issue #15 goal 4).
+
+Usage (any user, from the repository, with the venv's python):
+
+    python3 tests/bench/large_message_paths.py [--size 10000000] [--line 78] [--repeat 3]
+
+A message of ``--size`` bytes in lines of ``--line`` characters (smtp-source -l
+sends 78-character lines) is run, in process and without I/O to other
+processes, through the functions each daemon calls per byte, and the CPU time
+(time.process_time, best of --repeat) is printed per MB:
+
+- smtpd: ``_has_bare_lf`` and ``_normalize`` on 64 KB pieces of the DATA stream
+  (daemons/smtpd/stream.py);
+- cleanup: ``ContentPass.feed``-style work, i.e. splitting 64 KB chunks into lines and
+  ``encode_lines`` to N records (daemons/cleanup/headers.py);
+- local: ``content_records`` + ``QueueContent.text``-style joining of the records
+  back into LF lines from the queue file (pymailsys/queue/queue_file.py,
+  pymailsys/delivery/agent.py), as Maildir delivery reads it;
+- the same read with ``decode_blocks`` below, a sketch of an inlined decoder for
+  the common record (N or L, length < 128, whole in the block) that falls
+  back to ``records.decode_record`` for anything else: what local could save.
+
+The figures isolate Python's per-line cost from kernel and IPC cost; compare.py
+--scenario large and profile_daemons.py --size 10000000 give the end-to-end ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+from pymailsys.daemons.cleanup.headers import encode_lines
+from pymailsys.daemons.smtpd.stream import _has_bare_lf, _normalize
+
+from pymailsys.queue import records as r
+from pymailsys.queue.queue_file import content_records
+
+CHUNK = 65536
+
+
+def message(size: int, line: int) -> bytes:
+    body = bytearray()
+    n = 0
+    while len(body) < size:
+        n += 1
+        text = str(n).encode()
+        body += text + b"X" * (line - len(text)) + b"\r\n"
+    return bytes(body[:size - 2]) + b"\r\n"
+
+
+def smtpd(data: bytes) -> None:
+    for i in range(0, len(data), CHUNK):
+        piece = data[i:i + CHUNK]
+        _has_bare_lf(piece)
+        _normalize(piece, 2)
+
+
+def cleanup(data: bytes) -> None:
+    text = data.replace(b"\r\n", b"\n")
+    partial = b""
+    for i in range(0, len(text), CHUNK):
+        lines = (partial + text[i:i + CHUNK]).split(b"\n")
+        partial = lines.pop()
+        encode_lines(lines, 2048)
+
+
+def queue_file(data: bytes) -> tuple[int, int]:
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")[:-1]
+    records = encode_lines(lines, 2048)[0] + r.encode_record(r.REC_TYPE_XTRA, b"")
+    fd, path = tempfile.mkstemp(prefix="large-paths-")
+    os.unlink(path)
+    os.write(fd, records)
+    return fd, 0
+
+
+def local_now(fd: int, offset: int) -> int:
+    """content_records + QueueContent.text's joining, as local's Maildir delivery."""
+    out: list[bytes] = []
+    size = 0
+    total = 0
+    for rtype, payload in content_records(fd, offset):
+        out.append(payload)
+        size += len(payload)
+        if rtype == r.REC_TYPE_NORM:
+            out.append(b"\n")
+            size += 1
+        if size >= CHUNK:
+            total += len(b"".join(out))
+            out, size = [], 0
+    return total + len(b"".join(out))
+
+
+def decode_blocks(fd: int, offset: int, block: int = CHUNK) -> Iterator[bytes]:
+    """LF text from N/L records up to X, a block at a time: the common record decoded
+    inline, everything else through records.decode_record (same checks)."""
+    norm, cont = r.REC_TYPE_NORM[0], r.REC_TYPE_CONT[0]
+    buf = b""
+    at = offset
+    while True:
+        more = os.pread(fd, block, at)
+        if not more:
+            raise r.RecordError("content ends without an X record")
+        at += len(more)
+        buf += more
+        out: list[bytes] = []
+        append = out.append
+        pos, end = 0, len(buf)
+        while pos + 2 <= end:
+            kind, length = buf[pos], buf[pos + 1]
+            if (kind == norm or kind == cont) and length < 128 and pos + 2 + length <= end:
+                append(buf[pos + 2:pos + 2 + length])
+                if kind == norm:
+                    append(b"\n")
+                pos += 2 + length
+                continue
+            try:
+                rtype, payload, nxt = r.decode_record(buf, pos)
+            except r.RecordError as e:
+                if not e.incomplete:
+                    raise
+                break
+            if rtype == r.REC_TYPE_XTRA:
+                yield b"".join(out)
+                return
+            if rtype in (r.REC_TYPE_NORM, r.REC_TYPE_CONT):
+                append(payload)
+                if rtype == r.REC_TYPE_NORM:
+                    append(b"\n")
+            elif rtype not in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
+                raise r.RecordError(f"unexpected record type {rtype!r} in message content")
+            pos = nxt
+        yield b"".join(out)
+        buf = buf[pos:]
+
+
+def local_sketch(fd: int, offset: int) -> int:
+    return sum(len(chunk) for chunk in decode_blocks(fd, offset))
+
+
+def best(repeat: int, work: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        work()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=10_000_000)
+    p.add_argument("--line", type=int, default=78, help="characters per line (78)")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    data = message(args.size, args.line)
+    mb = len(data) / 1e6
+    fd, offset = queue_file(data)
+    try:
+        if local_now(fd, offset) != local_sketch(fd, offset):
+            raise SystemExit("the sketch decodes differently from content_records")
+        steps = [("smtpd: _has_bare_lf + _normalize", lambda: smtpd(data)),
+                 ("cleanup: split + encode_lines", lambda: cleanup(data)),
+                 ("local: content_records + text join", lambda: local_now(fd, offset)),
+                 ("local: inlined decoder sketch", lambda: local_sketch(fd, offset))]
+        print(f"{len(data)} bytes in lines of {args.line} characters; CPU ms per MB, best of "
+              f"{args.repeat}:")
+        for label, work in steps:
+            print(f"  {label:<40} {1000 * best(args.repeat, work) / mb:7.2f}")
+    finally:
+        os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
