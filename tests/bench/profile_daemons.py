@@ -19,9 +19,13 @@ It writes to --out (created; kept after the run):
 - ``pyspy.raw``: py-spy's collapsed stacks (``--format raw``), one line per
   stack with its sample count; feed it to flamegraph.pl or speedscope;
 - ``profile.txt``: per daemon (grouped by the ``pymailsys.daemons.NAME``
-  module on each process's command line): samples, and the top functions by
+  module on each process's command line): CPU from /proc (ms per message, and
+  per MB for messages of 100 kB or more: ``--size 10000000 --messages 30
+  --sessions 2`` for issue #15 goal 4), samples, and the top functions by
   self time (the frame on CPU) and by inclusive time (anywhere on the stack);
-  the same is printed on stdout.
+  the same is printed on stdout. Under CPU contention py-spy also counts
+  time spent waiting for a CPU, so read shares from the tables and absolute
+  cost from the CPU lines.
 
 py-spy is installed with pip when missing. It samples without stopping the
 processes (``--nonblocking``) unless --blocking is given. Samples count only
