@@ -844,6 +844,7 @@ class PostfixSystem(System):
     """
 
     label = "postfix"
+    master_source = ""  # stock: the master.cf it started from
 
     def create(self) -> None:
         for path in (self.config_dir, self.log_path.parent, self.queue_dir, self.data_dir):
