@@ -13,6 +13,11 @@ does: a control character, an invalid UTF-8 byte (a surrogate escape) or
 another unprintable character becomes ``?``, so nothing a client sent can
 forge a line break or a terminal escape in the log.
 
+``reset_in_child()`` is for a process that master forked instead of
+exec'ing: it closes the syslog connection it inherited and forgets master's
+log file descriptor and prefix (the child closes master's descriptors and
+calls ``init`` itself).
+
 ``fatal`` logs and exits the process with status 1 (master restarts a daemon);
 ``panic`` does the same for a broken invariant. Commands pass ``stderr=True`` to
 also print ``program: text`` on standard error, as Postfix's commands do.
@@ -83,6 +88,17 @@ def init_stderr_only(program: str) -> None:
     _state.program = program
     _state.stderr = True
     _state.use_syslog = False
+
+
+def reset_in_child() -> None:
+    """Forget master's logging state in a forked child, before its descriptors are closed.
+
+    The C library's syslog socket is closed now: once its number is closed
+    and reused, syslog() would write log lines into whatever took it.
+    """
+    global _state
+    syslog.closelog()
+    _state = _State()
 
 
 def tag() -> str:

@@ -20,6 +20,9 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   listeners, fd 5 is the status pipe (the child writes ``A`` when it can take a
   client and ``B`` when it cannot), fd 4 is the lifeline (end of file there
   means master is gone or reloading: stop accepting, finish, exit);
+* once started (configuration, tables, ``on_start``) it freezes the
+  collector's view of what exists (``gc.freeze``), so that collections walk
+  only what serving clients creates;
 * client_limit: the process takes at most this many clients at once; at the
   limit it stops accepting (so master starts another process for the next one)
   and reports ``B``. A client counts from the moment it is accepted.
@@ -65,6 +68,7 @@ Run by hand (no fd 6), a daemon can listen on a path or host:port given with
 from __future__ import annotations
 
 import asyncio
+import gc
 import getopt
 import os
 import signal
@@ -519,6 +523,9 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
     loop.add_signal_handler(signal.SIGINT, terminate)
     if on_start is not None:
         await on_start(ctx)
+    # Started: what exists now (imports, configuration, tables) lives as long as the
+    # process; the collector need not walk it again, nor touch pages shared with master.
+    gc.freeze()
     for item in listeners:
         if isinstance(item, int):
             runner.fifo_fds.append(item)

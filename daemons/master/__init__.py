@@ -25,6 +25,11 @@ DESCRIPTION
     starts. Children get the
     descriptors of ``pymailsys.ipc.master_status``.
 
+    Children are forked from master's image, with the library preloaded
+    (``forking``, ``proctitle``): ``ps`` and ``/proc/PID/cmdline`` show each
+    one as ``python3 -P -m pymailsys.daemons.NAME ...``. A package upgrade
+    therefore needs ``postfix stop; postfix start``, not a reload.
+
     Signals: SIGHUP reloads (main.cf and master.cf re-read, the old lifeline
     closed so old children finish what they hold and exit, those still
     running 60 s later terminated; listeners created or closed as the
@@ -64,18 +69,25 @@ import getopt
 import os
 import sys
 
-from pymailsys.daemons.master.daemonize import start_detached
-from pymailsys.daemons.master.supervisor import Master
-
-from pymailsys import config as config_mod
-from pymailsys import pidfile
-from pymailsys.config import ConfigError
+from pymailsys.daemons.master import proctitle
 
 USAGE = "usage: master [-c config_dir] [-d] [-s] [-t] [-w] [-v]"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if argv is None and "-t" not in args:
+        proctitle.ensure_room()  # before the heavy imports: it may re-execute master
+    while args and args[-1] == "":  # ensure_room's padding
+        args = args[:-1]
+    # Imported here, after ensure_room, so that a re-execution costs little.
+    from pymailsys.daemons.master.daemonize import start_detached
+    from pymailsys.daemons.master.supervisor import Master
+
+    from pymailsys import config as config_mod
+    from pymailsys import pidfile
+    from pymailsys.config import ConfigError
+
     try:
         opts, rest = getopt.getopt(args, "c:dDe:istvw")
     except getopt.GetoptError as e:

@@ -5,16 +5,18 @@ Contract: a master.cf command names a Python module (``module_for``):
 is ``pymailsys.daemons.trivial_rewrite``); a command containing a dot is taken
 as a full module name (third-party services, test fixtures).
 
-``spawn`` starts one child of a service as::
+``spawn`` starts one child of a service, forked from master's preloaded
+image (``forking``), as what it would be when started as::
 
     python3 -P -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z]
             [-s COUNT] ARGS-FROM-MASTER.CF
 
-in master's working directory, queue_directory, and with Python's safe-path
-mode (``-P``), so that no directory a child starts in can shadow the
-installed package; with the descriptors of ``pymailsys.ipc.master_status`` (lifeline, status
-pipe, listeners), fds 0 and 1 /dev/null and fd 2 master's stderr relay; every
-other descriptor is closed. Each child gets a status pipe of its own (the
+(``/proc/PID/cmdline`` shows exactly that) in master's working directory,
+queue_directory, with Python's safe-path mode (``-P``: no directory a
+child starts in can shadow the installed package); with the descriptors of
+``pymailsys.ipc.master_status`` (lifeline, status pipe, listeners), fds 0
+and 1 /dev/null and fd 2 master's stderr relay; every other descriptor is
+closed. Each child gets a status pipe of its own (the
 child cannot tell): the one-byte status protocol carries no process ID, and a
 private pipe is what lets master know exactly which child is available, even
 after one was killed halfway. ``child_env`` filters the environment by
@@ -26,10 +28,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import sys
 from dataclasses import dataclass, field
 
+from pymailsys.daemons.master import forking
 from pymailsys.daemons.master.listeners import Listener
 
 from pymailsys import module_argv
@@ -158,24 +159,11 @@ def spawn(svc: Service, argv: list[str], env: dict[str, str], *, devnull: int,
           stderr_w: int, lifeline_r: int) -> tuple[int, int]:
     """Start one child of svc: (pid, non-blocking read end of its status pipe); OSError."""
     status_r, status_w = os.pipe()
-    targets = [(devnull, 0), (devnull, 1), (stderr_w, 2),
-               (lifeline_r, LIFELINE_FD), (status_w, STATUS_FD)]
-    targets += [(lst.fd, LISTEN_FD + i) for i, lst in enumerate(svc.listeners)]
-    # Two steps through descriptors above every source and target, so that no
-    # dup2 overwrites a source still to be copied.
-    base = max(max(src for src, _ in targets), LISTEN_FD + len(svc.listeners)) + 1
-    actions: list[tuple] = []
-    for i, (src, _dst) in enumerate(targets):
-        actions.append((os.POSIX_SPAWN_DUP2, src, base + i))
-    for i, (_src, dst) in enumerate(targets):
-        actions.append((os.POSIX_SPAWN_DUP2, base + i, dst))
-    for i in range(len(targets)):
-        actions.append((os.POSIX_SPAWN_CLOSE, base + i))
+    fds = [(devnull, 0), (devnull, 1), (stderr_w, 2),
+           (lifeline_r, LIFELINE_FD), (status_w, STATUS_FD)]
+    fds += [(lst.fd, LISTEN_FD + i) for i, lst in enumerate(svc.listeners)]
     try:
-        pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions,
-                             setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM,
-                                        signal.SIGINT, signal.SIGCHLD),
-                             setsigmask=())
+        pid = forking.start_child(argv, env, fds)
     except OSError:
         os.close(status_r)
         os.close(status_w)

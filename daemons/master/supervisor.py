@@ -35,6 +35,10 @@ Signals arrive through a wake-up pipe (``signal.set_wakeup_fd``) and are
 handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
 stop (terminate all children, wait up to 3 s, kill what is left).
 
+Children are forked from master (``forking``): at the end of its
+initialization (before ``ok`` goes to ``-w``) and after every reload master preloads the library
+and freezes its objects; the loop stays single-threaded, as a fork needs.
+
 Reload starts a new generation: the old lifeline is closed, so every child
 of the old generation stops accepting, finishes what it holds and exits
 (qmgr at once, leaving active/ to the new qmgr); listeners stay with master.
@@ -55,7 +59,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from pymailsys.daemons.master import children
+from pymailsys.daemons.master import children, forking
 from pymailsys.daemons.master.children import LIMIT_WARNING_INTERVAL, Child, Service
 from pymailsys.daemons.master.listeners import endpoint_owner
 from pymailsys.daemons.master.reload import (
@@ -150,6 +154,7 @@ class Master:
             user = privileges.user_name(os.geteuid())
             log.warning(f"not running as root: all services run as user {user} "
                         f"(uid {os.geteuid()}); mail_owner and the unpriv column have no effect")
+        forking.preload()
 
     def lock_pid_file(self, cfg: Config) -> None:
         rel = os.path.join(cfg.get("process_id_directory"), "master.pid")
@@ -459,6 +464,7 @@ class Master:
         for child in self.children.values():
             if child.generation < self.generation and child.deadline is None:
                 child.deadline = deadline
+        forking.preload()  # freezes what the reload built, for the new children to share
 
     def shutdown(self) -> int:
         for svc in self.services.values():

@@ -1,0 +1,184 @@
+"""Children forked from master's preloaded image instead of fresh interpreters.
+
+Contract: ``preload()`` imports every module of the pymailsys library (never
+``pymailsys.daemons`` or ``pymailsys.tools``: master must not run a daemon's
+module code) and the other modules the daemons import themselves
+(``DAEMON_IMPORTS``), then ``gc.collect(); gc.freeze()``, so that the children
+master forks share those pages with master and with each other, and no
+collector run in a child walks (and so copies) them. Master calls it once
+initialized and again after a reload (freezing what the reload built).
+
+``start_child(argv, env, fds)`` forks; the child becomes what
+``posix_spawn(python3 -P -m MODULE ...)`` made before, and never returns
+into master's loop:
+
+* signals: all blocked around the fork, so no signal reaches master's
+  handlers or its wake-up pipe from the child; then the wake-up fd
+  dropped, SIGHUP, SIGTERM, SIGCHLD back to SIG_DFL, SIGINT to Python's
+  KeyboardInterrupt and SIGPIPE ignored (as a fresh interpreter has them),
+  and an empty mask;
+* descriptors: the C library's syslog connection closed first, then
+  ``fds`` as ``[(source, target)]`` copied into place, every other
+  descriptor closed (master's listeners of other services, other
+  children's status pipes, the selector, the wake-up pipe, the pid-file
+  lock, the log file);
+* logging reset (``log.reset_in_child``), ``os.environ`` replaced by env
+  (then ``time.tzset()``), ``sys.argv`` and ``/proc/PID/cmdline`` and
+  ``/proc/PID/environ`` as an exec'd child had them (``proctitle``); the
+  objects inherited from master frozen (a collection in the child never
+  runs a finalizer of master's, which could close a descriptor number the
+  child has since reused); atexit handlers inherited from master dropped;
+* then ``runpy.run_module(MODULE, run_name="__main__", alter_sys=True)``;
+  the exit status is the interpreter's: 0 at the end, SystemExit's code,
+  1 with the traceback on fd 2 (master's stderr relay) for an exception.
+
+The working directory (queue_directory) and the privileges are master's,
+as with posix_spawn: the server skeleton drops privileges itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import importlib
+import os
+import pkgutil
+import runpy
+import signal
+import sys
+import time
+import traceback
+from typing import NoReturn
+
+from pymailsys.daemons.master import proctitle
+
+import pymailsys
+from pymailsys import log
+
+# Modules daemons import themselves that the library does not
+# (tests/test_master_fork.py names any that is missing).
+DAEMON_IMPORTS = ("aiosmtpd.smtp", "aiosmtpd.proxy_protocol", "resource", "uvloop")
+NOT_PRELOADED = ("pymailsys.daemons", "pymailsys.tools", "pymailsys.conf")
+
+_CHILD_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD)
+
+
+def library_modules() -> list[str]:
+    """Every module of the pymailsys library, without daemons and commands."""
+    return [m.name for m in pkgutil.walk_packages(pymailsys.__path__, "pymailsys.")
+            if not m.name.startswith(NOT_PRELOADED)]
+
+
+def preload() -> None:
+    """Import what children use, then freeze it for sharing (see the module docstring)."""
+    for name in library_modules() + list(DAEMON_IMPORTS):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            # uvloop is optional; a broken library module fails again in the child
+            if not name.startswith("uvloop"):
+                log.warning(f"preload: {name}: {e}")
+    gc.collect()
+    gc.freeze()
+
+
+def start_child(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]]) -> int:
+    """Fork a child that runs ``argv`` = ``[python, -P, -m, MODULE, ARGS...]``; its pid.
+
+    OSError when the fork fails.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        raise
+    if pid == 0:
+        _child(argv, env, fds)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return pid
+
+
+def _child(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]]) -> NoReturn:
+    status = 1
+    try:
+        gc.freeze()
+        atexit._clear()
+        signal.set_wakeup_fd(-1)
+        for sig in _CHILD_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        log.reset_in_child()
+        _place_descriptors(fds)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        os.environ.clear()
+        os.environ.update(env)
+        time.tzset()
+        proctitle.show(argv, env)
+        module = argv[3]
+        sys.orig_argv = list(argv)
+        sys.argv = [module, *argv[4:]]
+        status = _run(module)
+    except BaseException:  # noqa: B036 -- nothing may return into master's loop
+        _print_exception()
+    os._exit(status)
+
+
+def _run(module: str) -> int:
+    """Run the module as ``python -m`` would; the process's exit status."""
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as e:
+        status = _exit_status(e.code)
+    except BaseException:  # noqa: B036 -- as an interpreter would: traceback, status 1
+        _print_exception()
+        status = 1
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: B036
+        pass
+    return status
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(f"{code}\n")
+    except BaseException:  # noqa: B036
+        pass
+    return 1
+
+
+def _print_exception() -> None:
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except BaseException:  # noqa: B036
+        pass
+
+
+def _place_descriptors(fds: list[tuple[int, int]]) -> None:
+    """Copy each source to its target, then close every descriptor not a target."""
+    # Two steps through descriptors above every source and target, so that no
+    # dup2 overwrites a source still to be copied.
+    base = max(max(max(src, dst) for src, dst in fds) + 1, 3)
+    for i, (src, _dst) in enumerate(fds):
+        os.dup2(src, base + i)
+    for i, (_src, dst) in enumerate(fds):
+        os.dup2(base + i, dst)
+    targets = sorted(dst for _src, dst in fds)
+    low = 0
+    for dst in targets:
+        if dst > low:
+            os.closerange(low, dst)
+        low = dst + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
