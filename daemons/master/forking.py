@@ -58,7 +58,7 @@ from pymailsys import log
 # Modules daemons import themselves that the library does not
 # (tests/test_master_fork.py names any that is missing).
 DAEMON_IMPORTS = ("aiosmtpd.smtp", "aiosmtpd.proxy_protocol", "resource", "uvloop")
-NOT_PRELOADED = ("pymailsys.daemons", "pymailsys.tools", "pymailsys.conf")
+NOT_PRELOADED = ("pymailsys.daemons", "pymailsys.tools", "pymailsys.conf", "pymailsys.cli")
 
 _CHILD_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD)
 
