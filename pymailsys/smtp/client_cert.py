@@ -24,7 +24,8 @@ DESCRIPTION
     fingerprint of the DER certificate and of its public key (DER
     SubjectPublicKeyInfo) with smtpd_tls_fingerprint_digest, written as
     Postfix does (``AB:CD:...``, upper case), and whether it is trusted. The
-    certificate is parsed with ``cryptography``.
+    certificate is parsed with ``cryptography``, imported on the first
+    certificate: it costs every smtpd about 7 MB, and most never see one.
 
 REFUSES
     ``digest`` names other than md5, sha1, sha224, sha256, sha384, sha512
@@ -36,12 +37,12 @@ from __future__ import annotations
 import hashlib
 import ssl
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from pymailsys.smtp import openssl
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 DIGESTS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 
@@ -61,6 +62,10 @@ def read(ssl_object: ssl.SSLObject, digest: str) -> ClientCert | None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from cryptography.x509.oid import NameOID
+
     cert = x509.load_der_x509_certificate(der)
     spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     trusted, error = openssl.verify_result(ssl_object)
