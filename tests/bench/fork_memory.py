@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Per-process memory and start time of a pymailsys instance: what master's fork saves.
+
+Usage (as root, from the repository, with the python of the venv to measure):
+
+    python3 tests/bench/fork_memory.py [--starts 5] [--messages 3000] [--sessions 10]
+
+It builds compare.py's local-delivery instance, then:
+
+- starts and stops it ``--starts`` times, timing ``postfix start`` until
+  smtpd answers with 220 (wall clock and the CPU the instance's processes
+  used meanwhile), and prints the median;
+- after a start, the PSS of each process idle, then the peak PSS of each
+  daemon (and of the whole instance) while smtp-source sends ``--messages``
+  messages and local delivers them, as a table by daemon (processes are
+  named by the ``pymailsys.daemons.NAME`` module of their command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare  # noqa: E402  (the benchmark's instance and load code)
+
+DAEMON_RE = re.compile(rb"pymailsys\.daemons\.(\w+)")
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def name_of(pid: int) -> str:
+    try:
+        m = DAEMON_RE.search(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return "?"
+    return m.group(1).decode() if m else "?"
+
+
+def by_daemon(pids: list[int]) -> dict[str, tuple[int, int]]:
+    """daemon -> (processes, PSS kB summed)."""
+    out: dict[str, tuple[int, int]] = {}
+    for pid in pids:
+        n, kb = out.get(name_of(pid), (0, 0))
+        out[name_of(pid)] = (n + 1, kb + pss_kb(pid))
+    return out
+
+
+def timed_start(system: compare.PymailsysSystem) -> tuple[float, float]:
+    cpu0 = system.group.cpu()
+    t0 = time.monotonic()
+    system.start()
+    wall = time.monotonic() - t0
+    cpu1 = system.group.cpu()
+    return wall, (cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--starts", type=int, default=5)
+    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--size", type=int, default=2048)
+    args = p.parse_args()
+    scen = compare.scenario("local")
+    top = Path(tempfile.mkdtemp(prefix="pymailsys-forkmem-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    (top / "home").mkdir()
+    account = compare.ensure_account(top / "home" / compare.BENCH_USER)
+    base = top / "pymailsys"
+    base.mkdir()
+    os.chmod(base, 0o755)
+    system = compare.PymailsysSystem(base, account, scen)
+    try:
+        system.create()
+        system.reset_mailbox()
+        starts = []
+        for _ in range(args.starts):
+            starts.append(timed_start(system))
+            system.stop()
+        walls = [w for w, _c in starts]
+        cpus = [c for _w, c in starts]
+        print(f"start until 220: median {statistics.median(walls) * 1000:.0f} ms wall, "
+              f"{statistics.median(cpus) * 1000:.0f} ms CPU "
+              f"(runs: {', '.join(f'{w * 1000:.0f}/{c * 1000:.0f}' for w, c in starts)})")
+        system.start()
+        time.sleep(2.0)
+        idle = by_daemon(system.group.pids())
+        argv = [compare.SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages),
+                "-l", str(args.size), "-f", compare.SENDER, "-t", scen.recipient,
+                "-M", "client.example", f"{compare.LOOPBACK}:{system.port}"]
+        source = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak: dict[str, tuple[int, int]] = {}
+        total_peak = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            now = by_daemon(system.group.pids())
+            total_peak = max(total_peak, sum(kb for _n, kb in now.values()))
+            for name, (n, kb) in now.items():
+                if kb > peak.get(name, (0, 0))[1]:
+                    peak[name] = (n, kb)
+            if (source.poll() is not None and system.delivered() >= args.messages
+                    and system.queued() == 0):
+                break
+            time.sleep(0.25)
+        source.wait()
+        print(f"{'daemon':10} {'idle procs':>10} {'idle PSS MB':>12} {'load procs':>10} "
+              f"{'peak PSS MB':>12}")
+        for name in sorted(set(idle) | set(peak)):
+            i, pk = idle.get(name, (0, 0)), peak.get(name, (0, 0))
+            print(f"{name:10} {i[0]:>10} {i[1] / 1024:>12.1f} {pk[0]:>10} {pk[1] / 1024:>12.1f}")
+        print(f"{'total':10} {sum(n for n, _ in idle.values()):>10} "
+              f"{sum(kb for _, kb in idle.values()) / 1024:>12.1f} {'':>10} "
+              f"{total_peak / 1024:>12.1f}  (peak of the sum)")
+        print(f"delivered {system.delivered()} of {args.messages}")
+    finally:
+        system.destroy()
+        compare.remove_account(account)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
