@@ -144,3 +144,33 @@ def test_the_postmaster_gets_the_transcript_of_a_rejected_rcpt(new_instance) -> 
     assert (b"\n Out: 550 5.1.1 <nosuchuser@localhost>: Recipient address rejected: User\n"
             b"     unknown in local recipient table\n") in notice
     assert b"\nFor other details, see the local mail logfile\n" in notice
+
+
+def test_history_is_kept_as_sent_and_counted_in_lines() -> None:
+    """Replies are kept whole and decoded only for a notice: a multi-line reply counts
+    its lines towards smtpd_history_flush_threshold, a queued message clears a longer
+    history, and the notice shows each line on its own, made printable."""
+    class Config:
+        @staticmethod
+        def get_list(name: str) -> list[str]:
+            return ["protocol"]
+
+        @staticmethod
+        def get(name: str) -> str:
+            return "x"
+
+        @staticmethod
+        def get_int(name: str) -> int:
+            return 3
+
+    t = transcript.Notices(Config(), None).start()  # type: ignore[arg-type]
+    t.query(b"EHLO client.example")
+    t._replies(b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+    assert t.line_count == 4
+    t._replies(b"250 2.0.0 Ok: queued as 4AbC\r\n")  # over the threshold: cleared
+    assert t.history == [] and t.line_count == 0
+    t.query(b"MAIL FROM:<\xc3\xa9\x01@x>")
+    t._replies(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+    assert list(t.history_lines()) == ["In:  MAIL FROM:<\u00e9\x01@x>",
+                                       "Out: 501 5.5.4 Syntax: MAIL FROM:<address>"]
+    assert t.due() and " In:  MAIL FROM:<\u00e9?@x>" in list(t.lines("c[1.2.3.4]"))

@@ -57,7 +57,8 @@ DESCRIPTION
 SECURITY
     What the client sent reaches the notice only inside those indented,
     printable lines, never as a header. The history is bounded
-    (HISTORY_LIMIT lines of at most LINE_LIMIT characters).
+    (HISTORY_LIMIT lines, kept as at most ENTRY_LIMIT bytes a command line or
+    reply; LINE_LIMIT characters of each line reach the notice).
 
 CONFIGURATION PARAMETERS
     notify_classes, error_notice_recipient, double_bounce_sender, myorigin,
@@ -79,6 +80,7 @@ from pymailsys.ipc.attr import AttrPool, AttrValue, ProtocolError, request_strea
 SMTPD_CLASSES = frozenset(("bounce", "data", "policy", "protocol", "resource", "software"))
 HISTORY_LIMIT = 500  # lines, whatever the flush threshold
 LINE_LIMIT = 512  # characters kept of one line (an SMTP command line, RFC 5321)
+ENTRY_LIMIT = 4 * LINE_LIMIT  # bytes kept of one command line or reply (UTF-8: 4 a character)
 _STATUS = re.compile(r"[45]\d\d[ -]([45])\.(\d{1,3})\.(\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -118,12 +120,18 @@ class Notices:
 
 
 class Transcript:
-    """One session's history and the error classes it met."""
+    """One session's history and the error classes it met.
+
+    History entries are kept as the bytes that went by (``In:  `` + a command
+    line, ``Out: `` + the lines of one reply) and decoded only when a notice
+    is written: a session without errors pays for little more than a list
+    append per line."""
 
     def __init__(self, notices: Notices, recording: bool) -> None:
         self.notices = notices
         self.recording = recording
-        self.history: list[str] = []
+        self.history: list[bytes] = []
+        self.line_count = 0  # lines in history (an entry may hold a multi-line reply)
         self.errors: set[str] = set()
         self.reason = ""
         self._rejected = False
@@ -143,36 +151,44 @@ class Transcript:
     def query(self, line: bytes) -> None:
         if not self.recording:
             return
-        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-        self._add("In:  " + text)
-        if text[:4].upper() in ("EHLO", "RSET"):
+        self._add(b"In:  " + line[:ENTRY_LIMIT].rstrip(b"\r\n"), 1)
+        if line[:4].upper() in (b"EHLO", b"RSET"):
             self._flush()
 
     def rejected(self) -> None:
         self._rejected = True
 
     def _replies(self, data: bytes) -> None:
-        for raw in data.split(b"\r\n"):
-            if not raw:
-                continue
-            text = raw.decode("utf-8", "replace")
-            self._add("Out: " + text)
-            if text[:1] in ("4", "5"):
-                found = error_class(text, self._rejected)
-                if found is not None:
-                    self.errors.add(found)
-                if text[3:4] != "-":
-                    self._rejected = False
-            elif text.startswith("250 ") and " queued as " in text:
-                self._flush()
+        self._add(b"Out: " + data[:ENTRY_LIMIT], data.count(b"\n") or 1)
+        first = data[:1]
+        if first == b"4" or first == b"5":
+            for raw in data.split(b"\r\n"):
+                if raw[:1] in (b"4", b"5"):
+                    found = error_class(raw.decode("utf-8", "replace"), self._rejected)
+                    if found is not None:
+                        self.errors.add(found)
+                    if raw[3:4] != b"-":
+                        self._rejected = False
+        elif data.startswith(b"250 ") and b" queued as " in data:
+            self._flush()
 
-    def _add(self, line: str) -> None:
-        if len(self.history) < HISTORY_LIMIT:
-            self.history.append(line[:LINE_LIMIT])
+    def _add(self, entry: bytes, lines: int) -> None:
+        if self.line_count < HISTORY_LIMIT:
+            self.history.append(entry)
+            self.line_count += lines
 
     def _flush(self) -> None:
-        if len(self.history) > self.notices.flush_threshold:
+        if self.line_count > self.notices.flush_threshold:
             self.history.clear()
+            self.line_count = 0
+
+    def history_lines(self) -> Iterator[str]:
+        """The history as text, one line each (``In:  ...``, ``Out: ...``)."""
+        for entry in self.history:
+            prefix, body = entry[:5], entry[5:]
+            parts = [body] if prefix == b"In:  " else [p for p in body.split(b"\r\n") if p]
+            for part in parts:
+                yield (prefix + part).decode("utf-8", "replace")[:LINE_LIMIT]
 
     def due(self) -> bool:
         return self.recording and bool(self.errors & self.notices.classes)
@@ -186,7 +202,7 @@ class Transcript:
         yield ""
         yield "Transcript of session follows."
         yield ""
-        for line in self.history:
+        for line in self.history_lines():
             for part in textwrap.wrap(_CONTROL.sub("?", line), 78, subsequent_indent="    ",
                                       break_long_words=False, break_on_hyphens=False) or [""]:
                 yield " " + part
