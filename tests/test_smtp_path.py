@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 from harness import ME
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pymailsys.smtp.path import parse_path, smtp_tokens
+from pymailsys.smtp.path import _scan_tokens, parse_path, smtp_tokens
 
 # path -> internal address (None: 501 bad address syntax), strict_rfc821_envelopes = no
 POSTFIX_37 = [
@@ -74,3 +76,11 @@ def test_smtpd_takes_odd_paths_as_postfix(new_instance) -> None:  # type: ignore
         "220", "250", "250", "250", "250", "501", "354", "250", "221"]
     (msg,) = maildir_messages(inst, 1)
     assert b"Return-Path: <s@example.org>" in msg
+
+
+@settings(max_examples=500, deadline=None, database=None, derandomize=True)
+@given(st.text(alphabet='ab@.<>" \\\t\x01é', max_size=24))
+def test_the_fast_word_split_gives_the_tokens_of_the_full_scan(text: str) -> None:
+    """smtp_tokens splits plain arguments at spaces; whatever it takes that way, the
+    character-by-character scan (quotes, escapes, nested brackets) agrees."""
+    assert smtp_tokens(text) == _scan_tokens(text)

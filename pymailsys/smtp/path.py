@@ -41,6 +41,18 @@ _PLAIN = frozenset('"\\()<>,;:[] \t\r\n\f\v')
 def smtp_tokens(text: str) -> list[str] | None:
     """Postfix's smtpd_token(): white-space separated tokens; None when a quote or
     ``<`` is not closed."""
+    # The common case (printable ASCII, no quote or backslash, at most one <...>
+    # without a space inside): the tokens are the words between spaces.
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        lt = text.find("<")
+        if lt < 0 or (text.count("<") == 1 and (gt := text.find(">", lt)) > 0
+                      and " " not in text[lt:gt]):
+            return [word for word in text.split(" ") if word]
+    return _scan_tokens(text)
+
+
+def _scan_tokens(text: str) -> list[str] | None:
+    """smtp_tokens, character by character."""
     tokens: list[str] = []
     current: list[str] = []
     i, n = 0, len(text)
