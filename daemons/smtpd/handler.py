@@ -97,6 +97,7 @@ class Smtpd:
         # smtpd -S speaks on pipes: no TLS there (its settings are not read)
         self.tls = tls_server.ServerTLS.off() if self.stand_alone else \
             tls_server.ServerTLS.from_config(config)
+        self.tls_required = self.tls.required
         self.starttls_offered = self.tls.context is not None and not self.tls.wrappermode \
             and "starttls" not in self.discard_ehlo
         self.sasl: sasl.DovecotAuth | None = None

@@ -90,6 +90,7 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "
 # RFC 2920: these may only be the last command of a pipelined group.
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
                            "STARTTLS", "AUTH", "ETRN"))
+COUNT_ORDER = {name: i for i, name in enumerate(COUNTED)}
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
 _BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE)
 # What a client may send before STARTTLS when TLS is required (Postfix's PRE_TLS commands).
@@ -164,6 +165,7 @@ class Session(SMTP):
         self.chunks: Chunks | None = None  # BDAT: the message in progress
         self.transcript = smtpd.notices.start()  # notify_classes: the postmaster's copy
         self.proxied = False  # the PROXY header was read before the TLS handshake (smtps)
+        self.client = self.req.client  # NAME[ADDR] for the log, once the client is named
 
     @classmethod
     def _hooks_for(cls, handler: type) -> dict[str, Callable[..., Any]]:
@@ -222,10 +224,6 @@ class Session(SMTP):
         return False
 
     # --- the session --------------------------------------------------------------
-    @property
-    def client(self) -> str:
-        return self.req.client
-
     async def run(self, writer: asyncio.StreamWriter) -> None:
         """The whole session, on ``writer`` (whose transport carries this protocol, or
         for smtpd -S a pipe of its own)."""
@@ -237,6 +235,7 @@ class Session(SMTP):
                 writer.close()
                 return
         await smtpd.name_client(self.req)
+        self.client = self.req.client
         log.info(f"connect from {self.client}")
         try:
             self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
@@ -308,6 +307,7 @@ class Session(SMTP):
         if not self.proxied:
             self._addresses(peer, local)
         await self.smtpd.name_client(self.req)
+        self.client = self.req.client
         log.info(f"connect from {self.client}")
         tls_server.log_accept_error(self.client, error)
         log.info(f"lost connection after CONNECT from {self.client}")
@@ -347,11 +347,9 @@ class Session(SMTP):
     def _stats(self) -> str:
         parts = []
         ok_all = total_all = 0
-        for name in COUNTED:
-            c = self.counts.get(name)
-            if not c:
-                continue
-            ok, total = c
+        counts = self.counts
+        for name in sorted(counts, key=COUNT_ORDER.__getitem__):
+            ok, total = counts[name]
             ok_all += ok
             total_all += total
             parts.append(f" {name}={ok}" if ok == total else f" {name}={ok}/{total}")
@@ -413,7 +411,7 @@ class Session(SMTP):
                 self.where = verb
                 await self.push("554 5.5.0 Error: SMTP protocol synchronization")
                 raise Hangup
-            if smtpd.tls.required and self.ssl_object is None and verb not in PRE_TLS:
+            if smtpd.tls_required and self.ssl_object is None and verb not in PRE_TLS:
                 self._count(verb.lower(), False)
                 await self.reply_error("530 5.7.0 Must issue a STARTTLS command first")
                 continue
