@@ -531,8 +531,9 @@ class Engine:
         return None
 
     async def _first_reject(self, req: Request, names: tuple[str, ...]) -> Result | None:
+        lists = self.lists
         for name in names:
-            if name in ("smtpd_helo_restrictions",) and not req.helo and not self.lists[name]:
+            if not lists[name]:  # as evaluate() would find: nothing to say
                 continue
             if name == "smtpd_sender_restrictions" and req.sender is None:
                 continue
