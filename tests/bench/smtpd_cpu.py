@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import shutil
 import signal
 import socket
 import statistics
@@ -73,6 +74,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cprofile", type=Path)
     p.add_argument("--strace", action="store_true")
+    p.add_argument("--callgrind", action="store_true",
+                   help="run smtpd under valgrind's callgrind: instructions per message "
+                        "(user space; slow, but nearly free of the machine's load)")
+    p.add_argument("--callgrind-out", type=Path, metavar="DIR",
+                   help="keep callgrind's dumps there (for callgrind_annotate)")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--latency", type=int, default=0, metavar="N",
                    help="also time each step of N sequential sessions (medians)")
@@ -83,6 +89,9 @@ def main() -> int:
         inst.start()
         port = free_port()
         argv = [PYTHON]
+        if args.callgrind:
+            argv = ["valgrind", "--tool=callgrind", "--quiet",
+                    f"--callgrind-out-file={inst.base}/callgrind.%p"] + argv
         if args.cprofile:  # timed by CPU, not wall-clock, time: waits for the CPU do not count
             argv += ["-c", PROFILED, str(args.cprofile)]
         else:
@@ -90,7 +99,7 @@ def main() -> int:
         argv += ["-c", str(inst.config_dir), "-t", "inet",
                  "-L", f"127.0.0.1:{port}", "-o", "max_idle=3600"]
         smtpd = subprocess.Popen(argv, cwd="/")
-        wait_until(lambda: _listening(port), 30, what="smtpd by hand")
+        wait_until(lambda: _listening(port), 600 if args.callgrind else 30, what="smtpd by hand")
         send(port, 20, 2, args.size)  # warm up
         figures = []
         for round_ in range(args.rounds):
@@ -100,9 +109,16 @@ def main() -> int:
                 strace = subprocess.Popen(["strace", "-c", "-f", "-o", str(strace_out),
                                            "-p", str(smtpd.pid)])
                 time.sleep(0.5)
+            if args.callgrind:
+                subprocess.run(["callgrind_control", "--zero", str(smtpd.pid)], check=True,
+                               capture_output=True, timeout=120)
             u0, s0 = cpu_seconds(smtpd.pid)
             send(port, args.messages, args.sessions, args.size)
             u1, s1 = cpu_seconds(smtpd.pid)
+            if args.callgrind:
+                print(f"round {round_ + 1}: smtpd "
+                      f"{_instructions(inst.base, smtpd.pid) / args.messages / 1e6:.3f} "
+                      "M instructions/message (callgrind)", flush=True)
             user, system = 1000 * (u1 - u0) / args.messages, 1000 * (s1 - s0) / args.messages
             figures.append(user + system)
             print(f"round {round_ + 1}: smtpd {user + system:.3f} ms/message "
@@ -117,6 +133,10 @@ def main() -> int:
         if args.latency:
             print(latency(port, args.latency, args.size))
     finally:
+        if args.callgrind_out:
+            args.callgrind_out.mkdir(parents=True, exist_ok=True)
+            for dump in inst.base.glob("callgrind.*"):
+                shutil.copy(dump, args.callgrind_out)
         if smtpd is not None:
             smtpd.send_signal(signal.SIGTERM)
             try:
@@ -171,6 +191,18 @@ def _listening(port: int) -> bool:
             return s.recv(512).startswith(b"220")
     except OSError:
         return False
+
+
+def _instructions(base: Path, pid: int) -> int:
+    """callgrind's count of instructions since the last --zero (dumped now)."""
+    before = set(base.glob(f"callgrind.{pid}*"))
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True,
+                   timeout=120)
+    (dump,) = set(base.glob(f"callgrind.{pid}*")) - before
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
 
 
 def _per_message(table: str, messages: int) -> str:
