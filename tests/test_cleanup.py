@@ -385,15 +385,12 @@ def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
     cfg = config_mod.load(str(setup.etc))
     ctx = server.Context(cfg, Spool.from_config(cfg), "cleanup", "cleanup", "unix", [])
     service = Cleanup(ctx)
-    try:
-        req = _smtpd_request(rcpt=["bob@example.com", "carol"], notify=["6", "0"],
-                             envid="env-1", ret="HDRS", encoding="8bitmime")
-        pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
-                 for name, value in req.items()
-                 for v in (value if isinstance(value, list) else [value])]
-        data, outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
-    finally:
-        service.writer.close()
+    req = _smtpd_request(rcpt=["bob@example.com", "carol"], notify=["6", "0"],
+                         envid="env-1", ret="HDRS", encoding="8bitmime")
+    pairs = [(name, v if isinstance(v, bytes) else str(v).encode())
+             for name, value in req.items()
+             for v in (value if isinstance(value, list) else [value])]
+    data, outcome = service.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
     assert outcome.message_ids == ["<m1@example.org>"]
     if os.environ.get("PYMAILSYS_REGOLD"):
         GOLDEN.parent.mkdir(exist_ok=True)
@@ -436,8 +433,9 @@ def test_write_error_is_451_and_leaves_no_file(tmp_path: Path) -> None:
         subprocess.run(["umount", str(spool)], check=False)
 
 
-def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
-    """Many commits at once: each returns with its file complete, in place and written."""
+def test_commits_of_one_event_loop_turn_are_synced_as_one_group(tmp_path: Path) -> None:
+    """Many commits at once: one group of fsyncs, and each returns with its file
+    complete, in place and written."""
     import asyncio
 
     from pymailsys.daemons.cleanup.writer import QueueWriter
@@ -448,18 +446,17 @@ def test_grouped_commit_with_one_syncing_thread(tmp_path: Path) -> None:
     (tmp_path / q.HOLD).mkdir()
     spool = q.Spool(str(tmp_path))
 
+    writer = QueueWriter(spool)
+
     async def run() -> list[str]:
-        writer = QueueWriter(spool)
-        try:
-            async def one(n: int) -> str:
-                _qid, path, fd = writer.create()
-                return await writer.commit(fd, path, [b"file %d\n" % n],
-                                           q.HOLD if n == 0 else q.INCOMING)
-            return await asyncio.gather(*(one(n) for n in range(20)))
-        finally:
-            writer.close()
+        async def one(n: int) -> str:
+            _qid, path, fd = writer.create()
+            return await writer.commit(fd, path, [b"file %d\n" % n],
+                                       q.HOLD if n == 0 else q.INCOMING)
+        return await asyncio.gather(*(one(n) for n in range(20)))
 
     paths = asyncio.run(run())
+    assert (writer.batches, writer.files) == (1, 20)
     assert "/hold/" in paths[0] and all("/incoming/" in p for p in paths[1:])
     for n, p in enumerate(paths):
         assert Path(p).read_bytes() == b"file %d\n" % n
@@ -670,8 +667,6 @@ def service_with(tmp_path: Path) -> Iterator[Callable[..., tuple[bytes, list[byt
         return data, list(content_lines(data, env.data_offset))[3:]  # after our Received:
 
     yield run
-    for service in services:
-        service.writer.close()
 
 
 def test_header_longer_than_header_size_limit_is_truncated(service_with) -> None:  # type: ignore[no-untyped-def]

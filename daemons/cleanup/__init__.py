@@ -652,7 +652,6 @@ async def _stop(ctx: server.Context) -> None:
     if service is not None:
         await service.qmgr.close()
         await service.bounce.close()
-        service.writer.close()
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
