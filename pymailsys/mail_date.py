@@ -18,10 +18,23 @@ from __future__ import annotations
 
 import time
 
+_last: tuple[int, str] = (-1, "")
+
 
 def mail_date(when: float) -> str:
-    """Postfix 3.7's mail_date(): ``Sat, 22 Aug 2026 16:28:33 +1000 (AEST)``, %e day."""
+    """Postfix 3.7's mail_date(): ``Sat, 22 Aug 2026 16:28:33 +1000 (AEST)``, %e day.
+
+    The text of the last second asked for is kept: cleanup asks once per message."""
+    global _last
     t = int(when)
+    if _last[0] == t:
+        return _last[1]
+    text = _format(t)
+    _last = (t, text)
+    return text
+
+
+def _format(t: int) -> str:
     lt = time.localtime(t)
     gmt = time.gmtime(t)
     off = (lt.tm_hour - gmt.tm_hour) * 60 + lt.tm_min - gmt.tm_min
