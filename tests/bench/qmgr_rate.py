@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Benchmark: qmgr's CPU per message, with an agent that answers at once.
+
+Usage: python3 tests/bench/qmgr_rate.py [--messages N] [--rate R] [--runs K]
+
+Starts the real qmgr standalone (-L) on a temporary spool (tests/test_qmgr.py's
+``Standalone``) and, on private/local, a stand-in agent (another process) that
+answers every request "sent" without delivering, so that only qmgr's work is
+measured. Then it queues N one-recipient messages of about 2 KB the way cleanup
+does, R per second: each file written, made complete and named to qmgr on one
+trigger connection that stays open (``<HEX>`` records). It waits until every
+file is gone and prints qmgr's CPU ms/message (user + system, from /proc) and
+the wall time. Timing only; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from test_qmgr import Standalone  # noqa: E402
+
+from pymailsys.ipc import trigger  # noqa: E402
+from pymailsys.queue.queue_file import QueueFileBuilder  # noqa: E402
+
+AGENT = """
+import asyncio, sys
+from pymailsys.ipc import attr
+
+async def handle(req):
+    n = max(len(req.all("rcpt")), 1)
+    return [("status", ["sent"] * n), ("dsn", ["2.0.0"] * n), ("reason", ["delivered"] * n)]
+
+async def serve(reader, writer):
+    await attr.serve_pipelined(reader, writer, handle)
+
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1])
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+BODY = b"".join(b"line %d of a typical message body, some text to make it look real" % i
+                for i in range(28))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queue_file(setup: Standalone, n: int) -> str:
+    b = QueueFileBuilder(time.time())
+    b.sender("alice@example.org")
+    b.recipient("benchuser@test.example", orig="benchuser@test.example")
+    for line in (b"From: alice@example.org", b"To: benchuser@test.example",
+                 b"Subject: %d" % n, b"") + tuple(BODY.split(b"\n")):
+        b.line(line)
+    qid, _path, fd = setup.spool.create_queue_file("incoming")
+    os.write(fd, b.build())
+    os.fchmod(fd, 0o700)
+    os.close(fd)
+    return qid
+
+
+def one_run(args: argparse.Namespace) -> tuple[float, float]:
+    setup = Standalone(local_destination_recipient_limit="1")
+    agent = None
+    try:
+        sock = setup.queue_dir / "private" / "local"
+        agent = subprocess.Popen([sys.executable, "-c", AGENT, str(sock)])
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        setup.start("qmgr")
+        pid = setup.procs["qmgr"].pid
+        kick = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        kick.connect(str(setup.queue_dir / "public" / "qmgr"))
+        time.sleep(0.5)
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        interval = 1.0 / args.rate
+        next_at = t0
+        for n in range(args.messages):
+            kick.sendall(trigger.encode_named_ids([queue_file(setup, n)]))
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (os.listdir(setup.queue_dir / "incoming")
+                                               or os.listdir(setup.queue_dir / "active")):
+            time.sleep(0.02)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(pid) - cpu0
+        kick.close()
+        return 1000 * cpu / args.messages, wall
+    finally:
+        setup.stop()
+        if agent is not None:
+            agent.terminate()
+            agent.wait()
+        shutil.rmtree(setup.base, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--rate", type=float, default=400.0)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    results = []
+    for _ in range(args.runs):
+        per, wall = one_run(args)
+        results.append(per)
+        print(f"qmgr n={args.messages} rate={args.rate:.0f}/s: CPU {per:.3f} ms/msg, "
+              f"wall {wall:.1f} s", flush=True)
+    print(f"median qmgr CPU {statistics.median(results):.3f} ms/msg over {args.runs} runs")
+
+
+if __name__ == "__main__":
+    main()
