@@ -2,11 +2,15 @@
 
 ``as_user(uid, gid)`` is a context manager: when the process runs as root it
 sets the supplementary groups to the recipient's primary group only, then the
-effective gid and uid; on exit it restores root and the saved groups. When the
-process does not run as root it does nothing (the caller has already checked
-that the recipient is the current user). Python threads share credentials, so
-callers never keep a thread running around a switch, and never ``await``
-inside the block (another task would run with the recipient's rights).
+effective gid and uid; on exit it restores root and the saved groups. Blocks
+nest: inside another user's block it switches through root to the new user
+and, on exit, back to the outer block's user (a delivery as the recipient
+keeps its markers as mail_owner this way), three system calls each way. When
+the process does not run as root it does nothing (the caller has already
+checked that the recipient is the current user). Python threads share
+credentials, so callers never keep a thread running around a switch, and
+never ``await`` inside the block (another task would run with the
+recipient's rights).
 
 ``default_privs(config)`` resolves ``default_privs`` (Postfix: the rights for
 deliveries to commands and files on behalf of no user in particular) and
@@ -121,51 +125,54 @@ def default_privs(config: config_mod.Config) -> UserIds:
     return UserIds.from_pw(pw)
 
 
+# the identities of the as_user blocks in force, innermost last: (uid, gid, groups)
+_switched: list[tuple[int, int, list[int]]] = []
+
+
 @contextlib.contextmanager
 def as_user(uid: int, gid: int, groups: list[int] | None = None) -> Iterator[None]:
     """Run the block with effective uid/gid of a user (root only; else a no-op).
 
     ``groups`` are the supplementary groups during the block (default: gid only).
+    Inside another ``as_user`` block it switches to this user, and back on exit.
     """
-    if os.geteuid() != 0 or uid == 0:
+    if uid == 0 or (not _switched and os.geteuid() != 0):
         yield
         return
-    saved_groups = os.getgroups()
+    if _switched:
+        outer = _switched[-1]
+        os.seteuid(0)
+    else:
+        outer = (0, 0, os.getgroups())
+    target = (uid, gid, groups if groups is not None else [gid])
     try:
-        os.setgroups(groups if groups is not None else [gid])
-        os.setegid(gid)
-        os.seteuid(uid)
+        _become(target)
     except OSError as e:
-        _restore(saved_groups)
+        _back_to(outer)
         raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {e.strerror}") from None
+    _switched.append(target)
     try:
         yield
     finally:
-        _restore(saved_groups)
+        _switched.pop()
+        _back_to(outer)
 
 
-def _restore(groups: list[int]) -> None:
+def _become(ids: tuple[int, int, list[int]]) -> None:
+    """From effective root: the groups, then the gid, then the uid of ids."""
+    os.setgroups(ids[2])
+    os.setegid(ids[1])
+    os.seteuid(ids[0])
+
+
+def _back_to(ids: tuple[int, int, list[int]]) -> None:
+    """Back to root, then (unless ids are root's) on to ids."""
     os.seteuid(0)
-    os.setegid(0)
-    os.setgroups(groups)
-
-
-@contextlib.contextmanager
-def as_self() -> Iterator[None]:
-    """Inside ``as_user``: act as the process itself (root) for the block, then switch back."""
-    euid, egid = os.geteuid(), os.getegid()
-    if euid == 0 or os.getuid() != 0:
-        yield
-        return
-    groups = os.getgroups()
-    os.seteuid(0)
-    os.setegid(0)
-    try:
-        yield
-    finally:
-        os.setgroups(groups)
-        os.setegid(egid)
-        os.seteuid(euid)
+    if ids[0] == 0:
+        os.setegid(0)
+        os.setgroups(ids[2])
+    else:
+        _become(ids)
 
 
 def subprocess_ids(user: UserIds) -> dict[str, object]:

@@ -47,3 +47,23 @@ def test_spool_setup_refuses_an_unknown_setgid_group(tmp_path: Path) -> None:
                mail_owner="nobody", setgid_group="no-such-group-pms")
     with pytest.raises(spool_setup.SetupError, match="parameter setgid_group: unknown group name"):
         spool_setup.expected_layout(cfg)
+
+
+@pytest.mark.root
+def test_as_user_blocks_nest_and_each_exit_restores_the_outer_user(throwaway_user: str) -> None:
+    """A delivery as the recipient keeps its markers as mail_owner by nesting blocks."""
+    pw, nobody = pwd.getpwnam(throwaway_user), pwd.getpwnam("nobody")
+    root_groups = sorted(os.getgroups())
+
+    def ids() -> tuple[int, int, list[int]]:
+        return os.geteuid(), os.getegid(), sorted(os.getgroups())
+
+    with privileges.as_user(pw.pw_uid, pw.pw_gid):
+        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
+        with privileges.as_user(nobody.pw_uid, nobody.pw_gid, [nobody.pw_gid, 0]):
+            assert ids() == (nobody.pw_uid, nobody.pw_gid, sorted([nobody.pw_gid, 0]))
+        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
+        with pytest.raises(RuntimeError), privileges.as_user(nobody.pw_uid, nobody.pw_gid):
+            raise RuntimeError("the block fails")
+        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
+    assert ids() == (0, 0, root_groups)
