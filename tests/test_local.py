@@ -251,3 +251,25 @@ def test_forward_path_expansion_as_postfix_local_expand() -> None:
     # characters outside forward_expansion_filter become "_"
     assert local_expand("/x/$extension", {"extension": "a b;c"}, allowed) == "/x/a_b_c"
     assert local_expand("${broken", attrs, allowed) is None
+
+
+@pytest.mark.root
+def test_account_is_looked_up_afresh_for_each_delivery(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """local looks the account up once per request (its .forward and mailbox agree) and
+    never across requests: a home directory moved between two deliveries gets the second."""
+    s = system()
+    s.set(home_mailbox="Maildir/")
+    s.start()
+    pw = pwd.getpwnam(throwaway_user)
+    homes = [s.base / "home-one", s.base / "home-two"]
+    for home in homes:
+        home.mkdir()
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+    for home in homes:
+        subprocess.run(["usermod", "-d", str(home), throwaway_user], check=True)
+        qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=sent "
+                   r"\(delivered to maildir\)")
+    for home in homes:
+        (path,) = list((home / "Maildir" / "new").iterdir())
+        assert os.stat(path).st_uid == pw.pw_uid

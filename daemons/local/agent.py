@@ -22,6 +22,7 @@ import pwd
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from pymailsys.daemons.local import alias, forward, results, unknown
 from pymailsys.daemons.local import mailbox as user_mailbox
@@ -55,6 +56,17 @@ class Recipient:
     localpart: str  # user[+extension], lower case
     domain: str
     delivered: str = ""  # the Delivered-To address (empty: the address itself)
+
+    @cached_property
+    def account(self) -> pwd.struct_passwd | None:
+        """The UNIX account named by ``user`` (None: there is none), looked up once per
+        recipient of a request: its .forward and its mailbox see the same account, and
+        the next request looks it up afresh (an account that changes between
+        deliveries is never delivered to as it was)."""
+        try:
+            return pwd.getpwnam(self.user)
+        except KeyError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -361,7 +373,7 @@ class LocalAgent:
         if await self.delegate(s, lvl, rcpt, self.mailbox_transport_maps,
                                self.mailbox_transport):
             return
-        if not _is_account(rcpt.user):
+        if rcpt.account is None:
             await unknown.deliver(self, s, lvl, rcpt)
         else:
             s.done(lvl.req, await user_mailbox.deliver(self, lvl.req, rcpt, s.content))
@@ -408,11 +420,3 @@ class LocalAgent:
         except (ProtocolError, OSError):
             return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
         return DeliveryResult.from_attrs(reply)
-
-
-def _is_account(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True

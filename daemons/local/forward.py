@@ -63,9 +63,8 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
     the user itself (or ``\\user``) goes to the mailbox (Postfix's loop guard: the
     same .forward is not expanded twice in one request)."""
     req = lvl.req
-    try:
-        pw = pwd.getpwnam(rcpt.user)
-    except KeyError:
+    pw = rcpt.account
+    if pw is None:
         return False  # the mailbox delivery reports the unknown user
     if not agent.root and pw.pw_uid != agent.me.uid:
         return False  # the mailbox delivery defers

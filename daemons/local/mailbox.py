@@ -36,9 +36,8 @@ if TYPE_CHECKING:
 
 async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
                   content: QueueContent) -> DeliveryResult:
-    try:
-        pw = pwd.getpwnam(rcpt.user)
-    except KeyError:
+    pw = rcpt.account
+    if pw is None:
         return DeliveryResult.bounced(f'unknown user: "{rcpt.user}"', "5.1.1")
     if not agent.root and pw.pw_uid != agent.me.uid:
         return DeliveryResult.deferred(
