@@ -153,17 +153,33 @@ def plain_text(headers: bytes, text: Iterable[bytes]) -> Iterator[bytes]:
     yield from text
 
 
+WRITE_SIZE = 65536  # small chunks (the prepended headers, short messages) go in one write
+
+
 def _write_chunks(fd: int, data: Iterable[bytes], room: int) -> None:
-    """Write every chunk; MailboxError 5.2.2 before the total passes ``room`` (0: no limit)."""
+    """Write every chunk, gathered into writes of about WRITE_SIZE bytes; MailboxError
+    5.2.2 before the total passes ``room`` (0: no limit)."""
     written = 0
+    pending: list[bytes] = []
+    size = 0
     for chunk in data:
         written += len(chunk)
         if room and written > room:
             raise MailboxError("5.2.2", "error writing message: File too large")
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_SIZE:
+            _write_all(fd, pending)
+            pending, size = [], 0
+    if pending:
+        _write_all(fd, pending)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    view = memoryview(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 # --- mbox ------------------------------------------------------------------------
@@ -398,11 +414,7 @@ class MarkerStore:
 def kept_as(owner: privileges.UserIds) -> Callable[[], AbstractContextManager[None]]:
     """A MarkerStore ``wrap`` that acts as owner (the owner of data_directory), from root
     or from inside a recipient's ``privileges.as_user``."""
-    @contextlib.contextmanager
-    def wrap() -> Iterator[None]:
-        with privileges.as_self(), privileges.as_user(owner.uid, owner.gid):
-            yield
-    return wrap
+    return lambda: privileges.as_user(owner.uid, owner.gid)
 
 
 MARKER_GC_INTERVAL = 60.0
@@ -461,13 +473,24 @@ def make_maildir(maildir: str) -> None:
             raise _os_error(e, "4.2.0", f"create maildir file {path}") from None
 
 
-def _create(tmp: str, maildir: str) -> int:
-    """O_EXCL create in tmp/; a missing Maildir is made on the way (as Postfix does)."""
+def _create(tmp: str, maildir: str, debris: bool = False) -> int:
+    """O_EXCL create in tmp/; a missing Maildir is made on the way (as Postfix does).
+    ``debris``: a file of that name is what an earlier attempt left before its marker
+    (the name comes from the delivery key): remove it and create afresh."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         return os.open(tmp, flags, 0o600)
     except FileNotFoundError:
         make_maildir(maildir)
+    except FileExistsError as e:
+        if not debris:
+            raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as e2:
+            raise _os_error(e2, "4.2.0", f"create maildir file {tmp}") from None
     except OSError as e:
         raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
     try:
@@ -490,12 +513,10 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
         done = marker.get(key)
         if done is not None:
             return _finish_marked(tmp, os.path.join(newdir, done))
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(tmp)
     else:
         _counter += 1
         tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
-    fd = _create(tmp, maildir)
+    fd = _create(tmp, maildir, debris=use_marker)
     try:
         try:
             _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
