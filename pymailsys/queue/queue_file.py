@@ -375,7 +375,17 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
     pos = 0
     at = offset  # file offset of buf's end
     norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
+    n_byte, l_byte = norm[0], cont[0]
     while True:
+        # the common record, an N or L record shorter than 128 bytes (a one-byte
+        # length) that lies whole in buf, decoded inline; everything else below
+        if pos + 1 < len(buf):
+            length = buf[pos + 1]
+            end = pos + 2 + length
+            if length < 0x80 and end <= len(buf) and (buf[pos] == n_byte or buf[pos] == l_byte):
+                yield (norm if buf[pos] == n_byte else cont), buf[pos + 2:end]
+                pos = end
+                continue
         try:
             rtype, payload, nxt = r.decode_record(buf, pos)
         except r.RecordError as e:
