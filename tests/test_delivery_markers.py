@@ -1,15 +1,48 @@
-"""MarkerStore.collect: the markers of queue files that are gone are removed, nothing else."""
+"""MarkerStore: claim and record a delivery's marker; collect removes the markers of queue
+files that are gone, nothing else."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from pymailsys.delivery import mailbox
+
+
+def _put(store: mailbox.MarkerStore, key: str, value: str) -> None:
+    done, fd = store.claim(key)
+    assert done is None
+    store.record(fd, value)
+
+
+def test_claim_gives_an_empty_marker_once_then_the_recorded_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.create()
+    key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
+    done, fd = store.claim(key)
+    assert done is None and store.get(key) is None  # empty until recorded: no delivery yet
+    os.close(fd)  # the attempt stopped before its link
+    done, fd = store.claim(key)  # the empty marker is taken again, emptied
+    assert done is None
+    store.record(fd, "1.V1I2M3.host")
+    assert store.claim(key) == ("1.V1I2M3.host", -1)
+
+
+def test_claim_refuses_a_marker_that_is_no_regular_file_without_blocking(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.create()
+    key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
+    os.mkfifo(store.path(key))  # no reader: a blocking open would hang the agent
+    with pytest.raises(OSError):
+        store.claim(key)
 
 
 def test_collect_removes_only_markers_of_queue_files_that_are_gone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
     store.create()
-    store.put("3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
-    store.put("4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
+    _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
+    _put(store, "4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
     (tmp_path / "markers" / "not-a-marker").write_text("x")
     removed = store.collect(lambda queue_id: queue_id == "4D3C131DCC3")
     assert removed == 1

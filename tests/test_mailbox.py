@@ -234,6 +234,21 @@ def test_maildir_crash_before_marker_redelivers(tmp_path) -> None:  # type: igno
     assert os.listdir(os.path.join(md, "tmp")) == []
 
 
+def test_maildir_crash_after_claim_before_record_redelivers_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md, store, key = _marked(tmp_path)
+    mailbox.make_maildir(md)
+    _done, fd = store.claim(key)
+    os.close(fd)  # killed while writing tmp/: the marker stays empty
+    tmp = os.path.join(md, "tmp", f"{key}.{mailbox._hostname(None)}")
+    with open(tmp, "wb") as f:
+        f.write(b"half")
+    final = mailbox.deliver_maildir(md, b"whole\n", key=key, marker=store)
+    assert open(final, "rb").read() == b"whole\n"
+    assert mailbox.deliver_maildir(md, b"whole\n", key=key, marker=store) == final
+    assert os.listdir(os.path.join(md, "new")) == [os.path.basename(final)]
+    assert os.listdir(os.path.join(md, "tmp")) == []
+
+
 def test_status_log_format_and_torn_tail(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "ID")
     status_log.append(path, status_log.Entry("bob@example.com", "4.3.0", "delayed",

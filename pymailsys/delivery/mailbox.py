@@ -35,11 +35,13 @@ Crash idempotence (``key`` and ``marker``): a redelivery of the same queue
 file, recipient and destination after a crash must not store a second copy.
 The tmp/ name is then derived from the key (queue ID, arrival time in
 microseconds, recipient offset, destination), and a marker named by the key
-is created, holding the final name, after the tmp/ file is fsynced and before
+is claimed (made empty, O_EXCL, and kept open) before the tmp/ file is made;
+the final name is written into it after the tmp/ file is fsynced and before
 it is linked into new/. On a delivery with a key:
 
-  * no marker: any tmp/ file of that name is debris of an attempt that never
-    reached new/ (the marker comes first): remove it and deliver afresh;
+  * no marker, or an empty one: any tmp/ file of that name is debris of an
+    attempt that never reached new/ (the name is recorded first): remove it
+    and deliver afresh;
   * marker, tmp/ file with two links: the earlier attempt linked it; remove
     the tmp/ name, report success, write nothing;
   * marker, tmp/ file with one link: the earlier attempt stopped between the
@@ -379,14 +381,35 @@ class MarkerStore:
             return None
         return value
 
-    def put(self, key: str, value: str) -> None:
+    def claim(self, key: str) -> tuple[str | None, int]:
+        """Before a delivery under key: (the final name an earlier attempt recorded, -1),
+        else (None, fd): an open, empty marker, made here or left empty by an attempt
+        that stopped before its link, for ``record``. OSError when neither can be had.
+        One switch to the store's rights in the common case (no marker yet), and
+        ``record`` needs none: the descriptor was opened with them."""
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK
         with self.wrap():
-            fd = os.open(self.path(key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                         0o600)
             try:
-                os.write(fd, value.encode("utf-8", "surrogateescape"))
-            finally:
-                os.close(fd)
+                return None, os.open(self.path(key), flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+        done = self.get(key)
+        if done is not None:
+            return done, -1
+        with self.wrap():
+            fd = os.open(self.path(key), flags | os.O_TRUNC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{self.path(key)} is not a regular file")
+        return None, fd
+
+    @staticmethod
+    def record(fd: int, value: str) -> None:
+        """Write the final name into a marker from ``claim`` and close it."""
+        try:
+            os.write(fd, value.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
 
     def keys(self) -> list[str]:
         with self.wrap():
@@ -506,41 +529,56 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
     host = _hostname(host)
     tmpdir = os.path.join(maildir, "tmp")
     newdir = os.path.join(maildir, "new")
-    use_marker = key is not None and marker is not None
-    if use_marker:
-        assert key is not None and marker is not None
+    marker_fd = -1
+    if key is not None and marker is not None:
         tmp = os.path.join(tmpdir, f"{key}.{host}")
-        done = marker.get(key)
+        try:
+            done, marker_fd = marker.claim(key)
+        except OSError as e:
+            raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
         if done is not None:
             return _finish_marked(tmp, os.path.join(newdir, done))
     else:
         _counter += 1
         tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
-    fd = _create(tmp, maildir, debris=use_marker)
+    return _store(maildir, tmp, newdir, host, data, size_limit, marker_fd)
+
+
+def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterable[bytes],
+           size_limit: int, marker_fd: int) -> str:
+    """Write tmp/, fsync it, record its final name in the claimed marker (marker_fd, -1
+    for none: closed here on every path; one not recorded stays empty, "no delivery
+    yet"), link it into new/, remove the tmp/ name; the new/ file's path."""
+    use_marker = marker_fd >= 0
     try:
+        fd = _create(tmp, maildir, debris=use_marker)
         try:
-            _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+            try:
+                _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
+                os.fsync(fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+            raise
+    except BaseException:
+        if use_marker:
+            os.close(marker_fd)
         raise
     now = time.time()
     name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
     final = os.path.join(newdir, name)
     if use_marker:
-        assert key is not None and marker is not None
         try:
-            marker.put(key, name)
+            MarkerStore.record(marker_fd, name)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
+            raise _os_error(e, "4.3.0", f"cannot record delivery marker for {tmp}") from None
     try:
         try:
             os.link(tmp, final)
