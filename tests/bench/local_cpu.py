@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""local's CPU per delivery, alone: one real local daemon, requests sent one at a time.
+
+Usage (as root, from the repository, with the venv's python):
+
+    python tests/bench/local_cpu.py [--messages 2000] [--size 2048] [--rounds 3] [--strace]
+
+It creates a throw-away account and a standalone spool (tests/test_qmgr.py's
+``Standalone``: no master, no smtpd, cleanup or qmgr), queues --messages
+messages of about --size bytes to the account and moves them to active/, starts
+local, then sends it one delivery request per message (what qmgr sends) on one
+connection, waiting for each reply. Delivery is to the account's Maildir under
+mail_spool_directory, so each delivery switches to the account, as in the
+compare.py scenario. It prints local's CPU from /proc (user and system
+ms/delivery) and the median wall time of one request; with --strace, the
+system calls per delivery (``strace -c`` attached for the last round); with
+--tmpfs, spool and Maildir live in /dev/shm, so that disk and journal waits
+(fsync, file creation under other processes' load) leave the figures. Only
+local runs, so other load on the machine moves these figures far less than an
+end-to-end run's; still compare A and B alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from test_qmgr import Standalone  # noqa: E402  (the tests' standalone spool)
+
+from pymailsys.ipc.attr import SyncAttrClient  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def body(size: int) -> bytes:
+    head = b"Subject: local_cpu\nFrom: a@example.org\nTo: b@example.org\n\n"
+    line = b"x" * 71 + b"\n"
+    return head + line * max((size - len(head)) // len(line), 1)
+
+
+def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -> dict[str, float]:
+    requests = [s.active_request("alice@example.org", f"{user}@localhost", body(args.size))[1]
+                for _ in range(args.messages)]
+    pid = s.procs["local"].pid
+    strace = None
+    if trace:
+        out = s.base / "strace.txt"
+        strace = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    walls = []
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        user0, sys0 = cpu_seconds(pid)
+        for attrs in requests:
+            t = time.perf_counter()
+            reply = client.request(attrs)
+            walls.append(time.perf_counter() - t)
+            if reply.text("status") != "sent":
+                raise SystemExit(f"local_cpu.py: delivery failed: {reply.text('reason')}")
+        user1, sys1 = cpu_seconds(pid)
+    n = args.messages
+    result = {"user_ms": (user1 - user0) * 1000 / n, "system_ms": (sys1 - sys0) * 1000 / n,
+              "wall_ms": statistics.median(walls) * 1000}
+    if strace is not None:
+        strace.terminate()
+        strace.wait(30)
+        calls = 0
+        for line in (s.base / "strace.txt").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+                calls += int(parts[3])
+                print(f"    {parts[-1]:<16} {int(parts[3]) / n:6.2f}/delivery")
+        result["syscalls"] = calls / n
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--strace", action="store_true", help="count system calls in the last round")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="spool and Maildir in /dev/shm: no disk, no journal, fsync free; "
+                        "leaves local's own work (Python and system calls)")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("local_cpu.py: run as root (local switches to the recipient)", file=sys.stderr)
+        return 2
+    user = "lcpu" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{user}",
+                    "--shell", "/usr/sbin/nologin", user], check=True)
+    s = Standalone(Path(tempfile.mkdtemp(prefix="pymailsys-local-cpu-", dir="/dev/shm"))
+                   if args.tmpfs else None)
+    try:
+        pwd.getpwnam(user)
+        s.start("local")
+        rounds = []
+        for i in range(args.rounds):
+            r = one_round(s, user, args, args.strace and i == args.rounds - 1)
+            rounds.append(r)
+            print(f"round {i + 1}: local user {r['user_ms']:.3f} + system {r['system_ms']:.3f} "
+                  f"= {r['user_ms'] + r['system_ms']:.3f} ms/delivery, median request "
+                  f"{r['wall_ms']:.2f} ms" + (f", {r['syscalls']:.1f} system calls/delivery"
+                                              if "syscalls" in r else ""))
+        cpu = [r["user_ms"] + r["system_ms"] for r in rounds]
+        print(f"median of {len(rounds)} rounds: local {statistics.median(cpu):.3f} ms/delivery "
+              f"(user {statistics.median(r['user_ms'] for r in rounds):.3f}, system "
+              f"{statistics.median(r['system_ms'] for r in rounds):.3f}), median request "
+              f"{statistics.median(r['wall_ms'] for r in rounds):.2f} ms")
+    finally:
+        s.cleanup()
+        subprocess.run(["userdel", user], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
