@@ -13,13 +13,15 @@ DESCRIPTION
     literal) in fast_flush_domains:
 
     * ``add`` appends the queue ID to the site's log ``flush/SITE`` (one ID
-      a line); the smtp and lmtp delivery agents send it for each domain of
-      a message they deferred.
-    * ``send_site`` reads the log, and each message it names that is still
-      in deferred/ gets its time stamps reset and moves to incoming/; the
-      log is emptied (a message deferred again is added again) and qmgr is
-      told to forget dead destinations and scan incoming/, so the mail goes
-      out now rather than at its next retry.
+      a line, without reading the log: a message deferred three times is
+      there three times, as in Postfix); the smtp and lmtp delivery agents
+      send it for each domain of a message they deferred.
+    * ``send_site`` reads the log a line at a time, and each message it
+      names that is still in deferred/ gets its time stamps reset and moves
+      to incoming/, once however often it is named; the log is emptied (a
+      message deferred again is added again) and qmgr is told to forget
+      dead destinations and scan incoming/, so the mail goes out now rather
+      than at its next retry.
 
     A site not in fast_flush_domains gets ``DENY`` (postqueue: "Flush
     service is not configured for destination", smtpd: "459 <site>: service
@@ -30,12 +32,15 @@ SECURITY
     Runs as mail_owner; listens in public/ because postqueue (any user in
     authorized_flush_users) and smtpd talk to it. A site must be a host name
     or an address literal (no ``/``, at most 255 characters) and is folded
-    to lower case before it names a file; a queue ID must be valid. A log
-    holds each ID once (an ``add`` of an ID already there appends nothing),
-    so it stays as small as the deferred queue for the site.
+    to lower case before it names a file; a queue ID must be valid. Memory
+    does not grow with a log: ``send_site`` streams it and remembers at most
+    DUP_FILTER IDs.
 
 CONFIGURATION PARAMETERS
     fast_flush_domains, parent_domain_matches_subdomains, queue_service_name.
+    Not yet: fast_flush_refresh_time and fast_flush_purge_time (Postfix's
+    flush sends a log unread that long and removes an empty one on master's
+    wake-up; here a log is emptied only by ``send_site``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ from pymailsys.queue import spool as q
 from pymailsys.server import Context
 
 PROGRAM = "flush"
+LINE_MAX = 256  # a longer line in a log is not a queue ID: read in pieces, each refused
+DUP_FILTER = 10_000  # IDs one send remembers to skip duplicates (Postfix's FLUSH_DUP_FILTER_SIZE)
 
 
 class FlushLogs:
@@ -75,39 +82,62 @@ class FlushLogs:
         return self.domains.match(site.rstrip("."))
 
     def add(self, site: str, queue_id: str) -> None:
-        fd = os.open(self.path(site), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+        """Append the ID, as Postfix's flush_add_path: no reading of the log, so an add
+        costs the same with a million IDs before it (``send`` drops the duplicates)."""
+        fd = os.open(self.path(site), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
                      0o600)
-        with os.fdopen(fd, "r+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            if queue_id.encode() + b"\n" in set(f):
-                return
-            f.write(queue_id.encode() + b"\n")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a send truncating the log waits for us
+            os.write(fd, queue_id.encode() + b"\n")
+        finally:
+            os.close(fd)
 
-    def take(self, site: str) -> list[str]:
-        """The IDs in the site's log, once each, and the log emptied."""
+    def send(self, site: str) -> int:
+        """Move the site's deferred messages to incoming/, each once; how many moved.
+
+        The log is read a line at a time under its lock and emptied at the end. A
+        message is moved only if it is still in deferred/ with a ctime from before
+        this send began: a duplicate line for one moved already finds it gone, or
+        back in deferred/ with a newer ctime after qmgr tried it. So no set of the
+        log's IDs is needed; the bounded ``recent`` set only saves the system
+        calls of the duplicates that come close together (Postfix's dup_filter).
+        """
         try:
             fd = os.open(self.path(site), os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return []
+            return 0
+        moved = 0
+        recent: set[str] = set()
         with os.fdopen(fd, "r+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            ids = list(dict.fromkeys(line.strip().decode("ascii", "replace") for line in f))
+            os.utime(f.fileno())  # the kernel's clock, as the ctimes it sets from now on
+            started = os.fstat(f.fileno()).st_ctime
+            for line in iter(lambda: f.readline(LINE_MAX), b""):
+                queue_id = line.rstrip(b"\n").decode("ascii", "replace")
+                if not q.valid_queue_id(queue_id):
+                    log.warning(f"bad queue id \"{log.printable(queue_id[:30])}...\" "
+                                f"in fast flush logfile {site}")
+                    continue
+                if queue_id in recent:
+                    continue
+                if len(recent) >= DUP_FILTER:
+                    recent.clear()
+                recent.add(queue_id)
+                moved += self.send_one(queue_id, started)
             f.truncate(0)
-        return [i for i in ids if q.valid_queue_id(i)]
-
-    def send(self, site: str) -> int:
-        """Move the site's deferred messages to incoming/; how many moved."""
-        moved = 0
-        for queue_id in self.take(site):
-            path = self.spool.path(q.DEFERRED, queue_id)
-            try:
-                os.utime(path, (0, 0), follow_symlinks=False)
-                self.spool.move(queue_id, q.DEFERRED, q.INCOMING)
-            except FileNotFoundError:
-                continue  # delivered, bounced or already moved
-            moved += 1
         return moved
+
+    def send_one(self, queue_id: str, started: float) -> int:
+        """1 if the message moved from deferred/ to incoming/, due now, else 0."""
+        path = self.spool.path(q.DEFERRED, queue_id)
+        try:
+            if os.lstat(path).st_ctime >= started:
+                return 0  # tried since this send began
+            os.utime(path, (0, 0), follow_symlinks=False)
+            self.spool.move(queue_id, q.DEFERRED, q.INCOMING)
+        except FileNotFoundError:
+            return 0  # delivered, bounced or already moved
+        return 1
 
 
 async def handle(logs: FlushLogs, req: attr.AttrList) -> dict[str, Any]:
