@@ -1,6 +1,7 @@
 """A large deferred queue (issue #15 item 3): the listing streams and is complete,
 postsuper -d ALL removes every message, and qmgr admits new mail while it is
-still working through the backlog. The figures at 10 k to 1 M messages come
+still working through the backlog; a maildrop/ full of files written while the
+system was down is picked up whole, pickup's memory not growing with it. The figures at 10 k to 1 M messages come
 from tests/bench/queue_scale.py; these tests hold no timing."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from qf_helpers import make_spool, queue_files
 from test_qmgr_scheduling import silent_peer  # noqa: F401 (a fixture)
 
 from pymailsys.ipc import attr
-from pymailsys.queue import listing
+from pymailsys.queue import listing, maildrop
 from pymailsys.queue import spool as queue
 
 COUNT = 3000
@@ -104,3 +105,30 @@ def test_new_mail_is_taken_before_the_deferred_scan_ends(new_instance,  # type: 
              if re.search(r"from=<alice@example\.org>, size=\d+, nrcpt=1 \(queue active\)", line)]
     new_mail = next(i for i in taken if f" {queue_id}: from=" in lines[i])
     assert new_mail < taken[-1], "the new message waited for the whole deferred scan"
+
+
+DROPPED = 2000
+PICKUP_VMHWM_KB = 64 << 10  # generous: a pickup process is about 27 MB; a list of the
+# directory sorted in memory grew it by about 70 bytes a file
+
+
+def test_a_full_maildrop_is_picked_up_in_bounded_memory(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    (inst.base / "hold.regexp").write_text("/^Subject: dropped/ HOLD\n")
+    inst.set(header_checks=f"regexp:{inst.base / 'hold.regexp'}")  # no deliveries to wait for
+    inst.postfix("check")
+    spool = queue.Spool(str(inst.queue_dir))
+    for i in range(DROPPED):
+        maildrop.write_maildrop(spool, maildrop.Submission(
+            sender="alice", recipients=[f"m{i}@example.org"],
+            lines=[b"Subject: dropped", b"", b"text"]))
+    inst.start(wait_smtp=False)
+    inst.wait_log(r"postfix/pickup\[\d+\]: \w+: uid=\d+ from=<alice>", count=DROPPED,
+                  timeout=600)
+    assert not list((inst.queue_dir / "maildrop").iterdir())
+    assert len(inst.queue_ids("hold")) == DROPPED
+    pickup = inst.daemons()["pickup"]
+    assert len(pickup) == 1  # the process that read the whole directory
+    status = Path(f"/proc/{pickup[0]}/status").read_text()
+    hwm = int(re.findall(r"^VmHWM:\s+(\d+) kB", status, re.M)[0])
+    assert hwm < PICKUP_VMHWM_KB

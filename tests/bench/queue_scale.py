@@ -1,7 +1,7 @@
 """Benchmark: the mail system with a very large deferred queue (issue #15 item 3).
 
 Usage: python3 tests/bench/queue_scale.py [--messages 100000] [--active-limit 20000]
-                                          [--phases mailq,flush,requeue,delete]
+                                          [--phases mailq,flush,requeue,delete,pickup]
 
 Starts a throw-away instance (tests/harness.py), writes N single-recipient
 queue files straight into deferred/ with the library's queue-file writer
@@ -20,7 +20,11 @@ after the other:
   the flush runs;
 - requeue: ``postsuper -r ALL`` with the mail system stopped (so pickup does
   not re-inject a million messages): time and VmHWM;
-- delete: ``postsuper -d ALL``: time, VmHWM and its ``Deleted:`` line.
+- delete: ``postsuper -d ALL``: time, VmHWM and its ``Deleted:`` line;
+- pickup: N maildrop files written (as sendmail's postdrop does) while the mail
+  system is stopped, then started: the time until maildrop/ is empty and
+  pickup's VmHWM. The messages go to hold/ (a header_checks HOLD) so that the
+  figure is pickup's and cleanup's, not the deliveries'.
 
 Prints one line per figure, with CPU seconds beside wall-clock time (on a
 shared machine the CPU time is the steadier figure). Timing and memory only; nothing here is a
@@ -44,6 +48,9 @@ sys.path.insert(0, str(TESTS))
 
 from harness import ME, Instance, wait_until  # noqa: E402
 from qf_helpers import queue_files  # noqa: E402
+
+from pymailsys.queue import maildrop  # noqa: E402
+from pymailsys.queue import spool as queue  # noqa: E402
 
 REASON = "connect to 127.0.0.1[127.0.0.1]:1: Connection refused"
 
@@ -167,6 +174,37 @@ def phase_postsuper(inst: Instance, n: int, flag: str, what: str) -> None:
           f"{said[-1].decode() if said else err[-200:]!r}", flush=True)
 
 
+def phase_pickup(inst: Instance, n: int) -> None:
+    (inst.base / "hold.regexp").write_text("/^Subject: dropped/ HOLD\n")
+    inst.set(header_checks=f"regexp:{inst.base / 'hold.regexp'}")
+    inst.postfix("check")
+    spool = queue.Spool(str(inst.queue_dir))
+    t0 = time.monotonic()
+    child = os.fork()
+    if child == 0:
+        os.umask(0o022)
+        for i in range(n):  # maildrop.write_maildrop without its fsync: test data
+            sub = maildrop.Submission(sender="alice", recipients=[f"m{i}@example.org"],
+                                      lines=[b"Subject: dropped", b"", b"x" * 60])
+            _qid, _path, fd = spool.create_queue_file(queue.MAILDROP, queue.MAILDROP_WRITING)
+            os.write(fd, sub.to_records())
+            os.fchmod(fd, queue.MAILDROP_COMPLETE)
+            os.close(fd)
+        os._exit(0)
+    if os.waitpid(child, 0)[1] != 0:
+        raise SystemExit("writing the maildrop files failed")
+    print(f"wrote {n} maildrop files in {time.monotonic() - t0:.1f} s", flush=True)
+    picked = LogTail(inst, r"postfix/pickup\[\d+\]: \w+: uid=\d+ from=<alice>")
+    t0 = time.monotonic()
+    inst.start(wait_smtp=False)
+    pickup = wait_until(lambda: inst.daemons().get("pickup", [0])[0], 60, what="pickup")
+    wait_until(lambda: picked.poll() >= n, 24 * 3600, interval=1, what="maildrop/ picked up")
+    took = time.monotonic() - t0
+    print(f"pickup {n}: maildrop/ empty after {took:.1f} s ({n / took:.0f}/s, pickup CPU "
+          f"{cpu_seconds(pickup):.1f} s); pickup VmHWM {vm(pickup, 'VmHWM')} kB, "
+          f"VmRSS {vm(pickup, 'VmRSS')} kB; {count_files(inst, 'hold')} in hold/", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
@@ -186,16 +224,17 @@ def main() -> None:
         inst.postfix("check")
         t0 = time.monotonic()
         now = time.time()
+        backlog = n if set(phases) - {"pickup"} else 0
         child = os.fork()  # keeps the list of a million queue IDs out of this process
         if child == 0:
             queue_files(inst.queue_dir, "deferred", "alice@example.org",
-                        (f"d{i}@dead.example" for i in range(n)),
+                        (f"d{i}@dead.example" for i in range(backlog)),
                         [b"Subject: backlog", b"", b"x" * 60], arrival=now - 3600,
                         mtime=now + 86400, reason=REASON)
             os._exit(0)
         if os.waitpid(child, 0)[1] != 0:
             raise SystemExit("writing the queue files failed")
-        print(f"wrote {n} queue files and defer logs in {time.monotonic() - t0:.1f} s", flush=True)
+        print(f"wrote {backlog} queue files and defer logs in {time.monotonic() - t0:.1f} s", flush=True)
         inst.start()
         qmgr = inst.daemons()["qmgr"][0]
         print(f"qmgr idle: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
@@ -208,6 +247,8 @@ def main() -> None:
             phase_postsuper(inst, n, "-r", "Requeued")
         if "delete" in phases:
             phase_postsuper(inst, n, "-d", "Deleted")
+        if "pickup" in phases:
+            phase_pickup(inst, n)
     finally:
         inst.cleanup()
 
