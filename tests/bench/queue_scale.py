@@ -21,6 +21,8 @@ after the other:
 - requeue: ``postsuper -r ALL`` with the mail system stopped (so pickup does
   not re-inject a million messages): time and VmHWM;
 - delete: ``postsuper -d ALL``: time, VmHWM and its ``Deleted:`` line;
+- rmrf: ``rm -rf`` of deferred/ and defer/ instead (the disk's unlink rate, to
+  compare with delete on a queue built the same way);
 - pickup: N maildrop files written (as sendmail's postdrop does) while the mail
   system is stopped, then started: the time until maildrop/ is empty and
   pickup's VmHWM. The messages go to hold/ (a header_checks HOLD) so that the
@@ -174,6 +176,17 @@ def phase_postsuper(inst: Instance, n: int, flag: str, what: str) -> None:
           f"{said[-1].decode() if said else err[-200:]!r}", flush=True)
 
 
+def phase_rmrf(inst: Instance, n: int) -> None:
+    usage_file = inst.base / "usage"
+    t0 = time.monotonic()
+    subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(usage_file), "rm", "-rf",
+                    str(inst.queue_dir / "deferred"), str(inst.queue_dir / "defer")], check=True)
+    took = time.monotonic() - t0
+    hwm, user, system = usage_file.read_text().split()[-3:]
+    print(f"rm -rf deferred defer {n}: {took:.1f} s, VmHWM {hwm} kB, "
+          f"CPU {float(user) + float(system):.1f} s", flush=True)
+
+
 def phase_pickup(inst: Instance, n: int) -> None:
     (inst.base / "hold.regexp").write_text("/^Subject: dropped/ HOLD\n")
     inst.set(header_checks=f"regexp:{inst.base / 'hold.regexp'}")
@@ -247,6 +260,8 @@ def main() -> None:
             phase_postsuper(inst, n, "-r", "Requeued")
         if "delete" in phases:
             phase_postsuper(inst, n, "-d", "Deleted")
+        if "rmrf" in phases:
+            phase_rmrf(inst, n)
         if "pickup" in phases:
             phase_pickup(inst, n)
     finally:
