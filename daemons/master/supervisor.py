@@ -36,8 +36,9 @@ handled in the loop, never in a handler: SIGHUP reloads, SIGTERM and SIGINT
 stop (terminate all children, wait up to 3 s, kill what is left).
 
 Children are forked from master (``forking``): at the end of its
-initialization (before ``ok`` goes to ``-w``) and after every reload master preloads the library
-and freezes its objects; the loop stays single-threaded, as a fork needs.
+initialization (before ``ok`` goes to ``-w``) master preloads the library
+and freezes its objects, and freezes them again after every reload; the
+loop stays single-threaded, as a fork needs.
 
 Reload starts a new generation: the old lifeline is closed, so every child
 of the old generation stops accepting, finishes what it holds and exits
@@ -464,7 +465,7 @@ class Master:
         for child in self.children.values():
             if child.generation < self.generation and child.deadline is None:
                 child.deadline = deadline
-        forking.preload()  # freezes what the reload built, for the new children to share
+        forking.refreeze()
 
     def shutdown(self) -> int:
         for svc in self.services.values():
