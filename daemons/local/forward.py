@@ -29,7 +29,7 @@ from pymailsys.daemons.local import alias, results
 
 from pymailsys import log, privileges, rfc822
 from pymailsys.bounded_read import FileRefused
-from pymailsys.config import ConfigError, MacroExpander, split_list
+from pymailsys.config import ConfigError, MacroExpander
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Recipient, Session
@@ -72,7 +72,7 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
     found: tuple[str, os.stat_result] | None = None
     try:
         with privileges.as_user(pw.pw_uid, pw.pw_gid):
-            for entry in split_list(agent.forward_path):
+            for entry in agent.forward_path:
                 path = local_expand(entry, attrs, agent.forward_filter) if entry else None
                 if not path:
                     continue

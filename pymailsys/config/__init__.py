@@ -330,7 +330,7 @@ class MacroExpander:
             return ""
         if self.recurse:
             return self.expand(value, seen + (name,))
-        if self.allowed is not None:
+        if self.allowed is not None and not self.allowed.issuperset(value):
             value = "".join(c if c in self.allowed else "_" for c in value)
         return value
 
