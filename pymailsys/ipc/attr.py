@@ -37,7 +37,10 @@ an oversized value is refused from its length, before any of it is read), and
 an optional deadline for the whole list (``RequestTimeout``). Services that
 any local user can reach (pickup, showq) pass tight limits and ipc_timeout;
 ``DEFAULT_LIMITS`` (``MAX_VALUE`` per value and per list) is for peers of the
-mail system itself.
+mail system itself. A list that is already whole in the reader's buffer (most
+are) is decoded from it in one pass, with the same limits, instead of one await
+per attribute (``tests/bench/attr_rate.py``: 48 -> 25 us for smtpd's request
+to cleanup).
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pymailsys.queue.records import RecordError, VarintIncomplete, decode_varint, encode_varint
+from pymailsys.queue.records import (
+    VARINT_MAX_SHIFT,
+    RecordError,
+    VarintIncomplete,
+    decode_varint,
+    encode_varint,
+)
 
 MAX_NAME = 256
 MAX_VALUE = 1 << 30
@@ -193,6 +202,9 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
             if len(name_bytes) > MAX_NAME:
                 raise ProtocolError("attribute name too long")
             name = name_bytes[:-1].decode("ascii", "replace")
+            whole = _take_buffered(reader, name, pairs, total, limits)
+            if whole is not None:
+                return whole
             length = await _read_length(reader)
             total += len(name_bytes) + length
             limits.check(len(pairs) + 1, name, length, total)
@@ -204,6 +216,56 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
         raise ProtocolError("connection closed in mid-message") from None
     except asyncio.LimitOverrunError:
         raise ProtocolError("attribute name too long") from None
+
+
+def _take_buffered(reader: asyncio.StreamReader, name: str, pairs: list[tuple[str, bytes]],
+                   total: int, limits: Limits) -> AttrList | None:
+    """The rest of a list whose first name ``_read_list`` has read, taken straight from
+    the reader's buffer when it is all there, without an await per attribute (most
+    lists arrive in one piece). None, with nothing taken, when it is not whole or
+    anything in it is amiss: the attribute-by-attribute reader then takes it and
+    raises the same errors as always. Uses asyncio.StreamReader's ``_buffer`` and
+    ``_maybe_resume_transport`` (CPython's, unchanged since 3.7); a reader without
+    them is always read the slow way."""
+    buf = getattr(reader, "_buffer", None)
+    resume = getattr(reader, "_maybe_resume_transport", None)
+    if type(buf) is not bytearray or resume is None or reader.exception() is not None:
+        return None
+    taken = list(pairs)
+    end = len(buf)
+    pos = 0
+    with memoryview(buf) as view:
+        while True:
+            length = shift = 0
+            while True:  # records.decode_varint, inline
+                if pos >= end:
+                    return None
+                byte = view[pos]
+                pos += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > VARINT_MAX_SHIFT:
+                    return None
+            total += len(name) + 1 + length
+            if len(taken) >= limits.attrs or length > limits.value or total > limits.total:
+                return None
+            if pos + length > end:
+                return None
+            taken.append((name, bytes(view[pos:pos + length])))
+            pos += length
+            nul = buf.find(b"\0", pos, pos + MAX_NAME)
+            if nul < 0:
+                return None
+            if nul == pos:
+                pos += 1
+                break
+            name = bytes(view[pos:nul]).decode("ascii", "replace")
+            pos = nul + 1
+    del buf[:pos]
+    resume()
+    return AttrList(taken)
 
 
 Reply = Iterable[tuple[str, AttrValue]] | dict[str, Any]
