@@ -377,10 +377,14 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     return
                 wake.clear()
                 await wake.wait()
-            task = pending.popleft()
-            reply = await task
-            writer.write(encode(reply))
+            replies = [encode(await pending.popleft())]
             unanswered -= 1
+            try:  # the replies that are ready too (a group of fsyncs ends): one write
+                while pending and pending[0].done():
+                    replies.append(encode(pending.popleft().result()))
+                    unanswered -= 1
+            finally:
+                writer.write(b"".join(replies))
             if not pending:
                 await writer.drain()
                 if unanswered == 0:
