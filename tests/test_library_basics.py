@@ -101,3 +101,48 @@ def test_delay_format_matches_postfix() -> None:
 
     assert [format_delay(x) for x in (0, 0.004, 0.011, 0.018, 0.33, 1.25, 12.7)] == [
         "0", "0", "0.01", "0.02", "0.33", "1.2", "12"]
+
+
+def test_attr_client_timeout_and_a_cancelled_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A cancelled request gives up its place (the next caller gets its own reply);
+    a request not answered within the client's timeout fails, and so does every
+    other request waiting on that connection."""
+    path = str(tmp_path / "sock")
+    release = asyncio.Event()
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        if request.number("hang"):
+            await asyncio.sleep(3600)
+        if request.number("wait"):
+            await release.wait()
+        return {"n": request.number("n")}
+
+    async def main() -> tuple[int, str, str]:
+        server = await asyncio.start_unix_server(
+            lambda r, w: attr.serve_pipelined(r, w, handler), path=path)
+        client = attr.AttrClient(path, timeout=0.5)
+        cancelled = asyncio.ensure_future(client.request({"n": 1, "wait": 1}))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        following = asyncio.ensure_future(client.request({"n": 2}))
+        await asyncio.sleep(0.05)
+        release.set()
+        second = (await following).number("n")
+        errors = []
+        for request in ({"n": 3, "hang": 1}, {"n": 4}):
+            errors.append(asyncio.ensure_future(client.request(request)))
+        texts = []
+        for fut in errors:
+            try:
+                await fut
+                texts.append("answered")
+            except attr.ProtocolError as e:
+                texts.append(str(e))
+        await client.close()
+        server.close()
+        return second, texts[0], texts[1]
+
+    second, hung, behind = asyncio.run(main())
+    assert second == 2
+    assert hung == f"{path}: timeout"
+    assert behind == f"{path}: timeout"

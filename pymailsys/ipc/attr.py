@@ -490,17 +490,29 @@ class AttrClient:
                 fut.set_exception(ProtocolError(str(error)))
 
     async def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
-        """Send one request and wait for its reply. Raises ProtocolError or OSError."""
+        """Send one request and wait for its reply. Raises ProtocolError or OSError.
+
+        A caller that is cancelled leaves its place in the queue of replies (the
+        reply is read and dropped); past ``timeout`` every request waiting on the
+        connection fails and the connection is closed."""
         writer = await self._ensure_connected()
-        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AttrList] = loop.create_future()
         self._waiting.append(fut)
         writer.write(encode(attrs))
+        timer = loop.call_later(self.timeout, self._expire, fut)
         try:
             await writer.drain()
-            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except (TimeoutError, ConnectionError) as e:
+            return await fut
+        except ConnectionError as e:
             self._fail_all(e)
-            raise ProtocolError(f"{self.path}: {e or 'timeout'}") from None
+            raise ProtocolError(f"{self.path}: {e}") from None
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[AttrList]) -> None:
+        if not fut.done():
+            self._fail_all(ProtocolError(f"{self.path}: timeout"))
 
     async def stream(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> RequestStream:
         """Send the first list of a streamed request (it must carry ``more``).
