@@ -351,16 +351,21 @@ def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
     return read_envelope_bytes(data, queue_id or os.path.basename(path), path)
 
 
+SMALL_FILE = 32768  # read whole; larger files are mapped
+
+
 def read_envelope_fd(fd: int, queue_id: str = "", path: str = "",
                      rcpt_from: int = 0, rcpt_limit: int = 0) -> Envelope:
     """``read_envelope_bytes`` on an open file without reading its content.
 
-    The file is mapped, and only the pages of the envelope and extracted
-    records are touched: memory does not grow with the message.
+    A file of less than ``SMALL_FILE`` bytes (most mail) is read whole with one
+    pread; a larger one is mapped, and only the pages of the envelope and
+    extracted records are touched: memory does not grow with the message.
     """
+    head = os.pread(fd, SMALL_FILE, 0)
+    if len(head) < SMALL_FILE:
+        return read_envelope_bytes(head, queue_id, path, rcpt_from, rcpt_limit)
     size = os.fstat(fd).st_size
-    if not size:
-        return read_envelope_bytes(b"", queue_id, path)
     with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
         return read_envelope_bytes(data, queue_id, path,  # type: ignore[arg-type]
                                    rcpt_from, rcpt_limit)
