@@ -737,6 +737,10 @@ class Qmgr:
             else:
                 self.hungry.append(msg)
             return
+        if msg.fresh and msg.sent and not (msg.deferred or msg.bounced or msg.traced):
+            self.remove(msg)  # the common case: no status log can exist, nothing to ask
+            self.release(msg)
+            return
         self.spawn(self.complete(msg))
 
     def slice_room(self, msg: Message) -> bool:
@@ -778,8 +782,12 @@ class Qmgr:
             if not removed:
                 with contextlib.suppress(OSError):
                     os.close(msg.fd)
-            self.active.pop(msg.queue_id, None)
-            self.slot_free.set()
+            self.release(msg)
+
+    def release(self, msg: Message) -> None:
+        """The message is no longer active: its slot is free."""
+        self.active.pop(msg.queue_id, None)
+        self.slot_free.set()
 
     async def dispatcher(self) -> None:
         """Start the deliveries the scheduler allows, as they become allowed."""
@@ -906,9 +914,6 @@ class Qmgr:
         queue_id = msg.queue_id
         now = time.time()
         env = msg.env
-        if msg.fresh and not msg.deferred and not msg.bounced and not msg.traced and msg.sent:
-            self.remove(msg)  # the common case: no status logs can exist
-            return True
         bounce_path = self.spool.path(q.BOUNCE, queue_id)
         if os.path.exists(bounce_path):
             entries = status_log.read(bounce_path)
