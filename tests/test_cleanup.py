@@ -698,3 +698,36 @@ def test_header_block_ends_at_a_line_that_is_not_a_header(service_with) -> None:
     data, lines = service_with(content)
     assert lines == [b"Subject: s", b"not a header line", b"From: looks@like.a.header", b"",
                      b"body"]
+
+
+def test_qmgr_is_told_before_the_client_is_answered(tmp_path: Path) -> None:
+    """On the open trigger connection the new file's name is written before the reply:
+    qmgr can start on it while the client still waits for its 250."""
+    import socket
+
+    setup = _write_config(tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(setup.spool / "public" / "qmgr"))
+    listener.listen(1)
+    listener.settimeout(30)
+    try:
+        _start_cleanup(setup)
+        first = _send(setup, _smtpd_request())
+        conn, _ = listener.accept()  # cleanup connects on its first kick and stays
+        conn.settimeout(30)
+        record = b"<" + first["queue_id"].encode().hex().encode() + b">"
+        got = b""
+        for _ in range(100):
+            if record in got:
+                break
+            got += conn.recv(4096)
+        assert record in got
+        second = _send(setup, _smtpd_request())
+        conn.setblocking(False)
+        assert conn.recv(4096) == b"<" + second["queue_id"].encode().hex().encode() + b">"
+        conn.close()
+    finally:
+        listener.close()
+        for proc in setup.procs:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -30,7 +30,9 @@ removes a file that will not be committed; ``remove(path)`` one that was.
 
 ``QmgrTrigger.kick(queue_id)`` tells qmgr about one new file in incoming/; the
 kicks of one event-loop turn become one write on a connection to public/qmgr
-that stays open (the trigger server reads bytes until end of file). Each file
+that stays open (the trigger server reads bytes until end of file), made
+before the replies of the same turn go out, so that qmgr starts on the file
+while the client still waits for its 250. Each file
 is named as ``<HEX>``, the queue ID in lower-case hex
 (``pymailsys.ipc.trigger.encode_named_ids``): qmgr
 then takes the file without scanning incoming/. The record uses no byte that
@@ -244,6 +246,7 @@ class QmgrTrigger:
         self._writer: asyncio.StreamWriter | None = None
         self._watch: asyncio.Task[None] | None = None
         self._wanted = False
+        self._scheduled = False
         self._sending = False
         self._ids: list[str] = []
         self._plain = False
@@ -254,32 +257,47 @@ class QmgrTrigger:
             self._plain = True
         else:
             self._ids.append(queue_id)
-        if self._wanted:
-            return
         self._wanted = True
-        if not self._sending:
-            asyncio.get_running_loop().call_soon(self._start)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _start(self) -> None:
-        if not self._sending:
-            self._sending = True
-            server.background(self._send())
+    def _flush(self) -> None:
+        """The kicks of one loop turn: written at once on an open connection (before
+        the replies of the same turn go out), else by a task that connects first."""
+        self._scheduled = False
+        if self._sending or not self._wanted:
+            return  # the sending task takes them
+        writer = self._writer
+        if self.persistent and writer is not None and not writer.is_closing():
+            self._wanted = False
+            self._write(writer)
+            return
+        self._sending = True
+        server.background(self._send())
+
+    def _write(self, writer: asyncio.StreamWriter) -> None:
+        ids, self._ids = self._ids, []
+        plain, self._plain = self._plain, False
+        if not ids and not plain:
+            return
+        writer.write((trigger.SCAN_INCOMING if plain else b"") + trigger.encode_named_ids(ids))
+        self.sent += 1
 
     async def _send(self) -> None:
         try:
             while self._wanted:
                 self._wanted = False
-                ids, self._ids = self._ids, []
-                plain, self._plain = self._plain, False
                 if not self.persistent:
+                    self._ids, self._plain = [], False
                     if await trigger.async_trigger(self.path, trigger.SCAN_INCOMING):
                         self.sent += 1
                     continue
                 writer = await self._connection()
-                if writer is None:
+                if writer is None:  # qmgr is not there: its start-up scan finds the files
+                    self._ids, self._plain = [], False
                     continue
-                writer.write((trigger.SCAN_INCOMING if plain else b"") + trigger.encode_named_ids(ids))
-                self.sent += 1
+                self._write(writer)
         finally:
             self._sending = False
 
