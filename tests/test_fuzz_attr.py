@@ -97,3 +97,30 @@ def test_a_declared_huge_length_is_not_allocated(length: int) -> None:
 
 def test_an_overlong_varint_is_refused():
     assert decode_stream(b"rcpt\0" + b"\xff" * 12 + b"\0") == []
+
+
+def test_a_list_of_many_attributes_is_looked_at_once_before_the_slow_way(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Over the attribute limit: refused, and the one-pass decoder was tried once for the
+    list, not once per attribute (which made 20,000 attributes cost 20,000 passes)."""
+    calls = []
+    real = attr._take_buffered
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(attr, "_take_buffered", counted)
+    data = b"".join(b"rcpt\0\x01a" for _ in range(20000)) + b"\0"
+
+    async def run() -> str:
+        reader = asyncio.StreamReader(limit=1 << 16)
+        reader.feed_data(data)
+        reader.feed_eof()
+        try:
+            await attr.read_attrs(reader, attr.Limits(attrs=1000))
+        except attr.LimitExceeded as e:
+            return str(e)
+        return "accepted"
+
+    assert asyncio.run(run()) == "more than 1000 attributes"
+    assert len(calls) == 1

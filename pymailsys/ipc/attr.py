@@ -202,9 +202,10 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
             if len(name_bytes) > MAX_NAME:
                 raise ProtocolError("attribute name too long")
             name = name_bytes[:-1].decode("ascii", "replace")
-            whole = _take_buffered(reader, name, pairs, total, limits)
-            if whole is not None:
-                return whole
+            if not pairs:  # once per list: a second try would make many attributes quadratic
+                whole = _take_buffered(reader, name, limits)
+                if whole is not None:
+                    return whole
             length = await _read_length(reader)
             total += len(name_bytes) + length
             limits.check(len(pairs) + 1, name, length, total)
@@ -218,20 +219,21 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
         raise ProtocolError("attribute name too long") from None
 
 
-def _take_buffered(reader: asyncio.StreamReader, name: str, pairs: list[tuple[str, bytes]],
-                   total: int, limits: Limits) -> AttrList | None:
+def _take_buffered(reader: asyncio.StreamReader, name: str, limits: Limits) -> AttrList | None:
     """The rest of a list whose first name ``_read_list`` has read, taken straight from
     the reader's buffer when it is all there, without an await per attribute (most
     lists arrive in one piece). None, with nothing taken, when it is not whole or
     anything in it is amiss: the attribute-by-attribute reader then takes it and
-    raises the same errors as always. Uses asyncio.StreamReader's ``_buffer`` and
-    ``_maybe_resume_transport`` (CPython's, unchanged since 3.7); a reader without
-    them is always read the slow way."""
+    raises the same errors as always. It is tried once per list: what it looks at
+    before giving up costs one pass over the buffer, not one per attribute. Uses
+    asyncio.StreamReader's ``_buffer`` and ``_maybe_resume_transport`` (CPython's,
+    unchanged since 3.7); a reader without them is always read the slow way."""
     buf = getattr(reader, "_buffer", None)
     resume = getattr(reader, "_maybe_resume_transport", None)
     if type(buf) is not bytearray or resume is None or reader.exception() is not None:
         return None
-    taken = list(pairs)
+    taken: list[tuple[str, bytes]] = []
+    total = 0
     end = len(buf)
     pos = 0
     with memoryview(buf) as view:
