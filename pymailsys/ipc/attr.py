@@ -146,20 +146,24 @@ def _as_bytes(value: AttrValue) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+_ONE_BYTE_LENGTHS = [bytes((n,)) for n in range(128)]
+
+
 def encode(attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> bytes:
     """Encode one attribute list, terminator included."""
     items = attrs.items() if isinstance(attrs, dict) else attrs
-    out = bytearray()
+    parts: list[bytes] = []
+    append = parts.append
     for name, value in items:
-        if isinstance(value, (list, tuple)):
-            for v in value:
-                data = _as_bytes(v)
-                out += name.encode() + b"\0" + encode_varint(len(data)) + data
-            continue
-        data = _as_bytes(value)
-        out += name.encode() + b"\0" + encode_varint(len(data)) + data
-    out += b"\0"
-    return bytes(out)
+        key = name.encode() + b"\0"
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            data = _as_bytes(v)
+            n = len(data)
+            append(key)
+            append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
+            append(data)
+    append(b"\0")
+    return b"".join(parts)
 
 
 async def _read_length(reader: asyncio.StreamReader) -> int:
