@@ -9,6 +9,9 @@ plus a trigger server on public/qmgr, and pushes N smtpd-style requests
 flight. Modes: ``grouped`` (the default daemon), ``ungrouped`` (one fsync at
 a time on the event loop), ``trigger-per-batch`` (a new qmgr connection per
 batch instead of one kept open). Prints requests/s and cleanup's CPU seconds.
+With ``--callgrind`` cleanup runs under valgrind's callgrind and the figure is
+its instructions per message (user space only, and nearly free of the shared
+machine's noise: tests/bench/smtpd_cpu.py's ``instructions``).
 Timing only; nothing here is a pass/fail test.
 """
 
@@ -63,7 +66,7 @@ async def _push(path: str, n: int, window: int) -> float:
     return elapsed
 
 
-def run(mode: str, n: int, window: int) -> None:
+def run(mode: str, n: int, window: int, callgrind: bool = False) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-cleanup-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -78,19 +81,31 @@ def run(mode: str, n: int, window: int) -> None:
         procs.append(subprocess.Popen([sys.executable, str(TESTS / "pmsfixtures" / "triggerlog.py"),
                                        "-c", str(base / "etc"), "-n", "qmgr", "-L", str(qmgr)]))
         sock = str(spool / "public" / "cleanup")
-        cleanup = subprocess.Popen([sys.executable, "-m", "pymailsys.daemons.cleanup",
-                                    "-c", str(base / "etc"), "-L", sock],
-                                   env={**os.environ, **MODES[mode]})
+        argv = [sys.executable, "-m", "pymailsys.daemons.cleanup", "-c", str(base / "etc"),
+                "-L", sock]
+        if callgrind:
+            argv = ["valgrind", "--tool=callgrind", "--quiet",
+                    f"--callgrind-out-file={base}/callgrind.%p"] + argv
+        cleanup = subprocess.Popen(argv, env={**os.environ, **MODES[mode]})
         procs.append(cleanup)
-        for _ in range(300):
+        for _ in range(6000 if callgrind else 300):
             try:
                 SyncAttrClient(sock).close()
                 break
             except OSError:
                 time.sleep(0.05)
+        if callgrind:
+            asyncio.run(_push(sock, 20, window))  # warm: imports and first-use paths
+            subprocess.run(["callgrind_control", "--zero", str(cleanup.pid)], check=True,
+                           capture_output=True, timeout=120)
         cpu0 = _cpu(cleanup.pid)
         elapsed = asyncio.run(_push(sock, n, window))
         cpu = _cpu(cleanup.pid) - cpu0
+        if callgrind:
+            print(f"{mode:18s} n={n} window={window:3d}: "
+                  f"{instructions(base, cleanup.pid) / n / 1e6:.3f} M instructions/message "
+                  "(callgrind)")
+            return
         time.sleep(0.3)
         triggers = (base / "maillog").read_text().count("trigger 'I'")
         print(f"{mode:18s} n={n} window={window:3d}: {n / elapsed:7.0f} req/s, "
@@ -102,15 +117,29 @@ def run(mode: str, n: int, window: int) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def instructions(base: Path, pid: int) -> int:
+    """callgrind's count of instructions since the last --zero (dumped now)."""
+    before = set(base.glob(f"callgrind.{pid}*"))
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True,
+                   timeout=120)
+    (dump,) = set(base.glob(f"callgrind.{pid}*")) - before
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--window", type=int, action="append")
     ap.add_argument("--mode", action="append", choices=sorted(MODES))
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instructions per message under callgrind instead of CPU time")
     args = ap.parse_args()
     for window in args.window or [1, 20, 100]:
         for mode in args.mode or ["ungrouped", "grouped", "trigger-per-batch"]:
-            run(mode, args.messages, window)
+            run(mode, args.messages, window, args.callgrind)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ each thread of cleanup and qmgr (from /proc/PID/task: the fsync and close
 threads apart from the event loop), and the medians over the runs. With
 ``--strace`` an extra run is made under ``strace -f -c`` attached to cleanup
 and qmgr, and the system calls per message of each are printed (strace slows
-them down: that run's CPU figures are not reported).
+them down: that run's CPU figures are not reported). ``--latency N`` sends N
+probes one at a time after the runs (compare.py's latency_run) and prints the
+medians of connect->250 and connect->Maildir.
 
 For an A/B of a change run it before and after, alternately; no py-spy is
 attached, so the figures are those of the daemons alone. Timing only; nothing
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spy", type=Path, metavar="DIR",
                    help="an extra run under py-spy --gil; raw stacks and tables to DIR")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--latency", type=int, default=0, metavar="N",
+                   help="then N probes one at a time: median connect->250 and connect->Maildir")
     p.add_argument("--stall-timeout", type=float, default=60.0)
     args = p.parse_args(argv)
     args.sample_interval = 0.5
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medians over {args.runs} runs of {args.messages} messages (CPU ms/message):")
         for k in keys:
             print(f"  {k:<24} {statistics.median(r.get(k, 0.0) for r in runs):.3f}")
+        if args.latency:
+            probe = compare.RunResult(system.label, 1, args.latency)
+            compare.latency_run(system, probe, args.latency, args.size, scen)
+            print(f"latency over {args.latency} probes: connect->250 median "
+                  f"{probe.accept_latency_median_ms:.2f} ms, connect->Maildir median "
+                  f"{probe.latency_median_ms:.2f} ms (p90 {probe.latency_p90_ms:.2f})")
         if args.strace:
             print(strace_run(system, args, scen))
         if args.spy:
