@@ -28,7 +28,11 @@ DESCRIPTION
     Children are forked from master's image, with the library preloaded
     (``forking``, ``proctitle``): ``ps`` and ``/proc/PID/cmdline`` show each
     one as ``python3 -P -m pymailsys.daemons.NAME ...``. A package upgrade
-    therefore needs ``postfix stop; postfix start``, not a reload.
+    therefore needs ``postfix stop; postfix start``, not a reload. Since
+    children share master's memory, master first re-executes itself with
+    only the environment import_environment lets through (as Postfix's
+    master strips its environment), so nothing else of the environment it
+    was started with is anywhere in a child's memory.
 
     Signals: SIGHUP reloads (main.cf and master.cf re-read, the old lifeline
     closed so old children finish what they hold and exit, those still
@@ -76,18 +80,9 @@ USAGE = "usage: master [-c config_dir] [-d] [-s] [-t] [-w] [-v]"
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if argv is None and "-t" not in args:
-        proctitle.ensure_room()  # before the heavy imports: it may re-execute master
-    while args and args[-1] == "":  # ensure_room's padding
+    padded = bool(args) and args[-1] == ""
+    while args and args[-1] == "":  # the padding of proctitle.start_clean
         args = args[:-1]
-    # Imported here, after ensure_room, so that a re-execution costs little.
-    from pymailsys.daemons.master.daemonize import start_detached
-    from pymailsys.daemons.master.supervisor import Master
-
-    from pymailsys import config as config_mod
-    from pymailsys import pidfile
-    from pymailsys.config import ConfigError
-
     try:
         opts, rest = getopt.getopt(args, "c:dDe:istvw")
     except getopt.GetoptError as e:
@@ -98,6 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"postfix/master: fatal: {USAGE}\n")
         return 1
     config_dir = flags.get("-c")
+
+    from pymailsys import config as config_mod
+    from pymailsys import pidfile
+    from pymailsys.config import ConfigError
+
+    if argv is None and "-t" not in flags and not padded:
+        try:
+            cfg = config_mod.load(config_dir)
+        except ConfigError:
+            pass  # reported below, by the master that runs
+        else:
+            from pymailsys.daemons.master.children import imported_environment
+
+            proctitle.start_clean(imported_environment(cfg))  # does not return
+    from pymailsys.daemons.master.daemonize import start_detached
+    from pymailsys.daemons.master.supervisor import Master
+
     if config_dir:
         os.environ["MAIL_CONFIG"] = config_dir
     if "-t" in flags:

@@ -19,9 +19,12 @@ and 1 /dev/null and fd 2 master's stderr relay; every other descriptor is
 closed. Each child gets a status pipe of its own (the
 child cannot tell): the one-byte status protocol carries no process ID, and a
 private pipe is what lets master know exactly which child is available, even
-after one was killed halfway. ``child_env`` filters the environment by
-``import_environment``, keeps ``PYTHON*`` and ``PYMAILSYS_*`` so that the
-interpreter runs the same code, and sets ``MAIL_CONFIG`` and ``GENERATION``.
+after one was killed halfway. ``imported_environment`` filters the
+environment by ``import_environment`` and keeps ``PYTHON*`` and
+``PYMAILSYS_*`` so that the interpreter runs the same code; master re-executes
+itself with only that at start-up, as Postfix's master strips its own (children
+are forked from master's memory: what master drops, no child carries);
+``child_env`` adds ``MAIL_CONFIG`` and ``GENERATION``.
 """
 
 from __future__ import annotations
@@ -139,7 +142,9 @@ def child_argv(svc: Service, config_dir: str) -> list[str]:
     return argv + entry.args
 
 
-def child_env(cfg: Config, config_dir: str, generation: int) -> dict[str, str]:
+def imported_environment(cfg: Config) -> dict[str, str]:
+    """What import_environment lets through of this process's environment, and
+    ``PYTHON*`` and ``PYMAILSYS_*`` (the interpreter must run the same code)."""
     env: dict[str, str] = {}
     for item in cfg.get_list("import_environment"):
         name, sep, value = item.partition("=")
@@ -150,6 +155,11 @@ def child_env(cfg: Config, config_dir: str, generation: int) -> dict[str, str]:
     for name, value in os.environ.items():
         if name.startswith(("PYTHON", "PYMAILSYS_")):
             env[name] = value
+    return env
+
+
+def child_env(cfg: Config, config_dir: str, generation: int) -> dict[str, str]:
+    env = imported_environment(cfg)
     env["MAIL_CONFIG"] = config_dir
     env["GENERATION"] = f"{generation:o}"
     return env

@@ -15,10 +15,12 @@ into a single string instead, which would break every reader that splits
 ``/proc/PID/cmdline`` on NULs, tests/harness.py among them).
 
 The areas are as large as master's own command line and environment.
-``ensure_room()``, called first thing in master, re-executes master once
-with ``ROOM`` bytes of empty arguments and environment strings appended
-when either area is smaller (empty strings are invisible: Python skips an
-environment string without ``=``; master drops the empty arguments).
+``start_clean(env)``, called first thing in master, re-executes master once
+with the environment env (what import_environment lets through) and with
+empty arguments and environment strings appended up to ``ROOM`` bytes each
+(empty strings are invisible: Python skips an environment string without
+``=``; master drops the empty arguments, and their presence tells it that
+it was re-executed).
 
 ``show`` must run after the child's environment was put in place with
 ``os.environ`` (which makes the C library copy every string it keeps), so
@@ -52,26 +54,25 @@ def areas() -> tuple[int, int, int, int] | None:
     return arg_start, arg_end, env_start, env_end
 
 
-def ensure_room() -> None:
-    """Re-execute this process with padding when a child could not show its arguments.
+def start_clean(env: dict[str, str]) -> None:
+    """Re-execute this process with env and room for the children's titles.
 
-    Returns when there is room (or when nothing can be done about it).
+    Returns only when execve fails. The re-executed process gets at least
+    one padding argument, which is how it knows not to do this again.
     """
     found = areas()
-    if found is None:
-        return
-    arg_start, arg_end, env_start, env_end = found
-    more_args = max(0, ROOM - (arg_end - arg_start))
-    more_env = max(0, ROOM - (env_end - env_start))
-    if not more_args and not more_env:
-        return
+    more_args, more_env = 1, 0
+    if found is not None:
+        arg_start, arg_end, env_start, env_end = found
+        more_args = max(1, ROOM - (arg_end - arg_start))
+        more_env = max(0, ROOM - len(b"".join(os.fsencode(f"{k}={v}") + b"\0"
+                                              for k, v in env.items())))
     argv = [os.fsencode(a) for a in sys.orig_argv] + [b""] * more_args
-    envp = [k + b"=" + v for k, v in os.environb.items()] + [b""] * more_env
+    envp = [os.fsencode(f"{k}={v}") for k, v in env.items()] + [b""] * more_env
     libc = ctypes.CDLL(None, use_errno=True)
     sys.stdout.flush()
     sys.stderr.flush()
     libc.execve(os.fsencode(sys.executable), _c_strings(argv), _c_strings(envp))
-    # execve failed: carry on, children's titles are cut where the room ends
 
 
 def show(argv: list[str], env: dict[str, str]) -> None:
