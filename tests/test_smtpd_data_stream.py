@@ -13,7 +13,7 @@ import asyncio
 import random
 from pathlib import Path
 
-from pymailsys.daemons.smtpd.stream import InputBuffer
+from pymailsys.daemons.smtpd.stream import CHUNK, PAUSE_AT, InputBuffer
 from smtpd_helpers import smtpd_server
 
 
@@ -52,6 +52,68 @@ def test_pieces_join_to_the_whole_content() -> None:
             assert got[:3] == whole[:3], (body, stream_at)
             streamed += got[3] > 1
     assert streamed > 100  # the pieces really were many
+
+
+def test_an_attached_buffer_holds_a_flood_to_its_bound_and_loses_nothing() -> None:
+    """Attached to a real TCP connection, the buffer takes what arrives from the
+    protocol; a client that sends far more than is read gets the transport paused
+    (what waits stays near PAUSE_AT), and reading on resumes it: every byte arrives,
+    in order, and the end of input is seen."""
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
+
+    async def go() -> tuple[bytes, int, bool]:
+        loop = asyncio.get_running_loop()
+        attached: asyncio.Future[InputBuffer] = loop.create_future()
+
+        class Protocol(asyncio.Protocol):
+            buf: InputBuffer
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.buf = InputBuffer(asyncio.StreamReader())
+                self.buf.attach(transport)
+                attached.set_result(self.buf)
+
+            def data_received(self, data: bytes) -> None:
+                self.buf.feed(data)
+
+            def eof_received(self) -> bool:
+                self.buf.feed_eof()
+                return True
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                self.buf.feed_eof(exc)
+
+        server = await loop.create_server(Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        writer.write_eof()
+        buf = await attached
+        for _ in range(500):  # until the kernel's buffers are full and the transport paused
+            if buf.paused:
+                break
+            await asyncio.sleep(0.01)
+        waiting = len(buf.inbox)
+        paused = buf.paused
+        pieces: list[bytes] = []
+
+        async def sink(piece: bytes) -> None:
+            pieces.append(piece)
+
+        await buf.read_exact(len(payload), sink)
+        try:
+            await buf.read_exact(1, None)
+        except asyncio.IncompleteReadError:
+            pass
+        else:
+            raise AssertionError("no end of input after the payload")
+        writer.close()
+        server.close()
+        return b"".join(pieces), waiting, paused
+
+    data, waiting, paused = asyncio.run(go())
+    assert paused and waiting <= PAUSE_AT + 4 * CHUNK  # + one read of the transport
+    assert data == payload
 
 
 def test_big_message_reaches_cleanup_as_a_stream(tmp_path: Path) -> None:

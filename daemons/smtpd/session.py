@@ -193,27 +193,40 @@ class Session(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         # Not SMTP's: the command loop sees the end on its reader and logs it as Postfix.
         asyncio.StreamReaderProtocol.connection_lost(self, exc)
+        if self.input.attached:
+            self.input.feed_eof(exc)
         self.transport = None
 
     def eof_received(self) -> bool | None:
         # Not SMTP's (which cancels the command loop): the reader sees the end of input.
+        if self.input.attached:
+            self.input.feed_eof()
         return asyncio.StreamReaderProtocol.eof_received(self)
+
+    def data_received(self, data: bytes) -> None:
+        # Once the session runs, input goes to its buffer, not through the StreamReader.
+        if self.input.attached:
+            self.input.feed(data)
+        else:
+            asyncio.StreamReaderProtocol.data_received(self, data)
 
     # --- output ------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
         # Not SMTP's (cost): no drain while pipelined input waits; UTF-8 kept as given.
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
         self._writer.write(data + b"\r\n")
-        if not self.input.pending():
-            await self._drain()
-
-    async def _drain(self) -> None:
-        # StreamWriter.drain() only waits while the transport's buffer is over its
-        # high-water mark and only raises once the connection is closing: with
-        # the reply already in the kernel (the usual case) it has nothing to do.
-        transport = self._writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size():
+        if self._must_drain():
             await self._writer.drain()
+
+    def _must_drain(self) -> bool:
+        """Whether to await StreamWriter.drain() after a reply: not while pipelined
+        input waits; else only when it has something to do (it waits only while the
+        transport's buffer is over its high-water mark, and raises only once the
+        connection is closing): with the reply already in the kernel, no."""
+        if self.input.pending():
+            return False
+        transport = self._writer.transport
+        return transport.is_closing() or bool(transport.get_write_buffer_size())
 
     async def reply_error(self, text: str) -> bool:
         """An error reply: counted, and delayed once the soft limit is reached."""
@@ -234,6 +247,7 @@ class Session(SMTP):
             if smtpd.proxy_timeout and not await self._upstream_proxy(self._reader):
                 writer.close()
                 return
+        self.input.attach(self.transport)
         await smtpd.name_client(self.req)
         self.client = self.req.client
         log.info(f"connect from {self.client}")
@@ -503,8 +517,8 @@ class Session(SMTP):
             else:
                 self._writer.write(smtpd.ehlo_reply if self.ssl_object is None
                                    else smtpd.ehlo_reply_tls)
-            if not self.input.pending():
-                await self._drain()
+            if self._must_drain():
+                await self._writer.drain()
         else:
             await self.push(f"250 {self.smtpd.myhostname}")
         return True
@@ -1014,7 +1028,7 @@ class Session(SMTP):
             raise ConnectionLost() from None
         if new is None:
             raise ConnectionLost()
-        self.transport = new
+        self.transport = self.input.transport = new
         self._writer = asyncio.StreamWriter(new, self, self._reader, self.loop)
         # as asyncio's StreamWriter.start_tls does (it takes only client-side protocols)
         self._replace_writer(self._writer)  # type: ignore[attr-defined]

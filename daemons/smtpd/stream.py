@@ -5,6 +5,8 @@ NAME
 
 SYNOPSIS
     buf = InputBuffer(reader)
+    buf.attach(transport)                   # from now on the protocol calls buf.feed(data),
+                                            # buf.feed_eof(exc) instead of the reader's
     line = await buf.readline(limit)        # one command line, terminator stripped
     buf.pending()                           # more input already here (pipelining check)
     data = await buf.read_data(size_limit, sink)  # DATA up to <CR><LF>.<CR><LF>,
@@ -14,7 +16,11 @@ DESCRIPTION
     The session owns its buffer (instead of asyncio's line reader) so that it
     can see whether a client pipelined more input, and so that DATA is read in
     large chunks and searched with C-speed ``find``/``replace`` instead of one
-    Python call per line.
+    Python call per line. Once attached (``attach``), the protocol hands what
+    arrives straight to the buffer, without the StreamReader in between (what
+    the reader held moves over); as with the reader, the transport stops
+    reading while more than PAUSE_AT bytes wait unread, and resumes once a
+    read took them.
 
     Command lines end in <LF>; a <CR> before it is dropped. ``bare_lf`` tells
     whether the last line ended in a bare <LF>. A line longer than ``limit``
@@ -52,6 +58,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 CHUNK = 65536
+PAUSE_AT = 2 * CHUNK  # attached: bytes received and not yet read that pause the transport
 STREAM_AT = 65536  # DATA bytes that wait before a piece goes on
 _END = b"\r\n.\r\n"
 Sink = Callable[[bytes], Awaitable[None]]
@@ -77,7 +84,8 @@ class InputBuffer:
     """A client's unread input."""
 
     __slots__ = ("reader", "buf", "pos", "bare_lf", "timeout", "deadline", "timer", "task",
-                 "expired", "loop")
+                 "expired", "loop", "attached", "transport", "inbox", "eof", "error", "waiter",
+                 "paused")
 
     def __init__(self, reader: asyncio.StreamReader, timeout: float = 0.0) -> None:
         self.reader = reader
@@ -90,6 +98,96 @@ class InputBuffer:
         self.task: asyncio.Task[object] | None = None
         self.expired = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.attached = False  # the protocol feeds input here, the reader is done with
+        self.transport: asyncio.BaseTransport | None = None
+        self.inbox: bytes | bytearray = b""  # attached: received, not yet read
+        self.eof = False
+        self.error: BaseException | None = None  # how the connection was lost, if not cleanly
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+
+    def attach(self, transport: asyncio.BaseTransport | None) -> None:
+        """Take input from feed()/feed_eof() from now on; what the reader holds moves
+        here first."""
+        reader = self.reader
+        held = reader._buffer  # type: ignore[attr-defined]  # no public way to take it
+        self.inbox = bytes(held)
+        held.clear()
+        self.eof = reader.at_eof()
+        self.error = reader.exception()
+        self.transport = transport
+        self.attached = True
+        if reader._paused:  # type: ignore[attr-defined]  # the transport stays paused: ours now
+            reader._paused = False  # type: ignore[attr-defined]
+            self.paused = True
+
+    def feed(self, data: bytes) -> None:
+        """What the connection received (the protocol's data_received)."""
+        inbox = self.inbox
+        if not inbox:
+            self.inbox = data
+        else:
+            if not isinstance(inbox, bytearray):
+                inbox = self.inbox = bytearray(inbox)
+            inbox += data
+            if len(inbox) > PAUSE_AT and not self.paused and self.transport is not None:
+                try:
+                    self.transport.pause_reading()  # type: ignore[attr-defined]
+                    self.paused = True
+                except (AttributeError, NotImplementedError, RuntimeError):
+                    pass
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def feed_eof(self, error: BaseException | None = None) -> None:
+        """The end of input (eof_received), or the connection lost (with its error)."""
+        self.eof = True
+        if error is not None and self.error is None:
+            self.error = error
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _resume(self) -> None:
+        self.paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                transport.resume_reading()  # type: ignore[attr-defined]
+            except (AttributeError, NotImplementedError, RuntimeError):
+                pass
+
+    async def _receive(self) -> bytes:
+        """Attached: up to CHUNK bytes of the inbox, waiting for some; b"" at the end."""
+        while not self.inbox:
+            if self.error is not None:
+                raise self.error
+            if self.eof:
+                return b""
+            if self.paused:  # nothing left to read (STARTTLS dropped it): take more
+                self._resume()
+            loop = self.loop
+            if loop is None:
+                loop = self.loop = asyncio.get_running_loop()
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        data = self.inbox
+        if len(data) > CHUNK:
+            chunk = bytes(data[:CHUNK])
+            if isinstance(data, bytearray):
+                del data[:CHUNK]  # cheap: a bytearray drops its head in place
+            else:
+                self.inbox = data[CHUNK:]
+        else:
+            chunk = data if isinstance(data, bytes) else bytes(data)
+            self.inbox = b""
+        if self.paused and len(self.inbox) <= CHUNK:
+            self._resume()
+        return chunk
 
     async def _read(self) -> bytes:
         """One read of up to CHUNK bytes; TimeoutError after ``timeout`` seconds.
@@ -99,8 +197,9 @@ class InputBuffer:
         first read and, when it fires early, re-armed for the current read's
         deadline. The owner calls ``close()`` to drop it.
         """
+        receive = self._receive if self.attached else self._reader_read
         if not self.timeout:
-            return await self.reader.read(CHUNK)
+            return await receive()
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
@@ -109,7 +208,7 @@ class InputBuffer:
             self.task = asyncio.current_task(loop)
             self.timer = loop.call_at(self.deadline, self._on_timer)
         try:
-            return await self.reader.read(CHUNK)
+            return await receive()
         except asyncio.CancelledError:
             if self.expired and self.task is not None:
                 self.expired = False
@@ -118,6 +217,9 @@ class InputBuffer:
             raise
         finally:
             self.deadline = 0.0
+
+    def _reader_read(self) -> Awaitable[bytes]:
+        return self.reader.read(CHUNK)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -154,6 +256,7 @@ class InputBuffer:
         """Drop every byte received and not yet read (STARTTLS: plaintext sent ahead)."""
         self.buf.clear()
         self.pos = 0
+        self.inbox = b""
         self.reader._buffer.clear()  # type: ignore[attr-defined]  # no public way to drop it
 
     def pending(self) -> bool:
