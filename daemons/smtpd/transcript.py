@@ -151,7 +151,9 @@ class Transcript:
     def query(self, line: bytes) -> None:
         if not self.recording:
             return
-        self._add(b"In:  " + line[:ENTRY_LIMIT].rstrip(b"\r\n"), 1)
+        if self.line_count < HISTORY_LIMIT:
+            self.history.append(b"In:  " + line[:ENTRY_LIMIT].rstrip(b"\r\n"))
+            self.line_count += 1
         if line[:4].upper() in (b"EHLO", b"RSET"):
             self._flush()
 
@@ -159,7 +161,9 @@ class Transcript:
         self._rejected = True
 
     def _replies(self, data: bytes) -> None:
-        self._add(b"Out: " + data[:ENTRY_LIMIT], data.count(b"\n") or 1)
+        if self.line_count < HISTORY_LIMIT:
+            self.history.append(b"Out: " + data[:ENTRY_LIMIT])
+            self.line_count += data.count(b"\n") or 1
         first = data[:1]
         if first == b"4" or first == b"5":
             for raw in data.split(b"\r\n"):
@@ -171,11 +175,6 @@ class Transcript:
                         self._rejected = False
         elif data.startswith(b"250 ") and b" queued as " in data:
             self._flush()
-
-    def _add(self, entry: bytes, lines: int) -> None:
-        if self.line_count < HISTORY_LIMIT:
-            self.history.append(entry)
-            self.line_count += lines
 
     def _flush(self) -> None:
         if self.line_count > self.notices.flush_threshold:
