@@ -951,7 +951,7 @@ class Qmgr:
         """Unlink the queue file, close it and log ``removed``. No fsync: a crash
         before the unlink may repeat a delivery, and local recognises its own
         earlier Maildir write. On the event loop: for a small file this costs less
-        CPU than waking a worker thread for it (measured, tests/bench/pipeline_cpu.py)."""
+        CPU than waking a worker thread for it (measured, tests/bench/qmgr_rate.py)."""
         self.recently_removed.append(msg.queue_id)
         try:
             os.unlink(msg.path)
