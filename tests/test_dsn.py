@@ -262,6 +262,7 @@ def test_sendmail_dsn_options_are_recorded(new_instance, sink) -> None:  # type:
     assert dsn.recipients[0]["Action"] == "delivered"
     inst.tool("sendmail", "-f", LOCAL, "-N", "delay,failure", "-R", "full", "-V", "x=y",
               "r@remote.example", input="Subject: passed on\n\nbody\n", check=True)
+    inst.wait_log(r"to=<r@remote\.example>, .*status=sent")  # smtp-sink fills its dump meanwhile
     (dump,) = sink.wait_dumps(1)
     assert re.search(rb"^X-Mail-Args: <" + LOCAL.encode() + rb"> ENVID=x\+3Dy RET=FULL$",
                      dump, re.M)
