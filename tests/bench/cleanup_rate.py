@@ -27,7 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pymailsys.ipc.attr import AttrClient, SyncAttrClient
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from callgrind import instructions  # noqa: E402
+
+from pymailsys.ipc.attr import AttrClient, SyncAttrClient  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1]
 MODES = {
@@ -115,18 +119,6 @@ def run(mode: str, n: int, window: int, callgrind: bool = False) -> None:
             p.terminate()
             p.wait()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def instructions(base: Path, pid: int) -> int:
-    """callgrind's count of instructions since the last --zero (dumped now)."""
-    before = set(base.glob(f"callgrind.{pid}*"))
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True,
-                   timeout=120)
-    (dump,) = set(base.glob(f"callgrind.{pid}*")) - before
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
 
 
 def main() -> None:

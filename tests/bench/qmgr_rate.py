@@ -29,7 +29,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "bench"))
 
+from callgrind import instructions  # noqa: E402
 from test_qmgr import Standalone  # noqa: E402
 
 from pymailsys.ipc import trigger  # noqa: E402
@@ -82,18 +84,6 @@ def wait_empty(setup: Standalone, timeout: float) -> None:
     while time.monotonic() < deadline and (os.listdir(setup.queue_dir / "incoming")
                                            or os.listdir(setup.queue_dir / "active")):
         time.sleep(0.02)
-
-
-def instructions(base: Path, pid: int) -> int:
-    """callgrind's count of instructions since the last --zero (dumped now)."""
-    before = set(base.glob(f"callgrind.{pid}*"))
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True,
-                   timeout=120)
-    (dump,) = set(base.glob(f"callgrind.{pid}*")) - before
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
 
 
 def one_run(args: argparse.Namespace) -> tuple[float, float]:

@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from callgrind import instructions  # noqa: E402
 from harness import ME, PYTHON, Instance, free_port, wait_until  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -117,7 +119,7 @@ def main() -> int:
             u1, s1 = cpu_seconds(smtpd.pid)
             if args.callgrind:
                 print(f"round {round_ + 1}: smtpd "
-                      f"{_instructions(inst.base, smtpd.pid) / args.messages / 1e6:.3f} "
+                      f"{instructions(inst.base, smtpd.pid) / args.messages / 1e6:.3f} "
                       "M instructions/message (callgrind)", flush=True)
             user, system = 1000 * (u1 - u0) / args.messages, 1000 * (s1 - s0) / args.messages
             figures.append(user + system)
@@ -191,18 +193,6 @@ def _listening(port: int) -> bool:
             return s.recv(512).startswith(b"220")
     except OSError:
         return False
-
-
-def _instructions(base: Path, pid: int) -> int:
-    """callgrind's count of instructions since the last --zero (dumped now)."""
-    before = set(base.glob(f"callgrind.{pid}*"))
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True,
-                   timeout=120)
-    (dump,) = set(base.glob(f"callgrind.{pid}*")) - before
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
 
 
 def _per_message(table: str, messages: int) -> str:
