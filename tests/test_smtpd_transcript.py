@@ -98,21 +98,24 @@ def test_a_cleanup_failure_is_reported_by_default(tmp_path: Path) -> None:
     assert " Out: 451 4.3.0 Error: internal error\n" in asyncio.run(go())
 
 
+class _ProtocolClassConfig:
+    """Just what Notices reads: notify_classes = protocol, a history threshold."""
+
+    def __init__(self, history_flush_threshold: int) -> None:
+        self.threshold = history_flush_threshold
+
+    def get_list(self, name: str) -> list[str]:
+        return ["protocol"]
+
+    def get(self, name: str) -> str:
+        return "x"
+
+    def get_int(self, name: str) -> int:
+        return self.threshold
+
+
 def test_errors_outside_notify_classes_send_nothing() -> None:
-    class Config:
-        @staticmethod
-        def get_list(name: str) -> list[str]:
-            return ["protocol"]
-
-        @staticmethod
-        def get(name: str) -> str:
-            return "x"
-
-        @staticmethod
-        def get_int(name: str) -> int:
-            return 100
-
-    notices = transcript.Notices(Config(), None)  # type: ignore[arg-type]
+    notices = transcript.Notices(_ProtocolClassConfig(100), None)  # type: ignore[arg-type]
     t = notices.start()
     t.query(b"RCPT TO:<x@y>\r\n")
     t.rejected()
@@ -150,20 +153,7 @@ def test_history_is_kept_as_sent_and_counted_in_lines() -> None:
     """Replies are kept whole and decoded only for a notice: a multi-line reply counts
     its lines towards smtpd_history_flush_threshold, a queued message clears a longer
     history, and the notice shows each line on its own, made printable."""
-    class Config:
-        @staticmethod
-        def get_list(name: str) -> list[str]:
-            return ["protocol"]
-
-        @staticmethod
-        def get(name: str) -> str:
-            return "x"
-
-        @staticmethod
-        def get_int(name: str) -> int:
-            return 3
-
-    t = transcript.Notices(Config(), None).start()  # type: ignore[arg-type]
+    t = transcript.Notices(_ProtocolClassConfig(3), None).start()  # type: ignore[arg-type]
     t.query(b"EHLO client.example")
     t._replies(b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
     assert t.line_count == 4
