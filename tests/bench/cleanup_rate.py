@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callgrind import instructions  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 from pymailsys.ipc.attr import AttrClient, SyncAttrClient  # noqa: E402
 
@@ -41,12 +42,6 @@ MODES = {
 }
 BODY = b"".join(b"line %d of a typical message body, some text to make it look real\n" % i
                 for i in range(20))
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _push(path: str, n: int, window: int) -> float:
@@ -102,9 +97,9 @@ def run(mode: str, n: int, window: int, callgrind: bool = False) -> None:
             asyncio.run(_push(sock, 20, window))  # warm: imports and first-use paths
             subprocess.run(["callgrind_control", "--zero", str(cleanup.pid)], check=True,
                            capture_output=True, timeout=120)
-        cpu0 = _cpu(cleanup.pid)
+        cpu0 = sum(cpu_seconds(cleanup.pid))
         elapsed = asyncio.run(_push(sock, n, window))
-        cpu = _cpu(cleanup.pid) - cpu0
+        cpu = sum(cpu_seconds(cleanup.pid)) - cpu0
         if callgrind:
             print(f"{mode:18s} n={n} window={window:3d}: "
                   f"{instructions(base, cleanup.pid) / n / 1e6:.3f} M instructions/message "

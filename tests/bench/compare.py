@@ -147,6 +147,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proc_cpu import TICK, cpu_of, proc_stat  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 # Debian's commands by full path: our own `postfix` console script may shadow them on PATH.
@@ -385,20 +389,19 @@ class ProcessGroup:
             stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
             return int(stat["user_usec"]) / 1e6, int(stat["system_usec"]) / 1e6
         if self.path is not None:
-            tick = os.sysconf("SC_CLK_TCK")
             stat = dict(line.split() for line in (self.path / "cpuacct.stat").read_text().splitlines())
             total = int((self.path / "cpuacct.usage").read_text()) / 1e9
-            user, system = int(stat["user"]) / tick, int(stat["system"]) / tick
+            user, system = int(stat["user"]) / TICK, int(stat["system"]) / TICK
             # cpuacct.usage is exact; split it in the ratio of the tick-based figures.
             share = user / (user + system) if user + system else 0.5
             return total * share, total * (1 - share)
         user = system = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
         for pid in self.pids():
             fields = proc_stat(pid)
             if fields:
-                user += (int(fields[11]) + int(fields[13])) / tick
-                system += (int(fields[12]) + int(fields[14])) / tick
+                pid_user, pid_system = cpu_of(fields, reaped=True)
+                user += pid_user
+                system += pid_system
         return user, system
 
     def kill(self) -> None:
@@ -455,16 +458,6 @@ def sweep_stale_groups() -> None:
                 path.rmdir()
 
 
-def proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (index 0 = state)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
 def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -484,12 +477,11 @@ def process_tree(root: int) -> list[int]:
 
 def proc_cpu_by_pid(pids: list[int]) -> dict[int, float]:
     """utime+stime seconds of each live process (all its threads), for the cgroup cross-check."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for pid in pids:
         fields = proc_stat(pid)
         if fields:
-            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+            out[pid] = sum(cpu_of(fields))
     return out
 
 
@@ -499,7 +491,7 @@ def machine_busy() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
+    return busy / TICK
 
 
 def own_cpu() -> tuple[float, float]:

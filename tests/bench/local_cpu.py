@@ -34,17 +34,12 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proc_cpu import cpu_seconds  # noqa: E402
 from test_qmgr import Standalone  # noqa: E402  (the tests' standalone spool)
 
 from pymailsys.ipc.attr import SyncAttrClient  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def body(size: int) -> bytes:

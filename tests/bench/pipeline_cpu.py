@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # noqa: E402
 import profile_daemons  # noqa: E402
+from proc_cpu import cpu_seconds, thread_name  # noqa: E402
 
 WATCHED = ("cleanup", "qmgr")
 STRACE_LINE = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
@@ -59,16 +60,13 @@ def daemon_pids(system: compare.System) -> dict[str, int]:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread name (comm) of a process."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                comm = text[text.index("(") + 1:text.rindex(")")]
-                fields = text[text.rindex(")") + 2:].split()
-                name = "loop" if tid == str(pid) else comm
-                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+            with contextlib.suppress(ProcessLookupError):
+                cpu = sum(cpu_seconds(pid, tid))
+                name = "loop" if tid == pid else thread_name(pid, tid)
+                out[name] = out.get(name, 0.0) + cpu
     return out
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # noqa: E402  (the benchmark's instance and load code)
+from proc_cpu import cpu_of, proc_stat  # noqa: E402
 
 PROCESS_FRAME = re.compile(r'^process (\d+):"(.*)"$')
 DAEMON_RE = re.compile(r"pymailsys[./]daemons[./](\w+)")
@@ -104,15 +105,14 @@ class CpuByDaemon:
         self.name: dict[int, str] = {}
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.started = False
 
     def sample(self) -> None:
         for pid in self.system.group.pids():
-            fields = compare.proc_stat(pid)
+            fields = proc_stat(pid)
             if not fields:
                 continue
-            cpu = (int(fields[11]) / self.tick, int(fields[12]) / self.tick)
+            cpu = cpu_of(fields)
             if pid not in self.name:
                 with contextlib.suppress(OSError):
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")

@@ -32,6 +32,7 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS / "bench"))
 
 from callgrind import instructions  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 from test_qmgr import Standalone  # noqa: E402
 
 from pymailsys.ipc import trigger  # noqa: E402
@@ -57,12 +58,6 @@ asyncio.run(main())
 """
 BODY = b"".join(b"line %d of a typical message body, some text to make it look real" % i
                 for i in range(28))
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def queue_file(setup: Standalone, n: int) -> str:
@@ -117,7 +112,7 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
             subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
                            capture_output=True, timeout=120)
         time.sleep(0.5)
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = sum(cpu_seconds(pid)), time.monotonic()
         interval = 1.0 / args.rate
         next_at = t0
         for n in range(args.messages):
@@ -128,7 +123,7 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
                 time.sleep(delay)
         wait_empty(setup, 600 if args.callgrind else 120)
         wall = time.monotonic() - t0
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = sum(cpu_seconds(pid)) - cpu0
         kick.close()
         if args.callgrind:
             return instructions(setup.base, pid) / args.messages / 1e6, wall

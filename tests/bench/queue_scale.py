@@ -29,7 +29,10 @@ after the other:
   figure is pickup's and cleanup's, not the deliveries'.
 
 Prints one line per figure, with CPU seconds beside wall-clock time (on a
-shared machine the CPU time is the steadier figure). Timing and memory only; nothing here is a
+shared machine the CPU time is the steadier figure), split into user and
+system time (tests/bench/proc_cpu.py): what grows with the queue in the
+kernel (directory size: lookups, renames, unlinks) shows as system time,
+what grows in Python's structures as user time. Timing and memory only; nothing here is a
 pass/fail test. Disk: about 5 kB (two inodes) per message.
 """
 
@@ -47,8 +50,10 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "bench"))
 
 from harness import ME, Instance, wait_until  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 from qf_helpers import queue_files  # noqa: E402
 
 from pymailsys.queue import maildrop  # noqa: E402
@@ -73,9 +78,14 @@ def vm(pid: int, field: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_text(user: float, system: float, n: int = 0) -> str:
+    """CPU seconds split into user (Python-side work) and system (the kernel: directory
+    lookups, renames, unlinks), per message too when ``n`` is given."""
+    text = f"CPU {user + system:.1f} s (user {user:.1f} s, system {system:.1f} s"
+    if n:
+        text += f"; {(user + system) / n * 1e3:.3f} ms/message = {user / n * 1e3:.3f} user " \
+                f"+ {system / n * 1e3:.3f} system"
+    return text + ")"
 
 
 class LogTail:
@@ -124,7 +134,7 @@ def timed(inst: Instance, argv: list[str]) -> tuple[float, float | None, str, by
     proc.wait()
     took = time.monotonic() - t0
     hwm, user, system = usage_file.read_text().split()[-3:]
-    return took, first, f"VmHWM {hwm} kB, CPU {float(user) + float(system):.1f} s", tail, err
+    return took, first, f"VmHWM {hwm} kB, {cpu_text(float(user), float(system))}", tail, err
 
 
 def count_files(inst: Instance, queue: str) -> int:
@@ -135,7 +145,7 @@ def phase_mailq(inst: Instance, n: int) -> None:
     took, first, usage, tail, err = timed(inst, ["postqueue", "-p"])
     count = re.findall(rb"-- \d+ Kbytes in \d+ Requests?\.", tail)
     showq = inst.daemons().get("showq", [])
-    showq_use = (f"VmHWM {vm(showq[0], 'VmHWM')} kB, CPU {cpu_seconds(showq[0]):.1f} s"
+    showq_use = (f"VmHWM {vm(showq[0], 'VmHWM')} kB, {cpu_text(*cpu_seconds(showq[0]))}"
                  if showq else "gone")
     print(f"mailq {n}: first line {first if first is None else round(first, 3)} s, "
           f"total {took:.1f} s; postqueue {usage}; showq {showq_use}; "
@@ -146,7 +156,7 @@ def phase_flush(inst: Instance, n: int, limit: float) -> None:
     qmgr = inst.daemons()["qmgr"][0]
     print(f"qmgr before the flush: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB",
           flush=True)
-    cpu0 = cpu_seconds(qmgr)
+    user0, system0 = cpu_seconds(qmgr)
     back = LogTail(inst, r"postfix/qmgr\[\d+\]: \w+: to=<d\d+@dead\.example>.*status=deferred|"
                          r"postfix/smtp\[\d+\]: \w+: to=<d\d+@dead\.example>.*status=deferred")
     t0 = time.monotonic()
@@ -164,8 +174,9 @@ def phase_flush(inst: Instance, n: int, limit: float) -> None:
     while back.poll() < n and time.monotonic() < end:
         time.sleep(2)
     took = time.monotonic() - t0
+    user, system = cpu_seconds(qmgr)
     print(f"flush {n}: {back.count} messages through qmgr in {took:.1f} s "
-          f"({back.count / took:.0f}/s, qmgr CPU {cpu_seconds(qmgr) - cpu0:.1f} s); "
+          f"({back.count / took:.0f}/s, qmgr {cpu_text(user - user0, system - system0, back.count)}); "
           f"qmgr VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
 
 
@@ -184,7 +195,7 @@ def phase_rmrf(inst: Instance, n: int) -> None:
     took = time.monotonic() - t0
     hwm, user, system = usage_file.read_text().split()[-3:]
     print(f"rm -rf deferred defer {n}: {took:.1f} s, VmHWM {hwm} kB, "
-          f"CPU {float(user) + float(system):.1f} s", flush=True)
+          f"{cpu_text(float(user), float(system))}", flush=True)
 
 
 def phase_pickup(inst: Instance, n: int) -> None:
@@ -213,8 +224,8 @@ def phase_pickup(inst: Instance, n: int) -> None:
     pickup = wait_until(lambda: inst.daemons().get("pickup", [0])[0], 60, what="pickup")
     wait_until(lambda: picked.poll() >= n, 24 * 3600, interval=1, what="maildrop/ picked up")
     took = time.monotonic() - t0
-    print(f"pickup {n}: maildrop/ empty after {took:.1f} s ({n / took:.0f}/s, pickup CPU "
-          f"{cpu_seconds(pickup):.1f} s); pickup VmHWM {vm(pickup, 'VmHWM')} kB, "
+    print(f"pickup {n}: maildrop/ empty after {took:.1f} s ({n / took:.0f}/s, pickup "
+          f"{cpu_text(*cpu_seconds(pickup), n)}); pickup VmHWM {vm(pickup, 'VmHWM')} kB, "
           f"VmRSS {vm(pickup, 'VmRSS')} kB; {count_files(inst, 'hold')} in hold/", flush=True)
 
 

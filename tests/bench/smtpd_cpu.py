@@ -25,7 +25,6 @@ machine's load still shows in them: compare medians of alternate runs.
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import shutil
 import signal
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callgrind import instructions  # noqa: E402
 from harness import ME, PYTHON, Instance, free_port, wait_until  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 PROFILED = """
@@ -53,13 +53,6 @@ try:
 finally:
     profile.dump_stats(out)
 """
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def send(port: int, messages: int, sessions: int, size: int) -> None:
