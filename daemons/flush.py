@@ -23,6 +23,21 @@ DESCRIPTION
       dead destinations and scan incoming/, so the mail goes out now rather
       than at its next retry.
 
+    Master's wake-up (``W`` every 1000 seconds, master.cf's wakeup column;
+    told from a request by its size, as Postfix's flush does: see
+    pymailsys.server) refreshes the logs, as Postfix's flush_refresh_service:
+
+    * a log that is not empty and was not read (by ``send_site`` or a
+      refresh) for fast_flush_refresh_time is refreshed: each message it
+      names that is still queued gets its time stamps set to now, so that
+      qmgr's next deferred scan takes it (a ``send_site`` that neither moves
+      it to incoming/ nor tells qmgr to forget dead destinations), and the
+      log is emptied: IDs of mail delivered or bounced since go, and a
+      message deferred again is added again;
+    * a log that is empty and was not written for fast_flush_purge_time is
+      removed (under its lock, so that an ``add`` racing with the removal
+      writes to a new log instead of the removed one).
+
     A site not in fast_flush_domains gets ``DENY`` (postqueue: "Flush
     service is not configured for destination", smtpd: "459 <site>: service
     unavailable"); fast_flush_domains matches subdomains of its names when
@@ -37,10 +52,8 @@ SECURITY
     DUP_FILTER IDs.
 
 CONFIGURATION PARAMETERS
-    fast_flush_domains, parent_domain_matches_subdomains, queue_service_name.
-    Not yet: fast_flush_refresh_time and fast_flush_purge_time (Postfix's
-    flush sends a log unread that long and removes an empty one on master's
-    wake-up; here a log is emptied only by ``send_site``).
+    fast_flush_domains, parent_domain_matches_subdomains, queue_service_name,
+    fast_flush_refresh_time, fast_flush_purge_time, ipc_timeout.
 """
 
 from __future__ import annotations
@@ -48,7 +61,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from typing import Any
+import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from pymailsys import log, server
 from pymailsys.address.resolve import DomainList
@@ -62,6 +77,7 @@ from pymailsys.server import Context
 PROGRAM = "flush"
 LINE_MAX = 256  # a longer line in a log is not a queue ID: read in pieces, each refused
 DUP_FILTER = 10_000  # IDs one send remembers to skip duplicates (Postfix's FLUSH_DUP_FILTER_SIZE)
+OPEN_TRIES = 3  # an add that finds its log removed by a purge opens it again
 
 
 class FlushLogs:
@@ -72,6 +88,9 @@ class FlushLogs:
         self.domains = DomainList(ctx.config.get_list("fast_flush_domains"),
                                   parent_matches=parent_style(ctx.config, "fast_flush_domains"))
         self.qmgr = ctx.spool.public(ctx.config.get("queue_service_name"))
+        self.refresh_time = ctx.config.get_time("fast_flush_refresh_time")
+        self.purge_time = ctx.config.get_time("fast_flush_purge_time")
+        self.refreshing = False
 
     def path(self, site: str) -> str:
         return os.path.join(self.spool.dir(q.FLUSH), site)
@@ -84,13 +103,18 @@ class FlushLogs:
     def add(self, site: str, queue_id: str) -> None:
         """Append the ID, as Postfix's flush_add_path: no reading of the log, so an add
         costs the same with a million IDs before it (``send`` drops the duplicates)."""
-        fd = os.open(self.path(site), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
-                     0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # a send truncating the log waits for us
-            os.write(fd, queue_id.encode() + b"\n")
-        finally:
-            os.close(fd)
+        for _ in range(OPEN_TRIES):
+            fd = os.open(self.path(site), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a send truncating the log waits for us
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # a purge removed it while we waited for the lock
+                os.write(fd, queue_id.encode() + b"\n")
+                return
+            finally:
+                os.close(fd)
+        raise OSError(f"fast flush logfile {site} removed {OPEN_TRIES} times in a row")
 
     def send(self, site: str) -> int:
         """Move the site's deferred messages to incoming/, each once; how many moved.
@@ -107,25 +131,32 @@ class FlushLogs:
         except FileNotFoundError:
             return 0
         moved = 0
-        recent: set[str] = set()
         with os.fdopen(fd, "r+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             os.utime(f.fileno())  # the kernel's clock, as the ctimes it sets from now on
             started = os.fstat(f.fileno()).st_ctime
-            for line in iter(lambda: f.readline(LINE_MAX), b""):
-                queue_id = line.rstrip(b"\n").decode("ascii", "replace")
-                if not q.valid_queue_id(queue_id):
-                    log.warning(f"bad queue id \"{log.printable(queue_id[:30])}...\" "
-                                f"in fast flush logfile {site}")
-                    continue
-                if queue_id in recent:
-                    continue
-                if len(recent) >= DUP_FILTER:
-                    recent.clear()
-                recent.add(queue_id)
+            for queue_id in self.queue_ids(f, site):
                 moved += self.send_one(queue_id, started)
             f.truncate(0)
         return moved
+
+    @staticmethod
+    def queue_ids(f: BinaryIO, site: str) -> Iterator[str]:
+        """The valid queue IDs of a locked log, read a line at a time; duplicates that
+        come within DUP_FILTER IDs of each other only once."""
+        recent: set[str] = set()
+        for line in iter(lambda: f.readline(LINE_MAX), b""):
+            queue_id = line.rstrip(b"\n").decode("ascii", "replace")
+            if not q.valid_queue_id(queue_id):
+                log.warning(f"bad queue id \"{log.printable(queue_id[:30])}...\" "
+                            f"in fast flush logfile {site}")
+                continue
+            if queue_id in recent:
+                continue
+            if len(recent) >= DUP_FILTER:
+                recent.clear()
+            recent.add(queue_id)
+            yield queue_id
 
     def send_one(self, queue_id: str, started: float) -> int:
         """1 if the message moved from deferred/ to incoming/, due now, else 0."""
@@ -138,6 +169,61 @@ class FlushLogs:
         except FileNotFoundError:
             return 0  # delivered, bounced or already moved
         return 1
+
+    def logs(self) -> list[str]:
+        """The sites that have a log (other names in flush/ are left alone)."""
+        with os.scandir(self.spool.dir(q.FLUSH)) as entries:
+            return [e.name for e in entries
+                    if proto.valid_site(e.name) and e.name == e.name.lower()]
+
+    def refresh_one(self, site: str, now: float) -> None:
+        """Purge the site's log if empty and unwritten for purge_time; refresh it if
+        not empty and unread for refresh_time (see the module's DESCRIPTION)."""
+        path = self.path(site)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        with os.fdopen(fd, "r+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            st = os.fstat(f.fileno())
+            if st.st_nlink == 0:
+                return  # purged by someone else meanwhile
+            if st.st_size == 0:
+                if st.st_mtime + self.purge_time < now:
+                    os.unlink(path)  # under the lock: a waiting add sees st_nlink 0
+                return
+            if st.st_atime + self.refresh_time >= now:
+                return
+            for queue_id in self.queue_ids(f, site):
+                self.make_due(queue_id, now)
+            f.truncate(0)
+            os.utime(f.fileno(), (now, now))  # read now (noatime mounts update nothing)
+
+    def make_due(self, queue_id: str, now: float) -> None:
+        """Set the time stamps of a queued message to now: due at qmgr's next scan."""
+        for queue in (q.DEFERRED, q.INCOMING):  # a send may just have moved it
+            try:
+                os.utime(self.spool.path(queue, queue_id), (now, now), follow_symlinks=False)
+                return
+            except FileNotFoundError:
+                continue
+
+    async def refresh(self) -> None:
+        """Refresh or purge every log that is due, one at a time (each under its lock),
+        letting requests through between logs; one refresh at a time."""
+        if self.refreshing:
+            return
+        self.refreshing = True
+        try:
+            for site in self.logs():
+                try:
+                    self.refresh_one(site, time.time())
+                except OSError as e:
+                    log.warning(f"refresh fast flush logfile {site}: {e}")
+                await asyncio.sleep(0)
+        finally:
+            self.refreshing = False
 
 
 async def handle(logs: FlushLogs, req: attr.AttrList) -> dict[str, Any]:
@@ -180,13 +266,25 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await attr.serve_pipelined(reader, writer, handler)
 
 
+async def on_trigger(ctx: Context, data: bytes) -> None:
+    """Master's wake-up (``W``, perhaps NUL-terminated): refresh the logs."""
+    if data.rstrip(b"\0") != trigger.WAKEUP:
+        log.warning(f"bad flush request: \"{log.printable(data.decode('latin-1'))}\"")
+        return
+    try:
+        await ctx.state["logs"].refresh()
+    except OSError as e:
+        log.warning(f"refresh fast flush logfiles: {e}")
+
+
 async def _start(ctx: Context) -> None:
     os.umask(0o077)
     ctx.state["logs"] = FlushLogs(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:
-    server.run(PROGRAM, serve=serve, on_start=_start, argv=argv)
+    server.run(PROGRAM, serve=serve, on_trigger=on_trigger, on_start=_start, argv=argv,
+               trigger_by_size=True)
 
 
 if __name__ == "__main__":

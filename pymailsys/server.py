@@ -59,7 +59,15 @@ handshake its own way; a service that
 hands the connection to another program untouched (spawn) gets
 ``serve_connection(sock, ctx)`` instead, before anything is read from it. Trigger
 services (``on_trigger``) get every byte written to their socket or FIFO
-(``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``.
+(``W`` wake-up, ``I`` scan incoming, ...) as ``on_trigger(ctx, data)``. A
+stream service that also takes master's wake-up on its socket passes
+``trigger_by_size`` (flush) to tell the two apart as Postfix's
+flush_request_receive does: a connection whose first write is at most
+``SHORT_REQUEST`` bytes (``W``, perhaps NUL-terminated) is a trigger, handed
+to ``on_trigger`` and closed; a longer one is a client's request stream,
+handed to ``serve``. The first write must come within ipc_timeout. (pickup
+tells them apart itself, by its first byte, after its per-user connection
+limit.)
 
 Run by hand (no fd 6), a daemon can listen on a path or host:port given with
 ``-L`` for tests and debugging.
@@ -117,6 +125,7 @@ class Context:
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
 ServeConnection = Callable[[socket.socket, Context], Awaitable[None]]
 STREAM_LIMIT = 1 << 16  # a client connection's read buffer: reading pauses past twice this
+SHORT_REQUEST = 2  # a trigger on a stream service's socket: W, or W and a NUL
 ProtocolFactory = Callable[[asyncio.StreamReader, Context], asyncio.StreamReaderProtocol]
 AcceptTLS = Callable[[Context], "tuple[ssl.SSLContext, float] | None"]
 Trigger = Callable[[Context, bytes], Awaitable[None]]
@@ -219,9 +228,11 @@ class _Runner:
     def __init__(self, ctx: Context, serve: Serve | None, on_trigger: Trigger | None,
                  resident: bool, client_limit: int,
                  serve_connection: ServeConnection | None = None,
-                 protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
+                 protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
+                 trigger_by_size: bool = False) -> None:
         self.ctx = ctx
         self.serve = serve
+        self.trigger_by_size = trigger_by_size
         self.serve_connection = serve_connection
         self.protocol = protocol
         self.tls = tls
@@ -304,6 +315,18 @@ class _Runner:
                 conn.close()
                 self.client_done()
             return
+        if self.trigger_by_size:
+            trigger = await self._short_request(conn)
+            if trigger is not None:
+                try:
+                    if trigger:
+                        await self._trigger(trigger)
+                except Exception as e:  # a bug in handling one trigger: log it, keep serving
+                    log.error(f"{self.ctx.program}: unexpected error: {e!r}")
+                finally:
+                    conn.close()
+                    self.client_done()
+                return
         loop = asyncio.get_running_loop()
         # The transport stops reading once 2 * limit bytes wait unread: what a client
         # sends ahead stays bounded per connection (smtpd DATA, cleanup's content).
@@ -367,6 +390,30 @@ class _Runner:
             if not writer.is_closing():
                 writer.close()
             self.client_done()
+
+    async def _short_request(self, conn: socket.socket) -> bytes | None:
+        """The trigger bytes when the client's first write is a short one, else None
+        (the bytes stay unread for ``serve``); b"" when it sent nothing in time."""
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(conn.fileno(), ready)
+        try:
+            await asyncio.wait_for(readable, self.ctx.config.get_time("ipc_timeout"))
+            if len(conn.recv(SHORT_REQUEST + 1, socket.MSG_PEEK)) > SHORT_REQUEST:
+                return None
+            return conn.recv(SHORT_REQUEST)
+        except TimeoutError:
+            log.warning(f"{self.ctx.program}: timeout while waiting for data from a client")
+            return b""
+        except OSError:
+            return b""
+        finally:
+            loop.remove_reader(conn.fileno())
 
     async def _read_triggers(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -446,7 +493,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         client_limit: int = 1000, argv: list[str] | None = None,
         pre_init: Callable[[config_mod.Config], object] | None = None,
         serve_connection: ServeConnection | None = None,
-        protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
+        protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
+        trigger_by_size: bool = False) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -489,7 +537,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
-                          client_limit, serve_connection, protocol, tls))
+                          client_limit, serve_connection, protocol, tls, trigger_by_size))
     except KeyboardInterrupt:
         pass
 
@@ -508,11 +556,12 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
                 on_trigger: Trigger | None, on_start: Hook | None, on_stop: Hook | None,
                 resident: bool, client_limit: int,
                 serve_connection: ServeConnection | None = None,
-                protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None) -> None:
+                protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
+                trigger_by_size: bool = False) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
     runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection,
-                     protocol, tls)
+                     protocol, tls, trigger_by_size)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()

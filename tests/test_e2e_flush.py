@@ -8,9 +8,12 @@ comes from the flush request.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 
 from harness import Instance, wait_until
+from qf_helpers import match_owner, queue_files
 from test_e2e_outbound import Sink, sink  # noqa: F401 (the fixture)
 
 SITE = "remote.example"
@@ -88,3 +91,47 @@ def test_etrn_delivers_a_sites_deferred_mail(new_instance, sink) -> None:  # typ
         assert client.docmd("ETRN", SITE) == (250, b"Queuing started")
     inst.wait_log(rf"{queue_id}: to=<c@{SITE}>, .*status=sent")
     assert _flush_log(inst) == ""
+
+
+def test_master_wakeup_refreshes_unread_logs_and_purges_unused_empty_ones(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """fast_flush_refresh_time and fast_flush_purge_time, on master's wake-up of flush
+    (every second here): a log unread for longer than the refresh time makes its
+    messages due and is emptied (IDs of mail no longer queued go with it); an empty
+    log unwritten for longer than the purge time is removed; younger logs stay."""
+    sink.start()
+    inst: Instance = new_instance()
+    inst.set(relay_domains=SITE, queue_run_delay="1s",
+             fast_flush_refresh_time="60s", fast_flush_purge_time="60s",
+             transport_maps=f"inline:{{ {SITE}=relay:[127.0.0.1]:{sink.port} }}")
+    master_cf = inst.config_dir / "master.cf"
+    text, found = re.subn(r"(?m)^(flush\s+unix\s+\S+\s+\S+\s+\S+\s+)1000\?", r"\g<1>1",
+                          master_cf.read_text())
+    assert found == 1
+    master_cf.write_text(text)
+    inst.postfix("check")  # the spool
+    now = time.time()
+    stale = queue_files(inst.queue_dir, "deferred", "alice@example.org",
+                        [f"s1@{SITE}", f"s2@{SITE}"], [b"Subject: stale", b"", b"x"],
+                        arrival=now - 7200, mtime=now + 86400)  # not due: only a flush sends them
+    (fresh,) = queue_files(inst.queue_dir, "deferred", "alice@example.org", [f"f@{SITE}"],
+                           [b"Subject: fresh", b"", b"x"], arrival=now - 7200, mtime=now + 86400)
+    logs = inst.queue_dir / "flush"
+    old, young = now - 3600, now
+    for site, content, when in (
+            (SITE, f"{stale[0]}\n{stale[1]}\n{stale[0]}\n3F1A2B4C5D\nbad id!\n", old),
+            ("fresh.example", f"{fresh}\n", young),
+            ("unused.example", "", old),
+            ("recent.example", "", young)):
+        (logs / site).write_text(content)
+        os.utime(logs / site, (when, when))
+    match_owner(inst.queue_dir, "flush")
+    inst.start()
+    inst.wait_log(rf"({stale[0]}|{stale[1]}): to=<s\d@{re.escape(SITE)}>, .*status=sent",
+                  count=2, timeout=60)
+    wait_until(lambda: not (logs / "unused.example").exists(), 30, what="the unused log removed")
+    assert (logs / SITE).read_bytes() == b""
+    assert (logs / "fresh.example").read_text() == f"{fresh}\n"
+    assert (logs / "recent.example").exists()
+    assert fresh in inst.queue_ids("deferred")
+    inst.wait_log(r'postfix/flush\[\d+\]: warning: bad queue id "bad id!\.\.\." in fast flush '
+                  rf"logfile {re.escape(SITE)}")
