@@ -15,7 +15,13 @@ times: system time that grows with the size is the directory's cost in the
 kernel; user time is Python's and should stay flat.
 
 Files are written just before (hot in the page and inode caches), as in
-queue_scale.py. Disk: about 2 kB per file, twice the largest size.
+queue_scale.py. With ``--cold`` the data pages of every file are dropped from
+the page cache before each run (``os.sync`` once, then POSIX_FADV_DONTNEED per
+file: only this benchmark's files), so that each read of a queue file and each
+append to a defer log goes to the disk, as when a queue outgrows the memory
+the page cache can have; keep ``--cycles`` at most the smallest size then, or
+later cycles find the files warm again. Disk: about 8 kB (two blocks) per
+file, twice the largest size.
 """
 
 from __future__ import annotations
@@ -46,6 +52,17 @@ def make_dir(base: Path, size: int) -> tuple[Path, Path, Path]:
         (deferred / name).write_bytes(CONTENT)
         (defer / name).write_bytes(REASON)
     return deferred, defer, active
+
+
+def evict(*dirs: Path) -> None:
+    """Drop the data pages of every file in dirs from the page cache."""
+    os.sync()  # dirty pages are not dropped
+    for d in dirs:
+        with os.scandir(d) as it:
+            for entry in it:
+                fd = os.open(entry.path, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
 
 
 def cycles(deferred: Path, defer: Path, active: Path, count: int) -> tuple[float, float]:
@@ -80,6 +97,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--dir", default="/tmp", help="where the directories go (the spool's disk)")
+    ap.add_argument("--cold", action="store_true", help="drop the files' pages before each run")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(tempfile.mkdtemp(prefix="dir-scale-", dir=args.dir))
@@ -93,6 +111,8 @@ def main() -> None:
         results: dict[int, list[tuple[float, float]]] = {size: [] for size in sizes}
         for run in range(args.runs):
             for size in sizes:
+                if args.cold:
+                    evict(dirs[size][0], dirs[size][1])
                 user, system = cycles(*dirs[size], args.cycles)
                 results[size].append((user, system))
                 print(f"run {run + 1}: {size} files a directory: {user:.1f} us user + "
