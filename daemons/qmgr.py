@@ -78,7 +78,13 @@ DESCRIPTION
     built once. Each request goes to the least-loaded connection; when all
     are busy another is opened, up to ``default_process_limit``;
     connections beyond ``AGENT_CONNECTIONS`` that stay idle for
-    ``max_idle`` are closed.
+    ``max_idle`` are closed. For a transport whose master.cf service runs
+    ``local`` (which serves one request at a time per connection), while a
+    destination's window is full, its next request is written behind each of
+    its deliveries in flight, so local goes from one delivery to the next
+    without waiting for qmgr; such a request counts in the window only once
+    the one ahead of it is answered (``scheduler.take_behind``), and when
+    the agent dies both are deferred (``unknown mail transport error``).
 
     Memory: at most ``qmgr_message_active_limit`` messages are active and
     at most ``qmgr_message_recipient_limit`` recipients are in memory: a
@@ -161,7 +167,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import dsn, log, maps, server
 from pymailsys.address import resolve
-from pymailsys.config import Config, params
+from pymailsys.config import Config, ConfigError, master_cf, params
 from pymailsys.delivery.agent import (
     DeliveryResult,
     batch_request_attrs,
@@ -172,7 +178,7 @@ from pymailsys.delivery.agent import (
     results_from_attrs,
 )
 from pymailsys.ipc import peers, trigger
-from pymailsys.ipc.attr import AttrClient, AttrValue, ProtocolError
+from pymailsys.ipc.attr import AttrClient, AttrList, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
 from pymailsys.queue import spool as q
@@ -197,6 +203,7 @@ TRANSPORT_ERROR = "unknown mail transport error"
 SUSPENDED = "delivery temporarily suspended"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
+SEQUENTIAL_AGENTS = frozenset({"local"})  # master.cf commands: one request at a time
 
 
 @dataclass
@@ -225,6 +232,19 @@ def filter_route(content_filter: str, address: str, default_nexthop: str,
     transport, nexthop = split
     domain = address.rpartition("@")[2] if "@" in address else ""
     return Route(transport, nexthop or default_nexthop or domain or myhostname)
+
+
+def sequential_transports(config_dir: str) -> frozenset[str]:
+    """The transports whose master.cf service runs the local delivery agent, which
+    serves one request at a time per connection (SEQUENTIAL_AGENTS); none when
+    master.cf cannot be read (qmgr then only sends a request to an idle agent)."""
+    try:
+        entries = master_cf.parse_file(os.path.join(config_dir, "master.cf"))
+    except (OSError, ConfigError) as e:
+        log.warning(f"cannot read master.cf: {e}")
+        return frozenset()
+    return frozenset(e.name for e in entries
+                     if e.type == "unix" and e.command in SEQUENTIAL_AGENTS)
 
 
 def _number(text: str) -> int:
@@ -282,6 +302,17 @@ class _Conn:
         self.last_used = time.monotonic()
 
 
+class _Lane:
+    """One delivery in flight on an agent connection, and the entry sent behind it."""
+
+    __slots__ = ("dest", "conn", "behind")
+
+    def __init__(self, dest: scheduler.Destination[Entry], conn: _Conn) -> None:
+        self.dest = dest
+        self.conn = conn
+        self.behind: tuple[Entry, tuple[float, asyncio.Future[AttrList]]] | None = None
+
+
 class AgentPool:
     """Long-lived pipelined connections to one transport's socket, one per busy agent.
 
@@ -289,18 +320,23 @@ class AgentPool:
     and there are fewer than ``limit``, a new one is opened (master starts one
     agent process per connection for one-client agents such as local), so the
     number of agents working in parallel follows the concurrency qmgr wants.
-    ``reap`` closes connections beyond ``keep`` that stayed idle.
+    ``sequential``: the agent serves one request at a time per connection
+    (local), so a request queued behind another on the same connection waits
+    for it in the agent. ``reap`` closes connections beyond ``keep`` that
+    stayed idle.
     """
 
     def __init__(self, path: str, limit: int, timeout: float,
-                 keep: int = AGENT_CONNECTIONS) -> None:
+                 keep: int = AGENT_CONNECTIONS, sequential: bool = False) -> None:
         self.path = path
         self.limit = max(limit, 1)
         self.timeout = timeout
         self.keep = max(min(keep, self.limit), 1)
+        self.sequential = sequential
         self.conns: list[_Conn] = []
 
-    def _pick(self) -> _Conn:
+    def take(self) -> _Conn:
+        """The connection for a new delivery (counted until ``give_back``)."""
         best: _Conn | None = None
         for c in self.conns:
             if best is None or c.load < best.load:
@@ -310,16 +346,12 @@ class AgentPool:
         if best is None or (best.load > 0 and len(self.conns) < self.limit):
             best = _Conn(AttrClient(self.path, self.timeout))
             self.conns.append(best)
+        best.load += 1
         return best
 
-    async def request(self, attrs: list[tuple[str, AttrValue]]):  # type: ignore[no-untyped-def]
-        conn = self._pick()
-        conn.load += 1
-        try:
-            return await conn.client.request(attrs)
-        finally:
-            conn.load -= 1
-            conn.last_used = time.monotonic()
+    def give_back(self, conn: _Conn) -> None:
+        conn.load -= 1
+        conn.last_used = time.monotonic()
 
     async def reap(self, idle: float) -> None:
         """Close connections beyond ``keep`` that have been idle for ``idle`` seconds."""
@@ -357,6 +389,9 @@ class Qmgr:
         self.active: dict[str, Message] = {}
         self.slot_free = asyncio.Event()
         self.pools: dict[str, AgentPool] = {}
+        self.sequential = sequential_transports(cfg.config_dir)
+        # lanes of sequential agents with nothing behind their request (Qmgr.fill)
+        self.open_lanes: dict[scheduler.Destination[Entry], list[_Lane]] = {}
         self.rcpt_limit = max(cfg.get_int("qmgr_message_recipient_limit"), 1)
         self.rcpt_minimum = max(cfg.get_int("qmgr_message_recipient_minimum"), 1)
         self.rcpt_loaded = 0
@@ -438,7 +473,8 @@ class Qmgr:
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
         if p is None:
-            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout)
+            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout,
+                          sequential=transport in self.sequential)
             self.pools[transport] = p
         return p
 
@@ -702,6 +738,9 @@ class Qmgr:
     def _queue(self, dest: scheduler.Destination[Entry], entry: Entry) -> None:
         entry.msg.entries += 1
         self.sched.add(dest, entry)
+        lanes = self.open_lanes.get(dest)
+        if lanes:
+            self.fill(lanes[0])
 
     def _load(self, msg: Message, count: int) -> None:
         msg.loaded += count
@@ -829,20 +868,91 @@ class Qmgr:
         return where
 
     async def deliver(self, dest: scheduler.Destination[Entry], entry: Entry) -> None:
-        """One delivery request; its reply is recorded per recipient and is the
-        destination's concurrency feedback."""
-        msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
+        """Deliveries to one destination over one agent connection (a lane): this entry
+        and, when the agent serves one request at a time (``AgentPool.sequential``),
+        the destination's next entry sent behind it, as soon as there is one while its
+        window is full (``fill``), so that the agent goes from one request to the next
+        without waiting for qmgr. An entry sent behind is in flight in the scheduler's
+        count only once the one ahead of it is answered."""
+        pool = self.pool(dest.transport.name)
+        lane = _Lane(dest, pool.take())
+        try:
+            sent = await self._send(lane.conn, entry)
+            while True:
+                if pool.sequential and not sent[1].done():
+                    self.fill(lane)
+                    if lane.behind is None:
+                        self.open_lanes.setdefault(dest, []).append(lane)
+                try:
+                    await self.answered(dest, entry, *sent)
+                finally:
+                    self._close_lane(lane)
+                    if lane.behind is not None:
+                        self.sched.promote(dest)
+                        lane.conn.load -= 1
+                if lane.behind is None:
+                    return
+                (entry, sent), lane.behind = lane.behind, None
+        except BaseException:
+            if lane.behind is not None:  # its reply still comes: have it recorded
+                self.spawn(self.answered(dest, lane.behind[0], *lane.behind[1]))
+            raise
+        finally:
+            pool.give_back(lane.conn)
+
+    def fill(self, lane: _Lane) -> None:
+        """Send the destination's next entry behind the lane's request in flight, if the
+        scheduler has one for it (``Scheduler.take_behind``)."""
+        if self.ctx.stopping.is_set():
+            return
+        entry = self.sched.take_behind(lane.dest)
+        if entry is None:
+            return
+        self._close_lane(lane)
+        lane.conn.load += 1
         start = time.time()
+        try:
+            lane.behind = entry, (start, lane.conn.client.submit(self._request(entry)))
+        except ProtocolError as e:  # the connection just broke: this entry defers with it
+            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            lane.behind = entry, (start, failed)
+
+    def _close_lane(self, lane: _Lane) -> None:
+        lanes = self.open_lanes.get(lane.dest)
+        if lanes and lane in lanes:
+            lanes.remove(lane)
+            if not lanes:
+                del self.open_lanes[lane.dest]
+
+    @staticmethod
+    def _request(entry: Entry) -> list[tuple[str, AttrValue]]:
+        msg, rcpts = entry.msg, entry.rcpts
         if len(rcpts) == 1:
             rc = rcpts[0]
-            attrs = request_attrs(msg.common, entry.nexthop, rc.address, rc.orig, rc.offset,
-                                  rc.notify, rc.dsn_orcpt)
-        else:
-            attrs = batch_request_attrs(msg.common, entry.nexthop, rcpts)
+            return request_attrs(msg.common, entry.nexthop, rc.address, rc.orig, rc.offset,
+                                 rc.notify, rc.dsn_orcpt)
+        return batch_request_attrs(msg.common, entry.nexthop, rcpts)
+
+    async def _send(self, conn: _Conn, entry: Entry) -> tuple[float, asyncio.Future[AttrList]]:
+        """Write an entry's request on a connection: (when, the future of its reply)."""
+        start = time.time()
+        try:
+            return start, await conn.client.send(self._request(entry))
+        except (ProtocolError, OSError) as e:
+            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            return start, failed
+
+    async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
+                       reply_future: asyncio.Future[AttrList]) -> None:
+        """An entry's reply, recorded per recipient; it is the destination's concurrency
+        feedback. A broken connection defers the entry's recipients."""
+        msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
         released = False
         try:
             try:
-                reply = await self.pool(transport).request(attrs)
+                reply = await reply_future
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,9 @@ class Standalone(MailView):
         self.mail_dir = self.base / "mail"
         self.log_path = self.base / "log" / "maillog"
         self.aliases("postmaster: root\n")
+        from pymailsys.instance import shipped
+
+        (self.etc / "master.cf").write_text(shipped("master.cf"))  # qmgr reads its commands
         values = {
             "queue_directory": str(self.queue_dir),
             "data_directory": str(self.base / "data"),
@@ -425,7 +430,15 @@ def test_agent_pool_opens_a_connection_per_busy_agent(tmp_path: Path) -> None:
 
         srv = await asyncio.start_unix_server(serve, path)
         pool = AgentPool(path, limit=3, timeout=10, keep=1)
-        await asyncio.gather(*(pool.request([("x", "1")]) for _ in range(6)))
+
+        async def request() -> None:
+            conn = pool.take()
+            try:
+                await (await conn.client.send([("x", "1")]))
+            finally:
+                pool.give_back(conn)
+
+        await asyncio.gather(*(request() for _ in range(6)))
         opened = len(pool.conns)
         loads = [c.load for c in pool.conns]
         await pool.reap(0)
@@ -438,3 +451,85 @@ def test_agent_pool_opens_a_connection_per_busy_agent(tmp_path: Path) -> None:
     assert opened == 3, info  # never more than the limit
     assert info[1] == 3, info  # three agents, requests spread over them
     assert left == 1  # idle connections beyond "keep" are closed
+
+
+SLOW_COMMAND = """#!/bin/sh
+# One delivery: note its start, wait (bounded) until OUT/go exists, keep the message.
+echo "start $$" >> OUT/events
+i=0
+while [ ! -e OUT/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+cat > OUT/msg.$$
+echo "end $$" >> OUT/events
+"""
+
+
+@pytest.fixture
+def slow_command() -> Iterator[tuple[Path, Path]]:
+    """A mailbox_command that holds each delivery until ``go`` exists, and the directory
+    it writes to, which any user can reach (a command for root runs as default_privs)."""
+    top = Path(tempfile.mkdtemp(prefix="pymailsys-slowcmd-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    yield _slow_command(top)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _slow_command(top: Path) -> tuple[Path, Path]:
+    out = top / "out"
+    out.mkdir()
+    os.chmod(out, 0o1777)
+    script = top / "deliver.sh"
+    script.write_text(SLOW_COMMAND.replace("OUT", str(out)))
+    script.chmod(0o755)
+    return script, out
+
+
+def events(out: Path) -> list[str]:
+    path = out / "events"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_concurrency_limit_1_holds_with_requests_queued_behind(system, slow_command) -> None:  # type: ignore[no-untyped-def]
+    """local_destination_concurrency_limit = 1: while one delivery runs, the next ones
+    wait (the next one queued in local's connection), never two at once."""
+    script, out = slow_command
+    s = system(local_destination_concurrency_limit="1", mailbox_command=str(script))
+    s.start()
+    qids = [s.queue("alice@example.org", [f"{ME}@localhost"], f"Subject: m{i}\n\nm{i}\n".encode())
+            for i in range(4)]
+    wait_until(lambda: len(events(out)) >= 2, 20, what="the first delivery running")
+    wait_until(lambda: len(s.queue_ids("active")) == 4, 20, what="all four active")
+    assert events(out)[::2] == ["start"]  # the others wait, though all are active
+    (out / "go").touch()
+    for qid in qids:
+        s.wait_log(rf"{qid}: removed")
+    seen = events(out)
+    assert seen[::2] == ["start", "end"] * 4, seen  # one at a time, never two
+    assert len(list(out.glob("msg.*"))) == 4
+
+
+def test_local_killed_with_a_request_queued_behind(system, slow_command) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 local while it delivers one message and the next is queued in its
+    connection: both are deferred, neither lost, and each is delivered exactly once."""
+    script, out = slow_command
+    s = system(local_destination_concurrency_limit="1", mailbox_command=str(script))
+    s.start()
+    first = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: first\n\nfirst\n")
+    wait_until(lambda: len(events(out)) >= 2, 20, what="the first delivery running")
+    second = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: second\n\nsecond\n")
+    wait_until(lambda: second in s.queue_ids("active"), 20, what="the second active")
+    s.kill("local")
+    os.kill(int(events(out)[1]), signal.SIGKILL)  # local's command: it never wrote
+    for qid in (first, second):
+        s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=none, .*"
+                   rf"status=deferred \({TRANSPORT_ERROR}\)")
+    assert not list(out.glob("msg.*"))
+    (out / "go").touch()
+    s.start("local")
+
+    def delivered() -> bool:
+        s.trigger(b"AD")
+        return s.queue_empty()
+
+    wait_until(delivered, 60, interval=0.5, what="both delivered")
+    bodies = sorted(p.read_bytes().rsplit(b"\n\n", 1)[1] for p in out.glob("msg.*"))
+    assert bodies == [b"first\n", b"second\n"]  # each exactly once

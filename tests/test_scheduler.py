@@ -138,3 +138,50 @@ def test_process_limit_per_transport_and_prune() -> None:
 def test_bad_feedback_values_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_feedback(text)
+
+
+def test_entries_sent_behind_take_a_place_in_flight_only_when_promoted() -> None:
+    """take_behind: one entry behind each delivery in flight, only while the window is
+    full; it counts in flight (busy) once promoted, so the window is never exceeded."""
+    s = make(initial=2, concurrency_limit=2)
+    d = s.destination("local", "user")
+    for i in range(6):
+        s.add(d, f"m{i}")
+    assert s.take_behind(d) is None  # nothing in flight: next() starts it instead
+    assert s.next() == (d, "m0")
+    assert s.take_behind(d) is None  # the window has room: m1 starts as a delivery of its own
+    assert s.next() == (d, "m1")
+    assert [s.take_behind(d), s.take_behind(d), s.take_behind(d)] == ["m2", "m3", None]
+    assert (d.busy, d.behind) == (2, 2)
+    assert s.next() is None  # the window is full: the rest waits
+    s.success(d)  # m0 answered: m2, sent behind it, takes its place
+    s.promote(d)
+    assert (d.busy, d.behind, d.window) == (2, 1, 2)
+    assert s.next() is None
+    assert s.take_behind(d) == "m4"
+    s.failure(d, "4.4.1", "no route")  # m1: the window drops to 1 ...
+    s.promote(d)  # ... m3 was already sent: it is the delivery in flight in m1's place
+    assert (d.busy, d.behind, d.window) == (2, 1, 1)
+    assert s.take_behind(d) is None  # past the window: what is in flight drains first
+    s.success(d)  # m2: m4 takes its place
+    s.promote(d)
+    s.success(d)  # m3, nothing behind it; the successes have grown the window again
+    assert (d.busy, d.behind, d.window) == (1, 0, 2)
+    assert s.take_behind(d) is None and drain(s) == ["m5"]  # room: a delivery of its own
+    s.success(d)
+    s.success(d)
+    assert (d.busy, d.behind) == (0, 0)
+
+
+def test_nothing_is_sent_behind_a_dead_destination() -> None:
+    s = make(initial=1, concurrency_limit=1, cohort_limit=1)
+    d = s.destination("local", "user")
+    for i in range(3):
+        s.add(d, f"m{i}")
+    assert s.next() == (d, "m0")
+    assert s.take_behind(d) == "m1"
+    assert s.failure(d, "4.4.1", "no route") == ["m2"]  # dead: the waiting entry comes back
+    s.promote(d)  # m1 was already sent
+    assert s.take_behind(d) is None
+    s.success(d)  # its success revives the destination, as any delivery in flight would
+    assert not d.dead and (d.busy, d.behind) == (0, 0)

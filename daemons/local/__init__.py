@@ -11,7 +11,11 @@ DESCRIPTION
     local serves ``private/local`` with the delivery-request contract of
     ``pymailsys.ipc.services``: one request per recipient, pipelined on a long-lived
     connection from qmgr, one reply (sent, deferred or bounced) per request, and
-    one Postfix log line per delivery. The message is read from the queue file
+    one Postfix log line per delivery. Requests are served one at a time, in
+    order: the next is read once the reply to the last is written, so one
+    local process is one delivery in parallel (qmgr queues a destination's
+    next request behind the one in progress and counts it in the destination's
+    concurrency only once it starts). The message is read from the queue file
     named in the request (under a shared lock), from the data offset on; the
     envelope travels in the request and is not re-read.
 
@@ -103,8 +107,7 @@ SECURITY
     column ``n``), and trusts neither qmgr's requests nor the directories
     mail_owner owns:
 
-    * a request is read within ``REQUEST_LIMITS`` (at most ``MAX_PENDING``
-      unanswered on a connection); every field is checked before use
+    * a request is read within ``REQUEST_LIMITS``, one at a time; every field is checked before use
       (``DeliveryRequest.checked``: queue name and ID formats, ranges, finite
       times, no control characters in addresses; one recipient per request);
       a bad request is refused with a warning and a deferral;
@@ -154,7 +157,7 @@ from pymailsys.daemons.local.agent import LocalAgent
 
 from pymailsys import server
 from pymailsys.delivery import mailbox
-from pymailsys.delivery.agent import MAX_PENDING, REQUEST_LIMITS
+from pymailsys.delivery.agent import REQUEST_LIMITS
 from pymailsys.ipc.attr import serve_pipelined
 
 PROGRAM = "local"
@@ -164,7 +167,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: LocalAgent = ctx.state["agent"]
     await serve_pipelined(reader, writer, agent.handle, ctx.stopping, limits=REQUEST_LIMITS,
-                          max_pending=MAX_PENDING)
+                          max_pending=1)
 
 
 async def _start(ctx: server.Context) -> None:

@@ -516,6 +516,30 @@ class AttrClient:
         finally:
             timer.cancel()
 
+    async def send(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]
+                   ) -> asyncio.Future[AttrList]:
+        """``submit``, connecting first if need be (raises OSError when it cannot)."""
+        await self._ensure_connected()
+        return self.submit(attrs)
+
+    def submit(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]
+               ) -> asyncio.Future[AttrList]:
+        """Write one request on the open connection now and return the future of its
+        reply, without waiting for the write buffer to drain: for a caller that queues
+        a bounded number of requests and wants the next one written before it reads
+        the reply to the last. The future fails with ProtocolError as ``request``
+        does (the connection closes, or ``timeout`` passes); ProtocolError at once
+        when the connection is not open."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ProtocolError(f"{self.path}: not connected")
+        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        writer.write(encode(attrs))
+        timer = fut.get_loop().call_later(self.timeout, self._expire, fut)
+        fut.add_done_callback(lambda _: timer.cancel())
+        return fut
+
     def _expire(self, fut: asyncio.Future[AttrList]) -> None:
         if not fut.done():
             self._fail_all(ProtocolError(f"{self.path}: timeout"))

@@ -29,6 +29,17 @@ and its first success brings back the initial window. A success reported by
 a delivery that was still in flight also revives a dead destination.
 ``forget_dead()`` (``postqueue -f``) forgets every dead destination.
 
+Queued behind a delivery: for an agent that serves one request at a time
+per connection, the caller may send a destination's next entry behind one
+of its deliveries in flight (``take_behind``: at most one per delivery in
+flight, only while the window is full and never for a dead destination),
+so that the agent goes on without
+waiting for the caller between the two. Such an entry is not in flight:
+it counts in ``behind``, not in ``busy``, until the delivery ahead of it
+ends and the caller calls ``promote``, when it takes that delivery's place.
+The parallel deliveries to a destination thus never exceed the number of
+its deliveries in flight, which the window bounds as before.
+
 Feedback values are Postfix's: a number in (0, 1], ``1/concurrency`` or
 ``1/sqrt_concurrency`` (``parse_feedback``; ValueError for anything else).
 
@@ -87,6 +98,7 @@ class Destination(Generic[T]):
         self.name = name
         self.window = max(transport.policy.initial, 1)
         self.busy = 0
+        self.behind = 0  # entries sent behind a delivery in flight (take_behind)
         self.waiting: deque[T] = deque()
         self.success = 0.0
         self.failure = 0.0
@@ -174,6 +186,25 @@ class Scheduler(Generic[T]):
                     return d, entry
         return None
 
+    def take_behind(self, dest: Destination[T]) -> T | None:
+        """The destination's next entry, to be sent behind one of its deliveries in
+        flight; None when nothing waits, the destination is dead, each delivery in
+        flight already has one behind it, or the window is not exactly full (with
+        room, ``next`` starts the entry as a delivery of its own; past it, after
+        negative feedback, the deliveries in flight drain down to the window)."""
+        if not dest.waiting or dest.dead or dest.behind >= dest.busy \
+                or dest.busy != dest.window:
+            return None
+        dest.behind += 1
+        return dest.waiting.popleft()
+
+    def promote(self, dest: Destination[T]) -> None:
+        """The delivery ahead of an entry taken with ``take_behind`` has ended (its
+        feedback given): that entry is now in flight in its place."""
+        dest.behind -= 1
+        dest.busy += 1
+        dest.transport.busy += 1
+
     def success(self, dest: Destination[T]) -> None:
         """A delivery ended without a site failure: positive feedback, then release."""
         policy = dest.transport.policy
@@ -240,7 +271,8 @@ class Scheduler(Generic[T]):
         now = self.clock()
         for t in list(self.transports.values()):
             for name, d in list(t.destinations.items()):
-                if not d.waiting and not d.busy and not (d.dead and now < d.dead_until):
+                if not d.waiting and not d.busy and not d.behind \
+                        and not (d.dead and now < d.dead_until):
                     del t.destinations[name]
             if not t.destinations and not t.busy:
                 del self.transports[t.name]
