@@ -1,16 +1,20 @@
 """Switching to a user for one delivery, and back (local, virtual).
 
 ``as_user(uid, gid)`` is a context manager: when the process runs as root it
-sets the supplementary groups to the recipient's primary group only, then the
-effective gid and uid; on exit it restores root and the saved groups. Blocks
-nest: inside another user's block it switches through root to the new user
-and, on exit, back to the outer block's user (a delivery as the recipient
-keeps its markers as mail_owner this way), three system calls each way. When
-the process does not run as root it does nothing (the caller has already
-checked that the recipient is the current user). Python threads share
-credentials, so callers never keep a thread running around a switch, and
-never ``await`` inside the block (another task would run with the
-recipient's rights).
+gives the block the recipient's group set (its primary group only, unless
+``groups`` says more), then the effective gid and uid; on exit it restores
+root and root's supplementary groups exactly. Blocks nest: inside another
+user's block it switches through root to the new user and, on exit, back to
+the outer block's user. Each credential system call costs the kernel about
+2 µs (a new credential set per call), so a switch makes only the calls that
+change something: the supplementary list is set only when the group set in
+force (effective gid plus supplementary groups, which is what the kernel's
+access checks and NFS see) would differ; a daemon whose root has no
+supplementary groups switches with two calls each way. When the process
+does not run as root it does nothing (the caller has already checked that
+the recipient is the current user). Python threads share credentials, so
+callers never keep a thread running around a switch, and never ``await``
+inside the block (another task would run with the recipient's rights).
 
 ``default_privs(config)`` resolves ``default_privs`` (Postfix: the rights for
 deliveries to commands and files on behalf of no user in particular) and
@@ -28,11 +32,9 @@ to default_privs (Postfix does the same).
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
@@ -127,50 +129,68 @@ def default_privs(config: config_mod.Config) -> UserIds:
 
 # the identities of the as_user blocks in force, innermost last: (uid, gid, groups)
 _switched: list[tuple[int, int, list[int]]] = []
+# the supplementary groups in force while a block is (read at the outermost entry)
+_supplementary: list[int] = []
 
 
-@contextlib.contextmanager
-def as_user(uid: int, gid: int, groups: list[int] | None = None) -> Iterator[None]:
+class as_user:  # noqa: N801  (a context manager used as a function, as contextlib's are)
     """Run the block with effective uid/gid of a user (root only; else a no-op).
 
-    ``groups`` are the supplementary groups during the block (default: gid only).
-    Inside another ``as_user`` block it switches to this user, and back on exit.
+    ``groups``: the block's groups besides gid (default: gid only); the group
+    set in force during the block is gid plus these. Inside another
+    ``as_user`` block it switches to this user, and back on exit.
     """
-    if uid == 0 or (not _switched and os.geteuid() != 0):
-        yield
-        return
-    if _switched:
-        outer = _switched[-1]
-        os.seteuid(0)
-    else:
-        outer = (0, 0, os.getgroups())
-    target = (uid, gid, groups if groups is not None else [gid])
-    try:
-        _become(target)
-    except OSError as e:
-        _back_to(outer)
-        raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {e.strerror}") from None
-    _switched.append(target)
-    try:
-        yield
-    finally:
-        _switched.pop()
-        _back_to(outer)
+
+    __slots__ = ("target", "outer")
+
+    def __init__(self, uid: int, gid: int, groups: list[int] | None = None) -> None:
+        self.target = (uid, gid, groups if groups is not None else [gid])
+        self.outer: tuple[int, int, list[int]] | None = None
+
+    def __enter__(self) -> None:
+        uid, gid = self.target[0], self.target[1]
+        if uid == 0 or (not _switched and os.geteuid() != 0):
+            return
+        if _switched:
+            outer = _switched[-1]
+            os.seteuid(0)
+        else:
+            outer = (0, 0, os.getgroups())
+            _supplementary[:] = outer[2]
+        try:
+            _become(self.target)
+        except OSError as e:
+            _back_to(outer)
+            raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {e.strerror}") from None
+        _switched.append(self.target)
+        self.outer = outer
+
+    def __exit__(self, *exc: object) -> None:
+        outer = self.outer
+        if outer is not None:
+            self.outer = None
+            _switched.pop()
+            _back_to(outer)
 
 
 def _become(ids: tuple[int, int, list[int]]) -> None:
-    """From effective root: the groups, then the gid, then the uid of ids."""
-    os.setgroups(ids[2])
-    os.setegid(ids[1])
+    """From effective root: the groups (only when the group set changes), the gid, the uid."""
+    gid, groups = ids[1], ids[2]
+    if {gid, *groups} != {gid, *_supplementary}:
+        os.setgroups(groups)
+        _supplementary[:] = groups
+    os.setegid(gid)
     os.seteuid(ids[0])
 
 
 def _back_to(ids: tuple[int, int, list[int]]) -> None:
-    """Back to root, then (unless ids are root's) on to ids."""
+    """Back to root, then (unless ids are root's) on to ids; root's own groups exactly."""
     os.seteuid(0)
     if ids[0] == 0:
         os.setegid(0)
-        os.setgroups(ids[2])
+        if _supplementary != ids[2]:
+            os.setgroups(ids[2])
+            _supplementary[:] = ids[2]
     else:
         _become(ids)
 

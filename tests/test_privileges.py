@@ -5,6 +5,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,19 +53,55 @@ def test_spool_setup_refuses_an_unknown_setgid_group(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_as_user_blocks_nest_and_each_exit_restores_the_outer_user(throwaway_user: str) -> None:
-    """A delivery as the recipient keeps its markers as mail_owner by nesting blocks."""
+    """A delivery as the recipient keeps its markers as mail_owner by nesting blocks.
+    Inside a block the group set in force (effective gid and supplementary groups, what
+    access checks see) is exactly the user's; after the last one root's groups are back."""
     pw, nobody = pwd.getpwnam(throwaway_user), pwd.getpwnam("nobody")
     root_groups = sorted(os.getgroups())
 
-    def ids() -> tuple[int, int, list[int]]:
-        return os.geteuid(), os.getegid(), sorted(os.getgroups())
+    def ids() -> tuple[int, int, set[int]]:
+        return os.geteuid(), os.getegid(), {os.getegid(), *os.getgroups()}
 
     with privileges.as_user(pw.pw_uid, pw.pw_gid):
-        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
+        assert ids() == (pw.pw_uid, pw.pw_gid, {pw.pw_gid})
         with privileges.as_user(nobody.pw_uid, nobody.pw_gid, [nobody.pw_gid, 0]):
-            assert ids() == (nobody.pw_uid, nobody.pw_gid, sorted([nobody.pw_gid, 0]))
-        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
+            assert ids() == (nobody.pw_uid, nobody.pw_gid, {nobody.pw_gid, 0})
+        assert ids() == (pw.pw_uid, pw.pw_gid, {pw.pw_gid})
         with pytest.raises(RuntimeError), privileges.as_user(nobody.pw_uid, nobody.pw_gid):
             raise RuntimeError("the block fails")
-        assert ids() == (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
-    assert ids() == (0, 0, root_groups)
+        assert ids() == (pw.pw_uid, pw.pw_gid, {pw.pw_gid})
+    assert (os.geteuid(), os.getegid(), sorted(os.getgroups())) == (0, 0, root_groups)
+
+
+SWITCHES = """
+import os, sys
+from pymailsys import privileges
+os.setgroups([int(g) for g in sys.argv[3:]])
+uid, gid = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(3):
+    with privileges.as_user(uid, gid):
+        assert (os.geteuid(), os.getegid()) == (uid, gid)
+        assert {os.getegid(), *os.getgroups()} == {gid}, os.getgroups()
+        with privileges.as_user(65534, 65534):
+            assert {os.getegid(), *os.getgroups()} == {65534}, os.getgroups()
+        assert {os.getegid(), *os.getgroups()} == {gid}, os.getgroups()
+assert sorted(os.getgroups()) == sorted(int(g) for g in sys.argv[3:]), os.getgroups()
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("root_groups, setgroups_calls", [([], 0), ([0, 4], 12)])
+def test_as_user_sets_the_groups_only_when_the_group_set_changes(
+        throwaway_user: str, tmp_path: Path, root_groups: list[int], setgroups_calls: int) -> None:
+    """Each credential call costs the kernel a new credential set: a daemon whose root has
+    no supplementary groups (local, virtual under master) switches without setgroups; one
+    whose root has some gets the user's group set and root's back exactly."""
+    pw = pwd.getpwnam(throwaway_user)
+    trace = tmp_path / "strace.txt"
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=setgroups", "-o", str(trace), sys.executable,
+         "-c", SWITCHES, str(pw.pw_uid), str(pw.pw_gid), *map(str, root_groups)],
+        capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    calls = [line for line in trace.read_text().splitlines() if "setgroups(" in line]
+    assert len(calls) - 1 == setgroups_calls, calls  # the script's own setgroups first
