@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pymailsys import privileges
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import DeliveryResult, log_line
 from pymailsys.queue import status_log
@@ -330,3 +332,32 @@ def test_content_records_read_in_blocks_of_any_size(tmp_path) -> None:  # type: 
             list(content_records(fd, 4, 100))
     finally:
         os.close(fd)
+
+
+def test_maildir_rights_come_after_the_marker_claim(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With ``rights`` the marker is claimed with the caller's rights first, then the Maildir
+    work runs with them; rights that cannot be had leave the marker empty and closed (no
+    delivery yet), and the next attempt delivers once."""
+    md, store, key = _marked(tmp_path)
+    seen: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def recipient() -> Iterator[None]:
+        seen.append(os.listdir(store.directory))
+        yield
+
+    final = mailbox.deliver_maildir(md, b"one\n", key=key, marker=store, rights=recipient)
+    assert seen == [[key]] and store.get(key) == os.path.basename(final)
+    assert mailbox.deliver_maildir(md, b"one\n", key=key, marker=store, rights=recipient) == final
+
+    def refused() -> contextlib.AbstractContextManager[None]:
+        raise privileges.PrivilegeError("cannot switch to uid 12345 gid 12345")
+
+    other = mailbox.delivery_key("3F2A11C0D7E", 1700000000.123456, 300, md)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(privileges.PrivilegeError):
+        mailbox.deliver_maildir(md, b"two\n", key=other, marker=store, rights=refused)
+    assert len(os.listdir("/proc/self/fd")) == fds and store.get(other) is None
+    second = mailbox.deliver_maildir(md, b"two\n", key=other, marker=store, rights=recipient)
+    assert sorted(os.listdir(os.path.join(md, "new"))) == sorted(
+        os.path.basename(p) for p in (final, second))

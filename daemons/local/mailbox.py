@@ -66,14 +66,14 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
         ids, chown = spool_ids(agent, pw, maildir)
     headers = agent.prepended(req, rcpt, False)
     try:
+        if maildir:
+            key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset, path)
+            mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
+                                    host=agent.hostname, key=key, marker=agent.markers,
+                                    size_limit=agent.size_limit,
+                                    rights=lambda: privileges.as_user(ids[0], ids[1], ids[2]))
+            return DeliveryResult.sent("delivered to maildir")
         with privileges.as_user(ids[0], ids[1], ids[2]):
-            if maildir:
-                key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset,
-                                           path)
-                mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
-                                        host=agent.hostname, key=key, marker=agent.markers,
-                                        size_limit=agent.size_limit)
-                return DeliveryResult.sent("delivered to maildir")
             data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
             mailbox.deliver_mbox(path, data, chown_to=chown,
                                  expect_uid=pw.pw_uid if agent.strict_owner else None,
@@ -93,13 +93,13 @@ def spool_ids(agent: LocalAgent, pw: pwd.struct_passwd,
               maildir: bool) -> tuple[tuple[int, int, list[int]], tuple[int, int] | None]:
     """Postfix's spool rights: (euid, egid, groups) for the write, and a chown target."""
     user = (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
-    if not agent.root:
+    if not agent.root or maildir:  # a Maildir in the spool is always the recipient's
         return user, None
     try:
         st = os.stat(agent.spool_dir.rstrip("/") or "/")
     except OSError:
         return user, None
-    if maildir or st.st_mode & stat.S_IWOTH:
+    if st.st_mode & stat.S_IWOTH:
         return user, None
     if st.st_mode & stat.S_IWGRP:
         return (pw.pw_uid, st.st_gid, [st.st_gid, pw.pw_gid]), (pw.pw_uid, pw.pw_gid)

@@ -523,12 +523,19 @@ def _create(tmp: str, maildir: str, debris: bool = False) -> int:
 
 
 def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | None = None, key: str | None = None,
-                    marker: MarkerStore | None = None, size_limit: int = 0) -> str:
-    """Store data (bytes or chunks) as one new message in maildir; the new/ file's path."""
+                    marker: MarkerStore | None = None, size_limit: int = 0,
+                    rights: Callable[[], AbstractContextManager[object]] | None = None) -> str:
+    """Store data (bytes or chunks) as one new message in maildir; the new/ file's path.
+
+    ``rights``: a context-manager factory giving the recipient's rights for the
+    Maildir work (None: the caller has put them in place). With it, the marker is
+    claimed before them, with the store's own rights straight from the caller's:
+    one credential switch fewer than nesting the store's inside the recipient's."""
     global _counter
     host = _hostname(host)
     tmpdir = os.path.join(maildir, "tmp")
     newdir = os.path.join(maildir, "new")
+    as_recipient = rights or contextlib.nullcontext
     marker_fd = -1
     if key is not None and marker is not None:
         tmp = os.path.join(tmpdir, f"{key}.{host}")
@@ -537,11 +544,19 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
         except OSError as e:
             raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
         if done is not None:
-            return _finish_marked(tmp, os.path.join(newdir, done))
+            with as_recipient():
+                return _finish_marked(tmp, os.path.join(newdir, done))
     else:
         _counter += 1
         tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
-    return _store(maildir, tmp, newdir, host, data, size_limit, marker_fd)
+    stored = False
+    try:
+        with as_recipient():
+            stored = True  # from here _store closes marker_fd on every path
+            return _store(maildir, tmp, newdir, host, data, size_limit, marker_fd)
+    finally:
+        if not stored and marker_fd >= 0:
+            os.close(marker_fd)
 
 
 def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterable[bytes],
