@@ -66,6 +66,37 @@ def test_reject_mode(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+# A bare <LF> deep in a big message, in a piece that goes on to cleanup before the end.
+BIG_WITH_BARE_LF = (b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 3000
+                    + b"late\nline\r\n" + (b"y" * 78 + b"\r\n") * 100 + b".\r\n")
+
+
+@pytest.mark.parametrize("mode, exclusions, refused", [
+    ("normalize", "", False), ("no", "", False), ("reject", "", True),
+    ("reject", "$mynetworks", False),  # the client is exempt
+], ids=["normalize", "no", "reject", "reject-exempt"])
+def test_bare_lf_in_a_streamed_piece_by_setting(tmp_path: Path, mode: str, exclusions: str,
+                                                 refused: bool) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_forbid_bare_newline=mode,
+                                smtpd_forbid_bare_newline_exclusions=exclusions) as (fake, c, _):
+            await c.reply()
+            await c.cmd("EHLO h\r\n")
+            await c.cmd("MAIL FROM:<a@b.c>\r\n")
+            await c.cmd("RCPT TO:<root>\r\n")
+            await c.cmd("DATA\r\n")
+            reply = await c.cmd(BIG_WITH_BARE_LF)
+            if refused:
+                assert reply == "550 5.5.2 mx.example Error: bare <LF> received"
+                assert not fake.requests
+                return
+            assert reply.startswith("250 2.0.0 Ok: queued as")
+            assert fake.streamed == 1
+            assert fake.requests[0].raw("content") == \
+                BIG_WITH_BARE_LF[:-3].replace(b"\r\n", b"\n")
+    asyncio.run(go())
+
+
 def test_unauth_pipelining_disconnects(tmp_path: Path) -> None:
     async def go() -> None:
         async with smtpd_server(tmp_path) as (fake, c, maillog):

@@ -688,7 +688,9 @@ class Session(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         message = smtpd.new_message(env, self.req, await smtpd.rewrite_context(self.req))
         try:
-            data = await self.input.read_data(smtpd.size_limit, message.feed)
+            data = await self.input.read_data(
+                smtpd.size_limit, message.feed,
+                find_bare_lf=smtpd.bare_newline == "reject" and not self._bare_lf_exempt())
         except BaseException:
             message.abort()
             raise

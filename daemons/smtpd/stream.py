@@ -33,6 +33,9 @@ DESCRIPTION
       "<LF>.<LF>", "<CR>.<LF>", "<LF>.<CR><LF>", "<CR><LF>.<CR>" never end it;
     * bare <LF> is a line end (Postfix's smtpd_forbid_bare_newline=normalize);
       a lone "." line that is not the end of data is dropped, as Postfix does;
+      ``Data.bare_lf`` tells whether there was one, when the caller asked
+      (``find_bare_lf``: only smtpd_forbid_bare_newline = reject needs it, and
+      looking costs a scan of every byte);
     * <CR><LF> becomes <LF>; a bare <CR> stays as it is; one leading "." is
       removed from lines that start with "." (dot-stuffing); 8-bit bytes and
       long lines pass unchanged;
@@ -77,7 +80,7 @@ class Data:
     content: bytes  # LF line ends, un-dot-stuffed
     size: int  # bytes received, terminator excluded
     too_big: bool
-    bare_lf: bool  # a bare <LF> was seen
+    bare_lf: bool  # a bare <LF> was seen (False when not looked for)
 
 
 class InputBuffer:
@@ -309,13 +312,14 @@ class InputBuffer:
             self.pos = len(self.buf)
 
     async def read_data(self, size_limit: int, sink: Sink | None = None,
-                        stream_at: int = STREAM_AT) -> Data:
+                        stream_at: int = STREAM_AT, find_bare_lf: bool = True) -> Data:
         """Read DATA through <CR><LF>.<CR><LF> (see the module docstring).
 
         Content is handed to ``sink`` in pieces as it arrives, once ``stream_at``
         bytes wait (a piece ends at a line end, or mid-line inside a line
         longer than that); ``Data.content`` is the rest. Without a sink the
-        pieces are kept and joined (tests, small tools).
+        pieces are kept and joined (tests, small tools). ``find_bare_lf``
+        False: ``Data.bare_lf`` stays False, and no byte is scanned for it.
         """
         kept: list[bytes] = []
         if sink is None:
@@ -349,8 +353,10 @@ class InputBuffer:
                         lead = 0
                 elif (where := _cut(acc, lead)) is not None:
                     cut, piece_end = where
-                    piece = bytes(acc[:piece_end])
-                    bare_lf = bare_lf or _has_bare_lf(piece)
+                    with memoryview(acc) as view:
+                        piece = bytes(view[:piece_end])
+                    if find_bare_lf and not bare_lf:
+                        bare_lf = _has_bare_lf(piece)
                     size += piece_end - lead
                     await sink(_normalize(piece, lead))
                     lead = piece_end - cut
@@ -365,7 +371,8 @@ class InputBuffer:
         size += len(acc) - lead
         if too_big or (size_limit and size > size_limit):
             return Data(b"", size, True, bare_lf)
-        bare_lf = bare_lf or _has_bare_lf(acc)
+        if find_bare_lf and not bare_lf:
+            bare_lf = _has_bare_lf(acc)
         rest = _normalize(bytes(acc), lead)
         if kept:
             kept.append(rest)
@@ -401,11 +408,11 @@ def _has_bare_lf(data: bytes | bytearray) -> bool:
 def _normalize(raw: bytes, lead: int) -> bytes:
     """Raw DATA lines (each ending in <CR><LF> or <LF>, the last maybe unfinished),
     after ``lead`` bytes of line end (0: they continue a line): LF lines, unstuffed."""
-    # A virtual first byte: "\n" when the text starts a line, else one that is not.
-    text = (b"\n" + raw[lead:] if lead else b"x" + raw).replace(b"\r\n", b"\n")
-    if b"\n.\n" in text:
+    # The lead, <CR><LF> or <LF>, becomes the "\n" before the first line; with no
+    # lead the first byte continues a line, and no "\n" stands before it.
+    text = raw.replace(b"\r\n", b"\n")
+    if b"\n." in text:
         while b"\n.\n" in text:  # lone dots that did not end the data: dropped
             text = text.replace(b"\n.\n", b"\n")
-    if b"\n." in text:
         text = text.replace(b"\n.", b"\n")
-    return text[1:]
+    return text[1:] if lead else text
