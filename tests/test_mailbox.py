@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import threading
 import time
@@ -311,6 +312,63 @@ def test_an_error_reading_the_chunks_truncates_the_mbox_back(tmp_path) -> None: 
     with pytest.raises(ValueError):
         mailbox.deliver_mbox(str(box), broken())
     assert box.read_bytes() == before
+
+
+def test_content_text_is_content_lines_in_pieces_of_any_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The bulk decoder gives the lines content_lines gives, LF-ended, whatever the block
+    size; each piece ends at a line end or after an L record; p and w records are skipped;
+    a damaged or short file is refused."""
+    from pymailsys.queue.queue_file import QueueFileError, content_text
+
+    rnd = random.Random(15)
+    for _ in range(60):
+        lines = [bytes(rnd.choice(b"ab\r.N\x80") for _ in range(rnd.choice((0, 1, 5, 127, 128,
+                                                                             300, 5000))))
+                 for _ in range(rnd.randint(0, 40))]
+        for _ in range(rnd.randint(0, 3)):  # runs of lines of one length (base64 and such)
+            length = rnd.choice((0, 1, 76, 78, 127))
+            at = rnd.randint(0, len(lines))  # payloads that look like record heads too
+            lines[at:at] = [bytes(rnd.choice(b"NLX" + bytes((length,))) for _ in range(length))
+                            for _ in range(rnd.randint(10, 300))]
+        content = b"".join(text_records(line, 2048) for line in lines)
+        if lines and rnd.random() < 0.3:  # a pointer and padding between the lines
+            content += encode_record(b"p", b"0" * 15) + encode_record(b"w", b"")
+        unfinished = rnd.random() < 0.3
+        if unfinished:  # content that ends inside a line: an L record last
+            content += encode_record(b"L", b"tail")
+            lines.append(b"tail")
+        data = b"head" + content + encode_record(b"X", b"") + encode_record(b"E", b"")
+        path = tmp_path / "qf"
+        path.write_bytes(data)
+        expected = b"".join(line + b"\n" for line in content_lines(data, 4))
+        assert expected == b"".join(line + b"\n" for line in lines)
+        ends, at = set(), 0  # where a piece may end: after a line or an L record's piece
+        for line in lines:
+            ends.update(at + i for i in range(2048, len(line), 2048))
+            at += len(line) + 1
+            ends.add(at)
+        if unfinished:
+            ends.add(at - 1)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for block in (7, 333, 4096, 65536):
+                pieces = list(content_text(fd, 4, block))
+                assert b"".join(pieces) == expected
+                assert {len(b"".join(pieces[:i + 1])) for i in range(len(pieces))} <= ends
+            os.truncate(path, len(data) - 2)  # no E: the X record is still there
+            assert b"".join(content_text(fd, 4, 100)) == expected
+            os.truncate(path, 4 + len(content) - 1 if content else 4)
+            with pytest.raises(QueueFileError):
+                list(content_text(fd, 4, 100))
+        finally:
+            os.close(fd)
+    path.write_bytes(b"head" + text_records(b"x") + encode_record(b"R", b"a@b") + b"XE")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(QueueFileError, match="unexpected record type"):
+            list(content_text(fd, 4))
+    finally:
+        os.close(fd)
 
 
 def test_content_records_read_in_blocks_of_any_size(tmp_path) -> None:  # type: ignore[no-untyped-def]

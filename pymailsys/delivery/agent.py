@@ -30,7 +30,7 @@ the same order (``batch_reply``, ``results_from_attrs``), with the DSN details
 ``QueueContent`` opens the queue file named by a request, takes a shared flock
 (qmgr holds an exclusive one only while it picks the file up), and reads the
 message from the data offset up to the X record a block at a time
-(``queue_file.content_records``), as often as the agent delivers it: memory
+(``queue_file.content_text``), as often as the agent delivers it: memory
 does not grow with the message. It refuses a file that is gone, locked
 exclusively or malformed (``ContentError``: the caller defers).
 """
@@ -55,6 +55,7 @@ from pymailsys.queue.queue_file import (
     QueueFileError,
     Recipient,
     content_records,
+    content_text,
     read_envelope_fd,
 )
 from pymailsys.queue.records import REC_TYPE_NORM
@@ -470,26 +471,11 @@ class QueueContent:
 
     def text(self, chunk: int = CHUNK) -> Iterator[bytes]:
         """The message, lines ending in LF, in chunks that end at a line end or, inside a
-        line longer than a chunk, after one of its L records."""
-        out: list[bytes] = []
-        size = 0
-        norm = REC_TYPE_NORM
-        ends = True
-        for rtype, payload in self._records():
-            out.append(payload)
-            size += len(payload)
-            ends = rtype == norm
-            if ends:
-                out.append(b"\n")
-                size += 1
-            if size >= chunk:
-                yield b"".join(out)
-                out = []
-                size = 0
-        if not ends:  # content that ends inside a line still ends in LF
-            out.append(b"\n")
-        if out:
-            yield b"".join(out)
+        line longer than a chunk, after one of its L records (``content_text``)."""
+        try:
+            yield from content_text(self.fd, self.data_offset, chunk)
+        except (QueueFileError, OSError) as e:
+            raise ContentError(f"queue file {self.path}: {e}") from None
 
     def header_lines(self, limit: int = 1 << 20) -> Iterator[bytes]:
         """The primary header lines (a line's first ``limit`` bytes), up to the empty line."""

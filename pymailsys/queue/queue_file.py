@@ -20,7 +20,8 @@ range: the T record must be ``seconds [microseconds]`` (so no NaN, infinity,
 sign, exponent or ``_``), W, notify_flags and the C record's fields likewise.
 ``content_lines`` yields the message text, joining
 L continuation records (and refuses content that is not N/L records up to X);
-``content_records`` reads the same from an open file a block at a time, and
+``content_records`` reads the same from an open file a block at a time,
+``content_text`` the text itself in pieces, decoded in bulk, and
 ``read_envelope_fd`` the envelope without the content. ``mark_done`` rewrites one recipient's type byte
 R -> D in place (no fsync needed: a crash may repeat a delivery, never lose one);
 ``clear_warning`` sets the W record (delay warning time) to 0 in place.
@@ -413,6 +414,122 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
             return
         elif rtype != r.REC_TYPE_PTR and rtype != r.REC_TYPE_DTXT:
             raise QueueFileError(f"unexpected record type {rtype!r} in message content")
+
+
+RUN = 16  # records of one length in a row that make content_text try a bulk decode
+SPAN = 4096  # bytes of records content_text decodes one at a time between such tries
+
+
+def _equal_records(buf: bytes, pos: int, end: int, step: int) -> int:
+    """How many records from pos on, whole before end, repeat the record head at pos
+    (type byte and a one-byte length: each is ``step`` bytes long); 0 when fewer than RUN.
+    The heads are checked at every step, so the count is exact whatever the payloads."""
+    many = (end - pos) // step
+    if many < RUN:
+        return 0
+    kind, length = buf[pos:pos + 1], buf[pos + 1:pos + 2]
+    stop = pos + RUN * step
+    if buf[pos:stop:step] != kind * RUN or buf[pos + 1:stop:step] != length * RUN:
+        return 0
+    stop = pos + many * step
+    kinds, lengths = buf[pos:stop:step], buf[pos + 1:stop:step]
+    return many - max(len(kinds.lstrip(kind)), len(lengths.lstrip(length)))
+
+
+def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
+    """The message content from offset up to the X record as text, lines ending in LF,
+    in pieces of about ``chunk`` bytes that end at a line end or after an L record's
+    piece; content that ends inside a line still ends in LF. Read ``chunk`` bytes at a
+    time with pread, so memory stays bounded as with ``content_records``, and refused
+    the same way (``QueueFileError``).
+
+    Most records are short lines: N records with a one-byte length. Lines of one
+    length in a row (base64, fixed-width text) are found by looking at every record
+    head at once (``_equal_records``) and decoded with bytearray slice operations;
+    other short lines in a tight loop, joined once; every other record goes through
+    ``records.decode_record`` and its checks. (``tests/bench/large_message_paths.py``.)
+    """
+    n_byte = r.REC_TYPE_NORM[0]
+    norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
+    buf = b""
+    pos = 0
+    at = offset  # file offset of buf's end
+    out: list[bytes | bytearray] = []  # text not yet handed out
+    size = 0
+    ends = True  # the last record ended a line
+    while True:
+        end = len(buf)
+        while pos + 1 < end and buf[pos] == n_byte and buf[pos + 1] < 0x80:
+            step = buf[pos + 1] + 2
+            count = _equal_records(buf, pos, end, step)
+            if count:  # T L payload, ...: T -> LF, L dropped, then the first LF to the end
+                stop = pos + count * step
+                text = bytearray(buf[pos:stop])
+                text[::step] = b"\n" * count
+                del text[1::step]
+                del text[0]
+                text.append(10)
+                out.append(text)
+                size += stop - pos
+                pos = stop
+            else:
+                lines: list[bytes] = []
+                append = lines.append
+                start = pos
+                span = min(end, pos + SPAN)
+                while pos + 1 < span and buf[pos] == n_byte:
+                    length = buf[pos + 1]
+                    nxt = pos + 2 + length
+                    if length >= 0x80 or nxt > end:
+                        break
+                    append(buf[pos + 2:nxt])
+                    pos = nxt
+                if not lines:  # the record at pos goes on in the next block
+                    break
+                append(b"")
+                out.append(b"\n".join(lines))
+                size += pos - start
+            ends = True
+            if size >= chunk:
+                yield b"".join(out)
+                out = []
+                size = 0
+        try:
+            rtype, payload, nxt = r.decode_record(buf, pos)
+        except r.RecordError as e:
+            if not e.incomplete:
+                raise QueueFileError(str(e)) from None
+            more = os.pread(fd, chunk, at)  # the record goes on in the next block
+            if not more:
+                if pos >= len(buf):
+                    raise QueueFileError(
+                        "message content ends without an extracted-information record") from None
+                raise QueueFileError(f"truncated record at offset {at - (len(buf) - pos)}") from None
+            at += len(more)
+            buf = buf[pos:] + more
+            pos = 0
+            continue
+        pos = nxt
+        if rtype == norm:
+            out += (payload, b"\n")
+            size += len(payload) + 1
+            ends = True
+        elif rtype == cont:
+            out.append(payload)
+            size += len(payload)
+            ends = False
+        elif rtype == xtra:
+            if not ends:
+                out.append(b"\n")
+            if out:
+                yield b"".join(out)
+            return
+        elif rtype != r.REC_TYPE_PTR and rtype != r.REC_TYPE_DTXT:
+            raise QueueFileError(f"unexpected record type {rtype!r} in message content")
+        if size >= chunk:
+            yield b"".join(out)
+            out = []
+            size = 0
 
 
 def content_lines(data: bytes | memoryview, offset: int = 0) -> Iterator[bytes]:

@@ -10,16 +10,14 @@ sends 78-character lines) is run, in process and without I/O to other
 processes, through the functions each daemon calls per byte, and the CPU time
 (time.process_time, best of --repeat) is printed per MB:
 
-- smtpd: ``_has_bare_lf`` and ``_normalize`` on 64 KB pieces of the DATA stream
-  (daemons/smtpd/stream.py);
+- smtpd: ``_normalize`` on 64 KB pieces of the DATA stream, and ``_has_bare_lf``,
+  which only smtpd_forbid_bare_newline = reject pays (daemons/smtpd/stream.py);
 - cleanup: ``ContentPass.feed``-style work, i.e. splitting 64 KB chunks into lines and
   ``encode_lines`` to N records (daemons/cleanup/headers.py);
-- local: ``content_records`` + ``QueueContent.text``-style joining of the records
-  back into LF lines from the queue file (pymailsys/queue/queue_file.py,
-  pymailsys/delivery/agent.py), as Maildir delivery reads it;
-- the same read with ``decode_blocks`` below, a sketch of an inlined decoder for
-  the common record (N or L, length < 128, whole in the block) that falls
-  back to ``records.decode_record`` for anything else: what local could save.
+- local: the queue file's content read back as LF text, as Maildir delivery
+  reads it: the per-record ``content_records`` joined as ``QueueContent.text``
+  did before, and ``content_text``, the bulk decoder it uses now
+  (pymailsys/queue/queue_file.py).
 
 The figures isolate Python's per-line cost from kernel and IPC cost; compare.py
 --scenario large and profile_daemons.py --size 10000000 give the end-to-end ones.
@@ -31,13 +29,13 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pymailsys.daemons.cleanup.headers import encode_lines
 from pymailsys.daemons.smtpd.stream import _has_bare_lf, _normalize
 
 from pymailsys.queue import records as r
-from pymailsys.queue.queue_file import content_records
+from pymailsys.queue.queue_file import content_records, content_text
 
 CHUNK = 65536
 
@@ -54,9 +52,12 @@ def message(size: int, line: int) -> bytes:
 
 def smtpd(data: bytes) -> None:
     for i in range(0, len(data), CHUNK):
-        piece = data[i:i + CHUNK]
-        _has_bare_lf(piece)
-        _normalize(piece, 2)
+        _normalize(data[i:i + CHUNK], 2)
+
+
+def smtpd_bare_lf(data: bytes) -> None:
+    for i in range(0, len(data), CHUNK):
+        _has_bare_lf(data[i:i + CHUNK])
 
 
 def cleanup(data: bytes) -> None:
@@ -77,8 +78,8 @@ def queue_file(data: bytes) -> tuple[int, int]:
     return fd, 0
 
 
-def local_now(fd: int, offset: int) -> int:
-    """content_records + QueueContent.text's joining, as local's Maildir delivery."""
+def local_records(fd: int, offset: int) -> int:
+    """content_records joined into LF text, as QueueContent.text did before content_text."""
     out: list[bytes] = []
     size = 0
     total = 0
@@ -94,51 +95,8 @@ def local_now(fd: int, offset: int) -> int:
     return total + len(b"".join(out))
 
 
-def decode_blocks(fd: int, offset: int, block: int = CHUNK) -> Iterator[bytes]:
-    """LF text from N/L records up to X, a block at a time: the common record decoded
-    inline, everything else through records.decode_record (same checks)."""
-    norm, cont = r.REC_TYPE_NORM[0], r.REC_TYPE_CONT[0]
-    buf = b""
-    at = offset
-    while True:
-        more = os.pread(fd, block, at)
-        if not more:
-            raise r.RecordError("content ends without an X record")
-        at += len(more)
-        buf += more
-        out: list[bytes] = []
-        append = out.append
-        pos, end = 0, len(buf)
-        while pos + 2 <= end:
-            kind, length = buf[pos], buf[pos + 1]
-            if (kind == norm or kind == cont) and length < 128 and pos + 2 + length <= end:
-                append(buf[pos + 2:pos + 2 + length])
-                if kind == norm:
-                    append(b"\n")
-                pos += 2 + length
-                continue
-            try:
-                rtype, payload, nxt = r.decode_record(buf, pos)
-            except r.RecordError as e:
-                if not e.incomplete:
-                    raise
-                break
-            if rtype == r.REC_TYPE_XTRA:
-                yield b"".join(out)
-                return
-            if rtype in (r.REC_TYPE_NORM, r.REC_TYPE_CONT):
-                append(payload)
-                if rtype == r.REC_TYPE_NORM:
-                    append(b"\n")
-            elif rtype not in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
-                raise r.RecordError(f"unexpected record type {rtype!r} in message content")
-            pos = nxt
-        yield b"".join(out)
-        buf = buf[pos:]
-
-
-def local_sketch(fd: int, offset: int) -> int:
-    return sum(len(chunk) for chunk in decode_blocks(fd, offset))
+def local_text(fd: int, offset: int) -> int:
+    return sum(len(chunk) for chunk in content_text(fd, offset, CHUNK))
 
 
 def best(repeat: int, work: Callable[[], object]) -> float:
@@ -160,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     mb = len(data) / 1e6
     fd, offset = queue_file(data)
     try:
-        if local_now(fd, offset) != local_sketch(fd, offset):
-            raise SystemExit("the sketch decodes differently from content_records")
-        steps = [("smtpd: _has_bare_lf + _normalize", lambda: smtpd(data)),
+        if local_records(fd, offset) != local_text(fd, offset):
+            raise SystemExit("content_text decodes differently from content_records")
+        steps = [("smtpd: _normalize", lambda: smtpd(data)),
+                 ("smtpd: _has_bare_lf (reject only)", lambda: smtpd_bare_lf(data)),
                  ("cleanup: split + encode_lines", lambda: cleanup(data)),
-                 ("local: content_records + text join", lambda: local_now(fd, offset)),
-                 ("local: inlined decoder sketch", lambda: local_sketch(fd, offset))]
+                 ("local: content_records + join (before)", lambda: local_records(fd, offset)),
+                 ("local: content_text", lambda: local_text(fd, offset))]
         print(f"{len(data)} bytes in lines of {args.line} characters; CPU ms per MB, best of "
               f"{args.repeat}:")
         for label, work in steps:
