@@ -213,6 +213,25 @@ def test_smtpd_keeps_headers_and_prepends_received(cleanup: Setup) -> None:
     assert f"{qid}: message-id=<m1@example.org>\n" in cleanup.log_text()
 
 
+def test_runs_of_equal_lines_read_back_in_debian_postcat(cleanup: Setup) -> None:
+    """Lines of one length in a row (base64) are encoded in bulk: Postfix's own postcat
+    reads them back line for line, with a shorter line inside a run, lines of 127 and 128
+    bytes (one and two length bytes) and lines over line_length_limit."""
+    b64 = [bytes(b"ABCN%c" % (i % 26 + 65)) * 15 + b"L" for i in range(500)]
+    body = (b64[:200] + [b"short"] + b64[200:] + [b"=" * 20] + [b"N" * 127] * 40
+            + [b"\x80" * 128] * 40 + [b"x" * 2100] * 20 + [b""] * 30 + [b"end"])
+    content = b"Subject: runs\n\n" + b"".join(line + b"\n" for line in body)
+    reply = _send(cleanup, _smtpd_request(content=content))
+    assert reply["status"] == "0", reply
+    out = subprocess.run([require_tool(POSTCAT), "-c", str(cleanup.pfetc),
+                          str(cleanup.incoming(reply["queue_id"]))], capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.split(b"*** MESSAGE CONTENTS", 1)[1].split(b"\n", 1)[1].split(
+        b"*** HEADER EXTRACTED", 1)[0]
+    assert text.split(b"\n")[3:-1] == [b"Subject: runs", b"", *body]
+
+
 def test_smtpd_several_recipients_and_no_message_id(cleanup: Setup) -> None:
     reply = _send(cleanup, _smtpd_request(
         rcpt=["bob@example.com", "carol@example.com", "bob@example.com"],

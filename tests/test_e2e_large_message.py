@@ -99,6 +99,27 @@ def test_large_messages_over_concurrent_sessions(new_instance) -> None:  # type:
     assert after["qmgr"] - before["qmgr"] < 4 * MB, (before, after)
 
 
+def test_ten_mb_of_base64_lines_arrive_byte_for_byte(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Runs of equal-length lines (a base64 attachment, smtp-source's fixed lines) take
+    the bulk paths of cleanup and local; the Maildir holds exactly what was sent."""
+    import base64
+    import random
+    inst: Instance = new_instance(maildir=True, settings={"message_size_limit": str(40 * MB)})
+    inst.start()
+    blob = base64.encodebytes(random.Random(10).randbytes(7 * MB)).replace(b"\n", b"\r\n")
+    message = (b"Subject: base64\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+               b"Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+               b"Content-Type: application/octet-stream\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n" + blob + b"--b--\r\n"
+               + (b"X" * 78 + b"\r\n") * 12_000)
+    assert len(message) > 10 * 1000 * 1000
+    with inst.smtp(timeout=300) as client:
+        client.sendmail(f"{ME}@localhost", [f"{ME}@localhost"], message)
+    (stored,) = inst.wait_maildir(1, timeout=300)
+    assert _body(stored) == _body(message)
+
+
 def test_bounce_of_a_large_message_returns_it_whole(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True, settings={
         "message_size_limit": str(40 * MB), "bounce_size_limit": str(40 * MB)})
