@@ -443,11 +443,11 @@ def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
     time with pread, so memory stays bounded as with ``content_records``, and refused
     the same way (``QueueFileError``).
 
-    Most records are short lines: N records with a one-byte length. Lines of one
-    length in a row (base64, fixed-width text) are found by looking at every record
-    head at once (``_equal_records``) and decoded with bytearray slice operations;
-    other short lines in a tight loop, joined once; every other record goes through
-    ``records.decode_record`` and its checks. (``tests/bench/large_message_paths.py``.)
+    Most records are lines: N records with a one- or two-byte length. Lines of one
+    length under 128 in a row (base64, fixed-width text) are found by looking at every
+    record head at once (``_equal_records``) and decoded with bytearray slice
+    operations; other N records in a tight loop, joined once; every other record (L,
+    p, w, X, or a longer length) goes through ``records.decode_record`` and its checks. (``tests/bench/large_message_paths.py``.)
     """
     n_byte = r.REC_TYPE_NORM[0]
     norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
@@ -459,9 +459,9 @@ def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
     ends = True  # the last record ended a line
     while True:
         end = len(buf)
-        while pos + 1 < end and buf[pos] == n_byte and buf[pos + 1] < 0x80:
+        while pos + 1 < end and buf[pos] == n_byte:
             step = buf[pos + 1] + 2
-            count = _equal_records(buf, pos, end, step)
+            count = _equal_records(buf, pos, end, step) if step < 0x82 else 0
             if count:  # T L payload, ...: T -> LF, L dropped, then the first LF to the end
                 stop = pos + count * step
                 text = bytearray(buf[pos:stop])
@@ -477,12 +477,18 @@ def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
                 append = lines.append
                 start = pos
                 span = min(end, pos + SPAN)
-                while pos + 1 < span and buf[pos] == n_byte:
+                while pos + 2 < span and buf[pos] == n_byte:
                     length = buf[pos + 1]
-                    nxt = pos + 2 + length
-                    if length >= 0x80 or nxt > end:
+                    if length < 0x80:
+                        nxt = pos + 2 + length
+                    elif buf[pos + 2] < 0x80:  # two length bytes: lines of 128 to 16383
+                        length = (length & 0x7F) | buf[pos + 2] << 7
+                        nxt = pos + 3 + length
+                    else:
                         break
-                    append(buf[pos + 2:nxt])
+                    if nxt > end:
+                        break
+                    append(buf[nxt - length:nxt])
                     pos = nxt
                 if not lines:  # the record at pos goes on in the next block
                     break
