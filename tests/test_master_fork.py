@@ -11,10 +11,13 @@ run as mail_owner and root reads their /proc entries.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 import smtplib
 import subprocess
+from pathlib import Path
 
 from harness import IS_ROOT, ME, PYTHON, Instance, cmdline, wait_until
 
@@ -147,7 +150,7 @@ def test_import_environment_and_reload_reach_new_children(new_instance) -> None:
 
 
 def test_preload_covers_what_the_daemons_import() -> None:
-    """After master's preload, importing a daemon loads only its own modules."""
+    """Master's preload holds every daemon: importing one afterwards loads nothing new."""
     script = (
         "import sys\n"
         "from pymailsys.daemons.master import forking\n"
@@ -156,11 +159,29 @@ def test_preload_covers_what_the_daemons_import() -> None:
         "for name in ('smtpd', 'cleanup', 'qmgr', 'local', 'pickup', 'bounce', 'smtp',\n"
         "             'virtual', 'showq', 'anvil', 'flush', 'spawn', 'lmtp'):\n"
         "    __import__('pymailsys.daemons.' + name)\n"
-        "new = sorted(m for m in set(sys.modules) - before\n"
-        "             if not m.startswith('pymailsys.daemons.'))\n"
-        "print(' '.join(new))\n")
+        "print(' '.join(sorted(set(sys.modules) - before)))\n")
     result = subprocess.run([PYTHON, "-P", "-c", script], capture_output=True, text=True,
                             timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
-    # a module named here belongs in forking.DAEMON_IMPORTS (or the library imports it)
     assert result.stdout.split() == [], result.stdout
+
+
+def test_a_daemons_main_is_what_python_m_runs() -> None:
+    """Master's child calls the preloaded module's main(): its entry point must do only that."""
+    from pymailsys.daemons.master import forking
+
+    for module in forking.daemon_modules():
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        path = Path(spec.origin)
+        if path.name == "__init__.py":
+            tree = ast.parse((path.parent / "__main__.py").read_text())
+            body = [n for n in tree.body if not isinstance(n, ast.Expr)
+                    or not isinstance(n.value, ast.Constant)]
+            assert [ast.unparse(n) for n in body] == [f"from {module} import main", "main()"], path
+        else:
+            tree = ast.parse(path.read_text())
+            guards = [n for n in tree.body if isinstance(n, ast.If)
+                      and ast.unparse(n.test) == "__name__ == '__main__'"]
+            assert [ast.unparse(n.body[0]) for n in guards] == ["main()"], path
+            assert all(len(n.body) == 1 and not n.orelse for n in guards), path

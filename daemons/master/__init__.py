@@ -25,8 +25,9 @@ DESCRIPTION
     starts. Children get the
     descriptors of ``pymailsys.ipc.master_status``.
 
-    Children are forked from master's image, with the library preloaded
-    (``forking``, ``proctitle``): ``ps`` and ``/proc/PID/cmdline`` show each
+    Children are forked from master's image, with the library and the
+    daemon modules preloaded (``forking``, ``proctitle``): ``ps`` and
+    ``/proc/PID/cmdline`` show each
     one as ``python3 -P -m pymailsys.daemons.NAME ...``. A package upgrade
     therefore needs ``postfix stop; postfix start``, not a reload. Since
     children share master's memory, master first re-executes itself with
