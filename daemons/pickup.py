@@ -9,7 +9,9 @@ DESCRIPTION
 
     * an upper-case trigger byte (``W``, from master's wakeup timer, from
       ``postqueue -f``, from sendmail after a maildrop write): pickup scans
-      ``maildrop/``. It also scans once at start-up.
+      ``maildrop/``. It also scans once at start-up. Master starts pickup
+      on demand (its wake-up only while maildrop/ holds a file), and pickup
+      exits after max_idle seconds without a client.
     * the byte ``s`` followed by one attribute list: a live submission from
       sendmail (``pymailsys.submission.protocol`` describes the request and reply).
       The submitter's uid comes from the kernel (SO_PEERCRED).
@@ -378,7 +380,7 @@ async def on_stop(ctx: Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     server.run("pickup", serve=serve, on_trigger=on_trigger, on_start=on_start,
-               on_stop=on_stop, resident=True, argv=argv)
+               on_stop=on_stop, argv=argv)
 
 
 if __name__ == "__main__":

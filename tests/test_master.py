@@ -406,3 +406,30 @@ def test_old_generation_child_outstaying_its_grace_is_ended(new_instance) -> Non
         wait_until(lambda: not os.path.exists(f"/proc/{old_pid}"), 30,
                    what="the old child to exit")
         assert held.recv(16) == b""
+
+
+def test_pickup_runs_on_demand_and_exits_when_idle(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """No pickup while maildrop/ is empty; sendmail starts it, it exits after max_idle,
+    and a file that reaches maildrop/ without a trigger is taken at the next wake-up."""
+    inst = new_instance(maildir=True, settings={"max_idle": "2s"})
+    master_cf = inst.config_dir / "master.cf"
+    text = re.sub(r"(?m)^(pickup(?:\s+\S+){4}\s+)60(\s)", r"\g<1>1\2", master_cf.read_text())
+    assert text != master_cf.read_text()
+    master_cf.write_text(text + "trig unix n - n 1 1 pmsfixtures.triggerlog\n")
+    inst.start()
+    inst.wait_log(r"trigger 'W' on trig$", count=3)  # two rounds of wake-ups since the start
+    assert "pickup" not in inst.daemons()
+    mail = f"To: {ME}@localhost\nSubject: live\n\nstarts pickup\n"
+    assert inst.tool("sendmail", "-t", input=mail).returncode == 0
+    inst.wait_log(r"postfix/pickup\[\d+\]: \w+: uid=\d+ from=<")
+    inst.wait_maildir(1)
+    wait_until(lambda: "pickup" not in inst.daemons(), what="the idle pickup gone")
+    from pymailsys import config
+    from pymailsys.queue.maildrop import Submission, write_maildrop
+    from pymailsys.queue.spool import Spool
+
+    spool = Spool.from_config(config.load(str(inst.config_dir)))
+    write_maildrop(spool, Submission(sender=ME, recipients=[f"{ME}@localhost"],
+                                     lines=[b"Subject: dropped", b"", b"no trigger"]))
+    assert any(b"no trigger" in m for m in inst.wait_maildir(2))
+    assert not re.search(r"pickup.* (exit status|killed by signal)", inst.log())

@@ -49,6 +49,7 @@ from pymailsys.ipc.master_status import (
 
 LIMIT_WARNING_INTERVAL = 1000.0
 DAEMON_PACKAGE = "pymailsys.daemons."
+PICKUP = DAEMON_PACKAGE + "pickup"  # woken only when maildrop/ holds mail (supervisor)
 
 
 def names_full_module(command: str) -> bool:
