@@ -67,7 +67,9 @@ def test_children_hold_only_their_own_descriptors(new_instance) -> None:  # type
     inst = new_instance(maildir=True)
     inst.start()
     inst.send("a@example.com", [f"{ME}@localhost"], "Subject: fds\n\nhi\n")
-    inst.wait_maildir(1)
+    # pickup runs on demand: a local submission starts it
+    assert inst.tool("sendmail", "-t", input=f"To: {ME}@localhost\n\nhi\n").returncode == 0
+    inst.wait_maildir(2)
     master = master_pid(inst)
     with open(f"/proc/{master}/status") as f:  # a fork copies only the calling thread
         assert "Threads:\t1\n" in f.read()
