@@ -15,8 +15,11 @@ unmarshalled code, the garbage around them). No
 collection before the freeze, as Python's gc documentation advises: the
 blocks it frees would leave holes in shared pages that every child then
 fills, and so copies (measured: PSS under load 86 MB with a collection,
-82 MB without). Master calls it once initialized; ``refreeze()`` after a
-reload collects what the reload left behind and freezes what it built.
+82 MB without). Then the C heap's free pages go back to the kernel
+(glibc's ``malloc_trim``): what the imports freed would otherwise stay in
+the image every child maps (1.5 MB; PSS under load 1.9 MB lower). Master
+calls it once initialized; ``refreeze()`` after a reload collects what the
+reload left behind, freezes what it built and trims again.
 
 ``start_child(argv, env, fds)`` forks; the child becomes what
 ``posix_spawn(python3 -P -m MODULE ...)`` made before, and never returns
@@ -54,6 +57,7 @@ as with posix_spawn: the server skeleton drops privileges itself.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import importlib
 import os
@@ -106,12 +110,22 @@ def preload() -> None:
         gc.freeze()
     finally:
         gc.enable()
+    _trim_heap()
 
 
 def refreeze() -> None:
     """After a reload: collect what it left behind, freeze what it built."""
     gc.collect()
     gc.freeze()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Return the C heap's free pages to the kernel, where the C library can (glibc)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def start_child(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]]) -> int:
