@@ -13,7 +13,9 @@ It builds compare.py's local-delivery instance, then:
 - after a start, the PSS of each process idle, then the peak PSS of each
   daemon (and of the whole instance) while smtp-source sends ``--messages``
   messages and local delivers them, as a table by daemon (processes are
-  named by the ``pymailsys.daemons.NAME`` module of their command line).
+  named by the ``pymailsys.daemons.NAME`` module of their command line),
+  with the private memory (mapped by no other process: what the daemon
+  copied or allocated after the fork) at that peak.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ import compare  # noqa: E402  (the benchmark's instance and load code)
 DAEMON_RE = re.compile(rb"pymailsys\.daemons\.(\w+)")
 
 
-def pss_kb(pid: int) -> int:
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, private) kB of a process: private is what no other process maps."""
+    pss = private = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration):
-        return 0
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    private += int(line.split()[1])
+    except OSError:
+        pass
+    return pss, private
 
 
 def name_of(pid: int) -> str:
@@ -51,12 +60,13 @@ def name_of(pid: int) -> str:
     return m.group(1).decode() if m else "?"
 
 
-def by_daemon(pids: list[int]) -> dict[str, tuple[int, int]]:
-    """daemon -> (processes, PSS kB summed)."""
-    out: dict[str, tuple[int, int]] = {}
+def by_daemon(pids: list[int]) -> dict[str, tuple[int, int, int]]:
+    """daemon -> (processes, PSS kB summed, private kB summed)."""
+    out: dict[str, tuple[int, int, int]] = {}
     for pid in pids:
-        n, kb = out.get(name_of(pid), (0, 0))
-        out[name_of(pid)] = (n + 1, kb + pss_kb(pid))
+        n, kb, priv = out.get(name_of(pid), (0, 0, 0))
+        pss, private = memory_kb(pid)
+        out[name_of(pid)] = (n + 1, kb + pss, priv + private)
     return out
 
 
@@ -104,28 +114,29 @@ def main() -> int:
                 "-l", str(args.size), "-f", compare.SENDER, "-t", scen.recipient,
                 "-M", "client.example", f"{compare.LOOPBACK}:{system.port}"]
         source = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak: dict[str, tuple[int, int]] = {}
+        peak: dict[str, tuple[int, int, int]] = {}
         total_peak = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             now = by_daemon(system.group.pids())
-            total_peak = max(total_peak, sum(kb for _n, kb in now.values()))
-            for name, (n, kb) in now.items():
-                if kb > peak.get(name, (0, 0))[1]:
-                    peak[name] = (n, kb)
+            total_peak = max(total_peak, sum(kb for _n, kb, _p in now.values()))
+            for name, sample in now.items():
+                if sample[1] > peak.get(name, (0, 0, 0))[1]:
+                    peak[name] = sample
             if (source.poll() is not None and system.delivered() >= args.messages
                     and system.queued() == 0):
                 break
             time.sleep(0.25)
         source.wait()
         print(f"{'daemon':10} {'idle procs':>10} {'idle PSS MB':>12} {'load procs':>10} "
-              f"{'peak PSS MB':>12}")
+              f"{'peak PSS MB':>12} {'private MB':>11}")
         for name in sorted(set(idle) | set(peak)):
-            i, pk = idle.get(name, (0, 0)), peak.get(name, (0, 0))
-            print(f"{name:10} {i[0]:>10} {i[1] / 1024:>12.1f} {pk[0]:>10} {pk[1] / 1024:>12.1f}")
-        print(f"{'total':10} {sum(n for n, _ in idle.values()):>10} "
-              f"{sum(kb for _, kb in idle.values()) / 1024:>12.1f} {'':>10} "
-              f"{total_peak / 1024:>12.1f}  (peak of the sum)")
+            i, pk = idle.get(name, (0, 0, 0)), peak.get(name, (0, 0, 0))
+            print(f"{name:10} {i[0]:>10} {i[1] / 1024:>12.1f} {pk[0]:>10} {pk[1] / 1024:>12.1f} "
+                  f"{pk[2] / 1024:>11.1f}")
+        print(f"{'total':10} {sum(n for n, _, _ in idle.values()):>10} "
+              f"{sum(kb for _, kb, _ in idle.values()) / 1024:>12.1f} {'':>10} "
+              f"{total_peak / 1024:>12.1f}  (peak of the sum; private: at each daemon's peak)")
         print(f"delivered {system.delivered()} of {args.messages}")
     finally:
         system.destroy()
