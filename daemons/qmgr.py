@@ -13,7 +13,9 @@ DESCRIPTION
     incoming/ and deferred/. cleanup names each new file in its trigger as
     ``<HEX>`` (the queue ID in lower-case hex, ``pymailsys.ipc.trigger.encode_named_ids``):
     qmgr takes those files without scanning incoming/ (a record cut off or
-    damaged in transit falls back to a scan). Trigger bytes: ``I`` scan incoming, ``D`` scan
+    damaged in transit falls back to a scan), while there is room at once, in
+    the loop turn that reads the trigger, which also writes their first
+    delivery requests to agents already connected. Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
     ``F`` forget dead destinations, ``W`` wake up: scan
     incoming, and deferred once every ``queue_run_delay`` (also on its own
@@ -516,6 +518,8 @@ class Qmgr:
         if len(self.named) > self.active_limit:
             self.named.clear()
             self.want_incoming = True
+        if self.named and not self.ctx.stopping.is_set():
+            self.take_named()  # now, not a loop turn later in the scanner
         if self.named:
             self.wake.set()
         return rest
@@ -659,6 +663,7 @@ class Qmgr:
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
         self.enqueue(msg, env.recipients)
+        self.dispatch()  # its requests go out in this loop turn
 
     def put_back(self, queue_id: str, queue: str) -> None:
         """Return a file qmgr could not take to queue, to be tried in LOCKED_RETRY seconds."""
@@ -831,12 +836,23 @@ class Qmgr:
     async def dispatcher(self) -> None:
         """Start the deliveries the scheduler allows, as they become allowed."""
         while not self.ctx.stopping.is_set():
-            picked = self.sched.next()
-            if picked is None:
-                self.sched_wake.clear()
-                await self.sched_wake.wait()
-                continue
-            self.spawn(self.deliver(*picked))
+            await self.sched_wake.wait()
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """Start every delivery the scheduler allows now, each request written at once
+        on an open connection. Not while a reply is being recorded: an entry sent
+        behind the answered one takes its place first (``deliver``)."""
+        while (picked := self.sched.next()) is not None:
+            dest, entry = picked
+            lane = _Lane(dest, self.pool(dest.transport.name).take())
+            try:
+                sent = time.time(), lane.conn.client.submit(self._request(entry))
+            except ProtocolError:  # not connected yet: the lane connects first
+                self.spawn(self.deliver(lane, entry, None))
+            else:
+                self.spawn(self.deliver(lane, entry, sent))
+        self.sched_wake.clear()
 
     def route_of(self, msg: Message, rc: Recipient) -> Route | None:
         """Where a recipient goes, or None when qmgr has recorded its result itself
@@ -867,24 +883,27 @@ class Qmgr:
             return None
         return where
 
-    async def deliver(self, dest: scheduler.Destination[Entry], entry: Entry) -> None:
+    async def deliver(self, lane: _Lane, entry: Entry,
+                      sent: tuple[float, asyncio.Future[AttrList]] | None) -> None:
         """Deliveries to one destination over one agent connection (a lane): this entry
-        and, when the agent serves one request at a time (``AgentPool.sequential``),
-        the destination's next entry sent behind it, as soon as there is one while its
-        window is full (``fill``), so that the agent goes from one request to the next
-        without waiting for qmgr. An entry sent behind is in flight in the scheduler's
-        count only once the one ahead of it is answered."""
+        (its request already written when ``sent`` is given) and, when the agent serves
+        one request at a time (``AgentPool.sequential``), the destination's next entry
+        sent behind it, as soon as there is one while its window is full (``fill``), so
+        that the agent goes from one request to the next without waiting for qmgr. An
+        entry sent behind is in flight in the scheduler's count only once the one ahead
+        of it is answered."""
+        dest = lane.dest
         pool = self.pool(dest.transport.name)
-        lane = _Lane(dest, pool.take())
         try:
-            sent = await self._send(lane.conn, entry)
+            if sent is None:
+                sent = await self._send(lane.conn, entry)
             while True:
                 if pool.sequential and not sent[1].done():
                     self.fill(lane)
                     if lane.behind is None:
                         self.open_lanes.setdefault(dest, []).append(lane)
                 try:
-                    await self.answered(dest, entry, *sent)
+                    await self.answered(dest, entry, *sent, lane)
                 finally:
                     self._close_lane(lane)
                     if lane.behind is not None:
@@ -945,9 +964,11 @@ class Qmgr:
             return start, failed
 
     async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
-                       reply_future: asyncio.Future[AttrList]) -> None:
+                       reply_future: asyncio.Future[AttrList],
+                       lane: _Lane | None = None) -> None:
         """An entry's reply, recorded per recipient; it is the destination's concurrency
-        feedback. A broken connection defers the entry's recipients."""
+        feedback. A broken connection defers the entry's recipients. The lane that
+        carried it takes no entry behind it once the reply is in (``fill``)."""
         msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
         released = False
         try:
@@ -959,6 +980,9 @@ class Qmgr:
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
                 return
+            finally:
+                if lane is not None:
+                    self._close_lane(lane)
             results = results_from_attrs(reply, len(rcpts),
                                          DeliveryResult.deferred(TRANSPORT_ERROR))
             for rc, result in zip(rcpts, results, strict=True):
