@@ -185,6 +185,7 @@ class Resolver:
         self._transport_maps: maps.Maps | None = None
         self.delimiter = config.get("recipient_delimiter")
         self.has_transport_maps = bool(config.get("transport_maps"))
+        self.transport_parent_style = addr_lookup.parent_style(config, "transport_maps")
         self.has_sender_relayhosts = bool(config.get("sender_dependent_relayhost_maps"))
         self._sender_relayhosts: maps.Maps | None = None
         self._last_query: tuple[str, str | None] | None = None
@@ -325,7 +326,7 @@ class Resolver:
             self._transport_maps = maps.Maps(self.config, "transport_maps")
         return addr_lookup.lookup_transport(
             self._transport_maps, f"{local}@{domain}", self.delimiter,
-            addr_lookup.parent_style(self.config, "transport_maps"))
+            self.transport_parent_style)
 
 
 _resolvers: dict[int, tuple[config_mod.Config, Resolver]] = {}
