@@ -6,8 +6,9 @@ Usage: python3 tests/bench/queue_scale.py [--messages 100000] [--active-limit 20
 Starts a throw-away instance (tests/harness.py), writes N single-recipient
 queue files straight into deferred/ with the library's queue-file writer
 (hashed per hash_queue_depth, each with a defer log as qmgr writes it, their
-next try a day away so that qmgr leaves them alone), then measures, one phase
-after the other:
+next try a day away so that qmgr leaves them alone), syncs them to disk (a real
+backlog built over days is not dirty in the page cache; ``--dirty`` skips
+this), then measures, one phase after the other:
 
 - mailq: ``postqueue -p`` through showq: time to the first line and to the
   last, the count line, and the peak resident memory (VmHWM) of postqueue
@@ -17,7 +18,8 @@ after the other:
   untried): the time until every message has been through qmgr and is back
   in deferred/ (or how many were by ``--flush-seconds``), qmgr's CPU time
   and VmHWM, and the latency of one local message submitted over SMTP while
-  the flush runs;
+  the flush runs; with ``--pyspy DIR``, py-spy samples qmgr during the flush
+  (DIR/qmgr-N.raw) and the functions with the most self time are printed;
 - requeue: ``postsuper -r ALL`` with the mail system stopped (so pickup does
   not re-inject a million messages): time and VmHWM;
 - delete: ``postsuper -d ALL``: time, VmHWM and its ``Deleted:`` line;
@@ -54,6 +56,7 @@ sys.path.insert(0, str(TESTS / "bench"))
 
 from harness import ME, Instance, wait_until  # noqa: E402
 from proc_cpu import cpu_seconds  # noqa: E402
+from profile_daemons import ensure_py_spy, format_profile, parse_raw  # noqa: E402
 from qf_helpers import queue_files  # noqa: E402
 
 from pymailsys.queue import maildrop  # noqa: E402
@@ -152,8 +155,15 @@ def phase_mailq(inst: Instance, n: int) -> None:
           f"{count[-1].decode() if count else tail[-80:]!r} {err[-200:]!r}", flush=True)
 
 
-def phase_flush(inst: Instance, n: int, limit: float) -> None:
+def phase_flush(inst: Instance, n: int, limit: float, pyspy: Path | None = None) -> None:
     qmgr = inst.daemons()["qmgr"][0]
+    spy = None
+    if pyspy is not None:
+        pyspy.mkdir(parents=True, exist_ok=True)
+        raw = pyspy / f"qmgr-{n}.raw"
+        spy = subprocess.Popen([ensure_py_spy(), "record", "-p", str(qmgr), "-r", "200",
+                                "--nonblocking", "--format", "raw", "-o", str(raw)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"qmgr before the flush: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB",
           flush=True)
     user0, system0 = cpu_seconds(qmgr)
@@ -175,6 +185,10 @@ def phase_flush(inst: Instance, n: int, limit: float) -> None:
         time.sleep(2)
     took = time.monotonic() - t0
     user, system = cpu_seconds(qmgr)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+        print(format_profile(parse_raw(raw.read_text(errors="replace")), 15, 200), flush=True)
     print(f"flush {n}: {back.count} messages through qmgr in {took:.1f} s "
           f"({back.count / took:.0f}/s, qmgr {cpu_text(user - user0, system - system0, back.count)}); "
           f"qmgr VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
@@ -235,6 +249,9 @@ def main() -> None:
     ap.add_argument("--active-limit", type=int, default=20_000)
     ap.add_argument("--phases", default="mailq,flush,requeue,delete")
     ap.add_argument("--base", help="instance directory (default: a new one in /tmp)")
+    ap.add_argument("--dirty", action="store_true",
+                    help="start before the queue files are on disk (no sync)")
+    ap.add_argument("--pyspy", type=Path, help="sample qmgr with py-spy during the flush, into DIR")
     ap.add_argument("--flush-seconds", type=float, default=24 * 3600,
                     help="stop waiting for the flush after this long (a partial figure)")
     args = ap.parse_args()
@@ -259,13 +276,17 @@ def main() -> None:
         if os.waitpid(child, 0)[1] != 0:
             raise SystemExit("writing the queue files failed")
         print(f"wrote {backlog} queue files and defer logs in {time.monotonic() - t0:.1f} s", flush=True)
+        if not args.dirty:
+            t0 = time.monotonic()
+            os.sync()
+            print(f"synced them to disk in {time.monotonic() - t0:.1f} s", flush=True)
         inst.start()
         qmgr = inst.daemons()["qmgr"][0]
         print(f"qmgr idle: VmHWM {vm(qmgr, 'VmHWM')} kB, VmRSS {vm(qmgr, 'VmRSS')} kB", flush=True)
         if "mailq" in phases:
             phase_mailq(inst, n)
         if "flush" in phases:
-            phase_flush(inst, n, args.flush_seconds)
+            phase_flush(inst, n, args.flush_seconds, args.pyspy)
         inst.stop()
         if "requeue" in phases:
             phase_postsuper(inst, n, "-r", "Requeued")
