@@ -85,8 +85,10 @@ DESCRIPTION
     destination's window is full, its next request is written behind each of
     its deliveries in flight, so local goes from one delivery to the next
     without waiting for qmgr; such a request counts in the window only once
-    the one ahead of it is answered (``scheduler.take_behind``), and when
-    the agent dies both are deferred (``unknown mail transport error``).
+    the one ahead of it is answered (``scheduler.take_behind``). When the
+    agent dies both are deferred (``unknown mail transport error``); when it
+    closes the connection after its reply to the first (a local process that
+    is going away reads nothing more), the second is sent again.
 
     Memory: at most ``qmgr_message_active_limit`` messages are active and
     at most ``qmgr_message_recipient_limit`` recipients are in memory: a
@@ -894,6 +896,7 @@ class Qmgr:
         of it is answered."""
         dest = lane.dest
         pool = self.pool(dest.transport.name)
+        replied = False  # the request ahead got its reply
         try:
             if sent is None:
                 sent = await self._send(lane.conn, entry)
@@ -903,7 +906,7 @@ class Qmgr:
                     if lane.behind is None:
                         self.open_lanes.setdefault(dest, []).append(lane)
                 try:
-                    await self.answered(dest, entry, *sent, lane)
+                    replied = await self.answered(dest, entry, *sent, lane, replied)
                 finally:
                     self._close_lane(lane)
                     if lane.behind is not None:
@@ -964,22 +967,28 @@ class Qmgr:
             return start, failed
 
     async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
-                       reply_future: asyncio.Future[AttrList],
-                       lane: _Lane | None = None) -> None:
+                       reply_future: asyncio.Future[AttrList], lane: _Lane | None = None,
+                       behind_reply: bool = False) -> bool:
         """An entry's reply, recorded per recipient; it is the destination's concurrency
-        feedback. A broken connection defers the entry's recipients. The lane that
-        carried it takes no entry behind it once the reply is in (``fill``)."""
+        feedback; True when it came. A broken connection defers the entry's recipients,
+        except for an entry sent behind a request that got its reply (``behind_reply``):
+        a sequential agent that goes away reads nothing more (a reload, a changed
+        table), so that entry goes back to the scheduler, to be sent again. The lane
+        that carried it takes no entry behind it once the reply is in (``fill``)."""
         msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
-        released = False
+        released = requeued = False
         try:
             try:
                 reply = await reply_future
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")
+                if behind_reply and not dest.dead:
+                    requeued = True
+                    return False
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
-                return
+                return False
             finally:
                 if lane is not None:
                     self._close_lane(lane)
@@ -991,14 +1000,18 @@ class Qmgr:
             released = True
             if hop is None:
                 self.sched.success(dest)
-                return
+                return True
             for waiting in self.sched.failure(dest, hop.dsn, hop.reason):
                 self.suspend(waiting.msg, waiting.rcpts, dest)
                 self.entry_done(waiting, transport)
+            return True
         finally:
             if not released:  # no word on the destination (the agent failed, or qmgr did)
                 self.sched.release(dest)
-            self.entry_done(entry, transport)
+            if requeued:
+                self.sched.retry(dest, entry)
+            else:
+                self.entry_done(entry, transport)
             self.sched_wake.set()
 
     def record(self, msg: Message, rc: Recipient, result: DeliveryResult, relay: str | None,

@@ -533,3 +533,29 @@ def test_local_killed_with_a_request_queued_behind(system, slow_command) -> None
     wait_until(delivered, 60, interval=0.5, what="both delivered")
     bodies = sorted(p.read_bytes().rsplit(b"\n\n", 1)[1] for p in out.glob("msg.*"))
     assert bodies == [b"first\n", b"second\n"]  # each exactly once
+
+
+def test_local_going_away_leaves_the_request_behind_to_another(new_instance, slow_command) -> None:  # type: ignore[no-untyped-def]
+    """A local process that restarts (its alias table changed) while a request is queued
+    behind its delivery in progress reads no further request: qmgr sends that one to a
+    new local process at once, neither deferred nor lost."""
+    script, out = slow_command
+    inst = new_instance(maildir=True)
+    inst.set(local_destination_concurrency_limit="1", mailbox_command=str(script))
+    inst.start()
+    first = inst.send("alice@example.org", f"{ME}@localhost", b"Subject: first\r\n\r\nfirst\r\n")
+    wait_until(lambda: len(events(out)) >= 2, 20, what="the first delivery running")
+    second = inst.send("alice@example.org", f"{ME}@localhost", b"Subject: second\r\n\r\nsecond\r\n")
+    wait_until(lambda: second in inst.queue_ids("active"), 20, what="the second active")
+    aliases = inst.config_dir / "aliases"
+    aliases.write_text(aliases.read_text() + "someone: root\n")
+    inst.tool("postalias", str(aliases), check=True)
+    inst.wait_log(r"postfix/local\[\d+\]: table .*aliases has changed -- restarting")
+    (out / "go").touch()
+    lines = [inst.wait_log(rf"postfix/local\[\d+\]: {qid}: to=<{ME}@localhost>, relay=local, "
+                           r".*status=sent")[0] for qid in (first, second)]
+    pids = [re.search(r"local\[(\d+)\]", line).group(1) for line in lines]  # type: ignore[union-attr]
+    assert pids[0] != pids[1]  # the old process read nothing after its last reply
+    assert "status=deferred" not in inst.log()
+    assert sorted(p.read_bytes().rsplit(b"\n\n", 1)[1] for p in out.glob("msg.*")) \
+        == [b"first\n", b"second\n"]

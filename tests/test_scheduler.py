@@ -185,3 +185,18 @@ def test_nothing_is_sent_behind_a_dead_destination() -> None:
     assert s.take_behind(d) is None
     s.success(d)  # its success revives the destination, as any delivery in flight would
     assert not d.dead and (d.busy, d.behind) == (0, 0)
+
+
+def test_retry_puts_an_unread_entry_back_first() -> None:
+    s = make(initial=1, concurrency_limit=1)
+    d = s.destination("local", "user")
+    for i in range(3):
+        s.add(d, f"m{i}")
+    assert s.next() == (d, "m0")
+    assert s.take_behind(d) == "m1"
+    s.success(d)  # m0 answered; then the agent closed the connection without reading m1
+    s.promote(d)
+    s.release(d)
+    s.retry(d, "m1")
+    assert (d.busy, d.behind) == (0, 0)
+    assert drain(s) == ["m1"]

@@ -12,10 +12,12 @@ DESCRIPTION
     ``pymailsys.ipc.services``: one request per recipient, pipelined on a long-lived
     connection from qmgr, one reply (sent, deferred or bounced) per request, and
     one Postfix log line per delivery. Requests are served one at a time, in
-    order: the next is read once the reply to the last is written, so one
-    local process is one delivery in parallel (qmgr queues a destination's
-    next request behind the one in progress and counts it in the destination's
-    concurrency only once it starts). The message is read from the queue file
+    order (``pymailsys.ipc.attr.serve_sequential``): the next is read once the
+    reply to the last is written, so one local process is one delivery in
+    parallel (qmgr queues a destination's next request behind the one in
+    progress and counts it in the destination's concurrency only once it
+    starts). A local process that is going away (reload, a changed table)
+    reads no further request: qmgr sends the one left unread to another. The message is read from the queue file
     named in the request (under a shared lock), from the data offset on; the
     envelope travels in the request and is not re-read.
 
@@ -158,7 +160,7 @@ from pymailsys.daemons.local.agent import LocalAgent
 from pymailsys import server
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import REQUEST_LIMITS
-from pymailsys.ipc.attr import serve_pipelined
+from pymailsys.ipc.attr import serve_sequential
 
 PROGRAM = "local"
 
@@ -166,8 +168,7 @@ PROGRAM = "local"
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: LocalAgent = ctx.state["agent"]
-    await serve_pipelined(reader, writer, agent.handle, ctx.stopping, limits=REQUEST_LIMITS,
-                          max_pending=1)
+    await serve_sequential(reader, writer, agent.handle, ctx.stopping, limits=REQUEST_LIMITS)
 
 
 async def _start(ctx: server.Context) -> None:

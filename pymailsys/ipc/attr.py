@@ -344,6 +344,20 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                  limits, max_pending)
 
 
+async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           handler: Handler, stopping: asyncio.Event,
+                           limits: Limits = DEFAULT_LIMITS) -> None:
+    """Serve requests one at a time, in order: the next is read once the last is
+    answered, so a client may queue a request behind the one in progress.
+
+    Once ``stopping`` is set no further request is read: the connection closes
+    after the reply to the last one read, and a request the client queued behind
+    it stays unread (the client sees end of file right after that reply).
+    """
+    await _serve(reader, writer, lambda request, _follow: handler(request), False, stopping,
+                 limits, 1, stop_reading=True)
+
+
 async def serve_streamed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          handler: StreamHandler, stopping: asyncio.Event | None = None,
                          limits: Limits = DEFAULT_LIMITS,
@@ -366,7 +380,7 @@ async def _reply_after(task: asyncio.Future[Reply], follow: FollowUps) -> Reply:
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  handler: StreamHandler, streamed: bool, stopping: asyncio.Event | None,
-                 limits: Limits, max_pending: int | None) -> None:
+                 limits: Limits, max_pending: int | None, stop_reading: bool = False) -> None:
     pending: collections.deque[asyncio.Future[Any]] = collections.deque()
     wake = asyncio.Event()
     done_reading = False
@@ -411,6 +425,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             if max_pending is not None and unanswered >= max_pending:
                 await answered.wait()
+            if stop_reading and stopping is not None and stopping.is_set():
+                break
             request = await read_attrs(reader, limits)
             if request is None:
                 break

@@ -38,7 +38,9 @@ waiting for the caller between the two. Such an entry is not in flight:
 it counts in ``behind``, not in ``busy``, until the delivery ahead of it
 ends and the caller calls ``promote``, when it takes that delivery's place.
 The parallel deliveries to a destination thus never exceed the number of
-its deliveries in flight, which the window bounds as before.
+its deliveries in flight, which the window bounds as before. An entry the
+agent never read (it went away after its last reply) goes back first in its
+queue with ``retry``.
 
 Feedback values are Postfix's: a number in (0, 1], ``1/concurrency`` or
 ``1/sqrt_concurrency`` (``parse_feedback``; ValueError for anything else).
@@ -204,6 +206,15 @@ class Scheduler(Generic[T]):
         dest.behind -= 1
         dest.busy += 1
         dest.transport.busy += 1
+
+    def retry(self, dest: Destination[T], entry: T) -> None:
+        """Put an entry back first in its destination's queue: it was sent, but the
+        agent went away without reading it. The caller has checked that the
+        destination is not dead."""
+        if dest.dead:
+            raise ValueError(f"destination {dest.name} is dead")
+        dest.waiting.appendleft(entry)
+        self._ready(dest)
 
     def success(self, dest: Destination[T]) -> None:
         """A delivery ended without a site failure: positive feedback, then release."""
