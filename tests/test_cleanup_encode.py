@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from pymailsys.daemons.cleanup import headers as hdr
 
 from pymailsys.queue.records import text_records
@@ -33,7 +34,10 @@ def _text(rnd: random.Random, limit: int) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
-def test_encode_text_gives_the_records_of_encode_lines() -> None:
+@pytest.mark.parametrize("span", [100, hdr.SPAN])  # short spans: runs after other lines
+def test_encode_text_gives_the_records_of_encode_lines(monkeypatch: pytest.MonkeyPatch,
+                                                       span: int) -> None:
+    monkeypatch.setattr(hdr, "SPAN", span)
     rnd = random.Random(4)
     for _ in range(80):
         limit = rnd.choice((2048, 128, 200))  # Postfix's least line_length_limit is 512
@@ -43,7 +47,10 @@ def test_encode_text_gives_the_records_of_encode_lines() -> None:
         assert hdr.encode_text(text, start, len(text), limit) == hdr.encode_lines(lines, limit)
 
 
-def test_content_pass_in_pieces_gives_one_record_per_line() -> None:
+@pytest.mark.parametrize("span", [100, hdr.SPAN])
+def test_content_pass_in_pieces_gives_one_record_per_line(monkeypatch: pytest.MonkeyPatch,
+                                                          span: int) -> None:
+    monkeypatch.setattr(hdr, "SPAN", span)
     rnd = random.Random(5)
     job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
     for _ in range(40):

@@ -178,7 +178,8 @@ def encode_lines(lines: list[bytes], limit: int) -> tuple[bytes, int]:
 
 
 RUN = 16  # lines of one length in a row that encode_text encodes in bulk
-SPAN = 16384  # bytes of lines encode_text encodes one at a time between tries
+SPAN = 65536  # bytes of lines encode_text encodes one at a time between tries
+BULK_AT = 16384  # body text from which ContentPass looks for such runs at all
 
 
 def _equal_lines(data: bytes, start: int, stop: int, length: int) -> tuple[bytes, int]:
@@ -218,7 +219,8 @@ def encode_text(data: bytes, start: int, stop: int, limit: int) -> tuple[bytes, 
     pos = start
     while pos < stop:
         length = data.find(b"\n", pos) - pos
-        if length <= limit:
+        second = pos + 2 * length + 1  # where the next line ends if it is as long
+        if length <= limit and second < stop and data[second] == 10:
             records, count = _equal_lines(data, pos, stop, length)
             if count:
                 out.append(records)
@@ -228,7 +230,8 @@ def encode_text(data: bytes, start: int, stop: int, limit: int) -> tuple[bytes, 
         end = data.rfind(b"\n", pos, min(stop, pos + SPAN)) + 1
         if end <= pos:  # one line longer than SPAN
             end = pos + length + 1
-        some = data[pos:end - 1].split(b"\n")
+        some = (data if pos == 0 and end == len(data) else data[pos:end]).split(b"\n")
+        some.pop()  # the empty string after the last LF
         out.append(encode_lines(some, limit)[0])
         lines += len(some)
         pos = end
@@ -500,17 +503,30 @@ class ContentPass:
     # -- the body ----------------------------------------------------------------------------
 
     def _body(self, data: bytes) -> None:
-        start = 0
-        if self.continued and (nl := data.find(b"\n")) >= 0:
-            self.continued = False
-            self._emit_body_line(data[:nl])
-            start = nl + 1
-        stop = data.rfind(b"\n") + 1
-        if stop > start:
-            records, length = encode_text(data, start, stop, self.line_limit)
-            self.ready.append(records)
-            self.outcome.content_length += length
-        last = data[max(start, stop):]
+        if len(data) < BULK_AT:  # a small message: looking for runs costs more than it saves
+            lines = data.split(b"\n")
+            last = lines.pop()
+            if lines:
+                if self.continued:
+                    self.continued = False
+                    self._emit_body_line(lines[0])
+                    del lines[0]
+                records, length = encode_lines(lines, self.line_limit)
+                if records:
+                    self.ready.append(records)
+                self.outcome.content_length += length
+        else:  # runs of lines of one length (base64) in bulk
+            start = 0
+            if self.continued and (nl := data.find(b"\n")) >= 0:
+                self.continued = False
+                self._emit_body_line(data[:nl])
+                start = nl + 1
+            stop = data.rfind(b"\n") + 1
+            if stop > start:
+                records, length = encode_text(data, start, stop, self.line_limit)
+                self.ready.append(records)
+                self.outcome.content_length += length
+            last = data[max(start, stop):]
         limit = self.line_limit
         if len(last) > limit:  # an unfinished long line: its full pieces leave now
             keep = (len(last) - 1) % limit + 1
