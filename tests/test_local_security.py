@@ -174,6 +174,60 @@ def test_symlinks_and_links_in_the_queue_are_refused(system, outside: Path) -> N
 
 
 @pytest.mark.root
+def test_a_queue_directory_replaced_after_local_kept_it_open(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """local keeps active/ open after its first delivery (one openat per queue file).
+    mail_owner replacing active/ with a symbolic link afterwards gains nothing: the file
+    is not in the directory local holds, local looks again without following links and
+    defers; a real directory put in its place (a restore) is used from then on."""
+    s = system()
+    s.start("local")
+    first = s.active_request("alice@example.org", f"{ME}@localhost", BODY)[1]
+    assert _ask(s, first) == "sent"
+    qid, attrs = _planted(s, outside)
+    active = s.queue_dir / "active"
+    active.rename(s.queue_dir / "active.old")
+    os.symlink(outside / "evil", active)
+    assert _ask(s, attrs) == "deferred"
+    s.wait_log(rf"warning: {qid}: open active/{qid}: (Too many levels of symbolic links|Not a "
+               r"directory)")
+    active.unlink()
+    active.mkdir(mode=0o700)
+    shutil.copy2(outside / "evil" / qid, active / qid)
+    assert _ask(s, attrs) == "sent"
+    assert len(s.maildir_messages()) == 2
+
+
+def test_kept_queue_directories_open_relative_to_what_was_opened(tmp_path: Path) -> None:
+    """Spool.keep_queue_dirs: once a queue directory is open, its files are opened relative
+    to that descriptor (the queue_directory path moved away does not matter); a file
+    that is not there makes it look again at the path, once."""
+    root = tmp_path / "spool"
+    for queue in ("active", "deferred"):
+        (root / queue).mkdir(parents=True)
+    qids = ["3F2A11C0D7E", "4A2B11C0D7F"]
+    for qid in qids:
+        (root / "active" / qid).write_bytes(b"x")
+        os.chmod(root / "active" / qid, 0o700)
+    kept = spool.Spool(str(root))
+    kept.keep_queue_dirs()
+    os.close(kept.open_queue_file("active", qids[0]))
+    fds = len(os.listdir("/proc/self/fd"))
+    root.rename(tmp_path / "moved")
+    os.close(kept.open_queue_file("active", qids[1]))
+    with pytest.raises(spool.QueueAccessError, match="No such file"):
+        spool.Spool(str(root)).open_queue_file("active", qids[1])  # what a fresh open sees
+    assert len(os.listdir("/proc/self/fd")) == fds
+    (tmp_path / "moved").rename(root)
+    (root / "active").rename(tmp_path / "old-active")
+    (root / "active").mkdir()
+    (tmp_path / "old-active" / qids[0]).rename(root / "active" / qids[0])
+    os.close(kept.open_queue_file("active", qids[0]))  # not in the kept one: looked again
+    with pytest.raises(spool.QueueFileMissing):
+        kept.open_queue_file("active", qids[1])
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.root
 def test_symlinked_marker_directory_removes_nothing_outside(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
     """Issue #11.2: mail_owner replaces data_directory/local-markers with a symbolic link
     to a root-owned directory; local's marker collection must not delete anything there."""

@@ -179,6 +179,7 @@ class LocalAgent:
         cfg = ctx.config
         self.config = cfg
         self.spool = ctx.spool
+        self.spool.keep_queue_dirs()  # one openat per queue file
         self.delimiters = cfg.get("recipient_delimiter")
         self.home_mailbox = cfg.get("home_mailbox")
         # raw: $home, $user, $extension... are the recipient's, expanded per delivery
