@@ -254,6 +254,27 @@ def test_forward_path_expansion_as_postfix_local_expand() -> None:
     assert local_expand("${broken", attrs, allowed) is None
 
 
+
+def test_forward_paths_are_expanded_once_per_recipient_attributes() -> None:
+    """forward_paths: the entries local_expand keeps, in order, remembered per attribute
+    set: the next message to the same recipient is not expanded again; other attributes
+    (another home, an extension) are."""
+    from pymailsys.daemons.local.forward import forward_paths
+
+    allowed = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+=./")
+    entries = ("$home/.forward${recipient_delimiter}${extension}", "", "$home/.forward")
+    bob = (("user", "bob"), ("home", "/home/bob"))
+    forward_paths.cache_clear()
+    assert forward_paths(entries, bob, allowed) == ("/home/bob/.forward",)
+    assert forward_paths(entries, bob, allowed) == ("/home/bob/.forward",)
+    assert forward_paths.cache_info().hits == 1
+    moved = (("user", "bob"), ("home", "/srv/bob"))
+    assert forward_paths(entries, moved, allowed) == ("/srv/bob/.forward",)
+    lists = (*bob, ("extension", "lists"), ("recipient_delimiter", "+"))
+    assert forward_paths(entries, lists, allowed) == ("/home/bob/.forward+lists",
+                                                      "/home/bob/.forward")
+    assert forward_paths.cache_info().misses == 3
+
 @pytest.mark.root
 def test_account_is_looked_up_afresh_for_each_delivery(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """local looks the account up once per request (its .forward and mailbox agree) and

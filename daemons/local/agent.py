@@ -183,8 +183,8 @@ class LocalAgent:
         self.delimiters = cfg.get("recipient_delimiter")
         self.home_mailbox = cfg.get("home_mailbox")
         # raw: $home, $user, $extension... are the recipient's, expanded per delivery
-        self.forward_path = split_list(cfg.raw("forward_path") or "")
-        self.forward_filter = set(cfg.get("forward_expansion_filter"))
+        self.forward_path = tuple(split_list(cfg.raw("forward_path") or ""))
+        self.forward_filter = frozenset(cfg.get("forward_expansion_filter"))
         self.mailbox_command = cfg.raw("mailbox_command") or ""
         self.spool_dir = cfg.get("mail_spool_directory")
         self.locks = cfg.get_list("mailbox_delivery_lock")
