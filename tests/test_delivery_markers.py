@@ -3,7 +3,9 @@ files that are gone, nothing else."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,3 +49,34 @@ def test_collect_removes_only_markers_of_queue_files_that_are_gone(tmp_path) -> 
     removed = store.collect(lambda queue_id: queue_id == "4D3C131DCC3")
     assert removed == 1
     assert sorted(store.keys()) == ["4D3C131DCC3.1764900000000000.120.0a1b2c3d", "not-a-marker"]
+
+
+def test_collect_takes_the_store_rights_twice_and_asks_the_queue_with_its_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A round takes the store's rights (mail_owner) twice, to list and to remove, not once
+    per marker (each switch is four credential system calls); whether a queue file is
+    still there is asked with the caller's rights (root): a hashed queue directory that
+    mail_owner cannot search must not make a queued file look gone."""
+    inside: list[bool] = []
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def rights() -> Iterator[None]:
+        entered.append(1)
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    def queued(queue_id: str) -> bool:
+        assert not inside, "the queue is asked with the store's rights"
+        return queue_id.endswith("0")
+
+    store = mailbox.MarkerStore(str(tmp_path / "markers"), rights)
+    store.create()
+    for n in range(5):
+        _put(store, f"3C2B020CBB{n}.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
+    entered.clear()
+    assert store.collect(queued) == 4
+    assert len(entered) == 2
+    assert store.keys() == ["3C2B020CBB0.1764900000000000.120.0a1b2c3d"]
