@@ -134,7 +134,10 @@ class Session:
                 (req, result), *more = members
                 also = () if status == STATUS_SENT else \
                     tuple((m.rcpt, r.dsn, r.reason) for m, r in more)
-                return replace(result, rcpt=self.member(req), also=also)
+                member = self.member(req)
+                if (member, also) == (result.rcpt, result.also):
+                    return result  # the common case: one result, the request's own
+                return replace(result, rcpt=member, also=also)
         return DeliveryResult.sent("delivered")  # nothing new: every target a duplicate
 
     def member(self, req: DeliveryRequest) -> str:
