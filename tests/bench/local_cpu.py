@@ -17,7 +17,10 @@ system calls per delivery (``strace -c`` attached for the last round); with
 --tmpfs, spool and Maildir live in /dev/shm, so that disk and journal waits
 (fsync, file creation under other processes' load) leave the figures. Only
 local runs, so other load on the machine moves these figures far less than an
-end-to-end run's; still compare A and B alternately.
+end-to-end run's; still compare A and B alternately. With --callgrind, local
+runs under valgrind's callgrind and the figure is instructions per delivery
+(user space only; independent of the machine's other load): use fewer
+--messages (200), it runs about fifty times slower.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from callgrind import instructions  # noqa: E402
 from proc_cpu import cpu_seconds  # noqa: E402
-from test_qmgr import Standalone  # noqa: E402  (the tests' standalone spool)
+from test_qmgr import SOCKETS, Standalone  # noqa: E402  (the tests' standalone spool)
 
 from pymailsys.ipc.attr import SyncAttrClient  # noqa: E402
 
@@ -60,6 +64,9 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
         time.sleep(1.0)
     walls = []
     with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        if args.callgrind:
+            subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
+                           capture_output=True, timeout=120)
         user0, sys0 = cpu_seconds(pid)
         for attrs in requests:
             t = time.perf_counter()
@@ -71,6 +78,8 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
     n = args.messages
     result = {"user_ms": (user1 - user0) * 1000 / n, "system_ms": (sys1 - sys0) * 1000 / n,
               "wall_ms": statistics.median(walls) * 1000}
+    if args.callgrind:
+        result["instructions"] = instructions(s.base, pid) / n
     if strace is not None:
         strace.terminate()
         strace.wait(30)
@@ -84,12 +93,30 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
     return result
 
 
+def start_under_callgrind(s: Standalone) -> None:
+    """Standalone.start("local"), with local under valgrind's callgrind."""
+    sock = s.queue_dir / SOCKETS["local"]
+    sock.unlink(missing_ok=True)
+    s.procs["local"] = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={s.base}/callgrind.%p",
+         sys.executable, "-m", "pymailsys.daemons.local", "-c", str(s.etc), "-n", "local",
+         "-L", str(sock)],
+        stdout=subprocess.DEVNULL, stderr=open(s.base / "log" / "local.err", "ab"))
+    for _ in range(1200):  # bounded: valgrind starts Python slowly
+        if sock.exists():
+            return
+        time.sleep(0.1)
+    raise SystemExit("local_cpu.py: local did not start under callgrind")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=2000)
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--strace", action="store_true", help="count system calls in the last round")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instructions per delivery under callgrind (valgrind) instead of CPU time")
     p.add_argument("--tmpfs", action="store_true",
                    help="spool and Maildir in /dev/shm: no disk, no journal, fsync free; "
                         "leaves local's own work (Python and system calls)")
@@ -104,7 +131,12 @@ def main() -> int:
                    if args.tmpfs else None)
     try:
         pwd.getpwnam(user)
-        s.start("local")
+        if args.callgrind:
+            start_under_callgrind(s)
+            one_round(s, user, argparse.Namespace(**{**vars(args), "messages": 20,
+                                                     "callgrind": False}), False)  # warm
+        else:
+            s.start("local")
         rounds = []
         for i in range(args.rounds):
             r = one_round(s, user, args, args.strace and i == args.rounds - 1)
@@ -112,8 +144,14 @@ def main() -> int:
             print(f"round {i + 1}: local user {r['user_ms']:.3f} + system {r['system_ms']:.3f} "
                   f"= {r['user_ms'] + r['system_ms']:.3f} ms/delivery, median request "
                   f"{r['wall_ms']:.2f} ms" + (f", {r['syscalls']:.1f} system calls/delivery"
-                                              if "syscalls" in r else ""))
+                                              if "syscalls" in r else "")
+                  + (f", {r['instructions'] / 1e6:.3f} M instructions/delivery (callgrind)"
+                     if "instructions" in r else ""))
         cpu = [r["user_ms"] + r["system_ms"] for r in rounds]
+        if args.callgrind:
+            print(f"median of {len(rounds)} rounds: "
+                  f"{statistics.median(r['instructions'] for r in rounds) / 1e6:.3f} M "
+                  "instructions/delivery (callgrind)")
         print(f"median of {len(rounds)} rounds: local {statistics.median(cpu):.3f} ms/delivery "
               f"(user {statistics.median(r['user_ms'] for r in rounds):.3f}, system "
               f"{statistics.median(r['system_ms'] for r in rounds):.3f}), median request "
