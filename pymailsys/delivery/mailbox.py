@@ -541,22 +541,23 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
     one credential switch fewer than nesting the store's inside the recipient's."""
     global _counter
     host = _hostname(host)
-    tmpdir = os.path.join(maildir, "tmp")
-    newdir = os.path.join(maildir, "new")
+    base = maildir if maildir.endswith("/") or not maildir else maildir + "/"  # as os.path.join
+    tmpdir = base + "tmp"
+    newdir = base + "new"
     as_recipient = rights or contextlib.nullcontext
     marker_fd = -1
     if key is not None and marker is not None:
-        tmp = os.path.join(tmpdir, f"{key}.{host}")
+        tmp = f"{tmpdir}/{key}.{host}"
         try:
             done, marker_fd = marker.claim(key)
         except OSError as e:
             raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
         if done is not None:
             with as_recipient():
-                return _finish_marked(tmp, os.path.join(newdir, done))
+                return _finish_marked(tmp, f"{newdir}/{done}")
     else:
         _counter += 1
-        tmp = os.path.join(tmpdir, f"{int(time.time())}.P{os.getpid()}Q{_counter}.{host}")
+        tmp = f"{tmpdir}/{int(time.time())}.P{os.getpid()}Q{_counter}.{host}"
     stored = False
     try:
         with as_recipient():
@@ -594,7 +595,7 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
         raise
     now = time.time()
     name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
-    final = os.path.join(newdir, name)
+    final = f"{newdir}/{name}"
     if use_marker:
         try:
             MarkerStore.record(marker_fd, name)
