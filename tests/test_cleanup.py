@@ -689,16 +689,17 @@ def service_with(tmp_path: Path) -> Iterator[Callable[..., tuple[bytes, list[byt
 
 
 def test_header_longer_than_header_size_limit_is_truncated(service_with) -> None:  # type: ignore[no-untyped-def]
-    long_to = b"To: " + b", ".join(b"user%d@example.org" % i for i in range(40))
-    folded = b"X-Folded: start\n" + b"".join(b"\tcontinuation %d\n" % i for i in range(20))
+    long_to = b"To: " + b", ".join(b"user%d@example.org" % i for i in range(200))
+    folded = b"X-Folded: start\n" + b"".join(b"\tcontinuation %d\n" % i for i in range(100))
     content = (b"Subject: s\n" + long_to + b"\n" + folded + b"X-After: kept\n\nbody\n")
-    _data, lines = service_with(content, "header_size_limit = 100\nline_length_limit = 60\n")
-    # To: is one long line: the 60-byte pieces that start before 100 bytes are kept.
-    assert lines[1] == long_to[:120]
-    # X-Folded: lines are kept while the header is under 100 bytes, later ones dropped.
+    # line_length_limit's least value is 512, as in Postfix.
+    _data, lines = service_with(content, "header_size_limit = 1000\nline_length_limit = 600\n")
+    # To: is one long line: the 600-byte pieces that start before 1000 bytes are kept.
+    assert lines[1] == long_to[:1200]
+    # X-Folded: lines are kept while the header is under 1000 bytes, later ones dropped.
     kept = [ln for ln in lines if ln.startswith(b"\tcontinuation")]
-    assert kept and len(kept) < 20 and lines[2] == b"X-Folded: start"
-    assert sum(len(ln) + 1 for ln in [b"X-Folded: start", *kept[:-1]]) < 100
+    assert kept and len(kept) < 100 and lines[2] == b"X-Folded: start"
+    assert sum(len(ln) + 1 for ln in [b"X-Folded: start", *kept[:-1]]) < 1000
     assert lines[-3:] == [b"X-After: kept", b"", b"body"]
     _data, lines = service_with(content)  # the default limit keeps everything
     assert lines[:-3] == content.split(b"\n")[:-4]

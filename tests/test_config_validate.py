@@ -53,6 +53,7 @@ def test_defaults_are_valid(tmp_path):
     ("mailbox_delivery_lock = fcntl, lockf", 'unknown mailbox_delivery_lock value "lockf" in "fcntl, lockf"'),
     ("virtual_mailbox_lock = lockf", 'unknown virtual_mailbox_lock value "lockf" in "lockf"'),
     ("virtual_minimum_uid = 0", "invalid virtual_minimum_uid parameter value 0 < 1"),
+    ("line_length_limit = 100", "invalid line_length_limit parameter value 100 < 512"),
     ("syslog_facility = mial", 'unknown syslog_facility value "mial" in "mial"'),
     ("compatibility_level = three", 'malformed compatibility level syntax: "three"'),
     ("alias_maps = hash:/etc/aliases, bdb:/etc/aliases", "unsupported dictionary type: bdb"),
