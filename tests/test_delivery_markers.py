@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from pymailsys.delivery import mailbox
+from pymailsys.queue import spool as queue
 
 
 def _put(store: mailbox.MarkerStore, key: str, value: str) -> None:
@@ -80,3 +81,42 @@ def test_collect_takes_the_store_rights_twice_and_asks_the_queue_with_its_own(tm
     assert store.collect(queued) == 4
     assert len(entered) == 2
     assert store.keys() == ["3C2B020CBB0.1764900000000000.120.0a1b2c3d"]
+
+
+def test_collect_keeps_a_marker_whose_file_moved_during_the_search(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A flush moves a file from deferred/ to incoming/ after the search passed incoming/:
+    the first search misses it. The marker stays, because the second search finds it."""
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.create()
+    _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
+    _put(store, "4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
+    asked: list[str] = []
+
+    def queued(queue_id: str) -> bool:
+        asked.append(queue_id)
+        # the first is missed once (it moved), then found; the second is gone
+        return queue_id == "3C2B020CBB2" and asked.count(queue_id) > 1
+
+    assert store.collect(queued) == 1
+    assert store.keys() == ["3C2B020CBB2.1764900000000000.120.0a1b2c3d"]
+    assert asked.count("4D3C131DCC3") == 2  # gone in both searches
+
+
+def test_queued_anywhere_answers_queued_on_any_doubt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only "no such file" means gone: a hashed directory that cannot be searched (here a
+    symbolic-link loop, ELOOP even for root) must not make a deferred message look gone."""
+    spool = queue.Spool(str(tmp_path))
+    queue_id = "3C2B020CBB2"
+    for name in mailbox.MARKER_QUEUES:
+        os.makedirs(spool.dir(name))
+    assert not mailbox.queued_anywhere(spool, queue_id)
+    deferred = spool.path(queue.DEFERRED, queue_id)
+    os.makedirs(os.path.dirname(deferred))
+    with open(deferred, "w"):
+        pass
+    assert mailbox.queued_anywhere(spool, queue_id)
+    os.unlink(deferred)
+    assert not mailbox.queued_anywhere(spool, queue_id)
+    os.rmdir(os.path.dirname(deferred))
+    os.symlink(os.path.basename(os.path.dirname(deferred)), os.path.dirname(deferred))
+    assert mailbox.queued_anywhere(spool, queue_id)

@@ -428,12 +428,19 @@ class MarkerStore:
         store's rights are taken twice a round, to list and to remove the stale markers
         together (a switch per marker cost four credential calls per delivered message);
         ``queued`` runs with the caller's own rights: a queue directory that the store's
-        owner cannot search must not make a queued file look gone."""
-        stale = []
+        owner cannot search must not make a queued file look gone.
+
+        A queue file can move to a queue that the search has already passed while it
+        searches (a flush moves deferred to incoming, a restarted qmgr active to
+        incoming), so a marker is removed only when a second search, after the whole
+        round, finds its file gone too: a file escapes both only by moving backwards
+        twice within one round, and a duplicate needs a crash besides."""
+        candidates = []
         for key in self.keys():
             queue_id = key.split(".", 1)[0]
             if valid_queue_id(queue_id) and not queued(queue_id):
-                stale.append(key)
+                candidates.append(key)
+        stale = [key for key in candidates if not queued(key.split(".", 1)[0])]
         if stale:
             with self.wrap():
                 for key in stale:
@@ -470,6 +477,21 @@ def open_markers(config: Config, name: str) -> MarkerStore | None:
     return markers
 
 
+def queued_anywhere(spool: Spool, queue_id: str) -> bool:
+    """Whether queue_id has a file in one of ``MARKER_QUEUES``. Only "no such file"
+    counts as absent: any other error (a directory that cannot be searched, an I/O
+    error) answers "queued", so that a marker is never removed on a doubt."""
+    for queue in MARKER_QUEUES:
+        try:
+            os.stat(spool.path(queue, queue_id))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return True
+        return True
+    return False
+
+
 async def collect_markers(markers: MarkerStore | None, spool: Spool, stopping: asyncio.Event,
                           interval: float = MARKER_GC_INTERVAL) -> None:
     """Until ``stopping`` is set: every ``interval`` seconds, remove the markers whose
@@ -479,7 +501,7 @@ async def collect_markers(markers: MarkerStore | None, spool: Spool, stopping: a
         return
     while not stopping.is_set():
         try:
-            markers.collect(lambda queue_id: spool.find(queue_id, MARKER_QUEUES) is not None)
+            markers.collect(lambda queue_id: queued_anywhere(spool, queue_id))
         except (OSError, privileges.PrivilegeError) as e:
             log.warning(f"delivery markers: {e}")
         with contextlib.suppress(TimeoutError):
