@@ -292,15 +292,6 @@ class Spool:
             if valid_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
                 yield entry.name
 
-    def find(self, queue_id: str, queues: tuple[str, ...] = (INCOMING, ACTIVE, DEFERRED, HOLD,
-                                                             MAILDROP)) -> tuple[str, str] | None:
-        """(queue, path) of a queue ID, searching queues in order."""
-        for q in queues:
-            p = self.path(q, queue_id)
-            if os.path.exists(p):
-                return q, p
-        return None
-
     def create_queue_file(self, queue: str, mode: int = MODE_WRITING) -> tuple[str, str, int]:
         """Create a new, empty queue file: (queue_id, path, fd). The fd is open for writing."""
         directory = self.dir(queue)
