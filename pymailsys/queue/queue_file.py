@@ -397,14 +397,7 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
         except r.RecordError as e:
             if not e.incomplete:
                 raise QueueFileError(str(e)) from None
-            more = os.pread(fd, block, at)  # the record goes on in the next block
-            if not more:
-                if pos >= len(buf):
-                    raise QueueFileError(
-                        "message content ends without an extracted-information record") from None
-                raise QueueFileError(f"truncated record at offset {at - (len(buf) - pos)}") from None
-            at += len(more)
-            buf = buf[pos:] + more
+            buf, at = _read_on(fd, buf, pos, at, block)
             pos = 0
             continue
         pos = nxt
@@ -414,6 +407,20 @@ def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[
             return
         elif rtype != r.REC_TYPE_PTR and rtype != r.REC_TYPE_DTXT:
             raise QueueFileError(f"unexpected record type {rtype!r} in message content")
+
+
+def _read_on(fd: int, buf: bytes, pos: int, at: int, size: int) -> tuple[bytes, int]:
+    """A record at buf[pos:] goes on past ``at`` (the file offset of buf's end): that rest
+    with the next ``size`` bytes read at ``at``, and the new end's offset.
+    ``QueueFileError`` when the file ends first (content without an X record); called
+    while a ``RecordError`` is handled, which the caller's error does not chain to."""
+    more = os.pread(fd, size, at)
+    if not more:
+        if pos >= len(buf):
+            raise QueueFileError(
+                "message content ends without an extracted-information record") from None
+        raise QueueFileError(f"truncated record at offset {at - (len(buf) - pos)}") from None
+    return buf[pos:] + more, at + len(more)
 
 
 RUN = 16  # records of one length in a row that make content_text try a bulk decode
@@ -505,14 +512,7 @@ def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
         except r.RecordError as e:
             if not e.incomplete:
                 raise QueueFileError(str(e)) from None
-            more = os.pread(fd, chunk, at)  # the record goes on in the next block
-            if not more:
-                if pos >= len(buf):
-                    raise QueueFileError(
-                        "message content ends without an extracted-information record") from None
-                raise QueueFileError(f"truncated record at offset {at - (len(buf) - pos)}") from None
-            at += len(more)
-            buf = buf[pos:] + more
+            buf, at = _read_on(fd, buf, pos, at, chunk)
             pos = 0
             continue
         pos = nxt
