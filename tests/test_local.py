@@ -297,6 +297,45 @@ def test_account_is_looked_up_afresh_for_each_delivery(system, throwaway_user: s
         assert os.stat(path).st_uid == pw.pw_uid
 
 
+def _traced_deliveries(s, user: str, calls: str, count: int = 2) -> list[str]:  # type: ignore[no-untyped-def]
+    """The system calls ``calls`` (strace's ``trace=`` list) that local makes for ``count``
+    Maildir deliveries to ``user``, each request sent alone."""
+    requests = [s.active_request("alice@example.org", f"{user}@localhost", BODY)[1]
+                for _ in range(10 + count)]
+    trace = s.base / "strace.txt"
+    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
+        strace = subprocess.Popen(["strace", "-qq", "-p", str(s.procs["local"].pid), "-o",
+                                   str(trace), "-e", f"trace={calls},setresuid"])
+        try:
+            attached = False
+            while requests and not attached:  # until a delivery shows in the trace
+                assert client.request(requests.pop()).text("status") == "sent"
+                attached = trace.exists() and "setresuid" in trace.read_text()
+            assert len(requests) >= count, "strace did not attach"
+            before = len(trace.read_text().splitlines())
+            for attrs in requests[:count]:
+                assert client.request(attrs).text("status") == "sent"
+        finally:
+            strace.terminate()
+            strace.wait(20)
+    return trace.read_text().splitlines()[before:]
+
+
+@pytest.mark.root
+def test_a_small_message_is_read_from_its_queue_file_once(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """The Delivered-To scan and the Maildir copy of a message that fits in one read share
+    that read: one pread of the queue file per delivery and, besides the fstat of the open,
+    no other call on it (the data offset's check against the size is that read)."""
+    s = system()
+    s.start("local")
+    calls = _traced_deliveries(s, throwaway_user, "pread64,read,fstat,newfstatat")
+    preads = [c for c in calls if c.startswith("pread64(")]
+    assert len(preads) == 2, calls
+    fd = preads[0].split("(", 1)[1].split(",", 1)[0]  # the queue file's descriptor
+    on_file = [c.split("(", 1)[0] for c in calls if c.split("(", 1)[1].startswith(f"{fd},")]
+    assert sorted(on_file) == ["newfstatat", "newfstatat", "pread64", "pread64"], calls
+
+
 @pytest.mark.root
 def test_a_maildir_delivery_switches_credentials_twelve_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """Each credential system call costs the kernel a new credential set (about 2 µs, a
@@ -307,25 +346,7 @@ def test_a_maildir_delivery_switches_credentials_twelve_times(system, throwaway_
     mail is still stored as the recipient and the marker kept as mail_owner."""
     s = system()
     s.start("local")
-    requests = [s.active_request("alice@example.org", f"{throwaway_user}@localhost", BODY)[1]
-                for _ in range(12)]
-    trace = s.base / "strace.txt"
-    with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
-        strace = subprocess.Popen(["strace", "-qq", "-p", str(s.procs["local"].pid), "-o",
-                                   str(trace), "-e", "trace=setresuid,setresgid,setgroups"])
-        try:
-            attached = False
-            while requests and not attached:  # until a delivery shows in the trace
-                assert client.request(requests.pop()).text("status") == "sent"
-                attached = trace.exists() and "setresuid" in trace.read_text()
-            assert len(requests) >= 2, "strace did not attach"
-            before = len(trace.read_text().splitlines())
-            for attrs in requests[:2]:
-                assert client.request(attrs).text("status") == "sent"
-        finally:
-            strace.terminate()
-            strace.wait(20)
-    calls = trace.read_text().splitlines()[before:]
+    calls = _traced_deliveries(s, throwaway_user, "setresgid,setgroups")
     assert len(calls) == 2 * 12, calls
     assert not [c for c in calls if "setgroups" in c], calls
     owner = privileges.mail_owner(config.load(str(s.etc)))

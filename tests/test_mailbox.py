@@ -371,6 +371,37 @@ def test_content_text_is_content_lines_in_pieces_of_any_size(tmp_path) -> None: 
         os.close(fd)
 
 
+def test_queue_content_reads_a_small_message_once_and_a_large_one_in_blocks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """QueueContent gives the same header lines and text whether the first read takes the
+    whole message in (then decoded once and kept) or not (then read in blocks on each
+    pass): messages around CHUNK bytes, with and without a header section, twice each. A
+    data offset at or past the end of the file is refused when it is opened."""
+    from pymailsys.delivery.agent import CHUNK, ContentError, QueueContent
+
+    line = b"y" * 99
+    for body_lines in (0, 1, CHUNK // 101 - 3, CHUNK // 101, CHUNK // 101 + 1, 3 * CHUNK // 101):
+        for headers in ([b"Subject: x", b"Delivered-To: a@b", b"X-Long: " + b"z" * 3000],
+                        [b"not: a header section end"], []):
+            lines = [*headers, b"", *[line] * body_lines] if headers else [line] * body_lines
+            if not lines:
+                continue
+            data = (b"head" + b"".join(text_records(x, 2048) for x in lines)
+                    + encode_record(b"X", b"") + encode_record(b"E", b""))
+            path = tmp_path / "qf"
+            path.write_bytes(data)
+            expected_text = b"".join(x + b"\n" for x in lines)
+            expected_headers = lines[:lines.index(b"")] if b"" in lines else lines
+            with QueueContent(str(path), 4) as content:
+                for _ in range(2):
+                    assert list(content.header_lines()) == expected_headers
+                    assert b"".join(content.text()) == expected_text
+            with QueueContent(str(path), 4) as content:
+                assert b"".join(content.text()) == expected_text
+    for offset in (len(data), len(data) + 10):
+        with pytest.raises(ContentError, match="bad data offset"):
+            QueueContent(str(path), offset)
+
+
 def test_content_records_read_in_blocks_of_any_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Records that straddle read blocks come out whole; a file cut short is refused."""
     from pymailsys.queue.queue_file import QueueFileError, content_records

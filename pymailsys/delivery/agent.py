@@ -414,6 +414,14 @@ class QueueContent:
     another, never the whole message in memory); ``header_lines()`` the
     primary header lines; ``attributes()`` the envelope's named attributes.
     They raise ``ContentError`` for a damaged file.
+
+    The first CHUNK bytes from the data offset are read once, when the file is
+    opened (a data offset at or past the end is refused then). When that read
+    reaches the end of the file (most mail), the text is decoded from it once, at
+    the first ``text()`` or ``header_lines()``, and kept: every delivery of the
+    request and the header scan use the same bytes, at most CHUNK of them. A
+    larger message keeps only those first raw bytes, for the first block of each
+    pass over it.
     """
 
     def __init__(self, path: str, data_offset: int | None = None,
@@ -439,14 +447,20 @@ class QueueContent:
                 except (QueueFileError, OSError, ValueError) as e:
                     raise ContentError(f"queue file {path}: {e}") from None
                 data_offset = self.envelope.data_offset
-            size = os.fstat(self.fd).st_size
-            if data_offset <= 0 or data_offset >= size:
+            head = os.pread(self.fd, CHUNK, data_offset) if data_offset > 0 else b""
+            if not head:
                 raise ContentError(f"queue file {path}: bad data offset {data_offset}")
+        except OSError as e:
+            os.close(self.fd)
+            raise ContentError(f"read queue file {path}: {e.strerror}") from None
         except BaseException:
             os.close(self.fd)
             raise
         self.path = path
         self.data_offset = data_offset
+        self._head = head
+        self._whole = len(head) < CHUNK  # the read reached the end: the message is all here
+        self._text: bytes | None = None  # the decoded text, once read, when _whole
         self._attributes: dict[str, str] | None = None
 
     def attributes(self) -> dict[str, str]:
@@ -465,20 +479,42 @@ class QueueContent:
 
     def _records(self) -> Iterator[tuple[bytes, bytes]]:
         try:
-            yield from content_records(self.fd, self.data_offset)
+            yield from content_records(self.fd, self.data_offset, CHUNK, self._head)
         except (QueueFileError, OSError) as e:
             raise ContentError(f"queue file {self.path}: {e}") from None
+
+    def _decoded(self, chunk: int) -> Iterator[bytes]:
+        try:
+            yield from content_text(self.fd, self.data_offset, chunk, self._head)
+        except (QueueFileError, OSError) as e:
+            raise ContentError(f"queue file {self.path}: {e}") from None
+
+    def _whole_text(self) -> bytes | None:
+        """The whole text of a message that the first read took in; None for a larger one."""
+        if self._text is None and self._whole:
+            self._text = b"".join(self._decoded(CHUNK))
+            self._head = b""  # decoded: the raw bytes are not needed again
+        return self._text
 
     def text(self, chunk: int = CHUNK) -> Iterator[bytes]:
         """The message, lines ending in LF, in chunks that end at a line end or, inside a
-        line longer than a chunk, after one of its L records (``content_text``)."""
-        try:
-            yield from content_text(self.fd, self.data_offset, chunk)
-        except (QueueFileError, OSError) as e:
-            raise ContentError(f"queue file {self.path}: {e}") from None
+        line longer than a chunk, after one of its L records (``content_text``); a
+        message that the first read took in whole comes as one chunk."""
+        whole = self._whole_text()
+        if whole is None:
+            yield from self._decoded(chunk)
+        elif whole:
+            yield whole
 
     def header_lines(self, limit: int = 1 << 20) -> Iterator[bytes]:
         """The primary header lines (a line's first ``limit`` bytes), up to the empty line."""
+        whole = self._whole_text()
+        if whole is not None:
+            start = 0
+            while (end := whole.find(b"\n", start)) > start:
+                yield whole[start:min(end, start + limit)]
+                start = end + 1
+            return
         line: list[bytes] = []
         size = 0
         for rtype, payload in self._records():

@@ -372,14 +372,16 @@ def read_envelope_fd(fd: int, queue_id: str = "", path: str = "",
                                    rcpt_from, rcpt_limit)
 
 
-def content_records(fd: int, offset: int, block: int = 65536) -> Iterator[tuple[bytes, bytes]]:
+def content_records(fd: int, offset: int, block: int = 65536,
+                    head: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
     """(type, payload) of the N and L content records from offset up to the X record,
     read a block at a time with pread (no shared file position), so memory stays
-    bounded whatever the message size. p and w records are skipped; ``QueueFileError``
+    bounded whatever the message size. ``head``: the file's first bytes from offset,
+    already read (not read again). p and w records are skipped; ``QueueFileError``
     as ``content_lines``."""
-    buf = b""
+    buf = head
     pos = 0
-    at = offset  # file offset of buf's end
+    at = offset + len(head)  # file offset of buf's end
     norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
     n_byte, l_byte = norm[0], cont[0]
     while True:
@@ -443,12 +445,13 @@ def _equal_records(buf: bytes, pos: int, end: int, step: int) -> int:
     return many - max(len(kinds.lstrip(kind)), len(lengths.lstrip(length)))
 
 
-def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
+def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") -> Iterator[bytes]:
     """The message content from offset up to the X record as text, lines ending in LF,
     in pieces of about ``chunk`` bytes that end at a line end or after an L record's
     piece; content that ends inside a line still ends in LF. Read ``chunk`` bytes at a
-    time with pread, so memory stays bounded as with ``content_records``, and refused
-    the same way (``QueueFileError``).
+    time with pread (after ``head``, the first bytes from offset when the caller has
+    read them already), so memory stays bounded as with ``content_records``, and
+    refused the same way (``QueueFileError``).
 
     Most records are lines: N records with a one- or two-byte length. Lines of one
     length under 128 in a row (base64, fixed-width text) are found by looking at every
@@ -458,9 +461,9 @@ def content_text(fd: int, offset: int, chunk: int = 65536) -> Iterator[bytes]:
     """
     n_byte = r.REC_TYPE_NORM[0]
     norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
-    buf = b""
+    buf = head
     pos = 0
-    at = offset  # file offset of buf's end
+    at = offset + len(head)  # file offset of buf's end
     out: list[bytes | bytearray] = []  # text not yet handed out
     size = 0
     ends = True  # the last record ended a line
