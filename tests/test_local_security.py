@@ -76,6 +76,15 @@ def test_every_request_field_is_checked() -> None:
                 {"flags": 1 << 16}, {"nexthop": "h\r"}):
         with pytest.raises(ValueError):
             DeliveryRequest.from_attrs(_request(**bad))
+    for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):  # the one at fault
+        for value, problem in (("a\x7fb", "control characters"), ("o" * 4097, "longer")):
+            with pytest.raises(ValueError, match=f"^{name} .*{problem}"):
+                DeliveryRequest.from_attrs(_request(**{name: value}))
+    with pytest.raises(ProtocolError, match="data_offset: not a number"):
+        DeliveryRequest.from_attrs(_request(data_offset="12x"))
+    twice = _request()
+    twice.pairs.append(("sender", b"second@b"))
+    assert DeliveryRequest.from_attrs(twice).sender == "a@b"  # the first, as AttrList.text
 
 
 def test_reply_members_are_checked_before_the_status_log() -> None:

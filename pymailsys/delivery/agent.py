@@ -100,21 +100,24 @@ class DeliveryRequest:
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> DeliveryRequest:
+        # one dict, the first of a repeated name winning as in AttrList's getters: a
+        # getter per field searched the list from the start each time
+        values = dict(reversed(attrs.pairs))
         return cls(
-            queue_name=attrs.text("queue_name"),
-            queue_id=attrs.text("queue_id"),
-            data_offset=attrs.number("data_offset"),
-            content_size=attrs.number("content_size"),
-            arrival_time=float(attrs.text("arrival_time") or 0),
-            active_time=float(attrs.text("active_time") or 0),
-            sender=attrs.text("sender"),
-            nexthop=attrs.text("nexthop"),
-            rcpt=attrs.text("rcpt"),
-            orig_rcpt=attrs.text("orig_rcpt"),
-            rcpt_offset=attrs.number("rcpt_offset"),
-            dsn_notify=attrs.number("dsn_notify"),
-            dsn_orcpt=attrs.text("dsn_orcpt"),
-            flags=attrs.number("flags"),
+            queue_name=_text(values, "queue_name"),
+            queue_id=_text(values, "queue_id"),
+            data_offset=_number(values, "data_offset"),
+            content_size=_number(values, "content_size"),
+            arrival_time=float(_text(values, "arrival_time") or 0),
+            active_time=float(_text(values, "active_time") or 0),
+            sender=_text(values, "sender"),
+            nexthop=_text(values, "nexthop"),
+            rcpt=_text(values, "rcpt"),
+            orig_rcpt=_text(values, "orig_rcpt"),
+            rcpt_offset=_number(values, "rcpt_offset"),
+            dsn_notify=_number(values, "dsn_notify"),
+            dsn_orcpt=_text(values, "dsn_orcpt"),
+            flags=_number(values, "flags"),
             start_time=time.time(),
         ).checked()
 
@@ -145,17 +148,37 @@ class DeliveryRequest:
                 raise ValueError(f"{name} out of range: {value}")
         if not self.rcpt:
             raise ValueError("empty recipient")
-        for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):
-            value = getattr(self, name)
-            if len(value) > MAX_ADDRESS_LENGTH:
-                raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
-            if _CONTROL_RE.search(value):
-                raise ValueError(f"{name} contains control characters: {value!r}")
+        addresses = (self.sender, self.rcpt, self.orig_rcpt, self.dsn_orcpt, self.nexthop)
+        # all five at once; field by field only to name the one at fault
+        if (max(map(len, addresses)) > MAX_ADDRESS_LENGTH
+                or _CONTROL_RE.search("".join(addresses))):
+            for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):
+                value = getattr(self, name)
+                if len(value) > MAX_ADDRESS_LENGTH:
+                    raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
+                if _CONTROL_RE.search(value):
+                    raise ValueError(f"{name} contains control characters: {value!r}")
         if not 0 <= self.dsn_notify <= NOTIFY_MASK:
             raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
         if not 0 <= self.flags <= DEL_REQ_FLAG_MASK:
             raise ValueError(f"flags out of range: {self.flags}")
         return self
+
+
+def _text(values: dict[str, bytes], name: str) -> str:
+    value = values.get(name)
+    return "" if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def _number(values: dict[str, bytes], name: str) -> int:
+    """As ``AttrList.number``: absent is 0, anything but a number a ProtocolError."""
+    value = values.get(name)
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ProtocolError(f"attribute {name}: not a number: {value!r}") from None
 
 
 def message_attrs(queue_name: str, queue_id: str, data_offset: int, content_size: int,
