@@ -119,8 +119,13 @@ class VarintIncomplete(RecordError):
         super().__init__(message, incomplete=True)
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(128)]  # the base-128 form of every n < 128
+
+
 def encode_varint(n: int) -> bytes:
     """``n`` as a base-128 number: low seven bits first, high bit on all but the last byte."""
+    if 0 <= n < 128:
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -154,7 +159,8 @@ def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[i
 
 
 def encode_record(rec_type: bytes, payload: bytes) -> bytes:
-    return rec_type + encode_varint(len(payload)) + payload
+    n = len(payload)
+    return rec_type + (_ONE_BYTE[n] if n < 128 else encode_varint(n)) + payload
 
 
 def decode_record(data: bytes | memoryview, offset: int,
