@@ -260,13 +260,12 @@ class Cleanup:
             clean = _logged(self.s.mapper.sender(clean), queue_id)
         return clean
 
-    def _recipients(self, req: attr.AttrList, sender: str, flags: int,
+    def _recipients(self, req: attr.AttrList, rcpts: list[str], sender: str, flags: int,
                     queue_id: str) -> list[Rcpt]:
         """(recipient, original, notify, dsn_orcpt) after rewriting, canonical mapping,
         masquerading and virtual alias expansion (CLEANUP_FLAG_MAP_OK), the automatic
         BCC recipients (CLEANUP_FLAG_BCC_OK), and duplicate removal. MappingError when
         a table cannot answer or a limit is reached."""
-        rcpts = req.all("rcpt")
         origs = req.all("orcpt")
         notifies = req.all("notify")
         dsn_orcpts = req.all("dsn_orcpt")
@@ -331,28 +330,36 @@ class Cleanup:
         (``content.checks``: the header and body checks' verdicts, when they apply),
         and the recipients written."""
         s = self.s
-        origin = req.text("origin")
-        context = req.text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
-                                                  else CONTEXT_LOCAL)
+        first = dict(reversed(req.pairs))  # each attribute's first value, as req.raw finds it
+
+        def text(name: str) -> str:
+            value = first.get(name)
+            return "" if value is None else value.decode("utf-8", "surrogateescape")
+
+        origin = text("origin")
+        context = text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
+                                              else CONTEXT_LOCAL)
         flags = req.number("flags")
-        sender = self._sender(req.text("sender"), flags, queue_id)
-        recipients = self._recipients(req, sender, flags, queue_id)
-        full_name = req.text("full_name")
+        sender = self._sender(text("sender"), flags, queue_id)
+        raw_rcpts = req.all("rcpt")
+        recipients = self._recipients(req, raw_rcpts, sender, flags, queue_id)
+        full_name = text("full_name")
         date = mail_date(now)
 
         b = QueueFileBuilder(now)
-        if req.text("content_filter"):
-            b.content_filter(req.text("content_filter"), first=origin == "pickup")
+        content_filter = text("content_filter")
+        if content_filter:
+            b.content_filter(content_filter, first=origin == "pickup")
         b.attr("rewrite_context", context)
         if origin == "smtpd":  # as Postfix's smtpd sends them: the login, then AUTH=
             for name in ("sasl_method", "sasl_username", "sasl_sender"):
-                value = log.printable(req.text(name))
+                value = log.printable(text(name))
                 if value:
                     b.attr(name, value)
-        envid = req.text("envid")
+        envid = text("envid")
         if envid and dsn.valid_envid(envid):
             b.attr("dsn_envid", envid)
-        ret = _ret_value(req.text("ret"))
+        ret = _ret_value(text("ret"))
         if ret:
             b.attr("dsn_ret", str(ret))
         if origin in ("bounce", "local", "notify"):
@@ -360,17 +367,16 @@ class Cleanup:
         if full_name:
             b.full_name(full_name)
         b.sender(sender)
-        encoding = req.text("encoding")
+        encoding = text("encoding")
         if encoding:
             b.attr("encoding", encoding)
-        raw_rcpts = req.all("rcpt")
         where = hbc.Where(queue_id, "local", sender, recipients[0][0] if recipients else None)
         if origin == "smtpd":
-            name = req.text("client_name") or "unknown"
-            addr = req.text("client_addr")
-            port = req.text("client_port")
-            helo = req.text("helo_name")
-            proto = req.text("protocol") or "SMTP"
+            name = text("client_name") or "unknown"
+            addr = text("client_addr")
+            port = text("client_port")
+            helo = text("helo_name")
+            proto = text("protocol") or "SMTP"
             rfc_addr = f"IPv6:{addr}" if ":" in addr else addr
             b.attr("log_client_name", name)
             b.attr("log_client_address", rfc_addr)
@@ -380,7 +386,7 @@ class Cleanup:
                 b.attr("log_helo_name", helo)
             b.attr("log_protocol_name", proto)
             b.attr("client_name", name)
-            b.attr("reverse_client_name", req.text("reverse_client_name") or name)
+            b.attr("reverse_client_name", text("reverse_client_name") or name)
             b.attr("client_address", addr)
             b.attr("client_port", port)
             if helo:
@@ -388,11 +394,11 @@ class Cleanup:
             b.attr("protocol_name", proto)
             b.attr("client_address_type", "10" if ":" in addr else "2")
             where.origin, where.protocol, where.helo = f"{name}[{addr}]", proto, helo
-            received = hdr.received_smtpd(helo, name, addr, req.text("received_with") or proto,
+            received = hdr.received_smtpd(helo, name, addr, text("received_with") or proto,
                                           s.myhostname, s.mail_name, queue_id,
                                           raw_rcpts[0] if len(raw_rcpts) == 1 else None, date,
                                           "\n".join(log.printable(line.strip()) for line in
-                                                    req.text("received_comment").splitlines()))
+                                                    text("received_comment").splitlines()))
             # smtpd's access PREPEND headers go above its Received:, one printable line each
             received = [line for line in req.all("prepend")
                         if line.isprintable() and ":" in line] + received
@@ -454,8 +460,9 @@ class Cleanup:
     async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
         """One message: ``req`` and, for a streamed one, its follow-ups (services.py)."""
         s = self.s
-        if not req.all("rcpt"):
+        if req.raw("rcpt") is None:
             return _reply(*ERR_NORCPT)
+        flags = req.number("flags")
         if self._bad_filter(req):
             return dict(FILTER_REFUSED)
         if not self._space():
@@ -501,13 +508,12 @@ class Cleanup:
             patches: list[tuple[int, bytes]] = []
             # A local submission that the checks reject goes back to its sender (cleanup_bounce).
             bounce = (verdict is not None and verdict.reject.startswith("5")
-                      and bool(req.number("flags") & services.CLEANUP_FLAG_BOUNCE))
+                      and bool(flags & services.CLEANUP_FLAG_BOUNCE))
             if verdict is not None and not bounce:
                 if verdict.failed or verdict.reject or verdict.discard:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
-                patches = self._content_actions(builder, verdict, recipients, queue_id,
-                                                req.number("flags"))
+                patches = self._content_actions(builder, verdict, recipients, queue_id, flags)
             size_rec = _size_record(builder, envelope, out.content_size, outcome,
                                     self.detects_utf8(req))
             parts = out.finish(size_rec, builder.trailer())
@@ -538,7 +544,6 @@ class Cleanup:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: queue file size limit exceeded")
             return _reply(*ERR_SIZE)
-        flags = req.number("flags")
         if flags & services.CLEANUP_FLAG_DISCARD:  # smtpd's access DISCARD: accepted, dropped
             self.writer.discard(fd, path)
             return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "",
