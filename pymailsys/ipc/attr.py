@@ -184,6 +184,8 @@ async def read_attrs(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMI
 
     ``timeout`` bounds the whole list, the wait for its first byte included.
     """
+    if timeout is None:  # asyncio.timeout(None) costs as much as decoding a short list
+        return await _read_list(reader, limits)
     try:
         async with asyncio.timeout(timeout):
             return await _read_list(reader, limits)
@@ -479,6 +481,9 @@ class AttrClient:
         self._connect_lock = asyncio.Lock()
 
     async def _ensure_connected(self) -> asyncio.StreamWriter:
+        writer = self._writer
+        if writer is not None and not writer.is_closing():  # the common case: no lock
+            return writer
         async with self._connect_lock:
             if self._writer is None or self._writer.is_closing():
                 self._reader, self._writer = await asyncio.open_unix_connection(
