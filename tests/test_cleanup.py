@@ -546,6 +546,55 @@ def test_smtpd_client_in_local_context_gets_headers_rewritten(cleanup: Setup) ->
     assert lines[3:5] == ["From: Someone <someone@mx.example.com>", "To: bob@mx.example.com"]
 
 
+def test_address_headers_seen_before_are_kept_bounded_and_only_without_tables(
+        tmp_path: Path) -> None:
+    """cleanup keeps a rewritten address header for the next message that has the same one
+    (at most CACHED_HEADERS, each at most CACHED_HEADER_BYTES); never while canonical
+    mapping reads a table, whose answer may differ from one message to the next."""
+    from pymailsys.daemons.cleanup import Cleanup
+    from pymailsys.daemons.cleanup import headers as hdr
+
+    from pymailsys.ipc import services
+    from pymailsys.ipc.attr import AttrList
+
+    def service(base: Path, extra: str = "") -> Cleanup:
+        base.mkdir()
+        cfg = config_mod.load(str(_write_config(base, extra).etc))
+        return Cleanup(server.Context(cfg, Spool.from_config(cfg), "cleanup", "cleanup",
+                                      "unix", []))
+
+    def headers(svc: Cleanup, content: bytes) -> list[bytes]:
+        req = _smtpd_request(rewrite_context="local", content=content,
+                             flags=services.CLEANUP_FLAG_MAP_OK)
+        pairs = [(name, str(v).encode() if not isinstance(v, bytes) else v)
+                 for name, value in req.items()
+                 for v in (value if isinstance(value, list) else [value])]
+        data, _ = svc.assemble(AttrList(pairs), "4A1B2C3D4E5", 1787380113.25)
+        lines = list(content_lines(data, read_envelope_bytes(data).data_offset))[3:]
+        return lines[:lines.index(b"")]
+
+    long_to = b"To: " + b", ".join(b"user%d" % n for n in range(80))
+    assert len(long_to) > hdr.CACHED_HEADER_BYTES
+    content = b"From: Someone <someone>\n" + long_to + b"\nSubject: s\n\nx\n"
+    plain = service(tmp_path / "plain")
+    first = headers(plain, content)
+    assert first[0] == b"From: Someone <someone@mx.example.com>"
+    assert first[1].startswith(b"To: user0@mx.example.com, user1@mx.example.com,")
+    assert headers(plain, content) == first
+    (cache,) = plain.header_caches.values()
+    assert list(cache) == [(b"From: Someone <someone>",)]  # the long To: is not kept
+    for n in range(hdr.CACHED_HEADERS + 20):
+        assert headers(plain, b"From: u%d\n\nx\n" % n)[0] == b"From: u%d@mx.example.com" % n
+        assert len(cache) <= hdr.CACHED_HEADERS
+
+    table = tmp_path / "canonical"
+    table.write_text("someone boss@example.net\n")
+    mapped = service(tmp_path / "mapped", f"canonical_maps = texthash:{table}\n")
+    for _ in range(2):
+        assert headers(mapped, content)[0] == b"From: Someone <boss@example.net>"
+    assert not mapped.header_caches
+
+
 def test_remote_header_rewrite_domain(tmp_path: Path) -> None:
     """Remote context with remote_header_rewrite_domain: only that domain is appended."""
     setup = _write_config(tmp_path, "remote_header_rewrite_domain = remote.example\n"

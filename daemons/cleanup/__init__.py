@@ -249,6 +249,9 @@ class Cleanup:
         self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
         self._space_checked = 0.0
         self._space_ok = True
+        # (rewrite context, mapped) -> rewritten address headers seen before, for as long as
+        # their rewriting reads no table (headers.HeaderCache: bounded)
+        self.header_caches: dict[tuple[str, bool], hdr.HeaderCache] = {}
 
     # -- envelope -----------------------------------------------------------
 
@@ -425,11 +428,15 @@ class Cleanup:
             def header_map(addr: str, is_sender: bool) -> str:
                 step = mapper.sender if is_sender else mapper.recipient
                 return _logged(step(addr, mapping.HEADER), queue_id)
+        header_cache = None
+        if header_rewrite is not None and (header_map is None or s.mapper.headers_without_tables):
+            header_cache = self.header_caches.setdefault((context, header_map is not None), {})
         job = hdr.HeaderJob(queue_id=queue_id, myhostname=s.myhostname, created=now, date=date,
                             sender=sender, full_name=full_name,
                             add_missing=context == CONTEXT_LOCAL or s.always_add,
                             long_queue_ids=s.long_ids, hfrom_standard=s.hfrom_standard,
-                            header_rewrite=header_rewrite, header_map=header_map)
+                            header_rewrite=header_rewrite, header_map=header_map,
+                            header_cache=header_cache)
         checks = None
         if flags & services.CLEANUP_FLAG_FILTER and s.checks.active:
             checks = hbc.MessageChecks(s.checks, where)

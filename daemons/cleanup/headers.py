@@ -28,6 +28,11 @@ What it does, as Postfix 3.7's cleanup_message.c does:
   is re-emitted as ``Name: addr,`` one address per line, joined while the line
   stays under 70 columns, continuation lines starting with a TAB
   (cleanup_fold_header); otherwise, or when unparsable, it is kept as it was;
+  with a ``header_cache`` (given only while that rewriting reads no table, so
+  that its result depends on the header alone) a header of at most
+  CACHED_HEADER_BYTES is looked up there first and its result kept (at most
+  CACHED_HEADERS: the cache is emptied when full), since the same From: and
+  To: come again and again;
 * every Message-Id: value is reported for the ``QUEUEID: message-id=...`` log;
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
   missing ``(Resent-)Message-Id: <YYYYMMDDhhmmss.QUEUEID@myhostname>`` (UTC of
@@ -132,6 +137,12 @@ def from_header(resent: str, sender: str, full_name: str, hfrom_standard: bool =
     return [parts[0], "\t" + parts[1]]
 
 
+# An address header's lines -> its rewritten lines (None: kept as it was).
+HeaderCache = dict[tuple[bytes, ...], list[bytes] | None]
+CACHED_HEADERS = 256  # a HeaderCache is emptied when it holds this many
+CACHED_HEADER_BYTES = 512  # longer headers are rewritten each time, never kept
+
+
 @dataclass
 class HeaderJob:
     """Per-message facts the header pass needs."""
@@ -149,6 +160,8 @@ class HeaderJob:
     header_rewrite: RewriteContext | None = None
     # With it, canonical mapping and masquerading: (address, is a sender header) -> address.
     header_map: Callable[[str, bool], str] | None = None
+    # Rewritten address headers kept across messages (``HeaderCache``); None: none kept.
+    header_cache: HeaderCache | None = None
 
 
 @dataclass
@@ -443,17 +456,32 @@ class ContentPass:
             return
         rewrite_ctx = self.job.header_rewrite
         if rewrite_ctx is not None and name in ADDRESS_HEADERS:
-            header_map = self.job.header_map
-            mapper = None
-            if header_map is not None:
-                is_sender = name in SENDER_HEADERS
-
-                def mapper(addr: str) -> str:
-                    return header_map(addr, is_sender)
-            new = rewrite_address_header(lines, name_end, rewrite_ctx, mapper)
+            cache = self.job.header_cache
+            if cache is not None and sum(map(len, lines)) <= CACHED_HEADER_BYTES:
+                key = tuple(lines)
+                if key in cache:
+                    new = cache[key]
+                else:
+                    new = self._rewrite(lines, name, name_end, rewrite_ctx)
+                    if len(cache) >= CACHED_HEADERS:
+                        cache.clear()
+                    cache[key] = new
+            else:
+                new = self._rewrite(lines, name, name_end, rewrite_ctx)
             if new is not None:
                 lines = new
         self._emit_header(lines)
+
+    def _rewrite(self, lines: list[bytes], name: bytes, name_end: int,
+                 ctx: RewriteContext) -> list[bytes] | None:
+        header_map = self.job.header_map
+        mapper = None
+        if header_map is not None:
+            is_sender = name in SENDER_HEADERS
+
+            def mapper(addr: str) -> str:
+                return header_map(addr, is_sender)
+        return rewrite_address_header(lines, name_end, ctx, mapper)
 
     def _end_headers(self, blank: bool = True) -> None:
         """The primary header block ended (at an empty line, or the input's end, when blank)."""

@@ -92,6 +92,12 @@ class Mapper:
         self.masquerade_exceptions = {n.lower() for n in config.get_list("masquerade_exceptions")}
         self.recursion_limit = config.get_int("virtual_alias_recursion_limit")
         self.expansion_limit = config.get_int("virtual_alias_expansion_limit")
+        # Header addresses are mapped without a table lookup: the result depends on the
+        # address alone for the process's life (cleanup may keep it).
+        self.headers_without_tables = not any(
+            cls in self.canonical_classes and (specific is not None or self.canonical is not None)
+            for cls, specific in (("header_sender", self.sender_canonical),
+                                  ("header_recipient", self.recipient_canonical)))
 
     # -- lookups ----------------------------------------------------------------------
 

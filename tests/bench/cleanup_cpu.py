@@ -52,8 +52,8 @@ def request(i: int, body: bytes) -> AttrList:
              ("client_name", "localhost"), ("client_addr", "127.0.0.1"),
              ("client_port", "40000"), ("helo_name", "localhost"),
              ("reverse_client_name", "localhost"), ("protocol", "ESMTP"),
-             ("rewrite_context", "remote"), ("received_with", "ESMTP"),
-             ("received_comment", ""), ("flags", "30"), ("encoding", ""), ("content", content)]
+             ("rewrite_context", "local"), ("received_with", "ESMTP"),
+             ("received_comment", ""), ("flags", "50"), ("encoding", ""), ("content", content)]
     return AttrList([(n, v if isinstance(v, bytes) else v.encode()) for n, v in pairs])
 
 
