@@ -1,14 +1,17 @@
 """Benchmark: cleanup requests per second on one pipelined connection.
 
 Usage: python3 tests/bench/cleanup_rate.py [--messages N] [--window W] [--mode MODE]...
+                                             [--context remote|local] [--callgrind]
 
 Starts the real cleanup daemon standalone (-L) on a temporary spool on the same
 file system as the working tree (a real disk, so fsync costs what it costs),
 plus a trigger server on public/qmgr, and pushes N smtpd-style requests
 (about 1.5 KB each) over one AttrClient connection with at most W requests in
-flight. Modes: ``grouped`` (the default daemon), ``ungrouped`` (one fsync at
-a time on the event loop), ``trigger-per-batch`` (a new qmgr connection per
-batch instead of one kept open). Prints requests/s and cleanup's CPU seconds.
+flight (``--context local``: in the local rewriting context, as smtpd gives
+clients on loopback, so that cleanup rewrites the address headers). Modes:
+``grouped`` (the default daemon), ``ungrouped`` (one fsync at a time on the
+event loop), ``trigger-per-batch`` (a new qmgr connection per batch instead of
+one kept open). Prints requests/s and cleanup's CPU seconds.
 With ``--callgrind`` cleanup runs under valgrind's callgrind and the figure is
 its instructions per message (user space only, and nearly free of the shared
 machine's noise: tests/bench/smtpd_cpu.py's ``instructions``).
@@ -44,7 +47,7 @@ BODY = b"".join(b"line %d of a typical message body, some text to make it look r
                 for i in range(20))
 
 
-async def _push(path: str, n: int, window: int) -> float:
+async def _push(path: str, n: int, window: int, context: str = "remote") -> float:
     client = AttrClient(path)
     sem = asyncio.Semaphore(window)
 
@@ -55,7 +58,7 @@ async def _push(path: str, n: int, window: int) -> float:
                 "content": b"From: alice@example.org\nTo: bob@example.com\nSubject: %d\n"
                            b"Message-ID: <%d@example.org>\n\n" % (i, i) + BODY,
                 "client_name": "c.example", "client_addr": "192.0.2.1", "client_port": "1",
-                "helo_name": "c.example", "protocol": "ESMTP", "rewrite_context": "remote"})
+                "helo_name": "c.example", "protocol": "ESMTP", "rewrite_context": context})
             assert reply.number("status") == 0, reply
 
     start = time.perf_counter()
@@ -65,7 +68,8 @@ async def _push(path: str, n: int, window: int) -> float:
     return elapsed
 
 
-def run(mode: str, n: int, window: int, callgrind: bool = False) -> None:
+def run(mode: str, n: int, window: int, callgrind: bool = False,
+        context: str = "remote") -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-cleanup-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -94,11 +98,11 @@ def run(mode: str, n: int, window: int, callgrind: bool = False) -> None:
             except OSError:
                 time.sleep(0.05)
         if callgrind:
-            asyncio.run(_push(sock, 20, window))  # warm: imports and first-use paths
+            asyncio.run(_push(sock, 20, window, context))  # warm: imports and first-use paths
             subprocess.run(["callgrind_control", "--zero", str(cleanup.pid)], check=True,
                            capture_output=True, timeout=120)
         cpu0 = sum(cpu_seconds(cleanup.pid))
-        elapsed = asyncio.run(_push(sock, n, window))
+        elapsed = asyncio.run(_push(sock, n, window, context))
         cpu = sum(cpu_seconds(cleanup.pid)) - cpu0
         if callgrind:
             print(f"{mode:18s} n={n} window={window:3d}: "
@@ -121,12 +125,15 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--window", type=int, action="append")
     ap.add_argument("--mode", action="append", choices=sorted(MODES))
+    ap.add_argument("--context", choices=["remote", "local"], default="remote",
+                    help="the requests' rewrite_context (local: address headers rewritten, as "
+                         "for smtp-source on loopback in compare.py)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per message under callgrind instead of CPU time")
     args = ap.parse_args()
     for window in args.window or [1, 20, 100]:
         for mode in args.mode or ["ungrouped", "grouped", "trigger-per-batch"]:
-            run(mode, args.messages, window, args.callgrind)
+            run(mode, args.messages, window, args.callgrind, args.context)
 
 
 if __name__ == "__main__":
