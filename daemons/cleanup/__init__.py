@@ -328,10 +328,10 @@ class Cleanup:
     # -- one message --------------------------------------------------------
 
     def envelope(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
-            QueueFileBuilder, hdr.ContentPass, list[Rcpt]]:
+            QueueFileBuilder, hdr.ContentPass, list[Rcpt], bool]:
         """The queue file's envelope records and the content pass for one request
         (``content.checks``: the header and body checks' verdicts, when they apply),
-        and the recipients written."""
+        the recipients written, and whether cleanup looks for UTF-8 (``detects_utf8``)."""
         s = self.s
         first = dict(reversed(req.pairs))  # each attribute's first value, as req.raw finds it
 
@@ -414,8 +414,10 @@ class Cleanup:
             b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
         for clean, orig, notify, dsn_orcpt in recipients:
             b.recipient(clean, orig, notify, dsn_orcpt)
-        if self.detects_utf8(req):  # note where the message needs SMTPUTF8
-            b.smtputf8 = ((r.SMTPUTF8_REQUESTED if req.number("smtputf8") else 0)
+        smtputf8 = req.number("smtputf8")
+        detect_utf8 = self.detects_utf8(smtputf8, origin)
+        if detect_utf8:  # note where the message needs SMTPUTF8
+            b.smtputf8 = ((r.SMTPUTF8_REQUESTED if smtputf8 else 0)
                           | (0 if sender.isascii() else r.SMTPUTF8_SENDER)
                           | (0 if all(rc[0].isascii() for rc in recipients)
                              else r.SMTPUTF8_RECIPIENT))
@@ -442,26 +444,24 @@ class Cleanup:
             checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
                                   s.replace_stray_cr, checks, s.mime_nesting_limit)
-        return b, content, recipients
+        return b, content, recipients, detect_utf8
 
-    def detects_utf8(self, req: attr.AttrList) -> bool:
-        """Whether cleanup looks for UTF-8 in this message: its client asked for SMTPUTF8,
+    def detects_utf8(self, smtputf8: int, origin: str) -> bool:
+        """Whether cleanup looks for UTF-8 in a message: its client asked for SMTPUTF8,
         or its origin's class is in smtputf8_autodetect_classes."""
         detect = self.s.utf8_autodetect
-        return bool(req.number("smtputf8")) or "all" in detect or \
-            _ORIGIN_CLASS.get(req.text("origin"), "") in detect
+        return bool(smtputf8) or "all" in detect or _ORIGIN_CLASS.get(origin, "") in detect
 
     def assemble(self, req: attr.AttrList, queue_id: str, now: float) -> tuple[
             bytes, hdr.HeaderOutcome]:
         """The whole queue file for a one-list request (pure but for the clock it is given)."""
-        builder, content, _ = self.envelope(req, queue_id, now)
+        builder, content, _, detect_utf8 = self.envelope(req, queue_id, now)
         records = content.feed(req.raw("content") or b"") + content.end()
         if req.text("filter"):
             builder.content_filter(req.text("filter"), extracted=True)
         envelope = builder.envelope()
         body = b"".join(records)
-        size_rec = _size_record(builder, envelope, len(body), content.outcome,
-                                self.detects_utf8(req))
+        size_rec = _size_record(builder, envelope, len(body), content.outcome, detect_utf8)
         return size_rec + envelope + body + builder.trailer(), content.outcome
 
     async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
@@ -481,7 +481,7 @@ class Cleanup:
             return _reply(*ERR_WRITE)
         try:
             arrival = time.time()
-            builder, content, recipients = self.envelope(req, queue_id, arrival)
+            builder, content, recipients, detect_utf8 = self.envelope(req, queue_id, arrival)
             envelope = builder.envelope()
             out = ContentFile(fd, envelope)
             received = 0
@@ -521,8 +521,7 @@ class Cleanup:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
                 patches = self._content_actions(builder, verdict, recipients, queue_id, flags)
-            size_rec = _size_record(builder, envelope, out.content_size, outcome,
-                                    self.detects_utf8(req))
+            size_rec = _size_record(builder, envelope, out.content_size, outcome, detect_utf8)
             parts = out.finish(size_rec, builder.trailer())
         except (attr.ProtocolError, TimeoutError) as e:
             self.writer.discard(fd, path)
