@@ -800,3 +800,32 @@ def test_qmgr_is_told_before_the_client_is_answered(tmp_path: Path) -> None:
         for proc in setup.procs:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_queue_file_rename_never_replaces_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_queue_file renames its temporary file to the queue ID only where no file has
+    that name: with renameat2(RENAME_NOREPLACE), and with the look-then-rename fallback."""
+    from pymailsys.queue import spool
+
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setattr(spool, "_noreplace", [None])
+        src, dst = tmp_path / f"src{fallback}", tmp_path / f"dst{fallback}"
+        src.write_text("new")
+        dst.write_text("old")
+        assert not spool.rename_noreplace(str(src), str(dst))
+        assert dst.read_text() == "old" and src.read_text() == "new"
+        dst.unlink()
+        assert spool.rename_noreplace(str(src), str(dst))
+        assert dst.read_text() == "new" and not src.exists()
+        with pytest.raises(FileNotFoundError):
+            spool.rename_noreplace(str(src), str(tmp_path / "other"))
+    sp = spool.Spool(str(tmp_path))
+    (tmp_path / "incoming").mkdir()
+    ids = set()
+    for _ in range(50):
+        queue_id, path, fd = sp.create_queue_file("incoming")
+        os.close(fd)
+        assert path == str(tmp_path / "incoming" / queue_id) and spool.valid_queue_id(queue_id)
+        ids.add(queue_id)
+    assert sorted(os.listdir(tmp_path / "incoming")) == sorted(ids)

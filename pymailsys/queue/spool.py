@@ -8,8 +8,9 @@ only Postfix's queue names and the two queue-ID formats; ``open_queue_file``
 is how a process that trusts neither its request nor the queue directories
 (a root delivery agent) opens a queue file. ``create_queue_file`` makes a new file the way
 Postfix's mail_queue_enter does: O_EXCL under a temporary name, fstat for the
-inode, rename to the queue ID (retrying on collision), so the name is unique
-while the file exists.
+inode, rename to the queue ID (retrying on collision: ``rename_noreplace``, one
+renameat2 call that never replaces a file), so the name is unique while the
+file exists.
 
 Completeness: a queue file is complete when its mode has the owner execute bit
 (``MODE_COMPLETE``, 0700); cleanup creates files 0600 and fchmods them to 0700
@@ -18,6 +19,7 @@ after the final record and before the fsync. Readers skip incomplete files.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -300,7 +302,7 @@ class Spool:
             now = time.time()
             sec = int(now)
             usec = int((now - sec) * 1_000_000)
-            temp = os.path.join(directory, f"{usec}.{pid}")
+            temp = f"{directory}/{usec}.{pid}"
             try:
                 fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
             except FileExistsError:
@@ -311,12 +313,49 @@ class Spool:
                 final = self.path(queue, queue_id)
                 if queue in self.hashed:
                     self.ensure_hash_dirs(queue, queue_id)
-                if not os.path.exists(final):
-                    os.rename(temp, final)
+                if rename_noreplace(temp, final):
                     return queue_id, final, fd
                 now = time.time()
                 sec = int(now)
                 usec = int((now - sec) * 1_000_000)
+
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def _renameat2():  # type: ignore[no-untyped-def]
+    """renameat2(2) where the C library has it, else None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_noreplace = [_renameat2()]  # [None] once the kernel or file system refused the flag
+
+
+def rename_noreplace(src: str, dst: str) -> bool:
+    """Rename src to dst unless dst exists (then False, and src stays). One atomic
+    renameat2(RENAME_NOREPLACE) where the kernel and file system have it; else a look
+    for dst, then rename(2) (a file made in between would be replaced)."""
+    fn = _noreplace[0]
+    if fn is not None:
+        if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), src, None, dst)
+        _noreplace[0] = None
+    if os.path.exists(dst):
+        return False
+    os.rename(src, dst)
+    return True
 
 
 def walk_files(directory: str, descend: bool = True) -> Iterator[os.DirEntry[str]]:
