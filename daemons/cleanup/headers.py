@@ -62,7 +62,7 @@ _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",
                                             b"reply-to", b"sender", b"to"))
 # One-byte record headers for short N records: b"N" + length.
-_N_HEAD = [r.REC_TYPE_NORM + bytes((n,)) for n in range(128)]
+_N_HEAD = [r.REC_TYPE_NORM + length for length in r.SHORT_LENGTHS]
 _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
 # The headers whose addresses cleanup rewrites (Postfix's HDR_OPT_SENDER/RECIP).
 ADDRESS_HEADERS = frozenset(n.encode() for n in (
@@ -442,7 +442,7 @@ class ContentPass:
             name, name_end = m.group(1).lower(), m.end(1)
         out = self.outcome
         self.seen.add(name)
-        if not out.utf8_headers and not all(line.isascii() for line in lines):
+        if not out.utf8_headers and not b"".join(lines).isascii():
             out.utf8_headers = True
         if name == b"received":
             out.hop_count += 1

@@ -121,7 +121,9 @@ def _arrival(payload: bytes) -> float:
 
 
 def _attr_record(name: str, value: str) -> bytes:
-    return r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode("utf-8", "surrogateescape"))
+    payload = f"{name}={value}".encode("utf-8", "surrogateescape")
+    n = len(payload)
+    return r.REC_TYPE_ATTR + (r.SHORT_LENGTHS[n] if n < 128 else r.encode_varint(n)) + payload
 
 
 class QueueFileBuilder:

@@ -119,13 +119,13 @@ class VarintIncomplete(RecordError):
         super().__init__(message, incomplete=True)
 
 
-_ONE_BYTE = [bytes((n,)) for n in range(128)]  # the base-128 form of every n < 128
+SHORT_LENGTHS = [bytes((n,)) for n in range(128)]  # the base-128 form of every n < 128
 
 
 def encode_varint(n: int) -> bytes:
     """``n`` as a base-128 number: low seven bits first, high bit on all but the last byte."""
     if 0 <= n < 128:
-        return _ONE_BYTE[n]
+        return SHORT_LENGTHS[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -160,7 +160,7 @@ def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[i
 
 def encode_record(rec_type: bytes, payload: bytes) -> bytes:
     n = len(payload)
-    return rec_type + (_ONE_BYTE[n] if n < 128 else encode_varint(n)) + payload
+    return rec_type + (SHORT_LENGTHS[n] if n < 128 else encode_varint(n)) + payload
 
 
 def decode_record(data: bytes | memoryview, offset: int,
