@@ -829,3 +829,22 @@ def test_queue_file_rename_never_replaces_a_file(tmp_path: Path, monkeypatch: py
         assert path == str(tmp_path / "incoming" / queue_id) and spool.valid_queue_id(queue_id)
         ids.add(queue_id)
     assert sorted(os.listdir(tmp_path / "incoming")) == sorted(ids)
+
+
+def test_queue_file_write_goes_on_after_a_short_write(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """cleanup writes a queue file with one writev; when the kernel takes less, it writes
+    the rest from where that stopped (every byte once, in order)."""
+    from pymailsys.daemons.cleanup import writer
+
+    real = os.writev
+    parts = [bytes([n]) * (n % 37) for n in range(1, 200)]
+    for limit in (1, 7, 1000, 1 << 20):
+        def short(fd: int, buffers: list[bytes], limit: int = limit) -> int:
+            return real(fd, [b"".join(bytes(b) for b in buffers)[:limit]])
+        monkeypatch.setattr(writer.os, "writev", short)
+        path = tmp_path / f"file{limit}"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        writer._write_all(fd, parts)
+        os.close(fd)
+        assert path.read_bytes() == b"".join(parts)

@@ -59,9 +59,15 @@ FLUSH_AT = 256 * 1024
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write the parts in order: one writev when the kernel takes them all (the usual
+    small file), else on from where a short write stopped."""
+    n = 0
+    if len(parts) <= 1024:
+        n = os.writev(fd, parts)
+        if n == sum(map(len, parts)):
+            return
     views = [memoryview(p) for p in parts if p]
-    while views:
-        n = os.writev(fd, views[:1024])
+    while True:
         while n and views:
             first = len(views[0])
             if n >= first:
@@ -70,6 +76,9 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
             else:
                 views[0] = views[0][n:]
                 n = 0
+        if not views:
+            return
+        n = os.writev(fd, views[:1024])
 
 
 def _fsync_close(fd: int) -> None:
@@ -120,13 +129,16 @@ def _sync_group(batch: list[tuple[int, asyncio.Future[None]]]) -> None:
             fut.set_exception(error)
 
 
+_SIZE_PLACEHOLDER = r.message_size_record(0, 0, 0)  # the C record's width, written over
+
+
 class ContentFile:
     """The records of one queue file as its content arrives (see the module docstring)."""
 
     def __init__(self, fd: int, envelope: bytes) -> None:
         self.fd = fd
-        self.parts: list[bytes] = [r.message_size_record(0, 0, 0), envelope]
-        self.buffered = sum(map(len, self.parts))
+        self.parts: list[bytes] = [_SIZE_PLACEHOLDER, envelope]
+        self.buffered = len(_SIZE_PLACEHOLDER) + len(envelope)
         self.written = 0
         self.content_size = 0
         self.too_big = False
