@@ -337,17 +337,19 @@ def test_a_small_message_is_read_from_its_queue_file_once(system, throwaway_user
 
 
 @pytest.mark.root
-def test_a_maildir_delivery_switches_credentials_twelve_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_maildir_delivery_switches_credentials_eight_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """Each credential system call costs the kernel a new credential set (about 2 µs, a
-    sixth of local's system time before). A Maildir delivery as root makes three switches
-    of two calls each way: to the recipient for the .forward lookup, to mail_owner for the
+    sixth of local's system time before). A Maildir delivery as root to an account
+    without a .forward makes two switches of two calls each way: to mail_owner for the
     marker (claimed from root, not nested inside the recipient's block), to the
-    recipient for the Maildir; no setgroups while root has no supplementary groups. The
-    mail is still stored as the recipient and the marker kept as mail_owner."""
+    recipient for the Maildir; none for the .forward lookup (root's lstat finds no
+    entry: nothing to look up as the user); no setgroups while root has no
+    supplementary groups. The mail is still stored as the recipient and the marker
+    kept as mail_owner."""
     s = system()
     s.start("local")
     calls = _traced_deliveries(s, throwaway_user, "setresgid,setgroups")
-    assert len(calls) == 2 * 12, calls
+    assert len(calls) == 2 * 8, calls
     assert not [c for c in calls if "setgroups" in c], calls
     owner = privileges.mail_owner(config.load(str(s.etc)))
     new = s.mail_dir / throwaway_user / "new"

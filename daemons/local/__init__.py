@@ -49,7 +49,8 @@ DESCRIPTION
        (``$home``, ``$user``, ``$shell``, ``$local``, ``$domain``, ``$recipient``,
        ``$extension``, ``$recipient_delimiter``, ``${name?value}``,
        ``${name:value}``; an entry naming an undefined one is skipped; values
-       pass ``forward_expansion_filter``), looked up and read as the user. As
+       pass ``forward_expansion_filter``), looked up and read as the user (as
+       root, only an lstat that finds no entry at all skips that). As
        Postfix, a file that is not a regular file, is owned by neither the user
        nor root, or is world-writable is ignored with a warning; one that names
        nobody (empty, comments only) means no forwarding. Its contents are an

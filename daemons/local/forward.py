@@ -8,7 +8,12 @@ first ``forward_path`` entry that exists (``local_expand``: ``$home``,
 pass ``forward_expansion_filter``), looked up and read as the user
 (``alias.read_file``: never through a symbolic link, never blocking, at most
 ``alias.FILE_SIZE_LIMIT`` bytes, within ``alias.FILE_READ_TIMEOUT``; a read
-that runs out of time defers). A file that is not a regular file, is larger than that, is
+that runs out of time defers). Running as root, local first asks lstat, as
+root, whether any entry is there at all: only "no such file" for every entry
+skips the lookup as the user (most accounts have no .forward, and the switch
+to the user and back is four credential calls); root opens and reads nothing
+in the user's directories, and any other answer (a file, a permission or NFS
+error) is looked up as the user, as always. A file that is not a regular file, is larger than that, is
 owned by neither the user nor root, or is world-writable is ignored with a
 warning; one that names nobody (empty,
 comments only) means no forwarding. The contents expand as an alias value
@@ -71,6 +76,8 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
         return False  # the mailbox delivery defers
     paths = forward_paths(agent.forward_path, tuple(expansion_attrs(rcpt, pw).items()),
                           agent.forward_filter)
+    if agent.root and all(_absent(path) for path in paths):
+        return False
     found: tuple[str, os.stat_result] | None = None
     try:
         with privileges.as_user(pw.pw_uid, pw.pw_gid):
@@ -116,6 +123,17 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
     await alias.expand(agent, s, member, value)
     s.been_here(f"forward-done {path}")
     return True
+
+
+def _absent(path: str) -> bool:
+    """Whether root's lstat finds no such file at path (nor a directory on the way)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 @functools.lru_cache(maxsize=1024)
