@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,44 @@ def test_delivery_runs_with_the_mapped_ids_not_root(new_instance) -> None:  # ty
     inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=deferred "
                   rf"\(maildir delivery failed: .*Permission denied\)")
     assert not (locked / "alice").exists()
+
+
+@pytest.mark.root
+def test_a_maildir_delivery_switches_credentials_eight_times(new_instance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The marker is claimed as mail_owner straight from root, then the Maildir is written
+    as the mapped ids: two switches of two calls each way and no setgroups (nested inside
+    the mapped ids, the claim cost a switch through root and a setgroups each way)."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    inst, base = _virtual(new_instance)
+    queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=sent")
+    (pid,) = inst.daemons()["virtual"]
+    trace = tmp_path / "strace.txt"
+    strace = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", str(trace), "-e",
+                               "trace=setresuid,setresgid,setgroups"])
+    try:
+        sent = 1
+        for _ in range(20):  # until a delivery shows in the trace
+            queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+            sent += 1
+            inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=sent")
+            if trace.exists() and "setresuid" in trace.read_text():
+                break
+        before = len(trace.read_text().splitlines())
+        for _ in range(2):
+            queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
+            sent += 1
+            inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=sent")
+    finally:
+        strace.terminate()
+        strace.wait(20)
+    assert inst.daemons()["virtual"] == [pid]
+    calls = trace.read_text().splitlines()[before:]
+    assert len(calls) == 2 * 8, calls
+    assert not [c for c in calls if "setgroups" in c], calls
+    files = _maildir_files(base / "example.com" / "alice")
+    assert len(files) == sent and {f.stat().st_uid for f in files} == {VUID}
 
 
 def test_changed_table_restarts_the_daemons_that_use_it(new_instance) -> None:  # type: ignore[no-untyped-def]

@@ -166,17 +166,21 @@ class VirtualAgent:
 
     def write(self, req: DeliveryRequest, path: str, uid: int, gid: int,
               content: QueueContent) -> DeliveryResult:
+        """Store the message as uid/gid: a Maildir with its marker claimed first, as
+        mail_owner straight from root (``deliver_maildir``'s ``rights``: not nested inside
+        the recipient's ids, which cost a switch through root and a setgroups each way),
+        an mbox file inside the recipient's ids."""
         headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt, req.rcpt)
         maildir = path.endswith("/")
         try:
+            if maildir:
+                key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset, path)
+                mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
+                                        host=self.hostname, key=key, marker=self.markers,
+                                        size_limit=self.size_limit,
+                                        rights=lambda: privileges.as_user(uid, gid, [gid]))
+                return DeliveryResult.sent("delivered to maildir")
             with privileges.as_user(uid, gid, [gid]):
-                if maildir:
-                    key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset,
-                                               path)
-                    mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
-                                            host=self.hostname, key=key, marker=self.markers,
-                                            size_limit=self.size_limit)
-                    return DeliveryResult.sent("delivered to maildir")
                 data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
                 mailbox.deliver_mbox(path, data, expect_uid=uid if self.strict_owner else None,
                                      locks=self.locks, size_limit=self.size_limit,
