@@ -337,6 +337,17 @@ def test_a_small_message_is_read_from_its_queue_file_once(system, throwaway_user
 
 
 @pytest.mark.root
+def test_a_request_is_served_in_the_turn_of_the_loop_that_reads_it(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """local reads a request, delivers and replies without going back to the event loop
+    (before, the handler ran as a task one turn later: a second epoll_pwait per delivery):
+    the one wait per delivery is for the next request."""
+    s = system()
+    s.start("local")
+    calls = _traced_deliveries(s, throwaway_user, "epoll_pwait,epoll_wait")
+    assert len([c for c in calls if c.startswith("epoll")]) == 2, calls
+
+
+@pytest.mark.root
 def test_a_maildir_delivery_switches_credentials_eight_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """Each credential system call costs the kernel a new credential set (about 2 µs, a
     sixth of local's system time before). A Maildir delivery as root to an account

@@ -355,9 +355,33 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
     Once ``stopping`` is set no further request is read: the connection closes
     after the reply to the last one read, and a request the client queued behind
     it stays unread (the client sees end of file right after that reply).
+
+    The reading task runs the handler and writes the reply itself: no task, event
+    or turn of the loop per request (local's deliveries, one after another).
     """
-    await _serve(reader, writer, lambda request, _follow: handler(request), False, stopping,
-                 limits, 1, stop_reading=True)
+    busy = False
+
+    async def close_when_idle() -> None:
+        await stopping.wait()
+        await asyncio.sleep(0)  # a request read in this turn of the loop counts too
+        if not busy:
+            writer.close()  # our reader then sees end of file
+
+    closer = asyncio.ensure_future(close_when_idle())
+    try:
+        while not stopping.is_set():
+            request = await read_attrs(reader, limits)
+            if request is None:
+                break
+            busy = True
+            writer.write(encode(await handler(request)))
+            await writer.drain()
+            busy = False
+    except (ProtocolError, ConnectionError):
+        pass
+    finally:
+        closer.cancel()
+        writer.close()
 
 
 async def serve_streamed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -382,7 +406,7 @@ async def _reply_after(task: asyncio.Future[Reply], follow: FollowUps) -> Reply:
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  handler: StreamHandler, streamed: bool, stopping: asyncio.Event | None,
-                 limits: Limits, max_pending: int | None, stop_reading: bool = False) -> None:
+                 limits: Limits, max_pending: int | None) -> None:
     pending: collections.deque[asyncio.Future[Any]] = collections.deque()
     wake = asyncio.Event()
     done_reading = False
@@ -427,8 +451,6 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             if max_pending is not None and unanswered >= max_pending:
                 await answered.wait()
-            if stop_reading and stopping is not None and stopping.is_set():
-                break
             request = await read_attrs(reader, limits)
             if request is None:
                 break
