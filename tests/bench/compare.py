@@ -1000,6 +1000,66 @@ class PymailsysSystem(System):
 SYSTEMS: dict[str, type[System]] = {"postfix": PostfixSystem, "pymailsys": PymailsysSystem}
 
 
+@contextlib.contextmanager
+def interrupt_as_exception() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise KeyboardInterrupt so that the cleanup below runs."""
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = False,
+                    tmpdir: str = "/tmp",
+                    prepare: Callable[[System], None] | None = None) -> Iterator[list[System]]:
+    """Throw-away instances of the systems ``names`` (SYSTEMS keys), created and torn down.
+
+    The one setup of every benchmark that starts whole systems: Debian's
+    postfix package (for smtp-source and the Postfix side), the cgroups of
+    earlier runs that died swept, a new temp dir ``tmpdir/prefixXXXX`` (0755)
+    holding the throw-away account's home and one directory per system, each
+    system created (``prepare`` runs first, to set its options). On leaving,
+    also on failure, SIGTERM, SIGHUP or Ctrl-C: every system stopped and its
+    cgroup removed, the account removed, the temp dir deleted unless ``keep``.
+    """
+    ensure_postfix_package()
+    sweep_stale_groups()
+    top = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
+    os.chmod(top, 0o755)
+    account: Account | None = None
+    systems: list[System] = []
+    with interrupt_as_exception():
+        try:
+            (top / "home").mkdir()
+            account = ensure_account(top / "home" / BENCH_USER)
+            for name in names:
+                base = top / name
+                base.mkdir()
+                os.chmod(base, 0o755)
+                system = SYSTEMS[name](base, account, scen)
+                systems.append(system)
+                if prepare is not None:
+                    prepare(system)
+                note(f"{name}: creating instance in {base}")
+                system.create()
+            yield systems
+        finally:
+            for system in systems:
+                with contextlib.suppress(Exception):
+                    system.destroy()
+            if account is not None:
+                remove_account(account)
+            if keep:
+                note(f"kept {top}")
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- measuring
 @dataclass
 class RunResult:
@@ -1423,19 +1483,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def interrupt_as_exception() -> Iterator[None]:
-    """SIGTERM/SIGHUP raise KeyboardInterrupt so that the cleanup below runs."""
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -1443,93 +1490,78 @@ def main(argv: list[str] | None = None) -> int:
               "account and starts both systems with their own privileges)", file=sys.stderr)
         return 2
     scen = scenario(args.scenario)
-    ensure_postfix_package()
-    sweep_stale_groups()
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-bench-", dir=args.tmpdir))
-    os.chmod(top, 0o755)
-    account: Account | None = None
-    systems: list[System] = []
+    tls: dict[str, str] = {}
+
+    def prepare(system: System) -> None:
+        system.extra = {k: v for name, k, v in args.extra_settings if name == system.label}
+        system.config_style = args.postfix_config
+        if args.postfix_config == "stock" and not tls:
+            tls.update(stock_tls_settings(system.base.parent / "tls"))
+        system.tls = tls
+
     runs: list[RunResult] = []
-    status = 1
-    with interrupt_as_exception():
-        try:
-            (top / "home").mkdir()
-            account = ensure_account(top / "home" / BENCH_USER)
-            tls = stock_tls_settings(top / "tls") if args.postfix_config == "stock" else {}
-            for name in args.system_list:
-                base = top / name
-                base.mkdir()
-                os.chmod(base, 0o755)
-                system = SYSTEMS[name](base, account, scen)
-                system.extra = {k: v for sysname, k, v in args.extra_settings if sysname == name}
-                system.config_style = args.postfix_config
-                system.tls = tls
-                systems.append(system)
-                note(f"{name}: creating instance in {base}")
-                system.create()
-            failures: list[dict[str, Any]] = []
-            for rnd in range(1, args.rounds + 1):
-                # The first system alternates too: what runs second may pay for the first's
-                # writeback, or profit from its warm page cache.
-                order = systems if rnd % 2 else systems[::-1]
-                for position, system in enumerate(order, 1):
-                    for attempt in range(args.retries + 1):
-                        try:
-                            runs.append(one_run(system, rnd, args, scen, position))
-                            break
-                        except BenchError as exc:
-                            failures.append({"system": system.label, "round": rnd,
-                                             "attempt": attempt + 1, "error": str(exc)})
-                            if attempt == args.retries:
-                                raise
-                            note(f"{system.label}: round {rnd} failed, retrying: "
-                                 f"{str(exc).splitlines()[0]}")
-                            system.stop()
-            summary = summarize(runs)
-            goals = targets(scen.name, summary)
-            meta = {
-                "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                         "python": platform.python_version()},
-                "params": {k: getattr(args, k) for k in
-                           ("messages", "sessions", "size", "rounds", "warmup", "latency",
-                            "scenario", "reuse_connections", "set", "postfix_config",
-                            "quiet_threshold")},
-                "cpu_accounting": systems[0].group.kind if systems else "",
-                "versions": {s.label: s.version() for s in systems},
-                "configs": {s.label: s.describe_config() for s in systems},
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            text = report(runs, summary, goals, meta)
-            if failures:
-                text += "\n\nfailed runs (retried):\n" + "\n".join(
-                    f"  {f['system']} round {f['round']} attempt {f['attempt']}: "
-                    f"{f['error'].splitlines()[0]}" for f in failures)
-            print(text)
-            if args.json:
-                args.json.write_text(json.dumps({
-                    **meta, "runs": [vars(r) for r in runs], "failed_runs": failures,
-                    "summary": summary.median, "min": summary.low, "max": summary.high,
-                    "ratios": {k: v["median"] for k, v in summary.ratios.items()},
-                    "paired_ratios": summary.ratios, "targets": goals,
-                }, indent=2) + "\n")
-                note(f"wrote {args.json}")
-            status = 0
-        except BenchError as exc:
-            print(f"compare.py: {exc}", file=sys.stderr)
-        except KeyboardInterrupt as exc:
-            print(f"compare.py: interrupted ({exc}); cleaning up", file=sys.stderr)
-            status = 130
-        finally:
-            for system in systems:
-                with contextlib.suppress(Exception):
-                    system.destroy()
-            if account is not None:
-                remove_account(account)
-            if args.keep:
-                note(f"kept {top}")
-            else:
-                shutil.rmtree(top, ignore_errors=True)
-    return status
+    try:
+        with scratch_systems(args.system_list, scen, "pymailsys-bench-", args.keep,
+                             args.tmpdir, prepare) as systems:
+            text, data = measure(systems, args, scen, runs)
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=2) + "\n")
+            note(f"wrote {args.json}")
+        return 0
+    except BenchError as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"compare.py: interrupted ({exc}); cleaned up", file=sys.stderr)
+        return 130
+
+
+def measure(systems: list[System], args: argparse.Namespace, scen: Scenario,
+            runs: list[RunResult]) -> tuple[str, dict[str, Any]]:
+    """Every round on the created systems; the report's text and its JSON form."""
+    failures: list[dict[str, Any]] = []
+    for rnd in range(1, args.rounds + 1):
+        # The first system alternates too: what runs second may pay for the first's
+        # writeback, or profit from its warm page cache.
+        order = systems if rnd % 2 else systems[::-1]
+        for position, system in enumerate(order, 1):
+            for attempt in range(args.retries + 1):
+                try:
+                    runs.append(one_run(system, rnd, args, scen, position))
+                    break
+                except BenchError as exc:
+                    failures.append({"system": system.label, "round": rnd,
+                                     "attempt": attempt + 1, "error": str(exc)})
+                    if attempt == args.retries:
+                        raise
+                    note(f"{system.label}: round {rnd} failed, retrying: "
+                         f"{str(exc).splitlines()[0]}")
+                    system.stop()
+    summary = summarize(runs)
+    goals = targets(scen.name, summary)
+    meta = {
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                 "python": platform.python_version()},
+        "params": {k: getattr(args, k) for k in
+                   ("messages", "sessions", "size", "rounds", "warmup", "latency",
+                    "scenario", "reuse_connections", "set", "postfix_config",
+                    "quiet_threshold")},
+        "cpu_accounting": systems[0].group.kind if systems else "",
+        "versions": {s.label: s.version() for s in systems},
+        "configs": {s.label: s.describe_config() for s in systems},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    text = report(runs, summary, goals, meta)
+    if failures:
+        text += "\n\nfailed runs (retried):\n" + "\n".join(
+            f"  {f['system']} round {f['round']} attempt {f['attempt']}: "
+            f"{f['error'].splitlines()[0]}" for f in failures)
+    data = {**meta, "runs": [vars(r) for r in runs], "failed_runs": failures,
+            "summary": summary.median, "min": summary.low, "max": summary.high,
+            "ratios": {k: v["median"] for k, v in summary.ratios.items()},
+            "paired_ratios": summary.ratios, "targets": goals}
+    return text, data
 
 
 if __name__ == "__main__":

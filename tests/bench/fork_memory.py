@@ -26,7 +26,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def by_daemon(pids: list[int]) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def timed_start(system: compare.PymailsysSystem) -> tuple[float, float]:
+def timed_start(system: compare.System) -> tuple[float, float]:
     cpu0 = system.group.cpu()
     t0 = time.monotonic()
     system.start()
@@ -87,61 +86,61 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2048)
     args = p.parse_args()
     scen = compare.scenario("local")
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-forkmem-", dir="/tmp"))
-    os.chmod(top, 0o755)
-    (top / "home").mkdir()
-    account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-    base = top / "pymailsys"
-    base.mkdir()
-    os.chmod(base, 0o755)
-    system = compare.PymailsysSystem(base, account, scen)
+    if os.geteuid() != 0:
+        print("fork_memory.py: run as root", file=sys.stderr)
+        return 2
     try:
-        system.create()
-        system.reset_mailbox()
-        starts = []
-        for _ in range(args.starts):
-            starts.append(timed_start(system))
-            system.stop()
-        walls = [w for w, _c in starts]
-        cpus = [c for _w, c in starts]
-        print(f"start until 220: median {statistics.median(walls) * 1000:.0f} ms wall, "
-              f"{statistics.median(cpus) * 1000:.0f} ms CPU "
-              f"(runs: {', '.join(f'{w * 1000:.0f}/{c * 1000:.0f}' for w, c in starts)})")
-        system.start()
-        time.sleep(2.0)
-        idle = by_daemon(system.group.pids())
-        argv = [compare.SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages),
-                "-l", str(args.size), "-f", compare.SENDER, "-t", scen.recipient,
-                "-M", "client.example", f"{compare.LOOPBACK}:{system.port}"]
-        source = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak: dict[str, tuple[int, int, int]] = {}
-        total_peak = 0
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            now = by_daemon(system.group.pids())
-            total_peak = max(total_peak, sum(kb for _n, kb, _p in now.values()))
-            for name, sample in now.items():
-                if sample[1] > peak.get(name, (0, 0, 0))[1]:
-                    peak[name] = sample
-            if (source.poll() is not None and system.delivered() >= args.messages
-                    and system.queued() == 0):
-                break
-            time.sleep(0.25)
-        source.wait()
-        print(f"{'daemon':10} {'idle procs':>10} {'idle PSS MB':>12} {'load procs':>10} "
-              f"{'peak PSS MB':>12} {'private MB':>11}")
-        for name in sorted(set(idle) | set(peak)):
-            i, pk = idle.get(name, (0, 0, 0)), peak.get(name, (0, 0, 0))
-            print(f"{name:10} {i[0]:>10} {i[1] / 1024:>12.1f} {pk[0]:>10} {pk[1] / 1024:>12.1f} "
-                  f"{pk[2] / 1024:>11.1f}")
-        print(f"{'total':10} {sum(n for n, _, _ in idle.values()):>10} "
-              f"{sum(kb for _, kb, _ in idle.values()) / 1024:>12.1f} {'':>10} "
-              f"{total_peak / 1024:>12.1f}  (peak of the sum; private: at each daemon's peak)")
-        print(f"delivered {system.delivered()} of {args.messages}")
-    finally:
-        system.destroy()
-        compare.remove_account(account)
+        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-forkmem-") as (system,):
+            measure(system, args, scen)
+    except compare.BenchError as exc:
+        print(f"fork_memory.py: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:
+    """Timed starts, then PSS by daemon idle and under one load; printed."""
+    system.reset_mailbox()
+    starts = []
+    for _ in range(args.starts):
+        starts.append(timed_start(system))
+        system.stop()
+    walls = [w for w, _c in starts]
+    cpus = [c for _w, c in starts]
+    print(f"start until 220: median {statistics.median(walls) * 1000:.0f} ms wall, "
+          f"{statistics.median(cpus) * 1000:.0f} ms CPU "
+          f"(runs: {', '.join(f'{w * 1000:.0f}/{c * 1000:.0f}' for w, c in starts)})")
+    system.start()
+    time.sleep(2.0)
+    idle = by_daemon(system.group.pids())
+    argv = [compare.SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages),
+            "-l", str(args.size), "-f", compare.SENDER, "-t", scen.recipient,
+            "-M", "client.example", f"{compare.LOOPBACK}:{system.port}"]
+    source = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak: dict[str, tuple[int, int, int]] = {}
+    total_peak = 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        now = by_daemon(system.group.pids())
+        total_peak = max(total_peak, sum(kb for _n, kb, _p in now.values()))
+        for name, sample in now.items():
+            if sample[1] > peak.get(name, (0, 0, 0))[1]:
+                peak[name] = sample
+        if (source.poll() is not None and system.delivered() >= args.messages
+                and system.queued() == 0):
+            break
+        time.sleep(0.25)
+    source.wait()
+    print(f"{'daemon':10} {'idle procs':>10} {'idle PSS MB':>12} {'load procs':>10} "
+          f"{'peak PSS MB':>12} {'private MB':>11}")
+    for name in sorted(set(idle) | set(peak)):
+        i, pk = idle.get(name, (0, 0, 0)), peak.get(name, (0, 0, 0))
+        print(f"{name:10} {i[0]:>10} {i[1] / 1024:>12.1f} {pk[0]:>10} {pk[1] / 1024:>12.1f} "
+              f"{pk[2] / 1024:>11.1f}")
+    print(f"{'total':10} {sum(n for n, _, _ in idle.values()):>10} "
+          f"{sum(kb for _, kb, _ in idle.values()) / 1024:>12.1f} {'':>10} "
+          f"{total_peak / 1024:>12.1f}  (peak of the sum; private: at each daemon's peak)")
+    print(f"delivered {system.delivered()} of {args.messages}")
 
 
 if __name__ == "__main__":

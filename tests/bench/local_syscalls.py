@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,25 +91,27 @@ def main() -> int:
     if os.geteuid() != 0:
         print("local_syscalls.py: run as root", file=sys.stderr)
         return 2
-    compare.ensure_postfix_package()
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-lsys-", dir="/tmp"))
-    os.chmod(top, 0o755)
     scen = compare.scenario("local")
-    account = system = strace = None
     try:
-        (top / "home").mkdir()
-        account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-        (top / args.system).mkdir()
-        os.chmod(top / args.system, 0o755)
-        system = compare.SYSTEMS[args.system](top / args.system, account, scen)
-        system.create()
+        with compare.scratch_systems([args.system], scen, "pymailsys-lsys-", args.keep) as (system,):
+            count_calls(system, args, scen)
+    except compare.BenchError as exc:
+        print(f"local_syscalls.py: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def count_calls(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:
+    """Trace one load of `system` and print the local agent's system calls per delivery."""
+    strace = None
+    try:
         system.reset_mailbox()
         system.start()
         warm = argparse.Namespace(**{**vars(args), "messages": 50})
         compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
         pids = traced_pids(system)
         cmdlines = {pid: identity(pid) for pid in pids}
-        out = top / "trace"
+        out = system.base.parent / "trace"
         out.mkdir()
         argv = ["strace", "-f", "-ff", "-s", "96", "-o", str(out / "t")]
         for pid in pids:
@@ -154,25 +153,15 @@ def main() -> int:
         for name, count in counts.most_common():
             print(f"    {name:<18} {count / n:6.2f}  (lifecycle {lifecycle[name] / n:5.2f})")
         if args.show and len(sequences) >= args.show:
-            seq = sequences[-args.show]
-            print(f"one delivery, {len(seq)} calls:")
-            for line in seq:
-                line = line.replace(str(system.base), "DIR")
-                print("    " + re.sub(r"^\d+ +", "", line)[:160])
+            one = sequences[-args.show]
+            print(f"one delivery, {len(one)} calls:")
+            for text in one:
+                text = text.replace(str(system.base), "DIR")
+                print("    " + re.sub(r"^\d+ +", "", text)[:160])
     finally:
         if strace is not None:
             strace.kill()
             strace.wait()
-        if system is not None:
-            with contextlib.suppress(Exception):
-                system.destroy()
-        if account is not None:
-            compare.remove_account(account)
-        if args.keep:
-            print(f"kept {top}")
-        else:
-            shutil.rmtree(top, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

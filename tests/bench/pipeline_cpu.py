@@ -161,57 +161,46 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pipeline_cpu.py: run as root", file=sys.stderr)
         return 2
-    compare.ensure_postfix_package()
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-pipeline-", dir="/tmp"))
-    os.chmod(top, 0o755)
     scen = compare.scenario("local")
-    account = system = None
     try:
-        (top / "home").mkdir()
-        account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-        (top / "pymailsys").mkdir()
-        os.chmod(top / "pymailsys", 0o755)
-        system = compare.SYSTEMS["pymailsys"](top / "pymailsys", account, scen)
-        system.create()
-        system.reset_mailbox()
-        system.start()
-        warm = argparse.Namespace(**{**vars(args), "messages": 50, "sessions": 2})
-        compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
-        system.reset_mailbox()
-        runs = []
-        for i in range(args.runs):
-            per = one_run(system, args, scen)
-            runs.append(per)
-            print(f"run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items())),
-                  flush=True)
-        keys = sorted({k for r in runs for k in r})
-        print(f"medians over {args.runs} runs of {args.messages} messages (CPU ms/message):")
-        for k in keys:
-            print(f"  {k:<24} {statistics.median(r.get(k, 0.0) for r in runs):.3f}")
-        if args.latency:
-            probe = compare.RunResult(system.label, 1, args.latency)
-            compare.latency_run(system, probe, args.latency, args.size, scen)
-            print(f"latency over {args.latency} probes: connect->250 median "
-                  f"{probe.accept_latency_median_ms:.2f} ms, connect->Maildir median "
-                  f"{probe.latency_median_ms:.2f} ms (p90 {probe.latency_p90_ms:.2f})")
-        if args.strace:
-            print(strace_run(system, args, scen))
-        if args.spy:
-            args.spy.mkdir(parents=True, exist_ok=True)
-            text = spy_run(system, args, scen, args.spy)
-            (args.spy / "profile.txt").write_text(text + "\n")
-            print(text)
-        return 0
+        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-pipeline-") as (system,):
+            measure(system, args, scen)
     except compare.BenchError as exc:
         print(f"pipeline_cpu.py: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if system is not None:
-            with contextlib.suppress(Exception):
-                system.destroy()
-        if account is not None:
-            compare.remove_account(account)
-        shutil.rmtree(top, ignore_errors=True)
+    return 0
+
+
+def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:
+    """Warm up, then the runs, probes, strace and py-spy runs that args ask for; printed."""
+    system.reset_mailbox()
+    system.start()
+    warm = argparse.Namespace(**{**vars(args), "messages": 50, "sessions": 2})
+    compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
+    system.reset_mailbox()
+    runs = []
+    for i in range(args.runs):
+        per = one_run(system, args, scen)
+        runs.append(per)
+        print(f"run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items())),
+              flush=True)
+    keys = sorted({k for r in runs for k in r})
+    print(f"medians over {args.runs} runs of {args.messages} messages (CPU ms/message):")
+    for k in keys:
+        print(f"  {k:<24} {statistics.median(r.get(k, 0.0) for r in runs):.3f}")
+    if args.latency:
+        probe = compare.RunResult(system.label, 1, args.latency)
+        compare.latency_run(system, probe, args.latency, args.size, scen)
+        print(f"latency over {args.latency} probes: connect->250 median "
+              f"{probe.accept_latency_median_ms:.2f} ms, connect->Maildir median "
+              f"{probe.latency_median_ms:.2f} ms (p90 {probe.latency_p90_ms:.2f})")
+    if args.strace:
+        print(strace_run(system, args, scen))
+    if args.spy:
+        args.spy.mkdir(parents=True, exist_ok=True)
+        text = spy_run(system, args, scen, args.spy)
+        (args.spy / "profile.txt").write_text(text + "\n")
+        print(text)
 
 
 if __name__ == "__main__":

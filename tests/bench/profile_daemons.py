@@ -45,7 +45,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -238,96 +237,84 @@ def main(argv: list[str] | None = None) -> int:
         print("profile_daemons.py: run as root (py-spy attaches to daemons of other users)",
               file=sys.stderr)
         return 2
-    compare.ensure_postfix_package()
     py_spy = ensure_py_spy() if args.system == "pymailsys" else ""
     args.out.mkdir(parents=True, exist_ok=True)
     raw_path = args.out / "pyspy.raw"
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-profile-", dir="/tmp"))
-    os.chmod(top, 0o755)
-    account = None
-    system = None
-    spy = None
-    status = 1
+    extra = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected NAME=VALUE")
+        extra[name.strip()] = value.strip()
     scen = compare.scenario("local")
-    with compare.interrupt_as_exception():
-        try:
-            (top / "home").mkdir()
-            account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-            (top / args.system).mkdir()
-            os.chmod(top / args.system, 0o755)
-            system = compare.SYSTEMS[args.system](top / args.system, account, scen)
-            for item in args.set:
-                name, sep, value = item.partition("=")
-                if not sep:
-                    raise compare.BenchError(f"--set {item!r}: expected NAME=VALUE")
-                system.extra[name.strip()] = value.strip()
-            system.create()
-            system.reset_mailbox()
-            system.start()
-            # Warm up, so that the on-demand daemons exist (py-spy follows new ones too).
-            warm_messages = 20 if args.size < 1_000_000 else 2
-            warm = argparse.Namespace(**{**vars(args), "messages": warm_messages, "sessions": 2})
-            compare.load_run(system, compare.RunResult(system.label, 0, warm_messages), warm, scen)
-            system.reset_mailbox()
-            master = system.master_pid()
-            if master is None and py_spy:
-                raise compare.BenchError("pymailsys: no pid in pid/master.pid")
-            spy_argv = [py_spy, "record", "--subprocesses", "-p", str(master), "-r", str(args.rate),
-                        "--format", "raw", "-o", str(raw_path)]
-            if not args.blocking:
-                spy_argv.append("--nonblocking")
-            if py_spy:
-                compare.note(f"profiling: {' '.join(spy_argv)}")
-                spy = subprocess.Popen(spy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
-                time.sleep(1.0)
-                if spy.poll() is not None:
-                    raise compare.BenchError(f"py-spy exited at once: {spy.communicate()[0]}")
-            result = compare.RunResult(system.label, 1, args.messages)
-            with CpuByDaemon(system) as cpu_by_daemon:
-                compare.load_run(system, result, args, scen)
-            profile: dict[str, dict[str, collections.Counter[str]]] = {}
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                try:
-                    spy_out = spy.communicate(timeout=60)[0]
-                except subprocess.TimeoutExpired as exc:
-                    raise compare.BenchError("py-spy did not stop within 60s of SIGINT") from exc
-                spy = None
-                if not raw_path.exists():
-                    raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
-                profile = parse_raw(raw_path.read_text(errors="replace"))
-            text = (f"{args.system} under smtp-source load{' (py-spy)' if py_spy else ''}: {args.messages} "
-                    f"messages of {args.size} bytes over {args.sessions} sessions"
-                    + (f"; settings: {', '.join(args.set)}" if args.set else "") + "\n"
-                    f"under profiling: accepted {result.accepted_per_s:.0f}/s, delivered "
-                    f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
-                    f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
-                    + format_profile(profile, args.top, args.rate, cpu_by_daemon.totals(),
-                                     args.messages, args.size))
-            (args.out / "profile.txt").write_text(text + "\n")
-            print(text)
-            compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
-            status = 0
-        except compare.BenchError as exc:
-            print(f"profile_daemons.py: {exc}", file=sys.stderr)
-        except KeyboardInterrupt as exc:
-            print(f"profile_daemons.py: interrupted ({exc}); cleaning up", file=sys.stderr)
-            status = 130
-        finally:
-            if spy is not None and spy.poll() is None:
-                spy.kill()
-                spy.wait()
-            if system is not None:
-                with contextlib.suppress(Exception):
-                    system.destroy()
-            if account is not None:
-                compare.remove_account(account)
-            if args.keep:
-                compare.note(f"kept {top}")
-            else:
-                shutil.rmtree(top, ignore_errors=True)
-    return status
+    try:
+        with compare.scratch_systems([args.system], scen, "pymailsys-profile-", args.keep,
+                                     prepare=lambda s: s.extra.update(extra)) as (system,):
+            text = profile_run(system, args, scen, py_spy, raw_path)
+    except compare.BenchError as exc:
+        print(f"profile_daemons.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"profile_daemons.py: interrupted ({exc}); cleaned up", file=sys.stderr)
+        return 130
+    (args.out / "profile.txt").write_text(text + "\n")
+    print(text)
+    compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
+    return 0
+
+
+def profile_run(system: compare.System, args: argparse.Namespace, scen: compare.Scenario,
+            py_spy: str, raw_path: Path) -> str:
+    """Warm the system up, then one load under py-spy (if given) and CpuByDaemon; the report."""
+    system.reset_mailbox()
+    system.start()
+    # Warm up, so that the on-demand daemons exist (py-spy follows new ones too).
+    warm_messages = 20 if args.size < 1_000_000 else 2
+    warm = argparse.Namespace(**{**vars(args), "messages": warm_messages, "sessions": 2})
+    compare.load_run(system, compare.RunResult(system.label, 0, warm_messages), warm, scen)
+    system.reset_mailbox()
+    master = system.master_pid()
+    if master is None and py_spy:
+        raise compare.BenchError("pymailsys: no pid in pid/master.pid")
+    spy_argv = [py_spy, "record", "--subprocesses", "-p", str(master), "-r", str(args.rate),
+                "--format", "raw", "-o", str(raw_path)]
+    if not args.blocking:
+        spy_argv.append("--nonblocking")
+    spy = None
+    try:
+        if py_spy:
+            compare.note(f"profiling: {' '.join(spy_argv)}")
+            spy = subprocess.Popen(spy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+            time.sleep(1.0)
+            if spy.poll() is not None:
+                raise compare.BenchError(f"py-spy exited at once: {spy.communicate()[0]}")
+        result = compare.RunResult(system.label, 1, args.messages)
+        with CpuByDaemon(system) as cpu_by_daemon:
+            compare.load_run(system, result, args, scen)
+        profile: dict[str, dict[str, collections.Counter[str]]] = {}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy_out = spy.communicate(timeout=60)[0]
+            except subprocess.TimeoutExpired as exc:
+                raise compare.BenchError("py-spy did not stop within 60s of SIGINT") from exc
+            spy = None
+            if not raw_path.exists():
+                raise compare.BenchError(f"py-spy wrote no {raw_path}:\n{spy_out}")
+            profile = parse_raw(raw_path.read_text(errors="replace"))
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    return (f"{args.system} under smtp-source load{' (py-spy)' if py_spy else ''}: {args.messages} "
+            f"messages of {args.size} bytes over {args.sessions} sessions"
+            + (f"; settings: {', '.join(args.set)}" if args.set else "") + "\n"
+            f"under profiling: accepted {result.accepted_per_s:.0f}/s, delivered "
+            f"{result.delivered_per_s:.0f}/s, CPU {result.cpu_s_per_1000:.2f} s per 1,000 "
+            f"messages (user {result.cpu_user_s:.2f} s, system {result.cpu_system_s:.2f} s)\n"
+            + format_profile(profile, args.top, args.rate, cpu_by_daemon.totals(),
+                             args.messages, args.size))
 
 
 if __name__ == "__main__":
