@@ -71,6 +71,7 @@ def test_report_names_accounting_config_and_noise() -> None:
                    "scenario": "local", "rounds": 3, "warmup": 300, "latency": 50, "set": [],
                    "quiet_threshold": 0.25},
         "cpu_accounting": "v2",
+        "filesystem": "/dev/loop0 on /var/tmp/x/mnt, ext4 (rw,relatime), with a journal",
         "versions": {"postfix": "Postfix 3.7.11", "pymailsys": "pymailsys abc"},
         "configs": {"postfix": {"style": "stock", "summary": "Debian's",
                                 "settings": ["alias_maps = hash:DIR/etc/aliases"]}},
@@ -84,6 +85,29 @@ def test_report_names_accounting_config_and_noise() -> None:
     row = next(line for line in text.splitlines() if "delivered end to end" in line)
     assert "500 [500-600]" in row and "550 [400-720]" in row and "1.10 [0.80-1.20]x" in row
     assert "issue #15 targets" in text and "[NOT met] goal 1: local delivery rate" in text
+    assert "instances on: /dev/loop0 on /var/tmp/x/mnt, ext4 (rw,relatime), with a journal" in text
+    assert "the filesystem synced (syncfs)" in text
+    run_line = next(line for line in text.splitlines() if line.startswith("  pymailsys round 2:"))
+    assert "(user " in run_line and ", system " in run_line  # per-round user/system CPU
+
+
+def test_mount_description_names_device_point_type_and_options() -> None:
+    text = compare.mount_description("/")
+    assert " on /, " in text and "(" in text
+
+
+@pytest.mark.root
+def test_scratch_filesystem_is_a_journaled_ext4_removed_after() -> None:
+    require_tool("losetup")
+    with compare.scratch_filesystem("ext4") as fs:
+        assert "ext4" in fs.description and "with a journal" in fs.description
+        assert "discard" not in fs.description.split("(", 1)[1]
+        image = Path(fs.description.split(" image ", 1)[1].split()[0])
+        (Path(fs.path) / "probe").write_text("x")
+    assert not Path(fs.path).exists() and not image.exists()
+    attached = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
+                              capture_output=True, text=True, check=True).stdout
+    assert str(image) not in attached
 
 
 def test_scenario_defaults_fill_what_is_not_given() -> None:
@@ -109,3 +133,5 @@ def test_a_small_run_through_both_systems(tmp_path: Path) -> None:
         assert run["warmup_messages"] == 5 and len(run["latencies_ms"]) == 2
     assert "delivered_per_s" in data["paired_ratios"]
     assert "issue #15 targets" in result.stdout
+    assert "with a journal" in data["filesystem"] and data["params"]["fs"] == "ext4"
+    assert all("settle_s" in run for run in data["runs"])

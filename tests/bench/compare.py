@@ -625,6 +625,7 @@ class System:
         self.config_style = "minimal"  # --postfix-config
         self.tls: dict[str, str] = {}  # stock: Debian's main.cf.tls with a throw-away certificate
         self.settings: dict[str, str] = {}  # what create() wrote, for the report
+        self.filesystem: Filesystem | None = None  # where base is (scratch_systems)
         self.running = False
 
     # to be supplied by each system
@@ -1013,27 +1014,121 @@ def interrupt_as_exception() -> Iterator[None]:
             signal.signal(sig, h)
 
 
+# Where the instances live (--fs): see scratch_filesystem.
+FILESYSTEMS = ("ext4", "root", "ext4-discard", "ext4-nojournal", "tmpfs")
+SCRATCH_FS_SIZE = "16G"  # sparse: only what the runs write takes disk space
+
+
+@dataclass
+class Filesystem:
+    """Where the throw-away instances go: ``path``, and what a reader needs to know of it."""
+
+    kind: str
+    path: str
+    description: str
+
+
+def mount_description(path: str) -> str:
+    """The device, type and options of the filesystem holding path, from /proc/mounts."""
+    best = ("", "?", "?", "?")
+    with open("/proc/mounts") as f:
+        for line in f:
+            device, point, fstype, options = line.split()[:4]
+            point = point.replace("\\040", " ")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[1]):
+                best = (device, point, fstype, options)
+    device, point, fstype, options = best
+    journal = ""
+    if fstype == "ext4":
+        task = Path("/sys/fs/ext4", Path(device).name, "journal_task")
+        with contextlib.suppress(OSError):
+            journal = (", no journal" if task.read_text().strip() in ("", "<none>")
+                       else ", with a journal")
+    return f"{device} on {point}, {fstype} ({options}){journal}"
+
+
+@contextlib.contextmanager
+def scratch_filesystem(kind: str, tmpdir: str = "/tmp", keep: bool = False) -> Iterator[Filesystem]:
+    """The filesystem the benchmark's instances live on, for the run.
+
+    ``ext4`` (compare.py's default): a new ext4 filesystem as ``mkfs.ext4``
+    makes it (with a journal), on a loop device over a sparse image under
+    /var/tmp (direct I/O, so the image's pages are not cached twice), mounted
+    with the default options (no ``discard``): what a mail server is usually
+    given, the same for both systems in every run, and no other process
+    creating or deleting files in it. Unmounted and removed on leaving (with
+    ``keep`` left mounted, and the commands to remove it printed).
+    ``root``: tmpdir on whatever filesystem holds it. On this machine that is
+    ext4 without a journal and mounted with ``discard``, shared with every
+    other process: there, creating a file costs more the more files were
+    deleted nearby in the last 5 minutes, whoever deleted them
+    (tests/bench/inode_reuse.py), which made later rounds cost more than
+    the first (README, "Benchmarks").
+    ``ext4-discard``, ``ext4-nojournal``: the scratch filesystem mounted with
+    ``discard``, or made without a journal, for tests/bench/round_drift.py.
+    ``tmpfs``: /dev/shm, no disk at all (fsync costs nothing).
+    """
+    if kind not in FILESYSTEMS:
+        raise BenchError(f"unknown filesystem kind {kind!r} (known: {', '.join(FILESYSTEMS)})")
+    if kind in ("root", "tmpfs"):
+        path = tmpdir if kind == "root" else "/dev/shm"
+        yield Filesystem(kind, path, mount_description(path))
+        return
+    work = Path(tempfile.mkdtemp(prefix="pymailsys-bench-fs-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    image, mount = work / "ext4.img", work / "mnt"
+    mount.mkdir()
+    device = ""
+    mounted = False
+    try:
+        run(["truncate", "-s", SCRATCH_FS_SIZE, str(image)])
+        features = ["-O", "^has_journal"] if kind == "ext4-nojournal" else []
+        run(["mkfs.ext4", "-q", "-F", *features, str(image)], timeout=300)
+        attach = run(["losetup", "--find", "--show", "--direct-io=on", str(image)], check=False)
+        if attach.returncode != 0:  # a backing filesystem without O_DIRECT
+            attach = run(["losetup", "--find", "--show", str(image)])
+        device = attach.stdout.strip()
+        run(["mount", "-o", "discard" if kind == "ext4-discard" else "nodiscard",
+             device, str(mount)])
+        mounted = True
+        os.chmod(mount, 0o755)
+        yield Filesystem(kind, str(mount),
+                         f"a new {SCRATCH_FS_SIZE} image {image} on {device}: "
+                         + mount_description(str(mount)))
+    finally:
+        if keep and mounted:
+            note(f"kept the scratch filesystem: umount {mount}; losetup -d {device}; rm -r {work}")
+        else:
+            if mounted:
+                run(["umount", str(mount)], check=False, timeout=300)
+            if device:
+                run(["losetup", "-d", device], check=False)
+            shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = False,
-                    tmpdir: str = "/tmp",
+                    fs: str = "ext4", tmpdir: str = "/tmp",
                     prepare: Callable[[System], None] | None = None) -> Iterator[list[System]]:
     """Throw-away instances of the systems ``names`` (SYSTEMS keys), created and torn down.
 
     The one setup of every benchmark that starts whole systems: Debian's
     postfix package (for smtp-source and the Postfix side), the cgroups of
-    earlier runs that died swept, a new temp dir ``tmpdir/prefixXXXX`` (0755)
+    earlier runs that died swept, the filesystem ``fs`` (scratch_filesystem;
+    ``tmpdir`` for ``root``), a new temp dir ``prefixXXXX`` (0755) in it
     holding the throw-away account's home and one directory per system, each
     system created (``prepare`` runs first, to set its options). On leaving,
     also on failure, SIGTERM, SIGHUP or Ctrl-C: every system stopped and its
-    cgroup removed, the account removed, the temp dir deleted unless ``keep``.
+    cgroup removed, the account removed, the temp dir and the scratch
+    filesystem removed unless ``keep``.
     """
     ensure_postfix_package()
     sweep_stale_groups()
-    top = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
-    os.chmod(top, 0o755)
     account: Account | None = None
     systems: list[System] = []
-    with interrupt_as_exception():
+    with interrupt_as_exception(), scratch_filesystem(fs, tmpdir, keep) as where:
+        top = Path(tempfile.mkdtemp(prefix=prefix, dir=where.path))
+        os.chmod(top, 0o755)
         try:
             (top / "home").mkdir()
             account = ensure_account(top / "home" / BENCH_USER)
@@ -1042,6 +1137,7 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
                 base.mkdir()
                 os.chmod(base, 0o755)
                 system = SYSTEMS[name](base, account, scen)
+                system.filesystem = where
                 systems.append(system)
                 if prepare is not None:
                     prepare(system)
@@ -1058,6 +1154,14 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
                 note(f"kept {top}")
             else:
                 shutil.rmtree(top, ignore_errors=True)
+
+
+def add_fs_argument(parser: argparse.ArgumentParser) -> None:
+    """--fs, the same in every benchmark that uses scratch_systems."""
+    parser.add_argument("--fs", choices=FILESYSTEMS, default="ext4",
+                        help="where the instances live: ext4 = a new ext4 filesystem (journal, "
+                             "no discard) on a loop device, removed after the run (default); "
+                             "root = --tmpdir as it is; see compare.scratch_filesystem")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -1094,6 +1198,8 @@ class RunResult:
     cpu_proc_live_s: float = 0.0
     load_avg_start: float = 0.0
     other_cpu_cores: float = 0.0
+    settle_s: float = 0.0  # syncfs of the instances' filesystem before the start
+    dirty_kb_start: int = 0  # the machine's Dirty + Writeback after it
 
 
 def message_body(size: int) -> bytes:
@@ -1218,12 +1324,32 @@ def latency_run(system: System, result: RunResult, count: int, size: int, scen: 
     result.accept_latency_median_ms = statistics.median(accepted)
 
 
+def meminfo_kb(*names: str) -> int:
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in names:
+                total += int(rest.split()[0])
+    return total
+
+
+def settle(path: Path) -> tuple[float, int]:
+    """Write out what the previous run left dirty on path's filesystem (syncfs), so that
+    no run pays for another's writeback; (seconds it took, the machine's Dirty +
+    Writeback kB after it)."""
+    t0 = time.monotonic()
+    run(["sync", "--file-system", str(path)], timeout=600)
+    return time.monotonic() - t0, meminfo_kb("Dirty", "Writeback")
+
+
 def one_run(system: System, rnd: int, args: argparse.Namespace, scen: Scenario,
             position: int = 1) -> RunResult:
     """Start the system, warm it up, measure one load and the latency probes, stop it."""
     result = RunResult(system.label, rnd, args.messages, position=position)
     system.clear_queue()
     system.reset_mailbox()
+    result.settle_s, result.dirty_kb_start = settle(system.base)
     system.start()
     try:
         time.sleep(args.settle)
@@ -1376,6 +1502,9 @@ def report(runs: list[RunResult], summary: Summary, goals: dict[str, bool],
         f"scenario {params['scenario']}, {params['rounds']} round(s), each after a warm-up of "
         f"{params['warmup']} messages (not counted); order alternates per round; "
         f"latency: {params['latency']} single messages",
+        "every run: queue and Maildir emptied, the filesystem synced (syncfs), the system "
+        "started, warmed up, measured, stopped",
+        f"instances on: {meta.get('filesystem', '?')}",
         f"cpu accounting: {cpu_accounting_text(meta['cpu_accounting'])}"
         + (f"; extra settings: {', '.join(params['set'])}" if params["set"] else ""),
         "; ".join(meta["versions"].values()),
@@ -1392,7 +1521,8 @@ def report(runs: list[RunResult], summary: Summary, goals: dict[str, bool],
     lines += ["", "runs (in order):"]
     for r in runs:
         lines.append(f"  {r.system:<9} round {r.round}: accepted {r.accepted_per_s:7.0f}/s  "
-                     f"delivered {r.delivered_per_s:7.0f}/s  CPU {r.cpu_s_per_1000:6.2f} s/1000  "
+                     f"delivered {r.delivered_per_s:7.0f}/s  CPU {r.cpu_s_per_1000:6.2f} s/1000 "
+                     f"(user {r.cpu_user_s:6.2f} s, system {r.cpu_system_s:6.2f} s)  "
                      f"PSS {r.pss_load_peak_mb:6.1f} MB  latency {r.latency_median_ms:6.1f} ms  "
                      f"load {r.load_avg_start:4.1f}  other {r.other_cpu_cores:4.2f} CPUs")
     names = list(summary.median)
@@ -1461,7 +1591,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(e.g. pymailsys:max_use=1000); shown in the report")
     p.add_argument("--retries", type=int, default=2,
                    help="re-run a failed run this many times; failures are listed in the report (2)")
-    p.add_argument("--tmpdir", default="/tmp", help="where the throw-away instances live (/tmp)")
+    add_fs_argument(p)
+    p.add_argument("--tmpdir", default="/tmp", help="with --fs root: where the throw-away "
+                   "instances live (/tmp)")
     args = p.parse_args(argv)
     for name, value in SCENARIO_DEFAULTS[args.scenario].items():
         if getattr(args, name) is None:
@@ -1502,7 +1634,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[RunResult] = []
     try:
         with scratch_systems(args.system_list, scen, "pymailsys-bench-", args.keep,
-                             args.tmpdir, prepare) as systems:
+                             args.fs, args.tmpdir, prepare) as systems:
             text, data = measure(systems, args, scen, runs)
         print(text)
         if args.json:
@@ -1546,8 +1678,9 @@ def measure(systems: list[System], args: argparse.Namespace, scen: Scenario,
         "params": {k: getattr(args, k) for k in
                    ("messages", "sessions", "size", "rounds", "warmup", "latency",
                     "scenario", "reuse_connections", "set", "postfix_config",
-                    "quiet_threshold")},
+                    "quiet_threshold", "fs")},
         "cpu_accounting": systems[0].group.kind if systems else "",
+        "filesystem": systems[0].filesystem.description if systems and systems[0].filesystem else "",
         "versions": {s.label: s.version() for s in systems},
         "configs": {s.label: s.describe_config() for s in systems},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -84,13 +84,15 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=3000)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--size", type=int, default=2048)
+    compare.add_fs_argument(p)
     args = p.parse_args()
     scen = compare.scenario("local")
     if os.geteuid() != 0:
         print("fork_memory.py: run as root", file=sys.stderr)
         return 2
     try:
-        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-forkmem-") as (system,):
+        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-forkmem-",
+                                     fs=args.fs) as (system,):
             measure(system, args, scen)
     except compare.BenchError as exc:
         print(f"fork_memory.py: {exc}", file=sys.stderr)

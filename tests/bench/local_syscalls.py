@@ -84,6 +84,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--show", type=int, default=0, help="print the calls of one delivery")
     p.add_argument("--keep", action="store_true", help="keep the traces (printed path)")
+    compare.add_fs_argument(p)
     args = p.parse_args()
     args.reuse_connections = False
     args.stall_timeout = 120.0
@@ -93,7 +94,8 @@ def main() -> int:
         return 2
     scen = compare.scenario("local")
     try:
-        with compare.scratch_systems([args.system], scen, "pymailsys-lsys-", args.keep) as (system,):
+        with compare.scratch_systems([args.system], scen, "pymailsys-lsys-", args.keep,
+                                     args.fs) as (system,):
             count_calls(system, args, scen)
     except compare.BenchError as exc:
         print(f"local_syscalls.py: {exc}", file=sys.stderr)

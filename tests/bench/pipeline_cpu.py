@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=int, default=0, metavar="N",
                    help="then N probes one at a time: median connect->250 and connect->Maildir")
     p.add_argument("--stall-timeout", type=float, default=60.0)
+    compare.add_fs_argument(p)
     args = p.parse_args(argv)
     args.sample_interval = 0.5
     args.reuse_connections = False
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scen = compare.scenario("local")
     try:
-        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-pipeline-") as (system,):
+        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-pipeline-",
+                                     fs=args.fs) as (system,):
             measure(system, args, scen)
     except compare.BenchError as exc:
         print(f"pipeline_cpu.py: {exc}", file=sys.stderr)

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra main.cf setting for the profiled system (experiments)")
     p.add_argument("--system", choices=["pymailsys", "postfix"], default="pymailsys",
                    help="postfix: only the CPU-by-daemon table, for comparison (no py-spy)")
+    compare.add_fs_argument(p)
     args = p.parse_args(argv)
     args.sample_interval = 0.5
     if os.geteuid() != 0:
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     scen = compare.scenario("local")
     try:
         with compare.scratch_systems([args.system], scen, "pymailsys-profile-", args.keep,
-                                     prepare=lambda s: s.extra.update(extra)) as (system,):
+                                     args.fs, prepare=lambda s: s.extra.update(extra)) as (system,):
             text = profile_run(system, args, scen, py_spy, raw_path)
     except compare.BenchError as exc:
         print(f"profile_daemons.py: {exc}", file=sys.stderr)
