@@ -35,9 +35,9 @@ tests/bench/inode_reuse.py); on a scratch ext4 with a journal it does not.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -54,19 +54,23 @@ import compare  # noqa: E402  (the benchmark's systems, load and setup)
 
 def perf_summary(data: Path, tids: set[int], top: int = 20) -> str:
     """Kernel symbols by self time, as shares of the samples of the system's threads."""
-    out = compare.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
-                       "--sort", "dso,sym", "-g", "none", "--percentage", "relative",
-                       "--tid", ",".join(str(t) for t in sorted(tids))],
+    out = compare.run(["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso", "-G"],
                       check=False, timeout=600).stdout
-    kernel = 0.0
-    symbols = []
+    samples = kernel = 0
+    symbols: collections.Counter[str] = collections.Counter()
     for line in out.splitlines():
-        m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
-        if m and m.group(3) == "k":
-            kernel += float(m.group(1))
-            symbols.append((float(m.group(1)), m.group(4)))
-    lines = [f"  perf: kernel {kernel:.1f}% of the system's samples; top kernel symbols:"]
-    lines += [f"    {share:5.2f}%  {sym}" for share, sym in symbols[:top]]
+        fields = line.split()
+        if len(fields) < 3 or not fields[0].isdigit() or int(fields[0]) not in tids:
+            continue
+        samples += 1
+        if fields[-1] == "([kernel.kallsyms])":
+            kernel += 1
+            symbols[fields[2]] += 1
+    if not samples:
+        return "  perf: no samples of the system's threads"
+    lines = [f"  perf: {samples} samples of the system's threads, kernel {100 * kernel / samples:.1f}%;"
+             " top kernel symbols (share of all its samples):"]
+    lines += [f"    {100 * count / samples:5.2f}%  {sym}" for sym, count in symbols.most_common(top)]
     return "\n".join(lines)
 
 
