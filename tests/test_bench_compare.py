@@ -135,3 +135,17 @@ def test_a_small_run_through_both_systems(tmp_path: Path) -> None:
     assert "issue #15 targets" in result.stdout
     assert "with a journal" in data["filesystem"] and data["params"]["fs"] == "ext4"
     assert all("settle_s" in run for run in data["runs"])
+
+
+@pytest.mark.root
+def test_a_scratch_filesystem_left_by_a_killed_run_is_swept() -> None:
+    require_tool("losetup")
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, sys; sys.path.insert(0, sys.argv[1]); import compare\n"
+         "with compare.scratch_filesystem('ext4') as fs:\n"
+         "    print(fs.path, flush=True); os.kill(os.getpid(), 9)", str(BENCH.parent)],
+        capture_output=True, text=True, timeout=120)
+    mount = Path(killed.stdout.strip())
+    assert killed.returncode == -9 and mount.is_mount()
+    compare.sweep_stale_filesystems()
+    assert not mount.exists() and not mount.parent.exists()

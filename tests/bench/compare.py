@@ -1017,6 +1017,7 @@ def interrupt_as_exception() -> Iterator[None]:
 # Where the instances live (--fs): see scratch_filesystem.
 FILESYSTEMS = ("ext4", "root", "ext4-discard", "ext4-nojournal", "tmpfs")
 SCRATCH_FS_SIZE = "16G"  # sparse: only what the runs write takes disk space
+SCRATCH_FS_PREFIX = "pymailsys-bench-fs-"  # + the pid of the run, for sweep_stale_filesystems
 
 
 @dataclass
@@ -1089,7 +1090,8 @@ def scratch_filesystem(kind: str, tmpdir: str = "/tmp", keep: bool = False) -> I
         path = tmpdir if kind == "root" else "/dev/shm"
         yield Filesystem(kind, path, mount_description(path))
         return
-    work = Path(tempfile.mkdtemp(prefix="pymailsys-bench-fs-", dir="/var/tmp"))
+    sweep_stale_filesystems()
+    work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_FS_PREFIX}{os.getpid()}-", dir="/var/tmp"))
     os.chmod(work, 0o755)
     image, mount = work / "ext4.img", work / "mnt"
     mount.mkdir()
@@ -1119,6 +1121,21 @@ def scratch_filesystem(kind: str, tmpdir: str = "/tmp", keep: bool = False) -> I
             if device:
                 run(["losetup", "-d", device], check=False)
             shutil.rmtree(work, ignore_errors=True)
+
+
+def sweep_stale_filesystems() -> None:
+    """Unmount, detach and remove the scratch filesystems of earlier runs that died (kill -9)."""
+    for work in Path("/var/tmp").glob(f"{SCRATCH_FS_PREFIX}*-*"):
+        owner = work.name[len(SCRATCH_FS_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        note(f"removing the scratch filesystem {work} of a run that died")
+        run(["umount", str(work / "mnt")], check=False, timeout=300)
+        listed = run(["losetup", "--associated", str(work / "ext4.img"), "--noheadings",
+                      "--output", "NAME"], check=False).stdout.split()
+        for device in listed:
+            run(["losetup", "-d", device], check=False)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager
