@@ -1431,7 +1431,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("cpu_user_s", "  of which user (s, whole run)", "{:.2f}"),
     ("cpu_system_s", "  of which system (s, whole run)", "{:.2f}"),
     ("cpu_proc_live_s", "  seen in /proc, processes alive at end (s)", "{:.2f}"),
-    ("journal_cpu_s", "  filesystem journal thread, outside the cgroup (s)", "{:.2f}"),
+    ("journal_cpu_s", "  fs journal thread, not in the cgroup (s)", "{:.2f}"),
     ("client_cpu_s", "  smtp-source CPU (s, whole run)", "{:.2f}"),
     ("bench_cpu_s", "  this script's CPU while polling (s)", "{:.2f}"),
     ("other_cpu_s", "  other CPU on the machine (s)", "{:.2f}"),
