@@ -81,6 +81,9 @@ SMTPD_CLASSES = frozenset(("bounce", "data", "policy", "protocol", "resource", "
 HISTORY_LIMIT = 500  # lines, whatever the flush threshold
 LINE_LIMIT = 512  # characters kept of one line (an SMTP command line, RFC 5321)
 ENTRY_LIMIT = 4 * LINE_LIMIT  # bytes kept of one command line or reply (UTF-8: 4 a character)
+EVENT_BATCH = 32  # commands and replies noted before they are taken into the history
+_IN, _OUT, _REJECTED = 0, 1, 2  # the kinds of events noted
+_ERROR_FIRST = frozenset((b"4", b"5"))
 _STATUS = re.compile(r"[45]\d\d[ -]([45])\.(\d{1,3})\.(\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -124,73 +127,128 @@ class Transcript:
 
     History entries are kept as the bytes that went by (``In:  `` + a command
     line, ``Out: `` + the lines of one reply) and decoded only when a notice
-    is written: a session without errors pays for little more than a list
-    append per line."""
+    is written. What goes by is first only noted, as it is (``_events``), and
+    taken into the history in order (``_digest``: line counts, flushes, error
+    classes) once EVENT_BATCH events wait, or when the history, the errors or
+    the notice are asked for: a session without errors pays for a list append
+    per command and per reply."""
 
     def __init__(self, notices: Notices, recording: bool) -> None:
         self.notices = notices
         self.recording = recording
-        self.history: list[bytes] = []
-        self.line_count = 0  # lines in history (an entry may hold a multi-line reply)
-        self.errors: set[str] = set()
+        self._history: list[bytes] = []
+        self._line_count = 0  # lines in history (an entry may hold a multi-line reply)
+        self._errors: set[str] = set()
+        self._events: list[tuple[int, bytes]] = []  # noted, not yet in the history
+        self._error_noted = False  # a 4xx or 5xx reply went by
         self.reason = ""
         self._rejected = False
+
+    @property
+    def history(self) -> list[bytes]:
+        self._digest()
+        return self._history
+
+    @property
+    def line_count(self) -> int:
+        self._digest()
+        return self._line_count
+
+    @property
+    def errors(self) -> set[str]:
+        self._digest()
+        return self._errors
 
     def watch(self, writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
         """writer, its writes recorded as replies."""
         if self.recording:
             write = writer.write
+            events = self._events
 
             def recorded(data: bytes | bytearray | memoryview) -> None:
-                self._replies(bytes(data))
+                events.append((_OUT, data if type(data) is bytes else bytes(data)))
+                if data[:1] in _ERROR_FIRST:
+                    self._error_noted = True
+                if len(events) >= EVENT_BATCH:
+                    self._digest()
                 write(data)
 
             writer.write = recorded  # type: ignore[method-assign]
         return writer
 
     def query(self, line: bytes) -> None:
-        if not self.recording:
-            return
-        if self.line_count < HISTORY_LIMIT:
-            self.history.append(b"In:  " + line[:ENTRY_LIMIT].rstrip(b"\r\n"))
-            self.line_count += 1
+        """A command line the client sent."""
+        if self.recording:  # _note, inline (a call per command costs as much as the rest)
+            events = self._events
+            events.append((_IN, line))
+            if len(events) >= EVENT_BATCH:
+                self._digest()
+
+    def rejected(self) -> None:
+        """The next error reply is a restriction's rejection."""
+        if self.recording:
+            self._note(_REJECTED, b"")
+
+    def _note(self, kind: int, data: bytes) -> None:
+        events = self._events
+        events.append((kind, data))
+        if len(events) >= EVENT_BATCH:
+            self._digest()
+
+    def _digest(self) -> None:
+        """Take the noted events into the history, in the order they happened."""
+        events = self._events
+        for kind, data in events:
+            if kind == _OUT:
+                self._replies(data)
+            elif kind == _IN:
+                self._query(data)
+            else:
+                self._rejected = True
+        events.clear()
+
+    def _query(self, line: bytes) -> None:
+        if self._line_count < HISTORY_LIMIT:
+            self._history.append(b"In:  " + line[:ENTRY_LIMIT].rstrip(b"\r\n"))
+            self._line_count += 1
         if line[:4].upper() in (b"EHLO", b"RSET"):
             self._flush()
 
-    def rejected(self) -> None:
-        self._rejected = True
-
     def _replies(self, data: bytes) -> None:
-        if self.line_count < HISTORY_LIMIT:
-            self.history.append(b"Out: " + data[:ENTRY_LIMIT])
-            self.line_count += data.count(b"\n") or 1
+        if self._line_count < HISTORY_LIMIT:
+            self._history.append(b"Out: " + data[:ENTRY_LIMIT])
+            self._line_count += data.count(b"\n") or 1
         first = data[:1]
         if first == b"4" or first == b"5":
             for raw in data.split(b"\r\n"):
                 if raw[:1] in (b"4", b"5"):
                     found = error_class(raw.decode("utf-8", "replace"), self._rejected)
                     if found is not None:
-                        self.errors.add(found)
+                        self._errors.add(found)
                     if raw[3:4] != b"-":
                         self._rejected = False
         elif data.startswith(b"250 ") and b" queued as " in data:
             self._flush()
 
     def _flush(self) -> None:
-        if self.line_count > self.notices.flush_threshold:
-            self.history.clear()
-            self.line_count = 0
+        if self._line_count > self.notices.flush_threshold:
+            self._history.clear()
+            self._line_count = 0
 
     def history_lines(self) -> Iterator[str]:
         """The history as text, one line each (``In:  ...``, ``Out: ...``)."""
-        for entry in self.history:
+        for entry in self.history:  # digested
             prefix, body = entry[:5], entry[5:]
             parts = [body] if prefix == b"In:  " else [p for p in body.split(b"\r\n") if p]
             for part in parts:
                 yield (prefix + part).decode("utf-8", "replace")[:LINE_LIMIT]
 
     def due(self) -> bool:
-        return self.recording and bool(self.errors & self.notices.classes)
+        if not self.recording:
+            return False
+        if not self._error_noted:
+            return False  # no error reply: nothing to digest for the answer
+        return bool(self.errors & self.notices.classes)
 
     def lines(self, client: str) -> Iterator[str]:
         """The notice, header and body (module docstring)."""
