@@ -276,9 +276,22 @@ def test_forward_paths_are_expanded_once_per_recipient_attributes() -> None:
     assert forward_paths.cache_info().misses == 3
 
 @pytest.mark.root
+def test_an_unchanged_passwd_file_is_not_read_again(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """The account of the last deliveries is reused while /etc/passwd is unchanged: one
+    stat of it per delivery, no open (getpwnam opened and parsed the whole file each
+    time)."""
+    s = system()
+    s.start("local")
+    calls = _traced_deliveries(s, throwaway_user, "openat,newfstatat,stat")
+    assert not [c for c in calls if c.startswith("openat") and "/etc/passwd" in c], calls
+    assert len([c for c in calls if '"/etc/passwd"' in c]) == 2, calls
+
+
+@pytest.mark.root
 def test_account_is_looked_up_afresh_for_each_delivery(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """local looks the account up once per request (its .forward and mailbox agree) and
-    never across requests: a home directory moved between two deliveries gets the second."""
+    reuses it only while /etc/passwd is unchanged: a home directory moved between two
+    deliveries gets the second."""
     s = system()
     s.set(home_mailbox="Maildir/")
     s.start()
