@@ -20,6 +20,7 @@ Postfix's smtpd sends its REC_TYPE_FILT).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,11 @@ from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
 from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
+_LOOPBACK_NAME = dns_client_name.ClientName("localhost", dns_client_name.OK, "localhost",
+                                            dns_client_name.OK)
+_NOT_LOOKED_UP = dns_client_name.ClientName()
+# per process, by client address string (answers never change; a few hundred bytes each)
+_is_loopback = functools.lru_cache(maxsize=1024)(netaddr.is_loopback)
 
 
 @dataclass
@@ -188,11 +194,10 @@ class Smtpd:
             self.sasl.close()
 
     async def name_client(self, req: restrictions.Request) -> None:
-        if netaddr.is_loopback(req.client_addr):
-            found = dns_client_name.ClientName("localhost", dns_client_name.OK, "localhost",
-                                               dns_client_name.OK)
+        if _is_loopback(req.client_addr):
+            found = _LOOPBACK_NAME
         elif not self.peername_lookup:
-            found = dns_client_name.ClientName()
+            found = _NOT_LOOKED_UP
         else:
             found = await dns_client_name.lookup(req.client_addr, timeout=10)
         req.client_name, req.client_name_status = found.name, found.status
