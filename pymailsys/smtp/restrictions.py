@@ -77,6 +77,7 @@ REFUSES
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -840,10 +841,18 @@ def _permit_mynetworks(engine: Engine, req: Request, entry: _Entry) -> Result | 
         return engine.lookup_failure(req.client)
 
 
+@functools.lru_cache(maxsize=1024)
+def _canonical_address(text: str) -> str | None:
+    """A client address in the form interface addresses are kept in (str of the parsed
+    address: ipaddress's __str__ costs more than the rest of a restriction)."""
+    ip = netaddr.parse_address(text)
+    return None if ip is None else str(ip)
+
+
 @restriction("permit_inet_interfaces")
 def _permit_inet_interfaces(engine: Engine, req: Request, entry: _Entry) -> Result | None:
-    ip = netaddr.parse_address(req.client_addr)
-    return Result(OK) if ip is not None and str(ip) in engine.resolver.interfaces else None
+    addr = _canonical_address(req.client_addr)
+    return Result(OK) if addr is not None and addr in engine.resolver.interfaces else None
 
 
 @restriction("permit_sasl_authenticated")
