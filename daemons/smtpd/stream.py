@@ -281,26 +281,34 @@ class InputBuffer:
         self.buf += chunk
 
     async def readline(self, limit: int) -> bytes:
+        buf = self.buf
         while True:
-            end = self.buf.find(b"\n", self.pos)
+            end = buf.find(b"\n", self.pos)
             if end >= 0:
                 break
-            if len(self.buf) - self.pos > limit:
-                line = bytes(self.buf[self.pos:self.pos + limit])
-                self.pos = len(self.buf)
+            if len(buf) - self.pos > limit:
+                line = bytes(buf[self.pos:self.pos + limit])
+                self.pos = len(buf)
                 await self._skip_rest_of_line()
                 return line
-            await self._fill()
+            # _fill, inline: a coroutine fewer for every command line
+            if self.pos:
+                del buf[:self.pos]
+                self.pos = 0
+            chunk = await self._read()
+            if not chunk:
+                raise ConnectionLost(0)
+            buf += chunk
         start = self.pos
         self.pos = end + 1
-        if end > start and self.buf[end - 1] == 13:
+        if end > start and buf[end - 1] == 13:
             self.bare_lf = False
             end -= 1
         else:
             self.bare_lf = True
         if end - start > limit:
             end = start + limit
-        return bytes(self.buf[start:end])
+        return bytes(buf[start:end])
 
     async def _skip_rest_of_line(self) -> None:
         while True:
