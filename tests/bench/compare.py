@@ -1188,6 +1188,37 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
                 shutil.rmtree(top, ignore_errors=True)
 
 
+def on_scratch_systems(tool: str, names: list[str], prefix: str, args: argparse.Namespace,
+                       body: Callable[[list[System], argparse.Namespace, Scenario], object],
+                       prepare: Callable[[System], None] | None = None,
+                       scen: Scenario | None = None) -> int:
+    """A benchmark tool's run: ``body(systems, args, scenario)`` on scratch systems of
+    ``names`` (``scen``, else the local scenario; on ``args.fs``, under ``args.tmpdir``
+    and kept with ``args.keep`` if the tool has them); the exit status: 0, 1 after a
+    BenchError (printed as ``tool: error``), 130 after Ctrl-C, SIGTERM or SIGHUP,
+    everything removed in each case."""
+    scen = scen or scenario("local")
+    try:
+        with scratch_systems(names, scen, prefix, getattr(args, "keep", False), args.fs,
+                             getattr(args, "tmpdir", "/tmp"), prepare) as systems:
+            body(systems, args, scen)
+    except BenchError as exc:
+        print(f"{tool}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"{tool}: interrupted ({exc}); cleaned up", file=sys.stderr)
+        return 130
+    return 0
+
+
+def on_scratch_system(tool: str, name: str, prefix: str, args: argparse.Namespace,
+                      body: Callable[[System, argparse.Namespace, Scenario], object],
+                      prepare: Callable[[System], None] | None = None) -> int:
+    """on_scratch_systems for one system: ``body(system, args, scenario)``."""
+    return on_scratch_systems(tool, [name], prefix, args,
+                              lambda systems, a, s: body(systems[0], a, s), prepare)
+
+
 def add_fs_argument(parser: argparse.ArgumentParser) -> None:
     """--fs, the same in every benchmark that uses scratch_systems."""
     parser.add_argument("--fs", choices=FILESYSTEMS, default="ext4",
@@ -1668,27 +1699,21 @@ def main(argv: list[str] | None = None) -> int:
             tls.update(stock_tls_settings(system.base.parent / "tls"))
         system.tls = tls
 
-    runs: list[RunResult] = []
-    try:
-        with scratch_systems(args.system_list, scen, "pymailsys-bench-", args.keep,
-                             args.fs, args.tmpdir, prepare) as systems:
-            text, data = measure(systems, args, scen, runs)
+    def rounds(systems: list[System], args: argparse.Namespace, scen: Scenario) -> None:
+        text, data = measure(systems, args, scen)
         print(text)
         if args.json:
             args.json.write_text(json.dumps(data, indent=2) + "\n")
             note(f"wrote {args.json}")
-        return 0
-    except BenchError as exc:
-        print(f"compare.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print(f"compare.py: interrupted ({exc}); cleaned up", file=sys.stderr)
-        return 130
+
+    return on_scratch_systems("compare.py", args.system_list, "pymailsys-bench-", args, rounds,
+                              prepare, scen)
 
 
-def measure(systems: list[System], args: argparse.Namespace, scen: Scenario,
-            runs: list[RunResult]) -> tuple[str, dict[str, Any]]:
+def measure(systems: list[System], args: argparse.Namespace,
+            scen: Scenario) -> tuple[str, dict[str, Any]]:
     """Every round on the created systems; the report's text and its JSON form."""
+    runs: list[RunResult] = []
     failures: list[dict[str, Any]] = []
     for rnd in range(1, args.rounds + 1):
         # The first system alternates too: what runs second may pay for the first's

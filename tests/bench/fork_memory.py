@@ -86,18 +86,11 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2048)
     compare.add_fs_argument(p)
     args = p.parse_args()
-    scen = compare.scenario("local")
     if os.geteuid() != 0:
         print("fork_memory.py: run as root", file=sys.stderr)
         return 2
-    try:
-        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-forkmem-",
-                                     fs=args.fs) as (system,):
-            measure(system, args, scen)
-    except compare.BenchError as exc:
-        print(f"fork_memory.py: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return compare.on_scratch_system("fork_memory.py", "pymailsys", "pymailsys-forkmem-", args,
+                                     measure)
 
 
 def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:

@@ -92,15 +92,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("local_syscalls.py: run as root", file=sys.stderr)
         return 2
-    scen = compare.scenario("local")
-    try:
-        with compare.scratch_systems([args.system], scen, "pymailsys-lsys-", args.keep,
-                                     args.fs) as (system,):
-            count_calls(system, args, scen)
-    except compare.BenchError as exc:
-        print(f"local_syscalls.py: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return compare.on_scratch_system("local_syscalls.py", args.system, "pymailsys-lsys-", args,
+                                     count_calls)
 
 
 def count_calls(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:

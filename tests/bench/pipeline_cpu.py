@@ -162,15 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pipeline_cpu.py: run as root", file=sys.stderr)
         return 2
-    scen = compare.scenario("local")
-    try:
-        with compare.scratch_systems(["pymailsys"], scen, "pymailsys-pipeline-",
-                                     fs=args.fs) as (system,):
-            measure(system, args, scen)
-    except compare.BenchError as exc:
-        print(f"pipeline_cpu.py: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return compare.on_scratch_system("pipeline_cpu.py", "pymailsys", "pymailsys-pipeline-", args,
+                                     measure)
 
 
 def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:

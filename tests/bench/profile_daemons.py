@@ -247,25 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item!r}: expected NAME=VALUE")
         extra[name.strip()] = value.strip()
-    scen = compare.scenario("local")
-    try:
-        with compare.scratch_systems([args.system], scen, "pymailsys-profile-", args.keep,
-                                     args.fs, prepare=lambda s: s.extra.update(extra)) as (system,):
-            text = profile_run(system, args, scen, py_spy, raw_path)
-    except compare.BenchError as exc:
-        print(f"profile_daemons.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print(f"profile_daemons.py: interrupted ({exc}); cleaned up", file=sys.stderr)
-        return 130
-    (args.out / "profile.txt").write_text(text + "\n")
-    print(text)
-    compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
-    return 0
+
+    def profile_and_write(system: compare.System, args: argparse.Namespace,
+                          scen: compare.Scenario) -> None:
+        text = profile_run(system, args, scen, py_spy, raw_path)
+        (args.out / "profile.txt").write_text(text + "\n")
+        print(text)
+        compare.note(f"wrote {args.out / 'profile.txt'}" + (f" and {raw_path}" if py_spy else ""))
+
+    return compare.on_scratch_system("profile_daemons.py", args.system, "pymailsys-profile-",
+                                     args, profile_and_write,
+                                     prepare=lambda s: s.extra.update(extra))
 
 
 def profile_run(system: compare.System, args: argparse.Namespace, scen: compare.Scenario,
-            py_spy: str, raw_path: Path) -> str:
+                py_spy: str, raw_path: Path) -> str:
     """Warm the system up, then one load under py-spy (if given) and CpuByDaemon; the report."""
     system.reset_mailbox()
     system.start()
