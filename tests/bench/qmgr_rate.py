@@ -12,7 +12,8 @@ trigger connection that stays open (``<HEX>`` records). It waits until every
 file is gone and prints qmgr's CPU ms/message (user + system, from /proc) and
 the wall time. With ``--callgrind`` qmgr runs under valgrind's callgrind and the
 figure is its instructions per message (user space only, nearly free of the
-shared machine's noise). Timing only; nothing here is a pass/fail test.
+shared machine's noise). ``--cprofile FILE`` runs qmgr under cProfile and leaves
+its statistics in FILE (``python -m pstats FILE``) to see where the time goes. Timing only; nothing here is a pass/fail test.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ async def main():
 
 asyncio.run(main())
 """
+# qmgr under cProfile counting CPU time (wall time would count the agent's turns too)
+PROFILED = """
+import cProfile, sys, time
+from pymailsys.daemons import qmgr
+out = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(qmgr.main, sys.argv[1:])
+finally:
+    profile.dump_stats(out)
+"""
 BODY = b"".join(b"line %d of a typical message body, some text to make it look real" % i
                 for i in range(28))
 
@@ -94,6 +106,8 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
         qmgr_sock = setup.queue_dir / "public" / "qmgr"
         argv = [sys.executable, "-m", "pymailsys.daemons.qmgr", "-c", str(setup.etc), "-n", "qmgr",
                 "-L", str(qmgr_sock)]
+        if args.cprofile:
+            argv[1:3] = ["-c", PROFILED, args.cprofile]
         if args.callgrind:
             argv = ["valgrind", "--tool=callgrind", "--quiet",
                     f"--callgrind-out-file={setup.base}/callgrind.%p"] + argv
@@ -105,12 +119,13 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
             time.sleep(0.05)
         kick = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         kick.connect(str(qmgr_sock))
-        if args.callgrind:  # warm up (first-use paths), then count from zero
+        if args.callgrind or args.cprofile:  # warm up (first-use paths), then count from zero
             for n in range(20):
                 kick.sendall(trigger.encode_named_ids([queue_file(setup, n)]))
             wait_empty(setup, 600)
-            subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
-                           capture_output=True, timeout=120)
+            if args.callgrind:
+                subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
+                               capture_output=True, timeout=120)
         time.sleep(0.5)
         cpu0, t0 = sum(cpu_seconds(pid)), time.monotonic()
         interval = 1.0 / args.rate
@@ -143,6 +158,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per message under callgrind instead of CPU time")
+    ap.add_argument("--cprofile", metavar="FILE",
+                    help="run qmgr under cProfile, its statistics written to FILE at the end "
+                         "(the warm-up messages included)")
     args = ap.parse_args()
     results = []
     for _ in range(args.runs):
