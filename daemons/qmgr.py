@@ -208,9 +208,11 @@ SUSPENDED = "delivery temporarily suspended"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
 SEQUENTIAL_AGENTS = frozenset({"local"})  # master.cf commands: one request at a time
+ROUTE_TTL = 30.0  # seconds a resolved route is reused, as Postfix's resolve client's cache
+ROUTE_CACHE_SIZE = 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class Route:
     transport: str
     nexthop: str
@@ -223,6 +225,33 @@ def route(config: Config, address: str, sender: str = "") -> Route:
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
     return Route(r.transport, r.nexthop)
+
+
+class RouteCache:
+    """Routes resolved in the last ROUTE_TTL seconds, at most ROUTE_CACHE_SIZE of them
+    (all forgotten when full): Postfix's qmgr asks trivial-rewrite through a client
+    that reuses its last answer for 30 s; this keeps a few more, for mail to a few
+    busy recipients. Keyed by the address, and by the sender only when
+    sender_dependent_relayhost_maps can make it matter. A failed resolution (a
+    table that did not answer) is not kept."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.by_sender = resolve.resolver_for(config).has_sender_relayhosts
+        self.routes: dict[tuple[str, str], tuple[float, Route]] = {}
+
+    def route(self, address: str, sender: str) -> Route:
+        key = (address, sender if self.by_sender else "")
+        now = time.monotonic()
+        hit = self.routes.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        where = route(self.config, address, sender)
+        if not where.error:
+            if len(self.routes) >= ROUTE_CACHE_SIZE:
+                self.routes.clear()
+            self.routes[key] = (now + ROUTE_TTL, where)
+        return where
 
 
 def filter_route(content_filter: str, address: str, default_nexthop: str,
@@ -385,6 +414,7 @@ class Qmgr:
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
         self.allow_min_user = cfg.get_bool("allow_min_user")
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
+        self.routes = RouteCache(cfg)
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
         self.open_file_budget = _open_file_budget()
         self.open_file_warned = False
@@ -871,7 +901,7 @@ class Qmgr:
             if msg.env.content_filter:
                 where = filter_route(msg.env.content_filter, rc.address, *self.filter_nexthop)
             else:
-                where = route(self.config, rc.address, msg.env.sender)
+                where = self.routes.route(rc.address, msg.env.sender)
         except Exception as e:  # the resolver's tables: defer, never bounce
             where = Route("", "", f"address resolver failure: {e}")
         if where.error:
@@ -880,10 +910,18 @@ class Qmgr:
         if where.transport in (ERROR_TRANSPORT, DISCARD_TRANSPORT):
             self.record(msg, rc, internal_result(where), "none", start)
             return None
-        if not os.path.exists(self.spool.private(where.transport)):
+        if not self.transport_available(where.transport):
             self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none", start)
             return None
         return where
+
+    def transport_available(self, transport: str) -> bool:
+        """An agent serves the transport: qmgr holds a connection to it, or its socket
+        is there (private/TRANSPORT)."""
+        pool = self.pools.get(transport)
+        if pool is not None and any(c.client.connected for c in pool.conns):
+            return True
+        return os.path.exists(self.spool.private(transport))
 
     async def deliver(self, lane: _Lane, entry: Entry,
                       sent: tuple[float, asyncio.Future[AttrList]] | None) -> None:
