@@ -155,15 +155,31 @@ def encode(attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     for name, value in items:
-        key = name.encode() + b"\0"
+        key = _KEYS.get(name) or _key(name)
         for v in value if isinstance(value, (list, tuple)) else (value,):
-            data = _as_bytes(v)
+            # _as_bytes, inline: a request to an agent has a dozen values
+            if type(v) is str:
+                data = v.encode("utf-8", "surrogateescape")
+            elif type(v) is bytes:
+                data = v
+            else:
+                data = _as_bytes(v)
             n = len(data)
             append(key)
             append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
             append(data)
     append(b"\0")
     return b"".join(parts)
+
+
+_KEYS: dict[str, bytes] = {}  # attribute name -> its encoded form, for the names in use
+
+
+def _key(name: str) -> bytes:
+    key = name.encode() + b"\0"
+    if len(_KEYS) < 256:  # the protocol's names; a peer's odd names are not kept
+        _KEYS[name] = key
+    return key
 
 
 async def _read_length(reader: asyncio.StreamReader) -> int:
@@ -611,6 +627,11 @@ class AttrClient:
     @property
     def idle(self) -> bool:
         return not self._waiting
+
+    @property
+    def connected(self) -> bool:
+        """The connection is open (a request can be ``submit``ted now)."""
+        return self._writer is not None and not self._writer.is_closing()
 
 
 class RequestStream:

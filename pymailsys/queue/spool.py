@@ -152,6 +152,7 @@ class Spool:
     def __init__(self, queue_directory: str, hash_queue_names: list[str] | None = None,
                  hash_queue_depth: int = 1, long_ids: bool = False) -> None:
         self.root = queue_directory
+        self._prefix = os.path.join(queue_directory, "")
         self.hashed = set(hash_queue_names if hash_queue_names is not None else (DEFERRED, DEFER))
         self.depth = hash_queue_depth
         self.long_ids = long_ids
@@ -169,11 +170,9 @@ class Spool:
         return os.path.join(self.root, queue)
 
     def path(self, queue: str, queue_id: str) -> str:
-        parts = [self.root, queue]
-        if queue in self.hashed:
-            parts.extend(hash_prefix(queue_id, self.depth))
-        parts.append(queue_id)
-        return os.path.join(*parts)
+        if queue in self.hashed and self.depth > 0:
+            return os.path.join(self.root, queue, *hash_prefix(queue_id, self.depth), queue_id)
+        return f"{self._prefix}{queue}/{queue_id}"  # once or more per message: no join
 
     def keep_queue_dirs(self) -> None:
         """From now on keep each queue directory open once ``open_queue_file`` has opened
