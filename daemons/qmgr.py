@@ -44,13 +44,14 @@ DESCRIPTION
     to shared (delivery agents take shared locks), remove an old defer log and
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
     recipient is resolved (``pymailsys.address.resolve``, with the sender for
-    sender_dependent_relayhost_maps) or, when the message has a content
+    sender_dependent_relayhost_maps; an answer is reused for 30 s, as Postfix's
+    resolve client does, ``RouteCache``) or, when the message has a content
     filter (the last L record: content_filter or a FILTER action), routed
     to the filter's transport and nexthop (``filter_route``: an empty
     nexthop is default_filter_nexthop, else the recipient's domain, else
     myhostname), and handed to the agent that serves
     ``private/TRANSPORT``; a transport without a socket there (not built or
-    not running) defers the recipient with ``mail transport unavailable``
+    not running; not looked for while qmgr holds a connection to it) defers the recipient with ``mail transport unavailable``
     (4.3.0). qmgr plays Postfix's error and discard agents itself: transport
     ``error`` bounces with its nexthop text (``4.X.Y text`` defers), transport
     ``discard`` is ``status=sent`` with the nexthop as the reason.
