@@ -25,6 +25,9 @@ qmgr's system calls and event-loop waits (epoll_wait) in each stretch:
 strace slows every traced process several-fold: the counts and the order mean
 something, the microseconds only relative to each other within one system.
 --show N prints qmgr's and local's calls for the Nth message from the end.
+--load N then sends N messages with smtp-source (compare.py's load, --sessions
+at once) under ``strace -c`` of qmgr alone and prints its system calls per
+message, by name.
 """
 
 from __future__ import annotations
@@ -144,6 +147,41 @@ def timelines(roles: dict[str, list[Call]]) -> list[dict[str, float | int]]:
     return out
 
 
+def roles_pids(system: compare.System) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for pid in system.group.pids():
+        m = ROLE_RE.search(identity(pid))
+        if m:
+            out.setdefault(m.group(1), []).append(pid)
+    return out
+
+
+def count_qmgr_calls(system: compare.System, pids: dict[str, list[int]],
+                     args: argparse.Namespace, scen: compare.Scenario, top: Path) -> None:
+    """``strace -c`` of qmgr over a load of args.load messages: calls per message."""
+    out = top / "count"
+    strace = subprocess.Popen(["strace", "-c", "-o", str(out), "-p", str(pids["qmgr"][0])],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        load = argparse.Namespace(**{**vars(args), "messages": args.load})
+        compare.load_run(system, compare.RunResult(system.label, 2, args.load), load, scen)
+        time.sleep(1.0)
+    finally:
+        strace.terminate()
+        strace.wait(60)
+    print(f"{args.system}: qmgr system calls per message over {args.load} messages "
+          f"({args.sessions} sessions at once)")
+    total = 0
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            calls = int(fields[3])
+            total += calls
+            print(f"    {fields[-1]:<18} {calls / args.load:6.2f}")
+    print(f"    {'all':<18} {total / args.load:6.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--system", choices=["pymailsys", "postfix"], default="pymailsys")
@@ -151,11 +189,12 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--show", type=int, default=0, help="print the calls of one message")
     p.add_argument("--keep", action="store_true", help="keep the traces (printed path)")
+    p.add_argument("--load", type=int, default=0, help="then count qmgr's calls over N messages")
+    p.add_argument("--sessions", type=int, default=2)
     args = p.parse_args()
     args.reuse_connections = False
     args.stall_timeout = 120.0
     args.sample_interval = 0.5
-    args.sessions = 1
     if os.geteuid() != 0:
         print("qmgr_timeline.py: run as root", file=sys.stderr)
         return 2
@@ -220,6 +259,8 @@ def main() -> int:
                 if t0 - 0.002 <= c.start <= float(row["_to"]):
                     text = c.text.replace(str(system.base), "DIR")[:110]
                     print(f"  {1e6 * (c.start - t0):8.0f} {role:<7} {c.name} {text}")
+        if args.load:
+            count_qmgr_calls(system, roles_pids(system), args, scen, top)
     finally:
         if strace is not None:
             strace.kill()
