@@ -81,11 +81,14 @@ DESCRIPTION
     built once. Each request goes to the least-loaded connection; when all
     are busy another is opened, up to ``default_process_limit``;
     connections beyond ``AGENT_CONNECTIONS`` that stay idle for
-    ``max_idle`` are closed. For a transport whose master.cf service runs
-    ``local`` (which serves one request at a time per connection), while a
-    destination's window is full, its next request is written behind each of
-    its deliveries in flight, so local goes from one delivery to the next
-    without waiting for qmgr; such a request counts in the window only once
+    ``max_idle`` are closed. qmgr opens each agent connection with the hello
+    ``protocol=delivery_request_protocol`` (``pymailsys.ipc.attr``: Postfix's
+    agents send it unasked) and reads the answer before its first request;
+    on a connection whose agent says it serves one request at a time
+    (``requests_at_once=1``: local, or any agent on ``attr.serve_sequential``),
+    while a destination's window is full, its next request is written behind
+    each of its deliveries in flight, so the agent goes from one delivery to
+    the next without waiting for qmgr; such a request counts in the window only once
     the one ahead of it is answered (``scheduler.take_behind``). When the
     agent dies both are deferred (``unknown mail transport error``); when it
     closes the connection after its reply to the first (a local process that
@@ -172,7 +175,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import dsn, log, maps, server
 from pymailsys.address import resolve
-from pymailsys.config import Config, ConfigError, master_cf, params
+from pymailsys.config import Config, params
 from pymailsys.delivery.agent import (
     DeliveryResult,
     batch_request_attrs,
@@ -183,7 +186,7 @@ from pymailsys.delivery.agent import (
     results_from_attrs,
 )
 from pymailsys.ipc import peers, trigger
-from pymailsys.ipc.attr import AttrClient, AttrList, AttrValue, ProtocolError
+from pymailsys.ipc.attr import REQUESTS_AT_ONCE, AttrClient, AttrList, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
 from pymailsys.queue import spool as q
@@ -208,7 +211,7 @@ TRANSPORT_ERROR = "unknown mail transport error"
 SUSPENDED = "delivery temporarily suspended"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
-SEQUENTIAL_AGENTS = frozenset({"local"})  # master.cf commands: one request at a time
+DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
 ROUTE_TTL = 30.0  # seconds a resolved route is reused, as Postfix's resolve client's cache
 ROUTE_CACHE_SIZE = 256
 
@@ -268,19 +271,6 @@ def filter_route(content_filter: str, address: str, default_nexthop: str,
     return Route(transport, nexthop or default_nexthop or domain or myhostname)
 
 
-def sequential_transports(config_dir: str) -> frozenset[str]:
-    """The transports whose master.cf service runs the local delivery agent, which
-    serves one request at a time per connection (SEQUENTIAL_AGENTS); none when
-    master.cf cannot be read (qmgr then only sends a request to an idle agent)."""
-    try:
-        entries = master_cf.parse_file(os.path.join(config_dir, "master.cf"))
-    except (OSError, ConfigError) as e:
-        log.warning(f"cannot read master.cf: {e}")
-        return frozenset()
-    return frozenset(e.name for e in entries
-                     if e.type == "unix" and e.command in SEQUENTIAL_AGENTS)
-
-
 def _number(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
@@ -335,6 +325,14 @@ class _Conn:
         self.load = 0
         self.last_used = time.monotonic()
 
+    @property
+    def sequential(self) -> bool:
+        """The agent said, when qmgr connected, that it serves one request at a time
+        (``attr.serve_sequential``, such as local's): a request written behind the
+        one in progress waits in the agent."""
+        greeting = self.client.greeting
+        return greeting is not None and greeting.raw(REQUESTS_AT_ONCE) == b"1"
+
 
 class _Lane:
     """One delivery in flight on an agent connection, and the entry sent behind it."""
@@ -354,19 +352,17 @@ class AgentPool:
     and there are fewer than ``limit``, a new one is opened (master starts one
     agent process per connection for one-client agents such as local), so the
     number of agents working in parallel follows the concurrency qmgr wants.
-    ``sequential``: the agent serves one request at a time per connection
-    (local), so a request queued behind another on the same connection waits
-    for it in the agent. ``reap`` closes connections beyond ``keep`` that
-    stayed idle.
+    Each connection opens with the hello (``DELIVERY_PROTOCOL``), whose answer
+    says whether the agent serves one request at a time (``_Conn.sequential``).
+    ``reap`` closes connections beyond ``keep`` that stayed idle.
     """
 
     def __init__(self, path: str, limit: int, timeout: float,
-                 keep: int = AGENT_CONNECTIONS, sequential: bool = False) -> None:
+                 keep: int = AGENT_CONNECTIONS) -> None:
         self.path = path
         self.limit = max(limit, 1)
         self.timeout = timeout
         self.keep = max(min(keep, self.limit), 1)
-        self.sequential = sequential
         self.conns: list[_Conn] = []
 
     def take(self) -> _Conn:
@@ -378,7 +374,7 @@ class AgentPool:
                 if c.load == 0:
                     break
         if best is None or (best.load > 0 and len(self.conns) < self.limit):
-            best = _Conn(AttrClient(self.path, self.timeout))
+            best = _Conn(AttrClient(self.path, self.timeout, hello=DELIVERY_PROTOCOL))
             self.conns.append(best)
         best.load += 1
         return best
@@ -424,7 +420,6 @@ class Qmgr:
         self.active: dict[str, Message] = {}
         self.slot_free = asyncio.Event()
         self.pools: dict[str, AgentPool] = {}
-        self.sequential = sequential_transports(cfg.config_dir)
         # lanes of sequential agents with nothing behind their request (Qmgr.fill)
         self.open_lanes: dict[scheduler.Destination[Entry], list[_Lane]] = {}
         self.rcpt_limit = max(cfg.get_int("qmgr_message_recipient_limit"), 1)
@@ -508,8 +503,7 @@ class Qmgr:
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
         if p is None:
-            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout,
-                          sequential=transport in self.sequential)
+            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout)
             self.pools[transport] = p
         return p
 
@@ -928,7 +922,7 @@ class Qmgr:
                       sent: tuple[float, asyncio.Future[AttrList]] | None) -> None:
         """Deliveries to one destination over one agent connection (a lane): this entry
         (its request already written when ``sent`` is given) and, when the agent serves
-        one request at a time (``AgentPool.sequential``), the destination's next entry
+        one request at a time (``_Conn.sequential``), the destination's next entry
         sent behind it, as soon as there is one while its window is full (``fill``), so
         that the agent goes from one request to the next without waiting for qmgr. An
         entry sent behind is in flight in the scheduler's count only once the one ahead
@@ -940,7 +934,7 @@ class Qmgr:
             if sent is None:
                 sent = await self._send(lane.conn, entry)
             while True:
-                if pool.sequential and not sent[1].done():
+                if lane.conn.sequential and not sent[1].done():
                     self.fill(lane)
                     if lane.behind is None:
                         self.open_lanes.setdefault(dest, []).append(lane)

@@ -599,3 +599,99 @@ def test_spool_paths(tmp_path: Path) -> None:
     hashed = Spool(str(tmp_path), ["deferred"], 2)
     assert hashed.path("deferred", "9211D235F71") == f"{tmp_path}/deferred/9/2/9211D235F71"
     assert hashed.path("incoming", "9211D235F71") == f"{tmp_path}/incoming/9211D235F71"
+
+
+def test_hello_answered_by_the_serve_loop_with_how_many_requests_at_once(tmp_path: Path) -> None:
+    """A connection that opens with the hello gets the server loop's answer first:
+    requests_at_once 1 from serve_sequential (and serve_pipelined with max_pending=1),
+    0 from serve_pipelined; a client without the hello sees nothing new, and a hello
+    list later on a connection is an ordinary request."""
+    import asyncio
+
+    from pymailsys.ipc import attr
+
+    async def handler(request: attr.AttrList) -> list[tuple[str, attr.AttrValue]]:
+        return [("seen", len(request.pairs))]
+
+    async def run() -> list[object]:
+        stopping = asyncio.Event()
+        loops = {
+            "sequential": lambda r, w: attr.serve_sequential(r, w, handler, stopping),
+            "pipelined": lambda r, w: attr.serve_pipelined(r, w, handler),
+            "one": lambda r, w: attr.serve_pipelined(r, w, handler, max_pending=1),
+        }
+        servers = [await asyncio.start_unix_server(serve, str(tmp_path / name))
+                   for name, serve in loops.items()]
+        out: list[object] = []
+        for name in loops:
+            client = attr.AttrClient(str(tmp_path / name), timeout=10, hello="x_protocol")
+            reply = await client.request([("a", "1"), ("b", "2")])
+            assert client.greeting is not None
+            out.append((name, client.greeting.text("protocol"),
+                        client.greeting.number("requests_at_once"), reply.number("seen")))
+            await client.close()
+        plain = attr.AttrClient(str(tmp_path / "sequential"), timeout=10)
+        out.append((await plain.request([("a", "1")])).number("seen"))
+        out.append((await plain.request([("protocol", "x")])).number("seen"))
+        out.append(plain.greeting)
+        await plain.close()
+        stopping.set()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        return out
+
+    assert asyncio.run(run()) == [("sequential", "x_protocol", 1, 2),
+                                  ("pipelined", "x_protocol", 0, 2),
+                                  ("one", "x_protocol", 1, 2), 1, 1, None]
+
+
+SEQUENTIAL_STUB = """
+import asyncio, sys
+from pymailsys.ipc import attr
+
+async def serve(reader, writer):
+    async def handle(req):
+        if not done:
+            done.append(1)
+            for _ in range(200):  # bounded: 10 s for qmgr to write the next request
+                if reader._buffer:
+                    break
+                await asyncio.sleep(0.05)
+            with open(sys.argv[2], "w") as f:
+                f.write("behind" if reader._buffer else "alone")
+        return [("status", "sent"), ("dsn", "2.0.0"), ("reason", "delivered")]
+    await attr.serve_sequential(reader, writer, handle, asyncio.Event())
+
+done = []
+
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1])
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_a_request_goes_behind_on_any_agent_that_says_it_serves_one_at_a_time(system) -> None:  # type: ignore[no-untyped-def]
+    """The property is the agent's word, not its master.cf command: a transport
+    ``slow`` whose agent serves one request at a time (its hello answer) gets the
+    destination's next request written behind the one in progress."""
+    s = system(local_transport="slow", slow_destination_concurrency_limit="1")
+    sock = s.queue_dir / "private" / "slow"
+    result = s.base / "behind"
+    stub = subprocess.Popen([sys.executable, "-c", SEQUENTIAL_STUB, str(sock), str(result)])
+    s.procs["slow"] = stub
+    try:
+        wait_until(sock.exists, 20, what="the agent's socket")
+        s.start("qmgr")
+        qids = [s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: m\n\nm\n")
+                for _ in range(2)]
+        for qid in qids:
+            s.wait_log(rf"{qid}: removed")
+        assert result.read_text() == "behind"
+    finally:
+        s.procs.pop("slow", None)
+        stub.kill()
+        stub.wait(10)

@@ -28,6 +28,16 @@ follow-up was read. A client streams on a connection that nobody else uses
 until the last list is written (``AttrPool`` keeps a connection per
 concurrent stream and shares the others for plain requests).
 
+Hello: a client may open a connection with a list whose only attribute is
+``protocol`` (``HELLO``; Postfix's agents send ``protocol=delivery_request_protocol``
+unasked, ours answer when asked, so that other clients see nothing new). The
+server loop answers it itself, before any request, with the same ``protocol``
+and ``requests_at_once``: how many requests it works on at once (1:
+``serve_sequential``, or ``serve_pipelined`` with ``max_pending=1``; 0: no fixed
+bound). ``AttrClient(hello=...)`` sends it and keeps the answer (``greeting``);
+qmgr queues a request behind one in progress only on a connection whose agent
+says 1.
+
 Refuses (``ProtocolError``): a name over 256 bytes, a connection that ends
 mid-message, a length that is not a base-128 number within
 ``records.VARINT_MAX_SHIFT`` (the one varint codec, shared with the queue file
@@ -292,6 +302,9 @@ def _take_buffered(reader: asyncio.StreamReader, name: str, limits: Limits) -> A
     return AttrList(taken)
 
 
+HELLO = "protocol"  # the one attribute of a client's opening list (module docstring)
+REQUESTS_AT_ONCE = "requests_at_once"
+
 Reply = Iterable[tuple[str, AttrValue]] | dict[str, Any]
 Handler = Callable[[AttrList], Awaitable[Reply]]
 StreamHandler = Callable[[AttrList, "FollowUps | None"], Awaitable[Reply]]
@@ -384,13 +397,16 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
             writer.close()  # our reader then sees end of file
 
     closer = asyncio.ensure_future(close_when_idle())
+    first = True
     try:
         while not stopping.is_set():
             request = await read_attrs(reader, limits)
             if request is None:
                 break
             busy = True
-            writer.write(encode(await handler(request)))
+            greeting = _hello_answer(request, 1) if first else None
+            first = False
+            writer.write(encode(greeting if greeting is not None else await handler(request)))
             await writer.drain()
             busy = False
     except (ProtocolError, ConnectionError):
@@ -411,6 +427,14 @@ async def serve_streamed(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     ``limits`` bounds each list, the request and every follow-up alike.
     """
     await _serve(reader, writer, handler, True, stopping, limits, max_pending)
+
+
+def _hello_answer(request: AttrList, at_once: int) -> Reply | None:
+    """The server loop's answer when a connection's first list is the hello
+    (the module docstring), else None."""
+    if len(request.pairs) == 1 and request.pairs[0][0] == HELLO:
+        return [(HELLO, request.pairs[0][1]), (REQUESTS_AT_ONCE, at_once)]
+    return None
 
 
 async def _reply_after(task: asyncio.Future[Reply], follow: FollowUps) -> Reply:
@@ -463,6 +487,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
     reply_task = asyncio.ensure_future(replier())
     closer = asyncio.ensure_future(close_when_answered(stopping)) if stopping else None
+    first = True
     try:
         while True:
             if max_pending is not None and unanswered >= max_pending:
@@ -472,6 +497,15 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 break
             unanswered += 1
             answered.clear()
+            if first:
+                first = False
+                hello = _hello_answer(request, max_pending or 0)
+                if hello is not None:
+                    greeting = asyncio.get_running_loop().create_future()
+                    greeting.set_result(hello)
+                    pending.append(greeting)
+                    wake.set()
+                    continue
             if not (streamed and continues(request)):
                 pending.append(asyncio.ensure_future(handler(request, None)))
                 wake.set()
@@ -509,9 +543,13 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 class AttrClient:
     """A long-lived, pipelined asyncio client for one Unix socket path."""
 
-    def __init__(self, path: str, timeout: float = 3600.0) -> None:
+    def __init__(self, path: str, timeout: float = 3600.0, hello: str = "") -> None:
+        """``hello``: open each connection with the hello list (the module docstring),
+        and keep the server's answer in ``greeting`` before any request is written."""
         self.path = path
         self.timeout = timeout
+        self.hello = hello
+        self.greeting: AttrList | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._waiting: collections.deque[asyncio.Future[AttrList]] = collections.deque()
@@ -524,10 +562,26 @@ class AttrClient:
             return writer
         async with self._connect_lock:
             if self._writer is None or self._writer.is_closing():
-                self._reader, self._writer = await asyncio.open_unix_connection(
-                    self.path, limit=1 << 20)
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+                if self.hello:
+                    self.greeting = await self._greeting(reader, writer)
+                self._reader, self._writer = reader, writer
                 self._reader_task = asyncio.ensure_future(self._read_replies(self._reader))
             return self._writer
+
+    async def _greeting(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> AttrList:
+        """Send the hello and read the answer (within ``timeout``): whatever the
+        server replies is its answer; no connection is left half open."""
+        try:
+            writer.write(encode([(HELLO, self.hello)]))
+            greeting = await read_attrs(reader, timeout=self.timeout)
+            if greeting is None:
+                raise ProtocolError(f"{self.path}: connection closed before the greeting")
+            return greeting
+        except BaseException:
+            writer.close()
+            raise
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         error: BaseException = ProtocolError(f"{self.path}: connection closed")
