@@ -4,7 +4,7 @@
 Usage (as root, from the repository, with the venv's python):
 
     python tests/bench/local_syscalls.py [--system pymailsys|postfix] [--messages 300]
-                                         [--sessions 2] [--show 1]
+                                         [--sessions 2] [--show 1] [--daemon local|cleanup]
 
 It starts a throw-away instance of the chosen system as compare.py does (its
 local scenario: Maildir delivery to a throw-away account), warms it up, then
@@ -19,7 +19,9 @@ beside ours. With --show N it prints the complete call sequence of one
 delivery (the Nth from the end that reads a request and writes a reply) of
 each system, with paths shortened, for the side-by-side list. strace slows
 every traced process several-fold: only the counts mean anything, not the
-rates.
+rates. ``--daemon cleanup`` counts cleanup's calls instead, per message
+queued (Postfix's cleanup also exits after max_use; its lifecycle is apart
+likewise).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the benchmark's systems and load)
 
 CALL_RE = re.compile(r"^(?:\d+ )?(?:<\.\.\. )?([a-z_0-9]+)[( ]")
-LOCAL_RE = re.compile(r"postfix/sbin/local\b|pymailsys\.daemons\.local\b|postfix/local\b")
+# the processes of each daemon --daemon can name (Postfix's program, or our module)
+DAEMON_RE = {name: re.compile(rf"postfix/sbin/{name}\b|pymailsys\.daemons\.{name}\b|postfix/{name}\b")
+             for name in ("local", "cleanup")}
 
 
 def traced_pids(system: compare.System) -> list[int]:
@@ -54,12 +58,13 @@ def identity(pid: int) -> str:
         return ""
 
 
-def is_local(trace: Path, pid: int, cmdlines: dict[int, str]) -> bool:
-    if LOCAL_RE.search(cmdlines.get(pid, "")):
+def is_daemon(trace: Path, pid: int, cmdlines: dict[int, str], daemon: str = "local") -> bool:
+    pattern = DAEMON_RE[daemon]
+    if pattern.search(cmdlines.get(pid, "")):
         return True
     with trace.open(errors="replace") as f:
         for line in f:
-            if line.startswith("execve(") and LOCAL_RE.search(line):
+            if line.startswith("execve(") and pattern.search(line):
                 return True
     return False
 
@@ -83,6 +88,8 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=2)
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--show", type=int, default=0, help="print the calls of one delivery")
+    p.add_argument("--daemon", choices=sorted(DAEMON_RE), default="local",
+                   help="count this daemon's calls instead (cleanup: per message queued)")
     p.add_argument("--keep", action="store_true", help="keep the traces (printed path)")
     compare.add_fs_argument(p)
     args = p.parse_args()
@@ -126,7 +133,7 @@ def count_calls(system: compare.System, args: argparse.Namespace, scen: compare.
         processes = 0
         for trace in sorted(out.iterdir()):
             pid = int(trace.name.rsplit(".", 1)[1])
-            if not is_local(trace, pid, cmdlines):
+            if not is_daemon(trace, pid, cmdlines, args.daemon):
                 continue
             processes += 1
             seq = calls(trace)
@@ -142,7 +149,7 @@ def count_calls(system: compare.System, args: argparse.Namespace, scen: compare.
                     sequences.append([line for _n, line in seq[a:b]])
         n = args.messages
         total = sum(counts.values())
-        print(f"{args.system}: {processes} local processes traced, {n} messages: "
+        print(f"{args.system}: {processes} {args.daemon} processes traced, {n} messages: "
               f"{total / n:.1f} system calls per delivery (all, lifecycle included: "
               f"{sum(lifecycle.values()) / n:.1f} per delivery before the first request)")
         for name, count in counts.most_common():
