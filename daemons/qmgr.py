@@ -45,7 +45,7 @@ DESCRIPTION
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
     recipient is resolved (``pymailsys.address.resolve``, with the sender for
     sender_dependent_relayhost_maps; an answer is reused for 30 s, as Postfix's
-    resolve client does, ``RouteCache``) or, when the message has a content
+    resolve client does, ``resolve.ResolveCache``) or, when the message has a content
     filter (the last L record: content_filter or a FILTER action), routed
     to the filter's transport and nexthop (``filter_route``: an empty
     nexthop is default_filter_nexthop, else the recipient's domain, else
@@ -175,7 +175,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import dsn, log, maps, server
 from pymailsys.address import resolve
-from pymailsys.config import Config, params
+from pymailsys.config import params
 from pymailsys.delivery.agent import (
     DeliveryResult,
     batch_request_attrs,
@@ -212,8 +212,6 @@ SUSPENDED = "delivery temporarily suspended"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
 DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
-ROUTE_TTL = 30.0  # seconds a resolved route is reused, as Postfix's resolve client's cache
-ROUTE_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -223,39 +221,11 @@ class Route:
     error: str = ""  # set when resolution failed: defer with this text
 
 
-def route(config: Config, address: str, sender: str = "") -> Route:
-    """Where a recipient goes (the one place qmgr asks the resolver)."""
-    r = resolve.resolve(config, address, sender)
+def route(r: resolve.Resolved) -> Route:
+    """Where a recipient goes, from the resolver's answer."""
     if r.failed:
         return Route(r.transport, r.nexthop, r.error or "address resolver failure")
     return Route(r.transport, r.nexthop)
-
-
-class RouteCache:
-    """Routes resolved in the last ROUTE_TTL seconds, at most ROUTE_CACHE_SIZE of them
-    (all forgotten when full): Postfix's qmgr asks trivial-rewrite through a client
-    that reuses its last answer for 30 s; this keeps a few more, for mail to a few
-    busy recipients. Keyed by the address, and by the sender only when
-    sender_dependent_relayhost_maps can make it matter. A failed resolution (a
-    table that did not answer) is not kept."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.by_sender = resolve.resolver_for(config).has_sender_relayhosts
-        self.routes: dict[tuple[str, str], tuple[float, Route]] = {}
-
-    def route(self, address: str, sender: str) -> Route:
-        key = (address, sender if self.by_sender else "")
-        now = time.monotonic()
-        hit = self.routes.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        where = route(self.config, address, sender)
-        if not where.error:
-            if len(self.routes) >= ROUTE_CACHE_SIZE:
-                self.routes.clear()
-            self.routes[key] = (now + ROUTE_TTL, where)
-        return where
 
 
 def filter_route(content_filter: str, address: str, default_nexthop: str,
@@ -411,7 +381,7 @@ class Qmgr:
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
         self.allow_min_user = cfg.get_bool("allow_min_user")
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
-        self.routes = RouteCache(cfg)
+        self.routes = resolve.ResolveCache(cfg)
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
         self.open_file_budget = _open_file_budget()
         self.open_file_warned = False
@@ -896,7 +866,7 @@ class Qmgr:
             if msg.env.content_filter:
                 where = filter_route(msg.env.content_filter, rc.address, *self.filter_nexthop)
             else:
-                where = self.routes.route(rc.address, msg.env.sender)
+                where = route(self.routes.resolve(rc.address, msg.env.sender))
         except Exception as e:  # the resolver's tables: defer, never bounce
             where = Route("", "", f"address resolver failure: {e}")
         if where.error:

@@ -561,38 +561,6 @@ def test_local_going_away_leaves_the_request_behind_to_another(new_instance, slo
         == [b"first\n", b"second\n"]
 
 
-def test_route_cache_reuses_an_answer_but_not_a_failure(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """qmgr resolves a recipient once per ROUTE_TTL, as Postfix's resolve client; a
-    table that did not answer is asked again at the next recipient; the sender is
-    part of the key only with sender_dependent_relayhost_maps."""
-    from pymailsys.daemons import qmgr
-
-    from pymailsys import config
-
-    base = {"myhostname": "mx.example", "mydestination": "$myhostname",
-            "inet_interfaces": "loopback-only",
-            "transport_maps": "inline:{a.example=smtp:[192.0.2.1]}"}
-    cache = qmgr.RouteCache(config.Config("/nonexistent", base))
-    first = cache.route("u@a.example", "s@x.example")
-    assert first == qmgr.Route("smtp", "[192.0.2.1]")
-    assert cache.route("u@a.example", "t@x.example") is first
-    assert cache.route("v@a.example", "s@x.example") is not first
-    monkeypatch.setattr(qmgr, "ROUTE_TTL", -1.0)  # expired as soon as kept
-    cache.routes.clear()
-    again = cache.route("u@a.example", "s@x.example")
-    assert cache.route("u@a.example", "s@x.example") is not again
-
-    broken = qmgr.RouteCache(config.Config("/nonexistent", {
-        **base, "transport_maps": f"hash:{tmp_path / 'missing'}"}))
-    assert broken.route("u@a.example", "").error
-    assert not broken.routes
-
-    by_sender = qmgr.RouteCache(config.Config("/nonexistent", {
-        **base, "sender_dependent_relayhost_maps": "inline:{s@x.example=[192.0.2.9]}"}))
-    assert by_sender.route("u@b.example", "s@x.example").nexthop == "[192.0.2.9]"
-    assert by_sender.route("u@b.example", "t@x.example").nexthop == "b.example"
-
-
 def test_spool_paths(tmp_path: Path) -> None:
     flat = Spool(str(tmp_path) + "/")
     assert flat.path("active", "9211D235F71") == f"{tmp_path}/active/9211D235F71"

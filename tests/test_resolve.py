@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pymailsys import config
 from pymailsys.address import resolve
 
@@ -92,3 +94,40 @@ def test_table_failure_is_flagged_not_not_found() -> None:
     c = cfg(mydestination="hash:/nonexistent/table")
     r = resolve.resolve(c, "u@x.example")
     assert r.failed and "nonexistent" in r.error
+
+
+def test_cache_reuses_an_answer_but_not_a_failure(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer is reused for RESOLVE_TTL, as Postfix's resolve client; a table that
+    did not answer is asked again; the sender is part of the key only with
+    sender_dependent_relayhost_maps, and there the null sender is not no sender."""
+    base = {"transport_maps": "inline:{a.example=smtp:[192.0.2.1]}"}
+    cache = resolve.ResolveCache(cfg(**base))
+    first = cache.resolve("u@a.example", "s@x.example")
+    assert (first.transport, first.nexthop) == ("smtp", "[192.0.2.1]")
+    assert cache.resolve("u@a.example", "t@x.example") is first
+    assert cache.resolve("u@a.example") is first
+    assert cache.resolve("v@a.example", "s@x.example") is not first
+    monkeypatch.setattr(resolve, "RESOLVE_TTL", -1.0)  # expired as soon as kept
+    cache.answers.clear()
+    again = cache.resolve("u@a.example", "s@x.example")
+    assert cache.resolve("u@a.example", "s@x.example") is not again
+
+    broken = resolve.ResolveCache(cfg(transport_maps=f"hash:{tmp_path / 'missing'}"))
+    assert broken.resolve("u@a.example", "").failed
+    assert not broken.answers
+
+    by_sender = resolve.ResolveCache(cfg(
+        **base, sender_dependent_relayhost_maps="inline:{s@x.example=[192.0.2.9], <>=[192.0.2.8]}"))
+    assert by_sender.resolve("u@b.example", "s@x.example").nexthop == "[192.0.2.9]"
+    assert by_sender.resolve("u@b.example", "t@x.example").nexthop == "b.example"
+    assert by_sender.resolve("u@b.example", "").nexthop == "[192.0.2.8]"
+    assert by_sender.resolve("u@b.example").nexthop == "b.example"
+
+
+def test_cache_keeps_at_most_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolve, "RESOLVE_CACHE_SIZE", 3)
+    cache = resolve.ResolveCache(cfg())
+    for n in range(10):
+        cache.resolve(f"u{n}@mx.example")
+        assert len(cache.answers) <= 3

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pymailsys import config
+from pymailsys.address import resolve
 from pymailsys.smtp import restrictions
 from pymailsys.smtp.restrictions import DEFER, OK, REJECT, Request
 
@@ -50,6 +51,25 @@ def test_reject_unauth_destination_and_codes() -> None:
 
 def test_empty_local_recipient_maps_accepts_anyone() -> None:
     assert rcpt(engine(local_recipient_maps=""), "nosuch@mx.example") is None
+
+
+def test_a_recipient_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """reject_unauth_destination and the unknown-recipient check share one answer, and
+    the next RCPT for the same address reuses it (Postfix's resolve client)."""
+    e = engine(local_recipient_maps="inline:{root=yes}")
+    asked: list[str] = []
+    real = e.resolved.resolver.resolve
+
+    def counted(address: str, sender: str | None = None) -> resolve.Resolved:
+        asked.append(address)
+        return real(address, sender)
+
+    monkeypatch.setattr(e.resolved.resolver, "resolve", counted)
+    assert rcpt(e, "root@mx.example") is None
+    assert rcpt(e, "root@mx.example") is None
+    r = rcpt(e, "nosuch@mx.example")
+    assert r is not None and "User unknown in local recipient table" in str(r.reply)
+    assert asked == ["root@mx.example", "nosuch@mx.example"]
 
 
 def test_table_error_is_temporary() -> None:

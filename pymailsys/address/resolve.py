@@ -7,6 +7,7 @@ SYNOPSIS
     r = resolve.resolve(config, "user@example.com"[, sender])
     r.class_, r.transport, r.nexthop, r.recipient, r.flags
     resolve.Resolver(config).resolve(address)       # the same, explicit
+    cache = resolve.ResolveCache(config); cache.resolve(address[, sender])
 
 DESCRIPTION
     Takes an envelope address in internal (unquoted) form and returns a
@@ -49,6 +50,15 @@ DESCRIPTION
       localpart or came through a source route; FAIL when a table could not
       answer (the caller defers; ``error`` says why).
 
+    ``ResolveCache`` is Postfix's resolve client for a long-lived process
+    (smtpd, qmgr): an answer is reused for RESOLVE_TTL (30) seconds, as the
+    client reuses its last one; it keeps at most RESOLVE_CACHE_SIZE answers
+    (all forgotten when full), never a failure (a table that did not answer is
+    asked again). The key is the address, and the sender only when
+    sender_dependent_relayhost_maps can make it matter (the null sender and
+    no sender differ there); nothing else of a request changes the answer.
+    A reused answer does not repeat the helpful_warnings nag.
+
     Domain lists (mydestination and friends) take Postfix's patterns: a
     name, ``.name`` (subdomains), ``!pattern``, ``/file``, ``type:table``
     (the domain is the key; tables open at first use, so a missing one
@@ -61,6 +71,7 @@ REFUSES
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
@@ -78,6 +89,8 @@ FLAG_ROUTED = 1 << 0
 FLAG_FAIL = 1 << 1
 
 ALIAS_NEXTHOP = "5.1.1 User unknown in virtual alias table"
+RESOLVE_TTL = 30.0  # seconds an answer is reused, as Postfix's resolve client's cache
+RESOLVE_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -339,6 +352,29 @@ def resolver_for(config: config_mod.Config) -> Resolver:
         entry = (config, Resolver(config))
         _resolvers[id(config)] = entry
     return entry[1]
+
+
+class ResolveCache:
+    """Answers of the last RESOLVE_TTL seconds, at most RESOLVE_CACHE_SIZE of them
+    (see the module docstring)."""
+
+    def __init__(self, config: config_mod.Config) -> None:
+        self.resolver = resolver_for(config)
+        self.by_sender = self.resolver.has_sender_relayhosts
+        self.answers: dict[tuple[str, str | None], tuple[float, Resolved]] = {}
+
+    def resolve(self, address: str, sender: str | None = None) -> Resolved:
+        key = (address, sender if self.by_sender else None)
+        now = time.monotonic()
+        hit = self.answers.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        answer = self.resolver.resolve(address, sender)
+        if not answer.failed:
+            if len(self.answers) >= RESOLVE_CACHE_SIZE:
+                self.answers.clear()
+            self.answers[key] = (now + RESOLVE_TTL, answer)
+        return answer
 
 
 def resolve(config: config_mod.Config, address: str, sender: str | None = None) -> Resolved:

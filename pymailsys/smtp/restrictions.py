@@ -362,7 +362,7 @@ class Engine:
         self.reject_unlisted_sender = config.get_bool("smtpd_reject_unlisted_sender")
         self.local_recipient_maps = bool(config.get_list("local_recipient_maps"))
         self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")
-        self.resolver = resolve.resolver_for(config)
+        self.resolved = resolve.ResolveCache(config)  # answers reused, as Postfix's resolve client
         self.mynetworks = netaddr.mynetworks(config)
         self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
         self._policy: dict[str, policy.Client] = {}
@@ -599,7 +599,7 @@ class Engine:
         """Reject reply when address is in one of our domains but unknown; None when fine."""
         if not address:
             return None
-        r = self.resolver.resolve(address)
+        r = self.resolved.resolve(address)
         if r.failed:
             log.warning(f"{r.error}")
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
@@ -852,7 +852,7 @@ def _canonical_address(text: str) -> str | None:
 @restriction("permit_inet_interfaces")
 def _permit_inet_interfaces(engine: Engine, req: Request, entry: _Entry) -> Result | None:
     addr = _canonical_address(req.client_addr)
-    return Result(OK) if addr is not None and addr in engine.resolver.interfaces else None
+    return Result(OK) if addr is not None and addr in engine.resolved.resolver.interfaces else None
 
 
 @restriction("permit_sasl_authenticated")
@@ -862,7 +862,7 @@ def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
 
 def _auth_destination(engine: Engine, req: Request) -> bool | Result:
     """True when the recipient is ours (final or relay) and not routed."""
-    r = engine.resolver.resolve(req.recipient)
+    r = engine.resolved.resolve(req.recipient)
     if r.failed:
         log.warning(r.error)
         return engine.lookup_failure(req.recipient)
@@ -997,7 +997,7 @@ def _sender_owners(engine: Engine, req: Request) -> list[str] | Result | None:
     """The logins smtpd_sender_login_maps gives for the sender (mail_addr_find, on the
     resolved address), None when it has no owner, a Result when the table fails."""
     sender = req.sender or ""
-    r = engine.resolver.resolve(sender)
+    r = engine.resolved.resolve(sender)
     address = r.recipient if not r.failed else sender
     try:
         value = addr_lookup.lookup_address(engine._maps("smtpd_sender_login_maps"),
@@ -1289,7 +1289,7 @@ async def _reject_unknown_helo(engine: Engine, req: Request, entry: _Entry) -> R
 
 async def _unknown_domain(engine: Engine, req: Request, address: str, stage: str) -> Result | None:
     """Postfix's reject_unknown_address: a domain we are not final for without MX or A."""
-    r = engine.resolver.resolve(address)
+    r = engine.resolved.resolve(address)
     if r.failed:
         log.warning(r.error)
         return engine.lookup_failure(address)
