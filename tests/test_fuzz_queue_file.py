@@ -20,6 +20,7 @@ from pymailsys.queue import records as r
 from pymailsys.queue.queue_file import (
     QueueFileBuilder,
     QueueFileError,
+    _records,
     content_lines,
     read_envelope_bytes,
 )
@@ -63,6 +64,23 @@ def read_all(data: bytes) -> None:
     assert env.arrival == env.arrival  # never NaN
 
 
+def decoded(reader, data: bytes, offset: int = 0) -> tuple[list, str]:
+    """The records a reader yields from offset and the error that stopped it ("" at the end)."""
+    out: list = []
+    try:
+        for record in reader(data, offset):
+            out.append(record)
+    except r.RecordError as e:
+        return out, f"{e} {e.incomplete}"
+    return out, ""
+
+
+def same_records(data: bytes) -> None:
+    """The envelope reader's inline decoder passes and refuses exactly what iter_records does."""
+    for offset in (0, len(data) // 2):
+        assert decoded(_records, data, offset) == decoded(r.iter_records, data, offset)
+
+
 def test_the_sample_reads():
     env = read_envelope_bytes(SAMPLE, "FUZZ", "/fuzz")
     assert [rc.address for rc in env.recipients] == ["bob@example.org", "carol@example.org"]
@@ -73,6 +91,7 @@ def test_the_sample_reads():
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes(data: bytes) -> None:
     read_all(data)
+    same_records(data)
     try:
         for _offset, rec_type, payload in r.iter_records(data):
             assert rec_type in r.REC_TYPES and isinstance(payload, bytes)
@@ -88,6 +107,7 @@ def test_well_formed_records_in_any_order(recs: list[bytes], sized: bool) -> Non
         size = r.message_size_record(len(body) // 2, 20 + len(body) // 3, 1)
         body = size + body
     read_all(body)
+    same_records(body)
 
 
 @FUZZ
@@ -100,3 +120,5 @@ def test_damaged_copies_of_a_real_file(flips: list[tuple[int, int]], cut: int) -
         data[at] = value
     read_all(bytes(data))
     read_all(bytes(data[:cut]))
+    same_records(bytes(data))
+    same_records(bytes(data[:cut]))

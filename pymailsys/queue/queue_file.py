@@ -269,6 +269,30 @@ class _RecipientRecords:
         return True
 
 
+_TYPE_OF_BYTE = {rtype[0]: rtype for rtype in r.REC_TYPES}  # a known type byte -> its type
+
+
+def _records(data: bytes, offset: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
+    """``records.iter_records`` for the envelope reader: the common record (a known
+    type, a one-byte length, whole before the end) is decoded inline, every other one
+    by ``records.decode_record``, so the same records pass and the same errors stop
+    the reading (``tests/bench/envelope_read.py``: the calls were most of its cost)."""
+    end = len(data)
+    type_of = _TYPE_OF_BYTE
+    while offset < end:
+        rtype = type_of.get(data[offset])
+        if rtype is not None and offset + 1 < end:
+            length = data[offset + 1]
+            nxt = offset + 2 + length
+            if length < 0x80 and nxt <= end:
+                yield offset, rtype, data[offset + 2:nxt]
+                offset = nxt
+                continue
+        rtype, payload, nxt = r.decode_record(data, offset)
+        yield offset, rtype, payload
+        offset = nxt
+
+
 def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                         rcpt_from: int = 0, rcpt_limit: int = 0) -> Envelope:
     """Parse envelope and extracted records of a whole queue file held in memory.
@@ -281,7 +305,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
     have_sender = False
     recipients = _RecipientRecords(env, rcpt_from, rcpt_limit)
     try:
-        records = r.iter_records(data)
+        records = _records(data)
         first = True
         for offset, rtype, payload in records:
             if first:
@@ -290,15 +314,15 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                 env.sizes = r.parse_size_record(payload)
                 first = False
                 continue
-            if rtype == r.REC_TYPE_TIME:
+            if recipients.take(offset, rtype, payload):  # most records: A, then O and R
+                pass
+            elif rtype == r.REC_TYPE_TIME:
                 env.arrival = _arrival(payload)
             elif rtype == r.REC_TYPE_FULL:
                 env.full_name = _text(payload)
             elif rtype == r.REC_TYPE_FROM:
                 env.sender = _text(payload)
                 have_sender = True
-            elif recipients.take(offset, rtype, payload):
-                pass
             elif rtype == r.REC_TYPE_FILT:
                 env.content_filter = _text(payload)
             elif rtype == r.REC_TYPE_WARN:
@@ -314,7 +338,7 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                 if xtra > len(data) or data[xtra:xtra + 1] != r.REC_TYPE_XTRA:
                     raise QueueFileError("content size does not point at the extracted records")
                 env.xtra_offset = xtra
-                records = r.iter_records(data, xtra)
+                records = _records(data, xtra)
                 for xoffset, xtype, xpayload in records:
                     if xtype == r.REC_TYPE_END:
                         break
