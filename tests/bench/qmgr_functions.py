@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Instructions per ``read_envelope_fd`` call on a fixed queue file like cleanup writes for SMTP mail.
+"""Instructions per call of qmgr's per-message functions on fixed input: stable under load.
 
 Usage (from the repository, with the venv's python; valgrind installed):
 
-    python tests/bench/envelope_read.py [--calls 2000] [--recipients 1]
+    python tests/bench/qmgr_functions.py [--function envelope|reply] [--calls 2000] [--recipients 1]
 
-The queue file has the attributes cleanup records for an SMTP client, a W record,
-the given number of recipients and a 1 kB body. The script runs itself twice under
-``valgrind --tool=callgrind`` (no calls, then --calls calls) and prints the
-difference in instructions divided by --calls: stable on a loaded machine, unlike
-time. ``--inner N`` (used by those runs) just reads the file N times.
+envelope: ``read_envelope_fd`` on a queue file like the one cleanup writes for SMTP
+mail (the attributes of an SMTP client, a W record, --recipients recipients, a 1 kB
+body). reply: ``results_from_attrs`` on local's reply for --recipients recipients
+(status, dsn, reason each). The script runs itself twice under ``valgrind
+--tool=callgrind`` (no calls, then --calls calls) and prints the difference in
+instructions divided by --calls, unlike time stable on a loaded machine.
+``--inner N`` (used by those runs) just makes the N calls.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+from pymailsys.delivery.agent import DeliveryResult, batch_reply, results_from_attrs
+from pymailsys.ipc.attr import AttrList
 from pymailsys.queue import records as r
 from pymailsys.queue.queue_file import QueueFileBuilder, read_envelope_fd
 
@@ -47,7 +51,15 @@ def queue_file(recipients: int) -> bytes:
     return b.build()
 
 
-def inner(calls: int, recipients: int) -> None:
+def inner(function: str, calls: int, recipients: int) -> None:
+    if function == "reply":
+        sent = DeliveryResult.sent("delivered to maildir")
+        reply = AttrList([(name, str(value).encode())
+                          for name, value in batch_reply([sent] * recipients)])
+        missing = DeliveryResult.deferred("transport error")
+        for _ in range(calls):
+            results_from_attrs(reply, recipients, missing)
+        return
     with tempfile.TemporaryFile() as f:
         f.write(queue_file(recipients))
         f.flush()
@@ -55,11 +67,12 @@ def inner(calls: int, recipients: int) -> None:
             read_envelope_fd(f.fileno(), "4ABCDEF", "active/4ABCDEF")
 
 
-def instructions(calls: int, recipients: int) -> int:
+def instructions(function: str, calls: int, recipients: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        sys.executable, "-P", __file__, "--inner", str(calls),
+                        sys.executable, "-P", __file__, "--function", function,
+                        "--inner", str(calls),
                         "--recipients", str(recipients)],
                        check=True, capture_output=True, timeout=600)
         with open(out, errors="replace") as f:
@@ -72,16 +85,18 @@ def instructions(calls: int, recipients: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--function", choices=("envelope", "reply"), default="envelope")
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--recipients", type=int, default=1)
     ap.add_argument("--inner", type=int, default=-1)
     args = ap.parse_args()
     if args.inner >= 0:
-        inner(args.inner, args.recipients)
+        inner(args.function, args.inner, args.recipients)
         return
-    base = instructions(0, args.recipients)
-    total = instructions(args.calls, args.recipients)
-    print(f"read_envelope_fd: {(total - base) / args.calls:,.0f} instructions per call "
+    base = instructions(args.function, 0, args.recipients)
+    total = instructions(args.function, args.calls, args.recipients)
+    name = {"envelope": "read_envelope_fd", "reply": "results_from_attrs"}[args.function]
+    print(f"{name}: {(total - base) / args.calls:,.0f} instructions per call "
           f"({args.recipients} recipient(s), {args.calls} calls)")
 
 
