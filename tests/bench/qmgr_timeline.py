@@ -33,14 +33,11 @@ message, by name.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -191,6 +188,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the traces (printed path)")
     p.add_argument("--load", type=int, default=0, help="then count qmgr's calls over N messages")
     p.add_argument("--sessions", type=int, default=2)
+    compare.add_fs_argument(p)
     args = p.parse_args()
     args.reuse_connections = False
     args.stall_timeout = 120.0
@@ -198,83 +196,66 @@ def main() -> int:
     if os.geteuid() != 0:
         print("qmgr_timeline.py: run as root", file=sys.stderr)
         return 2
-    compare.ensure_postfix_package()
-    top = Path(tempfile.mkdtemp(prefix="pymailsys-qtl-", dir="/tmp"))
-    os.chmod(top, 0o755)
-    scen = compare.scenario("local")
-    account = system = strace = None
+    return compare.on_scratch_system("qmgr_timeline.py", args.system, "pymailsys-qtl-", args,
+                                     follow)
+
+
+def follow(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:
+    """Warm up, trace args.messages single messages, print the medians (and, with
+    --show, one message's calls; with --load, qmgr's calls per message under load)."""
+    top = system.base.parent
+    system.reset_mailbox()
+    system.start()
+    warm = argparse.Namespace(**{**vars(args), "messages": 50})
+    compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
+    compare.latency_run(system, compare.RunResult(system.label, 0, 3), 3, args.size, scen)
+    pids = system.group.pids()
+    cmdlines = {pid: identity(pid) for pid in pids}
+    out = top / "trace"
+    out.mkdir()
+    argv = ["strace", "-f", "-ff", "-ttt", "-T", "-s", "64", "-o", str(out / "t")]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    strace = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
-        (top / "home").mkdir()
-        account = compare.ensure_account(top / "home" / compare.BENCH_USER)
-        (top / args.system).mkdir()
-        os.chmod(top / args.system, 0o755)
-        system = compare.SYSTEMS[args.system](top / args.system, account, scen)
-        system.create()
-        system.reset_mailbox()
-        system.start()
-        warm = argparse.Namespace(**{**vars(args), "messages": 50})
-        compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
-        compare.latency_run(system, compare.RunResult(system.label, 0, 3), 3, args.size, scen)
-        pids = system.group.pids()
-        cmdlines = {pid: identity(pid) for pid in pids}
-        out = top / "trace"
-        out.mkdir()
-        argv = ["strace", "-f", "-ff", "-ttt", "-T", "-s", "64", "-o", str(out / "t")]
-        for pid in pids:
-            argv += ["-p", str(pid)]
-        strace = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
         time.sleep(2.0)
         compare.latency_run(system, compare.RunResult(system.label, 1, args.messages),
                             args.messages, args.size, scen)
         time.sleep(0.5)
         for pid in system.group.pids():
             cmdlines.setdefault(pid, identity(pid))
+    finally:
         strace.terminate()
         strace.wait(60)
-        strace = None
-        roles: dict[str, list[Call]] = {}
-        for trace in sorted(out.iterdir()):
-            pid = int(trace.name.rsplit(".", 1)[1])
-            role = role_of(trace, pid, cmdlines)
-            if role:
-                roles.setdefault(role, []).extend(read_trace(trace))
-        for calls in roles.values():
-            calls.sort(key=lambda c: c.start)
-        rows = timelines(roles)
-        print(f"{args.system}: {len(rows)} of {args.messages} messages followed "
-              f"(medians, microseconds under strace)")
-        for key in rows[0] if rows else ():
-            if key.startswith("_"):
-                continue
-            values = [r[key] for r in rows]
-            scale = 1 if key.startswith(("calls", "waits")) else 1e6
-            print(f"    {key:<22} {statistics.median(values) * scale:9.0f}   "
-                  f"(min {min(values) * scale:.0f}, max {max(values) * scale:.0f})")
-        if args.show and len(rows) >= args.show:
-            row = rows[-args.show]
-            merged = sorted(((c, role) for role in ("qmgr", "local", "cleanup")
-                             for c in roles.get(role, [])), key=lambda x: x[0].start)
-            t0 = float(row["_from"])
-            for c, role in merged:
-                if t0 - 0.002 <= c.start <= float(row["_to"]):
-                    text = c.text.replace(str(system.base), "DIR")[:110]
-                    print(f"  {1e6 * (c.start - t0):8.0f} {role:<7} {c.name} {text}")
-        if args.load:
-            count_qmgr_calls(system, roles_pids(system), args, scen, top)
-    finally:
-        if strace is not None:
-            strace.kill()
-            strace.wait()
-        if system is not None:
-            with contextlib.suppress(Exception):
-                system.destroy()
-        if account is not None:
-            compare.remove_account(account)
-        if args.keep:
-            print(f"kept {top}")
-        else:
-            shutil.rmtree(top, ignore_errors=True)
-    return 0
+    roles: dict[str, list[Call]] = {}
+    for trace in sorted(out.iterdir()):
+        pid = int(trace.name.rsplit(".", 1)[1])
+        role = role_of(trace, pid, cmdlines)
+        if role:
+            roles.setdefault(role, []).extend(read_trace(trace))
+    for calls in roles.values():
+        calls.sort(key=lambda c: c.start)
+    rows = timelines(roles)
+    print(f"{args.system}: {len(rows)} of {args.messages} messages followed "
+          f"(medians, microseconds under strace)")
+    for key in rows[0] if rows else ():
+        if key.startswith("_"):
+            continue
+        values = [r[key] for r in rows]
+        scale = 1 if key.startswith(("calls", "waits")) else 1e6
+        print(f"    {key:<22} {statistics.median(values) * scale:9.0f}   "
+              f"(min {min(values) * scale:.0f}, max {max(values) * scale:.0f})")
+    if args.show and len(rows) >= args.show:
+        row = rows[-args.show]
+        merged = sorted(((c, role) for role in ("qmgr", "local", "cleanup")
+                         for c in roles.get(role, [])), key=lambda x: x[0].start)
+        t0 = float(row["_from"])
+        for c, role in merged:
+            if t0 - 0.002 <= c.start <= float(row["_to"]):
+                text = c.text.replace(str(system.base), "DIR")[:110]
+                print(f"  {1e6 * (c.start - t0):8.0f} {role:<7} {c.name} {text}")
+    if args.load:
+        count_qmgr_calls(system, roles_pids(system), args, scen, top)
 
 
 if __name__ == "__main__":
