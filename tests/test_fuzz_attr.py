@@ -124,3 +124,13 @@ def test_a_list_of_many_attributes_is_looked_at_once_before_the_slow_way(monkeyp
 
     assert asyncio.run(run()) == "more than 1000 attributes"
     assert len(calls) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "rcpt", "sender"]), st.binary(max_size=8)),
+                max_size=12))
+def test_first_values_is_what_raw_finds(pairs: list[tuple[str, bytes]]) -> None:
+    """A repeated name's first value wins in first_values, as in raw and the getters
+    built on it (cleanup and the delivery request read through first_values)."""
+    attrs = attr.AttrList(pairs)
+    first = attrs.first_values()
+    assert first == {name: attrs.raw(name) for name, _ in pairs}

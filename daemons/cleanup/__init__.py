@@ -333,7 +333,7 @@ class Cleanup:
         (``content.checks``: the header and body checks' verdicts, when they apply),
         the recipients written, and whether cleanup looks for UTF-8 (``detects_utf8``)."""
         s = self.s
-        first = dict(reversed(req.pairs))  # each attribute's first value, as req.raw finds it
+        first = req.first_values()
 
         def text(name: str) -> str:
             value = first.get(name)

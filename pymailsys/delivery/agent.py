@@ -100,9 +100,7 @@ class DeliveryRequest:
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> DeliveryRequest:
-        # one dict, the first of a repeated name winning as in AttrList's getters: a
-        # getter per field searched the list from the start each time
-        values = dict(reversed(attrs.pairs))
+        values = attrs.first_values()
         return cls(
             queue_name=_text(values, "queue_name"),
             queue_id=_text(values, "queue_id"),

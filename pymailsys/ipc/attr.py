@@ -141,6 +141,11 @@ class AttrList:
     def all(self, name: str) -> list[str]:
         return [v.decode("utf-8", "surrogateescape") for n, v in self.pairs if n == name]
 
+    def first_values(self) -> dict[str, bytes]:
+        """Each name's first value, as ``raw`` finds it: for a reader of many
+        attributes, one pass instead of a search of the list per name."""
+        return dict(reversed(self.pairs))
+
     def __contains__(self, name: object) -> bool:
         return any(n == name for n, _ in self.pairs)
 
