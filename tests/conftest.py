@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from harness import IS_ROOT, Instance
+from harness import EVIDENCE_SYSTEMS, IS_ROOT, Instance, live_systems
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that failed in its setup or call: each live instance's evidence (its log's
+    tail, queue and mailboxes) goes with the failure report, before teardown removes it."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and report.when in ("setup", "call"):
+        for system in live_systems()[-EVIDENCE_SYSTEMS:]:
+            report.sections.append((f"pymailsys evidence ({report.when})", system.evidence()))
 
 
 def require_tool(path: str) -> str:

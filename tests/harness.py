@@ -13,6 +13,14 @@ Everything is driven through real commands and sockets: the tools run as
 subprocesses (``tool``), mail goes in over SMTP (``smtp``), and assertions read
 the mailbox files, the queue directories and the log (``MailView``, which
 test_qmgr's standalone daemons share).
+
+Evidence of a failed test: an instance is "live" from its creation until
+``cleanup()`` (``MailView.watch``/``unwatch``); when a test fails in its
+setup or its call, conftest's ``pytest_runtest_makereport`` attaches each live
+system's ``evidence()`` to the failure report (shown under the failure, as a
+section of its own): the tail of the maillog, the files in the queue and the
+mailboxes with each message's Return-Path, X-Original-To and Subject. It is
+bounded (EVIDENCE_* below) whatever the test left behind.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from pymailsys.queue import spool
 
 PYTHON = sys.executable
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -65,16 +75,102 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+EVIDENCE_LOG_LINES = 80  # the maillog's last lines
+EVIDENCE_LOG_BYTES = 64 * 1024  # read from the maillog's end to find them
+EVIDENCE_LINE_CHARS = 300  # kept of each line
+EVIDENCE_NAMES = 20  # files named per queue or mailbox directory
+EVIDENCE_HEADER_BYTES = 8 * 1024  # read of each message for its headers
+EVIDENCE_SHOWN_HEADERS = ("return-path", "x-original-to", "subject")
+EVIDENCE_SYSTEMS = 4  # live systems whose evidence one report carries (the newest)
+
+_live: list[MailView] = []
+
+
+def live_systems() -> list[MailView]:
+    """The systems made and not cleaned up yet, newest last."""
+    return list(_live)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= EVIDENCE_LINE_CHARS else line[:EVIDENCE_LINE_CHARS] + "..."
+
+
+def _names(directory: Path) -> list[str]:
+    """The files under directory (any depth), as paths relative to it, sorted."""
+    found = []
+    for dirpath, _dirs, files in os.walk(directory):
+        found.extend(os.path.relpath(os.path.join(dirpath, f), directory) for f in files)
+    return sorted(found)
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:EVIDENCE_NAMES])
+    more = len(names) - EVIDENCE_NAMES
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def _headers_shown(path: Path) -> str:
+    """The message's EVIDENCE_SHOWN_HEADERS, from its first EVIDENCE_HEADER_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(EVIDENCE_HEADER_BYTES).decode(errors="replace")
+    except OSError as e:
+        return f"({e.strerror})"
+    shown = [line.strip() for line in head.split("\n\n", 1)[0].splitlines()
+             if line.split(":", 1)[0].lower() in EVIDENCE_SHOWN_HEADERS]
+    return _cut("; ".join(shown))
+
+
 class MailView:
     """What a user would look at: the log, Maildirs, queue directories.
 
     Shared by ``Instance`` and test_qmgr's ``Standalone``; a class that mixes it in
-    sets ``log_path``, ``mail_dir`` (mail_spool_directory) and ``queue_dir``.
+    sets ``log_path``, ``mail_dir`` (mail_spool_directory) and ``queue_dir``, and
+    calls ``watch()`` once they are set and ``unwatch()`` when it removes them.
     """
 
     log_path: Path
     mail_dir: Path
     queue_dir: Path
+
+    def watch(self) -> None:
+        _live.append(self)
+
+    def unwatch(self) -> None:
+        if self in _live:
+            _live.remove(self)
+
+    def evidence(self) -> str:
+        """The maillog's tail, the queue's files and the mailboxes, bounded (EVIDENCE_*)."""
+        out = [f"== maillog {self.log_path}, last {EVIDENCE_LOG_LINES} lines"]
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - EVIDENCE_LOG_BYTES))
+                tail = f.read().decode(errors="replace").splitlines()[-EVIDENCE_LOG_LINES:]
+            out += [_cut(line) for line in tail]
+        except OSError as e:
+            out.append(f"({e.strerror})")
+        out.append(f"== queue {self.queue_dir}")
+        queued = [(queue, _names(self.queue_dir / queue))
+                  for queue in spool.MESSAGE_QUEUES + spool.LOG_QUEUES]
+        out += [f"{queue}: {_listed(names)}" for queue, names in queued if names] or ["(empty)"]
+        out.append(f"== mailboxes {self.mail_dir}")
+        try:
+            boxes = sorted(self.mail_dir.iterdir())
+        except OSError as e:
+            boxes = []
+            out.append(f"({e.strerror})")
+        for box in boxes[:EVIDENCE_NAMES]:
+            if not box.is_dir():
+                out.append(f"{box.name}: mbox, {box.stat().st_size} bytes")
+                continue
+            for sub in ("tmp", "new", "cur"):
+                names = _names(box / sub)
+                out.append(f"{box.name}/{sub}: {len(names)} files")
+                if sub != "tmp":
+                    out += [f"  {name}: {_headers_shown(box / sub / name)}"
+                            for name in names[:EVIDENCE_NAMES]]
+        return "\n".join(out)
 
     def log(self) -> str:
         try:
@@ -130,6 +226,7 @@ class Instance(MailView):
             raise RuntimeError(f"instance create failed: {result.stderr}{result.stdout}")
         self.mail_dir.mkdir(exist_ok=True)
         os.chmod(self.mail_dir, 0o1777)
+        self.watch()
         if settings:
             self.set(**settings)
 
@@ -225,6 +322,7 @@ class Instance(MailView):
 
     def cleanup(self) -> None:
         self.stop()
+        self.unwatch()
         shutil.rmtree(self.base, ignore_errors=True)
 
     # SMTP --------------------------------------------------------------------

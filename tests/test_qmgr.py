@@ -45,6 +45,7 @@ class Standalone(MailView):
         self.queue_dir = self.base / "spool"
         self.mail_dir = self.base / "mail"
         self.log_path = self.base / "log" / "maillog"
+        self.watch()
         self.aliases("postmaster: root\n")
         from pymailsys.instance import shipped
 
@@ -141,6 +142,7 @@ class Standalone(MailView):
             proc.kill()
             proc.wait(10)
         self.procs.clear()
+        self.unwatch()
         subprocess.run(["rm", "-rf", str(self.base)], check=False)
 
 
