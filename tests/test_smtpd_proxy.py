@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,33 @@ def test_the_original_client_in_log_restrictions_and_received(proxied, version: 
     inst.wait_log(rf"smtpd\[\d+\]: connect from localhost\[{CLIENT}\]")
     inst.wait_log(rf"smtpd\[\d+\]: \w+: client=localhost\[{CLIENT}\]")
     assert "client=localhost[127.0.0.1]" not in inst.log()
+
+
+def test_a_client_gone_before_the_banner_is_a_lost_connection(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A PROXY header, then a reset: the banner is written after the client went away
+    (as HAProxy does for a client that connects and leaves at once). That is a lost
+    connection, not an internal error with a postmaster notice (which once landed in
+    the Maildir of the test above as a second message)."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_upstream_proxy_protocol="haproxy")
+    inst.start(wait_smtp=False)
+    wait_until(lambda: _listening(inst.port), 30, what="smtpd's port")
+    attempts = 20
+    for _ in range(attempts):
+        with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+            s.sendall(f"PROXY TCP4 {CLIENT} 127.0.0.1 4000 25\r\n".encode())
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    inst.wait_log(rf"smtpd\[\d+\]: disconnect from localhost\[{CLIENT}\]", count=attempts)
+    assert "internal error" not in inst.log()
+    assert inst.log().count(f"lost connection after CONNECT from localhost[{CLIENT}]") == attempts
+    # no notice to postmaster (root's Maildir, or this user's): only the next message comes
+    with smtplib.SMTP() as c:
+        c.sock = socket.create_connection(("127.0.0.1", inst.port), timeout=30)
+        c.sock.sendall(f"PROXY TCP4 {CLIENT} 127.0.0.1 4000 25\r\n".encode())
+        assert c.getreply()[0] == 220
+        c.sendmail("alice@example.org", [f"{ME}@localhost"], b"Subject: after\r\n\r\nbody\r\n")
+    (msg,) = inst.wait_maildir(1)
+    assert b"Subject: after" in msg
 
 
 def test_no_proxy_header_in_time(tmp_path: Path) -> None:

@@ -54,7 +54,11 @@ header or the log raw:
   become a space, as Postfix's address tokenizer makes them; any other
   control character makes the address bad syntax (501 5.1.7 / 5.1.3);
 * an unexpected exception ends the session with ``421 4.3.0 HOST Error:
-  internal error`` and one warning line naming it, never a traceback.
+  internal error`` and one warning line naming it, never a traceback;
+* a client that goes away is ``lost connection after WHERE``, however the
+  loop reports a reply written too late (uvloop raises RuntimeError on a
+  closed transport; asyncio drops the write): never an internal error, so
+  never a postmaster notice (notify_classes ``software``).
 
 Replies are Postfix's, byte for byte (checked against Postfix 3.7).
 """
@@ -265,14 +269,9 @@ class Session(SMTP):
             self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
-            self.transcript.reason = "lost connection"
-            if self.where == "DATA":
-                log.info(f"lost connection after DATA ({e.bytes_read} bytes) from {self.client}")
-            else:
-                log.info(f"lost connection after {self.where} from {self.client}")
+            self._lost_connection(e.bytes_read)
         except (ConnectionError, asyncio.IncompleteReadError):
-            self.transcript.reason = "lost connection"
-            log.info(f"lost connection after {self.where} from {self.client}")
+            self._lost_connection()
         except TimeoutError:
             self.transcript.reason = "timeout"
             log.info(f"timeout after {self.where} from {self.client}")
@@ -284,7 +283,10 @@ class Session(SMTP):
         except Hangup:
             pass
         except Exception as e:  # a bug must not cost more than this session
-            self._internal_error(e)
+            if isinstance(e, RuntimeError) and self._writer.transport.is_closing():
+                self._lost_connection()  # uvloop: a reply written after the client went away
+            else:
+                self._internal_error(e)
         finally:
             self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
@@ -346,6 +348,13 @@ class Session(SMTP):
             self.req.server_addr = str(data.dst_addr)
             self.req.server_port = str(data.dst_port)
         return True
+
+    def _lost_connection(self, data_bytes: int | None = None) -> None:
+        self.transcript.reason = "lost connection"
+        if self.where == "DATA" and data_bytes is not None:
+            log.info(f"lost connection after DATA ({data_bytes} bytes) from {self.client}")
+        else:
+            log.info(f"lost connection after {self.where} from {self.client}")
 
     def _internal_error(self, e: Exception) -> None:
         frame = traceback.extract_tb(e.__traceback__)[-1]
