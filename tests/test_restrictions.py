@@ -145,44 +145,6 @@ def test_startup_checks() -> None:
         engine(smtpd_recipient_restrictions="no_such_thing")
 
 
-def test_passwd_table_caches_until_the_file_changes(tmp_path: Path) -> None:
-    """unix:passwd.byname (local_recipient_maps) answers from its cache until the file changes."""
-    import os
-    import pwd
-
-    from pymailsys import maps
-
-    table = maps.PasswdTable("unix", "passwd.byname")
-    table.PATH = str(tmp_path / "passwd")  # the file whose changes invalidate the cache
-    Path(table.PATH).write_text("one\n")
-    root = pwd.getpwnam("root")
-    expect = f"root:{root.pw_passwd}:0:{root.pw_gid}:{root.pw_gecos}:{root.pw_dir}:{root.pw_shell}"
-    assert table.lookup("root") == expect
-    assert table.lookup("no-such-user-xyz") is None
-    assert table.answers == {"root": expect, "no-such-user-xyz": None}
-    assert table.lookup("root") == expect  # from the cache
-    # A negative answer is re-checked against the file every time: the file changed,
-    # so the whole cache goes, not only the negative answer.
-    Path(table.PATH).write_text("one\ntwo\n")
-    assert table.lookup("no-such-user-xyz") is None
-    assert table.answers == {"no-such-user-xyz": None}
-    # A positive answer is re-checked at most once per RECHECK seconds.
-    assert table.lookup("root") == expect
-    Path(table.PATH).write_text("three\n")
-    st = os.stat(table.PATH)
-    os.utime(table.PATH, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    table.RECHECK = 3600.0
-    table.lookup("root")
-    assert "no-such-user-xyz" in table.answers  # not re-checked yet
-    table.RECHECK = 0.0
-    assert table.lookup("root") == expect
-    assert table.answers == {"root": expect}
-    # Unreadable file: nothing is trusted from the cache.
-    os.unlink(table.PATH)
-    assert table.lookup("root") == expect
-    assert table.lookup("root") == expect
-
-
 def test_dns_list_arguments_and_reply_filters() -> None:
     from pymailsys.smtp import dnsxl
     f = dnsxl.ReplyFilter.parse("127.0.[0..2;5].[2;4..5]")

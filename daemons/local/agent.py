@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -28,7 +27,7 @@ from functools import cached_property
 from pymailsys.daemons.local import alias, forward, results, unknown
 from pymailsys.daemons.local import mailbox as user_mailbox
 
-from pymailsys import log, privileges, server
+from pymailsys import log, passwd, privileges, server
 from pymailsys.address.resolve import resolver_for
 from pymailsys.address.rewrite import CONTEXT_LOCAL, RewriteContext
 from pymailsys.config import split_list
@@ -63,55 +62,8 @@ class Recipient:
     def account(self) -> pwd.struct_passwd | None:
         """The UNIX account named by ``user`` (None: there is none), taken once per
         recipient of a request: its .forward and its mailbox see the same account
-        (``ACCOUNTS``: the next request sees any change to /etc/passwd)."""
-        return ACCOUNTS.find(self.user)
-
-
-PASSWD = "/etc/passwd"
-ACCOUNT_TTL = 60.0  # seconds an account from a source other than /etc/passwd may be old
-
-
-class Accounts:
-    """getpwnam, remembered: an entry is used again while /etc/passwd is the same file,
-    unchanged (device, inode, size, modification and change times in nanoseconds), and
-    for at most ACCOUNT_TTL seconds, so an entry that came from another nsswitch source
-    (LDAP, systemd) is at most that old; "no such account" is never remembered. One stat
-    per delivery instead of getpwnam's six system calls and its parse of the whole file
-    (6% of local's instructions per delivery); Postfix's local keeps its last entry for
-    the process's life."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self.limit = limit
-        self.version: tuple[int, ...] | None = None
-        self.entries: dict[str, tuple[float, pwd.struct_passwd]] = {}
-
-    def find(self, name: str) -> pwd.struct_passwd | None:
-        try:
-            st = os.stat(PASSWD)
-            version: tuple[int, ...] | None = (st.st_dev, st.st_ino, st.st_size,
-                                               st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            version = None
-        if version is None or version != self.version:
-            self.entries.clear()
-            self.version = version
-        now = time.monotonic()
-        entry = self.entries.get(name)
-        if entry is not None and now - entry[0] < ACCOUNT_TTL:
-            return entry[1]
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            self.entries.pop(name, None)
-            return None
-        if version is not None:
-            if len(self.entries) >= self.limit:
-                self.entries.clear()
-            self.entries[name] = (now, pw)
-        return pw
-
-
-ACCOUNTS = Accounts()
+        (``passwd.ACCOUNTS``: the next request sees any change to /etc/passwd)."""
+        return passwd.ACCOUNTS.find(self.user)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
 import tempfile
 import time
 from typing import Any
 
 from pymailsys import config as config_mod
-from pymailsys import log, rfc822
+from pymailsys import log, passwd, rfc822
 from pymailsys.maps.base import (
     REGISTRY,
     Table,
@@ -226,63 +225,23 @@ class TextHashTable(Table):
 
 
 class PasswdTable(Table):
-    """unix:passwd.byname: getpwnam(), with the answers cached.
-
-    getpwnam() re-reads the password file on every call (smtpd asks once per
-    RCPT). Results are kept until the file changes: for a cached answer the
-    file's identity (mtime, inode, size) is checked at most once a second;
-    before a "not found" is trusted it is checked every time (a stat), so an
-    account added a moment ago is never refused. Accounts that only NSS
-    sources other than the file know are cached the same way.
-    """
+    """unix:passwd.byname: getpwnam(), through the process's account cache
+    (``passwd.ACCOUNTS``: kept while /etc/passwd is unchanged, "not found" never kept).
+    The value is the passwd line, ``name:passwd:uid:gid:gecos:dir:shell``."""
 
     fold = False
-    PATH = "/etc/passwd"
-    RECHECK = 1.0
-    MAX_ENTRIES = 10000
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
         if name != "passwd.byname":
             raise TableError(f"unix:{name}: unknown table (only passwd.byname)")
-        self.answers: dict[str, str | None] = {}
-        self.ident: tuple[int, int, int] | None = None
-        self.checked = 0.0
-
-    def _file_ident(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.PATH)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_ino, st.st_size
-
-    def _revalidate(self) -> None:
-        ident = self._file_ident()
-        if ident != self.ident or ident is None:
-            self.answers.clear()
-            self.ident = ident
-        self.checked = time.monotonic()
 
     def lookup(self, key: str) -> str | None:
-        answers = self.answers
-        if key in answers:
-            if answers[key] is None or time.monotonic() - self.checked >= self.RECHECK:
-                self._revalidate()
-            if key in answers:
-                return answers[key]
-        elif time.monotonic() - self.checked >= self.RECHECK:
-            self._revalidate()
-        try:
-            pw = pwd.getpwnam(key)
-        except (KeyError, ValueError):  # ValueError: a NUL in the key, no such account
-            value = None
-        else:
-            value = ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,
-                                              pw.pw_gecos, pw.pw_dir, pw.pw_shell))
-        if len(answers) >= self.MAX_ENTRIES:
-            answers.clear()
-        answers[key] = value
-        return value
+        pw = passwd.ACCOUNTS.find(key)
+        if pw is None:
+            return None
+        return ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,
+                                         pw.pw_gecos, pw.pw_dir, pw.pw_shell))
 
 
 class LmdbTable(Table):

@@ -1,0 +1,79 @@
+"""getpwnam, remembered: a process's one cache of UNIX accounts.
+
+NAME
+    passwd - the accounts local delivers to and unix:passwd.byname answers from
+
+SYNOPSIS
+    from pymailsys import passwd
+    pw = passwd.ACCOUNTS.find(name)    # pwd.struct_passwd, or None: no such account
+
+DESCRIPTION
+    ``Accounts.find`` is getpwnam with its answers kept: an entry is used again
+    while the password file (/etc/passwd) is the same file, unchanged (device,
+    inode, size, modification and change times in nanoseconds), and for at
+    most ``ttl`` seconds (ACCOUNT_TTL), so an entry that came from another
+    nsswitch source (LDAP, systemd) is at most that old. "No such account" is
+    never kept: an account added a moment ago is found at once. A name that
+    getpwnam cannot take (one with a NUL) is no account.
+
+    Each find costs one stat of the file instead of getpwnam's six system
+    calls and its parse of the whole file (6% of local's instructions per
+    delivery). Postfix's local keeps its last entry for the process's life;
+    its smtpd asks getpwnam for each RCPT.
+
+    ``ACCOUNTS`` is the process's cache: local's recipients and the
+    unix:passwd.byname table (local_recipient_maps in smtpd) share it.
+
+SECURITY
+    Bounded: at most ``limit`` entries; a full cache is emptied.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+
+PASSWD = "/etc/passwd"
+ACCOUNT_TTL = 60.0  # seconds an account from a source other than the file may be old
+ACCOUNT_LIMIT = 1024  # entries kept
+
+
+class Accounts:
+    """getpwnam, remembered while ``path`` is unchanged and for at most ``ttl`` seconds."""
+
+    def __init__(self, path: str = PASSWD, ttl: float = ACCOUNT_TTL,
+                 limit: int = ACCOUNT_LIMIT) -> None:
+        self.path = path
+        self.ttl = ttl
+        self.limit = limit
+        self.version: tuple[int, ...] | None = None
+        self.entries: dict[str, tuple[float, pwd.struct_passwd]] = {}
+
+    def find(self, name: str) -> pwd.struct_passwd | None:
+        try:
+            st = os.stat(self.path)
+            version: tuple[int, ...] | None = (st.st_dev, st.st_ino, st.st_size,
+                                               st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            version = None
+        if version is None or version != self.version:
+            self.entries.clear()
+            self.version = version
+        now = time.monotonic()
+        entry = self.entries.get(name)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        try:
+            pw = pwd.getpwnam(name)
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            self.entries.pop(name, None)
+            return None
+        if version is not None:
+            if len(self.entries) >= self.limit:
+                self.entries.clear()
+            self.entries[name] = (now, pw)
+        return pw
+
+
+ACCOUNTS = Accounts()
