@@ -482,6 +482,38 @@ def test_commits_of_one_event_loop_turn_are_synced_as_one_group(tmp_path: Path) 
         assert q.is_complete(os.stat(p).st_mode)
 
 
+def test_a_file_is_announced_once_synced_before_its_commit_returns(tmp_path: Path) -> None:
+    """``durable`` hears the queue ID of each file that asked for it (not of the others)
+    after its fsync group and before its commit returns: qmgr's trigger goes out
+    without waiting for the event loop to resume cleanup's request."""
+    import asyncio
+
+    from pymailsys.daemons.cleanup.writer import QueueWriter
+
+    from pymailsys.queue import spool as q
+
+    (tmp_path / q.INCOMING).mkdir()
+    spool = q.Spool(str(tmp_path))
+    announced: list[str] = []
+    for grouped in (True, False):
+        announced.clear()
+        writer = QueueWriter(spool, grouped=grouped, durable=announced.extend)
+
+        async def run(writer: QueueWriter) -> list[tuple[str, list[str]]]:
+            async def one(n: int) -> tuple[str, list[str]]:
+                qid, path, fd = writer.create()
+                await writer.commit(fd, path, [b"file %d\n" % n],
+                                    notify=qid if n % 2 else None)
+                return qid, list(announced)
+            return await asyncio.gather(*(one(n) for n in range(6)))
+
+        results = asyncio.run(run(writer))
+        wanted = [qid for n, (qid, _) in enumerate(results) if n % 2]
+        assert announced == wanted
+        for n, (qid, seen_at_return) in enumerate(results):
+            assert (qid in seen_at_return) == bool(n % 2)
+
+
 # -- header address rewriting ---------------------------------------------------------------
 
 REWRITE_HEADERS = (
@@ -782,7 +814,7 @@ def test_qmgr_is_told_before_the_client_is_answered(tmp_path: Path) -> None:
     try:
         _start_cleanup(setup)
         first = _send(setup, _smtpd_request())
-        conn, _ = listener.accept()  # cleanup connects on its first kick and stays
+        conn, _ = listener.accept()  # cleanup connects on its first announcement and stays
         conn.settimeout(30)
         record = b"<" + first["queue_id"].encode().hex().encode() + b">"
         got = b""

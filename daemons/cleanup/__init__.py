@@ -244,8 +244,9 @@ class Cleanup:
                  persistent_trigger: bool = True) -> None:
         self.ctx = ctx
         self.s = Settings(ctx.config)
-        self.writer = QueueWriter(ctx.spool, grouped=grouped)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
+        self.writer = QueueWriter(ctx.spool, grouped=grouped,
+                                  durable=self.qmgr.announce)
         self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
         self._space_checked = 0.0
         self._space_ok = True
@@ -561,12 +562,11 @@ class Cleanup:
         hold = bool(flags & services.CLEANUP_FLAG_HOLD)
         hold |= verdict is not None and verdict.hold
         try:
-            await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING, patches)
+            await self.writer.commit(fd, path, parts, q.HOLD if hold else q.INCOMING, patches,
+                                     notify=None if hold else queue_id)
         except OSError as e:
             log.warning(f"{queue_id}: write queue file: {e.strerror}")
             return _reply(*ERR_WRITE)
-        if not hold:
-            self.qmgr.kick(queue_id)
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
 

@@ -28,19 +28,21 @@ final place and fsynced. On any error it closes and unlinks the file and
 raises ``OSError``; a failed fsync is never retried. ``discard(fd, path)``
 removes a file that will not be committed; ``remove(path)`` one that was.
 
-``QmgrTrigger.kick(queue_id)`` tells qmgr about one new file in incoming/; the
-kicks of one event-loop turn become one write on a connection to public/qmgr
-that stays open (the trigger server reads bytes until end of file), made
-before the replies of the same turn go out, so that qmgr starts on the file
-while the client still waits for its 250. Each file
+``QmgrTrigger.announce(queue_ids)`` tells qmgr about new files in incoming/:
+one write on a connection to public/qmgr that stays open (the trigger server
+reads bytes until end of file). cleanup announces from the writer's
+``durable`` callback, the moment a group of fsyncs returned and before any
+reply of that group goes out, so that qmgr starts on the file while the client
+still waits for its 250 (not a loop turn or two later, when cleanup's request
+resumes). Each file
 is named as ``<HEX>``, the queue ID in lower-case hex
 (``pymailsys.ipc.trigger.encode_named_ids``): qmgr
 then takes the file without scanning incoming/. The record uses no byte that
 is a trigger request (``I`` ``W`` ``D`` ``A`` ``F``), so plain trigger bytes from
 postqueue and master keep working on the same socket, and a record that a
-read cuts in two only makes qmgr scan incoming/ instead. ``kick()`` without
-an ID sends a plain ``I``. A broken or refused connection is reopened on the
-next kick; a qmgr that is not running is not an error (its timer catches up).
+read cuts in two only makes qmgr scan incoming/ instead. Without a persistent
+connection a plain ``I`` is sent. A broken or refused connection is reopened on the
+next announcement; a qmgr that is not running is not an error (its timer catches up).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pymailsys import log, server
 from pymailsys.ipc import trigger
@@ -106,17 +108,24 @@ def _writeback_starter():  # type: ignore[no-untyped-def]
 _start_writeback = _writeback_starter()
 
 
-def _sync_group(batch: list[tuple[int, asyncio.Future[None]]]) -> None:
-    """Start the write-back of every file, then fsync and close each; settle its future."""
+def _sync_group(batch: list[tuple[int, asyncio.Future[None], str | None]],
+                durable: Callable[[list[str]], None] | None) -> None:
+    """Start the write-back of every file, then fsync and close each; announce the files
+    that asked for it and were synced (``durable``, once for the group, before any
+    caller resumes); settle each future."""
     if _start_writeback is not None and len(batch) > 1:
-        for fd, _fut in batch:
+        for fd, _fut, _notify in batch:
             _start_writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-    for fd, fut in batch:
+    synced: list[str] = []
+    for fd, fut, notify in batch:
         error: OSError | None = None
         try:
             os.fsync(fd)
         except OSError as e:
             error = e
+        else:
+            if notify is not None:
+                synced.append(notify)
         try:
             os.close(fd)
         except OSError as e:
@@ -127,6 +136,8 @@ def _sync_group(batch: list[tuple[int, asyncio.Future[None]]]) -> None:
             fut.set_result(None)
         else:
             fut.set_exception(error)
+    if synced and durable is not None:
+        durable(synced)
 
 
 _SIZE_PLACEHOLDER = r.message_size_record(0, 0, 0)  # the C record's width, written over
@@ -173,10 +184,12 @@ class ContentFile:
 class QueueWriter:
     """Creates queue files and commits them with grouped fsyncs."""
 
-    def __init__(self, spool: q.Spool, grouped: bool = True) -> None:
+    def __init__(self, spool: q.Spool, grouped: bool = True,
+                 durable: Callable[[list[str]], None] | None = None) -> None:
         self.spool = spool
         self.grouped = grouped
-        self._batch: list[tuple[int, asyncio.Future[None]]] = []
+        self.durable = durable
+        self._batch: list[tuple[int, asyncio.Future[None], str | None]] = []
         self._scheduled = False
         self.batches = 0
         self.files = 0
@@ -193,8 +206,12 @@ class QueueWriter:
         QueueWriter.remove(path)
 
     async def commit(self, fd: int, path: str, parts: list[bytes],
-                     queue: str = q.INCOMING, patches: Sequence[tuple[int, bytes]] = ()) -> str:
-        """Write, patch (offset, bytes) in place, mark complete, place, fsync; the final path."""
+                     queue: str = q.INCOMING, patches: Sequence[tuple[int, bytes]] = (),
+                     notify: str | None = None) -> str:
+        """Write, patch (offset, bytes) in place, mark complete, place, fsync; the final
+        path. ``notify`` (a queue ID) goes to the writer's ``durable`` callback with
+        the others of its fsync group once that group is synced, before any caller
+        resumes."""
         try:
             _write_all(fd, parts)
             for offset, data in patches:
@@ -216,9 +233,11 @@ class QueueWriter:
             except OSError:
                 self.remove(path)
                 raise
+            if notify is not None and self.durable is not None:
+                self.durable([notify])
             return path
         fut: asyncio.Future[None] = loop.create_future()
-        self._batch.append((fd, fut))
+        self._batch.append((fd, fut, notify))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -236,7 +255,7 @@ class QueueWriter:
             return
         self.batches += 1
         self.files += len(batch)
-        _sync_group(batch)
+        _sync_group(batch, self.durable)
 
     @staticmethod
     def remove(path: str) -> None:
@@ -250,7 +269,7 @@ class QueueWriter:
 
 
 class QmgrTrigger:
-    """One ``I`` per event-loop turn on a long-lived connection to public/qmgr."""
+    """New files' names for qmgr, on a long-lived connection to public/qmgr."""
 
     def __init__(self, path: str, persistent: bool = True) -> None:
         self.path = path
@@ -258,27 +277,20 @@ class QmgrTrigger:
         self._writer: asyncio.StreamWriter | None = None
         self._watch: asyncio.Task[None] | None = None
         self._wanted = False
-        self._scheduled = False
         self._sending = False
         self._ids: list[str] = []
         self._plain = False
         self.sent = 0
 
-    def kick(self, queue_id: str | None = None) -> None:
-        if queue_id is None or not self.persistent:
+    def announce(self, queue_ids: list[str]) -> None:
+        """Tell qmgr about new files: at once, in one write, on an open connection, else
+        by a task that connects first (and takes what is announced meanwhile)."""
+        if not self.persistent:
             self._plain = True
         else:
-            self._ids.append(queue_id)
+            self._ids += queue_ids
         self._wanted = True
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """The kicks of one loop turn: written at once on an open connection (before
-        the replies of the same turn go out), else by a task that connects first."""
-        self._scheduled = False
-        if self._sending or not self._wanted:
+        if self._sending:
             return  # the sending task takes them
         writer = self._writer
         if self.persistent and writer is not None and not writer.is_closing():
