@@ -402,6 +402,33 @@ def test_queue_content_reads_a_small_message_once_and_a_large_one_in_blocks(tmp_
             QueueContent(str(path), offset)
 
 
+def test_a_header_scan_is_skipped_only_when_no_header_can_match(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``headers_may_contain`` (local's Delivered-To loop check) says False only when no
+    primary header line starts with the text, in any case: a header in odd case or
+    after others counts, the same text in the body does not, and a message larger than
+    the first read is always scanned."""
+    from pymailsys.delivery.agent import CHUNK, QueueContent
+
+    needle = b"delivered-to:"
+    cases = [
+        ([b"Subject: x", b"dELIVERED-tO: me@here"], [b"body"], True),
+        ([b"Delivered-To: me@here"], [], True),
+        ([b"Subject: x"], [b"Delivered-To: me@here"], False),
+        ([b"Subject: x", b"X-Delivered-To: me@here"], [b"b"], True),  # a cheap yes: scanned
+        ([b"Subject: no such header"], [b"x"], False),
+        ([b"Subject: big"], [b"Delivered-To: in the body", b"y" * 99] * (2 * CHUNK // 100), True),
+    ]
+    for headers, body, expected in cases:
+        lines = [*headers, b"", *body]
+        path = tmp_path / "qf"
+        path.write_bytes(b"head" + b"".join(text_records(x, 2048) for x in lines)
+                         + encode_record(b"X", b"") + encode_record(b"E", b""))
+        with QueueContent(str(path), 4) as content:
+            assert content.headers_may_contain(needle) is expected, headers
+            if not expected:
+                assert not any(h.lower().startswith(needle) for h in content.header_lines())
+
+
 def test_content_records_read_in_blocks_of_any_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Records that straddle read blocks come out whole; a file cut short is refused."""
     from pymailsys.queue.queue_file import QueueFileError, content_records

@@ -303,9 +303,10 @@ class LocalAgent:
         """Deliver one recipient of the request and everything it expands to; the one
         result for qmgr (``Session.outcome``)."""
         loop_keys = set()
-        for h in content.header_lines():
-            if h[:13].lower() == b"delivered-to:":
-                loop_keys.add(h[13:].strip().lower().decode("utf-8", "surrogateescape"))
+        if content.headers_may_contain(b"delivered-to:"):
+            for h in content.header_lines():
+                if h[:13].lower() == b"delivered-to:":
+                    loop_keys.add(h[13:].strip().lower().decode("utf-8", "surrogateescape"))
         session = Session(req, content, self.done, loop_keys, self.dup_limit)
         await self.deliver_recipient(session, Level(req, req.rcpt, req.sender))
         await alias.forward_finish(self, session)

@@ -539,6 +539,15 @@ class QueueContent:
         elif whole:
             yield whole
 
+    def headers_may_contain(self, lowercase: bytes) -> bool:
+        """False only when the primary headers of a message that the first read took in
+        whole do not contain ``lowercase`` in any case: a header scan can be skipped."""
+        whole = self._whole_text()
+        if whole is None:
+            return True
+        end = whole.find(b"\n\n")
+        return lowercase in (whole if end < 0 else whole[:end + 1]).lower()
+
     def header_lines(self, limit: int = 1 << 20) -> Iterator[bytes]:
         """The primary header lines (a line's first ``limit`` bytes), up to the empty line."""
         whole = self._whole_text()
