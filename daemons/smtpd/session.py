@@ -217,8 +217,14 @@ class Session(SMTP):
     # --- output ------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
         # Not SMTP's (cost): no drain while pipelined input waits; UTF-8 kept as given.
+        self._write_reply(status)
+        await self._drain()
+
+    def _write_reply(self, status: str | bytes) -> None:
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
         self._writer.write(data + b"\r\n")
+
+    async def _drain(self) -> None:
         if self._must_drain():
             await self._writer.drain()
 
@@ -254,19 +260,28 @@ class Session(SMTP):
         self.input.attach(self.transport)
         await smtpd.name_client(self.req)
         self.client = self.req.client
-        log.info(f"connect from {self.client}")
         try:
             self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
-            if self.anvil_ident is not None:
-                refusal = await smtpd.limits.connect(self.anvil_ident, self.req.client_addr,
-                                                     self.client)
-                if refusal is not None:
-                    await self.push(refusal)
-                    raise Hangup
-            if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
-                self._tls_established(writer.get_extra_info("ssl_object"))
-                await self._require_client_cert()
-            self._writer.write(smtpd.banner)
+            if self.anvil_ident is None and not smtpd.tls.wrappermode:
+                # Nothing can refuse the client now: the banner first, so that it goes on
+                # while the connection is logged (nothing of this session logs in between;
+                # a client already gone is still logged as connected, then as lost).
+                try:
+                    self._writer.write(smtpd.banner)
+                finally:
+                    log.info(f"connect from {self.client}")
+            else:
+                log.info(f"connect from {self.client}")
+                if self.anvil_ident is not None:
+                    refusal = await smtpd.limits.connect(self.anvil_ident, self.req.client_addr,
+                                                         self.client)
+                    if refusal is not None:
+                        await self.push(refusal)
+                        raise Hangup
+                if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
+                    self._tls_established(writer.get_extra_info("ssl_object"))
+                    await self._require_client_cert()
+                self._writer.write(smtpd.banner)
             await self._handle_client()
         except ConnectionLost as e:
             self._lost_connection(e.bytes_read)
@@ -738,12 +753,13 @@ class Session(SMTP):
         self._reset()
         if not queue_id:
             return await self.reply_error(reply)
-        log.info(f"{queue_id}: client={self.client}{sasl_log}")
         self.error_count = 0
         self.junk = 0
         if size is not None:
             reply = f"250 2.0.0 Ok: {size} bytes queued as {queue_id}"
-        await self.push(reply)
+        self._write_reply(reply)  # the client's wait ends before the log line is written
+        log.info(f"{queue_id}: client={self.client}{sasl_log}")
+        await self._drain()
         return True
 
     async def smtp_BDAT(self, arg: str) -> bool:
