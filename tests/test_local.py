@@ -10,7 +10,9 @@ import os
 import pwd
 import re
 import subprocess
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from harness import IS_ROOT, wait_until
@@ -316,10 +318,16 @@ def _traced_deliveries(s, user: str, calls: str, count: int = 2) -> list[str]:  
     requests = [s.active_request("alice@example.org", f"{user}@localhost", BODY)[1]
                 for _ in range(10 + count)]
     trace = s.base / "strace.txt"
+    pid = s.procs["local"].pid
     with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
-        strace = subprocess.Popen(["strace", "-qq", "-p", str(s.procs["local"].pid), "-o",
+        strace = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o",
                                    str(trace), "-e", f"trace={calls},setresuid"])
         try:
+            for _ in range(200):  # strace attaches slowly on a busy machine: up to 20 s
+                status = Path(f"/proc/{pid}/status").read_text()
+                if re.search(r"^TracerPid:\s*[1-9]", status, re.M):
+                    break
+                time.sleep(0.1)
             attached = False
             while requests and not attached:  # until a delivery shows in the trace
                 assert client.request(requests.pop()).text("status") == "sent"
