@@ -13,8 +13,14 @@ DESCRIPTION
     inode, size, modification and change times in nanoseconds), and for at
     most ``ttl`` seconds (ACCOUNT_TTL), so an entry that came from another
     nsswitch source (LDAP, systemd) is at most that old. "No such account" is
-    never kept: an account added a moment ago is found at once. A name that
-    getpwnam cannot take (one with a NUL) is no account.
+    kept too, but each caller says how old an answer it accepts
+    (``find(name, missing_ttl)``): local takes none (the default: an account
+    added a moment ago is found at once, before a delivery bounces), the
+    unix:passwd.byname table one second (MISSING_TTL: smtpd's
+    local_recipient_maps asks for ``user@domain`` before ``user``, a miss
+    for every RCPT, and each miss walks every nsswitch source: with
+    systemd's userdb module, some 20 system calls). A name that getpwnam
+    cannot take (one with a NUL) is no account.
 
     Each find costs one stat of the file instead of getpwnam's six system
     calls and its parse of the whole file (6% of local's instructions per
@@ -37,6 +43,7 @@ import time
 PASSWD = "/etc/passwd"
 ACCOUNT_TTL = 60.0  # seconds an account from a source other than the file may be old
 ACCOUNT_LIMIT = 1024  # entries kept
+MISSING_TTL = 1.0  # seconds a table lookup trusts "no such account" (see above)
 
 
 class Accounts:
@@ -48,9 +55,11 @@ class Accounts:
         self.ttl = ttl
         self.limit = limit
         self.version: tuple[int, ...] | None = None
-        self.entries: dict[str, tuple[float, pwd.struct_passwd]] = {}
+        self.entries: dict[str, tuple[float, pwd.struct_passwd | None]] = {}
 
-    def find(self, name: str) -> pwd.struct_passwd | None:
+    def find(self, name: str, missing_ttl: float = 0.0) -> pwd.struct_passwd | None:
+        """The account, or None; a kept "no such account" only when at most
+        ``missing_ttl`` seconds old (0: never)."""
         try:
             st = os.stat(self.path)
             version: tuple[int, ...] | None = (st.st_dev, st.st_ino, st.st_size,
@@ -62,13 +71,14 @@ class Accounts:
             self.version = version
         now = time.monotonic()
         entry = self.entries.get(name)
-        if entry is not None and now - entry[0] < self.ttl:
+        if entry is not None and now - entry[0] < (self.ttl if entry[1] is not None
+                                                   else missing_ttl):
             return entry[1]
+        pw: pwd.struct_passwd | None
         try:
             pw = pwd.getpwnam(name)
         except (KeyError, ValueError):  # ValueError: a NUL in the name
-            self.entries.pop(name, None)
-            return None
+            pw = None
         if version is not None:
             if len(self.entries) >= self.limit:
                 self.entries.clear()

@@ -1,7 +1,7 @@
 """passwd.Accounts, the one account cache of a process (local's recipients and the
 unix:passwd.byname table): an answer is kept while the password file is the same
-file, unchanged, and for at most ttl seconds; "no such account" is never kept; the
-cache is bounded. A kept answer is the very object getpwnam returned the first time;
+file, unchanged, and for at most ttl seconds; "no such account" only as long as the
+caller accepts (local: never; the table: a second); the cache is bounded. A kept answer is the very object getpwnam returned the first time;
 a fresh one is a new object (getpwnam builds one per call)."""
 
 from __future__ import annotations
@@ -93,6 +93,45 @@ def test_no_such_account_is_never_kept(accounts: passwd.Accounts) -> None:
     try:
         found = accounts.find(name)
         assert found is not None and found.pw_name == name
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+@pytest.mark.root
+def test_no_such_account_is_kept_as_long_as_the_caller_accepts(accounts: passwd.Accounts) -> None:
+    """A caller that accepts an old "no such account" (the table: smtpd asks for
+    user@domain, a miss, at every RCPT) gets it from the cache while the file is
+    unchanged; one that does not (local) finds the account added meanwhile; a change
+    of the file drops the kept miss for everyone."""
+    name = "pmt" + uuid.uuid4().hex[:8]
+    assert accounts.find(name, missing_ttl=3600) is None
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        assert accounts.find(name, missing_ttl=3600) is None  # kept: getpwnam not asked
+        found = accounts.find(name)
+        assert found is not None and found.pw_name == name
+        assert accounts.find(name, missing_ttl=3600) is found  # the fresh answer is kept
+        subprocess.run(["userdel", name], check=True)
+        assert accounts.find(name, missing_ttl=3600) is found  # the scratch file is unchanged
+        Path(accounts.path).write_text("two\n")
+        assert accounts.find(name, missing_ttl=3600) is None
+    finally:
+        subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.root
+def test_an_account_added_to_the_file_is_found_by_the_table_at_once() -> None:
+    """unix:passwd.byname keeps a miss for a second, but useradd changes /etc/passwd:
+    the next lookup asks getpwnam again."""
+    table = maps.PasswdTable("unix", "passwd.byname")
+    name = "pmt" + uuid.uuid4().hex[:8]
+    assert table.lookup(name) is None
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        line = table.lookup(name)
+        assert line is not None and line.startswith(f"{name}:")
     finally:
         subprocess.run(["userdel", name], check=False)
 

@@ -226,7 +226,8 @@ class TextHashTable(Table):
 
 class PasswdTable(Table):
     """unix:passwd.byname: getpwnam(), through the process's account cache
-    (``passwd.ACCOUNTS``: kept while /etc/passwd is unchanged, "not found" never kept).
+    (``passwd.ACCOUNTS``: kept while /etc/passwd is unchanged, "not found" for at most
+    ``passwd.MISSING_TTL`` seconds).
     The value is the passwd line, ``name:passwd:uid:gid:gecos:dir:shell``."""
 
     fold = False
@@ -237,7 +238,7 @@ class PasswdTable(Table):
             raise TableError(f"unix:{name}: unknown table (only passwd.byname)")
 
     def lookup(self, key: str) -> str | None:
-        pw = passwd.ACCOUNTS.find(key)
+        pw = passwd.ACCOUNTS.find(key, passwd.MISSING_TTL)
         if pw is None:
             return None
         return ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,
