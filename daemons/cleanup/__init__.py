@@ -172,6 +172,8 @@ ERR_HOPS = (554, "5.4.0", "too many hops")
 ERR_PROTO = (451, "4.3.0", "internal protocol error")
 ERR_ABORTED = (451, "4.3.0", "message aborted by the client")
 FILTER_REFUSED = {"status": 451, "dsn": "4.3.5", "reason": "Server configuration error"}
+# what a streamed message's last list may add to its flags (smtpd_end_of_data_restrictions)
+LATE_FLAGS = services.CLEANUP_FLAG_HOLD | services.CLEANUP_FLAG_DISCARD
 
 
 class Settings:
@@ -487,14 +489,20 @@ class Cleanup:
             out = ContentFile(fd, envelope)
             received = 0
             smtpd_filter = ""
+            late_redirect = ""  # smtpd_end_of_data_restrictions, after a streamed envelope
+            late_bcc: list[str] = []
             part: attr.AttrList | None = req
             while part is not None:
                 if part.raw("abort") is not None:  # the client refused the message after all
                     self.writer.discard(fd, path)
                     return _reply(*ERR_ABORTED)
-                if part is not req and self._bad_filter(part):
-                    self.writer.discard(fd, path)
-                    return dict(FILTER_REFUSED)
+                if part is not req:
+                    if self._bad_filter(part):
+                        self.writer.discard(fd, path)
+                        return dict(FILTER_REFUSED)
+                    flags |= part.number("flags") & LATE_FLAGS
+                    late_redirect = part.text("redirect") or late_redirect
+                    late_bcc += part.all("bcc")
                 smtpd_filter = part.text("filter") or smtpd_filter
                 chunk = part.raw("content") or b""
                 received += len(chunk)
@@ -521,7 +529,13 @@ class Cleanup:
                 if verdict.failed or verdict.reject or verdict.discard:
                     self.writer.discard(fd, path)
                     return self._refused(verdict, queue_id)
-                patches = self._content_actions(builder, verdict, recipients, queue_id, flags)
+                patches = self._content_actions(builder, verdict.filter,
+                                                late_redirect or verdict.redirect,
+                                                verdict.bcc + late_bcc, recipients, queue_id,
+                                                flags)
+            elif late_redirect or late_bcc:
+                patches = self._content_actions(builder, "", late_redirect, late_bcc,
+                                                recipients, queue_id, flags)
             size_rec = _size_record(builder, envelope, out.content_size, outcome, detect_utf8)
             parts = out.finish(size_rec, builder.trailer())
         except (attr.ProtocolError, TimeoutError) as e:
@@ -593,27 +607,28 @@ class Cleanup:
             return {"status": 451 if dsn[0] == "4" else 550, "dsn": dsn, "reason": text}
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
 
-    def _content_actions(self, builder: QueueFileBuilder, verdict: hbc.MessageChecks,
-                         recipients: list[Rcpt], queue_id: str,
+    def _content_actions(self, builder: QueueFileBuilder, content_filter: str, redirect: str,
+                         bcc: list[str], recipients: list[Rcpt], queue_id: str,
                          flags: int) -> list[tuple[int, bytes]]:
-        """FILTER: the last L record; REDIRECT and BCC: extracted recipients, and the
-        envelope's recipients marked done."""
+        """Actions decided after the envelope was written (header/body checks, smtpd's
+        end of data): FILTER: the last L record; REDIRECT and BCC: extracted
+        recipients, and for REDIRECT the envelope's recipients marked done."""
         patches: list[tuple[int, bytes]] = []
-        if verdict.filter:
-            builder.content_filter(verdict.filter, extracted=True)
-        if verdict.redirect:
-            target = rewrite_address(verdict.redirect, self.s.local)
+        if content_filter:
+            builder.content_filter(content_filter, extracted=True)
+        if redirect:
+            target = rewrite_address(redirect, self.s.local)
             for (clean, orig, notify, dsn_orcpt), offset in zip(
                     recipients, builder.recipient_offsets(), strict=True):
                 builder.recipient(target, orig or clean, notify, dsn_orcpt, extracted=True)
                 patches.append((offset, r.REC_TYPE_DONE))
-        for bcc in verdict.bcc:
-            clean = rewrite_address(bcc, self.s.local)
+        for address in bcc:
+            clean = rewrite_address(address, self.s.local)
             if flags & services.CLEANUP_FLAG_MAP_OK:
                 clean = _logged(self.s.mapper.recipient(clean), queue_id)
-            for address in (self.s.mapper.expand(clean) if flags & services.CLEANUP_FLAG_MAP_OK
-                            else [clean]):
-                builder.recipient(address, clean, dsn.NOTIFY_NEVER, extracted=True)
+            for each in (self.s.mapper.expand(clean) if flags & services.CLEANUP_FLAG_MAP_OK
+                         else [clean]):
+                builder.recipient(each, clean, dsn.NOTIFY_NEVER, extracted=True)
         return patches
 
 

@@ -241,7 +241,7 @@ class Message:
     queued (cleanup removes its file); it never blocks.
     """
 
-    __slots__ = ("smtpd", "env", "req", "context", "stream", "failed")
+    __slots__ = ("smtpd", "env", "req", "context", "stream", "failed", "streamed_actions")
 
     def __init__(self, smtpd: Smtpd, env: Envelope, req: restrictions.Request,
                  context: str) -> None:
@@ -251,6 +251,9 @@ class Message:
         self.context = context
         self.stream: attr.RequestStream | None = None
         self.failed = False  # cleanup could not be reached: the rest is dropped
+        # what of req.actions the streamed envelope carried (hold, discard, redirect, bcc
+        # count): smtpd_end_of_data_restrictions may add to them after it went out
+        self.streamed_actions: tuple[bool, bool, str, int] = (False, False, "", 0)
 
     def _envelope(self) -> list[tuple[str, attr.AttrValue]]:
         env = self.env
@@ -301,6 +304,9 @@ class Message:
             return
         try:
             if self.stream is None:
+                actions = self.req.actions
+                self.streamed_actions = (actions.hold, actions.discard, actions.redirect,
+                                         len(actions.bcc))
                 self.stream = await self.smtpd.cleanup.stream(
                     self._envelope() + [("content", piece), (attr.MORE, 1)])
             else:
@@ -310,6 +316,21 @@ class Message:
             self.abort()
             self.failed = True
 
+    def _late_actions(self) -> list[tuple[str, attr.AttrValue]]:
+        """For a streamed message: what smtpd_end_of_data_restrictions decided after its
+        envelope went out (services.py: the last list's flags, redirect, bcc, filter)."""
+        actions = self.req.actions
+        hold, discard, redirect, bcc_count = self.streamed_actions
+        flags = ((services.CLEANUP_FLAG_HOLD if actions.hold and not hold else 0)
+                 | (services.CLEANUP_FLAG_DISCARD if actions.discard and not discard else 0))
+        late: list[tuple[str, attr.AttrValue]] = [("flags", flags)] if flags else []
+        if actions.redirect != redirect:
+            late.append(("redirect", actions.redirect))
+        late += [("bcc", address) for address in actions.bcc[bcc_count:]]
+        if actions.filter:
+            late.append(("filter", actions.filter))
+        return late
+
     async def finish(self, rest: bytes) -> tuple[str, str]:
         """Hand over the rest of the message: (SMTP reply, queue ID or "")."""
         if self.failed:
@@ -318,9 +339,7 @@ class Message:
             if self.stream is None:
                 reply = await self.smtpd.cleanup.request(self._envelope() + [("content", rest)])
             else:
-                # a FILTER of smtpd_end_of_data_restrictions came after the envelope
-                end = [("filter", self.req.actions.filter)] if self.req.actions.filter else []
-                reply = await self.stream.finish([("content", rest), *end])
+                reply = await self.stream.finish([("content", rest), *self._late_actions()])
         except (attr.ProtocolError, OSError) as e:
             log.warning(f"connect to cleanup service {self.smtpd.cleanup.path}: {e}")
             return QUEUE_WRITE_ERROR, ""

@@ -50,6 +50,13 @@ cleanup (``public/cleanup``), one request per message, streamed
                            (a header/body checks FILTER follows and wins again);
                            either one not ``split_content_filter``-able is
                            refused (451 4.3.5), never dropped
+             (last follow-up of a streamed message, smtpd: what its
+             smtpd_end_of_data_restrictions decided after the envelope went out)
+             flags         CLEANUP_FLAG_HOLD and/or CLEANUP_FLAG_DISCARD (other
+                           bits are ignored)
+             redirect      REDIRECT: the message goes to this address instead of
+                           the envelope's recipients (they are marked done)
+             bcc           repeated: BCC, extra recipients with NOTIFY=NEVER
     reply:   status        0 = queued; else the SMTP reply code (451, 552, 554)
              dsn           "2.0.0" | "4.3.0" | "5.3.4" | ...
              reason        text for the client ("Error: queue file write error")
