@@ -50,6 +50,25 @@ def test_summary_has_median_min_max_and_paired_ratios() -> None:
     assert "other_cpu_cores" not in summary.ratios  # describes the run, not the systems
 
 
+def test_latency_pooled_over_all_probes_of_all_rounds() -> None:
+    """Beside the median of the per-round ratios, the median of every probe of each
+    system, and their ratio, in the report."""
+    runs = [canned("postfix", 1, 500, 3.0, latencies_ms=[3.0, 3.2, 9.0]),
+            canned("pymailsys", 1, 500, 3.0, latencies_ms=[3.4, 3.6]),
+            canned("postfix", 2, 500, 3.0, latencies_ms=[3.1, 3.3]),
+            canned("pymailsys", 2, 500, 3.0, latencies_ms=[3.5, 9.5, 3.3])]
+    summary = compare.summarize(runs)
+    assert summary.pooled_latency == {"postfix": (3.2, 5), "pymailsys": (3.5, 5)}
+    assert compare.summarize(RUNS).pooled_latency == {}  # no probes: no line
+    meta = {"params": {"messages": 5000, "size": 2048, "sessions": 10,
+                       "reuse_connections": False, "scenario": "local", "rounds": 2,
+                       "warmup": 300, "latency": 3, "set": [], "quiet_threshold": 0.5},
+            "host": {"cpus": 2, "kernel": "x"}, "cpu_accounting": "v2", "versions": {}}
+    text = compare.report(runs, summary, {}, meta)
+    assert ("median of all probes of all rounds: postfix 3.20 ms (5 probes), pymailsys "
+            "3.50 ms (5 probes); ratio 1.09x") in text
+
+
 def test_targets_are_issue_15s_per_scenario() -> None:
     summary = compare.summarize(RUNS)
     local = compare.targets("local", summary)
