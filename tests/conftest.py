@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -96,13 +97,20 @@ def throwaway_user() -> Iterator[str]:
     created with useradd and deleted (with its group) afterwards."""
     if not IS_ROOT:
         pytest.skip("needs root")
-    name = "pmt" + uuid.uuid4().hex[:8]
+    with local_account("pmt" + uuid.uuid4().hex[:8]) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def local_account(name: str) -> Iterator[str]:
+    """Make the local account ``name`` (root only; no home directory, no login shell)
+    for the block, and delete it (with its group) after, if it is still there."""
     subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
                     "--shell", "/usr/sbin/nologin", name], check=True)
     try:
         yield name
     finally:
-        subprocess.run(["userdel", name], check=False)
+        subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture

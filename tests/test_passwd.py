@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import local_account
 
 from pymailsys import maps, passwd
 
@@ -88,13 +89,9 @@ def test_no_such_account_is_never_kept(accounts: passwd.Accounts) -> None:
     the cache's file did not change."""
     name = "pmt" + uuid.uuid4().hex[:8]
     assert accounts.find(name) is None
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
+    with local_account(name):
         found = accounts.find(name)
         assert found is not None and found.pw_name == name
-    finally:
-        subprocess.run(["userdel", name], check=False)
 
 
 @pytest.mark.root
@@ -105,9 +102,7 @@ def test_no_such_account_is_kept_as_long_as_the_caller_accepts(accounts: passwd.
     of the file drops the kept miss for everyone."""
     name = "pmt" + uuid.uuid4().hex[:8]
     assert accounts.find(name, missing_ttl=3600) is None
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
+    with local_account(name):
         assert accounts.find(name, missing_ttl=3600) is None  # kept: getpwnam not asked
         found = accounts.find(name)
         assert found is not None and found.pw_name == name
@@ -116,8 +111,6 @@ def test_no_such_account_is_kept_as_long_as_the_caller_accepts(accounts: passwd.
         assert accounts.find(name, missing_ttl=3600) is found  # the scratch file is unchanged
         Path(accounts.path).write_text("two\n")
         assert accounts.find(name, missing_ttl=3600) is None
-    finally:
-        subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.root
@@ -127,13 +120,9 @@ def test_an_account_added_to_the_file_is_found_by_the_table_at_once() -> None:
     table = maps.PasswdTable("unix", "passwd.byname")
     name = "pmt" + uuid.uuid4().hex[:8]
     assert table.lookup(name) is None
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
+    with local_account(name):
         line = table.lookup(name)
         assert line is not None and line.startswith(f"{name}:")
-    finally:
-        subprocess.run(["userdel", name], check=False)
 
 
 def test_passwd_table_answers_the_passwd_line() -> None:

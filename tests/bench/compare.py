@@ -1276,6 +1276,19 @@ def message_body(size: int) -> bytes:
     return body
 
 
+# what load_run reads from a tool's arguments beyond messages, sessions and size, and its
+# value for a tool that has no option for it
+LOAD_DEFAULTS = {"reuse_connections": False, "stall_timeout": 120.0, "sample_interval": 0.5}
+
+
+def with_load_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """args, with each of LOAD_DEFAULTS that the tool's parser did not set."""
+    for name, value in LOAD_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    return args
+
+
 def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: Scenario) -> None:
     n = args.messages
     argv = [SMTP_SOURCE, "-s", str(args.sessions), "-m", str(n), "-l", str(args.size),

@@ -217,10 +217,7 @@ def main() -> int:
     p.add_argument("--no-trace", action="store_true", help="skip the perf trace stage timings")
     p.add_argument("--json", help="also write the figures here")
     compare.add_fs_argument(p)
-    args = p.parse_args()
-    args.reuse_connections = False
-    args.stall_timeout = 120.0
-    args.sample_interval = 0.5
+    args = compare.with_load_defaults(p.parse_args())
     args.sessions = 2
     if os.geteuid() != 0:
         print("latency_path.py: run as root", file=sys.stderr)

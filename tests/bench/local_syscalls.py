@@ -92,10 +92,7 @@ def main() -> int:
                    help="count this daemon's calls instead (cleanup: per message queued)")
     p.add_argument("--keep", action="store_true", help="keep the traces (printed path)")
     compare.add_fs_argument(p)
-    args = p.parse_args()
-    args.reuse_connections = False
-    args.stall_timeout = 120.0
-    args.sample_interval = 0.5
+    args = compare.with_load_defaults(p.parse_args())
     if os.geteuid() != 0:
         print("local_syscalls.py: run as root", file=sys.stderr)
         return 2

@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="then N probes one at a time: median connect->250 and connect->Maildir")
     p.add_argument("--stall-timeout", type=float, default=60.0)
     compare.add_fs_argument(p)
-    args = p.parse_args(argv)
-    args.sample_interval = 0.5
-    args.reuse_connections = False
+    args = compare.with_load_defaults(p.parse_args(argv))
     if os.geteuid() != 0:
         print("pipeline_cpu.py: run as root", file=sys.stderr)
         return 2

@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", choices=["pymailsys", "postfix"], default="pymailsys",
                    help="postfix: only the CPU-by-daemon table, for comparison (no py-spy)")
     compare.add_fs_argument(p)
-    args = p.parse_args(argv)
-    args.sample_interval = 0.5
+    args = compare.with_load_defaults(p.parse_args(argv))
     if os.geteuid() != 0:
         print("profile_daemons.py: run as root (py-spy attaches to daemons of other users)",
               file=sys.stderr)

@@ -189,10 +189,7 @@ def main() -> int:
     p.add_argument("--load", type=int, default=0, help="then count qmgr's calls over N messages")
     p.add_argument("--sessions", type=int, default=2)
     compare.add_fs_argument(p)
-    args = p.parse_args()
-    args.reuse_connections = False
-    args.stall_timeout = 120.0
-    args.sample_interval = 0.5
+    args = compare.with_load_defaults(p.parse_args())
     if os.geteuid() != 0:
         print("qmgr_timeline.py: run as root", file=sys.stderr)
         return 2
