@@ -711,6 +711,31 @@ def test_withdrawn_or_broken_stream_leaves_no_file(cleanup: Setup) -> None:
     assert _send(cleanup, _smtpd_request())["status"] == "0"
 
 
+def test_a_streams_last_list_may_only_hold_or_discard(cleanup: Setup) -> None:
+    """smtpd's end-of-data decisions come in a stream's last list: HOLD and DISCARD are
+    obeyed there, every other flag bit is ignored (they were settled by the envelope),
+    so the file is the one a stream without them makes."""
+    from pymailsys.ipc import services
+
+    head = _smtpd_request(content=b"Subject: late\n\n")
+    held = _stream(cleanup, head, [b"a" * 100], last={"content": b"", "flags":
+                                                     services.CLEANUP_FLAG_HOLD})
+    assert (cleanup.spool / "hold" / held["queue_id"]).exists()
+    assert not cleanup.incoming(held["queue_id"]).exists()
+    gone = _stream(cleanup, head, [b"a" * 100], last={"content": b"", "flags":
+                                                     services.CLEANUP_FLAG_DISCARD})
+    assert gone["status"] == "0"
+    assert not any((cleanup.spool / q / gone["queue_id"]).exists() for q in ("incoming", "hold"))
+    others = (services.CLEANUP_FLAG_BOUNCE | services.CLEANUP_FLAG_FILTER
+              | services.CLEANUP_FLAG_BCC_OK | services.CLEANUP_FLAG_MAP_OK)
+    plain = _stream(cleanup, head, [b"a" * 100])
+    odd = _stream(cleanup, head, [b"a" * 100], last={"content": b"", "flags": others})
+    assert odd["status"] == "0" and cleanup.incoming(odd["queue_id"]).exists()
+    env_plain = read_envelope_bytes(cleanup.incoming(plain["queue_id"]).read_bytes())
+    env_odd = read_envelope_bytes(cleanup.incoming(odd["queue_id"]).read_bytes())
+    assert env_odd.recipients == env_plain.recipients and env_odd.sizes == env_plain.sizes
+
+
 def test_streamed_too_big_is_refused(cleanup: Setup) -> None:
     before = set(os.listdir(cleanup.spool / "incoming"))
     reply = _stream(cleanup, _smtpd_request(content=b"Subject: big\n\n"), [b"y" * 60000] * 3)
