@@ -15,7 +15,13 @@ DESCRIPTION
     qmgr takes those files without scanning incoming/ (a record cut off or
     damaged in transit falls back to a scan), while there is room at once, in
     the loop turn that reads the trigger, which also writes their first
-    delivery requests to agents already connected. Trigger bytes: ``I`` scan incoming, ``D`` scan
+    delivery requests to agents already connected. Just before its fsync,
+    cleanup names a file as ``{HEX}`` (pending): qmgr then opens it, locks it
+    and reads its envelope while the disk works (``read_pending``; only with
+    room to spare), and the take, once ``<HEX>`` says the file is durable,
+    moves it and uses what was read, provided the descriptor is still the file
+    it moved; a read-ahead that no ``<HEX>`` follows within ``PENDING_TTL``
+    seconds is closed. Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
     ``F`` forget dead destinations, ``W`` wake up: scan
     incoming, and deferred once every ``queue_run_delay`` (also on its own
@@ -204,6 +210,7 @@ from pymailsys.submission import access
 PROGRAM = "qmgr"
 STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
+PENDING_TTL = 10.0  # a file read ahead (``{HEX}``) that is not announced durable by then is let go
 FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
@@ -415,6 +422,8 @@ class Qmgr:
         # queue IDs named by cleanup after its trigger byte, not yet taken
         self.named: deque[str] = deque()
         self.id_reader = trigger.NamedIdReader()
+        # files cleanup named before their fsync, read ahead: queue ID -> (fd, envelope, timer)
+        self.read_ahead: dict[str, tuple[int, Envelope, asyncio.TimerHandle]] = {}
         self.recently_removed: deque[str] = deque(maxlen=4096)
 
     # --- parameters per transport ---------------------------------------------------
@@ -487,7 +496,7 @@ class Qmgr:
                 log.warning(f"{queue_id}: cannot move from active to incoming: {e.strerror}")
 
     def trigger(self, data: bytes) -> None:
-        if self.id_reader.partial or b"<" in data:
+        if self.id_reader.partial or b"<" in data or b"{" in data:
             data = self._named_ids(data)
         for byte in data:
             ch = chr(byte)
@@ -504,13 +513,16 @@ class Qmgr:
                 self.want_incoming = True
                 if time.time() - self.last_deferred_scan >= self.queue_run_delay:
                     self.want_deferred = True
-        self.wake.set()
+        if self.want_incoming or self.want_deferred or self.named:
+            self.wake.set()  # else the scanner has nothing to do: leave it asleep
 
     def _named_ids(self, data: bytes) -> bytes:
         """Take the queue IDs cleanup named out of trigger bytes; return the rest."""
-        rest, ids, damaged = self.id_reader.feed(data)
+        rest, ids, pending, damaged = self.id_reader.feed(data)
         if damaged:
             self.want_incoming = True  # a damaged record: look for the file
+        for queue_id in pending:
+            self.read_pending(queue_id)
         self.named.extend(ids)
         if len(self.named) > self.active_limit:
             self.named.clear()
@@ -539,6 +551,59 @@ class Qmgr:
                 self.want_incoming = True
                 continue
             self.take(queue_id, q.INCOMING, fresh=True)
+
+    def read_pending(self, queue_id: str) -> None:
+        """Open, lock and read a file that cleanup is about to fsync (``{HEX}``), so that
+        taking it, once cleanup says it is durable, needs no reading. Only while there
+        is room for it and a descriptor to spare; anything unexpected just drops the
+        hint (the take reads the file as usual)."""
+        if (self.ctx.stopping.is_set() or queue_id in self.active
+                or queue_id in self.read_ahead or not q.valid_queue_id(queue_id)
+                or len(self.active) + len(self.read_ahead) + 1
+                >= min(self.active_limit, self.open_file_budget)):
+            return
+        path = self.spool.path(q.INCOMING, queue_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode) or not q.is_complete(mode):
+                os.close(fd)
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
+        except (OSError, QueueFileError):
+            os.close(fd)
+            return
+        timer = asyncio.get_running_loop().call_later(PENDING_TTL, self.forget_pending,
+                                                      queue_id)
+        self.read_ahead[queue_id] = fd, env, timer
+
+    def forget_pending(self, queue_id: str) -> None:
+        entry = self.read_ahead.pop(queue_id, None)
+        if entry is not None:
+            entry[2].cancel()
+            os.close(entry[0])
+
+    def _read_earlier(self, queue_id: str, path: str) -> tuple[int, Envelope] | None:
+        """The descriptor and envelope of a file read ahead, when that is the file just
+        moved to path and its recipients still fit in memory."""
+        entry = self.read_ahead.pop(queue_id, None)
+        if entry is None:
+            return None
+        fd, env, timer = entry
+        timer.cancel()
+        try:
+            held, moved = os.fstat(fd), os.lstat(path)
+            same = (held.st_dev, held.st_ino) == (moved.st_dev, moved.st_ino)
+        except OSError:
+            same = False
+        if not same or len(env.recipients) > self.slice_size():
+            os.close(fd)
+            return None
+        return fd, env
 
     async def scanner(self) -> None:
         """Admit messages while there is room (Postfix's qmgr_loop): the files cleanup
@@ -622,30 +687,34 @@ class Qmgr:
             log.warning(f"{queue_id}: cannot move from {queue} to active: {e.strerror}")
             return
         now = time.time()
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError as e:
-            log.warning(f"{queue_id}: open {path}: {e.strerror}")
-            self.put_back(queue_id, queue)
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            log.info(f"{queue_id}: skipped, still being delivered")
-            self.put_back(queue_id, q.INCOMING)
-            return
-        try:
-            env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
-        except QueueFileError as e:
-            os.close(fd)
-            self.corrupt(queue_id, str(e))
-            return
-        except OSError as e:  # the system's trouble (EMFILE, EIO, ...), not the file's
-            os.close(fd)
-            log.warning(f"{queue_id}: read {path}: {e.strerror}")
-            self.put_back(queue_id, queue)
-            return
+        earlier = self._read_earlier(queue_id, path) if self.read_ahead else None
+        if earlier is not None:
+            fd, env = earlier
+        else:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            except OSError as e:
+                log.warning(f"{queue_id}: open {path}: {e.strerror}")
+                self.put_back(queue_id, queue)
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                log.info(f"{queue_id}: skipped, still being delivered")
+                self.put_back(queue_id, q.INCOMING)
+                return
+            try:
+                env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
+            except QueueFileError as e:
+                os.close(fd)
+                self.corrupt(queue_id, str(e))
+                return
+            except OSError as e:  # the system's trouble (EMFILE, EIO, ...), not the file's
+                os.close(fd)
+                log.warning(f"{queue_id}: read {path}: {e.strerror}")
+                self.put_back(queue_id, queue)
+                return
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
             status_log.remove(self.spool, q.DEFER, queue_id)
@@ -659,8 +728,7 @@ class Qmgr:
                                smtputf8=env.smtputf8)
         msg = Message(queue_id, path, fd, env, now, common, fresh)
         self.active[queue_id] = msg
-        self.enqueue(msg, env.recipients)
-        self.dispatch()  # its requests go out in this loop turn
+        self.enqueue(msg, env.recipients, dispatch_now=True)
 
     def put_back(self, queue_id: str, queue: str) -> None:
         """Return a file qmgr could not take to queue, to be tried in LOCKED_RETRY seconds."""
@@ -702,10 +770,12 @@ class Qmgr:
         """How many recipients the next read may bring into memory."""
         return max(self.rcpt_limit - self.rcpt_loaded, self.rcpt_minimum)
 
-    def enqueue(self, msg: Message, rcpts: list[Recipient]) -> None:
+    def enqueue(self, msg: Message, rcpts: list[Recipient], dispatch_now: bool = False) -> None:
         """Route a slice of a message's recipients and queue them per destination, in
         requests of at most the transport's destination recipient limit; those qmgr
-        answers itself (and those for a dead destination) are recorded at once."""
+        answers itself (and those for a dead destination) are recorded at once. The
+        requests go out in this loop turn with ``dispatch_now``, else the dispatcher
+        task sends them (one wake-up of it fewer on the way to the agent)."""
         self._load(msg, len(rcpts))
         groups: dict[tuple[str, str], tuple[scheduler.Destination[Entry], Entry]] = {}
         for rc in rcpts:
@@ -732,7 +802,9 @@ class Qmgr:
                 del groups[(where.transport, name)]
         for group in groups.values():
             self._queue(*group)
-        if groups or msg.entries:
+        if dispatch_now:
+            self.dispatch()
+        elif groups or msg.entries:
             self.sched_wake.set()
         if not msg.entries:
             self.slice_done(msg)
