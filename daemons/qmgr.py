@@ -15,13 +15,7 @@ DESCRIPTION
     qmgr takes those files without scanning incoming/ (a record cut off or
     damaged in transit falls back to a scan), while there is room at once, in
     the loop turn that reads the trigger, which also writes their first
-    delivery requests to agents already connected. Just before its fsync,
-    cleanup names a file as ``{HEX}`` (pending): qmgr then opens it, locks it
-    and reads its envelope while the disk works (``read_pending``; only with
-    room to spare), and the take, once ``<HEX>`` says the file is durable,
-    moves it and uses what was read, provided the descriptor is still the file
-    it moved; a read-ahead that no ``<HEX>`` follows within ``PENDING_TTL``
-    seconds is closed. Trigger bytes: ``I`` scan incoming, ``D`` scan
+    delivery requests to agents already connected. Trigger bytes: ``I`` scan incoming, ``D`` scan
     deferred, ``A`` ignore deferred time stamps on the next deferred scan,
     ``F`` forget dead destinations, ``W`` wake up: scan
     incoming, and deferred once every ``queue_run_delay`` (also on its own
@@ -210,7 +204,6 @@ from pymailsys.submission import access
 PROGRAM = "qmgr"
 STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
-PENDING_TTL = 10.0  # a file read ahead (``{HEX}``) that is not announced durable by then is let go
 FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
@@ -422,8 +415,6 @@ class Qmgr:
         # queue IDs named by cleanup after its trigger byte, not yet taken
         self.named: deque[str] = deque()
         self.id_reader = trigger.NamedIdReader()
-        # files cleanup named before their fsync, read ahead: queue ID -> (fd, envelope, timer)
-        self.read_ahead: dict[str, tuple[int, Envelope, asyncio.TimerHandle]] = {}
         self.recently_removed: deque[str] = deque(maxlen=4096)
 
     # --- parameters per transport ---------------------------------------------------
@@ -496,7 +487,7 @@ class Qmgr:
                 log.warning(f"{queue_id}: cannot move from active to incoming: {e.strerror}")
 
     def trigger(self, data: bytes) -> None:
-        if self.id_reader.partial or b"<" in data or b"{" in data:
+        if self.id_reader.partial or b"<" in data:
             data = self._named_ids(data)
         for byte in data:
             ch = chr(byte)
@@ -518,11 +509,9 @@ class Qmgr:
 
     def _named_ids(self, data: bytes) -> bytes:
         """Take the queue IDs cleanup named out of trigger bytes; return the rest."""
-        rest, ids, pending, damaged = self.id_reader.feed(data)
+        rest, ids, damaged = self.id_reader.feed(data)
         if damaged:
             self.want_incoming = True  # a damaged record: look for the file
-        for queue_id in pending:
-            self.read_pending(queue_id)
         self.named.extend(ids)
         if len(self.named) > self.active_limit:
             self.named.clear()
@@ -551,59 +540,6 @@ class Qmgr:
                 self.want_incoming = True
                 continue
             self.take(queue_id, q.INCOMING, fresh=True)
-
-    def read_pending(self, queue_id: str) -> None:
-        """Open, lock and read a file that cleanup is about to fsync (``{HEX}``), so that
-        taking it, once cleanup says it is durable, needs no reading. Only while there
-        is room for it and a descriptor to spare; anything unexpected just drops the
-        hint (the take reads the file as usual)."""
-        if (self.ctx.stopping.is_set() or queue_id in self.active
-                or queue_id in self.read_ahead or not q.valid_queue_id(queue_id)
-                or len(self.active) + len(self.read_ahead) + 1
-                >= min(self.active_limit, self.open_file_budget)):
-            return
-        path = self.spool.path(q.INCOMING, queue_id)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode) or not q.is_complete(mode):
-                os.close(fd)
-                return
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
-        except (OSError, QueueFileError):
-            os.close(fd)
-            return
-        timer = asyncio.get_running_loop().call_later(PENDING_TTL, self.forget_pending,
-                                                      queue_id)
-        self.read_ahead[queue_id] = fd, env, timer
-
-    def forget_pending(self, queue_id: str) -> None:
-        entry = self.read_ahead.pop(queue_id, None)
-        if entry is not None:
-            entry[2].cancel()
-            os.close(entry[0])
-
-    def _read_earlier(self, queue_id: str, path: str) -> tuple[int, Envelope] | None:
-        """The descriptor and envelope of a file read ahead, when that is the file just
-        moved to path and its recipients still fit in memory."""
-        entry = self.read_ahead.pop(queue_id, None)
-        if entry is None:
-            return None
-        fd, env, timer = entry
-        timer.cancel()
-        try:
-            held, moved = os.fstat(fd), os.lstat(path)
-            same = (held.st_dev, held.st_ino) == (moved.st_dev, moved.st_ino)
-        except OSError:
-            same = False
-        if not same or len(env.recipients) > self.slice_size():
-            os.close(fd)
-            return None
-        return fd, env
 
     async def scanner(self) -> None:
         """Admit messages while there is room (Postfix's qmgr_loop): the files cleanup
@@ -687,34 +623,30 @@ class Qmgr:
             log.warning(f"{queue_id}: cannot move from {queue} to active: {e.strerror}")
             return
         now = time.time()
-        earlier = self._read_earlier(queue_id, path) if self.read_ahead else None
-        if earlier is not None:
-            fd, env = earlier
-        else:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-            except OSError as e:
-                log.warning(f"{queue_id}: open {path}: {e.strerror}")
-                self.put_back(queue_id, queue)
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                log.info(f"{queue_id}: skipped, still being delivered")
-                self.put_back(queue_id, q.INCOMING)
-                return
-            try:
-                env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
-            except QueueFileError as e:
-                os.close(fd)
-                self.corrupt(queue_id, str(e))
-                return
-            except OSError as e:  # the system's trouble (EMFILE, EIO, ...), not the file's
-                os.close(fd)
-                log.warning(f"{queue_id}: read {path}: {e.strerror}")
-                self.put_back(queue_id, queue)
-                return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:
+            log.warning(f"{queue_id}: open {path}: {e.strerror}")
+            self.put_back(queue_id, queue)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.info(f"{queue_id}: skipped, still being delivered")
+            self.put_back(queue_id, q.INCOMING)
+            return
+        try:
+            env = read_envelope_fd(fd, queue_id, path, rcpt_limit=self.slice_size())
+        except QueueFileError as e:
+            os.close(fd)
+            self.corrupt(queue_id, str(e))
+            return
+        except OSError as e:  # the system's trouble (EMFILE, EIO, ...), not the file's
+            os.close(fd)
+            log.warning(f"{queue_id}: read {path}: {e.strerror}")
+            self.put_back(queue_id, queue)
+            return
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
             status_log.remove(self.spool, q.DEFER, queue_id)

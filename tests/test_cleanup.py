@@ -353,35 +353,15 @@ def test_named_ids_survive_a_cut_and_plain_bytes() -> None:
     assert not set(data) & set(b"IWDAF")
     for cut in range(len(data) + 1):
         reader = NamedIdReader()
-        rest1, ids1, _, bad1 = reader.feed(data[:cut])
-        rest2, ids2, _, bad2 = reader.feed(data[cut:] + b"W")
+        rest1, ids1, bad1 = reader.feed(data[:cut])
+        rest2, ids2, bad2 = reader.feed(data[cut:] + b"W")
         assert (rest1, rest2) == (b"", b"W")
         assert ids1 + ids2 == ids and not bad1 and not bad2
     # a record interrupted by another client's bytes: those still count, and it is damaged
     reader = NamedIdReader()
     reader.feed(data[:5])
-    rest, found, _, damaged = reader.feed(b"AD")
+    rest, found, damaged = reader.feed(b"AD")
     assert damaged and rest == b"AD" and found == []
-
-
-def test_pending_and_durable_records_apart_however_cut() -> None:
-    """{HEX} names a file whose fsync is starting, <HEX> one that is durable: told apart
-    in one read or cut anywhere; a record closed by the other kind's bracket is damaged."""
-    from pymailsys.ipc.trigger import NamedIdReader, encode_named_ids, encode_pending_ids
-
-    data = (encode_pending_ids(["4ZxQ2BcD3Fz1"]) + b"I" + encode_named_ids(["4ZxQ2BcD3Fz1"])
-            + encode_pending_ids(["3F2A11C0D7E", "5B"]))
-    assert not set(data) & set(b"WDAF")
-    for cut in range(len(data) + 1):
-        reader = NamedIdReader()
-        rest1, durable1, pending1, bad1 = reader.feed(data[:cut])
-        rest2, durable2, pending2, bad2 = reader.feed(data[cut:])
-        assert rest1 + rest2 == b"I" and not bad1 and not bad2
-        assert durable1 + durable2 == ["4ZxQ2BcD3Fz1"]
-        assert pending1 + pending2 == ["4ZxQ2BcD3Fz1", "3F2A11C0D7E", "5B"]
-    for wrong in (b"{" + b"41".hex().encode() + b">", b"<3431}"):
-        rest, durable, pending, damaged = NamedIdReader().feed(wrong + b"W")
-        assert damaged and rest == b"W" and durable == pending == []
 
 
 # -- pure parts -----------------------------------------------------------------
@@ -532,48 +512,6 @@ def test_a_file_is_announced_once_synced_before_its_commit_returns(tmp_path: Pat
         assert announced == wanted
         for n, (qid, seen_at_return) in enumerate(results):
             assert (qid in seen_at_return) == bool(n % 2)
-
-
-def test_a_file_is_named_pending_complete_before_its_fsync(tmp_path: Path) -> None:
-    """``pending`` hears the queue ID of each file that asked for it before ``durable``
-    does, once the file is written and marked complete (qmgr reads it during the fsync),
-    grouped and ungrouped; the others are never named."""
-    import asyncio
-
-    from pymailsys.daemons.cleanup.writer import QueueWriter
-
-    from pymailsys.queue import spool as q
-
-    (tmp_path / q.INCOMING).mkdir()
-    spool = q.Spool(str(tmp_path))
-    events: list[tuple[str, str, bool]] = []
-
-    def pending(ids: list[str]) -> None:
-        for qid in ids:
-            path = spool.path(q.INCOMING, qid)
-            events.append(("pending", qid, q.is_complete(os.stat(path).st_mode)
-                           and Path(path).read_bytes().startswith(b"file ")))
-
-    for grouped in (True, False):
-        events.clear()
-        writer = QueueWriter(spool, grouped=grouped,
-                             durable=lambda ids: events.extend(("durable", i, True) for i in ids),
-                             pending=pending)
-
-        async def run(writer: QueueWriter) -> list[str]:
-            async def one(n: int) -> str:
-                qid, path, fd = writer.create()
-                await writer.commit(fd, path, [b"file %d\n" % n], notify=qid if n % 2 else None)
-                return qid
-            return await asyncio.gather(*(one(n) for n in range(6)))
-
-        qids = asyncio.run(run(writer))
-        wanted = [qid for n, qid in enumerate(qids) if n % 2]
-        assert sorted(i for kind, i, _ in events if kind == "pending") == sorted(wanted)
-        assert sorted(i for kind, i, _ in events if kind == "durable") == sorted(wanted)
-        for qid in wanted:
-            kinds = [(kind, ok) for kind, i, ok in events if i == qid]
-            assert kinds == [("pending", True), ("durable", True)]
 
 
 # -- header address rewriting ---------------------------------------------------------------
@@ -889,9 +827,8 @@ def test_header_block_ends_at_a_line_that_is_not_a_header(service_with) -> None:
 
 
 def test_qmgr_is_told_before_the_client_is_answered(tmp_path: Path) -> None:
-    """On the open trigger connection the new file's name is written before the reply,
-    as pending before its fsync and as durable after it: qmgr can read it while the disk
-    works and take it while the client still waits for its 250."""
+    """On the open trigger connection the new file's name is written before the reply:
+    qmgr can start on it while the client still waits for its 250."""
     import socket
 
     setup = _write_config(tmp_path)
@@ -913,8 +850,7 @@ def test_qmgr_is_told_before_the_client_is_answered(tmp_path: Path) -> None:
         assert record in got
         second = _send(setup, _smtpd_request())
         conn.setblocking(False)
-        name = second["queue_id"].encode().hex().encode()
-        assert conn.recv(4096) == b"{" + name + b"}<" + name + b">"
+        assert conn.recv(4096) == b"<" + second["queue_id"].encode().hex().encode() + b">"
         conn.close()
     finally:
         listener.close()

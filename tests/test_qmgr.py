@@ -185,51 +185,6 @@ def test_delivery_to_maildir_exact_bytes_and_removal(system) -> None:  # type: i
     assert s.queue_empty()
 
 
-def _holds_open(pid: int, path: Path) -> bool:
-    fds = Path(f"/proc/{pid}/fd")
-    for fd in fds.iterdir():
-        try:
-            if os.readlink(fd) == str(path):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def test_a_pending_file_is_read_ahead_and_taken_only_once_durable(system) -> None:  # type: ignore[no-untyped-def]
-    """cleanup names a file as {HEX} just before its fsync: qmgr opens and reads it at
-    once, but moves and delivers it only when <HEX> says it is durable; a file replaced
-    in between is read again at the take (the new one is delivered)."""
-    s = system()
-    s.start()
-    qmgr_pid = s.procs["qmgr"].pid
-    first = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)  # after the start-up scan
-    s.wait_log(rf"{first}: removed")
-    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
-    path = Path(s.spool.path("incoming", qid))
-    assert s.trigger(trigger.encode_pending_ids([qid]))
-    wait_until(lambda: _holds_open(qmgr_pid, path), 20, what="qmgr reading the pending file")
-    time.sleep(1.0)
-    assert qid in s.queue_ids("incoming") and len(s.maildir_messages()) == 1
-    assert f"{qid}: " not in s.log()
-    assert s.trigger(trigger.encode_named_ids([qid]))
-    s.wait_log(rf"{qid}: removed")
-    assert [m.endswith(BODY) for m in s.maildir_messages()] == [True, True]
-
-    other = b"Subject: the replacement\n\nnew text\n"
-    qid2 = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
-    path2 = Path(s.spool.path("incoming", qid2))
-    assert s.trigger(trigger.encode_pending_ids([qid2]))
-    wait_until(lambda: _holds_open(qmgr_pid, path2), 20, what="qmgr reading the pending file")
-    qid3 = s.queue("carol@example.org", [f"{ME}@localhost"], other, kick=False)
-    os.rename(s.spool.path("incoming", qid3), path2)
-    assert s.trigger(trigger.encode_named_ids([qid2]))
-    s.wait_log(rf"{qid2}: removed")
-    assert re.search(rf"{qid2}: from=<carol@example\.org>", s.log())
-    assert sorted(m.endswith(other) for m in s.maildir_messages()) == [False, False, True]
-    assert not _holds_open(qmgr_pid, path2)
-
-
 def test_unavailable_transport_defers_with_status_log_and_backoff(system) -> None:  # type: ignore[no-untyped-def]
     s = system(minimal_backoff_time="300s", maximal_backoff_time="4000s")
     s.start("qmgr")

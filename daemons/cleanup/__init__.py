@@ -248,7 +248,7 @@ class Cleanup:
         self.s = Settings(ctx.config)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
         self.writer = QueueWriter(ctx.spool, grouped=grouped,
-                                  durable=self.qmgr.announce, pending=self.qmgr.pending)
+                                  durable=self.qmgr.announce)
         self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
         self._space_checked = 0.0
         self._space_ok = True

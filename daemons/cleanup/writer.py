@@ -43,15 +43,6 @@ postqueue and master keep working on the same socket, and a record that a
 read cuts in two only makes qmgr scan incoming/ instead. Without a persistent
 connection a plain ``I`` is sent. A broken or refused connection is reopened on the
 next announcement; a qmgr that is not running is not an error (its timer catches up).
-
-``QmgrTrigger.pending(queue_ids)``, the writer's ``pending`` callback, names the
-files of a group just before its fsyncs start, as ``{HEX}``
-(``encode_pending_ids``), on the open connection only: qmgr opens and reads
-them while the disk works (about a millisecond at idle, when the CPUs are
-free), and takes them, without reading them again, when ``<HEX>`` follows.
-The hint costs one small write per group; when it is lost, qmgr reads the file
-when it takes it, as before. A file whose commit fails is never announced
-durable, and qmgr forgets the hint after ``PENDING_TTL`` seconds.
 """
 
 from __future__ import annotations
@@ -199,12 +190,10 @@ class QueueWriter:
     """Creates queue files and commits them with grouped fsyncs."""
 
     def __init__(self, spool: q.Spool, grouped: bool = True,
-                 durable: Callable[[list[str]], None] | None = None,
-                 pending: Callable[[list[str]], None] | None = None) -> None:
+                 durable: Callable[[list[str]], None] | None = None) -> None:
         self.spool = spool
         self.grouped = grouped
         self.durable = durable
-        self.pending = pending
         self._batch: list[tuple[int, asyncio.Future[None], str | None]] = []
         self._scheduled = False
         self.batches = 0
@@ -244,8 +233,6 @@ class QueueWriter:
             raise
         loop = asyncio.get_running_loop()
         if not self.grouped:  # the baseline: one fsync per commit, at once
-            if notify is not None and self.pending is not None:
-                self.pending([notify])
             try:
                 _fsync_close(fd)
             except OSError:
@@ -273,10 +260,6 @@ class QueueWriter:
             return
         self.batches += 1
         self.files += len(batch)
-        if self.pending is not None:
-            named = [notify for _fd, _fut, notify in batch if notify is not None]
-            if named:
-                self.pending(named)
         _sync_group(batch, self.durable)
 
     @staticmethod
@@ -321,13 +304,6 @@ class QmgrTrigger:
             return
         self._sending = True
         server.background(self._send())
-
-    def pending(self, queue_ids: list[str]) -> None:
-        """Name files whose fsync is about to start, so that qmgr reads them while the
-        disk works (a hint: only on a connection that is open now, never queued)."""
-        writer = self._writer
-        if self.persistent and writer is not None and not writer.is_closing():
-            writer.write(trigger.encode_pending_ids(queue_ids))
 
     def _write(self, writer: asyncio.StreamWriter) -> None:
         ids, self._ids = self._ids, []

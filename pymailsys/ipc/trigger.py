@@ -15,15 +15,11 @@ a file or another FIFO that a planted link names.
 
 Named queue files: cleanup tells qmgr which files it just queued with
 ``<HEX>`` records (the queue ID's bytes in lower-case hex, ``encode_named_ids``)
-on its trigger connection, so qmgr need not rescan incoming/. Just before a
-file's fsync starts, cleanup may name it in a ``{HEX}`` record
-(``encode_pending_ids``): the file is complete but not yet durable, so qmgr
-may read it while the disk works, but takes it only once a ``<HEX>`` record
-names it. The records use none of the request letters. ``NamedIdReader``
-takes them out of trigger reads, which carry no connection identity and may
-cut a record in two: a cut-off head waits for its tail; a record that cannot
-be completed (or whose closing bracket is not its opening one's) is reported
-as damaged, and the reader's owner then scans incoming/ instead.
+on its trigger connection, so qmgr need not rescan incoming/. The records use
+none of the request letters. ``NamedIdReader`` takes them out of trigger reads,
+which carry no connection identity and may cut a record in two: a cut-off head
+waits for its tail; a record that cannot be completed is reported as damaged,
+and the reader's owner then scans incoming/ instead.
 """
 
 from __future__ import annotations
@@ -83,22 +79,14 @@ async def async_trigger(path: str, data: bytes) -> bool:
 
 
 MAX_NAMED_RECORD = 256
-_RECORD = re.compile(rb"[<{]([0-9a-f]*)([>}]?)")
-_RECORD_TAIL = re.compile(rb"([0-9a-f]*)([>}]?)")
-_CLOSING = {ord("<"): b">", ord("{"): b"}"}
+_RECORD = re.compile(rb"<([0-9a-f]*)(>?)")
+_RECORD_TAIL = re.compile(rb"([0-9a-f]*)(>?)")
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 
 
 def encode_named_ids(queue_ids: list[str]) -> bytes:
-    """Trigger records that name new, durable queue files: ``<HEX>`` per queue ID."""
+    """Trigger records that name new queue files: ``<HEX>`` per queue ID."""
     return b"".join(b"<" + qid.encode("ascii").hex().encode("ascii") + b">"
-                    for qid in queue_ids)
-
-
-def encode_pending_ids(queue_ids: list[str]) -> bytes:
-    """Trigger records that name complete queue files whose fsync is starting:
-    ``{HEX}`` per queue ID."""
-    return b"".join(b"{" + qid.encode("ascii").hex().encode("ascii") + b"}"
                     for qid in queue_ids)
 
 
@@ -116,9 +104,8 @@ class NamedIdReader:
     def __init__(self) -> None:
         self.partial = b""  # a record cut off at the end of the last read
 
-    def feed(self, data: bytes) -> tuple[bytes, list[str], list[str], bool]:
-        """(request bytes, queue IDs named durable, queue IDs named pending, whether a
-        record was damaged)."""
+    def feed(self, data: bytes) -> tuple[bytes, list[str], bool]:
+        """(request bytes, queue IDs named, whether a record was damaged)."""
         damaged = False
         if self.partial:
             tail = _RECORD_TAIL.match(data)
@@ -131,13 +118,12 @@ class NamedIdReader:
                 self.partial = b""
             elif len(self.partial) + len(data) <= MAX_NAMED_RECORD:
                 self.partial += data
-                return b"", [], [], False
+                return b"", [], False
             else:
                 self.partial = b""
-                return b"", [], [], True
+                return b"", [], True
         rest = bytearray()
         ids: list[str] = []
-        pending: list[str] = []
         pos = 0
         for m in _RECORD.finditer(data):
             rest += data[pos:m.start()]
@@ -148,13 +134,10 @@ class NamedIdReader:
                 else:
                     damaged = True
                 continue
-            opening = m.group(0)[0]
             queue_id = _unhex(m.group(1))
-            if queue_id is None or m.group(2) != _CLOSING[opening]:
+            if queue_id is None:
                 damaged = True
-            elif opening == ord("<"):
-                ids.append(queue_id)
             else:
-                pending.append(queue_id)
+                ids.append(queue_id)
         rest += data[pos:]
-        return bytes(rest), ids, pending, damaged
+        return bytes(rest), ids, damaged
