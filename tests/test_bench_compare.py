@@ -168,3 +168,50 @@ def test_a_scratch_filesystem_left_by_a_killed_run_is_swept() -> None:
     assert killed.returncode == -9 and mount.is_mount()
     compare.sweep_stale_filesystems()
     assert not mount.exists() and not mount.parent.exists()
+
+
+AB = BENCH.parent / "ab_latency.py"
+
+
+def _ab_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_ab_latency", AB)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ab_latency"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ab_latency_summary_and_build_class() -> None:
+    """ab_latency: medians, paired ratio and halves of canned paired probes; a build is
+    a PymailsysSystem running another venv's python under its own label."""
+    import statistics
+
+    ab = _ab_module()
+    a = [4.0, 4.2, 3.9, 4.1, 5.0, 5.2]
+    b = [3.8, 4.0, 3.9, 3.9, 4.9, 5.5]
+    s = ab.summary(a, b)
+    assert (s["a"], s["b"]) == (statistics.median(a), statistics.median(b))
+    assert s["ratio_of_medians"] == pytest.approx(statistics.median(b) / statistics.median(a))
+    pairs = list(zip(a, b, strict=True))
+    assert s["paired_ratio"] == pytest.approx(statistics.median(y / x for x, y in pairs))
+    assert s["paired_ratio"] < 1 < max(y / x for x, y in pairs)
+    assert (s["a_first_half"], s["b_second_half"]) == (4.0, 4.9)
+    build = ab.build_class("wt-one", "/opt/venvs/one/bin/python")
+    assert issubclass(build, ab.compare.PymailsysSystem)
+    assert (build.label, build.python) == ("wt-one", "/opt/venvs/one/bin/python")
+    assert ab.compare.PymailsysSystem.python == sys.executable
+
+
+@pytest.mark.root
+def test_ab_latency_runs_a_build_against_itself(tmp_path: Path) -> None:
+    require_tool(compare.SMTP_SOURCE)
+    venv = str(Path(sys.executable).parent.parent)
+    out = tmp_path / "ab.json"
+    result = subprocess.run([sys.executable, str(AB), venv, venv, "--messages", "4",
+                             "--json", str(out)], capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    first, second = data["latencies_ms"].values()
+    assert len(first) == len(second) == 4 and min(first + second) > 0
+    assert "median of the paired ratios" in result.stdout

@@ -950,9 +950,10 @@ class PostfixSystem(System):
 
 class PymailsysSystem(System):
     label = "pymailsys"
+    python = PYTHON  # the interpreter whose pymailsys this system runs (ab_latency: another build)
 
     def create(self) -> None:
-        result = run([PYTHON, "-m", "pymailsys.tools.instance", "create", str(self.base),
+        result = run([self.python, "-m", "pymailsys.tools.instance", "create", str(self.base),
                       "--port", str(self.port), "--host", LOOPBACK, "--maildir"],
                      check=False, cwd="/")  # a checkout in cwd would shadow an installed package
         if result.returncode != 0:
@@ -961,7 +962,7 @@ class PymailsysSystem(System):
         settings = {**common_settings(self), **self.scenario.settings(self)}
         if self.config_style == "stock":
             # The same work as stock Postfix: an alias lookup per delivery, STARTTLS offered.
-            alias_map = self.aliases_copy([PYTHON, "-c", "from pymailsys.tools.postmap import "
+            alias_map = self.aliases_copy([self.python, "-c", "from pymailsys.tools.postmap import "
                                            "postalias_main; postalias_main()",
                                            "-c", str(self.config_dir)])
             settings.update({name: value for name, value in self.tls.items()
@@ -988,17 +989,23 @@ class PymailsysSystem(System):
                              .replace(str(self.base.parent), "TOP") for k, v in self.settings.items()]}
 
     def tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run([PYTHON, "-m", f"pymailsys.tools.{name}", "-c", str(self.config_dir), *args],
+        return run([self.python, "-m", f"pymailsys.tools.{name}", "-c", str(self.config_dir), *args],
                    check=check, env=self.env(), cwd="/")
 
     def start_command(self) -> list[str]:
-        return [PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "start"]
+        return [self.python, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "start"]
 
     def stop_command(self) -> list[str]:
-        return [PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "stop"]
+        return [self.python, "-m", "pymailsys.tools.postfix", "-c", str(self.config_dir), "stop"]
 
     def version(self) -> str:
-        result = run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], check=False)
+        repo = str(REPO)
+        if self.python != PYTHON:  # another build: the checkout its package comes from
+            where = run([self.python, "-c", "import pathlib, pymailsys; "
+                         "print(pathlib.Path(pymailsys.__file__).resolve().parent.parent)"],
+                        check=False, cwd="/")
+            repo = where.stdout.strip() or repo
+        result = run(["git", "-C", repo, "log", "-1", "--format=%h %s"], check=False)
         return f"pymailsys {result.stdout.strip()}"
 
 

@@ -110,8 +110,10 @@ def per_daemon(before: dict[int, tuple[str, int, int]], after: dict[int, tuple[s
             for name, (run, wait) in totals.items()}
 
 
-def stages(trace: Path, pids: dict[int, str], client: int) -> list[dict[str, float]]:
-    """Each probe's moments (ms, perf's clock) from the trace of the six calls."""
+def stages(trace: Path, pids: dict[int, str], client: int,
+           complete_only: bool = True) -> list[dict[str, float]]:
+    """Each probe's moments (ms, perf's clock) from the trace of the six calls, one per
+    client connect; only those with every moment unless not ``complete_only``."""
     calls = []
     for line in trace.read_text(errors="replace").splitlines():
         m = LINE_RE.match(line)
@@ -141,6 +143,8 @@ def stages(trace: Path, pids: dict[int, str], client: int) -> list[dict[str, flo
         elif who == "local" and name in ("link", "linkat") and "mfsync1" in current \
                 and "link" not in current:
             current["link"] = start
+    if not complete_only:
+        return probes
     return [p for p in probes if all(k in p for k in STAGES)]
 
 

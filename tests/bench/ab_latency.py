@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Two pymailsys builds side by side: idle latency probes, alternating one by one.
+
+Usage (as root, from the repository, with either venv's python):
+
+    python tests/bench/ab_latency.py VENV_A VENV_B [--messages 300] [--trace]
+                                     [--fs ext4|root|...] [--json FILE]
+
+VENV_A and VENV_B are virtual environments with pymailsys installed (an
+editable install of a worktree each: the two builds to compare). Both instances
+are created as compare.py's local scenario does (same settings, Maildir
+delivery to one throw-away account, each its own cgroup, on one scratch
+filesystem), started at once and warmed up. Then --messages times: one
+compare.py latency probe (smtplib, connect to the file in Maildir/new) to each,
+the first of the pair alternating. Both wait idle while the other is probed.
+
+Why: a change worth 1-5% of the idle latency is below what compare.py's runs
+can show (its per-round latency moves by about 20%, and this machine drifts by
+10% between runs a few minutes apart); probes interleaved one by one see the
+same drift, so their paired ratio shows the change itself (2026-12-05, #15:
+its 300 pairs told 1% and 3% apart where runs of latency_path.py did not).
+
+It prints each build's median latency, the ratio of the medians, the median
+of the paired ratios (B/A) and each half's medians (a drift shows there);
+with --trace, also the median of each stage of the message's path for each
+build, from ``perf trace -a`` of six system calls (latency_path.py's stages:
+connect -> cleanup's fsync, the fsync, -> qmgr's rename, -> local's fsync,
+that fsync, -> the link). --json writes every probe's latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare  # noqa: E402  (the benchmark's systems, load and probe)
+import latency_path  # noqa: E402  (the traced stages)
+
+
+def build_class(label: str, python: str) -> type[compare.PymailsysSystem]:
+    """A PymailsysSystem that runs the build of ``python`` under ``label``."""
+    return type(f"Build_{label}", (compare.PymailsysSystem,), {"label": label, "python": python})
+
+
+def summary(a: list[float], b: list[float]) -> dict[str, float]:
+    """Medians, ratio of the medians and median paired ratio (B/A) of paired probes, and
+    each half's medians."""
+    half = len(a) // 2
+    return {"a": statistics.median(a), "b": statistics.median(b),
+            "ratio_of_medians": statistics.median(b) / statistics.median(a),
+            "paired_ratio": statistics.median(y / x for x, y in zip(a, b, strict=True)),
+            "a_first_half": statistics.median(a[:half] or a),
+            "a_second_half": statistics.median(a[half:]),
+            "b_first_half": statistics.median(b[:half] or b),
+            "b_second_half": statistics.median(b[half:])}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("a", help="the venv of build A")
+    p.add_argument("b", help="the venv of build B")
+    p.add_argument("--messages", type=int, default=300, help="probes per build")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--trace", action="store_true", help="also the stages, from perf trace")
+    p.add_argument("--json", help="write every probe's latency here")
+    compare.add_fs_argument(p)
+    args = compare.with_load_defaults(p.parse_args())
+    args.sessions = 2
+    if os.geteuid() != 0:
+        print("ab_latency.py: run as root", file=sys.stderr)
+        return 2
+    if args.trace and shutil.which("perf") is None:
+        print("ab_latency.py: perf not found (apt install linux-perf)", file=sys.stderr)
+        return 2
+    labels = []
+    for venv in (args.a, args.b):
+        python = str(Path(venv) / "bin" / "python")
+        if not os.access(python, os.X_OK):
+            print(f"ab_latency.py: {python}: not found", file=sys.stderr)
+            return 2
+        label = Path(venv).resolve().name
+        label = label if label not in labels else label + "-b"
+        labels.append(label)
+        compare.SYSTEMS[label] = build_class(label, python)
+    latencies: dict[str, list[float]] = {label: [] for label in labels}
+    stages: dict[str, dict[str, float]] = {}
+
+    def body(systems: list[compare.System], args: argparse.Namespace,
+             scen: compare.Scenario) -> None:
+        for system in systems:
+            system.reset_mailbox()
+            system.start()
+        try:
+            for system in systems:
+                warm = argparse.Namespace(**{**vars(args), "messages": 50})
+                compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
+                compare.latency_run(system, compare.RunResult(system.label, 0, 5), 5,
+                                    args.size, scen)
+            order: list[str] = []
+            trace = systems[0].base.parent / "trace"
+            perf = None
+            if args.trace:
+                perf = subprocess.Popen(["perf", "trace", "-a", "-e", latency_path.TRACED,
+                                         "--time", "-o", str(trace)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.5)  # perf attaches
+            try:
+                for n in range(args.messages):
+                    for system in (systems if n % 2 == 0 else systems[::-1]):
+                        result = compare.RunResult(system.label, 1, 1)
+                        compare.latency_run(system, result, 1, args.size, scen)
+                        latencies[system.label].append(result.latencies_ms[0])
+                        order.append(system.label)
+            finally:
+                if perf is not None:
+                    time.sleep(0.2)
+                    perf.terminate()
+                    perf.wait(60)
+            if perf is not None:
+                pids = {pid: latency_path.role(pid) for s in systems for pid in s.group.pids()}
+                probes = latency_path.stages(trace, pids, os.getpid(), complete_only=False)
+                k = min(len(probes), len(order))  # perf may have missed the first connects
+                paired = list(zip(probes[len(probes) - k:], order[len(order) - k:], strict=True))
+                for label in labels:
+                    mine = [pr for pr, who in paired
+                            if who == label and all(key in pr for key in latency_path.STAGES)]
+                    if mine:
+                        stages[label] = {
+                            name: statistics.median((pr[b] - pr[a]) * 1000 for pr in mine)
+                            for (a, b), name in latency_path.STAGE_NAMES.items()}
+        finally:
+            for system in systems:
+                with contextlib.suppress(compare.BenchError, OSError):
+                    system.stop()
+
+    rc = compare.on_scratch_systems("ab_latency.py", labels, "pymailsys-ab-", args, body)
+    a, b = latencies[labels[0]], latencies[labels[1]]
+    if rc != 0 or not a or len(a) != len(b):
+        return rc or 1
+    s = summary(a, b)
+    print(f"{labels[0]} (A): median {s['a']:.3f} ms   {labels[1]} (B): median {s['b']:.3f} ms   "
+          f"{len(a)} probes each")
+    print(f"B/A: ratio of the medians {s['ratio_of_medians']:.3f}, "
+          f"median of the paired ratios {s['paired_ratio']:.3f}")
+    print(f"halves: A {s['a_first_half']:.3f} {s['a_second_half']:.3f} ms, "
+          f"B {s['b_first_half']:.3f} {s['b_second_half']:.3f} ms")
+    for label, row in stages.items():
+        print(f"{label}: " + ", ".join(f"{name} {us:.0f} us" for name, us in row.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"latencies_ms": latencies, "summary": s,
+                                               "stages_us": stages}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
