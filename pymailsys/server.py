@@ -39,6 +39,10 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   daemons do: restarting a Python process every 100 SMTP connections would cost
   more CPU than the mail itself. max_idle (seconds without a client before
   exiting, unless ``resident``) applies to all; SIGTERM exits now.
+* a client that goes away is no error: a reply written to its closed
+  connection (asyncio drops it; uvloop raises RuntimeError) ends its service
+  quietly, as a reset does; any other exception in a client's service is
+  logged, with its traceback, and the process serves on;
 * a lookup table whose file was replaced since the process opened it
   (``maps.changed_table``, checked every second): ``table hash:/path has
   changed -- restarting``, then the same graceful going away, as Postfix's
@@ -84,6 +88,7 @@ import socket
 import stat
 import struct
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -401,15 +406,22 @@ class _Runner:
                 await self._read_triggers(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except RuntimeError as e:
+            if not writer.transport.is_closing():
+                self._unexpected(e)
+            # else uvloop: a reply written after the client went away
         except Exception as e:  # a bug in one client's handling: log it, keep serving others
-            log.error(f"{self.ctx.program}: unexpected error: {e!r}")
-            import traceback
-            for line in traceback.format_exc().splitlines():
-                log.error(line)
+            self._unexpected(e)
         finally:
             if not writer.is_closing():
                 writer.close()
             self.client_done()
+
+    def _unexpected(self, e: Exception) -> None:
+        log.error(f"{self.ctx.program}: unexpected error: {e!r}")
+        for line in traceback.format_exception(e):
+            for part in line.rstrip("\n").splitlines():
+                log.error(part)
 
     async def _short_request(self, conn: socket.socket) -> bytes | None:
         """The trigger bytes when the client's first write is a short one, else None
