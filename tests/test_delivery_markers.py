@@ -32,6 +32,36 @@ def test_claim_gives_an_empty_marker_once_then_the_recorded_name(tmp_path) -> No
     assert store.claim(key) == ("1.V1I2M3.host", -1)
 
 
+def test_a_claimed_marker_is_a_lock_until_recorded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A second attempt of the same key waits for the first to record its name (then
+    finishes what it recorded), and gives up with EAGAIN after MARKER_LOCK_WAIT."""
+    import errno
+    import threading
+    import time
+
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.create()
+    key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
+    done, fd = store.claim(key)
+    assert done is None
+    second: list[tuple[str | None, int]] = []
+    waiter = threading.Thread(target=lambda: second.append(store.claim(key)))
+    waiter.start()
+    time.sleep(0.3)
+    assert second == []  # still waiting for the first attempt
+    store.record(fd, "1.V1I2M3.host")
+    waiter.join(10)
+    assert second == [("1.V1I2M3.host", -1)]
+
+    other = "3C2B020CBB2.1764900000000000.121.0a1b2c3d"
+    done, fd = store.claim(other)
+    monkeypatch.setattr(mailbox, "MARKER_LOCK_WAIT", 0.2)
+    with pytest.raises(OSError) as refused:
+        store.claim(other)
+    assert refused.value.errno == errno.EAGAIN
+    os.close(fd)
+
+
 def test_claim_refuses_a_marker_that_is_no_regular_file_without_blocking(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
     store.create()

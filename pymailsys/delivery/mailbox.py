@@ -57,7 +57,13 @@ an agent's directory in data_directory, kept as its owner) and are removed
 once the queue file is gone (``collect_markers``, the agent's background
 task until it stops).
 A missing tmp/ or new/ is made when the create or the link finds it missing
-(as Postfix does), not checked before every delivery.
+(as Postfix does), not checked before every delivery. The claimed marker is
+also a lock (flock, exclusive) until the final name is recorded: a second
+attempt of the same key at the same time (an agent still delivering after
+qmgr restarted and sent the recipient again) waits for the first, at most
+``MARKER_LOCK_WAIT`` seconds (then 4.3.0), and then follows the cases above;
+without it both would write the same tmp/ name, and one could link the
+other's file while it is still being written.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ from pymailsys.queue import spool as queue_mod
 from pymailsys.queue.spool import Spool, valid_queue_id
 
 MAILER_DAEMON = "MAILER-DAEMON"
+MARKER_LOCK_WAIT = 10.0  # seconds a delivery waits for another attempt's marker lock
 
 
 class MailboxError(Exception):
@@ -339,6 +346,32 @@ def _hostname(host: str | None) -> str:
     return name.replace("/", "\\057").replace(":", "\\072")
 
 
+def _marker_value(raw: bytes) -> str | None:
+    """A marker's final name; None for an empty marker (killed between its claim and its
+    record: no delivery yet) or anything that is not a plain file name."""
+    value = raw.decode("utf-8", "surrogateescape")
+    if not value or "/" in value or value.startswith(".") or "\0" in value:
+        return None
+    return value
+
+
+def _lock_marker(fd: int, path: str) -> None:
+    """flock a claimed marker, waiting (MARKER_LOCK_WAIT at most) for an attempt of the
+    same key that holds it; OSError EAGAIN after that."""
+    deadline = 0.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + MARKER_LOCK_WAIT
+            elif now >= deadline:
+                raise OSError(errno.EAGAIN, f"{path}: another delivery holds it") from None
+            time.sleep(0.002)
+
+
 class MarkerStore:
     """Delivery markers for crash-idempotent Maildir delivery (see the module docstring).
 
@@ -373,34 +406,38 @@ class MarkerStore:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     return None
-                value = os.read(fd, 256).decode("utf-8", "surrogateescape")
+                return _marker_value(os.read(fd, 256))
             finally:
                 os.close(fd)
-        # empty: killed between open() and write(), before the link: no delivery yet
-        if not value or "/" in value or value.startswith(".") or "\0" in value:
-            return None
-        return value
 
     def claim(self, key: str) -> tuple[str | None, int]:
         """Before a delivery under key: (the final name an earlier attempt recorded, -1),
         else (None, fd): an open, empty marker, made here or left empty by an attempt
-        that stopped before its link, for ``record``. OSError when neither can be had.
-        One switch to the store's rights in the common case (no marker yet), and
+        that stopped before its link, locked (flock) for ``record``, which unlocks it;
+        an attempt of the same key that holds it is waited for (``MARKER_LOCK_WAIT``).
+        OSError when neither can be had. One switch to the store's rights, and
         ``record`` needs none: the descriptor was opened with them."""
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK
+        path = self.path(key)
         with self.wrap():
             try:
-                return None, os.open(self.path(key), flags | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                pass
-        done = self.get(key)
-        if done is not None:
-            return done, -1
-        with self.wrap():
-            fd = os.open(self.path(key), flags | os.O_TRUNC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                fd = os.open(path, flags)
+        try:
+            _lock_marker(fd, path)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, f"{path} is not a regular file")
+            if st.st_size:
+                done = _marker_value(os.pread(fd, 256, 0))
+                if done is not None:
+                    os.close(fd)
+                    return done, -1
+                os.ftruncate(fd, 0)
+        except BaseException:
             os.close(fd)
-            raise OSError(errno.EINVAL, f"{self.path(key)} is not a regular file")
+            raise
         return None, fd
 
     @staticmethod
