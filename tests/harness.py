@@ -53,6 +53,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
                what: str = "condition") -> object:
     """Poll predicate until it returns something true; fail after timeout seconds."""

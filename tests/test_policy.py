@@ -7,7 +7,6 @@ import grp
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import require_tool
-from harness import ME, Instance, free_port, wait_until
+from harness import ME, Instance, free_port, listening, wait_until
 
 SENDER = "alice@example.org"
 
@@ -50,15 +49,8 @@ def postgrey() -> Iterator[int]:
                  f"--group={grp.getgrgid(os.getgid()).gr_name}"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-            return True
-        except OSError:
-            return False
-
     try:
-        wait_until(listening, 30, what="postgrey")
+        wait_until(lambda: listening(port), 30, what="postgrey")
         yield port
     finally:
         proc.terminate()

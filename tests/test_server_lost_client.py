@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 
-from harness import free_port, wait_until
+from harness import free_port, listening, wait_until
 from test_cleanup import _smtpd_request
 
 from pymailsys.ipc.attr import SyncAttrClient, encode
@@ -27,7 +27,7 @@ def test_a_client_reset_before_its_reply_is_no_error(new_instance) -> None:  # t
     master_cf.write_text(master_cf.read_text()
                          + f"127.0.0.1:{port} inet n - n - - cleanup\n")
     inst.start()
-    wait_until(lambda: _connects(port), 30, what="cleanup on its inet port")
+    wait_until(lambda: listening(port), 30, what="cleanup on its inet port")
     incoming = inst.queue_dir / "incoming"
     data = encode(_smtpd_request())
     reset = 0
@@ -46,11 +46,3 @@ def test_a_client_reset_before_its_reply_is_no_error(new_instance) -> None:  # t
     time.sleep(1.0)
     log = inst.log()
     assert "unexpected error" not in log and "Traceback" not in log, log[-3000:]
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from harness import ME, Instance, free_port, stop_process, wait_until
+from harness import ME, Instance, free_port, listening, stop_process, wait_until
 from smtpd_helpers import smtpd_server
 
 CLIENT = "127.0.0.2"
@@ -51,19 +51,11 @@ backend smtpd_v1
 """)
         self.proc = subprocess.Popen([require_tool("/usr/sbin/haproxy"), "-f", str(cfg), "-db"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.v2_port) and _listening(self.v1_port), 30,
+        wait_until(lambda: listening(self.v2_port) and listening(self.v1_port), 30,
                    what="haproxy's listeners")
 
     def stop(self) -> None:
         stop_process(self.proc)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ def proxied(new_instance, tmp_path: Path) -> Iterator[tuple[Instance, HAProxy]]:
     inst: Instance = new_instance(maildir=True)
     inst.set(smtpd_upstream_proxy_protocol="haproxy", mynetworks=f"{CLIENT}/32")
     inst.start(wait_smtp=False)
-    wait_until(lambda: _listening(inst.port), 30, what="smtpd's port")
+    wait_until(lambda: listening(inst.port), 30, what="smtpd's port")
     haproxy = HAProxy(tmp_path, inst.port)
     try:
         yield inst, haproxy
@@ -105,7 +97,7 @@ def test_a_client_gone_before_the_banner_is_a_lost_connection(new_instance) -> N
     inst: Instance = new_instance(maildir=True)
     inst.set(smtpd_upstream_proxy_protocol="haproxy")
     inst.start(wait_smtp=False)
-    wait_until(lambda: _listening(inst.port), 30, what="smtpd's port")
+    wait_until(lambda: listening(inst.port), 30, what="smtpd's port")
     attempts = 20
     for _ in range(attempts):
         with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:

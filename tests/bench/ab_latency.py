@@ -36,9 +36,7 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,31 +100,17 @@ def main() -> int:
             system.start()
         try:
             for system in systems:
-                warm = argparse.Namespace(**{**vars(args), "messages": 50})
-                compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
-                compare.latency_run(system, compare.RunResult(system.label, 0, 5), 5,
-                                    args.size, scen)
+                latency_path.warm_up(system, args, scen)
             order: list[str] = []
             trace = systems[0].base.parent / "trace"
-            perf = None
-            if args.trace:
-                perf = subprocess.Popen(["perf", "trace", "-a", "-e", latency_path.TRACED,
-                                         "--time", "-o", str(trace)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1.5)  # perf attaches
-            try:
+            with latency_path.perf_trace(trace) if args.trace else contextlib.nullcontext():
                 for n in range(args.messages):
                     for system in (systems if n % 2 == 0 else systems[::-1]):
                         result = compare.RunResult(system.label, 1, 1)
                         compare.latency_run(system, result, 1, args.size, scen)
                         latencies[system.label].append(result.latencies_ms[0])
                         order.append(system.label)
-            finally:
-                if perf is not None:
-                    time.sleep(0.2)
-                    perf.terminate()
-                    perf.wait(60)
-            if perf is not None:
+            if args.trace:
                 pids = {pid: latency_path.role(pid) for s in systems for pid in s.group.pids()}
                 probes = latency_path.stages(trace, pids, os.getpid(), complete_only=False)
                 k = min(len(probes), len(order))  # perf may have missed the first connects
@@ -135,9 +119,7 @@ def main() -> int:
                     mine = [pr for pr, who in paired
                             if who == label and all(key in pr for key in latency_path.STAGES)]
                     if mine:
-                        stages[label] = {
-                            name: statistics.median((pr[b] - pr[a]) * 1000 for pr in mine)
-                            for (a, b), name in latency_path.STAGE_NAMES.items()}
+                        stages[label] = latency_path.stage_medians(mine)
         finally:
             for system in systems:
                 with contextlib.suppress(compare.BenchError, OSError):

@@ -38,6 +38,7 @@ smtpd, cleanup, qmgr and local take turns).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -46,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -148,6 +150,36 @@ def stages(trace: Path, pids: dict[int, str], client: int,
     return [p for p in probes if all(k in p for k in STAGES)]
 
 
+def stage_medians(probes: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each stage, in µs, over complete probes (``stages``); {} for none."""
+    if not probes:
+        return {}
+    return {name: statistics.median((p[b] - p[a]) * 1000 for p in probes)
+            for (a, b), name in STAGE_NAMES.items()}
+
+
+@contextlib.contextmanager
+def perf_trace(out: Path) -> Iterator[None]:
+    """``perf trace -a`` of the TRACED calls into ``out`` while the block runs (the block
+    starts once perf has had time to attach)."""
+    perf = subprocess.Popen(["perf", "trace", "-a", "-e", TRACED, "--time", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)  # perf attaches
+        yield
+        time.sleep(0.2)  # the last calls reach the file
+    finally:
+        perf.terminate()
+        perf.wait(60)
+
+
+def warm_up(system: compare.System, args: argparse.Namespace, scen: compare.Scenario) -> None:
+    """A started system's warm-up before probes: 50 messages of load, 5 probes."""
+    warm = argparse.Namespace(**{**vars(args), "messages": 50})
+    compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
+    compare.latency_run(system, compare.RunResult(system.label, 0, 5), 5, args.size, scen)
+
+
 def probe(system: compare.System, args: argparse.Namespace, scen: compare.Scenario,
           ) -> compare.RunResult:
     result = compare.RunResult(system.label, 1, args.messages)
@@ -160,9 +192,7 @@ def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scen
     system.reset_mailbox()
     system.start()
     try:
-        warm = argparse.Namespace(**{**vars(args), "messages": 50})
-        compare.load_run(system, compare.RunResult(system.label, 0, 50), warm, scen)
-        compare.latency_run(system, compare.RunResult(system.label, 0, 5), 5, args.size, scen)
+        warm_up(system, args, scen)
         before = schedstat(system)
         result = probe(system, args, scen)
         daemons = per_daemon(before, schedstat(system), args.messages)
@@ -172,22 +202,13 @@ def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scen
         if not args.no_trace:
             pids = {pid: name for pid, (name, _, _) in schedstat(system).items()}
             trace = top / f"trace-{system.label}"
-            perf = subprocess.Popen(["perf", "trace", "-a", "-e", TRACED, "--time", "-o",
-                                     str(trace)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(1.5)  # perf attaches
+            with perf_trace(trace):
                 traced = probe(system, args, scen)
-                time.sleep(0.2)
-            finally:
-                perf.terminate()
-                perf.wait(60)
             for pid in system.group.pids():  # Postfix's processes started meanwhile
                 pids.setdefault(pid, role(pid))
             found = stages(trace, pids, os.getpid())
             row["traced_latency_ms"] = traced.latency_median_ms
-            row["stages_us"] = {name: statistics.median((p[b] - p[a]) * 1000 for p in found)
-                                for (a, b), name in STAGE_NAMES.items()} if found else {}
+            row["stages_us"] = stage_medians(found)
             row["traced_messages"] = len(found)
         return row
     finally:
