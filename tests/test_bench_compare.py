@@ -215,3 +215,22 @@ def test_ab_latency_runs_a_build_against_itself(tmp_path: Path) -> None:
     first, second = data["latencies_ms"].values()
     assert len(first) == len(second) == 4 and min(first + second) > 0
     assert "median of the paired ratios" in result.stdout
+
+
+@pytest.mark.root
+def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
+    """``postfix`` as a side: compare.py's Postfix system is probed, interleaved with the
+    build, whichever side it is on; two ``postfix`` sides are refused."""
+    require_tool(compare.SMTP_SOURCE)
+    venv = str(Path(sys.executable).parent.parent)
+    out = tmp_path / "ab.json"
+    result = subprocess.run([sys.executable, str(AB), "postfix", venv, "--messages", "3",
+                             "--json", str(out)], capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert list(data["latencies_ms"]) == ["postfix", Path(venv).resolve().name]
+    assert all(len(probes) == 3 and min(probes) > 0 for probes in data["latencies_ms"].values())
+    assert result.stdout.startswith("postfix (A): median ")
+    both = subprocess.run([sys.executable, str(AB), "postfix", "postfix"],
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "one side must be a pymailsys build" in both.stderr

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Two pymailsys builds side by side: idle latency probes, alternating one by one.
+"""Two pymailsys builds, or a build and Postfix, side by side: idle latency probes,
+alternating one by one.
 
 Usage (as root, from the repository, with either venv's python):
 
@@ -7,7 +8,10 @@ Usage (as root, from the repository, with either venv's python):
                                      [--fs ext4|root|...] [--json FILE]
 
 VENV_A and VENV_B are virtual environments with pymailsys installed (an
-editable install of a worktree each: the two builds to compare). Both instances
+editable install of a worktree each: the two builds to compare); either may be
+the word ``postfix`` instead, for compare.py's Postfix system (Debian's
+package), so that the goal's connect -> Maildir latency is compared with
+probes interleaved as well. Both instances
 are created as compare.py's local scenario does (same settings, Maildir
 delivery to one throw-away account, each its own cgroup, on one scratch
 filesystem), started at once and warmed up. Then --messages times: one
@@ -44,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the benchmark's systems, load and probe)
 import latency_path  # noqa: E402  (the traced stages)
 
+POSTFIX = "postfix"  # a side that is compare.py's Postfix system, not a venv
+
 
 def build_class(label: str, python: str) -> type[compare.PymailsysSystem]:
     """A PymailsysSystem that runs the build of ``python`` under ``label``."""
@@ -65,8 +71,8 @@ def summary(a: list[float], b: list[float]) -> dict[str, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("a", help="the venv of build A")
-    p.add_argument("b", help="the venv of build B")
+    p.add_argument("a", help="the venv of build A, or postfix")
+    p.add_argument("b", help="the venv of build B, or postfix")
     p.add_argument("--messages", type=int, default=300, help="probes per build")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--trace", action="store_true", help="also the stages, from perf trace")
@@ -81,13 +87,19 @@ def main() -> int:
         print("ab_latency.py: perf not found (apt install linux-perf)", file=sys.stderr)
         return 2
     labels = []
+    if args.a == args.b == POSTFIX:
+        print("ab_latency.py: one side must be a pymailsys build", file=sys.stderr)
+        return 2
     for venv in (args.a, args.b):
+        if venv == POSTFIX:
+            labels.append(POSTFIX)
+            continue
         python = str(Path(venv) / "bin" / "python")
         if not os.access(python, os.X_OK):
             print(f"ab_latency.py: {python}: not found", file=sys.stderr)
             return 2
         label = Path(venv).resolve().name
-        label = label if label not in labels else label + "-b"
+        label = label if label not in labels and label != POSTFIX else label + "-b"
         labels.append(label)
         compare.SYSTEMS[label] = build_class(label, python)
     latencies: dict[str, list[float]] = {label: [] for label in labels}
