@@ -203,6 +203,21 @@ def test_ab_latency_summary_and_build_class() -> None:
     assert ab.compare.PymailsysSystem.python == sys.executable
 
 
+def test_ab_latency_step_table() -> None:
+    """ab_latency's step table: each side's median per step in µs, in compare.py's
+    LATENCY_STEPS order, and B - A."""
+    ab = _ab_module()
+    assert ab.compare.LATENCY_STEPS == ("banner", "ehlo", "mail", "rcpt", "data", "delivery")
+    a = {name: [0.1, 0.3, 0.2] for name in ab.compare.LATENCY_STEPS}
+    b = {name: [0.4, 0.5, 0.6] for name in ab.compare.LATENCY_STEPS}
+    a["rcpt"] = [0.6, 0.7, 0.5]
+    head, row_a, row_b, diff = ab.step_table(["postfix", "wt"], {"postfix": a, "wt": b})
+    assert head.split()[-2:] == ["DATA..250", "250..Maildir"]
+    assert row_a.split()[:2] == ["postfix", "(A)"] and row_b.split()[:2] == ["wt", "(B)"]
+    assert row_a.split()[2:] == ["200", "200", "200", "600", "200", "200"]
+    assert diff.split()[3:] == ["+300", "+300", "+300", "-100", "+300", "+300"]
+
+
 @pytest.mark.root
 def test_ab_latency_runs_a_build_against_itself(tmp_path: Path) -> None:
     require_tool(compare.SMTP_SOURCE)
@@ -231,6 +246,15 @@ def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
     assert list(data["latencies_ms"]) == ["postfix", Path(venv).resolve().name]
     assert all(len(probes) == 3 and min(probes) > 0 for probes in data["latencies_ms"].values())
     assert result.stdout.startswith("postfix (A): median ")
+    # each probe's steps, connect -> 220 to 250 -> Maildir, add up to its latency
+    for label, probes in data["latencies_ms"].items():
+        steps = data["steps_ms"][label]
+        assert list(steps) == list(compare.LATENCY_STEPS)
+        assert all(len(times) == 3 and min(times) > 0 for times in steps.values())
+        for i, total in enumerate(probes):
+            assert sum(times[i] for times in steps.values()) == pytest.approx(total, abs=0.01)
+    table = result.stdout[result.stdout.index("step medians (us)"):].splitlines()
+    assert table[1].startswith("postfix (A) ") and table[3].startswith("B - A ")
     both = subprocess.run([sys.executable, str(AB), "postfix", "postfix"],
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and "one side must be a pymailsys build" in both.stderr

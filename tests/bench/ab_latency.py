@@ -25,11 +25,15 @@ same drift, so their paired ratio shows the change itself (2026-12-05, #15:
 its 300 pairs told 1% and 3% apart where runs of latency_path.py did not).
 
 It prints each build's median latency, the ratio of the medians, the median
-of the paired ratios (B/A) and each half's medians (a drift shows there);
+of the paired ratios (B/A) and each half's medians (a drift shows there); the
+median of each step of the probe for each side and their difference (connect
+-> 220, EHLO, MAIL, RCPT, DATA with the content -> 250, 250 -> Maildir:
+compare.py's LATENCY_STEPS, which add up to each probe's latency), so that a
+difference in the total shows where in the SMTP session or after it it is;
 with --trace, also the median of each stage of the message's path for each
 build, from ``perf trace -a`` of six system calls (latency_path.py's stages:
 connect -> cleanup's fsync, the fsync, -> qmgr's rename, -> local's fsync,
-that fsync, -> the link). --json writes every probe's latency.
+that fsync, -> the link). --json writes every probe's latency and steps.
 """
 
 from __future__ import annotations
@@ -69,6 +73,26 @@ def summary(a: list[float], b: list[float]) -> dict[str, float]:
             "b_second_half": statistics.median(b[half:])}
 
 
+STEP_HEADINGS = {"banner": "banner", "ehlo": "EHLO", "mail": "MAIL", "rcpt": "RCPT",
+                 "data": "DATA..250", "delivery": "250..Maildir"}
+
+
+def step_table(labels: list[str], steps: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Lines of a table: each side's median of each step (µs), then B - A."""
+    medians = {label: {name: statistics.median(steps[label][name]) * 1000
+                       for name in compare.LATENCY_STEPS} for label in labels}
+    width = max(len(label) for label in labels) + 5
+    heads = [STEP_HEADINGS[name] for name in compare.LATENCY_STEPS]
+    lines = ["step medians (us)".ljust(width) + "".join(f"{h:>14}" for h in heads)]
+    for label, side in zip(labels, "AB", strict=True):
+        lines.append(f"{label} ({side})".ljust(width)
+                     + "".join(f"{medians[label][name]:14.0f}" for name in compare.LATENCY_STEPS))
+    a, b = medians[labels[0]], medians[labels[1]]
+    lines.append("B - A".ljust(width)
+                 + "".join(f"{b[name] - a[name]:+14.0f}" for name in compare.LATENCY_STEPS))
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("a", help="the venv of build A, or postfix")
@@ -103,6 +127,8 @@ def main() -> int:
         labels.append(label)
         compare.SYSTEMS[label] = build_class(label, python)
     latencies: dict[str, list[float]] = {label: [] for label in labels}
+    steps: dict[str, dict[str, list[float]]] = {
+        label: {name: [] for name in compare.LATENCY_STEPS} for label in labels}
     stages: dict[str, dict[str, float]] = {}
 
     def body(systems: list[compare.System], args: argparse.Namespace,
@@ -121,6 +147,8 @@ def main() -> int:
                         result = compare.RunResult(system.label, 1, 1)
                         compare.latency_run(system, result, 1, args.size, scen)
                         latencies[system.label].append(result.latencies_ms[0])
+                        for name, times in result.latency_steps_ms.items():
+                            steps[system.label][name] += times
                         order.append(system.label)
             if args.trace:
                 pids = {pid: latency_path.role(pid) for s in systems for pid in s.group.pids()}
@@ -148,11 +176,13 @@ def main() -> int:
           f"median of the paired ratios {s['paired_ratio']:.3f}")
     print(f"halves: A {s['a_first_half']:.3f} {s['a_second_half']:.3f} ms, "
           f"B {s['b_first_half']:.3f} {s['b_second_half']:.3f} ms")
+    for line in step_table(labels, steps):
+        print(line)
     for label, row in stages.items():
         print(f"{label}: " + ", ".join(f"{name} {us:.0f} us" for name, us in row.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"latencies_ms": latencies, "summary": s,
-                                               "stages_us": stages}, indent=1))
+        Path(args.json).write_text(json.dumps({"latencies_ms": latencies, "steps_ms": steps,
+                                               "summary": s, "stages_us": stages}, indent=1))
     return 0
 
 

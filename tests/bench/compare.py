@@ -129,6 +129,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -1264,6 +1265,8 @@ class RunResult:
     latency_p90_ms: float = 0.0
     accept_latency_median_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    # per LATENCY_STEPS name, each probe's time in that step (ms): they add up to its latency
+    latency_steps_ms: dict[str, list[float]] = field(default_factory=dict)
     size: int = 0
     position: int = 0  # 1 = this system ran first in its round
     warmup_messages: int = 0
@@ -1373,6 +1376,11 @@ def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: 
         result.pss_load_mean_mb = statistics.mean(pss_samples) / 2**20
 
 
+# The steps of a latency probe, in order: connect -> 220, EHLO, MAIL, RCPT, DATA with the
+# content -> 250, 250 -> delivered (the file in Maildir/new, or the sink's).
+LATENCY_STEPS = ("banner", "ehlo", "mail", "rcpt", "data", "delivery")
+
+
 def latency_run(system: System, result: RunResult, count: int, size: int, scen: Scenario) -> None:
     if count <= 0:
         return
@@ -1381,35 +1389,45 @@ def latency_run(system: System, result: RunResult, count: int, size: int, scen: 
     watch: NewFileWatch | SinkWatch = (SinkWatch(system.sink) if system.sink is not None
                                         else NewFileWatch(system.maildir / "new"))
     total, accepted = [], []
+    steps: dict[str, list[float]] = {name: [] for name in LATENCY_STEPS}
     try:
         for i in range(count):
             watch.drain()
             t0 = time.perf_counter()
             client = smtplib.SMTP(LOOPBACK, system.port, local_hostname="client.example", timeout=30)
             try:
+                marks = [t0, time.perf_counter()]
                 client.ehlo()
+                marks.append(time.perf_counter())
                 client.mail(SENDER)
+                marks.append(time.perf_counter())
                 code, text = client.rcpt(scen.recipient)
+                marks.append(time.perf_counter())
                 if code != 250:
                     raise BenchError(f"{system.label}: RCPT answered {code} {text!r}")
                 code, text = client.data(body)
                 t_accept = time.perf_counter()
+                marks.append(t_accept)
                 if code != 250:
                     raise BenchError(f"{system.label}: DATA answered {code} {text!r}")
                 if not watch.wait(30):
                     raise BenchError(f"{system.label}: latency probe {i + 1} not delivered "
                                      f"after 30s\n{system.log_tail()}")
                 t1 = time.perf_counter()
+                marks.append(t1)
                 client.quit()
             finally:
                 with contextlib.suppress(Exception):
                     client.close()
             total.append((t1 - t0) * 1000)
             accepted.append((t_accept - t0) * 1000)
+            for name, (start, end) in zip(LATENCY_STEPS, itertools.pairwise(marks), strict=True):
+                steps[name].append(round((end - start) * 1000, 4))
             time.sleep(0.02)
     finally:
         watch.close()
     result.latencies_ms = [round(x, 3) for x in total]
+    result.latency_steps_ms = steps
     result.latency_median_ms = statistics.median(total)
     result.latency_p90_ms = sorted(total)[max(0, int(len(total) * 0.9) - 1)]
     result.accept_latency_median_ms = statistics.median(accepted)
