@@ -224,12 +224,16 @@ def test_ab_latency_runs_a_build_against_itself(tmp_path: Path) -> None:
     venv = str(Path(sys.executable).parent.parent)
     out = tmp_path / "ab.json"
     result = subprocess.run([sys.executable, str(AB), venv, venv, "--messages", "4",
-                             "--json", str(out)], capture_output=True, text=True, timeout=280)
+                             "--one-fs", "--json", str(out)],
+                            capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     first, second = data["latencies_ms"].values()
     assert len(first) == len(second) == 4 and min(first + second) > 0
     assert "median of the paired ratios" in result.stdout
+    # --one-fs: both builds on one scratch filesystem, so one journal
+    assert len(set(data["filesystems"].values())) == 1
+    assert result.stdout.rstrip().endswith("(one journal)")
 
 
 @pytest.mark.root
@@ -255,6 +259,11 @@ def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
             assert sum(times[i] for times in steps.values()) == pytest.approx(total, abs=0.01)
     table = result.stdout[result.stdout.index("step medians (us)"):].splitlines()
     assert table[1].startswith("postfix (A) ") and table[3].startswith("B - A ")
+    # by default each side has a scratch filesystem (a loop device, a journal) of its own
+    devices = data["filesystems"]
+    assert list(devices) == list(data["latencies_ms"])
+    assert len(set(devices.values())) == 2 and all(d.startswith("/dev/loop") for d in devices.values())
+    assert table[4].startswith("filesystems: postfix on /dev/loop") and table[4].endswith("(a journal each)")
     both = subprocess.run([sys.executable, str(AB), "postfix", "postfix"],
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and "one side must be a pymailsys build" in both.stderr

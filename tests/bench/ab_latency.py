@@ -11,12 +11,19 @@ VENV_A and VENV_B are virtual environments with pymailsys installed (an
 editable install of a worktree each: the two builds to compare); either may be
 the word ``postfix`` instead, for compare.py's Postfix system (Debian's
 package), so that the goal's connect -> Maildir latency is compared with
-probes interleaved as well. Both instances
-are created as compare.py's local scenario does (same settings, Maildir
-delivery to one throw-away account, each its own cgroup, on one scratch
-filesystem), started at once and warmed up. Then --messages times: one
-compare.py latency probe (smtplib, connect to the file in Maildir/new) to each,
-the first of the pair alternating. Both wait idle while the other is probed.
+probes interleaved as well. Both instances are created as compare.py's local
+scenario does (same settings, Maildir delivery to one throw-away account, each
+its own cgroup), started at once and warmed up, each on a scratch filesystem of
+its own (``--one-fs``: both on one). Then --messages times: one compare.py
+latency probe (smtplib, connect to the file in Maildir/new) to each, the first
+of the pair alternating. Both wait idle while the other is probed.
+
+Why a filesystem each: on one, the two share a journal, and each side's first
+fsync of a probe also commits what the other side left uncommitted after its
+last probe (its unlinks, renames and links: the journal commits every 5 s
+otherwise), so a change to what a build leaves behind shows up on both sides.
+Against Postfix it made no difference (2026-12-06: paired ratio 1.137 apart,
+1.144 on one filesystem); a change to what a build leaves for the journal needs it.
 
 Why: a change worth 1-5% of the idle latency is below what compare.py's runs
 can show (its per-round latency moves by about 20%, and this machine drifts by
@@ -101,6 +108,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--trace", action="store_true", help="also the stages, from perf trace")
     p.add_argument("--json", help="write every probe's latency here")
+    p.add_argument("--one-fs", action="store_true",
+                   help="both sides on one scratch filesystem (one journal), as before 2026-12-06")
     compare.add_fs_argument(p)
     args = compare.with_load_defaults(p.parse_args())
     args.sessions = 2
@@ -130,10 +139,14 @@ def main() -> int:
     steps: dict[str, dict[str, list[float]]] = {
         label: {name: [] for name in compare.LATENCY_STEPS} for label in labels}
     stages: dict[str, dict[str, float]] = {}
+    filesystems: dict[str, str] = {}
 
     def body(systems: list[compare.System], args: argparse.Namespace,
              scen: compare.Scenario) -> None:
         for system in systems:
+            where = system.filesystem
+            assert where is not None  # scratch_systems gives every system one
+            filesystems[system.label] = where.device or where.path
             system.reset_mailbox()
             system.start()
         try:
@@ -165,7 +178,8 @@ def main() -> int:
                 with contextlib.suppress(compare.BenchError, OSError):
                     system.stop()
 
-    rc = compare.on_scratch_systems("ab_latency.py", labels, "pymailsys-ab-", args, body)
+    rc = compare.on_scratch_systems("ab_latency.py", labels, "pymailsys-ab-", args, body,
+                                    separate=not args.one_fs)
     a, b = latencies[labels[0]], latencies[labels[1]]
     if rc != 0 or not a or len(a) != len(b):
         return rc or 1
@@ -178,11 +192,14 @@ def main() -> int:
           f"B {s['b_first_half']:.3f} {s['b_second_half']:.3f} ms")
     for line in step_table(labels, steps):
         print(line)
+    print("filesystems: " + ", ".join(f"{label} on {filesystems[label]}" for label in labels)
+          + (" (one journal)" if len(set(filesystems.values())) == 1 else " (a journal each)"))
     for label, row in stages.items():
         print(f"{label}: " + ", ".join(f"{name} {us:.0f} us" for name, us in row.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"latencies_ms": latencies, "steps_ms": steps,
-                                               "summary": s, "stages_us": stages}, indent=1))
+                                               "summary": s, "stages_us": stages,
+                                               "filesystems": filesystems}, indent=1))
     return 0
 
 

@@ -1153,7 +1153,8 @@ def sweep_stale_filesystems() -> None:
 @contextlib.contextmanager
 def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = False,
                     fs: str = "ext4", tmpdir: str = "/tmp",
-                    prepare: Callable[[System], None] | None = None) -> Iterator[list[System]]:
+                    prepare: Callable[[System], None] | None = None,
+                    separate: bool = False) -> Iterator[list[System]]:
     """Throw-away instances of the systems ``names`` (SYSTEMS keys), created and torn down.
 
     The one setup of every benchmark that starts whole systems: Debian's
@@ -1161,7 +1162,12 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
     earlier runs that died swept, the filesystem ``fs`` (scratch_filesystem;
     ``tmpdir`` for ``root``), a new temp dir ``prefixXXXX`` (0755) in it
     holding the throw-away account's home and one directory per system, each
-    system created (``prepare`` runs first, to set its options). On leaving,
+    system created (``prepare`` runs first, to set its options). With
+    ``separate`` (and an ``fs`` that is made for the run: not root or tmpfs),
+    every system after the first lives on a scratch filesystem of its own, so
+    that no system's fsync commits another's journal: systems probed in turn
+    would otherwise each pay for what the other left uncommitted (its
+    deletions, its renames) in their next fsync. On leaving,
     also on failure, SIGTERM, SIGHUP or Ctrl-C: every system stopped and its
     cgroup removed, the account removed, the temp dir and the scratch
     filesystem removed unless ``keep``.
@@ -1170,18 +1176,26 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
     sweep_stale_groups()
     account: Account | None = None
     systems: list[System] = []
-    with interrupt_as_exception(), scratch_filesystem(fs, tmpdir, keep) as where:
+    with interrupt_as_exception(), contextlib.ExitStack() as filesystems:
+        where = filesystems.enter_context(scratch_filesystem(fs, tmpdir, keep))
         top = Path(tempfile.mkdtemp(prefix=prefix, dir=where.path))
         os.chmod(top, 0o755)
+        tops = [top]
         try:
             (top / "home").mkdir()
             account = ensure_account(top / "home" / BENCH_USER)
             for name in names:
-                base = top / name
+                parent, place = top, where
+                if separate and systems and fs not in ("root", "tmpfs"):
+                    place = filesystems.enter_context(scratch_filesystem(fs, tmpdir, keep))
+                    parent = Path(tempfile.mkdtemp(prefix=prefix, dir=place.path))
+                    os.chmod(parent, 0o755)
+                    tops.append(parent)
+                base = parent / name
                 base.mkdir()
                 os.chmod(base, 0o755)
                 system = SYSTEMS[name](base, account, scen)
-                system.filesystem = where
+                system.filesystem = place
                 systems.append(system)
                 if prepare is not None:
                     prepare(system)
@@ -1194,16 +1208,17 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
                     system.destroy()
             if account is not None:
                 remove_account(account)
-            if keep:
-                note(f"kept {top}")
-            else:
-                shutil.rmtree(top, ignore_errors=True)
+            for kept in tops:
+                if keep:
+                    note(f"kept {kept}")
+                else:
+                    shutil.rmtree(kept, ignore_errors=True)
 
 
 def on_scratch_systems(tool: str, names: list[str], prefix: str, args: argparse.Namespace,
                        body: Callable[[list[System], argparse.Namespace, Scenario], object],
                        prepare: Callable[[System], None] | None = None,
-                       scen: Scenario | None = None) -> int:
+                       scen: Scenario | None = None, separate: bool = False) -> int:
     """A benchmark tool's run: ``body(systems, args, scenario)`` on scratch systems of
     ``names`` (``scen``, else the local scenario; on ``args.fs``, under ``args.tmpdir``
     and kept with ``args.keep`` if the tool has them); the exit status: 0, 1 after a
@@ -1212,7 +1227,7 @@ def on_scratch_systems(tool: str, names: list[str], prefix: str, args: argparse.
     scen = scen or scenario("local")
     try:
         with scratch_systems(names, scen, prefix, getattr(args, "keep", False), args.fs,
-                             getattr(args, "tmpdir", "/tmp"), prepare) as systems:
+                             getattr(args, "tmpdir", "/tmp"), prepare, separate) as systems:
             body(systems, args, scen)
     except BenchError as exc:
         print(f"{tool}: {exc}", file=sys.stderr)
