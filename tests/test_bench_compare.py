@@ -33,7 +33,8 @@ def canned(system: str, rnd: int, delivered: float, cpu: float, other: float = 0
 
 RUNS = [
     canned("postfix", 1, 500, 3.0), canned("pymailsys", 1, 550, 2.7),
-    canned("pymailsys", 2, 400, 3.0, other=0.9), canned("postfix", 2, 500, 2.5),
+    canned("pymailsys", 2, 400, 3.0, other=0.9, kernel_cpu_cores=0.25),
+    canned("postfix", 2, 500, 2.5),
     canned("postfix", 3, 600, 2.8), canned("pymailsys", 3, 720, 2.8),
 ]
 
@@ -108,6 +109,39 @@ def test_report_names_accounting_config_and_noise() -> None:
     assert "the filesystem synced (syncfs)" in text
     run_line = next(line for line in text.splitlines() if line.startswith("  pymailsys round 2:"))
     assert "(user " in run_line and ", system " in run_line  # per-round user/system CPU
+    assert "kernel 0.25  other 0.90 CPUs" in run_line
+
+
+def test_kernel_threads_cpu_is_theirs_and_never_negative(tmp_path: Path) -> None:
+    """The kernel threads' CPU: processes flagged PF_KTHREAD, whatever their name; between
+    two readings each thread alive at the end counts from where it was (or from zero),
+    and a kworker that exited in between cannot make the figure negative."""
+    tick = compare.TICK
+
+    def process(pid: int, comm: str, flags: int, utime: int, stime: int) -> None:
+        (tmp_path / str(pid)).mkdir(exist_ok=True)
+        fields = ["S", "2", "0", "0", "0", "-1", str(flags), "0", "0", "0", "0",
+                  str(utime), str(stime), "0", "0", "20", "0", "1"]
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
+
+    process(25, "kworker/u8:6-loop0", 0x04208060, 40, 60)
+    process(31, "jbd2/loop0-8", 0x00208040, 0, 5)
+    process(900, "kworker (a user process named so)", 0x00400100, 700, 300)
+    (tmp_path / "self").mkdir()  # not a process directory
+    before = compare.kernel_threads(str(tmp_path))
+    assert before == {25: pytest.approx(100 / tick), 31: pytest.approx(5 / tick)}
+    process(31, "jbd2/loop0-8", 0x00208040, 0, 25)  # +20 ticks
+    process(40, "kworker/u8:9-writeback", 0x04208060, 3, 4)  # new: +7
+    (tmp_path / "25" / "stat").unlink()  # exited, with its 100 ticks
+    (tmp_path / "25").rmdir()
+    after = compare.kernel_threads(str(tmp_path))
+    assert compare.kernel_cpu_between(before, after) == pytest.approx(27 / tick)
+    process(31, "kworker/0:2", 0x04208060, 0, 2)  # pid 31 reused by a younger thread
+    assert compare.kernel_cpu_between(before, compare.kernel_threads(str(tmp_path))) == \
+        pytest.approx(9 / tick)
+    real = compare.kernel_threads()  # none visible in a PID namespace: then empty
+    assert all(cpu >= 0 for cpu in real.values())
+    assert compare.kernel_cpu_between(real, compare.kernel_threads()) >= 0
 
 
 def test_mount_description_names_device_point_type_and_options() -> None:
