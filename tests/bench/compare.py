@@ -516,16 +516,10 @@ def kernel_threads(proc: str = "/proc") -> dict[int, float]:
     loopback network work are done, outside the systems' cgroups."""
     out: dict[int, float] = {}
     for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(os.path.join(proc, entry, "stat")) as f:
-                text = f.read()
-        except OSError:
-            continue
-        stat = text[text.rindex(")") + 2:].split()
-        if int(stat[_STAT_FLAGS]) & PF_KTHREAD:
-            out[int(entry)] = sum(cpu_of(stat))
+        if entry.isdigit():
+            fields = proc_stat(int(entry), proc=proc)
+            if fields and int(fields[_STAT_FLAGS]) & PF_KTHREAD:
+                out[int(entry)] = sum(cpu_of(fields))
     return out
 
 
@@ -1228,7 +1222,7 @@ def scratch_systems(names: list[str], scen: Scenario, prefix: str, keep: bool = 
             account = ensure_account(top / "home" / BENCH_USER)
             for name in names:
                 parent, place = top, where
-                if separate and systems and fs not in ("root", "tmpfs"):
+                if separate and systems and where.device:  # a filesystem made for the run
                     place = filesystems.enter_context(scratch_filesystem(fs, tmpdir, keep))
                     parent = Path(tempfile.mkdtemp(prefix=prefix, dir=place.path))
                     os.chmod(parent, 0o755)

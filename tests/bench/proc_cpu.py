@@ -3,9 +3,10 @@
 The one reader of CPU time for the benchmarks under tests/bench (the way
 callgrind.py is the one reader of instruction counts):
 
-* ``proc_stat(pid, tid=None)``: the fields of /proc/PID/stat (or of one
-  thread, /proc/PID/task/TID/stat) after the command name, index 0 = state,
-  so that field N of proc(5) is index N - 3; None when the process is gone.
+* ``proc_stat(pid, tid=None, proc="/proc")``: the fields of /proc/PID/stat (or
+  of one thread, /proc/PID/task/TID/stat) after the command name, index 0 =
+  state, so that field N of proc(5) is index N - 3; None when the process is
+  gone. ``proc`` names another proc root (a test's).
 * ``cpu_of(fields, reaped=False)``: (user, system) seconds from those fields;
   with ``reaped`` the children the process waited for are added (cutime,
   cstime).
@@ -25,14 +26,14 @@ TICK = os.sysconf("SC_CLK_TCK")
 _UTIME, _STIME, _CUTIME, _CSTIME = 11, 12, 13, 14
 
 
-def _path(pid: int, tid: int | None) -> str:
-    return f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+def _path(pid: int, tid: int | None, proc: str = "/proc") -> str:
+    return f"{proc}/{pid}/stat" if tid is None else f"{proc}/{pid}/task/{tid}/stat"
 
 
-def proc_stat(pid: int, tid: int | None = None) -> list[str] | None:
+def proc_stat(pid: int, tid: int | None = None, proc: str = "/proc") -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (index 0 = state)."""
     try:
-        with open(_path(pid, tid)) as f:
+        with open(_path(pid, tid, proc)) as f:
             text = f.read()
     except OSError:
         return None
