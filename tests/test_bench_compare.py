@@ -300,4 +300,69 @@ def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
     assert table[4].startswith("filesystems: postfix on /dev/loop") and table[4].endswith("(a journal each)")
     both = subprocess.run([sys.executable, str(AB), "postfix", "postfix"],
                           capture_output=True, text=True, timeout=60)
-    assert both.returncode == 2 and "one side must be a pymailsys build" in both.stderr
+    assert both.returncode == 2 and "postfix against itself" in both.stderr
+
+
+FLOOR = BENCH.parent / "latency_floor.py"
+
+
+def test_latency_floor_delivers_a_message_and_leaves_no_queue_file(tmp_path: Path) -> None:
+    """latency_floor.py, the yardstick: started, it takes a message over SMTP, writes the
+    Maildir file (un-dot-stuffed, with its Received: header), logs a line per daemon,
+    removes the queue file; stopped, its four processes are gone."""
+    import os
+    import smtplib
+
+    from harness import free_port, wait_until
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("tmp", "new"):
+        (maildir / sub).mkdir(parents=True)
+    base, port = tmp_path / "floor", free_port()
+    subprocess.run([sys.executable, str(FLOOR), "start", str(base), str(port), str(os.getuid()),
+                    str(os.getgid()), str(maildir)], check=True, timeout=60)
+    pids = [int(pid) for pid in (base / "floor.pids").read_text().split()]
+    try:
+        assert len(pids) == 4
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            refused = client.sendmail("a@example.org", ["b@example.org"],
+                                      b"Subject: floor\r\n\r\n.a dot line\r\nend\r\n")
+            assert refused == {}
+        wait_until(lambda: any((maildir / "new").iterdir()), 10, what="the Maildir file")
+        (mail,) = (maildir / "new").iterdir()
+        text = mail.read_bytes()
+        assert text.startswith(b"Delivered-To: b@example.org\nReceived: by floor with ESMTP id ")
+        assert text.endswith(b"\nSubject: floor\n\n.a dot line\nend\n")
+        wait_until(lambda: not any((base / "spool" / "active").iterdir()), 10, what="the queue to empty")
+        assert not any((base / "spool" / "incoming").iterdir())
+        log = (base / "log" / "maillog").read_text()
+        for daemon in ("smtpd", "cleanup", "qmgr", "local"):
+            assert f" floor/{daemon}[" in log
+        assert "status=sent" in log and ": removed" in log
+    finally:
+        subprocess.run([sys.executable, str(FLOOR), "stop", str(base)], timeout=60)
+
+    def running(pid: int) -> bool:  # reparented when start exited: not ours to reap
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    wait_until(lambda: not any(running(pid) for pid in pids), 10, what="the floor's processes to exit")
+
+
+@pytest.mark.root
+def test_ab_latency_runs_the_floor_against_postfix(tmp_path: Path) -> None:
+    """``floor`` as a side: latency_floor.py's pipeline (compare.FloorSystem) is created,
+    warmed up and probed beside Postfix; the floor against itself is refused."""
+    require_tool(compare.SMTP_SOURCE)
+    out = tmp_path / "ab.json"
+    result = subprocess.run([sys.executable, str(AB), "floor", "postfix", "--messages", "3",
+                             "--json", str(out)], capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert list(data["latencies_ms"]) == ["floor", "postfix"]
+    assert all(len(probes) == 3 and min(probes) > 0 for probes in data["latencies_ms"].values())
+    assert result.stdout.startswith("floor (A): median ")
+    same = subprocess.run([sys.executable, str(AB), "floor", "floor"],
+                          capture_output=True, text=True, timeout=60)
+    assert same.returncode == 2 and "floor against itself" in same.stderr

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Two pymailsys builds, or a build and Postfix, side by side: idle latency probes,
-alternating one by one.
+"""Two pymailsys builds, or a build and Postfix (or the floor), side by side: idle
+latency probes, alternating one by one.
 
 Usage (as root, from the repository, with either venv's python):
 
@@ -11,7 +11,10 @@ VENV_A and VENV_B are virtual environments with pymailsys installed (an
 editable install of a worktree each: the two builds to compare); either may be
 the word ``postfix`` instead, for compare.py's Postfix system (Debian's
 package), so that the goal's connect -> Maildir latency is compared with
-probes interleaved as well. Both instances are created as compare.py's local
+probes interleaved as well; or ``floor``, for latency_floor.py's bare Python
+pipeline with our hops and fsyncs (compare.FloorSystem): against a build, each
+step's difference is what our features and our way of doing them cost; against
+Postfix, how far below Postfix a Python pipeline can be on this machine. Both instances are created as compare.py's local
 scenario does (same settings, Maildir delivery to one throw-away account, each
 its own cgroup), started at once and warmed up, each on a scratch filesystem of
 its own (``--one-fs``: both on one). Then --messages times: one compare.py
@@ -60,6 +63,8 @@ import compare  # noqa: E402  (the benchmark's systems, load and probe)
 import latency_path  # noqa: E402  (the traced stages)
 
 POSTFIX = "postfix"  # a side that is compare.py's Postfix system, not a venv
+FLOOR = "floor"  # a side that is latency_floor.py's bare pipeline (compare.FloorSystem)
+SYSTEM_SIDES = (POSTFIX, FLOOR)
 
 
 def build_class(label: str, python: str) -> type[compare.PymailsysSystem]:
@@ -120,19 +125,20 @@ def main() -> int:
         print("ab_latency.py: perf not found (apt install linux-perf)", file=sys.stderr)
         return 2
     labels = []
-    if args.a == args.b == POSTFIX:
-        print("ab_latency.py: one side must be a pymailsys build", file=sys.stderr)
+    if args.a == args.b and args.a in SYSTEM_SIDES:
+        print(f"ab_latency.py: {args.a} against itself: give a pymailsys build or the "
+              f"other of {', '.join(SYSTEM_SIDES)}", file=sys.stderr)
         return 2
     for venv in (args.a, args.b):
-        if venv == POSTFIX:
-            labels.append(POSTFIX)
+        if venv in SYSTEM_SIDES:
+            labels.append(venv)
             continue
         python = str(Path(venv) / "bin" / "python")
         if not os.access(python, os.X_OK):
             print(f"ab_latency.py: {python}: not found", file=sys.stderr)
             return 2
         label = Path(venv).resolve().name
-        label = label if label not in labels and label != POSTFIX else label + "-b"
+        label = label if label not in labels and label not in SYSTEM_SIDES else label + "-b"
         labels.append(label)
         compare.SYSTEMS[label] = build_class(label, python)
     latencies: dict[str, list[float]] = {label: [] for label in labels}

@@ -1046,7 +1046,39 @@ class PymailsysSystem(System):
         return f"pymailsys {result.stdout.strip()}"
 
 
-SYSTEMS: dict[str, type[System]] = {"postfix": PostfixSystem, "pymailsys": PymailsysSystem}
+class FloorSystem(System):
+    """latency_floor.py: a bare Python pipeline with our hops and fsyncs, as a yardstick
+    (its docstring says what it leaves out). Local scenario only: it delivers to the
+    account's Maildir."""
+
+    label = "floor"
+    script = Path(__file__).resolve().parent / "latency_floor.py"
+
+    def create(self) -> None:
+        if self.sink is not None:
+            raise BenchError("floor: only the local scenario (it has no SMTP client)")
+        for path in (self.queue_dir, self.config_dir, self.log_path.parent):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def start_command(self) -> list[str]:
+        return [PYTHON, str(self.script), "start", str(self.base), str(self.port),
+                str(self.account.uid), str(self.account.gid), str(self.maildir)]
+
+    def stop_command(self) -> list[str]:
+        return [PYTHON, str(self.script), "stop", str(self.base)]
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.queue_dir / "floor.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def version(self) -> str:
+        return "floor (tests/bench/latency_floor.py)"
+
+
+SYSTEMS: dict[str, type[System]] = {"postfix": PostfixSystem, "pymailsys": PymailsysSystem,
+                                    "floor": FloorSystem}
 
 
 @contextlib.contextmanager
