@@ -350,6 +350,22 @@ def test_latency_floor_delivers_a_message_and_leaves_no_queue_file(tmp_path: Pat
     wait_until(lambda: not any(running(pid) for pid in pids), 10, what="the floor's processes to exit")
 
 
+def test_latency_path_names_the_daemons_of_every_system() -> None:
+    """latency_path.py groups processes by daemon: Postfix's, pymailsys's and the floor's
+    command lines name the same roles, so their per-daemon CPU lines up."""
+    spec = importlib.util.spec_from_file_location("bench_latency_path",
+                                                  BENCH.parent / "latency_path.py")
+    assert spec is not None and spec.loader is not None
+    path = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(path)
+    assert path.role_of("qmgr -l -t unix -u") == "qmgr"
+    assert path.role_of("/usr/lib/postfix/sbin/master -w") == "master"
+    assert path.role_of("/opt/venv/bin/python -P -m pymailsys.daemons.local") == "local"
+    assert path.role_of("/usr/bin/python3 /r/tests/bench/latency_floor.py cleanup /b") == "cleanup"
+    assert path.role_of("/usr/bin/python3 /r/tests/bench/latency_floor.py start /b") == "other"
+    assert path.role_of("/usr/bin/python3 /tmp/smtpdx.py") == "other"
+
+
 @pytest.mark.root
 def test_ab_latency_runs_the_floor_against_postfix(tmp_path: Path) -> None:
     """``floor`` as a side: latency_floor.py's pipeline (compare.FloorSystem) is created,

@@ -3,11 +3,13 @@
 
 Usage (as root, from the repository, with the venv's python; perf installed):
 
-    python tests/bench/latency_path.py [--system both|pymailsys|postfix] [--messages 200]
+    python tests/bench/latency_path.py [--system both|NAME,...] [--messages 200]
                                        [--rounds 2] [--fs ext4|root|...] [--no-trace]
 
-It creates both throw-away systems as compare.py does (its local scenario, on the
-filesystem --fs) and, --rounds times, for each system in turn: starts it, warms it
+It creates the throw-away systems as compare.py does (its local scenario, on the
+filesystem --fs; --system: pymailsys and Postfix, or any of compare.py's systems,
+``floor`` among them, latency_floor.py's bare pipeline, whose daemons have the same
+names) and, --rounds times, for each system in turn: starts it, warms it
 up, and sends --messages single messages one at a time with compare.py's latency
 probe (smtplib, each after the last reached the Maildir). It prints per system:
 
@@ -74,9 +76,15 @@ def role(pid: int) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return ""
-    text = " ".join(w.decode("utf-8", "replace") for w in words[:4])
+    return role_of(" ".join(w.decode("utf-8", "replace") for w in words[:4]))
+
+
+def role_of(command: str) -> str:
+    """The program of a command line's first words: Postfix's (``/usr/lib/postfix/sbin/
+    qmgr``, ``qmgr -l``), pymailsys's (``python -m pymailsys.daemons.qmgr``) or the
+    floor's (``python latency_floor.py qmgr BASE``); "other" for anything else."""
     for name in ROLES:
-        if re.search(rf"(?:daemons\.|^|/){re.escape(name)}\b", text):
+        if re.search(rf"(?:daemons\.|^|/|latency_floor\.py ){re.escape(name)}\b", command):
             return name
     return "other"
 
@@ -235,7 +243,9 @@ def report(rows: dict[str, list[dict[str, object]]]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--system", choices=["both", "pymailsys", "postfix"], default="both")
+    p.add_argument("--system", default="both",
+                   help="both (pymailsys and postfix), or compare.py's systems, comma-separated: "
+                        "pymailsys, postfix, floor (latency_floor.py)")
     p.add_argument("--messages", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--size", type=int, default=2048)
@@ -251,7 +261,12 @@ def main() -> int:
         print("latency_path.py: perf not found (apt install linux-perf), or --no-trace",
               file=sys.stderr)
         return 2
-    names = ["pymailsys", "postfix"] if args.system == "both" else [args.system]
+    names = ["pymailsys", "postfix"] if args.system == "both" else args.system.split(",")
+    unknown = [name for name in names if name not in compare.SYSTEMS]
+    if unknown or len(set(names)) != len(names):
+        print(f"latency_path.py: --system {args.system}: give distinct names of "
+              f"{', '.join(compare.SYSTEMS)}", file=sys.stderr)
+        return 2
     rows: dict[str, list[dict[str, object]]] = {}
 
     def body(systems: list[compare.System], args: argparse.Namespace,
