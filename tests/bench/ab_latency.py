@@ -14,10 +14,11 @@ package), so that the goal's connect -> Maildir latency is compared with
 probes interleaved as well; or ``floor``, for latency_floor.py's bare Python
 pipeline with our hops and fsyncs (compare.FloorSystem): against a build, each
 step's difference is what our features and our way of doing them cost; against
-Postfix, how far below Postfix a Python pipeline can be on this machine. Both instances are created as compare.py's local
-scenario does (same settings, Maildir delivery to one throw-away account, each
-its own cgroup), started at once and warmed up, each on a scratch filesystem of
-its own (``--one-fs``: both on one). Then --messages times: one compare.py
+Postfix, how far below Postfix a Python pipeline can be on this machine. Both
+instances are created as compare.py's local scenario does (same settings,
+Maildir delivery to one throw-away account, each its own cgroup), started at
+once and warmed up, each on a scratch filesystem of its own (``--one-fs``: both
+on one). Then --messages times: one compare.py
 latency probe (smtplib, connect to the file in Maildir/new) to each, the first
 of the pair alternating. Both wait idle while the other is probed.
 

@@ -1788,7 +1788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="warn in the report when other processes kept more than this many CPUs "
                         "busy during a run (0.25)")
     p.add_argument("--systems", default="postfix,pymailsys",
-                   help="comma-separated, in run order (postfix,pymailsys)")
+                   help="comma-separated, in run order (postfix,pymailsys; floor: latency_floor.py)")
     p.add_argument("--scenario", default="local", choices=list(SCENARIO_DEFAULTS),
                    help="local: Maildir delivery to benchuser (default); relay: to smtp-sink "
                         "through the system's smtp client; large: local with 10 MB messages")
