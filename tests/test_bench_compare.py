@@ -343,10 +343,8 @@ def test_latency_floor_delivers_a_message_and_leaves_no_queue_file(tmp_path: Pat
         subprocess.run([sys.executable, str(FLOOR), "stop", str(base)], timeout=60)
 
     def running(pid: int) -> bool:  # reparented when start exited: not ours to reap
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+        fields = compare.proc_stat(pid)  # index 0: the state
+        return fields is not None and fields[0] != "Z"
     wait_until(lambda: not any(running(pid) for pid in pids), 10, what="the floor's processes to exit")
 
 
