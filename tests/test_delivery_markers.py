@@ -3,9 +3,7 @@ files that are gone, nothing else."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +19,7 @@ def _put(store: mailbox.MarkerStore, key: str, value: str) -> None:
 
 def test_claim_gives_an_empty_marker_once_then_the_recorded_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    store.create()
+    store.open()
     key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
     done, fd = store.claim(key)
     assert done is None and store.get(key) is None  # empty until recorded: no delivery yet
@@ -40,7 +38,7 @@ def test_a_claimed_marker_is_a_lock_until_recorded(tmp_path, monkeypatch) -> Non
     import time
 
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    store.create()
+    store.open()
     key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
     done, fd = store.claim(key)
     assert done is None
@@ -64,7 +62,7 @@ def test_a_claimed_marker_is_a_lock_until_recorded(tmp_path, monkeypatch) -> Non
 
 def test_claim_refuses_a_marker_that_is_no_regular_file_without_blocking(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    store.create()
+    store.open()
     key = "3C2B020CBB2.1764900000000000.120.0a1b2c3d"
     os.mkfifo(store.path(key))  # no reader: a blocking open would hang the agent
     with pytest.raises(OSError):
@@ -73,7 +71,7 @@ def test_claim_refuses_a_marker_that_is_no_regular_file_without_blocking(tmp_pat
 
 def test_collect_removes_only_markers_of_queue_files_that_are_gone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    store.create()
+    store.open()
     _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
     _put(store, "4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
     (tmp_path / "markers" / "not-a-marker").write_text("x")
@@ -82,42 +80,56 @@ def test_collect_removes_only_markers_of_queue_files_that_are_gone(tmp_path) -> 
     assert sorted(store.keys()) == ["4D3C131DCC3.1764900000000000.120.0a1b2c3d", "not-a-marker"]
 
 
-def test_collect_takes_the_store_rights_twice_and_asks_the_queue_with_its_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A round takes the store's rights (mail_owner) twice, to list and to remove, not once
-    per marker (each switch is four credential system calls); whether a queue file is
-    still there is asked with the caller's rights (root): a hashed queue directory that
-    mail_owner cannot search must not make a queued file look gone."""
-    inside: list[bool] = []
-    entered: list[int] = []
+def test_open_refuses_a_directory_that_is_not_the_agents_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A marker directory must be the agent's own: a symbolic link in its place is not
+    followed, and one that others can write is refused; the store keeps working in the
+    directory it checked whatever later happens to the name."""
+    import errno
 
-    @contextlib.contextmanager
-    def rights() -> Iterator[None]:
-        entered.append(1)
-        inside.append(True)
-        try:
-            yield
-        finally:
-            inside.pop()
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    os.symlink(target, tmp_path / "linked")
+    with pytest.raises(OSError) as linked:
+        mailbox.MarkerStore(str(tmp_path / "linked")).open()
+    assert linked.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(OSError) as writable:
+        mailbox.MarkerStore(str(shared)).open()
+    assert writable.value.errno == errno.EPERM and "mode 0777" in writable.value.strerror
+    assert os.listdir(target) == [] and os.listdir(shared) == []
 
-    def queued(queue_id: str) -> bool:
-        assert not inside, "the queue is asked with the store's rights"
-        return queue_id.endswith("0")
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.open()
+    assert (tmp_path / "markers").stat().st_mode & 0o777 == 0o700
+    os.rename(tmp_path / "markers", tmp_path / "moved")
+    os.symlink(target, tmp_path / "markers")
+    _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
+    assert os.listdir(tmp_path / "moved") == ["3C2B020CBB2.1764900000000000.120.0a1b2c3d"]
+    assert os.listdir(target) == []
 
-    store = mailbox.MarkerStore(str(tmp_path / "markers"), rights)
-    store.create()
-    for n in range(5):
-        _put(store, f"3C2B020CBB{n}.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
-    entered.clear()
-    assert store.collect(queued) == 4
-    assert len(entered) == 2
-    assert store.keys() == ["3C2B020CBB0.1764900000000000.120.0a1b2c3d"]
+
+@pytest.mark.root
+def test_open_refuses_a_directory_of_another_user(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Run as root: a marker directory that mail_owner (or anyone but root) owns is not
+    root's to work in."""
+    import errno
+    import pwd
+
+    other = tmp_path / "theirs"
+    other.mkdir(mode=0o700)
+    os.chown(other, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(OSError) as refused:
+        mailbox.MarkerStore(str(other)).open()
+    assert refused.value.errno == errno.EPERM
 
 
 def test_collect_keeps_a_marker_whose_file_moved_during_the_search(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A flush moves a file from deferred/ to incoming/ after the search passed incoming/:
     the first search misses it. The marker stays, because the second search finds it."""
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    store.create()
+    store.open()
     _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
     _put(store, "4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
     asked: list[str] = []

@@ -18,7 +18,6 @@ import pytest
 from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
-from pymailsys import config, privileges
 from pymailsys.ipc.attr import SyncAttrClient
 
 
@@ -230,7 +229,7 @@ def test_delivery_markers_are_removed_once_the_queue_file_is_gone(system) -> Non
     s.start()
     qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
     s.wait_log(rf"{qid}: removed")
-    markers = s.base / "data" / "local-markers"
+    markers = s.queue_dir / "pid" / "local-markers"
     assert [p.name.split(".")[0] for p in markers.iterdir()] == [qid]
     s.kill("local", 15)
     s.start("local")  # collects at start, then every minute
@@ -374,22 +373,21 @@ def test_a_request_is_served_in_the_turn_of_the_loop_that_reads_it(system, throw
 
 
 @pytest.mark.root
-def test_a_maildir_delivery_switches_credentials_eight_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_maildir_delivery_switches_credentials_four_times(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """Each credential system call costs the kernel a new credential set (about 2 µs, a
     sixth of local's system time before). A Maildir delivery as root to an account
-    without a .forward makes two switches of two calls each way: to mail_owner for the
-    marker (claimed from root, not nested inside the recipient's block), to the
-    recipient for the Maildir; none for the .forward lookup (root's lstat finds no
+    without a .forward makes one switch of two calls each way, to the recipient for the
+    Maildir: none for the marker (root's own, in root's pid/: before 2026-12-06 kept as
+    mail_owner, a second switch), none for the .forward lookup (root's lstat finds no
     entry: nothing to look up as the user); no setgroups while root has no
-    supplementary groups. The mail is still stored as the recipient and the marker
-    kept as mail_owner."""
+    supplementary groups. The mail is still stored as the recipient, the marker as
+    root in root's directory."""
     s = system()
     s.start("local")
     calls = _traced_deliveries(s, throwaway_user, "setresgid,setgroups")
-    assert len(calls) == 2 * 8, calls
+    assert len(calls) == 2 * 4, calls
     assert not [c for c in calls if "setgroups" in c], calls
-    owner = privileges.mail_owner(config.load(str(s.etc)))
     new = s.mail_dir / throwaway_user / "new"
     assert {p.stat().st_uid for p in new.iterdir()} == {pwd.getpwnam(throwaway_user).pw_uid}
-    markers = s.base / "data" / "local-markers"
-    assert {p.stat().st_uid for p in markers.iterdir()} == {owner.uid}
+    markers = s.queue_dir / "pid" / "local-markers"
+    assert {p.stat().st_uid for p in markers.iterdir()} == {0}

@@ -237,33 +237,48 @@ def test_kept_queue_directories_open_relative_to_what_was_opened(tmp_path: Path)
 
 
 @pytest.mark.root
-def test_symlinked_marker_directory_removes_nothing_outside(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
-    """Issue #11.2: mail_owner replaces data_directory/local-markers with a symbolic link
-    to a root-owned directory; local's marker collection must not delete anything there."""
+def test_marker_directory_is_roots_own_and_no_other_is_used(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #11.2: local (root) never works in a directory another account can write.
+    Its markers live in root's pid/ (root's, 0700), not in mail_owner's data_directory,
+    and need no switch to mail_owner. A marker directory that is not root's alone (a
+    symbolic link to elsewhere, a directory mail_owner owns) is refused with a warning
+    when local starts: local then delivers without markers, and reads, writes and removes
+    nothing there."""
     s = system()
     s.start()
     qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
     s.wait_log(rf"{qid}: removed")
-    owner = privileges.mail_owner(config.load(str(s.etc)))
-    markers = s.base / "data" / "local-markers"
+    markers = s.queue_dir / "pid" / "local-markers"
     (marker,) = markers.iterdir()
-    assert (markers.stat().st_uid, marker.stat().st_uid) == (owner.uid, owner.uid)
-    victims = outside / "victims"
+    st = markers.stat()
+    assert (st.st_uid, st.st_mode & 0o777, marker.stat().st_uid) == (0, 0o700, 0)
+    assert not (s.base / "data" / "local-markers").exists()
     outside.chmod(0o755)
+    victims = outside / "victims"
     victims.mkdir(mode=0o755)
     names = ["important.conf", "3F2A11C0D7E.1700000000123456.211.0badf00d"]
     for name in names:
         (victims / name).write_text("keep me\n")
+    owner = privileges.mail_owner(config.load(str(s.etc)))
     shutil.rmtree(markers)
     os.symlink(victims, markers)
+    refusal = r"warning: delivery markers in \S+/pid/local-markers: .*; Maildir redelivery"
     s.kill("local", 15)
-    s.start("local")  # collects at start
-    s.wait_log(r"warning: delivery markers: \[Errno 13\] Permission denied")
+    s.start("local")
+    s.wait_log(refusal)
     qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
-    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=deferred \(maildir delivery failed: "
-               r"cannot record delivery marker")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
+    os.unlink(markers)
+    markers.mkdir(mode=0o700)
+    os.chown(markers, owner.uid, owner.gid)
+    s.kill("local", 15)
+    s.start("local")
+    s.wait_log(refusal.replace(": .*;", rf": .*owner {owner.uid}.*;"))
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)")
     assert sorted(p.name for p in victims.iterdir()) == sorted(names)
-    assert len(s.maildir_messages()) == 1
+    assert list(markers.iterdir()) == []
+    assert len(s.maildir_messages()) == 3
 
 
 def _vm_hwm_kib(pid: int) -> int:

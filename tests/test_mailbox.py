@@ -188,7 +188,7 @@ def test_maildir_under_a_file_is_temporary(tmp_path) -> None:  # type: ignore[no
 def _marked(tmp_path):  # type: ignore[no-untyped-def]
     md = str(tmp_path / "Maildir")
     store = mailbox.MarkerStore(str(tmp_path / "markers"))
-    os.makedirs(store.directory)
+    store.open()
     key = mailbox.delivery_key("3F2A11C0D7E", 1700000000.123456, 211, md)
     return md, store, key
 

@@ -53,9 +53,10 @@ def test_spool_setup_refuses_an_unknown_setgid_group(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_as_user_blocks_nest_and_each_exit_restores_the_outer_user(throwaway_user: str) -> None:
-    """A delivery as the recipient keeps its markers as mail_owner by nesting blocks.
-    Inside a block the group set in force (effective gid and supplementary groups, what
-    access checks see) is exactly the user's; after the last one root's groups are back."""
+    """as_user blocks nest (a step run as another user inside a user's block, as local
+    kept its markers until 2026-12-06). Inside a block the group set in force
+    (effective gid and supplementary groups, what access checks see) is exactly the
+    user's; after the last one root's groups are back."""
     pw, nobody = pwd.getpwnam(throwaway_user), pwd.getpwnam("nobody")
     root_groups = sorted(os.getgroups())
 

@@ -98,12 +98,11 @@ DESCRIPTION
     any other status bounces with the command's output.
 
     Maildir deliveries are crash-idempotent (``pymailsys.delivery.mailbox``): markers
-    under ``$data_directory/local-markers`` record which (queue file,
-    recipient, Maildir) deliveries reached their final step; they are
-    removed once the queue file is gone. data_directory belongs to
-    mail_owner, so local reads, writes and removes markers with mail_owner's
-    effective ids (never as root), and removes only names that start with a
-    queue ID.
+    under ``$queue_directory/$process_id_directory/local-markers`` record which
+    (queue file, recipient, Maildir) deliveries reached their final step; they
+    are removed once the queue file is gone. That directory is root's (in
+    root's pid/, made 0700), so local keeps its markers with its own rights, no
+    switch per delivery, and removes only names that start with a queue ID.
 
 SECURITY
     local runs as root when the system runs as root (master.cf unprivileged
@@ -117,7 +116,9 @@ SECURITY
     * the queue file is opened relative to the queue directory without
       following a symbolic link anywhere, as a regular complete file with one
       link (``Spool.open_queue_file``);
-    * delivery markers in data_directory are handled as mail_owner;
+    * delivery markers live in a directory of local's own, checked when it is
+      opened (local's owner, nobody else can write it, no symbolic link) and used
+      through that descriptor; root never works in data_directory;
     * .forward and :include: files and alias table sources are read as
       ``pymailsys.bounded_read`` reads: regular files only, bounded in size
       and time, never blocking on a FIFO.
@@ -141,7 +142,8 @@ CONFIGURATION PARAMETERS
     command_time_limit, command_expansion_filter, allow_mail_to_commands, allow_mail_to_files,
     mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
-    default_privs, myhostname, myorigin, duplicate_filter_limit, data_directory.
+    default_privs, myhostname, myorigin, duplicate_filter_limit, queue_directory,
+    process_id_directory.
 
 MODULES
     agent (state, dispatch, logging), alias (alias values, :include:,

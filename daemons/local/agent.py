@@ -1,9 +1,9 @@
 """The local agent's state and its dispatch: one request in, one logged result out.
 
 ``LocalAgent`` holds the settings read once from main.cf, the alias tables,
-the cleanup client and the Maildir delivery markers (kept as mail_owner in
-``$data_directory/local-markers``: that directory is mail_owner's, so root
-never creates, reads or removes anything in it). ``handle`` turns one
+the cleanup client and the Maildir delivery markers (in
+``$queue_directory/$process_id_directory/local-markers``, local's own directory,
+``mailbox.open_markers``). ``handle`` turns one
 delivery request into one reply and never raises (a bug defers the recipient
 instead of stalling qmgr's pipelined connection). ``deliver`` runs Postfix's
 local(8) for one recipient and everything it expands to, in one ``Session``:

@@ -33,8 +33,8 @@ DESCRIPTION
     4. the message is written with that uid and gid as effective ids: mbox
        with the From_ line, ``>From`` quoting and ``virtual_mailbox_lock``
        locks; Maildir through tmp/ into new/ (the directories are made when
-       missing; crash-idempotent through delivery markers in
-       ``$data_directory/virtual-markers``, kept as mail_owner). Both prepend
+       missing; crash-idempotent through delivery markers in virtual's own
+       ``$queue_directory/$process_id_directory/virtual-markers``). Both prepend
        ``Return-Path:``, ``X-Original-To:`` and ``Delivered-To:``, and
        ``virtual_mailbox_limit`` bounds the file.
 
@@ -63,7 +63,7 @@ CONFIGURATION PARAMETERS
     virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
     virtual_mailbox_lock, message_size_limit, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, strict_mailbox_ownership, recipient_delimiter, myhostname,
-    data_directory.
+    queue_directory, process_id_directory.
 
 MODULES
     agent (settings, per-recipient delivery, logging).

@@ -7,8 +7,9 @@ never raises (a bug defers the request instead of stalling qmgr's pipelined
 connection). ``deliver_one`` is Postfix's virtual deliver_mailbox for one
 recipient: loop check, mailbox lookup, owner lookup, the write as that owner.
 Maildir deliveries are crash-idempotent as local's are
-(``pymailsys.delivery.mailbox``): markers in ``$data_directory/virtual-markers``,
-handled as mail_owner, removed by ``mailbox.collect_markers`` once the queue file is gone.
+(``pymailsys.delivery.mailbox``): markers in virtual's own directory,
+``$queue_directory/$process_id_directory/virtual-markers`` (``mailbox.open_markers``),
+removed by ``mailbox.collect_markers`` once the queue file is gone.
 """
 
 from __future__ import annotations
@@ -166,10 +167,9 @@ class VirtualAgent:
 
     def write(self, req: DeliveryRequest, path: str, uid: int, gid: int,
               content: QueueContent) -> DeliveryResult:
-        """Store the message as uid/gid: a Maildir with its marker claimed first, as
-        mail_owner straight from root (``deliver_maildir``'s ``rights``: not nested inside
-        the recipient's ids, which cost a switch through root and a setgroups each way),
-        an mbox file inside the recipient's ids."""
+        """Store the message as uid/gid: a Maildir with its marker claimed first, with
+        virtual's own rights (``deliver_maildir``'s ``rights``: the recipient's are taken
+        after the claim), an mbox file inside the recipient's ids."""
         headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt, req.rcpt)
         maildir = path.endswith("/")
         try:

@@ -51,9 +51,12 @@ it is linked into new/. On a delivery with a key:
 
 So a copy is stored exactly once whatever the moment of a kill -9. A power
 failure can lose a marker that was not synced: then the mail may come twice,
-never zero times. Markers live outside the Maildir (the caller's directory,
-``MarkerStore``, kept with the caller's choice of rights; ``open_markers``:
-an agent's directory in data_directory, kept as its owner) and are removed
+never zero times. Markers live outside the Maildir, in a directory of the
+agent's own (``MarkerStore``: opened once and refused unless only the agent's
+user can write it; each marker made, read and removed relative to that
+descriptor with the agent's own rights, so a delivery switches rights only
+for the Maildir; ``open_markers``: ``$queue_directory/$process_id_directory/
+NAME``, root's own directory when the agent runs as root) and are removed
 once the queue file is gone (``collect_markers``, the agent's background
 task until it stops).
 A missing tmp/ or new/ is made when the create or the link finds it missing
@@ -80,7 +83,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 
-from pymailsys import log, privileges
+from pymailsys import log
 from pymailsys.config import Config
 from pymailsys.queue import spool as queue_mod
 from pymailsys.queue.spool import Spool, valid_queue_id
@@ -373,62 +376,67 @@ def _lock_marker(fd: int, path: str) -> None:
 
 
 class MarkerStore:
-    """Delivery markers for crash-idempotent Maildir delivery (see the module docstring).
-
-    ``wrap`` is a context-manager factory put around every marker operation:
-    the rights the markers are kept with (local: mail_owner, the owner of
-    data_directory, whatever rights the delivery itself runs with). A marker's
-    value is only trusted as a plain file name (no ``/``, no leading dot);
-    anything else counts as no marker.
+    """Delivery markers for crash-idempotent Maildir delivery (see the module docstring),
+    in ``directory``, which ``open`` makes and opens. Keys are plain names
+    (``delivery_key``), used relative to the directory's descriptor. A marker's value is
+    only trusted as a plain file name (no ``/``, no leading dot); anything else counts
+    as no marker.
     """
 
-    def __init__(self, directory: str,
-                 wrap: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+    def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.wrap = wrap or contextlib.nullcontext
+        self.fd = -1
 
-    def create(self) -> None:
-        """Make the directory if it is missing and check that it can be used (OSError)."""
-        with self.wrap():
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            os.listdir(self.directory)
+    def open(self) -> None:
+        """Make the directory (0700) if it is missing and open it; OSError when it cannot
+        be, or when it is not a directory of this process's user that nobody else can
+        write (a symbolic link in its place is not followed). From then on, whatever
+        happens to its name, the store works in the directory it checked."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o700)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise OSError(errno.EPERM, f"not a directory that only uid {os.geteuid()} can "
+                                       f"write (owner {st.st_uid}, mode "
+                                       f"{stat.S_IMODE(st.st_mode):04o})", self.directory)
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, key)
 
     def get(self, key: str) -> str | None:
         """The final name recorded under key; None when there is no (complete) marker."""
-        with self.wrap():
-            try:
-                fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                return None  # none, or not one this store made (then put() fails)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return None
-                return _marker_value(os.read(fd, 256))
-            finally:
-                os.close(fd)
+        try:
+            fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
+        except OSError:
+            return None  # none, or not one this store made (then claim() fails)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return _marker_value(os.read(fd, 256))
+        finally:
+            os.close(fd)
 
     def claim(self, key: str) -> tuple[str | None, int]:
         """Before a delivery under key: (the final name an earlier attempt recorded, -1),
         else (None, fd): an open, empty marker, made here or left empty by an attempt
         that stopped before its link, locked (flock) for ``record``, which unlocks it;
         an attempt of the same key that holds it is waited for (``MARKER_LOCK_WAIT``).
-        OSError when neither can be had. One switch to the store's rights, and
-        ``record`` needs none: the descriptor was opened with them."""
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK
-        path = self.path(key)
-        with self.wrap():
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                fd = os.open(path, flags)
+        OSError when neither can be had."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            _lock_marker(fd, path)
+            fd = os.open(key, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.fd)
+        except FileExistsError:
+            fd = os.open(key, flags, dir_fd=self.fd)
+        try:
+            _lock_marker(fd, self.path(key))
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, f"{path} is not a regular file")
+                raise OSError(errno.EINVAL, f"{self.path(key)} is not a regular file")
             if st.st_size:
                 done = _marker_value(os.pread(fd, 256, 0))
                 if done is not None:
@@ -449,23 +457,15 @@ class MarkerStore:
             os.close(fd)
 
     def keys(self) -> list[str]:
-        with self.wrap():
-            try:
-                return os.listdir(self.directory)
-            except FileNotFoundError:
-                return []
+        return os.listdir(self.fd)
 
     def remove(self, key: str) -> None:
-        with self.wrap(), contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(key))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(key, dir_fd=self.fd)
 
     def collect(self, queued: Callable[[str], bool]) -> int:
         """Remove the markers whose queue file is gone (``queued(queue_id)`` false); how many.
-        A name that does not start with a queue ID is no marker and is left alone. The
-        store's rights are taken twice a round, to list and to remove the stale markers
-        together (a switch per marker cost four credential calls per delivered message);
-        ``queued`` runs with the caller's own rights: a queue directory that the store's
-        owner cannot search must not make a queued file look gone.
+        A name that does not start with a queue ID is no marker and is left alone.
 
         A queue file can move to a queue that the search has already passed while it
         searches (a flush moves deferred to incoming, a restarted qmgr active to
@@ -478,18 +478,9 @@ class MarkerStore:
             if valid_queue_id(queue_id) and not queued(queue_id):
                 candidates.append(key)
         stale = [key for key in candidates if not queued(key.split(".", 1)[0])]
-        if stale:
-            with self.wrap():
-                for key in stale:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path(key))
+        for key in stale:
+            self.remove(key)
         return len(stale)
-
-
-def kept_as(owner: privileges.UserIds) -> Callable[[], AbstractContextManager[None]]:
-    """A MarkerStore ``wrap`` that acts as owner (the owner of data_directory), from root
-    or from inside a recipient's ``privileges.as_user``."""
-    return lambda: privileges.as_user(owner.uid, owner.gid)
 
 
 MARKER_GC_INTERVAL = 60.0
@@ -498,18 +489,18 @@ MARKER_QUEUES = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue
 
 
 def open_markers(config: Config, name: str) -> MarkerStore | None:
-    """An agent's markers in ``$data_directory/name``, kept as data_directory's owner
-    (mail_owner when running as root: root never works in mail_owner's directory);
-    None, with a warning, when the directory cannot be made or used."""
-    directory = os.path.join(config.get("data_directory"), name)
+    """An agent's markers in ``$queue_directory/$process_id_directory/name`` (root's
+    directory when the agent runs as root, as Postfix's pid/ is: nobody else can plant a
+    link or a file there), made and used with the agent's own rights; None, with a
+    warning, when that directory cannot be made or is not the agent's alone."""
+    directory = os.path.join(config.get("queue_directory"),
+                             config.get("process_id_directory"), name)
+    markers = MarkerStore(directory)
     try:
-        root = privileges.running_as_root()
-        owner = privileges.mail_owner(config) if root else privileges.current_user()
-        markers = MarkerStore(directory, kept_as(owner))
-        markers.create()
-    except (OSError, privileges.PrivilegeError) as e:
-        log.warning(f"delivery markers in {directory}: {e}; Maildir redelivery after a "
-                    f"crash may store a second copy")
+        markers.open()
+    except OSError as e:
+        log.warning(f"delivery markers in {directory}: {e.strerror}; Maildir redelivery "
+                    f"after a crash may store a second copy")
         return None
     return markers
 
@@ -539,7 +530,7 @@ async def collect_markers(markers: MarkerStore | None, spool: Spool, stopping: a
     while not stopping.is_set():
         try:
             markers.collect(lambda queue_id: queued_anywhere(spool, queue_id))
-        except (OSError, privileges.PrivilegeError) as e:
+        except OSError as e:
             log.warning(f"delivery markers: {e}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)
@@ -595,9 +586,9 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
     """Store data (bytes or chunks) as one new message in maildir; the new/ file's path.
 
     ``rights``: a context-manager factory giving the recipient's rights for the
-    Maildir work (None: the caller has put them in place). With it, the marker is
-    claimed before them, with the store's own rights straight from the caller's:
-    one credential switch fewer than nesting the store's inside the recipient's."""
+    Maildir work (None: the caller has put them in place). The marker is claimed with
+    the caller's own rights, the store's (its directory is the agent's own), before
+    the recipient's are taken: a delivery with a marker must give ``rights``."""
     global _counter
     host = _hostname(host)
     base = maildir if maildir.endswith("/") or not maildir else maildir + "/"  # as os.path.join
