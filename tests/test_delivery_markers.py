@@ -15,6 +15,7 @@ def _put(store: mailbox.MarkerStore, key: str, value: str) -> None:
     done, fd = store.claim(key)
     assert done is None
     store.record(fd, value)
+    os.close(fd)
 
 
 def test_claim_gives_an_empty_marker_once_then_the_recorded_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -27,12 +28,14 @@ def test_claim_gives_an_empty_marker_once_then_the_recorded_name(tmp_path) -> No
     done, fd = store.claim(key)  # the empty marker is taken again, emptied
     assert done is None
     store.record(fd, "1.V1I2M3.host")
+    os.close(fd)  # the caller's close, after its link, releases the lock
     assert store.claim(key) == ("1.V1I2M3.host", -1)
 
 
-def test_a_claimed_marker_is_a_lock_until_recorded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A second attempt of the same key waits for the first to record its name (then
-    finishes what it recorded), and gives up with EAGAIN after MARKER_LOCK_WAIT."""
+def test_a_claimed_marker_is_a_lock_until_closed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A second attempt of the same key waits for the first to record its name and close
+    the marker (after its link; then it finishes what was recorded), and gives up with
+    EAGAIN after MARKER_LOCK_WAIT."""
     import errno
     import threading
     import time
@@ -48,6 +51,9 @@ def test_a_claimed_marker_is_a_lock_until_recorded(tmp_path, monkeypatch) -> Non
     time.sleep(0.3)
     assert second == []  # still waiting for the first attempt
     store.record(fd, "1.V1I2M3.host")
+    time.sleep(0.2)
+    assert second == []  # recorded, not yet linked: still held
+    os.close(fd)  # the caller's close, after its link, releases the lock
     waiter.join(10)
     assert second == [("1.V1I2M3.host", -1)]
 

@@ -61,7 +61,7 @@ once the queue file is gone (``collect_markers``, the agent's background
 task until it stops).
 A missing tmp/ or new/ is made when the create or the link finds it missing
 (as Postfix does), not checked before every delivery. The claimed marker is
-also a lock (flock, exclusive) until the final name is recorded: a second
+also a lock (flock, exclusive) until the recorded name is linked: a second
 attempt of the same key at the same time (an agent still delivering after
 qmgr restarted and sent the recipient again) waits for the first, at most
 ``MARKER_LOCK_WAIT`` seconds (then 4.3.0), and then follows the cases above;
@@ -424,7 +424,7 @@ class MarkerStore:
     def claim(self, key: str) -> tuple[str | None, int]:
         """Before a delivery under key: (the final name an earlier attempt recorded, -1),
         else (None, fd): an open, empty marker, made here or left empty by an attempt
-        that stopped before its link, locked (flock) for ``record``, which unlocks it;
+        that stopped before its link, locked (flock) until the caller closes it;
         an attempt of the same key that holds it is waited for (``MARKER_LOCK_WAIT``).
         OSError when neither can be had."""
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -450,11 +450,9 @@ class MarkerStore:
 
     @staticmethod
     def record(fd: int, value: str) -> None:
-        """Write the final name into a marker from ``claim`` and close it."""
-        try:
-            os.write(fd, value.encode("utf-8", "surrogateescape"))
-        finally:
-            os.close(fd)
+        """Write the final name into a marker from ``claim`` (still open and locked: the
+        caller closes it once the name is linked)."""
+        os.write(fd, value.encode("utf-8", "surrogateescape"))
 
     def keys(self) -> list[str]:
         return os.listdir(self.fd)
@@ -622,48 +620,52 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
            size_limit: int, marker_fd: int) -> str:
     """Write tmp/, fsync it, record its final name in the claimed marker (marker_fd, -1
     for none: closed here on every path; one not recorded stays empty, "no delivery
-    yet"), link it into new/, remove the tmp/ name; the new/ file's path."""
+    yet"), link it into new/, remove the tmp/ name; the new/ file's path. Between the
+    fsync and the link (the delivery) only the marker's write: both descriptors are
+    closed after the link, the marker's (its lock) last."""
     use_marker = marker_fd >= 0
     try:
         fd = _create(tmp, maildir, debris=use_marker)
+    except BaseException:
+        if use_marker:
+            os.close(marker_fd)
+        raise
+    try:
         try:
-            try:
-                _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
-                os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
+            _write_chunks(fd, [data] if isinstance(data, bytes) else data, size_limit)
+            st = os.fstat(fd)
+            os.fsync(fd)
         except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if isinstance(e, OSError):
                 raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
             raise
-    except BaseException:
+        now = time.time()
+        name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
+        final = f"{newdir}/{name}"
+        if use_marker:
+            try:
+                MarkerStore.record(marker_fd, name)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise _os_error(e, "4.3.0", f"cannot record delivery marker for {tmp}") from None
+        try:
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:
+                make_maildir(maildir)
+                os.link(tmp, final)
+        except OSError as e:
+            if not use_marker:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
+    finally:
+        os.close(fd)
         if use_marker:
             os.close(marker_fd)
-        raise
-    now = time.time()
-    name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
-    final = f"{newdir}/{name}"
-    if use_marker:
-        try:
-            MarkerStore.record(marker_fd, name)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise _os_error(e, "4.3.0", f"cannot record delivery marker for {tmp}") from None
-    try:
-        try:
-            os.link(tmp, final)
-        except FileNotFoundError:
-            make_maildir(maildir)
-            os.link(tmp, final)
-    except OSError as e:
-        if not use_marker:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
     with contextlib.suppress(OSError):
         os.unlink(tmp)
     return final
