@@ -258,13 +258,15 @@ def test_ab_latency_runs_a_build_against_itself(tmp_path: Path) -> None:
     venv = str(Path(sys.executable).parent.parent)
     out = tmp_path / "ab.json"
     result = subprocess.run([sys.executable, str(AB), venv, venv, "--messages", "4",
-                             "--one-fs", "--json", str(out)],
+                             "--one-fs", "--gap", "0", "--json", str(out)],
                             capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     first, second = data["latencies_ms"].values()
     assert len(first) == len(second) == 4 and min(first + second) > 0
     assert "median of the paired ratios" in result.stdout
+    # --gap 0: the probes back to back, said in the first line and the JSON
+    assert "4 probes each, 0 ms apart" in result.stdout.splitlines()[0] and data["gap_s"] == 0
     # --one-fs: both builds on one scratch filesystem, so one journal
     assert len(set(data["filesystems"].values())) == 1
     assert result.stdout.rstrip().endswith("(one journal)")
@@ -284,6 +286,7 @@ def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
     assert list(data["latencies_ms"]) == ["postfix", Path(venv).resolve().name]
     assert all(len(probes) == 3 and min(probes) > 0 for probes in data["latencies_ms"].values())
     assert result.stdout.startswith("postfix (A): median ")
+    assert result.stdout.splitlines()[0].endswith("3 probes each, 20 ms apart")  # PROBE_GAP
     # each probe's steps, connect -> 220 to 250 -> Maildir, add up to its latency
     for label, probes in data["latencies_ms"].items():
         steps = data["steps_ms"][label]

@@ -4,7 +4,7 @@ latency probes, alternating one by one.
 
 Usage (as root, from the repository, with either venv's python):
 
-    python tests/bench/ab_latency.py VENV_A VENV_B [--messages 300] [--trace]
+    python tests/bench/ab_latency.py VENV_A VENV_B [--messages 300] [--gap 0.02] [--trace]
                                      [--fs ext4|root|...] [--json FILE]
 
 VENV_A and VENV_B are virtual environments with pymailsys installed (an
@@ -20,7 +20,17 @@ Maildir delivery to one throw-away account, each its own cgroup), started at
 once and warmed up, each on a scratch filesystem of its own (``--one-fs``: both
 on one). Then --messages times: one compare.py
 latency probe (smtplib, connect to the file in Maildir/new) to each, the first
-of the pair alternating. Both wait idle while the other is probed.
+of the pair alternating, and ``--gap`` seconds of pause after each probe
+(compare.py's PROBE_GAP, 20 ms, by default). Both wait idle while the other is
+probed, so each side's processes sit idle for the gap plus the other side's probe
+before each of their own.
+
+Why a gap: the goal's latency is that of a message to an idle system. What idle
+costs differs: with ``--gap 0`` (the two sides probed back to back, each idle only
+about 3 ms before its next probe) pymailsys was 1.00-1.09 x Postfix (five runs of
+500 pairs, 2026-12-06), with the default 20 ms 1.13 x, with 5 ms 1.12 x: after a
+pause every process starts cold (caches, the CPU's idle state), and a Python
+daemon that touches more code and data per message pays more for it.
 
 Why a filesystem each: on one, the two share a journal, and each side's first
 fsync of a probe also commits what the other side left uncommitted after its
@@ -111,6 +121,8 @@ def main() -> int:
     p.add_argument("a", help="the venv of build A, or postfix")
     p.add_argument("b", help="the venv of build B, or postfix")
     p.add_argument("--messages", type=int, default=300, help="probes per build")
+    p.add_argument("--gap", type=float, default=compare.PROBE_GAP,
+                   help="seconds of pause after each probe (default: compare.py's 0.02)")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--trace", action="store_true", help="also the stages, from perf trace")
     p.add_argument("--json", help="write every probe's latency here")
@@ -165,7 +177,7 @@ def main() -> int:
                 for n in range(args.messages):
                     for system in (systems if n % 2 == 0 else systems[::-1]):
                         result = compare.RunResult(system.label, 1, 1)
-                        compare.latency_run(system, result, 1, args.size, scen)
+                        compare.latency_run(system, result, 1, args.size, scen, args.gap)
                         latencies[system.label].append(result.latencies_ms[0])
                         for name, times in result.latency_steps_ms.items():
                             steps[system.label][name] += times
@@ -192,7 +204,7 @@ def main() -> int:
         return rc or 1
     s = summary(a, b)
     print(f"{labels[0]} (A): median {s['a']:.3f} ms   {labels[1]} (B): median {s['b']:.3f} ms   "
-          f"{len(a)} probes each")
+          f"{len(a)} probes each, {args.gap * 1000:g} ms apart")
     print(f"B/A: ratio of the medians {s['ratio_of_medians']:.3f}, "
           f"median of the paired ratios {s['paired_ratio']:.3f}")
     print(f"halves: A {s['a_first_half']:.3f} {s['a_second_half']:.3f} ms, "
@@ -206,7 +218,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"latencies_ms": latencies, "steps_ms": steps,
                                                "summary": s, "stages_us": stages,
-                                               "filesystems": filesystems}, indent=1))
+                                               "filesystems": filesystems, "gap_s": args.gap},
+                                              indent=1))
     return 0
 
 
