@@ -25,12 +25,11 @@ of the pair alternating, and ``--gap`` seconds of pause after each probe
 probed, so each side's processes sit idle for the gap plus the other side's probe
 before each of their own.
 
-Why a gap: the goal's latency is that of a message to an idle system. What idle
-costs differs: with ``--gap 0`` (the two sides probed back to back, each idle only
-about 3 ms before its next probe) pymailsys was 1.00-1.09 x Postfix (five runs of
-500 pairs, 2026-12-06), with the default 20 ms 1.13 x, with 5 ms 1.12 x: after a
-pause every process starts cold (caches, the CPU's idle state), and a Python
-daemon that touches more code and data per message pays more for it.
+Why a gap: the goal's latency is that of a message to an idle system, and the
+pause before a probe is part of what is measured. With ``--gap 0`` (the two sides
+probed back to back, each idle only for the other's probe) pymailsys against
+Postfix was 1.00-1.12 x over six runs of 2026-12-06, and 1.13-1.14 x with the
+default 20 ms. Against the floor, dropping the gap made neither side faster (README).
 
 Why a filesystem each: on one, the two share a journal, and each side's first
 fsync of a probe also commits what the other side left uncommitted after its
