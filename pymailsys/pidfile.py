@@ -4,7 +4,7 @@ NAME
     pidfile - write, lock and read master.pid
 
 SYNOPSIS
-    path = pidfile.master_pid_path(cfg)     # queue_directory/process_id_directory/master.pid
+    path = pidfile.master_pid_path(cfg)     # spool.process_id_directory(cfg)/master.pid
     fd = pidfile.lock(path, pid)            # master: create, lock, write; keep fd open
     pid = pidfile.holder(path)              # anyone: pid of the lock holder, or None
     pid = pidfile.master_pid(cfg)           # holder(master_pid_path(cfg))
@@ -47,6 +47,7 @@ import os
 import stat
 
 from pymailsys.config import Config
+from pymailsys.queue import spool
 
 WIDTH = 32
 
@@ -57,7 +58,7 @@ class PidFileError(Exception):
 
 def master_pid_path(cfg: Config) -> str:
     """queue_directory/process_id_directory/master.pid."""
-    return os.path.join(cfg.get("queue_directory"), cfg.get("process_id_directory"), "master.pid")
+    return os.path.join(spool.process_id_directory(cfg), "master.pid")
 
 
 def master_pid(cfg: Config) -> int | None:

@@ -48,6 +48,7 @@ from pymailsys import config as config_mod
 from pymailsys import log, maps
 from pymailsys.config import Config, ConfigError, master_cf, validate
 from pymailsys.config.master_cf import ServiceEntry
+from pymailsys.queue import spool
 
 Services = dict[tuple[str, str], Service]
 
@@ -67,8 +68,7 @@ def load_configuration(config_dir: str) -> tuple[Config, list[ServiceEntry], str
 
 def keep_running_copy(cfg: Config, text: str) -> str:
     """Put the checked main.cf text where children read it; its path, '' when that failed."""
-    directory = os.path.join(cfg.get("queue_directory"), cfg.get("process_id_directory"))
-    path = os.path.join(directory, RUNNING_COPY)
+    path = os.path.join(spool.process_id_directory(cfg), RUNNING_COPY)
     tmp = path + ".tmp"
     try:
         with contextlib.suppress(FileNotFoundError):

@@ -491,8 +491,7 @@ def open_markers(config: Config, name: str) -> MarkerStore | None:
     directory when the agent runs as root, as Postfix's pid/ is: nobody else can plant a
     link or a file there), made and used with the agent's own rights; None, with a
     warning, when that directory cannot be made or is not the agent's alone."""
-    directory = os.path.join(config.get("queue_directory"),
-                             config.get("process_id_directory"), name)
+    directory = os.path.join(queue_mod.process_id_directory(config), name)
     markers = MarkerStore(directory)
     try:
         markers.open()

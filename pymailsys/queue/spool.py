@@ -27,6 +27,10 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pymailsys.config import Config
 
 INCOMING = "incoming"
 ACTIVE = "active"
@@ -101,6 +105,12 @@ class QueueAccessError(Exception):
 
 class QueueFileMissing(QueueAccessError):
     """The queue file (or a directory on its way) does not exist."""
+
+
+def process_id_directory(config: Config) -> str:
+    """queue_directory/process_id_directory: root's directory for the running system's
+    files (master.pid, running.main.cf, the delivery agents' markers)."""
+    return os.path.join(config.get("queue_directory"), config.get("process_id_directory"))
 
 
 def valid_queue_name(name: str) -> bool:
