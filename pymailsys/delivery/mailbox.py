@@ -662,9 +662,11 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
                     os.unlink(tmp)
             raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
     finally:
-        os.close(fd)
-        if use_marker:
-            os.close(marker_fd)
+        try:
+            os.close(fd)
+        finally:
+            if use_marker:
+                os.close(marker_fd)
     with contextlib.suppress(OSError):
         os.unlink(tmp)
     return final
