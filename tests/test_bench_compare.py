@@ -304,6 +304,9 @@ def test_ab_latency_runs_a_build_against_postfix(tmp_path: Path) -> None:
     both = subprocess.run([sys.executable, str(AB), "postfix", "postfix"],
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and "postfix against itself" in both.stderr
+    negative = subprocess.run([sys.executable, str(AB), "postfix", venv, "--gap", "-1"],
+                              capture_output=True, text=True, timeout=60)
+    assert negative.returncode == 2 and "--gap -1.0: a pause cannot be negative" in negative.stderr
 
 
 FLOOR = BENCH.parent / "latency_floor.py"

@@ -129,6 +129,8 @@ def main() -> int:
                    help="both sides on one scratch filesystem (one journal), as before 2026-12-06")
     compare.add_fs_argument(p)
     args = compare.with_load_defaults(p.parse_args())
+    if args.gap < 0:
+        p.error(f"--gap {args.gap}: a pause cannot be negative")
     args.sessions = 2
     if os.geteuid() != 0:
         print("ab_latency.py: run as root", file=sys.stderr)
