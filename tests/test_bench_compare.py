@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -386,3 +387,31 @@ def test_ab_latency_runs_the_floor_against_postfix(tmp_path: Path) -> None:
     same = subprocess.run([sys.executable, str(AB), "floor", "floor"],
                           capture_output=True, text=True, timeout=60)
     assert same.returncode == 2 and "floor against itself" in same.stderr
+
+
+def test_cleanup_cpu_times_requests_from_cold_caches() -> None:
+    """cleanup_cpu.py --cold: each request after the caches were evicted, one median a
+    round, for both stages."""
+    script = BENCH.parent / "cleanup_cpu.py"
+    for stage in ("handle", "assemble"):
+        result = subprocess.run([sys.executable, str(script), "--cold", "--stage", stage,
+                                 "--messages", "5", "--rounds", "2"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        m = re.fullmatch(rf"{stage}: ([\d.]+) ([\d.]+) us/request, cold caches \(median\); "
+                         r"median ([\d.]+)\n", result.stdout)
+        assert m is not None, result.stdout
+        assert all(float(figure) > 0 for figure in m.groups())
+
+
+@pytest.mark.root
+def test_local_cpu_delivers_from_cold_caches() -> None:
+    """local_cpu.py --cold: every request is a delivery (it stops at the first that is
+    not), the client and local on one CPU."""
+    script = BENCH.parent / "local_cpu.py"
+    result = subprocess.run([sys.executable, str(script), "--cold", "--tmpfs",
+                             "--messages", "5", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^median of 1 rounds: local [\d.]+ ms/delivery .* median request "
+                     r"[\d.]+ ms$", result.stdout, re.M), result.stdout

@@ -20,7 +20,10 @@ local runs, so other load on the machine moves these figures far less than an
 end-to-end run's; still compare A and B alternately. With --callgrind, local
 runs under valgrind's callgrind and the figure is instructions per delivery
 (user space only; independent of the machine's other load): use fewer
---messages (200), it runs about fifty times slower.
+--messages (200), it runs about fifty times slower. With --cold, the client
+and local share one CPU and, before each request, the client evicts that
+CPU's caches as cleanup_cpu.py --cold does: the median request is then a
+delivery from cold caches, as at an idle site.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callgrind import instructions  # noqa: E402
+from cleanup_cpu import COLD_BUFFER, evict_caches  # noqa: E402
 from proc_cpu import cpu_seconds  # noqa: E402
 from test_qmgr import SOCKETS, Standalone  # noqa: E402  (the tests' standalone spool)
 
@@ -63,12 +67,19 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
                                   stderr=subprocess.DEVNULL)
         time.sleep(1.0)
     walls = []
+    evict = bytearray(COLD_BUFFER) if args.cold else None
+    if evict is not None:  # local's caches are the ones the client evicts
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(pid, {cpu})
     with SyncAttrClient(str(s.queue_dir / "private" / "local")) as client:
         if args.callgrind:
             subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
                            capture_output=True, timeout=120)
         user0, sys0 = cpu_seconds(pid)
         for attrs in requests:
+            if evict is not None:
+                evict_caches(evict)
             t = time.perf_counter()
             reply = client.request(attrs)
             walls.append(time.perf_counter() - t)
@@ -117,6 +128,8 @@ def main() -> int:
     p.add_argument("--strace", action="store_true", help="count system calls in the last round")
     p.add_argument("--callgrind", action="store_true",
                    help="instructions per delivery under callgrind (valgrind) instead of CPU time")
+    p.add_argument("--cold", action="store_true",
+                   help="each request from evicted caches (client and local on one CPU)")
     p.add_argument("--tmpfs", action="store_true",
                    help="spool and Maildir in /dev/shm: no disk, no journal, fsync free; "
                         "leaves local's own work (Python and system calls)")
