@@ -391,7 +391,7 @@ def test_ab_latency_runs_the_floor_against_postfix(tmp_path: Path) -> None:
 
 def test_cleanup_cpu_times_requests_from_cold_caches() -> None:
     """cleanup_cpu.py --cold: each request after the caches were evicted, one median a
-    round, for both stages."""
+    round, for both stages; --idle: after a sleep instead, never a negative one."""
     script = BENCH.parent / "cleanup_cpu.py"
     for stage in ("handle", "assemble"):
         result = subprocess.run([sys.executable, str(script), "--cold", "--stage", stage,
@@ -402,6 +402,14 @@ def test_cleanup_cpu_times_requests_from_cold_caches() -> None:
                          r"median ([\d.]+)\n", result.stdout)
         assert m is not None, result.stdout
         assert all(float(figure) > 0 for figure in m.groups())
+    idle = subprocess.run([sys.executable, str(script), "--idle", "0.001", "--messages", "5",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert idle.returncode == 0, idle.stderr[-3000:]
+    assert re.fullmatch(r"handle: [\d.]+ us/request, 0\.001 s idle before each \(median\); "
+                        r"median [\d.]+\n", idle.stdout), idle.stdout
+    negative = subprocess.run([sys.executable, str(script), "--idle", "-1"],
+                              capture_output=True, text=True, timeout=60)
+    assert negative.returncode == 2 and "cannot be negative" in negative.stderr
 
 
 @pytest.mark.root

@@ -3,6 +3,7 @@ loop's I/O, for A/B comparisons of its per-message Python work.
 
 Usage: python3 tests/bench/cleanup_cpu.py [--messages N] [--rounds R] [--profile N]
                                           [--stage handle|assemble]
+                                          [--cold | --idle SECONDS]
 
 Builds a ``Cleanup`` service on a temporary spool (under /dev/shm when it exists,
 so the fsync costs little and the figure is the Python work) with the
@@ -23,6 +24,13 @@ time of one request (the eviction left out). On the reference machine a
 request took about 105 us warm and 470-500 us cold (2026-12-06): in a
 message's latency Python's cost is what it touches, not only what it runs,
 and this figure follows that cost without the noise of an end-to-end run.
+``--idle SECONDS`` sleeps that long before each request instead of evicting:
+what merely being idle costs on the machine at hand. On the reference machine
+(a 2-vCPU virtual machine, 2026-12-06) a request took 139 us back to back, 183
+after 1 ms asleep, 495 after 5 ms, 615 after 20 ms and 650 after 100 ms; with
+the CPUs held out of their halt state (/dev/cpu_dma_latency at 0) 127, 301
+after 5 ms and 514 after 20 ms: while a process sleeps, something outside it
+(the host's other work on the same cores) takes its caches.
 Timing only; nothing here is a pass/fail test.
 """
 
@@ -37,6 +45,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pymailsys.daemons.cleanup import Cleanup
@@ -101,15 +110,15 @@ def one_round(service: Cleanup, n: int, stage: str, body: bytes) -> float:
     return cpu / n
 
 
-def cold_round(service: Cleanup, n: int, stage: str, body: bytes) -> float:
-    """The median wall seconds of one request, each after the caches were evicted."""
+def cold_round(service: Cleanup, n: int, stage: str, body: bytes,
+               pause: Callable[[], None]) -> float:
+    """The median wall seconds of one request, each after ``pause()``."""
     reqs = [request(i, body) for i in range(n)]
-    evict = bytearray(COLD_BUFFER)
     times: list[float] = []
 
     async def handle_all() -> None:
         for req in reqs:
-            evict_caches(evict)
+            pause()
             start = time.perf_counter()
             reply = await service.handle(req, None)
             times.append(time.perf_counter() - start)
@@ -120,7 +129,7 @@ def cold_round(service: Cleanup, n: int, stage: str, body: bytes) -> float:
         asyncio.run(handle_all())
     else:
         for i, req in enumerate(reqs):
-            evict_caches(evict)
+            pause()
             start = time.perf_counter()
             service.assemble(req, f"4A1B2C3D{i % 1000:03d}", 1787380113.25)
             times.append(time.perf_counter() - start)
@@ -161,9 +170,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--stage", choices=["handle", "assemble"], default="handle")
     ap.add_argument("--profile", type=int, default=0, metavar="TOP")
-    ap.add_argument("--cold", action="store_true",
-                    help="each request from evicted caches; the median wall time of one")
+    before = ap.add_mutually_exclusive_group()
+    before.add_argument("--cold", action="store_true",
+                        help="each request from evicted caches; the median wall time of one")
+    before.add_argument("--idle", type=float, metavar="SECONDS",
+                        help="each request after sleeping SECONDS; the median wall time of one")
     args = ap.parse_args()
+    if args.idle is not None and args.idle < 0:
+        ap.error("--idle: a pause cannot be negative")
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     base = Path(tempfile.mkdtemp(prefix="bench-cleanup-cpu-", dir=shm))
     body = _body(args.size)
@@ -178,10 +192,17 @@ def main() -> None:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
             return
-        measure = cold_round if args.cold else one_round
-        figures = [measure(service, args.messages, args.stage, body) * 1e6
-                   for _ in range(args.rounds)]
-        unit = "us/request, cold caches (median)" if args.cold else "us/message"
+        pause: Callable[[], None] | None = None
+        unit = "us/message"
+        if args.cold:
+            evict = bytearray(COLD_BUFFER)
+            pause, unit = (lambda: evict_caches(evict)), "us/request, cold caches (median)"
+        elif args.idle is not None:
+            idle = args.idle
+            pause, unit = (lambda: time.sleep(idle)), f"us/request, {idle:g} s idle before each (median)"
+        figures = [(cold_round(service, args.messages, args.stage, body, pause)
+                    if pause is not None else one_round(service, args.messages, args.stage, body))
+                   * 1e6 for _ in range(args.rounds)]
         print(f"{args.stage}: " + " ".join(f"{f:.1f}" for f in figures)
               + f" {unit}; median {statistics.median(figures):.1f}")
     finally:
