@@ -29,8 +29,8 @@ what merely being idle costs on the machine at hand. On the reference machine
 (a 2-vCPU virtual machine, 2026-12-06) a request took 139 us back to back, 183
 after 1 ms asleep, 495 after 5 ms, 615 after 20 ms and 650 after 100 ms; with
 the CPUs held out of their halt state (/dev/cpu_dma_latency at 0) 127, 301
-after 5 ms and 514 after 20 ms: while a process sleeps, something outside it
-(the host's other work on the same cores) takes its caches.
+after 5 ms and 514 after 20 ms: while a process sleeps, something outside the
+virtual machine costs it its caches (or its clock speed).
 Timing only; nothing here is a pass/fail test.
 """
 
