@@ -7,7 +7,7 @@ Usage: python3 tests/bench/cleanup_cpu.py [--messages N] [--rounds R] [--profile
 
 Builds a ``Cleanup`` service on a temporary spool (under /dev/shm when it exists,
 so the fsync costs little and the figure is the Python work) with the
-benchmark's settings, and runs N smtpd-style requests for a message like
+benchmark's settings, on the daemons' event loop (``server._use_fast_loop``), and runs N smtpd-style requests for a message like
 smtp-source's 2 KB ones (five header lines, equal-length body lines):
 ``handle`` (the whole path: queue file created, written, fsynced, qmgr kick
 queued) or ``assemble`` (the records only, no I/O). Prints the process CPU
@@ -125,7 +125,6 @@ def cold_round(service: Cleanup, n: int, stage: str, body: bytes,
             assert reply["status"] == 0, reply
 
     if stage == "handle":
-        _fast_loop()
         asyncio.run(handle_all())
     else:
         for i, req in enumerate(reqs):
@@ -135,15 +134,6 @@ def cold_round(service: Cleanup, n: int, stage: str, body: bytes,
             times.append(time.perf_counter() - start)
     _empty_incoming(service)
     return statistics.median(times)
-
-
-def _fast_loop() -> None:
-    """uvloop when it is installed, as the daemons use it (pymailsys.server)."""
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def evict_caches(buffer: bytearray) -> None:
@@ -178,6 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.idle is not None and args.idle < 0:
         ap.error("--idle: a pause cannot be negative")
+    server._use_fast_loop()  # the daemons' event loop (uvloop when installed), warm or cold
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     base = Path(tempfile.mkdtemp(prefix="bench-cleanup-cpu-", dir=shm))
     body = _body(args.size)
