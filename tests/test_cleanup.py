@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -482,36 +483,117 @@ def test_commits_of_one_event_loop_turn_are_synced_as_one_group(tmp_path: Path) 
         assert q.is_complete(os.stat(p).st_mode)
 
 
-def test_a_file_is_announced_once_synced_before_its_commit_returns(tmp_path: Path) -> None:
-    """``durable`` hears the queue ID of each file that asked for it (not of the others)
-    after its fsync group and before its commit returns: qmgr's trigger goes out
-    without waiting for the event loop to resume cleanup's request."""
-    import asyncio
-
+def _announced(spool: Spool, grouped: bool) -> tuple[list[list[str]], dict[str, tuple[bool, bytes]],
+                                                    list[tuple[str, bool]]]:
+    """Six commits, every second one naming its file: the ``announce`` calls, what each
+    named file was (complete, content) when announced, and per commit (queue ID,
+    whether it was announced when the commit returned)."""
     from pymailsys.daemons.cleanup.writer import QueueWriter
 
     from pymailsys.queue import spool as q
 
-    (tmp_path / q.INCOMING).mkdir()
-    spool = q.Spool(str(tmp_path))
-    announced: list[str] = []
+    calls: list[list[str]] = []
+    seen: dict[str, tuple[bool, bytes]] = {}
+
+    def announce(ids: list[str]) -> None:
+        calls.append(list(ids))
+        for qid in ids:
+            path = spool.path(q.INCOMING, qid)
+            seen[qid] = (q.is_complete(os.stat(path).st_mode), Path(path).read_bytes())
+
+    writer = QueueWriter(spool, grouped=grouped, announce=announce)
+
+    async def one(n: int) -> tuple[str, bool]:
+        qid, path, fd = writer.create()
+        await writer.commit(fd, path, [b"file %d\n" % n], notify=qid if n % 2 else None)
+        return qid, qid in seen
+
+    async def run() -> list[tuple[str, bool]]:
+        return list(await asyncio.gather(*(one(n) for n in range(6))))
+
+    return calls, seen, asyncio.run(run())
+
+
+def test_a_file_is_announced_complete_once_per_group_before_its_commit_returns(
+        tmp_path: Path) -> None:
+    """``announce`` hears the queue ID of each file that asked for it (not of the
+    others), in one call per fsync group, when the file is written and complete
+    (0700) in incoming/ and before its commit returns: qmgr can take it while the
+    fsync runs."""
+    (tmp_path / "incoming").mkdir()
+    spool = Spool(str(tmp_path))
     for grouped in (True, False):
-        announced.clear()
-        writer = QueueWriter(spool, grouped=grouped, durable=announced.extend)
-
-        async def run(writer: QueueWriter) -> list[tuple[str, list[str]]]:
-            async def one(n: int) -> tuple[str, list[str]]:
-                qid, path, fd = writer.create()
-                await writer.commit(fd, path, [b"file %d\n" % n],
-                                    notify=qid if n % 2 else None)
-                return qid, list(announced)
-            return await asyncio.gather(*(one(n) for n in range(6)))
-
-        results = asyncio.run(run(writer))
+        calls, seen, results = _announced(spool, grouped)
         wanted = [qid for n, (qid, _) in enumerate(results) if n % 2]
-        assert announced == wanted
+        assert [qid for call in calls for qid in call] == wanted
+        assert len(calls) == (1 if grouped else 3)
         for n, (qid, seen_at_return) in enumerate(results):
-            assert (qid in seen_at_return) == bool(n % 2)
+            assert seen_at_return == bool(n % 2)
+            if n % 2:
+                assert seen[qid] == (True, b"file %d\n" % n)
+
+
+def test_qmgr_is_told_before_the_fsync_and_the_client_after_it(tmp_path: Path) -> None:
+    """In the running daemon (traced by strace): the new file's name goes to qmgr
+    before cleanup fsyncs the file, and the reply to the client only after that
+    fsync returned."""
+    import socket
+
+    setup = _write_config(tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(setup.spool / "public" / "qmgr"))
+    listener.listen(1)
+    trace = tmp_path / "strace.txt"
+    try:
+        setup.procs.append(subprocess.Popen(
+            [require_tool("strace"), "-f", "-qq", "-s", "200", "-o", str(trace),
+             "-e", "trace=fsync,fdatasync,write,writev,sendmsg,sendto",
+             sys.executable, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc),
+             "-L", setup.socket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def ready() -> bool:
+            try:
+                SyncAttrClient(setup.socket, timeout=5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=60, what="cleanup socket")
+        first = _send(setup, _smtpd_request())  # cleanup connects to qmgr on its first
+        conn, _ = listener.accept()              # announcement, and keeps the connection
+        first_record = "<" + first["queue_id"].encode().hex() + ">"
+        wait_until(lambda: first_record in trace.read_text(errors="replace"),
+                   timeout=30, what="the first announcement")
+        reply = _send(setup, _smtpd_request())
+        assert reply["status"] == "0"
+        record = "<" + reply["queue_id"].encode().hex() + ">"
+        lines: list[str] = []
+
+        def traced() -> bool:
+            lines[:] = trace.read_text(errors="replace").splitlines()
+            return any(record in line for line in lines) and any(
+                "queue_id" in line and reply["queue_id"] in line for line in lines)
+
+        wait_until(traced, timeout=30, what="the trigger and the reply in strace's output")
+        told = next(i for i, line in enumerate(lines) if record in line)
+        answered = next(i for i, line in enumerate(lines)
+                        if "queue_id" in line and reply["queue_id"] in line)
+        begun = max(i for i, line in enumerate(lines) if "message-id=" in line)
+        synced = [i for i, line in enumerate(lines)
+                  if i > begun and re.search(r"\bf(data)?sync\(", line)]
+        assert synced and begun < told < synced[0] < answered, "\n".join(lines[-40:])
+        conn.close()
+    finally:
+        listener.close()
+        for proc in setup.procs:  # strace ends when the daemon it runs does
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            for pid in (children.read_text().split() if children.exists() else []):
+                os.kill(int(pid), signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # -- header address rewriting ---------------------------------------------------------------

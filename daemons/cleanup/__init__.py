@@ -66,11 +66,13 @@ DESCRIPTION
       content arrives (``headers.ContentPass`` holds at most one header and
       one unfinished line; ``writer.ContentFile`` writes past 256 KB), so
       memory does not grow with the message (hold/ with
-      CLEANUP_FLAG_HOLD); then marks it complete (0700) and fsyncs it, grouped with
-      the other files of the same event-loop turn (``writer``), and
-      answers status 0 only after the fsync that covers its own file returned;
-    * then wakes qmgr (``I`` on public/qmgr), once per batch, on a connection
-      that stays open.
+      CLEANUP_FLAG_HOLD); then marks it complete (0700), names it to qmgr
+      (once per batch, on a connection to public/qmgr that stays open), and
+      fsyncs it, grouped with the other files of the same event-loop turn
+      (``writer``): qmgr and the delivery agent work while the fsync waits
+      for the disk; it answers status 0 only after the fsync that covers its
+      own file returned (a failed one: 451, the file removed wherever qmgr
+      had moved it, at worst a duplicate once the client retries).
 
 DIAGNOSTICS
     Replies (status, dsn, reason): 0 2.0.0 queued (or discarded); 550 and the
@@ -248,7 +250,7 @@ class Cleanup:
         self.s = Settings(ctx.config)
         self.qmgr = QmgrTrigger(ctx.spool.public(self.s.qmgr_service), persistent_trigger)
         self.writer = QueueWriter(ctx.spool, grouped=grouped,
-                                  durable=self.qmgr.announce)
+                                  announce=self.qmgr.announce)
         self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
         self._space_checked = 0.0
         self._space_ok = True

@@ -25,16 +25,28 @@ writev at commit).
 
 Promises: ``commit`` returns only when the file is written, complete, in its
 final place and fsynced. On any error it closes and unlinks the file and
-raises ``OSError``; a failed fsync is never retried. ``discard(fd, path)``
-removes a file that will not be committed; ``remove(path)`` one that was.
+raises ``OSError``; a failed fsync is never retried. A file already announced
+may have been taken by qmgr by then: it is unlinked under every name it can
+have moved to (incoming/, active/, deferred/), with a warning that a delivery
+may have begun; the client is told to try again, so the failure costs at
+worst a duplicate, never a loss. ``discard(fd, path)`` removes a file that
+will not be committed; ``remove(path)`` one that was.
 
 ``QmgrTrigger.announce(queue_ids)`` tells qmgr about new files in incoming/:
 one write on a connection to public/qmgr that stays open (the trigger server
 reads bytes until end of file). cleanup announces from the writer's
-``durable`` callback, the moment a group of fsyncs returned and before any
-reply of that group goes out, so that qmgr starts on the file while the client
-still waits for its 250 (not a loop turn or two later, when cleanup's request
-resumes). Each file
+``announce`` callback, the moment a file is written, complete (mode 0700) and
+in incoming/, before its fsync: qmgr and the delivery agent do their work
+while the fsync waits for the disk, instead of after it (at idle the journal
+commit is a millisecond in which the CPU has nothing else to do; issue #15:
+connect -> Maildir 0.895x the build that announced after the fsync). The
+client's 250 still waits for the fsync of its own file. Nothing new is
+allowed by this: a scan of incoming/ (qmgr's timer, ``postqueue -f``) has
+always been able to take a complete file before its fsync returned. A
+delivery that ends before the fsync is as safe as any other: the Maildir
+file has its own fsync, and should the queue file's fsync fail, the client is
+told to try again (a duplicate at worst, as when a 250 is lost on the way).
+Each file
 is named as ``<HEX>``, the queue ID in lower-case hex
 (``pymailsys.ipc.trigger.encode_named_ids``): qmgr
 then takes the file without scanning incoming/. The record uses no byte that
@@ -108,30 +120,23 @@ def _writeback_starter():  # type: ignore[no-untyped-def]
 _start_writeback = _writeback_starter()
 
 
-def _sync_group(batch: list[tuple[int, asyncio.Future[None], str | None]],
-                durable: Callable[[list[str]], None] | None) -> None:
-    """Start the write-back of every file, then fsync each; announce the files that
-    asked for it and were synced (``durable``, once for the group, before anything
-    else); then close each and settle its future. A file whose fsync returned is
-    durable: an error closing it afterwards is logged, not the commit's failure
-    (qmgr may already have taken the file)."""
+def _sync_group(batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+    """Start the write-back of every file, then fsync each; then close each and
+    settle its future. A file whose fsync returned is durable: an error closing it
+    afterwards is logged, not the commit's failure (qmgr may already have taken
+    the file)."""
     if _start_writeback is not None and len(batch) > 1:
-        for fd, _fut, _notify in batch:
+        for fd, _fut in batch:
             _start_writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-    synced: list[str] = []
     errors: list[OSError | None] = []
-    for fd, _fut, notify in batch:
+    for fd, _fut in batch:
         try:
             os.fsync(fd)
         except OSError as e:
             errors.append(e)
         else:
             errors.append(None)
-            if notify is not None:
-                synced.append(notify)
-    if synced and durable is not None:
-        durable(synced)
-    for (fd, fut, _notify), error in zip(batch, errors, strict=True):
+    for (fd, fut), error in zip(batch, errors, strict=True):
         try:
             os.close(fd)
         except OSError as e:
@@ -190,11 +195,12 @@ class QueueWriter:
     """Creates queue files and commits them with grouped fsyncs."""
 
     def __init__(self, spool: q.Spool, grouped: bool = True,
-                 durable: Callable[[list[str]], None] | None = None) -> None:
+                 announce: Callable[[list[str]], None] | None = None) -> None:
         self.spool = spool
         self.grouped = grouped
-        self.durable = durable
-        self._batch: list[tuple[int, asyncio.Future[None], str | None]] = []
+        self.announce = announce
+        self._batch: list[tuple[int, asyncio.Future[None]]] = []
+        self._announced: list[str] = []
         self._scheduled = False
         self.batches = 0
         self.files = 0
@@ -214,9 +220,9 @@ class QueueWriter:
                      queue: str = q.INCOMING, patches: Sequence[tuple[int, bytes]] = (),
                      notify: str | None = None) -> str:
         """Write, patch (offset, bytes) in place, mark complete, place, fsync; the final
-        path. ``notify`` (a queue ID) goes to the writer's ``durable`` callback with
-        the others of its fsync group once that group is synced, before any caller
-        resumes."""
+        path. ``notify`` (a queue ID, for a file in incoming/) goes to the writer's
+        ``announce`` callback with the others of its fsync group, once they are all
+        complete and before their fsyncs start."""
         try:
             _write_all(fd, parts)
             for offset, data in patches:
@@ -231,36 +237,55 @@ class QueueWriter:
         except OSError:
             self.discard(fd, path)
             raise
-        loop = asyncio.get_running_loop()
         if not self.grouped:  # the baseline: one fsync per commit, at once
+            if notify is not None and self.announce is not None:
+                self.announce([notify])
             try:
                 _fsync_close(fd)
             except OSError:
-                self.remove(path)
+                self._failed(path, notify)
                 raise
-            if notify is not None and self.durable is not None:
-                self.durable([notify])
             return path
+        loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._batch.append((fd, fut, notify))
+        self._batch.append((fd, fut))
+        if notify is not None:
+            self._announced.append(notify)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         try:
             await fut
         except OSError:
-            self.remove(path)
+            self._failed(path, notify)
             raise
         return path
 
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._batch = self._batch, []
+        announced, self._announced = self._announced, []
+        if announced and self.announce is not None:
+            self.announce(announced)
         if not batch:
             return
         self.batches += 1
         self.files += len(batch)
-        _sync_group(batch, self.durable)
+        _sync_group(batch)
+
+    def _failed(self, path: str, announced: str | None) -> None:
+        """A file whose fsync failed is removed and never trusted; one that qmgr was
+        told about may have moved on already, so every name it can have now goes."""
+        self.remove(path)
+        if announced is None:
+            return
+        for queue in (q.ACTIVE, q.DEFERRED):
+            moved = self.spool.path(queue, announced)
+            if os.path.lexists(moved):
+                log.warning(f"{announced}: queue file sync failed after qmgr took it: "
+                            f"removed from {queue}; a delivery may already have begun "
+                            f"(the client is told to try again)")
+                self.remove(moved)
 
     @staticmethod
     def remove(path: str) -> None:
