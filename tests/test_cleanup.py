@@ -82,8 +82,10 @@ def _write_config(base: Path, extra: str = "") -> Setup:
     return Setup(base, etc, spool, pfetc, log, [])
 
 
-def _start(setup: Setup, *args: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **(env or {})},
+def _start(setup: Setup, *args: str, env: dict[str, str] | None = None,
+           prefix: tuple[str, ...] = ()) -> None:
+    """Python with ``args``, run under ``prefix`` (a tracer) when given."""
+    proc = subprocess.Popen([*prefix, sys.executable, *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     setup.procs.append(proc)
 
@@ -107,10 +109,12 @@ def cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             proc.wait()
 
 
-def _start_cleanup(setup: Setup, env: dict[str, str] | None = None) -> None:
-    """The cleanup daemon standalone on setup's public/cleanup, once it answers."""
+def _start_cleanup(setup: Setup, env: dict[str, str] | None = None,
+                   prefix: tuple[str, ...] = (), timeout: float = 30) -> None:
+    """The cleanup daemon standalone on setup's public/cleanup (under ``prefix``, a
+    tracer, when given), once it answers."""
     _start(setup, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc), "-L", setup.socket,
-           env=env)
+           env=env, prefix=prefix)
 
     def ready() -> bool:
         try:
@@ -119,7 +123,7 @@ def _start_cleanup(setup: Setup, env: dict[str, str] | None = None) -> None:
         except OSError:
             return False
 
-    wait_until(ready, timeout=30, what="cleanup socket")
+    wait_until(ready, timeout=timeout, what="cleanup socket")
 
 
 def _smtpd_request(**over: object) -> dict[str, object]:
@@ -545,20 +549,9 @@ def test_qmgr_is_told_before_the_fsync_and_the_client_after_it(tmp_path: Path) -
     listener.listen(1)
     trace = tmp_path / "strace.txt"
     try:
-        setup.procs.append(subprocess.Popen(
-            [require_tool("strace"), "-f", "-qq", "-s", "200", "-o", str(trace),
-             "-e", "trace=fsync,fdatasync,write,writev,sendmsg,sendto",
-             sys.executable, "-m", "pymailsys.daemons.cleanup", "-c", str(setup.etc),
-             "-L", setup.socket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-        def ready() -> bool:
-            try:
-                SyncAttrClient(setup.socket, timeout=5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=60, what="cleanup socket")
+        _start_cleanup(setup, prefix=(
+            require_tool("strace"), "-f", "-qq", "-s", "200", "-o", str(trace),
+            "-e", "trace=fsync,fdatasync,write,writev,sendmsg,sendto"), timeout=60)
         first = _send(setup, _smtpd_request())  # cleanup connects to qmgr on its first
         conn, _ = listener.accept()              # announcement, and keeps the connection
         first_record = "<" + first["queue_id"].encode().hex() + ">"
