@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from harness import IS_ROOT, ME, Instance, free_port, wait_until
 class LmtpSink:
     def __init__(self, listen: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lmtp-sink-"))
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)  # and its dumps
         os.chmod(self.dir, 0o1777)
         self.socket = self.dir / "lmtp"
         self.listen = listen.replace("SOCKET", str(self.socket))

@@ -11,10 +11,12 @@ import email
 import email.policy
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class Sink:
     def __init__(self, port: int, *options: str) -> None:
         self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="sink-"))
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)  # and its dumps
         os.chmod(self.dir, 0o1777)
         self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
