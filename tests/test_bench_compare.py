@@ -423,3 +423,31 @@ def test_local_cpu_delivers_from_cold_caches() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^median of 1 rounds: local [\d.]+ ms/delivery .* median request "
                      r"[\d.]+ ms$", result.stdout, re.M), result.stdout
+
+
+def test_stage_busy_counts_only_the_slices_inside_the_load() -> None:
+    """stage_busy.py: each process's share of the window asleep and in fsync, from
+    bpftrace's half-second slices; a slice counts when all of it lies inside the load
+    (its sums are of calls that returned in the half second before its line), so the
+    idle time before and after the load does not."""
+    spec = importlib.util.spec_from_file_location("bench_stage_busy",
+                                                  BENCH.parent / "stage_busy.py")
+    assert spec is not None and spec.loader is not None
+    busy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(busy)
+    s = 10**9
+    trace = "\n".join([
+        "Attaching 9 probes...",
+        f"slice {10 * s}", "@asleep[7]: 500000000",  # before the load: not counted
+        f"slice {int(10.5 * s)}", "@asleep[7]: 200000000",
+        f"slice {11 * s}", "@asleep[7]: 100000000", "@fsync[8]: 250000000", "",
+        f"slice {int(11.5 * s)}", "@asleep[7]: 150000000", "@asleep[8]: 50000000",
+        "@fsync[8]: 250000000",
+        f"slice {12 * s}", "@asleep[7]: 500000000",  # ends after the load: not counted
+    ])
+    window, shares = busy.shares(trace, 10 * s, int(11.6 * s))
+    assert window == 1.5
+    assert shares == {7: {"asleep": pytest.approx(0.3)},
+                      8: {"asleep": pytest.approx(0.05 / 1.5), "fsync": pytest.approx(0.5 / 1.5)}}
+    with pytest.raises(busy.compare.BenchError):
+        busy.shares(trace, 20 * s, 21 * s)
