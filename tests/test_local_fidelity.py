@@ -53,7 +53,9 @@ def test_alias_command_environment_directory_and_umask(new_instance) -> None:  #
         assert (out / "pwd").read_text().strip() == os.path.realpath(inst.queue_dir)
         assert (out / "umask").read_text().strip() == "0077"
         # the client as smtpd logged it, from the queue file's attributes; no AUTH, no SASL_*
-        (client,) = re.findall(rf"{qid}: client=([^\[]+)\[127\.0\.0\.1\]", inst.log())
+        # (smtpd logs it after its 250, which can follow the delivery: README)
+        (line,) = inst.wait_log(rf"{qid}: client=[^\[]+\[127\.0\.0\.1\]")
+        (client,) = re.findall(rf"{qid}: client=([^\[]+)\[127\.0\.0\.1\]", line)
         assert {k: v for k, v in env.items() if k.startswith(("CLIENT_", "SASL_"))} == {
             "CLIENT_ADDRESS": "127.0.0.1", "CLIENT_HOSTNAME": client,
             "CLIENT_HELO": "client.example", "CLIENT_PROTOCOL": "ESMTP"}
