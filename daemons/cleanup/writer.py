@@ -120,23 +120,27 @@ def _writeback_starter():  # type: ignore[no-untyped-def]
 _start_writeback = _writeback_starter()
 
 
-def _sync_group(batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+# a commit waiting for its fsync: (fd, future, queue ID to announce or None)
+_Pending = tuple[int, asyncio.Future[None], str | None]
+
+
+def _sync_group(batch: list[_Pending]) -> None:
     """Start the write-back of every file, then fsync each; then close each and
     settle its future. A file whose fsync returned is durable: an error closing it
     afterwards is logged, not the commit's failure (qmgr may already have taken
     the file)."""
     if _start_writeback is not None and len(batch) > 1:
-        for fd, _fut in batch:
+        for fd, _fut, _notify in batch:
             _start_writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
     errors: list[OSError | None] = []
-    for fd, _fut in batch:
+    for fd, _fut, _notify in batch:
         try:
             os.fsync(fd)
         except OSError as e:
             errors.append(e)
         else:
             errors.append(None)
-    for (fd, fut), error in zip(batch, errors, strict=True):
+    for (fd, fut, _notify), error in zip(batch, errors, strict=True):
         try:
             os.close(fd)
         except OSError as e:
@@ -199,8 +203,7 @@ class QueueWriter:
         self.spool = spool
         self.grouped = grouped
         self.announce = announce
-        self._batch: list[tuple[int, asyncio.Future[None]]] = []
-        self._announced: list[str] = []
+        self._batch: list[_Pending] = []
         self._scheduled = False
         self.batches = 0
         self.files = 0
@@ -248,9 +251,7 @@ class QueueWriter:
             return path
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._batch.append((fd, fut))
-        if notify is not None:
-            self._announced.append(notify)
+        self._batch.append((fd, fut, notify))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -264,11 +265,11 @@ class QueueWriter:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._batch = self._batch, []
-        announced, self._announced = self._announced, []
-        if announced and self.announce is not None:
-            self.announce(announced)
         if not batch:
             return
+        announced = [notify for _fd, _fut, notify in batch if notify is not None]
+        if announced and self.announce is not None:
+            self.announce(announced)
         self.batches += 1
         self.files += len(batch)
         _sync_group(batch)
