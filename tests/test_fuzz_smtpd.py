@@ -66,7 +66,7 @@ class Server:
         (self.tmp / "public").mkdir(exist_ok=True)
         fake = FakeCleanup()
         self.cleanup = await asyncio.start_unix_server(
-            lambda r, w: attr.serve_pipelined(r, w, fake.handle), str(self.tmp / "public" / "cleanup"))
+            lambda r, w: attr.serve_streamed(r, w, fake.handle), str(self.tmp / "public" / "cleanup"))
         cfg = make_config(self.tmp, smtpd_hard_error_limit="1000", smtpd_junk_command_limit="1000")
         log.init(cfg, "smtpd")
         self.smtpd = Smtpd(cfg)
