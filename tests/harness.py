@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from pymailsys.queue import spool
 
@@ -62,9 +63,13 @@ def listening(port: int) -> bool:
         return False
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> object:
-    """Poll predicate until it returns something true; fail after timeout seconds."""
+_T = TypeVar("_T")
+
+
+def wait_until(predicate: Callable[[], _T], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> _T:
+    """Poll predicate until it returns something true, and return that; fail after
+    timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -106,7 +111,7 @@ def _cut(line: str) -> str:
 
 def _names(directory: Path) -> list[str]:
     """The files under directory (any depth), as paths relative to it, sorted."""
-    found = []
+    found: list[str] = []
     for dirpath, _dirs, files in os.walk(directory):
         found.extend(os.path.relpath(os.path.join(dirpath, f), directory) for f in files)
     return sorted(found)
@@ -194,7 +199,7 @@ class MailView:
             lines = [line for line in self.log().splitlines() if rx.search(line)]
             return lines if len(lines) >= count else []
 
-        return wait_until(found, timeout, what=f"log line /{pattern}/ x{count}")  # type: ignore[return-value]
+        return wait_until(found, timeout, what=f"log line /{pattern}/ x{count}")
 
     def maildir(self, user: str = ME) -> Path:
         return self.mail_dir / user
@@ -362,7 +367,7 @@ class Instance(MailView):
             msgs = self.maildir_messages(user)
             return msgs if len(msgs) >= count else []
 
-        return wait_until(enough, timeout, what=f"{count} messages in {user}'s Maildir")  # type: ignore[return-value]
+        return wait_until(enough, timeout, what=f"{count} messages in {user}'s Maildir")
 
     def mbox(self, user: str = ME) -> bytes:
         try:

@@ -152,7 +152,7 @@ class PostfixPeer:
         def found() -> list[str]:
             lines = re.findall(rf"^.*{pattern}.*$", self.log(), re.M)
             return lines if len(lines) >= count else []
-        return wait_until(found, 60, what=f"Postfix log line /{pattern}/")  # type: ignore[return-value]
+        return wait_until(found, 60, what=f"Postfix log line /{pattern}/")
 
     def messages(self) -> list[bytes]:
         new = self.vmail / "mail" / "new"

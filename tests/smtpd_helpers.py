@@ -90,7 +90,7 @@ async def start_sessions(smtpd: Smtpd, session_class: type[Session] = Session,
 
     def protocol() -> Session:
         reader = asyncio.StreamReader(limit=server.STREAM_LIMIT)
-        session = session_class(smtpd, reader, lambda r, w: session.run(w))
+        session: Session = session_class(smtpd, reader, lambda r, w: session.run(w))
         return session
 
     return await loop.create_server(protocol, host, port)

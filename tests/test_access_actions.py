@@ -7,6 +7,7 @@ One instance, one access table keyed by address extensions of the test user
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 from harness import ME, Instance
@@ -16,7 +17,7 @@ TAIL = rf"from=<alice@example\.org> to=<{ME}\+(\w+)@localhost> proto=ESMTP helo=
 
 
 @pytest.fixture(scope="module")
-def inst() -> Instance:
+def inst() -> Iterator[Instance]:
     inst = Instance()
     table = inst.write("etc/access", f"""\
 {ME}+hold@localhost HOLD

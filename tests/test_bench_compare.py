@@ -24,7 +24,7 @@ spec.loader.exec_module(compare)
 
 
 def canned(system: str, rnd: int, delivered: float, cpu: float, other: float = 0.05,
-           **more: float) -> object:
+           **more: float | list[float]) -> object:
     r = compare.RunResult(system, rnd, 5000, delivered_per_s=delivered, cpu_s_per_1000=cpu,
                           latency_median_ms=4.0 if system == "postfix" else 5.0,
                           pss_load_peak_mb=40.0 if system == "postfix" else 130.0,

@@ -103,7 +103,7 @@ def test_open_refuses_a_directory_that_is_not_the_agents_alone(tmp_path) -> None
     shared.chmod(0o777)
     with pytest.raises(OSError) as writable:
         mailbox.MarkerStore(str(shared)).open()
-    assert writable.value.errno == errno.EPERM and "mode 0777" in writable.value.strerror
+    assert writable.value.errno == errno.EPERM and "mode 0777" in (writable.value.strerror or "")
     assert os.listdir(target) == [] and os.listdir(shared) == []
 
     store = mailbox.MarkerStore(str(tmp_path / "markers"))

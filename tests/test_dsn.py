@@ -37,8 +37,11 @@ class Report:
         assert self.parts[1].get_content_type() == "message/delivery-status"
         blocks = self.parts[1].get_payload()
         assert isinstance(blocks, list)
-        self.per_message = blocks[0]
-        self.recipients: list[email.message.Message] = blocks[1:]
+        # the parser makes each header block of a delivery-status part a message
+        messages = [b for b in blocks if isinstance(b, email.message.EmailMessage)]
+        assert len(messages) == len(blocks)
+        self.per_message = messages[0]
+        self.recipients: list[email.message.EmailMessage] = messages[1:]
 
     @property
     def subject(self) -> str:
@@ -49,8 +52,8 @@ class Report:
         return str(self.parts[0].get_content())
 
     @property
-    def returned(self) -> email.message.EmailMessage:
-        return self.parts[2]  # type: ignore[no-any-return]
+    def returned(self) -> email.message.MIMEPart:
+        return self.parts[2]
 
 
 def notices(inst: Instance, count: int) -> list[Report]:
@@ -59,7 +62,7 @@ def notices(inst: Instance, count: int) -> list[Report]:
         msgs = [m for m in inst.maildir_messages() if m.startswith(b"Return-Path: <>\n")
                 or m.startswith(b"Return-Path: <double-bounce@")]
         return msgs if len(msgs) >= count else []
-    return [Report(m) for m in wait_until(found, 60, what=f"{count} notices")]  # type: ignore[union-attr]
+    return [Report(m) for m in wait_until(found, 60, what=f"{count} notices")]
 
 
 def send(inst: Instance, sender: str, rcpt: str, mail_options: tuple[str, ...] = (),

@@ -76,6 +76,7 @@ def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
     a sender did not ask about left out, long lines wrapped, a large original cut to
     its headers (bounce_size_limit)."""
     import email
+    import email.message
     import email.policy
 
     from pymailsys.daemons.bounce import report
@@ -103,7 +104,9 @@ def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
     assert all(len(line) <= 79 for line in raw.split(b"\n")[:60] if not line.startswith(b"--"))
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     status = list(msg.iter_parts())[1].get_payload()
+    assert isinstance(status, list)
     (rcpt,) = status[1:]
+    assert isinstance(rcpt, email.message.EmailMessage)  # a header block, parsed as a message
     assert rcpt["Original-Recipient"] == "rfc822; team@example.org"
     assert str(rcpt["Diagnostic-Code"]).startswith("smtp; 550 5.1.1 no such user here")
     assert rcpt["Remote-MTA"] == "dns; mx.example"

@@ -34,7 +34,7 @@ def _arrived(inst: Instance, subject: bytes, count: int = 1) -> list[bytes]:
         found = [m for m in inst.maildir_messages() if b"\nSubject: " + subject + b"\n" in m]
         return found if len(found) >= count else []
 
-    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")  # type: ignore[return-value]
+    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")
 
 
 def _delivered_to(messages: list[bytes]) -> list[str]:

@@ -46,7 +46,7 @@ def _arrived(inst: Instance, subject: bytes, count: int = 1) -> list[bytes]:
         found = [m for m in inst.maildir_messages() if b"\nSubject: " + subject + b"\n" in m]
         return found if len(found) >= count else []
 
-    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")  # type: ignore[return-value]
+    return wait_until(hit, 60, what=f"{count} message(s) {subject!r}")
 
 
 def test_header_reject_refuses_the_message_at_data(new_instance) -> None:  # type: ignore[no-untyped-def]

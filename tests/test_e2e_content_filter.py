@@ -142,8 +142,8 @@ def setup() -> Iterator[Setup]:
 def _delivered(inst: Instance, subject: bytes) -> bytes:
     def found() -> list[bytes]:
         return [m for m in inst.maildir_messages() if b"Subject: " + subject + b"\n" in m]
-    [message] = wait_until(found, 60, what=f"delivery of {subject!r}")  # type: ignore[misc]
-    return message  # type: ignore[no-any-return]
+    [message] = wait_until(found, 60, what=f"delivery of {subject!r}")
+    return message
 
 
 def _send_from_127_0_0_2(inst: Instance, rcpt: str, subject: bytes, body: bytes = b"x\r\n",
@@ -342,7 +342,7 @@ class _Side:
         self.send("compare plain", self.rcpt)
         message = wait_until(lambda: [m for m in self.messages()
                                       if b"Subject: compare plain\n" in m], 60,
-                             what="the filtered message")[0]  # type: ignore[index]
+                             what="the filtered message")[0]
         seen["trace headers"] = re.findall(r"^(Received|X-Scanned):", _header_block(message),
                                            re.M)
         queue_id = self.send("compare requeue", busy, "127.0.0.2")

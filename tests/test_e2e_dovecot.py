@@ -132,10 +132,12 @@ def test_mailbox_transport_lmtp_to_dovecot_read_back_over_imap(new_instance, dov
             if not ids:
                 return b""
             _typ, parts = imap.fetch(ids[0], "(RFC822)")
-            return parts[0][1]  # type: ignore[index]
+            envelope_and_message = parts[0]  # (b'1 (RFC822 {size}', the message)
+            assert isinstance(envelope_and_message, tuple)
+            return envelope_and_message[1]
 
     raw = wait_until(fetched, 30, what="the message in Dovecot's INBOX")
-    msg = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[arg-type]
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "into the store"
     assert msg["Message-ID"] == "<dc1@example.org>"
-    assert raw.endswith(body)  # type: ignore[union-attr]
+    assert raw.endswith(body)

@@ -18,7 +18,7 @@ def _find(inst: Instance, subject: bytes) -> bytes:
                 return m
         return b""
 
-    return wait_until(hit, 60, what=f"message {subject!r} in the Maildir")  # type: ignore[return-value]
+    return wait_until(hit, 60, what=f"message {subject!r} in the Maildir")
 
 
 def _header_block(msg: bytes) -> list[bytes]:

@@ -100,5 +100,5 @@ def test_lmtp_inet_transport_several_recipients(new_instance, lmtp_sink) -> None
     for r in rcpts:
         inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<{r}>, relay=127\.0\.0\.1"
                       rf"\[127\.0\.0\.1\]:{port}, .*status=sent")
-    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")  # type: ignore[misc]
+    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")
     assert re.findall(rb"^X-Rcpt-Args: <([^>]*)>", dump, re.M) == [r.encode() for r in rcpts]

@@ -71,7 +71,7 @@ class Sink:
         def enough() -> list[bytes]:
             d = self.dumps()
             return d if len(d) >= count else []
-        return wait_until(enough, 30, what=f"{count} transactions at smtp-sink")  # type: ignore[return-value]
+        return wait_until(enough, 30, what=f"{count} transactions at smtp-sink")
 
 
 @pytest.fixture

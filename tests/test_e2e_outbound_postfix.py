@@ -60,8 +60,8 @@ def test_relayhost_delivery_to_debian_postfix(new_instance, postfix_peer) -> Non
     # one transaction: Postfix queued one message with three recipients
     peer.wait_log(rf"postfix/qmgr\[\d+\]: \w+: from=<{SENDER}>, size=\d+, nrcpt=3 "
                   r"\(queue active\)")
-    got = _by_recipient(wait_until(lambda: len(peer.messages()) >= 3 and peer.messages(), 60,
-                                   what="three messages in Postfix's Maildir"))  # type: ignore[arg-type]
+    got = _by_recipient(wait_until(lambda: peer.messages() if len(peer.messages()) >= 3 else [],
+                                   60, what="three messages in Postfix's Maildir"))
     assert sorted(got) == sorted(rcpts)
     for m in got.values():
         head, _, body = m.partition(b"\n\n")
@@ -76,8 +76,8 @@ def test_relayhost_delivery_to_debian_postfix(new_instance, postfix_peer) -> Non
                              f"Subject: {i}\r\n\r\nm{i}\r\n")
         inst.wait_log(rf"{queue_id}: to=<n{i}@remote\.example>, {relay}, "
                       rf"conn_use={i + 2}, delay=.*status=sent")
-    got = _by_recipient(wait_until(lambda: len(peer.messages()) >= 6 and peer.messages(), 60,
-                                   what="six messages in Postfix's Maildir"))  # type: ignore[arg-type]
+    got = _by_recipient(wait_until(lambda: peer.messages() if len(peer.messages()) >= 6 else [],
+                                   60, what="six messages in Postfix's Maildir"))
     assert got["n2@remote.example"].startswith(b"Return-Path: <>\n")
     assert got["n0@remote.example"].startswith(f"Return-Path: <{SENDER}>\n".encode())
     assert len(_connects(peer)) == probes + 1  # one connection carried all four
@@ -106,7 +106,7 @@ def test_secure_tls_to_debian_postfix(new_instance, tmp_path) -> None:  # type: 
         inst.wait_log(rf"{queue_id}: to=<t@remote\.example>, .*status=sent")
         peer.wait_log(r"postfix/smtpd\[\d+\]: Anonymous TLS connection established from "
                       r"\S+\[127\.0\.0\.1\]: TLSv1\.[23]")
-        (message,) = wait_until(peer.messages, 60, what="the message in Postfix's Maildir")  # type: ignore[misc]
+        (message,) = wait_until(peer.messages, 60, what="the message in Postfix's Maildir")
         assert message.endswith(b"\n\nsecret\n")
     finally:
         peer.stop()

@@ -20,7 +20,7 @@ def _find(inst: Instance, subject: bytes) -> bytes:
                 return m
         return b""
 
-    return wait_until(hit, 60, what=f"message {subject!r} in the Maildir")  # type: ignore[return-value]
+    return wait_until(hit, 60, what=f"message {subject!r} in the Maildir")
 
 
 def test_user_sendmail_live_and_while_down(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]

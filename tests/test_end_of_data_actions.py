@@ -8,6 +8,8 @@ twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from harness import ME, Instance
 
@@ -15,7 +17,7 @@ SIZES = {"small": 1_000, "large": 200_000}  # large: over smtpd's STREAM_AT (64 
 
 
 @pytest.fixture(scope="module")
-def inst() -> Instance:
+def inst() -> Iterator[Instance]:
     inst = Instance()
     table = inst.write("etc/eod", f"""\
 hold@example.org HOLD

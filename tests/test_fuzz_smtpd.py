@@ -15,6 +15,7 @@ The suite runs a bounded, derandomized number of examples; a longer run:
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import socket
@@ -96,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
-def _reply(f: socket.SocketIO) -> bytes:
+def _reply(f: io.BufferedReader) -> bytes:
     """One whole reply (its last line), b"" at end of stream."""
     while True:
         line = f.readline(8192)

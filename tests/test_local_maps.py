@@ -84,7 +84,7 @@ def test_mailbox_transport_maps_before_mailbox_transport(new_instance, sink: Lmt
     qid = inst.send("alice@example.org", rcpt, BODY)
     inst.wait_log(rf"postfix/lmtp\[\d+\]: {qid}: to=<{rcpt}>, relay=\S+"
                   rf"\[{re.escape(str(sink.socket))}\], .*status=sent")
-    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")  # type: ignore[misc]
+    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")
     assert re.search(rb"^X-Rcpt-Args: <" + rcpt.encode() + rb">", dump, re.M)
     wait_until(inst.queue_empty, 30, what="an empty queue")
     assert not inst.maildir_messages()
@@ -101,7 +101,7 @@ def test_fallback_transport_maps_for_unknown_users_only(new_instance, sink: Lmtp
                   rf"\[{re.escape(str(sink.socket))}\], .*status=sent")
     inst.wait_log(rf"postfix/local\[\d+\]: {qid}: to=<{ME}@localhost>, relay=local, .*"
                   r"status=sent \(delivered to maildir\)")
-    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")  # type: ignore[misc]
+    (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")
     assert re.findall(rb"^X-Rcpt-Args: <([^>]*)>", dump, re.M) == [b"ghost@localhost"]
     (msg,) = inst.wait_maildir(1)
     assert msg.startswith(f"Return-Path: <alice@example.org>\nX-Original-To: {ME}@localhost\n"

@@ -342,7 +342,8 @@ def test_content_text_is_content_lines_in_pieces_of_any_size(tmp_path) -> None: 
         path.write_bytes(data)
         expected = b"".join(line + b"\n" for line in content_lines(data, 4))
         assert expected == b"".join(line + b"\n" for line in lines)
-        ends, at = set(), 0  # where a piece may end: after a line or an L record's piece
+        ends: set[int] = set()  # where a piece may end: after a line or an L record's piece
+        at = 0
         for line in lines:
             ends.update(at + i for i in range(2048, len(line), 2048))
             at += len(line) + 1

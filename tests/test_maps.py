@@ -263,6 +263,7 @@ def test_lmdb_table_reopens_after_rebuild(tmp_tables):
     path = str(tmp_tables / "t")
     maps.write_lmdb(path + ".lmdb", [("a", "1")])
     table = maps.open_table(f"hash:{path}")
+    assert isinstance(table, maps.LmdbTable)
     assert table.lookup("a") == "1"
     maps.write_lmdb(path + ".lmdb", [("a", "2")])
     table.checked = 0.0  # skip the once-a-second recheck delay

@@ -185,7 +185,7 @@ def test_wakeup_services_start_at_once_and_are_woken(new_instance) -> None:  # t
 def test_wakeup_service_is_kept_running(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = make(new_instance, TRIGGERS)
     inst.start(wait_smtp=False)
-    running: list[int] = wait_until(lambda: service_pids(inst, "trig"),  # type: ignore[assignment]
+    running: list[int] = wait_until(lambda: service_pids(inst, "trig"),
                                     what="trig running")
     first = running[0]
     inst.wait_log(rf"postfix/triggerlog\[{first}\]: trigger 'W' on trig$")  # started up

@@ -52,7 +52,7 @@ def started(new_instance, **settings: str) -> Instance:  # type: ignore[no-untyp
     os.chmod(inst.queue_dir / "public", 0o711)
     os.chmod(inst.queue_dir, 0o755)
     for name in ("showq", "pickup", "qmgr"):
-        wait_until(lambda n=name: (inst.queue_dir / "public" / n).exists(), 30,
+        wait_until((inst.queue_dir / "public" / name).exists, 30,
                    what=f"public/{name}")
     return inst
 

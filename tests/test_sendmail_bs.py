@@ -22,7 +22,7 @@ class StdioSmtp:
 
     def reply(self) -> str:
         assert self.proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         while True:
             line = self.proc.stdout.readline().decode()
             assert line, f"sendmail -bs ended; replies so far: {lines}"

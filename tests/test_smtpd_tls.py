@@ -77,11 +77,11 @@ def test_starttls_with_openssl_s_client_and_swaks(new_instance, tmp_path: Path) 
     inst = tls_instance(new_instance, tmp_path, smtpd_tls_security_level="may",
                         smtpd_forbid_unauth_pipelining="no")
     inst.start()
-    result = subprocess.run(
+    s_client = subprocess.run(
         [require_tool("openssl"), "s_client", "-starttls", "smtp", "-crlf", "-quiet",
          "-connect", f"127.0.0.1:{inst.port}"],
         input=b"EHLO s-client.example\nNOOP\nQUIT\n", capture_output=True, timeout=60)
-    out = result.stdout.decode()
+    out = s_client.stdout.decode()
     assert "250-PIPELINING" in out and "250 2.0.0 Ok" in out and "221 2.0.0 Bye" in out, out
     assert "STARTTLS" not in out  # not offered again inside TLS
     swaks = require_tool("swaks")
@@ -222,7 +222,7 @@ def _tls_session(ctx: ssl.SSLContext, port: int,
                 pass
             tls.sendall(b"QUIT\r\n")
             g.readline()
-            assert tls.session is not None
+            assert tls.session is not None and tls.session_reused is not None
             return tls.session, tls.session_reused
 
 

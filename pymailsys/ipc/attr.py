@@ -8,8 +8,9 @@ Grammar of one message (request or reply)::
     value     = length OCTETs               ; any bytes, NUL included
     terminator = NUL                        ; an empty name ends the list
 
-A name may repeat (recipients travel as repeated ``rcpt`` attributes). Values
-are bytes; ``AttrList`` converts them on read (``text``, ``number``, ``all``).
+A name may repeat (recipients travel as repeated ``rcpt`` attributes; ``encode``
+sends a list or tuple of values as one attribute per value). Values are bytes;
+``AttrList`` converts them on read (``text``, ``number``, ``all``).
 
 One connection carries many requests. A client may pipeline: it sends requests
 without waiting, and the server answers them in the order they came, even
@@ -74,6 +75,12 @@ MAX_NAME = 256
 MAX_VALUE = 1 << 30
 
 AttrValue = str | bytes | int
+# What ``encode`` takes for one name: a value, or a list or tuple of values, each sent as
+# an attribute of that name (the list types are spelled out: list is invariant).
+AttrValues = (AttrValue | list[str] | list[bytes] | list[int] | list[AttrValue]
+              | tuple[AttrValue, ...])
+# An attribute list to send: (name, values) pairs, or a dict of them.
+Attrs = Iterable[tuple[str, AttrValues]] | dict[str, Any]
 
 
 class ProtocolError(Exception):
@@ -164,7 +171,7 @@ def _as_bytes(value: AttrValue) -> bytes:
 _ONE_BYTE_LENGTHS = [bytes((n,)) for n in range(128)]
 
 
-def encode(attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> bytes:
+def encode(attrs: Attrs) -> bytes:
     """Encode one attribute list, terminator included."""
     items = attrs.items() if isinstance(attrs, dict) else attrs
     parts: list[bytes] = []
@@ -310,7 +317,7 @@ def _take_buffered(reader: asyncio.StreamReader, name: str, limits: Limits) -> A
 HELLO = "protocol"  # the one attribute of a client's opening list (module docstring)
 REQUESTS_AT_ONCE = "requests_at_once"
 
-Reply = Iterable[tuple[str, AttrValue]] | dict[str, Any]
+Reply = Attrs
 Handler = Callable[[AttrList], Awaitable[Reply]]
 StreamHandler = Callable[[AttrList, "FollowUps | None"], Awaitable[Reply]]
 MORE = "more"
@@ -613,7 +620,7 @@ class AttrClient:
             if not fut.done():
                 fut.set_exception(ProtocolError(str(error)))
 
-    async def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+    async def request(self, attrs: Attrs) -> AttrList:
         """Send one request and wait for its reply. Raises ProtocolError or OSError.
 
         A caller that is cancelled leaves its place in the queue of replies (the
@@ -634,14 +641,12 @@ class AttrClient:
         finally:
             timer.cancel()
 
-    async def send(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]
-                   ) -> asyncio.Future[AttrList]:
+    async def send(self, attrs: Attrs) -> asyncio.Future[AttrList]:
         """``submit``, connecting first if need be (raises OSError when it cannot)."""
         await self._ensure_connected()
         return self.submit(attrs)
 
-    def submit(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]
-               ) -> asyncio.Future[AttrList]:
+    def submit(self, attrs: Attrs) -> asyncio.Future[AttrList]:
         """Write one request on the open connection now and return the future of its
         reply, without waiting for the write buffer to drain: for a caller that queues
         a bounded number of requests and wants the next one written before it reads
@@ -662,7 +667,7 @@ class AttrClient:
         if not fut.done():
             self._fail_all(ProtocolError(f"{self.path}: timeout"))
 
-    async def stream(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> RequestStream:
+    async def stream(self, attrs: Attrs) -> RequestStream:
         """Send the first list of a streamed request (it must carry ``more``).
 
         The caller keeps this connection to itself until ``RequestStream.finish``
@@ -706,7 +711,7 @@ class RequestStream:
         # A reply that is never awaited (abort, a broken stream) must not be reported.
         reply.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def send(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> None:
+    async def send(self, attrs: Attrs) -> None:
         """One more list; waits while the connection's send buffer is full."""
         if self.writer.is_closing():
             raise ProtocolError(f"{self.client.path}: connection closed in mid-stream")
@@ -717,7 +722,7 @@ class RequestStream:
             self.client._fail_all(e)
             raise ProtocolError(f"{self.client.path}: {e}") from None
 
-    async def finish(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+    async def finish(self, attrs: Attrs) -> AttrList:
         """The last list (without ``more``), then the request's reply."""
         try:
             await self.send(attrs)
@@ -729,7 +734,7 @@ class RequestStream:
             self.client._fail_all(e)
             raise ProtocolError(f"{self.client.path}: timeout") from None
 
-    def abort(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> None:
+    def abort(self, attrs: Attrs) -> None:
         """End the stream with ``attrs`` without waiting for the reply (never blocks)."""
         if self.open and not self.writer.is_closing():
             self.writer.write(encode(attrs))
@@ -766,10 +771,10 @@ class AttrPool:
         self._clients.append(client)
         return client
 
-    async def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+    async def request(self, attrs: Attrs) -> AttrList:
         return await self._free().request(attrs)
 
-    async def stream(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> RequestStream:
+    async def stream(self, attrs: Attrs) -> RequestStream:
         """A streamed request on a connection of its own (``AttrClient.stream``)."""
         client = self._free()
         self._held.add(client)
@@ -883,7 +888,7 @@ class SyncAttrClient:
             limits.check(len(pairs) + 1, name, length, total)
             pairs.append((name, self._take(length)))
 
-    def request(self, attrs: Iterable[tuple[str, AttrValue]] | dict[str, Any]) -> AttrList:
+    def request(self, attrs: Attrs) -> AttrList:
         self.sock.sendall(encode(attrs))
         return self.read()
 

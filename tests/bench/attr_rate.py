@@ -25,7 +25,7 @@ import time
 
 from pymailsys.ipc import attr
 
-CLEANUP_REQUEST = [
+CLEANUP_REQUEST: list[tuple[str, attr.AttrValue]] = [
     ("origin", "smtpd"), ("sender", "alice@example.org"), ("rcpt", "bob@example.com"),
     ("notify", "0"), ("orcpt", "bob@example.com"), ("dsn_orcpt", ""), ("flags", 3),
     ("client_name", "client.example.org"), ("client_addr", "192.0.2.1"),
@@ -35,7 +35,7 @@ CLEANUP_REQUEST = [
     ("sasl_method", ""), ("sasl_username", ""), ("sasl_sender", ""), ("full_name", ""),
     ("queue_id_hint", ""), ("content", b"Subject: x\n\n" + b"x" * 2000 + b"\n"),
 ]
-AGENT_REQUEST = [
+AGENT_REQUEST: list[tuple[str, attr.AttrValue]] = [
     ("queue_name", "active"), ("queue_id", "04BE226C605"), ("offset", 580), ("size", 2363),
     ("arrival", 1796461380), ("active", 1796461380), ("sender", "alice@example.org"),
     ("encoding", ""), ("dsn_envid", ""), ("dsn_ret", 0), ("smtputf8", 0),

@@ -68,13 +68,15 @@ def request(i: int, body: bytes) -> AttrList:
     content = (b"From: <sender@example.org>\nTo: <benchuser@localhost>\n"
                b"Date: Sat, 05 Dec 2026 14:00:00 +0000\n"
                b"Message-Id: <%04x.0001.0002@client.example.org>\nSubject: test\n\n" % i) + body
-    pairs = [("origin", "smtpd"), ("sender", "sender@example.org"),
-             ("rcpt", "benchuser@localhost"), ("orcpt", "benchuser@localhost"),
-             ("client_name", "localhost"), ("client_addr", "127.0.0.1"),
-             ("client_port", "40000"), ("helo_name", "localhost"),
-             ("reverse_client_name", "localhost"), ("protocol", "ESMTP"),
-             ("rewrite_context", "local"), ("received_with", "ESMTP"),
-             ("received_comment", ""), ("flags", "50"), ("encoding", ""), ("content", content)]
+    pairs: list[tuple[str, str | bytes]] = [
+        ("origin", "smtpd"), ("sender", "sender@example.org"),
+        ("rcpt", "benchuser@localhost"), ("orcpt", "benchuser@localhost"),
+        ("client_name", "localhost"), ("client_addr", "127.0.0.1"),
+        ("client_port", "40000"), ("helo_name", "localhost"),
+        ("reverse_client_name", "localhost"), ("protocol", "ESMTP"),
+        ("rewrite_context", "local"), ("received_with", "ESMTP"),
+        ("received_comment", ""), ("flags", "50"), ("encoding", ""), ("content", content),
+    ]
     return AttrList([(n, v if isinstance(v, bytes) else v.encode()) for n, v in pairs])
 
 

@@ -41,6 +41,7 @@ pass/fail test. Disk: about 5 kB (two inodes) per message.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import signal
@@ -123,7 +124,8 @@ def timed(inst: Instance, argv: list[str]) -> tuple[float, float | None, str, by
            *argv[1:]]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
-    assert proc.stdout is not None and proc.stderr is not None
+    # buffered (Popen's default bufsize), hence read1
+    assert isinstance(proc.stdout, io.BufferedReader) and proc.stderr is not None
     first = None
     tail = b""
     while True:
