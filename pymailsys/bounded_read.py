@@ -8,7 +8,14 @@ the open descriptor, so no race with a rename), larger than ``limit`` bytes it
 is refused before a byte is read (a sparse file of any apparent size costs
 nothing), and it is read in chunks with a deadline, never more than ``limit``
 bytes in memory. ``follow_links=False`` adds O_NOFOLLOW for callers that refuse
-symbolic links. Returns the bytes and the descriptor's stat.
+symbolic links; ``keep_atime=True`` opens with ``open_keeping_atime``. Returns the
+bytes and the descriptor's stat.
+
+``open_keeping_atime(path, flags)`` opens without updating the file's access time
+(O_NOATIME) where the kernel allows it (the file's owner, or root), else as
+usual: for a reader of many files, such as a queue listing, that would otherwise
+make each inode it reads dirty and give the filesystem's journal one write per
+file.
 
 Failures: ``OSError`` from the open (ENOENT, EACCES, ELOOP...) as it is;
 ``FileRefused`` (not a regular file, too large) is final: the file must be
@@ -18,6 +25,7 @@ the path: the caller says which file it was.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -29,13 +37,24 @@ class FileRefused(Exception):
     """The file is not one to read: the text says why (not a regular file, too large)."""
 
 
-def read_bounded(path: str, limit: int, timeout: float,
-                 follow_links: bool = True) -> tuple[bytes, os.stat_result]:
+def open_keeping_atime(path: str, flags: int) -> int:
+    """os.open(path, flags | O_NOATIME); without O_NOATIME when the caller may not use it
+    (EPERM: neither the file's owner nor privileged)."""
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError as e:
+        if e.errno != errno.EPERM:
+            raise
+    return os.open(path, flags)
+
+
+def read_bounded(path: str, limit: int, timeout: float, follow_links: bool = True,
+                 keep_atime: bool = False) -> tuple[bytes, os.stat_result]:
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
     if not follow_links:
         flags |= os.O_NOFOLLOW
     deadline = time.monotonic() + timeout
-    fd = os.open(path, flags)
+    fd = open_keeping_atime(path, flags) if keep_atime else os.open(path, flags)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

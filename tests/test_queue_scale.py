@@ -1,20 +1,28 @@
 """A large deferred queue (issue #15 item 3): the listing streams and is complete,
 postsuper -d ALL removes every message, and qmgr admits new mail while it is
 still working through the backlog; a maildrop/ full of files written while the
-system was down is picked up whole, pickup's memory not growing with it. The figures at 10 k to 1 M messages come
+system was down is picked up whole, pickup's memory not growing with it; a
+listing leaves the access times of what it reads alone. The figures at 10 k to 1 M messages come
 from tests/bench/queue_scale.py; these tests hold no timing."""
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
+import pwd
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from harness import ME, Instance
 from qf_helpers import make_spool, queue_files
 from test_qmgr_scheduling import silent_peer  # noqa: F401 (a fixture)
 
+from pymailsys.bounded_read import open_keeping_atime
 from pymailsys.ipc import attr
 from pymailsys.queue import listing, maildrop
 from pymailsys.queue import spool as queue
@@ -49,6 +57,74 @@ def test_the_listing_is_read_as_it_is_sent(tmp_path: Path) -> None:
     listed = int(re.findall(rb"-- \d+ Kbytes in (\d+) Requests?\.", rest)[0])
     assert 0 < listed < COUNT
     assert len(first) <= listing.CHUNK + 1024
+
+
+def _age(path: str, now: float) -> float:
+    """Make path's access time older than its modification time, so that a read under
+    relatime updates it; the access time set."""
+    atime = int(now) - 7200
+    os.utime(path, (atime, int(now) - 3600))
+    return atime
+
+
+def test_a_listing_leaves_the_access_times_of_what_it_reads_alone(tmp_path: Path) -> None:
+    """At a million messages the atime updates of a listing (two million dirty inodes
+    for the journal) made mailq twice as slow per message as at 100,000."""
+    _etc, spool_dir = make_spool(tmp_path)
+    now = time.time()
+    ids = queue_files(spool_dir, "deferred", "alice@example.org",
+                      (f"d{i}@dead.example" for i in range(3)), BODY,
+                      arrival=now - 3600, reason=REASON)
+    spool = queue.Spool(str(spool_dir))
+    read = [spool.path(q, queue_id) for queue_id in ids for q in (queue.DEFERRED, queue.DEFER)]
+    control = str(tmp_path / "control")
+    Path(control).write_bytes(b"x")
+    control_atime = _age(control, now)
+    with open(control, "rb") as f:
+        f.read()
+    if os.stat(control).st_atime == control_atime:
+        pytest.skip("this filesystem does not update access times on read")
+    atimes = {path: _age(path, now) for path in read}
+    text = listing.format_text(listing.scan_queue(spool))
+    assert "-- 0 Kbytes in 3 Requests." in text and text.count(f"({REASON})") == 3
+    assert {path: os.stat(path).st_atime for path in read} == atimes
+
+
+def test_a_file_of_another_user_is_still_read_without_o_noatime() -> None:
+    """O_NOATIME is only for the file's owner (or root): maildrop files belong to their
+    submitters, and showq, as mail_owner, must still list them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a file of another user")
+    nobody = pwd.getpwnam("nobody")
+    work = tempfile.mkdtemp(prefix="noatime-")
+    try:
+        os.chmod(work, 0o755)
+        path = os.path.join(work, "ABCDEF")
+        with open(path, "wb") as f:
+            f.write(b"a file of root's")
+        os.chmod(path, 0o744)
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                try:
+                    os.open(path, os.O_RDONLY | os.O_NOATIME)
+                except PermissionError as e:
+                    refused = e.errno == errno.EPERM
+                else:
+                    refused = False
+                fd = open_keeping_atime(path, os.O_RDONLY)
+                ok = os.read(fd, 100) == b"a file of root's"
+                found = listing.read_queue_file(path, 100)
+                code = 0 if refused and ok and found is not None else 2
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_mailq_lists_and_postsuper_deletes_a_large_queue(new_instance) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,11 @@ Postfix. Files in maildrop/ belong to their users: a file is opened without
 following links or waiting on a FIFO, judged by what was opened (a complete
 regular file), and read up to a bound (``max_size``); the defer and bounce
 logs the same way (mail_owner writes them; root lists the queue when the
-system is down); ``deadline`` bounds a whole scan.
+system is down); ``deadline`` bounds a whole scan. Files are read without
+updating their access times where the reader may (``open_keeping_atime``:
+mail_owner's queue files and logs, any file for root): otherwise a listing
+dirties every inode it reads, and at a million messages the journal's work for
+two million inodes made mailq twice as slow per message.
 
 ``listing_chunks`` is what showq sends and postqueue prints: the listing in
 pieces of about ``CHUNK`` bytes, each produced as the scan reaches it.
@@ -37,7 +41,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pymailsys.bounded_read import FileRefused, read_bounded
+from pymailsys.bounded_read import FileRefused, open_keeping_atime, read_bounded
 from pymailsys.log import printable
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
@@ -89,7 +93,7 @@ def read_queue_file(path: str, max_size: int) -> tuple[bytes, os.stat_result] | 
     maildrop file between the check and the open.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = open_keeping_atime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
     try:
@@ -115,7 +119,8 @@ def read_status_log(path: str, max_size: int) -> list[status_log.Entry]:
     """The entries of a defer or bounce log, read as queue files are (no links, regular
     files only, bounded); [] when it cannot be read, as Postfix's showq skips it."""
     try:
-        data, _st = read_bounded(path, max_size, STATUS_LOG_TIMEOUT, follow_links=False)
+        data, _st = read_bounded(path, max_size, STATUS_LOG_TIMEOUT, follow_links=False,
+                                 keep_atime=True)
     except (OSError, FileRefused, TimeoutError):
         return []
     return status_log.parse(data)
