@@ -26,6 +26,7 @@ from pymailsys.bounded_read import open_keeping_atime
 from pymailsys.ipc import attr
 from pymailsys.queue import listing, maildrop
 from pymailsys.queue import spool as queue
+from pymailsys.queue.scan import QueueScan
 
 COUNT = 3000
 BACKLOG = 500
@@ -125,6 +126,27 @@ def test_a_file_of_another_user_is_still_read_without_o_noatime() -> None:
         assert os.waitpid(child, 0)[1] == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_scan_passes_over_no_file_when_its_budget_runs_out(tmp_path: Path) -> None:
+    """qmgr asks its scan for the next file with a budget of entries to look at; when the
+    budget ran out, the entry that ended it must still be there for the next call (it
+    was dropped: a flush could pass over a message)."""
+    _etc, spool_dir = make_spool(tmp_path)
+    now = time.time()
+    ids = queue_files(spool_dir, "deferred", "alice@example.org",
+                      (f"d{i}@dead.example" for i in range(200)), BODY,
+                      arrival=now - 3600, mtime=now - 60)
+    active = set(ids[::2])  # every other message is already in the active queue
+    scan = QueueScan(queue.Spool(str(spool_dir)), queue.DEFERRED)
+    taken: list[str] = []
+    for _ in range(10 * len(ids)):
+        queue_id = scan.next(active, budget=1)
+        if queue_id is None:
+            break
+        if queue_id:
+            taken.append(queue_id)
+    assert sorted(taken) == sorted(set(ids) - active)
 
 
 def test_mailq_lists_and_postsuper_deletes_a_large_queue(new_instance) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ a minute ahead). Files come in directory order, as in Postfix, not by age.
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from collections.abc import Container
@@ -38,22 +39,25 @@ class QueueScan:
         over a million files that are not due does not hold up qmgr); None when the
         pass is over."""
         for entry in self._entries:
+            if self._may_take(entry, skip):
+                return entry.name
             budget -= 1
-            if budget < 0:
+            if budget <= 0:  # only after looking at the entry: none is passed over unseen
                 return ""
-            name = entry.name
-            if name in skip or not q.valid_queue_id(name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode):
-                continue
-            if self.queue == q.DEFERRED:
-                if st.st_ctime >= self.started if self.ignore_time else st.st_mtime > time.time():
-                    continue
-            elif st.st_mtime > time.time() + 1:
-                continue
-            return name
         return None
+
+    def _may_take(self, entry: os.DirEntry[str], skip: Container[str]) -> bool:
+        name = entry.name
+        if name in skip or not q.valid_queue_id(name):
+            return False
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or not q.is_complete(st.st_mode):
+            return False
+        if self.queue == q.DEFERRED:
+            if self.ignore_time:
+                return st.st_ctime < self.started
+            return st.st_mtime <= time.time()
+        return st.st_mtime <= time.time() + 1
