@@ -13,7 +13,7 @@ import asyncio
 import random
 from pathlib import Path
 
-from pymailsys.daemons.smtpd.stream import CHUNK, PAUSE_AT, InputBuffer
+from pymailsys.daemons.smtpd.stream import CHUNK, PAUSE_AT, InputBuffer, _normalize
 from smtpd_helpers import smtpd_server
 
 
@@ -52,6 +52,31 @@ def test_pieces_join_to_the_whole_content() -> None:
             assert got[:3] == whole[:3], (body, stream_at)
             streamed += got[3] > 1
     assert streamed > 100  # the pieces really were many
+
+
+def _plain_normalize(raw: bytes, lead: int) -> bytes:
+    """What _normalize promises, said the slow way: <CR><LF> -> <LF>, a lone-dot line
+    dropped, one leading dot removed, the lead's line end dropped."""
+    text = raw.replace(b"\r\n", b"\n")
+    while b"\n.\n" in text:
+        text = text.replace(b"\n.\n", b"\n")
+    text = text.replace(b"\n.", b"\n")
+    return text[1:] if lead else text
+
+
+def test_normalize_fast_paths_give_what_the_plain_definition_gives() -> None:
+    # Its fast paths (every <CR> dropped when none is bare; no dot-stuffing look without
+    # a "."): bare <CR>s, <CR><CR><LF>, dots and none, a <CR> at the very end.
+    rnd = random.Random(11)
+    words = [b"abc", b"\r\n", b"\n", b"\r", b".", b"\r\r\n", b"QUJD" * 19, b"\r\n.."]
+    kinds = set()
+    for _ in range(3000):
+        lead = rnd.choice((0, 1, 2))
+        raw = {0: b"", 1: b"\n", 2: b"\r\n"}[lead] + b"".join(
+            rnd.choice(words) for _ in range(rnd.randint(0, 40)))
+        assert _normalize(raw, lead) == _plain_normalize(raw, lead), (raw, lead)
+        kinds.add((b"\r" in raw.replace(b"\r\n", b""), b"." in raw))
+    assert len(kinds) == 4  # with and without a bare <CR>, with and without a dot
 
 
 def test_an_attached_buffer_holds_a_flood_to_its_bound_and_loses_nothing() -> None:

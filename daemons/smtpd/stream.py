@@ -57,6 +57,7 @@ REFUSES
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ CHUNK = 65536
 PAUSE_AT = 2 * CHUNK  # attached: bytes received and not yet read that pause the transport
 STREAM_AT = 65536  # DATA bytes that wait before a piece goes on
 _END = b"\r\n.\r\n"
+_BARE_CR = re.compile(rb"\r(?!\n)")
 Sink = Callable[[bytes], Awaitable[None]]
 
 
@@ -347,7 +349,9 @@ class InputBuffer:
         too_big = False
         bare_lf = False
         while True:
-            idx = acc.find(_END, search_from)
+            # "." first: one memchr pass, where the five-byte search is forty times
+            # slower and content without a dot (base64) is common
+            idx = acc.find(_END, search_from) if acc.find(b".", search_from) >= 0 else -1
             if idx >= 0:
                 break
             if len(acc) >= stream_at:
@@ -419,8 +423,14 @@ def _normalize(raw: bytes, lead: int) -> bytes:
     after ``lead`` bytes of line end (0: they continue a line): LF lines, unstuffed."""
     # The lead, <CR><LF> or <LF>, becomes the "\n" before the first line; with no
     # lead the first byte continues a line, and no "\n" stands before it.
-    text = raw.replace(b"\r\n", b"\n")
-    if b"\n." in text:
+    # Byte searches run at memchr speed and two-byte ones ten times slower: with no
+    # bare <CR>, dropping every <CR> is the same as <CR><LF> -> <LF>; and content
+    # without a "." (base64) needs no look for dot-stuffing.
+    if _BARE_CR.search(raw) is None:
+        text = raw.replace(b"\r", b"")
+    else:
+        text = raw.replace(b"\r\n", b"\n")
+    if b"." in text and b"\n." in text:
         while b"\n.\n" in text:  # lone dots that did not end the data: dropped
             text = text.replace(b"\n.\n", b"\n")
         text = text.replace(b"\n.", b"\n")
