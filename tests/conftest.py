@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from harness import EVIDENCE_SYSTEMS, IS_ROOT, Instance, live_systems
@@ -50,6 +53,19 @@ def require_tool(path: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{path} is not installed (scripts/check installs it as root)")
     pytest.skip(f"{path} is not installed")
+
+
+def bench_module(name: str) -> ModuleType:
+    """tests/bench/NAME.py as a module (the benchmarks are scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ that CI notices when the harness breaks. No figure is asserted, only the shape."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -13,14 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import bench_module, require_tool
 
+compare = bench_module("compare")
 BENCH = Path(__file__).resolve().parent / "bench" / "compare.py"
-spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
-assert spec is not None and spec.loader is not None
-compare = importlib.util.module_from_spec(spec)
-sys.modules["bench_compare"] = compare  # dataclasses look their module up by name
-spec.loader.exec_module(compare)
 
 
 def canned(system: str, rnd: int, delivered: float, cpu: float, other: float = 0.05,
@@ -208,21 +203,12 @@ def test_a_scratch_filesystem_left_by_a_killed_run_is_swept() -> None:
 AB = BENCH.parent / "ab_latency.py"
 
 
-def _ab_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_ab_latency", AB)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ab_latency"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ab_latency_summary_and_build_class() -> None:
     """ab_latency: medians, paired ratio and halves of canned paired probes; a build is
     a PymailsysSystem running another venv's python under its own label."""
     import statistics
 
-    ab = _ab_module()
+    ab = bench_module("ab_latency")
     a = [4.0, 4.2, 3.9, 4.1, 5.0, 5.2]
     b = [3.8, 4.0, 3.9, 3.9, 4.9, 5.5]
     s = ab.summary(a, b)
@@ -241,7 +227,7 @@ def test_ab_latency_summary_and_build_class() -> None:
 def test_ab_latency_step_table() -> None:
     """ab_latency's step table: each side's median per step in µs, in compare.py's
     LATENCY_STEPS order, and B - A."""
-    ab = _ab_module()
+    ab = bench_module("ab_latency")
     assert ab.compare.LATENCY_STEPS == ("banner", "ehlo", "mail", "rcpt", "data", "delivery")
     a = {name: [0.1, 0.3, 0.2] for name in ab.compare.LATENCY_STEPS}
     b = {name: [0.4, 0.5, 0.6] for name in ab.compare.LATENCY_STEPS}
@@ -358,11 +344,7 @@ def test_latency_floor_delivers_a_message_and_leaves_no_queue_file(tmp_path: Pat
 def test_latency_path_names_the_daemons_of_every_system() -> None:
     """latency_path.py groups processes by daemon: Postfix's, pymailsys's and the floor's
     command lines name the same roles, so their per-daemon CPU lines up."""
-    spec = importlib.util.spec_from_file_location("bench_latency_path",
-                                                  BENCH.parent / "latency_path.py")
-    assert spec is not None and spec.loader is not None
-    path = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(path)
+    path = bench_module("latency_path")
     assert path.role_of("qmgr -l -t unix -u") == "qmgr"
     assert path.role_of("/usr/lib/postfix/sbin/master -w") == "master"
     assert path.role_of("/opt/venv/bin/python -P -m pymailsys.daemons.local") == "local"
@@ -430,11 +412,7 @@ def test_stage_busy_counts_only_the_slices_inside_the_load() -> None:
     bpftrace's half-second slices; a slice counts when all of it lies inside the load
     (its sums are of calls that returned in the half second before its line), so the
     idle time before and after the load does not."""
-    spec = importlib.util.spec_from_file_location("bench_stage_busy",
-                                                  BENCH.parent / "stage_busy.py")
-    assert spec is not None and spec.loader is not None
-    busy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(busy)
+    busy = bench_module("stage_busy")
     s = 10**9
     trace = "\n".join([
         "Attaching 9 probes...",
