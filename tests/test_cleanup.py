@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import bench_module, require_tool
 from harness import wait_until
 
 from pymailsys import config as config_mod
@@ -485,6 +485,45 @@ def test_commits_of_one_event_loop_turn_are_synced_as_one_group(tmp_path: Path) 
     for n, p in enumerate(paths):
         assert Path(p).read_bytes() == b"file %d\n" % n
         assert q.is_complete(os.stat(p).st_mode)
+
+
+def _device_flushes(device: str) -> int:
+    """The flush requests a block device has completed (its stat file's 16th field)."""
+    fields = Path(f"/sys/block/{os.path.basename(device)}/stat").read_text().split()
+    return int(fields[15])
+
+
+@pytest.mark.root
+def test_the_files_of_a_group_share_one_journal_commit_and_its_flush() -> None:
+    """The fsyncs of one group run at the same time, so on a journaled ext4 they
+    wait for one commit and its cache flush. Done one after the other, every fsync
+    after the first finds its transaction committed and sends a flush of its own:
+    a group of 16 files would cost at least 17 flushes (a commit's, then one per
+    later file); at the same time they cost fewer than one per file."""
+    from pymailsys.daemons.cleanup.writer import QueueWriter
+
+    from pymailsys.queue import spool as q
+
+    require_tool("losetup")
+    compare = bench_module("compare")
+    with compare.scratch_filesystem("ext4") as fs:
+        (Path(fs.path) / q.INCOMING).mkdir()
+        writer = QueueWriter(Spool(fs.path))
+
+        async def group() -> list[str]:
+            async def one(n: int) -> str:
+                _qid, path, fd = writer.create()
+                return await writer.commit(fd, path, [b"file %d\n" % n])
+            return await asyncio.gather(*(one(n) for n in range(16)))
+
+        flushes = []
+        for _ in range(3):
+            before = _device_flushes(fs.device)
+            paths = asyncio.run(group())
+            flushes.append(_device_flushes(fs.device) - before)
+            assert [Path(p).read_bytes() for p in paths] == [b"file %d\n" % n for n in range(16)]
+    assert (writer.batches, writer.files) == (3, 48)
+    assert min(flushes) < 16, flushes
 
 
 def _announced(spool: Spool, grouped: bool) -> tuple[list[list[str]], dict[str, tuple[bool, bytes]],
