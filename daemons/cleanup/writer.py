@@ -17,11 +17,11 @@ that finds its file's transaction already committed (by the fsync before it)
 must send a cache flush of its own to the disk (ext4: ``blkdev_issue_flush``
 in ``ext4_sync_file``), so one-after-the-other fsyncs of a group of N cost one
 commit and N-1 extra flushes; fsyncs that wait together share the commit and
-its flush (issue #15, relay scenario: 36% fewer flushes, 1.04-1.06x the
-rate). A group of one file, the usual case at idle, is fsynced on the event
-loop alone. The group runs on the event loop, which waits for the last
-fsync: requests that arrive meanwhile wait in their sockets and make the next
-group. Letting the loop go on while a thread syncs the group cost more than it
+its flush (issue #15, compare.py's relay scenario: 44% fewer flushes, 31%
+fewer commits, 1.08x the rate). A group of one file, the usual case at idle,
+is fsynced on the event loop alone. The group runs on the event loop, which
+waits for the last fsync: requests that arrive meanwhile wait in their
+sockets and make the next group. Letting the loop go on while a thread syncs the group cost more than it
 saved (a thread wake-up and a loop wake-up per group: cleanup's CPU per
 message 1.26 -> 0.83 ms one message at a time, the same with 10 in flight;
 tests/bench/cleanup_rate.py; and the delivery agents starved, issue #15).
