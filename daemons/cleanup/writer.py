@@ -21,10 +21,11 @@ its flush (issue #15, compare.py's relay scenario: 44% fewer flushes, 31%
 fewer commits, 1.08x the rate). A group of one file, the usual case at idle,
 is fsynced on the event loop alone. The group runs on the event loop, which
 waits for the last fsync: requests that arrive meanwhile wait in their
-sockets and make the next group. Letting the loop go on while a thread syncs the group cost more than it
-saved (a thread wake-up and a loop wake-up per group: cleanup's CPU per
-message 1.26 -> 0.83 ms one message at a time, the same with 10 in flight;
-tests/bench/cleanup_rate.py; and the delivery agents starved, issue #15).
+sockets and make the next group. Letting the loop go on while a thread syncs
+the group cost more than it saved (a thread wake-up and a loop wake-up per
+group: cleanup's CPU per message 1.26 -> 0.83 ms one message at a time, the
+same with 10 in flight; tests/bench/cleanup_rate.py; and the delivery agents
+starved, issue #15).
 
 ``ContentFile(fd, envelope)`` collects a file's records as a message streams
 in: they stay in memory up to ``FLUSH_AT`` bytes and are then written out, so
