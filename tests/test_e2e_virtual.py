@@ -149,8 +149,12 @@ def test_delivery_runs_with_the_mapped_ids_not_root(new_instance) -> None:  # ty
     locked = base / "example.com"
     locked.mkdir(mode=0o755)  # root's: uid 5000 cannot create alice/ in it
     queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
-    inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*status=deferred "
-                  rf"\(maildir delivery failed: .*Permission denied\)")
+    inst.wait_log(rf"{queue_id}: to=<alice@example\.com>, relay=virtual, .*dsn=4\.2\.0, "
+                  rf"status=deferred \(maildir delivery failed: create maildir file "
+                  rf"{re.escape(str(locked))}/alice/tmp/[^/]+: Permission denied\)")
+    inst.wait_log(rf"postfix/virtual\[\d+\]: warning: maildir access problem for "
+                  rf"UID/GID={VUID}/{VGID}: create maildir file .*: Permission denied$")
+    inst.wait_log(r"postfix/virtual\[\d+\]: warning: perhaps you need to create the maildirs")
     assert not (locked / "alice").exists()
 
 

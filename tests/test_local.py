@@ -6,6 +6,7 @@ root-only tests use conftest's ``throwaway_user`` account.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -15,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import local_account
 from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
@@ -171,6 +173,47 @@ def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-
     assert first.text("status") == second.text("status") == "sent"
     assert len(s.maildir_messages()) == 1
     s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)", count=2)
+
+
+def test_a_maildir_that_cannot_be_made_bounces_as_postfix_local(system) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's local(8): 5.2.0, the tmp/ file named, and two warnings for EACCES
+    (virtual(8) defers the same failure: tests/test_e2e_virtual.py)."""
+    with contextlib.ExitStack() as stack:
+        user = stack.enter_context(local_account("pmt" + uuid.uuid4().hex[:8])) if IS_ROOT else ME
+        pw = pwd.getpwnam(user)
+        s = system()
+        locked = s.mail_dir / user
+        locked.mkdir(mode=0o555)  # its owner (root, or we when not root) may not write: EACCES
+        locked.chmod(0o555)
+        s.start()
+        qid = s.queue("alice@example.org", [f"{user}@localhost"], BODY)
+        tmp = re.escape(f"{locked}/tmp/")
+        s.wait_log(rf"{qid}: to=<{user}@localhost>, relay=local, .*dsn=5\.2\.0, status=bounced "
+                   rf"\(maildir delivery failed: create maildir file {tmp}[^/]+: Permission denied\)")
+        s.wait_log(rf"postfix/local\[\d+\]: warning: maildir access problem for "
+                   rf"UID/GID={pw.pw_uid}/{pw.pw_gid}: create maildir file {tmp}[^/]+: "
+                   r"Permission denied$")
+        s.wait_log(r"postfix/local\[\d+\]: warning: perhaps you need to create the maildirs "
+                   r"in advance$")
+        s.wait_log(rf"{qid}: removed")
+        assert os.listdir(locked) == []
+
+
+def test_an_alias_maildir_under_a_file_bounces_as_postfix_local(system) -> None:  # type: ignore[no-untyped-def]
+    """A ``/dir/`` of an alias goes through the same Maildir code as the mailbox."""
+    shared = _shared_dir()
+    try:
+        (Path(shared) / "plain").write_text("a file, not a directory\n")
+        s = system()
+        s.aliases(f"archive: {shared}/plain/Maildir/\n")
+        s.start()
+        qid = s.queue("alice@example.org", ["archive@localhost"], BODY)
+        tmp = re.escape(f"{shared}/plain/Maildir/tmp/")
+        s.wait_log(rf"{qid}: to=<archive@localhost>, relay=local, .*dsn=5\.2\.0, status=bounced "
+                   rf"\(maildir delivery failed: create maildir file {tmp}[^/]+: Not a directory\)")
+        assert "maildir access problem" not in s.log()
+    finally:
+        subprocess.run(["rm", "-rf", shared], check=False)
 
 
 # --- privileges (root) ---------------------------------------------------------------

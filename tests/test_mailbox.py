@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -183,6 +186,37 @@ def test_maildir_under_a_file_is_temporary(tmp_path) -> None:  # type: ignore[no
     with pytest.raises(mailbox.MailboxError) as e:
         mailbox.deliver_maildir(str(tmp_path / "file" / "Maildir"), b"x\n")
     assert e.value.dsn == "4.2.0"
+
+
+def test_maildir_create_failure_takes_the_callers_status_and_names_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """local passes 5.2.0 (Postfix's local bounces); the text names the tmp/ file even
+    when it was making the directories that failed, as Postfix's does."""
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(mailbox.MailboxError) as e:
+        mailbox.deliver_maildir(str(tmp_path / "file" / "Maildir"), b"x\n", create_dsn="5.2.0")
+    assert e.value.dsn == "5.2.0"
+    assert e.value.errno == errno.ENOTDIR
+    assert re.fullmatch(rf"create maildir file {re.escape(str(tmp_path))}/file/Maildir/tmp/"
+                        r"[^/]+: Not a directory", e.value.text)
+
+
+def test_maildir_write_failure_is_error_writing_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's mail_copy words; the errno decides the status (EFBIG: 5.2.2), and no
+    tmp/ file is left. RLIMIT_FSIZE makes the write fail, in a child process."""
+    md = tmp_path / "Maildir"
+    code = (
+        "import resource, signal, sys\n"
+        "from pymailsys.delivery import mailbox\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        f"    mailbox.deliver_maildir({str(md)!r}, b'x' * 100_000, create_dsn='5.2.0')\n"
+        "except mailbox.MailboxError as e:\n"
+        "    print(e.dsn, e.text)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out == "5.2.2 error writing message: File too large\n"
+    assert os.listdir(md / "tmp") == [] and os.listdir(md / "new") == []
 
 
 def _marked(tmp_path):  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@
 Takes the path and the rights to write with (``LocalAgent.file_user``: never
 uid 0); promises an mbox append with Postfix's locking and safety rules, or a
 Maildir delivery when the path ends in ``/`` (``pymailsys.delivery.mailbox``),
-done entirely with those rights; failures map through ``results.failure``.
+done entirely with those rights; failures map through ``results.failure``
+(a Maildir's through ``results.maildir_failure``, as the mailbox's: Postfix's
+local delivers a ``/dir/`` with the same code).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
         with privileges.as_user(ids.uid, ids.gid):
             if path.endswith("/"):
                 data = mailbox.plain_text(agent.prepended(req, rcpt, False), content.text())
-                mailbox.deliver_maildir(path, data, host=agent.hostname,
-                                        size_limit=agent.size_limit)
+                try:
+                    mailbox.deliver_maildir(path, data, host=agent.hostname,
+                                            size_limit=agent.size_limit,
+                                            create_dsn=results.MAILDIR_CREATE_DSN)
+                except mailbox.MailboxError as e:
+                    return results.maildir_failure(e, ids.uid, ids.gid)
                 return DeliveryResult.sent("delivered to maildir")
             data = mailbox.mbox_text(mailbox.from_line(req.sender),
                                      agent.prepended(req, rcpt, False), content.text())

@@ -71,7 +71,8 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
             mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
                                     host=agent.hostname, key=key, marker=agent.markers,
                                     size_limit=agent.size_limit,
-                                    rights=lambda: privileges.as_user(ids[0], ids[1], ids[2]))
+                                    rights=lambda: privileges.as_user(ids[0], ids[1], ids[2]),
+                                    create_dsn=results.MAILDIR_CREATE_DSN)
             return DeliveryResult.sent("delivered to maildir")
         with privileges.as_user(ids[0], ids[1], ids[2]):
             data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
@@ -83,7 +84,7 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
             return DeliveryResult.sent("delivered to mailbox")
     except mailbox.MailboxError as e:
         if maildir:
-            return results.failure(e, "maildir delivery failed: ")
+            return results.maildir_failure(e, ids[0], ids[1])
         return results.failure(e, f"cannot update mailbox {path} for user {pw.pw_name}. ")
     except privileges.PrivilegeError as e:
         return results.failure(e)

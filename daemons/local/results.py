@@ -6,7 +6,12 @@ system) or an enhanced status code with its text, and promises a
 ``DeliveryResult`` (``DeliveryResult.from_dsn``: 2.x.x sent, 4.x.x deferred,
 5.x.x bounced; anything else, an unknown or missing code, defers with 4.3.0,
 so a failure never turns into a bounce by accident); ``TABLE_FAILURE`` when a
-per-user table cannot answer, ``CONFIG_ERROR`` when a setting cannot be used.
+per-user table cannot answer, ``CONFIG_ERROR`` when a setting cannot be used;
+``maildir_failure`` for a Maildir delivery (the mailbox's or a ``/dir/`` of an
+alias or .forward), as Postfix's local: ``maildir delivery failed: ...``, a
+Maildir that cannot be made or linked into bounces (``MAILDIR_CREATE_DSN``
+5.2.0, unless its errno is a temporary one), and EACCES adds Postfix's two
+warnings naming the ids the delivery wrote with.
 """
 
 from __future__ import annotations
@@ -16,12 +21,20 @@ import errno
 from pymailsys import privileges
 from pymailsys.bounded_read import FileRefused
 from pymailsys.delivery.agent import DeliveryResult
-from pymailsys.delivery.mailbox import MailboxError, errno_dsn
+from pymailsys.delivery.mailbox import MailboxError, errno_dsn, maildir_access_warnings
 
 # a per-user table (mailbox_transport_maps...) that cannot answer: Postfix's words
 TABLE_FAILURE = DeliveryResult.deferred("table lookup failure", "4.3.0")
 # a setting that cannot be used as it stands (details in a warning)
 CONFIG_ERROR = DeliveryResult.deferred("mail system configuration error", "4.3.5")
+# Postfix's local(8): a Maildir it cannot create or link into is the user's problem, final
+MAILDIR_CREATE_DSN = "5.2.0"
+
+
+def maildir_failure(error: MailboxError, uid: int, gid: int) -> DeliveryResult:
+    """The result of a failed Maildir delivery made with uid/gid (see the module docstring)."""
+    maildir_access_warnings(error, uid, gid)
+    return failure(error, "maildir delivery failed: ")
 
 
 def failure(error: Exception, what: str = "") -> DeliveryResult:

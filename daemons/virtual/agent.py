@@ -188,6 +188,8 @@ class VirtualAgent:
                                      stale=self.stale)
                 return DeliveryResult.sent("delivered to mailbox")
         except mailbox.MailboxError as e:
+            if maildir:
+                mailbox.maildir_access_warnings(e, uid, gid)
             prefix = "maildir delivery failed: " if maildir else \
                 f"delivery failed to mailbox {path}: "
             return DeliveryResult.from_dsn(e.dsn, prefix + e.text)

@@ -28,8 +28,15 @@ mbox (``deliver_mbox``):
 Maildir (``deliver_maildir``): tmp/, new/, cur/ are made 0700 when missing;
 the message (no From_ line, no quoting) is written to tmp/, fsynced, then
 hard-linked into new/ as ``TIME.V<dev hex>I<inode hex>M<usec>.HOST`` and the
-tmp/ name removed. Errors default to 4.2.0 (Postfix: a Maildir problem is
-temporary).
+tmp/ name removed. A failure to create or link the file that its errno does
+not classify (``errno_dsn``) gets ``create_dsn``: Postfix's local(8) bounces it
+(5.2.0: the Maildir is the user's), its virtual(8) defers it (4.2.0, the
+default here: the Maildir is the administrator's); the text names the file,
+``create maildir file PATH: ERROR``. A write or fsync failure is ``error
+writing message: ERROR``, 5.3.0 unless its errno says otherwise, as Postfix's
+mail_copy, for mbox files too. ``MailboxError.errno`` keeps the errno: for
+EACCES an agent logs ``maildir_access_warnings`` with the ids it wrote with,
+as Postfix's agents do.
 
 Crash idempotence (``key`` and ``marker``): a redelivery of the same queue
 file, recipient and destination after a crash must not store a second copy.
@@ -93,12 +100,14 @@ MARKER_LOCK_WAIT = 10.0  # seconds a delivery waits for another attempt's marker
 
 
 class MailboxError(Exception):
-    """A delivery to a mailbox failed: dsn (4.x.x temporary, 5.x.x final) and text."""
+    """A delivery to a mailbox failed: dsn (4.x.x temporary, 5.x.x final) and text;
+    ``errno`` when a system call's error decided it."""
 
-    def __init__(self, dsn: str, text: str) -> None:
+    def __init__(self, dsn: str, text: str, errno: int | None = None) -> None:
         super().__init__(text)
         self.dsn = dsn
         self.text = text
+        self.errno = errno
 
     @property
     def temporary(self) -> bool:
@@ -197,7 +206,17 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 # --- mbox ------------------------------------------------------------------------
 
 def _os_error(e: OSError, default: str, what: str) -> MailboxError:
-    return MailboxError(errno_dsn(e.errno, default), f"{what}: {e.strerror}")
+    return MailboxError(errno_dsn(e.errno, default), f"{what}: {e.strerror}", e.errno)
+
+
+WRITE_ERROR_DSN = "5.3.0"  # Postfix's mail_copy: "error writing message", unless errno decides
+
+
+def maildir_access_warnings(error: MailboxError, uid: int, gid: int) -> None:
+    """Postfix's two warnings for a Maildir delivery that failed with EACCES."""
+    if error.errno == errno.EACCES:
+        log.warning(f"maildir access problem for UID/GID={uid}/{gid}: {error.text}")
+        log.warning("perhaps you need to create the maildirs in advance")
 
 
 @contextlib.contextmanager
@@ -338,7 +357,7 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
             if isinstance(e, OSError):
-                raise _os_error(e, "5.2.0", "error writing message") from None
+                raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
             raise
 
 
@@ -543,49 +562,44 @@ _counter = 0
 
 
 def make_maildir(maildir: str) -> None:
+    """Make tmp/, new/ and cur/ (0700) where missing; OSError when one cannot be made."""
     for sub in ("tmp", "new", "cur"):
-        path = os.path.join(maildir, sub)
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise _os_error(e, "4.2.0", f"create maildir file {path}") from None
+        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
 
 
-def _create(tmp: str, maildir: str, debris: bool = False) -> int:
+def _create(tmp: str, maildir: str, create_dsn: str, debris: bool = False) -> int:
     """O_EXCL create in tmp/; a missing Maildir is made on the way (as Postfix does).
     ``debris``: a file of that name is what an earlier attempt left before its marker
-    (the name comes from the delivery key): remove it and create afresh."""
+    (the name comes from the delivery key): remove it and create afresh. A failure,
+    that of making the Maildir included, names the file, as Postfix's."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        return os.open(tmp, flags, 0o600)
-    except FileNotFoundError:
-        make_maildir(maildir)
-    except FileExistsError as e:
-        if not debris:
-            raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
         try:
-            os.unlink(tmp)
+            return os.open(tmp, flags, 0o600)
         except FileNotFoundError:
-            pass
-        except OSError as e2:
-            raise _os_error(e2, "4.2.0", f"create maildir file {tmp}") from None
-    except OSError as e:
-        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
-    try:
+            make_maildir(maildir)
+        except FileExistsError:
+            if not debris:
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return os.open(tmp, flags, 0o600)
     except OSError as e:
-        raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+        raise _os_error(e, create_dsn, f"create maildir file {tmp}") from None
 
 
 def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | None = None, key: str | None = None,
                     marker: MarkerStore | None = None, size_limit: int = 0,
-                    rights: Callable[[], AbstractContextManager[object]] | None = None) -> str:
+                    rights: Callable[[], AbstractContextManager[object]] | None = None,
+                    create_dsn: str = "4.2.0") -> str:
     """Store data (bytes or chunks) as one new message in maildir; the new/ file's path.
 
     ``rights``: a context-manager factory giving the recipient's rights for the
     Maildir work (None: the caller has put them in place). The marker is claimed with
     the caller's own rights, the store's (its directory is the agent's own), before
-    the recipient's are taken: a delivery with a marker must give ``rights``."""
+    the recipient's are taken: a delivery with a marker must give ``rights``.
+    ``create_dsn``: the status of a failure to create or link the file that its
+    errno does not decide (local 5.2.0, virtual 4.2.0: see the module docstring)."""
     global _counter
     host = _hostname(host)
     base = maildir if maildir.endswith("/") or not maildir else maildir + "/"  # as os.path.join
@@ -601,7 +615,7 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
             raise _os_error(e, "4.3.0", f"cannot record delivery marker {key}") from None
         if done is not None:
             with as_recipient():
-                return _finish_marked(tmp, f"{newdir}/{done}")
+                return _finish_marked(tmp, f"{newdir}/{done}", create_dsn)
     else:
         _counter += 1
         tmp = f"{tmpdir}/{int(time.time())}.P{os.getpid()}Q{_counter}.{host}"
@@ -609,14 +623,14 @@ def deliver_maildir(maildir: str, data: bytes | Iterable[bytes], *, host: str | 
     try:
         with as_recipient():
             stored = True  # from here _store closes marker_fd on every path
-            return _store(maildir, tmp, newdir, host, data, size_limit, marker_fd)
+            return _store(maildir, tmp, newdir, host, data, size_limit, marker_fd, create_dsn)
     finally:
         if not stored and marker_fd >= 0:
             os.close(marker_fd)
 
 
 def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterable[bytes],
-           size_limit: int, marker_fd: int) -> str:
+           size_limit: int, marker_fd: int, create_dsn: str) -> str:
     """Write tmp/, fsync it, record its final name in the claimed marker (marker_fd, -1
     for none: closed here on every path; one not recorded stays empty, "no delivery
     yet"), link it into new/, remove the tmp/ name; the new/ file's path. Between the
@@ -624,7 +638,7 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
     closed after the link, the marker's (its lock) last."""
     use_marker = marker_fd >= 0
     try:
-        fd = _create(tmp, maildir, debris=use_marker)
+        fd = _create(tmp, maildir, create_dsn, debris=use_marker)
     except BaseException:
         if use_marker:
             os.close(marker_fd)
@@ -638,7 +652,7 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if isinstance(e, OSError):
-                raise _os_error(e, "4.2.0", f"create maildir file {tmp}") from None
+                raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
             raise
         now = time.time()
         name = f"{int(now)}.V{st.st_dev:x}I{st.st_ino:x}M{int((now % 1) * 1_000_000)}.{host}"
@@ -660,7 +674,7 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
             if not use_marker:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-            raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
+            raise _os_error(e, create_dsn, f"create maildir file {final}") from None
     finally:
         try:
             os.close(fd)
@@ -672,7 +686,7 @@ def _store(maildir: str, tmp: str, newdir: str, host: str, data: bytes | Iterabl
     return final
 
 
-def _finish_marked(tmp: str, final: str) -> str:
+def _finish_marked(tmp: str, final: str, create_dsn: str) -> str:
     """Complete or confirm an earlier attempt that reached its marker."""
     try:
         st = os.lstat(tmp)
@@ -688,7 +702,7 @@ def _finish_marked(tmp: str, final: str) -> str:
         except FileExistsError:
             pass
         except OSError as e:
-            raise _os_error(e, "4.2.0", f"create maildir file {final}") from None
+            raise _os_error(e, create_dsn, f"create maildir file {final}") from None
     with contextlib.suppress(OSError):
         os.unlink(tmp)
     return final
