@@ -187,6 +187,22 @@ def test_a_small_run_through_both_systems(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
+def test_drain_rate_times_delivery_alone_for_both_systems() -> None:
+    """drain_rate.py: messages held at RCPT, released, timed to the last Maildir file."""
+    require_tool(compare.SMTP_SOURCE)
+    result = subprocess.run(
+        [sys.executable, str(BENCH.parent / "drain_rate.py"), "--messages", "20", "--rounds", "1",
+         "--warmup", "5"], capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for label in ("postfix", "pymailsys"):
+        assert re.search(rf"^{label} +round 1: 20 delivered in [\d.]+ s = \d+/s, CPU [\d.]+ "
+                         r"ms/message, [\d.]+ journal commits/message$", result.stdout, re.M), \
+            result.stdout
+    assert re.search(r"^pymailsys/postfix: median of the paired ratios [\d.]+$", result.stdout,
+                     re.M), result.stdout
+
+
+@pytest.mark.root
 def test_a_scratch_filesystem_left_by_a_killed_run_is_swept() -> None:
     require_tool("losetup")
     killed = subprocess.run(
