@@ -199,6 +199,15 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 120,
     return result
 
 
+def smtp_source_argv(port: int, messages: int, sessions: int, size: int, recipient: str,
+                     reuse_connections: bool = False) -> list[str]:
+    """The benchmark's smtp-source command: messages of size bytes over sessions, from
+    SENDER to recipient, a new connection per message unless reuse_connections."""
+    return [SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-f", SENDER, "-t", recipient, "-M", "client.example",
+            *(["-d"] if reuse_connections else []), f"{LOOPBACK}:{port}"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -676,6 +685,10 @@ class System:
     def start_command(self) -> list[str]:
         raise NotImplementedError
 
+    def tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The system's own command NAME (postsuper, postqueue, ...) on this instance."""
+        raise NotImplementedError
+
     def stop_command(self) -> list[str]:
         raise NotImplementedError
 
@@ -718,7 +731,11 @@ class System:
         return count
 
     def deferred(self) -> int:
-        return sum(len(files) for _d, _s, files in os.walk(self.queue_dir / "deferred"))
+        return self.in_queue("deferred")
+
+    def in_queue(self, queue: str) -> int:
+        """Files in one queue directory (deferred, hold, ...)."""
+        return sum(len(files) for _d, _s, files in os.walk(self.queue_dir / queue))
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -973,6 +990,12 @@ class PostfixSystem(System):
             summary = ("main.cf below (postconf -n, DIR = the instance); master.cf: compare.py's "
                        "MASTER_CF_POSTFIX (no chroot)")
         return {"style": self.config_style, "summary": summary, "settings": settings}
+
+    def tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A Postfix command (postsuper, postqueue, ...) on this instance, as
+        PymailsysSystem.tool runs ours."""
+        return run([f"/usr/sbin/{name}", "-c", str(self.config_dir), *args],
+                   check=check, env=self.env(), cwd="/")
 
     def start_command(self) -> list[str]:
         return [PF_POSTFIX, "-c", str(self.config_dir), "start"]
@@ -1386,11 +1409,8 @@ def with_load_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def load_run(system: System, result: RunResult, args: argparse.Namespace, scen: Scenario) -> None:
     n = args.messages
-    argv = [SMTP_SOURCE, "-s", str(args.sessions), "-m", str(n), "-l", str(args.size),
-            "-f", SENDER, "-t", scen.recipient, "-M", "client.example"]
-    if args.reuse_connections:
-        argv.append("-d")
-    argv.append(f"{LOOPBACK}:{system.port}")
+    argv = smtp_source_argv(system.port, n, args.sessions, args.size, scen.recipient,
+                            args.reuse_connections)
     pss_samples: list[int] = []
     procs_peak = 0
     already = system.delivered()  # a warm-up before this load left its messages

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,30 +53,12 @@ def journal_commits(system: compare.System) -> int:
     return int(match.group(1)) if match else 0
 
 
-def tool(system: compare.System, name: str, *args: str) -> None:
-    """postsuper or postqueue of the system, with its configuration; BenchError if it fails."""
-    if isinstance(system, compare.PymailsysSystem):
-        argv = [system.python, "-m", f"pymailsys.tools.{name}"]
-    else:
-        argv = [f"/usr/sbin/{name}"]
-    done = subprocess.run([*argv, "-c", str(system.config_dir), *args], capture_output=True,
-                          text=True, env=system.env(), cwd="/", timeout=600)
-    if done.returncode != 0:
-        raise compare.BenchError(f"{system.label}: {name} {' '.join(args)} exited "
-                                 f"{done.returncode}: {done.stderr.strip()}")
-
-
 def hold(system: compare.System, count: int, recipient: str) -> None:
     """Send count messages with smtp-source; wait until all of them are in hold/."""
-    argv = [compare.SMTP_SOURCE, "-s", "10", "-m", str(count), "-l", "2048",
-            "-f", compare.SENDER, "-t", recipient, "-M", "client.example",
-            f"{compare.LOOPBACK}:{system.port}"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=600, cwd="/")
-    compare.wait_until(lambda: held(system) >= count, 60, f"{system.label}: {count} held")
-
-
-def held(system: compare.System) -> int:
-    return sum(1 for path in (system.queue_dir / "hold").rglob("*") if path.is_file())
+    compare.run(compare.smtp_source_argv(system.port, count, 10, 2048, recipient),
+                timeout=600, cwd="/")
+    compare.wait_until(lambda: system.in_queue("hold") >= count, 60,
+                       f"{system.label}: {count} held")
 
 
 def release(system: compare.System, count: int, timeout: float) -> tuple[float, float, int]:
@@ -85,9 +66,9 @@ def release(system: compare.System, count: int, timeout: float) -> tuple[float, 
     the system's cgroup, journal commits)."""
     before = system.delivered()
     commits0, cpu0 = journal_commits(system), sum(system.group.cpu())
-    tool(system, "postsuper", "-H", "ALL")
+    system.tool("postsuper", "-H", "ALL")
     t0 = time.monotonic()
-    tool(system, "postqueue", "-f")
+    system.tool("postqueue", "-f")
     while system.delivered() - before < count or system.queued() > 0:
         if time.monotonic() - t0 > timeout:
             raise compare.BenchError(f"{system.label}: {system.delivered() - before}/{count} "

@@ -108,9 +108,8 @@ def measure(system: compare.System, args: argparse.Namespace, scen: compare.Scen
     system.start()
     time.sleep(2.0)
     idle = by_daemon(system.group.pids())
-    argv = [compare.SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages),
-            "-l", str(args.size), "-f", compare.SENDER, "-t", scen.recipient,
-            "-M", "client.example", f"{compare.LOOPBACK}:{system.port}"]
+    argv = compare.smtp_source_argv(system.port, args.messages, args.sessions, args.size,
+                                    scen.recipient)
     source = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak: dict[str, tuple[int, int, int]] = {}
     total_peak = 0
