@@ -23,7 +23,9 @@ runs under valgrind's callgrind and the figure is instructions per delivery
 --messages (200), it runs about fifty times slower. With --cold, the client
 and local share one CPU and, before each request, the client evicts that
 CPU's caches as cleanup_cpu.py --cold does: the median request is then a
-delivery from cold caches, as at an idle site.
+delivery from cold caches, as at an idle site. With --cprofile FILE, local runs
+under cProfile (CPU time) and leaves its statistics in FILE (``python -m pstats
+FILE``); its CPU figures then include the profiler's.
 """
 
 from __future__ import annotations
@@ -104,20 +106,32 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
     return result
 
 
-def start_under_callgrind(s: Standalone) -> None:
-    """Standalone.start("local"), with local under valgrind's callgrind."""
+# local under cProfile counting CPU time (--cprofile FILE)
+PROFILED = """
+import cProfile, sys, time
+from pymailsys.daemons import local
+out = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(local.main, sys.argv[1:])
+finally:
+    profile.dump_stats(out)
+"""
+
+
+def start_wrapped(s: Standalone, command: list[str], what: str) -> None:
+    """Standalone.start("local") with local's command line given (under callgrind, under
+    cProfile); waits, bounded, until it listens."""
     sock = s.queue_dir / SOCKETS["local"]
     sock.unlink(missing_ok=True)
     s.procs["local"] = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={s.base}/callgrind.%p",
-         sys.executable, "-m", "pymailsys.daemons.local", "-c", str(s.etc), "-n", "local",
-         "-L", str(sock)],
+        [*command, "-c", str(s.etc), "-n", "local", "-L", str(sock)],
         stdout=subprocess.DEVNULL, stderr=open(s.base / "log" / "local.err", "ab"))
     for _ in range(1200):  # bounded: valgrind starts Python slowly
         if sock.exists():
             return
         time.sleep(0.1)
-    raise SystemExit("local_cpu.py: local did not start under callgrind")
+    raise SystemExit(f"local_cpu.py: local did not start {what}")
 
 
 def main() -> int:
@@ -130,6 +144,9 @@ def main() -> int:
                    help="instructions per delivery under callgrind (valgrind) instead of CPU time")
     p.add_argument("--cold", action="store_true",
                    help="each request from evicted caches (client and local on one CPU)")
+    p.add_argument("--cprofile", metavar="FILE",
+                   help="run local under cProfile and leave its statistics in FILE "
+                        "(python -m pstats FILE); the CPU figures then include the profiler")
     p.add_argument("--tmpfs", action="store_true",
                    help="spool and Maildir in /dev/shm: no disk, no journal, fsync free; "
                         "leaves local's own work (Python and system calls)")
@@ -145,9 +162,14 @@ def main() -> int:
     try:
         pwd.getpwnam(user)
         if args.callgrind:
-            start_under_callgrind(s)
+            start_wrapped(s, ["valgrind", "--tool=callgrind", "--quiet",
+                              f"--callgrind-out-file={s.base}/callgrind.%p",
+                              sys.executable, "-m", "pymailsys.daemons.local"], "under callgrind")
             one_round(s, user, argparse.Namespace(**{**vars(args), "messages": 20,
                                                      "callgrind": False}), False)  # warm
+        elif args.cprofile:
+            start_wrapped(s, [sys.executable, "-c", PROFILED, os.path.abspath(args.cprofile)],
+                          "under cProfile")
         else:
             s.start("local")
         rounds = []
@@ -170,6 +192,8 @@ def main() -> int:
               f"{statistics.median(r['system_ms'] for r in rounds):.3f}), median request "
               f"{statistics.median(r['wall_ms'] for r in rounds):.2f} ms")
     finally:
+        if args.cprofile:
+            s.stop()  # SIGTERM: the profiler writes its statistics on the way out
         s.cleanup()
         subprocess.run(["userdel", user], check=False)
     return 0
