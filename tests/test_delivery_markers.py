@@ -3,6 +3,8 @@ files that are gone, nothing else."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 
 import pytest
@@ -81,9 +83,45 @@ def test_collect_removes_only_markers_of_queue_files_that_are_gone(tmp_path) -> 
     _put(store, "3C2B020CBB2.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
     _put(store, "4D3C131DCC3.1764900000000000.120.0a1b2c3d", "2.V1I2M3.host")
     (tmp_path / "markers" / "not-a-marker").write_text("x")
-    removed = store.collect(lambda queue_id: queue_id == "4D3C131DCC3")
+    removed = asyncio.run(store.collect(lambda queue_id: queue_id == "4D3C131DCC3"))
     assert removed == 1
     assert sorted(store.keys()) == ["4D3C131DCC3.1764900000000000.120.0a1b2c3d", "not-a-marker"]
+
+
+def test_collect_gives_the_event_loop_turns_while_it_searches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A sweep of many markers must not hold up the agent's deliveries: between slices
+    of ``per_turn`` markers searched or removed, other work of the event loop runs."""
+    store = mailbox.MarkerStore(str(tmp_path / "markers"))
+    store.open()
+    for n in range(10):
+        _put(store, f"{0x3C2B020CBB2 + n:011X}.1764900000000000.120.0a1b2c3d", "1.V1I2M3.host")
+    searched = 0
+    seen_by_other_work: list[int] = []
+
+    def queued(queue_id: str) -> bool:
+        nonlocal searched
+        searched += 1
+        return False
+
+    async def other_work(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            seen_by_other_work.append(searched)
+            await asyncio.sleep(0)
+
+    async def sweep() -> int:
+        stop = asyncio.Event()
+        worker = asyncio.ensure_future(other_work(stop))
+        await asyncio.sleep(0)
+        removed = await store.collect(queued, per_turn=3)
+        stop.set()
+        await worker
+        return removed
+
+    assert asyncio.run(sweep()) == 10
+    assert store.keys() == []
+    # 10 first searches, 10 second ones, 10 removals: a turn after every third
+    assert len(set(seen_by_other_work)) >= 6
+    assert max(b - a for a, b in itertools.pairwise(seen_by_other_work)) <= 3
 
 
 def test_open_refuses_a_directory_that_is_not_the_agents_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +183,7 @@ def test_collect_keeps_a_marker_whose_file_moved_during_the_search(tmp_path) -> 
         # the first is missed once (it moved), then found; the second is gone
         return queue_id == "3C2B020CBB2" and asked.count(queue_id) > 1
 
-    assert store.collect(queued) == 1
+    assert asyncio.run(store.collect(queued)) == 1
     assert store.keys() == ["3C2B020CBB2.1764900000000000.120.0a1b2c3d"]
     assert asked.count("4D3C131DCC3") == 2  # gone in both searches
 

@@ -394,6 +394,9 @@ def _lock_marker(fd: int, path: str) -> None:
             time.sleep(0.002)
 
 
+COLLECT_PER_TURN = 64  # markers searched or removed between two turns of the event loop
+
+
 class MarkerStore:
     """Delivery markers for crash-idempotent Maildir delivery (see the module docstring),
     in ``directory``, which ``open`` makes and opens. Keys are plain names
@@ -480,27 +483,49 @@ class MarkerStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(key, dir_fd=self.fd)
 
-    def collect(self, queued: Callable[[str], bool]) -> int:
+    async def collect(self, queued: Callable[[str], bool], per_turn: int = COLLECT_PER_TURN) -> int:
         """Remove the markers whose queue file is gone (``queued(queue_id)`` false); how many.
-        A name that does not start with a queue ID is no marker and is left alone.
+        A name that does not start with a queue ID is no marker and is left alone. The
+        event loop gets a turn after every ``per_turn`` markers searched or removed, so
+        that a large directory never holds up the deliveries (one search costs up to
+        four ``stat`` calls: 50,000 markers took 1.4 s in one go).
 
         A queue file can move to a queue that the search has already passed while it
         searches (a flush moves deferred to incoming, a restarted qmgr active to
         incoming), so a marker is removed only when a second search, after the whole
         round, finds its file gone too: a file escapes both only by moving backwards
         twice within one round, and a duplicate needs a crash besides."""
+        work = 0
+
+        async def turn() -> None:
+            nonlocal work
+            work += 1
+            if work % per_turn == 0:
+                await asyncio.sleep(0)
+
         candidates = []
         for key in self.keys():
             queue_id = key.split(".", 1)[0]
-            if valid_queue_id(queue_id) and not queued(queue_id):
-                candidates.append(key)
-        stale = [key for key in candidates if not queued(key.split(".", 1)[0])]
+            if valid_queue_id(queue_id):
+                if not queued(queue_id):
+                    candidates.append(key)
+                await turn()
+        stale = []
+        for key in candidates:
+            if not queued(key.split(".", 1)[0]):
+                stale.append(key)
+            await turn()
         for key in stale:
             self.remove(key)
+            await turn()
         return len(stale)
 
 
-MARKER_GC_INTERVAL = 60.0
+# A sweep every 10 s keeps the directory small under load: at 800 deliveries a second a
+# minute's markers are 50,000 names (on a new ext4 each marker then cost 20 us to make
+# instead of 15, and their removal came as one burst of journal work); an empty
+# directory costs one listdir.
+MARKER_GC_INTERVAL = 10.0
 # the queues a delivery can come from: a marker of a file in none of them is stale
 MARKER_QUEUES = (queue_mod.INCOMING, queue_mod.ACTIVE, queue_mod.DEFERRED, queue_mod.HOLD)
 
@@ -545,7 +570,7 @@ async def collect_markers(markers: MarkerStore | None, spool: Spool, stopping: a
         return
     while not stopping.is_set():
         try:
-            markers.collect(lambda queue_id: queued_anywhere(spool, queue_id))
+            await markers.collect(lambda queue_id: queued_anywhere(spool, queue_id))
         except OSError as e:
             log.warning(f"delivery markers: {e}")
         with contextlib.suppress(TimeoutError):
