@@ -65,7 +65,8 @@ descriptor with the agent's own rights, so a delivery switches rights only
 for the Maildir; ``open_markers``: ``$queue_directory/$process_id_directory/
 NAME``, root's own directory when the agent runs as root) and are removed
 once the queue file is gone (``collect_markers``, the agent's background
-task until it stops).
+task until it stops: a sweep every ``MARKER_GC_INTERVAL``, 10 s, that gives the
+event loop a turn every ``COLLECT_PER_TURN`` markers).
 A missing tmp/ or new/ is made when the create or the link finds it missing
 (as Postfix does), not checked before every delivery. The claimed marker is
 also a lock (flock, exclusive) until the recorded name is linked: a second
