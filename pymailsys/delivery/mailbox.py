@@ -395,7 +395,7 @@ def _lock_marker(fd: int, path: str) -> None:
             time.sleep(0.002)
 
 
-COLLECT_PER_TURN = 64  # markers searched or removed between two turns of the event loop
+COLLECT_PER_TURN = 16  # markers searched or removed between two turns of the event loop (~0.5 ms)
 
 
 class MarkerStore:
