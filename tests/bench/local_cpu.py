@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callgrind import instructions  # noqa: E402
 from cleanup_cpu import COLD_BUFFER, evict_caches  # noqa: E402
-from proc_cpu import cpu_seconds  # noqa: E402
+from proc_cpu import cpu_seconds, profiled_command  # noqa: E402
 from test_qmgr import SOCKETS, Standalone  # noqa: E402  (the tests' standalone spool)
 
 from pymailsys.ipc.attr import SyncAttrClient  # noqa: E402
@@ -106,19 +106,6 @@ def one_round(s: Standalone, user: str, args: argparse.Namespace, trace: bool) -
     return result
 
 
-# local under cProfile counting CPU time (--cprofile FILE)
-PROFILED = """
-import cProfile, sys, time
-from pymailsys.daemons import local
-out = sys.argv.pop(1)
-profile = cProfile.Profile(time.process_time)
-try:
-    profile.runcall(local.main, sys.argv[1:])
-finally:
-    profile.dump_stats(out)
-"""
-
-
 def start_wrapped(s: Standalone, command: list[str], what: str) -> None:
     """Standalone.start("local") with local's command line given (under callgrind, under
     cProfile); waits, bounded, until it listens."""
@@ -168,8 +155,8 @@ def main() -> int:
             one_round(s, user, argparse.Namespace(**{**vars(args), "messages": 20,
                                                      "callgrind": False}), False)  # warm
         elif args.cprofile:
-            start_wrapped(s, [sys.executable, "-c", PROFILED, os.path.abspath(args.cprofile)],
-                          "under cProfile")
+            start_wrapped(s, profiled_command("pymailsys.daemons.local",
+                                              os.path.abspath(args.cprofile)), "under cProfile")
         else:
             s.start("local")
         rounds = []

@@ -13,6 +13,10 @@ callgrind.py is the one reader of instruction counts):
 * ``cpu_seconds(pid, tid=None)``: (user, system) seconds of a live process,
   all its threads (or of one thread); ProcessLookupError when it is gone.
 * ``thread_name(pid, tid)``: a thread's name (comm), "" when it is gone.
+* ``profiled_command(module, out)``: the start of a command line that runs a
+  daemon module's ``main(argv)`` under cProfile counting CPU time (not wall time,
+  which would count the other processes' turns too) and leaves the statistics in
+  ``out`` when it exits (SIGTERM included); the daemon's arguments follow.
 
 Seconds are ticks (``TICK`` per second, usually 100) divided out: a figure
 below a few hundred ticks is too coarse to compare.
@@ -21,6 +25,7 @@ below a few hundred ticks is too coarse to compare.
 from __future__ import annotations
 
 import os
+import sys
 
 TICK = os.sysconf("SC_CLK_TCK")
 _UTIME, _STIME, _CUTIME, _CSTIME = 11, 12, 13, 14
@@ -64,3 +69,20 @@ def thread_name(pid: int, tid: int) -> str:
     except OSError:
         return ""
     return text[text.index("(") + 1:text.rindex(")")]
+
+
+_PROFILED = """
+import cProfile, importlib, sys, time
+out, module = sys.argv.pop(1), sys.argv.pop(1)
+main = importlib.import_module(module).main
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(main, sys.argv[1:])
+finally:
+    profile.dump_stats(out)
+"""
+
+
+def profiled_command(module: str, out: str) -> list[str]:
+    """``python -c SCRIPT OUT MODULE``: run ``module.main`` under cProfile (module docstring)."""
+    return [sys.executable, "-c", _PROFILED, out, module]

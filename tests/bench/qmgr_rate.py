@@ -33,7 +33,7 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS / "bench"))
 
 from callgrind import instructions  # noqa: E402
-from proc_cpu import cpu_seconds  # noqa: E402
+from proc_cpu import cpu_seconds, profiled_command  # noqa: E402
 from test_qmgr import Standalone  # noqa: E402
 
 from pymailsys.ipc import trigger  # noqa: E402
@@ -56,17 +56,6 @@ async def main():
         await server.serve_forever()
 
 asyncio.run(main())
-"""
-# qmgr under cProfile counting CPU time (wall time would count the agent's turns too)
-PROFILED = """
-import cProfile, sys, time
-from pymailsys.daemons import qmgr
-out = sys.argv.pop(1)
-profile = cProfile.Profile(time.process_time)
-try:
-    profile.runcall(qmgr.main, sys.argv[1:])
-finally:
-    profile.dump_stats(out)
 """
 BODY = b"".join(b"line %d of a typical message body, some text to make it look real" % i
                 for i in range(28))
@@ -104,10 +93,9 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
                 break
             time.sleep(0.05)
         qmgr_sock = setup.queue_dir / "public" / "qmgr"
-        argv = [sys.executable, "-m", "pymailsys.daemons.qmgr", "-c", str(setup.etc), "-n", "qmgr",
-                "-L", str(qmgr_sock)]
-        if args.cprofile:
-            argv[1:3] = ["-c", PROFILED, args.cprofile]
+        command = (profiled_command("pymailsys.daemons.qmgr", args.cprofile) if args.cprofile
+                   else [sys.executable, "-m", "pymailsys.daemons.qmgr"])
+        argv = [*command, "-c", str(setup.etc), "-n", "qmgr", "-L", str(qmgr_sock)]
         if args.callgrind:
             argv = ["valgrind", "--tool=callgrind", "--quiet",
                     f"--callgrind-out-file={setup.base}/callgrind.%p"] + argv
