@@ -6,6 +6,7 @@ that CI notices when the harness breaks. No figure is asserted, only the shape."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -448,3 +449,27 @@ def test_stage_busy_counts_only_the_slices_inside_the_load() -> None:
                       8: {"asleep": pytest.approx(0.05 / 1.5), "fsync": pytest.approx(0.5 / 1.5)}}
     with pytest.raises(busy.compare.BenchError):
         busy.shares(trace, 20 * s, 21 * s)
+
+
+def test_stage_busy_counts_the_journal_commits_that_end_inside_the_load(tmp_path: Path) -> None:
+    """stage_busy.py: journal commits per message come from bpftrace's ``commit START
+    END`` lines; a commit counts when it ends inside the load, and its time inside the
+    load (clipped) is the share of the load with a commit running."""
+    busy = bench_module("stage_busy")
+    trace = "\n".join([
+        "Attaching 12 probes...",
+        "commit 10 90",  # ends before the load: not counted
+        "commit 50 150",  # began before it: counted, 50 ns of it inside
+        "slice 200",
+        "commit 300 500",
+        "@asleep[7]: 10",
+        "commit 600 900",
+        "commit 950 1100",  # ends after the load: not counted, 50 ns inside
+    ])
+    count, mean_us, running = busy.commits(trace, 100, 1000)
+    assert count == 3
+    assert mean_us == pytest.approx((100 + 200 + 300) / 3 / 1000)
+    assert running == pytest.approx((50 + 200 + 300 + 50) / 900)
+    assert busy.commits("", 0, 10) == (0, 0.0, 0.0)
+    st_dev = os.stat(tmp_path).st_dev
+    assert busy.kernel_device(tmp_path) == (os.major(st_dev) << 20) | os.minor(st_dev)
