@@ -9,6 +9,11 @@ DESCRIPTION
     it wrote, one per line, then how to start the instance. Exit 0 on
     success, 1 with ``instance: fatal: ...`` on standard error otherwise.
     Run as a non-root user, the instance runs entirely as that user.
+
+SECURITY
+    Never writes through a symbolic link below DIR; run as root, refuses
+    (``instance: fatal: PATH: why``) a DIR, DIR/etc or directory on the way
+    that another account owns or can write (``pymailsys.instance``).
 """
 
 from __future__ import annotations
