@@ -20,7 +20,8 @@ DESCRIPTION
     bits rwx) pickup reads the records strictly (``queue.maildrop.parse_maildrop``),
     takes the submitter's uid from the file owner (never from the content),
     applies authorized_submit_users and local_login_sender_maps, and hands
-    the message to cleanup (origin ``pickup``). The file is removed only
+    the message to cleanup (origin ``pickup``), its content read from the
+    file again as it is sent (``maildrop.content_pieces``), never whole. The file is removed only
     after cleanup replied that the message is queued. A file written by
     mail_owner without o+r (``postsuper -r``) is requeued mail: its sender
     stands, and the log line names ``orig_id=``. A file's content filter
@@ -37,7 +38,11 @@ DESCRIPTION
 SECURITY
     Runs as mail_owner. Maildrop files are hostile input: bounded record
     lengths, only the record types Postfix's pickup allows, one sender and
-    at least one recipient required, no symlinks, no hard links.
+    at least one recipient required, no symlinks, no hard links; pointer
+    records are followed (a requeued queue file has them) but a pointer loop
+    is ``too many reverse jump records``, and content over
+    message_size_limit is ``message file too big``: both go to corrupt/.
+    Memory does not grow with the file.
     Connections are hostile too: a user other than root, mail_owner or
     pickup's own uid holds at most ``peers.PER_UID_CONNECTIONS`` connections
     (``TOTAL_CONNECTIONS`` for all users); one over the limit is answered
@@ -58,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pymailsys import log, maps, privileges, server
@@ -104,8 +109,11 @@ class Pickup:
         self.slots = peers.PeerSlots()
 
     # --- cleanup hand-off -------------------------------------------------------
-    async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "") -> attr.AttrList:
-        """Hand a message to cleanup, its content in pieces (services.CONTENT_CHUNK)."""
+    async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "",
+                         content: Iterable[bytes] | None = None) -> attr.AttrList:
+        """Hand a message to cleanup, its content in pieces (services.CONTENT_CHUNK):
+        ``content``, or else ``sub.lines``. An exception from ``content`` aborts the
+        request (cleanup queues nothing) and goes on to the caller."""
         req: list[tuple[str, Any]] = [
             ("origin", "pickup"), ("sender", sub.sender),
         ]
@@ -131,7 +139,8 @@ class Pickup:
             req.append(("orig_id", orig_id))
         if self.content_filter:  # a requeued file's own L records were dropped (maildrop)
             req.append(("content_filter", self.content_filter))
-        return await attr.request_streamed(self.cleanup, req, "content", _pieces(sub.lines))
+        pieces = _pieces(sub.lines) if content is None else content
+        return await attr.request_streamed(self.cleanup, req, "content", pieces)
 
     def check_access(self, uid: int, sender: str) -> tuple[int, str]:
         """(sysexits status, reason) for this submitter and sender."""
@@ -266,21 +275,26 @@ class Pickup:
             log.warning(f"open input file {path}: {e.strerror}")
             return "skipped"
         try:
-            fst = os.fstat(fd)
-            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                return "skipped"
-            limit = (self.size_limit * 2 + (1 << 20)) if self.size_limit else 0
-            if limit and fst.st_size > limit:
-                self.set_aside(name, path, fst.st_uid, "message file too big")
-                return "kept"
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read()
+            return await self.pickup_open_file(name, path, fd, st)
         finally:
             os.close(fd)
+
+    async def pickup_open_file(self, name: str, path: str, fd: int, st: os.stat_result) -> str:
+        """``pickup_file`` once the file is open: parsed without keeping its content,
+        which goes to cleanup as it is read again (``maildrop.content_pieces``)."""
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            return "skipped"
         uid = fst.st_uid
+        limit = (self.size_limit * 2 + (1 << 20)) if self.size_limit else 0
+        if limit and fst.st_size > limit:
+            self.set_aside(name, path, uid, "message file too big")
+            return "kept"
+        src = maildrop.RecordFile.of_fd(fd, fst.st_size)
         requeued = uid == self.owner_uid and not (fst.st_mode & stat.S_IROTH)
         try:
-            sub = maildrop.parse_maildrop(data, self.line_limit, requeued)
+            sub = maildrop.parse_maildrop(src, self.line_limit, requeued, self.size_limit,
+                                          lines=False)
         except maildrop.SubmissionError as e:
             self.set_aside(name, path, uid, str(e))
             return "kept"
@@ -296,8 +310,13 @@ class Pickup:
             if status:
                 log.warning(f"{path}: uid={uid}: {reason} -- message discarded")
                 return "removed" if self.remove(path) else "kept"
+        content = maildrop.content_pieces(src, sub.content_offset, self.line_limit,
+                                          self.size_limit, services.CONTENT_CHUNK)
         try:
-            reply = await self.to_cleanup(sub, uid, name if requeued else "")
+            reply = await self.to_cleanup(sub, uid, name if requeued else "", content)
+        except maildrop.SubmissionError as e:  # the file changed since it was parsed
+            self.set_aside(name, path, uid, str(e))
+            return "kept"
         except (attr.ProtocolError, OSError) as e:
             log.warning(f"connect to cleanup service: {e}")
             return "stop"

@@ -29,11 +29,19 @@ DESCRIPTION
     Anything else raises ``SubmissionError``. Times inside the file are
     ignored (the file's mtime and owner are what count). A whole queue file
     (after ``postsuper -r``) reads the same way; its client attributes are
-    dropped.
+    dropped, its pointer records are followed (``iter_following_pointers``).
+
+    A file is read from a ``RecordFile`` (an open file, read with pread a block
+    at a time, or bytes), never whole: records passed may not add up to more
+    than the file's size (a pointer loop), nor jump back more than Postfix's
+    10,000 times, nor the content exceed message_size_limit. Pickup parses a
+    file without keeping its content (``lines=False``), then streams the
+    content to cleanup with ``content_pieces``: memory stays a block, one
+    record and the envelope whatever the file holds.
 
 SECURITY
     Nothing in the file is trusted: the uid comes from the file owner; record
-    types, lengths and counts are bounded; named attributes are limited to
+    types, lengths, counts, pointer jumps and content size are bounded; named attributes are limited to
     the DSN/encoding/rewrite set postdrop writes; no envelope value carries
     a null or a line break.
 """
@@ -42,7 +50,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pymailsys.dsn import valid_orcpt
@@ -84,6 +92,7 @@ class Submission:
     orig_recipients: list[str] = field(default_factory=list)
     notifies: list[int] = field(default_factory=list)  # per recipient, in all_recipients order
     dsn_orcpts: list[str] = field(default_factory=list)  # ORCPT ("rfc822;addr"), likewise
+    content_offset: int = 0  # a maildrop file's first record after M (parse_maildrop)
 
     def all_recipients(self) -> list[str]:
         return self.recipients + self.extracted
@@ -159,49 +168,121 @@ def check_envelope_text(rtype: bytes, payload: bytes) -> None:
             f"null or line break in '{r.REC_TYPES.get(rtype, '?')}' record")
 
 
-def iter_following_pointers(data: bytes, max_length: int) -> Iterable[tuple[bytes, bytes]]:
-    """(type, payload) in logical order: p records followed, w padding skipped."""
-    offset = 0
-    jumps = 0
-    end = len(data)
-    while offset < end:
-        rtype, payload, nxt = r.decode_record(data, offset, max_length)
+REVERSE_JUMP_LIMIT = 10000  # Postfix's rec_goto: at most this many jumps back
+BLOCK = 65536  # the most read at once
+FIRST_READ = 512  # read after a jump; doubled on each read that follows on
+
+
+class RecordFile:
+    """The first ``size`` bytes of a record file, read at offsets: an open file (pread,
+    no shared file position) or bytes in memory. Nothing at or past ``size`` is read,
+    so a file that grows while it is read stays the size it had when it was opened."""
+
+    def __init__(self, read: Callable[[int, int], bytes], size: int) -> None:
+        self.read = read  # (length, offset) -> at most length bytes
+        self.size = size
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> RecordFile:
+        return cls(lambda length, offset: data[offset:offset + length], len(data))
+
+    @classmethod
+    def of_fd(cls, fd: int, size: int) -> RecordFile:
+        return cls(lambda length, offset: os.pread(fd, length, offset), size)
+
+
+def iter_following_pointers(src: RecordFile, max_length: int,
+                            start: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
+    """(type, payload, offset of the next record) in logical order from ``start``:
+    p records followed, w padding skipped, up to and with the E record.
+
+    The file is read a block at a time, never whole. A file that cleanup wrote
+    (legitimate forward pointers, and reverse jumps back from records appended at
+    its end) passes each record once, so the records passed, pointer and padding
+    records counted, never add up to more than the file's size: reading more than
+    that, or more than REVERSE_JUMP_LIMIT jumps back (Postfix's rec_goto), is a
+    pointer loop and raises ``SubmissionError("too many reverse jump records")``.
+    A pointer past the end is ``bad pointer record``; a damaged record raises
+    ``records.RecordError``. Memory is a block and one record; time and bytes read
+    grow with the file's size only.
+    """
+    end = src.size
+    buf = b""
+    base = start  # file offset of buf[0]
+    pos = 0  # where the next record starts in buf
+    want = FIRST_READ
+    passed = 0  # bytes of records passed, to be no more than the file holds
+    reverse = 0
+    while base + pos < end:
+        try:
+            rtype, payload, nxt = r.decode_record(buf, pos, max_length)
+        except r.RecordError as e:
+            at = base + len(buf)
+            if not e.incomplete or at >= end:
+                if e.incomplete:
+                    raise r.RecordError(f"truncated record at offset {base + pos}") from None
+                raise
+            more = src.read(min(want, end - at), at)
+            if not more:
+                raise r.RecordError(f"truncated record at offset {base + pos}") from None
+            buf = buf[pos:] + more
+            base += pos
+            pos = 0
+            want = min(want * 2, BLOCK)
+            continue
+        here = base + pos
+        passed += nxt - pos
+        if passed > end:
+            raise SubmissionError("too many reverse jump records")
+        pos = nxt
         if rtype == r.REC_TYPE_PTR:
-            try:
-                target = int(payload.strip() or b"0")
-            except ValueError:
-                raise SubmissionError("malformed pointer record") from None
-            if target > 0:
-                jumps += 1
-                if jumps > 10000 or target >= end:
-                    raise SubmissionError("bad pointer record")
-                offset = target
+            digits = payload.strip() or b"0"
+            if not digits.isdigit():
+                raise SubmissionError("malformed pointer record")
+            target = int(digits)
+            if target == 0:  # a placeholder
+                continue
+            if target >= end:
+                raise SubmissionError("bad pointer record")
+            if target <= here:
+                reverse += 1
+                if reverse > REVERSE_JUMP_LIMIT:
+                    raise SubmissionError("too many reverse jump records")
+            if base <= target < base + len(buf):
+                pos = target - base
             else:
-                offset = nxt
+                buf, base, pos, want = b"", target, 0, FIRST_READ
             continue
         if rtype == r.REC_TYPE_DTXT:
-            offset = nxt
             continue
-        yield rtype, payload
+        yield rtype, payload, base + pos
         if rtype == r.REC_TYPE_END:
             return
-        offset = nxt
 
 
-def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) -> Submission:
-    """A maildrop file (postdrop format, or a whole queue file after postsuper -r)."""
+def parse_maildrop(data: bytes | RecordFile, line_limit: int = 2048, requeued: bool = False,
+                   size_limit: int = 0, lines: bool = True) -> Submission:
+    """A maildrop file (postdrop format, or a whole queue file after postsuper -r).
+
+    ``size_limit`` > 0 (message_size_limit): content of more bytes (a line's
+    payloads with its LF, as ``content_pieces`` sends them) is refused, ``message
+    file too big``. ``lines`` false: the content is checked and measured but not
+    kept (``sub.lines`` stays empty); ``sub.content_offset`` says where
+    ``content_pieces`` reads it from."""
+    src = RecordFile.of_bytes(data) if isinstance(data, bytes) else data
     max_length = max(line_limit, 2048)
     sub = Submission(sender="")
     senders = 0
     section = 0  # 0 envelope, 1 content, 2 extracted
     allowed = (ENVELOPE_TYPES, CONTENT_TYPES, EXTRACT_TYPES)
     partial: list[bytes] = []
+    content_size = 0
     notify = 0
     orcpt = ""
     orig = ""
     ended = False
     try:
-        for rtype, payload in iter_following_pointers(data, max_length):
+        for rtype, payload, nxt in iter_following_pointers(src, max_length):
             if rtype not in allowed[section]:
                 raise SubmissionError(
                     f"unexpected or malformed record type {rtype[0]}")
@@ -211,7 +292,13 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                         sub.lines.append(b"".join(partial))
                         partial = []
                     section = 2
-                elif rtype == r.REC_TYPE_CONT:
+                    continue
+                content_size += len(payload) + (rtype == r.REC_TYPE_NORM)
+                if size_limit and content_size > size_limit:
+                    raise SubmissionError("message file too big")
+                if not lines:
+                    continue
+                if rtype == r.REC_TYPE_CONT:
                     partial.append(payload)
                 elif rtype == r.REC_TYPE_NORM:
                     partial.append(payload)
@@ -224,6 +311,7 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
                 if section != 0:
                     raise SubmissionError("unexpected message content record")
                 section = 1
+                sub.content_offset = nxt
                 continue
             if rtype == r.REC_TYPE_END:
                 ended = True
@@ -275,6 +363,48 @@ def parse_maildrop(data: bytes, line_limit: int = 2048, requeued: bool = False) 
     if section != 2:
         raise SubmissionError("no message content")
     return sub
+
+
+def content_pieces(src: RecordFile, offset: int, line_limit: int = 2048, size_limit: int = 0,
+                   chunk: int = 65536) -> Iterator[bytes]:
+    """The content that ``parse_maildrop`` found at ``offset`` (``sub.content_offset``),
+    as LF-terminated text in pieces of about ``chunk`` bytes, read as it goes: what
+    pickup streams to cleanup. The file is read again, so it is checked again the
+    same way (record types, pointers, ``size_limit``): ``SubmissionError`` part way
+    when it changed in between. A last line of L records without its N ends in LF."""
+    max_length = max(line_limit, 2048)
+    out: list[bytes] = []
+    size = 0  # bytes in out
+    total = 0
+    ends = True  # the last record ended a line
+    try:
+        for rtype, payload, _nxt in iter_following_pointers(src, max_length, offset):
+            if rtype == r.REC_TYPE_XTRA:
+                if not ends:
+                    out.append(b"\n")
+                if out:
+                    yield b"".join(out)
+                return
+            if rtype == r.REC_TYPE_NORM:
+                out += (payload, b"\n")
+                size += len(payload) + 1
+                ends = True
+            elif rtype == r.REC_TYPE_CONT:
+                out.append(payload)
+                size += len(payload)
+                ends = False
+            else:
+                raise SubmissionError(f"unexpected or malformed record type {rtype[0]}")
+            total += len(payload) + ends
+            if size_limit and total > size_limit:
+                raise SubmissionError("message file too big")
+            if size >= chunk:
+                yield b"".join(out)
+                out = []
+                size = 0
+    except r.RecordError as e:
+        raise SubmissionError(str(e)) from None
+    raise SubmissionError("no message content")
 
 
 def write_maildrop(spool: queue.Spool, sub: Submission, line_limit: int = 2048) -> str:
