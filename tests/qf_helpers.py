@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from pymailsys.queue import records, status_log
 from pymailsys.queue import spool as queue
-from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import QueueFileBuilder, mark_done, read_envelope_bytes
 
 PYTHON = sys.executable
@@ -127,3 +127,67 @@ def tool(name: str, *args: str, input: bytes | None = None,
         full_env.update(env)
     return subprocess.run(argv, input=input, capture_output=True, env=full_env, cwd="/",
                           timeout=60)
+
+
+def postfix_edited(data: bytes, header: bytes, new_headers: list[bytes],
+                   added_rcpts: list[str]) -> bytes:
+    """``data`` (a queue or maildrop file) laid out as Postfix's cleanup leaves a queue
+    file after a milter added recipients and replaced a header (cleanup_milter.c): a p
+    record before M jumps to the R records appended after E, and a p record there jumps
+    back to M; the first N record that is ``header`` is overwritten by a p record to
+    its replacement (``new_headers``, appended too) and a p record there jumps back to
+    the record after it; a p 0 placeholder and w padding stand before X. What a
+    requeued Postfix queue file (``postsuper -r``) brings to pickup."""
+    recs = list(records.iter_records(data))
+    types = [t for _offset, t, _payload in recs]
+    m_index = types.index(records.REC_TYPE_MESG)
+    h_index = next(i for i, (_o, t, p) in enumerate(recs)
+                   if i > m_index and t == records.REC_TYPE_NORM and p == header)
+    x_index = types.index(records.REC_TYPE_XTRA)
+
+    def ptr(target: int) -> bytes:
+        return records.encode_record(records.REC_TYPE_PTR, b"%15d" % target)
+
+    def put(first: int, stop: int) -> None:
+        for _offset, rtype, payload in recs[first:stop]:
+            out.extend(records.encode_record(rtype, payload))
+
+    out = bytearray()
+    put(0, m_index)
+    env_ptr = len(out)
+    out += ptr(0)
+    m_offset = len(out)
+    put(m_index, h_index)
+    h_offset = len(out)
+    put(h_index, h_index + 1)
+    after_header = len(out)
+    assert after_header - h_offset >= len(ptr(0)), "header too short to hold a pointer"
+    put(h_index + 1, x_index)
+    out += ptr(0) + records.encode_record(records.REC_TYPE_DTXT, b"")
+    put(x_index, len(recs))
+    rcpts_at = len(out)
+    for rcpt in added_rcpts:
+        out += records.encode_record(records.REC_TYPE_RCPT, rcpt.encode())
+    out += ptr(m_offset)
+    headers_at = len(out)
+    for line in new_headers:
+        out += records.text_records(line)
+    out += ptr(after_header)
+    out[env_ptr:env_ptr + len(ptr(0))] = ptr(rcpts_at)
+    out[h_offset:h_offset + len(ptr(0))] = ptr(headers_at)
+    return bytes(out)
+
+
+def pointer_loop(lines: int, length: int = 2000) -> bytes:
+    """The audit's file: an envelope, M, long L records, then a p record back to the
+    first L record (each pass replays them all), X, E."""
+    out = [records.encode_record(records.REC_TYPE_TIME, b"0 0"),
+           records.encode_record(records.REC_TYPE_FROM, b"attacker"),
+           records.encode_record(records.REC_TYPE_RCPT, b"victim@localhost"),
+           records.encode_record(records.REC_TYPE_MESG, b"")]
+    start = sum(map(len, out))
+    out += [records.encode_record(records.REC_TYPE_CONT, b"A" * length)] * lines
+    out += [records.encode_record(records.REC_TYPE_PTR, b"%15d" % start),
+            records.encode_record(records.REC_TYPE_XTRA, b""),
+            records.encode_record(records.REC_TYPE_END, b"")]
+    return b"".join(out)

@@ -1,13 +1,22 @@
 """pickup: maildrop files written while the system is down, a malformed one set aside,
-live submissions over public/pickup with the submitter's uid from the kernel."""
+live submissions over public/pickup with the submitter's uid from the kernel; a hostile
+file (a pointer loop, content over message_size_limit) set aside with pickup's memory
+unchanged, a requeued queue file with Postfix's pointer records delivered whole."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from harness import ME, Instance, wait_until
+from qf_helpers import pointer_loop, postfix_edited
+
+from pymailsys.queue import maildrop, spool
 
 pytestmark = pytest.mark.root
 
@@ -48,3 +57,97 @@ def test_user_submits_live_with_any_sender(new_instance, python_user) -> None:  
     inst.wait_log(rf"uid={uid} from=<{python_user}>")
 
 
+
+
+def peak_memory_kb(pid: int) -> int:
+    """The process's resident high-water mark (VmHWM), in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def running_pickup(inst: Instance) -> tuple[int, int]:
+    """Start pickup with a live submission; (its pid, its VmHWM in kB) once it is idle."""
+    assert inst.tool("sendmail", "-t", input=msg("wake pickup")).returncode == 0
+    inst.wait_log(r"postfix/pickup\[\d+\]: \w+: uid=0 from=<root>")
+    [pid] = inst.daemons()["pickup"]
+    return pid, peak_memory_kb(pid)
+
+
+def drop_as(user: str, inst: Instance, data: bytes) -> tuple[str, int]:
+    """A complete maildrop file written by ``user`` as any local user can (maildrop/ is
+    1733): (its name, the user's uid)."""
+    name = spool.short_queue_id(123456, 987654)
+    path = inst.queue_dir / "maildrop" / name
+    script = (f"import os, sys; fd = os.open({str(path)!r}, os.O_WRONLY | os.O_CREAT | "
+              "os.O_EXCL, 0o644); os.write(fd, sys.stdin.buffer.read()); os.fchmod(fd, 0o744)")
+    subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", script], input=data,
+                   check=True, cwd="/")
+    return name, pwd.getpwnam(user).pw_uid
+
+
+def test_pointer_loop_is_set_aside_and_pickup_memory_stays(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    """The audit's file: 40 KB whose p record points back into its content. Replayed
+    10,000 times, kept in memory, it took pickup to 400 MB before it was refused."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start(wait_smtp=False)
+    pid, before = running_pickup(inst)
+    name, uid = drop_as(python_user, inst, pointer_loop(20))
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"postfix/pickup\[{pid}\]: warning: \S*{name}: uid={uid}: "
+                  r"too many reverse jump records -- file moved to corrupt/$")
+    assert (inst.queue_dir / "corrupt" / name).exists()
+    assert peak_memory_kb(pid) - before < 16 * 1024, (before, peak_memory_kb(pid))
+
+
+def test_content_over_message_size_limit_is_set_aside(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    """One 150 KB line (75 L records, then N) with a 100 KB limit: refused by pickup,
+    which stops reading there, not handed to cleanup."""
+    inst: Instance = new_instance(maildir=True, settings={"message_size_limit": "100000"})
+    inst.start(wait_smtp=False)
+    pid, _before = running_pickup(inst)
+    sub = maildrop.Submission(sender=python_user, recipients=[f"{ME}@localhost"],
+                              lines=[b"Subject: long", b"", b"x" * 150_000])
+    name, uid = drop_as(python_user, inst, sub.to_records())
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"postfix/pickup\[{pid}\]: warning: \S*{name}: uid={uid}: "
+                  r"message file too big -- file moved to corrupt/$")
+    assert (inst.queue_dir / "corrupt" / name).exists()
+    assert "cleanup" not in inst.log().split(name, 1)[1]
+
+
+def test_requeued_queue_file_with_pointers_is_delivered_whole(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A held queue file edited as Postfix's cleanup edits one for a milter (a recipient
+    and a header appended after E, reached through p records, with jumps back), then
+    ``postsuper -r``: pickup follows the pointers, and streams the 7 MB content to
+    cleanup without holding it (its memory stays where it was)."""
+    inst: Instance = new_instance(maildir=True, settings={"recipient_delimiter": "+"})
+    checks = inst.write("etc/header_checks", "/^Subject: hold me please$/ HOLD\n")
+    inst.set(header_checks=f"regexp:{checks}")
+    inst.start()
+    body = "".join(f"l{i:07d}\r\n" for i in range(700_000))
+    queue_id = inst.send("alice@example.org", f"{ME}@localhost",
+                         f"Subject: hold me please\r\nTo: {ME}@localhost\r\n\r\n{body}")
+    held = inst.queue_dir / "hold" / queue_id
+    wait_until(held.exists, 60, what="the held queue file")
+    pid, before = running_pickup(inst)
+    inst.wait_maildir(1)
+    edited = postfix_edited(held.read_bytes(), b"Subject: hold me please",
+                            [b"Subject: released", b"X-Milter: added"], [f"{ME}+added@localhost"])
+    with open(held, "r+b") as f:  # in place: owner and mode stay mail_owner's, 0700
+        f.write(edited)
+        f.truncate()
+    inst.tool("postsuper", "-r", queue_id, check=True)
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"postfix/pickup\[{pid}\]: \w+: uid=\d+ from=<alice@example.org> "
+                  rf"orig_id={queue_id}$")
+    copies = [m for m in inst.wait_maildir(3, timeout=120) if b"X-Milter: added\n" in m]
+    assert len(copies) == 2
+    for message in copies:
+        head, _, text = message.partition(b"\n\n")
+        assert b"\nSubject: released\n" in head and b"hold me" not in head
+        assert text == body.replace("\r\n", "\n").encode()
+    assert {re.search(rb"^X-Original-To: (.*)$", m, re.M).group(1) for m in copies} == {  # type: ignore[union-attr]
+        f"{ME}@localhost".encode(), f"{ME}+added@localhost".encode()}
+    assert peak_memory_kb(pid) - before < 16 * 1024, (before, peak_memory_kb(pid))
