@@ -173,7 +173,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from pymailsys import dsn, log, maps, server
+from pymailsys import dsn, log, server
 from pymailsys.address import resolve
 from pymailsys.config import params
 from pymailsys.delivery.agent import (
@@ -1188,14 +1188,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if access.trusted_peer(ctx.config, uid):
         await server.read_triggers(reader, writer, ctx, lambda data: _on_trigger(ctx, data))
         return
-    try:
-        refused = access.service_acl(ctx.config, "authorized_flush_users", uid)
-    except maps.TableError as e:
-        log.warning(f"uid={uid}: authorized_flush_users lookup error: {e}")
-        return
-    if refused is not None:
-        log.warning(f"uid={uid}: User {refused}({uid}) is not allowed to flush the mail queue")
-        return
+    if access.service_refusal(ctx.config, "authorized_flush_users", uid,
+                              "flush the mail queue") is not None:
+        return  # a trigger has no reply: the warning is all
     slots: peers.PeerSlots = ctx.state.setdefault("slots", peers.PeerSlots())
     if not slots.take(uid):
         slots.refusal(uid, ctx.service)

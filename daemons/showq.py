@@ -44,11 +44,10 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
-from pymailsys import log, maps, server
+from pymailsys import log, server
 from pymailsys.ipc import attr, peers
 from pymailsys.queue import listing as showq_format
 from pymailsys.server import Context
@@ -86,23 +85,10 @@ async def send_listing(writer: asyncio.StreamWriter, ctx: Context, fmt: str,
     await writer.drain()
 
 
-def refusal(ctx: Context, uid: int) -> dict[str, Any] | None:
-    """The reply for a peer that may not list the queue, else None."""
-    try:
-        refused = access.service_acl(ctx.config, "authorized_mailq_users", uid)
-    except maps.TableError as e:
-        log.warning(f"uid={uid}: authorized_mailq_users lookup error: {e}")
-        return {"status": os.EX_TEMPFAIL, "reason": "authorized_mailq_users lookup error"}
-    if refused is None:
-        return None
-    why = f"User {refused}({uid}) is not allowed to view the mail queue"
-    log.warning(f"uid={uid}: {why}")
-    return {"status": os.EX_NOPERM, "reason": why}
-
-
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: Context) -> None:
     uid = server.peer_uid(writer.get_extra_info("socket"))
-    reply = refusal(ctx, uid)
+    reply = access.service_refusal(ctx.config, "authorized_mailq_users", uid,
+                                   "view the mail queue")
     if reply is not None:
         writer.write(attr.encode(reply))
         await writer.drain()

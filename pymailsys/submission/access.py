@@ -16,7 +16,11 @@ Postfix's postqueue and its services never refuse; ``trusted_peer`` adds the
 service's own uid (an unprivileged instance). ``service_acl(config, param,
 uid)`` is the check a public service (showq, qmgr's flush trigger) applies
 to its peer's SO_PEERCRED uid: a trusted peer always may, anyone else as
-``user_acl``.
+``user_acl``. ``service_refusal(config, param, uid, what)`` is what such a
+service answers a peer that the list refuses, as Postfix's commands word it
+(EX_NOPERM, ``User NAME(UID) is not allowed to WHAT``; EX_TEMPFAIL when a
+table cannot answer), logged as a warning that names the uid; None when the
+peer may.
 
 A table that cannot answer raises ``maps.TableError``: the caller defers or
 refuses, never allows.
@@ -25,8 +29,9 @@ refuses, never allows.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from pymailsys import maps, privileges
+from pymailsys import log, maps, privileges
 from pymailsys.config import Config, split_list
 from pymailsys.submission.login import login_name
 
@@ -78,6 +83,20 @@ def service_acl(config: Config, param: str, uid: int) -> str | None:
     if trusted_peer(config, uid):
         return None
     return user_acl(config, param, uid)
+
+
+def service_refusal(config: Config, param: str, uid: int, what: str) -> dict[str, Any] | None:
+    """The reply of a public service to a peer that ``param`` refuses (logged), else None."""
+    try:
+        refused = service_acl(config, param, uid)
+    except maps.TableError as e:
+        log.warning(f"uid={uid}: {param} lookup error: {e}")
+        return {"status": os.EX_TEMPFAIL, "reason": f"{param} lookup error"}
+    if refused is None:
+        return None
+    why = f"User {refused}({uid}) is not allowed to {what}"
+    log.warning(f"uid={uid}: {why}")
+    return {"status": os.EX_NOPERM, "reason": why}
 
 
 def login_sender_ok(config: Config, uid: int, sender: str) -> bool:
