@@ -45,7 +45,28 @@ DESCRIPTION
 
 SECURITY
     Runs as mail_owner; listens in public/ because postqueue (any user in
-    authorized_flush_users) and smtpd talk to it. A site must be a host name
+    authorized_flush_users) and smtpd talk to it. Postfix gates public/ with
+    the postdrop group; here public/ is open to every local user, so the
+    peer's uid (SO_PEERCRED) decides, as in showq and qmgr (the check in
+    postqueue is a convenience):
+
+    * the mail system (root, mail_owner, flush's own uid: ``access.trusted_peer``:
+      smtpd's ETRN, the delivery agents' ``add``) makes any request, many on
+      one connection (``attr.serve_pipelined``);
+    * any other user is refused unless authorized_flush_users allows it
+      (status 77, EX_NOPERM, and Postfix's ``User NAME(UID) is not allowed to
+      flush the mail queue``, which postqueue prints as showq's refusal), and
+      may then make only the requests postqueue makes for a user
+      (``USER_REQUESTS``: ``send_site`` for ``-s``; ``-i`` does not come here);
+      ``add`` or anything else is refused the same way and logged as a
+      warning naming the uid. Such a user makes one small request
+      (``USER_LIMITS``) per connection, read within ipc_timeout (else the
+      connection closes: ``request not done within ipc_timeout``), and holds
+      at most ``peers.PER_UID_CONNECTIONS`` connections
+      (``TOTAL_CONNECTIONS`` for all users; one over is answered status 75,
+      "try again later").
+
+    A site must be a host name
     or an address literal (no ``/``, at most 255 characters) and is folded
     to lower case before it names a file; a queue ID must be valid. Memory
     does not grow with a log: ``send_site`` streams it and remembers at most
@@ -53,7 +74,8 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     fast_flush_domains, parent_domain_matches_subdomains, queue_service_name,
-    fast_flush_refresh_time, fast_flush_purge_time, ipc_timeout.
+    fast_flush_refresh_time, fast_flush_purge_time, ipc_timeout,
+    authorized_flush_users, mail_owner.
 """
 
 from __future__ import annotations
@@ -67,17 +89,20 @@ from typing import Any, BinaryIO
 
 from pymailsys import log, server
 from pymailsys.address.resolve import DomainList
-from pymailsys.ipc import attr, trigger
+from pymailsys.ipc import attr, peers, trigger
 from pymailsys.ipc import flush as proto
 from pymailsys.maps import TableError
 from pymailsys.maps.search import parent_style
 from pymailsys.queue import spool as q
 from pymailsys.server import Context
+from pymailsys.submission import access
 
 PROGRAM = "flush"
 LINE_MAX = 256  # a longer line in a log is not a queue ID: read in pieces, each refused
 DUP_FILTER = 10_000  # IDs one send remembers to skip duplicates (Postfix's FLUSH_DUP_FILTER_SIZE)
 OPEN_TRIES = 3  # an add that finds its log removed by a purge opens it again
+USER_REQUESTS = frozenset({proto.SEND_SITE})  # what postqueue asks for a user (-s)
+USER_LIMITS = attr.Limits(attrs=4, value=proto.MAX_SITE, total=1024)  # a user's request
 
 
 class FlushLogs:
@@ -259,11 +284,50 @@ async def handle(logs: FlushLogs, req: attr.AttrList) -> dict[str, Any]:
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 ctx: Context) -> None:
     logs: FlushLogs = ctx.state["logs"]
+    uid = server.peer_uid(writer.get_extra_info("socket"))
+    if access.trusted_peer(ctx.config, uid):
+        async def handler(req: attr.AttrList) -> dict[str, Any]:
+            return await handle(logs, req)
 
-    async def handler(req: attr.AttrList) -> dict[str, Any]:
-        return await handle(logs, req)
+        await attr.serve_pipelined(reader, writer, handler)
+        return
+    reply = access.service_refusal(ctx.config, "authorized_flush_users", uid,
+                                   "flush the mail queue")
+    if reply is None:
+        slots: peers.PeerSlots = ctx.state.setdefault("slots", peers.PeerSlots())
+        if not slots.take(uid):
+            reply = slots.refusal(uid, ctx.service)
+        else:
+            try:
+                reply = await user_request(logs, reader, ctx, uid)
+            finally:
+                slots.give_back(uid)
+    if reply is not None:
+        writer.write(attr.encode(reply))
+        await writer.drain()
 
-    await attr.serve_pipelined(reader, writer, handler)
+
+async def user_request(logs: FlushLogs, reader: asyncio.StreamReader, ctx: Context,
+                       uid: int) -> dict[str, Any] | None:
+    """The one request of a user other than the mail system (SECURITY), its reply;
+    None when none came whole within ipc_timeout."""
+    timeout = ctx.config.get_time("ipc_timeout")
+    try:
+        req = await attr.read_attrs(reader, USER_LIMITS, timeout)
+    except attr.RequestTimeout:
+        log.warning(f"uid={uid}: request not done within ipc_timeout ({timeout}s)")
+        return None
+    except attr.ProtocolError as e:
+        log.warning(f"uid={uid}: bad request: {e}")
+        return None
+    if req is None:
+        return None
+    request = req.text("request")
+    if request not in USER_REQUESTS:
+        why = f"flush request \"{log.printable(request[:100])}\" is the mail system's"
+        log.warning(f"uid={uid}: {why}")
+        return {"status": os.EX_NOPERM, "reason": why}
+    return await handle(logs, req)
 
 
 async def on_trigger(ctx: Context, data: bytes) -> None:

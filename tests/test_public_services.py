@@ -6,15 +6,20 @@ postqueue or sendmail."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from harness import ME, Instance, wait_until
+from qf_helpers import match_owner, queue_files
+from test_e2e_outbound import Sink, sink  # noqa: F401 (the fixture)
 
 from pymailsys.ipc import attr, peers
 from pymailsys.queue import listing, records
@@ -44,14 +49,17 @@ def as_user(user: str, code: str, *args: str, input: bytes = b"", timeout: float
     return result.stdout
 
 
-def started(new_instance, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
-    inst: Instance = new_instance(maildir=True)
+def started(new_instance, inst: Instance | None = None, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    """A started instance (``inst``, or a new one with Maildir delivery) whose public
+    services every local user can reach, as in a system with a world-readable spool."""
+    if inst is None:
+        inst = new_instance(maildir=True)
     if settings:
         inst.set(**settings)
     inst.start()
     os.chmod(inst.queue_dir / "public", 0o711)
     os.chmod(inst.queue_dir, 0o755)
-    for name in ("showq", "pickup", "qmgr"):
+    for name in ("showq", "pickup", "qmgr", "flush"):
         wait_until((inst.queue_dir / "public" / name).exists, 30,
                    what=f"public/{name}")
     return inst
@@ -237,3 +245,128 @@ def test_peer_slots() -> None:
     slots.give_back(1)
     assert slots.take(3) and not slots.take(1)
     assert slots.first_refusal(1)  # a slot came back in between
+
+
+FLUSH_SITE = "remote.example"
+FLUSH_REQUESTS = r'''
+import sys
+from pymailsys.ipc import attr
+path, site = sys.argv[1], sys.argv[2]
+for request in ({"request": "send_site", "site": site},
+                {"request": "add", "site": site, "queue_id": "3F2A11C0D7E"},
+                {"request": "add\nfake: line", "site": site},
+                {"request": "purge", "site": site}):
+    with attr.SyncAttrClient(path, timeout=30) as client:
+        reply = client.request(request)
+    print(reply.text("status"), reply.text("reason"), sep="|")
+'''
+
+
+def flush_instance(new_instance, peer: Sink, **settings: str) -> tuple[Instance, str]:  # type: ignore[no-untyped-def]
+    """An instance with one deferred message for FLUSH_SITE (not due for a day, so only
+    a flush sends it) named in the site's flush log; smtp-sink (``peer``) takes it."""
+    peer.start()
+    inst: Instance = new_instance(maildir=True)
+    inst.set(relay_domains=FLUSH_SITE,
+             transport_maps=f"inline:{{ {FLUSH_SITE}=relay:[127.0.0.1]:{peer.port} }}",
+             **settings)
+    inst.postfix("check")
+    now = time.time()
+    (queue_id,) = queue_files(inst.queue_dir, "deferred", "alice@example.org",
+                              [f"a@{FLUSH_SITE}"], [b"Subject: waiting", b"", b"x"],
+                              arrival=now - 3600, mtime=now + 86400)
+    (inst.queue_dir / "flush" / FLUSH_SITE).write_text(f"{queue_id}\n")
+    match_owner(inst.queue_dir, "flush")
+    started(new_instance, inst=inst)
+    return inst, queue_id
+
+
+@pytest.mark.root
+def test_flush_refuses_a_user_that_authorized_flush_users_refuses_but_etrn_works(
+        new_instance, python_user, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """authorized_flush_users = root: the user is refused by the flush service itself,
+    not only by postqueue; smtpd (the mail system) still sends the site's mail on ETRN."""
+    inst, queue_id = flush_instance(new_instance, sink, authorized_flush_users="root")
+    uid = pwd.getpwnam(python_user).pw_uid
+    flush_log = inst.queue_dir / "flush" / FLUSH_SITE
+    before = flush_log.read_bytes()
+    refused = f"User {python_user}({uid}) is not allowed to flush the mail queue"
+    out = as_user(python_user, FLUSH_REQUESTS, str(inst.queue_dir / "public" / "flush"),
+                  FLUSH_SITE).decode().splitlines()
+    assert out == [f"77|{refused}"] * 4
+    inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: {re.escape(refused)}", count=4)
+    done = inst.tool("postqueue", "-s", FLUSH_SITE, user=python_user)
+    assert done.returncode == 77 and f"postqueue: fatal: {refused}" in done.stderr
+    assert flush_log.read_bytes() == before
+    assert queue_id in inst.queue_ids("deferred")
+    with inst.smtp() as client:
+        client.ehlo()
+        assert client.docmd("ETRN", FLUSH_SITE) == (250, b"Queuing started")
+    inst.wait_log(rf"{queue_id}: to=<a@{FLUSH_SITE}>, .*status=sent")
+
+
+@pytest.mark.root
+def test_an_authorized_user_may_flush_a_site_and_nothing_else(
+        new_instance, python_user, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A user that authorized_flush_users allows makes postqueue's requests (send_site);
+    add, and anything else, is the mail system's: refused and logged, control
+    characters replaced."""
+    inst, queue_id = flush_instance(new_instance, sink, authorized_flush_users=python_user)
+    uid = pwd.getpwnam(python_user).pw_uid
+    flush_log = inst.queue_dir / "flush" / FLUSH_SITE
+    inst.tool("postqueue", "-s", FLUSH_SITE, user=python_user, check=True)
+    inst.wait_log(rf"{queue_id}: to=<a@{FLUSH_SITE}>, .*status=sent")
+    assert flush_log.read_bytes() == b""
+    out = as_user(python_user, FLUSH_REQUESTS, str(inst.queue_dir / "public" / "flush"),
+                  FLUSH_SITE).decode().splitlines()
+    assert out[0] == "0|"  # send_site, as postqueue -s
+    assert out[1:] == [f'77|flush request "{r}" is the mail system\'s'
+                       for r in ("add", "add?fake: line", "purge")]
+    for request in ("add", r"add\?fake: line", "purge"):
+        inst.wait_log(rf'postfix/flush\[\d+\]: warning: uid={uid}: flush request "{request}" '
+                      r"is the mail system's")
+    assert "\nfake: line" not in inst.log()
+    assert flush_log.read_bytes() == b""
+
+
+SLOW_FLUSH_CLIENTS = r'''
+import json, select, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"request\0\x09send_site")  # and then nothing: not a whole request
+    socks.append(s)
+    time.sleep(0.05)
+got = {s.fileno(): b"" for s in socks}
+open_ = set(got)
+end = time.monotonic() + 40
+while open_ and time.monotonic() < end:
+    ready, _, _ = select.select(list(open_), [], [], 1)
+    for fd in ready:
+        s = next(s for s in socks if s.fileno() == fd)
+        chunk = s.recv(4096)
+        if chunk:
+            got[fd] += chunk
+        else:
+            open_.discard(fd)
+print(json.dumps({"still_open": len(open_),
+                  "replies": [v.decode("latin-1") for v in got.values() if v]}))
+'''
+
+
+@pytest.mark.root
+def test_a_slow_flush_client_is_dropped_at_ipc_timeout_and_holds_few_slots(
+        new_instance, python_user, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    inst, _ = flush_instance(new_instance, sink, ipc_timeout="3s")
+    uid = pwd.getpwnam(python_user).pw_uid
+    result = json.loads(as_user(python_user, SLOW_FLUSH_CLIENTS,
+                                str(inst.queue_dir / "public" / "flush"),
+                                str(peers.PER_UID_CONNECTIONS + 1)))
+    assert result["still_open"] == 0  # every connection was closed by flush
+    assert result["replies"] == [attr.encode({"status": os.EX_TEMPFAIL, "reason": (
+        "too many connections, try again later")}).decode("latin-1")]
+    inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: too many connections to flush")
+    inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: request not done within "
+                  r"ipc_timeout \(3s\)", count=peers.PER_UID_CONNECTIONS)

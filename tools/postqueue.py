@@ -18,7 +18,9 @@ DESCRIPTION
         deferred mail to incoming/ and wakes qmgr. A site not in
         fast_flush_domains: ``Flush service is not configured for
         destination "site"``, exit 69; the service down: ``Cannot flush mail
-        queue - mail system is down``, exit 69.
+        queue - mail system is down``, exit 69; the service's refusal (the
+        user is not in authorized_flush_users, exit 77; too many
+        connections, exit 75) printed as it gives it.
 
 SECURITY
     Root works in the queue directories (mail_owner's) only as mail_owner:
@@ -155,11 +157,13 @@ def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
 def flush_site(cfg: config_mod.Config, site: str) -> None:
     _check_acl(cfg, "authorized_flush_users", "flush the mail queue")
     spool = queue.Spool.from_config(cfg)
-    status = flush.send_site(spool.public(cfg.get("flush_service_name")), site,
-                             float(cfg.get_time("ipc_timeout")),
-                             enabled=bool(cfg.get_list("fast_flush_domains")))
+    status, reason = flush.send_site(spool.public(cfg.get("flush_service_name")), site,
+                                     float(cfg.get_time("ipc_timeout")),
+                                     enabled=bool(cfg.get_list("fast_flush_domains")))
     if status == flush.OK:
         return
+    if status in (flush.NOPERM, flush.TEMPFAIL) and reason:
+        fatal(status, reason)  # the flush service's own refusal
     if status == flush.DENY:
         fatal(os.EX_UNAVAILABLE, f'Flush service is not configured for destination "{site}"')
     if status == flush.BAD:

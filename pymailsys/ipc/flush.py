@@ -11,6 +11,11 @@ of a deferred message; ``send_site`` from ``postqueue -s`` (``sendmail -qR``)
 and smtpd's ETRN. Statuses are Postfix's FLUSH_STAT_*: ``OK``, ``BAD`` (a
 malformed request, or a site that is neither a host name nor an address
 literal), ``DENY`` (the site is not in fast_flush_domains) and ``FAIL``.
+A local user other than the mail system may ask only ``send_site`` (the
+service checks its uid, see daemons/flush.py), and is refused as showq
+refuses: ``NOPERM`` (77, EX_NOPERM: authorized_flush_users, or a request
+that is the mail system's) or ``TEMPFAIL`` (75, EX_TEMPFAIL: too many
+connections), each with a ``reason`` to print.
 
 Clients take the socket path (``Spool.public(flush_service_name)``) and
 return a status and never raise: a flush service that cannot be
@@ -21,6 +26,7 @@ fast_flush_domains is empty.
 
 from __future__ import annotations
 
+import os
 import re
 
 from pymailsys import log
@@ -33,6 +39,8 @@ FAIL = -1
 OK = 0
 BAD = 3
 DENY = 4
+NOPERM = os.EX_NOPERM  # a refused user: with a reason
+TEMPFAIL = os.EX_TEMPFAIL  # a user over its connection limit: with a reason
 
 MAX_SITE = 255
 
@@ -47,17 +55,17 @@ def valid_site(site: str) -> bool:
     return bool(_HOST_RE.match(site) or _LITERAL_RE.match(site))
 
 
-def send_site(path: str, site: str, timeout: float, enabled: bool = True) -> int:
-    """Blocking ``send_site`` for commands (postqueue -s); ``enabled``: fast_flush_domains
-    is not empty."""
+def send_site(path: str, site: str, timeout: float, enabled: bool = True) -> tuple[int, str]:
+    """Blocking ``send_site`` for commands (postqueue -s): the status and the reason
+    that comes with a refusal; ``enabled``: fast_flush_domains is not empty."""
     if not enabled:
-        return DENY
+        return DENY, ""
     try:
         with attr.SyncAttrClient(path, timeout=timeout) as client:
             reply = client.request({"request": SEND_SITE, "site": site})
     except (attr.ProtocolError, OSError):
-        return FAIL
-    return reply.number("status", FAIL)
+        return FAIL, ""
+    return reply.number("status", FAIL), reply.text("reason")
 
 
 class FlushClient:
