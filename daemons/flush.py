@@ -64,7 +64,9 @@ SECURITY
       connection closes: ``request not done within ipc_timeout``), and holds
       at most ``peers.PER_UID_CONNECTIONS`` connections
       (``TOTAL_CONNECTIONS`` for all users; one over is answered status 75,
-      "try again later").
+      "try again later"). A wake-up (``W``, which refreshes and purges
+      the logs) from such a user is logged and dropped by the server
+      skeleton (``server.peer_is_mail_system``): it is master's to send.
 
     A site must be a host name
     or an address literal (no ``/``, at most 255 characters) and is folded

@@ -69,7 +69,9 @@ stream service that also takes master's wake-up on its socket passes
 flush_request_receive does: a connection whose first write is at most
 ``SHORT_REQUEST`` bytes (``W``, perhaps NUL-terminated) is a trigger, handed
 to ``on_trigger`` and closed; a longer one is a client's request stream,
-handed to ``serve``. The first write must come within ipc_timeout. (pickup
+handed to ``serve``. The first write must come within ipc_timeout. A
+trigger counts only from the mail system (``peer_is_mail_system``): any
+other local user's is logged with its uid and dropped. (pickup
 tells them apart itself, by its first byte, after its per-user connection
 limit.)
 
@@ -190,13 +192,14 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def peer_is_mail_system(writer: asyncio.StreamWriter, config: config_mod.Config) -> bool:
+def peer_is_mail_system(peer: asyncio.StreamWriter | socket.socket,
+                        config: config_mod.Config) -> bool:
     """True when a Unix-socket client runs as root or mail_owner (or as us, unprivileged).
 
     public/ is open to every local user (sendmail needs no setgid), so a service
     there that trusts what it is told (cleanup: origin, uid) must check this.
     """
-    sock = writer.get_extra_info("socket")
+    sock = peer.get_extra_info("socket") if isinstance(peer, asyncio.StreamWriter) else peer
     if sock is None or sock.family != socket.AF_UNIX:
         return True
     uid = peer_uid(sock)
@@ -344,7 +347,7 @@ class _Runner:
             trigger = await self._short_request(conn)
             if trigger is not None:
                 try:
-                    if trigger:
+                    if trigger and self._trigger_allowed(conn):
                         await self._trigger(trigger)
                 except Exception as e:  # a bug in handling one trigger: log it, keep serving
                     log.error(f"{self.ctx.program}: unexpected error: {e!r}")
@@ -446,6 +449,15 @@ class _Runner:
             return b""
         finally:
             loop.remove_reader(conn.fileno())
+
+    def _trigger_allowed(self, conn: socket.socket) -> bool:
+        """A trigger on a stream service's socket is master's wake-up: the mail
+        system's to send, not any local user's (public/ is open to all)."""
+        if peer_is_mail_system(conn, self.ctx.config):
+            return True
+        log.warning(f"uid={peer_uid(conn)}: {self.ctx.service}: wake-up request refused: "
+                    "only the mail system may send it")
+        return False
 
     async def _read_triggers(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:

@@ -370,3 +370,18 @@ def test_a_slow_flush_client_is_dropped_at_ipc_timeout_and_holds_few_slots(
     inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: too many connections to flush")
     inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: request not done within "
                   r"ipc_timeout \(3s\)", count=peers.PER_UID_CONNECTIONS)
+
+
+@pytest.mark.root
+def test_only_the_mail_system_wakes_flush_up(new_instance, python_user, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A wake-up refreshes every log that is due (master's, every 1000 s); a user's
+    W on public/flush is refused, so the log it would have emptied stays."""
+    inst, queue_id = flush_instance(new_instance, sink, fast_flush_refresh_time="60s")
+    uid = pwd.getpwnam(python_user).pw_uid
+    flush_log = inst.queue_dir / "flush" / FLUSH_SITE
+    old = time.time() - 3600
+    os.utime(flush_log, (old, old))  # unread for an hour: due for a refresh
+    as_user(python_user, CLIENT, str(inst.queue_dir / "public" / "flush"), input=b"W")
+    inst.wait_log(rf"postfix/flush\[\d+\]: warning: uid={uid}: flush: wake-up request refused: "
+                  r"only the mail system may send it")
+    assert flush_log.read_text() == f"{queue_id}\n"
