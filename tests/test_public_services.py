@@ -1,4 +1,4 @@
-"""The public services decide for themselves: showq, qmgr's flush trigger and pickup
+"""The public services decide for themselves: showq, flush, qmgr's flush trigger and pickup
 check the peer's uid (SO_PEERCRED), bound what one user may hold (connections,
 attributes, value sizes, time), and keep answering everyone else. The clients
 here talk to the sockets directly, as a hostile local user would, not through

@@ -46,7 +46,7 @@ records). A reader takes ``Limits``: at most so many attributes, bytes per
 value and bytes per list (``LimitExceeded``, a ProtocolError, names the limit;
 an oversized value is refused from its length, before any of it is read), and
 an optional deadline for the whole list (``RequestTimeout``). Services that
-any local user can reach (pickup, showq) pass tight limits and ipc_timeout;
+any local user can reach (pickup, showq, flush) pass tight limits and ipc_timeout;
 ``DEFAULT_LIMITS`` (``MAX_VALUE`` per value and per list) is for peers of the
 mail system itself. A list that is already whole in the reader's buffer (most
 are) is decoded from it in one pass, with the same limits, instead of one await

@@ -1,6 +1,6 @@
 """peers - how many connections each local user may hold on a public service.
 
-A service in public/ (pickup, showq, qmgr's trigger) is open to every local
+A service in public/ (pickup, showq, flush, qmgr's trigger) is open to every local
 user. ``PeerSlots(per_uid, total)`` gives each connection a slot: ``take(uid)``
 is False when that uid already holds ``per_uid`` slots or the service holds
 ``total``; ``give_back(uid)`` when the connection ends. One user therefore
