@@ -278,3 +278,49 @@ def test_table_source_continuation_keeps_white_space_as_postfix(tmp_path) -> Non
     assert table.lookup("key1") == "v1   v2"
     assert table.lookup("key2") == "a,\t\tb"
     assert table.lookup("k3") == "a\r\tb"
+
+
+def test_table_owner_is_the_owner_of_its_file_or_root(tmp_tables) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's dict->owner: a file's uid (0 trusted), tables without a file trusted
+    uid = 4242 if os.geteuid() == 0 else os.getuid()
+    maps.write_lmdb(str(tmp_tables / "h.lmdb"), [("a", "1")])
+    (tmp_tables / "t").write_text("a 1\n")
+    (tmp_tables / "r").write_text("/a/ 1\n")
+    (tmp_tables / "c").write_text("10.0.0.0/8 1\n")
+    for name in ("h.lmdb", "t", "r", "c"):
+        if os.geteuid() == 0:
+            os.chown(tmp_tables / name, uid, -1)
+    for spec in (f"hash:{tmp_tables}/h", f"texthash:{tmp_tables}/t",
+                 f"regexp:{tmp_tables}/r", f"pcre:{tmp_tables}/r", f"cidr:{tmp_tables}/c",
+                 f"proxy:hash:{tmp_tables}/h"):
+        assert maps.open_table(spec).owner == uid, spec
+    for spec in ("static:x", "inline:{a=1}", "unix:passwd.byname", "fail:x", "environ:x",
+                 "randmap:{a, b}", "unionmap:{static:x, inline:{a=1}}"):
+        assert maps.open_table(spec).owner == 0, spec
+    union = maps.open_table(f"unionmap:{{inline:{{a=1}}, hash:{tmp_tables}/h}}")
+    assert union.owner == uid
+    assert maps.open_table(f"pipemap:{{hash:{tmp_tables}/h, static:x}}").owner == uid
+
+
+@pytest.mark.root
+def test_table_owner_of_two_users_is_unknown_and_follows_a_rebuild(tmp_tables) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for name, uid in (("one", 4242), ("two", 4243)):
+        maps.write_lmdb(str(tmp_tables / f"{name}.lmdb"), [("a", name)])
+        os.chown(tmp_tables / f"{name}.lmdb", uid, -1)
+    union = maps.open_table(f"unionmap:{{hash:{tmp_tables}/one, hash:{tmp_tables}/two}}")
+    assert union.owner is None  # Postfix: DICT_OWNER_UNKNOWN
+    one = maps.open_table(f"hash:{tmp_tables}/one")
+    assert isinstance(one, maps.LmdbTable) and one.owner == 4242
+    maps.write_lmdb(str(tmp_tables / "one.lmdb"), [("a", "root's")])  # rebuilt by root
+    one.checked = 0.0  # skip the once-a-second recheck delay
+    assert one.lookup("a") == "root's" and one.owner == 0
+
+
+def test_maps_find_table_names_the_table_that_answered(tmp_tables) -> None:  # type: ignore[no-untyped-def]
+    maps.write_lmdb(str(tmp_tables / "h.lmdb"), [("b", "2")])
+    found = maps.Maps(None, specs=["inline:{a=1}", f"hash:{tmp_tables}/h"])
+    assert found.find_table("a") == ("1", maps.open_table("inline:{a=1}"))
+    assert found.find_table("B") == ("2", maps.open_table(f"hash:{tmp_tables}/h"))
+    assert found.find_table("c") is None and found.find("b") == "2"

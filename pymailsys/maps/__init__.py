@@ -9,7 +9,9 @@ indexed files are reopened when postmap/postalias replaced them, and
 (the server skeleton then restarts the daemon, as Postfix's do).
 
 ``Maps(config, "alias_maps")`` is a parameter's list of tables searched in
-order (Postfix's maps_find): the first table that finds the key wins. A table
+order (Postfix's maps_find): the first table that finds the key wins;
+``find_table`` also names that table, whose ``owner`` (``maps.base``) local
+needs for an alias's delivery rights. A table
 that answers an empty string (a regexp or pcre rule without a result) is a
 configuration error, as in Postfix: two warnings (``PARAM lookup of KEY
 returns an empty string result``, ``PARAM should return NO RESULT in case of
@@ -18,7 +20,11 @@ NOT FOUND``) and ``TableConfigError`` (a ``TableError``), so the caller defers.
 Registered types here: ``hash``, ``btree``, ``lmdb`` (all indexed with lmdb in
 ``name.lmdb``, keys folded to lower case, stored with a trailing NUL),
 ``texthash``, ``inline``, ``static``, ``unix:passwd.byname``, ``proxy:`` (a
-prefix that is accepted and dropped: tables are read in-process). Other types
+prefix that is accepted and dropped: tables are read in-process, so the table
+behind it, its owner included, is the one used). The owner of an indexed table
+is that of ``name.lmdb``, as opened (Postfix: of the .db file), of a texthash,
+regexp, pcre or cidr table that of its source; tables without a file are
+root's. Other types
 register themselves with ``@register("type")``; an unknown type raises
 ``TableError`` naming it.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import time
 from typing import Any
@@ -46,6 +53,7 @@ from pymailsys.maps.base import (
     TableConfigError,
     TableError,
     Warn,
+    combined_owner,
     default_warn,
     logical_lines,
     read_source,
@@ -106,6 +114,12 @@ class Maps:
         one (a parent domain, a shortened IP address, ``@domain``...), and
         only fixed-key tables are asked, never regexp, pcre or cidr tables.
         """
+        found = self.find_table(key, partial)
+        return found[0] if found is not None else None
+
+    def find_table(self, key: str, partial: bool = False) -> tuple[str, Table] | None:
+        """``find``'s value with the table that answered it (Postfix's alias lookup
+        asks each table in turn for this: whose the value is, ``Table.owner``)."""
         for table in self.tables:
             if partial and not table.fixed:
                 continue
@@ -118,7 +132,7 @@ class Maps:
                 log.warning(f"{title} should return NO RESULT in case of NOT FOUND")
                 raise TableConfigError(f"{title} lookup of {key} returns an empty string result")
             if value is not None:
-                return value
+                return value, table
         return None
 
 
@@ -184,6 +198,7 @@ def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[t
 
 class StaticTable(Table):
     fold = False
+    owner = 0
 
     def lookup(self, key: str) -> str | None:
         value = self.name
@@ -193,6 +208,8 @@ class StaticTable(Table):
 
 
 class InlineTable(Table):
+    owner = 0
+
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
         body = name.strip()
@@ -215,7 +232,7 @@ class InlineTable(Table):
 class TextHashTable(Table):
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
-        text = read_source(name)
+        text, self.owner = read_source(name)
         self.data: dict[str, str] = {}
         for _, k, v in parse_source(text, name):
             self.data.setdefault(k.lower(), v)
@@ -231,6 +248,7 @@ class PasswdTable(Table):
     The value is the passwd line, ``name:passwd:uid:gid:gecos:dir:shell``."""
 
     fold = False
+    owner = 0
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
@@ -260,19 +278,32 @@ class LmdbTable(Table):
         self.first_ident = self.ident
 
     def _open(self) -> None:
+        """Open the file, then lmdb on that very file (through /proc/self/fd where
+        there is one), so that its identity and owner are those of what is read."""
         import lmdb
 
         try:
-            st = os.stat(self.path)
-            env = lmdb.open(self.path, subdir=False, readonly=True, lock=False, max_dbs=0)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            raise TableError(f"open database {self.path}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise TableError(f"open database {self.path}: not a regular file")
+            by_fd = f"/proc/self/fd/{fd}"
+            env = lmdb.open(by_fd if os.path.exists(by_fd) else self.path, subdir=False,
+                            readonly=True, lock=False, max_dbs=0)
         except OSError as e:
             raise TableError(f"open database {self.path}: {e.strerror}") from e
         except lmdb.Error as e:
             raise TableError(f"open database {self.path}: {e}") from e
+        finally:
+            os.close(fd)
         if self.env is not None:
             self.env.close()
         self.env = env
         self.ident = (st.st_dev, st.st_ino)
+        self.owner = st.st_uid
         self.checked = time.monotonic()
 
     def _maybe_reopen(self) -> None:
@@ -384,6 +415,7 @@ class UnionTable(Table):
         super().__init__(type_name, name)
         self.members = [open_table(s) for s in split_composite(type_name, name)]
         self.fixed = all(t.fixed for t in self.members)
+        self.owner = combined_owner(self.members)
 
     def lookup(self, key: str) -> str | None:
         found = [v for v in (_member_lookup(t, key) for t in self.members) if v is not None]
@@ -399,6 +431,7 @@ class PipeTable(Table):
         super().__init__(type_name, name)
         self.members = [open_table(s) for s in split_composite(type_name, name)]
         self.fixed = all(t.fixed for t in self.members)
+        self.owner = combined_owner(self.members)
 
     def lookup(self, key: str) -> str | None:
         value: str | None = key
@@ -414,6 +447,7 @@ class RandTable(Table):
     """randmap:{a, b, ...}: one of the values at random, whatever the key."""
 
     fold = False
+    owner = 0
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
@@ -434,6 +468,8 @@ class RandTable(Table):
 class FailTable(Table):
     """fail:name: every lookup fails (a table error), for tests and placeholders."""
 
+    owner = 0
+
     def lookup(self, key: str) -> str | None:
         raise TableError(f"fail:{self.name}: table lookup failed")
 
@@ -442,6 +478,7 @@ class EnvironTable(Table):
     """environ:name: the process environment."""
 
     fold = False
+    owner = 0
 
     def lookup(self, key: str) -> str | None:
         return os.environ.get(key)

@@ -2,7 +2,13 @@
 
 ``Table`` is one table: ``lookup(key)`` returns a string (found), ``None`` (not
 found) or raises ``TableError`` (the table could not answer; callers defer, they
-never treat this as not found). ``register("type")`` adds a factory for a table
+never treat this as not found). ``owner`` says whose the table is (Postfix's
+dict->owner), for local(8), which runs an alias's commands and files with the
+rights of the table's owner: the uid of the file the table was read from (0:
+root, trusted), 0 for a table that has no file (static, inline: main.cf's), or
+None when it is unknown (the default for a type that says nothing, as
+Postfix's dict_alloc; local then defers); ``combined_owner`` is the owner of a
+table made of others (unionmap, pipemap). ``register("type")`` adds a factory for a table
 type; ``pymailsys.maps`` opens tables through that registry. ``read_source`` and
 ``logical_lines`` read the source files of the text-based types (Postfix's
 readllines(), the one reader in ``pymailsys.config.lines``: comments and blank
@@ -12,7 +18,7 @@ its white space kept).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from pymailsys import log
 from pymailsys.bounded_read import FileRefused, read_bounded
@@ -33,6 +39,7 @@ class Table:
 
     fold = True  # fold keys to lower case before lookup
     fixed = True  # a fixed-key table (Postfix's DICT_FLAG_FIXED), not a pattern table
+    owner: int | None = None  # the owner's uid (0: root or no file, trusted); None: unknown
 
     def __init__(self, type_name: str, name: str) -> None:
         self.type = type_name
@@ -53,6 +60,18 @@ class Table:
 
     def __repr__(self) -> str:
         return f"<Table {self.spec}>"
+
+
+def combined_owner(tables: Iterable[Table]) -> int | None:
+    """The owner of a table made of ``tables`` (Postfix's DICT_OWNER_AGGREGATE): 0 when
+    every one is trusted, the one user who owns any of the others, else None (a member
+    of unknown owner, or members of two different users)."""
+    owner: int | None = 0
+    for table in tables:
+        if table.owner is None or (owner and table.owner and table.owner != owner):
+            return None
+        owner = owner or table.owner
+    return owner
 
 
 Factory = Callable[[str, str], Table]
@@ -87,19 +106,19 @@ SOURCE_SIZE_LIMIT = 1 << 26  # bytes of a table's source file
 SOURCE_READ_TIMEOUT = 60.0  # seconds
 
 
-def read_source(name: str) -> str:
+def read_source(name: str) -> tuple[str, int]:
     """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
     the table is opened, as ``bounded_read`` reads (a regular file of at most
-    SOURCE_SIZE_LIMIT bytes, a FIFO never blocks); ``TableError("open NAME: reason")``
-    when it cannot be read."""
+    SOURCE_SIZE_LIMIT bytes, a FIFO never blocks), and the uid of the file read (the
+    table's ``owner``); ``TableError("open NAME: reason")`` when it cannot be read."""
     try:
-        data, _ = read_bounded(name, SOURCE_SIZE_LIMIT, SOURCE_READ_TIMEOUT)
+        data, st = read_bounded(name, SOURCE_SIZE_LIMIT, SOURCE_READ_TIMEOUT)
     except (FileRefused, TimeoutError) as e:
         raise TableError(f"open {name}: {e}") from e
     except OSError as e:
         raise TableError(f"open {name}: {e.strerror}") from e
     # lines end at LF only (config.lines): a CR stays text, as in Postfix
-    return data.decode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "surrogateescape"), st.st_uid
 
 
 def logical_lines(text: str, name: str) -> Iterator[tuple[int, str]]:
