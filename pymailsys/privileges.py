@@ -21,7 +21,8 @@ deliveries to commands and files on behalf of no user in particular) and
 ``mail_owner(config)`` the owner of the queue and the daemons (the server
 skeleton's privilege drop, the spool layout, the commands that check it), and
 ``setgid_group(config)`` the group of maildrop/ and public/; each refuses an
-unknown or privileged (id 0) value. ``user_name``/``group_name`` name an id.
+unknown or privileged (id 0) value. ``account_of`` is the account of a uid (a
+file's owner), ``user_name``/``group_name`` name an id.
 These are the one place that resolves the mail system's accounts. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
 parent never switches).
@@ -99,12 +100,19 @@ def setgid_group(config: config_mod.Config) -> tuple[int, str]:
     return gr.gr_gid, name
 
 
+def account_of(uid: int) -> UserIds | None:
+    """The account of uid (getpwuid), or None when there is none: whose rights a file's
+    owner has (local: an alias table's, an :include: file's)."""
+    try:
+        return UserIds.from_pw(pwd.getpwuid(uid))
+    except KeyError:
+        return None
+
+
 def user_name(uid: int) -> str:
     """The user name of uid, or the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    ids = account_of(uid)
+    return ids.name if ids is not None else str(uid)
 
 
 def group_name(gid: int) -> str:

@@ -37,9 +37,10 @@ DESCRIPTION
        delivered once (duplicate_filter_limit), nesting is limited (100
        levels), an ``owner-NAME`` alias becomes the sender of the forwarded
        copy. ``|command``, ``/file`` (``/dir/`` = Maildir) and
-       ``:include:/path`` (read as default_privs; its members that are not
-       aliases are forwarded; commands and files from includes only when
-       ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``).
+       ``:include:/path`` (its members that are not aliases are forwarded;
+       commands and files from includes only when
+       ``allow_mail_to_commands``/``allow_mail_to_files`` list ``include``),
+       with the rights described under SECURITY.
        A table that cannot answer defers the mail (4.3.0). The reply's
        ``rcpt`` names the member whose bounce or deferral decided the result,
        ``also_rcpt``/``also_dsn``/``also_reason`` every other member with that
@@ -127,9 +128,15 @@ SECURITY
     gid (in the spool directory: a world-writable directory gives the
     recipient's ids, a group-writable one the recipient's uid and the
     directory's group, otherwise root creates the file and gives it to the
-    recipient); commands and files from aliases run as ``default_privs``,
-    those from .forward files and mailbox_command as the recipient; uid 0
-    never runs a command or writes a file on an alias's behalf. Mailbox files
+    recipient). Commands and files run as Postfix's local runs them: from an
+    alias in a root-owned table (or one without a file: static, inline) as
+    ``default_privs``; from an alias in a table another user owns as that
+    owner (an unknown owner defers); from an :include: file that another user
+    owns, listed with root's rights, as the file's owner (read with those
+    rights; a root-owned one is read as default_privs); from .forward files
+    and mailbox_command as the recipient. The owner of one table or file never
+    gets default_privs' account, and uid 0 never runs a command or writes a
+    file on an alias's behalf. Mailbox files
     are never opened through symbolic links, must be regular files with one
     link, and are created with O_EXCL mode 0600. Run as another user, local
     defers mail for every account but its own.

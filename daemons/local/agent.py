@@ -78,7 +78,8 @@ class Level:
     exp_type: str = ""  # alias, forward, include ("" for the request's recipient)
     exp_from: str = ""  # the alias or user being expanded (not looked up again)
     owner: str = ""  # set: members that are not this user are forwarded, not delivered
-    rights: privileges.UserIds | None = None  # for commands, files (None: default_privs)
+    rights: privileges.UserIds | None = None  # for commands, files (None: default_privs,
+    # a root-owned alias table's)
 
     def deeper(self, **changes: object) -> Level:
         # not dataclasses.replace: this runs several times per delivery, at a third the cost
@@ -288,8 +289,9 @@ class LocalAgent:
         return (mailbox.from_line(req.sender) if from_line else b"") + headers
 
     def file_user(self, rights: privileges.UserIds | None = None) -> privileges.UserIds:
-        """The rights for commands and files: an alias's (rights None) are default_privs;
-        a user's (.forward, mailbox_command) are the user's, except that uid 0 becomes
+        """The rights for commands and files: a root-owned alias table's (rights None)
+        are default_privs; a user's (.forward, mailbox_command, an alias table or
+        :include: file the user owns) are the user's, except that uid 0 becomes
         default_privs too."""
         if not self.root:
             return self.me
@@ -351,13 +353,13 @@ class LocalAgent:
             if self.aliases is None or name == lvl.exp_from:
                 continue
             try:
-                value = self.aliases.find(name)
+                found = self.aliases.find_table(name)
             except TableError as e:
                 log.warning(f"alias_maps lookup of {name}: {e}")
                 s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
                 return
-            if value is not None:
-                await alias.deliver_alias(self, s, lvl, name, value)
+            if found is not None:
+                await alias.deliver_alias(self, s, lvl, name, *found)
                 return
         if (lvl.owner and lvl.owner != rcpt.user) or lvl.exp_type == alias.INCLUDE:
             alias.indirect(s, lvl)

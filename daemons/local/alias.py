@@ -5,8 +5,13 @@ promises Postfix's local(8) expansion within the request being delivered
 (one queue ID, one logged line per member, ``to=<member>, orig_to=<the
 recipient as received>``):
 
-* ``deliver_alias``: the alias's members get default_privs' rights for
-  commands and files; an ``owner-NAME`` alias makes its address the sender of
+* ``deliver_alias``: the alias's members get the rights of the table that
+  answered (``Maps.find_table``, ``Table.owner``) for commands and files:
+  default_privs' for a table of root's (or one without a file), its owner's
+  (uid, primary gid, home and shell) for a table another user owns, so that
+  the owner of one alias table never gets default_privs' account; a table
+  whose owner is unknown (a union of two users' tables) or has no account
+  defers (4.3.0) with Postfix's warning; an ``owner-NAME`` alias makes its address the sender of
   forwarded copies (and members that are local users are then forwarded too);
   nesting deeper than ``MAX_LEVEL`` bounces as an alias database loop;
   a value naming nobody defers (4.3.0) with Postfix's warning;
@@ -14,7 +19,14 @@ recipient as received>``):
   through ``file``, each only when its origin (alias, forward, include) is in
   allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1), each once
   per request and rights;
-* ``:include:/path`` is read with the same rights and expanded once per request;
+* ``:include:/path`` is expanded once per request and rights; under root's
+  rights (a root-owned alias table, root's .forward) a file that another user
+  owns (as root's stat sees it) is read, and its members run, with that
+  owner's rights (an owner without an account defers, 4.3.5, with Postfix's
+  warnings; a file whose owner changed meanwhile defers), root's own file is
+  read with default_privs' rights and keeps the level's; under a user's
+  rights it is read, and runs, with those (a user cannot borrow another's
+  rights by including the other's file);
   the path must be absolute and name a regular file of at most FILE_SIZE_LIMIT
   bytes, read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
   bounce as a configuration error, 5.3.5; a slow read defers); its members that
@@ -45,7 +57,7 @@ from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueConte
 from pymailsys.delivery.mailbox import plain_text
 from pymailsys.ipc.attr import AttrValue, ProtocolError, request_streamed
 from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK, STATUS_DEFERRED
-from pymailsys.maps import TableError
+from pymailsys.maps import Table, TableError
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Session
@@ -65,13 +77,26 @@ def value_of_lines(text: str) -> str:
 
 
 async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
-                        value: str) -> None:
-    """Expand the alias ``name`` (found with ``value``) in place."""
+                        value: str, table: Table) -> None:
+    """Expand the alias ``name`` (found with ``value`` in ``table``) in place, with the
+    rights of the table's owner."""
     lvl = lvl.deeper()
     if lvl.level > MAX_LEVEL:
         log.warning(f"alias database loop for {name}")
         s.done(lvl.req, DeliveryResult.bounced(f"alias database loop for {name}", "5.4.6"))
         return
+    rights = None  # a table of root's: default_privs
+    if table.owner is None:
+        log.warning(f"deliver_alias: no owner UID for alias database {table.spec}")
+        s.done(lvl.req, DeliveryResult.deferred("mail system configuration error", "4.3.0"))
+        return
+    if table.owner != 0:
+        rights = privileges.account_of(table.owner)
+        if rights is None:
+            log.warning(f"cannot find alias database owner for {table.spec}")
+            s.done(lvl.req, DeliveryResult.deferred("cannot find alias database owner",
+                                                    "4.3.0"))
+            return
     owner, sender = lvl.owner, lvl.sender
     try:
         owner_value = agent.aliases.find(f"owner-{name}") if agent.aliases else None
@@ -82,7 +107,7 @@ async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
     if owner_value is not None:
         owner = sender = rewrite_address(f"owner-{name}", agent.rewrite_context)
     member = lvl.deeper(exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
-                        rights=None)
+                        rights=rights)
     if not await expand(agent, s, member, value):
         log.warning(f"no recipient in alias lookup result for {name}")
         s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
@@ -150,10 +175,12 @@ def indirect(s: Session, lvl: Level) -> None:
 
 
 async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
-    """Expand an :include: file, read with the rights of its alias or .forward: an
-    absolute path to a regular file of at most FILE_SIZE_LIMIT bytes (``read_file``)."""
+    """Expand an :include: file, an absolute path to a regular file of at most
+    FILE_SIZE_LIMIT bytes (``read_file``), with the rights of its alias or .forward,
+    or of its owner when those are root's (Postfix's deliver_include)."""
     lvl = lvl.deeper()
     req = lvl.req
+    rights = lvl.rights
     if lvl.level > MAX_LEVEL:
         log.warning(f"include nesting limit exceeded for {path}")
         s.done(req, DeliveryResult.bounced(f"alias database loop for {path}", "5.4.6"))
@@ -163,22 +190,39 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
             f"mail system configuration error: include file {path} is not an absolute path",
             "5.3.5"))
         return
+    owner = -1  # the owner root's stat saw (-1: not asked, the rights are a user's)
     try:
-        ids = agent.file_user(lvl.rights)
+        ids = agent.file_user(rights)
         if s.been_here(f"include {ids.uid} {path}"):
             return
+        if agent.root and (rights is None or rights.uid == 0):
+            # never default_privs for a file another user wrote: its owner's rights
+            owner = os.stat(path).st_uid
+            if owner != 0:
+                rights = privileges.account_of(owner)
+                if rights is None:
+                    log.warning(f"cannot find username for uid {owner}")
+                    log.warning(f"{path}: cannot find :include: file owner username")
+                    s.done(req, results.CONFIG_ERROR)
+                    return
+                ids = agent.file_user(rights)
         with privileges.as_user(ids.uid, ids.gid):
             text, st = read_file(path)
     except (privileges.PrivilegeError, OSError, FileRefused) as e:
         s.done(req, results.failure(e, f"cannot open include file {path}: "))
+        return
+    if owner >= 0 and st.st_uid != owner:  # replaced between the stat and the open
+        log.warning(f"include file {path} changed owner while it was opened")
+        s.done(req, DeliveryResult.deferred(f"cannot open include file {path}: "
+                                            "file replaced while it was opened"))
         return
     if st.st_mode & stat.S_IWOTH:
         s.done(req, DeliveryResult.bounced(
             f"mail system configuration error: include file {path} is world writable",
             "5.3.5"))
         return
-    await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt),
-                 value_of_lines(text))
+    await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt,
+                                      rights=rights), value_of_lines(text))
 
 
 def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result]:
