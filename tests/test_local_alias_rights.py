@@ -17,6 +17,8 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,21 @@ def test_owner_that_cannot_be_told_defers_with_a_warning(system, shared: Path,  
     s.wait_log(rf"{qid}: to=<incl@localhost>, .*dsn=4\.3\.5, status=deferred "
                r"\(mail system configuration error\)")
     assert sorted(os.listdir(shared)) == ["stranger.inc"]  # no command ran
+
+
+def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's command.c and file.c: gid 0 becomes default_privs' gid, as uid 0 its uid
+    name = "pmg" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                    "--shell", "/usr/sbin/nologin", "--gid", "0", name], check=True)
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+        s = system()
+        lists = _table(s, "listaliases", f"listcmd: {_command(shared, 'list')}\n", uid)
+        s.set(alias_maps=f"hash:{s.etc / 'aliases'}, hash:{lists}")
+        s.start()
+        qid = s.queue("alice@example.org", ["listcmd@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<listcmd@localhost>, .*status=sent \(delivered to command: ")
+        assert _ran_as(shared, "list") == [str(uid), _ids("nobody")[1], f"/nonexistent/{name}"]
+    finally:
+        subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)

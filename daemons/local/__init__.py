@@ -135,8 +135,8 @@ SECURITY
     owns, listed with root's rights, as the file's owner (read with those
     rights; a root-owned one is read as default_privs); from .forward files
     and mailbox_command as the recipient. The owner of one table or file never
-    gets default_privs' account, and uid 0 never runs a command or writes a
-    file on an alias's behalf. Mailbox files
+    gets default_privs' account, and uid 0 or gid 0 never runs a command or
+    writes a file (they become default_privs' ids). Mailbox files
     are never opened through symbolic links, must be regular files with one
     link, and are created with O_EXCL mode 0600. Run as another user, local
     defers mail for every account but its own.

@@ -292,11 +292,14 @@ class LocalAgent:
         """The rights for commands and files: a root-owned alias table's (rights None)
         are default_privs; a user's (.forward, mailbox_command, an alias table or
         :include: file the user owns) are the user's, except that uid 0 becomes
-        default_privs too."""
+        default_privs too, and gid 0 default_privs' group (Postfix's command.c
+        and file.c: neither id stays privileged)."""
         if not self.root:
             return self.me
         if rights is None or rights.uid == 0:
             return privileges.default_privs(self.config)
+        if rights.gid == 0:
+            return replace(rights, gid=privileges.default_privs(self.config).gid)
         return rights
 
     # --- Postfix's order -------------------------------------------------------------
