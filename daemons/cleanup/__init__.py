@@ -89,7 +89,9 @@ DIAGNOSTICS
     Logs as Postfix's cleanup: ``QUEUEID: message-id=<...>`` (``<>`` when
     none), ``warning: QUEUEID: message rejected: hopcount exceeded``,
     ``warning: QUEUEID: queue file size limit exceeded``, ``warning: QUEUEID:
-    write queue file: ...``.
+    write queue file: ...``; past the first 16 (``headers.MESSAGE_IDS_KEPT``)
+    message-id= lines of one message, ``warning: QUEUEID: N more Message-Id:
+    headers not logged``.
 
 SECURITY
     Runs as mail_owner, never root; trusts the content of requests only as
@@ -559,6 +561,9 @@ class Cleanup:
             raise
         for mid in outcome.message_ids:
             log.info(f"{queue_id}: message-id={mid}")
+        if outcome.message_ids_dropped:
+            log.warning(f"{queue_id}: {outcome.message_ids_dropped} more Message-Id: headers "
+                        "not logged")
         if outcome.hop_count >= s.hop_limit:
             self.writer.discard(fd, path)
             log.warning(f"{queue_id}: message rejected: hopcount exceeded")

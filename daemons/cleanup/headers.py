@@ -33,7 +33,8 @@ What it does, as Postfix 3.7's cleanup_message.c does:
   CACHED_HEADER_BYTES is looked up there first and its result kept (at most
   CACHED_HEADERS: the cache is emptied when full), since the same From: and
   To: come again and again;
-* every Message-Id: value is reported for the ``QUEUEID: message-id=...`` log;
+* every Message-Id: value, up to MESSAGE_IDS_KEPT of them, is reported for the
+  ``QUEUEID: message-id=...`` log (the rest only counted);
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
   missing ``(Resent-)Message-Id: <YYYYMMDDhhmmss.QUEUEID@myhostname>`` (UTC of
   file creation; long queue IDs ``<QUEUEID@myhostname>``), ``(Resent-)Date:``
@@ -61,6 +62,15 @@ from pymailsys.rfc822 import quote_822_local
 _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _RESENT = frozenset(b"resent-" + n for n in (b"bcc", b"cc", b"date", b"from", b"message-id",
                                             b"reply-to", b"sender", b"to"))
+# The header names whose presence the end of the header block asks about (add_missing,
+# message-id=<>): the only names a ContentPass remembers, as Postfix's cleanup keeps a
+# fixed bitmap of the header types it knows, so that memory never depends on the names
+# a client sends.
+_REMEMBERED = frozenset((b"message-id", b"resent-message-id", b"date", b"resent-date",
+                         b"from", b"resent-from"))
+# The Message-Id: values kept for the ``message-id=`` log lines; a message that repeats
+# the header more often has the rest counted (``HeaderOutcome.message_ids_dropped``).
+MESSAGE_IDS_KEPT = 16
 # One-byte record headers for short N records: b"N" + length.
 _N_HEAD = [r.REC_TYPE_NORM + length for length in r.SHORT_LENGTHS]
 _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
@@ -169,6 +179,7 @@ class HeaderOutcome:
     content_length: int = 0  # sum over lines of len(line) + 2 (C record field 5)
     hop_count: int = 0
     message_ids: list[str] = field(default_factory=list)  # values to log, in order
+    message_ids_dropped: int = 0  # Message-Id: values past MESSAGE_IDS_KEPT, not kept
     added: list[str] = field(default_factory=list)  # header lines added (not Received)
     utf8_headers: bool = False  # a header of the message has non-ASCII bytes
 
@@ -288,7 +299,11 @@ class ContentPass:
     bounded whatever the input: one unfinished line is kept only up to
     line_length_limit (longer lines leave as L records), and one header up
     to ``header_limit`` bytes (a longer header is truncated: the text after
-    the limit is dropped, as Postfix's mime_state does). With
+    the limit is dropped, as Postfix's mime_state does). Of the header
+    names only the few the end of the header block asks about are
+    remembered (``_REMEMBERED``), and at most MESSAGE_IDS_KEPT Message-Id:
+    values, so that neither many distinct names nor one repeated header
+    makes it grow. With
     ``replace_stray_cr`` every CR in the content becomes a space
     (cleanup_replace_stray_cr_lf; content lines end in LF, so every CR left
     is a stray one).
@@ -313,7 +328,7 @@ class ContentPass:
         self.header_limit = max(header_limit, 1)
         self.replace_stray_cr = replace_stray_cr
         self.outcome = HeaderOutcome(hop_count=1)  # our own Received: is the first hop
-        self.seen: set[bytes] = {b"received"}
+        self.seen: set[bytes] = set()  # of _REMEMBERED only: bounded whatever the input
         self.resent = False
         self.in_headers = True
         self.ready: list[bytes] = []  # records not yet handed out
@@ -441,15 +456,19 @@ class ContentPass:
                 return
             name, name_end = m.group(1).lower(), m.end(1)
         out = self.outcome
-        self.seen.add(name)
+        if name in _REMEMBERED:
+            self.seen.add(name)
         if not out.utf8_headers and not b"".join(lines).isascii():
             out.utf8_headers = True
         if name == b"received":
             out.hop_count += 1
         elif name == b"message-id":
-            colon = lines[0].find(b":")
-            value = b"".join([lines[0][colon + 1:], *lines[1:]]).lstrip(b" \t")
-            out.message_ids.append(value.decode("utf-8", "surrogateescape"))
+            if len(out.message_ids) < MESSAGE_IDS_KEPT:
+                colon = lines[0].find(b":")
+                value = b"".join([lines[0][colon + 1:], *lines[1:]]).lstrip(b" \t")
+                out.message_ids.append(value.decode("utf-8", "surrogateescape"))
+            else:
+                out.message_ids_dropped += 1
         if name in _RESENT:
             self.resent = True
         if name in self.drop:

@@ -21,7 +21,9 @@ text after it optional unless said:
 * DISCARD [text]: accepted and thrown away; no further checks;
 * HOLD [text]: placed in hold/ (logged once);
 * REDIRECT user@domain: every recipient is replaced; no further checks;
-* BCC user@domain: one more recipient (DSN NOTIFY=NEVER);
+* BCC user@domain: one more recipient (DSN NOTIFY=NEVER), once per address
+  however many lines match (Postfix's duplicate filter drops the copies), and
+  at most BCC_KEPT addresses per message (the rest warned about once);
 * FILTER transport:destination: recorded in ``filter`` for the caller (the
   last one wins; one that cannot name a transport is warned and skipped);
 * PREPEND text: a header (``name: value``) or body line before this one;
@@ -36,7 +38,8 @@ action logs Postfix's warning and passes the line. body_checks see only the
 first body_checks_size_limit bytes of each body part (0: no limit).
 
 A table that cannot answer sets ``failed`` (the caller defers the message,
-as for any table failure). Memory: the checks keep only the verdicts.
+as for any table failure). Memory: the checks keep only the verdicts, none
+of them growing with the number of matching lines.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ _IS_HEADER = re.compile(r"[!-9;-~]+[ \t]*:")
 _MIME_HEADER = re.compile(rb"(?i)(?:content-(?:description|disposition|id|transfer-encoding|type)"
                           rb"|mime-version)[ \t]*:")
 DEFAULT_REJECT = "5.7.1 message content rejected"
+BCC_KEPT = 1000  # distinct BCC addresses one message's checks may add
 
 
 def dsn_prepend(default: str, text: str) -> str:
@@ -133,10 +137,12 @@ class MessageChecks:
     hold: bool = False
     redirect: str = ""
     filter: str = ""
-    bcc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)  # distinct, at most BCC_KEPT, in order
     failed: str = ""  # why a table could not answer
     stopped: bool = False  # REJECT, DISCARD, REDIRECT: no further checks
     body_seen: int = 0  # bytes of the current body part looked at
+    _bcc_seen: set[str] = field(default_factory=set, repr=False)  # the addresses in bcc
+    _bcc_full: bool = field(default=False, repr=False)  # BCC_KEPT reached, warned
 
     def header(self, kind: str, lines: list[bytes]) -> tuple[list[bytes], list[bytes] | None]:
         """(header lines to write before this one, this header's lines or None when IGNOREd)."""
@@ -242,10 +248,22 @@ class MessageChecks:
                 self.stopped = True
                 log.info(where.line("redirect", context, text, rest))
             else:
-                self.bcc.append(rest)
                 log.info(where.line("bcc", context, text, rest))
+                self._add_bcc(rest)
         elif action == "IGNORE":
             return [], b""
         elif action not in ("DUNNO", "OK"):
             log.warning(f"unknown command in {param} map: {value}")
         return None
+
+    def _add_bcc(self, address: str) -> None:
+        if address in self._bcc_seen:
+            return
+        if len(self.bcc) >= BCC_KEPT:
+            if not self._bcc_full:
+                self._bcc_full = True
+                log.warning(f"{self.where.queue_id}: more than {BCC_KEPT} BCC addresses "
+                            "from header/body checks -- the rest not added")
+            return
+        self._bcc_seen.add(address)
+        self.bcc.append(address)
