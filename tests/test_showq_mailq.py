@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from harness import IS_ROOT, Instance, wait_until
+from harness import IS_ROOT, Instance, free_port, wait_until
 from qf_helpers import defer_reason, make_spool, queue_file, tool
 
+from pymailsys.log import printable
 from pymailsys.queue import spool as queue
-from pymailsys.queue.listing import format_text, scan_queue
+from pymailsys.queue import status_log
+from pymailsys.queue.listing import format_json, format_text, scan_queue
 
 ARRIVAL = 1795594109.5
 
@@ -146,6 +149,106 @@ def test_json_lines(tmp_path: Path) -> None:
         "orig_address": "c1@example.net", "address": "c1@example.net",
         "delay_reason": "connect to example.net[192.0.2.1]:25: Connection refused"}
     assert d["recipients"][2] == {"orig_address": "c3@example.net", "address": "c3@example.net"}
+
+
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # any control character but LF
+BAD_SENDER = "a\x1b]0;pwned\x07@example.com"  # an xterm title escape
+SPACE_RCPT = "john doe@example.net"  # internal form of "john doe"@example.net
+ESC_RCPT = "esc\x1b[2J@example.net"  # clears an administrator's screen
+
+
+def test_deferred_recipients_shown_once_quoted_and_printable(tmp_path: Path) -> None:
+    """Security: a recipient from the defer log is listed once, in the form the queue
+    file's recipient is listed in (quoted, unprintable characters '?'), with its
+    reason made printable too: no envelope address and no remote server's reply
+    reaches the administrator's terminal with its escapes. JSON carries what mailq
+    shows, as Postfix's postqueue -j does (showq's strings are made printable first)."""
+    _etc, spool = make_spool(tmp_path)
+    qid = queue_file(spool, "deferred", BAD_SENDER, [SPACE_RCPT, ESC_RCPT, "plain@example.net"],
+                     [b"Subject: d", b"", b"d"])
+    reason = "host mx.example.net said: 450 \x1b[31mtry later\x07"
+    defer_reason(spool, qid, SPACE_RCPT, reason)
+    defer_reason(spool, qid, ESC_RCPT, reason)
+    text = format_text(scan_queue(queue.Spool(str(spool))))
+    assert not CONTROL.search(text)
+    lines = text.splitlines()
+    assert lines[1].startswith(qid + " ") and lines[1].endswith(' "a?]0;pwned?"@example.com')
+    shown = "(host mx.example.net said: 450 ?[31mtry later?)"
+    assert lines[2:] == [
+        " " * (78 - len(shown)) + shown,
+        " " * 41 + '"john doe"@example.net',
+        " " * 41 + '"esc?[2J"@example.net',
+        " " * 58 + "(reason unavailable)",
+        " " * 41 + "plain@example.net",
+        "",
+        "-- 0 Kbytes in 1 Request.",
+    ]
+    raw = format_json(scan_queue(queue.Spool(str(spool))))
+    assert not CONTROL.search(raw)
+    obj = json.loads(raw)
+    assert obj["sender"] == '"a?]0;pwned?"@example.com'
+    why = "host mx.example.net said: 450 ?[31mtry later?"
+    assert obj["recipients"] == [
+        {"orig_address": '"john doe"@example.net', "address": '"john doe"@example.net',
+         "delay_reason": why},
+        {"orig_address": '"esc?[2J"@example.net', "address": '"esc?[2J"@example.net',
+         "delay_reason": why},
+        {"orig_address": "plain@example.net", "address": "plain@example.net"},
+    ]
+
+
+def test_deferred_quoted_recipient_listed_once(tmp_path: Path) -> None:
+    """A deferred recipient whose local part needs quoting (no control character) is
+    listed once, with its reason: the defer log's entry and the queue file's
+    recipient are the same recipient (Postfix's showq duplicate filter)."""
+    _etc, spool = make_spool(tmp_path)
+    qid = queue_file(spool, "deferred", "alice@example.org", [SPACE_RCPT], [b"S: d", b"", b"d"])
+    defer_reason(spool, qid, SPACE_RCPT, "try later")
+    lines = format_text(scan_queue(queue.Spool(str(spool)))).splitlines()
+    assert lines[2:4] == [" " * 67 + "(try later)", " " * 41 + '"john doe"@example.net']
+    assert lines[4:] == ["", "-- 0 Kbytes in 1 Request."]
+
+
+@pytest.mark.root
+def test_mailq_lists_a_deferred_escape_recipient_once(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
+    """Security, end to end: mail from sendmail to a quoted local part and to a local
+    part with ESC, deferred (a relayhost that nothing listens on), is listed by a
+    user's mailq (through showq) with each recipient once, quoted, '?' for the ESC,
+    under the deferral reason of the defer log, and no raw control byte anywhere."""
+    inst: Instance = new_instance()
+    inst.set(relayhost=f"[127.0.0.1]:{free_port()}")
+    inst.start(wait_smtp=False)
+    open_public(inst)
+    sent = inst.tool("sendmail", "-f", "alice@example.org", '"john doe"@example.net', ESC_RCPT,
+                     input="Subject: d\n\nd\n")
+    assert sent.returncode == 0, sent.stderr
+    spool = queue.Spool(str(inst.queue_dir))
+
+    def deferred() -> list[status_log.Entry]:
+        logs = [spool.path(queue.DEFER, qid) for qid in spool.scan(queue.DEFER)]
+        entries = status_log.read(logs[0]) if logs else []
+        return entries if len(entries) == 2 else []
+
+    entries = wait_until(deferred, 60, what="both recipients in the defer log")
+    assert sorted(e.recipient for e in entries) == [ESC_RCPT, SPACE_RCPT]
+    assert entries[0].reason == entries[1].reason
+    reason = f"({printable(entries[0].reason)})"
+    out = inst.tool("mailq", user=throwaway_user)
+    assert out.returncode == 0, out.stderr
+    assert not CONTROL.search(out.stdout)
+    lines = out.stdout.splitlines()
+    assert lines[1].endswith(" alice@example.org")
+    assert lines[2] == " " * (78 - len(reason)) + reason
+    assert sorted(lines[3:5]) == [" " * 41 + '"esc?[2J"@example.net',
+                                  " " * 41 + '"john doe"@example.net']
+    assert lines[5:] == ["", "-- 0 Kbytes in 1 Request."]
+    j = inst.tool("postqueue", "-j", user=throwaway_user)
+    assert j.returncode == 0, j.stderr
+    assert not CONTROL.search(j.stdout.rstrip("\n"))
+    rcpts = json.loads(j.stdout)["recipients"]
+    assert sorted(rc["address"] for rc in rcpts) == ['"esc?[2J"@example.net',
+                                                     '"john doe"@example.net']
+    assert [rc["delay_reason"] for rc in rcpts] == [reason[1:-1]] * 2
 
 
 def test_usage_and_down_for_users(tmp_path: Path) -> None:

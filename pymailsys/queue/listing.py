@@ -8,8 +8,15 @@ showq reads it: arrival time from the first T record (else the file mtime),
 size from the first field of the C record (maildrop files: the file size),
 the sender (the null sender shown as ``empty_address_recipient``), then the
 recipients of the defer and bounce logs with their reasons, then the file's
-pending R recipients not already listed. Addresses are quoted as RFC 5322
-local parts where needed (``rfc822.quote_822_local``) and made printable. A
+pending R recipients not already listed (a log's recipient and an R record
+are one recipient when they are shown alike, as in Postfix's showq duplicate
+filter: each is listed once). Every string a listing shows (sender,
+recipients, original recipients, reasons) is made printable (``log.printable``:
+'?' for each unprintable character, as Postfix's postqueue reads showq with
+ATTR_FLAG_PRINTABLE), so no envelope address or remote server's reply takes an
+escape sequence to the administrator's terminal, in mailq or in JSON; addresses
+are first quoted as RFC 5322 local parts where needed
+(``rfc822.quote_822_local``). A
 file that cannot be read is skipped; a damaged one ends at the damage, as in
 Postfix. Files in maildrop/ belong to their users: a file is opened without
 following links or waiting on a FIFO, judged by what was opened (a complete
@@ -82,7 +89,15 @@ class QueuedMessage:
 
 
 def _show_addr(addr: str, empty: str) -> str:
+    """An address as mailq shows it: the local part quoted where RFC 5322 needs it,
+    every unprintable character '?' (an envelope address or a remote server's
+    reason may carry terminal escapes), the empty address as ``empty``."""
     return printable(quote_822_local(addr or empty))
+
+
+def _show_orig(addr: str) -> str:
+    """An original recipient as showq sends it: shown as an address, empty kept empty."""
+    return printable(quote_822_local(addr)) if addr else ""
 
 
 def read_queue_file(path: str, max_size: int) -> tuple[bytes, os.stat_result] | None:
@@ -166,9 +181,13 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
                                 size, bool(st.st_mode & MODE_EXPIRE), _show_addr(text, empty_addr))
             for log_class in (queue.DEFER, queue.BOUNCE):
                 for entry in read_status_log(spool.path(log_class, queue_id), max_size):
-                    seen.add(entry.recipient)
-                    msg.recipients.append(Rcpt(entry.original_recipient, entry.recipient,
-                                               log_class, entry.reason))
+                    # shown as the R records below are, and remembered in that form:
+                    # Postfix's showq matches the log's recipient (not the original
+                    # recipient) against each R record's printable quoted form
+                    shown = _show_addr(entry.recipient, empty_addr)
+                    seen.add(shown)
+                    msg.recipients.append(Rcpt(_show_orig(entry.original_recipient), shown,
+                                               log_class, printable(entry.reason)))
         elif rtype == r.REC_TYPE_ORCP:
             if msg is None:
                 break
