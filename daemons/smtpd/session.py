@@ -647,11 +647,10 @@ class Session(SMTP):
                 log.warning(f"Illegal address syntax from {self.client} in RCPT command: "
                             f"<{parsed[0]}>")
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        given, rcpt_given, params = parsed
+        _given, rcpt_given, params = parsed
         rcpt = envelope_address(rcpt_given)
         if rcpt is None:
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        given = envelope_address(given) or rcpt
         notify, orcpt = 0, ""
         for param in params:
             name, _, value = param.partition("=")
@@ -685,7 +684,9 @@ class Session(SMTP):
             self._log_reject("RCPT", reply, rcpt)
             return await self.reply_error(reply)
         env.recipients.append(rcpt)
-        env.orig_recipients.append(given)
+        # the original recipient in internal form, as Postfix's smtpd hands it
+        # to cleanup (orig_to=<…> and X-Original-To quote it again)
+        env.orig_recipients.append(rcpt)
         env.notifies.append(notify)
         env.dsn_orcpts.append(orcpt)
         await self.push("250 2.1.5 Ok")

@@ -95,6 +95,7 @@ from pymailsys import log
 from pymailsys.config import Config
 from pymailsys.queue import spool as queue_mod
 from pymailsys.queue.spool import Spool, valid_queue_id
+from pymailsys.rfc822 import quote_822_local
 
 MAILER_DAEMON = "MAILER-DAEMON"
 MARKER_LOCK_WAIT = 10.0  # seconds a delivery waits for another attempt's marker lock
@@ -134,10 +135,13 @@ def from_line(sender: str, when: float | None = None) -> bytes:
 
 
 def prepended_headers(sender: str, orig_rcpt: str | None, delivered_to: str | None) -> bytes:
-    """Return-Path, X-Original-To, Delivered-To (Postfix's mail_copy order)."""
+    """Return-Path, X-Original-To, Delivered-To (Postfix's mail_copy order).
+
+    The original recipient (internal form) is quoted as mail_copy quotes it:
+    ``X-Original-To: "john doe"@example.net``."""
     out = [f"Return-Path: <{sender}>\n"]
     if orig_rcpt is not None:
-        out.append(f"X-Original-To: {orig_rcpt}\n")
+        out.append(f"X-Original-To: {quote_822_local(orig_rcpt)}\n")
     if delivered_to is not None:
         out.append(f"Delivered-To: {delivered_to.lower()}\n")
     return "".join(out).encode("utf-8", "surrogateescape")
