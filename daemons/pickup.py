@@ -55,7 +55,8 @@ SECURITY
 CONFIGURATION PARAMETERS
     authorized_submit_users, local_login_sender_maps, line_length_limit,
     message_size_limit, ipc_timeout, mail_owner, cleanup_service_name,
-    content_filter (every message, a requeued one too, as Postfix's pickup).
+    content_filter (every message, a requeued one too, as Postfix's pickup),
+    info_log_address_format (how ``from=<…>`` shows the sender: ``log.address``).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ class Pickup:
             return {"status": os.EX_TEMPFAIL if code < 500 else os.EX_UNAVAILABLE,
                     "reason": reason}
         queue_id = reply.text("queue_id")
-        log.info(f"{queue_id}: uid={uid} from=<{sub.sender}>")
+        log.info(f"{queue_id}: uid={uid} from=<{log.address(sub.sender)}>")
         return {"status": 0, "queue_id": queue_id}
 
     # --- maildrop -------------------------------------------------------------------
@@ -329,9 +330,9 @@ class Pickup:
             return "stop"
         queue_id = reply.text("queue_id")
         if requeued:
-            log.info(f"{queue_id}: uid={uid} from=<{sub.sender}> orig_id={name}")
+            log.info(f"{queue_id}: uid={uid} from=<{log.address(sub.sender)}> orig_id={name}")
         else:
-            log.info(f"{queue_id}: uid={uid} from=<{sub.sender}>")
+            log.info(f"{queue_id}: uid={uid} from=<{log.address(sub.sender)}>")
         return "removed" if self.remove(path) else "kept"
 
 

@@ -146,6 +146,7 @@ SECURITY
     connections at once.
 
 CONFIGURATION PARAMETERS
+    info_log_address_format (``from=<…>`` and ``to=<…>``: ``log.address``),
     authorized_flush_users, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
     qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
@@ -650,7 +651,7 @@ class Qmgr:
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not fresh:
             status_log.remove(self.spool, q.DEFER, queue_id)
-        log.info(f"{queue_id}: from=<{env.sender}>, size={env.message_size}, "
+        log.info(f"{queue_id}: from=<{log.address(env.sender)}>, size={env.message_size}, "
                  f"nrcpt={env.rcpt_pending} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
                                env.arrival, now, env.sender,
@@ -1087,7 +1088,7 @@ class Qmgr:
                     await self.delay_warning(msg)
                 self.defer_message(msg, now)
                 return False
-            log.info(f"{queue_id}: from=<{env.sender}>, status=expired, returned to sender")
+            log.info(f"{queue_id}: from=<{log.address(env.sender)}>, status=expired, returned to sender")
             entries = status_log.read(self.spool.path(q.DEFER, queue_id))
             if not entries:
                 entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,

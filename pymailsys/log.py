@@ -13,6 +13,16 @@ does: a control character, an invalid UTF-8 byte (a surrogate escape) or
 another unprintable character becomes ``?``, so nothing a client sent can
 forge a line break or a terminal escape in the log.
 
+``address(addr)`` is how every line shows an envelope address (``from=<…>``,
+``to=<…>``, ``orig_to=<…>``), as Postfix's info_log_addr_form: with
+``info_log_address_format = external`` (the default since Postfix 3.5) in the
+external form, the local part quoted when it is not a dot-string
+(``rfc822.quote_822_local``: ``"john doe"@example.net``), so that a local part
+a client chose cannot pass for other fields of the line (``x>, status=sent``);
+with ``internal`` as it is kept in the queue (``john doe@example.net``). The
+empty address stays empty (``from=<>``). The whole line is then made
+printable as every other.
+
 ``reset_in_child()`` is for a process that master forked instead of
 exec'ing: it closes the syslog connection it inherited and forgets master's
 log file descriptor and prefix (the child closes master's descriptors and
@@ -31,6 +41,8 @@ import syslog
 import time
 from typing import NoReturn
 
+from pymailsys.rfc822 import quote_822_local
+
 _FACILITIES = {
     "mail": syslog.LOG_MAIL, "daemon": syslog.LOG_DAEMON, "user": syslog.LOG_USER,
     **{f"local{i}": getattr(syslog, f"LOG_LOCAL{i}") for i in range(8)},
@@ -47,6 +59,7 @@ class _State:
     prefix = "localhost postfix[0]: "  # "host tag[pid]: ", fixed per process
     stamp = ""
     stamp_second = -1
+    internal_addresses = False  # info_log_address_format = internal
 
 
 _state = _State()
@@ -60,6 +73,9 @@ def init(config, program: str, stderr: bool = False) -> None:  # type: ignore[no
     _state.host = config.get("myhostname").split(".")[0]
     _state.stderr = stderr
     _state.prefix = f"{_state.host} {_state.tag}[{os.getpid()}]: "
+    # validate refuses any other value than external or internal before a daemon runs
+    _state.internal_addresses = (
+        config.get("info_log_address_format").strip().lower() == "internal")
     path = config.get("maillog_file")
     if _state.fd is not None:
         os.close(_state.fd)
@@ -116,6 +132,17 @@ def printable(text: str, replacement: str = "?") -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else replacement for c in text)
+
+
+def address(addr: str) -> str:
+    """An envelope address (internal form) as log lines show it: info_log_address_format.
+
+    external: ``"john doe"@example.net``; internal: ``john doe@example.net``;
+    the empty address is ``""`` either way.
+    """
+    if not addr or _state.internal_addresses:
+        return addr
+    return quote_822_local(addr)
 
 
 def _emit(priority: int, text: str) -> None:

@@ -150,7 +150,7 @@ CONFIGURATION PARAMETERS
     mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
     default_privs, myhostname, myorigin, duplicate_filter_limit, queue_directory,
-    process_id_directory.
+    process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``).
 
 MODULES
     agent (state, dispatch, logging), alias (alias values, :include:,

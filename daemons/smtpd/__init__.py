@@ -98,6 +98,7 @@ DIAGNOSTICS
     at start-up.
 
 CONFIGURATION PARAMETERS
+    info_log_address_format (``from=<…> to=<…>`` in reject lines: ``log.address``),
     notify_classes, error_notice_recipient, smtpd_history_flush_threshold
     (the postmaster's transcripts: ``transcript``),
     smtpd_banner, myhostname, mail_name, message_size_limit,

@@ -484,8 +484,8 @@ class Session(SMTP):
 
     def _log_reject(self, stage: str, reply: str, rcpt: str | None = None) -> None:
         self.transcript.rejected()
-        env = f"from=<{self.req.sender}> " if self.req.sender is not None else ""
-        to = f"to=<{rcpt}> " if rcpt is not None else ""
+        env = f"from=<{log.address(self.req.sender)}> " if self.req.sender is not None else ""
+        to = f"to=<{log.address(rcpt)}> " if rcpt is not None else ""
         log.info(f"NOQUEUE: reject: {stage} from {self.client}: {reply}; {env}{to}"
                  f"{self._proto_helo()}")
 

@@ -160,6 +160,9 @@ _TABLE: list[Param] = [
        choices=("mail", "daemon", "user", *(f"local{i}" for i in range(8)))),
     _p("maillog_file", "", doc="log to this file instead of syslog"),
     _p("maillog_file_prefixes", "/var, /dev/stdout", "list", "allowed maillog_file prefixes"),
+    _p("info_log_address_format", "external", "enum",
+       "envelope addresses in log lines: external (local part quoted) or internal",
+       choices=("external", "internal")),
     # master
     _p("default_process_limit", "100", "int", "default maxproc for master.cf services", minimum=1),
     _p("max_use", "100", "int", "connections a daemon serves before it exits", minimum=1),

@@ -114,9 +114,9 @@ class Where:
 
     def line(self, action: str, context: str, content: str, text: str) -> str:
         out = f"{self.queue_id}: {action}: {context} {content[:200]} from {self.origin};"
-        out += f" from=<{self.sender}>"
+        out += f" from=<{log.address(self.sender)}>"
         if self.recipient is not None:
-            out += f" to=<{self.recipient}>"
+            out += f" to=<{log.address(self.recipient)}>"
         if self.protocol:
             out += f" proto={self.protocol}"
         if self.helo:

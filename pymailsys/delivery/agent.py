@@ -9,6 +9,9 @@ line::
     QUEUEID: to=<rcpt>, orig_to=<orig>, relay=local, delay=0.12,
         delays=a/b/c/d, dsn=2.0.0, status=sent (delivered to mailbox)
 
+The addresses are shown as ``log.address`` formats them
+(info_log_address_format: ``to=<"john doe"@example.net>`` by default).
+
 ``delays``: a = before the active queue (active_time - arrival), b = in the
 active queue before the agent started, c = connection setup, d = transfer.
 
@@ -426,9 +429,9 @@ def log_line(queue_id: str, rcpt: str, orig_rcpt: str, relay: str, arrival: floa
     a = max(active - arrival, 0.0) if active else 0.0
     b = max(start - active, 0.0) if active else 0.0
     d = max(now - start - conn, 0.0)
-    orig = f", orig_to=<{orig_rcpt}>" if orig_rcpt and orig_rcpt != rcpt else ""
+    orig = f", orig_to=<{log.address(orig_rcpt)}>" if orig_rcpt and orig_rcpt != rcpt else ""
     use = f", conn_use={conn_use}" if conn_use > 1 else ""
-    return (f"{queue_id}: to=<{rcpt}>{orig}, relay={relay}{use}, "
+    return (f"{queue_id}: to=<{log.address(rcpt)}>{orig}, relay={relay}{use}, "
             f"delay={fmt(max(now - arrival, 0.0))}, "
             f"delays={fmt(a)}/{fmt(b)}/{fmt(conn)}/{fmt(d)}, dsn={result.dsn}, "
             f"status={result.status} ({result.reason})")

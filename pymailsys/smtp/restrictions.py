@@ -245,9 +245,9 @@ def whatsup(req: Request, what: str, text: str) -> None:
     """Postfix's log_whatsup: ``NOQUEUE: hold: RCPT from c[a]: text; from=<s> to=<r> ...``."""
     line = f"NOQUEUE: {what}: {req.where} from {req.client}: {text};"
     if req.sender is not None:
-        line += f" from=<{req.sender}>"
+        line += f" from=<{log.address(req.sender)}>"
     if req.recipient:
-        line += f" to=<{req.recipient}>"
+        line += f" to=<{log.address(req.recipient)}>"
     line += f" proto={req.protocol}"
     if req.helo:
         line += f" helo=<{req.helo}>"
