@@ -9,7 +9,8 @@ recipient as received>``):
   answered (``Maps.find_table``, ``Table.owner``) for commands and files:
   default_privs' for a table of root's (or one without a file), its owner's
   (uid, primary gid, home and shell) for a table another user owns, so that
-  the owner of one alias table never gets default_privs' account; a table
+  the owner of one alias table never gets default_privs' account (a local
+  that does not run as root switches to nobody: every table counts as root's); a table
   whose owner is unknown (a union of two users' tables) or has no account
   defers (4.3.0) with Postfix's warning; an ``owner-NAME`` alias makes its address the sender of
   forwarded copies (and members that are local users are then forwarded too);
@@ -85,12 +86,12 @@ async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
         log.warning(f"alias database loop for {name}")
         s.done(lvl.req, DeliveryResult.bounced(f"alias database loop for {name}", "5.4.6"))
         return
-    rights = None  # a table of root's: default_privs
+    rights = None  # a table of root's (or, not run as root, of anyone's): default_privs
     if table.owner is None:
         log.warning(f"deliver_alias: no owner UID for alias database {table.spec}")
         s.done(lvl.req, DeliveryResult.deferred("mail system configuration error", "4.3.0"))
         return
-    if table.owner != 0:
+    if table.owner != 0 and agent.root:
         rights = privileges.account_of(table.owner)
         if rights is None:
             log.warning(f"cannot find alias database owner for {table.spec}")
