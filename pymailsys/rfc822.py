@@ -29,11 +29,20 @@ is the one place that converts between them and reads external addresses:
   ``address_list(text)`` its addresses in internal form (alias values,
   .forward files, sendmail recipients), ``externalize_list(text)`` the list
   re-spaced as postalias stores it.
+* ``envelope_address(addr)``: the one rule for an envelope address, wherever
+  it enters (smtpd's MAIL FROM and RCPT TO, sendmail's -f, command line and
+  -t headers, a maildrop file or live submission that pickup takes in):
+  TAB, CR and LF become a space, as Postfix's address tokenizer makes them
+  (possible only inside quotes); any other ASCII control character or DEL
+  makes it no address (None). ``has_control(text)`` says whether a text holds
+  one of those: the delivery agents refuse such an address in a request.
 
 Pure functions; no I/O, no configuration.
 """
 
 from __future__ import annotations
+
+import re
 
 # RFC 822 specials that make a local part need quoting (quote_822_local.c).
 _NEEDS_QUOTE = frozenset('()<>@,;:\\"[] ')
@@ -44,6 +53,8 @@ WORDS = frozenset(("atom", "qstr", "domlit"))
 # or "<" follows, and after every comma
 _SPACED = WORDS | {"comment", ">"}
 _SPACE_BEFORE = WORDS | {"comment", "<"}
+_QUOTED_WHITESPACE = str.maketrans("\t\r\n", "   ")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 # (kind, text, start, end): kind is "atom", "qstr", "comment", "domlit" or the
 # operator character itself; text is the token as written.
@@ -377,3 +388,17 @@ def externalize_list(text: str) -> str:
         parts.append(token)
         prev = kind
     return "".join(parts)
+
+
+def has_control(text: str) -> bool:
+    """True when ``text`` holds an ASCII control character (TAB, CR, LF, NUL...) or DEL."""
+    return _CONTROL.search(text) is not None
+
+
+def envelope_address(addr: str) -> str | None:
+    """An envelope address as the mail system takes it in: TAB/CR/LF made spaces;
+    None if it holds any other control character (bad address syntax)."""
+    if addr.isprintable():
+        return addr
+    addr = addr.translate(_QUOTED_WHITESPACE)
+    return None if has_control(addr) else addr

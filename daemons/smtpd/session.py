@@ -85,6 +85,7 @@ from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
 from pymailsys import dsn, log, maps
 from pymailsys.ipc import flush
+from pymailsys.rfc822 import envelope_address
 from pymailsys.smtp import restrictions, sasl, tls_server
 from pymailsys.smtp.path import extract_address, parse_path
 
@@ -111,18 +112,6 @@ logging.getLogger("mail.log").propagate = False
 
 class Hangup(Exception):
     """The session ends here (QUIT, 421, protocol violation)."""
-
-
-_QUOTED_WHITESPACE = str.maketrans("\t\r\n", "   ")
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
-def envelope_address(addr: str) -> str | None:
-    """An address as smtpd passes it on: TAB/CR/LF made spaces; None if it has other controls."""
-    if addr.isprintable():
-        return addr
-    addr = addr.translate(_QUOTED_WHITESPACE)
-    return None if _CONTROL.search(addr) else addr
 
 
 class Session(SMTP):
