@@ -1002,8 +1002,9 @@ class Qmgr:
                     self._close_lane(lane)
             results = results_from_attrs(reply, len(rcpts),
                                          DeliveryResult.deferred(TRANSPORT_ERROR))
+            relay = "none" if reply.number("refused") else None  # the agent logged no line
             for rc, result in zip(rcpts, results, strict=True):
-                self.record(msg, rc, result, None, start)
+                self.record(msg, rc, result, relay, start)
             hop = hop_failure(reply)
             released = True
             if hop is None:

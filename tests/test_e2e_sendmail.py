@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import time
 
 import pytest
 from harness import ME, Instance, wait_until
@@ -65,3 +66,21 @@ def test_user_sendmail_live_and_while_down(new_instance, python_user) -> None:  
     assert re.match(rf"Return-Path: <{python_user}@[^>]+>\n".encode(), msg)
     inst.wait_log(rf"postfix/pickup\[\d+\]: \w+: uid={uid} from=<{python_user}>")
     wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="an empty maildrop")
+
+
+def test_a_request_the_agent_refuses_gets_a_status_line(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A queued message whose sender local refuses (ESC, from before submissions were
+    checked): local's warning names the queue ID and qmgr logs the recipient's
+    ``status=deferred`` line, instead of a silent deferral for days."""
+    from qf_helpers import match_owner, queue_file
+
+    inst: Instance = new_instance(maildir=True)
+    inst.postfix("check", check=False)
+    qid = queue_file(inst.queue_dir, "incoming", "a\x1b[2J@example.com", [f"{ME}@localhost"],
+                     [b"Subject: esc", b"", b"x"], arrival=time.time())
+    match_owner(inst.queue_dir, "incoming")
+    inst.start(wait_smtp=False)
+    inst.wait_log(rf"postfix/local\[\d+\]: warning: {qid}: bad delivery request: "
+                  r"sender contains control characters")
+    inst.wait_log(rf"postfix/qmgr\[\d+\]: {qid}: to=<{ME}@localhost>, relay=none, .*"
+                  r"status=deferred \(bad delivery request\)")

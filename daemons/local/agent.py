@@ -39,6 +39,7 @@ from pymailsys.delivery.agent import (
     QueueContent,
     log_line,
     message_attrs,
+    refusal,
     request_attrs,
 )
 from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, ProtocolError
@@ -242,8 +243,7 @@ class LocalAgent:
                 raise ValueError(f"{count} recipients: local delivers one per request")
             req = DeliveryRequest.from_attrs(attrs)
         except (ProtocolError, ValueError) as e:
-            log.warning(f"bad delivery request: {e}")
-            return DeliveryResult.deferred("bad delivery request").reply()
+            return refusal(attrs, e, 1)
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
             fd = self.spool.open_queue_file(req.queue_name, req.queue_id)

@@ -26,6 +26,7 @@ from pymailsys.delivery.agent import (
     QueueContent,
     batch_reply,
     log_result,
+    refusal,
     request_recipients,
 )
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError
@@ -77,8 +78,7 @@ class VirtualAgent:
                                             dsn_orcpt=rc.dsn_orcpt).checked()
                         for rc in request_recipients(attrs)]
         except (ProtocolError, ValueError) as e:
-            log.warning(f"bad delivery request: {e}")
-            return batch_reply([DeliveryResult.deferred("bad delivery request")] * count)
+            return refusal(attrs, e, count)
         try:
             results = self.deliver(first, requests)
         except Exception as e:  # a bug must not stall the pipelined connection

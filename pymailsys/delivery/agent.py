@@ -62,6 +62,7 @@ from pymailsys.queue.queue_file import (
     read_envelope_fd,
 )
 from pymailsys.queue.records import REC_TYPE_NORM
+from pymailsys.rfc822 import has_control
 
 CHUNK = 65536
 
@@ -152,12 +153,12 @@ class DeliveryRequest:
         addresses = (self.sender, self.rcpt, self.orig_rcpt, self.dsn_orcpt, self.nexthop)
         # all five at once; field by field only to name the one at fault
         if (max(map(len, addresses)) > MAX_ADDRESS_LENGTH
-                or _CONTROL_RE.search("".join(addresses))):
+                or has_control("".join(addresses))):
             for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):
                 value = getattr(self, name)
                 if len(value) > MAX_ADDRESS_LENGTH:
                     raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
-                if _CONTROL_RE.search(value):
+                if has_control(value):
                     raise ValueError(f"{name} contains control characters: {value!r}")
         if not 0 <= self.dsn_notify <= NOTIFY_MASK:
             raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
@@ -353,6 +354,20 @@ def _members(attrs: AttrList, status: str) -> tuple[tuple[str, str, str], ...]:
             continue
         out.append((address, dsn, _CONTROL_RE.sub(" ", reason[:MAX_REASON_LENGTH])))
     return tuple(out)
+
+
+BAD_REQUEST = "bad delivery request"
+
+
+def refusal(attrs: AttrList, error: Exception, count: int) -> list[tuple[str, AttrValue]]:
+    """The reply to a request refused as malformed (``DeliveryRequest.checked``): the
+    warning logged with the request's queue ID when it is one, each of its ``count``
+    recipients deferred "bad delivery request", and ``refused`` 1, which tells qmgr
+    that no status line was logged for them, so that qmgr logs it."""
+    queue_id = attrs.text("queue_id")
+    prefix = f"{queue_id}: " if spool.valid_queue_id(queue_id) else ""
+    log.warning(f"{prefix}{BAD_REQUEST}: {error}")
+    return [*batch_reply([DeliveryResult.deferred(BAD_REQUEST)] * count), ("refused", 1)]
 
 
 def batch_reply(results: list[DeliveryResult],

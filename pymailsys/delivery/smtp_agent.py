@@ -97,6 +97,7 @@ from pymailsys.delivery.agent import (
     QueueContent,
     batch_reply,
     log_line,
+    refusal,
     request_recipients,
 )
 from pymailsys.dsn import ret_name
@@ -215,9 +216,7 @@ class Agent:
         try:
             req = Request.from_attrs(attrs)
         except (ProtocolError, ValueError) as e:
-            log.warning(f"bad delivery request: {e}")
-            count = max(len(attrs.all("rcpt")), 1)
-            return batch_reply([DeliveryResult.deferred("bad delivery request")] * count)
+            return refusal(attrs, e, max(len(attrs.all("rcpt")), 1))
         try:
             results = await self.deliver(req)
         except Exception as e:  # a bug must not stall the pipelined connection

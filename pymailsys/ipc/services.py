@@ -103,7 +103,12 @@ local (``private/local``), one request per recipient (delivery request)::
                        bounded address without control characters and a DSN
                        code of the status's class
 
-    The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself;
+             refused   optional: 1 when the agent refused the request as
+                       malformed (``delivery.agent.refusal``): every recipient
+                       deferred "bad delivery request", no line logged for them
+
+    The agent logs the ``to=<...>, relay=..., delay=..., status=...`` line itself
+    (but for a ``refused`` request: then qmgr logs it, ``relay=none``);
     qmgr marks the recipient done (R -> D in place) for sent and bounced, keeps
     it for deferred, and appends bounced/deferred reasons to bounce/ID, defer/ID
     (recipient: the reply's ``rcpt`` when given, original_recipient: orig_rcpt; one
