@@ -64,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from pymailsys import log, maps, privileges, server
@@ -73,21 +73,6 @@ from pymailsys.queue import maildrop
 from pymailsys.queue import spool as queue
 from pymailsys.server import Context
 from pymailsys.submission import access, protocol
-
-
-def _pieces(lines: list[bytes]) -> Iterator[bytes]:
-    """Message lines as LF-terminated text in pieces of about CONTENT_CHUNK bytes."""
-    piece: list[bytes] = []
-    size = 0
-    for line in lines:
-        piece.append(line)
-        size += len(line) + 1
-        if size >= services.CONTENT_CHUNK:
-            yield b"\n".join(piece) + b"\n"
-            piece = []
-            size = 0
-    if piece or not lines:
-        yield b"\n".join(piece) + b"\n" if piece else b""
 
 
 class Pickup:
@@ -110,11 +95,11 @@ class Pickup:
         self.slots = peers.PeerSlots()
 
     # --- cleanup hand-off -------------------------------------------------------
-    async def to_cleanup(self, sub: maildrop.Submission, uid: int, orig_id: str = "",
-                         content: Iterable[bytes] | None = None) -> attr.AttrList:
-        """Hand a message to cleanup, its content in pieces (services.CONTENT_CHUNK):
-        ``content``, or else ``sub.lines``. An exception from ``content`` aborts the
-        request (cleanup queues nothing) and goes on to the caller."""
+    async def to_cleanup(self, sub: maildrop.Submission, uid: int, content: Iterable[bytes],
+                         orig_id: str = "") -> attr.AttrList:
+        """Hand a message to cleanup, its ``content`` in pieces (services.CONTENT_CHUNK).
+        An exception from ``content`` aborts the request (cleanup queues nothing) and
+        goes on to the caller."""
         req: list[tuple[str, Any]] = [
             ("origin", "pickup"), ("sender", sub.sender),
         ]
@@ -140,8 +125,7 @@ class Pickup:
             req.append(("orig_id", orig_id))
         if self.content_filter:  # a requeued file's own L records were dropped (maildrop)
             req.append(("content_filter", self.content_filter))
-        pieces = _pieces(sub.lines) if content is None else content
-        return await attr.request_streamed(self.cleanup, req, "content", pieces)
+        return await attr.request_streamed(self.cleanup, req, "content", content)
 
     def check_access(self, uid: int, sender: str) -> tuple[int, str]:
         """(sysexits status, reason) for this submitter and sender."""
@@ -186,14 +170,15 @@ class Pickup:
             sub = protocol.from_attrs(req, self.size_limit, self.line_limit)
         except maildrop.SubmissionError as e:
             log.warning(f"uid={uid}: malformed submission: {e}")
-            return {"status": os.EX_SOFTWARE, "reason": f"malformed submission: {e}"}
+            return {"status": e.status, "reason": f"malformed submission: {e}"}
         status, reason = self.check_access(uid, sub.sender)
         if status:
             if status == os.EX_NOPERM:
                 log.warning(f"uid={uid}: {reason}")
             return {"status": status, "reason": reason}
         try:
-            reply = await self.to_cleanup(sub, uid)
+            reply = await self.to_cleanup(
+                sub, uid, protocol.content_pieces(req, services.CONTENT_CHUNK))
         except (attr.ProtocolError, OSError) as e:
             log.warning(f"connect to cleanup service: {e}")
             return {"status": os.EX_TEMPFAIL, "reason": "queue file write error"}
@@ -314,7 +299,7 @@ class Pickup:
         content = maildrop.content_pieces(src, sub.content_offset, self.line_limit,
                                           self.size_limit, services.CONTENT_CHUNK)
         try:
-            reply = await self.to_cleanup(sub, uid, name if requeued else "", content)
+            reply = await self.to_cleanup(sub, uid, content, name if requeued else "")
         except maildrop.SubmissionError as e:  # the file changed since it was parsed
             self.set_aside(name, path, uid, str(e))
             return "kept"

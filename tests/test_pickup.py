@@ -151,3 +151,51 @@ def test_requeued_queue_file_with_pointers_is_delivered_whole(new_instance) -> N
     assert {re.search(rb"^X-Original-To: (.*)$", m, re.M).group(1) for m in copies} == {  # type: ignore[union-attr]
         f"{ME}@localhost".encode(), f"{ME}+added@localhost".encode()}
     assert peak_memory_kb(pid) - before < 16 * 1024, (before, peak_memory_kb(pid))
+
+
+def test_maildrop_file_with_a_control_character_in_an_address_is_set_aside(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    """A file written straight into maildrop/ (not by sendmail, which refuses them) with
+    ESC in its sender or recipient: corrupt/, as other malformed files, never queued
+    for the delivery agents to refuse."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start(wait_smtp=False)
+    pid, _ = running_pickup(inst)
+    for sub, record in ((maildrop.Submission(sender="a\x1b[2J@example.com",
+                                             recipients=[f"{ME}@localhost"]), "sender"),
+                        (maildrop.Submission(sender=python_user,
+                                             recipients=[f"{ME}\x1b[2J@localhost"]), "recipient")):
+        sub.lines = [b"Subject: esc", b"", b"x"]
+        name, uid = drop_as(python_user, inst, sub.to_records())
+        inst.tool("postqueue", "-f", check=True)
+        inst.wait_log(rf"postfix/pickup\[{pid}\]: warning: \S*{name}: uid={uid}: "
+                      rf"control character in '{record}' record -- file moved to corrupt/$")
+        os.rename(inst.queue_dir / "corrupt" / name, inst.queue_dir / "corrupt" / f"{name}.{record}")
+    assert f"uid={pwd.getpwnam(python_user).pw_uid} from=" not in inst.log()
+
+
+def test_live_submission_with_a_control_character_is_refused(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    """sendmail refuses it before it reaches pickup: exit 65, nothing queued."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start(wait_smtp=False)
+    running_pickup(inst)
+    for args in (["-f", "a\x1b[2J@example.com", f"{ME}@localhost"], [f"{ME}\x1b[2J@localhost"]):
+        r = inst.tool("sendmail", *args, input=msg("esc"), user=python_user)
+        assert r.returncode == 65, r.stderr
+        assert "malformed sender" in r.stderr or "Bad recipient address syntax" in r.stderr
+    assert not os.listdir(inst.queue_dir / "maildrop")
+    assert inst.tool("postqueue", "-p").stdout.strip() == "Mail queue is empty"
+
+
+def test_live_submission_of_5_mb_is_delivered_byte_for_byte(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.start(wait_smtp=False)
+    running_pickup(inst)
+    body = b"".join(b"line %07d of a large message\n" % i for i in range(170_000))
+    assert len(body) > 5_000_000
+    r = inst.tool("sendmail", "-i", f"{ME}@localhost", input=b"Subject: big\n\n" + body,
+                  user=python_user)
+    assert r.returncode == 0, r.stderr
+    assert not os.listdir(inst.queue_dir / "maildrop")
+    got = wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: big\n" in m],
+                     60, what="the large message")
+    assert got[0].endswith(b"\n\n" + body)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from qf_helpers import make_spool, tool
@@ -89,3 +91,85 @@ def test_queue_modes_run_postqueue(tmp_path: Path) -> None:
     bad = tool("sendmail", "-C", str(etc), "-qIno/such")
     assert bad.returncode == 64
     assert b'postqueue: fatal: Cannot flush queue ID - invalid name: "no/such"' in bad.stderr
+
+
+ESC_ADDRESSES = [(["-f", "a\x1b[2J@example.com", "user@example.com"], b"", b"-f option specified malformed sender: a?[2J@example.com"),
+                 (["user\x1b[2J@example.com"], b"", b"Bad recipient address syntax: user?[2J@example.com"),
+                 (["-t"], b"To: user\x1b[2J@example.com\n", b"Bad recipient address syntax: user?[2J@example.com")]
+
+
+def test_control_characters_in_envelope_addresses_are_refused_up_front(tmp_path: Path) -> None:
+    """The delivery agents refuse an address with a control character; sendmail must not
+    take one in (that mail sat deferred for days): exit 65 with the reason, no file."""
+    etc, spool = make_spool(tmp_path)
+    for args, header, reason in ESC_ADDRESSES:
+        out = tool("sendmail", "-C", str(etc), *args, input=header + b"Subject: x\n\nb\n")
+        assert out.returncode == 65, (args, out.returncode, out.stderr)
+        assert b"sendmail: fatal: " in out.stderr and reason in out.stderr, out.stderr
+        assert b"\x1b" not in out.stderr
+        assert maildrop_files(spool) == []
+
+
+def test_maildrop_reader_refuses_a_control_character_in_an_address() -> None:
+    for sub in (maildrop.Submission(sender="a\x1b[2J@example.com", recipients=["r@example.com"]),
+                maildrop.Submission(sender="u", recipients=["r\x1b[2J@example.com"]),
+                maildrop.Submission(sender="u", extracted=["r\x07@example.com"])):
+        try:
+            maildrop.parse_maildrop(sub.to_records())
+        except maildrop.SubmissionError as e:
+            assert "control character in" in str(e)
+            continue
+        raise AssertionError(f"accepted {sub}")
+
+
+def test_full_name_with_a_line_break_is_text(tmp_path: Path) -> None:
+    """As Postfix's sendmail: -F is the From: header's text, never a reason to refuse."""
+    etc, spool = make_spool(tmp_path)
+    out = tool("sendmail", "-C", str(etc), "-F", "Evil\nBcc: x\x1b", "user@example.com",
+               input=b"Subject: x\n\nb\n")
+    assert out.returncode == 0, out.stderr
+    [path] = maildrop_files(spool)
+    sub = maildrop.parse_maildrop(path.read_bytes())
+    assert sub.full_name == "Evil Bcc: x" and sub.recipients == ["user@example.com"]
+
+
+def test_input_over_message_size_limit_is_refused_without_a_file(tmp_path: Path) -> None:
+    """As Postfix: ``message file too big``, exit 75, nothing left in maildrop/."""
+    etc, spool = make_spool(tmp_path, message_size_limit="100000")
+    for args in ([], ["-t"]):
+        out = tool("sendmail", "-C", str(etc), *args, "user@example.com",
+                   input=b"To: a@example.com\n\n" + b"y\n" * 60_000)
+        assert out.returncode == 75, out.stderr
+        assert out.stderr.endswith(b"sendmail: fatal: root(0): message file too big\n") \
+            or b"): message file too big" in out.stderr, out.stderr
+        assert maildrop_files(spool) == []
+
+
+PEAK = """
+import resource, subprocess, sys
+with open(sys.argv[1], "rb") as f:
+    r = subprocess.run(sys.argv[2:], stdin=f, capture_output=True)
+sys.stdout.write(f"{r.returncode} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+"""
+
+
+def test_sendmail_memory_does_not_grow_with_the_lines(tmp_path: Path) -> None:
+    """6.6 MB of 3-byte lines took sendmail to 437 MB (a Python object a line); written
+    to the maildrop file as it is read, it stays near the interpreter's own size. The
+    file holds the message byte for byte."""
+    etc, spool = make_spool(tmp_path)
+    body = b"ab\n" * 2_200_000
+    src = tmp_path / "input"
+    src.write_bytes(b"Subject: short lines\n\n" + body)
+    for args in ([], ["-t"]):
+        measured = subprocess.run(
+            [sys.executable, "-c", PEAK, str(src), sys.executable, "-m", "pymailsys.tools.sendmail",
+             "-C", str(etc), *args, "user@example.com"],
+            capture_output=True, check=True, cwd="/")
+        status, peak_kb = measured.stdout.split()
+        assert status == b"0", measured
+        assert int(peak_kb) < 80 * 1024, f"sendmail peaked at {int(peak_kb) // 1024} MB"
+        [path] = maildrop_files(spool)
+        sub = maildrop.parse_maildrop(path.read_bytes())
+        assert sub.content() == b"Subject: short lines\n\n" + body
+        path.unlink()

@@ -44,9 +44,10 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import click
 
@@ -82,13 +83,20 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
             recipients: list[str], extract: bool, dot_rule: bool, encoding: str,
             envid: str, ret: int, notify: int, rewrite_context: str,
             stdin=None) -> str:  # type: ignore[no-untyped-def]
-    """Submit one message; returns the queue ID (or maildrop file name)."""
+    """Submit one message; returns the queue ID (or maildrop file name).
+
+    The message goes from standard input to a maildrop file a piece at a time
+    (``message.read_text``, ``maildrop.MaildropFile``): memory stays the same
+    whatever the input, and input over message_size_limit stops there, its file
+    removed. Every envelope address passes ``rfc822.envelope_address`` first."""
     uid = os.getuid()
     refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
         fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
     if sender is not None:
-        env_sender = message.parse_sender(sender)
+        env_sender = rfc822.envelope_address(message.parse_sender(sender))
+        if env_sender is None:
+            fatal(os.EX_DATAERR, f"-f option specified malformed sender: {sender}")
     else:
         name = login.login_name(uid)
         if name is None:
@@ -96,36 +104,79 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
         env_sender = name
     if full_name is None:
         full_name = login.default_full_name(uid)
+    # as Postfix: a full name is text for the From: header, never a reason to refuse
+    full_name = " ".join(CONTROLS.sub(" ", full_name).split())
     rcpts: list[str] = []
     for arg in recipients:
         rcpts.extend(rfc822.address_list(arg) or [arg.strip()])
-    rcpts = [r for r in rcpts if r]
+    rcpts = [checked_recipient(r, env_sender, uid) for r in rcpts if r]
+    if len(rcpts) > maildrop.MAX_RECIPIENTS:
+        fatal(os.EX_DATAERR, f"{env_sender}({uid}): too many recipients")
+    sub = maildrop.Submission(sender=env_sender, recipients=rcpts, full_name=full_name,
+                              encoding=encoding, envid=envid, ret=ret, notify=notify,
+                              rewrite_context=rewrite_context)
     stream = stdin if stdin is not None else sys.stdin.buffer
     try:
-        lines = message.read_message(stream, dot_rule)
+        drop = handoff.create(cfg)
+    except handoff.Refused as e:
+        fatal(e.status, f"{env_sender}({uid}): {e.reason}")
+    try:
+        copy_input(cfg, stream, drop, sub, extract, dot_rule, uid)
+    except BaseException:
+        drop.discard()
+        raise
+    return hand_off(cfg, drop, sub, uid)
+
+
+CONTROLS = re.compile("[\x00-\x1f\x7f]")
+
+
+def checked_recipient(address: str, env_sender: str, uid: int) -> str:
+    """The recipient as the mail system takes it (``rfc822.envelope_address``), or exit 65."""
+    checked = rfc822.envelope_address(address)
+    if checked is None:
+        fatal(os.EX_DATAERR, f"{env_sender}({uid}): Bad recipient address syntax: {address}")
+    return checked
+
+
+def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.MaildropFile,
+               sub: maildrop.Submission, extract: bool, dot_rule: bool, uid: int) -> None:
+    """Standard input to ``drop`` (-t: the recipients in its headers to ``sub``); exits
+    on an input error, when the message is too big or there is no recipient."""
+    who = f"{sub.sender}({uid})"
+    headers = message.Recipients(cfg.get_size("header_size_limit")) if extract else None
+    try:
+        drop.begin(sub)
+        for piece in message.read_text(stream, dot_rule, cfg.get_int("line_length_limit")):
+            for text, ends in [piece] if headers is None else headers.feed(piece):
+                drop.text(text, ends)
+        if headers is not None:
+            for text, ends in headers.end():
+                drop.text(text, ends)
+            sub.extracted = [checked_recipient(r, sub.sender, uid) for r in headers.addresses()]
+        if len(sub.all_recipients()) > maildrop.MAX_RECIPIENTS:
+            fatal(os.EX_DATAERR, f"{who}: too many recipients")
+        if not sub.all_recipients():
+            if extract:
+                fatal(os.EX_USAGE, f"{who}: No recipient addresses found in message header")
+            fatal(os.EX_USAGE, f"{who}: Recipient addresses must be specified on"
+                  " the command line or via the -t option")
+        drop.end(sub)
+    except maildrop.TooBig as e:
+        fatal(os.EX_TEMPFAIL, f"{who}: {e}")
+    except message.HeaderTooLong as e:
+        fatal(os.EX_DATAERR, f"{who}: unable to extract recipients: {e}")
+    except message.InputError as e:
+        fatal(os.EX_DATAERR, f"{who}: error reading input: {e}")
     except OSError as e:
-        fatal(os.EX_DATAERR, f"{env_sender}({uid}): error reading input: {e.strerror}")
-    extracted: list[str] = []
-    if extract:
-        extracted, lines = message.header_recipients(lines)
-    if not rcpts and not extracted:
-        if extract:
-            fatal(os.EX_USAGE, f"{env_sender}({uid}): No recipient addresses found in message header")
-        fatal(os.EX_USAGE, f"{env_sender}({uid}): Recipient addresses must be specified on"
-              " the command line or via the -t option")
-    sub = maildrop.Submission(sender=env_sender, recipients=rcpts, extracted=extracted, lines=lines,
-                        full_name=full_name, encoding=encoding, envid=envid, ret=ret,
-                        notify=notify, rewrite_context=rewrite_context)
-    limit = cfg.get_size("message_size_limit")
-    if limit and sum(len(x) + 1 for x in lines) > limit:
-        fatal(os.EX_TEMPFAIL, f"{env_sender}({uid}): error writing queue file: File too large")
-    return hand_off(cfg, sub, uid)
+        fatal(os.EX_TEMPFAIL, f"{who}: error writing queue file: {e.strerror or e}")
 
 
-def hand_off(cfg: config_mod.Config, sub: maildrop.Submission, uid: int) -> str:
+def hand_off(cfg: config_mod.Config, drop: maildrop.MaildropFile, sub: maildrop.Submission,
+             uid: int) -> str:
     """Live submission over public/pickup, else a maildrop file; exits when refused."""
     try:
-        return handoff.hand_off(cfg, sub, uid)
+        return handoff.hand_off_file(cfg, drop, sub, uid)
     except handoff.Refused as e:
         fatal(e.status, f"{sub.sender}({uid}): {e.reason}")
 

@@ -892,6 +892,24 @@ class SyncAttrClient:
         self.sock.sendall(encode(attrs))
         return self.read()
 
+    def request_with_value(self, attrs: Attrs, name: str, length: int,
+                           pieces: Iterable[bytes]) -> AttrList:
+        """A request whose last attribute ``name`` is ``length`` bytes sent as
+        ``pieces`` come (a message read from a file): memory is one piece.
+        ProtocolError when the pieces do not add up to ``length``."""
+        self.sock.sendall(encode(attrs)[:-1] + (_KEYS.get(name) or _key(name))
+                          + encode_varint(length))
+        sent = 0
+        for piece in pieces:
+            sent += len(piece)
+            if sent > length:
+                break
+            self.sock.sendall(piece)
+        if sent != length:
+            raise ProtocolError(f"attribute {name}: {sent} bytes sent, {length} announced")
+        self.sock.sendall(b"\0")
+        return self.read()
+
     def close(self) -> None:
         self.sock.close()
 

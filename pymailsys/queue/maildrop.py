@@ -43,7 +43,8 @@ SECURITY
     Nothing in the file is trusted: the uid comes from the file owner; record
     types, lengths, counts, pointer jumps and content size are bounded; named attributes are limited to
     the DSN/encoding/rewrite set postdrop writes; no envelope value carries
-    a null or a line break.
+    a null or a line break, and no address a control character of any kind
+    (``rfc822.envelope_address``, the rule smtpd and sendmail apply).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from dataclasses import dataclass, field
 from pymailsys.dsn import valid_orcpt
 from pymailsys.queue import records as r
 from pymailsys.queue import spool as queue
+from pymailsys.rfc822 import envelope_address
 
 # named attributes (Postfix mail_proto.h)
 ATTR_ENVID = "envelope_id"
@@ -74,7 +76,13 @@ MAX_RECIPIENTS = 10000
 
 
 class SubmissionError(Exception):
-    """A malformed submission (maildrop file or request)."""
+    """A malformed submission (maildrop file or request). ``status``: the sysexits.h
+    code for the submitter, EX_DATAERR when the fault is an envelope value the user
+    gave (an address with a control character), EX_SOFTWARE otherwise."""
+
+    def __init__(self, reason: str, status: int = os.EX_SOFTWARE) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass
@@ -111,61 +119,77 @@ class Submission:
     def content(self) -> bytes:
         return b"".join(line + b"\n" for line in self.lines)
 
-    def to_records(self, arrival: float | None = None, line_limit: int = 2048) -> bytes:
-        """The maildrop file form."""
+    def envelope_records(self, arrival: float | None = None) -> bytes:
+        """The records before the content: T, A, F, S, the recipients, and M."""
         now = time.time() if arrival is None else arrival
         sec = int(now)
         out = [r.encode_record(r.REC_TYPE_TIME, f"{sec} {int((now - sec) * 1e6)}".encode())]
-
-        def a(name: str, value: str) -> None:
-            out.append(r.encode_record(r.REC_TYPE_ATTR, f"{name}={value}".encode(
-                "utf-8", "surrogateescape")))
-
-        def rec(rtype: bytes, text: str) -> None:
-            out.append(r.encode_record(rtype, text.encode("utf-8", "surrogateescape")))
-
         if self.envid:
-            a(ATTR_ENVID, self.envid)
+            out.append(_attr(ATTR_ENVID, self.envid))
         if self.ret:
-            a(ATTR_RET, str(self.ret))
-        a(ATTR_RWR, self.rewrite_context or "local")
+            out.append(_attr(ATTR_RET, str(self.ret)))
+        out.append(_attr(ATTR_RWR, self.rewrite_context or "local"))
         if self.full_name:
-            rec(r.REC_TYPE_FULL, self.full_name)
-        rec(r.REC_TYPE_FROM, self.sender)
+            out.append(_rec(r.REC_TYPE_FULL, self.full_name))
+        out.append(_rec(r.REC_TYPE_FROM, self.sender))
         if self.encoding:
-            a(ATTR_ENCODING, self.encoding)
-        notifies, orcpts = self.recipient_notifies(), self.recipient_orcpts()
-        for rcpt, notify, orcpt in zip(self.recipients, notifies, orcpts, strict=False):
-            if orcpt:
-                a(ATTR_ORCPT, orcpt)
-            if notify:
-                a(ATTR_NOTIFY, str(notify))
-            rec(r.REC_TYPE_RCPT, rcpt)
+            out.append(_attr(ATTR_ENCODING, self.encoding))
+        out += self._recipient_records(self.recipients, 0)
         out.append(r.encode_record(r.REC_TYPE_MESG, b""))
-        for line in self.lines:
-            out.append(r.text_records(line, line_limit))
-        out.append(r.encode_record(r.REC_TYPE_XTRA, b""))
-        first = len(self.recipients)
-        for rcpt, notify, orcpt in zip(self.extracted, notifies[first:], orcpts[first:],
-                                       strict=True):
-            if orcpt:
-                a(ATTR_ORCPT, orcpt)
-            if notify:
-                a(ATTR_NOTIFY, str(notify))
-            rec(r.REC_TYPE_RCPT, rcpt)
+        return b"".join(out)
+
+    def extracted_records(self) -> bytes:
+        """The records after the content: X, the extracted recipients, and E."""
+        out = [r.encode_record(r.REC_TYPE_XTRA, b"")]
+        out += self._recipient_records(self.extracted, len(self.recipients))
         out.append(r.encode_record(r.REC_TYPE_END, b""))
         return b"".join(out)
+
+    def _recipient_records(self, rcpts: list[str], first: int) -> list[bytes]:
+        notifies, orcpts = self.recipient_notifies(), self.recipient_orcpts()
+        out = []
+        for i, rcpt in enumerate(rcpts, first):
+            if orcpts[i]:
+                out.append(_attr(ATTR_ORCPT, orcpts[i]))
+            if notifies[i]:
+                out.append(_attr(ATTR_NOTIFY, str(notifies[i])))
+            out.append(_rec(r.REC_TYPE_RCPT, rcpt))
+        return out
+
+    def to_records(self, arrival: float | None = None, line_limit: int = 2048) -> bytes:
+        """The maildrop file form."""
+        return b"".join([self.envelope_records(arrival),
+                         *(r.text_records(line, line_limit) for line in self.lines),
+                         self.extracted_records()])
+
+
+def _rec(rtype: bytes, text: str) -> bytes:
+    return r.encode_record(rtype, text.encode("utf-8", "surrogateescape"))
+
+
+def _attr(name: str, value: str) -> bytes:
+    return _rec(r.REC_TYPE_ATTR, f"{name}={value}")
 
 
 def _text(payload: bytes) -> str:
     return payload.decode("utf-8", "surrogateescape")
 
 
-def check_envelope_text(rtype: bytes, payload: bytes) -> None:
-    """SubmissionError when an envelope value carries a null or a line break."""
+ADDRESS_TYPES = (r.REC_TYPE_FROM, r.REC_TYPE_RCPT, r.REC_TYPE_ORCP)
+
+
+def check_envelope_text(rtype: bytes, payload: bytes, name: str = "") -> None:
+    """SubmissionError when an envelope value carries a null or a line break, or an
+    address (sender, recipient, original recipient) is not one by the rule every
+    way in applies (``rfc822.envelope_address``: no control character). ``name``
+    is what the error calls the value (the record type's name when not given)."""
+    label = name or r.REC_TYPES.get(rtype, "?")
     if b"\r" in payload or b"\n" in payload or b"\0" in payload:
-        raise SubmissionError(
-            f"null or line break in '{r.REC_TYPES.get(rtype, '?')}' record")
+        raise SubmissionError(f"null or line break in '{label}' record", os.EX_DATAERR)
+    if rtype in ADDRESS_TYPES:
+        text = _text(payload)
+        if envelope_address(text) != text:
+            raise SubmissionError(f"control character in '{label}' record", os.EX_DATAERR)
 
 
 REVERSE_JUMP_LIMIT = 10000  # Postfix's rec_goto: at most this many jumps back
@@ -407,27 +431,111 @@ def content_pieces(src: RecordFile, offset: int, line_limit: int = 2048, size_li
     raise SubmissionError("no message content")
 
 
-def write_maildrop(spool: queue.Spool, sub: Submission, line_limit: int = 2048) -> str:
-    """Write a complete maildrop file (0644 while written, 0744 after fsync)."""
-    old = os.umask(0o022)
-    try:
-        queue_id, path, fd = spool.create_queue_file(queue.MAILDROP, queue.MAILDROP_WRITING)
-    finally:
-        os.umask(old)
-    try:
-        data = sub.to_records(line_limit=line_limit)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fchmod(fd, queue.MAILDROP_COMPLETE)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
+class TooBig(Exception):
+    """The content went over the size limit a ``MaildropFile`` was given."""
+
+
+class MaildropFile:
+    """A maildrop file written as the message comes: ``create`` it (mode 0644, so
+    pickup leaves it alone), ``begin`` with the envelope, ``text`` for each piece
+    of content, ``end`` with the extracted recipients, then ``complete`` it (0744
+    after the fsync: pickup's to take) or ``discard`` it (unlinked). Memory is one
+    buffer of at most BLOCK bytes, whatever the message's size; content over
+    ``size_limit`` bytes (LFs counted, as pickup and cleanup count it) raises
+    ``TooBig`` the moment it gets there. ``content_pieces`` reads the content back
+    as text (a live submission sends it from here). The file belongs to the caller."""
+
+    def __init__(self, queue_id: str, path: str, fd: int, line_limit: int = 2048,
+                 size_limit: int = 0) -> None:
+        self.queue_id, self.path, self.fd = queue_id, path, fd
+        self.line_limit = max(line_limit, 1)
+        self.size_limit = size_limit
+        self.content_offset = 0
+        self.content_size = 0
+        self.size = 0  # bytes written to the file
+        self.buf = bytearray()
+        self.line_open = False  # the last piece did not end its line
+
+    @classmethod
+    def create(cls, spool: queue.Spool, line_limit: int = 2048,
+               size_limit: int = 0) -> MaildropFile:
+        old = os.umask(0o022)
         try:
-            os.unlink(path)
+            queue_id, path, fd = spool.create_queue_file(queue.MAILDROP, queue.MAILDROP_WRITING)
+        finally:
+            os.umask(old)
+        return cls(queue_id, path, fd, line_limit, size_limit)
+
+    def _put(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        view = memoryview(self.buf)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(self.buf)
+        view.release()
+        self.buf.clear()
+
+    def begin(self, sub: Submission) -> None:
+        self._put(sub.envelope_records())
+        self.content_offset = self.size + len(self.buf)
+
+    def text(self, piece: bytes, ends_line: bool = True) -> None:
+        """One piece of content: a whole line (without its LF), or with ``ends_line``
+        false the first part of a line that goes on in the next piece."""
+        self.content_size += len(piece) + ends_line
+        if self.size_limit and self.content_size > self.size_limit:
+            raise TooBig("message file too big")
+        while len(piece) > self.line_limit:
+            self._put(r.encode_record(r.REC_TYPE_CONT, piece[:self.line_limit]))
+            piece = piece[self.line_limit:]
+        self._put(r.encode_record(r.REC_TYPE_NORM if ends_line else r.REC_TYPE_CONT, piece))
+        self.line_open = not ends_line
+
+    def end(self, sub: Submission) -> None:
+        """The records after the content (``sub.extracted``), written out (no fsync)."""
+        self._put(sub.extracted_records())
+        self.flush()
+
+    def content_pieces(self, chunk: int = 65536) -> Iterator[bytes]:
+        """The content as LF-terminated text, about ``chunk`` bytes at a time."""
+        return content_pieces(RecordFile.of_fd(self.fd, self.size), self.content_offset,
+                              max(self.line_limit, 2048), 0, chunk)
+
+    def complete(self) -> None:
+        """Mark the file complete (0744) once it is on disk, and close it."""
+        try:
+            os.fchmod(self.fd, queue.MAILDROP_COMPLETE)
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Close and remove the file (a refused or failed submission)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.path)
         except OSError:
             pass
+
+
+def write_maildrop(spool: queue.Spool, sub: Submission, line_limit: int = 2048) -> str:
+    """Write a complete maildrop file (0644 while written, 0744 after fsync)."""
+    drop = MaildropFile.create(spool, line_limit)
+    try:
+        drop.begin(sub)
+        for line in sub.lines:
+            drop.text(line)
+        drop.end(sub)
+        drop.complete()
+    except BaseException:
+        drop.discard()
         raise
-    os.close(fd)
-    return queue_id
+    return drop.queue_id

@@ -1,20 +1,25 @@
 """handoff - give a local submission to the mail system, as sendmail does.
 
-``hand_off(config, sub, uid)`` submits live over public/pickup
-(``protocol``); when nobody listens there, pickup does not take the
-connection within CONNECT_TIMEOUT, the connection fails, or pickup answers
-"try later" (EX_TEMPFAIL, also when this user holds too many connections),
-it writes a maildrop file instead
-(``queue.maildrop.write_maildrop``, owned by the caller) and wakes pickup.
-It returns the queue ID (or the maildrop file name) and raises ``Refused``
-with a sysexits.h status and the reason for the user when the message was
-not taken: pickup refused it, local_login_sender_maps refuses the sender,
-or the maildrop file cannot be written.
+A submission is first a file in maildrop/ (``queue.maildrop.MaildropFile``,
+mode 0644 while written, owned by the caller), written as the message comes,
+so that memory does not grow with the message. ``hand_off_file(config, drop,
+sub, uid)`` then submits it live over public/pickup (``protocol``), its content
+read back from the file as it is sent, and removes the file once pickup
+answered. When nobody listens there, pickup does not take the connection within
+CONNECT_TIMEOUT, the connection fails, or pickup answers "try later"
+(EX_TEMPFAIL, also when this user holds too many connections), the file is
+marked complete (0744, after the fsync) and pickup is woken to take it in.
+``hand_off(config, sub, uid)`` does both for a submission already in memory
+(postdrop, ``smtpd -S``). Each returns the queue ID (or the maildrop file's)
+and raises ``Refused`` with a sysexits.h status and the reason for the user
+when the message was not taken: pickup refused it, local_login_sender_maps
+refuses the sender, or the maildrop file cannot be written. A refused or
+failed submission leaves no file behind.
 
 SECURITY
     Runs with the caller's privileges only. The local_login_sender_maps
-    check before a maildrop write is a courtesy; pickup checks again from
-    the file owner.
+    check before a maildrop file is completed is a courtesy; pickup checks
+    again from the file owner.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import os
 
 from pymailsys import log, maps
 from pymailsys.config import Config
-from pymailsys.ipc import attr, trigger
+from pymailsys.ipc import attr, services, trigger
 from pymailsys.queue import spool as queue
-from pymailsys.queue.maildrop import Submission, write_maildrop
+from pymailsys.queue.maildrop import MaildropFile, Submission, TooBig
 from pymailsys.submission.access import login_sender_ok
 from pymailsys.submission.protocol import SUBMIT_MAGIC, to_attrs
 
@@ -45,9 +50,11 @@ class Refused(Exception):
         self.reason = reason
 
 
-def submit_stream(path: str, sub: Submission, timeout: float = 3600.0) -> attr.AttrList:
-    """Submit over public/pickup; SystemDown when nobody listens there or takes the
-    connection within CONNECT_TIMEOUT (pickup saturated)."""
+def submit_stream(path: str, sub: Submission, drop: MaildropFile,
+                  timeout: float = 3600.0) -> attr.AttrList:
+    """Submit over public/pickup, the content read from ``drop``; SystemDown when
+    nobody listens there or takes the connection within CONNECT_TIMEOUT (pickup
+    saturated)."""
     try:
         client = attr.SyncAttrClient(path, timeout=timeout, connect_timeout=CONNECT_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError,
@@ -55,39 +62,71 @@ def submit_stream(path: str, sub: Submission, timeout: float = 3600.0) -> attr.A
         raise SystemDown(str(e)) from e
     with client:
         client.sock.sendall(SUBMIT_MAGIC)
-        return client.request(to_attrs(sub))
+        return client.request_with_value(to_attrs(sub), "content", drop.content_size,
+                                         drop.content_pieces(services.CONTENT_CHUNK))
+
+
+def create(config: Config) -> MaildropFile:
+    """A new maildrop file for a submission (Refused when it cannot be created)."""
+    spool = queue.Spool.from_config(config)
+    try:
+        return MaildropFile.create(spool, config.get_int("line_length_limit"),
+                                   config.get_size("message_size_limit"))
+    except OSError as e:
+        raise Refused(os.EX_TEMPFAIL, f"error writing queue file: {e.strerror or e}") from e
 
 
 def hand_off(config: Config, sub: Submission, uid: int) -> str:
-    """Live submission over public/pickup, else a maildrop file; the queue ID."""
+    """A submission in memory: written to maildrop/, then ``hand_off_file``."""
+    drop = create(config)
+    try:
+        drop.begin(sub)
+        for line in sub.lines:
+            drop.text(line)
+        drop.end(sub)
+    except TooBig as e:
+        drop.discard()
+        raise Refused(os.EX_TEMPFAIL, str(e)) from e
+    except OSError as e:
+        drop.discard()
+        raise Refused(os.EX_TEMPFAIL, f"error writing queue file: {e.strerror or e}") from e
+    except BaseException:
+        drop.discard()
+        raise
+    return hand_off_file(config, drop, sub, uid)
+
+
+def hand_off_file(config: Config, drop: MaildropFile, sub: Submission, uid: int) -> str:
+    """Live submission over public/pickup of the ended ``drop``, else the file completed
+    for pickup to take; the queue ID. The file is removed unless it was completed."""
     spool = queue.Spool.from_config(config)
     path = spool.public(config.get("pickup_service_name"))
     try:
-        reply = submit_stream(path, sub, config.get_time("ipc_timeout"))
-    except SystemDown:
-        reply = None
-    except (attr.ProtocolError, OSError) as e:
-        log.warning(f"submission to {path} failed: {e}; using the maildrop queue")
-        reply = None
-    if reply is not None:
-        status = reply.number("status", os.EX_SOFTWARE)
-        if status == 0:
-            return reply.text("queue_id")
-        if status != os.EX_TEMPFAIL:
-            raise Refused(status, reply.text("reason"))
-    return drop(config, spool, sub, uid)
-
-
-def drop(config: Config, spool: queue.Spool, sub: Submission, uid: int) -> str:
-    """Write ``sub`` to maildrop/ and wake pickup; the file's queue ID."""
-    try:
-        if not login_sender_ok(config, uid, sub.sender):
-            raise Refused(os.EX_NOPERM, f"not authorized to use sender='{sub.sender}'")
-    except maps.TableError:
-        pass  # pickup decides when the table answers again
-    try:
-        queue_id = write_maildrop(spool, sub, config.get_int("line_length_limit"))
-    except OSError as e:
-        raise Refused(os.EX_TEMPFAIL, f"error writing queue file: {e.strerror or e}") from e
-    trigger.send_trigger(spool.public(config.get("pickup_service_name")), trigger.WAKEUP)
-    return queue_id
+        try:
+            reply = submit_stream(path, sub, drop, config.get_time("ipc_timeout"))
+        except SystemDown:
+            reply = None
+        except (attr.ProtocolError, OSError) as e:
+            log.warning(f"submission to {path} failed: {e}; using the maildrop queue")
+            reply = None
+        if reply is not None:
+            status = reply.number("status", os.EX_SOFTWARE)
+            if status == 0:
+                drop.discard()
+                return reply.text("queue_id")
+            if status != os.EX_TEMPFAIL:
+                raise Refused(status, reply.text("reason"))
+        try:
+            if not login_sender_ok(config, uid, sub.sender):
+                raise Refused(os.EX_NOPERM, f"not authorized to use sender='{sub.sender}'")
+        except maps.TableError:
+            pass  # pickup decides when the table answers again
+        try:
+            drop.complete()
+        except OSError as e:
+            raise Refused(os.EX_TEMPFAIL, f"error writing queue file: {e.strerror or e}") from e
+    except BaseException:
+        drop.discard()
+        raise
+    trigger.send_trigger(path, trigger.WAKEUP)
+    return drop.queue_id

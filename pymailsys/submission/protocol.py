@@ -28,6 +28,9 @@ than the line limit, content over message_size_limit, too many recipients).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 from pymailsys.dsn import NOTIFY_MASK, valid_orcpt
 from pymailsys.ipc import attr
 from pymailsys.queue.maildrop import (
@@ -36,11 +39,13 @@ from pymailsys.queue.maildrop import (
     SubmissionError,
     check_envelope_text,
 )
+from pymailsys.queue.records import REC_TYPE_ATTR, REC_TYPE_FROM, REC_TYPE_FULL, REC_TYPE_RCPT
 
 SUBMIT_MAGIC = b"s"
 
 
 def to_attrs(sub: Submission) -> list[tuple[str, attr.AttrValue]]:
+    """The request but its content, which goes last (``handoff.submit_stream``)."""
     out: list[tuple[str, attr.AttrValue]] = [("request", "submit"), ("sender", sub.sender)]
     if sub.full_name:
         out.append(("full_name", sub.full_name))
@@ -58,7 +63,6 @@ def to_attrs(sub: Submission) -> list[tuple[str, attr.AttrValue]]:
         out += [("rcpt_notify", n) for n in sub.recipient_notifies()]
     if any(sub.dsn_orcpts):
         out += [("rcpt_orcpt", o) for o in sub.recipient_orcpts()]
-    out.append(("content", sub.content()))
     return out
 
 
@@ -76,10 +80,14 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
                      encoding=req.text("encoding"), envid=req.text("envid"),
                      ret=req.number("ret"), notify=req.number("notify"),
                      rewrite_context=req.text("rewrite_context", "local"))
-    for value in [sub.sender, sub.full_name, sub.envid, *sub.all_recipients()]:
-        check_envelope_text(b"S", value.encode("utf-8", "surrogateescape"))
+    fields = [("sender", REC_TYPE_FROM, sub.sender), ("full_name", REC_TYPE_FULL, sub.full_name),
+              ("envid", REC_TYPE_ATTR, sub.envid)]
+    fields += [("rcpt", REC_TYPE_RCPT, a) for a in sub.recipients]
+    fields += [("xrcpt", REC_TYPE_RCPT, a) for a in sub.extracted]
+    for name, rtype, value in fields:
+        check_envelope_text(rtype, value.encode("utf-8", "surrogateescape"), name)
         if len(value) > line_limit:
-            raise SubmissionError("envelope record too long")
+            raise SubmissionError(f"'{name}' value too long", os.EX_DATAERR)
     if sub.encoding not in ("", "7bit", "8bit"):
         raise SubmissionError(f"bad encoding: {sub.encoding}")
     if sub.rewrite_context not in ("local", "remote"):
@@ -101,7 +109,17 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
         raise SubmissionError("no recipients")
     if len(sub.all_recipients()) > MAX_RECIPIENTS:
         raise SubmissionError("too many recipients")
-    if content.endswith(b"\n"):
-        content = content[:-1]
-    sub.lines = content.split(b"\n") if content else []
     return sub
+
+
+def content_pieces(req: attr.AttrList, chunk: int) -> Iterator[bytes]:
+    """A request's content as LF-terminated text in pieces of about ``chunk`` bytes,
+    never a line at a time: one object per piece, whatever the lines are like."""
+    content = req.raw("content") or b""
+    if not content:
+        yield b""
+        return
+    for start in range(0, len(content), chunk):
+        yield content[start:start + chunk]
+    if not content.endswith(b"\n"):
+        yield b"\n"
