@@ -210,17 +210,21 @@ def test_deferred_quoted_recipient_listed_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_mailq_lists_a_deferred_escape_recipient_once(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
-    """Security, end to end: mail from sendmail to a quoted local part and to a local
-    part with ESC, deferred (a relayhost that nothing listens on), is listed by a
-    user's mailq (through showq) with each recipient once, quoted, '?' for the ESC,
-    under the deferral reason of the defer log, and no raw control byte anywhere."""
+def test_mailq_lists_each_deferred_recipient_once(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
+    """End to end: sendmail refuses a local part with ESC (65, nothing queued); mail
+    to a quoted local part and a plain one, deferred (a relayhost that nothing
+    listens on), is listed by a user's mailq (through showq) with each recipient
+    once, quoted, under the deferral reason of the defer log, and no raw control
+    byte anywhere (escapes in the defer log itself: the test above)."""
     inst: Instance = new_instance()
     inst.set(relayhost=f"[127.0.0.1]:{free_port()}")
     inst.start(wait_smtp=False)
     open_public(inst)
-    sent = inst.tool("sendmail", "-f", "alice@example.org", '"john doe"@example.net', ESC_RCPT,
-                     input="Subject: d\n\nd\n")
+    refused = inst.tool("sendmail", "-f", "alice@example.org", ESC_RCPT,
+                        input="Subject: d\n\nd\n")
+    assert refused.returncode == 65, refused.stderr
+    sent = inst.tool("sendmail", "-f", "alice@example.org", '"john doe"@example.net',
+                     "plain@example.net", input="Subject: d\n\nd\n")
     assert sent.returncode == 0, sent.stderr
     spool = queue.Spool(str(inst.queue_dir))
 
@@ -230,7 +234,7 @@ def test_mailq_lists_a_deferred_escape_recipient_once(new_instance, throwaway_us
         return entries if len(entries) == 2 else []
 
     entries = wait_until(deferred, 60, what="both recipients in the defer log")
-    assert sorted(e.recipient for e in entries) == [ESC_RCPT, SPACE_RCPT]
+    assert sorted(e.recipient for e in entries) == [SPACE_RCPT, "plain@example.net"]
     assert entries[0].reason == entries[1].reason
     reason = f"({printable(entries[0].reason)})"
     out = inst.tool("mailq", user=throwaway_user)
@@ -239,15 +243,15 @@ def test_mailq_lists_a_deferred_escape_recipient_once(new_instance, throwaway_us
     lines = out.stdout.splitlines()
     assert lines[1].endswith(" alice@example.org")
     assert lines[2] == " " * (78 - len(reason)) + reason
-    assert sorted(lines[3:5]) == [" " * 41 + '"esc?[2J"@example.net',
-                                  " " * 41 + '"john doe"@example.net']
+    assert sorted(lines[3:5]) == [" " * 41 + '"john doe"@example.net',
+                                  " " * 41 + "plain@example.net"]
     assert lines[5:] == ["", "-- 0 Kbytes in 1 Request."]
     j = inst.tool("postqueue", "-j", user=throwaway_user)
     assert j.returncode == 0, j.stderr
     assert not CONTROL.search(j.stdout.rstrip("\n"))
     rcpts = json.loads(j.stdout)["recipients"]
-    assert sorted(rc["address"] for rc in rcpts) == ['"esc?[2J"@example.net',
-                                                     '"john doe"@example.net']
+    assert sorted(rc["address"] for rc in rcpts) == ['"john doe"@example.net',
+                                                     "plain@example.net"]
     assert [rc["delay_reason"] for rc in rcpts] == [reason[1:-1]] * 2
 
 
