@@ -512,3 +512,12 @@ def test_maildir_rights_come_after_the_marker_claim(tmp_path) -> None:  # type: 
     second = mailbox.deliver_maildir(md, b"two\n", key=other, marker=store, rights=recipient)
     assert sorted(os.listdir(os.path.join(md, "new"))) == sorted(
         os.path.basename(p) for p in (final, second))
+
+
+def test_prepended_addresses_are_quoted_as_mail_copy() -> None:
+    """mail_copy quotes every address it prepends: one address, never two."""
+    assert mailbox.from_line('q s@localhost').startswith(b'From "q s"@localhost  ')
+    assert mailbox.prepended_headers("q s@localhost", "a.b@x", "Q S@localhost") == (
+        b'Return-Path: <"q s"@localhost>\nX-Original-To: a.b@x\n'
+        b'Delivered-To: "q s"@localhost\n')
+    assert mailbox.prepended_headers("", None, None) == b"Return-Path: <>\n"

@@ -16,7 +16,13 @@ Arrival-Date; per recipient Final-Recipient, Original-Recipient, Action,
 Status, Remote-MTA, Diagnostic-Code ``smtp; reply`` or ``X-Postfix;
 reason``, Will-Retry-Until for a delay), then the original: whole
 (message/rfc822) for RET=FULL, else its headers (text/rfc822-headers),
-and only its headers when it is larger than bounce_size_limit. The original
+and only its headers when it is larger than bounce_size_limit. As in
+Postfix's bounce_notify_util.c, ``To:``, ``X-Postfix-Sender:`` and the
+attached original's ``Return-Path:`` carry the address in its external form
+(``rfc822.quote_822_local``: ``To: "q s"@localhost``, never the two addresses
+``q s@localhost`` reads as), a null sender there as ``MAILER-DAEMON@$myhostname``;
+Final-Recipient, Original-Recipient and the ``<rcpt> (expanded from <orig>)``
+lines carry them as stored (internal form), as Postfix's do. The original
 is read from the queue file as the notice goes out, a chunk at a time.
 Long report lines wrap at 79 columns with a 4-space indent, as Postfix's.
 """
@@ -32,6 +38,7 @@ from pymailsys import dsn
 from pymailsys.delivery.agent import QueueContent
 from pymailsys.mail_date import mail_date
 from pymailsys.queue import status_log
+from pymailsys.rfc822 import quote_822_local
 
 _BOILERPLATE_END = """
 For further assistance, please send mail to postmaster.
@@ -148,10 +155,13 @@ def write(notice: Notice, original: QueueContent,
     now = time.time()
     boundary = f"{notice.queue_id}.{int(now)}/{notice.host}"
     subject = template.postmaster_subject if notice.postmaster_copy else template.subject
+    # external (quoted) forms, as bounce_notify_util.c: "q s"@x, not two addresses;
+    # the original's null sender is named as Postfix's mail_addr_mail_daemon() names it
+    sender = quote_822_local(env.sender) if env.sender else f"MAILER-DAEMON@{notice.host}"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{notice.origin}>",
         f"Subject: {subject}",
-        f"To: {notice.to}",
+        f"To: {quote_822_local(notice.to)}",
         f"Auto-Submitted: {'auto-generated' if notice.postmaster_copy else 'auto-replied'}",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status;\n\tboundary="{boundary}"',
@@ -175,8 +185,7 @@ def write(notice: Notice, original: QueueContent,
     if envid:
         lines.append(f"Original-Envelope-Id: {envid}")
     lines.append(f"X-Postfix-Queue-ID: {notice.queue_id}")
-    if env.sender:
-        lines.append(f"X-Postfix-Sender: rfc822; {env.sender}")
+    lines.append(f"X-Postfix-Sender: rfc822; {sender}")
     lines.append(f"Arrival-Date: {mail_date(env.arrival)}")
     for e in entries:
         lines += _recipient_fields(notice, e, env.arrival)
@@ -190,7 +199,7 @@ def write(notice: Notice, original: QueueContent,
     else:
         lines += ["", f"--{boundary}", f"Content-Description: {undelivered}Message Headers",
                   "Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: 8bit", ""]
-    lines.append(f"Return-Path: <{env.sender}>")
+    lines.append(f"Return-Path: <{sender}>")
     yield "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
     if ret == dsn.RET_FULL:
         yield from original.text()

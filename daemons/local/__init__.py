@@ -24,7 +24,8 @@ DESCRIPTION
     Per recipient (local part lower-cased, ``recipient_delimiter`` splitting
     ``user+extension``):
 
-    1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
+    1. a ``Delivered-To:`` header equal to the recipient (quoted as the header
+       carries it, ``"john doe"@example.net``; case blind) bounces the mail with
        5.4.6 ``mail forwarding loop for ADDR``;
     2. ``alias_maps`` is searched for ``user+extension``, then ``user``. An alias
        value is a comma list, expanded in place as Postfix's local(8) does
@@ -84,7 +85,8 @@ DESCRIPTION
        answer defers (4.3.0 ``table lookup failure``).
 
     Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
-    ``Delivered-To:``, the message with ``>From `` quoting and an empty last
+    ``Delivered-To:`` (each address quoted as Postfix's mail_copy quotes it:
+    ``Return-Path: <"john doe"@example.net>``), the message with ``>From `` quoting and an empty last
     line; Maildir the same headers without the From_ line and quoting; commands
     the From_ line and headers, no quoting.
 

@@ -328,7 +328,7 @@ class LocalAgent:
             return
         if s.been_here(f"recipient {lvl.level} {address.lower()}"):
             return
-        if address.lower() in s.loop_keys:
+        if mailbox.delivered_to_key(address) in s.loop_keys:
             s.done(lvl.req, DeliveryResult.bounced(f"mail forwarding loop for {address}",
                                                    "5.4.6"))
             return

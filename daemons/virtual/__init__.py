@@ -18,8 +18,9 @@ DESCRIPTION
     ``user+ext@domain`` is looked up, then ``user@domain``, as Postfix's
     mail_addr_find):
 
-    1. a ``Delivered-To:`` header equal to the recipient bounces the mail with
-       5.4.6 ``mail forwarding loop for ADDR``;
+    1. a ``Delivered-To:`` header equal to the recipient (quoted as the header
+       carries it; case blind) bounces the mail with 5.4.6 ``mail forwarding
+       loop for ADDR``;
     2. ``virtual_mailbox_maps`` (Postfix's address search order: ``user@domain``,
        ``@domain``) names the mailbox relative to ``virtual_mailbox_base``; a
        name that ends in ``/`` is a Maildir, anything else an mbox file. Not

@@ -121,7 +121,7 @@ class VirtualAgent:
 
     def deliver_one(self, req: DeliveryRequest, content: QueueContent) -> DeliveryResult:
         user = req.rcpt.lower()
-        loop_key = user.encode("utf-8", "surrogateescape")
+        loop_key = mailbox.delivered_to_key(req.rcpt).encode("utf-8", "surrogateescape")
         for h in content.header_lines():
             if h[:13].lower() == b"delivered-to:" and h[13:].strip().lower() == loop_key:
                 return DeliveryResult.bounced(f"mail forwarding loop for {req.rcpt}", "5.4.6")

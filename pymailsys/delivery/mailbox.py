@@ -130,20 +130,31 @@ def errno_dsn(err: int | None, default: str) -> str:
 # --- the text that goes in ----------------------------------------------------
 
 def from_line(sender: str, when: float | None = None) -> bytes:
+    """The mbox ``From `` line: the sender quoted as mail_copy quotes it."""
     stamp = time.asctime(time.localtime(time.time() if when is None else when))
-    return f"From {sender or MAILER_DAEMON}  {stamp}\n".encode("utf-8", "surrogateescape")
+    return (f"From {quote_822_local(sender) if sender else MAILER_DAEMON}  {stamp}\n"
+            .encode("utf-8", "surrogateescape"))
+
+
+def delivered_to_key(address: str) -> str:
+    """An address (internal form) as a ``Delivered-To:`` header value: quoted as
+    mail_copy writes it, lower case. The local and virtual loop checks look the
+    recipient up in this form, as Postfix's delivered_hdr_find quotes it."""
+    return quote_822_local(address).lower()
 
 
 def prepended_headers(sender: str, orig_rcpt: str | None, delivered_to: str | None) -> bytes:
     """Return-Path, X-Original-To, Delivered-To (Postfix's mail_copy order).
 
-    The original recipient (internal form) is quoted as mail_copy quotes it:
-    ``X-Original-To: "john doe"@example.net``."""
-    out = [f"Return-Path: <{sender}>\n"]
+    Every address (internal form) is quoted as mail_copy quotes it, so that a
+    local part with a space or a special stays one address:
+    ``Return-Path: <"john doe"@example.net>``, ``X-Original-To: "john doe"@example.net``,
+    ``Delivered-To: "john doe"@example.net``."""
+    out = [f"Return-Path: <{quote_822_local(sender) if sender else ''}>\n"]
     if orig_rcpt is not None:
         out.append(f"X-Original-To: {quote_822_local(orig_rcpt)}\n")
     if delivered_to is not None:
-        out.append(f"Delivered-To: {delivered_to.lower()}\n")
+        out.append(f"Delivered-To: {delivered_to_key(delivered_to)}\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
