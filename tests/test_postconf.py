@@ -353,3 +353,29 @@ def test_unused_and_nondefault_as_postfix_says(tmp_path):
                             text=True, timeout=60)
     assert ours.stdout == theirs.stdout
     assert _unused(ours.stderr) == _unused(theirs.stderr)
+
+
+@pytest.mark.parametrize("args", [
+    ("-e", "relayhost=x\nmynetworks=0.0.0.0/0"),
+    ("relayhost=x", "mynetworks=\n0.0.0.0/0"),   # -e implied
+    ("-e", "relay\nhost=x"),
+    ("-X", "foo\nmynetworks"),
+    ("-#", "foo\nbar"),
+])
+def test_edit_refuses_multi_line_input(tmp_path, args) -> None:  # type: ignore[no-untyped-def]
+    # Postfix 3.7: "postconf: fatal: -e, -X, or -# accepts no multi-line input", exit 1
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_text("myhostname = x\nfoo = 1\n")
+    p = postconf(tmp_path, *args)
+    assert (p.returncode, p.stderr) == (
+        1, "postconf: fatal: -e, -X, or -# accepts no multi-line input\n")
+    assert main_cf.read_text() == "myhostname = x\nfoo = 1\n"
+    assert sorted(os.listdir(tmp_path)) == ["main.cf"]
+
+
+def test_edit_keeps_a_carriage_return_as_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix accepts a CR: it writes "relayhost = x\rmynetworks=y", one line
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_bytes(b"myhostname = x\n")
+    assert postconf(tmp_path, "-e", "relayhost=x\rmynetworks=y").returncode == 0
+    assert main_cf.read_bytes() == b"myhostname = x\nrelayhost = x\rmynetworks=y\n"

@@ -47,6 +47,9 @@ DIAGNOSTICS
     loads). ``postfix check`` says which known names pymailsys ignores.
     With -n, ``postconf: warning: /dir/main.cf, line N: overriding earlier
     entry: name=value`` for each main.cf line that sets a name again.
+    ``postconf: fatal: -e, -X, or -# accepts no multi-line input`` and exit status 1,
+    main.cf untouched, when a name or value for -e, -X or -# contains a newline (a
+    CR is text, as in Postfix).
     ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
     a malformed master.cf entry (``pymailsys.config.master_cf`` parses it, with the
     same checks as master) or a failed edit.
@@ -344,6 +347,10 @@ def run(argv: list[str]) -> int:
             if not sep:
                 log.fatal(f"-o option requires parameter=value, not {value}")
             overrides[name.strip()] = setting.strip()
+    editing = bool(flags & {"-e", "-X", "-#"}) or bool(args and all("=" in a for a in args))
+    if editing and any("\n" in arg for arg in args):
+        # A newline would write a line of its own into main.cf: another parameter.
+        log.fatal("-e, -X, or -# accepts no multi-line input")
     try:
         cfg = config_mod.load(config_dir, overrides or None)
     except config_mod.ConfigError as e:
@@ -353,7 +360,7 @@ def run(argv: list[str]) -> int:
             log.fatal("missing parameter name")
         edit_main_cf(cfg.main_cf, dict.fromkeys(args), comment="-#" in flags)
         return 0
-    if "-e" in flags or (args and all("=" in a for a in args)):
+    if editing:
         edits: dict[str, str | None] = {}
         for arg in args:
             name, sep, value = arg.partition("=")
