@@ -379,3 +379,19 @@ def test_edit_keeps_a_carriage_return_as_text(tmp_path) -> None:  # type: ignore
     main_cf.write_bytes(b"myhostname = x\n")
     assert postconf(tmp_path, "-e", "relayhost=x\rmynetworks=y").returncode == 0
     assert main_cf.read_bytes() == b"myhostname = x\nrelayhost = x\rmynetworks=y\n"
+
+
+def test_edit_splits_main_cf_at_newline_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's edit keeps every other byte: CRLF line ends, and comments holding
+    # characters that str.splitlines() also breaks at (\v \f \x1c-\x1e \x85 U+2028 U+2029 \r)
+    main_cf = tmp_path / "main.cf"
+    body = ("# c1\x0bx\x0cy\x1cz\x1d\x1e" "\u0085" "w\u2028v\u2029u\rt\n"
+            "relayhost = 1\r\nmyhostname = 2\r\n  more\r\n#tail\u2028\n").encode() + b"# latin1 \xe9\n"
+    main_cf.write_bytes(body)
+    assert postconf(tmp_path, "-e", "relayhost=9").returncode == 0
+    assert main_cf.read_bytes() == body.replace(b"relayhost = 1\r\n", b"relayhost = 9\n")
+    assert postconf(tmp_path, "-X", "myhostname").returncode == 0
+    assert main_cf.read_bytes() == body.replace(b"relayhost = 1\r\n", b"relayhost = 9\n").replace(
+        b"myhostname = 2\r\n  more\r\n", b"")
+    p = postconf(tmp_path, "-n", "relayhost")
+    assert (p.returncode, p.stdout) == (0, "relayhost = 9\n")

@@ -68,6 +68,7 @@ import tempfile
 from pymailsys import config as config_mod
 from pymailsys import log, maps
 from pymailsys.config import master_cf, params, postfix_names
+from pymailsys.config.lines import BLANK, physical_lines
 
 
 def _line(name: str, value: str, mode: str) -> str:
@@ -141,21 +142,22 @@ def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: 
 # --- editing main.cf -----------------------------------------------------------
 
 def _physical_entries(lines: list[str]) -> list[tuple[str | None, int, int]]:
-    """(parameter name or None, first index, end index) for each run of lines."""
+    """(parameter name or None, first index, end index) for each run of lines.
+    White space is Postfix's (ASCII only, as pymailsys.config.lines reads main.cf)."""
     out: list[tuple[str | None, int, int]] = []
     i = 0
     while i < len(lines):
         line = lines[i]
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or line[0].isspace():
+        stripped = line.strip(BLANK)
+        if not stripped or stripped.startswith("#") or line[0] in BLANK:
             out.append((None, i, i + 1))
             i += 1
             continue
         j = i + 1
-        while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
-                and not lines[j].strip().startswith("#"):
+        while j < len(lines) and lines[j][:1] and lines[j][0] in BLANK \
+                and lines[j].strip(BLANK) and not lines[j].strip(BLANK).startswith("#"):
             j += 1
-        name = stripped.partition("=")[0].strip()
+        name = stripped.partition("=")[0].strip(BLANK)
         out.append((name, i, j))
         i = j
     return out
@@ -169,7 +171,8 @@ def _rewrite(path: str, text: str) -> None:
         st = None
     fd, tmp = tempfile.mkstemp(prefix=".main.cf.", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
+                       newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -189,9 +192,10 @@ def _rewrite(path: str, text: str) -> None:
 
 
 def _read_lines(path: str) -> list[str]:
+    """main.cf's lines, split at \\n only: every other byte (CR included) is kept."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read().splitlines()
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return physical_lines(f.read())
     except FileNotFoundError:
         return []
     except OSError as e:

@@ -21,7 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 LeadingSpace = Callable[[int, str], None]
-_BLANK = " \t\r\f\v"
+BLANK = " \t\r\f\v"  # Postfix's ISSPACE() within a line: ASCII white space, no newline
+_BLANK = BLANK
+
+
+def physical_lines(text: str) -> list[str]:
+    """text's lines as Postfix reads them: split at ``\n`` only, every other character
+    kept (CR, form feed, U+2028, ...); no empty last line for a final ``\n``."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def logical_lines(text: str, warn: LeadingSpace | None = None) -> Iterator[tuple[int, str]]:
