@@ -395,3 +395,56 @@ def test_edit_splits_main_cf_at_newline_only(tmp_path) -> None:  # type: ignore[
         b"myhostname = 2\r\n  more\r\n", b"")
     p = postconf(tmp_path, "-n", "relayhost")
     assert (p.returncode, p.stdout) == (0, "relayhost = 9\n")
+
+
+@pytest.mark.parametrize("arg, reason", [
+    ("=nothing", 'missing attribute name: "=nothing"'),
+    ("  = x", 'missing attribute name: "= x"'),
+    ("a b=c", 'missing \'=\' after attribute name: "a b=c"'),
+    ("a\tb=c", 'missing \'=\' after attribute name: "a?b=c"'),
+])
+def test_edit_refuses_what_postfix_cannot_split(tmp_path, arg, reason) -> None:  # type: ignore[no-untyped-def]
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_text("myhostname = x\n")
+    p = postconf(tmp_path, "-e", arg)
+    assert (p.returncode, p.stderr) == (1, f"postconf: fatal: {reason}\n")
+    assert main_cf.read_text() == "myhostname = x\n"
+
+
+def test_parameter_names_are_postfix_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix: a name is anything up to white space or "=" (an unused parameter,
+    # not an error); pymailsys writes it and loads the file it wrote
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_text("myhostname = x\n")
+    assert postconf(tmp_path, "-e", "my-param=x", "a.b = y").returncode == 0
+    assert main_cf.read_text() == "myhostname = x\nmy-param = x\na.b = y\n"
+    p = postconf(tmp_path, "-n")
+    assert p.returncode == 0, p.stderr
+    assert f"postconf: warning: {main_cf}: unused parameter: my-param=x\n" in p.stderr
+    main_cf.write_text("myhostname = x\n=v\n")
+    p = postconf(tmp_path, "-n")
+    assert (p.returncode, p.stderr) == (
+        1, f'postconf: fatal: {main_cf}, line 2: missing attribute name: "=v"\n')
+    main_cf.write_text("myhostname = x\nbroken line = 1\n")
+    p = postconf(tmp_path, "-n")
+    assert (p.returncode, p.stderr) == (
+        1, f"postconf: fatal: {main_cf}, line 2: missing '=' after attribute name: "
+           f'"broken line = 1"\n')
+
+
+def test_edit_repairs_a_main_cf_that_does_not_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix edits a malformed main.cf (exit 0); the line "broken line" sets "broken",
+    # and continuation lines go with their line across comments and empty lines
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_text("myhostname = x\nbroken line\nfoo = a\n# c\n  b\n\n  c2\nbar=1\n")
+    assert postconf(tmp_path, "-n").returncode == 1
+    p = postconf(tmp_path, "-e", "foo=new")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert main_cf.read_text() == "myhostname = x\nbroken line\nfoo = new\n# c\n\nbar=1\n"
+    p = postconf(tmp_path, "-X", "broken")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert main_cf.read_text() == "myhostname = x\nfoo = new\n# c\n\nbar=1\n"
+    assert postconf(tmp_path, "-n", "myhostname").stdout == "myhostname = x\n"
+    main_cf.write_text("=v\nfoo = 1\n  more\n")
+    assert postconf(tmp_path, "-#", "foo").returncode == 0
+    assert main_cf.read_text() == "=v\n#foo = 1\n#  more\n"

@@ -25,8 +25,12 @@ DESCRIPTION
     -h    values only;  -H  names only
     -e    edit main.cf: each ``name=value`` replaces every line that sets name
           (continuation lines included), or is appended; comments and other
-          lines are kept; the file is rewritten under a temporary name and
-          renamed into place. Arguments containing ``=`` imply -e.
+          lines are kept byte for byte; the file is rewritten under a temporary
+          name and renamed into place. Arguments containing ``=`` imply -e.
+          As in Postfix, a name is anything up to white space or ``=``, and
+          main.cf is edited even when it does not load (so -X or -e can repair
+          a malformed line: a line sets the name before its first white space
+          or ``=``).
     -X    remove the lines that set each name;  -#  comment them out
     -m    the supported lookup table types (``maps.REGISTRY``)
     -M    master.cf services in Postfix's normalised one-line form
@@ -68,7 +72,7 @@ import tempfile
 from pymailsys import config as config_mod
 from pymailsys import log, maps
 from pymailsys.config import master_cf, params, postfix_names
-from pymailsys.config.lines import BLANK, physical_lines
+from pymailsys.config.lines import BLANK, SPACE, physical_lines, split_nameval
 
 
 def _line(name: str, value: str, mode: str) -> str:
@@ -141,26 +145,13 @@ def _show(cfg: config_mod.Config, names: list[str], defaults: bool, nondefault: 
 
 # --- editing main.cf -----------------------------------------------------------
 
-def _physical_entries(lines: list[str]) -> list[tuple[str | None, int, int]]:
-    """(parameter name or None, first index, end index) for each run of lines.
-    White space is Postfix's (ASCII only, as pymailsys.config.lines reads main.cf)."""
-    out: list[tuple[str | None, int, int]] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip(BLANK)
-        if not stripped or stripped.startswith("#") or line[0] in BLANK:
-            out.append((None, i, i + 1))
-            i += 1
-            continue
-        j = i + 1
-        while j < len(lines) and lines[j][:1] and lines[j][0] in BLANK \
-                and lines[j].strip(BLANK) and not lines[j].strip(BLANK).startswith("#"):
-            j += 1
-        name = stripped.partition("=")[0].strip(BLANK)
-        out.append((name, i, j))
-        i = j
-    return out
+def _key(line: str) -> str:
+    """The name a main.cf line sets, as Postfix's postconf -e/-X/-# finds it: the text
+    before the first white space or ``=`` (``broken`` for a malformed ``broken line``)."""
+    end = 0
+    while end < len(line) and line[end] not in SPACE and line[end] != "=":
+        end += 1
+    return line[:end]
 
 
 def _rewrite(path: str, text: str) -> None:
@@ -203,22 +194,37 @@ def _read_lines(path: str) -> list[str]:
 
 
 def edit_main_cf(path: str, edits: dict[str, str | None], comment: bool = False) -> None:
-    """Set (value), remove (None) or comment out (comment=True) parameters in main.cf."""
+    """Set (value), remove (None) or comment out (comment=True) parameters in main.cf,
+    as Postfix's postconf does: the lines are main.cf's as they are (split at newline
+    only; main.cf need not load), a line that starts a logical line sets the name
+    ``_key`` says, and its continuation lines go with it, across comment and empty
+    lines (which are kept)."""
     lines = _read_lines(path)
     out: list[str] = []
-    for name, start, end in _physical_entries(lines):
-        chunk = lines[start:end]
-        if name is not None and name in edits:
-            if comment:
-                out.extend("#" + line for line in chunk)
-                continue
-            value = edits[name]
-            if value is not None:
-                out.append(f"{name} = {value}")
-            continue
-        out.extend(chunk)
+    present: set[str] = set()
+    current: str | None = None  # the edited name whose continuation lines these are
+    for line in lines:
+        stripped = line.lstrip(BLANK)
+        if not stripped or stripped[0] == "#":
+            out.append(line)
+        elif line[0] in BLANK:
+            if current is None:
+                out.append(line)
+            elif comment:
+                out.append("#" + line)
+        else:
+            name = _key(line)
+            current = name if name in edits else None
+            if current is None:
+                out.append(line)
+            elif comment:
+                out.append("#" + line)
+            else:
+                present.add(name)
+                value = edits[name]
+                if value is not None:
+                    out.append(f"{name} = {value}")
     if not comment:
-        present = {name for name, _, _ in _physical_entries(lines)}
         for name, value in edits.items():
             if value is not None and name not in present:
                 out.append(f"{name} = {value}")
@@ -330,6 +336,11 @@ def _show_service_params(cfg: config_mod.Config, selectors: list[str], expand: b
 
 # --- main ------------------------------------------------------------------------
 
+def _printable(text: str) -> str:
+    """text with control characters as ``?``, as Postfix's printable() shows them."""
+    return "".join("?" if ord(ch) < 0x20 or ord(ch) == 0x7f else ch for ch in text)
+
+
 def run(argv: list[str]) -> int:
     log.init_stderr_only("postconf")
     try:
@@ -355,24 +366,27 @@ def run(argv: list[str]) -> int:
     if editing and any("\n" in arg for arg in args):
         # A newline would write a line of its own into main.cf: another parameter.
         log.fatal("-e, -X, or -# accepts no multi-line input")
+    if editing:
+        # Before main.cf is loaded: one that does not load can be repaired with -e/-X/-#.
+        main_cf = os.path.join(config_mod.resolve_config_dir(config_dir), "main.cf")
+        if "-X" in flags or "-#" in flags:
+            if not args:
+                log.fatal("missing parameter name")
+            edit_main_cf(main_cf, dict.fromkeys(args), comment="-#" in flags)
+            return 0
+        edits: dict[str, str | None] = {}
+        for arg in args:
+            try:
+                name, value = split_nameval(arg)
+            except ValueError as e:
+                log.fatal(f'{e}: "{_printable(arg.lstrip(SPACE))}"')
+            edits[name] = value
+        edit_main_cf(main_cf, edits)
+        return 0
     try:
         cfg = config_mod.load(config_dir, overrides or None)
     except config_mod.ConfigError as e:
         log.fatal(str(e))
-    if "-X" in flags or "-#" in flags:
-        if not args:
-            log.fatal("missing parameter name")
-        edit_main_cf(cfg.main_cf, dict.fromkeys(args), comment="-#" in flags)
-        return 0
-    if editing:
-        edits: dict[str, str | None] = {}
-        for arg in args:
-            name, sep, value = arg.partition("=")
-            if not sep:
-                log.fatal(f"missing '=' after attribute name: \"{arg.strip()}\"")
-            edits[name.strip()] = value.strip()
-        edit_main_cf(cfg.main_cf, edits)
-        return 0
     _warn_unused(cfg, _quiet_entries(cfg))
     if "-M" in flags:
         return _show_master(cfg, args, "-f" in flags)

@@ -40,7 +40,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from pymailsys.config import mynetworks, params
-from pymailsys.config.lines import logical_lines
+from pymailsys.config.lines import SPACE, logical_lines, split_nameval
 
 DEFAULT_CONFIG_DIR = "/etc/pymailsys"
 RUNNING_COPY_ENV = "PYMAILSYS_RUNNING_MAIN_CF"
@@ -101,16 +101,16 @@ def parse_main_cf(path: str, text: str | None = None
         raise ConfigError(f'{path}, line {lineno}: text before the first parameter: "{line.strip()}"')
 
     for lineno, logical in logical_lines(text, leading_space):
-        name, sep, value = logical.partition("=")
-        name = name.strip()
-        if not sep:
-            raise ConfigError(f'{path}, line {lineno}: missing \'=\' after parameter name: "{name}"')
-        if not name or not _NAME_RE.fullmatch(name):
-            raise ConfigError(f'{path}, line {lineno}: bad parameter name: "{name}"')
+        # Postfix's rule: any name up to white space or "=" (my-param too; it is an
+        # "unused parameter" unless something uses it).
+        try:
+            name, value = split_nameval(logical)
+        except ValueError as e:
+            raise ConfigError(f'{path}, line {lineno}: {e}: "{logical.strip(SPACE)}"') from None
         if name in values:
             overridden.append(f"{path}, line {lineno}: overriding earlier entry: "
                               f"{name}={values[name]}")
-        values[name] = value.strip()
+        values[name] = value
         lines[name] = lineno
     return values, lines, overridden
 

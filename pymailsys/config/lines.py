@@ -61,3 +61,24 @@ def _finish(start: int, parts: list[str], warn: LeadingSpace | None) -> Iterator
             warn(start, line)
         return
     yield start, line
+
+
+SPACE = BLANK + "\n"  # Postfix's ISSPACE()
+
+
+def split_nameval(text: str) -> tuple[str, str]:
+    """``name = value`` as Postfix's split_nameval() takes it apart (main.cf lines,
+    ``postconf -e``): the name is what precedes the first white space or ``=`` and
+    may hold any other character (``my-param``, ``a.b``); white space around the
+    name and the value is Postfix's ASCII white space. ValueError with Postfix's
+    reason (``missing attribute name``, ``missing '=' after attribute name``)."""
+    rest = text.lstrip(SPACE)
+    if not rest or rest[0] == "=":
+        raise ValueError("missing attribute name")
+    end = 0
+    while end < len(rest) and rest[end] not in SPACE and rest[end] != "=":
+        end += 1
+    after = rest[end:].lstrip(SPACE)
+    if not after.startswith("="):
+        raise ValueError("missing '=' after attribute name")
+    return rest[:end], after[1:].strip(SPACE)
