@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -448,3 +449,35 @@ def test_edit_repairs_a_main_cf_that_does_not_load(tmp_path) -> None:  # type: i
     main_cf.write_text("=v\nfoo = 1\n  more\n")
     assert postconf(tmp_path, "-#", "foo").returncode == 0
     assert main_cf.read_text() == "=v\n#foo = 1\n#  more\n"
+
+
+def test_edit_that_cannot_be_written_is_fatal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Postfix: "postconf: fatal: open DIR/main.cf.tmp: No such file or directory", exit 1
+    missing = tmp_path / "nosuch"
+    p = postconf(missing, "-e", "relayhost=x")
+    assert p.returncode == 1
+    assert p.stderr == (f"postconf: fatal: open {missing}/.main.cf.XXXXXXXX: "
+                        "No such file or directory\n")
+    assert not missing.exists()
+
+
+def test_edit_in_a_read_only_directory_is_fatal(python_user) -> None:  # type: ignore[no-untyped-def]
+    # Postfix: "postconf: fatal: open DIR/main.cf.tmp: Permission denied", exit 1;
+    # main.cf untouched, no temporary file, no traceback
+    conf = tempfile.mkdtemp(prefix="postconf-ro.")  # reachable by python_user, unlike tmp_path
+    try:
+        main_cf = os.path.join(conf, "main.cf")
+        with open(main_cf, "w") as f:
+            f.write("myhostname = x\n")
+        os.chmod(main_cf, 0o666)  # writable in place, yet no new file can be made beside it
+        os.chmod(conf, 0o555)
+        for args in (("-e", "relayhost=x"), ("-X", "myhostname"), ("-#", "myhostname")):
+            p = subprocess.run(["runuser", "-u", python_user, "--", *POSTCONF, "-c", conf, *args],
+                               capture_output=True, text=True, timeout=60, cwd="/")
+            assert (p.returncode, p.stderr) == (
+                1, f"postconf: fatal: open {conf}/.main.cf.XXXXXXXX: Permission denied\n")
+            assert os.listdir(conf) == ["main.cf"]
+            with open(main_cf) as f:
+                assert f.read() == "myhostname = x\n"
+    finally:
+        shutil.rmtree(conf)

@@ -54,6 +54,9 @@ DIAGNOSTICS
     ``postconf: fatal: -e, -X, or -# accepts no multi-line input`` and exit status 1,
     main.cf untouched, when a name or value for -e, -X or -# contains a newline (a
     CR is text, as in Postfix).
+    ``postconf: fatal: open DIR/.main.cf.XXXXXXXX: Permission denied`` (or write, or
+    rename ...) and exit status 1 when an edit cannot be written; main.cf is then
+    untouched and no temporary file is left.
     ``postconf: fatal: ...`` and exit status 1 for a malformed main.cf line,
     a malformed master.cf entry (``pymailsys.config.master_cf`` parses it, with the
     same checks as master) or a failed edit.
@@ -155,30 +158,43 @@ def _key(line: str) -> str:
 
 
 def _rewrite(path: str, text: str) -> None:
+    """Replace path with text: a temporary file in its directory, renamed into place.
+    Any failure is fatal (``open DIR/.main.cf.XXXX: Permission denied``, as Postfix's
+    ``open DIR/main.cf.tmp: ...``) with path untouched and the temporary file gone."""
     directory = os.path.dirname(path) or "."
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
-    fd, tmp = tempfile.mkstemp(prefix=".main.cf.", dir=directory)
+    except OSError as e:
+        log.fatal(f"open {path}: {e.strerror}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".main.cf.", dir=directory)
+    except OSError as e:
+        log.fatal(f"open {os.path.join(directory, '.main.cf.XXXXXXXX')}: {e.strerror}")
+    step = f"write {tmp}"
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
                        newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        step = f"set owner and mode of {tmp}"
         if st is not None:
             os.chmod(tmp, st.st_mode & 0o7777)
             if os.geteuid() == 0:
                 os.chown(tmp, st.st_uid, st.st_gid)
         else:
             os.chmod(tmp, 0o644)
+        step = f"rename {tmp} to {path}"
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            log.fatal(f"{step}: {e.strerror or e}")
         raise
 
 
