@@ -66,3 +66,25 @@ def test_busy_file_is_skipped(tmp_path: Path) -> None:
     assert f"{a}: skipped, still being delivered" in out.stderr.decode()
     assert "Deleted: 0 messages" in out.stderr.decode()
     assert ids(spool, "active") == [a]
+
+
+def test_warnings_are_printed_once(tmp_path: Path) -> None:
+    """Each warning once on stderr (log.init's stderr copy), as Postfix prints it."""
+    etc, spool = make_spool(tmp_path)
+    a = queue_file(spool, "active", "a@x", ["r@y"], [b"x"])
+    bad = "postsuper: warning: invalid mail queue id: ../../etc/passwd"
+    out = tool("postsuper", "-c", str(etc), "-d", "../../etc/passwd")
+    assert out.stderr.decode().splitlines().count(bad) == 1, out.stderr
+    out = tool("postsuper", "-c", str(etc), "-d", "")
+    assert out.stderr.decode().splitlines().count(
+        "postsuper: warning: invalid mail queue id: ") == 1, out.stderr
+    out = tool("postsuper", "-c", str(etc), "-h", "-", input=b"../../etc/passwd\n")
+    assert out.stderr.decode().splitlines().count(bad) == 1, out.stderr
+    fd = os.open(queue.Spool(str(spool)).path("active", a), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        out = tool("postsuper", "-c", str(etc), "-d", a)
+    finally:
+        os.close(fd)
+    busy = f"postsuper: warning: {a}: skipped, still being delivered"
+    assert out.stderr.decode().splitlines().count(busy) == 1, out.stderr

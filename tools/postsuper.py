@@ -123,7 +123,6 @@ class Super:
              action) -> bool:  # type: ignore[no-untyped-def]
         if not queue.valid_queue_id(queue_id):
             log.warning(f"invalid mail queue id: {queue_id}")
-            sys.stderr.write(f"postsuper: warning: invalid mail queue id: {queue_id}\n")
             return False
         for qname in self.queues:
             if qname not in MESSAGE_QUEUES or qname in skip or (only and qname not in only):
@@ -135,7 +134,6 @@ class Super:
                 fd = self.lock(path)
             except Locked:
                 log.warning(f"{queue_id}: skipped, still being delivered")
-                sys.stderr.write(f"postsuper: warning: {queue_id}: skipped, still being delivered\n")
                 return False
             if fd is None:
                 continue
