@@ -162,3 +162,46 @@ def test_library_build_aliases(conf):
     maps._cache.clear()
     assert maps.open_table(f"hash:{src}").lookup("postmaster") == "root"
     maps._cache.clear()
+
+
+def test_keys_longer_than_lmdb_limit(conf):
+    """Keys over lmdb's 511 bytes work, as in Postfix's hash: (no traceback)."""
+    long_key, other = "k" * 600, "L" + "x" * 599
+    src = conf / "t"
+    src.write_text(f"{long_key} v600\nshort vs\n")
+    p = run(POSTMAP, conf, f"hash:{src}")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert run(POSTMAP, conf, "-q", long_key.upper(), str(src)).stdout == "v600\n"
+    assert run(POSTMAP, conf, "-q", long_key + "k", str(src)).returncode == 1
+    assert run(POSTMAP, conf, "-q", "short", str(src)).stdout == "vs\n"
+    p = run(POSTMAP, conf, "-i", str(src), stdin=f"{other} v2\n")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert run(POSTMAP, conf, "-q", other, str(src)).stdout == "v2\n"
+    assert run(POSTMAP, conf, "-s", str(src)).stdout.splitlines() == [
+        f"{long_key}\tv600", f"{other.lower()}\tv2", "short\tvs"]
+    assert run(POSTMAP, conf, "-d", long_key, str(src)).returncode == 0
+    assert run(POSTMAP, conf, "-q", long_key, str(src)).returncode == 1
+    assert run(POSTMAP, conf, "-q", other, str(src)).stdout == "v2\n"
+    aliases = conf / "aliases"
+    aliases.write_text(f"{long_key}: root\nab: cd\n")
+    p = run(POSTALIAS, conf, str(aliases))
+    assert (p.returncode, p.stderr) == (0, "")
+    assert run(POSTALIAS, conf, "-q", long_key, str(aliases)).stdout == "root\n"
+    assert run(POSTALIAS, conf, "-q", "ab", str(aliases)).stdout == "cd\n"
+
+
+def test_lmdb_errors_are_build_errors(conf, monkeypatch):
+    """lmdb's own errors (MapFullError ...) end as a BuildError, not a traceback."""
+    import lmdb
+
+    from pymailsys import maps
+    from pymailsys.maps import build as mapbuild
+
+    def full(*_a, **_k):
+        raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
+
+    monkeypatch.setattr(maps, "write_lmdb", full)
+    src = conf / "t"
+    src.write_text("a b\n")
+    with pytest.raises(mapbuild.BuildError, match=r"write database .*t\.lmdb: mdb_put"):
+        mapbuild.build_table(str(src))

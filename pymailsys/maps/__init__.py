@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import tempfile
@@ -333,14 +334,56 @@ class LmdbTable(Table):
         k = key.encode("utf-8", "surrogateescape")
         try:
             with self.env.begin() as txn:
-                value = txn.get(k + b"\0")
+                value = lmdb_get(txn, k + b"\0")
                 if value is None:
-                    value = txn.get(k)
+                    value = lmdb_get(txn, k)
         except lmdb.Error as e:
             raise TableError(f"{self.spec}: lookup error: {e}") from e
         if value is None:
             return None
         return bytes(value).rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+
+# lmdb keys are at most 511 bytes; Postfix's hash: has no such limit. A longer
+# key is stored under LONG_KEY_TAG + sha256(key) with the full key in front of
+# its value (4-byte length, key, value), and a lookup verifies it. A key that
+# itself starts with the tag (only possible with a NUL in the key) goes the same
+# way, so a stored key of that form is never ambiguous. Keys up to the limit,
+# i.e. nearly all, are stored and looked up as before at the cost of one
+# length test.
+LMDB_MAX_KEY = 511
+LONG_KEY_TAG = b"\0pymailsys-long-key\0"
+
+
+def _is_long(k: bytes) -> bool:
+    return len(k) > LMDB_MAX_KEY or k.startswith(LONG_KEY_TAG)
+
+
+def lmdb_record(k: bytes, v: bytes) -> tuple[bytes, bytes]:
+    """The (key, value) pair stored in lmdb for the table entry k -> v."""
+    if not _is_long(k):
+        return k, v
+    return LONG_KEY_TAG + hashlib.sha256(k).digest(), len(k).to_bytes(4, "big") + k + v
+
+
+def lmdb_entry(k: bytes, v: bytes) -> tuple[bytes, bytes]:
+    """The table entry (key, value) of a stored lmdb pair (lmdb_record reversed)."""
+    if not k.startswith(LONG_KEY_TAG) or len(v) < 4:
+        return k, v
+    n = int.from_bytes(v[:4], "big")
+    return v[4:4 + n], v[4 + n:]
+
+
+def lmdb_get(txn: Any, k: bytes) -> bytes | None:
+    """The value stored for key k in an lmdb read transaction, or None."""
+    if not _is_long(k):
+        return txn.get(k) if k else None  # lmdb refuses an empty key (MDB_BAD_VALSIZE)
+    raw = txn.get(lmdb_record(k, b"")[0])
+    if raw is None:
+        return None
+    raw = bytes(raw)
+    n = int.from_bytes(raw[:4], "big")
+    return raw[4 + n:] if raw[4:4 + n] == k else None
 
 
 def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
@@ -352,25 +395,33 @@ def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
     (O_EXCL under an unpredictable name), lmdb writes it through the descriptor
     (/proc/self/fd), its mode is set with fchmod, and it is renamed into place
     only while the name still holds it, so no link planted there is followed.
+    Keys longer than lmdb's 511 bytes are stored as described at LMDB_MAX_KEY.
+    lmdb's own errors (e.g. lmdb.MapFullError) propagate as lmdb.Error.
     """
     import lmdb
 
-    size = sum(len(k) + len(v) + 64 for k, v in items)
+    records = []
+    for key, value in items:
+        k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
+        v = value.encode("utf-8", "surrogateescape")
+        if nul:
+            k, v = k + b"\0", v + b"\0"
+        records.append(lmdb_record(k, v))
+    # room for the data, page overhead, and a whole overflow page per large value
+    size = sum(len(k) + len(v) + 64 + (4096 if len(v) > 1024 else 0) for k, v in records)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                dir=os.path.dirname(path) or ".")
     try:
         by_fd = f"/proc/self/fd/{fd}"
         env = lmdb.open(by_fd if os.path.exists(by_fd) else tmp, subdir=False,
                         map_size=max(1 << 20, size * 4), lock=False, metasync=False, sync=False)
-        with env.begin(write=True) as txn:
-            for key, value in items:
-                k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
-                v = value.encode("utf-8", "surrogateescape")
-                if nul:
-                    k, v = k + b"\0", v + b"\0"
-                txn.put(k, v)
-        env.sync(True)
-        env.close()
+        try:
+            with env.begin(write=True) as txn:
+                for k, v in records:
+                    txn.put(k, v)
+            env.sync(True)
+        finally:
+            env.close()
         os.fchmod(fd, mode if mode is not None else 0o644 & ~_umask())
         ours, there = os.fstat(fd), os.lstat(tmp)
         if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):

@@ -170,11 +170,16 @@ def read_lmdb(path: str) -> dict[str, str]:
     except lmdb.Error as e:
         raise BuildError(f"open database {path}: {e}") from None
     out: dict[str, str] = {}
-    with env.begin() as txn:
-        for k, v in txn.cursor():
-            key = bytes(k).rstrip(b"\0").decode("utf-8", "surrogateescape")
-            out[key] = bytes(v).rstrip(b"\0").decode("utf-8", "surrogateescape")
-    env.close()
+    try:
+        with env.begin() as txn:
+            for raw_k, raw_v in txn.cursor():
+                k, v = maps.lmdb_entry(bytes(raw_k), bytes(raw_v))
+                key = k.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                out[key] = v.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    except lmdb.Error as e:
+        raise BuildError(f"read database {path}: {e}") from None
+    finally:
+        env.close()
     return out
 
 
@@ -183,6 +188,8 @@ def _write(path: str, data: dict[str, str], nul: bool, mode: int) -> None:
         maps.write_lmdb(path, list(data.items()), fold=False, nul=nul, mode=mode)
     except OSError as e:
         raise BuildError(f"open database {path}: {e.strerror}") from None
+    except lmdb.Error as e:  # MapFullError, BadValsizeError (an empty key with -n), ...
+        raise BuildError(f"write database {path}: {e}") from None
 
 
 def build_table(spec: str, *, default_type: str = "hash", fold: bool = True, nul: bool = True,
