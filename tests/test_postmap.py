@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -205,3 +207,29 @@ def test_lmdb_errors_are_build_errors(conf, monkeypatch):
     src.write_text("a b\n")
     with pytest.raises(mapbuild.BuildError, match=r"write database .*t\.lmdb: mdb_put"):
         mapbuild.build_table(str(src))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_while_writing(conf, sig):
+    """A signal while the table is written waits until the new table is in place
+    (as Postfix blocks signals around the update): then the process dies by it,
+    with no temporary file left and no traceback."""
+    src = conf / "big"
+    src.write_text("old value\n")
+    assert run(POSTMAP, conf, str(src)).returncode == 0
+    with open(src, "w") as f:
+        for i in range(400_000):
+            f.write(f"key{i:08d}@example.com value-{i}-xxxxxxxxxxxxxxxxxxxxxxxx\n")
+    p = subprocess.Popen([*POSTMAP, "-c", str(conf), str(src)], stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 30
+    while not list(conf.glob("big.lmdb.*.tmp")):
+        assert p.poll() is None and time.monotonic() < deadline, "no temporary file seen"
+        time.sleep(0.001)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -sig
+    assert "Traceback" not in err and err == ""
+    assert list(conf.glob("big.lmdb.*")) == []
+    q = run(POSTMAP, conf, "-q", "key00399999@example.com", str(src))
+    assert q.stdout == "value-399999-xxxxxxxxxxxxxxxxxxxxxxxx\n"

@@ -46,6 +46,8 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import getopt
+import os
+import signal
 import sys
 
 from pymailsys import config as config_mod
@@ -189,12 +191,25 @@ def _do_query(key: str, files: list[str], default_type: str, fold: bool) -> int:
     return 0 if found else 1
 
 
+def _run_interruptible(program: str) -> int:
+    """run(); on SIGINT (KeyboardInterrupt) die by the signal, without a traceback.
+
+    Table writes block SIGINT until the new file is in place (maps.write_lmdb),
+    so what remains is the old table or the new one and no temporary file."""
+    try:
+        return run(program, sys.argv[1:])
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130  # not reached
+
+
 def main() -> None:
-    sys.exit(run("postmap", sys.argv[1:]))
+    sys.exit(_run_interruptible("postmap"))
 
 
 def postalias_main() -> None:
-    sys.exit(run("postalias", sys.argv[1:]))
+    sys.exit(_run_interruptible("postalias"))
 
 
 if __name__ == "__main__":

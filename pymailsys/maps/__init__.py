@@ -41,6 +41,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -398,8 +399,6 @@ def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
     Keys longer than lmdb's 511 bytes are stored as described at LMDB_MAX_KEY.
     lmdb's own errors (e.g. lmdb.MapFullError) propagate as lmdb.Error.
     """
-    import lmdb
-
     records = []
     for key, value in items:
         k = (key.lower() if fold else key).encode("utf-8", "surrogateescape")
@@ -409,6 +408,24 @@ def write_lmdb(path: str, items: list[tuple[str, str]], *, fold: bool = True,
         records.append(lmdb_record(k, v))
     # room for the data, page overhead, and a whole overflow page per large value
     size = sum(len(k) + len(v) + 64 + (4096 if len(v) > 1024 else 0) for k, v in records)
+    # As Postfix (sigdelay() around the update): a termination signal that comes
+    # while the file is written waits until it is complete and renamed, so an
+    # interrupted postmap leaves the old or the new table and no temporary file.
+    # SIGKILL cannot be blocked; after one a NAME.lmdb.XXXX.tmp may remain.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    try:
+        _write_lmdb_file(path, records, size, mode)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+_DEFERRED_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM}
+
+
+def _write_lmdb_file(path: str, records: list[tuple[bytes, bytes]], size: int,
+                     mode: int | None) -> None:
+    import lmdb
+
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                dir=os.path.dirname(path) or ".")
     try:
