@@ -299,9 +299,9 @@ class Agent:
                 for n, i in enumerate(pending):
                     reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
-                    result = _result_of(reply, outcome.reasons[n], peer.name,
+                    result = _result_of(reply, outcome.reasons[n], outcome.dsns[n], peer.name,
                                         session.offers_dsn, self.assume_final)
-                    if reply is not None and reply.kind == 4:
+                    if reply is not None and result.status == STATUS_DEFERRED:
                         soft[i] = result  # as Postfix: the next server may take it
                     else:
                         results[i] = result
@@ -417,19 +417,23 @@ class Agent:
         self.cache.clear()
 
 
-def _result_of(reply: client.Reply | None, reason: str, server: str = "",
+def _result_of(reply: client.Reply | None, reason: str, status: str, server: str = "",
                offers_dsn: bool = False, assume_final: bool = False) -> DeliveryResult:
-    """A recipient's result from its reply (None: the connection broke mid-transaction),
-    with the DSN details: the server and its reply; a success is "relayed" ("delivered"
-    with assume_final from a server without DSN), and a server that announced DSN took
-    the sender's NOTIFY over (as Postfix's smtp)."""
+    """A recipient's result from the client's verdict (``Outcome``): its reply (None: the
+    connection broke mid-transaction), reason and enhanced status, which alone decides
+    (2: sent, 5: bounced, else deferred; a 2xx reply can come with a failure, as a 250
+    to DATA), with the DSN details: the server and its reply; a success is "relayed"
+    ("delivered" with assume_final from a server without DSN), and a server that
+    announced DSN took the sender's NOTIFY over (as Postfix's smtp)."""
     if reply is None:
         return DeliveryResult.deferred(reason, "4.4.2")
-    status = {2: STATUS_SENT, 5: STATUS_BOUNCED}.get(reply.kind, STATUS_DEFERRED)
+    sent = status.startswith("2")
+    verdict = STATUS_SENT if sent else STATUS_BOUNCED if status.startswith("5") \
+        else STATUS_DEFERRED
     success = ACTION_DELIVERED if assume_final and not offers_dsn else ACTION_RELAYED
-    return DeliveryResult(status, reply.dsn, reason,
-                          action=success if reply.kind == 2 else "", mta=server,
-                          diag=str(reply), passed_on=reply.kind == 2 and offers_dsn)
+    return DeliveryResult(verdict, status, reason,
+                          action=success if sent else "", mta=server,
+                          diag=str(reply), passed_on=sent and offers_dsn)
 
 
 def _orcpt(rc: Recipient) -> str:

@@ -63,7 +63,14 @@ DESCRIPTION
       ...", "lost connection with H[A] while ...").
     * ``Outcome`` - per recipient, the server's answer (RCPT TO, or for
       LMTP the per-recipient reply after the end of data; otherwise the
-      end-of-data reply) and Postfix's reason text.
+      end-of-data reply), Postfix's reason text and the enhanced status that
+      decides: 2.x.x delivered, 4.x.x try again, 5.x.x bounce. Only a 2xx
+      reply to RCPT TO and then to the end of data (per recipient for LMTP)
+      is a success: a reply to DATA that is not 3xx fails the accepted
+      recipients, and when it is a 2xx it is Postfix's "Protocol error:
+      host H[A] said: ..." (5.5.0, a bounce: no content was sent, and the
+      server is out of step); the session is then not cached
+      (``Session.dont_cache``), QUIT is sent.
 
 REFUSES
     A reply line longer than ``MAX_REPLY_LINE`` or a reply of more than
@@ -197,6 +204,11 @@ class Outcome:
 
     replies: list[Reply | None] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    dsns: list[str] = field(default_factory=list)  # "2...": delivered, "4...", "5...": failed
+
+    def accepted(self) -> list[int]:
+        """The recipients that are, so far, a success."""
+        return [i for i, d in enumerate(self.dsns) if d.startswith("2")]
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,7 @@ class Session:
         self.extensions: dict[str, str] = {}
         self.uses = 0
         self.broken = False
+        self.dont_cache = False  # a protocol error: QUIT, not RSET and the cache
         self.opened = time.monotonic()
         self.tls_info = ""  # Postfix's "... TLS connection established to ..." text
 
@@ -419,16 +432,21 @@ class Session:
                                        retry_other=reply.kind == 4)
                 continue
             outcome.replies.append(reply)
-            outcome.reasons.append(self.said(reply, "RCPT TO") if reply.kind != 2 else "")
             if reply.kind == 2:
+                outcome.reasons.append("")
+                outcome.dsns.append(reply.dsn)
                 accepted += 1
+            else:
+                dsn_, reason = self._failure(reply, "RCPT TO")
+                outcome.reasons.append(reason)
+                outcome.dsns.append(dsn_)
         if not pipelining and accepted:
             await self._write(b"DATA\r\n", t.data_init, "sending DATA command")
         if pipelining or accepted:
             reply = await self.reply(t.data_init, "sending DATA command")
             if reply.kind != 3:
-                if accepted:
-                    self._fail_accepted(outcome, reply, self.said(reply, "DATA"))
+                if accepted:  # a 2xx included: nothing was sent (Postfix's smtp_mesg_fail)
+                    self._fail_accepted(outcome, reply, "DATA")
                 return outcome
         if not accepted:
             return outcome
@@ -441,11 +459,24 @@ class Session:
         for _ in range(count):
             await self.reply(self.timeouts.rcpt, "receiving the RCPT TO reply")
 
-    def _fail_accepted(self, outcome: Outcome, reply: Reply, reason: str) -> None:
-        for i, r in enumerate(outcome.replies):
-            if r is not None and r.kind == 2:
-                outcome.replies[i] = reply
-                outcome.reasons[i] = reason
+    def _failure(self, reply: Reply, command: str) -> tuple[str, str]:
+        """The status and reason of a reply that fails a recipient, as Postfix's
+        smtp_trouble: a status that is not 4.x.x or 5.x.x (a 2xx where no success can
+        be) is "Protocol error: ..." with 5.5.0, and the session is not cached."""
+        reason = self.said(reply, command)
+        status = reply.dsn
+        if status[0] not in "45":
+            self.dont_cache = True
+            return "5.5.0", f"Protocol error: {reason}"
+        return status, reason
+
+    def _fail_accepted(self, outcome: Outcome, reply: Reply, command: str) -> None:
+        """Fail the recipients accepted so far with this reply to ``command``."""
+        status, reason = self._failure(reply, command)
+        for i in outcome.accepted():
+            outcome.replies[i] = reply
+            outcome.reasons[i] = reason
+            outcome.dsns[i] = status
 
     async def _send_content(self, text: Iterable[bytes]) -> None:
         """The message (chunks of LF-terminated lines, a line possibly split between
@@ -465,7 +496,7 @@ class Session:
 
     async def _end_of_data(self, outcome: Outcome) -> None:
         stage = "sending end of data -- message may be sent more than once"
-        accepted = [i for i, r in enumerate(outcome.replies) if r is not None and r.kind == 2]
+        accepted = outcome.accepted()
         for n, i in enumerate(accepted if self.settings.lmtp else accepted[:1]):
             try:
                 reply = await self.reply(self.timeouts.data_done, stage)
@@ -473,17 +504,22 @@ class Session:
                 for j in accepted[n:]:
                     outcome.replies[j] = None
                     outcome.reasons[j] = e.text
+                    outcome.dsns[j] = "4.4.2"
                 raise
-            reason = self.said(reply, "end of DATA")
-            if not self.settings.lmtp:
-                self._fail_accepted(outcome, reply, reason if reply.kind != 2 else str(reply))
-                return
-            outcome.replies[i] = reply
-            outcome.reasons[i] = reason if reply.kind != 2 else str(reply)
+            if reply.kind == 2:
+                done = accepted if not self.settings.lmtp else [i]
+                for j in done:
+                    outcome.replies[j], outcome.reasons[j] = reply, str(reply)
+                    outcome.dsns[j] = reply.dsn
+            elif not self.settings.lmtp:
+                self._fail_accepted(outcome, reply, "end of DATA")
+            else:
+                outcome.replies[i] = reply
+                outcome.dsns[i], outcome.reasons[i] = self._failure(reply, "end of DATA")
 
     async def reset(self) -> bool:
         """RSET, so that the connection can be cached; False when it is no longer usable."""
-        if self.broken:
+        if self.broken or self.dont_cache:
             return False
         try:
             await self._write(b"RSET\r\n", self.timeouts.helo, "sending RSET")

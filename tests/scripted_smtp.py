@@ -1,0 +1,98 @@
+"""A scripted SMTP/LMTP server on 127.0.0.1 for outbound tests: it answers each command
+line with a reply the test chose (any bytes: odd codes, 2xx where 3xx belongs, huge
+multi-line replies), one reply per line read so that pipelining works, and records
+what it received. Runs an asyncio server in a thread of the test process.
+
+    with ScriptedServer(data=b"250 2.0.0 no thanks\\r\\n") as server:
+        ... route a domain to smtp:[127.0.0.1]:{server.port} ...
+        server.wait_for(b".\\r\\n")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from harness import wait_until
+
+EHLO = b"250-scripted.example\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 8BITMIME\r\n"
+Answer = bytes | Callable[[bytes], bytes]
+
+
+class ScriptedServer:
+    def __init__(self, *, banner: bytes = b"220 scripted.example ESMTP\r\n", ehlo: bytes = EHLO,
+                 mail: Answer = b"250 2.1.0 Ok\r\n", rcpt: Answer = b"250 2.1.5 Ok\r\n",
+                 data: bytes = b"354 End data with <CR><LF>.<CR><LF>\r\n",
+                 eod: Answer = b"250 2.0.0 Ok: queued as SCRIPTED\r\n") -> None:
+        self.banner, self.ehlo, self.mail, self.rcpt = banner, ehlo, mail, rcpt
+        self.data, self.eod = data, eod
+        self.received: list[bytes] = []  # every line, in order, all sessions
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, "127.0.0.1", 0, limit=1 << 20),
+            self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        server = self._server
+        if server is not None:
+            async def close() -> None:
+                server.close()
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def wait_for(self, line: bytes, timeout: float = 30) -> None:
+        wait_until(lambda: line in self.received, timeout, what=f"{line!r} at the server")
+
+    @staticmethod
+    def _answer(answer: Answer, line: bytes) -> bytes:
+        return answer(line) if callable(answer) else answer
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(self.banner)
+            in_data = False
+            while line := await reader.readline():
+                self.received.append(line)
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        writer.write(self._answer(self.eod, line))
+                        await writer.drain()
+                    continue
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"LHLO"):
+                    writer.write(self.ehlo)
+                elif verb == b"HELO":
+                    writer.write(b"250 scripted.example\r\n")
+                elif verb == b"MAIL":
+                    writer.write(self._answer(self.mail, line))
+                elif verb == b"RCPT":
+                    writer.write(self._answer(self.rcpt, line))
+                elif verb == b"DATA":
+                    writer.write(self.data)
+                    in_data = self.data.startswith(b"3")
+                elif verb in (b"RSET", b"NOOP"):
+                    writer.write(b"250 2.0.0 Ok\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    await writer.drain()
+                    break
+                else:
+                    writer.write(b"502 5.5.2 Error: command not recognized\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()

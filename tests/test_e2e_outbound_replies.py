@@ -1,0 +1,70 @@
+"""Outbound delivery against servers whose replies are out of protocol: the smtp agent
+reads them as Postfix's smtp(8) does (smtp_proto.c, smtp_chat.c, smtp_trouble.c).
+
+Peers: ``scripted_smtp.ScriptedServer``, answering each command with the reply the
+test chose.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from harness import ME, Instance
+from scripted_smtp import ScriptedServer
+
+LOCAL = f"{ME}@localhost"
+FAST = {f"smtp_{name}_timeout": "20s" for name in
+        ("helo", "mail", "rcpt", "data_init", "data_xfer", "data_done", "quit")}
+
+
+def route(inst: Instance, **servers: ScriptedServer) -> None:
+    """Route <name>.example to each server, with short timeouts and no bounce delays."""
+    maps = ", ".join(f"{name}.example=smtp:[127.0.0.1]:{s.port}" for name, s in servers.items())
+    inst.set(transport_maps=f"inline:{{ {maps} }}", **FAST)
+
+
+def bounce_fields(message: bytes) -> str:
+    msg = email.message_from_bytes(message, policy=email.policy.default)
+    (status,) = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+    return status.as_string()
+
+
+def test_a_2xx_reply_to_data_is_a_protocol_error_not_a_delivery(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A 250 to DATA (PIPELINING or not): nothing was sent, so the recipient bounces with
+    Postfix's "Protocol error" and 5.5.0; never status=sent. The session is not cached:
+    QUIT, not RSET."""
+    no_pipelining = b"250-scripted.example\r\n250 8BITMIME\r\n"
+    with ScriptedServer(data=b"250 2.0.0 I did not want it\r\n") as piped, \
+            ScriptedServer(data=b"250 2.0.0 I did not want it\r\n", ehlo=no_pipelining) as plain:
+        inst: Instance = new_instance()
+        route(inst, piped=piped, plain=plain)
+        inst.set(smtp_connection_cache_time_limit="30s")
+        inst.start()
+        for name, server in (("piped", piped), ("plain", plain)):
+            queue_id = inst.send(LOCAL, f"x@{name}.example", b"Subject: lost?\r\n\r\nbody\r\n")
+            inst.wait_log(rf"{queue_id}: to=<x@{name}\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]"
+                          rf":{server.port}, .*dsn=5\.5\.0, status=bounced \(Protocol error: host "
+                          r"127\.0\.0\.1\[127\.0\.0\.1\] said: 250 2\.0\.0 I did not want it "
+                          r"\(in reply to DATA command\)\)")
+            assert f"{queue_id}: to=<x@{name}.example>" not in "".join(
+                line for line in inst.log().splitlines() if "status=sent" in line)
+            server.wait_for(b"QUIT\r\n")
+            assert b"RSET\r\n" not in server.received
+        bounces = inst.wait_maildir(2)
+        for message in bounces:
+            fields = bounce_fields(message)
+            assert "Status: 5.5.0" in fields and "Action: failed" in fields
+            assert "Subject: lost?" in message.decode()  # the message came back
+
+
+def test_extra_replies_read_as_the_data_reply_do_not_deliver(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A server that sends more replies than commands: with PIPELINING a spare 250 is
+    taken as the DATA reply; the recipient bounces (Protocol error), not sent."""
+    with ScriptedServer(rcpt=b"250 2.1.5 Ok\r\n250 2.0.0 extra\r\n") as server:
+        inst: Instance = new_instance()
+        route(inst, extra=server)
+        inst.start()
+        queue_id = inst.send(LOCAL, "x@extra.example", b"Subject: extra\r\n\r\nbody\r\n")
+        inst.wait_log(rf"{queue_id}: to=<x@extra\.example>, .*dsn=5\.5\.0, status=bounced "
+                      r"\(Protocol error: .* said: 250 2\.0\.0 extra \(in reply to DATA")
