@@ -33,6 +33,7 @@ class ScriptedServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()
@@ -45,12 +46,17 @@ class ScriptedServer:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         server = self._server
-        if server is not None:
-            async def close() -> None:
+
+        async def close() -> None:
+            if server is not None:
                 server.close()
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def wait_for(self, line: bytes, timeout: float = 30) -> None:
         wait_until(lambda: line in self.received, timeout, what=f"{line!r} at the server")
@@ -60,6 +66,9 @@ class ScriptedServer:
         return answer(line) if callable(answer) else answer
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             writer.write(self.banner)
             in_data = False
@@ -92,7 +101,8 @@ class ScriptedServer:
                 else:
                     writer.write(b"502 5.5.2 Error: command not recognized\r\n")
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+            self._tasks.discard(task)

@@ -68,3 +68,32 @@ def test_extra_replies_read_as_the_data_reply_do_not_deliver(new_instance) -> No
         queue_id = inst.send(LOCAL, "x@extra.example", b"Subject: extra\r\n\r\nbody\r\n")
         inst.wait_log(rf"{queue_id}: to=<x@extra\.example>, .*dsn=5\.5\.0, status=bounced "
                       r"\(Protocol error: .* said: 250 2\.0\.0 extra \(in reply to DATA")
+
+
+def test_reply_codes_out_of_class_are_hard_failures(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """699 and 199 to RCPT TO, 354 to the end of data: Postfix's status 5.5.0 (no enhanced
+    status is taken from a reply whose class is not 2, 4 or 5), a bounce rather than a
+    retry forever. A multi-line reply's code and status are its last line's."""
+    no_data = b"554 5.5.1 Error: no valid recipients\r\n"
+    with ScriptedServer(rcpt=b"699 6.9.9 weird\r\n", data=no_data) as c699, \
+            ScriptedServer(rcpt=b"199 odd\r\n", data=no_data) as c199, \
+            ScriptedServer(eod=b"354 more please\r\n") as eod354, \
+            ScriptedServer(rcpt=b"250-5.1.1 first line\r\n550 5.1.2 last line\r\n",
+                           data=no_data) as multi:
+        inst: Instance = new_instance()
+        route(inst, c699=c699, c199=c199, eod354=eod354, multi=multi)
+        inst.start()
+        expect = {
+            "c699": r"host .* said: 699 6\.9\.9 weird \(in reply to RCPT TO command\)",
+            "c199": r"host .* said: 199 odd \(in reply to RCPT TO command\)",
+            "eod354": r"host .* said: 354 more please \(in reply to end of DATA command\)",
+        }
+        ids = {name: inst.send(LOCAL, f"x@{name}.example", b"Subject: odd\r\n\r\nx\r\n")
+               for name in (*expect, "multi")}
+        for name, reason in expect.items():
+            inst.wait_log(rf"{ids[name]}: to=<x@{name}\.example>, .*dsn=5\.5\.0, "
+                          rf"status=bounced \({reason}\)")
+        inst.wait_log(rf"{ids['multi']}: to=<x@multi\.example>, .*dsn=5\.1\.2, status=bounced "
+                      r"\(host .* said: 550 5\.1\.1 first line 5\.1\.2 last line ")
+        assert "X.0.0" not in inst.log() and "dsn=6." not in inst.log()
+        assert "dsn=1." not in inst.log() and "dsn=3." not in inst.log()

@@ -48,7 +48,10 @@ DESCRIPTION
 
     Every wait has its timeout (``Timeouts``: Postfix's smtp_*_timeout
     parameters). A reply is a value: code, enhanced status (from the text,
-    or derived from the code) and text with control characters replaced.
+    or derived from the code) and text with control characters replaced. As
+    in Postfix, the code and the enhanced status are the last line's, and a
+    reply whose class is not 2, 4 or 5 (199 to RCPT, 354 to the end of data,
+    699) has the status 5.5.0: a hard failure, never a retry forever.
 
     Failures are classified where they happen:
 
@@ -145,10 +148,17 @@ class Reply:
 
     @property
     def dsn(self) -> str:
-        m = _ENHANCED.match(self.text)
-        if m and m.group(1) == str(self.code)[0]:
+        """The enhanced status, as Postfix's smtp_chat_resp takes it: from the last line
+        (the code is the last line's too), only when the reply's class is 2, 4 or 5 and
+        the status's class is the same; X.0.0 for such a reply without one, and 5.5.0
+        (a protocol error) for any other class (1xx, 3xx, 6xx...)."""
+        klass = f"{self.code:03d}"[0]
+        if klass not in "245":
+            return "5.5.0"
+        m = _ENHANCED.match(self.lines[-1].lstrip(" ") if self.lines else "")
+        if m and m.group(1) == klass:
             return m.group(0)
-        return f"{str(self.code)[0]}.0.0"
+        return f"{klass}.0.0"
 
     @property
     def kind(self) -> int:
