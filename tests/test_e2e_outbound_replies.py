@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 
 from harness import ME, Instance
 from scripted_smtp import ScriptedServer
@@ -97,3 +98,23 @@ def test_reply_codes_out_of_class_are_hard_failures(new_instance) -> None:  # ty
                       r"\(host .* said: 550 5\.1\.1 first line 5\.1\.2 last line ")
         assert "X.0.0" not in inst.log() and "dsn=6." not in inst.log()
         assert "dsn=1." not in inst.log() and "dsn=3." not in inst.log()
+
+
+def test_354_after_every_recipient_refused_gets_just_a_dot(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """PIPELINING, every RCPT TO refused, and still 354 to DATA: the client ends the data
+    with just "." (RFC 2197, as Postfix) instead of RSET into the data, and the recipient
+    bounces at once, not after a timeout."""
+    with ScriptedServer(rcpt=b"550 5.1.1 nope\r\n", data=b"354 go ahead anyway\r\n") as server:
+        inst: Instance = new_instance()
+        route(inst, dot=server)
+        inst.start()
+        queue_id = inst.send(LOCAL, "x@dot.example", b"Subject: dot\r\n\r\nx\r\n")
+        (line,) = inst.wait_log(rf"{queue_id}: to=<x@dot\.example>, .*dsn=5\.1\.1, "
+                                r"status=bounced \(host .* said: 550 5\.1\.1 nope "
+                                r"\(in reply to RCPT TO command\)\)", timeout=15)
+        delay = float(re.search(r" delay=([\d.]+),", line).group(1))  # type: ignore[union-attr]
+        assert delay < 5, line  # the timeouts are 20s
+        server.wait_for(b"QUIT\r\n", timeout=10)
+        data = server.received.index(b"DATA\r\n")
+        assert server.received[data + 1] == b".\r\n"
+        assert b"Subject: dot\r\n" not in server.received

@@ -17,7 +17,9 @@ DESCRIPTION
     transaction: MAIL FROM (SIZE=, BODY=8BITMIME, and ENVID= and RET= when
     the server offers them), one RCPT TO per recipient (ORCPT= and NOTIFY=
     to a server that offers DSN), DATA, the message, and the end of
-    data; with PIPELINING the commands up to DATA go out in one write. A
+    data; with PIPELINING the commands up to DATA go out in one write (and
+    when the server answers 354 to DATA though it refused every recipient,
+    just "." goes, as RFC 2197 and Postfix say). A
     message larger than the server's SIZE is not sent (5.3.4). A message
     whose client asked for SMTPUTF8 goes with MAIL FROM's SMTPUTF8 to a
     server that offers it; when the server does not and the message needs
@@ -459,10 +461,21 @@ class Session:
                     self._fail_accepted(outcome, reply, "DATA")
                 return outcome
         if not accepted:
+            if pipelining:  # a 354 though every RCPT TO failed: the server is in data mode
+                await self._empty_data()
             return outcome
         await self._send_content(text)
         await self._end_of_data(outcome)
         return outcome
+
+    async def _empty_data(self) -> None:
+        """End the data the server now waits for with just "." and read its reply (RFC
+        2197, as Postfix), which decides nothing: every recipient has failed already."""
+        stage = "sending end of data -- message may be sent more than once"
+        await self._write(b".\r\n", self.timeouts.data_xfer, stage)
+        reply = await self.reply(self.timeouts.data_done, stage)
+        if reply.kind == 2:  # the server took an empty message: do not use it again
+            self.dont_cache = True
 
     async def _drain_replies(self, count: int) -> None:
         """After a rejected MAIL FROM in a pipeline: read the RCPT and DATA replies."""
