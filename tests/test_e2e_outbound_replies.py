@@ -118,3 +118,24 @@ def test_354_after_every_recipient_refused_gets_just_a_dot(new_instance) -> None
         data = server.received.index(b"DATA\r\n")
         assert server.received[data + 1] == b".\r\n"
         assert b"Subject: dot\r\n" not in server.received
+
+
+def test_a_bad_size_limit_is_warned_about_and_ignored(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """SIZE with a value that is not ASCII digits ("²", or Arabic-Indic digits that
+    Python's int() would read as 12): Postfix's warning, no limit, and the mail goes."""
+    def ehlo(size: str) -> bytes:
+        return f"250-scripted.example\r\n250-PIPELINING\r\n250 SIZE {size}\r\n".encode()
+    with ScriptedServer(ehlo=ehlo("\u00b2")) as sup, \
+            ScriptedServer(ehlo=ehlo("\u0661\u0662")) as arabic:
+        inst: Instance = new_instance()
+        route(inst, sup=sup, arabic=arabic)
+        inst.start()
+        for name, server, word in (("sup", sup, "\u00b2"), ("arabic", arabic, "\u0661\u0662")):
+            queue_id = inst.send(LOCAL, f"x@{name}.example",
+                                 b"Subject: size\r\n\r\n" + b"more than twelve bytes\r\n" * 3)
+            inst.wait_log(rf"{queue_id}: to=<x@{name}\.example>, .*dsn=2\.0\.0, status=sent "
+                          r"\(250 2\.0\.0 Ok: queued as SCRIPTED\)")
+            inst.wait_log(rf'warning: bad EHLO SIZE limit "{word}" from '
+                          rf"127\.0\.0\.1\[127\.0\.0\.1\]:{server.port}")
+            assert b"more than twelve bytes\r\n" in server.received
+        assert "delivery agent error" not in inst.log()

@@ -296,6 +296,9 @@ class Agent:
                     if self.session_limit and sessions >= self.session_limit:
                         break
                     continue
+                except BaseException:  # a bug, or a cancel: no socket is left open
+                    session.close()
+                    raise
                 for n, i in enumerate(pending):
                     reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
@@ -373,6 +376,9 @@ class Agent:
         except client.SessionError as e:
             session.close()
             return None, e
+        except BaseException:  # a bug, or a cancel: no socket is left open
+            session.close()
+            raise
         return session, None
 
     def take_cached(self, key: str) -> client.Session | None:

@@ -245,6 +245,7 @@ class Session:
         self.nexthop = nexthop  # the nexthop domain, for certificate name matching
         self.timeouts = settings.timeouts
         self.extensions: dict[str, str] = {}
+        self._size_limit = 0
         self.uses = 0
         self.broken = False
         self.dont_cache = False  # a protocol error: QUIT, not RSET and the cache
@@ -307,7 +308,7 @@ class Session:
                           f"performing the {verb} handshake")
         reply = await self.reply(t.helo, f"performing the {verb} handshake")
         if reply.kind == 2:
-            self.extensions = _extensions(reply)
+            self._take_extensions(reply)
             await self._starttls(verb)
             return
         if self.settings.lmtp or reply.code == 421:
@@ -317,6 +318,7 @@ class Session:
         if reply.kind != 2:
             raise SessionError(self.said(reply, "HELO"), reply)
         self.extensions = {}
+        self._size_limit = 0
         await self._starttls("HELO")  # no STARTTLS after HELO: fails when TLS is required
 
     async def _starttls(self, verb: str) -> None:
@@ -376,7 +378,7 @@ class Session:
         reply = await self.reply(t.helo, f"performing the {verb} handshake")
         if reply.kind != 2:
             raise SessionError(self.said(reply, verb), reply)
-        self.extensions = _extensions(reply)
+        self._take_extensions(reply)
 
     @property
     def offers_dsn(self) -> bool:
@@ -384,8 +386,22 @@ class Session:
         return "DSN" in self.extensions
 
     def size_limit(self) -> int:
-        value = self.extensions.get("SIZE", "")
-        return int(value) if value.isdigit() else 0
+        """The server's SIZE limit, 0 when it gave none (or a bad one)."""
+        return self._size_limit
+
+    def _take_extensions(self, reply: Reply) -> None:
+        """The EHLO/LHLO extensions, and SIZE's limit as Postfix reads it: the first
+        word, ASCII digits only; anything else ("SIZE ²", Arabic-Indic digits) is
+        "bad EHLO SIZE limit" and no limit (SIZE= still goes with MAIL FROM)."""
+        self.extensions = _extensions(reply)
+        self._size_limit = 0
+        words = self.extensions.get("SIZE", "").split()
+        if words:
+            if words[0].isascii() and words[0].isdigit():
+                self._size_limit = int(words[0])
+            else:
+                log.warning(f'bad EHLO SIZE limit "{printable(words[0])}" from '
+                            f"{self.peer.relay}")
 
     async def send(self, env: Envelope, text: Iterable[bytes]) -> Outcome:
         """One mail transaction; SessionError when it cannot start or the session broke."""
