@@ -139,3 +139,29 @@ def test_a_bad_size_limit_is_warned_about_and_ignored(new_instance) -> None:  # 
                           rf"127\.0\.0\.1\[127\.0\.0\.1\]:{server.port}")
             assert b"more than twelve bytes\r\n" in server.received
         assert "delivery agent error" not in inst.log()
+
+
+def test_a_huge_multi_line_reply_is_kept_short(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A 5xx reply of 100 lines of 4000 bytes (400 KB): as Postfix, about
+    line_length_limit (2048) characters of it are kept - in the log line and the bounce's
+    Diagnostic-Code - and the rest is read and skipped, with a warning."""
+    huge = b"".join(b"550-5.7.1 L%03d" % i + b"x" * 3986 + b"\r\n" for i in range(99)) \
+        + b"550 5.7.1 end\r\n"
+    with ScriptedServer(rcpt=huge, data=b"554 5.5.1 no valid recipients\r\n") as server:
+        inst: Instance = new_instance()
+        route(inst, huge=server)
+        inst.start()
+        queue_id = inst.send(LOCAL, "x@huge.example", b"Subject: huge\r\n\r\nx\r\n")
+        (line,) = inst.wait_log(rf"{queue_id}: to=<x@huge\.example>, .*dsn=5\.7\.1, "
+                                r"status=bounced \(host .* said: 550 5\.7\.1 L000x")
+        assert len(line) < 4096 + 300, len(line)
+        assert "L000" in line and "L010" not in line
+        inst.wait_log(r"warning: 127\.0\.0\.1\[127\.0\.0\.1\]:\d+: multi-line response longer "
+                      r"than 2048 ")
+        (bounce,) = inst.wait_maildir(1)
+        fields = bounce_fields(bounce)
+        assert "Status: 5.7.1" in fields
+        diagnostic = fields[fields.index("Diagnostic-Code:"):]
+        diagnostic = diagnostic[:diagnostic.index("\n\n") if "\n\n" in diagnostic else None]
+        assert 2000 < len(diagnostic) < 4096 + 300, len(diagnostic)
+        assert len(bounce) < 20000, len(bounce)

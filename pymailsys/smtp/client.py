@@ -100,6 +100,7 @@ from pymailsys.smtp import tls
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+REPLY_TEXT_LIMIT = 2048  # Postfix's line_length_limit: reply text kept, all lines together
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
@@ -141,7 +142,8 @@ class Peer:
 @dataclass(frozen=True)
 class Reply:
     code: int
-    lines: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()  # the text kept (``REPLY_TEXT_LIMIT``)
+    last: str = ""  # the last line's text, whose enhanced status counts, kept or not
 
     @property
     def text(self) -> str:
@@ -157,7 +159,8 @@ class Reply:
         klass = f"{self.code:03d}"[0]
         if klass not in "245":
             return "5.5.0"
-        m = _ENHANCED.match(self.lines[-1].lstrip(" ") if self.lines else "")
+        last = self.last or (self.lines[-1] if self.lines else "")
+        m = _ENHANCED.match(last.lstrip(" "))
         if m and m.group(1) == klass:
             return m.group(0)
         return f"{klass}.0.0"
@@ -271,22 +274,33 @@ class Session:
                                dsn="4.4.2") from None
 
     async def _read_reply(self) -> Reply:
+        """One reply. As Postfix's smtp_chat_resp, at most about REPLY_TEXT_LIMIT
+        characters of text are kept (a line while less is kept, each line cut there); the
+        rest is read and skipped, so that the protocol stays in step. A line longer than
+        MAX_REPLY_LINE or more than MAX_REPLY_LINES lines fail the session."""
         lines: list[str] = []
-        code = 0
+        kept = count = 0
         while True:
             try:
                 raw = await self.reader.readuntil(b"\n")
             except asyncio.LimitOverrunError:
                 raise ConnectionError("reply line too long") from None
-            if len(raw) > MAX_REPLY_LINE or len(lines) >= MAX_REPLY_LINES:
+            if len(raw) > MAX_REPLY_LINE or count >= MAX_REPLY_LINES:
                 raise ConnectionError("reply too long")
+            count += 1
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+            if len(line) < 3 or not line[:3].isdigit() or not line[:3].isascii() \
+                    or (len(line) > 3 and line[3] not in " -"):
                 raise ConnectionError("malformed reply")
-            code = int(line[:3])
-            lines.append(line[4:])
+            text = line[4:4 + REPLY_TEXT_LIMIT]
+            if kept < REPLY_TEXT_LIMIT:
+                lines.append(text)
+                kept += len(text) + 1
+            elif count == len(lines) + 1:  # the first line skipped: warn once, as Postfix
+                log.warning(f"{self.peer.relay}: multi-line response longer than "
+                            f"{REPLY_TEXT_LIMIT} {printable(' '.join(lines))[:30]}...")
             if len(line) == 3 or line[3] == " ":
-                return Reply(code, tuple(lines))
+                return Reply(int(line[:3]), tuple(lines), text)
 
     async def reply(self, timeout: float, stage: str) -> Reply:
         return await self._wait(self._read_reply(), timeout, stage)  # type: ignore[no-any-return]
