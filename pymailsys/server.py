@@ -106,6 +106,7 @@ from pymailsys.ipc.master_status import (
     STATUS_FD,
 )
 from pymailsys.queue.spool import Spool
+from pymailsys.submission.access import trusted_peer
 
 if TYPE_CHECKING:
     import ssl
@@ -202,13 +203,7 @@ def peer_is_mail_system(peer: asyncio.StreamWriter | socket.socket,
     sock = peer.get_extra_info("socket") if isinstance(peer, asyncio.StreamWriter) else peer
     if sock is None or sock.family != socket.AF_UNIX:
         return True
-    uid = peer_uid(sock)
-    if uid in (0, os.geteuid()):
-        return True
-    try:
-        return uid == privileges.mail_owner(config).uid
-    except privileges.PrivilegeError:
-        return False
+    return trusted_peer(config, peer_uid(sock))
 
 
 def drop_privileges(config: config_mod.Config) -> None:
