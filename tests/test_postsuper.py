@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,15 +55,20 @@ def test_all_stdin_and_queue_names(tmp_path: Path) -> None:
     assert not any(ids(spool, q) for q in ("hold", "deferred", "active"))
 
 
+def _delete_while_delivered(etc: Path, spool: Path, queue_id: str) -> subprocess.CompletedProcess:
+    """postsuper -d of an active file that a delivery agent holds (its shared lock)."""
+    fd = os.open(queue.Spool(str(spool)).path("active", queue_id), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        return tool("postsuper", "-c", str(etc), "-d", queue_id)
+    finally:
+        os.close(fd)
+
+
 def test_busy_file_is_skipped(tmp_path: Path) -> None:
     etc, spool = make_spool(tmp_path)
     a = queue_file(spool, "active", "a@x", ["r@y"], [b"x"])
-    fd = os.open(queue.Spool(str(spool)).path("active", a), os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    try:
-        out = tool("postsuper", "-c", str(etc), "-d", a)
-    finally:
-        os.close(fd)
+    out = _delete_while_delivered(etc, spool, a)
     assert f"{a}: skipped, still being delivered" in out.stderr.decode()
     assert "Deleted: 0 messages" in out.stderr.decode()
     assert ids(spool, "active") == [a]
@@ -80,11 +86,6 @@ def test_warnings_are_printed_once(tmp_path: Path) -> None:
         "postsuper: warning: invalid mail queue id: ") == 1, out.stderr
     out = tool("postsuper", "-c", str(etc), "-h", "-", input=b"../../etc/passwd\n")
     assert out.stderr.decode().splitlines().count(bad) == 1, out.stderr
-    fd = os.open(queue.Spool(str(spool)).path("active", a), os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    try:
-        out = tool("postsuper", "-c", str(etc), "-d", a)
-    finally:
-        os.close(fd)
+    out = _delete_while_delivered(etc, spool, a)
     busy = f"postsuper: warning: {a}: skipped, still being delivered"
     assert out.stderr.decode().splitlines().count(busy) == 1, out.stderr
