@@ -6,6 +6,9 @@ what it received. Runs an asyncio server in a thread of the test process.
     with ScriptedServer(data=b"250 2.0.0 no thanks\\r\\n") as server:
         ... route a domain to smtp:[127.0.0.1]:{server.port} ...
         server.wait_for(b".\\r\\n")
+
+An answer that ends with ``HANG_UP`` is written without it and the server then closes
+the connection; so does a 421 reply (RFC 5321: the server closes the channel).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from types import TracebackType
 
 from harness import wait_until
 
+HANG_UP = b"<hang up>"
 EHLO = b"250-scripted.example\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 8BITMIME\r\n"
 Answer = bytes | Callable[[bytes], bytes]
 
@@ -58,6 +62,17 @@ class ScriptedServer:
         self._thread.join(10)
         self._loop.close()
 
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, reply: bytes) -> bool:
+        """Write a reply; False when the server hangs up after it (``HANG_UP``, 421)."""
+        hang_up = reply.endswith(HANG_UP)
+        reply = reply.removesuffix(HANG_UP)
+        last = reply[reply.rstrip(b"\r\n").rfind(b"\n") + 1:]
+        if reply:
+            writer.write(reply)
+            await writer.drain()
+        return not (hang_up or last.startswith(b"421 "))
+
     def wait_for(self, line: bytes, timeout: float = 30) -> None:
         wait_until(lambda: line in self.received, timeout, what=f"{line!r} at the server")
 
@@ -70,37 +85,37 @@ class ScriptedServer:
         assert task is not None
         self._tasks.add(task)
         try:
-            writer.write(self.banner)
             in_data = False
-            while line := await reader.readline():
+            reply = self.banner
+            while await self._reply(writer, reply):
+                line = await reader.readline()
+                if not line:
+                    break
                 self.received.append(line)
                 if in_data:
+                    reply = b""
                     if line == b".\r\n":
                         in_data = False
-                        writer.write(self._answer(self.eod, line))
-                        await writer.drain()
+                        reply = self._answer(self.eod, line)
                     continue
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"LHLO"):
-                    writer.write(self.ehlo)
+                    reply = self.ehlo
                 elif verb == b"HELO":
-                    writer.write(b"250 scripted.example\r\n")
+                    reply = b"250 scripted.example\r\n"
                 elif verb == b"MAIL":
-                    writer.write(self._answer(self.mail, line))
+                    reply = self._answer(self.mail, line)
                 elif verb == b"RCPT":
-                    writer.write(self._answer(self.rcpt, line))
+                    reply = self._answer(self.rcpt, line)
                 elif verb == b"DATA":
-                    writer.write(self.data)
+                    reply = self.data
                     in_data = self.data.startswith(b"3")
                 elif verb in (b"RSET", b"NOOP"):
-                    writer.write(b"250 2.0.0 Ok\r\n")
+                    reply = b"250 2.0.0 Ok\r\n"
                 elif verb == b"QUIT":
-                    writer.write(b"221 2.0.0 Bye\r\n")
-                    await writer.drain()
-                    break
+                    reply = b"221 2.0.0 Bye\r\n" + HANG_UP
                 else:
-                    writer.write(b"502 5.5.2 Error: command not recognized\r\n")
-                await writer.drain()
+                    reply = b"502 5.5.2 Error: command not recognized\r\n"
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:

@@ -12,17 +12,21 @@ import email.policy
 import re
 
 from harness import ME, Instance
-from scripted_smtp import ScriptedServer
+from scripted_smtp import HANG_UP, ScriptedServer
 
 LOCAL = f"{ME}@localhost"
 FAST = {f"smtp_{name}_timeout": "20s" for name in
         ("helo", "mail", "rcpt", "data_init", "data_xfer", "data_done", "quit")}
 
 
-def route(inst: Instance, **servers: ScriptedServer) -> None:
-    """Route <name>.example to each server, with short timeouts and no bounce delays."""
-    maps = ", ".join(f"{name}.example=smtp:[127.0.0.1]:{s.port}" for name, s in servers.items())
-    inst.set(transport_maps=f"inline:{{ {maps} }}", **FAST)
+def route(inst: Instance, lmtp: dict[str, ScriptedServer] | None = None,
+          **servers: ScriptedServer) -> None:
+    """Route <name>.example to each server (by LMTP for those in ``lmtp``), with short
+    timeouts."""
+    maps = [f"{name}.example=smtp:[127.0.0.1]:{s.port}" for name, s in servers.items()]
+    maps += [f"{name}.example=lmtp:inet:127.0.0.1:{s.port}" for name, s in (lmtp or {}).items()]
+    lmtp_fast = {name.replace("smtp_", "lmtp_", 1): value for name, value in FAST.items()}
+    inst.set(transport_maps=f"inline:{{ {', '.join(maps)} }}", **FAST, **lmtp_fast)
 
 
 def bounce_fields(message: bytes) -> str:
@@ -165,3 +169,80 @@ def test_a_huge_multi_line_reply_is_kept_short(new_instance) -> None:  # type: i
         diagnostic = diagnostic[:diagnostic.index("\n\n") if "\n\n" in diagnostic else None]
         assert 2000 < len(diagnostic) < 4096 + 300, len(diagnostic)
         assert len(bounce) < 20000, len(bounce)
+
+
+def test_replies_before_a_broken_session_still_decide(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix marks each recipient as its reply comes (smtp_rcpt_fail/_done): a
+    recipient refused with 5xx bounces though the session breaks later; one refused with
+    421 (the server then closes) is deferred with that reply's text, not "lost
+    connection"; only the recipients no reply decided get the lost connection. With
+    LMTP, a recipient whose end-of-data reply was 250 is delivered (not sent again)
+    when the connection breaks before the next recipient's reply."""
+    def rcpt(line: bytes) -> bytes:
+        return b"550 5.1.1 no such user\r\n" if line.startswith(b"RCPT TO:<gone@") \
+            else b"250 2.1.5 Ok\r\n"
+    lmtp_ehlo = b"250-scripted.example\r\n250 PIPELINING\r\n"
+    with ScriptedServer(rcpt=rcpt, data=HANG_UP) as broken, \
+            ScriptedServer(rcpt=b"421 4.3.2 Service shutting down\r\n") as closing, \
+            ScriptedServer(ehlo=lmtp_ehlo, eod=b"250 2.0.0 first stored\r\n" + HANG_UP) as lmtp:
+        inst: Instance = new_instance()
+        route(inst, lmtp={"lmtp": lmtp}, broken=broken, closing=closing)
+        inst.start()
+        broken_id = inst.send(LOCAL, ["gone@broken.example", "here@broken.example"],
+                              b"Subject: broken\r\n\r\nx\r\n")
+        closing_id = inst.send(LOCAL, "x@closing.example", b"Subject: closing\r\n\r\nx\r\n")
+        lmtp_id = inst.send(LOCAL, ["a@lmtp.example", "b@lmtp.example"],
+                            b"Subject: lmtp\r\n\r\nx\r\n")
+        inst.wait_log(rf"{broken_id}: to=<gone@broken\.example>, .*dsn=5\.1\.1, status=bounced "
+                      r"\(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 550 5\.1\.1 no such user "
+                      r"\(in reply to RCPT TO command\)\)")
+        inst.wait_log(rf"{broken_id}: to=<here@broken\.example>, .*dsn=4\.4\.2, status=deferred "
+                      r"\(lost connection with 127\.0\.0\.1\[127\.0\.0\.1\] while sending DATA "
+                      r"command\)")
+        inst.wait_log(rf"{closing_id}: to=<x@closing\.example>, .*dsn=4\.3\.2, status=deferred "
+                      r"\(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 421 4\.3\.2 Service shutting "
+                      r"down \(in reply to RCPT TO command\)\)")
+        inst.wait_log(rf"{lmtp_id}: to=<a@lmtp\.example>, .*dsn=2\.0\.0, status=sent "
+                      r"\(250 2\.0\.0 first stored\)")
+        inst.wait_log(rf"{lmtp_id}: to=<b@lmtp\.example>, .*dsn=4\.4\.2, status=deferred "
+                      r"\(lost connection with .* while sending end of data")
+        (bounce,) = inst.wait_maildir(1)
+        assert "Final-Recipient: rfc822; gone@broken.example" in bounce_fields(bounce)
+        assert "here@broken.example" not in bounce_fields(bounce)
+
+
+def test_a_refused_hello_is_refused_to_talk_to_me(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A 421 to EHLO, or a refused LHLO: Postfix's "host ... refused to talk to me: ..."
+    (smtp_helo), as for a refused greeting."""
+    with ScriptedServer(ehlo=b"421 4.3.2 too busy\r\n") as busy, \
+            ScriptedServer(ehlo=b"550 5.7.1 not you\r\n") as lmtp:
+        inst: Instance = new_instance()
+        route(inst, lmtp={"lmtp": lmtp}, busy=busy)
+        inst.start()
+        busy_id = inst.send(LOCAL, "x@busy.example", b"Subject: busy\r\n\r\nx\r\n")
+        lmtp_id = inst.send(LOCAL, "x@lmtp.example", b"Subject: lmtp\r\n\r\nx\r\n")
+        inst.wait_log(rf"{busy_id}: to=<x@busy\.example>, .*dsn=4\.3\.2, status=deferred "
+                      r"\(host 127\.0\.0\.1\[127\.0\.0\.1\] refused to talk to me: 421 4\.3\.2 "
+                      r"too busy\)")
+        inst.wait_log(rf"{lmtp_id}: to=<x@lmtp\.example>, .*dsn=5\.7\.1, status=bounced "
+                      r"\(host 127\.0\.0\.1\[127\.0\.0\.1\] refused to talk to me: 550 5\.7\.1 "
+                      r"not you\)")
+
+
+def test_reply_text_as_postfix_keeps_it(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that are not UTF-8 in a reply become "?" (Postfix's printable()), not
+    U+FFFD; the text kept is line_length_limit long (here 600), not a fixed 2048."""
+    long_reply = b"550-5.7.1 " + b"a" * 1000 + b"\r\n550 5.7.1 " + b"b" * 1000 + b"\r\n"
+    with ScriptedServer(rcpt=b"550 5.1.1 caf\xe9 closed\r\n") as latin1, \
+            ScriptedServer(rcpt=long_reply) as long:
+        inst: Instance = new_instance()
+        route(inst, latin1=latin1, long=long)
+        inst.set(line_length_limit="600")
+        inst.start()
+        latin1_id = inst.send(LOCAL, "x@latin1.example", b"Subject: l\r\n\r\nx\r\n")
+        long_id = inst.send(LOCAL, "x@long.example", b"Subject: l\r\n\r\nx\r\n")
+        inst.wait_log(rf"{latin1_id}: to=<x@latin1\.example>, .*dsn=5\.1\.1, status=bounced "
+                      r"\(host .* said: 550 5\.1\.1 caf\? closed \(in reply to RCPT TO")
+        (line,) = inst.wait_log(rf"{long_id}: to=<x@long\.example>, .*status=bounced")
+        assert "a" * 590 in line and "a" * 601 not in line and "bbb" not in line, line
+        assert "\ufffd" not in inst.log()

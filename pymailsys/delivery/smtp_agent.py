@@ -190,7 +190,8 @@ class Agent:
                 mail=seconds("mail_timeout"), rcpt=seconds("rcpt_timeout"),
                 data_init=seconds("data_init_timeout"), data_xfer=seconds("data_xfer_timeout"),
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
-            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")))
+            skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
+            reply_limit=max(config.get_int("line_length_limit"), 1))
         self.tls = tls.ClientTls.from_config(config, protocol)
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
@@ -290,8 +291,13 @@ class Agent:
                     outcome = await session.send(env, content.text())
                 except client.SessionError as e:
                     last, last_relay = e, peer.relay
+                    if e.outcome is not None:  # what its replies decided stands
+                        for n, i in enumerate(pending[:len(e.outcome.replies)]):
+                            if e.outcome.replies[n] is not None:
+                                relays[i], uses[i] = peer.relay, session.uses
+                                self._take(i, e.outcome, n, peer, session, results, soft)
                     await self.release(req.nexthop, session, keep=False)
-                    if not e.retry_other:
+                    if not e.retry_other or all(r is not None for r in results):
                         break
                     if self.session_limit and sessions >= self.session_limit:
                         break
@@ -300,14 +306,8 @@ class Agent:
                     session.close()
                     raise
                 for n, i in enumerate(pending):
-                    reply = outcome.replies[n]
                     relays[i], uses[i] = peer.relay, session.uses
-                    result = _result_of(reply, outcome.reasons[n], outcome.dsns[n], peer.name,
-                                        session.offers_dsn, self.assume_final)
-                    if reply is not None and result.status == STATUS_DEFERRED:
-                        soft[i] = result  # as Postfix: the next server may take it
-                    else:
-                        results[i] = result
+                    self._take(i, outcome, n, peer, session, results, soft)
                 await self.release(req.nexthop, session, keep=True)
                 if all(r is not None for r in results) or (
                         self.session_limit and sessions >= self.session_limit):
@@ -322,6 +322,19 @@ class Agent:
                 and not final[0].final:
             req.hop = final[0]  # no server reached: tell qmgr the site is failing
         return self.finish(req, final, relays, uses, conn_time)
+
+    def _take(self, i: int, outcome: client.Outcome, n: int, peer: client.Peer,
+              session: client.Session, results: list[DeliveryResult | None],
+              soft: dict[int, DeliveryResult]) -> None:
+        """Recipient i's result from entry n of a transaction's outcome: final, or (a 4xx
+        from the server) kept in ``soft`` while the next server may take it, as Postfix."""
+        reply = outcome.replies[n]
+        result = _result_of(reply, outcome.reasons[n], outcome.dsns[n], peer.name,
+                            session.offers_dsn, self.assume_final)
+        if reply is not None and result.status == STATUS_DEFERRED:
+            soft[i] = result
+        else:
+            results[i] = result
 
     def finish(self, req: Request, results: list[DeliveryResult], relays: list[str],
                uses: list[int] | None = None, conn_time: float = 0.0) -> list[DeliveryResult]:

@@ -50,7 +50,9 @@ DESCRIPTION
 
     Every wait has its timeout (``Timeouts``: Postfix's smtp_*_timeout
     parameters). A reply is a value: code, enhanced status (from the text,
-    or derived from the code) and text with control characters replaced. As
+    or derived from the code) and text with control characters (and bytes
+    that are not UTF-8) shown as "?", at most line_length_limit characters
+    of it kept (``Settings.reply_limit``). As
     in Postfix, the code and the enhanced status are the last line's, and a
     reply whose class is not 2, 4 or 5 (199 to RCPT, 354 to the end of data,
     699) has the status 5.5.0: a hard failure, never a retry forever.
@@ -63,9 +65,14 @@ DESCRIPTION
       says whether another server of the same destination may do better
       (Postfix: a broken connection, a 4xx, or a 5xx greeting when
       smtp_skip_5xx_greeting is on); ``text`` is Postfix's reason
-      ("connect to H[A]:P: Connection refused", "host H[A] said: ... (in
-      reply to MAIL FROM command)", "conversation with H[A] timed out while
-      ...", "lost connection with H[A] while ...").
+      ("connect to H[A]:P: Connection refused", "host H[A] refused to talk
+      to me: ..." for a refused greeting, EHLO, HELO or LHLO, "host H[A]
+      said: ... (in reply to MAIL FROM command)", "conversation with H[A]
+      timed out while ...", "lost connection with H[A] while ..."). Raised
+      inside a transaction, its ``outcome`` holds the recipients a reply
+      already decided (a refused RCPT TO, an LMTP end-of-data reply), which
+      stand as Postfix's smtp_rcpt_fail/smtp_rcpt_done made them stand; the
+      rest share the session's failure.
     * ``Outcome`` - per recipient, the server's answer (RCPT TO, or for
       LMTP the per-recipient reply after the end of data; otherwise the
       end-of-data reply), Postfix's reason text and the enhanced status that
@@ -98,9 +105,8 @@ from pymailsys.queue.records import SMTPUTF8_REQUESTED
 from pymailsys.rfc822 import quote_822_local
 from pymailsys.smtp import tls
 
-MAX_REPLY_LINE = 4096
+MAX_REPLY_LINE = 4096  # a longer reply line ends the session
 MAX_REPLY_LINES = 100
-REPLY_TEXT_LIMIT = 2048  # Postfix's line_length_limit: reply text kept, all lines together
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
@@ -142,7 +148,7 @@ class Peer:
 @dataclass(frozen=True)
 class Reply:
     code: int
-    lines: tuple[str, ...] = ()  # the text kept (``REPLY_TEXT_LIMIT``)
+    lines: tuple[str, ...] = ()  # the text kept (``Settings.reply_limit``)
     last: str = ""  # the last line's text, whose enhanced status counts, kept or not
 
     @property
@@ -184,6 +190,10 @@ class SessionError(Exception):
         self.retry_other = retry_other
         self._dsn = dsn
         self.tls_failed = tls_failed  # the TLS handshake failed: the connection is lost
+        # Raised inside a transaction: the recipients whose fate a reply already decided
+        # (``Outcome.replies[i]`` not None: a refused RCPT TO, an LMTP end-of-data
+        # reply), as Postfix's smtp_rcpt_fail/smtp_rcpt_done mark them as replies come.
+        self.outcome: Outcome | None = None
 
     @property
     def dsn(self) -> str:
@@ -220,6 +230,15 @@ class Outcome:
     replies: list[Reply | None] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     dsns: list[str] = field(default_factory=list)  # "2...": delivered, "4...", "5...": failed
+    delivered: set[int] = field(default_factory=set)  # 2xx to the end of data: final
+
+    def decided(self) -> Outcome:
+        """The outcome of a transaction that broke: a recipient counts only when a reply
+        decided it (refused, or delivered by an end-of-data reply); one accepted at RCPT
+        TO and not yet delivered is undecided (reply None)."""
+        replies = [None if d.startswith("2") and i not in self.delivered else r
+                   for i, (r, d) in enumerate(zip(self.replies, self.dsns, strict=True))]
+        return Outcome(replies, list(self.reasons), list(self.dsns), set(self.delivered))
 
     def accepted(self) -> list[int]:
         """The recipients that are, so far, a success."""
@@ -232,6 +251,7 @@ class Settings:
     lmtp: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     skip_5xx_greeting: bool = True
+    reply_limit: int = 2048  # line_length_limit: reply text kept, all lines together
 
 
 class Session:
@@ -274,10 +294,13 @@ class Session:
                                dsn="4.4.2") from None
 
     async def _read_reply(self) -> Reply:
-        """One reply. As Postfix's smtp_chat_resp, at most about REPLY_TEXT_LIMIT
-        characters of text are kept (a line while less is kept, each line cut there); the
-        rest is read and skipped, so that the protocol stays in step. A line longer than
+        """One reply. As Postfix's smtp_chat_resp, at most about line_length_limit
+        (``Settings.reply_limit``) characters of text are kept (a line while less is
+        kept, each line cut there); the rest is read and skipped, so that the protocol
+        stays in step. Bytes that are not UTF-8 are kept as surrogate escapes, which
+        ``Reply.text`` shows as "?" (Postfix's printable()). A line longer than
         MAX_REPLY_LINE or more than MAX_REPLY_LINES lines fail the session."""
+        limit = self.settings.reply_limit
         lines: list[str] = []
         kept = count = 0
         while True:
@@ -288,17 +311,17 @@ class Session:
             if len(raw) > MAX_REPLY_LINE or count >= MAX_REPLY_LINES:
                 raise ConnectionError("reply too long")
             count += 1
-            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
             if len(line) < 3 or not line[:3].isdigit() or not line[:3].isascii() \
                     or (len(line) > 3 and line[3] not in " -"):
                 raise ConnectionError("malformed reply")
-            text = line[4:4 + REPLY_TEXT_LIMIT]
-            if kept < REPLY_TEXT_LIMIT:
+            text = line[4:4 + limit]
+            if kept < limit:
                 lines.append(text)
                 kept += len(text) + 1
             elif count == len(lines) + 1:  # the first line skipped: warn once, as Postfix
                 log.warning(f"{self.peer.relay}: multi-line response longer than "
-                            f"{REPLY_TEXT_LIMIT} {printable(' '.join(lines))[:30]}...")
+                            f"{limit} {printable(' '.join(lines))[:30]}...")
             if len(line) == 3 or line[3] == " ":
                 return Reply(int(line[:3]), tuple(lines), text)
 
@@ -308,6 +331,10 @@ class Session:
     async def _write(self, data: bytes, timeout: float, stage: str) -> None:
         self.writer.write(data)
         await self._wait(self.writer.drain(), timeout, stage)
+
+    def _refused(self, reply: Reply) -> SessionError:
+        """A refused EHLO/HELO/LHLO, in Postfix's words (smtp_helo)."""
+        return SessionError(f"host {self.peer.label} refused to talk to me: {reply}", reply)
 
     def said(self, reply: Reply, command: str) -> str:
         return f"host {self.peer.label} said: {reply} (in reply to {command} command)"
@@ -326,11 +353,11 @@ class Session:
             await self._starttls(verb)
             return
         if self.settings.lmtp or reply.code == 421:
-            raise SessionError(self.said(reply, verb), reply)
+            raise self._refused(reply)
         await self._write(f"HELO {name}\r\n".encode(), t.helo, "performing the HELO handshake")
         reply = await self.reply(t.helo, "performing the HELO handshake")
         if reply.kind != 2:
-            raise SessionError(self.said(reply, "HELO"), reply)
+            raise self._refused(reply)
         self.extensions = {}
         self._size_limit = 0
         await self._starttls("HELO")  # no STARTTLS after HELO: fails when TLS is required
@@ -391,7 +418,7 @@ class Session:
                           f"performing the {verb} handshake")
         reply = await self.reply(t.helo, f"performing the {verb} handshake")
         if reply.kind != 2:
-            raise SessionError(self.said(reply, verb), reply)
+            raise self._refused(reply)
         self._take_extensions(reply)
 
     @property
@@ -418,7 +445,16 @@ class Session:
                             f"{self.peer.relay}")
 
     async def send(self, env: Envelope, text: Iterable[bytes]) -> Outcome:
-        """One mail transaction; SessionError when it cannot start or the session broke."""
+        """One mail transaction; SessionError when it cannot start or the session broke,
+        with the recipients already decided in its ``outcome``."""
+        outcome = Outcome()
+        try:
+            return await self._transaction(env, text, outcome)
+        except SessionError as e:
+            e.outcome = outcome.decided()
+            raise
+
+    async def _transaction(self, env: Envelope, text: Iterable[bytes], outcome: Outcome) -> Outcome:
         t = self.timeouts
         limit = self.size_limit()
         if limit and env.size > limit:
@@ -455,7 +491,6 @@ class Session:
             data = "".join(c + "\r\n" for c in commands) + "DATA\r\n"
             await self._write(data.encode("utf-8", "surrogateescape"), t.mail,
                               "sending MAIL FROM")
-        outcome = Outcome()
         accepted = 0
         for i, command in enumerate(commands):
             is_mail = i == 0
@@ -564,6 +599,7 @@ class Session:
                 for j in done:
                     outcome.replies[j], outcome.reasons[j] = reply, str(reply)
                     outcome.dsns[j] = reply.dsn
+                    outcome.delivered.add(j)
             elif not self.settings.lmtp:
                 self._fail_accepted(outcome, reply, "end of DATA")
             else:
