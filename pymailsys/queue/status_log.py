@@ -18,7 +18,11 @@ are in ``Entry.extra`` once read). The trace log holds the sent recipients
 whose sender asked for a success notice (action delivered or relayed).
 
 ``append`` adds one entry with one write on an O_APPEND descriptor and fsyncs
-it (Postfix: status logs are appended, then fsynced). ``read`` parses a log into
+it (Postfix: status logs are appended, then fsynced); a write that stops short
+(a full file system) goes on until it fails, and a failed write or fsync
+truncates the log back to its length before and raises ``OSError``, as
+Postfix's bounce_append_service does: the caller knows the entry is not
+there, and no torn entry stays to swallow the next one. ``read`` parses a log into
 ``Entry`` values and ignores a torn last entry (a crash in mid-write); showq and
 the bounce service read logs this way. Values are single lines: CR and LF in a
 reason are replaced by spaces on write.
@@ -26,6 +30,7 @@ reason are replaced by spaces on write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -85,12 +90,21 @@ class Entry:
 
 
 def append(path: str, entry: Entry, sync: bool = True) -> None:
-    """Append one entry to the log at path (created 0600 when missing)."""
+    """Append one entry to the log at path (created 0600 when missing); OSError, and
+    the log as it was, when the entry cannot be written (or synced) whole."""
+    data = memoryview(entry.encode())
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, entry.encode())
-        if sync:
-            os.fsync(fd)
+        before = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            if sync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
     finally:
         os.close(fd)
 

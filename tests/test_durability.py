@@ -1,0 +1,88 @@
+"""Durability under real faults: nothing acknowledged is lost, no notice owed is dropped.
+
+Faults are injected for real: a status-log directory on a small tmpfs that is full
+(ENOSPC), queue files cut short or damaged on disk. The daemons are the real ones
+(``test_qmgr.Standalone``: cleanup, qmgr, local and bounce without master), and the
+assertions are what a user sees: log lines, queue directories, mailbox contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_qmgr import standalone_systems
+
+from pymailsys.queue import status_log
+
+Mount = Callable[[Path, str], Path]
+
+
+@contextlib.contextmanager
+def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on directory, with its owner and mode."""
+    st = directory.stat()
+    options = f"size={size},mode={stat.S_IMODE(st.st_mode):o},uid={st.st_uid},gid={st.st_gid}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@pytest.fixture
+def system():  # type: ignore[no-untyped-def]
+    yield from standalone_systems()
+
+
+@pytest.fixture
+def tmpfs(system) -> Iterator[Mount]:  # type: ignore[no-untyped-def]
+    """Mount small file systems on a system's directories; unmounted before the
+    system is removed (this fixture is set up after ``system``, so torn down first)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda directory, size: stack.enter_context(_tmpfs(directory, size))
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of directory to the last block; the filler file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return filler
+
+
+# --- status logs --------------------------------------------------------------------
+
+@pytest.mark.root
+def test_a_status_log_entry_that_does_not_fit_is_refused_whole(tmp_path: Path) -> None:
+    """The disk fills up in the middle of an entry: the write stops short. The append
+    fails, and the log is as it was, so that the next entry is not torn with it."""
+    logs = tmp_path / "defer"
+    logs.mkdir()
+    with _tmpfs(logs, "4k"):
+        path = str(logs / "ABCDEF12345")
+        first = status_log.Entry("a@example.org", "4.0.0", "delayed", "x" * 4000)
+        status_log.append(path, first)
+        size = os.path.getsize(path)
+        second = status_log.Entry("b@example.org", "4.4.1", "delayed", "connection refused")
+        with pytest.raises(OSError) as e:
+            status_log.append(path, second)
+        assert e.value.errno == errno.ENOSPC
+        assert os.path.getsize(path) == size
+        subprocess.run(["mount", "-o", "remount,size=64k", str(logs)], check=True)
+        status_log.append(path, second)
+        assert [(x.recipient, x.status, x.reason) for x in status_log.read(path)] == [
+            ("a@example.org", "4.0.0", "x" * 4000),
+            ("b@example.org", "4.4.1", "connection refused")]
