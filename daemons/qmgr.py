@@ -108,7 +108,11 @@ DESCRIPTION
 
     Replies: sent and bounced mark the recipient done in place (R -> D);
     bounced appends to bounce/ID, deferred to defer/ID (Postfix's status-log
-    format, ``pymailsys.queue.status_log``). A broken agent connection defers the
+    format, ``pymailsys.queue.status_log``). A recipient is marked done only
+    after the entry for the notice it is owed (bounce/ID, or trace/ID for
+    NOTIFY=SUCCESS) is written and fsynced; when that write fails (a full disk)
+    it is deferred instead, ``status=deferred (bounce or trace service
+    failure)``, as Postfix's bounce_append and sent(). A broken agent connection defers the
     recipient (``unknown mail transport error``) and qmgr logs the line.
 
     When every request is answered: a bounce log is turned into one
@@ -210,6 +214,8 @@ AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
 SUSPENDED = "delivery temporarily suspended"
+BOUNCE_LOG_FAILURE = "bounce or trace service failure"  # Postfix's words, bounce.c and sent.c
+TRACE_LOG_FAILURE = "trace service failed"
 ERROR_TRANSPORT = "error"
 DISCARD_TRANSPORT = "discard"
 DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
@@ -1033,15 +1039,23 @@ class Qmgr:
             msg.deferred += 1
             self._append(q.DEFER, msg, rc, result, status_log.ACTION_DELAYED)
             return
+        # The recipient is done only once the notice it is owed is in its status log:
+        # else it is deferred, as Postfix's bounce_append and sent do.
         if result.status == STATUS_BOUNCED:
+            if not self._append(q.BOUNCE, msg, rc, result, status_log.ACTION_FAILED):
+                self.record(msg, rc, DeliveryResult.deferred(BOUNCE_LOG_FAILURE, "4.3.0"),
+                            "none", start)
+                return
             msg.bounced += 1
-            self._append(q.BOUNCE, msg, rc, result, status_log.ACTION_FAILED)
         else:
-            msg.sent += 1
             if rc.notify & dsn.NOTIFY_SUCCESS and not result.passed_on:
+                if not self._append(q.TRACE, msg, rc, result,
+                                    result.action or status_log.ACTION_DELIVERED):
+                    self.record(msg, rc, DeliveryResult.deferred(
+                        f"{msg.queue_id}: {TRACE_LOG_FAILURE}", "4.3.0"), "none", start)
+                    return
                 msg.traced += 1
-                self._append(q.TRACE, msg, rc, result,
-                             result.action or status_log.ACTION_DELIVERED)
+            msg.sent += 1
         try:
             mark_done(msg.fd, rc.offset)
         except OSError as e:
@@ -1049,7 +1063,9 @@ class Qmgr:
         rc.done = True
 
     def _append(self, queue: str, msg: Message, rc: Recipient, result: DeliveryResult,
-                action: str) -> None:
+                action: str) -> bool:
+        """Append the result's entries to the message's status log; False (warned)
+        when one cannot be written."""
         for address, dsn_code, reason in result.entries(rc.address):  # local: per member
             entry = status_log.Entry(address, dsn_code, action, reason,
                                      original_recipient=rc.orig, offset=rc.offset,
@@ -1063,6 +1079,8 @@ class Qmgr:
                                         sync=queue != q.DEFER)
             except OSError as e:
                 log.warning(f"{msg.queue_id}: cannot update {queue} log: {e.strerror}")
+                return False
+        return True
 
     async def finish(self, msg: Message) -> bool:
         """Remove, defer or bounce a message; True when the file is being removed

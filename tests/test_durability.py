@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_qmgr import standalone_systems
+from harness import ME, wait_until
+from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys.queue import status_log
 
@@ -86,3 +88,31 @@ def test_a_status_log_entry_that_does_not_fit_is_refused_whole(tmp_path: Path) -
         assert [(x.recipient, x.status, x.reason) for x in status_log.read(path)] == [
             ("a@example.org", "4.0.0", "x" * 4000),
             ("b@example.org", "4.4.1", "connection refused")]
+
+
+# --- qmgr -----------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_a_bounce_that_cannot_be_logged_is_deferred_not_dropped(
+        system, tmpfs: Mount) -> None:  # type: ignore[no-untyped-def]
+    """bounce/ is full: the recipient's bounce cannot be recorded, so it is not marked
+    done but deferred (Postfix: ``bounce or trace service failure``); once there is
+    room, the next attempt bounces it and the sender gets the notice."""
+    s: Standalone = system()
+    filler = fill(tmpfs(s.queue_dir / "bounce", "16k"))
+    s.start()
+    qid = s.queue(f"{ME}@localhost", ["nosuchuser@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<nosuchuser@localhost>, relay=none, .*dsn=4\.3\.0, "
+               r"status=deferred \(bounce or trace service failure\)")
+    s.wait_log(rf"warning: {qid}: cannot update bounce log: No space left on device")
+    wait_until(lambda: qid in s.queue_ids("deferred"), 20, what="the message in deferred/")
+    assert not re.search(rf"{qid}: removed", s.log())
+    assert s.maildir_messages() == []
+
+    filler.unlink()
+    s.trigger(b"AD")
+    s.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    s.wait_log(rf"{qid}: removed")
+    (notice,) = wait_until(s.maildir_messages, 30, what="the notice in the Maildir")
+    assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
+    assert b'<nosuchuser@localhost>: unknown user: "nosuchuser"' in notice
