@@ -116,3 +116,26 @@ def test_a_bounce_that_cannot_be_logged_is_deferred_not_dropped(
     (notice,) = wait_until(s.maildir_messages, 30, what="the notice in the Maildir")
     assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
     assert b'<nosuchuser@localhost>: unknown user: "nosuchuser"' in notice
+
+
+@pytest.mark.root
+def test_an_expired_message_returns_every_recipient_its_defer_log_misses(
+        system, tmpfs: Mount) -> None:  # type: ignore[no-untyped-def]
+    """defer/ fills up while a message's recipients are deferred: the log names only
+    the first of them. The message expires (maximal_queue_lifetime = 0) and is
+    removed; the notice lists every recipient, not only those the log names."""
+    s: Standalone = system(maximal_queue_lifetime="0")
+    defer = tmpfs(s.queue_dir / "defer", "16k")
+    filler = fill(defer)
+    os.truncate(filler, filler.stat().st_size - 4096)  # room for a page of entries
+    s.start()
+    rcpts = [f"r{n:02d}@remote.example" for n in range(40)]  # no smtp agent: all defer
+    qid = s.queue(f"{ME}@localhost", rcpts, BODY)
+    s.wait_log(rf"warning: {qid}: cannot update defer log: No space left on device")
+    s.wait_log(rf"{qid}: from=<{ME}@localhost>, status=expired, returned to sender")
+    s.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    s.wait_log(rf"{qid}: removed")
+    (notice,) = wait_until(s.maildir_messages, 30, what="the notice in the Maildir")
+    assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
+    returned = re.findall(rb"\nFinal-Recipient: rfc822; (r\d\d@remote\.example)\n", notice)
+    assert sorted(r.decode() for r in returned) == rcpts

@@ -13,7 +13,10 @@ DESCRIPTION
                  queue_name   where its queue file is (normally "active")
                  log          the status log: "bounce", "defer" or "trace"
                  expired      1 when the message expired in the queue (flush
-                              from the defer log: every entry is a failure)
+                              from the defer log: every entry is a failure, and
+                              every pending recipient the log does not name is
+                              added as "message expired": qmgr then removes the
+                              message)
         reply:   status       0: done (a notice queued, or nothing to send on
                               purpose); -1: try again later
                  queue_id     the sender notice's queue ID, when one was sent
@@ -74,6 +77,7 @@ from pymailsys.ipc.attr import AttrList, AttrPool, AttrValue, ProtocolError, req
 from pymailsys.ipc.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
 from pymailsys.queue import spool as q
 from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import Recipient
 
 PROGRAM = "bounce"
 
@@ -94,6 +98,20 @@ _NOTICE_NAME = {"failure": "non-delivery notification", "delay": "delay notifica
                 "success": "delivery status notification"}
 _REQUESTS = {"flush": report.FAILURE, "warn": report.DELAY, "trace": report.SUCCESS}
 _LOGS = (q.BOUNCE, q.DEFER, q.TRACE)
+
+
+def unlisted(recipients: list[Recipient], entries: list[status_log.Entry]) -> list[
+        status_log.Entry]:
+    """Entries for the pending recipients that no entry names (by its R record's offset,
+    else by address): an expired message is removed once its notice is queued, so a
+    recipient whose defer entry could not be written (a full disk) is returned as
+    expired, never dropped."""
+    offsets = {e.offset for e in entries if e.offset}
+    addresses = {e.recipient for e in entries if not e.offset}
+    return [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED, "message expired",
+                             rc.orig, rc.offset, rc.dsn_orcpt, rc.notify)
+            for rc in recipients if not rc.done
+            and (rc.offset not in offsets if rc.offset else rc.address not in addresses)]
 
 
 class Bounce:
@@ -133,11 +151,8 @@ class Bounce:
         with original:
             env = original.envelope
             assert env is not None
-            if not entries and template is report.FAILURE:
-                entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,
-                                            "message expired", rc.orig, rc.offset,
-                                            rc.dsn_orcpt, rc.notify)
-                           for rc in env.recipients if not rc.done]
+            if template is report.FAILURE and (expired or not entries):
+                entries += unlisted(env.recipients, entries)
             if expired:
                 for entry in entries:
                     if not entry.reason.startswith("delivery"):
