@@ -139,3 +139,34 @@ def test_an_expired_message_returns_every_recipient_its_defer_log_misses(
     assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
     returned = re.findall(rb"\nFinal-Recipient: rfc822; (r\d\d@remote\.example)\n", notice)
     assert sorted(r.decode() for r in returned) == rcpts
+
+
+# --- pickup and cleanup ------------------------------------------------------------
+
+def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """sendmail said yes (the message waits in maildrop/ while the system is down);
+    cleanup then refuses it for too many hops. pickup removes the file, so the
+    message goes back to its sender (Postfix's cleanup_bounce), not into nothing."""
+    inst = new_instance(maildir=True, settings={"hopcount_limit": "5"})
+    inst.start()
+    inst.stop()
+    received = "".join(f"Received: from hop{n}.example by hop{n + 1}.example;"
+                       f" Mon, 7 Dec 2026 08:0{n}:00 +0000\n" for n in range(6))
+    r = inst.tool("sendmail", "-f", f"{ME}@localhost", "-i", f"{ME}@localhost",
+                  input=f"{received}Subject: looping\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    maildrop = inst.queue_dir / "maildrop"
+    assert len(os.listdir(maildrop)) == 1
+    inst.start()
+    (line,) = inst.wait_log(r"warning: (\w+): message rejected: hopcount exceeded")
+    qid = re.search(r"warning: (\w+): message", line).group(1)  # type: ignore[union-attr]
+    inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=none, .*dsn=5\.4\.0, "
+                  r"status=bounced \(too many hops\)")
+    inst.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    (notice,) = inst.wait_maildir(1)
+    assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
+    assert f"<{ME}@localhost>: too many hops".encode() in notice
+    assert b"\nSubject: looping\n" in notice  # the original comes back with it
+    wait_until(lambda: not os.listdir(maildrop), 30, what="an empty maildrop")
+    assert "error writing queue file" not in inst.log()

@@ -86,6 +86,11 @@ DIAGNOSTICS
     "Error: Insufficient system storage" (queue_minfree); 550 5.1.0 "Error: no
     recipients specified"; 552 5.3.4 "Error: message file too big" (the queue
     file would exceed message_size_limit); 554 5.4.0 "Error: too many hops".
+    With CLEANUP_FLAG_BOUNCE (pickup: sendmail's mail and ``postsuper -r``,
+    whose maildrop file pickup removes once cleanup answers), the last two
+    are returned to the sender through the bounce service instead
+    (``status=bounced (too many hops)``) and the reply is status 0, as
+    Postfix's cleanup_bounce does for them.
     Logs as Postfix's cleanup: ``QUEUEID: message-id=<...>`` (``<>`` when
     none), ``warning: QUEUEID: message rejected: hopcount exceeded``,
     ``warning: QUEUEID: queue file size limit exceeded``, ``warning: QUEUEID:
@@ -564,14 +569,20 @@ class Cleanup:
         if outcome.message_ids_dropped:
             log.warning(f"{queue_id}: {outcome.message_ids_dropped} more Message-Id: headers "
                         "not logged")
+        refusal = None
         if outcome.hop_count >= s.hop_limit:
-            self.writer.discard(fd, path)
             log.warning(f"{queue_id}: message rejected: hopcount exceeded")
-            return _reply(*ERR_HOPS)
-        if s.size_limit and out.file_size > s.size_limit:
-            self.writer.discard(fd, path)
+            refusal = ERR_HOPS
+        elif s.size_limit and out.file_size > s.size_limit:
             log.warning(f"{queue_id}: queue file size limit exceeded")
-            return _reply(*ERR_SIZE)
+            refusal = ERR_SIZE
+        if refusal is not None:
+            if flags & services.CLEANUP_FLAG_BOUNCE:  # Postfix's CAN_BOUNCE: to the sender
+                return await self._bounce(fd, path, parts, queue_id, recipients,
+                                          builder.recipient_offsets(),
+                                          f"{refusal[1]} {refusal[2]}", arrival)
+            self.writer.discard(fd, path)
+            return _reply(*refusal)
         if flags & services.CLEANUP_FLAG_DISCARD:  # smtpd's access DISCARD: accepted, dropped
             self.writer.discard(fd, path)
             return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "",
