@@ -38,7 +38,11 @@ DESCRIPTION
     Per message: rename into active/, open, ``flock`` exclusive and
     non-blocking (held by someone else: ``ID: skipped, still being
     delivered``, retried in 60 s), read the envelope once (a malformed file
-    goes to corrupt/ with ``warning: saving corrupt file``; a file that cannot
+    goes to corrupt/ with ``warning: saving corrupt file``; so does one whose
+    content or later recipients turn out damaged, once its requests are
+    answered and its bounce notice tried: a delivery agent's or the bounce
+    service's reply says ``corrupt``, as Postfix's agents mark such a file
+    for its qmgr_active_done; a file that cannot
     be opened or read for the system's reasons, such as too many open files,
     goes back to the queue it came from and is retried in 60 s), downgrade the lock
     to shared (delivery agents take shared locks), remove an old defer log and
@@ -189,6 +193,7 @@ from pymailsys.delivery.agent import (
     message_attrs,
     request_attrs,
     results_from_attrs,
+    says_corrupt,
 )
 from pymailsys.ipc import peers, trigger
 from pymailsys.ipc.attr import REQUESTS_AT_ONCE, AttrClient, AttrList, AttrValue, ProtocolError
@@ -282,6 +287,7 @@ class Message:
     entries: int = 0  # entries of it in the scheduler or in flight
     loaded: int = 0  # its recipients in memory (qmgr_message_recipient_limit)
     transports: set[str] = field(default_factory=set)  # those its last slice went to
+    corrupt: bool = False  # an agent (or the bounce service) found the file damaged
 
 
 @dataclass
@@ -817,6 +823,7 @@ class Qmgr:
                                    rcpt_from=msg.env.rcpt_more, rcpt_limit=self.slice_size())
         except (QueueFileError, OSError) as e:  # it was read before: leave it to the next run
             log.warning(f"{msg.queue_id}: cannot read more recipients: {e}")
+            msg.corrupt = isinstance(e, QueueFileError)  # damaged: to corrupt/ when done
             msg.deferred += 1
             msg.env.rcpt_more = 0
             self.spawn(self.complete(msg))
@@ -1006,6 +1013,8 @@ class Qmgr:
             finally:
                 if lane is not None:
                     self._close_lane(lane)
+            if says_corrupt(reply):
+                msg.corrupt = True
             results = results_from_attrs(reply, len(rcpts),
                                          DeliveryResult.deferred(TRANSPORT_ERROR))
             relay = "none" if reply.number("refused") else None  # the agent logged no line
@@ -1091,22 +1100,23 @@ class Qmgr:
         bounce_path = self.spool.path(q.BOUNCE, queue_id)
         if os.path.exists(bounce_path):
             entries = status_log.read(bounce_path)
-            if not await self.nondelivery(msg, entries, expired=False):
+            if await self.nondelivery(msg, entries, expired=False):
+                status_log.remove(self.spool, q.BOUNCE, queue_id)
+            elif not msg.corrupt:
                 self.defer_message(msg, now)
                 return False
-            status_log.remove(self.spool, q.BOUNCE, queue_id)
+        if msg.corrupt:  # as Postfix's qmgr_active_done: after the bounce, before the rest
+            return self.save_corrupt(msg)
         if os.path.exists(self.spool.path(q.TRACE, queue_id)):
             if not await self.notify(msg, "trace", q.TRACE):
-                self.defer_message(msg, now)
-                return False
+                return self.save_corrupt(msg) if msg.corrupt else self.defer_message(msg, now)
             status_log.remove(self.spool, q.TRACE, queue_id)
         if msg.deferred or any(not rc.done for rc in env.recipients):
             lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
             if now - env.arrival < lifetime:
                 if env.warn_time and now >= env.warn_time and msg.deferred:
                     await self.delay_warning(msg)
-                self.defer_message(msg, now)
-                return False
+                return self.save_corrupt(msg) if msg.corrupt else self.defer_message(msg, now)
             log.info(f"{queue_id}: from=<{log.address(env.sender)}>, status=expired, returned to sender")
             entries = status_log.read(self.spool.path(q.DEFER, queue_id))
             if not entries:
@@ -1114,8 +1124,7 @@ class Qmgr:
                                             "message expired", rc.orig, rc.offset)
                            for rc in env.recipients if not rc.done]
             if not await self.nondelivery(msg, entries, expired=True):
-                self.defer_message(msg, now)
-                return False
+                return self.save_corrupt(msg) if msg.corrupt else self.defer_message(msg, now)
         for queue in q.LOG_QUEUES:
             status_log.remove(self.spool, queue, queue_id)
         self.remove(msg)
@@ -1137,13 +1146,21 @@ class Qmgr:
             os.close(msg.fd)
         log.info(f"{msg.queue_id}: removed")
 
-    def defer_message(self, msg: Message, now: float) -> None:
+    def defer_message(self, msg: Message, now: float) -> bool:
+        """Move the message to deferred/ until its next try; False (not removed)."""
         delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
         try:
             path = self.spool.move(msg.queue_id, q.ACTIVE, q.DEFERRED)
             os.utime(path, (now, now + delay))
         except OSError as e:
             log.warning(f"{msg.queue_id}: cannot move to deferred: {e.strerror}")
+        return False
+
+    def save_corrupt(self, msg: Message) -> bool:
+        """A delivery agent or the bounce service could not read the damaged file: it
+        goes to corrupt/ for a human to look at, never retried or removed; False."""
+        self.corrupt(msg.queue_id, "queue file is damaged: a delivery agent could not read it")
+        return False
 
     # --- non-delivery notifications: the bounce service ------------------------------
 
@@ -1166,6 +1183,8 @@ class Qmgr:
         except (ProtocolError, OSError) as e:
             log.warning(f"{msg.queue_id}: bounce service: {e}")
             return False
+        if says_corrupt(reply):
+            msg.corrupt = True
         return reply.number("status", -1) == 0
 
     async def delay_warning(self, msg: Message) -> None:

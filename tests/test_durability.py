@@ -22,6 +22,7 @@ from harness import ME, wait_until
 from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys.queue import status_log
+from pymailsys.queue.queue_file import read_envelope
 
 Mount = Callable[[Path, str], Path]
 
@@ -139,6 +140,27 @@ def test_an_expired_message_returns_every_recipient_its_defer_log_misses(
     assert b"\nSubject: Undelivered Mail Returned to Sender\n" in notice
     returned = re.findall(rb"\nFinal-Recipient: rfc822; (r\d\d@remote\.example)\n", notice)
     assert sorted(r.decode() for r in returned) == rcpts
+
+
+def test_a_file_whose_content_an_agent_finds_damaged_goes_to_corrupt(system) -> None:  # type: ignore[no-untyped-def]
+    """The envelope reads well, the content does not (a record with no type): local
+    defers, and qmgr saves the file to corrupt/ for a human, as Postfix does, instead
+    of trying it again and again (its bounce, at expiry, could not read it either)."""
+    s: Standalone = system()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    path = s.spool.path("incoming", qid)
+    data = bytearray(Path(path).read_bytes())
+    data[read_envelope(path).data_offset] = 0xFF  # the first content record's type
+    Path(path).write_bytes(bytes(data))
+    s.start()
+    s.trigger(b"I")
+    s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=deferred "
+               r"\(cannot read queue file\)")
+    s.wait_log(rf'warning: saving corrupt file "{qid}" from queue "active" to queue "corrupt"')
+    assert s.queue_ids("corrupt") == [qid]
+    assert not s.queue_ids("deferred") and not s.queue_ids("active")
+    assert Path(s.spool.path("corrupt", qid)).read_bytes() == bytes(data)  # kept as it was
+    assert s.maildir_messages() == []
 
 
 # --- pickup and cleanup ------------------------------------------------------------

@@ -19,6 +19,7 @@ DESCRIPTION
                               message)
         reply:   status       0: done (a notice queued, or nothing to send on
                               purpose); -1: try again later
+                 corrupt      (with -1) the original's queue file is damaged
                  queue_id     the sender notice's queue ID, when one was sent
 
     The service reads the status log and the original message from its queue
@@ -71,7 +72,7 @@ from dataclasses import dataclass
 from pymailsys.daemons.bounce import report
 
 from pymailsys import dsn, log, server
-from pymailsys.delivery.agent import ContentError, QueueContent
+from pymailsys.delivery.agent import CORRUPT, ContentError, QueueContent
 from pymailsys.ipc import attr
 from pymailsys.ipc.attr import AttrList, AttrPool, AttrValue, ProtocolError, request_streamed
 from pymailsys.ipc.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
@@ -114,6 +115,12 @@ def unlisted(recipients: list[Recipient], entries: list[status_log.Entry]) -> li
             and (rc.offset not in offsets if rc.offset else rc.address not in addresses)]
 
 
+def unreadable(error: ContentError) -> dict[str, object]:
+    """The reply when the original cannot be read: try again later, unless it is damaged
+    (``corrupt``: qmgr saves it to corrupt/ instead of asking again forever)."""
+    return {"status": -1, CORRUPT: 1} if error.damaged else {"status": -1}
+
+
 class Bounce:
     def __init__(self, ctx: server.Context) -> None:
         self.ctx = ctx
@@ -147,7 +154,7 @@ class Bounce:
             original = QueueContent(self.spool.path(queue_name, queue_id))
         except ContentError as e:
             log.warning(f"{queue_id}: cannot read the original message: {e}")
-            return {"status": -1}
+            return unreadable(e)
         with original:
             env = original.envelope
             assert env is not None
@@ -161,7 +168,7 @@ class Bounce:
                 return await self.notify(queue_id, original, template, entries)
             except ContentError as e:
                 log.warning(f"{queue_id}: cannot read the original message: {e}")
-                return {"status": -1}
+                return unreadable(e)
 
     def plan(self, queue_id: str, sender: str, template: report.Template,
              ret: int) -> list[Send]:

@@ -249,18 +249,18 @@ class LocalAgent:
             fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
         except queue_mod.QueueAccessError as e:
             log.warning(f"{req.queue_id}: {e}")
-            return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()
+            return self.done(req, DeliveryResult.unreadable()).reply()
         try:
             content = QueueContent(path, req.data_offset, fd=fd)
         except ContentError as e:
             log.warning(f"{req.queue_id}: {e}")
-            return self.done(req, DeliveryResult.deferred("cannot read queue file")).reply()
+            return self.done(req, DeliveryResult.unreadable(e)).reply()
         with content:
             try:
                 result = await self.deliver(req, content)
             except ContentError as e:
                 log.warning(f"{req.queue_id}: {e}")
-                result = self.done(req, DeliveryResult.deferred("cannot read queue file"))
+                result = self.done(req, DeliveryResult.unreadable(e))
         return result.reply()
 
     def done(self, req: DeliveryRequest, result: DeliveryResult) -> DeliveryResult:

@@ -91,22 +91,25 @@ class VirtualAgent:
         """Every recipient of the request, each result logged."""
         path = self.spool.path(first.queue_name, first.queue_id)
         content: QueueContent | None = None
+        unreadable = DeliveryResult.unreadable()
         try:
             fd = self.spool.open_queue_file(first.queue_name, first.queue_id)
             content = QueueContent(path, first.data_offset, fd=fd)
         except (QueueAccessError, ContentError) as e:
             log.warning(f"{first.queue_id}: {e}")
+            if isinstance(e, ContentError):
+                unreadable = DeliveryResult.unreadable(e)
         results = []
         try:
             for req in requests:
                 if content is None:
-                    result = DeliveryResult.deferred("cannot read queue file")
+                    result = unreadable
                 else:
                     try:
                         result = self.deliver_one(req, content)
                     except ContentError as e:
                         log.warning(f"{req.queue_id}: {e}")
-                        result = DeliveryResult.deferred("cannot read queue file")
+                        result = DeliveryResult.unreadable(e)
                     except Exception as e:  # a bug defers this recipient, not those done
                         log.error(f"virtual: unexpected error: {e!r}")
                         result = DeliveryResult.deferred("virtual delivery agent error")

@@ -35,7 +35,11 @@ the same order (``batch_reply``, ``results_from_attrs``), with the DSN details
 message from the data offset up to the X record a block at a time
 (``queue_file.content_text``), as often as the agent delivers it: memory
 does not grow with the message. It refuses a file that is gone, locked
-exclusively or malformed (``ContentError``: the caller defers).
+exclusively or malformed (``ContentError``: the caller defers). A malformed
+file (``ContentError.damaged``) is no reason to try again: the agent's
+reply says ``corrupt`` (``DeliveryResult.unreadable``, once per reply), and
+qmgr saves the file to corrupt/ when the message's deliveries are done, as
+Postfix's agents mark a damaged file for its qmgr (mark_corrupt).
 """
 
 from __future__ import annotations
@@ -80,8 +84,16 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DSN_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
+CORRUPT = "corrupt"  # a reply attribute: the queue file is damaged
+
+
 class ContentError(Exception):
-    """The queue file named by a request could not be read."""
+    """The queue file named by a request could not be read; ``damaged`` when the file
+    itself is malformed (not the system's trouble, which may pass)."""
+
+    def __init__(self, text: str, damaged: bool = False) -> None:
+        super().__init__(text)
+        self.damaged = damaged
 
 
 @dataclass
@@ -266,6 +278,8 @@ class DeliveryResult:
     # local: more members with this same status, each (address, dsn, reason): each gets
     # its own status-log entry, as Postfix's local appends one per member
     also: tuple[tuple[str, str, str], ...] = ()
+    # the queue file is damaged: qmgr saves it to corrupt/ (the reply's ``corrupt``)
+    corrupt: bool = False
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -278,6 +292,12 @@ class DeliveryResult:
     @classmethod
     def bounced(cls, reason: str, dsn: str = "5.3.0") -> DeliveryResult:
         return cls(STATUS_BOUNCED, dsn, reason)
+
+    @classmethod
+    def unreadable(cls, error: ContentError | None = None) -> DeliveryResult:
+        """Deferred: the queue file could not be read; ``corrupt`` when it is damaged."""
+        return cls(STATUS_DEFERRED, "4.3.0", "cannot read queue file",
+                   corrupt=error is not None and error.damaged)
 
     @classmethod
     def from_dsn(cls, dsn: str, reason: str) -> DeliveryResult:
@@ -320,6 +340,8 @@ class DeliveryResult:
             out.append(("rcpt", self.rcpt))
         for address, dsn, reason in self.also:
             out += [("also_rcpt", address), ("also_dsn", dsn), ("also_reason", reason)]
+        if self.corrupt:
+            out.append((CORRUPT, "1"))
         return out
 
     def entries(self, rcpt: str) -> list[tuple[str, str, str]]:
@@ -383,7 +405,14 @@ def batch_reply(results: list[DeliveryResult],
             out += r.detail_attrs()
     if hop is not None:
         out += [("hop_dsn", hop.dsn), ("hop_reason", hop.reason)]
+    if any(r.corrupt for r in results):
+        out.append((CORRUPT, "1"))
     return out
+
+
+def says_corrupt(attrs: AttrList) -> bool:
+    """Whether an agent's reply says the queue file is damaged."""
+    return attrs.raw(CORRUPT) is not None
 
 
 def hop_failure(attrs: AttrList) -> DeliveryResult | None:
@@ -495,12 +524,13 @@ class QueueContent:
             if data_offset is None:
                 try:
                     self.envelope = read_envelope_fd(self.fd, os.path.basename(path), path)
-                except (QueueFileError, OSError, ValueError) as e:
-                    raise ContentError(f"queue file {path}: {e}") from None
+                except (QueueFileError, ValueError) as e:
+                    raise ContentError(f"queue file {path}: {e}", damaged=True) from None
                 data_offset = self.envelope.data_offset
             head = os.pread(self.fd, CHUNK, data_offset) if data_offset > 0 else b""
             if not head:
-                raise ContentError(f"queue file {path}: bad data offset {data_offset}")
+                raise ContentError(f"queue file {path}: bad data offset {data_offset}",
+                                   damaged=True)
         except OSError as e:
             os.close(self.fd)
             raise ContentError(f"read queue file {path}: {e.strerror}") from None
@@ -523,22 +553,28 @@ class QueueContent:
             try:
                 envelope = read_envelope_fd(self.fd, os.path.basename(self.path), self.path,
                                             rcpt_limit=1)
-            except (QueueFileError, OSError, ValueError) as e:
+            except OSError as e:
                 raise ContentError(f"queue file {self.path}: {e}") from None
+            except (QueueFileError, ValueError) as e:
+                raise ContentError(f"queue file {self.path}: {e}", damaged=True) from None
             self._attributes = envelope.attrs
         return self._attributes
 
     def _records(self) -> Iterator[tuple[bytes, bytes]]:
         try:
             yield from content_records(self.fd, self.data_offset, CHUNK, self._head)
-        except (QueueFileError, OSError) as e:
+        except OSError as e:
             raise ContentError(f"queue file {self.path}: {e}") from None
+        except QueueFileError as e:
+            raise ContentError(f"queue file {self.path}: {e}", damaged=True) from None
 
     def _decoded(self, chunk: int) -> Iterator[bytes]:
         try:
             yield from content_text(self.fd, self.data_offset, chunk, self._head)
-        except (QueueFileError, OSError) as e:
+        except OSError as e:
             raise ContentError(f"queue file {self.path}: {e}") from None
+        except QueueFileError as e:
+            raise ContentError(f"queue file {self.path}: {e}", damaged=True) from None
 
     def _whole_text(self) -> bytes | None:
         """The whole text of a message that the first read took in; None for a larger one."""

@@ -243,12 +243,13 @@ class Agent:
         try:
             fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
             content = QueueContent(path, req.data_offset, fd=fd)
+            with content:
+                return await self.transfer(req, content)
         except (q.QueueAccessError, ContentError) as e:
             log.warning(f"{req.queue_id}: {e}")
-            return self.finish(req, [DeliveryResult.deferred("cannot read queue file")] *
-                               len(req.recipients), ["none"] * len(req.recipients))
-        with content:
-            return await self.transfer(req, content)
+            result = DeliveryResult.unreadable(e if isinstance(e, ContentError) else None)
+            return self.finish(req, [result] * len(req.recipients),
+                               ["none"] * len(req.recipients))
 
     async def transfer(self, req: Request, content: QueueContent) -> list[DeliveryResult]:
         """Try the destination's servers in order until one took the mail."""
