@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from harness import ME, wait_until
-from test_qmgr import BODY, Standalone, standalone_systems
+from test_qmgr import BODY, Standalone, events, slow_command, standalone_systems  # noqa: F401 (the fixture)
 
 from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import read_envelope
@@ -163,6 +164,84 @@ def test_a_file_whose_content_an_agent_finds_damaged_goes_to_corrupt(system) -> 
     assert s.maildir_messages() == []
 
 
+@pytest.mark.root
+def test_a_bounce_service_killed_in_mid_request_leaves_the_message_deferred(
+        system) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of the bounce service while qmgr waits for it to queue a notice: the
+    message stays (deferred), and once the service is back the notice goes out."""
+    s: Standalone = system()
+    s.start()
+    os.kill(s.procs["bounce"].pid, signal.SIGSTOP)  # it takes qmgr's request, never answers
+    qid = s.queue(f"{ME}@localhost", ["nosuchuser@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<nosuchuser@localhost>, relay=local, .*status=bounced")
+    wait_until(lambda: qid in s.queue_ids("active"), 10, what="the message active")
+    s.kill("bounce")
+    s.wait_log(rf"warning: {qid}: bounce service: ")
+    wait_until(lambda: qid in s.queue_ids("deferred"), 20, what="the message in deferred/")
+    assert not re.search(rf"{qid}: removed", s.log())
+    s.start("bounce")
+    s.trigger(b"AD")
+    s.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    s.wait_log(rf"{qid}: removed")
+    (notice,) = wait_until(s.maildir_messages, 30, what="the notice in the Maildir")
+    assert b'<nosuchuser@localhost>: unknown user: "nosuchuser"' in notice
+
+
+# --- local ------------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_an_mbox_append_that_fills_the_disk_leaves_the_mailbox_as_it_was(
+        system, tmpfs: Mount) -> None:  # type: ignore[no-untyped-def]
+    """The mailbox's file system fills up in the middle of a message: local truncates
+    the mbox back to its old length (earlier mail intact, no partial message) and
+    defers; once there is room the message is appended whole, once."""
+    s: Standalone = system(maildir=False)
+    tmpfs(s.mail_dir, "256k")
+    s.start()
+    first = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: first\n\nfirst\n")
+    s.wait_log(rf"{first}: removed")
+    before = (s.mail_dir / ME).read_bytes()
+    filler = fill(s.mail_dir)
+    body = b"".join(b"line %05d of a message bigger than the room left\n" % n for n in range(400))
+    second = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: second\n\n" + body)
+    s.wait_log(rf"{second}: to=<{ME}@localhost>, relay=local, .*dsn=4\.3\.0, status=deferred "
+               r"\(cannot update mailbox .*error writing message: No space left on device\)")
+    assert (s.mail_dir / ME).read_bytes() == before
+    filler.unlink()
+    s.trigger(b"AD")
+    s.wait_log(rf"{second}: removed")
+    after = (s.mail_dir / ME).read_bytes()
+    assert after.startswith(before)
+    added = after[len(before):]
+    assert added.count(b"\nSubject: second\n") == 1 and added.endswith(body + b"\n")
+
+
+@pytest.mark.root
+def test_a_maildir_delivery_that_fills_the_disk_leaves_nothing_in_new(
+        system, tmpfs: Mount) -> None:  # type: ignore[no-untyped-def]
+    """The Maildir's file system fills up while the message is written to tmp/: the
+    delivery defers, new/ never sees a partial file and tmp/ keeps none; once there
+    is room the message arrives whole, once."""
+    s: Standalone = system()
+    tmpfs(s.mail_dir, "256k")
+    s.start()
+    first = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: first\n\nfirst\n")
+    s.wait_log(rf"{first}: removed")
+    filler = fill(s.mail_dir)
+    body = b"".join(b"line %05d of a message bigger than the room left\n" % n for n in range(400))
+    second = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: second\n\n" + body)
+    s.wait_log(rf"{second}: to=<{ME}@localhost>, relay=local, .*dsn=4\.3\.0, status=deferred "
+               r"\(.*No space left on device\)")
+    assert [m.count(b"\nSubject: first\n") for m in s.maildir_messages()] == [1]
+    assert os.listdir(s.maildir() / "tmp") == []
+    filler.unlink()
+    s.trigger(b"AD")
+    s.wait_log(rf"{second}: removed")
+    (old, new) = sorted(s.maildir_messages(), key=len)
+    assert b"\nSubject: first\n" in old and new.endswith(b"\n\n" + body)
+    assert os.listdir(s.maildir() / "tmp") == []
+
+
 # --- pickup and cleanup ------------------------------------------------------------
 
 def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
@@ -192,3 +271,30 @@ def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
     assert b"\nSubject: looping\n" in notice  # the original comes back with it
     wait_until(lambda: not os.listdir(maildrop), 30, what="an empty maildrop")
     assert "error writing queue file" not in inst.log()
+
+
+# --- postsuper and postqueue against qmgr ----------------------------------------------
+
+def test_postsuper_and_a_flush_leave_a_message_in_delivery_alone(
+        new_instance, slow_command) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """While local delivers a message (qmgr holds its file locked), postsuper -d, -h,
+    -r and -e, one by one and for ALL, skip it, and a flush does not take it a second
+    time: it is delivered exactly once and then removed, nothing left anywhere."""
+    script, out = slow_command
+    inst = new_instance(maildir=True, settings={"mailbox_command": str(script)})
+    inst.start()
+    qid = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: busy\r\n\r\nbusy\r\n")
+    wait_until(lambda: len(events(out)) >= 2, 30, what="the delivery running")
+    for args in (("-d", qid), ("-h", qid), ("-r", qid), ("-e", qid),
+                 ("-d", "ALL"), ("-h", "ALL"), ("-r", "ALL"), ("-e", "ALL")):
+        r = inst.tool("postsuper", *args)
+        assert f"{qid}: skipped, still being delivered" in r.stderr, (args, r.stderr)
+    assert inst.tool("postsuper", "-H", "ALL").returncode == 0  # nothing on hold
+    assert inst.tool("postqueue", "-f").returncode == 0
+    assert inst.queue_ids("active") == [qid]
+    (out / "go").touch()
+    inst.wait_log(rf"{qid}: removed")
+    assert len(list(out.glob("msg.*"))) == 1
+    assert events(out)[::2] == ["start", "end"]
+    for queue in ("maildrop", "incoming", "active", "deferred", "hold", "corrupt"):
+        assert inst.queue_ids(queue) == [], queue
