@@ -125,7 +125,10 @@ DESCRIPTION
     notification keeps the message and its bounce log for the next run). Then, no recipient left: unlink the file and its logs,
     ``ID: removed`` (without fsync: a crash before the unlink repeats a
     delivery, which local recognises); recipients deferred: past ``maximal_queue_lifetime``
-    (``bounce_queue_lifetime`` for <>) they bounce with their defer reasons
+    (``bounce_queue_lifetime`` for <>), or at once for a file ``postsuper -e``
+    marked (mode g+x: no recipient is tried again, each is deferred as
+    ``message is administratively expired`` unless a defer log from the last
+    attempt gives the reasons; ``status=force-expired``), they bounce with their defer reasons
     (``status=expired, returned to sender``), else the file moves to deferred/
     with mtime now + clamp(now - arrival, minimal_backoff_time,
     maximal_backoff_time).
@@ -219,6 +222,7 @@ AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
 SUSPENDED = "delivery temporarily suspended"
+FORCE_EXPIRED = "message is administratively expired"  # Postfix's qmgr_message.c
 BOUNCE_LOG_FAILURE = "bounce or trace service failure"  # Postfix's words, bounce.c and sent.c
 TRACE_LOG_FAILURE = "trace service failed"
 ERROR_TRANSPORT = "error"
@@ -288,6 +292,7 @@ class Message:
     loaded: int = 0  # its recipients in memory (qmgr_message_recipient_limit)
     transports: set[str] = field(default_factory=set)  # those its last slice went to
     corrupt: bool = False  # an agent (or the bounce service) found the file damaged
+    forced: bool = False  # postsuper -e: returned to the sender now (force-expired)
 
 
 @dataclass
@@ -661,7 +666,12 @@ class Qmgr:
             self.put_back(queue_id, queue)
             return
         fcntl.flock(fd, fcntl.LOCK_SH)
-        if not fresh:
+        forced = bool(os.fstat(fd).st_mode & q.MODE_EXPIRE)
+        # postsuper -e: as Postfix, a defer log from the last attempt is the notice's
+        # text, and no recipient is tried again; without one, each is deferred here
+        # ("administratively expired") and the message is then returned as expired
+        keep_log = forced and _not_empty(self.spool.path(q.DEFER, queue_id))
+        if not fresh and not keep_log:
             status_log.remove(self.spool, q.DEFER, queue_id)
         log.info(f"{queue_id}: from=<{log.address(env.sender)}>, size={env.message_size}, "
                  f"nrcpt={env.rcpt_pending} (queue active)")
@@ -671,8 +681,12 @@ class Qmgr:
                                dsn_envid=env.attrs.get("dsn_envid", ""),
                                dsn_ret=_number(env.attrs.get("dsn_ret", "")),
                                smtputf8=env.smtputf8)
-        msg = Message(queue_id, path, fd, env, now, common, fresh)
+        msg = Message(queue_id, path, fd, env, now, common, fresh, forced=forced)
         self.active[queue_id] = msg
+        if keep_log:
+            msg.deferred, env.rcpt_more = 1, 0
+            self.enqueue(msg, [])
+            return
         self.enqueue(msg, env.recipients, dispatch_now=True)
 
     def put_back(self, queue_id: str, queue: str) -> None:
@@ -874,6 +888,9 @@ class Qmgr:
         (allow_min_user, resolver failure, the error and discard transports, a
         transport that is not running)."""
         start = time.time()
+        if msg.forced:
+            self.record(msg, rc, DeliveryResult.deferred(FORCE_EXPIRED, "4.7.0"), "none", start)
+            return None
         if rc.address.startswith("-") and not self.allow_min_user:
             # As Postfix's qmgr: no agent or command ever sees an address that a
             # careless pipe command would take for an option.
@@ -1113,11 +1130,12 @@ class Qmgr:
             status_log.remove(self.spool, q.TRACE, queue_id)
         if msg.deferred or any(not rc.done for rc in env.recipients):
             lifetime = self.max_lifetime if env.sender else self.bounce_lifetime
-            if now - env.arrival < lifetime:
+            if now - env.arrival < lifetime and not msg.forced:
                 if env.warn_time and now >= env.warn_time and msg.deferred:
                     await self.delay_warning(msg)
                 return self.save_corrupt(msg) if msg.corrupt else self.defer_message(msg, now)
-            log.info(f"{queue_id}: from=<{log.address(env.sender)}>, status=expired, returned to sender")
+            log.info(f"{queue_id}: from=<{log.address(env.sender)}>, "
+                     f"status={'force-expired' if msg.forced else 'expired'}, returned to sender")
             entries = status_log.read(self.spool.path(q.DEFER, queue_id))
             if not entries:
                 entries = [status_log.Entry(rc.address, "4.4.7", status_log.ACTION_FAILED,
@@ -1195,6 +1213,13 @@ class Qmgr:
                 clear_warning(msg.fd, msg.env)
             except OSError as e:
                 log.warning(f"{msg.queue_id}: cannot update the warning time: {e.strerror}")
+
+
+def _not_empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _open_file_budget() -> int:

@@ -298,3 +298,36 @@ def test_postsuper_and_a_flush_leave_a_message_in_delivery_alone(
     assert events(out)[::2] == ["start", "end"]
     for queue in ("maildrop", "incoming", "active", "deferred", "hold", "corrupt"):
         assert inst.queue_ids(queue) == [], queue
+
+
+def test_postsuper_e_returns_a_deferred_message_to_its_sender(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """postsuper -e (and -f for a message on hold) marks a message expired: at its
+    next attempt qmgr returns it to the sender, ``status=force-expired``, with the
+    reasons of its last attempt, or 'message is administratively expired' when it
+    had none, instead of trying its recipients again and again."""
+    inst = new_instance(maildir=True, settings={
+        "default_transport": "error:4.4.1 remote site down",
+        "header_checks": "regexp:${config_directory}/header_checks"})
+    inst.write("etc/header_checks", "/^Subject: hold me/ HOLD\n")
+    inst.start()
+    deferred = inst.send(f"{ME}@localhost", "bob@remote.example",
+                         b"Subject: try me\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{deferred}: to=<bob@remote\.example>, .*status=deferred \(remote site down\)")
+    wait_until(lambda: deferred in inst.queue_ids("deferred"), 20, what="the message deferred")
+    held = inst.send(f"{ME}@localhost", "carol@remote.example",
+                     b"Subject: hold me\r\n\r\nbody\r\n")
+    wait_until(lambda: held in inst.queue_ids("hold"), 20, what="the message on hold")
+    assert f"{deferred}: expired" in inst.tool("postsuper", "-e", deferred).stderr
+    assert f"{held}: released from hold" in inst.tool("postsuper", "-f", held).stderr
+    inst.tool("postqueue", "-f", check=True)
+    for qid in (deferred, held):
+        inst.wait_log(rf"{qid}: from=<{ME}@localhost>, status=force-expired, returned to sender")
+        inst.wait_log(rf"{qid}: removed")
+    notices = inst.wait_maildir(2)
+    words = [b" ".join(n.split()) for n in notices]  # report lines wrap at 79 columns
+    (first,) = [n for n in words if b"<bob@remote.example>:" in n]
+    assert b"remote site down" in first
+    (second,) = [n for n in words if b"<carol@remote.example>:" in n]
+    assert b"message is administratively expired" in second
+    assert inst.log().count(f"{deferred}: to=<bob@remote.example>") == 1  # not tried again

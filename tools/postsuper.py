@@ -64,7 +64,6 @@ DEFAULT_QUEUES = (queue.DEFER, queue.BOUNCE, queue.MAILDROP, queue.INCOMING, que
                   queue.DEFERRED, queue.HOLD, queue.FLUSH)
 LOG_QUEUES = (queue.BOUNCE, queue.DEFER, queue.TRACE)
 MAX_TEMP_AGE = 7 * 86400
-MODE_EXPIRE = 0o010
 USAGE = ("usage: postsuper [-c config_dir] [-d queue_id (delete)] "
          "[-e queue_id (expire)] [-f queue_id (expire and/or un-hold)] "
          "[-h queue_id (hold)] [-H queue_id (un-hold)] "
@@ -203,7 +202,7 @@ class Super:
     def expire_one(self, queue_id: str) -> None:
         def act(qname: str, path: str, fd: int) -> bool:
             try:
-                os.fchmod(fd, os.fstat(fd).st_mode & 0o7777 | MODE_EXPIRE)
+                os.fchmod(fd, os.fstat(fd).st_mode & 0o7777 | queue.MODE_EXPIRE)
             except OSError as e:
                 log.warning(f"expire file {path}: cannot set permission: {e.strerror}")
                 return False
@@ -261,7 +260,7 @@ class Super:
             except OSError:
                 pass
         elif action == "expire" and ready(st) and qname != queue.MAILDROP and fd is not None:
-            os.fchmod(fd, st.st_mode & 0o7777 | MODE_EXPIRE)
+            os.fchmod(fd, st.st_mode & 0o7777 | queue.MODE_EXPIRE)
             self.counts["expired"] += 1
         elif action == "hold" and qname not in (queue.MAILDROP, queue.HOLD):
             try:

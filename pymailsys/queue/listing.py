@@ -56,7 +56,6 @@ from pymailsys.queue import status_log
 from pymailsys.rfc822 import quote_822_local
 
 SHOWQ_QUEUES = (queue.MAILDROP, queue.ACTIVE, queue.INCOMING, queue.DEFERRED, queue.HOLD)
-MODE_EXPIRE = 0o010  # g+x: forced expiry (MAIL_QUEUE_STAT_EXPIRE)
 MAX_FILE_READ = 2 * 10240000 + (1 << 20)  # bytes read of one file (default message_size_limit)
 STATUS_LOG_TIMEOUT = 10.0  # seconds to read one defer or bounce log
 CHUNK = 1 << 16  # bytes of listing per piece that showq sends
@@ -178,7 +177,7 @@ def read_message(spool: queue.Spool, queue_name: str, queue_id: str, path: str,
             if msg is not None:
                 break  # duplicate sender: skip the remainder
             msg = QueuedMessage(queue_name, queue_id, arrival if arrival > 0 else int(st.st_mtime),
-                                size, bool(st.st_mode & MODE_EXPIRE), _show_addr(text, empty_addr))
+                                size, bool(st.st_mode & queue.MODE_EXPIRE), _show_addr(text, empty_addr))
             for log_class in (queue.DEFER, queue.BOUNCE):
                 for entry in read_status_log(spool.path(log_class, queue_id), max_size):
                     # shown as the R records below are, and remembered in that form:

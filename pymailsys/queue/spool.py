@@ -15,6 +15,8 @@ file exists.
 Completeness: a queue file is complete when its mode has the owner execute bit
 (``MODE_COMPLETE``, 0700); cleanup creates files 0600 and fchmods them to 0700
 after the final record and before the fsync. Readers skip incomplete files.
+``postsuper -e`` adds the group execute bit (``MODE_EXPIRE``, 0010): qmgr
+returns such a message to its sender at its next attempt (force-expired).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ LOG_QUEUES = (BOUNCE, DEFER, TRACE)
 
 MODE_WRITING = 0o600
 MODE_COMPLETE = 0o700
+MODE_EXPIRE = 0o010  # g+x: forced expiry (Postfix's MAIL_QUEUE_STAT_EXPIRE)
 MAILDROP_WRITING = 0o644
 MAILDROP_COMPLETE = 0o744
 
