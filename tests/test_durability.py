@@ -29,10 +29,13 @@ Mount = Callable[[Path, str], Path]
 
 
 @contextlib.contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted on directory, with its owner and mode."""
+def _tmpfs(directory: Path, size: str, inodes: int = 0) -> Iterator[Path]:
+    """A tmpfs of ``size`` (and at most ``inodes`` inodes) mounted on directory, with
+    its owner and mode."""
     st = directory.stat()
     options = f"size={size},mode={stat.S_IMODE(st.st_mode):o},uid={st.st_uid},gid={st.st_gid}"
+    if inodes:
+        options += f",nr_inodes={inodes}"
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
     try:
         yield directory
@@ -242,7 +245,41 @@ def test_a_maildir_delivery_that_fills_the_disk_leaves_nothing_in_new(
     assert os.listdir(s.maildir() / "tmp") == []
 
 
-# --- pickup and cleanup ------------------------------------------------------------
+# --- pickup and cleanup ---
+
+@pytest.mark.root
+def test_a_queue_file_that_cannot_be_named_leaves_no_file_behind(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """incoming/ is hashed and the spool's file system has one inode left: cleanup
+    creates its temporary file, then cannot make the hashed subdirectory for the
+    final name. The client gets 451 and the temporary file is gone (it stayed, and
+    its descriptor stayed open in cleanup, one of each per refused message)."""
+    inst = new_instance(maildir=True, settings={"hash_queue_names": "deferred, defer, incoming"})
+    inst.queue_dir.mkdir(mode=0o755)
+    with _tmpfs(inst.queue_dir, "8m", inodes=256):
+        inst.start()
+        incoming = inst.queue_dir / "incoming"
+        fillers: list[Path] = []
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(incoming / f"filler{len(fillers)}")
+                fillers[-1].touch()
+        fillers.pop()
+        fillers.pop().unlink()  # room for the temporary file, none for a directory
+        with inst.smtp() as client:
+            client.ehlo()
+            client.mail(f"{ME}@localhost")
+            client.rcpt(f"{ME}@localhost")
+            code, text = client.data(b"Subject: no room\r\n\r\nbody\r\n")
+        assert (code, text) == (451, b"4.3.0 Error: queue file write error")
+        assert sorted(os.listdir(incoming)) == sorted(f.name for f in fillers)
+        for f in fillers:
+            f.unlink()
+        inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: room\r\n\r\nbody\r\n")
+        wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: room\n" in m],
+                   30, what="the next message delivered")  # beside postmaster's 451 notice
+        inst.stop()
+
 
 def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
         new_instance) -> None:  # type: ignore[no-untyped-def]

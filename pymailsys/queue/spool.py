@@ -10,7 +10,8 @@ is how a process that trusts neither its request nor the queue directories
 Postfix's mail_queue_enter does: O_EXCL under a temporary name, fstat for the
 inode, rename to the queue ID (retrying on collision: ``rename_noreplace``, one
 renameat2 call that never replaces a file), so the name is unique while the
-file exists.
+file exists; when that fails (a hashed subdirectory that cannot be made) the
+temporary file is removed and its descriptor closed before the error goes on.
 
 Completeness: a queue file is complete when its mode has the owner execute bit
 (``MODE_COMPLETE``, 0700); cleanup creates files 0600 and fchmods them to 0700
@@ -21,6 +22,7 @@ returns such a message to its sender at its next attempt (force-expired).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -319,17 +321,24 @@ class Spool:
                 fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
             except FileExistsError:
                 continue
-            inode = os.fstat(fd).st_ino
-            while True:
-                queue_id = long_queue_id(sec, usec, inode) if self.long_ids else short_queue_id(usec, inode)
-                final = self.path(queue, queue_id)
-                if queue in self.hashed:
-                    self.ensure_hash_dirs(queue, queue_id)
-                if rename_noreplace(temp, final):
-                    return queue_id, final, fd
-                now = time.time()
-                sec = int(now)
-                usec = int((now - sec) * 1_000_000)
+            try:
+                inode = os.fstat(fd).st_ino
+                while True:
+                    queue_id = (long_queue_id(sec, usec, inode) if self.long_ids
+                                else short_queue_id(usec, inode))
+                    final = self.path(queue, queue_id)
+                    if queue in self.hashed:
+                        self.ensure_hash_dirs(queue, queue_id)
+                    if rename_noreplace(temp, final):
+                        return queue_id, final, fd
+                    now = time.time()
+                    sec = int(now)
+                    usec = int((now - sec) * 1_000_000)
+            except BaseException:  # no file and no descriptor left behind
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
 
 
 AT_FDCWD = -100
