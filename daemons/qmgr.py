@@ -851,6 +851,9 @@ class Qmgr:
         removed = False
         try:
             removed = await self.finish(msg)
+        except Exception as e:  # a status log that cannot be read (EIO): later, not never
+            log.warning(f"{msg.queue_id}: cannot finish the delivery attempt: {e}")
+            self.defer_message(msg, time.time())
         finally:
             if not removed:
                 with contextlib.suppress(OSError):
@@ -1165,13 +1168,18 @@ class Qmgr:
         log.info(f"{msg.queue_id}: removed")
 
     def defer_message(self, msg: Message, now: float) -> bool:
-        """Move the message to deferred/ until its next try; False (not removed)."""
+        """Move the message to deferred/ until its next try; False (not removed). When
+        it cannot go there (a hashed subdirectory that cannot be made), it goes back
+        to incoming/ for a try in LOCKED_RETRY seconds: a file left in active/ would
+        wait for the next start of qmgr."""
         delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
         try:
             path = self.spool.move(msg.queue_id, q.ACTIVE, q.DEFERRED)
             os.utime(path, (now, now + delay))
         except OSError as e:
             log.warning(f"{msg.queue_id}: cannot move to deferred: {e.strerror}")
+            if os.path.lexists(msg.path):  # else gone already (postsuper -d)
+                self.put_back(msg.queue_id, q.INCOMING)
         return False
 
     def save_corrupt(self, msg: Message) -> bool:

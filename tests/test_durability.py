@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import ME, wait_until
+from harness import ME, Instance, wait_until
 from test_qmgr import BODY, Standalone, events, slow_command, standalone_systems  # noqa: F401 (the fixture)
 
 from pymailsys.queue import status_log
@@ -68,6 +68,31 @@ def fill(directory: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def leave_one_inode(directory: Path) -> list[Path]:
+    """Use every inode of directory's file system but one, with empty files there."""
+    fillers: list[Path] = []
+    with contextlib.suppress(OSError):
+        while True:
+            fillers.append(directory / f"filler{len(fillers)}")
+            fillers[-1].touch()
+    fillers.pop()  # the one that failed
+    fillers.pop().unlink()
+    return fillers
+
+
+@contextlib.contextmanager
+def _spool_on_tmpfs(inst: Instance) -> Iterator[None]:
+    """Start an instance whose queue directory is a small tmpfs (256 inodes); stop it
+    before the tmpfs goes."""
+    inst.queue_dir.mkdir(mode=0o755)
+    with _tmpfs(inst.queue_dir, "8m", inodes=256):
+        inst.start()
+        try:
+            yield
+        finally:
+            inst.stop()
 
 
 # --- status logs --------------------------------------------------------------------
@@ -190,6 +215,21 @@ def test_a_bounce_service_killed_in_mid_request_leaves_the_message_deferred(
     assert b'<nosuchuser@localhost>: unknown user: "nosuchuser"' in notice
 
 
+def test_a_status_log_that_cannot_be_read_leaves_the_message_deferred(
+        system) -> None:  # type: ignore[no-untyped-def]
+    """qmgr cannot read the message's bounce log when it finishes the attempt (here a
+    directory stands in its place): the message is deferred for a later try, not left
+    in active/ until qmgr's next start."""
+    s: Standalone = system()
+    qid = s.queue(f"{ME}@localhost", ["nosuchuser@localhost"], BODY, kick=False)
+    (s.queue_dir / "bounce" / qid).mkdir()
+    s.start()
+    s.trigger(b"I")
+    s.wait_log(rf"warning: {qid}: cannot finish the delivery attempt: .*Is a directory")
+    wait_until(lambda: qid in s.queue_ids("deferred"), 20, what="the message in deferred/")
+    assert qid not in s.queue_ids("active")
+
+
 # --- local ------------------------------------------------------------------------------
 
 @pytest.mark.root
@@ -255,17 +295,9 @@ def test_a_queue_file_that_cannot_be_named_leaves_no_file_behind(
     final name. The client gets 451 and the temporary file is gone (it stayed, and
     its descriptor stayed open in cleanup, one of each per refused message)."""
     inst = new_instance(maildir=True, settings={"hash_queue_names": "deferred, defer, incoming"})
-    inst.queue_dir.mkdir(mode=0o755)
-    with _tmpfs(inst.queue_dir, "8m", inodes=256):
-        inst.start()
+    with _spool_on_tmpfs(inst):
         incoming = inst.queue_dir / "incoming"
-        fillers: list[Path] = []
-        with contextlib.suppress(OSError):
-            while True:
-                fillers.append(incoming / f"filler{len(fillers)}")
-                fillers[-1].touch()
-        fillers.pop()
-        fillers.pop().unlink()  # room for the temporary file, none for a directory
+        fillers = leave_one_inode(incoming)  # room for the temporary file, none for a directory
         with inst.smtp() as client:
             client.ehlo()
             client.mail(f"{ME}@localhost")
@@ -278,7 +310,6 @@ def test_a_queue_file_that_cannot_be_named_leaves_no_file_behind(
         inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: room\r\n\r\nbody\r\n")
         wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: room\n" in m],
                    30, what="the next message delivered")  # beside postmaster's 451 notice
-        inst.stop()
 
 
 def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
@@ -368,3 +399,44 @@ def test_postsuper_e_returns_a_deferred_message_to_its_sender(
     (second,) = [n for n in words if b"<carol@remote.example>:" in n]
     assert b"message is administratively expired" in second
     assert inst.log().count(f"{deferred}: to=<bob@remote.example>") == 1  # not tried again
+
+
+def test_postfix_stop_while_a_message_is_delivered_loses_nothing(
+        new_instance, slow_command) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """postfix stop while local runs a delivery that has not finished: after a start
+    the message is delivered (a second time at worst, never zero times) and removed."""
+    script, out = slow_command
+    inst = new_instance(maildir=True, settings={"mailbox_command": str(script)})
+    inst.start()
+    qid = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: stop\r\n\r\nstop\r\n")
+    wait_until(lambda: len(events(out)) >= 2, 30, what="the delivery running")
+    inst.stop()
+    assert qid in inst.queue_ids("active") + inst.queue_ids("incoming") + inst.queue_ids(
+        "deferred")
+    (out / "go").touch()
+    inst.start()
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"{qid}: removed", timeout=90)
+    assert 1 <= len(list(out.glob("msg.*"))) <= 2
+
+
+@pytest.mark.root
+def test_a_message_that_cannot_move_to_deferred_is_not_left_in_active(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The spool's file system has no inode left when a deferred message should go to
+    deferred/ (whose hashed subdirectory is not there yet): qmgr puts it back in
+    incoming/ for a later try, instead of leaving it in active/ until its next start."""
+    inst = new_instance(maildir=True, settings={
+        "default_transport": "error:4.4.1 remote site down"})
+    with _spool_on_tmpfs(inst):
+        incoming = inst.queue_dir / "incoming"
+        fillers = leave_one_inode(incoming)  # room for the queue file, none for deferred/'s subdirectory
+        qid = inst.send(f"{ME}@localhost", "bob@remote.example", b"Subject: x\r\n\r\nbody\r\n")
+        inst.wait_log(rf"warning: {qid}: cannot move to deferred: No space left on device")
+        wait_until(lambda: qid in inst.queue_ids("incoming"), 20, what="the file back in incoming/")
+        assert qid not in inst.queue_ids("active")
+        for f in fillers:
+            f.unlink()
+        os.utime(incoming / qid)  # its try is due now, not in a minute
+        inst.tool("postqueue", "-f", check=True)
+        wait_until(lambda: qid in inst.queue_ids("deferred"), 30, what="the message deferred")
