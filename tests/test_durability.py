@@ -128,6 +128,15 @@ def _ext4_on_a_full_disk(mountpoint: Path) -> Iterator[Callable[[bool], None]]:
         yield full
 
 
+def data_reply(inst: Instance, message: bytes) -> tuple[int, bytes]:
+    """The reply to a message from ME to ME over SMTP, whatever it is."""
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail(f"{ME}@localhost")
+        client.rcpt(f"{ME}@localhost")
+        return client.data(message)
+
+
 # --- status logs --------------------------------------------------------------------
 
 @pytest.mark.root
@@ -331,12 +340,8 @@ def test_a_queue_file_that_cannot_be_named_leaves_no_file_behind(
     with _spool_on_tmpfs(inst):
         incoming = inst.queue_dir / "incoming"
         fillers = leave_one_inode(incoming)  # room for the temporary file, none for a directory
-        with inst.smtp() as client:
-            client.ehlo()
-            client.mail(f"{ME}@localhost")
-            client.rcpt(f"{ME}@localhost")
-            code, text = client.data(b"Subject: no room\r\n\r\nbody\r\n")
-        assert (code, text) == (451, b"4.3.0 Error: queue file write error")
+        assert data_reply(inst, b"Subject: no room\r\n\r\nbody\r\n") == (
+            451, b"4.3.0 Error: queue file write error")
         assert sorted(os.listdir(incoming)) == sorted(f.name for f in fillers)
         for f in fillers:
             f.unlink()
@@ -358,12 +363,8 @@ def test_a_queue_file_whose_fsync_fails_is_refused_and_removed(
         inst.start()
         try:
             full(True)
-            with inst.smtp() as client:
-                client.ehlo()
-                client.mail(f"{ME}@localhost")
-                client.rcpt(f"{ME}@localhost")
-                code, text = client.data(b"Subject: no disk\r\n\r\nbody\r\n")
-            assert (code, text) == (451, b"4.3.0 Error: queue file write error")
+            assert data_reply(inst, b"Subject: no disk\r\n\r\nbody\r\n") == (
+                451, b"4.3.0 Error: queue file write error")
             (line,) = inst.wait_log(r"warning: \w+: write queue file: No space left on device")
             qid = line.split("warning: ", 1)[1].split(":", 1)[0]
             for queue in ("incoming", "active", "deferred", "hold"):
