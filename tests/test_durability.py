@@ -377,6 +377,19 @@ def test_a_queue_file_whose_fsync_fails_is_refused_and_removed(
             inst.stop()
 
 
+@pytest.mark.root
+def test_queue_minfree_refuses_with_452_and_leaves_no_file(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Less room in the spool than queue_minfree: the message is refused with 452 before
+    a queue file is made, never accepted and dropped."""
+    inst = new_instance(maildir=True, settings={"queue_minfree": str(64 << 20)})
+    with _spool_on_tmpfs(inst):
+        assert data_reply(inst, b"Subject: no room\r\n\r\nbody\r\n") == (
+            452, b"4.3.1 Error: Insufficient system storage")
+        for queue in ("incoming", "active", "deferred", "hold"):
+            assert inst.queue_ids(queue) == [], queue
+
+
 def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
         new_instance) -> None:  # type: ignore[no-untyped-def]
     """sendmail said yes (the message waits in maildrop/ while the system is down);
