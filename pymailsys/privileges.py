@@ -25,7 +25,7 @@ unknown or privileged (id 0) value. ``account_of`` is the account of a uid (a
 file's owner), ``user_name``/``group_name`` name an id.
 These are the one place that resolves the mail system's accounts. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
-parent never switches).
+parent never switches), holding none of the parent's descriptors but 0-2.
 
 SECURITY: uid 0 never stands for a delivery to a command or file: callers map it
 to default_privs (Postfix does the same).
@@ -204,19 +204,43 @@ def _back_to(ids: tuple[int, int, list[int]]) -> None:
 
 
 def subprocess_ids(user: UserIds) -> dict[str, object]:
-    """Keyword arguments for subprocess/asyncio: run the child as user (root only).
+    """Keyword arguments for subprocess/asyncio: run the child as user (root only),
+    with nothing of the parent's but its standard input, output and error.
 
-    A ``preexec_fn`` that clears the groups and sets gid, then uid, in the child:
-    uvloop refuses the ``user``/``group``/``extra_groups`` arguments, and the
-    callers keep no threads (the usual objection to preexec_fn).
+    A ``preexec_fn`` that, in the child, marks every descriptor above 2
+    close-on-exec (``_keep_only_stdio``) and, when the parent is root, clears
+    the groups and sets gid, then uid: uvloop refuses the
+    ``user``/``group``/``extra_groups`` arguments, and the callers keep no
+    threads (the usual objection to preexec_fn). uvloop's spawn does not
+    close the parent's inheritable descriptors as ``close_fds`` promises:
+    without this a user's command would hold the daemon's listening socket
+    and master's status pipe (which master hands over inheritable), and
+    open table files.
     """
-    if os.geteuid() != 0:
-        return {}
+    root = os.geteuid() == 0
     uid, gid = user.uid, user.gid
 
     def become() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
+        _keep_only_stdio()
+        if root:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
 
     return {"preexec_fn": become}
+
+
+def _keep_only_stdio() -> None:
+    """In a child between fork and exec: every descriptor above 2 close-on-exec (never
+    closed here: uvloop's child still duplicates its pipes onto 0-2 after this runs,
+    and a descriptor it needs after exec is one of those)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the directory listing's own, closed by now; or not open
+                pass
