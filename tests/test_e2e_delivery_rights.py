@@ -8,12 +8,14 @@ on disk.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from harness import Instance, wait_until
 from test_e2e_forward import BODY, inst, make_user, write_forward  # noqa: F401  (fixtures)
+from test_e2e_virtual import MESSAGE, _virtual
 
 pytestmark = pytest.mark.root
 
@@ -43,3 +45,58 @@ def test_a_users_command_holds_no_descriptor_of_local(inst: Instance, make_user)
     assert fds[1] == f"{home}/fds"
     # 0 and 2: local's pipes to the command; 3: ls's own listing of /proc/self/fd
     assert set(fds) == {0, 1, 2, 3}, fds
+
+
+def test_alias_rules_that_copy_the_address_are_skipped(inst: Instance) -> None:  # noqa: F811
+    """Postfix opens alias_maps with DICT_FLAG_NO_REGSUB: a pcre or regexp rule whose
+    result uses $1 is skipped with a warning, so that a sender's address never becomes
+    part of a command (here as default_privs, through /bin/sh) or a file name. The
+    table's other rules still work; the recipient it would have matched is unknown."""
+    shared = inst.base / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    rules = inst.write("etc/aliases.pcre",
+                       f'/^(.+)-run$/ "|cat >/dev/null; echo $1 > {shared}/ran"\n'
+                       f'/^list$/ "|cat > {shared}/list"\n'
+                       f'/^(.+)-save$/ {shared}/$1\n')
+    inst.set(alias_maps=f"hash:{inst.config_dir / 'aliases'}, pcre:{rules}",
+             local_recipient_maps="")  # smtpd asks pattern tables the full address only
+    inst.start()
+    # sh -c would run "touch {shared}/pwned"; the file name would leave shared/
+    for rcpt in (f"x;touch {shared}/pwned;-run", "../../etc/x-save"):
+        qid = inst.send("sender@example.org", f'"{rcpt}"@localhost', BODY)
+        inst.wait_log(rf"{qid}: to=<\"?{re.escape(rcpt)}\"?@localhost>, relay=local, .*dsn=5\.1\.1, "
+                      rf"status=bounced \(unknown user: \"{re.escape(rcpt)}\"\)")
+    for line in (1, 3):
+        inst.wait_log(rf"postfix/local\[\d+\]: warning: pcre map {re.escape(str(rules))}, "
+                      rf"line {line}: regular expression substitution is not allowed: "
+                      r"skipping this rule")
+    qid = inst.send("sender@example.org", "list@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<list@localhost>, relay=local, .*status=sent "
+                  r"\(delivered to command: ")
+    wait_until(lambda: (shared / "list").exists(), 10, what="the list command's output")
+    assert sorted(p.name for p in shared.iterdir()) == ["list"]
+
+
+def test_virtual_rules_that_copy_the_address_are_skipped(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix opens virtual_mailbox_maps (and the uid and gid tables) with
+    DICT_FLAG_NO_REGSUB: a rule that builds the mailbox path from the address is
+    skipped with a warning, so "../../escape"@example.com cannot choose a path outside
+    virtual_mailbox_base; the address is then unknown to virtual."""
+    vinst, base = _virtual(new_instance)
+    vinst.stop()
+    rules = vinst.write("etc/vmailbox.pcre", "/^alice@example\\.com$/ example.com/alice/\n"
+                                            "/^(.+)@example\\.com$/ example.com/$1/\n")
+    vinst.set(virtual_mailbox_maps=f"pcre:{rules}")
+    vinst.start()
+    os.chmod(vinst.base, 0o777)  # the mapped uid could make the escaping Maildir here
+    qid = vinst.send("carol@example.org", '"../../escape"@example.com', MESSAGE)
+    vinst.wait_log(rf"{qid}: to=<\"\.\./\.\./escape\"@example\.com>, relay=virtual, .*dsn=5\.1\.1, "
+                  r"status=bounced \(unknown user: \"\.\./\.\./escape@example\.com\"\)")
+    vinst.wait_log(rf"postfix/virtual\[\d+\]: warning: pcre map {re.escape(str(rules))}, line 2: "
+                  r"regular expression substitution is not allowed: skipping this rule")
+    qid = vinst.send("carol@example.org", "alice@example.com", MESSAGE)
+    vinst.wait_log(rf"{qid}: to=<alice@example\.com>, relay=virtual, .*status=sent "
+                  r"\(delivered to maildir\)")
+    assert not (vinst.base / "escape").exists()
+    assert sorted(p.name for p in base.iterdir()) == ["example.com"]

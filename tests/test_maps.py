@@ -68,8 +68,10 @@ def tmp_tables(tmp_path):
     (tmp_path / "main.cf").write_text("")
     log.init_stderr_only("test")
     maps._cache.clear()
+    maps._without_regsub.clear()
     yield tmp_path
     maps._cache.clear()
+    maps._without_regsub.clear()
 
 
 def postfix_answer(conf_dir, spec: str, key: str) -> str | None:
@@ -101,6 +103,34 @@ def test_regexp_and_pcre(tmp_tables, kind, capfd):
         assert f"regexp map {src}, line 11: Unmatched ( or \\(" in err
     assert 'line 12: out of range replacement index "2": skipping this rule' in err
     assert "line 13: $number found in negative match replacement text" in err
+
+
+@pytest.mark.parametrize("kind", ["regexp", "pcre"])
+def test_tables_without_regsub_skip_rules_that_copy_the_key(tmp_tables, kind, capfd):
+    """open_table(spec, regsub=False), as Postfix's DICT_FLAG_NO_REGSUB: each rule with
+    $n is skipped with Postfix's warning (in an if block too), the others answer as
+    before, unionmap and pipemap members likewise; the plain table is unchanged."""
+    src = tmp_tables / "re"
+    src.write_text(REGEXP_SOURCE if kind == "regexp" else
+                   REGEXP_SOURCE.replace(r"/\<word\>/", r"/\bword\b/"))
+    table = maps.open_table(f"{kind}:{src}")
+    capfd.readouterr()
+    strict = maps.open_table(f"{kind}:{src}", regsub=False)
+    assert maps.open_table(f" {kind}:{src}", regsub=False) is strict
+    err = capfd.readouterr().err
+    for line in (3, 5, 10):
+        assert (f"{kind} map {src}, line {line}: regular expression substitution is not "
+                f"allowed: skipping this rule") in err
+    skipped = {"abd", "abc", "bob@example.com", "mabc"}
+    for key, expected in REGEXP_CASES.items():
+        assert strict.lookup(key) == ("other" if key in skipped else expected), key
+        assert table.lookup(key) == expected, key
+    union = maps.open_table(f"unionmap:{{static:s, {kind}:{src}}}", regsub=False)
+    assert union.lookup("abc") == "s,other" and union.lookup("Upper") == "s,up"
+    pipe = maps.Maps(None, specs=[f"pipemap:{{{kind}:{src}, inline:{{other=o}}}}"],
+                     regsub=False)
+    assert pipe.find("mabc") == "o"
+    assert maps.open_table("static:s", regsub=False) is maps.open_table("static:s")
 
 
 @have_postfix

@@ -122,6 +122,12 @@ SECURITY
     * delivery markers live in a directory of local's own, checked when it is
       opened (local's owner, nobody else can write it, no symbolic link) and used
       through that descriptor; root never works in data_directory;
+    * a regexp or pcre rule of alias_maps, mailbox_command_maps,
+      mailbox_transport_maps or fallback_transport_maps whose result uses
+      ``$1``... is skipped with Postfix's warning (``regular expression
+      substitution is not allowed``, DICT_FLAG_NO_REGSUB): what a sender puts
+      in an address never becomes part of a command, a file name, an
+      :include: path or a transport;
     * .forward and :include: files and alias table sources are read as
       ``pymailsys.bounded_read`` reads: regular files only, bounded in size
       and time, never blocking on a FIFO.

@@ -207,7 +207,7 @@ class LocalAgent:
         self.me = privileges.current_user()
         self.alias_error: str | None = None
         try:
-            self.aliases: Maps | None = Maps(cfg, "alias_maps")
+            self.aliases: Maps | None = Maps(cfg, "alias_maps", regsub=False)
         except TableError as e:
             self.aliases = None
             self.alias_error = str(e)
@@ -216,11 +216,11 @@ class LocalAgent:
         self.mailbox_transport = cfg.get("mailbox_transport").strip()
         self.fallback_transport = cfg.get("fallback_transport").strip()
         self.mailbox_transport_maps = UserTable.open(
-            "mailbox_transport_maps", lambda: Maps(cfg, "mailbox_transport_maps"))
+            "mailbox_transport_maps", lambda: Maps(cfg, "mailbox_transport_maps", regsub=False))
         self.mailbox_command_maps = UserTable.open(
-            "mailbox_command_maps", lambda: Maps(cfg, "mailbox_command_maps"))
+            "mailbox_command_maps", lambda: Maps(cfg, "mailbox_command_maps", regsub=False))
         self.fallback_transport_maps = UserTable.open(
-            "fallback_transport_maps", lambda: Maps(cfg, "fallback_transport_maps"))
+            "fallback_transport_maps", lambda: Maps(cfg, "fallback_transport_maps", regsub=False))
         # raw: $user, $local, $extension... are the recipient's, expanded per delivery
         self.luser_relay = (cfg.raw("luser_relay") or "").strip()
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))

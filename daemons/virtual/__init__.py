@@ -52,6 +52,10 @@ SECURITY
     ``n``) and trusts nothing qmgr sends: every recipient of a request passes
     ``DeliveryRequest.checked``, the queue file is opened relative to the
     queue directory without following links (``Spool.open_queue_file``).
+    A regexp or pcre rule of virtual_mailbox_maps, virtual_uid_maps or
+    virtual_gid_maps whose result uses ``$1``... is skipped with Postfix's
+    warning (``regular expression substitution is not allowed``): an address
+    never chooses a path or an owner.
     Mailboxes are opened and created with the mapped uid and gid as
     effective ids (never as root: uid 0 is below any virtual_minimum_uid
     that Postfix accepts, and a mapping to 0 defers); an mbox file is never

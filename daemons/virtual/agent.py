@@ -60,9 +60,9 @@ class VirtualAgent:
         self.markers = mailbox.open_markers(config, "virtual-markers")
         self.table_error = ""
         try:
-            self.mailboxes = Maps(config, "virtual_mailbox_maps")
-            self.uids = Maps(config, "virtual_uid_maps")
-            self.gids = Maps(config, "virtual_gid_maps")
+            self.mailboxes = Maps(config, "virtual_mailbox_maps", regsub=False)
+            self.uids = Maps(config, "virtual_uid_maps", regsub=False)
+            self.gids = Maps(config, "virtual_gid_maps", regsub=False)
         except TableError as e:
             self.table_error = str(e)
             log.warning(f"virtual: {e}")

@@ -38,6 +38,7 @@ case. Both name the file and line in their errors.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import os
@@ -64,11 +65,22 @@ from pymailsys.maps.base import (
 )
 
 _cache: dict[str, Table] = {}
+_without_regsub: dict[str, Table] = {}  # open_table(spec, regsub=False)
 
 
-def open_table(spec: str) -> Table:
-    """The table named by type:name (cached per process)."""
+def open_table(spec: str, regsub: bool = True) -> Table:
+    """The table named by type:name (cached per process). ``regsub=False`` opens it as
+    Postfix opens the tables of security-sensitive parameters (DICT_FLAG_NO_REGSUB:
+    local's alias_maps and per-user tables, virtual's mailbox and owner tables): a
+    regexp or pcre rule whose result copies text of the key (``$1``) is skipped with
+    Postfix's warning, so that what a sender puts in an address never becomes part
+    of a command, a path or a uid (``Table.without_regsub``)."""
     spec = spec.strip()
+    if not regsub:
+        found = _without_regsub.get(spec)
+        if found is None:
+            found = _without_regsub[spec] = open_table(spec).without_regsub()
+        return found
     table = _cache.get(spec)
     if table is not None:
         return table
@@ -98,13 +110,13 @@ class Maps:
     """A list of tables from a parameter value, searched in order."""
 
     def __init__(self, config: config_mod.Config | None, param: str | None = None,
-                 specs: list[str] | None = None) -> None:
+                 specs: list[str] | None = None, regsub: bool = True) -> None:
         if specs is None:
             assert config is not None and param is not None
             specs = config.get_list(param)
         self.param = param or ""
         self.specs = [s for s in specs if s]
-        self.tables = [open_table(s) for s in self.specs]
+        self.tables = [open_table(s, regsub) for s in self.specs]
 
     def __bool__(self) -> bool:
         return bool(self.tables)
@@ -489,6 +501,9 @@ class UnionTable(Table):
         found = [v for v in (_member_lookup(t, key) for t in self.members) if v is not None]
         return ",".join(found) if found else None
 
+    def without_regsub(self) -> Table:
+        return _members_without_regsub(self)
+
 
 class PipeTable(Table):
     """pipemap:{a, b, ...}: each member's result is the next member's key."""
@@ -509,6 +524,19 @@ class PipeTable(Table):
             if value is None:
                 return None
         return value
+
+    def without_regsub(self) -> Table:
+        return _members_without_regsub(self)
+
+
+def _members_without_regsub(table: UnionTable | PipeTable) -> Table:
+    """A composite table whose members are opened with ``regsub=False``."""
+    members = [open_table(member.spec, regsub=False) for member in table.members]
+    if all(new is old for new, old in zip(members, table.members, strict=True)):
+        return table
+    restricted = copy.copy(table)
+    restricted.members = members
+    return restricted
 
 
 class RandTable(Table):

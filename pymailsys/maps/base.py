@@ -52,6 +52,11 @@ class Table:
     def lookup(self, key: str) -> str | None:
         raise NotImplementedError
 
+    def without_regsub(self) -> Table:
+        """This table as a security-sensitive parameter uses it (``open_table``'s
+        ``regsub=False``): itself, unless its results can copy text of the key."""
+        return self
+
     def changed(self) -> bool:
         """True when the file this table was first opened from has been replaced since
         (Postfix's dict_changed: the daemon should restart); tables without such a file

@@ -35,16 +35,18 @@ parenthesised group (empty when the group did not take part), and ``$$`` for
 ``$``. A rule with a bad pattern, an unknown flag, a non-numeric or out of
 range ``$n``, or ``$n`` in a negated rule is skipped with Postfix's warning
 (``regexp map /etc/x, line 3: ...: skipping this rule``); the rest of the
-table still works. Lookup keys are not folded to lower case: case is the
+table still works. ``without_regsub`` skips the rules with ``$n`` the same way
+(a security-sensitive parameter's table: ``maps.open_table``). Lookup keys are not folded to lower case: case is the
 pattern's business, and ``$n`` copies the key's own text. These are pattern
 tables: the address search order asks them only with the full key.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pcre2
@@ -138,6 +140,7 @@ class _Rule:
     result: str | None = None  # None: an "if" rule
     end: int = 0  # for "if": index of the rule after the matching endif
     unless: Matcher | None = None  # regexp's second pattern: the rule matches only when it does not
+    substitutes: bool = False  # the result copies text of the key ($1...)
 
 
 def _never(_key: str) -> None:
@@ -197,7 +200,8 @@ class RegexpTable(Table):
                     open_ifs.append(len(self.rules))
                     self.rules.append(_Rule(lineno, _never, False))
                 continue
-            self.rules.append(_Rule(lineno, compiled.search, negate, result, unless=unless))
+            self.rules.append(_Rule(lineno, compiled.search, negate, result, unless=unless,
+                                    substitutes=_substitutes(result)))
         for index in open_ifs:
             self._warn(self.rules[index].line, "IF has no matching ENDIF")
             self.rules[index].end = len(self.rules)
@@ -324,6 +328,22 @@ class RegexpTable(Table):
                 raise _SkipRule
         return result
 
+    def without_regsub(self) -> RegexpTable:
+        """This table with each rule whose result uses ``$n`` skipped, with Postfix's
+        warning (DICT_FLAG_NO_REGSUB: see ``maps.open_table``); the rules keep their
+        places, so if/endif blocks stay as they were."""
+        if not any(rule.substitutes for rule in self.rules):
+            return self
+        restricted = copy.copy(self)
+        restricted.rules = []
+        for rule in self.rules:
+            if rule.substitutes:
+                self._warn(rule.line, "regular expression substitution is not allowed: "
+                                      "skipping this rule")
+                rule = replace(rule, search=_never, unless=None)
+            restricted.rules.append(rule)
+        return restricted
+
     # lookup ---------------------------------------------------------------
     def lookup(self, key: str) -> str | None:
         i = 0
@@ -346,6 +366,11 @@ class RegexpTable(Table):
 
 
 _REF_RE = re.compile(r"\$(?:\$|\{([^}]*)\}|\(([^)]*)\)|([A-Za-z0-9_]+))")
+
+
+def _substitutes(result: str) -> bool:
+    """Whether a (checked) result copies text of the key: a ``$n`` other than ``$$``."""
+    return any(ref.group(1) or ref.group(2) or ref.group(3) for ref in _REF_RE.finditer(result))
 
 
 def _substitute(result: str, m: Any) -> str:
