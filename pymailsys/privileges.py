@@ -167,9 +167,10 @@ class as_user:  # noqa: N801  (a context manager used as a function, as contextl
             _supplementary[:] = outer[2]
         try:
             _become(self.target)
-        except OSError as e:
+        except (OSError, OverflowError) as e:  # OverflowError: an id beyond uid_t
             _back_to(outer)
-            raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {e.strerror}") from None
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise PrivilegeError(f"cannot switch to uid {uid} gid {gid}: {reason}") from None
         _switched.append(self.target)
         self.outer = outer
 

@@ -100,3 +100,37 @@ def test_virtual_rules_that_copy_the_address_are_skipped(new_instance) -> None: 
                   r"\(delivered to maildir\)")
     assert not (vinst.base / "escape").exists()
     assert sorted(p.name for p in base.iterdir()) == ["example.com"]
+
+
+def test_virtual_owner_ids_and_paths_are_checked_as_postfix(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's virtual takes an owner id only as a whole decimal number below
+    (uid_t) -1 (sane_strtoul; "5000abc" was read as 5000), and refuses a mailbox name
+    that climbs out of virtual_mailbox_base with /../: each defers, 4.3.5, with
+    Postfix's warning, and nothing is written."""
+    vinst, base = _virtual(new_instance)
+    vinst.stop()
+    names = ("dotdot", "trail", "huge", "minus", "gtrail")
+    mailboxes = vinst.write("etc/vmailbox", "".join(
+        f"{n}@example.com example.com/{n}/\n" for n in names if n != "dotdot")
+        + "dotdot@example.com example.com/../../outside/\nalice@example.com example.com/alice/\n")
+    uids = vinst.write("etc/vuids", "trail@example.com 5000abc\nhuge@example.com 4294967296\n"
+                                    "minus@example.com -4294962296\n@example.com 5000\n")
+    gids = vinst.write("etc/vgids", "gtrail@example.com 5000x\n@example.com 5000\n")
+    vinst.set(virtual_mailbox_maps=f"texthash:{mailboxes}", virtual_uid_maps=f"texthash:{uids}",
+              virtual_gid_maps=f"texthash:{gids}")
+    vinst.start()
+    warnings = {"dotdot": "bad mailbox path example.com/../../outside/ in virtual_mailbox_maps",
+                "trail": "bad uid 5000abc in virtual_uid_maps",
+                "huge": "bad uid 4294967296 in virtual_uid_maps",
+                "minus": "bad uid -4294962296 in virtual_uid_maps",
+                "gtrail": "bad gid 5000x in virtual_gid_maps"}
+    for name in names:
+        qid = vinst.send("carol@example.org", f"{name}@example.com", MESSAGE)
+        vinst.wait_log(rf"postfix/virtual\[\d+\]: warning: recipient {name}@example\.com: "
+                       rf"{re.escape(warnings[name])}$")
+        vinst.wait_log(rf"{qid}: to=<{name}@example\.com>, relay=virtual, .*dsn=4\.3\.5, "
+                       r"status=deferred \(mail system configuration error\)")
+    qid = vinst.send("carol@example.org", "alice@example.com", MESSAGE)
+    vinst.wait_log(rf"{qid}: to=<alice@example\.com>, relay=virtual, .*status=sent")
+    assert not (vinst.base / "outside").exists()
+    assert sorted(p.name for p in (base / "example.com").iterdir()) == ["alice"]

@@ -106,3 +106,29 @@ def test_as_user_sets_the_groups_only_when_the_group_set_changes(
     assert result.returncode == 0, result.stderr
     calls = [line for line in trace.read_text().splitlines() if "setgroups(" in line]
     assert len(calls) - 1 == setgroups_calls, calls  # the script's own setgroups first
+
+
+BEYOND_UID_T = """
+import os
+from pymailsys import privileges
+for uid, gid in ((1 << 33, 5000), (5000, 1 << 33), (0xFFFFFFFF, 5000)):
+    try:
+        with privileges.as_user(uid, gid):
+            raise SystemExit(f"switched to {uid}/{gid}")
+    except privileges.PrivilegeError as e:
+        print(e)
+    assert (os.geteuid(), os.getegid(), os.getgroups()) == (0, 0, [0]), os.getgroups()
+"""
+
+
+@pytest.mark.root
+def test_as_user_refuses_an_id_beyond_uid_t_and_stays_root() -> None:
+    """An id that is no uid_t (a table's huge number) is a PrivilegeError, and the
+    process keeps root's own ids and groups (an OverflowError used to escape after
+    the groups and the gid had changed, leaving root with the user's groups)."""
+    result = subprocess.run([sys.executable, "-c", "import os; os.setgroups([0])\n" + BEYOND_UID_T],
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("cannot switch to uid ") for line in lines)
+    assert "Invalid argument" in lines[2]

@@ -27,10 +27,15 @@ DESCRIPTION
        found: bounced, 5.1.1 ``unknown user: "ADDR"``; the owner tables are
        searched the same way;
     3. ``virtual_uid_maps`` and ``virtual_gid_maps`` (often ``static:5000``)
-       give the owner; a uid below ``virtual_minimum_uid`` or a gid of 0 or
-       less defers with 4.3.5 ``mail system configuration error`` and the
-       warning ``recipient ADDR: bad uid N in virtual_uid_maps``; a missing
-       entry the same with ``recipient ADDR: not found in virtual_uid_maps``;
+       give the owner, each a decimal number and nothing else (as Postfix
+       parses it); a value that is not, a uid below ``virtual_minimum_uid``,
+       a gid of 0, or an id of 4294967295 ((uid_t) -1) or more defers with
+       4.3.5 ``mail system configuration error`` and the warning
+       ``recipient ADDR: bad uid N in virtual_uid_maps``; a missing entry the
+       same with ``recipient ADDR: not found in virtual_uid_maps``. A mailbox
+       name that puts ``/../`` in the path below ``virtual_mailbox_base``
+       defers the same way (``recipient ADDR: bad mailbox path NAME in
+       virtual_mailbox_maps``);
     4. the message is written with that uid and gid as effective ids: mbox
        with the From_ line, ``>From`` quoting and ``virtual_mailbox_lock``
        locks; Maildir through tmp/ into new/ (the directories are made when

@@ -15,6 +15,7 @@ removed by ``mailbox.collect_markers`` once the queue file is gone.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from pymailsys import log, privileges
 from pymailsys.config import Config
@@ -137,6 +138,10 @@ class VirtualAgent:
             name = self._find(self.mailboxes, user, "table virtual_mailbox_maps: lookup")
             if name is None:
                 return DeliveryResult.bounced(f'unknown user: "{user}"', "5.1.1")
+            path = f"{self.base}/{name}"
+            if "/../" in path[len(self.base):]:  # as Postfix: no way up out of the base
+                log.warning(f"recipient {user}: bad mailbox path {name} in virtual_mailbox_maps")
+                raise _Defer
             # never uid 0, whatever a -o override says: root writes nothing here
             uid = self._owner_id(self.uids, "virtual_uid_maps", user, max(self.minimum_uid, 1),
                                  "uid")
@@ -146,7 +151,7 @@ class VirtualAgent:
         if not self.root and uid != self.me.uid:
             return DeliveryResult.deferred(
                 f"cannot deliver as uid {uid}: the mail system runs as {self.me.name}")
-        return self.write(req, f"{self.base}/{name}", uid, gid, content)
+        return self.write(req, path, uid, gid, content)
 
     def _find(self, maps: Maps, user: str, what: str) -> str | None:
         """mail_addr_find(): ``user+ext@domain``, ``user@domain``, then ``@domain``."""
@@ -162,8 +167,8 @@ class VirtualAgent:
         if value is None:
             log.warning(f"recipient {user}: not found in {param}")
             raise _Defer
-        number = _atol(value)
-        if number < minimum:
+        number = _strtoul(value)
+        if number is None or number >= ID_NONE or number < minimum:
             log.warning(f"recipient {user}: bad {what} {value} in {param}")
             raise _Defer
         return number
@@ -200,13 +205,20 @@ class VirtualAgent:
             return DeliveryResult.deferred(str(e))
 
 
-def _atol(text: str) -> int:
-    """C's atol(): the leading decimal number of text, 0 when there is none."""
-    text = text.strip()
-    end = 1 if text[:1] in "+-" else 0
-    while end < len(text) and text[end].isdigit():
-        end += 1
-    try:
-        return int(text[:end])
-    except ValueError:
+ID_NONE = 0xFFFFFFFF  # (uid_t) -1: "no change" to the kernel; ids from here on are no ids
+_STRTOUL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)")
+
+
+def _strtoul(text: str) -> int | None:
+    """Postfix's owner-id parse (sane_strtoul, base 10, the whole text): the number, or
+    None when text has anything after it or is out of an unsigned long's range; a
+    leading ``-`` wraps around as in C. "" is 0, as strtoul leaves it."""
+    if not text:
         return 0
+    m = _STRTOUL_RE.fullmatch(text)
+    if m is None:
+        return None
+    number = int(m.group(2))
+    if number >= 1 << 64:
+        return None
+    return (-number) % (1 << 64) if m.group(1) == "-" else number
