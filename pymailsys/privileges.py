@@ -21,7 +21,8 @@ deliveries to commands and files on behalf of no user in particular) and
 ``mail_owner(config)`` the owner of the queue and the daemons (the server
 skeleton's privilege drop, the spool layout, the commands that check it), and
 ``setgid_group(config)`` the group of maildrop/ and public/; each refuses an
-unknown or privileged (id 0) value. ``account_of`` is the account of a uid (a
+unknown or privileged (id 0) value, and ``check_accounts`` refuses them together
+as Postfix's programs do at start-up (shared ids). ``account_of`` is the account of a uid (a
 file's owner), ``user_name``/``group_name`` name an id.
 These are the one place that resolves the mail system's accounts. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
@@ -72,16 +73,23 @@ def current_user() -> UserIds:
 
 def mail_owner(config: config_mod.Config) -> UserIds:
     """The mail_owner account (queue and daemon owner); PrivilegeError when unknown or
-    privileged, in Postfix's words."""
-    name = config.get("mail_owner")
+    privileged (user or group ID 0), in Postfix's words."""
+    return _unprivileged_account(config, "mail_owner")
+
+
+def _unprivileged_account(config: config_mod.Config, param: str) -> UserIds:
+    """The account a parameter names; PrivilegeError, in Postfix's words (its
+    mail_params.c), when there is none or its user or group ID is 0."""
+    name = config.get(param)
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        raise PrivilegeError(f"file {config.main_cf}: parameter mail_owner: "
+        raise PrivilegeError(f"file {config.main_cf}: parameter {param}: "
                              f"unknown user name value: {name}") from None
-    if pw.pw_uid == 0:
-        raise PrivilegeError(f"file {config.main_cf}: parameter mail_owner: "
-                             f"user {name} has privileged user ID")
+    for what, number in (("user", pw.pw_uid), ("group", pw.pw_gid)):
+        if number == 0:
+            raise PrivilegeError(f"file {config.main_cf}: parameter {param}: "
+                                 f"user {name} has privileged {what} ID")
     return UserIds.from_pw(pw)
 
 
@@ -124,15 +132,32 @@ def group_name(gid: int) -> str:
 
 
 def default_privs(config: config_mod.Config) -> UserIds:
-    """The default_privs account; PrivilegeError when unknown or privileged."""
-    name = config.get("default_privs")
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise PrivilegeError(f"unknown default_privs user: {name}") from None
-    if pw.pw_uid == 0:
-        raise PrivilegeError(f"default_privs user {name} has privileged user ID")
-    return UserIds.from_pw(pw)
+    """The default_privs account; PrivilegeError when unknown or privileged (user or
+    group ID 0), in Postfix's words."""
+    return _unprivileged_account(config, "default_privs")
+
+
+def check_accounts(config: config_mod.Config) -> None:
+    """Postfix's start-up checks of the mail system's accounts (mail_params.c:
+    check_default_privs, check_mail_owner, check_sgid_group, check_overlap), in its
+    words: PrivilegeError when mail_owner, default_privs or setgid_group is unknown or
+    privileged, or when default_privs shares its user or group with mail_owner, or
+    a group ID with setgid_group (commands and files of aliases would run with the
+    rights of the queue's owner), or mail_owner's group is setgid_group."""
+    owner, privs = mail_owner(config), default_privs(config)
+    sgid, group = setgid_group(config)
+    where = f"file {config.main_cf}: parameters"
+    if privs.name == owner.name:
+        raise PrivilegeError(f"{where} default_privs and mail_owner specify the same user "
+                             f"{privs.name}")
+    for what, a, b in (("user", privs.uid, owner.uid), ("group", privs.gid, owner.gid)):
+        if a == b:
+            raise PrivilegeError(f"{where} default_privs and mail_owner: users {privs.name} "
+                                 f"and {owner.name} have the same {what} ID: {a}")
+    for param, user in (("default_privs", privs), ("mail_owner", owner)):
+        if user.gid == sgid:
+            raise PrivilegeError(f"{where} {param} and setgid_group: user {user.name} and "
+                                 f"group {group} have the same group ID: {sgid}")
 
 
 # the identities of the as_user blocks in force, innermost last: (uid, gid, groups)

@@ -118,11 +118,13 @@ def throwaway_user() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def local_account(name: str) -> Iterator[str]:
-    """Make the local account ``name`` (root only; no home directory, no login shell)
-    for the block, and delete it (with its group) after, if it is still there."""
+def local_account(name: str, group: str | None = None) -> Iterator[str]:
+    """Make the local account ``name`` (root only; no home directory, no login shell;
+    its own new group, or ``group``) for the block, and delete it (with its own group)
+    after, if it is still there."""
     subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
+                    "--shell", "/usr/sbin/nologin", *(["--gid", group] if group else []), name],
+                   check=True)
     try:
         yield name
     finally:

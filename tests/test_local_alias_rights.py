@@ -13,15 +13,18 @@ writes its ``id -u``, ``id -g`` and ``$HOME`` to a shared directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import local_account
 from test_local import _shared_dir
 from test_qmgr import BODY, Standalone, standalone_systems
 
@@ -168,10 +171,7 @@ def test_owner_that_cannot_be_told_defers_with_a_warning(system, shared: Path,  
 
 def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path) -> None:  # type: ignore[no-untyped-def]
     # Postfix's command.c and file.c: gid 0 becomes default_privs' gid, as uid 0 its uid
-    name = "pmg" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
-                    "--shell", "/usr/sbin/nologin", "--gid", "0", name], check=True)
-    try:
+    with local_account("pmg" + uuid.uuid4().hex[:8], group="0") as name:
         uid = pwd.getpwnam(name).pw_uid
         s = system()
         lists = _table(s, "listaliases", f"listcmd: {_command(shared, 'list')}\n", uid)
@@ -180,5 +180,36 @@ def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path)
         qid = s.queue("alice@example.org", ["listcmd@localhost"], BODY)
         s.wait_log(rf"{qid}: to=<listcmd@localhost>, .*status=sent \(delivered to command: ")
         assert _ran_as(shared, "list") == [str(uid), _ids("nobody")[1], f"/nonexistent/{name}"]
-    finally:
-        subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("bad", ["group root", "mail_owner", "root"])
+def test_local_refuses_to_start_with_a_privileged_default_privs(system, shared: Path,  # type: ignore[no-untyped-def]
+                                                                bad: str) -> None:
+    """Postfix's programs refuse to run when default_privs has user or group ID 0 or is
+    mail_owner (mail_params.c): local would run a root-owned alias's commands and files
+    in group root, or as the owner of the queue. local exits at start with Postfix's
+    words; no command runs."""
+    with contextlib.ExitStack() as stack:
+        name = {"group root": lambda: stack.enter_context(
+                    local_account("pmg" + uuid.uuid4().hex[:8], group="0")),
+                "mail_owner": lambda: "postfix", "root": lambda: "root"}[bad]()
+        s = system()
+        s.aliases(f"postmaster: root\ncmd: {_command(shared, 'cmd')}\n")
+        s.set(default_privs=name)
+        sock = s.queue_dir / "private" / "local"
+        proc = subprocess.Popen([sys.executable, "-m", "pymailsys.daemons.local", "-c", str(s.etc),
+                                 "-n", "local", "-L", str(sock)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert proc.wait(30) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        main_cf = re.escape(str(s.etc / "main.cf"))
+        reason = {"group root": f"parameter default_privs: user {name} has privileged group ID",
+                  "mail_owner": "parameters default_privs and mail_owner specify the same user "
+                                "postfix",
+                  "root": "parameter default_privs: user root has privileged user ID"}[bad]
+        s.wait_log(rf"postfix/local\[\d+\]: fatal: file {main_cf}: {reason}$")
+        assert os.listdir(shared) == []

@@ -52,6 +52,25 @@ def test_spool_setup_refuses_an_unknown_setgid_group(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
+def test_spool_setup_refuses_shared_or_privileged_accounts(tmp_path: Path) -> None:
+    """postfix check/start refuse the accounts Postfix's programs refuse at start-up."""
+    main_cf = tmp_path / "main.cf"
+    for values, reason in (
+            ({"default_privs": "postfix"}, "parameters default_privs and mail_owner specify "
+                                           "the same user postfix"),
+            ({"default_privs": "root"}, "parameter default_privs: user root has privileged "
+                                        "user ID"),
+            ({"default_privs": "nobody", "setgid_group": grp.getgrgid(
+                pwd.getpwnam("nobody").pw_gid).gr_name},
+             "parameters default_privs and setgid_group: user nobody and group .* have the "
+             "same group ID")):
+        cfg = load(tmp_path, queue_directory=str(tmp_path / "q"),
+                   data_directory=str(tmp_path / "d"), mail_owner="postfix", **values)
+        with pytest.raises(spool_setup.SetupError, match=f"^file {main_cf}: {reason}"):
+            spool_setup.expected_layout(cfg)
+
+
+@pytest.mark.root
 def test_as_user_blocks_nest_and_each_exit_restores_the_outer_user(throwaway_user: str) -> None:
     """as_user blocks nest (a step run as another user inside a user's block, as local
     kept its markers until 2026-12-06). Inside a block the group set in force

@@ -112,6 +112,9 @@ SECURITY
     column ``n``), and trusts neither qmgr's requests nor the directories
     mail_owner owns:
 
+    * run as root, local refuses to start (fatal, in Postfix's words) when
+      default_privs or mail_owner is unknown or has user or group ID 0, or
+      when the two share a user or group (``privileges.check_accounts``);
     * a request is read within ``REQUEST_LIMITS``, one at a time; every field is checked before use
       (``DeliveryRequest.checked``: queue name and ID formats, ranges, finite
       times, no control characters in addresses; one recipient per request);
@@ -175,7 +178,7 @@ import os
 
 from pymailsys.daemons.local.agent import LocalAgent
 
-from pymailsys import server
+from pymailsys import log, privileges, server
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import REQUEST_LIMITS
 from pymailsys.ipc.attr import serve_sequential
@@ -190,6 +193,11 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _start(ctx: server.Context) -> None:
+    if privileges.running_as_root():
+        try:  # as Postfix's programs at start-up: default_privs never root's or mail_owner's
+            privileges.check_accounts(ctx.config)
+        except privileges.PrivilegeError as e:
+            log.fatal(str(e))
     agent = LocalAgent(ctx)
     ctx.state["agent"] = agent
     ctx.state["gc"] = server.background(

@@ -77,6 +77,7 @@ def _ids(config: Config) -> dict[str, tuple[int, str]]:
         return {"root": (uid, user), "root_group": (gid, group), "mail_owner": (uid, user),
                 "mail_owner_group": (gid, group), "setgid_group": (gid, group)}
     try:
+        privileges.check_accounts(config)
         owner = privileges.mail_owner(config)
         setgid_gid, group = privileges.setgid_group(config)
     except privileges.PrivilegeError as e:
