@@ -9,6 +9,7 @@ on disk.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -134,3 +135,25 @@ def test_virtual_owner_ids_and_paths_are_checked_as_postfix(new_instance) -> Non
     vinst.wait_log(rf"{qid}: to=<alice@example\.com>, relay=virtual, .*status=sent")
     assert not (vinst.base / "outside").exists()
     assert sorted(p.name for p in (base / "example.com").iterdir()) == ["alice"]
+
+
+def test_mail_is_never_appended_to_an_executable_file(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Postfix's deliver_file refuses a /file destination with an execute bit (5.7.1
+    "file is executable"): a message appended to a script runs as whoever runs it.
+    The script is left as it was; a plain file beside it takes the mail."""
+    alice, home = make_user()
+    script = home / "hook.sh"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o750)
+    os.chown(script, pwd.getpwnam(alice).pw_uid, -1)
+    write_forward(home, f"{script}\n")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*dsn=5\.7\.1, status=bounced "
+                  rf"\(cannot append message to file {re.escape(str(script))}: file is executable\)")
+    assert script.read_text() == "#!/bin/sh\necho hello\n"
+    script.chmod(0o640)
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
+                  rf"\(delivered to file: {re.escape(str(script))}\)")
+    assert script.read_text().endswith("\nhello\n\n")

@@ -21,6 +21,8 @@ mbox (``deliver_mbox``):
     O_EXCL before the open, removed when older than stale_lock_time) and
     ``fcntl`` or ``flock`` on the open file; retried ``attempts`` times
     ``delay`` seconds apart; a lock that cannot be had defers (4.2.0);
+  * ``refuse_executable`` (a /file of an alias or .forward, as Postfix's
+    deliver_file): a file with an execute bit is refused, 5.7.1;
   * the append is fsynced; on any write error (or an error reading the
     chunks, or mailbox_size_limit reached) the file is truncated back to its
     old size and the error is reported.
@@ -348,17 +350,22 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                  chown_to: tuple[int, int] | None = None,
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
-                 dotlock_may_fail: bool = False) -> None:
+                 dotlock_may_fail: bool = False, refuse_executable: bool = False) -> None:
     """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
 
     As Postfix's mbox_open, only a regular file (or one not there yet) is
-    dot-locked, so /dev/null never gets a /dev/null.lock."""
+    dot-locked, so /dev/null never gets a /dev/null.lock. ``refuse_executable``
+    (Postfix's deliver_file, for a /file of an alias or .forward): a file with an
+    execute bit is refused, 5.7.1 ``file is executable``, and left as it was: mail
+    appended to a script would run as whoever runs the script."""
     methods = [m.strip().lower() for m in locks]
     with contextlib.ExitStack() as stack:
         if "dotlock" in methods and _regular_or_absent(path):
             stack.enter_context(dotlock(path, attempts, delay, stale, dotlock_may_fail))
         fd = open_mailbox(path, expect_uid, chown_to)
         stack.callback(os.close, fd)
+        if refuse_executable and os.fstat(fd).st_mode & 0o111:
+            raise MailboxError("5.7.1", "file is executable")
         for method in methods:
             if method in ("fcntl", "flock"):
                 _kernel_lock(fd, method, attempts, delay)
