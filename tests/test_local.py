@@ -263,6 +263,27 @@ def test_group_writable_spool_root_creates_and_chowns(system, throwaway_user: st
     wait_until(lambda: not (s.mail_dir / f"{throwaway_user}.lock").exists(), 5, what="dotlock removed")
 
 
+@pytest.mark.root
+def test_root_spool_mbox_is_written_as_the_recipient(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """A spool directory only root can write: root opens (or creates) the mailbox, as
+    Postfix, but the message is written and synced with the recipient's ids (Postfix's
+    "write the file as the recipient, so that file quota work"); before, root wrote it,
+    past the user's quota and into the blocks reserved for root."""
+    s = system(maildir=False)
+    os.chmod(s.mail_dir, 0o755)
+    s.start("local")
+    uid = pwd.getpwnam(throwaway_user).pw_uid
+    calls = _traced_deliveries(s, throwaway_user, "write,fsync", count=1)
+    to_user = next(i for i, c in enumerate(calls) if c.startswith(f"setresuid(-1, {uid}, -1)"))
+    back = next(i for i, c in enumerate(calls)
+                if i > to_user and c.startswith("setresuid(-1, 0, -1)"))
+    assert [c for c in calls[to_user:back] if c.startswith('write(') and
+            '"From alice@example.org ' in c], calls
+    assert [c for c in calls[to_user:back] if c.startswith("fsync(")], calls
+    st = os.stat(s.mail_dir / throwaway_user)
+    assert (st.st_uid, st.st_mode & 0o777) == (uid, 0o600)
+
+
 def test_standalone_is_importable() -> None:
     assert Standalone is not None
 

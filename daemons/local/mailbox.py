@@ -11,7 +11,8 @@ the directory = Maildir). Writes happen with the recipient's effective ids;
 in the spool directory with Postfix's rights: a world-writable directory gives
 the recipient's ids, a group-writable one the recipient's uid and the
 directory's group, otherwise root creates the file and gives it to the
-recipient. Maildir deliveries to the account are crash-idempotent (a delivery
+recipient; either way the message itself is written with the recipient's
+ids, as Postfix writes it, so that quotas apply. Maildir deliveries to the account are crash-idempotent (a delivery
 key and the agent's marker store). Run as another user, local defers mail for
 every account but its own.
 """
@@ -74,13 +75,16 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
                                     rights=lambda: privileges.as_user(ids[0], ids[1], ids[2]),
                                     create_dsn=results.MAILDIR_CREATE_DSN)
             return DeliveryResult.sent("delivered to maildir")
+        recipient = (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
         with privileges.as_user(ids[0], ids[1], ids[2]):
             data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
             mailbox.deliver_mbox(path, data, chown_to=chown,
                                  expect_uid=pw.pw_uid if agent.strict_owner else None,
                                  locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
-                                 stale=agent.stale)
+                                 stale=agent.stale,
+                                 write_as=None if ids == recipient else
+                                 lambda: privileges.as_user(*recipient))
             return DeliveryResult.sent("delivered to mailbox")
     except mailbox.MailboxError as e:
         if maildir:

@@ -16,7 +16,8 @@ mbox (``deliver_mbox``):
     file lstat saw; a new file is created with O_EXCL, mode 0600;
     ``expect_uid`` refuses a file owned by someone else (4.2.0, as
     strict_mailbox_ownership); ``chown_to`` gives a file created here to the
-    recipient (when root creates it in a spool directory);
+    recipient (when root creates it in a spool directory), and ``write_as``
+    gives the write itself the recipient's rights (quotas);
   * locks from ``mailbox_delivery_lock``: ``dotlock`` (``PATH.lock`` made with
     O_EXCL before the open, removed when older than stale_lock_time) and
     ``fcntl`` or ``flock`` on the open file; retried ``attempts`` times
@@ -350,8 +351,15 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                  chown_to: tuple[int, int] | None = None,
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
-                 dotlock_may_fail: bool = False, refuse_executable: bool = False) -> None:
+                 dotlock_may_fail: bool = False, refuse_executable: bool = False,
+                 write_as: Callable[[], AbstractContextManager[object]] | None = None) -> None:
     """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
+
+    ``write_as``: a context-manager factory for the rights the message is written
+    (and truncated back) with once the file is open and locked, when those differ
+    from the caller's (Postfix's spool delivery: open with the spool directory's
+    rights, root's or the mail group's, write as the recipient so that quotas and
+    the blocks reserved for root count against the recipient).
 
     As Postfix's mbox_open, only a regular file (or one not there yet) is
     dot-locked, so /dev/null never gets a /dev/null.lock. ``refuse_executable``
@@ -372,16 +380,17 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
         size = os.fstat(fd).st_size
         if size_limit and size >= size_limit:
             raise MailboxError("5.2.2", "error writing message: File too large")
-        try:
-            _write_chunks(fd, [data] if isinstance(data, bytes) else data,
-                          size_limit - size if size_limit else 0)
-            os.fsync(fd)
-        except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            if isinstance(e, OSError):
-                raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
-            raise
+        with (write_as or contextlib.nullcontext)():
+            try:
+                _write_chunks(fd, [data] if isinstance(data, bytes) else data,
+                              size_limit - size if size_limit else 0)
+                os.fsync(fd)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                if isinstance(e, OSError):
+                    raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
+                raise
 
 
 # --- Maildir ---------------------------------------------------------------------
