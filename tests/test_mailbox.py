@@ -62,13 +62,47 @@ def test_mbox_appends(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_mbox_refuses_symlink(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A user's link (here: not root's) is never followed, wherever it is."""
     target = tmp_path / "target"
     target.write_bytes(b"")
     os.symlink(target, tmp_path / "bob")
+    if os.geteuid() == 0:
+        os.lchown(tmp_path / "bob", 65534, 65534)
     with pytest.raises(mailbox.MailboxError) as e:
         mailbox.deliver_mbox(str(tmp_path / "bob"), _mbox_data([b"x"]))
     assert "symbolic link" in e.value.text
     assert target.read_bytes() == b""
+
+
+@pytest.mark.root
+def test_mbox_follows_only_roots_link_in_roots_own_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's safe_open: a link that root owns, in a directory that root owns and
+    nobody else can write, is followed (the administrator's /var/mail/alice ->
+    /home/alice/mbox) and its target checked as a mailbox is; the same link in a
+    directory others can write, or a dangling one, is refused."""
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o755)
+    os.symlink(target, spool / "alice")
+    mailbox.deliver_mbox(str(spool / "alice"), _mbox_data([b"x"]), expect_uid=0)
+    assert target.read_bytes().startswith(b"From alice@example.org ")
+    with pytest.raises(mailbox.MailboxError, match="is owned by uid 0, not 1"):
+        mailbox.deliver_mbox(str(spool / "alice"), _mbox_data([b"x"]), expect_uid=1)
+    os.link(target, tmp_path / "second")
+    with pytest.raises(mailbox.MailboxError, match="2 hard links"):
+        mailbox.deliver_mbox(str(spool / "alice"), _mbox_data([b"x"]))
+    os.unlink(tmp_path / "second")
+    os.symlink(tmp_path / "nowhere", spool / "dangling")
+    with pytest.raises(mailbox.MailboxError, match="No such file"):
+        mailbox.deliver_mbox(str(spool / "dangling"), _mbox_data([b"x"]))
+    assert not (tmp_path / "nowhere").exists()
+    size = target.stat().st_size
+    for mode in (0o775, 0o1777):
+        spool.chmod(mode)
+        with pytest.raises(mailbox.MailboxError, match="file is a symbolic link"):
+            mailbox.deliver_mbox(str(spool / "alice"), _mbox_data([b"x"]))
+    assert target.stat().st_size == size
 
 
 def test_mbox_refuses_dangling_symlink(tmp_path) -> None:  # type: ignore[no-untyped-def]

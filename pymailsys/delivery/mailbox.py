@@ -12,8 +12,10 @@ mbox (``deliver_mbox``):
     prepended headers, the message with lines that start with ``From `` quoted
     as ``>From ``, and one empty line (``mbox_text``);
   * the file is never opened through a symbolic link (lstat, then O_NOFOLLOW),
-    must be a regular file with one hard link, and the descriptor must be the
-    file lstat saw; a new file is created with O_EXCL, mode 0600;
+    except one that root owns in a directory that root owns and nobody else can
+    write (Postfix's safe_open: the administrator's link), must be a regular
+    file with one hard link, and the descriptor must be the file lstat (or, for
+    such a link, stat) saw; a new file is created with O_EXCL, mode 0600;
     ``expect_uid`` refuses a file owned by someone else (4.2.0, as
     strict_mailbox_ownership); ``chown_to`` gives a file created here to the
     recipient (when root creates it in a spool directory), and ``write_as``
@@ -299,23 +301,46 @@ def _kernel_lock(fd: int, method: str, attempts: int, delay: float) -> None:
     raise MailboxError("4.2.0", "unable to lock for exclusive access: Resource temporarily unavailable")
 
 
+def _trusted_link(path: str, link: os.stat_result) -> bool:
+    """Postfix's safe_open exception: a symbolic link that root owns, in a directory
+    that root owns and nobody else can write (the administrator's link, say
+    /var/mail/alice to /home/alice/mbox). "NEVER, NEVER, make exceptions for symlinks
+    owned by a non-root user"."""
+    if link.st_uid != 0:
+        return False
+    try:
+        parent = os.stat(os.path.dirname(path) or ".")  # not lstat, as Postfix
+    except OSError:
+        return False
+    return parent.st_uid == 0 and not parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def open_mailbox(path: str, expect_uid: int | None = None,
                  chown_to: tuple[int, int] | None = None) -> int:
-    """Open (or create) a mailbox file for appending with Postfix's safety checks."""
+    """Open (or create) a mailbox file for appending with Postfix's safety checks
+    (safe_open): a symbolic link only when ``_trusted_link``, then checked as the file
+    it leads to."""
     try:
         before: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
         before = None
     except OSError as e:
         raise _os_error(e, "5.2.0", f"cannot access mailbox {path}") from None
-    if before is not None:
-        if stat.S_ISLNK(before.st_mode):
+    nofollow = os.O_NOFOLLOW
+    if before is not None and stat.S_ISLNK(before.st_mode):
+        if not _trusted_link(path, before):
             raise MailboxError("5.2.0", f"cannot open file {path}: file is a symbolic link")
+        try:
+            before = os.stat(path)
+        except OSError as e:  # a dangling link is never created through
+            raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
+        nofollow = 0
+    if before is not None:
         if not stat.S_ISREG(before.st_mode):
             raise MailboxError("5.2.0", f"cannot open file {path}: file is not a regular file")
         if before.st_nlink != 1:
             raise MailboxError("5.2.0", f"cannot open file {path}: file has {before.st_nlink} hard links")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+        flags = os.O_WRONLY | os.O_APPEND | nofollow | os.O_NOCTTY | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except OSError as e:
