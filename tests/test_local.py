@@ -20,6 +20,7 @@ from conftest import local_account
 from harness import IS_ROOT, wait_until
 from test_qmgr import BODY, ME, Standalone, standalone_systems
 
+from pymailsys.delivery import mailbox
 from pymailsys.ipc.attr import SyncAttrClient
 
 
@@ -111,6 +112,21 @@ def test_alias_self_reference_and_file(system) -> None:  # type: ignore[no-untyp
         assert len(s.maildir_messages()) == 1
     finally:
         subprocess.run(["rm", "-rf", shared], check=False)
+
+
+def test_alias_to_dev_null_is_delivered(system) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's deliver_file writes to a character device as it is (``devnull:
+    /dev/null``, a common alias): no dot lock beside it, no fsync; a mailbox is still
+    only a regular file."""
+    s = system()
+    s.aliases("devnull: /dev/null\n")
+    s.start()
+    qid = s.queue("alice@example.org", ["devnull@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<devnull@localhost>, relay=local, .*dsn=2\.0\.0, "
+               r"status=sent \(delivered to file: /dev/null\)")
+    assert not os.path.exists("/dev/null.lock")
+    with pytest.raises(mailbox.MailboxError, match="file is not a regular file"):
+        mailbox.deliver_mbox("/dev/null", b"x", locks=["fcntl"])
 
 
 def test_alias_commands_exit_codes(system) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,8 @@ Takes the path and the rights to write with (``LocalAgent.file_user``: never
 uid 0); promises an mbox append with Postfix's locking and safety rules, or a
 Maildir delivery when the path ends in ``/`` (``pymailsys.delivery.mailbox``),
 done entirely with those rights; an executable file is refused (5.7.1 ``file
-is executable``, as Postfix: mail appended to a script would run); failures map through ``results.failure``
+is executable``, as Postfix: mail appended to a script would run), and a
+character device (``/dev/null``) is written to as Postfix writes it; failures map through ``results.failure``
 (a Maildir's through ``results.maildir_failure``, as the mailbox's: Postfix's
 local delivers a ``/dir/`` with the same code).
 """
@@ -43,7 +44,7 @@ def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, path: str,
             mailbox.deliver_mbox(path, data, locks=agent.locks, size_limit=agent.size_limit,
                                  attempts=agent.lock_attempts, delay=agent.lock_delay,
                                  stale=agent.stale, dotlock_may_fail=True,
-                                 refuse_executable=True)
+                                 to_file=True)
     except (mailbox.MailboxError, privileges.PrivilegeError) as e:
         return results.failure(e, f"cannot append message to file {path}: ")
     return DeliveryResult.sent(f"delivered to file: {path}")

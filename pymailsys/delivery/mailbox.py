@@ -24,8 +24,9 @@ mbox (``deliver_mbox``):
     O_EXCL before the open, removed when older than stale_lock_time) and
     ``fcntl`` or ``flock`` on the open file; retried ``attempts`` times
     ``delay`` seconds apart; a lock that cannot be had defers (4.2.0);
-  * ``refuse_executable`` (a /file of an alias or .forward, as Postfix's
-    deliver_file): a file with an execute bit is refused, 5.7.1;
+  * ``to_file`` (a /file of an alias or .forward, as Postfix's deliver_file):
+    a file with an execute bit is refused, 5.7.1, and a character device
+    (/dev/null) is written to as it is;
   * the append is fsynced; on any write error (or an error reading the
     chunks, or mailbox_size_limit reached) the file is truncated back to its
     old size and the error is reported.
@@ -316,10 +317,10 @@ def _trusted_link(path: str, link: os.stat_result) -> bool:
 
 
 def open_mailbox(path: str, expect_uid: int | None = None,
-                 chown_to: tuple[int, int] | None = None) -> int:
+                 chown_to: tuple[int, int] | None = None, devices: bool = False) -> int:
     """Open (or create) a mailbox file for appending with Postfix's safety checks
     (safe_open): a symbolic link only when ``_trusted_link``, then checked as the file
-    it leads to."""
+    it leads to; ``devices``: a character device (/dev/null) is taken too."""
     try:
         before: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
@@ -336,7 +337,7 @@ def open_mailbox(path: str, expect_uid: int | None = None,
             raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
         nofollow = 0
     if before is not None:
-        if not stat.S_ISREG(before.st_mode):
+        if not (stat.S_ISREG(before.st_mode) or devices and stat.S_ISCHR(before.st_mode)):
             raise MailboxError("5.2.0", f"cannot open file {path}: file is not a regular file")
         if before.st_nlink != 1:
             raise MailboxError("5.2.0", f"cannot open file {path}: file has {before.st_nlink} hard links")
@@ -347,7 +348,7 @@ def open_mailbox(path: str, expect_uid: int | None = None,
             raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
         after = os.fstat(fd)
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_nlink != 1 \
-                or not stat.S_ISREG(after.st_mode):
+                or stat.S_IFMT(after.st_mode) != stat.S_IFMT(before.st_mode):
             os.close(fd)
             raise MailboxError("4.2.0", f"cannot open file {path}: file status changed unexpectedly")
         if expect_uid is not None and after.st_uid != expect_uid:
@@ -376,7 +377,7 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                  chown_to: tuple[int, int] | None = None,
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
-                 dotlock_may_fail: bool = False, refuse_executable: bool = False,
+                 dotlock_may_fail: bool = False, to_file: bool = False,
                  write_as: Callable[[], AbstractContextManager[object]] | None = None) -> None:
     """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
 
@@ -387,17 +388,26 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
     the blocks reserved for root count against the recipient).
 
     As Postfix's mbox_open, only a regular file (or one not there yet) is
-    dot-locked, so /dev/null never gets a /dev/null.lock. ``refuse_executable``
-    (Postfix's deliver_file, for a /file of an alias or .forward): a file with an
-    execute bit is refused, 5.7.1 ``file is executable``, and left as it was: mail
-    appended to a script would run as whoever runs the script."""
+    dot-locked, so /dev/null never gets a /dev/null.lock. ``to_file`` (Postfix's
+    deliver_file, for a /file of an alias or .forward): a file with an execute bit
+    is refused, 5.7.1 ``file is executable``, and left as it was (mail appended to
+    a script would run as whoever runs the script), and a character device
+    (/dev/null) is written as it is, without kernel locks, size limit or fsync."""
     methods = [m.strip().lower() for m in locks]
     with contextlib.ExitStack() as stack:
         if "dotlock" in methods and _regular_or_absent(path):
             stack.enter_context(dotlock(path, attempts, delay, stale, dotlock_may_fail))
-        fd = open_mailbox(path, expect_uid, chown_to)
+        fd = open_mailbox(path, expect_uid, chown_to, devices=to_file)
         stack.callback(os.close, fd)
-        if refuse_executable and os.fstat(fd).st_mode & 0o111:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a device: no locks, size or sync to speak of
+            with (write_as or contextlib.nullcontext)():
+                try:
+                    _write_chunks(fd, [data] if isinstance(data, bytes) else data, 0)
+                except OSError as e:
+                    raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
+            return
+        if to_file and mode & 0o111:
             raise MailboxError("5.7.1", "file is executable")
         for method in methods:
             if method in ("fcntl", "flock"):
