@@ -157,3 +157,19 @@ def test_mail_is_never_appended_to_an_executable_file(inst: Instance, make_user)
     inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
                   rf"\(delivered to file: {re.escape(str(script))}\)")
     assert script.read_text().endswith("\nhello\n\n")
+
+
+def test_home_mailbox_is_always_below_the_home_directory(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Postfix appends home_mailbox to the home directory whatever it starts with
+    ("$HOME/" + "/Mailbox"): a leading slash never makes every user's mail go to one
+    file outside the homes (os.path.join dropped the home directory)."""
+    alice, home = make_user()
+    inst.set(home_mailbox="/Mailbox")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*status=sent "
+                  r"\(delivered to mailbox\)")
+    box = home / "Mailbox"
+    assert box.read_bytes().startswith(b"From sender@example.org  ")
+    assert box.stat().st_uid == pwd.getpwnam(alice).pw_uid
+    assert not Path("/Mailbox").exists()

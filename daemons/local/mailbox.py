@@ -57,7 +57,8 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
           content: QueueContent) -> DeliveryResult:
     """Store the message in the account's mbox file or Maildir."""
     if agent.home_mailbox:
-        path = os.path.join(pw.pw_dir, agent.home_mailbox)
+        # as Postfix: always below the home directory, a leading "/" or not
+        path = f"{pw.pw_dir}/{agent.home_mailbox}"
         maildir = agent.home_mailbox.endswith("/")
         ids = (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
         chown: tuple[int, int] | None = None
