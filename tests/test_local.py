@@ -267,6 +267,26 @@ def test_mbox_written_as_the_recipient_and_symlink_refused(system, throwaway_use
 
 
 @pytest.mark.root
+def test_a_mailbox_planted_by_another_user_gets_nothing(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """In a world-writable spool another user can make the recipient's mailbox first:
+    strict_mailbox_ownership defers the mail with Postfix's words and warning, and the
+    planted file stays empty."""
+    s = system(maildir=False)
+    s.start()
+    planted = s.mail_dir / throwaway_user
+    planted.write_bytes(b"")
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o666)  # so that the recipient can write it: its mail would be readable
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(r'postfix/local\[\d+\]: warning: specify "strict_mailbox_ownership = no" to '
+               r"ignore mailbox ownership mismatch")
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*dsn=4\.2\.0, status=deferred "
+               rf"\(cannot update mailbox {re.escape(str(planted))} for user {throwaway_user}\. "
+               rf"destination {re.escape(str(planted))} is not owned by recipient\)")
+    assert planted.read_bytes() == b""
+
+
+@pytest.mark.root
 def test_group_writable_spool_root_creates_and_chowns(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system(maildir=False)
     os.chmod(s.mail_dir, 0o755)  # like a root-owned /var/mail without group write

@@ -16,7 +16,8 @@ mbox (``deliver_mbox``):
     write (Postfix's safe_open: the administrator's link), must be a regular
     file with one hard link, and the descriptor must be the file lstat (or, for
     such a link, stat) saw; a new file is created with O_EXCL, mode 0600;
-    ``expect_uid`` refuses a file owned by someone else (4.2.0, as
+    ``expect_uid`` refuses a file owned by someone else (4.2.0 ``destination
+    PATH is not owned by recipient`` and Postfix's warning, as
     strict_mailbox_ownership); ``chown_to`` gives a file created here to the
     recipient (when root creates it in a spool directory), and ``write_as``
     gives the write itself the recipient's rights (quotas);
@@ -353,8 +354,9 @@ def open_mailbox(path: str, expect_uid: int | None = None,
             raise MailboxError("4.2.0", f"cannot open file {path}: file status changed unexpectedly")
         if expect_uid is not None and after.st_uid != expect_uid:
             os.close(fd)
-            raise MailboxError("4.2.0", f"cannot open file {path}: file is owned by uid "
-                               f"{after.st_uid}, not {expect_uid}")
+            log.warning('specify "strict_mailbox_ownership = no" to ignore mailbox '
+                        'ownership mismatch')
+            raise MailboxError("4.2.0", f"destination {path} is not owned by recipient")
         os.set_blocking(fd, True)
         return fd
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY
