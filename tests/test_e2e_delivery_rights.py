@@ -173,3 +173,34 @@ def test_home_mailbox_is_always_below_the_home_directory(inst: Instance, make_us
     assert box.read_bytes().startswith(b"From sender@example.org  ")
     assert box.stat().st_uid == pwd.getpwnam(alice).pw_uid
     assert not Path("/Mailbox").exists()
+
+
+def test_maildir_links_into_another_users_maildir_get_nothing(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """home_mailbox Maildirs are written with the recipient's ids only: a user whose
+    Maildir/tmp and Maildir/new lead into another user's Maildir, or whose Maildir
+    itself is a link to it, gets a failed delivery, and the other Maildir is untouched."""
+    alice, alice_home = make_user()
+    bob, bob_home = make_user()
+    inst.set(home_mailbox="Maildir/")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{bob}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{bob}@localhost>, .*status=sent \(delivered to maildir\)")
+    bobs = bob_home / "Maildir"
+    before = sorted(str(p.relative_to(bobs)) for p in bobs.rglob("*"))
+    alices = alice_home / "Maildir"
+    alices.mkdir()
+    (alices / "cur").mkdir()
+    (alices / "tmp").symlink_to(bobs / "tmp")
+    (alices / "new").symlink_to(bobs / "new")
+    for path in (alices, alices / "cur", alices / "tmp", alices / "new"):
+        os.lchown(path, pwd.getpwnam(alice).pw_uid, -1)
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, .*status=bounced \(maildir delivery "
+                  rf"failed: create maildir file {re.escape(str(alices))}/tmp/\S+: Permission denied\)")
+    for path in (alices / "tmp", alices / "new", alices / "cur", alices):
+        path.unlink() if path.is_symlink() else path.rmdir()
+    alices.symlink_to(bobs)
+    os.lchown(alices, pwd.getpwnam(alice).pw_uid, -1)
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, .*status=bounced \(maildir delivery failed")
+    assert sorted(str(p.relative_to(bobs)) for p in bobs.rglob("*")) == before
