@@ -90,11 +90,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from pymailsys import log, server
-from pymailsys.address.resolve import DomainList
+from pymailsys.address.resolve import domain_list
 from pymailsys.ipc import attr, peers, trigger
 from pymailsys.ipc import flush as proto
 from pymailsys.maps import TableError
-from pymailsys.maps.search import parent_style
 from pymailsys.queue import spool as q
 from pymailsys.server import Context
 from pymailsys.submission import access
@@ -112,8 +111,7 @@ class FlushLogs:
 
     def __init__(self, ctx: Context) -> None:
         self.spool = ctx.spool
-        self.domains = DomainList(ctx.config.get_list("fast_flush_domains"),
-                                  parent_matches=parent_style(ctx.config, "fast_flush_domains"))
+        self.domains = domain_list(ctx.config, "fast_flush_domains")
         self.qmgr = ctx.spool.public(ctx.config.get("queue_service_name"))
         self.refresh_time = ctx.config.get_time("fast_flush_refresh_time")
         self.purge_time = ctx.config.get_time("fast_flush_purge_time")

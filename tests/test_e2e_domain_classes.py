@@ -21,6 +21,14 @@ from harness import Instance
 WARNING = re.compile(r"warning: do not list domain (\S+) in BOTH (\S+) and (\S+)$")
 
 
+def _rcpt_replies(inst: Instance, recipients: list[str]) -> dict[str, tuple[int, bytes]]:
+    """The RCPT reply to each recipient, in one transaction."""
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("a@b.example")
+        return {rcpt: client.rcpt(rcpt) for rcpt in recipients}
+
+
 def test_domain_in_two_classes_warns_once_per_recipient(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance()
     inst.set(mydestination="localhost, dup.example, dup3.example",
@@ -28,12 +36,8 @@ def test_domain_in_two_classes_warns_once_per_recipient(new_instance) -> None:  
              virtual_mailbox_domains="dup2.example, dup3.example",
              relay_domains="dup2.example, localhost")
     inst.start()
-    with inst.smtp() as client:
-        client.ehlo("x")
-        client.mail("a@b.example")
-        replies = {rcpt: client.rcpt(rcpt) for rcpt in
-                   ["u@dup.example", "u@dup.example", "v@dup.example", "u@dup2.example",
-                    "u@dup3.example", "u@localhost"]}
+    replies = _rcpt_replies(inst, ["u@dup.example", "u@dup.example", "v@dup.example",
+                                   "u@dup2.example", "u@dup3.example", "u@localhost"])
     assert replies["u@dup2.example"][0] == 550
     assert b"User unknown in virtual alias table" in replies["u@dup2.example"][1]
     assert b"User unknown in local recipient table" in replies["u@dup3.example"][1]
@@ -59,3 +63,35 @@ def test_helpful_warnings_no_silences_them(new_instance) -> None:  # type: ignor
         client.rcpt("u@dup.example")
     inst.wait_log(r"disconnect from .* quit=1")
     assert "do not list domain" not in inst.log()
+
+
+def test_parent_domain_matches_subdomains_decides_which_lists_match_subdomains(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """relay_domains left out of parent_domain_matches_subdomains: its bare name no longer
+    covers subdomains (Relay access denied), only ".name" does; mydestination put in it:
+    a subdomain of a bare name is local (unknown users there are refused as local)."""
+    inst: Instance = new_instance()
+    inst.set(mynetworks="192.0.2.0/24",  # not the test client: relaying is not permitted
+             relay_domains="relay.example, .dotted.example",
+             mydestination="localhost, local.example",
+             parent_domain_matches_subdomains="mydestination")
+    inst.start()
+    replies = _rcpt_replies(inst, ["u@relay.example", "u@sub.relay.example",
+                                   "u@sub.dotted.example", "nobody-here@host.local.example"])
+    assert replies["u@relay.example"][0] == 250
+    assert replies["u@sub.relay.example"] == (
+        454, b"4.7.1 <u@sub.relay.example>: Relay access denied")
+    assert replies["u@sub.dotted.example"][0] == 250
+    assert replies["nobody-here@host.local.example"] == (
+        550, b"5.1.1 <nobody-here@host.local.example>: Recipient address rejected: User unknown "
+             b"in local recipient table")
+
+
+def test_relay_domains_matches_subdomains_by_default(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance()
+    inst.set(mynetworks="192.0.2.0/24", relay_domains="relay.example, .dotted.example")
+    inst.start()
+    replies = _rcpt_replies(inst, ["u@sub.relay.example", "u@sub.dotted.example",
+                                   "u@host.localhost"])
+    # as Postfix's match_hostname in parent style: ".name" matches nothing more
+    assert {rcpt: code for rcpt, (code, _text) in replies.items()} == {"u@sub.relay.example": 250, "u@sub.dotted.example": 454,
+                       "u@host.localhost": 454}

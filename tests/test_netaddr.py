@@ -43,10 +43,16 @@ def test_file_and_table_and_names(tmp_path: Path) -> None:
     t = netaddr.AddressList(["inline:{127.0.0.1=yes, mx.example=yes}"])
     assert t.match("127.0.0.1") and not t.match("127.0.0.2")
     assert t.match("127.0.0.2", "mx.example")
+    # Postfix's match_hostname: a list in parent_domain_matches_subdomains (mynetworks by
+    # default) matches subdomains of a bare name, and a ".name" only as written ...
     names = netaddr.AddressList(["example.com", ".sub.org"])
     assert names.match("1.2.3.4", "mail.example.com")
-    assert names.match("1.2.3.4", "a.sub.org") and not names.match("1.2.3.4", "sub.org")
+    assert not names.match("1.2.3.4", "a.sub.org") and not names.match("1.2.3.4", "sub.org")
     assert not names.match("1.2.3.4", "unknown")
+    # ... any other list matches subdomains through ".name" only
+    exact = netaddr.AddressList(["example.com", ".sub.org"], parent_style=False)
+    assert exact.match("1.2.3.4", "example.com") and not exact.match("1.2.3.4", "mail.example.com")
+    assert exact.match("1.2.3.4", "a.sub.org") and not exact.match("1.2.3.4", "sub.org")
 
 
 def test_mynetworks_styles() -> None:

@@ -94,8 +94,7 @@ class Smtpd:
         if mode not in ("no", "false", "normalize", "reject", "note"):
             raise ValueError(f"invalid smtpd_forbid_bare_newline value: {mode}")
         self.bare_newline = mode
-        self.bare_newline_exclusions = netaddr.AddressList(
-            config.get_list("smtpd_forbid_bare_newline_exclusions"))
+        self.bare_newline_exclusions = netaddr.address_list(config, "smtpd_forbid_bare_newline_exclusions")
         self.engine = restrictions.Engine(config)
         self.engine.check_relay_config()
         self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
@@ -109,8 +108,7 @@ class Smtpd:
         self.sasl: sasl.DovecotAuth | None = None
         if config.get_bool("smtpd_sasl_auth_enable") and not self.stand_alone:
             self.sasl = self._sasl_server(config)
-        self.sasl_exceptions = netaddr.AddressList(
-            config.get_list("smtpd_sasl_exceptions_networks"))
+        self.sasl_exceptions = netaddr.address_list(config, "smtpd_sasl_exceptions_networks")
         config.get("smtpd_sasl_local_domain")  # the realm: not sent to Dovecot (sasl.py)
         self.sasl_options = config.get_list("smtpd_sasl_security_options")
         self.sasl_tls_options = config.get_list("smtpd_sasl_tls_security_options")

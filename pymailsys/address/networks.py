@@ -19,16 +19,21 @@ DESCRIPTION
     * ``!pattern`` negates: a match there means "not in the list".
     * ``/file/name``: the file's patterns (white space or commas, ``#``
       comments), inserted in place.
-    * ``type:table``: the client address is looked up, then the client name;
-      found means match (the value is ignored). A table error raises
+    * ``type:table``: the client address is looked up, then the client name
+      (and, in a fixed-key table, its parent domains as below); found means
+      match (the value is ignored). A table error raises
       ``maps.TableError``: the caller defers, it never treats it as no match.
-    * anything else is a host name: it matches the client name and, because
-      mynetworks is in Postfix's default parent_domain_matches_subdomains,
-      the name's subdomains; ``.domain`` matches subdomains only.
+    * anything else is a host name: it matches the client name; ``.domain``
+      matches subdomains. In a list named in parent_domain_matches_subdomains
+      (by default mynetworks, not smtpd_client_event_limit_exceptions nor
+      smtpd_sasl_exceptions_networks) a bare name matches subdomains too and
+      ``.domain`` does not, as Postfix's match_hostname.
 
-    ``mynetworks(config)``: the parameter; when it is not set, the
-    configuration computes it from ``mynetworks_style``, inet_interfaces and
-    inet_protocols as Postfix does (``pymailsys.config.mynetworks``).
+    ``address_list(config, name)``: the list of parameter name, in its
+    parent_domain_matches_subdomains style. ``mynetworks(config)``: the
+    parameter; when it is not set, the configuration computes it from
+    ``mynetworks_style``, inet_interfaces and inet_protocols as Postfix does
+    (``pymailsys.config.mynetworks``).
 
     ``interface_addresses(config)``: the addresses of ``inet_interfaces``
     (``all``: every interface; ``loopback-only``: 127.0.0.1 and ::1) plus
@@ -50,6 +55,7 @@ from collections.abc import Iterable
 from pymailsys import config as config_mod
 from pymailsys import maps
 from pymailsys.config.mynetworks import local_interfaces
+from pymailsys.maps.search import domain_keys, parent_style
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -110,7 +116,8 @@ def parse_network(pattern: str) -> IPNetwork | None:
 class AddressList:
     """Postfix's address list (namadr_list): ordered patterns, first match decides."""
 
-    def __init__(self, patterns: Iterable[str]) -> None:
+    def __init__(self, patterns: Iterable[str], parent_style: bool = True) -> None:
+        self.parent_style = parent_style  # parent_domain_matches_subdomains lists it
         self.items: list[tuple[bool, str, object]] = []
         for pattern in patterns:
             self._add(pattern)
@@ -153,16 +160,20 @@ class AddressList:
                 pat = str(value)
                 if not lname or lname == "unknown":
                     hit = False
-                elif pat.startswith("."):
-                    hit = lname.endswith(pat)
+                elif lname == pat:
+                    hit = True
+                elif self.parent_style:
+                    hit = lname.endswith("." + pat)
                 else:
-                    hit = lname == pat or lname.endswith("." + pat)
+                    hit = pat.startswith(".") and lname.endswith(pat)
             else:
                 table = value
                 assert isinstance(table, maps.Table)
                 hit = table.lookup(str(ip) if ip is not None else addr) is not None
-                if not hit and lname:
-                    hit = table.lookup(lname) is not None
+                if not hit and lname and lname != "unknown":
+                    keys = domain_keys(lname, self.parent_style)
+                    hit = any(table.lookup(key) is not None
+                              for key in (keys if table.fixed else keys[:1]))
             if hit:
                 return not negate
         return False
@@ -195,8 +206,13 @@ def mynetworks_patterns(config: config_mod.Config) -> list[str]:
     return config.get_list("mynetworks")
 
 
+def address_list(config: config_mod.Config, name: str) -> AddressList:
+    """The address list of parameter name, in its parent_domain_matches_subdomains style."""
+    return AddressList(config.get_list(name), parent_style(config, name))
+
+
 def mynetworks(config: config_mod.Config) -> AddressList:
-    return AddressList(mynetworks_patterns(config))
+    return address_list(config, "mynetworks")
 
 
 def interface_addresses(config: config_mod.Config) -> set[str]:

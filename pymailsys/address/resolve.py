@@ -62,8 +62,11 @@ DESCRIPTION
     Domain lists (mydestination and friends) take Postfix's patterns: a
     name, ``.name`` (subdomains), ``!pattern``, ``/file``, ``type:table``
     (the domain is the key; tables open at first use, so a missing one
-    fails lookups, not start-up). relay_domains also matches subdomains of a bare
-    name (parent_domain_matches_subdomains).
+    fails lookups, not start-up). A list named in parent_domain_matches_subdomains
+    (by default relay_domains, not mydestination) also matches the subdomains
+    of a bare name, and a fixed-key table is asked for the domain's parents
+    (``example.com``); any other list matches subdomains only through ``.name``
+    and asks a table for ``.example.com``, as Postfix's match_hostname.
 
 REFUSES
     Nothing: a malformed address resolves as best it can, like Postfix.
@@ -144,28 +147,34 @@ class DomainList:
         return bool(self.items)
 
     def match(self, domain: str) -> bool:
-        """True when domain is in the list; TableError when a table cannot answer."""
+        """True when domain is in the list; TableError when a table cannot answer.
+        Postfix's match_hostname: parent_matches is the list's parent_domain_matches_subdomains
+        style."""
         d = domain.lower()
         for negate, kind, value in self.items:
             if kind == "name":
                 pat = str(value)
-                if pat.startswith("."):
-                    hit = d.endswith(pat)
+                if d == pat:
+                    hit = True
+                elif self.parent_matches:
+                    hit = d.endswith("." + pat)
                 else:
-                    hit = d == pat or (self.parent_matches and d.endswith("." + pat))
+                    hit = pat.startswith(".") and d.endswith(pat)
             else:
                 table = maps.open_table(str(value))
-                hit = table.lookup(d) is not None
-                if not hit and self.parent_matches:
-                    labels = d.split(".")
-                    for i in range(1, len(labels)):
-                        parent = ".".join(labels[i:])
-                        if table.lookup("." + parent) is not None:
-                            hit = True
-                            break
+                keys = addr_lookup.domain_keys(d, self.parent_matches)
+                if not table.fixed:
+                    keys = keys[:1]  # never a parent of a regexp or pcre table
+                hit = any(table.lookup(key) is not None for key in keys)
             if hit:
                 return not negate
         return False
+
+
+def domain_list(config: config_mod.Config, name: str) -> DomainList:
+    """The domain list of parameter name, in its parent_domain_matches_subdomains style."""
+    return DomainList(config.get_list(name), parent_matches=addr_lookup.parent_style(config, name),
+                      name=name)
 
 
 def _split_transport(spec: str) -> tuple[str, str]:
@@ -179,13 +188,10 @@ class Resolver:
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self.myhostname = config.get("myhostname")
-        self.mydestination = DomainList(config.get_list("mydestination"), name="mydestination")
-        self.alias_domains = DomainList(config.get_list("virtual_alias_domains"),
-                                        name="virtual_alias_domains")
-        self.virtual_domains = DomainList(config.get_list("virtual_mailbox_domains"),
-                                          name="virtual_mailbox_domains")
-        self.relay_domains = DomainList(config.get_list("relay_domains"), parent_matches=True,
-                                        name="relay_domains")
+        self.mydestination = domain_list(config, "mydestination")
+        self.alias_domains = domain_list(config, "virtual_alias_domains")
+        self.virtual_domains = domain_list(config, "virtual_mailbox_domains")
+        self.relay_domains = domain_list(config, "relay_domains")
         self._interfaces: set[str] | None = None
         self.percent_hack = config.get_bool("allow_percent_hack")
         self.helpful_warnings = config.get_bool("helpful_warnings")

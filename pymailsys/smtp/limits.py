@@ -50,8 +50,7 @@ class ClientLimits:
         self.recipient_limit = config.get_int("smtpd_client_recipient_rate_limit")
         if (config.is_set("smtpd_client_event_limit_exceptions")
                 or config.is_set("smtpd_client_connection_limit_exceptions")):
-            self.exceptions = netaddr.AddressList(
-                config.get_list("smtpd_client_event_limit_exceptions"))
+            self.exceptions = netaddr.address_list(config, "smtpd_client_event_limit_exceptions")
         else:
             self.exceptions = mynetworks
         self.anvil: anvil.AnvilClient | None = None
