@@ -75,6 +75,37 @@ def test_unknown_user_and_relay_control(new_instance) -> None:  # type: ignore[n
     assert (code, text) == (554, b"5.7.1 <bob@foreign.example>: Relay access denied")
 
 
+def test_vrfy_is_told_what_rcpt_would_be(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """VRFY runs the restrictions RCPT TO runs (Postfix's smtpd_check_rcpt): the client,
+    relay and recipient lists, then the unlisted-recipient check; a bare postmaster passes."""
+    inst = new_instance(settings={
+        "mynetworks": "192.0.2.0/24",  # the client 127.0.0.1 is outside
+        "smtpd_recipient_restrictions": "check_recipient_access inline:{{blocked@localhost="
+                                        "REJECT no probing}}, reject"})
+    inst.start()
+    replies = session(inst, [b"EHLO client.example\r\n", b"VRFY bob@foreign.example\r\n",
+                             b"VRFY blocked@localhost\r\n", b"VRFY postmaster\r\n",
+                             b"QUIT\r\n"])
+    assert replies[2:5] == [
+        "454 4.7.1 <bob@foreign.example>: Relay access denied",
+        "554 5.7.1 <blocked@localhost>: Recipient address rejected: no probing",
+        "252 2.0.0 postmaster"]
+    inst.wait_log(r"NOQUEUE: reject: VRFY from localhost\[127\.0\.0\.1\]: 554 5\.7\.1 "
+                  r"<blocked@localhost>: Recipient address rejected: no probing; "
+                  r"to=<blocked@localhost> proto=ESMTP helo=<client\.example>")
+    inst.set(smtpd_recipient_restrictions="", smtpd_client_restrictions="reject")
+    inst.postfix("reload")
+    deadline = time.monotonic() + 30
+    while True:  # old smtpd processes may serve a connection or two until they notice
+        replies = session(inst, [b"EHLO client.example\r\n", b"VRFY " + ME.encode()
+                                 + b"@localhost\r\n", b"QUIT\r\n"])
+        if not replies[2].startswith("252") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # smtpd_delay_reject: the client list is applied at VRFY too
+    assert replies[2] == "554 5.7.1 <localhost[127.0.0.1]>: Client host rejected: Access denied"
+
+
 def test_inside_mynetworks_relays(instance: Instance) -> None:
     with instance.smtp() as c:
         c.ehlo()

@@ -873,10 +873,16 @@ class Session(SMTP):
             addr = envelope_address(addr)
         if not addr:
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        reply = self.smtpd.engine.unlisted(self.req, addr, restrictions.STAGE_RECIPIENT)
-        if reply is not None:
-            self._log_reject("VRFY", str(reply), addr)
-            return await self.reply_error(str(reply))
+        if not self.smtpd.stand_alone:  # what RCPT TO would be told, as Postfix
+            req = self.req
+            saved, req.recipient = req.recipient, addr
+            try:
+                result = await self.smtpd.engine.check_rcpt(req, restrictions.WHERE_VRFY)
+            finally:
+                req.recipient = saved
+            if result is not None and result.reply is not None:
+                self._log_reject("VRFY", str(result.reply), addr)
+                return await self.reply_error(str(result.reply))
         await self.push(f"252 2.0.0 {arg}")
         return True
 

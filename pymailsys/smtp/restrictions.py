@@ -16,7 +16,8 @@ DESCRIPTION
     smtpd_delay_reject=yes, client, helo and sender lists, then
     smtpd_relay_restrictions, then smtpd_recipient_restrictions; then, if
     nothing rejected, the implicit reject_unlisted_recipient check
-    (smtpd_reject_unlisted_recipient).
+    (smtpd_reject_unlisted_recipient). VRFY runs the same checks
+    (``check_rcpt(req, WHERE_VRFY)``); a bare ``postmaster`` passes both.
 
     Restrictions implemented: permit, reject, defer, defer_if_permit,
     defer_if_reject, permit_mynetworks, permit_inet_interfaces,
@@ -127,6 +128,7 @@ WHERE_RCPT = "RCPT"
 WHERE_DATA = "DATA"
 WHERE_EOM = "END-OF-MESSAGE"
 WHERE_ETRN = "ETRN"
+WHERE_VRFY = "VRFY"
 
 # Client name lookup outcomes (pymailsys.smtp.dns_client_name).
 NAME_OK = "OK"
@@ -482,13 +484,17 @@ class Engine:
     async def check_sender(self, req: Request) -> Result | None:
         return await self._check(req, WHERE_MAIL, ("smtpd_sender_restrictions",))
 
-    async def check_rcpt(self, req: Request) -> Result | None:
-        """RCPT TO: (delayed client/helo/sender), relay, recipient lists, then unlisted."""
+    async def check_rcpt(self, req: Request, where: str = WHERE_RCPT) -> Result | None:
+        """RCPT TO: or VRFY (``where``) of req.recipient: (delayed client/helo/sender),
+        relay, recipient lists, then unlisted; a bare "postmaster" always passes (RFC 5321
+        4.5.1), as Postfix's smtpd_check_rcpt."""
+        if req.recipient.lower() == "postmaster":
+            return None
         names: tuple[str, ...] = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
         if self.delay_reject:
             names = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
                      "smtpd_sender_restrictions") + names
-        return await self._check(req, WHERE_RCPT, names, unlisted=True)
+        return await self._check(req, where, names, unlisted=True)
 
     async def check_data(self, req: Request) -> Result | None:
         return await self._check(req, WHERE_DATA, ("smtpd_data_restrictions",))
@@ -1184,7 +1190,7 @@ async def _permit_dnswl_client(engine: Engine, req: Request, entry: _Entry) -> R
     ip = netaddr.parse_address(req.client_addr)
     if ip is None:
         return None
-    if req.where == WHERE_RCPT and req.recipient:  # never allow-list relaying
+    if req.where in (WHERE_RCPT, WHERE_VRFY) and req.recipient:  # never allow-list relaying
         ok = _auth_destination(engine, req)
         if ok is not True:
             return None
