@@ -37,6 +37,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import resource
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
@@ -229,26 +230,33 @@ def _back_to(ids: tuple[int, int, list[int]]) -> None:
         _become(ids)
 
 
-def subprocess_ids(user: UserIds) -> dict[str, object]:
+def subprocess_ids(user: UserIds, file_limit: int = 0) -> dict[str, object]:
     """Keyword arguments for subprocess/asyncio: run the child as user (root only),
-    with nothing of the parent's but its standard input, output and error.
+    with nothing of the parent's but its standard input, output and error, and
+    writing no file past file_limit bytes when it is not 0.
 
     A ``preexec_fn`` that, in the child, marks every descriptor above 2
-    close-on-exec (``_keep_only_stdio``) and, when the parent is root, clears
-    the groups and sets gid, then uid: uvloop refuses the
-    ``user``/``group``/``extra_groups`` arguments, and the callers keep no
-    threads (the usual objection to preexec_fn). uvloop's spawn does not
-    close the parent's inheritable descriptors as ``close_fds`` promises:
-    without this a user's command would hold the daemon's listening socket
-    and master's status pipe (which master hands over inheritable), and
-    open table files.
+    close-on-exec (``_keep_only_stdio``), sets the file size limit
+    (RLIMIT_FSIZE; the event loop resets signal dispositions after it, so
+    ignoring SIGXFSZ as Postfix's set_file_limit does is the command line's
+    business) and, when the parent is root, clears the groups and sets gid,
+    then uid: uvloop refuses the ``user``/``group``/``extra_groups``
+    arguments, and the callers keep no threads (the usual objection to
+    preexec_fn). uvloop's spawn does not close the parent's inheritable
+    descriptors as ``close_fds`` promises: without this a user's command
+    would hold the daemon's listening socket and master's status pipe (which
+    master hands over inheritable), and open table files.
     """
-    root = os.geteuid() == 0
+    as_root = os.geteuid() == 0
     uid, gid = user.uid, user.gid
 
     def become() -> None:
         _keep_only_stdio()
-        if root:
+        if file_limit:
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            limit = file_limit if hard == resource.RLIM_INFINITY else min(file_limit, hard)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        if as_root:
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)

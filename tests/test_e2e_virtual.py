@@ -221,7 +221,7 @@ def test_changed_table_restarts_the_daemons_that_use_it(new_instance) -> None:  
 def test_mailbox_limit_below_message_size_limit_is_fatal(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst, base = _virtual(new_instance, virtual_mailbox_limit="1000")
     queue_id = inst.send("carol@example.org", "alice@example.com", MESSAGE)
-    inst.wait_log(r"postfix/virtual\[\d+\]: fatal: main.cf configuration error: "
+    inst.wait_log(r"postfix/virtual\[\d+\]: fatal: configuration error: "
                   r"virtual_mailbox_limit is smaller than message_size_limit")
     assert queue_id in inst.queue_ids("active") + inst.queue_ids("deferred")
     assert _maildir_files(base / "example.com" / "alice") == []

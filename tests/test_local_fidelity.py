@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import IS_ROOT, Instance
+from harness import IS_ROOT, ME, Instance
 
 BODY = b"Subject: fidelity\r\n\r\nhello\r\n"
 
@@ -95,3 +95,32 @@ def test_file_alias_delivers_when_the_dotlock_cannot_be_made(new_instance) -> No
     finally:
         spool.chmod(0o755)
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def test_alias_command_writes_no_file_past_mailbox_size_limit(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's local sets mailbox_size_limit as its file size limit, which its commands
+    inherit with SIGXFSZ ignored: a write past it fails (EFBIG), the command says so."""
+    out = _outdir()
+    try:
+        inst: Instance = new_instance(maildir=True)
+        inst.set(message_size_limit="20000", mailbox_size_limit="20000")
+        inst.write("etc/aliases", f"big: \"|/bin/sh -c 'head -c 30000 /dev/zero > {out}/big'\"\n")
+        inst.tool("newaliases", check=True)
+        inst.start()
+        qid = inst.send("sender@example.org", "big@localhost", BODY)
+        inst.wait_log(rf"{qid}: to=<big@localhost>, relay=local, .*dsn=5\.3\.0, status=bounced "
+                      r"\(Command died with status 1: .*File too large")
+        assert (out / "big").stat().st_size == 20000
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_mailbox_size_limit_below_message_size_limit_is_fatal(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True)
+    inst.set(mailbox_size_limit="1000")  # message_size_limit: 10240000
+    inst.start()
+    qid = inst.send("sender@example.org", f"{ME}@localhost", BODY)
+    inst.wait_log(r"postfix/local\[\d+\]: fatal: configuration error: mailbox_size_limit is "
+                  r"smaller than message_size_limit")
+    assert qid in inst.queue_ids("active") + inst.queue_ids("deferred")
+    assert not inst.maildir_messages()

@@ -96,7 +96,8 @@ DESCRIPTION
     CLIENT_HOSTNAME CLIENT_PROTOCOL SASL_METHOD SASL_SENDER SASL_USERNAME
     (from the queue file's attributes, when set), all censored by
     command_expansion_filter, and PATH in the environment, killed after
-    ``command_time_limit``. Exit 0 is success; output starting with ``X.Y.Z``
+    ``command_time_limit``, writing no file larger than mailbox_size_limit
+    (as Postfix's file size limit). Exit 0 is success; output starting with ``X.Y.Z``
     decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and death by a signal defer;
     any other status bounces with the command's output.
 
@@ -106,6 +107,10 @@ DESCRIPTION
     are removed once the queue file is gone. That directory is root's (in
     root's pid/, made 0700), so local keeps its markers with its own rights, no
     switch per delivery, and removes only names that start with a queue ID.
+
+    A mailbox_size_limit (other than 0) below message_size_limit, or with
+    message_size_limit 0, is fatal at start, as in Postfix: ``configuration
+    error: mailbox_size_limit is smaller than message_size_limit``.
 
 SECURITY
     local runs as root when the system runs as root (master.cf unprivileged
@@ -198,6 +203,9 @@ async def _start(ctx: server.Context) -> None:
             privileges.check_accounts(ctx.config)
         except privileges.PrivilegeError as e:
             log.fatal(str(e))
+    error = mailbox.size_limit_error(ctx.config, "mailbox_size_limit")
+    if error is not None:
+        log.fatal(error)
     agent = LocalAgent(ctx)
     ctx.state["agent"] = agent
     ctx.state["gc"] = server.background(

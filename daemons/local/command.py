@@ -18,7 +18,10 @@ Postfix censors them (a value a client chose never reaches a shell raw); TZ,
 MAIL_CONFIG and LANG come from local's environment unchanged
 (export_environment's default). The From_ line and prepended headers go before
 the message (no >From quoting); the command runs in a new session, killed as a
-whole after ``command_time_limit``. Exit 0 is success;
+whole after ``command_time_limit``; it writes no file larger than
+mailbox_size_limit (a write past it fails with EFBIG, as under Postfix's local,
+whose file size limit its commands inherit with SIGXFSZ ignored; a command that
+cannot be found then fails with the shell's status 127). Exit 0 is success;
 output starting with ``X.Y.Z`` decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and
 death by a signal defer; any other status bounces with the command's output
 (at most 1000 bytes of it in the reason).
@@ -53,6 +56,9 @@ CLIENT_ENVIRONMENT = (("CLIENT_HOSTNAME", "log_client_name"),
                       ("SASL_USERNAME", "sasl_username"))
 DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
+# Run a command with SIGXFSZ ignored (it survives exec, as under Postfix's local), so
+# that a write past mailbox_size_limit fails with EFBIG instead of killing it.
+XFSZ_IGNORED = ("/bin/sh", "-c", "trap '' XFSZ; exec \"$@\"", "sh")
 OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log
 EX_OSERR = 71
 EX_TEMPFAIL = 75
@@ -76,13 +82,15 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         argv = command.split()
     if not argv:
         return DeliveryResult.bounced("empty command", "5.3.5")
+    if agent.size_limit:
+        argv = [*XFSZ_IGNORED, *argv]
     env = environment(agent, req, rcpt, rights, content)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env, cwd=agent.spool.root,
             start_new_session=True,
-            **privileges.subprocess_ids(ids))  # type: ignore[arg-type]
+            **privileges.subprocess_ids(ids, agent.size_limit))  # type: ignore[arg-type]
     except OSError as e:
         return DeliveryResult.deferred(f"cannot execute command \"{command}\": {e.strerror}")
     try:

@@ -46,9 +46,9 @@ DESCRIPTION
 
     A table that cannot answer defers (4.3.5, ``mail system configuration
     error``), as does a relative virtual_mailbox_base. A virtual_mailbox_limit
-    (other than 0) below message_size_limit is fatal at start, as in Postfix:
-    ``main.cf configuration error: virtual_mailbox_limit is smaller than
-    message_size_limit``. Every delivery is
+    (other than 0) below message_size_limit, or with message_size_limit 0, is
+    fatal at start, as in Postfix: ``configuration error: virtual_mailbox_limit
+    is smaller than message_size_limit``. Every delivery is
     logged as Postfix logs it: ``QUEUEID: to=<ADDR>, relay=virtual, delay=...,
     dsn=2.0.0, status=sent (delivered to maildir)``.
 
@@ -106,12 +106,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _start(ctx: server.Context) -> None:
-    limit = ctx.config.get_size("virtual_mailbox_limit")
-    message_limit = ctx.config.get_size("message_size_limit")
-    if limit and (limit < message_limit or message_limit == 0):
-        # as Postfix: a mailbox smaller than a message could never take it
-        log.fatal("main.cf configuration error: virtual_mailbox_limit is smaller than "
-                  "message_size_limit")
+    error = mailbox.size_limit_error(ctx.config, "virtual_mailbox_limit")
+    if error is not None:
+        log.fatal(error)
     agent = VirtualAgent(ctx.config, ctx.spool)
     ctx.state["agent"] = agent
     ctx.state["gc"] = server.background(

@@ -123,6 +123,21 @@ class MailboxError(Exception):
         return self.dsn.startswith("4")
 
 
+def size_limit_error(config: Config, name: str) -> str | None:
+    """Postfix's fatal text when the mailbox limit name (mailbox_size_limit,
+    virtual_mailbox_limit) is on and message_size_limit is off or larger: a
+    mailbox that can never take a message, or a queue file the agent could not
+    update (local and virtual check it at start); None when they fit."""
+    limit, message_limit = config.get_size(name), config.get_size("message_size_limit")
+    if not limit:
+        return None
+    if not message_limit:
+        return f"configuration error: {name} is limited but message_size_limit is unlimited"
+    if limit < message_limit:
+        return f"configuration error: {name} is smaller than message_size_limit"
+    return None
+
+
 def errno_dsn(err: int | None, default: str) -> str:
     """Postfix's mbox_dsn: the enhanced status for a file-system error."""
     if err in (errno.EAGAIN, errno.ESTALE):
