@@ -65,18 +65,23 @@ def write_forward(home: Path, text: str, mode: int = 0o644, name: str = ".forwar
     return path
 
 
+def forwarded_to(inst: Instance, qid: str, rcpt: str, member: str) -> None:
+    """qid's rcpt was forwarded, and the copy delivered to member's maildir (both
+    addresses as log patterns)."""
+    (line,) = inst.wait_log(rf"{qid}: to=<{rcpt}>, relay=local, .*dsn=2\.0\.0, "
+                            r"status=sent \(forwarded as \w+\)")
+    new_id = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
+    inst.wait_log(rf"{new_id}: to=<{member}>, orig_to=<{rcpt}>, relay=local, "
+                  r".*status=sent \(delivered to maildir\)")
+
+
 def test_forward_to_another_address(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
     alice, alice_home = make_user()
     bob, _ = make_user()
     write_forward(alice_home, f"# my mail goes to bob\n{bob}@localhost\n")
     inst.start()
     qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
-    (line,) = inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*dsn=2\.0\.0, "
-                            r"status=sent \(forwarded as \w+\)")
-    new_id = re.search(r"forwarded as (\w+)", line).group(1)  # type: ignore[union-attr]
-    inst.wait_log(rf"{new_id}: to=<{bob}@localhost>, orig_to=<{alice}@localhost>, relay=local, "
-                  r".*status=sent "
-                  r"\(delivered to maildir\)")
+    forwarded_to(inst, qid, f"{alice}@localhost", f"{bob}@localhost")
     (msg,) = inst.wait_maildir(1, bob)
     assert msg.startswith(b"Return-Path: <sender@example.org>\n")
     assert f"Delivered-To: {alice}@localhost\n".encode() in msg
@@ -203,3 +208,15 @@ def test_home_mailbox_mbox(inst: Instance, make_user) -> None:  # type: ignore[n
     assert box.startswith(b"From sender@example.org  ") and box.endswith(b"hello\n\n")
     st = os.stat(home / "Mailbox")
     assert (st.st_uid, st.st_mode & 0o777) == (pwd.getpwnam(alice).pw_uid, 0o600)
+
+
+def test_forward_members_get_the_unmatched_extension_when_asked(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
+    """propagate_unmatched_extensions = ... forward: alice+tag's plain .forward hands bob
+    the extension (bob+tag), as Postfix's dotforward.c."""
+    alice, alice_home = make_user()
+    bob, _ = make_user()
+    write_forward(alice_home, f"{bob}@localhost\n")
+    inst.set(recipient_delimiter="+", propagate_unmatched_extensions="canonical, virtual, forward")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}+tag@localhost", BODY)
+    forwarded_to(inst, qid, rf"{alice}\+tag@localhost", rf"{bob}\+tag@localhost")

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import IS_ROOT, ME, Instance
+from harness import IS_ROOT, ME, Instance, wait_until
 
 BODY = b"Subject: fidelity\r\n\r\nhello\r\n"
 
@@ -124,3 +124,41 @@ def test_mailbox_size_limit_below_message_size_limit_is_fatal(new_instance) -> N
                   r"smaller than message_size_limit")
     assert qid in inst.queue_ids("active") + inst.queue_ids("deferred")
     assert not inst.maildir_messages()
+
+
+def test_propagate_unmatched_extensions_alias_and_include(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """An alias found for the bare user hands its members the unmatched extension when
+    propagate_unmatched_extensions lists alias; an :include: in it (whose members are
+    forwarded) only when it lists include too (Postfix's local: recipient.c, include.c,
+    resolve.c)."""
+    out = _outdir()
+    try:
+        (out / "staff").write_text(f"{ME}@localhost\n")
+        inst: Instance = new_instance(maildir=True)
+        inst.set(recipient_delimiter="+", propagate_unmatched_extensions="canonical, alias")
+        inst.write("etc/aliases", f"team: {ME}@localhost\nstaff: :include:{out}/staff\n")
+        inst.tool("newaliases", check=True)
+        inst.start()
+        for rcpt, delivered in (("team+sales", f"{ME}+sales"), ("team", ME)):
+            qid = inst.send("sender@example.org", f"{rcpt}@localhost", BODY)
+            inst.wait_log(rf"{qid}: to=<{re.escape(delivered)}@localhost>, orig_to=<"
+                          rf"{re.escape(rcpt)}@localhost>, relay=local, .*status=sent "
+                          r"\(delivered to maildir\)")
+
+        def included_delivered_to() -> str:
+            qid = inst.send("sender@example.org", "staff+ops@localhost", BODY)
+            (line,) = inst.wait_log(rf"{qid}: to=<staff\+ops@localhost>, relay=local, .*"
+                                    r"status=sent \(forwarded as \w+\)")
+            new_id = line.rsplit(" ", 1)[1].rstrip(")")
+            (line,) = inst.wait_log(rf"{new_id}: to=<[^>]*>, orig_to=<staff\+ops@localhost>, "
+                                    r"relay=local, .*status=sent \(delivered to maildir\)")
+            return line.split("to=<", 1)[1].split(">", 1)[0]
+
+        assert included_delivered_to() == f"{ME}@localhost"
+        inst.set(propagate_unmatched_extensions="alias, include")
+        inst.postfix("reload")
+        wait_until(lambda: "reload -- version" in inst.log(), what="the reload")
+        wait_until(lambda: included_delivered_to() == f"{ME}+ops@localhost", 30,
+                   what="the forwarded copy with the extension")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

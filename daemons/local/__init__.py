@@ -165,6 +165,7 @@ CONFIGURATION PARAMETERS
     command_time_limit, command_expansion_filter, allow_mail_to_commands, allow_mail_to_files,
     mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
+    propagate_unmatched_extensions (alias, forward, include),
     default_privs, myhostname, myorigin, duplicate_filter_limit, queue_directory,
     process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``).
 

@@ -81,6 +81,8 @@ class Level:
     owner: str = ""  # set: members that are not this user are forwarded, not delivered
     rights: privileges.UserIds | None = None  # for commands, files (None: default_privs,
     # a root-owned alias table's)
+    unmatched: str = ""  # "+ext": spliced into this expansion's addresses (Postfix's
+    # msg_attr.unmatched, per propagate_unmatched_extensions)
 
     def deeper(self, **changes: object) -> Level:
         # not dataclasses.replace: this runs several times per delivery, at a third the cost
@@ -198,6 +200,7 @@ class LocalAgent:
         self.command_filter = frozenset(cfg.get("command_expansion_filter"))
         self.allow_commands = {x.lower() for x in cfg.get_list("allow_mail_to_commands")}
         self.allow_files = {x.lower() for x in cfg.get_list("allow_mail_to_files")}
+        self.propagate = {x.lower() for x in cfg.get_list("propagate_unmatched_extensions")}
         self.hostname = cfg.get("myhostname")
         self.service = ctx.service  # a member resolving to this transport is delivered here
         self.rewrite_context = RewriteContext.from_config(cfg, CONTEXT_LOCAL)
@@ -341,8 +344,11 @@ class LocalAgent:
     async def deliver_switch(self, s: Session, lvl: Level, rcpt: Recipient) -> None:
         """``\\user``: the mailbox; else alias_maps (``user+extension``, then ``user``);
         members of a .forward, an :include: or an owner- list that are not this user are
-        forwarded; else the .forward file, else the mailbox."""
-        lvl = lvl.deeper()
+        forwarded; else the .forward file, else the mailbox. An extension that the alias
+        or .forward found did not match is added to their addresses when
+        propagate_unmatched_extensions lists ``alias`` or ``forward`` (and ``include``
+        for an :include: in them), as Postfix's local."""
+        lvl = lvl.deeper(unmatched="")
         if rcpt.address.startswith("\\"):
             plain = rcpt.address[1:]
             lvl = replace(lvl, req=replace(lvl.req, rcpt=plain))
@@ -362,7 +368,10 @@ class LocalAgent:
                 s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
                 return
             if found is not None:
-                await alias.deliver_alias(self, s, lvl, name, *found)
+                # found for the bare user: its members get the extension, when asked to
+                unmatched = rcpt.localpart[len(rcpt.user):] if (
+                    name != rcpt.localpart and alias.ALIAS in self.propagate) else ""
+                await alias.deliver_alias(self, s, lvl, name, *found, unmatched=unmatched)
                 return
         if (lvl.owner and lvl.owner != rcpt.user) or lvl.exp_type == alias.INCLUDE:
             alias.indirect(s, lvl)

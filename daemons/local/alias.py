@@ -32,7 +32,8 @@ recipient as received>``):
   bytes, read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
   bounce as a configuration error, 5.3.5; a slow read defers); its members that
   are not aliases are forwarded;
-* an address is rewritten (myorigin) and resolved as qmgr would: one that
+* an address is rewritten (myorigin) and resolved as qmgr would, then gets the
+  level's unmatched extension (propagate_unmatched_extensions): one that
   resolves to this local transport is delivered here (``agent.deliver_recipient``:
   its own aliases, .forward and mailbox), any other is forwarded (``indirect``);
 * ``forward_finish``: the forwarded addresses leave as one new message per
@@ -78,9 +79,9 @@ def value_of_lines(text: str) -> str:
 
 
 async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
-                        value: str, table: Table) -> None:
+                        value: str, table: Table, unmatched: str = "") -> None:
     """Expand the alias ``name`` (found with ``value`` in ``table``) in place, with the
-    rights of the table's owner."""
+    rights of the table's owner; ``unmatched`` (``+ext``) goes into its addresses."""
     lvl = lvl.deeper()
     if lvl.level > MAX_LEVEL:
         log.warning(f"alias database loop for {name}")
@@ -108,7 +109,7 @@ async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
     if owner_value is not None:
         owner = sender = rewrite_address(f"owner-{name}", agent.rewrite_context)
     member = lvl.deeper(exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
-                        rights=rights)
+                        rights=rights, unmatched=unmatched)
     if not await expand(agent, s, member, value):
         log.warning(f"no recipient in alias lookup result for {name}")
         s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
@@ -158,7 +159,11 @@ async def deliver_address(agent: LocalAgent, s: Session, lvl: Level, address: st
     if resolved.failed:
         s.done(lvl.req, DeliveryResult.deferred("address resolver failure"))
         return
-    member = replace(lvl, req=replace(lvl.req, rcpt=resolved.recipient,
+    recipient = resolved.recipient
+    if lvl.unmatched:  # propagate_unmatched_extensions: before the last @, as Postfix
+        local, at, domain = recipient.rpartition("@")
+        recipient = f"{local}{lvl.unmatched}@{domain}" if at else recipient + lvl.unmatched
+    member = replace(lvl, req=replace(lvl.req, rcpt=recipient,
                                       orig_rcpt=lvl.req.orig_rcpt or s.req.rcpt))
     if resolved.transport == agent.service:
         await agent.deliver_recipient(s, member)
@@ -222,8 +227,9 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
             f"mail system configuration error: include file {path} is world writable",
             "5.3.5"))
         return
+    unmatched = lvl.unmatched if INCLUDE in agent.propagate else ""
     await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt,
-                                      rights=rights), value_of_lines(text))
+                                      rights=rights, unmatched=unmatched), value_of_lines(text))
 
 
 def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result]:

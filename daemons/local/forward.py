@@ -17,7 +17,9 @@ error) is looked up as the user, as always. A file that is not a regular file, i
 owned by neither the user nor root, or is world-writable is ignored with a
 warning; one that names nobody (empty,
 comments only) means no forwarding. The contents expand as an alias value
-(``alias``, origin ``forward``) with the user's rights, in the same request:
+(``alias``, origin ``forward``) with the user's rights, in the same request
+(when propagate_unmatched_extensions lists ``forward``, its addresses get the
+recipient's extension unless the file found was named with ``$extension``):
 members other than the user leave as the forwarded copy, the user itself (its
 own address or ``\\user``) gets its mailbox. ``deliver`` returns False when
 the mailbox should get the mail instead.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import pwd
+import re
 import stat
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,8 @@ from pymailsys.config import ConfigError, MacroExpander
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Recipient, Session
+
+_EXTENSION_RE = re.compile(r"\$[{(]?extension\b")  # an entry that uses the extension
 
 
 def expansion_attrs(rcpt: Recipient, pw: pwd.struct_passwd | None) -> dict[str, str]:
@@ -118,8 +123,13 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
     value = alias.value_of_lines(text)
     if not rfc822.address_list(value):
         return False  # an empty .forward: no forwarding
+    unmatched = ""
+    if rcpt.extension and alias.FORWARD in agent.propagate and path not in forward_paths(
+            tuple(e for e in agent.forward_path if _EXTENSION_RE.search(e)),
+            tuple(expansion_attrs(rcpt, pw).items()), agent.forward_filter):
+        unmatched = rcpt.localpart[len(rcpt.user):]  # the file found did not use $extension
     member = lvl.deeper(exp_type=alias.FORWARD, exp_from=rcpt.localpart, owner=rcpt.user,
-                        rights=privileges.UserIds.from_pw(pw))
+                        rights=privileges.UserIds.from_pw(pw), unmatched=unmatched)
     await alias.expand(agent, s, member, value)
     s.been_here(f"forward-done {path}")
     return True
