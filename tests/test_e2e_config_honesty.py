@@ -118,6 +118,30 @@ def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -
 
 
 
+def test_misspelt_names_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A main.cf or master.cf -o name that nothing knows reaches no code: check, start and
+    reload say so, as Postfix's postconf does when postfix-script runs it."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_tls_securty_level="encrypt")
+    master_cf = inst.config_dir / "master.cf"
+    master = master_cf.read_text()
+    master, n = re.subn(rf"(?m)^(127\.0\.0\.1:{inst.port}\s+inet\s.*)$",
+                        r"\1\n  -o smtpd_helo_requried=yes", master)
+    assert n == 1
+    master_cf.write_text(master)
+    warnings = [f"warning: {inst.config_dir}/main.cf: unused parameter: "
+                "smtpd_tls_securty_level=encrypt",
+                f"warning: {master_cf}: unused parameter: smtpd_helo_requried=yes"]
+    for command in ("check", "start", "reload"):
+        result = inst.postfix(command)
+        if command == "start":
+            inst.running = True
+        for warning in warnings:
+            assert f"postfix/postfix-script: {warning}\n" in result.stderr, (command, result.stderr)
+    queue_id = inst.send("sender@example.org", f"{ME}@localhost", b"Subject: w\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>.*status=sent")
+
+
 def test_smtpd_refuses_milters_while_local_mail_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
     inst.set(smtpd_milters="inet:127.0.0.1:8891")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -345,14 +346,43 @@ def test_unused_only_for_names_postfix_does_not_know_either(tmp_path):
     assert q.stdout == "luser_relay =\nsmtp_send_xforward_command = no\n"
 
 
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="Debian's postfix is not installed")
-def test_unused_and_nondefault_as_postfix_says(tmp_path):
-    (tmp_path / "main.cf").write_text(POSTFIX_KNOWS)
-    (tmp_path / "master.cf").write_text(RELAY_MASTER_CF)
-    ours = postconf(tmp_path, "-n")
+def _ours_and_postfix_n(tmp_path: Path, main_cf: str, master_cf: str) -> tuple[
+        subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """``postconf -n`` of ours and of Debian's Postfix on the same main.cf and master.cf."""
+    (tmp_path / "main.cf").write_text(main_cf)
+    (tmp_path / "master.cf").write_text(master_cf)
     theirs = subprocess.run(["postconf", "-c", str(tmp_path), "-n"], capture_output=True,
                             text=True, timeout=60)
+    return postconf(tmp_path, "-n"), theirs
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="Debian's postfix is not installed")
+def test_unused_and_nondefault_as_postfix_says(tmp_path):
+    ours, theirs = _ours_and_postfix_n(tmp_path, POSTFIX_KNOWS, RELAY_MASTER_CF)
     assert ours.stdout == theirs.stdout
+    assert _unused(ours.stderr) == _unused(theirs.stderr)
+
+
+MUA_MAIN_CF = "mua_client_restrictions = permit_sasl_authenticated, reject\n"
+MUA_MASTER_CF = ("submission inet n - n - - smtpd\n"
+                 "  -o smtpd_client_restrictions=$mua_client_restrictions\n"
+                 "  -o smtpd_tls_securty_level=encrypt\n  -o my_own=1\n")
+
+
+def test_unused_master_cf_overrides_and_names_master_cf_refers_to(tmp_path):
+    """A -o name nothing knows is an unused parameter of master.cf; a main.cf name that
+    only master.cf refers to is the administrator's own (Postfix 3.7's postconf)."""
+    (tmp_path / "main.cf").write_text(MUA_MAIN_CF)
+    (tmp_path / "master.cf").write_text(MUA_MASTER_CF)
+    p = postconf(tmp_path, "-n")
+    assert _unused(p.stderr) == [
+        f"postconf: warning: {tmp_path}/master.cf: unused parameter: {setting}"
+        for setting in ("my_own=1", "smtpd_tls_securty_level=encrypt")]
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="Debian's postfix is not installed")
+def test_unused_master_cf_overrides_as_postfix_says(tmp_path):
+    ours, theirs = _ours_and_postfix_n(tmp_path, MUA_MAIN_CF, MUA_MASTER_CF)
     assert _unused(ours.stderr) == _unused(theirs.stderr)
 
 

@@ -44,11 +44,13 @@ DESCRIPTION
     -c    configuration directory (else $MAIL_CONFIG, else /etc/pymailsys)
 
 DIAGNOSTICS
-    ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` for a
-    main.cf name that is neither declared, nor known to Postfix 3.7 (its
-    built-in, legacy and master.cf service-defined names), nor the
-    administrator's own (the name is kept: an administrator's main.cf always
-    loads). ``postfix check`` says which known names pymailsys ignores.
+    ``postconf: warning: /dir/main.cf: unused parameter: foo=bar`` (and
+    ``/dir/master.cf: unused parameter: ...`` for a ``-o`` name) for a name
+    that is neither declared, nor known to Postfix 3.7 (its built-in, legacy
+    and master.cf service-defined names), nor the administrator's own (a
+    ``$name`` in main.cf or master.cf; the name is kept: an administrator's
+    main.cf always loads). ``postfix check`` says so too, and which known names
+    pymailsys ignores.
     With -n, ``postconf: warning: /dir/main.cf, line N: overriding earlier
     entry: name=value`` for each main.cf line that sets a name again.
     ``postconf: fatal: -e, -X, or -# accepts no multi-line input`` and exit status 1,
@@ -74,7 +76,7 @@ import tempfile
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps
-from pymailsys.config import master_cf, params, postfix_names
+from pymailsys.config import master_cf, params, postfix_names, validate
 from pymailsys.config.lines import BLANK, SPACE, physical_lines, split_nameval
 
 
@@ -89,19 +91,17 @@ def _line(name: str, value: str, mode: str) -> str:
 
 def _known(cfg: config_mod.Config, entries: list[master_cf.ServiceEntry]) -> set[str]:
     """The main.cf names that are no "unused parameter": declared, known to Postfix,
-    or the administrator's own."""
+    or the administrator's own (referred to in main.cf or master.cf)."""
     explicit = cfg.explicit()
-    own = postfix_names.user_defined(explicit)
+    own = postfix_names.user_defined(explicit, entries)
     return set(params.PARAMS) | {
         name for name in explicit
         if name in own or postfix_names.default(name, entries) is not None}
 
 
 def _warn_unused(cfg: config_mod.Config, entries: list[master_cf.ServiceEntry]) -> None:
-    known = _known(cfg, entries)
-    for name, value in cfg.explicit().items():
-        if name not in known:
-            log.warning(f"{cfg.main_cf}: unused parameter: {name}={value}")
+    for problem in validate.unused(cfg, entries):
+        log.warning(str(problem))
 
 
 def _quiet_entries(cfg: config_mod.Config) -> list[master_cf.ServiceEntry]:

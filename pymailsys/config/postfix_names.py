@@ -6,7 +6,7 @@ NAME
 SYNOPSIS
     postfix_names.default(name, entries)    # Postfix's default (unexpanded), or None
     postfix_names.honoured(name, entries)   # a service-defined name pymailsys acts on
-    postfix_names.user_defined(values)      # names Postfix takes as the user's own
+    postfix_names.user_defined(values, entries)  # names Postfix takes as the user's own
 
 DESCRIPTION
     ``postfix_names.txt`` beside this module holds Postfix 3.7's built-in
@@ -106,10 +106,11 @@ def referenced(values: Iterable[str]) -> set[str]:
     return found
 
 
-def user_defined(values: Mapping[str, str]) -> set[str]:
-    """Names Postfix takes as the administrator's own: referred to by values, or listed
-    in smtpd_restriction_classes."""
-    return referenced(values.values()) | set(split_list(values.get("smtpd_restriction_classes", "")))
+def user_defined(values: Mapping[str, str], entries: Iterable[ServiceEntry] = ()) -> set[str]:
+    """Names Postfix takes as the administrator's own: referred to by main.cf's values or
+    by entries' ``-o`` values, or listed in smtpd_restriction_classes."""
+    texts = [*values.values(), *(value for entry in entries for _, value in entry.overrides())]
+    return referenced(texts) | set(split_list(values.get("smtpd_restriction_classes", "")))
 
 
 def _service_suffix(name: str, entries: Iterable[ServiceEntry]) -> tuple[ServiceEntry, str] | None:

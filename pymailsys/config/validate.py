@@ -26,8 +26,11 @@ DESCRIPTION
       marked not implemented, or one that Postfix 3.7 knows and the table
       leaves out (``postfix_names``: ``luser_relay``, a master.cf service's
       ``relay_destination_rate_delay``), set to anything but its default
-      (``parameter luser_relay is not implemented yet: ignored``), and a
-      setting that makes a service refuse to run (``smtpd_milters = inet:x:1
+      (``parameter luser_relay is not implemented yet: ignored``), a name that
+      neither knows nor main.cf or master.cf refers to (``/etc/pymailsys/main.cf:
+      unused parameter: foo=bar``, master.cf's for a ``-o`` name, as Postfix's
+      postconf says at ``postfix check``), and a setting that makes a service
+      refuse to run (``smtpd_milters = inet:x:1
       is not supported yet: service smtpd will refuse to run``). A setting
       that master itself cannot honour (``master_service_disable``) is an
       error: the whole system refuses to run.
@@ -78,6 +81,7 @@ def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
     problems += _check_maillog_file(cfg)
     problems += [Problem(False, text) for text in cfg.overridden]
     problems += _check_postfix_only(cfg, cfg.explicit(), entries)
+    problems += unused(cfg, entries)
     for entry in entries:
         for name, value in entry.overrides():
             service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
@@ -86,6 +90,24 @@ def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
             else:
                 problems += _check_postfix_only(service_cfg, {name: value}, entries)
     return problems
+
+
+def unused(cfg: Config, entries: Iterable[ServiceEntry]) -> list[Problem]:
+    """Postfix's postconf warning for each main.cf name and master.cf ``-o`` name that is
+    neither declared nor known to Postfix 3.7 nor the administrator's own (referred to
+    as ``$name``): ``/etc/pymailsys/master.cf: unused parameter: smtpd_tls_securty_level=encrypt``.
+    Such a name (often a misspelt one) reaches no code."""
+    entries = list(entries)
+    explicit = cfg.explicit()
+    own = postfix_names.user_defined(explicit, entries)
+
+    def known(name: str) -> bool:
+        return name in params.PARAMS or name in own or postfix_names.default(name, entries) is not None
+
+    found = [(cfg.main_cf, name, value) for name, value in explicit.items() if not known(name)]
+    found += [(entry.path, name, value) for entry in entries
+              for name, value in entry.overrides() if not known(name)]
+    return [Problem(False, f"{path}: unused parameter: {name}={value}") for path, name, value in found]
 
 
 def _check_postfix_only(cfg: Config, settings: dict[str, str],
