@@ -191,6 +191,21 @@ def test_policy_table_levels_protocols_and_errors(new_instance, pki, peers) -> N
                   rf"status=deferred \(client TLS configuration problem\)")
 
 
+def test_cipher_grades_are_the_cipherlist_parameters(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
+    """smtp_tls_mandatory_ciphers = medium means tls_medium_cipherlist, as in smtpd and
+    Postfix: a list of one TLS 1.2 cipher is the cipher used."""
+    rogue = peers["rogue"]
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="encrypt",
+                            smtp_tls_mandatory_protocols="TLSv1.2",
+                            tls_medium_cipherlist="ECDHE-RSA-AES128-GCM-SHA256",
+                            relayhost=rogue.nexthop)
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: cipher\r\n\r\nbody\r\n")
+    inst.wait_log(rf"Untrusted TLS connection established to {ADDR}:{rogue.port}: TLSv1\.2 "
+                  r"with cipher ECDHE-RSA-AES128-GCM-SHA256 \(128/128 bits\)")
+    inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
+
+
 def test_dane_without_dnssec_is_may(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
     rogue = peers["rogue"]
     inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="dane",

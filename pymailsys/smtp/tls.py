@@ -40,9 +40,10 @@ DESCRIPTION
     Protocols (``<prefix>_tls_protocols`` at ``may``,
     ``<prefix>_tls_mandatory_protocols`` above): ``>=TLSv1.2``,
     ``<=TLSv1.3``, ``!SSLv2, !SSLv3, !TLSv1``, or names to allow, separated
-    by commas, spaces or colons. Ciphers: the grades ``high`` and
-    ``medium`` (Postfix's tls_high_cipherlist and tls_medium_cipherlist
-    without RC4, which OpenSSL 3 no longer has); ``null`` never.
+    by commas, spaces or colons. Ciphers: the grades ``high``, ``medium``,
+    ``low`` and ``export`` are the OpenSSL lists tls_high_cipherlist,
+    tls_medium_cipherlist, tls_low_cipherlist and tls_export_cipherlist (as
+    smtpd's); ``null`` never.
 
     ``summary`` is Postfix's log line (smtp_tls_loglevel >= 1): ``Untrusted
     TLS connection established to host[addr]:25: TLSv1.3 with cipher
@@ -72,11 +73,11 @@ import functools
 import ssl
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymailsys import log
-from pymailsys.config import Config, split_list
+from pymailsys.config import Config, params, split_list
 from pymailsys.maps import Maps, TableError
 
 LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
@@ -86,8 +87,11 @@ _UNSUPPORTED = ("dane-only", "fingerprint")
 _VERSIONS = {"SSLv2": 0, "SSLv3": 1, "TLSv1": 2, "TLSv1.1": 3, "TLSv1.2": 4, "TLSv1.3": 5}
 _SSL_VERSIONS = {2: ssl.TLSVersion.TLSv1, 3: ssl.TLSVersion.TLSv1_1, 4: ssl.TLSVersion.TLSv1_2,
                  5: ssl.TLSVersion.TLSv1_3}
-_GRADES = {"high": "HIGH:!aNULL:!eNULL", "medium": "HIGH:MEDIUM:!aNULL:!eNULL",
-           "low": "HIGH:MEDIUM:!aNULL:!eNULL", "export": "HIGH:MEDIUM:!aNULL:!eNULL"}
+GRADES = ("high", "medium", "low", "export")  # each the OpenSSL list tls_<grade>_cipherlist
+
+
+def _default_cipherlists() -> dict[str, str]:
+    return {grade: params.default_of(f"tls_{grade}_cipherlist") for grade in GRADES}
 
 
 class PolicyError(Exception):
@@ -132,7 +136,7 @@ def protocol_range(spec: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
 
 
 @functools.cache
-def _context(verify: bool, protocols: str, grade: str, ca_file: str,
+def _context(verify: bool, protocols: str, ciphers: str, ca_file: str,
              ca_path: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # names are matched by Policy.matches, as Postfix does
@@ -142,7 +146,9 @@ def _context(verify: bool, protocols: str, grade: str, ca_file: str,
         warnings.simplefilter("ignore", DeprecationWarning)
         context.minimum_version = lowest
         context.maximum_version = highest
-    context.set_ciphers(_GRADES[grade])
+    if not ciphers:
+        raise ValueError("no cipher list")
+    context.set_ciphers(ciphers)
     if verify and (ca_file or ca_path):
         context.load_verify_locations(cafile=ca_file or None, capath=ca_path or None)
     return context
@@ -159,6 +165,7 @@ class Policy:
     ca_file: str = ""
     ca_path: str = ""
     loglevel: int = 0
+    ciphers: str = ""  # the grade's OpenSSL cipher list (tls_<grade>_cipherlist)
 
     @property
     def required(self) -> bool:
@@ -170,7 +177,7 @@ class Policy:
 
     def context(self) -> ssl.SSLContext:
         """The SSL context for this policy (cached per process)."""
-        return _context(self.verifies, self.protocols, self.grade, self.ca_file, self.ca_path)
+        return _context(self.verifies, self.protocols, self.ciphers, self.ca_file, self.ca_path)
 
     def matches(self, cert: dict[str, Any], hostname: str, nexthop: str) -> bool:
         """Whether a verified certificate names the server as the match patterns ask."""
@@ -279,6 +286,7 @@ class ClientTls:
     ca_path: str
     loglevel: int
     policy_maps: Maps | None
+    cipherlists: dict[str, str] = field(default_factory=_default_cipherlists)  # grade -> list
 
     @classmethod
     def from_config(cls, config: Config, prefix: str) -> ClientTls:
@@ -298,7 +306,8 @@ class ClientTls:
                    get("tls_ciphers").lower(), get("tls_mandatory_ciphers").lower(),
                    get("tls_CAfile"), get("tls_CApath"),
                    int(get("tls_loglevel") or 0),
-                   maps if maps else None)
+                   maps if maps else None,
+                   {grade: config.get(f"tls_{grade}_cipherlist").strip() for grade in GRADES})
 
     def policy(self, nexthop: str) -> Policy:
         """The policy for a request's nexthop; PolicyError (see the module docstring)."""
@@ -319,7 +328,7 @@ class ClientTls:
         if not grade:
             grade = self.ciphers if level == "may" else self.mandatory_ciphers
         policy = Policy(level, tuple(matches), protocols, grade, self.ca_file, self.ca_path,
-                        self.loglevel)
+                        self.loglevel, self.cipherlists.get(grade.lower(), ""))
         if level != "none":
             try:
                 policy.context()
