@@ -64,6 +64,11 @@ DESCRIPTION
     for ``name type:table``, ``takes_word`` for a plain argument,
     ``dns_list`` for ``domain[=filter]``); a check may be a coroutine.
 
+    Every check that asks where an address goes (reject_unauth_destination,
+    the unlisted recipient check, reject_unknown_*_domain, the sender login
+    maps) judges it as cleanup will queue it: rewritten in the local context
+    first (``Engine.resolve``), as Postfix's smtpd does.
+
     Replies are Postfix's, e.g. ``554 5.7.1 <r>: Relay access denied`` and
     ``550 5.1.1 <r>: Recipient address rejected: User unknown in local
     recipient table``. A table that cannot answer gives ``451 4.3.0 <key>:
@@ -91,6 +96,7 @@ from pymailsys import config as config_mod
 from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
+from pymailsys.address.rewrite import RewriteContext, rewrite_address
 from pymailsys.dsn import xtext_encode
 from pymailsys.ipc import services
 from pymailsys.maps import search as addr_lookup
@@ -365,6 +371,7 @@ class Engine:
         self.local_recipient_maps = bool(config.get_list("local_recipient_maps"))
         self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")
         self.resolved = resolve.ResolveCache(config)  # answers reused, as Postfix's resolve client
+        self.rewrite_context = RewriteContext.from_config(config)
         self.mynetworks = netaddr.mynetworks(config)
         self._lazy_maps: dict[str, maps.Maps | maps.TableError] = {}
         self._policy: dict[str, policy.Client] = {}
@@ -588,6 +595,13 @@ class Engine:
     def lookup_failure(self, key: str) -> Result:
         return Result(DEFER, Reply(451, "4.3.0", f"<{key}>: Temporary lookup failure"))
 
+    def resolve(self, address: str) -> resolve.Resolved:
+        """Where the address goes once cleanup has it: rewritten in the local context
+        (``user`` becomes ``user@$myorigin``, a source route is dropped, ...), then
+        resolved, as Postfix's smtpd_resolve_addr() does. Deciding on the address as
+        the client sent it would judge another address than the one delivered."""
+        return self.resolved.resolve(rewrite_address(address, self.rewrite_context))
+
     # --- the unlisted recipient / sender check -------------------------------------
     def _maps(self, param: str) -> maps.Maps:
         cached = self._lazy_maps.get(param)
@@ -605,7 +619,7 @@ class Engine:
         """Reject reply when address is in one of our domains but unknown; None when fine."""
         if not address:
             return None
-        r = self.resolved.resolve(address)
+        r = self.resolve(address)
         if r.failed:
             log.warning(f"{r.error}")
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
@@ -868,7 +882,7 @@ def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
 
 def _auth_destination(engine: Engine, req: Request) -> bool | Result:
     """True when the recipient is ours (final or relay) and not routed."""
-    r = engine.resolved.resolve(req.recipient)
+    r = engine.resolve(req.recipient)
     if r.failed:
         log.warning(r.error)
         return engine.lookup_failure(req.recipient)
@@ -1003,7 +1017,7 @@ def _sender_owners(engine: Engine, req: Request) -> list[str] | Result | None:
     """The logins smtpd_sender_login_maps gives for the sender (mail_addr_find, on the
     resolved address), None when it has no owner, a Result when the table fails."""
     sender = req.sender or ""
-    r = engine.resolved.resolve(sender)
+    r = engine.resolve(sender)
     address = r.recipient if not r.failed else sender
     try:
         value = addr_lookup.lookup_address(engine._maps("smtpd_sender_login_maps"),
@@ -1295,7 +1309,7 @@ async def _reject_unknown_helo(engine: Engine, req: Request, entry: _Entry) -> R
 
 async def _unknown_domain(engine: Engine, req: Request, address: str, stage: str) -> Result | None:
     """Postfix's reject_unknown_address: a domain we are not final for without MX or A."""
-    r = engine.resolved.resolve(address)
+    r = engine.resolve(address)
     if r.failed:
         log.warning(r.error)
         return engine.lookup_failure(address)
