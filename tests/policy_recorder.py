@@ -4,10 +4,13 @@
 (``policy.spec`` is ``inet:127.0.0.1:PORT`` for check_policy_service);
 ``policy.requests`` holds each request as a dict, in arrival order;
 ``policy.action`` is what it answers (``dunno`` unless changed).
+``PolicyRecorder(path=P)`` listens on the Unix socket P instead (mode 0666, so that
+smtpd reaches it as mail_owner; ``policy.spec`` is then P, a name without a colon).
 """
 
 from __future__ import annotations
 
+import os
 import socketserver
 import threading
 from typing import Any
@@ -16,7 +19,7 @@ from harness import wait_until
 
 
 class PolicyRecorder:
-    def __init__(self, action: str = "dunno") -> None:
+    def __init__(self, action: str = "dunno", path: str | None = None) -> None:
         self.action = action
         self.requests: list[dict[str, str]] = []
         recorder = self
@@ -38,9 +41,15 @@ class PolicyRecorder:
                     self.wfile.write(f"action={recorder.action}\n\n".encode())
                     self.wfile.flush()
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server: socketserver.ThreadingTCPServer | socketserver.ThreadingUnixStreamServer
+        if path is None:
+            self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+            self.spec = f"inet:127.0.0.1:{self.server.server_address[1]}"
+        else:
+            self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
+            os.chmod(path, 0o666)
+            self.spec = path
         self.server.daemon_threads = True
-        self.spec = f"inet:127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> PolicyRecorder:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 from harness import ME, Instance
+from policy_recorder import PolicyRecorder
 from scripted_smtp import ScriptedServer
 
 SENDER = "alice@client.example"
@@ -28,10 +29,13 @@ RELAY_DENIED = re.compile(rb"5\.7\.1 <.*>: Relay access denied")
 class Setup:
     inst: Instance
     sink: ScriptedServer
+    policy: PolicyRecorder
 
     def relayed(self) -> list[bytes]:
-        """The RCPT commands the relayhost has seen."""
-        return [line for line in self.sink.received if line.upper().startswith(b"RCPT")]
+        """The RCPT commands the relayhost has seen, but for the notices to postmaster
+        (@$myorigin) that a server configuration error sends (notify_classes software)."""
+        return [line for line in self.sink.received if line.upper().startswith(b"RCPT")
+                and line != b"RCPT TO:<postmaster@remote.example>\r\n"]
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +43,25 @@ def setup() -> Iterator[Setup]:
     with ScriptedServer() as sink:
         inst = Instance()
         try:
-            inst.set(mynetworks="192.0.2.0/24",  # the client, 127.0.0.1, is a stranger
-                     relayhost=f"[127.0.0.1]:{sink.port}",
-                     mydestination="$myhostname, localhost, ourdomain.example",
-                     myorigin="remote.example", recipient_delimiter="+",
-                     smtpd_error_sleep_time="0", smtpd_soft_error_limit="100",
-                     smtpd_hard_error_limit="100",
-                     smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination")
-            inst.start()
-            yield Setup(inst, sink)
+            relay_table = inst.write("etc/relay_access", "two@remote.example 250 2.0.0 fine\n")
+            rcpt_table = inst.write("etc/rcpt_access", f"""\
+{ME}+typo@ourdomain.example REJCT spam trap
+{ME}+tab@ourdomain.example REJECT\tspam trap
+{ME}+table@ourdomain.example check_client_access inline:{{127.0.0.1=OK}}
+""")
+            with PolicyRecorder(path=str(inst.base / "policy.sock")) as policy:
+                inst.set(mynetworks="192.0.2.0/24",  # the client, 127.0.0.1, is a stranger
+                         relayhost=f"[127.0.0.1]:{sink.port}",
+                         mydestination="$myhostname, localhost, ourdomain.example",
+                         myorigin="remote.example", recipient_delimiter="+",
+                         smtpd_error_sleep_time="0", smtpd_soft_error_limit="100",
+                         smtpd_hard_error_limit="100",
+                         smtpd_relay_restrictions=f"check_recipient_access texthash:"
+                         f"{relay_table}, permit_mynetworks, reject_unauth_destination",
+                         smtpd_recipient_restrictions=f"check_recipient_access texthash:"
+                         f"{rcpt_table}, check_policy_service {policy.spec}")
+                inst.start()
+                yield Setup(inst, sink, policy)
         finally:
             inst.cleanup()
 
@@ -106,3 +120,43 @@ def test_classic_relay_address_forms_are_denied(setup: Setup) -> None:
         assert code == 554 and RELAY_DENIED.fullmatch(text), (form, code, text)
     time.sleep(1)
     assert setup.relayed() == []
+
+
+def test_access_values_that_are_no_action_are_server_errors(setup: Setup) -> None:
+    """As Postfix's check_table_result: an unknown action, a ``2NN`` reply and a value
+    naming a table are ``451 4.3.5 Server configuration error``, never a pass; an action
+    ends at a tab as at a space."""
+    inst = setup.inst
+    replies = rcpt_replies(inst, ["two@remote.example", f"{ME}+typo@ourdomain.example",
+                                  f"{ME}+table@ourdomain.example", f"{ME}+tab@ourdomain.example"])
+    error = (451, b"4.3.5 Server configuration error")
+    assert replies == {
+        "two@remote.example": error,
+        f"{ME}+typo@ourdomain.example": error,
+        f"{ME}+table@ourdomain.example": error,
+        f"{ME}+tab@ourdomain.example": (554, f"5.7.1 <{ME}+tab@ourdomain.example>: Recipient "
+                                             "address rejected: spam trap".encode()),
+    }
+    inst.wait_log(r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 451 4\.3\.5 Server "
+                  rf"configuration error; from=<{SENDER}> to=<two@remote\.example> ")
+    inst.wait_log(r'warning: unknown smtpd restriction: "250"')
+    inst.wait_log(r'warning: unknown smtpd restriction: "REJCT"')
+    inst.wait_log(r"warning: access table texthash:\S+ has entry with lookup table: "
+                  r"check_client_access inline:\{127\.0\.0\.1=OK\}")
+    time.sleep(1)
+    assert setup.relayed() == []
+
+
+def test_a_policy_reply_that_recurses_is_a_server_error(setup: Setup) -> None:
+    """A policy server answering a restriction list that asks it again: Postfix stops
+    after 100 levels with 451 4.3.5."""
+    policy = setup.policy
+    policy.action = f"check_policy_service {policy.spec}"
+    try:
+        replies = rcpt_replies(setup.inst, [f"{ME}@ourdomain.example"])
+    finally:
+        policy.action = "dunno"
+    assert replies == {f"{ME}@ourdomain.example": (451, b"4.3.5 Server configuration error")}
+    setup.inst.wait_log(rf"warning: access table {re.escape(policy.spec)} entry "
+                        rf"check_policy_service {re.escape(policy.spec)} causes unreasonable "
+                        "recursion")

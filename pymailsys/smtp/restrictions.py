@@ -46,8 +46,11 @@ DESCRIPTION
     one, as Postfix); and check_policy_service
     (pymailsys.smtp.policy), whose answer is read as an access(5) action.
 
-    access(5) actions: OK/RELAY, REJECT, DEFER, NNN text, DUNNO, a
-    restriction list, WARN and INFO (logged), DEFER_IF_PERMIT and
+    access(5) actions: OK/RELAY, an all-numerical value (OK), REJECT,
+    DEFER, 4NN/5NN text, DUNNO, a restriction list (a value naming a
+    ``type:table``, nesting more than RECURSION_LIMIT deep or naming no
+    restriction is Postfix's ``451 4.3.5 Server configuration error``, as is
+    any other value: an unknown action never passes), WARN and INFO (logged), DEFER_IF_PERMIT and
     DEFER_IF_REJECT (Postfix's deferred decisions: a pass at the end of the
     command becomes the first DEFER_IF_PERMIT reply, a 5xx becomes the
     first DEFER_IF_REJECT reply), HOLD, DISCARD (ends all lists: accepted,
@@ -153,6 +156,8 @@ LIST_STAGES = {
     "smtpd_etrn_restrictions": STAGE_ETRN,
 }
 
+RECURSION_LIMIT = 100  # restriction lists in access values nested at most this deep
+
 _DSN_RE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
 
 
@@ -226,6 +231,7 @@ class Request:
     server_port: str = ""
     size: int = 0  # MAIL FROM's SIZE=
     recipient_count: int = 0  # accepted recipients (DATA, END-OF-MESSAGE)
+    recursion: int = 0  # restriction lists from access values being run (RECURSION_LIMIT)
     actions: MessageActions = field(default_factory=MessageActions)
     defer_if_permit: Reply | None = None
     defer_if_reject: Reply | None = None
@@ -658,17 +664,16 @@ class Engine:
     def access_result(self, value: str, req: Request, key: str, stage: str,
                       table: str = "") -> Outcome:
         """Interpret an access(5) table value (Postfix's check_table_result)."""
-        word, _, rest = value.strip().partition(" ")
-        rest = rest.strip()
+        parts = value.strip().split(None, 1)  # the action ends at a space or a tab
+        word = parts[0] if parts else ""
+        rest = parts[1].strip() if len(parts) > 1 else ""
         upper = word.upper()
         rclass = _STAGE_CLASS[stage]
         if upper in ("OK", "RELAY") or (word.isdigit() and not rest
                                          and not value.strip().startswith(("4", "5"))):
             return Result(OK)
-        if word.isdigit() and len(word) == 3 and word[0] in "245":
+        if word.isdigit() and len(word) == 3 and word[0] in "45":
             code = int(word)
-            if word[0] == "2":
-                return Result(OK)
             dsn, text = dsn_split(f"{word[0]}.7.1", rest)
             if dsn[0] != word[0]:
                 dsn = fix_dsn(code, dsn)
@@ -703,16 +708,42 @@ class Engine:
             else:
                 req.actions.prepend.append(rest)
             return None
+        return self._restriction_value(value, req, table)
+
+    def _restriction_value(self, value: str, req: Request, table: str) -> Outcome:
+        """A value that is no action: a list of restrictions, run in place. Like
+        Postfix, a value that names a table, nests too deep or is no restriction
+        is a server error (451 4.3.5), never a pass."""
+        if ":" in value:
+            log.warning(f"access table {table} has entry with lookup table: {value}")
+            log.warning("do not specify lookup tables inside SMTPD access maps")
+            log.warning("define a restriction class and specify its name instead.")
+            return self.server_error()
         words = config_mod.split_list(value)
-        if words and words[0].lower() in REGISTRY:
-            try:
-                entries = self.parse(words)
-            except ValueError as e:
-                log.warning(f"access table value {value!r}: {e}")
-                return None
-            return self.run_entries(entries, req)
-        log.warning(f"access table action not supported: {word}")
-        return None
+        if not words:
+            log.warning(f"access table {table} entry {value} has empty value")
+            return None
+        if req.recursion >= RECURSION_LIMIT:
+            log.warning(f"access table {table} entry {value} causes unreasonable recursion")
+            return self.server_error()
+        try:
+            entries = self.parse(words)
+        except ValueError as e:  # "unknown smtpd restriction: ..." and the like
+            log.warning(str(e))
+            return self.server_error()
+        return self._run_nested(entries, req)
+
+    async def _run_nested(self, entries: list[_Entry], req: Request) -> Result | None:
+        req.recursion += 1
+        try:
+            return await self.run_entries(entries, req)
+        finally:
+            req.recursion -= 1
+
+    @staticmethod
+    def server_error() -> Result:
+        """Postfix's reject_server_error: the configuration cannot say, try again later."""
+        return Result(DEFER, Reply(451, "4.3.5", "Server configuration error"))
 
     def _message_action(self, action: str, arg: str, value: str, req: Request, key: str,
                         rclass: str, table: str) -> Result | None:
