@@ -25,8 +25,13 @@ CLIENT = "127.0.0.2"
 
 
 class HAProxy:
-    def __init__(self, directory: Path, backend_port: int) -> None:
+    """HAProxy in front of backend_port: v2_port sends PROXY v2, v1_port v1. With
+    dual_stack it listens on one IPv6 socket for IPv4 too, so that an IPv4 client is
+    ::ffff:a.b.c.d in its headers."""
+
+    def __init__(self, directory: Path, backend_port: int, dual_stack: bool = False) -> None:
         self.v2_port, self.v1_port = free_port(), free_port()
+        bind = ":::{} v4v6" if dual_stack else "127.0.0.1:{}"
         cfg = directory / "haproxy.cfg"
         cfg.write_text(f"""
 defaults
@@ -36,11 +41,11 @@ defaults
     timeout server 60s
 
 frontend smtp_v2
-    bind 127.0.0.1:{self.v2_port}
+    bind {bind.format(self.v2_port)}
     default_backend smtpd_v2
 
 frontend smtp_v1
-    bind 127.0.0.1:{self.v1_port}
+    bind {bind.format(self.v1_port)}
     default_backend smtpd_v1
 
 backend smtpd_v2
@@ -87,6 +92,30 @@ def test_the_original_client_in_log_restrictions_and_received(proxied, version: 
     inst.wait_log(rf"smtpd\[\d+\]: connect from localhost\[{CLIENT}\]")
     inst.wait_log(rf"smtpd\[\d+\]: \w+: client=localhost\[{CLIENT}\]")
     assert "client=localhost[127.0.0.1]" not in inst.log()
+
+
+def test_an_ipv4_client_in_ipv6_form_is_the_ipv4_client(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """HAProxy on a dual-stack socket names an IPv4 client ::ffff:a.b.c.d; smtpd takes
+    it as a.b.c.d, as Postfix does, so that an access table keyed by that address applies
+    (it was passed by) and the log names the client as every other line does."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(smtpd_upstream_proxy_protocol="haproxy", mynetworks="127.0.0.1/32",
+             smtpd_client_restrictions=f"check_client_access inline:{{{CLIENT}=REJECT}}")
+    inst.start(wait_smtp=False)
+    wait_until(lambda: listening(inst.port), 30, what="smtpd's port")
+    haproxy = HAProxy(tmp_path, inst.port, dual_stack=True)
+    try:
+        for port in (haproxy.v2_port, haproxy.v1_port):
+            with smtplib.SMTP("127.0.0.1", port, source_address=(CLIENT, 0), timeout=30) as c:
+                c.ehlo("client.example")
+                c.mail("alice@example.org")
+                assert c.rcpt(f"{ME}@localhost") == (
+                    554, f"5.7.1 <localhost[{CLIENT}]>: Client host rejected: Access "
+                         "denied".encode())
+        inst.wait_log(rf"smtpd\[\d+\]: connect from localhost\[{CLIENT}\]", count=2)
+        assert "ffff" not in inst.log()
+    finally:
+        haproxy.stop()
 
 
 def test_a_client_gone_before_the_banner_is_a_lost_connection(new_instance) -> None:  # type: ignore[no-untyped-def]

@@ -57,8 +57,8 @@ DESCRIPTION
 
     PROXY protocol: with smtpd_upstream_proxy_protocol = haproxy, a v1 or v2
     header (aiosmtpd's reader, within smtpd_upstream_proxy_timeout) names the
-    client; a connection without one is dropped with ``warning: haproxy
-    read: ...``.
+    client (an IPv4-mapped IPv6 address in IPv4 form, as Postfix); a
+    connection without one is dropped with ``warning: haproxy read: ...``.
 
     EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN, STARTTLS, AUTH,
     ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING, less

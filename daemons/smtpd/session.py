@@ -84,6 +84,7 @@ from pymailsys.daemons.smtpd.handler import Envelope, QueueMessage, Smtpd
 from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
 
 from pymailsys import dsn, log, maps
+from pymailsys.address import networks as netaddr
 from pymailsys.ipc import flush
 from pymailsys.rfc822 import envelope_address
 from pymailsys.smtp import restrictions, sasl, tls_server
@@ -347,9 +348,12 @@ class Session(SMTP):
             return False
         self.session.proxy_data = data
         if data.command != V2_CMD.LOCAL and data.family in (AF.INET, AF.INET6):
-            self.req.client_addr = str(data.src_addr)
+            # as Postfix's haproxy_srvr: an IPv4 client in IPv6 form (::ffff:a.b.c.d, what
+            # HAProxy on a dual-stack socket reports) is the IPv4 client a.b.c.d, for the
+            # log and for every table keyed by its address
+            self.req.client_addr = _plain_address(data.src_addr)
             self.req.client_port = str(data.src_port)
-            self.req.server_addr = str(data.dst_addr)
+            self.req.server_addr = _plain_address(data.dst_addr)
             self.req.server_port = str(data.dst_port)
         return True
 
@@ -1084,6 +1088,12 @@ class Session(SMTP):
             await self.input.readline(self.smtpd.line_limit)
         await self.push(f"421 4.7.1 {self.smtpd.myhostname} Error: {why}")
         raise Hangup
+
+
+def _plain_address(addr: object) -> str:
+    """An address from a PROXY header as text, an IPv4-mapped IPv6 one in IPv4 form."""
+    ip = netaddr.parse_address(str(addr))
+    return str(ip) if ip is not None else str(addr)
 
 
 def _comment_text(text: str) -> str:
