@@ -160,3 +160,21 @@ def test_a_policy_reply_that_recurses_is_a_server_error(setup: Setup) -> None:
     setup.inst.wait_log(rf"warning: access table {re.escape(policy.spec)} entry "
                         rf"check_policy_service {re.escape(policy.spec)} causes unreasonable "
                         "recursion")
+
+
+def test_a_negated_pattern_file_negates_the_files_it_names(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """mynetworks = !/outer, where outer names /inner with two networks: both are out
+    of mynetworks (Postfix puts the ! before every pattern the files give). The second
+    one, the client's, once came out trusted, and a stranger could relay."""
+    inst: Instance = new_instance()
+    inner = inst.write("etc/inner_networks", "192.0.2.0/24\n127.0.0.1\n")
+    outer = inst.write("etc/outer_networks", f"{inner}\n")
+    inst.set(mynetworks=f"!{outer}",
+             smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination")
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        c.mail(SENDER)
+        assert c.rcpt("bob@remote.example") == (
+            554, b"5.7.1 <bob@remote.example>: Relay access denied")
+        assert c.rcpt(f"{ME}@localhost")[0] == 250

@@ -18,7 +18,8 @@ DESCRIPTION
       patterns. A CIDR with host bits set is refused (as Postfix does).
     * ``!pattern`` negates: a match there means "not in the list".
     * ``/file/name``: the file's patterns (white space or commas, ``#``
-      comments), inserted in place.
+      comments), inserted in place; ``!/file/name`` negates each of them (and
+      those of the files it names).
     * ``type:table``: the client address is looked up, then the client name
       (and, in a fixed-key table, its parent domains as below); found means
       match (the value is ignored). A table error raises
@@ -130,12 +131,10 @@ class AddressList:
         if not pattern:
             raise ValueError("empty pattern after '!'")
         if pattern.startswith("/"):
+            # as Postfix: !/file negates every pattern of the file, those of files it
+            # names included (a pattern's own ! then makes it positive again)
             for sub in _read_pattern_file(pattern):
-                before = len(self.items)
-                self._add(sub)
-                if negate:
-                    n, k, v = self.items[before]
-                    self.items[before] = (not n, k, v)
+                self._add(("!" if negate else "") + sub)
             return
         if ":" in pattern and not pattern.startswith("[") and _looks_like_table(pattern):
             self.items.append((negate, "table", maps.open_table(pattern)))
