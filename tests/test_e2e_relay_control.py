@@ -6,6 +6,7 @@ relayhost.
 
 The instance: mydestination has ourdomain.example, myorigin is remote.example (a domain
 this host is not the destination of, as on a host whose domain's mail goes elsewhere),
+relay_domains is relay.example, which parent_domain_matches_subdomains does not list,
 recipient_delimiter is ``+``.
 """
 
@@ -55,7 +56,10 @@ def setup() -> Iterator[Setup]:
                          mydestination="$myhostname, localhost, ourdomain.example",
                          myorigin="remote.example", recipient_delimiter="+",
                          smtpd_error_sleep_time="0", smtpd_soft_error_limit="100",
-                         smtpd_hard_error_limit="100",
+                         smtpd_hard_error_limit="100", relay_domains="relay.example",
+                         # as Postfix's default, but for relay_domains
+                         parent_domain_matches_subdomains="debug_peer_list,"
+                         "fast_flush_domains,mynetworks,smtpd_access_maps",
                          smtpd_relay_restrictions=f"check_recipient_access texthash:"
                          f"{relay_table}, permit_mynetworks, reject_unauth_destination",
                          smtpd_recipient_restrictions=f"check_recipient_access texthash:"
@@ -79,6 +83,7 @@ def rcpt_replies(inst: Instance, recipients: list[str]) -> dict[str, tuple[int, 
 def test_bare_local_part_is_judged_as_cleanup_queues_it(setup: Setup) -> None:
     """``RCPT TO:<user>`` becomes user@$myorigin in cleanup; when myorigin is not ours,
     that is relaying (Postfix's smtpd rewrites before it resolves and says so)."""
+    before = setup.relayed()
     inst = setup.inst
     for recipient in (ME, f"@ourdomain.example,@x.example:{ME}"):
         with inst.smtp() as c:
@@ -91,7 +96,7 @@ def test_bare_local_part_is_judged_as_cleanup_queues_it(setup: Setup) -> None:
     # ours stays ours: delivered here, nothing for the relayhost
     inst.send(SENDER, f"{ME}@ourdomain.example", b"Subject: ours\r\n\r\nhi\r\n")
     inst.wait_log(rf"to=<{ME}@ourdomain\.example>, relay=local, .*status=sent")
-    assert setup.relayed() == []
+    assert setup.relayed() == before
 
 
 CLASSIC_FORMS = [
@@ -115,17 +120,32 @@ CLASSIC_FORMS = [
 
 
 def test_classic_relay_address_forms_are_denied(setup: Setup) -> None:
+    before = setup.relayed()
     replies = rcpt_replies(setup.inst, CLASSIC_FORMS)
     for form, (code, text) in replies.items():
         assert code == 554 and RELAY_DENIED.fullmatch(text), (form, code, text)
     time.sleep(1)
-    assert setup.relayed() == []
+    assert setup.relayed() == before
+
+
+def test_relay_domains_without_parent_matching_takes_no_subdomain(setup: Setup) -> None:
+    """relay_domains = relay.example, not in parent_domain_matches_subdomains: relay
+    for relay.example only (Postfix's match_parent_style), not for sub.relay.example."""
+    before = setup.relayed()
+    inst = setup.inst
+    replies = rcpt_replies(inst, ["u@sub.relay.example"])
+    assert replies == {"u@sub.relay.example": (
+        554, b"5.7.1 <u@sub.relay.example>: Relay access denied")}
+    inst.send(SENDER, "u@relay.example", b"Subject: relayed\r\n\r\nhi\r\n")
+    inst.wait_log(r"to=<u@relay\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent")
+    assert setup.relayed() == before + [b"RCPT TO:<u@relay.example>\r\n"]
 
 
 def test_access_values_that_are_no_action_are_server_errors(setup: Setup) -> None:
     """As Postfix's check_table_result: an unknown action, a ``2NN`` reply and a value
     naming a table are ``451 4.3.5 Server configuration error``, never a pass; an action
     ends at a tab as at a space."""
+    before = setup.relayed()
     inst = setup.inst
     replies = rcpt_replies(inst, ["two@remote.example", f"{ME}+typo@ourdomain.example",
                                   f"{ME}+table@ourdomain.example", f"{ME}+tab@ourdomain.example"])
@@ -144,7 +164,7 @@ def test_access_values_that_are_no_action_are_server_errors(setup: Setup) -> Non
     inst.wait_log(r"warning: access table texthash:\S+ has entry with lookup table: "
                   r"check_client_access inline:\{127\.0\.0\.1=OK\}")
     time.sleep(1)
-    assert setup.relayed() == []
+    assert setup.relayed() == before
 
 
 def test_a_policy_reply_that_recurses_is_a_server_error(setup: Setup) -> None:

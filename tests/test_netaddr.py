@@ -28,6 +28,16 @@ def test_negation_first_match_wins() -> None:
     assert netaddr.AddressList(["10.0.0.0/8", "!10.1.0.0/16"]).match("10.1.2.3")
 
 
+def test_name_patterns_match_subdomains_as_parent_domain_matches_subdomains_says() -> None:
+    def mynetworks(**values: str) -> netaddr.AddressList:
+        return netaddr.mynetworks(config.Config("/nonexistent", {"mynetworks": "trusted.example",
+                                                                 **values}))
+    assert mynetworks().match("192.0.2.1", "host.trusted.example")  # Postfix's default
+    strict = mynetworks(parent_domain_matches_subdomains="relay_domains")
+    assert not strict.match("192.0.2.1", "host.trusted.example")
+    assert strict.match("192.0.2.1", "trusted.example")
+
+
 def test_host_bits_refused() -> None:
     with pytest.raises(ValueError, match="bad net/mask"):
         netaddr.AddressList(["10.0.0.1/8"])
