@@ -6,8 +6,9 @@ relayhost.
 
 The instance: mydestination has ourdomain.example, myorigin is remote.example (a domain
 this host is not the destination of, as on a host whose domain's mail goes elsewhere),
-relay_domains is relay.example, which parent_domain_matches_subdomains does not list,
-recipient_delimiter is ``+``.
+relay_domains is relay.example, an access table says OK for both domains (as old
+configurations did before relay_domains), parent_domain_matches_subdomains lists neither
+relay_domains nor smtpd_access_maps, recipient_delimiter is ``+``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def setup() -> Iterator[Setup]:
     with ScriptedServer() as sink:
         inst = Instance()
         try:
-            relay_table = inst.write("etc/relay_access", "two@remote.example 250 2.0.0 fine\n")
+            # the classic relay_domains of old: "our domains OK" in an access table
+            relay_table = inst.write("etc/relay_access", """\
+two@remote.example 250 2.0.0 fine
+ourdomain.example OK
+relay.example OK
+""")
             rcpt_table = inst.write("etc/rcpt_access", f"""\
 {ME}+typo@ourdomain.example REJCT spam trap
 {ME}+tab@ourdomain.example REJECT\tspam trap
@@ -57,9 +63,9 @@ def setup() -> Iterator[Setup]:
                          myorigin="remote.example", recipient_delimiter="+",
                          smtpd_error_sleep_time="0", smtpd_soft_error_limit="100",
                          smtpd_hard_error_limit="100", relay_domains="relay.example",
-                         # as Postfix's default, but for relay_domains
+                         # as Postfix's default, but for relay_domains and access tables
                          parent_domain_matches_subdomains="debug_peer_list,"
-                         "fast_flush_domains,mynetworks,smtpd_access_maps",
+                         "fast_flush_domains,mynetworks",
                          smtpd_relay_restrictions=f"check_recipient_access texthash:"
                          f"{relay_table}, permit_mynetworks, reject_unauth_destination",
                          smtpd_recipient_restrictions=f"check_recipient_access texthash:"
@@ -122,6 +128,22 @@ CLASSIC_FORMS = [
 def test_classic_relay_address_forms_are_denied(setup: Setup) -> None:
     before = setup.relayed()
     replies = rcpt_replies(setup.inst, CLASSIC_FORMS)
+    for form, (code, text) in replies.items():
+        assert code == 554 and RELAY_DENIED.fullmatch(text), (form, code, text)
+    time.sleep(1)
+    assert setup.relayed() == before
+
+
+def test_an_access_table_is_asked_for_the_address_as_delivered(setup: Setup) -> None:
+    """``ourdomain.example OK`` in a recipient access table: Postfix asks the table for
+    the resolved address (user%remote@ourdomain is user@remote: not found), and an OK
+    for a recipient that stays routed (user@remote@relay.example) counts as DUNNO. Asked
+    as the client spelled it, the OK let every routing form through to remote.example."""
+    before = setup.relayed()
+    forms = [f"{ME}%remote.example@ourdomain.example", f"remote.example!{ME}@ourdomain.example",
+             f'"{ME}@remote.example"@ourdomain.example', f'"{ME}@remote.example"@relay.example',
+             f"{ME}%remote.example@relay.example"]
+    replies = rcpt_replies(setup.inst, forms)
     for form, (code, text) in replies.items():
         assert code == 554 and RELAY_DENIED.fullmatch(text), (form, code, text)
     time.sleep(1)

@@ -172,3 +172,21 @@ def test_deferred_decisions() -> None:
     assert r is not None and r.action == DEFER and str(r.reply) == (
         "450 4.7.1 <x@foreign.example>: Recipient address rejected: defer_if_reject requested")
     assert rcpt(e, "root@mx.example") is None
+
+
+def test_mail_access_tables_see_the_resolved_address() -> None:
+    """check_sender_access asks for the sender as cleanup will queue it (a bare local
+    part with @$myorigin), in lower case; allow_untrusted_routing = yes lets an OK pass
+    a recipient that is still routed."""
+    e = engine(myorigin="origin.example",
+               smtpd_sender_restrictions="check_sender_access inline:{joe@origin.example=REJECT}")
+    r = rcpt(e, "root@mx.example", sender="JOE")
+    assert r is not None and str(r.reply) == \
+        "554 5.7.1 <JOE>: Sender address rejected: Access denied"
+    for allow, expected in (("no", "554 5.7.1 <x@foreign.example@relay.example>: Relay access "
+                                   "denied"), ("yes", None)):
+        e = engine(relay_domains="relay.example", allow_untrusted_routing=allow,
+                   smtpd_relay_restrictions="check_recipient_access inline:{relay.example=OK}, "
+                   "reject_unauth_destination")
+        r = rcpt(e, "x@foreign.example@relay.example")
+        assert (str(r.reply) if r is not None else None) == expected, allow

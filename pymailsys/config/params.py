@@ -257,6 +257,8 @@ _TABLE: list[Param] = [
        "append .$mydomain to user@host"),
     _p("swap_bangpath", "yes", "bool", "rewrite a!b to b@a"),
     _p("allow_percent_hack", "yes", "bool", "rewrite u%d@local to u@d"),
+    _p("allow_untrusted_routing", "no", "bool",
+       "let an access table's OK pass a recipient that still has @, % or ! routing"),
     _p("helpful_warnings", "yes", "bool",
        "warn about a domain listed in two address classes"),
     _p("recipient_delimiter", "", doc="separator between user and extension"),

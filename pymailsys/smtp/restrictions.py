@@ -70,7 +70,11 @@ DESCRIPTION
     Every check that asks where an address goes (reject_unauth_destination,
     the unlisted recipient check, reject_unknown_*_domain, the sender login
     maps) judges it as cleanup will queue it: rewritten in the local context
-    first (``Engine.resolve``), as Postfix's smtpd does.
+    first (``Engine.resolve``), as Postfix's smtpd does. So do
+    check_sender_access and check_recipient_access: their tables are asked for
+    the resolved address in lower case (``user%remote@ourdomain`` as
+    ``user@remote``), and an OK for a recipient that is still routed counts
+    as DUNNO unless allow_untrusted_routing (Postfix's check_mail_access).
 
     Replies are Postfix's, e.g. ``554 5.7.1 <r>: Relay access denied`` and
     ``550 5.1.1 <r>: Recipient address rejected: User unknown in local
@@ -368,6 +372,7 @@ class Engine:
         self.unknown_helo_tempfail = _tempfail_action(config,
                                                       "unknown_helo_hostname_tempfail_action")
         self.null_key = config.get("smtpd_null_access_lookup_key")
+        self.allow_untrusted_routing = config.get_bool("allow_untrusted_routing")
         self.delimiter = config.get("recipient_delimiter")
         self.delay_reject = config.get_bool("smtpd_delay_reject")
         self.reject_unlisted_rcpt = (config.get_bool("smtpd_reject_unlisted_recipient") and
@@ -1128,32 +1133,59 @@ def _domain_access(engine: Engine, req: Request, entry: _Entry, domain: str,
                    domain, stage)
 
 
+def _mail_access(engine: Engine, req: Request, entry: _Entry, address: str,
+                 stage: str) -> Outcome:
+    """Postfix's check_mail_access: the table is asked for the address as it will be
+    delivered (rewritten, resolved, in lower case), not as the client spelled it, so
+    that user%remote@ourdomain is looked up as user@remote. A recipient that is still
+    routed (``@ % !`` in its local part) gets no OK from a table unless
+    allow_untrusted_routing: the next hop could route it on."""
+    table = entry.table
+    assert table is not None
+    r = engine.resolve(address)
+    if r.failed:
+        log.warning(r.error)
+        return engine.lookup_failure(address)
+    resolved = r.recipient.lower()
+    if "@" not in resolved:
+        return None
+    outcome = _access(engine, req, entry,
+                      lambda: addr_lookup.lookup_mail_access(table, resolved, engine.delimiter,
+                                                             engine.access_parent_style),
+                      address, stage)
+    if stage == STAGE_RECIPIENT and r.routed and not engine.allow_untrusted_routing:
+        return _no_ok(outcome)
+    return outcome
+
+
+def _no_ok(outcome: Outcome) -> Outcome:
+    """An outcome with its OK turned into DUNNO (refusals and deferrals stand)."""
+    if outcome is None or isinstance(outcome, Result):
+        return None if outcome is not None and outcome.action == OK else outcome
+
+    async def later() -> Result | None:
+        result = await outcome
+        return None if result is not None and result.action == OK else result
+    return later()
+
+
 @restriction("check_sender_access", takes_arg=True)
 def _check_sender_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
     table = entry.table
     assert table is not None
     if req.sender is None:
         return None
-    sender = req.sender
-
-    def find() -> str | None:
-        if not sender:
-            return table.find(engine.null_key)
-        return addr_lookup.lookup_mail_access(table, sender, engine.delimiter,
-                                              engine.access_parent_style)
-    return _access(engine, req, entry, find, sender, STAGE_SENDER)
+    if not req.sender:
+        return _access(engine, req, entry, lambda: table.find(engine.null_key), "",
+                       STAGE_SENDER)
+    return _mail_access(engine, req, entry, req.sender, STAGE_SENDER)
 
 
 @restriction("check_recipient_access", takes_arg=True)
 def _check_recipient_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
-    table = entry.table
-    assert table is not None
     if req.stage != STAGE_RECIPIENT or not req.recipient:
         return None
-    return _access(engine, req, entry,
-                   lambda: addr_lookup.lookup_mail_access(table, req.recipient, engine.delimiter,
-                                                          engine.access_parent_style),
-                   req.recipient, STAGE_RECIPIENT)
+    return _mail_access(engine, req, entry, req.recipient, STAGE_RECIPIENT)
 
 
 @restriction("check_ccert_access", takes_arg=True)
