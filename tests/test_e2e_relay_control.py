@@ -220,3 +220,25 @@ def test_a_negated_pattern_file_negates_the_files_it_names(new_instance) -> None
         assert c.rcpt("bob@remote.example") == (
             554, b"5.7.1 <bob@remote.example>: Relay access denied")
         assert c.rcpt(f"{ME}@localhost")[0] == 250
+
+
+def test_routing_operators_this_host_does_not_take_are_still_routing(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """allow_percent_hack = no, and local mail goes on to a mail hub (local_transport
+    smtp:, no local_recipient_maps): user%remote@ourdomain is not rewritten here, but
+    the hub may route it, so it is no destination of ours (Postfix's ROUTED flag holds
+    for every address class). It once went to the hub as it was."""
+    with ScriptedServer() as hub:
+        inst: Instance = new_instance()
+        inst.set(mynetworks="192.0.2.0/24", allow_percent_hack="no",
+                 mydestination="$myhostname, localhost, ourdomain.example",
+                 local_transport=f"smtp:[127.0.0.1]:{hub.port}", local_recipient_maps="",
+                 smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination")
+        inst.start()
+        replies = rcpt_replies(inst, ["root%remote.example@ourdomain.example"])
+        assert replies == {"root%remote.example@ourdomain.example": (
+            554, b"5.7.1 <root%remote.example@ourdomain.example>: Relay access denied")}
+        inst.send(SENDER, "root@ourdomain.example", b"Subject: for the hub\r\n\r\nhi\r\n")
+        inst.wait_log(r"to=<root@ourdomain\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, "
+                      r".*status=sent")
+        assert [line for line in hub.received if line.startswith(b"RCPT")] == [
+            b"RCPT TO:<root@ourdomain.example>\r\n"]

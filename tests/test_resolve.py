@@ -48,20 +48,31 @@ def test_ip_literal_of_our_interfaces_is_local() -> None:
 
 
 def test_routed_addresses() -> None:
+    """ROUTED, as Postfix's resolve_addr sets it: routing operators left in the local
+    part of the result, whatever its class; the rewriting that led there does not count
+    (the result's class says where it goes)."""
     c = cfg(relay_domains="relay.example")
     r = resolve.resolve(c, "u%elsewhere.example@mx.example")  # percent hack on a local domain
-    assert r.class_ == "default" and r.recipient == "u@elsewhere.example" and r.routed
+    assert r.class_ == "default" and r.recipient == "u@elsewhere.example" and not r.routed
+    r = resolve.resolve(c, "u%relay.example@mx.example")
+    assert r.class_ == "relay" and r.recipient == "u@relay.example" and not r.routed
     r = resolve.resolve(c, "u%x@relay.example")  # sender-specified routing via a relay domain
     assert r.class_ == "relay" and r.routed
+    r = resolve.resolve(c, "u@x.example@relay.example")
+    assert r.class_ == "relay" and r.routed
     r = resolve.resolve(c, "u@x.example@mx.example")
-    assert r.class_ == "default" and r.routed
+    assert r.class_ == "default" and r.recipient == "u@x.example"
     r = resolve.resolve(c, "x.example!u")
-    assert r.recipient == "u@x.example" and r.routed
+    assert r.recipient == "u@x.example" and r.class_ == "default"
     r = resolve.resolve(c, "@a,@b:root@mx.example")  # source route dropped
     assert r.class_ == "local" and not r.routed
-    assert resolve.resolve(c, "@a:u@relay.example").routed
+    r = resolve.resolve(c, "@a:u@relay.example")
+    assert r.class_ == "relay" and not r.routed
+    # operators this system does not take are routing all the same: the next hop may
     r = resolve.resolve(cfg(allow_percent_hack="no"), "u%x@mx.example")
-    assert r.class_ == "local" and r.recipient == "u%x@mx.example"
+    assert r.class_ == "local" and r.recipient == "u%x@mx.example" and r.routed
+    r = resolve.resolve(cfg(swap_bangpath="no"), "x!u@mx.example")
+    assert r.class_ == "local" and r.recipient == "x!u@mx.example" and r.routed
 
 
 def test_transports_relayhost_and_transport_maps(tmp_path: Path) -> None:

@@ -190,3 +190,10 @@ def test_mail_access_tables_see_the_resolved_address() -> None:
                    "reject_unauth_destination")
         r = rcpt(e, "x@foreign.example@relay.example")
         assert (str(r.reply) if r is not None else None) == expected, allow
+    # permit_auth_destination's routed recipient, as Postfix: denied unless allowed
+    for allow, expected in (("no", "554 5.7.1 <x%foreign.example@relay.example>: Relay access "
+                                   "denied"), ("yes", None)):
+        e = engine(relay_domains="relay.example", allow_untrusted_routing=allow,
+                   smtpd_relay_restrictions="reject_unauth_destination")
+        r = rcpt(e, "x%foreign.example@relay.example")
+        assert (str(r.reply) if r is not None else None) == expected, allow

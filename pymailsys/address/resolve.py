@@ -15,7 +15,7 @@ DESCRIPTION
     recipient check) and by qmgr (where to deliver); it knows nothing of
     either. Rules, as Postfix's resolve_addr():
 
-    * A source route ``@a,@b:user@domain`` is dropped (ROUTED unless local).
+    * A source route ``@a,@b:user@domain`` is dropped.
     * Trailing dots of the domain are dropped. A local domain (below) is
       stripped; when what remains has ``@``, ``%`` (allow_percent_hack) or
       ``!`` (swap_bangpath: ``a!b`` becomes ``b@a``) it is resolved again.
@@ -46,9 +46,11 @@ DESCRIPTION
       default transport / uses the recipient domain.
     * ``recipient`` is ``localpart@domain``; without a domain
       ``@$myhostname`` is appended (for a stripped local domain, that one).
-    * ``flags``: ROUTED when a non-local result still has ``@ % !`` in its
-      localpart or came through a source route; FAIL when a table could not
-      answer (the caller defers; ``error`` says why).
+    * ``flags``: ROUTED when the result, of any class, still has ``@ % !``
+      in its localpart (also when allow_percent_hack or swap_bangpath do not
+      take them: the next hop may); FAIL when a table could not answer, or
+      the address needs more rewriting turns than it has characters (the
+      caller defers; ``error`` says why).
 
     ``ResolveCache`` is Postfix's resolve client for a long-lived process
     (smtpd, qmgr): an answer is reused for RESOLVE_TTL (30) seconds, as the
@@ -255,13 +257,14 @@ class Resolver:
         flags = 0
         addr = address
         saved_domain = ""
-        rerouted = False
         if addr.startswith("@"):
             colon = addr.find(":")
             if colon > 0:
                 addr = addr[colon + 1:]
-                rerouted = True
-        for _ in range(20):
+        # each turn takes away a local domain or a routing operator: as in Postfix, more
+        # turns than that mean a bug, and the address fails rather than resolves half-way
+        turns = len(addr) + 100
+        for _ in range(turns):
             local, at, domain = addr.rpartition("@")
             if not at:
                 local, domain = addr, ""
@@ -271,23 +274,33 @@ class Resolver:
             if domain:
                 saved_domain = domain
             if "@" in local:
-                addr, rerouted = local, True
+                addr = local
                 continue
             if self.percent_hack and "%" in local:
                 i = local.rfind("%")
-                addr, rerouted = local[:i] + "@" + local[i + 1:], True
+                addr = local[:i] + "@" + local[i + 1:]
                 continue
             if self.swap_bangpath and "!" in local:
                 host, _, user = local.partition("!")
                 if host and user:
-                    addr, rerouted = f"{user}@{host}", True
+                    addr = f"{user}@{host}"
                     continue
             addr, domain = local, ""
             break
+        else:
+            log.warning(f"resolve_addr: <{log.printable(address)}>: giving up after "
+                        f"{turns} iterations")
+            return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL,
+                            f"{address}: address resolution failed")
         local, at, domain = addr.rpartition("@")
         if not at:
             local, domain = addr, ""
         domain = domain.rstrip(".")
+        # Postfix's RESOLVE_FLAG_ROUTED, for every class: routing operators left in the
+        # local part (even those not taken here, as % without allow_percent_hack), which
+        # the next hop could act on
+        if any(c in local for c in "@%!"):
+            flags |= FLAG_ROUTED
         if not domain:
             if self._nag:
                 self._warn_listed_twice(saved_domain or self.myhostname, "mydestination",
@@ -311,8 +324,6 @@ class Resolver:
         else:
             class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport
             nexthop = nexthop or self.relayhost_for(sender) or domain
-        if rerouted or any(c in local for c in "@%!"):
-            flags |= FLAG_ROUTED
         recipient = f"{local}@{domain}"
         return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
 

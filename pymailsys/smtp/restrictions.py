@@ -917,12 +917,13 @@ def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
 
 
 def _auth_destination(engine: Engine, req: Request) -> bool | Result:
-    """True when the recipient is ours (final or relay) and not routed."""
+    """True when the recipient is ours (final or relay) and not routed (unless
+    allow_untrusted_routing): Postfix's permit_auth_destination."""
     r = engine.resolve(req.recipient)
     if r.failed:
         log.warning(r.error)
         return engine.lookup_failure(req.recipient)
-    return r.class_ != resolve.CLASS_DEFAULT and not r.routed
+    return r.class_ != resolve.CLASS_DEFAULT and (not r.routed or engine.allow_untrusted_routing)
 
 
 @restriction("permit_auth_destination")
