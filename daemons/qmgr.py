@@ -49,7 +49,9 @@ DESCRIPTION
     log ``ID: from=<s>, size=N, nrcpt=M (queue active)``. Every pending
     recipient is resolved (``pymailsys.address.resolve``, with the sender for
     sender_dependent_relayhost_maps; an answer is reused for 30 s, as Postfix's
-    resolve client does, ``resolve.ResolveCache``) or, when the message has a content
+    resolve client does, ``resolve.ResolveCache``), and from then on is the
+    address resolved (``user%host@ourdomain`` is ``user@host``, as Postfix's
+    qmgr updates it: the agent and the log see it), or, when the message has a content
     filter (the last L record: content_filter or a FILTER action), routed
     to the filter's transport and nexthop (``filter_route``: an empty
     nexthop is default_filter_nexthop, else the recipient's domain, else
@@ -894,19 +896,26 @@ class Qmgr:
         if msg.forced:
             self.record(msg, rc, DeliveryResult.deferred(FORCE_EXPIRED, "4.7.0"), "none", start)
             return None
+        try:
+            if msg.env.content_filter:
+                where = filter_route(msg.env.content_filter, rc.address, *self.filter_nexthop)
+            else:
+                resolved = self.routes.resolve(rc.address, msg.env.sender)
+                where = route(resolved)
+                if not resolved.failed and resolved.recipient \
+                        and resolved.recipient != rc.address:
+                    # As Postfix's qmgr: the agent gets the address as resolved, the one
+                    # smtpd judged (user%host@ourdomain is user@host), never the spelling
+                    # that a next hop could route elsewhere.
+                    rc.address = resolved.recipient
+        except Exception as e:  # the resolver's tables: defer, never bounce
+            where = Route("", "", f"address resolver failure: {e}")
         if rc.address.startswith("-") and not self.allow_min_user:
             # As Postfix's qmgr: no agent or command ever sees an address that a
             # careless pipe command would take for an option.
             self.record(msg, rc, DeliveryResult.bounced("bad address syntax", "5.1.3"), "none",
                         start)
             return None
-        try:
-            if msg.env.content_filter:
-                where = filter_route(msg.env.content_filter, rc.address, *self.filter_nexthop)
-            else:
-                where = route(self.routes.resolve(rc.address, msg.env.sender))
-        except Exception as e:  # the resolver's tables: defer, never bounce
-            where = Route("", "", f"address resolver failure: {e}")
         if where.error:
             self.record(msg, rc, DeliveryResult.deferred(where.error), "none", start)
             return None

@@ -240,5 +240,32 @@ def test_routing_operators_this_host_does_not_take_are_still_routing(new_instanc
         inst.send(SENDER, "root@ourdomain.example", b"Subject: for the hub\r\n\r\nhi\r\n")
         inst.wait_log(r"to=<root@ourdomain\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, "
                       r".*status=sent")
+        # an empty local part is MAILER-DAEMON (Postfix's resolve), and goes on as such
+        inst.send(SENDER, "@ourdomain.example", b"Subject: nobody\r\n\r\nhi\r\n")
+        inst.wait_log(r'to=<MAILER-DAEMON@ourdomain\.example>, orig_to=<""@ourdomain\.example>, '
+                      r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent")
         assert [line for line in hub.received if line.startswith(b"RCPT")] == [
-            b"RCPT TO:<root@ourdomain.example>\r\n"]
+            b"RCPT TO:<root@ourdomain.example>\r\n",
+            b"RCPT TO:<MAILER-DAEMON@ourdomain.example>\r\n"]
+
+
+def test_accepted_mail_goes_where_smtpd_judged_it_to_go(setup: Setup) -> None:
+    """user%ourdomain@ourdomain and "user@ourdomain"@ourdomain are user@ourdomain for
+    smtpd (a known user: accepted); the agent must get that address, as Postfix's qmgr
+    hands it on, not the spelling the client sent: local once bounced those as unknown
+    users, to a sender anyone can forge (the bounce went out through the relayhost)."""
+    inst = setup.inst
+    before = setup.relayed()
+    forms = [f"{ME}%ourdomain.example@ourdomain.example", f'"{ME}@ourdomain.example"@ourdomain.example',
+             f"ourdomain.example!{ME}@ourdomain.example"]
+    for form in forms:
+        with inst.smtp() as c:
+            c.ehlo()
+            c.mail(SENDER)
+            assert c.rcpt(form)[0] == 250, form
+            assert c.data(f"Subject: {form}\r\n\r\nhi\r\n".encode())[0] == 250
+    inst.wait_log(rf"to=<{ME}@ourdomain\.example>, orig_to=<.*ourdomain\.example>, relay=local, "
+                  r".*status=sent", count=3)
+    time.sleep(1)
+    assert "status=bounced" not in inst.log()
+    assert setup.relayed() == before

@@ -142,3 +142,12 @@ def test_cache_keeps_at_most_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(10):
         cache.resolve(f"u{n}@mx.example")
         assert len(cache.answers) <= 3
+
+
+def test_an_empty_local_part_is_mailer_daemon() -> None:
+    """As Postfix's resolve_addr: @ourdomain (also ""@ourdomain) is
+    $empty_address_recipient at that domain, resolved again."""
+    r = resolve.resolve(cfg(), "@mx.example")
+    assert r.class_ == "local" and r.recipient == "MAILER-DAEMON@mx.example"
+    r = resolve.resolve(cfg(empty_address_recipient="postmaster@elsewhere.example"), "@mx.example")
+    assert r.class_ == "default" and r.recipient == "postmaster@elsewhere.example"

@@ -19,7 +19,9 @@ DESCRIPTION
     * Trailing dots of the domain are dropped. A local domain (below) is
       stripped; when what remains has ``@``, ``%`` (allow_percent_hack) or
       ``!`` (swap_bangpath: ``a!b`` becomes ``b@a``) it is resolved again.
-      An address without a domain is local.
+      An address without a domain is local. An empty local part (``@ourdomain``,
+      ``""@ourdomain``) is $empty_address_recipient (MAILER-DAEMON), resolved
+      again, as Postfix's resolve_addr() does.
     * Class, checked in this order on the final domain:
       ``local`` (mydestination, or ``[ip]`` of inet_interfaces /
       proxy_interfaces), ``alias`` (virtual_alias_domains: transport
@@ -198,6 +200,7 @@ class Resolver:
         self.percent_hack = config.get_bool("allow_percent_hack")
         self.helpful_warnings = config.get_bool("helpful_warnings")
         self.swap_bangpath = config.get_bool("swap_bangpath")
+        self.empty_recipient = config.get("empty_address_recipient")
         self.relayhost = config.get("relayhost").strip()
         self.local_transport = _split_transport(config.get("local_transport"))
         self.virtual_transport = _split_transport(config.get("virtual_transport"))
@@ -257,6 +260,7 @@ class Resolver:
         flags = 0
         addr = address
         saved_domain = ""
+        surrogate = False  # the empty local part was replaced
         if addr.startswith("@"):
             colon = addr.find(":")
             if colon > 0:
@@ -285,6 +289,9 @@ class Resolver:
                 if host and user:
                     addr = f"{user}@{host}"
                     continue
+            if not local and not surrogate:  # resolved again, in case it has a domain
+                addr, surrogate = self.empty_recipient, True
+                continue
             addr, domain = local, ""
             break
         else:
