@@ -419,6 +419,31 @@ def test_a_maildrop_message_with_too_many_hops_is_returned_not_dropped(
     assert "error writing queue file" not in inst.log()
 
 
+
+def test_a_maildrop_message_whose_queue_file_is_too_big_is_returned_not_dropped(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The content is under message_size_limit (pickup lets it through), its queue file,
+    with the records' overhead and the envelope, is not: cleanup refuses it (552), and
+    it goes back to its sender instead of being removed with a warning."""
+    inst = new_instance(maildir=True, settings={  # the notice returns the headers only
+        "message_size_limit": "3000", "bounce_size_limit": "100"})
+    inst.start()
+    inst.stop()
+    body = "\n" * 1450  # 1450 bytes of content, 2900 in records (2 bytes per empty line)
+    r = inst.tool("sendmail", "-f", f"{ME}@localhost", "-i", f"{ME}@localhost",
+                  input=f"Subject: records\n\n{body}")
+    assert r.returncode == 0, r.stderr
+    inst.start()
+    (line,) = inst.wait_log(r"warning: (\w+): queue file size limit exceeded")
+    qid = line.split("warning: ", 1)[1].split(":", 1)[0]
+    inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=none, .*dsn=5\.3\.4, "
+                  r"status=bounced \(message file too big\)")
+    inst.wait_log(rf"{qid}: sender non-delivery notification: \w+")
+    (notice,) = inst.wait_maildir(1)
+    assert f"<{ME}@localhost>: message file too big".encode() in notice
+    wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="an empty maildrop")
+
+
 # --- postsuper and postqueue against qmgr ----------------------------------------------
 
 def test_postsuper_and_a_flush_leave_a_message_in_delivery_alone(
