@@ -1,9 +1,12 @@
 """Durability under real faults: nothing acknowledged is lost, no notice owed is dropped.
 
-Faults are injected for real: a status-log directory on a small tmpfs that is full
-(ENOSPC), queue files cut short or damaged on disk. The daemons are the real ones
-(``test_qmgr.Standalone``: cleanup, qmgr, local and bounce without master), and the
-assertions are what a user sees: log lines, queue directories, mailbox contents.
+Faults are injected for real (as root): a queue, status-log or mailbox directory on a
+small tmpfs that is full (ENOSPC) or out of inodes, the spool on ext4 on a loop device
+whose disk stops taking writes (a failing fsync), queue files damaged on disk, kill -9
+of a daemon in mid-request, postsuper and postqueue racing qmgr, postfix stop in
+mid-delivery. The daemons are the real ones (``test_qmgr.Standalone``: cleanup,
+qmgr, local and bounce without master; or a whole ``harness.Instance``), and the
+assertions are what a user sees: replies, log lines, queue directories, mailboxes.
 """
 
 from __future__ import annotations
