@@ -26,7 +26,8 @@ as Postfix's programs do at start-up (shared ids). ``account_of`` is the account
 file's owner), ``user_name``/``group_name`` name an id.
 These are the one place that resolves the mail system's accounts. ``subprocess_ids`` gives the keyword
 arguments for running a child process as a user (set in the child, so the
-parent never switches), holding none of the parent's descriptors but 0-2.
+parent never switches), holding none of the parent's descriptors but 0-2, and
+``connect_unix`` a Unix socket connected with a user's rights.
 
 SECURITY: uid 0 never stands for a delivery to a command or file: callers map it
 to default_privs (Postfix does the same).
@@ -34,10 +35,12 @@ to default_privs (Postfix does the same).
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
 import resource
+import socket
 from dataclasses import dataclass
 
 from pymailsys import config as config_mod
@@ -228,6 +231,31 @@ def _back_to(ids: tuple[int, int, list[int]]) -> None:
             _supplementary[:] = ids[2]
     else:
         _become(ids)
+
+
+def connect_unix(path: str, user: UserIds | None, timeout: float) -> socket.socket:
+    """A Unix stream socket connected to path with user's effective ids (None: the
+    process's own), made non-blocking for asyncio; OSError when it cannot be. The
+    connect is the one step that runs with user's rights (a Unix connect only waits
+    while the listener's backlog is full, at most ``timeout``): root resolving a path
+    in a directory that user owns (public/, private/: mail_owner's) gains nothing
+    from a symbolic link user planted there, and the server sees user's uid."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        if user is None:
+            sock.connect(path)
+        else:
+            with as_user(user.uid, user.gid):
+                sock.connect(path)
+        sock.setblocking(False)
+    except PrivilegeError as e:
+        sock.close()
+        raise OSError(errno.EPERM, str(e)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def subprocess_ids(user: UserIds, file_limit: int = 0) -> dict[str, object]:

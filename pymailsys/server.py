@@ -512,7 +512,11 @@ def _listener_sockets(flags: dict[str, str], transport: str) -> list[socket.sock
             except FileNotFoundError:
                 pass
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(where)
+            old_umask = os.umask(0o111)  # mode 0666 as master makes them: the directory
+            try:  # is the gate (local connects to cleanup with mail_owner's rights)
+                sock.bind(where)
+            finally:
+                os.umask(old_umask)
             sock.listen(100)
         out.append(sock)
         return out

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from harness import ME
 from test_qmgr import BODY, Standalone, standalone_systems
 
-from pymailsys import config, privileges
+from pymailsys import config, privileges, server
 from pymailsys.delivery.agent import (
     MAX_MEMBERS,
     DeliveryRequest,
@@ -416,3 +418,64 @@ def test_a_request_for_several_recipients_is_refused(system) -> None:  # type: i
         assert client.request(batch).text("status") == "deferred"
     s.wait_log(r"warning: \w+: bad delivery request: 2 recipients: local delivers one per request")
     assert s.maildir_messages() == []
+
+
+class _Recorder:
+    """A Unix socket at path that records the uid (SO_PEERCRED) of each client and
+    hangs up on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.uids: list[int] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o666)
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                self.uids.append(server.peer_uid(conn))
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.root
+def test_transport_sockets_are_reached_with_mail_owners_rights(system, outside: Path) -> None:  # type: ignore[no-untyped-def]
+    """private/ and public/ are mail_owner's: local (root) connects there to a
+    mailbox_transport (and to cleanup) with mail_owner's effective ids, so a link that
+    mail_owner plants in private/ reaches no socket that only root could reach, and a
+    server sees mail_owner's uid, not root's."""
+    s = system(mailbox_transport="planted")
+    s.start("local")
+    owner = privileges.mail_owner(config.load(str(s.etc)))
+    hidden = outside / "root-only"
+    hidden.mkdir(mode=0o700)
+    reachable = outside / "open"
+    reachable.mkdir(mode=0o755)
+    outside.chmod(0o755)
+    recorders = [_Recorder(hidden / "sock"), _Recorder(reachable / "sock")]
+    try:
+        for recorder in recorders:
+            planted = s.queue_dir / "private" / "planted"
+            planted.unlink(missing_ok=True)
+            os.symlink(recorder.sock.getsockname(), planted)
+            attrs = s.active_request("alice@example.org", f"{ME}@localhost", BODY)[1]
+            assert _ask(s, attrs) == "deferred"
+    finally:
+        for recorder in recorders:
+            recorder.close()
+    assert recorders[0].uids == []
+    assert recorders[1].uids == [owner.uid]
+    s.wait_log(r"status=deferred \(mail transport unavailable\)", count=2)
+

@@ -127,6 +127,10 @@ SECURITY
     * the queue file is opened relative to the queue directory without
       following a symbolic link anywhere, as a regular complete file with one
       link (``Spool.open_queue_file``);
+    * connections to ``public/cleanup`` (forwarding) and ``private/TRANSPORT``
+      (mailbox_transport, fallback_transport) are made with mail_owner's
+      effective ids (``privileges.connect_unix``): those directories are
+      mail_owner's, and a link planted there reaches only what mail_owner could;
     * delivery markers live in a directory of local's own, checked when it is
       opened (local's owner, nobody else can write it, no symbolic link) and used
       through that descriptor; root never works in data_directory;

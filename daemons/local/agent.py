@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -48,6 +49,7 @@ from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
 
 _SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a master.cf unix service
+CONNECT_TIMEOUT = 10.0  # seconds a connect to cleanup or a transport waits for a full backlog
 
 
 @dataclass
@@ -215,7 +217,11 @@ class LocalAgent:
             self.aliases = None
             self.alias_error = str(e)
             log.warning(f"alias_maps: {e}")
-        self.cleanup = AttrPool(self.spool.public(CLEANUP), timeout=300)
+        # connections into public/ and private/ (mail_owner's directories) are made
+        # with mail_owner's rights: a link planted there leads root nowhere
+        self.ipc_rights = privileges.mail_owner(cfg) if self.root else None
+        self.cleanup = AttrPool(self.spool.public(CLEANUP), timeout=300,
+                                connector=self.connect)
         self.mailbox_transport = cfg.get("mailbox_transport").strip()
         self.fallback_transport = cfg.get("fallback_transport").strip()
         self.mailbox_transport_maps = UserTable.open(
@@ -229,6 +235,11 @@ class LocalAgent:
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.transports: dict[str, AttrClient] = {}
         self.markers = mailbox.open_markers(cfg, "local-markers")
+
+    def connect(self, path: str) -> socket.socket:
+        """A connection to a mail system socket, made with mail_owner's rights when
+        root (``privileges.connect_unix``)."""
+        return privileges.connect_unix(path, self.ipc_rights, CONNECT_TIMEOUT)
 
     # --- the service ------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class LocalAgent:
             path = self.spool.private(transport)
             if not os.path.exists(path):
                 return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
-            client = AttrClient(path, timeout=self.ipc_timeout)
+            client = AttrClient(path, timeout=self.ipc_timeout, connector=self.connect)
             self.transports[transport] = client
         common = message_attrs(req.queue_name, req.queue_id, req.data_offset,
                                req.content_size, req.arrival_time, req.active_time,

@@ -552,15 +552,22 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.close()
 
 
+Connector = Callable[[str], socket.socket]  # a path to a connected Unix stream socket
+
+
 class AttrClient:
     """A long-lived, pipelined asyncio client for one Unix socket path."""
 
-    def __init__(self, path: str, timeout: float = 3600.0, hello: str = "") -> None:
+    def __init__(self, path: str, timeout: float = 3600.0, hello: str = "",
+                 connector: Connector | None = None) -> None:
         """``hello``: open each connection with the hello list (the module docstring),
-        and keep the server's answer in ``greeting`` before any request is written."""
+        and keep the server's answer in ``greeting`` before any request is written.
+        ``connector``: how a connection is made (``privileges.connect_unix``: with
+        other rights than the process's); OSError when it cannot be."""
         self.path = path
         self.timeout = timeout
         self.hello = hello
+        self.connector = connector
         self.greeting: AttrList | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -574,7 +581,12 @@ class AttrClient:
             return writer
         async with self._connect_lock:
             if self._writer is None or self._writer.is_closing():
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+                if self.connector is None:
+                    reader, writer = await asyncio.open_unix_connection(self.path,
+                                                                        limit=1 << 20)
+                else:
+                    reader, writer = await asyncio.open_unix_connection(
+                        sock=self.connector(self.path), limit=1 << 20)
                 if self.hello:
                     self.greeting = await self._greeting(reader, writer)
                 self._reader, self._writer = reader, writer
@@ -756,10 +768,12 @@ class AttrPool:
     connections, a connection is closed once its stream's reply arrived.
     """
 
-    def __init__(self, path: str, timeout: float = 3600.0, keep_idle: int = 4) -> None:
+    def __init__(self, path: str, timeout: float = 3600.0, keep_idle: int = 4,
+                 connector: Connector | None = None) -> None:
         self.path = path
         self.timeout = timeout
         self.keep_idle = keep_idle
+        self.connector = connector
         self._clients: list[AttrClient] = []
         self._held: set[AttrClient] = set()
 
@@ -767,7 +781,7 @@ class AttrPool:
         for client in self._clients:
             if client not in self._held:
                 return client
-        client = AttrClient(self.path, self.timeout)
+        client = AttrClient(self.path, self.timeout, connector=self.connector)
         self._clients.append(client)
         return client
 
