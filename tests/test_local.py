@@ -7,6 +7,7 @@ root-only tests use conftest's ``throwaway_user`` account.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 import re
@@ -264,6 +265,25 @@ def test_mbox_written_as_the_recipient_and_symlink_refused(system, throwaway_use
     s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=bounced \(cannot update mailbox "
                r".*file is a symbolic link\)")
     assert target.read_bytes() == b""
+
+
+@pytest.mark.root
+def test_group_writable_spool_mailbox_keeps_the_spool_group(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """A spool directory writable by its group (Debian's /var/mail, root:mail 2775): the
+    mailbox is made with the recipient's uid and the spool's group, and keeps that
+    group (Postfix chowns only what root made); the message is written as the
+    recipient."""
+    s = system(maildir=False)
+    mail_gid = grp.getgrnam("mail").gr_gid
+    os.chown(s.mail_dir, 0, mail_gid)
+    os.chmod(s.mail_dir, 0o2775)
+    s.start()
+    pw = pwd.getpwnam(throwaway_user)
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, .*status=sent \(delivered to mailbox\)")
+    st = os.stat(s.mail_dir / throwaway_user)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, mail_gid, 0o600)
+    assert (s.mail_dir / throwaway_user).read_bytes().startswith(b"From alice@example.org ")
 
 
 @pytest.mark.root

@@ -10,8 +10,8 @@ Maildir), else ``mail_spool_directory/USER`` (``/`` at the end of
 the directory = Maildir). Writes happen with the recipient's effective ids;
 in the spool directory with Postfix's rights: a world-writable directory gives
 the recipient's ids, a group-writable one the recipient's uid and the
-directory's group, otherwise root creates the file and gives it to the
-recipient; either way the message itself is written with the recipient's
+directory's group (a new file keeps that group, as Postfix leaves it),
+otherwise root creates the file and gives it to the recipient; either way the message itself is written with the recipient's
 ids, as Postfix writes it, so that quotas apply. Maildir deliveries to the account are crash-idempotent (a delivery
 key and the agent's marker store). Run as another user, local defers mail for
 every account but its own.
@@ -107,6 +107,6 @@ def spool_ids(agent: LocalAgent, pw: pwd.struct_passwd,
         return user, None
     if st.st_mode & stat.S_IWOTH:
         return user, None
-    if st.st_mode & stat.S_IWGRP:
-        return (pw.pw_uid, st.st_gid, [st.st_gid, pw.pw_gid]), (pw.pw_uid, pw.pw_gid)
+    if st.st_mode & stat.S_IWGRP:  # as Postfix: the spool's group only, no chown
+        return (pw.pw_uid, st.st_gid, [st.st_gid]), None
     return (0, 0, []), (pw.pw_uid, pw.pw_gid)
