@@ -37,6 +37,9 @@ from pymailsys.queue.spool import QueueAccessError, Spool
 
 RELAY = "virtual"
 CONFIG_ERROR = "mail system configuration error"
+# Postfix's virtual: an mbox it cannot lock, open or create defers (mbox_open's def_dsn):
+# the mailbox is the administrator's to fix, not the sender's problem
+MBOX_DSN = "4.2.0"
 
 
 class _Defer(Exception):
@@ -193,7 +196,7 @@ class VirtualAgent:
                 mailbox.deliver_mbox(path, data, expect_uid=uid if self.strict_owner else None,
                                      locks=self.locks, size_limit=self.size_limit,
                                      attempts=self.lock_attempts, delay=self.lock_delay,
-                                     stale=self.stale)
+                                     stale=self.stale, dsn=MBOX_DSN)
                 return DeliveryResult.sent("delivered to mailbox")
         except mailbox.MailboxError as e:
             if maildir:

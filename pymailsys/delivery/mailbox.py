@@ -259,7 +259,7 @@ def maildir_access_warnings(error: MailboxError, uid: int, gid: int) -> None:
 
 @contextlib.contextmanager
 def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
-            stale: float = 500.0, may_fail: bool = False) -> Iterator[None]:
+            stale: float = 500.0, may_fail: bool = False, dsn: str = "5.2.0") -> Iterator[None]:
     """Hold ``PATH.lock``. A lock held by another process past the attempts defers
     (4.2.0); any other failure to create it (EACCES in a directory the writer cannot
     write, ...) is a warning when ``may_fail`` (Postfix's MBOX_DOT_LOCK_MAY_FAIL, for
@@ -281,7 +281,7 @@ def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
             continue
         except OSError as e:
             if not may_fail:
-                raise _os_error(e, "5.2.0", f"unable to create lock file {lock}") from None
+                raise _os_error(e, dsn, f"unable to create lock file {lock}") from None
             log.warning(f"unable to create lock file {lock}: {e.strerror}")
             yield
             return
@@ -333,35 +333,38 @@ def _trusted_link(path: str, link: os.stat_result) -> bool:
 
 
 def open_mailbox(path: str, expect_uid: int | None = None,
-                 chown_to: tuple[int, int] | None = None, devices: bool = False) -> int:
+                 chown_to: tuple[int, int] | None = None, devices: bool = False,
+                 dsn: str = "5.2.0") -> int:
     """Open (or create) a mailbox file for appending with Postfix's safety checks
     (safe_open): a symbolic link only when ``_trusted_link``, then checked as the file
-    it leads to; ``devices``: a character device (/dev/null) is taken too."""
+    it leads to; ``devices``: a character device (/dev/null) is taken too. ``dsn``:
+    the status of a refusal, or of a failure its errno does not decide (Postfix's
+    mbox_open def_dsn: local's 5.2.0, virtual's 4.2.0)."""
     try:
         before: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
         before = None
     except OSError as e:
-        raise _os_error(e, "5.2.0", f"cannot access mailbox {path}") from None
+        raise _os_error(e, dsn, f"cannot access mailbox {path}") from None
     nofollow = os.O_NOFOLLOW
     if before is not None and stat.S_ISLNK(before.st_mode):
         if not _trusted_link(path, before):
-            raise MailboxError("5.2.0", f"cannot open file {path}: file is a symbolic link")
+            raise MailboxError(dsn, f"cannot open file {path}: file is a symbolic link")
         try:
             before = os.stat(path)
         except OSError as e:  # a dangling link is never created through
-            raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
+            raise _os_error(e, dsn, f"cannot open file {path}") from None
         nofollow = 0
     if before is not None:
         if not (stat.S_ISREG(before.st_mode) or devices and stat.S_ISCHR(before.st_mode)):
-            raise MailboxError("5.2.0", f"cannot open file {path}: file is not a regular file")
+            raise MailboxError(dsn, f"cannot open file {path}: file is not a regular file")
         if before.st_nlink != 1:
-            raise MailboxError("5.2.0", f"cannot open file {path}: file has {before.st_nlink} hard links")
+            raise MailboxError(dsn, f"cannot open file {path}: file has {before.st_nlink} hard links")
         flags = os.O_WRONLY | os.O_APPEND | nofollow | os.O_NOCTTY | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except OSError as e:
-            raise _os_error(e, "5.2.0", f"cannot open file {path}") from None
+            raise _os_error(e, dsn, f"cannot open file {path}") from None
         after = os.fstat(fd)
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_nlink != 1 \
                 or stat.S_IFMT(after.st_mode) != stat.S_IFMT(before.st_mode):
@@ -378,7 +381,7 @@ def open_mailbox(path: str, expect_uid: int | None = None,
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
-        raise _os_error(e, "5.2.0", f"cannot create file {path}") from None
+        raise _os_error(e, dsn, f"cannot create file {path}") from None
     if chown_to is not None:
         try:
             os.fchown(fd, chown_to[0], chown_to[1])
@@ -395,7 +398,8 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                  locks: Iterable[str] = ("fcntl", "dotlock"), size_limit: int = 0,
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
                  dotlock_may_fail: bool = False, to_file: bool = False,
-                 write_as: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+                 write_as: Callable[[], AbstractContextManager[object]] | None = None,
+                 dsn: str = "5.2.0") -> None:
     """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
 
     ``write_as``: a context-manager factory for the rights the message is written
@@ -409,12 +413,14 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
     deliver_file, for a /file of an alias or .forward): a file with an execute bit
     is refused, 5.7.1 ``file is executable``, and left as it was (mail appended to
     a script would run as whoever runs the script), and a character device
-    (/dev/null) is written as it is, without kernel locks, size limit or fsync."""
+    (/dev/null) is written as it is, without kernel locks, size limit or fsync.
+    ``dsn``: the status of a lock, open or create failure that its errno does not
+    decide (``open_mailbox``; local 5.2.0, virtual 4.2.0)."""
     methods = [m.strip().lower() for m in locks]
     with contextlib.ExitStack() as stack:
         if "dotlock" in methods and _regular_or_absent(path):
-            stack.enter_context(dotlock(path, attempts, delay, stale, dotlock_may_fail))
-        fd = open_mailbox(path, expect_uid, chown_to, devices=to_file)
+            stack.enter_context(dotlock(path, attempts, delay, stale, dotlock_may_fail, dsn))
+        fd = open_mailbox(path, expect_uid, chown_to, devices=to_file, dsn=dsn)
         stack.callback(os.close, fd)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # a device: no locks, size or sync to speak of
