@@ -127,7 +127,8 @@ DESCRIPTION
     notification keeps the message and its bounce log for the next run). Then, no recipient left: unlink the file and its logs,
     ``ID: removed`` (without fsync: a crash before the unlink repeats a
     delivery, which local recognises); recipients deferred: past ``maximal_queue_lifetime``
-    (``bounce_queue_lifetime`` for <>), or at once for a file ``postsuper -e``
+    (``bounce_queue_lifetime`` for <>, never longer than the former: Postfix's
+    warning, then the adjustment), or at once for a file ``postsuper -e``
     marked (mode g+x: no recipient is tried again, each is deferred as
     ``message is administratively expired`` unless a defer log from the last
     attempt gives the reasons; ``status=force-expired``), they bounce with their defer reasons
@@ -399,6 +400,10 @@ class Qmgr:
         self.max_backoff = cfg.get_time("maximal_backoff_time")
         self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
+        if self.bounce_lifetime > self.max_lifetime:  # as Postfix's qmgr_post_init
+            log.warning("bounce_queue_lifetime is larger than maximal_queue_lifetime - "
+                        "adjusting bounce_queue_lifetime")
+            self.bounce_lifetime = self.max_lifetime
         self.allow_min_user = cfg.get_bool("allow_min_user")
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
         self.routes = resolve.ResolveCache(cfg)
@@ -1181,7 +1186,9 @@ class Qmgr:
         it cannot go there (a hashed subdirectory that cannot be made), it goes back
         to incoming/ for a try in LOCKED_RETRY seconds: a file left in active/ would
         wait for the next start of qmgr."""
-        delay = min(max(now - msg.env.arrival, self.min_backoff), self.max_backoff)
+        # as Postfix's qmgr_active: the age, at most maximal_backoff_time and at least
+        # minimal_backoff_time (which wins when the two disagree)
+        delay = max(min(now - msg.env.arrival, self.max_backoff), self.min_backoff)
         try:
             path = self.spool.move(msg.queue_id, q.ACTIVE, q.DEFERRED)
             os.utime(path, (now, now + delay))
