@@ -114,6 +114,17 @@ def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
     ]
 
 
+def test_a_value_only_some_programs_act_on_warns(tmp_path):
+    """notify_classes = protocol: smtpd sends the postmaster its transcript, the smtp and
+    lmtp clients (Postfix's do) not yet."""
+    found = problems(tmp_path, "notify_classes = resource, software, protocol, data\n")
+    assert texts(found, False) == [
+        f"{tmp_path}/main.cf, line 1: parameter notify_classes: protocol, data is not "
+        "implemented yet for the smtp and lmtp clients (no transcript of their sessions): "
+        "ignored there"]
+    assert problems(tmp_path, "notify_classes = bounce, delay, policy\n") == []
+
+
 @pytest.mark.parametrize("setting, program", [
     ("smtpd_milters = inet:127.0.0.1:8891", "smtpd"),
     ("non_smtpd_milters = inet:127.0.0.1:8891", "pickup"),

@@ -26,7 +26,10 @@ DESCRIPTION
       marked not implemented, or one that Postfix 3.7 knows and the table
       leaves out (``postfix_names``: ``luser_relay``, a master.cf service's
       ``relay_destination_rate_delay``), set to anything but its default
-      (``parameter luser_relay is not implemented yet: ignored``), a name that
+      (``parameter luser_relay is not implemented yet: ignored``), a value
+      that only some of the programs that read it act on (``parameter
+      notify_classes: protocol is not implemented yet for the smtp and lmtp
+      clients (...): ignored there``), a name that
       neither knows nor main.cf or master.cf refers to (``/etc/pymailsys/main.cf:
       unused parameter: foo=bar``, master.cf's for a ``-o`` name, as Postfix's
       postconf says at ``postfix check``), and a setting that makes a service
@@ -56,6 +59,12 @@ from pymailsys.config.master_cf import ServiceEntry
 
 _LEVEL_RE = re.compile(r"\d+(\.\d+){0,2}")
 _CHOICE_LABELS = {"mynetworks_style": "mynetworks mask style"}  # Postfix's wording
+# Values of a list that some program takes and another that Postfix has act on too does
+# not: name -> (those values, where they are ignored)
+_PARTLY: dict[str, tuple[frozenset[str], str]] = {
+    "notify_classes": (frozenset({"protocol", "data"}),
+                       "the smtp and lmtp clients (no transcript of their sessions)"),
+}
 _TRUE = ("yes", "true", "1")
 _BOOLEANS = (*_TRUE, "no", "false", "0")
 
@@ -171,6 +180,11 @@ def _check_param(cfg: Config, param: params.Param,
         return [Problem(False, f"{setting}: {which} will refuse to run", where)]
     if not param.implemented and not _is_default(cfg, param):
         return [Problem(False, f"parameter {param.name} is not implemented yet: ignored", where)]
+    partly = _PARTLY.get(param.name)
+    words = [w for w in cfg.get_list(param.name) if w.lower() in partly[0]] if partly else []
+    if partly and words:
+        return [Problem(False, f"parameter {param.name}: {', '.join(words)} is not implemented "
+                               f"yet for {partly[1]}: ignored there", where)]
     return []
 
 
