@@ -25,6 +25,8 @@ from aiosmtpd.controller import Controller
 from conftest import require_tool
 from harness import IS_ROOT, ME, Instance, free_port, wait_until
 
+from pymailsys.config.mynetworks import local_interfaces
+
 LOCAL = f"{ME}@localhost"
 BODY_8BIT = "Grüße aus Köln\r\n.leading dot\r\n".encode()
 
@@ -229,11 +231,13 @@ class _Recorder:
     def __init__(self) -> None:
         self.envelopes: list[tuple[str, list[str], bytes, list[str]]] = []
         self.over_tls: list[bool] = []
+        self.clients: list[str] = []  # the address each message came from
 
     async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos),
                                envelope.original_content, list(envelope.mail_options)))
         self.over_tls.append(session.ssl is not None)
+        self.clients.append(session.peer[0])
         return "250 2.0.0 Ok: queued as AIOSMTPD1"
 
 
@@ -268,6 +272,27 @@ def test_aiosmtpd_peer_and_size_limit(new_instance, aiosmtpd_peer) -> None:  # t
                   rf"{controller.port}, .*dsn=5\.3\.4, status=bounced \(message size \d+ exceeds "
                   rf"size limit 100000 of server 127\.0\.0\.1\[127\.0\.0\.1\]\)")
     assert len(recorder.envelopes) == 1
+
+
+def test_the_only_address_of_inet_interfaces_is_the_source(new_instance, aiosmtpd_peer) -> None:  # type: ignore[no-untyped-def]
+    """inet_interfaces with one non-loopback IPv4 address: the smtp client connects from
+    it, as Postfix's (a loopback address, or several, leave the choice to the kernel)."""
+    own = [str(i.ip) for i in local_interfaces() if i.version == 4 and not i.ip.is_loopback]
+    if not own:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    controller, recorder = aiosmtpd_peer
+    inst: Instance = new_instance()
+    inst.set(inet_interfaces=own[0], mynetworks="127.0.0.0/8",
+             transport_maps=f"inline:{{ x.example=smtp:[127.0.0.1]:{controller.port} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, "u@x.example", b"Subject: source\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<u@x\.example>, .*status=sent")
+    inst.set(inet_interfaces=f"127.0.0.1, {own[0]}")
+    inst.postfix("reload")
+    wait_until(lambda: "reload -- version" in inst.log(), what="the reload")
+    queue_id = inst.send(LOCAL, "v@x.example", b"Subject: source\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<v@x\.example>, .*status=sent")
+    assert recorder.clients == [own[0], "127.0.0.1"]
 
 
 def test_unreachable_relayhost_defers(new_instance) -> None:  # type: ignore[no-untyped-def]

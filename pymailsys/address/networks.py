@@ -39,7 +39,10 @@ DESCRIPTION
     ``interface_addresses(config)``: the addresses of ``inet_interfaces``
     (``all``: every interface; ``loopback-only``: 127.0.0.1 and ::1) plus
     ``proxy_interfaces``, as normalized IP strings; resolve.py uses them to
-    recognise ``user@[ip]`` as local.
+    recognise ``user@[ip]`` as local. ``source_addresses(config)``: the
+    address the SMTP client sends from, per family: the one address of that
+    family inet_interfaces has, when it has exactly one and it is not a
+    loopback address (Postfix's smtp_connect_addr).
 
 REFUSES
     A malformed pattern raises ``ValueError`` naming it (a configuration
@@ -214,10 +217,12 @@ def mynetworks(config: config_mod.Config) -> AddressList:
     return address_list(config, "mynetworks")
 
 
-def interface_addresses(config: config_mod.Config) -> set[str]:
-    """Normalized IP strings of inet_interfaces plus proxy_interfaces."""
+def interface_addresses(config: config_mod.Config, proxy: bool = True) -> set[str]:
+    """Normalized IP strings of inet_interfaces plus (with proxy) proxy_interfaces."""
     out: set[str] = set()
-    names = config.get_list("inet_interfaces") + config.get_list("proxy_interfaces")
+    names = config.get_list("inet_interfaces")
+    if proxy:
+        names += config.get_list("proxy_interfaces")
     for name in names:
         low = name.lower()
         if low == "all":
@@ -237,6 +242,17 @@ def interface_addresses(config: config_mod.Config) -> set[str]:
             except OSError:
                 pass
     return out
+
+
+def source_addresses(config: config_mod.Config) -> dict[int, str]:
+    """{address family: the address to bind} for outbound connections (see above)."""
+    by_family: dict[int, list[IPAddress]] = {}
+    for text in interface_addresses(config, proxy=False):
+        ip = ipaddress.ip_address(text)
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        by_family.setdefault(family, []).append(ip)
+    return {family: str(ips[0]) for family, ips in by_family.items()
+            if len(ips) == 1 and not ips[0].is_loopback}
 
 
 def is_loopback(addr: str) -> bool:

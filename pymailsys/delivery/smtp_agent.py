@@ -72,7 +72,8 @@ CONFIGURATION PARAMETERS
     smtp_tls_CApath, smtp_tls_protocols, smtp_tls_mandatory_protocols,
     smtp_tls_ciphers, smtp_tls_mandatory_ciphers, smtp_tls_verify_cert_match,
     smtp_tls_secure_cert_match, smtp_tls_loglevel (``pymailsys.smtp.tls``)
-    (each also as lmtp_*), inet_protocols, inet_interfaces, proxy_interfaces,
+    (each also as lmtp_*), inet_protocols, inet_interfaces (the source address
+    when it has one non-loopback address of the peer's family), proxy_interfaces,
     myhostname, fast_flush_domains, flush_service_name, ipc_timeout,
     lmtp_assume_final.
 """
@@ -191,7 +192,8 @@ class Agent:
                 data_init=seconds("data_init_timeout"), data_xfer=seconds("data_xfer_timeout"),
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
             skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
-            reply_limit=max(config.get_int("line_length_limit"), 1))
+            reply_limit=max(config.get_int("line_length_limit"), 1),
+            source=networks.source_addresses(config))
         self.tls = tls.ClientTls.from_config(config, protocol)
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))

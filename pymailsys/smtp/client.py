@@ -252,6 +252,9 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     skip_5xx_greeting: bool = True
     reply_limit: int = 2048  # line_length_limit: reply text kept, all lines together
+    # address family -> the local address connections of that family are made from
+    # (inet_interfaces' only address of the family: networks.source_addresses)
+    source: dict[int, str] = field(default_factory=dict)
 
 
 class Session:
@@ -639,6 +642,29 @@ def _extensions(reply: Reply) -> dict[str, str]:
     return out
 
 
+async def _open_inet(peer: Peer, source: dict[int, str]
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to peer, from source's address of the peer's family when there is
+    one; a failed bind is a warning and the connection goes from the kernel's choice, as
+    Postfix's smtp_connect_addr."""
+    family = socket.AF_INET6 if ":" in peer.addr else socket.AF_INET
+    local = source.get(family)
+    if local is None:
+        return await asyncio.open_connection(peer.addr, peer.port, limit=MAX_REPLY_LINE * 2)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.bind((local, 0))
+        except OSError as e:
+            log.warning(f"smtp_connect_addr: bind {local}: {e.strerror}")
+        await asyncio.get_running_loop().sock_connect(sock, (peer.addr, peer.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=MAX_REPLY_LINE * 2)
+
+
 async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None = None,
                   nexthop: str = "") -> Session:
     """Open the connection and read the greeting; SessionError on failure. ``nexthop``
@@ -649,7 +675,7 @@ async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None 
         if peer.path:
             opener = asyncio.open_unix_connection(peer.path, limit=MAX_REPLY_LINE * 2)
         else:
-            opener = asyncio.open_connection(peer.addr, peer.port, limit=MAX_REPLY_LINE * 2)
+            opener = _open_inet(peer, settings.source)
         reader, writer = await asyncio.wait_for(opener, timeout)
     except TimeoutError:
         raise SessionError(f"connect to {where}: Connection timed out", dsn="4.4.1") from None
