@@ -407,6 +407,8 @@ class Qmgr:
         self.allow_min_user = cfg.get_bool("allow_min_user")
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
         self.routes = resolve.ResolveCache(cfg)
+        # local(8) delivers one recipient per request
+        self.local_transport = cfg.get("local_transport").partition(":")[0].strip()
         self.active_limit = max(cfg.get_int("qmgr_message_active_limit"), 1)
         self.open_file_budget = _open_file_budget()
         self.open_file_warned = False
@@ -445,13 +447,16 @@ class Qmgr:
     # --- parameters per transport ---------------------------------------------------
 
     def limits(self, transport: str) -> tuple[int, int]:
-        """(recipients per request, in-memory recipients) for a transport."""
+        """(recipients per request, in-memory recipients) for a transport. local_transport's
+        takes one recipient per request whatever its limit says (``postfix check`` warns)."""
         cached = self._limits.get(transport)
         if cached is None:
-            cached = (max(self._transport_int(transport, "destination_recipient_limit",
-                                              "default_destination_recipient_limit"), 1),
-                      max(self._transport_int(transport, "recipient_limit",
-                                              "default_recipient_limit"), 1))
+            per_request = max(self._transport_int(transport, "destination_recipient_limit",
+                                                  "default_destination_recipient_limit"), 1)
+            if transport == self.local_transport:
+                per_request = 1
+            cached = (per_request, max(self._transport_int(transport, "recipient_limit",
+                                                           "default_recipient_limit"), 1))
             self._limits[transport] = cached
         return cached
 

@@ -168,3 +168,24 @@ def test_smtpd_refuses_milters_while_local_mail_is_delivered(new_instance) -> No
     # master did not spin: smtpd tried once in this throttle period
     assert len(re.findall(r"smtpd\[\d+\]: fatal: smtpd_milters", inst.log())) == 1
     assert "Traceback" not in inst.log()
+
+
+def test_local_takes_one_recipient_per_request_whatever_the_limit_says(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """local_destination_recipient_limit above 1 (legal in Postfix) is warned about and
+    qmgr still hands local one recipient per request: both recipients are delivered."""
+    inst: Instance = new_instance(maildir=True)
+    inst.set(local_destination_recipient_limit="10")
+    inst.write("etc/aliases", f"team: {ME}@localhost\n")
+    inst.tool("newaliases", check=True)
+    line = _main_cf_line(inst, "local_destination_recipient_limit = 10")
+    result = inst.postfix("start")
+    inst.running = True
+    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: parameter "
+            "local_destination_recipient_limit: local delivers one recipient per request: "
+            "ignored\n") in result.stderr
+    queue_id = inst.send("sender@example.org", [f"{ME}@localhost", "team@localhost"],
+                         b"Subject: two\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, relay=local, .*status=sent")
+    inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, orig_to=<team@localhost>, relay=local, "
+                  r".*status=sent")
+    assert len(inst.wait_maildir(2)) == 2

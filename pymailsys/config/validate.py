@@ -29,7 +29,9 @@ DESCRIPTION
       (``parameter luser_relay is not implemented yet: ignored``), a value
       that only some of the programs that read it act on (``parameter
       notify_classes: protocol is not implemented yet for the smtp and lmtp
-      clients (...): ignored there``), a name that
+      clients (...): ignored there``) or that takes one value only
+      (``parameter local_destination_recipient_limit: local delivers one
+      recipient per request: ignored``), a name that
       neither knows nor main.cf or master.cf refers to (``/etc/pymailsys/main.cf:
       unused parameter: foo=bar``, master.cf's for a ``-o`` name, as Postfix's
       postconf says at ``postfix check``), and a setting that makes a service
@@ -64,6 +66,10 @@ _CHOICE_LABELS = {"mynetworks_style": "mynetworks mask style"}  # Postfix's word
 _PARTLY: dict[str, tuple[frozenset[str], str]] = {
     "notify_classes": (frozenset({"protocol", "data"}),
                        "the smtp and lmtp clients (no transcript of their sessions)"),
+}
+# Parameters of which pymailsys takes one value only: name -> (that value, why)
+_ONLY: dict[str, tuple[str, str]] = {
+    "local_destination_recipient_limit": ("1", "local delivers one recipient per request"),
 }
 _TRUE = ("yes", "true", "1")
 _BOOLEANS = (*_TRUE, "no", "false", "0")
@@ -180,6 +186,9 @@ def _check_param(cfg: Config, param: params.Param,
         return [Problem(False, f"{setting}: {which} will refuse to run", where)]
     if not param.implemented and not _is_default(cfg, param):
         return [Problem(False, f"parameter {param.name} is not implemented yet: ignored", where)]
+    only = _ONLY.get(param.name)
+    if only and cfg.get(param.name).strip() != only[0]:
+        return [Problem(False, f"parameter {param.name}: {only[1]}: ignored", where)]
     partly = _PARTLY.get(param.name)
     words = [w for w in cfg.get_list(param.name) if w.lower() in partly[0]] if partly else []
     if partly and words:
