@@ -189,3 +189,28 @@ def test_local_takes_one_recipient_per_request_whatever_the_limit_says(new_insta
     inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, orig_to=<team@localhost>, relay=local, "
                   r".*status=sent")
     assert len(inst.wait_maildir(2)) == 2
+
+
+def test_cleanup_service_name_is_where_local_and_bounce_post_too(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """With the cleanup service renamed (master.cf and cleanup_service_name), local's
+    forwarded copies and bounce's notifications go there, as Postfix's forward.c and
+    post_mail.c do: nothing asks for public/cleanup any more."""
+    inst: Instance = new_instance(maildir=True)
+    master_cf = inst.config_dir / "master.cf"
+    master, n = re.subn(r"(?m)^cleanup(\s+unix\s)", r"mycleanup\1", master_cf.read_text())
+    assert n == 1
+    master_cf.write_text(master)
+    inst.set(cleanup_service_name="mycleanup", local_recipient_maps="",
+             transport_maps="inline:{ remote.example=smtp:[127.0.0.1]:9 }")
+    inst.write("etc/aliases", "away: friend@remote.example\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    queue_id = inst.send("sender@example.org", "away@localhost", b"Subject: fwd\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<away@localhost>, relay=local, .*status=sent "
+                  r"\(forwarded as \w+\)")
+    queue_id = inst.send(f"{ME}@localhost", "nosuchuser@localhost", b"Subject: b\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<nosuchuser@localhost>, relay=local, .*status=bounced")
+    inst.wait_log(rf"postfix/bounce\[\d+\]: {queue_id}: sender non-delivery notification: \w+")
+    (notice,) = inst.wait_maildir(1)
+    assert b"Undelivered Mail Returned to Sender" in notice
+    assert not (inst.queue_dir / "public" / "cleanup").exists()

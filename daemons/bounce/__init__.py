@@ -60,7 +60,7 @@ SECURITY
 CONFIGURATION PARAMETERS
     myhostname, myorigin, notify_classes, bounce_notice_recipient,
     2bounce_notice_recipient, delay_notice_recipient, double_bounce_sender,
-    bounce_size_limit, delay_warning_time, maximal_queue_lifetime.
+    bounce_size_limit, delay_warning_time, maximal_queue_lifetime, cleanup_service_name.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from pymailsys import dsn, log, server
 from pymailsys.delivery.agent import CORRUPT, ContentError, QueueContent
 from pymailsys.ipc import attr
 from pymailsys.ipc.attr import AttrList, AttrPool, AttrValue, ProtocolError, request_streamed
-from pymailsys.ipc.services import CLEANUP, CLEANUP_FLAG_MAP_OK, CLEANUP_OK
+from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK
 from pymailsys.queue import spool as q
 from pymailsys.queue import status_log
 from pymailsys.queue.queue_file import Recipient
@@ -127,7 +127,7 @@ class Bounce:
         config = ctx.config
         self.config = config
         self.spool = ctx.spool
-        self.cleanup = AttrPool(ctx.spool.public(CLEANUP))
+        self.cleanup = AttrPool(ctx.spool.public(config.get("cleanup_service_name")))
         self.size_limit = config.get_size("bounce_size_limit")
         self.classes = frozenset(c.lower() for c in config.get_list("notify_classes"))
         self.host = config.get("myhostname")

@@ -171,6 +171,7 @@ CONFIGURATION PARAMETERS
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
     propagate_unmatched_extensions (alias, forward, include),
     default_privs, myhostname, myorigin, duplicate_filter_limit, queue_directory,
+    cleanup_service_name (forwarded mail),
     process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``).
 
 MODULES

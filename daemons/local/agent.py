@@ -44,7 +44,7 @@ from pymailsys.delivery.agent import (
     request_attrs,
 )
 from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, ProtocolError
-from pymailsys.ipc.services import CLEANUP, STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
 from pymailsys.queue import spool as queue_mod
 
@@ -220,7 +220,7 @@ class LocalAgent:
         # connections into public/ and private/ (mail_owner's directories) are made
         # with mail_owner's rights: a link planted there leads root nowhere
         self.ipc_rights = privileges.mail_owner(cfg) if self.root else None
-        self.cleanup = AttrPool(self.spool.public(CLEANUP), timeout=300,
+        self.cleanup = AttrPool(self.spool.public(cfg.get("cleanup_service_name")), timeout=300,
                                 connector=self.connect)
         self.mailbox_transport = cfg.get("mailbox_transport").strip()
         self.fallback_transport = cfg.get("fallback_transport").strip()
