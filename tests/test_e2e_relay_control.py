@@ -119,7 +119,6 @@ CLASSIC_FORMS = [
     f"{ME}%remote.example@[127.0.0.1]",  # routed through one that is
     f"{ME}%remote.example",  # routing operators without a domain
     f"remote.example!{ME}",
-    f"{ME}@127.0.0.1",  # a bare address is no literal
     f"{ME}@remote.example.ourdomain.example",
     f"{ME}@üb.example",
 ]
@@ -161,6 +160,38 @@ def test_relay_domains_without_parent_matching_takes_no_subdomain(setup: Setup) 
     inst.send(SENDER, "u@relay.example", b"Subject: relayed\r\n\r\nhi\r\n")
     inst.wait_log(r"to=<u@relay\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent")
     assert setup.relayed() == before + [b"RCPT TO:<u@relay.example>\r\n"]
+
+
+BAD_SYNTAX_FORMS = [
+    f"{ME}@",  # no domain
+    f"{ME}@@ourdomain.example",  # ours, then no domain
+    f"{ME}@ourdomain.example..",  # only one trailing dot goes
+    f"{ME}@.ourdomain.example",
+    f"{ME}@127.0.0.1",  # a bare address is no literal
+    f"{ME}@[127.1]",
+    f"{ME}@[::1]",  # IPv6 needs its tag: [IPv6:::1]
+    f"{ME}%ourdomain.example..@ourdomain.example",  # what is left after ours goes
+]
+
+
+def test_addresses_that_resolve_to_no_domain_are_bad_syntax(setup: Setup) -> None:
+    """Postfix's smtpd_check_addr: 501 when the address resolves to no valid domain
+    (these went to a local user, as ourdomain.example.. did)."""
+    inst = setup.inst
+    replies = rcpt_replies(inst, BAD_SYNTAX_FORMS)
+    for form, reply in replies.items():
+        assert reply == (501, b"5.1.3 Bad recipient address syntax"), form
+    inst.wait_log(rf"warning: Illegal address syntax from localhost\[127\.0\.0\.1\] in RCPT "
+                  rf"command: <{ME}@ourdomain\.example\.\.>")
+    with inst.smtp() as c:
+        c.ehlo()
+        assert c.mail("alice@client.example.") == (250, b"2.1.0 Ok")
+        c.rset()
+        assert c.mail("alice@") == (501, b"5.1.7 Bad sender address syntax")
+        # without SMTPUTF8, no domain in UTF-8 (smtplib cannot send it otherwise)
+        c.send("MAIL FROM:<a@client.example>\r\nRCPT TO:<u@\u00fcb.example>\r\n".encode())
+        assert c.getreply() == (250, b"2.1.0 Ok")
+        assert c.getreply() == (501, b"5.1.3 Bad recipient address syntax")
 
 
 def test_access_values_that_are_no_action_are_server_errors(setup: Setup) -> None:

@@ -151,3 +151,20 @@ def test_an_empty_local_part_is_mailer_daemon() -> None:
     assert r.class_ == "local" and r.recipient == "MAILER-DAEMON@mx.example"
     r = resolve.resolve(cfg(empty_address_recipient="postmaster@elsewhere.example"), "@mx.example")
     assert r.class_ == "default" and r.recipient == "postmaster@elsewhere.example"
+
+
+def test_bad_address_syntax_goes_to_the_error_transport() -> None:
+    """Postfix's RESOLVE_FLAG_ERROR: a domain that is no host name and no address literal
+    (or none at all) is ``error:5.1.3 bad address syntax``; one trailing dot goes."""
+    c = cfg()
+    for address in ("u@", "u@@mx.example", "u@mx.example..", "u@.example", "u@127.0.0.1",
+                    "u@[127.1]", "u@[::1]", "u@-x.example", "u%bad..example@mx.example",
+                    "u@\u00fcb.example"):
+        r = resolve.resolve(cfg(smtputf8_enable="no"), address)
+        assert r.bad_syntax and (r.transport, r.nexthop) == ("error", resolve.BAD_SYNTAX), address
+    assert resolve.resolve(c, "u@\u00fcb.example").class_ == "default"  # with smtputf8_enable
+    r = resolve.resolve(c, "root@mx.example.")
+    assert r.class_ == "local" and not r.bad_syntax
+    for literal in ("[127.0.0.01]", "[IPv6:::1]", "[ipv6:::ffff:127.0.0.1]"):  # ours
+        assert resolve.resolve(c, f"root@{literal}").class_ == "local", literal
+    assert resolve.resolve(c, "u@[192.0.2.1]").class_ == "default"

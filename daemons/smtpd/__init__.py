@@ -67,7 +67,12 @@ DESCRIPTION
     (``pymailsys.dsn``; a bad value gets ``501 5.5.4``); with "dsn"
     discarded, RCPT's NOTIFY and ORCPT get Postfix's ``501 5.7.1 DSN support
     is disabled``. MAIL's
-    SMTPUTF8 goes to cleanup, which notes where the message needs it. ETRN
+    SMTPUTF8 goes to cleanup, which notes where the message needs it. An
+    address that resolves to no valid domain (``user@``, ``user@a..b``,
+    ``user@127.0.0.1``, ``user@[::1]``; a domain in UTF-8 without SMTPUTF8)
+    gets ``501 5.1.7 Bad sender address syntax`` / ``501 5.1.3 Bad recipient
+    address syntax`` and Postfix's ``warning: Illegal address syntax from
+    CLIENT in RCPT command: <...>`` (not with -S). ETRN
     asks the flush service (``pymailsys.ipc.flush``) to send the site's
     deferred mail: ``250 Queuing started``, ``459 <site>: service
     unavailable`` for a site outside fast_flush_domains, ``458 Unable to

@@ -558,9 +558,11 @@ class Session(SMTP):
             if not arg[5:].strip():
                 return await self.reply_error("501 5.5.4 Syntax: MAIL FROM:<address>")
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
-        _, sender_given, params = parsed
+        given, sender_given, params = parsed
         sender = envelope_address(sender_given)
-        if sender is None:
+        if sender is None or self._bad_syntax(sender, given, any(
+                p.upper() == "SMTPUTF8" for p in params) and smtpd.smtputf8
+                and "smtputf8" not in smtpd.discard_ehlo):
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
         env = Envelope(sender=sender)
         sasl_sender: str | None = None  # AUTH=, as Postfix keeps it: printable, not decoded
@@ -602,6 +604,15 @@ class Session(SMTP):
         await self.push("250 2.1.0 Ok")
         return True
 
+    def _bad_syntax(self, address: str, given: str, smtputf8: bool) -> bool:
+        """An address whose domain is no domain (Postfix's smtpd_check_addr, not in
+        sendmail -bs mode): warned about, as Postfix."""
+        if self.smtpd.stand_alone or not self.smtpd.engine.bad_syntax(address, smtputf8):
+            return False
+        log.warning(f"Illegal address syntax from {self.client} in {self.where} command: "
+                    f"<{log.printable(given)}>")
+        return True
+
     def _mail_dsn_param(self, env: Envelope, name: str, value: str) -> str:
         """Take MAIL's RET or ENVID (ENVID kept decoded); the refusal, or ""."""
         if "dsn" in self.smtpd.discard_ehlo:
@@ -640,9 +651,9 @@ class Session(SMTP):
                 log.warning(f"Illegal address syntax from {self.client} in RCPT command: "
                             f"<{parsed[0]}>")
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        _given, rcpt_given, params = parsed
+        given, rcpt_given, params = parsed
         rcpt = envelope_address(rcpt_given)
-        if rcpt is None:
+        if rcpt is None or self._bad_syntax(rcpt, given, env.smtputf8):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         notify, orcpt = 0, ""
         for param in params:

@@ -16,7 +16,7 @@ DESCRIPTION
     either. Rules, as Postfix's resolve_addr():
 
     * A source route ``@a,@b:user@domain`` is dropped.
-    * Trailing dots of the domain are dropped. A local domain (below) is
+    * A trailing dot of the domain is dropped. A local domain (below) is
       stripped; when what remains has ``@``, ``%`` (allow_percent_hack) or
       ``!`` (swap_bangpath: ``a!b`` becomes ``b@a``) it is resolved again.
       An address without a domain is local. An empty local part (``@ourdomain``,
@@ -52,7 +52,12 @@ DESCRIPTION
       in its localpart (also when allow_percent_hack or swap_bangpath do not
       take them: the next hop may); FAIL when a table could not answer, or
       the address needs more rewriting turns than it has characters (the
-      caller defers; ``error`` says why).
+      caller defers; ``error`` says why); ERROR (Postfix's
+      RESOLVE_FLAG_ERROR) when the domain it comes to is no host name
+      (``valid_hostname``; in UTF-8 only with smtputf8_enable) and no address
+      literal ``[a.b.c.d]``/``[IPv6:...]`` (``mailhost_literal``), or is empty
+      (``user@``): transport ``error``, nexthop ``5.1.3 bad address syntax``
+      (smtpd answers 501). Only one trailing dot is dropped, not ``..``.
 
     ``ResolveCache`` is Postfix's resolve client for a long-lived process
     (smtpd, qmgr): an answer is reused for RESOLVE_TTL (30) seconds, as the
@@ -78,6 +83,7 @@ REFUSES
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -94,6 +100,9 @@ CLASS_DEFAULT = "default"
 
 FLAG_ROUTED = 1 << 0
 FLAG_FAIL = 1 << 1
+FLAG_ERROR = 1 << 2  # bad address syntax: no delivery anywhere
+
+BAD_SYNTAX = "5.1.3 bad address syntax"
 
 ALIAS_NEXTHOP = "5.1.1 User unknown in virtual alias table"
 RESOLVE_TTL = 30.0  # seconds an answer is reused, as Postfix's resolve client's cache
@@ -116,6 +125,47 @@ class Resolved:
     @property
     def failed(self) -> bool:
         return bool(self.flags & FLAG_FAIL)
+
+    @property
+    def bad_syntax(self) -> bool:
+        return bool(self.flags & FLAG_ERROR)
+
+
+def mailhost_literal(domain: str) -> netaddr.IPAddress | None:
+    """The address of ``[a.b.c.d]`` or ``[IPv6:...]`` (Postfix's valid_mailhost_literal:
+    an IPv6 address needs its tag, nothing else is allowed inside), else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    text, version = (inner[5:], 6) if inner[:5].lower() == "ipv6:" else (inner, 4)
+    if version == 4:  # Postfix's valid_ipv4_hostaddr: leading zeros are decimal
+        octets = [o.lstrip("0") or ("0" if o else "") for o in text.split(".")]
+        if len(octets) != 4 or not all(o.isascii() and o.isdigit() and len(o) <= 3
+                                       and int(o) <= 255 for o in octets):
+            return None
+        if octets[0] == "0" and any(o != "0" for o in octets[1:]):
+            return None  # a bad initial octet: 0.x.y.z, but for 0.0.0.0
+        return ipaddress.IPv4Address(".".join(octets))
+    if "%" in text:  # no scope
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip if ip.version == 6 else None
+
+
+def valid_hostname(name: str) -> bool:
+    """Postfix's valid_hostname(): labels of letters, digits and ``_``, with ``-``
+    inside a label, 1 to 63 characters each, 255 in all, not all digits."""
+    if not name or len(name) > 255 or not name.isascii():
+        return False
+    labels = name.split(".")
+    for label in labels:
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-" \
+                or not label.replace("-", "").replace("_", "").isalnum():
+            return False
+    return not all(label.isdigit() for label in labels)
 
 
 class DomainList:
@@ -201,6 +251,7 @@ class Resolver:
         self.helpful_warnings = config.get_bool("helpful_warnings")
         self.swap_bangpath = config.get_bool("swap_bangpath")
         self.empty_recipient = config.get("empty_address_recipient")
+        self.smtputf8 = config.get_bool("smtputf8_enable")
         self.relayhost = config.get("relayhost").strip()
         self.local_transport = _split_transport(config.get("local_transport"))
         self.virtual_transport = _split_transport(config.get("virtual_transport"))
@@ -226,9 +277,19 @@ class Resolver:
         if not domain:
             return True
         if domain.startswith("[") and domain.endswith("]"):
-            ip = netaddr.parse_address(domain)
-            return ip is not None and str(ip) in self.interfaces
+            ip = mailhost_literal(domain)
+            return ip is not None and str(netaddr.parse_address(str(ip))) in self.interfaces
         return self.mydestination.match(domain)
+
+    def valid_domain(self, domain: str) -> bool:
+        """A domain mail can go to: a host name or an address literal; a name in UTF-8
+        only with smtputf8_enable (then taken as it is: no IDNA check here)."""
+        if domain.startswith("["):
+            return mailhost_literal(domain) is not None
+        if not domain.isascii():
+            return self.smtputf8 and all(domain.split(".")) and domain.isprintable() \
+                and " " not in domain
+        return valid_hostname(domain)
 
     def resolve(self, address: str, sender: str | None = None) -> Resolved:
         # Postfix's resolve client remembers its last answer, so trivial-rewrite
@@ -272,7 +333,9 @@ class Resolver:
             local, at, domain = addr.rpartition("@")
             if not at:
                 local, domain = addr, ""
-            domain = domain.rstrip(".")
+            elif not domain:  # user@: resolve_null_domain = no
+                return self._bad_syntax(address)
+            domain = _strip_dot(domain)
             if domain and not self.is_local_domain(domain):
                 break
             if domain:
@@ -302,7 +365,9 @@ class Resolver:
         local, at, domain = addr.rpartition("@")
         if not at:
             local, domain = addr, ""
-        domain = domain.rstrip(".")
+        domain = _strip_dot(domain)
+        if domain and not self.valid_domain(domain):
+            return self._bad_syntax(address)
         # Postfix's RESOLVE_FLAG_ROUTED, for every class: routing operators left in the
         # local part (even those not taken here, as % without allow_percent_hack), which
         # the next hop could act on
@@ -335,6 +400,12 @@ class Resolver:
         return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
 
     @staticmethod
+    def _bad_syntax(address: str) -> Resolved:
+        """Postfix's RESOLVE_FLAG_ERROR: smtpd refuses the address (501), qmgr bounces
+        it through the error transport."""
+        return Resolved(CLASS_DEFAULT, "error", BAD_SYNTAX, address, FLAG_ERROR)
+
+    @staticmethod
     def _warn_listed_twice(domain: str, chosen: str, others: list[DomainList]) -> None:
         """trivial-rewrite's nag: the class of a domain in two lists is implementation-defined."""
         for other in others:
@@ -364,6 +435,13 @@ class Resolver:
         return addr_lookup.lookup_transport(
             self._transport_maps, f"{local}@{domain}", self.delimiter,
             self.transport_parent_style)
+
+
+def _strip_dot(domain: str) -> str:
+    """One trailing dot goes, not one of ``..`` (that stays a bad domain), as Postfix."""
+    if domain.endswith(".") and not domain.endswith("..") and domain != ".":
+        return domain[:-1]
+    return domain
 
 
 _resolvers: dict[int, tuple[config_mod.Config, Resolver]] = {}

@@ -613,6 +613,17 @@ class Engine:
         the client sent it would judge another address than the one delivered."""
         return self.resolved.resolve(rewrite_address(address, self.rewrite_context))
 
+    def bad_syntax(self, address: str, smtputf8: bool) -> bool:
+        """Postfix's smtpd_check_addr: the address resolves to no valid domain, or to
+        one in UTF-8 in a transaction without SMTPUTF8. A table that cannot answer
+        is no syntax error (the restrictions defer later)."""
+        if not address:
+            return False
+        r = self.resolve(address)
+        if r.bad_syntax:
+            return True
+        return not smtputf8 and not r.recipient.rpartition("@")[2].isascii()
+
     # --- the unlisted recipient / sender check -------------------------------------
     def _maps(self, param: str) -> maps.Maps:
         cached = self._lazy_maps.get(param)
