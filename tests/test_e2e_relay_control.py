@@ -22,6 +22,7 @@ import pytest
 from harness import ME, Instance
 from policy_recorder import PolicyRecorder
 from scripted_smtp import ScriptedServer
+from smtpd_helpers import RawSMTP
 
 SENDER = "alice@client.example"
 RELAY_DENIED = re.compile(rb"5\.7\.1 <.*>: Relay access denied")
@@ -300,3 +301,22 @@ def test_accepted_mail_goes_where_smtpd_judged_it_to_go(setup: Setup) -> None:
     time.sleep(1)
     assert "status=bounced" not in inst.log()
     assert setup.relayed() == before
+
+
+def test_no_command_changes_who_the_client_is(setup: Setup) -> None:
+    """Without smtpd_upstream_proxy_protocol a PROXY line is no header, and XCLIENT and
+    XFORWARD are not offered to anyone: each is an unknown command, and the stranger
+    stays a stranger."""
+    with RawSMTP(setup.inst.port) as s:
+        s.reply()  # the banner
+        for line in (b"PROXY TCP4 192.0.2.1 127.0.0.1 4000 25", b"XCLIENT ADDR=192.0.2.1",
+                     b"XFORWARD ADDR=192.0.2.1"):
+            s.send(line + b"\r\n")
+            assert s.reply() == b"500 5.5.2 Error: command not recognized\r\n", line
+        s.send(b"EHLO client.example\r\n")
+        assert s.reply().startswith(b"250 ")
+        s.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<bob@remote.example>\r\n")
+        assert s.reply() == b"250 2.1.0 Ok\r\n"
+        assert s.reply() == b"554 5.7.1 <bob@remote.example>: Relay access denied\r\n"
+    setup.inst.wait_log(r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 554 5\.7\.1 "
+                        r"<bob@remote\.example>: Relay access denied")
