@@ -320,3 +320,25 @@ def test_no_command_changes_who_the_client_is(setup: Setup) -> None:
         assert s.reply() == b"554 5.7.1 <bob@remote.example>: Relay access denied\r\n"
     setup.inst.wait_log(r"NOQUEUE: reject: RCPT from localhost\[127\.0\.0\.1\]: 554 5\.7\.1 "
                         r"<bob@remote\.example>: Relay access denied")
+
+
+def test_recipient_checks_in_the_client_and_sender_lists_apply_at_rcpt(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """With smtpd_delay_reject (the default) the client, helo and sender lists run at
+    RCPT, and Postfix runs a recipient check in them whenever it has the recipient:
+    reject_unauth_destination in smtpd_client_restrictions answers 554 before the
+    default relay list's 454; check_recipient_access in smtpd_sender_restrictions keeps
+    a protected address from strangers. Both were passed over as DUNNO."""
+    inst: Instance = new_instance()
+    table = inst.write("etc/protected", f"{ME}@localhost REJECT internal only\n")
+    inst.set(mynetworks="192.0.2.0/24",
+             smtpd_client_restrictions="permit_mynetworks, reject_unauth_destination",
+             smtpd_sender_restrictions=f"permit_mynetworks, check_recipient_access "
+                                       f"texthash:{table}")
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        c.mail(SENDER)
+        assert c.rcpt("bob@remote.example") == (
+            554, b"5.7.1 <bob@remote.example>: Relay access denied")
+        assert c.rcpt(f"{ME}@localhost") == (
+            554, f"5.7.1 <{ME}@localhost>: Recipient address rejected: internal only".encode())

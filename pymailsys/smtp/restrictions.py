@@ -927,6 +927,13 @@ def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
     return Result(OK) if req.sasl_username else None
 
 
+def _at_rcpt(req: Request) -> bool:
+    """Whether a recipient is being checked: at RCPT, in whatever list (with
+    smtpd_delay_reject, the client, helo and sender lists run there too), as
+    Postfix runs its recipient checks whenever it has the recipient."""
+    return req.where == WHERE_RCPT and bool(req.recipient)
+
+
 def _auth_destination(engine: Engine, req: Request) -> bool | Result:
     """True when the recipient is ours (final or relay) and not routed (unless
     allow_untrusted_routing): Postfix's permit_auth_destination."""
@@ -939,7 +946,7 @@ def _auth_destination(engine: Engine, req: Request) -> bool | Result:
 
 @restriction("permit_auth_destination")
 def _permit_auth_destination(engine: Engine, req: Request, entry: _Entry) -> Result | None:
-    if req.stage != STAGE_RECIPIENT:
+    if not _at_rcpt(req):
         return None
     ok = _auth_destination(engine, req)
     if isinstance(ok, Result):
@@ -950,7 +957,7 @@ def _permit_auth_destination(engine: Engine, req: Request, entry: _Entry) -> Res
 def _unauthorized(engine: Engine, req: Request) -> Result | bool:
     """At RCPT: a lookup Result to return as it is, or whether the recipient is one
     this system may not relay to (not a local, virtual or relay domain, or routed)."""
-    if req.stage != STAGE_RECIPIENT:
+    if not _at_rcpt(req):
         return False
     ok = _auth_destination(engine, req)
     if isinstance(ok, Result):
@@ -1015,7 +1022,7 @@ def _reject_non_fqdn_sender(engine: Engine, req: Request, entry: _Entry) -> Resu
 
 @restriction("reject_non_fqdn_recipient")
 def _reject_non_fqdn_recipient(engine: Engine, req: Request, entry: _Entry) -> Result | None:
-    if req.stage != STAGE_RECIPIENT:
+    if not _at_rcpt(req):
         return None
     return _non_fqdn_address(engine, req, req.recipient, STAGE_RECIPIENT)
 
@@ -1195,7 +1202,7 @@ def _check_sender_access(engine: Engine, req: Request, entry: _Entry) -> Outcome
 
 @restriction("check_recipient_access", takes_arg=True)
 def _check_recipient_access(engine: Engine, req: Request, entry: _Entry) -> Outcome:
-    if req.stage != STAGE_RECIPIENT or not req.recipient:
+    if not _at_rcpt(req):
         return None
     return _mail_access(engine, req, entry, req.recipient, STAGE_RECIPIENT)
 
@@ -1332,7 +1339,7 @@ def _reject_rhsbl_sender(engine: Engine, req: Request, entry: _Entry) -> Outcome
 
 @restriction("reject_rhsbl_recipient", dns_list=True)
 def _reject_rhsbl_recipient(engine: Engine, req: Request, entry: _Entry) -> Outcome:
-    if req.stage != STAGE_RECIPIENT or not req.recipient:
+    if not _at_rcpt(req):
         return None
     return _rhsbl(engine, req, entry, req.recipient, STAGE_RECIPIENT)
 
@@ -1420,7 +1427,7 @@ def _reject_unknown_sender_domain(engine: Engine, req: Request, entry: _Entry) -
 
 @restriction("reject_unknown_recipient_domain")
 def _reject_unknown_recipient_domain(engine: Engine, req: Request, entry: _Entry) -> Outcome:
-    if req.stage != STAGE_RECIPIENT or not req.recipient:
+    if not _at_rcpt(req):
         return None
     return _unknown_domain(engine, req, req.recipient, STAGE_RECIPIENT)
 
