@@ -246,12 +246,10 @@ def test_a_negated_pattern_file_negates_the_files_it_names(new_instance) -> None
     inst.set(mynetworks=f"!{outer}",
              smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination")
     inst.start()
-    with inst.smtp() as c:
-        c.ehlo()
-        c.mail(SENDER)
-        assert c.rcpt("bob@remote.example") == (
-            554, b"5.7.1 <bob@remote.example>: Relay access denied")
-        assert c.rcpt(f"{ME}@localhost")[0] == 250
+    replies = rcpt_replies(inst, ["bob@remote.example", f"{ME}@localhost"])
+    assert replies["bob@remote.example"] == (554, b"5.7.1 <bob@remote.example>: Relay access "
+                                                  b"denied")
+    assert replies[f"{ME}@localhost"][0] == 250
 
 
 def test_routing_operators_this_host_does_not_take_are_still_routing(new_instance) -> None:  # type: ignore[no-untyped-def]
@@ -335,10 +333,7 @@ def test_recipient_checks_in_the_client_and_sender_lists_apply_at_rcpt(new_insta
              smtpd_sender_restrictions=f"permit_mynetworks, check_recipient_access "
                                        f"texthash:{table}")
     inst.start()
-    with inst.smtp() as c:
-        c.ehlo()
-        c.mail(SENDER)
-        assert c.rcpt("bob@remote.example") == (
-            554, b"5.7.1 <bob@remote.example>: Relay access denied")
-        assert c.rcpt(f"{ME}@localhost") == (
-            554, f"5.7.1 <{ME}@localhost>: Recipient address rejected: internal only".encode())
+    assert rcpt_replies(inst, ["bob@remote.example", f"{ME}@localhost"]) == {
+        "bob@remote.example": (554, b"5.7.1 <bob@remote.example>: Relay access denied"),
+        f"{ME}@localhost": (554, f"5.7.1 <{ME}@localhost>: Recipient address rejected: "
+                                 "internal only".encode())}
