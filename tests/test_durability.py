@@ -447,6 +447,28 @@ def test_a_maildrop_message_whose_queue_file_is_too_big_is_returned_not_dropped(
     wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="an empty maildrop")
 
 
+@pytest.mark.root
+def test_sendmail_on_a_full_maildrop_fails_and_leaves_no_file(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The system is down and maildrop/ is full: sendmail says so (exit 75) instead of
+    0, and leaves no file behind; with room again, the same command is taken."""
+    inst = new_instance(maildir=True)
+    inst.start()
+    inst.stop()
+    maildrop = inst.queue_dir / "maildrop"
+    message = "Subject: full\n\n" + "a line of a message that does not fit\n" * 200
+    with _tmpfs(maildrop, "64k"):
+        filler = fill(maildrop)
+        r = inst.tool("sendmail", "-i", f"{ME}@localhost", input=message)
+        assert r.returncode == os.EX_TEMPFAIL, (r.returncode, r.stderr)
+        assert "error writing queue file: No space left on device" in r.stderr
+        assert os.listdir(maildrop) == [filler.name]
+        filler.unlink()
+        r = inst.tool("sendmail", "-i", f"{ME}@localhost", input=message)
+        assert r.returncode == 0, r.stderr
+        assert len(os.listdir(maildrop)) == 1
+
+
 # --- postsuper and postqueue against qmgr ----------------------------------------------
 
 def test_postsuper_and_a_flush_leave_a_message_in_delivery_alone(
