@@ -19,6 +19,8 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -445,6 +447,33 @@ def test_a_maildrop_message_whose_queue_file_is_too_big_is_returned_not_dropped(
     (notice,) = inst.wait_maildir(1)
     assert f"<{ME}@localhost>: message file too big".encode() in notice
     wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="an empty maildrop")
+
+
+def test_cleanup_killed_in_mid_message_is_a_451_never_a_250(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of cleanup while smtpd waits for it to queue a message: the client gets
+    a 4xx (and may send again), no queue file of it is left, and the next message,
+    to a cleanup that master started anew, is taken."""
+    inst = new_instance(maildir=True)
+    inst.start()
+    inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: warm\r\n\r\nup\r\n")
+    (cleanup,) = inst.daemons()["cleanup"]
+    os.kill(cleanup, signal.SIGSTOP)  # it takes smtpd's request and never answers
+    replies: list[tuple[int, bytes]] = []
+    sender = threading.Thread(target=lambda: replies.append(
+        data_reply(inst, b"Subject: lost\r\n\r\nbody\r\n")))
+    sender.start()
+    time.sleep(1.0)  # the message on its way to cleanup (a 250 later would fail the test)
+    os.kill(cleanup, signal.SIGKILL)
+    sender.join(60)
+    ((code, _text),) = replies
+    assert 400 <= code < 500, replies
+    for queue in ("incoming", "active", "deferred", "hold"):
+        assert inst.queue_ids(queue) == [], queue
+    inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: after\r\n\r\nbody\r\n")
+    wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: after\n" in m],
+               30, what="the next message delivered")
+    assert not [m for m in inst.maildir_messages() if b"\nSubject: lost\n" in m]
 
 
 @pytest.mark.root
