@@ -239,6 +239,23 @@ def test_a_file_whose_content_an_agent_finds_damaged_goes_to_corrupt(system) -> 
     assert s.maildir_messages() == []
 
 
+def test_a_queue_file_cut_short_goes_to_corrupt_never_away(system) -> None:  # type: ignore[no-untyped-def]
+    """A complete queue file in deferred/ cut short on disk (a crash of the disk, not
+    of the mail system): qmgr cannot read it, saves it to corrupt/ with a warning and
+    goes on; it is never delivered in part, never deleted."""
+    s: Standalone = system()
+    qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY, kick=False)
+    path = Path(s.spool.move(qid, "incoming", "deferred"))
+    os.truncate(path, path.stat().st_size // 2)
+    cut = path.read_bytes()
+    s.start()
+    s.trigger(b"AD")
+    s.wait_log(rf'warning: saving corrupt file "{qid}" from queue "active" to queue "corrupt"')
+    assert Path(s.spool.path("corrupt", qid)).read_bytes() == cut
+    assert s.maildir_messages() == []
+    assert not re.search(rf"{qid}: removed", s.log())
+
+
 @pytest.mark.root
 def test_a_bounce_service_killed_in_mid_request_leaves_the_message_deferred(
         system) -> None:  # type: ignore[no-untyped-def]
