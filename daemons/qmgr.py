@@ -134,7 +134,8 @@ DESCRIPTION
     attempt gives the reasons; ``status=force-expired``), they bounce with their defer reasons
     (``status=expired, returned to sender``), else the file moves to deferred/
     with mtime now + clamp(now - arrival, minimal_backoff_time,
-    maximal_backoff_time).
+    maximal_backoff_time) (when it cannot, or the attempt cannot be finished,
+    back to incoming/ or deferred/ for a later try: never left in active/).
 
     Stopping: on ``postfix reload`` qmgr takes no new message, waits up to
     10 s for the replies of deliveries in flight, and exits; on SIGTERM it
