@@ -575,6 +575,45 @@ def test_postsuper_e_returns_a_deferred_message_to_its_sender(
     assert inst.log().count(f"{deferred}: to=<bob@remote.example>") == 1  # not tried again
 
 
+def test_postsuper_does_not_release_a_rejected_message_on_its_way_back(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A local submission that header_checks rejects waits in hold/ while the bounce
+    service returns it to its sender. postsuper -H (and -r) meanwhile skip it: a
+    release would have delivered the message that was refused."""
+    inst = new_instance(maildir=True, settings={
+        "header_checks": "regexp:${config_directory}/header_checks"})
+    inst.write("etc/header_checks", "/^Subject: reject me/ REJECT 5.7.1 not this one\n")
+    inst.start()
+
+    def submit(subject: str) -> subprocess.CompletedProcess:
+        return inst.tool("sendmail", "-i", f"{ME}@localhost",
+                         input=f"Subject: {subject}\n\nbody\n")
+
+    assert submit("reject me first").returncode == 0  # a bounce service is running now
+    inst.wait_maildir(1)
+    bounce = inst.daemons()["bounce"]
+    for pid in bounce:
+        os.kill(pid, signal.SIGSTOP)  # it takes cleanup's next request, answers later
+    done: list[subprocess.CompletedProcess] = []
+    sender = threading.Thread(target=lambda: done.append(submit("reject me second")))
+    sender.start()
+    try:
+        (held,) = wait_until(lambda: inst.queue_ids("hold"), 30, what="the file in hold/")
+        for args in (("-H", "ALL"), ("-H", held), ("-r", held)):
+            r = inst.tool("postsuper", *args)
+            assert f"{held}: skipped, still being delivered" in r.stderr, (args, r.stderr)
+    finally:
+        for pid in bounce:
+            os.kill(pid, signal.SIGCONT)
+        sender.join(60)
+    assert done[0].returncode == 0, done[0].stderr
+    notices = inst.wait_maildir(2)
+    assert all(b"\nSubject: Undelivered Mail Returned to Sender\n" in n for n in notices)
+    assert not re.search(rf"{held}: to=<{ME}@localhost>, relay=local", inst.log())
+    for queue in ("hold", "deferred", "maildrop", "incoming", "active"):
+        assert inst.queue_ids(queue) == [], queue
+
+
 def test_postfix_stop_while_a_message_is_delivered_loses_nothing(
         new_instance, slow_command) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """postfix stop while local runs a delivery that has not finished: after a start

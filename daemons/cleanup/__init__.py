@@ -129,6 +129,7 @@ SEE ALSO
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import time
 from typing import Any
@@ -655,10 +656,22 @@ class Cleanup:
                       arrival: float) -> dict[str, Any]:
         """Return a rejected message to its sender through the bounce service: the file
         waits in hold/ (where qmgr does not look) with a bounce log naming every recipient,
-        and both are removed once bounce has queued the notification."""
+        and both are removed once bounce has queued the notification. All that while
+        the file is locked (shared, as a delivery agent locks it; the bounce service's
+        shared lock goes with it), so that ``postsuper -H`` or ``-r`` skips it instead of
+        releasing a rejected message for delivery."""
+        try:
+            lock = _shared_lock(fd)
+        except OSError as e:
+            self.writer.discard(fd, path)
+            log.warning(f"{queue_id}: write queue file: {e.strerror}")
+            return _reply(*ERR_WRITE)
         try:
             await self.writer.commit(fd, path, parts, q.HOLD)
-        except OSError as e:
+        except BaseException as e:
+            os.close(lock)
+            if not isinstance(e, OSError):
+                raise
             log.warning(f"{queue_id}: write queue file: {e.strerror}")
             return _reply(*ERR_WRITE)
         dsn, _, text = reason.partition(" ")
@@ -680,9 +693,22 @@ class Cleanup:
         finally:
             status_log.remove(spool, q.BOUNCE, queue_id)
             QueueWriter.remove(spool.path(q.HOLD, queue_id))
+            os.close(lock)
         if status != 0:
             return _reply(*ERR_WRITE)
         return {"status": services.CLEANUP_OK, "dsn": "2.0.0", "reason": "", "queue_id": queue_id}
+
+
+def _shared_lock(fd: int) -> int:
+    """A second descriptor of fd's open file, holding a shared lock on it: the lock lasts
+    until that descriptor is closed, whatever becomes of fd."""
+    lock = os.dup(fd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    except OSError:
+        os.close(lock)
+        raise
+    return lock
 
 
 async def _start(ctx: server.Context) -> None:
