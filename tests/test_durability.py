@@ -28,8 +28,11 @@ import pytest
 from harness import ME, Instance, wait_until
 from test_qmgr import BODY, Standalone, events, slow_command, standalone_systems  # noqa: F401 (the fixture)
 
+from pymailsys.ipc import trigger
 from pymailsys.queue import status_log
+from pymailsys.queue.maildrop import Submission, write_maildrop
 from pymailsys.queue.queue_file import read_envelope
+from pymailsys.queue.spool import Spool
 
 Mount = Callable[[Path, str], Path]
 
@@ -491,6 +494,33 @@ def test_cleanup_killed_in_mid_message_is_a_451_never_a_250(
     wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: after\n" in m],
                30, what="the next message delivered")
     assert not [m for m in inst.maildir_messages() if b"\nSubject: lost\n" in m]
+
+
+def test_a_maildrop_file_stays_until_cleanup_has_queued_it(
+        new_instance) -> None:  # type: ignore[no-untyped-def]
+    """pickup hands a maildrop file to cleanup, and cleanup is killed before it answers:
+    the file stays in maildrop/ and goes through once cleanup is back."""
+    inst = new_instance(maildir=True)
+    inst.start()
+    # a first submission: pickup and cleanup running, pickup connected to this cleanup
+    assert inst.tool("sendmail", "-i", f"{ME}@localhost", input="Subject: warm\n\nup\n"
+                     ).returncode == 0
+    inst.wait_maildir(1)
+    (cleanup,) = inst.daemons()["cleanup"]
+    os.kill(cleanup, signal.SIGSTOP)
+    spool = Spool(str(inst.queue_dir))
+    name = write_maildrop(spool, Submission(sender=f"{ME}@localhost",
+                                            recipients=[f"{ME}@localhost"],
+                                            lines=[b"Subject: dropped", b"", b"body"]))
+    assert trigger.send_trigger(spool.public("pickup"), trigger.WAKEUP)
+    time.sleep(1.0)  # pickup's request on its way to the stopped cleanup
+    os.kill(cleanup, signal.SIGKILL)
+    inst.wait_log(r"postfix/pickup\[\d+\]: warning: connect to cleanup service")
+    assert os.listdir(inst.queue_dir / "maildrop") == [name]
+    assert trigger.send_trigger(spool.public("pickup"), trigger.WAKEUP)
+    wait_until(lambda: [m for m in inst.maildir_messages() if b"\nSubject: dropped\n" in m],
+               30, what="the maildrop message delivered")
+    wait_until(lambda: not os.listdir(inst.queue_dir / "maildrop"), 30, what="an empty maildrop")
 
 
 @pytest.mark.root
