@@ -476,7 +476,8 @@ def test_cleanup_killed_in_mid_message_is_a_451_never_a_250(
     to a cleanup that master started anew, is taken."""
     inst = new_instance(maildir=True)
     inst.start()
-    inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: warm\r\n\r\nup\r\n")
+    warm = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: warm\r\n\r\nup\r\n")
+    inst.wait_log(rf"{warm}: removed")  # cleanup is connected to smtpd and to qmgr
     (cleanup,) = inst.daemons()["cleanup"]
     os.kill(cleanup, signal.SIGSTOP)  # it takes smtpd's request and never answers
     replies: list[tuple[int, bytes]] = []
