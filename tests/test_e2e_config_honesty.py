@@ -25,6 +25,15 @@ def _main_cf_line(inst: Instance, text: str) -> int:
     return lines.index(text) + 1
 
 
+def _start_warns(inst: Instance, setting: str, warning: str) -> None:
+    """Start inst; postfix start warns about main.cf's line ``setting``: ``warning``."""
+    line = _main_cf_line(inst, setting)
+    result = inst.postfix("start")
+    inst.running = True
+    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: "
+            f"{warning}\n") in result.stderr, result.stderr
+
+
 def test_check_and_start_name_file_line_and_parameter(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance()
     inst.set(message_size_limit="10M", mynetworks_style="subnett")
@@ -145,12 +154,9 @@ def test_misspelt_names_warn_at_check_start_and_reload(new_instance) -> None:  #
 def test_smtpd_refuses_milters_while_local_mail_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
     inst.set(smtpd_milters="inet:127.0.0.1:8891")
-    line = _main_cf_line(inst, "smtpd_milters = inet:127.0.0.1:8891")
-    result = inst.postfix("start")
-    inst.running = True
-    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: "
-            "smtpd_milters = inet:127.0.0.1:8891 is not supported yet: service smtpd will refuse "
-            "to run\n") in result.stderr
+    _start_warns(inst, "smtpd_milters = inet:127.0.0.1:8891",
+                 "smtpd_milters = inet:127.0.0.1:8891 is not supported yet: service smtpd will "
+                 "refuse to run")
     # a client gets no banner: the connection is closed, promptly (not a silent wait)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
@@ -177,12 +183,9 @@ def test_local_takes_one_recipient_per_request_whatever_the_limit_says(new_insta
     inst.set(local_destination_recipient_limit="10")
     inst.write("etc/aliases", f"team: {ME}@localhost\n")
     inst.tool("newaliases", check=True)
-    line = _main_cf_line(inst, "local_destination_recipient_limit = 10")
-    result = inst.postfix("start")
-    inst.running = True
-    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {line}: parameter "
-            "local_destination_recipient_limit: local delivers one recipient per request: "
-            "ignored\n") in result.stderr
+    _start_warns(inst, "local_destination_recipient_limit = 10",
+                 "parameter local_destination_recipient_limit: local delivers one recipient per "
+                 "request: ignored")
     queue_id = inst.send("sender@example.org", [f"{ME}@localhost", "team@localhost"],
                          b"Subject: two\r\n\r\nbody\r\n")
     inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, relay=local, .*status=sent")
