@@ -130,7 +130,6 @@ def test_a_value_only_some_programs_act_on_warns(tmp_path):
     ("non_smtpd_milters = inet:127.0.0.1:8891", "pickup"),
     ("smtp_tls_security_level = dane-only", "smtp"),
     ("lmtp_tls_security_level = fingerprint", "lmtp"),
-    ("smtp_enforce_tls = yes", "smtp"),
 ])
 def test_settings_that_weaken_security_make_their_service_refuse(tmp_path, setting, program):
     found = problems(tmp_path, setting + "\n")

@@ -206,6 +206,29 @@ def test_cipher_grades_are_the_cipherlist_parameters(new_instance, pki, peers) -
     inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
 
 
+@pytest.mark.parametrize("settings, delivered", [
+    ({"smtp_use_tls": "yes"}, True),                                      # may
+    ({"smtp_enforce_tls": "yes", "smtp_tls_enforce_peername": "no"}, True),  # encrypt
+    ({"smtp_enforce_tls": "yes"}, False),                                 # verify
+])
+def test_obsolete_tls_parameters_set_the_level(new_instance, pki, peers, settings,
+                                               delivered) -> None:  # type: ignore[no-untyped-def]
+    """With smtp_tls_security_level empty, Postfix's smtp_use_tls and smtp_enforce_tls
+    decide: may, encrypt, or (smtp_tls_enforce_peername = yes) verify."""
+    rogue = peers["rogue"]
+    inst = instance_with_ca(new_instance, pki, relayhost=rogue.nexthop, **settings)
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: obsolete\r\n\r\nbody\r\n")
+    if delivered:
+        inst.wait_log(rf"Untrusted TLS connection established to {ADDR}:{rogue.port}: TLSv1")
+        inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
+        assert rogue.recorder.over_tls == [True]
+    else:
+        inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*dsn=4\.7\.5, status=deferred "
+                      r"\(Server certificate not trusted\)")
+        assert rogue.recorder.over_tls == []
+
+
 def test_dane_without_dnssec_is_may(new_instance, pki, peers) -> None:  # type: ignore[no-untyped-def]
     rogue = peers["rogue"]
     inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="dane",

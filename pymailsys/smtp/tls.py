@@ -15,7 +15,10 @@ DESCRIPTION
     smtp_tls_sess_alloc: the first of ``<prefix>_tls_policy_maps`` to find
     the nexthop (verbatim, e.g. ``[relay.example]:587``; a bare domain is
     also looked up as its parent domains ``.example.com``, ``.com``),
-    otherwise the global ``<prefix>_tls_security_level``. A table entry is
+    otherwise the global ``<prefix>_tls_security_level`` (when that is empty,
+    the obsolete ``<prefix>_enforce_tls = yes`` means verify, or encrypt with
+    ``<prefix>_tls_enforce_peername = no``, and ``<prefix>_use_tls = yes``
+    means may, as Postfix's smtp_tls_policy.c). A table entry is
     ``level [match=name:name...] [protocols=...] [ciphers=...]``.
 
     Levels: ``none`` (no STARTTLS), ``may`` (STARTTLS when offered, no
@@ -293,7 +296,15 @@ class ClientTls:
         def get(suffix: str) -> str:
             return config.get(f"{prefix}_{suffix}").strip()
 
-        level = get("tls_security_level").lower() or "none"
+        def flag(suffix: str) -> bool:
+            return config.get_bool(f"{prefix}_{suffix}")
+
+        level = get("tls_security_level").lower()
+        if not level:  # Postfix's smtp_tls_policy.c: the obsolete parameters decide
+            if flag("enforce_tls"):
+                level = "verify" if flag("tls_enforce_peername") else "encrypt"
+            else:
+                level = "may" if flag("use_tls") else "none"
         if level == "dane":
             log.warning(f"{prefix}_tls_security_level = dane: DNSSEC is not available "
                         f"(no validating resolver): using security level \"may\"")
