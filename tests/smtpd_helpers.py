@@ -127,10 +127,12 @@ async def smtpd_server(tmp: Path, cleanup_up: bool = True,
 
 class RawSMTP:
     """A client that sends bytes as they are (pipelined commands, BDAT chunks) to a real
-    smtpd on ``port`` and reads one reply at a time (the last line of a multi-line one)."""
+    smtpd on ``port`` and reads one reply at a time (the last line of a multi-line one);
+    from the loopback address ``source`` when given."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, source: str | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                             source_address=(source, 0) if source else None)
         self.file = self.sock.makefile("rb")
 
     def __enter__(self) -> RawSMTP:

@@ -337,3 +337,27 @@ def test_recipient_checks_in_the_client_and_sender_lists_apply_at_rcpt(new_insta
         "bob@remote.example": (554, b"5.7.1 <bob@remote.example>: Relay access denied"),
         f"{ME}@localhost": (554, f"5.7.1 <{ME}@localhost>: Recipient address rejected: "
                                  "internal only".encode())}
+
+
+def test_without_delay_reject_a_refused_client_gets_nothing_but_quit(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtpd_delay_reject = no: smtpd_client_restrictions run at connect, as in Postfix;
+    a refusal is the greeting, and every command but QUIT (AUTH, VRFY, ETRN, EHLO, ...)
+    gets 503. The client list ran only at MAIL, so a refused client could still VRFY
+    addresses or try passwords."""
+    inst: Instance = new_instance()
+    inst.set(smtpd_delay_reject="no", smtpd_error_sleep_time="0",
+             smtpd_client_restrictions="check_client_access inline:{127.0.0.2=REJECT}")
+    inst.start()
+    with RawSMTP(inst.port, source="127.0.0.2") as s:
+        assert s.reply() == (b"554 5.7.1 <localhost[127.0.0.2]>: Client host rejected: "
+                             b"Access denied\r\n")
+        for command in (b"EHLO client.example", b"VRFY root", b"ETRN example.com",
+                        b"AUTH PLAIN AGZvbwBiYXI=", b"MAIL FROM:<a@client.example>", b"BOGUS"):
+            s.send(command + b"\r\n")
+            assert s.reply() == b"503 5.7.0 Error: access denied for localhost[127.0.0.2]\r\n"
+        s.send(b"QUIT\r\n")
+        assert s.reply() == b"221 2.0.0 Bye\r\n"
+    inst.wait_log(r"NOQUEUE: reject: CONNECT from localhost\[127\.0\.0\.2\]: 554 5\.7\.1 "
+                  r"<localhost\[127\.0\.0\.2\]>: Client host rejected: Access denied; proto=SMTP")
+    # any other client: the banner, and mail as usual
+    inst.send(SENDER, f"{ME}@localhost", b"Subject: welcome\r\n\r\nhi\r\n")

@@ -30,7 +30,11 @@ DESCRIPTION
 
     Commands: HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, VRFY, ETRN,
     STARTTLS, AUTH; anything else gets ``500 5.5.2 Error: command not
-    recognized``, as Postfix does.
+    recognized``, as Postfix does. With smtpd_delay_reject = no,
+    smtpd_client_restrictions run at connect (helo at HELO, sender at MAIL):
+    a refusal is the greeting (``NOQUEUE: reject: CONNECT from ...``), and
+    every later command but QUIT gets ``503 5.7.0 Error: access denied for
+    CLIENT``, as Postfix; with the default yes they all run at RCPT.
 
     TLS (pymailsys.smtp.tls_server): STARTTLS at smtpd_tls_security_level
     may or encrypt (``530 5.7.0 Must issue a STARTTLS command first`` before

@@ -154,6 +154,9 @@ class Session(SMTP):
         self.rcpt_overshoot = 0
         self.rcpt_tried = 0
         self.bare_lf_exempt: bool | None = None
+        # smtpd_delay_reject = no and smtpd_client_restrictions refused the client at
+        # connect: every command but QUIT gets 503 (Postfix's state->access_denied)
+        self.access_denied = False
         self.anvil_ident: str | None = None  # set: this session's events go to anvil
         self.ssl_object: ssl.SSLObject | None = None  # once TLS is on
         self.chunks: Chunks | None = None  # BDAT: the message in progress
@@ -252,7 +255,7 @@ class Session(SMTP):
         self.client = self.req.client
         try:
             self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
-            if self.anvil_ident is None and not smtpd.tls.wrappermode:
+            if self.anvil_ident is None and not smtpd.tls.wrappermode and smtpd.delay_reject:
                 # Nothing can refuse the client now: the banner first, so that it goes on
                 # while the connection is logged (nothing of this session logs in between;
                 # a client already gone is still logged as connected, then as lost).
@@ -271,7 +274,7 @@ class Session(SMTP):
                 if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
                     self._tls_established(writer.get_extra_info("ssl_object"))
                     await self._require_client_cert()
-                self._writer.write(smtpd.banner)
+                self._writer.write(await self._greeting())
             await self._handle_client()
         except ConnectionLost as e:
             self._lost_connection(e.bytes_read)
@@ -430,6 +433,11 @@ class Session(SMTP):
             verb = words[0].upper().decode("ascii", "replace")
             arg_b = words[1] if len(words) > 1 else b""
             method = verbs.get(verb)
+            if self.access_denied and verb != "QUIT":
+                self.where = verb if method is not None else "UNKNOWN"
+                self._count(verb.lower() if method is not None else "unknown", False)
+                await self.reply_error(f"503 5.7.0 Error: access denied for {self.client}")
+                continue
             if method is None:
                 self.where = "UNKNOWN"
                 self._count("unknown", False)
@@ -458,6 +466,20 @@ class Session(SMTP):
             finally:
                 if verb != "QUIT":
                     self._count(verb.lower(), ok)
+
+    async def _greeting(self) -> bytes:
+        """The banner; with smtpd_delay_reject = no, smtpd_client_restrictions run now,
+        and a refusal is the greeting instead (as Postfix: not with -S)."""
+        smtpd = self.smtpd
+        if smtpd.delay_reject or smtpd.stand_alone:
+            return smtpd.banner
+        result = await smtpd.engine.check_client(self.req)
+        if result is None or result.reply is None:
+            return smtpd.banner
+        self._log_reject("CONNECT", str(result.reply))
+        self.access_denied = True
+        self.error_count += 1
+        return f"{result.reply}\r\n".encode("utf-8", "surrogateescape")
 
     def _bare_lf_exempt(self) -> bool:
         if self.bare_lf_exempt is None:
@@ -591,11 +613,8 @@ class Session(SMTP):
         self.req.sender = sender
         self.req.sasl_sender = sasl_sender or ""
         self.req.size = env.size
-        if not smtpd.delay_reject:
-            engine = smtpd.engine
-            result = await engine.check_client(self.req)
-            if result is None:
-                result = await engine.check_sender(self.req)
+        if not smtpd.delay_reject:  # the client list ran at connect
+            result = await smtpd.engine.check_sender(self.req)
             if result is not None and result.reply is not None:
                 self._log_reject("MAIL", str(result.reply))
                 self.req.sender = None

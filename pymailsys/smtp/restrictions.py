@@ -136,6 +136,7 @@ _STAGE_TEXT = {stage: f"{name} rejected" for stage, name in _STAGE_CLASS.items()
 # Where a check runs, for the log (Postfix's state->where).
 WHERE_HELO = "HELO"
 WHERE_EHLO = "EHLO"
+WHERE_CONNECT = "CONNECT"
 WHERE_MAIL = "MAIL"
 WHERE_RCPT = "RCPT"
 WHERE_DATA = "DATA"
@@ -493,7 +494,8 @@ class Engine:
         return None
 
     async def check_client(self, req: Request) -> Result | None:
-        return await self._check(req, WHERE_MAIL, ("smtpd_client_restrictions",))
+        """smtpd_client_restrictions alone, at connect (smtpd_delay_reject = no)."""
+        return await self._check(req, WHERE_CONNECT, ("smtpd_client_restrictions",))
 
     async def check_helo(self, req: Request) -> Result | None:
         where = WHERE_EHLO if req.protocol.upper().startswith("E") else WHERE_HELO
