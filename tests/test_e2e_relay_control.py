@@ -361,3 +361,27 @@ def test_without_delay_reject_a_refused_client_gets_nothing_but_quit(new_instanc
                   r"<localhost\[127\.0\.0\.2\]>: Client host rejected: Access denied; proto=SMTP")
     # any other client: the banner, and mail as usual
     inst.send(SENDER, f"{ME}@localhost", b"Subject: welcome\r\n\r\nhi\r\n")
+
+
+def test_vrfy_runs_the_recipient_checks(setup: Setup) -> None:
+    """VRFY answers as RCPT would, as Postfix's smtpd_check_rcpt: a stranger learns
+    nothing a refusal hides (the relay decision, an access table's REJECT, a policy
+    server's answer); only the local recipient check ran."""
+    with RawSMTP(setup.inst.port) as s:
+        s.reply()
+        for command, reply in (
+                (b"VRFY bob@remote.example",
+                 b"554 5.7.1 <bob@remote.example>: Relay access denied"),
+                (f"VRFY {ME}+tab@ourdomain.example".encode(),
+                 f"554 5.7.1 <{ME}+tab@ourdomain.example>: Recipient address rejected: spam "
+                 "trap".encode()),
+                (f"VRFY {ME}@ourdomain.example".encode(),
+                 f"252 2.0.0 {ME}@ourdomain.example".encode()),
+                (b"VRFY nosuch@ourdomain.example",
+                 b"550 5.1.1 <nosuch@ourdomain.example>: Recipient address rejected: User "
+                 b"unknown in local recipient table"),
+                (f"VRFY {ME}@".encode(), b"501 5.1.3 Bad recipient address syntax")):
+            s.send(command + b"\r\n")
+            assert s.reply() == reply + b"\r\n", command
+    setup.inst.wait_log(r"NOQUEUE: reject: VRFY from localhost\[127\.0\.0\.1\]: 554 5\.7\.1 "
+                        r"<bob@remote\.example>: Relay access denied; to=<bob@remote\.example> ")

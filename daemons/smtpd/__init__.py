@@ -34,7 +34,9 @@ DESCRIPTION
     smtpd_client_restrictions run at connect (helo at HELO, sender at MAIL):
     a refusal is the greeting (``NOQUEUE: reject: CONNECT from ...``), and
     every later command but QUIT gets ``503 5.7.0 Error: access denied for
-    CLIENT``, as Postfix; with the default yes they all run at RCPT.
+    CLIENT``, as Postfix; with the default yes they all run at RCPT. VRFY
+    (unless disable_vrfy_command) runs what RCPT runs, as Postfix's
+    smtpd_check_rcpt, and answers ``252 2.0.0 ADDRESS`` when nothing refuses.
 
     TLS (pymailsys.smtp.tls_server): STARTTLS at smtpd_tls_security_level
     may or encrypt (``530 5.7.0 Must issue a STARTTLS command first`` before

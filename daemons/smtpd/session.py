@@ -582,7 +582,7 @@ class Session(SMTP):
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
         given, sender_given, params = parsed
         sender = envelope_address(sender_given)
-        if sender is None or self._bad_syntax(sender, given, any(
+        if sender is None or self._bad_syntax(sender, f"<{given}>", any(
                 p.upper() == "SMTPUTF8" for p in params) and smtpd.smtputf8
                 and "smtputf8" not in smtpd.discard_ehlo):
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
@@ -625,11 +625,11 @@ class Session(SMTP):
 
     def _bad_syntax(self, address: str, given: str, smtputf8: bool) -> bool:
         """An address whose domain is no domain (Postfix's smtpd_check_addr, not in
-        sendmail -bs mode): warned about, as Postfix."""
+        sendmail -bs mode): warned about with ``given``, the client's text, as Postfix."""
         if self.smtpd.stand_alone or not self.smtpd.engine.bad_syntax(address, smtputf8):
             return False
         log.warning(f"Illegal address syntax from {self.client} in {self.where} command: "
-                    f"<{log.printable(given)}>")
+                    f"{log.printable(given)}")
         return True
 
     def _mail_dsn_param(self, env: Envelope, name: str, value: str) -> str:
@@ -672,7 +672,7 @@ class Session(SMTP):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         given, rcpt_given, params = parsed
         rcpt = envelope_address(rcpt_given)
-        if rcpt is None or self._bad_syntax(rcpt, given, env.smtputf8):
+        if rcpt is None or self._bad_syntax(rcpt, f"<{given}>", env.smtputf8):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         notify, orcpt = 0, ""
         for param in params:
@@ -905,15 +905,18 @@ class Session(SMTP):
         addr = extract_address(arg, False)
         if addr:
             addr = envelope_address(addr)
-        if not addr:
+        if not addr or self._bad_syntax(addr, arg, False):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
-        if not self.smtpd.stand_alone:  # what RCPT TO would be told, as Postfix
+        if not self.smtpd.stand_alone:
+            # Postfix's smtpd_check_rcpt, every list RCPT runs: a client refused there
+            # learns nothing here; what access actions ask (HOLD, ...) is no message's
             req = self.req
-            saved, req.recipient = req.recipient, addr
+            saved = req.recipient, req.actions
+            req.recipient, req.actions = addr, restrictions.MessageActions()
             try:
                 result = await self.smtpd.engine.check_rcpt(req, restrictions.WHERE_VRFY)
             finally:
-                req.recipient = saved
+                req.recipient, req.actions = saved
             if result is not None and result.reply is not None:
                 self._log_reject("VRFY", str(result.reply), addr)
                 return await self.reply_error(str(result.reply))

@@ -139,6 +139,7 @@ WHERE_EHLO = "EHLO"
 WHERE_CONNECT = "CONNECT"
 WHERE_MAIL = "MAIL"
 WHERE_RCPT = "RCPT"
+WHERE_VRFY = "VRFY"
 WHERE_DATA = "DATA"
 WHERE_EOM = "END-OF-MESSAGE"
 WHERE_ETRN = "ETRN"
@@ -505,8 +506,8 @@ class Engine:
         return await self._check(req, WHERE_MAIL, ("smtpd_sender_restrictions",))
 
     async def check_rcpt(self, req: Request, where: str = WHERE_RCPT) -> Result | None:
-        """RCPT TO: or VRFY (``where``) of req.recipient: (delayed client/helo/sender),
-        relay, recipient lists, then unlisted; a bare "postmaster" always passes (RFC 5321
+        """RCPT TO: (delayed client/helo/sender), relay, recipient lists, then unlisted;
+        VRFY (``where``) runs the same; a bare "postmaster" always passes (RFC 5321
         4.5.1), as Postfix's smtpd_check_rcpt."""
         if req.recipient.lower() == "postmaster":
             return None
@@ -930,10 +931,10 @@ def _permit_sasl(engine: Engine, req: Request, entry: _Entry) -> Result | None:
 
 
 def _at_rcpt(req: Request) -> bool:
-    """Whether a recipient is being checked: at RCPT, in whatever list (with
+    """Whether a recipient is being checked: at RCPT or VRFY, in whatever list (with
     smtpd_delay_reject, the client, helo and sender lists run there too), as
     Postfix runs its recipient checks whenever it has the recipient."""
-    return req.where == WHERE_RCPT and bool(req.recipient)
+    return req.where in (WHERE_RCPT, WHERE_VRFY) and bool(req.recipient)
 
 
 def _auth_destination(engine: Engine, req: Request) -> bool | Result:
@@ -1288,7 +1289,7 @@ async def _permit_dnswl_client(engine: Engine, req: Request, entry: _Entry) -> R
     ip = netaddr.parse_address(req.client_addr)
     if ip is None:
         return None
-    if req.where in (WHERE_RCPT, WHERE_VRFY) and req.recipient:  # never allow-list relaying
+    if _at_rcpt(req):  # never allow-list relaying
         ok = _auth_destination(engine, req)
         if ok is not True:
             return None
