@@ -78,7 +78,8 @@ DESCRIPTION
     and asks a table for ``.example.com``, as Postfix's match_hostname.
 
 REFUSES
-    Nothing: a malformed address resolves as best it can, like Postfix.
+    Nothing: an address whose domain is malformed resolves to the error
+    transport (ERROR above), anything else as best it can, like Postfix.
 """
 
 from __future__ import annotations
@@ -358,10 +359,10 @@ class Resolver:
             addr, domain = local, ""
             break
         else:
-            log.warning(f"resolve_addr: <{log.printable(address)}>: giving up after "
-                        f"{turns} iterations")
+            shown = log.printable(address)
+            log.warning(f"resolve_addr: <{shown}>: giving up after {turns} iterations")
             return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL,
-                            f"{address}: address resolution failed")
+                            f"{shown}: address resolution failed")
         local, at, domain = addr.rpartition("@")
         if not at:
             local, domain = addr, ""
