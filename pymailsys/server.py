@@ -26,6 +26,14 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
 * client_limit: the process takes at most this many clients at once; at the
   limit it stops accepting (so master starts another process for the next one)
   and reports ``B``. A client counts from the moment it is accepted.
+* clients_are_processes (smtpd, cleanup: Postfix's serve one client per
+  process, so master.cf's maxproc limits their clients): the service's process
+  limit (master's ``-l``, ``-p N``) is this process's client limit too, and at
+  that limit it stops accepting but stays available (``A``), so that master
+  starts no second process and a new client waits in the listen queue, as with
+  Postfix at its process limit; it logs Postfix's ``service "NAME" (NAME) has
+  reached its process limit "N": new clients may experience noticeable delays``
+  at most once per 1000 s. maxproc 0 (``-z``) leaves client_limit as it is.
 * going away (lifeline end of file, max_use, max_idle): stop accepting, close
   the listeners, finish the clients being served and exit. Trigger
   connections are closed at once; attribute-protocol services pass
@@ -100,6 +108,7 @@ from pymailsys import log, maps, privileges
 from pymailsys.config import validate
 from pymailsys.ipc.master_status import (
     LIFELINE_FD,
+    LIMIT_WARNING_INTERVAL,
     LISTEN_FD,
     STATUS_AVAILABLE,
     STATUS_BUSY,
@@ -141,7 +150,7 @@ Hook = Callable[[Context], Awaitable[None]]
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    opts, rest = getopt.getopt(argv, "c:n:t:o:us:vlzDSL:")
+    opts, rest = getopt.getopt(argv, "c:n:t:o:us:vlzp:DSL:")
     flags: dict[str, str] = {}
     overrides: dict[str, str] = {}
     for opt, value in opts:
@@ -243,8 +252,10 @@ class _Runner:
                  resident: bool, client_limit: int,
                  serve_connection: ServeConnection | None = None,
                  protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-                 trigger_by_size: bool = False) -> None:
+                 trigger_by_size: bool = False, process_limit: int = 0) -> None:
         self.ctx = ctx
+        self.process_limit = process_limit  # clients_are_processes: the service's maxproc
+        self.last_limit_warning = -LIMIT_WARNING_INTERVAL
         self.serve = serve
         self.trigger_by_size = trigger_by_size
         self.serve_connection = serve_connection
@@ -273,7 +284,8 @@ class _Runner:
     def report(self) -> None:
         if self.status_fd is None:
             return
-        busy = self.active >= self.client_limit or self.ctx.stopping.is_set()
+        full = self.active >= self.client_limit and not self.process_limit
+        busy = full or self.ctx.stopping.is_set()
         status = STATUS_BUSY if busy else STATUS_AVAILABLE
         if status != self.last_status:
             try:
@@ -309,6 +321,7 @@ class _Runner:
         for _ in range(32):
             if self.ctx.stopping.is_set() or self.active >= self.client_limit:
                 self.pause_accepting()
+                self._warn_at_process_limit()
                 break
             try:
                 # Not sock.accept(): see _accepted_class.
@@ -384,6 +397,17 @@ class _Runner:
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         await self.on_client(reader, writer)
+
+    def _warn_at_process_limit(self) -> None:
+        """Master's warning, from the process that holds the service's whole limit."""
+        now = asyncio.get_running_loop().time()
+        if not self.process_limit or self.ctx.stopping.is_set() \
+                or now - self.last_limit_warning < LIMIT_WARNING_INTERVAL:
+            return
+        self.last_limit_warning = now
+        name = self.ctx.service
+        log.warning(f'service "{name}" ({name}) has reached its process limit '
+                    f'"{self.process_limit}": new clients may experience noticeable delays')
 
     def client_done(self) -> None:
         self.active -= 1
@@ -537,7 +561,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         pre_init: Callable[[config_mod.Config], object] | None = None,
         serve_connection: ServeConnection | None = None,
         protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-        trigger_by_size: bool = False) -> None:
+        trigger_by_size: bool = False, clients_are_processes: bool = False) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -570,6 +594,11 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     else:
         # no master to start another process for the next client: take them all
         client_limit = max(client_limit, 1000)
+    process_limit = 0
+    if clients_are_processes and "-L" not in flags:
+        process_limit = 1 if "-l" in flags else int(flags.get("-p", "0") or 0)
+        if process_limit > 0:
+            client_limit = min(client_limit, process_limit)
     prepared = pre_init(cfg) if pre_init is not None else None
     _use_fast_loop()  # before the privilege drop: the interpreter's files may be root's alone
     if "-u" in flags:
@@ -580,7 +609,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
-                          client_limit, serve_connection, protocol, tls, trigger_by_size))
+                          client_limit, serve_connection, protocol, tls, trigger_by_size,
+                          process_limit))
     except KeyboardInterrupt:
         pass
 
@@ -600,11 +630,11 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
                 resident: bool, client_limit: int,
                 serve_connection: ServeConnection | None = None,
                 protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-                trigger_by_size: bool = False) -> None:
+                trigger_by_size: bool = False, process_limit: int = 0) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
     runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection,
-                     protocol, tls, trigger_by_size)
+                     protocol, tls, trigger_by_size, process_limit)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()

@@ -90,10 +90,13 @@ def test_start_status_pid_file_and_children(new_instance) -> None:  # type: igno
     child, _args = echo_unix(inst, "echo")
     args = cmdline(child)
     assert args[1:4] == ["-P", "-m", "pmsfixtures.echo"]
-    assert args[4:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u"]
+    # -p: the process limit (master.cf's 2; "-" is default_process_limit), which
+    # smtpd and cleanup apply to their clients
+    assert args[4:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u",
+                        "-p", "2"]
     inet_child, _ = echo_inet(inst.port)  # a bare port binds inet_interfaces (127.0.0.1)
     assert cmdline(inet_child)[4:] == ["-c", str(inst.config_dir), "-n", str(inst.port), "-t",
-                                      "inet", "-u"]
+                                      "inet", "-u", "-p", "100"]
     with open(f"/proc/{child}/status") as f:
         uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
     if IS_ROOT:

@@ -109,7 +109,7 @@ def test_cmdline_names_the_daemon_module(new_instance) -> None:  # type: ignore[
     daemons = inst.daemons()
     (smtpd,) = daemons["smtpd"]
     assert cmdline(smtpd)[1:] == ["-P", "-m", "pymailsys.daemons.smtpd", "-c", str(inst.config_dir),
-                                  "-n", f"127.0.0.1:{inst.port}", "-t", "inet", "-u"]
+                                  "-n", f"127.0.0.1:{inst.port}", "-t", "inet", "-u", "-p", "100"]
     (qmgr,) = daemons["qmgr"]
     assert cmdline(qmgr)[1:] == ["-P", "-m", "pymailsys.daemons.qmgr", "-c", str(inst.config_dir),
                                  "-n", "qmgr", "-t", "unix", "-u", "-l"]

@@ -169,3 +169,48 @@ def test_pipelined_smtplib_session_many_messages(instance: Instance) -> None:
         for i in range(5):
             c.sendmail("alice@example.org", [f"{ME}@localhost"], f"Subject: m{i}\r\n\r\nx\r\n")
     assert len(maildir_messages(instance, 5)) == 5
+
+
+def test_maxproc_limits_smtp_sessions_as_postfix_processes(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """master.cf's maxproc for smtpd (2 here) is how many SMTP sessions run at once, as
+    Postfix's one session per smtpd process: a third client waits in the listen queue,
+    without a banner, until a session ends, and the limit is logged as Postfix's master
+    logs it. One smtpd process serves them: master starts no second one."""
+    import re
+
+    inst = new_instance()
+    master_cf = inst.config_dir / "master.cf"
+    text, n = re.subn(rf"(?m)^(127\.0\.0\.1:{inst.port}\s+inet(?:\s+\S+){{4}}\s+)-(\s+smtpd)",
+                      r"\g<1>2\2", master_cf.read_text())
+    assert n == 1
+    master_cf.write_text(text)
+    inst.start()
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", inst.port), timeout=30)
+
+    first, second = connect(), connect()
+    try:
+        for s in (first, second):
+            assert s.recv(512).startswith(b"220 ")
+        with connect() as third:
+            third.settimeout(2)
+            try:
+                early = third.recv(512)
+            except TimeoutError:
+                early = b""
+            assert early == b"", early  # no banner while two sessions run
+            inst.wait_log(r'warning: service "127\.0\.0\.1:\d+" \(127\.0\.0\.1:\d+\) has '
+                          r'reached its process limit "2": new clients may experience '
+                          r'noticeable delays')
+            first.sendall(b"QUIT\r\n")
+            assert first.recv(512).startswith(b"221 ")
+            third.settimeout(30)
+            assert third.recv(512).startswith(b"220 ")  # the next session, once one ended
+            third.sendall(b"QUIT\r\n")
+    finally:
+        first.close()
+        second.close()
+    smtpd = subprocess.run(["pgrep", "-f", f"smtpd -c {inst.config_dir} "], capture_output=True,
+                           text=True).stdout.split()
+    assert len(smtpd) == 1, smtpd

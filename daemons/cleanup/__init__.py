@@ -734,5 +734,6 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 def main(argv: list[str] | None = None) -> None:
-    server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv)
+    server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv,
+               clients_are_processes=True)
 

@@ -8,10 +8,13 @@ as a full module name (third-party services, test fixtures).
 ``spawn`` starts one child of a service, forked from master's preloaded
 image (``forking``), as what it would be when started as::
 
-    python3 -P -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z]
+    python3 -P -m MODULE -c CONFIG_DIR -n SERVICE -t TYPE [-u] [-l|-z|-p MAXPROC]
             [-s COUNT] ARGS-FROM-MASTER.CF
 
-(``/proc/PID/cmdline`` shows exactly that) in master's working directory,
+(``-l``: maxproc 1, ``-z``: 0, as Postfix's master; ``-p``: any other
+process limit, which a server that takes many clients in one process applies
+to its clients where Postfix's counterpart serves one client per process:
+``pymailsys.server``; ``/proc/PID/cmdline`` shows exactly that) in master's working directory,
 queue_directory, with Python's safe-path mode (``-P``: no directory a
 child starts in can shadow the installed package); with the descriptors of
 ``pymailsys.ipc.master_status`` (lifeline, status pipe, listeners), fds 0
@@ -41,13 +44,13 @@ from pymailsys.config import Config
 from pymailsys.config.master_cf import ServiceEntry
 from pymailsys.ipc.master_status import (
     LIFELINE_FD,
+    LIMIT_WARNING_INTERVAL,
     LISTEN_FD,
     STATUS_AVAILABLE,
     STATUS_BUSY,
     STATUS_FD,
 )
 
-LIMIT_WARNING_INTERVAL = 1000.0
 DAEMON_PACKAGE = "pymailsys.daemons."
 PICKUP = DAEMON_PACKAGE + "pickup"  # woken only when maildrop/ holds mail (supervisor)
 
@@ -138,6 +141,8 @@ def child_argv(svc: Service, config_dir: str) -> list[str]:
         argv.append("-l")
     elif svc.maxproc == 0:
         argv.append("-z")
+    else:
+        argv += ["-p", str(svc.maxproc)]
     if len(svc.listeners) > 1:
         argv += ["-s", str(len(svc.listeners))]
     return argv + entry.args

@@ -68,7 +68,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pymailsys.daemons.master import children, forking
-from pymailsys.daemons.master.children import LIMIT_WARNING_INTERVAL, Child, Service
+from pymailsys.daemons.master.children import Child, Service
 from pymailsys.daemons.master.listeners import endpoint_owner
 from pymailsys.daemons.master.reload import (
     Services,
@@ -81,6 +81,7 @@ from pymailsys.daemons.master.stderr_relay import StderrRelay, readable
 from pymailsys import MAIL_VERSION, log, pidfile, privileges
 from pymailsys import config as config_mod
 from pymailsys.config import Config, ConfigError
+from pymailsys.ipc.master_status import LIMIT_WARNING_INTERVAL
 from pymailsys.queue import spool
 
 PROGRAM = "master"

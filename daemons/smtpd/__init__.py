@@ -342,4 +342,5 @@ def main(argv: list[str] | None = None) -> None:
         standalone(args)
         return
     server.run(PROGRAM, serve=serve, pre_init=_pre_init, on_start=_start, on_stop=_stop,
+               clients_are_processes=True,
                argv=argv, protocol=_session, tls=_wrapper_tls)

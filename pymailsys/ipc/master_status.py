@@ -11,6 +11,10 @@ starts every child with
   ``STATUS_BUSY`` when it cannot; any other byte is ignored by master.
 * fd 6 and up (``LISTEN_FD`` + i): the service's listeners, in master.cf order.
 
+``LIMIT_WARNING_INTERVAL``: seconds between two "has reached its process
+limit" warnings of one service (master's, or a many-client process that holds
+the service's whole limit).
+
 Master (``pymailsys.daemons.master``) hands these over; the server skeleton
 (``pymailsys.server``) takes them. Both import the numbers from here only.
 """
@@ -23,3 +27,5 @@ LISTEN_FD = 6
 
 STATUS_AVAILABLE = b"A"
 STATUS_BUSY = b"B"
+
+LIMIT_WARNING_INTERVAL = 1000.0
