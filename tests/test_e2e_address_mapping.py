@@ -148,3 +148,13 @@ def test_always_bcc_and_bcc_maps(new_instance) -> None:  # type: ignore[no-untyp
     inst.send("sender@example.org", f"{ME}@{origin}", "Subject: bcc\n\nx\n")
     assert _delivered_to(_arrived(inst, b"bcc", 4)) == [
         f"{ME}+archive@{origin}", f"{ME}+rbcc@{origin}", f"{ME}+sbcc@{origin}", f"{ME}@{origin}"]
+
+
+def test_canonical_loop_warns_and_delivers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's cleanup warns about canonical map nesting and accepts the message
+    inst, origin = _start(new_instance, {
+        "canonical_maps": "a@old.example  b@old.example\nb@old.example  a@old.example\n"})
+    queue_id = inst.send("a@old.example", f"{ME}@{origin}", "Subject: canonloop\n\nx\n")
+    assert _arrived(inst, b"canonloop")
+    inst.wait_log(rf"warning: {queue_id}: unreasonable canonical_maps map nesting for "
+                  r"a@old\.example -- message not accepted, try again later")

@@ -113,8 +113,8 @@ CONFIGURATION PARAMETERS
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,
     virtual_alias_recursion_limit, virtual_alias_expansion_limit,
-    propagate_unmatched_extensions, recipient_delimiter, always_bcc, sender_bcc_maps,
-    recipient_bcc_maps,
+    virtual_alias_address_length_limit, propagate_unmatched_extensions, recipient_delimiter,
+    always_bcc, sender_bcc_maps, recipient_bcc_maps,
     queue_minfree, delay_warning_time, ipc_timeout (the longest wait for the next
     piece of a streamed message),
     enable_original_recipient, enable_long_queue_ids, queue_service_name,

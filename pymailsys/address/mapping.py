@@ -22,19 +22,29 @@ limits. Addresses go in and come out in internal (unquoted) form. Postfix
 Table lookups are Postfix's mail_addr_find order (``pymailsys.maps.search``):
 ``user+ext@domain``, ``user@domain``, ``user+ext`` and ``user`` only when the
 domain is $myorigin, $mydestination or one of our interface addresses, then
-``@domain``. A match found without the extension gets it back on every result
-address when propagate_unmatched_extensions lists ``canonical`` (``virtual``).
-A canonical result is mapped again up to 10 times, as Postfix does; a table
-value with several addresses is a warning and its first one is used.
+``@domain``. A value that starts with ``@`` (``@old.example @new.example``)
+gets the address's local part, without its extension, in front; each result
+address is rewritten in the local context (``user`` -> ``user@$myorigin``), as
+Postfix's mail_addr_crunch does. A match found without the extension gets it
+back (with the delimiter the address used) on every result address when
+propagate_unmatched_extensions lists ``canonical`` (``virtual``).
+A canonical result is mapped again up to 10 times, as Postfix does (then a
+warning, and the mail goes on with the last result); a canonical value with
+several addresses is a warning and its first one is used.
 
 Masquerading: the address's domain is compared with masquerade_domains in
 order; the first entry that is the domain itself leaves it alone, the first
 that is a parent domain replaces it (``!name``: leave it alone); local parts
-in masquerade_exceptions are never masqueraded.
+in masquerade_exceptions (a string list: names, ``type:table``, ``/file``,
+``!`` to negate) are never masqueraded.
 
-Failures: a table that cannot answer, or a limit reached, raises
-``MappingError`` with Postfix's warning text; the caller logs it and defers
-the message (``4.6.0 Alias expansion error`` for virtual aliases).
+Failures: a table that cannot answer, a value with no address in it, or a
+virtual alias limit reached (virtual_alias_recursion_limit,
+virtual_alias_expansion_limit: checked each time a lookup would grow the list,
+so that nested one-to-many entries never build more than the limit;
+virtual_alias_address_length_limit) raises ``MappingError`` with Postfix's
+warning text; the caller logs it and defers the message (``4.6.0 Alias
+expansion error`` for virtual aliases).
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pymailsys import maps, rfc822
-from pymailsys.address import resolve
+from pymailsys.address import resolve, rewrite
 from pymailsys.maps import search
 
 ENVELOPE = "envelope"
@@ -73,6 +83,7 @@ class Mapper:
         self.delimiter = config.get("recipient_delimiter")
         self.origin = config.get("myorigin").lower()
         self.resolver = resolver or resolve.resolver_for(config)
+        self.rewrite_ctx = rewrite.RewriteContext.from_config(config, rewrite.CONTEXT_LOCAL)
         propagate = set(config.get_list("propagate_unmatched_extensions"))
 
         def lookup(param: str, kind: str) -> _Lookup | None:
@@ -89,15 +100,18 @@ class Mapper:
         self.canonical_classes = set(config.get_list("canonical_classes"))
         self.masquerade_classes = set(config.get_list("masquerade_classes"))
         self.masquerade_domains = [d.lower() for d in config.get_list("masquerade_domains")]
-        self.masquerade_exceptions = {n.lower() for n in config.get_list("masquerade_exceptions")}
+        self.masquerade_exceptions = resolve.DomainList(
+            config.get_list("masquerade_exceptions"), name="masquerade_exceptions", strings=True)
         self.recursion_limit = config.get_int("virtual_alias_recursion_limit")
         self.expansion_limit = config.get_int("virtual_alias_expansion_limit")
+        self.address_length_limit = config.get_int("virtual_alias_address_length_limit")
         # Header addresses are mapped without a table lookup: the result depends on the
         # address alone for the process's life (cleanup may keep it).
         self.headers_without_tables = not any(
             cls in self.canonical_classes and (specific is not None or self.canonical is not None)
             for cls, specific in (("header_sender", self.sender_canonical),
-                                  ("header_recipient", self.recipient_canonical)))
+                                  ("header_recipient", self.recipient_canonical))
+        ) and not any(kind == "table" for _, kind, _ in self.masquerade_exceptions.items)
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -116,9 +130,26 @@ class Mapper:
                                lookup is self.virtual) from None
         if match is None:
             return None
-        results = rfc822.address_list(match.value)
-        if match.extension is not None and lookup.propagate and self.delimiter:
-            results = [_with_extension(r, self.delimiter[0], match.extension) for r in results]
+        # the unmatched extension with the delimiter the address used (Postfix's strip_addr)
+        localpart = local if at else addr
+        extension = None
+        if match.extension is not None:
+            extension = localpart[len(localpart) - len(match.extension) - 1:]
+        value = match.value.strip()
+        if value.startswith("@"):  # "@otherdomain": the address's user at that domain
+            user = localpart[:len(localpart) - len(extension)] if extension else localpart
+            # to the first word only: Postfix quotes "user@d1, u2@d2" whole, as one
+            # broken local part; the other addresses of the value stay as written
+            end = len(value.split(",", 1)[0].split(None, 1)[0])
+            value = rfc822.quote_822_local(user + value[:end]) + value[end:]
+        # each result is canonicalized (@$myorigin...) as mail_addr_crunch does
+        results = [rewrite.rewrite_address(r, self.rewrite_ctx)
+                   for r in rfc822.address_list(value)]
+        if not results:
+            raise MappingError(f"{lookup.title} lookup of {addr} returns non-address result "
+                               f'"{match.value}"', lookup is self.virtual)
+        if extension is not None and lookup.propagate:
+            results = [_with_extension(r, extension) for r in results]
         return results
 
     def _map11(self, lookup: _Lookup | None, addr: str) -> tuple[str, list[str]]:
@@ -136,7 +167,10 @@ class Mapper:
             if new.lower() == addr.lower():
                 return new, warnings
             addr = new
-        raise MappingError(f"unreasonable {lookup.title} map nesting for {addr}")
+        # Postfix's cleanup_map11 only warns: the message goes on with the last result
+        warnings.append(f"unreasonable {lookup.title} map nesting for {addr} -- "
+                        "message not accepted, try again later")
+        return addr, warnings
 
     # -- the steps ----------------------------------------------------------------------
 
@@ -159,9 +193,16 @@ class Mapper:
         return addr, warnings
 
     def masquerade(self, addr: str) -> str:
+        """addr with masquerade_domains applied; MappingError when a masquerade_exceptions
+        table cannot answer."""
         local, at, domain = addr.rpartition("@")
-        if not at or not self.masquerade_domains or local.lower() in self.masquerade_exceptions:
+        if not at or not self.masquerade_domains:
             return addr
+        try:
+            if self.masquerade_exceptions.match(local):
+                return addr
+        except maps.TableError as e:
+            raise MappingError(f"masquerade_exceptions map lookup problem ({e})") from None
         folded = domain.lower()
         for entry in self.masquerade_domains:
             truncate = True
@@ -196,6 +237,15 @@ class Mapper:
                 found = self._find(lookup, current)
                 if not found:
                     break
+                for result in found:
+                    if len(result) > self.address_length_limit:
+                        raise MappingError(f"unreasonable {lookup.title} result "
+                                           f"{result[:300]}...", True)
+                if len(out) + len(found) - 1 > self.expansion_limit:
+                    # what Postfix finds at the next address, found before the list grows
+                    # further: a nested one-to-many map cannot make it grow without bound
+                    raise MappingError(
+                        f"unreasonable {lookup.title} map expansion size for {addr}", True)
                 out[i] = found[0]
                 out.extend(found[1:])
                 if any(f.lower() == current.lower() for f in found):
@@ -217,8 +267,9 @@ class Mapper:
         return out
 
 
-def _with_extension(addr: str, delimiter: str, extension: str) -> str:
+def _with_extension(addr: str, extension: str) -> str:
+    """addr with extension (its delimiter included) before the last @."""
     local, at, domain = addr.rpartition("@")
     if not at:
-        return f"{addr}{delimiter}{extension}"
-    return f"{local}{delimiter}{extension}@{domain}"
+        return f"{addr}{extension}"
+    return f"{local}{extension}@{domain}"

@@ -170,11 +170,15 @@ def valid_hostname(name: str) -> bool:
 
 
 class DomainList:
-    """Postfix's domain list (match_list of domain names)."""
+    """Postfix's domain list (match_list of domain names); with ``strings``, its string
+    list (string_list: masquerade_exceptions), where a name matches only itself and a
+    table is asked for the string alone."""
 
-    def __init__(self, patterns: list[str], parent_matches: bool = False, name: str = "") -> None:
+    def __init__(self, patterns: list[str], parent_matches: bool = False, name: str = "",
+                 strings: bool = False) -> None:
         self.name = name  # the parameter it came from, for warnings
         self.parent_matches = parent_matches
+        self.strings = strings
         self.items: list[tuple[bool, str, object]] = []
         for p in patterns:
             self._add(p)
@@ -196,7 +200,8 @@ class DomainList:
         if ":" in pattern and not pattern.startswith("["):
             self.items.append((negate, "table", pattern))  # opened at first use
         else:
-            self.items.append((negate, "name", pattern.lower().rstrip(".")))
+            self.items.append((negate, "name", pattern.lower() if self.strings
+                               else pattern.lower().rstrip(".")))
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -211,13 +216,15 @@ class DomainList:
                 pat = str(value)
                 if d == pat:
                     hit = True
+                elif self.strings:
+                    hit = False
                 elif self.parent_matches:
                     hit = d.endswith("." + pat)
                 else:
                     hit = pat.startswith(".") and d.endswith(pat)
             else:
                 table = maps.open_table(str(value))
-                keys = addr_lookup.domain_keys(d, self.parent_matches)
+                keys = [d] if self.strings else addr_lookup.domain_keys(d, self.parent_matches)
                 if not table.fixed:
                     keys = keys[:1]  # never a parent of a regexp or pcre table
                 hit = any(table.lookup(key) is not None for key in keys)

@@ -471,6 +471,8 @@ _TABLE: list[Param] = [
     _p("virtual_alias_recursion_limit", "1000", "int", "virtual alias expansion depth", minimum=1),
     _p("virtual_alias_expansion_limit", "1000", "int", "addresses one virtual alias expands to",
        minimum=1),
+    _p("virtual_alias_address_length_limit", "1000", "int",
+       "longest address a virtual alias expands to", minimum=1),
     _p("always_bcc", "", doc="address that receives a copy of every message"),
     _p("sender_bcc_maps", "", "maps", "per-sender BCC addresses"),
     _p("recipient_bcc_maps", "", "maps", "per-recipient BCC addresses"),
