@@ -158,3 +158,26 @@ def test_canonical_loop_warns_and_delivers(new_instance) -> None:  # type: ignor
     assert _arrived(inst, b"canonloop")
     inst.wait_log(rf"warning: {queue_id}: unreasonable canonical_maps map nesting for "
                   r"a@old\.example -- message not accepted, try again later")
+
+
+def test_at_domain_canonical_and_postfix_header_classes(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # "@old.example @ORIGIN" keeps the user (and its extension); Reply-To:,
+    # Mail-Followup-To: and Return-Path: are header_sender addresses, Apparently-To:
+    # a header_recipient one, as in Postfix's header_opts.c
+    inst, origin = _start(new_instance, {
+        "sender_canonical_maps": "{me}@{origin}  Boss.Person@{origin}\n",
+        "canonical_maps": "@old.example  @{origin}\n"},
+        message_drop_headers="bcc, content-length, resent-bcc")
+    r = inst.tool("sendmail", "-f", ME, f"{ME}+tag@old.example", input=(
+        f"From: {ME}\nReply-To: {ME}\nMail-Followup-To: {ME}\nReturn-Path: <{ME}>\n"
+        f"To: {ME}+tag@old.example\nApparently-To: other@old.example\nSubject: classes2\n\nx\n"))
+    assert r.returncode == 0, r.stderr
+    [m] = _arrived(inst, b"classes2")
+    head = m.split(b"\n\n", 1)[0].split(b"\n")
+    assert f"Delivered-To: {ME}+tag@{origin}".encode() in head
+    for name in ("From", "Reply-To", "Mail-Followup-To"):
+        assert f"{name}: Boss.Person@{origin}".encode() in head
+    assert head.count(f"Return-Path: <Boss.Person@{origin}>".encode()) == 2  # ours and its
+    assert f"To: {ME}+tag@{origin}".encode() in head
+    assert f"Apparently-To: other@{origin}".encode() in head
+    inst.wait_log(rf"to=<{ME}\+tag@{re.escape(origin)}>, orig_to=<{ME}\+tag@old\.example>")

@@ -74,15 +74,17 @@ MESSAGE_IDS_KEPT = 16
 # One-byte record headers for short N records: b"N" + length.
 _N_HEAD = [r.REC_TYPE_NORM + length for length in r.SHORT_LENGTHS]
 _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
-# The headers whose addresses cleanup rewrites (Postfix's HDR_OPT_SENDER/RECIP).
+# The headers whose addresses cleanup rewrites (Postfix's header_opts.c: HDR_OPT_SENDER
+# and HDR_OPT_RECIP).
 ADDRESS_HEADERS = frozenset(n.encode() for n in (
     "from", "sender", "reply-to", "to", "cc", "bcc", "errors-to", "return-receipt-to",
     "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc", "resent-reply-to",
-    "disposition-notification-to"))
-# Of those, the ones canonical mapping and masquerading treat as sender addresses.
+    "disposition-notification-to", "mail-followup-to", "return-path", "apparently-to"))
+# Of those, the ones canonical mapping and masquerading treat as sender addresses
+# (header_sender); the others are header_recipient.
 SENDER_HEADERS = frozenset(n.encode() for n in (
-    "from", "sender", "errors-to", "return-receipt-to", "resent-from", "resent-sender",
-    "disposition-notification-to"))
+    "from", "sender", "reply-to", "errors-to", "return-receipt-to", "resent-from",
+    "resent-sender", "disposition-notification-to", "mail-followup-to", "return-path"))
 
 
 def received_smtpd(helo: str, name: str, addr: str, protocol: str, myhostname: str,
