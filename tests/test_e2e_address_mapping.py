@@ -181,3 +181,34 @@ def test_at_domain_canonical_and_postfix_header_classes(new_instance) -> None:  
     assert f"To: {ME}+tag@{origin}".encode() in head
     assert f"Apparently-To: other@{origin}".encode() in head
     inst.wait_log(rf"to=<{ME}\+tag@{re.escape(origin)}>, orig_to=<{ME}\+tag@old\.example>")
+
+
+def _with_subject(inst: Instance, subject: bytes) -> list[bytes]:
+    return [m for m in inst.maildir_messages() if b"\nSubject: " + subject + b"\n" in m]
+
+
+def test_duplicates_are_case_insensitive(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst, origin = _start(new_instance, {})
+    queue_id = inst.send("sender@example.org", [f"{ME}@{origin}", f"{ME}@{origin.upper()}"],
+                         "Subject: dup-case\n\nx\n")
+    inst.wait_log(rf"{queue_id}: removed")
+    [m] = _with_subject(inst, b"dup-case")
+    assert f"\nX-Original-To: {ME}@{origin}\n".encode() in m
+
+
+def test_duplicates_without_original_recipient(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # enable_original_recipient = no: two aliases of one address are one delivery, with
+    # no X-Original-To:, and the log still names the original recipient (Postfix keeps
+    # the O record); duplicate_filter_limit = 0 remembers every address
+    inst, origin = _start(new_instance, {"virtual_alias_maps": (
+        "a@valias.example  {me}@{origin}\nb@valias.example  {me}@{origin}\n")},
+        virtual_alias_domains="valias.example", enable_original_recipient="no",
+        duplicate_filter_limit="0")
+    queue_id = inst.send("sender@example.org", ["a@valias.example", "b@valias.example",
+                                                f"{ME}@{origin}", f"{ME}@{origin}"],
+                         "Subject: dup-orig\n\nx\n")
+    inst.wait_log(rf"{queue_id}: removed")
+    [m] = _with_subject(inst, b"dup-orig")
+    assert b"\nX-Original-To:" not in m.split(b"\n\n", 1)[0]
+    [line] = inst.wait_log(rf"{queue_id}: to=<")
+    assert f"to=<{ME}@{origin}>, orig_to=<a@valias.example>," in line

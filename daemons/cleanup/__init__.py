@@ -15,7 +15,11 @@ DESCRIPTION
       (``pymailsys.address.rewrite``: source routes, bang paths, the percent hack,
       ``@$myorigin``); a sender of MAILER-DAEMON@$myorigin becomes <>; an
       empty recipient becomes $empty_address_recipient; duplicate recipients
-      are removed (the first duplicate_filter_limit are remembered);
+      are removed, case-insensitively, as Postfix's duplicate filter: the same
+      address with the same original recipient and DSN attributes (only the
+      same address with enable_original_recipient = no); the first
+      duplicate_filter_limit are remembered (0: all); every recipient keeps
+      its original recipient in its O record (orig_to= in the logs);
     * with CLEANUP_FLAG_MAP_OK (not with receive_override_options =
       no_address_mappings), maps them as Postfix's cleanup
       (``pymailsys.address.mapping``): sender_canonical_maps or
@@ -295,8 +299,12 @@ class Cleanup:
             notify_of = [one] * n
         if len(dsn_orcpts) != n:
             dsn_orcpts = [""] * n
-        seen: set[tuple[str, int, str, str]] = set()
+        # Postfix's duplicate filter (been_here, case-folded): with enable_original_recipient
+        # the original recipient and the DSN attributes tell two recipients apart, without
+        # it only the address does; duplicate_filter_limit 0 remembers them all
+        seen: set[str] = set()
         limit = self.s.dup_limit
+        keep_orcpt = self.s.keep_orcpt
         out = []
         local = self.s.local
         mapper = self.s.mapper if flags & services.CLEANUP_FLAG_MAP_OK else None
@@ -304,12 +312,13 @@ class Cleanup:
 
         def add(clean: str, orig: str, notify: int, dsn_orcpt: str) -> None:
             for address in mapper.expand(clean) if mapper is not None else [clean]:
-                key = (dsn_orcpt, notify, orig, address)
+                key = (f"{dsn_orcpt}\n{notify}\n{orig}\n{address}" if keep_orcpt
+                       else address).lower()
                 if key in seen:
                     continue
-                if len(seen) < limit:
+                if limit <= 0 or len(seen) < limit:
                     seen.add(key)
-                out.append((address, orig if self.s.keep_orcpt else "", notify, dsn_orcpt))
+                out.append((address, orig, notify, dsn_orcpt))
 
         for raw, orig, notify, dsn_orcpt in zip(rcpts, origs, notify_of, dsn_orcpts, strict=True):
             clean = rewrite_address(raw or self.s.empty_rcpt, local)

@@ -84,8 +84,8 @@ DESCRIPTION
        (no domain, no extension), as Postfix asks them; one that cannot
        answer defers (4.3.0 ``table lookup failure``).
 
-    Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``,
-    ``Delivered-To:`` (each address quoted as Postfix's mail_copy quotes it:
+    Prepended: mbox ``From SENDER  DATE``, ``Return-Path:``, ``X-Original-To:``
+    (only with enable_original_recipient, as Postfix's mail_copy), ``Delivered-To:`` (each address quoted as Postfix's mail_copy quotes it:
     ``Return-Path: <"john doe"@example.net>``), the message with ``>From `` quoting and an empty last
     line; Maildir the same headers without the From_ line and quoting; commands
     the From_ line and headers, no quoting.
@@ -170,7 +170,8 @@ CONFIGURATION PARAMETERS
     mailbox_transport, mailbox_transport_maps, mailbox_command_maps,
     fallback_transport, fallback_transport_maps, luser_relay, ipc_timeout,
     propagate_unmatched_extensions (alias, forward, include),
-    default_privs, myhostname, myorigin, duplicate_filter_limit, queue_directory,
+    default_privs, myhostname, myorigin, duplicate_filter_limit, enable_original_recipient,
+    queue_directory,
     cleanup_service_name (forwarded mail),
     process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``).
 

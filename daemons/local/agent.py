@@ -208,6 +208,7 @@ class LocalAgent:
         self.rewrite_context = RewriteContext.from_config(cfg, CONTEXT_LOCAL)
         self.resolver = resolver_for(cfg)
         self.dup_limit = cfg.get_int("duplicate_filter_limit")
+        self.keep_orcpt = cfg.get_bool("enable_original_recipient")  # X-Original-To:
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
         self.alias_error: str | None = None
@@ -298,8 +299,9 @@ class LocalAgent:
 
     def prepended(self, req: DeliveryRequest, rcpt: Recipient, from_line: bool) -> bytes:
         """The From_ line (optional) and the headers every delivery prepends."""
-        headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt,
-                                            rcpt.delivered or req.rcpt)
+        headers = mailbox.prepended_headers(
+            req.sender, (req.orig_rcpt or req.rcpt) if self.keep_orcpt else None,
+            rcpt.delivered or req.rcpt)
         return (mailbox.from_line(req.sender) if from_line else b"") + headers
 
     def file_user(self, rights: privileges.UserIds | None = None) -> privileges.UserIds:

@@ -41,7 +41,8 @@ DESCRIPTION
        locks; Maildir through tmp/ into new/ (the directories are made when
        missing; crash-idempotent through delivery markers in virtual's own
        ``$queue_directory/$process_id_directory/virtual-markers``). Both prepend
-       ``Return-Path:``, ``X-Original-To:`` and ``Delivered-To:``, and
+       ``Return-Path:``, ``X-Original-To:`` (with enable_original_recipient) and
+       ``Delivered-To:``, and
        ``virtual_mailbox_limit`` bounds the file.
 
     A table that cannot answer defers (4.3.5, ``mail system configuration
@@ -73,7 +74,7 @@ CONFIGURATION PARAMETERS
     virtual_gid_maps, virtual_minimum_uid, virtual_mailbox_limit,
     virtual_mailbox_lock, message_size_limit, deliver_lock_attempts, deliver_lock_delay,
     stale_lock_time, strict_mailbox_ownership, recipient_delimiter, myhostname,
-    queue_directory, process_id_directory.
+    enable_original_recipient, queue_directory, process_id_directory.
 
 MODULES
     agent (settings, per-recipient delivery, logging).

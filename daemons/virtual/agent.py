@@ -59,6 +59,7 @@ class VirtualAgent:
         self.strict_owner = config.get_bool("strict_mailbox_ownership")
         self.hostname = config.get("myhostname")
         self.delimiter = config.get("recipient_delimiter")
+        self.keep_orcpt = config.get_bool("enable_original_recipient")  # X-Original-To:
         self.root = privileges.running_as_root()
         self.me = privileges.current_user()
         self.markers = mailbox.open_markers(config, "virtual-markers")
@@ -181,7 +182,8 @@ class VirtualAgent:
         """Store the message as uid/gid: a Maildir with its marker claimed first, with
         virtual's own rights (``deliver_maildir``'s ``rights``: the recipient's are taken
         after the claim), an mbox file inside the recipient's ids."""
-        headers = mailbox.prepended_headers(req.sender, req.orig_rcpt or req.rcpt, req.rcpt)
+        headers = mailbox.prepended_headers(
+            req.sender, (req.orig_rcpt or req.rcpt) if self.keep_orcpt else None, req.rcpt)
         maildir = path.endswith("/")
         try:
             if maildir:
