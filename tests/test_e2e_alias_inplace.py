@@ -94,3 +94,16 @@ def test_owner_alias_gets_the_bounces_of_list_members(new_instance) -> None:  # 
     assert re.match(rb"Return-Path: <owner-list@[^>]+>\n", copied), copied
     assert copied.endswith(b"\nhello\n")
     assert "to=<alice@example.org>" not in inst.log()
+
+
+def test_duplicate_filter_limit_zero_remembers_every_member(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's been_here: a limit of 0 is no limit (not "remember nothing"): a member
+    # named twice is delivered once
+    inst = new_instance(maildir=True, settings={"duplicate_filter_limit": "0"})
+    inst.write("etc/aliases", f"dupes: {ME}, staff\nstaff: {ME}\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    qid = inst.send("sender@example.org", "dupes@localhost", BODY)
+    inst.wait_log(rf"{qid}: removed")
+    assert len(inst.maildir_messages()) == 1
+    assert len(inst.wait_log(rf"{qid}: to=<{ME}@")) == 1

@@ -93,8 +93,8 @@ class Level:
 
 class Session:
     """What one request's expansion shares across its levels: the message, the
-    Delivered-To loop keys, the duplicate filter (Postfix's been_here, remembering at
-    most duplicate_filter_limit keys), the addresses to forward (grouped by
+    Delivered-To loop keys, the duplicate filter (Postfix's been_here, case-folded,
+    remembering at most duplicate_filter_limit keys, 0: all), the addresses to forward (grouped by
     Delivered-To and sender, as Postfix's forward_append) and every result."""
 
     def __init__(self, req: DeliveryRequest, content: QueueContent,
@@ -110,9 +110,12 @@ class Session:
         self.results: list[tuple[DeliveryRequest, DeliveryResult]] = []
 
     def been_here(self, key: str) -> bool:
+        """Whether key was seen in this request (case-folded, as Postfix's local
+        been_here_init(..., BH_FLAG_FOLD)); duplicate_filter_limit 0 remembers all."""
+        key = key.lower()
         if key in self.seen:
             return True
-        if len(self.seen) < self.dup_limit:
+        if self.dup_limit <= 0 or len(self.seen) < self.dup_limit:
             self.seen.add(key)
         return False
 

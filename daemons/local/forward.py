@@ -96,7 +96,7 @@ async def deliver(agent: LocalAgent, s: Session, lvl: Level, rcpt: Recipient) ->
                 return False
             path, lst = found
             if s.been_here(f"forward {path}"):
-                return f"forward-done {path}" in s.seen
+                return f"forward-done {path}".lower() in s.seen
             if not stat.S_ISREG(lst.st_mode):
                 log.warning(f"file {path} is not a regular file")
                 return False
