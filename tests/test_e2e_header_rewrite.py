@@ -61,3 +61,42 @@ def test_smtp_client_in_local_header_rewrite_clients_is_rewritten(new_instance) 
     headers = _header_block(_find(inst, b"local-client"))
     assert f"From: Someone <someone@{origin}>".encode() in headers
     assert f"To: {ME}@{origin}".encode() in headers
+
+
+def _from_header_over_smtp(inst: Instance, subject: str) -> tuple[str, list[bytes]]:
+    """Start inst, send it "From: Someone <someone>" over SMTP from 127.0.0.1: ($myorigin,
+    the header block as it arrived)."""
+    origin = str(inst.tool("postconf", "-hx", "myorigin", check=True).stdout.strip())
+    inst.start()
+    inst.send("sender@example.org", f"{ME}@{origin}",
+              f"From: Someone <someone>\nSubject: {subject}\n\nx\n")
+    return origin, _header_block(_find(inst, subject.encode()))
+
+
+def test_local_header_rewrite_clients_tables_and_invalid_words(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # Postfix's smtpd_check_rewrite: a bare type:table (the pop-before-smtp form) looks the
+    # client address up; "permit" is no restriction it knows: a warning, and skipped
+    inst: Instance = new_instance(maildir=True)
+    table = inst.write("etc/rewrite_clients", "127.0.0.1 OK\n")
+    inst.set(local_header_rewrite_clients=f"permit, texthash:{table}")
+    origin, headers = _from_header_over_smtp(inst, "table-client")
+    assert f"From: Someone <someone@{origin}>".encode() in headers
+    inst.wait_log(r"warning: parameter local_header_rewrite_clients: invalid request: permit")
+
+
+def test_local_header_rewrite_clients_only_postfix_words(new_instance) -> None:  # type: ignore[no-untyped-def]
+    # "permit" alone does not make every client local, as it would in a restriction list
+    inst: Instance = new_instance(maildir=True, settings={"local_header_rewrite_clients": "permit"})
+    _, headers = _from_header_over_smtp(inst, "permit-client")
+    assert b"From: Someone <someone>" in headers
+
+
+def test_local_header_rewrite_clients_table_failure_defers_mail_from(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst: Instance = new_instance(maildir=True, settings={
+        "local_header_rewrite_clients": "check_address_map fail:broken"})
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        assert client.mail("sender@example.org") == (451, b"4.3.0 Temporary lookup error")
+    inst.wait_log(r"NOQUEUE: reject: MAIL from \S+: 451 4\.3\.0 Temporary lookup error; "
+                  r"proto=ESMTP helo=<client\.example>")

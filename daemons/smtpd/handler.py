@@ -15,7 +15,13 @@ asked for (``req.actions``) to cleanup: HOLD and DISCARD as flags, REDIRECT
 as the envelope recipient (the original kept as orcpt), BCC as extra
 recipients with NOTIFY=NEVER, PREPEND as header lines above Received:,
 FILTER as ``filter``; every message carries smtpd's content_filter (as
-Postfix's smtpd sends its REC_TYPE_FILT).
+Postfix's smtpd sends its REC_TYPE_FILT). ``rewrite_context(req)`` (at MAIL
+FROM) reads local_header_rewrite_clients as Postfix's smtpd_check_rewrite:
+permit_inet_interfaces, permit_mynetworks, permit_sasl_authenticated,
+permit_tls_clientcerts, permit_tls_all_clientcerts, and ``type:table`` (or
+``check_address_map type:table``) where the client address is looked up; any
+other word is a warning and is skipped; a table that cannot answer is a
+TableError (451 4.3.0 to MAIL FROM).
 """
 
 from __future__ import annotations
@@ -33,10 +39,15 @@ from pymailsys import dsn, log
 from pymailsys.address import networks as netaddr
 from pymailsys.address.resolve import DomainList
 from pymailsys.ipc import attr, flush, services
+from pymailsys.maps import Maps
 from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
 from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
+# the restrictions local_header_rewrite_clients takes besides tables (smtpd_check_rewrite)
+REWRITE_PERMITS = frozenset(("permit_inet_interfaces", "permit_mynetworks",
+                             "permit_sasl_authenticated", "permit_tls_clientcerts",
+                             "permit_tls_all_clientcerts"))
 _LOOPBACK_NAME = dns_client_name.ClientName("localhost", dns_client_name.OK, "localhost",
                                             dns_client_name.OK)
 _NOT_LOOKED_UP = dns_client_name.ClientName()
@@ -60,6 +71,7 @@ class Envelope:
     dsn_orcpts: list[str] = field(default_factory=list)  # per recipient, "type;address"
     received_with: str = ""  # Received: "with" (ESMTPS, UTF8SMTPSA, ...): set at DATA
     received_comment: str = ""  # Received: lines after "from" (TLS, authenticated sender)
+    rewrite_context: str = "remote"  # local_header_rewrite_clients' verdict, at MAIL FROM
 
 
 class Smtpd:
@@ -97,7 +109,9 @@ class Smtpd:
         self.bare_newline_exclusions = netaddr.address_list(config, "smtpd_forbid_bare_newline_exclusions")
         self.engine = restrictions.Engine(config)
         self.engine.check_relay_config()
-        self.local_rewrite = self.engine.parse(config.get_list("local_header_rewrite_clients"))
+        self.local_rewrite = self._parse_local_rewrite(
+            config.get_list("local_header_rewrite_clients"))
+        self._rewrite_tables: dict[str, Maps] = {}
         self.limits = ClientLimits(config, self.engine.mynetworks, counted=not self.stand_alone)
         # smtpd -S speaks on pipes: no TLS there (its settings are not read)
         self.tls = tls_server.ServerTLS.off() if self.stand_alone else \
@@ -202,15 +216,48 @@ class Smtpd:
         req.reverse_client_name = found.reverse_name
         req.reverse_client_name_status = found.reverse_status
 
+    def _parse_local_rewrite(self, words: list[str]) -> list[tuple[str, object]]:
+        """local_header_rewrite_clients as Postfix's smtpd_check_rewrite reads it: the
+        REWRITE_PERMITS, and tables (``type:name`` alone or after check_address_map)
+        in which the client address is looked up; any other word is warned about and
+        skipped. A table is opened at first use (a missing one then defers the mail)."""
+        steps: list[tuple[str, object]] = []
+        i = 0
+        while i < len(words):
+            word = words[i]
+            i += 1
+            if word.lower() == "check_address_map":
+                if i >= len(words) or ":" not in words[i]:
+                    raise ValueError("local_header_rewrite_clients: check_address_map "
+                                     "requires a type:table argument")
+                word = words[i]
+                i += 1
+            if ":" in word:
+                steps.append(("table", word))
+            elif word.lower() in REWRITE_PERMITS:
+                steps.append(("permit", self.engine.parse([word.lower()])))
+            else:
+                log.warning(f"parameter local_header_rewrite_clients: invalid request: "
+                            f"{log.printable(word)}")
+        return steps
+
     async def rewrite_context(self, req: restrictions.Request) -> str:
-        if not self.local_rewrite:
-            return "remote"
-        try:
-            result = await self.engine.run_entries(self.local_rewrite, req)
-        except Exception as e:  # a table problem must not cost the message
-            log.warning(f"local_header_rewrite_clients: {e}")
-            return "remote"
-        return "local" if result is not None and result.action == restrictions.OK else "remote"
+        """``local`` when local_header_rewrite_clients lets the client's headers be
+        rewritten as a local submission's, else ``remote``; TableError when a table
+        cannot answer (the caller answers MAIL FROM with 451 4.3.0, as Postfix)."""
+        for kind, what in self.local_rewrite:
+            if kind == "table":
+                spec = str(what)
+                tables = self._rewrite_tables.get(spec)
+                if tables is None:
+                    tables = self._rewrite_tables[spec] = Maps(None, specs=[spec])
+                if tables.find(req.client_addr) is not None:
+                    return "local"
+                continue
+            result = await self.engine.run_entries(what, req)  # type: ignore[arg-type]
+            if result is not None and result.action == restrictions.OK:
+                return "local"
+        return "remote"
 
     def new_message(self, env: Envelope, req: restrictions.Request,
                     context: str) -> QueueMessage:

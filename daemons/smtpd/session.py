@@ -619,6 +619,13 @@ class Session(SMTP):
                 self._log_reject("MAIL", str(result.reply))
                 self.req.sender = None
                 return await self.reply_error(str(result.reply))
+        try:  # local_header_rewrite_clients, at MAIL FROM as Postfix's smtpd_check_rewrite
+            env.rewrite_context = await smtpd.rewrite_context(self.req)
+        except maps.TableError as e:
+            log.warning(f"local_header_rewrite_clients: {e}")
+            self.req.sender = None  # Postfix logs this one without from=<>
+            self._log_reject("MAIL", "451 4.3.0 Temporary lookup error")
+            return await self.reply_error("451 4.3.0 Temporary lookup error")
         self.env = env
         await self.push("250 2.1.0 Ok")
         return True
@@ -734,7 +741,7 @@ class Session(SMTP):
             return await self.reply_error(str(result.reply))
         self._received_header_parts(env)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        message = smtpd.new_message(env, self.req, await smtpd.rewrite_context(self.req))
+        message = smtpd.new_message(env, self.req, env.rewrite_context)
         try:
             data = await self.input.read_data(
                 smtpd.size_limit, message.feed,
@@ -818,7 +825,7 @@ class Session(SMTP):
             else:
                 self._received_header_parts(env)
                 chunks = self.chunks = Chunks(smtpd.new_message(
-                    env, self.req, await smtpd.rewrite_context(self.req)), smtpd.size_limit)
+                    env, self.req, env.rewrite_context), smtpd.size_limit)
         if error is None and chunks is not None and smtpd.size_limit \
                 and chunks.size > smtpd.size_limit - count:  # before reading it, as Postfix
             log.warning(f"NOQUEUE: BDAT request from {self.client} exceeds message size limit")
