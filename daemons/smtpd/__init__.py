@@ -42,7 +42,9 @@ DESCRIPTION
     may or encrypt (``530 5.7.0 Must issue a STARTTLS command first`` before
     it), TLS from the first byte with smtpd_tls_wrappermode (smtps, made by
     the server skeleton before the session starts). Plaintext pipelined
-    after STARTTLS is dropped unread (CVE-2011-0411). Client certificates
+    after STARTTLS is dropped unread (CVE-2011-0411), and STARTTLS makes the
+    session forget HELO, MAIL and a plaintext login (RFC 3207, Postfix's
+    smtpd_sasl_auth_reset). Client certificates
     (smtpd_tls_ask_ccert, smtpd_tls_req_ccert at encrypt: ``421 4.7.1 HOST
     Error: No client certificate presented`` after the next command, as
     Postfix) feed the Received: comment, check_ccert_access,

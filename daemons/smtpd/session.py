@@ -1070,10 +1070,15 @@ class Session(SMTP):
         if not self.smtpd.starttls_offered:
             return await self.reply_error("502 5.5.1 Error: command not implemented")
         self._writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+        # RFC 3207 section 4.2: forget what the client said before TLS (HELO, MAIL
+        # and, as Postfix's smtpd_sasl_auth_reset, a login made in plaintext)
         self._reset()
         self.req.helo = ""
         self.req.protocol = "SMTP"
         self.session.extended_smtp = False
+        self.req.sasl_username = self.req.sasl_method = ""
+        self.session.authenticated = False
+        self.session.login_data = self.session.auth_data = None
         await self._start_tls()
         return True
 

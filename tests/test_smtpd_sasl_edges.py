@@ -1,0 +1,64 @@
+"""smtpd SMTP AUTH at its edges, against a real Dovecot auth server (see test_smtpd_sasl),
+or, where no real Dovecot misbehaves as needed, a small auth server written here.
+
+Root only: Dovecot's master runs as root.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Instance
+from test_smtpd_sasl import PASSWORD, DovecotAuth
+from test_smtpd_tls import client_context, make_cert
+
+pytestmark = pytest.mark.root
+
+PLAIN = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+WRONG = base64.b64encode(b"\0alice\0guess").decode()
+
+
+def sasl_instance(new_instance, tmp_path: Path, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    """AUTH through Dovecot at private/auth (not started), STARTTLS offered; the test
+    client is not in mynetworks, so only a login lets it relay."""
+    cert, key = make_cert(tmp_path)
+    inst: Instance = new_instance(maildir=True)
+    inst.set(**{"smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key),
+                "smtpd_tls_security_level": "may", "smtpd_sasl_auth_enable": "yes",
+                "smtpd_sasl_type": "dovecot", "smtpd_sasl_path": "private/auth",
+                "mynetworks": "192.0.2.0/24", **settings})
+    return inst
+
+
+@pytest.fixture
+def with_dovecot(new_instance, tmp_path: Path) -> Iterator[Instance]:  # type: ignore[no-untyped-def]
+    """A started sasl_instance with Dovecot's auth server up."""
+    inst = sasl_instance(new_instance, tmp_path)
+    inst.start()
+    dovecot = DovecotAuth(inst.queue_dir / "private" / "auth")
+    try:
+        yield inst
+    finally:
+        inst.stop()
+        dovecot.stop()
+
+
+def test_starttls_forgets_a_plaintext_login(with_dovecot: Instance) -> None:
+    """RFC 3207 4.2 and Postfix's smtpd_sasl_auth_reset: after STARTTLS the client is
+    no longer logged in (it may log in again), and cannot relay until it does."""
+    with smtplib.SMTP("127.0.0.1", with_dovecot.port, timeout=30) as c:
+        c.ehlo("mua.example")
+        assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
+        c.starttls(context=client_context())
+        c.ehlo("mua.example")
+        assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
+        code, text = c.rcpt("friend@remote.example")
+        assert code in (454, 554) and b"Relay access denied" in text, (code, text)
+        c.rset()
+        assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
+        assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
+        assert c.rcpt("friend@remote.example") == (250, b"2.1.5 Ok")
