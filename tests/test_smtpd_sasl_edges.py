@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from harness import Instance
+from smtpd_helpers import RawSMTP
 from test_smtpd_sasl import PASSWORD, DovecotAuth
 from test_smtpd_tls import client_context, make_cert
 
@@ -62,3 +63,19 @@ def test_starttls_forgets_a_plaintext_login(with_dovecot: Instance) -> None:
         assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
         assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
         assert c.rcpt("friend@remote.example") == (250, b"2.1.5 Ok")
+
+
+def test_mail_may_follow_auth_plain_in_one_write(with_dovecot: Instance) -> None:
+    """RFC 4954 section 4: AUTH PLAIN with its initial response need not end a pipelined
+    group; with smtpd_forbid_unauth_pipelining (yes) the session goes on, as Postfix's."""
+    with RawSMTP(with_dovecot.port) as c:
+        assert c.reply().startswith(b"220 ")
+        c.send(b"EHLO mua.example\r\n")
+        assert c.reply().startswith(b"250 ")
+        c.send(f"AUTH PLAIN {PLAIN}\r\nMAIL FROM:<alice@example.org>\r\n"
+               "RCPT TO:<friend@remote.example>\r\nQUIT\r\n".encode())
+        assert c.reply() == b"235 2.7.0 Authentication successful\r\n"
+        assert c.reply() == b"250 2.1.0 Ok\r\n"
+        assert c.reply() == b"250 2.1.5 Ok\r\n"
+        assert c.reply() == b"221 2.0.0 Bye\r\n"
+    assert "improper command pipelining" not in with_dovecot.log()

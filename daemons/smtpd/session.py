@@ -93,9 +93,11 @@ from pymailsys.smtp.path import extract_address, parse_path
 # Postfix's command table order, for the "disconnect from" line.
 COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset", "noop",
            "vrfy", "etrn", "quit", "unknown")
-# RFC 2920: these may only be the last command of a pipelined group.
-LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP",
-                           "STARTTLS", "AUTH", "ETRN"))
+# What smtpd_forbid_unauth_pipelining flags when input follows it: Postfix's
+# SMTPD_CMD_FLAG_LAST commands (RFC 2920's last-in-group ones that smtpd has). Not
+# STARTTLS (what follows is dropped unread), not AUTH (RFC 4954 section 4: AUTH PLAIN
+# with its initial response may be followed by MAIL), not ETRN or QUIT, as Postfix.
+LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "NOOP"))
 COUNT_ORDER = {name: i for i, name in enumerate(COUNTED)}
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
 _BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE)
