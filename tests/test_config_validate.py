@@ -54,6 +54,8 @@ def test_defaults_are_valid(tmp_path):
     ("virtual_mailbox_lock = lockf", 'unknown virtual_mailbox_lock value "lockf" in "lockf"'),
     ("virtual_minimum_uid = 0", "invalid virtual_minimum_uid parameter value 0 < 1"),
     ("line_length_limit = 100", "invalid line_length_limit parameter value 100 < 512"),
+    ("smtpd_sasl_response_limit = 1000",
+     "invalid smtpd_sasl_response_limit parameter value 1000 < 12288"),
     ("syslog_facility = mial", 'unknown syslog_facility value "mial" in "mial"'),
     ("compatibility_level = three", 'malformed compatibility level syntax: "three"'),
     ("alias_maps = hash:/etc/aliases, bdb:/etc/aliases", "unsupported dictionary type: bdb"),

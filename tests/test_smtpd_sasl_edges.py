@@ -79,3 +79,16 @@ def test_mail_may_follow_auth_plain_in_one_write(with_dovecot: Instance) -> None
         assert c.reply() == b"250 2.1.5 Ok\r\n"
         assert c.reply() == b"221 2.0.0 Bye\r\n"
     assert "improper command pipelining" not in with_dovecot.log()
+
+
+def test_an_over_long_response_is_refused_not_cut(with_dovecot: Instance) -> None:
+    """Postfix's smtpd_chat_query_limit: a response over smtpd_sasl_response_limit ends
+    the AUTH with 500 5.5.6 (it is not cut short and passed on to Dovecot)."""
+    with smtplib.SMTP("127.0.0.1", with_dovecot.port, timeout=30) as c:
+        c.ehlo("mua.example")
+        assert c.docmd("AUTH", "LOGIN")[0] == 334
+        assert c.docmd("QUFB" * 4000) == (500, b"5.5.6 SASL response limit exceeded")
+        assert c.noop() == (250, b"2.0.0 Ok")  # the session goes on, in step
+        assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
+    with_dovecot.wait_log(r"warning: localhost\[127\.0\.0\.1\]: request longer than 12288: "
+                          r"(QUFB){7}QU\.\.\.$")

@@ -128,7 +128,7 @@ class Smtpd:
         self.sasl_tls_options = config.get_list("smtpd_sasl_tls_security_options")
         sasl.check_security_options(self.sasl_options + self.sasl_tls_options)
         self.sasl_authenticated_header = config.get_bool("smtpd_sasl_authenticated_header")
-        self.sasl_response_limit = max(config.get_int("smtpd_sasl_response_limit"), 512)
+        self.sasl_response_limit = config.get_int("smtpd_sasl_response_limit")  # >= 12288
         self.broken_sasl_clients = config.get_bool("broken_sasl_auth_clients")
         proxy = config.get("smtpd_upstream_proxy_protocol").strip().lower()
         if proxy not in ("", "haproxy"):

@@ -1038,6 +1038,12 @@ class Session(SMTP):
                 last_challenge = outcome.challenge
                 await self.push(f"334 {outcome.challenge}")
                 line = await self.input.readline(smtpd.sasl_response_limit)
+                if len(line) >= smtpd.sasl_response_limit:  # as Postfix: not cut and sent on
+                    log.warning(f"{self.client}: request longer than "
+                                f"{smtpd.sasl_response_limit}: "
+                                f"{log.printable(line[:30].decode('ascii', 'replace'))}...")
+                    await self.reply_error("500 5.5.6 SASL response limit exceeded")
+                    return AuthResult(success=False, handled=True)
                 response = line.decode("ascii", "replace").strip()
                 if response == "*":
                     log.warning(f"{self.client}: SASL {mechanism} authentication aborted")

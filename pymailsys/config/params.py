@@ -391,7 +391,8 @@ _TABLE: list[Param] = [
            "noplaintext", "noactive", "nodictionary", "noanonymous", "mutual_auth",
            "forward_secrecy")),
     _p("smtpd_sasl_authenticated_header", "no", "bool", "name the SASL login in Received:"),
-    _p("smtpd_sasl_response_limit", "12288", "int", "longest AUTH response line"),
+    _p("smtpd_sasl_response_limit", "12288", "int", "longest AUTH response line",
+       minimum=12288),  # Postfix's minimum
     _p("smtpd_sender_login_maps", "", "maps", "the logins that own each sender address"),
     _p("broken_sasl_auth_clients", "no", "bool", "also announce AUTH=mechanisms"),
     _p("smtpd_sasl_service", "smtp", doc="service name passed to the SASL server"),
