@@ -7,6 +7,7 @@ Root only: Dovecot's master runs as root.
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,55 @@ def test_an_over_long_response_is_refused_not_cut(with_dovecot: Instance) -> Non
         assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
     with_dovecot.wait_log(r"warning: localhost\[127\.0\.0\.1\]: request longer than 12288: "
                           r"(QUFB){7}QU\.\.\.$")
+
+
+def test_a_down_auth_server_is_a_temporary_failure(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With Dovecot down, AUTH gets 454 (never a permanent 535), with Postfix's warning;
+    once Dovecot is up, the same session logs in. An unknown mechanism is named in
+    the 535 reply, as the client spelled it."""
+    inst = sasl_instance(new_instance, tmp_path)
+    inst.start()
+    dovecot = None
+    try:
+        with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as c:
+            c.ehlo("mua.example")
+            assert not c.has_extn("auth")
+            assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (
+                454, b"4.7.0 Temporary authentication failure: "
+                     b"Can't connect to authentication server")
+            dovecot = DovecotAuth(inst.queue_dir / "private" / "auth")
+            assert c.docmd("AUTH", "cram-md5") == (
+                535, b"5.7.8 Error: authentication failed: "
+                     b"Invalid authentication mechanism: 'cram-md5'")
+            assert c.docmd("AUTH", f"plain {PLAIN}") == (235, b"2.7.0 Authentication successful")
+            assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
+            assert c.rcpt("friend@remote.example") == (250, b"2.1.5 Ok")
+        inst.wait_log(r"warning: SASL: Connect to Dovecot auth socket "
+                      rf"'{re.escape(str(inst.queue_dir))}/private/auth' failed: "
+                      r"No such file or directory")
+        inst.wait_log(r"warning: localhost\[127\.0\.0\.1\]: SASL PLAIN authentication failed: "
+                      r"Can't connect to authentication server, sasl_username=\(unavailable\)")
+        inst.wait_log(r"warning: localhost\[127\.0\.0\.1\]: SASL cram-md5 authentication "
+                      r"failed: Invalid authentication mechanism: 'cram-md5'")
+    finally:
+        inst.stop()
+        if dovecot is not None:
+            dovecot.stop()
+
+
+def test_a_slow_auth_server_gets_postfix_deadline(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Dovecot answers a failed login only after auth_failure_delay (here 20s): smtpd
+    gives up after Postfix's 10 seconds with 454, not after ipc_timeout (an hour)."""
+    inst = sasl_instance(new_instance, tmp_path)
+    inst.start()
+    dovecot = DovecotAuth(inst.queue_dir / "private" / "auth", extra="auth_failure_delay = 20 secs")
+    try:
+        with smtplib.SMTP("127.0.0.1", inst.port, timeout=60) as c:
+            c.ehlo("mua.example")
+            assert c.docmd("AUTH", f"PLAIN {WRONG}") == (
+                454, b"4.7.0 Temporary authentication failure: "
+                     b"Connection lost to authentication server")
+            assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
+    finally:
+        inst.stop()
+        dovecot.stop()

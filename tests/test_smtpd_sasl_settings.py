@@ -50,7 +50,8 @@ def test_sasl_settings_and_the_login_everywhere(new_instance, tmp_path: Path) ->
                 c.ehlo("mua.example")
                 assert c.esmtp_features["auth"].split() == ["PLAIN"]  # LOGIN filtered out
                 assert c.docmd("AUTH", "LOGIN") == (
-                    535, b"5.7.8 Error: authentication failed: Invalid authentication mechanism")
+                    535, b"5.7.8 Error: authentication failed: "
+                         b"Invalid authentication mechanism: 'LOGIN'")
                 assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (
                     235, b"2.7.0 Authentication successful")
                 assert c.docmd("MAIL FROM:<alice@example.org> AUTH=<alice@example.org>") == (

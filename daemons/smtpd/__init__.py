@@ -61,7 +61,10 @@ DESCRIPTION
     restrictions see; it goes to cleanup with MAIL FROM's AUTH= (sasl_method,
     sasl_username, sasl_sender: named attributes of the queue file, the
     ``client=`` log line and policy requests, as Postfix). MAIL's AUTH= is
-    refused (555) when SASL is off, as Postfix.
+    refused (555) when SASL is off, as Postfix. A response longer than
+    smtpd_sasl_response_limit gets ``500 5.5.6 SASL response limit
+    exceeded``; an auth server that is down, or silent for Postfix's 10
+    seconds, gets ``454 4.7.0 Temporary authentication failure: ...``.
 
     PROXY protocol: with smtpd_upstream_proxy_protocol = haproxy, a v1 or v2
     header (aiosmtpd's reader, within smtpd_upstream_proxy_timeout) names the

@@ -158,7 +158,7 @@ class Smtpd:
         if not os.path.isabs(path):
             path = os.path.join(config.get("queue_directory"), path)
         mechanism_filter = DomainList(config.get_list("smtpd_sasl_mechanism_filter"))
-        return sasl.DovecotAuth(path, float(config.get_time("ipc_timeout")),
+        return sasl.DovecotAuth(path, sasl.AUTH_TIMEOUT,
                                 config.get("smtpd_sasl_service").strip() or "smtp",
                                 mechanism_filter.match if mechanism_filter else None)
 

@@ -554,7 +554,7 @@ class Session(SMTP):
             if smtpd.sasl is not None:
                 self._writer.write(smtpd.ehlo_reply_for(
                     self.ssl_object is None and smtpd.starttls_offered,
-                    await self._auth_mechanisms(ehlo=True)))
+                    await self._auth_mechanisms(ehlo=True) or []))
             else:
                 self._writer.write(smtpd.ehlo_reply if self.ssl_object is None
                                    else smtpd.ehlo_reply_tls)
@@ -965,9 +965,10 @@ class Session(SMTP):
                     else "unable to talk to fast flush service")
         return await self.reply_error("458 Unable to queue messages")
 
-    async def _auth_mechanisms(self, ehlo: bool = False) -> list[str]:
+    async def _auth_mechanisms(self, ehlo: bool = False) -> list[str] | None:
         """The mechanisms this session may use now (none before TLS with smtpd_tls_auth_only);
-        for the EHLO reply, none to smtpd_sasl_exceptions_networks (AUTH still works)."""
+        for the EHLO reply, none to smtpd_sasl_exceptions_networks (AUTH still works).
+        None when the auth server cannot tell them (unreachable: a temporary failure)."""
         smtpd = self.smtpd
         if smtpd.sasl is None or "auth" in smtpd.discard_ehlo \
                 or (smtpd.tls.auth_only and self.ssl_object is None):
@@ -981,8 +982,8 @@ class Session(SMTP):
         try:
             mechanisms = await smtpd.sasl.mechanisms()
         except sasl.AuthServerError as e:
-            log.warning(f"SASL: Connect to {smtpd.sasl.path} failed: {e}")
-            return []
+            log.warning(f"SASL: Connect to Dovecot auth socket '{smtpd.sasl.path}' failed: {e}")
+            return None
         return sasl.offered(mechanisms, smtpd.sasl_tls_options if self.ssl_object is not None
                             else smtpd.sasl_options)
 
@@ -1003,29 +1004,36 @@ class Session(SMTP):
         words = arg.split()
         if not 1 <= len(words) <= 2:
             return await self.reply_error("501 5.5.4 Syntax: AUTH mechanism")
-        mechanism = words[0].upper()
         initial = words[1] if len(words) == 2 else None
         if initial == "=":
             initial = ""
-        result = await self._converse(mechanism, initial)
+        result = await self._converse(words[0], initial)
         if result.success:
             self.req.sasl_username = self.session.login_data = str(result.auth_data)
             self.session.authenticated = True
             self.session.auth_data = result.auth_data
-            self.req.sasl_method = log.printable(mechanism)
+            self.req.sasl_method = log.printable(words[0])  # as the client named it, as Postfix
             await self.push("235 2.7.0 Authentication successful")
             return True
         if result.handled:  # aborted: already answered
             return False
         return await self.reply_error(str(result.message))
 
-    async def _converse(self, mechanism: str, initial: str | None) -> AuthResult:
-        """One SASL conversation with Dovecot: 334 challenges until OK or FAIL."""
+    async def _converse(self, given: str, initial: str | None) -> AuthResult:
+        """One SASL conversation with Dovecot (mechanism ``given``, in the client's case):
+        334 challenges until OK or FAIL."""
         smtpd = self.smtpd
+        mechanism = given.upper()
+        named = log.printable(given[:100])
         assert smtpd.sasl is not None
         conversation = None
-        if mechanism not in await self._auth_mechanisms():
-            outcome = sasl.Outcome(failed=True, reason="Invalid authentication mechanism")
+        mechanisms = await self._auth_mechanisms()
+        if mechanisms is None:  # the server is down: 454, never a permanent 535
+            outcome = sasl.Outcome(failed=True, temporary=True,
+                                   reason="Can't connect to authentication server")
+        elif mechanism not in mechanisms:
+            outcome = sasl.Outcome(failed=True, reason="Invalid authentication mechanism: "
+                                   f"'{named}'")
         elif initial is not None and not sasl.valid_base64(initial):
             outcome = sasl.Outcome(failed=True, reason="Invalid base64 data in initial response")
         else:
@@ -1046,7 +1054,7 @@ class Session(SMTP):
                     return AuthResult(success=False, handled=True)
                 response = line.decode("ascii", "replace").strip()
                 if response == "*":
-                    log.warning(f"{self.client}: SASL {mechanism} authentication aborted")
+                    log.warning(f"{self.client}: SASL {named} authentication aborted")
                     await self.reply_error("501 5.7.0 Authentication aborted")
                     return AuthResult(success=False, handled=True)
                 if not sasl.valid_base64(response):
@@ -1060,7 +1068,7 @@ class Session(SMTP):
         if not outcome.failed:
             return AuthResult(success=True, auth_data=outcome.username)
         reason = outcome.reason or last_challenge
-        log.warning(f"{self.client}: SASL {log.printable(mechanism[:100])} authentication "
+        log.warning(f"{self.client}: SASL {named} authentication "
                     f"failed: {reason or '(reason unavailable)'}, "
                     f"sasl_username={outcome.fail_user[:100] or '(unavailable)'}")
         if outcome.temporary:

@@ -29,7 +29,9 @@ the queue directory, as in Postfix):
 * smtpd_sasl_local_domain (the realm) is not sent: Postfix's Dovecot client
   does not send it either (Dovecot takes the realm from the login).
 
-Every request waits for its reply within ``timeout``; every line is
+Every request waits for its reply within ``timeout`` (smtpd gives
+``AUTH_TIMEOUT``, Postfix's fixed 10 seconds, after which the client gets
+454, not a session held as long as the auth server stalls); every line is
 bounded in length; the server's words are kept printable. Failures to reach the server are
 ``Outcome(temporary=True)`` (Postfix's 454), never an exception.
 """
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 from pymailsys import log
 
 VERSION_MAJOR = 1
+AUTH_TIMEOUT = 10.0  # seconds, as Postfix's xsasl_dovecot_server.c: connect, each reply
 LINE_LIMIT = 65536  # a Dovecot line: a challenge or the MECH list, never near this
 SECURITY_OPTIONS = {"noplaintext": "plaintext", "noactive": "active",
                     "nodictionary": "dictionary", "noanonymous": "anonymous",
@@ -151,7 +154,7 @@ class DovecotAuth:
             try:
                 conn = await self._connection()
             except AuthServerError as e:
-                log.warning(f"SASL: Connect to {self.path} failed: {e}")
+                log.warning(f"SASL: Connect to Dovecot auth socket '{self.path}' failed: {e}")
                 return None, Outcome(failed=True, temporary=True,
                                      reason="Can't connect to authentication server")
             if conn.lost and attempt == 0:
