@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +147,39 @@ def test_a_slow_auth_server_gets_postfix_deadline(new_instance, tmp_path: Path) 
     finally:
         inst.stop()
         dovecot.stop()
+
+
+class NamelessOK(socketserver.StreamRequestHandler):
+    """An auth server that breaks the protocol: OK without user=."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nSPID\t1\nCUID\t1\n"
+                         b"COOKIE\t00\nDONE\n")
+        for line in self.rfile:
+            words = line.decode().rstrip("\n").split("\t")
+            if words[0] == "AUTH":
+                self.wfile.write(f"OK\t{words[1]}\n".encode())
+
+
+def test_an_ok_without_a_user_name_is_no_login(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix's xsasl_dovecot: "missing Dovecot server OK username field", and 535
+    Authentication backend error, never 235 for nobody."""
+    inst = sasl_instance(new_instance, tmp_path)
+    inst.start()
+    path = inst.queue_dir / "private" / "auth"
+    server = socketserver.ThreadingUnixStreamServer(str(path), NamelessOK)
+    server.daemon_threads = True
+    path.chmod(0o666)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as c:
+            c.ehlo("mua.example")
+            assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (
+                535, b"5.7.8 Error: authentication failed: Authentication backend error")
+            assert c.mail("alice@example.org") == (250, b"2.1.0 Ok")
+            assert b"Relay access denied" in c.rcpt("friend@remote.example")[1]
+        inst.wait_log(r"warning: missing Dovecot server OK username field")
+    finally:
+        inst.stop()
+        server.shutdown()
+        server.server_close()

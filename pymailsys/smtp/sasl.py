@@ -20,7 +20,8 @@ the queue directory, as in Postfix):
   nologin lip= rip= [secured] [resp=]`` (SERVICE: smtpd_sasl_service),
   then the server's ``CONT id challenge`` (the client's next line goes back
   as ``CONT id response``), ``OK id user=...`` or ``FAIL id [reason=...]
-  [user=...]``;
+  [user=...]``; an OK without a user name or a CONT without a challenge is
+  a failure (``Authentication backend error``), as in Postfix;
 * ``mechanism_filter`` (smtpd_sasl_mechanism_filter, a callable on the
   name) keeps some of the server's mechanisms; when it keeps none the
   server is as good as unreachable (Postfix's fatal ``discards all
@@ -193,9 +194,15 @@ class Conversation:
         verb, args = reply
         values = dict(a.partition("=")[::2] for a in args if "=" in a)
         if verb == "CONT":
-            return Outcome(challenge=log.printable(args[0] if args else ""))
+            if not args:  # as Postfix: a failure, not an empty challenge
+                log.warning("missing Dovecot server CONT reply field")
+                return Outcome(failed=True, reason="Authentication backend error")
+            return Outcome(challenge=log.printable(args[0]))
         if verb == "OK":
-            return Outcome(username=log.printable(values.get("user", "")), extra=values)
+            if not values.get("user"):  # as Postfix: no login without a name to log it by
+                log.warning("missing Dovecot server OK username field")
+                return Outcome(failed=True, reason="Authentication backend error")
+            return Outcome(username=log.printable(values["user"]), extra=values)
         return Outcome(failed=True, reason=log.printable(values.get("reason", "")),
                        temporary="temp" in args,
                        fail_user=log.printable(values.get("user", "")))
