@@ -8,6 +8,7 @@ SYNOPSIS
     openssl.verify_result(ssl_object)         # (ok, OpenSSL's reason)
     openssl.set_session_timeout(context, 3600)
     openssl.session_cache_off(context)
+    openssl.dh_auto(context)                  # FFDHE parameters chosen by OpenSSL
 
 DESCRIPTION
     The functions are those of the libssl that this process's ``_ssl`` module
@@ -26,6 +27,10 @@ DESCRIPTION
     ``verify_result`` (SSL_get_verify_result). ``set_session_timeout`` is
     SSL_CTX_set_timeout (the life of a session in the process's cache and of
     its tickets); ``session_cache_off`` turns off the server's session cache.
+    ``dh_auto`` is SSL_CTX_set_dh_auto: OpenSSL picks the FFDHE group for the
+    DHE ciphers (a group matching the certificate's strength), as Postfix does
+    when smtpd_tls_dh1024_param_file names no file; without it (or loaded
+    parameters) a Python server context has no DHE cipher at all.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import ssl
 _SSL_VERIFY_PEER = 1
 _X509_V_OK = 0
 _SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_CTRL_SET_DH_AUTO = 118
 _SSL_SESS_CACHE_OFF = 0
 _HEAD = object.__basicsize__
 _SSL_OFFSET = _HEAD + ctypes.sizeof(ctypes.c_void_p)
@@ -149,3 +155,9 @@ def session_timeout(context: ssl.SSLContext) -> int:
 def session_cache_off(context: ssl.SSLContext) -> None:
     lib, ctx = _ssl_ctx(context)
     lib.SSL_CTX_ctrl(ctx, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+
+
+def dh_auto(context: ssl.SSLContext) -> None:
+    lib, ctx = _ssl_ctx(context)
+    if lib.SSL_CTX_ctrl(ctx, _SSL_CTRL_SET_DH_AUTO, 1, None) <= 0:
+        raise Unsupported("SSL_CTX_set_dh_auto failed")

@@ -16,6 +16,9 @@
   ``>=TLSv1.2``, ``!SSLv3``, ``TLSv1.2 TLSv1.3``); a cipher grade is the
   OpenSSL string of its ``tls_GRADE_cipherlist`` parameter, less the
   exclusions (``cipher_list``);
+* tls_preempt_cipherlist: the server's cipher order or (no, the default)
+  the client's, as in Postfix; smtpd_tls_dh1024_param_file: the DHE
+  ciphers' parameters (empty: OpenSSL's choice, as Postfix with OpenSSL 3);
 * smtpd_tls_auth_only (implied by encrypt, as in Postfix),
   smtpd_tls_received_header, smtpd_tls_loglevel,
   smtpd_starttls_timeout;
@@ -196,6 +199,13 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool,
                     "disabling TLS support")
         return None
     context.options |= ssl.OP_NO_COMPRESSION
+    _dh_parameters(context, config)
+    # tls_preempt_cipherlist: Python turns server preference on by default; Postfix's
+    # default (no) lets the client's order decide
+    if config.get_bool("tls_preempt_cipherlist"):
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     _session_resumption(context, config)
     if ask_ccert:
         cafile = config.get("smtpd_tls_CAfile").strip()
@@ -211,6 +221,28 @@ def _context(config: config_mod.Config, mandatory: bool, required: bool,
         except openssl.Unsupported as e:
             raise ValueError(f"smtpd_tls_ask_ccert/smtpd_tls_req_ccert: {e}") from None
     return context
+
+
+def _dh_parameters(context: ssl.SSLContext, config: config_mod.Config) -> None:
+    """smtpd_tls_dh1024_param_file: the FFDHE parameters of the DHE ciphers, from the
+    file, else (empty, ``auto``, or a file that cannot be loaded, with Postfix's
+    warning) chosen by OpenSSL, as Postfix with OpenSSL 3."""
+    path = config.get("smtpd_tls_dh1024_param_file").strip()
+    if path and path != "auto":
+        try:
+            context.load_dh_params(path)
+            return
+        except ssl.SSLError:
+            log.warning(f'error decoding DH parameters from file "{path}" '
+                        "-- using compiled-in defaults")
+        except OSError as e:
+            log.warning(f'error opening DH parameter file "{path}": '
+                        f"{e.strerror or e} -- using compiled-in defaults")
+    try:
+        openssl.dh_auto(context)
+    except openssl.Unsupported as e:
+        # a cipher family less, not a weaker one: TLS goes on with ECDHE and TLS 1.3
+        log.warning(f"error configuring auto DH parameters: {e}: no DHE cipher")
 
 
 def _session_resumption(context: ssl.SSLContext, config: config_mod.Config) -> None:
