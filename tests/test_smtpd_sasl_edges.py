@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Instance
+from harness import Instance, free_port, listening, wait_until
 from smtpd_helpers import RawSMTP
 from test_smtpd_sasl import PASSWORD, DovecotAuth
 from test_smtpd_tls import client_context, make_cert
@@ -183,3 +183,23 @@ def test_an_ok_without_a_user_name_is_no_login(new_instance, tmp_path: Path) -> 
         inst.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_smtpd_sasl_path_inet_reaches_a_tcp_auth_listener(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """smtpd_sasl_path = inet:host:port, as Postfix's Dovecot client takes it: Dovecot's
+    auth service on TCP (an inet_listener)."""
+    port = free_port()
+    inst = sasl_instance(new_instance, tmp_path, smtpd_sasl_path=f"inet:127.0.0.1:{port}")
+    inst.start()
+    dovecot = DovecotAuth(inst.queue_dir / "private" / "auth", extra=(
+        f"service auth {{\n  inet_listener auth-tcp {{\n    address = 127.0.0.1\n"
+        f"    port = {port}\n  }}\n}}"))
+    try:
+        wait_until(lambda: listening(port), 30, what="Dovecot's auth TCP listener")
+        with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as c:
+            c.ehlo("mua.example")
+            assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+            assert c.docmd("AUTH", f"PLAIN {PLAIN}") == (235, b"2.7.0 Authentication successful")
+    finally:
+        inst.stop()
+        dovecot.stop()

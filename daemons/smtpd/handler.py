@@ -155,8 +155,12 @@ class Smtpd:
             raise ValueError(f"unsupported SASL server implementation: {kind} "
                              "(smtpd_sasl_type = dovecot is the one there is)")
         path = config.get("smtpd_sasl_path").strip()
-        if not os.path.isabs(path):
-            path = os.path.join(config.get("queue_directory"), path)
+        if path.startswith("inet:"):
+            sasl.inet_address(path)  # ValueError (smtpd refuses) if malformed
+        else:
+            path = path.removeprefix("unix:")
+            if not os.path.isabs(path):
+                path = os.path.join(config.get("queue_directory"), path)
         mechanism_filter = DomainList(config.get_list("smtpd_sasl_mechanism_filter"))
         return sasl.DovecotAuth(path, sasl.AUTH_TIMEOUT,
                                 config.get("smtpd_sasl_service").strip() or "smtp",

@@ -2,7 +2,9 @@
 
 ``DovecotAuth(path, timeout)`` talks Dovecot's auth client protocol (version
 1) over the unix socket ``path`` (smtpd_sasl_path; a relative path is under
-the queue directory, as in Postfix):
+the queue directory, as in Postfix; ``unix:`` before it is allowed) or, for
+``inet:host:port``, over TCP (Dovecot's ``inet_listener`` of its auth
+service, as Postfix's Dovecot client allows):
 
 * handshake: we send ``VERSION 1 0`` and ``CPID pid``; the server sends
   ``VERSION``, one ``MECH name flags...`` line per mechanism, ``SPID``,
@@ -77,6 +79,15 @@ class Outcome:
     temporary: bool = False  # the server could not be reached: 454
     fail_user: str = ""  # FAIL's user=, for the log
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def inet_address(path: str) -> tuple[str, int]:
+    """``inet:host:port`` (``inet:[v6addr]:port``) as host and port; ValueError if malformed."""
+    host, _, port = path.removeprefix("inet:").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid smtpd_sasl_path value: {path} (inet:host:port)")
+    return host, int(port)
 
 
 def valid_base64(text: str) -> bool:
@@ -231,7 +242,11 @@ class _Connection:
     async def open(cls, path: str, timeout: float) -> _Connection:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=LINE_LIMIT)
+                if path.startswith("inet:"):
+                    host, port = inet_address(path)
+                    reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
+                else:
+                    reader, writer = await asyncio.open_unix_connection(path, limit=LINE_LIMIT)
         except (OSError, TimeoutError) as e:
             raise AuthServerError(getattr(e, "strerror", None) or "timed out") from None
         conn = cls(path, timeout, reader, writer)
