@@ -277,3 +277,155 @@ def test_regexp_dot_matches_a_folded_header_newline(tmp_path, postmap: str) -> N
     (tmp_path / "t.regexp").write_text(NEWLINE_REGEXP)
     got = {k: _query_one(argv, tmp_path, f"regexp:{tmp_path}/t.regexp", k) for k in NEWLINE_ANSWERS}
     assert got == NEWLINE_ANSWERS
+
+
+# Lines that are no rule, and what Postfix makes of them: a line starting with a
+# letter that is not IF/ENDIF, "if" without a space, text after ENDIF, a broken IF
+# (no IF: its rules apply, its ENDIF is ignored), result texts that mac_parse
+# refuses ($0, an unclosed ${, a $ without a name, non-numeric names), white space
+# between "!" marks, and pcre's default DOTALL that the "s" flag turns off.
+RULES = r"""foo bar
+if/^x/
+/^xa$/ xa
+endif extra
+IF /^y/ extra
+/^yb$/ yb
+ENDIF
+if /^brok(/
+/^brokx$/ inbrokenif
+endif
+/^e$/ $0
+/^w(.)$/ ${1
+/^v$/ $
+/^p1-(.)$/ $a $b ${1}
+/^p3$/ ${}
+/^p4(.)$/ $((1))
+/^f(.)$/ ${1}$(1)$$
+! ! /^p6/ dbl
+/^a.b$/ dot
+/^c.d$/s nodot
+/abc
+!
+"""
+RULES_ANSWERS = {
+    "xa": "xa", "xb": None, "yb": "yb", "brokx": "inbrokenif", "e": None, "w1": None,
+    "v": None, "p1-x": None, "p3": None, "p4x": None, "f1": "11$", "p6": "dbl",
+    "a\nb": "dot", "c\nd": None, "zz": None,
+}
+RULES_PCRE_ANSWERS = {**RULES_ANSWERS, "cxd": "nodot"}
+RULES_REGEXP_ANSWERS = {**RULES_ANSWERS, "cxd": None}
+RULES_WARNINGS = [
+    "{kind} map {path}, line 1: ignoring unrecognized request",
+    "{kind} map {path}, line 4: ignoring extra text after ENDIF",
+    '{kind} map {path}, line 5: ignoring extra text after IF statement: "extra"',
+    "{kind} map {path}, line 5: do not prepend whitespace to statements between IF and ENDIF",
+    "{broken_if}",
+    "{kind} map {path}, line 10: ignoring ENDIF without matching IF",
+    '{kind} map {path}, line 11: out{dash}of{dash}range replacement index "0"',
+    "{kind} map {path}, line 11: bad replacement syntax: skipping this rule",
+    'truncated macro reference: "${{1"',
+    "{kind} map {path}, line 12: bad replacement syntax: skipping this rule",
+    'empty macro name: "$"',
+    "{kind} map {path}, line 13: bad replacement syntax: skipping this rule",
+    '{kind} map {path}, line 14: non-numeric replacement index "a"',
+    '{kind} map {path}, line 14: non-numeric replacement index "b"',
+    "{kind} map {path}, line 14: bad replacement syntax: skipping this rule",
+    'empty macro name: "${{}}"',
+    "{kind} map {path}, line 15: bad replacement syntax: skipping this rule",
+    '{kind} map {path}, line 16: non-numeric replacement index "(1)"',
+    "{kind} map {path}, line 16: bad replacement syntax: skipping this rule",
+    "{s_flag}",
+    '{kind} map {path}, line 21: no closing regexp delimiter "/": {closing} this rule',
+    "{kind} map {path}, line 22: no regexp: skipping this rule",
+]
+RULES_KIND = {
+    "regexp": dict(broken_if="regexp map {path}, line 8: Unmatched ( or \\(", dash="-",
+                   s_flag='regexp map {path}, line 20: unknown regexp option "s": '
+                          "skipping this rule", closing="skipping"),
+    "pcre": dict(broken_if="pcre map {path}, line 8: error in regex at offset 6: missing "
+                           "closing parenthesis", dash=" ", s_flag="", closing="ignoring"),
+}
+
+CIDR_RULES = """1.2.3.4/24 hostbits
+300.1.1.1 bad
+1.2.3.0/33 badlen
+1.2.3.0/ nomask
+1.2.3.0/x badmaskval
+[1.2.3.0 missingbr
+[1.2.3.0]x garbage
+[1.2.3.0/24] inbr
+[5.0.0.0]/8 brmask
+fe80::1%eth0 scope
+1::/200 v6badlen
+10.0.0.0/8
+!
+endif
+if 172.16.0.0/12
+172.16.1.1 inner
+endif junk
+endif
+if 1.2.3.0/24 extra
+if ! 9.0.0.0/8
+if 11.0.0.0/8
+0.0.0.0/0 all
+::/0 all6
+"""
+CIDR_RULES_ANSWERS = {
+    "1.2.3.4": "inbr", "5.1.1.1": "brmask", "10.1.1.1": None, "172.16.1.1": "inner",
+    "9.1.1.1": None, "11.1.1.1": "all", "2001::1": None, "fe80::1%eth0": None,
+    "[1.2.3.4]": None,
+}
+CIDR_RULES_WARNINGS = [
+    'line 1: non-null host address bits in "1.2.3.4/24", perhaps you should use "1.2.3.0/24" '
+    "instead",
+    'line 2: bad address pattern: "300.1.1.1"',
+    'line 3: bad mask length in "1.2.3.0/33"',
+    'line 4: bad mask value in "1.2.3.0/"',
+    'line 5: bad mask value in "1.2.3.0/x"',
+    "line 6: missing ']' character after \"[1.2.3.0\"",
+    'line 7: garbage after "[1.2.3.0]"',
+    'line 10: bad address pattern: "fe80::1%eth0"',
+    'line 11: bad mask length in "1::/200"',
+    "line 12: no lookup result",
+    "line 13: no address pattern",
+    "line 14: ENDIF without IF",
+    "line 17: garbage after ENDIF",
+    'line 19: bad mask value in "1.2.3.0/24 extra"',
+]
+
+
+def _postmap_argv(postmap: str) -> list[str]:
+    if postmap == "debian" and not os.path.exists(POSTFIX_POSTMAP):
+        pytest.skip("Debian's postfix is not installed")
+    return [POSTFIX_POSTMAP] if postmap == "debian" else [sys.executable, "-m",
+                                                          "pymailsys.tools.postmap"]
+
+
+@pytest.mark.parametrize("postmap", ["ours", "debian"])
+@pytest.mark.parametrize("kind", ["regexp", "pcre"])
+def test_lines_that_are_no_rule_as_postfix(tmp_path, kind: str, postmap: str) -> None:
+    argv = _postmap_argv(postmap)
+    (tmp_path / "main.cf").write_text("")
+    path = tmp_path / f"rules.{kind}"
+    path.write_text(RULES)
+    spec = f"{kind}:{path}"
+    answers = RULES_PCRE_ANSWERS if kind == "pcre" else RULES_REGEXP_ANSWERS
+    got = {k: _query_one(argv, tmp_path, spec, k) for k in answers}
+    assert got == answers
+    _, warned = query(argv, tmp_path, spec, ["zz"])
+    params = {name: value.format(path=path) for name, value in RULES_KIND[kind].items()}
+    expected = [w.format(kind=kind, path=path, **params) for w in RULES_WARNINGS]
+    assert warned == [w for w in expected if w]
+
+
+@pytest.mark.parametrize("postmap", ["ours", "debian"])
+def test_cidr_lines_that_are_no_rule_as_postfix(tmp_path, postmap: str) -> None:
+    argv = _postmap_argv(postmap)
+    (tmp_path / "main.cf").write_text("")
+    path = tmp_path / "rules.cidr"
+    path.write_text(CIDR_RULES)
+    got, warned = query(argv, tmp_path, f"cidr:{path}", list(CIDR_RULES_ANSWERS))
+    assert got == CIDR_RULES_ANSWERS
+    assert warned == [f"cidr map {path}, {w}: skipping this rule" for w in CIDR_RULES_WARNINGS] + [
+        f"cidr map {path}, line 21: IF has no matching ENDIF",
+        f"cidr map {path}, line 20: IF has no matching ENDIF"]

@@ -15,7 +15,11 @@ toggles the match. A rule without a result is skipped with Postfix's warning
 ``cidr map /path, line N: no lookup result: skipping this rule``.
 A network with bits set after the prefix (``1.2.3.4/24``) is skipped with
 Postfix's warning ``non-null host address bits in "1.2.3.4/24", perhaps you
-should use "1.2.3.0/24" instead: skipping this rule``. ``#`` lines and blank
+should use "1.2.3.0/24" instead: skipping this rule``, any other line that is
+no rule with Postfix's reason (``bad address pattern``, ``bad mask length``,
+``ENDIF without IF``...). An ``if`` whose network is broken is no ``if``, as
+in Postfix: the rules after it apply unconditionally and its ``endif`` is
+skipped with a warning. ``#`` lines and blank
 lines are ignored; a line that starts with white space continues the one
 before. A lookup key that is not an IP address is not found. IPv4 and IPv6
 never match each other (``::ffff:192.0.2.1`` is an IPv6 key). This is a
@@ -42,32 +46,80 @@ class _Rule:
     end: int = 0
 
 
-_NEVER: Network = ipaddress.ip_network("0.0.0.0/32")  # placeholder for a broken IF
+_ENDIF = object()
 
 
 class _SkipRule(Exception):
-    pass
+    """A line that is no rule: the reason, for Postfix's warning."""
 
 
-def _parse_network(text: str) -> Network:
-    """Parse ``addr``, ``addr/len``, ``[addr]``, ``[addr]/len`` strictly; raise ValueError."""
-    addr, slash, length = text.partition("/")
-    if addr.startswith("[") and addr.endswith("]"):
-        addr = addr[1:-1]
-    if slash and not length.isdigit():
-        raise ValueError(f'bad net/mask pattern: "{text}"')
-    return ipaddress.ip_network(addr + (slash + length if slash else ""), strict=True)
+def _ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
 
 
 def _negations(text: str) -> tuple[bool, str]:
-    """Leading ``!`` marks, white space allowed after each (``! 10.0.0.0/8``): each one
+    """Leading ``!`` marks, white space allowed around each (``! 10.0.0.0/8``): each one
     toggles the match; returns (negated, the rest)."""
     negate = False
-    text = text.lstrip()
-    while text.startswith("!"):
-        negate = not negate
-        text = text[1:].lstrip()
-    return negate, text
+    i = 0
+    while i < len(text) and (text[i] == "!" or text[i].isspace()):
+        if text[i] == "!":
+            negate = not negate
+        i += 1
+    return negate, text[i:]
+
+
+def _inet_pton(text: str, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """inet_pton(): an address of that family in its strict text form, else None."""
+    if "%" in text:  # Python takes an IPv6 scope (fe80::1%eth0); inet_pton does not
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return addr if addr.version == version else None
+
+
+def parse_cidr(pattern: str) -> Network:
+    """Postfix's cidr_match_parse(): ``addr``, ``addr/len``, ``[addr]``, ``[addr]/len``
+    or ``[addr/len]``; ``_SkipRule`` with Postfix's reason when it is none of them."""
+    if pattern.startswith("["):
+        pattern, bracket, after = pattern[1:].partition("]")
+        if not bracket:
+            raise _SkipRule(f'missing \']\' character after "[{pattern}"')
+        if after.startswith("/"):
+            mask_search = after
+        elif after:
+            raise _SkipRule(f'garbage after "[{pattern}]"')
+        else:
+            mask_search = pattern
+    else:
+        mask_search = pattern
+    if "/" in mask_search:
+        mask = mask_search.partition("/")[2]
+        if mask_search is pattern:
+            pattern = pattern.partition("/")[0]
+        version = 6 if ":" in pattern else 4
+        bits = 128 if version == 6 else 32
+        addr = None
+        if not (mask.isascii() and mask.isdigit()):
+            error = "bad mask value"
+        elif int(mask) > bits:
+            error = "bad mask length"
+        else:
+            addr = _inet_pton(pattern, version)
+            error = "bad network value"
+        if addr is None:
+            raise _SkipRule(f'{error} in "{pattern}/{mask}"')
+        network = ipaddress.ip_network((addr, int(mask)), strict=False)
+        if network.network_address != addr:
+            raise _SkipRule(f'non-null host address bits in "{pattern}/{mask}", perhaps you '
+                            f'should use "{network.network_address}/{network.prefixlen}" instead')
+        return network
+    addr = _inet_pton(pattern, 6 if ":" in pattern else 4)
+    if addr is None:
+        raise _SkipRule(f'bad address pattern: "{pattern}"')
+    return ipaddress.ip_network(addr)
 
 
 class CidrTable(Table):
@@ -80,71 +132,59 @@ class CidrTable(Table):
         self.rules: list[_Rule] = []
         open_ifs: list[int] = []
         for lineno, line in logical_lines(text, name):
-            word = line.split(None, 1)[0].lower()
-            if word == "endif":
-                if not open_ifs:
-                    self._warn(lineno, "ignoring ENDIF without matching IF")
-                    continue
+            try:
+                rule = self._parse_rule(line, len(open_ifs))
+            except _SkipRule as why:
+                log.warning(f"cidr map {name}, line {lineno}: {why}: skipping this rule")
+                continue
+            if rule is _ENDIF:
                 self.rules[open_ifs.pop()].end = len(self.rules)
                 continue
-            is_if = word == "if" and len(line) > 2 and line[2].isspace()
-            negate, rest = _negations(line[2:] if is_if else line)
-            words = rest.split(None, 1)
-            if not words:
-                self._warn(lineno, "no address pattern")
-                continue
-            if is_if:
-                try:
-                    network = self._pattern(lineno, words[0])
-                except _SkipRule:
-                    network = _NEVER  # a broken IF skips its whole block
-                    negate = False
+            assert isinstance(rule, _Rule)
+            rule.line = lineno
+            if rule.result is None:
                 open_ifs.append(len(self.rules))
-                self.rules.append(_Rule(lineno, network, negate))
-                continue
-            try:
-                network = self._pattern(lineno, words[0])
-            except _SkipRule:
-                continue
-            result = words[1].strip() if len(words) > 1 else ""
-            if not result:
-                self._warn(lineno, "no lookup result: skipping this rule")
-                continue
-            self.rules.append(_Rule(lineno, network, negate, result))
-        for index in open_ifs:
-            self._warn(self.rules[index].line, "IF has no matching ENDIF")
+            self.rules.append(rule)
+        for index in reversed(open_ifs):
+            log.warning(f"cidr map {name}, line {self.rules[index].line}: "
+                        "IF has no matching ENDIF")
             self.rules[index].end = len(self.rules)
 
-    def _warn(self, line: int, text: str) -> None:
-        log.warning(f"cidr map {self.name}, line {line}: {text}")
-
-    def _pattern(self, lineno: int, text: str) -> Network:
-        try:
-            return _parse_network(text)
-        except ValueError:
-            pass
-        # Tell a pattern with host bits set apart from a malformed one.
-        try:
-            addr = text.partition("/")[0].strip("[]")
-            loose = ipaddress.ip_network(
-                addr + "/" + text.partition("/")[2], strict=False)
-        except ValueError:
-            self._warn(lineno, f'bad net/mask pattern: "{text}": skipping this rule')
-            raise _SkipRule from None
-        self._warn(lineno, f'non-null host address bits in "{text}", perhaps you should '
-                   f'use "{loose.network_address}/{loose.prefixlen}" instead: skipping this rule')
-        raise _SkipRule
+    @staticmethod
+    def _parse_rule(line: str, nesting: int) -> _Rule | object:
+        """Postfix's dict_cidr_parse_rule(): a rule, an IF rule or _ENDIF; _SkipRule
+        with the reason for a line that is none (a broken IF is no IF: the rules
+        after it apply unconditionally and its ENDIF is skipped with a warning)."""
+        if line[:2].lower() == "if" and not _ascii_alnum(line[2:3] or " "):
+            negate, pattern = _negations(line[2:])
+            if not pattern:
+                raise _SkipRule("no address pattern")
+            return _Rule(0, parse_cidr(pattern.rstrip()), negate)
+        if line[:5].lower() == "endif" and not _ascii_alnum(line[5:6] or " "):
+            if line[5:].strip():
+                raise _SkipRule("garbage after ENDIF")
+            if nesting == 0:
+                raise _SkipRule("ENDIF without IF")
+            return _ENDIF
+        negate, rest = _negations(line)
+        words = rest.split(None, 1)
+        if not words:
+            raise _SkipRule("no address pattern")
+        network = parse_cidr(words[0])
+        result = words[1].strip() if len(words) > 1 else ""
+        if not result:
+            raise _SkipRule("no lookup result")
+        return _Rule(0, network, negate, result)
 
     def lookup(self, key: str) -> str | None:
-        try:
-            addr = ipaddress.ip_address(key)
-        except ValueError:
+        addr = _inet_pton(key, 6 if ":" in key else 4)
+        if addr is None:
             return None
         i = 0
         rules = self.rules
         while i < len(rules):
             rule = rules[i]
-            if rule.network is _NEVER or rule.network.version != addr.version:
+            if rule.network.version != addr.version:
                 matched = False
             else:
                 matched = (addr in rule.network) != rule.negate
