@@ -582,6 +582,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
             log.warning(text)
         for text in validate.refusals(cfg, program):
             log.fatal(text)
+        maps.configure(cfg)
     except config_mod.ConfigError as e:
         log.fatal(str(e))
     transport = flags.get("-t", "unix")

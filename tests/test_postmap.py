@@ -235,3 +235,214 @@ def test_signal_while_writing(conf, sig):
     assert list(conf.glob("big.lmdb.*")) == []
     q = run(POSTMAP, conf, "-q", "key00399999@example.com", str(src))
     assert q.stdout == "value-399999-xxxxxxxxxxxxxxxxxxxxxxxx\n"
+
+
+DEBIAN = {"postmap": "/usr/sbin/postmap", "postalias": "/usr/sbin/postalias"}
+
+# Sources whose keys and names Postfix reads in ways easy to get wrong: a key ends at
+# white space outside quotes and not after a backslash (and keeps both), an unbalanced
+# quote drops the line, a "key:" is warned about; an alias name is RFC 822 tokens
+# before the first ":" (quotes and backslashes removed), a name with "@" or "%" or a
+# "," is refused, comments stay; duplicate warnings come in line order.
+POSTMAP_SOURCE = ('a\\ b c\n"x y"z v\n"unbal x\nk: v\n\\"q v2\nk\\\n  cont\nUPPER V\n'
+                  'Foo@Example.COM value1\nfoo@example.com dupvalue\n  cont\n"q2 x"yy\n'
+                  "  leading ws line\nnokey\nkey3 v3 # not a comment\n")
+POSTALIAS_SOURCE = """Root: admin, "quoted user"@x
+"Quoted Name": v1
+"with:colon" : v2
+inc: :include:/etc/foo
+cont: a,
+  b,
+\tc
+noval:
+dup: one
+DUP: two
+a\\:b: esc
+user@example.com: x
+user%host: y
+a, b: z
+"a b"@x: w
+name (comment): c1
+<angle>: c2
+e: ""
+x:y:z
+esc\\"q: v
+@: at
+"""
+
+
+def _built(argv: list[str], conf, program: str, source: str) -> tuple[list[str], list[str]]:
+    """Build conf/NAME from source with argv; (postmap -s lines, warnings)."""
+    src = conf / program
+    src.write_text(source)
+    built = subprocess.run([*argv, "-c", str(conf), str(src)], capture_output=True, text=True,
+                           timeout=60)
+    assert built.returncode == 0, built.stderr
+    dump = subprocess.run([*argv, "-c", str(conf), "-s", str(src)], capture_output=True,
+                          text=True, timeout=60)
+    entries = sorted(line for line in dump.stdout.splitlines() if not line.startswith("YP_"))
+    warnings = [line.split(": warning: ", 1)[1].replace(".db: ", ".lmdb: ")
+                for line in built.stderr.splitlines()]
+    return entries, warnings
+
+
+@pytest.mark.parametrize("program", ["postmap", "postalias"])
+def test_sources_read_as_debian_postfix(conf, program):
+    source = POSTMAP_SOURCE if program == "postmap" else POSTALIAS_SOURCE
+    ours = _built(POSTMAP if program == "postmap" else POSTALIAS, conf, program, source)
+    src = conf / program
+    expected = {
+        "postmap": (sorted([
+            '"q2 x"yy\tleading ws line', '"x y"z\tv', '\\"q\tv2', "a\\ b\tc", "foo@example.com\tvalue1",
+            "k:\tv", "k\\ \tcont", "key3\tv3 # not a comment", "upper\tV"]), [
+            f"{src}, line 3: unbalanced '\"' in '\"unbal x' -- ignoring this line",
+            f'{src}, line 4: record is in "key: value" format; is this an alias file?',
+            f'{src}.lmdb: duplicate entry: "foo@example.com"',
+            f"{src}, line 14: expected format: key whitespace value"]),
+        "postalias": (sorted([
+            "@:\t@", "a:b:\tesc", "cont:\ta, b, c", "dup:\tone", "inc:\t:include:/etc/foo",
+            "quoted name:\tv1", 'root:\tadmin, "quoted user"@x', "with:colon:\tv2",
+            "name (comment):\tc1", "<angle>:\tc2", 'e:\t""', "x:\ty:z", 'esc"q:\tv']), [
+            f"{src}, line 8: need name:value pair",
+            f'{src}.lmdb: duplicate entry: "dup"',
+            f"{src}, line 12: name must be local",
+            f"{src}, line 13: name must be local",
+            f"{src}, line 14: need name:value pair",
+            f"{src}, line 15: name must be local",
+            f"{src}, line 21: name must be local"]),
+    }[program]
+    assert ours == expected
+    if os.path.exists(DEBIAN[program]):
+        assert _built([DEBIAN[program]], conf, program, source) == expected
+
+
+def test_texthash_reads_as_postmap_and_warns_of_duplicates(conf):
+    src = conf / "t"
+    src.write_text('a v1\nA v2\nb\n"x y" q\nk: v\n')
+    os.utime(src, (time.time() - 3600,) * 2)  # Postfix rereads a file changed this second
+    for argv in [POSTMAP] + ([["/usr/sbin/postmap"]] if os.path.exists(DEBIAN["postmap"]) else []):
+        got = run(argv, conf, "-q", "-", f"texthash:{src}", stdin='a\n"x y"\nk:\nb\n')
+        assert got.stdout == 'a\tv1\n"x y"\tq\nk:\tv\n'
+        assert [line.split(": warning: ", 1)[1] for line in got.stderr.splitlines()] == [
+            f'{src}, line 2: duplicate entry: "A"',
+            f"{src}, line 3: expected format: key whitespace value -- ignoring this line",
+            f'{src}, line 5: record is in "key: value" format; is this an alias file?']
+
+
+MESSAGE_TABLE = "/^$/ empty\n/^(.*)$/ any[$1]\n"
+MESSAGES = {
+    "Subject: hello\nX-Folded: a\n\tb\nTo: x\n\nbody line\n\nlast\n": {
+        "-h": ["Subject: hello\tany[Subject: hello]", "X-Folded: a\n\tb\tany[X-Folded: a\n\tb]",
+               "To: x\tany[To: x]"],
+        "-b": ["\tempty", "body line\tany[body line]", "\tempty", "last\tany[last]"]},
+    "Subject: x\nnot a header\nY: z\n\nb\n": {
+        "-h": ["Subject: x\tany[Subject: x]"],
+        "-b": ["\tempty", "not a header\tany[not a header]", "Y: z\tany[Y: z]", "\tempty",
+               "b\tany[b]"]},
+    "Subject: x\n": {"-h": ["Subject: x\tany[Subject: x]"], "-b": []},
+}
+
+
+@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
+def test_query_message_headers_and_body(conf, argv):
+    """-h / -b with -q -: a message's primary headers (a folded one is one key) / body
+    lines as keys, as header_checks and body_checks see them; -q - takes each line as
+    it is, white space and empty lines too."""
+    if not os.path.exists(argv[0]):
+        pytest.skip("Debian's postfix is not installed")
+    table = conf / "checks"
+    table.write_text(MESSAGE_TABLE)
+    spec = f"regexp:{table}"
+    for message, expected in MESSAGES.items():
+        for flags in ("-h", "-b", "-hb"):
+            got = run(argv, conf, flags, "-q", "-", spec, stdin=message)
+            want = expected["-h"] * ("h" in flags) + expected["-b"] * ("b" in flags)
+            assert got.stdout == "".join(line + "\n" for line in want), (message, flags)
+    assert run(argv, conf, "-q", "-", spec, stdin=" a \n\nb\n").stdout == (
+        " a \tany[ a ]\n\tempty\nb\tany[b]\n")
+    refused = run(argv, conf, "-h", "-q", "x", spec)
+    assert refused.returncode == 1
+    assert refused.stderr.endswith('fatal: specify -b -h or -m only with "-q -"\n')
+    alone = run(argv, conf, "-m", "-q", "-", spec, stdin="x\n")
+    assert alone.stdout == "x\tany[x]\n"
+    assert alone.stderr.endswith("warning: ignoring -m option without -b or -h\n")
+
+
+# table specs that Postfix refuses, and why; and ones it takes
+SPEC_ANSWERS = {
+    "inline:{ }": 'fatal: empty table: "inline:{ }"; need "inline:{name=value...}"',
+    "inline:{a}": "fatal: missing '=' after attribute name: \"inline:{a}\"; "
+                  'need "inline:{name=value...}"',
+    "inline:{a=1": 'fatal: bad syntax: "inline:{a=1"; need "inline:{name=value...}"',
+    "static:": 'fatal: open dictionary: expecting "type:name" form instead of "static:"',
+    "static:{a": "fatal: bad static:name syntax: missing '}' in \"{a\"",
+    "static:{a}b": "fatal: bad static:name syntax: syntax error after '}' in \"{a}b\"",
+    "static:{ a b }": "a b",
+    "inline:{A=1, { b = x y }}": "x y",
+}
+
+
+@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
+def test_inline_and_static_specs_as_postfix(conf, argv):
+    if not os.path.exists(argv[0]):
+        pytest.skip("Debian's postfix is not installed")
+    for spec, answer in SPEC_ANSWERS.items():
+        got = run(argv, conf, "-q", "b", spec)
+        if answer.startswith("fatal: "):
+            assert (got.returncode, got.stdout) == (1, ""), spec
+            assert got.stderr == f"postmap: {answer}\n", spec
+        else:
+            assert (got.returncode, got.stdout) == (0, answer + "\n"), spec
+
+
+@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
+def test_dump_of_a_table_that_cannot_be_listed_is_refused(conf, argv):
+    if not os.path.exists(argv[0]):
+        pytest.skip("Debian's postfix is not installed")
+    table = conf / "r"
+    table.write_text("/a/ b\n")
+    for spec in (f"regexp:{table}", f"pcre:{table}", "static:x"):
+        got = run(argv, conf, "-s", spec)
+        assert (got.returncode, got.stdout) == (1, ""), spec
+        assert got.stderr == f"postmap: fatal: table {spec}: sequence operation is not supported\n"
+    assert run(argv, conf, "-s", "inline:{b=1, a=2}").stdout == "b\t1\na\t2\n"
+
+
+@pytest.mark.parametrize("program", ["postmap", "postalias"])
+@pytest.mark.parametrize("ours", [True, False], ids=["ours", "debian"])
+def test_non_utf8_source_lines_are_skipped_with_smtputf8(conf, program, ours):
+    """With smtputf8_enable (the default from compatibility level 1), a source line that
+    is not UTF-8 is skipped with Postfix's warning; without it, it is kept as it is."""
+    argv = (POSTMAP if program == "postmap" else POSTALIAS) if ours else [DEBIAN[program]]
+    if not os.path.exists(argv[0]):
+        pytest.skip("Debian's postfix is not installed")
+    sep = " " if program == "postmap" else ": "
+    src = conf / "t"
+    src.write_bytes(f"a{sep}1\nb\xff{sep}2\nc{sep}\u00e9\n".encode("utf-8", "surrogateescape")
+                    .replace(b"\xc3\xbf", b"\xff"))
+    for setting, kept in (("yes", False), ("no", True)):
+        (conf / "main.cf").write_text(f"smtputf8_enable = {setting}\n")
+        built = subprocess.run([*argv, "-c", str(conf), str(src)], capture_output=True,
+                               timeout=60)
+        warned = [line.split(b": warning: ", 1)[1] for line in built.stderr.splitlines()]
+        assert warned == ([] if kept else [f'{src}, line 2: non-UTF-8 input "b?{sep}2" -- '
+                                           "ignoring this line".encode()])
+        found = subprocess.run([*argv, "-c", str(conf), "-q", "b\udcff".encode(
+            "utf-8", "surrogateescape"), str(src)], capture_output=True, timeout=60)
+        assert (found.returncode == 0) == kept
+        assert subprocess.run([*argv, "-c", str(conf), "-q", "c", str(src)],
+                              capture_output=True, timeout=60).stdout == "\u00e9\n".encode()
+
+
+@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
+def test_delete_keys_from_stdin_as_written(conf, argv):
+    """``-d -`` takes each line as the key, white space included, as Postfix does."""
+    if not os.path.exists(argv[0]):
+        pytest.skip("Debian's postfix is not installed")
+    src = conf / "t"
+    src.write_text("a 1\nb 2\n")
+    assert run(argv, conf, str(src)).returncode == 0
+    assert run(argv, conf, "-d", "-", str(src), stdin=" a\n\n").returncode == 1
+    assert run(argv, conf, "-q", "a", str(src)).stdout == "1\n"
+    assert run(argv, conf, "-d", "-", str(src), stdin="a\n").returncode == 0
+    assert run(argv, conf, "-q", "a", str(src)).returncode == 1

@@ -20,15 +20,25 @@ DESCRIPTION
     -r / -w     on duplicate keys keep the last / keep the first silently
                 (default: keep the first and warn ``duplicate entry: "key"``)
     -q key      print the value of key in the first table that has it; exit 0
-                when found, 1 when not. ``-q -`` reads keys from standard input
+                when found, 1 when not. ``-q -`` reads keys from standard input,
+                one a line as it is (white space and empty lines are keys too),
                 and prints ``key<TAB>value`` for each key found; an empty value
                 (a regexp rule without a result) is printed with Postfix's two
                 warnings (``empty string result is not allowed``)
     -d key      delete key from each table (``-d -``: keys from standard input);
                 exit 0 when a key was deleted, 1 otherwise
-    -s          print every entry (``key<TAB>value``; postalias ``key:<TAB>value``)
+    -s          print every entry (``key<TAB>value``; postalias ``key:<TAB>value``) of
+                an indexed, texthash or inline table; another is refused with
+                Postfix's ``table T:N: sequence operation is not supported``
+    -h / -b     with ``-q -``: standard input is a message; query its primary
+                headers (a folded header is one key, its line breaks kept) /
+                its body lines (after the header block, which ends at an empty
+                line or at a line that is no header; either way the body starts
+                with an empty line), as Postfix's postmap without -m
+    -m          MIME parsing for -h and -b: refused (not built); without -h or
+                -b ignored with Postfix's warning
     -c dir      configuration directory (else $MAIL_CONFIG, else /etc/pymailsys)
-    -b -h -m -u -U -v   accepted for compatibility, no effect
+    -u -U -v    accepted for compatibility, no effect
 
 DIAGNOSTICS
     Problems go to standard error as ``postmap: warning: ...`` (malformed
@@ -47,8 +57,10 @@ from __future__ import annotations
 
 import getopt
 import os
+import re
 import signal
 import sys
+from collections.abc import Collection, Iterable, Iterator
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps
@@ -81,6 +93,7 @@ def _open(spec: str, default_type: str) -> maps.Table:
 
 def run(program: str, argv: list[str]) -> int:
     log.init_stderr_only(program)
+    maps.DUPLICATE_WARN = True  # as Postfix's postmap opens tables (DICT_FLAG_DUP_WARN)
     aliases = program == "postalias"
     try:
         opts, files = getopt.gnu_getopt(argv, _OPTS)
@@ -93,6 +106,7 @@ def run(program: str, argv: list[str]) -> int:
     query: str | None = None
     delete: str | None = None
     dump = False
+    message_keys: set[str] = set()
     for opt, arg in opts:
         if opt == "-c":
             config_dir = arg
@@ -118,18 +132,28 @@ def run(program: str, argv: list[str]) -> int:
             delete = arg
         elif opt == "-s":
             dump = True
+        elif opt in ("-h", "-b", "-m"):
+            message_keys.add(opt)
     if sum(x is not None and x is not False for x in (query, delete, dump or None)) > 1:
         log.fatal("specify only one of -s -q or -d")
     if not files:
         _usage(program)
+    if message_keys and query != "-":
+        log.fatal('specify -b -h or -m only with "-q -"')
+    if message_keys == {"-m"}:
+        log.warning("ignoring -m option without -b or -h")
+        message_keys.clear()
+    elif "-m" in message_keys:
+        log.fatal("-m (MIME parsing of the message) is not supported")
     try:
         cfg = config_mod.load(config_dir)
         default_type = cfg.get("default_database_type") or "hash"
+        maps.configure(cfg)  # proxy_read_maps, smtputf8_enable
     except config_mod.ConfigError as e:
         log.fatal(str(e))
     try:
         if query is not None:
-            return _do_query(query, files, default_type, fold)
+            return _do_query(query, files, default_type, fold, message_keys)
         if delete is not None:
             keys = _stdin_keys() if delete == "-" else [delete]
             found = False
@@ -168,7 +192,38 @@ def _stdin_keys() -> list[str]:
     return [line.rstrip("\n") for line in sys.stdin if line.strip()]
 
 
-def _do_query(key: str, files: list[str], default_type: str, fold: bool) -> int:
+def _message_keys(lines: Iterable[str], headers: bool, body: bool) -> Iterator[str]:
+    """The keys of a message for -h (primary headers, a folded one joined with its line
+    breaks) and -b (body lines), as Postfix's postmap makes them without MIME parsing."""
+    header: str | None = None
+    in_headers = True
+    for line in lines:
+        if in_headers:
+            if header is not None and line[:1] in (" ", "\t"):
+                header += "\n" + line
+                continue
+            if header is not None and headers:
+                yield header
+            header = None
+            if _HEADER.match(line):
+                header = line
+                continue
+            in_headers = False
+            if not body:
+                return
+            yield ""  # the body starts with an empty line, the one that ended the headers or not
+            if line == "":
+                continue
+        yield line
+    if header is not None and headers:
+        yield header
+
+
+_HEADER = re.compile(r"[!-9;-~]+[ \t]*:")
+
+
+def _do_query(key: str, files: list[str], default_type: str, fold: bool,
+              message_keys: Collection[str] = ()) -> int:
     tables = [_open(spec, default_type) for spec in files]
     if key != "-":
         for table in tables:
@@ -178,10 +233,10 @@ def _do_query(key: str, files: list[str], default_type: str, fold: bool) -> int:
                 return 0
         return 1
     found = False
-    for line in sys.stdin:
-        k = line.strip()
-        if not k:
-            continue
+    keys: Iterable[str] = (line.rstrip("\n") for line in sys.stdin)
+    if message_keys:
+        keys = _message_keys(keys, "-h" in message_keys, "-b" in message_keys)
+    for k in keys:  # each line as it is, an empty one too, as Postfix's postmap
         for table in tables:
             value = _query_table(table, k, fold)
             if value is not None:

@@ -205,12 +205,17 @@ def run_mailq(cfg: config_mod.Config, verbose: int = 0) -> NoReturn:
 
 
 def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoReturn:
+    from pymailsys import maps
     from pymailsys.maps import build as mapbuild
 
     specs = [alias_map] if alias_map else cfg.get_list("alias_database")
     if not specs:
         sys.exit(0)
     log.init(cfg, "postalias", stderr=True)
+    try:
+        maps.configure(cfg)
+    except config_mod.ConfigError as e:
+        fatal(os.EX_CONFIG, str(e))
     for spec in specs:
         try:
             mapbuild.build_aliases(spec)

@@ -20,19 +20,24 @@ NOT FOUND``) and ``TableConfigError`` (a ``TableError``), so the caller defers.
 Registered types here: ``hash``, ``btree``, ``lmdb`` (all indexed with lmdb in
 ``name.lmdb``, keys folded to lower case, stored with a trailing NUL),
 ``texthash``, ``inline``, ``static``, ``unix:passwd.byname``, ``proxy:`` (a
-prefix that is accepted and dropped: tables are read in-process, so the table
-behind it, its owner included, is the one used). The owner of an indexed table
+prefix dropped once proxy_read_maps allows the table, ``configure``: tables
+are read in-process, so the table behind it, its owner included, is the one
+used; a table it does not allow fails every lookup, as Postfix's proxymap
+refuses it). The owner of an indexed table
 is that of ``name.lmdb``, as opened (Postfix: of the .db file), of a texthash,
 regexp, pcre or cidr table that of its source; tables without a file are
 root's. Other types
 register themselves with ``@register("type")``; an unknown type raises
 ``TableError`` naming it.
 
-Source files (``read_source`` reads one, ``parse_source`` parses it): ``key value`` lines, ``#`` comments and blank
-lines ignored, leading whitespace continues a line, ``"quoted keys"`` (kept
-with their quotes, as Postfix's postmap does). Alias
-files (``parse_alias_source``): ``name: value, value``, names folded to lower
-case. Both name the file and line in their errors.
+Source files (``read_source`` reads one, ``iter_source`` parses it): ``key
+value`` lines, ``#`` comments and blank lines ignored, leading whitespace
+continues a line, a key ends at white space outside ``"quotes"`` and not after
+a backslash, and keeps them (as Postfix's postmap does). Alias files
+(``iter_alias_source``): ``name: value, value``, the name read as RFC 822
+tokens and folded to lower case. Both name the file and line in their errors.
+A texthash table with a duplicate key fails every lookup, as Postfix's does
+in the daemons (``DUPLICATE_WARN``: postmap -q warns instead).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import signal
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pymailsys import config as config_mod
@@ -86,7 +92,12 @@ def open_table(spec: str, regsub: bool = True) -> Table:
         return table
     type_name, name = split_spec(spec)
     if type_name == "proxy":
-        table = open_table(name)
+        while name.startswith("proxy:"):
+            name = name[len("proxy:"):]
+        if _proxy_denied(name):
+            table = DeniedTable(type_name, name)
+        else:
+            table = open_table(name)
     else:
         factory = REGISTRY.get(type_name)
         if factory is None:
@@ -94,6 +105,61 @@ def open_table(spec: str, regsub: bool = True) -> Table:
         table = factory(type_name, name)
     _cache[spec] = table
     return table
+
+
+_proxy_config: config_mod.Config | None = None  # None: not configured (every proxy: table)
+_proxy_allowed: frozenset[str] | None = None  # computed at the first proxy: table
+_utf8 = False  # smtputf8_enable, once configured: source lines must be UTF-8
+
+
+def configure(config: config_mod.Config) -> None:
+    """Settings of main.cf that tables follow from now on in this process (the server
+    skeleton, postmap and newaliases call this once the configuration is loaded):
+    the ``proxy:`` tables that may be read, those proxy_read_maps names with
+    ``proxy:`` in front, as Postfix's proxymap serves only them (worked out when
+    the first ``proxy:`` table is opened); and with smtputf8_enable, a table source
+    line that is not UTF-8 is skipped with Postfix's warning (``PATH, line N:
+    non-UTF-8 input "LINE" -- ignoring this line``)."""
+    global _proxy_config, _proxy_allowed, _utf8
+    _proxy_config, _proxy_allowed = config, None
+    _utf8 = config.get_bool("smtputf8_enable")
+
+
+def _proxy_denied(name: str) -> bool:
+    """Whether proxy_read_maps leaves out the table ``proxy:name`` (``configure``)."""
+    global _proxy_allowed
+    if _proxy_config is None:
+        return False
+    if _proxy_allowed is None:
+        allowed = set()
+        for word in _proxy_config.get_list("proxy_read_maps"):
+            if word.startswith("proxy:"):
+                while word.startswith("proxy:"):
+                    word = word[len("proxy:"):]
+                allowed.add(word)
+        _proxy_allowed = frozenset(allowed)
+    return name not in _proxy_allowed
+
+
+def _not_utf8(line: str) -> bool:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that was not UTF-8, kept as a surrogate escape
+        return True
+    return False
+
+
+class DeniedTable(Table):
+    """A ``proxy:`` table that proxy_read_maps does not list: every lookup fails, with
+    Postfix's warning (``proxy:hash:/x is unavailable. proxymap service is not
+    configured for table "hash:/x"``), so that mail waits until the setting is fixed."""
+
+    owner = 0
+
+    def lookup(self, key: str) -> str | None:
+        reason = f'proxymap service is not configured for table "{self.name}"'
+        log.warning(f"{self.spec} is unavailable. {reason}")
+        raise TableError(f"{self.spec} is unavailable. {reason}")
 
 
 def changed_table() -> str | None:
@@ -150,108 +216,264 @@ class Maps:
         return None
 
 
-def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
-    """postmap source: (line, key, value); key is the first word, value the rest.
+_C_SPACE = " \t\n\r\f\v"  # C's isspace()
 
-    A line without a value is skipped with Postfix's warning
-    ``PATH, line N: expected format: key whitespace value``. A key that
-    starts with a double quote runs to the closing quote and keeps its quotes
-    (``"a b" c`` has the key ``"a b"``), as in Postfix's postmap.
+
+def iter_source(text: str, path: str, warn: Warn | None = None,
+                suffix: str = "") -> Iterator[tuple[int, str, str]]:
+    """postmap source, as Postfix's postmap (and texthash) reads it: (line, key, value).
+
+    The key ends at the first white space that is not inside double quotes and not
+    after a backslash, and keeps its quotes and backslashes (``"a b"c`` and ``a\\ b``
+    are keys); the value is the rest, trimmed. Lines are yielded as they are read,
+    so a caller's duplicate warnings come in line order. Skipped with Postfix's
+    warnings (``suffix`` is appended, texthash's `` -- ignoring this line``): a line
+    with an unbalanced quote (``PATH, line N: unbalanced '"' in 'LINE' -- ignoring
+    this line``), a line without a key or value (``PATH, line N: expected format:
+    key whitespace value``), a line that is not UTF-8 when ``configure`` says so. A key that ends in ``:`` is kept with Postfix's
+    warning ``record is in "key: value" format; is this an alias file?``.
     """
     warn = warn or default_warn
-    out = []
     for lineno, line in logical_lines(text, path):
-        if line.startswith('"') and line.find('"', 1) > 0:
-            end = line.find('"', 1) + 1
-            parts = [line[:end]] + ([line[end:]] if line[end:].strip() else [])
-        else:
-            parts = line.split(None, 1)
-        if len(parts) < 2:
-            warn(f"{path}, line {lineno}: expected format: key whitespace value")
+        if _utf8 and _not_utf8(line):
+            warn(f'{path}, line {lineno}: non-UTF-8 input "{line}" -- ignoring this line')
             continue
-        out.append((lineno, parts[0], parts[1].strip()))
-    return out
+        in_quotes = False
+
+        def in_key(ch: str) -> bool:
+            nonlocal in_quotes
+            if ch == '"':
+                in_quotes = not in_quotes
+            return in_quotes or ch not in _C_SPACE
+        _, i = _collect(line, 0, in_key)
+        if in_quotes:
+            warn(f"{path}, line {lineno}: unbalanced '\"' in '{line}' -- ignoring this line")
+            continue
+        key, value = line[:i], line[i + 1:].strip(_C_SPACE)
+        if not key or not value:
+            warn(f"{path}, line {lineno}: expected format: key whitespace value{suffix}")
+            continue
+        if key.endswith(":"):
+            warn(f'{path}, line {lineno}: record is in "key: value" format; is this an alias file?')
+        yield lineno, key, value
+
+
+def parse_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
+    """``iter_source`` as a list."""
+    return list(iter_source(text, path, warn))
+
+
+def iter_alias_source(text: str, path: str,
+                      warn: Warn | None = None) -> Iterator[tuple[int, str, str]]:
+    """aliases(5), as Postfix's postalias reads it: (line, lower-cased name, value).
+
+    The line is read as RFC 822 tokens (``alias_name``); the name is the tokens
+    before the first ``:`` in internal form (quotes and backslashes removed:
+    ``"a b"``, ``a\\:b`` are the names ``a b``, ``a:b``), the value the tokens
+    after it, re-spaced as postalias stores them (``rfc822.externalize_list``:
+    ``b,c   d`` -> ``b, c d``). Skipped with Postfix's warnings: a line without
+    a name, a ``:`` or a value, or with a ``,`` in the name (``PATH, line N: need
+    name:value pair``, so ``name:`` is no alias), and a name with ``@`` or ``%``
+    (``PATH, line N: name must be local``), and a line that is not UTF-8 when
+    ``configure`` says so.
+    """
+    warn = warn or default_warn
+    for lineno, line in logical_lines(text, path):
+        if _utf8 and _not_utf8(line):
+            warn(f'{path}, line {lineno}: non-UTF-8 input "{line}" -- ignoring this line')
+            continue
+        tokens, colon_end = alias_name(line)
+        if colon_end < 0 or not tokens or not line[colon_end:].strip(" \t\r\n") or any(
+                kind == "," for kind, _ in tokens):
+            warn(f"{path}, line {lineno}: need name:value pair")
+            continue
+        if any(kind in ("@", "%") for kind, _ in tokens):
+            warn(f"{path}, line {lineno}: name must be local")
+            continue
+        name = ""
+        for n, (kind, word) in enumerate(tokens):
+            name += word
+            nxt = tokens[n + 1][0] if n + 1 < len(tokens) else ""
+            if nxt == "<" or (kind in _NAME_WORDS and nxt in _NAME_WORDS):
+                name += " "
+        yield lineno, name.lower(), rfc822.externalize_list(line[colon_end:])
 
 
 def parse_alias_source(text: str, path: str, warn: Warn | None = None) -> list[tuple[int, str, str]]:
-    """aliases(5): (line, lower-cased name, value).
+    """``iter_alias_source`` as a list."""
+    return list(iter_alias_source(text, path, warn))
 
-    ``name: value, value``; the name may be "double quoted" (quotes removed);
-    a line without a colon or without a value is skipped with ``PATH, line N:
-    need name:value pair``, as postalias does (so ``name:`` is no alias).
-    Values are re-spaced as postalias stores them
-    (``rfc822.externalize_list``: ``b,c   d`` -> ``b, c d``).
-    """
-    warn = warn or default_warn
-    out = []
-    for lineno, line in logical_lines(text, path):
-        if line.startswith('"'):
-            end = line.find('"', 1)
-            if end < 0:
-                warn(f"{path}, line {lineno}: need name:value pair")
-                continue
-            name, rest = line[1:end], line[end + 1:].lstrip()
-            if not rest.startswith(":"):
-                warn(f"{path}, line {lineno}: need name:value pair")
-                continue
-            value = rest[1:]
+
+_ALIAS_OPERATORS = "|%!()<>@,;:.[]"  # tok822's operators (the RFC 822 specials and |%!)
+_NAME_WORDS = ("atom", "qstr", "comment", "domlit")
+
+
+def alias_name(line: str) -> tuple[list[tuple[str, str]], int]:
+    """The tokens of an aliases(5) line before its first ``:`` as Postfix's tok822_scan
+    makes them ((kind, internal text): kind ``atom``, ``qstr``, ``comment``,
+    ``domlit`` or the operator), and the index after that ``:`` (-1: none). An
+    unterminated quoted string, comment or literal runs to the end of the line."""
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(line)
+    while i < n:
+        ch = line[i]
+        if ch in " \t\r\n":
+            i += 1
+        elif ch == "(":
+            start, level, i = i, 1, i + 1
+            while i < n and level:
+                if line[i] == "\\":
+                    i += 1
+                elif line[i] == "(":
+                    level += 1
+                elif line[i] == ")":
+                    level -= 1
+                i += 1
+            tokens.append(("comment", line[start:i]))
+        elif ch in '"[':
+            close = '"' if ch == '"' else "]"
+            word, i = _collect(line, i + 1, close.__ne__)
+            i += 1  # the closing quote or bracket
+            tokens.append(("qstr", word) if ch == '"' else ("domlit", f"[{word}]"))
+        elif ch != "\\" and ch in _ALIAS_OPERATORS:
+            if ch == ":":
+                return tokens, i + 1
+            tokens.append((ch, ch))
+            i += 1
         else:
-            name, sep, value = line.partition(":")
-            if not sep:
-                warn(f"{path}, line {lineno}: need name:value pair")
-                continue
-        name = name.strip()
-        if not name or not value.strip():
-            warn(f"{path}, line {lineno}: need name:value pair")
-            continue
-        out.append((lineno, name.lower(), rfc822.externalize_list(value)))
-    return out
+            word, i = _collect(line, i, lambda c: c not in " \t\r\n" and c not in _ALIAS_OPERATORS)
+            tokens.append(("atom", word))
+    return tokens, -1
+
+
+def _collect(line: str, i: int, more: Callable[[str], bool]) -> tuple[str, int]:
+    """tok822's COLLECT: characters while ``more`` (a backslash takes the next one as
+    it is); white space becomes a space."""
+    out: list[str] = []
+    n = len(line)
+    while i < n:
+        ch = line[i]
+        if ch == "\\":
+            i += 1
+            if i >= n:
+                break
+            ch = line[i]
+        elif not more(ch):
+            break
+        out.append(" " if ch in " \t\r\n" else ch)
+        i += 1
+    return "".join(out), i
 
 
 # --- table types ---------------------------------------------------------------
 
+def _extpar(text: str) -> str:
+    """Postfix's extpar(EXTPAR_FLAG_STRIP) of ``{text}``: the text inside, stripped;
+    ValueError with Postfix's reason when the braces do not close at the end."""
+    if not text.endswith("}") or _balanced_end(text) != len(text):
+        if _balanced_end(text) < 0:
+            raise ValueError(f"missing '}}' in \"{text}\"")
+        raise ValueError(f"syntax error after '}}' in \"{text}\"")
+    return text[1:-1].strip()
+
+
+def _balanced_end(text: str) -> int:
+    """The index after the brace that closes text's first one (-1: none closes it)."""
+    level = 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            level += 1
+        elif ch == "}":
+            level -= 1
+            if level == 0:
+                return i + 1
+    return -1
+
+
 class StaticTable(Table):
+    """static:value, or static:{ value with spaces } (Postfix's dict_static)."""
+
     fold = False
-    owner = 0
-
-    def lookup(self, key: str) -> str | None:
-        value = self.name
-        if value.startswith("{") and value.endswith("}"):
-            value = value[1:-1].strip()
-        return value
-
-
-class InlineTable(Table):
     owner = 0
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
-        body = name.strip()
-        if not (body.startswith("{") and body.endswith("}")):
-            raise TableError(f"inline:{name}: need {{ key=value, ... }}")
+        self.value = name
+        if name.startswith("{"):
+            try:
+                self.value = _extpar(name)
+            except ValueError as e:
+                raise TableError(f"bad static:name syntax: {e}") from None
+
+    def lookup(self, key: str) -> str | None:
+        return self.value
+
+
+class InlineTable(Table):
+    """inline:{ key=value, { key = value with spaces } } (Postfix's dict_inline); a
+    table that does not parse, or has no entry, is refused with Postfix's reason."""
+
+    owner = 0
+
+    def __init__(self, type_name: str, name: str) -> None:
+        super().__init__(type_name, name)
+        need = f'"inline:{name}"; need "inline:{{name=value...}}"'
+        if not name.startswith("{") or _balanced_end(name) != len(name) or len(name) < 3:
+            raise TableError(f"bad syntax: {need}")
         self.data: dict[str, str] = {}
-        for item in config_mod.split_list(body[1:-1]):
+        for item in config_mod.split_list(name[1:-1]):
             item = item.strip()
-            if item.startswith("{") and item.endswith("}"):
-                item = item[1:-1].strip()
+            if item.startswith("{"):
+                try:
+                    item = _extpar(item)
+                except ValueError as e:
+                    raise TableError(f"{e}: {need}") from None
             key, sep, value = item.partition("=")
             if not sep:
-                raise TableError(f'inline:{name}: missing "=" in "{item}"')
+                raise TableError(f"missing '=' after attribute name: {need}")
             self.data[key.strip().lower()] = value.strip()
+        if not self.data:
+            raise TableError(f"empty table: {need}")
 
     def lookup(self, key: str) -> str | None:
         return self.data.get(key)
 
 
+# postmap -q opens tables as Postfix's postmap does, with DICT_FLAG_DUP_WARN: a texthash
+# table's duplicate keys are warned about and the first is kept. The daemons open them
+# without it: a texthash table with a duplicate key fails every lookup (tools/postmap
+# sets this before it opens a table).
+DUPLICATE_WARN = False
+
+
 class TextHashTable(Table):
+    """texthash:/path: the source read into memory when opened (Postfix's dict_thash).
+    A duplicate key is warned about (``PATH, line N: duplicate entry: "KEY"``) and the
+    first kept when ``DUPLICATE_WARN``; otherwise the table is what Postfix makes of
+    it, one that fails every lookup (``texthash:PATH is unavailable. PATH, line N:
+    duplicate entry: "KEY"``), so that mail waits instead of taking either value."""
+
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
         text, self.owner = read_source(name)
         self.data: dict[str, str] = {}
-        for _, k, v in parse_source(text, name):
-            self.data.setdefault(k.lower(), v)
+        self.unavailable: str | None = None
+        for lineno, k, v in iter_source(text, name, suffix=" -- ignoring this line"):
+            folded = k.lower()
+            if folded not in self.data:
+                self.data[folded] = v
+                continue
+            duplicate = f'{name}, line {lineno}: duplicate entry: "{k}"'
+            if not DUPLICATE_WARN:
+                self.data = {}
+                self.unavailable = duplicate
+                break
+            log.warning(duplicate)
 
     def lookup(self, key: str) -> str | None:
+        if self.unavailable is not None:
+            log.warning(f"{self.spec} is unavailable. {self.unavailable}")
+            raise TableError(f"{self.spec} is unavailable. {self.unavailable}")
         return self.data.get(key)
 
 
@@ -333,10 +555,13 @@ class LmdbTable(Table):
             self._open()
 
     def changed(self) -> bool:
+        """Replaced, or removed: Postfix's dict_changed_name() also reports a table
+        whose file has no link left, so that the next process finds it missing and
+        defers, instead of this one answering from a table that is gone."""
         try:
             st = os.stat(self.path)
         except OSError:
-            return False
+            return True
         return (st.st_dev, st.st_ino) != self.first_ident
 
     def lookup(self, key: str) -> str | None:

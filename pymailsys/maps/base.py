@@ -93,8 +93,8 @@ def register(*type_names: str) -> Callable[[Factory], Factory]:
 
 def split_spec(spec: str) -> tuple[str, str]:
     type_name, sep, name = spec.partition(":")
-    if not sep or not type_name:
-        raise TableError(f"table {spec}: need type:name")
+    if not sep or not type_name or not name:
+        raise TableError(f'open dictionary: expecting "type:name" form instead of "{spec}"')
     return type_name, name
 
 

@@ -8,7 +8,7 @@ SYNOPSIS
     build_aliases("hash:/etc/aliases")                # postalias, newaliases
     add_entries(spec, [(key, value)], aliases=False)  # postmap -i
     delete_key(spec, key) -> bool                     # postmap -d
-    dump_table(spec) -> list[(key, value)]            # postmap -s
+    dump_table(spec) -> list[(key, value)]            # postmap -s (indexed, texthash, inline)
 
 DESCRIPTION
     An indexed table ``type:name`` (type hash, btree or lmdb; a name without a
@@ -19,8 +19,8 @@ DESCRIPTION
     table readers in ``maps`` notice the new file by its inode.
 
     Sources: ``build_table`` reads ``key whitespace value`` lines
-    (``maps.parse_source``), ``build_aliases`` reads aliases(5) lines
-    (``maps.parse_alias_source``, names folded to lower case) and adds the
+    (``maps.iter_source``), ``build_aliases`` reads aliases(5) lines
+    (``maps.iter_alias_source``, names folded to lower case) and adds the
     ``@`` -> ``@`` entry that Postfix's postalias adds. Keys are folded to
     lower case unless ``fold=False`` (postmap -f); ``nul`` stores keys and
     values with a trailing NUL (the default; postmap -n turns it off).
@@ -201,10 +201,11 @@ def build_table(spec: str, *, default_type: str = "hash", fold: bool = True, nul
     _require_indexed(type_name)
     text, st = _read_source(name)
     db_path = name + ".lmdb"
+    # read lazily: a duplicate's warning comes in line order, as Postfix's
     if aliases:
-        parsed = maps.parse_alias_source(text, name, warn)
+        parsed = maps.iter_alias_source(text, name, warn)
     else:
-        parsed = maps.parse_source(text, name, warn)
+        parsed = maps.iter_source(text, name, warn)
     data = _dedupe(((k, v) for _, k, v in parsed), fold, dup, db_path, warn)
     if aliases:
         data.setdefault("@", "@")
@@ -287,4 +288,5 @@ def dump_table(spec: str, *, default_type: str = "hash") -> list[tuple[str, str]
     data = getattr(table, "data", None)
     if isinstance(data, dict):
         return list(data.items())
-    return []  # pattern tables cannot be listed (Postfix prints nothing either)
+    # pattern, static, composite... tables cannot be listed: Postfix's words
+    raise BuildError(f"table {type_name}:{name}: sequence operation is not supported")
