@@ -239,6 +239,16 @@ def test_signal_while_writing(conf, sig):
 
 DEBIAN = {"postmap": "/usr/sbin/postmap", "postalias": "/usr/sbin/postalias"}
 
+
+@pytest.fixture(params=["ours", "debian"])
+def argv(request):
+    """Our postmap, then Debian's (skipped when it is not installed)."""
+    if request.param == "ours":
+        return POSTMAP
+    if not os.path.exists(DEBIAN["postmap"]):
+        pytest.skip("Debian's postfix is not installed")
+    return [DEBIAN["postmap"]]
+
 # Sources whose keys and names Postfix reads in ways easy to get wrong: a key ends at
 # white space outside quotes and not after a backslash (and keeps both), an unbalanced
 # quote drops the line, a "key:" is warned about; an alias name is RFC 822 tokens
@@ -343,13 +353,10 @@ MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
 def test_query_message_headers_and_body(conf, argv):
     """-h / -b with -q -: a message's primary headers (a folded one is one key) / body
     lines as keys, as header_checks and body_checks see them; -q - takes each line as
     it is, white space and empty lines too."""
-    if not os.path.exists(argv[0]):
-        pytest.skip("Debian's postfix is not installed")
     table = conf / "checks"
     table.write_text(MESSAGE_TABLE)
     spec = f"regexp:{table}"
@@ -382,10 +389,7 @@ SPEC_ANSWERS = {
 }
 
 
-@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
 def test_inline_and_static_specs_as_postfix(conf, argv):
-    if not os.path.exists(argv[0]):
-        pytest.skip("Debian's postfix is not installed")
     for spec, answer in SPEC_ANSWERS.items():
         got = run(argv, conf, "-q", "b", spec)
         if answer.startswith("fatal: "):
@@ -395,10 +399,7 @@ def test_inline_and_static_specs_as_postfix(conf, argv):
             assert (got.returncode, got.stdout) == (0, answer + "\n"), spec
 
 
-@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
 def test_dump_of_a_table_that_cannot_be_listed_is_refused(conf, argv):
-    if not os.path.exists(argv[0]):
-        pytest.skip("Debian's postfix is not installed")
     table = conf / "r"
     table.write_text("/a/ b\n")
     for spec in (f"regexp:{table}", f"pcre:{table}", "static:x"):
@@ -434,11 +435,8 @@ def test_non_utf8_source_lines_are_skipped_with_smtputf8(conf, program, ours):
                               capture_output=True, timeout=60).stdout == "\u00e9\n".encode()
 
 
-@pytest.mark.parametrize("argv", [POSTMAP, ["/usr/sbin/postmap"]], ids=["ours", "debian"])
 def test_delete_keys_from_stdin_as_written(conf, argv):
     """``-d -`` takes each line as the key, white space included, as Postfix does."""
-    if not os.path.exists(argv[0]):
-        pytest.skip("Debian's postfix is not installed")
     src = conf / "t"
     src.write_text("a 1\nb 2\n")
     assert run(argv, conf, str(src)).returncode == 0
