@@ -429,3 +429,17 @@ def test_cidr_lines_that_are_no_rule_as_postfix(tmp_path, postmap: str) -> None:
     assert warned == [f"cidr map {path}, {w}: skipping this rule" for w in CIDR_RULES_WARNINGS] + [
         f"cidr map {path}, line 21: IF has no matching ENDIF",
         f"cidr map {path}, line 20: IF has no matching ENDIF"]
+
+
+@pytest.mark.parametrize("postmap", ["ours", "debian"])
+def test_pcre_match_limit_is_no_match_with_a_warning(tmp_path, postmap: str) -> None:
+    """A key that runs into PCRE2's match limit (catastrophic backtracking) matches no
+    rule, with Postfix's warning; the next rules are still tried."""
+    argv = _postmap_argv(postmap)
+    (tmp_path / "main.cf").write_text("")
+    path = tmp_path / "t.pcre"
+    path.write_text("/^(a+)+$/ catastrophic\n/b$/ next\n")
+    proc = subprocess.run([*argv, "-c", str(tmp_path), "-q", "a" * 40 + "b", f"pcre:{path}"],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "next\n")
+    assert proc.stderr.endswith(f"warning: pcre map {path}, line 1: match limit exceeded\n")

@@ -35,7 +35,10 @@ case, ``m`` multi-line, ``s`` dot matches newline, ``x`` extended syntax,
 ``A`` anchored at the start, ``E`` ``$`` matches only at the very end, ``U``
 ungreedy; ``X``
 is ignored with Postfix's warning ``ignoring obsolete regexp option "X"``.
-Keys that are not valid UTF-8 match no pcre rule.
+Keys that are not valid UTF-8 match no pcre rule; nor does a key that runs
+into PCRE2's limits (``pcre map NAME, line N: match limit exceeded``, as
+Postfix warns). regexp rules run on Python's ``re``, which has no such limit
+(nor has POSIX regexec in Postfix): a catastrophic pattern takes its time.
 
 The result may use ``$1``..``$9`` (and ``${n}``, ``$(n)``) for the text of a
 parenthesised group (empty when the group did not take part), and ``$$`` for
@@ -364,6 +367,9 @@ class RegexpTable(Table):
             try:
                 return method(key)
             except UnicodeError:  # not valid UTF-8: Postfix's PCRE2 matches nothing either
+                return None
+            except pcre2.LibraryError as e:  # e.g. PCRE2's match limit: no match, as Postfix
+                self._warn(lineno, str(e))
                 return None
         return _Compiled(search, regex.groups)
 
