@@ -16,7 +16,13 @@ DESCRIPTION
     Each client connection (one per smtpd process, carrying all its
     sessions) remembers the connects it registered; when it closes, those
     not disconnected are disconnected, so a crashed smtpd frees its counts.
-    anvil is resident: the state it holds is the point of it.
+    anvil is resident: the state it holds is the point of it. When master
+    reloads (or goes away) it closes every client connection as soon as its
+    requests are answered and exits, as Postfix's anvil exits at once: it is
+    one process (maxproc 1), so the new generation's anvil starts only when
+    this one has gone, and an smtpd session of the old generation that kept
+    it would hold back every new client's greeting. smtpd reconnects for its
+    next request; counts start again, as after any anvil restart.
 
 SECURITY
     Runs as mail_owner, listens only in private/. A request is two short
@@ -195,7 +201,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         return handle(anvil, mine, req)
 
     try:
-        await attr.serve_pipelined(reader, writer, handler)
+        await attr.serve_pipelined(reader, writer, handler, ctx.stopping)
     finally:
         for ident, open_connects in mine.items():
             for _ in range(open_connects):

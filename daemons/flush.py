@@ -52,7 +52,10 @@ SECURITY
 
     * the mail system (root, mail_owner, flush's own uid: ``access.trusted_peer``:
       smtpd's ETRN, the delivery agents' ``add``) makes any request, many on
-      one connection (``attr.serve_pipelined``);
+      one connection (``attr.serve_pipelined``), which is closed once its
+      requests are answered when flush goes away (a reload), so that a
+      connection an smtpd of the old generation keeps open does not keep
+      an old flush process running;
     * any other user is refused unless authorized_flush_users allows it
       (status 77, EX_NOPERM, and Postfix's ``User NAME(UID) is not allowed to
       flush the mail queue``, which postqueue prints as showq's refusal), and
@@ -289,7 +292,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         async def handler(req: attr.AttrList) -> dict[str, Any]:
             return await handle(logs, req)
 
-        await attr.serve_pipelined(reader, writer, handler)
+        await attr.serve_pipelined(reader, writer, handler, ctx.stopping)
         return
     reply = access.service_refusal(ctx.config, "authorized_flush_users", uid,
                                    "flush the mail queue")

@@ -149,3 +149,23 @@ def test_sendmail_bs_is_not_counted(new_instance) -> None:  # type: ignore[no-un
         assert smtp.send("QUIT") == "221 2.0.0 Bye"
         assert smtp.close() == 0
     assert "limit exceeded" not in inst.log() and "problem talking" not in inst.log()
+
+
+def test_a_reload_with_an_old_session_open_greets_new_clients(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """anvil is one process: a session of the old generation that stays open after a
+    reload must not keep the old anvil running, or the new smtpd waits for the new anvil
+    and new clients for their greeting until that session ends (Postfix's anvil exits
+    at once when master reloads; smtpd reconnects)."""
+    inst = new_instance(settings=NOT_EXEMPT)
+    inst.start()
+    with connection(inst) as (held, first):
+        assert first.startswith("220 ")
+        [old_anvil] = wait_until(lambda: inst.daemons().get("anvil", []), what="anvil to start")
+        inst.postfix("reload")
+        inst.wait_log(r"postfix/master\[\d+\]: reload")
+        with socket.create_connection(("127.0.0.1", inst.port), timeout=15) as new:
+            assert new.makefile("rb").readline().startswith(b"220 ")
+        wait_until(lambda: not os.path.exists(f"/proc/{old_anvil}"), 15,
+                   what="the old anvil to exit")
+        held.sendall(b"NOOP\r\n")  # the old session goes on
+        assert held.makefile("rb").readline().startswith(b"250 ")
