@@ -185,6 +185,26 @@ def test_wakeup_services_start_at_once_and_are_woken(new_instance) -> None:  # t
     inst.wait_log(r"trigger 'W' on later$")
 
 
+def test_a_wakeup_service_failing_after_its_start_is_no_fork_loop(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A resident service that fails soon after it started (as qmgr on a bad setting
+    it reads only when mail comes) is replaced at once only once per
+    service_throttle_time; after that at its next wake-up or client, as Postfix's
+    master starts one: never a fork loop."""
+    inst = make(new_instance, "trig unix n - n 300 1 pmsfixtures.triggerlog fatal\n")
+    inst.start(wait_smtp=False)
+    failed = r"warning: process /\S+/pmsfixtures.triggerlog pid \d+ exit status 1$"
+    inst.wait_log(failed, count=2)  # the first process and its one replacement
+    time.sleep(3)
+    assert len([line for line in inst.log().splitlines() if re.search(failed, line)]) == 2
+    assert service_pids(inst, "trig") == []
+    # a client still starts one on demand
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(inst.queue_dir / "public" / "trig"))
+        s.sendall(b"I")
+    inst.wait_log(r"trigger 'I' on trig$")
+    inst.wait_log(failed, count=3)
+
+
 def test_wakeup_service_is_kept_running(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = make(new_instance, TRIGGERS)
     inst.start(wait_smtp=False)

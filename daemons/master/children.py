@@ -90,6 +90,7 @@ class Service:
     used: bool = False
     watching: bool = False
     last_limit_warning: float = -LIMIT_WARNING_INTERVAL
+    failure_restart: float = float("-inf")  # a failed wake-up process last replaced at once
 
     @property
     def name(self) -> str:

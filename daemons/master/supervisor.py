@@ -16,7 +16,12 @@ once per 1000 s.
 Wake-ups: a service with wakeup N > 0 gets a ``W`` trigger every N seconds
 (connect + write for sockets, a write to the FIFO), the first one at
 start-up; when its last process exits it is triggered (and so restarted) at
-once. ``N?`` services are woken only after they have been used. A wake-up
+once, but after a failure (exit status, signal) only once per
+``service_throttle_time``: a process that fails again within that time is
+replaced at the next wake-up or client, as Postfix's master starts one only
+then, so that a daemon that fails soon after it started (qmgr on a setting
+it reads only when mail comes) never turns into a fork loop. ``N?``
+services are woken only after they have been used. A wake-up
 never blocks master, and connects with mail_owner's rights, as the
 listeners are made.
 
@@ -377,13 +382,15 @@ class Master:
     def path_of(self, svc: Service) -> str:
         return os.path.join(self.daemon_directory, svc.entry.command)
 
-    def throttle(self, svc: Service) -> None:
+    def throttle_time(self) -> float:
         assert self.cfg is not None
         try:
-            delay = self.cfg.get_time("service_throttle_time")
+            return self.cfg.get_time("service_throttle_time")
         except ConfigError:
-            delay = 60
-        svc.throttle_until = time.monotonic() + delay
+            return 60
+
+    def throttle(self, svc: Service) -> None:
+        svc.throttle_until = time.monotonic() + self.throttle_time()
         self.unwatch(svc)
 
     def on_status(self, child: Child) -> None:
@@ -445,7 +452,12 @@ class Master:
                 self.throttle(svc)
             if (svc.entry.wakeup > 0 and not svc.entry.wakeup_after_use
                     and not self.current(svc)):
-                svc.next_wakeup = time.monotonic()
+                now = time.monotonic()
+                if not failed:
+                    svc.next_wakeup = now
+                elif now - svc.failure_restart >= self.throttle_time():
+                    svc.failure_restart = now
+                    svc.next_wakeup = now
 
     # -- reload and stop -----------------------------------------------------
     def reload(self) -> None:
