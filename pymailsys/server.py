@@ -26,14 +26,20 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
 * client_limit: the process takes at most this many clients at once; at the
   limit it stops accepting (so master starts another process for the next one)
   and reports ``B``. A client counts from the moment it is accepted.
-* clients_are_processes (smtpd, cleanup: Postfix's serve one client per
-  process, so master.cf's maxproc limits their clients): the service's process
-  limit (master's ``-l``, ``-p N``) is this process's client limit too, and at
+* clients_are_processes (smtpd: Postfix's serves one client per process, so
+  master.cf's maxproc limits its clients): the service's process limit
+  (master's ``-l``, ``-p N``) is this process's client limit too, and at
   that limit it stops accepting but stays available (``A``), so that master
   starts no second process and a new client waits in the listen queue, as with
   Postfix at its process limit; it logs Postfix's ``service "NAME" (NAME) has
   reached its process limit "N": new clients may experience noticeable delays``
-  at most once per 1000 s. maxproc 0 (``-z``) leaves client_limit as it is.
+  at most once per 1000 s (``warn_process_limit``). maxproc 0 (``-z``) leaves
+  client_limit as it is. ``ctx.process_limit`` is that limit for every
+  service (0: none): one whose Postfix counterpart runs a process per request
+  while its own clients keep connections open between requests (cleanup: a
+  message per Postfix process; smtpd and pickup keep their connections) applies
+  it to its requests in progress itself, since counting its connections
+  would let idle ones hold every place.
 * going away (lifeline end of file, max_use, max_idle): stop accepting, close
   the listeners, finish the clients being served and exit. Trigger
   connections are closed at once; attribute-protocol services pass
@@ -98,6 +104,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,6 +144,21 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     terminated: bool = False  # SIGTERM: on_stop must not linger (master kills in 3 s)
     state: dict = field(default_factory=dict)
+    process_limit: int = 0  # master.cf's maxproc as master passed it (-l, -p N); 0: none
+    limit_warned: float = float("-inf")  # when warn_process_limit last logged
+
+
+def warn_process_limit(ctx: Context) -> None:
+    """Master's process-limit warning, from the process that holds the service's
+    whole limit, at most once per LIMIT_WARNING_INTERVAL."""
+    now = time.monotonic()
+    if not ctx.process_limit or ctx.stopping.is_set() \
+            or now - ctx.limit_warned < LIMIT_WARNING_INTERVAL:
+        return
+    ctx.limit_warned = now
+    name = ctx.service
+    log.warning(f'service "{name}" ({name}) has reached its process limit '
+                f'"{ctx.process_limit}": new clients may experience noticeable delays')
 
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
@@ -255,7 +277,6 @@ class _Runner:
                  trigger_by_size: bool = False, process_limit: int = 0) -> None:
         self.ctx = ctx
         self.process_limit = process_limit  # clients_are_processes: the service's maxproc
-        self.last_limit_warning = -LIMIT_WARNING_INTERVAL
         self.serve = serve
         self.trigger_by_size = trigger_by_size
         self.serve_connection = serve_connection
@@ -321,7 +342,8 @@ class _Runner:
         for _ in range(32):
             if self.ctx.stopping.is_set() or self.active >= self.client_limit:
                 self.pause_accepting()
-                self._warn_at_process_limit()
+                if self.process_limit:
+                    warn_process_limit(self.ctx)
                 break
             try:
                 # Not sock.accept(): see _accepted_class.
@@ -397,17 +419,6 @@ class _Runner:
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         await self.on_client(reader, writer)
-
-    def _warn_at_process_limit(self) -> None:
-        """Master's warning, from the process that holds the service's whole limit."""
-        now = asyncio.get_running_loop().time()
-        if not self.process_limit or self.ctx.stopping.is_set() \
-                or now - self.last_limit_warning < LIMIT_WARNING_INTERVAL:
-            return
-        self.last_limit_warning = now
-        name = self.ctx.service
-        log.warning(f'service "{name}" ({name}) has reached its process limit '
-                    f'"{self.process_limit}": new clients may experience noticeable delays')
 
     def client_done(self) -> None:
         self.active -= 1
@@ -596,22 +607,23 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         # no master to start another process for the next client: take them all
         client_limit = max(client_limit, 1000)
     process_limit = 0
-    if clients_are_processes and "-L" not in flags:
+    if "-L" not in flags:
         process_limit = 1 if "-l" in flags else int(flags.get("-p", "0") or 0)
-        if process_limit > 0:
-            client_limit = min(client_limit, process_limit)
+    per_client = process_limit if clients_are_processes else 0
+    if per_client > 0:
+        client_limit = min(client_limit, per_client)
     prepared = pre_init(cfg) if pre_init is not None else None
     _use_fast_loop()  # before the privilege drop: the interpreter's files may be root's alone
     if "-u" in flags:
         drop_privileges(cfg)
     ctx = Context(cfg, Spool.from_config(cfg), program, service, transport, rest,
-                  verbose="-v" in flags)
+                  verbose="-v" in flags, process_limit=max(process_limit, 0))
     if pre_init is not None:
         ctx.state["pre_init"] = prepared
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
                           client_limit, serve_connection, protocol, tls, trigger_by_size,
-                          process_limit))
+                          per_client))
     except KeyboardInterrupt:
         pass
 

@@ -91,7 +91,7 @@ def test_start_status_pid_file_and_children(new_instance) -> None:  # type: igno
     args = cmdline(child)
     assert args[1:4] == ["-P", "-m", "pmsfixtures.echo"]
     # -p: the process limit (master.cf's 2; "-" is default_process_limit), which
-    # smtpd and cleanup apply to their clients
+    # smtpd applies to its clients and cleanup to its messages
     assert args[4:] == ["-c", str(inst.config_dir), "-n", "echo", "-t", "unix", "-u",
                         "-p", "2"]
     inet_child, _ = echo_inet(inst.port)  # a bare port binds inet_interfaces (127.0.0.1)

@@ -214,3 +214,26 @@ def test_maxproc_limits_smtp_sessions_as_postfix_processes(new_instance) -> None
     smtpd = subprocess.run(["pgrep", "-f", f"smtpd -c {inst.config_dir} "], capture_output=True,
                            text=True).stdout.split()
     assert len(smtpd) == 1, smtpd
+
+
+def test_cleanup_maxproc_counts_messages_not_the_connections_clients_keep(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """master.cf's maxproc for cleanup (1 here) is how many messages it takes at once, as
+    Postfix's one message per cleanup process. smtpd keeps its connection to cleanup
+    open between messages: counted as a client it would hold the only place for good,
+    and a local submission (pickup's connection) would wait for ever."""
+    import re
+
+    inst = new_instance()
+    master_cf = inst.config_dir / "master.cf"
+    text, n = re.subn(r"(?m)^(cleanup\s+unix(?:\s+\S+){4}\s+)0(\s+cleanup)", r"\g<1>1\2",
+                      master_cf.read_text())
+    assert n == 1
+    master_cf.write_text(text)
+    inst.start()
+    inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: over smtp\r\n\r\nx\r\n")
+    local = f"To: {ME}@localhost\nSubject: from sendmail\n\ny\n"
+    assert inst.tool("sendmail", "-t", input=local, timeout=30).returncode == 0
+    inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: again\r\n\r\nz\r\n")
+    subjects = sorted(re.search(rb"\nSubject: ([^\r\n]*)", m).group(1)  # type: ignore[union-attr]
+                      for m in maildir_messages(inst, 3, timeout=30))
+    assert subjects == [b"again", b"from sendmail", b"over smtp"]

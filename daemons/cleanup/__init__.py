@@ -9,7 +9,12 @@ DESCRIPTION
     request/reply contract in ``pymailsys.ipc.services`` (one request per
     message, its content in the request or streamed in follow-up lists;
     clients keep connections open and pipeline requests, which are handled
-    concurrently and answered in order). For each message it:
+    concurrently and answered in order). master.cf's maxproc (other than 0,
+    unlimited, as shipped) is how many messages it takes at once, as
+    Postfix's one message per cleanup process: a request beyond that waits
+    for one to end (with master's ``has reached its process limit`` warning
+    at most once per 1000 s); connections are not counted, since clients keep
+    idle ones. For each message it:
 
     * rewrites the envelope sender and recipients in the local context
       (``pymailsys.address.rewrite``: source routes, bang paths, the percent hack,
@@ -724,6 +729,8 @@ async def _start(ctx: server.Context) -> None:
     grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
     persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
     ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
+    # master.cf's maxproc: messages in progress, as many as Postfix's cleanup processes
+    ctx.state["slots"] = asyncio.Semaphore(ctx.process_limit) if ctx.process_limit else None
 
 
 async def _stop(ctx: server.Context) -> None:
@@ -739,10 +746,20 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if not server.peer_is_mail_system(writer, ctx.config):
         log.warning(f"{PROGRAM}: refused a connection from an unprivileged local user")
         return
-    await attr.serve_streamed(reader, writer, service.handle, ctx.stopping)
+    slots: asyncio.Semaphore | None = ctx.state["slots"]
+    if slots is None:
+        await attr.serve_streamed(reader, writer, service.handle, ctx.stopping)
+        return
+
+    async def one_message(req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
+        if slots.locked():
+            server.warn_process_limit(ctx)
+        async with slots:
+            return await service.handle(req, more)
+
+    await attr.serve_streamed(reader, writer, one_message, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:
-    server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv,
-               clients_are_processes=True)
+    server.run(PROGRAM, serve=serve, on_start=_start, on_stop=_stop, argv=argv)
 
