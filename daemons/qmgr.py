@@ -80,12 +80,16 @@ DESCRIPTION
     until ``minimal_backoff_time`` has passed, are deferred untried
     (``status=deferred (delivery temporarily suspended: REASON)``, logged by
     qmgr). Then it is tried again with a window of 1. ``F`` forgets every
-    dead destination. At most ``default_process_limit`` requests per
-    transport are in flight, over long-lived pipelined connections
-    (``AgentPool``: master starts one agent process per connection for
-    one-client agents such as local), with the message's common attributes
-    built once. Each request goes to the least-loaded connection; when all
-    are busy another is opened, up to ``default_process_limit``;
+    dead destination. At most the transport's process limit of requests
+    are in flight (master.cf's maxproc of its unix service, ``-`` being
+    ``default_process_limit``, and never more than that: as many deliveries
+    at once as Postfix's agent processes make), over long-lived pipelined
+    connections (``AgentPool``: master starts one agent process per
+    connection for one-client agents such as local, and no more than that
+    limit: a connection beyond it would wait for ever for its agent), with
+    the message's common attributes built once. Each request goes to the
+    least-loaded connection; when all are busy another is opened, up to
+    that limit;
     connections beyond ``AGENT_CONNECTIONS`` that stay idle for
     ``max_idle`` are closed. qmgr opens each agent connection with the hello
     ``protocol=delivery_request_protocol`` (``pymailsys.ipc.attr``: Postfix's
@@ -191,7 +195,7 @@ from dataclasses import dataclass, field
 
 from pymailsys import dsn, log, server
 from pymailsys.address import resolve
-from pymailsys.config import params
+from pymailsys.config import Config, ConfigError, master_cf, params
 from pymailsys.delivery.agent import (
     DeliveryResult,
     batch_request_attrs,
@@ -414,6 +418,7 @@ class Qmgr:
         self.open_file_budget = _open_file_budget()
         self.open_file_warned = False
         self.process_limit = max(cfg.get_int("default_process_limit"), 1)
+        self.agent_limits = _agent_process_limits(cfg, self.process_limit)
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.active: dict[str, Message] = {}
         self.slot_free = asyncio.Event()
@@ -491,7 +496,7 @@ class Qmgr:
             cohort_limit=max(self._transport_int(
                 transport, "destination_concurrency_failed_cohort_limit",
                 "default_destination_concurrency_failed_cohort_limit"), 0),
-            process_limit=self.process_limit)
+            process_limit=self.agent_limits.get(transport, self.process_limit))
         self._policies[transport] = policy
         return policy
 
@@ -504,7 +509,8 @@ class Qmgr:
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
         if p is None:
-            p = AgentPool(self.spool.private(transport), self.process_limit, self.ipc_timeout)
+            p = AgentPool(self.spool.private(transport),
+                          self.agent_limits.get(transport, self.process_limit), self.ipc_timeout)
             self.pools[transport] = p
         return p
 
@@ -1250,6 +1256,19 @@ def _not_empty(path: str) -> bool:
         return os.stat(path).st_size > 0
     except OSError:
         return False
+
+
+def _agent_process_limits(cfg: Config, default: int) -> dict[str, int]:
+    """master.cf's process limit of each unix service that has one below ``default``
+    (``-`` is default_process_limit, 0 none): master starts no more agents than that."""
+    path = os.path.join(cfg.config_dir, "master.cf")
+    try:
+        entries = master_cf.parse_file(path)
+    except (ConfigError, OSError) as e:
+        log.warning(f"{path}: {e}: every transport's process limit is default_process_limit")
+        return {}
+    limits = {e.name: e.maxproc for e in entries if e.type == "unix"}  # a later entry wins
+    return {name: limit for name, limit in limits.items() if limit and limit < default}
 
 
 def _open_file_budget() -> int:

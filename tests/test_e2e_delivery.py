@@ -120,3 +120,24 @@ def test_missing_headers_not_added_for_remote_clients(new_instance) -> None:  # 
     (delivered,) = inst.wait_maildir(1)
     assert b"\nMessage-Id:" not in delivered and b"\nDate:" not in delivered
     inst.wait_log(rf"{queue_id}: message-id=")
+
+
+def test_local_process_limit_is_how_many_deliveries_run_at_once(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """master.cf's maxproc for local (1 here): qmgr makes one local delivery at a time,
+    as Postfix's one local process would, and opens no connection that no local
+    process will ever take (the deliveries sent on it would wait for ipc_timeout)."""
+    inst: Instance = new_instance(maildir=True)
+    master_cf = inst.config_dir / "master.cf"
+    text, n = re.subn(r"(?m)^(local\s+unix(?:\s+\S+){4}\s+)-(\s+local)", r"\g<1>1\2",
+                      master_cf.read_text())
+    assert n == 1
+    master_cf.write_text(text)
+    inst.write("etc/aliases", f"postmaster: {ME}\n" + "".join(f"a{i}: {ME}\n" for i in range(4)))
+    inst.tool("newaliases", check=True)
+    inst.start()
+    queue_id = inst.send(f"{ME}@localhost", [f"a{i}@localhost" for i in range(4)],
+                         b"Subject: four\r\n\r\nx\r\n")
+    inst.wait_log(rf"{queue_id}: removed", timeout=40)
+    sent = re.findall(rf"{queue_id}: to=<[^>]*>, orig_to=<a\d@localhost>, .*status=sent",
+                      inst.log())
+    assert len(sent) == 4
