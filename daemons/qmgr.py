@@ -227,6 +227,7 @@ STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
 FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
+SEND_ATTEMPTS = 3  # connections tried for a request not yet written (Qmgr._send)
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
 SUSPENDED = "delivery temporarily suspended"
@@ -1024,14 +1025,22 @@ class Qmgr:
         return batch_request_attrs(msg.common, entry.nexthop, rcpts)
 
     async def _send(self, conn: _Conn, entry: Entry) -> tuple[float, asyncio.Future[AttrList]]:
-        """Write an entry's request on a connection: (when, the future of its reply)."""
+        """Write an entry's request on a connection: (when, the future of its reply).
+
+        A connection that fails before the request is written (an agent that master
+        started just before a reload took it and went away without answering the
+        hello) is opened again, up to SEND_ATTEMPTS times: nothing went out on it,
+        so the mail is not deferred for a backoff over a reload."""
         start = time.time()
-        try:
-            return start, await conn.client.send(self._request(entry))
-        except (ProtocolError, OSError) as e:
-            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
-            failed.set_exception(e)
-            return start, failed
+        error: Exception = ProtocolError(f"{conn.client.path}: not connected")
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                return start, await conn.client.send(self._request(entry))
+            except (ProtocolError, OSError) as e:
+                error = e
+        failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        failed.set_exception(error)
+        return start, failed
 
     async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
                        reply_future: asyncio.Future[AttrList], lane: _Lane | None = None,
