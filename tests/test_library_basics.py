@@ -146,3 +146,40 @@ def test_attr_client_timeout_and_a_cancelled_caller(tmp_path) -> None:  # type: 
     assert second == 2
     assert hung == f"{path}: timeout"
     assert behind == f"{path}: timeout"
+
+
+def test_attr_client_request_on_a_connection_that_breaks_leaves_no_unretrieved_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A server that goes away while a large request is still being written: the
+    request fails with ProtocolError, and asyncio reports no "Future exception was
+    never retrieved" (seen in master's log as smtpd's stderr during reloads)."""
+    import gc
+
+    path = str(tmp_path / "s")
+    reported: list[str] = []
+
+    async def run() -> str:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: reported.append(context["message"]))
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(10)
+            writer.transport.abort()  # a reset, with most of the request unread
+
+        server = await asyncio.start_unix_server(serve, path)
+        client = attr.AttrClient(path, timeout=10)
+        try:
+            await client.request([("data", b"x" * (8 << 20))])
+        except attr.ProtocolError as e:
+            outcome = type(e).__name__
+        else:
+            outcome = "answered"
+        await client.close()
+        server.close()
+        await server.wait_closed()
+        gc.collect()
+        await asyncio.sleep(0.1)
+        return outcome
+
+    assert asyncio.run(run()) == "ProtocolError"
+    gc.collect()
+    assert not [m for m in reported if "never retrieved" in m], reported

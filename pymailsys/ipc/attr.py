@@ -649,6 +649,8 @@ class AttrClient:
             return await fut
         except ConnectionError as e:
             self._fail_all(e)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed already by the reader: ours to report, not asyncio's
             raise ProtocolError(f"{self.path}: {e}") from None
         finally:
             timer.cancel()
