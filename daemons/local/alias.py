@@ -192,9 +192,8 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
         s.done(req, DeliveryResult.bounced(f"alias database loop for {path}", "5.4.6"))
         return
     if not path.startswith("/"):
-        s.done(req, DeliveryResult.bounced(
-            f"mail system configuration error: include file {path} is not an absolute path",
-            "5.3.5"))
+        log.warning(f":include:{path} uses a relative path")
+        s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
         return
     owner = -1  # the owner root's stat saw (-1: not asked, the rights are a user's)
     try:
@@ -215,17 +214,19 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
         with privileges.as_user(ids.uid, ids.gid):
             text, st = read_file(path)
     except (privileges.PrivilegeError, OSError, FileRefused) as e:
-        s.done(req, results.failure(e, f"cannot open include file {path}: "))
+        # the details go to the log, not to the sender (Postfix's deliver_include)
+        found = results.failure(e)
+        detail = found.reason.removeprefix(results.CONFIG_ERROR_TEXT + ": ")
+        log.warning(f"cannot open include file {path}: {detail}")
+        s.done(req, DeliveryResult.from_dsn(found.dsn, results.CONFIG_ERROR_TEXT))
         return
     if owner >= 0 and st.st_uid != owner:  # replaced between the stat and the open
         log.warning(f"include file {path} changed owner while it was opened")
-        s.done(req, DeliveryResult.deferred(f"cannot open include file {path}: "
-                                            "file replaced while it was opened"))
+        s.done(req, DeliveryResult.deferred(results.CONFIG_ERROR_TEXT, "4.3.5"))
         return
     if st.st_mode & stat.S_IWOTH:
-        s.done(req, DeliveryResult.bounced(
-            f"mail system configuration error: include file {path} is world writable",
-            "5.3.5"))
+        log.warning(f":include: file {path} is world writable")
+        s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
         return
     unmatched = lvl.unmatched if INCLUDE in agent.propagate else ""
     await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt,

@@ -26,7 +26,8 @@ from pymailsys.delivery.mailbox import MailboxError, errno_dsn, maildir_access_w
 # a per-user table (mailbox_transport_maps...) that cannot answer: Postfix's words
 TABLE_FAILURE = DeliveryResult.deferred("table lookup failure", "4.3.0")
 # a setting that cannot be used as it stands (details in a warning)
-CONFIG_ERROR = DeliveryResult.deferred("mail system configuration error", "4.3.5")
+CONFIG_ERROR_TEXT = "mail system configuration error"  # all a sender is told; details: the log
+CONFIG_ERROR = DeliveryResult.deferred(CONFIG_ERROR_TEXT, "4.3.5")
 # Postfix's local(8): a Maildir it cannot create or link into is the user's problem, final
 MAILDIR_CREATE_DSN = "5.2.0"
 
