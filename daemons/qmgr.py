@@ -58,9 +58,16 @@ DESCRIPTION
     myhostname), and handed to the agent that serves
     ``private/TRANSPORT``; a transport without a socket there (not built or
     not running; not looked for while qmgr holds a connection to it) defers the recipient with ``mail transport unavailable``
-    (4.3.0). qmgr plays Postfix's error and discard agents itself: transport
-    ``error`` bounces with its nexthop text (``4.X.Y text`` defers), transport
-    ``discard`` is ``status=sent`` with the nexthop as the reason.
+    (4.3.0). qmgr plays Postfix's error, retry and discard agents itself:
+    transport ``error`` bounces with its nexthop text (``4.X.Y text`` defers),
+    ``retry`` defers with it (4.0.0 when it has no code), transport
+    ``discard`` is ``status=sent`` with the nexthop as the reason. A
+    recipient whose transport is in ``defer_transports`` is deferred untried
+    (``dsn=4.3.2, status=deferred (deferred transport)``), unless a flush
+    took its message: a scan after trigger ``F`` (``postqueue -f``,
+    ``sendmail -q``, the flush service), or a file with the group read bit
+    (``postqueue -i``: its dead destinations are also tried again; qmgr
+    clears the bit), as Postfix's QMGR_FLUSH_DFXP and QMGR_FLUSH_EACH.
 
     Scheduling (``pymailsys.queue.scheduler``, Postfix's SCHEDULING and
     CONCURRENCY): the recipients of a message are grouped per destination
@@ -166,7 +173,7 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     info_log_address_format (``from=<…>`` and ``to=<…>``: ``log.address``),
-    authorized_flush_users, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
+    authorized_flush_users, defer_transports, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
     qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
     default_process_limit, default_destination_concurrency_limit,
@@ -235,7 +242,10 @@ FORCE_EXPIRED = "message is administratively expired"  # Postfix's qmgr_message.
 BOUNCE_LOG_FAILURE = "bounce or trace service failure"  # Postfix's words, bounce.c and sent.c
 TRACE_LOG_FAILURE = "trace service failed"
 ERROR_TRANSPORT = "error"
+RETRY_TRANSPORT = "retry"
 DISCARD_TRANSPORT = "discard"
+INTERNAL_TRANSPORTS = (ERROR_TRANSPORT, RETRY_TRANSPORT, DISCARD_TRANSPORT)
+DEFERRED_TRANSPORT = "4.3.2 deferred transport"  # Postfix's qmgr_message_resolve
 DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
 
 
@@ -271,16 +281,21 @@ def _number(text: str) -> int:
 
 
 def internal_result(where: Route) -> DeliveryResult:
-    """The result of Postfix's error and discard agents, which qmgr plays itself.
+    """The result of Postfix's error, retry and discard agents, which qmgr plays itself.
 
     error: the nexthop is ``X.Y.Z text`` (or just text: 5.0.0); a 4.X.Y defers.
+    retry: the same, deferred (just text: 4.0.0; a code other than 4.X.Y is
+    4.0.0, as Postfix's defer_append).
     discard: sent, with the nexthop (or "discarded") as the reason.
     """
     if where.transport == DISCARD_TRANSPORT:
         return DeliveryResult.sent(where.nexthop or "discarded", "2.0.0")
+    retry = where.transport == RETRY_TRANSPORT
     dsn, _, text = where.nexthop.partition(" ")
     if not (dsn[:1] in ("4", "5") and dsn.count(".") == 2):
-        dsn, text = "5.0.0", where.nexthop
+        dsn, text = ("4.0.0" if retry else "5.0.0"), where.nexthop
+    if retry:
+        return DeliveryResult.deferred(text, dsn if dsn[0] == "4" else "4.0.0")
     return (DeliveryResult.deferred if dsn[0] == "4" else DeliveryResult.bounced)(text, dsn)
 
 
@@ -302,6 +317,8 @@ class Message:
     transports: set[str] = field(default_factory=set)  # those its last slice went to
     corrupt: bool = False  # an agent (or the bounce service) found the file damaged
     forced: bool = False  # postsuper -e: returned to the sender now (force-expired)
+    flushed: bool = False  # taken for a flush: defer_transports does not hold it back
+    unthrottle: bool = False  # postqueue -i: its dead destinations are tried again
 
 
 @dataclass
@@ -411,6 +428,7 @@ class Qmgr:
                         "adjusting bounce_queue_lifetime")
             self.bounce_lifetime = self.max_lifetime
         self.allow_min_user = cfg.get_bool("allow_min_user")
+        self.defer_transports = frozenset(cfg.get_list("defer_transports"))
         self.filter_nexthop = cfg.get("default_filter_nexthop"), cfg.get("myhostname")
         self.routes = resolve.ResolveCache(cfg)
         # local(8) delivers one recipient per request
@@ -441,6 +459,10 @@ class Qmgr:
         self.want_incoming = False
         self.want_deferred = False
         self.ignore_time = False
+        # the scans running (Qmgr.scanner), and the queues whose next scan is a
+        # flush (trigger F: defer_transports is lifted for the files it takes)
+        self.scans: dict[str, QueueScan | None] = {q.INCOMING: None, q.DEFERRED: None}
+        self.flush_next: set[str] = set()
         self.wake = asyncio.Event()
         self.last_deferred_scan = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -538,6 +560,11 @@ class Qmgr:
             elif ch == "F":
                 self.sched.forget_dead()
                 self.sched_wake.set()
+                # as Postfix's QMGR_FLUSH_DFXP: the scans running and the next ones
+                self.flush_next.update((q.INCOMING, q.DEFERRED))
+                for scan in self.scans.values():
+                    if scan is not None:
+                        scan.flush = True
             elif ch == "W":
                 self.want_incoming = True
                 if time.time() - self.last_deferred_scan >= self.queue_run_delay:
@@ -583,7 +610,7 @@ class Qmgr:
         """Admit messages while there is room (Postfix's qmgr_loop): the files cleanup
         named first, then one file from the incoming scan and one from the deferred
         scan in turn, so that new mail is not held back by a long deferred queue."""
-        scans: dict[str, QueueScan | None] = {q.INCOMING: None, q.DEFERRED: None}
+        scans = self.scans
         order = (q.INCOMING, q.DEFERRED)
         while not self.ctx.stopping.is_set():
             self.start_scans(scans)
@@ -601,11 +628,11 @@ class Qmgr:
                 for queue in order:
                     scan = scans[queue]
                     queue_id = scan.next(self.active) if scan is not None else None
-                    if queue_id is None:
+                    if scan is None or queue_id is None:
                         scans[queue] = None
                         continue
                     if queue_id:  # else: nothing due among the entries looked at so far
-                        self.take(queue_id, queue)
+                        self.take(queue_id, queue, flushed=scan.flush)
                     break
                 order = order[::-1]
             await asyncio.sleep(0)  # deliveries and replies run between admissions
@@ -615,14 +642,21 @@ class Qmgr:
         starts when it ends, except that a flush (``A``) restarts a timed deferred scan."""
         if self.want_incoming and scans[q.INCOMING] is None:
             self.want_incoming = False
-            scans[q.INCOMING] = QueueScan(self.spool, q.INCOMING)
+            scans[q.INCOMING] = self._scan(q.INCOMING)
         running = scans[q.DEFERRED]
         if self.want_deferred and (running is None
                                    or (self.ignore_time and not running.ignore_time)):
             self.want_deferred = False
-            scans[q.DEFERRED] = QueueScan(self.spool, q.DEFERRED, self.ignore_time)
+            scans[q.DEFERRED] = self._scan(q.DEFERRED, self.ignore_time)
             self.ignore_time = False
             self.last_deferred_scan = time.time()
+
+    def _scan(self, queue: str, ignore_time: bool = False) -> QueueScan:
+        scan = QueueScan(self.spool, queue, ignore_time)
+        if queue in self.flush_next:
+            self.flush_next.discard(queue)
+            scan.flush = True
+        return scan
 
     async def timer(self) -> None:
         while not self.ctx.stopping.is_set():
@@ -651,8 +685,9 @@ class Qmgr:
 
     # --- one message ------------------------------------------------------------------
 
-    def take(self, queue_id: str, queue: str, fresh: bool = False) -> None:
-        """Move a file into the active queue and start its deliveries."""
+    def take(self, queue_id: str, queue: str, fresh: bool = False, flushed: bool = False) -> None:
+        """Move a file into the active queue and start its deliveries; ``flushed``: a
+        flush's scan took it (defer_transports does not hold it back)."""
         try:
             path = self.spool.move(queue_id, queue, q.ACTIVE)
         except FileNotFoundError:
@@ -686,7 +721,14 @@ class Qmgr:
             self.put_back(queue_id, queue)
             return
         fcntl.flock(fd, fcntl.LOCK_SH)
-        forced = bool(os.fstat(fd).st_mode & q.MODE_EXPIRE)
+        mode = os.fstat(fd).st_mode
+        forced = bool(mode & q.MODE_EXPIRE)
+        unthrottle = bool(mode & q.MODE_UNTHROTTLE)
+        if unthrottle:  # postqueue -i: this attempt only (Postfix's MAYBE_UPDATE_MODE)
+            try:
+                os.fchmod(fd, stat.S_IMODE(mode) & ~q.MODE_UNTHROTTLE)
+            except OSError as e:
+                log.warning(f"{queue_id}: cannot update the file mode: {e.strerror}")
         # postsuper -e: as Postfix, a defer log from the last attempt is the notice's
         # text, and no recipient is tried again; without one, each is deferred here
         # ("administratively expired") and the message is then returned as expired
@@ -701,7 +743,8 @@ class Qmgr:
                                dsn_envid=env.attrs.get("dsn_envid", ""),
                                dsn_ret=_number(env.attrs.get("dsn_ret", "")),
                                smtputf8=env.smtputf8)
-        msg = Message(queue_id, path, fd, env, now, common, fresh, forced=forced)
+        msg = Message(queue_id, path, fd, env, now, common, fresh, forced=forced,
+                      flushed=flushed or unthrottle, unthrottle=unthrottle)
         self.active[queue_id] = msg
         if keep_log:
             msg.deferred, env.rcpt_more = 1, 0
@@ -767,6 +810,8 @@ class Qmgr:
             group = groups.get((where.transport, name))
             if group is None:
                 dest = self.sched.destination(where.transport, name)
+                if dest.dead and msg.unthrottle:
+                    self.sched.forget(dest)  # as Postfix's QMGR_FLUSH_EACH
                 if dest.dead:
                     self.suspend(msg, [rc], dest)
                     self._unload(msg, 1)
@@ -937,7 +982,9 @@ class Qmgr:
         if where.error:
             self.record(msg, rc, DeliveryResult.deferred(where.error), "none", start)
             return None
-        if where.transport in (ERROR_TRANSPORT, DISCARD_TRANSPORT):
+        if where.transport in self.defer_transports and not msg.flushed:
+            where = Route(RETRY_TRANSPORT, DEFERRED_TRANSPORT)
+        if where.transport in INTERNAL_TRANSPORTS:
             self.record(msg, rc, internal_result(where), "none", start)
             return None
         if not self.transport_available(where.transport):

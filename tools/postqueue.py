@@ -12,8 +12,10 @@ DESCRIPTION
         unavailable - mail system is down`` and exit 69.
     -f  flush: triggers F A D I to qmgr and W to pickup.
     -i  deliver one deferred message now: it moves from deferred/ to
-        incoming/ with its time stamps reset, then qmgr is triggered (this
-        needs the spool's owner or root: there is no flush daemon yet).
+        incoming/ with its time stamps reset and the group read bit set (qmgr
+        then tries its dead destinations and its defer_transports, as
+        Postfix's flush does), then qmgr is triggered (this needs the spool's
+        owner or root: there is no flush daemon yet).
     -s  fast flush for a site (as ETRN): the flush service moves the site's
         deferred mail to incoming/ and wakes qmgr. A site not in
         fast_flush_domains: ``Flush service is not configured for
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from typing import NoReturn
 
@@ -146,12 +149,26 @@ def flush_file(cfg: config_mod.Config, queue_id: str) -> None:
         return  # as Postfix's flush service: nothing to do
     try:
         os.utime(path, (0, 0), follow_symlinks=False)
+        _mark_unthrottle(path)
         spool.move(queue_id, queue.DEFERRED, queue.INCOMING)
     except FileNotFoundError:
         return
     except OSError as e:
         fatal(os.EX_UNAVAILABLE, f"Cannot flush queue ID {queue_id}: {e.strerror}")
     trigger.send_trigger(spool.public(cfg.get("queue_service_name")), trigger.SCAN_INCOMING)
+
+
+def _mark_unthrottle(path: str) -> None:
+    """Ask qmgr, through the file's mode, to try the message's dead destinations and
+    its defer_transports now (Postfix's flush: MAIL_QUEUE_STAT_UNTHROTTLE). fchmod on
+    the file opened without following links, never chmod on the name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | queue.MODE_UNTHROTTLE)
+    finally:
+        os.close(fd)
 
 
 def flush_site(cfg: config_mod.Config, site: str) -> None:

@@ -226,6 +226,8 @@ _TABLE: list[Param] = [
     _p("maximal_queue_lifetime", "5d", "time", "time a message may stay queued", "d"),
     _p("bounce_queue_lifetime", "5d", "time", "time a bounce may stay queued", "d"),
     _p("delay_warning_time", "0h", "time", "when to warn the sender of delayed mail", "h"),
+    _p("defer_transports", "", "list",
+       "transports whose mail waits in deferred/ until a flush (postqueue -f, sendmail -q)"),
     _p("qmgr_message_active_limit", "20000", "int", "messages in the active queue", minimum=1),
     _p("default_destination_concurrency_limit", "20", "int", "parallel deliveries per destination"),
     _p("local_destination_concurrency_limit", "2", "int", "parallel local deliveries per recipient"),

@@ -11,6 +11,8 @@ there when the scan began, and none that came back after it began (a newer
 ctime: a message the flush already tried); from incoming/ any file whose mtime
 is at most a second ahead (qmgr puts a file it found locked back with an mtime
 a minute ahead). Files come in directory order, as in Postfix, not by age.
+``flush`` is the caller's mark that a flush asked for the scan (qmgr then
+lifts defer_transports for the files it takes).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class QueueScan:
     def __init__(self, spool: q.Spool, queue: str, ignore_time: bool = False) -> None:
         self.queue = queue
         self.ignore_time = ignore_time
+        self.flush = False  # the caller's mark: a flush asked for this scan (trigger F)
         self.started = time.time()
         self._entries = q.walk_files(spool.dir(queue),
                                      descend=queue in spool.hashed and spool.depth > 0)

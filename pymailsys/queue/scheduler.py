@@ -27,7 +27,8 @@ temporarily suspended"), and entries for it are refused (``dead``) until
 ``backoff`` seconds have passed; then it is tried again with a window of 1,
 and its first success brings back the initial window. A success reported by
 a delivery that was still in flight also revives a dead destination.
-``forget_dead()`` (``postqueue -f``) forgets every dead destination.
+``forget_dead()`` (``postqueue -f``) forgets every dead destination,
+``forget(dest)`` (``postqueue -i``) one.
 
 Queued behind a delivery: for an agent that serves one request at a time
 per connection, the caller may send a destination's next entry behind one
@@ -271,11 +272,15 @@ class Scheduler(Generic[T]):
         """Forget every dead destination (``postqueue -f``): the next entry is tried at once."""
         for t in self.transports.values():
             for d in t.destinations.values():
-                if d.dead:
-                    d.dead_until, d.probing = 0.0, False
-                    d.window = max(t.policy.initial, 1)
-                    d.success = d.failure = d.fail_cohorts = 0.0
-                    self._ready(d)
+                self.forget(d)
+
+    def forget(self, dest: Destination[T]) -> None:
+        """Forget that a destination is dead (``postqueue -i`` of a message for it)."""
+        if dest.dead:
+            dest.dead_until, dest.probing = 0.0, False
+            dest.window = max(dest.transport.policy.initial, 1)
+            dest.success = dest.failure = dest.fail_cohorts = 0.0
+            self._ready(dest)
 
     def prune(self) -> None:
         """Drop destinations with nothing waiting or in flight whose dead time (if any) is over."""

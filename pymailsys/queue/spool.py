@@ -18,6 +18,9 @@ Completeness: a queue file is complete when its mode has the owner execute bit
 after the final record and before the fsync. Readers skip incomplete files.
 ``postsuper -e`` adds the group execute bit (``MODE_EXPIRE``, 0010): qmgr
 returns such a message to its sender at its next attempt (force-expired).
+``postqueue -i`` adds the group read bit (``MODE_UNTHROTTLE``, 0040): qmgr
+tries such a message's destinations even when they are dead and ignores
+defer_transports for it, then clears the bit.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ LOG_QUEUES = (BOUNCE, DEFER, TRACE)
 MODE_WRITING = 0o600
 MODE_COMPLETE = 0o700
 MODE_EXPIRE = 0o010  # g+x: forced expiry (Postfix's MAIL_QUEUE_STAT_EXPIRE)
+MODE_UNTHROTTLE = 0o040  # g+r: flushed by ID (Postfix's MAIL_QUEUE_STAT_UNTHROTTLE)
 MAILDROP_WRITING = 0o644
 MAILDROP_COMPLETE = 0o744
 

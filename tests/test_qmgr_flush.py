@@ -1,0 +1,72 @@
+"""qmgr's flush semantics against a real instance: defer_transports (mail waits in
+deferred/ until a flush), ``postqueue -i`` and ``postqueue -f``, and the ``retry:``
+transport, as Postfix's qmgr_message_resolve and error(8) in its retry role."""
+
+from __future__ import annotations
+
+import re
+
+from harness import Instance, wait_until
+from test_e2e_outbound import Sink, sink  # noqa: F401 (the fixture)
+
+SITE = "remote.example"
+BODY = b"Subject: later\r\n\r\nbody\r\n"
+
+
+def _deferred(inst: Instance, queue_id: str, rcpt: str, dsn: str, reason: str) -> None:
+    inst.wait_log(rf"{queue_id}: to=<{re.escape(rcpt)}>, relay=none, .*dsn={re.escape(dsn)}, "
+                  rf"status=deferred \({re.escape(reason)}\)")
+    wait_until(lambda: queue_id in inst.queue_ids("deferred"), 30, what="the file in deferred/")
+
+
+def test_defer_transports_holds_mail_until_a_flush(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Mail for a transport in defer_transports is deferred untried ("4.3.2 deferred
+    transport"); ``postqueue -i ID`` delivers that message, ``postqueue -f`` the rest;
+    the flush does not lift the setting for mail that comes later."""
+    sink.start()
+    inst: Instance = new_instance()
+    inst.set(relay_domains=SITE, defer_transports="relay",
+             transport_maps=f"inline:{{ {SITE}=relay:[127.0.0.1]:{sink.port} }}")
+    inst.start()
+    assert "defer_transports" not in inst.postfix("check").stderr  # implemented: no warning
+    first = inst.send("alice@example.org", f"a@{SITE}", BODY)
+    second = inst.send("alice@example.org", f"b@{SITE}", BODY)
+    for queue_id, rcpt in ((first, f"a@{SITE}"), (second, f"b@{SITE}")):
+        _deferred(inst, queue_id, rcpt, "4.3.2", "deferred transport")
+    listing = inst.tool("mailq", check=True).stdout
+    assert "(deferred transport)" in listing
+    assert sink.dumps() == []
+
+    inst.tool("postqueue", "-i", second, check=True)
+    inst.wait_log(rf"{second}: to=<b@{SITE}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, "
+                  r".*status=sent")
+    wait_until(lambda: second not in inst.queue_ids("deferred"), 30, what="the second delivered")
+    assert first in inst.queue_ids("deferred")
+    (path,) = (inst.queue_dir / "deferred").rglob(first)
+    assert path.stat().st_mode & 0o7777 == 0o700
+
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"{first}: to=<a@{SITE}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, "
+                  r".*status=sent")
+    assert len(sink.wait_dumps(2)) == 2
+
+    third = inst.send("alice@example.org", f"c@{SITE}", BODY)
+    _deferred(inst, third, f"c@{SITE}", "4.3.2", "deferred transport")
+
+
+def test_retry_transport_defers_with_its_nexthop_text(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """transport ``retry:4.7.1 text`` defers with that code and text, ``retry:text`` with
+    4.0.0, as Postfix's error(8) serving master.cf's retry service; never "mail
+    transport unavailable"."""
+    inst: Instance = new_instance()
+    inst.set(relay_domains="r.example, s.example",
+             transport_maps="inline:{ {r.example=retry:4.7.1 try later}, "
+                            "{s.example=retry:not now} }")
+    inst.start()
+    coded = inst.send("alice@example.org", "u@r.example", BODY)
+    plain = inst.send("alice@example.org", "u@s.example", BODY)
+    _deferred(inst, coded, "u@r.example", "4.7.1", "try later")
+    _deferred(inst, plain, "u@s.example", "4.0.0", "not now")
+    listing = inst.tool("mailq", check=True).stdout
+    assert "(try later)" in listing and "(not now)" in listing
+    assert "transport unavailable" not in inst.log()
