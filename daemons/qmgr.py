@@ -87,7 +87,11 @@ DESCRIPTION
     until ``minimal_backoff_time`` has passed, are deferred untried
     (``status=deferred (delivery temporarily suspended: REASON)``, logged by
     qmgr). Then it is tried again with a window of 1. ``F`` forgets every
-    dead destination. At most the transport's process limit of requests
+    dead destination. ``<transport>_destination_rate_delay`` (else
+    ``default_destination_rate_delay``) above 0 makes the transport's
+    destinations take one delivery at a time, with that pause after each
+    (Postfix's rate-limited queues: a failed cohort still defers what waits
+    for the destination, but it is tried again after the pause). At most the transport's process limit of requests
     are in flight (master.cf's maxproc of its unix service, ``-`` being
     ``default_process_limit``, and never more than that: as many deliveries
     at once as Postfix's agent processes make), over long-lived pipelined
@@ -182,7 +186,7 @@ CONFIGURATION PARAMETERS
     default_destination_concurrency_positive_feedback,
     default_destination_concurrency_negative_feedback,
     default_destination_concurrency_failed_cohort_limit,
-    destination_concurrency_feedback_debug (each default_* also as
+    default_destination_rate_delay, destination_concurrency_feedback_debug (each default_* also as
     <transport>_*, e.g. local_destination_recipient_limit), 2bounce_notice_recipient, myhostname,
     myorigin, default_filter_nexthop, hash_queue_depth, hash_queue_names, allow_min_user (no: recipients
     starting with "-" bounce with 5.1.3 before any agent sees them).
@@ -454,6 +458,7 @@ class Qmgr:
         self.sched: scheduler.Scheduler[Entry] = scheduler.Scheduler(
             self.policy, float(self.min_backoff), debug=debug)
         self.sched_wake = asyncio.Event()
+        self.resume_timer: asyncio.TimerHandle | None = None  # the next rate-delay pause's end
         self.policy("")  # a bad default is fatal at start, not at the first delivery
         self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300)
         self.want_incoming = False
@@ -507,6 +512,10 @@ class Qmgr:
 
         limit = max(self._transport_int(transport, "destination_concurrency_limit",
                                         "default_destination_concurrency_limit"), 0)
+        rate_delay = self._transport_time(transport, "destination_rate_delay",
+                                          "default_destination_rate_delay")
+        if rate_delay > 0:  # as Postfix: a rate-limited destination has one delivery at a time
+            limit = 1
         initial = max(self._transport_int(transport, "initial_destination_concurrency",
                                           "initial_destination_concurrency"), 1)
         policy = scheduler.Policy(
@@ -519,15 +528,23 @@ class Qmgr:
             cohort_limit=max(self._transport_int(
                 transport, "destination_concurrency_failed_cohort_limit",
                 "default_destination_concurrency_failed_cohort_limit"), 0),
-            process_limit=self.agent_limits.get(transport, self.process_limit))
+            process_limit=self.agent_limits.get(transport, self.process_limit),
+            rate_delay=float(rate_delay))
         self._policies[transport] = policy
         return policy
 
     def _transport_int(self, transport: str, suffix: str, default: str) -> int:
+        return self.config.get_int(self._transport_param(transport, suffix, default))
+
+    def _transport_time(self, transport: str, suffix: str, default: str) -> int:
+        return self.config.get_time(self._transport_param(transport, suffix, default))
+
+    def _transport_param(self, transport: str, suffix: str, default: str) -> str:
+        """``<transport>_<suffix>`` when set or declared, else the default's name."""
         name = f"{transport}_{suffix}"
         if transport and (self.config.is_set(name) or name in params.PARAMS):
-            return self.config.get_int(name)
-        return self.config.get_int(default)
+            return name
+        return default
 
     def pool(self, transport: str) -> AgentPool:
         p = self.pools.get(transport)
@@ -940,6 +957,7 @@ class Qmgr:
         """Start every delivery the scheduler allows now, each request written at once
         on an open connection. Not while a reply is being recorded: an entry sent
         behind the answered one takes its place first (``deliver``)."""
+        self._resume()
         while (picked := self.sched.next()) is not None:
             dest, entry = picked
             lane = _Lane(dest, self.pool(dest.transport.name).take())
@@ -950,6 +968,23 @@ class Qmgr:
             else:
                 self.spawn(self.deliver(lane, entry, sent))
         self.sched_wake.clear()
+
+    def _resume(self) -> None:
+        """End the rate-delay pauses that are over; wake the dispatcher when the next ends."""
+        resume_at = self.sched.resume_due()
+        if resume_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(resume_at - time.monotonic(), 0.0)
+        if self.resume_timer is not None:
+            if self.resume_timer.when() <= when and not self.resume_timer.cancelled():
+                return
+            self.resume_timer.cancel()
+        self.resume_timer = loop.call_at(when, self._resume_wake)
+
+    def _resume_wake(self) -> None:
+        self.resume_timer = None
+        self.sched_wake.set()
 
     def route_of(self, msg: Message, rc: Recipient) -> Route | None:
         """Where a recipient goes, or None when qmgr has recorded its result itself

@@ -221,7 +221,7 @@ def test_postfix_parameters_left_out_warn_naming_file_and_line(tmp_path):
             "tcp_windowsize = 0\n"                      # Postfix's default: nothing to say
             "disable_dns_lookups = false\n"             # the default, spelled differently
             "authorized_verp_clients = 10.0.0.1\n"      # legacy, in a Postfix default
-            "relay_destination_rate_delay = 1s\n"       # service-defined, not implemented
+            "relay_transport_rate_delay = 1s\n"         # service-defined, not implemented
             "relay_initial_destination_concurrency = 2\n"  # service-defined, qmgr reads it
             "policy_time_limit = 10s\n"                 # spawn reads it
             "bsmtp_time_limit = 10s\n"                  # pipe: not implemented
@@ -234,7 +234,7 @@ def test_postfix_parameters_left_out_warn_naming_file_and_line(tmp_path):
         f"{main_cf}, line {n}: parameter {name} is not implemented yet: ignored"
         for n, name in [(1, "sun_mailtool_compatibility"), (2, "fork_attempts"),
                         (3, "address_verify_map"), (6, "authorized_verp_clients"),
-                        (7, "relay_destination_rate_delay"), (10, "bsmtp_time_limit")]] + [
+                        (7, "relay_transport_rate_delay"), (10, "bsmtp_time_limit")]] + [
         f"{main_cf}: unused parameter: relay_time_limit=10s"]  # as Postfix's postconf
 
 

@@ -5,6 +5,7 @@ transport, as Postfix's qmgr_message_resolve and error(8) in its retry role."""
 from __future__ import annotations
 
 import re
+import time
 
 from harness import Instance, wait_until
 from test_e2e_outbound import Sink, sink  # noqa: F401 (the fixture)
@@ -19,16 +20,23 @@ def _deferred(inst: Instance, queue_id: str, rcpt: str, dsn: str, reason: str) -
     wait_until(lambda: queue_id in inst.queue_ids("deferred"), 30, what="the file in deferred/")
 
 
+def relaying_to(new_instance, peer: Sink, setting: str, value: str) -> Instance:  # type: ignore[no-untyped-def]
+    """A started instance that relays SITE to the peer, with one setting, which
+    ``postfix check`` takes without a word (not "not implemented yet: ignored")."""
+    peer.start()
+    inst: Instance = new_instance()
+    inst.set(relay_domains=SITE, transport_maps=f"inline:{{ {SITE}=relay:[127.0.0.1]:{peer.port} }}",
+             **{setting: value})
+    inst.start()
+    assert setting not in inst.postfix("check").stderr
+    return inst
+
+
 def test_defer_transports_holds_mail_until_a_flush(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """Mail for a transport in defer_transports is deferred untried ("4.3.2 deferred
     transport"); ``postqueue -i ID`` delivers that message, ``postqueue -f`` the rest;
     the flush does not lift the setting for mail that comes later."""
-    sink.start()
-    inst: Instance = new_instance()
-    inst.set(relay_domains=SITE, defer_transports="relay",
-             transport_maps=f"inline:{{ {SITE}=relay:[127.0.0.1]:{sink.port} }}")
-    inst.start()
-    assert "defer_transports" not in inst.postfix("check").stderr  # implemented: no warning
+    inst = relaying_to(new_instance, sink, "defer_transports", "relay")
     first = inst.send("alice@example.org", f"a@{SITE}", BODY)
     second = inst.send("alice@example.org", f"b@{SITE}", BODY)
     for queue_id, rcpt in ((first, f"a@{SITE}"), (second, f"b@{SITE}")):
@@ -70,3 +78,15 @@ def test_retry_transport_defers_with_its_nexthop_text(new_instance) -> None:  # 
     listing = inst.tool("mailq", check=True).stdout
     assert "(try later)" in listing and "(not now)" in listing
     assert "transport unavailable" not in inst.log()
+
+
+def test_destination_rate_delay_spaces_deliveries_to_one_destination(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """default_destination_rate_delay = 2s: three messages for one destination go out
+    one at a time, at least 2 s apart, as Postfix's rate-limited queues."""
+    inst = relaying_to(new_instance, sink, "default_destination_rate_delay", "2s")
+    started = time.monotonic()
+    ids = [inst.send("alice@example.org", f"u{i}@{SITE}", BODY) for i in range(3)]
+    for queue_id in ids:
+        inst.wait_log(rf"{queue_id}: to=<u\d@{SITE}>, .*status=sent", timeout=30)
+    assert time.monotonic() - started >= 4
+    assert len(sink.wait_dumps(3)) == 3

@@ -200,3 +200,33 @@ def test_retry_puts_an_unread_entry_back_first() -> None:
     s.retry(d, "m1")
     assert (d.busy, d.behind) == (0, 0)
     assert drain(s) == ["m1"]
+
+
+def test_rate_delay_pauses_a_destination_after_each_delivery() -> None:
+    """Postfix's destination_rate_delay: one delivery at a time, then a pause for that
+    destination only; a failed cohort defers what waits, and the pause ends the dead time."""
+    clock = Clock()
+    s = make(clock, initial=1, concurrency_limit=1, rate_delay=10)
+    d = s.destination("smtp", "slow.example")
+    other = s.destination("smtp", "other.example")
+    for i in range(3):
+        s.add(d, f"slow{i}")
+    s.add(other, "other")
+    assert sorted(drain(s)) == ["other", "slow0"]
+    s.success(d)
+    assert drain(s) == [] and s.resume_due() == clock.now + 10
+    clock.now += 9.5
+    assert s.resume_due() == clock.now + 0.5 and drain(s) == []
+    clock.now += 0.5
+    assert s.resume_due() is None
+    assert drain(s) == ["slow1"]
+    assert s.take_behind(d) is None  # nothing queued behind a rate-limited delivery
+    assert s.failure(d, "4.4.1", "connection refused") == ["slow2"]  # dead: waiting deferred
+    assert not d.dead and s.resume_due() == clock.now + 10
+    s.add(s.destination("smtp", "slow.example"), "slow3")  # taken, not refused as dead
+    clock.now += 10
+    s.resume_due()
+    assert drain(s) == ["slow3"]
+    s.success(d)
+    s.prune()  # a destination in its pause is kept, so the pause holds for new mail
+    assert "slow.example" in s.transports["smtp"].destinations

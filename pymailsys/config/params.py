@@ -250,6 +250,8 @@ _TABLE: list[Param] = [
            "1/sqrt_concurrency"),
     _p("default_destination_concurrency_failed_cohort_limit", "1", "int",
        "failed cohorts after which a destination is dead (0: never)"),
+    _p("default_destination_rate_delay", "0s", "time",
+       "pause between deliveries to one destination (above 0: one delivery at a time)"),
     _p("destination_concurrency_feedback_debug", "no", "bool",
        "log each destination's concurrency window changes"),
     _p("queue_minfree", "0", "size", "free space the queue file system must keep"),

@@ -76,6 +76,7 @@ SCHEDULER_SUFFIXES = frozenset({
     "recipient_limit", "initial_destination_concurrency", "destination_concurrency_limit",
     "destination_recipient_limit", "destination_concurrency_positive_feedback",
     "destination_concurrency_negative_feedback", "destination_concurrency_failed_cohort_limit",
+    "destination_rate_delay",
 })
 _REF_RE = re.compile(r"\$(?:\{|\()?([A-Za-z0-9_]+)")
 

@@ -30,6 +30,16 @@ a delivery that was still in flight also revives a dead destination.
 ``forget_dead()`` (``postqueue -f``) forgets every dead destination,
 ``forget(dest)`` (``postqueue -i``) one.
 
+Rate delay (Postfix's ``<transport>_destination_rate_delay``): with
+``rate_delay`` above 0 a destination has one delivery at a time (the caller
+gives such a policy a concurrency limit of 1) and, after each one ends, is
+suspended for that many seconds, as Postfix's qmgr_queue_suspend; a
+destination that this delivery made dead is revived first (its waiting
+entries were handed back), as Postfix's qmgr_entry_done unthrottles it.
+``resume_due()`` makes the destinations whose pause is over runnable again
+and returns when the next pause ends (the caller's timer); nothing is sent
+behind a delivery to such a destination.
+
 Queued behind a delivery: for an agent that serves one request at a time
 per connection, the caller may send a destination's next entry behind one
 of its deliveries in flight (``take_behind``: at most one per delivery in
@@ -91,6 +101,7 @@ class Policy:
     negative: Feedback = parse_feedback("1")
     cohort_limit: int = 1  # 0: never declared dead
     process_limit: int = 100
+    rate_delay: float = 0.0  # > 0: pause after each delivery to a destination
 
 
 class Destination(Generic[T]):
@@ -107,6 +118,7 @@ class Destination(Generic[T]):
         self.failure = 0.0
         self.fail_cohorts = 0.0
         self.dead_until = 0.0  # > 0: dead until then (the scheduler's clock)
+        self.resume_at = 0.0  # > 0: suspended until then (rate delay)
         self.probing = False  # tried again after being dead: window 1 until a success
         self.dsn = ""  # why it is dead
         self.reason = ""
@@ -117,7 +129,8 @@ class Destination(Generic[T]):
         return self.dead_until > 0
 
     def runnable(self) -> bool:
-        return bool(self.waiting) and self.busy < self.window and not self.dead
+        return bool(self.waiting) and self.busy < self.window and not self.dead \
+            and not self.resume_at
 
 
 class Transport(Generic[T]):
@@ -145,6 +158,7 @@ class Scheduler(Generic[T]):
         self.debug = debug
         self.transports: dict[str, Transport[T]] = {}
         self.rotation: deque[Transport[T]] = deque()
+        self.suspended: set[Destination[T]] = set()  # rate delay
 
     def destination(self, transport: str, name: str) -> Destination[T]:
         """The destination (created when new); a dead one whose backoff has ended is
@@ -196,7 +210,7 @@ class Scheduler(Generic[T]):
         room, ``next`` starts the entry as a delivery of its own; past it, after
         negative feedback, the deliveries in flight drain down to the window)."""
         if not dest.waiting or dest.dead or dest.behind >= dest.busy \
-                or dest.busy != dest.window:
+                or dest.busy != dest.window or dest.transport.policy.rate_delay > 0:
             return None
         dest.behind += 1
         return dest.waiting.popleft()
@@ -287,7 +301,7 @@ class Scheduler(Generic[T]):
         now = self.clock()
         for t in list(self.transports.values()):
             for name, d in list(t.destinations.items()):
-                if not d.waiting and not d.busy and not d.behind \
+                if not d.waiting and not d.busy and not d.behind and not d.resume_at \
                         and not (d.dead and now < d.dead_until):
                     del t.destinations[name]
             if not t.destinations and not t.busy:
@@ -299,9 +313,30 @@ class Scheduler(Generic[T]):
 
     # --- internals ---------------------------------------------------------------
 
+    def resume_due(self) -> float | None:
+        """End the pauses that are over (their destinations may run again); the clock
+        time at which the next one ends, or None when no destination is paused."""
+        if not self.suspended:
+            return None
+        now = self.clock()
+        for d in [d for d in self.suspended if d.resume_at <= now]:
+            self.suspended.discard(d)
+            d.resume_at = 0.0
+            self._ready(d)
+        return min((d.resume_at for d in self.suspended), default=None)
+
     def _release(self, dest: Destination[T]) -> None:
         dest.busy -= 1
         dest.transport.busy -= 1
+        delay = dest.transport.policy.rate_delay
+        if delay > 0:
+            if dest.dead:  # as Postfix's qmgr_entry_done: the pause replaces the dead time
+                dest.dead_until, dest.probing = 0.0, False
+                dest.window = 1
+                dest.success = dest.failure = dest.fail_cohorts = 0.0
+            if dest.busy == 0:
+                dest.resume_at = self.clock() + delay
+                self.suspended.add(dest)
         self._ready(dest)
         self._rotate(dest.transport)
 
