@@ -296,7 +296,8 @@ def json_pieces(messages: Iterable[QueuedMessage]) -> Iterator[str]:
         ]
         rcpts = []
         for rc in msg.recipients:
-            item = f'{{"orig_address": "{q(rc.orig)}", "address": "{q(rc.address)}"'
+            # Postfix 3.7's fields (orig_address came with 3.11)
+            item = f'{{"address": "{q(rc.address)}"'
             if rc.why:
                 key = {"defer": "delay_reason", "bounce": "bounce_reason"}.get(
                     rc.log_class, "other_reason")
