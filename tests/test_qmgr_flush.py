@@ -5,6 +5,7 @@ transport, as Postfix's qmgr_message_resolve and error(8) in its retry role."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 from harness import Instance, wait_until
@@ -90,3 +91,33 @@ def test_destination_rate_delay_spaces_deliveries_to_one_destination(new_instanc
         inst.wait_log(rf"{queue_id}: to=<u\d@{SITE}>, .*status=sent", timeout=30)
     assert time.monotonic() - started >= 4
     assert len(sink.wait_dumps(3)) == 3
+
+
+def test_postqueue_i_tries_a_dead_destination_again(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A destination that refused connections (a whole cohort: its window is 1 here) is
+    dead for minimal_backoff_time (300 s);
+    ``postqueue -i ID`` delivers that message now once the peer is back (Postfix's
+    flush marks the file, and its qmgr unthrottles the message's destinations), while
+    other mail for it keeps its time."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # connections to it are refused
+    peer = Sink(port)
+    try:
+        inst: Instance = new_instance()
+        inst.set(relay_domains=SITE, initial_destination_concurrency="1",
+                 transport_maps=f"inline:{{ {SITE}=relay:[127.0.0.1]:{port} }}")
+        inst.start()
+        first = inst.send("alice@example.org", f"a@{SITE}", BODY)
+        inst.wait_log(rf"{first}: to=<a@{SITE}>, .*status=deferred \(connect to .*refused\)")
+        wait_until(lambda: first in inst.queue_ids("deferred"), 30, what="the file in deferred/")
+        second = inst.send("alice@example.org", f"b@{SITE}", BODY)
+        _deferred(inst, second, f"b@{SITE}", "4.4.1", "delivery temporarily suspended: "
+                  f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused")
+        peer.start()  # the peer is back
+        inst.tool("postqueue", "-i", second, check=True)
+        inst.wait_log(rf"{second}: to=<b@{SITE}>, relay=127\.0\.0\.1.*status=sent")
+        assert first in inst.queue_ids("deferred")
+    finally:
+        peer.stop()
