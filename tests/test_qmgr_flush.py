@@ -5,10 +5,9 @@ transport, as Postfix's qmgr_message_resolve and error(8) in its retry role."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 
-from harness import Instance, wait_until
+from harness import Instance, free_port, wait_until
 from test_e2e_outbound import Sink, sink  # noqa: F401 (the fixture)
 
 SITE = "remote.example"
@@ -99,10 +98,7 @@ def test_postqueue_i_tries_a_dead_destination_again(new_instance) -> None:  # ty
     ``postqueue -i ID`` delivers that message now once the peer is back (Postfix's
     flush marks the file, and its qmgr unthrottles the message's destinations), while
     other mail for it keeps its time."""
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # connections to it are refused
+    port = free_port()  # nothing listens: connections to it are refused
     peer = Sink(port)
     try:
         inst: Instance = new_instance()
