@@ -68,6 +68,11 @@ DESCRIPTION
     ``sendmail -q``, the flush service), or a file with the group read bit
     (``postqueue -i``: its dead destinations are also tried again; qmgr
     clears the bit), as Postfix's QMGR_FLUSH_DFXP and QMGR_FLUSH_EACH.
+    The flush service hears of each message with recipients qmgr deferred
+    itself (here, for a dead destination, an unavailable transport...): one
+    ``add`` per recipient domain once the attempt is over, as Postfix's
+    defer_append calls flush_add, so that ETRN and ``postqueue -s`` release
+    it (when fast_flush_domains is not empty).
 
     Scheduling (``pymailsys.queue.scheduler``, Postfix's SCHEDULING and
     CONCURRENCY): the recipients of a message are grouped per destination
@@ -177,7 +182,8 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     info_log_address_format (``from=<…>`` and ``to=<…>``: ``log.address``),
-    authorized_flush_users, defer_transports, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
+    authorized_flush_users, defer_transports, fast_flush_domains,
+    flush_service_name, ipc_timeout, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
     qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
     default_process_limit, default_destination_concurrency_limit,
@@ -217,7 +223,7 @@ from pymailsys.delivery.agent import (
     results_from_attrs,
     says_corrupt,
 )
-from pymailsys.ipc import peers, trigger
+from pymailsys.ipc import flush, peers, trigger
 from pymailsys.ipc.attr import REQUESTS_AT_ONCE, AttrClient, AttrList, AttrValue, ProtocolError
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
@@ -251,6 +257,7 @@ DISCARD_TRANSPORT = "discard"
 INTERNAL_TRANSPORTS = (ERROR_TRANSPORT, RETRY_TRANSPORT, DISCARD_TRANSPORT)
 DEFERRED_TRANSPORT = "4.3.2 deferred transport"  # Postfix's qmgr_message_resolve
 DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
+FLUSH_SITES_HELD = 100  # sites of one message remembered before the flush service is told
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,7 @@ class Message:
     forced: bool = False  # postsuper -e: returned to the sender now (force-expired)
     flushed: bool = False  # taken for a flush: defer_transports does not hold it back
     unthrottle: bool = False  # postqueue -i: its dead destinations are tried again
+    flush_sites: set[str] = field(default_factory=set)  # of recipients qmgr deferred itself
 
 
 @dataclass
@@ -461,6 +469,9 @@ class Qmgr:
         self.resume_timer: asyncio.TimerHandle | None = None  # the next rate-delay pause's end
         self.policy("")  # a bad default is fatal at start, not at the first delivery
         self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300)
+        self.flush = flush.FlushClient(self.spool.public(cfg.get("flush_service_name")),
+                                       self.ipc_timeout,
+                                       enabled=bool(cfg.get_list("fast_flush_domains")))
         self.want_incoming = False
         self.want_deferred = False
         self.ignore_time = False
@@ -941,6 +952,8 @@ class Qmgr:
                 with contextlib.suppress(OSError):
                     os.close(msg.fd)
             self.release(msg)
+        if msg.flush_sites and not removed:
+            await self.tell_flush(msg)
 
     def release(self, msg: Message) -> None:
         """The message is no longer active: its slot is free."""
@@ -1184,6 +1197,8 @@ class Qmgr:
         if result.status == STATUS_DEFERRED:
             msg.deferred += 1
             self._append(q.DEFER, msg, rc, result, status_log.ACTION_DELAYED)
+            if relay is not None and self.flush.enabled:  # qmgr's own deferral
+                self._note_flush_site(msg, rc.address)
             return
         # The recipient is done only once the notice it is owed is in its status log:
         # else it is deferred, as Postfix's bounce_append and sent do.
@@ -1207,6 +1222,24 @@ class Qmgr:
         except OSError as e:
             log.warning(f"{msg.queue_id}: cannot mark recipient {rc.address} done: {e.strerror}")
         rc.done = True
+
+    def _note_flush_site(self, msg: Message, address: str) -> None:
+        """Remember the site a recipient qmgr deferred waits for, for the flush service
+        (Postfix's defer_append calls flush_add, the agents' deferrals and the retry
+        agent's alike: mail that defer_transports or a dead destination holds back
+        goes out on ETRN or postqueue -s). Told once the attempt is over (the file is
+        in deferred/ then), or now when a message has many such sites."""
+        site = flush.recipient_site(address)
+        if site is None:
+            return
+        msg.flush_sites.add(site)
+        if len(msg.flush_sites) >= FLUSH_SITES_HELD:
+            self.spawn(self.tell_flush(msg))
+
+    async def tell_flush(self, msg: Message) -> None:
+        sites, msg.flush_sites = msg.flush_sites, set()
+        for site in sorted(sites):
+            await self.flush.add(site, msg.queue_id)
 
     def _append(self, queue: str, msg: Message, rc: Recipient, result: DeliveryResult,
                 action: str) -> bool:

@@ -117,3 +117,19 @@ def test_postqueue_i_tries_a_dead_destination_again(new_instance) -> None:  # ty
         assert first in inst.queue_ids("deferred")
     finally:
         peer.stop()
+
+
+def test_mail_held_by_defer_transports_goes_out_on_postqueue_s(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Postfix's ETRN_README set-up: defer_transports holds a site's mail, and the site
+    asks for it (``postqueue -s``, as ETRN): qmgr told the flush service of the
+    message it deferred itself, so the site's flush log names it."""
+    inst = relaying_to(new_instance, sink, "defer_transports", "relay")
+    queue_id = inst.send("alice@example.org", f"a@{SITE}", BODY)
+    _deferred(inst, queue_id, f"a@{SITE}", "4.3.2", "deferred transport")
+    flush_log = inst.queue_dir / "flush" / SITE
+    wait_until(lambda: flush_log.exists() and queue_id in flush_log.read_text(), 30,
+               what="the queue ID in the site's flush log")
+    inst.tool("postqueue", "-s", SITE, check=True)
+    inst.wait_log(rf"{queue_id}: to=<a@{SITE}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, "
+                  r".*status=sent")
+    wait_until(inst.queue_empty, 30, what="an empty queue")

@@ -7,7 +7,8 @@ flush (daemons/flush.py, master.cf ``flush unix n - n 1000? 0 flush``) answers o
     request=send_site site=S             ->  status=N
 
 ``add`` comes from the smtp and lmtp delivery agents for each recipient domain
-of a deferred message; ``send_site`` from ``postqueue -s`` (``sendmail -qR``)
+of a deferred message, and from qmgr for the recipients it defers itself
+(``recipient_site``); ``send_site`` from ``postqueue -s`` (``sendmail -qR``)
 and smtpd's ETRN. Statuses are Postfix's FLUSH_STAT_*: ``OK``, ``BAD`` (a
 malformed request, or a site that is neither a host name nor an address
 literal), ``DENY`` (the site is not in fast_flush_domains) and ``FAIL``.
@@ -53,6 +54,13 @@ def valid_site(site: str) -> bool:
     """A host name or an address literal (``[192.0.2.1]``), as Postfix's valid_hostname
     and valid_mailhost_literal."""
     return bool(_HOST_RE.match(site) or _LITERAL_RE.match(site))
+
+
+def recipient_site(address: str) -> str | None:
+    """The site a deferred recipient's message waits for (its domain, lower case), or
+    None when it has none that could name a flush log."""
+    domain = address.rpartition("@")[2].lower() if "@" in address else ""
+    return domain if domain and valid_site(domain) else None
 
 
 def send_site(path: str, site: str, timeout: float, enabled: bool = True) -> tuple[int, str]:
