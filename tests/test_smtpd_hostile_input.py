@@ -161,3 +161,41 @@ def test_an_unexpected_exception_ends_the_session_with_421_and_one_warning(
         assert "Traceback" not in log_text
         assert "disconnect from localhost[127.0.0.1] noop=0/1 commands=0/1" in log_text
     run(go())
+
+
+def test_size_parameter_takes_ascii_digits_only_as_postfix(tmp_path: Path) -> None:
+    """SIZE= as Postfix's alldig() and off_cvt_string(): "²" (which str.isdigit takes and
+    int() refuses) and "٣" are bad syntax, not an internal error or a size of 3; a size
+    beyond an off_t is over the file system's limit."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path, message_size_limit="0") as (fake, c, maillog):
+            await c.reply()
+            await c.cmd("EHLO client.example\r\n")
+            for value in ("\u00b2", "\u0663", "abc", "", "-1", "1e3"):
+                assert await c.cmd(f"MAIL FROM:<a@b.c> SIZE={value}\r\n") == \
+                    "501 5.5.4 Bad message size syntax", value
+            for value in ("9223372036854775808", "9" * 3000):
+                assert await c.cmd(f"MAIL FROM:<a@b.c> SIZE={value}\r\n") == \
+                    "552 5.3.4 Message size exceeds file system imposed limit"
+            assert await c.cmd("MAIL FROM:<a@b.c> SIZE\r\n") == \
+                "555 5.5.4 Unsupported option: SIZE"
+            assert await c.cmd("MAIL FROM:<a@b.c> SIZE=009223372036854775807\r\n") == \
+                "250 2.1.0 Ok"
+            assert await c.cmd("QUIT\r\n") == "221 2.0.0 Bye"
+        await asyncio.sleep(0.05)
+        assert b"internal error" not in maillog.read_bytes()
+    run(go())
+
+
+def test_bdat_count_takes_ascii_digits_only_and_is_logged_when_malformed(
+        tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path) as (fake, c, maillog):
+            await c.reply()
+            await c.cmd("EHLO client.example\r\n")
+            assert await c.cmd("BDAT \u0663\r\nabc") == "521 5.5.4 Syntax: BDAT count [LAST]"
+            assert await c.closed()
+        await asyncio.sleep(0.05)
+        assert ("warning: NOQUEUE: malformed BDAT command syntax from localhost[127.0.0.1]: "
+                "BDAT \u0663") in maillog.read_text()
+    run(go())

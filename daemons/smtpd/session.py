@@ -100,7 +100,9 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "NOOP"))
 COUNT_ORDER = {name: i for i, name in enumerate(COUNTED)}
 JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
-_BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE)
+# ASCII digits only (re.ASCII), as Postfix's alldig(): not "٣"
+_BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE | re.ASCII)
+OFF_T_MAX = 2**63 - 1  # Postfix's off_cvt_string() refuses a number beyond an off_t
 # What a client may send before STARTTLS when TLS is required (Postfix's PRE_TLS commands).
 PRE_TLS = frozenset(("HELO", "EHLO", "STARTTLS", "NOOP", "QUIT"))
 # Postfix's reply to a DSN parameter when smtpd_discard_ehlo_keywords has "dsn".
@@ -591,9 +593,16 @@ class Session(SMTP):
         env = Envelope(sender=sender)
         sasl_sender: str | None = None  # AUTH=, as Postfix keeps it: printable, not decoded
         for param in params:
-            name, _, value = param.partition("=")
+            name, eq, value = param.partition("=")
             uname = name.upper()
-            if uname == "SIZE" and value.isdigit():
+            if uname == "SIZE" and eq:
+                # as Postfix's alldig() and off_cvt_string(): ASCII digits only (str.isdigit
+                # takes "²", which int() refuses), and no more than an off_t holds
+                if not value or not value.isascii() or not value.isdigit():
+                    return await self.reply_error("501 5.5.4 Bad message size syntax")
+                if len(value.lstrip("0")) > len(str(OFF_T_MAX)) or int(value) > OFF_T_MAX:
+                    return await self.reply_error(
+                        "552 5.3.4 Message size exceeds file system imposed limit")
                 env.size = int(value)
             elif uname == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 env.body = value.lower()
@@ -802,7 +811,10 @@ class Session(SMTP):
             await self.reply_error("521 5.5.1 Error: command not implemented")
             raise Hangup
         m = _BDAT_ARGS.fullmatch(arg)
-        if m is None or len(m.group(1)) > 18:
+        if m is None or len(m.group(1).lstrip("0")) > len(str(OFF_T_MAX)) \
+                or int(m.group(1)) > OFF_T_MAX:
+            log.warning(f"NOQUEUE: malformed BDAT command syntax from {self.client}: "
+                        f"{log.printable(f'BDAT {arg}'[:100])}")
             await self.reply_error("521 5.5.4 Syntax: BDAT count [LAST]")
             raise Hangup
         count, last = int(m.group(1)), m.group(2) is not None
