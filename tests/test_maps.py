@@ -354,3 +354,16 @@ def test_maps_find_table_names_the_table_that_answered(tmp_tables) -> None:  # t
     assert found.find_table("a") == ("1", maps.open_table("inline:{a=1}"))
     assert found.find_table("B") == ("2", maps.open_table(f"hash:{tmp_tables}/h"))
     assert found.find_table("c") is None and found.find("b") == "2"
+
+
+def test_regexp_pcre_and_cidr_tables_given_inline() -> None:
+    """Postfix 3.7's dict_stream_open: ``type:{{rule}, {rule}}`` is the source itself,
+    one rule per inner pair of braces (smtpd_forbidden_commands' default has one)."""
+    table = maps.open_table("regexp:{{/^[^A-Z]/ Bogus}}")
+    assert table.lookup("1abc") == "Bogus" and table.lookup("helo") is None
+    assert table.owner == 0
+    table = maps.open_table("pcre:{ {/^a(b)/ X$1}, {/c/ C} }")
+    assert table.lookup("abz") == "Xb" and table.lookup("xc") == "C"
+    assert maps.open_table("cidr:{{10.0.0.0/8 TEN}}").lookup("10.1.2.3") == "TEN"
+    with pytest.raises(maps.TableError, match="missing '}'"):
+        maps.open_table("regexp:{{/a/ b}")

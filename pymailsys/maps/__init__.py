@@ -69,6 +69,8 @@ from pymailsys.maps.base import (
     register,
     split_spec,
 )
+from pymailsys.maps.base import balanced_end as _balanced_end
+from pymailsys.maps.base import extpar as _extpar
 
 _cache: dict[str, Table] = {}
 _without_regsub: dict[str, Table] = {}  # open_table(spec, regsub=False)
@@ -366,29 +368,6 @@ def _collect(line: str, i: int, more: Callable[[str], bool]) -> tuple[str, int]:
 
 
 # --- table types ---------------------------------------------------------------
-
-def _extpar(text: str) -> str:
-    """Postfix's extpar(EXTPAR_FLAG_STRIP) of ``{text}``: the text inside, stripped;
-    ValueError with Postfix's reason when the braces do not close at the end."""
-    if not text.endswith("}") or _balanced_end(text) != len(text):
-        if _balanced_end(text) < 0:
-            raise ValueError(f"missing '}}' in \"{text}\"")
-        raise ValueError(f"syntax error after '}}' in \"{text}\"")
-    return text[1:-1].strip()
-
-
-def _balanced_end(text: str) -> int:
-    """The index after the brace that closes text's first one (-1: none closes it)."""
-    level = 0
-    for i, ch in enumerate(text):
-        if ch == "{":
-            level += 1
-        elif ch == "}":
-            level -= 1
-            if level == 0:
-                return i + 1
-    return -1
-
 
 class StaticTable(Table):
     """static:value, or static:{ value with spaces } (Postfix's dict_static)."""

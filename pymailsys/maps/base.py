@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from pymailsys import log
 from pymailsys.bounded_read import FileRefused, read_bounded
-from pymailsys.config import lines
+from pymailsys.config import lines, split_list
 
 
 class TableError(Exception):
@@ -111,11 +111,21 @@ SOURCE_SIZE_LIMIT = 1 << 26  # bytes of a table's source file
 SOURCE_READ_TIMEOUT = 60.0  # seconds
 
 
-def read_source(name: str) -> tuple[str, int]:
+def read_source(name: str, inline: bool = False) -> tuple[str, int]:
     """The text of a table's source file (texthash, cidr, regexp, pcre), read once when
     the table is opened, as ``bounded_read`` reads (a regular file of at most
     SOURCE_SIZE_LIMIT bytes, a FIFO never blocks), and the uid of the file read (the
-    table's ``owner``); ``TableError("open NAME: reason")`` when it cannot be read."""
+    table's ``owner``); ``TableError("open NAME: reason")`` when it cannot be read.
+
+    With ``inline`` (cidr, regexp, pcre: Postfix's dict_stream_open), a name in braces
+    is the source itself, one rule per inner pair of braces: ``regexp:{{/^a/ A}, {/b/
+    B}}``, owned by root (main.cf's, as an inline: table)."""
+    if inline and name.startswith("{"):
+        try:
+            rules = [extpar(item) for item in split_list(extpar(name))]
+        except ValueError as e:
+            raise TableError(str(e)) from None
+        return "".join(f"{rule}\n" for rule in rules), 0
     try:
         data, st = read_bounded(name, SOURCE_SIZE_LIMIT, SOURCE_READ_TIMEOUT)
     except (FileRefused, TimeoutError) as e:
@@ -134,3 +144,26 @@ def logical_lines(text: str, name: str) -> Iterator[tuple[int, str]]:
         more = "..." if len(line) > 30 else ""
         default_warn(f'{name}: logical line must not start with whitespace: "{line[:30]}{more}"')
     return lines.logical_lines(text, leading_space)
+
+
+def extpar(text: str) -> str:
+    """Postfix's extpar(EXTPAR_FLAG_STRIP) of ``{text}``: the text inside, stripped;
+    ValueError with Postfix's reason when the braces do not close at the end."""
+    if not text.endswith("}") or balanced_end(text) != len(text):
+        if balanced_end(text) < 0:
+            raise ValueError(f"missing '}}' in \"{text}\"")
+        raise ValueError(f"syntax error after '}}' in \"{text}\"")
+    return text[1:-1].strip()
+
+
+def balanced_end(text: str) -> int:
+    """The index after the brace that closes text's first one (-1: none closes it)."""
+    level = 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            level += 1
+        elif ch == "}":
+            level -= 1
+            if level == 0:
+                return i + 1
+    return -1

@@ -128,7 +128,7 @@ class CidrTable(Table):
 
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
-        text, self.owner = read_source(name)
+        text, self.owner = read_source(name, inline=True)
         self.rules: list[_Rule] = []
         open_ifs: list[int] = []
         for lineno, line in logical_lines(text, name):

@@ -188,7 +188,7 @@ class RegexpTable(Table):
     def __init__(self, type_name: str, name: str) -> None:
         super().__init__(type_name, name)
         self.kind = "pcre" if type_name == "pcre" else "regexp"
-        text, self.owner = read_source(name)
+        text, self.owner = read_source(name, inline=True)
         self.rules: list[_Rule] = []
         self._load(text)
 
