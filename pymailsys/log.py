@@ -134,6 +134,21 @@ def printable(text: str, replacement: str = "?") -> str:
     return "".join(c if c.isprintable() else replacement for c in text)
 
 
+def escape(data: bytes) -> str:
+    """Postfix's escape(): printable ASCII kept (a backslash doubled), \\r, \\n, \\t and
+    the other C escapes for their controls, every other byte as \\ooo (octal)."""
+    out = []
+    for ch in data:
+        if 32 <= ch <= 126:
+            out.append("\\\\" if ch == 92 else chr(ch))
+        else:
+            out.append(_C_ESCAPES.get(ch) or f"\\{ch:03o}")
+    return "".join(out)
+
+
+_C_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v"}
+
+
 def address(addr: str) -> str:
     """An envelope address (internal form) as log lines show it: info_log_address_format.
 

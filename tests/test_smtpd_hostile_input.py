@@ -37,7 +37,10 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_every_command_with_hostile_arguments_gets_a_reply(tmp_path: Path,
                                                             smtputf8: str) -> None:
     async def go() -> None:
+        # (no smtpd_forbidden_commands: its regexp would end the session at the first
+        # line that starts with "<"; test_forbidden_commands_end_the_session has those)
         async with smtpd_server(tmp_path, smtputf8_enable=smtputf8,
+                                smtpd_forbidden_commands="",
                                 smtpd_hard_error_limit="100000",
                                 smtpd_junk_command_limit="100000") as (fake, c, maillog):
             await c.reply()
@@ -198,4 +201,37 @@ def test_bdat_count_takes_ascii_digits_only_and_is_logged_when_malformed(
         await asyncio.sleep(0.05)
         assert ("warning: NOQUEUE: malformed BDAT command syntax from localhost[127.0.0.1]: "
                 "BDAT \u0663") in maillog.read_text()
+    run(go())
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.1", b"post /cgi HTTP/1.0", b"CONNECT mx:25",
+                                  b"\x16\x03\x01\x02\x05", b"Subject: hi", b"<p>",
+                                  b"X-Mailer:x"])
+def test_forbidden_commands_end_the_session(tmp_path: Path, line: bytes) -> None:
+    """Postfix's smtpd_forbidden_commands (CONNECT GET POST, and by its regexp any command
+    that does not start with a letter) and a header name in place of a command: an HTTP
+    request or mail content is not answered line by line, the session ends."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path) as (fake, c, maillog):
+            await c.reply()
+            assert await c.cmd(line + b"\r\n") == \
+                "221 2.7.0 Error: I can break rules, too. Goodbye."
+            assert await c.closed()
+        await asyncio.sleep(0.05)
+        text = maillog.read_text()
+        assert ("warning: non-SMTP command from localhost[127.0.0.1]: "
+                + log.escape(line)) in text
+        assert "disconnect from localhost[127.0.0.1] unknown=0/1 commands=0/1" in text
+    run(go())
+
+
+def test_forbidden_commands_as_configured(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_forbidden_commands="XYZZY") as (
+                fake, c, maillog):
+            await c.reply()
+            assert await c.cmd("GET / HTTP/1.1\r\n") == "500 5.5.2 Error: command not recognized"
+            assert await c.cmd("NOOP\r\n") == "250 2.0.0 Ok"
+            assert await c.cmd("xyzzy\r\n") == "221 2.7.0 Error: I can break rules, too. Goodbye."
+            assert await c.closed()
     run(go())

@@ -96,6 +96,11 @@ SECURITY
     opened before the privilege drop. DATA ends only at <CR><LF>.<CR><LF>
     (smtpd_forbid_bare_newline, CVE-2023-51764); smtpd_forbid_unauth_pipelining
     disconnects clients that send ahead where RFC 2920 does not allow it.
+    An unknown command in smtpd_forbidden_commands (CONNECT, GET, POST, and
+    by its regexp one that does not start with a letter), or one that looks
+    like a header name, ends the session with Postfix's ``221 2.7.0 Error: I
+    can break rules, too. Goodbye.`` and ``warning: non-SMTP command from
+    NAME[ADDR]: LINE``: a browser made to post to port 25 gets no further.
     No DNS lookups for loopback clients.
 
 DIAGNOSTICS
@@ -120,7 +125,7 @@ CONFIGURATION PARAMETERS
     smtpd_banner, myhostname, mail_name, message_size_limit,
     smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
     smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
-    smtpd_junk_command_limit, smtpd_helo_required, smtpd_delay_reject,
+    smtpd_junk_command_limit, smtpd_forbidden_commands, smtpd_helo_required, smtpd_delay_reject,
     smtpd_client_restrictions, smtpd_helo_restrictions,
     smtpd_sender_restrictions, smtpd_relay_restrictions,
     smtpd_recipient_restrictions, smtpd_data_restrictions,

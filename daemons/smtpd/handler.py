@@ -94,6 +94,8 @@ class Smtpd:
         self.line_limit = max(config.get_int("line_length_limit"), 512)
         self.helo_required = config.get_bool("smtpd_helo_required")
         self.vrfy_disabled = config.get_bool("disable_vrfy_command")
+        self.forbidden_commands = DomainList(config.get_list("smtpd_forbidden_commands"),
+                                             name="smtpd_forbidden_commands", strings=True)
         self.discard_ehlo = {k.lower() for k in config.get_list("smtpd_discard_ehlo_keywords")}
         self.smtputf8 = config.get_bool("smtputf8_enable")
         self.strict_rfc821 = config.get_bool("strict_rfc821_envelopes")

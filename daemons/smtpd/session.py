@@ -437,6 +437,14 @@ class Session(SMTP):
             verb = words[0].upper().decode("ascii", "replace")
             arg_b = words[1] if len(words) > 1 else b""
             method = verbs.get(verb)
+            if method is None and self._forbidden(words[0]):
+                # an HTTP request or mail content sent as commands (a browser made to post
+                # to port 25): the session ends here, as in Postfix
+                log.warning(f"non-SMTP command from {self.client}: {log.escape(line)[:100]}")
+                self.where = "UNKNOWN"
+                self._count("unknown", False)
+                await self.push("221 2.7.0 Error: I can break rules, too. Goodbye.")
+                raise Hangup
             if self.access_denied and verb != "QUIT":
                 self.where = verb if method is not None else "UNKNOWN"
                 self._count(verb.lower() if method is not None else "unknown", False)
@@ -470,6 +478,18 @@ class Session(SMTP):
             finally:
                 if verb != "QUIT":
                     self._count(verb.lower(), ok)
+
+    def _forbidden(self, word: bytes) -> bool:
+        """Whether an unknown command ends the session (Postfix's is_header() or
+        smtpd_forbidden_commands; a table that cannot answer forbids nothing, as Postfix)."""
+        colon = word.find(b":")
+        if colon > 0 and all(33 <= c <= 126 for c in word[:colon]):
+            return True  # a header name: mail content where a command should be
+        try:
+            return self.smtpd.forbidden_commands.match(word.decode("utf-8", "replace"))
+        except maps.TableError as e:
+            log.warning(f"smtpd_forbidden_commands: {e}")
+            return False
 
     async def _greeting(self) -> bytes:
         """The banner; with smtpd_delay_reject = no, smtpd_client_restrictions run now,

@@ -409,6 +409,8 @@ _TABLE: list[Param] = [
     _p("smtpd_peername_lookup", "yes", "bool", "look up the client name in the DNS"),
     _p("smtpd_recipient_overshoot_limit", "1000", "int", "recipients over the limit before errors count"),
     _p("smtpd_junk_command_limit", "100", "int", "NOOP, VRFY, ETRN, RSET before they count as errors"),
+    _p("smtpd_forbidden_commands", "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}", "list",
+       "commands that end the session at once (as does a header name)"),
     _p("strict_rfc821_envelopes", "no", "bool", "require <> around MAIL FROM and RCPT TO addresses"),
     _p("smtpd_upstream_proxy_protocol", "", "enum", "PROXY protocol before SMTP: haproxy",
        choices=("", "haproxy")),
@@ -665,8 +667,6 @@ _TABLE: list[Param] = [
         ("smtpd_expansion_filter", "\\t\\40!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ"
          "[\\\\]^_`abcdefghijklmnopqrstuvwxyz{|}~", "str",
          "characters of client data allowed in DNS list replies"),
-        ("smtpd_forbidden_commands", "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}", "list",
-         "commands that end the session at once"),
         ("smtpd_per_request_deadline",
          "${smtpd_per_record_deadline?{$smtpd_per_record_deadline}:{${stress?{yes}:{no}}}}", "bool",
          "a time limit per request instead of per read"),
