@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from smtpd_helpers import smtpd_server
 
 
@@ -116,6 +117,23 @@ def test_limits_and_errors(tmp_path: Path) -> None:
             assert await c.cmd("NOOP\r\n") == "421 4.7.0 mx.example Error: too many errors"
             assert await c.closed()
         assert "too many errors after UNKNOWN from localhost[127.0.0.1]" in maillog.read_text()
+    run(go())
+
+
+@pytest.mark.parametrize("junk", ["EHLO h", "HELO h", "NOOP", "RSET", "VRFY root"])
+def test_junk_command_limit_counts_as_postfix(tmp_path: Path, junk: str) -> None:
+    """Postfix's smtpd_junk_command_limit: HELO and EHLO count as NOOP, RSET, VRFY and
+    ETRN do (an EHLO flood is not free), and a command is an error once more than the
+    limit went before it (checked against Debian's Postfix: with limit 2 and hard limit
+    3, the 7th such command gets 421)."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_junk_command_limit="2",
+                                smtpd_hard_error_limit="3") as (fake, c, maillog):
+            await c.reply()
+            for _ in range(6):
+                assert (await c.cmd(f"{junk}\r\n")).split("\n")[-1][:3] in ("250", "252")
+            assert await c.cmd(f"{junk}\r\n") == "421 4.7.0 mx.example Error: too many errors"
+            assert await c.closed()
     run(go())
 
 

@@ -99,7 +99,8 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "
 # with its initial response may be followed by MAIL), not ETRN or QUIT, as Postfix.
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "NOOP"))
 COUNT_ORDER = {name: i for i, name in enumerate(COUNTED)}
-JUNK = frozenset(("NOOP", "VRFY", "ETRN", "RSET"))
+# Postfix's SMTPD_CMD_FLAG_LIMIT commands, counted toward smtpd_junk_command_limit
+JUNK = frozenset(("HELO", "EHLO", "NOOP", "VRFY", "ETRN", "RSET"))
 # ASCII digits only (re.ASCII), as Postfix's alldig(): not "٣"
 _BDAT_ARGS = re.compile(r"(\d+)(?:[ \t]+(LAST))?", re.IGNORECASE | re.ASCII)
 OFF_T_MAX = 2**63 - 1  # Postfix's off_cvt_string() refuses a number beyond an off_t
@@ -466,10 +467,10 @@ class Session(SMTP):
                 self._count(verb.lower(), False)
                 await self.reply_error("530 5.7.0 Must issue a STARTTLS command first")
                 continue
-            if verb in JUNK:
-                self.junk += 1
+            if verb in JUNK:  # as Postfix: an error once more than the limit went before
                 if self.junk > smtpd.junk_limit:
                     self.error_count += 1
+                self.junk += 1
             self.where = verb
             arg = arg_b.decode("utf-8", "surrogateescape").strip()
             ok = False
