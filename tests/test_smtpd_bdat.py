@@ -35,12 +35,21 @@ def test_chunks_make_one_message_with_postfix_byte_counts(tmp_path: Path) -> Non
             assert await c.cmd(b"BDAT 2 LAST\r\nde") == \
                 "551 5.0.0 Discarded 2 bytes after earlier error"
             assert await c.cmd("NOOP\r\n") == "250 2.0.0 Ok"
+            # a refused chunk without LAST: chunks are skipped up to LAST (or RSET), and
+            # MAIL waits for that, as in Postfix
+            assert await c.cmd(b"BDAT 3\r\nabc") == "503 5.5.1 Error: need RCPT command"
+            assert await c.cmd("MAIL FROM:<a@b.c>\r\n") == "503 5.5.1 Error: MAIL after BDAT"
+            assert await c.cmd("RCPT TO:<root@mx.example>\r\n") == \
+                "503 5.5.1 Error: need MAIL command"
+            assert await c.cmd(b"BDAT 1 LAST\r\nx") == \
+                "551 5.0.0 Discarded 1 bytes after earlier error"
+            assert await c.cmd("MAIL FROM:<a@b.c>\r\n") == "250 2.1.0 Ok"
             assert await c.cmd("QUIT\r\n") == "221 2.0.0 Bye"
             (req,) = fake.requests
             assert req.raw("content") == b"Subject: x\n\n.dot stays\nbare\nlf\n"
         await asyncio.sleep(0.05)
-        assert ("disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=1 bdat=3/5 noop=1 "
-                "quit=1 commands=8/10") in maillog.read_text()
+        assert ("disconnect from localhost[127.0.0.1] ehlo=1 mail=2/3 rcpt=1/2 bdat=3/7 noop=1 "
+                "quit=1 commands=9/15") in maillog.read_text()
     run(go())
 
 

@@ -594,6 +594,8 @@ class Session(SMTP):
             return await self.reply_error("503 5.5.1 Error: send HELO/EHLO first")
         if self.env is not None:
             return await self.reply_error("503 5.5.1 Error: nested MAIL command")
+        if self.chunks is not None:  # refused chunks are skipped up to BDAT LAST or RSET
+            return await self.reply_error("503 5.5.1 Error: MAIL after BDAT")
         refusal = await smtpd.limits.message(self.anvil_ident, self.req.client_addr, self.client)
         if refusal is not None:
             return await self.reply_error(refusal)
