@@ -50,7 +50,9 @@ def test_smtpd_takes_dsn_parameters_and_keeps_them_decoded(tmp_path: Path) -> No
             assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x+zz\r\n") == \
                 "501 5.5.4 Bad ENVID parameter syntax"
             assert await c.cmd("MAIL FROM:<a@b.c> RET=FULL RET=HDRS\r\n") == \
-                "501 5.5.4 Duplicate RET parameter"
+                "501 5.5.4 Bad RET parameter syntax"  # twice: Postfix's reply
+            assert await c.cmd("MAIL FROM:<a@b.c> ENVID=a ENVID=b\r\n") == \
+                "501 5.5.4 Bad ENVID parameter syntax"
             assert await c.cmd("MAIL FROM:<a@b.c> ENVID=x+2By RET=hdrs\r\n") == "250 2.1.0 Ok"
             assert await c.cmd("RCPT TO:<root@mx.example> NOTIFY=SOMETIMES\r\n") == \
                 "501 5.5.4 Error: Bad NOTIFY parameter syntax"

@@ -676,9 +676,9 @@ class Session(SMTP):
     def _mail_dsn_param(self, env: Envelope, name: str, value: str) -> str:
         """Take MAIL's RET or ENVID (ENVID kept decoded); the refusal, or ""."""
         if "dsn" in self.smtpd.discard_ehlo:
-            return f"555 5.5.4 Unsupported option: {name}={value}"
-        if (env.ret if name == "RET" else env.envid):
-            return f"501 5.5.4 Duplicate {name} parameter"
+            return DSN_DISABLED
+        if (env.ret if name == "RET" else env.envid):  # twice: as Postfix, bad syntax
+            return f"501 5.5.4 Bad {name} parameter syntax"
         try:
             if name == "RET":
                 env.ret = dsn.ret_name(dsn.parse_ret(value))
