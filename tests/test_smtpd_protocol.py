@@ -197,3 +197,22 @@ def test_smtpd_timeout_per_read(tmp_path: Path) -> None:
         assert ("]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 noop=3 commands=5\n"
                 in log)
     run(go())
+
+
+def test_timeout_inside_data_logs_the_bytes_received(tmp_path: Path) -> None:
+    """Postfix's "timeout after DATA (N bytes)" (checked against Debian's Postfix), as
+    for a lost connection; the message is withdrawn."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtpd_timeout="1s") as (fake, c, maillog):
+            await c.reply()
+            for cmd in ("EHLO h\r\n", "MAIL FROM:<a@b.c>\r\n", "RCPT TO:<root>\r\n"):
+                await c.cmd(cmd)
+            assert await c.cmd("DATA\r\n") == "354 End data with <CR><LF>.<CR><LF>"
+            assert await c.cmd(b"Subject: x\r\n\r\n") == \
+                "421 4.4.2 mx.example Error: timeout exceeded"
+            assert await c.closed()
+            assert fake.requests == []
+        await asyncio.sleep(0.05)
+        log = maillog.read_text()
+        assert "timeout after DATA (14 bytes) from localhost[127.0.0.1]\n" in log
+    run(go())

@@ -81,7 +81,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 from pymailsys.daemons.smtpd.before_tls import SocketReader
 from pymailsys.daemons.smtpd.chunks import Chunks
 from pymailsys.daemons.smtpd.handler import Envelope, QueueMessage, Smtpd
-from pymailsys.daemons.smtpd.stream import ConnectionLost, InputBuffer
+from pymailsys.daemons.smtpd.stream import ConnectionLost, DataTimeout, InputBuffer
 
 from pymailsys import dsn, log, maps
 from pymailsys.address import networks as netaddr
@@ -285,9 +285,12 @@ class Session(SMTP):
             self._lost_connection(e.bytes_read)
         except (ConnectionError, asyncio.IncompleteReadError):
             self._lost_connection()
-        except TimeoutError:
+        except TimeoutError as e:
             self.transcript.reason = "timeout"
-            log.info(f"timeout after {self.where} from {self.client}")
+            if isinstance(e, DataTimeout) and self.where == "DATA":
+                log.info(f"timeout after DATA ({e.bytes_read} bytes) from {self.client}")
+            else:
+                log.info(f"timeout after {self.where} from {self.client}")
             try:
                 self._writer.write(
                     f"421 4.4.2 {smtpd.myhostname} Error: timeout exceeded\r\n".encode())

@@ -51,7 +51,8 @@ DESCRIPTION
 REFUSES
     End of stream: ``asyncio.IncompleteReadError`` (``bytes_read`` tells how
     much DATA had arrived, for Postfix's "lost connection after DATA (N
-    bytes)").
+    bytes)"); smtpd_timeout inside DATA: ``DataTimeout``, a TimeoutError with
+    the same ``bytes_read`` (for "timeout after DATA (N bytes)").
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class ConnectionLost(asyncio.IncompleteReadError):
 
     def __init__(self, bytes_read: int = 0) -> None:
         super().__init__(b"", None)
+        self.bytes_read = bytes_read
+
+
+class DataTimeout(TimeoutError):
+    """smtpd_timeout passed inside DATA; bytes_read counts DATA bytes received so far."""
+
+    def __init__(self, bytes_read: int) -> None:
+        super().__init__()
         self.bytes_read = bytes_read
 
 
@@ -374,7 +383,10 @@ class InputBuffer:
                     lead = piece_end - cut
                     del acc[:cut]
             search_from = max(0, len(acc) - 4)
-            chunk = await self._read()
+            try:
+                chunk = await self._read()
+            except TimeoutError:
+                raise DataTimeout(size + len(acc) - lead) from None
             if not chunk:
                 raise ConnectionLost(size + len(acc) - lead)
             acc += chunk
