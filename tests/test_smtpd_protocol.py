@@ -216,3 +216,26 @@ def test_timeout_inside_data_logs_the_bytes_received(tmp_path: Path) -> None:
         log = maillog.read_text()
         assert "timeout after DATA (14 bytes) from localhost[127.0.0.1]\n" in log
     run(go())
+
+
+@pytest.mark.parametrize("smtputf8", ["yes", "no"])
+def test_vrfy_takes_rfc6531s_smtputf8_as_postfix(tmp_path: Path, smtputf8: str) -> None:
+    """VRFY address SMTPUTF8 (RFC 6531), with Postfix's replies (checked against
+    Debian's Postfix): the keyword is not part of the address, and allows UTF-8 in it."""
+    async def go() -> None:
+        async with smtpd_server(tmp_path, smtputf8_enable=smtputf8) as (fake, c, maillog):
+            await c.reply()
+            await c.cmd("EHLO client.example\r\n")
+            syntax = "501 5.5.4 Syntax: VRFY address" + (" [SMTPUTF8]" if smtputf8 == "yes"
+                                                         else "")
+            assert await c.cmd("VRFY\r\n") == syntax
+            if smtputf8 == "yes":
+                assert await c.cmd("VRFY SMTPUTF8\r\n") == syntax
+                assert await c.cmd("VRFY root smtputf8\r\n") == "252 2.0.0 root"
+                assert await c.cmd("VRFY r\u00f4ot@mx.example SMTPUTF8\r\n") == (
+                    "550 5.1.1 <r\u00f4ot@mx.example>: Recipient address rejected: "
+                    "User unknown in local recipient table")
+            else:
+                assert await c.cmd("VRFY root SMTPUTF8\r\n") == \
+                    "501 5.1.3 Bad recipient address syntax"
+    run(go())

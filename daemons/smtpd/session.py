@@ -943,8 +943,14 @@ class Session(SMTP):
         # Not SMTP's: Postfix's replies and checks.
         if self.smtpd.vrfy_disabled:
             return await self.reply_error("502 5.5.1 VRFY command is disabled")
+        smtputf8 = False  # RFC 6531's VRFY address SMTPUTF8, as Postfix takes it
+        words = arg.rsplit(None, 1)
+        if (self.smtpd.smtputf8 and "smtputf8" not in self.smtpd.discard_ehlo and words
+                and words[-1].upper() == "SMTPUTF8"):
+            arg, smtputf8 = arg[:len(arg) - len(words[-1])].rstrip(), True
         if not arg:
-            return await self.reply_error("501 5.5.4 Syntax: VRFY address")
+            return await self.reply_error(
+                f"501 5.5.4 Syntax: VRFY address{' [SMTPUTF8]' if self.smtpd.smtputf8 else ''}")
         refusal = await self.smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
                                                     self.client)
         if refusal is not None:
@@ -952,7 +958,7 @@ class Session(SMTP):
         addr = extract_address(arg, False)
         if addr:
             addr = envelope_address(addr)
-        if not addr or self._bad_syntax(addr, arg, False):
+        if not addr or self._bad_syntax(addr, arg, smtputf8):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         if not self.smtpd.stand_alone:
             # Postfix's smtpd_check_rcpt, every list RCPT runs: a client refused there
