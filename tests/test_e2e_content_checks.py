@@ -150,6 +150,43 @@ def test_mime_part_and_attached_message_headers(new_instance) -> None:  # type: 
     _arrived(inst, b"plain")
 
 
+def _nested_multiparts(depth: int) -> str:
+    """A message of depth + 1 multiparts, each the only part of the one around it, and in
+    the innermost a part whose header says X-Inner: evil."""
+    text = "Subject: nest\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b0\n\n"
+    for i in range(depth):
+        text += f"--b{i}\nContent-Type: multipart/mixed; boundary=b{i + 1}\n\n"
+    text += f"--b{depth}\nContent-Type: text/plain\nX-Inner: evil\n\nbody\n--b{depth}--\n"
+    return text + "".join(f"--b{i}--\n" for i in range(depth - 1, -1, -1))
+
+
+def test_mime_nesting_past_the_limit_is_rejected_as_postfix(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 with mime_nesting_limit = 3 follows five multiparts (its depth
+    counter starts at -1) and rejects a sixth while header checks are in use, so that a
+    deep part cannot hide a header from them; with body_checks alone it says nothing."""
+    inst = _instance(new_instance, header="/^X-Inner: evil/ REJECT inner header\n",
+                     mime_nesting_limit="3")
+    rcpt = f"{ME}@{_origin(inst)}"
+    assert _data_reply(inst, rcpt, _nested_multiparts(4)) == (550, b"5.7.1 inner header")
+    code, text = _data_reply(inst, rcpt, _nested_multiparts(5))
+    assert (code, text) == (550, b"5.6.0 MIME nesting exceeds safety limit")
+    line = inst.wait_log(r"reject: mime-error")[0]
+    assert re.search(r"postfix/cleanup\[\d+\]: [0-9A-F]+: reject: mime-error MIME nesting exceeds "
+                     r"safety limit: Content-Type: multipart/mixed; boundary=b5 from "
+                     r"[^ ]+\[127\.0\.0\.1\]; from=<sender@example\.org> to=<"
+                     + re.escape(rcpt) + ">$", line), line
+    assert inst.queue_empty() and not inst.maildir_messages()
+
+
+def test_mime_nesting_with_body_checks_alone_is_not_reported(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, body="/^never matches/ REJECT\n", mime_nesting_limit="3",
+                     header_checks="", mime_header_checks="", nested_header_checks="")
+    rcpt = f"{ME}@{_origin(inst)}"
+    inst.send("sender@example.org", rcpt, _nested_multiparts(5))
+    _arrived(inst, b"nest")
+    assert "mime-error" not in inst.log()
+
+
 def test_no_header_body_checks_for_a_service(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, header="/^Subject: spam/ REJECT\n",
                      receive_override_options="no_header_body_checks")

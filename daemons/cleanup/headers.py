@@ -446,8 +446,8 @@ class ContentPass:
         name = self.current_name
         name_end = self.name_end
         if self.checks is not None:
-            if self.mime is not None:
-                self.mime.header(lines)
+            if self.mime is not None and self.mime.header(lines):
+                self.checks.mime_nesting(lines)
             prepend, lines = self.checks.header(hbc.PRIMARY, lines)
             self._emit_header(prepend)
             if lines is None:
@@ -688,7 +688,8 @@ class ContentPass:
         mime = self.mime
         checks = self.checks
         assert mime is not None and checks is not None
-        mime.header(lines)
+        if mime.header(lines):
+            checks.mime_nesting(lines)
         prepend, kept = checks.header(mime.state, lines)
         for line in [*prepend, *(kept or [])]:
             self._emit_body_line(line)

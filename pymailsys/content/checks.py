@@ -37,6 +37,13 @@ Every action but IGNORE, DUNNO and OK logs, as Postfix does,
 action logs Postfix's warning and passes the line. body_checks see only the
 first body_checks_size_limit bytes of each body part (0: no limit).
 
+With any header table, a multipart nested deeper than mime_nesting_limit
+(``mime.MimeState``; ``mime_nesting(lines)``) rejects the message with
+``5.6.0 MIME nesting exceeds safety limit`` and stops the checks, logged as
+Postfix does: ``ID: reject: mime-error MIME nesting exceeds safety limit:
+HEADER from ORIGIN; from=<s> to=<r>`` (HEADER cut at 100 characters); with
+body_checks alone the deeper parts are body text, unreported.
+
 A table that cannot answer sets ``failed`` (the caller defers the message,
 as for any table failure). Memory: the checks keep only the verdicts, none
 of them growing with the number of matching lines.
@@ -62,6 +69,7 @@ _IS_HEADER = re.compile(r"[!-9;-~]+[ \t]*:")
 _MIME_HEADER = re.compile(rb"(?i)(?:content-(?:description|disposition|id|transfer-encoding|type)"
                           rb"|mime-version)[ \t]*:")
 DEFAULT_REJECT = "5.7.1 message content rejected"
+MIME_NESTING = "5.6.0 MIME nesting exceeds safety limit"
 BCC_KEPT = 1000  # distinct BCC addresses one message's checks may add
 
 
@@ -96,9 +104,15 @@ class CheckTables:
 
     @property
     def mime_aware(self) -> bool:
-        """Lines past the primary header need the MIME structure (part headers, body lines)."""
-        return (self.body is not None or self.headers[MULTIPART] is not None
-                or self.headers[NESTED] is not None)
+        """Lines past the primary header need the MIME structure: part headers, body
+        lines, or (with any header table) the nesting depth, as ``report_nesting``."""
+        return self.active
+
+    @property
+    def report_nesting(self) -> bool:
+        """MIME nesting past mime_nesting_limit rejects the message: with any header
+        table, as Postfix's MIME_OPT_REPORT_NESTING (not with body_checks alone)."""
+        return any(m is not None for m in self.headers.values())
 
 
 @dataclass
@@ -159,6 +173,21 @@ class MessageChecks:
         if replacement is None:
             return prepend, lines
         return prepend, [replacement] if replacement else None
+
+    def mime_nesting(self, lines: list[bytes]) -> None:
+        """A multipart header went deeper than mime_nesting_limit: with ``report_nesting``
+        the message is rejected (unless a rule already rejected it) and no further
+        checks run, as Postfix's cleanup_mime_error_callback logs it."""
+        if not self.tables.report_nesting or self.stopped:
+            return
+        self.reject = MIME_NESTING
+        self.stopped = True
+        where = self.where
+        text = b"\n".join(lines)[:100].decode("utf-8", "surrogateescape")
+        log.info(log.printable(
+            f"{where.queue_id}: reject: mime-error {MIME_NESTING[6:]}: {text} from "
+            f"{where.origin}; from=<{log.address(where.sender)}> "
+            f"to=<{log.address(where.recipient or 'unknown')}>"))
 
     def new_part(self) -> None:
         """A new body part starts: body_checks_size_limit counts again."""

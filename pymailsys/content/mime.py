@@ -21,9 +21,14 @@ headers of an attached message (``NESTED``: nested_header_checks).
   ``end_headers(blank)``); only one that ended at an empty line can be
   followed by an attached message's headers, as in Postfix's mime_state.
 
-Bounded: at most ``nesting_limit`` boundaries are remembered (deeper ones are
-body text), each at most one header long; the work per line is linear in its
-length times the nesting depth.
+Bounded: at most ``nesting_limit`` + 2 boundaries are remembered, as in
+Postfix's mime_state (whose depth counter starts at -1 and is compared with
+the limit before each push), each at most one header long; the work per line
+is linear in its length times the nesting depth. A multipart header that would
+go deeper is not followed (its parts are body text) and ``header`` returns True:
+the caller reports Postfix's "MIME nesting exceeds safety limit" when it wants
+to (cleanup does when header checks are in use, as Postfix's
+MIME_OPT_REPORT_NESTING).
 """
 
 from __future__ import annotations
@@ -49,14 +54,15 @@ class MimeState:
         self._boundary: bytes | None = None  # ... or a multipart body with this boundary
         self._digest = False  # ... that is a multipart/digest
 
-    def header(self, lines: list[bytes]) -> None:
-        """One complete header of the header block in progress (its lines, no line ends)."""
+    def header(self, lines: list[bytes]) -> bool:
+        """One complete header of the header block in progress (its lines, no line ends);
+        True when it opens a multipart deeper than the nesting limit allows."""
         first = lines[0]
         if not first[:13].lower().startswith(b"content-type"):
-            return
+            return False
         name, colon, value = first.partition(b":")
         if not colon or name.rstrip(b" \t").lower() != b"content-type":
-            return
+            return False
         value = b"\n".join([value, *lines[1:]])
         m = _TYPE.match(value)
         kind = m.group(1).lower() if m else b""
@@ -66,7 +72,10 @@ class MimeState:
         if kind.startswith(b"multipart/"):
             b = _BOUNDARY.search(b";" + value)
             if b is not None:
+                if len(self.boundaries) > self.nesting_limit + 1:
+                    return True
                 self._boundary = b.group(1) if b.group(1) is not None else b.group(2)
+        return False
 
     def end_headers(self, blank: bool = True) -> None:
         """The header block in progress ended (at an empty line when blank):
@@ -77,7 +86,7 @@ class MimeState:
             self.state = NESTED
             return
         self.state = BODY
-        if boundary and len(self.boundaries) < self.nesting_limit:
+        if boundary:
             self.boundaries.append(boundary)
             self._digests.append(digest)
 
