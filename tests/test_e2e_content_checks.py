@@ -187,6 +187,17 @@ def test_mime_nesting_with_body_checks_alone_is_not_reported(new_instance) -> No
     assert "mime-error" not in inst.log()
 
 
+def test_mime_boundary_length_limit_cuts_the_boundary(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A boundary is remembered up to mime_boundary_length_limit bytes: a line that starts
+    with that much of it opens a part, as in Postfix's mime_state."""
+    inst = _instance(new_instance, header="/^X-Part: evil/ REJECT part header\n",
+                     mime_boundary_length_limit="5")
+    rcpt = f"{ME}@{_origin(inst)}"
+    text = ("Subject: cut\nContent-Type: multipart/mixed; boundary=abcdefgh\n\n"
+            "--abcdeZZZ\nX-Part: evil\n\nbody\n")
+    assert _data_reply(inst, rcpt, text) == (550, b"5.7.1 part header")
+
+
 def test_no_header_body_checks_for_a_service(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, header="/^Subject: spam/ REJECT\n",
                      receive_override_options="no_header_body_checks")

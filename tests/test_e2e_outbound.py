@@ -463,3 +463,65 @@ def test_a_second_pymailsys_instance_as_the_peer(new_instance) -> None:  # type:
     assert head.startswith(b"Return-Path: <alice@example.org>\n")
     assert b"\nX-Raw: \xc3\xa4\n" in head
     assert body == BODY_8BIT.replace(b"\r\n", b"\n")
+
+
+MIME_8BIT = ("Subject: mime\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
+             "--BB\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+             "Grüße = 1 \n.dot\n--BB--\n").encode()
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_8bit_mime_to_a_server_without_8bitmime(new_instance, sink, disabled: bool) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix: a part declared 8bit goes quoted-printable to a server that does not
+    offer 8BITMIME (the rest as it was), unless disable_mime_output_conversion = yes."""
+    sink.start("-8")
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port, disable_mime_output_conversion="yes" if disabled else "no")
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", ["a@remote.example"], MIME_8BIT,
+                        mail_options=["BODY=8BITMIME"])
+    inst.wait_log(r"to=<a@remote\.example>, .*status=sent")
+    (dump,) = sink.wait_dumps(1)
+    assert re.search(rb"^X-Mail-Args: <alice@example.org>$", dump, re.M)  # no BODY=
+    body = dump.split(b"\nContent-Type: text/plain; charset=utf-8\n", 1)[1].rstrip(b"\n")
+    if disabled:
+        assert body == "Content-Transfer-Encoding: 8bit\n\nGrüße = 1 \n.dot\n--BB--".encode()
+    else:
+        assert body == (b"Content-Transfer-Encoding: quoted-printable\n\n"
+                        b"Gr=C3=BC=C3=9Fe =3D 1=20\n.dot\n--BB--")
+
+
+def test_8bit_mime_nested_too_deep_to_convert_bounces(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    sink.start("-8")
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port, mime_nesting_limit="1")
+    inst.start()
+    text = "Subject: deep\nContent-Type: multipart/mixed; boundary=b0\n\n"
+    for i in range(3):
+        text += f"--b{i}\nContent-Type: multipart/mixed; boundary=b{i + 1}\n\n"
+    with inst.smtp() as client:
+        client.ehlo()
+        client.sendmail("alice@example.org", ["a@remote.example"], text.encode(),
+                        mail_options=["BODY=8BITMIME"])
+    inst.wait_log(r"to=<a@remote\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*dsn=5\.6\.0, "
+                  r"status=bounced \(MIME nesting exceeds safety limit\)")
+    assert not sink.dumps()
+
+
+def test_body_parameter_passed_on_as_declared(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """BODY=7BIT goes on as BODY=7BIT, and mail without BODY= goes without one, as Postfix."""
+    sink.start()
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    for options in ([], ["BODY=7BIT"]):
+        with inst.smtp() as client:
+            client.ehlo()
+            client.sendmail("alice@example.org", ["a@remote.example"], b"Subject: s\r\n\r\nx\r\n",
+                            mail_options=options)
+    inst.wait_log(r"to=<a@remote\.example>, .*status=sent", count=2)
+    args = sorted(re.search(rb"^X-Mail-Args: (.*)$", d, re.M).group(1)  # type: ignore[union-attr]
+                  for d in sink.wait_dumps(2))
+    assert args == [b"<alice@example.org>", b"<alice@example.org> BODY=7BIT"]

@@ -118,7 +118,8 @@ CONFIGURATION PARAMETERS
     hopcount_limit, message_drop_headers, always_add_missing_headers, header_from_format,
     line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
     header_checks, mime_header_checks, nested_header_checks, body_checks,
-    body_checks_size_limit, mime_nesting_limit, canonical_maps, sender_canonical_maps,
+    body_checks_size_limit, mime_nesting_limit, mime_boundary_length_limit,
+    canonical_maps, sender_canonical_maps,
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,
     virtual_alias_recursion_limit, virtual_alias_expansion_limit,
@@ -228,6 +229,7 @@ class Settings:
         self.checks = hbc.CheckTables.from_config(config)
         self.mapper = mapping.Mapper(config)
         self.mime_nesting_limit = config.get_int("mime_nesting_limit")
+        self.mime_boundary_limit = config.get_int("mime_boundary_length_limit")
 
 
 Rcpt = tuple[str, str, int, str]  # (recipient, original recipient, notify, dsn_orcpt)
@@ -397,9 +399,9 @@ class Cleanup:
         if full_name:
             b.full_name(full_name)
         b.sender(sender)
-        encoding = text("encoding")
-        if encoding:
-            b.attr("encoding", encoding)
+        encoding = text("encoding").lower()
+        if encoding:  # Postfix's values: a Postfix qmgr and smtp read the file too
+            b.attr("encoding", "8bit" if encoding == "8bitmime" else encoding)
         where = hbc.Where(queue_id, "local", sender, recipients[0][0] if recipients else None)
         if origin == "smtpd":
             name = text("client_name") or "unknown"
@@ -470,7 +472,8 @@ class Cleanup:
         if flags & services.CLEANUP_FLAG_FILTER and s.checks.active:
             checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
-                                  s.replace_stray_cr, checks, s.mime_nesting_limit)
+                                  s.replace_stray_cr, checks, s.mime_nesting_limit,
+                                  s.mime_boundary_limit)
         return b, content, recipients, detect_utf8
 
     def detects_utf8(self, smtputf8: int, origin: str) -> bool:

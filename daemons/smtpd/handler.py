@@ -62,7 +62,7 @@ class Envelope:
     sender: str = ""
     recipients: list[str] = field(default_factory=list)
     orig_recipients: list[str] = field(default_factory=list)
-    body: str = "7bit"
+    body: str = ""  # BODY= lower-cased ("7bit", "8bitmime"); "" without one, as Postfix
     size: int = 0
     ret: str = ""  # "FULL", "HDRS" or ""
     envid: str = ""  # decoded from xtext

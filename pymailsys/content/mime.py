@@ -23,7 +23,9 @@ headers of an attached message (``NESTED``: nested_header_checks).
 
 Bounded: at most ``nesting_limit`` + 2 boundaries are remembered, as in
 Postfix's mime_state (whose depth counter starts at -1 and is compared with
-the limit before each push), each at most one header long; the work per line
+the limit before each push), each cut at ``boundary_limit`` bytes
+(mime_boundary_length_limit: a line that starts with the cut boundary matches,
+as in Postfix); the work per line
 is linear in its length times the nesting depth. A multipart header that would
 go deeper is not followed (its parts are body text) and ``header`` returns True:
 the caller reports Postfix's "MIME nesting exceeds safety limit" when it wants
@@ -45,8 +47,9 @@ _NESTED_TYPES = (b"message/rfc822", b"message/global")
 
 
 class MimeState:
-    def __init__(self, nesting_limit: int = 100) -> None:
+    def __init__(self, nesting_limit: int = 100, boundary_limit: int = 2048) -> None:
         self.nesting_limit = max(nesting_limit, 0)
+        self.boundary_limit = max(boundary_limit, 1)  # mime_boundary_length_limit
         self.boundaries: list[bytes] = []
         self._digests: list[bool] = []  # per boundary: a multipart/digest (parts default to message/rfc822)
         self.state = BODY
@@ -74,7 +77,8 @@ class MimeState:
             if b is not None:
                 if len(self.boundaries) > self.nesting_limit + 1:
                     return True
-                self._boundary = b.group(1) if b.group(1) is not None else b.group(2)
+                found = b.group(1) if b.group(1) is not None else b.group(2)
+                self._boundary = found[:self.boundary_limit]
         return False
 
     def end_headers(self, blank: bool = True) -> None:

@@ -75,7 +75,9 @@ CONFIGURATION PARAMETERS
     (each also as lmtp_*), inet_protocols, inet_interfaces (the source address
     when it has one non-loopback address of the peer's family), proxy_interfaces,
     myhostname, fast_flush_domains, flush_service_name, ipc_timeout,
-    lmtp_assume_final.
+    lmtp_assume_final, disable_mime_output_conversion, mime_nesting_limit,
+    mime_boundary_length_limit, header_size_limit (the 8-bit to quoted-printable
+    conversion for a server without 8BITMIME: ``pymailsys.content.downgrade``).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ from typing import Any
 from pymailsys import log
 from pymailsys.address import networks
 from pymailsys.config import Config
+from pymailsys.content import downgrade
 from pymailsys.delivery.agent import (
     ContentError,
     DeliveryRequest,
@@ -113,6 +116,8 @@ from pymailsys.smtp import client, nexthop, tls
 
 CACHE_SWEEP = 1.0
 MAX_ENVID = 100  # RFC 3461
+# the queue file's encoding (Postfix's "8bit"; pymailsys's smtpd and pickup say "8bitmime")
+_ENCODINGS = {"8bit": "8bit", "8bitmime": "8bit", "7bit": "7bit"}
 
 
 def param_name(protocol: str, suffix: str) -> str:
@@ -132,7 +137,7 @@ class Request:
     active_time: float
     sender: str
     nexthop: str
-    eight_bit: bool
+    encoding: str  # "8bit", "7bit" or "" (not declared)
     recipients: list[Recipient]
     start_time: float
     dsn_envid: str = ""
@@ -158,7 +163,7 @@ class Request:
             raise ValueError(f"dsn_envid longer than {MAX_ENVID} characters")
         return cls(first.queue_name, first.queue_id, first.data_offset, first.content_size,
                    first.arrival_time, first.active_time, first.sender, first.nexthop,
-                   attrs.text("encoding").lower() == "8bitmime", recipients,
+                   _ENCODINGS.get(attrs.text("encoding").lower(), ""), recipients,
                    first.start_time, envid,
                    ret_name(attrs.number("dsn_ret")), smtputf8)
 
@@ -193,7 +198,11 @@ class Agent:
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
             skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
             reply_limit=max(config.get_int("line_length_limit"), 1),
-            source=networks.source_addresses(config))
+            source=networks.source_addresses(config),
+            mime_downgrade=not config.get_bool("disable_mime_output_conversion"),
+            mime_limits=downgrade.Limits(config.get_int("mime_nesting_limit"),
+                                         config.get_int("mime_boundary_length_limit"),
+                                         config.get_size("header_size_limit")))
         self.tls = tls.ClientTls.from_config(config, protocol)
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
@@ -287,7 +296,7 @@ class Agent:
                 pending = [i for i in range(count) if results[i] is None]
                 env = client.Envelope(
                     req.sender, [req.recipients[i].address for i in pending], req.content_size,
-                    req.eight_bit, req.dsn_ret, req.dsn_envid,
+                    req.encoding, req.dsn_ret, req.dsn_envid,
                     [_orcpt(req.recipients[i]) for i in pending],
                     [req.recipients[i].notify for i in pending], req.smtputf8)
                 try:

@@ -38,7 +38,7 @@ cleanup (``public/cleanup``), one request per message, streamed
              full_name     (pickup: sender full name, -F)
              rewrite_context  "local" | "remote"
              flags         int, CLEANUP_FLAG_* below
-             encoding      "7bit" | "8bitmime" (BODY=)
+             encoding      "7bit" | "8bitmime" (BODY=; none without it; the queue file says "8bit")
              notify, envid, ret   (DSN parameters, optional)
              orig_id       (pickup: the maildrop file's name, for postsuper -r)
              content_filter  optional (smtpd, pickup: their content_filter):

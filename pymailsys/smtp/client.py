@@ -14,8 +14,14 @@ DESCRIPTION
     (``Peer.path``) within the connect timeout and reads the greeting.
     ``hello`` sends EHLO (LHLO for LMTP) and remembers the extensions; an
     SMTP server that rejects EHLO gets HELO instead. ``send`` runs one
-    transaction: MAIL FROM (SIZE=, BODY=8BITMIME, and ENVID= and RET= when
-    the server offers them), one RCPT TO per recipient (ORCPT= and NOTIFY=
+    transaction: MAIL FROM (SIZE=, BODY=8BITMIME or BODY=7BIT as the message
+    was declared, and ENVID= and RET= when the server offers them; to a server
+    that does not offer 8BITMIME, a message not declared 7bit goes through
+    ``pymailsys.content.downgrade`` (8-bit MIME parts as quoted-printable,
+    without SIZE=, as Postfix) unless ``Settings.mime_downgrade`` is off
+    (disable_mime_output_conversion); content it cannot convert (MIME nesting
+    past the limit) ends the connection and fails the recipients with 5.6.0),
+    one RCPT TO per recipient (ORCPT= and NOTIFY=
     to a server that offers DSN), DATA, the message, and the end of
     data; with PIPELINING the commands up to DATA go out in one write (and
     when the server answers 354 to DATA though it refused every recipient,
@@ -96,10 +102,11 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pymailsys import dsn, log
+from pymailsys.content import downgrade
 from pymailsys.log import printable
 from pymailsys.queue.records import SMTPUTF8_REQUESTED
 from pymailsys.rfc822 import quote_822_local
@@ -215,7 +222,7 @@ class Envelope:
     sender: str
     recipients: list[str]
     size: int = 0
-    eight_bit: bool = False
+    encoding: str = ""  # the queue file's: "8bit" (BODY=8BITMIME), "7bit" (BODY=7BIT) or ""
     ret: str = ""
     envid: str = ""
     orcpts: list[str] = field(default_factory=list)
@@ -255,6 +262,10 @@ class Settings:
     # address family -> the local address connections of that family are made from
     # (inet_interfaces' only address of the family: networks.source_addresses)
     source: dict[int, str] = field(default_factory=dict)
+    # 8-bit content to a server without 8BITMIME goes quoted-printable (not with
+    # disable_mime_output_conversion), within these limits (``pymailsys.content.downgrade``)
+    mime_downgrade: bool = True
+    mime_limits: downgrade.Limits = field(default_factory=downgrade.Limits)
 
 
 class Session:
@@ -469,11 +480,15 @@ class Session:
             raise SessionError(f"SMTPUTF8 is required, but was not offered by host "
                                f"{self.peer.label}", retry_other=False, dsn="5.6.7")
         self.uses += 1
+        # as Postfix's SMTP_MIME_DOWNGRADE: content not declared 7bit, to a server without
+        # 8BITMIME, is made 7-bit where its MIME headers say 8bit (and SIZE is not sent)
+        downgrading = (self.settings.mime_downgrade and "8BITMIME" not in self.extensions
+                       and env.encoding != "7bit")
         mail = f"MAIL FROM:<{quote_822_local(env.sender) if env.sender else ''}>"
-        if "SIZE" in self.extensions:
+        if "SIZE" in self.extensions and not downgrading:
             mail += f" SIZE={env.size}"
-        if env.eight_bit and "8BITMIME" in self.extensions:
-            mail += " BODY=8BITMIME"
+        if "8BITMIME" in self.extensions and env.encoding in ("8bit", "7bit"):
+            mail += " BODY=8BITMIME" if env.encoding == "8bit" else " BODY=7BIT"
         if utf8:
             mail += " SMTPUTF8"
         offers_dsn = self.offers_dsn
@@ -532,7 +547,12 @@ class Session:
             if pipelining:  # a 354 though every RCPT TO failed: the server is in data mode
                 await self._empty_data()
             return outcome
-        await self._send_content(text)
+        try:
+            await self._send_content(_downgraded(text, self.settings.mime_limits)
+                                     if downgrading else text)
+        except downgrade.MimeError as e:  # no way to cancel the data but to hang up
+            self.close()
+            raise SessionError(e.text, retry_other=False, dsn=e.dsn) from None
         await self._end_of_data(outcome)
         return outcome
 
@@ -631,6 +651,14 @@ class Session:
     def close(self) -> None:
         self.broken = True
         self.writer.close()
+
+
+def _downgraded(text: Iterable[bytes], limits: downgrade.Limits) -> Iterator[bytes]:
+    """The message made 7-bit (``pymailsys.content.downgrade``), chunk by chunk."""
+    converter = downgrade.Downgrade(limits)
+    for chunk in text:
+        yield converter.feed(chunk)
+    yield converter.end()
 
 
 def _extensions(reply: Reply) -> dict[str, str]:
