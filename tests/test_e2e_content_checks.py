@@ -198,6 +198,21 @@ def test_mime_boundary_length_limit_cuts_the_boundary(new_instance) -> None:  # 
     assert _data_reply(inst, rcpt, text) == (550, b"5.7.1 part header")
 
 
+def test_disable_mime_input_processing_makes_part_headers_body(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix's MIME_OPT_DISABLE_MIME: after the primary header block all is body, so
+    a part's header meets body_checks, not the header checks."""
+    inst = _instance(new_instance, header="/^X-Part: evil/ REJECT part header\n",
+                     body="/^X-Part: worse/ REJECT part header as body\n",
+                     disable_mime_input_processing="yes")
+    rcpt = f"{ME}@{_origin(inst)}"
+    text = ("Subject: {}\nContent-Type: multipart/mixed; boundary=BB\n\n"
+            "--BB\nX-Part: {}\n\nbody\n--BB--\n")
+    assert _data_reply(inst, rcpt, text.format("worse", "worse")) == (
+        550, b"5.7.1 part header as body")
+    inst.send("sender@example.org", rcpt, text.format("evil", "evil"))
+    _arrived(inst, b"evil")
+
+
 def test_no_header_body_checks_for_a_service(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, header="/^Subject: spam/ REJECT\n",
                      receive_override_options="no_header_body_checks")

@@ -119,6 +119,8 @@ CONFIGURATION PARAMETERS
     line_length_limit, header_size_limit, cleanup_replace_stray_cr_lf, message_size_limit,
     header_checks, mime_header_checks, nested_header_checks, body_checks,
     body_checks_size_limit, mime_nesting_limit, mime_boundary_length_limit,
+    disable_mime_input_processing (no MIME part or attached-message headers: every
+    line after the primary header block is body to body_checks),
     canonical_maps, sender_canonical_maps,
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,
@@ -230,6 +232,7 @@ class Settings:
         self.mapper = mapping.Mapper(config)
         self.mime_nesting_limit = config.get_int("mime_nesting_limit")
         self.mime_boundary_limit = config.get_int("mime_boundary_length_limit")
+        self.mime_disabled = config.get_bool("disable_mime_input_processing")
 
 
 Rcpt = tuple[str, str, int, str]  # (recipient, original recipient, notify, dsn_orcpt)
@@ -473,7 +476,7 @@ class Cleanup:
             checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
                                   s.replace_stray_cr, checks, s.mime_nesting_limit,
-                                  s.mime_boundary_limit)
+                                  s.mime_boundary_limit, s.mime_disabled)
         return b, content, recipients, detect_utf8
 
     def detects_utf8(self, smtputf8: int, origin: str) -> bool:

@@ -314,11 +314,11 @@ class ContentPass:
     def __init__(self, received: list[str], job: HeaderJob, drop: frozenset[bytes],
                  line_limit: int, header_limit: int, replace_stray_cr: bool = True,
                  checks: hbc.MessageChecks | None = None, mime_nesting_limit: int = 100,
-                 mime_boundary_limit: int = 2048) -> None:
+                 mime_boundary_limit: int = 2048, mime_disabled: bool = False) -> None:
         self.job = job
         self.checks = checks
         # Lines past the primary header go one by one through the MIME state and the checks.
-        self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit)
+        self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit, mime_disabled)
                      if checks is not None and checks.tables.mime_aware else None)
         self.part: list[bytes] = []  # the MIME part or attached-message header being collected
         self.part_len = 0

@@ -531,6 +531,8 @@ _TABLE: list[Param] = [
     _p("mime_nesting_limit", "100", "int", "depth of nested multiparts and attached messages"),
     _p("mime_boundary_length_limit", "2048", "int", "bytes of a MIME boundary remembered",
        minimum=1),
+    _p("disable_mime_input_processing", "no", "bool",
+       "cleanup sees no MIME structure: all after the primary header is body"),
     _p("disable_mime_output_conversion", "no", "bool",
        "send 8-bit content as is to a server without 8BITMIME"),
     _p("append_at_myorigin", "yes", "bool", "append @$myorigin to addresses without a domain"),

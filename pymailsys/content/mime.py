@@ -21,6 +21,10 @@ headers of an attached message (``NESTED``: nested_header_checks).
   ``end_headers(blank)``); only one that ended at an empty line can be
   followed by an attached message's headers, as in Postfix's mime_state.
 
+With ``disabled`` (disable_mime_input_processing) no Content-Type is
+followed: every line after the primary header block is body, as Postfix's
+MIME_OPT_DISABLE_MIME.
+
 Bounded: at most ``nesting_limit`` + 2 boundaries are remembered, as in
 Postfix's mime_state (whose depth counter starts at -1 and is compared with
 the limit before each push), each cut at ``boundary_limit`` bytes
@@ -47,7 +51,9 @@ _NESTED_TYPES = (b"message/rfc822", b"message/global")
 
 
 class MimeState:
-    def __init__(self, nesting_limit: int = 100, boundary_limit: int = 2048) -> None:
+    def __init__(self, nesting_limit: int = 100, boundary_limit: int = 2048,
+                 disabled: bool = False) -> None:
+        self.disabled = disabled  # disable_mime_input_processing: all is body after the top
         self.nesting_limit = max(nesting_limit, 0)
         self.boundary_limit = max(boundary_limit, 1)  # mime_boundary_length_limit
         self.boundaries: list[bytes] = []
@@ -61,7 +67,7 @@ class MimeState:
         """One complete header of the header block in progress (its lines, no line ends);
         True when it opens a multipart deeper than the nesting limit allows."""
         first = lines[0]
-        if not first[:13].lower().startswith(b"content-type"):
+        if self.disabled or not first[:13].lower().startswith(b"content-type"):
             return False
         name, colon, value = first.partition(b":")
         if not colon or name.rstrip(b" \t").lower() != b"content-type":
