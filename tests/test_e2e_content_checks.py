@@ -127,6 +127,22 @@ def test_redirect_bcc_prepend_replace_ignore_change_what_arrives(new_instance) -
     inst.wait_log(r": replace: body password=hunter2 from .*: password=<removed>$")
 
 
+def test_strip_deletes_and_logs(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """STRIP (Postfix 3.7's cleanup_act): IGNORE with a log line."""
+    inst = _instance(new_instance, header="/^X-Tracking:/ STRIP no tracking\n",
+                     body="/^unsubscribe-pixel/ STRIP\n")
+    rcpt = f"{ME}@{_origin(inst)}"
+    inst.send("sender@example.org", rcpt,
+              "Subject: stripped\nX-Tracking: 1234\n\nhello\nunsubscribe-pixel here\nbye\n")
+    [msg] = _arrived(inst, b"stripped")
+    head, body = msg.split(b"\n\n", 1)
+    assert b"X-Tracking" not in head and body == b"hello\nbye\n"
+    inst.wait_log(r": [0-9A-F]+: strip: header X-Tracking: 1234 from [^ ]+\[127\.0\.0\.1\]; "
+                  r"from=<sender@example\.org> to=<[^>]+> proto=ESMTP helo=<[^>]+>: no tracking$")
+    inst.wait_log(r": [0-9A-F]+: strip: body unsubscribe-pixel here from .*helo=<[^>]+>$")
+    assert "unknown command" not in inst.log()
+
+
 def test_mime_part_and_attached_message_headers(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, header="/^Content-Type: application\\/x-msdownload/ REJECT "
                                           "Attachment type not allowed\n"

@@ -29,6 +29,7 @@ text after it optional unless said:
 * PREPEND text: a header (``name: value``) or body line before this one;
 * REPLACE text: this header (``name: value``) or body line replaced;
 * IGNORE: this header or body line deleted;
+* STRIP [text]: the same, logged;
 * WARN [text], INFO [text]: logged only; DUNNO, OK: nothing.
 
 Every action but IGNORE, DUNNO and OK logs, as Postfix does,
@@ -279,6 +280,9 @@ class MessageChecks:
             else:
                 log.info(where.line("bcc", context, text, rest))
                 self._add_bcc(rest)
+        elif action == "STRIP":  # IGNORE, logged
+            log.info(where.line("strip", context, text, rest))
+            return [], b""
         elif action == "IGNORE":
             return [], b""
         elif action not in ("DUNNO", "OK"):
