@@ -224,7 +224,14 @@ from pymailsys.delivery.agent import (
     says_corrupt,
 )
 from pymailsys.ipc import flush, peers, trigger
-from pymailsys.ipc.attr import REQUESTS_AT_ONCE, AttrClient, AttrList, AttrValue, ProtocolError
+from pymailsys.ipc.attr import (
+    REQUESTS_AT_ONCE,
+    AttrClient,
+    AttrList,
+    AttrValue,
+    NotRead,
+    ProtocolError,
+)
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
 from pymailsys.queue import spool as q
@@ -468,7 +475,7 @@ class Qmgr:
         self.sched_wake = asyncio.Event()
         self.resume_timer: asyncio.TimerHandle | None = None  # the next rate-delay pause's end
         self.policy("")  # a bad default is fatal at start, not at the first delivery
-        self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300)
+        self.bounce = AttrClient(self.spool.private(BOUNCE), timeout=300, hello=BOUNCE)
         self.flush = flush.FlushClient(self.spool.public(cfg.get("flush_service_name")),
                                        self.ipc_timeout,
                                        enabled=bool(cfg.get_list("fast_flush_domains")))
@@ -1144,8 +1151,10 @@ class Qmgr:
         feedback; True when it came. A broken connection defers the entry's recipients,
         except for an entry sent behind a request that got its reply (``behind_reply``):
         a sequential agent that goes away reads nothing more (a reload, a changed
-        table), so that entry goes back to the scheduler, to be sent again. The lane
-        that carried it takes no entry behind it once the reply is in (``fill``)."""
+        table), so that entry goes back to the scheduler, to be sent again; so does
+        one whose agent said it went away without reading it (``attr.NotRead``: its
+        goodbye crossed our request). The lane that carried it takes no entry behind
+        it once the reply is in (``fill``)."""
         msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
         released = requeued = False
         try:
@@ -1154,7 +1163,7 @@ class Qmgr:
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")
-                if behind_reply and not dest.dead:
+                if (behind_reply or isinstance(e, NotRead)) and not dest.dead:
                     requeued = True
                     return False
                 for rc in rcpts:

@@ -46,7 +46,9 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   ``ctx.stopping`` to ``pymailsys.ipc.attr.serve_pipelined``, which closes a
   connection once its requests are answered, so an idle connection from
   another process never keeps a stopping server alive (its client
-  reconnects, to a process of the new generation).
+  reconnects, to a process of the new generation; on a connection that
+  opened with the hello the server says goodbye first, so that a request
+  written at that moment is neither lost nor failed: ``pymailsys.ipc.attr``).
 * max_use: a one-client-at-a-time server (client_limit 1, e.g. local) exits
   after serving max_use clients. Event-driven servers that take many clients at
   once (smtpd, cleanup) are long-lived and ignore it, as Postfix's long-lived

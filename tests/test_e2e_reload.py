@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import smtplib
+import threading
 import time
 
 from harness import ME, Instance, wait_until
@@ -86,3 +88,39 @@ def test_reload_during_a_delivery_records_it_once(new_instance) -> None:  # type
     assert len(re.findall(rf"{queue_id}: to=<slow@localhost>.*status=sent", inst.log())) == 1
     queue_id = inst.send(f"{ME}@localhost", f"{ME}@localhost", b"Subject: next\r\n\r\nx\r\n")
     inst.wait_log(rf"{queue_id}: to=<{ME}@localhost>, .*status=sent")
+
+
+def test_reloads_under_smtp_load_lose_no_transaction_and_defer_nothing(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Reloads while three clients send: every message gets its 250, is delivered once
+    and is never deferred. An old cleanup or local that went away used to close its
+    idle connection just as smtpd or qmgr wrote a request on it (now: the goodbye,
+    pymailsys.ipc.attr): the client got 451, or the mail waited out a backoff."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    errors: list[str] = []
+    per_client = 30
+
+    def load(client: int) -> None:
+        for i in range(per_client):
+            try:
+                with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as s:
+                    s.sendmail(f"{ME}@localhost", [f"{ME}@localhost"],
+                               f"Subject: c{client} m{i}\r\n\r\nx\r\n")
+            except (smtplib.SMTPException, OSError) as e:
+                errors.append(repr(e))
+
+    clients = [threading.Thread(target=load, args=(n,)) for n in range(3)]
+    for t in clients:
+        t.start()
+    for _ in range(20):
+        inst.postfix("reload")
+        time.sleep(0.1)
+    for t in clients:
+        t.join(120)
+    assert errors == []
+    subjects = sorted(re.search(rb"\nSubject: ([^\n]*)", m).group(1)  # type: ignore[union-attr]
+                      for m in inst.wait_maildir(3 * per_client))
+    assert subjects == sorted(f"c{c} m{i}".encode() for c in range(3) for i in range(per_client))
+    log = inst.log()
+    assert "status=deferred" not in log
+    assert "connect to cleanup service" not in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -94,6 +95,181 @@ def test_attr_server_going_away_answers_then_closes_and_the_client_reconnects(tm
         return first, second, still_open, len(connections)
 
     assert asyncio.run(main()) == (1, 2, True, 2)
+
+
+async def _raw_exchange(path: str, lists: list[bytes], after_hello: asyncio.Event,
+                        go_on: asyncio.Event) -> bytes:
+    """A client at the byte level: the hello, then (once ``go_on`` is set) ``lists``,
+    and everything the server writes until it closes."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, path)
+        await loop.sock_sendall(sock, attr.encode([(attr.HELLO, "test")]))
+        received = b""
+        while not (attr.REQUESTS_AT_ONCE.encode() in received and received.endswith(b"\0")):
+            received += await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)  # the greeting
+        after_hello.set()
+        await go_on.wait()
+        try:
+            for data in lists:
+                await loop.sock_sendall(sock, data)
+            sock.shutdown(socket.SHUT_WR)  # and no more: the server closes once it answered
+        except OSError:
+            pass  # the server closed first: what it wrote before is still to be read
+        received = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4096), 10):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("kind", ["pipelined", "streamed", "sequential"])
+def test_a_server_going_away_says_goodbye_before_it_closes(
+        tmp_path, kind) -> None:  # type: ignore[no-untyped-def]
+    """A server going away (a reload) used to close an idle connection that opened
+    with the hello, and a request its client wrote at that moment was lost: smtpd
+    answered 451, qmgr deferred the mail. Now it says goodbye first: a pipelined
+    server serves what still comes until the client closes; a sequential one (local)
+    reads nothing more and says so, so that qmgr sends the request elsewhere."""
+    path = str(tmp_path / "sock")
+    stopping = asyncio.Event()
+    read: list[int] = []
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        read.append(request.number("n"))
+        return {"n": request.number("n")}
+
+    async def streamed(request: attr.AttrList, follow: attr.FollowUps | None) -> dict[str, object]:
+        total = request.number("n")
+        while follow is not None and (part := await follow.get()) is not None:
+            total += part.number("n")
+        read.append(total)
+        return {"n": total}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if kind == "pipelined":
+            await attr.serve_pipelined(r, w, handler, stopping)
+        elif kind == "streamed":
+            await attr.serve_streamed(r, w, streamed, stopping)
+        else:
+            await attr.serve_sequential(r, w, handler, stopping)
+
+    if kind == "streamed":
+        lists = [attr.encode([("n", 40), (attr.MORE, 1)]), attr.encode([("n", 2)])]
+    else:
+        lists = [attr.encode([("n", 42)])]
+
+    async def main() -> list[list[tuple[str, bytes]]]:
+        server = await asyncio.start_unix_server(serve, path=path)
+        after_hello, go_on = asyncio.Event(), asyncio.Event()
+        exchange = asyncio.ensure_future(_raw_exchange(path, lists, after_hello, go_on))
+        await after_hello.wait()
+        stopping.set()
+        await asyncio.sleep(0.1)  # the server has gone idle-and-stopping: goodbye or close
+        go_on.set()
+        received = await exchange
+        server.close()
+        reader = asyncio.StreamReader()
+        reader.feed_data(received)
+        reader.feed_eof()
+        out = []
+        while (attrs := await attr.read_attrs(reader)) is not None:
+            out.append([(name, value) for name, value in attrs.pairs])
+        return out
+
+    out = asyncio.run(main())
+    if kind == "sequential":
+        assert out == [[("goodbye", b"read_nothing")]] and read == []
+    else:
+        assert out == [[("goodbye", b"serves_rest")], [("n", b"42")]] and read == [42]
+
+
+def test_attr_client_leaves_a_connection_that_said_goodbye(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a pipelined server's goodbye the client's next request goes on a new
+    connection (to the next process), the reply to one written before it still
+    arrives on the old one, and the client closes the old one, so that the old
+    server goes at once."""
+    path = str(tmp_path / "sock")
+    stopping = asyncio.Event()
+    release = asyncio.Event()
+    connections: list[asyncio.Task[None]] = []
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        if request.number("wait"):
+            await release.wait()
+        return {"n": request.number("n")}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = not connections
+        connections.append(asyncio.current_task())  # type: ignore[arg-type]
+        await attr.serve_pipelined(r, w, handler, stopping if first else None)
+
+    async def main() -> tuple[int, int, float]:
+        server = await asyncio.start_unix_server(serve, path=path)
+        client = attr.AttrClient(path, hello="test")
+        held = asyncio.ensure_future(client.request({"n": 1, "wait": 1}))
+        while not connections:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.sleep(0.05)
+        release.set()
+        first = (await held).number("n")
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(connections[0], 10)  # the old server goes once we close
+        gone_after = asyncio.get_running_loop().time() - started
+        second = (await client.request({"n": 2})).number("n")
+        await client.close()
+        server.close()
+        return first, second, gone_after
+
+    first, second, gone_after = asyncio.run(main())
+    assert (first, second) == (1, 2)
+    assert gone_after < attr.GOODBYE_GRACE  # closed by the client, not by the grace period
+
+
+def test_attr_client_fails_what_a_sequential_server_did_not_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A sequential server going away answers the request in progress, reads nothing
+    after it and says so: the request queued behind fails with NotRead (qmgr sends it
+    again), and the next request goes to a new connection."""
+    path = str(tmp_path / "sock")
+    stopping = asyncio.Event()
+    release = asyncio.Event()
+    connections: list[asyncio.Task[None]] = []
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        if request.number("wait"):
+            await release.wait()
+        return {"n": request.number("n"), "connection": len(connections)}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = not connections
+        connections.append(asyncio.current_task())  # type: ignore[arg-type]
+        await attr.serve_sequential(r, w, handler, stopping if first else asyncio.Event())
+
+    async def main() -> tuple[int, str, tuple[int, int]]:
+        server = await asyncio.start_unix_server(serve, path=path)
+        client = attr.AttrClient(path, hello="test")
+        held = asyncio.ensure_future(client.request({"n": 1, "wait": 1}))
+        while not connections:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        behind = client.submit({"n": 2})
+        stopping.set()
+        await asyncio.sleep(0.05)
+        release.set()
+        first = (await held).number("n")
+        try:
+            await behind
+            fate = "answered"
+        except attr.NotRead:
+            fate = "not read"
+        third = await client.request({"n": 3})
+        await client.close()
+        server.close()
+        return first, fate, (third.number("n"), third.number("connection"))
+
+    assert asyncio.run(main()) == (1, "not read", (3, 2))
 
 
 def test_delay_format_matches_postfix() -> None:

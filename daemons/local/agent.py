@@ -441,7 +441,8 @@ class LocalAgent:
             path = self.spool.private(transport)
             if not os.path.exists(path):
                 return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
-            client = AttrClient(path, timeout=self.ipc_timeout, connector=self.connect)
+            client = AttrClient(path, timeout=self.ipc_timeout, hello=transport,
+                                connector=self.connect)
             self.transports[transport] = client
         common = message_attrs(req.queue_name, req.queue_id, req.data_offset,
                                req.content_size, req.arrival_time, req.active_time,

@@ -55,7 +55,7 @@ def ident(service: str, client_addr: str) -> str:
 class AnvilClient:
     def __init__(self, queue_directory: str, timeout: float) -> None:
         self._client = attr.AttrClient(os.path.join(queue_directory, "private", SERVICE),
-                                       timeout=timeout)
+                                       timeout=timeout, hello=SERVICE)
 
     @property
     def path(self) -> str:

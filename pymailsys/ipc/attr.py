@@ -39,6 +39,28 @@ bound). ``AttrClient(hello=...)`` sends it and keeps the answer (``greeting``);
 qmgr queues a request behind one in progress only on a connection whose agent
 says 1.
 
+Goodbye: a server that is going away (``stopping``: a reload, a changed table)
+closes a connection once every request read so far has its reply. A client
+could have written its next request at that very moment: closed unread, it
+would fail (smtpd's 451, qmgr's deferral) although nothing was wrong. So on a
+connection that opened with the hello the server writes ``goodbye`` (a list of
+that one attribute, never a reply) once no request is unanswered, and the
+client writes nothing more on that connection (its next request opens a new
+one, to a process of the new generation). The value says what becomes of the
+requests the client wrote before it read the goodbye:
+
+* ``GOODBYE_SERVES_REST`` (``serve_pipelined``, ``serve_streamed``): the server
+  goes on reading and answers them, until the client closes the connection,
+  which it does once they have their replies, or until nothing came for
+  ``GOODBYE_GRACE`` seconds. A stream that smtpd had begun still reaches cleanup.
+* ``GOODBYE_READ_NOTHING`` (``serve_sequential``): the server closes at once and
+  has read none of them (local restarting for a changed table must not deliver
+  with the old one); the client fails them with ``NotRead``, so that their
+  sender may send them again elsewhere (qmgr puts them back in its queue).
+
+A connection without the hello is closed as before: a client such as a command's
+``SyncAttrClient`` would take a goodbye for its reply.
+
 Refuses (``ProtocolError``): a name over 256 bytes, a connection that ends
 mid-message, a length that is not a base-128 number within
 ``records.VARINT_MAX_SHIFT`` (the one varint codec, shared with the queue file
@@ -58,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -316,6 +339,21 @@ def _take_buffered(reader: asyncio.StreamReader, name: str, limits: Limits) -> A
 
 HELLO = "protocol"  # the one attribute of a client's opening list (module docstring)
 REQUESTS_AT_ONCE = "requests_at_once"
+GOODBYE = "goodbye"  # the server is going away (module docstring)
+GOODBYE_SERVES_REST = b"serves_rest"
+GOODBYE_READ_NOTHING = b"read_nothing"
+GOODBYE_GRACE = 5.0  # seconds a server that said goodbye waits for the client's next list
+
+
+def _goodbye(attrs: AttrList) -> bytes | None:
+    """The value of a goodbye list, else None."""
+    if len(attrs.pairs) == 1 and attrs.pairs[0][0] == GOODBYE:
+        return attrs.pairs[0][1]
+    return None
+
+
+class NotRead(ProtocolError):
+    """The server said goodbye without reading this request: it may be sent again."""
 
 Reply = Attrs
 Handler = Callable[[AttrList], Awaitable[Reply]]
@@ -382,6 +420,8 @@ async def serve_pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     closed as soon as every request read so far has its reply: an idle
     client connection never keeps a stopping server alive. The client sees
     end of file and reconnects (``AttrClient`` does) for its next request.
+    A connection that opened with the hello gets the goodbye instead (the
+    module docstring).
     """
     await _serve(reader, writer, lambda request, _follow: handler(request), False, stopping,
                  limits, max_pending)
@@ -395,18 +435,24 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
     Once ``stopping`` is set no further request is read: the connection closes
     after the reply to the last one read, and a request the client queued behind
-    it stays unread (the client sees end of file right after that reply).
+    it stays unread; on a connection that opened with the hello the server says
+    so first (``GOODBYE_READ_NOTHING``, the module docstring).
 
     The reading task runs the handler and writes the reply itself: no task, event
     or turn of the loop per request (local's deliveries, one after another).
     """
-    busy = False
+    busy = greeted = False
+
+    def close() -> None:
+        if greeted and not writer.is_closing():
+            writer.write(encode([(GOODBYE, GOODBYE_READ_NOTHING)]))
+        writer.close()  # our reader then sees end of file
 
     async def close_when_idle() -> None:
         await stopping.wait()
         await asyncio.sleep(0)  # a request read in this turn of the loop counts too
         if not busy:
-            writer.close()  # our reader then sees end of file
+            close()
 
     closer = asyncio.ensure_future(close_when_idle())
     first = True
@@ -418,6 +464,7 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
             busy = True
             greeting = _hello_answer(request, 1) if first else None
             first = False
+            greeted = greeted or greeting is not None
             writer.write(encode(greeting if greeting is not None else await handler(request)))
             await writer.drain()
             busy = False
@@ -425,7 +472,7 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
         pass
     finally:
         closer.cancel()
-        writer.close()
+        close()
 
 
 async def serve_streamed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -488,14 +535,26 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 if unanswered == 0:
                     answered.set()
 
+    greeted = said_goodbye = False
+    reads = 0
+
     async def close_when_answered(stopping: asyncio.Event) -> None:
+        nonlocal said_goodbye
         await stopping.wait()
         while True:
             await answered.wait()
             await asyncio.sleep(0)  # a request read in this turn of the loop counts too
             if answered.is_set():
                 break
-        writer.close()  # our reader then sees end of file
+        if not greeted:
+            writer.close()  # our reader then sees end of file
+            return
+        said_goodbye = True
+        writer.write(encode([(GOODBYE, GOODBYE_SERVES_REST)]))
+        before = reads
+        await asyncio.sleep(GOODBYE_GRACE)
+        if reads == before:  # else the reading loop waits at most GOODBYE_GRACE
+            writer.close()
 
     reply_task = asyncio.ensure_future(replier())
     closer = asyncio.ensure_future(close_when_answered(stopping)) if stopping else None
@@ -504,15 +563,17 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             if max_pending is not None and unanswered >= max_pending:
                 await answered.wait()
-            request = await read_attrs(reader, limits)
+            request = await read_attrs(reader, limits, GOODBYE_GRACE if said_goodbye else None)
             if request is None:
                 break
+            reads += 1
             unanswered += 1
             answered.clear()
             if first:
                 first = False
                 hello = _hello_answer(request, max_pending or 0)
                 if hello is not None:
+                    greeted = True
                     greeting = asyncio.get_running_loop().create_future()
                     greeting.set_result(hello)
                     pending.append(greeting)
@@ -555,13 +616,47 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 Connector = Callable[[str], socket.socket]  # a path to a connected Unix stream socket
 
 
+class _ClosedBeforeGreeting(ProtocolError):
+    pass
+
+
+CONNECT_ATTEMPTS = 3  # connections closed before the greeting, before giving up
+
+
+class _Connection:
+    """One connection of an AttrClient: its replies come in the order of ``waiting``.
+
+    ``retired``: the server said goodbye (``GOODBYE``); no new request goes on it,
+    and it is closed once the requests already written have their replies."""
+
+    __slots__ = ("writer", "waiting", "retired")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.waiting: collections.deque[asyncio.Future[AttrList]] = collections.deque()
+        self.retired = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.retired and not self.writer.is_closing()
+
+    def fail(self, error: BaseException) -> None:
+        self.writer.close()
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                kind = NotRead if isinstance(error, NotRead) else ProtocolError
+                fut.set_exception(kind(str(error)))
+
+
 class AttrClient:
     """A long-lived, pipelined asyncio client for one Unix socket path."""
 
     def __init__(self, path: str, timeout: float = 3600.0, hello: str = "",
                  connector: Connector | None = None) -> None:
         """``hello``: open each connection with the hello list (the module docstring),
-        and keep the server's answer in ``greeting`` before any request is written.
+        and keep the server's answer in ``greeting`` before any request is written;
+        such a connection also takes the server's goodbye (the module docstring).
         ``connector``: how a connection is made (``privileges.connect_unix``: with
         other rights than the process's); OSError when it cannot be."""
         self.path = path
@@ -569,29 +664,36 @@ class AttrClient:
         self.hello = hello
         self.connector = connector
         self.greeting: AttrList | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._waiting: collections.deque[asyncio.Future[AttrList]] = collections.deque()
+        self._conn: _Connection | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
 
-    async def _ensure_connected(self) -> asyncio.StreamWriter:
-        writer = self._writer
-        if writer is not None and not writer.is_closing():  # the common case: no lock
-            return writer
+    async def _ensure_connected(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.usable:  # the common case: no lock
+            return conn
         async with self._connect_lock:
-            if self._writer is None or self._writer.is_closing():
-                if self.connector is None:
-                    reader, writer = await asyncio.open_unix_connection(self.path,
-                                                                        limit=1 << 20)
-                else:
-                    reader, writer = await asyncio.open_unix_connection(
-                        sock=self.connector(self.path), limit=1 << 20)
-                if self.hello:
-                    self.greeting = await self._greeting(reader, writer)
-                self._reader, self._writer = reader, writer
-                self._reader_task = asyncio.ensure_future(self._read_replies(self._reader))
-            return self._writer
+            if self._conn is None or not self._conn.usable:
+                for attempt in range(1, CONNECT_ATTEMPTS + 1):
+                    if self.connector is None:
+                        reader, writer = await asyncio.open_unix_connection(self.path,
+                                                                            limit=1 << 20)
+                    else:
+                        reader, writer = await asyncio.open_unix_connection(
+                            sock=self.connector(self.path), limit=1 << 20)
+                    if not self.hello:
+                        break
+                    try:
+                        self.greeting = await self._greeting(reader, writer)
+                        break
+                    except _ClosedBeforeGreeting:
+                        # accepted by a process that was just then going away (a
+                        # reload): it read nothing, so the next process may serve us
+                        if attempt == CONNECT_ATTEMPTS:
+                            raise
+                self._conn = _Connection(writer)
+                self._reader_task = asyncio.ensure_future(self._read_replies(reader, self._conn))
+            return self._conn
 
     async def _greeting(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> AttrList:
@@ -601,36 +703,42 @@ class AttrClient:
             writer.write(encode([(HELLO, self.hello)]))
             greeting = await read_attrs(reader, timeout=self.timeout)
             if greeting is None:
-                raise ProtocolError(f"{self.path}: connection closed before the greeting")
+                raise _ClosedBeforeGreeting(f"{self.path}: connection closed before the greeting")
             return greeting
         except BaseException:
             writer.close()
             raise
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+    async def _read_replies(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
         error: BaseException = ProtocolError(f"{self.path}: connection closed")
         try:
             while True:
                 reply = await read_attrs(reader)
                 if reply is None:
                     break
-                if not self._waiting:
-                    raise ProtocolError(f"{self.path}: unexpected reply")
-                fut = self._waiting.popleft()
-                if not fut.done():
-                    fut.set_result(reply)
+                goodbye = _goodbye(reply) if self.hello else None
+                if goodbye == GOODBYE_READ_NOTHING:
+                    error = NotRead(f"{self.path}: the server went away before reading it")
+                    break
+                if goodbye is not None:
+                    conn.retired = True  # the next request opens a new connection
+                else:
+                    if not conn.waiting:
+                        raise ProtocolError(f"{self.path}: unexpected reply")
+                    fut = conn.waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(reply)
+                if conn.retired and not conn.waiting:
+                    conn.writer.close()  # the server sees end of file and goes
+                    break
         except (ProtocolError, ConnectionError) as e:
             error = e
-        self._fail_all(error)
+        self._fail(conn, error)
 
-    def _fail_all(self, error: BaseException) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(ProtocolError(str(error)))
+    def _fail(self, conn: _Connection, error: BaseException) -> None:
+        if self._conn is conn:
+            self._conn = None
+        conn.fail(error)
 
     async def request(self, attrs: Attrs) -> AttrList:
         """Send one request and wait for its reply. Raises ProtocolError or OSError.
@@ -638,17 +746,17 @@ class AttrClient:
         A caller that is cancelled leaves its place in the queue of replies (the
         reply is read and dropped); past ``timeout`` every request waiting on the
         connection fails and the connection is closed."""
-        writer = await self._ensure_connected()
+        conn = await self._ensure_connected()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AttrList] = loop.create_future()
-        self._waiting.append(fut)
-        writer.write(encode(attrs))
-        timer = loop.call_later(self.timeout, self._expire, fut)
+        conn.waiting.append(fut)
+        conn.writer.write(encode(attrs))
+        timer = loop.call_later(self.timeout, self._expire, conn, fut)
         try:
-            await writer.drain()
+            await conn.writer.drain()
             return await fut
         except ConnectionError as e:
-            self._fail_all(e)
+            self._fail(conn, e)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # failed already by the reader: ours to report, not asyncio's
             raise ProtocolError(f"{self.path}: {e}") from None
@@ -666,20 +774,20 @@ class AttrClient:
         a bounded number of requests and wants the next one written before it reads
         the reply to the last. The future fails with ProtocolError as ``request``
         does (the connection closes, or ``timeout`` passes); ProtocolError at once
-        when the connection is not open."""
-        writer = self._writer
-        if writer is None or writer.is_closing():
+        when the connection is not open (or its server said goodbye)."""
+        conn = self._conn
+        if conn is None or not conn.usable:
             raise ProtocolError(f"{self.path}: not connected")
         fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        writer.write(encode(attrs))
-        timer = fut.get_loop().call_later(self.timeout, self._expire, fut)
+        conn.waiting.append(fut)
+        conn.writer.write(encode(attrs))
+        timer = fut.get_loop().call_later(self.timeout, self._expire, conn, fut)
         fut.add_done_callback(lambda _: timer.cancel())
         return fut
 
-    def _expire(self, fut: asyncio.Future[AttrList]) -> None:
+    def _expire(self, conn: _Connection, fut: asyncio.Future[AttrList]) -> None:
         if not fut.done():
-            self._fail_all(ProtocolError(f"{self.path}: timeout"))
+            self._fail(conn, ProtocolError(f"{self.path}: timeout"))
 
     async def stream(self, attrs: Attrs) -> RequestStream:
         """Send the first list of a streamed request (it must carry ``more``).
@@ -687,10 +795,10 @@ class AttrClient:
         The caller keeps this connection to itself until ``RequestStream.finish``
         or ``abort``. Raises ProtocolError or OSError.
         """
-        writer = await self._ensure_connected()
+        conn = await self._ensure_connected()
         fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        stream = RequestStream(self, writer, fut)
+        conn.waiting.append(fut)
+        stream = RequestStream(self, conn, fut)
         await stream.send(attrs)
         return stream
 
@@ -698,27 +806,28 @@ class AttrClient:
         self.close_now()
 
     def close_now(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._conn is not None:
+            self._conn.writer.close()
+            self._conn = None
 
     @property
     def idle(self) -> bool:
-        return not self._waiting
+        return self._conn is None or not self._conn.waiting
 
     @property
     def connected(self) -> bool:
         """The connection is open (a request can be ``submit``ted now)."""
-        return self._writer is not None and not self._writer.is_closing()
+        return self._conn is not None and self._conn.usable
 
 
 class RequestStream:
     """One streamed request in progress on an AttrClient's connection."""
 
-    def __init__(self, client: AttrClient, writer: asyncio.StreamWriter,
+    def __init__(self, client: AttrClient, conn: _Connection,
                  reply: asyncio.Future[AttrList]) -> None:
         self.client = client
-        self.writer = writer
+        self.conn = conn
+        self.writer = conn.writer
         self.reply = reply
         self.open = True
         self.on_release: Callable[[], None] | None = None
@@ -733,7 +842,7 @@ class RequestStream:
         try:
             await self.writer.drain()
         except ConnectionError as e:
-            self.client._fail_all(e)
+            self.client._fail(self.conn, e)
             raise ProtocolError(f"{self.client.path}: {e}") from None
 
     async def finish(self, attrs: Attrs) -> AttrList:
@@ -745,7 +854,7 @@ class RequestStream:
         try:
             return await asyncio.wait_for(asyncio.shield(self.reply), self.client.timeout)
         except TimeoutError as e:
-            self.client._fail_all(e)
+            self.client._fail(self.conn, e)
             raise ProtocolError(f"{self.client.path}: timeout") from None
 
     def abort(self, attrs: Attrs) -> None:
@@ -767,7 +876,9 @@ class AttrPool:
     ``request`` pipelines on the first connection that no stream holds;
     ``stream`` takes a connection of its own (opening one when all are held)
     until the stream's last list is written. Beyond ``keep_idle`` idle
-    connections, a connection is closed once its stream's reply arrived.
+    connections, a connection is closed once its stream's reply arrived. Each
+    connection opens with the hello (the socket's name as ``protocol``), so that
+    a server going away says goodbye on it rather than closing it under a request.
     """
 
     def __init__(self, path: str, timeout: float = 3600.0, keep_idle: int = 4,
@@ -776,6 +887,7 @@ class AttrPool:
         self.timeout = timeout
         self.keep_idle = keep_idle
         self.connector = connector
+        self.hello = os.path.basename(path)
         self._clients: list[AttrClient] = []
         self._held: set[AttrClient] = set()
 
@@ -783,7 +895,7 @@ class AttrPool:
         for client in self._clients:
             if client not in self._held:
                 return client
-        client = AttrClient(self.path, self.timeout, connector=self.connector)
+        client = AttrClient(self.path, self.timeout, hello=self.hello, connector=self.connector)
         self._clients.append(client)
         return client
 

@@ -81,7 +81,7 @@ class FlushClient:
     connection per process, opened when first needed."""
 
     def __init__(self, path: str, timeout: float, enabled: bool = True) -> None:
-        self._client = attr.AttrClient(path, timeout=timeout)
+        self._client = attr.AttrClient(path, timeout=timeout, hello=os.path.basename(path))
         self.enabled = enabled  # fast_flush_domains is not empty
 
     async def _ask(self, request: dict[str, str]) -> int:
