@@ -195,7 +195,7 @@ def test_mailbox_command_tempfail_defers(inst: Instance, make_user) -> None:  # 
     inst.start()
     qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
     inst.wait_log(rf"{qid}: to=<{alice}@localhost>, .*dsn=4\.3\.0, status=deferred "
-                  r"\(Command died with status 75")
+                  r"\(temporary failure\)")
 
 
 def test_home_mailbox_mbox(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]

@@ -98,8 +98,10 @@ DESCRIPTION
     command_expansion_filter, and PATH in the environment, killed after
     ``command_time_limit``, writing no file larger than mailbox_size_limit
     (as Postfix's file size limit). Exit 0 is success; output starting with ``X.Y.Z``
-    decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and death by a signal defer;
-    any other status bounces with the command's output.
+    decides; a sysexits.h status maps as Postfix's table maps it (75
+    EX_TEMPFAIL and 71 EX_OSERR defer, 67 EX_NOUSER bounces 5.1.1 ...); death
+    by a signal defers, the time limit bounces; any other status bounces with
+    the command's output (unprintable characters replaced).
 
     Maildir deliveries are crash-idempotent (``pymailsys.delivery.mailbox``): markers
     under ``$queue_directory/$process_id_directory/local-markers`` record which

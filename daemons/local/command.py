@@ -20,11 +20,15 @@ MAIL_CONFIG and LANG come from local's environment unchanged
 the message (no >From quoting); the command runs in a new session, killed as a
 whole after ``command_time_limit``; it writes no file larger than
 mailbox_size_limit (a write past it fails with EFBIG, as under Postfix's local,
-whose file size limit its commands inherit with SIGXFSZ ignored; a command that
-cannot be found then fails with the shell's status 127). Exit 0 is success;
-output starting with ``X.Y.Z`` decides; 75 (EX_TEMPFAIL), 71 (EX_OSERR) and
-death by a signal defer; any other status bounces with the command's output
-(at most 1000 bytes of it in the reason).
+whose file size limit its commands inherit with SIGXFSZ ignored). A program
+that cannot be executed defers, ``temporary failure. Command output: local:
+fatal: execvp PROGRAM: ERROR``, as Postfix's child reports it. The verdict is
+Postfix's pipe_command's (``outcome``): exit 0 is success; a command killed at
+the time limit bounces (5.3.0), one killed by a signal defers; output starting
+with ``X.Y.Z`` decides; a sysexits.h status maps through Postfix's table (75
+EX_TEMPFAIL and 71 EX_OSERR defer, 67 EX_NOUSER bounces 5.1.1 ``user
+unknown``...); any other status bounces, 5.3.0. The reason carries the first
+4096 bytes of the command's output, unprintable characters replaced.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import results
 
-from pymailsys import privileges
+from pymailsys import log, privileges
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 from pymailsys.delivery.mailbox import plain_text
 
@@ -57,12 +61,36 @@ CLIENT_ENVIRONMENT = (("CLIENT_HOSTNAME", "log_client_name"),
 DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
 SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
 # Run a command with SIGXFSZ ignored (it survives exec, as under Postfix's local), so
-# that a write past mailbox_size_limit fails with EFBIG instead of killing it.
-XFSZ_IGNORED = ("/bin/sh", "-c", "trap '' XFSZ; exec \"$@\"", "sh")
-OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log
-EX_OSERR = 71
+# that a write past mailbox_size_limit fails with EFBIG instead of killing it. A
+# program that cannot be executed says so as Postfix's child does (its execvp failure
+# is fatal, EX_TEMPFAIL): the shell's own exec failure would be status 127, a bounce.
+XFSZ_IGNORED = ("/bin/sh", "-c", 'trap "" XFSZ; case $1 in */*) [ -f "$1" ] && [ -x "$1" ];; '
+                '*) command -v "$1" >/dev/null;; esac && exec "$@"; [ -e "$1" ] && '
+                'e="Permission denied" || e="No such file or directory"; '
+                'printf "local: fatal: execvp %s: %s\\n" "$1" "$e"; exit 75', "sh")
+OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log (Postfix's VSTREAM_BUFSIZE)
+_TO_SPACE = str.maketrans("\t\n", "  ")
+# Postfix's dsn_valid: a status at the very start, then the end or white space
+_DSN_RE = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
 EX_TEMPFAIL = 75
-_DSN_RE = re.compile(rb"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+# Postfix's sys_exits table: a sysexits.h exit status -> (enhanced status, text)
+SYS_EXITS = {
+    64: ("5.3.0", "command line usage error"),  # EX_USAGE
+    65: ("5.6.0", "data format error"),  # EX_DATAERR
+    66: ("5.3.0", "cannot open input"),  # EX_NOINPUT
+    67: ("5.1.1", "user unknown"),  # EX_NOUSER
+    68: ("5.1.2", "host name unknown"),  # EX_NOHOST
+    69: ("5.3.0", "service unavailable"),  # EX_UNAVAILABLE
+    70: ("5.3.0", "internal software error"),  # EX_SOFTWARE
+    71: ("4.3.0", "system resource problem"),  # EX_OSERR
+    72: ("5.3.0", "critical OS file missing"),  # EX_OSFILE
+    73: ("5.2.0", "can't create user output file"),  # EX_CANTCREAT
+    74: ("5.3.0", "input/output error"),  # EX_IOERR
+    75: ("4.3.0", "temporary failure"),  # EX_TEMPFAIL
+    76: ("5.5.0", "remote error in protocol"),  # EX_PROTOCOL
+    77: ("5.7.0", "permission denied"),  # EX_NOPERM
+    78: ("5.3.5", "local configuration error"),  # EX_CONFIG
+}
 
 
 async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, command: str,
@@ -91,33 +119,52 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
             stderr=asyncio.subprocess.STDOUT, env=env, cwd=agent.spool.root,
             start_new_session=True,
             **privileges.subprocess_ids(ids, agent.size_limit))  # type: ignore[arg-type]
-    except OSError as e:
-        return DeliveryResult.deferred(f"cannot execute command \"{command}\": {e.strerror}")
+    except OSError as e:  # as Postfix's child: a fatal execvp error, EX_TEMPFAIL
+        return outcome(command, EX_TEMPFAIL,
+                       f"local: fatal: execvp {argv[0]}: {e.strerror}\n".encode())
+    output = bytearray()
     try:
-        output = await asyncio.wait_for(_converse(proc, data), agent.command_time_limit)
+        await asyncio.wait_for(_converse(proc, data, output), agent.command_time_limit)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        return DeliveryResult.deferred(f'Command time limit exceeded: "{command}"')
-    status = proc.returncode or 0
-    text = output[:1000].decode("utf-8", "replace").strip().replace("\n", " ")
+        return outcome(command, None, bytes(output))
+    return outcome(command, proc.returncode or 0, bytes(output))
+
+
+def outcome(command: str, status: int | None, output: bytes) -> DeliveryResult:
+    """Postfix's pipe_command verdict on a command that exited with ``status`` (negative:
+    killed by that signal; None: killed at command_time_limit) after writing ``output``.
+
+    The output (at most ``OUTPUT_KEPT`` bytes) has tabs and newlines turned into
+    spaces and every other unprintable character into ``_``, as Postfix's
+    translit and printable do, before it goes into a reason: nothing a command
+    writes reaches a log line, a status log or a bounce raw. Exit 0 is success.
+    Otherwise, in Postfix's order: the time limit bounces (5.3.0 ``Command time
+    limit exceeded``), a signal defers (4.3.0), output that starts with ``X.Y.Z``
+    gives the status (2.x.x becomes 5.0.0) and the text after it, a sysexits.h status its table's
+    status and text (EX_TEMPFAIL, EX_OSERR defer; EX_NOUSER 5.1.1 ...), any other
+    status bounces (5.3.0 ``Command died with status N``)."""
+    text = log.printable(output[:OUTPUT_KEPT].decode("utf-8", "surrogateescape")
+                         .translate(_TO_SPACE), "_")
     detail = f". Command output: {text}" if text else ""
     if status == 0:
         return DeliveryResult.sent(f"delivered to command: {command}")
-    m = _DSN_RE.match(output)
+    if status is None:
+        return DeliveryResult.bounced(f'Command time limit exceeded: "{command}"{detail}', "5.3.0")
     if status < 0:
-        return DeliveryResult.deferred(f'Command died with signal {-status}: "{command}"'
-                                       + detail)
-    if m is not None:
-        dsn = m.group(1).decode()
-        if dsn.startswith("2"):
-            return DeliveryResult.sent(f"delivered to command: {command}", dsn)
-        return DeliveryResult.from_dsn(dsn, text)
-    reason = f'Command died with status {status}: "{command}"' + detail
-    if status in (EX_TEMPFAIL, EX_OSERR):
-        return DeliveryResult.deferred(reason, "4.3.0")
-    return DeliveryResult.bounced(reason, "5.3.0")
+        return DeliveryResult.deferred(f'Command died with signal {-status}: "{command}"{detail}',
+                                       "4.3.0")
+    m = _DSN_RE.match(text)
+    if m is not None:  # a 2.x.x status cannot bounce: Postfix's bounce_append makes it 5.0.0
+        dsn = m.group(1) if m.group(1)[0] != "2" else "5.0.0"
+        return DeliveryResult.from_dsn(dsn, text[m.end():].lstrip(" "))
+    if status in SYS_EXITS:
+        dsn, meaning = SYS_EXITS[status]
+        return DeliveryResult.from_dsn(dsn, meaning + detail)
+    return DeliveryResult.bounced(f'Command died with status {status}: "{command}"{detail}',
+                                  "5.3.0")
 
 
 def environment(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
@@ -142,8 +189,10 @@ def environment(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     return env
 
 
-async def _converse(proc: asyncio.subprocess.Process, data: Iterable[bytes]) -> bytes:
-    """Feed data to a command a chunk at a time and collect its output (bounded); a
+async def _converse(proc: asyncio.subprocess.Process, data: Iterable[bytes],
+                    kept: bytearray) -> None:
+    """Feed data to a command a chunk at a time and collect the first ``OUTPUT_KEPT``
+    bytes of its output in ``kept`` (what came before a time limit stays there); a
     command may stop reading early."""
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
@@ -159,13 +208,10 @@ async def _converse(proc: asyncio.subprocess.Process, data: Iterable[bytes]) -> 
             with contextlib.suppress(Exception):
                 stdin.close()
 
-    async def first_output() -> bytes:  # the rest is read and dropped
-        kept = bytearray()
+    async def first_output() -> None:  # the rest is read and dropped
         while chunk := await stdout.read(65536):
             if len(kept) < OUTPUT_KEPT:
-                kept += chunk[:OUTPUT_KEPT - len(kept)]
-        return bytes(kept)
+                kept.extend(chunk[:OUTPUT_KEPT - len(kept)])
 
-    _, output = await asyncio.gather(feed(), first_output())
+    await asyncio.gather(feed(), first_output())
     await proc.wait()
-    return output
