@@ -198,6 +198,35 @@ def test_alias_command_verdicts_as_postfix(system) -> None:  # type: ignore[no-u
         s.wait_log(rf"{qids[name]}: to=<{name}@localhost>, relay=local, .*{verdict}$")
 
 
+def test_extension_split_as_postfix(system) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's local splits the local part with split_addr and drops an extension with
+    a "/" (its warning; LOCAL cut to the user, no EXTENSION): a mailbox_command such as
+    ``procmail -a "$EXTENSION"`` never gets a path. NAME-request (and owner-NAME) stay
+    whole when "-" is a delimiter: not a user's extension."""
+    shared = _shared_dir()
+    try:
+        s = system(recipient_delimiter="+-",
+                   mailbox_command=f"/bin/sh -c 'env > {shared}/env-\"$LOCAL\"'")
+        s.start()
+        qid = s.queue("alice@example.org", [f"{ME}+../../x@localhost"], BODY)
+        s.wait_log(rf"warning: {qid}: address with illegal extension: {ME}\+\.\./\.\./x$")
+        s.wait_log(rf"{qid}: to=<\"{ME}\+\.\./\.\./x\"@localhost>, relay=local, .*status=sent "
+                   r"\(delivered to command: ")
+        env = dict(line.split("=", 1) for line in Path(f"{shared}/env-{ME}").read_text().splitlines()
+                   if "=" in line)
+        assert (env["LOCAL"], env["USER"], "EXTENSION" in env) == (ME, ME, False)
+        qid = s.queue("alice@example.org", [f"{ME}+a-b@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<{ME}\+a-b@localhost>, relay=local, .*status=sent ")
+        env = dict(line.split("=", 1) for line in
+                   Path(f"{shared}/env-{ME}+a-b").read_text().splitlines() if "=" in line)
+        assert env["EXTENSION"] == "a-b"
+        qid = s.queue("alice@example.org", [f"{ME}-list-request@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<{ME}-list-request@localhost>, relay=local, .*dsn=5\.1\.1, "
+                   rf'status=bounced \(unknown user: "{ME}-list-request"\)')
+    finally:
+        subprocess.run(["rm", "-rf", shared], check=False)
+
+
 def test_alias_table_error_defers(system) -> None:  # type: ignore[no-untyped-def]
     s = system(alias_maps="hash:/nonexistent/aliases")
     s.start()

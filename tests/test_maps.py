@@ -245,6 +245,9 @@ def test_address_not_split():
     for local in ("postmaster", "owner-list", "list-request", "-x", "x-"):
         assert addr_lookup.split_extension(local, "-") == (local, None)
     assert addr_lookup.split_extension("a-b+c", "+-") == ("a", "b+c")
+    # local(8)'s split: a trailing delimiter splits off an empty extension, as split_addr
+    assert addr_lookup.split_extension("x-", "-", trailing=True) == ("x", "")
+    assert addr_lookup.split_extension("list-request", "-", trailing=True) == ("list-request", None)
 
 
 def test_pattern_tables_only_get_full_keys(tmp_tables):

@@ -22,7 +22,9 @@ DESCRIPTION
     envelope travels in the request and is not re-read.
 
     Per recipient (local part lower-cased, ``recipient_delimiter`` splitting
-    ``user+extension``):
+    ``user+extension`` as Postfix's split_addr: postmaster, MAILER-DAEMON,
+    owner-NAME and NAME-request stay whole; an extension with a ``/`` is
+    dropped with Postfix's warning, ``address with illegal extension``):
 
     1. a ``Delivered-To:`` header equal to the recipient (quoted as the header
        carries it, ``"john doe"@example.net``; case blind) bounces the mail with

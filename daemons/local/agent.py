@@ -46,6 +46,7 @@ from pymailsys.delivery.agent import (
 from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
+from pymailsys.maps.search import split_extension
 from pymailsys.queue import spool as queue_mod
 
 _SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a master.cf unix service
@@ -287,17 +288,26 @@ class LocalAgent:
                           req.active_time, req.start_time, result))
         return result
 
-    def parse_recipient(self, address: str, delivered: str = "") -> Recipient:
+    def parse_recipient(self, address: str, delivered: str = "",
+                        queue_id: str | None = None) -> Recipient:
+        """The recipient's local part (lower case) split as Postfix's local splits it
+        (``split_addr``: postmaster, MAILER-DAEMON, double-bounce, and owner-NAME and
+        NAME-request when ``-`` is a delimiter, stay whole). An extension with a
+        ``/`` is dropped, and the local part cut to the user, with Postfix's warning
+        (when ``queue_id`` is given: once per recipient): it would name a path in
+        $EXTENSION, forward_path, or a command's folder."""
         local, at, domain = address.rpartition("@")
         if not at:
             local, domain = address, ""
         localpart = local.lower()
         user, extension = localpart, ""
         if self.delimiters:
-            for i, ch in enumerate(localpart):
-                if ch in self.delimiters and i > 0:
-                    user, extension = localpart[:i], localpart[i + 1:]
-                    break
+            user, found = split_extension(localpart, self.delimiters, trailing=True)
+            if found is not None and "/" in found:
+                if queue_id is not None:
+                    log.warning(f"{queue_id}: address with illegal extension: {localpart}")
+                localpart, found = user, None
+            extension = found or ""
         return Recipient(address, user, extension, localpart, domain.lower(), delivered)
 
     def prepended(self, req: DeliveryRequest, rcpt: Recipient, from_line: bool) -> bytes:
@@ -351,7 +361,7 @@ class LocalAgent:
             s.done(lvl.req, DeliveryResult.bounced(f"mail forwarding loop for {address}",
                                                    "5.4.6"))
             return
-        rcpt = self.parse_recipient(address, lvl.delivered)
+        rcpt = self.parse_recipient(address, lvl.delivered, lvl.req.queue_id)
         if not rcpt.user:
             s.done(lvl.req, DeliveryResult.bounced(f'null username in "{address}"', "5.1.3"))
             return
@@ -368,7 +378,8 @@ class LocalAgent:
         if rcpt.address.startswith("\\"):
             plain = rcpt.address[1:]
             lvl = replace(lvl, req=replace(lvl.req, rcpt=plain))
-            await self.deliver_mailbox(s, lvl, self.parse_recipient(plain, lvl.delivered))
+            await self.deliver_mailbox(s, lvl, self.parse_recipient(plain, lvl.delivered,
+                                                                    lvl.req.queue_id))
             return
         if self.alias_error is not None:
             s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))

@@ -56,12 +56,8 @@ def expansion_attrs(rcpt: Recipient, pw: pwd.struct_passwd | None) -> dict[str, 
         attrs.update(home=pw.pw_dir, shell=pw.pw_shell)
     if rcpt.domain:
         attrs["domain"] = rcpt.domain
-    extension = rcpt.extension
-    if extension and "/" in extension:
-        log.warning(f"address with illegal extension: {rcpt.address}")
-        extension = ""
-    if extension:
-        attrs["extension"] = extension
+    if rcpt.extension:  # never with a "/" (LocalAgent.parse_recipient)
+        attrs["extension"] = rcpt.extension
     if len(rcpt.localpart) > len(rcpt.user):  # Postfix 2.11 and later: the one found
         attrs["recipient_delimiter"] = rcpt.localpart[len(rcpt.user)]
     return attrs

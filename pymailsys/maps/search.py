@@ -58,8 +58,12 @@ class AddressMatch(NamedTuple):  # not a frozen dataclass: its __init__ costs 2.
     extension: str | None  # the address extension the matched key did not contain
 
 
-def split_extension(localpart: str, delimiter: str) -> tuple[str, str | None]:
-    """(bare local part, extension or None), Postfix's split_addr()."""
+def split_extension(localpart: str, delimiter: str,
+                    trailing: bool = False) -> tuple[str, str | None]:
+    """(bare local part, extension or None), Postfix's split_addr(). ``trailing``: a
+    delimiter as the last character splits off an empty extension, as split_addr
+    itself does (local(8)'s recipient; the table lookups here leave such a local part
+    whole)."""
     if not delimiter or (len(delimiter) == 1 and delimiter not in localpart):
         return localpart, None  # the common case, in one test
     lower = localpart.lower()
@@ -70,7 +74,7 @@ def split_extension(localpart: str, delimiter: str) -> tuple[str, str | None]:
         return localpart, None
     for i, ch in enumerate(localpart):
         if ch in delimiter:
-            if i == 0 or i == len(localpart) - 1:
+            if i == 0 or (i == len(localpart) - 1 and not trailing):
                 return localpart, None
             return localpart[:i], localpart[i + 1:]
     return localpart, None
