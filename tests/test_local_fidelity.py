@@ -5,8 +5,8 @@ the command runs as default_privs in the queue directory with umask 0077, and
 its environment has PATH=/usr/bin:/bin, USER and LOGNAME (the alias name),
 LOCAL, DOMAIN, RECIPIENT, SENDER, ORIGINAL_RECIPIENT, no HOME and no SHELL
 (the alias has no user), no EXTENSION (none given), and the client's
-CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL; every value
-censored by command_expansion_filter. A file alias in a
+CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL (and, as Postfix
+3.9 and later, ENVID); every value censored by command_expansion_filter. A file alias in a
 directory the writer cannot write delivers with a warning about the dot-lock
 (Postfix's MBOX_DOT_LOCK_MAY_FAIL for files named in aliases).
 """
@@ -65,6 +65,17 @@ def test_alias_command_environment_directory_and_umask(new_instance) -> None:  #
         env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines()
                    if "=" in line)
         assert env["SENDER"] == "o_brien@example.org"
+        # the DSN envelope ID (Postfix 3.9 and later export it, censored as the others)
+        with inst.smtp() as client:
+            client.ehlo()
+            client.mail("sender@example.org", ["ENVID=ab+2Bc;d"])
+            client.rcpt("envtest@localhost")
+            code, text = client.data(BODY)
+        qid = re.search(r"queued as (\w+)", text.decode()).group(1)  # type: ignore[union-attr]
+        inst.wait_log(rf"{qid}: to=<envtest@localhost>, relay=local, .*status=sent ")
+        env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines()
+                   if "=" in line)
+        assert env["ENVID"] == "ab+c_d"
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

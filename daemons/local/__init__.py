@@ -94,7 +94,7 @@ DESCRIPTION
 
     Commands run through ``/bin/sh -c`` only when they contain shell
     metacharacters, with SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
-    RECIPIENT SENDER ORIGINAL_RECIPIENT, CLIENT_ADDRESS CLIENT_HELO
+    RECIPIENT SENDER ORIGINAL_RECIPIENT, ENVID, CLIENT_ADDRESS CLIENT_HELO
     CLIENT_HOSTNAME CLIENT_PROTOCOL SASL_METHOD SASL_SENDER SASL_USERNAME
     (from the queue file's attributes, when set), all censored by
     command_expansion_filter, and PATH in the environment, killed after

@@ -9,10 +9,10 @@ the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
 (the recipient's user part: an alias's name), SENDER, RECIPIENT, LOCAL, and
 DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
 a user's rights (.forward, mailbox_command: the user's; an alias's command
-gets neither); CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL,
-SASL_METHOD, SASL_SENDER and SASL_USERNAME from the queue file's attributes
-(the client's as smtpd logged them; the AUTH login that smtpd hands to cleanup)
-when set. Every one of those values has
+gets neither); ENVID (the DSN envelope ID, MAIL FROM ... ENVID=),
+CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL, SASL_METHOD,
+SASL_SENDER and SASL_USERNAME from the queue file's attributes (the client's
+as smtpd logged them; the AUTH login that smtpd hands to cleanup) when set. Every one of those values has
 the characters outside ``command_expansion_filter`` replaced with ``_``, as
 Postfix censors them (a value a client chose never reaches a shell raw); TZ,
 MAIL_CONFIG and LANG come from local's environment unchanged
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 EXPORTED = ("TZ", "MAIL_CONFIG", "LANG")  # Postfix's default export_environment
 # Postfix's local exports these from the delivery request, which qmgr fills from the
 # queue file's attributes (the log_ forms: what smtpd logged, XFORWARD included)
-CLIENT_ENVIRONMENT = (("CLIENT_HOSTNAME", "log_client_name"),
+CLIENT_ENVIRONMENT = (("ENVID", "dsn_envid"),  # the DSN envelope ID (MAIL FROM ... ENVID=)
+                      ("CLIENT_HOSTNAME", "log_client_name"),
                       ("CLIENT_ADDRESS", "log_client_address"),
                       ("CLIENT_HELO", "log_helo_name"), ("CLIENT_PROTOCOL", "log_protocol_name"),
                       ("SASL_METHOD", "sasl_method"), ("SASL_SENDER", "sasl_sender"),
