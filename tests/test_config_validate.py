@@ -95,24 +95,24 @@ def test_maillog_file_must_match_a_prefix(tmp_path):
 def test_master_cf_overrides_are_checked_where_they_are_written(tmp_path):
     master = ("smtp inet n - n - - smtpd\n"
               "submission inet n - n - - smtpd\n  -o smtpd_recipient_limit=lots\n"
-              "  -o biff=no\n  -o my_own_name=anything\n")
+              "  -o ipc_idle=10s\n  -o my_own_name=anything\n")
     found = problems(tmp_path, "", master)
     where = f"file {tmp_path}/master.cf: line 2"
     assert texts(found, True) == [f"{where}: bad numerical configuration: smtpd_recipient_limit = lots"]
     assert texts(found, False) == [
         f"{tmp_path}/master.cf: unused parameter: my_own_name=anything",  # Postfix's postconf
-        f"{where}: parameter biff is not implemented yet: ignored"]
+        f"{where}: parameter ipc_idle is not implemented yet: ignored"]
 
 
 def test_unimplemented_parameters_warn_only_when_changed(tmp_path):
     found = problems(tmp_path, "mailq_path = /usr/bin/mailq\nnotify_classes = resource,software\n"
-                               "biff = no\nipc_idle = 5s\n"
+                               "command_directory = /opt/sbin\nipc_idle = 5s\n"
                                "daemon_timeout = 100s\n")
     assert found == [  # in the table's order
+        validate.Problem(False, "parameter command_directory is not implemented yet: ignored",
+                         f"{tmp_path}/main.cf, line 3"),
         validate.Problem(False, "parameter daemon_timeout is not implemented yet: ignored",
                          f"{tmp_path}/main.cf, line 5"),
-        validate.Problem(False, "parameter biff is not implemented yet: ignored",
-                         f"{tmp_path}/main.cf, line 3"),
     ]
 
 

@@ -97,7 +97,7 @@ def test_reload_with_a_bad_value_is_refused_and_mail_keeps_flowing(new_instance)
 
 def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance(maildir=True)
-    inst.set(biff="no", sun_mailtool_compatibility="yes")  # declared _todo; a Postfix name left out
+    inst.set(ipc_idle="10s", sun_mailtool_compatibility="yes")  # declared _todo; a Postfix name left out
     master_cf = inst.config_dir / "master.cf"
     master = master_cf.read_text()
     master, n = re.subn(r"(?m)^(pickup\s.*)$", r"\1\n  -o daemon_timeout=100s", master)
@@ -105,8 +105,8 @@ def test_unimplemented_parameters_warn_at_check_start_and_reload(new_instance) -
     master_cf.write_text(master)
     pickup_line = master.splitlines().index(next(x for x in master.splitlines()
                                                  if x.startswith("pickup"))) + 1
-    line = _main_cf_line(inst, "biff = no")
-    header_warning = (f"warning: {inst.config_dir}/main.cf, line {line}: parameter biff "
+    line = _main_cf_line(inst, "ipc_idle = 10s")
+    header_warning = (f"warning: {inst.config_dir}/main.cf, line {line}: parameter ipc_idle "
                       "is not implemented yet: ignored")
     bcc_warning = (f"warning: file {master_cf}: line {pickup_line}: parameter daemon_timeout is not "
                    "implemented yet: ignored")

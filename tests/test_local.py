@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -55,6 +56,34 @@ def test_mbox_exact_bytes(system) -> None:  # type: ignore[no-untyped-def]
     assert second.split(b"\n", 1)[1].startswith(b"Return-Path: <>\n")
     assert box.endswith(b"second\n\n")
     assert os.stat(s.mail_dir / ME).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="binds the biff port, 512/udp")
+def test_biff_notices_after_mbox_deliveries(system) -> None:  # type: ignore[no-untyped-def]
+    """biff = yes (Postfix's default): after each mbox delivery one datagram NAME@OFFSET
+    and a null byte to localhost's biff service, as Debian's Postfix sends it; biff = no:
+    none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as comsat:
+        try:
+            comsat.bind(("127.0.0.1", 512))
+        except OSError as e:
+            pytest.skip(f"biff port: {e}")
+        comsat.settimeout(10)
+        s = system(maildir=False)
+        s.start()
+        offset = 0  # where each new message starts: the mailbox's size before it
+        for _ in range(2):
+            qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+            s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent ")
+            assert comsat.recv(100) == f"{ME}@{offset}\0".encode()
+            offset = os.path.getsize(s.mail_dir / ME)
+        quiet = system(maildir=False, biff="no")
+        quiet.start()
+        qid = quiet.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+        quiet.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent ")
+        comsat.settimeout(1)
+        with pytest.raises(TimeoutError):
+            comsat.recv(100)
 
 
 def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]

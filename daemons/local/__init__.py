@@ -177,14 +177,15 @@ CONFIGURATION PARAMETERS
     default_privs, myhostname, myorigin, duplicate_filter_limit, enable_original_recipient,
     queue_directory,
     cleanup_service_name (forwarded mail),
-    process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``).
+    process_id_directory, info_log_address_format (``to=<…>, orig_to=<…>``),
+    biff (a comsat notice after each mbox delivery), inet_protocols.
 
 MODULES
     agent (state, dispatch, logging), alias (alias values, :include:,
     forwarding), forward (.forward, forward_path expansion), mailbox (the
     account's mailbox, mailbox_command), unknown (fallback transports,
-    luser_relay), command (|command), file (/file, /dir/), results (the one
-    failure-to-result mapping).
+    luser_relay), command (|command), file (/file, /dir/), biff (comsat
+    notices), results (the one failure-to-result mapping).
 """
 
 from __future__ import annotations

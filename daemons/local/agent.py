@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from pymailsys.daemons.local import alias, forward, results, unknown
+from pymailsys.daemons.local import alias, biff, forward, results, unknown
 from pymailsys.daemons.local import mailbox as user_mailbox
 
 from pymailsys import log, passwd, privileges, server
@@ -240,6 +240,7 @@ class LocalAgent:
         self.ipc_timeout = float(cfg.get_time("ipc_timeout"))
         self.transports: dict[str, AttrClient] = {}
         self.markers = mailbox.open_markers(cfg, "local-markers")
+        self.biff = biff.Biff(cfg)  # comsat notices after mbox deliveries
 
     def connect(self, path: str) -> socket.socket:
         """A connection to a mail system socket, made with mail_owner's rights when

@@ -79,14 +79,15 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
         recipient = (pw.pw_uid, pw.pw_gid, [pw.pw_gid])
         with privileges.as_user(ids[0], ids[1], ids[2]):
             data = mailbox.mbox_text(mailbox.from_line(req.sender), headers, content.text())
-            mailbox.deliver_mbox(path, data, chown_to=chown,
-                                 expect_uid=pw.pw_uid if agent.strict_owner else None,
-                                 locks=agent.locks, size_limit=agent.size_limit,
-                                 attempts=agent.lock_attempts, delay=agent.lock_delay,
-                                 stale=agent.stale,
-                                 write_as=None if ids == recipient else
-                                 lambda: privileges.as_user(*recipient))
-            return DeliveryResult.sent("delivered to mailbox")
+            start = mailbox.deliver_mbox(path, data, chown_to=chown,
+                                         expect_uid=pw.pw_uid if agent.strict_owner else None,
+                                         locks=agent.locks, size_limit=agent.size_limit,
+                                         attempts=agent.lock_attempts, delay=agent.lock_delay,
+                                         stale=agent.stale,
+                                         write_as=None if ids == recipient else
+                                         lambda: privileges.as_user(*recipient))
+        agent.biff.notify(pw.pw_name, start)
+        return DeliveryResult.sent("delivered to mailbox")
     except mailbox.MailboxError as e:
         if maildir:
             return results.maildir_failure(e, ids[0], ids[1])

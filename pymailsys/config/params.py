@@ -576,7 +576,7 @@ _TABLE: list[Param] = [
     _p("deliver_lock_delay", "1s", "time", "pause between lock attempts"),
     _p("stale_lock_time", "500s", "time", "age after which a dotlock is removed"),
     _p("allow_min_user", "no", "bool", "allow addresses that start with -"),
-    _todo("biff", "yes", "bool", "notify the comsat service"),
+    _p("biff", "yes", "bool", "notify the local comsat (biff) service of mbox deliveries"),
     _p("strict_mailbox_ownership", "yes", "bool", "defer delivery to a mailbox not owned by the user"),
     # bounces
     _p("notify_classes", "resource, software", "list", "problems reported to postmaster",

@@ -399,8 +399,9 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                  attempts: int = 20, delay: float = 1.0, stale: float = 500.0,
                  dotlock_may_fail: bool = False, to_file: bool = False,
                  write_as: Callable[[], AbstractContextManager[object]] | None = None,
-                 dsn: str = "5.2.0") -> None:
-    """Append data (already in mbox form; bytes or chunks) to the mailbox at path.
+                 dsn: str = "5.2.0") -> int:
+    """Append data (already in mbox form; bytes or chunks) to the mailbox at path; the
+    offset at which it starts (the file's old size; 0 for a device).
 
     ``write_as``: a context-manager factory for the rights the message is written
     (and truncated back) with once the file is open and locked, when those differ
@@ -429,7 +430,7 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                     _write_chunks(fd, [data] if isinstance(data, bytes) else data, 0)
                 except OSError as e:
                     raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
-            return
+            return 0
         if to_file and mode & 0o111:
             raise MailboxError("5.7.1", "file is executable")
         for method in methods:
@@ -449,6 +450,7 @@ def deliver_mbox(path: str, data: bytes | Iterable[bytes], *, expect_uid: int | 
                 if isinstance(e, OSError):
                     raise _os_error(e, WRITE_ERROR_DSN, "error writing message") from None
                 raise
+    return size
 
 
 # --- Maildir ---------------------------------------------------------------------
