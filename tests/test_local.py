@@ -196,7 +196,7 @@ def test_alias_command_verdicts_as_postfix(system) -> None:  # type: ignore[no-u
     aliases: sysexits.h statuses through its table (with the output after the text), a
     2.x.x status on failure bounces 5.0.0, the time limit bounces with the output so
     far, output is printable (tabs, newlines: spaces; other controls: _), a program
-    that cannot be executed defers."""
+    that cannot be executed defers, a shell builtin runs in the shell."""
     s = system(command_time_limit="2s")
     s.aliases(
         "nouser: \"|/bin/sh -c 'echo no such person; exit 67'\"\n"
@@ -207,7 +207,9 @@ def test_alias_command_verdicts_as_postfix(system) -> None:  # type: ignore[no-u
         "quota: \"|/bin/sh -c 'echo 4.2.2 over quota; exit 1'\"\n"
         "ctl: \"|/bin/sh -c 'printf \\\"a\\\\tb\\\\033c\\\\rd\\\"; exit 1'\"\n"
         "slow: \"|/bin/sh -c 'echo slow; exec sleep 30'\"\n"
-        "noexec: |/nonexistent/prog\n")
+        "noexec: |/nonexistent/prog\n"
+        "builtin: \"|exit 67\"\n"
+        "shell: \"|=x\"\n")
     s.start()
     expected = {
         "nouser": r"dsn=5\.1\.1, status=bounced \(user unknown\. Command output: no such person \)",
@@ -221,6 +223,9 @@ def test_alias_command_verdicts_as_postfix(system) -> None:  # type: ignore[no-u
                 r"'echo slow; exec sleep 30'\"\. Command output: slow \)",
         "noexec": r"dsn=4\.3\.0, status=deferred \(temporary failure\. Command output: local: "
                   r"fatal: execvp /nonexistent/prog: No such file or directory \)",
+        "builtin": r"dsn=5\.1\.1, status=bounced \(user unknown\)",  # sh -c, as exec_command
+        "shell": r'dsn=5\.3\.0, status=bounced \(Command died with status 127: "=x"\. Command '
+                 r"output: sh: 1: =x: not found \)",  # the shell is "sh", as Postfix runs it
     }
     qids = {name: s.queue("alice@example.org", [f"{name}@localhost"], BODY) for name in expected}
     for name, verdict in expected.items():

@@ -93,7 +93,7 @@ DESCRIPTION
     the From_ line and headers, no quoting.
 
     Commands run through ``/bin/sh -c`` only when they contain shell
-    metacharacters, with SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
+    magic or start with a shell builtin (Postfix's exec_command), with SHELL HOME USER LOGNAME LOCAL EXTENSION DOMAIN
     RECIPIENT SENDER ORIGINAL_RECIPIENT, ENVID, CLIENT_ADDRESS CLIENT_HELO
     CLIENT_HOSTNAME CLIENT_PROTOCOL SASL_METHOD SASL_SENDER SASL_USERNAME
     (from the queue file's attributes, when set), all censored by

@@ -2,9 +2,11 @@
 
 Takes the command text and the rights it runs with (``LocalAgent.file_user``);
 promises Postfix's pipe-to-command semantics: ``/bin/sh -c`` only when the
-command contains shell metacharacters (else split on white space and executed
-directly), in the queue directory (Postfix's local works there and
-command_execution_directory is empty by default) with local's umask (077),
+command contains a character outside Postfix's plain set (letters, digits,
+``!@%-_=+:,./``, blanks) or its first word is no program on PATH (a shell
+builtin), else split on blanks and executed directly, in the queue directory
+(Postfix's local works there and command_execution_directory is empty by
+default) with local's umask (077),
 the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
 (the recipient's user part: an alias's name), SENDER, RECIPIENT, LOCAL, and
 DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
@@ -37,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -60,7 +63,10 @@ CLIENT_ENVIRONMENT = (("ENVID", "dsn_envid"),  # the DSN envelope ID (MAIL FROM 
                       ("SASL_METHOD", "sasl_method"), ("SASL_SENDER", "sasl_sender"),
                       ("SASL_USERNAME", "sasl_username"))
 DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
-SHELL_METACHARS = set("`~!#$^&*()=|\\{}[];:'\"<>?\n\r")
+# Postfix's exec_command: a command of only these characters (and a word) is split on
+# blanks and executed directly; anything else goes to /bin/sh -c
+PLAIN_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyz"
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZ \t")
 # Run a command with SIGXFSZ ignored (it survives exec, as under Postfix's local), so
 # that a write past mailbox_size_limit fails with EFBIG instead of killing it. A
 # program that cannot be executed says so as Postfix's child does (its execvp failure
@@ -105,12 +111,9 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     except privileges.PrivilegeError as e:
         return results.failure(e)
     data = plain_text(agent.prepended(req, rcpt, True), content.text())
-    if any(ch in SHELL_METACHARS for ch in command):
-        argv = ["/bin/sh", "-c", command]
-    else:
-        argv = command.split()
-    if not argv:
+    if not command.strip(" \t"):
         return DeliveryResult.bounced("empty command", "5.3.5")
+    argv = shell_or_direct(command)
     if agent.size_limit:
         argv = [*XFSZ_IGNORED, *argv]
     env = environment(agent, req, rcpt, rights, content)
@@ -132,6 +135,18 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
         await proc.wait()
         return outcome(command, None, bytes(output))
     return outcome(command, proc.returncode or 0, bytes(output))
+
+
+def shell_or_direct(command: str) -> list[str]:
+    """Postfix's exec_command: a command without shell magic is split on blanks and
+    executed; with magic, or naming no program on PATH (a shell builtin such as
+    ``exit 75``), it runs as ``/bin/sh -c COMMAND``."""
+    if all(ch in PLAIN_CHARS for ch in command):
+        argv = command.split()
+        if "/" in argv[0] or shutil.which(argv[0], path=DEFAULT_PATH) is not None:
+            return argv
+    return ["sh", "-c", command]  # as Postfix's execl(_PATH_BSHELL, "sh", ...): messages
+    # from the shell say "sh: 1: ...", not "/bin/sh: 1: ..." (PATH is DEFAULT_PATH)
 
 
 def outcome(command: str, status: int | None, output: bytes) -> DeliveryResult:
