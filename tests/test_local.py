@@ -86,6 +86,34 @@ def test_biff_notices_after_mbox_deliveries(system) -> None:  # type: ignore[no-
             comsat.recv(100)
 
 
+def test_mailbox_refusals_read_as_postfix(system) -> None:  # type: ignore[no-untyped-def]
+    """An mbox that is a symbolic link, has two hard links or is a directory bounces,
+    and one locked by another process defers, each in the words Debian's Postfix logs."""
+    s = system(maildir=False, deliver_lock_attempts="1")
+    s.start()
+    box = s.mail_dir / ME
+    (s.mail_dir / "target").write_bytes(b"")
+    cases = {
+        "file is a symbolic link": lambda: os.symlink(s.mail_dir / "target", box),
+        "file has 2 hard links": lambda: os.link(s.mail_dir / "target", box),
+        "cannot open file: Is a directory": lambda: box.mkdir(),
+        f"unable to create lock file {box}.lock: File exists":
+            lambda: (box.write_bytes(b""), (s.mail_dir / f"{ME}.lock").write_bytes(b"")),
+    }
+    for text, make in cases.items():
+        make()
+        qid = s.queue("alice@example.org", [f"{ME}@localhost"], BODY)
+        status = "deferred" if "lock" in text else "bounced"
+        s.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status={status} "
+                   rf"\(cannot update mailbox {re.escape(str(box))} for user {ME}\. "
+                   rf"{re.escape(text)}\)$")
+        if box.is_dir() and not box.is_symlink():
+            box.rmdir()
+        else:
+            box.unlink()
+    assert (s.mail_dir / "target").read_bytes() == b""
+
+
 def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()
@@ -155,7 +183,7 @@ def test_alias_to_dev_null_is_delivered(system) -> None:  # type: ignore[no-unty
     s.wait_log(rf"{qid}: to=<devnull@localhost>, relay=local, .*dsn=2\.0\.0, "
                r"status=sent \(delivered to file: /dev/null\)")
     assert not os.path.exists("/dev/null.lock")
-    with pytest.raises(mailbox.MailboxError, match="file is not a regular file"):
+    with pytest.raises(mailbox.MailboxError, match="destination /dev/null is not a regular file"):
         mailbox.deliver_mbox("/dev/null", b"x", locks=["fcntl"])
 
 

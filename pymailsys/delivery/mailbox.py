@@ -15,7 +15,11 @@ mbox (``deliver_mbox``):
     except one that root owns in a directory that root owns and nobody else can
     write (Postfix's safe_open: the administrator's link), must be a regular
     file with one hard link, and the descriptor must be the file lstat (or, for
-    such a link, stat) saw; a new file is created with O_EXCL, mode 0600;
+    such a link, stat) saw; a new file is created with O_EXCL, mode 0600; a
+    refusal reads as Postfix's safe_open and local say it (``file is a symbolic
+    link``, ``file has 2 hard links``, ``cannot open file: Is a directory``,
+    ``destination PATH is not a regular file``, ``cannot create file
+    exclusively: ERROR``);
     ``expect_uid`` refuses a file owned by someone else (4.2.0 ``destination
     PATH is not owned by recipient`` and Postfix's warning, as
     strict_mailbox_ownership); ``chown_to`` gives a file created here to the
@@ -292,7 +296,8 @@ def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock)
         return
-    raise MailboxError("4.2.0", f"unable to create lock file {lock}: file exists")
+    raise MailboxError("4.2.0", f"unable to create lock file {lock}: "
+                                f"{os.strerror(errno.EEXIST)}", errno.EEXIST)
 
 
 def _regular_or_absent(path: str) -> bool:
@@ -345,31 +350,34 @@ def open_mailbox(path: str, expect_uid: int | None = None,
     except FileNotFoundError:
         before = None
     except OSError as e:
-        raise _os_error(e, dsn, f"cannot access mailbox {path}") from None
+        raise _os_error(e, dsn, "cannot open file") from None
     nofollow = os.O_NOFOLLOW
     if before is not None and stat.S_ISLNK(before.st_mode):
         if not _trusted_link(path, before):
-            raise MailboxError(dsn, f"cannot open file {path}: file is a symbolic link")
+            raise MailboxError(dsn, "file is a symbolic link")
         try:
             before = os.stat(path)
         except OSError as e:  # a dangling link is never created through
-            raise _os_error(e, dsn, f"cannot open file {path}") from None
+            raise _os_error(e, dsn, "cannot open file") from None
         nofollow = 0
     if before is not None:
+        if stat.S_ISDIR(before.st_mode):  # Postfix's open for writing fails: EISDIR
+            raise MailboxError(errno_dsn(errno.EISDIR, dsn),
+                               f"cannot open file: {os.strerror(errno.EISDIR)}", errno.EISDIR)
         if not (stat.S_ISREG(before.st_mode) or devices and stat.S_ISCHR(before.st_mode)):
-            raise MailboxError(dsn, f"cannot open file {path}: file is not a regular file")
+            raise MailboxError(dsn, f"destination {path} is not a regular file")
         if before.st_nlink != 1:
-            raise MailboxError(dsn, f"cannot open file {path}: file has {before.st_nlink} hard links")
+            raise MailboxError(dsn, f"file has {before.st_nlink} hard links")
         flags = os.O_WRONLY | os.O_APPEND | nofollow | os.O_NOCTTY | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except OSError as e:
-            raise _os_error(e, dsn, f"cannot open file {path}") from None
+            raise _os_error(e, dsn, "cannot open file") from None
         after = os.fstat(fd)
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_nlink != 1 \
                 or stat.S_IFMT(after.st_mode) != stat.S_IFMT(before.st_mode):
             os.close(fd)
-            raise MailboxError("4.2.0", f"cannot open file {path}: file status changed unexpectedly")
+            raise MailboxError("4.2.0", "file status changed unexpectedly")
         if expect_uid is not None and after.st_uid != expect_uid:
             os.close(fd)
             log.warning('specify "strict_mailbox_ownership = no" to ignore mailbox '
@@ -381,7 +389,7 @@ def open_mailbox(path: str, expect_uid: int | None = None,
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
-        raise _os_error(e, dsn, f"cannot create file {path}") from None
+        raise _os_error(e, dsn, "cannot create file exclusively") from None
     if chown_to is not None:
         try:
             os.fchown(fd, chown_to[0], chown_to[1])
