@@ -264,7 +264,8 @@ def test_extension_split_as_postfix(system) -> None:  # type: ignore[no-untyped-
     """Postfix's local splits the local part with split_addr and drops an extension with
     a "/" (its warning; LOCAL cut to the user, no EXTENSION): a mailbox_command such as
     ``procmail -a "$EXTENSION"`` never gets a path. NAME-request (and owner-NAME) stay
-    whole when "-" is a delimiter: not a user's extension."""
+    whole when "-" is a delimiter: not a user's extension. ``user+`` has an empty
+    EXTENSION."""
     shared = _shared_dir()
     try:
         s = system(recipient_delimiter="+-",
@@ -282,6 +283,11 @@ def test_extension_split_as_postfix(system) -> None:  # type: ignore[no-untyped-
         env = dict(line.split("=", 1) for line in
                    Path(f"{shared}/env-{ME}+a-b").read_text().splitlines() if "=" in line)
         assert env["EXTENSION"] == "a-b"
+        qid = s.queue("alice@example.org", [f"{ME}+@localhost"], BODY)  # split, empty extension
+        s.wait_log(rf"{qid}: to=<{ME}\+@localhost>, relay=local, .*status=sent ")
+        env = dict(line.split("=", 1) for line in
+                   Path(f"{shared}/env-{ME}+").read_text().splitlines() if "=" in line)
+        assert (env["USER"], env["EXTENSION"]) == (ME, "")
         qid = s.queue("alice@example.org", [f"{ME}-list-request@localhost"], BODY)
         s.wait_log(rf"{qid}: to=<{ME}-list-request@localhost>, relay=local, .*dsn=5\.1\.1, "
                    rf'status=bounced \(unknown user: "{ME}-list-request"\)')

@@ -62,6 +62,12 @@ class Recipient:
     domain: str
     delivered: str = ""  # the Delivered-To address (empty: the address itself)
 
+    @property
+    def has_extension(self) -> bool:
+        """Whether the local part was split (``user+``: an empty extension, which Postfix
+        still exports as EXTENSION and expands as $extension)."""
+        return len(self.localpart) > len(self.user)
+
     @cached_property
     def account(self) -> pwd.struct_passwd | None:
         """The UNIX account named by ``user`` (None: there is none), taken once per
@@ -385,7 +391,7 @@ class LocalAgent:
         if self.alias_error is not None:
             s.done(lvl.req, DeliveryResult.deferred("alias database unavailable"))
             return
-        names = [rcpt.localpart, rcpt.user] if rcpt.extension else [rcpt.localpart]
+        names = [rcpt.localpart, rcpt.user] if rcpt.has_extension else [rcpt.localpart]
         for name in names:
             if self.aliases is None or name == lvl.exp_from:
                 continue

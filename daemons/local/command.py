@@ -9,7 +9,8 @@ builtin), else split on blanks and executed directly, in the queue directory
 default) with local's umask (077),
 the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
 (the recipient's user part: an alias's name), SENDER, RECIPIENT, LOCAL, and
-DOMAIN, EXTENSION, ORIGINAL_RECIPIENT when not empty; HOME and SHELL only with
+DOMAIN, ORIGINAL_RECIPIENT when not empty, EXTENSION when the address has a
+delimiter (empty for ``user+``); HOME and SHELL only with
 a user's rights (.forward, mailbox_command: the user's; an alias's command
 gets neither); ENVID (the DSN envelope ID, MAIL FROM ... ENVID=),
 CLIENT_ADDRESS, CLIENT_HELO, CLIENT_HOSTNAME, CLIENT_PROTOCOL, SASL_METHOD,
@@ -193,8 +194,9 @@ def environment(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,
     env.update(LOGNAME=rcpt.user, USER=rcpt.user, SENDER=req.sender, RECIPIENT=req.rcpt,
                LOCAL=rcpt.localpart)
     attributes = content.attributes()
-    optional = [("DOMAIN", rcpt.domain), ("EXTENSION", rcpt.extension),
-                ("ORIGINAL_RECIPIENT", req.orig_rcpt)]
+    if rcpt.has_extension:  # "user+": EXTENSION is there, empty, as Postfix exports it
+        env["EXTENSION"] = rcpt.extension
+    optional = [("DOMAIN", rcpt.domain), ("ORIGINAL_RECIPIENT", req.orig_rcpt)]
     optional += [(name, attributes.get(attr, "")) for name, attr in CLIENT_ENVIRONMENT]
     env.update((name, value) for name, value in optional if value)
     allowed = agent.command_filter

@@ -56,7 +56,7 @@ def expansion_attrs(rcpt: Recipient, pw: pwd.struct_passwd | None) -> dict[str, 
         attrs.update(home=pw.pw_dir, shell=pw.pw_shell)
     if rcpt.domain:
         attrs["domain"] = rcpt.domain
-    if rcpt.extension:  # never with a "/" (LocalAgent.parse_recipient)
+    if rcpt.has_extension:  # never with a "/" (LocalAgent.parse_recipient); "" for "user+"
         attrs["extension"] = rcpt.extension
     if len(rcpt.localpart) > len(rcpt.user):  # Postfix 2.11 and later: the one found
         attrs["recipient_delimiter"] = rcpt.localpart[len(rcpt.user)]
