@@ -114,6 +114,19 @@ def test_mailbox_refusals_read_as_postfix(system) -> None:  # type: ignore[no-un
     assert (s.mail_dir / "target").read_bytes() == b""
 
 
+def test_alias_members_of_one_maildir_each_get_a_copy(system) -> None:  # type: ignore[no-untyped-def]
+    """An alias list naming "user" and "user+ext": two mailbox deliveries in one request,
+    two copies in the Maildir, as Debian's Postfix stores them (each logged)."""
+    s = system(recipient_delimiter="+")
+    s.aliases(f"list: {ME}, {ME}+x\n")
+    s.start()
+    qid = s.queue("alice@example.org", ["list@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME}(\+x)?@[^>]+>, orig_to=<list@localhost>, relay=local, .*"
+               r"status=sent \(delivered to maildir\)", count=2)
+    s.wait_log(rf"{qid}: removed")
+    assert len(s.maildir_messages()) == 2
+
+
 def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()

@@ -69,7 +69,10 @@ def write(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, pw: pwd.stru
     headers = agent.prepended(req, rcpt, False)
     try:
         if maildir:
-            key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset, path)
+            # one key per local part: an alias list's "user" and "user+ext" (one request)
+            # are two deliveries, as in Postfix, not one remembered twice
+            key = mailbox.delivery_key(req.queue_id, req.arrival_time, req.rcpt_offset,
+                                       f"{path}\0{rcpt.localpart}")
             mailbox.deliver_maildir(path, mailbox.plain_text(headers, content.text()),
                                     host=agent.hostname, key=key, marker=agent.markers,
                                     size_limit=agent.size_limit,
