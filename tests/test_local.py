@@ -127,6 +127,21 @@ def test_alias_members_of_one_maildir_each_get_a_copy(system) -> None:  # type: 
     assert len(s.maildir_messages()) == 2
 
 
+def test_delivered_to_keeps_the_recipients_case(system) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's mail_copy writes Delivered-To as the recipient came, case and all (only
+    the copies local forwards get a case-folded one); the loop check stays case-blind."""
+    s = system(maildir=False)
+    s.start()
+    qid = s.queue("alice@example.org", [f"{ME.upper()}@LocalHost"], BODY)
+    s.wait_log(rf"{qid}: to=<{ME.upper()}@LocalHost>, relay=local, .*status=sent ")
+    assert f"\nX-Original-To: {ME.upper()}@LocalHost\nDelivered-To: {ME.upper()}@LocalHost\n" \
+        in (s.mail_dir / ME).read_text()
+    qid = s.queue("alice@example.org", [f"{ME.upper()}@LocalHost"],
+                  f"Delivered-To: {ME}@localhost\n\nlooped\n".encode())
+    s.wait_log(rf"{qid}: to=<{ME.upper()}@LocalHost>, relay=local, .*dsn=5\.4\.6, "
+               rf"status=bounced \(mail forwarding loop for {ME.upper()}@LocalHost\)")
+
+
 def test_delivered_to_loop_bounces(system) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()
@@ -143,7 +158,7 @@ def test_recipient_delimiter_extension(system) -> None:  # type: ignore[no-untyp
     qid = s.queue("alice@example.org", [f"{ME.upper()}+Box@localhost"], BODY)
     s.wait_log(rf"{qid}: to=<{ME.upper()}\+Box@localhost>, .*status=sent \(delivered to maildir\)")
     (msg,) = s.maildir_messages()
-    assert f"Delivered-To: {ME}+box@localhost\n".encode() in msg
+    assert f"Delivered-To: {ME.upper()}+Box@localhost\n".encode() in msg  # as Postfix: case kept
 
 
 def test_alias_delivers_local_members_in_place_and_forwards_the_rest(system) -> None:  # type: ignore[no-untyped-def]

@@ -557,5 +557,5 @@ def test_prepended_addresses_are_quoted_as_mail_copy() -> None:
     assert mailbox.from_line('q s@localhost').startswith(b'From "q s"@localhost  ')
     assert mailbox.prepended_headers("q s@localhost", "a.b@x", "Q S@localhost") == (
         b'Return-Path: <"q s"@localhost>\nX-Original-To: a.b@x\n'
-        b'Delivered-To: "q s"@localhost\n')
+        b'Delivered-To: "Q S"@localhost\n')  # mail_copy keeps the case
     assert mailbox.prepended_headers("", None, None) == b"Return-Path: <>\n"

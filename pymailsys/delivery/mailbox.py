@@ -173,14 +173,15 @@ def prepended_headers(sender: str, orig_rcpt: str | None, delivered_to: str | No
     """Return-Path, X-Original-To, Delivered-To (Postfix's mail_copy order).
 
     Every address (internal form) is quoted as mail_copy quotes it, so that a
-    local part with a space or a special stays one address:
+    local part with a space or a special stays one address, and keeps its case
+    (mail_copy folds none; only a forwarded copy's Delivered-To is folded):
     ``Return-Path: <"john doe"@example.net>``, ``X-Original-To: "john doe"@example.net``,
-    ``Delivered-To: "john doe"@example.net``."""
+    ``Delivered-To: "John Doe"@Example.NET``."""
     out = [f"Return-Path: <{quote_822_local(sender) if sender else ''}>\n"]
     if orig_rcpt is not None:
         out.append(f"X-Original-To: {quote_822_local(orig_rcpt)}\n")
     if delivered_to is not None:
-        out.append(f"Delivered-To: {delivered_to_key(delivered_to)}\n")
+        out.append(f"Delivered-To: {quote_822_local(delivered_to)}\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
