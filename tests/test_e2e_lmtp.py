@@ -86,6 +86,21 @@ def test_mailbox_transport_lmtp_unix(new_instance, lmtp_sink) -> None:  # type: 
     wait_until(inst.queue_empty, 30, what="an empty queue")
     assert not inst.maildir_messages()  # nothing went to the local mailbox
     assert "postfix/local" not in line
+    # local says it passed the recipient on, as Postfix's deliver_pass logs it
+    inst.wait_log(rf"postfix/local\[\d+\]: {queue_id}: passing <{rcpt}> to transport=lmtp$")
+
+
+def test_mailbox_transport_that_is_not_there_defers(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A mailbox_transport with no service: deferred, logged relay=none as Postfix's
+    deliver_pass logs a transport it cannot reach."""
+    inst: Instance = new_instance()
+    inst.set(mailbox_transport="nosuch")
+    inst.start()
+    rcpt = f"{ME}@localhost"
+    queue_id = inst.send("alice@example.org", rcpt, b"Subject: nowhere\r\n\r\nx\r\n")
+    inst.wait_log(rf"postfix/local\[\d+\]: {queue_id}: passing <{rcpt}> to transport=nosuch$")
+    inst.wait_log(rf"postfix/local\[\d+\]: {queue_id}: to=<{rcpt}>, relay=none, .*dsn=4\.3\.0, "
+                  r"status=deferred \(mail transport unavailable\)$")
 
 
 def test_lmtp_inet_transport_several_recipients(new_instance, lmtp_sink) -> None:  # type: ignore[no-untyped-def]

@@ -289,9 +289,10 @@ class LocalAgent:
                 result = self.done(req, DeliveryResult.unreadable(e))
         return result.reply()
 
-    def done(self, req: DeliveryRequest, result: DeliveryResult) -> DeliveryResult:
+    def done(self, req: DeliveryRequest, result: DeliveryResult,
+             relay: str = "local") -> DeliveryResult:
         """Log a delivery attempt's result (Postfix's per-recipient line) and return it."""
-        log.info(log_line(req.queue_id, req.rcpt, req.orig_rcpt, "local", req.arrival_time,
+        log.info(log_line(req.queue_id, req.rcpt, req.orig_rcpt, relay, req.arrival_time,
                           req.active_time, req.start_time, result))
         return result
 
@@ -446,7 +447,9 @@ class LocalAgent:
 
     async def pass_to(self, spec: str, req: DeliveryRequest) -> DeliveryResult:
         """Hand the recipient to another delivery agent (Postfix's deliver_pass): its
-        reply is the result, and it has logged the delivery; failing to reach it defers.
+        reply is the result, and it has logged the delivery; failing to reach it defers
+        (``relay=none``, as Postfix logs it). Logs Postfix's ``passing <ADDR> to
+        transport=NAME`` first.
         The transport must be a plain service name (a table value can come from a
         regexp over the recipient: no path reaches private/), and only services whose
         socket exists are kept open, so the open clients stay within master.cf's."""
@@ -454,11 +457,13 @@ class LocalAgent:
         if not _SERVICE_NAME_RE.fullmatch(transport):
             log.warning(f"{req.queue_id}: invalid transport name: {transport!r}")
             return self.done(req, results.CONFIG_ERROR)
+        log.info(f"{req.queue_id}: passing <{log.address(req.rcpt)}> to transport={transport}")
+        unavailable = DeliveryResult.deferred("mail transport unavailable")
         client = self.transports.get(transport)
         if client is None:
             path = self.spool.private(transport)
             if not os.path.exists(path):
-                return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
+                return self.done(req, unavailable, relay="none")
             client = AttrClient(path, timeout=self.ipc_timeout, hello=transport,
                                 connector=self.connect)
             self.transports[transport] = client
@@ -470,5 +475,5 @@ class LocalAgent:
         try:
             reply = await client.request(attrs)
         except (ProtocolError, OSError):
-            return self.done(req, DeliveryResult.deferred("mail transport unavailable"))
+            return self.done(req, unavailable, relay="none")
         return DeliveryResult.from_attrs(reply)
