@@ -252,7 +252,6 @@ def test_postfix_parameters_left_out_warn_in_master_cf_overrides(tmp_path):
     ("smtp_header_checks = regexp:/etc/pymailsys/smtp_header_checks", ["smtp"]),
     ("lmtp_sasl_auth_enable = yes", ["lmtp"]),
     ("smtp_tls_scert_verifydepth = 3", ["smtp"]),
-    ("local_command_shell = /usr/sbin/smrsh", ["local"]),
     ("message_strip_characters = \\0", ["cleanup"]),
     ("tls_ssl_options = NO_TICKET", ["smtpd", "smtp", "lmtp"]),
 ])

@@ -323,6 +323,29 @@ def test_extension_split_as_postfix(system) -> None:  # type: ignore[no-untyped-
         subprocess.run(["rm", "-rf", shared], check=False)
 
 
+def test_local_command_shell_runs_every_command(system) -> None:  # type: ignore[no-untyped-def]
+    """local_command_shell (an smrsh, say): every command, plain or with shell magic,
+    runs as the shell's last argument, as Postfix's pipe_command runs it."""
+    shared = _shared_dir()
+    try:
+        shell = Path(shared) / "myshell"
+        shell.write_text(f"#!/bin/sh\nprintf '%s|' \"$@\" > {shared}/args-$$\nexec /bin/sh \"$@\"\n")
+        shell.chmod(0o755)
+        s = system(local_command_shell=f"{shell} -c")
+        s.aliases('plain: |/bin/true\nmagic: "|echo hi; exit 67"\n')
+        s.start()
+        qid = s.queue("alice@example.org", ["plain@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<plain@localhost>, relay=local, .*status=sent "
+                   r"\(delivered to command: /bin/true\)")
+        qid = s.queue("alice@example.org", ["magic@localhost"], BODY)
+        s.wait_log(rf"{qid}: to=<magic@localhost>, relay=local, .*dsn=5\.1\.1, status=bounced "
+                   r"\(user unknown\. Command output: hi \)")
+        assert sorted(p.read_text() for p in Path(shared).glob("args-*")) == [
+            "-c|/bin/true|", "-c|echo hi; exit 67|"]
+    finally:
+        subprocess.run(["rm", "-rf", shared], check=False)
+
+
 def test_alias_table_error_defers(system) -> None:  # type: ignore[no-untyped-def]
     s = system(alias_maps="hash:/nonexistent/aliases")
     s.start()

@@ -209,6 +209,7 @@ class LocalAgent:
         self.size_limit = cfg.get_size("mailbox_size_limit")
         self.strict_owner = cfg.get_bool("strict_mailbox_ownership")
         self.command_time_limit = float(cfg.get_time("command_time_limit"))
+        self.command_shell = cfg.get("local_command_shell").split()  # [] = Postfix's default
         self.command_filter = frozenset(cfg.get("command_expansion_filter"))
         self.allow_commands = {x.lower() for x in cfg.get_list("allow_mail_to_commands")}
         self.allow_files = {x.lower() for x in cfg.get_list("allow_mail_to_files")}

@@ -4,7 +4,9 @@ Takes the command text and the rights it runs with (``LocalAgent.file_user``);
 promises Postfix's pipe-to-command semantics: ``/bin/sh -c`` only when the
 command contains a character outside Postfix's plain set (letters, digits,
 ``!@%-_=+:,./``, blanks) or its first word is no program on PATH (a shell
-builtin), else split on blanks and executed directly, in the queue directory
+builtin), else split on blanks and executed directly (with local_command_shell
+set, every command runs as that shell's last argument: ``/usr/sbin/smrsh -c
+COMMAND``, as Postfix's pipe_command runs it), in the queue directory
 (Postfix's local works there and command_execution_directory is empty by
 default) with local's umask (077),
 the environment as Postfix's local sets it: PATH=/usr/bin:/bin, LOGNAME, USER
@@ -114,7 +116,7 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     data = plain_text(agent.prepended(req, rcpt, True), content.text())
     if not command.strip(" \t"):
         return DeliveryResult.bounced("empty command", "5.3.5")
-    argv = shell_or_direct(command)
+    argv = [*agent.command_shell, command] if agent.command_shell else shell_or_direct(command)
     if agent.size_limit:
         argv = [*XFSZ_IGNORED, *argv]
     env = environment(agent, req, rcpt, rights, content)

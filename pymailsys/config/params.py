@@ -567,6 +567,8 @@ _TABLE: list[Param] = [
        choices=("alias", "forward", "include")),
     _p("mailbox_size_limit", "51200000", "size", "largest mailbox or maildir file"),
     _p("command_time_limit", "1000s", "time", "time limit for command delivery"),
+    _p("local_command_shell", "", doc="shell (with its options) that runs every command of "
+       "local, e.g. smrsh (empty: /bin/sh -c only for commands with shell magic)"),
     _p("command_expansion_filter",
        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
        doc="characters allowed in the environment of local's commands (others become _)"),
@@ -694,7 +696,6 @@ _TABLE: list[Param] = [
     _todo("tls_wildcard_matches_multiple_labels", "yes", "bool",
           "a certificate's *.example.com matches a.b.example.com", refuse=("no",),
           service="smtp lmtp"),
-    *_refused("local", [("local_command_shell", "", "str", "the restricted shell for commands")]),
     *_refused("cleanup", [
         ("message_reject_characters", "", "str", "characters that make cleanup reject a message"),
         ("message_strip_characters", "", "str", "characters cleanup removes from messages"),
