@@ -182,6 +182,28 @@ def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path)
         assert _ran_as(shared, "list") == [str(uid), _ids("nobody")[1], f"/nonexistent/{name}"]
 
 
+def test_account_with_uid_0_runs_as_default_privs_in_its_own_group(system, shared: Path) -> None:  # type: ignore[no-untyped-def]
+    """An account with uid 0 and another group (a "toor"): its mailbox_command runs with
+    default_privs' uid and the account's own group, as Debian's Postfix runs it
+    (command.c swaps each id 0 on its own); never as root."""
+    with local_account("pmg" + uuid.uuid4().hex[:8]) as owner:
+        gid = pwd.getpwnam(owner).pw_gid
+        name = "pmz" + uuid.uuid4().hex[:8]
+        subprocess.run(["useradd", "--non-unique", "--uid", "0", "--gid", str(gid),
+                        "--no-create-home", "--home-dir", f"/nonexistent/{name}",
+                        "--shell", "/usr/sbin/nologin", name], check=True,
+                       stderr=subprocess.DEVNULL)
+        try:
+            s = system(mailbox_command=_command(shared, "toor").strip('"|'))
+            s.start()
+            qid = s.queue("alice@example.org", [f"{name}@localhost"], BODY)
+            s.wait_log(rf"{qid}: to=<{name}@localhost>, .*status=sent \(delivered to command: ")
+            assert _ran_as(shared, "toor") == [_ids("nobody")[0], str(gid), f"/nonexistent/{name}"]
+        finally:
+            # --force: plain userdel refuses an account whose uid (0) has processes
+            subprocess.run(["userdel", "--force", name], check=False, stderr=subprocess.DEVNULL)
+
+
 @pytest.mark.parametrize("bad", ["group root", "mail_owner", "root"])
 def test_local_refuses_to_start_with_a_privileged_default_privs(system, shared: Path,  # type: ignore[no-untyped-def]
                                                                 bad: str) -> None:

@@ -330,14 +330,16 @@ class LocalAgent:
         """The rights for commands and files: a root-owned alias table's (rights None)
         are default_privs; a user's (.forward, mailbox_command, an alias table or
         :include: file the user owns) are the user's, except that uid 0 becomes
-        default_privs too, and gid 0 default_privs' group (Postfix's command.c
-        and file.c: neither id stays privileged)."""
+        default_privs' uid and gid 0 default_privs' group, each on its own (Postfix's
+        command.c and file.c: neither id stays privileged; an account with uid 0 and
+        group 1002 runs as nobody with group 1002)."""
         if not self.root:
             return self.me
-        if rights is None or rights.uid == 0:
+        if rights is None:
             return privileges.default_privs(self.config)
-        if rights.gid == 0:
-            return replace(rights, gid=privileges.default_privs(self.config).gid)
+        if rights.uid == 0 or rights.gid == 0:
+            nobody = privileges.default_privs(self.config)
+            return replace(rights, uid=rights.uid or nobody.uid, gid=rights.gid or nobody.gid)
         return rights
 
     # --- Postfix's order -------------------------------------------------------------
