@@ -420,6 +420,25 @@ def test_an_alias_maildir_under_a_file_bounces_as_postfix_local(system) -> None:
 # --- privileges (root) ---------------------------------------------------------------
 
 @pytest.mark.root
+def test_stale_dotlock_the_recipient_may_not_remove(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
+    """A stale PATH.lock of root's in the sticky spool: the recipient may not remove it;
+    Debian's Postfix bounces with the errno (5.2.0 ``unable to create lock file ...:
+    Operation not permitted``); it was an unexpected error and a deferral."""
+    s = system(maildir=False, stale_lock_time="1s", deliver_lock_attempts="2",
+               deliver_lock_delay="1s")
+    lock = s.mail_dir / f"{throwaway_user}.lock"
+    lock.write_bytes(b"")
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    s.start()
+    qid = s.queue("alice@example.org", [f"{throwaway_user}@localhost"], BODY)
+    s.wait_log(rf"{qid}: to=<{throwaway_user}@localhost>, relay=local, .*dsn=5\.2\.0, "
+               rf"status=bounced \(cannot update mailbox {re.escape(str(s.mail_dir))}/"
+               rf"{throwaway_user} for user {throwaway_user}\. unable to create lock file "
+               rf"{re.escape(str(lock))}: Operation not permitted\)$")
+    assert "unexpected error" not in s.log()
+    assert lock.exists() and not (s.mail_dir / throwaway_user).exists()
+
+
 def test_maildir_written_as_the_recipient(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     s = system()
     s.start()

@@ -266,14 +266,17 @@ def maildir_access_warnings(error: MailboxError, uid: int, gid: int) -> None:
 def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
             stale: float = 500.0, may_fail: bool = False, dsn: str = "5.2.0") -> Iterator[None]:
     """Hold ``PATH.lock``. A lock held by another process past the attempts defers
-    (4.2.0); any other failure to create it (EACCES in a directory the writer cannot
-    write, ...) is a warning when ``may_fail`` (Postfix's MBOX_DOT_LOCK_MAY_FAIL, for
+    (4.2.0); one older than ``stale`` is removed; any other failure to create it
+    (EACCES in a directory the writer cannot write, a stale lock it may not remove,
+    ...) is a warning when ``may_fail`` (Postfix's MBOX_DOT_LOCK_MAY_FAIL, for
     deliveries to files named in aliases and .forward) and the kernel locks alone
-    protect the file, else an error."""
+    protect the file, else an error (Postfix's words and errno: ``unable to create
+    lock file PATH.lock: Operation not permitted``)."""
     lock = path + ".lock"
     for attempt in range(max(attempts, 1)):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            break
         except FileExistsError:
             try:
                 if time.time() - os.lstat(lock).st_mtime > stale:
@@ -281,24 +284,28 @@ def dotlock(path: str, attempts: int = 20, delay: float = 1.0,
                     continue
             except FileNotFoundError:
                 continue
-            if attempt + 1 < attempts:
-                time.sleep(delay)
-            continue
+            except OSError as e:  # a stale lock the writer may not remove (another's, in
+                failure = e  # a sticky directory): Postfix gives up with that errno
+            else:
+                if attempt + 1 < attempts:
+                    time.sleep(delay)
+                continue
         except OSError as e:
-            if not may_fail:
-                raise _os_error(e, dsn, f"unable to create lock file {lock}") from None
-            log.warning(f"unable to create lock file {lock}: {e.strerror}")
-            yield
-            return
-        os.close(fd)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
+            failure = e
+        if not may_fail:
+            raise _os_error(failure, dsn, f"unable to create lock file {lock}") from None
+        log.warning(f"unable to create lock file {lock}: {failure.strerror}")
+        yield
         return
-    raise MailboxError("4.2.0", f"unable to create lock file {lock}: "
-                                f"{os.strerror(errno.EEXIST)}", errno.EEXIST)
+    else:
+        raise MailboxError("4.2.0", f"unable to create lock file {lock}: "
+                                    f"{os.strerror(errno.EEXIST)}", errno.EEXIST)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
 
 
 def _regular_or_absent(path: str) -> bool:
