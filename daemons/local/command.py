@@ -67,7 +67,7 @@ CLIENT_ENVIRONMENT = (("ENVID", "dsn_envid"),  # the DSN envelope ID (MAIL FROM 
                       ("SASL_USERNAME", "sasl_username"))
 DEFAULT_PATH = "/usr/bin:/bin"  # Postfix's _PATH_DEFPATH
 # Postfix's exec_command: a command of only these characters (and a word) is split on
-# blanks and executed directly; anything else goes to /bin/sh -c
+# blanks and executed directly; anything else goes to the shell (shell_or_direct)
 PLAIN_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyz"
                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ \t")
 # Run a command with SIGXFSZ ignored (it survives exec, as under Postfix's local), so
@@ -162,9 +162,9 @@ def outcome(command: str, status: int | None, output: bytes) -> DeliveryResult:
     writes reaches a log line, a status log or a bounce raw. Exit 0 is success.
     Otherwise, in Postfix's order: the time limit bounces (5.3.0 ``Command time
     limit exceeded``), a signal defers (4.3.0), output that starts with ``X.Y.Z``
-    gives the status (2.x.x becomes 5.0.0) and the text after it, a sysexits.h status its table's
-    status and text (EX_TEMPFAIL, EX_OSERR defer; EX_NOUSER 5.1.1 ...), any other
-    status bounces (5.3.0 ``Command died with status N``)."""
+    gives the status (2.x.x becomes 5.0.0) and the text after it, a sysexits.h
+    status its table's status and text (EX_TEMPFAIL, EX_OSERR defer; EX_NOUSER
+    5.1.1 ...), any other status bounces (5.3.0 ``Command died with status N``)."""
     text = log.printable(output[:OUTPUT_KEPT].decode("utf-8", "surrogateescape")
                          .translate(_TO_SPACE), "_")
     detail = f". Command output: {text}" if text else ""
