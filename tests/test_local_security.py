@@ -477,6 +477,7 @@ def test_transport_sockets_are_reached_with_mail_owners_rights(system, outside: 
         for recorder in recorders:
             recorder.close()
     assert recorders[0].uids == []
-    assert recorders[1].uids == [owner.uid]
+    # a server that hangs up before the hello's answer is tried again (attr.CONNECT_ATTEMPTS)
+    assert recorders[1].uids and set(recorders[1].uids) == {owner.uid}
     s.wait_log(r"status=deferred \(mail transport unavailable\)", count=2)
 
