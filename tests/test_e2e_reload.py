@@ -12,8 +12,10 @@ import re
 import smtplib
 import threading
 import time
+from collections.abc import Callable
 
 from harness import ME, Instance, wait_until
+from scripted_smtp import ScriptedServer
 
 BOUNCE = b"Subject: please bounce\r\n\r\nbody\r\n"
 
@@ -124,3 +126,71 @@ def test_reloads_under_smtp_load_lose_no_transaction_and_defer_nothing(new_insta
     log = inst.log()
     assert "status=deferred" not in log
     assert "connect to cleanup service" not in log
+
+
+def _reload_outlasting_qmgr(inst: Instance, queue_id: str, finish: Callable[[], None]) -> None:
+    """Reload while a delivery of queue_id is in flight, and let it end only after the
+    old qmgr has given up waiting for it (STOP_DRAIN) and gone; then have the new qmgr
+    look at the file at once (postqueue -f: no wait for LOCKED_RETRY or a backoff)
+    until it is removed."""
+    (old_qmgr,) = inst.daemons()["qmgr"]
+    inst.postfix("reload")
+    wait_until(lambda: not os.path.exists(f"/proc/{old_qmgr}"), 60,
+               what="the old qmgr to give up waiting and exit")
+    finish()
+    inst.wait_log(rf"{queue_id}: to=<.*status=sent")
+    inst.tool("postqueue", "-f", check=True)
+    inst.wait_log(rf"{queue_id}: removed")
+
+
+def test_a_delivery_outlasting_the_old_qmgr_is_not_repeated_local(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A pipe alias still running when the old qmgr exits: local marks the recipient
+    done in the queue file itself (Postfix's deliver_completed), so the new qmgr, which
+    never hears the reply, does not run the command again."""
+    inst: Instance = new_instance(maildir=True)
+    shared = inst.base / "cmd"  # the command runs as default_privs
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    gate, started, released, runs = (shared / n for n in ("gate", "started", "released", "runs"))
+    os.mkfifo(gate)
+    os.chmod(gate, 0o666)
+    inst.write("etc/aliases", f"postmaster: {ME}\n"
+                              f'slow: "|touch {started}; test -e {released} || read line < {gate}'
+                              f'; echo ran >> {runs}"\n')
+    inst.tool("newaliases", check=True)
+    inst.start()
+    queue_id = inst.send(f"{ME}@localhost", "slow@localhost", b"Subject: slow\r\n\r\nz\r\n")
+    wait_until(started.exists, 60, what="the delivery command to start")
+
+    def finish() -> None:
+        released.touch()
+        with open(gate, "w") as f:
+            f.write("go\n")
+
+    _reload_outlasting_qmgr(inst, queue_id, finish)
+    assert len(re.findall(rf"{queue_id}: to=<slow@localhost>.*status=sent", inst.log())) == 1
+    assert runs.read_text() == "ran\n"
+
+
+def test_a_delivery_outlasting_the_old_qmgr_is_not_repeated_smtp(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The same with the smtp agent and a server slow to answer the end of data: the
+    message is sent once."""
+    release = threading.Event()
+
+    def slow_eod(line: bytes) -> bytes:
+        release.wait(120)
+        return b"250 2.0.0 Ok: queued as SLOW\r\n"
+
+    with ScriptedServer(eod=slow_eod) as server:
+        inst: Instance = new_instance(maildir=True)
+        inst.set(transport_maps=f"inline:{{ slow.example=smtp:[127.0.0.1]:{server.port} }}")
+        inst.start()
+        queue_id = inst.send(f"{ME}@localhost", "x@slow.example", b"Subject: slow\r\n\r\nz\r\n")
+        server.wait_for(b".\r\n")
+        try:
+            _reload_outlasting_qmgr(inst, queue_id, release.set)
+        finally:
+            release.set()
+        assert len(re.findall(rf"{queue_id}: to=<x@slow\.example>.*status=sent",
+                              inst.log())) == 1
+        assert server.received.count(b".\r\n") == 1

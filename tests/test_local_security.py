@@ -9,6 +9,7 @@ does; checks replies, log lines and what exists on disk afterwards.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -419,6 +420,43 @@ def test_a_request_for_several_recipients_is_refused(system) -> None:  # type: i
         assert client.request(batch).text("status") == "deferred"
     s.wait_log(r"warning: \w+: bad delivery request: 2 recipients: local delivers one per request")
     assert s.maildir_messages() == []
+
+
+@pytest.mark.root
+def test_local_marks_only_the_delivered_recipients_own_record_done(system) -> None:  # type: ignore[no-untyped-def]
+    """local (root) marks a delivered recipient done in the queue file itself, at the
+    offset qmgr (mail_owner) sent: only when the bytes there are that recipient's R
+    record. A forged offset (another recipient's record, another record, inside a
+    record, past the end of the file) is refused with a warning and nothing is written;
+    the mail is still delivered. A record already done is left as it is."""
+    s = system()
+    s.start("local")
+    mine, other = f"{ME}@localhost", "other@localhost"
+    qid = s.queue("alice@example.org", [mine, other], BODY, kick=False)
+    path = Path(s.spool.move(qid, "incoming", "active"))
+    env = read_envelope(str(path))
+    original = path.read_bytes()
+    rc, rc_other = env.recipients
+    sender_record = original.index(b"S" + bytes([len(env.sender)]) + env.sender.encode())
+    common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                           time.time(), env.sender)
+    for forged in (rc_other.offset, sender_record, rc.offset + 1, 1, len(original),
+                   len(original) + 100):
+        assert _ask(s, request_attrs(common, "test.example", rc.address, rc.orig, forged)) \
+            == "sent"
+        s.wait_log(rf"warning: {qid}: not marking recipient {re.escape(mine)} done: offset "
+                   rf"{forged} is not its recipient record")
+        assert path.read_bytes() == original
+    assert _ask(s, request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)) \
+        == "sent"
+    marked = original[:rc.offset] + b"D" + original[rc.offset + 1:]
+    assert path.read_bytes() == marked
+    assert [r.done for r in read_envelope(str(path)).recipients] == [True, False]
+    assert _ask(s, request_attrs(common, "test.example", rc.address, rc.orig, rc.offset)) \
+        == "sent"
+    assert path.read_bytes() == marked
+    assert s.log().count("not marking recipient") == 6
+    assert len(s.maildir_messages()) == 7  # the repeat: the same Maildir delivery key
 
 
 class _Recorder:

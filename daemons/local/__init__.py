@@ -130,7 +130,10 @@ SECURITY
       a bad request is refused with a warning and a deferral;
     * the queue file is opened relative to the queue directory without
       following a symbolic link anywhere, as a regular complete file with one
-      link (``Spool.open_queue_file``);
+      link (``Spool.open_queue_file``), read-write: a delivered recipient is
+      marked done in it before the reply, as Postfix's local does
+      (``QueueContent.mark_sent``: one type byte, R to D, and only where the
+      offset qmgr sent holds that recipient's R record);
     * connections to ``public/cleanup`` (forwarding) and ``private/TRANSPORT``
       (mailbox_transport, fallback_transport) are made with mail_owner's
       effective ids (``privileges.connect_unix``): those directories are

@@ -273,7 +273,7 @@ class LocalAgent:
             return refusal(attrs, e, 1)
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
-            fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
+            fd = self.spool.open_queue_file(req.queue_name, req.queue_id, writable=True)
         except queue_mod.QueueAccessError as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.unreadable()).reply()
@@ -288,6 +288,7 @@ class LocalAgent:
             except ContentError as e:
                 log.warning(f"{req.queue_id}: {e}")
                 result = self.done(req, DeliveryResult.unreadable(e))
+            content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify, result)
         return result.reply()
 
     def done(self, req: DeliveryRequest, result: DeliveryResult,

@@ -57,7 +57,9 @@ SECURITY
     virtual runs as root when the system does (master.cf unprivileged column
     ``n``) and trusts nothing qmgr sends: every recipient of a request passes
     ``DeliveryRequest.checked``, the queue file is opened relative to the
-    queue directory without following links (``Spool.open_queue_file``).
+    queue directory without following links (``Spool.open_queue_file``),
+    read-write: a delivered recipient is marked done in it before the reply
+    (``QueueContent.mark_sent``: only over that recipient's own R record).
     A regexp or pcre rule of virtual_mailbox_maps, virtual_uid_maps or
     virtual_gid_maps whose result uses ``$1``... is skipped with Postfix's
     warning (``regular expression substitution is not allowed``): an address

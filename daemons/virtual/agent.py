@@ -98,7 +98,7 @@ class VirtualAgent:
         content: QueueContent | None = None
         unreadable = DeliveryResult.unreadable()
         try:
-            fd = self.spool.open_queue_file(first.queue_name, first.queue_id)
+            fd = self.spool.open_queue_file(first.queue_name, first.queue_id, writable=True)
             content = QueueContent(path, first.data_offset, fd=fd)
         except (QueueAccessError, ContentError) as e:
             log.warning(f"{first.queue_id}: {e}")
@@ -118,6 +118,8 @@ class VirtualAgent:
                     except Exception as e:  # a bug defers this recipient, not those done
                         log.error(f"virtual: unexpected error: {e!r}")
                         result = DeliveryResult.deferred("virtual delivery agent error")
+                    content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify,
+                                      result)
                 log_result(req, RELAY, result)
                 results.append(result)
         finally:

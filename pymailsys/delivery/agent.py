@@ -39,7 +39,10 @@ exclusively or malformed (``ContentError``: the caller defers). A malformed
 file (``ContentError.damaged``) is no reason to try again: the agent's
 reply says ``corrupt`` (``DeliveryResult.unreadable``, once per reply), and
 qmgr saves the file to corrupt/ when the message's deliveries are done, as
-Postfix's agents mark a damaged file for its qmgr (mark_corrupt).
+Postfix's agents mark a damaged file for its qmgr (mark_corrupt). An agent marks
+each recipient it delivered done in the file itself before it replies
+(``QueueContent.mark_sent``, Postfix's deliver_completed): the reply may reach
+no one (a qmgr that a reload made exit during a long delivery).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pymailsys import log
-from pymailsys.dsn import NOTIFY_MASK
+from pymailsys.dsn import NOTIFY_MASK, NOTIFY_SUCCESS
 from pymailsys.ipc.attr import AttrList, AttrValue, Limits, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.queue import spool
@@ -63,9 +66,10 @@ from pymailsys.queue.queue_file import (
     Recipient,
     content_records,
     content_text,
+    mark_done,
     read_envelope_fd,
 )
-from pymailsys.queue.records import REC_TYPE_NORM
+from pymailsys.queue.records import REC_TYPE_DONE, REC_TYPE_NORM, REC_TYPE_RCPT, encode_record
 from pymailsys.rfc822 import has_control
 
 CHUNK = 65536
@@ -624,6 +628,42 @@ class QueueContent:
                 yield whole
                 line = []
                 size = 0
+
+    def mark_sent(self, queue_id: str, rcpt: str, offset: int, notify: int,
+                  result: DeliveryResult) -> None:
+        """Mark a recipient that was just delivered done in the queue file, before the
+        reply, as Postfix's agents do (deliver_completed): a qmgr that is gone by the time
+        the reply comes (a reload during a long delivery) cannot have the next one
+        deliver it again. The file must be open read-write
+        (``Spool.open_queue_file(writable=True)``); qmgr marks it again, harmlessly.
+
+        Only a result that needs nothing more from qmgr: sent, without NOTIFY=SUCCESS
+        (qmgr writes the success notice's trace log first). A bounced or deferred
+        recipient stays for qmgr: its notice goes through qmgr's status logs.
+
+        The offset comes from qmgr (mail_owner) and this agent may be root: the bytes
+        there must be this recipient's R record (or its D record: done already), inside
+        the file and past its first record; anything else is refused and logged. Only
+        the type byte is written. One pread and one pwrite, no fsync (a crash may repeat
+        a delivery, never lose one)."""
+        if result.status != STATUS_SENT or notify & NOTIFY_SUCCESS:
+            return
+        expected = encode_record(REC_TYPE_RCPT, rcpt.encode("utf-8", "surrogateescape"))
+        try:
+            found = os.pread(self.fd, len(expected), offset) if offset > 0 else b""
+        except OSError as e:
+            log.warning(f"{queue_id}: cannot mark recipient {rcpt} done: {e.strerror}")
+            return
+        if found[1:] != expected[1:] or found[:1] not in (REC_TYPE_RCPT, REC_TYPE_DONE):
+            log.warning(f"{queue_id}: not marking recipient {rcpt} done: offset {offset} "
+                        f"is not its recipient record")
+            return
+        if found[:1] == REC_TYPE_DONE:
+            return
+        try:
+            mark_done(self.fd, offset)
+        except OSError as e:
+            log.warning(f"{queue_id}: cannot mark recipient {rcpt} done: {e.strerror}")
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -57,7 +57,10 @@ SECURITY
     Runs as mail_owner (``-u``). The request comes from qmgr over private/;
     every field of it is checked as local checks its own
     (``DeliveryRequest.checked``) and the queue file is opened with
-    ``Spool.open_queue_file``. Server
+    ``Spool.open_queue_file``, read-write: each recipient sent is marked done
+    in it before the reply (``QueueContent.mark_sent``), as Postfix's smtp
+    does, so that a qmgr gone meanwhile (a reload) is not followed by a second
+    delivery. Server
     replies reach the log with control characters replaced, and have bounded
     length.
 
@@ -252,10 +255,13 @@ class Agent:
     async def deliver(self, req: Request) -> list[DeliveryResult]:
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
-            fd = self.spool.open_queue_file(req.queue_name, req.queue_id)
+            fd = self.spool.open_queue_file(req.queue_name, req.queue_id, writable=True)
             content = QueueContent(path, req.data_offset, fd=fd)
             with content:
-                return await self.transfer(req, content)
+                results = await self.transfer(req, content)
+                for rc, result in zip(req.recipients, results, strict=True):
+                    content.mark_sent(req.queue_id, rc.address, rc.offset, rc.notify, result)
+                return results
         except (q.QueueAccessError, ContentError) as e:
             log.warning(f"{req.queue_id}: {e}")
             result = DeliveryResult.unreadable(e if isinstance(e, ContentError) else None)

@@ -201,8 +201,11 @@ class Spool:
         if self._kept is None:
             self._kept = {}
 
-    def open_queue_file(self, queue: str, queue_id: str, complete: bool = True) -> int:
-        """Open a complete queue file read-only, as Postfix's mail_open_ok allows it.
+    def open_queue_file(self, queue: str, queue_id: str, complete: bool = True,
+                        writable: bool = False) -> int:
+        """Open a complete queue file read-only (``writable``: read-write, for a delivery
+        agent that marks the recipients it delivered done, as Postfix's deliver_request
+        opens it), as Postfix's mail_open_ok allows it.
 
         For a process that trusts neither the request naming the file nor the
         directories below queue_directory (a root agent: mail_owner owns them):
@@ -222,17 +225,17 @@ class Spool:
         if kept is None:
             queue_fd = self._open_queue_dir(queue, queue_id)
             try:
-                fd = self._open_below(queue_fd, queue, queue_id)
+                fd = self._open_below(queue_fd, queue, queue_id, writable)
             finally:
                 os.close(queue_fd)
         else:
             try:
-                fd = self._open_below(kept[queue], queue, queue_id)
+                fd = self._open_below(kept[queue], queue, queue_id, writable)
             except (KeyError, QueueFileMissing):
                 if queue in kept:
                     os.close(kept.pop(queue))
                 kept[queue] = self._open_queue_dir(queue, queue_id)
-                fd = self._open_below(kept[queue], queue, queue_id)
+                fd = self._open_below(kept[queue], queue, queue_id, writable)
         st = os.fstat(fd)
         problem = ("not a regular file" if not stat.S_ISREG(st.st_mode)
                    else f"file has {st.st_nlink} links" if st.st_nlink != 1
@@ -257,9 +260,10 @@ class Spool:
         finally:
             os.close(root_fd)
 
-    def _open_below(self, queue_fd: int, queue: str, queue_id: str) -> int:
+    def _open_below(self, queue_fd: int, queue: str, queue_id: str,
+                    writable: bool = False) -> int:
         """The queue file, its hash directories and itself opened relative to the queue's
-        descriptor with O_NOFOLLOW (queue_fd stays open)."""
+        descriptor with O_NOFOLLOW (queue_fd stays open); read-write when ``writable``."""
         dir_fd = queue_fd
         try:
             if queue in self.hashed:
@@ -269,8 +273,8 @@ class Spool:
                     if dir_fd != queue_fd:
                         os.close(dir_fd)
                     dir_fd = fd
-            return os.open(queue_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
-                           dir_fd=dir_fd)
+            return os.open(queue_id, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
+                           | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
         except OSError as e:
             error = QueueFileMissing if e.errno == errno.ENOENT else QueueAccessError
             raise error(f"open {queue}/{queue_id}: {e.strerror}") from None
