@@ -128,7 +128,7 @@ def test_reloads_under_smtp_load_lose_no_transaction_and_defer_nothing(new_insta
     assert "connect to cleanup service" not in log
 
 
-def _reload_outlasting_qmgr(inst: Instance, queue_id: str, finish: Callable[[], None]) -> None:
+def reload_outlasting_qmgr(inst: Instance, queue_id: str, finish: Callable[[], None]) -> None:
     """Reload while a delivery of queue_id is in flight, and let it end only after the
     old qmgr has given up waiting for it (STOP_DRAIN) and gone; then have the new qmgr
     look at the file at once (postqueue -f: no wait for LOCKED_RETRY or a backoff)
@@ -167,7 +167,7 @@ def test_a_delivery_outlasting_the_old_qmgr_is_not_repeated_local(new_instance) 
         with open(gate, "w") as f:
             f.write("go\n")
 
-    _reload_outlasting_qmgr(inst, queue_id, finish)
+    reload_outlasting_qmgr(inst, queue_id, finish)
     assert len(re.findall(rf"{queue_id}: to=<slow@localhost>.*status=sent", inst.log())) == 1
     assert runs.read_text() == "ran\n"
 
@@ -188,7 +188,7 @@ def test_a_delivery_outlasting_the_old_qmgr_is_not_repeated_smtp(new_instance) -
         queue_id = inst.send(f"{ME}@localhost", "x@slow.example", b"Subject: slow\r\n\r\nz\r\n")
         server.wait_for(b".\r\n")
         try:
-            _reload_outlasting_qmgr(inst, queue_id, release.set)
+            reload_outlasting_qmgr(inst, queue_id, release.set)
         finally:
             release.set()
         assert len(re.findall(rf"{queue_id}: to=<x@slow\.example>.*status=sent",

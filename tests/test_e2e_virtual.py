@@ -8,13 +8,16 @@ account needs to have; as another user: that user's own ids).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from harness import IS_ROOT, Instance
+from test_e2e_reload import reload_outlasting_qmgr
 
 VUID = 5000 if IS_ROOT else os.getuid()
 VGID = 5000 if IS_ROOT else os.getgid()
@@ -228,3 +231,23 @@ def test_mailbox_limit_below_message_size_limit_is_fatal(new_instance) -> None: 
                   r"virtual_mailbox_limit is smaller than message_size_limit")
     assert queue_id in inst.queue_ids("active") + inst.queue_ids("deferred")
     assert _maildir_files(base / "example.com" / "alice") == []
+
+
+def test_a_delivery_outlasting_the_old_qmgr_is_not_repeated(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A reload while virtual waits for a locked mbox, the wait longer than the old
+    qmgr stays for: virtual marks the recipient done in the queue file itself, so the
+    new qmgr, which never hears the reply, does not deliver the message again."""
+    inst, base = _virtual(new_instance, deliver_lock_attempts="60")
+    mbox = base / "example.com" / "bob"
+    mbox.parent.mkdir()
+    mbox.touch(mode=0o600)
+    for path in (mbox.parent, mbox):
+        os.chown(path, VUID, VGID)
+    with open(mbox, "r+b") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        queue_id = inst.send("carol@example.org", "bob@example.com", MESSAGE)
+        inst.wait_log(rf"{queue_id}: from=<carol@example\.org>, .*\(queue active\)")
+        time.sleep(1)  # virtual is waiting for the lock
+        reload_outlasting_qmgr(inst, queue_id, lambda: fcntl.lockf(held, fcntl.LOCK_UN))
+    assert len(re.findall(rf"{queue_id}: to=<bob@example\.com>.*status=sent", inst.log())) == 1
+    assert mbox.read_bytes().count(b"\nDelivered-To: bob@example.com\n") == 1
