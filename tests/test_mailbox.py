@@ -559,3 +559,42 @@ def test_prepended_addresses_are_quoted_as_mail_copy() -> None:
         b'Return-Path: <"q s"@localhost>\nX-Original-To: a.b@x\n'
         b'Delivered-To: "Q S"@localhost\n')  # mail_copy keeps the case
     assert mailbox.prepended_headers("", None, None) == b"Return-Path: <>\n"
+
+
+def test_queue_content_marks_only_sent_recipients_done_near_or_far(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``QueueContent.mark_sent`` turns a sent recipient's R record into D in the file;
+    a recipient near the data offset is checked against the first read, one far before it
+    (a message of many recipients) with a read of its own. Deferred or bounced
+    recipients, and those that asked for NOTIFY=SUCCESS (qmgr writes that trace first),
+    are left for qmgr."""
+    from pymailsys.delivery.agent import RCPT_AREA, QueueContent
+    from pymailsys.dsn import NOTIFY_SUCCESS
+    from pymailsys.queue.queue_file import QueueFileBuilder, read_envelope
+
+    b = QueueFileBuilder(time.time())
+    b.sender("s@example.org")
+    count = RCPT_AREA // 20
+    for i in range(count):
+        b.recipient(f"r{i}@example.com", orig=f"r{i}@example.com",
+                    notify=NOTIFY_SUCCESS if i == count - 2 else 0)
+    b.line(b"Subject: many")
+    path = tmp_path / "qf"
+    path.write_bytes(b.build())
+    env = read_envelope(str(path))
+    far, *_, success, near = env.recipients
+    deferred, bounced = env.recipients[1:3]
+    assert env.data_offset - far.offset > RCPT_AREA >= env.data_offset - near.offset
+    before = path.read_bytes()
+    fd = os.open(path, os.O_RDWR)
+    sent = DeliveryResult.sent("delivered")
+    with QueueContent(str(path), env.data_offset, fd=fd,
+                      rcpt_offsets=[rc.offset for rc in env.recipients]) as content:
+        for rc, result in ((far, sent), (near, sent), (success, sent),
+                           (deferred, DeliveryResult.deferred("later")),
+                           (bounced, DeliveryResult.bounced("no"))):
+            content.mark_sent(env.queue_id, rc.address, rc.offset, rc.notify, result)
+        assert b"".join(content.text()) == b"Subject: many\n"
+    after = path.read_bytes()
+    assert [i for i in range(len(after)) if after[i] != before[i]] == [far.offset, near.offset]
+    assert {rc.address for rc in read_envelope(str(path)).recipients if rc.done} == \
+        {far.address, near.address}

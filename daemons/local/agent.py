@@ -278,7 +278,7 @@ class LocalAgent:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.unreadable()).reply()
         try:
-            content = QueueContent(path, req.data_offset, fd=fd)
+            content = QueueContent(path, req.data_offset, fd=fd, rcpt_offsets=(req.rcpt_offset,))
         except ContentError as e:
             log.warning(f"{req.queue_id}: {e}")
             return self.done(req, DeliveryResult.unreadable(e)).reply()

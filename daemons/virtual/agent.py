@@ -99,7 +99,8 @@ class VirtualAgent:
         unreadable = DeliveryResult.unreadable()
         try:
             fd = self.spool.open_queue_file(first.queue_name, first.queue_id, writable=True)
-            content = QueueContent(path, first.data_offset, fd=fd)
+            content = QueueContent(path, first.data_offset, fd=fd,
+                                   rcpt_offsets=[req.rcpt_offset for req in requests])
         except (QueueAccessError, ContentError) as e:
             log.warning(f"{first.queue_id}: {e}")
             if isinstance(e, ContentError):

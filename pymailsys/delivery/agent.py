@@ -52,7 +52,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pymailsys import log
@@ -73,6 +73,7 @@ from pymailsys.queue.records import REC_TYPE_DONE, REC_TYPE_NORM, REC_TYPE_RCPT,
 from pymailsys.rfc822 import has_control
 
 CHUNK = 65536
+RCPT_AREA = 16384  # bytes before the data offset the first read takes in, for mark_sent
 
 MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_limit
 MAX_TIME = 1 << 40  # seconds since the epoch
@@ -509,10 +510,11 @@ class QueueContent:
     """
 
     def __init__(self, path: str, data_offset: int | None = None,
-                 fd: int | None = None) -> None:
+                 fd: int | None = None, rcpt_offsets: Iterable[int] = ()) -> None:
         """data_offset None: read the envelope (``self.envelope``) and take it from there.
         ``fd``: the queue file already open (``Spool.open_queue_file``); it is owned
-        from here on."""
+        from here on. ``rcpt_offsets``: the R records ``mark_sent`` will check; those
+        at most RCPT_AREA bytes before the data offset (most) come in the first read."""
         if fd is None:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -531,7 +533,13 @@ class QueueContent:
                 except (QueueFileError, ValueError) as e:
                     raise ContentError(f"queue file {path}: {e}", damaged=True) from None
                 data_offset = self.envelope.data_offset
-            head = os.pread(self.fd, CHUNK, data_offset) if data_offset > 0 else b""
+            start = min((o for o in rcpt_offsets if 0 < o < data_offset
+                         and data_offset - o <= RCPT_AREA), default=data_offset)
+            head = os.pread(self.fd, CHUNK + data_offset - start, start) \
+                if data_offset > 0 else b""
+            self._rcpt_start = start
+            self._rcpt_area = head[:data_offset - start]
+            head = head[data_offset - start:]
             if not head:
                 raise ContentError(f"queue file {path}: bad data offset {data_offset}",
                                    damaged=True)
@@ -644,13 +652,18 @@ class QueueContent:
         The offset comes from qmgr (mail_owner) and this agent may be root: the bytes
         there must be this recipient's R record (or its D record: done already), inside
         the file and past its first record; anything else is refused and logged. Only
-        the type byte is written. One pread and one pwrite, no fsync (a crash may repeat
-        a delivery, never lose one)."""
+        the type byte is written: one pwrite, no fsync (a crash may repeat a delivery,
+        never lose one), and a pread only for a record that the first read did not
+        take in (``rcpt_offsets``)."""
         if result.status != STATUS_SENT or notify & NOTIFY_SUCCESS:
             return
         expected = encode_record(REC_TYPE_RCPT, rcpt.encode("utf-8", "surrogateescape"))
+        at = offset - self._rcpt_start
         try:
-            found = os.pread(self.fd, len(expected), offset) if offset > 0 else b""
+            if 0 <= at and at + len(expected) <= len(self._rcpt_area):
+                found = self._rcpt_area[at:at + len(expected)]
+            else:
+                found = os.pread(self.fd, len(expected), offset) if offset > 0 else b""
         except OSError as e:
             log.warning(f"{queue_id}: cannot mark recipient {rcpt} done: {e.strerror}")
             return

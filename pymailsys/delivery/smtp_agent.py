@@ -256,7 +256,8 @@ class Agent:
         path = self.spool.path(req.queue_name, req.queue_id)
         try:
             fd = self.spool.open_queue_file(req.queue_name, req.queue_id, writable=True)
-            content = QueueContent(path, req.data_offset, fd=fd)
+            content = QueueContent(path, req.data_offset, fd=fd,
+                                   rcpt_offsets=[rc.offset for rc in req.recipients])
             with content:
                 results = await self.transfer(req, content)
                 for rc, result in zip(req.recipients, results, strict=True):
