@@ -214,6 +214,7 @@ from pymailsys import dsn, log, server
 from pymailsys.address import resolve
 from pymailsys.config import Config, ConfigError, master_cf, params
 from pymailsys.delivery.agent import (
+    DEL_REQ_FLAG_DEFAULT,
     DeliveryResult,
     batch_request_attrs,
     hop_failure,
@@ -773,7 +774,7 @@ class Qmgr:
         log.info(f"{queue_id}: from=<{log.address(env.sender)}>, size={env.message_size}, "
                  f"nrcpt={env.rcpt_pending} (queue active)")
         common = message_attrs(q.ACTIVE, queue_id, env.data_offset, env.content_size,
-                               env.arrival, now, env.sender,
+                               env.arrival, now, env.sender, flags=DEL_REQ_FLAG_DEFAULT,
                                encoding=env.attrs.get("encoding", ""),
                                dsn_envid=env.attrs.get("dsn_envid", ""),
                                dsn_ret=_number(env.attrs.get("dsn_ret", "")),

@@ -20,6 +20,9 @@ import pytest
 from conftest import require_tool
 from harness import IS_ROOT, ME, Instance, free_port, wait_until
 
+from pymailsys.queue.queue_file import read_envelope
+from pymailsys.queue.spool import Spool
+
 
 class LmtpSink:
     def __init__(self, listen: str) -> None:
@@ -117,3 +120,25 @@ def test_lmtp_inet_transport_several_recipients(new_instance, lmtp_sink) -> None
                       rf"\[127\.0\.0\.1\]:{port}, .*status=sent")
     (dump,) = wait_until(sink.dumps, 10, what="the LMTP transaction")
     assert re.findall(rb"^X-Rcpt-Args: <([^>]*)>", dump, re.M) == [r.encode() for r in rcpts]
+
+
+def test_an_address_local_passes_on_is_not_marked_done_by_the_other_agent(new_instance, lmtp_sink) -> None:  # type: ignore[no-untyped-def]
+    """An alias of a recipient to its own mailbox (through mailbox_transport, LMTP) and
+    to a command that fails for now: lmtp delivers the mailbox copy but must not mark
+    the recipient done in the queue file (local passes the address without
+    DEL_REQ_FLAG_SUCCESS); the command's copy is deferred, so the recipient stays in
+    the queue for the next try, not lost."""
+    sink = lmtp_sink("unix:SOCKET")
+    inst: Instance = new_instance()
+    inst.write("etc/aliases", f'postmaster: {ME}\n{ME}: \\{ME}@localhost, "|true; exit 75"\n')
+    inst.tool("newaliases", check=True)
+    inst.set(mailbox_transport=f"lmtp:unix:{sink.socket}")
+    inst.start()
+    rcpt = f"{ME}@localhost"
+    queue_id = inst.send("alice@example.org", rcpt, b"Subject: two copies\r\n\r\nx\r\n")
+    inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<{rcpt}>, .*status=sent")
+    inst.wait_log(rf"postfix/local\[\d+\]: {queue_id}: to=<{rcpt}>, .*status=deferred")
+    wait_until(lambda: inst.queue_ids("deferred"), 30, what="the message deferred")
+    env = read_envelope(Spool(str(inst.queue_dir)).path("deferred", queue_id))
+    assert [(rc.address, rc.done) for rc in env.recipients] == [(rcpt, False)]
+    assert "not marking recipient" not in inst.log()

@@ -23,6 +23,7 @@ from test_qmgr import BODY, Standalone, standalone_systems
 
 from pymailsys import config, privileges, server
 from pymailsys.delivery.agent import (
+    DEL_REQ_FLAG_DEFAULT,
     MAX_MEMBERS,
     DeliveryRequest,
     DeliveryResult,
@@ -428,7 +429,8 @@ def test_local_marks_only_the_delivered_recipients_own_record_done(system) -> No
     offset qmgr (mail_owner) sent: only when the bytes there are that recipient's R
     record. A forged offset (another recipient's record, another record, inside a
     record, past the end of the file) is refused with a warning and nothing is written;
-    the mail is still delivered. A record already done is left as it is."""
+    the mail is still delivered. A record already done is left as it is. A request
+    without DEL_REQ_FLAG_SUCCESS marks nothing."""
     s = system()
     s.start("local")
     mine, other = f"{ME}@localhost", "other@localhost"
@@ -438,8 +440,12 @@ def test_local_marks_only_the_delivered_recipients_own_record_done(system) -> No
     original = path.read_bytes()
     rc, rc_other = env.recipients
     sender_record = original.index(b"S" + bytes([len(env.sender)]) + env.sender.encode())
+    unflagged = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
+                              time.time(), env.sender)
+    assert _ask(s, request_attrs(unflagged, "test.example", rc.address, rc.orig, rc.offset)) \
+        == "sent"
     common = message_attrs("active", qid, env.data_offset, env.content_size, env.arrival,
-                           time.time(), env.sender)
+                           time.time(), env.sender, flags=DEL_REQ_FLAG_DEFAULT)
     for forged in (rc_other.offset, sender_record, rc.offset + 1, 1, len(original),
                    len(original) + 100):
         assert _ask(s, request_attrs(common, "test.example", rc.address, rc.orig, forged)) \

@@ -566,8 +566,9 @@ def test_queue_content_marks_only_sent_recipients_done_near_or_far(tmp_path) -> 
     a recipient near the data offset is checked against the first read, one far before it
     (a message of many recipients) with a read of its own. Deferred or bounced
     recipients, and those that asked for NOTIFY=SUCCESS (qmgr writes that trace first),
-    are left for qmgr."""
-    from pymailsys.delivery.agent import RCPT_AREA, QueueContent
+    are left for qmgr; so is every recipient of a request without DEL_REQ_FLAG_SUCCESS
+    (local passing an address an alias expanded to)."""
+    from pymailsys.delivery.agent import DEL_REQ_FLAG_DEFAULT, RCPT_AREA, QueueContent
     from pymailsys.dsn import NOTIFY_SUCCESS
     from pymailsys.queue.queue_file import QueueFileBuilder, read_envelope
 
@@ -582,7 +583,7 @@ def test_queue_content_marks_only_sent_recipients_done_near_or_far(tmp_path) -> 
     path.write_bytes(b.build())
     env = read_envelope(str(path))
     far, *_, success, near = env.recipients
-    deferred, bounced = env.recipients[1:3]
+    deferred, bounced, unflagged = env.recipients[1:4]
     assert env.data_offset - far.offset > RCPT_AREA >= env.data_offset - near.offset
     before = path.read_bytes()
     fd = os.open(path, os.O_RDWR)
@@ -592,7 +593,9 @@ def test_queue_content_marks_only_sent_recipients_done_near_or_far(tmp_path) -> 
         for rc, result in ((far, sent), (near, sent), (success, sent),
                            (deferred, DeliveryResult.deferred("later")),
                            (bounced, DeliveryResult.bounced("no"))):
-            content.mark_sent(env.queue_id, rc.address, rc.offset, rc.notify, result)
+            content.mark_sent(env.queue_id, rc.address, rc.offset, rc.notify,
+                              DEL_REQ_FLAG_DEFAULT, result)
+        content.mark_sent(env.queue_id, unflagged.address, unflagged.offset, 0, 0, sent)
         assert b"".join(content.text()) == b"Subject: many\n"
     after = path.read_bytes()
     assert [i for i in range(len(after)) if after[i] != before[i]] == [far.offset, near.offset]

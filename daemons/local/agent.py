@@ -34,6 +34,7 @@ from pymailsys.address.rewrite import CONTEXT_LOCAL, RewriteContext
 from pymailsys.config import split_list
 from pymailsys.delivery import mailbox
 from pymailsys.delivery.agent import (
+    DEL_REQ_FLAG_SUCCESS,
     ContentError,
     DeliveryRequest,
     DeliveryResult,
@@ -288,7 +289,8 @@ class LocalAgent:
             except ContentError as e:
                 log.warning(f"{req.queue_id}: {e}")
                 result = self.done(req, DeliveryResult.unreadable(e))
-            content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify, result)
+            content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify, req.flags,
+                              result)
         return result.reply()
 
     def done(self, req: DeliveryRequest, result: DeliveryResult,
@@ -471,9 +473,11 @@ class LocalAgent:
             client = AttrClient(path, timeout=self.ipc_timeout, hello=transport,
                                 connector=self.connect)
             self.transports[transport] = client
+        # without DEL_REQ_FLAG_SUCCESS: the other agent does not mark the recipient done
+        # in the queue file; local does, once every address it expanded to is delivered
         common = message_attrs(req.queue_name, req.queue_id, req.data_offset,
                                req.content_size, req.arrival_time, req.active_time,
-                               req.sender, req.flags)
+                               req.sender, req.flags & ~DEL_REQ_FLAG_SUCCESS)
         attrs = request_attrs(common, nexthop or req.nexthop, req.rcpt, req.orig_rcpt,
                               req.rcpt_offset, req.dsn_notify, req.dsn_orcpt)
         try:

@@ -120,7 +120,7 @@ class VirtualAgent:
                         log.error(f"virtual: unexpected error: {e!r}")
                         result = DeliveryResult.deferred("virtual delivery agent error")
                     content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify,
-                                      result)
+                                      req.flags, result)
                 log_result(req, RELAY, result)
                 results.append(result)
         finally:

@@ -79,6 +79,9 @@ MAX_OFFSET = 1 << 40  # queue-file offsets and sizes: far above message_size_lim
 MAX_TIME = 1 << 40  # seconds since the epoch
 MAX_ADDRESS_LENGTH = 4096
 DEL_REQ_FLAG_MASK = 0xFFFF  # Postfix's DEL_REQ_FLAG_* bits
+DEL_REQ_FLAG_SUCCESS = 1 << 0  # the agent marks a recipient it delivered done in the file
+DEL_REQ_FLAG_BOUNCE = 1 << 1  # (unused, as in Postfix)
+DEL_REQ_FLAG_DEFAULT = DEL_REQ_FLAG_SUCCESS | DEL_REQ_FLAG_BOUNCE  # what qmgr sends
 # what one delivery request may hold on the wire (read before any field is checked)
 REQUEST_LIMITS = Limits(attrs=64, value=MAX_ADDRESS_LENGTH, total=1 << 16)
 MAX_PENDING = 100  # unanswered requests on one connection before reading pauses
@@ -637,7 +640,7 @@ class QueueContent:
                 line = []
                 size = 0
 
-    def mark_sent(self, queue_id: str, rcpt: str, offset: int, notify: int,
+    def mark_sent(self, queue_id: str, rcpt: str, offset: int, notify: int, flags: int,
                   result: DeliveryResult) -> None:
         """Mark a recipient that was just delivered done in the queue file, before the
         reply, as Postfix's agents do (deliver_completed): a qmgr that is gone by the time
@@ -645,9 +648,12 @@ class QueueContent:
         deliver it again. The file must be open read-write
         (``Spool.open_queue_file(writable=True)``); qmgr marks it again, harmlessly.
 
-        Only a result that needs nothing more from qmgr: sent, without NOTIFY=SUCCESS
-        (qmgr writes the success notice's trace log first). A bounced or deferred
-        recipient stays for qmgr: its notice goes through qmgr's status logs.
+        Only when the request's flags ask for it (DEL_REQ_FLAG_SUCCESS: qmgr sets it,
+        local clears it when it passes an address an alias expanded to to another
+        agent) and for a result that needs nothing more from qmgr: sent, without
+        NOTIFY=SUCCESS (qmgr writes the success notice's trace log first). A bounced
+        or deferred recipient stays for qmgr: its notice goes through qmgr's status
+        logs.
 
         The offset comes from qmgr (mail_owner) and this agent may be root: the bytes
         there must be this recipient's R record (or its D record: done already), inside
@@ -655,7 +661,8 @@ class QueueContent:
         the type byte is written: one pwrite, no fsync (a crash may repeat a delivery,
         never lose one), and a pread only for a record that the first read did not
         take in (``rcpt_offsets``)."""
-        if result.status != STATUS_SENT or notify & NOTIFY_SUCCESS:
+        if (result.status != STATUS_SENT or notify & NOTIFY_SUCCESS
+                or not flags & DEL_REQ_FLAG_SUCCESS):
             return
         expected = encode_record(REC_TYPE_RCPT, rcpt.encode("utf-8", "surrogateescape"))
         at = offset - self._rcpt_start

@@ -147,6 +147,7 @@ class Request:
     dsn_ret: str = ""  # "FULL", "HDRS" or ""
     smtputf8: int = 0  # the queue file's SMTPUTF8 flags
     hop: DeliveryResult | None = None  # set when no server of the nexthop could be reached
+    flags: int = 0  # DEL_REQ_FLAG_* (DeliveryRequest.flags)
 
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> Request:
@@ -168,7 +169,7 @@ class Request:
                    first.arrival_time, first.active_time, first.sender, first.nexthop,
                    _ENCODINGS.get(attrs.text("encoding").lower(), ""), recipients,
                    first.start_time, envid,
-                   ret_name(attrs.number("dsn_ret")), smtputf8)
+                   ret_name(attrs.number("dsn_ret")), smtputf8, flags=first.flags)
 
 
 @dataclass
@@ -261,7 +262,8 @@ class Agent:
             with content:
                 results = await self.transfer(req, content)
                 for rc, result in zip(req.recipients, results, strict=True):
-                    content.mark_sent(req.queue_id, rc.address, rc.offset, rc.notify, result)
+                    content.mark_sent(req.queue_id, rc.address, rc.offset, rc.notify, req.flags,
+                                      result)
                 return results
         except (q.QueueAccessError, ContentError) as e:
             log.warning(f"{req.queue_id}: {e}")
