@@ -506,7 +506,8 @@ class ContentPass:
         return rewrite_address_header(lines, name_end, ctx, mapper)
 
     def _end_headers(self, blank: bool = True) -> None:
-        """The primary header block ended (at an empty line, or the input's end, when blank)."""
+        """The primary header block ended: at an empty line or the input's end when blank,
+        else at a line that is no header (an empty body line is inserted before it)."""
         self._flush_header()
         self.in_headers = False
         self.mid_line = False
@@ -536,9 +537,13 @@ class ContentPass:
         if b"message-id" not in seen:
             out.message_ids.append("<>")
         self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
+        if not blank:
+            # a line that is no header ended the block: as Postfix's mime_state, an empty
+            # line goes out first, so that line is body text and not part of the headers
+            self._emit_body_line(b"")
         if self.mime is not None:
             self.mime.end_headers(blank)
-            self.separator_pending = True
+            self.separator_pending = blank
 
     def _emit_header(self, lines: list[bytes]) -> None:
         ready = self.ready

@@ -1,0 +1,63 @@
+"""sendmail as programs call it, against a running instance: the delivered bytes, the exit
+status and stderr, compared with what Debian's Postfix 3.7 sendmail does with the same input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from harness import ME, Instance, wait_until
+
+pytestmark = pytest.mark.root
+
+
+def _delivered(inst: Instance, marker: bytes) -> bytes:
+    """The one delivered message holding ``marker``."""
+    def hit() -> bytes:
+        found = [m for m in inst.maildir_messages() if marker in m]
+        return found[0] if found else b""
+
+    return wait_until(hit, 60, what=f"a message with {marker!r} in the Maildir")
+
+
+def _after_received(msg: bytes) -> bytes:
+    """What follows our Received: header (the message as sendmail's input made it)."""
+    m = re.search(rb"^Received: .*\n(?:[ \t].*\n)*", msg, re.M)
+    assert m, msg[:300]
+    return msg[m.end():]
+
+
+NO_SEPARATOR = [  # input, and what follows Message-Id and Date in the delivered message
+    (b"no headers at all (nohdr)\njust body\n",
+     b"\n\nno headers at all (nohdr)\njust body\n"),
+    (b"Subject: noblank\nthis is not a header line (noblank)\nmore\n",
+     b"\n\nthis is not a header line (noblank)\nmore\n"),
+    (b" leading space line (leadsp)\nSubject: x\n\nbody\n",
+     b"\n\n leading space line (leadsp)\nSubject: x\n\nbody\n"),
+]
+
+
+@pytest.mark.parametrize("checks", [False, True], ids=["plain", "header_checks"])
+def test_a_header_block_ended_by_a_text_line_gets_an_empty_line(new_instance, checks) -> None:  # type: ignore[no-untyped-def]
+    """A message whose headers are not followed by an empty line (or that has none): the
+    first line that is no header starts the body, and Postfix's cleanup puts an empty line
+    before it. The line used to follow the added From: header directly, in the header
+    block, where a mail reader takes it for a broken header (or drops it)."""
+    inst: Instance = new_instance(maildir=True)
+    if checks:  # the MIME-aware path of cleanup
+        table = inst.write("etc/header_checks", "/^X-Never:/ IGNORE\n")
+        inst.set(header_checks=f"regexp:{table}")
+    inst.start()
+    for given, _tail in NO_SEPARATOR:
+        r = inst.tool("sendmail", f"{ME}@localhost", input=given)
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+    for given, tail in NO_SEPARATOR:
+        marker = re.search(rb"\((\w+)\)", given)
+        assert marker
+        msg = _after_received(_delivered(inst, marker.group(0)))
+        # as Postfix: Message-Id, Date, From added, an empty line, then the line
+        if given.startswith(b"Subject:"):
+            assert msg.startswith(b"Subject: noblank\n"), msg
+        added = re.search(rb"^From: \S+ <\S+>\n", msg, re.M)
+        assert added, msg
+        assert msg[added.end() - 1:] == tail, msg
