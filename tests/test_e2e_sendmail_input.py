@@ -12,9 +12,10 @@ pytestmark = pytest.mark.root
 
 
 def _delivered(inst: Instance, marker: bytes) -> bytes:
-    """The one delivered message holding ``marker``."""
+    """The one delivered message holding ``marker`` (a bounce notice quoting it aside)."""
     def hit() -> bytes:
-        found = [m for m in inst.maildir_messages() if marker in m]
+        found = [m for m in inst.maildir_messages()
+                 if marker in m and not m.startswith(b"Return-Path: <>")]
         return found[0] if found else b""
 
     return wait_until(hit, 60, what=f"a message with {marker!r} in the Maildir")
@@ -61,3 +62,21 @@ def test_a_header_block_ended_by_a_text_line_gets_an_empty_line(new_instance, ch
         added = re.search(rb"^From: \S+ <\S+>\n", msg, re.M)
         assert added, msg
         assert msg[added.end() - 1:] == tail, msg
+
+
+def test_options_end_at_the_first_recipient(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix's sendmail (GETOPT with "+"): what follows the first recipient is a
+    recipient too, never an option. ``-i`` after the recipient used to turn the dot rule
+    off, and ``-f`` there to change the sender: a program that puts an address it was
+    given after its own options could be made to run sendmail with other options."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    r = inst.tool("sendmail", f"{ME}@localhost", "-i", "-fmallory@example.com",
+                  input=b"Subject: order (argorder)\n\nkept\n.\nnot read\n")
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    msg = _delivered(inst, b"(argorder)")
+    assert msg.startswith(f"Return-Path: <{ME}@".encode()), msg[:200]
+    assert msg.endswith(b"\nkept\n") and b"not read" not in msg, msg
+    # the two arguments are recipients, refused later as Postfix does (bad address syntax)
+    for arg in ("-i", "-fmallory@example.com"):
+        inst.wait_log(rf"to=<{re.escape(arg)}(@\S+)?>, .*status=bounced \(bad address syntax\)")

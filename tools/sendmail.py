@@ -26,7 +26,9 @@ DESCRIPTION
     submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
     -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported);
     -c, -x, -m, -n (refused as Postfix), -oX, -L, -A, -e, -h, -p, -U, -O are
-    accepted and ignored. -bv is not supported (exit 69).
+    accepted and ignored. -bv is not supported (exit 69). Options end at the
+    first argument that is not one (or at "--"), as Postfix's: whatever follows is
+    a recipient.
 
 DIAGNOSTICS
     Exit status from sysexits.h as Postfix's sendmail: 64 usage errors (also
@@ -238,7 +240,7 @@ def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
 MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MODE_IGNORE = range(7)
 
 
-@click.command(context_settings={"help_option_names": [], "allow_interspersed_args": True})
+@click.command(context_settings={"help_option_names": [], "allow_interspersed_args": False})
 @click.option("-t", "extract", is_flag=True)
 @click.option("-i", "no_dot", is_flag=True)
 @click.option("-o", "oflags", multiple=True)
