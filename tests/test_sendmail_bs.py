@@ -120,3 +120,23 @@ def test_sendmail_bs_reads_and_writes_plain_files(tmp_path) -> None:  # type: ig
                            cwd="/")
     assert empty.returncode == 0 and empty.stdout.startswith(b"220 "), empty.stderr
     assert b"Traceback" not in empty.stderr
+
+
+def test_sendmail_bs_takes_the_whole_conversation_at_once(instance: Instance) -> None:
+    """A program writes its SMTP conversation to ``sendmail -bs`` in one go, as Postfix's
+    stand-alone smtpd allows (no pipelining check there): every command is answered and
+    the message delivered. It was answered ``554 5.5.0 Error: SMTP protocol
+    synchronization`` after the greeting, and the message was lost to the program."""
+    for hello in ("HELO", "EHLO"):
+        conversation = (f"{hello} client.example\r\nMAIL FROM:<{ME}@localhost>\r\n"
+                        f"RCPT TO:<{ME}@localhost>\r\nDATA\r\nSubject: at once {hello}\r\n\r\n"
+                        "body\r\n.\r\nQUIT\r\n").encode()
+        done = subprocess.run(bs_argv(instance, None), input=conversation, capture_output=True,
+                              timeout=60, cwd="/")
+        assert done.returncode == 0, done.stderr
+        codes = [line[:4] for line in done.stdout.split(b"\r\n") if line[3:4] == b" "]
+        assert codes == [b"220 ", b"250 ", b"250 ", b"250 ", b"354 ", b"250 ", b"221 "], done.stdout
+        assert b"Ok: queued as " in done.stdout
+    msgs = instance.wait_maildir(2)
+    assert {re.search(rb"\nSubject: (.*)\n", m).group(1) for m in msgs} == {  # type: ignore[union-attr]
+        b"at once HELO", b"at once EHLO"}

@@ -459,7 +459,10 @@ class Session(SMTP):
                 self._count("unknown", False)
                 await self.reply_error("500 5.5.2 Error: command not recognized")
                 continue
-            if (smtpd.forbid_unauth_pipelining and self.input.pending() and verb != "BDAT"
+            # not in stand-alone mode (smtpd -S, sendmail -bs), as Postfix: a program writes
+            # its whole conversation to sendmail's standard input at once
+            if (smtpd.forbid_unauth_pipelining and not smtpd.stand_alone
+                    and self.input.pending() and verb != "BDAT"
                     and (not self.session.extended_smtp or verb in LAST_IN_GROUP)):
                 nxt = self.input.peek_line().decode("utf-8", "replace")
                 log.info(f"improper command pipelining after {verb} from {self.client}: {nxt}")
