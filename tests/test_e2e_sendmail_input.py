@@ -80,3 +80,34 @@ def test_options_end_at_the_first_recipient(new_instance) -> None:  # type: igno
     # the two arguments are recipients, refused later as Postfix does (bad address syntax)
     for arg in ("-i", "-fmallory@example.com"):
         inst.wait_log(rf"to=<{re.escape(arg)}(@\S+)?>, .*status=bounced \(bad address syntax\)")
+
+
+# PHP's mail() writes To: and Subject: with LF, the caller's headers and body with CRLF
+MIXED = b"To: %s@localhost\nSubject: mixed (%s)\nX-Mailer: php\r\n\r\nbody\r\nline2\r\n"
+
+
+def test_line_endings_are_fixed_on_every_line_by_default(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """sendmail_fix_line_endings = always (Postfix's default): the CR before each LF goes,
+    whatever the first line ends with. Only the first line decided (Postfix's "strict"),
+    so the CRLF lines of a mail() message kept their CR: the empty line after the headers
+    became a header continuation and every body line got a trailing blank."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    r = inst.tool("sendmail", "-t", input=MIXED % (ME.encode(), b"always"))
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    msg = _after_received(_delivered(inst, b"(always)"))
+    assert msg.startswith(f"To: {ME}@localhost\nSubject: mixed (always)\nX-Mailer: php\n".encode())
+    assert re.search(rb"\nFrom: \S+ <\S+>\n\nbody\nline2\n\Z", msg), msg
+    assert b"\r" not in msg
+
+    # strict and never are obeyed: the CRs stay (cleanup turns a stray CR into a blank)
+    for value in ("strict", "never"):
+        inst.set(sendmail_fix_line_endings=value)
+        r = inst.tool("sendmail", f"{ME}@localhost",
+                      input=f"Subject: fix ({value})\n\nbody\r\n".encode())
+        assert r.returncode == 0, r.stderr
+        assert _delivered(inst, f"({value})".encode()).endswith(b"\n\nbody \n")
+    inst.set(sendmail_fix_line_endings="sometimes")
+    r = inst.tool("sendmail", f"{ME}@localhost", input=b"Subject: x\n\nbody\n")
+    assert r.returncode == 64
+    assert r.stderr == b"sendmail: fatal: invalid sendmail_fix_line_endings value: sometimes\n"

@@ -7,8 +7,9 @@ SYNOPSIS
 
 DESCRIPTION
     sendmail reads a message on standard input until end of file, or until a
-    line with a lone "." unless -i / -oi is given. When the first line ends in
-    CRLF, CR is removed from every line. Leading "From " lines are skipped.
+    line with a lone "." unless -i / -oi is given. CRs at line ends are removed as
+    sendmail_fix_line_endings says (always: from every line; strict: when the first
+    line ends in CRLF; never). Leading "From " lines are skipped.
 
     The message goes to the running mail system over public/pickup
     (``pymailsys.submission.handoff``): pickup learns our uid from the
@@ -40,7 +41,8 @@ SECURITY
 
 CONFIGURATION PARAMETERS
     authorized_submit_users, local_login_sender_maps, alias_database,
-    message_size_limit, line_length_limit, pickup_service_name.
+    message_size_limit, line_length_limit, pickup_service_name,
+    sendmail_fix_line_endings.
 """
 
 from __future__ import annotations
@@ -146,10 +148,14 @@ def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.Maildrop
     """Standard input to ``drop`` (-t: the recipients in its headers to ``sub``); exits
     on an input error, when the message is too big or there is no recipient."""
     who = f"{sub.sender}({uid})"
+    fix_eol = cfg.get("sendmail_fix_line_endings")
+    if fix_eol not in message.FIX_EOL:
+        fatal(os.EX_USAGE, f"invalid sendmail_fix_line_endings value: {fix_eol}")
     headers = message.Recipients(cfg.get_size("header_size_limit")) if extract else None
     try:
         drop.begin(sub)
-        for piece in message.read_text(stream, dot_rule, cfg.get_int("line_length_limit")):
+        for piece in message.read_text(stream, dot_rule, cfg.get_int("line_length_limit"),
+                                       fix_eol):
             for text, ends in [piece] if headers is None else headers.feed(piece):
                 drop.text(text, ends)
         if headers is not None:

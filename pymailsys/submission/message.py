@@ -24,16 +24,22 @@ class InputError(Exception):
     """Standard input could not be read."""
 
 
-def read_text(stream: BinaryIO, dot_rule: bool, line_limit: int = 2048) -> Iterator[Piece]:
+FIX_EOL = {"always": True, "strict": None, "never": False}  # sendmail_fix_line_endings
+
+
+def read_text(stream: BinaryIO, dot_rule: bool, line_limit: int = 2048,
+              fix_eol: str = "always") -> Iterator[Piece]:
     """The message on ``stream`` in pieces of at most ``line_limit`` bytes, as
     Postfix's sendmail reads it: (text, ends_line), the LF dropped.
 
     Stops at end of file, or at a line with a lone "." when dot_rule; drops
-    CR at line ends when the first line ends in CRLF; skips leading
-    ``From `` (and ``>From ``) lines. A line longer than line_limit comes in
-    pieces, all but the last with ends_line false.
+    CRs at line ends as sendmail_fix_line_endings (``fix_eol``, a key of FIX_EOL)
+    says: from every line (always), from every line when the first line ends in
+    CRLF (strict), or never; skips leading ``From `` (and ``>From ``) lines. A
+    line longer than line_limit comes in pieces, all but the last with ends_line
+    false.
     """
-    strip_cr: bool | None = None
+    strip_cr = FIX_EOL[fix_eol]
     skip_from = True
     continued = False  # the previous piece did not end its line
     limit = max(line_limit, 1)
