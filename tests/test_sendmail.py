@@ -173,3 +173,31 @@ def test_sendmail_memory_does_not_grow_with_the_lines(tmp_path: Path) -> None:
         sub = maildrop.parse_maildrop(path.read_bytes())
         assert sub.content() == b"Subject: short lines\n\n" + body
         path.unlink()
+
+
+def test_a_signal_while_reading_leaves_no_maildrop_file(tmp_path: Path) -> None:
+    """Killed while the message comes in (hangup, interrupt, quit, terminate), sendmail
+    removes the maildrop file it was writing and dies by the signal, as Postfix's postdrop
+    removes its file. The 0644 file stayed in maildrop/ for good (pickup takes only
+    complete files), and an interrupt printed a traceback."""
+    import signal
+    import time
+
+    etc, spool = make_spool(tmp_path)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "pymailsys.tools.sendmail", "-C", str(etc),
+                                 "user@example.com"], stdin=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd="/")
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(b"Subject: cut short\n\n" + b"x" * 100_000 + b"\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not maildrop_files(spool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert maildrop_files(spool), "sendmail wrote no maildrop file"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == -signum
+        assert b"Traceback" not in proc.stderr.read()
+        proc.stdin.close()
+        proc.stderr.close()
+        assert maildrop_files(spool) == [], signum

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from typing import BinaryIO, NoReturn
@@ -421,11 +422,37 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     sys.exit(0)
 
 
+class Interrupted(BaseException):
+    """A signal that ends sendmail: raised where it lands, so that the maildrop file being
+    written is removed on the way out (``enqueue``, ``handoff``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+ENDING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
 def _run(program: str, argv: list[str] | None = None) -> int:
+    """The command; a hangup, interrupt, quit or terminate signal (unless ignored, as under
+    nohup) removes a half-written maildrop file and then ends sendmail by that signal,
+    as Postfix's postdrop removes its file, instead of leaving the file behind."""
     args = sys.argv[1:] if argv is None else argv
     log.init_stderr_only(program)
+    for signum in ENDING_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupted)
     try:
         cli.main(args=args, prog_name=program, standalone_mode=False, obj=program)
+    except Interrupted as e:
+        signal.signal(e.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)
+        return 128 + e.signum  # not reached
     except click.UsageError as e:
         sys.stderr.write(f"{program}: fatal: usage: {program} [options] ({e.format_message()})\n")
         return os.EX_USAGE
