@@ -201,3 +201,21 @@ def test_a_signal_while_reading_leaves_no_maildrop_file(tmp_path: Path) -> None:
         proc.stdin.close()
         proc.stderr.close()
         assert maildrop_files(spool) == [], signum
+
+
+def test_usage_errors_read_as_postfix(tmp_path: Path) -> None:
+    """An unknown option or one without its value: getopt's line and Postfix's usage line
+    (exit 64), for sendmail and mailq alike. It was one line of click's own wording."""
+    etc, spool = make_spool(tmp_path)
+    for args, complaint in ((["-z", "user@example.com"], b"invalid option -- 'z'"),
+                            (["-tz"], b"invalid option -- 'z'"),
+                            (["--help"], b"invalid option -- '-'"),
+                            (["-f"], b"option requires an argument -- 'f'")):
+        out = tool("sendmail", "-C", str(etc), *args, input=b"Subject: x\n\nb\n")
+        assert out.returncode == 64, (args, out.stderr)
+        assert out.stderr == (b"sendmail: " + complaint + b"\n"
+                              b"sendmail: fatal: usage: sendmail [options]\n"), out.stderr
+    out = tool("mailq", "-C", str(etc), "-z")
+    assert out.returncode == 64
+    assert out.stderr == b"mailq: invalid option -- 'z'\nmailq: fatal: usage: mailq [options]\n"
+    assert maildrop_files(spool) == []

@@ -454,7 +454,15 @@ def _run(program: str, argv: list[str] | None = None) -> int:
         os.kill(os.getpid(), e.signum)
         return 128 + e.signum  # not reached
     except click.UsageError as e:
-        sys.stderr.write(f"{program}: fatal: usage: {program} [options] ({e.format_message()})\n")
+        # as Postfix's sendmail: getopt's complaint, then the usage line
+        if isinstance(e, click.NoSuchOption):
+            sys.stderr.write(f"{program}: invalid option -- '{e.option_name[1:2]}'\n")
+        elif isinstance(e, click.BadOptionUsage):
+            sys.stderr.write(f"{program}: option requires an argument -- "
+                             f"'{e.option_name[1:2]}'\n")
+        else:
+            sys.stderr.write(f"{program}: {e.format_message()}\n")
+        sys.stderr.write(f"{program}: fatal: usage: {program} [options]\n")
         return os.EX_USAGE
     except click.exceptions.Exit as e:
         return int(e.exit_code)
