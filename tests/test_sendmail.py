@@ -219,3 +219,14 @@ def test_usage_errors_read_as_postfix(tmp_path: Path) -> None:
     assert out.returncode == 64
     assert out.stderr == b"mailq: invalid option -- 'z'\nmailq: fatal: usage: mailq [options]\n"
     assert maildrop_files(spool) == []
+
+
+def test_a_delivery_report_request_is_refused(tmp_path: Path) -> None:
+    """One -v asks Postfix's sendmail for a report of the first delivery attempt
+    ("Mail Delivery Status Report will be mailed to <sender>."). There is no such report
+    here: refused (69, as -bv) instead of taking the mail and never sending the report."""
+    etc, spool = make_spool(tmp_path)
+    out = tool("sendmail", "-C", str(etc), "-v", "user@example.com", input=b"Subject: x\n\nb\n")
+    assert out.returncode == 69, out.stderr
+    assert out.stderr == b"sendmail: fatal: -v (mail delivery status report) is not supported\n"
+    assert maildrop_files(spool) == []

@@ -27,7 +27,8 @@ DESCRIPTION
     submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
     -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported);
     -c, -x, -m, -n (refused as Postfix), -oX, -L, -A, -e, -h, -p, -U, -O are
-    accepted and ignored. -bv is not supported (exit 69). Options end at the
+    accepted and ignored. -bv and -v (one: the delivery status report) are not
+    supported (exit 69). Options end at the
     first argument that is not one (or at "--"), as Postfix's: whatever follows is
     a recipient.
 
@@ -382,6 +383,10 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         if extract:
             fatal(os.EX_USAGE, "-t option cannot be used with -bv")
         fatal(os.EX_UNAVAILABLE, "-bv (address verification) is not supported")
+    if verbose == 1 and mode == MODE_ENQUEUE and not site and not qid:
+        # Postfix mails the sender a report of the first delivery attempt; there is none
+        # to mail here, and a request quietly not done would be worse than a refusal
+        fatal(os.EX_UNAVAILABLE, "-v (mail delivery status report) is not supported")
 
     if mode == MODE_ENQUEUE:
         if site:
