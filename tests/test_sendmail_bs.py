@@ -122,21 +122,42 @@ def test_sendmail_bs_reads_and_writes_plain_files(tmp_path) -> None:  # type: ig
     assert b"Traceback" not in empty.stderr
 
 
+def at_once(inst: Instance, hello: str, subject: str) -> bytes:
+    """The whole conversation written to ``sendmail -bs`` in one go; its replies."""
+    conversation = (f"{hello} client.example\r\nMAIL FROM:<{ME}@localhost>\r\n"
+                    f"RCPT TO:<{ME}@localhost>\r\nDATA\r\nSubject: {subject}\r\n\r\n"
+                    "body\r\n.\r\nQUIT\r\n").encode()
+    done = subprocess.run(bs_argv(inst, None), input=conversation, capture_output=True,
+                          timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_sendmail_bs_takes_the_whole_conversation_at_once(instance: Instance) -> None:
     """A program writes its SMTP conversation to ``sendmail -bs`` in one go, as Postfix's
     stand-alone smtpd allows (no pipelining check there): every command is answered and
     the message delivered. It was answered ``554 5.5.0 Error: SMTP protocol
     synchronization`` after the greeting, and the message was lost to the program."""
     for hello in ("HELO", "EHLO"):
-        conversation = (f"{hello} client.example\r\nMAIL FROM:<{ME}@localhost>\r\n"
-                        f"RCPT TO:<{ME}@localhost>\r\nDATA\r\nSubject: at once {hello}\r\n\r\n"
-                        "body\r\n.\r\nQUIT\r\n").encode()
-        done = subprocess.run(bs_argv(instance, None), input=conversation, capture_output=True,
-                              timeout=60, cwd="/")
-        assert done.returncode == 0, done.stderr
-        codes = [line[:4] for line in done.stdout.split(b"\r\n") if line[3:4] == b" "]
-        assert codes == [b"220 ", b"250 ", b"250 ", b"250 ", b"354 ", b"250 ", b"221 "], done.stdout
-        assert b"Ok: queued as " in done.stdout
+        replies = at_once(instance, hello, f"at once {hello}")
+        codes = [line[:4] for line in replies.split(b"\r\n") if line[3:4] == b" "]
+        assert codes == [b"220 ", b"250 ", b"250 ", b"250 ", b"354 ", b"250 ", b"221 "], replies
+        assert b"Ok: queued as " in replies
     msgs = instance.wait_maildir(2)
     assert {re.search(rb"\nSubject: (.*)\n", m).group(1) for m in msgs} == {  # type: ignore[union-attr]
         b"at once HELO", b"at once EHLO"}
+
+
+def test_sendmail_bs_writes_smtpds_received_header(instance: Instance) -> None:
+    """As Postfix's smtpd -S: below pickup's Received: header, smtpd's own, with the
+    HELO name, localhost [127.0.0.1], the protocol, the maildrop file's queue ID and the
+    one recipient. There was only pickup's, and no trace of the SMTP conversation."""
+    at_once(instance, "EHLO", "traced")
+    [msg] = instance.wait_maildir(1)
+    uid = pwd.getpwnam(ME).pw_uid
+    assert re.search(
+        rf"\nReceived: by (\S+) \(Postfix, from userid {uid}\)\n\tid \w+; [^\n]+\n"
+        rf"Received: from client\.example \(localhost \[127\.0\.0\.1\]\)\n"
+        rf"\tby \1 \(Postfix\) with ESMTP id \w+\n"
+        rf"\tfor <{ME}@localhost>; \w\w\w, [ \d]\d \w\w\w \d{{4}} [\d:]{{8}} [+-]\d{{4}} \(\w+\)\n"
+        rf"Subject: traced\n".encode(), msg), msg[:600]

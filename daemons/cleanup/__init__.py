@@ -153,6 +153,7 @@ from pymailsys import dsn, log, server
 from pymailsys.address import mapping
 from pymailsys.address.rewrite import CONTEXT_LOCAL, CONTEXT_REMOTE, RewriteContext, rewrite_address
 from pymailsys.content import checks as hbc
+from pymailsys.content import received as rcv
 from pymailsys.delivery import agent
 from pymailsys.ipc import attr, services
 from pymailsys.mail_date import mail_date
@@ -429,7 +430,7 @@ class Cleanup:
             b.attr("protocol_name", proto)
             b.attr("client_address_type", "10" if ":" in addr else "2")
             where.origin, where.protocol, where.helo = f"{name}[{addr}]", proto, helo
-            received = hdr.received_smtpd(helo, name, addr, text("received_with") or proto,
+            received = rcv.received_smtpd(helo, name, addr, text("received_with") or proto,
                                           s.myhostname, s.mail_name, queue_id,
                                           raw_rcpts[0] if len(raw_rcpts) == 1 else None, date,
                                           "\n".join(log.printable(line.strip()) for line in
@@ -438,10 +439,10 @@ class Cleanup:
             received = [line for line in req.all("prepend")
                         if line.isprintable() and ":" in line] + received
         elif origin == "pickup":
-            received = hdr.received_pickup(s.myhostname, s.mail_name, req.number("uid"),
+            received = rcv.received_pickup(s.myhostname, s.mail_name, req.number("uid"),
                                            queue_id, date)
         else:
-            received = hdr.received_local(s.myhostname, s.mail_name, queue_id, date)
+            received = rcv.received_local(s.myhostname, s.mail_name, queue_id, date)
         if s.delay_warning > 0 and sender:
             b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
         for clean, orig, notify, dsn_orcpt in recipients:

@@ -168,6 +168,7 @@ import ssl
 import stat
 import sys
 import threading
+import time
 from typing import Any
 
 from pymailsys.daemons.smtpd.handler import QUEUE_WRITE_ERROR, Envelope, Smtpd
@@ -175,7 +176,9 @@ from pymailsys.daemons.smtpd.session import Session
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, server
+from pymailsys.content.received import received_smtpd
 from pymailsys.dsn import parse_ret
+from pymailsys.mail_date import mail_date
 from pymailsys.queue import maildrop
 from pymailsys.smtp import restrictions
 from pymailsys.submission import handoff, login
@@ -242,17 +245,31 @@ class LocalSubmission(Smtpd):
 
     def new_message(self, env: Envelope, req: restrictions.Request,
                     context: str) -> LocalMessage:
-        return LocalMessage(self.config, env)
+        return LocalMessage(self.config, env, req)
 
 
 class LocalMessage:
     """One message of a stand-alone session: its pieces are gathered (the caller's own
-    process, up to message_size_limit), then handed off as one local submission."""
+    process, up to message_size_limit), then handed off as one local submission, with
+    smtpd's Received: header on top (``from HELO (localhost [127.0.0.1])``, the maildrop
+    file's queue ID), as Postfix's smtpd -S writes it."""
 
-    def __init__(self, config: config_mod.Config, env: Envelope) -> None:
+    def __init__(self, config: config_mod.Config, env: Envelope,
+                 req: restrictions.Request) -> None:
         self.config = config
         self.env = env
+        self.req = req
         self.pieces: list[bytes] = []
+
+    def received(self, queue_id: str) -> list[bytes]:
+        env, req = self.env, self.req
+        lines = received_smtpd(
+            req.helo, req.client_name, req.client_addr, env.received_with or req.protocol,
+            self.config.get("myhostname"), self.config.get("mail_name"), queue_id,
+            env.recipients[0] if len(env.recipients) == 1 else None, mail_date(time.time()),
+            env.received_comment)
+        return [part.encode("utf-8", "surrogateescape")
+                for line in lines for part in line.split("\n")]
 
     async def feed(self, piece: bytes) -> None:
         self.pieces.append(piece)
@@ -275,7 +292,8 @@ class LocalMessage:
             encoding="8bit" if env.body == "8bitmime" else "7bit" if env.body == "7bit" else "",
             ret=parse_ret(env.ret) if env.ret else 0)
         try:
-            queue_id = await asyncio.to_thread(handoff.hand_off, self.config, sub, uid)
+            queue_id = await asyncio.to_thread(handoff.hand_off, self.config, sub, uid,
+                                               self.received)
         except handoff.Refused as e:
             if e.status == os.EX_TEMPFAIL:
                 return f"451 4.3.0 Error: {e.reason}", ""

@@ -9,8 +9,8 @@ answered. When nobody listens there, pickup does not take the connection within
 CONNECT_TIMEOUT, the connection fails, or pickup answers "try later"
 (EX_TEMPFAIL, also when this user holds too many connections), the file is
 marked complete (0744, after the fsync) and pickup is woken to take it in.
-``hand_off(config, sub, uid)`` does both for a submission already in memory
-(postdrop, ``smtpd -S``). Each returns the queue ID (or the maildrop file's)
+``hand_off(config, sub, uid, prepend)`` does both for a submission already in memory
+(postdrop, ``smtpd -S``, whose Received: header ``prepend`` makes from the queue ID). Each returns the queue ID (or the maildrop file's)
 and raises ``Refused`` with a sysexits.h status and the reason for the user
 when the message was not taken: pickup refused it, local_login_sender_maps
 refuses the sender, or the maildrop file cannot be written. A refused or
@@ -25,6 +25,7 @@ SECURITY
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from pymailsys import log, maps
 from pymailsys.config import Config
@@ -76,12 +77,15 @@ def create(config: Config) -> MaildropFile:
         raise Refused(os.EX_TEMPFAIL, f"error writing queue file: {e.strerror or e}") from e
 
 
-def hand_off(config: Config, sub: Submission, uid: int) -> str:
-    """A submission in memory: written to maildrop/, then ``hand_off_file``."""
+def hand_off(config: Config, sub: Submission, uid: int,
+             prepend: Callable[[str], list[bytes]] | None = None) -> str:
+    """A submission in memory: written to maildrop/, then ``hand_off_file``. ``prepend``
+    gives lines to put before the content, from the maildrop file's queue ID (smtpd -S's
+    Received: header)."""
     drop = create(config)
     try:
         drop.begin(sub)
-        for line in sub.lines:
+        for line in [*(prepend(drop.queue_id) if prepend else []), *sub.lines]:
             drop.text(line)
         drop.end(sub)
     except TooBig as e:
