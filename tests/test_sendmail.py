@@ -230,3 +230,28 @@ def test_a_delivery_report_request_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 69, out.stderr
     assert out.stderr == b"sendmail: fatal: -v (mail delivery status report) is not supported\n"
     assert maildrop_files(spool) == []
+
+
+def test_closed_standard_streams_are_dev_null(tmp_path: Path) -> None:
+    """Started with standard input, output or error closed (a daemon's child, cron), as
+    Postfix's sendmail: each is /dev/null. A closed input was a traceback and exit 1 instead
+    of an empty message; a closed error stream turned every fatal error into exit 1, and
+    mailq's listing into a traceback."""
+    etc, spool = make_spool(tmp_path)
+    base = [sys.executable, "-m", "pymailsys.tools.sendmail", "-C", str(etc)]
+
+    def closed(redirect: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *base, *args],
+                              stdin=subprocess.DEVNULL, capture_output=True, cwd="/",
+                              timeout=60)
+
+    out = closed("<&-", "user@example.com")
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+    [path] = maildrop_files(spool)
+    assert maildrop.parse_maildrop(path.read_bytes()).lines == []
+    path.unlink()
+    assert closed("2>&-", "-t").returncode == 64
+    listing = closed(">&-", "-bp")
+    assert b"Traceback" not in listing.stderr
+    assert listing.returncode == (0 if os.geteuid() == 0 else 69), listing.stderr
+    assert maildrop_files(spool) == []

@@ -476,18 +476,40 @@ def _run(program: str, argv: list[str] | None = None) -> int:
     return 0
 
 
+def open_standard_streams() -> None:
+    """As Postfix's sendmail: a closed standard input, output or error is opened on
+    /dev/null first, so that no file sendmail opens takes its number (a maildrop file
+    as fd 2 would take in the error messages) and a closed input is an empty message."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:
+                sys.exit(os.EX_OSERR)
+            os.set_inheritable(fd, True)  # postqueue and smtpd -S run on it too
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     name = os.path.basename(sys.argv[0]) if argv is None else PROGRAM
     if name not in ("mailq", "newaliases"):
         name = PROGRAM
+    open_standard_streams()
     return _run(name, argv)
 
 
 def mailq_main(argv: list[str] | None = None) -> int:
+    open_standard_streams()
     return _run("mailq", argv)
 
 
 def newaliases_main(argv: list[str] | None = None) -> int:
+    open_standard_streams()
     return _run("newaliases", argv)
 
 
