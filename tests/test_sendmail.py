@@ -255,3 +255,16 @@ def test_closed_standard_streams_are_dev_null(tmp_path: Path) -> None:
     assert b"Traceback" not in listing.stderr
     assert listing.returncode == (0 if os.geteuid() == 0 else 69), listing.stderr
     assert maildrop_files(spool) == []
+
+
+def test_a_configuration_directory_without_main_cf_is_refused(tmp_path: Path) -> None:
+    """As Postfix's sendmail: ``fatal: open DIR/main.cf: No such file or directory`` (75).
+    A mistyped -C or MAIL_CONFIG used to run on the built-in defaults, submitting the mail
+    to whatever instance those name (/var/spool/pymailsys)."""
+    empty = tmp_path / "no-config"
+    empty.mkdir()
+    for args, env in ((["-C", str(empty)], None), ([], {"MAIL_CONFIG": str(empty)})):
+        out = tool("sendmail", *args, "user@example.com", input=b"Subject: x\n\nb\n", env=env)
+        assert out.returncode == 75, out.stderr
+        assert out.stderr == (f"sendmail: fatal: open {empty}/main.cf: "
+                              "No such file or directory\n").encode()

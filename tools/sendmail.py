@@ -75,6 +75,13 @@ def load_config(config_dir: str | None, program: str) -> config_mod.Config:
         config_dir = os.path.dirname(config_dir)
     if config_dir:
         os.environ["MAIL_CONFIG"] = config_dir
+    # as Postfix: no main.cf is an error, not a system of defaults (a mistyped -C
+    # would submit the mail to whatever instance the defaults name)
+    main_cf = os.path.join(config_mod.resolve_config_dir(config_dir), "main.cf")
+    try:
+        os.stat(main_cf)
+    except OSError as e:
+        fatal(os.EX_TEMPFAIL, f"open {main_cf}: {e.strerror}")
     try:
         cfg = config_mod.load(config_dir)
         log.init(cfg, program, stderr=True)
