@@ -25,12 +25,14 @@ DESCRIPTION
     -C config, -G, -bm (default), -bp, -bi/-I, -bs (smtpd in stand-alone
     mode, ``smtpd -S``, on standard input and output; each message a local
     submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
-    -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported);
-    -c, -x, -m, -n (refused as Postfix), -oX, -L, -A, -e, -h, -p, -U, -O are
-    accepted and ignored. -bv and -v (one: the delivery status report) are not
-    supported (exit 69). Options end at the
-    first argument that is not one (or at "--"), as Postfix's: whatever follows is
-    a recipient.
+    -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported).
+    -n is refused, and -c, -x, -m, -oX, -L, -A, -e, -h, -p, -U, -O are
+    accepted and ignored, as by Postfix. -bv and -v (one: the delivery status
+    report) are not supported (exit 69). Options end at the first argument
+    that is not one (or at "--"), as Postfix's: whatever follows is a
+    recipient. A closed standard input, output or error is /dev/null; a
+    hangup, interrupt, quit or terminate signal removes the maildrop file
+    being written.
 
 DIAGNOSTICS
     Exit status from sysexits.h as Postfix's sendmail: 64 usage errors (also
