@@ -268,3 +268,33 @@ def test_a_configuration_directory_without_main_cf_is_refused(tmp_path: Path) ->
         assert out.returncode == 75, out.stderr
         assert out.stderr == (f"sendmail: fatal: open {empty}/main.cf: "
                               "No such file or directory\n").encode()
+
+
+def test_what_pickup_would_refuse_is_refused_up_front(tmp_path: Path) -> None:
+    """With the system down, an envelope value pickup refuses (a record over the line
+    limit: a long -F, recipient or -t address) was written to maildrop/ and sendmail
+    exited 0; pickup then moved the file to corrupt/ and the mail was lost. Now it is
+    refused (65) as a live submission is, and no file is left."""
+    etc, spool = make_spool(tmp_path)
+    long_name = "N" * 5000
+    long_rcpt = "u" * 3000 + "@example.com"
+    for args, header in ((["-F", long_name, "user@example.com"], b""), ([long_rcpt], b""),
+                         (["-t"], f"To: {long_rcpt}\n".encode())):
+        out = tool("sendmail", "-C", str(etc), *args, input=header + b"Subject: x\n\nb\n")
+        assert out.returncode == 65, (args[0], out.stderr)
+        assert b"): malformed submission: '" in out.stderr and b"' value too long\n" in out.stderr
+        assert maildrop_files(spool) == []
+
+
+def test_sendmail_bs_full_name_is_one_line(tmp_path: Path) -> None:
+    """sendmail -bs takes the full name from $NAME or GECOS, as sendmail does, and
+    makes it one line: with a line break in it, the maildrop file written while the
+    system is down was one pickup refuses (corrupt/, the mail lost)."""
+    etc, spool = make_spool(tmp_path)
+    conversation = (b"HELO client.example\r\nMAIL FROM:<me@example.com>\r\n"
+                    b"RCPT TO:<user@example.com>\r\nDATA\r\nSubject: x\r\n\r\nb\r\n.\r\nQUIT\r\n")
+    out = tool("sendmail", "-C", str(etc), "-bs", input=conversation,
+               env={"NAME": "Two\nLines\x1b[2J"})
+    assert out.returncode == 0 and b"250 2.0.0 Ok: queued as " in out.stdout, out.stdout
+    [path] = maildrop_files(spool)
+    assert maildrop.parse_maildrop(path.read_bytes()).full_name == "Two Lines [2J"

@@ -51,7 +51,6 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -119,8 +118,7 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
         env_sender = name
     if full_name is None:
         full_name = login.default_full_name(uid)
-    # as Postfix: a full name is text for the From: header, never a reason to refuse
-    full_name = " ".join(CONTROLS.sub(" ", full_name).split())
+    full_name = login.clean_full_name(full_name)
     rcpts: list[str] = []
     for arg in recipients:
         rcpts.extend(rfc822.address_list(arg) or [arg.strip()])
@@ -141,9 +139,6 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
         drop.discard()
         raise
     return hand_off(cfg, drop, sub, uid)
-
-
-CONTROLS = re.compile("[\x00-\x1f\x7f]")
 
 
 def checked_recipient(address: str, env_sender: str, uid: int) -> str:

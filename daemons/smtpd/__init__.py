@@ -287,7 +287,7 @@ class LocalMessage:
             lines.pop()
         sub = maildrop.Submission(
             sender=env.sender, recipients=list(env.recipients), lines=lines,
-            full_name=login.default_full_name(uid), envid=env.envid, notifies=list(env.notifies),
+            full_name=login.clean_full_name(login.default_full_name(uid)), envid=env.envid, notifies=list(env.notifies),
             dsn_orcpts=list(env.dsn_orcpts),
             encoding="8bit" if env.body == "8bitmime" else "7bit" if env.body == "7bit" else "",
             ret=parse_ret(env.ret) if env.ret else 0)

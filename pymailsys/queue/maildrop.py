@@ -192,6 +192,25 @@ def check_envelope_text(rtype: bytes, payload: bytes, name: str = "") -> None:
             raise SubmissionError(f"control character in '{label}' record", os.EX_DATAERR)
 
 
+def check_envelope(sub: Submission, line_limit: int = 2048) -> None:
+    """SubmissionError (EX_DATAERR) unless every envelope value of ``sub`` passes
+    ``check_envelope_text`` and its record is at most max(line_limit, 2048) bytes: what
+    ``parse_maildrop`` and a live submission take. A writer checks first, so that no
+    file it completes is one pickup refuses (moved to corrupt/, the mail lost)."""
+    limit = max(line_limit, 2048)
+    fields = [("sender", r.REC_TYPE_FROM, sub.sender, ""),
+              ("full_name", r.REC_TYPE_FULL, sub.full_name, ""),
+              ("envid", r.REC_TYPE_ATTR, sub.envid, f"{ATTR_ENVID}=")]
+    fields += [("rcpt", r.REC_TYPE_RCPT, a, "") for a in sub.recipients]
+    fields += [("xrcpt", r.REC_TYPE_RCPT, a, "") for a in sub.extracted]
+    fields += [("rcpt_orcpt", r.REC_TYPE_ATTR, o, f"{ATTR_ORCPT}=") for o in sub.dsn_orcpts]
+    for name, rtype, value, prefix in fields:
+        payload = value.encode("utf-8", "surrogateescape")
+        check_envelope_text(rtype, payload, name)
+        if len(prefix) + len(payload) > limit:
+            raise SubmissionError(f"'{name}' value too long", os.EX_DATAERR)
+
+
 REVERSE_JUMP_LIMIT = 10000  # Postfix's rec_goto: at most this many jumps back
 BLOCK = 65536  # the most read at once
 FIRST_READ = 512  # read after a jump; doubled on each read that follows on

@@ -13,7 +13,9 @@ marked complete (0744, after the fsync) and pickup is woken to take it in.
 (postdrop, ``smtpd -S``, whose Received: header ``prepend`` makes from the queue ID). Each returns the queue ID (or the maildrop file's)
 and raises ``Refused`` with a sysexits.h status and the reason for the user
 when the message was not taken: pickup refused it, local_login_sender_maps
-refuses the sender, or the maildrop file cannot be written. A refused or
+refuses the sender, an envelope value is one pickup would refuse
+(``maildrop.check_envelope``: too long, a line break), or the maildrop file cannot
+be written. A refused or
 failed submission leaves no file behind.
 
 SECURITY
@@ -31,7 +33,13 @@ from pymailsys import log, maps
 from pymailsys.config import Config
 from pymailsys.ipc import attr, services, trigger
 from pymailsys.queue import spool as queue
-from pymailsys.queue.maildrop import MaildropFile, Submission, TooBig
+from pymailsys.queue.maildrop import (
+    MaildropFile,
+    Submission,
+    SubmissionError,
+    TooBig,
+    check_envelope,
+)
 from pymailsys.submission.access import login_sender_ok
 from pymailsys.submission.protocol import SUBMIT_MAGIC, to_attrs
 
@@ -106,6 +114,10 @@ def hand_off_file(config: Config, drop: MaildropFile, sub: Submission, uid: int)
     spool = queue.Spool.from_config(config)
     path = spool.public(config.get("pickup_service_name"))
     try:
+        try:  # what pickup would refuse is refused now, not found in the file later
+            check_envelope(sub, config.get_int("line_length_limit"))
+        except SubmissionError as e:
+            raise Refused(e.status, f"malformed submission: {e}") from e
         try:
             reply = submit_stream(path, sub, drop, config.get_time("ipc_timeout"))
         except SystemDown:

@@ -28,7 +28,6 @@ than the line limit, content over message_size_limit, too many recipients).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from pymailsys.dsn import NOTIFY_MASK, valid_orcpt
@@ -37,9 +36,8 @@ from pymailsys.queue.maildrop import (
     MAX_RECIPIENTS,
     Submission,
     SubmissionError,
-    check_envelope_text,
+    check_envelope,
 )
-from pymailsys.queue.records import REC_TYPE_ATTR, REC_TYPE_FROM, REC_TYPE_FULL, REC_TYPE_RCPT
 
 SUBMIT_MAGIC = b"s"
 
@@ -80,14 +78,6 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
                      encoding=req.text("encoding"), envid=req.text("envid"),
                      ret=req.number("ret"), notify=req.number("notify"),
                      rewrite_context=req.text("rewrite_context", "local"))
-    fields = [("sender", REC_TYPE_FROM, sub.sender), ("full_name", REC_TYPE_FULL, sub.full_name),
-              ("envid", REC_TYPE_ATTR, sub.envid)]
-    fields += [("rcpt", REC_TYPE_RCPT, a) for a in sub.recipients]
-    fields += [("xrcpt", REC_TYPE_RCPT, a) for a in sub.extracted]
-    for name, rtype, value in fields:
-        check_envelope_text(rtype, value.encode("utf-8", "surrogateescape"), name)
-        if len(value) > line_limit:
-            raise SubmissionError(f"'{name}' value too long", os.EX_DATAERR)
     if sub.encoding not in ("", "7bit", "8bit"):
         raise SubmissionError(f"bad encoding: {sub.encoding}")
     if sub.rewrite_context not in ("local", "remote"):
@@ -105,6 +95,7 @@ def from_attrs(req: attr.AttrList, max_size: int = 0, line_limit: int = 2048) ->
         raise SubmissionError("rcpt_orcpt does not match the recipients")
     if not all(o == "" or valid_orcpt(o) for o in sub.dsn_orcpts):
         raise SubmissionError("bad rcpt_orcpt")
+    check_envelope(sub, line_limit)
     if not sub.all_recipients():
         raise SubmissionError("no recipients")
     if len(sub.all_recipients()) > MAX_RECIPIENTS:
