@@ -41,6 +41,11 @@ def netns() -> Iterator[Netns]:
                   f"--host-record=amx.test,{AHOST}", f"--host-record=v6only.test,{V6HOST}",
                   "--mx-host=self.test,me.self.test,10", "--mx-host=self.test,mx2.mx.test,20",
                   f"--host-record=me.self.test,{SELF}",
+                  # the better MX does not resolve (SERVFAIL), the other is us
+                  "--mx-host=prim.test,mx.fail.test,10", "--mx-host=prim.test,me.self.test,20",
+                  # one MX host fails temporarily, the other does not exist
+                  "--mx-host=mixed.test,mx.fail.test,10", "--mx-host=mixed.test,gone.test,20",
+                  f"--host-record=aself.test,{SELF}",  # no MX, the A record is us
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
                   "--server=/fail.test/127.0.0.99"])  # nobody answers there: SERVFAIL
         sink = require_tool("/usr/sbin/smtp-sink")
@@ -62,7 +67,7 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
               cwd="/")
     inst.running = True
     rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
-             "f@self.test", "g@soft.test"]
+             "f@self.test", "g@soft.test", "i@prim.test", "j@mixed.test", "k@aself.test"]
     inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
               input="Subject: dns\n\nrouted by DNS\n", check=True)
     # MX by preference: mx1 refuses, mx2 takes it
@@ -82,6 +87,16 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     # we are the best MX of self.test: only better MX hosts would do, and there are none
     inst.wait_log(r"to=<f@self\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for self\.test loops back to myself\)")
+    # we are a backup MX and the primary does not resolve now: wait, as Postfix
+    inst.wait_log(r"to=<i@prim\.test>, relay=none, .*dsn=4\.4\.4, status=deferred "
+                  r"\(unable to find primary relay for prim\.test\)")
+    # a temporary lookup failure of one MX host outweighs another's NXDOMAIN: no bounce
+    inst.wait_log(r"to=<j@mixed\.test>, relay=none, .*dsn=4\.4\.3, status=deferred \(Host or "
+                  r"domain name not found\. Name service error for name=mx\.fail\.test type=A: "
+                  r"Host not found, try again\)")
+    # no MX, and the domain's address is ours: a loop, not a connection to ourselves
+    inst.wait_log(r"to=<k@aself\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
+                  r"\(mail for aself\.test loops back to myself\)")
 
 
 def test_fallback_relay_when_every_mx_is_down(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
@@ -106,3 +121,4 @@ def test_aaaa_only_destination(new_instance, netns) -> None:  # type: ignore[no-
     inst.tool("sendmail", "-f", "alice@example.org", "v@v6only.test",
               input="Subject: v6\n\nover IPv6\n", check=True)
     inst.wait_log(r"to=<v@v6only\.test>, relay=v6only\.test\[fd00::25\]:25, .*status=sent")
+

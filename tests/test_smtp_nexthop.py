@@ -8,12 +8,12 @@ from pymailsys.smtp.nexthop import Destination, RouteError, parse
 
 
 @pytest.mark.parametrize("text, lmtp, expected", [
-    ("example.com", False, Destination("example.com", 25, True)),
-    ("Example.COM.", False, Destination("example.com", 25, True)),
+    ("example.com", False, Destination("example.com", 25, True, loop_detect=True)),
+    ("Example.COM.", False, Destination("example.com", 25, True, loop_detect=True)),
     ("example.com:2525", False, Destination("example.com", 2525, True)),
-    ("[mail.example.com]", False, Destination("mail.example.com", 25, False)),
+    ("[mail.example.com]", False, Destination("mail.example.com", 25, False, loop_detect=True)),
     ("[127.0.0.1]:587", False, Destination("127.0.0.1", 587, False)),
-    ("inet:[127.0.0.1]:smtp", False, Destination("127.0.0.1", 25, False)),
+    ("inet:[127.0.0.1]:smtp", False, Destination("127.0.0.1", 25, False, loop_detect=True)),
     ("[ipv6:::1]:26", False, Destination("::1", 26, False)),
     ("mailstore.example", True, Destination("mailstore.example", 24, False)),
     ("inet:127.0.0.1:2424", True, Destination("127.0.0.1", 2424, False)),

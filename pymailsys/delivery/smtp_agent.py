@@ -376,7 +376,7 @@ class Agent:
         if cached is not None:
             yield cached.peer, cached, None
         try:
-            peers = await nexthop.servers(dest, self.policy)
+            peers = (await nexthop.servers(dest, self.policy)).peers
         except nexthop.RouteError as e:
             peers = []
             yield None, None, e
@@ -385,7 +385,7 @@ class Agent:
         for relay in self.fallback:
             try:
                 fallback = nexthop.parse(relay, self.lmtp, self.default_port)
-                peers += await nexthop.servers(fallback, self.policy)
+                peers += (await nexthop.servers(fallback, self.policy)).peers
             except nexthop.RouteError as e:
                 log.warning(f"smtp_fallback_relay {relay}: {e.text}")
         for peer in peers:

@@ -102,7 +102,9 @@ async def mx_hosts(domain: str) -> list[tuple[int, str]]:
 
 
 def is_null_mx(hosts: list[tuple[int, str]]) -> bool:
-    return len(hosts) == 1 and hosts[0][1] == ""
+    """A null MX among the records (RFC 7505): as Postfix's dns_lookup, any record whose
+    host is the root makes the whole answer a null MX."""
+    return any(name == "" for _, name in hosts)
 
 
 async def host_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6")) -> list[str]:

@@ -5,7 +5,7 @@ NAME
 
 SYNOPSIS
     dest = nexthop.parse("[relay.example]:587", lmtp=False, default_port=25)
-    peers = await nexthop.servers(dest, policy)
+    route = await nexthop.servers(dest, policy)    # route.peers, route.found_self
 
 DESCRIPTION
     ``parse`` takes Postfix's nexthop forms: ``domain`` (MX lookup),
@@ -14,17 +14,26 @@ DESCRIPTION
     looks up MX records). A missing port is the protocol's (smtp_tcp_port,
     lmtp_tcp_port).
 
-    ``servers`` returns ``Peer``s for ``pymailsys.smtp.client``: for a
+    ``servers`` returns a ``Route``: ``Peer``s for ``pymailsys.smtp.client``
+    (and ``found_self``: this machine is one of the MX hosts); for a
     domain, the addresses of its MX hosts by preference (``dns.mx_hosts``),
     or of the domain itself when it has no MX record; at most
     ``Policy.address_limit`` addresses (smtp_mx_address_limit, 0 = no limit).
-    When one of the MX hosts is this machine (its name is myhostname or one
-    of its addresses is ours), only MX hosts of better preference are kept;
-    when none is left: ``RouteError`` "mail for D loops back to myself"
-    (5.4.6). A null MX: ``RouteError`` "Domain D does not accept mail
-    (nullMX)" (5.1.0). A failed lookup: ``RouteError`` with the DNS text and
-    4.4.3 or 5.4.4 (``dns.DnsError``). An MX host that does not resolve is
-    skipped; when none resolves, its error is the route's.
+    Loop detection (``Destination.loop_detect``: SMTP to port 25, as
+    Postfix's SMTP_MISC_FLAG_LOOP_DETECT): when one of the MX hosts is this
+    machine (its name is myhostname or one of its addresses is ours), only
+    MX hosts of better preference are kept; when none is left: ``RouteError``
+    "mail for D loops back to myself" (5.4.6), or, when the best MX hosts did
+    not resolve, "unable to find primary relay for D" (4.4.4: we are a backup
+    MX, and the primary will be back). A domain without MX, or a ``[host]``,
+    whose address is ours is the same loop (5.4.6), as Postfix's
+    smtp_host_addr. A null MX (a record whose host is the root, even among
+    others, as Postfix's dns_lookup): ``RouteError`` "Domain D does not
+    accept mail (nullMX)" (5.1.0, Postfix's status). A failed lookup:
+    ``RouteError`` with the DNS text and 4.4.3 or 5.4.4 (``dns.DnsError``).
+    An MX host that does not resolve is skipped; when none resolves, the
+    first temporary error is the route's (a soft error dominates hard ones,
+    as Postfix), else the last permanent one.
 
 REFUSES
     A nexthop with an empty host or a port that is not a number or a known
@@ -58,6 +67,13 @@ class Destination:
     port: int = 0
     use_mx: bool = True
     path: str = ""
+    loop_detect: bool = False  # SMTP to port 25: mail to our own address is a loop
+
+
+@dataclass(frozen=True)
+class Route:
+    peers: list[Peer]
+    found_self: bool = False  # we are an MX host: no fallback relay, as Postfix's i_am_mx
 
 
 @dataclass(frozen=True)
@@ -107,13 +123,14 @@ def parse(nexthop: str, lmtp: bool, default_port: int) -> Destination:
         host = host[5:]
     if not host:
         raise RouteError(f"bad nexthop: {nexthop}", "5.4.4")
-    return Destination(host=host.rstrip(".").lower(), port=port, use_mx=use_mx)
+    return Destination(host=host.rstrip(".").lower(), port=port, use_mx=use_mx,
+                       loop_detect=not lmtp and port == 25)
 
 
-async def servers(dest: Destination, policy: Policy) -> list[Peer]:
+async def servers(dest: Destination, policy: Policy) -> Route:
     """The servers to try for a destination, best first; see the module docstring."""
     if dest.path:
-        return [Peer(policy.myhostname, path=dest.path)]
+        return Route([Peer(policy.myhostname, path=dest.path)])
     hosts: list[tuple[int, str]] = []
     if dest.use_mx:
         try:
@@ -131,32 +148,41 @@ async def servers(dest: Destination, policy: Policy) -> list[Peer]:
             raise RouteError(f"Host or domain name not found. Name service error for "
                              f"name={dest.host} type=A: Host found but no data record of "
                              f"requested type", "5.4.4")
-        return _limit([Peer(dest.host, a, dest.port) for a in addrs], policy.address_limit)
+        if dest.loop_detect and any(a in policy.own_addresses for a in addrs):
+            raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
+        return Route(_limit([Peer(dest.host, a, dest.port) for a in addrs],
+                            policy.address_limit))
     peers: list[Peer] = []
     error: dns.DnsError | None = None
     own_pref: int | None = None
+    best_found: int | None = None  # the preference of the first MX host that resolved
     for pref, host in hosts:
         if own_pref is not None and pref >= own_pref:
             break
         try:
             addrs = await dns.host_addresses(host, policy.families)
         except dns.DnsError as e:
-            error = e
+            if error is None or error.permanent:  # a soft error dominates, as Postfix
+                error = e
             continue
-        if host.lower() == policy.myhostname.lower() or any(
-                a in policy.own_addresses for a in addrs):
+        if addrs and best_found is None:
+            best_found = pref
+        if dest.loop_detect and (host.lower() == policy.myhostname.lower() or any(
+                a in policy.own_addresses for a in addrs)):
             own_pref = pref
             peers = [p for p in peers if _pref_of(p, hosts) < pref]
             continue
         peers += [Peer(host, a, dest.port) for a in addrs]
     if own_pref is not None and not peers:
+        if best_found != hosts[0][0]:
+            raise RouteError(f"unable to find primary relay for {dest.host}", "4.4.4")
         raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
     if not peers:
         if error is not None:
             raise RouteError(error.text, error.dsn)
         raise RouteError(f"Host or domain name not found. Name service error for "
                          f"name={dest.host} type=MX: no usable MX host", "4.4.3")
-    return _limit(peers, policy.address_limit)
+    return Route(_limit(peers, policy.address_limit), own_pref is not None)
 
 
 def _pref_of(peer: Peer, hosts: list[tuple[int, str]]) -> int:
