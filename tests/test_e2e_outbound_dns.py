@@ -47,6 +47,8 @@ def netns() -> Iterator[Netns]:
                   "--mx-host=mixed.test,mx.fail.test,10", "--mx-host=mixed.test,gone.test,20",
                   f"--host-record=aself.test,{SELF}",  # no MX, the A record is us
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
+                  "--dns-rr=halfnull.test,15,000000",  # a null MX among other MX records
+                  "--mx-host=halfnull.test,mx2.mx.test,20",
                   "--server=/fail.test/127.0.0.99"])  # nobody answers there: SERVFAIL
         sink = require_tool("/usr/sbin/smtp-sink")
         for addr in (MX2, AHOST, f"[{V6HOST}]"):  # MX1 has nothing listening: refused
@@ -60,14 +62,21 @@ def netns() -> Iterator[Netns]:
         ns.close()
 
 
-def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+def _started(new_instance, netns: Netns, **settings: str) -> Instance:  # type: ignore[no-untyped-def]
+    """A new instance with these settings, started inside the namespace."""
     inst: Instance = new_instance()
-    inst.set(inet_protocols="ipv4", maximal_queue_lifetime="1h")
+    inst.set(**settings)
     netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
               cwd="/")
     inst.running = True
+    return inst
+
+
+def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    inst = _started(new_instance, netns, inet_protocols="ipv4", maximal_queue_lifetime="1h")
     rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
-             "f@self.test", "g@soft.test", "i@prim.test", "j@mixed.test", "k@aself.test"]
+             "f@self.test", "g@soft.test", "i@prim.test", "j@mixed.test", "k@aself.test",
+             "m@halfnull.test"]
     inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
               input="Subject: dns\n\nrouted by DNS\n", check=True)
     # MX by preference: mx1 refuses, mx2 takes it
@@ -78,6 +87,9 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     inst.wait_log(r"to=<b@amx\.test>, relay=amx\.test\[127\.0\.0\.12\]:25, .*status=sent")
     inst.wait_log(r"to=<c@null\.test>, relay=none, .*dsn=5\.1\.0, status=bounced "
                   r"\(Domain null\.test does not accept mail \(nullMX\)\)")
+    # a null MX record among others makes the whole answer a null MX, as Postfix
+    inst.wait_log(r"to=<m@halfnull\.test>, relay=none, .*dsn=5\.1\.0, status=bounced "
+                  r"\(Domain halfnull\.test does not accept mail \(nullMX\)\)")
     inst.wait_log(r"to=<d@fail\.test>, relay=none, .*dsn=4\.4\.3, status=deferred \(Host or "
                   r"domain name not found\. Name service error for name=fail\.test type=MX: "
                   r"Host not found, try again\)")
@@ -100,25 +112,45 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
 
 
 def test_fallback_relay_when_every_mx_is_down(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
-    inst: Instance = new_instance()
-    inst.set(inet_protocols="ipv4", smtp_fallback_relay=f"[{AHOST}]:25")
-    netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
-              cwd="/")
-    inst.running = True
-    inst.tool("sendmail", "-f", "alice@example.org", "h@deadmx.test",
+    inst = _started(new_instance, netns, inet_protocols="ipv4", smtp_fallback_relay=f"[{AHOST}]:25")
+    inst.tool("sendmail", "-f", "alice@example.org", "h@deadmx.test", "n@nonexistent.test",
               input="Subject: fallback\n\nvia the fallback relay\n", check=True)
     inst.wait_log(r"to=<h@deadmx\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
+                  r".*status=sent")
+    # as Postfix: the fallback relay is for destinations that cannot be found, too
+    inst.wait_log(r"to=<n@nonexistent\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
                   r".*status=sent")
 
 
 def test_aaaa_only_destination(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
     """No MX and only an AAAA record: delivered over IPv6 with inet_protocols = all."""
-    inst: Instance = new_instance()
-    inst.set(inet_protocols="all")
-    netns.run([PYTHON, "-m", "pymailsys.tools.postfix", "-c", str(inst.config_dir), "start"],
-              cwd="/")
-    inst.running = True
+    inst = _started(new_instance, netns, inet_protocols="all")
     inst.tool("sendmail", "-f", "alice@example.org", "v@v6only.test",
               input="Subject: v6\n\nover IPv6\n", check=True)
     inst.wait_log(r"to=<v@v6only\.test>, relay=v6only\.test\[fd00::25\]:25, .*status=sent")
 
+
+def test_relayhost_lookup_failure_defers_and_literal_loops(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix: a relayhost that does not resolve is a configuration problem (4.3.5,
+    deferred, not bounced); a [literal] nexthop on port 25 that is us is a loop (5.4.6)."""
+    inst = _started(new_instance, netns, inet_protocols="ipv4", relayhost="[gone.test]",
+                    transport_maps=f"inline:{{ loop.example=smtp:[{SELF}] }}")
+    inst.tool("sendmail", "-f", "alice@example.org", "r@remote.example", "l@loop.example",
+              input="Subject: relayhost\n\nnowhere\n", check=True)
+    inst.wait_log(r"warning: relayhost configuration problem")
+    inst.wait_log(r"to=<r@remote\.example>, relay=none, .*dsn=4\.3\.5, status=deferred "
+                  r"\(Host or domain name not found\. Name service error for name=gone\.test "
+                  r"type=A: Host not found\)")
+    inst.wait_log(r"to=<l@loop\.example>, relay=none, .*dsn=5\.4\.6, status=bounced "
+                  r"\(mail for 127\.0\.0\.1 loops back to myself\)")
+
+
+def test_session_limit_is_per_site_and_fallback_relay_still_tried(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
+    """smtp_mx_session_limit counts the sessions of one site: once the MX hosts used it
+    up, the fallback relay still gets the mail, as Postfix's smtp_connect_inet."""
+    inst = _started(new_instance, netns, inet_protocols="ipv4", smtp_mx_session_limit="1",
+                    smtp_fallback_relay=f"[{AHOST}]:25")
+    inst.tool("sendmail", "-f", "alice@example.org", "s@soft.test",
+              input="Subject: limit\n\nto the fallback\n", check=True)
+    inst.wait_log(r"to=<s@soft\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
+                  r".*status=sent")

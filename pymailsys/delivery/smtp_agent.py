@@ -20,11 +20,17 @@ DESCRIPTION
     carries up to ``<transport>_destination_recipient_limit`` recipients of
     one message for one nexthop. The nexthop is resolved into servers
     (``pymailsys.smtp.nexthop``: MX by preference, A/AAAA, ``[host]:port``,
-    ``unix:/path`` for LMTP; then ``smtp_fallback_relay``), and they are
-    tried in order (``pymailsys.smtp.client``): a server that cannot be
-    reached, answers 4xx to the greeting, HELO or MAIL FROM, or breaks the
-    connection makes way for the next, within smtp_mx_session_limit sessions
-    that got past the greeting. Per recipient: 2xx sent, 5xx bounced, 4xx
+    ``unix:/path`` for LMTP), and they are tried in order
+    (``pymailsys.smtp.client``): a server that cannot be reached, answers
+    4xx to the greeting, HELO or MAIL FROM, or breaks the connection makes
+    way for the next, within smtp_mx_session_limit sessions that got past
+    the greeting. Then, as Postfix, each ``smtp_fallback_relay`` is a site of
+    its own (its own TLS policy and session limit), tried also after a
+    lookup error of the nexthop, but not when its mail loops back to us or
+    we are one of its MX hosts. A hard lookup error (or loop) of the
+    relayhost, or of the last fallback relay, is a configuration problem:
+    deferred 4.3.5 with a warning "relayhost configuration problem" (or
+    smtp_fallback_relay), not bounced. Per recipient: 2xx sent, 5xx bounced, 4xx
     tried again at the next server (as Postfix does), deferred when none is left; a message larger than the server's SIZE bounces (5.3.4). When
     no server took the mail, every recipient gets the last error (5xx:
     bounced, else deferred). The TLS policy of the nexthop
@@ -173,6 +179,19 @@ class Request:
 
 
 @dataclass
+class _Sites:
+    """Which site of a delivery (the nexthop, or a fallback relay) is being tried, and
+    its sessions, which smtp_mx_session_limit counts per site, as Postfix."""
+
+    fallback: bool = False
+    sessions: int = 0
+    exhausted: bool = False
+
+    def begin(self, fallback: bool) -> None:
+        self.fallback, self.sessions, self.exhausted = fallback, 0, False
+
+
+@dataclass
 class _Cached:
     session: client.Session
     opened: float
@@ -211,6 +230,7 @@ class Agent:
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
+        self.relayhost = config.get("relayhost").strip()
         self.cache_idle = seconds("connection_cache_time_limit")
         self.reuse_limit = seconds("connection_reuse_time_limit")
         protocols = {p.lower() for p in config.get_list("inet_protocols")}
@@ -289,8 +309,10 @@ class Agent:
         last: client.SessionError | nexthop.RouteError | None = None
         last_relay = "none"
         sessions = 0
+        sites = _Sites()
         soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
-        async with contextlib.aclosing(self.sessions(req.nexthop, dest, policy)) as attempts:
+        async with contextlib.aclosing(self.sessions(req.nexthop, dest, policy, sites)) \
+                as attempts:
             async for peer, session, error in attempts:
                 if error is not None:
                     last = error
@@ -301,6 +323,9 @@ class Agent:
                     continue
                 assert session is not None and peer is not None
                 sessions += 1
+                sites.sessions += 1
+                if self.session_limit and sites.sessions >= self.session_limit:
+                    sites.exhausted = True  # this site is done; a fallback relay is not
                 conn_time = conn_time or (time.time() - req.start_time)
                 pending = [i for i in range(count) if results[i] is None]
                 env = client.Envelope(
@@ -320,8 +345,6 @@ class Agent:
                     await self.release(req.nexthop, session, keep=False)
                     if not e.retry_other or all(r is not None for r in results):
                         break
-                    if self.session_limit and sessions >= self.session_limit:
-                        break
                     continue
                 except BaseException:  # a bug, or a cancel: no socket is left open
                     session.close()
@@ -330,19 +353,35 @@ class Agent:
                     relays[i], uses[i] = peer.relay, session.uses
                     self._take(i, outcome, n, peer, session, results, soft)
                 await self.release(req.nexthop, session, keep=True)
-                if all(r is not None for r in results) or (
-                        self.session_limit and sessions >= self.session_limit):
+                if all(r is not None for r in results):
                     break
         final: list[DeliveryResult] = []
         for i in range(count):
             found = results[i] or soft.get(i)
             if found is None:
-                found, relays[i] = _failure(last), last_relay
+                found, relays[i] = self._site_failure(last, req.nexthop, sites), last_relay
             final.append(found)
         if sessions == 0 and not soft and isinstance(last, client.SessionError) \
                 and not final[0].final:
             req.hop = final[0]  # no server reached: tell qmgr the site is failing
         return self.finish(req, final, relays, uses, conn_time)
+
+    def _site_failure(self, last: client.SessionError | nexthop.RouteError | None,
+                      key: str, sites: _Sites) -> DeliveryResult:
+        """The result of recipients no server took. As Postfix's smtp_connect_inet, a
+        hard lookup error (or loop) of a fallback relay, or of the relayhost, is a
+        configuration problem: deferred (4.3.5), with a warning, not bounced."""
+        result = _failure(last)
+        if not isinstance(last, nexthop.RouteError) or result.status != STATUS_BOUNCED:
+            return result
+        if sites.fallback:
+            where = param_name(self.protocol, "fallback_relay")
+        elif not self.lmtp and self.relayhost and key.strip() == self.relayhost:
+            where = "relayhost"
+        else:
+            return result
+        log.warning(f"{where} configuration problem")
+        return DeliveryResult.deferred(last.text, "4.3.5")
 
     def _take(self, i: int, outcome: client.Outcome, n: int, peer: client.Peer,
               session: client.Session, results: list[DeliveryResult | None],
@@ -369,34 +408,48 @@ class Agent:
     # --- servers, sessions and the connection cache ------------------------------
 
     async def sessions(self, key: str, dest: nexthop.Destination,  # type: ignore[no-untyped-def]
-                       policy: tls.Policy):
+                       policy: tls.Policy, sites: _Sites):
         """Yield (peer, session, None) for each usable session, best server first, or
-        (None, None, error) for a server or lookup that failed."""
+        (None, None, error) for a server or lookup that failed. The sites are the nexthop
+        and then each smtp_fallback_relay, as Postfix's smtp_connect_inet: the fallback
+        relays also after a lookup error of the nexthop, but not when its mail loops
+        back to us or we are one of its MX hosts; ``sites`` says which is being tried,
+        and a site whose sessions reached smtp_mx_session_limit (``exhausted``) makes way
+        for the next."""
+        sites.begin(fallback=False)
         cached = self.take_cached(key)
         if cached is not None:
             yield cached.peer, cached, None
-        try:
-            peers = (await nexthop.servers(dest, self.policy)).peers
-        except nexthop.RouteError as e:
-            peers = []
-            yield None, None, e
-            if e.permanent or not self.fallback:
-                return
+        routes: list[tuple[nexthop.Destination, tls.Policy]] = [(dest, policy)]
         for relay in self.fallback:
+            try:  # a fallback relay has its own TLS policy, as in Postfix
+                routes.append((nexthop.parse(relay, self.lmtp, self.default_port),
+                               self.tls.policy(relay)))
+            except (nexthop.RouteError, tls.PolicyError) as e:
+                log.warning(f"{param_name(self.protocol, 'fallback_relay')} {relay}: {e.text}")
+        for n, (site, site_policy) in enumerate(routes):
+            if n:
+                sites.begin(fallback=True)
             try:
-                fallback = nexthop.parse(relay, self.lmtp, self.default_port)
-                peers += (await nexthop.servers(fallback, self.policy)).peers
+                route = await nexthop.servers(site, self.policy)
             except nexthop.RouteError as e:
-                log.warning(f"smtp_fallback_relay {relay}: {e.text}")
-        for peer in peers:
-            session, error = await self.open(peer, policy, dest.host)
-            if error is not None and error.tls_failed and policy.level == "may":
-                # as Postfix: after a failed handshake at level may, plaintext to the same server
-                session, error = await self.open(peer, tls.Policy(), dest.host)
-            if error is not None:
-                yield peer, None, error
+                yield None, None, e
+                if e.dsn.endswith(".4.6") or e.text.startswith("unable to find primary"):
+                    return  # as Postfix: the fallback would only make a loop worse
                 continue
-            yield peer, session, None
+            for peer in route.peers:
+                if sites.exhausted:
+                    break
+                session, error = await self.open(peer, site_policy, site.host)
+                if error is not None and error.tls_failed and site_policy.level == "may":
+                    # as Postfix: after a failed handshake at level may, plaintext to the same server
+                    session, error = await self.open(peer, tls.Policy(), site.host)
+                if error is not None:
+                    yield peer, None, error
+                    continue
+                yield peer, session, None
+            if route.found_self:
+                return  # we are an MX host of the destination: no fallback relay
 
     async def open(self, peer: client.Peer, policy: tls.Policy, domain: str) -> tuple[
             client.Session | None, client.SessionError | None]:
