@@ -295,6 +295,33 @@ def test_the_only_address_of_inet_interfaces_is_the_source(new_instance, aiosmtp
     assert recorder.clients == [own[0], "127.0.0.1"]
 
 
+def test_smtp_bind_address_is_the_source(new_instance, aiosmtpd_peer) -> None:  # type: ignore[no-untyped-def]
+    """smtp_bind_address: the smtp client connects from it; one it cannot bind, with
+    smtp_bind_address_enforce, defers (4.4.0 "server configuration error"), and a value
+    that is not an IPv4 address stops the smtp service, as Postfix's smtp_connect_addr."""
+    controller, recorder = aiosmtpd_peer
+    inst: Instance = new_instance()
+    inst.set(smtp_bind_address="[127.0.0.2]",
+             transport_maps=f"inline:{{ x.example=smtp:[127.0.0.1]:{controller.port} }}")
+    inst.start()
+    queue_id = inst.send(LOCAL, "u@x.example", b"Subject: bind\r\n\r\nbody\r\n")
+    inst.wait_log(rf"{queue_id}: to=<u@x\.example>, .*status=sent")
+    assert recorder.clients == ["127.0.0.2"]
+    inst.set(smtp_bind_address="192.0.2.1", smtp_bind_address_enforce="yes")
+    inst.postfix("reload")
+    wait_until(lambda: "reload -- version" in inst.log(), what="the reload")
+    queue_id = inst.send(LOCAL, "v@x.example", b"Subject: bind\r\n\r\nbody\r\n")
+    inst.wait_log(r"warning: smtp_connect_addr: bind 192\.0\.2\.1: ")
+    inst.wait_log(rf"{queue_id}: to=<v@x\.example>, relay=none, .*dsn=4\.4\.0, "
+                  rf"status=deferred \(server configuration error\)")
+    inst.set(smtp_bind_address="::1", smtp_bind_address_enforce="no")
+    inst.postfix("reload")
+    wait_until(lambda: inst.log().count("reload -- version") >= 2, what="the second reload")
+    inst.send(LOCAL, "w@x.example", b"Subject: bind\r\n\r\nbody\r\n")
+    inst.wait_log(r"fatal: bad smtp_bind_address parameter: ::1")
+    assert len(recorder.clients) == 1
+
+
 def test_unreachable_relayhost_defers(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance()
     port = free_port()  # nothing listens there

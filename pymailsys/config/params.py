@@ -631,6 +631,13 @@ _TABLE: list[Param] = [
        "hosts to try when the MX hosts of a destination fail"),
     _p("lmtp_fallback_relay", "", "list", "hosts to try when the lmtp destination fails"),
     _p("smtp_tcp_port", "smtp", doc="port of a nexthop without one"),
+    *[_p(f"{proto}_bind_address{six}", "",
+         doc=f"the local IPv{6 if six else 4} address {proto} connects from")
+      for proto in ("smtp", "lmtp") for six in ("", "6")],
+    _p("smtp_bind_address_enforce", "no", "bool",
+       "defer (4.4.0) when smtp_bind_address(6) cannot be bound"),
+    _p("lmtp_bind_address_enforce", "no", "bool",
+       "defer (4.4.0) when lmtp_bind_address(6) cannot be bound"),
     _p("lmtp_tcp_port", "24", doc="port of an lmtp nexthop without one"),
     _p("smtp_helo_name", "$myhostname", doc="the name sent in EHLO/HELO"),
     _todo("smtp_send_xforward_command", "no", "bool",

@@ -71,7 +71,8 @@ SECURITY
     length.
 
 CONFIGURATION PARAMETERS
-    smtp_helo_name (lmtp_lhlo_name), smtp_tcp_port, smtp_connect_timeout,
+    smtp_helo_name (lmtp_lhlo_name), smtp_tcp_port, smtp_bind_address,
+    smtp_bind_address6, smtp_bind_address_enforce, smtp_connect_timeout,
     smtp_helo_timeout, smtp_mail_timeout, smtp_rcpt_timeout,
     smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
@@ -94,7 +95,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +120,7 @@ from pymailsys.dsn import ret_name
 from pymailsys.ipc import flush, services
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
+from pymailsys.log import printable
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
 from pymailsys.queue.status_log import ACTION_DELIVERED, ACTION_RELAYED
@@ -221,7 +225,8 @@ class Agent:
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout")),
             skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
             reply_limit=max(config.get_int("line_length_limit"), 1),
-            source=networks.source_addresses(config),
+            source=_source_addresses(config, protocol),
+            bind_enforce=config.get_bool(param_name(protocol, "bind_address_enforce")),
             mime_downgrade=not config.get_bool("disable_mime_output_conversion"),
             mime_limits=downgrade.Limits(config.get_int("mime_nesting_limit"),
                                          config.get_int("mime_boundary_length_limit"),
@@ -527,6 +532,28 @@ def _result_of(reply: client.Reply | None, reason: str, status: str, server: str
     return DeliveryResult(verdict, status, reason,
                           action=success if sent else "", mta=server,
                           diag=str(reply), passed_on=sent and offers_dsn)
+
+
+def _source_addresses(config: Config, protocol: str) -> dict[int, str]:
+    """{family: the address to connect from}: smtp_bind_address and smtp_bind_address6
+    (``[addr]`` or ``addr``; anything else is fatal, as Postfix's smtp_connect_addr), else
+    inet_interfaces' only non-loopback address of the family."""
+    source = networks.source_addresses(config)
+    for family, suffix, version in ((socket.AF_INET, "bind_address", 4),
+                                    (socket.AF_INET6, "bind_address6", 6)):
+        name = param_name(protocol, suffix)
+        text = config.get(name).strip()
+        if not text:
+            continue
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            addr = ipaddress.ip_address(bare)
+        except ValueError:
+            addr = None
+        if addr is None or addr.version != version:
+            log.fatal(f"bad {name} parameter: {printable(text)}")
+        source[family] = str(addr)
+    return source
 
 
 def _orcpt(rc: Recipient) -> str:

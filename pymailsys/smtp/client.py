@@ -260,8 +260,10 @@ class Settings:
     skip_5xx_greeting: bool = True
     reply_limit: int = 2048  # line_length_limit: reply text kept, all lines together
     # address family -> the local address connections of that family are made from
-    # (inet_interfaces' only address of the family: networks.source_addresses)
+    # (smtp_bind_address(6), else inet_interfaces' only address of the family:
+    # networks.source_addresses); bind_enforce: a failed bind defers (4.4.0)
     source: dict[int, str] = field(default_factory=dict)
+    bind_enforce: bool = False
     # 8-bit content to a server without 8BITMIME goes quoted-printable (not with
     # disable_mime_output_conversion), within these limits (``pymailsys.content.downgrade``)
     mime_downgrade: bool = True
@@ -670,11 +672,15 @@ def _extensions(reply: Reply) -> dict[str, str]:
     return out
 
 
-async def _open_inet(peer: Peer, source: dict[int, str]
+class BindError(Exception):
+    """The source address could not be bound and smtp_bind_address_enforce is on."""
+
+
+async def _open_inet(peer: Peer, source: dict[int, str], enforce: bool = False
                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection to peer, from source's address of the peer's family when there is
-    one; a failed bind is a warning and the connection goes from the kernel's choice, as
-    Postfix's smtp_connect_addr."""
+    one; a failed bind is a warning and the connection goes from the kernel's choice (or,
+    with ``enforce``, ``BindError``), as Postfix's smtp_connect_addr."""
     family = socket.AF_INET6 if ":" in peer.addr else socket.AF_INET
     local = source.get(family)
     if local is None:
@@ -686,6 +692,8 @@ async def _open_inet(peer: Peer, source: dict[int, str]
             sock.bind((local, 0))
         except OSError as e:
             log.warning(f"smtp_connect_addr: bind {local}: {e.strerror}")
+            if enforce:
+                raise BindError(local) from None
         await asyncio.get_running_loop().sock_connect(sock, (peer.addr, peer.port))
     except BaseException:
         sock.close()
@@ -703,8 +711,10 @@ async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None 
         if peer.path:
             opener = asyncio.open_unix_connection(peer.path, limit=MAX_REPLY_LINE * 2)
         else:
-            opener = _open_inet(peer, settings.source)
+            opener = _open_inet(peer, settings.source, settings.bind_enforce)
         reader, writer = await asyncio.wait_for(opener, timeout)
+    except BindError:
+        raise SessionError("server configuration error", dsn="4.4.0") from None
     except TimeoutError:
         raise SessionError(f"connect to {where}: Connection timed out", dsn="4.4.1") from None
     except OSError as e:
