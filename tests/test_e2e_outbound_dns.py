@@ -31,6 +31,8 @@ def netns() -> Iterator[Netns]:
     ns = Netns()
     try:
         ns.run(["ip", "-6", "addr", "add", f"{V6HOST}/128", "dev", "lo"])
+        with open("/etc/hosts") as system, open(f"{ns.etc}/hosts", "w") as hosts:
+            hosts.write(system.read() + f"\n{AHOST} hostsonly.test\n")  # not in the DNS
         ns.spawn(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
                   "--mx-host=mx.test,mx1.mx.test,10", "--mx-host=mx.test,mx2.mx.test,20",
@@ -95,7 +97,7 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
                   r"Host not found, try again\)")
     inst.wait_log(r"to=<e@nonexistent\.test>, relay=none, .*dsn=5\.4\.4, status=bounced \(Host "
                   r"or domain name not found\. Name service error for name=nonexistent\.test "
-                  r"type=MX: Host not found\)")
+                  r"type=A: Host not found\)")  # as Postfix: NXDOMAIN for MX, then A
     # we are the best MX of self.test: only better MX hosts would do, and there are none
     inst.wait_log(r"to=<f@self\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for self\.test loops back to myself\)")
@@ -154,3 +156,22 @@ def test_session_limit_is_per_site_and_fallback_relay_still_tried(new_instance, 
               input="Subject: limit\n\nto the fallback\n", check=True)
     inst.wait_log(r"to=<s@soft\.test>, relay=127\.0\.0\.12\[127\.0\.0\.12\]:25, "
                   r".*status=sent")
+
+
+@pytest.mark.parametrize("settings, mx_test", [
+    # the DNS first (MX records too), then /etc/hosts for a name the DNS does not know
+    ({"smtp_host_lookup": "dns, native"},
+     r"relay=mx2\.mx\.test\[127\.0\.0\.11\]:25, .*status=sent"),
+    # no MX lookup: addresses from the system's name service alone; mx.test has none
+    ({"disable_dns_lookups": "yes"},
+     r"relay=none, .*dsn=5\.4\.4, status=bounced \(unable to look up host mx\.test: "),
+])
+def test_host_lookup_native_and_dns_disabled(new_instance, netns, settings, mx_test) -> None:  # type: ignore[no-untyped-def]
+    """smtp_host_lookup = native and disable_dns_lookups are obeyed, as Postfix's
+    smtp_addr_one and smtp_connect_inet."""
+    inst = _started(new_instance, netns, inet_protocols="ipv4", **settings)
+    inst.tool("sendmail", "-f", "alice@example.org", "p@hostsonly.test", "q@mx.test",
+              input="Subject: native\n\nfrom /etc/hosts\n", check=True)
+    inst.wait_log(r"to=<p@hostsonly\.test>, relay=hostsonly\.test\[127\.0\.0\.12\]:25, "
+                  r".*status=sent")
+    inst.wait_log(r"to=<q@mx\.test>, " + mx_test)

@@ -76,7 +76,8 @@ CONFIGURATION PARAMETERS
     smtp_helo_timeout, smtp_mail_timeout, smtp_rcpt_timeout,
     smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
-    smtp_mx_session_limit, smtp_fallback_relay,
+    smtp_mx_session_limit, smtp_fallback_relay, smtp_host_lookup,
+    smtp_dns_support_level, disable_dns_lookups,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
     smtp_tls_CApath, smtp_tls_protocols, smtp_tls_mandatory_protocols,
@@ -241,8 +242,16 @@ class Agent:
         protocols = {p.lower() for p in config.get_list("inet_protocols")}
         families = ("ipv4", "ipv6") if "all" in protocols else tuple(
             f for f in ("ipv4", "ipv6") if f in protocols)
+        dns_level = config.get(param_name(protocol, "dns_support_level")).strip().lower() \
+            or ("disabled" if config.get_bool("disable_dns_lookups") else "enabled")
+        if dns_level == "dnssec":
+            log.warning(f"{param_name(protocol, 'dns_support_level')} = dnssec: no validating "
+                        f"resolver: using \"enabled\"")
+        use_dns = dns_level != "disabled"  # else native lookups only, as Postfix
+        lookups = {m.lower() for m in config.get_list(param_name(protocol, "host_lookup"))}
         self.policy = nexthop.Policy(
-            families=families or ("ipv4",),
+            families=families or ("ipv4",), dns=use_dns,
+            host_dns=use_dns and "dns" in lookups, native="native" in lookups or not use_dns,
             address_limit=config.get_int(param_name(protocol, "mx_address_limit")),
             myhostname=config.get("myhostname"),
             own_addresses=frozenset(networks.interface_addresses(config)))

@@ -25,6 +25,8 @@ DESCRIPTION
     ``host_addresses`` returns the IPv4 and/or IPv6 addresses of a name
     (``families``: "ipv4", "ipv6"), IPv4 first; ``[]`` when the name has
     none of them; an address literal is returned as itself. Errors as above.
+    ``native_addresses`` asks the system's name service instead (getaddrinfo,
+    which reads /etc/hosts), for smtp_host_lookup = native.
 
 REFUSES
     Nothing: every answer is taken as the resolver gives it.
@@ -32,8 +34,10 @@ REFUSES
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
+import socket
 
 import dns.asyncresolver
 import dns.exception
@@ -48,17 +52,20 @@ _resolver: dns.asyncresolver.Resolver | None = None
 class DnsError(Exception):
     """A lookup failed: permanent (the name does not exist) or temporary."""
 
-    def __init__(self, name: str, rtype: str, permanent: bool) -> None:
+    def __init__(self, name: str, rtype: str, permanent: bool, text: str = "",
+                 status: str = "") -> None:
         self.name = name
         self.rtype = rtype
         self.permanent = permanent
-        self.text = (f"Host or domain name not found. Name service error for name={name} "
-                     f"type={rtype}: {NOT_FOUND if permanent else TRY_AGAIN}")
+        self.text = text or (f"Host or domain name not found. Name service error for "
+                             f"name={name} type={rtype}: "
+                             f"{NOT_FOUND if permanent else TRY_AGAIN}")
+        self.status = status  # an enhanced status other than 5.4.4 / 4.4.3
         super().__init__(self.text)
 
     @property
     def dsn(self) -> str:
-        return "5.4.4" if self.permanent else "4.4.3"
+        return self.status or ("5.4.4" if self.permanent else "4.4.3")
 
 
 def resolver() -> dns.asyncresolver.Resolver:
@@ -98,6 +105,36 @@ async def mx_hosts(domain: str) -> list[tuple[int, str]]:
         names = by_pref[pref]
         random.shuffle(names)
         out += [(pref, n) for n in names]
+    return out
+
+
+async def native_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6"),
+                           soft: bool = False) -> list[str]:
+    """The addresses of a host from the system's name service (getaddrinfo: /etc/hosts,
+    then DNS, as nsswitch.conf says), Postfix's smtp_host_lookup = native. ``DnsError``
+    with Postfix's text "unable to look up host H: ..." (4.4.4 for a name that is not
+    found when ``soft``, a soft DNS error having come first, or for EAI_AGAIN, else
+    5.4.4; 4.3.0 or 5.3.0 for other failures) or "H: host not found" when it has no
+    address of ``families``."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None,
+                                                             type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        nohost = e.errno in (socket.EAI_AGAIN, socket.EAI_NONAME,
+                             getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+        soft = soft or e.errno in (socket.EAI_AGAIN, socket.EAI_MEMORY, socket.EAI_SYSTEM)
+        status = ("4.4.4" if nohost else "4.3.0") if soft else ("5.4.4" if nohost else "5.3.0")
+        raise DnsError(host, "A", not soft, f"unable to look up host {host}: {e.strerror}",
+                       status) from None
+    wanted = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+    out: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        addr = str(sockaddr[0]).split("%")[0]
+        if wanted.get(family) in families and addr not in out:
+            out.append(addr)
+    if not out:
+        raise DnsError(host, "A", not soft, f"{host}: host not found",
+                       "4.4.4" if soft else "5.4.4")
     return out
 
 

@@ -17,7 +17,12 @@ DESCRIPTION
     ``servers`` returns a ``Route``: ``Peer``s for ``pymailsys.smtp.client``
     (and ``found_self``: this machine is one of the MX hosts); for a
     domain, the addresses of its MX hosts by preference (``dns.mx_hosts``),
-    or of the domain itself when it has no MX record; at most
+    or of the domain itself when it has no MX record (or does not exist: the
+    address lookup decides, as Postfix); with ``Policy.dns`` off
+    (smtp_dns_support_level = disabled, disable_dns_lookups) no MX lookup at
+    all. Addresses come from the DNS and/or, with ``Policy.native``
+    (smtp_host_lookup = native), the system's name service (/etc/hosts),
+    which is asked when the DNS does not know the name; at most
     ``Policy.address_limit`` addresses (smtp_mx_address_limit, 0 = no limit).
     Loop detection (``Destination.loop_detect``: SMTP to port 25, as
     Postfix's SMTP_MISC_FLAG_LOOP_DETECT): when one of the MX hosts is this
@@ -79,6 +84,9 @@ class Route:
 @dataclass(frozen=True)
 class Policy:
     families: tuple[str, ...] = ("ipv4", "ipv6")
+    dns: bool = True  # MX lookups (smtp_dns_support_level, disable_dns_lookups)
+    host_dns: bool = True  # addresses from the DNS (smtp_host_lookup = dns)
+    native: bool = False  # addresses from the system's name service (smtp_host_lookup)
     address_limit: int = 5
     myhostname: str = ""
     own_addresses: frozenset[str] = field(default_factory=frozenset)
@@ -132,16 +140,18 @@ async def servers(dest: Destination, policy: Policy) -> Route:
     if dest.path:
         return Route([Peer(policy.myhostname, path=dest.path)])
     hosts: list[tuple[int, str]] = []
-    if dest.use_mx:
+    if dest.use_mx and policy.dns:
         try:
             hosts = await dns.mx_hosts(dest.host)
         except dns.DnsError as e:
-            raise RouteError(e.text, e.dsn) from None
+            if not e.permanent:
+                raise RouteError(e.text, e.dsn) from None
+            # NXDOMAIN: the address lookup decides, as Postfix's DNS_NOTFOUND
         if dns.is_null_mx(hosts):
             raise RouteError(f"Domain {dest.host} does not accept mail (nullMX)", "5.1.0")
     if not hosts:
         try:
-            addrs = await dns.host_addresses(dest.host, policy.families)
+            addrs = await _addresses(dest.host, policy)
         except dns.DnsError as e:
             raise RouteError(e.text, e.dsn) from None
         if not addrs:
@@ -160,7 +170,7 @@ async def servers(dest: Destination, policy: Policy) -> Route:
         if own_pref is not None and pref >= own_pref:
             break
         try:
-            addrs = await dns.host_addresses(host, policy.families)
+            addrs = await _addresses(host, policy)
         except dns.DnsError as e:
             if error is None or error.permanent:  # a soft error dominates, as Postfix
                 error = e
@@ -183,6 +193,21 @@ async def servers(dest: Destination, policy: Policy) -> Route:
         raise RouteError(f"Host or domain name not found. Name service error for "
                          f"name={dest.host} type=MX: no usable MX host", "4.4.3")
     return Route(_limit(peers, policy.address_limit), own_pref is not None)
+
+
+async def _addresses(host: str, policy: Policy) -> list[str]:
+    """A host's addresses by the lookup methods of the policy, as Postfix's smtp_addr_one:
+    the DNS, then (when the DNS does not know the name) the system's name service."""
+    if policy.host_dns:
+        try:
+            addrs = await dns.host_addresses(host, policy.families)
+        except dns.DnsError as e:
+            if not policy.native or not e.permanent:
+                raise
+            addrs = []
+        if addrs or not policy.native:
+            return addrs
+    return await dns.native_addresses(host, policy.families)
 
 
 def _pref_of(peer: Peer, hosts: list[tuple[int, str]]) -> int:
