@@ -168,15 +168,23 @@ def test_large_message_streams_intact(new_instance, sink) -> None:  # type: igno
     assert dump.partition(b"\n\n")[2] == body.replace(b"\r\n", b"\n") + b"\n"
 
 
-def test_cached_connection_is_reused(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("settings, reused", [
+    ({}, True),
+    ({"smtp_connection_cache_on_demand": "no"}, False),
+    ({"smtp_connection_cache_on_demand": "no",
+      "smtp_connection_cache_destinations": "other.example, 127.0.0.1"}, True),
+])
+def test_cached_connection_is_reused(new_instance, sink, settings, reused) -> None:  # type: ignore[no-untyped-def]
+    """A connection that delivered is kept for the next request, as Postfix: with
+    smtp_connection_cache_on_demand, or for smtp_connection_cache_destinations."""
     sink.start()
     inst: Instance = new_instance()
-    relay_to(inst, sink.port, smtp_connection_cache_time_limit="60s")
+    relay_to(inst, sink.port, smtp_connection_cache_time_limit="60s", **settings)
     inst.start()
     for i in range(3):
         queue_id = inst.send("alice@example.org", f"r{i}@remote.example",
                              f"Subject: {i}\r\n\r\nm{i}\r\n")
-        use = f", conn_use={i + 1}" if i else ""
+        use = f", conn_use={i + 1}" if i and reused else ""
         inst.wait_log(rf"{queue_id}: to=<r{i}@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
                       rf"{sink.port}{use}, delay=.*status=sent")
     sink.wait_dumps(3)

@@ -673,6 +673,12 @@ _TABLE: list[Param] = [
     _p("lmtp_mx_address_limit", "5", "int", "addresses tried per delivery (0: no limit)"),
     _p("smtp_mx_session_limit", "2", "int", "sessions past the greeting per delivery (0: no limit)"),
     _p("lmtp_mx_session_limit", "2", "int", "sessions past the greeting per delivery (0: no limit)"),
+    *[_p(f"{proto}_connection_cache_on_demand", "yes", "bool",
+         "keep connections that delivered for the next request (no: only the "
+         "connection_cache_destinations)") for proto in ("smtp", "lmtp")],
+    *[_p(f"{proto}_connection_cache_destinations", "", "list",
+         "nexthop domains whose connections are always kept (names, /file, type:table)")
+      for proto in ("smtp", "lmtp")],
     _p("smtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("lmtp_connection_cache_time_limit", "2s", "time", "how long an idle connection is kept"),
     _p("smtp_connection_reuse_time_limit", "300s", "time", "how long a connection is reused"),

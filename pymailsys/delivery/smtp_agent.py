@@ -44,6 +44,8 @@ DESCRIPTION
     that ETRN and ``postqueue -s`` can send that mail at once.
 
     A connection that delivered is kept (after RSET) for the same nexthop
+    (with smtp_connection_cache_on_demand, or when the nexthop's domain is in
+    smtp_connection_cache_destinations)
     for smtp_connection_cache_time_limit seconds of idleness and reused for
     the next request until smtp_connection_reuse_time_limit has passed since
     it was opened; the log line of a delivery over a reused connection
@@ -78,6 +80,7 @@ CONFIGURATION PARAMETERS
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay, smtp_host_lookup,
     smtp_dns_support_level, disable_dns_lookups,
+    smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
     smtp_tls_CApath, smtp_tls_protocols, smtp_tls_mandatory_protocols,
@@ -105,6 +108,7 @@ from typing import Any
 
 from pymailsys import log
 from pymailsys.address import networks
+from pymailsys.address.resolve import DomainList
 from pymailsys.config import Config
 from pymailsys.content import downgrade
 from pymailsys.delivery.agent import (
@@ -122,6 +126,7 @@ from pymailsys.ipc import flush, services
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.log import printable
+from pymailsys.maps import TableError
 from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
 from pymailsys.queue.status_log import ACTION_DELIVERED, ACTION_RELAYED
@@ -238,6 +243,9 @@ class Agent:
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
         self.relayhost = config.get("relayhost").strip()
         self.cache_idle = seconds("connection_cache_time_limit")
+        self.cache_on_demand = config.get_bool(param_name(protocol, "connection_cache_on_demand"))
+        name = param_name(protocol, "connection_cache_destinations")
+        self.cache_destinations = DomainList(config.get_list(name), name=name, strings=True)
         self.reuse_limit = seconds("connection_reuse_time_limit")
         protocols = {p.lower() for p in config.get_list("inet_protocols")}
         families = ("ipv4", "ipv6") if "all" in protocols else tuple(
@@ -323,6 +331,7 @@ class Agent:
         last: client.SessionError | nexthop.RouteError | None = None
         last_relay = "none"
         sessions = 0
+        cacheable = self.caches(dest.host)
         sites = _Sites()
         soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
         async with contextlib.aclosing(self.sessions(req.nexthop, dest, policy, sites)) \
@@ -366,7 +375,7 @@ class Agent:
                 for n, i in enumerate(pending):
                     relays[i], uses[i] = peer.relay, session.uses
                     self._take(i, outcome, n, peer, session, results, soft)
-                await self.release(req.nexthop, session, keep=True)
+                await self.release(req.nexthop, session, keep=True, cache=cacheable)
                 if all(r is not None for r in results):
                     break
         final: list[DeliveryResult] = []
@@ -490,10 +499,23 @@ class Agent:
                 return entry.session
         return None
 
-    async def release(self, key: str, session: client.Session, keep: bool) -> None:
-        """Return a session to the cache (after RSET) or close it."""
+    def caches(self, domain: str) -> bool:
+        """Whether connections to this nexthop domain are kept, as Postfix's
+        smtp_cache_policy: those of smtp_connection_cache_destinations always, the others
+        with smtp_connection_cache_on_demand."""
+        if self.cache_destinations:
+            try:
+                if self.cache_destinations.match(domain):
+                    return True
+            except TableError as e:
+                log.warning(f"{self.cache_destinations.name}: {e}")
+        return self.cache_on_demand
+
+    async def release(self, key: str, session: client.Session, keep: bool,
+                      cache: bool = True) -> None:
+        """Return a session to the cache (after RSET, when ``cache``) or close it."""
         opened = session.opened
-        if keep and time.monotonic() - opened < self.reuse_limit and self.cache_idle > 0 \
+        if keep and cache and time.monotonic() - opened < self.reuse_limit and self.cache_idle > 0 \
                 and await session.reset():
             self.cache.setdefault(key, []).append(_Cached(session, opened, time.monotonic()))
             return
