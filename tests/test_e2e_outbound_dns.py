@@ -134,17 +134,23 @@ def test_aaaa_only_destination(new_instance, netns) -> None:  # type: ignore[no-
 
 def test_relayhost_lookup_failure_defers_and_literal_loops(new_instance, netns) -> None:  # type: ignore[no-untyped-def]
     """As Postfix: a relayhost that does not resolve is a configuration problem (4.3.5,
-    deferred, not bounced); a [literal] nexthop on port 25 that is us is a loop (5.4.6)."""
+    deferred, not bounced); a [literal] nexthop on port 25 that is us is a loop (5.4.6);
+    an IPv6 literal with inet_protocols = ipv4 is not used."""
     inst = _started(new_instance, netns, inet_protocols="ipv4", relayhost="[gone.test]",
-                    transport_maps=f"inline:{{ loop.example=smtp:[{SELF}] }}")
+                    transport_maps=f"inline:{{ loop.example=smtp:[{SELF}], "
+                                   f"v6.example=smtp:[{V6HOST}] }}")
     inst.tool("sendmail", "-f", "alice@example.org", "r@remote.example", "l@loop.example",
-              input="Subject: relayhost\n\nnowhere\n", check=True)
+              "w@v6.example", input="Subject: relayhost\n\nnowhere\n", check=True)
     inst.wait_log(r"warning: relayhost configuration problem")
     inst.wait_log(r"to=<r@remote\.example>, relay=none, .*dsn=4\.3\.5, status=deferred "
                   r"\(Host or domain name not found\. Name service error for name=gone\.test "
                   r"type=A: Host not found\)")
     inst.wait_log(r"to=<l@loop\.example>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for 127\.0\.0\.1 loops back to myself\)")
+    # inet_protocols = ipv4: an IPv6 literal is not reachable (a sink listens there)
+    inst.wait_log(r"to=<w@v6\.example>, relay=none, .*dsn=5\.4\.4, status=bounced \(Host or "
+                  r"domain name not found\. Name service error for name=fd00::25 type=A: Host "
+                  r"not found\)")
 
 
 def test_session_limit_is_per_site_and_fallback_relay_still_tried(new_instance, netns) -> None:  # type: ignore[no-untyped-def]

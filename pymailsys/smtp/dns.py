@@ -24,7 +24,8 @@ DESCRIPTION
 
     ``host_addresses`` returns the IPv4 and/or IPv6 addresses of a name
     (``families``: "ipv4", "ipv6"), IPv4 first; ``[]`` when the name has
-    none of them; an address literal is returned as itself. Errors as above.
+    none of them; an address literal is returned as itself, when its family is
+    enabled (else it is a name not found, as Postfix). Errors as above.
     ``native_addresses`` asks the system's name service instead (getaddrinfo,
     which reads /etc/hosts), for smtp_host_lookup = native.
 
@@ -147,9 +148,13 @@ def is_null_mx(hosts: list[tuple[int, str]]) -> bool:
 async def host_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6")) -> list[str]:
     """The addresses of a host name (or the literal itself); see the module docstring."""
     try:
-        return [str(ipaddress.ip_address(host))]
+        literal = ipaddress.ip_address(host)
     except ValueError:
-        pass
+        literal = None
+    if literal is not None:  # as Postfix: only of an enabled family (inet_protocols)
+        if f"ipv{literal.version}" in families:
+            return [str(literal)]
+        raise DnsError(host, "A" if "ipv4" in families else "AAAA", permanent=True)
     out: list[str] = []
     error: DnsError | None = None
     for family, rtype in (("ipv4", "A"), ("ipv6", "AAAA")):
