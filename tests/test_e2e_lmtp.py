@@ -106,6 +106,22 @@ def test_mailbox_transport_that_is_not_there_defers(new_instance) -> None:  # ty
                   r"status=deferred \(mail transport unavailable\)$")
 
 
+def test_lmtp_unix_obeys_a_required_tls_level(new_instance, lmtp_sink) -> None:  # type: ignore[no-untyped-def]
+    """lmtp_tls_security_level = encrypt holds over a Unix socket too: a server that does
+    not offer STARTTLS gets nothing in plaintext, as Postfix's smtp_connect_local (which
+    only turns "may" into "none" there)."""
+    sink = lmtp_sink("unix:SOCKET")
+    inst: Instance = new_instance()
+    inst.set(mailbox_transport=f"lmtp:unix:{sink.socket}", lmtp_tls_security_level="encrypt")
+    inst.start()
+    rcpt = f"{ME}@localhost"
+    queue_id = inst.send("alice@example.org", rcpt, b"Subject: secret\r\n\r\nsecret\r\n")
+    inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<{rcpt}>, relay=none, .*dsn=4\.7\.4, "
+                  rf"status=deferred \(TLS is required, but was not offered by host \S+"
+                  rf"\[{re.escape(str(sink.socket))}\]\)")
+    assert not sink.dumps()
+
+
 def test_lmtp_inet_transport_several_recipients(new_instance, lmtp_sink) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     sink = lmtp_sink(f"127.0.0.1:{port}")

@@ -460,13 +460,20 @@ class Agent:
                 if e.dsn.endswith(".4.6") or e.text.startswith("unable to find primary"):
                     return  # as Postfix: the fallback would only make a loop worse
                 continue
+            peer_policy, domain = site_policy, site.host
+            if site.path:  # as Postfix's smtp_connect_local: a required level stays
+                domain = self.policy.myhostname
+                if site_policy.level == "may":
+                    log.warning("smtp_connect_local: opportunistic TLS encryption is not "
+                                "appropriate for unix-domain destinations.")
+                    peer_policy = tls.Policy()
             for peer in route.peers:
                 if sites.exhausted:
                     break
-                session, error = await self.open(peer, site_policy, site.host)
-                if error is not None and error.tls_failed and site_policy.level == "may":
+                session, error = await self.open(peer, peer_policy, domain)
+                if error is not None and error.tls_failed and peer_policy.level == "may":
                     # as Postfix: after a failed handshake at level may, plaintext to the same server
-                    session, error = await self.open(peer, tls.Policy(), site.host)
+                    session, error = await self.open(peer, tls.Policy(), domain)
                 if error is not None:
                     yield peer, None, error
                     continue
