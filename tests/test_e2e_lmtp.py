@@ -116,7 +116,8 @@ def test_lmtp_unix_obeys_a_required_tls_level(new_instance, lmtp_sink) -> None: 
     inst.start()
     rcpt = f"{ME}@localhost"
     queue_id = inst.send("alice@example.org", rcpt, b"Subject: secret\r\n\r\nsecret\r\n")
-    inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<{rcpt}>, relay=none, .*dsn=4\.7\.4, "
+    inst.wait_log(rf"postfix/lmtp\[\d+\]: {queue_id}: to=<{rcpt}>, relay=\S+\[{re.escape(str(sink.socket))}\], "
+                  rf".*dsn=4\.7\.4, "
                   rf"status=deferred \(TLS is required, but was not offered by host \S+"
                   rf"\[{re.escape(str(sink.socket))}\]\)")
     assert not sink.dumps()

@@ -398,7 +398,8 @@ def test_tls_encrypt_crosses_in_tls_and_waits_for_a_peer_without_starttls(  # ty
                       rf"\(\d+/\d+ bits\)")
         inst.wait_log(rf"{queue_id}: to=<x@tls.example>, .*status=sent \(250 2\.0\.0 Ok")
         assert recorder.over_tls == [True]
-        inst.wait_log(rf"{queue_id}: to=<y@plain.example>, relay=none, .*dsn=4\.7\.4, "
+        inst.wait_log(rf"{queue_id}: to=<y@plain.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                      rf"{plain.port}, .*dsn=4\.7\.4, "
                       rf"status=deferred \(TLS is required, but was not offered by host "
                       rf"127\.0\.0\.1\[127\.0\.0\.1\]\)")
         assert plain_recorder.envelopes == []  # nothing crossed in plaintext

@@ -158,7 +158,7 @@ def test_verify_and_secure_defer_what_they_cannot_verify(
     inst.start()
     queue_id = inst.send(LOCAL, "x@x.example", b"Subject: not verified\r\n\r\nbody\r\n")
     inst.wait_log(r"postfix/smtp\[\d+\]: " + logged.format(addr=f"{ADDR}:{peer.port}"))
-    inst.wait_log(rf"{queue_id}: to=<x@x\.example>, relay=none, .*dsn=4\.7\.5, "
+    inst.wait_log(rf"{queue_id}: to=<x@x\.example>, relay={ADDR}:{peer.port}, .*dsn=4\.7\.5, "
                   rf"status=deferred \({reason}\)")
     assert peer.recorder.over_tls == []
 
@@ -357,7 +357,7 @@ def test_starttls_refused_or_failing(new_instance, pki) -> None:  # type: ignore
                       rf"\(TLS is required, but host {ADDR} refused to start TLS: 454 4\.7\.0 "
                       rf"TLS not available due to local problem\)")
         inst.wait_log(rf"{queue_id}: to=<x@r-may\.example>, .*status=sent")
-        inst.wait_log(rf"{queue_id}: to=<x@s-enc\.example>, relay=none, .*dsn=4\.7\.5, "
+        inst.wait_log(rf"{queue_id}: to=<x@s-enc\.example>, relay=\S+:\d+, .*dsn=4\.7\.5, "
                       rf"status=deferred \(Cannot start TLS: handshake failure\)")
         inst.wait_log(rf"{queue_id}: to=<x@s-may\.example>, .*status=sent")
         over_tls = {name: peer.handler.over_tls for name, (peer, _) in cases.items()}

@@ -339,8 +339,8 @@ class Agent:
             async for peer, session, error in attempts:
                 if error is not None:
                     last = error
-                    last_relay = peer.relay if peer is not None and getattr(
-                        error, "reply", None) is not None else "none"
+                    last_relay = peer.relay if peer is not None and isinstance(
+                        error, client.SessionError) and error.connected else "none"
                     if isinstance(error, client.SessionError) and not error.retry_other:
                         break
                     continue

@@ -190,13 +190,16 @@ class SessionError(Exception):
     """The session with this server failed; see the module docstring."""
 
     def __init__(self, text: str, reply: Reply | None = None, retry_other: bool = True,
-                 dsn: str = "", tls_failed: bool = False) -> None:
+                 dsn: str = "", tls_failed: bool = False, connected: bool = True) -> None:
         super().__init__(text)
         self.text = text
         self.reply = reply
         self.retry_other = retry_other
         self._dsn = dsn
         self.tls_failed = tls_failed  # the TLS handshake failed: the connection is lost
+        # False: no connection was made; else the log's relay= names the server (Postfix
+        # logs the session's host[addr]:port for every failure after the connect)
+        self.connected = connected
         # Raised inside a transaction: the recipients whose fate a reply already decided
         # (``Outcome.replies[i]`` not None: a refused RCPT TO, an LMTP end-of-data
         # reply), as Postfix's smtp_rcpt_fail/smtp_rcpt_done mark them as replies come.
@@ -713,11 +716,13 @@ async def connect(peer: Peer, settings: Settings, tls_policy: tls.Policy | None 
             opener = _open_inet(peer, settings.source, settings.bind_enforce)
         reader, writer = await asyncio.wait_for(opener, timeout)
     except BindError:
-        raise SessionError("server configuration error", dsn="4.4.0") from None
+        raise SessionError("server configuration error", dsn="4.4.0", connected=False) from None
     except TimeoutError:
-        raise SessionError(f"connect to {where}: Connection timed out", dsn="4.4.1") from None
+        raise SessionError(f"connect to {where}: Connection timed out", dsn="4.4.1",
+                           connected=False) from None
     except OSError as e:
-        raise SessionError(f"connect to {where}: {e.strerror or e}", dsn="4.4.1") from None
+        raise SessionError(f"connect to {where}: {e.strerror or e}", dsn="4.4.1",
+                           connected=False) from None
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
