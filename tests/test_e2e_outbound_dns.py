@@ -48,6 +48,8 @@ def netns() -> Iterator[Netns]:
                   # one MX host fails temporarily, the other does not exist
                   "--mx-host=mixed.test,mx.fail.test,10", "--mx-host=mixed.test,gone.test,20",
                   f"--host-record=aself.test,{SELF}",  # no MX, the A record is us
+                  # the only MX host exists but has no address record
+                  "--mx-host=noaddr.test,mx.noaddr.test,10", "--txt-record=mx.noaddr.test,x",
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
                   "--dns-rr=halfnull.test,15,000000",  # a null MX among other MX records
                   "--mx-host=halfnull.test,mx2.mx.test,20",
@@ -78,7 +80,7 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     inst = _started(new_instance, netns, inet_protocols="ipv4", maximal_queue_lifetime="1h")
     rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
              "f@self.test", "g@soft.test", "i@prim.test", "j@mixed.test", "k@aself.test",
-             "m@halfnull.test"]
+             "m@halfnull.test", "o@noaddr.test"]
     inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
               input="Subject: dns\n\nrouted by DNS\n", check=True)
     # MX by preference: mx1 refuses, mx2 takes it
@@ -108,6 +110,11 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     inst.wait_log(r"to=<j@mixed\.test>, relay=none, .*dsn=4\.4\.3, status=deferred \(Host or "
                   r"domain name not found\. Name service error for name=mx\.fail\.test type=A: "
                   r"Host not found, try again\)")
+    # no MX host with an address: a hard error, as Postfix (not deferred for days)
+    inst.wait_log(r"warning: no MX host for noaddr\.test has a valid address record")
+    inst.wait_log(r"to=<o@noaddr\.test>, relay=none, .*dsn=5\.4\.4, status=bounced \(Host or "
+                  r"domain name not found\. Name service error for name=mx\.noaddr\.test type=A: "
+                  r"Host found but no data record of requested type\)")
     # no MX, and the domain's address is ours: a loop, not a connection to ourselves
     inst.wait_log(r"to=<k@aself\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for aself\.test loops back to myself\)")

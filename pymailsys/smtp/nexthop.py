@@ -36,9 +36,11 @@ DESCRIPTION
     others, as Postfix's dns_lookup): ``RouteError`` "Domain D does not
     accept mail (nullMX)" (5.1.0, Postfix's status). A failed lookup:
     ``RouteError`` with the DNS text and 4.4.3 or 5.4.4 (``dns.DnsError``).
-    An MX host that does not resolve is skipped; when none resolves, the
-    first temporary error is the route's (a soft error dominates hard ones,
-    as Postfix), else the last permanent one.
+    An MX host that does not resolve (or has no address record: a hard
+    error, "Host found but no data record of requested type") is skipped;
+    when none resolves ("warning: no MX host for D has a valid address
+    record"), the first temporary error is the route's (a soft error
+    dominates hard ones, as Postfix), else the last permanent one.
 
 REFUSES
     A nexthop with an empty host or a port that is not a number or a known
@@ -51,6 +53,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from pymailsys import log
 from pymailsys.smtp import dns
 from pymailsys.smtp.client import Peer
 
@@ -155,9 +158,7 @@ async def servers(dest: Destination, policy: Policy) -> Route:
         except dns.DnsError as e:
             raise RouteError(e.text, e.dsn) from None
         if not addrs:
-            raise RouteError(f"Host or domain name not found. Name service error for "
-                             f"name={dest.host} type=A: Host found but no data record of "
-                             f"requested type", "5.4.4")
+            raise RouteError(_no_data(dest.host, "A"), "5.4.4")
         if dest.loop_detect and any(a in policy.own_addresses for a in addrs):
             raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
         return Route(_limit([Peer(dest.host, a, dest.port) for a in addrs],
@@ -175,7 +176,13 @@ async def servers(dest: Destination, policy: Policy) -> Route:
             if error is None or error.permanent:  # a soft error dominates, as Postfix
                 error = e
             continue
-        if addrs and best_found is None:
+        if not addrs:  # the name exists without an address: a hard error, as Postfix
+            if error is None or error.permanent:
+                error = dns.DnsError(host, "A" if "ipv4" in policy.families else "AAAA", True,
+                                     _no_data(host, "A" if "ipv4" in policy.families
+                                              else "AAAA"))
+            continue
+        if best_found is None:
             best_found = pref
         if dest.loop_detect and (host.lower() == policy.myhostname.lower() or any(
                 a in policy.own_addresses for a in addrs)):
@@ -188,6 +195,7 @@ async def servers(dest: Destination, policy: Policy) -> Route:
             raise RouteError(f"unable to find primary relay for {dest.host}", "4.4.4")
         raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
     if not peers:
+        log.warning(f"no MX host for {dest.host} has a valid address record")
         if error is not None:
             raise RouteError(error.text, error.dsn)
         raise RouteError(f"Host or domain name not found. Name service error for "
@@ -208,6 +216,11 @@ async def _addresses(host: str, policy: Policy) -> list[str]:
         if addrs or not policy.native:
             return addrs
     return await dns.native_addresses(host, policy.families)
+
+
+def _no_data(name: str, rtype: str) -> str:
+    return (f"Host or domain name not found. Name service error for name={name} "
+            f"type={rtype}: Host found but no data record of requested type")
 
 
 def _pref_of(peer: Peer, hosts: list[tuple[int, str]]) -> int:
