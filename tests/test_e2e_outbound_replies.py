@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import time
 
 from harness import ME, Instance
 from scripted_smtp import HANG_UP, ScriptedServer
@@ -246,3 +247,25 @@ def test_reply_text_as_postfix_keeps_it(new_instance) -> None:  # type: ignore[n
         (line,) = inst.wait_log(rf"{long_id}: to=<x@long\.example>, .*status=bounced")
         assert "a" * 590 in line and "a" * 601 not in line and "bbb" not in line, line
         assert "\ufffd" not in inst.log()
+
+
+def test_end_of_data_reply_waits_smtp_data_done_timeout(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtp_data_done_timeout bounds the wait for the end-of-data reply: a server slower
+    than that defers the mail with Postfix's reason (the message may arrive twice)."""
+    def slow(_line: bytes) -> bytes:
+        time.sleep(6)  # the server's thread: this session only
+        return b"250 2.0.0 Ok: too late\r\n"
+
+    with ScriptedServer(eod=slow) as server:
+        inst: Instance = new_instance()
+        route(inst, slow=server)
+        inst.set(smtp_data_done_timeout="2s")
+        inst.start()
+        queue_id = inst.send(LOCAL, "x@slow.example", b"Subject: slow\r\n\r\nbody\r\n")
+        (line,) = inst.wait_log(rf"{queue_id}: to=<x@slow\.example>, relay=127\.0\.0\.1"
+                                rf"\[127\.0\.0\.1\]:{server.port}, .*dsn=4\.4\.2, "
+                                r"status=deferred \(conversation with 127\.0\.0\.1\[127\.0\.0\.1\] "
+                                r"timed out while sending end of data -- message may be sent "
+                                r"more than once\)")
+        delay = float(re.search(r"delay=([\d.]+)", line).group(1))  # type: ignore[union-attr]
+        assert delay < 5.5
