@@ -12,6 +12,7 @@ instance's Unix sockets, which do not depend on the network namespace.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +49,7 @@ def netns() -> Iterator[Netns]:
                   # one MX host fails temporarily, the other does not exist
                   "--mx-host=mixed.test,mx.fail.test,10", "--mx-host=mixed.test,gone.test,20",
                   f"--host-record=aself.test,{SELF}",  # no MX, the A record is us
+                  f"--host-record=dual.test,{AHOST},{V6HOST}",  # both families, both sinks
                   # the only MX host exists but has no address record
                   "--mx-host=noaddr.test,mx.noaddr.test,10", "--txt-record=mx.noaddr.test,x",
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
@@ -188,3 +190,24 @@ def test_host_lookup_native_and_dns_disabled(new_instance, netns, settings, mx_t
     inst.wait_log(r"to=<p@hostsonly\.test>, relay=hostsonly\.test\[127\.0\.0\.12\]:25, "
                   r".*status=sent")
     inst.wait_log(r"to=<q@mx\.test>, " + mx_test)
+
+
+@pytest.mark.parametrize("preference, relays", [
+    ("ipv6", {f"[{V6HOST}]"}),
+    ("ipv4", {f"[{AHOST}]"}),
+    ("any", {f"[{V6HOST}]", f"[{AHOST}]"}),  # smtp_randomize_addresses: both, in time
+])
+def test_address_preference_and_randomized_addresses(new_instance, netns, preference,
+                                                      relays) -> None:  # type: ignore[no-untyped-def]
+    """smtp_address_preference puts a family first; with "any" the addresses of equal
+    preference are shuffled (smtp_randomize_addresses), as Postfix's smtp_domain_addr."""
+    inst = _started(new_instance, netns, inet_protocols="all", smtp_address_preference=preference,
+                    smtp_connection_cache_on_demand="no")
+    count = 16  # with "any", one address for all of them: a chance of 2 in 65536
+    for i in range(count):
+        inst.tool("sendmail", "-f", "alice@example.org", f"u{i}@dual.test",
+                  input=f"Subject: {i}\n\nwhich family?\n", check=True)
+    lines = inst.wait_log(r"to=<u\d+@dual\.test>, relay=dual\.test\[\S+\]:25, .*status=sent",
+                          count=count)
+    assert {re.search(r"relay=dual\.test(\[\S+\]):25", line).group(1)  # type: ignore[union-attr]
+            for line in lines} == relays

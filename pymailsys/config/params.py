@@ -634,6 +634,11 @@ _TABLE: list[Param] = [
     *[_p(f"{proto}_bind_address{six}", "",
          doc=f"the local IPv{6 if six else 4} address {proto} connects from")
       for proto in ("smtp", "lmtp") for six in ("", "6")],
+    *[_p(f"{proto}_randomize_addresses", "yes", "bool",
+         f"{proto}: shuffle server addresses of equal preference") for proto in ("smtp", "lmtp")],
+    *[_p(f"{proto}_address_preference", "any", "enum",
+         f"{proto}: the address family tried first among equals", choices=("any", "ipv4", "ipv6"))
+      for proto in ("smtp", "lmtp")],
     _p("disable_dns_lookups", "no", "bool",
        "no DNS in the smtp and lmtp clients (with their dns_support_level empty)"),
     *[_p(f"{proto}_host_lookup", "dns", "list",

@@ -79,7 +79,8 @@ CONFIGURATION PARAMETERS
     smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
     smtp_quit_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay, smtp_host_lookup,
-    smtp_dns_support_level, disable_dns_lookups,
+    smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
+    smtp_address_preference,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
@@ -260,6 +261,8 @@ class Agent:
         self.policy = nexthop.Policy(
             families=families or ("ipv4",), dns=use_dns,
             host_dns=use_dns and "dns" in lookups, native="native" in lookups or not use_dns,
+            randomize=config.get_bool(param_name(protocol, "randomize_addresses")),
+            address_preference=config.get(param_name(protocol, "address_preference")).lower(),
             address_limit=config.get_int(param_name(protocol, "mx_address_limit")),
             myhostname=config.get("myhostname"),
             own_addresses=frozenset(networks.interface_addresses(config)))

@@ -22,7 +22,10 @@ DESCRIPTION
     (smtp_dns_support_level = disabled, disable_dns_lookups) no MX lookup at
     all. Addresses come from the DNS and/or, with ``Policy.native``
     (smtp_host_lookup = native), the system's name service (/etc/hosts),
-    which is asked when the DNS does not know the name; at most
+    which is asked when the DNS does not know the name. Addresses of equal
+    preference are shuffled (``Policy.randomize``: smtp_randomize_addresses)
+    and then, with ``Policy.address_preference`` (smtp_address_preference)
+    ipv4 or ipv6, that family's come first; at most
     ``Policy.address_limit`` addresses (smtp_mx_address_limit, 0 = no limit).
     Loop detection (``Destination.loop_detect``: SMTP to port 25, as
     Postfix's SMTP_MISC_FLAG_LOOP_DETECT): when one of the MX hosts is this
@@ -50,6 +53,7 @@ REFUSES
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass, field
 
@@ -90,6 +94,8 @@ class Policy:
     dns: bool = True  # MX lookups (smtp_dns_support_level, disable_dns_lookups)
     host_dns: bool = True  # addresses from the DNS (smtp_host_lookup = dns)
     native: bool = False  # addresses from the system's name service (smtp_host_lookup)
+    randomize: bool = False  # smtp_randomize_addresses: shuffle equal-preference addresses
+    address_preference: str = "any"  # smtp_address_preference: ipv4, ipv6 or any
     address_limit: int = 5
     myhostname: str = ""
     own_addresses: frozenset[str] = field(default_factory=frozenset)
@@ -161,9 +167,9 @@ async def servers(dest: Destination, policy: Policy) -> Route:
             raise RouteError(_no_data(dest.host, "A"), "5.4.4")
         if dest.loop_detect and any(a in policy.own_addresses for a in addrs):
             raise RouteError(f"mail for {dest.host} loops back to myself", "5.4.6")
-        return Route(_limit([Peer(dest.host, a, dest.port) for a in addrs],
-                            policy.address_limit))
-    peers: list[Peer] = []
+        return Route(_limit(_ordered([(0, Peer(dest.host, a, dest.port)) for a in addrs],
+                                     policy), policy.address_limit))
+    peers: list[tuple[int, Peer]] = []
     error: dns.DnsError | None = None
     own_pref: int | None = None
     best_found: int | None = None  # the preference of the first MX host that resolved
@@ -187,9 +193,9 @@ async def servers(dest: Destination, policy: Policy) -> Route:
         if dest.loop_detect and (host.lower() == policy.myhostname.lower() or any(
                 a in policy.own_addresses for a in addrs)):
             own_pref = pref
-            peers = [p for p in peers if _pref_of(p, hosts) < pref]
+            peers = [(p, peer) for p, peer in peers if p < pref]
             continue
-        peers += [Peer(host, a, dest.port) for a in addrs]
+        peers += [(pref, Peer(host, a, dest.port)) for a in addrs]
     if own_pref is not None and not peers:
         if best_found != hosts[0][0]:
             raise RouteError(f"unable to find primary relay for {dest.host}", "4.4.4")
@@ -200,7 +206,7 @@ async def servers(dest: Destination, policy: Policy) -> Route:
             raise RouteError(error.text, error.dsn)
         raise RouteError(f"Host or domain name not found. Name service error for "
                          f"name={dest.host} type=MX: no usable MX host", "4.4.3")
-    return Route(_limit(peers, policy.address_limit), own_pref is not None)
+    return Route(_limit(_ordered(peers, policy), policy.address_limit), own_pref is not None)
 
 
 async def _addresses(host: str, policy: Policy) -> list[str]:
@@ -223,11 +229,19 @@ def _no_data(name: str, rtype: str) -> str:
             f"type={rtype}: Host found but no data record of requested type")
 
 
-def _pref_of(peer: Peer, hosts: list[tuple[int, str]]) -> int:
-    for pref, host in hosts:
-        if host == peer.name:
-            return pref
-    return 0
+def _ordered(peers: list[tuple[int, Peer]], policy: Policy) -> list[Peer]:
+    """By preference, as Postfix's smtp_domain_addr: shuffled first with
+    smtp_randomize_addresses, and within a preference the family of
+    smtp_address_preference first (``any``: no order)."""
+    if policy.randomize:
+        random.shuffle(peers)
+
+    def key(entry: tuple[int, Peer]) -> tuple[int, int]:
+        v6 = ":" in entry[1].addr
+        first = {"ipv4": not v6, "ipv6": v6}.get(policy.address_preference, True)
+        return entry[0], 0 if first else 1
+
+    return [peer for _, peer in sorted(peers, key=key)]
 
 
 def _limit(peers: list[Peer], limit: int) -> list[Peer]:
