@@ -206,6 +206,32 @@ def test_cipher_grades_are_the_cipherlist_parameters(new_instance, pki, peers) -
     inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
 
 
+@pytest.mark.parametrize("exclusion, used", [
+    ({"smtp_tls_mandatory_exclude_ciphers": "AES256"}, "ECDHE-RSA-AES128-GCM-SHA256"),
+    ({"smtp_tls_exclude_ciphers": "AES128"}, "ECDHE-RSA-AES256-GCM-SHA384"),
+    ({"smtp_tls_mandatory_exclude_ciphers": "AES256", "POLICY": "encrypt exclude=AES128"},
+     "ECDHE-RSA-AES256-GCM-SHA384"),  # the table's exclude= replaces the parameters
+])
+def test_cipher_exclusions(new_instance, pki, peers, exclusion, used) -> None:  # type: ignore[no-untyped-def]
+    """smtp_tls_exclude_ciphers, smtp_tls_mandatory_exclude_ciphers and a policy entry's
+    exclude= take ciphers out of the grade's list, as Postfix's set_cipher_grade."""
+    rogue = peers["rogue"]
+    settings = dict(exclusion)
+    entry = settings.pop("POLICY", "")
+    if entry:
+        settings["smtp_tls_policy_maps"] = f"inline:{{ {{{rogue.nexthop} = {entry}}} }}"
+    inst = instance_with_ca(new_instance, pki, smtp_tls_security_level="encrypt",
+                            smtp_tls_mandatory_protocols="TLSv1.2",
+                            tls_medium_cipherlist="ECDHE-RSA-AES128-GCM-SHA256:"
+                                                  "ECDHE-RSA-AES256-GCM-SHA384",
+                            relayhost=rogue.nexthop, **settings)
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: cipher\r\n\r\nbody\r\n")
+    inst.wait_log(rf"Untrusted TLS connection established to {ADDR}:{rogue.port}: TLSv1\.2 "
+                  rf"with cipher {used} ")
+    inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
+
+
 @pytest.mark.parametrize("settings, delivered", [
     ({"smtp_use_tls": "yes"}, True),                                      # may
     ({"smtp_enforce_tls": "yes", "smtp_tls_enforce_peername": "no"}, True),  # encrypt
@@ -305,7 +331,8 @@ def test_policy_lookup_order() -> None:
 @pytest.mark.parametrize("entry", ["bogus", "verify match=", "may match=x", "encrypt foo=bar",
                                    "encrypt protocols=TLSv9", "encrypt ciphers=null",
                                    "encrypt protocols=TLSv1.2 protocols=TLSv1.3",
-                                   "fingerprint match=AA:BB"])
+                                   "fingerprint match=AA:BB", "encrypt exclude=!RC4",
+                                   "encrypt exclude=a exclude=b"])
 def test_bad_policy_entries_defer(entry: str) -> None:
     with pytest.raises(tls.PolicyError) as caught:
         _client_tls(f"{{bad.example = {entry}}}").policy("bad.example")

@@ -19,7 +19,7 @@ DESCRIPTION
     the obsolete ``<prefix>_enforce_tls = yes`` means verify, or encrypt with
     ``<prefix>_tls_enforce_peername = no``, and ``<prefix>_use_tls = yes``
     means may, as Postfix's smtp_tls_policy.c). A table entry is
-    ``level [match=name:name...] [protocols=...] [ciphers=...]``.
+    ``level [match=name:name...] [protocols=...] [ciphers=...] [exclude=...]``.
 
     Levels: ``none`` (no STARTTLS), ``may`` (STARTTLS when offered, no
     verification), ``encrypt`` (TLS required, no verification), ``verify``
@@ -46,7 +46,11 @@ DESCRIPTION
     by commas, spaces or colons. Ciphers: the grades ``high``, ``medium``,
     ``low`` and ``export`` are the OpenSSL lists tls_high_cipherlist,
     tls_medium_cipherlist, tls_low_cipherlist and tls_export_cipherlist (as
-    smtpd's); ``null`` never.
+    smtpd's); ``null`` never. Cipher exclusions (``!name`` appended to the
+    list, as Postfix's tls_set_ciphers): ``<prefix>_tls_exclude_ciphers``,
+    and from ``encrypt`` up ``<prefix>_tls_mandatory_exclude_ciphers`` too,
+    unless the table's ``exclude=`` replaces them; ``eNULL`` at encrypt,
+    ``aNULL`` at verify and secure (set_cipher_grade).
 
     ``summary`` is Postfix's log line (smtp_tls_loglevel >= 1): ``Untrusted
     TLS connection established to host[addr]:25: TLSv1.3 with cipher
@@ -289,6 +293,8 @@ class ClientTls:
     ca_path: str
     loglevel: int
     policy_maps: Maps | None
+    exclude: str = ""  # <prefix>_tls_exclude_ciphers
+    mandatory_exclude: str = ""  # <prefix>_tls_mandatory_exclude_ciphers
     cipherlists: dict[str, str] = field(default_factory=_default_cipherlists)  # grade -> list
 
     @classmethod
@@ -318,15 +324,17 @@ class ClientTls:
                    get("tls_CAfile"), get("tls_CApath"),
                    int(get("tls_loglevel") or 0),
                    maps if maps else None,
+                   get("tls_exclude_ciphers"), get("tls_mandatory_exclude_ciphers"),
                    {grade: config.get(f"tls_{grade}_cipherlist").strip() for grade in GRADES})
 
     def policy(self, nexthop: str) -> Policy:
         """The policy for a request's nexthop; PolicyError (see the module docstring)."""
         level, protocols, grade = self.level, "", ""
+        exclude: str | None = None
         matches: tuple[str, ...] = ()
         found = self._lookup(nexthop.strip().lower())
         if found is not None:
-            level, matches, protocols, grade = found
+            level, matches, protocols, grade, exclude = found
         if level in _UNSUPPORTED:
             log.warning(f"{self.prefix}_tls_security_level {level} for {nexthop} is not "
                         f"supported")
@@ -338,8 +346,19 @@ class ClientTls:
             protocols = self.protocols if level == "may" else self.mandatory_protocols
         if not grade:
             grade = self.ciphers if level == "may" else self.mandatory_ciphers
+        if exclude is None:  # as Postfix's set_cipher_grade: the table's replaces these
+            exclude = self.exclude if level == "may" else \
+                f"{self.exclude} {self.mandatory_exclude}"
+        exclude += {"encrypt": " eNULL", "verify": " aNULL", "secure": " aNULL"}.get(level, "")
+        ciphers = self.cipherlists.get(grade.lower(), "")
+        for word in exclude.replace(":", " ").replace(",", " ").split():
+            if word[0] in "!+-@":
+                log.warning(f"{self.prefix} TLS policy for {nexthop}: invalid unary '!+-@' in "
+                            f"cipher exclusion: {word}")
+                raise _bad_policy()
+            ciphers += f":!{word}" if ciphers else ""
         policy = Policy(level, tuple(matches), protocols, grade, self.ca_file, self.ca_path,
-                        self.loglevel, self.cipherlists.get(grade.lower(), ""))
+                        self.loglevel, ciphers)
         if level != "none":
             try:
                 policy.context()
@@ -348,7 +367,7 @@ class ClientTls:
                 raise _bad_policy() from None
         return policy
 
-    def _lookup(self, site: str) -> tuple[str, tuple[str, ...], str, str] | None:
+    def _lookup(self, site: str) -> tuple[str, tuple[str, ...], str, str, str | None] | None:
         """Postfix's tls_policy_lookup: the nexthop, then (for a bare domain) its parents."""
         if self.policy_maps is None:
             return None
@@ -367,8 +386,9 @@ class ClientTls:
         return None
 
 
-def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str]:
-    """One policy table entry: (level, match patterns, protocols, cipher grade)."""
+def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str, str | None]:
+    """One policy table entry: (level, match patterns, protocols, cipher grade, cipher
+    exclusions or None)."""
     words = value.replace(",", " ").split()
     if not words:
         log.warning(f"{where}: invalid empty policy")
@@ -382,9 +402,10 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
     if level == "none":
         for word in words[1:]:
             log.warning(f'{where}: ignoring attribute "{word}" with TLS disabled')
-        return level, (), "", ""
+        return level, (), "", "", None
     matches: list[str] = []
     protocols = grade = ""
+    exclude: str | None = None
     for word in words[1:]:
         name, eq, val = word.partition("=")
         name = name.lower()
@@ -399,6 +420,11 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
                 log.warning(f'{where}: attribute "{name}" invalid at security level "{level}"')
                 raise _bad_policy()
             matches += [m for m in val.split(":") if m]
+        elif name == "exclude":
+            if exclude is not None:
+                log.warning(f'{where}: attribute "{name}" is specified multiple times')
+                raise _bad_policy()
+            exclude = val
         elif name in ("protocols", "ciphers"):
             if (protocols if name == "protocols" else grade):
                 log.warning(f'{where}: attribute "{name}" is specified multiple times')
@@ -410,4 +436,4 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
         else:
             log.warning(f'{where}: invalid attribute name: "{name}"')
             raise _bad_policy()
-    return level, tuple(matches), protocols, grade
+    return level, tuple(matches), protocols, grade, exclude
