@@ -238,7 +238,10 @@ class Agent:
             mime_limits=downgrade.Limits(config.get_int("mime_nesting_limit"),
                                          config.get_int("mime_boundary_length_limit"),
                                          config.get_size("header_size_limit")))
-        self.tls = tls.ClientTls.from_config(config, protocol)
+        try:
+            self.tls = tls.ClientTls.from_config(config, protocol)
+        except TableError as e:  # a table that cannot be opened: fatal, as Postfix's
+            log.fatal(f"{param_name(protocol, 'tls_policy_maps')}: {e}")
         self.default_port = nexthop.port_number(get("tcp_port"))
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
