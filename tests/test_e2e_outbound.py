@@ -330,6 +330,24 @@ def test_smtp_bind_address_is_the_source(new_instance, aiosmtpd_peer) -> None:  
     assert len(recorder.clients) == 1
 
 
+@pytest.mark.parametrize("settings, fatal", [
+    ({"smtp_tcp_port": "nosuchservice"}, r"smtp_tcp_port: unknown service: nosuchservice/tcp"),
+    ({"smtp_tls_policy_maps": "inline:{ x.example = encrypt }"},
+     r"smtp_tls_policy_maps: missing '=' after attribute name"),
+])
+def test_bad_client_settings_are_fatal_not_a_traceback(new_instance, settings, fatal) -> None:  # type: ignore[no-untyped-def]
+    """smtp_tcp_port that is neither a number nor a service name, or a
+    smtp_tls_policy_maps table that cannot be opened, stops the smtp service with a clear
+    fatal line, as Postfix's find_inet_port and maps_create; the mail waits in the queue."""
+    inst: Instance = new_instance()
+    inst.set(relayhost="[127.0.0.1]", **settings)
+    inst.start()
+    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: fatal\r\n\r\nbody\r\n")
+    inst.wait_log(r"postfix/smtp\[\d+\]: fatal: " + fatal)
+    assert "Traceback" not in inst.log()
+    assert queue_id in inst.tool("postqueue", "-p").stdout
+
+
 def test_unreachable_relayhost_defers(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst: Instance = new_instance()
     port = free_port()  # nothing listens there

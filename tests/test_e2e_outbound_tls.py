@@ -232,19 +232,6 @@ def test_cipher_exclusions(new_instance, pki, peers, exclusion, used) -> None:  
     inst.wait_log(rf"{queue_id}: to=<x@remote\.example>, .*status=sent")
 
 
-def test_a_policy_table_that_cannot_be_opened_is_fatal_not_a_traceback(new_instance) -> None:  # type: ignore[no-untyped-def]
-    """A malformed smtp_tls_policy_maps stops the smtp service with a clear fatal line,
-    as Postfix's; the mail waits in the queue."""
-    inst: Instance = new_instance()
-    inst.set(smtp_tls_policy_maps="inline:{ x.example = encrypt }", relayhost="[127.0.0.1]:9")
-    inst.start()
-    queue_id = inst.send(LOCAL, "x@remote.example", b"Subject: table\r\n\r\nbody\r\n")
-    inst.wait_log(r"postfix/smtp\[\d+\]: fatal: smtp_tls_policy_maps: missing '=' after "
-                  r"attribute name")
-    assert "Traceback" not in inst.log()
-    assert queue_id in inst.tool("postqueue", "-p").stdout
-
-
 @pytest.mark.parametrize("settings, delivered", [
     ({"smtp_use_tls": "yes"}, True),                                      # may
     ({"smtp_enforce_tls": "yes", "smtp_tls_enforce_peername": "no"}, True),  # encrypt

@@ -242,7 +242,10 @@ class Agent:
             self.tls = tls.ClientTls.from_config(config, protocol)
         except TableError as e:  # a table that cannot be opened: fatal, as Postfix's
             log.fatal(f"{param_name(protocol, 'tls_policy_maps')}: {e}")
-        self.default_port = nexthop.port_number(get("tcp_port"))
+        try:
+            self.default_port = nexthop.port_number(get("tcp_port"))
+        except nexthop.RouteError as e:  # as Postfix's find_inet_port: fatal
+            log.fatal(f"{param_name(protocol, 'tcp_port')}: {e.text}")
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
         self.relayhost = config.get("relayhost").strip()
