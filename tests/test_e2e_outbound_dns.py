@@ -55,6 +55,9 @@ def netns() -> Iterator[Netns]:
                   "--dns-rr=null.test,15,000000",  # preference 0, the root: a null MX
                   "--dns-rr=halfnull.test,15,000000",  # a null MX among other MX records
                   "--mx-host=halfnull.test,mx2.mx.test,20",
+                  # more MX records than Postfix takes (100)
+                  "--mx-host=big.test,mx2.mx.test,0",
+                  *[f"--mx-host=big.test,h{i}.big.test,{i + 1}" for i in range(120)],
                   "--server=/fail.test/127.0.0.99"])  # nobody answers there: SERVFAIL
         sink = require_tool("/usr/sbin/smtp-sink")
         for addr in (MX2, AHOST, f"[{V6HOST}]"):  # MX1 has nothing listening: refused
@@ -82,7 +85,7 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     inst = _started(new_instance, netns, inet_protocols="ipv4", maximal_queue_lifetime="1h")
     rcpts = ["a@mx.test", "b@amx.test", "c@null.test", "d@fail.test", "e@nonexistent.test",
              "f@self.test", "g@soft.test", "i@prim.test", "j@mixed.test", "k@aself.test",
-             "m@halfnull.test", "o@noaddr.test"]
+             "m@halfnull.test", "o@noaddr.test", "x@big.test"]
     inst.tool("sendmail", "-f", "alice@example.org", *rcpts,
               input="Subject: dns\n\nrouted by DNS\n", check=True)
     # MX by preference: mx1 refuses, mx2 takes it
@@ -117,6 +120,11 @@ def test_routing_by_dns(new_instance, netns) -> None:  # type: ignore[no-untyped
     inst.wait_log(r"to=<o@noaddr\.test>, relay=none, .*dsn=5\.4\.4, status=bounced \(Host or "
                   r"domain name not found\. Name service error for name=mx\.noaddr\.test type=A: "
                   r"Host found but no data record of requested type\)")
+    # a huge MX answer: cut at 100 records in answer order, as Postfix (which of them
+    # survive is the DNS server's order), and the delivery ends at once
+    inst.wait_log(r"warning: DNS record count limit \(100\) exceeded -- dropping excess "
+                  r"record\(s\) after qname=big\.test qtype=MX")
+    inst.wait_log(r"to=<x@big\.test>, .*status=(sent|bounced)")
     # no MX, and the domain's address is ours: a loop, not a connection to ourselves
     inst.wait_log(r"to=<k@aself\.test>, relay=none, .*dsn=5\.4\.6, status=bounced "
                   r"\(mail for aself\.test loops back to myself\)")

@@ -13,6 +13,11 @@ DESCRIPTION
     ``dns.asyncresolver.Resolver``, made once per process; in a network
     namespace ``ip netns exec`` puts that namespace's resolv.conf there).
 
+    At most RR_LIST_LIMIT (100) records of an answer are used, the rest
+    dropped with Postfix's warning "DNS record count limit (100) exceeded --
+    dropping excess record(s) after qname=N qtype=T", so that a hostile
+    domain's answer does not make one delivery try thousands of hosts.
+
     ``mx_hosts`` returns the MX records sorted by preference, records of
     equal preference in random order (as Postfix shuffles them), ``[]`` when
     the name exists but has no MX records, and ``[(pref, "")]`` for a null
@@ -44,7 +49,10 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from pymailsys import log
+
 NOT_FOUND = "Host not found"
+RR_LIST_LIMIT = 100  # records kept of one answer (Postfix's var_dns_rr_list_limit)
 TRY_AGAIN = "Host not found, try again"
 
 _resolver: dns.asyncresolver.Resolver | None = None
@@ -94,9 +102,18 @@ async def query(name: str, rtype: str) -> list:  # type: ignore[type-arg]
     return list(answer)
 
 
+def _limited(records: list, name: str, rtype: str) -> list:  # type: ignore[type-arg]
+    """At most RR_LIST_LIMIT records, in answer order, as Postfix's dns_rr_append."""
+    if len(records) <= RR_LIST_LIMIT:
+        return records
+    log.warning(f"DNS record count limit ({RR_LIST_LIMIT}) exceeded -- dropping excess "
+                f"record(s) after qname={name} qtype={rtype}")
+    return records[:RR_LIST_LIMIT]
+
+
 async def mx_hosts(domain: str) -> list[tuple[int, str]]:
     """MX records by preference, equal preferences shuffled; see the module docstring."""
-    records = await query(domain, "MX")
+    records = _limited(await query(domain, "MX"), domain, "MX")
     by_pref: dict[int, list[str]] = {}
     for rr in records:
         name = rr.exchange.to_text(omit_final_dot=True)
@@ -161,7 +178,7 @@ async def host_addresses(host: str, families: tuple[str, ...] = ("ipv4", "ipv6")
         if family not in families:
             continue
         try:
-            out += [rr.address for rr in await query(host, rtype)]
+            out += [rr.address for rr in _limited(await query(host, rtype), host, rtype)]
         except DnsError as e:
             if e.permanent:
                 raise

@@ -176,6 +176,8 @@ async def servers(dest: Destination, policy: Policy) -> Route:
     for pref, host in hosts:
         if own_pref is not None and pref >= own_pref:
             break
+        if len(peers) >= dns.RR_LIST_LIMIT:  # as Postfix's smtp_addr_list: enough
+            break
         try:
             addrs = await _addresses(host, policy)
         except dns.DnsError as e:
