@@ -44,8 +44,11 @@ DESCRIPTION
       and relay_domains is local, without a warning, as in Postfix.
     * transport_maps (not for class alias): ``user+ext@domain``,
       ``user@domain``, ``domain``, ``.parent`` ..., ``*``. A value
-      ``transport:nexthop`` replaces what it gives; an empty part keeps the
-      default transport / uses the recipient domain.
+      ``transport:nexthop`` replaces what it gives; an empty transport keeps
+      the class's transport and, without a nexthop, its nexthop (``:`` keeps
+      relayhost); a transport without a nexthop goes to the recipient domain
+      (``error:``/``retry:``: ``Address is undeliverable``), as Postfix's
+      update_entry().
     * ``recipient`` is ``localpart@domain``; without a domain
       ``@$myhostname`` is appended (for a stripped local domain, that one).
     * ``flags``: ROUTED when the result, of any class, still has ``@ % !``
@@ -106,6 +109,7 @@ FLAG_ERROR = 1 << 2  # bad address syntax: no delivery anywhere
 BAD_SYNTAX = "5.1.3 bad address syntax"
 
 ALIAS_NEXTHOP = "5.1.1 User unknown in virtual alias table"
+UNDELIVERABLE = "Address is undeliverable"  # the error/retry nexthop a transport entry left out
 RESOLVE_TTL = 30.0  # seconds an answer is reused, as Postfix's resolve client's cache
 RESOLVE_CACHE_SIZE = 256
 
@@ -432,9 +436,7 @@ class Resolver:
         if class_ != CLASS_ALIAS and self.has_transport_maps:
             found = self._transport_lookup(local, domain)
             if found is not None:
-                t, _, n = found.partition(":")
-                transport = t.strip() or transport
-                nexthop = n.strip() or domain
+                transport, nexthop = transport_entry(found, transport, nexthop, domain)
         return Resolved(class_, transport, nexthop, recipient, flags)
 
     def _transport_lookup(self, local: str, domain: str) -> str | None:
@@ -443,6 +445,22 @@ class Resolver:
         return addr_lookup.lookup_transport(
             self._transport_maps, f"{local}@{domain}", self.delimiter,
             self.transport_parent_style)
+
+
+def transport_entry(value: str, transport: str, nexthop: str, domain: str) -> tuple[str, str]:
+    """(transport, nexthop) after a transport_maps value, as Postfix's update_entry():
+    ``:`` and ``:nexthop`` keep the transport (and, without a nexthop, the nexthop too:
+    relayhost stays); ``transport:`` resets the nexthop to the recipient domain, or, for
+    the error and retry transports, to ``Address is undeliverable``."""
+    new_transport, _, new_nexthop = value.partition(":")
+    new_transport, new_nexthop = new_transport.strip(), new_nexthop.strip()
+    if not new_transport:
+        return transport, new_nexthop or nexthop
+    if new_nexthop:
+        return new_transport, new_nexthop
+    if new_transport in ("error", "retry"):
+        return new_transport, UNDELIVERABLE
+    return new_transport, domain
 
 
 def _strip_dot(domain: str) -> str:
