@@ -18,7 +18,7 @@ transport without a nexthop has no reason of its own).
 
 from __future__ import annotations
 
-from harness import Instance
+from harness import Instance, free_port
 from test_e2e_outbound import sink  # noqa: F401 (the fixture: a running smtp-sink)
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
@@ -39,3 +39,54 @@ def test_empty_transport_entries_keep_or_reset_what_postfix_does(new_instance, s
                   rf"status=bounced \(Address is undeliverable\)")
     inst.wait_log(rf"{queue_id}: to=<u@retry.example>, relay=none, .*dsn=4\.0\.0, "
                   rf"status=deferred \(Address is undeliverable\)")
+
+
+def test_sender_dependent_relayhost_takes_extensions_off_and_dunno_means_relayhost(  # type: ignore[no-untyped-def]
+        new_instance, sink) -> None:  # noqa: F811
+    """Postfix 3.7: the sender is looked up as mail_addr_find() does (user+ext@domain, then
+    user@domain, then @domain); DUNNO is no relayhost of its own: $relayhost applies."""
+    sink.start()
+    inst: Instance = new_instance()
+    dead = free_port()
+    inst.set(relayhost=f"[127.0.0.1]:{dead}", recipient_delimiter="+",
+             sender_dependent_relayhost_maps=f"inline:{{ b@s.example=[127.0.0.1]:{sink.port}, "
+                                             "d@s.example=DUNNO }")
+    inst.start()
+    tagged = inst.send("b+tag@s.example", "x@remote.example", MESSAGE)
+    inst.wait_log(rf"{tagged}: to=<x@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*status=sent")
+    dunno = inst.send("d@s.example", "y@remote.example", MESSAGE)
+    inst.wait_log(rf"{dunno}: to=<y@remote.example>, relay=none, .*status=deferred "
+                  rf"\(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused\)")
+
+
+def test_sender_dependent_default_transport_and_relayhost_precedence(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """As Debian's Postfix 3.7 with relayhost = [127.0.0.1]:DEAD and the table below:
+    s1 goes to its own nexthop, s2 (DUNNO) by default_transport to relayhost, s3+e (found
+    with its extension) to the error transport, anyone at y.example by relay to relayhost:
+
+        to=<u@r1.example>, ... status=deferred (connect to 127.0.0.1[127.0.0.1]:8: ...)
+        to=<u@r2.example>, ... status=deferred (connect to 127.0.0.1[127.0.0.1]:9: ...)
+        to=<u@r3.example>, relay=none, ... dsn=5.7.1, status=bounced (nope)
+        to=<u@r4.example>, ... status=deferred (connect to 127.0.0.1[127.0.0.1]:9: ...)
+    """
+    sink.start()
+    inst: Instance = new_instance()
+    dead = free_port()
+    table = inst.write("etc/sdd", f"s1@x.example smtp:[127.0.0.1]:{sink.port}\n"
+                                  "s2@x.example DUNNO\ns3+e@x.example error:5.7.1 nope\n"
+                                  "@y.example relay\n")
+    inst.set(relayhost=f"[127.0.0.1]:{dead}", recipient_delimiter="+",
+             sender_dependent_default_transport_maps=f"texthash:{table}")
+    inst.start()
+    own = inst.send("s1@x.example", "u@r1.example", MESSAGE)
+    inst.wait_log(rf"{own}: to=<u@r1.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*status=sent")
+    refused = rf"status=deferred \(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused\)"
+    dunno = inst.send("s2@x.example", "u@r2.example", MESSAGE)
+    inst.wait_log(rf"postfix/smtp\[\d+\]: {dunno}: to=<u@r2.example>, relay=none, .*{refused}")
+    error = inst.send("s3+e@x.example", "u@r3.example", MESSAGE)
+    inst.wait_log(rf"{error}: to=<u@r3.example>, relay=none, .*dsn=5\.7\.1, status=bounced \(nope\)")
+    relayed = inst.send("q@y.example", "u@r4.example", MESSAGE)
+    inst.wait_log(rf"{relayed}: to=<u@r4.example>, relay=none, .*{refused}")
+    assert "sender_dependent_default_transport_maps is not implemented" not in inst.log()

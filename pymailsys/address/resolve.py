@@ -31,10 +31,17 @@ DESCRIPTION
     * Transport and nexthop from local_transport / virtual_transport /
       relay_transport / default_transport (``transport:nexthop``); without
       a nexthop there: local uses $myhostname, relay and default use the
-      sender's sender_dependent_relayhost_maps entry (keys: the sender,
-      then ``@domain``; the null sender: empty_address_relayhost_maps_lookup_key)
-      when a sender is given and has one, else $relayhost when set, else the
-      domain; virtual uses the domain.
+      sender's sender_dependent_relayhost_maps entry when a sender is given
+      and has one other than DUNNO, else $relayhost when set, else the
+      domain; virtual uses the domain. For class default, the sender's
+      sender_dependent_default_transport_maps entry (not DUNNO) stands for
+      default_transport, its nexthop before any relayhost. Both tables are
+      searched as Postfix's mail_addr_find(): ``user+ext@domain``,
+      ``user@domain``, ``user+ext`` and ``user`` when the domain is local,
+      ``@domain``; the null sender is the key
+      empty_address_relayhost_maps_lookup_key (resp.
+      empty_address_default_transport_maps_lookup_key); an empty value is
+      ignored with a warning.
     * With helpful_warnings, a domain found in two of the classes' lists is
       logged at each resolve, as trivial-rewrite does: ``do not list domain D
       in BOTH mydestination and virtual_alias_domains`` (and for
@@ -67,7 +74,7 @@ DESCRIPTION
     client reuses its last one; it keeps at most RESOLVE_CACHE_SIZE answers
     (all forgotten when full), never a failure (a table that did not answer is
     asked again). The key is the address, and the sender only when
-    sender_dependent_relayhost_maps can make it matter (the null sender and
+    a sender-dependent table can make it matter (the null sender and
     no sender differ there); nothing else of a request changes the answer.
     A reused answer does not repeat the helpful_warnings nag.
 
@@ -275,6 +282,8 @@ class Resolver:
         self.transport_parent_style = addr_lookup.parent_style(config, "transport_maps")
         self.has_sender_relayhosts = bool(config.get("sender_dependent_relayhost_maps"))
         self._sender_relayhosts: maps.Maps | None = None
+        self.has_sender_transports = bool(config.get("sender_dependent_default_transport_maps"))
+        self._sender_transports: maps.Maps | None = None
         self._last_query: tuple[str, str | None] | None = None
         self._nag = False
 
@@ -314,20 +323,40 @@ class Resolver:
             return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL, str(e))
 
     def relayhost_for(self, sender: str | None) -> str:
-        """The sender's sender_dependent_relayhost_maps entry, else relayhost."""
+        """The sender's sender_dependent_relayhost_maps entry (not DUNNO), else relayhost."""
         if sender is None or not self.has_sender_relayhosts:
             return self.relayhost
         if self._sender_relayhosts is None:
             self._sender_relayhosts = maps.Maps(self.config, "sender_dependent_relayhost_maps")
-        if not sender:
-            keys = [(self.config.get("empty_address_relayhost_maps_lookup_key"), False)]
-        else:
-            keys = [(sender, False), ("@" + sender.rpartition("@")[2], True)]
-        for key, partial in keys:
-            found = self._sender_relayhosts.find(key, partial)
-            if found is not None and found.strip():
-                return found.strip()
-        return self.relayhost
+        found = self._sender_lookup(self._sender_relayhosts, sender,
+                                    "empty_address_relayhost_maps_lookup_key")
+        return found or self.relayhost
+
+    def default_transport_for(self, sender: str | None) -> tuple[str, str]:
+        """The sender's sender_dependent_default_transport_maps entry (not DUNNO), else
+        default_transport, as (transport, nexthop)."""
+        if sender is None or not self.has_sender_transports:
+            return self.default_transport
+        if self._sender_transports is None:
+            self._sender_transports = maps.Maps(self.config,
+                                                "sender_dependent_default_transport_maps")
+        found = self._sender_lookup(self._sender_transports, sender,
+                                    "empty_address_default_transport_maps_lookup_key")
+        return _split_transport(found) if found else self.default_transport
+
+    def _sender_lookup(self, table: maps.Maps, sender: str, null_key: str) -> str:
+        """Postfix's mail_addr_find() of the sender (the null sender: the null_key
+        parameter's value) in a sender-dependent table: the value, or "" for none or
+        DUNNO; an empty value is ignored with Postfix's warning."""
+        key = sender or self.config.get(null_key)
+        domain = key.rpartition("@")[2] if "@" in key else ""
+        match = addr_lookup.find_address(
+            table, key, local_domain=not domain or self.is_local_domain(domain),
+            delimiter=self.delimiter)
+        value = match.value.strip() if match is not None else ""
+        if match is not None and not value:
+            log.warning(f"{table.param}: ignoring null lookup result for {log.printable(key)}")
+        return "" if value.upper() == "DUNNO" else value
 
     def _resolve(self, address: str, sender: str | None = None) -> Resolved:
         flags = 0
@@ -406,7 +435,7 @@ class Resolver:
             class_, (transport, nexthop) = CLASS_RELAY, self.relay_transport
             nexthop = nexthop or self.relayhost_for(sender) or domain
         else:
-            class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport
+            class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport_for(sender)
             nexthop = nexthop or self.relayhost_for(sender) or domain
         recipient = f"{local}@{domain}"
         return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
@@ -488,7 +517,7 @@ class ResolveCache:
 
     def __init__(self, config: config_mod.Config) -> None:
         self.resolver = resolver_for(config)
-        self.by_sender = self.resolver.has_sender_relayhosts
+        self.by_sender = self.resolver.has_sender_relayhosts or self.resolver.has_sender_transports
         self.answers: dict[tuple[str, str | None], tuple[float, Resolved]] = {}
 
     def resolve(self, address: str, sender: str | None = None) -> Resolved:
