@@ -264,6 +264,7 @@ RETRY_TRANSPORT = "retry"
 DISCARD_TRANSPORT = "discard"
 INTERNAL_TRANSPORTS = (ERROR_TRANSPORT, RETRY_TRANSPORT, DISCARD_TRANSPORT)
 DEFERRED_TRANSPORT = "4.3.2 deferred transport"  # Postfix's qmgr_message_resolve
+RESOLVER_FAILURE = "address resolver failure"  # 4.3.0: the resolver logged why
 DELIVERY_PROTOCOL = "delivery_request_protocol"  # the hello qmgr opens agent connections with
 FLUSH_SITES_HELD = 100  # sites of one message remembered before the flush service is told
 
@@ -278,7 +279,7 @@ class Route:
 def route(r: resolve.Resolved) -> Route:
     """Where a recipient goes, from the resolver's answer."""
     if r.failed:
-        return Route(r.transport, r.nexthop, r.error or "address resolver failure")
+        return Route(r.transport, r.nexthop, RESOLVER_FAILURE)
     return Route(r.transport, r.nexthop)
 
 

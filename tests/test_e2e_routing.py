@@ -18,6 +18,8 @@ transport without a nexthop has no reason of its own).
 
 from __future__ import annotations
 
+import re
+
 from harness import Instance, free_port
 from test_e2e_outbound import sink  # noqa: F401 (the fixture: a running smtp-sink)
 
@@ -90,3 +92,30 @@ def test_sender_dependent_default_transport_and_relayhost_precedence(new_instanc
     relayed = inst.send("q@y.example", "u@r4.example", MESSAGE)
     inst.wait_log(rf"{relayed}: to=<u@r4.example>, relay=none, .*{refused}")
     assert "sender_dependent_default_transport_maps is not implemented" not in inst.log()
+
+
+def test_a_transport_table_that_cannot_be_read_defers_with_postfix_words(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 with transport_maps = hash:/nonexistent/transport, for mail
+    submitted with sendmail (smtpd would answer 451 4.3.0 Temporary lookup failure):
+
+        trivial-rewrite: warning: hash:/nonexistent/transport is unavailable. open database ...
+        trivial-rewrite: warning: transport_maps lookup failure
+        error: ID: to=<u@x.example>, relay=none, ..., dsn=4.3.0, status=deferred (address resolver failure)
+    """
+    inst: Instance = new_instance()
+    inst.set(transport_maps=f"hash:{inst.base}/etc/missing")
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("alice@example.org")
+        assert client.rcpt("u@x.example") == (
+            451, b"4.3.0 <u@x.example>: Temporary lookup failure")
+    inst.tool("sendmail", "-f", "alice@example.org", "u@x.example", input="Subject: x\n\nx\n",
+              check=True)
+    inst.wait_log(r"postfix/qmgr\[\d+\]: \w+: to=<u@x\.example>, relay=none, .*dsn=4\.3\.0, "
+                  r"status=deferred \(address resolver failure\)")
+    for daemon in ("smtpd", "qmgr"):
+        assert re.search(rf"postfix/{daemon}\[\d+\]: warning: transport_maps lookup failure$",
+                         inst.log(), re.M)
+    assert re.search(r"warning: transport_maps: open database .*/etc/missing\.lmdb: No such file",
+                     inst.log())

@@ -60,9 +60,11 @@ DESCRIPTION
       ``@$myhostname`` is appended (for a stripped local domain, that one).
     * ``flags``: ROUTED when the result, of any class, still has ``@ % !``
       in its localpart (also when allow_percent_hack or swap_bangpath do not
-      take them: the next hop may); FAIL when a table could not answer, or
-      the address needs more rewriting turns than it has characters (the
-      caller defers; ``error`` says why); ERROR (Postfix's
+      take them: the next hop may); FAIL when a table could not answer
+      (logged as trivial-rewrite does: ``warning: transport_maps lookup
+      failure``, after the table's error), or the address needs more
+      rewriting turns than it has characters (the caller defers, without
+      logging again; ``error`` says why); ERROR (Postfix's
       RESOLVE_FLAG_ERROR) when the domain it comes to is no host name
       (``valid_hostname``; in UTF-8 only with smtputf8_enable) and no address
       literal ``[a.b.c.d]``/``[IPv6:...]`` (``mailhost_literal``), or is empty
@@ -285,6 +287,7 @@ class Resolver:
         self.has_sender_transports = bool(config.get("sender_dependent_default_transport_maps"))
         self._sender_transports: maps.Maps | None = None
         self._last_query: tuple[str, str | None] | None = None
+        self._stage = ""  # the parameter whose lookup runs: named when it fails
         self._nag = False
 
     @property
@@ -317,15 +320,20 @@ class Resolver:
         # nags once when the same address is resolved again and again.
         self._nag = self.helpful_warnings and self._last_query != (address, sender)
         self._last_query = (address, sender)
+        self._stage = "mydestination"
         try:
             return self._resolve(address, sender)
         except maps.TableError as e:
+            # trivial-rewrite's warning; the caller defers (smtpd 451, qmgr 4.3.0)
+            log.warning(f"{self._stage}: {log.printable(str(e))}")
+            log.warning(f"{self._stage} lookup failure")
             return Resolved(CLASS_DEFAULT, "", "", address, FLAG_FAIL, str(e))
 
     def relayhost_for(self, sender: str | None) -> str:
         """The sender's sender_dependent_relayhost_maps entry (not DUNNO), else relayhost."""
         if sender is None or not self.has_sender_relayhosts:
             return self.relayhost
+        self._stage = "sender_dependent_relayhost_maps"
         if self._sender_relayhosts is None:
             self._sender_relayhosts = maps.Maps(self.config, "sender_dependent_relayhost_maps")
         found = self._sender_lookup(self._sender_relayhosts, sender,
@@ -337,6 +345,7 @@ class Resolver:
         default_transport, as (transport, nexthop)."""
         if sender is None or not self.has_sender_transports:
             return self.default_transport
+        self._stage = "sender_dependent_default_transport_maps"
         if self._sender_transports is None:
             self._sender_transports = maps.Maps(self.config,
                                                 "sender_dependent_default_transport_maps")
@@ -421,17 +430,18 @@ class Resolver:
             recipient = f"{local}@{saved_domain or self.myhostname}" if local else ""
             return self._finish(CLASS_LOCAL, self.local_transport, self.myhostname,
                                 recipient, local, saved_domain or self.myhostname, flags)
+        self._stage = "virtual_alias_domains"
         if self.alias_domains.match(domain):
             if self._nag:
                 self._warn_listed_twice(domain, "virtual_alias_domains",
                                         [self.virtual_domains, self.relay_domains])
             class_, (transport, nexthop) = CLASS_ALIAS, ("error", ALIAS_NEXTHOP)
-        elif self.virtual_domains.match(domain):
+        elif self._at("virtual_mailbox_domains") and self.virtual_domains.match(domain):
             if self._nag:
                 self._warn_listed_twice(domain, "virtual_mailbox_domains", [self.relay_domains])
             class_, (transport, nexthop) = CLASS_VIRTUAL, self.virtual_transport
             nexthop = nexthop or domain
-        elif self.relay_domains.match(domain):
+        elif self._at("relay_domains") and self.relay_domains.match(domain):
             class_, (transport, nexthop) = CLASS_RELAY, self.relay_transport
             nexthop = nexthop or self.relayhost_for(sender) or domain
         else:
@@ -439,6 +449,11 @@ class Resolver:
             nexthop = nexthop or self.relayhost_for(sender) or domain
         recipient = f"{local}@{domain}"
         return self._finish(class_, (transport, nexthop), nexthop, recipient, local, domain, flags)
+
+    def _at(self, stage: str) -> bool:
+        """Note the parameter whose lookup runs next (for the failure warning)."""
+        self._stage = stage
+        return True
 
     @staticmethod
     def _bad_syntax(address: str) -> Resolved:
@@ -469,6 +484,7 @@ class Resolver:
         return Resolved(class_, transport, nexthop, recipient, flags)
 
     def _transport_lookup(self, local: str, domain: str) -> str | None:
+        self._stage = "transport_maps"
         if self._transport_maps is None:
             self._transport_maps = maps.Maps(self.config, "transport_maps")
         return addr_lookup.lookup_transport(

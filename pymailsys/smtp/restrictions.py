@@ -646,7 +646,6 @@ class Engine:
             return None
         r = self.resolve(address)
         if r.failed:
-            log.warning(f"{r.error}")
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         try:
             if r.class_ == resolve.CLASS_LOCAL:
@@ -942,7 +941,6 @@ def _auth_destination(engine: Engine, req: Request) -> bool | Result:
     allow_untrusted_routing): Postfix's permit_auth_destination."""
     r = engine.resolve(req.recipient)
     if r.failed:
-        log.warning(r.error)
         return engine.lookup_failure(req.recipient)
     return r.class_ != resolve.CLASS_DEFAULT and (not r.routed or engine.allow_untrusted_routing)
 
@@ -1166,7 +1164,6 @@ def _mail_access(engine: Engine, req: Request, entry: _Entry, address: str,
     assert table is not None
     r = engine.resolve(address)
     if r.failed:
-        log.warning(r.error)
         return engine.lookup_failure(address)
     resolved = r.recipient.lower()
     if "@" not in resolved:
@@ -1396,7 +1393,6 @@ async def _unknown_domain(engine: Engine, req: Request, address: str, stage: str
     """Postfix's reject_unknown_address: a domain we are not final for without MX or A."""
     r = engine.resolve(address)
     if r.failed:
-        log.warning(r.error)
         return engine.lookup_failure(address)
     local, at, domain = r.recipient.rpartition("@")
     if not at or r.class_ in (resolve.CLASS_LOCAL, resolve.CLASS_ALIAS, resolve.CLASS_VIRTUAL):
