@@ -247,7 +247,6 @@ def test_postfix_parameters_left_out_warn_in_master_cf_overrides(tmp_path):
 
 @pytest.mark.parametrize("setting, programs", [
     ("smtpd_restriction_classes = friends", ["smtpd"]),
-    ("relay_recipient_maps = hash:/etc/pymailsys/relay_recipients", ["smtpd"]),
     ("resolve_dequoted_address = no", ["smtpd"]),
     ("smtp_header_checks = regexp:/etc/pymailsys/smtp_header_checks", ["smtp"]),
     ("lmtp_sasl_auth_enable = yes", ["lmtp"]),

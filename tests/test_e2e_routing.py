@@ -119,3 +119,49 @@ def test_a_transport_table_that_cannot_be_read_defers_with_postfix_words(new_ins
                          inst.log(), re.M)
     assert re.search(r"warning: transport_maps: open database .*/etc/missing\.lmdb: No such file",
                      inst.log())
+
+
+def test_relocated_relay_recipients_and_error_transports_are_refused_at_rcpt(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The RCPT replies of Debian's Postfix 3.7 with the same settings (its
+    check_rcpt_maps refuses what resolves to the error or retry transport, and
+    relay_domains recipients that relay_recipient_maps does not list)."""
+    inst: Instance = new_instance()
+    relocated = inst.write("etc/relocated", "gone@localhost new@else.example\n"
+                                            "old@relay.example other@x.example\n")
+    relay_rcpts = inst.write("etc/relay_recipients", "ok@relay.example x\n")
+    transport = inst.write("etc/transport", "err.example error:5.7.9 nope\n"
+                                            "retry.example retry:4.2.2 later\n")
+    inst.set(relay_domains="relay.example", relocated_maps=f"texthash:{relocated}",
+             relay_recipient_maps=f"texthash:{relay_rcpts}", transport_maps=f"texthash:{transport}",
+             local_recipient_maps="")
+    inst.start()
+    expected = {
+        "gone@localhost": (550, b"5.1.6 <gone@localhost>: Recipient address rejected: "
+                                b"User has moved to new@else.example"),
+        "old@relay.example": (550, b"5.1.6 <old@relay.example>: Recipient address rejected: "
+                                   b"User has moved to other@x.example"),
+        "ok@relay.example": (250, b"2.1.5 Ok"),
+        "nok@relay.example": (550, b"5.1.1 <nok@relay.example>: Recipient address rejected: "
+                                   b"User unknown in relay recipient table"),
+        "u@err.example": (550, b"5.7.9 <u@err.example>: Recipient address rejected: nope"),
+        "u@retry.example": (450, b"4.2.2 <u@retry.example>: Recipient address rejected: later"),
+    }
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("alice@example.org")
+        assert {rcpt: client.rcpt(rcpt) for rcpt in expected} == expected
+    assert "is not implemented" not in inst.log() and "refusing to run" not in inst.log()
+
+
+def test_relocated_mail_from_a_local_submission_bounces_with_the_new_address(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """What smtpd cannot refuse (sendmail) bounces as Postfix's error agent does:
+    ``to=<gone@localhost>, relay=none, ..., dsn=5.1.6, status=bounced (User has moved to
+    new@else.example)``."""
+    inst: Instance = new_instance()
+    relocated = inst.write("etc/relocated", "gone@localhost new@else.example\n")
+    inst.set(relocated_maps=f"texthash:{relocated}")
+    inst.start()
+    inst.tool("sendmail", "-f", "alice@example.org", "gone@localhost",
+              input="Subject: x\n\nx\n", check=True)
+    inst.wait_log(r"\w+: to=<gone@localhost>, relay=none, .*dsn=5\.1\.6, "
+                  r"status=bounced \(User has moved to new@else\.example\)")

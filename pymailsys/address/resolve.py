@@ -56,6 +56,10 @@ DESCRIPTION
       relayhost); a transport without a nexthop goes to the recipient domain
       (``error:``/``retry:``: ``Address is undeliverable``), as Postfix's
       update_entry().
+    * relocated_maps, last, for any class: an entry for the recipient
+      (searched as Postfix's mail_addr_find(), the localpart alone only in a
+      local domain) makes it transport ``error``, nexthop ``5.1.6 User has
+      moved to VALUE``.
     * ``recipient`` is ``localpart@domain``; without a domain
       ``@$myhostname`` is appended (for a stripped local domain, that one).
     * ``flags``: ROUTED when the result, of any class, still has ``@ % !``
@@ -279,6 +283,8 @@ class Resolver:
         self.relay_transport = _split_transport(config.get("relay_transport"))
         self.default_transport = _split_transport(config.get("default_transport"))
         self._transport_maps: maps.Maps | None = None
+        self.has_relocated = bool(config.get("relocated_maps"))
+        self._relocated_maps: maps.Maps | None = None
         self.delimiter = config.get("recipient_delimiter")
         self.has_transport_maps = bool(config.get("transport_maps"))
         self.transport_parent_style = addr_lookup.parent_style(config, "transport_maps")
@@ -481,7 +487,22 @@ class Resolver:
             found = self._transport_lookup(local, domain)
             if found is not None:
                 transport, nexthop = transport_entry(found, transport, nexthop, domain)
+        if self.has_relocated and recipient:
+            moved = self._relocated(recipient, class_ == CLASS_LOCAL)
+            if moved is not None:
+                transport, nexthop = "error", moved
         return Resolved(class_, transport, nexthop, recipient, flags)
+
+    def _relocated(self, recipient: str, local_domain: bool) -> str | None:
+        """The error nexthop of a relocated_maps entry for recipient, or None."""
+        self._stage = "relocated_maps"
+        if self._relocated_maps is None:
+            self._relocated_maps = maps.Maps(self.config, "relocated_maps")
+        match = addr_lookup.find_address(self._relocated_maps, recipient,
+                                         local_domain=local_domain, delimiter=self.delimiter)
+        if match is None:
+            return None
+        return f"5.1.6 User has moved to {match.value}"
 
     def _transport_lookup(self, local: str, domain: str) -> str | None:
         self._stage = "transport_maps"

@@ -103,6 +103,7 @@ from pymailsys import config as config_mod
 from pymailsys import log, maps
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
+from pymailsys.address.resolve import Resolved
 from pymailsys.address.rewrite import RewriteContext, rewrite_address
 from pymailsys.dsn import xtext_encode
 from pymailsys.ipc import services
@@ -287,6 +288,20 @@ def fix_dsn(code: int, dsn: str) -> str:
     return f"{str(code)[0]}{dsn[1:]}"
 
 
+# Postfix's smtpd_dsn_fix: an X.1.Y address status as it reads for a sender or a recipient
+_SENDER_DSN_DETAIL = {"2": "8", "3": "7", "7": "7", "8": "8"}
+_RECIPIENT_DSN_DETAIL = {"1": "1", "2": "2", "3": "3", "4": "4", "5": "5", "6": "6", "7": "3",
+                         "8": "2"}
+
+
+def _dsn_for_stage(dsn: str, stage: str) -> str:
+    """Postfix's smtpd_dsn_fix(): X.1.Y made a sender or a recipient address status."""
+    if dsn[1:4] != ".1.":
+        return dsn
+    details = _SENDER_DSN_DETAIL if stage == STAGE_SENDER else _RECIPIENT_DSN_DETAIL
+    return f"{dsn[:4]}{details.get(dsn[4:], '0')}"
+
+
 def refusal(reply: Reply) -> Result:
     return Result(DEFER if reply.temporary else REJECT, reply)
 
@@ -364,6 +379,8 @@ class Engine:
         self.unknown_local_code = config.get_int("unknown_local_recipient_reject_code")
         self.unknown_alias_code = config.get_int("unknown_virtual_alias_reject_code")
         self.unknown_mailbox_code = config.get_int("unknown_virtual_mailbox_reject_code")
+        self.unknown_relay_code = config.get_int("unknown_relay_recipient_reject_code")
+        self.relay_recipient_maps = bool(config.get_list("relay_recipient_maps"))
         self.rbl_code = config.get_int("maps_rbl_reject_code")
         self.rbl_template = config.raw("default_rbl_reply") or ""
         self.rbl_reply_maps = bool(config.get_list("rbl_reply_maps"))
@@ -648,6 +665,9 @@ class Engine:
         if r.failed:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         try:
+            if r.transport in ("error", "retry") and r.class_ != resolve.CLASS_ALIAS \
+                    and not r.bad_syntax:
+                return self._undeliverable(req, r, address, stage)
             if r.class_ == resolve.CLASS_LOCAL:
                 if not self.local_recipient_maps:
                     return None
@@ -669,6 +689,12 @@ class Engine:
                                                   self.delimiter) is not None:
                         return None
                 code, what = self.unknown_mailbox_code, "virtual mailbox table"
+            elif r.class_ == resolve.CLASS_RELAY and self.relay_recipient_maps:
+                if addr_lookup.lookup_address(self._maps("relay_recipient_maps"),
+                                              r.recipient.lower(), False,
+                                              self.delimiter) is not None:
+                    return None
+                code, what = self.unknown_relay_code, "relay recipient table"
             else:
                 return None
         except maps.TableError as e:
@@ -678,6 +704,22 @@ class Engine:
         if code < 500:
             dsn = "4" + dsn[1:]
         return self.reply(code, dsn, req, f"User unknown in {what}", key=address, stage=stage)
+
+    def _undeliverable(self, req: Request, r: Resolved, address: str,
+                       stage: str) -> Reply | None:
+        """Postfix's check_rcpt_maps for an address that resolves to the error or retry
+        transport (transport_maps, relocated_maps): refused now with the nexthop's
+        reason (550, or 450 for retry), unless virtual_alias_maps takes it."""
+        if addr_lookup.lookup_address(self._maps("virtual_alias_maps"), r.recipient.lower(),
+                                      r.class_ == resolve.CLASS_LOCAL,
+                                      self.delimiter) is not None:
+            return None
+        retry = r.transport == "retry"
+        default = ("4" if retry else "5") + (".1.0" if stage == STAGE_SENDER else ".1.1")
+        dsn, text = dsn_split(default, r.nexthop)
+        code = 450 if retry else 550
+        return self.reply(code, _dsn_for_stage(fix_dsn(code, dsn), stage), req, text,
+                          key=address, stage=stage)
 
     def access_result(self, value: str, req: Request, key: str, stage: str,
                       table: str = "") -> Outcome:
