@@ -33,14 +33,23 @@ def test_empty_transport_entries_keep_or_reset_what_postfix_does(new_instance, s
                                         "retry.example retry:\n")
     inst.set(relayhost=f"[127.0.0.1]:{sink.port}", transport_maps=f"texthash:{table}")
     inst.start()
-    queue_id = inst.send("alice@example.org", ["u@colon.example", "u@err.example",
-                                               "u@retry.example"], MESSAGE)
-    inst.wait_log(rf"{queue_id}: to=<u@colon.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+    # submitted with sendmail: smtpd refuses the last two (550 5.1.1 / 450 4.1.1 ...
+    # Recipient address rejected: Address is undeliverable), as Postfix's does
+    inst.tool("sendmail", "-f", "alice@example.org", "u@colon.example", "u@err.example",
+              "u@retry.example", input="Subject: x\n\nx\n", check=True)
+    inst.wait_log(rf"\w+: to=<u@colon.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
                   rf"{sink.port}, .*status=sent")
-    inst.wait_log(rf"{queue_id}: to=<u@err.example>, relay=none, .*dsn=5\.0\.0, "
-                  rf"status=bounced \(Address is undeliverable\)")
-    inst.wait_log(rf"{queue_id}: to=<u@retry.example>, relay=none, .*dsn=4\.0\.0, "
-                  rf"status=deferred \(Address is undeliverable\)")
+    inst.wait_log(r"\w+: to=<u@err.example>, relay=none, .*dsn=5\.0\.0, "
+                  r"status=bounced \(Address is undeliverable\)")
+    inst.wait_log(r"\w+: to=<u@retry.example>, relay=none, .*dsn=4\.0\.0, "
+                  r"status=deferred \(Address is undeliverable\)")
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("alice@example.org")
+        assert client.rcpt("u@err.example") == (
+            550, b"5.1.1 <u@err.example>: Recipient address rejected: Address is undeliverable")
+        assert client.rcpt("u@retry.example") == (
+            450, b"4.1.1 <u@retry.example>: Recipient address rejected: Address is undeliverable")
 
 
 def test_sender_dependent_relayhost_takes_extensions_off_and_dunno_means_relayhost(  # type: ignore[no-untyped-def]
