@@ -174,3 +174,26 @@ def test_relocated_mail_from_a_local_submission_bounces_with_the_new_address(new
               input="Subject: x\n\nx\n", check=True)
     inst.wait_log(r"\w+: to=<gone@localhost>, relay=none, .*dsn=5\.1\.6, "
                   r"status=bounced \(User has moved to new@else\.example\)")
+
+
+def test_a_transport_nexthop_typo_defers_with_a_warning(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 smtp client stops on such a nexthop (``fatal: missing host
+    information in server description: []``, ``fatal: bad network port: 99999 for
+    destination: [127.0.0.1]:99999``) and the mail is deferred; it never bounces."""
+    inst: Instance = new_instance()
+    table = inst.write("etc/transport", "empty.example smtp:[]\n"
+                                        "port.example smtp:[127.0.0.1]:99999\n"
+                                        "name.example smtp:bad!host\n")
+    inst.set(transport_maps=f"texthash:{table}")
+    inst.start()
+    queue_id = inst.send("alice@example.org", ["u@empty.example", "u@port.example",
+                                               "u@name.example"], MESSAGE)
+    for domain, problem in [
+            ("empty", r"missing host information in server description: \[\]"),
+            ("port", r"bad network port: 99999 for destination: \[127\.0\.0\.1\]:99999"),
+            ("name", r"valid hostname or network address required in server description: "
+                     r"bad!host")]:
+        inst.wait_log(rf"{queue_id}: to=<u@{domain}\.example>, relay=none, .*dsn=4\.3\.5, "
+                      rf"status=deferred \({problem}\)")
+        inst.wait_log(rf"postfix/smtp\[\d+\]: warning: {problem}$")
+    assert "status=bounced" not in inst.log()

@@ -33,3 +33,26 @@ def test_nexthop_forms(text: str, lmtp: bool, expected: Destination) -> None:
 def test_bad_nexthops_are_refused(text: str, lmtp: bool) -> None:
     with pytest.raises(RouteError):
         parse(text, lmtp, 25)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[]", "missing host information in server description: []"),
+    (":25", "missing host information in server description: :25"),
+    ("[127.0.0.1]:99999", "bad network port: 99999 for destination: [127.0.0.1]:99999"),
+    ("[127.0.0.1]:0", "bad network port: 0 for destination: [127.0.0.1]:0"),
+    ("[127.0.0.1]:25x", "garbage after numerical service in server description: [127.0.0.1]:25x"),
+    ("[ipv6:1.2.3.4]", "malformed IPv6 address in server description: [ipv6:1.2.3.4]"),
+    ("bad!host", "valid hostname or network address required in server description: bad!host"),
+    ("[host", 'missing "]" in server description: [host'),
+])
+def test_nexthop_configuration_errors_defer_in_postfix_words(text: str, problem: str) -> None:
+    """Postfix's host_port() refusals: its smtp client stops on them, so the mail waits
+    (never a bounce for a typo in a transport table)."""
+    with pytest.raises(RouteError) as caught:
+        parse(text, False, 25)
+    assert (caught.value.text, caught.value.dsn) == (problem, "4.3.5")
+
+
+def test_an_empty_port_is_the_default() -> None:
+    assert parse("[127.0.0.1]:", False, 25) == Destination("127.0.0.1", 25, False)
+    assert parse("relay.example:", False, 25) == Destination("relay.example", 25, True)

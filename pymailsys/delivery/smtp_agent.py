@@ -332,6 +332,7 @@ class Agent:
         try:
             dest = nexthop.parse(req.nexthop, self.lmtp, self.default_port)
         except nexthop.RouteError as e:
+            log.warning(e.text)  # as Postfix's smtp client, which stops on it
             return self.finish(req, [_route_result(e)] * count, relays)
         try:
             policy = self.tls.policy(req.nexthop)

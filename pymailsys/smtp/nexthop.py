@@ -46,18 +46,23 @@ DESCRIPTION
     dominates hard ones, as Postfix), else the last permanent one.
 
 REFUSES
-    A nexthop with an empty host or a port that is not a number or a known
-    service name (``RouteError``, 5.4.4 for an empty host, 4.3.5 otherwise:
-    a configuration error defers).
+    What Postfix's host_port() refuses, each a configuration error that
+    defers (``RouteError``, 4.3.5, in Postfix's words: ``missing host
+    information in server description: [] ``...): no host, no ``]``,
+    anything but ``:port`` after it, a malformed ``[ipv6:...]``, a host that
+    is neither a host name nor an address, a port that is not 1-65535 or a
+    known service name. ``[host]:`` and ``host:`` take the default port.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 from dataclasses import dataclass, field
 
 from pymailsys import log
+from pymailsys.address.resolve import valid_hostname
 from pymailsys.smtp import dns
 from pymailsys.smtp.client import Peer
 
@@ -101,14 +106,24 @@ class Policy:
     own_addresses: frozenset[str] = field(default_factory=frozenset)
 
 
-def port_number(port: str) -> int:
-    """A port number or service name (``smtp``); RouteError when it is neither."""
-    if port.isdigit():
+def port_number(port: str, nexthop: str = "") -> int:
+    """A port number (1-65535) or service name (``smtp``); RouteError when it is neither."""
+    if port[:1].isdigit():
+        if not port.isdigit():
+            raise RouteError(f"garbage after numerical service in server description: {nexthop}",
+                             "4.3.5")
+        if not 0 < int(port) < 65536:
+            raise RouteError(f"bad network port: {port} for destination: {nexthop}", "4.3.5")
         return int(port)
     try:
         return socket.getservbyname(port, "tcp")
-    except OSError:
+    except (OSError, UnicodeError, ValueError):
         raise RouteError(f"unknown service: {port}/tcp", "4.3.5") from None
+
+
+def _bad(problem: str, nexthop: str) -> RouteError:
+    """A nexthop Postfix's host_port() refuses (its smtp client stops: the mail waits)."""
+    return RouteError(f"{problem} in server description: {nexthop}", "4.3.5")
 
 
 def parse(nexthop: str, lmtp: bool, default_port: int) -> Destination:
@@ -124,24 +139,39 @@ def parse(nexthop: str, lmtp: bool, default_port: int) -> Destination:
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close:
-            raise RouteError(f"bad nexthop: {nexthop}", "4.3.5")
+            raise _bad('missing "]"', nexthop)
         use_mx = False
         if rest.startswith(":"):
-            port = port_number(rest[1:])
+            rest = rest[1:]
+            if rest:
+                port = port_number(rest, nexthop)
         elif rest:
-            raise RouteError(f"bad nexthop: {nexthop}", "4.3.5")
+            raise _bad('garbage after "]"', nexthop)
+        if host.lower().startswith("ipv6:"):
+            host = host[5:]
+            if not _is_address(host, 6):
+                raise _bad("malformed IPv6 address", nexthop)
     else:
         host, colon, rest = text.rpartition(":") if text.count(":") == 1 else ("", "", text)
         if colon:
-            port = port_number(rest)
+            if rest:
+                port = port_number(rest, nexthop)
         else:
             host = rest
-    if host.lower().startswith("ipv6:"):
-        host = host[5:]
     if not host:
-        raise RouteError(f"bad nexthop: {nexthop}", "5.4.4")
+        raise _bad("missing host information", nexthop)
+    if host.isascii() and not valid_hostname(host.rstrip(".")) and not _is_address(host):
+        raise _bad("valid hostname or network address required", nexthop)
     return Destination(host=host.rstrip(".").lower(), port=port, use_mx=use_mx,
                        loop_detect=not lmtp and port == 25)
+
+
+def _is_address(text: str, version: int = 0) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return not version or ip.version == version
 
 
 async def servers(dest: Destination, policy: Policy) -> Route:
