@@ -67,8 +67,9 @@ def test_helpful_warnings_no_silences_them(new_instance) -> None:  # type: ignor
 
 def test_parent_domain_matches_subdomains_decides_which_lists_match_subdomains(new_instance) -> None:  # type: ignore[no-untyped-def]
     """relay_domains left out of parent_domain_matches_subdomains: its bare name no longer
-    covers subdomains (Relay access denied), only ".name" does; mydestination put in it:
-    a subdomain of a bare name is local (unknown users there are refused as local)."""
+    covers subdomains (Relay access denied), only ".name" does. mydestination put in it
+    changes nothing: it is a string list in Postfix 3.7 (resolve_local), and Debian's
+    Postfix answers 454 4.7.1 Relay access denied for nobody-here@host.local.example."""
     inst: Instance = new_instance()
     inst.set(mynetworks="192.0.2.0/24",  # not the test client: relaying is not permitted
              relay_domains="relay.example, .dotted.example",
@@ -82,8 +83,7 @@ def test_parent_domain_matches_subdomains_decides_which_lists_match_subdomains(n
         454, b"4.7.1 <u@sub.relay.example>: Relay access denied")
     assert replies["u@sub.dotted.example"][0] == 250
     assert replies["nobody-here@host.local.example"] == (
-        550, b"5.1.1 <nobody-here@host.local.example>: Recipient address rejected: User unknown "
-             b"in local recipient table")
+        454, b"4.7.1 <nobody-here@host.local.example>: Relay access denied")
 
 
 def test_relay_domains_matches_subdomains_by_default(new_instance) -> None:  # type: ignore[no-untyped-def]
@@ -95,3 +95,31 @@ def test_relay_domains_matches_subdomains_by_default(new_instance) -> None:  # t
     # as Postfix's match_hostname in parent style: ".name" matches nothing more
     assert {rcpt: code for rcpt, (code, _text) in replies.items()} == {"u@sub.relay.example": 250, "u@sub.dotted.example": 454,
                        "u@host.localhost": 454}
+
+
+def test_local_and_virtual_domain_lists_match_whole_domains_only(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 with these settings: mydestination, virtual_alias_domains and
+    virtual_mailbox_domains are string lists, so ".vm.example" or a table key
+    ".pdest.example" match no real domain (Relay access denied), a table key matches its
+    domain (local wins over virtual, with the nag), localhost.$mydomain is local."""
+    inst: Instance = new_instance()
+    table = inst.write("etc/domains", "dest.example x\n.pdest.example x\n")
+    empty = inst.write("etc/empty", "")
+    inst.set(mynetworks="192.0.2.0/24", myhostname="mx.example", mydomain="mx.example",
+             mydestination=f"localhost.$mydomain, texthash:{table}",
+             virtual_mailbox_domains=f".vm.example, texthash:{table}",
+             virtual_mailbox_maps=f"texthash:{empty}", virtual_alias_domains=".va.example",
+             local_recipient_maps=f"texthash:{empty}")
+    inst.start()
+    replies = _rcpt_replies(inst, ["u@sub.vm.example", "u@sub.va.example", "u@localhost.mx.example",
+                                   "u@dest.example", "u@sub.dest.example", "u@x.pdest.example"])
+    denied = {rcpt: (454, f"4.7.1 <{rcpt}>: Relay access denied".encode())
+              for rcpt in ["u@sub.vm.example", "u@sub.va.example", "u@sub.dest.example",
+                           "u@x.pdest.example"]}
+    unknown = {rcpt: (550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown in local "
+                           "recipient table".encode())
+               for rcpt in ["u@localhost.mx.example", "u@dest.example"]}
+    assert replies == {**denied, **unknown}
+    inst.wait_log(r"disconnect from .* quit=1")
+    warned = [m.groups() for line in inst.log().splitlines() if (m := WARNING.search(line))]
+    assert warned == [("dest.example", "mydestination", "virtual_mailbox_domains")]

@@ -84,14 +84,16 @@ DESCRIPTION
     no sender differ there); nothing else of a request changes the answer.
     A reused answer does not repeat the helpful_warnings nag.
 
-    Domain lists (mydestination and friends) take Postfix's patterns: a
-    name, ``.name`` (subdomains), ``!pattern``, ``/file``, ``type:table``
-    (the domain is the key; tables open at first use, so a missing one
-    fails lookups, not start-up). A list named in parent_domain_matches_subdomains
-    (by default relay_domains, not mydestination) also matches the subdomains
-    of a bare name, and a fixed-key table is asked for the domain's parents
-    (``example.com``); any other list matches subdomains only through ``.name``
-    and asks a table for ``.example.com``, as Postfix's match_hostname.
+    Domain lists take Postfix's patterns: a name, ``!pattern``, ``/file``,
+    ``type:table`` (the domain is the key; tables open at first use, so a
+    missing one fails lookups, not start-up). mydestination,
+    virtual_alias_domains and virtual_mailbox_domains are string lists, as in
+    Postfix 3.x: a name or a table key matches that domain only, never a
+    subdomain (``.name`` matches nothing real). relay_domains is a domain list:
+    ``.name`` matches subdomains, and when it is named in
+    parent_domain_matches_subdomains (the default) so does a bare name, and a
+    fixed-key table is asked for the domain's parents (``example.com``),
+    otherwise for ``.example.com``, as Postfix's match_hostname.
 
 REFUSES
     Nothing: an address whose domain is malformed resolves to the error
@@ -256,6 +258,12 @@ def domain_list(config: config_mod.Config, name: str) -> DomainList:
                       name=name)
 
 
+def string_list(config: config_mod.Config, name: str) -> DomainList:
+    """The list of parameter name as Postfix's string_list: names and table keys match
+    the whole domain only, never a subdomain, whatever parent_domain_matches_subdomains."""
+    return DomainList(config.get_list(name), name=name, strings=True)
+
+
 def _split_transport(spec: str) -> tuple[str, str]:
     transport, _, nexthop = spec.partition(":")
     return transport.strip(), nexthop.strip()
@@ -267,9 +275,10 @@ class Resolver:
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
         self.myhostname = config.get("myhostname")
-        self.mydestination = domain_list(config, "mydestination")
-        self.alias_domains = domain_list(config, "virtual_alias_domains")
-        self.virtual_domains = domain_list(config, "virtual_mailbox_domains")
+        # string lists in Postfix (resolve_local, resolve_init): a name matches itself only
+        self.mydestination = string_list(config, "mydestination")
+        self.alias_domains = string_list(config, "virtual_alias_domains")
+        self.virtual_domains = string_list(config, "virtual_mailbox_domains")
         self.relay_domains = domain_list(config, "relay_domains")
         self._interfaces: set[str] | None = None
         self.percent_hack = config.get_bool("allow_percent_hack")
