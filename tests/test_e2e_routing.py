@@ -197,3 +197,19 @@ def test_a_transport_nexthop_typo_defers_with_a_warning(new_instance) -> None:  
                       rf"status=deferred \({problem}\)")
         inst.wait_log(rf"postfix/smtp\[\d+\]: warning: {problem}$")
     assert "status=bounced" not in inst.log()
+
+
+def test_a_null_transport_setting_is_named_and_the_mail_waits(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """default_transport = :[127.0.0.1]:9 (a nexthop without a transport): Debian's
+    Postfix 3.7 logs ``trivial-rewrite: warning: file /etc/postfix/main.cf: parameter
+    default_transport: null transport is not allowed`` and keeps the mail."""
+    inst: Instance = new_instance()
+    inst.set(default_transport=":[127.0.0.1]:9")
+    inst.start()
+    inst.tool("sendmail", "-f", "alice@example.org", "u@r1.example", input="Subject: x\n\nx\n",
+              check=True)
+    inst.wait_log(r"postfix/qmgr\[\d+\]: " + re.escape(
+        f"warning: file {inst.config_dir}/main.cf: parameter default_transport: null "
+        "transport is not allowed"))
+    inst.wait_log(r"\w+: to=<u@r1\.example>, relay=none, .*dsn=4\.3\.0, "
+                  r"status=deferred \(address resolver failure\)")

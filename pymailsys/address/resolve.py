@@ -30,7 +30,7 @@ DESCRIPTION
       subdomains included), ``default``.
     * Transport and nexthop from local_transport / virtual_transport /
       relay_transport / default_transport (``transport:nexthop``); without
-      a nexthop there: local uses $myhostname, relay and default use the
+      a nexthop there: local uses the domain, relay and default use the
       sender's sender_dependent_relayhost_maps entry when a sender is given
       and has one other than DUNNO, else $relayhost when set, else the
       domain; virtual uses the domain. For class default, the sender's
@@ -42,6 +42,9 @@ DESCRIPTION
       empty_address_relayhost_maps_lookup_key (resp.
       empty_address_default_transport_maps_lookup_key); an empty value is
       ignored with a warning.
+    * An empty transport there (``default_transport = :[relay]``) is FAIL,
+      with trivial-rewrite's warning ``file /etc/pymailsys/main.cf:
+      parameter default_transport: null transport is not allowed``.
     * With helpful_warnings, a domain found in two of the classes' lists is
       logged at each resolve, as trivial-rewrite does: ``do not list domain D
       in BOTH mydestination and virtual_alias_domains`` (and for
@@ -303,6 +306,7 @@ class Resolver:
         self._sender_transports: maps.Maps | None = None
         self._last_query: tuple[str, str | None] | None = None
         self._stage = ""  # the parameter whose lookup runs: named when it fails
+        self._blame = ""  # the parameter the class's transport comes from
         self._nag = False
 
     @property
@@ -366,7 +370,10 @@ class Resolver:
                                                 "sender_dependent_default_transport_maps")
         found = self._sender_lookup(self._sender_transports, sender,
                                     "empty_address_default_transport_maps_lookup_key")
-        return _split_transport(found) if found else self.default_transport
+        if not found:
+            return self.default_transport
+        self._blame = "sender_dependent_default_transport_maps"
+        return _split_transport(found)
 
     def _sender_lookup(self, table: maps.Maps, sender: str, null_key: str) -> str:
         """Postfix's mail_addr_find() of the sender (the null sender: the null_key
@@ -443,9 +450,10 @@ class Resolver:
                 self._warn_listed_twice(saved_domain or self.myhostname, "mydestination",
                                         [self.alias_domains, self.virtual_domains])
             recipient = f"{local}@{saved_domain or self.myhostname}" if local else ""
+            self._blame = "local_transport"
             return self._finish(CLASS_LOCAL, self.local_transport, self.myhostname,
                                 recipient, local, saved_domain or self.myhostname, flags)
-        self._stage = "virtual_alias_domains"
+        self._stage = self._blame = "virtual_alias_domains"
         if self.alias_domains.match(domain):
             if self._nag:
                 self._warn_listed_twice(domain, "virtual_alias_domains",
@@ -456,10 +464,13 @@ class Resolver:
                 self._warn_listed_twice(domain, "virtual_mailbox_domains", [self.relay_domains])
             class_, (transport, nexthop) = CLASS_VIRTUAL, self.virtual_transport
             nexthop = nexthop or domain
+            self._blame = "virtual_transport"
         elif self._at("relay_domains") and self.relay_domains.match(domain):
             class_, (transport, nexthop) = CLASS_RELAY, self.relay_transport
             nexthop = nexthop or self.relayhost_for(sender) or domain
+            self._blame = "relay_transport"
         else:
+            self._blame = "default_transport"
             class_, (transport, nexthop) = CLASS_DEFAULT, self.default_transport_for(sender)
             nexthop = nexthop or self.relayhost_for(sender) or domain
         recipient = f"{local}@{domain}"
@@ -490,8 +501,12 @@ class Resolver:
     def _finish(self, class_: str, spec: tuple[str, str], nexthop: str, recipient: str,
                 local: str, domain: str, flags: int) -> Resolved:
         transport = spec[0]
-        if class_ == CLASS_LOCAL:
-            nexthop = spec[1] or self.myhostname
+        if not transport:  # "local_transport = :host" and the like: trivial-rewrite's check
+            why = f"parameter {self._blame}: null transport is not allowed"
+            log.warning(f"file {self.config.main_cf}: {why}")
+            return Resolved(CLASS_DEFAULT, "", "", recipient, FLAG_FAIL, why)
+        if class_ == CLASS_LOCAL:  # the domain, unless local_transport names a nexthop
+            nexthop = spec[1] or domain
         if class_ != CLASS_ALIAS and self.has_transport_maps:
             found = self._transport_lookup(local, domain)
             if found is not None:
