@@ -170,3 +170,16 @@ def test_bad_address_syntax_goes_to_the_error_transport() -> None:
     for literal in ("[127.0.0.01]", "[IPv6:::1]", "[ipv6:::ffff:127.0.0.1]"):  # ours
         assert resolve.resolve(c, f"root@{literal}").class_ == "local", literal
     assert resolve.resolve(c, "u@[192.0.2.1]").class_ == "default"
+
+
+def test_transport_wildcard_is_asked_of_every_table_and_local_nexthop_is_the_domain(
+        tmp_path: Path) -> None:
+    """Postfix's transport_wildcard_init looks ``*`` up FULL (a regexp table sees it);
+    without a nexthop in local_transport, a local recipient's is its domain."""
+    table = tmp_path / "transport.re"
+    table.write_text("/^\\*$/ smtp:[star.example]\n/@z\\.example$/ smtp:[z.example]\n")
+    c = cfg(transport_maps=f"regexp:{table}")
+    assert resolve.resolve(c, "u@z.example").nexthop == "[z.example]"
+    assert resolve.resolve(c, "u@q.example").nexthop == "[star.example]"
+    r = resolve.resolve(cfg(local_transport="local"), "u@localhost")
+    assert (r.class_, r.transport, r.nexthop) == ("local", "local", "localhost")

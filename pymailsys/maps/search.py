@@ -26,7 +26,8 @@ domains: ``example.com``, ``com`` when the table's parameter is listed in
 ``.example.com``, ``.com``.
 
 lookup_transport (transport_maps): ``user+ext@domain``, ``user@domain``,
-``domain``, parents as lookup_domain, then ``*``.
+``domain``, parents as lookup_domain, then ``*`` (a FULL lookup: a regexp or
+pcre table is asked for it too, as Postfix).
 
 lookup_ip (check_addr_access): ``192.0.2.7``, ``192.0.2``, ``192.0``, ``192``;
 IPv6 is cut at each ``:`` from the right the same way.
@@ -202,6 +203,6 @@ def lookup_transport(maps: _Finder, address: str, delimiter: str = "",
         value = maps.find(f"{bare}@{domain}", partial=True)
     if value is None and domain:
         value = lookup_domain(maps, domain, parent_style, full=False)
-    if value is None:
-        value = maps.find("*", partial=True)
+    if value is None:  # a FULL lookup, as Postfix's transport_wildcard_init: regexp too
+        value = maps.find("*")
     return value
