@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from harness import Instance, free_port
+from harness import ME, Instance, free_port
 from test_e2e_outbound import sink  # noqa: F401 (the fixture: a running smtp-sink)
 
 MESSAGE = b"Subject: x\r\n\r\nx\r\n"
@@ -213,3 +213,29 @@ def test_a_null_transport_setting_is_named_and_the_mail_waits(new_instance) -> N
         "transport is not allowed"))
     inst.wait_log(r"\w+: to=<u@r1\.example>, relay=none, .*dsn=4\.3\.0, "
                   r"status=deferred \(address resolver failure\)")
+
+
+def test_recipients_that_tables_rewrite_or_postfix_absorbs_are_not_unknown(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 with local_recipient_maps listing nobody takes a local
+    recipient that virtual_alias_maps, canonical_maps or recipient_canonical_maps
+    rewrites, and postmaster, MAILER-DAEMON and double-bounce (its check_rcpt_maps);
+    everyone else is 550 5.1.1 User unknown in local recipient table. The rewritten
+    recipient is delivered."""
+    inst: Instance = new_instance()
+    empty = inst.write("etc/empty", "")
+    inst.set(local_recipient_maps=f"texthash:{empty}",
+             virtual_alias_maps=f"inline:{{va@localhost={ME}@localhost}}",
+             canonical_maps="inline:{can@localhost=root}",
+             recipient_canonical_maps="inline:{rcan@localhost=root}")
+    inst.start()
+    taken = ["va@localhost", "can@localhost", "rcan@localhost", "postmaster@localhost",
+             "MAILER-DAEMON@localhost", "double-bounce@localhost"]
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("alice@example.org")
+        replies = {rcpt: client.rcpt(rcpt) for rcpt in [*taken, "no@localhost"]}
+    assert replies == {**{rcpt: (250, b"2.1.5 Ok") for rcpt in taken},
+                       "no@localhost": (550, b"5.1.1 <no@localhost>: Recipient address "
+                                             b"rejected: User unknown in local recipient table")}
+    inst.send("alice@example.org", "va@localhost", MESSAGE)
+    assert inst.wait_maildir(1)

@@ -380,6 +380,9 @@ class Engine:
         self.unknown_alias_code = config.get_int("unknown_virtual_alias_reject_code")
         self.unknown_mailbox_code = config.get_int("unknown_virtual_mailbox_reject_code")
         self.unknown_relay_code = config.get_int("unknown_relay_recipient_reject_code")
+        # local parts Postfix's check_rcpt_maps never refuses in a local domain
+        self.local_always = frozenset({config.get("double_bounce_sender").lower(), "postmaster",
+                                       "mailer-daemon"})
         self.relay_recipient_maps = bool(config.get_list("relay_recipient_maps"))
         self.rbl_code = config.get_int("maps_rbl_reject_code")
         self.rbl_template = config.raw("default_rbl_reply") or ""
@@ -665,12 +668,16 @@ class Engine:
         if r.failed:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         try:
+            if self._mapped(r, stage):
+                return None
             if r.transport in ("error", "retry") and r.class_ != resolve.CLASS_ALIAS \
                     and not r.bad_syntax:
                 return self._undeliverable(req, r, address, stage)
             if r.class_ == resolve.CLASS_LOCAL:
                 if not self.local_recipient_maps:
                     return None
+                if r.recipient.rpartition("@")[0].lower() in self.local_always:
+                    return None  # absorbed by qmgr or made by bounce, as Postfix
                 table = self._maps("local_recipient_maps")
                 if not r.recipient.rpartition("@")[0]:
                     return None
@@ -705,15 +712,22 @@ class Engine:
             dsn = "4" + dsn[1:]
         return self.reply(code, dsn, req, f"User unknown in {what}", key=address, stage=stage)
 
+    def _mapped(self, r: Resolved, stage: str) -> bool:
+        """Postfix's check_rcpt_maps: an address that a canonical or virtual alias table
+        rewrites is taken, whatever its class (cleanup sends it elsewhere)."""
+        params = ["recipient_canonical_maps", "canonical_maps", "virtual_alias_maps"]
+        if stage == STAGE_SENDER:
+            params.insert(1, "sender_canonical_maps")
+        address = r.recipient.lower()
+        local = r.class_ == resolve.CLASS_LOCAL
+        return any(self.config.get(param) and addr_lookup.lookup_address(
+            self._maps(param), address, local, self.delimiter) is not None for param in params)
+
     def _undeliverable(self, req: Request, r: Resolved, address: str,
                        stage: str) -> Reply | None:
         """Postfix's check_rcpt_maps for an address that resolves to the error or retry
         transport (transport_maps, relocated_maps): refused now with the nexthop's
-        reason (550, or 450 for retry), unless virtual_alias_maps takes it."""
-        if addr_lookup.lookup_address(self._maps("virtual_alias_maps"), r.recipient.lower(),
-                                      r.class_ == resolve.CLASS_LOCAL,
-                                      self.delimiter) is not None:
-            return None
+        reason (550, or 450 for retry)."""
         retry = r.transport == "retry"
         default = ("4" if retry else "5") + (".1.0" if stage == STAGE_SENDER else ".1.1")
         dsn, text = dsn_split(default, r.nexthop)
