@@ -136,13 +136,14 @@ def test_relocated_relay_recipients_and_error_transports_are_refused_at_rcpt(new
     relay_domains recipients that relay_recipient_maps does not list)."""
     inst: Instance = new_instance()
     relocated = inst.write("etc/relocated", "gone@localhost new@else.example\n"
-                                            "old@relay.example other@x.example\n")
+                                            "old@relay.example other@x.example\n"
+                                            "moved@va.example there@x.example\n")
     relay_rcpts = inst.write("etc/relay_recipients", "ok@relay.example x\n")
     transport = inst.write("etc/transport", "err.example error:5.7.9 nope\n"
                                             "retry.example retry:4.2.2 later\n")
     inst.set(relay_domains="relay.example", relocated_maps=f"texthash:{relocated}",
              relay_recipient_maps=f"texthash:{relay_rcpts}", transport_maps=f"texthash:{transport}",
-             local_recipient_maps="")
+             local_recipient_maps="", virtual_alias_domains="va.example")
     inst.start()
     expected = {
         "gone@localhost": (550, b"5.1.6 <gone@localhost>: Recipient address rejected: "
@@ -154,6 +155,10 @@ def test_relocated_relay_recipients_and_error_transports_are_refused_at_rcpt(new
                                    b"User unknown in relay recipient table"),
         "u@err.example": (550, b"5.7.9 <u@err.example>: Recipient address rejected: nope"),
         "u@retry.example": (450, b"4.2.2 <u@retry.example>: Recipient address rejected: later"),
+        "moved@va.example": (550, b"5.1.6 <moved@va.example>: Recipient address rejected: "
+                                  b"User has moved to there@x.example"),
+        "who@va.example": (550, b"5.1.1 <who@va.example>: Recipient address rejected: "
+                                b"User unknown in virtual alias table"),
     }
     with inst.smtp() as client:
         client.ehlo("x")

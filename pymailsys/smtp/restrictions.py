@@ -670,8 +670,9 @@ class Engine:
         try:
             if self._mapped(r, stage):
                 return None
-            if r.transport in ("error", "retry") and r.class_ != resolve.CLASS_ALIAS \
-                    and not r.bad_syntax:
+            if r.transport in ("error", "retry") and not r.bad_syntax:
+                # the virtual alias class too: its nexthop is "5.1.1 User unknown in
+                # virtual alias table", unless relocated_maps moved the address
                 return self._undeliverable(req, r, address, stage)
             if r.class_ == resolve.CLASS_LOCAL:
                 if not self.local_recipient_maps:
@@ -685,11 +686,6 @@ class Engine:
                                               self.delimiter) is not None:
                     return None
                 code, what = self.unknown_local_code, "local recipient table"
-            elif r.class_ == resolve.CLASS_ALIAS:
-                if addr_lookup.lookup_address(self._maps("virtual_alias_maps"), r.recipient.lower(),
-                                              False, self.delimiter) is not None:
-                    return None
-                code, what = self.unknown_alias_code, "virtual alias table"
             elif r.class_ == resolve.CLASS_VIRTUAL:
                 for param in ("virtual_alias_maps", "virtual_mailbox_maps"):
                     if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(), False,
@@ -726,12 +722,14 @@ class Engine:
     def _undeliverable(self, req: Request, r: Resolved, address: str,
                        stage: str) -> Reply | None:
         """Postfix's check_rcpt_maps for an address that resolves to the error or retry
-        transport (transport_maps, relocated_maps): refused now with the nexthop's
-        reason (550, or 450 for retry)."""
+        transport (a virtual alias domain, transport_maps, relocated_maps): refused now
+        with the nexthop's reason (550, unknown_virtual_alias_reject_code for the virtual
+        alias class, 450 for retry)."""
         retry = r.transport == "retry"
         default = ("4" if retry else "5") + (".1.0" if stage == STAGE_SENDER else ".1.1")
         dsn, text = dsn_split(default, r.nexthop)
-        code = 450 if retry else 550
+        code = 450 if retry else self.unknown_alias_code if r.class_ == resolve.CLASS_ALIAS \
+            else 550
         return self.reply(code, _dsn_for_stage(fix_dsn(code, dsn), stage), req, text,
                           key=address, stage=stage)
 
