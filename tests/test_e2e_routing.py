@@ -96,10 +96,16 @@ def test_sender_dependent_default_transport_and_relayhost_precedence(new_instanc
     refused = rf"status=deferred \(connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused\)"
     dunno = inst.send("s2@x.example", "u@r2.example", MESSAGE)
     inst.wait_log(rf"postfix/smtp\[\d+\]: {dunno}: to=<u@r2.example>, relay=none, .*{refused}")
-    error = inst.send("s3+e@x.example", "u@r3.example", MESSAGE)
-    inst.wait_log(rf"{error}: to=<u@r3.example>, relay=none, .*dsn=5\.7\.1, status=bounced \(nope\)")
+    inst.tool("sendmail", "-f", "s3+e@x.example", "u@r3.example", input="Subject: x\n\nx\n",
+              check=True)
+    inst.wait_log(r"\w+: to=<u@r3.example>, relay=none, .*dsn=5\.7\.1, status=bounced \(nope\)")
     relayed = inst.send("q@y.example", "u@r4.example", MESSAGE)
     inst.wait_log(rf"{relayed}: to=<u@r4.example>, relay=none, .*{refused}")
+    with inst.smtp() as client:  # smtpd resolves with the sender, as Postfix's
+        client.ehlo("x")
+        client.mail("s3+e@x.example")
+        assert client.rcpt("u@r3.example") == (
+            550, b"5.7.1 <u@r3.example>: Recipient address rejected: nope")
     assert "sender_dependent_default_transport_maps is not implemented" not in inst.log()
 
 

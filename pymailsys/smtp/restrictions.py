@@ -629,12 +629,13 @@ class Engine:
     def lookup_failure(self, key: str) -> Result:
         return Result(DEFER, Reply(451, "4.3.0", f"<{key}>: Temporary lookup failure"))
 
-    def resolve(self, address: str) -> resolve.Resolved:
+    def resolve(self, address: str, sender: str | None = None) -> resolve.Resolved:
         """Where the address goes once cleanup has it: rewritten in the local context
         (``user`` becomes ``user@$myorigin``, a source route is dropped, ...), then
-        resolved, as Postfix's smtpd_resolve_addr() does. Deciding on the address as
-        the client sent it would judge another address than the one delivered."""
-        return self.resolved.resolve(rewrite_address(address, self.rewrite_context))
+        resolved (for sender, when given: sender-dependent tables), as Postfix's
+        smtpd_resolve_addr() does. Deciding on the address as the client sent it
+        would judge another address than the one delivered."""
+        return self.resolved.resolve(rewrite_address(address, self.rewrite_context), sender)
 
     def bad_syntax(self, address: str, smtputf8: bool) -> bool:
         """Postfix's smtpd_check_addr: the address resolves to no valid domain, or to
@@ -664,7 +665,9 @@ class Engine:
         """Reject reply when address is in one of our domains but unknown; None when fine."""
         if not address:
             return None
-        r = self.resolve(address)
+        # as Postfix's check_rcpt_maps: a recipient with the sender (its sender-dependent
+        # default transport may be the error transport), a sender with the recipient
+        r = self.resolve(address, req.sender if stage == STAGE_RECIPIENT else req.recipient)
         if r.failed:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
         try:
