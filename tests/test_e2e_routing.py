@@ -250,3 +250,16 @@ def test_recipients_that_tables_rewrite_or_postfix_absorbs_are_not_unknown(new_i
                                              b"rejected: User unknown in local recipient table")}
     inst.send("alice@example.org", "va@localhost", MESSAGE)
     assert inst.wait_maildir(1)
+
+
+def test_virtual_mailbox_domains_without_a_mailbox_table_take_anyone(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """virtual_mailbox_domains with an LMTP virtual_transport and no virtual_mailbox_maps
+    (the store knows its users): Debian's Postfix 3.7 takes any recipient there (its
+    check_rcpt_maps asks virtual_mailbox_maps only when it is set)."""
+    inst: Instance = new_instance()
+    inst.set(virtual_mailbox_domains="store.example", virtual_transport="lmtp:[127.0.0.1]:9")
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo("x")
+        client.mail("alice@example.org")
+        assert client.rcpt("anyone@store.example") == (250, b"2.1.5 Ok")

@@ -384,6 +384,7 @@ class Engine:
         self.local_always = frozenset({config.get("double_bounce_sender").lower(), "postmaster",
                                        "mailer-daemon"})
         self.relay_recipient_maps = bool(config.get_list("relay_recipient_maps"))
+        self.virtual_mailbox_maps = bool(config.get_list("virtual_mailbox_maps"))
         self.rbl_code = config.get_int("maps_rbl_reject_code")
         self.rbl_template = config.raw("default_rbl_reply") or ""
         self.rbl_reply_maps = bool(config.get_list("rbl_reply_maps"))
@@ -689,11 +690,13 @@ class Engine:
                                               self.delimiter) is not None:
                     return None
                 code, what = self.unknown_local_code, "local recipient table"
-            elif r.class_ == resolve.CLASS_VIRTUAL:
-                for param in ("virtual_alias_maps", "virtual_mailbox_maps"):
-                    if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(), False,
-                                                  self.delimiter) is not None:
-                        return None
+            elif r.class_ == resolve.CLASS_VIRTUAL and self.virtual_mailbox_maps:
+                # virtual_alias_maps was asked above (_mapped); without virtual_mailbox_maps
+                # (virtual_transport = lmtp:... and the like) anyone is taken, as Postfix
+                if addr_lookup.lookup_address(self._maps("virtual_mailbox_maps"),
+                                              r.recipient.lower(), False,
+                                              self.delimiter) is not None:
+                    return None
                 code, what = self.unknown_mailbox_code, "virtual mailbox table"
             elif r.class_ == resolve.CLASS_RELAY and self.relay_recipient_maps:
                 if addr_lookup.lookup_address(self._maps("relay_recipient_maps"),
