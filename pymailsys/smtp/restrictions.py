@@ -383,8 +383,17 @@ class Engine:
         # local parts Postfix's check_rcpt_maps never refuses in a local domain
         self.local_always = frozenset({config.get("double_bounce_sender").lower(), "postmaster",
                                        "mailer-daemon"})
-        self.relay_recipient_maps = bool(config.get_list("relay_recipient_maps"))
-        self.virtual_mailbox_maps = bool(config.get_list("virtual_mailbox_maps"))
+        # class -> (its recipient table, the reply code and the words for one it lacks)
+        tables = {
+            resolve.CLASS_LOCAL: ("local_recipient_maps", self.unknown_local_code,
+                                  "local recipient table"),
+            resolve.CLASS_VIRTUAL: ("virtual_mailbox_maps", self.unknown_mailbox_code,
+                                    "virtual mailbox table"),
+            resolve.CLASS_RELAY: ("relay_recipient_maps", self.unknown_relay_code,
+                                  "relay recipient table"),
+        }
+        self.recipient_tables = {class_: entry for class_, entry in tables.items()
+                                 if config.get_list(entry[0])}
         self.rbl_code = config.get_int("maps_rbl_reject_code")
         self.rbl_template = config.raw("default_rbl_reply") or ""
         self.rbl_reply_maps = bool(config.get_list("rbl_reply_maps"))
@@ -402,7 +411,6 @@ class Engine:
                                      "no_unknown_recipient_checks" not in
                                      config.get_list("receive_override_options"))
         self.reject_unlisted_sender = config.get_bool("smtpd_reject_unlisted_sender")
-        self.local_recipient_maps = bool(config.get_list("local_recipient_maps"))
         self.access_parent_style = addr_lookup.parent_style(config, "smtpd_access_maps")
         self.resolved = resolve.ResolveCache(config)  # answers reused, as Postfix's resolve client
         self.rewrite_context = RewriteContext.from_config(config)
@@ -678,33 +686,17 @@ class Engine:
                 # the virtual alias class too: its nexthop is "5.1.1 User unknown in
                 # virtual alias table", unless relocated_maps moved the address
                 return self._undeliverable(req, r, address, stage)
-            if r.class_ == resolve.CLASS_LOCAL:
-                if not self.local_recipient_maps:
-                    return None
-                if r.recipient.rpartition("@")[0].lower() in self.local_always:
-                    return None  # absorbed by qmgr or made by bounce, as Postfix
-                table = self._maps("local_recipient_maps")
-                if not r.recipient.rpartition("@")[0]:
-                    return None
-                if addr_lookup.lookup_address(table, r.recipient.lower(), True,
-                                              self.delimiter) is not None:
-                    return None
-                code, what = self.unknown_local_code, "local recipient table"
-            elif r.class_ == resolve.CLASS_VIRTUAL and self.virtual_mailbox_maps:
-                # virtual_alias_maps was asked above (_mapped); without virtual_mailbox_maps
-                # (virtual_transport = lmtp:... and the like) anyone is taken, as Postfix
-                if addr_lookup.lookup_address(self._maps("virtual_mailbox_maps"),
-                                              r.recipient.lower(), False,
-                                              self.delimiter) is not None:
-                    return None
-                code, what = self.unknown_mailbox_code, "virtual mailbox table"
-            elif r.class_ == resolve.CLASS_RELAY and self.relay_recipient_maps:
-                if addr_lookup.lookup_address(self._maps("relay_recipient_maps"),
-                                              r.recipient.lower(), False,
-                                              self.delimiter) is not None:
-                    return None
-                code, what = self.unknown_relay_code, "relay recipient table"
-            else:
+            # the class's recipient table, when set (Postfix asks none for a class
+            # without one: an LMTP store behind virtual_mailbox_domains knows its users)
+            param, code, what = self.recipient_tables.get(r.class_, ("", 0, ""))
+            localpart = r.recipient.rpartition("@")[0]
+            if not param or not localpart:
+                return None
+            if r.class_ == resolve.CLASS_LOCAL and localpart.lower() in self.local_always:
+                return None  # absorbed by qmgr or made by bounce, as Postfix
+            if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(),
+                                          r.class_ == resolve.CLASS_LOCAL,
+                                          self.delimiter) is not None:
                 return None
         except maps.TableError as e:
             log.warning(f"{e}")
