@@ -183,3 +183,18 @@ def test_transport_wildcard_is_asked_of_every_table_and_local_nexthop_is_the_dom
     assert resolve.resolve(c, "u@q.example").nexthop == "[star.example]"
     r = resolve.resolve(cfg(local_transport="local"), "u@localhost")
     assert (r.class_, r.transport, r.nexthop) == ("local", "local", "localhost")
+
+
+def test_transport_maps_extensions_and_parent_style() -> None:
+    """transport(5): user+ext@domain, then user@domain; a parent domain matches
+    through ``.parent``, or as a bare name when parent_domain_matches_subdomains lists
+    transport_maps."""
+    table = "inline:{u@x.example=smtp:[a.example], .y.example=smtp:[b.example], " \
+            "z.example=smtp:[c.example]}"
+    c = cfg(transport_maps=table, recipient_delimiter="+")
+    assert resolve.resolve(c, "u+tag@x.example").nexthop == "[a.example]"
+    assert resolve.resolve(c, "u@sub.y.example").nexthop == "[b.example]"
+    assert resolve.resolve(c, "u@y.example").nexthop == "y.example"
+    assert resolve.resolve(c, "u@sub.z.example").nexthop == "sub.z.example"
+    c = cfg(transport_maps=table, parent_domain_matches_subdomains="transport_maps")
+    assert resolve.resolve(c, "u@sub.z.example").nexthop == "[c.example]"
