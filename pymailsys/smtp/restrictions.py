@@ -76,6 +76,16 @@ DESCRIPTION
     ``user@remote``), and an OK for a recipient that is still routed counts
     as DUNNO unless allow_untrusted_routing (Postfix's check_mail_access).
 
+    The unlisted recipient (and sender) check is Postfix's check_rcpt_maps: an
+    address that recipient_canonical_maps, canonical_maps or virtual_alias_maps
+    rewrites is taken; one that resolves to the error or retry transport
+    (virtual alias domains, transport_maps, relocated_maps, a sender-dependent
+    default transport: the address is resolved with the sender) is refused
+    with that nexthop's status and text (550, 450 for retry); otherwise the
+    class's table, when set, must list it: local_recipient_maps (postmaster,
+    MAILER-DAEMON and double-bounce always pass), virtual_mailbox_maps,
+    relay_recipient_maps.
+
     Replies are Postfix's, e.g. ``554 5.7.1 <r>: Relay access denied`` and
     ``550 5.1.1 <r>: Recipient address rejected: User unknown in local
     recipient table``. A table that cannot answer gives ``451 4.3.0 <key>:
