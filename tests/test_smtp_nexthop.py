@@ -54,5 +54,7 @@ def test_nexthop_configuration_errors_defer_in_postfix_words(text: str, problem:
 
 
 def test_an_empty_port_is_the_default() -> None:
-    assert parse("[127.0.0.1]:", False, 25) == Destination("127.0.0.1", 25, False)
-    assert parse("relay.example:", False, 25) == Destination("relay.example", 25, True)
+    assert parse("[127.0.0.1]:", False, 25) == Destination("127.0.0.1", 25, False,
+                                                           loop_detect=True)
+    assert parse("relay.example:", False, 25) == Destination("relay.example", 25, True,
+                                                             loop_detect=True)
