@@ -390,6 +390,13 @@ class Engine:
         self.unknown_alias_code = config.get_int("unknown_virtual_alias_reject_code")
         self.unknown_mailbox_code = config.get_int("unknown_virtual_mailbox_reject_code")
         self.unknown_relay_code = config.get_int("unknown_relay_recipient_reject_code")
+        # the tables that make check_rcpt_maps take an address they rewrite (``_mapped``),
+        # per stage: only those that are set, so that most sites look up nothing
+        rewriting = ["recipient_canonical_maps", "canonical_maps", "virtual_alias_maps"]
+        self.rewriting_maps = {
+            stage: [p for p in (rewriting[:1] + ["sender_canonical_maps"] + rewriting[1:]
+                                if stage == STAGE_SENDER else rewriting) if config.get(p)]
+            for stage in (STAGE_SENDER, STAGE_RECIPIENT)}
         # local parts Postfix's check_rcpt_maps never refuses in a local domain
         self.local_always = frozenset({config.get("double_bounce_sender").lower(), "postmaster",
                                        "mailer-daemon"})
@@ -719,13 +726,13 @@ class Engine:
     def _mapped(self, r: Resolved, stage: str) -> bool:
         """Postfix's check_rcpt_maps: an address that a canonical or virtual alias table
         rewrites is taken, whatever its class (cleanup sends it elsewhere)."""
-        params = ["recipient_canonical_maps", "canonical_maps", "virtual_alias_maps"]
-        if stage == STAGE_SENDER:
-            params.insert(1, "sender_canonical_maps")
+        params = self.rewriting_maps[STAGE_SENDER if stage == STAGE_SENDER else STAGE_RECIPIENT]
+        if not params:
+            return False
         address = r.recipient.lower()
         local = r.class_ == resolve.CLASS_LOCAL
-        return any(self.config.get(param) and addr_lookup.lookup_address(
-            self._maps(param), address, local, self.delimiter) is not None for param in params)
+        return any(addr_lookup.lookup_address(self._maps(param), address, local,
+                                              self.delimiter) is not None for param in params)
 
     def _undeliverable(self, req: Request, r: Resolved, address: str,
                        stage: str) -> Reply | None:
