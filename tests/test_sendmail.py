@@ -184,10 +184,18 @@ def test_a_signal_while_reading_leaves_no_maildrop_file(tmp_path: Path) -> None:
     import time
 
     etc, spool = make_spool(tmp_path)
-    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+    signals = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+    def default_handling() -> None:
+        # A job started in the background (nohup, &) ignores SIGHUP and SIGINT, and
+        # sendmail keeps an ignored signal ignored: give it default handling here.
+        for sig in signals:
+            signal.signal(sig, signal.SIG_DFL)
+
+    for signum in signals:
         proc = subprocess.Popen([sys.executable, "-m", "pymailsys.tools.sendmail", "-C", str(etc),
                                  "user@example.com"], stdin=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd="/")
+                                stderr=subprocess.PIPE, cwd="/", preexec_fn=default_handling)
         assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.write(b"Subject: cut short\n\n" + b"x" * 100_000 + b"\n")
         proc.stdin.flush()
