@@ -263,3 +263,16 @@ def test_virtual_mailbox_domains_without_a_mailbox_table_take_anyone(new_instanc
         client.ehlo("x")
         client.mail("alice@example.org")
         assert client.rcpt("anyone@store.example") == (250, b"2.1.5 Ok")
+
+
+def test_a_relayhost_list_is_tried_in_order(new_instance, sink) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """relayhost = [127.0.0.1]:DEAD, [127.0.0.1]:SINK (a list: Postfix 3.5 and later):
+    the first refuses the connection, the second takes the mail."""
+    sink.start()
+    inst: Instance = new_instance()
+    dead = free_port()
+    inst.set(relayhost=f"[127.0.0.1]:{dead}, [127.0.0.1]:{sink.port}")
+    inst.start()
+    queue_id = inst.send("alice@example.org", "x@remote.example", MESSAGE)
+    inst.wait_log(rf"{queue_id}: to=<x@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                  rf"{sink.port}, .*status=sent")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pymailsys.smtp.nexthop import Destination, RouteError, parse
+from pymailsys.smtp.nexthop import Destination, RouteError, parse, parse_list
 
 
 @pytest.mark.parametrize("text, lmtp, expected", [
@@ -58,3 +58,13 @@ def test_an_empty_port_is_the_default() -> None:
                                                            loop_detect=True)
     assert parse("relay.example:", False, 25) == Destination("relay.example", 25, True,
                                                              loop_detect=True)
+
+
+def test_a_nexthop_list_is_its_sites_in_order() -> None:
+    assert parse_list("[a.example]:587, [b.example]:587  c.example", False, 25) == [
+        Destination("a.example", 587, False), Destination("b.example", 587, False),
+        Destination("c.example", 25, True, loop_detect=True)]
+    assert parse_list("[a.example]", False, 25) == [
+        Destination("a.example", 25, False, loop_detect=True)]
+    with pytest.raises(RouteError):
+        parse_list("[a.example], [b", False, 25)

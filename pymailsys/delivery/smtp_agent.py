@@ -20,7 +20,8 @@ DESCRIPTION
     carries up to ``<transport>_destination_recipient_limit`` recipients of
     one message for one nexthop. The nexthop is resolved into servers
     (``pymailsys.smtp.nexthop``: MX by preference, A/AAAA, ``[host]:port``,
-    ``unix:/path`` for LMTP), and they are tried in order
+    ``unix:/path`` for LMTP; each site of a list such as ``relayhost = [a]:587,
+    [b]:587`` in turn, Postfix 3.5's), and they are tried in order
     (``pymailsys.smtp.client``): a server that cannot be reached, answers
     4xx to the greeting, HELO or MAIL FROM, or breaks the connection makes
     way for the next, within smtp_mx_session_limit sessions that got past
@@ -330,7 +331,7 @@ class Agent:
         uses = [0] * count
         conn_time = 0.0
         try:
-            dest = nexthop.parse(req.nexthop, self.lmtp, self.default_port)
+            dests = nexthop.parse_list(req.nexthop, self.lmtp, self.default_port)
         except nexthop.RouteError as e:
             log.warning(e.text)  # as Postfix's smtp client, which stops on it
             return self.finish(req, [_route_result(e)] * count, relays)
@@ -341,14 +342,16 @@ class Agent:
         last: client.SessionError | nexthop.RouteError | None = None
         last_relay = "none"
         sessions = 0
-        cacheable = self.caches(dest.host)
+        cacheable = self.caches(dests[0].host)
         sites = _Sites()
         soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
-        async with contextlib.aclosing(self.sessions(req.nexthop, dest, policy, sites)) \
+        async with contextlib.aclosing(self.sessions(req.nexthop, dests, policy, sites)) \
                 as attempts:
             async for peer, session, error in attempts:
                 if error is not None:
-                    last = error
+                    if not (isinstance(error, nexthop.RouteError) and error.permanent
+                            and last is not None and not last.permanent):
+                        last = error  # a site not found does not undo another's soft error
                     last_relay = peer.relay if peer is not None and isinstance(
                         error, client.SessionError) and error.connected else "none"
                     if isinstance(error, client.SessionError) and not error.retry_other:
@@ -440,10 +443,11 @@ class Agent:
 
     # --- servers, sessions and the connection cache ------------------------------
 
-    async def sessions(self, key: str, dest: nexthop.Destination,  # type: ignore[no-untyped-def]
+    async def sessions(self, key: str, dests: list[nexthop.Destination],  # type: ignore[no-untyped-def]
                        policy: tls.Policy, sites: _Sites):
         """Yield (peer, session, None) for each usable session, best server first, or
-        (None, None, error) for a server or lookup that failed. The sites are the nexthop
+        (None, None, error) for a server or lookup that failed. The sites are the nexthop's
+        (each of a list such as ``relayhost = [a]:587, [b]:587`` in turn, Postfix 3.5's)
         and then each smtp_fallback_relay, as Postfix's smtp_connect_inet: the fallback
         relays also after a lookup error of the nexthop, but not when its mail loops
         back to us or we are one of its MX hosts; ``sites`` says which is being tried,
@@ -453,7 +457,7 @@ class Agent:
         cached = self.take_cached(key)
         if cached is not None:
             yield cached.peer, cached, None
-        routes: list[tuple[nexthop.Destination, tls.Policy]] = [(dest, policy)]
+        routes: list[tuple[nexthop.Destination, tls.Policy]] = [(d, policy) for d in dests]
         for relay in self.fallback:
             try:  # a fallback relay has its own TLS policy, as in Postfix
                 routes.append((nexthop.parse(relay, self.lmtp, self.default_port),
@@ -462,7 +466,7 @@ class Agent:
                 log.warning(f"{param_name(self.protocol, 'fallback_relay')} {relay}: {e.text}")
         for n, (site, site_policy) in enumerate(routes):
             if n:
-                sites.begin(fallback=True)
+                sites.begin(fallback=n >= len(dests))
             try:
                 route = await nexthop.servers(site, self.policy)
             except nexthop.RouteError as e:

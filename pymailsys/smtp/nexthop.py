@@ -5,6 +5,7 @@ NAME
 
 SYNOPSIS
     dest = nexthop.parse("[relay.example]:587", lmtp=False, default_port=25)
+    dests = nexthop.parse_list("[a.example]:587, [b.example]:587", False, 25)
     route = await nexthop.servers(dest, policy)    # route.peers, route.found_self
 
 DESCRIPTION
@@ -12,7 +13,9 @@ DESCRIPTION
     ``domain:port``, ``[host]`` and ``[host]:port`` (no MX lookup),
     an optional ``inet:`` prefix, and for LMTP ``unix:/path`` (LMTP never
     looks up MX records). A missing port is the protocol's (smtp_tcp_port,
-    lmtp_tcp_port).
+    lmtp_tcp_port). ``parse_list`` takes a list of those, separated by commas
+    or spaces (relayhost, a transport nexthop: Postfix 3.5 and later), to be
+    tried in order.
 
     ``servers`` returns a ``Route``: ``Peer``s for ``pymailsys.smtp.client``
     (and ``found_self``: this machine is one of the MX hosts); for a
@@ -164,6 +167,15 @@ def parse(nexthop: str, lmtp: bool, default_port: int) -> Destination:
         raise _bad("valid hostname or network address required", nexthop)
     return Destination(host=host.rstrip(".").lower(), port=port, use_mx=use_mx,
                        loop_detect=not lmtp and port == 25)
+
+
+def parse_list(nexthop: str, lmtp: bool, default_port: int) -> list[Destination]:
+    """A nexthop that lists destinations (``[a]:587, [b]:587``: Postfix 3.5 and later),
+    each as ``parse`` takes it, in order; RouteError for the first one it refuses."""
+    sites = nexthop.replace(",", " ").split()
+    if len(sites) <= 1:
+        return [parse(nexthop, lmtp, default_port)]
+    return [parse(site, lmtp, default_port) for site in sites]
 
 
 def _is_address(text: str, version: int = 0) -> bool:
