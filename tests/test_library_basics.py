@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -58,6 +59,31 @@ def test_attr_pipelined_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-
     assert out == [(bytes([i, 0, 255]), i) for i in range(20)]
 
 
+def _first_connection_stops(stopping: asyncio.Event, release: asyncio.Event,
+                            connections: list[asyncio.Task[None]], sequential: bool = False,
+                            ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                          Awaitable[None]]:
+    """A server callback for asyncio.start_unix_server: it records each connection's task
+    in ``connections`` and serves it (pipelined, or sequential), only the first one seeing
+    ``stopping``. A request with ``wait`` is answered once ``release`` is set; the reply
+    is its ``n`` and the number of connections so far."""
+
+    async def handler(request: attr.AttrList) -> dict[str, object]:
+        if request.number("wait"):
+            await release.wait()
+        return {"n": request.number("n"), "connection": len(connections)}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = not connections
+        connections.append(asyncio.current_task())  # type: ignore[arg-type]
+        if sequential:
+            await attr.serve_sequential(r, w, handler, stopping if first else asyncio.Event())
+        else:
+            await attr.serve_pipelined(r, w, handler, stopping if first else None)
+
+    return serve
+
+
 def test_attr_server_going_away_answers_then_closes_and_the_client_reconnects(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A stopping server answers what it holds, then closes the connection; it is not
     kept alive by an idle client, and the client's next request opens a new one."""
@@ -66,15 +92,7 @@ def test_attr_server_going_away_answers_then_closes_and_the_client_reconnects(tm
     release = asyncio.Event()
     connections: list[asyncio.Task[None]] = []
 
-    async def handler(request: attr.AttrList) -> dict[str, object]:
-        if request.number("wait"):
-            await release.wait()
-        return {"n": request.number("n")}
-
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        first = not connections
-        connections.append(asyncio.current_task())  # type: ignore[arg-type]
-        await attr.serve_pipelined(r, w, handler, stopping if first else None)
+    serve = _first_connection_stops(stopping, release, connections)
 
     async def main() -> tuple[int, int, bool, int]:
         server = await asyncio.start_unix_server(serve, path=path)
@@ -194,15 +212,7 @@ def test_attr_client_leaves_a_connection_that_said_goodbye(tmp_path) -> None:  #
     release = asyncio.Event()
     connections: list[asyncio.Task[None]] = []
 
-    async def handler(request: attr.AttrList) -> dict[str, object]:
-        if request.number("wait"):
-            await release.wait()
-        return {"n": request.number("n")}
-
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        first = not connections
-        connections.append(asyncio.current_task())  # type: ignore[arg-type]
-        await attr.serve_pipelined(r, w, handler, stopping if first else None)
+    serve = _first_connection_stops(stopping, release, connections)
 
     async def main() -> tuple[int, int, float]:
         server = await asyncio.start_unix_server(serve, path=path)
@@ -237,15 +247,7 @@ def test_attr_client_fails_what_a_sequential_server_did_not_read(tmp_path) -> No
     release = asyncio.Event()
     connections: list[asyncio.Task[None]] = []
 
-    async def handler(request: attr.AttrList) -> dict[str, object]:
-        if request.number("wait"):
-            await release.wait()
-        return {"n": request.number("n"), "connection": len(connections)}
-
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        first = not connections
-        connections.append(asyncio.current_task())  # type: ignore[arg-type]
-        await attr.serve_sequential(r, w, handler, stopping if first else asyncio.Event())
+    serve = _first_connection_stops(stopping, release, connections, sequential=True)
 
     async def main() -> tuple[int, str, tuple[int, int]]:
         server = await asyncio.start_unix_server(serve, path=path)

@@ -392,11 +392,13 @@ class Engine:
         self.unknown_relay_code = config.get_int("unknown_relay_recipient_reject_code")
         # the tables that make check_rcpt_maps take an address they rewrite (``_mapped``),
         # per stage: only those that are set, so that most sites look up nothing
-        rewriting = ["recipient_canonical_maps", "canonical_maps", "virtual_alias_maps"]
-        self.rewriting_maps = {
-            stage: [p for p in (rewriting[:1] + ["sender_canonical_maps"] + rewriting[1:]
-                                if stage == STAGE_SENDER else rewriting) if config.get(p)]
-            for stage in (STAGE_SENDER, STAGE_RECIPIENT)}
+        rewriting = {
+            STAGE_SENDER: ["recipient_canonical_maps", "sender_canonical_maps",
+                           "canonical_maps", "virtual_alias_maps"],
+            STAGE_RECIPIENT: ["recipient_canonical_maps", "canonical_maps", "virtual_alias_maps"],
+        }
+        self.rewriting_maps = {stage: [p for p in params if config.get(p)]
+                               for stage, params in rewriting.items()}
         # local parts Postfix's check_rcpt_maps never refuses in a local domain
         self.local_always = frozenset({config.get("double_bounce_sender").lower(), "postmaster",
                                        "mailer-daemon"})
