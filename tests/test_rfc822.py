@@ -27,6 +27,21 @@ def test_quote_and_unquote_are_inverse(internal: str, external: str) -> None:
         assert rfc822.unquote_822_local(external) == internal
 
 
+@pytest.mark.parametrize("special", list('()<>@,;:\\"[] ') + [chr(c) for c in range(32)] + ["\x7f"])
+def test_every_special_and_control_needs_quoting_wherever_it_stands(special: str) -> None:
+    for local in (special, f"a{special}", f"{special}b", f"a{special}b"):
+        assert not rfc822.is_822_dot_string(local), repr(local)
+
+
+@pytest.mark.parametrize(("local", "dot_string"), [
+    ("a", True), ("a.b.c", True), ("a-b+c=d", True), ("j\u00f6rg", True), ("\u2028", True),
+    ("", False), (".", False), (".a", False), ("a.", False), ("a..b", False),
+    ("a.\n", False),  # a trailing line end is no dot-string either
+])
+def test_dot_string_as_postfix(local: str, dot_string: bool) -> None:
+    assert rfc822.is_822_dot_string(local) is dot_string
+
+
 def test_unquote_as_postfix() -> None:
     assert rfc822.unquote_822_local('"a@b"') == "a@b"        # no bare @: all unquoted
     assert rfc822.unquote_822_local('"a"@"b"') == 'a@"b"'   # the domain stays as written
