@@ -118,7 +118,16 @@ DESCRIPTION
     the one ahead of it is answered (``scheduler.take_behind``). When the
     agent dies both are deferred (``unknown mail transport error``); when it
     closes the connection after its reply to the first (a local process that
-    is going away reads nothing more), the second is sent again.
+    is going away reads nothing more), the second is sent again, as is a
+    request whose agent said goodbye without reading it (``attr.NotRead``).
+    A request sent again ``RESEND_LIMIT`` times and still not read (a local
+    that restarts in a loop) is taken for a broken agent, as Postfix's qmgr
+    takes one that crashed: its recipients are deferred (``dsn=4.3.0``,
+    ``unknown mail transport error``), qmgr warns ``transport NAME failure --
+    see a previous warning/fatal/panic logfile record for the problem
+    description``, and mail for that transport is deferred untried, with the
+    same words, for ``transport_retry_time`` or until a request in flight to
+    it gets its reply (Postfix's qmgr_transport_throttle).
 
     Memory: at most ``qmgr_message_active_limit`` messages are active and
     at most ``qmgr_message_recipient_limit`` recipients are in memory: a
@@ -184,8 +193,8 @@ CONFIGURATION PARAMETERS
     info_log_address_format (``from=<…>`` and ``to=<…>``: ``log.address``),
     authorized_flush_users, defer_transports, fast_flush_domains,
     flush_service_name, ipc_timeout, queue_run_delay, minimal_backoff_time, maximal_backoff_time,
-    maximal_queue_lifetime, bounce_queue_lifetime, qmgr_message_active_limit,
-    qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
+    transport_retry_time, maximal_queue_lifetime, bounce_queue_lifetime,
+    qmgr_message_active_limit, qmgr_message_recipient_limit, qmgr_message_recipient_minimum,
     default_process_limit, default_destination_concurrency_limit,
     default_destination_recipient_limit, default_recipient_limit,
     initial_destination_concurrency,
@@ -253,8 +262,11 @@ LOCKED_RETRY = 60.0
 FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
 SEND_ATTEMPTS = 3  # connections tried for a request not yet written (Qmgr._send)
+RESEND_LIMIT = 3  # times a request its agent did not read is sent again (Qmgr.answered)
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
+TRANSPORT_FAILURE = ("transport {} failure -- see a previous warning/fatal/panic logfile "
+                     "record for the problem description")  # Postfix's qmgr_deliver_update
 SUSPENDED = "delivery temporarily suspended"
 FORCE_EXPIRED = "message is administratively expired"  # Postfix's qmgr_message.c
 BOUNCE_LOG_FAILURE = "bounce or trace service failure"  # Postfix's words, bounce.c and sent.c
@@ -350,6 +362,7 @@ class Entry:
     msg: Message
     nexthop: str
     rcpts: list[Recipient]
+    resent: int = 0  # times sent again because its agent went away without reading it
 
 
 class _Conn:
@@ -442,6 +455,8 @@ class Qmgr:
         self.queue_run_delay = cfg.get_time("queue_run_delay")
         self.min_backoff = cfg.get_time("minimal_backoff_time")
         self.max_backoff = cfg.get_time("maximal_backoff_time")
+        self.transport_retry = cfg.get_time("transport_retry_time")
+        self.dead_transports: dict[str, float] = {}  # until when (monotonic): throttle_transport
         self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
         if self.bounce_lifetime > self.max_lifetime:  # as Postfix's qmgr_post_init
@@ -1047,6 +1062,9 @@ class Qmgr:
         if not self.transport_available(where.transport):
             self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none", start)
             return None
+        if self.dead_transports and self.transport_dead(where.transport):
+            self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
+            return None
         return where
 
     def transport_available(self, transport: str) -> bool:
@@ -1056,6 +1074,33 @@ class Qmgr:
         if pool is not None and any(c.client.connected for c in pool.conns):
             return True
         return os.path.exists(self.spool.private(transport))
+
+    def transport_dead(self, transport: str) -> bool:
+        """The transport is throttled (``throttle_transport``) and its time is not over."""
+        until = self.dead_transports.get(transport)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self.dead_transports[transport]
+        return False
+
+    def throttle_transport(self, transport: str) -> None:
+        """Its agent failed a request for good (Postfix's DELIVER_STAT_CRASH: here, one
+        it went away without reading, again and again): as Postfix's qmgr, log so,
+        defer what waits for the transport (``unknown mail transport error``) and send
+        it nothing for ``transport_retry_time``, or until a request in flight to it
+        gets its reply."""
+        log.warning(TRANSPORT_FAILURE.format(transport))
+        if self.transport_dead(transport):
+            return
+        self.dead_transports[transport] = time.monotonic() + self.transport_retry
+        start = time.time()
+        for entry in self.sched.take_transport(transport):
+            for rc in entry.rcpts:
+                self.record(entry.msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none",
+                            start)
+            self.entry_done(entry, transport)
 
     async def deliver(self, lane: _Lane, entry: Entry,
                       sent: tuple[float, asyncio.Future[AttrList]] | None) -> None:
@@ -1155,8 +1200,9 @@ class Qmgr:
         a sequential agent that goes away reads nothing more (a reload, a changed
         table), so that entry goes back to the scheduler, to be sent again; so does
         one whose agent said it went away without reading it (``attr.NotRead``: its
-        goodbye crossed our request). The lane that carried it takes no entry behind
-        it once the reply is in (``fill``)."""
+        goodbye crossed our request), up to ``RESEND_LIMIT`` times: then its agent is
+        taken for a broken one (``throttle_transport``). The lane that carried it takes
+        no entry behind it once the reply is in (``fill``)."""
         msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
         released = requeued = False
         try:
@@ -1165,15 +1211,22 @@ class Qmgr:
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")
-                if (behind_reply or isinstance(e, NotRead)) and not dest.dead:
+                unread = behind_reply or isinstance(e, NotRead)
+                if unread and entry.resent < RESEND_LIMIT and not dest.dead \
+                        and not self.transport_dead(transport):
+                    entry.resent += 1
                     requeued = True
                     return False
+                if unread and entry.resent >= RESEND_LIMIT:
+                    self.throttle_transport(transport)
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
                 return False
             finally:
                 if lane is not None:
                     self._close_lane(lane)
+            if self.dead_transports:  # as Postfix's qmgr: a reply revives the transport
+                self.dead_transports.pop(transport, None)
             if says_corrupt(reply):
                 msg.corrupt = True
             results = results_from_attrs(reply, len(rcpts),

@@ -8,6 +8,7 @@ mailbox bytes, log lines, queue directories, status logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -614,6 +615,32 @@ def test_hello_answered_by_the_serve_loop_with_how_many_requests_at_once(tmp_pat
                                   ("one", "x_protocol", 1, 2), 1, 1, None]
 
 
+STUB_MAIN = """
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1])
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def stub_agent(s: Standalone, serve: str, *args: str) -> Iterator[None]:
+    """A delivery agent for transport ``slow``: a process running ``serve`` (the source
+    of ``async def serve(reader, writer)``) on private/slow, given ``args``."""
+    sock = s.queue_dir / "private" / "slow"
+    stub = subprocess.Popen([sys.executable, "-c", serve + STUB_MAIN, str(sock), *args])
+    s.procs["slow"] = stub
+    try:
+        wait_until(sock.exists, 20, what="the agent's socket")
+        yield
+    finally:
+        s.procs.pop("slow", None)
+        stub.kill()
+        stub.wait(10)
+
+
 SEQUENTIAL_STUB = """
 import asyncio, sys
 from pymailsys.ipc import attr
@@ -632,13 +659,6 @@ async def serve(reader, writer):
     await attr.serve_sequential(reader, writer, handle, asyncio.Event())
 
 done = []
-
-async def main():
-    server = await asyncio.start_unix_server(serve, sys.argv[1])
-    async with server:
-        await server.serve_forever()
-
-asyncio.run(main())
 """
 
 
@@ -647,22 +667,14 @@ def test_a_request_goes_behind_on_any_agent_that_says_it_serves_one_at_a_time(sy
     ``slow`` whose agent serves one request at a time (its hello answer) gets the
     destination's next request written behind the one in progress."""
     s = system(local_transport="slow", slow_destination_concurrency_limit="1")
-    sock = s.queue_dir / "private" / "slow"
     result = s.base / "behind"
-    stub = subprocess.Popen([sys.executable, "-c", SEQUENTIAL_STUB, str(sock), str(result)])
-    s.procs["slow"] = stub
-    try:
-        wait_until(sock.exists, 20, what="the agent's socket")
+    with stub_agent(s, SEQUENTIAL_STUB, str(result)):
         s.start("qmgr")
         qids = [s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: m\n\nm\n")
                 for _ in range(2)]
         for qid in qids:
             s.wait_log(rf"{qid}: removed")
         assert result.read_text() == "behind"
-    finally:
-        s.procs.pop("slow", None)
-        stub.kill()
-        stub.wait(10)
 
 
 GOING_AWAY_STUB = """
@@ -679,13 +691,6 @@ async def serve(reader, writer):
     await attr.serve_sequential(reader, writer, handle, asyncio.Event())
 
 connections = []
-
-async def main():
-    server = await asyncio.start_unix_server(serve, sys.argv[1])
-    async with server:
-        await server.serve_forever()
-
-asyncio.run(main())
 """
 
 
@@ -695,16 +700,54 @@ def test_an_agent_that_goes_away_before_its_hello_defers_nothing(system) -> None
     messages deferred, ``unknown mail transport error``). Nothing went out on that
     connection, so qmgr opens another one rather than defer the mail for a backoff."""
     s = system(local_transport="slow")
-    sock = s.queue_dir / "private" / "slow"
-    stub = subprocess.Popen([sys.executable, "-c", GOING_AWAY_STUB, str(sock)])
-    s.procs["slow"] = stub
-    try:
-        wait_until(sock.exists, 20, what="the agent's socket")
+    with stub_agent(s, GOING_AWAY_STUB):
         s.start("qmgr")
         qid = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: m\n\nm\n")
         s.wait_log(rf"{qid}: removed")
         assert "status=deferred" not in s.log()
-    finally:
-        s.procs.pop("slow", None)
-        stub.kill()
-        stub.wait(10)
+
+
+READ_NOTHING_STUB = """
+import asyncio, sys
+from pymailsys.ipc import attr
+
+async def serve(reader, writer):
+    hello = await attr.read_attrs(reader)
+    if hello is None:
+        return
+    writer.write(attr.encode([hello.pairs[0], ("requests_at_once", 1)]))
+    if await attr.read_attrs(reader) is not None:  # a local restarting: it reads nothing
+        with open(sys.argv[2], "a") as f:
+            f.write("request\\n")
+        writer.write(attr.encode([(attr.GOODBYE, attr.GOODBYE_READ_NOTHING)]))
+    writer.close()
+"""
+
+
+def test_an_agent_that_never_reads_a_request_gets_it_a_bounded_number_of_times(system) -> None:  # type: ignore[no-untyped-def]
+    """An agent that says goodbye (``read_nothing``) to every request, as a local that
+    restarts in a loop would: qmgr sends the request again a few times, then defers its
+    recipient as Postfix's qmgr does for a delivery agent that went away (``4.3.0``,
+    ``unknown mail transport error``, the warning that names the transport) and leaves
+    the transport alone for ``transport_retry_time``: mail for it meanwhile is deferred
+    untried, and the agent sees no further request."""
+    s = system(local_transport="slow", transport_retry_time="1h")
+    seen = s.base / "requests"
+
+    def requests() -> int:
+        return len(seen.read_text().splitlines()) if seen.exists() else 0
+
+    with stub_agent(s, READ_NOTHING_STUB, str(seen)):
+        s.start("qmgr")
+        first = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: m\n\nm\n")
+        s.wait_log(rf"{first}: to=<{ME}@localhost>, relay=none, .*dsn=4\.3\.0, "
+                   rf"status=deferred \({TRANSPORT_ERROR}\)", timeout=20)
+        s.wait_log(r"warning: transport slow failure -- see a previous warning/fatal/panic "
+                   r"logfile record for the problem description")
+        tried = requests()
+        assert 1 < tried <= 5
+        second = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: n\n\nn\n")
+        s.wait_log(rf"{second}: to=<{ME}@localhost>, relay=none, .*dsn=4\.3\.0, "
+                   rf"status=deferred \({TRANSPORT_ERROR}\)")
+        assert requests() == tried
+        assert sorted(s.queue_ids("deferred")) == sorted([first, second])

@@ -202,6 +202,20 @@ def test_retry_puts_an_unread_entry_back_first() -> None:
     assert drain(s) == ["m1"]
 
 
+def test_take_transport_hands_back_what_waits_for_every_destination_of_it() -> None:
+    s = make(initial=1, concurrency_limit=1)
+    alice, bob = s.destination("local", "alice"), s.destination("local", "bob")
+    other = s.destination("smtp", "example.org")
+    for d, name in ((alice, "a"), (bob, "b"), (other, "o")):
+        for i in range(2):
+            s.add(d, f"{name}{i}")
+    assert s.next() == (alice, "a0")
+    assert sorted(s.take_transport("local")) == ["a1", "b0", "b1"]
+    assert s.take_transport("nothing") == []
+    s.release(alice)
+    assert drain(s) == ["o0"]
+
+
 def test_rate_delay_pauses_a_destination_after_each_delivery() -> None:
     """Postfix's destination_rate_delay: one delivery at a time, then a pause for that
     destination only; a failed cohort defers what waits, and the pause ends the dead time."""

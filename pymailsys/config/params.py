@@ -224,6 +224,8 @@ _TABLE: list[Param] = [
     _p("queue_run_delay", "300s", "time", "how often qmgr scans the deferred queue"),
     _p("minimal_backoff_time", "300s", "time", "least time between delivery attempts"),
     _p("maximal_backoff_time", "4000s", "time", "most time between delivery attempts"),
+    _p("transport_retry_time", "60s", "time",
+       "time qmgr leaves alone a transport whose delivery agent failed"),
     _p("maximal_queue_lifetime", "5d", "time", "time a message may stay queued", "d"),
     _p("bounce_queue_lifetime", "5d", "time", "time a bounce may stay queued", "d"),
     _p("delay_warning_time", "0h", "time", "when to warn the sender of delayed mail", "h"),

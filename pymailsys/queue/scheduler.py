@@ -278,6 +278,18 @@ class Scheduler(Generic[T]):
         self._release(dest)
         return dropped
 
+    def take_transport(self, transport: str) -> list[T]:
+        """Every entry waiting for the transport's destinations, no longer queued (the
+        caller defers them: the transport is dead)."""
+        t = self.transports.get(transport)
+        if t is None:
+            return []
+        dropped: list[T] = []
+        for d in t.destinations.values():
+            dropped.extend(d.waiting)
+            d.waiting.clear()
+        return dropped
+
     def release(self, dest: Destination[T]) -> None:
         """A delivery ended with no word on the destination (the agent itself failed)."""
         self._release(dest)
