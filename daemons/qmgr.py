@@ -261,7 +261,6 @@ STOP_DRAIN = 10.0  # seconds for deliveries in flight when qmgr is told to go
 LOCKED_RETRY = 60.0
 FD_RESERVE = 256  # descriptors kept for sockets, tables, logs and files awaiting close
 AGENT_CONNECTIONS = max(2, min(4, os.cpu_count() or 2))
-SEND_ATTEMPTS = 3  # connections tried for a request not yet written (Qmgr._send)
 RESEND_LIMIT = 3  # times a request its agent did not read is sent again (Qmgr.answered)
 TRANSPORT_UNAVAILABLE = "mail transport unavailable"
 TRANSPORT_ERROR = "unknown mail transport error"
@@ -1176,20 +1175,20 @@ class Qmgr:
     async def _send(self, conn: _Conn, entry: Entry) -> tuple[float, asyncio.Future[AttrList]]:
         """Write an entry's request on a connection: (when, the future of its reply).
 
-        A connection that fails before the request is written (an agent that master
-        started just before a reload took it and went away without answering the
-        hello) is opened again, up to SEND_ATTEMPTS times: nothing went out on it,
-        so the mail is not deferred for a backoff over a reload."""
+        A connection that an agent going away (master started it just before a
+        reload) took and closed or reset without answering the hello is opened again
+        by the client itself (``attr.CONNECT_ATTEMPTS``): nothing but the hello went
+        out on it, so the mail is not deferred for a backoff over a reload. What
+        still fails here is no reload's race (no agent listening: master keeps its
+        sockets over a reload; or none answering the hello within ipc_timeout):
+        the entry is deferred."""
         start = time.time()
-        error: Exception = ProtocolError(f"{conn.client.path}: not connected")
-        for _ in range(SEND_ATTEMPTS):
-            try:
-                return start, await conn.client.send(self._request(entry))
-            except (ProtocolError, OSError) as e:
-                error = e
-        failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
-        failed.set_exception(error)
-        return start, failed
+        try:
+            return start, await conn.client.send(self._request(entry))
+        except (ProtocolError, OSError) as e:
+            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            return start, failed
 
     async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
                        reply_future: asyncio.Future[AttrList], lane: _Lane | None = None,

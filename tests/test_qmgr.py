@@ -683,7 +683,12 @@ from pymailsys.ipc import attr
 
 async def serve(reader, writer):
     connections.append(1)
-    if len(connections) == 1:  # the agent goes away before it answers the hello
+    if len(connections) == 1:  # the agent goes away before it answers the hello:
+        if sys.argv[2] == "eof":  # having read it (qmgr reads end of file)
+            await attr.read_attrs(reader)
+        else:  # leaving it unread (qmgr's read fails: connection reset)
+            writer.transport.pause_reading()
+            await asyncio.sleep(0.5)
         writer.close()
         return
     async def handle(req):
@@ -694,13 +699,16 @@ connections = []
 """
 
 
-def test_an_agent_that_goes_away_before_its_hello_defers_nothing(system) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("ending", ["eof", "reset"])
+def test_an_agent_that_goes_away_before_its_hello_defers_nothing(system, ending) -> None:  # type: ignore[no-untyped-def]
     """An agent that master started just before a reload may take qmgr's connection and
     go away without answering the hello (seen with 30 reloads in 3 s under load: four
-    messages deferred, ``unknown mail transport error``). Nothing went out on that
-    connection, so qmgr opens another one rather than defer the mail for a backoff."""
+    messages deferred, ``unknown mail transport error``), qmgr then reading end of
+    file, or a reset when the agent left the hello unread. Nothing but the
+    hello went out on that connection, so qmgr opens another one rather than defer
+    the mail for a backoff."""
     s = system(local_transport="slow")
-    with stub_agent(s, GOING_AWAY_STUB):
+    with stub_agent(s, GOING_AWAY_STUB, ending):
         s.start("qmgr")
         qid = s.queue("alice@example.org", [f"{ME}@localhost"], b"Subject: m\n\nm\n")
         s.wait_log(rf"{qid}: removed")

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -620,7 +621,7 @@ class _ClosedBeforeGreeting(ProtocolError):
     pass
 
 
-CONNECT_ATTEMPTS = 3  # connections closed before the greeting, before giving up
+CONNECT_ATTEMPTS = 3  # connections closed (or reset) before the greeting, before giving up
 
 
 class _Connection:
@@ -698,10 +699,15 @@ class AttrClient:
     async def _greeting(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> AttrList:
         """Send the hello and read the answer (within ``timeout``): whatever the
-        server replies is its answer; no connection is left half open."""
+        server replies is its answer; no connection is left half open. A connection
+        that ends before the answer, at end of file or reset (the server left our
+        hello unread) or a broken pipe, is ``_ClosedBeforeGreeting``: nothing but the
+        hello went out on it, so ``_ensure_connected`` may open another."""
         try:
             writer.write(encode([(HELLO, self.hello)]))
-            greeting = await read_attrs(reader, timeout=self.timeout)
+            greeting: AttrList | None = None
+            with contextlib.suppress(ConnectionError):  # reset (hello unread), broken pipe
+                greeting = await read_attrs(reader, timeout=self.timeout)
             if greeting is None:
                 raise _ClosedBeforeGreeting(f"{self.path}: connection closed before the greeting")
             return greeting
