@@ -168,8 +168,11 @@ DESCRIPTION
 
     Stopping: on ``postfix reload`` qmgr takes no new message, waits up to
     10 s for the replies of deliveries in flight, and exits; on SIGTERM it
-    exits at once. The next qmgr moves what is left in active/ back to
-    incoming/.
+    exits at once. A message with a delivery still unanswered then is left
+    as it is in active/ (no move to deferred/, no log line: Postfix's qmgr
+    exits at once, leaving it there; the agent logs its result and marks a
+    recipient it delivered done in the file). The next qmgr moves what is
+    left in active/ back to incoming/.
 
     Agents do not write status logs themselves: qmgr does, from their replies.
     DSN: a sent recipient with NOTIFY=SUCCESS (unless the next hop took the
@@ -1201,12 +1204,17 @@ class Qmgr:
         one whose agent said it went away without reading it (``attr.NotRead``: its
         goodbye crossed our request), up to ``RESEND_LIMIT`` times: then its agent is
         taken for a broken one (``throttle_transport``). The lane that carried it takes
-        no entry behind it once the reply is in (``fill``)."""
+        no entry behind it once the reply is in (``fill``). An entry still unanswered
+        when qmgr stops (``_on_stop``) leaves its message as it is, in active/, for
+        the next qmgr, as Postfix's qmgr does when it exits."""
         msg, rcpts, transport = entry.msg, entry.rcpts, dest.transport.name
-        released = requeued = False
+        released = requeued = abandoned = False
         try:
             try:
                 reply = await reply_future
+            except asyncio.CancelledError:
+                abandoned = self.ctx.stopping.is_set()
+                raise
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")
@@ -1247,7 +1255,7 @@ class Qmgr:
                 self.sched.release(dest)
             if requeued:
                 self.sched.retry(dest, entry)
-            else:
+            elif not abandoned:
                 self.entry_done(entry, transport)
             self.sched_wake.set()
 

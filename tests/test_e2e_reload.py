@@ -130,13 +130,17 @@ def test_reloads_under_smtp_load_lose_no_transaction_and_defer_nothing(new_insta
 
 def reload_outlasting_qmgr(inst: Instance, queue_id: str, finish: Callable[[], None]) -> None:
     """Reload while a delivery of queue_id is in flight, and let it end only after the
-    old qmgr has given up waiting for it (STOP_DRAIN) and gone; then have the new qmgr
-    look at the file at once (postqueue -f: no wait for LOCKED_RETRY or a backoff)
-    until it is removed."""
+    old qmgr has given up waiting for it (STOP_DRAIN) and gone, leaving the file in
+    active/ for the new qmgr, as Postfix's qmgr does: never in deferred/ (a silent move
+    there kept a delivered message in mailq, with no reason, until its backoff); then
+    have the new qmgr look at the file at once (postqueue -f: no wait for
+    LOCKED_RETRY) until it is removed."""
     (old_qmgr,) = inst.daemons()["qmgr"]
     inst.postfix("reload")
     wait_until(lambda: not os.path.exists(f"/proc/{old_qmgr}"), 60,
                what="the old qmgr to give up waiting and exit")
+    inst.wait_log(rf"{queue_id}: skipped, still being delivered")  # by the new qmgr
+    assert inst.queue_ids("deferred") == []
     finish()
     inst.wait_log(rf"{queue_id}: to=<.*status=sent")
     inst.tool("postqueue", "-f", check=True)
