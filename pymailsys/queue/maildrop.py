@@ -101,6 +101,7 @@ class Submission:
     notifies: list[int] = field(default_factory=list)  # per recipient, in all_recipients order
     dsn_orcpts: list[str] = field(default_factory=list)  # ORCPT ("rfc822;addr"), likewise
     content_offset: int = 0  # a maildrop file's first record after M (parse_maildrop)
+    content_size: int = 0  # its content as ``content_pieces`` sends it (parse_maildrop)
 
     def all_recipients(self) -> list[str]:
         return self.recipients + self.extracted
@@ -311,7 +312,7 @@ def parse_maildrop(data: bytes | RecordFile, line_limit: int = 2048, requeued: b
     payloads with its LF, as ``content_pieces`` sends them) is refused, ``message
     file too big``. ``lines`` false: the content is checked and measured but not
     kept (``sub.lines`` stays empty); ``sub.content_offset`` says where
-    ``content_pieces`` reads it from."""
+    ``content_pieces`` reads it from, ``sub.content_size`` how many bytes it gives."""
     src = RecordFile.of_bytes(data) if isinstance(data, bytes) else data
     max_length = max(line_limit, 2048)
     sub = Submission(sender="")
@@ -320,6 +321,7 @@ def parse_maildrop(data: bytes | RecordFile, line_limit: int = 2048, requeued: b
     allowed = (ENVELOPE_TYPES, CONTENT_TYPES, EXTRACT_TYPES)
     partial: list[bytes] = []
     content_size = 0
+    line_ended = True
     notify = 0
     orcpt = ""
     orig = ""
@@ -334,9 +336,12 @@ def parse_maildrop(data: bytes | RecordFile, line_limit: int = 2048, requeued: b
                     if partial:
                         sub.lines.append(b"".join(partial))
                         partial = []
+                    # a last line of L records gets its LF from content_pieces
+                    sub.content_size = content_size + (not line_ended)
                     section = 2
                     continue
                 content_size += len(payload) + (rtype == r.REC_TYPE_NORM)
+                line_ended = rtype == r.REC_TYPE_NORM
                 if size_limit and content_size > size_limit:
                     raise SubmissionError("message file too big")
                 if not lines:
@@ -462,7 +467,9 @@ class MaildropFile:
     buffer of at most BLOCK bytes, whatever the message's size; content over
     ``size_limit`` bytes (LFs counted, as pickup and cleanup count it) raises
     ``TooBig`` the moment it gets there. ``content_pieces`` reads the content back
-    as text (a live submission sends it from here). The file belongs to the caller."""
+    as text (a live submission sends it from here). postdrop, whose input is records
+    already, writes them with ``records`` (the file's size, not the content's, bounded)
+    and reads them back with ``check``. The file belongs to the caller."""
 
     def __init__(self, queue_id: str, path: str, fd: int, line_limit: int = 2048,
                  size_limit: int = 0) -> None:
@@ -502,6 +509,24 @@ class MaildropFile:
     def begin(self, sub: Submission) -> None:
         self._put(sub.envelope_records())
         self.content_offset = self.size + len(self.buf)
+
+    def records(self, data: bytes) -> None:
+        """Record bytes as they come (postdrop's input), unchecked until ``check``; more
+        than ``size_limit`` bytes in the file raise ``TooBig`` (Postfix's postdrop limits
+        the file's size to message_size_limit)."""
+        if self.size_limit and self.size + len(self.buf) + len(data) > self.size_limit:
+            raise TooBig("File too large")
+        self._put(data)
+
+    def check(self) -> Submission:
+        """The file that ``records`` wrote, flushed and read as pickup reads it
+        (``parse_maildrop``, content not kept; ``SubmissionError``): its envelope, and
+        ``content_pieces`` reads its content."""
+        self.flush()
+        sub = parse_maildrop(RecordFile.of_fd(self.fd, self.size), self.line_limit,
+                             size_limit=self.size_limit, lines=False)
+        self.content_offset, self.content_size = sub.content_offset, sub.content_size
+        return sub
 
     def text(self, piece: bytes, ends_line: bool = True) -> None:
         """One piece of content: a whole line (without its LF), or with ``ends_line``

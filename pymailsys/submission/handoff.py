@@ -10,7 +10,8 @@ CONNECT_TIMEOUT, the connection fails, or pickup answers "try later"
 (EX_TEMPFAIL, also when this user holds too many connections), the file is
 marked complete (0744, after the fsync) and pickup is woken to take it in.
 ``hand_off(config, sub, uid, prepend)`` does both for a submission already in memory
-(postdrop, ``smtpd -S``, whose Received: header ``prepend`` makes from the queue ID). Each returns the queue ID (or the maildrop file's)
+(``smtpd -S``, whose Received: header ``prepend`` makes from the queue ID); postdrop
+writes its input into ``create``'s file itself. Each returns the queue ID (or the maildrop file's)
 and raises ``Refused`` with a sysexits.h status and the reason for the user
 when the message was not taken: pickup refused it, local_login_sender_maps
 refuses the sender, an envelope value is one pickup would refuse
