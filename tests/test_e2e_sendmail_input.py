@@ -10,6 +10,8 @@ from harness import ME, Instance, wait_until
 
 pytestmark = pytest.mark.root
 
+USAGE = 64  # sendmail's exit status for a usage error
+
 
 def _delivered(inst: Instance, marker: bytes) -> bytes:
     """The one delivered message holding ``marker`` (a bounce notice quoting it aside)."""
@@ -111,3 +113,40 @@ def test_line_endings_are_fixed_on_every_line_by_default(new_instance) -> None: 
     r = inst.tool("sendmail", f"{ME}@localhost", input=b"Subject: x\n\nbody\n")
     assert r.returncode == 64
     assert r.stderr == b"sendmail: fatal: invalid sendmail_fix_line_endings value: sometimes\n"
+
+
+# sendmail's -q forms and what Debian's Postfix 3.7 sendmail says to each (with no message)
+QUEUE_FORMS = [
+    # -q alone takes no value: what follows is a recipient (was "-qx is not implemented")
+    (["-q", "x@example.com"], "flush queue mode requires no recipient"),
+    # -I, -b and -q change the mode in the order given: the last one counts
+    (["-q", "-qRexample.com"], "-qR can be used only in delivery mode"),
+    (["-qRexample.com", "-q"], "-qR can be used only in delivery mode"),
+    (["-q", "-bm"], "root(0): Recipient addresses must be specified on the command line"
+                    " or via the -t option"),
+    (["-qR", "example.com"], "specify: -qRsitename"),
+    (["-qIABC", "x@example.com"], "flush queue_id requires no recipient"),
+    (["-qSexample.com"], "-qS is not implemented"),
+    (["-bp", "-qRexample.com"], "-qR can be used only in delivery mode"),
+]
+
+
+def test_queue_run_forms_as_postfix(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """``sendmail -q`` took the next argument as its value (``-q x@example.com`` was "-qx is
+    not implemented"), only the last -q counted (``-q -qRsite`` flushed the site, ``-qRsite
+    -q`` the whole queue), and -q and -b were read apart (``-q -bm`` flushed the queue).
+    As Postfix's sendmail now: -q alone is the flush mode and nothing else, the mode
+    options count in their order, an interval (-q1h) given with anything ends sendmail
+    quietly. The messages are Debian's Postfix 3.7 sendmail's, word for word."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    for args, says in QUEUE_FORMS:
+        r = inst.tool("sendmail", *args, input=b"")
+        assert (r.returncode, r.stderr) == (USAGE, f"sendmail: fatal: {says}\n".encode()), args
+    for args in (["-q1h", "-qRexample.com"], ["-q30m", "x@example.com"], ["-q", "--"]):
+        r = inst.tool("sendmail", *args, input=b"")
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), (args, r.stderr)
+    # -q as the value of an option is that value: the sender here, not a queue flush
+    r = inst.tool("sendmail", "-F", "-q", f"{ME}@localhost", input=b"Subject: (qname)\n\nb\n")
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    assert b"\nFrom: -q <" in _delivered(inst, b"(qname)")

@@ -25,7 +25,9 @@ DESCRIPTION
     -C config, -G, -bm (default), -bp, -bi/-I, -bs (smtpd in stand-alone
     mode, ``smtpd -S``, on standard input and output; each message a local
     submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
-    -f), -qRsite, -qIqueueid, -qINTERVAL (ignored), -XV (not supported).
+    -f; -q alone takes no value), -qRsite (postqueue -s), -qIqueueid (postqueue -i),
+    -qINTERVAL (sendmail ends there, status 0), -XV (not supported). -I, -b and -q
+    set the mode in the order given, the last one counting, as Postfix's.
     -n is refused, and -c, -x, -m, -oX, -L, -A, -e, -h, -p, -U, -O are
     accepted and ignored, as by Postfix. -bv and -v (one: the delivery status
     report) are not supported (exit 69). Options end at the first argument
@@ -50,6 +52,7 @@ CONFIGURATION PARAMETERS
 
 from __future__ import annotations
 
+import getopt
 import os
 import signal
 import subprocess
@@ -251,6 +254,27 @@ def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
 
 MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MODE_IGNORE = range(7)
 
+GETOPT_LIST = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:r:q:tvx"  # as Postfix's sendmail
+# -q alone is no getopt option (its "argument" is optional): it becomes -q with a value no
+# argument can hold (a null), and only where an option may be, as in Postfix's sendmail
+FLUSH_MARK = "-q\0"
+
+
+def unmark(value: str | None) -> str | None:
+    """An argument as given: FLUSH_MARK that was an option's value or a recipient is -q."""
+    return "-q" if value == FLUSH_MARK else value
+
+
+def ordered_options(args: list[str], letters: str) -> list[tuple[str, str]]:
+    """The options among ``letters`` in ``args`` (marked), in the order given, with
+    their values: -I, -b and -q change the mode in turn, as Postfix's sendmail reads them
+    (the last one wins, ``-q -bm`` is delivery mode, ``-bm -q`` a queue flush)."""
+    try:
+        opts, _rest = getopt.getopt(args, GETOPT_LIST)
+    except getopt.GetoptError:
+        return []  # click has refused these arguments already
+    return [(o[1], v) for o, v in opts if o[1] in letters]
+
 
 @click.command(context_settings={"help_option_names": [], "allow_interspersed_args": False})
 @click.option("-t", "extract", is_flag=True)
@@ -265,7 +289,7 @@ MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MO
 @click.option("-B", "body")
 @click.option("-b", "bflags", multiple=True)
 @click.option("-C", "config_dir")
-@click.option("-q", "qopt", is_flag=False, flag_value="", default=None)
+@click.option("-q", "qopts", multiple=True)
 @click.option("-X", "xflags", multiple=True)
 @click.option("-O", "oopts", multiple=True)
 @click.option("-L", "syslog_label")
@@ -286,13 +310,15 @@ MODE_ENQUEUE, MODE_MAILQ, MODE_NEWALIAS, MODE_FLUSHQ, MODE_DAEMON, MODE_USER, MO
 def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...],
         sender: str | None, rsender: str | None, full_name: str | None, notify: str | None,
         ret: str | None, envid: str | None, body: str | None, bflags: tuple[str, ...],
-        config_dir: str | None, qopt: str | None, xflags: tuple[str, ...],
+        config_dir: str | None, qopts: tuple[str, ...], xflags: tuple[str, ...],
         oopts: tuple[str, ...], syslog_label: str | None, aflag: str | None,
         eflag: str | None, hflag: str | None, pflag: str | None, mflag: bool,
         cflag: bool, xflag: bool, nflag: bool, uflag: bool, gateway: bool,
         init_aliases: bool, verbose: int, recipients: tuple[str, ...]) -> None:
-    program = ctx.obj or PROGRAM
+    program, args = ctx.obj
     cfg = load_config(config_dir, "sendmail")
+    sender, rsender, full_name = (unmark(v) for v in (sender, rsender, full_name))
+    recipients = tuple("-q" if a == FLUSH_MARK else a for a in recipients)
     mode = {"mailq": MODE_MAILQ, "newaliases": MODE_NEWALIAS}.get(program, MODE_ENQUEUE)
     dot_rule = True
     encoding = ""
@@ -306,8 +332,6 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
             encoding = "7bit"
         else:
             fatal(os.EX_USAGE, "-B option needs 8BITMIME or 7BIT")
-    if init_aliases:
-        mode = MODE_NEWALIAS
     dsn_notify = 0
     if notify is not None:
         try:
@@ -331,24 +355,46 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     for x in xflags:
         fatal(os.EX_USAGE, f"unsupported: -X{x[:1]}")
     verify = False
-    for b in bflags:
-        c = b[:1]
-        if c in ("d", "l"):
-            mode = MODE_DAEMON
-        elif c in ("h", "H"):
-            mode = MODE_IGNORE
-        elif c == "i":
+    site = qid = qtime = None
+    for opt, value in ordered_options(args, "bIq"):
+        if opt == "I":
             mode = MODE_NEWALIAS
-        elif c == "m":
+        elif opt == "q" and value == FLUSH_MARK[2:]:  # -q alone
+            if mode == MODE_DAEMON:
+                log.warning("ignoring -q option in daemon mode")
+            else:
+                mode = MODE_FLUSHQ
+        elif opt == "q":
+            if value[:1].isdigit():
+                qtime = value
+            elif value[:1] == "R":
+                site = value[1:]
+                if not site:
+                    fatal(os.EX_USAGE, "specify: -qRsitename")
+            elif value[:1] == "I":
+                qid = value[1:]
+                if not qid:
+                    fatal(os.EX_USAGE, "specify: -qIqueueid")
+            else:
+                fatal(os.EX_USAGE, f"-q{value[:1]} is not implemented")
+        elif value[:1] in ("d", "l"):
+            if mode == MODE_FLUSHQ:
+                log.warning("ignoring -q option in daemon mode")
+            mode = MODE_DAEMON
+        elif value[:1] in ("h", "H"):
+            mode = MODE_IGNORE
+        elif value[:1] == "i":
+            mode = MODE_NEWALIAS
+        elif value[:1] == "m":
             mode = MODE_ENQUEUE
-        elif c == "p":
+        elif value[:1] == "p":
             mode = MODE_MAILQ
-        elif c == "s":
+        elif value[:1] == "s":
             mode = MODE_USER
-        elif c == "v":
+        elif value[:1] == "v":
             verify = True
         else:
-            fatal(os.EX_USAGE, f"unsupported: -b{c}")
+            fatal(os.EX_USAGE, f"unsupported: -b{value[:1]}")
     for o in oflags:
         if o.startswith("A"):
             if len(o) == 1:
@@ -359,33 +405,17 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     if no_dot:
         dot_rule = False
     env_sender = sender if sender is not None else rsender
-    site = qid = None
-    if qopt is not None:
-        if qopt == "":
-            if mode != MODE_DAEMON:
-                mode = MODE_FLUSHQ
-        elif qopt[0].isdigit():
-            if mode != MODE_DAEMON:
-                sys.exit(0)
-        elif qopt[0] == "R":
-            site = qopt[1:]
-            if not site:
-                fatal(os.EX_USAGE, "specify: -qRsitename")
-        elif qopt[0] == "I":
-            qid = qopt[1:]
-            if not qid:
-                fatal(os.EX_USAGE, "specify: -qIqueueid")
-        else:
-            fatal(os.EX_USAGE, f"-q{qopt[0]} is not implemented")
     if extract and mode != MODE_ENQUEUE:
         fatal(os.EX_USAGE, "-t can be used only in delivery mode")
     if site and mode != MODE_ENQUEUE:
         fatal(os.EX_USAGE, "-qR can be used only in delivery mode")
     if qid and mode != MODE_ENQUEUE:
         fatal(os.EX_USAGE, "-qI can be used only in delivery mode")
+    if verify and extract:
+        fatal(os.EX_USAGE, "-t option cannot be used with -bv")
+    if qtime and mode != MODE_DAEMON:
+        sys.exit(0)  # -qINTERVAL: a queue run interval, the qmgr's to keep
     if verify:
-        if extract:
-            fatal(os.EX_USAGE, "-t option cannot be used with -bv")
         fatal(os.EX_UNAVAILABLE, "-bv (address verification) is not supported")
     if verbose == 1 and mode == MODE_ENQUEUE and not site and not qid:
         # Postfix mails the sender a report of the first delivery attempt; there is none
@@ -457,7 +487,8 @@ def _run(program: str, argv: list[str] | None = None) -> int:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _interrupted)
     try:
-        cli.main(args=args, prog_name=program, standalone_mode=False, obj=program)
+        marked = [FLUSH_MARK if a == "-q" else a for a in args]
+        cli.main(args=marked, prog_name=program, standalone_mode=False, obj=(program, marked))
     except Interrupted as e:
         signal.signal(e.signum, signal.SIG_DFL)
         os.kill(os.getpid(), e.signum)
