@@ -174,13 +174,13 @@ def test_maildrop_file_with_a_control_character_in_an_address_is_set_aside(new_i
 
 
 def test_live_submission_with_a_control_character_is_refused(new_instance, python_user) -> None:  # type: ignore[no-untyped-def]
-    """sendmail refuses it before it reaches pickup: exit 65, nothing queued."""
+    """sendmail refuses it before it reaches pickup: exit 75, nothing queued."""
     inst: Instance = new_instance(maildir=True)
     inst.start(wait_smtp=False)
     running_pickup(inst)
     for args in (["-f", "a\x1b[2J@example.com", f"{ME}@localhost"], [f"{ME}\x1b[2J@localhost"]):
         r = inst.tool("sendmail", *args, input=msg("esc"), user=python_user)
-        assert r.returncode == 65, r.stderr
+        assert r.returncode == 75, r.stderr
         assert "malformed sender" in r.stderr or "Bad recipient address syntax" in r.stderr
     assert not os.listdir(inst.queue_dir / "maildrop")
     assert inst.tool("postqueue", "-p").stdout.strip() == "Mail queue is empty"

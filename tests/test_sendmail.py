@@ -44,21 +44,24 @@ def test_dot_rule_off_with_i_and_command_line_recipients(tmp_path: Path) -> None
 
 
 def test_exit_codes(tmp_path: Path) -> None:
+    """Every fatal error exits 75, as Debian's Postfix 3.7 sendmail (its msg_cleanup
+    handler): usage errors, a user not allowed to submit, an unsupported request. These
+    were 64, 69 and 77, the sysexits.h values its source names but never exits with."""
     etc, spool = make_spool(tmp_path)
     none = tool("sendmail", "-C", str(etc), "-t", input=b"Subject: no rcpt\n\nx\n")
-    assert none.returncode == 64
+    assert none.returncode == 75
     assert b"No recipient addresses found in message header" in none.stderr
     norcpt = tool("sendmail", "-C", str(etc), input=b"Subject: no rcpt\n\nx\n")
-    assert norcpt.returncode == 64
+    assert norcpt.returncode == 75
     assert b"Recipient addresses must be specified on the command line or via the -t option" \
         in norcpt.stderr
-    assert tool("sendmail", "-C", str(etc), "-B", "9BIT", "a@b").returncode == 64
-    assert tool("sendmail", "-C", str(etc), "-bv", "a@b").returncode == 69
+    assert tool("sendmail", "-C", str(etc), "-B", "9BIT", "a@b").returncode == 75
+    assert tool("sendmail", "-C", str(etc), "-bv", "a@b").returncode == 75
     assert tool("sendmail", "-C", str(etc), "-q30m").returncode == 0
     assert maildrop_files(spool) == []
     denied_etc, _ = make_spool(tmp_path / "denied", authorized_submit_users="")
     denied = tool("sendmail", "-C", str(denied_etc), "a@b", input=b"x\n")
-    assert denied.returncode == 77
+    assert denied.returncode == 75
     assert b"is not allowed to submit mail" in denied.stderr
 
 
@@ -100,11 +103,11 @@ ESC_ADDRESSES = [(["-f", "a\x1b[2J@example.com", "user@example.com"], b"", b"-f 
 
 def test_control_characters_in_envelope_addresses_are_refused_up_front(tmp_path: Path) -> None:
     """The delivery agents refuse an address with a control character; sendmail must not
-    take one in (that mail sat deferred for days): exit 65 with the reason, no file."""
+    take one in (that mail sat deferred for days): exit 75 with the reason, no file."""
     etc, spool = make_spool(tmp_path)
     for args, header, reason in ESC_ADDRESSES:
         out = tool("sendmail", "-C", str(etc), *args, input=header + b"Subject: x\n\nb\n")
-        assert out.returncode == 65, (args, out.returncode, out.stderr)
+        assert out.returncode == 75, (args, out.returncode, out.stderr)
         assert b"sendmail: fatal: " in out.stderr and reason in out.stderr, out.stderr
         assert b"\x1b" not in out.stderr
         assert maildrop_files(spool) == []
@@ -213,18 +216,18 @@ def test_a_signal_while_reading_leaves_no_maildrop_file(tmp_path: Path) -> None:
 
 def test_usage_errors_read_as_postfix(tmp_path: Path) -> None:
     """An unknown option or one without its value: getopt's line and Postfix's usage line
-    (exit 64), for sendmail and mailq alike. It was one line of click's own wording."""
+    (exit 75), for sendmail and mailq alike. It was one line of click's own wording."""
     etc, spool = make_spool(tmp_path)
     for args, complaint in ((["-z", "user@example.com"], b"invalid option -- 'z'"),
                             (["-tz"], b"invalid option -- 'z'"),
                             (["--help"], b"invalid option -- '-'"),
                             (["-f"], b"option requires an argument -- 'f'")):
         out = tool("sendmail", "-C", str(etc), *args, input=b"Subject: x\n\nb\n")
-        assert out.returncode == 64, (args, out.stderr)
+        assert out.returncode == 75, (args, out.stderr)
         assert out.stderr == (b"sendmail: " + complaint + b"\n"
                               b"sendmail: fatal: usage: sendmail [options]\n"), out.stderr
     out = tool("mailq", "-C", str(etc), "-z")
-    assert out.returncode == 64
+    assert out.returncode == 75
     assert out.stderr == b"mailq: invalid option -- 'z'\nmailq: fatal: usage: mailq [options]\n"
     assert maildrop_files(spool) == []
 
@@ -232,10 +235,10 @@ def test_usage_errors_read_as_postfix(tmp_path: Path) -> None:
 def test_a_delivery_report_request_is_refused(tmp_path: Path) -> None:
     """One -v asks Postfix's sendmail for a report of the first delivery attempt
     ("Mail Delivery Status Report will be mailed to <sender>."). There is no such report
-    here: refused (69, as -bv) instead of taking the mail and never sending the report."""
+    here: refused (75, as -bv) instead of taking the mail and never sending the report."""
     etc, spool = make_spool(tmp_path)
     out = tool("sendmail", "-C", str(etc), "-v", "user@example.com", input=b"Subject: x\n\nb\n")
-    assert out.returncode == 69, out.stderr
+    assert out.returncode == 75, out.stderr
     assert out.stderr == b"sendmail: fatal: -v (mail delivery status report) is not supported\n"
     assert maildrop_files(spool) == []
 
@@ -258,7 +261,7 @@ def test_closed_standard_streams_are_dev_null(tmp_path: Path) -> None:
     [path] = maildrop_files(spool)
     assert maildrop.parse_maildrop(path.read_bytes()).lines == []
     path.unlink()
-    assert closed("2>&-", "-t").returncode == 64
+    assert closed("2>&-", "-t").returncode == 75
     listing = closed(">&-", "-bp")
     assert b"Traceback" not in listing.stderr
     assert listing.returncode == (0 if os.geteuid() == 0 else 69), listing.stderr
@@ -282,14 +285,14 @@ def test_what_pickup_would_refuse_is_refused_up_front(tmp_path: Path) -> None:
     """With the system down, an envelope value pickup refuses (a record over the line
     limit: a long -F, recipient or -t address) was written to maildrop/ and sendmail
     exited 0; pickup then moved the file to corrupt/ and the mail was lost. Now it is
-    refused (65) as a live submission is, and no file is left."""
+    refused (75) as a live submission is, and no file is left."""
     etc, spool = make_spool(tmp_path)
     long_name = "N" * 5000
     long_rcpt = "u" * 3000 + "@example.com"
     for args, header in ((["-F", long_name, "user@example.com"], b""), ([long_rcpt], b""),
                          (["-t"], f"To: {long_rcpt}\n".encode())):
         out = tool("sendmail", "-C", str(etc), *args, input=header + b"Subject: x\n\nb\n")
-        assert out.returncode == 65, (args[0], out.stderr)
+        assert out.returncode == 75, (args[0], out.stderr)
         assert b"): malformed submission: '" in out.stderr and b"' value too long\n" in out.stderr
         assert maildrop_files(spool) == []
 

@@ -216,7 +216,7 @@ def test_deferred_quoted_recipient_listed_once(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_mailq_lists_each_deferred_recipient_once(new_instance, throwaway_user) -> None:  # type: ignore[no-untyped-def]
-    """End to end: sendmail refuses a local part with ESC (65, nothing queued); mail
+    """End to end: sendmail refuses a local part with ESC (75, nothing queued); mail
     to a quoted local part and a plain one, deferred (a relayhost that nothing
     listens on), is listed by a user's mailq (through showq) with each recipient
     once, quoted, under the deferral reason of the defer log, and no raw control
@@ -227,7 +227,7 @@ def test_mailq_lists_each_deferred_recipient_once(new_instance, throwaway_user) 
     open_public(inst)
     refused = inst.tool("sendmail", "-f", "alice@example.org", ESC_RCPT,
                         input="Subject: d\n\nd\n")
-    assert refused.returncode == 65, refused.stderr
+    assert refused.returncode == 75, refused.stderr
     sent = inst.tool("sendmail", "-f", "alice@example.org", '"john doe"@example.net',
                      "plain@example.net", input="Subject: d\n\nd\n")
     assert sent.returncode == 0, sent.stderr

@@ -37,9 +37,12 @@ DESCRIPTION
     being written.
 
 DIAGNOSTICS
-    Exit status from sysexits.h as Postfix's sendmail: 64 usage errors (also
-    "No recipient addresses found in message header"), 65 input errors,
-    69 unavailable, 75 temporary failure, 77 not allowed.
+    Every fatal error exits 75 (EX_TEMPFAIL), as Debian's Postfix 3.7 sendmail
+    (its msg_cleanup handler): usage errors, a user not allowed to submit mail,
+    a refused address, "No recipient addresses found in message header", a
+    message too big alike. A closed standard stream that cannot be reopened
+    exits 71 (EX_OSERR). mailq, -bp, -q, -qR and -qI exit as postqueue does, and
+    newaliases as postalias (1).
 
 SECURITY
     Runs with the user's privileges only; no setuid or setgid.
@@ -69,8 +72,10 @@ from pymailsys.submission import access, handoff, login, message
 PROGRAM = "sendmail"
 
 
-def fatal(status: int, text: str) -> NoReturn:
-    log.fatal(text, status)
+def fatal(text: str) -> NoReturn:
+    """End sendmail with status 75 (EX_TEMPFAIL), whatever the error, as Postfix's sendmail
+    (its msg_cleanup handler exits 75 for every fatal error, the usage errors included)."""
+    log.fatal(text, os.EX_TEMPFAIL)
 
 
 def load_config(config_dir: str | None, program: str) -> config_mod.Config:
@@ -85,12 +90,12 @@ def load_config(config_dir: str | None, program: str) -> config_mod.Config:
     try:
         os.stat(main_cf)
     except OSError as e:
-        fatal(os.EX_TEMPFAIL, f"open {main_cf}: {e.strerror}")
+        fatal(f"open {main_cf}: {e.strerror}")
     try:
         cfg = config_mod.load(config_dir)
         log.init(cfg, program, stderr=True)
     except (config_mod.ConfigError, OSError) as e:
-        fatal(os.EX_CONFIG, str(e))
+        fatal(str(e))
     return cfg
 
 
@@ -109,15 +114,15 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
     uid = os.getuid()
     refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
-        fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+        fatal(f"User {refused}({uid}) is not allowed to submit mail")
     if sender is not None:
         env_sender = rfc822.envelope_address(message.parse_sender(sender))
         if env_sender is None:
-            fatal(os.EX_DATAERR, f"-f option specified malformed sender: {sender}")
+            fatal(f"-f option specified malformed sender: {sender}")
     else:
         name = login.login_name(uid)
         if name is None:
-            fatal(os.EX_OSERR, f"no login name found for user ID {uid}")
+            fatal(f"no login name found for user ID {uid}")
         env_sender = name
     if full_name is None:
         full_name = login.default_full_name(uid)
@@ -127,7 +132,7 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
         rcpts.extend(rfc822.address_list(arg) or [arg.strip()])
     rcpts = [checked_recipient(r, env_sender, uid) for r in rcpts if r]
     if len(rcpts) > maildrop.MAX_RECIPIENTS:
-        fatal(os.EX_DATAERR, f"{env_sender}({uid}): too many recipients")
+        fatal(f"{env_sender}({uid}): too many recipients")
     sub = maildrop.Submission(sender=env_sender, recipients=rcpts, full_name=full_name,
                               encoding=encoding, envid=envid, ret=ret, notify=notify,
                               rewrite_context=rewrite_context)
@@ -135,7 +140,7 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
     try:
         drop = handoff.create(cfg)
     except handoff.Refused as e:
-        fatal(e.status, f"{env_sender}({uid}): {e.reason}")
+        fatal(f"{env_sender}({uid}): {e.reason}")
     try:
         copy_input(cfg, stream, drop, sub, extract, dot_rule, uid)
     except BaseException:
@@ -148,7 +153,7 @@ def checked_recipient(address: str, env_sender: str, uid: int) -> str:
     """The recipient as the mail system takes it (``rfc822.envelope_address``), or exit 65."""
     checked = rfc822.envelope_address(address)
     if checked is None:
-        fatal(os.EX_DATAERR, f"{env_sender}({uid}): Bad recipient address syntax: {address}")
+        fatal(f"{env_sender}({uid}): Bad recipient address syntax: {address}")
     return checked
 
 
@@ -159,7 +164,7 @@ def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.Maildrop
     who = f"{sub.sender}({uid})"
     fix_eol = cfg.get("sendmail_fix_line_endings")
     if fix_eol not in message.FIX_EOL:
-        fatal(os.EX_USAGE, f"invalid sendmail_fix_line_endings value: {fix_eol}")
+        fatal(f"invalid sendmail_fix_line_endings value: {fix_eol}")
     headers = message.Recipients(cfg.get_size("header_size_limit")) if extract else None
     try:
         drop.begin(sub)
@@ -172,21 +177,21 @@ def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.Maildrop
                 drop.text(text, ends)
             sub.extracted = [checked_recipient(r, sub.sender, uid) for r in headers.addresses()]
         if len(sub.all_recipients()) > maildrop.MAX_RECIPIENTS:
-            fatal(os.EX_DATAERR, f"{who}: too many recipients")
+            fatal(f"{who}: too many recipients")
         if not sub.all_recipients():
             if extract:
-                fatal(os.EX_USAGE, f"{who}: No recipient addresses found in message header")
-            fatal(os.EX_USAGE, f"{who}: Recipient addresses must be specified on"
+                fatal(f"{who}: No recipient addresses found in message header")
+            fatal(f"{who}: Recipient addresses must be specified on"
                   " the command line or via the -t option")
         drop.end(sub)
     except maildrop.TooBig as e:
-        fatal(os.EX_TEMPFAIL, f"{who}: {e}")
+        fatal(f"{who}: {e}")
     except message.HeaderTooLong as e:
-        fatal(os.EX_DATAERR, f"{who}: unable to extract recipients: {e}")
+        fatal(f"{who}: unable to extract recipients: {e}")
     except message.InputError as e:
-        fatal(os.EX_DATAERR, f"{who}: error reading input: {e}")
+        fatal(f"{who}: error reading input: {e}")
     except OSError as e:
-        fatal(os.EX_TEMPFAIL, f"{who}: error writing queue file: {e.strerror or e}")
+        fatal(f"{who}: error writing queue file: {e.strerror or e}")
 
 
 def hand_off(cfg: config_mod.Config, drop: maildrop.MaildropFile, sub: maildrop.Submission,
@@ -195,7 +200,7 @@ def hand_off(cfg: config_mod.Config, drop: maildrop.MaildropFile, sub: maildrop.
     try:
         return handoff.hand_off_file(cfg, drop, sub, uid)
     except handoff.Refused as e:
-        fatal(e.status, f"{sub.sender}({uid}): {e.reason}")
+        fatal(f"{sub.sender}({uid}): {e.reason}")
 
 
 # --- -bs: SMTP on standard input/output --------------------------------------------------
@@ -207,12 +212,12 @@ def run_smtpd_standalone(cfg: config_mod.Config) -> NoReturn:
     uid = os.getuid()
     refused = access.user_acl(cfg, "authorized_submit_users", uid)
     if refused is not None:
-        fatal(os.EX_NOPERM, f"User {refused}({uid}) is not allowed to submit mail")
+        fatal(f"User {refused}({uid}) is not allowed to submit mail")
     argv = module_argv("pymailsys.daemons.smtpd", "-S", "-c", cfg.config_dir)
     try:
         os.execv(sys.executable, argv)
     except OSError as e:
-        fatal(os.EX_OSERR, f"execv {sys.executable}: {e.strerror}")
+        fatal(f"execv {sys.executable}: {e.strerror}")
 
 
 # --- other modes ---------------------------------------------------------------------
@@ -232,12 +237,12 @@ def run_newaliases(cfg: config_mod.Config, alias_map: str | None = None) -> NoRe
     try:
         maps.configure(cfg)
     except config_mod.ConfigError as e:
-        fatal(os.EX_CONFIG, str(e))
+        log.fatal(str(e))  # postalias's, whose work this is: status 1
     for spec in specs:
         try:
             mapbuild.build_aliases(spec)
         except (mapbuild.BuildError, OSError) as e:
-            fatal(1, str(e))
+            log.fatal(str(e))
     sys.exit(0)
 
 
@@ -247,7 +252,7 @@ def run_postqueue(cfg: config_mod.Config, *args: str) -> NoReturn:
     try:
         os.execv(sys.executable, argv)
     except OSError as e:
-        fatal(os.EX_OSERR, f"execv {sys.executable}: {e.strerror}")
+        fatal(f"execv {sys.executable}: {e.strerror}")
 
 
 # --- command line ----------------------------------------------------------------------
@@ -324,14 +329,14 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
     encoding = ""
     alias_map = None
     if nflag:
-        fatal(os.EX_USAGE, "-n option not supported")
+        fatal("-n option not supported")
     if body is not None:
         if body == "8BITMIME":
             encoding = "8bit"
         elif body == "7BIT":
             encoding = "7bit"
         else:
-            fatal(os.EX_USAGE, "-B option needs 8BITMIME or 7BIT")
+            fatal("-B option needs 8BITMIME or 7BIT")
     dsn_notify = 0
     if notify is not None:
         try:
@@ -353,7 +358,7 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         else:
             dsn_envid = envid
     for x in xflags:
-        fatal(os.EX_USAGE, f"unsupported: -X{x[:1]}")
+        fatal(f"unsupported: -X{x[:1]}")
     verify = False
     site = qid = qtime = None
     for opt, value in ordered_options(args, "bIq"):
@@ -370,13 +375,13 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
             elif value[:1] == "R":
                 site = value[1:]
                 if not site:
-                    fatal(os.EX_USAGE, "specify: -qRsitename")
+                    fatal("specify: -qRsitename")
             elif value[:1] == "I":
                 qid = value[1:]
                 if not qid:
-                    fatal(os.EX_USAGE, "specify: -qIqueueid")
+                    fatal("specify: -qIqueueid")
             else:
-                fatal(os.EX_USAGE, f"-q{value[:1]} is not implemented")
+                fatal(f"-q{value[:1]} is not implemented")
         elif value[:1] in ("d", "l"):
             if mode == MODE_FLUSHQ:
                 log.warning("ignoring -q option in daemon mode")
@@ -394,11 +399,11 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         elif value[:1] == "v":
             verify = True
         else:
-            fatal(os.EX_USAGE, f"unsupported: -b{value[:1]}")
+            fatal(f"unsupported: -b{value[:1]}")
     for o in oflags:
         if o.startswith("A"):
             if len(o) == 1:
-                fatal(os.EX_USAGE, "-oA requires pathname")
+                fatal("-oA requires pathname")
             alias_map = o[1:]
         elif o.startswith("i"):
             dot_rule = False
@@ -406,30 +411,30 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         dot_rule = False
     env_sender = sender if sender is not None else rsender
     if extract and mode != MODE_ENQUEUE:
-        fatal(os.EX_USAGE, "-t can be used only in delivery mode")
+        fatal("-t can be used only in delivery mode")
     if site and mode != MODE_ENQUEUE:
-        fatal(os.EX_USAGE, "-qR can be used only in delivery mode")
+        fatal("-qR can be used only in delivery mode")
     if qid and mode != MODE_ENQUEUE:
-        fatal(os.EX_USAGE, "-qI can be used only in delivery mode")
+        fatal("-qI can be used only in delivery mode")
     if verify and extract:
-        fatal(os.EX_USAGE, "-t option cannot be used with -bv")
+        fatal("-t option cannot be used with -bv")
     if qtime and mode != MODE_DAEMON:
         sys.exit(0)  # -qINTERVAL: a queue run interval, the qmgr's to keep
     if verify:
-        fatal(os.EX_UNAVAILABLE, "-bv (address verification) is not supported")
+        fatal("-bv (address verification) is not supported")
     if verbose == 1 and mode == MODE_ENQUEUE and not site and not qid:
         # Postfix mails the sender a report of the first delivery attempt; there is none
         # to mail here, and a request quietly not done would be worse than a refusal
-        fatal(os.EX_UNAVAILABLE, "-v (mail delivery status report) is not supported")
+        fatal("-v (mail delivery status report) is not supported")
 
     if mode == MODE_ENQUEUE:
         if site:
             if recipients:
-                fatal(os.EX_USAGE, "flush site requires no recipient")
+                fatal("flush site requires no recipient")
             run_postqueue(cfg, "-s", site)
         if qid:
             if recipients:
-                fatal(os.EX_USAGE, "flush queue_id requires no recipient")
+                fatal("flush queue_id requires no recipient")
             run_postqueue(cfg, "-i", qid)
         enqueue(cfg, sender=env_sender, full_name=full_name, recipients=list(recipients),
                 extract=extract, dot_rule=dot_rule, encoding=encoding, envid=dsn_envid,
@@ -438,25 +443,25 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         sys.exit(0)
     if mode == MODE_MAILQ:
         if recipients:
-            fatal(os.EX_USAGE, "display queue mode requires no recipient")
+            fatal("display queue mode requires no recipient")
         run_mailq(cfg, verbose)
     if mode == MODE_FLUSHQ:
         if recipients:
-            fatal(os.EX_USAGE, "flush queue mode requires no recipient")
+            fatal("flush queue mode requires no recipient")
         run_postqueue(cfg, "-f")
     if mode == MODE_DAEMON:
         if recipients:
-            fatal(os.EX_USAGE, "daemon mode requires no recipient")
+            fatal("daemon mode requires no recipient")
         result = subprocess.run(module_argv("pymailsys.tools.postfix", "-c", cfg.config_dir,
                                             "start"), check=False)
         sys.exit(1 if result.returncode else 0)
     if mode == MODE_NEWALIAS:
         if recipients:
-            fatal(os.EX_USAGE, "alias initialization mode requires no recipient")
+            fatal("alias initialization mode requires no recipient")
         run_newaliases(cfg, alias_map)
     if mode == MODE_USER:
         if recipients:
-            fatal(os.EX_USAGE, "stand-alone mode requires no recipient")
+            fatal("stand-alone mode requires no recipient")
         run_smtpd_standalone(cfg)
     sys.exit(0)
 
@@ -503,7 +508,7 @@ def _run(program: str, argv: list[str] | None = None) -> int:
         else:
             sys.stderr.write(f"{program}: {e.format_message()}\n")
         sys.stderr.write(f"{program}: fatal: usage: {program} [options]\n")
-        return os.EX_USAGE
+        return os.EX_TEMPFAIL  # as every fatal error (``fatal``)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except (TimeoutError, BrokenPipeError):
