@@ -113,3 +113,23 @@ def test_sendmail_input_over_message_size_limit(new_instance, tmp_path: Path) ->
         assert (done.returncode, done.stderr) == (
             75, b"sendmail: fatal: root(0): message file too big\n"), done.stderr
         assert inst.queue_ids("maildrop") == []
+
+
+def test_sendmail_t_stops_at_the_recipient_limit(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """sendmail -t kept every address of every To: header before it counted them: a
+    message of message_size_limit bytes (the default, 10 MB) of short addresses is
+    millions of them, more memory than a 96 MB address space holds (a MemoryError
+    traceback). It stops at the recipient limit (``maildrop.MAX_RECIPIENTS``) now, as
+    the header that goes over it ends: ``too many recipients``, exit 75, no file left."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    many = tmp_path / "many"
+    header = b"To: " + b",".join([b"a@b"] * 20_000) + b"\n"  # 80 kB, under header_size_limit
+    with open(many, "wb") as f:
+        while f.tell() < 10_000_000:
+            f.write(header)
+        f.write(b"Subject: many\n\nbody\n")
+    done = _run(inst, ["-m", "pymailsys.tools.sendmail", "-C", str(inst.config_dir), "-t"], many)
+    assert (done.returncode, done.stderr) == (
+        75, b"sendmail: fatal: root(0): too many recipients\n"), done.stderr[-500:]
+    assert inst.queue_ids("maildrop") == []

@@ -165,7 +165,8 @@ def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.Maildrop
     fix_eol = cfg.get("sendmail_fix_line_endings")
     if fix_eol not in message.FIX_EOL:
         fatal(f"invalid sendmail_fix_line_endings value: {fix_eol}")
-    headers = message.Recipients(cfg.get_size("header_size_limit")) if extract else None
+    headers = (message.Recipients(cfg.get_size("header_size_limit"), maildrop.MAX_RECIPIENTS)
+               if extract else None)
     try:
         drop.begin(sub)
         for piece in message.read_text(stream, dot_rule, cfg.get_int("line_length_limit"),
@@ -188,6 +189,8 @@ def copy_input(cfg: config_mod.Config, stream: BinaryIO, drop: maildrop.Maildrop
         fatal(f"{who}: {e}")
     except message.HeaderTooLong as e:
         fatal(f"{who}: unable to extract recipients: {e}")
+    except message.TooManyRecipients as e:
+        fatal(f"{who}: {e}")
     except message.InputError as e:
         fatal(f"{who}: error reading input: {e}")
     except OSError as e:

@@ -77,16 +77,23 @@ class HeaderTooLong(Exception):
     """A header of the message is longer than the limit ``Recipients`` was given."""
 
 
+class TooManyRecipients(Exception):
+    """The headers name more recipients than the limit ``Recipients`` was given."""
+
+
 class Recipients:
     """sendmail -t, as the message goes by: ``feed`` each piece and pass on what it
     returns, then ``end``; ``addresses()`` are the recipients from To/Cc/Bcc, or
     from Resent-To/Cc/Bcc when there is any Resent- one of those. Bcc and
     Resent-Bcc headers are not passed on. One header is held at a time, at most
-    ``header_limit`` bytes (``HeaderTooLong``); after the headers, pieces pass
-    straight through."""
+    ``header_limit`` bytes (``HeaderTooLong``), and at most ``max_addresses``
+    addresses are kept (``TooManyRecipients`` at the header that goes over), so that
+    memory does not grow with the headers; after the headers, pieces pass straight
+    through."""
 
-    def __init__(self, header_limit: int = 102400) -> None:
+    def __init__(self, header_limit: int = 102400, max_addresses: int = 0) -> None:
         self.header_limit = header_limit
+        self.max_addresses = max_addresses
         self.in_headers = True
         self.held: list[Piece] = []  # the header being read, its lines in pieces
         self.held_size = 0
@@ -140,6 +147,8 @@ class Recipients:
             text = b" ".join(p.strip() for p in [value, *lines[1:]] if p.strip())
             self.found[resent].extend(rfc822.address_list(
                 text.decode("utf-8", "surrogateescape")))
+            if self.max_addresses and len(self.found[resent]) > self.max_addresses:
+                raise TooManyRecipients("too many recipients")
         return [] if hname in BCC_HEADERS else held
 
 
