@@ -94,6 +94,14 @@ def test_postdrop_input_over_message_size_limit(new_instance, tmp_path: Path) ->
     assert (done.returncode, done.stderr) == (0, b"")
     assert inst.queue_ids("maildrop") == []
 
+    # with the system down the file stays for pickup, which takes it once the system runs
+    inst.stop()
+    done = _run(inst, postdrop, _records("down", [line]))
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr
+    assert len(inst.queue_ids("maildrop")) == 1
+    inst.start()
+    assert _delivered(inst, "down").endswith(b"\n\n" + line + b"\n")
+
 
 def test_sendmail_input_over_message_size_limit(new_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """sendmail with more than message_size_limit on standard input: as Debian's Postfix
