@@ -26,7 +26,8 @@ DESCRIPTION
     mode, ``smtpd -S``, on standard input and output; each message a local
     submission by this user), -bd/-bl (postfix start), -bh/-bH (ignored), -q (postqueue
     -f; -q alone takes no value), -qRsite (postqueue -s), -qIqueueid (postqueue -i),
-    -qINTERVAL (sendmail ends there, status 0), -XV (not supported). -I, -b and -q
+    -qINTERVAL (sendmail ends there, status 0), -XV (VERP: not supported, refused;
+    also in Postfix 2.2's form, -V with two characters, after Postfix's warning). -I, -b and -q
     set the mode in the order given, the last one counting, as Postfix's.
     -n is refused, and -c, -x, -m, -oX, -L, -A, -e, -h, -p, -U, -O are
     accepted and ignored, as by Postfix. -bv and -v (one: the delivery status
@@ -353,6 +354,12 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         except ValueError:
             log.warning("bad -R option value -- ignored")
     dsn_envid = ""
+    for _opt, value in ordered_options(args, "V"):
+        if len(value) == 2:  # Postfix 2.2's VERP option (-V delimiters), now -XV
+            given = "-V" if f"-V{value}" not in args else f"-V{value}"
+            log.warning(f"option {given} is deprecated with Postfix 2.3; "
+                        f"specify -X{given[1:]} instead")
+            xflags = (*xflags, "V")
     if envid is not None:
         if len(envid) > dsn.ENVID_MAX:
             log.warning("too long -V option value -- ignored")
@@ -361,7 +368,7 @@ def cli(ctx: click.Context, extract: bool, no_dot: bool, oflags: tuple[str, ...]
         else:
             dsn_envid = envid
     for x in xflags:
-        fatal(f"unsupported: -X{x[:1]}")
+        fatal(f"unsupported: -X{x[:1]}")  # -XV (VERP) too: not implemented
     verify = False
     site = qid = qtime = None
     for opt, value in ordered_options(args, "bIq"):
