@@ -60,7 +60,7 @@ def test_sasl_settings_and_the_login_everywhere(new_instance, tmp_path: Path) ->
                 code, text = c.data(b"Subject: held\r\n\r\nbody\r\n")
                 assert code == 250, text
                 queue_id = text.decode().rsplit(" ", 1)[1]
-                assert c.docmd("MAIL FROM:<alice@example.org> AUTH=<> AUTH=<>") == (
+                assert c.docmd("MAIL FROM:<alice@example.org> AUTH=x AUTH=<>") == (
                     503, b"5.5.4 Error: multiple AUTH= options")
             # a second session of the same process shares the auth server connection
             with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as c:

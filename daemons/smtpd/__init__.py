@@ -61,8 +61,8 @@ DESCRIPTION
     restrictions see; it goes to cleanup with MAIL FROM's AUTH= (sasl_method,
     sasl_username, sasl_sender: named attributes of the queue file, the
     ``client=`` log line and policy requests, as Postfix). MAIL's AUTH= is
-    refused (555) when SASL is off, as Postfix. A response longer than
-    smtpd_sasl_response_limit gets ``500 5.5.6 SASL response limit
+    taken with SASL off too, as Postfix's smtpd_sasl_mail_opt(). A response
+    longer than smtpd_sasl_response_limit gets ``500 5.5.6 SASL response limit
     exceeded``; an auth server that is down, or silent for Postfix's 10
     seconds, gets ``454 4.7.0 Temporary authentication failure: ...``.
 

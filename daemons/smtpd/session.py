@@ -642,10 +642,13 @@ class Session(SMTP):
                 refusal = self._mail_dsn_param(env, uname, value)
                 if refusal:
                     return await self.reply_error(refusal)
-            elif uname == "AUTH" and smtpd.sasl is not None:
+            elif uname == "AUTH" and eq:
+                # as Postfix's smtpd_sasl_mail_opt(), SASL on or off: logged and queued
+                # (sasl_sender=); AUTH=<> sets nothing, so it may come again
                 if sasl_sender is not None:
                     return await self.reply_error("503 5.5.4 Error: multiple AUTH= options")
-                sasl_sender = "" if value == "<>" else log.printable(value)
+                if value != "<>":
+                    sasl_sender = log.printable(value)
             else:
                 return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
         if smtpd.size_limit and env.size > smtpd.size_limit:

@@ -1,0 +1,56 @@
+"""MAIL FROM and RCPT TO parameters on a real instance, as Debian's Postfix 3.7 answers them.
+
+Each expected reply was read off Postfix 3.7's smtpd (tests/postfix_peer.py) given the
+same commands; the notes say which of its checks makes the difference.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from harness import ME, Instance
+
+RCPT = f"{ME}@localhost"
+
+
+@pytest.fixture(scope="module")
+def inst() -> Iterator[Instance]:
+    inst = Instance()
+    inst.start()
+    yield inst
+    inst.cleanup()
+
+
+def replies(inst: Instance, *commands: bytes | str) -> list[str]:
+    """The reply to each command (after EHLO), one connection; bytes go as they are."""
+    with socket.create_connection(("127.0.0.1", inst.port), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def reply() -> str:
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+            return b"".join(lines).decode("utf-8", "replace").rstrip("\r\n")
+
+        reply()
+        out = []
+        for command in ("EHLO client.example", *commands):
+            s.sendall((command.encode() if isinstance(command, str) else command) + b"\r\n")
+            out.append(reply())
+        return out[1:]
+
+
+def test_auth_parameter_is_taken_with_sasl_off(inst: Instance) -> None:
+    # Postfix's smtpd takes AUTH= whether or not smtpd_sasl_auth_enable is on,
+    # logs it (sasl_sender=) and refuses a second one, but AUTH=<> sets nothing
+    assert replies(inst, "MAIL FROM:<a@b.example> AUTH=<>") == ["250 2.1.0 Ok"]
+    assert replies(inst, "MAIL FROM:<a@b.example> AUTH=<> AUTH=<>") == ["250 2.1.0 Ok"]
+    assert replies(inst, "MAIL FROM:<a@b.example> AUTH=x AUTH=<>") == [
+        "503 5.5.4 Error: multiple AUTH= options"]
+    assert replies(inst, "MAIL FROM:<a@b.example> AUTH") == [
+        "555 5.5.4 Unsupported option: AUTH"]
+    assert replies(inst, "MAIL FROM:<a@b.example> AUTH=x+41y", f"RCPT TO:<{RCPT}>", "DATA",
+                   "Subject: auth\r\n\r\nhi\r\n.")[-1].startswith("250 2.0.0 Ok: queued as")
+    inst.wait_log(r"client=localhost\[127\.0\.0\.1\], sasl_sender=x\+41y$")
