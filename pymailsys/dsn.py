@@ -15,12 +15,16 @@ ENVID and ORCPT travel in xtext (``xtext_encode``/``xtext_decode``) on the
 wire and are kept decoded in the queue, as Postfix keeps them, so each hop
 encodes them exactly once. ``parse_envid`` and ``parse_orcpt`` take the
 parameter values as an SMTP client sends them and return them decoded
-(ORCPT as ``type;address``), refusing (ValueError) bad xtext, control or
-non-ASCII characters and values longer than RFC 3461 allows (100 characters
-for ENVID, 500 for ORCPT).
+(ORCPT as ``type;address``), refusing (ValueError) what Postfix's smtpd
+refuses: bad xtext (a + without two hex digits, either case), an ENVID
+that is not printable ASCII, ORCPT values longer than 500 characters.
+Like Postfix's smtpd, ENVID has no length limit (sendmail -V has RFC 3461's
+100 characters, ``valid_envid``).
 """
 
 from __future__ import annotations
+
+import re
 
 NOTIFY_NEVER = 1
 NOTIFY_SUCCESS = 2
@@ -36,6 +40,7 @@ ORCPT_MAX = 500
 _NOTIFY_WORDS = (("NEVER", NOTIFY_NEVER), ("SUCCESS", NOTIFY_SUCCESS),
                  ("FAILURE", NOTIFY_FAILURE), ("DELAY", NOTIFY_DELAY))
 _RET_WORDS = {"FULL": RET_FULL, "HDRS": RET_HDRS}
+_XTEXT_ESCAPE = re.compile(rb"\+([0-9A-Fa-f]{2})")
 
 
 def parse_notify(text: str, blanks: bool = False) -> int:
@@ -87,24 +92,16 @@ def xtext_encode(text: str) -> str:
 
 
 def xtext_decode(text: str) -> str:
-    """The text an xtext stands for; ValueError for a character xtext does not allow
-    or a + not followed by two upper-case hex digits."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "+":
-            pair = text[i + 1:i + 3]
-            if len(pair) != 2 or any(c not in "0123456789ABCDEF" for c in pair):
-                raise ValueError(f"bad xtext escape in {text!r}")
-            out.append(int(pair, 16))
-            i += 3
-            continue
-        if not 33 <= ord(ch) <= 126 or ch == "=":
-            raise ValueError(f"bad xtext character in {text!r}")
-        out.append(ord(ch))
-        i += 1
-    return out.decode("utf-8", "surrogateescape")
+    """The text an xtext stands for, as Postfix's xtext_unquote() reads it: a + and two
+    hex digits (either case) for a byte, every other character for itself; ValueError
+    for a + without two hex digits."""
+    if "+" not in text:
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded, escapes = _XTEXT_ESCAPE.subn(lambda m: bytes((int(m[1], 16),)), raw)
+    if escapes != raw.count(b"+"):
+        raise ValueError(f"bad xtext escape in {text!r}")
+    return decoded.decode("utf-8", "surrogateescape")
 
 
 def _printable(text: str) -> bool:
@@ -112,18 +109,18 @@ def _printable(text: str) -> bool:
 
 
 def parse_envid(value: str) -> str:
-    """The ENVID parameter value (xtext), decoded."""
-    if not value or len(value) > ENVID_MAX:
-        raise ValueError("bad ENVID length")
+    """The ENVID parameter value (xtext), decoded: printable ASCII, of any length (Postfix's
+    smtpd sets no limit); a null byte is refused (Postfix 3.7 cut the value there)."""
     envid = xtext_decode(value)
-    if not _printable(envid):
+    if not envid or not _printable(envid):
         raise ValueError("ENVID is not printable ASCII")
     return envid
 
 
-def valid_envid(envid: str) -> bool:
-    """Whether a decoded envelope ID (sendmail -V) is acceptable."""
-    return 0 < len(envid) <= ENVID_MAX and _printable(envid)
+def valid_envid(envid: str, limit: int | None = ENVID_MAX) -> bool:
+    """Whether a decoded envelope ID is acceptable: printable ASCII and, for sendmail -V,
+    at most ``limit`` characters (None: any length, as smtpd takes it)."""
+    return bool(envid) and (limit is None or len(envid) <= limit) and _printable(envid)
 
 
 def parse_orcpt(value: str) -> str:

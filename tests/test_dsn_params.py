@@ -26,11 +26,15 @@ def test_notify_words_ret_and_xtext() -> None:
         dsn.parse_ret("SOME")
     assert dsn.xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
     assert dsn.xtext_decode("a+2Bb+3Dc+20d") == "a+b=c d"
-    for bad in ("a+2", "a+zz", "a b", "a=b", "a+2b"):
+    # as Postfix's xtext_unquote: hex digits of either case, other characters as they are
+    assert dsn.xtext_decode("a+2bb=c+c3+A9") == "a+b=c\u00e9"
+    for bad in ("a+2", "a+zz", "a++41", "a+"):
         with pytest.raises(ValueError):
             dsn.xtext_decode(bad)
     assert dsn.parse_envid("id+2B1") == "id+1"
-    for bad in ("", "x" * 101, "+0A", "+00"):
+    assert dsn.parse_envid("x" * 101) == "x" * 101  # smtpd: no limit; sendmail -V: 100
+    assert not dsn.valid_envid("x" * 101) and dsn.valid_envid("x" * 101, None)
+    for bad in ("", "+0A", "+00", "a+00b", "a+C3+A9"):
         with pytest.raises(ValueError):
             dsn.parse_envid(bad)
     assert dsn.parse_orcpt("rfc822;bob+2Bx@example.org") == "rfc822;bob+x@example.org"

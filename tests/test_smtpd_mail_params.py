@@ -54,3 +54,19 @@ def test_auth_parameter_is_taken_with_sasl_off(inst: Instance) -> None:
     assert replies(inst, "MAIL FROM:<a@b.example> AUTH=x+41y", f"RCPT TO:<{RCPT}>", "DATA",
                    "Subject: auth\r\n\r\nhi\r\n.")[-1].startswith("250 2.0.0 Ok: queued as")
     inst.wait_log(r"client=localhost\[127\.0\.0\.1\], sasl_sender=x\+41y$")
+
+
+def test_envid_is_xtext_as_postfix_reads_it(inst: Instance) -> None:
+    # xtext_unquote(): + and two hex digits of either case, every other character (= too)
+    # as it is; then printable ASCII, of any length (RFC 3461's 100 is sendmail -V's)
+    for bad in ("a+zz", "a+2", "a+0Ab", "a\xe9", "a+C3+A9", "+00"):
+        assert replies(inst, f"MAIL FROM:<a@b.example> ENVID={bad}") == [
+            "501 5.5.4 Bad ENVID parameter syntax"], bad
+    envid = "id+2bx=y" + "z" * 200
+    done = replies(inst, f"MAIL FROM:<{RCPT}> ENVID={envid}", f"RCPT TO:<{RCPT}> NOTIFY=SUCCESS",
+                   "DATA", "Subject: envid\r\n\r\nhi\r\n.")
+    assert done[0] == "250 2.1.0 Ok" and done[-1].startswith("250 2.0.0 Ok: queued as")
+    queue_id = done[-1].rsplit(" ", 1)[1]
+    inst.wait_log(rf"{queue_id}: sender delivery status notification: \w+")
+    (report,) = [m for m in inst.wait_maildir(2) if m.startswith(b"Return-Path: <>\n")]
+    assert b"\nOriginal-Envelope-Id: id+x=y" + b"z" * 200 + b"\n" in report

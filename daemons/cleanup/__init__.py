@@ -393,7 +393,7 @@ class Cleanup:
                 if value:
                     b.attr(name, value)
         envid = text("envid")
-        if envid and dsn.valid_envid(envid):
+        if dsn.valid_envid(envid, None):  # as Postfix's cleanup: no length limit
             b.attr("dsn_envid", envid)
         ret = _ret_value(text("ret"))
         if ret:
