@@ -17,14 +17,17 @@ encodes them exactly once. ``parse_envid`` and ``parse_orcpt`` take the
 parameter values as an SMTP client sends them and return them decoded
 (ORCPT as ``type;address``), refusing (ValueError) what Postfix's smtpd
 refuses: bad xtext (a + without two hex digits, either case), an ENVID
-that is not printable ASCII, ORCPT values longer than 500 characters.
-Like Postfix's smtpd, ENVID has no length limit (sendmail -V has RFC 3461's
-100 characters, ``valid_envid``).
+that is not printable ASCII, an ORCPT without a type. Like Postfix's smtpd,
+neither has a length limit (sendmail -V has RFC 3461's 100 characters,
+``valid_envid``); an ORCPT of the type utf-8 is in unitext (RFC 6533,
+``uxtext_decode``/``uxtext_encode``), and is passed on so.
 """
 
 from __future__ import annotations
 
 import re
+
+from pymailsys import log
 
 NOTIFY_NEVER = 1
 NOTIFY_SUCCESS = 2
@@ -35,12 +38,12 @@ RET_FULL = 1
 RET_HDRS = 2
 
 ENVID_MAX = 100
-ORCPT_MAX = 500
 
 _NOTIFY_WORDS = (("NEVER", NOTIFY_NEVER), ("SUCCESS", NOTIFY_SUCCESS),
                  ("FAILURE", NOTIFY_FAILURE), ("DELAY", NOTIFY_DELAY))
 _RET_WORDS = {"FULL": RET_FULL, "HDRS": RET_HDRS}
 _XTEXT_ESCAPE = re.compile(rb"\+([0-9A-Fa-f]{2})")
+_HEX_DIGITS = "0123456789abcdefABCDEF"
 
 
 def parse_notify(text: str, blanks: bool = False) -> int:
@@ -124,26 +127,47 @@ def valid_envid(envid: str, limit: int | None = ENVID_MAX) -> bool:
 
 
 def parse_orcpt(value: str) -> str:
-    """The ORCPT parameter value ("rfc822;" xtext), decoded as ``type;address``."""
-    if len(value) > ORCPT_MAX:
-        raise ValueError("ORCPT too long")
+    """The ORCPT parameter value, decoded as Postfix's smtpd reads it: ``type;address``
+    with a type that is not empty and the address in xtext, or in unitext (``\\x{E9}``,
+    RFC 6533) for the type utf-8; any length, any address (even none). An unprintable
+    character is kept as "?", as Postfix's bounce service shows it."""
     addr_type, sep, address = value.partition(";")
-    if not sep or not addr_type or not address or not _printable(addr_type):
+    if not sep or not addr_type:
         raise ValueError("bad ORCPT syntax")
-    decoded = xtext_decode(address)
-    if not _printable(decoded):
-        raise ValueError("ORCPT address is not printable ASCII")
-    return f"{addr_type.strip()};{decoded}"
+    decoded = uxtext_decode(address) if addr_type.lower() == "utf-8" else xtext_decode(address)
+    return log.printable(f"{addr_type};{decoded}")
 
 
 def valid_orcpt(orcpt: str) -> bool:
-    """Whether a stored ``type;address`` (decoded) is acceptable."""
-    addr_type, sep, address = orcpt.partition(";")
-    return (bool(sep and addr_type and address) and len(orcpt) <= ORCPT_MAX
-            and _printable(orcpt))
+    """Whether a stored ``type;address`` (decoded) is what parse_orcpt returns."""
+    addr_type, sep, _ = orcpt.partition(";")
+    return bool(sep and addr_type) and orcpt.isprintable()
+
+
+def uxtext_decode(text: str) -> str:
+    """RFC 6533's unitext as Postfix's uxtext_unquote() reads it: ``\\x{HEX}`` for a code
+    point (ValueError without hex digits up to the }, or past U+10FFFF), every other
+    character for itself."""
+    first, *escaped = text.split("\\x{")
+    out = [first]
+    for part in escaped:
+        digits, brace, rest = part.partition("}")
+        if not brace or digits.strip(_HEX_DIGITS) or int(digits or "0", 16) > 0x10FFFF:
+            raise ValueError(f"bad unitext escape in {text!r}")
+        out += [chr(int(digits or "0", 16)), rest]
+    return "".join(out)
+
+
+def uxtext_encode(text: str) -> str:
+    """Unitext as Postfix's uxtext_quote(..., "+="): characters outside ! to ~, and \\,
+    + and =, as ``\\x{HEX}``."""
+    return "".join(ch if 33 <= ord(ch) <= 126 and ch not in "\\+=" else f"\\x{{{ord(ch):02X}}}"
+                   for ch in text)
 
 
 def orcpt_param(orcpt: str) -> str:
     """A stored ``type;address`` as the ORCPT parameter value (the address in xtext)."""
     addr_type, _, address = orcpt.partition(";")
+    if addr_type.lower() == "utf-8":  # as Postfix's smtp client: the type's own encoding
+        return f"{addr_type};{uxtext_encode(address)}"
     return f"{addr_type};{xtext_encode(address)}"

@@ -39,7 +39,14 @@ def test_notify_words_ret_and_xtext() -> None:
             dsn.parse_envid(bad)
     assert dsn.parse_orcpt("rfc822;bob+2Bx@example.org") == "rfc822;bob+x@example.org"
     assert dsn.orcpt_param("rfc822;bob+x@example.org") == "rfc822;bob+2Bx@example.org"
-    for bad in ("bob@example.org", ";bob", "rfc822;", "rfc822;a+0Db"):
+    # as Postfix's smtpd: no printable check (shown as ?), empty address, utf-8 in unitext
+    assert dsn.parse_orcpt("rfc822;a+0Db") == "rfc822;a?b"
+    assert dsn.parse_orcpt("rfc822;") == "rfc822;"
+    assert dsn.parse_orcpt("UTF-8;\\x{E9}+2B\\x{}") == "UTF-8;\u00e9+2B?"
+    assert dsn.orcpt_param("utf-8;\u00e9+b=c\\") == "utf-8;\\x{E9}\\x{2B}b\\x{3D}c\\x{5C}"
+    assert dsn.valid_orcpt("utf-8;\u00e9") and not dsn.valid_orcpt("rfc822;a\nb")
+    for bad in ("bob@example.org", ";bob", "rfc822;a+zz", "utf-8;\\x{zz}", "utf-8;\\x{41",
+                "utf-8;\\x{110000}"):
         with pytest.raises(ValueError):
             dsn.parse_orcpt(bad)
 

@@ -6,18 +6,19 @@ same commands; the notes say which of its checks makes the difference.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 
 import pytest
-from harness import ME, Instance
+from harness import ME, Instance, wait_until
 
 RCPT = f"{ME}@localhost"
 
 
 @pytest.fixture(scope="module")
 def inst() -> Iterator[Instance]:
-    inst = Instance()
+    inst = Instance(settings={"recipient_delimiter": "+"})
     inst.start()
     yield inst
     inst.cleanup()
@@ -40,6 +41,15 @@ def replies(inst: Instance, *commands: bytes | str) -> list[str]:
             s.sendall((command.encode() if isinstance(command, str) else command) + b"\r\n")
             out.append(reply())
         return out[1:]
+
+
+def notice(inst: Instance, subject: bytes) -> bytes:
+    """The delivery notice (sender <>) about the message with this subject, in the Maildir."""
+    def found() -> list[bytes]:
+        return [m for m in inst.maildir_messages()
+                if m.startswith(b"Return-Path: <>\n") and b"\n" + subject + b"\n" in m]
+    (report,) = wait_until(found, 60, what=f"a notice about {subject!r}")
+    return report
 
 
 def test_auth_parameter_is_taken_with_sasl_off(inst: Instance) -> None:
@@ -68,5 +78,26 @@ def test_envid_is_xtext_as_postfix_reads_it(inst: Instance) -> None:
     assert done[0] == "250 2.1.0 Ok" and done[-1].startswith("250 2.0.0 Ok: queued as")
     queue_id = done[-1].rsplit(" ", 1)[1]
     inst.wait_log(rf"{queue_id}: sender delivery status notification: \w+")
-    (report,) = [m for m in inst.wait_maildir(2) if m.startswith(b"Return-Path: <>\n")]
+    report = notice(inst, b"Subject: envid")
     assert b"\nOriginal-Envelope-Id: id+x=y" + b"z" * 200 + b"\n" in report
+
+
+def test_orcpt_is_read_as_postfix_reads_it(inst: Instance) -> None:
+    # a type, then the address in xtext (unitext for utf-8): no length limit, no
+    # printable check (the report shows "?" for a control character, as Postfix's)
+    for bad in ("rfc822", ";a@b.example", "rfc822;a+zz@b.example", "utf-8;a\\x{zz}@b.example",
+                "utf-8;a\\x{110000}@b.example", "utf-8;a\\x{41"):
+        assert replies(inst, "MAIL FROM:<a@b.example>", f"RCPT TO:<{RCPT}> ORCPT={bad}")[1] == (
+            "501 5.5.4 Error: Bad ORCPT parameter syntax"), bad
+    orcpts = ["rfc822;List+2ba=x+C3+a9+0A@b.example", "utf-8;\\x{E9}t\\x{E9}+41@b.example",
+              "rfc822;" + "y" * 600, "rfc822;"]
+    done = replies(inst, f"MAIL FROM:<{RCPT}>", *(
+        f"RCPT TO:<{ME}+{i}@localhost> NOTIFY=SUCCESS ORCPT={o}" for i, o in enumerate(orcpts)),
+        "DATA", "Subject: orcpt\r\n\r\nhi\r\n.")
+    assert done[1:5] == ["250 2.1.5 Ok"] * 4 and done[-1].startswith("250 2.0.0 Ok: queued as")
+    queue_id = done[-1].rsplit(" ", 1)[1]
+    inst.wait_log(rf"{queue_id}: sender delivery status notification: \w+")
+    report = notice(inst, b"Subject: orcpt")
+    shown = re.findall(rb"^Original-Recipient: (.*)$", report, re.M)
+    assert shown == ["rfc822;List+a=x\u00e9?@b.example".encode(), "utf-8;\u00e9t\u00e9+41@b.example".encode(),
+                     b"rfc822;" + b"y" * 600, b"rfc822;"]
