@@ -635,10 +635,10 @@ class Session(SMTP):
                 env.size = int(value)
             elif uname == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 env.body = value.lower()
-            elif (uname == "SMTPUTF8" and not value and smtpd.smtputf8
+            elif (uname == "SMTPUTF8" and not eq and smtpd.smtputf8
                   and "smtputf8" not in smtpd.discard_ehlo):
                 env.smtputf8 = True
-            elif uname in ("RET", "ENVID"):
+            elif uname in ("RET", "ENVID") and eq:  # as Postfix: "RET" alone is unsupported
                 refusal = self._mail_dsn_param(env, uname, value)
                 if refusal:
                     return await self.reply_error(refusal)
@@ -726,9 +726,9 @@ class Session(SMTP):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         notify, orcpt = 0, ""
         for param in params:
-            name, _, value = param.partition("=")
+            name, eq, value = param.partition("=")
             uname = name.upper()
-            if uname not in ("NOTIFY", "ORCPT"):
+            if uname not in ("NOTIFY", "ORCPT") or not eq:
                 return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
             if "dsn" in smtpd.discard_ehlo:
                 return await self.reply_error(DSN_DISABLED)
