@@ -99,8 +99,9 @@ def test_orcpt_is_read_as_postfix_reads_it(inst: Instance) -> None:
     inst.wait_log(rf"{queue_id}: sender delivery status notification: \w+")
     report = notice(inst, b"Subject: orcpt")
     shown = re.findall(rb"^Original-Recipient: (.*)$", report, re.M)
-    assert shown == ["rfc822;List+a=x\u00e9?@b.example".encode(), "utf-8;\u00e9t\u00e9+41@b.example".encode(),
-                     b"rfc822;" + b"y" * 600, b"rfc822;"]
+    assert sorted(shown) == sorted([
+        "rfc822;List+a=x\u00e9?@b.example".encode(), "utf-8;\u00e9t\u00e9+41@b.example".encode(),
+        b"rfc822;" + b"y" * 600, b"rfc822;"])
 
 
 def test_a_known_parameter_without_its_value_is_unsupported(inst: Instance) -> None:
@@ -113,3 +114,4 @@ def test_a_known_parameter_without_its_value_is_unsupported(inst: Instance) -> N
         assert replies(inst, "MAIL FROM:<a@b.example>", f"RCPT TO:<{RCPT}> {param}")[1] == (
             f"555 5.5.4 Unsupported option: {param}"), param
     assert replies(inst, "MAIL FROM:<a@b.example> SMTPUTF8 smtputf8") == ["250 2.1.0 Ok"]
+
