@@ -8,8 +8,9 @@ NOTIFY is a bit mask as in Postfix's dsn_mask.h (``NOTIFY_NEVER`` 1,
 ``NOTIFY_SUCCESS`` 2, ``NOTIFY_FAILURE`` 4, ``NOTIFY_DELAY`` 8; 0 means the
 sender asked nothing: failures and delays are reported); RET is ``RET_FULL``
 1 or ``RET_HDRS`` 2 (0: not given). ``parse_notify`` takes the words, case
-blind, separated by commas (sendmail also takes blanks), and refuses
-(ValueError) an unknown word, an empty list and NEVER with anything else.
+blind, separated by commas (sendmail also takes blanks; empty words are
+skipped, as Postfix's name_mask_opt), and refuses (ValueError) an unknown
+word, an empty list and NEVER with anything else.
 
 ENVID and ORCPT travel in xtext (``xtext_encode``/``xtext_decode``) on the
 wire and are kept decoded in the queue, as Postfix keeps them, so each hop
@@ -49,7 +50,8 @@ _HEX_DIGITS = "0123456789abcdefABCDEF"
 def parse_notify(text: str, blanks: bool = False) -> int:
     """The bit mask of a NOTIFY value ("SUCCESS,DELAY"); blanks also separate words
     when ``blanks`` (sendmail -N)."""
-    words = text.replace(",", " ").split() if blanks else text.split(",")
+    # as Postfix's name_mask_opt(): empty words (",,") are skipped
+    words = text.replace(",", " ").split() if blanks else [w for w in text.split(",") if w]
     mask = 0
     for word in words:
         bit = dict(_NOTIFY_WORDS).get(word.strip().upper())

@@ -15,7 +15,8 @@ def test_notify_words_ret_and_xtext() -> None:
     assert dsn.parse_notify("success,Delay") == dsn.NOTIFY_SUCCESS | dsn.NOTIFY_DELAY
     assert dsn.parse_notify("NEVER") == dsn.NOTIFY_NEVER
     assert dsn.parse_notify("success failure", blanks=True) == 6
-    for bad in ("", "NEVER,SUCCESS", "SOMETIMES", "SUCCESS,,FAILURE", "success failure"):
+    assert dsn.parse_notify("SUCCESS,,FAILURE,") == dsn.NOTIFY_SUCCESS | dsn.NOTIFY_FAILURE
+    for bad in ("", ",", "NEVER,SUCCESS", "SOMETIMES", "success failure"):
         with pytest.raises(ValueError):
             dsn.parse_notify(bad)
     assert dsn.notify_names(dsn.NOTIFY_SUCCESS | dsn.NOTIFY_FAILURE) == "SUCCESS,FAILURE"

@@ -115,3 +115,14 @@ def test_a_known_parameter_without_its_value_is_unsupported(inst: Instance) -> N
             f"555 5.5.4 Unsupported option: {param}"), param
     assert replies(inst, "MAIL FROM:<a@b.example> SMTPUTF8 smtputf8") == ["250 2.1.0 Ok"]
 
+
+def test_notify_skips_empty_words(inst: Instance) -> None:
+    # Postfix's dsn_notify_mask() reads the list with name_mask_opt(): ",," is no word
+    done = replies(inst, f"MAIL FROM:<{RCPT}>", f"RCPT TO:<{ME}+n@localhost> NOTIFY=,success,,",
+                   f"RCPT TO:<{ME}+m@localhost> NOTIFY=,", "DATA",
+                   "Subject: notify\r\n\r\nhi\r\n.")
+    assert done[1:3] == ["250 2.1.5 Ok", "501 5.5.4 Error: Bad NOTIFY parameter syntax"]
+    assert done[-1].startswith("250 2.0.0 Ok: queued as")
+    report = notice(inst, b"Subject: notify")
+    assert b"\nFinal-Recipient: rfc822; " + f"{ME}+n@localhost".encode() + b"\n" in report
+    assert b"\nAction: delivered\n" in report
