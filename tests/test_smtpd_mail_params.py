@@ -126,3 +126,12 @@ def test_notify_skips_empty_words(inst: Instance) -> None:
     report = notice(inst, b"Subject: notify")
     assert b"\nFinal-Recipient: rfc822; " + f"{ME}+n@localhost".encode() + b"\n" in report
     assert b"\nAction: delivered\n" in report
+
+
+def test_size_over_the_limit_is_a_logged_reject(inst: Instance) -> None:
+    # Postfix's smtpd_check_size() rejects through smtpd_check_reject(): a NOQUEUE line
+    assert replies(inst, "MAIL FROM:<big@b.example> SIZE=10240001") == [
+        "552 5.3.4 Message size exceeds fixed limit"]
+    inst.wait_log(r"NOQUEUE: reject: MAIL from localhost\[127\.0\.0\.1\]: 552 5\.3\.4 Message "
+                  r"size exceeds fixed limit; from=<big@b\.example> proto=ESMTP "
+                  r"helo=<client\.example>$")

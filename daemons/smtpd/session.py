@@ -652,7 +652,12 @@ class Session(SMTP):
             else:
                 return await self.reply_error(f"555 5.5.4 Unsupported option: {param}")
         if smtpd.size_limit and env.size > smtpd.size_limit:
-            return await self.reply_error("552 5.3.4 Message size exceeds fixed limit")
+            # a policy reject, as Postfix's smtpd_check_size: logged with the sender
+            reply = "552 5.3.4 Message size exceeds fixed limit"
+            self.req.sender = sender
+            self._log_reject("MAIL", reply)
+            self.req.sender = None
+            return await self.reply_error(reply)
         self.req.sender = sender
         self.req.sasl_sender = sasl_sender or ""
         self.req.size = env.size
