@@ -49,7 +49,7 @@ def test_paths_as_postfix(path: str, address: str | None) -> None:
 def test_strict_rfc821_envelopes() -> None:
     assert parse_path("FROM:<a@b>", "FROM:", True) == ("a@b", "a@b", [])
     for path in ("a@b", "x<a@b>", "<@r1>", "<a,@b>"):
-        assert parse_path("FROM:" + path, "FROM:", True) is None, path
+        assert parse_path("FROM:" + path, "FROM:", True) == (path, None, []), path
     assert parse_path("FROM:x<a@b>", "FROM:", False) == ("x<a@b>", "a@b", [])
 
 

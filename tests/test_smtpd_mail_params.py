@@ -135,3 +135,14 @@ def test_size_over_the_limit_is_a_logged_reject(inst: Instance) -> None:
     inst.wait_log(r"NOQUEUE: reject: MAIL from localhost\[127\.0\.0\.1\]: 552 5\.3\.4 Message "
                   r"size exceeds fixed limit; from=<big@b\.example> proto=ESMTP "
                   r"helo=<client\.example>$")
+
+
+def test_two_addresses_in_a_path_are_a_logged_warning(inst: Instance) -> None:
+    # Postfix's extract_addr() warns about the token as sent, a parameter glued on too
+    assert replies(inst, "MAIL FROM:<warn@b.example>SIZE=5") == [
+        "501 5.1.7 Bad sender address syntax"]
+    assert replies(inst, "MAIL FROM:<a@b.example>", f"RCPT TO:<{RCPT}>NOTIFY=NEVER")[1] == (
+        "501 5.1.3 Bad recipient address syntax")
+    for where, token in (("MAIL", r"<warn@b\.example>SIZE=5"), ("RCPT", rf"<{RCPT}>NOTIFY=NEVER")):
+        inst.wait_log(rf"warning: Illegal address syntax from localhost\[127\.0\.0\.1\] in "
+                      rf"{where} command: {token}$")

@@ -614,6 +614,9 @@ class Session(SMTP):
                 return await self.reply_error("501 5.5.4 Syntax: MAIL FROM:<address>")
             return await self.reply_error("501 5.1.7 Bad sender address syntax")
         given, sender_given, params = parsed
+        if sender_given is None:  # two addresses, or not strict_rfc821_envelopes
+            self._illegal_syntax(given)
+            return await self.reply_error("501 5.1.7 Bad sender address syntax")
         sender = envelope_address(sender_given)
         if sender is None or self._bad_syntax(sender, f"<{given}>", any(
                 p.upper() == "SMTPUTF8" for p in params) and smtpd.smtputf8
@@ -683,9 +686,13 @@ class Session(SMTP):
         sendmail -bs mode): warned about with ``given``, the client's text, as Postfix."""
         if self.smtpd.stand_alone or not self.smtpd.engine.bad_syntax(address, smtputf8):
             return False
+        self._illegal_syntax(given)
+        return True
+
+    def _illegal_syntax(self, given: str) -> None:
+        """Postfix's extract_addr() warning about the address token the client sent."""
         log.warning(f"Illegal address syntax from {self.client} in {self.where} command: "
                     f"{log.printable(given)}")
-        return True
 
     def _mail_dsn_param(self, env: Envelope, name: str, value: str) -> str:
         """Take MAIL's RET or ENVID (ENVID kept decoded); the refusal, or ""."""
@@ -718,14 +725,14 @@ class Session(SMTP):
             parsed = parse_path(arg, "TO:", smtpd.strict_rfc821)
         except ValueError:
             return await self.reply_error("501 5.5.4 Syntax: RCPT TO:<address>")
-        if parsed is None or not parsed[1]:
-            if parsed is None and not arg[3:].strip():
+        if parsed is None:
+            if not arg[3:].strip():
                 return await self.reply_error("501 5.5.4 Syntax: RCPT TO:<address>")
-            if parsed is not None:
-                log.warning(f"Illegal address syntax from {self.client} in RCPT command: "
-                            f"<{parsed[0]}>")
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         given, rcpt_given, params = parsed
+        if not rcpt_given:  # bad syntax (the token as sent), or <>
+            self._illegal_syntax(given if rcpt_given is None else f"<{given}>")
+            return await self.reply_error("501 5.1.3 Bad recipient address syntax")
         rcpt = envelope_address(rcpt_given)
         if rcpt is None or self._bad_syntax(rcpt, f"<{given}>", env.smtputf8):
             return await self.reply_error("501 5.1.3 Bad recipient address syntax")

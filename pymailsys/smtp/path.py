@@ -5,7 +5,10 @@
 address token as the client sent it without its outer ``<>``, the address in
 internal form (``pymailsys.rfc822``: quotes and escapes removed, a source
 route ``@a,@b:`` dropped, comments dropped), and the ESMTP parameters.
-It returns None for bad address syntax and raises ValueError when the
+For an address that is bad syntax it returns ``(token, None, params)``, the
+token whole as the client sent it (Postfix's smtpd logs it in a warning);
+it returns None when there is no path or a quote or ``<`` is not closed
+(Postfix's smtpd replies without a warning), and raises ValueError when the
 keyword (``FROM:``/``TO:``) is missing, which is a command syntax error.
 
 The steps are Postfix's (smtpd_token.c, then extract_addr() in smtpd.c):
@@ -138,8 +141,10 @@ def extract_address(token: str, strict: bool) -> str | None:
     return internal
 
 
-def parse_path(arg: str, keyword: str, strict: bool) -> tuple[str, str, list[str]] | None:
-    """'FROM:<a@b> SIZE=1' -> (given path, internal address, params); None: bad syntax.
+def parse_path(arg: str, keyword: str,
+               strict: bool) -> tuple[str, str | None, list[str]] | None:
+    """'FROM:<a@b> SIZE=1' -> (given path, internal address, params); (token, None,
+    params): bad address syntax; None: no path, or one not closed.
 
     Raises ValueError when the keyword itself is missing (a syntax error of
     the command, not of the address).
@@ -152,6 +157,6 @@ def parse_path(arg: str, keyword: str, strict: bool) -> tuple[str, str, list[str
     token, params = tokens[0], tokens[1:]
     address = extract_address(token, strict)
     if address is None:
-        return None
+        return token, None, params
     given = token[1:-1] if len(token) >= 2 and token[0] == "<" and token[-1] == ">" else token
     return given, address, params
