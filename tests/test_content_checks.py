@@ -169,3 +169,75 @@ def test_header_classes_as_postfix(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         text, _, name = line.rpartition(": ")
         seen.append((name, text.split(": warning: header ", 1)[1].split(" from local;")[0]))
     assert seen == POSTFIX_CLASSES
+
+
+_MP = b"Subject: %s\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n%s\n"
+_BODY_8BIT = "5.6.0 improper use of 8-bit data in message body"
+_DOMAIN = "5.6.0 invalid message/* or multipart/* encoding domain"
+# Observed with Debian's Postfix 3.7 (strict_8bitmime_body and strict_mime_encoding_domain):
+# the reply to each message ("" accepted). A body counts as 7bit unless its block says
+# 8bit, binary, base64 or quoted-printable; a part, an attached message, a multipart's
+# prolog and its epilogue start again at 7bit; a block that ends at a line which is no
+# header keeps its encoding for that line and what follows.
+STRICT_CASES = [
+    (_MP % (b"b64", b"") + b"--BB\nContent-Transfer-Encoding: base64\n\n\xc3\xa9\n--BB--\n", ""),
+    (_MP % (b"qp", b"") + b"--BB\nContent-Transfer-Encoding: quoted-printable\n\n\xc3\xa9\n"
+     b"--BB--\n", ""),
+    (_MP % (b"prolog", b"Content-Transfer-Encoding: 8bit\n") + b"pro \xc3\xa9\n--BB\n\nx\n--BB--\n",
+     _BODY_8BIT),
+    (_MP % (b"2nd", b"") + b"--BB\nContent-Transfer-Encoding: 8bit\n\n\xc3\xa9\n--BB\n\n\xc3\xa9\n"
+     b"--BB--\n", _BODY_8BIT),
+    (_MP % (b"1st", b"") + b"--BB\nContent-Transfer-Encoding: 8bit\n\n\xc3\xa9\n--BB--\n", ""),
+    (_MP % (b"epilogue", b"Content-Transfer-Encoding: 8bit\n") + b"--BB\n\nx\n--BB--\nepi \xc3\xa9\n",
+     _BODY_8BIT),
+    (b"Subject: n\nContent-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\n"
+     b"Subject: in\n\n\xc3\xa9\n", _BODY_8BIT),
+    (b"Subject: n\nContent-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\n"
+     b"Subject: in\nContent-Transfer-Encoding: binary\n\n\xc3\xa9\n", ""),
+    (b"Subject: c\nContent-Transfer-Encoding:  8BIT (yes)\n\n\xc3\xa9\n", ""),
+    (b"Subject: u\nContent-Transfer-Encoding: x-weird\n\n\xc3\xa9\n", _BODY_8BIT),
+    (b"Subject: g\nContent-Transfer-Encoding: 8bit\nnot a header \xc3\xa9\n\xc3\xa9\n", ""),
+    (_MP % (b"pg", b"") + b"--BB\nContent-Transfer-Encoding: 8bit\nno header \xc3\xa9\n--BB--\n", ""),
+    (b"Subject: p\nContent-Type: message/partial; id=1\n"
+     b"Content-Transfer-Encoding: quoted-printable\n\nx\n", ""),
+    (b"Subject: r\nContent-Type: message/rfc822\nContent-Transfer-Encoding: binary\n\n"
+     b"Subject: in\n\nx\n", ""),
+    (_MP.replace(b"mixed", b"digest") % (b"d", b"") + b"--BB\nContent-Transfer-Encoding: base64\n\n"
+     b"Subject: x\n\nx\n--BB--\n", _DOMAIN),
+    (_MP % (b"end", b"") + b"--BB\nContent-Type: multipart/mixed; boundary=CC\n"
+     b"Content-Transfer-Encoding: base64\n", _DOMAIN),
+]
+
+
+@pytest.mark.parametrize("step", [1, 3, 65536])
+@pytest.mark.parametrize(("msg", "reply"), STRICT_CASES)
+def test_strict_body_and_domain_as_postfix(msg: bytes, reply: str, step: int) -> None:
+    tables = hbc.CheckTables.from_config(config.Config("/nonexistent", {
+        "strict_8bitmime_body": "yes", "strict_mime_encoding_domain": "yes"}))
+    checks = hbc.MessageChecks(tables, hbc.Where("Q", "local", "s", "r"))
+    # the records are those of the pass without checks: only the verdict differs
+    assert _records(msg, step, tables) == _records(msg, 65536, None)
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    content = hdr.ContentPass(["Received: x"], job, frozenset(), 2048, 102400, True, checks)
+    for i in range(0, len(msg), step):
+        content.feed(msg[i:i + step])
+    content.end()
+    assert checks.reject == reply
+
+
+def test_no_mime_state_without_tables_or_strict_settings() -> None:
+    """cleanup follows the MIME structure only when something needs it: with the defaults
+    (no table, no strict_* setting) there is no MessageChecks and no MimeState."""
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    tables = hbc.CheckTables.from_config(config.Config("/nonexistent", {}))
+    assert not tables.active
+    for name in ("strict_7bit_headers", "strict_8bitmime", "strict_8bitmime_body",
+                 "strict_mime_encoding_domain"):
+        strict = hbc.CheckTables.from_config(config.Config("/nonexistent", {name: "yes"}))
+        assert strict.active and strict.report_nesting, name
+        content = hdr.ContentPass([], job, frozenset(), 2048, 102400, True,
+                                  hbc.MessageChecks(strict, hbc.Where("Q", "local", "s", "r")))
+        assert content.mime is not None, name
+        off = hbc.CheckTables.from_config(config.Config("/nonexistent", {
+            name: "yes", "disable_mime_input_processing": "yes"}))
+        assert not off.active, name

@@ -33,7 +33,10 @@ def _origin(inst: Instance) -> str:
     return str(inst.tool("postconf", "-hx", "myorigin", check=True).stdout.strip())
 
 
-def _data_reply(inst: Instance, rcpt: str, message: str) -> tuple[int, bytes]:
+def _data_reply(inst: Instance, rcpt: str, message: str | bytes) -> tuple[int, bytes]:
+    """The reply to DATA (bytes: lines end in LF, sent as CRLF)."""
+    if isinstance(message, bytes):
+        message = message.replace(b"\n", b"\r\n")
     with inst.smtp() as client:
         client.ehlo()
         client.mail("sender@example.org")
@@ -266,3 +269,96 @@ def test_rule_without_a_result_is_a_configuration_error(new_instance) -> None:  
     assert re.search(r"postfix/cleanup\[\d+\]: warning: header_checks lookup of Subject: empty here "
                      r"returns an empty string result\n.*postfix/cleanup\[\d+\]: warning: "
                      r"header_checks should return NO RESULT in case of NOT FOUND\n", log), log
+
+
+def _send(inst: Instance, rcpt: str, message: bytes) -> str:
+    return inst.send("sender@example.org", rcpt, message.replace(b"\n", b"\r\n"))
+
+
+_HEADER_8BIT = b"5.6.0 improper use of 8-bit data in message header"
+_BODY_8BIT = b"5.6.0 improper use of 8-bit data in message body"
+_DOMAIN = b"5.6.0 invalid message/* or multipart/* encoding domain"
+
+
+def _mime_error(rcpt: str, what: str) -> str:
+    """Postfix's cleanup_mime_error_callback line, as Debian's Postfix 3.7 logs it."""
+    return (r"postfix/cleanup\[\d+\]: [0-9A-F]+: reject: mime-error " + re.escape(what)
+            + r" from [^ ]+\[127\.0\.0\.1\]; from=<sender@example\.org> to=<"
+            + re.escape(rcpt) + ">$")
+
+
+def test_strict_8bitmime_refuses_8bit_headers_and_undeclared_8bit_bodies(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """strict_8bitmime (no header or body tables): as Debian's Postfix 3.7, 8-bit bytes in
+    any header, or in a body (part) whose Content-Transfer-Encoding is not 8bit or binary,
+    refuse the message with 550 5.6.0 and a mime-error line; the header error wins."""
+    inst = _instance(new_instance, strict_8bitmime="yes")
+    rcpt = f"{ME}@{_origin(inst)}"
+    assert _data_reply(inst, rcpt, b"Subject: caf\xc3\xa9\n\nbody\n") == (550, _HEADER_8BIT)
+    inst.wait_log(_mime_error(rcpt, "improper use of 8-bit data in message header: "
+                                    "Subject: café"))
+    assert _data_reply(inst, rcpt, b"Subject: b8\n\ncaf\xc3\xa9 body\n") == (550, _BODY_8BIT)
+    inst.wait_log(_mime_error(rcpt, "improper use of 8-bit data in message body: café body"))
+    part = (b"Subject: p8\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
+            b"--BB\nContent-Type: text/plain\n%s\nsp\xc3\xa4t\n--BB--\n")
+    assert _data_reply(inst, rcpt, part % b"") == (550, _BODY_8BIT)
+    assert _data_reply(inst, rcpt, part % b"X-N: caf\xc3\xa9\n") == (550, _HEADER_8BIT)
+    assert _data_reply(inst, rcpt, b"Subject: both \xc3\xa9\n\nbody \xc3\xa9\n") == (
+        550, _HEADER_8BIT)
+    assert inst.queue_empty() and not inst.maildir_messages()
+    _send(inst, rcpt,
+              b"Subject: declared\nContent-Transfer-Encoding: 8bit\n\ncaf\xc3\xa9\n")
+    _send(inst, rcpt, part.replace(b"p8", b"declared part")
+              % b"Content-Transfer-Encoding: 8bit\n")
+    _arrived(inst, b"declared")
+    _arrived(inst, b"declared part")
+
+
+def test_strict_7bit_headers_and_strict_8bitmime_body_each_alone(new_instance) -> None:  # type: ignore[no-untyped-def]
+    inst = _instance(new_instance, strict_7bit_headers="yes")
+    rcpt = f"{ME}@{_origin(inst)}"
+    assert _data_reply(inst, rcpt, b"Subject: caf\xc3\xa9\n\nbody\n") == (550, _HEADER_8BIT)
+    _send(inst, rcpt, b"Subject: body only\n\ncaf\xc3\xa9\n")
+    _arrived(inst, b"body only")
+    inst.stop()
+    inst = _instance(new_instance, strict_8bitmime_body="yes")
+    assert _data_reply(inst, rcpt, b"Subject: b\n\ncaf\xc3\xa9\n") == (550, _BODY_8BIT)
+    _send(inst, rcpt, b"Subject: header only \xc3\xa9\n\nbody\n")
+    _arrived(inst, b"header only \xc3\xa9")
+
+
+def test_strict_mime_encoding_domain(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """strict_mime_encoding_domain: a multipart or message/rfc822 that says base64 or
+    quoted-printable, or a message/partial that says 8bit, is refused as Postfix 3.7 does
+    (the encoding named in lower case in the log line)."""
+    inst = _instance(new_instance, strict_mime_encoding_domain="yes")
+    rcpt = f"{ME}@{_origin(inst)}"
+    multipart = (b"Subject: mp\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n"
+                 b"Content-Transfer-Encoding: Base64\n\n--BB\n\nx\n--BB--\n")
+    assert _data_reply(inst, rcpt, multipart) == (550, _DOMAIN)
+    inst.wait_log(_mime_error(rcpt, "invalid message/* or multipart/* encoding domain: base64"))
+    attached = (b"Subject: m\nMIME-Version: 1.0\nContent-Type: message/rfc822\n"
+                b"Content-Transfer-Encoding: quoted-printable\n\nSubject: in\n\nx\n")
+    assert _data_reply(inst, rcpt, attached) == (550, _DOMAIN)
+    partial = (b"Subject: pa\nMIME-Version: 1.0\nContent-Type: message/partial; id=1; number=1\n"
+               b"Content-Transfer-Encoding: 8bit\n\nx\n")
+    assert _data_reply(inst, rcpt, partial) == (550, _DOMAIN)
+    inner = (b"Subject: pm\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
+             b"--BB\nContent-Type: multipart/alternative; boundary=CC\n"
+             b"Content-Transfer-Encoding: base64\n\n--CC\n\nx\n--CC--\n--BB--\n")
+    assert _data_reply(inst, rcpt, inner) == (550, _DOMAIN)
+    assert inst.queue_empty()
+    _send(inst, rcpt, b"Subject: fine\nMIME-Version: 1.0\n"
+              b"Content-Type: multipart/mixed; boundary=BB\nContent-Transfer-Encoding: 8bit\n\n"
+              b"--BB\nContent-Transfer-Encoding: base64\n\neA==\n--BB--\n")
+    _arrived(inst, b"fine")
+    assert "mime-error" not in inst.log().split("base64 from")[-1]
+
+
+def test_strict_settings_leave_local_forwarding_alone(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix, the strict_* settings apply with CLEANUP_FLAG_FILTER only, and with
+    receive_override_options = no_header_body_checks they are off."""
+    inst = _instance(new_instance, strict_8bitmime="yes",
+                     receive_override_options="no_header_body_checks")
+    rcpt = f"{ME}@{_origin(inst)}"
+    _send(inst, rcpt, b"Subject: caf\xc3\xa9 ok\n\ncaf\xc3\xa9\n")
+    _arrived(inst, b"caf\xc3\xa9 ok")

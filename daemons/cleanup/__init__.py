@@ -60,6 +60,10 @@ DESCRIPTION
       the content, logged ``QUEUEID: filter: header ...``; the last one wins),
       REDIRECT marks every envelope recipient done and adds the target in
       their place, BCC adds a recipient; both as extracted recipients;
+      with the same flag, the strict_* settings refuse 8-bit headers, 8-bit
+      body text of a 7bit part and encodings a multipart or message/* may not
+      have (``pymailsys.content.checks``: Postfix's MIME errors); cleanup
+      follows the MIME structure only when a table or strict_* setting needs it;
     * writes the content filter as Postfix does: the client's
       ``content_filter`` (smtpd's or pickup's content_filter, master.cf
       ``-o`` overrides included) as the envelope's L record after the time
@@ -86,7 +90,9 @@ DESCRIPTION
 DIAGNOSTICS
     Replies (status, dsn, reason): 0 2.0.0 queued (or discarded); 550 and the
     REJECT rule's DSN and text ("5.7.1 message content rejected" without
-    one), 451 for a 4.x.x text; 451 4.6.0 "Alias expansion error" (a virtual
+    one), 451 for a 4.x.x text; 550 5.6.0 and Postfix's text for a MIME error
+    ("improper use of 8-bit data in message header", logged ``QUEUEID: reject:
+    mime-error TEXT: HEADER from ORIGIN; from=<s> to=<r>``); 451 4.6.0 "Alias expansion error" (a virtual
     alias loop or limit, logged ``warning: QUEUEID: unreasonable
     virtual_alias_maps map nesting for ADDR -- message not accepted, try again
     later``); 451 4.3.0 "Error: queue
@@ -120,7 +126,9 @@ CONFIGURATION PARAMETERS
     header_checks, mime_header_checks, nested_header_checks, body_checks,
     body_checks_size_limit, mime_nesting_limit, mime_boundary_length_limit,
     disable_mime_input_processing (no MIME part or attached-message headers: every
-    line after the primary header block is body to body_checks),
+    line after the primary header block is body to body_checks; no MIME error),
+    strict_7bit_headers, strict_8bitmime, strict_8bitmime_body,
+    strict_mime_encoding_domain,
     canonical_maps, sender_canonical_maps,
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,

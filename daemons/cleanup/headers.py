@@ -287,8 +287,11 @@ class ContentPass:
         self.job = job
         self.checks = checks
         # Lines past the primary header go one by one through the MIME state and the checks.
-        self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit, mime_disabled)
+        self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit, mime_disabled,
+                               checks.tables.strict_domain)
                      if checks is not None and checks.tables.mime_aware else None)
+        # strict_8bitmime_body: body lines of a 7bit part are looked at for 8-bit bytes
+        self.strict_body = checks is not None and checks.tables.strict_body
         self.part: list[bytes] = []  # the MIME part or attached-message header being collected
         self.part_len = 0
         self.part_mid_line = False
@@ -351,9 +354,13 @@ class ContentPass:
                 self.partial = b""
             if self.part:
                 self._flush_part()
+            if self.mime.state != BODY:  # the content ended in a header block
+                self._end_block(blank=False)
         elif self.partial or self.continued:
             self._emit_body_line(self.partial)
             self.partial = b""
+        if self.checks is not None:
+            self.checks.finish()
         return self._take()
 
     def _take(self) -> list[bytes]:
@@ -511,7 +518,7 @@ class ContentPass:
             # line goes out first, so that line is body text and not part of the headers
             self._emit_body_line(b"")
         if self.mime is not None:
-            self.mime.end_headers(blank)
+            self._end_block(blank)
             self.separator_pending = blank
 
     def _emit_header(self, lines: list[bytes]) -> None:
@@ -575,8 +582,10 @@ class ContentPass:
             checks = self.checks
             assert checks is not None
             mime = self.mime
-            body_done = (checks.tables.body is None or checks.stopped or
-                         0 < checks.tables.body_limit <= checks.body_seen)
+            body_done = ((checks.tables.body is None or checks.stopped or
+                          0 < checks.tables.body_limit <= checks.body_seen)
+                         and not (self.strict_body and mime.seven_bit
+                                  and hbc.MIME_8BIT_BODY not in checks.mime_errors))
             self.plain_rest = (body_done and mime.state == BODY and not mime.boundaries
                                and not self.body_mid_line and not self.separator_pending
                                and not self.part)
@@ -613,11 +622,13 @@ class ContentPass:
             if self._part_piece(piece, ends_line):
                 return
             self._flush_part()
-            mime.end_headers(blank=not piece and ends_line)
+            self._end_block(blank=not piece and ends_line)
             checks.new_part()
             if not piece and ends_line:  # the empty line that ends a header block
                 self._emit_body_line(piece)
                 return
+        if self.strict_body and mime.seven_bit and not piece.isascii():
+            checks.mime_error(hbc.MIME_8BIT_BODY, piece)
         if not self.body_mid_line and mime.body_line(piece):
             checks.new_part()
         self.body_mid_line = not ends_line
@@ -631,6 +642,14 @@ class ContentPass:
         else:
             self.ready.append(r.encode_record(r.REC_TYPE_CONT, kept))
             self.outcome.content_length += len(kept)
+
+    def _end_block(self, blank: bool) -> None:
+        """A header block ended (at an empty line when blank): the MIME state goes on,
+        and an encoding it should not have said is a MIME error (strict_mime_encoding_domain)."""
+        assert self.mime is not None and self.checks is not None
+        wrong = self.mime.end_headers(blank)
+        if wrong:
+            self.checks.mime_error(hbc.MIME_ENCODING_DOMAIN, wrong)
 
     def _part_piece(self, piece: bytes, ends_line: bool) -> bool:
         """A piece of a MIME part's or attached message's header; False: the block ended."""

@@ -38,12 +38,25 @@ Every action but IGNORE, DUNNO and OK logs, as Postfix does,
 action logs Postfix's warning and passes the line. body_checks see only the
 first body_checks_size_limit bytes of each body part (0: no limit).
 
-With any header table, a multipart nested deeper than mime_nesting_limit
-(``mime.MimeState``; ``mime_nesting(lines)``) rejects the message with
-``5.6.0 MIME nesting exceeds safety limit`` and stops the checks, logged as
-Postfix does: ``ID: reject: mime-error MIME nesting exceeds safety limit:
-HEADER from ORIGIN; from=<s> to=<r>`` (HEADER cut at 100 characters); with
-body_checks alone the deeper parts are body text, unreported.
+MIME errors, as Postfix 3.7's mime_state and cleanup report them (``mime_error``):
+each kind is logged once, when first seen, ``ID: reject: mime-error WHAT: TEXT
+from ORIGIN; from=<s> to=<r>`` (TEXT cut at 100 characters), and once the
+content ended (``finish``) the most serious one rejects the message with
+``5.6.0 WHAT``, unless a rule already rejected or discarded it:
+
+* ``MIME nesting exceeds safety limit``: a multipart nested deeper than
+  mime_nesting_limit (``mime.MimeState``), with any header table or strict_*
+  setting (with body_checks alone the deeper parts are body text, unreported);
+* ``improper use of 8-bit data in message header``: a header of any header
+  block with a byte above 127 (strict_7bit_headers or strict_8bitmime);
+* ``improper use of 8-bit data in message body``: such a byte in a body line
+  whose part's Content-Transfer-Encoding is 7bit, said or implied
+  (strict_8bitmime_body or strict_8bitmime);
+* ``invalid message/* or multipart/* encoding domain``: a multipart or
+  message/rfc822 that says base64 or quoted-printable, a message/partial or
+  message/external-body that says 8bit or binary (strict_mime_encoding_domain).
+
+None of them applies with disable_mime_input_processing, as in Postfix.
 
 A table that cannot answer sets ``failed`` (the caller defers the message,
 as for any table failure). Memory: the checks keep only the verdicts, none
@@ -70,7 +83,12 @@ _IS_HEADER = re.compile(r"[!-9;-~]+[ \t]*:")
 _MIME_HEADER = re.compile(rb"(?i)(?:content-(?:description|disposition|id|transfer-encoding|type)"
                           rb"|mime-version)[ \t]*:")
 DEFAULT_REJECT = "5.7.1 message content rejected"
-MIME_NESTING = "5.6.0 MIME nesting exceeds safety limit"
+# Postfix's mime_err_detail, the most serious first
+MIME_NESTING = "MIME nesting exceeds safety limit"
+MIME_8BIT_HEADER = "improper use of 8-bit data in message header"
+MIME_8BIT_BODY = "improper use of 8-bit data in message body"
+MIME_ENCODING_DOMAIN = "invalid message/* or multipart/* encoding domain"
+_MIME_ERRORS = (MIME_NESTING, MIME_8BIT_HEADER, MIME_8BIT_BODY, MIME_ENCODING_DOMAIN)
 BCC_KEPT = 1000  # distinct BCC addresses one message's checks may add
 
 
@@ -88,6 +106,9 @@ class CheckTables:
     headers: dict[str, maps.Maps | None]
     body: maps.Maps | None
     body_limit: int
+    strict_header: bool = False  # 8-bit headers rejected (strict_7bit_headers)
+    strict_body: bool = False  # 8-bit in a 7bit body rejected (strict_8bitmime_body)
+    strict_domain: bool = False  # strict_mime_encoding_domain
 
     @classmethod
     def from_config(cls, config) -> CheckTables:  # type: ignore[no-untyped-def]
@@ -96,24 +117,37 @@ class CheckTables:
             MULTIPART: maps.Maps(config, "mime_header_checks") or None,
             NESTED: maps.Maps(config, "nested_header_checks") or None,
         }
+        # as Postfix's cleanup_message: no MIME error is looked for without MIME processing
+        mime = not config.get_bool("disable_mime_input_processing")
+        both = mime and config.get_bool("strict_8bitmime")
         return cls(headers, maps.Maps(config, "body_checks") or None,
-                   config.get_size("body_checks_size_limit"))
+                   config.get_size("body_checks_size_limit"),
+                   both or mime and config.get_bool("strict_7bit_headers"),
+                   both or mime and config.get_bool("strict_8bitmime_body"),
+                   mime and config.get_bool("strict_mime_encoding_domain"))
+
+    @property
+    def strict(self) -> bool:
+        return self.strict_header or self.strict_body or self.strict_domain
 
     @property
     def active(self) -> bool:
-        return self.body is not None or any(m is not None for m in self.headers.values())
+        return (self.body is not None or any(m is not None for m in self.headers.values())
+                or self.strict)
 
     @property
     def mime_aware(self) -> bool:
         """Lines past the primary header need the MIME structure: part headers, body
-        lines, or (with any header table) the nesting depth, as ``report_nesting``."""
+        lines, or (with any header table or strict_* setting) the nesting depth, as
+        ``report_nesting``."""
         return self.active
 
     @property
     def report_nesting(self) -> bool:
         """MIME nesting past mime_nesting_limit rejects the message: with any header
-        table, as Postfix's MIME_OPT_REPORT_NESTING (not with body_checks alone)."""
-        return any(m is not None for m in self.headers.values())
+        table or strict_* setting, as Postfix's MIME_OPT_REPORT_NESTING (not with
+        body_checks alone)."""
+        return self.strict or any(m is not None for m in self.headers.values())
 
 
 @dataclass
@@ -156,11 +190,16 @@ class MessageChecks:
     failed: str = ""  # why a table could not answer
     stopped: bool = False  # REJECT, DISCARD, REDIRECT: no further checks
     body_seen: int = 0  # bytes of the current body part looked at
+    mime_errors: set[str] = field(default_factory=set)  # the MIME errors logged
     _bcc_seen: set[str] = field(default_factory=set, repr=False)  # the addresses in bcc
     _bcc_full: bool = field(default=False, repr=False)  # BCC_KEPT reached, warned
 
     def header(self, kind: str, lines: list[bytes]) -> tuple[list[bytes], list[bytes] | None]:
         """(header lines to write before this one, this header's lines or None when IGNOREd)."""
+        if self.tables.strict_header and MIME_8BIT_HEADER not in self.mime_errors:
+            joined = b"\n".join(lines)
+            if not joined.isascii():
+                self.mime_error(MIME_8BIT_HEADER, joined)
         if kind != MULTIPART and _MIME_HEADER.match(lines[0]):
             kind = MULTIPART
         table = self.tables.headers[kind]
@@ -177,18 +216,30 @@ class MessageChecks:
 
     def mime_nesting(self, lines: list[bytes]) -> None:
         """A multipart header went deeper than mime_nesting_limit: with ``report_nesting``
-        the message is rejected (unless a rule already rejected it) and no further
-        checks run, as Postfix's cleanup_mime_error_callback logs it."""
-        if not self.tables.report_nesting or self.stopped:
+        a MIME error."""
+        if self.tables.report_nesting:
+            self.mime_error(MIME_NESTING, b"\n".join(lines))
+
+    def mime_error(self, what: str, text: bytes) -> None:
+        """A MIME error (what: one of _MIME_ERRORS) in this text: logged the first time,
+        as Postfix's cleanup_mime_error_callback."""
+        if what in self.mime_errors:
             return
-        self.reject = MIME_NESTING
-        self.stopped = True
+        self.mime_errors.add(what)
         where = self.where
-        text = b"\n".join(lines)[:100].decode("utf-8", "surrogateescape")
         log.info(log.printable(
-            f"{where.queue_id}: reject: mime-error {MIME_NESTING[6:]}: {text} from "
+            f"{where.queue_id}: reject: mime-error {what}: "
+            f"{text[:100].decode('utf-8', 'surrogateescape')} from "
             f"{where.origin}; from=<{log.address(where.sender)}> "
             f"to=<{log.address(where.recipient or 'unknown')}>"))
+
+    def finish(self) -> None:
+        """The content ended: the most serious MIME error rejects the message, unless
+        a rule rejected or discarded it, or a table failed (Postfix's cleanup sets its
+        reason only when none is set, and a DISCARD clears the errors)."""
+        if self.mime_errors and not (self.reject or self.discard or self.failed):
+            self.reject = "5.6.0 " + next(e for e in _MIME_ERRORS if e in self.mime_errors)
+            self.stopped = True
 
     def new_part(self) -> None:
         """A new body part starts: body_checks_size_limit counts again."""

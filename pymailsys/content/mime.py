@@ -33,8 +33,18 @@ as in Postfix); the work per line
 is linear in its length times the nesting depth. A multipart header that would
 go deeper is not followed (its parts are body text) and ``header`` returns True:
 the caller reports Postfix's "MIME nesting exceeds safety limit" when it wants
-to (cleanup does when header checks are in use, as Postfix's
-MIME_OPT_REPORT_NESTING).
+to (cleanup does when header checks or a strict_* setting are in use, as
+Postfix's MIME_OPT_REPORT_NESTING).
+
+The Content-Transfer-Encoding of each header block is followed as Postfix's
+mime_state does (7bit, 8bit, binary, base64, quoted-printable; anything else
+leaves it as it was): ``seven_bit`` says whether the body lines that follow
+are announced as (or default to) 7bit (not 8bit, binary, base64 or
+quoted-printable), for strict_8bitmime_body; a new part,
+an attached message's header block and a multipart's own body start again at
+7bit. With ``check_domain`` (strict_mime_encoding_domain) ``end_headers``
+returns the encoding a multipart, message/rfc822, message/partial or
+message/external-body must not have (Postfix's MIME_ERR_ENCODING_DOMAIN).
 """
 
 from __future__ import annotations
@@ -48,11 +58,18 @@ NESTED = "nested"
 _TYPE = re.compile(rb"[ \t\n]*([!-~]+?)[ \t\n]*(?:;|$)")
 _BOUNDARY = re.compile(rb"""[;\s]boundary[ \t\n]*=[ \t\n]*(?:"([^"]*)"|([^\s;"]+))""", re.I)
 _NESTED_TYPES = (b"message/rfc822", b"message/global")
+_ENCODING = re.compile(rb"[ \t\n]*([^\x00- ()<>@,;:\\\"/\[\]?=\x7f-\xff]+)")
+# RFC 2045's encodings -> their domain (8bit, binary and 7bit are their own)
+_DOMAINS = {b"7bit": b"7bit", b"8bit": b"8bit", b"binary": b"binary", b"base64": b"7bit",
+            b"quoted-printable": b"7bit"}
+_IDENTITY_ONLY = (b"message/rfc822",)  # may not say base64 or quoted-printable
+_SEVEN_BIT_ONLY = (b"message/partial", b"message/external-body")  # may say only 7bit
 
 
 class MimeState:
     def __init__(self, nesting_limit: int = 100, boundary_limit: int = 2048,
-                 disabled: bool = False) -> None:
+                 disabled: bool = False, check_domain: bool = False) -> None:
+        self.check_domain = check_domain  # strict_mime_encoding_domain
         self.disabled = disabled  # disable_mime_input_processing: all is body after the top
         self.nesting_limit = max(nesting_limit, 0)
         self.boundary_limit = max(boundary_limit, 1)  # mime_boundary_length_limit
@@ -62,12 +79,34 @@ class MimeState:
         self._nested = False  # the header block in progress announced an attached message
         self._boundary: bytes | None = None  # ... or a multipart body with this boundary
         self._digest = False  # ... that is a multipart/digest
+        self._kind = b""  # ... whose Content-Type is this type/subtype (lower case)
+        self.encoding = b"7bit"  # the Content-Transfer-Encoding of the block, then of its body
+        self.seven_bit = True  # that encoding's domain is 7bit
+
+    def _encoding_header(self, first: bytes, lines: list[bytes]) -> None:
+        """A Content-Transfer-Encoding header: its encoding, when it is one RFC 2045 names."""
+        name, colon, value = first.partition(b":")
+        if not colon or name.rstrip(b" \t").lower() != b"content-transfer-encoding":
+            return
+        m = _ENCODING.match(b"\n".join([value, *lines[1:]]))
+        encoding = m.group(1).lower() if m else b""
+        if encoding in _DOMAINS:
+            self.encoding = encoding
+            self.seven_bit = encoding == b"7bit"
+
+    def _reset_encoding(self) -> None:
+        self.encoding = b"7bit"
+        self.seven_bit = True
 
     def header(self, lines: list[bytes]) -> bool:
         """One complete header of the header block in progress (its lines, no line ends);
         True when it opens a multipart deeper than the nesting limit allows."""
         first = lines[0]
-        if self.disabled or not first[:13].lower().startswith(b"content-type"):
+        if self.disabled or first[:8].lower() != b"content-":
+            return False
+        if first[8:12].lower() != b"type":
+            if first[8:17].lower() == b"transfer-":
+                self._encoding_header(first, lines)
             return False
         name, colon, value = first.partition(b":")
         if not colon or name.rstrip(b" \t").lower() != b"content-type":
@@ -75,6 +114,7 @@ class MimeState:
         value = b"\n".join([value, *lines[1:]])
         m = _TYPE.match(value)
         kind = m.group(1).lower() if m else b""
+        self._kind = kind
         self._nested = kind in _NESTED_TYPES
         self._boundary = None
         self._digest = kind == b"multipart/digest"
@@ -87,18 +127,30 @@ class MimeState:
                 self._boundary = found[:self.boundary_limit]
         return False
 
-    def end_headers(self, blank: bool = True) -> None:
+    def end_headers(self, blank: bool = True) -> bytes:
         """The header block in progress ended (at an empty line when blank):
-        what its Content-Type says comes next."""
-        nested, boundary, digest = self._nested, self._boundary, self._digest
-        self._nested, self._boundary, self._digest = False, None, False
+        what its Content-Type says comes next. With ``check_domain``, the
+        encoding it should not have said (b"": none)."""
+        nested, boundary, digest, kind = self._nested, self._boundary, self._digest, self._kind
+        self._nested, self._boundary, self._digest, self._kind = False, None, False, b""
+        wrong = b""
+        if self.check_domain and kind:
+            encoding = self.encoding
+            if kind.startswith(b"multipart/") or kind in _IDENTITY_ONLY:
+                wrong = encoding if _DOMAINS[encoding] != encoding else b""
+            elif kind in _SEVEN_BIT_ONLY and _DOMAINS[encoding] != b"7bit":
+                wrong = encoding
         if nested and blank:
             self.state = NESTED
-            return
+            self._reset_encoding()
+            return wrong
         self.state = BODY
+        if blank and kind.startswith(b"multipart/"):  # the prolog: 7bit
+            self._reset_encoding()
         if boundary:
             self.boundaries.append(boundary)
             self._digests.append(digest)
+        return wrong
 
     def body_line(self, line: bytes) -> bool:
         """One body line; True when it is a boundary that starts a part (headers follow)."""
@@ -108,11 +160,13 @@ class MimeState:
             b = self.boundaries[depth]
             if line.startswith(b, 2):
                 rest = line[2 + len(b):]
+                self._reset_encoding()
                 if rest.startswith(b"--"):
                     del self.boundaries[depth:], self._digests[depth:]
                     return False
                 del self.boundaries[depth + 1:], self._digests[depth + 1:]
                 self.state = MULTIPART
                 self._nested = self._digests[depth]  # the part's default Content-Type
+                self._kind = b"message/rfc822" if self._nested else b""
                 return True
         return False
