@@ -580,3 +580,53 @@ def test_body_parameter_passed_on_as_declared(new_instance, sink) -> None:  # ty
     args = sorted(re.search(rb"^X-Mail-Args: (.*)$", d, re.M).group(1)  # type: ignore[union-attr]
                   for d in sink.wait_dumps(2))
     assert args == [b"<alice@example.org>", b"<alice@example.org> BODY=7BIT"]
+
+
+def _mail_args(inst: Instance, sink: Sink, sent: list[tuple[list[str], bytes]]) -> list[bytes]:
+    """The X-Mail-Args smtp-sink saw for each message sent in turn (BODY= as relayed)."""
+    args = []
+    seen = sink.dumps()
+    for i, (options, message) in enumerate(sent):
+        with inst.smtp() as client:
+            client.ehlo()
+            client.sendmail("alice@example.org", ["a@remote.example"],
+                            message.replace(b"\n", b"\r\n"), mail_options=options)
+        inst.wait_log(r"to=<a@remote\.example>, .*status=sent", count=i + 1)
+        dumps = sink.wait_dumps(len(seen) + 1)
+        [dump] = [d for d in dumps if d not in seen]  # smtp-sink names dumps by the second
+        seen = dumps
+        args.append(re.search(rb"^X-Mail-Args: (.*)$", dump, re.M).group(1))  # type: ignore[union-attr]
+    return args
+
+
+def test_detect_8bit_encoding_header(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7's cleanup (postcat shows its encoding=8bit): a
+    Content-Transfer-Encoding: 8bit or binary header (the whole value, any case) makes the
+    message 8-bit whatever BODY= said, so it is relayed with BODY=8BITMIME; not with
+    detect_8bit_encoding_header = no. Headers of MIME parts count while cleanup follows
+    the MIME structure (here: header_checks are set)."""
+    sink.start()
+    primary = b"Subject: s\nContent-Transfer-Encoding: %s\n\nx\n"
+    part = (b"Subject: p\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
+            b"--BB\nContent-Transfer-Encoding: binary\n\nx\n--BB--\n")
+    sent = [(["BODY=7BIT"], primary % b"8bit"), ([], primary % b"8BIT"),
+            (["BODY=7BIT"], primary % b"8bit (comment)")]
+    expected = [b"<alice@example.org> BODY=8BITMIME", b"<alice@example.org> BODY=8BITMIME",
+                b"<alice@example.org> BODY=7BIT"]
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    assert _mail_args(inst, sink, sent) == expected
+    inst.stop()
+    inst = new_instance()
+    never = "regexp:" + str(inst.write("etc/header_checks", "/^X-Never:/ WARN\n"))
+    relay_to(inst, sink.port, detect_8bit_encoding_header="no", header_checks=never)
+    inst.start()
+    assert _mail_args(inst, sink, [(["BODY=7BIT"], primary % b"8bit"), (["BODY=7BIT"], part)]
+                      ) == [b"<alice@example.org> BODY=7BIT"] * 2
+    inst.stop()
+    inst = new_instance()
+    never = "regexp:" + str(inst.write("etc/header_checks", "/^X-Never:/ WARN\n"))
+    relay_to(inst, sink.port, header_checks=never)
+    inst.start()
+    assert _mail_args(inst, sink, [(["BODY=7BIT"], part)]) == [b"<alice@example.org> BODY=8BITMIME"]

@@ -128,7 +128,11 @@ CONFIGURATION PARAMETERS
     disable_mime_input_processing (no MIME part or attached-message headers: every
     line after the primary header block is body to body_checks; no MIME error),
     strict_7bit_headers, strict_8bitmime, strict_8bitmime_body,
-    strict_mime_encoding_domain,
+    strict_mime_encoding_domain, detect_8bit_encoding_header (a message not declared
+    BODY=8BITMIME whose Content-Transfer-Encoding header says 8bit or binary gets
+    ``encoding=8bit`` after its content, as Postfix's cleanup: relayed with
+    BODY=8BITMIME, or made 7-bit for a server without 8BITMIME; part headers count
+    only while the MIME structure is followed),
     canonical_maps, sender_canonical_maps,
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,
@@ -242,6 +246,7 @@ class Settings:
         self.mime_nesting_limit = config.get_int("mime_nesting_limit")
         self.mime_boundary_limit = config.get_int("mime_boundary_length_limit")
         self.mime_disabled = config.get_bool("disable_mime_input_processing")
+        self.detect_8bit = config.get_bool("detect_8bit_encoding_header")
 
 
 Rcpt = tuple[str, str, int, str]  # (recipient, original recipient, notify, dsn_orcpt)
@@ -485,7 +490,8 @@ class Cleanup:
             checks = hbc.MessageChecks(s.checks, where)
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
                                   s.replace_stray_cr, checks, s.mime_nesting_limit,
-                                  s.mime_boundary_limit, s.mime_disabled)
+                                  s.mime_boundary_limit, s.mime_disabled,
+                                  s.detect_8bit and encoding not in ("8bit", "8bitmime"))
         return b, content, recipients, detect_utf8
 
     def detects_utf8(self, smtputf8: int, origin: str) -> bool:
@@ -499,6 +505,8 @@ class Cleanup:
         """The whole queue file for a one-list request (pure but for the clock it is given)."""
         builder, content, _, detect_utf8 = self.envelope(req, queue_id, now)
         records = content.feed(req.raw("content") or b"") + content.end()
+        if content.outcome.says_8bit:
+            builder.extracted_attr("encoding", "8bit")
         if req.text("filter"):
             builder.content_filter(req.text("filter"), extracted=True)
         envelope = builder.envelope()
@@ -556,6 +564,8 @@ class Cleanup:
                 log.warning(f"{queue_id}: queue file size limit exceeded")
                 return _reply(*ERR_SIZE)
             out.add(content.end())
+            if content.outcome.says_8bit:  # after the envelope's, so it wins (qmgr)
+                builder.extracted_attr("encoding", "8bit")
             if smtpd_filter:  # smtpd's access FILTER: first after the content
                 builder.content_filter(smtpd_filter, extracted=True)
             outcome = content.outcome

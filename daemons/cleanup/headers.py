@@ -33,6 +33,11 @@ What it does, as Postfix 3.7's cleanup_message.c does:
   CACHED_HEADER_BYTES is looked up there first and its result kept (at most
   CACHED_HEADERS: the cache is emptied when full), since the same From: and
   To: come again and again;
+* with ``detect_8bit`` (detect_8bit_encoding_header, for a message not
+  declared 8-bit) a Content-Transfer-Encoding: 8bit or binary header is
+  reported (``says_8bit``): in the primary header block, and in MIME part and
+  attached-message header blocks while the MIME structure is followed
+  (header or body checks, strict_* settings);
 * every Message-Id: value, up to MESSAGE_IDS_KEPT of them, is reported for the
   ``QUEUEID: message-id=...`` log (the rest only counted);
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
@@ -153,6 +158,7 @@ class HeaderOutcome:
     message_ids_dropped: int = 0  # Message-Id: values past MESSAGE_IDS_KEPT, not kept
     added: list[str] = field(default_factory=list)  # header lines added (not Received)
     utf8_headers: bool = False  # a header of the message has non-ASCII bytes
+    says_8bit: bool = False  # a Content-Transfer-Encoding: 8bit or binary header (detect_8bit)
 
 
 def encode_lines(lines: list[bytes], limit: int) -> tuple[bytes, int]:
@@ -283,8 +289,12 @@ class ContentPass:
     def __init__(self, received: list[str], job: HeaderJob, drop: frozenset[bytes],
                  line_limit: int, header_limit: int, replace_stray_cr: bool = True,
                  checks: hbc.MessageChecks | None = None, mime_nesting_limit: int = 100,
-                 mime_boundary_limit: int = 2048, mime_disabled: bool = False) -> None:
+                 mime_boundary_limit: int = 2048, mime_disabled: bool = False,
+                 detect_8bit: bool = False) -> None:
         self.job = job
+        # detect_8bit_encoding_header, for a message not declared 8-bit: looking for a
+        # Content-Transfer-Encoding: 8bit or binary header until one is found
+        self.detect_8bit = detect_8bit
         self.checks = checks
         # Lines past the primary header go one by one through the MIME state and the checks.
         self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit, mime_disabled,
@@ -450,6 +460,8 @@ class ContentPass:
                 out.message_ids_dropped += 1
         if name in _RESENT:
             self.resent = True
+        if self.detect_8bit and name == b"content-transfer-encoding":
+            self._detect_8bit(lines)
         if name in self.drop:
             return
         rewrite_ctx = self.job.header_rewrite
@@ -685,5 +697,18 @@ class ContentPass:
         if mime.header(lines):
             checks.mime_nesting(lines)
         prepend, kept = checks.header(mime.state, lines)
+        if kept and self.detect_8bit:
+            m = _HEADER_NAME.match(kept[0])
+            if m is not None and m.group(1).lower() == b"content-transfer-encoding":
+                self._detect_8bit(kept)
         for line in [*prepend, *(kept or [])]:
             self._emit_body_line(line)
+
+    def _detect_8bit(self, lines: list[bytes]) -> None:
+        """A Content-Transfer-Encoding header (as header_checks left it): 8bit or binary,
+        the whole value after leading white space, in any case, makes the message 8-bit,
+        as Postfix's cleanup_header_callback."""
+        value = b"\n".join(lines).partition(b":")[2].lstrip(b" \t\n\r\v\f").lower()
+        if value in (b"8bit", b"binary"):
+            self.outcome.says_8bit = True
+            self.detect_8bit = False

@@ -551,6 +551,8 @@ _TABLE: list[Param] = [
        "both strict_7bit_headers and strict_8bitmime_body"),
     _p("strict_mime_encoding_domain", "no", "bool",
        "reject a multipart or message/* that says an encoding it may not have"),
+    _p("detect_8bit_encoding_header", "yes", "bool",
+       "a Content-Transfer-Encoding: 8bit or binary header makes the message 8-bit"),
     _p("disable_mime_output_conversion", "no", "bool",
        "send 8-bit content as is to a server without 8BITMIME"),
     _p("append_at_myorigin", "yes", "bool", "append @$myorigin to addresses without a domain"),
