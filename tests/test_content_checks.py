@@ -241,3 +241,41 @@ def test_no_mime_state_without_tables_or_strict_settings() -> None:
         off = hbc.CheckTables.from_config(config.Config("/nonexistent", {
             name: "yes", "disable_mime_input_processing": "yes"}))
         assert not off.active, name
+
+
+def _detect(msg: bytes, step: int) -> tuple[bytes, bool]:
+    """The records and says_8bit of the pass with detect_8bit alone (no checks)."""
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    content = hdr.ContentPass(["Received: x"], job, frozenset(), 2048, 102400, True,
+                              detect_8bit=True)
+    out = []
+    for i in range(0, len(msg), step):
+        out += content.feed(msg[i:i + step])
+    out += content.end()
+    return b"".join(out), content.outcome.says_8bit
+
+
+_DETECT_PART = (b"Subject: p\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
+                b"pre\n--BB\nContent-Type: text/plain\n\n" + LONG + b"\n--BB\n"
+                b"Content-Transfer-Encoding: %s\n\nx\n--BB--\n")
+
+
+@pytest.mark.parametrize("step", [1, 7, 2049, 65536])
+@pytest.mark.parametrize(("msg", "says_8bit"), [
+    *((m, False) for m in MESSAGES), (DIGEST_AND_ATTACHMENTS, False),
+    *((m, False) for m, _ in STRICT_CASES[:2]), *((m, True) for m, _ in STRICT_CASES[2:8]),
+    (_DETECT_PART % b"binary", True), (_DETECT_PART % b"BINARY", True),
+    (_DETECT_PART % b"binary (no)", False), (_DETECT_PART % b"7bit", False),
+    (b"Subject: a\nContent-Type: message/rfc822\n\nSubject: in\n"
+     b"Content-Transfer-Encoding: 8bit\n\nx\n", True),
+    (b"Subject: a\nContent-Type: text/plain\n\n--BB\nContent-Transfer-Encoding: 8bit\n\nx\n",
+     False),
+])
+def test_detect_8bit_finds_part_headers_and_changes_no_record(msg: bytes, says_8bit: bool,
+                                                              step: int) -> None:
+    """detect_8bit_encoding_header without any check: the MIME structure is followed for
+    part and attached-message headers (as Postfix's cleanup_header_callback sees them), and
+    the records are those of the pass that follows nothing."""
+    records, found = _detect(msg, step)
+    assert found == says_8bit
+    assert records == _records(msg, 65536, None)

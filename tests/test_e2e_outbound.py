@@ -603,16 +603,16 @@ def test_detect_8bit_encoding_header(new_instance, sink) -> None:  # type: ignor
     """As Debian's Postfix 3.7's cleanup (postcat shows its encoding=8bit): a
     Content-Transfer-Encoding: 8bit or binary header (the whole value, any case) makes the
     message 8-bit whatever BODY= said, so it is relayed with BODY=8BITMIME; not with
-    detect_8bit_encoding_header = no. Headers of MIME parts count while cleanup follows
-    the MIME structure (here: header_checks are set)."""
+    detect_8bit_encoding_header = no. Headers of MIME parts count too, whether or not
+    cleanup follows the MIME structure for header checks."""
     sink.start()
     primary = b"Subject: s\nContent-Transfer-Encoding: %s\n\nx\n"
     part = (b"Subject: p\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=BB\n\n"
             b"--BB\nContent-Transfer-Encoding: binary\n\nx\n--BB--\n")
     sent = [(["BODY=7BIT"], primary % b"8bit"), ([], primary % b"8BIT"),
-            (["BODY=7BIT"], primary % b"8bit (comment)")]
+            (["BODY=7BIT"], primary % b"8bit (comment)"), (["BODY=7BIT"], part)]
     expected = [b"<alice@example.org> BODY=8BITMIME", b"<alice@example.org> BODY=8BITMIME",
-                b"<alice@example.org> BODY=7BIT"]
+                b"<alice@example.org> BODY=7BIT", b"<alice@example.org> BODY=8BITMIME"]
     inst: Instance = new_instance()
     relay_to(inst, sink.port)
     inst.start()

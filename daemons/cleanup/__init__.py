@@ -63,7 +63,8 @@ DESCRIPTION
       with the same flag, the strict_* settings refuse 8-bit headers, 8-bit
       body text of a 7bit part and encodings a multipart or message/* may not
       have (``pymailsys.content.checks``: Postfix's MIME errors); cleanup
-      follows the MIME structure only when a table or strict_* setting needs it;
+      follows the MIME structure only when a table or strict_* setting needs it,
+      or detect_8bit_encoding_header for a multipart not declared 8-bit;
     * writes the content filter as Postfix does: the client's
       ``content_filter`` (smtpd's or pickup's content_filter, master.cf
       ``-o`` overrides included) as the envelope's L record after the time
@@ -131,8 +132,8 @@ CONFIGURATION PARAMETERS
     strict_mime_encoding_domain, detect_8bit_encoding_header (a message not declared
     BODY=8BITMIME whose Content-Transfer-Encoding header says 8bit or binary gets
     ``encoding=8bit`` after its content, as Postfix's cleanup: relayed with
-    BODY=8BITMIME, or made 7-bit for a server without 8BITMIME; part headers count
-    only while the MIME structure is followed),
+    BODY=8BITMIME, or made 7-bit for a server without 8BITMIME; MIME part and
+    attached-message headers count too),
     canonical_maps, sender_canonical_maps,
     recipient_canonical_maps, canonical_classes, masquerade_domains,
     masquerade_exceptions, masquerade_classes, virtual_alias_maps,

@@ -36,8 +36,10 @@ What it does, as Postfix 3.7's cleanup_message.c does:
 * with ``detect_8bit`` (detect_8bit_encoding_header, for a message not
   declared 8-bit) a Content-Transfer-Encoding: 8bit or binary header is
   reported (``says_8bit``): in the primary header block, and in MIME part and
-  attached-message header blocks while the MIME structure is followed
-  (header or body checks, strict_* settings);
+  attached-message header blocks (without checks, the MIME structure is then
+  followed only when the primary header block announced parts or an attached
+  message, and only until such a header is found; the body goes in bulk
+  between lines that start with "--");
 * every Message-Id: value, up to MESSAGE_IDS_KEPT of them, is reported for the
   ``QUEUEID: message-id=...`` log (the rest only counted);
 * with ``add_missing`` (local submissions, or always_add_missing_headers) the
@@ -76,6 +78,8 @@ _REMEMBERED = frozenset((b"message-id", b"resent-message-id", b"date", b"resent-
 # The Message-Id: values kept for the ``message-id=`` log lines; a message that repeats
 # the header more often has the rest counted (``HeaderOutcome.message_ids_dropped``).
 MESSAGE_IDS_KEPT = 16
+# The tables of a MIME walk that checks nothing (ContentPass.scan_only).
+_NO_TABLES = hbc.CheckTables({hbc.PRIMARY: None, hbc.MULTIPART: None, hbc.NESTED: None}, None, 0)
 # One-byte record headers for short N records: b"N" + length.
 _N_HEAD = [r.REC_TYPE_NORM + length for length in r.SHORT_LENGTHS]
 _PHRASE_SPECIALS = frozenset('()<>@,;:\\".[]')
@@ -300,6 +304,15 @@ class ContentPass:
         self.mime = (MimeState(mime_nesting_limit, mime_boundary_limit, mime_disabled,
                                checks.tables.strict_domain)
                      if checks is not None and checks.tables.mime_aware else None)
+        # The checks the MIME walk applies: ``checks``, or none at all while the MIME
+        # structure is followed only to find part headers for detect_8bit (``scan_only``:
+        # the MIME state sees the primary header block, and goes on past it only when
+        # it announced parts or an attached message; the body goes in bulk between the
+        # lines that start with "--").
+        self.walk = checks
+        self.scan_only = self.mime is None and detect_8bit and not mime_disabled
+        if self.scan_only:
+            self.mime = MimeState(mime_nesting_limit, mime_boundary_limit)
         # strict_8bitmime_body: body lines of a 7bit part are looked at for 8-bit bytes
         self.strict_body = checks is not None and checks.tables.strict_body
         self.part: list[bytes] = []  # the MIME part or attached-message header being collected
@@ -432,7 +445,9 @@ class ContentPass:
             return
         name = self.current_name
         name_end = self.name_end
-        if self.checks is not None:
+        if self.scan_only and self.mime is not None:
+            self.mime.header(lines)
+        elif self.checks is not None:
             if self.mime is not None and self.mime.header(lines):
                 self.checks.mime_nesting(lines)
             prepend, lines = self.checks.header(hbc.PRIMARY, lines)
@@ -530,7 +545,15 @@ class ContentPass:
             # line goes out first, so that line is body text and not part of the headers
             self._emit_body_line(b"")
         if self.mime is not None:
-            self._end_block(blank)
+            if self.walk is None:  # scan_only: a MIME walk only when part headers can follow
+                self.mime.end_headers(blank)
+                if not self.detect_8bit or self.mime.state == BODY and not self.mime.boundaries:
+                    self.mime = None
+                    self.scan_only = False
+                    return
+                self.walk = hbc.MessageChecks(_NO_TABLES, hbc.Where(job.queue_id, "", "", None))
+            else:
+                self._end_block(blank)
             self.separator_pending = blank
 
     def _emit_header(self, lines: list[bytes]) -> None:
@@ -591,20 +614,48 @@ class ContentPass:
         """The body, line by line while the MIME structure or body_checks need it; in bulk
         once nothing can change any more (no multipart open, body_checks done or absent)."""
         if self.mime is not None and not self.plain_rest:
-            checks = self.checks
+            checks = self.walk
             assert checks is not None
             mime = self.mime
             body_done = ((checks.tables.body is None or checks.stopped or
                           0 < checks.tables.body_limit <= checks.body_seen)
                          and not (self.strict_body and mime.seven_bit
                                   and hbc.MIME_8BIT_BODY not in checks.mime_errors))
-            self.plain_rest = (body_done and mime.state == BODY and not mime.boundaries
+            self.plain_rest = (body_done and (mime.state == BODY and not mime.boundaries
+                                              or self.scan_only and not self.detect_8bit)
                                and not self.body_mid_line and not self.separator_pending
                                and not self.part)
             if not self.plain_rest:
-                self._body_checked(data)
+                if self.scan_only:
+                    self._body_scan(data)
+                else:
+                    self._body_checked(data)
                 return
         self._body(data)
+
+    def _body_scan(self, data: bytes) -> None:
+        """The body while only part headers are looked for (``scan_only``): the lines
+        up to the next one that starts with "--" go in bulk while the MIME state is in
+        a body, the others line by line, as ``_body_checked``."""
+        mime = self.mime
+        assert mime is not None
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if (mime.state == BODY and not self.body_mid_line and not self.separator_pending
+                    and not self.part and not data.startswith(b"--", pos)):
+                dashes = data.find(b"\n--", pos)
+                end = dashes + 1 if dashes >= 0 else data.rfind(b"\n", pos) + 1
+                if end > pos:  # whole lines, none a boundary
+                    self._body(data[pos:end])
+                    pos = end
+                    continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._body_checked(data[pos:])
+                return
+            self._body_checked(data[pos:nl + 1])
+            pos = nl + 1
 
     def _body_checked(self, data: bytes) -> None:
         lines = data.split(b"\n")
@@ -623,7 +674,7 @@ class ContentPass:
     def _piece(self, piece: bytes, ends_line: bool) -> None:
         """One line, or one piece of a long line, after the primary header block."""
         mime = self.mime
-        checks = self.checks
+        checks = self.walk
         assert mime is not None and checks is not None
         if self.separator_pending:  # the empty line after the primary header block
             self.separator_pending = False
@@ -658,10 +709,10 @@ class ContentPass:
     def _end_block(self, blank: bool) -> None:
         """A header block ended (at an empty line when blank): the MIME state goes on,
         and an encoding it should not have said is a MIME error (strict_mime_encoding_domain)."""
-        assert self.mime is not None and self.checks is not None
+        assert self.mime is not None and self.walk is not None
         wrong = self.mime.end_headers(blank)
         if wrong:
-            self.checks.mime_error(hbc.MIME_ENCODING_DOMAIN, wrong)
+            self.walk.mime_error(hbc.MIME_ENCODING_DOMAIN, wrong)
 
     def _part_piece(self, piece: bytes, ends_line: bool) -> bool:
         """A piece of a MIME part's or attached message's header; False: the block ended."""
@@ -692,7 +743,7 @@ class ContentPass:
         if not lines:
             return
         mime = self.mime
-        checks = self.checks
+        checks = self.walk
         assert mime is not None and checks is not None
         if mime.header(lines):
             checks.mime_nesting(lines)
