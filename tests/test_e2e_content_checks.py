@@ -197,6 +197,21 @@ def test_mime_nesting_past_the_limit_is_rejected_as_postfix(new_instance) -> Non
     assert inst.queue_empty() and not inst.maildir_messages()
 
 
+def test_a_later_header_reject_wins_over_mime_nesting(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 logs the nesting error and goes on checking: a header rule
+    that rejects further down gives the reply, since a MIME error rejects only once the
+    content ended without one."""
+    inst = _instance(new_instance, header="/^X-Late: evil/ REJECT late header\n",
+                     mime_nesting_limit="3")
+    rcpt = f"{ME}@{_origin(inst)}"
+    deep = _nested_multiparts(5).rsplit("--b0--\n", 1)[0]
+    code, text = _data_reply(inst, rcpt, deep + "--b0\nX-Late: evil\n\nx\n--b0--\n")
+    assert (code, text) == (550, b"5.7.1 late header")
+    inst.wait_log(r"reject: mime-error MIME nesting exceeds safety limit: Content-Type: "
+                  r"multipart/mixed; boundary=b5 from ")
+    inst.wait_log(r"reject: header X-Late: evil from .*: 5\.7\.1 late header$")
+
+
 def test_mime_nesting_with_body_checks_alone_is_not_reported(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, body="/^never matches/ REJECT\n", mime_nesting_limit="3",
                      header_checks="", mime_header_checks="", nested_header_checks="")
