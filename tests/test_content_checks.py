@@ -279,3 +279,17 @@ def test_detect_8bit_finds_part_headers_and_changes_no_record(msg: bytes, says_8
     records, found = _detect(msg, step)
     assert found == says_8bit
     assert records == _records(msg, 65536, None)
+
+
+def test_detect_8bit_follows_mime_only_for_a_message_with_parts() -> None:
+    """The scan for part headers costs nothing for a message whose primary header block
+    has no Content-Type, or one that announces neither parts nor an attached message."""
+    job = hdr.HeaderJob(queue_id="Q", myhostname="h", created=0, date="d", sender="s")
+    for msg, follows in [(b"Subject: s\n\nx\n", False),
+                         (b"Subject: s\nContent-Type: text/plain\n\nx\n", False),
+                         (_DETECT_PART % b"7bit", True)]:
+        content = hdr.ContentPass([], job, frozenset(), 2048, 102400, True, detect_8bit=True)
+        content.feed(b"Subject: s\nFrom: a@b.example\nTo: c@d.example\n")
+        assert content.mime is None  # nothing made for headers that are no Content-Type
+        content.feed(msg[:msg.index(b"\n\n") + 2])
+        assert (content.mime is not None) == follows, msg

@@ -306,13 +306,12 @@ class ContentPass:
                      if checks is not None and checks.tables.mime_aware else None)
         # The checks the MIME walk applies: ``checks``, or none at all while the MIME
         # structure is followed only to find part headers for detect_8bit (``scan_only``:
-        # the MIME state sees the primary header block, and goes on past it only when
-        # it announced parts or an attached message; the body goes in bulk between the
+        # a MIME state sees the primary block's Content-Type, and goes on past it only
+        # when that announced parts or an attached message; the body goes in bulk between the
         # lines that start with "--").
         self.walk = checks
         self.scan_only = self.mime is None and detect_8bit and not mime_disabled
-        if self.scan_only:
-            self.mime = MimeState(mime_nesting_limit, mime_boundary_limit)
+        self.mime_limits = (mime_nesting_limit, mime_boundary_limit)  # for a scan's MimeState
         # strict_8bitmime_body: body lines of a 7bit part are looked at for 8-bit bytes
         self.strict_body = checks is not None and checks.tables.strict_body
         self.part: list[bytes] = []  # the MIME part or attached-message header being collected
@@ -445,8 +444,11 @@ class ContentPass:
             return
         name = self.current_name
         name_end = self.name_end
-        if self.scan_only and self.mime is not None:
-            self.mime.header(lines)
+        if self.scan_only:
+            if name == b"content-type":  # the MIME state starts at the first Content-Type
+                if self.mime is None:
+                    self.mime = MimeState(*self.mime_limits)
+                self.mime.header(lines)
         elif self.checks is not None:
             if self.mime is not None and self.mime.header(lines):
                 self.checks.mime_nesting(lines)
