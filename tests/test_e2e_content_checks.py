@@ -267,6 +267,22 @@ def test_sendmail_rejected_message_bounces_to_the_sender(new_instance) -> None: 
     assert not [m for m in inst.maildir_messages() if b"Delivered-To: " + ME.encode() + b"+to@" in m]
 
 
+def test_sendmail_message_with_a_mime_error_bounces_to_the_sender(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """pickup's mail is checked too (CLEANUP_FLAG_FILTER): a strict_7bit_headers error
+    returns it to its sender with the 5.6.0 reason, logged as Debian's Postfix 3.7 does."""
+    inst = _instance(new_instance, strict_7bit_headers="yes")
+    origin = _origin(inst)
+    r = inst.tool("sendmail", "-f", f"{ME}@{origin}", f"{ME}+to@{origin}",
+                  input=b"Subject: caf\xc3\xa9\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    [bounce] = _arrived(inst, b"Undelivered Mail Returned to Sender")
+    assert b"improper use of 8-bit data in message header" in bounce
+    inst.wait_log(r": reject: mime-error improper use of 8-bit data in message header: "
+                  r"Subject: café from local; from=<")
+    inst.wait_log(r"to=<" + re.escape(f"{ME}+to@{origin}") + r">, relay=none, .*dsn=5\.6\.0, "
+                  r"status=bounced \(improper use of 8-bit data in message header\)$")
+
+
 def test_smtp_reply_when_the_reject_text_is_temporary(new_instance) -> None:  # type: ignore[no-untyped-def]
     inst = _instance(new_instance, header="/^Subject: later/ REJECT 4.7.1 Try again later\n")
     code, text = _data_reply(inst, f"{ME}@{_origin(inst)}", "Subject: later\n\nx\n")
