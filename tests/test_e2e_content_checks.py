@@ -232,6 +232,21 @@ def test_mime_boundary_length_limit_cuts_the_boundary(new_instance) -> None:  # 
     assert _data_reply(inst, rcpt, text) == (550, b"5.7.1 part header")
 
 
+def test_every_multipart_boundary_of_a_header_block_opens_parts(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7: a multipart Content-Type opens its parts even when a later
+    Content-Type of the same block says text/plain, and so does each boundary= of one
+    header, so a part header cannot hide behind a second Content-Type."""
+    inst = _instance(new_instance, header="/^X-Part: evil/ REJECT part header\n")
+    rcpt = f"{ME}@{_origin(inst)}"
+    part = "\n--BB\nX-Part: evil\n\nx\n--BB--\n"
+    two = "Subject: two\nContent-Type: multipart/mixed; boundary=BB\nContent-Type: text/plain\n"
+    params = "Subject: params\nContent-Type: multipart/mixed; boundary=AA; boundary=BB\n"
+    assert _data_reply(inst, rcpt, two + part) == (550, b"5.7.1 part header")
+    assert _data_reply(inst, rcpt, params + part) == (550, b"5.7.1 part header")
+    inst.send("sender@example.org", rcpt, "Subject: one\nContent-Type: text/plain\n" + part)
+    _arrived(inst, b"one")
+
+
 def test_disable_mime_input_processing_makes_part_headers_body(new_instance) -> None:  # type: ignore[no-untyped-def]
     """As Postfix's MIME_OPT_DISABLE_MIME: after the primary header block all is body, so
     a part's header meets body_checks, not the header checks."""

@@ -9,6 +9,8 @@ headers of an attached message (``NESTED``: nested_header_checks).
 
 * ``Content-Type: multipart/...; boundary=B`` opens a multipart body: a body
   line ``--B`` starts a part (its header block follows), ``--B--`` ends it;
+  each such header of a header block, and each boundary= of one, opens one
+  (Postfix's mime_state pushes them all), the last Content-Type giving the type;
   a boundary of an enclosing multipart also closes the inner ones;
 * ``Content-Type: message/rfc822`` (or message/global) makes the body, or the
   part's body, an attached message: a header block first, whatever its
@@ -77,8 +79,10 @@ class MimeState:
         self._digests: list[bool] = []  # per boundary: a multipart/digest (parts default to message/rfc822)
         self.state = BODY
         self._nested = False  # the header block in progress announced an attached message
-        self._boundary: bytes | None = None  # ... or a multipart body with this boundary
-        self._digest = False  # ... that is a multipart/digest
+        # ... and the multipart boundaries its Content-Type headers gave (each header's,
+        # each boundary= of one: Postfix's mime_state pushes them all), with whether
+        # that multipart is a multipart/digest
+        self._pending: list[tuple[bytes, bool]] = []
         self._kind = b""  # ... whose Content-Type is this type/subtype (lower case)
         self.encoding = b"7bit"  # the Content-Transfer-Encoding of the block, then of its body
         self.seven_bit = True  # that encoding's domain is 7bit
@@ -116,23 +120,22 @@ class MimeState:
         kind = m.group(1).lower() if m else b""
         self._kind = kind
         self._nested = kind in _NESTED_TYPES
-        self._boundary = None
-        self._digest = kind == b"multipart/digest"
         if kind.startswith(b"multipart/"):
-            b = _BOUNDARY.search(b";" + value)
-            if b is not None:
-                if len(self.boundaries) > self.nesting_limit + 1:
+            digest = kind == b"multipart/digest"
+            for b in _BOUNDARY.finditer(b";" + value):
+                if len(self.boundaries) + len(self._pending) > self.nesting_limit + 1:
                     return True
                 found = b.group(1) if b.group(1) is not None else b.group(2)
-                self._boundary = found[:self.boundary_limit]
+                if found:
+                    self._pending.append((found[:self.boundary_limit], digest))
         return False
 
     def end_headers(self, blank: bool = True) -> bytes:
         """The header block in progress ended (at an empty line when blank):
         what its Content-Type says comes next. With ``check_domain``, the
         encoding it should not have said (b"": none)."""
-        nested, boundary, digest, kind = self._nested, self._boundary, self._digest, self._kind
-        self._nested, self._boundary, self._digest, self._kind = False, None, False, b""
+        nested, pending, kind = self._nested, self._pending, self._kind
+        self._nested, self._pending, self._kind = False, [], b""
         wrong = b""
         if self.check_domain and kind:
             encoding = self.encoding
@@ -140,6 +143,9 @@ class MimeState:
                 wrong = encoding if _DOMAINS[encoding] != encoding else b""
             elif kind in _SEVEN_BIT_ONLY and _DOMAINS[encoding] != b"7bit":
                 wrong = encoding
+        for boundary, digest in pending:
+            self.boundaries.append(boundary)
+            self._digests.append(digest)
         if nested and blank:
             self.state = NESTED
             self._reset_encoding()
@@ -147,9 +153,6 @@ class MimeState:
         self.state = BODY
         if blank and kind.startswith(b"multipart/"):  # the prolog: 7bit
             self._reset_encoding()
-        if boundary:
-            self.boundaries.append(boundary)
-            self._digests.append(digest)
         return wrong
 
     def body_line(self, line: bytes) -> bool:
