@@ -27,10 +27,11 @@ Answer = bytes | Callable[[bytes], bytes]
 
 class ScriptedServer:
     def __init__(self, *, banner: bytes = b"220 scripted.example ESMTP\r\n", ehlo: bytes = EHLO,
+                 helo: bytes = b"250 scripted.example\r\n",
                  mail: Answer = b"250 2.1.0 Ok\r\n", rcpt: Answer = b"250 2.1.5 Ok\r\n",
                  data: bytes = b"354 End data with <CR><LF>.<CR><LF>\r\n",
                  eod: Answer = b"250 2.0.0 Ok: queued as SCRIPTED\r\n") -> None:
-        self.banner, self.ehlo, self.mail, self.rcpt = banner, ehlo, mail, rcpt
+        self.banner, self.ehlo, self.helo, self.mail, self.rcpt = banner, ehlo, helo, mail, rcpt
         self.data, self.eod = data, eod
         self.received: list[bytes] = []  # every line, in order, all sessions
         self.port = 0
@@ -102,7 +103,7 @@ class ScriptedServer:
                 if verb in (b"EHLO", b"LHLO"):
                     reply = self.ehlo
                 elif verb == b"HELO":
-                    reply = b"250 scripted.example\r\n"
+                    reply = self.helo
                 elif verb == b"MAIL":
                     reply = self._answer(self.mail, line)
                 elif verb == b"RCPT":

@@ -269,3 +269,24 @@ def test_end_of_data_reply_waits_smtp_data_done_timeout(new_instance) -> None:  
                                 r"more than once\)")
         delay = float(re.search(r"delay=([\d.]+)", line).group(1))  # type: ignore[union-attr]
         assert delay < 5.5
+
+
+def test_a_5xx_to_helo_bounces_without_trying_the_fallback_relay(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A server that refuses EHLO and HELO with 5xx: the mail bounces with that reply, and
+    smtp_fallback_relay is not tried, as Debian's Postfix 3.7 does (its smtp_helo failure
+    is final); a 5xx greeting (smtp_skip_5xx_greeting) does make way for it."""
+    with ScriptedServer(ehlo=b"550 5.7.1 no ehlo\r\n", helo=b"550 5.7.1 no helo\r\n") as refusing, \
+            ScriptedServer(banner=b"554 5.7.1 go away\r\n") as greeting, \
+            ScriptedServer() as fallback:
+        inst: Instance = new_instance()
+        route(inst, refusing=refusing, greeting=greeting)
+        inst.set(smtp_fallback_relay=f"[127.0.0.1]:{fallback.port}")
+        inst.start()
+        refused_id = inst.send(LOCAL, "x@refusing.example", b"Subject: r\r\n\r\nx\r\n")
+        inst.wait_log(rf"{refused_id}: to=<x@refusing\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]"
+                      rf":{refusing.port}, .*dsn=5\.7\.1, status=bounced \(host 127\.0\.0\.1"
+                      r"\[127\.0\.0\.1\] refused to talk to me: 550 5\.7\.1 no helo\)")
+        greeting_id = inst.send(LOCAL, "x@greeting.example", b"Subject: g\r\n\r\nx\r\n")
+        inst.wait_log(rf"{greeting_id}: to=<x@greeting\.example>, relay=127\.0\.0\.1"
+                      rf"\[127\.0\.0\.1\]:{fallback.port}, .*status=sent")
+        assert b"RCPT TO:<x@refusing.example>\r\n" not in fallback.received

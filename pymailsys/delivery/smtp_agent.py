@@ -25,9 +25,10 @@ DESCRIPTION
     (``pymailsys.smtp.client``): a server that cannot be reached, answers
     4xx to the greeting, HELO or MAIL FROM, or breaks the connection makes
     way for the next, within smtp_mx_session_limit sessions that got past
-    the greeting. Then, as Postfix, each ``smtp_fallback_relay`` is a site of
-    its own (its own TLS policy and session limit), tried also after a
-    lookup error of the nexthop, but not when its mail loops back to us or
+    the greeting; a 5xx to HELO (or MAIL FROM) is final, as Postfix 3.7's:
+    the mail bounces, no other server nor fallback relay is tried. Then, as
+    Postfix, each ``smtp_fallback_relay`` is a site of its own (its own TLS
+    policy and session limit), tried also after a lookup error of the nexthop, but not when its mail loops back to us or
     we are one of its MX hosts. A hard lookup error (or loop) of the
     relayhost, or of the last fallback relay, is a configuration problem:
     deferred 4.3.5 with a warning "relayhost configuration problem" (or

@@ -352,8 +352,10 @@ class Session:
         await self._wait(self.writer.drain(), timeout, stage)
 
     def _refused(self, reply: Reply) -> SessionError:
-        """A refused EHLO/HELO/LHLO, in Postfix's words (smtp_helo)."""
-        return SessionError(f"host {self.peer.label} refused to talk to me: {reply}", reply)
+        """A refused EHLO/HELO/LHLO, in Postfix's words (smtp_helo). As Postfix 3.7's, a
+        5xx is final: no other server (nor a fallback relay) is tried, the mail bounces."""
+        return SessionError(f"host {self.peer.label} refused to talk to me: {reply}", reply,
+                            retry_other=reply.kind != 5)
 
     def said(self, reply: Reply, command: str) -> str:
         return f"host {self.peer.label} said: {reply} (in reply to {command} command)"
