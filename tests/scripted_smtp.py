@@ -8,7 +8,10 @@ what it received. Runs an asyncio server in a thread of the test process.
         server.wait_for(b".\\r\\n")
 
 An answer that ends with ``HANG_UP`` is written without it and the server then closes
-the connection; so does a 421 reply (RFC 5321: the server closes the channel).
+the connection; so does a 421 reply (RFC 5321: the server closes the channel). One that
+ends with ``STALL`` is written without it and the server then neither reads nor writes
+(a STARTTLS peer that never answers the handshake: ``starttls=b"220 go ahead\r\n" +
+STALL``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import TracebackType
 from harness import wait_until
 
 HANG_UP = b"<hang up>"
+STALL = b"<stall>"
 EHLO = b"250-scripted.example\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 8BITMIME\r\n"
 Answer = bytes | Callable[[bytes], bytes]
 
@@ -28,11 +32,12 @@ Answer = bytes | Callable[[bytes], bytes]
 class ScriptedServer:
     def __init__(self, *, banner: bytes = b"220 scripted.example ESMTP\r\n", ehlo: bytes = EHLO,
                  helo: bytes = b"250 scripted.example\r\n",
+                 starttls: bytes = b"502 5.5.2 Error: command not recognized\r\n",
                  mail: Answer = b"250 2.1.0 Ok\r\n", rcpt: Answer = b"250 2.1.5 Ok\r\n",
                  data: bytes = b"354 End data with <CR><LF>.<CR><LF>\r\n",
                  eod: Answer = b"250 2.0.0 Ok: queued as SCRIPTED\r\n") -> None:
         self.banner, self.ehlo, self.helo, self.mail, self.rcpt = banner, ehlo, helo, mail, rcpt
-        self.data, self.eod = data, eod
+        self.data, self.eod, self.starttls = data, eod, starttls
         self.received: list[bytes] = []  # every line, in order, all sessions
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -67,11 +72,14 @@ class ScriptedServer:
     async def _reply(writer: asyncio.StreamWriter, reply: bytes) -> bool:
         """Write a reply; False when the server hangs up after it (``HANG_UP``, 421)."""
         hang_up = reply.endswith(HANG_UP)
-        reply = reply.removesuffix(HANG_UP)
+        stall = reply.endswith(STALL)
+        reply = reply.removesuffix(HANG_UP).removesuffix(STALL)
         last = reply[reply.rstrip(b"\r\n").rfind(b"\n") + 1:]
         if reply:
             writer.write(reply)
             await writer.drain()
+        if stall:
+            await asyncio.Event().wait()  # until the server is closed
         return not (hang_up or last.startswith(b"421 "))
 
     def wait_for(self, line: bytes, timeout: float = 30) -> None:
@@ -111,6 +119,8 @@ class ScriptedServer:
                 elif verb == b"DATA":
                     reply = self.data
                     in_data = self.data.startswith(b"3")
+                elif line[:8].upper() == b"STARTTLS":
+                    reply = self.starttls
                 elif verb in (b"RSET", b"NOOP"):
                     reply = b"250 2.0.0 Ok\r\n"
                 elif verb == b"QUIT":

@@ -19,6 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from harness import ME, Instance, free_port
+from scripted_smtp import EHLO, STALL, ScriptedServer
 
 from pymailsys.maps import Maps
 from pymailsys.smtp import tls
@@ -392,3 +393,32 @@ def test_starttls_refused_or_failing(new_instance, pki) -> None:  # type: ignore
     finally:
         for peer, _ in cases.values():
             peer.stop()
+
+
+STARTTLS_EHLO = EHLO.replace(b"250 8BITMIME", b"250-8BITMIME\r\n250 STARTTLS")
+
+
+def test_a_stalled_handshake_ends_at_smtp_starttls_timeout(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """A server (SMTP, and LMTP) that answers STARTTLS and then never answers the
+    handshake: the handshake ends after smtp_starttls_timeout (lmtp_starttls_timeout), not
+    after the helo timeout, with Postfix's "SSL_connect error ...: Connection timed out"
+    (at smtp_tls_loglevel 0 too) and the mail waits, as Debian's Postfix 3.7 does."""
+    stall = b"220 2.0.0 Ready to start TLS\r\n" + STALL
+    with ScriptedServer(ehlo=STARTTLS_EHLO, starttls=stall) as smtp, \
+            ScriptedServer(ehlo=STARTTLS_EHLO, starttls=stall) as lmtp:
+        inst: Instance = new_instance()
+        inst.set(smtp_tls_security_level="encrypt", lmtp_tls_security_level="encrypt",
+                 smtp_starttls_timeout="2s", lmtp_starttls_timeout="2s",
+                 smtp_helo_timeout="120s", lmtp_lhlo_timeout="120s",
+                 transport_maps=f"inline:{{ smtp.example=smtp:[127.0.0.1]:{smtp.port}, "
+                                f"lmtp.example=lmtp:inet:127.0.0.1:{lmtp.port} }}")
+        inst.start()
+        queue_id = inst.send(LOCAL, ["x@smtp.example", "x@lmtp.example"],
+                             b"Subject: stalled\r\n\r\nbody\r\n")
+        for name, server in (("smtp", smtp), ("lmtp", lmtp)):
+            inst.wait_log(rf"postfix/{name}\[\d+\]: SSL_connect error to {ADDR}:{server.port}: "
+                          r"Connection timed out", timeout=20)
+            inst.wait_log(rf"{queue_id}: to=<x@{name}\.example>, relay={ADDR}:{server.port}, "
+                          r".*dsn=4\.7\.5, status=deferred \(Cannot start TLS: handshake "
+                          r"failure\)", timeout=20)
+            assert not any(line.startswith(b"MAIL") for line in server.received)

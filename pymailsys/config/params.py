@@ -128,6 +128,8 @@ def _client_tls(prefix: str, secure_match: str) -> list[Param]:
         _p(f"{prefix}_tls_secure_cert_match", secure_match,
            doc="certificate name patterns at level secure"),
         _p(f"{prefix}_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
+        _p(f"{prefix}_starttls_timeout", "300s", "time",
+           "time limit of the TLS handshake after STARTTLS"),
     ]
 
 

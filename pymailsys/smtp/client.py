@@ -44,8 +44,11 @@ DESCRIPTION
     but was not offered by host H[A]") before anything is sent in
     plaintext, and so does one that refuses STARTTLS ("TLS is required, but
     host H[A] refused to start TLS: REPLY"); at ``may`` the session then
-    goes on in plaintext. A failed handshake is "Cannot start TLS:
-    handshake failure" (``SessionError.tls_failed``: at ``may`` the caller
+    goes on in plaintext. A failed handshake, or one not done within
+    smtp_starttls_timeout (``Timeouts.starttls``), is "Cannot start TLS:
+    handshake failure", after Postfix's "SSL_connect error to H[A]:P:
+    Connection timed out" (or "lost connection") at any smtp_tls_loglevel
+    (``SessionError.tls_failed``: at ``may`` the caller
     may try the server again without TLS, as Postfix does). At ``verify`` and
     ``secure`` a certificate chain that does not verify fails the session
     with "Server certificate not trusted", and a certificate whose names do
@@ -130,6 +133,7 @@ class Timeouts:
     data_xfer: float = 180
     data_done: float = 600
     quit: float = 300
+    starttls: float = 300  # the TLS handshake after STARTTLS
 
 
 @dataclass(frozen=True)
@@ -401,20 +405,23 @@ class Session:
                                    f"start TLS: {reply}", reply)
             return  # opportunistic: the session goes on in plaintext, as Postfix's
 
-        try:
-            await self._wait(self.writer.start_tls(self.tls.context(),
-                                                   server_hostname=self.peer.name),
-                             t.helo, "performing the TLS handshake")
+        try:  # within smtp_starttls_timeout, as Postfix's tls_client_start
+            await asyncio.wait_for(self.writer.start_tls(self.tls.context(),
+                                                         server_hostname=self.peer.name),
+                                   t.starttls or None)
         except ssl.SSLCertVerificationError as e:
             self.broken = True
             log.info(f"server certificate verification failed for {self.peer.relay}: "
                      f"num={e.verify_code}:{e.verify_message}")
             raise SessionError("Server certificate not trusted", dsn="4.7.5") from None
-        except (ssl.SSLError, SessionError) as e:  # an alert, a reset or a timeout
+        except (OSError, asyncio.IncompleteReadError) as e:  # an alert, a reset or a timeout
             self.broken = True
-            if self.tls.loglevel:
-                why = e.reason or e if isinstance(e, ssl.SSLError) else e.text
+            if not isinstance(e, ssl.SSLError):  # logged at any smtp_tls_loglevel, as Postfix
+                why = "Connection timed out" if isinstance(e, TimeoutError) else \
+                    getattr(e, "strerror", None) or "lost connection"
                 log.info(f"SSL_connect error to {self.peer.relay}: {why}")
+            elif self.tls.loglevel:
+                log.info(f"SSL_connect error to {self.peer.relay}: {e.reason or e}")
             raise SessionError("Cannot start TLS: handshake failure", dsn="4.7.5",
                                tls_failed=True) from None
         ssl_object = self.writer.get_extra_info("ssl_object")
