@@ -38,7 +38,11 @@ DESCRIPTION
     bounced, else deferred). The TLS policy of the nexthop
     (``pymailsys.smtp.tls``: smtp_tls_security_level, smtp_tls_policy_maps)
     applies to each server; a failed TLS handshake at level ``may`` is tried
-    again without TLS on a new connection to the same server, as Postfix.
+    again without TLS on a new connection to the same server when the
+    message waited at least minimal_backoff_time before this delivery
+    attempt (so not on its first), as Postfix's
+    PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE, with its log line
+    "QUEUEID: Cannot start TLS: handshake failure"; else it waits (4.7.5).
 
     The flush service (``pymailsys.ipc.flush``) hears of each recipient
     domain of a message that stays deferred, when fast_flush_domains is
@@ -82,7 +86,7 @@ CONFIGURATION PARAMETERS
     smtp_quit_timeout, smtp_starttls_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay, smtp_host_lookup,
     smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
-    smtp_address_preference,
+    smtp_address_preference, minimal_backoff_time,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
@@ -250,6 +254,7 @@ class Agent:
         except nexthop.RouteError as e:  # as Postfix's find_inet_port: fatal
             log.fatal(f"{param_name(protocol, 'tcp_port')}: {e.text}")
         self.session_limit = config.get_int(param_name(protocol, "mx_session_limit"))
+        self.min_backoff = float(config.get_time("minimal_backoff_time"))
         self.fallback = config.get_list(param_name(protocol, "fallback_relay"))
         self.relayhost = config.get("relayhost").strip()
         self.cache_idle = seconds("connection_cache_time_limit")
@@ -347,7 +352,10 @@ class Agent:
         cacheable = self.caches(dests[0].host)
         sites = _Sites()
         soft: dict[int, DeliveryResult] = {}  # 4xx from a server: kept for the next one
-        async with contextlib.aclosing(self.sessions(req.nexthop, dests, policy, sites)) \
+        # as Postfix's PREACTIVE_DELAY >= var_min_backoff_time: not on a first attempt
+        plain_retry = req.active_time - req.arrival_time >= self.min_backoff
+        async with contextlib.aclosing(self.sessions(req.nexthop, dests, policy, sites,
+                                                     req.queue_id if plain_retry else "")) \
                 as attempts:
             async for peer, session, error in attempts:
                 if error is not None:
@@ -446,7 +454,7 @@ class Agent:
     # --- servers, sessions and the connection cache ------------------------------
 
     async def sessions(self, key: str, dests: list[nexthop.Destination],  # type: ignore[no-untyped-def]
-                       policy: tls.Policy, sites: _Sites):
+                       policy: tls.Policy, sites: _Sites, plain_retry: str = ""):
         """Yield (peer, session, None) for each usable session, best server first, or
         (None, None, error) for a server or lookup that failed. The sites are the nexthop's
         (each of a list such as ``relayhost = [a]:587, [b]:587`` in turn, Postfix 3.5's)
@@ -454,7 +462,8 @@ class Agent:
         relays also after a lookup error of the nexthop, but not when its mail loops
         back to us or we are one of its MX hosts; ``sites`` says which is being tried,
         and a site whose sessions reached smtp_mx_session_limit (``exhausted``) makes way
-        for the next."""
+        for the next. ``plain_retry``, the queue id or empty: whether a failed handshake
+        at level may is tried again in plaintext (module docstring)."""
         sites.begin(fallback=False)
         cached = self.take_cached(key)
         if cached is not None:
@@ -487,8 +496,9 @@ class Agent:
                 if sites.exhausted:
                     break
                 session, error = await self.open(peer, peer_policy, domain)
-                if error is not None and error.tls_failed and peer_policy.level == "may":
-                    # as Postfix: after a failed handshake at level may, plaintext to the same server
+                if error is not None and error.tls_failed and peer_policy.level == "may" \
+                        and plain_retry:  # as Postfix: plaintext to the same server
+                    log.info(f"{plain_retry}: {error.text}")
                     session, error = await self.open(peer, tls.Policy(), domain)
                 if error is not None:
                     yield peer, None, error
