@@ -429,3 +429,68 @@ def test_a_stalled_handshake_ends_at_smtp_starttls_timeout(new_instance) -> None
                           r".*dsn=4\.7\.5, status=deferred \(Cannot start TLS: handshake "
                           r"failure\)", timeout=20)
             assert not any(line.startswith(b"MAIL") for line in server.received)
+
+
+class _SniPeer:
+    """A STARTTLS peer that records the server name each handshake asked for (None: no
+    SNI), with Python's sni_callback."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.names: list[str | None] = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(pki.signed[1]), str(pki.signed[0]))
+        context.sni_callback = lambda _sock, name, _context: self.names.append(name)  # type: ignore[assignment, func-returns-value]
+        self.controller = _starttls_peer(context, refusing=False)
+        self.port = self.controller.port
+
+
+def test_sni_only_when_smtp_tls_servername_asks(new_instance, pki) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix: no SNI by default; smtp_tls_servername = hostname sends the server's
+    name, a policy entry's servername= its name; a name that is not a hostname is a
+    configuration problem (4.7.5) with Postfix's warning."""
+    peers = {name: _SniPeer(pki) for name in ("none", "host", "table", "bad")}
+    try:
+        inst = instance_with_ca(
+            new_instance, pki,
+            smtp_tls_security_level="may",
+            smtp_tls_policy_maps=f"inline:{{ {{[localhost]:{peers['table'].port} = may "
+                                 f"servername=sni.example}} }}",
+            transport_maps="inline:{ " + ", ".join([
+                f"none.example=native:[localhost]:{peers['none'].port}",
+                f"host.example=byname:[localhost]:{peers['host'].port}",
+                f"table.example=native:[localhost]:{peers['table'].port}",
+                f"bad.example=badname:[localhost]:{peers['bad'].port}"]) + " }")
+        with open(inst.config_dir / "master.cf", "a") as f:  # localhost from /etc/hosts
+            f.write("native unix - - n - - smtp -o smtp_host_lookup=native\n"
+                    "byname unix - - n - - smtp -o smtp_host_lookup=native "
+                    "-o smtp_tls_servername=hostname\n"
+                    "badname unix - - n - - smtp -o smtp_host_lookup=native "
+                    "-o smtp_tls_servername=-bad-\n")
+        inst.start()
+        queue_id = inst.send(LOCAL, [f"x@{name}.example" for name in peers],
+                             b"Subject: sni\r\n\r\nbody\r\n")
+        for name in ("none", "host", "table"):
+            inst.wait_log(rf"{queue_id}: to=<x@{name}\.example>, .*status=sent")
+        inst.wait_log(r'postfix/smtp\[\d+\]: warning: "smtp_tls_servername = -bad-" '
+                      r"specifies an invalid hostname")
+        inst.wait_log(rf"{queue_id}: to=<x@bad\.example>, .*dsn=4\.7\.5, status=deferred "
+                      r"\(client TLS configuration problem\)")
+        assert {name: peer.names for name, peer in peers.items()} == {
+            "none": [None], "host": ["localhost"], "table": ["sni.example"], "bad": []}
+    finally:
+        for peer in peers.values():
+            peer.controller.stop()
+
+
+@pytest.mark.parametrize(("servername", "sni"), [
+    ("", None), ("hostname", "mx.example.com"), ("nexthop", "example.com"),
+    ("other.example", "other.example"), ("b\u00fccher.example", "xn--bcher-kva.example"),
+])
+def test_sni_name(servername: str, sni: str | None) -> None:
+    assert tls.Policy("may", servername=servername).sni("mx.example.com", "example.com") == sni
+
+
+@pytest.mark.parametrize("entry", ["may servername=a servername=b", "may servername=-x-"])
+def test_bad_servername_entries(entry: str) -> None:
+    with pytest.raises(tls.PolicyError):
+        _client_tls(f"{{example.com = {entry}}}").policy("example.com")

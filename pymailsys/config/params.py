@@ -130,6 +130,8 @@ def _client_tls(prefix: str, secure_match: str) -> list[Param]:
         _p(f"{prefix}_tls_loglevel", "0", "int", "TLS logging: 0 none, 1 the handshake summary"),
         _p(f"{prefix}_starttls_timeout", "300s", "time",
            "time limit of the TLS handshake after STARTTLS"),
+        _p(f"{prefix}_tls_servername", "",
+           doc="SNI: none when empty, else hostname (the server's), nexthop, or a name"),
     ]
 
 

@@ -92,8 +92,8 @@ CONFIGURATION PARAMETERS
     smtp_tls_security_level, smtp_tls_policy_maps, smtp_tls_CAfile,
     smtp_tls_CApath, smtp_tls_protocols, smtp_tls_mandatory_protocols,
     smtp_tls_ciphers, smtp_tls_mandatory_ciphers, smtp_tls_verify_cert_match,
-    smtp_tls_secure_cert_match, smtp_tls_loglevel (``pymailsys.smtp.tls``)
-    (each also as lmtp_*), inet_protocols, inet_interfaces (the source address
+    smtp_tls_secure_cert_match, smtp_tls_loglevel, smtp_tls_servername
+    (``pymailsys.smtp.tls``) (each also as lmtp_*), inet_protocols, inet_interfaces (the source address
     when it has one non-loopback address of the peer's family), proxy_interfaces,
     myhostname, fast_flush_domains, flush_service_name, ipc_timeout,
     lmtp_assume_final, disable_mime_output_conversion, mime_nesting_limit,

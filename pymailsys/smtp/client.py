@@ -406,9 +406,9 @@ class Session:
             return  # opportunistic: the session goes on in plaintext, as Postfix's
 
         try:  # within smtp_starttls_timeout, as Postfix's tls_client_start
-            await asyncio.wait_for(self.writer.start_tls(self.tls.context(),
-                                                         server_hostname=self.peer.name),
-                                   t.starttls or None)
+            await asyncio.wait_for(self.writer.start_tls(
+                self.tls.context(), server_hostname=self.tls.sni(self.peer.name, self.nexthop)),
+                t.starttls or None)
         except ssl.SSLCertVerificationError as e:
             self.broken = True
             log.info(f"server certificate verification failed for {self.peer.relay}: "

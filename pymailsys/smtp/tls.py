@@ -19,7 +19,15 @@ DESCRIPTION
     the obsolete ``<prefix>_enforce_tls = yes`` means verify, or encrypt with
     ``<prefix>_tls_enforce_peername = no``, and ``<prefix>_use_tls = yes``
     means may, as Postfix's smtp_tls_policy.c). A table entry is
-    ``level [match=name:name...] [protocols=...] [ciphers=...] [exclude=...]``.
+    ``level [match=name:name...] [protocols=...] [ciphers=...] [exclude=...]
+    [servername=...]``.
+
+    SNI, as Postfix 3.4+: the TLS server name goes in the handshake only when
+    ``<prefix>_tls_servername`` (or a table entry's ``servername=``) is set:
+    ``hostname`` sends the server's name (the MX host), ``nexthop`` the
+    nexthop domain, anything else that very name (``Policy.sni``); a name
+    that is not a valid hostname makes the policy "client TLS configuration
+    problem". Postfix sends no SNI by default, and neither does pymailsys.
 
     Levels: ``none`` (no STARTTLS), ``may`` (STARTTLS when offered, no
     verification), ``encrypt`` (TLS required, no verification), ``verify``
@@ -81,9 +89,10 @@ import ssl
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymailsys import log
+from pymailsys.address.resolve import valid_hostname
 from pymailsys.config import Config, params, split_list
 from pymailsys.maps import Maps, TableError
 
@@ -173,6 +182,7 @@ class Policy:
     ca_path: str = ""
     loglevel: int = 0
     ciphers: str = ""  # the grade's OpenSSL cipher list (tls_<grade>_cipherlist)
+    servername: str = ""  # smtp_tls_servername or servername=: "", hostname, nexthop or a name
 
     @property
     def required(self) -> bool:
@@ -185,6 +195,21 @@ class Policy:
     def context(self) -> ssl.SSLContext:
         """The SSL context for this policy (cached per process)."""
         return _context(self.verifies, self.protocols, self.ciphers, self.ca_file, self.ca_path)
+
+    def sni(self, hostname: str, nexthop: str) -> str | None:
+        """The name to send in the handshake (None: no SNI), as Postfix's tls_auth_enable:
+        ``hostname`` is the server's name, ``nexthop`` the nexthop domain; a name that is
+        not ASCII goes as its A-label."""
+        name = {"hostname": hostname, "nexthop": nexthop}.get(self.servername,
+                                                            self.servername)
+        if not name:
+            return None
+        if not name.isascii():
+            try:
+                name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                pass
+        return name
 
     def matches(self, cert: dict[str, Any], hostname: str, nexthop: str) -> bool:
         """Whether a verified certificate names the server as the match patterns ask."""
@@ -295,6 +320,7 @@ class ClientTls:
     policy_maps: Maps | None
     exclude: str = ""  # <prefix>_tls_exclude_ciphers
     mandatory_exclude: str = ""  # <prefix>_tls_mandatory_exclude_ciphers
+    servername: str = ""  # <prefix>_tls_servername
     cipherlists: dict[str, str] = field(default_factory=_default_cipherlists)  # grade -> list
 
     @classmethod
@@ -325,16 +351,17 @@ class ClientTls:
                    int(get("tls_loglevel") or 0),
                    maps if maps else None,
                    get("tls_exclude_ciphers"), get("tls_mandatory_exclude_ciphers"),
+                   get("tls_servername"),
                    {grade: config.get(f"tls_{grade}_cipherlist").strip() for grade in GRADES})
 
     def policy(self, nexthop: str) -> Policy:
         """The policy for a request's nexthop; PolicyError (see the module docstring)."""
-        level, protocols, grade = self.level, "", ""
+        level, protocols, grade, servername = self.level, "", "", ""
         exclude: str | None = None
         matches: tuple[str, ...] = ()
         found = self._lookup(nexthop.strip().lower())
         if found is not None:
-            level, matches, protocols, grade, exclude = found
+            level, matches, protocols, grade, exclude, servername = found
         if level in _UNSUPPORTED:
             log.warning(f"{self.prefix}_tls_security_level {level} for {nexthop} is not "
                         f"supported")
@@ -357,8 +384,14 @@ class ClientTls:
                             f"cipher exclusion: {word}")
                 raise _bad_policy()
             ciphers += f":!{word}" if ciphers else ""
+        if level != "none" and not servername:  # as Postfix's policy_create
+            servername = self.servername
+            if servername and not valid_hostname(servername):
+                log.warning(f'"{self.prefix}_tls_servername = {servername}" specifies an '
+                            f"invalid hostname")
+                raise _bad_policy()
         policy = Policy(level, tuple(matches), protocols, grade, self.ca_file, self.ca_path,
-                        self.loglevel, ciphers)
+                        self.loglevel, ciphers, servername)
         if level != "none":
             try:
                 policy.context()
@@ -367,7 +400,7 @@ class ClientTls:
                 raise _bad_policy() from None
         return policy
 
-    def _lookup(self, site: str) -> tuple[str, tuple[str, ...], str, str, str | None] | None:
+    def _lookup(self, site: str) -> _Entry | None:
         """Postfix's tls_policy_lookup: the nexthop, then (for a bare domain) its parents."""
         if self.policy_maps is None:
             return None
@@ -386,9 +419,19 @@ class ClientTls:
         return None
 
 
-def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str, str | None]:
-    """One policy table entry: (level, match patterns, protocols, cipher grade, cipher
-    exclusions or None)."""
+class _Entry(NamedTuple):
+    """One policy table entry."""
+
+    level: str
+    matches: tuple[str, ...]
+    protocols: str
+    grade: str
+    exclude: str | None  # None: not given
+    servername: str
+
+
+def _parse_entry(value: str, where: str) -> _Entry:
+    """One policy table entry, checked as Postfix's tls_policy_lookup_one."""
     words = value.replace(",", " ").split()
     if not words:
         log.warning(f"{where}: invalid empty policy")
@@ -402,9 +445,9 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
     if level == "none":
         for word in words[1:]:
             log.warning(f'{where}: ignoring attribute "{word}" with TLS disabled')
-        return level, (), "", "", None
+        return _Entry(level, (), "", "", None, "")
     matches: list[str] = []
-    protocols = grade = ""
+    protocols = grade = servername = ""
     exclude: str | None = None
     for word in words[1:]:
         name, eq, val = word.partition("=")
@@ -425,6 +468,14 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
                 log.warning(f'{where}: attribute "{name}" is specified multiple times')
                 raise _bad_policy()
             exclude = val
+        elif name == "servername":
+            if servername:
+                log.warning(f'{where}: attribute "{name}" is specified multiple times')
+                raise _bad_policy()
+            if not valid_hostname(val):
+                log.warning(f'{where}: "{name}={val}" specifies an invalid hostname')
+                raise _bad_policy()
+            servername = val
         elif name in ("protocols", "ciphers"):
             if (protocols if name == "protocols" else grade):
                 log.warning(f'{where}: attribute "{name}" is specified multiple times')
@@ -436,4 +487,4 @@ def _parse_entry(value: str, where: str) -> tuple[str, tuple[str, ...], str, str
         else:
             log.warning(f'{where}: invalid attribute name: "{name}"')
             raise _bad_policy()
-    return level, tuple(matches), protocols, grade, exclude
+    return _Entry(level, tuple(matches), protocols, grade, exclude, servername)
