@@ -12,7 +12,7 @@ import email.policy
 import re
 import time
 
-from harness import ME, Instance
+from harness import ME, Instance, free_port
 from scripted_smtp import HANG_UP, ScriptedServer
 
 LOCAL = f"{ME}@localhost"
@@ -290,3 +290,34 @@ def test_a_5xx_to_helo_bounces_without_trying_the_fallback_relay(new_instance) -
         inst.wait_log(rf"{greeting_id}: to=<x@greeting\.example>, relay=127\.0\.0\.1"
                       rf"\[127\.0\.0\.1\]:{fallback.port}, .*status=sent")
         assert b"RCPT TO:<x@refusing.example>\r\n" not in fallback.received
+
+
+def test_a_5xx_from_smtp_fallback_relay_bounces(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """The nexthop cannot be reached and smtp_fallback_relay refuses: its 5xx to RCPT TO
+    or MAIL FROM bounces with its status, and its 5xx greeting waits (4.7.1,
+    smtp_skip_5xx_greeting), as Debian's Postfix 3.7 does with the same servers (audit:
+    nothing to change)."""
+    closed = free_port()
+    with ScriptedServer(rcpt=b"550 5.1.1 fallback says no rcpt\r\n") as rcpt, \
+            ScriptedServer(mail=b"553 5.7.1 fallback says no mail\r\n") as mail, \
+            ScriptedServer(banner=b"554 5.7.1 go away\r\n") as greeting:
+        inst: Instance = new_instance()
+        fallbacks = {"rcpt": rcpt, "mail": mail, "greeting": greeting}
+        inst.set(**FAST, transport_maps="inline:{ " + ", ".join(
+            f"{name}.example=fb{name}:[127.0.0.1]:{closed}" for name in fallbacks) + " }")
+        with open(inst.config_dir / "master.cf", "a") as f:
+            f.writelines(f"fb{name} unix - - n - - smtp -o smtp_fallback_relay="
+                         f"[127.0.0.1]:{server.port}\n" for name, server in fallbacks.items())
+        inst.start()
+        ids = {name: inst.send(LOCAL, f"x@{name}.example", b"Subject: f\r\n\r\nx\r\n")
+               for name in fallbacks}
+        relay = r"relay=127\.0\.0\.1\[127\.0\.0\.1\]"
+        inst.wait_log(rf"{ids['rcpt']}: to=<x@rcpt\.example>, {relay}:{rcpt.port}, .*dsn=5\.1\.1, "
+                      r"status=bounced \(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 550 5\.1\.1 "
+                      r"fallback says no rcpt \(in reply to RCPT TO command\)\)")
+        inst.wait_log(rf"{ids['mail']}: to=<x@mail\.example>, {relay}:{mail.port}, .*dsn=5\.7\.1, "
+                      r"status=bounced \(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 553 5\.7\.1 "
+                      r"fallback says no mail \(in reply to MAIL FROM command\)\)")
+        inst.wait_log(rf"{ids['greeting']}: to=<x@greeting\.example>, {relay}:{greeting.port}, "
+                      r".*dsn=4\.7\.1, status=deferred \(host 127\.0\.0\.1\[127\.0\.0\.1\] "
+                      r"refused to talk to me: 554 5\.7\.1 go away\)")
