@@ -382,6 +382,7 @@ def test_starttls_refused_or_failing(new_instance, pki) -> None:  # type: ignore
                                 transport_maps=f"inline:{{ {routes} }}",
                                 minimal_backoff_time="2s", maximal_backoff_time="4s",
                                 queue_run_delay="1s")
+        inst.set(smtp_tls_loglevel="0")
         inst.start()
         queue_id = inst.send(LOCAL, [f"x@{name}.example" for name in cases],
                              b"Subject: tls?\r\n\r\nbody\r\n")
@@ -391,6 +392,8 @@ def test_starttls_refused_or_failing(new_instance, pki) -> None:  # type: ignore
         inst.wait_log(rf"{queue_id}: to=<x@r-may\.example>, .*status=sent")
         inst.wait_log(rf"{queue_id}: to=<x@s-enc\.example>, relay=\S+:\d+, .*dsn=4\.7\.5, "
                       rf"status=deferred \(Cannot start TLS: handshake failure\)")
+        s_enc = cases["s-enc"][0].port  # the peer closes: as Postfix, at any log level
+        inst.wait_log(rf"postfix/smtp\[\d+\]: SSL_connect error to {ADDR}:{s_enc}: lost connection$")
         inst.wait_log(rf"{queue_id}: to=<x@s-may\.example>, .*dsn=4\.7\.5, "
                       rf"status=deferred \(Cannot start TLS: handshake failure\)")
         inst.wait_log(rf"postfix/smtp\[\d+\]: {queue_id}: Cannot start TLS: handshake failure$")
