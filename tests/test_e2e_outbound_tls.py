@@ -497,3 +497,48 @@ def test_sni_name(servername: str, sni: str | None) -> None:
 def test_bad_servername_entries(entry: str) -> None:
     with pytest.raises(tls.PolicyError):
         _client_tls(f"{{example.com = {entry}}}").policy("example.com")
+
+
+class _DropsTls:
+    """A handler that hangs up at MAIL FROM over TLS, and takes mail in plaintext."""
+
+    def __init__(self) -> None:
+        self.over_tls: list[bool] = []
+
+    async def handle_MAIL(self, server, session, envelope, address, options) -> str:  # type: ignore[no-untyped-def]
+        if session.ssl is not None:
+            server.transport.close()
+            return "421 4.3.2 bye"
+        envelope.mail_from = address
+        return "250 2.1.0 Ok"
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        self.over_tls.append(session.ssl is not None)
+        return "250 2.0.0 Ok: queued as DROPPER"
+
+
+def test_a_tls_session_lost_at_may_goes_plaintext_on_a_later_attempt(new_instance, pki) -> None:  # type: ignore[no-untyped-def]
+    """A server that hangs up after the TLS handshake: at level may the first attempt
+    waits, and a later one (the message waited minimal_backoff_time) logs the loss and
+    goes again in plaintext to the same server, as Debian's Postfix 3.7 does."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(pki.signed[1]), str(pki.signed[0]))
+    handler = _DropsTls()
+    peer = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context)
+    peer.start()
+    try:
+        inst: Instance = new_instance()
+        inst.set(smtp_tls_security_level="may", minimal_backoff_time="2s",
+                 maximal_backoff_time="4s", queue_run_delay="1s",
+                 transport_maps=f"inline:{{ drop.example=smtp:[127.0.0.1]:{peer.port} }}")
+        inst.start()
+        queue_id = inst.send(LOCAL, "x@drop.example", b"Subject: drop\r\n\r\nbody\r\n")
+        lost = rf"lost connection with {ADDR} while sending MAIL FROM"
+        inst.wait_log(rf"{queue_id}: to=<x@drop\.example>, .*dsn=4\.4\.2, status=deferred "
+                      rf"\({lost}")
+        inst.wait_log(rf"postfix/smtp\[\d+\]: {queue_id}: {lost}")
+        inst.wait_log(rf"{queue_id}: to=<x@drop\.example>, .*status=sent \(250 2\.0\.0 Ok: "
+                      r"queued as DROPPER\)")
+        assert handler.over_tls == [False]
+    finally:
+        peer.stop()

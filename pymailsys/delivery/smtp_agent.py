@@ -43,6 +43,10 @@ DESCRIPTION
     attempt (so not on its first), as Postfix's
     PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE, with its log line
     "QUEUEID: Cannot start TLS: handshake failure"; else it waits (4.7.5).
+    Likewise a TLS session at ``may`` that is lost or times out with
+    recipients left is tried again in plaintext on the same server
+    ("QUEUEID: lost connection with ...", Postfix's
+    PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE).
 
     The flush service (``pymailsys.ipc.flush``) hears of each recipient
     domain of a message that stays deferred, when fast_flush_domains is
@@ -203,6 +207,7 @@ class _Sites:
     fallback: bool = False
     sessions: int = 0
     exhausted: bool = False
+    plain_again: bool = False  # the TLS session broke: plaintext to the same server next
 
     def begin(self, fallback: bool) -> None:
         self.fallback, self.sessions, self.exhausted = fallback, 0, False
@@ -391,6 +396,12 @@ class Agent:
                     await self.release(req.nexthop, session, keep=False)
                     if not e.retry_other or all(r is not None for r in results):
                         break
+                    if plain_retry and session.tls_info and session.tls.level == "may" \
+                            and e.reply is None and e.dsn == "4.4.2":
+                        # a TLS session lost or timed out, as Postfix's
+                        # PLAINTEXT_FALLBACK_OK_AFTER_TLS_SESSION_FAILURE
+                        log.info(f"{req.queue_id}: {e.text}")
+                        sites.plain_again = True
                     continue
                 except BaseException:  # a bug, or a cancel: no socket is left open
                     session.close()
@@ -468,6 +479,7 @@ class Agent:
         cached = self.take_cached(key)
         if cached is not None:
             yield cached.peer, cached, None
+            sites.plain_again = False  # a cached session's server is tried anew below
         routes: list[tuple[nexthop.Destination, tls.Policy]] = [(d, policy) for d in dests]
         for relay in self.fallback:
             try:  # a fallback relay has its own TLS policy, as in Postfix
@@ -504,6 +516,10 @@ class Agent:
                     yield peer, None, error
                     continue
                 yield peer, session, None
+                if sites.plain_again:  # as Postfix's RETRY_AS_PLAINTEXT
+                    sites.plain_again = False
+                    session, error = await self.open(peer, tls.Policy(), domain)
+                    yield (peer, None, error) if error is not None else (peer, session, None)
             if route.found_self:
                 return  # we are an MX host of the destination: no fallback relay
 
