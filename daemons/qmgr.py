@@ -1316,11 +1316,12 @@ class Qmgr:
                 action: str) -> bool:
         """Append the result's entries to the message's status log; False (warned)
         when one cannot be written."""
-        for address, dsn_code, reason in result.entries(rc.address):  # local: per member
-            entry = status_log.Entry(address, dsn_code, action, reason,
+        for i, (address, dsn_code, reason) in enumerate(result.entries(rc.address)):
+            entry = status_log.Entry(address, dsn_code, action, reason,  # local: per member
                                      original_recipient=rc.orig, offset=rc.offset,
                                      dsn_orig_rcpt=rc.dsn_orcpt, notify_flags=rc.notify)
-            entry.set_remote(result.mta, result.diag)
+            if i == 0:  # the diagnostic is the first member's (local's others: none)
+                entry.set_remote(result.mta, result.diag, result.diag_type)
             try:
                 # A lost defer entry loses only the reason mailq shows (the recipient is
                 # still pending), so it is not fsynced on the event loop; bounce and trace

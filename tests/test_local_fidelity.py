@@ -173,3 +173,38 @@ def test_propagate_unmatched_extensions_alias_and_include(new_instance) -> None:
                    what="the forwarded copy with the extension")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _dsn_fields(dsn: bytes) -> list[bytes]:
+    """The message/delivery-status part's per-recipient lines, continuation lines joined."""
+    report = dsn.split(b"Content-Type: message/delivery-status\n\n", 1)[1].split(b"\n--", 1)[0]
+    return [line for line in report.replace(b"\n    ", b" ").split(b"\n")
+            if line.startswith((b"Final-Recipient:", b"Original-Recipient:", b"Status:",
+                                b"Diagnostic-Code:"))]
+
+
+def test_failed_command_diagnostic_code_is_x_unix(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7 (pipe_command's dsb_unix): a failed alias command's
+    Diagnostic-Code is ``x-unix;`` with its output, or without output what its exit
+    status means; the reason in the text part stays the whole story."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\n"
+                              "talks: \"|/bin/sh -c 'echo some output; exit 1'\"\n"
+                              "mute: |/bin/false\n"
+                              "unknown: \"|/bin/sh -c 'exit 67'\"\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    qid = inst.send(f"{ME}@localhost", ["talks@localhost", "mute@localhost",
+                                        "unknown@localhost"], BODY)
+    inst.wait_log(rf"postfix/bounce\[\d+\]: {qid}: sender non-delivery notification: ")
+    (dsn,) = inst.wait_maildir(1)
+    assert b'\n<talks@localhost>: Command died with status 1: "/bin/sh -c \'echo some output;' \
+           b"\n    exit 1'\". Command output: some output\n" in dsn
+    fields = b"\n".join(_dsn_fields(dsn))
+    for rcpt, status, diag in ((b"talks", b"5.3.0", b"some output"),
+                               (b"mute", b"5.3.0", b"unknown mail system error 1"),
+                               (b"unknown", b"5.1.1", b"user unknown")):
+        assert re.search(rb"Final-Recipient: rfc822; " + rcpt + rb"@localhost\n"
+                         rb"Original-Recipient: [^\n]+\nStatus: " + re.escape(status) +
+                         rb"\nDiagnostic-Code: x-unix; " + re.escape(diag) + rb"\n", fields + b"\n"
+                         ), fields

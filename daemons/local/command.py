@@ -45,12 +45,13 @@ import re
 import shutil
 import signal
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pymailsys.daemons.local import results
 
 from pymailsys import log, privileges
-from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
+from pymailsys.delivery.agent import DIAG_UNIX, DeliveryRequest, DeliveryResult, QueueContent
 from pymailsys.delivery.mailbox import plain_text
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ OUTPUT_KEPT = 4096  # of a command's output, for the DSN and the log (Postfix's 
 _TO_SPACE = str.maketrans("\t\n", "  ")
 # Postfix's dsn_valid: a status at the very start, then the end or white space
 _DSN_RE = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
+EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 # Postfix's sys_exits table: a sysexits.h exit status -> (enhanced status, text)
 SYS_EXITS = {
@@ -164,26 +166,41 @@ def outcome(command: str, status: int | None, output: bytes) -> DeliveryResult:
     limit exceeded``), a signal defers (4.3.0), output that starts with ``X.Y.Z``
     gives the status (2.x.x becomes 5.0.0) and the text after it, a sysexits.h
     status its table's status and text (EX_TEMPFAIL, EX_OSERR defer; EX_NOUSER
-    5.1.1 ...), any other status bounces (5.3.0 ``Command died with status N``)."""
+    5.1.1 ...), any other status bounces (5.3.0 ``Command died with status N``).
+    A failure's Diagnostic-Code is ``x-unix;`` and the output (the text after a
+    status the output gave), or without output what the exit status means
+    (``unknown mail system error N`` for one sysexits.h does not define;
+    ``internal software error`` for the time limit and a signal), as Postfix's."""
     text = log.printable(output[:OUTPUT_KEPT].decode("utf-8", "surrogateescape")
                          .translate(_TO_SPACE), "_")
     detail = f". Command output: {text}" if text else ""
     if status == 0:
         return DeliveryResult.sent(f"delivered to command: {command}")
     if status is None:
-        return DeliveryResult.bounced(f'Command time limit exceeded: "{command}"{detail}', "5.3.0")
+        result = DeliveryResult.bounced(f'Command time limit exceeded: "{command}"{detail}',
+                                        "5.3.0")
+        return _unix(result, text or SYS_EXITS[EX_SOFTWARE][1])
     if status < 0:
-        return DeliveryResult.deferred(f'Command died with signal {-status}: "{command}"{detail}',
-                                       "4.3.0")
+        result = DeliveryResult.deferred(f'Command died with signal {-status}: "{command}"'
+                                         f"{detail}", "4.3.0")
+        return _unix(result, text or SYS_EXITS[EX_SOFTWARE][1])
     m = _DSN_RE.match(text)
     if m is not None:  # a 2.x.x status cannot bounce: Postfix's bounce_append makes it 5.0.0
         dsn = m.group(1) if m.group(1)[0] != "2" else "5.0.0"
-        return DeliveryResult.from_dsn(dsn, text[m.end():].lstrip(" "))
+        reason = text[m.end():].lstrip(" ")
+        return _unix(DeliveryResult.from_dsn(dsn, reason), reason)
     if status in SYS_EXITS:
         dsn, meaning = SYS_EXITS[status]
-        return DeliveryResult.from_dsn(dsn, meaning + detail)
-    return DeliveryResult.bounced(f'Command died with status {status}: "{command}"{detail}',
-                                  "5.3.0")
+        return _unix(DeliveryResult.from_dsn(dsn, meaning + detail), text or meaning)
+    result = DeliveryResult.bounced(f'Command died with status {status}: "{command}"{detail}',
+                                    "5.3.0")
+    return _unix(result, text or f"unknown mail system error {status}")
+
+
+def _unix(result: DeliveryResult, diag: str) -> DeliveryResult:
+    """A command's failure with its Diagnostic-Code ``x-unix; diag``: its output, else
+    what its exit status means (Postfix's pipe_command, dsb_unix)."""
+    return replace(result, diag=diag, diag_type=DIAG_UNIX)
 
 
 def environment(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient,

@@ -28,7 +28,7 @@ attributes repeat, all five for each recipient, in order
 (``request_recipients``; orig_rcpt, dsn_notify and dsn_orcpt may be left
 out for all), and the reply repeats status, dsn and reason in
 the same order (``batch_reply``, ``results_from_attrs``), with the DSN details
-(action, mta, diag, passed_on) for each when any result has them.
+(action, mta, diag, diag_type, passed_on) for each when any result has them.
 
 ``QueueContent`` opens the queue file named by a request, takes a shared flock
 (qmgr holds an exclusive one only while it picks the file up), and reads the
@@ -265,11 +265,15 @@ def request_recipients(attrs: AttrList) -> list[Recipient]:
         raise ProtocolError("recipient offset or notify flags not a number") from None
 
 
+DIAG_UNIX = "x-unix"  # a diag that is a local command's output, not an SMTP reply
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     """What became of one recipient. The DSN details are optional: ``action`` when
     not the status's own ("relayed" from smtp), ``mta`` and ``diag`` the remote
-    server's name and reply (Remote-MTA, Diagnostic-Code ``smtp; ...``), and
+    server's name and reply (Remote-MTA, Diagnostic-Code ``smtp; ...``; with
+    ``diag_type`` ``x-unix``, local's command output, as Postfix's dsb_unix), and
     ``passed_on`` when the next hop announced DSN and took over the sender's NOTIFY
     (RFC 3461 5.2.2: no success notice from here)."""
 
@@ -288,6 +292,7 @@ class DeliveryResult:
     also: tuple[tuple[str, str, str], ...] = ()
     # the queue file is damaged: qmgr saves it to corrupt/ (the reply's ``corrupt``)
     corrupt: bool = False
+    diag_type: str = ""  # of diag: "" for smtp, else "x-unix"
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -325,7 +330,8 @@ class DeliveryResult:
             return cls.deferred(f"unknown delivery status {status!r}")
         return cls(status, attrs.text("dsn"), attrs.text("reason"), attrs.text("action"),
                    attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1",
-                   rcpt=_address(attrs.text("rcpt")), also=_members(attrs, status))
+                   rcpt=_address(attrs.text("rcpt")), also=_members(attrs, status),
+                   diag_type=_diag_type(attrs.text("diag_type")))
 
     @property
     def final(self) -> bool:
@@ -337,7 +343,7 @@ class DeliveryResult:
 
     def detail_attrs(self) -> list[tuple[str, str]]:
         return [("action", self.action), ("mta", self.mta), ("diag", self.diag),
-                ("passed_on", "1" if self.passed_on else "0")]
+                ("diag_type", self.diag_type), ("passed_on", "1" if self.passed_on else "0")]
 
     def reply(self) -> list[tuple[str, AttrValue]]:
         out: list[tuple[str, AttrValue]] = [
@@ -364,6 +370,11 @@ def _address(value: str) -> str:
     if len(value) > MAX_ADDRESS_LENGTH or _CONTROL_RE.search(value):
         return ""
     return value
+
+
+def _diag_type(value: str) -> str:
+    """A reply's diag_type: x-unix, else "" (smtp)."""
+    return value if value == DIAG_UNIX else ""
 
 
 def _members(attrs: AttrList, status: str) -> tuple[tuple[str, str, str], ...]:
@@ -432,7 +443,8 @@ def hop_failure(attrs: AttrList) -> DeliveryResult | None:
     return DeliveryResult.deferred(reason, dsn if dsn.startswith("4.") else "4.4.1")
 
 
-_RESULT_COLUMNS = ("status", "dsn", "reason", "action", "mta", "diag", "passed_on", "rcpt")
+_RESULT_COLUMNS = ("status", "dsn", "reason", "action", "mta", "diag", "diag_type", "passed_on",
+                   "rcpt")
 
 
 def results_from_attrs(attrs: AttrList, count: int,
@@ -452,6 +464,9 @@ def results_from_attrs(attrs: AttrList, count: int,
     if any(len(d) != count for d in (actions, mtas, diags, passed)):
         actions = mtas = diags = [""] * count
         passed = ["0"] * count
+    diag_types = columns["diag_type"]
+    if len(diag_types) != count:
+        diag_types = [""] * count
     members = columns["rcpt"]
     if len(members) != count:
         members = [""] * count
@@ -466,7 +481,8 @@ def results_from_attrs(attrs: AttrList, count: int,
             out.append(DeliveryResult(statuses[i], dsns[i], reasons[i], actions[i], mtas[i],
                                       diags[i], passed[i] == "1",
                                       rcpt=_address(members[i]) if members[i] else "",
-                                      also=_members(attrs, statuses[i]) if count == 1 else ()))
+                                      also=_members(attrs, statuses[i]) if count == 1 else (),
+                                      diag_type=_diag_type(diag_types[i])))
     return out
 
 

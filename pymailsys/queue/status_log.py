@@ -14,7 +14,8 @@ line, in this order (absent fields left out)::
 
 A remote server's answer adds ``mta_type=dns``, ``mta_mname=host``,
 ``diag_type=smtp`` and ``diag_text=550 5.1.1 ...`` (``Entry.set_remote``; they
-are in ``Entry.extra`` once read). The trace log holds the sent recipients
+are in ``Entry.extra`` once read); a local command's failure ``diag_type=x-unix``
+and its output (or what its exit status means) as ``diag_text``. The trace log holds the sent recipients
 whose sender asked for a success notice (action delivered or relayed).
 
 ``append`` adds one entry with one write on an O_APPEND descriptor and fsyncs
@@ -58,13 +59,13 @@ class Entry:
     notify_flags: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
-    def set_remote(self, mta: str, diag: str) -> None:
+    def set_remote(self, mta: str, diag: str, diag_type: str = "") -> None:
         """Record the remote server (Remote-MTA ``dns; name``) and its reply
-        (Diagnostic-Code ``smtp; reply``), when there was one."""
+        (Diagnostic-Code ``smtp; reply``, or ``diag_type; diag``), when there was one."""
         if mta:
             self.extra.update(mta_type="dns", mta_mname=mta)
         if diag:
-            self.extra.update(diag_type="smtp", diag_text=diag)
+            self.extra.update(diag_type=diag_type or "smtp", diag_text=diag)
 
     def encode(self) -> bytes:
         values: dict[str, str] = {
