@@ -121,7 +121,7 @@ def test_report_words_expanded_from_and_wrapping(tmp_path: Path) -> None:
     assert isinstance(status, list)
     (rcpt,) = status[1:]
     assert isinstance(rcpt, email.message.EmailMessage)  # a header block, parsed as a message
-    assert rcpt["Original-Recipient"] == "rfc822; team@example.org"
+    assert rcpt["Original-Recipient"] == "rfc822;team@example.org"
     assert str(rcpt["Diagnostic-Code"]).startswith("smtp; 550 5.1.1 no such user here")
     assert rcpt["Remote-MTA"] == "dns; mx.example"
     returned = list(msg.iter_parts())[2]

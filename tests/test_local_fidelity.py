@@ -208,3 +208,28 @@ def test_failed_command_diagnostic_code_is_x_unix(new_instance) -> None:  # type
                          rb"Original-Recipient: [^\n]+\nStatus: " + re.escape(status) +
                          rb"\nDiagnostic-Code: x-unix; " + re.escape(diag) + rb"\n", fields + b"\n"
                          ), fields
+
+
+def test_original_recipient_has_no_space_after_rfc822(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix 3.7's bounce writes ``Original-Recipient: rfc822;ADDRESS`` (no space, unlike
+    Final-Recipient) in failure, delay and success notices alike."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\nmute: |/bin/false\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail(f"{ME}@localhost")
+        client.rcpt(f"{ME}@localhost", ["NOTIFY=SUCCESS"])
+        client.rcpt("mute@localhost")
+        client.data(BODY)
+    notices = wait_until(lambda: [m for m in inst.maildir_messages()
+                                  if b"\nFinal-Recipient: " in m] if len(
+        inst.maildir_messages()) >= 3 else [], 60, what="the success and failure notices")
+    fields = sorted(b"\n".join(line for line in _dsn_fields(m) if b"-Recipient:" in line)
+                    for m in notices)
+    assert fields == sorted([
+        f"Final-Recipient: rfc822; {ME}@localhost\nOriginal-Recipient: rfc822;{ME}@localhost"
+        .encode(),
+        b"Final-Recipient: rfc822; mute@localhost\nOriginal-Recipient: rfc822;mute@localhost"
+    ]), fields

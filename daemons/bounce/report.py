@@ -130,7 +130,7 @@ def _recipient_fields(notice: Notice, e: status_log.Entry, arrival: float) -> li
     if e.dsn_orig_rcpt:
         out.append(f"Original-Recipient: {e.dsn_orig_rcpt}")
     elif e.original_recipient:
-        out.append(f"Original-Recipient: rfc822; {e.original_recipient}")
+        out.append(f"Original-Recipient: rfc822;{e.original_recipient}")  # no space, as Postfix
     action = status_log.ACTION_FAILED if notice.template is FAILURE else e.action
     out += [f"Action: {action}", f"Status: {e.status}"]
     mta_type, mta_name = e.extra.get("mta_type", ""), e.extra.get("mta_mname", "")
