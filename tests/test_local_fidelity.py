@@ -233,3 +233,30 @@ def test_original_recipient_has_no_space_after_rfc822(new_instance) -> None:  # 
         .encode(),
         b"Final-Recipient: rfc822; mute@localhost\nOriginal-Recipient: rfc822;mute@localhost"
     ]), fields
+
+
+def test_alias_loop_is_an_alias_database_loop(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7 stops an alias loop (a -> b -> a), or a chain of aliases too
+    long, in deliver_alias at level 101 and up, four levels per alias: the warning, the
+    bounce and its status name the alias where it stopped (here loopb, and c26 of a chain
+    of 40). An alias that names itself is the user's own mailbox (here none: unknown)."""
+    inst: Instance = new_instance(maildir=True)
+    chain = "".join(f"c{i}: c{i + 1}\n" for i in range(1, 40))
+    inst.write("etc/aliases", f"postmaster: {ME}\nloopa: loopb\nloopb: loopa\n"
+                              f"selfref: selfref\n{chain}")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    for rcpt, stopped in (("loopa", "loopb"), ("c1", "c26")):
+        qid = inst.send(f"{ME}@localhost", f"{rcpt}@localhost", BODY)
+        inst.wait_log(rf"postfix/local\[\d+\]: warning: alias database loop for {stopped}$")
+        inst.wait_log(rf"{qid}: to=<{stopped}@[^>]+>, orig_to=<{rcpt}@localhost>, relay=local, "
+                      rf".*dsn=5\.4\.6, status=bounced \(alias database loop for {stopped}\)$")
+    qid = inst.send(f"{ME}@localhost", "selfref@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<selfref@[^>]+>, orig_to=<selfref@localhost>, relay=local, "
+                  r'.*dsn=5\.1\.1, status=bounced \(unknown user: "selfref"\)$')
+    dsns = inst.wait_maildir(3)
+    (loop,) = [m for m in dsns if b"(expanded from <loopa@localhost>)" in m]
+    assert re.search(rb"\n<loopb@[^>]+> \(expanded from <loopa@localhost>\): alias database "
+                     rb"loop for loopb\n", loop.replace(b"\n    ", b" ")), loop
+    assert b"\nStatus: 5.4.6\nDiagnostic-Code: X-Postfix; alias database loop for loopb\n" in loop
+    assert "nesting" not in inst.log()

@@ -37,8 +37,8 @@ DESCRIPTION
        recipient as received>``; the others leave as one new message through
        ``public/cleanup`` (per Delivered-To and sender) with a ``Delivered-To:``
        header, logged ``status=sent (forwarded as NEWID)``. Duplicates are
-       delivered once (duplicate_filter_limit), nesting is limited (100
-       levels), an ``owner-NAME`` alias becomes the sender of the forwarded
+       delivered once (duplicate_filter_limit), alias nesting is limited
+       (100 levels, an alias database loop), an ``owner-NAME`` alias becomes the sender of the forwarded
        copy. ``|command``, ``/file`` (``/dir/`` = Maildir) and
        ``:include:/path`` (its members that are not aliases are forwarded;
        commands and files from includes only when

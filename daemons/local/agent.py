@@ -7,7 +7,7 @@ the cleanup client and the Maildir delivery markers (in
 delivery request into one reply and never raises (a bug defers the recipient
 instead of stalling qmgr's pipelined connection). ``deliver`` runs Postfix's
 local(8) for one recipient and everything it expands to, in one ``Session``:
-``deliver_recipient`` (nesting limit, duplicates, the Delivered-To loop
+``deliver_recipient`` (duplicates, the Delivered-To loop
 check), ``deliver_switch`` (``alias_maps`` through ``alias``, forwarding for
 members of .forward, :include: and owner- lists, the ``.forward`` through
 ``forward``, else ``deliver_mailbox``). Each level's attributes are a
@@ -94,9 +94,12 @@ class Level:
     unmatched: str = ""  # "+ext": spliced into this expansion's addresses (Postfix's
     # msg_attr.unmatched, per propagate_unmatched_extensions)
 
-    def deeper(self, **changes: object) -> Level:
+    def deeper(self, by: int = 1, **changes: object) -> Level:
+        """This level ``by`` deeper (Postfix's state.level++ on entering deliver_recipient,
+        deliver_switch, deliver_alias, deliver_include, deliver_dotforward and
+        deliver_resolve_tree; 0: the same level, other attributes), with ``changes``."""
         # not dataclasses.replace: this runs several times per delivery, at a third the cost
-        return Level(**{**self.__dict__, "level": self.level + 1, **changes})
+        return Level(**{**self.__dict__, "level": self.level + by, **changes})
 
 
 class Session:
@@ -361,14 +364,12 @@ class LocalAgent:
         return session.outcome()
 
     async def deliver_recipient(self, s: Session, lvl: Level) -> None:
-        """Postfix's deliver_recipient: nesting limit, duplicates, the Delivered-To loop
-        check, then ``deliver_switch``."""
+        """Postfix's deliver_recipient: duplicates, the Delivered-To loop check, then
+        ``deliver_switch``."""
         lvl = lvl.deeper()
         address = lvl.req.rcpt
-        if lvl.level > alias.MAX_LEVEL:
-            log.warning(f"recipient nesting limit exceeded for {address}")
-            s.done(lvl.req, DeliveryResult.bounced("recipient nesting limit exceeded", "5.4.6"))
-            return
+        # no nesting limit here, as Postfix 3.7: every way back here passes deliver_alias's
+        # (an alias database loop) or an :include:'s, or a .forward that is read only once
         if s.been_here(f"recipient {lvl.level} {address.lower()}"):
             return
         if mailbox.delivered_to_key(address) in s.loop_keys:

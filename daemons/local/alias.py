@@ -14,7 +14,10 @@ recipient as received>``):
   whose owner is unknown (a union of two users' tables) or has no account
   defers (4.3.0) with Postfix's warning; an ``owner-NAME`` alias makes its address the sender of
   forwarded copies (and members that are local users are then forwarded too);
-  nesting deeper than ``MAX_LEVEL`` bounces as an alias database loop;
+  nesting deeper than ``MAX_LEVEL`` bounces (5.4.6) as an alias database loop
+  (``alias database loop for NAME``, where Postfix 3.7 stops: four levels per
+  alias, as its deliver_recipient, deliver_switch, deliver_alias and
+  deliver_resolve_tree count them);
   a value naming nobody defers (4.3.0) with Postfix's warning;
 * ``|command`` runs through ``command`` and ``/file`` (``/dir/`` = Maildir)
   through ``file``, each only when its origin (alias, forward, include) is in
@@ -64,7 +67,7 @@ from pymailsys.maps import Table, TableError
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Session
 
-MAX_LEVEL = 100  # Postfix's nesting limit for recipients, aliases and includes
+MAX_LEVEL = 100  # Postfix's nesting limit for aliases (and, as later Postfix, includes)
 FILE_SIZE_LIMIT = 1 << 22  # bytes of an :include: or .forward file
 FILE_READ_TIMEOUT = 30.0  # seconds to read one
 ALIAS = "alias"
@@ -108,7 +111,7 @@ async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
         return
     if owner_value is not None:
         owner = sender = rewrite_address(f"owner-{name}", agent.rewrite_context)
-    member = lvl.deeper(exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
+    member = lvl.deeper(0, exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
                         rights=rights, unmatched=unmatched)
     if not await expand(agent, s, member, value):
         log.warning(f"no recipient in alias lookup result for {name}")
@@ -229,7 +232,7 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
         s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
         return
     unmatched = lvl.unmatched if INCLUDE in agent.propagate else ""
-    await expand(agent, s, lvl.deeper(exp_type=INCLUDE, owner=lvl.owner or req.rcpt,
+    await expand(agent, s, lvl.deeper(0, exp_type=INCLUDE, owner=lvl.owner or req.rcpt,
                                       rights=rights, unmatched=unmatched), value_of_lines(text))
 
 
