@@ -260,3 +260,18 @@ def test_alias_loop_is_an_alias_database_loop(new_instance) -> None:  # type: ig
                      rb"loop for loopb\n", loop.replace(b"\n    ", b" ")), loop
     assert b"\nStatus: 5.4.6\nDiagnostic-Code: X-Postfix; alias database loop for loopb\n" in loop
     assert "nesting" not in inst.log()
+
+
+def test_empty_alias_command_is_delivered(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """An alias to an empty command (``|``, or quoted ``"|"``) runs ``sh -c ''`` under
+    Debian's Postfix 3.7, which succeeds: sent, ``delivered to command: ``, no bounce."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\nempty: |\nquoted: \"|\"\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    for rcpt in ("empty", "quoted"):
+        qid = inst.send(f"{ME}@localhost", f"{rcpt}@localhost", BODY)
+        inst.wait_log(rf"{qid}: to=<{rcpt}@localhost>, relay=local, .*dsn=2\.0\.0, status=sent "
+                      r"\(delivered to command: \)$")
+        inst.wait_log(rf"{qid}: removed")
+    assert "bounce" not in inst.log() and not inst.maildir_messages()

@@ -116,8 +116,6 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
     except privileges.PrivilegeError as e:
         return results.failure(e)
     data = plain_text(agent.prepended(req, rcpt, True), content.text())
-    if not command.strip(" \t"):
-        return DeliveryResult.bounced("empty command", "5.3.5")
     argv = [*agent.command_shell, command] if agent.command_shell else shell_or_direct(command)
     if agent.size_limit:
         argv = [*XFSZ_IGNORED, *argv]
@@ -145,8 +143,9 @@ async def deliver(agent: LocalAgent, req: DeliveryRequest, rcpt: Recipient, comm
 def shell_or_direct(command: str) -> list[str]:
     """Postfix's exec_command: a command without shell magic is split on blanks and
     executed; with magic, or naming no program on PATH (a shell builtin such as
-    ``exit 75``), it runs as ``/bin/sh -c COMMAND``."""
-    if all(ch in PLAIN_CHARS for ch in command):
+    ``exit 75``), or empty (an alias ``|``: the shell's success, as Postfix 3.7), it runs
+    as ``/bin/sh -c COMMAND``."""
+    if all(ch in PLAIN_CHARS for ch in command) and command.strip(" \t"):
         argv = command.split()
         if "/" in argv[0] or shutil.which(argv[0], path=DEFAULT_PATH) is not None:
             return argv
