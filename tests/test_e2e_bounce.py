@@ -82,3 +82,20 @@ def test_quoted_delivered_to_is_a_loop(new_instance) -> None:  # type: ignore[no
                          b'Delivered-To: "Q S"@localhost\r\nSubject: looped\r\n\r\nhi\r\n')
     inst.wait_log(rf'postfix/local\[\d+\]: {queue_id}: to=<"q s"@localhost>, .*status=bounced '
                   r"\(mail forwarding loop for q s@localhost\)")
+
+
+def test_notice_headers_in_postfix_order(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Postfix 3.7's notice: its bounce writes Date first (cleanup adds only the
+    Received before it and the Message-Id after)."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\nbouncer: |/bin/false\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    queue_id = inst.send(f"{ME}@localhost", "bouncer@localhost", b"Subject: x\r\n\r\nbody\r\n")
+    inst.wait_log(rf"postfix/bounce\[\d+\]: {queue_id}: sender non-delivery notification: \w+")
+    (dsn,) = inst.wait_maildir(1)
+    head = dsn.split(b"\n\n", 1)[0]
+    names = [line.split(b":", 1)[0] for line in head.split(b"\n") if line[:1] not in b" \t"]
+    assert names == [b"Return-Path", b"X-Original-To", b"Delivered-To", b"Received", b"Date",
+                     b"From", b"Subject", b"To", b"Auto-Submitted", b"MIME-Version",
+                     b"Content-Type", b"Content-Transfer-Encoding", b"Message-Id"], names

@@ -7,7 +7,7 @@ $myhostname, $delay_warning_time_hours and $maximal_queue_lifetime_days
 filled in by ``Template.text``.
 
 ``write(notice, original, entries)`` yields one notification, ready for
-cleanup (which adds Date and Message-Id): headers (From, Subject — the
+cleanup (which adds Message-Id): headers (Date, From, Subject — the
 postmaster subject for a postmaster copy —, To, Auto-Submitted, MIME), a
 multipart/report with the text (the template's, left out of a postmaster
 copy), one ``<rcpt> (expanded from <orig>): reason`` line per recipient,
@@ -159,6 +159,7 @@ def write(notice: Notice, original: QueueContent,
     # the original's null sender is named as Postfix's mail_addr_mail_daemon() names it
     sender = quote_822_local(env.sender) if env.sender else f"MAILER-DAEMON@{notice.host}"
     lines = [
+        f"Date: {mail_date(now)}",  # first, as Postfix 3.7's bounce writes it
         f"From: Mail Delivery System <MAILER-DAEMON@{notice.origin}>",
         f"Subject: {subject}",
         f"To: {quote_822_local(notice.to)}",
