@@ -173,6 +173,7 @@ def write(notice: Notice, original: QueueContent,
         f"--{boundary}",
         "Content-Description: Notification",
         "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",  # as the whole notice's, as Postfix 3.7's
         "",
     ]
     if not notice.postmaster_copy:
