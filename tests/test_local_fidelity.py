@@ -275,3 +275,35 @@ def test_empty_alias_command_is_delivered(new_instance) -> None:  # type: ignore
                       r"\(delivered to command: \)$")
         inst.wait_log(rf"{qid}: removed")
     assert "bounce" not in inst.log() and not inst.maildir_messages()
+
+
+def test_include_file_problems_bounce_with_postfix_warnings(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7's deliver_include: a missing :include: file ("unable to
+    lookup"), one its reader may not open ("cannot open", a bounce, not a deferral) and a
+    directory ("is not a regular file") each bounce 5.3.5 "mail system configuration
+    error", the warning saying why."""
+    out = Path(tempfile.mkdtemp(prefix="local-include-"))
+    try:
+        out.chmod(0o755)
+        closed = out / "closed"
+        closed.write_text(f"{ME}\n")
+        closed.chmod(0)
+        if IS_ROOT:  # read with its owner's rights, who may not
+            nobody = pwd.getpwnam("nobody")
+            os.chown(closed, nobody.pw_uid, nobody.pw_gid)
+        inst: Instance = new_instance(maildir=True)
+        inst.write("etc/aliases", f"postmaster: {ME}\nmissing: :include:{out}/missing\n"
+                                  f"closed: :include:{closed}\ndirectory: :include:{out}\n")
+        inst.tool("newaliases", check=True)
+        inst.start()
+        for rcpt, warning in (
+                ("missing", f"unable to lookup :include: file {out}/missing: "
+                            "No such file or directory"),
+                ("closed", f"cannot open include file {closed}: Permission denied"),
+                ("directory", f":include: file {out} is not a regular file")):
+            qid = inst.send(f"{ME}@localhost", f"{rcpt}@localhost", BODY)
+            inst.wait_log(rf"postfix/local\[\d+\]: warning: {re.escape(warning)}$")
+            inst.wait_log(rf"{qid}: to=<{rcpt}@localhost>, relay=local, .*dsn=5\.3\.5, "
+                          r"status=bounced \(mail system configuration error\)$")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

@@ -309,7 +309,7 @@ def test_hostile_include_files_fail_promptly_and_small(system, outside: Path) ->
     # (Postfix's deliver_include): no path or reason of ours in a bounce
     for name, warning in (("big", rf"cannot open include file {sparse}: larger than "
                                   r"4194304 bytes"),
-                          ("pipe", rf"cannot open include file {fifo}: not a regular file"),
+                          ("pipe", rf":include: file {fifo} is not a regular file"),
                           ("rel", r":include:lists/x uses a relative path")):
         qid = s.queue("alice@example.org", [f"{name}@localhost"], BODY)
         s.wait_log(rf"{qid}: to=<{name}@localhost>, relay=local, .*dsn=5\.3\.5, "

@@ -33,7 +33,10 @@ recipient as received>``):
   rights by including the other's file);
   the path must be absolute and name a regular file of at most FILE_SIZE_LIMIT
   bytes, read within FILE_READ_TIMEOUT (a FIFO, a device, a huge or sparse file
-  bounce as a configuration error, 5.3.5; a slow read defers); its members that
+  bounce as a configuration error, 5.3.5; a slow read defers); one that is
+  missing or its reader may not open bounces too (5.3.5), with Postfix's
+  warning (``unable to lookup :include: file``, ``cannot open include file``,
+  ``:include: file PATH is not a regular file``); its members that
   are not aliases are forwarded;
 * an address is rewritten (myorigin) and resolved as qmgr would, then gets the
   level's unmatched extension (propagate_unmatched_extensions): one that
@@ -199,11 +202,12 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
         s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
         return
     owner = -1  # the owner root's stat saw (-1: not asked, the rights are a user's)
+    by_root = agent.root and (rights is None or rights.uid == 0)  # who stats it first
     try:
         ids = agent.file_user(rights)
         if s.been_here(f"include {ids.uid} {path}"):
             return
-        if agent.root and (rights is None or rights.uid == 0):
+        if by_root:
             # never default_privs for a file another user wrote: its owner's rights
             owner = os.stat(path).st_uid
             if owner != 0:
@@ -219,6 +223,12 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
     except (privileges.PrivilegeError, OSError, FileRefused) as e:
         # the details go to the log, not to the sender (Postfix's deliver_include)
         found = results.failure(e)
+        problem = "" if isinstance(e, privileges.PrivilegeError) else \
+            _include_problem(path, e, None if by_root else ids)
+        if problem:  # as Postfix: a file that is not there or not one to read bounces
+            log.warning(problem)
+            s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
+            return
         detail = found.reason.removeprefix(results.CONFIG_ERROR_TEXT + ": ")
         log.warning(f"cannot open include file {path}: {detail}")
         s.done(req, DeliveryResult.from_dsn(found.dsn, results.CONFIG_ERROR_TEXT))
@@ -234,6 +244,29 @@ async def include(agent: LocalAgent, s: Session, lvl: Level, path: str) -> None:
     unmatched = lvl.unmatched if INCLUDE in agent.propagate else ""
     await expand(agent, s, lvl.deeper(0, exp_type=INCLUDE, owner=lvl.owner or req.rcpt,
                                       rights=rights, unmatched=unmatched), value_of_lines(text))
+
+
+def _include_problem(path: str, error: Exception,
+                     reader: privileges.UserIds | None) -> str:
+    """Postfix's warning for an :include: file it stats, then opens, as ``reader`` (None:
+    root) and cannot use; "" for a failure it has no such words for (a read time limit,
+    a change of rights, a file too large: ours). Only failures pay for the stat."""
+    if isinstance(error, FileRefused):
+        return f":include: file {path} is not a regular file" if str(error) == \
+            "not a regular file" else ""
+    if not isinstance(error, OSError) or isinstance(error, TimeoutError):
+        return ""
+    try:
+        if reader is None:
+            os.stat(path)
+        else:
+            with privileges.as_user(reader.uid, reader.gid):
+                os.stat(path)
+    except OSError as e:
+        return f"unable to lookup :include: file {path}: {e.strerror}"
+    except privileges.PrivilegeError:
+        return ""
+    return f"cannot open include file {path}: {error.strerror}"
 
 
 def read_file(path: str, follow_links: bool = True) -> tuple[str, os.stat_result]:
