@@ -177,7 +177,9 @@ DESCRIPTION
     Agents do not write status logs themselves: qmgr does, from their replies.
     DSN: a sent recipient with NOTIFY=SUCCESS (unless the next hop took the
     NOTIFY over, ``passed_on``) goes to the trace log (trace/ID, action
-    delivered, or relayed as the agent says), and finish() asks the bounce
+    delivered, or relayed as the agent says; its reason ``delivery via RELAY:
+    ...`` when the agent names its relay, as Postfix's trace_append), and
+    finish() asks the bounce
     service for the success notice (request ``trace``). A message deferred
     past its delay warning time (the W record cleanup writes when
     delay_warning_time is set) brings the sender one delay notice (request
@@ -220,7 +222,7 @@ import resource
 import stat
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pymailsys import dsn, log, server
 from pymailsys.address import resolve
@@ -1281,7 +1283,9 @@ class Qmgr:
             msg.bounced += 1
         else:
             if rc.notify & dsn.NOTIFY_SUCCESS and not result.passed_on:
-                if not self._append(q.TRACE, msg, rc, result,
+                traced = result if not result.relay else replace(  # as Postfix's trace_append
+                    result, reason=f"delivery via {result.relay}: {result.reason}")
+                if not self._append(q.TRACE, msg, rc, traced,
                                     result.action or status_log.ACTION_DELIVERED):
                     self.record(msg, rc, DeliveryResult.deferred(
                         f"{msg.queue_id}: {TRACE_LOG_FAILURE}", "4.3.0"), "none", start)

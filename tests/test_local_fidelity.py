@@ -307,3 +307,22 @@ def test_include_file_problems_bounce_with_postfix_warnings(new_instance) -> Non
                           r"status=bounced \(mail system configuration error\)$")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_success_notice_says_delivery_via_local(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix 3.7's success notice (trace_append) says who delivered: ``delivery via
+    local: delivered to maildir``, in the text and the Diagnostic-Code; the log line keeps
+    the plain reason."""
+    inst: Instance = new_instance(maildir=True)
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail(f"{ME}@localhost")
+        client.rcpt(f"{ME}@localhost", ["NOTIFY=SUCCESS"])
+        code, text = client.data(BODY)
+    qid = re.search(r"queued as (\w+)", text.decode()).group(1)  # type: ignore[union-attr]
+    inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent "
+                  r"\(delivered to maildir\)$")
+    (notice,) = [m for m in inst.wait_maildir(2) if b"\nAction: delivered\n" in m]
+    assert f"\n<{ME}@localhost>: delivery via local: delivered to maildir\n".encode() in notice
+    assert b"\nDiagnostic-Code: X-Postfix; delivery via local: delivered to maildir\n" in notice

@@ -44,6 +44,7 @@ from pymailsys.delivery.agent import (
     refusal,
     request_attrs,
 )
+from pymailsys.dsn import NOTIFY_SUCCESS
 from pymailsys.ipc.attr import AttrClient, AttrList, AttrPool, AttrValue, ProtocolError
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
 from pymailsys.maps import Maps, TableError
@@ -51,6 +52,7 @@ from pymailsys.maps.search import split_extension
 from pymailsys.queue import spool as queue_mod
 
 _SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a master.cf unix service
+RELAY = "local"  # the relay= of local's log lines, and of its success notices
 CONNECT_TIMEOUT = 10.0  # seconds a connect to cleanup or a transport waits for a full backlog
 
 
@@ -294,10 +296,12 @@ class LocalAgent:
                 result = self.done(req, DeliveryResult.unreadable(e))
             content.mark_sent(req.queue_id, req.rcpt, req.rcpt_offset, req.dsn_notify, req.flags,
                               result)
+        if req.dsn_notify & NOTIFY_SUCCESS and result.status == STATUS_SENT:
+            result = replace(result, relay=RELAY)  # the success notice names who delivered
         return result.reply()
 
     def done(self, req: DeliveryRequest, result: DeliveryResult,
-             relay: str = "local") -> DeliveryResult:
+             relay: str = RELAY) -> DeliveryResult:
         """Log a delivery attempt's result (Postfix's per-recipient line) and return it."""
         log.info(log_line(req.queue_id, req.rcpt, req.orig_rcpt, relay, req.arrival_time,
                           req.active_time, req.start_time, result))

@@ -293,6 +293,9 @@ class DeliveryResult:
     # the queue file is damaged: qmgr saves it to corrupt/ (the reply's ``corrupt``)
     corrupt: bool = False
     diag_type: str = ""  # of diag: "" for smtp, else "x-unix"
+    # who delivered, for a success notice ("delivery via RELAY: reason", Postfix's
+    # trace_append): set only for a recipient who asked NOTIFY=SUCCESS
+    relay: str = ""
 
     @classmethod
     def sent(cls, reason: str, dsn: str = "2.0.0") -> DeliveryResult:
@@ -331,7 +334,8 @@ class DeliveryResult:
         return cls(status, attrs.text("dsn"), attrs.text("reason"), attrs.text("action"),
                    attrs.text("mta"), attrs.text("diag"), attrs.text("passed_on") == "1",
                    rcpt=_address(attrs.text("rcpt")), also=_members(attrs, status),
-                   diag_type=_diag_type(attrs.text("diag_type")))
+                   diag_type=_diag_type(attrs.text("diag_type")),
+                   relay=_address(attrs.text("relay")))
 
     @property
     def final(self) -> bool:
@@ -352,6 +356,8 @@ class DeliveryResult:
             out += self.detail_attrs()
         if self.rcpt:
             out.append(("rcpt", self.rcpt))
+        if self.relay:
+            out.append(("relay", self.relay))
         for address, dsn, reason in self.also:
             out += [("also_rcpt", address), ("also_dsn", dsn), ("also_reason", reason)]
         if self.corrupt:
@@ -444,7 +450,7 @@ def hop_failure(attrs: AttrList) -> DeliveryResult | None:
 
 
 _RESULT_COLUMNS = ("status", "dsn", "reason", "action", "mta", "diag", "diag_type", "passed_on",
-                   "rcpt")
+                   "rcpt", "relay")
 
 
 def results_from_attrs(attrs: AttrList, count: int,
@@ -467,9 +473,11 @@ def results_from_attrs(attrs: AttrList, count: int,
     diag_types = columns["diag_type"]
     if len(diag_types) != count:
         diag_types = [""] * count
-    members = columns["rcpt"]
+    members, relays = columns["rcpt"], columns["relay"]
     if len(members) != count:
         members = [""] * count
+    if len(relays) != count:
+        relays = [""] * count
     answered = min(len(statuses), len(dsns), len(reasons))
     out = []
     for i in range(count):
@@ -482,7 +490,8 @@ def results_from_attrs(attrs: AttrList, count: int,
                                       diags[i], passed[i] == "1",
                                       rcpt=_address(members[i]) if members[i] else "",
                                       also=_members(attrs, statuses[i]) if count == 1 else (),
-                                      diag_type=_diag_type(diag_types[i])))
+                                      diag_type=_diag_type(diag_types[i]),
+                                      relay=_address(relays[i])))
     return out
 
 
