@@ -210,6 +210,18 @@ def test_failed_command_diagnostic_code_is_x_unix(new_instance) -> None:  # type
                          ), fields
 
 
+def _send_notify_success(inst: Instance, rcpt: str, *others: str) -> str:
+    """Send BODY to rcpt with NOTIFY=SUCCESS (and to others without); the queue ID."""
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail(f"{ME}@localhost")
+        client.rcpt(rcpt, ["NOTIFY=SUCCESS"])
+        for other in others:
+            client.rcpt(other)
+        code, text = client.data(BODY)
+    return re.search(r"queued as (\w+)", text.decode()).group(1)  # type: ignore[union-attr]
+
+
 def test_original_recipient_has_no_space_after_rfc822(new_instance) -> None:  # type: ignore[no-untyped-def]
     """Postfix 3.7's bounce writes ``Original-Recipient: rfc822;ADDRESS`` (no space, unlike
     Final-Recipient) in failure, delay and success notices alike."""
@@ -217,12 +229,7 @@ def test_original_recipient_has_no_space_after_rfc822(new_instance) -> None:  # 
     inst.write("etc/aliases", f"postmaster: {ME}\nmute: |/bin/false\n")
     inst.tool("newaliases", check=True)
     inst.start()
-    with inst.smtp() as client:
-        client.ehlo()
-        client.mail(f"{ME}@localhost")
-        client.rcpt(f"{ME}@localhost", ["NOTIFY=SUCCESS"])
-        client.rcpt("mute@localhost")
-        client.data(BODY)
+    _send_notify_success(inst, f"{ME}@localhost", "mute@localhost")
     notices = wait_until(lambda: [m for m in inst.maildir_messages()
                                   if b"\nFinal-Recipient: " in m] if len(
         inst.maildir_messages()) >= 3 else [], 60, what="the success and failure notices")
@@ -315,14 +322,28 @@ def test_success_notice_says_delivery_via_local(new_instance) -> None:  # type: 
     the plain reason."""
     inst: Instance = new_instance(maildir=True)
     inst.start()
-    with inst.smtp() as client:
-        client.ehlo()
-        client.mail(f"{ME}@localhost")
-        client.rcpt(f"{ME}@localhost", ["NOTIFY=SUCCESS"])
-        code, text = client.data(BODY)
-    qid = re.search(r"queued as (\w+)", text.decode()).group(1)  # type: ignore[union-attr]
+    qid = _send_notify_success(inst, f"{ME}@localhost")
     inst.wait_log(rf"{qid}: to=<{ME}@localhost>, relay=local, .*status=sent "
                   r"\(delivered to maildir\)$")
     (notice,) = [m for m in inst.wait_maildir(2) if b"\nAction: delivered\n" in m]
     assert f"\n<{ME}@localhost>: delivery via local: delivered to maildir\n".encode() in notice
     assert b"\nDiagnostic-Code: X-Postfix; delivery via local: delivered to maildir\n" in notice
+
+
+def test_success_notice_for_an_alias_is_expanded(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """NOTIFY=SUCCESS to an alias: as Debian's Postfix 3.7, the notice reports the alias
+    itself (Action: expanded, ``alias expanded``), not its members, whose deliveries are
+    logged as ever."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\nteam: {ME}\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    qid = _send_notify_success(inst, "team@localhost")
+    inst.wait_log(rf"{qid}: to=<{ME}@[^>]+>, orig_to=<team@localhost>, relay=local, "
+                  r".*status=sent \(delivered to maildir\)$")
+    (notice,) = [m for m in inst.wait_maildir(2) if b"\nFinal-Recipient: " in m]
+    assert b"\n<team@localhost>: delivery via local: alias expanded\n" in notice, notice
+    assert [b"\n".join(_dsn_fields(notice))] == [
+        b"Final-Recipient: rfc822; team@localhost\nOriginal-Recipient: rfc822;team@localhost\n"
+        b"Status: 2.0.0\nDiagnostic-Code: X-Postfix; delivery via local: alias expanded"]
+    assert b"\nAction: expanded\n" in notice

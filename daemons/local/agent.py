@@ -121,6 +121,7 @@ class Session:
         self.seen: set[str] = set()
         self.forwards: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.results: list[tuple[DeliveryRequest, DeliveryResult]] = []
+        self.expanded = ""  # the action of an alias's success notice (NOTIFY=SUCCESS)
 
     def been_here(self, key: str) -> bool:
         """Whether key was seen in this request (case-folded, as Postfix's local
@@ -142,13 +143,17 @@ class Session:
 
     def outcome(self) -> DeliveryResult:
         """The one result for the request's recipient: any deferral, else any bounce,
-        else the first result; ``rcpt`` names the member it concerns and ``also`` the
+        else the first result (``alias expanded`` when an alias of the recipient's
+        expanded for a NOTIFY=SUCCESS notice: qmgr writes only its trace entry); ``rcpt`` names the member it concerns and ``also`` the
         other members with that status (deferred or bounced): each is a status-log
         entry "expanded from" the request's original recipient, as Postfix's local
         appends one per member."""
         for status in (STATUS_DEFERRED, STATUS_BOUNCED, STATUS_SENT):
             members = [(req, r) for req, r in self.results if r.status == status]
             if members:
+                if status == STATUS_SENT and self.expanded:  # the alias's, as Postfix
+                    return DeliveryResult(STATUS_SENT, "2.0.0", "alias expanded",
+                                          self.expanded)
                 (req, result), *more = members
                 also = () if status == STATUS_SENT else \
                     tuple((m.rcpt, r.dsn, r.reason) for m, r in more)

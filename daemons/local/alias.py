@@ -18,7 +18,10 @@ recipient as received>``):
   (``alias database loop for NAME``, where Postfix 3.7 stops: four levels per
   alias, as its deliver_recipient, deliver_switch, deliver_alias and
   deliver_resolve_tree count them);
-  a value naming nobody defers (4.3.0) with Postfix's warning;
+  a value naming nobody defers (4.3.0) with Postfix's warning; an alias of the
+  request's recipient who asked NOTIFY=SUCCESS is what the success notice
+  reports (``alias expanded``, action expanded, or delivered for an
+  owner- list), not its members;
 * ``|command`` runs through ``command`` and ``/file`` (``/dir/`` = Maildir)
   through ``file``, each only when its origin (alias, forward, include) is in
   allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1), each once
@@ -63,9 +66,11 @@ from pymailsys.address.rewrite import rewrite_address
 from pymailsys.bounded_read import FileRefused, read_bounded
 from pymailsys.delivery.agent import DeliveryRequest, DeliveryResult, QueueContent
 from pymailsys.delivery.mailbox import plain_text
+from pymailsys.dsn import NOTIFY_SUCCESS
 from pymailsys.ipc.attr import AttrValue, ProtocolError, request_streamed
 from pymailsys.ipc.services import CLEANUP_FLAG_MAP_OK, CLEANUP_OK, STATUS_DEFERRED
 from pymailsys.maps import Table, TableError
+from pymailsys.queue.status_log import ACTION_DELIVERED, ACTION_EXPANDED
 
 if TYPE_CHECKING:
     from pymailsys.daemons.local.agent import Level, LocalAgent, Session
@@ -114,6 +119,10 @@ async def deliver_alias(agent: LocalAgent, s: Session, lvl: Level, name: str,
         return
     if owner_value is not None:
         owner = sender = rewrite_address(f"owner-{name}", agent.rewrite_context)
+    if not lvl.exp_type and lvl.req.dsn_notify & NOTIFY_SUCCESS:
+        # the request's own recipient: the success notice is this alias's (Postfix's
+        # deliver_alias takes SUCCESS from its members' NOTIFY)
+        s.expanded = ACTION_DELIVERED if owner_value is not None else ACTION_EXPANDED
     member = lvl.deeper(0, exp_type=ALIAS, exp_from=name, owner=owner, sender=sender,
                         rights=rights, unmatched=unmatched)
     if not await expand(agent, s, member, value):
