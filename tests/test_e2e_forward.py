@@ -220,3 +220,17 @@ def test_forward_members_get_the_unmatched_extension_when_asked(inst: Instance, 
     inst.start()
     qid = inst.send("sender@example.org", f"{alice}+tag@localhost", BODY)
     forwarded_to(inst, qid, rf"{alice}\+tag@localhost", rf"{bob}\+tag@localhost")
+
+
+def test_forward_to_a_file_in_the_home(inst: Instance, make_user) -> None:  # type: ignore[no-untyped-def]
+    """``~/file`` in a .forward is that file in the user's home (Postfix's
+    deliver_token_home), written with the user's rights."""
+    alice, home = make_user()
+    write_forward(home, "~/saved\n")
+    inst.start()
+    qid = inst.send("sender@example.org", f"{alice}@localhost", BODY)
+    inst.wait_log(rf"{qid}: to=<{alice}@localhost>, relay=local, .*dsn=2\.0\.0, "
+                  rf"status=sent \(delivered to file: {home}/saved\)")
+    saved = home / "saved"  # an mbox file, the user's
+    assert (saved.stat().st_uid, saved.read_bytes()[:24]) == (
+        pwd.getpwnam(alice).pw_uid, b"From sender@example.org ")

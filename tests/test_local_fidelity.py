@@ -347,3 +347,19 @@ def test_success_notice_for_an_alias_is_expanded(new_instance) -> None:  # type:
         b"Final-Recipient: rfc822; team@localhost\nOriginal-Recipient: rfc822;team@localhost\n"
         b"Status: 2.0.0\nDiagnostic-Code: X-Postfix; delivery via local: alias expanded"]
     assert b"\nAction: expanded\n" in notice
+
+
+def test_home_file_in_an_alias_is_a_configuration_error(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """``~/file`` names a file in the home of the user whose rights a .forward has; an
+    alias has no such user, and ``~user/file`` is not supported: Postfix 3.7's
+    deliver_token_home warns and bounces 5.3.5 (it was taken for an address)."""
+    inst: Instance = new_instance(maildir=True)
+    inst.write("etc/aliases", f"postmaster: {ME}\ntilde: ~/x\nother: ~nobody/x\n")
+    inst.tool("newaliases", check=True)
+    inst.start()
+    for rcpt, warning in (("tilde", "unknown home directory for: ~/x"),
+                          ("other", "bad home directory syntax for: ~nobody/x")):
+        qid = inst.send(f"{ME}@localhost", f"{rcpt}@localhost", BODY)
+        inst.wait_log(rf"postfix/local\[\d+\]: warning: {re.escape(warning)}$")
+        inst.wait_log(rf"{qid}: to=<{rcpt}@localhost>, relay=local, .*dsn=5\.3\.5, "
+                      r"status=bounced \(mail system configuration error\)$")

@@ -23,7 +23,9 @@ recipient as received>``):
   reports (``alias expanded``, action expanded, or delivered for an
   owner- list), not its members;
 * ``|command`` runs through ``command`` and ``/file`` (``/dir/`` = Maildir)
-  through ``file``, each only when its origin (alias, forward, include) is in
+  through ``file`` (``~/file``: in the home of the user whose rights these are,
+  a .forward's; in an alias, or as ``~user/file``, a configuration error, 5.3.5,
+  with Postfix's warning), each only when its origin (alias, forward, include) is in
   allow_mail_to_commands / allow_mail_to_files (otherwise 5.7.1), each once
   per request and rights;
 * ``:include:/path`` is expanded once per request and rights; under root's
@@ -141,6 +143,15 @@ async def expand(agent: LocalAgent, s: Session, lvl: Level, value: str) -> int:
 async def deliver_token(agent: LocalAgent, s: Session, lvl: Level, item: str) -> None:
     req, rights = lvl.req, lvl.rights
     rcpt = agent.parse_recipient(req.rcpt, lvl.delivered)
+    if item.startswith("~"):  # ~/path: a file in the home of whose rights these are
+        problem = "bad home directory syntax" if item[1:2] != "/" else \
+            "unknown home directory" if rights is None else ""
+        if problem:  # as Postfix's deliver_token_home: ~user, or no user (an alias)
+            log.warning(f"{problem} for: {item}")
+            s.done(req, DeliveryResult.bounced(results.CONFIG_ERROR_TEXT, "5.3.5"))
+            return
+        assert rights is not None
+        item = item[1:] if rights.home == "/" else rights.home + item[1:]
     if item.startswith("|"):
         if lvl.exp_type not in agent.allow_commands:
             s.done(req, DeliveryResult.bounced("mail to command is restricted", "5.7.1"))
