@@ -127,13 +127,16 @@ def body(system: compare.System, args: argparse.Namespace, scen: compare.Scenari
         script = Path(tmp) / "busy.bt"
         script.write_text(PROGRAM.replace("CGROUP", str(system.group.path))
                           .replace("DEVICE", str(kernel_device(system.base))))
-        out = Path(tmp) / "busy.out"
-        with open(out, "w") as sink:
-            tracer = subprocess.Popen(["bpftrace", str(script)], stdout=sink,
-                                      stderr=subprocess.DEVNULL)
+        out, err = Path(tmp) / "busy.out", Path(tmp) / "busy.err"
+        with open(out, "w") as sink, open(err, "w") as errors:
+            tracer = subprocess.Popen(["bpftrace", str(script)], stdout=sink, stderr=errors)
         try:
-            compare.wait_until(lambda: "Attaching" in out.read_text(), 60, what="bpftrace")
+            compare.wait_until(lambda: "Attaching" in out.read_text() or tracer.poll() is not None,
+                               60, what="bpftrace")
             time.sleep(1.0)
+            if tracer.poll() is not None:  # e.g. a kernel without syscall tracepoints
+                raise compare.BenchError("bpftrace could not attach its probes:\n"
+                                         + err.read_text().strip())
             sched0 = latency_path.schedstat(system)
             started = time.monotonic_ns()
             result = compare.RunResult(system.label, 1, args.messages)
