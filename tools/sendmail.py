@@ -31,7 +31,7 @@ DESCRIPTION
     set the mode in the order given, the last one counting, as Postfix's.
     -n is refused, and -c, -x, -m, -oX, -L, -A, -e, -h, -p, -U, -O are
     accepted and ignored, as by Postfix. -bv and -v (one: the delivery status
-    report) are not supported (exit 69). Options end at the first argument
+    report) are not supported (a fatal error). Options end at the first argument
     that is not one (or at "--"), as Postfix's: whatever follows is a
     recipient. A closed standard input, output or error is /dev/null; a
     hangup, interrupt, quit or terminate signal removes the maildrop file
@@ -151,7 +151,7 @@ def enqueue(cfg: config_mod.Config, *, sender: str | None, full_name: str | None
 
 
 def checked_recipient(address: str, env_sender: str, uid: int) -> str:
-    """The recipient as the mail system takes it (``rfc822.envelope_address``), or exit 65."""
+    """The recipient as the mail system takes it (``rfc822.envelope_address``), or a fatal error."""
     checked = rfc822.envelope_address(address)
     if checked is None:
         fatal(f"{env_sender}({uid}): Bad recipient address syntax: {address}")
