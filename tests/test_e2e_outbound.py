@@ -151,6 +151,31 @@ def test_dsn_parameters_are_passed_on(new_instance, sink) -> None:  # type: igno
     assert re.search(rb"^X-Mail-Args: <alice@example.org> ENVID=env1 RET=HDRS$", dump, re.M)
 
 
+def test_success_notice_says_delivery_via_the_relay(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
+    """NOTIFY=SUCCESS relayed to a server without DSN: as Debian's Postfix 3.7, the notice
+    says ``delivery via HOST[ADDR]:PORT: REPLY`` in its text (smtp_rcpt_done's trace),
+    Action: relayed, the server as Remote-MTA and its reply as the Diagnostic-Code; the
+    log line keeps the reply."""
+    sink.start("-N")  # no DSN: the success notice is ours to send
+    inst: Instance = new_instance()
+    relay_to(inst, sink.port)
+    inst.start()
+    with inst.smtp() as client:
+        client.ehlo()
+        client.mail(LOCAL)
+        client.rcpt("r@remote.example", ["NOTIFY=SUCCESS"])
+        client.rcpt("s@remote.example")  # in the same transaction, not in the notice
+        client.data(b"Subject: success\r\n\r\nx\r\n")
+    relay = f"127.0.0.1[127.0.0.1]:{sink.port}"
+    inst.wait_log(rf"to=<r@remote\.example>, relay={re.escape(relay)}, .*status=sent "
+                  r"\(250 2\.0\.0 Ok\)$")
+    (notice,) = inst.wait_maildir(1)
+    assert f"\n<r@remote.example>: delivery via {relay}: 250 2.0.0 Ok\n".encode() in notice
+    assert b"s@remote.example" not in notice
+    assert (b"\nAction: relayed\nStatus: 2.0.0\nRemote-MTA: dns; 127.0.0.1\n"
+            b"Diagnostic-Code: smtp; 250 2.0.0 Ok\n") in notice, notice
+
+
 def test_large_message_streams_intact(new_instance, sink) -> None:  # type: ignore[no-untyped-def]
     """Read from the queue file in chunks: lines split between chunks, and dots at the
     start of lines anywhere, arrive as they were sent."""

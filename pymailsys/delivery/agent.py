@@ -420,14 +420,18 @@ def refusal(attrs: AttrList, error: Exception, count: int) -> list[tuple[str, At
 def batch_reply(results: list[DeliveryResult],
                 hop: DeliveryResult | None = None) -> list[tuple[str, AttrValue]]:
     """The reply to a batch request: status, dsn, reason per recipient, in order,
-    and the DSN details for every recipient when any has them; ``hop``: the nexthop
-    itself could not be reached (``hop_dsn``, ``hop_reason``)."""
+    and the DSN details for every recipient when any has them, as the relay of a success
+    to be reported (``relay``, "" for the others); ``hop``: the nexthop itself could not
+    be reached (``hop_dsn``, ``hop_reason``)."""
     detail = any(r.has_detail for r in results)
+    relayed = any(r.relay for r in results)
     out: list[tuple[str, AttrValue]] = []
     for r in results:
         out += [("status", r.status), ("dsn", r.dsn), ("reason", r.reason)]
         if detail:
             out += r.detail_attrs()
+        if relayed:
+            out.append(("relay", r.relay))
     if hop is not None:
         out += [("hop_dsn", hop.dsn), ("hop_reason", hop.reason)]
     if any(r.corrupt for r in results):

@@ -64,7 +64,9 @@ DESCRIPTION
     A success is "relayed" in a delivery status notice (NOTIFY=SUCCESS),
     except from an LMTP server that announced no DSN when lmtp_assume_final
     is set: that is the final delivery, "delivered", as Postfix's lmtp. A
-    server that announced DSN takes NOTIFY over and sends its own.
+    server that announced DSN takes NOTIFY over and sends its own. The
+    reply names the relay of such a success, so that the notice says
+    ``delivery via host[addr]:port: 250 ...`` as Postfix's.
 
     One log line per recipient, as Postfix writes it::
 
@@ -132,7 +134,7 @@ from pymailsys.delivery.agent import (
     refusal,
     request_recipients,
 )
-from pymailsys.dsn import ret_name
+from pymailsys.dsn import NOTIFY_SUCCESS, ret_name
 from pymailsys.ipc import flush, services
 from pymailsys.ipc.attr import AttrList, AttrValue, ProtocolError, serve_pipelined
 from pymailsys.ipc.services import STATUS_BOUNCED, STATUS_DEFERRED, STATUS_SENT
@@ -455,11 +457,16 @@ class Agent:
 
     def finish(self, req: Request, results: list[DeliveryResult], relays: list[str],
                uses: list[int] | None = None, conn_time: float = 0.0) -> list[DeliveryResult]:
+        """Log each recipient's result; one sent to a recipient who asked NOTIFY=SUCCESS
+        (not passed on) names its relay, for the success notice's ``delivery via``."""
         now = time.time()
         for i, (rc, result) in enumerate(zip(req.recipients, results, strict=True)):
             log.info(log_line(req.queue_id, rc.address, rc.orig, relays[i], req.arrival_time,
                               req.active_time, req.start_time, result, now, conn_time,
                               uses[i] if uses else 0))
+            if rc.notify & NOTIFY_SUCCESS and result.status == STATUS_SENT \
+                    and not result.passed_on:
+                results[i] = dataclasses.replace(result, relay=relays[i])
         return results
 
     # --- servers, sessions and the connection cache ------------------------------
