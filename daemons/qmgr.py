@@ -59,8 +59,8 @@ DESCRIPTION
     ``private/TRANSPORT``; a transport without a socket there (not built or
     not running; not looked for while qmgr holds a connection to it) defers the recipient with ``mail transport unavailable``
     (4.3.0). qmgr plays Postfix's error, retry and discard agents itself:
-    transport ``error`` bounces with its nexthop text (``4.X.Y text`` defers),
-    ``retry`` defers with it (4.0.0 when it has no code), transport
+    transport ``error`` bounces with its nexthop text (``4.X.Y text`` too, as
+    5.0.0), ``retry`` defers with it (4.0.0 when it has no code), transport
     ``discard`` is ``status=sent`` with the nexthop as the reason. A
     recipient whose transport is in ``defer_transports`` is deferred untried
     (``dsn=4.3.2, status=deferred (deferred transport)``), unless a flush
@@ -319,20 +319,24 @@ def _number(text: str) -> int:
 def internal_result(where: Route) -> DeliveryResult:
     """The result of Postfix's error, retry and discard agents, which qmgr plays itself.
 
-    error: the nexthop is ``X.Y.Z text`` (or just text: 5.0.0); a 4.X.Y defers.
+    error: bounced, the nexthop ``X.Y.Z text`` (or just text: 5.0.0). A code of
+    another class is 5.0.0 with Postfix's warning ``bounce_append: ignoring dsn
+    code "4.7.1"``: Debian's Postfix 3.7 bounces ``error:4.7.1 text`` too.
     retry: the same, deferred (just text: 4.0.0; a code other than 4.X.Y is
-    4.0.0, as Postfix's defer_append).
+    4.0.0, with defer_append's warning).
     discard: sent, with the nexthop (or "discarded") as the reason.
     """
     if where.transport == DISCARD_TRANSPORT:
         return DeliveryResult.sent(where.nexthop or "discarded", "2.0.0")
     retry = where.transport == RETRY_TRANSPORT
-    dsn, _, text = where.nexthop.partition(" ")
-    if not (dsn[:1] in ("4", "5") and dsn.count(".") == 2):
-        dsn, text = ("4.0.0" if retry else "5.0.0"), where.nexthop
-    if retry:
-        return DeliveryResult.deferred(text, dsn if dsn[0] == "4" else "4.0.0")
-    return (DeliveryResult.deferred if dsn[0] == "4" else DeliveryResult.bounced)(text, dsn)
+    default = "4.0.0" if retry else "5.0.0"
+    code, _, text = where.nexthop.partition(" ")
+    if not (code[:1] in ("2", "4", "5") and code.count(".") == 2):
+        code, text = default, where.nexthop
+    elif code[0] != default[0]:
+        log.warning(f'{"defer" if retry else "bounce"}_append: ignoring dsn code "{code}"')
+        code = default
+    return (DeliveryResult.deferred if retry else DeliveryResult.bounced)(text, code)
 
 
 @dataclass

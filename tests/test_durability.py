@@ -580,7 +580,7 @@ def test_postsuper_e_returns_a_deferred_message_to_its_sender(
     reasons of its last attempt, or 'message is administratively expired' when it
     had none, instead of trying its recipients again and again."""
     inst = new_instance(maildir=True, settings={
-        "default_transport": "error:4.4.1 remote site down",
+        "default_transport": "retry:4.4.1 remote site down",
         "smtpd_reject_unlisted_recipient": "no",  # else refused at RCPT, as Postfix's smtpd
         "header_checks": "regexp:${config_directory}/header_checks"})
     inst.write("etc/header_checks", "/^Subject: hold me/ HOLD\n")
@@ -672,7 +672,7 @@ def test_a_message_that_cannot_move_to_deferred_is_not_left_in_active(
     deferred/ (whose hashed subdirectory is not there yet): qmgr puts it back in
     incoming/ for a later try, instead of leaving it in active/ until its next start."""
     inst = new_instance(maildir=True, settings={
-        "default_transport": "error:4.4.1 remote site down",
+        "default_transport": "retry:4.4.1 remote site down",
         "smtpd_reject_unlisted_recipient": "no"})  # else refused at RCPT, as Postfix's smtpd
     with _spool_on_tmpfs(inst):
         incoming = inst.queue_dir / "incoming"

@@ -385,20 +385,29 @@ def test_unreachable_relayhost_defers(new_instance) -> None:  # type: ignore[no-
 
 
 def test_error_and_discard_transports(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7's error(8): ``error:X.Y.Z text`` bounces with that code,
+    and with a 4.X.Y code too, as 5.0.0 with bounce_append's warning (it is never a
+    deferral); ``retry:`` with a 5.X.Y code defers as 4.0.0, with defer_append's."""
     inst: Instance = new_instance()
     inst.set(transport_maps="inline:{ {gone.example=error:5.1.2 no such domain}, "
-                            "void.example=discard:, {later.example=error:4.3.2 not now} }",
+                            "void.example=discard:, {later.example=error:4.3.2 not now}, "
+                            "{soon.example=retry:5.7.1 try again} }",
              smtpd_reject_unlisted_recipient="no")  # else refused at RCPT, as Postfix's smtpd
     inst.start()
     queue_id = inst.send("alice@example.org",
-                         ["a@gone.example", "b@void.example", "c@later.example"],
+                         ["a@gone.example", "b@void.example", "c@later.example",
+                          "d@soon.example"],
                          b"Subject: x\r\n\r\nx\r\n")
     inst.wait_log(rf"{queue_id}: to=<a@gone.example>, relay=none, .*dsn=5\.1\.2, "
                   rf"status=bounced \(no such domain\)")
     inst.wait_log(rf"{queue_id}: to=<b@void.example>, relay=none, .*dsn=2\.0\.0, "
                   rf"status=sent \(void.example\)")
-    inst.wait_log(rf"{queue_id}: to=<c@later.example>, relay=none, .*dsn=4\.3\.2, "
-                  rf"status=deferred \(not now\)")
+    inst.wait_log(r'postfix/qmgr\[\d+\]: warning: bounce_append: ignoring dsn code "4\.3\.2"$')
+    inst.wait_log(rf"{queue_id}: to=<c@later.example>, relay=none, .*dsn=5\.0\.0, "
+                  rf"status=bounced \(not now\)")
+    inst.wait_log(r'postfix/qmgr\[\d+\]: warning: defer_append: ignoring dsn code "5\.7\.1"$')
+    inst.wait_log(rf"{queue_id}: to=<d@soon.example>, relay=none, .*dsn=4\.0\.0, "
+                  rf"status=deferred \(try again\)")
 
 
 def test_sender_dependent_relayhost(new_instance, sink) -> None:  # type: ignore[no-untyped-def]

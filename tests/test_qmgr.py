@@ -208,7 +208,7 @@ def test_many_recipients_are_read_in_slices(system) -> None:  # type: ignore[no-
     """qmgr_message_recipient_limit 10: 60 recipients go through in slices of 10, each
     recipient once; the deferred half stays pending in the file, the rest is marked done."""
     s = system(qmgr_message_recipient_limit="10", qmgr_message_recipient_minimum="10",
-               transport_maps="inline:{ gone.example=discard:gone, {later.example=error:4.4.1 "
+               transport_maps="inline:{ gone.example=discard:gone, {later.example=retry:4.4.1 "
                               "try later} }")
     s.start("qmgr")
     rcpts = [f"r{i}@{'gone' if i % 2 else 'later'}.example" for i in range(60)]
