@@ -56,9 +56,14 @@ DESCRIPTION
     to the filter's transport and nexthop (``filter_route``: an empty
     nexthop is default_filter_nexthop, else the recipient's domain, else
     myhostname), and handed to the agent that serves
-    ``private/TRANSPORT``; a transport without a socket there (not built or
-    not running; not looked for while qmgr holds a connection to it) defers the recipient with ``mail transport unavailable``
-    (4.3.0). qmgr plays Postfix's error, retry and discard agents itself:
+    ``private/TRANSPORT``. An agent that cannot be reached (no socket there,
+    as for a transport that master.cf lacks: not looked for while qmgr holds a
+    connection to it; the connection refused, or closed before the hello's
+    answer) throttles its transport as Postfix's qmgr does: one warning
+    (``connect to transport private/NAME: No such file or directory``, or
+    ``private/NAME socket: premature disconnect``), and its recipients, those
+    waiting and those that come within transport_retry_time, are deferred untried
+    with ``mail transport unavailable`` (4.3.0). qmgr plays Postfix's error, retry and discard agents itself:
     transport ``error`` bounces with its nexthop text (``4.X.Y text`` too, as
     5.0.0), ``retry`` defers with it (4.0.0 when it has no code), transport
     ``discard`` is ``status=sent`` with the nexthop as the reason. A
@@ -216,6 +221,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import resource
@@ -246,6 +252,7 @@ from pymailsys.ipc.attr import (
     AttrValue,
     NotRead,
     ProtocolError,
+    RequestTimeout,
 )
 from pymailsys.ipc.services import BOUNCE, STATUS_BOUNCED, STATUS_DEFERRED, split_content_filter
 from pymailsys.queue import scheduler, status_log
@@ -373,6 +380,24 @@ class Entry:
     resent: int = 0  # times sent again because its agent went away without reading it
 
 
+class Unreachable(ProtocolError):
+    """An agent that could not be reached: no connection, or one closed (or timed out)
+    before the hello's answer; nothing of the request went out."""
+
+    def __init__(self, cause: ProtocolError | OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+    def warning(self, transport: str) -> str:
+        """Postfix's qmgr warning for it."""
+        if isinstance(self.cause, OSError):
+            return (f"connect to transport {q.PRIVATE}/{transport}: "
+                    f"{self.cause.strerror or self.cause}")
+        if isinstance(self.cause, RequestTimeout):
+            return f"timeout connecting to transport: {transport}"
+        return f"{q.PRIVATE}/{transport} socket: premature disconnect"
+
+
 class _Conn:
     __slots__ = ("client", "load", "last_used")
 
@@ -464,7 +489,8 @@ class Qmgr:
         self.min_backoff = cfg.get_time("minimal_backoff_time")
         self.max_backoff = cfg.get_time("maximal_backoff_time")
         self.transport_retry = cfg.get_time("transport_retry_time")
-        self.dead_transports: dict[str, float] = {}  # until when (monotonic): throttle_transport
+        # transport: (until when (monotonic), the reason): throttle_transport
+        self.dead_transports: dict[str, tuple[float, str]] = {}
         self.max_lifetime = cfg.get_time("maximal_queue_lifetime")
         self.bounce_lifetime = cfg.get_time("bounce_queue_lifetime")
         if self.bounce_lifetime > self.max_lifetime:  # as Postfix's qmgr_post_init
@@ -1067,11 +1093,14 @@ class Qmgr:
         if where.transport in INTERNAL_TRANSPORTS:
             self.record(msg, rc, internal_result(where), "none", start)
             return None
-        if not self.transport_available(where.transport):
-            self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none", start)
-            return None
-        if self.dead_transports and self.transport_dead(where.transport):
-            self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
+        dead = self.transport_dead(where.transport) if self.dead_transports else ""
+        if not dead and not self.transport_available(where.transport):
+            missing = Unreachable(OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+            self.throttle_transport(where.transport, TRANSPORT_UNAVAILABLE,
+                                    missing.warning(where.transport))
+            dead = TRANSPORT_UNAVAILABLE
+        if dead:
+            self.record(msg, rc, DeliveryResult.deferred(dead), "none", start)
             return None
         return where
 
@@ -1083,31 +1112,35 @@ class Qmgr:
             return True
         return os.path.exists(self.spool.private(transport))
 
-    def transport_dead(self, transport: str) -> bool:
-        """The transport is throttled (``throttle_transport``) and its time is not over."""
-        until = self.dead_transports.get(transport)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
+    def transport_dead(self, transport: str) -> str:
+        """Why the transport is throttled (``throttle_transport``) while its time is not
+        over, else ""."""
+        dead = self.dead_transports.get(transport)
+        if dead is None:
+            return ""
+        if time.monotonic() < dead[0]:
+            return dead[1]
         del self.dead_transports[transport]
-        return False
+        return ""
 
-    def throttle_transport(self, transport: str) -> None:
-        """Its agent failed a request for good (Postfix's DELIVER_STAT_CRASH: here, one
-        it went away without reading, again and again): as Postfix's qmgr, log so,
-        defer what waits for the transport (``unknown mail transport error``) and send
-        it nothing for ``transport_retry_time``, or until a request in flight to it
-        gets its reply."""
-        log.warning(TRANSPORT_FAILURE.format(transport))
+    def throttle_transport(self, transport: str, reason: str = TRANSPORT_ERROR,
+                           warning: str = "") -> None:
+        """Its agent failed for good, as Postfix's qmgr_transport_throttle: it cannot be
+        reached (``mail transport unavailable``: no private/TRANSPORT, the connection
+        refused, or closed before the hello's answer), or (``unknown mail transport
+        error``) it went away without reading a request, again and again. Log the
+        warning (by default Postfix's "transport X failure"), defer what waits for the
+        transport with the reason and send it nothing for ``transport_retry_time``
+        (its recipients meanwhile are deferred untried, with the same reason), or
+        until a request in flight to it gets its reply."""
+        log.warning(warning or TRANSPORT_FAILURE.format(transport))
         if self.transport_dead(transport):
             return
-        self.dead_transports[transport] = time.monotonic() + self.transport_retry
+        self.dead_transports[transport] = (time.monotonic() + self.transport_retry, reason)
         start = time.time()
         for entry in self.sched.take_transport(transport):
             for rc in entry.rcpts:
-                self.record(entry.msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none",
-                            start)
+                self.record(entry.msg, rc, DeliveryResult.deferred(reason), "none", start)
             self.entry_done(entry, transport)
 
     async def deliver(self, lane: _Lane, entry: Entry,
@@ -1189,14 +1222,15 @@ class Qmgr:
         by the client itself (``attr.CONNECT_ATTEMPTS``): nothing but the hello went
         out on it, so the mail is not deferred for a backoff over a reload. What
         still fails here is no reload's race (no agent listening: master keeps its
-        sockets over a reload; or none answering the hello within ipc_timeout):
-        the entry is deferred."""
+        sockets over a reload; or none answering the hello within ipc_timeout): the
+        agent cannot be reached (``Unreachable``), and ``answered`` throttles its
+        transport."""
         start = time.time()
         try:
             return start, await conn.client.send(self._request(entry))
         except (ProtocolError, OSError) as e:
             failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
-            failed.set_exception(e)
+            failed.set_exception(Unreachable(e))
             return start, failed
 
     async def answered(self, dest: scheduler.Destination[Entry], entry: Entry, start: float,
@@ -1221,6 +1255,12 @@ class Qmgr:
             except asyncio.CancelledError:
                 abandoned = self.ctx.stopping.is_set()
                 raise
+            except Unreachable as e:  # as Postfix's qmgr_deliver: the transport is throttled
+                self.throttle_transport(transport, TRANSPORT_UNAVAILABLE, e.warning(transport))
+                for rc in rcpts:
+                    self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_UNAVAILABLE), "none",
+                                start)
+                return False
             except (ProtocolError, OSError) as e:
                 if self.ctx.verbose:
                     log.info(f"{msg.queue_id}: {transport}: {e}")

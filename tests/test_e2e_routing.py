@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from harness import ME, Instance, free_port
 from test_e2e_outbound import sink  # noqa: F401 (the fixture: a running smtp-sink)
 
@@ -276,3 +277,40 @@ def test_a_relayhost_list_is_tried_in_order(new_instance, sink) -> None:  # type
     queue_id = inst.send("alice@example.org", "x@remote.example", MESSAGE)
     inst.wait_log(rf"{queue_id}: to=<x@remote.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
                   rf"{sink.port}, .*status=sent")
+
+
+def _throttled_transport(inst: Instance, transport: str, warning: str) -> None:
+    """Two messages for a transport whose agent cannot be reached, one after the other:
+    as Debian's Postfix 3.7's qmgr (qmgr_deliver: the transport throttled), one warning,
+    then each recipient deferred ``mail transport unavailable`` (4.3.0), which mailq
+    shows; the second untried, without a second warning."""
+    table = inst.write("etc/transport", f"t.example {transport}:\n")
+    inst.set(transport_maps=f"texthash:{table}")
+    inst.start()
+    for rcpt in ("u0@t.example", "u1@t.example"):
+        queue_id = inst.send("alice@example.org", rcpt, MESSAGE)
+        inst.wait_log(rf"{queue_id}: to=<{re.escape(rcpt)}>, relay=none, .*dsn=4\.3\.0, "
+                      r"status=deferred \(mail transport unavailable\)$")
+    assert len(re.findall(rf"postfix/qmgr\[\d+\]: warning: {re.escape(warning)}$",
+                          inst.log(), re.M)) == 1, inst.log()
+    assert inst.tool("mailq").stdout.count("(mail transport unavailable)") == 2
+
+
+def test_a_transport_that_master_cf_lacks_is_throttled(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """transport_maps names ``nosuch:``, which master.cf lacks: Postfix 3.7 logs
+    ``warning: connect to transport private/nosuch: No such file or directory``."""
+    _throttled_transport(new_instance(), "nosuch",
+                         "connect to transport private/nosuch: No such file or directory")
+
+
+@pytest.mark.root  # spawn's user=nobody
+def test_an_agent_that_dies_before_reading_throttles_its_transport(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """An agent that closes the connection unread (spawn running /bin/true): its
+    transport is throttled and its mail deferred ``mail transport unavailable``, as
+    Postfix 3.7's (whose qmgr, writing first, says ``write to process (crash): Broken
+    pipe``; ours sends a hello first and says so as Postfix does for a disconnect
+    before the agent's first word)."""
+    inst: Instance = new_instance()
+    with open(inst.config_dir / "master.cf", "a") as f:
+        f.write("crash unix - n n - - spawn user=nobody argv=/bin/true\n")
+    _throttled_transport(inst, "crash", "private/crash socket: premature disconnect")
