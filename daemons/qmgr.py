@@ -1237,10 +1237,12 @@ class Qmgr:
                        reply_future: asyncio.Future[AttrList], lane: _Lane | None = None,
                        behind_reply: bool = False) -> bool:
         """An entry's reply, recorded per recipient; it is the destination's concurrency
-        feedback; True when it came. A broken connection defers the entry's recipients,
-        except for an entry sent behind a request that got its reply (``behind_reply``):
-        a sequential agent that goes away reads nothing more (a reload, a changed
-        table), so that entry goes back to the scheduler, to be sent again; so does
+        feedback; True when it came. A broken connection defers the entry's recipients
+        (``unknown mail transport error``) with Postfix's warning ``private/NAME socket:
+        malformed response`` (or ``ID: timeout receiving delivery status from
+        transport: NAME``), except for an entry sent behind a request that got its
+        reply (``behind_reply``): a sequential agent that goes away reads nothing more
+        (a reload, a changed table), so that entry goes back to the scheduler, to be sent again; so does
         one whose agent said it went away without reading it (``attr.NotRead``: its
         goodbye crossed our request), up to ``RESEND_LIMIT`` times: then its agent is
         taken for a broken one (``throttle_transport``). The lane that carried it takes
@@ -1272,6 +1274,10 @@ class Qmgr:
                     return False
                 if unread and entry.resent >= RESEND_LIMIT:
                     self.throttle_transport(transport)
+                elif not unread:  # the agent went away, or timed out, with the request
+                    log.warning(f"{msg.queue_id}: timeout receiving delivery status from "
+                                f"transport: {transport}" if isinstance(e, RequestTimeout)
+                                else f"{q.PRIVATE}/{transport} socket: malformed response")
                 for rc in rcpts:
                     self.record(msg, rc, DeliveryResult.deferred(TRANSPORT_ERROR), "none", start)
                 return False

@@ -314,3 +314,31 @@ def test_an_agent_that_dies_before_reading_throttles_its_transport(new_instance)
     with open(inst.config_dir / "master.cf", "a") as f:
         f.write("crash unix - n n - - spawn user=nobody argv=/bin/true\n")
     _throttled_transport(inst, "crash", "private/crash socket: premature disconnect")
+
+
+# An agent that answers qmgr's hello (attr.py's framing), reads its request for a
+# second and dies without a reply.
+DYING_AGENT = """#!/bin/sh
+printf 'protocol\\000\\031delivery_request_protocolrequests_at_once\\000\\0011\\000'
+exec timeout 1 cat >/dev/null
+"""
+
+
+@pytest.mark.root  # spawn's user=nobody
+def test_an_agent_that_dies_with_a_request_is_named_in_a_warning(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Debian's Postfix 3.7's qmgr (qmgr_deliver_final_reply), a warning names the
+    agent's socket: ``private/crash socket: malformed response``. (Postfix then moves
+    the message to deferred/ without a word on its recipients; ours defers them
+    ``unknown mail transport error``, the reason Postfix's qmgr has for it.)"""
+    inst: Instance = new_instance()
+    agent = inst.write("etc/dying-agent", DYING_AGENT)
+    agent.chmod(0o755)
+    with open(inst.config_dir / "master.cf", "a") as f:
+        f.write(f"crash unix - n n - - spawn user=nobody argv={agent}\n")
+    table = inst.write("etc/transport", "t.example crash:\n")
+    inst.set(transport_maps=f"texthash:{table}")
+    inst.start()
+    queue_id = inst.send("alice@example.org", "u@t.example", MESSAGE)
+    inst.wait_log(r"postfix/qmgr\[\d+\]: warning: private/crash socket: malformed response$")
+    inst.wait_log(rf"{queue_id}: to=<u@t\.example>, relay=none, .*dsn=4\.3\.0, "
+                  r"status=deferred \(unknown mail transport error\)$")

@@ -646,7 +646,8 @@ class _Connection:
         while self.waiting:
             fut = self.waiting.popleft()
             if not fut.done():
-                kind = NotRead if isinstance(error, NotRead) else ProtocolError
+                kind = type(error) if isinstance(error, (NotRead, RequestTimeout)) \
+                    else ProtocolError
                 fut.set_exception(kind(str(error)))
 
 
@@ -751,7 +752,7 @@ class AttrClient:
 
         A caller that is cancelled leaves its place in the queue of replies (the
         reply is read and dropped); past ``timeout`` every request waiting on the
-        connection fails and the connection is closed."""
+        connection fails (``RequestTimeout``) and the connection is closed."""
         conn = await self._ensure_connected()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AttrList] = loop.create_future()
@@ -793,7 +794,7 @@ class AttrClient:
 
     def _expire(self, conn: _Connection, fut: asyncio.Future[AttrList]) -> None:
         if not fut.done():
-            self._fail(conn, ProtocolError(f"{self.path}: timeout"))
+            self._fail(conn, RequestTimeout(f"{self.path}: timeout"))
 
     async def stream(self, attrs: Attrs) -> RequestStream:
         """Send the first list of a streamed request (it must carry ``more``).
