@@ -361,3 +361,43 @@ def test_attr_client_request_on_a_connection_that_breaks_leaves_no_unretrieved_e
     assert asyncio.run(run()) == "ProtocolError"
     gc.collect()
     assert not [m for m in reported if "never retrieved" in m], reported
+
+
+def test_a_request_written_after_the_server_closed_is_not_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A sequential server (local) that goes away after its reply closes the
+    connection; a request its client writes before it has seen that (qmgr sends
+    the next delivery as soon as the reply is in) meets a broken pipe. The server
+    cannot have read it: it fails with NotRead, so qmgr sends it again instead
+    of deferring the mail (``unknown mail transport error``), as it used to
+    every max_use deliveries."""
+    path = str(tmp_path / "sock")
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen()
+        listener.setblocking(False)
+        client = attr.AttrClient(path, hello="test")
+        connecting = asyncio.ensure_future(client.send({"n": 1}))
+        conn, _ = await loop.sock_accept(listener)
+        await loop.sock_recv(conn, 4096)  # the hello
+        await loop.sock_sendall(conn, attr.encode([(attr.HELLO, "test"),
+                                                   (attr.REQUESTS_AT_ONCE, 1)]))
+        first = await connecting
+        await loop.sock_recv(conn, 4096)  # the request
+        await loop.sock_sendall(conn, attr.encode([("n", 1)]))
+        assert (await first).number("n") == 1
+        conn.close()  # gone, before the client's reader has seen it
+        listener.close()
+        try:
+            second = client.submit({"n": 2})
+        except attr.NotRead:
+            return "not read"
+        try:
+            await second
+        except attr.ProtocolError as e:
+            return f"failed: {e}"
+        return "answered"
+
+    assert asyncio.run(main()) == "not read"

@@ -781,13 +781,17 @@ class AttrClient:
         a bounded number of requests and wants the next one written before it reads
         the reply to the last. The future fails with ProtocolError as ``request``
         does (the connection closes, or ``timeout`` passes); ProtocolError at once
-        when the connection is not open (or its server said goodbye)."""
+        when the connection is not open (or its server said goodbye), NotRead at
+        once when this write finds the server gone (a broken pipe: it closed the
+        connection, after its goodbye, before the request reached it)."""
         conn = self._conn
         if conn is None or not conn.usable:
             raise ProtocolError(f"{self.path}: not connected")
+        conn.writer.write(encode(attrs))
+        if conn.writer.is_closing():  # the write failed: the transport closes
+            raise NotRead(f"{self.path}: the server went away before reading it")
         fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
         conn.waiting.append(fut)
-        conn.writer.write(encode(attrs))
         timer = fut.get_loop().call_later(self.timeout, self._expire, conn, fut)
         fut.add_done_callback(lambda _: timer.cancel())
         return fut
