@@ -49,12 +49,18 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   reconnects, to a process of the new generation; on a connection that
   opened with the hello the server says goodbye first, so that a request
   written at that moment is neither lost nor failed: ``pymailsys.ipc.attr``).
-* max_use: a one-client-at-a-time server (client_limit 1, e.g. local) exits
-  after serving max_use clients. Event-driven servers that take many clients at
-  once (smtpd, cleanup) are long-lived and ignore it, as Postfix's long-lived
-  daemons do: restarting a Python process every 100 SMTP connections would cost
-  more CPU than the mail itself. max_idle (seconds without a client before
-  exiting, unless ``resident``) applies to all; SIGTERM exits now.
+* max_use: a one-client-at-a-time server (client_limit 1) exits after
+  serving max_use clients; one that passes ``uses_are_requests`` (local,
+  virtual: qmgr keeps one connection to them where Postfix's qmgr connects
+  once per delivery) counts the requests it answered instead, each
+  ``ctx.request_served()``, and goes away after the max_use-th: its client
+  sends what it queued behind that request to another process, so a
+  delivery agent restarts every max_use deliveries as Postfix's does.
+  Event-driven servers that take many clients at once (smtpd, cleanup) are
+  long-lived and ignore it, as Postfix's long-lived daemons do: restarting a
+  Python process every 100 SMTP connections would cost more CPU than the mail
+  itself. max_idle (seconds without a client before exiting, unless
+  ``resident``) applies to all; SIGTERM exits now.
 * a client that goes away is no error: a reply written to its closed
   connection (asyncio drops it; uvloop raises RuntimeError) ends its service
   quietly, as a reset does; any other exception in a client's service is
@@ -92,7 +98,8 @@ tells them apart itself, by its first byte, after its per-user connection
 limit.)
 
 Run by hand (no fd 6), a daemon can listen on a path or host:port given with
-``-L`` for tests and debugging.
+``-L`` for tests and debugging; with no master to start the next process,
+it takes every client and ignores max_use.
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, privileges
@@ -148,6 +155,8 @@ class Context:
     state: dict = field(default_factory=dict)
     process_limit: int = 0  # master.cf's maxproc as master passed it (-l, -p N); 0: none
     limit_warned: float = float("-inf")  # when warn_process_limit last logged
+    # uses_are_requests: call after answering a request (max_use counts them)
+    request_served: Callable[[], None] = field(default=lambda: None)
 
 
 def warn_process_limit(ctx: Context) -> None:
@@ -161,6 +170,22 @@ def warn_process_limit(ctx: Context) -> None:
     name = ctx.service
     log.warning(f'service "{name}" ({name}) has reached its process limit '
                 f'"{ctx.process_limit}": new clients may experience noticeable delays')
+
+
+_Request = TypeVar("_Request")
+_Reply = TypeVar("_Reply")
+
+
+def counting_requests(handler: Callable[[_Request], Awaitable[_Reply]],
+                      ctx: Context) -> Callable[[_Request], Awaitable[_Reply]]:
+    """handler, telling the skeleton of each request it answered (``uses_are_requests``:
+    max_use counts them)."""
+    async def handle(request: _Request) -> _Reply:
+        reply = await handler(request)
+        ctx.request_served()
+        return reply
+
+    return handle
 
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Context], Awaitable[None]]
@@ -276,7 +301,8 @@ class _Runner:
                  resident: bool, client_limit: int,
                  serve_connection: ServeConnection | None = None,
                  protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-                 trigger_by_size: bool = False, process_limit: int = 0) -> None:
+                 trigger_by_size: bool = False, process_limit: int = 0,
+                 uses_are_requests: bool = False) -> None:
         self.ctx = ctx
         self.process_limit = process_limit  # clients_are_processes: the service's maxproc
         self.serve = serve
@@ -302,7 +328,16 @@ class _Runner:
         self.done = asyncio.Event()
         # Event-driven daemons that serve many clients at once are long-lived, like
         # Postfix's qmgr: max_use recycles only one-client-at-a-time servers.
-        self.recycle = not resident and client_limit == 1 and self.max_use > 0
+        self.recycle = not resident and client_limit == 1 and self.max_use > 0 \
+            and not uses_are_requests
+        if uses_are_requests and not resident and self.max_use > 0:
+            ctx.request_served = self.request_served
+
+    def request_served(self) -> None:
+        """uses_are_requests: one more request answered; the max_use-th is the last."""
+        self.uses += 1
+        if self.uses >= self.max_use:
+            self.begin_stop()
 
     def report(self) -> None:
         if self.status_fd is None:
@@ -358,7 +393,8 @@ class _Runner:
             conn = accepted(family, kind, proto, fileno=fd)
             conn.setblocking(False)
             self.active += 1
-            self.uses += 1
+            if self.recycle:
+                self.uses += 1
             background(self.serve_socket(conn))
             if self.recycle and self.uses >= self.max_use:
                 self.begin_stop()
@@ -574,7 +610,8 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
         pre_init: Callable[[config_mod.Config], object] | None = None,
         serve_connection: ServeConnection | None = None,
         protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-        trigger_by_size: bool = False, clients_are_processes: bool = False) -> None:
+        trigger_by_size: bool = False, clients_are_processes: bool = False,
+        uses_are_requests: bool = False) -> None:
     """Parse master's arguments, set up, and run the service until told to stop.
 
     ``pre_init(config)`` (Postfix's MAIL_SERVER_PRE_INIT) runs before the
@@ -606,8 +643,10 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     if "-L" not in flags:
         _INHERITED.update(fd for fd in (LIFELINE_FD, STATUS_FD) if _fd_open(fd))
     else:
-        # no master to start another process for the next client: take them all
+        # no master to start another process for the next client: take them all,
+        # and serve on past max_use
         client_limit = max(client_limit, 1000)
+        uses_are_requests = False
     process_limit = 0
     if "-L" not in flags:
         process_limit = 1 if "-l" in flags else int(flags.get("-p", "0") or 0)
@@ -625,7 +664,7 @@ def run(program: str, *, serve: Serve | None = None, on_trigger: Trigger | None 
     try:
         asyncio.run(_main(ctx, listeners, serve, on_trigger, on_start, on_stop, resident,
                           client_limit, serve_connection, protocol, tls, trigger_by_size,
-                          per_client))
+                          per_client, uses_are_requests))
     except KeyboardInterrupt:
         pass
 
@@ -645,11 +684,12 @@ async def _main(ctx: Context, listeners: list[socket.socket | int], serve: Serve
                 resident: bool, client_limit: int,
                 serve_connection: ServeConnection | None = None,
                 protocol: ProtocolFactory | None = None, tls: AcceptTLS | None = None,
-                trigger_by_size: bool = False, process_limit: int = 0) -> None:
+                trigger_by_size: bool = False, process_limit: int = 0,
+                uses_are_requests: bool = False) -> None:
     loop = asyncio.get_running_loop()
     ctx.stopping = asyncio.Event()
     runner = _Runner(ctx, serve, on_trigger, resident, client_limit, serve_connection,
-                     protocol, tls, trigger_by_size, process_limit)
+                     protocol, tls, trigger_by_size, process_limit, uses_are_requests)
     def terminate() -> None:
         ctx.terminated = True
         runner.begin_stop()

@@ -210,7 +210,8 @@ PROGRAM = "local"
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: LocalAgent = ctx.state["agent"]
-    await serve_sequential(reader, writer, agent.handle, ctx.stopping, limits=REQUEST_LIMITS)
+    await serve_sequential(reader, writer, server.counting_requests(agent.handle, ctx),
+                           ctx.stopping, limits=REQUEST_LIMITS)
 
 
 async def _start(ctx: server.Context) -> None:
@@ -230,4 +231,5 @@ async def _start(ctx: server.Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
-    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv,
+               uses_are_requests=True)

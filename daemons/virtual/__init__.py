@@ -104,8 +104,8 @@ BATCH_LIMITS = Limits(attrs=32 + 5 * MAX_RECIPIENTS, value=MAX_ADDRESS_LENGTH,
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ctx: server.Context) -> None:
     agent: VirtualAgent = ctx.state["agent"]
-    await serve_pipelined(reader, writer, agent.handle, ctx.stopping, limits=BATCH_LIMITS,
-                          max_pending=MAX_PENDING)
+    await serve_pipelined(reader, writer, server.counting_requests(agent.handle, ctx),
+                          ctx.stopping, limits=BATCH_LIMITS, max_pending=MAX_PENDING)
 
 
 async def _start(ctx: server.Context) -> None:
@@ -120,4 +120,5 @@ async def _start(ctx: server.Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
-    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv)
+    server.run(PROGRAM, serve=_serve, on_start=_start, client_limit=1, argv=argv,
+               uses_are_requests=True)
