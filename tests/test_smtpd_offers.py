@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
-from harness import ME
+from harness import ME, wait_until
 from smtpd_helpers import smtpd_server
 
 
@@ -78,3 +79,36 @@ def test_alias_without_value_is_an_unknown_recipient(new_instance) -> None:  # t
                 550, f"5.1.1 <{name}@localhost>: Recipient address rejected: "
                      f"User unknown in local recipient table".encode())
         assert c.rcpt("full@localhost")[0] == 250
+
+
+def test_discarded_ehlo_keywords_are_logged_as_postfix_logs_them(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Postfix's smtpd logs ``discarding EHLO keywords: PIPELINING DSN`` at each EHLO
+    (not at HELO), naming the keywords it knows in its own order; with
+    ``silent-discard`` or ENHANCEDSTATUSCODES among them it logs nothing (checked
+    against Debian's Postfix 3.7)."""
+    inst = new_instance()
+    inst.set(smtpd_discard_ehlo_keywords="dsn, foo, Pipelining")
+    inst.start()
+    with inst.smtp() as c:
+        assert b"PIPELINING" not in c.ehlo()[1]
+        c.ehlo()
+        c.helo()
+    lines = inst.wait_log(r"postfix/smtpd\[\d+\]: disconnect from .* helo=1 ehlo=2 quit=1")
+    assert lines
+    found = re.findall(r"^.* postfix/smtpd\[\d+\]: discarding EHLO keywords: .*$", inst.log(), re.M)
+    assert [line.split(": ", 1)[1] for line in found] == \
+        ["discarding EHLO keywords: PIPELINING DSN"] * 2
+    inst.set(smtpd_discard_ehlo_keywords="silent-discard, dsn")
+    inst.postfix("reload")
+
+    def ehlo() -> bytes:
+        with inst.smtp() as c:
+            return c.ehlo()[1]
+
+    wait_until(lambda: b"PIPELINING" in ehlo(), 30, what="smtpd with the new setting")
+    disconnect = r"postfix/smtpd\[\d+\]: disconnect from .* ehlo=1 quit=1"
+    wait_until(lambda: re.search(disconnect, inst.log()), 30)  # the last one's line
+    before = len(inst.log())
+    assert b"DSN" not in ehlo()
+    inst.wait_log(disconnect, count=len(re.findall(disconnect, inst.log()[:before])) + 1)
+    assert "discarding EHLO keywords" not in inst.log()[before:]

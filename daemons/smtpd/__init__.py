@@ -73,7 +73,9 @@ DESCRIPTION
 
     EHLO offers only what works: PIPELINING, SIZE, VRFY, ETRN, STARTTLS, AUTH,
     ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING, less
-    smtpd_discard_ehlo_keywords. DSN (RFC 3461): MAIL takes RET= and ENVID=
+    smtpd_discard_ehlo_keywords (each EHLO then logs Postfix's ``discarding EHLO
+    keywords: PIPELINING DSN``, unless the list has silent-discard or
+    enhancedstatuscodes). DSN (RFC 3461): MAIL takes RET= and ENVID=
     (kept decoded from xtext), RCPT takes NOTIFY= and ORCPT=
     (``pymailsys.dsn``; a bad value gets ``501 5.5.4``); with "dsn"
     discarded, RCPT's NOTIFY and ORCPT get Postfix's ``501 5.7.1 DSN support

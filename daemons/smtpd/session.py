@@ -580,6 +580,8 @@ class Session(SMTP):
                 return await self.reply_error(str(result.reply))
         if esmtp:
             smtpd = self.smtpd
+            if smtpd.discard_ehlo_notice:
+                log.info(smtpd.discard_ehlo_notice)
             if smtpd.sasl is not None:
                 self._writer.write(smtpd.ehlo_reply_for(
                     self.ssl_object is None and smtpd.starttls_offered,
