@@ -59,7 +59,8 @@ skeleton owns the plumbing, as Postfix's single/multi/trigger servers do:
   Event-driven servers that take many clients at once (smtpd, cleanup) are
   long-lived and ignore it, as Postfix's long-lived daemons do: restarting a
   Python process every 100 SMTP connections would cost more CPU than the mail
-  itself. max_idle (seconds without a client before exiting, unless
+  itself (``validate.MAX_USE_IGNORED``: ``postfix check`` warns about a
+  max_use set for them). max_idle (seconds without a client before exiting, unless
   ``resident``) applies to all; SIGTERM exits now.
 * a client that goes away is no error: a reply written to its closed
   connection (asyncio drops it; uvloop raises RuntimeError) ends its service

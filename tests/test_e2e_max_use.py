@@ -49,3 +49,24 @@ def test_virtual_obeys_a_master_cf_max_use(new_instance) -> None:  # type: ignor
     assert len(_maildir_files(base / "example.com" / "alice")) == 5
     assert max(per_process.values()) <= 2, per_process
     assert len(per_process) >= 3, per_process
+
+
+def test_a_max_use_that_a_long_lived_daemon_ignores_is_a_warning(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtpd and cleanup serve their clients in long-lived processes that do not count
+    max_use: postfix check says so for main.cf's max_use and for a master.cf ``-o``."""
+    inst: Instance = new_instance()
+    inst.set(max_use="50")
+    master_cf = inst.config_dir / "master.cf"
+    text = master_cf.read_text()
+    line = next(line for line in text.splitlines() if line.startswith(f"127.0.0.1:{inst.port} "))
+    master_cf.write_text(text.replace(line, line + "\n  -o max_use=10"))
+    number = text.splitlines().index(line) + 1
+    main_line = (inst.config_dir / "main.cf").read_text().splitlines().index("max_use = 50") + 1
+    result = inst.postfix("check")
+    assert (f"postfix/postfix-script: warning: {inst.config_dir}/main.cf, line {main_line}: "
+            "parameter max_use: smtpd, cleanup, pickup, bounce, smtp, lmtp, flush, showq, "
+            "spawn serve their clients in long-lived processes that do not count it: "
+            "ignored there\n") in result.stderr, result.stderr
+    assert (f"postfix/postfix-script: warning: file {master_cf}: line {number}: parameter "
+            "max_use: smtpd serves its clients in one long-lived process that does not "
+            "count it: ignored\n") in result.stderr, result.stderr

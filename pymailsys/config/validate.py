@@ -31,7 +31,10 @@ DESCRIPTION
       notify_classes: protocol is not implemented yet for the smtp and lmtp
       clients (...): ignored there``) or that takes one value only
       (``parameter local_destination_recipient_limit: local delivers one
-      recipient per request: ignored``), a name that
+      recipient per request: ignored``), a max_use for the programs that do
+      not count it (``MAX_USE_IGNORED``: ``parameter max_use: smtpd serves
+      its clients in one long-lived process that does not count it:
+      ignored``), a name that
       neither knows nor main.cf or master.cf refers to (``/etc/pymailsys/main.cf:
       unused parameter: foo=bar``, master.cf's for a ``-o`` name, as Postfix's
       postconf says at ``postfix check``), and a setting that makes a service
@@ -71,6 +74,12 @@ _PARTLY: dict[str, tuple[frozenset[str], str]] = {
 _ONLY: dict[str, tuple[str, str]] = {
     "local_destination_recipient_limit": ("1", "local delivers one recipient per request"),
 }
+# The programs that serve their clients in one long-lived process and do not count
+# max_use (Postfix's exit after max_use connections): a max_use set for them is
+# ignored there. local and virtual count deliveries (``pymailsys.server``); qmgr and
+# anvil ignore it, as Postfix's do.
+MAX_USE_IGNORED = ("smtpd", "cleanup", "pickup", "bounce", "smtp", "lmtp", "flush", "showq",
+                   "spawn")
 _TRUE = ("yes", "true", "1")
 _BOOLEANS = (*_TRUE, "no", "false", "0")
 
@@ -97,6 +106,7 @@ def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
     problems += [Problem(False, text) for text in cfg.overridden]
     problems += _check_postfix_only(cfg, cfg.explicit(), entries)
     problems += unused(cfg, entries)
+    problems += _max_use_ignored(cfg, entries)
     for entry in entries:
         for name, value in entry.overrides():
             service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
@@ -123,6 +133,23 @@ def unused(cfg: Config, entries: Iterable[ServiceEntry]) -> list[Problem]:
     found += [(entry.path, name, value) for entry in entries
               for name, value in entry.overrides() if not known(name)]
     return [Problem(False, f"{path}: unused parameter: {name}={value}") for path, name, value in found]
+
+
+def _max_use_ignored(cfg: Config, entries: list[ServiceEntry]) -> list[Problem]:
+    """A warning for a max_use that main.cf changes, and for each master.cf ``-o
+    max_use`` of a service that runs one of ``MAX_USE_IGNORED``."""
+    problems = []
+    if cfg.is_set("max_use") and not _is_default(cfg, params.PARAMS["max_use"]):
+        problems.append(Problem(
+            False, f"parameter max_use: {', '.join(MAX_USE_IGNORED)} serve their clients in "
+                   "long-lived processes that do not count it: ignored there",
+            cfg.origin("max_use")))
+    problems += [Problem(False, f"parameter max_use: {entry.command} serves its clients in "
+                                "one long-lived process that does not count it: ignored",
+                         entry.where())
+                 for entry in entries if entry.command in MAX_USE_IGNORED
+                 and any(name == "max_use" for name, _ in entry.overrides())]
+    return problems
 
 
 def _check_postfix_only(cfg: Config, settings: dict[str, str],
