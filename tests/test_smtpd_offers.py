@@ -112,3 +112,20 @@ def test_discarded_ehlo_keywords_are_logged_as_postfix_logs_them(new_instance) -
     assert b"DSN" not in ehlo()
     inst.wait_log(disconnect, count=len(re.findall(disconnect, inst.log()[:before])) + 1)
     assert "discarding EHLO keywords" not in inst.log()[before:]
+
+
+def test_mail_is_refused_when_the_queue_cannot_keep_queue_minfree(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """As Postfix's smtpd (checked against Debian's Postfix 3.7): MAIL gets 452 4.3.1 when
+    the queue's file system has less free space than queue_minfree, logged as a
+    reject without from=<> and with Postfix's warning; it was taken, and the
+    message refused only once sent."""
+    inst = new_instance()
+    inst.set(queue_minfree="100000000000000")  # 100 TB
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        assert c.mail("sender@example.org") == (452, b"4.3.1 Insufficient system storage")
+    inst.wait_log(r"postfix/smtpd\[\d+\]: NOQUEUE: reject: MAIL from localhost\[127\.0\.0\.1\]: "
+                  r"452 4\.3\.1 Insufficient system storage; proto=ESMTP helo=<client\.example>")
+    inst.wait_log(r"postfix/smtpd\[\d+\]: warning: not enough free space in mail queue: \d+ "
+                  r"bytes < 1\.5\*message size limit")

@@ -125,6 +125,9 @@ CONFIGURATION PARAMETERS
     notify_classes, error_notice_recipient, smtpd_history_flush_threshold
     (the postmaster's transcripts: ``transcript``),
     smtpd_banner, myhostname, mail_name, message_size_limit,
+    queue_minfree (MAIL: ``452 4.3.1 Insufficient system storage`` and Postfix's
+    ``not enough free space in mail queue`` warning when the queue's file
+    system cannot keep it free, or holds less than twice SIZE=),
     smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
     smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
     smtpd_junk_command_limit, smtpd_forbidden_commands, smtpd_helo_required, smtpd_delay_reject,

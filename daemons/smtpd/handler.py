@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +106,9 @@ class Smtpd:
         self.myhostname = config.get("myhostname")
         self.banner = f"220 {config.get('smtpd_banner')}\r\n".encode("utf-8", "surrogateescape")
         self.size_limit = config.get_size("message_size_limit")
+        self.queue_minfree = config.get_size("queue_minfree")
+        self.queue_directory = config.get("queue_directory")
+        self._space = (float("-inf"), 0, 1)  # when asked, free blocks, block size
         self.rcpt_limit = config.get_int("smtpd_recipient_limit")
         self.rcpt_overshoot = config.get_int("smtpd_recipient_overshoot_limit")
         self.timeout = float(config.get_time("smtpd_timeout"))
@@ -171,6 +175,27 @@ class Smtpd:
                          config.get("flush_service_name")),
             float(config.get_time("ipc_timeout")),
             enabled=bool(config.get_list("fast_flush_domains")))
+
+    def queue_space_short(self, size: int) -> int | None:
+        """Postfix's smtpd_check_queue at MAIL: the queue file system's free bytes when
+        it cannot take a message of ``size`` bytes (SIZE=, else 0) and keep
+        queue_minfree free, else None. As Postfix's, in blocks: short when
+        queue_minfree is at least what is free, or size at least what is free less
+        queue_minfree, or at least half of what is free. The file system is asked
+        at most once a second."""
+        now = time.monotonic()
+        asked, free, block = self._space
+        if now - asked >= 1.0:
+            try:
+                st = os.statvfs(self.queue_directory)
+            except OSError:
+                return None
+            free, block = st.f_bavail, st.f_frsize or 1
+            self._space = (now, free, block)
+        minfree, blocks = self.queue_minfree // block, size // block
+        if minfree >= free or blocks >= free - minfree or blocks >= free // 2:
+            return free * block
+        return None
 
     @staticmethod
     def _sasl_server(config: config_mod.Config) -> sasl.DovecotAuth:

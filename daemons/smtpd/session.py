@@ -663,6 +663,13 @@ class Session(SMTP):
             self._log_reject("MAIL", reply)
             self.req.sender = None
             return await self.reply_error(reply)
+        free = None if smtpd.stand_alone else smtpd.queue_space_short(env.size)
+        if free is not None:  # as Postfix's smtpd_check_queue: logged without from=<>
+            reply = "452 4.3.1 Insufficient system storage"
+            self._log_reject("MAIL", reply)
+            log.warning(f"not enough free space in mail queue: {free} bytes < "
+                        "1.5*message size limit")
+            return await self.reply_error(reply)
         self.req.sender = sender
         self.req.sasl_sender = sasl_sender or ""
         self.req.size = env.size
