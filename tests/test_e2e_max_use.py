@@ -70,3 +70,24 @@ def test_a_max_use_that_a_long_lived_daemon_ignores_is_a_warning(new_instance) -
     assert (f"postfix/postfix-script: warning: file {master_cf}: line {number}: parameter "
             "max_use: smtpd serves its clients in one long-lived process that does not "
             "count it: ignored\n") in result.stderr, result.stderr
+
+
+def test_a_scheduler_setting_on_a_delivery_agent_is_a_warning(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """relay_destination_concurrency_limit is qmgr's (as in Postfix): given with ``-o`` to
+    the relay service it never reaches qmgr, and postfix check says so; in main.cf
+    it is taken without a word."""
+    inst: Instance = new_instance()
+    inst.set(relay_destination_concurrency_limit="5")
+    master_cf = inst.config_dir / "master.cf"
+    text = master_cf.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("relay "))
+    master_cf.write_text(text.replace(line, line + "\n  -o relay_destination_concurrency_limit=2"
+                                              "\n  -o default_destination_rate_delay=1s"))
+    number = text.splitlines().index(line) + 1
+    result = inst.postfix("check")
+    where = f"postfix/postfix-script: warning: file {master_cf}: line {number}: parameter"
+    assert (f"{where} relay_destination_concurrency_limit: qmgr's, not smtp's: ignored here "
+            "(set it in main.cf)\n") in result.stderr, result.stderr
+    assert (f"{where} default_destination_rate_delay: qmgr's, not smtp's: ignored here "
+            "(set it in main.cf)\n") in result.stderr, result.stderr
+    assert "main.cf" not in result.stderr.replace("(set it in main.cf)", ""), result.stderr

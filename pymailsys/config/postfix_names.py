@@ -123,6 +123,16 @@ def _service_suffix(name: str, entries: Iterable[ServiceEntry]) -> tuple[Service
     return None
 
 
+def scheduler_setting(name: str, entries: Iterable[ServiceEntry]) -> bool:
+    """True for a parameter of qmgr's scheduler: a transport's ``<transport>_<suffix>``
+    (``relay_destination_concurrency_limit``) or the default it falls back on
+    (``default_destination_concurrency_limit``). qmgr reads them in its own
+    configuration: a delivery agent's ``-o`` never reaches it."""
+    return name in _DELIVERY_SUFFIXES.values() or (
+        (found := _service_suffix(name, entries)) is not None
+        and found[1] in _DELIVERY_SUFFIXES)
+
+
 def default(name: str, entries: Iterable[ServiceEntry] = ()) -> str | None:
     """Postfix's unexpanded default of name (given master.cf's entries), or None when
     Postfix does not know the name."""

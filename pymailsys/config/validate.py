@@ -31,7 +31,10 @@ DESCRIPTION
       notify_classes: protocol is not implemented yet for the smtp and lmtp
       clients (...): ignored there``) or that takes one value only
       (``parameter local_destination_recipient_limit: local delivers one
-      recipient per request: ignored``), a max_use for the programs that do
+      recipient per request: ignored``), a qmgr scheduler parameter given
+      with ``-o`` to another service (``parameter
+      relay_destination_concurrency_limit: qmgr's, not smtp's: ignored here
+      (set it in main.cf)``: qmgr never sees it), a max_use for the programs that do
       not count it (``MAX_USE_IGNORED``: ``parameter max_use: smtpd serves
       its clients in one long-lived process that does not count it:
       ignored``), a name that
@@ -109,6 +112,10 @@ def check(cfg: Config, entries: Iterable[ServiceEntry] = (),
     problems += _max_use_ignored(cfg, entries)
     for entry in entries:
         for name, value in entry.overrides():
+            if entry.command != "qmgr" and postfix_names.scheduler_setting(name, entries):
+                problems.append(Problem(False, f"parameter {name}: qmgr's, not {entry.command}'s: "
+                                               "ignored here (set it in main.cf)", entry.where()))
+                continue
             service_cfg = cfg.with_overrides({name: value}, origin=entry.where())
             if name in params.PARAMS:
                 problems += _check_param(service_cfg, params.PARAMS[name], table_types)
