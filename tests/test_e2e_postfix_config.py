@@ -47,3 +47,28 @@ def test_debian_main_cf_and_master_cf_start_and_deliver(new_instance) -> None:  
     inst.wait_log(r"postfix/master\[\d+\]: warning: \S+/master\.cf: the chroot column is not "
                   r"supported yet; these services run without chroot: .*\bcleanup/unix\b")
     assert inst.postfix("status").returncode == 0
+
+
+def test_myorigin_names_a_file_as_in_debians_main_cf(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """Debian's main.cf says ``myorigin = /etc/mailname``: Debian's Postfix takes the
+    file's first line, blanks trimmed, and stops (fatal) when it is missing or
+    empty (checked against Debian's Postfix 3.7); pymailsys took the file name for
+    the domain (mail from <bob@/etc/mailname>)."""
+    inst: Instance = new_instance(maildir=True)
+    mailname = inst.write("etc/mailname", "  Origin.Example  \nsecond\n")
+    inst.set(myorigin=str(mailname))
+    inst.start()
+    with inst.smtp() as c:
+        c.sendmail("bob", [f"{ME}@localhost"], b"Subject: origin\r\n\r\nhi\r\n")
+    (message,) = inst.wait_maildir(1)
+    assert message.startswith(b"Return-Path: <bob@Origin.Example>\n"), message[:200]
+    inst.stop()
+    mailname.unlink()
+    result = inst.postfix("check", check=False)
+    assert result.returncode == 1
+    assert f"{mailname}: cannot open file: No such file or directory" in result.stderr, \
+        result.stderr
+    mailname.write_text("\n")
+    result = inst.postfix("check", check=False)
+    assert result.returncode == 1
+    assert f"myorigin file {mailname} is empty" in result.stderr, result.stderr

@@ -12,7 +12,9 @@ Values are expanded at use, never at read time: ``$name``, ``${name}``,
 ``${name:{value}}``, ``${name?{v1}:{v2}}``, ``${{a} op {b} ? {v1} : {v2}}`` with
 op one of ``== != < <= > >=`` (numeric when both sides are digits) and
 ``<level <=level >level >=level`` (compatibility levels), and ``$$`` for ``$``.
-An undefined name expands to the empty string. An unset ``mynetworks`` is
+An undefined name expands to the empty string. A ``myorigin`` that names a file
+(Debian's main.cf has ``myorigin = /etc/mailname``) is that file's first line,
+as Debian's Postfix takes it (``get``; ``postconf`` shows the name). An unset ``mynetworks`` is
 computed from mynetworks_style, inet_interfaces and inet_protocols, as
 Postfix computes it (``config.mynetworks``), so ``$mynetworks`` and ``postconf
 mynetworks`` give the networks in force. ``MacroExpander`` is that engine
@@ -204,6 +206,8 @@ class Config:
         cached = self._cache.get(name)
         if cached is None:
             cached = MacroExpander(self.raw).expand(self.raw(name) or "", (name,))
+            if name == "myorigin" and cached.startswith("/"):
+                cached = _origin_from_file(cached)
             self._cache[name] = cached
         return cached
 
@@ -254,6 +258,20 @@ class Config:
     def expand(self, text: str) -> str:
         """Expand $name references in text against this configuration (undefined: empty)."""
         return MacroExpander(self.raw).expand(text)
+
+
+def _origin_from_file(path: str) -> str:
+    """myorigin given as a file name (Debian's ``myorigin = /etc/mailname``): its first
+    line, blanks trimmed, as Debian's Postfix reads it; ConfigError in its words when
+    the file cannot be read or that line is empty."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            line = f.readline(1024).strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot open file: {e.strerror}") from None
+    if not line:
+        raise ConfigError(f"myorigin file {path} is empty")
+    return line
 
 
 # --- $name expansion (Postfix's mac_expand) -----------------------------------------
