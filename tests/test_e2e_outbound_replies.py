@@ -321,3 +321,24 @@ def test_a_5xx_from_smtp_fallback_relay_bounces(new_instance) -> None:  # type: 
         inst.wait_log(rf"{ids['greeting']}: to=<x@greeting\.example>, {relay}:{greeting.port}, "
                       r".*dsn=4\.7\.1, status=deferred \(host 127\.0\.0\.1\[127\.0\.0\.1\] "
                       r"refused to talk to me: 554 5\.7\.1 go away\)")
+
+
+def test_discarded_ehlo_keywords_are_not_used_and_are_logged(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """smtp_discard_ehlo_keywords: the client takes the server's SIZE, DSN and PIPELINING
+    as not offered (MAIL FROM goes without SIZE= and RET=) and logs Postfix's
+    ``discarding EHLO keywords: PIPELINING SIZE DSN`` at the EHLO; it was ignored."""
+    ehlo = b"250-scripted.example\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250-DSN\r\n250 8BITMIME\r\n"
+    with ScriptedServer(ehlo=ehlo) as server:
+        inst: Instance = new_instance()
+        route(inst, kept=server)
+        inst.set(smtp_discard_ehlo_keywords="dsn, foo, Pipelining, size")
+        inst.start()
+        with inst.smtp() as c:
+            c.ehlo()
+            c.mail(LOCAL, ["RET=HDRS"])
+            c.rcpt("x@kept.example")
+            c.data(b"Subject: kept\r\n\r\nbody\r\n")
+        server.wait_for(b".\r\n")
+        inst.wait_log(r"postfix/smtp\[\d+\]: discarding EHLO keywords: PIPELINING SIZE DSN$")
+        mail = [line for line in server.received if line.upper().startswith(b"MAIL FROM:")]
+        assert mail == [f"MAIL FROM:<{LOCAL}>\r\n".encode()], mail

@@ -41,7 +41,7 @@ from pymailsys.address import networks as netaddr
 from pymailsys.address.resolve import DomainList
 from pymailsys.ipc import attr, flush, services
 from pymailsys.maps import Maps
-from pymailsys.smtp import dns_client_name, restrictions, sasl, tls_server
+from pymailsys.smtp import dns_client_name, ehlo_mask, restrictions, sasl, tls_server
 from pymailsys.smtp.limits import ClientLimits
 
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
@@ -49,27 +49,6 @@ QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 REWRITE_PERMITS = frozenset(("permit_inet_interfaces", "permit_mynetworks",
                              "permit_sasl_authenticated", "permit_tls_clientcerts",
                              "permit_tls_all_clientcerts"))
-# Postfix's ehlo_mask table, in its order: the names its "discarding EHLO keywords"
-# line prints (3.7 prints SMTPUTF8 as EHLO_MASK_SMTPUTF8)
-_EHLO_MASK_NAMES = {
-    "8bitmime": "8BITMIME", "auth": "AUTH", "etrn": "ETRN", "pipelining": "PIPELINING",
-    "size": "SIZE", "verp": "VERP", "vrfy": "VRFY", "xclient": "XCLIENT",
-    "xforward": "XFORWARD", "starttls": "STARTTLS",
-    "enhancedstatuscodes": "ENHANCEDSTATUSCODES", "dsn": "DSN",
-    "smtputf8": "EHLO_MASK_SMTPUTF8", "chunking": "CHUNKING",
-}
-
-
-def ehlo_discard_notice(discarded: set[str]) -> str:
-    """Postfix's info line for each EHLO with these keywords discarded (lower case),
-    or "" where its smtpd logs none: no keyword it knows, ``silent-discard``, or
-    ENHANCEDSTATUSCODES among them."""
-    if "silent-discard" in discarded or "enhancedstatuscodes" in discarded:
-        return ""
-    names = [name for word, name in _EHLO_MASK_NAMES.items() if word in discarded]
-    return f"discarding EHLO keywords: {' '.join(names)}" if names else ""
-
-
 _LOOPBACK_NAME = dns_client_name.ClientName("localhost", dns_client_name.OK, "localhost",
                                             dns_client_name.OK)
 _NOT_LOOKED_UP = dns_client_name.ClientName()
@@ -121,8 +100,10 @@ class Smtpd:
         self.vrfy_disabled = config.get_bool("disable_vrfy_command")
         self.forbidden_commands = DomainList(config.get_list("smtpd_forbidden_commands"),
                                              name="smtpd_forbidden_commands", strings=True)
-        self.discard_ehlo = {k.lower() for k in config.get_list("smtpd_discard_ehlo_keywords")}
-        self.discard_ehlo_notice = ehlo_discard_notice(self.discard_ehlo)
+        self.discard_ehlo = ehlo_mask.discarded(config.get_list("smtpd_discard_ehlo_keywords"))
+        # none with ENHANCEDSTATUSCODES discarded: Postfix's smtpd logs none then
+        self.discard_ehlo_notice = "" if "enhancedstatuscodes" in self.discard_ehlo \
+            else ehlo_mask.discard_notice(self.discard_ehlo)
         self.smtputf8 = config.get_bool("smtputf8_enable")
         self.strict_rfc821 = config.get_bool("strict_rfc821_envelopes")
         self.peername_lookup = config.get_bool("smtpd_peername_lookup")

@@ -697,6 +697,8 @@ _TABLE: list[Param] = [
     _p("lmtp_data_done_timeout", "600s", "time", "time limit for the end-of-data replies"),
     _p("smtp_quit_timeout", "300s", "time", "time limit for the QUIT (and RSET) reply"),
     _p("lmtp_quit_timeout", "300s", "time", "time limit for the QUIT (and RSET) reply"),
+    _p("smtp_discard_ehlo_keywords", "", "list", "EHLO keywords of the server not used"),
+    _p("lmtp_discard_lhlo_keywords", "", "list", "LHLO keywords of the server not used"),
     _p("smtp_skip_5xx_greeting", "yes", "bool", "a 5xx greeting: try the next server"),
     _p("lmtp_skip_5xx_greeting", "yes", "bool", "a 5xx greeting: try the next server"),
     _p("smtp_mx_address_limit", "5", "int", "addresses tried per delivery (0: no limit)"),

@@ -89,7 +89,8 @@ CONFIGURATION PARAMETERS
     smtp_bind_address6, smtp_bind_address_enforce, smtp_connect_timeout,
     smtp_helo_timeout, smtp_mail_timeout, smtp_rcpt_timeout,
     smtp_data_init_timeout, smtp_data_xfer_timeout, smtp_data_done_timeout,
-    smtp_quit_timeout, smtp_starttls_timeout, smtp_skip_5xx_greeting, smtp_mx_address_limit,
+    smtp_quit_timeout, smtp_starttls_timeout, smtp_skip_5xx_greeting,
+    smtp_discard_ehlo_keywords (lmtp_discard_lhlo_keywords), smtp_mx_address_limit,
     smtp_mx_session_limit, smtp_fallback_relay, smtp_host_lookup,
     smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
     smtp_address_preference, minimal_backoff_time,
@@ -144,7 +145,7 @@ from pymailsys.queue import spool as q
 from pymailsys.queue.queue_file import Recipient
 from pymailsys.queue.status_log import ACTION_DELIVERED, ACTION_RELAYED
 from pymailsys.rfc822 import quote_822_local
-from pymailsys.smtp import client, nexthop, tls
+from pymailsys.smtp import client, ehlo_mask, nexthop, tls
 
 CACHE_SWEEP = 1.0
 MAX_ENVID = 100  # RFC 3461
@@ -155,7 +156,8 @@ _ENCODINGS = {"8bit": "8bit", "8bitmime": "8bit", "7bit": "7bit"}
 def param_name(protocol: str, suffix: str) -> str:
     """The parameter of this protocol: ``smtp_<suffix>``, or its ``lmtp_`` name."""
     if protocol == "lmtp":
-        suffix = {"helo_timeout": "lhlo_timeout", "helo_name": "lhlo_name"}.get(suffix, suffix)
+        suffix = {"helo_timeout": "lhlo_timeout", "helo_name": "lhlo_name",
+                  "discard_ehlo_keywords": "discard_lhlo_keywords"}.get(suffix, suffix)
     return f"{protocol}_{suffix}"
 
 
@@ -245,6 +247,8 @@ class Agent:
                 data_done=seconds("data_done_timeout"), quit=seconds("quit_timeout"),
                 starttls=seconds("starttls_timeout")),
             skip_5xx_greeting=config.get_bool(param_name(protocol, "skip_5xx_greeting")),
+            discard_ehlo=ehlo_mask.discarded(
+                config.get_list(param_name(protocol, "discard_ehlo_keywords"))),
             reply_limit=max(config.get_int("line_length_limit"), 1),
             source=_source_addresses(config, protocol),
             bind_enforce=config.get_bool(param_name(protocol, "bind_address_enforce")),

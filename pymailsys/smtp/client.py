@@ -13,7 +13,9 @@ DESCRIPTION
     ``connect`` opens a TCP connection (``Peer.port`` > 0) or a Unix socket
     (``Peer.path``) within the connect timeout and reads the greeting.
     ``hello`` sends EHLO (LHLO for LMTP) and remembers the extensions; an
-    SMTP server that rejects EHLO gets HELO instead. ``send`` runs one
+    SMTP server that rejects EHLO gets HELO instead; the keywords of
+    ``Settings.discard_ehlo`` are taken as not offered, and each EHLO then logs
+    Postfix's ``discarding EHLO keywords: ...`` (``ehlo_mask``). ``send`` runs one
     transaction: MAIL FROM (SIZE=, BODY=8BITMIME or BODY=7BIT as the message
     was declared, and ENVID= and RET= when the server offers them; to a server
     that does not offer 8BITMIME, a message not declared 7bit goes through
@@ -113,7 +115,7 @@ from pymailsys.content import downgrade
 from pymailsys.log import printable
 from pymailsys.queue.records import SMTPUTF8_REQUESTED
 from pymailsys.rfc822 import quote_822_local
-from pymailsys.smtp import tls
+from pymailsys.smtp import ehlo_mask, tls
 
 MAX_REPLY_LINE = 4096  # a longer reply line ends the session
 MAX_REPLY_LINES = 100
@@ -265,6 +267,9 @@ class Settings:
     lmtp: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     skip_5xx_greeting: bool = True
+    # smtp_discard_ehlo_keywords (lmtp_discard_lhlo_keywords), lower case: the server's
+    # keywords taken as not offered, each EHLO logging Postfix's "discarding EHLO keywords"
+    discard_ehlo: frozenset[str] = frozenset()
     reply_limit: int = 2048  # line_length_limit: reply text kept, all lines together
     # address family -> the local address connections of that family are made from
     # (smtp_bind_address(6), else inet_interfaces' only address of the family:
@@ -462,6 +467,13 @@ class Session:
         word, ASCII digits only; anything else ("SIZE ²", Arabic-Indic digits) is
         "bad EHLO SIZE limit" and no limit (SIZE= still goes with MAIL FROM)."""
         self.extensions = _extensions(reply)
+        discard = self.settings.discard_ehlo
+        if discard:
+            notice = ehlo_mask.discard_notice(discard)
+            if notice:
+                log.info(notice)
+            self.extensions = {name: value for name, value in self.extensions.items()
+                               if name.lower() not in discard}
         self._size_limit = 0
         words = self.extensions.get("SIZE", "").split()
         if words:
