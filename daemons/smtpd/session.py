@@ -314,6 +314,14 @@ class Session(SMTP):
                     self._writer.close()
             except (ConnectionError, RuntimeError):
                 pass
+            self._release()
+
+    def _release(self) -> None:
+        """After the session: drop the references that tie its objects in cycles, so that
+        reference counting frees them once the connection is gone, and the cyclic
+        collector, whose passes cost every session, has nothing of it to find."""
+        self.transcript.unwatch(self._writer)
+        self._writer = None  # type: ignore[assignment]
 
     def _addresses(self, peer: object, local: object) -> None:
         if isinstance(peer, tuple) and len(peer) >= 2:

@@ -176,6 +176,10 @@ class Transcript:
             writer.write = recorded  # type: ignore[method-assign]
         return writer
 
+    def unwatch(self, writer: asyncio.StreamWriter) -> None:
+        """writer no longer recorded (its wrapper and the writer hold each other)."""
+        writer.__dict__.pop("write", None)
+
     def query(self, line: bytes) -> None:
         """A command line the client sent."""
         if self.recording:  # _note, inline (a call per command costs as much as the rest)
