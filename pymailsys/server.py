@@ -217,13 +217,16 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str], list[st
 _BACKGROUND: set[asyncio.Future[object]] = set()
 
 
-def background(coro: Awaitable[object]) -> asyncio.Future[object]:
+def background(coro: Awaitable[object],
+               loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[object]:
     """Run coro as a task that is not garbage-collected before it ends.
 
     The event loop keeps only weak references to tasks: a task nobody holds
-    may vanish mid-way. Fire-and-forget work goes through here.
+    may vanish mid-way. Fire-and-forget work goes through here. ``loop``, the
+    running loop, when the caller has it: asking for it costs a getpid() call.
     """
-    task = asyncio.ensure_future(coro)
+    task = asyncio.ensure_future(coro) if loop is None \
+        else loop.create_task(coro)  # type: ignore[arg-type]
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
     return task
@@ -318,7 +321,8 @@ class _Runner:
         self.uses = 0
         self.max_use = ctx.config.get_int("max_use")
         self.max_idle = ctx.config.get_time("max_idle")
-        self.idle_since = asyncio.get_running_loop().time()
+        self.loop = asyncio.get_running_loop()
+        self.idle_since = self.loop.time()
         self.status_fd = STATUS_FD if STATUS_FD in _INHERITED else None
         self.last_status = b""
         self.listen_socks: list[socket.socket] = []
@@ -391,18 +395,23 @@ class _Runner:
             except OSError as e:
                 log.warning(f"{self.ctx.program}: accept: {e.strerror}")
                 break
+            # left blocking for now: serve_socket makes it non-blocking, or the event
+            # loop does when it takes it over (an ioctl fewer per connection)
             conn = accepted(family, kind, proto, fileno=fd)
-            conn.setblocking(False)
             self.active += 1
             if self.recycle:
                 self.uses += 1
-            background(self.serve_socket(conn))
+            background(self.serve_socket(conn), self.loop)
             if self.recycle and self.uses >= self.max_use:
                 self.begin_stop()
                 break
         self.report()
 
     async def serve_socket(self, conn: socket.socket) -> None:
+        loop = self.loop
+        tls = self.tls(self.ctx) if self.tls is not None else None
+        if self.serve_connection is not None or self.trigger_by_size or tls is not None:
+            conn.setblocking(False)  # else connect_accepted_socket makes it so
         if self.serve_connection is not None:
             try:
                 await self.serve_connection(conn, self.ctx)
@@ -424,7 +433,6 @@ class _Runner:
                     conn.close()
                     self.client_done()
                 return
-        loop = asyncio.get_running_loop()
         # The transport stops reading once 2 * limit bytes wait unread: what a client
         # sends ahead stays bounded per connection (smtpd DATA, cleanup's content).
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
@@ -432,7 +440,6 @@ class _Runner:
             protocol = self.protocol(reader, self.ctx)
         else:
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        tls = self.tls(self.ctx) if self.tls is not None else None
         before_tls = getattr(protocol, "before_tls", None)
         tls_failed = getattr(protocol, "tls_failed", None)
         try:

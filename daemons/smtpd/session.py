@@ -136,7 +136,8 @@ class Session(SMTP):
         is made, as with asyncio.start_server (tests); the skeleton calls run() itself."""
         # Not SMTP.__init__ (cost: it reflects over class and handler per connection):
         # the same attributes, with the verb and hook tables cached per class.
-        loop = asyncio.get_running_loop()
+        # the reader's loop, the running one (asking for it costs a getpid() call)
+        loop = reader._loop  # type: ignore[attr-defined]
         asyncio.StreamReaderProtocol.__init__(self, reader, connected, loop=loop)
         self.loop = loop
         self._reader = reader
@@ -149,7 +150,7 @@ class Session(SMTP):
         self.session = SMTPSession(loop)
         self.envelope = None
         self.transport = None
-        self.input = InputBuffer(reader, smtpd.timeout)
+        self.input = InputBuffer(reader, smtpd.timeout, loop)
         self.req = restrictions.Request(client_addr="127.0.0.1", client_port="0")
         self.env: Envelope | None = None
         self.counts: dict[str, list[int]] = {}

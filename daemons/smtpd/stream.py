@@ -101,7 +101,8 @@ class InputBuffer:
                  "expired", "loop", "attached", "transport", "inbox", "eof", "error", "waiter",
                  "paused")
 
-    def __init__(self, reader: asyncio.StreamReader, timeout: float = 0.0) -> None:
+    def __init__(self, reader: asyncio.StreamReader, timeout: float = 0.0,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.reader = reader
         self.buf = bytearray()
         self.pos = 0
@@ -111,7 +112,7 @@ class InputBuffer:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[object] | None = None
         self.expired = False
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop = loop  # the running loop (None: found at the first read)
         self.attached = False  # the protocol feeds input here, the reader is done with
         self.transport: asyncio.BaseTransport | None = None
         self.inbox: bytes | bytearray = b""  # attached: received, not yet read
