@@ -202,18 +202,26 @@ def encode(attrs: Attrs) -> bytes:
     append = parts.append
     for name, value in items:
         key = _KEYS.get(name) or _key(name)
-        for v in value if isinstance(value, (list, tuple)) else (value,):
-            # _as_bytes, inline: a request to an agent has a dozen values
-            if type(v) is str:
-                data = v.encode("utf-8", "surrogateescape")
-            elif type(v) is bytes:
-                data = v
-            else:
-                data = _as_bytes(v)
-            n = len(data)
-            append(key)
-            append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
-            append(data)
+        # _as_bytes, inline, and a single value without a loop of its own: a request
+        # to an agent has a dozen values (a third fewer instructions than a loop each)
+        if type(value) is str:
+            data = value.encode("utf-8", "surrogateescape")
+        elif type(value) is bytes:
+            data = value
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                data = v.encode("utf-8", "surrogateescape") if type(v) is str else _as_bytes(v)
+                n = len(data)
+                append(key)
+                append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
+                append(data)
+            continue
+        else:
+            data = _as_bytes(value)
+        n = len(data)
+        append(key)
+        append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
+        append(data)
     append(b"\0")
     return b"".join(parts)
 
