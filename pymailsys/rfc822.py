@@ -48,6 +48,10 @@ import re
 # One search instead of a loop per character: every address a daemon logs or
 # writes goes through is_822_dot_string, several times per delivery.
 _NOT_DOT_STRING = re.compile(r'[()<>@,;:\\"\[\] \x00-\x1f\x7f]|\.\.|^\.|\.\Z')
+# An address that quote_822_local leaves as it is, in one match: a dot-string local
+# part (no source route) and at most one @ (the domain is never touched)
+_ATOM = r'[^()<>@,;:\\"\[\] \x00-\x1f\x7f.]+'
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*(?:@[^@]*)?\Z")
 _ESCAPED_IN_QUOTES = frozenset('"\\\r')
 OPERATORS = frozenset("()<>@,;:.[]")
 WORDS = frozenset(("atom", "qstr", "domlit"))
@@ -87,6 +91,13 @@ def is_822_dot_string(local: str) -> bool:
 
 def quote_822_local(addr: str) -> str:
     """External form: quote the local part when it is not a dot-string."""
+    if _PLAIN_ADDRESS.match(addr) is not None:  # most addresses: nothing to quote
+        return addr
+    return _quoted(addr)
+
+
+def _quoted(addr: str) -> str:
+    """quote_822_local the long way: any address (a source route, several @)."""
     start = _local_part_start(addr)
     end = addr.rfind("@", start)
     if end < 0:

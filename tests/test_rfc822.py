@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pymailsys import rfc822
@@ -25,6 +27,17 @@ def test_quote_and_unquote_are_inverse(internal: str, external: str) -> None:
     assert rfc822.quote_822_local(internal) == external
     if internal:
         assert rfc822.unquote_822_local(external) == internal
+
+
+def test_quote_shortcut_agrees_with_the_long_way() -> None:
+    """quote_822_local's one-match shortcut for an address with nothing to quote
+    gives what the long way gives, for every short string of the characters that
+    matter (specials, dots, @, controls, 8-bit)."""
+    alphabet = 'a.@ "\\:\u00e9\r\n'
+    for size in range(6):
+        for chars in itertools.product(alphabet, repeat=size):
+            addr = "".join(chars)
+            assert rfc822.quote_822_local(addr) == rfc822._quoted(addr), repr(addr)
 
 
 @pytest.mark.parametrize("special", list('()<>@,;:\\"[] ') + [chr(c) for c in range(32)] + ["\x7f"])
