@@ -208,6 +208,6 @@ def format_delay(seconds: float) -> str:
     """
     if seconds >= 10:
         return str(int(seconds))
-    places = 1 if seconds >= 1 else 2
-    text = f"{max(seconds, 0.0):.{places}f}".rstrip("0").rstrip(".")
-    return text or "0"
+    if seconds < 0.005:  # "0.00", and a negative delay: most of the four delays
+        return "0"
+    return (f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2f}").rstrip("0").rstrip(".")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -279,6 +280,10 @@ def test_delay_format_matches_postfix() -> None:
 
     assert [format_delay(x) for x in (0, 0.004, 0.011, 0.018, 0.33, 1.25, 12.7)] == [
         "0", "0", "0.01", "0.02", "0.33", "1.2", "12"]
+    # around the shortcut for what rounds to 0.00, and the other boundaries
+    assert [format_delay(x) for x in (math.nextafter(0.005, 0), 0.005, -1.0, 0.995,
+                                      math.nextafter(1.0, 0), 9.96, 10.0)] == [
+        "0", "0.01", "0", "0.99", "1", "10", "10"]
 
 
 def test_attr_client_timeout_and_a_cancelled_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
