@@ -1,13 +1,15 @@
 """Test harness: a real, throw-away pymailsys instance on a free loopback port.
 
-``Instance(tmpdir)`` writes an instance with ``pymailsys.tools.instance create``
-(the same code the quick start uses) under a fresh directory: etc/ (main.cf,
+``Instance(tmpdir)`` writes an instance with ``pymailsys.instance.create`` (the
+code of the quick start's ``instance create``, called in this process: test_postfix_command
+and test_instance_links run the command) under a fresh directory: etc/ (main.cf,
 master.cf, aliases), spool/, data/, mail/ (mailboxes), log/maillog. Extra
 main.cf settings are appended (a later definition wins). ``start()`` runs
 ``postfix -c etc start`` and waits until smtpd answers; ``stop()`` runs
 ``postfix stop`` and then kills anything that still runs with this instance's
 configuration directory on its command line, so a failed test leaves nothing
-behind.
+behind; ``cleanup()`` (after each test) kills master's process group and that at
+once, and removes the directory.
 
 Everything is driven through real commands and sockets: the tools run as
 subprocesses (``tool``), mail goes in over SMTP (``smtp``), and assertions read
@@ -41,6 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from pymailsys import instance as instance_setup
 from pymailsys.queue import spool
 
 PYTHON = sys.executable
@@ -232,12 +235,11 @@ class Instance(MailView):
         self.mail_dir = self.base / "mail"
         self.log_path = self.base / "log" / "maillog"
         self.running = False
-        result = subprocess.run(
-            [PYTHON, "-m", "pymailsys.tools.instance", "create", str(self.base),
-             "--port", str(self.port), "--host", "127.0.0.1"] + (["--maildir"] if maildir else []),
-            capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"instance create failed: {result.stderr}{result.stdout}")
+        try:
+            instance_setup.create(str(self.base), port=self.port, host="127.0.0.1", maildir=maildir)
+        except OSError as e:
+            raise RuntimeError(f"instance create failed: {e.filename or self.base}: "
+                               f"{e.strerror}") from e
         self.mail_dir.mkdir(exist_ok=True)
         os.chmod(self.mail_dir, 0o1777)
         self.watch()
@@ -335,7 +337,16 @@ class Instance(MailView):
                 os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:
-        self.stop()
+        """Stop at once and remove the instance. No ``postfix stop`` (its own Python
+        process, and master's wait for its children): master's process group, then
+        whatever still runs with this configuration directory, gets SIGKILL."""
+        if self.running:
+            self.running = False
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((self.queue_dir / "pid" / "master.pid").read_text())
+                if any(str(self.config_dir) == arg for arg in cmdline(pid)):  # not a stale pid
+                    os.killpg(pid, signal.SIGKILL)
+        self.kill_leftovers()
         self.unwatch()
         shutil.rmtree(self.base, ignore_errors=True)
 
