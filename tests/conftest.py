@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -17,21 +18,65 @@ import pytest
 from harness import EVIDENCE_SYSTEMS, IS_ROOT, Instance, live_systems
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Iterator[None]:
     # Commands run as `python -m pymailsys...` put the working directory first on
     # sys.path; from the checkout's top, its pymailsys/ (the library alone) would
     # shadow the installed package. Tests and the commands they start run from here
-    # (changed once testpaths is resolved, which is relative to the checkout's top).
+    # (changed once the tests are collected: the paths to collect, and testpaths, are
+    # relative to the checkout's top, in an xdist worker too).
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
+    yield
+
+
+# scripts/check runs the suite in pytest-xdist workers, and they share /etc/passwd.
+# Tests that add, change or delete local accounts (useradd, usermod, userdel) are
+# marked "accounts" (or get the mark from one of ACCOUNT_FIXTURES) and hold
+# ACCOUNTS_LOCK shared while they run (useradd and userdel lock /etc/passwd
+# themselves); one that needs /etc/passwd unchanged while it runs is marked
+# "passwd_unchanged" and holds it exclusively. local_account() fails a test that has
+# no mark. The lock is a file in /tmp: it holds across runs too.
+ACCOUNT_FIXTURES = frozenset({"throwaway_user", "python_user", "make_user", "accounts"})
+ACCOUNTS_LOCK = "/tmp/pymailsys-tests-accounts.lock"
+
+_running: pytest.Item | None = None  # the test being run, for local_account's check
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ACCOUNT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.accounts)
     if IS_ROOT:
         return
     skip = pytest.mark.skip(reason="needs root (CI runs the suite as root)")
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _accounts_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """ACCOUNTS_LOCK, shared for an "accounts" test, exclusive for "passwd_unchanged"
+    (autouse: set up before, and torn down after, the fixture that makes the account)."""
+    node = request.node
+    exclusive = node.get_closest_marker("passwd_unchanged") is not None
+    if not exclusive and node.get_closest_marker("accounts") is None:
+        yield
+        return
+    fd = os.open(ACCOUNTS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    global _running
+    _running = item
+    yield
+    _running = None
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -121,7 +166,9 @@ def throwaway_user() -> Iterator[str]:
 def local_account(name: str, group: str | None = None) -> Iterator[str]:
     """Make the local account ``name`` (root only; no home directory, no login shell;
     its own new group, or ``group``) for the block, and delete it (with its own group)
-    after, if it is still there."""
+    after, if it is still there. The test must be marked ``accounts`` (see ACCOUNTS_LOCK)."""
+    if _running is not None and not _running.get_closest_marker("accounts"):
+        pytest.fail(f"{_running.nodeid} makes an account: mark it @pytest.mark.accounts")
     subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}",
                     "--shell", "/usr/sbin/nologin", *(["--gid", group] if group else []), name],
                    check=True)

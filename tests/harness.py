@@ -51,7 +51,28 @@ ME = pwd.getpwuid(os.getuid()).pw_name
 IS_ROOT = os.geteuid() == 0
 
 
+# Under pytest-xdist (scripts/check runs the suite in several worker processes) each
+# worker draws the ports of its servers from a range of its own, below the kernel's
+# ephemeral ports (32768-60999, which clients' source ports come from): a port one
+# worker picked cannot be picked by another before its server binds it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or "" alone
+WORKER_PORTS = 1000  # each worker's range, 12000-21999 for ten (bench/compare.py: 22000 on)
+_first_port = 12000 + int(_WORKER[2:]) % 10 * WORKER_PORTS if _WORKER[2:].isdigit() else 0
+_next_port = 0
+
+
 def free_port() -> int:
+    """A loopback port nothing is bound to (under xdist, from this worker's range)."""
+    global _next_port
+    for _ in range(WORKER_PORTS if _first_port else 0):
+        port = _first_port + _next_port
+        _next_port = (_next_port + 1) % WORKER_PORTS
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -376,6 +376,7 @@ def test_same_request_twice_stores_one_copy(system) -> None:  # type: ignore[no-
     s.wait_log(rf"{qid}: to=<{ME}@localhost>, .*status=sent \(delivered to maildir\)", count=2)
 
 
+@pytest.mark.accounts
 def test_a_maildir_that_cannot_be_made_bounces_as_postfix_local(system) -> None:  # type: ignore[no-untyped-def]
     """Postfix's local(8): 5.2.0, the tmp/ file named, and two warnings for EACCES
     (virtual(8) defers the same failure: tests/test_e2e_virtual.py)."""
@@ -607,6 +608,7 @@ def test_forward_paths_are_expanded_once_per_recipient_attributes() -> None:
     assert forward_paths.cache_info().misses == 3
 
 @pytest.mark.root
+@pytest.mark.passwd_unchanged
 def test_an_unchanged_passwd_file_is_not_read_again(system, throwaway_user: str) -> None:  # type: ignore[no-untyped-def]
     """The account of the last deliveries is reused while /etc/passwd is unchanged: one
     stat of it per delivery, no open (getpwnam opened and parsed the whole file each

@@ -169,6 +169,7 @@ def test_owner_that_cannot_be_told_defers_with_a_warning(system, shared: Path,  
     assert sorted(os.listdir(shared)) == ["stranger.inc"]  # no command ran
 
 
+@pytest.mark.accounts
 def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path) -> None:  # type: ignore[no-untyped-def]
     # Postfix's command.c and file.c: gid 0 becomes default_privs' gid, as uid 0 its uid
     with local_account("pmg" + uuid.uuid4().hex[:8], group="0") as name:
@@ -182,6 +183,7 @@ def test_owner_in_group_root_runs_with_default_privs_group(system, shared: Path)
         assert _ran_as(shared, "list") == [str(uid), _ids("nobody")[1], f"/nonexistent/{name}"]
 
 
+@pytest.mark.accounts
 def test_account_with_uid_0_runs_as_default_privs_in_its_own_group(system, shared: Path) -> None:  # type: ignore[no-untyped-def]
     """An account with uid 0 and another group (a "toor"): its mailbox_command runs with
     default_privs' uid and the account's own group, as Debian's Postfix runs it
@@ -204,6 +206,7 @@ def test_account_with_uid_0_runs_as_default_privs_in_its_own_group(system, share
             subprocess.run(["userdel", "--force", name], check=False, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.accounts
 @pytest.mark.parametrize("bad", ["group root", "mail_owner", "root"])
 def test_local_refuses_to_start_with_a_privileged_default_privs(system, shared: Path,  # type: ignore[no-untyped-def]
                                                                 bad: str) -> None:

@@ -83,6 +83,7 @@ def test_no_account_and_names_getpwnam_cannot_take(accounts: passwd.Accounts) ->
     assert accounts.find("ro\0ot") is None
 
 
+@pytest.mark.accounts
 @pytest.mark.root
 def test_no_such_account_is_never_kept(accounts: passwd.Accounts) -> None:
     """An account added after a lookup that did not find it is found at once, although
@@ -94,6 +95,7 @@ def test_no_such_account_is_never_kept(accounts: passwd.Accounts) -> None:
         assert found is not None and found.pw_name == name
 
 
+@pytest.mark.accounts
 @pytest.mark.root
 def test_no_such_account_is_kept_as_long_as_the_caller_accepts(accounts: passwd.Accounts) -> None:
     """A caller that accepts an old "no such account" (the table: smtpd asks for
@@ -113,6 +115,7 @@ def test_no_such_account_is_kept_as_long_as_the_caller_accepts(accounts: passwd.
         assert accounts.find(name, missing_ttl=3600) is None
 
 
+@pytest.mark.accounts
 @pytest.mark.root
 def test_an_account_added_to_the_file_is_found_by_the_table_at_once() -> None:
     """unix:passwd.byname keeps a miss for a second, but useradd changes /etc/passwd:

@@ -141,6 +141,7 @@ import json
 import os
 import platform
 import pwd
+import random
 import re
 import resource
 import select
@@ -208,13 +209,23 @@ def smtp_source_argv(port: int, messages: int, sessions: int, size: int, recipie
             *(["-d"] if reuse_connections else []), f"{LOOPBACK}:{port}"]
 
 
+SERVER_PORTS = range(22000, 32768)  # below Linux's ephemeral ports (tests/harness: 12000-21999)
+
+
 def free_port() -> int:
+    """A port nothing is bound to, for a server of the benchmark: from SERVER_PORTS, so
+    that no client's source port (an ephemeral port, which a bind collides with) takes
+    it before the server binds it."""
+    for port in random.sample(SERVER_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
-        port = int(s.getsockname()[1])
-    if port == 25:
-        return free_port()
-    return port
+        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
