@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pymailsys.address.rewrite import (
@@ -95,15 +97,18 @@ def test_header_value_remote_context() -> None:
     assert rewrite_header_value(" bob", RewriteContext(origin="", domain="")) is None
 
 
-@pytest.mark.timeout(5)
+@pytest.mark.timeout(60)
 def test_header_value_of_many_angle_addrs_is_rewritten_in_linear_work() -> None:
     # Issue #11 item 8: 90 KB of "<a>" kept cleanup busy for 23.6 s (each
-    # element re-scanned what was left of the header).
+    # element re-scanned what was left of the header). Measured in this process's CPU
+    # time, not by the clock, which a loaded machine (parallel tests) stretches.
+    cpu = time.process_time()
     unlimited = RewriteContext(origin="mx.example.com", domain="example.com", header_token_limit=0)
     result = rewrite_header_value(" " + "<a>" * 30000, unlimited)  # 90 KB
     assert result == " ".join(["<a@mx.example.com>"] * 30000)  # no commas added, as Postfix
     result = rewrite_header_value(" " + "<b>, " * 20000, unlimited)
     assert result == ",\n".join(["<b@mx.example.com>"] * 20000) + ",\n"
+    assert time.process_time() - cpu < 5
     groups = " " + "g: a;" * 20000
     result = rewrite_header_value(groups, unlimited)
     assert result is not None and result.count("a@mx.example.com;") == 20000
