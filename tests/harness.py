@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -58,7 +59,7 @@ IS_ROOT = os.geteuid() == 0
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or "" alone
 WORKER_PORTS = 1000  # each worker's range, 12000-21999 for ten (bench/compare.py: 22000 on)
 _first_port = 12000 + int(_WORKER[2:]) % 10 * WORKER_PORTS if _WORKER[2:].isdigit() else 0
-_next_port = 0
+_next_port = random.randrange(WORKER_PORTS)  # not in step with another run's worker
 
 
 def free_port() -> int:
