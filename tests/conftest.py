@@ -15,7 +15,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from harness import EVIDENCE_SYSTEMS, IS_ROOT, Instance, live_systems
+from harness import EVIDENCE_SYSTEMS, IS_ROOT, Instance, live_systems, use_worker_ports
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)  # in a pytest-xdist worker only
+    if workerinput is not None:
+        use_worker_ports(int(workerinput["workerid"].removeprefix("gw")))
 
 
 @pytest.hookimpl(hookwrapper=True)

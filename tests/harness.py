@@ -55,11 +55,20 @@ IS_ROOT = os.geteuid() == 0
 # Under pytest-xdist (scripts/check runs the suite in several worker processes) each
 # worker draws the ports of its servers from a range of its own, below the kernel's
 # ephemeral ports (32768-60999, which clients' source ports come from): a port one
-# worker picked cannot be picked by another before its server binds it.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or "" alone
+# worker picked cannot be picked by another before its server binds it. conftest calls
+# use_worker_ports in a worker; elsewhere (a benchmark or a pytest that a test starts)
+# the kernel picks.
 WORKER_PORTS = 1000  # each worker's range, 12000-21999 for ten (bench/compare.py: 22000 on)
-_first_port = 12000 + int(_WORKER[2:]) % 10 * WORKER_PORTS if _WORKER[2:].isdigit() else 0
-_next_port = random.randrange(WORKER_PORTS)  # not in step with another run's worker
+_first_port = 0
+_next_port = 0
+
+
+def use_worker_ports(worker: int) -> None:
+    """Draw free_port's ports from xdist worker number worker's range, from a random
+    place in it (not in step with another run's worker)."""
+    global _first_port, _next_port
+    _first_port = 12000 + worker % 10 * WORKER_PORTS
+    _next_port = random.randrange(WORKER_PORTS)
 
 
 def free_port() -> int:
