@@ -122,7 +122,10 @@ def _ext4_on_a_full_disk(mountpoint: Path) -> Iterator[Callable[[bool], None]]:
         loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
                               capture_output=True, text=True).stdout.strip()
         stack.callback(subprocess.run, ["losetup", "-d", loop], check=False)
-        subprocess.run(["mount", "-o", "errors=continue", loop, str(mountpoint)], check=True)
+        # commit=300: no periodic journal commit while the disk is full (one that fails
+        # aborts the journal and leaves the file system read-only after the room is back)
+        subprocess.run(["mount", "-o", "errors=continue,commit=300", loop, str(mountpoint)],
+                       check=True)
         stack.callback(subprocess.run, ["umount", "-l", str(mountpoint)], check=False)
         filler = backing / "filler"
 
