@@ -129,7 +129,13 @@ def one_run(args: argparse.Namespace) -> tuple[float, float]:
         cpu = sum(cpu_seconds(pid)) - cpu0
         kick.close()
         if args.callgrind:
-            return instructions(setup.base, pid) / args.messages / 1e6, wall
+            count = instructions(setup.base, pid)
+            if args.callgrind_out:
+                out = Path(args.callgrind_out)
+                out.mkdir(parents=True, exist_ok=True)
+                for dump in setup.base.glob(f"callgrind.{pid}*"):
+                    shutil.copy(dump, out)
+            return count / args.messages / 1e6, wall
         return 1000 * cpu / args.messages, wall
     finally:
         setup.stop()
@@ -146,6 +152,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per message under callgrind instead of CPU time")
+    ap.add_argument("--callgrind-out", metavar="DIR",
+                    help="with --callgrind, keep callgrind's dumps in DIR (callgrind_annotate "
+                         "on the last one: the measured messages' functions)")
     ap.add_argument("--cprofile", metavar="FILE",
                     help="run qmgr under cProfile, its statistics written to FILE at the end "
                          "(the warm-up messages included)")
