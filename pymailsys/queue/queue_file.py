@@ -272,11 +272,15 @@ class _RecipientRecords:
 _TYPE_OF_BYTE = {rtype[0]: rtype for rtype in r.REC_TYPES}  # a known type byte -> its type
 
 
-def _records(data: bytes, offset: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
-    """``records.iter_records`` for the envelope reader: the common record (a known
-    type, a one-byte length, whole before the end) is decoded inline, every other one
-    by ``records.decode_record``, so the same records pass and the same errors stop
-    the reading (``tests/bench/envelope_read.py``: the calls were most of its cost)."""
+def _records(data: bytes, offset: int = 0,
+             last: bytes = b"") -> Iterator[tuple[int, bytes, bytes]]:
+    """``records.iter_records`` for the envelope reader, up to and including the first
+    record of type ``last`` (none: to the end of ``data``): the common record (a known type, a one-byte length, whole
+    before the end) is decoded inline, every other one by ``records.decode_record``,
+    so the same records pass and the same errors stop the reading
+    (``tests/bench/envelope_read.py``: the calls were most of its cost). It ends by
+    itself after ``last``: a generator left behind unfinished is closed by throwing
+    GeneratorExit into it, which costs Python 3.11 a traceback and a frame object."""
     end = len(data)
     type_of = _TYPE_OF_BYTE
     while offset < end:
@@ -286,10 +290,14 @@ def _records(data: bytes, offset: int = 0) -> Iterator[tuple[int, bytes, bytes]]
             nxt = offset + 2 + length
             if length < 0x80 and nxt <= end:
                 yield offset, rtype, data[offset + 2:nxt]
+                if rtype == last:
+                    return
                 offset = nxt
                 continue
         rtype, payload, nxt = r.decode_record(data, offset)
         yield offset, rtype, payload
+        if rtype == last:
+            return
         offset = nxt
 
 
@@ -304,10 +312,10 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                    file_size=len(data))
     have_sender = False
     recipients = _RecipientRecords(env, rcpt_from, rcpt_limit)
+    have_content = False
     try:
-        records = _records(data)
         first = True
-        for offset, rtype, payload in records:
+        for offset, rtype, payload in _records(data, 0, r.REC_TYPE_MESG):  # ends after M
             if first:
                 if rtype != r.REC_TYPE_SIZE:
                     raise QueueFileError("first record is not a size record")
@@ -338,18 +346,18 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
                 if xtra > len(data) or data[xtra:xtra + 1] != r.REC_TYPE_XTRA:
                     raise QueueFileError("content size does not point at the extracted records")
                 env.xtra_offset = xtra
-                records = _records(data, xtra)
-                for xoffset, xtype, xpayload in records:
+                have_end = False
+                for xoffset, xtype, xpayload in _records(data, xtra, r.REC_TYPE_END):
                     if xtype == r.REC_TYPE_END:
-                        break
-                    if xtype == r.REC_TYPE_FILT:
+                        have_end = True  # and the last record read
+                    elif xtype == r.REC_TYPE_FILT:
                         env.content_filter = _text(xpayload)
                     else:
                         recipients.take(xoffset, xtype, xpayload)
-                else:
+                if not have_end:
                     raise QueueFileError("no end-of-message record")
-                break
-        else:
+                have_content = True  # and the last record read
+        if not have_content:
             raise QueueFileError("no message content record")
     except (r.RecordError, ValueError, IndexError) as e:
         raise QueueFileError(str(e)) from None
