@@ -766,7 +766,9 @@ class Qmgr:
             self.sched.prune()
 
     def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.ensure_future(coro)
+        # the loop's create_task, not ensure_future: that one first asks whether the
+        # coroutine is a future, an AttributeError raised and caught per delivery
+        task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -1115,8 +1117,10 @@ class Qmgr:
         """An agent serves the transport: qmgr holds a connection to it, or its socket
         is there (private/TRANSPORT)."""
         pool = self.pools.get(transport)
-        if pool is not None and any(c.client.connected for c in pool.conns):
-            return True
+        if pool is not None:
+            for c in pool.conns:  # not any(generator): one left unfinished costs a GeneratorExit
+                if c.client.connected:
+                    return True
         return os.path.exists(self.spool.private(transport))
 
     def transport_dead(self, transport: str) -> str:
