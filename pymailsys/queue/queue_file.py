@@ -104,13 +104,17 @@ def number(text: bytes | str, what: str) -> int:
     """A queue file's decimal number: ASCII digits only, bounded; QueueFileError otherwise."""
     raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     raw = raw.strip(b" ")
-    if not raw or not raw.isdigit() or len(raw) > 19 or int(raw) > _MAX_NUMBER:
+    if not raw or not raw.isdigit() or len(raw) > 19 or (value := int(raw)) > _MAX_NUMBER:
         raise QueueFileError(f"bad {what}: {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 def _arrival(payload: bytes) -> float:
     parts = payload.split()
+    if len(parts) == 2:  # cleanup's: seconds and microseconds, checked as number() would
+        sec, usec = parts
+        if sec.isdigit() and usec.isdigit() and len(sec) <= 18 and len(usec) <= 6:
+            return int(sec) + int(usec) / 1e6
     if not 1 <= len(parts) <= 2:
         raise QueueFileError(f"bad time record: {payload[:40]!r}")
     seconds = number(parts[0], "time record")
