@@ -2,6 +2,7 @@
 
 Usage: python3 tests/bench/cleanup_rate.py [--messages N] [--window W] [--mode MODE]...
                                              [--context remote|local] [--callgrind]
+                                             [--callgrind-out DIR]
 
 Starts the real cleanup daemon standalone (-L) on a temporary spool on the same
 file system as the working tree (a real disk, so fsync costs what it costs),
@@ -69,7 +70,7 @@ async def _push(path: str, n: int, window: int, context: str = "remote") -> floa
 
 
 def run(mode: str, n: int, window: int, callgrind: bool = False,
-        context: str = "remote") -> None:
+        context: str = "remote", callgrind_out: Path | None = None) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-cleanup-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -108,6 +109,10 @@ def run(mode: str, n: int, window: int, callgrind: bool = False,
             print(f"{mode:18s} n={n} window={window:3d}: "
                   f"{instructions(base, cleanup.pid) / n / 1e6:.3f} M instructions/message "
                   "(callgrind)")
+            if callgrind_out:
+                callgrind_out.mkdir(parents=True, exist_ok=True)
+                for dump in base.glob(f"callgrind.{cleanup.pid}*"):
+                    shutil.copy(dump, callgrind_out / f"{dump.name}.{mode}.w{window}")
             return
         time.sleep(0.3)
         triggers = (base / "maillog").read_text().count("trigger 'I'")
@@ -130,10 +135,13 @@ def main() -> None:
                          "for smtp-source on loopback in compare.py)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per message under callgrind instead of CPU time")
+    ap.add_argument("--callgrind-out", type=Path, metavar="DIR",
+                    help="with --callgrind: keep the dumps in DIR (for callgrind_annotate)")
     args = ap.parse_args()
     for window in args.window or [1, 20, 100]:
         for mode in args.mode or ["ungrouped", "grouped", "trigger-per-batch"]:
-            run(mode, args.messages, window, args.callgrind, args.context)
+            run(mode, args.messages, window, args.callgrind, args.context,
+                args.callgrind_out)
 
 
 if __name__ == "__main__":
