@@ -34,6 +34,18 @@ def _text(rnd: random.Random, limit: int) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
+def test_encode_lines_gives_one_record_per_line() -> None:
+    """Lines all shorter than 128 bytes (one-byte lengths, encoded in bulk) and lines
+    with a longer one among them give the records of text_records, line by line."""
+    rnd = random.Random(6)
+    for _ in range(200):
+        lengths = (0, 1, 2, 76, 126, 127) if rnd.random() < 0.7 else (0, 127, 128, 300, 5000)
+        lines = [b"x" * rnd.choice(lengths) for _ in range(rnd.randint(0, 40))]
+        assert hdr.encode_lines(lines, 2048) == (
+            b"".join(text_records(line, 2048) for line in lines),
+            sum(len(line) + 2 for line in lines))
+
+
 @pytest.mark.parametrize("span", [100, hdr.SPAN])  # short spans: runs after other lines
 def test_encode_text_gives_the_records_of_encode_lines(monkeypatch: pytest.MonkeyPatch,
                                                        span: int) -> None:
