@@ -122,3 +122,15 @@ def test_damaged_copies_of_a_real_file(flips: list[tuple[int, int]], cut: int) -
     read_all(bytes(data[:cut]))
     same_records(bytes(data))
     same_records(bytes(data[:cut]))
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=200)), max_size=8))
+def test_attrs_writes_the_records_of_attr(items: list[tuple[str, str]]) -> None:
+    """QueueFileBuilder.attrs (cleanup's many A records at once) gives the bytes of one
+    attr call per pair: lengths on both sides of one byte (127/128), any text."""
+    one, many = QueueFileBuilder(1795594109.5), QueueFileBuilder(1795594109.5)
+    for name, value in items:
+        one.attr(name, value)
+    many.attrs(items)
+    assert many.build() == one.build()

@@ -292,6 +292,19 @@ class _Request(attr.AttrList):
         return [] if value is None else [value.decode("utf-8", "surrogateescape")]
 
 
+# the request's text attributes that envelope() reads: for every message, for smtpd's
+_ENVELOPE_TEXTS = ("origin", "rewrite_context", "sender", "full_name", "content_filter", "envid",
+                   "ret", "encoding")
+_SASL_TEXTS = ("sasl_method", "sasl_username", "sasl_sender")
+_SMTPD_TEXTS = ("client_name", "client_addr", "client_port", "helo_name", "protocol",
+                "reverse_client_name", "received_with", "received_comment")
+
+
+def _texts(first: dict[str, bytes], names: tuple[str, ...]) -> list[str]:
+    """The named attributes' first values as text ("" when absent), in one pass."""
+    return [first.get(name, b"").decode("utf-8", "surrogateescape") for name in names]
+
+
 def _logged(result: tuple[str, list[str]], queue_id: str) -> str:
     """A mapped address; its warnings (a multi-valued canonical entry) are logged."""
     address, warnings = result
@@ -405,74 +418,65 @@ class Cleanup:
         if not isinstance(req, _Request):
             req = _Request(req.pairs)
         first = req.first
-
-        def text(name: str) -> str:
-            value = first.get(name)
-            return "" if value is None else value.decode("utf-8", "surrogateescape")
-
-        origin = text("origin")
-        context = text("rewrite_context") or (CONTEXT_REMOTE if origin == "smtpd"
-                                              else CONTEXT_LOCAL)
+        (origin, context, sender, full_name, content_filter, envid, ret,
+         encoding) = _texts(first, _ENVELOPE_TEXTS)
+        context = context or (CONTEXT_REMOTE if origin == "smtpd" else CONTEXT_LOCAL)
         flags = req.number("flags")
-        sender = self._sender(text("sender"), flags, queue_id)
+        sender = self._sender(sender, flags, queue_id)
         raw_rcpts = req.all("rcpt")
         recipients = self._recipients(req, raw_rcpts, sender, flags, queue_id)
-        full_name = text("full_name")
         date = mail_date(now)
 
         b = QueueFileBuilder(now)
-        content_filter = text("content_filter")
         if content_filter:
             b.content_filter(content_filter, first=origin == "pickup")
-        b.attr("rewrite_context", context)
+        attrs = [("rewrite_context", context)]
         if origin == "smtpd":  # as Postfix's smtpd sends them: the login, then AUTH=
-            for name in ("sasl_method", "sasl_username", "sasl_sender"):
-                value = log.printable(text(name))
+            for name in _SASL_TEXTS:
+                raw = first.get(name)
+                value = log.printable(raw.decode("utf-8", "surrogateescape")) if raw else ""
                 if value:
-                    b.attr(name, value)
-        envid = text("envid")
+                    attrs.append((name, value))
         if dsn.valid_envid(envid, None):  # as Postfix's cleanup: no length limit
-            b.attr("dsn_envid", envid)
-        ret = _ret_value(text("ret"))
-        if ret:
-            b.attr("dsn_ret", str(ret))
+            attrs.append(("dsn_envid", envid))
+        ret_value = _ret_value(ret)
+        if ret_value:
+            attrs.append(("dsn_ret", str(ret_value)))
         if origin in ("bounce", "local", "notify"):
-            b.attr("log_message_origin", "local")
+            attrs.append(("log_message_origin", "local"))
+        b.attrs(attrs)
         if full_name:
             b.full_name(full_name)
         b.sender(sender)
-        encoding = text("encoding").lower()
+        encoding = encoding.lower()
+        attrs = []
         if encoding:  # Postfix's values: a Postfix qmgr and smtp read the file too
-            b.attr("encoding", "8bit" if encoding == "8bitmime" else encoding)
+            attrs.append(("encoding", "8bit" if encoding == "8bitmime" else encoding))
         where = hbc.Where(queue_id, "local", sender, recipients[0][0] if recipients else None)
         if origin == "smtpd":
-            name = text("client_name") or "unknown"
-            addr = text("client_addr")
-            port = text("client_port")
-            helo = text("helo_name")
-            proto = text("protocol") or "SMTP"
-            rfc_addr = f"IPv6:{addr}" if ":" in addr else addr
-            b.attr("log_client_name", name)
-            b.attr("log_client_address", rfc_addr)
-            b.attr("log_client_port", port)
-            b.attr("log_message_origin", f"{name}[{addr}]")
+            (name, addr, port, helo, proto, reverse_name, received_with,
+             comment) = _texts(first, _SMTPD_TEXTS)
+            name = name or "unknown"
+            proto = proto or "SMTP"
+            origin_text = f"{name}[{addr}]"
+            attrs += [("log_client_name", name),
+                      ("log_client_address", f"IPv6:{addr}" if ":" in addr else addr),
+                      ("log_client_port", port), ("log_message_origin", origin_text)]
             if helo:
-                b.attr("log_helo_name", helo)
-            b.attr("log_protocol_name", proto)
-            b.attr("client_name", name)
-            b.attr("reverse_client_name", text("reverse_client_name") or name)
-            b.attr("client_address", addr)
-            b.attr("client_port", port)
+                attrs.append(("log_helo_name", helo))
+            attrs += [("log_protocol_name", proto), ("client_name", name),
+                      ("reverse_client_name", reverse_name or name), ("client_address", addr),
+                      ("client_port", port)]
             if helo:
-                b.attr("helo_name", helo)
-            b.attr("protocol_name", proto)
-            b.attr("client_address_type", "10" if ":" in addr else "2")
-            where.origin, where.protocol, where.helo = f"{name}[{addr}]", proto, helo
-            received = rcv.received_smtpd(helo, name, addr, text("received_with") or proto,
+                attrs.append(("helo_name", helo))
+            attrs += [("protocol_name", proto),
+                      ("client_address_type", "10" if ":" in addr else "2")]
+            where.origin, where.protocol, where.helo = origin_text, proto, helo
+            received = rcv.received_smtpd(helo, name, addr, received_with or proto,
                                           s.myhostname, s.mail_name, queue_id,
                                           raw_rcpts[0] if len(raw_rcpts) == 1 else None, date,
                                           "\n".join(log.printable(line.strip()) for line in
-                                                    text("received_comment").splitlines()))
+                                                    comment.splitlines()))
             # smtpd's access PREPEND headers go above its Received:, one printable line each
             received = [line for line in req.all("prepend")
                         if line.isprintable() and ":" in line] + received
@@ -481,6 +485,8 @@ class Cleanup:
                                            queue_id, date)
         else:
             received = rcv.received_local(s.myhostname, s.mail_name, queue_id, date)
+        if attrs:
+            b.attrs(attrs)
         if s.delay_warning > 0 and sender:
             b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
         for clean, orig, notify, dsn_orcpt in recipients:

@@ -130,6 +130,9 @@ def _attr_record(name: str, value: str) -> bytes:
     return r.REC_TYPE_ATTR + (r.SHORT_LENGTHS[n] if n < 128 else r.encode_varint(n)) + payload
 
 
+_ATTR_HEADS = [r.REC_TYPE_ATTR + length for length in r.SHORT_LENGTHS]
+
+
 class QueueFileBuilder:
     """Collect envelope, content and extracted records; ``build`` returns the bytes."""
 
@@ -150,6 +153,16 @@ class QueueFileBuilder:
 
     def attr(self, name: str, value: str) -> None:
         self._head.append(_attr_record(name, value))
+
+    def attrs(self, items: list[tuple[str, str]]) -> None:
+        """A records for (name, value) pairs, in order: ``attr`` for many at once."""
+        append = self._head.append
+        heads = _ATTR_HEADS
+        for name, value in items:
+            payload = f"{name}={value}".encode("utf-8", "surrogateescape")
+            n = len(payload)
+            append(heads[n] + payload if n < 128
+                   else r.REC_TYPE_ATTR + r.encode_varint(n) + payload)
 
     def full_name(self, name: str) -> None:
         self._head.append(r.encode_record(r.REC_TYPE_FULL, name.encode("utf-8", "surrogateescape")))
