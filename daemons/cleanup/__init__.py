@@ -243,6 +243,7 @@ class Settings:
             c.lower() for c in config.get_list("smtputf8_autodetect_classes")
         ) if config.get_bool("smtputf8_enable") else frozenset()
         self.checks = hbc.CheckTables.from_config(config)
+        self.checks_active = self.checks.active
         self.mapper = mapping.Mapper(config)
         self.mime_nesting_limit = config.get_int("mime_nesting_limit")
         self.mime_boundary_limit = config.get_int("mime_boundary_length_limit")
@@ -452,7 +453,7 @@ class Cleanup:
         attrs = []
         if encoding:  # Postfix's values: a Postfix qmgr and smtp read the file too
             attrs.append(("encoding", "8bit" if encoding == "8bitmime" else encoding))
-        where = hbc.Where(queue_id, "local", sender, recipients[0][0] if recipients else None)
+        where_origin, where_protocol, where_helo = "local", "", ""  # for the checks' log lines
         if origin == "smtpd":
             (name, addr, port, helo, proto, reverse_name, received_with,
              comment) = _texts(first, _SMTPD_TEXTS)
@@ -471,7 +472,7 @@ class Cleanup:
                 attrs.append(("helo_name", helo))
             attrs += [("protocol_name", proto),
                       ("client_address_type", "10" if ":" in addr else "2")]
-            where.origin, where.protocol, where.helo = origin_text, proto, helo
+            where_origin, where_protocol, where_helo = origin_text, proto, helo
             received = rcv.received_smtpd(helo, name, addr, received_with or proto,
                                           s.myhostname, s.mail_name, queue_id,
                                           raw_rcpts[0] if len(raw_rcpts) == 1 else None, date,
@@ -517,8 +518,10 @@ class Cleanup:
                             header_rewrite=header_rewrite, header_map=header_map,
                             header_cache=header_cache)
         checks = None
-        if flags & services.CLEANUP_FLAG_FILTER and s.checks.active:
-            checks = hbc.MessageChecks(s.checks, where)
+        if flags & services.CLEANUP_FLAG_FILTER and s.checks_active:
+            checks = hbc.MessageChecks(s.checks, hbc.Where(
+                queue_id, where_origin, sender, recipients[0][0] if recipients else None,
+                where_protocol, where_helo))
         content = hdr.ContentPass(received, job, s.drop, s.line_limit, s.header_limit,
                                   s.replace_stray_cr, checks, s.mime_nesting_limit,
                                   s.mime_boundary_limit, s.mime_disabled,

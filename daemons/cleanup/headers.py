@@ -547,7 +547,8 @@ class ContentPass:
                 out.added.extend(from_header(prefix, job.sender, job.full_name, job.hfrom_standard))
         if b"message-id" not in seen:
             out.message_ids.append("<>")
-        self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
+        if out.added:
+            self._emit_header([s.encode("utf-8", "surrogateescape") for s in out.added])
         if not blank:
             # a line that is no header ended the block: as Postfix's mime_state, an empty
             # line goes out first, so that line is body text and not part of the headers
