@@ -165,6 +165,12 @@ def hash_prefix(queue_id: str, depth: int) -> list[str]:
     return [key[i] if i < len(key) else "_" for i in range(depth)]
 
 
+# this process's ID for temporary file names, asked once (and again in a forked child),
+# not with a system call per queue file
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
 class Spool:
     """Paths in one queue_directory, with the hashing settings applied."""
 
@@ -319,7 +325,7 @@ class Spool:
     def create_queue_file(self, queue: str, mode: int = MODE_WRITING) -> tuple[str, str, int]:
         """Create a new, empty queue file: (queue_id, path, fd). The fd is open for writing."""
         directory = self.dir(queue)
-        pid = os.getpid()
+        pid = _pid[0]
         while True:
             now = time.time()
             sec = int(now)
