@@ -83,7 +83,7 @@ import collections
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,8 +369,9 @@ class NotRead(ProtocolError):
     """The server said goodbye without reading this request: it may be sent again."""
 
 Reply = Attrs
-Handler = Callable[[AttrList], Awaitable[Reply]]
-StreamHandler = Callable[[AttrList, "FollowUps | None"], Awaitable[Reply]]
+# coroutine functions: each request's handler runs as a task of its own (loop.create_task)
+Handler = Callable[[AttrList], Coroutine[Any, Any, Reply]]
+StreamHandler = Callable[[AttrList, "FollowUps | None"], Coroutine[Any, Any, Reply]]
 MORE = "more"
 
 
@@ -569,8 +570,11 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if reads == before:  # else the reading loop waits at most GOODBYE_GRACE
             writer.close()
 
-    reply_task = asyncio.ensure_future(replier())
-    closer = asyncio.ensure_future(close_when_answered(stopping)) if stopping else None
+    # loop.create_task, not asyncio.ensure_future, per request: that one looks the loop up
+    # (a getpid system call in 3.11) and tests for a future by catching an AttributeError
+    loop = asyncio.get_running_loop()
+    reply_task = loop.create_task(replier())
+    closer = loop.create_task(close_when_answered(stopping)) if stopping else None
     first = True
     try:
         while True:
@@ -593,7 +597,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     wake.set()
                     continue
             if not (streamed and continues(request)):
-                pending.append(asyncio.ensure_future(handler(request, None)))
+                pending.append(loop.create_task(handler(request, None)))
                 wake.set()
                 continue
             follow = FollowUps()
