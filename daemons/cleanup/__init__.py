@@ -489,7 +489,7 @@ class Cleanup:
         if attrs:
             b.attrs(attrs)
         if s.delay_warning > 0 and sender:
-            b.record(r.REC_TYPE_WARN, f"{int(now) + s.delay_warning:15d}".encode())
+            b.record(r.REC_TYPE_WARN, b"%15d" % (int(now) + s.delay_warning))
         for clean, orig, notify, dsn_orcpt in recipients:
             b.recipient(clean, orig, notify, dsn_orcpt)
         smtputf8 = req.number("smtputf8")

@@ -131,6 +131,10 @@ def _attr_record(name: str, value: str) -> bytes:
 
 
 _ATTR_HEADS = [r.REC_TYPE_ATTR + length for length in r.SHORT_LENGTHS]
+# the empty M, X and E records every file has
+_MESG_RECORD = r.encode_record(r.REC_TYPE_MESG, b"")
+_XTRA_RECORD = r.encode_record(r.REC_TYPE_XTRA, b"")
+_END_RECORD = r.encode_record(r.REC_TYPE_END, b"")
 
 
 class QueueFileBuilder:
@@ -148,7 +152,7 @@ class QueueFileBuilder:
         self.smtputf8 = 0
         sec = int(arrival)
         usec = int((arrival - sec) * 1_000_000)
-        self._head.append(r.encode_record(r.REC_TYPE_TIME, f"{sec} {usec}".encode()))
+        self._head.append(r.encode_record(r.REC_TYPE_TIME, b"%d %d" % (sec, usec)))
         self.attr("create_time", str(sec))
 
     def attr(self, name: str, value: str) -> None:
@@ -229,7 +233,7 @@ class QueueFileBuilder:
 
     def envelope(self) -> bytes:
         """The records after the C record, up to and including M (the data offset follows)."""
-        return b"".join(self._head) + r.encode_record(r.REC_TYPE_MESG, b"")
+        return b"".join(self._head) + _MESG_RECORD
 
     def size_record(self, envelope: bytes, content_size: int, content_length: int) -> bytes:
         """The fixed-width C record for content written elsewhere (a streaming writer)."""
@@ -241,8 +245,7 @@ class QueueFileBuilder:
 
     def trailer(self) -> bytes:
         """X, the extracted records, E: what follows the content."""
-        return (r.encode_record(r.REC_TYPE_XTRA, b"") + b"".join(self._extracted)
-                + r.encode_record(r.REC_TYPE_END, b""))
+        return _XTRA_RECORD + b"".join(self._extracted) + _END_RECORD
 
     def parts(self) -> list[bytes]:
         """The file as a list of byte strings (for os.writev: the content is not copied)."""

@@ -215,9 +215,8 @@ SMTPUTF8_RECIPIENT = 1 << 3
 def message_size_record(content_size: int, data_offset: int, rcpt_count: int,
                         qmgr_flags: int = 0, content_length: int = 0, smtputf8: int = 0) -> bytes:
     """The fixed-width C record: six %15ld fields (SIZE_FIELD_WIDTH) separated by spaces."""
-    payload = (f"{content_size:15d} {data_offset:15d} {rcpt_count:15d} {qmgr_flags:15d} "
-               f"{content_length:15d} {smtputf8:15d}").encode()
-    return encode_record(REC_TYPE_SIZE, payload)
+    return encode_record(REC_TYPE_SIZE, b"%15d %15d %15d %15d %15d %15d" % (
+        content_size, data_offset, rcpt_count, qmgr_flags, content_length, smtputf8))
 
 
 def parse_size_record(payload: bytes) -> list[int]:
