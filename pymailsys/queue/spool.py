@@ -192,7 +192,7 @@ class Spool:
                    config.get_int("hash_queue_depth"), config.get_bool("enable_long_queue_ids"))
 
     def dir(self, queue: str) -> str:
-        return os.path.join(self.root, queue)
+        return f"{self._prefix}{queue}"  # os.path.join's result, for a queue's name
 
     def path(self, queue: str, queue_id: str) -> str:
         if queue in self.hashed and self.depth > 0:
