@@ -116,9 +116,9 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pymailsys import config as config_mod
 from pymailsys import log, maps, privileges
@@ -178,7 +178,7 @@ _Reply = TypeVar("_Reply")
 
 
 def counting_requests(handler: Callable[[_Request], Awaitable[_Reply]],
-                      ctx: Context) -> Callable[[_Request], Awaitable[_Reply]]:
+                      ctx: Context) -> Callable[[_Request], Coroutine[Any, Any, _Reply]]:
     """handler, telling the skeleton of each request it answered (``uses_are_requests``:
     max_use counts them)."""
     async def handle(request: _Request) -> _Reply:
