@@ -129,3 +129,24 @@ def test_mail_is_refused_when_the_queue_cannot_keep_queue_minfree(new_instance) 
                   r"452 4\.3\.1 Insufficient system storage; proto=ESMTP helo=<client\.example>")
     inst.wait_log(r"postfix/smtpd\[\d+\]: warning: not enough free space in mail queue: \d+ "
                   r"bytes < 1\.5\*message size limit")
+
+
+def test_mail_is_refused_when_the_queue_cannot_hold_one_and_a_half_size_limits(  # type: ignore[no-untyped-def]
+        new_instance) -> None:
+    """Postfix 3.7's smtpd_check_queue weighs message_size_limit, not the client's SIZE=:
+    a limit larger than two thirds of the free space gets 452 4.3.1 at MAIL even
+    without SIZE=, and a SIZE= within the limit is taken however much it is."""
+    inst = new_instance()
+    inst.set(queue_minfree="0", message_size_limit="100000000000000")  # 100 TB
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        assert c.mail("sender@example.org") == (452, b"4.3.1 Insufficient system storage")
+    inst.wait_log(r"warning: not enough free space in mail queue: \d+ bytes < "
+                  r"1\.5\*message size limit")
+    inst.stop()
+    inst.set(message_size_limit="0")
+    inst.start()
+    with inst.smtp() as c:
+        c.ehlo()
+        assert c.mail("sender@example.org", ["SIZE=99999999999999"])[0] == 250

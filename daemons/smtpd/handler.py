@@ -157,13 +157,12 @@ class Smtpd:
             float(config.get_time("ipc_timeout")),
             enabled=bool(config.get_list("fast_flush_domains")))
 
-    def queue_space_short(self, size: int) -> int | None:
-        """Postfix's smtpd_check_queue at MAIL: the queue file system's free bytes when
-        it cannot take a message of ``size`` bytes (SIZE=, else 0) and keep
-        queue_minfree free, else None. As Postfix's, in blocks: short when
-        queue_minfree is at least what is free, or size at least what is free less
-        queue_minfree, or at least half of what is free. The file system is asked
-        at most once a second."""
+    def queue_space_short(self) -> int | None:
+        """Postfix 3.7's smtpd_check_queue at MAIL: the queue file system's free bytes
+        when it has no more than queue_minfree free, or less than 1.5 times
+        message_size_limit (in blocks, as Postfix's), else None. The client's SIZE=
+        plays no part (Postfix 2's check did: 3.7 takes any SIZE= within the limit).
+        The file system is asked at most once a second."""
         now = time.monotonic()
         asked, free, block = self._space
         if now - asked >= 1.0:
@@ -173,8 +172,7 @@ class Smtpd:
                 return None
             free, block = st.f_bavail, st.f_frsize or 1
             self._space = (now, free, block)
-        minfree, blocks = self.queue_minfree // block, size // block
-        if minfree >= free or blocks >= free - minfree or blocks >= free // 2:
+        if self.queue_minfree // block >= free or self.size_limit // block >= free / 1.5:
             return free * block
         return None
 

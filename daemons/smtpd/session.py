@@ -679,7 +679,7 @@ class Session(SMTP):
             self._log_reject("MAIL", reply)
             self.req.sender = None
             return await self.reply_error(reply)
-        free = None if smtpd.stand_alone else smtpd.queue_space_short(env.size)
+        free = None if smtpd.stand_alone else smtpd.queue_space_short()
         if free is not None:  # as Postfix's smtpd_check_queue: logged without from=<>
             reply = "452 4.3.1 Insufficient system storage"
             self._log_reject("MAIL", reply)
