@@ -408,9 +408,21 @@ def test_a_queue_file_whose_fsync_fails_is_refused_and_removed(
 @pytest.mark.root
 def test_queue_minfree_refuses_with_452_and_leaves_no_file(
         new_instance) -> None:  # type: ignore[no-untyped-def]
-    """Less room in the spool than queue_minfree: the message is refused with 452 before
-    a queue file is made, never accepted and dropped."""
+    """Less room in the spool than queue_minfree: smtpd refuses MAIL with 452, as
+    Postfix's; and where smtpd does not look (``-o queue_minfree=0 -o
+    message_size_limit=0`` on its service: an 8 MB spool is short of 1.5 times 10 MB),
+    cleanup refuses the message with 452 before a queue file is made, never accepted
+    and dropped."""
     inst = new_instance(maildir=True, settings={"queue_minfree": str(64 << 20)})
+    with _spool_on_tmpfs(inst):
+        with inst.smtp() as client:
+            client.ehlo()
+            assert client.mail(f"{ME}@localhost") == (452, b"4.3.1 Insufficient system storage")
+    inst.queue_dir.rmdir()  # the tmpfs's mount point, made anew
+    master_cf = inst.config_dir / "master.cf"
+    master_cf.write_text(re.sub(r"^(\S+ +inet .* smtpd)$",
+                                r"\1 -o queue_minfree=0 -o message_size_limit=0",
+                                master_cf.read_text(), count=1, flags=re.M))
     with _spool_on_tmpfs(inst):
         assert data_reply(inst, b"Subject: no room\r\n\r\nbody\r\n") == (
             452, b"4.3.1 Error: Insufficient system storage")
