@@ -652,6 +652,7 @@ class Qmgr:
                 self.ignore_time = True
             elif ch == "F":
                 self.sched.forget_dead()
+                self.dead_transports.clear()  # as Postfix's qmgr_enable_all
                 self.sched_wake.set()
                 # as Postfix's QMGR_FLUSH_DFXP: the scans running and the next ones
                 self.flush_next.update((q.INCOMING, q.DEFERRED))

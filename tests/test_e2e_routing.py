@@ -294,6 +294,10 @@ def _throttled_transport(inst: Instance, transport: str, warning: str) -> None:
     assert len(re.findall(rf"postfix/qmgr\[\d+\]: warning: {re.escape(warning)}$",
                           inst.log(), re.M)) == 1, inst.log()
     assert inst.tool("mailq").stdout.count("(mail transport unavailable)") == 2
+    # A flush revives dead transports at once, as Postfix's QMGR_REQ_FLUSH_DEAD
+    # (qmgr_enable_all), not after transport_retry_time (60 s): they are tried again.
+    assert inst.tool("postqueue", "-f").returncode == 0
+    inst.wait_log(rf"postfix/qmgr\[\d+\]: warning: {re.escape(warning)}$", timeout=30, count=2)
 
 
 def test_a_transport_that_master_cf_lacks_is_throttled(new_instance) -> None:  # type: ignore[no-untyped-def]
