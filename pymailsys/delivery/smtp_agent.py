@@ -585,25 +585,31 @@ class Agent:
             session.close()
 
     async def sweep(self) -> None:
-        """Close cached connections idle for longer than the cache time limit."""
+        """Close cached connections idle for longer than the cache time limit. Each
+        leaves the cache before its QUIT: a delivery taking it while QUIT awaits the
+        reply would read the same stream (RuntimeError: readuntil() called while
+        another coroutine is already waiting)."""
         now = time.monotonic()
+        expired: list[_Cached] = []
         for key in list(self.cache):
             keep = []
             for entry in self.cache[key]:
                 if now - entry.idle_since >= self.cache_idle or entry.session.broken:
-                    await entry.session.quit()
+                    expired.append(entry)
                 else:
                     keep.append(entry)
             if keep:
                 self.cache[key] = keep
             else:
                 del self.cache[key]
+        for entry in expired:
+            await entry.session.quit()
 
     async def close_all(self) -> None:
-        for entries in self.cache.values():
-            for entry in entries:
-                await entry.session.quit()
+        entries = [entry for cached in self.cache.values() for entry in cached]
         self.cache.clear()
+        for entry in entries:
+            await entry.session.quit()
 
 
 def _result_of(reply: client.Reply | None, reason: str, status: str, server: str = "",
