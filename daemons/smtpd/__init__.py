@@ -127,7 +127,7 @@ CONFIGURATION PARAMETERS
     smtpd_banner, myhostname, mail_name, message_size_limit,
     queue_minfree (MAIL: ``452 4.3.1 Insufficient system storage`` and Postfix's
     ``not enough free space in mail queue`` warning when the queue's file
-    system cannot keep it free, or holds less than twice SIZE=),
+    system cannot keep it free, or holds less than 1.5 times message_size_limit),
     smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
     smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
     smtpd_junk_command_limit, smtpd_forbidden_commands, smtpd_helo_required, smtpd_delay_reject,
