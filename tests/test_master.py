@@ -436,6 +436,19 @@ def test_old_generation_child_outstaying_its_grace_is_ended(new_instance, monkey
         assert held.recv(16) == b""
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_bad_old_generation_grace_is_a_clear_start_up_error(new_instance, monkeypatch, value) -> None:  # type: ignore[no-untyped-def]
+    """A PYMAILSYS_OLD_GENERATION_GRACE that is not a number of seconds above 0 stops
+    master at start-up with a message naming it, not a traceback."""
+    monkeypatch.setenv("PYMAILSYS_OLD_GENERATION_GRACE", value)
+    inst = make(new_instance, "echo unix n - n - - pmsfixtures.echo\n")
+    result = inst.postfix("start", check=False)
+    assert result.returncode != 0
+    assert f"bad PYMAILSYS_OLD_GENERATION_GRACE value: '{value}'" in result.stderr
+    assert "Traceback" not in result.stderr + inst.log()
+    assert not inst.pids()
+
+
 def test_pickup_runs_on_demand_and_exits_when_idle(new_instance) -> None:  # type: ignore[no-untyped-def]
     """No pickup while maildrop/ is empty; sendmail starts it, it exits after max_idle,
     and a file that reaches maildrop/ without a trigger is taken at the next wake-up."""

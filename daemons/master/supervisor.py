@@ -66,6 +66,7 @@ anew only when the old one has gone.
 
 from __future__ import annotations
 
+import math
 import os
 import selectors
 import signal
@@ -98,8 +99,19 @@ OLD_GENERATION_GRACE = 60.0
 
 
 def old_generation_grace() -> float:
-    """OLD_GENERATION_GRACE, or the test harness's PYMAILSYS_OLD_GENERATION_GRACE."""
-    return float(os.environ.get("PYMAILSYS_OLD_GENERATION_GRACE", OLD_GENERATION_GRACE))
+    """OLD_GENERATION_GRACE, or the test harness's PYMAILSYS_OLD_GENERATION_GRACE (a
+    number of seconds above 0); ValueError names a value that is not."""
+    text = os.environ.get("PYMAILSYS_OLD_GENERATION_GRACE")
+    if text is None:
+        return OLD_GENERATION_GRACE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"bad PYMAILSYS_OLD_GENERATION_GRACE value: {text!r} "
+                         f"(want a number of seconds above 0)")
+    return seconds
 
 
 class StartupError(Exception):
@@ -129,7 +141,7 @@ class Master:
         self.daemon_directory = ""
         self.running_copy = ""  # the checked main.cf children read (keep_running_copy)
         self.turning_away: set[tuple[str, str]] = set()  # throttled services whose clients are closed
-        self.old_generation_grace = old_generation_grace()
+        self.old_generation_grace = OLD_GENERATION_GRACE
 
     # -- start-up ------------------------------------------------------------
     def fatal(self, text: str) -> NoReturn:
@@ -137,6 +149,10 @@ class Master:
 
     def initialize(self) -> None:
         log.init_stderr_only(PROGRAM)
+        try:
+            self.old_generation_grace = old_generation_grace()
+        except ValueError as e:
+            self.fatal(str(e))
         try:
             cfg, entries, text = load_configuration(self.config_dir)
             log.init(cfg, PROGRAM)
