@@ -115,7 +115,12 @@ class _ProtocolClassConfig:
 
 
 class _Discard:
-    """A writer that drops what it is given (the transcript records it)."""
+    """A writer (and its transport) that drops what it is given (the transcript
+    records it)."""
+
+    @property
+    def transport(self) -> _Discard:
+        return self
 
     def write(self, data: bytes) -> None:
         pass
@@ -124,12 +129,12 @@ class _Discard:
 def test_errors_outside_notify_classes_send_nothing() -> None:
     notices = transcript.Notices(_ProtocolClassConfig(100), None)  # type: ignore[arg-type]
     t = notices.start()
-    replies = t.watch(_Discard())  # type: ignore[arg-type]
+    reply = t.watch(_Discard())  # type: ignore[arg-type]
     t.query(b"RCPT TO:<x@y>\r\n")
     t.rejected()
-    replies.write(b"554 5.7.1 <x@y>: Relay access denied\r\n")
+    reply(b"554 5.7.1 <x@y>: Relay access denied\r\n")
     assert t.errors == {"policy"} and not t.due()
-    replies.write(b"503 5.5.1 Error: need MAIL command\r\n")
+    reply(b"503 5.5.1 Error: need MAIL command\r\n")
     assert t.due()
 
 
@@ -162,14 +167,14 @@ def test_history_is_kept_as_sent_and_counted_in_lines() -> None:
     its lines towards smtpd_history_flush_threshold, a queued message clears a longer
     history, and the notice shows each line on its own, made printable."""
     t = transcript.Notices(_ProtocolClassConfig(3), None).start()  # type: ignore[arg-type]
-    replies = t.watch(_Discard())  # type: ignore[arg-type]
+    reply = t.watch(_Discard())  # type: ignore[arg-type]
     t.query(b"EHLO client.example")
-    replies.write(b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+    reply(b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
     assert t.line_count == 4
-    replies.write(b"250 2.0.0 Ok: queued as 4AbC\r\n")  # over the threshold: cleared
+    reply(b"250 2.0.0 Ok: queued as 4AbC\r\n")  # over the threshold: cleared
     assert t.history == [] and t.line_count == 0
     t.query(b"MAIL FROM:<\xc3\xa9\x01@x>")
-    replies.write(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+    reply(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
     assert list(t.history_lines()) == ["In:  MAIL FROM:<\u00e9\x01@x>",
                                        "Out: 501 5.5.4 Syntax: MAIL FROM:<address>"]
     assert t.due() and " In:  MAIL FROM:<\u00e9?@x>" in list(t.lines("c[1.2.3.4]"))
@@ -179,14 +184,14 @@ def test_history_keeps_the_order_across_batches() -> None:
     """Commands and replies are noted and taken into the history in batches
     (transcript.EVENT_BATCH); the history is the same, in the order they went by."""
     t = transcript.Notices(_ProtocolClassConfig(1000), None).start()  # type: ignore[arg-type]
-    replies = t.watch(_Discard())  # type: ignore[arg-type]
+    reply = t.watch(_Discard())  # type: ignore[arg-type]
     expected = []
     for n in range(transcript.EVENT_BATCH + 3):
         t.query(f"NOOP {n}".encode())
-        replies.write(f"250 2.0.0 Ok {n}\r\n".encode())
+        reply(f"250 2.0.0 Ok {n}\r\n".encode())
         expected += [f"In:  NOOP {n}", f"Out: 250 2.0.0 Ok {n}"]
     t.rejected()
-    replies.write(b"554 5.7.1 <x@y>: Relay access denied\r\n")
+    reply(b"554 5.7.1 <x@y>: Relay access denied\r\n")
     expected.append("Out: 554 5.7.1 <x@y>: Relay access denied")
     assert list(t.history_lines()) == expected
     assert t.errors == {"policy"} and t.line_count == len(expected)

@@ -126,6 +126,9 @@ class Session(SMTP):
     _verbs: ClassVar[dict[str, Verb]] = {}
     _hooks_by_handler: ClassVar[dict[type, dict[str, Callable[..., Any]]]] = {}
     session: SMTPSession  # from __init__ on, never None
+    _writer: asyncio.StreamWriter  # from run() on, the client's (None once it ended)
+    _out: asyncio.WriteTransport  # _writer's transport
+    _write: Callable[[bytes], None]  # _out.write, recorded in the transcript
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,15 +221,18 @@ class Session(SMTP):
     # --- output ------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
         # Not SMTP's (cost): no drain while pipelined input waits; UTF-8 kept as given.
-        # _write_reply and _drain, inline: a call and a coroutine fewer for each reply
+        # _write_reply and _must_drain, inline: calls fewer for each reply
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
-        self._writer.write(data + b"\r\n")
-        if self._must_drain():
-            await self._writer.drain()
+        self._write(data + b"\r\n")
+        input_ = self.input
+        if len(input_.buf) <= input_.pos:  # no pipelined input waits
+            out = self._out
+            if out.is_closing() or out.get_write_buffer_size():
+                await self._writer.drain()
 
     def _write_reply(self, status: str | bytes) -> None:
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
-        self._writer.write(data + b"\r\n")
+        self._write(data + b"\r\n")
 
     async def _drain(self) -> None:
         if self._must_drain():
@@ -239,8 +245,8 @@ class Session(SMTP):
         connection is closing): with the reply already in the kernel, no."""
         if len(self.input.buf) > self.input.pos:  # input.pending(), inline
             return False
-        transport = self._writer.transport
-        return transport.is_closing() or bool(transport.get_write_buffer_size())
+        out = self._out
+        return out.is_closing() or bool(out.get_write_buffer_size())
 
     async def reply_error(self, text: str) -> bool:
         """An error reply: counted, and delayed once the soft limit is reached."""
@@ -255,7 +261,9 @@ class Session(SMTP):
         """The whole session, on ``writer`` (whose transport carries this protocol, or
         for smtpd -S a pipe of its own)."""
         smtpd = self.smtpd
-        self._writer = self.transcript.watch(writer)
+        self._writer = writer
+        self._out = writer.transport
+        self._write = self.transcript.watch(writer)  # writer.transport.write, recorded
         if not self.proxied:
             self._addresses(writer.get_extra_info("peername"), writer.get_extra_info("sockname"))
             if smtpd.proxy_timeout and not await self._upstream_proxy(self._reader):
@@ -271,7 +279,7 @@ class Session(SMTP):
                 # while the connection is logged (nothing of this session logs in between;
                 # a client already gone is still logged as connected, then as lost).
                 try:
-                    self._writer.write(smtpd.banner)
+                    self._write(smtpd.banner)
                 finally:
                     log.info(f"connect from {self.client}")
             else:
@@ -285,7 +293,7 @@ class Session(SMTP):
                 if smtpd.tls.wrappermode:  # the skeleton made the handshake (server.run tls=)
                     self._tls_established(writer.get_extra_info("ssl_object"))
                     await self._require_client_cert()
-                self._writer.write(await self._greeting())
+                self._write(await self._greeting())
             await self._handle_client()
         except ConnectionLost as e:
             self._lost_connection(e.bytes_read)
@@ -298,7 +306,7 @@ class Session(SMTP):
             else:
                 log.info(f"timeout after {self.where} from {self.client}")
             try:
-                self._writer.write(
+                self._write(
                     f"421 4.4.2 {smtpd.myhostname} Error: timeout exceeded\r\n".encode())
             except (ConnectionError, RuntimeError):
                 pass
@@ -327,7 +335,7 @@ class Session(SMTP):
         reference counting frees them once the connection is gone, and the cyclic
         collector, whose passes cost every session, has nothing of it to find."""
         self.transcript.unwatch(self._writer)
-        self._writer = None  # type: ignore[assignment]
+        self._writer = self._out = self._write = None  # type: ignore[assignment]
 
     def _addresses(self, peer: object, local: object) -> None:
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -395,7 +403,7 @@ class Session(SMTP):
                     f"{type(e).__name__}: {e} ({os.path.basename(frame.filename)}, "
                     f"line {frame.lineno})")
         try:
-            self._writer.write(
+            self._write(
                 f"421 4.3.0 {self.smtpd.myhostname} Error: internal error\r\n".encode())
         except (ConnectionError, RuntimeError):
             pass
@@ -599,11 +607,11 @@ class Session(SMTP):
             if smtpd.discard_ehlo_notice:
                 log.info(smtpd.discard_ehlo_notice)
             if smtpd.sasl is not None:
-                self._writer.write(smtpd.ehlo_reply_for(
+                self._write(smtpd.ehlo_reply_for(
                     self.ssl_object is None and smtpd.starttls_offered,
                     await self._auth_mechanisms(ehlo=True) or []))
             else:
-                self._writer.write(smtpd.ehlo_reply if self.ssl_object is None
+                self._write(smtpd.ehlo_reply if self.ssl_object is None
                                    else smtpd.ehlo_reply_tls)
             if self._must_drain():
                 await self._writer.drain()
@@ -975,7 +983,7 @@ class Session(SMTP):
     async def smtp_QUIT(self, arg: str) -> bool:  # type: ignore[override]
         # Not SMTP's: Postfix's replies and checks.
         self._count("quit", True)
-        self._writer.write(b"221 2.0.0 Bye\r\n")
+        self._write(b"221 2.0.0 Bye\r\n")
         try:
             await self._writer.drain()
         except ConnectionError:
@@ -1172,7 +1180,7 @@ class Session(SMTP):
             return await self.reply_error("554 5.5.1 Error: TLS already active")
         if not self.smtpd.starttls_offered:
             return await self.reply_error("502 5.5.1 Error: command not implemented")
-        self._writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+        self._write(b"220 2.0.0 Ready to start TLS\r\n")
         # RFC 3207 section 4.2: forget what the client said before TLS (HELO, MAIL
         # and, as Postfix's smtpd_sasl_auth_reset, a login made in plaintext)
         self._reset()
@@ -1207,7 +1215,8 @@ class Session(SMTP):
         self._writer = asyncio.StreamWriter(new, self, self._reader, self.loop)
         # as asyncio's StreamWriter.start_tls does (it takes only client-side protocols)
         self._replace_writer(self._writer)  # type: ignore[attr-defined]
-        self.transcript.watch(self._writer)
+        self._out = new
+        self._write = self.transcript.watch(self._writer)
         self._tls_established(new.get_extra_info("ssl_object"))
         await self._require_client_cert()
 

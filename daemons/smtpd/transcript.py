@@ -70,7 +70,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pymailsys import log
 from pymailsys.config import Config
@@ -159,10 +159,12 @@ class Transcript:
         self._digest()
         return self._errors
 
-    def watch(self, writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
-        """writer, its writes recorded as replies."""
+    def watch(self, writer: asyncio.StreamWriter) -> Callable[[bytes], None]:
+        """From now on writer's writes are recorded as replies; returns the function
+        that writes on it (and records): its transport's write underneath, without
+        StreamWriter.write's call in between (that one is only transport.write)."""
+        write = writer.transport.write
         if self.recording:
-            write = writer.write
             events = self._events
 
             def recorded(data: bytes | bytearray | memoryview) -> None:
@@ -174,7 +176,8 @@ class Transcript:
                 write(data)
 
             writer.write = recorded  # type: ignore[method-assign]
-        return writer
+            return recorded
+        return write
 
     def unwatch(self, writer: asyncio.StreamWriter) -> None:
         """writer no longer recorded (its wrapper and the writer hold each other)."""
