@@ -173,23 +173,8 @@ class InputBuffer:
             except (AttributeError, NotImplementedError, RuntimeError):
                 pass
 
-    async def _receive(self) -> bytes:
-        """Attached: up to CHUNK bytes of the inbox, waiting for some; b"" at the end."""
-        while not self.inbox:
-            if self.error is not None:
-                raise self.error
-            if self.eof:
-                return b""
-            if self.paused:  # nothing left to read (STARTTLS dropped it): take more
-                self._resume()
-            loop = self.loop
-            if loop is None:
-                loop = self.loop = asyncio.get_running_loop()
-            self.waiter = loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+    def _take(self) -> bytes:
+        """Attached, the inbox not empty: up to CHUNK bytes of it."""
         data = self.inbox
         if len(data) > CHUNK:
             chunk = bytes(data[:CHUNK])
@@ -205,25 +190,43 @@ class InputBuffer:
         return chunk
 
     async def _read(self) -> bytes:
-        """One read of up to CHUNK bytes; TimeoutError after ``timeout`` seconds.
+        """One read of up to CHUNK bytes (b"" at the end); TimeoutError after
+        ``timeout`` seconds. Attached, what the inbox holds, waiting for some.
 
         Instead of a timer per read (asyncio.timeout: an object, a timer armed
         and cancelled, per command), one timer per session is armed at the
-        first read and, when it fires early, re-armed for the current read's
-        deadline. The owner calls ``close()`` to drop it.
+        first read that waits and, when it fires early, re-armed for the current
+        read's deadline. The owner calls ``close()`` to drop it. The wait is
+        here, not in a coroutine of its own: one fewer to make and to resume
+        through for every command line.
         """
-        receive = self._receive if self.attached else self._reader_read
-        if not self.timeout:
-            return await receive()
+        attached = self.attached
+        if attached and self.inbox:  # here already: no wait, so no deadline
+            return self._take()
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + self.timeout
-        if self.timer is None:
-            self.task = asyncio.current_task(loop)
-            self.timer = loop.call_at(self.deadline, self._on_timer)
+        if self.timeout:
+            self.deadline = loop.time() + self.timeout
+            if self.timer is None:
+                self.task = asyncio.current_task(loop)
+                self.timer = loop.call_at(self.deadline, self._on_timer)
         try:
-            return await receive()
+            if not attached:
+                return await self.reader.read(CHUNK)
+            while not self.inbox:
+                if self.error is not None:
+                    raise self.error
+                if self.eof:
+                    return b""
+                if self.paused:  # nothing left to read (STARTTLS dropped it): take more
+                    self._resume()
+                waiter = self.waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+            return self._take()
         except asyncio.CancelledError:
             if self.expired and self.task is not None:
                 self.expired = False
@@ -232,9 +235,6 @@ class InputBuffer:
             raise
         finally:
             self.deadline = 0.0
-
-    def _reader_read(self) -> Awaitable[bytes]:
-        return self.reader.read(CHUNK)
 
     def _on_timer(self) -> None:
         self.timer = None
