@@ -174,6 +174,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from pymailsys.daemons.smtpd.handler import QUEUE_WRITE_ERROR, Envelope, Smtpd
@@ -234,11 +235,13 @@ def _wrapper_tls(ctx: server.Context) -> tuple[ssl.SSLContext, float] | None:
     return (tls.context, tls.handshake_timeout) if tls.wrappermode and tls.context else None
 
 
-async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                ctx: server.Context) -> None:
+def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+          ctx: server.Context) -> Awaitable[None]:
+    """The session's run itself, not a coroutine that awaits it: every wake-up of the
+    session resumes one frame fewer."""
     session = writer.transport.get_protocol()
     assert isinstance(session, Session)
-    await session.run(writer)
+    return session.run(writer)
 
 
 # --- stand-alone mode (smtpd -S, sendmail -bs) ------------------------------------------
