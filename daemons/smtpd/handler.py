@@ -118,6 +118,9 @@ class Smtpd:
         self.bare_newline_exclusions = netaddr.address_list(config, "smtpd_forbid_bare_newline_exclusions")
         self.engine = restrictions.Engine(config)
         self.engine.check_relay_config()
+        # an empty list decides nothing: DATA and the end of data skip a check of it
+        self.data_checked = self.engine.runs("smtpd_data_restrictions")
+        self.end_of_data_checked = self.engine.runs("smtpd_end_of_data_restrictions")
         self.local_rewrite = self._parse_local_rewrite(
             config.get_list("local_header_rewrite_clients"))
         self._rewrite_tables: dict[str, Maps] = {}

@@ -628,9 +628,11 @@ class Session(SMTP):
             return await self.reply_error("503 5.5.1 Error: nested MAIL command")
         if self.chunks is not None:  # refused chunks are skipped up to BDAT LAST or RSET
             return await self.reply_error("503 5.5.1 Error: MAIL after BDAT")
-        refusal = await smtpd.limits.message(self.anvil_ident, self.req.client_addr, self.client)
-        if refusal is not None:
-            return await self.reply_error(refusal)
+        if self.anvil_ident is not None:  # else not counted: no rate to ask anvil for
+            refusal = await smtpd.limits.message(self.anvil_ident, self.req.client_addr,
+                                                 self.client)
+            if refusal is not None:
+                return await self.reply_error(refusal)
         try:
             parsed = parse_path(arg, "FROM:", smtpd.strict_rfc821)
         except ValueError:
@@ -750,10 +752,11 @@ class Session(SMTP):
             return await self.reply_error("503 5.5.1 Error: need MAIL command")
         if self.chunks is not None:
             return await self.reply_error("503 5.5.1 Error: RCPT after BDAT")
-        refusal = await smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
-                                               self.client)
-        if refusal is not None:
-            return await self.reply_error(refusal)
+        if self.anvil_ident is not None:  # else not counted: no rate to ask anvil for
+            refusal = await smtpd.limits.recipient(self.anvil_ident, self.req.client_addr,
+                                                   self.client)
+            if refusal is not None:
+                return await self.reply_error(refusal)
         try:
             parsed = parse_path(arg, "TO:", smtpd.strict_rfc821)
         except ValueError:
@@ -823,10 +826,11 @@ class Session(SMTP):
         if arg:
             return await self.reply_error("501 5.5.4 Syntax: DATA")
         self.req.recipient_count = len(env.recipients)
-        result = await smtpd.engine.check_data(self.req)
-        if result is not None and result.reply is not None:
-            self._log_reject("DATA", str(result.reply))
-            return await self.reply_error(str(result.reply))
+        if smtpd.data_checked:
+            result = await smtpd.engine.check_data(self.req)
+            if result is not None and result.reply is not None:
+                self._log_reject("DATA", str(result.reply))
+                return await self.reply_error(str(result.reply))
         self._received_header_parts(env)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         message = smtpd.new_message(env, self.req, env.rewrite_context)
@@ -861,12 +865,13 @@ class Session(SMTP):
             self._reset()
             return await self.reply_error(
                 f"550 5.5.2 {smtpd.myhostname} Error: bare <LF> received")
-        result = await smtpd.engine.check_end_of_data(self.req)
-        if result is not None and result.reply is not None:
-            message.abort()
-            self._log_reject("END-OF-MESSAGE", str(result.reply))
-            self._reset()
-            return await self.reply_error(str(result.reply))
+        if smtpd.end_of_data_checked:
+            result = await smtpd.engine.check_end_of_data(self.req)
+            if result is not None and result.reply is not None:
+                message.abort()
+                self._log_reject("END-OF-MESSAGE", str(result.reply))
+                self._reset()
+                return await self.reply_error(str(result.reply))
         reply, queue_id = await message.finish(rest)
         sasl_log = self._sasl_log()
         self._reset()

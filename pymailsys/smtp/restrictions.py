@@ -584,7 +584,17 @@ class Engine:
         DEFER_IF_REJECT reply, a pass becomes the DEFER_IF_PERMIT reply."""
         req.where = where
         req.defer_if_permit = req.defer_if_reject = None
-        result = await self._first_reject(req, names)
+        result = None
+        lists = self.lists
+        for name in names:  # the first list that does not pass (a coroutine fewer inline)
+            if not lists[name]:  # as evaluate() would find: nothing to say
+                continue
+            if name == "smtpd_sender_restrictions" and req.sender is None:
+                continue
+            found = await self.evaluate(name, req)
+            if found is not None and found.action != OK:
+                result = found
+                break
         if result is None and unlisted and not req.actions.discard:
             result = self._unlisted_checks(req)
         if result is not None and result.reply is not None:
@@ -606,17 +616,10 @@ class Engine:
                 return refusal(reply)
         return None
 
-    async def _first_reject(self, req: Request, names: tuple[str, ...]) -> Result | None:
-        lists = self.lists
-        for name in names:
-            if not lists[name]:  # as evaluate() would find: nothing to say
-                continue
-            if name == "smtpd_sender_restrictions" and req.sender is None:
-                continue
-            result = await self.evaluate(name, req)
-            if result is not None and result.action != OK:
-                return result
-        return None
+    def runs(self, list_name: str) -> bool:
+        """Whether the list has anything to run: a check of empty lists alone decides
+        nothing (its caller may leave it out)."""
+        return bool(self.lists[list_name])
 
     def defer_if(self, req: Request, permit: bool, reply: Reply) -> None:
         """Remember a deferred decision (the first one of each kind counts, as Postfix)."""
