@@ -99,6 +99,7 @@ COUNTED = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "
 # with its initial response may be followed by MAIL), not ETRN or QUIT, as Postfix.
 LAST_IN_GROUP = frozenset(("EHLO", "HELO", "DATA", "VRFY", "NOOP"))
 COUNT_ORDER = {name: i for i, name in enumerate(COUNTED)}
+_COUNT_NAMES = {name.upper(): name for name in COUNTED}  # a verb's counter
 # Postfix's SMTPD_CMD_FLAG_LIMIT commands, counted toward smtpd_junk_command_limit
 JUNK = frozenset(("HELO", "EHLO", "NOOP", "VRFY", "ETRN", "RSET"))
 # ASCII digits only (re.ASCII), as Postfix's alldig(): not "٣"
@@ -433,12 +434,14 @@ class Session(SMTP):
         # Not SMTP's: Postfix's replies, error counting, pipelining check and timeouts.
         smtpd = self.smtpd
         verbs = self._verbs
+        input_ = self.input
+        counts = self.counts
         while True:
             if self.error_count >= smtpd.hard_limit:
                 log.info(f"too many errors after {self.where} from {self.client}")
                 await self.push(f"421 4.7.0 {smtpd.myhostname} Error: too many errors")
                 raise Hangup
-            line = await self.input.readline(smtpd.line_limit)
+            line = await input_.readline(smtpd.line_limit)
             self.transcript.query(line)
             if self.input.bare_lf and smtpd.bare_newline == "reject" and not self._bare_lf_exempt():
                 log.info(f"NOQUEUE: reject: {self.where} from {self.client}: bare <LF> received; "
@@ -484,7 +487,7 @@ class Session(SMTP):
             # not in stand-alone mode (smtpd -S, sendmail -bs), as Postfix: a program writes
             # its whole conversation to sendmail's standard input at once
             if (smtpd.forbid_unauth_pipelining and not smtpd.stand_alone
-                    and self.input.pending() and verb != "BDAT"
+                    and len(input_.buf) > input_.pos and verb != "BDAT"  # input_.pending()
                     and (not self.session.extended_smtp or verb in LAST_IN_GROUP)):
                 nxt = self.input.peek_line().decode("utf-8", "replace")
                 log.info(f"improper command pipelining after {verb} from {self.client}: {nxt}")
@@ -505,8 +508,14 @@ class Session(SMTP):
             try:
                 ok = await method(self, arg)
             finally:
-                if verb != "QUIT":
-                    self._count(verb.lower(), ok)
+                if verb != "QUIT":  # _count, inline
+                    name = _COUNT_NAMES[verb]
+                    c = counts.get(name)
+                    if c is None:
+                        c = counts[name] = [0, 0]
+                    c[1] += 1
+                    if ok:
+                        c[0] += 1
             if verb == "QUIT":  # answered: the session ends here, by a return, not Hangup
                 return
 
@@ -562,6 +571,8 @@ class Session(SMTP):
     def _sasl_log(self) -> str:
         """The SASL part of the ``client=`` line (smtpd_sasl_mail_log), each item when set."""
         req = self.req
+        if not (req.sasl_method or req.sasl_username or req.sasl_sender):
+            return ""  # the common case, without a generator's frame and a join
         return "".join(f", {name}={value}" for name, value in (
             ("sasl_method", req.sasl_method), ("sasl_username", req.sasl_username),
             ("sasl_sender", req.sasl_sender)) if value)
