@@ -7,7 +7,8 @@ client limits (pymailsys.smtp.limits, with ONE anvil client), and ONE
 AttrPool to public/cleanup shared by all sessions. ``new_message()`` starts
 a ``Message``: its content goes to cleanup as DATA arrives (pymailsys.ipc.services
 contract), and its end gives the SMTP reply.
-``name_client(req)`` sets the client's names: ``localhost`` for loopback
+``name_client(req)`` sets the client's names (``name_known_client``, without
+a coroutine, when they need no lookup): ``localhost`` for loopback
 addresses without a lookup, else a forward-confirmed reverse lookup
 (pymailsys.smtp.dns_client_name) when smtpd_peername_lookup is on, else
 ``unknown``. A message carries the access(5) actions its restrictions
@@ -240,16 +241,20 @@ class Smtpd:
         if self.sasl is not None:
             self.sasl.close()
 
-    async def name_client(self, req: restrictions.Request) -> None:
+    def name_known_client(self, req: restrictions.Request) -> bool:
+        """Set the client's names when they need no lookup (a loopback client, or
+        smtpd_peername_lookup off); False: name_client must look them up."""
         if _is_loopback(req.client_addr):
-            found = _LOOPBACK_NAME
+            _set_names(req, _LOOPBACK_NAME)
         elif not self.peername_lookup:
-            found = _NOT_LOOKED_UP
+            _set_names(req, _NOT_LOOKED_UP)
         else:
-            found = await dns_client_name.lookup(req.client_addr, timeout=10)
-        req.client_name, req.client_name_status = found.name, found.status
-        req.reverse_client_name = found.reverse_name
-        req.reverse_client_name_status = found.reverse_status
+            return False
+        return True
+
+    async def name_client(self, req: restrictions.Request) -> None:
+        if not self.name_known_client(req):
+            _set_names(req, await dns_client_name.lookup(req.client_addr, timeout=10))
 
     def _parse_local_rewrite(self, words: list[str]) -> list[tuple[str, object]]:
         """local_header_rewrite_clients as Postfix's smtpd_check_rewrite reads it: the
@@ -298,6 +303,12 @@ class Smtpd:
                     context: str) -> QueueMessage:
         """Where one message's content goes as DATA arrives (stand-alone mode: elsewhere)."""
         return Message(self, env, req, context)
+
+
+def _set_names(req: restrictions.Request, found: dns_client_name.ClientName) -> None:
+    req.client_name, req.client_name_status = found.name, found.status
+    req.reverse_client_name = found.reverse_name
+    req.reverse_client_name_status = found.reverse_status
 
 
 class QueueMessage(Protocol):

@@ -222,7 +222,7 @@ class Session(SMTP):
     # --- output ------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
         # Not SMTP's (cost): no drain while pipelined input waits; UTF-8 kept as given.
-        # _write_reply and _must_drain, inline: calls fewer for each reply
+        # _must_drain, inline: a call fewer for each reply
         data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
         self._write(data + b"\r\n")
         input_ = self.input
@@ -230,14 +230,6 @@ class Session(SMTP):
             out = self._out
             if out.is_closing() or out.get_write_buffer_size():
                 await self._writer.drain()
-
-    def _write_reply(self, status: str | bytes) -> None:
-        data = status if isinstance(status, bytes) else status.encode("utf-8", "surrogateescape")
-        self._write(data + b"\r\n")
-
-    async def _drain(self) -> None:
-        if self._must_drain():
-            await self._writer.drain()
 
     def _must_drain(self) -> bool:
         """Whether to await StreamWriter.drain() after a reply: not while pipelined
@@ -266,12 +258,14 @@ class Session(SMTP):
         self._out = writer.transport
         self._write = self.transcript.watch(writer)  # writer.transport.write, recorded
         if not self.proxied:
-            self._addresses(writer.get_extra_info("peername"), writer.get_extra_info("sockname"))
+            out = self._out  # StreamWriter.get_extra_info is the transport's
+            self._addresses(out.get_extra_info("peername"), out.get_extra_info("sockname"))
             if smtpd.proxy_timeout and not await self._upstream_proxy(self._reader):
                 writer.close()
                 return
         self.input.attach(self.transport)
-        await smtpd.name_client(self.req)
+        if not smtpd.name_known_client(self.req):  # a coroutine only for a DNS lookup
+            await smtpd.name_client(self.req)
         self.client = self.req.client
         try:
             self.anvil_ident = smtpd.limits.ident(self.req.client_addr, self.req.client_name)
@@ -321,7 +315,8 @@ class Session(SMTP):
         finally:
             self.input.close()
             log.info(f"disconnect from {self.client}{self._stats()}")
-            await self.transcript.finish(self.client)
+            if self.transcript.due():  # a coroutine only for a notice
+                await self.transcript.finish(self.client)
             if self.anvil_ident is not None:
                 await smtpd.limits.disconnect(self.anvil_ident)
             try:
@@ -892,9 +887,11 @@ class Session(SMTP):
         self.junk = 0
         if size is not None:
             reply = f"250 2.0.0 Ok: {size} bytes queued as {queue_id}"
-        self._write_reply(reply)  # the client's wait ends before the log line is written
+        # the client's wait ends before the log line is written
+        self._write(reply.encode("utf-8", "surrogateescape") + b"\r\n")
         log.info(f"{queue_id}: client={self.client}{sasl_log}")
-        await self._drain()
+        if self._must_drain():
+            await self._writer.drain()
         return True
 
     async def smtp_BDAT(self, arg: str) -> bool:
@@ -1000,10 +997,11 @@ class Session(SMTP):
         # Not SMTP's: Postfix's replies and checks.
         self._count("quit", True)
         self._write(b"221 2.0.0 Bye\r\n")
-        try:
-            await self._writer.drain()
-        except ConnectionError:
-            pass
+        if self._must_drain():  # else nothing for drain() to do (close() sends the rest)
+            try:
+                await self._writer.drain()
+            except ConnectionError:
+                pass
         return True  # the session ends (_handle_client)
 
     async def smtp_VRFY(self, arg: str) -> bool:  # type: ignore[override]
