@@ -84,3 +84,18 @@ def test_interface_addresses() -> None:
                                          "proxy_interfaces": "192.0.2.99"})
     assert netaddr.interface_addresses(cfg) == {"127.0.0.1", "::1", "192.0.2.99"}
     assert "127.0.0.1" in netaddr.interface_addresses(config.Config("/nonexistent", {}))
+
+
+def test_answers_are_kept_only_for_a_list_without_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    nets = netaddr.AddressList(["10.0.0.0/8", "!192.0.2.0/24", "mx.example"])
+    for _ in range(2):  # the kept answers are the answers
+        assert nets.match("10.1.2.3") and not nets.match("192.0.2.1", "mx.example")
+        assert nets.match("198.51.100.1", "mx.example") and not nets.match("198.51.100.1")
+    for n in range(netaddr.MEMO_LIMIT + 10):  # bounded
+        nets.match(f"10.0.{n // 256}.{n % 256}")
+    assert len(nets._memo or ()) <= netaddr.MEMO_LIMIT
+    # a table's answers may change: a list with one asks it every time
+    listed = netaddr.AddressList(["10.0.0.0/8", "inline:{192.0.2.1=yes}"])
+    assert listed.match("192.0.2.1")
+    monkeypatch.setattr(listed.items[1][2], "lookup", lambda key: None)
+    assert not listed.match("192.0.2.1") and listed.match("10.9.9.9")

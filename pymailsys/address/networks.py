@@ -30,6 +30,10 @@ DESCRIPTION
       smtpd_sasl_exceptions_networks) a bare name matches subdomains too and
       ``.domain`` does not, as Postfix's match_hostname.
 
+    A list of networks and names alone keeps its answers (by address and
+    name, at most MEMO_LIMIT of them: they never change); one with a table
+    looks again each time.
+
     ``address_list(config, name)``: the list of parameter name, in its
     parent_domain_matches_subdomains style. ``mynetworks(config)``: the
     parameter; when it is not set, the configuration computes it from
@@ -63,6 +67,7 @@ from pymailsys.maps.search import domain_keys, parent_style
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MEMO_LIMIT = 1024  # answers an AddressList keeps (emptied when full)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,6 +128,10 @@ class AddressList:
     def __init__(self, patterns: Iterable[str], parent_style: bool = True) -> None:
         self.parent_style = parent_style  # parent_domain_matches_subdomains lists it
         self.items: list[tuple[bool, str, object]] = []
+        # answers by (address, name) while the list is networks and names only, whose
+        # answers never change (smtpd asks mynetworks twice per message, some 3,000
+        # instructions each); None once a table is in it
+        self._memo: dict[tuple[str, str], bool] | None = {}
         for pattern in patterns:
             self._add(pattern)
 
@@ -141,6 +150,7 @@ class AddressList:
             return
         if ":" in pattern and not pattern.startswith("[") and _looks_like_table(pattern):
             self.items.append((negate, "table", maps.open_table(pattern)))
+            self._memo = None  # a table's answers may change
             return
         net = parse_network(pattern)
         if net is not None:
@@ -153,6 +163,18 @@ class AddressList:
 
     def match(self, addr: str, name: str = "") -> bool:
         """True when the client (address, name) is in the list; TableError on lookup failure."""
+        memo = self._memo
+        if memo is None:
+            return self._match(addr, name)
+        key = (addr, name)
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            hit = memo[key] = self._match(addr, name)
+        return hit
+
+    def _match(self, addr: str, name: str) -> bool:
         ip = parse_address(addr)
         lname = name.lower().rstrip(".")
         for negate, kind, value in self.items:
