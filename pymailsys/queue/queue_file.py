@@ -481,22 +481,24 @@ def _read_on(fd: int, buf: bytes, pos: int, at: int, size: int) -> tuple[bytes, 
 
 RUN = 16  # records of one length in a row that make content_text try a bulk decode
 SPAN = 4096  # bytes of records content_text decodes one at a time between such tries
+XTRA_EMPTY = r.REC_TYPE_XTRA + b"\x00"  # the X record that ends the content, as written
 
 
 def _equal_records(buf: bytes, pos: int, end: int, step: int) -> int:
     """How many records from pos on, whole before end, repeat the record head at pos
     (type byte and a one-byte length: each is ``step`` bytes long); 0 when fewer than RUN.
-    The heads are checked at every step, so the count is exact whatever the payloads."""
+    The heads are checked at every step, so the count is exact whatever the payloads;
+    the RUNth record's head is looked at first (most tries fail there)."""
     many = (end - pos) // step
     if many < RUN:
         return 0
-    kind, length = buf[pos:pos + 1], buf[pos + 1:pos + 2]
-    stop = pos + RUN * step
-    if buf[pos:stop:step] != kind * RUN or buf[pos + 1:stop:step] != length * RUN:
+    at = pos + (RUN - 1) * step
+    if buf[at] != buf[pos] or buf[at + 1] != buf[pos + 1]:
         return 0
     stop = pos + many * step
     kinds, lengths = buf[pos:stop:step], buf[pos + 1:stop:step]
-    return many - max(len(kinds.lstrip(kind)), len(lengths.lstrip(length)))
+    count = many - max(len(kinds.lstrip(kinds[:1])), len(lengths.lstrip(lengths[:1])))
+    return count if count >= RUN else 0
 
 
 def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") -> Iterator[bytes]:
@@ -509,9 +511,11 @@ def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") ->
 
     Most records are lines: N records with a one- or two-byte length. Lines of one
     length under 128 in a row (base64, fixed-width text) are found by looking at every
-    record head at once (``_equal_records``) and decoded with bytearray slice
-    operations; other N records in a tight loop, joined once; every other record (L,
-    p, w, X, or a longer length) goes through ``records.decode_record`` and its checks. (``tests/bench/large_message_paths.py``.)
+    record head at once (``_equal_records``, tried where two lines of one length follow
+    each other) and decoded with bytearray slice operations; other N records in a tight
+    loop, joined once; the usual X record after them (``X``, empty) is known by its two
+    bytes; every other record (L, p, w, another X, or a longer length) goes through
+    ``records.decode_record`` and its checks. (``tests/bench/large_message_paths.py``.)
     """
     n_byte = r.REC_TYPE_NORM[0]
     norm, cont, xtra = r.REC_TYPE_NORM, r.REC_TYPE_CONT, r.REC_TYPE_XTRA
@@ -523,6 +527,7 @@ def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") ->
     ends = True  # the last record ended a line
     while True:
         end = len(buf)
+        last = -1  # the length of the line before, when a run of that length may follow
         while pos + 1 < end and buf[pos] == n_byte:
             step = buf[pos + 1] + 2
             count = _equal_records(buf, pos, end, step) if step < 0x82 else 0
@@ -541,19 +546,26 @@ def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") ->
                 append = lines.append
                 start = pos
                 span = min(end, pos + SPAN)
-                while pos + 2 < span and buf[pos] == n_byte:
-                    length = buf[pos + 1]
-                    if length < 0x80:
-                        nxt = pos + 2 + length
-                    elif buf[pos + 2] < 0x80:  # two length bytes: lines of 128 to 16383
-                        length = (length & 0x7F) | buf[pos + 2] << 7
-                        nxt = pos + 3 + length
-                    else:
-                        break
-                    if nxt > end:
-                        break
-                    append(buf[nxt - length:nxt])
-                    pos = nxt
+                try:  # an IndexError: the record at pos goes on in the next block
+                    while buf[pos] == n_byte:
+                        length = buf[pos + 1]
+                        if length < 0x80:
+                            if length == last:  # two of one length: a run may start here
+                                break
+                            last = length
+                            nxt = pos + 2 + length
+                        elif buf[pos + 2] < 0x80:  # two length bytes: lines of 128 to 16383
+                            length = (length & 0x7F) | buf[pos + 2] << 7
+                            nxt = pos + 3 + length
+                        else:
+                            break
+                        if nxt > span:
+                            break
+                        append(buf[nxt - length:nxt])
+                        pos = nxt
+                except IndexError:
+                    pass
+                last = -1  # tried at pos (above), or not a run: not again before the next pair
                 if not lines:  # the record at pos goes on in the next block
                     break
                 append(b"")
@@ -564,6 +576,12 @@ def content_text(fd: int, offset: int, chunk: int = 65536, head: bytes = b"") ->
                 yield b"".join(out)
                 out = []
                 size = 0
+        if buf[pos:pos + 2] == XTRA_EMPTY:  # the X record after the text, as cleanup writes it
+            if not ends:
+                out.append(b"\n")
+            if out:
+                yield b"".join(out)
+            return
         try:
             rtype, payload, nxt = r.decode_record(buf, pos)
         except r.RecordError as e:
