@@ -86,6 +86,10 @@ def test_every_request_field_is_checked() -> None:
                 DeliveryRequest.from_attrs(_request(**{name: value}))
     with pytest.raises(ProtocolError, match="data_offset: not a number"):
         DeliveryRequest.from_attrs(_request(data_offset="12x"))
+    with pytest.raises(ValueError, match="^could not convert string to float: 'x'$"):
+        DeliveryRequest.from_attrs(_request(arrival_time="x", rcpt_offset="y"))  # the first
+    with pytest.raises(ProtocolError, match="content_size: not a number"):
+        DeliveryRequest.from_attrs(_request(content_size="z", active_time="x", flags="y"))
     twice = _request()
     twice.pairs.append(("sender", b"second@b"))
     assert DeliveryRequest.from_attrs(twice).sender == "a@b"  # the first, as AttrList.text

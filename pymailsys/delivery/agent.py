@@ -125,23 +125,23 @@ class DeliveryRequest:
     @classmethod
     def from_attrs(cls, attrs: AttrList) -> DeliveryRequest:
         values = attrs.first_values()
-        return cls(
-            queue_name=_text(values, "queue_name"),
-            queue_id=_text(values, "queue_id"),
-            data_offset=_number(values, "data_offset"),
-            content_size=_number(values, "content_size"),
-            arrival_time=float(_text(values, "arrival_time") or 0),
-            active_time=float(_text(values, "active_time") or 0),
-            sender=_text(values, "sender"),
-            nexthop=_text(values, "nexthop"),
-            rcpt=_text(values, "rcpt"),
-            orig_rcpt=_text(values, "orig_rcpt"),
-            rcpt_offset=_number(values, "rcpt_offset"),
-            dsn_notify=_number(values, "dsn_notify"),
-            dsn_orcpt=_text(values, "dsn_orcpt"),
-            flags=_number(values, "flags"),
-            start_time=time.time(),
-        ).checked()
+        get = values.get
+        try:
+            data_offset, content_size, rcpt_offset, dsn_notify, flags = [
+                int(get(name, 0)) for name in _NUMBERS]  # absent is 0
+            queue_name, queue_id, arrival, active, sender, nexthop, rcpt, orig_rcpt, dsn_orcpt = [
+                get(name, b"").decode("utf-8", "surrogateescape") for name in _TEXTS]
+            arrival_time, active_time = float(arrival or 0), float(active or 0)
+        except ValueError:  # the first field at fault, in the fields' order, names itself
+            for name in _NUMBERS_AND_TIMES:
+                if name in _NUMBERS:
+                    _number(values, name)  # a ProtocolError
+                else:
+                    float(_text(values, name) or 0)
+            raise
+        return cls(queue_name, queue_id, data_offset, content_size, arrival_time, active_time,
+                   sender, nexthop, rcpt, orig_rcpt, rcpt_offset, dsn_notify, dsn_orcpt, flags,
+                   time.time()).checked()
 
     def checked(self) -> DeliveryRequest:
         """Refuse (ValueError) a request whose fields are out of their range.
@@ -152,39 +152,50 @@ class DeliveryRequest:
         ``spool.valid_queue_name``/``valid_queue_id``; offsets and sizes
         non-negative and bounded; times finite; addresses bounded and free of
         control characters (they go into headers and log lines); flags and
-        dsn_notify within their bit masks.
+        dsn_notify within their bit masks. Each group is tested at once, field by
+        field only to name the one at fault.
         """
         if not spool.valid_queue_name(self.queue_name):
             raise ValueError(f"malformed queue name: {self.queue_name!r}")
         if not spool.valid_queue_id(self.queue_id):
             raise ValueError(f"malformed queue id: {self.queue_id!r}")
-        for name in ("data_offset", "content_size", "rcpt_offset"):
-            value = getattr(self, name)
-            if not 0 <= value <= MAX_OFFSET:
-                raise ValueError(f"{name} out of range: {value}")
+        if not (0 <= self.data_offset <= MAX_OFFSET and 0 <= self.content_size <= MAX_OFFSET
+                and 0 <= self.rcpt_offset <= MAX_OFFSET):
+            for name in ("data_offset", "content_size", "rcpt_offset"):
+                value = getattr(self, name)
+                if not 0 <= value <= MAX_OFFSET:
+                    raise ValueError(f"{name} out of range: {value}")
         if self.data_offset == 0:
             raise ValueError("data_offset out of range: 0")
-        for name in ("arrival_time", "active_time"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value <= MAX_TIME):
-                raise ValueError(f"{name} out of range: {value}")
+        # a NaN fails every comparison and an infinity the upper bound: finite when in range
+        if not (0 <= self.arrival_time <= MAX_TIME and 0 <= self.active_time <= MAX_TIME):
+            for name in ("arrival_time", "active_time"):
+                value = getattr(self, name)
+                if not (math.isfinite(value) and 0 <= value <= MAX_TIME):
+                    raise ValueError(f"{name} out of range: {value}")
         if not self.rcpt:
             raise ValueError("empty recipient")
-        addresses = (self.sender, self.rcpt, self.orig_rcpt, self.dsn_orcpt, self.nexthop)
-        # all five at once; field by field only to name the one at fault
-        if (max(map(len, addresses)) > MAX_ADDRESS_LENGTH
-                or has_control("".join(addresses))):
+        joined = "".join((self.sender, self.rcpt, self.orig_rcpt, self.dsn_orcpt, self.nexthop))
+        if len(joined) > MAX_ADDRESS_LENGTH or has_control(joined):  # each is no longer
             for name in ("sender", "rcpt", "orig_rcpt", "dsn_orcpt", "nexthop"):
                 value = getattr(self, name)
                 if len(value) > MAX_ADDRESS_LENGTH:
                     raise ValueError(f"{name} longer than {MAX_ADDRESS_LENGTH} characters")
                 if has_control(value):
                     raise ValueError(f"{name} contains control characters: {value!r}")
-        if not 0 <= self.dsn_notify <= NOTIFY_MASK:
-            raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
-        if not 0 <= self.flags <= DEL_REQ_FLAG_MASK:
+        if not (0 <= self.dsn_notify <= NOTIFY_MASK and 0 <= self.flags <= DEL_REQ_FLAG_MASK):
+            if not 0 <= self.dsn_notify <= NOTIFY_MASK:
+                raise ValueError(f"dsn_notify out of range: {self.dsn_notify}")
             raise ValueError(f"flags out of range: {self.flags}")
         return self
+
+
+# a request's attributes as DeliveryRequest.from_attrs reads them, in its fields' order
+_NUMBERS = ("data_offset", "content_size", "rcpt_offset", "dsn_notify", "flags")
+_TEXTS = ("queue_name", "queue_id", "arrival_time", "active_time", "sender", "nexthop", "rcpt",
+          "orig_rcpt", "dsn_orcpt")
+_NUMBERS_AND_TIMES = ("data_offset", "content_size", "arrival_time", "active_time",
+                      "rcpt_offset", "dsn_notify", "flags")
 
 
 def _text(values: dict[str, bytes], name: str) -> str:
