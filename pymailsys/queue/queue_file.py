@@ -93,10 +93,6 @@ class Envelope:
         return [rc for rc in self.recipients if not rc.done]
 
 
-def _text(payload: bytes) -> str:
-    return payload.decode("utf-8", "surrogateescape")
-
-
 _MAX_NUMBER = 1 << 62  # beyond any time, size or flag word a queue file holds
 
 
@@ -254,71 +250,90 @@ class QueueFileBuilder:
         return [size_rec, envelope, *self._content, self.trailer()]
 
 
-class _RecipientRecords:
-    """The A, O and R/D records that make up recipients, in the envelope or after the content:
-    dsn_orig_rcpt, notify_flags and O apply to the next recipient, other attributes to
-    the message."""
-
-    def __init__(self, env: Envelope, rcpt_from: int = 0, rcpt_limit: int = 0) -> None:
-        self.env = env
-        self.rcpt_from, self.rcpt_limit = rcpt_from, rcpt_limit
-        self.orig = ""
-        self.notify = 0
-        self.orcpt = ""
-
-    def take(self, offset: int, rtype: bytes, payload: bytes) -> bool:
-        """Use the record if it is one of those; False when it is not."""
-        if rtype == r.REC_TYPE_ATTR:
-            name, _, value = _text(payload).partition("=")
-            if name == "dsn_orig_rcpt":
-                self.orcpt = value
-            elif name == "notify_flags":
-                self.notify = number(value, "notify_flags") if value else 0
-            else:
-                self.env.attrs[name] = value
-        elif rtype == r.REC_TYPE_ORCP:
-            self.orig = _text(payload)
-        elif rtype in (r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP):
-            if _in_slice(self.env, rtype, offset, self.rcpt_from, self.rcpt_limit):
-                self.env.recipients.append(Recipient(_text(payload), self.orig, offset,
-                                                     rtype != r.REC_TYPE_RCPT, self.notify,
-                                                     self.orcpt))
-            self.orig, self.notify, self.orcpt = "", 0, ""
-        else:
-            return False
-        return True
+# The envelope reader's record types, as the numbers that indexing bytes gives.
+_SIZE, _TIME, _FULL, _FROM, _FILT, _WARN = (t[0] for t in (
+    r.REC_TYPE_SIZE, r.REC_TYPE_TIME, r.REC_TYPE_FULL, r.REC_TYPE_FROM, r.REC_TYPE_FILT,
+    r.REC_TYPE_WARN))
+_ATTR, _ORCP, _RCPT, _DONE, _DRCP = (t[0] for t in (
+    r.REC_TYPE_ATTR, r.REC_TYPE_ORCP, r.REC_TYPE_RCPT, r.REC_TYPE_DONE, r.REC_TYPE_DRCP))
+_MESG, _END = r.REC_TYPE_MESG[0], r.REC_TYPE_END[0]
+_KNOWN_TYPES = frozenset(rtype[0] for rtype in r.REC_TYPES)
+_NO_EXTRACTED = r.REC_TYPE_XTRA + b"\0" + r.REC_TYPE_END + b"\0"  # X, E: most files' end
 
 
-_TYPE_OF_BYTE = {rtype[0]: rtype for rtype in r.REC_TYPES}  # a known type byte -> its type
+def _read_records(data: bytes, offset: int, env: Envelope, last: int, rcpt_from: int,
+                  rcpt_limit: int, orig: str = "", notify: int = 0,
+                  orcpt: str = "") -> tuple[int, str, int, str, bool]:
+    """Read records into ``env`` from ``offset`` up to and including the first of type
+    ``last`` (M: the envelope; E: the extracted records): the offset of that record (-1
+    when the data ends first), the recipient's records read after the last recipient
+    (orig, notify, orcpt: they apply to the first one of the next part), and whether
+    a sender record was read.
 
+    One loop, no generator or call per record (they were most of the cost of a file's
+    reading: ``tests/bench/qmgr_functions.py``): the common record (a known type, a
+    one-byte length, whole before the end) is decoded inline, every other one by
+    ``records.decode_record``, so the same records pass and the same errors
+    (``RecordError``) stop the reading as ``records.iter_records``. The A, O and R/D/``/``
+    records make up recipients, in both parts: dsn_orig_rcpt, notify_flags and O apply
+    to the next recipient, other attributes to the message. L is the content filter in both; T, F, S and W count
+    only in the envelope; other records are passed over.
 
-def _records(data: bytes, offset: int = 0,
-             last: bytes = b"") -> Iterator[tuple[int, bytes, bytes]]:
-    """``records.iter_records`` for the envelope reader, up to and including the first
-    record of type ``last`` (none: to the end of ``data``): the common record (a known type, a one-byte length, whole
-    before the end) is decoded inline, every other one by ``records.decode_record``,
-    so the same records pass and the same errors stop the reading
-    (``tests/bench/envelope_read.py``: the calls were most of its cost). It ends by
-    itself after ``last``: a generator left behind unfinished is closed by throwing
-    GeneratorExit into it, which costs Python 3.11 a traceback and a frame object."""
+    ``rcpt_limit`` > 0 takes a slice of the recipients: only pending ones whose R
+    record is at ``rcpt_from`` or after, at most ``rcpt_limit``; every pending one is
+    counted (``rcpt_pending``) and ``rcpt_more`` is the first left out."""
     end = len(data)
-    type_of = _TYPE_OF_BYTE
+    known = _KNOWN_TYPES
+    attrs = env.attrs
+    recipients = env.recipients
+    envelope = last == _MESG
+    have_sender = False
     while offset < end:
-        rtype = type_of.get(data[offset])
-        if rtype is not None and offset + 1 < end:
-            length = data[offset + 1]
-            nxt = offset + 2 + length
-            if length < 0x80 and nxt <= end:
-                yield offset, rtype, data[offset + 2:nxt]
-                if rtype == last:
-                    return
-                offset = nxt
-                continue
-        rtype, payload, nxt = r.decode_record(data, offset)
-        yield offset, rtype, payload
-        if rtype == last:
-            return
+        rtype = data[offset]
+        if rtype in known and offset + 1 < end and (length := data[offset + 1]) < 0x80 \
+                and (nxt := offset + 2 + length) <= end:
+            payload = data[offset + 2:nxt]
+        else:
+            rtype_bytes, payload, nxt = r.decode_record(data, offset)
+            rtype = rtype_bytes[0]
+        if rtype == _ATTR:
+            name, _, value = payload.decode("utf-8", "surrogateescape").partition("=")
+            if name == "dsn_orig_rcpt":
+                orcpt = value
+            elif name == "notify_flags":
+                notify = number(value, "notify_flags") if value else 0
+            else:
+                attrs[name] = value
+        elif rtype == _RCPT or rtype == _DONE or rtype == _DRCP:
+            pending = rtype == _RCPT
+            env.rcpt_pending += pending
+            if rcpt_limit <= 0 or (pending and offset >= rcpt_from
+                                   and len(recipients) < rcpt_limit):
+                recipients.append(Recipient(payload.decode("utf-8", "surrogateescape"), orig,
+                                            offset, not pending, notify, orcpt))
+            elif pending and offset >= rcpt_from:  # past the slice's limit
+                env.rcpt_more = env.rcpt_more or offset
+            orig, notify, orcpt = "", 0, ""
+        elif rtype == _ORCP:
+            orig = payload.decode("utf-8", "surrogateescape")
+        elif rtype == last:
+            return offset, orig, notify, orcpt, have_sender
+        elif rtype == _FILT:
+            env.content_filter = payload.decode("utf-8", "surrogateescape")
+        elif not envelope:
+            pass
+        elif rtype == _TIME:
+            env.arrival = _arrival(payload)
+        elif rtype == _FULL:
+            env.full_name = payload.decode("utf-8", "surrogateescape")
+        elif rtype == _FROM:
+            env.sender = payload.decode("utf-8", "surrogateescape")
+            have_sender = True
+        elif rtype == _WARN:
+            env.warn_time = number(payload, "warning time") if payload.strip() else 0
+            env.warn_offset, env.warn_length = offset, len(payload)
         offset = nxt
+    return -1, orig, notify, orcpt, have_sender
 
 
 def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
@@ -328,76 +343,40 @@ def read_envelope_bytes(data: bytes, queue_id: str = "", path: str = "",
     ``rcpt_limit`` > 0 reads a slice of the recipients (qmgr with a message of many):
     only pending ones whose R record is at ``rcpt_from`` or after, at most
     ``rcpt_limit``; ``rcpt_more`` says where the next slice starts."""
-    env = Envelope(queue_id=queue_id, path=path, sizes=[], arrival=0.0, sender="",
-                   file_size=len(data))
-    have_sender = False
-    recipients = _RecipientRecords(env, rcpt_from, rcpt_limit)
-    have_content = False
+    end = len(data)
+    env = Envelope(queue_id, path, [], 0.0, "")
+    env.file_size = end
     try:
-        first = True
-        for offset, rtype, payload in _records(data, 0, r.REC_TYPE_MESG):  # ends after M
-            if first:
-                if rtype != r.REC_TYPE_SIZE:
-                    raise QueueFileError("first record is not a size record")
-                env.sizes = r.parse_size_record(payload)
-                first = False
-                continue
-            if recipients.take(offset, rtype, payload):  # most records: A, then O and R
-                pass
-            elif rtype == r.REC_TYPE_TIME:
-                env.arrival = _arrival(payload)
-            elif rtype == r.REC_TYPE_FULL:
-                env.full_name = _text(payload)
-            elif rtype == r.REC_TYPE_FROM:
-                env.sender = _text(payload)
-                have_sender = True
-            elif rtype == r.REC_TYPE_FILT:
-                env.content_filter = _text(payload)
-            elif rtype == r.REC_TYPE_WARN:
-                env.warn_time = number(payload, "warning time") if payload.strip() else 0
-                env.warn_offset, env.warn_length = offset, len(payload)
-            elif rtype == r.REC_TYPE_MESG:
-                env.data_offset = offset + 2
-                if len(env.sizes) >= 2 and env.sizes[1] > 0:
-                    env.data_offset = env.sizes[1]
-                xtra = env.data_offset + env.sizes[0]
-                while data[xtra:xtra + 1] in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
-                    xtra = r.decode_record(data, xtra)[2]
-                if xtra > len(data) or data[xtra:xtra + 1] != r.REC_TYPE_XTRA:
-                    raise QueueFileError("content size does not point at the extracted records")
-                env.xtra_offset = xtra
-                have_end = False
-                for xoffset, xtype, xpayload in _records(data, xtra, r.REC_TYPE_END):
-                    if xtype == r.REC_TYPE_END:
-                        have_end = True  # and the last record read
-                    elif xtype == r.REC_TYPE_FILT:
-                        env.content_filter = _text(xpayload)
-                    else:
-                        recipients.take(xoffset, xtype, xpayload)
-                if not have_end:
-                    raise QueueFileError("no end-of-message record")
-                have_content = True  # and the last record read
-        if not have_content:
+        if not end:
             raise QueueFileError("no message content record")
+        if data[0] == _SIZE and end > 1 and (length := data[1]) < 0x80 and 2 + length <= end:
+            payload, offset = data[2:2 + length], 2 + length
+        else:
+            rtype, payload, offset = r.decode_record(data, 0)
+            if rtype != r.REC_TYPE_SIZE:
+                raise QueueFileError("first record is not a size record")
+        env.sizes = sizes = r.parse_size_record(payload)
+        offset, orig, notify, orcpt, have_sender = _read_records(
+            data, offset, env, _MESG, rcpt_from, rcpt_limit)
+        if offset < 0:
+            raise QueueFileError("no message content record")
+        env.data_offset = offset + 2
+        if len(sizes) >= 2 and sizes[1] > 0:
+            env.data_offset = sizes[1]
+        xtra = env.data_offset + sizes[0]
+        while data[xtra:xtra + 1] in (r.REC_TYPE_PTR, r.REC_TYPE_DTXT):
+            xtra = r.decode_record(data, xtra)[2]
+        if xtra > end or data[xtra:xtra + 1] != r.REC_TYPE_XTRA:
+            raise QueueFileError("content size does not point at the extracted records")
+        env.xtra_offset = xtra
+        if data[xtra:xtra + 4] != _NO_EXTRACTED and _read_records(
+                data, xtra, env, _END, rcpt_from, rcpt_limit, orig, notify, orcpt)[0] < 0:
+            raise QueueFileError("no end-of-message record")
     except (r.RecordError, ValueError, IndexError) as e:
         raise QueueFileError(str(e)) from None
     if not have_sender:
         raise QueueFileError("no sender record")
     return env
-
-
-def _in_slice(env: Envelope, rtype: bytes, offset: int, start: int, limit: int) -> bool:
-    """Count a pending recipient; True when it belongs in the slice being read."""
-    pending = rtype == r.REC_TYPE_RCPT
-    env.rcpt_pending += pending
-    if limit <= 0:
-        return True
-    if not pending or offset < start:
-        return False
-    if len(env.recipients) >= limit:
-        env.rcpt_more = env.rcpt_more or offset
-        return False
-    return True
 
 
 def read_envelope(path: str, queue_id: str | None = None) -> Envelope:
