@@ -489,6 +489,9 @@ class AgentPool:
 class Qmgr:
     def __init__(self, ctx: server.Context) -> None:
         self.ctx = ctx
+        # made in the running loop: asyncio.get_running_loop() costs Python 3.11 a getpid
+        # system call each time (spawn asked for it once per delivery)
+        self.loop = asyncio.get_running_loop()
         cfg = ctx.config
         self.config = cfg
         self.spool = ctx.spool
@@ -769,7 +772,7 @@ class Qmgr:
     def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         # the loop's create_task, not ensure_future: that one first asks whether the
         # coroutine is a future, an AttributeError raised and caught per delivery
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -857,7 +860,7 @@ class Qmgr:
         except OSError as e:
             log.warning(f"{queue_id}: cannot move back to {queue}: {e.strerror}")
             return
-        asyncio.get_running_loop().call_later(
+        self.loop.call_later(
             LOCKED_RETRY + 1, self.trigger, b"I" if queue == q.INCOMING else b"D")
 
     def corrupt(self, queue_id: str, why: str) -> None:
@@ -1055,7 +1058,7 @@ class Qmgr:
         resume_at = self.sched.resume_due()
         if resume_at is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         when = loop.time() + max(resume_at - time.monotonic(), 0.0)
         if self.resume_timer is not None:
             if self.resume_timer.when() <= when and not self.resume_timer.cancelled():
@@ -1206,7 +1209,7 @@ class Qmgr:
         try:
             lane.behind = entry, (start, lane.conn.client.submit(self._request(entry)))
         except ProtocolError as e:  # the connection just broke: this entry defers with it
-            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+            failed: asyncio.Future[AttrList] = self.loop.create_future()
             failed.set_exception(e)
             lane.behind = entry, (start, failed)
 
@@ -1241,7 +1244,7 @@ class Qmgr:
         try:
             return start, await conn.client.send(self._request(entry))
         except (ProtocolError, OSError) as e:
-            failed: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+            failed: asyncio.Future[AttrList] = self.loop.create_future()
             failed.set_exception(Unreachable(e))
             return start, failed
 
