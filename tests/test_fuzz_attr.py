@@ -99,6 +99,62 @@ def test_an_overlong_varint_is_refused():
     assert decode_stream(b"rcpt\0" + b"\xff" * 12 + b"\0") == []
 
 
+def read_all(data: bytes, limits: attr.Limits) -> tuple[list[list[tuple[str, bytes]]], str]:
+    """Every list a server reads from data, and how the reading ended (the error's
+    message, or "end")."""
+
+    async def run() -> tuple[list[list[tuple[str, bytes]]], str]:
+        reader = asyncio.StreamReader(limit=1 << 16)
+        reader.feed_data(data)
+        reader.feed_eof()
+        out: list[list[tuple[str, bytes]]] = []
+        for _ in range(MAX_LISTS):
+            try:
+                got = await attr.read_attrs(reader, limits)
+            except attr.ProtocolError as e:
+                return out, f"{type(e).__name__}: {e}"
+            if got is None:
+                return out, "end"
+            out.append(got.pairs)
+        return out, "too many lists"
+
+    return asyncio.run(run())
+
+
+LIMITS = [attr.DEFAULT_LIMITS, attr.Limits(attrs=3, value=30, total=60),
+          attr.Limits(attrs=2, value=1000, total=1000), attr.Limits(attrs=100, value=5, total=12)]
+
+
+@FUZZ
+@given(st.lists(st.one_of(messages, st.binary(max_size=20)), max_size=5),
+       st.sampled_from(LIMITS))
+def test_the_one_pass_decoder_reads_what_the_attribute_by_attribute_reader_reads(
+        parts: list[bytes], limits: attr.Limits) -> None:
+    """The same lists and the same refusal (its class and message), with limits or
+    without, whether a list is taken whole from the buffer or attribute by attribute."""
+    data = b"".join(parts)
+    fast = read_all(data, limits)
+    try:
+        attr._FAST_READER = False
+        slow = read_all(data, limits)
+    finally:
+        attr._FAST_READER = True
+    assert fast == slow
+
+
+def test_the_one_pass_decoder_counts_long_lengths_and_limits_as_the_reader_does() -> None:
+    big = b"v" * 300  # a two-byte length
+    data = attr.encode([("a", big), ("b", "x"), ("c", big)])
+    total = 2 + 300 + 2 + 1 + 2 + 300
+    assert read_all(data, attr.Limits(total=total)) == (
+        [[("a", big), ("b", b"x"), ("c", big)]], "end")
+    assert read_all(data, attr.Limits(total=total - 1))[1] \
+        == f"LimitExceeded: request of more than {total - 1} bytes"
+    assert read_all(data, attr.Limits(value=299))[1] \
+        == "LimitExceeded: attribute a: 300 bytes, over the limit of 299"
+    assert read_all(data, attr.Limits(attrs=2))[1] == "LimitExceeded: more than 2 attributes"
+
+
 def test_a_list_of_many_attributes_is_looked_at_once_before_the_slow_way(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Over the attribute limit: refused, and the one-pass decoder was tried once for the
     list, not once per attribute (which made 20,000 attributes cost 20,000 passes)."""

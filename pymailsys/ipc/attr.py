@@ -268,6 +268,15 @@ async def read_attrs(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMI
 
 
 async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList | None:
+    inner: Any = reader  # its internals (_FAST_READER)
+    if _FAST_READER and type(reader) is asyncio.StreamReader and inner._exception is None:
+        if not inner._buffer and not inner._eof:
+            # readuntil's own wait, without its search for the first name (_take_buffered
+            # makes that): a wait for the first bytes, then one pass over the buffer
+            await inner._wait_for_data("readuntil")
+        whole = _take_buffered(inner, limits)
+        if whole is not None:
+            return whole
     pairs: list[tuple[str, bytes]] = []
     total = 0
     first = True
@@ -282,10 +291,6 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
             if len(name_bytes) > MAX_NAME:
                 raise ProtocolError("attribute name too long")
             name = name_bytes[:-1].decode("ascii", "replace")
-            if not pairs:  # once per list: a second try would make many attributes quadratic
-                whole = _take_buffered(reader, name, limits)
-                if whole is not None:
-                    return whole
             length = await _read_length(reader)
             total += len(name_bytes) + length
             limits.check(len(pairs) + 1, name, length, total)
@@ -299,55 +304,91 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
         raise ProtocolError("attribute name too long") from None
 
 
-def _take_buffered(reader: asyncio.StreamReader, name: str, limits: Limits) -> AttrList | None:
-    """The rest of a list whose first name ``_read_list`` has read, taken straight from
-    the reader's buffer when it is all there, without an await per attribute (most
-    lists arrive in one piece). None, with nothing taken, when it is not whole or
-    anything in it is amiss: the attribute-by-attribute reader then takes it and
-    raises the same errors as always. It is tried once per list: what it looks at
-    before giving up costs one pass over the buffer, not one per attribute. Uses
-    asyncio.StreamReader's ``_buffer`` and ``_maybe_resume_transport`` (CPython's,
-    unchanged since 3.7); a reader without them is always read the slow way."""
-    buf = getattr(reader, "_buffer", None)
-    resume = getattr(reader, "_maybe_resume_transport", None)
-    if type(buf) is not bytearray or resume is None or reader.exception() is not None:
+# asyncio.StreamReader's internals that _read_list uses (CPython's, unchanged since 3.7);
+# a reader without them, or of another class, is always read the slow way
+_FAST_READER = all(hasattr(asyncio.StreamReader, method)
+                   for method in ("_wait_for_data", "_maybe_resume_transport"))
+_WINDOW = 8192  # bytes of the buffer copied for a first try (most lists are shorter)
+
+
+def _take_buffered(reader: Any, limits: Limits) -> AttrList | None:
+    """A list taken whole from the reader's buffer, in one pass, without an await per
+    attribute (most lists arrive in one piece). None, with nothing taken, when it is
+    not whole or anything in it is amiss: the attribute-by-attribute reader then takes
+    it and raises the same errors as always. It is tried once per list: what it looks
+    at before giving up costs one pass over the buffer (which the reader's limit
+    bounds), not one per attribute. The pass reads a copy of the buffer as bytes (the
+    first _WINDOW bytes, then all of it if the list is longer): indexing and slicing
+    bytes cost less than a memoryview's slices, each a view object before its copy."""
+    buf = reader._buffer
+    size = len(buf)
+    if size <= _WINDOW:
+        data = bytes(buf)
+    else:
+        with memoryview(buf) as view:
+            data = bytes(view[:_WINDOW])
+    taken = _parse_whole(data, limits)
+    if taken is None and len(data) < size:
+        data = bytes(buf)
+        taken = _parse_whole(data, limits)
+    if taken is None:
         return None
-    taken: list[tuple[str, bytes]] = []
-    total = 0
-    end = len(buf)
-    pos = 0
-    with memoryview(buf) as view:
+    pairs, end = taken
+    del buf[:end]
+    reader._maybe_resume_transport()
+    return AttrList(pairs)
+
+
+def _parse_whole(data: bytes, limits: Limits) -> tuple[list[tuple[str, bytes]], int] | None:
+    """The list at the start of ``data`` and the offset after its terminator; None when
+    it is not all there, or breaks the grammar or ``limits`` (the reader's checks, made
+    once at the end: the counts only grow)."""
+    pairs: list[tuple[str, bytes]] = []
+    append = pairs.append
+    find = data.find
+    varint_bytes = 0  # beyond the first of each length
+    nul = find(b"\0", 0, MAX_NAME)
+    if nul <= 0:  # an empty list, or a name too long or not all there: the long way
+        return None
+    name = data[:nul].decode("ascii", "replace")
+    pos = nul + 1
+    try:
         while True:
-            length = shift = 0
-            while True:  # records.decode_varint, inline
-                if pos >= end:
-                    return None
-                byte = view[pos]
-                pos += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > VARINT_MAX_SHIFT:
-                    return None
-            total += len(name) + 1 + length
-            if len(taken) >= limits.attrs or length > limits.value or total > limits.total:
-                return None
-            if pos + length > end:
-                return None
-            taken.append((name, bytes(view[pos:pos + length])))
+            length = data[pos]  # records.decode_varint, inline; IndexError: not all there
+            pos += 1
+            if length & 0x80:
+                length &= 0x7F
+                shift = 0
+                while True:
+                    shift += 7
+                    if shift > VARINT_MAX_SHIFT:
+                        return None
+                    byte = data[pos]
+                    pos += 1
+                    varint_bytes += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+            start = pos
             pos += length
-            nul = buf.find(b"\0", pos, pos + MAX_NAME)
+            append((name, data[start:pos]))
+            # a value that runs past the data leaves pos past it: find answers -1
+            nul = find(b"\0", pos, pos + MAX_NAME)
+            if nul == pos:
+                break
             if nul < 0:
                 return None
-            if nul == pos:
-                pos += 1
-                break
-            name = bytes(view[pos:nul]).decode("ascii", "replace")
+            name = data[pos:nul].decode("ascii", "replace")
             pos = nul + 1
-    del buf[:pos]
-    resume()
-    return AttrList(taken)
+    except IndexError:
+        return None
+    # as the reader counts: each name with its NUL, and its value
+    total = pos - len(pairs) - varint_bytes
+    if len(pairs) > limits.attrs or total > limits.total:
+        return None
+    if limits.value < total and any(len(value) > limits.value for _, value in pairs):
+        return None
+    return pairs, pos + 1
 
 
 HELLO = "protocol"  # the one attribute of a client's opening list (module docstring)
