@@ -513,7 +513,7 @@ async def serve_sequential(reader: asyncio.StreamReader, writer: asyncio.StreamW
     first = True
     try:
         while not stopping.is_set():
-            request = await read_attrs(reader, limits)
+            request = await _read_list(reader, limits)  # read_attrs without a timeout
             if request is None:
                 break
             busy = True
@@ -621,7 +621,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             if max_pending is not None and unanswered >= max_pending:
                 await answered.wait()
-            request = await read_attrs(reader, limits, GOODBYE_GRACE if said_goodbye else None)
+            request = await (read_attrs(reader, limits, GOODBYE_GRACE) if said_goodbye
+                             else _read_list(reader, limits))
             if request is None:
                 break
             reads += 1
@@ -777,7 +778,7 @@ class AttrClient:
         error: BaseException = ProtocolError(f"{self.path}: connection closed")
         try:
             while True:
-                reply = await read_attrs(reader)
+                reply = await _read_list(reader, DEFAULT_LIMITS)  # read_attrs, no timeout
                 if reply is None:
                     break
                 goodbye = _goodbye(reply) if self.hello else None
