@@ -686,12 +686,15 @@ class _Connection:
     """One connection of an AttrClient: its replies come in the order of ``waiting``.
 
     ``retired``: the server said goodbye (``GOODBYE``); no new request goes on it,
-    and it is closed once the requests already written have their replies."""
+    and it is closed once the requests already written have their replies. ``loop``:
+    the one it runs on, asked once (asyncio.get_running_loop() makes a getpid system
+    call each time on Python 3.11)."""
 
-    __slots__ = ("writer", "waiting", "retired")
+    __slots__ = ("writer", "waiting", "retired", "loop")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop) -> None:
         self.writer = writer
+        self.loop = loop
         self.waiting: collections.deque[asyncio.Future[AttrList]] = collections.deque()
         self.retired = False
 
@@ -751,7 +754,7 @@ class AttrClient:
                         # reload): it read nothing, so the next process may serve us
                         if attempt == CONNECT_ATTEMPTS:
                             raise
-                self._conn = _Connection(writer)
+                self._conn = _Connection(writer, asyncio.get_running_loop())
                 self._reader_task = asyncio.ensure_future(self._read_replies(reader, self._conn))
             return self._conn
 
@@ -811,8 +814,10 @@ class AttrClient:
         A caller that is cancelled leaves its place in the queue of replies (the
         reply is read and dropped); past ``timeout`` every request waiting on the
         connection fails (``RequestTimeout``) and the connection is closed."""
-        conn = await self._ensure_connected()
-        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is None or not conn.usable:
+            conn = await self._ensure_connected()
+        loop = conn.loop
         fut: asyncio.Future[AttrList] = loop.create_future()
         conn.waiting.append(fut)
         conn.writer.write(encode(attrs))
@@ -848,9 +853,9 @@ class AttrClient:
         conn.writer.write(encode(attrs))
         if conn.writer.is_closing():  # the write failed: the transport closes
             raise NotRead(f"{self.path}: the server went away before reading it")
-        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[AttrList] = conn.loop.create_future()
         conn.waiting.append(fut)
-        timer = fut.get_loop().call_later(self.timeout, self._expire, conn, fut)
+        timer = conn.loop.call_later(self.timeout, self._expire, conn, fut)
         fut.add_done_callback(lambda _: timer.cancel())
         return fut
 
@@ -865,7 +870,7 @@ class AttrClient:
         or ``abort``. Raises ProtocolError or OSError.
         """
         conn = await self._ensure_connected()
-        fut: asyncio.Future[AttrList] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[AttrList] = conn.loop.create_future()
         conn.waiting.append(fut)
         stream = RequestStream(self, conn, fut)
         await stream.send(attrs)
