@@ -562,7 +562,15 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  handler: StreamHandler, streamed: bool, stopping: asyncio.Event | None,
                  limits: Limits, max_pending: int | None) -> None:
     pending: collections.deque[asyncio.Future[Any]] = collections.deque()
-    wake = asyncio.Event()
+    # the replier's wait for work: a future of the loop asked once, not an asyncio.Event,
+    # whose wait asks asyncio for the running loop (a getpid system call on 3.11)
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
     done_reading = False
     follow: FollowUps | None = None
     unanswered = 0
@@ -570,13 +578,16 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     answered.set()
 
     async def replier() -> None:
-        nonlocal unanswered
+        nonlocal unanswered, idle
         while True:
             while not pending:
                 if done_reading:
                     return
-                wake.clear()
-                await wake.wait()
+                idle = loop.create_future()
+                try:
+                    await idle
+                finally:
+                    idle = None
             replies = [encode(await pending.popleft())]
             unanswered -= 1
             try:  # the replies that are ready too (a group of fsyncs ends): one write
@@ -613,7 +624,6 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
     # loop.create_task, not asyncio.ensure_future, per request: that one looks the loop up
     # (a getpid system call in 3.11) and tests for a future by catching an AttributeError
-    loop = asyncio.get_running_loop()
     reply_task = loop.create_task(replier())
     closer = loop.create_task(close_when_answered(stopping)) if stopping else None
     first = True
@@ -633,20 +643,20 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 hello = _hello_answer(request, max_pending or 0)
                 if hello is not None:
                     greeted = True
-                    greeting = asyncio.get_running_loop().create_future()
+                    greeting = loop.create_future()
                     greeting.set_result(hello)
                     pending.append(greeting)
-                    wake.set()
+                    wake()
                     continue
             if not (streamed and continues(request)):
                 pending.append(loop.create_task(handler(request, None)))
-                wake.set()
+                wake()
                 continue
             follow = FollowUps()
             task = asyncio.ensure_future(handler(request, follow))
             task.add_done_callback(follow.abandon_when_done)
             pending.append(asyncio.ensure_future(_reply_after(task, follow)))
-            wake.set()
+            wake()
             while True:
                 part = await read_attrs(reader, limits)
                 if part is None:
@@ -662,7 +672,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if follow is not None:
             follow._fail()
         done_reading = True
-        wake.set()
+        wake()
         try:
             await reply_task
         except (ConnectionError, ProtocolError):
