@@ -308,7 +308,7 @@ async def _read_list(reader: asyncio.StreamReader, limits: Limits) -> AttrList |
 # a reader without them, or of another class, is always read the slow way
 _FAST_READER = all(hasattr(asyncio.StreamReader, method)
                    for method in ("_wait_for_data", "_maybe_resume_transport"))
-_WINDOW = 8192  # bytes of the buffer copied for a first try (most lists are shorter)
+_WINDOW = 1 << 20  # bytes copied for a first try (a list of smtpd's 64 KB pieces is longer)
 
 
 def _take_buffered(reader: Any, limits: Limits) -> AttrList | None:
