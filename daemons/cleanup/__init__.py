@@ -157,6 +157,7 @@ import asyncio
 import fcntl
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from pymailsys.daemons.cleanup import headers as hdr
@@ -325,6 +326,8 @@ class Cleanup:
         self.writer = QueueWriter(ctx.spool, grouped=grouped,
                                   announce=self.qmgr.announce)
         self.bounce = attr.AttrPool(ctx.spool.private(services.BOUNCE))
+        # master.cf's maxproc: messages in progress, as many as Postfix's cleanup processes
+        self.slots = asyncio.Semaphore(ctx.process_limit) if ctx.process_limit else None
         self._space_checked = 0.0
         self._space_ok = True
         # (rewrite context, mapped) -> rewritten address headers seen before, for as long as
@@ -548,6 +551,26 @@ class Cleanup:
         body = b"".join(records)
         size_rec = _size_record(builder, envelope, len(body), content.outcome, detect_utf8)
         return size_rec + envelope + body + builder.trailer(), content.outcome
+
+    def received(self, req: attr.AttrList,
+                 more: attr.FollowUps | None) -> Coroutine[Any, Any, dict[str, Any]]:
+        """attr's handler, called as a request is read (its task runs a turn of the loop
+        later): the message counts as in progress from now, so that a commit knows
+        whether any other message could join its fsync group in the same turn
+        (``QueueWriter.messages``); then ``handle``, within maxproc's slots."""
+        self.writer.messages += 1
+        return self._counted(req, more)
+
+    async def _counted(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
+        try:
+            if self.slots is None:
+                return await self.handle(req, more)
+            if self.slots.locked():
+                server.warn_process_limit(self.ctx)
+            async with self.slots:
+                return await self.handle(req, more)
+        finally:
+            self.writer.messages -= 1
 
     async def handle(self, req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
         """One message: ``req`` and, for a streamed one, its follow-ups (services.py)."""
@@ -791,8 +814,6 @@ async def _start(ctx: server.Context) -> None:
     grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
     persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
     ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
-    # master.cf's maxproc: messages in progress, as many as Postfix's cleanup processes
-    ctx.state["slots"] = asyncio.Semaphore(ctx.process_limit) if ctx.process_limit else None
 
 
 async def _stop(ctx: server.Context) -> None:
@@ -808,18 +829,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if not server.peer_is_mail_system(writer, ctx.config):
         log.warning(f"{PROGRAM}: refused a connection from an unprivileged local user")
         return
-    slots: asyncio.Semaphore | None = ctx.state["slots"]
-    if slots is None:
-        await attr.serve_streamed(reader, writer, service.handle, ctx.stopping)
-        return
-
-    async def one_message(req: attr.AttrList, more: attr.FollowUps | None) -> dict[str, Any]:
-        if slots.locked():
-            server.warn_process_limit(ctx)
-        async with slots:
-            return await service.handle(req, more)
-
-    await attr.serve_streamed(reader, writer, one_message, ctx.stopping)
+    await attr.serve_streamed(reader, writer, service.received, ctx.stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,14 @@ must send a cache flush of its own to the disk (ext4: ``blkdev_issue_flush``
 in ``ext4_sync_file``), so one-after-the-other fsyncs of a group of N cost one
 commit and N-1 extra flushes; fsyncs that wait together share the commit and
 its flush (issue #15, compare.py's relay scenario: 44% fewer flushes, 31%
-fewer commits, 1.08x the rate). A group of one file, the usual case at idle,
-is fsynced on the event loop alone. The group runs on the event loop, which
+fewer commits, 1.08x the rate). A group of one file is fsynced on the event
+loop alone. A commit that nothing else could join, because its message is the
+only one the caller has in progress (``messages``, counted by cleanup from the
+moment each request is read, before its handler first runs), is synced at once,
+in the commit itself, instead of a turn of the loop later: the usual case at
+idle, where the wait for a turn, the future and the turn after it for the
+caller's resumption cost two turns of the loop per message (two epoll_pwait
+and a getpid system call). The group runs on the event loop, which
 waits for the last fsync: requests that arrive meanwhile wait in their
 sockets and make the next group. Letting the loop go on while a thread syncs
 the group cost more than it saved (a thread wake-up and a loop wake-up per
@@ -165,11 +171,20 @@ def _fsync_concurrently(fds: list[int]) -> list[OSError | None]:
     return errors + [_fsync_error(fd) for fd in fds[len(errors):]]
 
 
+def _close_synced(fd: int, error: OSError | None) -> None:
+    """Close a file after its fsync (``error``: how that went). A file whose fsync
+    returned is durable: an error closing it is logged, not the commit's failure
+    (qmgr may already have taken the file)."""
+    try:
+        os.close(fd)
+    except OSError as e:
+        if error is None:
+            log.warning(f"close a queue file after its fsync: {e.strerror}")
+
+
 def _sync_group(batch: list[_Pending]) -> None:
     """Start the write-back of every file, then fsync them all at the same time;
-    then close each and settle its future. A file whose fsync returned is
-    durable: an error closing it afterwards is logged, not the commit's failure
-    (qmgr may already have taken the file)."""
+    then close each (``_close_synced``) and settle its future."""
     fds = [fd for fd, _fut, _notify in batch]
     if len(fds) == 1:
         errors = [_fsync_error(fds[0])]
@@ -179,11 +194,7 @@ def _sync_group(batch: list[_Pending]) -> None:
                 _start_writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
         errors = _fsync_concurrently(fds)
     for (fd, fut, _notify), error in zip(batch, errors, strict=True):
-        try:
-            os.close(fd)
-        except OSError as e:
-            if error is None:
-                log.warning(f"close a queue file after its fsync: {e.strerror}")
+        _close_synced(fd, error)
         if fut.done():
             continue
         if error is None:
@@ -245,6 +256,9 @@ class QueueWriter:
         self._scheduled = False
         self.batches = 0
         self.files = 0
+        # messages the caller has in progress, counted from when each request was read
+        # (0: not counted); at 1 a commit is alone: nothing can join its group
+        self.messages = 0
 
     def create(self) -> tuple[str, str, int]:
         return self.spool.create_queue_file(q.INCOMING)
@@ -286,6 +300,17 @@ class QueueWriter:
             except OSError:
                 self._failed(path, notify)
                 raise
+            return path
+        if self.messages == 1 and not self._batch:  # alone: a group of one, synced now
+            if notify is not None and self.announce is not None:
+                self.announce([notify])
+            self.batches += 1
+            self.files += 1
+            error = _fsync_error(fd)
+            _close_synced(fd, error)
+            if error is not None:
+                self._failed(path, notify)
+                raise error
             return path
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
