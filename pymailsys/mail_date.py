@@ -34,8 +34,31 @@ def mail_date(when: float) -> str:
     return text
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _format(t: int) -> str:
+    """From one localtime(): its tm_gmtoff is the offset when it is whole minutes, and
+    its tm_zone is what strftime's %Z writes. (gmtime and strftime each cost as much
+    as localtime: a struct_time, its tm_zone decoded by the locale's codec.)"""
     lt = time.localtime(t)
+    gmtoff = lt.tm_gmtoff
+    zone = lt.tm_zone
+    if gmtoff % 60 or zone is None or not -86400 < gmtoff < 86400:
+        off, zone = _postfix_offset(t, lt), time.strftime("%Z", lt)
+    else:
+        off = gmtoff // 60
+    hours = int(off / 60)  # C division truncates toward zero
+    return (f"{_DAYS[lt.tm_wday]}, {lt.tm_mday:2d} {_MONTHS[lt.tm_mon - 1]} {lt.tm_year} "
+            f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
+            f"{hours:+03d}{abs(off) % 60:02d} ({zone})")
+
+
+def _postfix_offset(t: int, lt: time.struct_time) -> int:
+    """Postfix's offset in minutes: from the local and UTC broken-down times (the same
+    as tm_gmtoff in whole minutes; for an offset with seconds, it follows the time's
+    seconds)."""
     gmt = time.gmtime(t)
     off = (lt.tm_hour - gmt.tm_hour) * 60 + lt.tm_min - gmt.tm_min
     if lt.tm_year < gmt.tm_year:
@@ -46,10 +69,4 @@ def _format(t: int) -> str:
         off -= 1440
     elif lt.tm_yday > gmt.tm_yday:
         off += 1440
-    hours = int(off / 60)  # C division truncates toward zero
-    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[lt.tm_wday]
-    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
-             "Dec")[lt.tm_mon - 1]
-    return (f"{days}, {lt.tm_mday:2d} {month} {lt.tm_year} "
-            f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
-            f"{hours:+03d}{abs(off) % 60:02d} ({time.strftime('%Z', lt)})")
+    return off

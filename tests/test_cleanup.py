@@ -9,6 +9,7 @@ qmgr wake-up that arrives on public/qmgr (served by the skeleton's trigger mode)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -398,6 +399,31 @@ def test_mail_date_is_postfix_format(sydney: None) -> None:
     assert mail_date(1787380113) == "Sat, 22 Aug 2026 16:28:33 +1000 (AEST)"
     assert mail_date(1788220800) == "Tue,  1 Sep 2026 10:00:00 +1000 (AEST)"
     assert mail_date(1798722000) == "Fri,  1 Jan 2027 00:00:00 +1100 (AEDT)"
+
+
+@pytest.mark.parametrize(("zone", "when", "text"), [
+    # offsets with seconds: Postfix's minutes follow the time's seconds, and a negative
+    # offset under an hour loses its sign (Postfix's hours/minutes arithmetic)
+    ("Europe/Amsterdam", -1262303980, "Wed,  1 Jan 1930 00:19:52 +0019 (AMT)"),
+    ("Europe/Amsterdam", -1262303960, "Wed,  1 Jan 1930 00:20:12 +0020 (AMT)"),
+    ("Africa/Monrovia", 0, "Wed, 31 Dec 1969 23:15:30 +0045 (MMT)"),
+    ("Asia/Kathmandu", 1787380113, "Sat, 22 Aug 2026 12:13:33 +0545 (+0545)"),
+    ("America/St_Johns", 1798722000, "Thu, 31 Dec 2026 09:30:00 -0330 (NST)"),
+    ("America/New_York", 1772953199, "Sun,  8 Mar 2026 01:59:59 -0500 (EST)"),
+    ("America/New_York", 1772953200, "Sun,  8 Mar 2026 03:00:00 -0400 (EDT)"),
+    ("Pacific/Kiritimati", 1787380113, "Sat, 22 Aug 2026 20:28:33 +1400 (+14)"),
+    ("Etc/GMT+12", 1787380113, "Fri, 21 Aug 2026 18:28:33 -1200 (-12)"),
+])
+def test_mail_date_offset_and_zone_as_postfix_computes_them(zone: str, when: int,
+                                                           text: str) -> None:
+    """The offset and zone name come from one localtime() where its offset is whole
+    minutes, else from Postfix's comparison of local and UTC times: either way the
+    text of Postfix 3.7's mail_date() (these from the comparison for every case).
+    (mail_date's own cache of the last second would ignore the change of zone.)"""
+    from pymailsys.mail_date import _format
+
+    with contextlib.contextmanager(_with_tz)(zone):
+        assert _format(when) == text
 
 
 def test_golden_queue_file_bytes(tmp_path: Path, sydney: None) -> None:
