@@ -39,8 +39,11 @@ CONTEXT_LOCAL = "local"
 CONTEXT_REMOTE = "remote"
 
 _ROUTE_OPS = re.compile(r"([!%])")
-# Characters that never occur in a plain "user@domain" address.
-_NOT_SIMPLE = frozenset('"\\()<>,;:[] !%\t\r\n')
+# A plain address, which rewriting leaves as it is (or, without a domain, gives
+# @origin): a local part of dot-separated runs, then @ and a domain that does not end
+# in a dot, none of it with a second @ or a character that a plain address never has.
+_NOT_PLAIN = re.escape('"\\()<>,;:[] !%\t\r\n@')
+_PLAIN = re.compile(rf"[^{_NOT_PLAIN}.]+(?:\.[^{_NOT_PLAIN}.]+)*(@(?:[^{_NOT_PLAIN}]*[^{_NOT_PLAIN}.])?)?")
 
 
 @dataclass(frozen=True)
@@ -131,21 +134,20 @@ def rewrite_address(addr: str, ctx: RewriteContext) -> str:
     """Rewrite an address in internal form; the result is in internal form."""
     if not addr:
         return addr
-    # Fast paths for the common shapes; the same result as the general path.
-    if not ctx.append_dot_mydomain and addr[-1] != "." and not _NOT_SIMPLE.intersection(addr):
-        at = addr.rfind("@")
-        if at > 0 and addr[0] != "@" and addr.find("@") == at and _plain_local(addr[:at]):
+    # One match for the common shapes; the same result as the general path.
+    if not ctx.append_dot_mydomain and (plain := _PLAIN.fullmatch(addr)) is not None:
+        if plain.lastindex or not (ctx.append_at_myorigin and ctx.origin):
             return addr
-        if at < 0 and _plain_local(addr):
-            return f"{addr}@{ctx.origin}" if ctx.append_at_myorigin and ctx.origin else addr
+        return f"{addr}@{ctx.origin}"
+    return _rewrite_parsed(addr, ctx)
+
+
+def _rewrite_parsed(addr: str, ctx: RewriteContext) -> str:
+    """rewrite_address the long way: quoted, tokenized, rewritten, unquoted."""
     result = rewrite_external(quote_822_local(addr), ctx)
     if result == '""':
         return ""
     return unquote_822_local(result)
-
-
-def _plain_local(local: str) -> bool:
-    return bool(local) and local[0] != "." and local[-1] != "." and ".." not in local
 
 
 # -- address headers ----------------------------------------------------------
