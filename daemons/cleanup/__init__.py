@@ -813,7 +813,8 @@ def _shared_lock(fd: int) -> int:
 async def _start(ctx: server.Context) -> None:
     grouped = os.environ.get("PYMAILSYS_CLEANUP_UNGROUPED") is None
     persistent = os.environ.get("PYMAILSYS_CLEANUP_TRIGGER_PER_BATCH") is None
-    ctx.state["cleanup"] = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
+    ctx.state["cleanup"] = service = Cleanup(ctx, grouped=grouped, persistent_trigger=persistent)
+    service.writer.loop = asyncio.get_running_loop()  # the daemon's one loop
 
 
 async def _stop(ctx: server.Context) -> None:

@@ -250,6 +250,9 @@ class QueueWriter:
     def __init__(self, spool: q.Spool, grouped: bool = True,
                  announce: Callable[[list[str]], None] | None = None) -> None:
         self.spool = spool
+        # the event loop of every commit, set by a caller that has only one (else looked
+        # up per commit: asyncio.get_running_loop is a getpid system call on Python 3.11)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.grouped = grouped
         self.announce = announce
         self._batch: list[_Pending] = []
@@ -312,7 +315,7 @@ class QueueWriter:
                 self._failed(path, notify)
                 raise error
             return path
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._batch.append((fd, fut, notify))
         if not self._scheduled:
