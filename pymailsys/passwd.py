@@ -22,6 +22,12 @@ DESCRIPTION
     systemd's userdb module, some 20 system calls). A name that getpwnam
     cannot take (one with a NUL) is no account.
 
+    Between ``pin()`` and ``unpin()``, the file is checked at the first find
+    only: smtpd's RCPT asks for ``user@domain`` and then ``user``, one moment's
+    lookups with nothing else of the process run between them, which need
+    one stat, not one each (as if the file changed after the last, which
+    another process's change that close could not tell apart).
+
     Each find costs one stat of the file instead of getpwnam's six system
     calls and its parse of the whole file (6% of local's instructions per
     delivery). Postfix's local keeps its last entry for the process's life;
@@ -56,19 +62,31 @@ class Accounts:
         self.limit = limit
         self.version: tuple[int, ...] | None = None
         self.entries: dict[str, tuple[float, pwd.struct_passwd | None]] = {}
+        self.pinned = False  # pin(): the file is checked at the first find only
+        self.checked = False  # pinned, and checked since
+
+    def pin(self) -> None:
+        """Until ``unpin``, the finds are one moment's: the file is checked at the first."""
+        self.pinned = True
+
+    def unpin(self) -> None:
+        """Each find checks the file again."""
+        self.pinned = self.checked = False
 
     def find(self, name: str, missing_ttl: float = 0.0) -> pwd.struct_passwd | None:
         """The account, or None; a kept "no such account" only when at most
         ``missing_ttl`` seconds old (0: never)."""
-        try:
-            st = os.stat(self.path)
-            version: tuple[int, ...] | None = (st.st_dev, st.st_ino, st.st_size,
-                                               st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            version = None
-        if version is None or version != self.version:
-            self.entries.clear()
-            self.version = version
+        if not self.checked:
+            try:
+                st = os.stat(self.path)
+                version: tuple[int, ...] | None = (st.st_dev, st.st_ino, st.st_size,
+                                                   st.st_mtime_ns, st.st_ctime_ns)
+            except OSError:
+                version = None
+            if version is None or version != self.version:
+                self.entries.clear()
+                self.version = version
+            self.checked = self.pinned
         now = time.monotonic()
         entry = self.entries.get(name)
         if entry is not None and now - entry[0] < (self.ttl if entry[1] is not None
@@ -79,7 +97,7 @@ class Accounts:
             pw = pwd.getpwnam(name)
         except (KeyError, ValueError):  # ValueError: a NUL in the name
             pw = None
-        if version is not None:
+        if self.version is not None:
             if len(self.entries) >= self.limit:
                 self.entries.clear()
             self.entries[name] = (now, pw)

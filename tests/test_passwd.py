@@ -137,3 +137,18 @@ def test_passwd_table_answers_the_passwd_line() -> None:
     assert table.lookup("no-such-user-" + uuid.uuid4().hex[:8]) is None
     assert table.lookup("ro\0ot") is None
     assert passwd.ACCOUNTS.find("root") is passwd.ACCOUNTS.find("root")
+
+
+def test_pinned_finds_check_the_file_once(accounts: passwd.Accounts) -> None:
+    """smtpd's keys of one recipient are one moment's lookups (pin): the file is
+    checked at the first; after unpin a change is seen at once, as before."""
+    path = Path(accounts.path)
+    accounts.pin()
+    first = accounts.find("root")
+    path.write_text("two\n")
+    assert accounts.find("root") is first  # the same moment: not checked again
+    accounts.unpin()
+    again = accounts.find("root")
+    assert again == first and again is not first  # the change, seen at the next find
+    path.write_text("three\n")
+    assert accounts.find("root") is not again  # unpinned: every find checks

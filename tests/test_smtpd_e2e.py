@@ -6,8 +6,10 @@ import smtplib
 import socket
 import subprocess
 import time
+import uuid
 
-from conftest import require_tool
+import pytest
+from conftest import local_account, require_tool
 from harness import ME, Instance
 
 
@@ -44,6 +46,26 @@ def session(inst: Instance, steps: list[bytes]) -> list[str]:
             s.sendall(step)
             out.append(reply())
     return out
+
+
+@pytest.mark.accounts
+@pytest.mark.root
+def test_an_account_added_or_removed_is_seen_at_the_next_rcpt(new_instance) -> None:  # type: ignore[no-untyped-def]
+    """local_recipient_maps (unix:passwd.byname): each RCPT sees /etc/passwd as it is
+    then, in the same session: useradd lets the next RCPT in, userdel refuses it."""
+    inst = new_instance()
+    inst.start()
+    name = "pmt" + uuid.uuid4().hex[:8]
+    unknown = (550, f"5.1.1 <{name}@localhost>: Recipient address rejected: "
+                    "User unknown in local recipient table".encode())
+    with inst.smtp() as c:
+        c.ehlo()
+        c.mail("alice@example.org")
+        assert c.rcpt(f"{name}@localhost") == unknown
+        with local_account(name):
+            assert c.rcpt(f"{name}@localhost")[0] == 250
+            subprocess.run(["userdel", name], check=True)
+            assert c.rcpt(f"{name}@localhost") == unknown
 
 
 def test_unknown_user_and_relay_control(new_instance) -> None:  # type: ignore[no-untyped-def]

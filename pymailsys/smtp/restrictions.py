@@ -110,7 +110,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from pymailsys import config as config_mod
-from pymailsys import log, maps
+from pymailsys import log, maps, passwd
 from pymailsys.address import networks as netaddr
 from pymailsys.address import resolve
 from pymailsys.address.resolve import Resolved
@@ -716,10 +716,16 @@ class Engine:
                 return None
             if r.class_ == resolve.CLASS_LOCAL and localpart.lower() in self.local_always:
                 return None  # absorbed by qmgr or made by bounce, as Postfix
-            if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(),
-                                          r.class_ == resolve.CLASS_LOCAL,
-                                          self.delimiter) is not None:
-                return None
+            # the keys of one address are one moment's lookups: a unix:passwd.byname
+            # table among them checks /etc/passwd once, not once per key
+            passwd.ACCOUNTS.pin()
+            try:
+                if addr_lookup.lookup_address(self._maps(param), r.recipient.lower(),
+                                              r.class_ == resolve.CLASS_LOCAL,
+                                              self.delimiter) is not None:
+                    return None
+            finally:
+                passwd.ACCOUNTS.unpin()
         except maps.TableError as e:
             log.warning(f"{e}")
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
