@@ -474,8 +474,8 @@ class PasswdTable(Table):
         pw = passwd.ACCOUNTS.find(key, passwd.MISSING_TTL)
         if pw is None:
             return None
-        return ":".join(str(x) for x in (pw.pw_name, pw.pw_passwd, pw.pw_uid, pw.pw_gid,
-                                         pw.pw_gecos, pw.pw_dir, pw.pw_shell))
+        return (f"{pw.pw_name}:{pw.pw_passwd}:{pw.pw_uid}:{pw.pw_gid}:{pw.pw_gecos}:"
+                f"{pw.pw_dir}:{pw.pw_shell}")
 
 
 class LmdbTable(Table):
