@@ -517,6 +517,7 @@ class LmdbTable(Table):
         if self.env is not None:
             self.env.close()
         self.env = env
+        self.lmdb_error = lmdb.Error  # lookup's: lmdb is imported when the first table opens
         self.ident = (st.st_dev, st.st_ino)
         self.owner = st.st_uid
         self.checked = time.monotonic()
@@ -544,17 +545,23 @@ class LmdbTable(Table):
         return (st.st_dev, st.st_ino) != self.first_ident
 
     def lookup(self, key: str) -> str | None:
-        import lmdb
-
-        self._maybe_reopen()
+        if time.monotonic() - self.checked >= self.RECHECK:
+            self._maybe_reopen()
         assert self.env is not None
         k = key.encode("utf-8", "surrogateescape")
         try:
             with self.env.begin() as txn:
-                value = lmdb_get(txn, k + b"\0")
-                if value is None:
-                    value = lmdb_get(txn, k)
-        except lmdb.Error as e:
+                if k and len(k) < LMDB_MAX_KEY and k[0]:
+                    # nearly every key: neither it nor it with its NUL is long
+                    # (LONG_KEY_TAG starts with a NUL), nor empty: lmdb_get's own tests
+                    value = txn.get(k + b"\0")
+                    if value is None:
+                        value = txn.get(k)
+                else:
+                    value = lmdb_get(txn, k + b"\0")
+                    if value is None:
+                        value = lmdb_get(txn, k)
+        except self.lmdb_error as e:
             raise TableError(f"{self.spec}: lookup error: {e}") from e
         if value is None:
             return None
