@@ -50,3 +50,23 @@ def test_an_unknown_status_defers_and_a_bad_member_is_not_named() -> None:
     got = results_from_attrs(reply(pairs), 2, MISSING)
     assert got[0] == DeliveryResult.deferred("unknown delivery status 'delivered'")
     assert got[1] == DeliveryResult("sent", "2.0.0", "ok", rcpt="")
+
+
+def test_a_three_attribute_reply_reads_as_the_long_way_does() -> None:
+    """The shortcut for status, dsn and reason alone gives what the column-by-column way
+    gives the same reply with an attribute more that it ignores."""
+    names = ["status", "dsn", "reason", "rcpt"]
+    values = [b"sent", b"deferred", b"bounced", b"delivered", b"Sent", b"", b"5.1.1",
+              b"4.4.1 \xff later", b"sent\x00"]
+    for first in names:
+        for second in names:
+            for third in names:
+                for a in values:
+                    for b in values[5:]:
+                        pairs = [(first, a), (second, b), (third, b"why \xfe")]
+                        short = results_from_attrs(AttrList(pairs), 1, MISSING)
+                        long = results_from_attrs(AttrList([*pairs, ("unused", b"x")]), 1,
+                                                  MISSING)
+                        assert short == long, pairs
+                        assert results_from_attrs(AttrList(pairs), 2, MISSING) == \
+                            results_from_attrs(AttrList([*pairs, ("unused", b"x")]), 2, MISSING)
