@@ -90,10 +90,27 @@ def is_822_dot_string(local: str) -> bool:
 
 
 def quote_822_local(addr: str) -> str:
-    """External form: quote the local part when it is not a dot-string."""
-    if _PLAIN_ADDRESS.match(addr) is not None:  # most addresses: nothing to quote
-        return addr
-    return _quoted(addr)
+    """External form: quote the local part when it is not a dot-string.
+
+    The answers for addresses up to MEMO_ADDRESS_LENGTH long are kept (at most
+    MEMO_LIMIT, then forgotten at once): local asks for its recipient's, sender's and
+    original recipient's five times per delivery (headers, duplicate key, log line).
+    """
+    quoted = _QUOTED.get(addr)
+    if quoted is not None:
+        return quoted
+    # most addresses: nothing to quote
+    quoted = addr if _PLAIN_ADDRESS.match(addr) is not None else _quoted(addr)
+    if len(addr) <= MEMO_ADDRESS_LENGTH:
+        if len(_QUOTED) >= MEMO_LIMIT:
+            _QUOTED.clear()
+        _QUOTED[addr] = quoted
+    return quoted
+
+
+MEMO_LIMIT = 1024
+MEMO_ADDRESS_LENGTH = 256
+_QUOTED: dict[str, str] = {}  # quote_822_local's answers
 
 
 def _quoted(addr: str) -> str:

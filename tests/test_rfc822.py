@@ -40,6 +40,20 @@ def test_quote_shortcut_agrees_with_the_long_way() -> None:
             assert rfc822.quote_822_local(addr) == rfc822._quoted(addr), repr(addr)
 
 
+def test_quote_memo_answers_as_the_first_time_and_stays_bounded() -> None:
+    """quote_822_local's kept answers are the ones it gave (asked again, plain and
+    quoted), at most MEMO_LIMIT of them, and none for a long address."""
+    for addr in ("john doe@x", "user@x", '"a"@x', "a..b@x", "", "@r:a b@x"):
+        first = rfc822.quote_822_local(addr)
+        assert rfc822.quote_822_local(addr) == first == rfc822._quoted(addr)
+    for i in range(rfc822.MEMO_LIMIT + 10):
+        assert rfc822.quote_822_local(f"u {i}@x") == f'"u {i}"@x'
+        assert len(rfc822._QUOTED) <= rfc822.MEMO_LIMIT
+    long = "a b" * rfc822.MEMO_ADDRESS_LENGTH + "@x"
+    assert rfc822.quote_822_local(long) == f'"{long[:-2]}"@x'
+    assert long not in rfc822._QUOTED
+
+
 @pytest.mark.parametrize("special", list('()<>@,;:\\"[] ') + [chr(c) for c in range(32)] + ["\x7f"])
 def test_every_special_and_control_needs_quoting_wherever_it_stands(special: str) -> None:
     for local in (special, f"a{special}", f"{special}b", f"a{special}b"):
