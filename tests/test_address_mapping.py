@@ -147,3 +147,38 @@ def test_masquerade_exceptions_is_a_string_list() -> None:
     failing = mapper(masquerade_domains="example.com", masquerade_exceptions="fail:broken")
     with pytest.raises(mapping.MappingError, match="masquerade_exceptions map lookup problem"):
         failing.masquerade("u@a.example.com")
+
+
+@pytest.mark.parametrize(("values", "kept", "no_bcc"), [
+    ({}, True, True),
+    ({"recipient_canonical_maps": "inline:{ {a@t.example=b@t.example} }"}, False, True),
+    ({"canonical_maps": "inline:{ {a@t.example=b@t.example} }"}, False, True),
+    ({"canonical_maps": "inline:{ {a@t.example=b@t.example} }",
+      "canonical_classes": "envelope_sender, header_recipient"}, True, True),
+    ({"sender_canonical_maps": "inline:{ {a@t.example=b@t.example} }"}, True, True),
+    ({"masquerade_domains": "t.example"}, True, True),  # not envelope_recipient by default
+    ({"masquerade_domains": "t.example", "masquerade_classes": "envelope_recipient"}, False,
+     True),
+    ({"virtual_alias_maps": "inline:{ {a@t.example=b@t.example} }"}, False, True),
+    ({"always_bcc": "c@t.example"}, True, False),
+    ({"sender_bcc_maps": "inline:{ {a@t.example=c@t.example} }"}, True, False),
+    ({"recipient_bcc_maps": "inline:{ {a@t.example=c@t.example} }"}, True, False),
+])
+def test_recipients_kept_only_when_no_step_changes_them(values: dict[str, str], kept: bool,
+                                                        no_bcc: bool) -> None:
+    # cleanup keeps a lone envelope recipient as it is, without calling the mapper, when
+    # these say so: each step that could change it (or add a BCC) must turn them off
+    m = mapper(**values)
+    assert (m.recipients_kept, m.no_bcc) == (kept, no_bcc)
+    if kept:
+        assert m.recipient("a@sub.t.example") == ("a@sub.t.example", [])
+        assert m.recipient("a@t.example") == ("a@t.example", [])
+        assert m.expand("a@t.example") == ["a@t.example"]
+    else:
+        assert (m.recipient("a@sub.t.example") != ("a@sub.t.example", [])
+                or m.recipient("a@t.example") != ("a@t.example", [])
+                or m.expand("a@t.example") != ["a@t.example"])
+    if no_bcc:
+        assert m.bcc("a@t.example", ["a@t.example"]) == []
+    else:
+        assert m.bcc("a@t.example", ["a@t.example"]) == ["c@t.example"]

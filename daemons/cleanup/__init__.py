@@ -354,6 +354,16 @@ class Cleanup:
         notifies = req.all("notify")
         dsn_orcpts = req.all("dsn_orcpt")
         n = len(rcpts)
+        tables = self.s.mapper
+        if (n == 1 and (tables.recipients_kept or not flags & services.CLEANUP_FLAG_MAP_OK)
+                and (tables.no_bcc or not flags & services.CLEANUP_FLAG_BCC_OK)):
+            # the usual case: one recipient that no table changes, nothing to add to it
+            # (what the general way below makes of it, with no duplicate to filter)
+            raw = rcpts[0]
+            return [(rewrite_address(raw or self.s.empty_rcpt, self.s.local),
+                     origs[0] if len(origs) == 1 else raw,
+                     _notify_value(notifies[0]) if notifies else 0,
+                     dsn_orcpts[0] if len(dsn_orcpts) == 1 else "")]
         if len(origs) != n:
             origs = rcpts
         if len(notifies) == n:

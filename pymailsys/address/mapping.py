@@ -112,6 +112,20 @@ class Mapper:
             for cls, specific in (("header_sender", self.sender_canonical),
                                   ("header_recipient", self.recipient_canonical))
         ) and not any(kind == "table" for _, kind, _ in self.masquerade_exceptions.items)
+        # An envelope recipient that no step changes (no canonical table or masquerade
+        # domain applies to its class, no virtual alias table) and no automatic BCC:
+        # cleanup keeps a lone recipient as rewritten, with no call here.
+        self.recipients_kept = (
+            self._unchanged(ENVELOPE + "_recipient", self.recipient_canonical)
+            and self.virtual is None)
+        self.no_bcc = (self.sender_bcc is None and self.recipient_bcc is None
+                       and not self.always_bcc)
+
+    def _unchanged(self, cls: str, specific: _Lookup | None) -> bool:
+        """Whether ``_map`` returns every address of class cls as it is, with no warning."""
+        return ((cls not in self.canonical_classes
+                 or (specific is None and self.canonical is None))
+                and (cls not in self.masquerade_classes or not self.masquerade_domains))
 
     # -- lookups ----------------------------------------------------------------------
 
