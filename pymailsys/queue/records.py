@@ -222,8 +222,10 @@ def message_size_record(content_size: int, data_offset: int, rcpt_count: int,
 def parse_size_record(payload: bytes) -> list[int]:
     """The C record's fields: plain decimal digits, at most 18 each (RecordError otherwise)."""
     fields = payload.split()
-    # the fields joined are digits only when each is (none is empty): one test, no loop
-    if not fields or not b"".join(fields).isdigit() or max(map(len, fields)) > 18:
+    # the fields joined are digits only when each is (none is empty): one test, no loop;
+    # no field is longer than all of them together (18 digits, as a file's usually are)
+    digits = b"".join(fields)
+    if not fields or not digits.isdigit() or (len(digits) > 18 and max(map(len, fields)) > 18):
         raise RecordError(f"bad message_size record {payload[:100]!r}")
     return list(map(int, fields))
 
